@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module graph (one direction of dependency):
+//   compress (CLI) -> Workbench -> Evaluation -> Model -> TensorCore -> CBLAS
+//                     Workbench -> Checkpoint -> Model, CHDF5   (file I/O apart from model math)
+let package = Package(
+    name: "compress",
+    products: [
+        .executable(name: "compress", targets: ["compress"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-numerics", from: "1.0.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        .target(name: "TensorCore", dependencies: [
+            "CBLAS", .product(name: "Numerics", package: "swift-numerics"),
+        ]),
+        .target(name: "Model", dependencies: ["TensorCore"]),
+        .target(name: "Checkpoint", dependencies: ["Model", "CHDF5"]),
+        .target(name: "Evaluation", dependencies: ["Model"]),
+        .target(name: "Workbench", dependencies: ["Checkpoint", "Evaluation"]),
+        .executableTarget(name: "compress", dependencies: [
+            "Workbench", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "CLITests", dependencies: ["compress"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

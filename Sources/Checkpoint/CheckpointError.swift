@@ -1,0 +1,39 @@
+/// Why a checkpoint could not be read or written. Every case names the file and, where there is one, the
+/// tensor or key, with what was expected and what was found.
+public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+    case notFound(path: String)
+    case notHDF5(path: String)
+    case unreadable(path: String, detail: String)
+    case wrongFormat(path: String, found: String)
+    case unsupportedVersion(path: String, found: Int)
+    case badConfig(path: String, detail: String)
+    case badTokenizer(path: String, detail: String)
+    case badHistory(path: String, detail: String)
+    case missingTensor(path: String, tensor: String, expectedShape: [Int])
+    case unknownTensor(path: String, tensor: String)
+    case unknownEntry(path: String, entry: String)
+    case shapeMismatch(path: String, tensor: String, expected: [Int], found: [Int])
+    case wrongType(path: String, tensor: String, expected: String, found: String)
+    case writeFailed(path: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case .notFound(let p): return "\(p): no such file"
+        case .notHDF5(let p): return "\(p): not an HDF5 file (expected a compress checkpoint; import other formats with 'compress import')"
+        case .unreadable(let p, let d): return "\(p): \(d)"
+        case .wrongFormat(let p, let f):
+            return "\(p): root attribute 'format' is '\(f)', expected '\(CheckpointFormat.name)'"
+        case .unsupportedVersion(let p, let v):
+            return "\(p): checkpoint format version \(v) is not supported (this build reads versions \(CheckpointFormat.supportedVersions.map(String.init).joined(separator: ", ")))"
+        case .badConfig(let p, let d): return "\(p): \(d)"
+        case .badTokenizer(let p, let d): return "\(p): tokenizer: \(d)"
+        case .badHistory(let p, let d): return "\(p): history: \(d)"
+        case .missingTensor(let p, let t, let s): return "\(p): missing tensor '\(t)' (expected shape \(s))"
+        case .unknownTensor(let p, let t): return "\(p): unknown tensor '\(t)' (not part of the model described by the config)"
+        case .unknownEntry(let p, let e): return "\(p): unknown entry '/\(e)' (expected only /tensors and /tokenizer)"
+        case .shapeMismatch(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected shape \(e), found \(f)"
+        case .wrongType(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected \(e), found \(f)"
+        case .writeFailed(let p, let d): return "\(p): could not write checkpoint: \(d)"
+        }
+    }
+}

@@ -1,0 +1,202 @@
+import CHDF5
+import Foundation
+import Model
+import TensorCore
+
+/// Constants of the on-disk format (documented in checkpoints/README.md).
+public enum CheckpointFormat {
+    public static let name = "compress-checkpoint"
+    public static let version = 1
+    public static let supportedVersions = [1]
+}
+
+/// The tokenizer a checkpoint carries: enough to turn text into ids with no other file.
+public struct TokenizerSpec: Codable, Equatable, Sendable {
+    /// Tokenizer family; "gpt2" is byte-level BPE.
+    public var model: String
+    /// Pre-tokenizer kind (e.g. "gpt2", "smollm", "llama3").
+    public var pre: String
+    /// Token strings by id, in the byte-to-unicode representation of byte-level BPE.
+    public var tokens: [String]
+    /// Merge rules "left right", by rank.
+    public var merges: [String]
+    /// Token types by id (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte), when known.
+    public var tokenTypes: [Int32]?
+    public var bosTokenID: Int32?
+    public var eosTokenID: Int32?
+    public var addBosToken: Bool
+
+    public init(model: String, pre: String, tokens: [String], merges: [String], tokenTypes: [Int32]? = nil,
+                bosTokenID: Int32? = nil, eosTokenID: Int32? = nil, addBosToken: Bool = false) {
+        self.model = model
+        self.pre = pre
+        self.tokens = tokens
+        self.merges = merges
+        self.tokenTypes = tokenTypes
+        self.bosTokenID = bosTokenID
+        self.eosTokenID = eosTokenID
+        self.addBosToken = addBosToken
+    }
+}
+
+/// A model with everything that travels with it: tokenizer and history.
+public struct Checkpoint {
+    public var model: LlamaModel
+    public var tokenizer: TokenizerSpec?
+    /// Where the weights came from and every pass applied since, oldest first (free-form JSON objects).
+    public var history: [JSONValue]
+
+    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = []) {
+        self.model = model
+        self.tokenizer = tokenizer
+        self.history = history
+    }
+
+    public var config: LlamaConfig { model.config }
+
+    /// Reads and verifies a checkpoint: format and version, config, that every expected tensor is present
+    /// with its shape and type, and that nothing unknown is there.
+    public static func read(_ path: String) throws -> Checkpoint {
+        guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.notFound(path: path) }
+        guard H5File.isHDF5(path) else { throw CheckpointError.notHDF5(path: path) }
+        let file: H5File
+        do { file = try H5File.openReadOnly(path) } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: e.message)
+        }
+        func attribute<T>(_ name: String, _ get: (String) throws -> T) throws -> T {
+            do { return try get(name) } catch let e as HDF5Failure {
+                throw CheckpointError.unreadable(path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
+            }
+        }
+        let format = try attribute("format", file.string)
+        guard format == CheckpointFormat.name else { throw CheckpointError.wrongFormat(path: path, found: format) }
+        let version = try attribute("format_version", file.int)
+        guard CheckpointFormat.supportedVersions.contains(version) else {
+            throw CheckpointError.unsupportedVersion(path: path, found: version)
+        }
+        let config: LlamaConfig
+        do { config = try LlamaConfig(json: JSONValue.parse(try attribute("config", file.string))) } catch let e as ConfigError {
+            throw CheckpointError.badConfig(path: path, detail: e.description)
+        } catch let e as CheckpointError { throw e } catch {
+            throw CheckpointError.badConfig(path: path, detail: "config attribute is not valid JSON (\(error))")
+        }
+        var history: [JSONValue] = []
+        if file.hasAttribute("history") {
+            guard let h = try? JSONValue.parse(try attribute("history", file.string)).arrayValue else {
+                throw CheckpointError.badHistory(path: path, detail: "expected a JSON array")
+            }
+            history = h
+        }
+        let root = try members(file, "/", path)
+        if let unknown = root.first(where: { $0 != "tensors" && $0 != "tokenizer" }) {
+            throw CheckpointError.unknownEntry(path: path, entry: unknown)
+        }
+        let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path) : nil
+        let model = try readModel(file, config: config, path: path)
+        return Checkpoint(model: model, tokenizer: tokenizer, history: history)
+    }
+
+    private static func members(_ file: H5File, _ group: String, _ path: String) throws -> [String] {
+        do { return try file.members(group) } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: e.message)
+        }
+    }
+
+    private static func readModel(_ file: H5File, config: LlamaConfig, path: String) throws -> LlamaModel {
+        let specs = LlamaModel.tensorSpecs(config)
+        let present = file.exists("tensors") ? try members(file, "tensors", path) : []
+        let expected = Set(specs.map(\.name))
+        if let unknown = present.first(where: { !expected.contains($0) }) {
+            throw CheckpointError.unknownTensor(path: path, tensor: unknown)
+        }
+        let presentSet = Set(present)
+        var tensors: [String: Tensor] = [:]
+        for s in specs {
+            guard presentSet.contains(s.name) else {
+                throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
+            }
+            let key = "tensors/" + s.name
+            do {
+                let info = try file.datasetInfo(key)
+                guard info.typeClass == H5T_FLOAT, info.typeSize == 4 else {
+                    throw CheckpointError.wrongType(path: path, tensor: s.name, expected: "float32", found: info.typeDescription)
+                }
+                guard info.shape == s.shape else {
+                    throw CheckpointError.shapeMismatch(path: path, tensor: s.name, expected: s.shape, found: info.shape)
+                }
+                let t = Tensor(shape: s.shape)
+                try file.read(key, memType: H5Types.float32, into: t.data)
+                tensors[s.name] = t
+            } catch let e as HDF5Failure {
+                throw CheckpointError.unreadable(path: path, detail: "tensor '\(s.name)': \(e.message)")
+            }
+        }
+        do { return try LlamaModel(config: config, tensors: tensors) } catch let e as ConfigError {
+            throw CheckpointError.badConfig(path: path, detail: e.description)
+        }
+    }
+
+    private static func readTokenizer(_ file: H5File, _ path: String) throws -> TokenizerSpec {
+        do {
+            let info = try file.datasetInfo("tokenizer")
+            guard info.typeClass == H5T_INTEGER, info.typeSize == 1, info.shape.count == 1 else {
+                throw CheckpointError.badTokenizer(path: path, detail: "expected a 1-D uint8 dataset of JSON, found \(info.typeDescription) \(info.shape)")
+            }
+            var bytes = [UInt8](repeating: 0, count: info.shape[0])
+            try bytes.withUnsafeMutableBytes { try file.read("tokenizer", memType: H5Types.uint8, into: $0.baseAddress!) }
+            let d = JSONDecoder()
+            d.keyDecodingStrategy = .convertFromSnakeCase
+            let spec = try d.decode(TokenizerSpec.self, from: Data(bytes))
+            if let types = spec.tokenTypes, types.count != spec.tokens.count {
+                throw CheckpointError.badTokenizer(path: path, detail: "\(types.count) token types for \(spec.tokens.count) tokens")
+            }
+            return spec
+        } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: "tokenizer: \(e.message)")
+        } catch let e as DecodingError {
+            throw CheckpointError.badTokenizer(path: path, detail: "invalid JSON (\(e))")
+        }
+    }
+
+    /// Writes the checkpoint atomically: into a temporary file beside `path`, flushed, then renamed over it.
+    public func write(to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        let tmp = url.deletingLastPathComponent()
+            .appendingPathComponent(".\(url.lastPathComponent).tmp-\(ProcessInfo.processInfo.processIdentifier)").path
+        do {
+            try writeUnsafely(to: tmp)
+            guard rename(tmp, path) == 0 else {
+                throw CheckpointError.writeFailed(path: path, detail: "rename failed: \(String(cString: strerror(errno)))")
+            }
+        } catch {
+            unlink(tmp)
+            if let e = error as? CheckpointError { throw e }
+            throw CheckpointError.writeFailed(path: path, detail: (error as? HDF5Failure)?.message ?? "\(error)")
+        }
+    }
+
+    private func writeUnsafely(to tmp: String) throws {
+        let file = try H5File.create(tmp)
+        try file.setString("format", CheckpointFormat.name)
+        try file.setInt("format_version", CheckpointFormat.version)
+        try file.setString("config", config.json.text)
+        try file.setString("history", JSONValue.array(history).text)
+        try file.createGroup("tensors")
+        for (name, t) in model.namedTensors {
+            try file.write("tensors/" + name, shape: t.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: t.data)
+        }
+        if let tokenizer {
+            let e = JSONEncoder()
+            e.keyEncodingStrategy = .convertToSnakeCase
+            e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            let bytes = [UInt8](try e.encode(tokenizer))
+            try bytes.withUnsafeBytes {
+                try file.write("tokenizer", shape: [bytes.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!)
+            }
+        }
+        try file.close()
+        // Make the bytes durable before the rename publishes them.
+        let fd = open(tmp, O_RDONLY)
+        if fd >= 0 { fsync(fd); close(fd) }
+    }
+}

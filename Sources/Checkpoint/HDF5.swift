@@ -1,0 +1,219 @@
+import CHDF5
+import Foundation
+
+/// A failure inside the HDF5 library, with the file and object it concerned.
+struct HDF5Failure: Error {
+    let message: String
+}
+
+/// An open HDF5 file: the few operations checkpoints need, each checking the C library's status.
+final class H5File {
+    let id: hid_t
+    let path: String
+
+    private init(id: hid_t, path: String) {
+        self.id = id
+        self.path = path
+    }
+
+    private var isOpen = true
+
+    deinit { if isOpen { H5Fclose(id) } }
+
+    /// Closes the file, reporting a failure to flush (a full disk shows here).
+    func close() throws {
+        guard isOpen else { return }
+        isOpen = false
+        guard H5Fclose(id) >= 0 else { throw HDF5Failure(message: "closing the file failed (disk full?)") }
+    }
+
+    /// Whether the file carries an HDF5 signature (false for any other file).
+    static func isHDF5(_ path: String) -> Bool {
+        initialize()
+        return H5Fis_hdf5(path) > 0
+    }
+
+    static func openReadOnly(_ path: String) throws -> H5File {
+        initialize()
+        let id = H5Fopen(path, h5f_acc_rdonly(), h5p_default())
+        guard id >= 0 else { throw HDF5Failure(message: "HDF5 could not open the file (truncated or corrupt)") }
+        return H5File(id: id, path: path)
+    }
+
+    /// Creates (truncating) a file whose format allows large attributes (HDF5 1.8 object headers).
+    static func create(_ path: String) throws -> H5File {
+        initialize()
+        let fapl = H5Pcreate(h5p_file_access())
+        defer { H5Pclose(fapl) }
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V110)
+        let id = H5Fcreate(path, h5f_acc_trunc(), h5p_default(), fapl)
+        guard id >= 0 else { throw HDF5Failure(message: "HDF5 could not create the file") }
+        return H5File(id: id, path: path)
+    }
+
+    private static let initialized: Bool = {
+        H5open()
+        h5_silence_errors()  // errors are reported by us, with context, not printed by the library
+        return true
+    }()
+    private static func initialize() { _ = initialized }
+
+    // MARK: Attributes (on the root group)
+
+    func hasAttribute(_ name: String) -> Bool { H5Aexists(id, name) > 0 }
+
+    /// Writes a variable-length UTF-8 string attribute (what h5py writes for a Python str).
+    func setString(_ name: String, _ value: String) throws {
+        let type = H5Tcopy(h5_c_s1())
+        defer { H5Tclose(type) }
+        H5Tset_size(type, h5t_variable())
+        H5Tset_cset(type, H5T_CSET_UTF8)
+        let space = H5Screate(H5S_SCALAR)
+        defer { H5Sclose(space) }
+        if hasAttribute(name) { H5Adelete(id, name) }
+        let attr = H5Acreate2(id, name, type, space, h5p_default(), h5p_default())
+        guard attr >= 0 else { throw HDF5Failure(message: "could not create attribute '\(name)'") }
+        defer { H5Aclose(attr) }
+        let status = value.withCString { cstr -> herr_t in
+            var p: UnsafePointer<CChar>? = cstr
+            return H5Awrite(attr, type, &p)
+        }
+        guard status >= 0 else { throw HDF5Failure(message: "could not write attribute '\(name)'") }
+    }
+
+    /// Reads a string attribute, fixed- or variable-length.
+    func string(_ name: String) throws -> String {
+        let attr = H5Aopen(id, name, h5p_default())
+        guard attr >= 0 else { throw HDF5Failure(message: "attribute '\(name)' is missing") }
+        defer { H5Aclose(attr) }
+        let ftype = H5Aget_type(attr)
+        defer { H5Tclose(ftype) }
+        guard H5Tget_class(ftype) == H5T_STRING else { throw HDF5Failure(message: "attribute '\(name)' is not a string") }
+        if H5Tis_variable_str(ftype) > 0 {
+            let mem = H5Tcopy(h5_c_s1())
+            defer { H5Tclose(mem) }
+            H5Tset_size(mem, h5t_variable())
+            H5Tset_cset(mem, H5T_CSET_UTF8)
+            var p: UnsafeMutablePointer<CChar>?
+            guard H5Aread(attr, mem, &p) >= 0, let p else { throw HDF5Failure(message: "could not read attribute '\(name)'") }
+            defer { H5free_memory(p) }
+            return String(cString: p)
+        }
+        let size = H5Tget_size(ftype)
+        var bytes = [UInt8](repeating: 0, count: size + 1)
+        guard H5Aread(attr, ftype, &bytes) >= 0 else { throw HDF5Failure(message: "could not read attribute '\(name)'") }
+        return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    func setInt(_ name: String, _ value: Int) throws {
+        let space = H5Screate(H5S_SCALAR)
+        defer { H5Sclose(space) }
+        if hasAttribute(name) { H5Adelete(id, name) }
+        let attr = H5Acreate2(id, name, h5_std_i64le(), space, h5p_default(), h5p_default())
+        guard attr >= 0 else { throw HDF5Failure(message: "could not create attribute '\(name)'") }
+        defer { H5Aclose(attr) }
+        var v = Int64(value)
+        guard H5Awrite(attr, h5_native_int64(), &v) >= 0 else { throw HDF5Failure(message: "could not write attribute '\(name)'") }
+    }
+
+    func int(_ name: String) throws -> Int {
+        let attr = H5Aopen(id, name, h5p_default())
+        guard attr >= 0 else { throw HDF5Failure(message: "attribute '\(name)' is missing") }
+        defer { H5Aclose(attr) }
+        let ftype = H5Aget_type(attr)
+        defer { H5Tclose(ftype) }
+        guard H5Tget_class(ftype) == H5T_INTEGER else { throw HDF5Failure(message: "attribute '\(name)' is not an integer") }
+        var v: Int64 = 0
+        guard H5Aread(attr, h5_native_int64(), &v) >= 0 else { throw HDF5Failure(message: "could not read attribute '\(name)'") }
+        return Int(v)
+    }
+
+    // MARK: Groups and datasets
+
+    func createGroup(_ name: String) throws {
+        let g = H5Gcreate2(id, name, h5p_default(), h5p_default(), h5p_default())
+        guard g >= 0 else { throw HDF5Failure(message: "could not create group '\(name)'") }
+        H5Gclose(g)
+    }
+
+    func exists(_ name: String) -> Bool { H5Lexists(id, name, h5p_default()) > 0 }
+
+    /// Names of the links directly under a group ("/" for the root), in name order.
+    func members(_ group: String) throws -> [String] {
+        let g = H5Gopen2(id, group, h5p_default())
+        guard g >= 0 else { throw HDF5Failure(message: "could not open group '\(group)'") }
+        defer { H5Gclose(g) }
+        var info = H5G_info_t()
+        guard H5Gget_info(g, &info) >= 0 else { throw HDF5Failure(message: "could not list group '\(group)'") }
+        var names: [String] = []
+        for i in 0..<info.nlinks {
+            let len = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nil, 0, h5p_default())
+            guard len >= 0 else { throw HDF5Failure(message: "could not read a link name in '\(group)'") }
+            var buf = [CChar](repeating: 0, count: Int(len) + 1)
+            H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, &buf, buf.count, h5p_default())
+            names.append(String(cString: buf))
+        }
+        return names
+    }
+
+    /// Element kind and shape of a dataset.
+    struct DatasetInfo {
+        let typeClass: H5T_class_t
+        let typeSize: Int
+        let shape: [Int]
+        var typeDescription: String {
+            switch typeClass {
+            case H5T_FLOAT: return "float\(typeSize * 8)"
+            case H5T_INTEGER: return "int\(typeSize * 8)"
+            case H5T_STRING: return "string"
+            default: return "HDF5 type class \(typeClass.rawValue)"
+            }
+        }
+    }
+
+    func datasetInfo(_ name: String) throws -> DatasetInfo {
+        let ds = H5Dopen2(id, name, h5p_default())
+        guard ds >= 0 else { throw HDF5Failure(message: "could not open dataset '\(name)'") }
+        defer { H5Dclose(ds) }
+        let type = H5Dget_type(ds)
+        defer { H5Tclose(type) }
+        let space = H5Dget_space(ds)
+        defer { H5Sclose(space) }
+        let rank = H5Sget_simple_extent_ndims(space)
+        guard rank >= 0 else { throw HDF5Failure(message: "could not read the shape of '\(name)'") }
+        var dims = [hsize_t](repeating: 0, count: Int(rank))
+        H5Sget_simple_extent_dims(space, &dims, nil)
+        return DatasetInfo(typeClass: H5Tget_class(type), typeSize: H5Tget_size(type), shape: dims.map { Int($0) })
+    }
+
+    /// Writes a dataset of `count` elements of a native type with the given shape.
+    func write(_ name: String, shape: [Int], fileType: hid_t, memType: hid_t, data: UnsafeRawPointer) throws {
+        var dims = shape.map { hsize_t($0) }
+        let space = H5Screate_simple(Int32(dims.count), &dims, nil)
+        defer { H5Sclose(space) }
+        let ds = H5Dcreate2(id, name, fileType, space, h5p_default(), h5p_default(), h5p_default())
+        guard ds >= 0 else { throw HDF5Failure(message: "could not create dataset '\(name)'") }
+        defer { H5Dclose(ds) }
+        guard H5Dwrite(ds, memType, h5s_all(), h5s_all(), h5p_default(), data) >= 0 else {
+            throw HDF5Failure(message: "could not write dataset '\(name)' (disk full?)")
+        }
+    }
+
+    /// Reads a whole dataset, converted to `memType`, into `data` (sized by the caller from `datasetInfo`).
+    func read(_ name: String, memType: hid_t, into data: UnsafeMutableRawPointer) throws {
+        let ds = H5Dopen2(id, name, h5p_default())
+        guard ds >= 0 else { throw HDF5Failure(message: "could not open dataset '\(name)'") }
+        defer { H5Dclose(ds) }
+        guard H5Dread(ds, memType, h5s_all(), h5s_all(), h5p_default(), data) >= 0 else {
+            throw HDF5Failure(message: "could not read dataset '\(name)' (file truncated or corrupt)")
+        }
+    }
+}
+
+/// HDF5 type ids used by the checkpoint format.
+enum H5Types {
+    static var float32File: hid_t { h5_ieee_f32le() }
+    static var float32: hid_t { h5_native_float() }
+    static var uint8File: hid_t { h5_std_u8le() }
+    static var uint8: hid_t { h5_native_uint8() }
+}

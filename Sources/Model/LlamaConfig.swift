@@ -1,0 +1,188 @@
+import Foundation
+
+/// A configuration problem: names the key, what was expected and what was found.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// What one decoder layer holds. Passes make layers differ: fewer heads, narrower MLPs, or a sublayer
+/// that is gone altogether (then neither its norm nor its projections exist, and it is not computed).
+public struct BlockConfig: Equatable, Sendable {
+    public var attention: Bool
+    public var numAttentionHeads: Int
+    public var numKeyValueHeads: Int
+    public var mlp: Bool
+    public var intermediateSize: Int
+
+    public init(attention: Bool = true, numAttentionHeads: Int, numKeyValueHeads: Int, mlp: Bool = true, intermediateSize: Int) {
+        self.attention = attention
+        self.numAttentionHeads = numAttentionHeads
+        self.numKeyValueHeads = numKeyValueHeads
+        self.mlp = mlp
+        self.intermediateSize = intermediateSize
+    }
+}
+
+/// Llama-architecture configuration under Hugging Face config.json keys, plus per-layer `block_configs`.
+///
+/// Keys we do not interpret are kept in `extra` and written back unchanged. Values that would change the
+/// math in ways this engine does not implement (rope scaling, biases, another activation) are rejected.
+public struct LlamaConfig: Equatable, Sendable {
+    public var vocabSize: Int
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var numHiddenLayers: Int
+    public var numAttentionHeads: Int
+    public var numKeyValueHeads: Int
+    public var headDim: Int
+    public var rmsNormEps: Double
+    public var ropeTheta: Double
+    public var maxPositionEmbeddings: Int
+    public var tieWordEmbeddings: Bool
+    public var bosTokenID: Int?
+    public var eosTokenID: Int?
+    /// One entry per layer (always `numHiddenLayers` long).
+    public var blocks: [BlockConfig]
+    /// Other config.json keys, kept verbatim.
+    public var extra: [String: JSONValue]
+
+    /// A homogeneous Llama configuration.
+    public init(vocabSize: Int, hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
+                numKeyValueHeads: Int, headDim: Int? = nil, rmsNormEps: Double = 1e-5, ropeTheta: Double = 10000,
+                maxPositionEmbeddings: Int = 2048, tieWordEmbeddings: Bool = false, bosTokenID: Int? = nil, eosTokenID: Int? = nil) {
+        self.vocabSize = vocabSize
+        self.hiddenSize = hiddenSize
+        self.intermediateSize = intermediateSize
+        self.numHiddenLayers = numHiddenLayers
+        self.numAttentionHeads = numAttentionHeads
+        self.numKeyValueHeads = numKeyValueHeads
+        self.headDim = headDim ?? hiddenSize / numAttentionHeads
+        self.rmsNormEps = rmsNormEps
+        self.ropeTheta = ropeTheta
+        self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.tieWordEmbeddings = tieWordEmbeddings
+        self.bosTokenID = bosTokenID
+        self.eosTokenID = eosTokenID
+        self.blocks = Array(repeating: BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads,
+                                                   intermediateSize: intermediateSize), count: numHiddenLayers)
+        self.extra = ["model_type": .string("llama"), "architectures": .array([.string("LlamaForCausalLM")]), "hidden_act": .string("silu")]
+    }
+
+    /// Keys this type interprets; everything else goes to `extra`.
+    static let knownKeys: Set<String> = [
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+        "tie_word_embeddings", "bos_token_id", "eos_token_id", "block_configs",
+    ]
+    static let blockKeys: Set<String> = ["attention", "num_attention_heads", "num_key_value_heads", "mlp", "intermediate_size"]
+
+    /// Decodes and validates a config.json object.
+    public init(json: JSONValue) throws {
+        guard let o = json.objectValue else { throw ConfigError("config: expected a JSON object") }
+        func int(_ key: String, in obj: [String: JSONValue] = o, ctx: String = "config", default d: Int? = nil) throws -> Int {
+            guard let v = obj[key], v != .null else {
+                if let d { return d }
+                throw ConfigError("\(ctx): missing required key '\(key)' (expected a positive integer)")
+            }
+            guard let i = v.intValue else { throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)") }
+            guard i > 0 else { throw ConfigError("\(ctx): key '\(key)' must be positive, found \(i)") }
+            return i
+        }
+        func number(_ key: String, default d: Double) throws -> Double {
+            guard let v = o[key], v != .null else { return d }
+            guard let x = v.doubleValue, x > 0 else { throw ConfigError("config: key '\(key)' must be a positive number, found \(v.text)") }
+            return x
+        }
+        if let t = o["model_type"]?.stringValue, t != "llama" {
+            throw ConfigError("config: model_type '\(t)' is not supported (supported: llama)")
+        }
+        if let act = o["hidden_act"]?.stringValue, act != "silu" {
+            throw ConfigError("config: hidden_act '\(act)' is not supported for llama (supported: silu)")
+        }
+        if let rs = o["rope_scaling"], rs != .null {
+            throw ConfigError("config: rope_scaling \(rs.text) is not supported (expected null)")
+        }
+        for key in ["attention_bias", "mlp_bias"] where o[key]?.boolValue == true {
+            throw ConfigError("config: \(key)=true is not supported (expected false)")
+        }
+        vocabSize = try int("vocab_size")
+        hiddenSize = try int("hidden_size")
+        intermediateSize = try int("intermediate_size")
+        numHiddenLayers = try int("num_hidden_layers")
+        numAttentionHeads = try int("num_attention_heads")
+        numKeyValueHeads = try int("num_key_value_heads", default: numAttentionHeads)
+        headDim = try int("head_dim", default: hiddenSize / numAttentionHeads)
+        rmsNormEps = try number("rms_norm_eps", default: 1e-6)
+        ropeTheta = try number("rope_theta", default: 10000)
+        maxPositionEmbeddings = try int("max_position_embeddings", default: 2048)
+        tieWordEmbeddings = o["tie_word_embeddings"]?.boolValue ?? false
+        bosTokenID = o["bos_token_id"]?.intValue
+        eosTokenID = o["eos_token_id"]?.intValue
+        guard headDim % 2 == 0 else { throw ConfigError("config: head_dim must be even for rotary embedding, found \(headDim)") }
+
+        let base = BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize)
+        if let bc = o["block_configs"], bc != .null {
+            guard let list = bc.arrayValue, list.count == numHiddenLayers else {
+                throw ConfigError("config: block_configs must be an array of num_hidden_layers=\(numHiddenLayers) objects, found \(bc.arrayValue.map { "\($0.count) entries" } ?? bc.text)")
+            }
+            blocks = try list.enumerated().map { i, entry in
+                let ctx = "config: block_configs[\(i)]"
+                guard let b = entry.objectValue else { throw ConfigError("\(ctx): expected an object") }
+                if let unknown = b.keys.sorted().first(where: { !Self.blockKeys.contains($0) }) {
+                    throw ConfigError("\(ctx): unknown key '\(unknown)' (known: \(Self.blockKeys.sorted().joined(separator: ", ")))")
+                }
+                func flag(_ key: String) throws -> Bool {
+                    guard let v = b[key] else { return true }
+                    guard let f = v.boolValue else { throw ConfigError("\(ctx): key '\(key)' must be true or false, found \(v.text)") }
+                    return f
+                }
+                return BlockConfig(
+                    attention: try flag("attention"),
+                    numAttentionHeads: try int("num_attention_heads", in: b, ctx: ctx, default: base.numAttentionHeads),
+                    numKeyValueHeads: try int("num_key_value_heads", in: b, ctx: ctx, default: base.numKeyValueHeads),
+                    mlp: try flag("mlp"),
+                    intermediateSize: try int("intermediate_size", in: b, ctx: ctx, default: base.intermediateSize))
+            }
+        } else {
+            blocks = Array(repeating: base, count: numHiddenLayers)
+        }
+        for (i, b) in blocks.enumerated() where b.attention && b.numAttentionHeads % b.numKeyValueHeads != 0 {
+            throw ConfigError("config: layer \(i): num_attention_heads \(b.numAttentionHeads) is not a multiple of num_key_value_heads \(b.numKeyValueHeads)")
+        }
+        extra = o.filter { !Self.knownKeys.contains($0.key) }
+    }
+
+    /// True when every layer is a plain Llama layer with the global sizes.
+    public var isHomogeneous: Bool {
+        blocks.allSatisfy {
+            $0 == BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize)
+        }
+    }
+
+    /// The config.json object (with `block_configs` only when layers differ).
+    public var json: JSONValue {
+        var o = extra
+        o["vocab_size"] = .int(vocabSize)
+        o["hidden_size"] = .int(hiddenSize)
+        o["intermediate_size"] = .int(intermediateSize)
+        o["num_hidden_layers"] = .int(numHiddenLayers)
+        o["num_attention_heads"] = .int(numAttentionHeads)
+        o["num_key_value_heads"] = .int(numKeyValueHeads)
+        o["head_dim"] = .int(headDim)
+        o["rms_norm_eps"] = .double(rmsNormEps)
+        o["rope_theta"] = .double(ropeTheta)
+        o["max_position_embeddings"] = .int(maxPositionEmbeddings)
+        o["tie_word_embeddings"] = .bool(tieWordEmbeddings)
+        o["bos_token_id"] = bosTokenID.map { .int($0) } ?? .null
+        o["eos_token_id"] = eosTokenID.map { .int($0) } ?? .null
+        if !isHomogeneous {
+            o["block_configs"] = .array(blocks.map {
+                .object(["attention": .bool($0.attention), "num_attention_heads": .int($0.numAttentionHeads),
+                         "num_key_value_heads": .int($0.numKeyValueHeads), "mlp": .bool($0.mlp),
+                         "intermediate_size": .int($0.intermediateSize)])
+            })
+        }
+        return .object(o)
+    }
+}

@@ -1,0 +1,44 @@
+import CBLAS
+import Foundation
+
+/// The single door to matrix products: every GEMM in the workbench goes through `BLAS.gemm`.
+public enum BLAS {
+    /// Name of the kernel family OpenBLAS picked (e.g. "Haswell", "Cooperlake").
+    public static var coreName: String {
+        guard let p = openblas_get_corename() else { return "unknown" }
+        return String(cString: p)
+    }
+
+    /// Number of threads OpenBLAS uses.
+    public static var threads: Int {
+        get { Int(openblas_get_num_threads()) }
+        set { openblas_set_num_threads(Int32(newValue)) }
+    }
+
+    /// Optional timing of GEMM calls, for benchmarks (off by default; only touched from the calling thread).
+    nonisolated(unsafe) public static var profiling = false
+    nonisolated(unsafe) public static private(set) var gemmSeconds: Double = 0
+    nonisolated(unsafe) public static private(set) var gemmFlops: Double = 0
+    public static func resetProfile() { gemmSeconds = 0; gemmFlops = 0 }
+
+    /// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with leading dimensions.
+    @inlinable
+    public static func gemm(
+        transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+        alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        let start = profiling ? DispatchTime.now().uptimeNanoseconds : 0
+        cblas_sgemm(
+            CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        if profiling { recordGemm(start: start, flops: 2.0 * Double(m) * Double(n) * Double(k)) }
+    }
+
+    @usableFromInline
+    static func recordGemm(start: UInt64, flops: Double) {
+        gemmSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        gemmFlops += flops
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+import RealModule
+
+/// Elementwise ops of decoder blocks: SiLU-gated MLP activation, GELU, residual add.
+
+/// out (N) = silu(gate (N)) ⊙ up (N), silu(x) = x · sigmoid(x). `out` may alias `gate` or `up`.
+public func swigluForward(
+    out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
+) {
+    Parallel.forEachChunk(N, minChunk: 16384) { r in
+        for i in r {
+            let g = gate[i]
+            out[i] = g / (1 + fastExp(-g)) * up[i]
+        }
+    }
+}
+
+/// Reference of `swigluForward` (libm exp, Double).
+public func swigluForwardReference(
+    out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
+) {
+    for i in 0..<N {
+        let g = Double(gate[i])
+        out[i] = Float(g / (1 + Foundation.exp(-g)) * Double(up[i]))
+    }
+}
+
+/// GELU variants: exact (erf), as Hugging Face "gelu", and the tanh approximation ("gelu_pytorch_tanh").
+public enum GELUKind: String, Sendable { case exact = "gelu", tanh = "gelu_pytorch_tanh" }
+
+/// out (N) = gelu(inp (N)). `out` may alias `inp`.
+public func geluForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, count N: Int, kind: GELUKind) {
+    Parallel.forEachChunk(N, minChunk: 16384) { r in
+        switch kind {
+        case .exact:
+            for i in r { let x = inp[i]; out[i] = 0.5 * x * (1 + Float.erf(x * 0.707_106_77)) }
+        case .tanh:
+            for i in r {
+                let x = inp[i]
+                let u = 0.797_884_56 * (x + 0.044_715 * x * x * x)
+                // tanh(u) = 1 - 2 / (exp(2u) + 1), vectorisable through fastExp.
+                out[i] = 0.5 * x * (2 - 2 / (fastExp(2 * u) + 1))
+            }
+        }
+    }
+}
+
+/// Reference of `geluForward` (Double, libm).
+public func geluForwardReference(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, count N: Int, kind: GELUKind) {
+    for i in 0..<N {
+        let x = Double(inp[i])
+        switch kind {
+        case .exact: out[i] = Float(0.5 * x * (1 + Foundation.erf(x / 2.0.squareRoot())))
+        case .tanh: out[i] = Float(0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))))
+        }
+    }
+}
+
+/// acc (N) += x (N): the residual connection.
+public func residualAdd(_ acc: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count N: Int) {
+    Parallel.forEachChunk(N, minChunk: 65536) { r in
+        for i in r { acc[i] += x[i] }
+    }
+}

@@ -1,0 +1,49 @@
+import Foundation
+import RealModule
+
+/// Log-softmax and cross-entropy over rows of logits.
+
+/// log Σ_j exp(x_j) of one row of length V; max-shifted, sum in Float32 with relaxed (vectorised) adds.
+@inlinable
+public func logSumExp(_ x: UnsafePointer<Float>, count V: Int) -> Double {
+    var m = -Float.infinity
+    for j in 0..<V { m = max(m, x[j]) }
+    var s: Float = 0
+    for j in 0..<V { s = Relaxed.sum(s, fastExp(x[j] - m)) }
+    return Double(m) + Foundation.log(Double(s))
+}
+
+/// out (T, V) = log_softmax(logits (T, V)) per row. `out` may alias `logits`.
+public func logSoftmaxForward(out: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int) {
+    Parallel.forEachChunk(T, minChunk: 1) { rows in
+        for t in rows {
+            let lse = Float(logSumExp(logits + t * V, count: V))
+            for j in 0..<V { out[t * V + j] = logits[t * V + j] - lse }
+        }
+    }
+}
+
+/// nll (T) = -log softmax(logits (T, V))[targets (T)], in Double, one value per row.
+public func crossEntropyForward(
+    nll: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows T: Int, columns V: Int
+) {
+    Parallel.forEachChunk(T, minChunk: 1) { rows in
+        for t in rows {
+            let row = logits + t * V
+            nll[t] = logSumExp(row, count: V) - Double(row[Int(targets[t])])
+        }
+    }
+}
+
+/// Reference of `crossEntropyForward`: Double throughout, libm exp.
+public func crossEntropyForwardReference(
+    nll: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows T: Int, columns V: Int
+) {
+    for t in 0..<T {
+        var m = -Double.infinity
+        for j in 0..<V { m = max(m, Double(logits[t * V + j])) }
+        var s = 0.0
+        for j in 0..<V { s += Foundation.exp(Double(logits[t * V + j]) - m) }
+        nll[t] = m + Foundation.log(s) - Double(logits[t * V + Int(targets[t])])
+    }
+}

@@ -1,0 +1,26 @@
+import Dispatch
+import Foundation
+
+/// Row-parallel loops for the work that is not a GEMM.
+///
+/// The range is cut into `Parallel.threads` contiguous chunks in a fixed way, so a kernel that writes
+/// per-row results (and reduces within a row serially) is deterministic. Never call BLAS inside a body:
+/// OpenBLAS is threaded itself.
+public enum Parallel {
+    /// Number of worker chunks; defaults to the number of active cores.
+    nonisolated(unsafe) public static var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    /// Runs `body` over disjoint contiguous sub-ranges of `0..<n`. Small ranges run inline.
+    @inlinable
+    public static func forEachChunk(_ n: Int, minChunk: Int = 1, _ body: (Range<Int>) -> Void) {
+        let chunks = min(threads, max(1, n / max(minChunk, 1)))
+        if chunks <= 1 {
+            if n > 0 { body(0..<n) }
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let lo = n * c / chunks, hi = n * (c + 1) / chunks
+            if lo < hi { body(lo..<hi) }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import Evaluation
+import Foundation
+import Model
+import TensorCore
+
+/// What `compress bench` reports: forward throughput of a random-weight model and where the time goes.
+public struct BenchReport: Codable {
+    public var config: JSONValue
+    public var parameters: Int
+    public var window: Int
+    public var windows: Int
+    public var seconds: Double
+    public var tokensPerSecond: Double
+    /// Share of wall time inside sgemm calls.
+    public var sgemmShare: Double
+    public var sgemmGflops: Double
+    public var sgemmGflopPerSecond: Double
+    public var blasCore: String
+    public var blasThreads: Int
+    public var workerThreads: Int
+    public var peakResidentBytes: Int
+
+    public var text: String {
+        String(format: """
+            forward (eval protocol, incl. LM head + cross-entropy): %.1f tokens/s  (%d window(s) of %d, %.2f s)
+            sgemm: %.1f%% of time, %.1f GFLOP, %.1f GFLOP/s   [OpenBLAS core %@, %d BLAS threads, %d worker threads]
+            parameters %d, peak memory %@
+            """, tokensPerSecond, windows, window, seconds, sgemmShare * 100, sgemmGflops, sgemmGflopPerSecond,
+                      blasCore, blasThreads, workerThreads, parameters, formatBytes(peakResidentBytes))
+    }
+}
+
+extension Workbench {
+    /// SmolLM2-135M's shape: 30 layers, hidden 576, 9 heads / 3 KV heads, FFN 1536, vocab 49152, tied.
+    public static func smolLM2Config(layers: Int = 30) -> LlamaConfig {
+        LlamaConfig(
+        vocabSize: 49152, hiddenSize: 576, intermediateSize: 1536, numHiddenLayers: layers, numAttentionHeads: 9,
+        numKeyValueHeads: 3, rmsNormEps: 1e-5, ropeTheta: 100000, maxPositionEmbeddings: 8192, tieWordEmbeddings: true)
+    }
+
+    /// Times the evaluator's forward pass on random weights and random tokens (after a short warm-up).
+    public static func bench(config: LlamaConfig, window: Int, windows: Int, seed: UInt64 = 0) throws -> BenchReport {
+        let model = LlamaModel.random(config: config, seed: seed)
+        var rng = SplitMix64(seed: seed &+ 1)
+        let tokens = (0..<(window * windows)).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) }
+        _ = try Perplexity.evaluate(model: model, tokens: Array(tokens.prefix(min(window, 64))), window: min(window, 64))
+        BLAS.resetProfile()
+        BLAS.profiling = true
+        defer { BLAS.profiling = false }
+        let r = try Perplexity.evaluate(model: model, tokens: tokens, window: window)
+        return BenchReport(
+            config: config.json, parameters: model.parameterCount, window: window, windows: windows, seconds: r.seconds,
+            tokensPerSecond: r.tokensPerSecond, sgemmShare: BLAS.gemmSeconds / r.seconds, sgemmGflops: BLAS.gemmFlops / 1e9,
+            sgemmGflopPerSecond: BLAS.gemmFlops / 1e9 / max(BLAS.gemmSeconds, 1e-9), blasCore: BLAS.coreName,
+            blasThreads: BLAS.threads, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes())
+    }
+}

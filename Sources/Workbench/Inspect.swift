@@ -1,0 +1,82 @@
+import Checkpoint
+import Foundation
+import Model
+
+/// What `compress inspect` reports.
+public struct InspectReport: Codable {
+    public struct TensorEntry: Codable {
+        public var name: String
+        public var shape: [Int]
+        public var dtype: String
+        public var bytes: Int
+    }
+    public struct LayerEntry: Codable {
+        public var index: Int
+        public var attention: Bool
+        public var numAttentionHeads: Int?
+        public var numKeyValueHeads: Int?
+        public var mlp: Bool
+        public var intermediateSize: Int?
+        public var parameters: Int
+    }
+    public var checkpoint: String
+    public var fileBytes: Int
+    public var architecture: String
+    public var config: JSONValue
+    public var parameters: Int
+    public var tensorBytes: Int
+    public var layers: [LayerEntry]
+    public var tensors: [TensorEntry]
+    public var tokenizer: JSONValue
+    public var history: [JSONValue]
+}
+
+extension Workbench {
+    /// Reads and verifies a checkpoint and describes it.
+    public static func inspect(checkpoint path: String) throws -> InspectReport {
+        let ckpt = try Checkpoint.read(path)
+        let model = ckpt.model, c = model.config
+        let named = model.namedTensors
+        let layers = model.layers.enumerated().map { i, l -> InspectReport.LayerEntry in
+            let b = c.blocks[i]
+            let tensors = [l.attention.map { [$0.norm, $0.q, $0.k, $0.v, $0.o] } ?? [], l.mlp.map { [$0.norm, $0.gate, $0.up, $0.down] } ?? []]
+            return .init(index: i, attention: b.attention, numAttentionHeads: b.attention ? b.numAttentionHeads : nil,
+                         numKeyValueHeads: b.attention ? b.numKeyValueHeads : nil, mlp: b.mlp,
+                         intermediateSize: b.mlp ? b.intermediateSize : nil,
+                         parameters: tensors.joined().reduce(0) { $0 + $1.count })
+        }
+        let tokenizer: JSONValue = ckpt.tokenizer.map {
+            .object(["model": .string($0.model), "pre": .string($0.pre), "vocabulary": .int($0.tokens.count),
+                     "merges": .int($0.merges.count), "bos_token_id": $0.bosTokenID.map { .int(Int($0)) } ?? .null,
+                     "eos_token_id": $0.eosTokenID.map { .int(Int($0)) } ?? .null, "add_bos_token": .bool($0.addBosToken)])
+        } ?? .null
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        return InspectReport(
+            checkpoint: path, fileBytes: size ?? 0,
+            architecture: c.extra["architectures"]?.arrayValue?.first?.stringValue ?? "LlamaForCausalLM",
+            config: c.json, parameters: model.parameterCount, tensorBytes: named.reduce(0) { $0 + $1.tensor.bytes },
+            layers: layers,
+            tensors: named.map { .init(name: $0.name, shape: $0.tensor.shape, dtype: "float32", bytes: $0.tensor.bytes) },
+            tokenizer: tokenizer, history: ckpt.history)
+    }
+}
+
+extension InspectReport {
+    /// A human-readable summary.
+    public var text: String {
+        var s = "\(checkpoint): \(architecture), \(parameters) parameters, \(formatBytes(tensorBytes)) of tensors, file \(formatBytes(fileBytes))\n"
+        s += "config: \(config.text)\n"
+        s += "layers:\n"
+        for l in layers {
+            let attn = l.attention ? "attention \(l.numAttentionHeads ?? 0)q/\(l.numKeyValueHeads ?? 0)kv heads" : "attention absent"
+            let mlp = l.mlp ? "mlp \(l.intermediateSize ?? 0)" : "mlp absent"
+            s += "  \(l.index): \(attn), \(mlp), \(l.parameters) parameters\n"
+        }
+        s += "tensors (\(tensors.count)):\n"
+        for t in tensors { s += "  \(t.name) \(t.shape) \(t.dtype) \(formatBytes(t.bytes))\n" }
+        s += "tokenizer: \(tokenizer.text)\n"
+        s += "history (\(history.count)):\n"
+        for h in history { s += "  \(h.text)\n" }
+        return s
+    }
+}

@@ -1,0 +1,32 @@
+import Foundation
+
+/// Reading token streams from files.
+public enum TokenFile {
+    /// Reads whitespace-separated non-negative integer ids; errors name the file and the bad entry.
+    public static func read(_ path: String) throws -> [Int32] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw WorkbenchError("\(path): cannot read token file")
+        }
+        var ids: [Int32] = []
+        ids.reserveCapacity(data.count / 4)
+        var value: Int64 = 0, inNumber = false, index = 0
+        func fail(_ what: String) -> WorkbenchError {
+            WorkbenchError("\(path): token \(index + 1): \(what) (expected whitespace-separated integer ids)")
+        }
+        for byte in data {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                value = value * 10 + Int64(byte - UInt8(ascii: "0"))
+                guard value <= Int64(Int32.max) else { throw fail("id too large") }
+                inNumber = true
+            case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
+                if inNumber { ids.append(Int32(value)); value = 0; inNumber = false; index += 1 }
+            default:
+                throw fail("unexpected character '\(String(decoding: [byte], as: UTF8.self))'")
+            }
+        }
+        if inNumber { ids.append(Int32(value)) }
+        guard !ids.isEmpty else { throw WorkbenchError("\(path): token file is empty (expected whitespace-separated integer ids)") }
+        return ids
+    }
+}
