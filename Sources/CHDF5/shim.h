@@ -22,3 +22,4 @@ static inline unsigned h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned h5f_acc_excl(void) { return H5F_ACC_EXCL; }
 static inline void h5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 static inline size_t h5t_variable(void) { return H5T_VARIABLE; }
+static inline hid_t h5_native_double(void) { return H5T_NATIVE_DOUBLE; }

@@ -26,6 +26,11 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
     public var eosTokenID: Int32?
     public var addBosToken: Bool
 
+    enum CodingKeys: String, CodingKey {
+        case model, pre, tokens, merges
+        case tokenTypes = "token_types", bosTokenID = "bos_token_id", eosTokenID = "eos_token_id", addBosToken = "add_bos_token"
+    }
+
     public init(model: String, pre: String, tokens: [String], merges: [String], tokenTypes: [Int32]? = nil,
                 bosTokenID: Int32? = nil, eosTokenID: Int32? = nil, addBosToken: Bool = false) {
         self.model = model
@@ -144,9 +149,7 @@ public struct Checkpoint {
             }
             var bytes = [UInt8](repeating: 0, count: info.shape[0])
             try bytes.withUnsafeMutableBytes { try file.read("tokenizer", memType: H5Types.uint8, into: $0.baseAddress!) }
-            let d = JSONDecoder()
-            d.keyDecodingStrategy = .convertFromSnakeCase
-            let spec = try d.decode(TokenizerSpec.self, from: Data(bytes))
+            let spec = try JSONDecoder().decode(TokenizerSpec.self, from: Data(bytes))
             if let types = spec.tokenTypes, types.count != spec.tokens.count {
                 throw CheckpointError.badTokenizer(path: path, detail: "\(types.count) token types for \(spec.tokens.count) tokens")
             }
@@ -187,7 +190,6 @@ public struct Checkpoint {
         }
         if let tokenizer {
             let e = JSONEncoder()
-            e.keyEncodingStrategy = .convertToSnakeCase
             e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let bytes = [UInt8](try e.encode(tokenizer))
             try bytes.withUnsafeBytes {

@@ -73,7 +73,7 @@ public struct LlamaConfig: Equatable, Sendable {
     static let knownKeys: Set<String> = [
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
-        "tie_word_embeddings", "bos_token_id", "eos_token_id", "block_configs",
+        "tie_word_embeddings", "bos_token_id", "eos_token_id", "block_configs", "rope_parameters",
     ]
     static let blockKeys: Set<String> = ["attention", "num_attention_heads", "num_key_value_heads", "mlp", "intermediate_size"]
 
@@ -114,7 +114,20 @@ public struct LlamaConfig: Equatable, Sendable {
         numKeyValueHeads = try int("num_key_value_heads", default: numAttentionHeads)
         headDim = try int("head_dim", default: hiddenSize / numAttentionHeads)
         rmsNormEps = try number("rms_norm_eps", default: 1e-6)
+        // transformers ≥ 5 writes rope settings as rope_parameters {rope_type, rope_theta}; older versions rope_theta.
         ropeTheta = try number("rope_theta", default: 10000)
+        if let rp = o["rope_parameters"], rp != .null {
+            guard let p = rp.objectValue else { throw ConfigError("config: rope_parameters must be an object, found \(rp.text)") }
+            if let type = p["rope_type"], type != .string("default") {
+                throw ConfigError("config: rope_parameters.rope_type \(type.text) is not supported (supported: \"default\")")
+            }
+            if let t = p["rope_theta"] {
+                guard let theta = t.doubleValue, theta > 0 else {
+                    throw ConfigError("config: rope_parameters.rope_theta must be a positive number, found \(t.text)")
+                }
+                ropeTheta = theta
+            }
+        }
         maxPositionEmbeddings = try int("max_position_embeddings", default: 2048)
         tieWordEmbeddings = o["tie_word_embeddings"]?.boolValue ?? false
         bosTokenID = o["bos_token_id"]?.intValue
@@ -172,6 +185,7 @@ public struct LlamaConfig: Equatable, Sendable {
         o["head_dim"] = .int(headDim)
         o["rms_norm_eps"] = .double(rmsNormEps)
         o["rope_theta"] = .double(ropeTheta)
+        o["rope_parameters"] = .object(["rope_type": .string("default"), "rope_theta": .double(ropeTheta)])
         o["max_position_embeddings"] = .int(maxPositionEmbeddings)
         o["tie_word_embeddings"] = .bool(tieWordEmbeddings)
         o["bos_token_id"] = bosTokenID.map { .int($0) } ?? .null

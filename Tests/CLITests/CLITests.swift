@@ -1,0 +1,111 @@
+import Foundation
+import XCTest
+
+/// End-to-end: run the built `compress` binary and check its output and exit status.
+final class CLITests: XCTestCase {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Fixtures")
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(stdout.utf8)) as? [String: Any] }
+    }
+
+    var binary: URL {
+        // The executable sits in the build products directory, beside (or just above) the test bundle.
+        let bundle = Bundle(for: CLITests.self).bundleURL
+        let candidates = [bundle.appendingPathComponent("compress"), bundle.deletingLastPathComponent().appendingPathComponent("compress")]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0]
+    }
+
+    func run(_ args: [String]) throws -> Result {
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationReason, .exit, "crashed: \(args)")
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    func fixture(_ name: String) -> String { Self.fixtures.appendingPathComponent(name).path }
+
+    func tempFile(_ name: String, _ contents: Data) throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)-\(name)")
+        try contents.write(to: url)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url.path
+    }
+
+    func testEvalJSONMatchesReference() throws {
+        let r = try run(["eval", fixture("tiny-llama.h5"), "--tokens", fixture("tiny-llama.stream.txt"), "--window", "32", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try XCTUnwrap(r.json)
+        let ref = try JSONSerialization.jsonObject(with: Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.reference.json"))) as? [String: Any]
+        let refPPL = try XCTUnwrap((ref?["perplexity"] as? [String: Any])?["ppl"] as? Double)
+        XCTAssertEqual(try XCTUnwrap(j["ppl"] as? Double), refPPL, accuracy: refPPL * 1e-6)
+        XCTAssertEqual(j["predicted_tokens"] as? Int, 5 * 31)
+        XCTAssertEqual(j["window"] as? Int, 32)
+        for key in ["nll", "seconds", "tokens_per_second"] { XCTAssertNotNil(j[key] as? Double, key) }
+    }
+
+    func testEvalMaxTokens() throws {
+        let r = try run(["eval", fixture("tiny-llama.h5"), "--tokens", fixture("tiny-llama.stream.txt"), "--window", "32", "--max-tokens", "70", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.json?["windows"] as? Int, 2)
+        XCTAssertEqual(r.json?["predicted_tokens"] as? Int, 62)
+    }
+
+    func testInspect() throws {
+        let r = try run(["inspect", fixture("tiny-llama-tied.h5"), "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try XCTUnwrap(r.json)
+        let tensors = try XCTUnwrap(j["tensors"] as? [[String: Any]])
+        let total = tensors.reduce(0) { $0 + (($1["shape"] as? [Int]) ?? []).reduce(1, *) }
+        XCTAssertEqual(j["parameters"] as? Int, total)
+        XCTAssertEqual((j["layers"] as? [Any])?.count, 3)
+        XCTAssertFalse(tensors.contains { $0["name"] as? String == "lm_head.weight" })  // tied
+        XCTAssertEqual((j["history"] as? [Any])?.count, 1)
+        let text = try run(["inspect", fixture("tiny-llama-tied.h5")])
+        XCTAssertTrue(text.stdout.contains("model.layers.2.mlp.down_proj.weight [64, 96]"), text.stdout)
+    }
+
+    func testBadInputsFailCleanly() throws {
+        let notHDF5 = try tempFile("x.h5", Data("hello".utf8))
+        let full = try Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.h5"))
+        let truncated = try tempFile("cut.h5", full.prefix(full.count / 2))
+        let emptyTokens = try tempFile("empty.txt", Data("  \n".utf8))
+        let badTokens = try tempFile("bad.txt", Data("1 2 x3".utf8))
+        let stream = fixture("tiny-llama.stream.txt")
+        let cases: [([String], String)] = [
+            (["eval", notHDF5, "--tokens", stream], "not an HDF5 file"),
+            (["eval", truncated, "--tokens", stream], "truncated or corrupt"),
+            (["eval", fixture("tiny-llama.h5"), "--tokens", emptyTokens], "token file is empty"),
+            (["eval", fixture("tiny-llama.h5"), "--tokens", badTokens], "unexpected character 'x'"),
+            (["eval", fixture("tiny-llama.h5"), "--tokens", stream, "--window", "1000"], "need at least one whole window"),
+            (["eval", "/no/such.h5", "--tokens", stream], "no such file"),
+            (["inspect", notHDF5], "not an HDF5 file"),
+        ]
+        for (args, message) in cases {
+            let r = try run(args)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertTrue(r.stderr.contains(message), "\(args): \(r.stderr)")
+        }
+        // With --json the error is also one JSON object on standard output.
+        let j = try run(["eval", notHDF5, "--tokens", stream, "--json"])
+        XCTAssertEqual(j.status, 1)
+        XCTAssertTrue((j.json?["error"] as? String)?.contains(notHDF5) ?? false, j.stdout)
+    }
+
+    func testArgumentValidation() throws {
+        let r = try run(["eval", fixture("tiny-llama.h5")])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("exactly one of --text FILE or --tokens FILE"), r.stderr)
+    }
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Reference fixtures for the forward pass: tiny random Llamas written as our HDF5 checkpoint, with
+logits, loss and windowed perplexity computed by Hugging Face transformers (PyTorch, float32).
+
+Run by hand (CI never runs it; it needs torch, transformers, h5py):
+    python3 tools/make_tiny_fixture.py --out Tests/Fixtures
+
+Writes, per model NAME:
+    NAME.h5                 the checkpoint in our format (see checkpoints/README.md)
+    NAME.reference.json     config, the batch of token ids, loss, windowed-perplexity reference
+    NAME.logits.f32         logits of the batch, float32 little-endian, shape (B, T, V)
+    NAME.stream.txt         a token stream for the perplexity reference (whitespace-separated ids)
+"""
+import argparse
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+FORMAT, VERSION = "compress-checkpoint", 1
+
+MODELS = {
+    # Untied LM head, grouped-query attention (2 query heads per KV head), head_dim = hidden / heads.
+    "tiny-llama": dict(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=50000.0,
+                       max_position_embeddings=256, tie_word_embeddings=False),
+    # Tied embeddings, multi-query attention (1 KV head), head_dim (24) != hidden / heads (16).
+    "tiny-llama-tied": dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=1, head_dim=24, rms_norm_eps=1e-6,
+                            rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=True),
+}
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible map from bytes to printable unicode characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def byte_level_tokenizer():
+    """A byte-level BPE tokenizer with no merges: token id = byte value."""
+    m = bytes_to_unicode()
+    return {"model": "gpt2", "pre": "gpt2", "tokens": [m[b] for b in range(256)], "merges": [],
+            "add_bos_token": False, "bos_token_id": None, "eos_token_id": None}
+
+
+def make(name, cfg, out, seed):
+    torch.manual_seed(seed)
+    config = LlamaConfig(**cfg, attention_bias=False, mlp_bias=False, hidden_act="silu")
+    model = LlamaForCausalLM(config).float().eval()
+    # Weights large enough that logits are far from uniform (HF's std 0.02 init would make a weak test).
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / math.sqrt(p.shape[1]))
+    g = torch.Generator().manual_seed(seed + 1)
+    batch = torch.randint(0, cfg["vocab_size"], (2, 48), generator=g)
+    with torch.no_grad():
+        res = model(batch, labels=batch)
+    logits = res.logits.float().numpy().astype("<f4")
+    logits.tofile(os.path.join(out, f"{name}.logits.f32"))
+
+    # Perplexity reference with the pinned protocol: windows of W, no BOS, each window on its own,
+    # HF loss (mean over W-1 predictions) weighted by W-1.
+    W = 32
+    stream = torch.randint(0, cfg["vocab_size"], (5 * W + 7,), generator=g)
+    total = 0.0
+    windows = len(stream) // W
+    with torch.no_grad():
+        for w in range(windows):
+            ids = stream[w * W:(w + 1) * W].unsqueeze(0)
+            total += model(ids, labels=ids).loss.double().item() * (W - 1)
+    predicted = windows * (W - 1)
+    with open(os.path.join(out, f"{name}.stream.txt"), "w") as f:
+        f.write(" ".join(map(str, stream.tolist())) + "\n")
+
+    hf_config = json.loads(config.to_json_string())
+    for k in ["transformers_version", "torch_dtype", "dtype", "_name_or_path"]:
+        hf_config.pop(k, None)
+    with h5py.File(os.path.join(out, f"{name}.h5"), "w", libver=("v108", "v110")) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = np.int64(VERSION)
+        f.attrs["config"] = json.dumps(hf_config, sort_keys=True)
+        f.attrs["history"] = json.dumps([{"kind": "create", "tool": "tools/make_tiny_fixture.py", "seed": seed,
+                                          "note": "random weights, transformers " + __import__("transformers").__version__}])
+        t = f.create_group("tensors")
+        for pname, p in model.state_dict().items():
+            if pname == "lm_head.weight" and cfg["tie_word_embeddings"]:
+                continue
+            t.create_dataset(pname, data=p.detach().numpy().astype("<f4"))
+        tok = json.dumps(byte_level_tokenizer(), sort_keys=True).encode("utf-8")
+        f.create_dataset("tokenizer", data=np.frombuffer(tok, dtype=np.uint8))
+
+    ref = {"config": hf_config, "batch": batch.tolist(), "loss": res.loss.item(),
+           "logits_shape": list(logits.shape),
+           "perplexity": {"window": W, "stream_tokens": len(stream), "windows": windows, "predicted_tokens": predicted,
+                          "total_nll": total, "ppl": math.exp(total / predicted)},
+           "produced_by": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}"}
+    with open(os.path.join(out, f"{name}.reference.json"), "w") as f:
+        json.dump(ref, f, indent=1, sort_keys=True)
+    print(f"{name}: loss {res.loss.item():.6f}, ppl {ref['perplexity']['ppl']:.6f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="Tests/Fixtures")
+    ap.add_argument("--seed", type=int, default=1234)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(1)
+    for i, (name, cfg) in enumerate(MODELS.items()):
+        make(name, cfg, args.out, args.seed + 10 * i)
+
+
+if __name__ == "__main__":
+    main()
