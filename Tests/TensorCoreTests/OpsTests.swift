@@ -24,7 +24,7 @@ final class OpsTests: XCTestCase {
             worst = max(worst, rel)
             x += 0.0137
         }
-        XCTAssertLessThan(worst, 3e-7)  // observed 1.6e-7
+        XCTAssertLessThan(worst, 4e-7)  // observed 2.3e-7
         XCTAssertEqual(fastExp(-200), 0)
         XCTAssertEqual(fastExp(0), 1)
     }
@@ -35,7 +35,7 @@ final class OpsTests: XCTestCase {
             let fast = Tensor(shape: [T, OC]), ref = Tensor(shape: [T, OC])
             linearForward(out: fast.data, inp: x.data, weight: w.data, bias: b.data, rows: T, inFeatures: C, outFeatures: OC)
             linearForwardReference(out: ref.data, inp: x.data, weight: w.data, bias: b.data, rows: T, inFeatures: C, outFeatures: OC)
-            XCTAssertLessThan(maxAbsDiff(fast, ref), 1e-5)  // observed 4e-7
+            XCTAssertLessThan(maxAbsDiff(fast, ref), 1e-5)  // observed 2.9e-6 (C = 64, Float32 sums)
         }
     }
 
@@ -60,7 +60,7 @@ final class OpsTests: XCTestCase {
         XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-6)  // observed 4.8e-7
         layernormForward(out: fast.data, inp: x.data, weight: w.data, bias: b.data, eps: 1e-5, rows: T, channels: C)
         layernormForwardReference(out: ref.data, inp: x.data, weight: w.data, bias: b.data, eps: 1e-5, rows: T, channels: C)
-        XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-6)  // observed 7e-7
+        XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-6)  // observed 7.2e-7
     }
 
     func testRotaryMatchesReference() {
@@ -70,7 +70,7 @@ final class OpsTests: XCTestCase {
             let ref = x.copy()
             rotaryForward(x.data, rows: T, heads: H, table: RotaryTable(headDim: D, theta: theta, positions: T))
             rotaryForwardReference(ref.data, rows: T, heads: H, headDim: D, theta: theta)
-            // Positions up to 300 with Float32 angles (as transformers computes them): observed 2.2e-5.
+            // Positions up to 300 with Float32 angles (as transformers computes them): observed 1.7e-5.
             XCTAssertLessThan(maxAbsDiff(x, ref), 1e-4)
         }
         // Position 0 is the identity.
@@ -87,7 +87,7 @@ final class OpsTests: XCTestCase {
             let scratch = Tensor(shape: [AttentionForward.scratchCount(tokens: T)])
             attentionForward(out: fast.data, q: q.data, k: k.data, v: v.data, rows: T, heads: H, kvHeads: G, headDim: D, scores: scratch.data)
             attentionForwardReference(out: ref.data, q: q.data, k: k.data, v: v.data, rows: T, heads: H, kvHeads: G, headDim: D)
-            XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-6, "T=\(T) H=\(H) G=\(G)")  // observed 3e-7
+            XCTAssertLessThan(maxAbsDiff(fast, ref), 2e-6, "T=\(T) H=\(H) G=\(G)")  // observed 1.2e-7
         }
     }
 
@@ -114,7 +114,7 @@ final class OpsTests: XCTestCase {
         for kind in [GELUKind.exact, .tanh] {
             geluForward(out: fast.data, inp: g.data, count: N, kind: kind)
             geluForwardReference(out: ref.data, inp: g.data, count: N, kind: kind)
-            XCTAssertLessThan(maxAbsDiff(fast, ref), 4e-6, "\(kind)")  // observed 9.5e-7
+            XCTAssertLessThan(maxAbsDiff(fast, ref), 4e-6, "\(kind)")  // observed 4.8e-7
         }
         let acc = g.copy()
         residualAdd(acc.data, u.data, count: N)
@@ -130,7 +130,7 @@ final class OpsTests: XCTestCase {
             fast.withUnsafeMutableBufferPointer { crossEntropyForward(nll: $0.baseAddress!, logits: logits.data, targets: tp.baseAddress!, rows: T, columns: V) }
             ref.withUnsafeMutableBufferPointer { crossEntropyForwardReference(nll: $0.baseAddress!, logits: logits.data, targets: tp.baseAddress!, rows: T, columns: V) }
         }
-        for t in 0..<T { XCTAssertEqual(fast[t], ref[t], accuracy: 2e-6) }  // observed 4e-7
+        for t in 0..<T { XCTAssertEqual(fast[t], ref[t], accuracy: 5e-6) }  // observed 1.2e-6
         let ls = Tensor(shape: [T, V])
         logSoftmaxForward(out: ls.data, logits: logits.data, rows: T, columns: V)
         for t in 0..<T {
