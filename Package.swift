@@ -3,7 +3,8 @@ import PackageDescription
 
 // Module graph (one direction of dependency):
 //   compress (CLI) -> Workbench -> Evaluation -> Model -> TensorCore -> CBLAS
-//                     Workbench -> Checkpoint -> Model, CHDF5   (file I/O apart from model math)
+//                     Workbench -> Import -> Checkpoint -> Model, CHDF5   (file I/O apart from model math)
+//                                  Import -> GGUF, Safetensors -> MappedIO   (foreign formats, no model math)
 let package = Package(
     name: "compress",
     products: [
@@ -22,13 +23,19 @@ let package = Package(
         .target(name: "Model", dependencies: ["TensorCore"]),
         .target(name: "Checkpoint", dependencies: ["Model", "CHDF5"]),
         .target(name: "Evaluation", dependencies: ["Model"]),
-        .target(name: "Workbench", dependencies: ["Checkpoint", "Evaluation"]),
+        .target(name: "MappedIO"),
+        .target(name: "GGUF", dependencies: ["MappedIO"]),
+        .target(name: "Safetensors", dependencies: ["MappedIO"]),
+        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors"]),
+        .target(name: "Workbench", dependencies: ["Import", "Evaluation"]),
         .executableTarget(name: "compress", dependencies: [
             "Workbench", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5"]),
+        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
+        .testTarget(name: "ImportTests", dependencies: ["Import"]),
         .testTarget(name: "CLITests", dependencies: ["compress"]),
     ],
     swiftLanguageModes: [.v5]

@@ -10,12 +10,17 @@ Writes, per model NAME:
     NAME.reference.json     config, the batch of token ids, loss, windowed-perplexity reference
     NAME.logits.f32         logits of the batch, float32 little-endian, shape (B, T, V)
     NAME.stream.txt         a token stream for the perplexity reference (whitespace-separated ids)
+and, for the untied model only, the same weights in foreign formats for the import tests:
+    NAME-hf/                save_pretrained, safetensors sharded at 200 KB, plus a byte-level tokenizer.json
+    NAME-hf-bf16/           save_pretrained in bfloat16 (one file)
+    NAME.gguf               GGUF v3, F32, with q/k rows permuted as llama.cpp's converter does
 """
 import argparse
 import json
 import math
 import os
 
+import gguf
 import h5py
 import numpy as np
 import torch
@@ -53,6 +58,73 @@ def byte_level_tokenizer():
     m = bytes_to_unicode()
     return {"model": "gpt2", "pre": "gpt2", "tokens": [m[b] for b in range(256)], "merges": [],
             "add_bos_token": False, "bos_token_id": None, "eos_token_id": None}
+
+
+def tokenizer_json(tok):
+    """A Hugging Face tokenizer.json for the byte-level tokenizer."""
+    return {"version": "1.0", "added_tokens": [], "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            "post_processor": None, "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tok["tokens"])}, "merges": []}}
+
+
+def permute(w, n_head):
+    """llama.cpp convert_hf_to_gguf's rotary row order for q and k (HF -> GGUF)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def write_foreign_formats(name, model, cfg, out):
+    tok = byte_level_tokenizer()
+    hf = os.path.join(out, f"{name}-hf")
+    model.save_pretrained(hf, safe_serialization=True, max_shard_size="200KB")
+    with open(os.path.join(hf, "tokenizer.json"), "w") as f:
+        json.dump(tokenizer_json(tok), f, ensure_ascii=False)
+    os.remove(os.path.join(hf, "generation_config.json")) if os.path.exists(os.path.join(hf, "generation_config.json")) else None
+    bf16 = os.path.join(out, f"{name}-hf-bf16")
+    copy = LlamaForCausalLM(model.config)
+    copy.load_state_dict(model.state_dict())
+    copy.to(torch.bfloat16).save_pretrained(bf16, safe_serialization=True)
+    os.remove(os.path.join(bf16, "generation_config.json")) if os.path.exists(os.path.join(bf16, "generation_config.json")) else None
+
+    w = gguf.GGUFWriter(os.path.join(out, f"{name}.gguf"), arch="llama")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tok["tokens"])
+    w.add_token_types([1] * len(tok["tokens"]))
+    for pname, p in model.state_dict().items():
+        a = p.detach().numpy().astype(np.float32)
+        if pname == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif pname == "model.norm.weight":
+            gname = "output_norm.weight"
+        elif pname == "lm_head.weight":
+            gname = "output.weight"
+        else:
+            parts = pname.split(".")  # model.layers.N.<sub>.<proj>.weight
+            sub = ".".join(parts[3:-1])
+            gname = f"blk.{parts[2]}.{GGUF_NAMES[sub]}.weight"
+            if sub == "self_attn.q_proj":
+                a = permute(a, cfg["num_attention_heads"])
+            elif sub == "self_attn.k_proj":
+                a = permute(a, cfg["num_key_value_heads"])
+        w.add_tensor(gname, np.ascontiguousarray(a))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def make(name, cfg, out, seed):
@@ -103,6 +175,9 @@ def make(name, cfg, out, seed):
             t.create_dataset(pname, data=p.detach().numpy().astype("<f4"))
         tok = json.dumps(byte_level_tokenizer(), sort_keys=True).encode("utf-8")
         f.create_dataset("tokenizer", data=np.frombuffer(tok, dtype=np.uint8))
+
+    if not cfg["tie_word_embeddings"]:
+        write_foreign_formats(name, model, cfg, out)
 
     ref = {"config": hf_config, "batch": batch.tolist(), "loss": res.loss.item(),
            "logits_shape": list(logits.shape),

@@ -15,11 +15,13 @@ public enum BLAS {
         set { openblas_set_num_threads(Int32(newValue)) }
     }
 
-    /// Optional timing of GEMM calls, for benchmarks (off by default; only touched from the calling thread).
+    /// Optional timing of GEMM calls, for benchmarks (off by default). Time is counted in core-seconds:
+    /// a call's duration times the BLAS threads it ran on, so calls from parallel workers add up correctly.
     nonisolated(unsafe) public static var profiling = false
-    nonisolated(unsafe) public static private(set) var gemmSeconds: Double = 0
+    nonisolated(unsafe) public static private(set) var gemmCoreSeconds: Double = 0
     nonisolated(unsafe) public static private(set) var gemmFlops: Double = 0
-    public static func resetProfile() { gemmSeconds = 0; gemmFlops = 0 }
+    private static let profileLock = NSLock()
+    public static func resetProfile() { gemmCoreSeconds = 0; gemmFlops = 0 }
 
     /// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with leading dimensions.
     @inlinable
@@ -38,7 +40,11 @@ public enum BLAS {
 
     @usableFromInline
     static func recordGemm(start: UInt64, flops: Double) {
-        gemmSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        let cores = Double(threads)
+        profileLock.lock()
+        gemmCoreSeconds += seconds * cores
         gemmFlops += flops
+        profileLock.unlock()
     }
 }

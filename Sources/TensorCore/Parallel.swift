@@ -10,17 +10,28 @@ public enum Parallel {
     /// Number of worker chunks; defaults to the number of active cores.
     nonisolated(unsafe) public static var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
-    /// Runs `body` over disjoint contiguous sub-ranges of `0..<n`. Small ranges run inline.
+    /// Number of chunks `forEachChunk` cuts `n` items into.
     @inlinable
-    public static func forEachChunk(_ n: Int, minChunk: Int = 1, _ body: (Range<Int>) -> Void) {
-        let chunks = min(threads, max(1, n / max(minChunk, 1)))
+    public static func chunkCount(_ n: Int, minChunk: Int = 1) -> Int { min(threads, max(1, n / max(minChunk, 1))) }
+
+    /// Runs `body(chunk, range)` over disjoint contiguous sub-ranges of `0..<n`; `chunk` < `chunkCount(n, minChunk:)`
+    /// indexes per-chunk scratch.
+    @inlinable
+    public static func forEachChunkIndexed(_ n: Int, minChunk: Int = 1, _ body: (Int, Range<Int>) -> Void) {
+        let chunks = chunkCount(n, minChunk: minChunk)
         if chunks <= 1 {
-            if n > 0 { body(0..<n) }
+            if n > 0 { body(0, 0..<n) }
             return
         }
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let lo = n * c / chunks, hi = n * (c + 1) / chunks
-            if lo < hi { body(lo..<hi) }
+            if lo < hi { body(c, lo..<hi) }
         }
+    }
+
+    /// Runs `body` over disjoint contiguous sub-ranges of `0..<n`. Small ranges run inline.
+    @inlinable
+    public static func forEachChunk(_ n: Int, minChunk: Int = 1, _ body: (Range<Int>) -> Void) {
+        forEachChunkIndexed(n, minChunk: minChunk) { _, r in body(r) }
     }
 }

@@ -11,7 +11,7 @@ public struct BenchReport: Codable {
     public var windows: Int
     public var seconds: Double
     public var tokensPerSecond: Double
-    /// Share of wall time inside sgemm calls.
+    /// Share of CPU time (wall time × cores) inside sgemm calls.
     public var sgemmShare: Double
     public var sgemmGflops: Double
     public var sgemmGflopPerSecond: Double
@@ -23,7 +23,7 @@ public struct BenchReport: Codable {
     public var text: String {
         String(format: """
             forward (eval protocol, incl. LM head + cross-entropy): %.1f tokens/s  (%d window(s) of %d, %.2f s)
-            sgemm: %.1f%% of time, %.1f GFLOP, %.1f GFLOP/s   [OpenBLAS core %@, %d BLAS threads, %d worker threads]
+            sgemm: %.1f%% of CPU time, %.1f GFLOP, %.1f GFLOP/s per process   [OpenBLAS core %@, %d BLAS threads, %d worker threads]
             parameters %d, peak memory %@
             """, tokensPerSecond, windows, window, seconds, sgemmShare * 100, sgemmGflops, sgemmGflopPerSecond,
                       blasCore, blasThreads, workerThreads, parameters, formatBytes(peakResidentBytes))
@@ -48,10 +48,11 @@ extension Workbench {
         BLAS.profiling = true
         defer { BLAS.profiling = false }
         let r = try Perplexity.evaluate(model: model, tokens: tokens, window: window)
+        let cores = max(BLAS.threads, Parallel.threads)
         return BenchReport(
             config: config.json, parameters: model.parameterCount, window: window, windows: windows, seconds: r.seconds,
-            tokensPerSecond: r.tokensPerSecond, sgemmShare: BLAS.gemmSeconds / r.seconds, sgemmGflops: BLAS.gemmFlops / 1e9,
-            sgemmGflopPerSecond: BLAS.gemmFlops / 1e9 / max(BLAS.gemmSeconds, 1e-9), blasCore: BLAS.coreName,
+            tokensPerSecond: r.tokensPerSecond, sgemmShare: BLAS.gemmCoreSeconds / (r.seconds * Double(cores)),
+            sgemmGflops: BLAS.gemmFlops / 1e9, sgemmGflopPerSecond: BLAS.gemmFlops / 1e9 / max(BLAS.gemmCoreSeconds / Double(cores), 1e-9), blasCore: BLAS.coreName,
             blasThreads: BLAS.threads, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes())
     }
 }

@@ -1,0 +1,55 @@
+extension GGUFFile {
+    /// The value for `key`, or an error naming the missing key.
+    public func value(_ key: String) throws -> GGUFValue {
+        guard let v = metadata[key] else { throw GGUFError(path, "metadata key '\(key)' is missing") }
+        return v
+    }
+
+    /// `key` as a string.
+    public func string(_ key: String) throws -> String {
+        try typed(key, "string") { $0.stringValue }
+    }
+
+    /// `key` as an `Int` (any integer type).
+    public func int(_ key: String) throws -> Int {
+        try typed(key, "integer") { $0.intValue }
+    }
+
+    /// `key` as a `Double` (any float or integer type).
+    public func double(_ key: String) throws -> Double {
+        try typed(key, "number") { $0.doubleValue }
+    }
+
+    /// `key` as a `Float` (any float or integer type).
+    public func float(_ key: String) throws -> Float {
+        Float(try double(key))
+    }
+
+    /// `key` as a bool.
+    public func bool(_ key: String) throws -> Bool {
+        try typed(key, "bool") { $0.boolValue }
+    }
+
+    /// `key` as an array of strings.
+    public func strings(_ key: String) throws -> [String] {
+        try typed(key, "array of strings") { v in
+            guard let items = v.arrayValue else { return nil }
+            let strings = items.compactMap(\.stringValue)
+            return strings.count == items.count ? strings : nil
+        }
+    }
+
+    /// `accessor(key)` if `key` is present, else nil (a present value of the wrong type still throws).
+    public func ifPresent<T>(_ key: String, _ accessor: (String) throws -> T) rethrows -> T? {
+        metadata[key] == nil ? nil : try accessor(key)
+    }
+
+    private func typed<T>(_ key: String, _ expected: String, _ cast: (GGUFValue) -> T?) throws -> T {
+        let v = try value(key)
+        guard let result = cast(v) else {
+            let found = v.arrayValue.map { "array of \($0.first?.typeName ?? "nothing")" } ?? v.typeName
+            throw GGUFError(path, "metadata '\(key)': expected \(expected), found \(found)")
+        }
+        return result
+    }
+}

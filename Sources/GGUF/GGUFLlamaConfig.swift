@@ -1,0 +1,92 @@
+import Foundation
+
+/// A Hugging Face `config.json` for `LlamaForCausalLM`, built from GGUF `llama.*` metadata.
+public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
+    /// Model classes, always `LlamaForCausalLM`.
+    public var architectures = ["LlamaForCausalLM"]
+    /// `model_type`, always `llama`.
+    public var modelType = "llama"
+    /// `hidden_act`, always `silu` for Llama.
+    public var hiddenAct = "silu"
+    /// `vocab_size`: `<arch>.vocab_size`, else the tokenizer token count, else token_embd rows.
+    public var vocabSize: Int
+    /// `hidden_size`: `<arch>.embedding_length`.
+    public var hiddenSize: Int
+    /// `intermediate_size`: `<arch>.feed_forward_length`.
+    public var intermediateSize: Int
+    /// `num_hidden_layers`: `<arch>.block_count`.
+    public var numHiddenLayers: Int
+    /// `num_attention_heads`: `<arch>.attention.head_count`.
+    public var numAttentionHeads: Int
+    /// `num_key_value_heads`: `<arch>.attention.head_count_kv` (default: attention heads).
+    public var numKeyValueHeads: Int
+    /// `head_dim`: `<arch>.attention.key_length` (default: hidden size / heads).
+    public var headDim: Int
+    /// `rms_norm_eps`: `<arch>.attention.layer_norm_rms_epsilon` as its shortest decimal.
+    public var rmsNormEps: Double
+    /// `rope_theta`: `<arch>.rope.freq_base` (default 10000).
+    public var ropeTheta: Double
+    /// `max_position_embeddings`: `<arch>.context_length`.
+    public var maxPositionEmbeddings: Int
+    /// `tie_word_embeddings`: true when the file has no `output.weight`.
+    public var tieWordEmbeddings: Bool
+    /// `bos_token_id`: `tokenizer.ggml.bos_token_id`, if present.
+    public var bosTokenId: Int?
+    /// `eos_token_id`: `tokenizer.ggml.eos_token_id`, if present.
+    public var eosTokenId: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case architectures, modelType = "model_type", hiddenAct = "hidden_act", vocabSize = "vocab_size"
+        case hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
+        case numHiddenLayers = "num_hidden_layers", numAttentionHeads = "num_attention_heads"
+        case numKeyValueHeads = "num_key_value_heads", headDim = "head_dim", rmsNormEps = "rms_norm_eps"
+        case ropeTheta = "rope_theta", maxPositionEmbeddings = "max_position_embeddings"
+        case tieWordEmbeddings = "tie_word_embeddings", bosTokenId = "bos_token_id", eosTokenId = "eos_token_id"
+    }
+
+    /// Reads `<arch>.*` and `tokenizer.ggml.*` metadata; embeddings are tied when there is no `output.weight`.
+    public init(gguf file: GGUFFile) throws {
+        let arch = try file.string("general.architecture")
+        guard LlamaMapping.supportedArchitectures.contains(arch) else {
+            throw GGUFError(file.path, "unsupported architecture '\(arch)'; supported: \(LlamaMapping.supportedArchitectures.joined(separator: ", "))")
+        }
+        func key(_ name: String) -> String { "\(arch).\(name)" }
+        hiddenSize = try file.int(key("embedding_length"))
+        intermediateSize = try file.int(key("feed_forward_length"))
+        numHiddenLayers = try file.int(key("block_count"))
+        numAttentionHeads = try file.int(key("attention.head_count"))
+        numKeyValueHeads = try file.ifPresent(key("attention.head_count_kv"), file.int) ?? numAttentionHeads
+        guard numAttentionHeads > 0, numKeyValueHeads > 0 else {
+            throw GGUFError(file.path, "\(key("attention.head_count")): expected positive head counts, found \(numAttentionHeads)/\(numKeyValueHeads)")
+        }
+        headDim = try file.ifPresent(key("attention.key_length"), file.int) ?? hiddenSize / numAttentionHeads
+        rmsNormEps = Self.shortestDecimal(try file.float(key("attention.layer_norm_rms_epsilon")))
+        ropeTheta = Self.shortestDecimal(try file.ifPresent(key("rope.freq_base"), file.float) ?? 10_000)
+        maxPositionEmbeddings = try file.int(key("context_length"))
+        if let vocab = try file.ifPresent(key("vocab_size"), file.int) {
+            vocabSize = vocab
+        } else if let tokens = file.metadata["tokenizer.ggml.tokens"]?.arrayValue {
+            vocabSize = tokens.count
+        } else {
+            guard let embedding = file.tensor(named: "token_embd.weight"), embedding.shape.count == 2 else {
+                throw GGUFError(file.path, "cannot infer vocab size: no \(key("vocab_size")), tokenizer.ggml.tokens or 2-D token_embd.weight")
+            }
+            vocabSize = embedding.shape[1]
+        }
+        tieWordEmbeddings = file.tensor(named: "output.weight") == nil
+        bosTokenId = try file.ifPresent("tokenizer.ggml.bos_token_id", file.int)
+        eosTokenId = try file.ifPresent("tokenizer.ggml.eos_token_id", file.int)
+    }
+
+    /// Pretty-printed JSON with sorted snake_case keys, as in a Hugging Face `config.json`.
+    public func jsonData() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try encoder.encode(self)
+    }
+
+    /// GGUF stores these as float32; HF configs hold the decimal the float came from (1e-05, not 9.99999974e-06).
+    static func shortestDecimal(_ value: Float) -> Double {
+        Double("\(value)") ?? Double(value)
+    }
+}

@@ -1,0 +1,64 @@
+/// One GGUF metadata value.
+public enum GGUFValue: Sendable, Equatable {
+    case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
+    case uint64(UInt64), int64(Int64), float32(Float), float64(Double), bool(Bool), string(String)
+    case array([GGUFValue])
+
+    /// The GGUF type name of this value, e.g. `uint32` or `array`.
+    public var typeName: String {
+        switch self {
+        case .uint8: "uint8"
+        case .int8: "int8"
+        case .uint16: "uint16"
+        case .int16: "int16"
+        case .uint32: "uint32"
+        case .int32: "int32"
+        case .uint64: "uint64"
+        case .int64: "int64"
+        case .float32: "float32"
+        case .float64: "float64"
+        case .bool: "bool"
+        case .string: "string"
+        case .array: "array"
+        }
+    }
+
+    /// The value as `Int` if it is an integer that fits.
+    public var intValue: Int? {
+        switch self {
+        case .uint8(let v): Int(v)
+        case .int8(let v): Int(v)
+        case .uint16(let v): Int(v)
+        case .int16(let v): Int(v)
+        case .uint32(let v): Int(v)
+        case .int32(let v): Int(v)
+        case .uint64(let v): Int(exactly: v)
+        case .int64(let v): Int(v)
+        default: nil
+        }
+    }
+
+    /// The value as `Double` if it is a float or an integer.
+    public var doubleValue: Double? {
+        switch self {
+        case .float32(let v): Double(v)
+        case .float64(let v): v
+        default: intValue.map(Double.init)
+        }
+    }
+
+    /// The value if it is a string.
+    public var stringValue: String? {
+        if case .string(let s) = self { s } else { nil }
+    }
+
+    /// The value if it is a bool.
+    public var boolValue: Bool? {
+        if case .bool(let b) = self { b } else { nil }
+    }
+
+    /// The elements if it is an array.
+    public var arrayValue: [GGUFValue]? {
+        if case .array(let a) = self { a } else { nil }
+    }
+}

@@ -1,0 +1,139 @@
+import Checkpoint
+import Foundation
+import GGUF
+import Model
+import Safetensors
+import TensorCore
+
+/// Why an import failed: names the source and what was found versus what is supported.
+public struct ImportError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Turns foreign checkpoints (GGUF files, Hugging Face safetensors directories) into our format.
+/// Everything is built in memory and verified before anything is written, so a failed import writes nothing.
+public enum Importer {
+    /// Imports a GGUF file or a Hugging Face model directory.
+    public static func load(_ source: String) throws -> Checkpoint {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: source, isDirectory: &isDir) else {
+            throw ImportError("\(source): no such file or directory")
+        }
+        if isDir.boolValue { return try fromHuggingFace(directory: source) }
+        return try fromGGUF(path: source)
+    }
+
+    /// A history entry describing an import.
+    static func historyEntry(source: String, format: String, details: [String: JSONValue]) -> JSONValue {
+        var o = details
+        o["kind"] = .string("import")
+        o["source"] = .string(URL(fileURLWithPath: source).lastPathComponent)
+        o["source_format"] = .string(format)
+        o["date"] = .string(ISO8601DateFormatter().string(from: Date()))
+        return .object(o)
+    }
+
+    // MARK: GGUF
+
+    /// Reads a llama GGUF: config from `llama.*` metadata, tensors dequantized to Float32 under Hugging Face
+    /// names (q/k rows un-permuted), tokenizer from `tokenizer.ggml.*`.
+    public static func fromGGUF(path: String) throws -> Checkpoint {
+        let file = try GGUFFile(path: path)
+        let ggufConfig = try GGUFLlamaConfig(gguf: file)
+        let config: LlamaConfig
+        do {
+            config = try LlamaConfig(json: JSONValue.parse(String(decoding: try ggufConfig.jsonData(), as: UTF8.self)))
+        } catch let e as ConfigError { throw ImportError("\(path): \(e.description)") }
+        var tensors: [String: Tensor] = [:]
+        var typeCounts: [String: Int] = [:]
+        for info in file.tensors {
+            guard LlamaMapping.hfName(for: info.name) != nil else {
+                throw ImportError("\(path): tensor '\(info.name)' has no counterpart in a Hugging Face Llama (rope scaling and extra tensors are not supported)")
+            }
+            let t = try LlamaMapping.hfTensor(info, in: file, config: ggufConfig)
+            tensors[t.name] = Tensor(shape: t.shape, values: t.values)
+            typeCounts[info.type.name, default: 0] += 1
+        }
+        let model = try buildModel(config: config, tensors: tensors, source: path)
+        let tokenizer = try ggufTokenizer(file)
+        let entry = historyEntry(source: path, format: "gguf", details: [
+            "gguf_version": .int(file.version),
+            "tensor_types": .object(typeCounts.mapValues { .int($0) }),
+            "note": .string("dequantized to float32; q/k rows un-permuted from llama.cpp's rotary order"),
+        ])
+        return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
+    }
+
+    static func ggufTokenizer(_ file: GGUFFile) throws -> TokenizerSpec? {
+        guard let kind = try file.ifPresent("tokenizer.ggml.model", file.string) else { return nil }
+        guard kind == "gpt2" else {
+            throw ImportError("\(file.path): tokenizer.ggml.model '\(kind)' is not supported (supported: gpt2, byte-level BPE)")
+        }
+        let types = try file.ifPresent("tokenizer.ggml.token_type") { key -> [Int32] in
+            guard let a = try file.value(key).arrayValue else { throw ImportError("\(file.path): \(key) is not an array") }
+            return try a.map {
+                guard let i = $0.intValue else { throw ImportError("\(file.path): \(key) holds a non-integer") }
+                return Int32(i)
+            }
+        }
+        return TokenizerSpec(
+            model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string) ?? "gpt2",
+            tokens: try file.strings("tokenizer.ggml.tokens"),
+            merges: try file.ifPresent("tokenizer.ggml.merges", file.strings) ?? [],
+            tokenTypes: types,
+            bosTokenID: try file.ifPresent("tokenizer.ggml.bos_token_id", file.int).map { Int32($0) },
+            eosTokenID: try file.ifPresent("tokenizer.ggml.eos_token_id", file.int).map { Int32($0) },
+            addBosToken: try file.ifPresent("tokenizer.ggml.add_bos_token", file.bool) ?? false)
+    }
+
+    // MARK: Hugging Face directory
+
+    /// Reads config.json, safetensors weights (single file or sharded; F32, F16, BF16) and tokenizer.json.
+    public static func fromHuggingFace(directory: String) throws -> Checkpoint {
+        let dir = URL(fileURLWithPath: directory, isDirectory: true)
+        let configPath = dir.appendingPathComponent("config.json").path
+        guard let configText = try? String(contentsOfFile: configPath, encoding: .utf8) else {
+            throw ImportError("\(configPath): cannot read config.json")
+        }
+        let config: LlamaConfig
+        do { config = try LlamaConfig(json: JSONValue.parse(configText)) } catch let e as ConfigError {
+            throw ImportError("\(configPath): \(e.description)")
+        } catch { throw ImportError("\(configPath): not valid JSON (\(error))") }
+        let weights = try SafetensorsDirectory(path: directory)
+        let expected = Set(LlamaModel.tensorSpecs(config).map(\.name))
+        var tensors: [String: Tensor] = [:]
+        var dtypes: [String: Int] = [:]
+        for name in weights.tensorNames {
+            guard expected.contains(name) else {
+                // A tied model may still carry a copy of the embedding as lm_head; rotary buffers are derived.
+                if (name == "lm_head.weight" && config.tieWordEmbeddings) || name.hasSuffix("rotary_emb.inv_freq") { continue }
+                throw ImportError("\(directory): unexpected tensor '\(name)' for a Llama with this config")
+            }
+            let info = try weights.info(name)
+            tensors[name] = Tensor(shape: info.shape, values: try weights.floats(name))
+            dtypes[info.dtype.rawValue, default: 0] += 1
+        }
+        let model = try buildModel(config: config, tensors: tensors, source: directory)
+        let tokenizerPath = dir.appendingPathComponent("tokenizer.json").path
+        let tokenizer = FileManager.default.fileExists(atPath: tokenizerPath) ? try HFTokenizerJSON.read(tokenizerPath) : nil
+        let entry = historyEntry(source: directory, format: "safetensors", details: [
+            "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
+        ])
+        return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
+    }
+
+    static func buildModel(config: LlamaConfig, tensors: [String: Tensor], source: String) throws -> LlamaModel {
+        for spec in LlamaModel.tensorSpecs(config) {
+            guard let t = tensors[spec.name] else {
+                throw ImportError("\(source): missing tensor '\(spec.name)' (expected shape \(spec.shape))")
+            }
+            guard t.shape == spec.shape else {
+                throw ImportError("\(source): tensor '\(spec.name)': expected shape \(spec.shape), found \(t.shape)")
+            }
+        }
+        do { return try LlamaModel(config: config, tensors: tensors) } catch let e as ConfigError {
+            throw ImportError("\(source): \(e.description)")
+        }
+    }
+}

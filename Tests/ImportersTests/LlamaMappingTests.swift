@@ -1,0 +1,106 @@
+import Foundation
+import GGUF
+import XCTest
+
+final class LlamaMappingTests: XCTestCase {
+    func testNamesBothWays() {
+        let pairs = [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+            ("output.weight", "lm_head.weight"),
+            ("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight"),
+            ("blk.12.attn_k.weight", "model.layers.12.self_attn.k_proj.weight"),
+            ("blk.3.attn_v.weight", "model.layers.3.self_attn.v_proj.weight"),
+            ("blk.3.attn_output.weight", "model.layers.3.self_attn.o_proj.weight"),
+            ("blk.29.ffn_gate.weight", "model.layers.29.mlp.gate_proj.weight"),
+            ("blk.29.ffn_up.weight", "model.layers.29.mlp.up_proj.weight"),
+            ("blk.29.ffn_down.weight", "model.layers.29.mlp.down_proj.weight"),
+            ("blk.7.attn_norm.weight", "model.layers.7.input_layernorm.weight"),
+            ("blk.7.ffn_norm.weight", "model.layers.7.post_attention_layernorm.weight"),
+        ]
+        for (gguf, hf) in pairs {
+            XCTAssertEqual(LlamaMapping.hfName(for: gguf), hf)
+            XCTAssertEqual(LlamaMapping.ggufName(for: hf), gguf)
+        }
+        for unknown in ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.1.attn_qq.weight", "token_embd", "blk.-1.attn_q.weight"] {
+            XCTAssertNil(LlamaMapping.hfName(for: unknown), unknown)
+        }
+        XCTAssertNil(LlamaMapping.ggufName(for: "model.layers.0.self_attn.rotary_emb.inv_freq"))
+    }
+
+    /// Hand-worked: one head of 8 rows. llama.cpp's permute views rows as (2, 4) [halves x pairs] and
+    /// transposes to (4, 2), so HF rows 0...7 are stored as 0 4 1 5 2 6 3 7.
+    func testPermutationHandWorkedExample() {
+        let hf: [Float] = [0, 1, 2, 3, 4, 5, 6, 7]
+        let stored: [Float] = [0, 4, 1, 5, 2, 6, 3, 7]
+        XCTAssertEqual(permuteQK(weights: hf, rows: 8, cols: 1, heads: 1), stored)
+        XCTAssertEqual(unpermuteQK(weights: stored, rows: 8, cols: 1, heads: 1), hf)
+        // Two heads of 4 rows, two columns (rows move as whole rows): head 0 rows [0 2 1 3], head 1 rows [4 6 5 7].
+        let hf2: [Float] = (0..<16).map(Float.init)
+        XCTAssertEqual(permuteQK(weights: hf2, rows: 8, cols: 2, heads: 2),
+                       [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15])
+    }
+
+    func testPermutationsAreInverses() {
+        var rng = SystemRandomNumberGenerator()
+        for (rows, cols, heads) in [(12, 5, 3), (64, 7, 4), (16, 3, 8), (576, 2, 9), (192, 3, 3)] {
+            let w = (0..<(rows * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let p = permuteQK(weights: w, rows: rows, cols: cols, heads: heads)
+            XCTAssertEqual(unpermuteQK(weights: p, rows: rows, cols: cols, heads: heads), w)
+            XCTAssertEqual(permuteQK(weights: unpermuteQK(weights: w, rows: rows, cols: cols, heads: heads),
+                                     rows: rows, cols: cols, heads: heads), w)
+            if rows / heads > 2 { XCTAssertNotEqual(p, w) }
+        }
+    }
+
+    func testTinyLlamaToHuggingFace() throws {
+        let file = try GGUFFile(path: Fixtures.path("llama_tiny.gguf"))
+        let config = try GGUFLlamaConfig(gguf: file)
+        let expected = try Fixtures.json("llama_tiny.json")
+        let reference = try Fixtures.floats("llama_tiny.ref.bin")
+        XCTAssertEqual(Set(expected.keys), Set(file.tensors.map(\.name)))
+        for info in file.tensors {
+            let entry = try XCTUnwrap(expected[info.name] as? [String: Any])
+            let tensor = try LlamaMapping.hfTensor(info, in: file, config: config)
+            XCTAssertEqual(tensor.name, entry["hf_name"] as? String)
+            XCTAssertEqual(tensor.shape, entry["hf_shape"] as? [Int])
+            if let offset = entry["ref_offset"] as? Int, let count = entry["count"] as? Int {
+                XCTAssertEqual(tensor.values, Array(reference[offset..<(offset + count)]), info.name)
+                XCTAssertNotEqual(tensor.values, try file.dequantize(info), "\(info.name) should be permuted on disk")
+            } else {
+                XCTAssertEqual(tensor.values, try file.dequantize(info), info.name)
+            }
+        }
+    }
+
+    func testConfigFromTinyLlama() throws {
+        let config = try GGUFLlamaConfig(gguf: GGUFFile(path: Fixtures.path("llama_tiny.gguf")))
+        XCTAssertEqual(config.vocabSize, 32)
+        XCTAssertEqual(config.hiddenSize, 32)
+        XCTAssertEqual(config.intermediateSize, 48)
+        XCTAssertEqual(config.numHiddenLayers, 2)
+        XCTAssertEqual(config.numAttentionHeads, 4)
+        XCTAssertEqual(config.numKeyValueHeads, 2)
+        XCTAssertEqual(config.headDim, 8)
+        XCTAssertEqual(config.rmsNormEps, 1e-5)
+        XCTAssertEqual(config.ropeTheta, 10000)
+        XCTAssertEqual(config.maxPositionEmbeddings, 256)
+        XCTAssertTrue(config.tieWordEmbeddings)
+        XCTAssertEqual(config.bosTokenId, 1)
+        XCTAssertEqual(config.eosTokenId, 2)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: config.jsonData()) as? [String: Any])
+        for key in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+                    "tie_word_embeddings", "bos_token_id", "eos_token_id", "model_type", "architectures"] {
+            XCTAssertNotNil(json[key], key)
+        }
+        XCTAssertEqual(json["rms_norm_eps"] as? Double, 1e-5)
+        XCTAssertEqual(json["num_key_value_heads"] as? Int, 2)
+        XCTAssertEqual(try JSONDecoder().decode(GGUFLlamaConfig.self, from: config.jsonData()), config)
+    }
+
+    func testUnknownArchitecture() throws {
+        let file = try GGUFFile(path: Fixtures.path("quants.gguf"))
+        XCTAssertThrowsError(try GGUFLlamaConfig(gguf: file), containing: ["quants.gguf", "unsupported architecture 'fixture'", "supported: llama"])
+    }
+}
