@@ -63,7 +63,7 @@ final class ImportTests: XCTestCase {
             }
             XCTAssertEqual(a.tensor.array, rounded, a.name)
         }
-        XCTAssertLessThan(try logitsError(c.model), 0.5)  // bf16 weights; observed 0.07
+        XCTAssertLessThan(try logitsError(c.model), 0.5)  // bf16 weights; observed 0.049
     }
 
     func testBadSourcesFailWithNames() throws {
