@@ -26,8 +26,9 @@ let package = Package(
         .target(name: "MappedIO"),
         .target(name: "GGUF", dependencies: ["MappedIO"]),
         .target(name: "Safetensors", dependencies: ["MappedIO"]),
+        .target(name: "Tokenizer"),
         .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors"]),
-        .target(name: "Workbench", dependencies: ["Import", "Evaluation"]),
+        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer"]),
         .executableTarget(name: "compress", dependencies: [
             "Workbench", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -36,6 +37,7 @@ let package = Package(
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["compress"]),
     ],
     swiftLanguageModes: [.v5]

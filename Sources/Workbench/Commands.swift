@@ -3,6 +3,7 @@ import Evaluation
 import Foundation
 import Model
 import TensorCore
+import Tokenizer
 
 /// What `compress eval` reports.
 public struct EvalReport: Codable {
@@ -30,7 +31,7 @@ public enum TokenSource {
 public enum Workbench {
     /// Loads a checkpoint and measures its perplexity on a token stream.
     public static func evaluate(checkpoint path: String, source: TokenSource, window: Int, maxTokens: Int?,
-                                progress: Bool = false) throws -> EvalReport {
+                                preTokenizer: String? = nil, logitsOut: String? = nil, progress: Bool = false) throws -> EvalReport {
         let ckpt = try Checkpoint.read(path)
         let tokens: [Int32]
         let sourceName: String
@@ -39,7 +40,7 @@ public enum Workbench {
             tokens = try TokenFile.read(file)
             sourceName = file
         case .text(let file):
-            tokens = try tokenize(checkpoint: ckpt, path: path, textFile: file)
+            tokens = try tokenizer(of: ckpt, path: path, preTokenizer: preTokenizer).encode(readText(file))
             sourceName = file
         }
         let start = Date()
@@ -50,16 +51,61 @@ public enum Workbench {
             progressLine(String(format: "eval: window %d/%d  %.0f tok/s  elapsed %.1fs  ETA %.1fs",
                                 done, total, Double(done * window) / elapsed, elapsed, eta))
         }
+        if let logitsOut {
+            // The first window's logits (W, V), raw little-endian float32, for parity checks.
+            let logits = LlamaInference(model: ckpt.model, maxTokens: window).logits(Array(tokens.prefix(window)))
+            let data = Data(bytes: logits.data, count: logits.bytes)
+            do { try data.write(to: URL(fileURLWithPath: logitsOut), options: .atomic) } catch {
+                throw WorkbenchError("\(logitsOut): cannot write logits (\(error.localizedDescription))")
+            }
+        }
         return EvalReport(checkpoint: path, source: sourceName, ppl: r.ppl, nll: r.nll, totalNll: r.totalNll,
                           predictedTokens: r.predictedTokens, tokens: r.tokens, streamTokens: tokens.count,
                           windows: r.windows, window: r.window, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond)
     }
 
-    /// Turns a text file into ids with the checkpoint's own tokenizer.
-    static func tokenize(checkpoint: Checkpoint, path: String, textFile: String) throws -> [Int32] {
-        guard checkpoint.tokenizer != nil else {
+    /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2").
+    public static func tokenizer(of checkpoint: Checkpoint, path: String, preTokenizer: String? = nil) throws -> BPETokenizer {
+        guard let spec = checkpoint.tokenizer else {
             throw WorkbenchError("\(path): this checkpoint carries no tokenizer; use --tokens FILE")
         }
-        throw WorkbenchError("--text: the byte-level BPE tokenizer is not in this build yet; use --tokens FILE")
+        guard spec.model == "gpt2" else {
+            throw WorkbenchError("\(path): tokenizer model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE)")
+        }
+        do {
+            return try BPETokenizer(tokens: spec.tokens, merges: spec.merges, preTokenizer: PreTokenizer(ggufName: preTokenizer ?? spec.pre),
+                                    tokenTypes: spec.tokenTypes, bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
+        } catch let e as TokenizerError { throw WorkbenchError("\(path): tokenizer: \(e.description)") }
+    }
+
+    /// Reads a UTF-8 text file.
+    static func readText(_ file: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: file) else { throw WorkbenchError("\(file): cannot read text file") }
+        guard let text = String(data: data, encoding: .utf8) else { throw WorkbenchError("\(file): not valid UTF-8 text") }
+        return text
+    }
+
+    /// What `compress tokenize` reports.
+    public struct TokenizeReport: Codable {
+        public var checkpoint: String
+        public var text: String
+        public var preTokenizer: String
+        public var characters: Int
+        public var bytes: Int
+        public var tokens: Int
+        public var seconds: Double
+        public var ids: [Int32]
+    }
+
+    /// Encodes a text file with the checkpoint's tokenizer.
+    public static func tokenize(checkpoint path: String, textFile: String, preTokenizer: String? = nil) throws -> TokenizeReport {
+        let ckpt = try Checkpoint.read(path)
+        let tok = try tokenizer(of: ckpt, path: path, preTokenizer: preTokenizer)
+        let text = try readText(textFile)
+        let start = Date()
+        let ids = tok.encode(text)
+        return TokenizeReport(checkpoint: path, text: textFile, preTokenizer: preTokenizer ?? ckpt.tokenizer?.pre ?? "",
+                              characters: text.count, bytes: text.utf8.count, tokens: ids.count,
+                              seconds: Date().timeIntervalSince(start), ids: ids)
     }
 }

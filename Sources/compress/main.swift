@@ -7,7 +7,7 @@ struct Compress: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compress",
         abstract: "A model-compression workbench for transformer language models (CPU, Float32, OpenBLAS).",
-        subcommands: [Eval.self, Inspect.self, Bench.self])
+        subcommands: [Import.self, Eval.self, Tokenize.self, Inspect.self, Bench.self])
 }
 
 /// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
@@ -29,6 +29,8 @@ struct Eval: ParsableCommand {
     @Option(help: "File of whitespace-separated token ids.") var tokens: String?
     @Option(help: "Window length in tokens.") var window = 2048
     @Option(help: "Score only the first N tokens of the stream.") var maxTokens: Int?
+    @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3).") var preTokenizer: String?
+    @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -41,11 +43,46 @@ struct Eval: ParsableCommand {
         try reportingErrors(json: json) {
             let source: TokenSource = text.map { .text($0) } ?? .tokens(tokens ?? "")
             let r = try Workbench.evaluate(checkpoint: checkpoint, source: source, window: window, maxTokens: maxTokens,
-                                           progress: !json)
+                                           preTokenizer: preTokenizer, logitsOut: logitsOut, progress: !json)
             if json { print(encodeJSON(r)) } else {
                 print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%d windows of %d; stream %d tokens)  %.2f s  %.1f tok/s",
                              r.ppl, r.nll, r.predictedTokens, r.windows, r.window, r.streamTokens, r.seconds, r.tokensPerSecond))
             }
+        }
+    }
+}
+
+struct Import: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Import a GGUF file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json) as a checkpoint.")
+
+    @Argument(help: "GGUF file or Hugging Face model directory.") var source: String
+    @Option(name: .shortAndLong, help: "Output checkpoint (.h5), written atomically.") var output: String
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            let r = try Workbench.importModel(source: source, output: output)
+            if json { print(encodeJSON(r)) } else {
+                print(String(format: "imported %@ -> %@: %d parameters, %d tensors, %@, tokenizer %@, %.2f s",
+                             r.source, r.output, r.parameters, r.tensors, formatBytes(r.outputBytes), r.tokenizer ? "yes" : "no", r.seconds))
+            }
+        }
+    }
+}
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Encode a text file with the checkpoint's tokenizer and print the ids.")
+
+    @Argument(help: "Checkpoint (.h5).") var checkpoint: String
+    @Option(help: "Text file (UTF-8).") var text: String
+    @Option(help: "Override the checkpoint's pre-tokenizer (gpt2, smollm, llama3).") var preTokenizer: String?
+    @Flag(help: "Print one JSON object (with ids, counts and timing).") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            let r = try Workbench.tokenize(checkpoint: checkpoint, textFile: text, preTokenizer: preTokenizer)
+            print(json ? encodeJSON(r) : r.ids.map(String.init).joined(separator: " "))
         }
     }
 }

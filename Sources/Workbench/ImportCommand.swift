@@ -1,0 +1,28 @@
+import Checkpoint
+import Foundation
+import Import
+import Model
+
+/// What `compress import` reports.
+public struct ImportReport: Codable {
+    public var source: String
+    public var output: String
+    public var parameters: Int
+    public var tensors: Int
+    public var outputBytes: Int
+    public var tokenizer: Bool
+    public var seconds: Double
+}
+
+extension Workbench {
+    /// Imports a GGUF file or Hugging Face directory and writes it (atomically) as our checkpoint.
+    public static func importModel(source: String, output: String) throws -> ImportReport {
+        let start = Date()
+        let ckpt = try Importer.load(source)
+        try ckpt.write(to: output)
+        let bytes = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
+        return ImportReport(source: source, output: output, parameters: ckpt.model.parameterCount,
+                            tensors: ckpt.model.namedTensors.count, outputBytes: bytes ?? 0,
+                            tokenizer: ckpt.tokenizer != nil, seconds: Date().timeIntervalSince(start))
+    }
+}
