@@ -19,6 +19,9 @@ public struct EvalReport: Codable {
     public var window: Int
     public var seconds: Double
     public var tokensPerSecond: Double
+    public var peakResidentBytes: Int
+    public var blasCore: String
+    public var threads: Int
 }
 
 /// Where the evaluation text comes from.
@@ -61,7 +64,8 @@ public enum Workbench {
         }
         return EvalReport(checkpoint: path, source: sourceName, ppl: r.ppl, nll: r.nll, totalNll: r.totalNll,
                           predictedTokens: r.predictedTokens, tokens: r.tokens, streamTokens: tokens.count,
-                          windows: r.windows, window: r.window, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond)
+                          windows: r.windows, window: r.window, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond,
+                          peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, threads: max(BLAS.threads, Parallel.threads))
     }
 
     /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2").

