@@ -62,22 +62,11 @@ public struct Checkpoint {
     /// Reads and verifies a checkpoint: format and version, config, that every expected tensor is present
     /// with its shape and type, and that nothing unknown is there.
     public static func read(_ path: String) throws -> Checkpoint {
-        guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.notFound(path: path) }
-        guard H5File.isHDF5(path) else { throw CheckpointError.notHDF5(path: path) }
-        let file: H5File
-        do { file = try H5File.openReadOnly(path) } catch let e as HDF5Failure {
-            throw CheckpointError.unreadable(path: path, detail: e.message)
-        }
+        let file = try openVerified(path)
         func attribute<T>(_ name: String, _ get: (String) throws -> T) throws -> T {
             do { return try get(name) } catch let e as HDF5Failure {
                 throw CheckpointError.unreadable(path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
             }
-        }
-        let format = try attribute("format", file.string)
-        guard format == CheckpointFormat.name else { throw CheckpointError.wrongFormat(path: path, found: format) }
-        let version = try attribute("format_version", file.int)
-        guard CheckpointFormat.supportedVersions.contains(version) else {
-            throw CheckpointError.unsupportedVersion(path: path, found: version)
         }
         let config: LlamaConfig
         do { config = try LlamaConfig(json: JSONValue.parse(try attribute("config", file.string))) } catch let e as ConfigError {
@@ -99,6 +88,33 @@ public struct Checkpoint {
         let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path) : nil
         let model = try readModel(file, config: config, path: path)
         return Checkpoint(model: model, tokenizer: tokenizer, history: history)
+    }
+
+    /// Reads only the tokenizer of a checkpoint (after checking format and version), without the weights.
+    public static func readTokenizer(_ path: String) throws -> TokenizerSpec? {
+        let file = try openVerified(path)
+        return file.exists("tokenizer") ? try readTokenizer(file, path) : nil
+    }
+
+    /// Opens a file and checks that it is an HDF5 checkpoint of a supported format version.
+    private static func openVerified(_ path: String) throws -> H5File {
+        guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.notFound(path: path) }
+        guard H5File.isHDF5(path) else { throw CheckpointError.notHDF5(path: path) }
+        let file: H5File
+        do { file = try H5File.openReadOnly(path) } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: e.message)
+        }
+        do {
+            let format = try file.string("format")
+            guard format == CheckpointFormat.name else { throw CheckpointError.wrongFormat(path: path, found: format) }
+            let version = try file.int("format_version")
+            guard CheckpointFormat.supportedVersions.contains(version) else {
+                throw CheckpointError.unsupportedVersion(path: path, found: version)
+            }
+        } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
+        }
+        return file
     }
 
     private static func members(_ file: H5File, _ group: String, _ path: String) throws -> [String] {

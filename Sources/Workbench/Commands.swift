@@ -43,7 +43,7 @@ public enum Workbench {
             tokens = try TokenFile.read(file)
             sourceName = file
         case .text(let file):
-            tokens = try tokenizer(of: ckpt, path: path, preTokenizer: preTokenizer).encode(readText(file))
+            tokens = try tokenizer(ckpt.tokenizer, path: path, preTokenizer: preTokenizer).encode(readText(file))
             sourceName = file
         }
         let start = Date()
@@ -69,8 +69,8 @@ public enum Workbench {
     }
 
     /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2").
-    public static func tokenizer(of checkpoint: Checkpoint, path: String, preTokenizer: String? = nil) throws -> BPETokenizer {
-        guard let spec = checkpoint.tokenizer else {
+    public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> BPETokenizer {
+        guard let spec else {
             throw WorkbenchError("\(path): this checkpoint carries no tokenizer; use --tokens FILE")
         }
         guard spec.model == "gpt2" else {
@@ -103,12 +103,12 @@ public enum Workbench {
 
     /// Encodes a text file with the checkpoint's tokenizer.
     public static func tokenize(checkpoint path: String, textFile: String, preTokenizer: String? = nil) throws -> TokenizeReport {
-        let ckpt = try Checkpoint.read(path)
-        let tok = try tokenizer(of: ckpt, path: path, preTokenizer: preTokenizer)
+        let spec = try Checkpoint.readTokenizer(path)
+        let tok = try tokenizer(spec, path: path, preTokenizer: preTokenizer)
         let text = try readText(textFile)
         let start = Date()
         let ids = tok.encode(text)
-        return TokenizeReport(checkpoint: path, text: textFile, preTokenizer: preTokenizer ?? ckpt.tokenizer?.pre ?? "",
+        return TokenizeReport(checkpoint: path, text: textFile, preTokenizer: preTokenizer ?? spec?.pre ?? "",
                               characters: text.count, bytes: text.utf8.count, tokens: ids.count,
                               seconds: Date().timeIntervalSince(start), ids: ids)
     }

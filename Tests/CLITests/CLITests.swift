@@ -1,5 +1,9 @@
+import CHDF5
 import Foundation
+import Model
+import TensorCore
 import XCTest
+@testable import Checkpoint
 
 /// End-to-end: run the built `compress` binary and check its output and exit status.
 final class CLITests: XCTestCase {
@@ -101,6 +105,73 @@ final class CLITests: XCTestCase {
         let j = try run(["eval", notHDF5, "--tokens", stream, "--json"])
         XCTAssertEqual(j.status, 1)
         XCTAssertTrue((j.json?["error"] as? String)?.contains(notHDF5) ?? false, j.stdout)
+    }
+
+    /// A copy of tiny-llama.h5 written tensor by tensor with one change, to make a broken checkpoint.
+    func brokenCheckpoint(_ name: String, version: Int = CheckpointFormat.version,
+                          edit: (inout [(String, Tensor)]) -> Void) throws -> String {
+        let model = try Checkpoint.read(fixture("tiny-llama.h5")).model
+        var tensors = model.namedTensors.map { ($0.name, $0.tensor) }
+        edit(&tensors)
+        let path = try tempFile(name, Data())
+        let f = try H5File.create(path)
+        try f.setString("format", CheckpointFormat.name)
+        try f.setInt("format_version", version)
+        try f.setString("config", model.config.json.text)
+        try f.createGroup("tensors")
+        for (n, t) in tensors {
+            try f.write("tensors/" + n, shape: t.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: t.data)
+        }
+        try f.close()
+        return path
+    }
+
+    func testBrokenCheckpointsExitNonZeroWithTheirError() throws {
+        let missing = try brokenCheckpoint("missing.h5") { $0.removeAll { $0.0 == "model.layers.1.mlp.up_proj.weight" } }
+        let shape = try brokenCheckpoint("shape.h5") { ts in
+            ts = ts.map { $0.0 == "model.norm.weight" ? ($0.0, Tensor(shape: [63])) : $0 }
+        }
+        let version = try brokenCheckpoint("version.h5", version: 99) { _ in }
+        let stream = fixture("tiny-llama.stream.txt")
+        let cases: [(String, String)] = [
+            (missing, "missing tensor 'model.layers.1.mlp.up_proj.weight' (expected shape [160, 64])"),
+            (shape, "tensor 'model.norm.weight': expected shape [64], found [63]"),
+            (version, "checkpoint format version 99 is not supported"),
+        ]
+        for (path, message) in cases {
+            for args in [["eval", path, "--tokens", stream, "--window", "32"], ["inspect", path]] {
+                let r = try run(args)
+                XCTAssertEqual(r.status, 1, "\(args)")
+                XCTAssertTrue(r.stderr.contains(path) && r.stderr.contains(message), "\(args): \(r.stderr)")
+            }
+        }
+    }
+
+    func testImportWritesNothingOnBadSource() throws {
+        let gguf = try Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.gguf"))
+        let cut = try tempFile("cut.gguf", gguf.prefix(gguf.count / 2))
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString).h5").path
+        let r = try run(["import", cut, "-o", out])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains(cut), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        // And a good import round-trips to the same logits as the original checkpoint.
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: out) }
+        let ok = try run(["import", fixture("tiny-llama.gguf"), "-o", out, "--json"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertEqual(ok.json?["parameters"] as? Int, 119_104)
+        let a = try run(["eval", out, "--tokens", fixture("tiny-llama.stream.txt"), "--window", "32", "--json"])
+        let b = try run(["eval", fixture("tiny-llama.h5"), "--tokens", fixture("tiny-llama.stream.txt"), "--window", "32", "--json"])
+        XCTAssertEqual(a.json?["total_nll"] as? Double, b.json?["total_nll"] as? Double)
+    }
+
+    func testTokenizeRoundTripsBytes() throws {
+        // The fixture's tokenizer is byte-level with no merges: ids are the UTF-8 bytes.
+        let text = "héllo 1990\n"
+        let file = try tempFile("t.txt", Data(text.utf8))
+        let r = try run(["tokenize", fixture("tiny-llama.h5"), "--text", file])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }, text.utf8.map { Int($0) })
     }
 
     func testArgumentValidation() throws {
