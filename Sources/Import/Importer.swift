@@ -123,15 +123,8 @@ public enum Importer {
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
     }
 
+    /// Assembles the model; LlamaModel verifies every name and shape against the config.
     static func buildModel(config: LlamaConfig, tensors: [String: Tensor], source: String) throws -> LlamaModel {
-        for spec in LlamaModel.tensorSpecs(config) {
-            guard let t = tensors[spec.name] else {
-                throw ImportError("\(source): missing tensor '\(spec.name)' (expected shape \(spec.shape))")
-            }
-            guard t.shape == spec.shape else {
-                throw ImportError("\(source): tensor '\(spec.name)': expected shape \(spec.shape), found \(t.shape)")
-            }
-        }
         do { return try LlamaModel(config: config, tensors: tensors) } catch let e as ConfigError {
             throw ImportError("\(source): \(e.description)")
         }
