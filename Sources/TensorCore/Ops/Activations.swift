@@ -62,3 +62,45 @@ public func residualAdd(_ acc: UnsafeMutablePointer<Float>, _ x: UnsafePointer<F
         for i in r { acc[i] += x[i] }
     }
 }
+
+/// Backward of `swigluForward` (gate and up are the forward's inputs): with s = sigmoid(g),
+///   dgate += dout · up · s·(1 + g·(1 - s)),   dup += dout · g·s.   Accumulates.
+public func swigluBackward(
+    dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+    gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
+) {
+    Parallel.forEachChunk(N, minChunk: 16384) { r in
+        for i in r {
+            let g = gate[i], s = 1 / (1 + fastExp(-g)), d = dout[i]
+            dgate[i] += d * up[i] * s * (1 + g * (1 - s))
+            dup[i] += d * g * s
+        }
+    }
+}
+
+/// Backward of `geluForward`: dinp += dout · gelu'(inp). Accumulates.
+///   exact: gelu'(x) = Φ(x) + x·φ(x);   tanh: with u = √(2/π)(x + 0.044715x³), t = tanh u,
+///   gelu'(x) = ½(1 + t) + ½x(1 - t²)·√(2/π)(1 + 3·0.044715x²)
+public func geluBackward(
+    dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, count N: Int, kind: GELUKind
+) {
+    Parallel.forEachChunk(N, minChunk: 16384) { r in
+        switch kind {
+        case .exact:
+            for i in r {
+                let x = inp[i]
+                let cdf = 0.5 * (1 + Float.erf(x * 0.707_106_77))
+                let pdf = 0.398_942_28 * fastExp(-0.5 * x * x)
+                dinp[i] += dout[i] * (cdf + x * pdf)
+            }
+        case .tanh:
+            for i in r {
+                let x = inp[i]
+                let u = 0.797_884_56 * (x + 0.044_715 * x * x * x)
+                let t = 1 - 2 / (fastExp(2 * u) + 1)
+                let du = 0.797_884_56 * (1 + 3 * 0.044_715 * x * x)
+                dinp[i] += dout[i] * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+            }
+        }
+    }
+}

@@ -88,3 +88,65 @@ public func attentionForwardReference(
         }
     }
 }
+
+/// Backward of causal GQA attention. The probabilities are recomputed block by block from q and k (as
+/// FlashAttention does) instead of being stored, so memory stays O(T) per head. For a block of query rows:
+///   P = causal softmax(Q Kᵀ · s),  dP = dO Vᵀ,  dS = P ⊙ (dP - rowsum(P ⊙ dP))
+///   dQ += dS K · s,   dK += dSᵀ Q · s,   dV += Pᵀ dO          (s = 1/√D; rowsum(P ⊙ dP) = rowsum(dO ⊙ O))
+/// Accumulates into dq (T, H, D), dk and dv (T, G, D). Query heads of one KV group write the same dk/dv
+/// rows, so each worker accumulates into its own dk/dv partials, summed in worker order at the end
+/// (deterministic).
+public enum AttentionBackward {
+    /// Scratch floats needed for a window of T tokens (all workers).
+    public static func scratchCount(tokens T: Int, kvHeads G: Int, headDim D: Int) -> Int {
+        Parallel.threads * (2 * min(AttentionForward.blockRows, T) * T + 2 * T * G * D)
+    }
+}
+
+public func attentionBackward(
+    dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+    dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+    rows T: Int, heads H: Int, kvHeads G: Int, headDim D: Int, scratch: UnsafeMutablePointer<Float>
+) {
+    precondition(H % G == 0, "query heads \(H) not a multiple of KV heads \(G)")
+    let group = H / G, scale = 1 / Float(D).squareRoot()
+    let B = AttentionForward.blockRows, blocks = (T + B - 1) / B, R = min(B, T)
+    let perWorker = 2 * R * T + 2 * T * G * D, kv = T * G * D
+    let blasThreads = BLAS.threads
+    BLAS.threads = 1
+    defer { BLAS.threads = blasThreads }
+    let workers = Parallel.chunkCount(H * blocks)
+    Parallel.forEachChunkIndexed(H * blocks) { worker, tasks in
+        let p = scratch + worker * perWorker, dp = p + R * T, dkw = dp + R * T, dvw = dkw + kv
+        dkw.update(repeating: 0, count: 2 * kv)
+        for task in tasks {
+            let h = task / blocks, g = h / group
+            let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
+            let qb = q + i0 * H * D + h * D, dob = dout + i0 * H * D + h * D
+            BLAS.gemm(transB: true, m: rows, n: i1, k: D, alpha: scale, a: qb, lda: H * D, b: k + g * D, ldb: G * D, c: p, ldc: i1)
+            causalSoftmaxRows(p, rows: rows, columns: i1, firstRow: i0)
+            // dP (rows, i1) = dO_blk (rows, D) · V[0..<i1]ᵀ
+            BLAS.gemm(transB: true, m: rows, n: i1, k: D, a: dob, lda: H * D, b: v + g * D, ldb: G * D, c: dp, ldc: i1)
+            // dV[0..<i1] += Pᵀ (i1, rows) · dO_blk (rows, D)
+            BLAS.gemm(transA: true, m: i1, n: D, k: rows, a: p, lda: i1, b: dob, ldb: H * D, beta: 1, c: dvw + g * D, ldc: G * D)
+            for r in 0..<rows {
+                let pr = p + r * i1, dpr = dp + r * i1, n = i0 + r + 1
+                var dot: Float = 0
+                for j in 0..<n { dot = Relaxed.multiplyAdd(pr[j], dpr[j], dot) }
+                for j in 0..<n { dpr[j] = pr[j] * (dpr[j] - dot) }
+                for j in n..<i1 { dpr[j] = 0 }
+            }
+            // dQ_blk += dS (rows, i1) · K[0..<i1] (i1, D) · s;  dK[0..<i1] += dSᵀ (i1, rows) · Q_blk (rows, D) · s
+            BLAS.gemm(m: rows, n: D, k: i1, alpha: scale, a: dp, lda: i1, b: k + g * D, ldb: G * D, beta: 1,
+                      c: dq + i0 * H * D + h * D, ldc: H * D)
+            BLAS.gemm(transA: true, m: i1, n: D, k: rows, alpha: scale, a: dp, lda: i1, b: qb, ldb: H * D, beta: 1,
+                      c: dkw + g * D, ldc: G * D)
+        }
+    }
+    for w in 0..<workers {
+        let dkw = scratch + w * perWorker + 2 * R * T, dvw = dkw + kv
+        Parallel.forEachChunk(kv, minChunk: 65536) { r in
+            for i in r { dk[i] += dkw[i]; dv[i] += dvw[i] }
+        }
+    }
+}

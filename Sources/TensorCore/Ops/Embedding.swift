@@ -17,3 +17,17 @@ public func embeddingForwardReference(
 ) {
     for t in 0..<T { for c in 0..<C { out[t * C + c] = table[Int(ids[t]) * C + c] } }
 }
+
+/// Backward of `embeddingForward`: dtable[ids[t]] += dout[t]. Accumulates. Work is split by channel
+/// ranges (every worker sees every token), so repeated ids never race and the sum order is fixed.
+public func embeddingBackward(
+    dtable: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, ids: UnsafePointer<Int32>,
+    rows T: Int, channels C: Int
+) {
+    Parallel.forEachChunk(C, minChunk: 64) { channels in
+        for t in 0..<T {
+            let dst = dtable + Int(ids[t]) * C, src = dout + t * C
+            for c in channels { dst[c] += src[c] }
+        }
+    }
+}

@@ -29,3 +29,45 @@ public func linearForwardReference(
         }
     }
 }
+
+/// Backward of `linearForward`, accumulating into each gradient that is given (nil = not needed, e.g. a
+/// frozen weight or the input of the first layer):
+///   dinp (T, C) += dout (T, OC) · weight (OC, C)
+///   dweight (OC, C) += doutᵀ · inp
+///   dbias (OC) += Σ_t dout[t]
+public func linearBackward(
+    dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?, dbias: UnsafeMutablePointer<Float>? = nil,
+    dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    rows T: Int, inFeatures C: Int, outFeatures OC: Int
+) {
+    if let dinp {
+        BLAS.gemm(m: T, n: C, k: OC, a: dout, lda: OC, b: weight, ldb: C, beta: 1, c: dinp, ldc: C)
+    }
+    if let dweight {
+        BLAS.gemm(transA: true, m: OC, n: C, k: T, a: dout, lda: OC, b: inp, ldb: C, beta: 1, c: dweight, ldc: C)
+    }
+    if let dbias {
+        Parallel.forEachChunk(OC, minChunk: 256) { cols in
+            for t in 0..<T { let d = dout + t * OC; for j in cols { dbias[j] += d[j] } }
+        }
+    }
+}
+
+/// A weight multiplied elementwise by a mask (pruning masks, learnable N:M masks):
+///   effective (N) = weight (N) ⊙ mask (N)
+public func maskedWeightForward(
+    effective: UnsafeMutablePointer<Float>, weight: UnsafePointer<Float>, mask: UnsafePointer<Float>, count N: Int
+) {
+    Parallel.forEachChunk(N, minChunk: 65536) { r in for i in r { effective[i] = weight[i] * mask[i] } }
+}
+
+/// Backward of `maskedWeightForward`: dweight += deffective ⊙ mask, dmask += deffective ⊙ weight (each when given).
+public func maskedWeightBackward(
+    dweight: UnsafeMutablePointer<Float>?, dmask: UnsafeMutablePointer<Float>?, deffective: UnsafePointer<Float>,
+    weight: UnsafePointer<Float>, mask: UnsafePointer<Float>, count N: Int
+) {
+    Parallel.forEachChunk(N, minChunk: 65536) { r in
+        if let dweight { for i in r { dweight[i] += deffective[i] * mask[i] } }
+        if let dmask { for i in r { dmask[i] += deffective[i] * weight[i] } }
+    }
+}

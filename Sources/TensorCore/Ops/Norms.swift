@@ -74,3 +74,81 @@ public func layernormForwardReference(
         }
     }
 }
+
+/// Per-worker partial sums of a (C)-vector over rows, reduced in worker order (deterministic).
+@inline(__always)
+func rowsAccumulating(
+    _ T: Int, channels C: Int, into target: UnsafeMutablePointer<Float>?, partials count: Int,
+    _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void
+) {
+    let chunks = Parallel.chunkCount(T, minChunk: 16)
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, chunks * C * count))
+    scratch.initialize(repeating: 0, count: max(1, chunks * C * count))
+    defer { scratch.deallocate() }
+    Parallel.forEachChunkIndexed(T, minChunk: 16) { w, rows in body(rows, scratch + w * C * count) }
+    guard let target else { return }
+    for w in 0..<chunks {
+        let p = scratch + w * C * count
+        for i in 0..<(C * count) { target[i] += p[i] }
+    }
+}
+
+/// Backward of `rmsnormForward` (rstd saved by the forward). With y = w ⊙ x·r, r = (mean(x²) + eps)^(-1/2):
+///   dx = r·(w ⊙ dy) - x · r³/C · Σ_c w_c dy_c x_c,     dw += Σ_t dy ⊙ x·r
+/// Accumulates into dinp and dweight (dweight may be nil for a frozen norm).
+public func rmsnormBackward(
+    dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
+    inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows T: Int, channels C: Int
+) {
+    // dweight is laid out as one (C) partial per worker; see `rowsAccumulating`.
+    rowsAccumulating(T, channels: C, into: dweight, partials: 1) { rows, dw in
+        for t in rows {
+            let x = inp + t * C, dy = dout + t * C, dx = dinp + t * C, r = rstd[t]
+            var dot: Float = 0
+            for c in 0..<C { dot = Relaxed.multiplyAdd(weight[c] * dy[c], x[c], dot) }
+            let k = dot * r * r * r / Float(C)
+            for c in 0..<C {
+                dx[c] += r * weight[c] * dy[c] - k * x[c]
+                dw[c] += dy[c] * x[c] * r
+            }
+        }
+    }
+}
+
+/// Backward of `layernormForward` (mean and rstd saved by the forward). With n = (x - μ)·r, y = w ⊙ n + b:
+///   dx = r·(g - mean(g) - n · mean(g ⊙ n)),  g = w ⊙ dy;    dw += Σ_t dy ⊙ n;   db += Σ_t dy
+/// Accumulates into dinp, dweight and dbias (each weight gradient may be nil).
+public func layernormBackward(
+    dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dbias: UnsafeMutablePointer<Float>?,
+    dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows T: Int, channels C: Int
+) {
+    let chunks = Parallel.chunkCount(T, minChunk: 16)
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: chunks * 2 * C)
+    scratch.initialize(repeating: 0, count: chunks * 2 * C)
+    defer { scratch.deallocate() }
+    Parallel.forEachChunkIndexed(T, minChunk: 16) { w, rows in
+        let dw = scratch + w * 2 * C, db = dw + C
+        for t in rows {
+            let x = inp + t * C, dy = dout + t * C, dx = dinp + t * C, m = mean[t], r = rstd[t]
+            var sg: Float = 0, sgn: Float = 0
+            for c in 0..<C {
+                let g = weight[c] * dy[c], n = (x[c] - m) * r
+                sg += g
+                sgn = Relaxed.multiplyAdd(g, n, sgn)
+            }
+            let mg = sg / Float(C), mgn = sgn / Float(C)
+            for c in 0..<C {
+                let n = (x[c] - m) * r
+                dx[c] += r * (weight[c] * dy[c] - mg - n * mgn)
+                dw[c] += dy[c] * n
+                db[c] += dy[c]
+            }
+        }
+    }
+    for w in 0..<chunks {
+        let dw = scratch + w * 2 * C, db = dw + C
+        if let dweight { for c in 0..<C { dweight[c] += dw[c] } }
+        if let dbias { for c in 0..<C { dbias[c] += db[c] } }
+    }
+}

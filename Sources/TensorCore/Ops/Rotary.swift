@@ -71,3 +71,29 @@ public func rotaryForwardReference(_ x: UnsafeMutablePointer<Float>, rows T: Int
         }
     }
 }
+
+/// Backward of `rotaryForward`, in place on the gradient g (T, H, D): the rotation is orthogonal, so its
+/// backward is the rotation by the opposite angle:
+///   dx[i] = g[i] cos + g[i + D/2] sin,   dx[i + D/2] = g[i + D/2] cos - g[i] sin
+public func rotaryBackward(_ g: UnsafeMutablePointer<Float>, rows T: Int, heads H: Int, table: RotaryTable) {
+    precondition(T <= table.positions, "rotary table covers \(table.positions) positions, asked for \(T)")
+    let D = table.headDim, half = D / 2
+    table.cos.withUnsafeBufferPointer { cosTable in
+        table.sin.withUnsafeBufferPointer { sinTable in
+            let cosB = cosTable.baseAddress!, sinB = sinTable.baseAddress!
+            Parallel.forEachChunk(T, minChunk: 16) { rows in
+                for t in rows {
+                    let cs = cosB + t * half, sn = sinB + t * half
+                    for h in 0..<H {
+                        let v = g + (t * H + h) * D
+                        for i in 0..<half {
+                            let a = v[i], b = v[i + half]
+                            v[i] = a * cs[i] + b * sn[i]
+                            v[i + half] = b * cs[i] - a * sn[i]
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
