@@ -3,6 +3,7 @@ import PackageDescription
 
 // Module graph (one direction of dependency):
 //   compress (CLI) -> Workbench -> Evaluation -> Model -> TensorCore -> CBLAS
+//                     Workbench -> Training -> Checkpoint            (backward, AdamW, distillation loop)
 //                     Workbench -> Import -> Checkpoint -> Model, CHDF5   (file I/O apart from model math)
 //                                  Import -> GGUF, Safetensors -> MappedIO   (foreign formats, no model math)
 let package = Package(
@@ -28,12 +29,14 @@ let package = Package(
         .target(name: "Safetensors", dependencies: ["MappedIO"]),
         .target(name: "Tokenizer"),
         .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors"]),
-        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer"]),
+        .target(name: "Training", dependencies: ["Checkpoint"]),
+        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer", "Training"]),
         .executableTarget(name: "compress", dependencies: [
-            "Workbench", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Workbench", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),

@@ -107,8 +107,9 @@ def run_ours(a):
            "--warmup", str(a.warmup), "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        err = (p.stderr.strip() or p.stdout.strip()).splitlines()
-        return None, f"`{' '.join(cmd[1:])}` failed (exit {p.returncode}): {err[-1] if err else ''}"
+        err = [l.strip() for l in (p.stderr + p.stdout).splitlines() if l.strip()]
+        return None, (f"`compress {' '.join(cmd[1:])}` failed (exit {p.returncode}): {err[0] if err else ''}"
+                      " (is bench-train in this build? swift build -c release)")
     try:
         return json.loads(p.stdout.strip().splitlines()[-1]), None
     except (ValueError, IndexError):

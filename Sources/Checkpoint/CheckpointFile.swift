@@ -179,19 +179,7 @@ public struct Checkpoint {
 
     /// Writes the checkpoint atomically: into a temporary file beside `path`, flushed, then renamed over it.
     public func write(to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let tmp = url.deletingLastPathComponent()
-            .appendingPathComponent(".\(url.lastPathComponent).tmp-\(ProcessInfo.processInfo.processIdentifier)").path
-        do {
-            try writeUnsafely(to: tmp)
-            guard rename(tmp, path) == 0 else {
-                throw CheckpointError.writeFailed(path: path, detail: "rename failed: \(String(cString: strerror(errno)))")
-            }
-        } catch {
-            unlink(tmp)
-            if let e = error as? CheckpointError { throw e }
-            throw CheckpointError.writeFailed(path: path, detail: (error as? HDF5Failure)?.message ?? "\(error)")
-        }
+        try writeAtomically(path) { try writeUnsafely(to: $0) }
     }
 
     private func writeUnsafely(to tmp: String) throws {
@@ -213,8 +201,5 @@ public struct Checkpoint {
             }
         }
         try file.close()
-        // Make the bytes durable before the rename publishes them.
-        let fd = open(tmp, O_RDONLY)
-        if fd >= 0 { fsync(fd); close(fd) }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Training
 import Workbench
 
 @main
@@ -7,7 +8,7 @@ struct Compress: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compress",
         abstract: "A model-compression workbench for transformer language models (CPU, Float32, OpenBLAS).",
-        subcommands: [Import.self, Eval.self, Tokenize.self, Inspect.self, Bench.self])
+        subcommands: [Import.self, Eval.self, Tokenize.self, Inspect.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
 }
 
 /// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
@@ -113,6 +114,140 @@ struct Bench: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.bench(config: Workbench.smolLM2Config(layers: layers), window: window, windows: windows)
+            print(json ? encodeJSON(r) : r.text)
+        }
+    }
+}
+
+struct Distill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Distill a student checkpoint from a teacher (KL on logits, optional CE and intermediate losses; AdamW).",
+        discussion: """
+            Windows are drawn deterministically from --train; the state (student, AdamW moments, step) is saved every
+            --save-every steps to OUT.state.h5 and --resume continues from it to the same final weights. At the end the
+            teacher and the student are evaluated on --test (before too, with --eval-before) and the student is written
+            to -o atomically.
+            """)
+
+    @Option(help: "Teacher checkpoint (.h5).") var teacher: String
+    @Option(help: "Student checkpoint (.h5).") var student: String
+    @Option(name: .shortAndLong, help: "Output student checkpoint (.h5).") var output: String
+    @Option(help: "Optimizer steps.") var steps: Int
+    @Option(help: "Windows per micro-batch.") var batch = 4
+    @Option(help: "Tokens per window.") var window = 512
+    @Option(help: "Micro-batches accumulated per step.") var accumulation = 1
+    @Option(help: "Peak learning rate.") var lr = 1e-4
+    @Option(help: "Learning-rate floor as a fraction of --lr.") var minLrRatio = 0.1
+    @Option(help: "Warm-up steps.") var warmup = 10
+    @Option(help: "Decay after warm-up: cosine, linear or constant.") var decay = "cosine"
+    @Option(help: "AdamW weight decay of matrices.") var weightDecay = 0.0
+    @Option(help: "AdamW beta1.") var beta1 = 0.9
+    @Option(help: "AdamW beta2.") var beta2 = 0.95
+    @Option(help: "Clip the global gradient norm to this value (0 = off).") var clip = 1.0
+    @Option(help: "Softmax temperature of the KL loss.") var temperature = 1.0
+    @Option(help: "Weight of KL(teacher || student) on logits.") var klWeight = 1.0
+    @Option(help: "Weight of the LM cross-entropy on the training tokens.") var ceWeight = 0.0
+    @Option(help: "Intermediate-state pairs 'student:teacher,...' (0-based layer outputs).") var intermediate: String?
+    @Option(help: "Intermediate loss: cosine or mse.") var intermediateLoss = "cosine"
+    @Option(help: "Weight of the intermediate loss.") var intermediateWeight = 1.0
+    @Flag(help: "Scale the intermediate loss to the logit loss each step.") var balance = false
+    @Option(help: "Parameter groups as JSON: [{\"match\": \"glob\", \"lr\": x, \"weight_decay\": y, \"frozen\": true}].") var groups: String?
+    @Option(help: "Freeze parameters matching these comma-separated globs (e.g. 'model.embed_tokens.*').") var freeze: String?
+    @Option(help: "Seed of the window draws.") var seed: UInt64 = 0
+    @Option(help: "Training text (tokenized with the teacher's tokenizer).") var train = "data/wiki.train.txt"
+    @Option(help: "Test text for the final perplexities.") var test = "data/wiki.test.txt"
+    @Option(help: "Evaluation window.") var evalWindow = 2048
+    @Option(help: "Evaluate on the first N test tokens only (0 = skip evaluation).") var evalTokens: Int?
+    @Flag(inversion: .prefixedNo, help: "Also evaluate the student before training.") var evalBefore = true
+    @Option(help: "Progress line every N steps.") var logEvery = 10
+    @Option(help: "Save the training state every N steps (0 = never).") var saveEvery = 50
+    @Option(help: "Training-state file (default OUTPUT.state.h5).") var state: String?
+    @Flag(help: "Resume from the training state.") var resume = false
+    @Option(help: .hidden) var killAfterStep: Int?
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            var o = DistillOptions(teacher: teacher, student: student, output: output)
+            var c = DistillConfig()
+            c.steps = steps; c.batch = batch; c.window = window; c.accumulation = accumulation; c.seed = seed
+            c.lr = lr; c.minLRRatio = minLrRatio; c.warmup = warmup
+            guard let d = LRSchedule.Decay(rawValue: decay) else { throw WorkbenchError("--decay: expected cosine, linear or constant, got '\(decay)'") }
+            c.decay = d
+            c.weightDecay = weightDecay; c.beta1 = beta1; c.beta2 = beta2; c.clip = clip
+            c.temperature = temperature; c.klWeight = klWeight; c.ceWeight = ceWeight
+            if let intermediate {
+                c.intermediate = try intermediate.split(separator: ",").map { pair in
+                    let p = pair.split(separator: ":")
+                    guard p.count == 2, let s = Int(p[0]), let t = Int(p[1]) else {
+                        throw WorkbenchError("--intermediate: expected 'student:teacher' layer pairs, got '\(pair)'")
+                    }
+                    return DistillConfig.LayerPair(student: s, teacher: t)
+                }
+            }
+            guard let il = DistillConfig.FeatureLoss(rawValue: intermediateLoss) else {
+                throw WorkbenchError("--intermediate-loss: expected cosine or mse, got '\(intermediateLoss)'")
+            }
+            c.intermediateLoss = il; c.intermediateWeight = intermediateWeight; c.balance = balance
+            if let groups {
+                do { c.groups = try JSONDecoder().decode([ParameterGroup].self, from: Data(groups.utf8)) } catch {
+                    throw WorkbenchError("--groups: expected a JSON array of {match, lr, weight_decay, frozen} (\(error))")
+                }
+            }
+            if let freeze { c.groups = freeze.split(separator: ",").map { ParameterGroup(match: String($0), frozen: true) } + c.groups }
+            o.config = c
+            o.trainText = train; o.testText = test; o.evalWindow = evalWindow; o.evalTokens = evalTokens; o.evalBefore = evalBefore
+            o.logEvery = logEvery; o.saveEvery = saveEvery; o.statePath = state; o.resume = resume; o.killAfterStep = killAfterStep
+            let r = try Workbench.distill(o)
+            if json { print(encodeJSON(r)) } else {
+                print(String(format: "distilled %@ -> %@: %d steps, %d tokens, %.1f s, %.0f tok/s, loss %.4f -> %.4f",
+                             r.student, r.output, r.steps, r.steps * r.tokensPerStep, r.seconds, r.tokensPerSecond, r.firstLoss, r.finalLoss))
+                if let t = r.teacherPpl, let s = r.studentPpl {
+                    print(String(format: "ppl teacher %.4f  student before %@  after %.4f  retention %.4f",
+                                 t, r.studentPplBefore.map { String(format: "%.4f", $0) } ?? "-", s, r.retention ?? .nan))
+                }
+            }
+        }
+    }
+}
+
+struct DropLayers: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "drop-layers", abstract: "Remove decoder layers from a checkpoint.")
+
+    @Argument(help: "Checkpoint (.h5).") var checkpoint: String
+    @Option(help: "Comma-separated 0-based layer indices to remove.") var drop: String
+    @Option(name: .shortAndLong, help: "Output checkpoint (.h5).") var output: String
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            let layers = try drop.split(separator: ",").map { s -> Int in
+                guard let i = Int(s.trimmingCharacters(in: .whitespaces)) else { throw WorkbenchError("--drop: '\(s)' is not a layer index") }
+                return i
+            }
+            let r = try Workbench.dropLayers(checkpoint: checkpoint, drop: layers, output: output)
+            if json { print(encodeJSON(["parameters_before": r.before, "parameters_after": r.after, "layers": r.layers])) } else {
+                print("\(checkpoint) -> \(output): \(r.layers) layers, \(r.before) -> \(r.after) parameters")
+            }
+        }
+    }
+}
+
+struct BenchTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-train",
+        abstract: "Training throughput (forward + backward + clip + AdamW) on SmolLM2-shaped weights (random, or --checkpoint).")
+
+    @Option(help: "Checkpoint whose weights to train (default: random SmolLM2-135M shape).") var checkpoint: String?
+    @Option(help: "Windows per step.") var batch = 4
+    @Option(help: "Tokens per window.") var window = 512
+    @Option(help: "Timed steps.") var steps = 5
+    @Option(help: "Untimed warm-up steps.") var warmup = 2
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            let r = try Workbench.benchTrain(checkpoint: checkpoint, batch: batch, window: window, steps: steps, warmup: warmup)
             print(json ? encodeJSON(r) : r.text)
         }
     }

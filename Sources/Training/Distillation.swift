@@ -1,0 +1,334 @@
+import Checkpoint
+import Foundation
+import Model
+import TensorCore
+
+/// Knowledge distillation of a compressed student from its original (the teacher), with Minitron's recipe
+/// as the default (Sreenivas, Muralidharan et al., "LLM Pruning and Distillation in Practice: The Minitron
+/// Approach", 2024; Muralidharan et al., "Compact Language Models via Pruning and Knowledge Distillation",
+/// 2024): forward KL divergence between the teacher's and the student's next-token distributions on logits
+/// at temperature 1, no ground-truth loss, AdamW with warm-up and cosine decay.
+///
+/// Loss of one micro-batch of B windows of W tokens (see `LogitLossWeights` for the logit terms):
+///   L = w_kl · L_kl + w_ce · L_ce + α · L_int
+///   L_int = mean over layer pairs (s, t) of  mean_{b,t} (1 - cos(M h_s, h_t))        (cosine)
+///                                        or  mean_{b,t,c} (M h_s - h_t)²             (mse)
+/// where h_s is the residual stream after student layer s, h_t after teacher layer t, and M a learned linear
+/// map (teacher width × student width, initialised to the identity on the shared channels), used when the
+/// widths differ or when asked for. α = w_int, or with balancing α = w_int · (w_kl L_kl + w_ce L_ce) / L_int
+/// (the ratio taken as a constant each step), which scales the intermediate loss to the logit loss as
+/// Minitron's dynamic weighting does.
+///
+/// Windows are drawn deterministically: step s, micro-batch k, window b starts at a position derived from
+/// (seed, s, k) only, so a resumed run sees exactly the windows an uninterrupted one would.
+public struct DistillConfig: Codable, Equatable, Sendable {
+    public struct LayerPair: Codable, Equatable, Sendable {
+        public var student: Int
+        public var teacher: Int
+        public init(student: Int, teacher: Int) { self.student = student; self.teacher = teacher }
+    }
+    public enum FeatureLoss: String, Codable, Sendable, CaseIterable { case cosine, mse }
+
+    public var steps = 100
+    public var batch = 4
+    public var window = 512
+    /// Micro-batches accumulated per optimizer step.
+    public var accumulation = 1
+    public var seed: UInt64 = 0
+    public var lr = 1e-4
+    /// Learning-rate floor of the decay, as a fraction of lr.
+    public var minLRRatio = 0.1
+    public var warmup = 10
+    public var decay = LRSchedule.Decay.cosine
+    public var beta1 = 0.9
+    public var beta2 = 0.95
+    public var eps = 1e-8
+    /// Decoupled weight decay of matrices; vectors (norm weights) are never decayed unless a group says so.
+    public var weightDecay = 0.0
+    /// Global gradient-norm clip (0 = off).
+    public var clip = 1.0
+    public var temperature = 1.0
+    public var klWeight = 1.0
+    public var ceWeight = 0.0
+    public var intermediate: [LayerPair] = []
+    public var intermediateLoss = FeatureLoss.cosine
+    public var intermediateWeight = 1.0
+    public var balance = false
+    /// Learn a map even when the widths agree (it is always learned when they differ).
+    public var alwaysMap = false
+    public var groups: [ParameterGroup] = []
+
+    public init() {}
+
+    /// Checks ranges; errors name the setting.
+    public func validate(teacher: LlamaConfig, student: LlamaConfig) throws {
+        func need(_ ok: Bool, _ message: String) throws { if !ok { throw ConfigError(message) } }
+        try need(steps >= 1, "steps must be at least 1, got \(steps)")
+        try need(batch >= 1, "batch must be at least 1, got \(batch)")
+        try need(window >= 2, "window must be at least 2, got \(window)")
+        try need(accumulation >= 1, "accumulation must be at least 1, got \(accumulation)")
+        try need(lr > 0 && lr.isFinite, "lr must be positive, got \(lr)")
+        try need((0...1).contains(minLRRatio), "min-lr ratio must lie in [0, 1], got \(minLRRatio)")
+        try need(warmup >= 0, "warmup must be >= 0, got \(warmup)")
+        try need((0..<1).contains(beta1) && (0..<1).contains(beta2), "betas must lie in [0, 1), got \(beta1), \(beta2)")
+        try need(eps > 0, "eps must be positive, got \(eps)")
+        try need(weightDecay >= 0, "weight decay must be >= 0, got \(weightDecay)")
+        try need(clip >= 0, "clip must be >= 0 (0 = off), got \(clip)")
+        try need(temperature > 0, "temperature must be positive, got \(temperature)")
+        try need(klWeight >= 0 && ceWeight >= 0 && intermediateWeight >= 0, "loss weights must be >= 0")
+        try need(klWeight > 0 || ceWeight > 0, "at least one of the KL and cross-entropy weights must be positive")
+        try need(teacher.vocabSize == student.vocabSize,
+                 "teacher and student vocabularies differ (\(teacher.vocabSize) vs \(student.vocabSize))")
+        for p in intermediate {
+            try need((0..<student.blocks.count).contains(p.student), "intermediate pair: student layer \(p.student) outside 0..<\(student.blocks.count)")
+            try need((0..<teacher.blocks.count).contains(p.teacher), "intermediate pair: teacher layer \(p.teacher) outside 0..<\(teacher.blocks.count)")
+        }
+    }
+}
+
+/// Statistics of one optimizer step.
+public struct StepStats: Codable, Equatable, Sendable {
+    public var step: Int
+    public var loss: Double
+    public var kl: Double
+    public var ce: Double
+    public var intermediate: Double
+    public var lr: Double
+    public var gradNorm: Double
+}
+
+/// The distillation loop over a teacher and a student model (the student is trained in place).
+public final class Distiller {
+    public let config: DistillConfig
+    public let teacher: LlamaModel
+    public let student: LlamaModel
+    public let studentTrainer: LlamaTrainer
+    let teacherTrainer: LlamaTrainer?
+    let logitLoss: LogitLoss
+    let dHidden: Tensor
+    /// Learned maps (teacher width × student width), one per layer pair (nil when not used).
+    public let maps: [Tensor?]
+    let mapGrads: [Tensor?]
+    let mapped: Tensor?, dMapped: Tensor?
+    public let optimizer: AdamW
+    public let schedule: LRSchedule
+    let tokens: [Int32]
+    /// Optimizer steps done.
+    public private(set) var step = 0
+    /// Stats of every step done (restored on resume).
+    public private(set) var log: [StepStats] = []
+
+    public static let stateFormat = "compress-distill-state"
+    public static let stateVersion = 1
+
+    public init(teacher: LlamaModel, student: LlamaModel, config: DistillConfig, trainTokens: [Int32]) throws {
+        try config.validate(teacher: teacher.config, student: student.config)
+        guard trainTokens.count > config.window else {
+            throw ConfigError("training split has \(trainTokens.count) tokens, fewer than one window of \(config.window) + 1")
+        }
+        if let bad = trainTokens.first(where: { $0 < 0 || Int($0) >= student.config.vocabSize }) {
+            throw ConfigError("training token id \(bad) is outside the vocabulary (0..<\(student.config.vocabSize))")
+        }
+        self.config = config
+        self.teacher = teacher
+        self.student = student
+        tokens = trainTokens
+        let B = config.batch, W = config.window, N = B * W
+        studentTrainer = LlamaTrainer(model: student, batch: B, window: W)
+        let needTeacher = config.klWeight > 0 || !config.intermediate.isEmpty
+        teacherTrainer = needTeacher ? LlamaTrainer(model: teacher, batch: B, window: W) : nil
+        if let t = teacherTrainer { t.frozen = Set(teacher.namedTensors.map(\.name)) }
+        logitLoss = LogitLoss(vocab: student.config.vocabSize)
+        dHidden = Tensor(shape: [N, student.config.hiddenSize])
+        let Cs = student.config.hiddenSize, Ct = teacher.config.hiddenSize
+        var maps: [Tensor?] = [], mapGrads: [Tensor?] = []
+        for p in config.intermediate {
+            studentTrainer.capture(layer: p.student)
+            teacherTrainer?.capture(layer: p.teacher)
+            if Cs != Ct || config.alwaysMap {
+                let m = Tensor(shape: [Ct, Cs])
+                for i in 0..<min(Cs, Ct) { m[i * Cs + i] = 1 }
+                maps.append(m)
+                mapGrads.append(Tensor(shape: [Ct, Cs]))
+            } else {
+                maps.append(nil)
+                mapGrads.append(nil)
+            }
+        }
+        self.maps = maps
+        self.mapGrads = mapGrads
+        mapped = config.intermediate.isEmpty ? nil : Tensor(shape: [N, Ct])
+        dMapped = config.intermediate.isEmpty ? nil : Tensor(shape: [N, Ct])
+
+        // Parameter groups: first matching rule wins; default decay on matrices only.
+        var frozen = Set<String>()
+        var params: [Parameter] = []
+        func add(_ name: String, _ value: Tensor, _ grad: Tensor) {
+            let rule = config.groups.first { $0.matches(name) }
+            if rule?.frozen == true { frozen.insert(name); return }
+            params.append(Parameter(name: name, value: value, grad: grad, lr: rule?.lr ?? config.lr,
+                                    weightDecay: rule?.weightDecay ?? (value.shape.count >= 2 ? config.weightDecay : 0)))
+        }
+        for p in studentTrainer.parameters { add(p.name, p.value, p.grad) }
+        for (i, (m, g)) in zip(maps, mapGrads).enumerated() { if let m, let g { add("map.\(i)", m, g) } }
+        guard !params.isEmpty else { throw ConfigError("every parameter is frozen: nothing to train") }
+        studentTrainer.frozen = frozen
+        optimizer = AdamW(parameters: params, beta1: config.beta1, beta2: config.beta2, eps: config.eps)
+        schedule = LRSchedule(warmup: config.warmup, total: config.steps, decay: config.decay, minRatio: config.minLRRatio)
+    }
+
+    /// Token ids (batch × window) of micro-batch `micro` of step `step`.
+    public func batchIds(step: Int, micro: Int) -> [Int32] {
+        var rng = SplitMix64(seed: config.seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(micro) &* 0xD1B5_4A32_D192_ED03)
+        let W = config.window, span = UInt64(tokens.count - W + 1)
+        var ids: [Int32] = []
+        ids.reserveCapacity(config.batch * W)
+        for _ in 0..<config.batch {
+            let start = Int(rng.next() % span)
+            ids += tokens[start..<(start + W)]
+        }
+        return ids
+    }
+
+    /// Forward, loss and backward of one micro-batch, gradients scaled by `scale`; returns the loss terms.
+    func accumulate(_ ids: [Int32], scale: Float) -> (kl: Double, ce: Double, inter: Double) {
+        let s = studentTrainer, N = s.rows
+        teacherTrainer?.forward(ids)
+        s.forward(ids)
+        let weights = LogitLossWeights(temperature: Float(config.temperature), kl: Float(config.klWeight), ce: Float(config.ceWeight))
+        let v = logitLoss.compute(student: s, teacher: teacherTrainer.map { ($0.model, $0.hidden) }, weights: weights,
+                                  scale: scale, dHidden: dHidden)
+        var inter = 0.0
+        if let t = teacherTrainer, let mapped, let dMapped, !config.intermediate.isEmpty {
+            let P = Double(config.intermediate.count)
+            var dist = [Double](repeating: 0, count: N)
+            // Values first (the balancing ratio needs them), then gradients.
+            var values: [Double] = []
+            func source(_ i: Int) -> (UnsafePointer<Float>, Int) {
+                let p = config.intermediate[i], hs = s.captures[p.student]!
+                if let m = maps[i] {
+                    linearForward(out: mapped.data, inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1], outFeatures: m.shape[0])
+                    return (UnsafePointer(mapped.data), m.shape[0])
+                }
+                return (UnsafePointer(hs.data), hs.shape[1])
+            }
+            func perRowDistance(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ C: Int, da: UnsafeMutablePointer<Float>?, scale: Float) {
+                dist.withUnsafeMutableBufferPointer { dp in
+                    switch config.intermediateLoss {
+                    case .cosine: cosineDistanceBackward(da: da, distance: dp.baseAddress!, a: a, b: b, scale: scale, rows: N, channels: C)
+                    case .mse: squaredErrorBackward(da: da, error: dp.baseAddress!, a: a, b: b, scale: scale, rows: N, channels: C)
+                    }
+                }
+            }
+            for (i, p) in config.intermediate.enumerated() {
+                let (a, C) = source(i), ht = t.captures[p.teacher]!
+                perRowDistance(a, ht.data, C, da: nil, scale: 0)
+                let denom = Double(N) * (config.intermediateLoss == .mse ? Double(C) : 1)
+                values.append(dist.reduce(0, +) / denom)
+            }
+            inter = values.reduce(0, +) / P
+            let logit = config.klWeight * v.kl + config.ceWeight * v.ce
+            let alpha = config.balance ? config.intermediateWeight * logit / max(inter, 1e-12) : config.intermediateWeight
+            for (i, p) in config.intermediate.enumerated() {
+                let (a, C) = source(i), ht = t.captures[p.teacher]!
+                let denom = Double(N) * (config.intermediateLoss == .mse ? Double(C) : 1)
+                let rowScale = Float(alpha / P / denom) * scale
+                let hs = s.captures[p.student]!, dhs = s.captureGrads[p.student]!
+                if let m = maps[i], let g = mapGrads[i] {
+                    dMapped.data.update(repeating: 0, count: N * C)
+                    perRowDistance(a, ht.data, C, da: dMapped.data, scale: rowScale)
+                    linearBackward(dinp: dhs.data, dweight: studentTrainer.frozen.contains("map.\(i)") ? nil : g.data, dout: dMapped.data,
+                                   inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1], outFeatures: m.shape[0])
+                } else {
+                    perRowDistance(a, ht.data, C, da: dhs.data, scale: rowScale)
+                }
+            }
+        }
+        s.backward(dHidden: dHidden.data)
+        return (v.kl, v.ce, inter)
+    }
+
+    /// One optimizer step (K micro-batches, clipping, AdamW); returns its statistics. `batches` replaces the
+    /// drawn windows with given micro-batches (each batch × window ids), for tests against references.
+    @discardableResult
+    public func trainStep(batches: [[Int32]]? = nil) -> StepStats {
+        studentTrainer.zeroGradients()
+        for g in mapGrads { g?.zero() }
+        let K = batches?.count ?? config.accumulation
+        var kl = 0.0, ce = 0.0, inter = 0.0, total = 0.0
+        for k in 0..<K {
+            let v = accumulate(batches?[k] ?? batchIds(step: step, micro: k), scale: 1 / Float(K))
+            kl += v.kl / Double(K); ce += v.ce / Double(K); inter += v.inter / Double(K)
+            let logit = config.klWeight * v.kl + config.ceWeight * v.ce
+            let alpha = config.balance && v.inter > 0 ? config.intermediateWeight * logit / v.inter : config.intermediateWeight
+            total += (logit + alpha * v.inter) / Double(K)
+        }
+        let norm = config.clip > 0 ? optimizer.clipGradients(maxNorm: config.clip) : optimizer.gradientNorm()
+        let factor = schedule.factor(step: step)
+        optimizer.update(lrFactor: factor)
+        let stats = StepStats(step: step + 1, loss: total, kl: kl, ce: ce, intermediate: inter, lr: config.lr * factor, gradNorm: norm)
+        step += 1
+        log.append(stats)
+        return stats
+    }
+
+    /// Loss terms on a fixed batch without updating anything (for tests and evaluation).
+    public func evaluateLoss(_ ids: [Int32]) -> (kl: Double, ce: Double, intermediate: Double) {
+        studentTrainer.zeroGradients()
+        let v = accumulate(ids, scale: 1)
+        studentTrainer.zeroGradients()
+        return (v.kl, v.ce, v.inter)
+    }
+
+    // MARK: - State
+
+    struct StateMeta: Codable {
+        var step: Int
+        var config: DistillConfig
+        var studentConfig: JSONValue
+        var log: [StepStats]
+    }
+
+    /// Writes student weights, maps, AdamW moments and the step atomically to `path`.
+    public func saveState(to path: String) throws {
+        var tensors: [(String, Tensor)] = student.namedTensors.map { ("student:" + $0.name, $0.tensor) }
+        for (i, m) in maps.enumerated() { if let m { tensors.append(("map.\(i)", m)) } }
+        for p in optimizer.parameters { tensors += [("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
+        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json, log: log)
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        let text = String(decoding: try e.encode(meta), as: UTF8.self)
+        try TensorArchive.write(to: path, format: Self.stateFormat, version: Self.stateVersion, meta: text, tensors: tensors)
+    }
+
+    /// Restores a state written by `saveState`; the run settings and the student's config must match.
+    public func loadState(from path: String) throws {
+        let (text, tensors) = try TensorArchive.read(path, format: Self.stateFormat, version: Self.stateVersion)
+        let meta: StateMeta
+        do { meta = try JSONDecoder().decode(StateMeta.self, from: Data(text.utf8)) } catch {
+            throw ConfigError("\(path): training state metadata is unreadable (\(error))")
+        }
+        if meta.config != config {
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys]
+            let a = (try? JSONValue.parse(String(decoding: try e.encode(meta.config), as: UTF8.self)).objectValue) ?? [:]
+            let b = (try? JSONValue.parse(String(decoding: try e.encode(config), as: UTF8.self)).objectValue) ?? [:]
+            let keys = Set(a.keys).union(b.keys).sorted().filter { a[$0] != b[$0] }
+            throw ConfigError("\(path): the state was written by a run with different settings (\(keys.joined(separator: ", "))); resume with the same options")
+        }
+        guard meta.studentConfig == student.config.json else {
+            throw ConfigError("\(path): the state's student config differs from the student checkpoint's")
+        }
+        func restore(_ key: String, into t: Tensor) throws {
+            guard let s = tensors[key] else { throw ConfigError("\(path): training state lacks tensor '\(key)'") }
+            guard s.shape == t.shape else { throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)") }
+            t.data.update(from: s.data, count: t.count)
+        }
+        for (name, t) in student.namedTensors { try restore("student:" + name, into: t) }
+        for (i, m) in maps.enumerated() { if let m { try restore("map.\(i)", into: m) } }
+        for p in optimizer.parameters { try restore("adam_m:" + p.name, into: p.m); try restore("adam_v:" + p.name, into: p.v) }
+        step = meta.step
+        optimizer.step = meta.step
+        log = meta.log
+    }
+}

@@ -1,0 +1,184 @@
+import Checkpoint
+import Evaluation
+import Foundation
+import Model
+import TensorCore
+import Training
+
+/// Inputs of `compress distill` beyond the loop's own settings.
+public struct DistillOptions {
+    public var teacher: String
+    public var student: String
+    public var output: String
+    public var config = DistillConfig()
+    /// Training and test text (tokenized with the teacher's tokenizer).
+    public var trainText = "data/wiki.train.txt"
+    public var testText = "data/wiki.test.txt"
+    public var evalWindow = 2048
+    /// Score only the first N test tokens (nil = the whole split); 0 skips evaluation.
+    public var evalTokens: Int? = nil
+    /// Also measure the student before training.
+    public var evalBefore = true
+    public var logEvery = 10
+    /// Save the training state every N steps (0 = never).
+    public var saveEvery = 50
+    /// Training-state file (default: OUTPUT.state.h5).
+    public var statePath: String? = nil
+    public var resume = false
+    /// Testing aid: SIGKILL this process right after step N (simulates a crash).
+    public var killAfterStep: Int? = nil
+    public var progress = true
+
+    public init(teacher: String, student: String, output: String) {
+        self.teacher = teacher; self.student = student; self.output = output
+    }
+}
+
+/// What `compress distill` reports.
+public struct DistillReport: Codable {
+    public var teacher: String
+    public var student: String
+    public var output: String
+    public var steps: Int
+    public var resumedFrom: Int?
+    public var trainTokens: Int
+    public var tokensPerStep: Int
+    public var seconds: Double
+    public var tokensPerSecond: Double
+    public var firstLoss: Double
+    public var finalLoss: Double
+    public var teacherPpl: Double?
+    public var studentPplBefore: Double?
+    public var studentPpl: Double?
+    /// teacher PPL / student PPL (1 = the student matches its teacher).
+    public var retention: Double?
+    public var retentionBefore: Double?
+    public var evalTokens: Int?
+    public var studentParameters: Int
+    public var teacherParameters: Int
+    public var peakResidentBytes: Int
+    public var blasCore: String
+    public var config: DistillConfig
+    public var log: [StepStats]
+}
+
+extension Workbench {
+    /// Distills `options.student` from `options.teacher` and writes the trained student atomically.
+    public static func distill(_ o: DistillOptions) throws -> DistillReport {
+        let teacherCkpt = try Checkpoint.read(o.teacher)
+        let studentCkpt = try Checkpoint.read(o.student)
+        guard teacherCkpt.tokenizer == nil || studentCkpt.tokenizer == nil || teacherCkpt.tokenizer == studentCkpt.tokenizer else {
+            throw WorkbenchError("\(o.student): its tokenizer differs from the teacher's (\(o.teacher)); distillation needs one vocabulary")
+        }
+        let tok = try tokenizer(teacherCkpt.tokenizer ?? studentCkpt.tokenizer, path: o.teacher)
+        let train = tok.encode(try readText(o.trainText))
+        let statePath = o.statePath ?? o.output + ".state.h5"
+        let distiller: Distiller
+        do {
+            distiller = try Distiller(teacher: teacherCkpt.model, student: studentCkpt.model, config: o.config, trainTokens: train)
+        } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
+
+        let evaluating = o.evalTokens != 0
+        let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
+        func ppl(_ model: LlamaModel, _ label: String) throws -> Double {
+            let start = Date()
+            let r = try Perplexity.evaluate(model: model, tokens: test, window: o.evalWindow, maxTokens: o.evalTokens) { done, total in
+                guard o.progress else { return }
+                let el = Date().timeIntervalSince(start)
+                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
+            }
+            if o.progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens)", label, r.ppl, r.tokens)) }
+            return r.ppl
+        }
+
+        var resumedFrom: Int? = nil
+        if o.resume {
+            guard FileManager.default.fileExists(atPath: statePath) else {
+                throw WorkbenchError("\(statePath): no training state to resume from")
+            }
+            do { try distiller.loadState(from: statePath) } catch let e as ConfigError { throw WorkbenchError(e.description) }
+            resumedFrom = distiller.step
+            if o.progress { progressLine("resumed from \(statePath) at step \(distiller.step)") }
+        }
+        // Before-training PPL of the student: measured on a fresh start (a resumed run has trained weights).
+        let before = evaluating && o.evalBefore && resumedFrom == nil ? try ppl(studentCkpt.model, "student before") : nil
+
+        let c = o.config, tokensPerStep = c.batch * c.window * c.accumulation
+        let start = Date(), firstStep = distiller.step
+        while distiller.step < c.steps {
+            let s = distiller.trainStep()
+            if o.saveEvery > 0 && s.step % o.saveEvery == 0 && s.step < c.steps { try distiller.saveState(to: statePath) }
+            if o.progress && (s.step % max(o.logEvery, 1) == 0 || s.step == c.steps || s.step == firstStep + 1) {
+                let elapsed = Date().timeIntervalSince(start), done = s.step - firstStep
+                let tps = Double(done * tokensPerStep) / elapsed
+                let eta = elapsed / Double(done) * Double(c.steps - s.step)
+                var parts = String(format: "step %d/%d  loss %.4f", s.step, c.steps, s.loss)
+                if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
+                if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
+                if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
+                progressLine(parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps, formatDuration(eta)))
+            }
+            if let k = o.killAfterStep, s.step == k { kill(getpid(), SIGKILL) }
+        }
+        let seconds = Date().timeIntervalSince(start)
+
+        // Write the student with its lineage, then drop the state file (the run is complete).
+        var history = studentCkpt.history
+        history.append(.object([
+            "kind": .string("distill"), "teacher": .string(o.teacher), "student": .string(o.student),
+            "steps": .int(c.steps), "tokens": .int(c.steps * tokensPerStep),
+            "config": (try? JSONValue.parse(encodeJSON(c))) ?? .null,
+            "final_loss": .double(distiller.log.last?.loss ?? .nan),
+        ]))
+        try Checkpoint(model: distiller.student, tokenizer: studentCkpt.tokenizer, history: history).write(to: o.output)
+        if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
+
+        let teacherPPL = evaluating ? try ppl(teacherCkpt.model, "teacher") : nil
+        let studentPPL = evaluating ? try ppl(distiller.student, "student after") : nil
+        return DistillReport(
+            teacher: o.teacher, student: o.student, output: o.output, steps: c.steps, resumedFrom: resumedFrom,
+            trainTokens: train.count, tokensPerStep: tokensPerStep, seconds: seconds,
+            tokensPerSecond: Double((c.steps - firstStep) * tokensPerStep) / max(seconds, 1e-9),
+            firstLoss: distiller.log.first?.loss ?? .nan, finalLoss: distiller.log.last?.loss ?? .nan,
+            teacherPpl: teacherPPL, studentPplBefore: before, studentPpl: studentPPL,
+            retention: teacherPPL.flatMap { t in studentPPL.map { t / $0 } },
+            retentionBefore: teacherPPL.flatMap { t in before.map { t / $0 } },
+            evalTokens: evaluating ? min(o.evalTokens ?? test.count, test.count) : nil,
+            studentParameters: distiller.student.parameterCount, teacherParameters: teacherCkpt.model.parameterCount,
+            peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, config: c, log: distiller.log)
+    }
+
+    /// A checkpoint with the given decoder layers removed (their weights dropped, the rest renumbered).
+    public static func dropLayers(checkpoint path: String, drop: [Int], output: String) throws -> (before: Int, after: Int, layers: Int) {
+        let ckpt = try Checkpoint.read(path)
+        let m = ckpt.model, L = m.layers.count
+        if let bad = drop.first(where: { !(0..<L).contains($0) }) { throw WorkbenchError("--drop: layer \(bad) outside 0..<\(L)") }
+        guard Set(drop).count == drop.count else { throw WorkbenchError("--drop: a layer is listed twice") }
+        guard drop.count < L else { throw WorkbenchError("--drop: cannot drop all \(L) layers") }
+        let keep = (0..<L).filter { !drop.contains($0) }
+        var config = m.config
+        config.blocks = keep.map { m.config.blocks[$0] }
+        config.numHiddenLayers = keep.count
+        var tensors: [String: Tensor] = [:]
+        for (name, t) in m.namedTensors {
+            guard name.hasPrefix("model.layers.") else { tensors[name] = t; continue }
+            let parts = name.split(separator: ".", maxSplits: 3)
+            guard let old = Int(parts[2]), let new = keep.firstIndex(of: old) else { continue }
+            tensors["model.layers.\(new).\(parts[3])"] = t
+        }
+        let model = try LlamaModel(config: config, tensors: tensors)
+        var history = ckpt.history
+        history.append(.object(["kind": .string("drop-layers"), "source": .string(path), "dropped": .array(drop.map { .int($0) })]))
+        try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: history).write(to: output)
+        return (m.parameterCount, model.parameterCount, keep.count)
+    }
+}
+
+/// "1h02m", "3m05s", "42s".
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite else { return "?" }
+    let t = Int(s.rounded())
+    if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
+    if t >= 60 { return String(format: "%dm%02ds", t / 60, t % 60) }
+    return "\(t)s"
+}
