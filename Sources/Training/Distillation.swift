@@ -285,7 +285,8 @@ public final class Distiller {
     struct StateMeta: Codable {
         var step: Int
         var config: DistillConfig
-        var studentConfig: JSONValue
+        /// The student's config as JSON text (compared as text: it is our own canonical serialisation).
+        var studentConfig: String
         var log: [StepStats]
     }
 
@@ -294,7 +295,7 @@ public final class Distiller {
         var tensors: [(String, Tensor)] = student.namedTensors.map { ("student:" + $0.name, $0.tensor) }
         for (i, m) in maps.enumerated() { if let m { tensors.append(("map.\(i)", m)) } }
         for p in optimizer.parameters { tensors += [("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
-        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json, log: log)
+        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         let text = String(decoding: try e.encode(meta), as: UTF8.self)
@@ -316,7 +317,7 @@ public final class Distiller {
             let keys = Set(a.keys).union(b.keys).sorted().filter { a[$0] != b[$0] }
             throw ConfigError("\(path): the state was written by a run with different settings (\(keys.joined(separator: ", "))); resume with the same options")
         }
-        guard meta.studentConfig == student.config.json else {
+        guard meta.studentConfig == student.config.json.text else {
             throw ConfigError("\(path): the state's student config differs from the student checkpoint's")
         }
         func restore(_ key: String, into t: Tensor) throws {

@@ -82,8 +82,10 @@ extension Workbench {
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
         func ppl(_ model: LlamaModel, _ label: String) throws -> Double {
             let start = Date()
+            var shown = start
             let r = try Perplexity.evaluate(model: model, tokens: test, window: o.evalWindow, maxTokens: o.evalTokens) { done, total in
-                guard o.progress else { return }
+                guard o.progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
+                shown = Date()
                 let el = Date().timeIntervalSince(start)
                 progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
             }
