@@ -105,6 +105,8 @@ def run_ours(a):
         return None, f"{os.path.relpath(COMPRESS, ROOT)} not found (build it: swift build -c release)"
     cmd = [COMPRESS, "bench-train", "--batch", str(a.batch), "--window", str(a.window), "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--json"]
+    if a.checkpoint and os.path.exists(a.checkpoint):
+        cmd += ["--checkpoint", a.checkpoint]  # same weights as the PyTorch side (speed does not depend on them)
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         err = [l.strip() for l in (p.stderr + p.stdout).splitlines() if l.strip()]
@@ -123,7 +125,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
-    ap.add_argument("--checkpoint", default=CKPT, help="weights for the PyTorch side (random init if missing)")
+    ap.add_argument("--checkpoint", default=CKPT, help="weights for both sides (random init if missing)")
     ap.add_argument("--pytorch-only", action="store_true", help="measure PyTorch only (in this process)")
     ap.add_argument("--json", action="store_true", help="with --pytorch-only: print one JSON object")
     a = ap.parse_args()

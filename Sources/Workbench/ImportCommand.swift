@@ -22,7 +22,7 @@ extension Workbench {
         try ckpt.write(to: output)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
         return ImportReport(source: source, output: output, parameters: ckpt.model.parameterCount,
-                            tensors: ckpt.model.namedTensors.count, outputBytes: bytes ?? 0,
+                            tensors: ckpt.model.namedTensors.count, outputBytes: bytes,
                             tokenizer: ckpt.tokenizer != nil, seconds: Date().timeIntervalSince(start))
     }
 }

@@ -52,7 +52,7 @@ extension Workbench {
         } ?? .null
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         return InspectReport(
-            checkpoint: path, fileBytes: size ?? 0,
+            checkpoint: path, fileBytes: size,
             architecture: c.extra["architectures"]?.arrayValue?.first?.stringValue ?? "LlamaForCausalLM",
             config: c.json, parameters: model.parameterCount, tensorBytes: named.reduce(0) { $0 + $1.tensor.bytes },
             layers: layers,
