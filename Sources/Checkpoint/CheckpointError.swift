@@ -15,6 +15,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case shapeMismatch(path: String, tensor: String, expected: [Int], found: [Int])
     case wrongType(path: String, tensor: String, expected: String, found: String)
     case writeFailed(path: String, detail: String)
+    case badMask(path: String, tensor: String, detail: String)
 
     public var description: String {
         switch self {
@@ -34,6 +35,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .shapeMismatch(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected shape \(e), found \(f)"
         case .wrongType(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected \(e), found \(f)"
         case .writeFailed(let p, let d): return "\(p): could not write checkpoint: \(d)"
+        case .badMask(let p, let t, let d): return "\(p): mask of '\(t)': \(d)"
         }
     }
 }

@@ -51,7 +51,12 @@ public struct Checkpoint {
     /// Where the weights came from and every pass applied since, oldest first (free-form JSON objects).
     public var history: [JSONValue]
 
-    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = []) {
+    /// Sparsity masks (0/1) of decoder linear weights, by tensor name; the weights are already zero where a
+    /// mask is 0. Training keeps them so.
+    public var masks: [String: Tensor] = [:]
+
+    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = [], masks: [String: Tensor] = [:]) {
+        self.masks = masks
         self.model = model
         self.tokenizer = tokenizer
         self.history = history
@@ -82,12 +87,13 @@ public struct Checkpoint {
             history = h
         }
         let root = try members(file, "/", path)
-        if let unknown = root.first(where: { $0 != "tensors" && $0 != "tokenizer" }) {
+        if let unknown = root.first(where: { $0 != "tensors" && $0 != "tokenizer" && $0 != "masks" }) {
             throw CheckpointError.unknownEntry(path: path, entry: unknown)
         }
         let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path) : nil
         let model = try readModel(file, config: config, path: path)
-        return Checkpoint(model: model, tokenizer: tokenizer, history: history)
+        let masks = root.contains("masks") ? try readMasks(file, model: model, path: path) : [:]
+        return Checkpoint(model: model, tokenizer: tokenizer, history: history, masks: masks)
     }
 
     /// Reads only the tokenizer of a checkpoint (after checking format and version), without the weights.
@@ -157,6 +163,41 @@ public struct Checkpoint {
         }
     }
 
+    /// Masks: each names a decoder linear weight, has its shape, holds only 0 and 1, and the weight is zero
+    /// wherever the mask is.
+    private static func readMasks(_ file: H5File, model: LlamaModel, path: String) throws -> [String: Tensor] {
+        let weights = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
+        var masks: [String: Tensor] = [:]
+        for name in try members(file, "masks", path) {
+            guard let w = weights[name], name.hasPrefix("model.layers."), w.shape.count == 2 else {
+                throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name)
+            }
+            do {
+                let info = try file.datasetInfo("masks/" + name)
+                guard info.typeClass == H5T_FLOAT, info.typeSize == 4 else {
+                    throw CheckpointError.wrongType(path: path, tensor: "masks/" + name, expected: "float32", found: info.typeDescription)
+                }
+                guard info.shape == w.shape else {
+                    throw CheckpointError.shapeMismatch(path: path, tensor: "masks/" + name, expected: w.shape, found: info.shape)
+                }
+                let m = Tensor(shape: w.shape)
+                try file.read("masks/" + name, memType: H5Types.float32, into: m.data)
+                for i in 0..<m.count where m[i] != 1 {
+                    guard m[i] == 0 else {
+                        throw CheckpointError.badMask(path: path, tensor: name, detail: "holds \(m[i]) at element \(i); a mask holds only 0 and 1")
+                    }
+                    guard w[i] == 0 else {
+                        throw CheckpointError.badMask(path: path, tensor: name, detail: "the weight is \(w[i]) at element \(i) where the mask is 0")
+                    }
+                }
+                masks[name] = m
+            } catch let e as HDF5Failure {
+                throw CheckpointError.unreadable(path: path, detail: "mask '\(name)': \(e.message)")
+            }
+        }
+        return masks
+    }
+
     private static func readTokenizer(_ file: H5File, _ path: String) throws -> TokenizerSpec {
         do {
             let info = try file.datasetInfo("tokenizer")
@@ -191,6 +232,12 @@ public struct Checkpoint {
         try file.createGroup("tensors")
         for (name, t) in model.namedTensors {
             try file.write("tensors/" + name, shape: t.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: t.data)
+        }
+        if !masks.isEmpty {
+            try file.createGroup("masks")
+            for (name, m) in masks.sorted(by: { $0.key < $1.key }) {
+                try file.write("masks/" + name, shape: m.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: m.data)
+            }
         }
         if let tokenizer {
             let e = JSONEncoder()

@@ -76,6 +76,8 @@ extension Workbench {
         let distiller: Distiller
         do {
             distiller = try Distiller(teacher: teacherCkpt.model, student: studentCkpt.model, config: o.config, trainTokens: train)
+            // A sparse student stays sparse: its masked weights train as weight ⊙ mask.
+            for (name, mask) in studentCkpt.masks.sorted(by: { $0.key < $1.key }) { try distiller.studentTrainer.setMask(name, mask) }
         } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
 
         let evaluating = o.evalTokens != 0
@@ -132,7 +134,8 @@ extension Workbench {
             "config": (try? JSONValue.parse(encodeJSON(c))) ?? .null,
             "final_loss": .double(distiller.log.last?.loss ?? .nan),
         ]))
-        try Checkpoint(model: distiller.student, tokenizer: studentCkpt.tokenizer, history: history).write(to: o.output)
+        try Checkpoint(model: distiller.student, tokenizer: studentCkpt.tokenizer, history: history, masks: studentCkpt.masks)
+            .write(to: o.output)
         if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
 
         let teacherPPL = evaluating ? try ppl(teacherCkpt.model, "teacher") : nil
