@@ -36,7 +36,7 @@ let package = Package(
         ]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),

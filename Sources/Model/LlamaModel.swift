@@ -116,6 +116,27 @@ public final class LlamaModel: @unchecked Sendable {
     /// Number of parameters (a tied LM head counted once).
     public var parameterCount: Int { namedTensors.reduce(0) { $0 + $1.tensor.count } }
 
+    /// A copy of the model without the given decoder layers (the rest renumbered in order). The tensors are
+    /// copied, so training the result leaves this model untouched.
+    public func removingLayers(_ drop: Set<Int>) throws -> LlamaModel {
+        if let bad = drop.first(where: { !(0..<layers.count).contains($0) }) {
+            throw ConfigError("layer \(bad) outside 0..<\(layers.count)")
+        }
+        guard drop.count < layers.count else { throw ConfigError("cannot remove all \(layers.count) layers") }
+        let keep = (0..<layers.count).filter { !drop.contains($0) }
+        var c = config
+        c.blocks = keep.map { config.blocks[$0] }
+        c.numHiddenLayers = keep.count
+        var tensors: [String: Tensor] = [:]
+        for (name, t) in namedTensors {
+            guard name.hasPrefix("model.layers.") else { tensors[name] = t.copy(); continue }
+            let parts = name.split(separator: ".", maxSplits: 3)
+            guard let old = Int(parts[2]), let new = keep.firstIndex(of: old) else { continue }
+            tensors["model.layers.\(new).\(parts[3])"] = t.copy()
+        }
+        return try LlamaModel(config: c, tensors: tensors)
+    }
+
     /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms at 1), for tests and benchmarks.
     public static func random(config: LlamaConfig, seed: UInt64) -> LlamaModel {
         var rng = SplitMix64(seed: seed)

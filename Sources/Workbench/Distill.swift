@@ -156,26 +156,15 @@ extension Workbench {
     /// A checkpoint with the given decoder layers removed (their weights dropped, the rest renumbered).
     public static func dropLayers(checkpoint path: String, drop: [Int], output: String) throws -> (before: Int, after: Int, layers: Int) {
         let ckpt = try Checkpoint.read(path)
-        let m = ckpt.model, L = m.layers.count
-        if let bad = drop.first(where: { !(0..<L).contains($0) }) { throw WorkbenchError("--drop: layer \(bad) outside 0..<\(L)") }
+        let m = ckpt.model
         guard Set(drop).count == drop.count else { throw WorkbenchError("--drop: a layer is listed twice") }
-        guard drop.count < L else { throw WorkbenchError("--drop: cannot drop all \(L) layers") }
-        let keep = (0..<L).filter { !drop.contains($0) }
-        var config = m.config
-        config.blocks = keep.map { m.config.blocks[$0] }
-        config.numHiddenLayers = keep.count
-        var tensors: [String: Tensor] = [:]
-        for (name, t) in m.namedTensors {
-            guard name.hasPrefix("model.layers.") else { tensors[name] = t; continue }
-            let parts = name.split(separator: ".", maxSplits: 3)
-            guard let old = Int(parts[2]), let new = keep.firstIndex(of: old) else { continue }
-            tensors["model.layers.\(new).\(parts[3])"] = t
-        }
-        let model = try LlamaModel(config: config, tensors: tensors)
+        guard ckpt.masks.isEmpty else { throw WorkbenchError("\(path): drop-layers does not handle masked checkpoints yet") }
+        let model: LlamaModel
+        do { model = try m.removingLayers(Set(drop)) } catch let e as ConfigError { throw WorkbenchError("--drop: \(e.description)") }
         var history = ckpt.history
         history.append(.object(["kind": .string("drop-layers"), "source": .string(path), "dropped": .array(drop.map { .int($0) })]))
         try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: history).write(to: output)
-        return (m.parameterCount, model.parameterCount, keep.count)
+        return (m.parameterCount, model.parameterCount, model.layers.count)
     }
 }
 
