@@ -1,0 +1,112 @@
+import Model
+
+/// An error in a recipe: names the recipe file, the place in it (stage) and the key.
+public struct RecipeError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A JSON object read strictly: every value is fetched by key with its type and allowed range checked, and
+/// `finish()` rejects the keys nobody asked for. Errors name the location (recipe file and stage) and the key.
+public final class StrictObject {
+    public let location: String
+    let values: [String: JSONValue]
+    private var used: Set<String> = []
+
+    /// `location` is how errors refer to this object, e.g. "recipes/a.json, stage 2 (minitron)".
+    public init(_ json: JSONValue, at location: String) throws {
+        guard let o = json.objectValue else { throw RecipeError("\(location): expected a JSON object, found \(json.text)") }
+        values = o
+        self.location = location
+    }
+
+    public var keys: [String] { values.keys.sorted() }
+    public func has(_ key: String) -> Bool { values[key] != nil && values[key] != .null }
+
+    func fail(_ key: String, _ message: String) -> RecipeError { RecipeError("\(location): '\(key)': \(message)") }
+
+    func take(_ key: String) -> JSONValue? {
+        used.insert(key)
+        guard let v = values[key], v != .null else { return nil }
+        return v
+    }
+
+    public func int(_ key: String, default d: Int? = nil, in range: ClosedRange<Int>? = nil) throws -> Int {
+        guard let v = take(key) else {
+            if let d { return d }
+            throw fail(key, "required (an integer\(range.map { " in \($0.lowerBound)...\($0.upperBound)" } ?? ""))")
+        }
+        let n: Int
+        switch v {
+        case .int(let i): n = i
+        case .double(let x) where x == x.rounded() && abs(x) < 9e15: n = Int(x)
+        default: throw fail(key, "expected an integer, found \(v.text)")
+        }
+        if let range, !range.contains(n) { throw fail(key, "\(n) is out of range \(range.lowerBound)...\(range.upperBound)") }
+        return n
+    }
+
+    public func double(_ key: String, default d: Double? = nil, in range: ClosedRange<Double>? = nil) throws -> Double {
+        guard let v = take(key) else {
+            if let d { return d }
+            throw fail(key, "required (a number\(range.map { " in [\($0.lowerBound), \($0.upperBound)]" } ?? ""))")
+        }
+        let x: Double
+        switch v {
+        case .int(let i): x = Double(i)
+        case .double(let f): x = f
+        default: throw fail(key, "expected a number, found \(v.text)")
+        }
+        if let range, !range.contains(x) { throw fail(key, "\(x) is out of range [\(range.lowerBound), \(range.upperBound)]") }
+        return x
+    }
+
+    public func bool(_ key: String, default d: Bool? = nil) throws -> Bool {
+        guard let v = take(key) else {
+            if let d { return d }
+            throw fail(key, "required (true or false)")
+        }
+        guard case .bool(let b) = v else { throw fail(key, "expected true or false, found \(v.text)") }
+        return b
+    }
+
+    public func string(_ key: String, default d: String? = nil, oneOf allowed: [String]? = nil) throws -> String {
+        guard let v = take(key) else {
+            if let d { return d }
+            throw fail(key, "required (a string\(allowed.map { ": one of \($0.joined(separator: ", "))" } ?? ""))")
+        }
+        guard case .string(let s) = v else { throw fail(key, "expected a string, found \(v.text)") }
+        if let allowed, !allowed.contains(s) { throw fail(key, "'\(s)' is not one of \(allowed.joined(separator: ", "))") }
+        return s
+    }
+
+    public func optionalString(_ key: String) throws -> String? { has(key) ? try string(key) : nil }
+    public func optionalInt(_ key: String, in range: ClosedRange<Int>? = nil) throws -> Int? { has(key) ? try int(key, in: range) : nil }
+    public func optionalDouble(_ key: String, in range: ClosedRange<Double>? = nil) throws -> Double? {
+        has(key) ? try double(key, in: range) : nil
+    }
+
+    /// A nested object, read strictly in turn (its location extends this one's).
+    public func object(_ key: String) throws -> StrictObject? {
+        guard let v = take(key) else { return nil }
+        return try StrictObject(v, at: "\(location): '\(key)'")
+    }
+
+    public func array(_ key: String) throws -> [JSONValue]? {
+        guard let v = take(key) else { return nil }
+        guard case .array(let a) = v else { throw fail(key, "expected an array, found \(v.text)") }
+        return a
+    }
+
+    /// Marks a key as read without interpreting it (e.g. a discriminator read elsewhere).
+    public func skip(_ key: String) { used.insert(key) }
+
+    /// Rejects keys that were never read.
+    public func finish() throws {
+        let unknown = Set(values.keys).subtracting(used).sorted()
+        guard unknown.isEmpty else {
+            let known = used.sorted().joined(separator: ", ")
+            throw RecipeError("\(location): unknown key\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")) (known: \(known))")
+        }
+    }
+}
