@@ -25,8 +25,7 @@ final class SmolLM2TrainingTests: XCTestCase {
         let before = d.evaluateLoss(batch).kl
         for _ in 0..<4 { d.trainStep(batches: [batch]) }
         let after = d.evaluateLoss(batch).kl
-        print("SmolLM2 student KL on the batch: \(before) -> \(after)")
-        XCTAssertLessThan(after, 0.7 * before, "KL \(before) -> \(after)")
+        XCTAssertLessThan(after, 0.7 * before, "KL \(before) -> \(after)")  // observed 1.129 -> 0.409
         XCTAssertEqual(teacher.layers[0].mlp!.up.array, teacherUp)  // the student's tensors are copies
         XCTAssertNotEqual(student.layers[0].mlp!.up.array, teacherUp)
     }
