@@ -142,18 +142,8 @@ public struct Checkpoint {
             guard presentSet.contains(s.name) else {
                 throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
             }
-            let key = "tensors/" + s.name
             do {
-                let info = try file.datasetInfo(key)
-                guard info.typeClass == H5T_FLOAT, info.typeSize == 4 else {
-                    throw CheckpointError.wrongType(path: path, tensor: s.name, expected: "float32", found: info.typeDescription)
-                }
-                guard info.shape == s.shape else {
-                    throw CheckpointError.shapeMismatch(path: path, tensor: s.name, expected: s.shape, found: info.shape)
-                }
-                let t = Tensor(shape: s.shape)
-                try file.read(key, memType: H5Types.float32, into: t.data)
-                tensors[s.name] = t
+                tensors[s.name] = try file.readFloat32("tensors/" + s.name, label: s.name, expected: s.shape)
             } catch let e as HDF5Failure {
                 throw CheckpointError.unreadable(path: path, detail: "tensor '\(s.name)': \(e.message)")
             }
@@ -173,15 +163,7 @@ public struct Checkpoint {
                 throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name)
             }
             do {
-                let info = try file.datasetInfo("masks/" + name)
-                guard info.typeClass == H5T_FLOAT, info.typeSize == 4 else {
-                    throw CheckpointError.wrongType(path: path, tensor: "masks/" + name, expected: "float32", found: info.typeDescription)
-                }
-                guard info.shape == w.shape else {
-                    throw CheckpointError.shapeMismatch(path: path, tensor: "masks/" + name, expected: w.shape, found: info.shape)
-                }
-                let m = Tensor(shape: w.shape)
-                try file.read("masks/" + name, memType: H5Types.float32, into: m.data)
+                let m = try file.readFloat32("masks/" + name, label: "masks/" + name, expected: w.shape)
                 for i in 0..<m.count where m[i] != 1 {
                     guard m[i] == 0 else {
                         throw CheckpointError.badMask(path: path, tensor: name, detail: "holds \(m[i]) at element \(i); a mask holds only 0 and 1")

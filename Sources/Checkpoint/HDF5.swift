@@ -1,5 +1,6 @@
 import CHDF5
 import Foundation
+import TensorCore
 
 /// A failure inside the HDF5 library, with the file and object it concerned.
 struct HDF5Failure: Error {
@@ -216,4 +217,21 @@ enum H5Types {
     static var float32: hid_t { h5_native_float() }
     static var uint8File: hid_t { h5_std_u8le() }
     static var uint8: hid_t { h5_native_uint8() }
+}
+
+extension H5File {
+    /// Reads a float32 dataset into a tensor. `label` names it in errors; `expected`, when given, is the
+    /// shape it must have.
+    func readFloat32(_ key: String, label: String, expected: [Int]? = nil) throws -> Tensor {
+        let info = try datasetInfo(key)
+        guard info.typeClass == H5T_FLOAT, info.typeSize == 4 else {
+            throw CheckpointError.wrongType(path: path, tensor: label, expected: "float32", found: info.typeDescription)
+        }
+        if let expected, info.shape != expected {
+            throw CheckpointError.shapeMismatch(path: path, tensor: label, expected: expected, found: info.shape)
+        }
+        let t = Tensor(shape: info.shape)
+        try read(key, memType: H5Types.float32, into: t.data)
+        return t
+    }
 }

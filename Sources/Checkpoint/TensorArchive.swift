@@ -1,4 +1,3 @@
-import CHDF5
 import Foundation
 import TensorCore
 
@@ -36,13 +35,7 @@ public enum TensorArchive {
             let meta = try file.string("meta")
             var tensors: [String: Tensor] = [:]
             for name in try file.members("tensors") {
-                let info = try file.datasetInfo("tensors/" + name)
-                guard info.typeClass == H5T_FLOAT, info.typeSize == 4 else {
-                    throw CheckpointError.wrongType(path: path, tensor: name, expected: "float32", found: info.typeDescription)
-                }
-                let t = Tensor(shape: info.shape)
-                try file.read("tensors/" + name, memType: H5Types.float32, into: t.data)
-                tensors[name] = t
+                tensors[name] = try file.readFloat32("tensors/" + name, label: name)
             }
             return (meta, tensors)
         } catch let e as HDF5Failure {

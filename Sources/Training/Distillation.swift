@@ -109,7 +109,9 @@ public final class Distiller {
     /// Learned maps (teacher width × student width), one per layer pair (nil when not used).
     public let maps: [Tensor?]
     let mapGrads: [Tensor?]
-    let mapped: Tensor?, dMapped: Tensor?
+    /// Per pair, the mapped student states (nil for pairs without a map); one shared gradient buffer.
+    let mapped: [Tensor?]
+    let dMapped: Tensor?
     public let optimizer: AdamW
     public let schedule: LRSchedule
     let tokens: [Int32]
@@ -157,7 +159,7 @@ public final class Distiller {
         }
         self.maps = maps
         self.mapGrads = mapGrads
-        mapped = config.intermediate.isEmpty ? nil : Tensor(shape: [N, Ct])
+        mapped = maps.map { $0 == nil ? nil : Tensor(shape: [N, Ct]) }
         dMapped = config.intermediate.isEmpty ? nil : Tensor(shape: [N, Ct])
 
         // Parameter groups: first matching rule wins; default decay on matrices only.
@@ -190,28 +192,20 @@ public final class Distiller {
         return ids
     }
 
-    /// Forward, loss and backward of one micro-batch, gradients scaled by `scale`; returns the loss terms.
-    func accumulate(_ ids: [Int32], scale: Float) -> (kl: Double, ce: Double, inter: Double) {
+    /// Forward, loss and backward of one micro-batch, gradients scaled by `scale`; returns the loss terms and
+    /// the total loss L they weigh into.
+    func accumulate(_ ids: [Int32], scale: Float) -> (kl: Double, ce: Double, inter: Double, total: Double) {
         let s = studentTrainer, N = s.rows
         teacherTrainer?.forward(ids)
         s.forward(ids)
         let weights = LogitLossWeights(temperature: Float(config.temperature), kl: Float(config.klWeight), ce: Float(config.ceWeight))
         let v = logitLoss.compute(student: s, teacher: teacherTrainer.map { ($0.model, $0.hidden) }, weights: weights,
                                   scale: scale, dHidden: dHidden)
-        var inter = 0.0
-        if let t = teacherTrainer, let mapped, let dMapped, !config.intermediate.isEmpty {
+        let logit = config.klWeight * v.kl + config.ceWeight * v.ce
+        var inter = 0.0, alpha = config.intermediateWeight
+        if let t = teacherTrainer, let dMapped, !config.intermediate.isEmpty {
             let P = Double(config.intermediate.count)
             var dist = [Double](repeating: 0, count: N)
-            // Values first (the balancing ratio needs them), then gradients.
-            var values: [Double] = []
-            func source(_ i: Int) -> (UnsafePointer<Float>, Int) {
-                let p = config.intermediate[i], hs = s.captures[p.student]!
-                if let m = maps[i] {
-                    linearForward(out: mapped.data, inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1], outFeatures: m.shape[0])
-                    return (UnsafePointer(mapped.data), m.shape[0])
-                }
-                return (UnsafePointer(hs.data), hs.shape[1])
-            }
             func perRowDistance(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ C: Int, da: UnsafeMutablePointer<Float>?, scale: Float) {
                 dist.withUnsafeMutableBufferPointer { dp in
                     switch config.intermediateLoss {
@@ -220,19 +214,26 @@ public final class Distiller {
                     }
                 }
             }
-            for (i, p) in config.intermediate.enumerated() {
-                let (a, C) = source(i), ht = t.captures[p.teacher]!
-                perRowDistance(a, ht.data, C, da: nil, scale: 0)
-                let denom = Double(N) * (config.intermediateLoss == .mse ? Double(C) : 1)
-                values.append(dist.reduce(0, +) / denom)
+            // The student side of each pair (through its map when it has one), computed once.
+            let sources: [(UnsafePointer<Float>, Int)] = config.intermediate.enumerated().map { i, p in
+                let hs = s.captures[p.student]!
+                if let m = maps[i], let out = mapped[i] {
+                    linearForward(out: out.data, inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1], outFeatures: m.shape[0])
+                    return (UnsafePointer(out.data), m.shape[0])
+                }
+                return (UnsafePointer(hs.data), hs.shape[1])
             }
-            inter = values.reduce(0, +) / P
-            let logit = config.klWeight * v.kl + config.ceWeight * v.ce
-            let alpha = config.balance ? config.intermediateWeight * logit / max(inter, 1e-12) : config.intermediateWeight
+            func denominator(_ C: Int) -> Double { Double(N) * (config.intermediateLoss == .mse ? Double(C) : 1) }
+            // Values first (the balancing ratio needs them), then gradients.
             for (i, p) in config.intermediate.enumerated() {
-                let (a, C) = source(i), ht = t.captures[p.teacher]!
-                let denom = Double(N) * (config.intermediateLoss == .mse ? Double(C) : 1)
-                let rowScale = Float(alpha / P / denom) * scale
+                let (a, C) = sources[i]
+                perRowDistance(a, t.captures[p.teacher]!.data, C, da: nil, scale: 0)
+                inter += dist.reduce(0, +) / denominator(C) / P
+            }
+            if config.balance { alpha = config.intermediateWeight * logit / max(inter, 1e-12) }
+            for (i, p) in config.intermediate.enumerated() {
+                let (a, C) = sources[i], ht = t.captures[p.teacher]!
+                let rowScale = Float(alpha / P / denominator(C)) * scale
                 let hs = s.captures[p.student]!, dhs = s.captureGrads[p.student]!
                 if let m = maps[i], let g = mapGrads[i] {
                     dMapped.data.update(repeating: 0, count: N * C)
@@ -245,7 +246,7 @@ public final class Distiller {
             }
         }
         s.backward(dHidden: dHidden.data)
-        return (v.kl, v.ce, inter)
+        return (v.kl, v.ce, inter, logit + alpha * inter)
     }
 
     /// One optimizer step (K micro-batches, clipping, AdamW); returns its statistics. `batches` replaces the
@@ -258,10 +259,7 @@ public final class Distiller {
         var kl = 0.0, ce = 0.0, inter = 0.0, total = 0.0
         for k in 0..<K {
             let v = accumulate(batches?[k] ?? batchIds(step: step, micro: k), scale: 1 / Float(K))
-            kl += v.kl / Double(K); ce += v.ce / Double(K); inter += v.inter / Double(K)
-            let logit = config.klWeight * v.kl + config.ceWeight * v.ce
-            let alpha = config.balance && v.inter > 0 ? config.intermediateWeight * logit / v.inter : config.intermediateWeight
-            total += (logit + alpha * v.inter) / Double(K)
+            kl += v.kl / Double(K); ce += v.ce / Double(K); inter += v.inter / Double(K); total += v.total / Double(K)
         }
         let norm = config.clip > 0 ? optimizer.clipGradients(maxNorm: config.clip) : optimizer.gradientNorm()
         let factor = schedule.factor(step: step)

@@ -34,7 +34,8 @@ public final class LlamaTrainer {
     public let hidden: Tensor
 
     let rotary: RotaryTable
-    let names: [String: Tensor]
+    /// Weights and their gradients by Hugging Face name.
+    let names: [String: Tensor], gradNames: [String: Tensor]
     var effective: [String: Tensor] = [:], effectiveGrads: [String: Tensor] = [:]
     var ids: [Int32] = []
 
@@ -61,6 +62,7 @@ public final class LlamaTrainer {
         for (name, t) in model.namedTensors { zeros[name] = Tensor(shape: t.shape) }
         do { grads = try LlamaModel(config: c, tensors: zeros) } catch { preconditionFailure("gradient model: \(error)") }
         names = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
+        gradNames = Dictionary(uniqueKeysWithValues: grads.namedTensors.map { ($0.name, $0.tensor) })
         rotary = RotaryTable(headDim: D, theta: c.ropeTheta, positions: W)
         hidden = Tensor(shape: [N, C])
         x = Tensor(shape: [N, C])
@@ -241,9 +243,8 @@ public final class LlamaTrainer {
             }
         }
         // Masked weights: route d(weight ⊙ mask) to the weight and the mask.
-        let gradByName = Dictionary(uniqueKeysWithValues: grads.namedTensors.map { ($0.name, $0.tensor) })
         for (name, mask) in masks.sorted(by: { $0.key < $1.key }) {
-            maskedWeightBackward(dweight: frozen.contains(name) ? nil : gradByName[name]!.data, dmask: maskGrads[name]?.data,
+            maskedWeightBackward(dweight: frozen.contains(name) ? nil : gradNames[name]!.data, dmask: maskGrads[name]?.data,
                                  deffective: effectiveGrads[name]!.data, weight: names[name]!.data, mask: mask.data, count: mask.count)
         }
     }

@@ -24,7 +24,15 @@ final class CLITests: XCTestCase {
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0]
     }
 
+    /// Runs the binary; the process must exit (not die of a signal).
     func run(_ args: [String]) throws -> Result {
+        let r = try launch(args)
+        XCTAssertEqual(r.reason, .exit, "crashed: \(args)")
+        return Result(status: r.status, stdout: r.stdout, stderr: r.stderr)
+    }
+
+    /// Runs the binary and reports how it ended, signals included.
+    func launch(_ args: [String]) throws -> (reason: Process.TerminationReason, status: Int32, stdout: String, stderr: String) {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
@@ -34,8 +42,7 @@ final class CLITests: XCTestCase {
         try p.run()
         let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        XCTAssertEqual(p.terminationReason, .exit, "crashed: \(args)")
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        return (p.terminationReason, p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
 
     func fixture(_ name: String) -> String { Self.fixtures.appendingPathComponent(name).path }

@@ -75,22 +75,22 @@ public func layernormForwardReference(
     }
 }
 
-/// Per-worker partial sums of a (C)-vector over rows, reduced in worker order (deterministic).
+/// Runs `body(rows, partial)` over chunks of T rows, each chunk accumulating into its own zeroed `width`-float
+/// partial; then sums the partials in chunk order (deterministic) and hands the sum to `finish`.
 @inline(__always)
-func rowsAccumulating(
-    _ T: Int, channels C: Int, into target: UnsafeMutablePointer<Float>?, partials count: Int,
-    _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void
+func accumulatingOverRows(
+    _ T: Int, width: Int, _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void, finish: (UnsafePointer<Float>) -> Void
 ) {
     let chunks = Parallel.chunkCount(T, minChunk: 16)
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, chunks * C * count))
-    scratch.initialize(repeating: 0, count: max(1, chunks * C * count))
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, chunks * width))
+    scratch.initialize(repeating: 0, count: max(1, chunks * width))
     defer { scratch.deallocate() }
-    Parallel.forEachChunkIndexed(T, minChunk: 16) { w, rows in body(rows, scratch + w * C * count) }
-    guard let target else { return }
-    for w in 0..<chunks {
-        let p = scratch + w * C * count
-        for i in 0..<(C * count) { target[i] += p[i] }
+    Parallel.forEachChunkIndexed(T, minChunk: 16) { w, rows in body(rows, scratch + w * width) }
+    for w in 1..<max(chunks, 1) {
+        let p = scratch + w * width
+        for i in 0..<width { scratch[i] += p[i] }
     }
+    finish(scratch)
 }
 
 /// Backward of `rmsnormForward` (rstd saved by the forward). With y = w ⊙ x·r, r = (mean(x²) + eps)^(-1/2):
@@ -100,8 +100,7 @@ public func rmsnormBackward(
     dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
     inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows T: Int, channels C: Int
 ) {
-    // dweight is laid out as one (C) partial per worker; see `rowsAccumulating`.
-    rowsAccumulating(T, channels: C, into: dweight, partials: 1) { rows, dw in
+    accumulatingOverRows(T, width: C, { rows, dw in
         for t in rows {
             let x = inp + t * C, dy = dout + t * C, dx = dinp + t * C, r = rstd[t]
             var dot: Float = 0
@@ -112,7 +111,9 @@ public func rmsnormBackward(
                 dw[c] += dy[c] * x[c] * r
             }
         }
-    }
+    }, finish: { sum in
+        if let dweight { for c in 0..<C { dweight[c] += sum[c] } }
+    })
 }
 
 /// Backward of `layernormForward` (mean and rstd saved by the forward). With n = (x - μ)·r, y = w ⊙ n + b:
@@ -123,12 +124,8 @@ public func layernormBackward(
     dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
     mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows T: Int, channels C: Int
 ) {
-    let chunks = Parallel.chunkCount(T, minChunk: 16)
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: chunks * 2 * C)
-    scratch.initialize(repeating: 0, count: chunks * 2 * C)
-    defer { scratch.deallocate() }
-    Parallel.forEachChunkIndexed(T, minChunk: 16) { w, rows in
-        let dw = scratch + w * 2 * C, db = dw + C
+    accumulatingOverRows(T, width: 2 * C, { rows, dw in
+        let db = dw + C
         for t in rows {
             let x = inp + t * C, dy = dout + t * C, dx = dinp + t * C, m = mean[t], r = rstd[t]
             var sg: Float = 0, sgn: Float = 0
@@ -145,10 +142,8 @@ public func layernormBackward(
                 db[c] += dy[c]
             }
         }
-    }
-    for w in 0..<chunks {
-        let dw = scratch + w * 2 * C, db = dw + C
-        if let dweight { for c in 0..<C { dweight[c] += dw[c] } }
-        if let dbias { for c in 0..<C { dbias[c] += db[c] } }
-    }
+    }, finish: { sum in
+        if let dweight { for c in 0..<C { dweight[c] += sum[c] } }
+        if let dbias { for c in 0..<C { dbias[c] += sum[C + c] } }
+    })
 }

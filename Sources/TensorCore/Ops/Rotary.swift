@@ -34,6 +34,11 @@ public struct RotaryTable: Sendable {
 
 /// Rotates x (T, H, D) in place; token t sits at position t.
 public func rotaryForward(_ x: UnsafeMutablePointer<Float>, rows T: Int, heads H: Int, table: RotaryTable) {
+    rotate(x, rows: T, heads: H, table: table, direction: 1)
+}
+
+/// Rotates every head's pairs by direction × angle (direction +1 forward, -1 for the backward).
+private func rotate(_ x: UnsafeMutablePointer<Float>, rows T: Int, heads H: Int, table: RotaryTable, direction: Float) {
     precondition(T <= table.positions, "rotary table covers \(table.positions) positions, asked for \(T)")
     let D = table.headDim, half = D / 2
     table.cos.withUnsafeBufferPointer { cosTable in
@@ -45,9 +50,9 @@ public func rotaryForward(_ x: UnsafeMutablePointer<Float>, rows T: Int, heads H
                     for h in 0..<H {
                         let v = x + (t * H + h) * D
                         for i in 0..<half {
-                            let a = v[i], b = v[i + half]
-                            v[i] = a * cs[i] - b * sn[i]
-                            v[i + half] = b * cs[i] + a * sn[i]
+                            let a = v[i], b = v[i + half], s = direction * sn[i]
+                            v[i] = a * cs[i] - b * s
+                            v[i + half] = b * cs[i] + a * s
                         }
                     }
                 }
@@ -76,24 +81,5 @@ public func rotaryForwardReference(_ x: UnsafeMutablePointer<Float>, rows T: Int
 /// backward is the rotation by the opposite angle:
 ///   dx[i] = g[i] cos + g[i + D/2] sin,   dx[i + D/2] = g[i + D/2] cos - g[i] sin
 public func rotaryBackward(_ g: UnsafeMutablePointer<Float>, rows T: Int, heads H: Int, table: RotaryTable) {
-    precondition(T <= table.positions, "rotary table covers \(table.positions) positions, asked for \(T)")
-    let D = table.headDim, half = D / 2
-    table.cos.withUnsafeBufferPointer { cosTable in
-        table.sin.withUnsafeBufferPointer { sinTable in
-            let cosB = cosTable.baseAddress!, sinB = sinTable.baseAddress!
-            Parallel.forEachChunk(T, minChunk: 16) { rows in
-                for t in rows {
-                    let cs = cosB + t * half, sn = sinB + t * half
-                    for h in 0..<H {
-                        let v = g + (t * H + h) * D
-                        for i in 0..<half {
-                            let a = v[i], b = v[i + half]
-                            v[i] = a * cs[i] + b * sn[i]
-                            v[i + half] = b * cs[i] - a * sn[i]
-                        }
-                    }
-                }
-            }
-        }
-    }
+    rotate(g, rows: T, heads: H, table: table, direction: -1)
 }
