@@ -4,6 +4,7 @@ import PackageDescription
 // Module graph (one direction of dependency):
 //   compress (CLI) -> Workbench -> Evaluation -> Model -> TensorCore -> CBLAS
 //                     Workbench -> Training -> Checkpoint            (backward, AdamW, distillation loop)
+//                     Workbench -> Passes -> Recipes -> Training     (compression passes; recipe format, pass API)
 //                     Workbench -> Import -> Checkpoint -> Model, CHDF5   (file I/O apart from model math)
 //                                  Import -> GGUF, Safetensors -> MappedIO   (foreign formats, no model math)
 let package = Package(
@@ -30,14 +31,15 @@ let package = Package(
         .target(name: "Tokenizer"),
         .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors"]),
         .target(name: "Training", dependencies: ["Checkpoint"]),
-        .target(name: "Recipes", dependencies: ["Model"]),
-        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer", "Training"]),
+        .target(name: "Recipes", dependencies: ["Training"]),
+        .target(name: "Passes", dependencies: ["Recipes"]),
+        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer", "Training", "Passes"]),
         .executableTarget(name: "compress", dependencies: [
             "Workbench", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
-        .testTarget(name: "RecipesTests", dependencies: ["Recipes"]),
+        .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),

@@ -123,18 +123,7 @@ public final class LlamaModel: @unchecked Sendable {
             throw ConfigError("layer \(bad) outside 0..<\(layers.count)")
         }
         guard drop.count < layers.count else { throw ConfigError("cannot remove all \(layers.count) layers") }
-        let keep = (0..<layers.count).filter { !drop.contains($0) }
-        var c = config
-        c.blocks = keep.map { config.blocks[$0] }
-        c.numHiddenLayers = keep.count
-        var tensors: [String: Tensor] = [:]
-        for (name, t) in namedTensors {
-            guard name.hasPrefix("model.layers.") else { tensors[name] = t.copy(); continue }
-            let parts = name.split(separator: ".", maxSplits: 3)
-            guard let old = Int(parts[2]), let new = keep.firstIndex(of: old) else { continue }
-            tensors["model.layers.\(new).\(parts[3])"] = t.copy()
-        }
-        return try LlamaModel(config: c, tensors: tensors)
+        return try removingSublayers(Set(drop.flatMap { [2 * $0, 2 * $0 + 1] }))
     }
 
     /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms at 1), for tests and benchmarks.

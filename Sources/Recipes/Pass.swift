@@ -15,7 +15,19 @@ public struct PassContext {
     /// Calibration windows (each `window` token ids), drawn by the recipe's calibration settings.
     public var calibration: [[Int32]]
     public var seed: UInt64
-    public init(calibration: [[Int32]] = [], seed: UInt64 = 0) { self.calibration = calibration; self.seed = seed }
+    /// Where calibration statistics are kept between runs (nil: always computed).
+    public var cache: StatsCache?
+    /// Progress lines for long computations (stderr in the CLI).
+    public var progress: (String) -> Void
+    public init(calibration: [[Int32]] = [], seed: UInt64 = 0, cache: StatsCache? = nil, progress: @escaping (String) -> Void = { _ in }) {
+        self.calibration = calibration; self.seed = seed; self.cache = cache; self.progress = progress
+    }
+
+    /// `compute()`'s value, through the cache when there is one.
+    public func cached<T: Codable>(_ name: String, settings: JSONValue, _ compute: () throws -> T) throws -> T {
+        guard let cache else { return try compute() }
+        return try cache.value(name, settings: settings, compute: compute)
+    }
 }
 
 /// A compression pass: decoded strictly from its recipe stage, run on a model, reporting what it did.

@@ -1,0 +1,208 @@
+// Minitron width and depth pruning.
+//
+// Paper: S. Muralidharan, S. T. Sreenivas, R. Joshi, M. Chochowski, M. Patwary, M. Shoeybi, B. Catanzaro,
+// J. Kautz, P. Molchanov, "Compact Language Models via Pruning and Knowledge Distillation", 2024 (and
+// Sreenivas, Muralidharan et al., "LLM Pruning and Distillation in Practice: The Minitron Approach", 2024).
+//
+// Activation-based importance on calibration data (a forward pass only), for a batch of B windows of S tokens:
+//   heads:              F_head(i)    = agg_B agg_S ‖Attn(X W_Q,i, X W_K,i, X W_V,i)‖₂   (head output before o_proj)
+//   MLP neurons:        F_neuron(i)  = agg_B agg_S |X W_1,i|                             (input of down_proj: silu(gate)⊙up)
+//   embedding channels: F_emb(i)     = agg_B agg_S Σ_norms |RMSNorm(X)_i|                (every norm's output)
+// with agg_S ∈ {mean, sum, l2, max} over a window's positions, then agg_B over the windows; the paper's best
+// is (batch = L2, sequence = mean), the default here.
+// Depth importance of block i: 1 - cos(block input, block output), averaged over calibration tokens (Block
+// Importance), and the perplexity on the calibration windows with block i removed (the paper's LM-loss
+// criterion). The blocks with the lowest importance under the chosen metric are removed in one shot.
+//
+// Width pruning keeps, per layer, the highest-scoring heads within each KV group (the same number in every
+// group, so grouped-query attention keeps its structure), the highest-scoring neurons per layer, and the
+// highest-scoring channels globally, then copies the kept rows and columns into a smaller homogeneous Llama.
+//
+// Deviations:
+// - Per-token magnitudes (|·|, ‖·‖₂) are aggregated, where the paper writes a signed sum for neurons and
+//   channels; with signed values a mean over the sequence lets opposite activations cancel.
+// - Removing hidden channels rescales each RMSNorm weight by sqrt(C'/C) and rms_norm_eps by C'/C, so the
+//   pruned model computes exactly what the original computes with those channels zeroed (LlamaModel.pruningWidth).
+// - A parameter budget is met by shrinking the chosen axes (hidden, MLP, heads) by one common fraction, the
+//   largest whose architecture fits, with sizes rounded down to `round_to`; the paper instead enumerates
+//   candidate architectures and ranks them after a short retraining.
+// - Heads are pruned within KV groups only; KV heads themselves are kept.
+
+import Foundation
+import Model
+import Recipes
+
+public struct MinitronPass: CompressionPass {
+    public static let name = "minitron"
+    public static let needs: PassNeeds = [.calibration]
+
+    public enum Axis: String, CaseIterable, Sendable { case hidden, mlp, heads }
+    public enum DepthMetric: String, CaseIterable, Sendable { case ppl, cosine }
+
+    public var hidden: Int?
+    public var mlp: Int?
+    public var heads: Int?
+    public var layers: Int?
+    public var params: Int?
+    public var axes: [Axis] = [.hidden, .mlp]
+    public var roundTo = 32
+    public var sequence = Aggregation.mean
+    public var batch = Aggregation.l2
+    public var depthMetric = DepthMetric.ppl
+
+    public init(config s: StrictObject) throws {
+        hidden = try s.optionalInt("hidden", in: 1...1_000_000)
+        mlp = try s.optionalInt("mlp", in: 1...10_000_000)
+        heads = try s.optionalInt("heads", in: 1...100_000)
+        layers = try s.optionalInt("layers", in: 1...100_000)
+        params = try s.optionalInt("params", in: 1...Int.max)
+        roundTo = try s.int("round_to", default: roundTo, in: 1...4096)
+        if let list = try s.array("axes") {
+            guard params != nil else { throw RecipeError("\(s.location): 'axes': only meaningful with 'params'") }
+            axes = try list.map { v in
+                guard let name = v.stringValue, let a = Axis(rawValue: name) else {
+                    throw RecipeError("\(s.location): 'axes': \(v.text) is not one of \(Axis.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return a
+            }
+            guard !axes.isEmpty, Set(axes).count == axes.count else {
+                throw RecipeError("\(s.location): 'axes': expected a non-empty list without repeats")
+            }
+        }
+        if params != nil {
+            let fixed: [Axis: Int?] = [.hidden: hidden, .mlp: mlp, .heads: heads]
+            if let clash = axes.first(where: { fixed[$0]! != nil }) {
+                throw RecipeError("\(s.location): '\(clash.rawValue)': given explicitly and also listed in 'axes' for the parameter budget")
+            }
+        }
+        let aggs = Aggregation.allCases.map(\.rawValue)
+        sequence = Aggregation(rawValue: try s.string("sequence_aggregation", default: sequence.rawValue, oneOf: aggs))!
+        batch = Aggregation(rawValue: try s.string("batch_aggregation", default: batch.rawValue, oneOf: aggs))!
+        depthMetric = DepthMetric(rawValue: try s.string("depth_metric", default: depthMetric.rawValue,
+                                                         oneOf: DepthMetric.allCases.map(\.rawValue)))!
+        guard hidden != nil || mlp != nil || heads != nil || layers != nil || params != nil else {
+            throw RecipeError("\(s.location): no target: give one or more of 'hidden', 'mlp', 'heads', 'layers', 'params'")
+        }
+    }
+
+    /// The target sizes, resolved against the model (explicit sizes, then the parameter budget).
+    public struct Target: Codable, Equatable, Sendable {
+        public var hidden, mlp, heads, layers: Int
+        public var parameters: Int
+    }
+
+    func config(_ c: LlamaConfig, _ t: (hidden: Int, mlp: Int, heads: Int, layers: Int)) -> LlamaConfig {
+        var n = LlamaConfig(vocabSize: c.vocabSize, hiddenSize: t.hidden, intermediateSize: t.mlp, numHiddenLayers: t.layers,
+                            numAttentionHeads: t.heads, numKeyValueHeads: c.numKeyValueHeads, headDim: c.headDim)
+        n.tieWordEmbeddings = c.tieWordEmbeddings
+        return n
+    }
+
+    public func resolveTarget(_ c: LlamaConfig) throws -> Target {
+        let G = c.numKeyValueHeads
+        var t = (hidden: hidden ?? c.hiddenSize, mlp: mlp ?? c.intermediateSize, heads: heads ?? c.numAttentionHeads,
+                 layers: layers ?? c.numHiddenLayers)
+        if let budget = params {
+            // Largest common fraction f whose rounded architecture fits the budget (parameters fall as f does).
+            func sized(_ f: Double) -> (hidden: Int, mlp: Int, heads: Int, layers: Int) {
+                var s = t
+                func round(_ n: Int) -> Int { max(roundTo, Int(Double(n) * f) / roundTo * roundTo) }
+                if axes.contains(.hidden) { s.hidden = min(c.hiddenSize, round(c.hiddenSize)) }
+                if axes.contains(.mlp) { s.mlp = min(c.intermediateSize, round(c.intermediateSize)) }
+                if axes.contains(.heads) { s.heads = max(1, Int(Double(c.numAttentionHeads / G) * f)) * G }
+                return s
+            }
+            var lo = 0.0, hi = 1.0
+            guard LlamaModel.parameterCount(config(c, sized(lo))) <= budget else {
+                throw RecipeError("minitron: no architecture along \(axes.map(\.rawValue)) fits \(budget) parameters")
+            }
+            if LlamaModel.parameterCount(config(c, sized(hi))) <= budget { lo = hi }
+            for _ in 0..<60 where hi - lo > 1e-9 {
+                let mid = (lo + hi) / 2
+                if LlamaModel.parameterCount(config(c, sized(mid))) <= budget { lo = mid } else { hi = mid }
+            }
+            t = sized(lo)
+        }
+        guard t.hidden <= c.hiddenSize else { throw RecipeError("minitron: 'hidden' \(t.hidden) exceeds the model's \(c.hiddenSize)") }
+        guard t.mlp <= c.intermediateSize else { throw RecipeError("minitron: 'mlp' \(t.mlp) exceeds the model's \(c.intermediateSize)") }
+        guard t.heads <= c.numAttentionHeads, t.heads % G == 0 else {
+            throw RecipeError("minitron: 'heads' \(t.heads) must be a multiple of the \(G) KV heads, at most \(c.numAttentionHeads)")
+        }
+        guard t.layers <= c.numHiddenLayers else { throw RecipeError("minitron: 'layers' \(t.layers) exceeds the model's \(c.numHiddenLayers)") }
+        return Target(hidden: t.hidden, mlp: t.mlp, heads: t.heads, layers: t.layers, parameters: LlamaModel.parameterCount(config(c, t)))
+    }
+
+    /// Indices of the `k` highest scores, ascending (ties: the lower index wins).
+    static func top(_ scores: [Double], _ k: Int) -> [Int] {
+        Array(scores.indices.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 < $1 }.prefix(k)).sorted()
+    }
+
+    /// The width selection `target` keeps under `imp`, for the layers `keep` (original indices).
+    public static func selection(_ imp: ActivationImportance, config c: LlamaConfig, target: Target, keep: [Int]) -> LlamaModel.WidthSelection {
+        let G = c.numKeyValueHeads, per = c.numAttentionHeads / G, keepPer = target.heads / G
+        let heads = keep.map { l in
+            (0..<G).flatMap { g in top(Array(imp.heads[l][(g * per)..<((g + 1) * per)]), keepPer).map { g * per + $0 } }
+        }
+        return LlamaModel.WidthSelection(channels: top(imp.channels, target.hidden), heads: heads,
+                                         neurons: keep.map { top(imp.neurons[$0], target.mlp) })
+    }
+
+    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+        let c = model.config
+        guard c.isHomogeneous else {
+            throw RecipeError("minitron: the model's layers differ (block_configs); Minitron prunes homogeneous Llama models")
+        }
+        let target = try resolveTarget(c)
+        let windows = context.calibration
+        var diag: [String: JSONValue] = [
+            "target": jsonValue(target),
+            "before": .object(["hidden": .int(c.hiddenSize), "mlp": .int(c.intermediateSize), "heads": .int(c.numAttentionHeads),
+                               "layers": .int(c.numHiddenLayers)]),
+        ]
+        if let params { diag["parameter_budget"] = .int(params); diag["budget_axes"] = .array(axes.map { .string($0.rawValue) }) }
+
+        // Depth: rank blocks, remove the least important in one shot.
+        var keep = Array(0..<c.numHiddenLayers)
+        if target.layers < c.numHiddenLayers {
+            let depth = try context.cached("minitron-depth", settings: .object([:])) {
+                DepthImportance.compute(model: model, windows: windows) { i, n in context.progress("minitron depth scores: window \(i)/\(n)") }
+            }
+            let score = depthMetric == .ppl ? depth.ppl : depth.cosine
+            let order = score.indices.sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }
+            let removed = Array(order.prefix(c.numHiddenLayers - target.layers)).sorted()
+            keep = keep.filter { !removed.contains($0) }
+            diag["depth"] = .object([
+                "metric": .string(depthMetric.rawValue), "removed_layers": .array(removed.map { .int($0) }),
+                "why": .string(depthMetric == .ppl ? "lowest calibration perplexity when the block alone is removed"
+                                                   : "lowest 1 - cos(block input, block output)"),
+                "ppl_without_block": .array(depth.ppl.map { .double($0) }), "base_ppl": .double(depth.basePpl),
+                "one_minus_cosine": .array(depth.cosine.map { .double($0) }),
+            ])
+        }
+        var result = keep.count < c.numHiddenLayers ? try model.removingLayers(Set(0..<c.numHiddenLayers).subtracting(keep)) : model
+
+        // Width: keep the highest-scoring channels, heads (per KV group) and neurons.
+        if target.hidden < c.hiddenSize || target.mlp < c.intermediateSize || target.heads < c.numAttentionHeads {
+            let settings: JSONValue = .object(["sequence": .string(sequence.rawValue), "batch": .string(batch.rawValue)])
+            let imp = try context.cached("minitron-width", settings: settings) {
+                ActivationImportance.compute(model: model, windows: windows, sequence: sequence, batch: batch) { i, n in
+                    context.progress("minitron width scores: window \(i)/\(n)")
+                }
+            }
+            let sel = Self.selection(imp, config: c, target: target, keep: keep)
+            let removedChannels = Set(0..<c.hiddenSize).subtracting(sel.channels).sorted()
+            diag["width"] = .object([
+                "aggregation": settings,
+                "head_scores": .array(imp.heads.map { .array($0.map { .double($0) }) }),
+                "kept_heads": .array(zip(keep, sel.heads).map { l, h in .object(["layer": .int(l), "heads": .array(h.map { .int($0) })]) }),
+                "removed_channels": .array(removedChannels.map { .int($0) }),
+                "channel_score_cutoff": .double(sel.channels.map { imp.channels[$0] }.min() ?? 0),
+                "neurons_kept_per_layer": .int(target.mlp),
+                "neuron_score_cutoff_per_layer": .array(zip(keep, sel.neurons).map { l, n in .double(n.map { imp.neurons[l][$0] }.min() ?? 0) }),
+                "why": .string("lowest activation importance (heads ranked within their KV group)"),
+            ])
+            result = try result.pruningWidth(sel)
+        }
+        return (result, .object(diag))
+    }
+}

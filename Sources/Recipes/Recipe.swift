@@ -1,0 +1,168 @@
+import Foundation
+import Model
+import Training
+
+/// A compression recipe: a JSON file naming a base checkpoint, calibration data, ordered stages and an
+/// output path. Decoding is strict: every object rejects keys it does not know, and every error names the
+/// recipe file, the stage and the key. See recipes/README.md for the format.
+public struct Recipe {
+    /// The `format` this version reads.
+    public static let format = 1
+
+    public struct Calibration: Codable, Equatable, Sendable {
+        /// Text file the calibration windows are drawn from (tokenized with the base checkpoint's tokenizer).
+        public var text = "data/wiki.train.txt"
+        public var samples = 32
+        public var window = 256
+        public var seed: UInt64 = 0
+        public init() {}
+    }
+
+    public struct Evaluation: Codable, Equatable, Sendable {
+        public var text = "data/wiki.test.txt"
+        public var window = 2048
+        /// Score only the first N tokens (nil: the whole text).
+        public var tokens: Int? = nil
+        public init() {}
+    }
+
+    /// Settings of a `distill` stage beyond the loop's own.
+    public struct Distill {
+        public var config: DistillConfig
+        public var text = "data/wiki.train.txt"
+        public var saveEvery = 50
+        public var logEvery = 10
+    }
+
+    public enum Stage {
+        case pass(any CompressionPass)
+        case distill(Distill)
+        case eval
+    }
+
+    /// The file it was read from, and its JSON as read (kept verbatim in the output's history).
+    public var path: String
+    public var json: JSONValue
+    public var name: String?
+    public var description: String?
+    public var base: String?
+    public var output: String?
+    public var calibration: Calibration
+    public var evaluation: Evaluation
+    /// Stages in order, each with its name and its settings' JSON (every key but "stage").
+    public var stages: [(name: String, settings: JSONValue, stage: Stage)]
+
+    /// Reads and decodes a recipe file.
+    public static func read(_ path: String, registry: PassRegistry) throws -> Recipe {
+        guard let data = FileManager.default.contents(atPath: path) else { throw RecipeError("\(path): cannot read the recipe file") }
+        let json: JSONValue
+        do { json = try JSONValue.parse(String(decoding: data, as: UTF8.self)) } catch {
+            throw RecipeError("\(path): not valid JSON (\(error))")
+        }
+        return try Recipe(json: json, path: path, registry: registry)
+    }
+
+    public init(json: JSONValue, path: String, registry: PassRegistry) throws {
+        self.path = path
+        self.json = json
+        let o = try StrictObject(json, at: path)
+        let format = try o.int("format")
+        guard format == Self.format else {
+            throw RecipeError("\(path): 'format': \(format) is not supported (this version reads format \(Self.format))")
+        }
+        name = try o.optionalString("name")
+        description = try o.optionalString("description")
+        base = try o.optionalString("base")
+        output = try o.optionalString("output")
+
+        calibration = Calibration()
+        let hasCalibration = o.has("calibration")
+        if let c = try o.object("calibration") {
+            calibration.text = try c.string("text", default: calibration.text)
+            calibration.samples = try c.int("samples", default: calibration.samples, in: 1...100_000)
+            calibration.window = try c.int("window", default: calibration.window, in: 2...8192)
+            calibration.seed = UInt64(try c.int("seed", default: 0, in: 0...Int.max))
+            try c.finish()
+        }
+        evaluation = Evaluation()
+        if let e = try o.object("eval") {
+            evaluation.text = try e.string("text", default: evaluation.text)
+            evaluation.window = try e.int("window", default: evaluation.window, in: 2...8192)
+            evaluation.tokens = try e.optionalInt("tokens", in: 2...Int.max)
+            try e.finish()
+        }
+
+        guard let list = try o.array("stages"), !list.isEmpty else {
+            throw RecipeError("\(path): 'stages': required (a non-empty array of stage objects)")
+        }
+        try o.finish()
+        stages = []
+        for (i, entry) in list.enumerated() {
+            guard let kind = entry.objectValue?["stage"]?.stringValue else {
+                throw RecipeError("\(path), stage \(i + 1): 'stage': required (a string: distill, eval, or a pass: \(registry.names.joined(separator: ", ")))")
+            }
+            let s = try StrictObject(entry, at: "\(path), stage \(i + 1) (\(kind))")
+            s.skip("stage")
+            var settings = entry.objectValue ?? [:]
+            settings["stage"] = nil
+            let stage: Stage
+            switch kind {
+            case "eval":
+                try s.finish()
+                stage = .eval
+            case "distill":
+                stage = .distill(try Self.decodeDistill(s))
+                try s.finish()
+            default:
+                let pass = try registry.make(kind, config: s)
+                if type(of: pass).needs.contains(.calibration) && !hasCalibration {
+                    throw RecipeError("\(path), stage \(i + 1) (\(kind)): needs calibration data; add a 'calibration' object (text, samples, window, seed)")
+                }
+                stage = .pass(pass)
+            }
+            stages.append((kind, .object(settings), stage))
+        }
+    }
+
+    static func decodeDistill(_ s: StrictObject) throws -> Distill {
+        var c = DistillConfig()
+        c.steps = try s.int("steps", in: 1...10_000_000)
+        c.batch = try s.int("batch", default: c.batch, in: 1...4096)
+        c.window = try s.int("window", default: c.window, in: 2...8192)
+        c.accumulation = try s.int("accumulation", default: c.accumulation, in: 1...4096)
+        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
+        c.lr = try s.double("lr", default: c.lr, in: 1e-12...1)
+        c.minLRRatio = try s.double("min_lr_ratio", default: c.minLRRatio, in: 0...1)
+        c.warmup = try s.int("warmup", default: c.warmup, in: 0...10_000_000)
+        c.decay = LRSchedule.Decay(rawValue: try s.string("decay", default: c.decay.rawValue,
+                                                          oneOf: LRSchedule.Decay.allCases.map(\.rawValue)))!
+        c.beta1 = try s.double("beta1", default: c.beta1, in: 0...0.999999)
+        c.beta2 = try s.double("beta2", default: c.beta2, in: 0...0.999999)
+        c.weightDecay = try s.double("weight_decay", default: c.weightDecay, in: 0...10)
+        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
+        c.temperature = try s.double("temperature", default: c.temperature, in: 1e-3...100)
+        c.klWeight = try s.double("kl_weight", default: c.klWeight, in: 0...1e6)
+        c.ceWeight = try s.double("ce_weight", default: c.ceWeight, in: 0...1e6)
+        if let pairs = try s.array("intermediate") {
+            c.intermediate = try pairs.enumerated().map { i, p in
+                guard let a = p.arrayValue, a.count == 2, let st = a[0].intValue, let te = a[1].intValue, st >= 0, te >= 0 else {
+                    throw RecipeError("\(s.location): 'intermediate'[\(i)]: expected [student layer, teacher layer], found \(p.text)")
+                }
+                return DistillConfig.LayerPair(student: st, teacher: te)
+            }
+        }
+        c.intermediateLoss = DistillConfig.FeatureLoss(rawValue: try s.string("intermediate_loss", default: "cosine",
+                                                                              oneOf: DistillConfig.FeatureLoss.allCases.map(\.rawValue)))!
+        c.intermediateWeight = try s.double("intermediate_weight", default: c.intermediateWeight, in: 0...1e6)
+        c.balance = try s.bool("balance", default: c.balance)
+        c.alwaysMap = try s.bool("always_map", default: c.alwaysMap)
+        if c.klWeight == 0 && c.ceWeight == 0 {
+            throw RecipeError("\(s.location): 'kl_weight', 'ce_weight': at least one must be positive")
+        }
+        var d = Distill(config: c)
+        d.text = try s.string("text", default: d.text)
+        d.saveEvery = try s.int("save_every", default: d.saveEvery, in: 0...10_000_000)
+        d.logEvery = try s.int("log_every", default: d.logEvery, in: 1...10_000_000)
+        return d
+    }
+}
