@@ -21,9 +21,9 @@ extension LlamaModel {
     /// sublayers and keep the same numbers of heads and neurons, so the result is a homogeneous Llama.
     ///
     /// Removing hidden channels changes RMSNorm's mean of squares from a mean over C to one over C' channels.
-    /// Each norm weight is scaled by sqrt(C'/C) and rms_norm_eps by C'/C, which makes the result compute
+    /// Each norm weight is scaled by sqrt(C/C') and rms_norm_eps by C/C', which makes the result compute
     /// exactly what the original computes with the removed channels zeroed:
-    ///   x·w·sqrt(C'/C) / sqrt(Σx²/C' + eps·C'/C) = x·w / sqrt(Σx²/C + eps).
+    ///   x·w·sqrt(C/C') / sqrt(Σx²/C' + eps·C/C') = x·w / sqrt(Σx²/C + eps).
     public func pruningWidth(_ sel: WidthSelection) throws -> LlamaModel {
         let c = config, C = c.hiddenSize, D = c.headDim, L = layers.count
         guard sel.heads.count == L, sel.neurons.count == L else {
@@ -58,9 +58,9 @@ extension LlamaModel {
         nc.numAttentionHeads = H2
         nc.intermediateSize = F2
         nc.headDim = D
-        nc.rmsNormEps = c.rmsNormEps * Double(Cn) / Double(C)
+        nc.rmsNormEps = c.rmsNormEps * Double(C) / Double(Cn)
         nc.blocks = c.blocks.map { BlockConfig(numAttentionHeads: H2, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: F2) }
-        let scale = (Float(Cn) / Float(C)).squareRoot()
+        let scale = (Float(C) / Float(Cn)).squareRoot()
 
         /// rows × columns gather from a (R, K) matrix.
         func gather(_ t: Tensor, rows: [Int]?, cols: [Int]?) -> Tensor {

@@ -21,7 +21,7 @@
 // Deviations:
 // - Per-token magnitudes (|·|, ‖·‖₂) are aggregated, where the paper writes a signed sum for neurons and
 //   channels; with signed values a mean over the sequence lets opposite activations cancel.
-// - Removing hidden channels rescales each RMSNorm weight by sqrt(C'/C) and rms_norm_eps by C'/C, so the
+// - Removing hidden channels rescales each RMSNorm weight by sqrt(C/C') and rms_norm_eps by C/C', so the
 //   pruned model computes exactly what the original computes with those channels zeroed (LlamaModel.pruningWidth).
 // - A parameter budget is met by shrinking the chosen axes (hidden, MLP, heads) by one common fraction, the
 //   largest whose architecture fits, with sizes rounded down to `round_to`; the paper instead enumerates

@@ -1,5 +1,6 @@
 import Foundation
 import Model
+import TensorCore
 import Training
 
 /// A compression recipe: a JSON file naming a base checkpoint, calibration data, ordered stages and an
@@ -164,5 +165,21 @@ public struct Recipe {
         d.saveEvery = try s.int("save_every", default: d.saveEvery, in: 0...10_000_000)
         d.logEvery = try s.int("log_every", default: d.logEvery, in: 1...10_000_000)
         return d
+    }
+}
+
+extension Recipe.Calibration {
+    /// `samples` windows of `window` tokens from `tokens`, starting at positions drawn from `seed` (uniform
+    /// over every start that fits; deterministic on every platform).
+    public func windows(from tokens: [Int32], source: String) throws -> [[Int32]] {
+        guard tokens.count >= window else {
+            throw RecipeError("\(source): \(tokens.count) tokens, fewer than one calibration window of \(window)")
+        }
+        var rng = SplitMix64(seed: seed)
+        let span = UInt64(tokens.count - window + 1)
+        return (0..<samples).map { _ in
+            let start = Int(rng.next() % span)
+            return Array(tokens[start..<(start + window)])
+        }
     }
 }

@@ -83,16 +83,7 @@ extension Workbench {
         let evaluating = o.evalTokens != 0
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
         func ppl(_ model: LlamaModel, _ label: String) throws -> Double {
-            let start = Date()
-            var shown = start
-            let r = try Perplexity.evaluate(model: model, tokens: test, window: o.evalWindow, maxTokens: o.evalTokens) { done, total in
-                guard o.progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
-                shown = Date()
-                let el = Date().timeIntervalSince(start)
-                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
-            }
-            if o.progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens)", label, r.ppl, r.tokens)) }
-            return r.ppl
+            try measurePPL(model, tokens: test, window: o.evalWindow, maxTokens: o.evalTokens, label: label, progress: o.progress)
         }
 
         var resumedFrom: Int? = nil
@@ -108,23 +99,9 @@ extension Workbench {
         let before = evaluating && o.evalBefore && resumedFrom == nil ? try ppl(studentCkpt.model, "student before") : nil
 
         let c = o.config, tokensPerStep = c.batch * c.window * c.accumulation
-        let start = Date(), firstStep = distiller.step
-        while distiller.step < c.steps {
-            let s = distiller.trainStep()
-            if o.saveEvery > 0 && s.step % o.saveEvery == 0 && s.step < c.steps { try distiller.saveState(to: statePath) }
-            if o.progress && (s.step % max(o.logEvery, 1) == 0 || s.step == c.steps || s.step == firstStep + 1) {
-                let elapsed = Date().timeIntervalSince(start), done = s.step - firstStep
-                let tps = Double(done * tokensPerStep) / elapsed
-                let eta = elapsed / Double(done) * Double(c.steps - s.step)
-                var parts = String(format: "step %d/%d  loss %.4f", s.step, c.steps, s.loss)
-                if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
-                if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
-                if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
-                progressLine(parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps, formatDuration(eta)))
-            }
-            if let k = o.killAfterStep, s.step == k { kill(getpid(), SIGKILL) }
-        }
-        let seconds = Date().timeIntervalSince(start)
+        let firstStep = distiller.step
+        let seconds = try trainLoop(distiller, saveEvery: o.saveEvery, statePath: statePath, logEvery: o.logEvery,
+                                    progress: o.progress, killAfterStep: o.killAfterStep)
 
         // Write the student with its lineage, then drop the state file (the run is complete).
         var history = studentCkpt.history
@@ -168,8 +145,48 @@ extension Workbench {
     }
 }
 
+extension Workbench {
+    /// PPL of `model` on `tokens` with progress lines labelled `label`.
+    static func measurePPL(_ model: LlamaModel, tokens: [Int32], window: Int, maxTokens: Int?, label: String, progress: Bool) throws -> Double {
+        let start = Date()
+        var shown = start
+        let r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, maxTokens: maxTokens) { done, total in
+            guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
+            shown = Date()
+            let el = Date().timeIntervalSince(start)
+            progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
+        }
+        if progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens)", label, r.ppl, r.tokens)) }
+        return r.ppl
+    }
+
+    /// Runs `distiller` to its configured step count with progress lines (step, loss terms, lr, |g|, tok/s,
+    /// ETA), saving its state every `saveEvery` steps; returns the wall time of the steps run.
+    static func trainLoop(_ distiller: Distiller, saveEvery: Int, statePath: String, logEvery: Int, progress: Bool,
+                          killAfterStep: Int? = nil) throws -> Double {
+        let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
+        let start = Date(), firstStep = distiller.step
+        while distiller.step < c.steps {
+            let s = distiller.trainStep()
+            if saveEvery > 0 && s.step % saveEvery == 0 && s.step < c.steps { try distiller.saveState(to: statePath) }
+            if progress && (s.step % max(logEvery, 1) == 0 || s.step == c.steps || s.step == firstStep + 1) {
+                let elapsed = Date().timeIntervalSince(start), done = s.step - firstStep
+                let tps = Double(done * tokensPerStep) / elapsed
+                let eta = elapsed / Double(done) * Double(c.steps - s.step)
+                var parts = String(format: "step %d/%d  loss %.4f", s.step, c.steps, s.loss)
+                if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
+                if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
+                if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
+                progressLine(parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps, formatDuration(eta)))
+            }
+            if let k = killAfterStep, s.step == k { kill(getpid(), SIGKILL) }
+        }
+        return Date().timeIntervalSince(start)
+    }
+}
+
 /// "1h02m", "3m05s", "42s".
-func formatDuration(_ s: Double) -> String {
+public func formatDuration(_ s: Double) -> String {
     guard s.isFinite else { return "?" }
     let t = Int(s.rounded())
     if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }

@@ -8,7 +8,7 @@ struct Compress: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compress",
         abstract: "A model-compression workbench for transformer language models (CPU, Float32, OpenBLAS).",
-        subcommands: [Import.self, Eval.self, Tokenize.self, Inspect.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
+        subcommands: [Apply.self, Import.self, Eval.self, Tokenize.self, Inspect.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
 }
 
 /// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
@@ -207,6 +207,41 @@ struct Distill: ParsableCommand {
                                  t, r.studentPplBefore.map { String(format: "%.4f", $0) } ?? "-", s, r.retention ?? .nan))
                 }
             }
+        }
+    }
+}
+
+struct Apply: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a compression recipe (passes, distill, eval stages) on a checkpoint; see recipes/README.md.")
+
+    @Argument(help: "Recipe (.json).") var recipe: String
+    @Argument(help: "Base checkpoint (.h5); overrides the recipe's 'base'.") var checkpoint: String?
+    @Option(name: .shortAndLong, help: "Output checkpoint (.h5); overrides the recipe's 'output'.") var output: String?
+    @Option(help: "Directory of cached calibration statistics.") var cache = ".cache/compress"
+    @Flag(help: "Neither read nor write cached calibration statistics.") var noCache = false
+    @Flag(help: "Continue an interrupted distill stage from its saved state.") var resume = false
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            var o = ApplyOptions(recipe: recipe)
+            o.checkpoint = checkpoint
+            o.output = output
+            o.cacheDirectory = noCache ? nil : cache
+            o.resume = resume
+            let r = try Workbench.apply(o)
+            if json { print(encodeJSON(r)); return }
+            print("\(r.recipe): \(r.base) -> \(r.output)  (\(formatDuration(r.seconds)))")
+            for s in r.stages {
+                var line = String(format: "  %2d %@ %11d -> %11d params  %@ -> %@  %8.1fs", s.index, s.stage.padding(toLength: 9, withPad: " ", startingAt: 0), s.parametersBefore,
+                                  s.parametersAfter, formatBytes(s.bytesBefore), formatBytes(s.bytesAfter), s.seconds)
+                if let p = s.ppl { line += String(format: "  ppl %.4f  retention %.4f", p, s.retention ?? .nan) }
+                print(line)
+            }
+            var total = "  parameters \(r.parametersBefore) -> \(r.parametersAfter), \(formatBytes(r.bytesBefore)) -> \(formatBytes(r.bytesAfter))"
+            if let b = r.pplBefore, let a = r.pplAfter { total += String(format: "; ppl %.4f -> %.4f, retention %.4f", b, a, r.retention ?? .nan) }
+            print(total)
         }
     }
 }
