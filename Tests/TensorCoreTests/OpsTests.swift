@@ -140,6 +140,31 @@ final class OpsTests: XCTestCase {
         }
     }
 
+    func testJensenShannonAndAngularDistanceMatchReference() {
+        let T = 6, V = 3000
+        let p = random([T, V], seed: 31, scale: 4), q = random([T, V], seed: 32, scale: 4)
+        for t in 0..<3 { for j in 0..<V { q[t * V + j] = p[t * V + j] + 0.05 * q[t * V + j] } }  // rows 0-2 near, 3-5 far
+        let lp = Tensor(shape: [T, V])
+        logSoftmaxForward(out: lp.data, logits: p.data, rows: T, columns: V)
+        var fast = [Double](repeating: 0, count: T), ref = fast, same = fast
+        fast.withUnsafeMutableBufferPointer { jensenShannonForward(out: $0.baseAddress!, logProbs: lp.data, logits: q.data, rows: T, columns: V) }
+        ref.withUnsafeMutableBufferPointer { jensenShannonForwardReference(out: $0.baseAddress!, logProbs: lp.data, logits: q.data, rows: T, columns: V) }
+        same.withUnsafeMutableBufferPointer { jensenShannonForward(out: $0.baseAddress!, logProbs: lp.data, logits: p.data, rows: T, columns: V) }
+        for t in 0..<T {
+            XCTAssertEqual(fast[t], ref[t], accuracy: 1e-4 * ref[t] + 1e-7, "row \(t)")  // observed 2.2e-6 relative
+            XCTAssertLessThan(ref[t], Foundation.log(2.0))
+            XCTAssertEqual(same[t], 0, accuracy: 1e-6)
+        }
+        XCTAssertLessThan(ref[0], ref[3] / 10, "near rows are closer than far rows")
+        var ang = [Double](repeating: 0, count: T)
+        ang.withUnsafeMutableBufferPointer { angularDistanceForward(out: $0.baseAddress!, a: p.data, b: q.data, rows: T, columns: V) }
+        for t in 0..<T {
+            var ab = 0.0, aa = 0.0, bb = 0.0
+            for j in 0..<V { let x = Double(p[t * V + j]), y = Double(q[t * V + j]); ab += x * y; aa += x * x; bb += y * y }
+            XCTAssertEqual(ang[t], Foundation.acos(ab / (aa * bb).squareRoot()) / Double.pi, accuracy: 1e-12)
+        }
+    }
+
     func testParallelChunksCoverRangeOnce() {
         for n in [0, 1, 2, 3, 17, 1000] {
             let hits = Tensor(shape: [max(n, 1)])
