@@ -120,6 +120,7 @@ extension Workbench {
         var lastPPL: Double? = nil
         for (i, entry) in recipe.stages.enumerated() {
             let label = "stage \(i + 1)/\(recipe.stages.count) (\(entry.name))"
+            let place = "\(o.recipe), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
             say("\(label): start, \(model.parameterCount) parameters")
             let t0 = Date()
             let before = (params: model.parameterCount, bytes: model.storageBytes)
@@ -136,16 +137,16 @@ extension Workbench {
                 cacheUse = o.cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
                 let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { say("\(label): \($0)") }
                 do { (model, diagnostics) = try pass.run(on: model, context: context) } catch let err as RecipeError {
-                    throw WorkbenchError("\(o.recipe), \(label): \(err.description)")
+                    throw WorkbenchError("\(place): \(err.description)")
                 } catch let err as ConfigError {
-                    throw WorkbenchError("\(o.recipe), \(label): \(err.description)")
+                    throw WorkbenchError("\(place): \(err.description)")
                 }
             case .distill(let d):
                 let statePath = output + ".stage\(i + 1).state.h5"
                 let distiller: Distiller
                 do {
                     distiller = try Distiller(teacher: ckpt.model, student: model, config: d.config, trainTokens: tok.encode(try readText(d.text)))
-                } catch let err as ConfigError { throw WorkbenchError("\(o.recipe), \(label): \(err.description)") }
+                } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
                 if o.resume && FileManager.default.fileExists(atPath: statePath) {
                     do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError(err.description) }
                     say("\(label): resumed from \(statePath) at step \(distiller.step)")

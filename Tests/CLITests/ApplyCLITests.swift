@@ -1,0 +1,100 @@
+import Foundation
+import XCTest
+@testable import Checkpoint
+
+/// `compress apply` end to end on the tiny fixture: stages, report, history, cache, bad recipes.
+extension CLITests {
+    func makeRecipeDirectory() throws -> (dir: URL, text: String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("apply-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        let text = dir.appendingPathComponent("text.txt").path
+        try String(repeating: "The quick brown fox jumps over the lazy dog; 0123456789. ", count: 30).write(toFile: text, atomically: true, encoding: .utf8)
+        return (dir, text)
+    }
+
+    func recipe(_ dir: URL, _ name: String, _ text: String, stages: String) throws -> String {
+        let path = dir.appendingPathComponent(name).path
+        try """
+        {"format": 1, "base": "\(fixture("tiny-llama.h5"))",
+         "calibration": {"text": "\(text)", "samples": 3, "window": 16, "seed": 1},
+         "eval": {"text": "\(text)", "window": 32},
+         "stages": [\(stages)],
+         "output": "\(dir.appendingPathComponent("out.h5").path)"}
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func testApplyRunsStagesWritesHistoryAndReusesCalibrationStatistics() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let cache = dir.appendingPathComponent("cache").path
+        let stages = #"{"stage": "finercut", "remove": 2}, {"stage": "eval"}, {"stage": "distill", "steps": 2, "batch": 2, "window": 16, "text": "\#(text)"}, {"stage": "eval"}"#
+        let r1 = try launch(["apply", try recipe(dir, "a.json", text, stages: stages), "--cache", cache, "--json"])
+        XCTAssertEqual(r1.status, 0, r1.stderr)
+        XCTAssertTrue(r1.stderr.contains("stage 3/4 (distill)") && r1.stderr.contains("step 2/2"), r1.stderr)
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r1.stdout.utf8)) as? [String: Any])
+        let reports = try XCTUnwrap(j["stages"] as? [[String: Any]])
+        XCTAssertEqual(reports.map { $0["stage"] as? String }, ["finercut", "eval", "distill", "eval"])
+        let before = try XCTUnwrap(j["parameters_before"] as? Int), after = try XCTUnwrap(j["parameters_after"] as? Int)
+        XCTAssertLessThan(after, before)
+        XCTAssertEqual(reports[0]["parameters_after"] as? Int, after)
+        XCTAssertEqual(reports[0]["bytes_after"] as? Int, after * 4)
+        XCTAssertEqual(reports[0]["cache_misses"] as? [String], ["finercut-order"])
+        let order = try XCTUnwrap((reports[0]["diagnostics"] as? [String: Any])?["order"] as? [[String: Any]])
+        XCTAssertEqual(order.count, 2)
+        let pplBefore = try XCTUnwrap(j["ppl_before"] as? Double), pplAfter = try XCTUnwrap(j["ppl_after"] as? Double)
+        XCTAssertEqual(reports[3]["ppl"] as? Double, pplAfter)
+        XCTAssertEqual(try XCTUnwrap(j["retention"] as? Double), pplBefore / pplAfter, accuracy: 1e-12)
+
+        // The checkpoint carries the recipe and every stage report.
+        let out = try Checkpoint.read(dir.appendingPathComponent("out.h5").path)
+        XCTAssertEqual(out.model.parameterCount, after)
+        let h = try XCTUnwrap(out.history.last?.objectValue)
+        XCTAssertEqual(h["kind"], .string("apply"))
+        XCTAssertEqual(h["recipe"]?.objectValue?["format"], .int(1))
+        XCTAssertEqual(h["stages"]?.arrayValue?.count, 4)
+
+        // Another target on the same base and calibration: the order comes from the cache, and -o / CHECKPOINT override.
+        let other = dir.appendingPathComponent("other.h5").path
+        let r2 = try launch(["apply", try recipe(dir, "b.json", text, stages: #"{"stage": "finercut", "remove": 1}"#),
+                             fixture("tiny-llama.h5"), "-o", other, "--cache", cache, "--json"])
+        XCTAssertEqual(r2.status, 0, r2.stderr)
+        let j2 = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r2.stdout.utf8)) as? [String: Any])
+        let s2 = try XCTUnwrap((j2["stages"] as? [[String: Any]])?.first)
+        XCTAssertEqual(s2["cache_hits"] as? [String], ["finercut-order"])
+        XCTAssertEqual(s2["cache_misses"] as? [String], [])
+        XCTAssertEqual(j2["output"] as? String, other)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: other))
+    }
+
+    func testApplyMinitronGivesAPlainSmallerLlama() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let r = try launch(["apply", try recipe(dir, "m.json", text, stages: #"{"stage": "minitron", "hidden": 48, "mlp": 96, "heads": 2, "layers": 1}"#),
+                            "--no-cache", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = try Checkpoint.read(dir.appendingPathComponent("out.h5").path)
+        let c = out.model.config
+        XCTAssertEqual([c.hiddenSize, c.intermediateSize, c.numAttentionHeads, c.numKeyValueHeads, c.numHiddenLayers], [48, 96, 2, 2, 1])
+        XCTAssertTrue(c.isHomogeneous)
+    }
+
+    func testBadRecipesFailNamingFileStageAndKey() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let cases: [(String, String)] = [
+            (#"{"stage": "finercut", "remove": 1, "metrc": "js"}"#, "stage 1 (finercut): unknown key 'metrc'"),
+            (#"{"stage": "minitron", "heads": 3}"#, "stage 1 (minitron): minitron: 'heads' 3 must be a multiple of the 2 KV heads"),
+            (#"{"stage": "finercut", "remove": 4}"#, "cannot remove 4 of 4 candidate sublayers"),
+            (#"{"stage": "distill", "steps": 0}"#, "stage 1 (distill): 'steps': 0 is out of range"),
+        ]
+        for (i, (stage, fragment)) in cases.enumerated() {
+            let path = try recipe(dir, "bad\(i).json", text, stages: stage)
+            let r = try launch(["apply", path, "--no-cache", "--json"])
+            XCTAssertEqual(r.status, 1, stage)
+            XCTAssertTrue(r.stdout.contains(fragment) && r.stdout.contains("bad\(i).json"), "\(stage): \(r.stdout)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out.h5").path), "no output from failed recipes")
+        let missing = try launch(["apply", dir.appendingPathComponent("none.json").path, "--json"])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stdout.contains("none.json: cannot read the recipe file"), missing.stdout)
+    }
+}
