@@ -19,6 +19,8 @@ public struct ApplyOptions {
     /// Continue an interrupted distill stage from its saved state.
     public var resume = false
     public var progress = true
+    /// Testing aid: SIGKILL this process right after distillation step N (simulates a crash).
+    public var killAfterStep: Int? = nil
     public init(recipe: String) { self.recipe = recipe }
 }
 
@@ -152,7 +154,8 @@ extension Workbench {
                     say("\(label): resumed from \(statePath) at step \(distiller.step)")
                 }
                 let first = distiller.step
-                let seconds = try trainLoop(distiller, saveEvery: d.saveEvery, statePath: statePath, logEvery: d.logEvery, progress: o.progress)
+                let seconds = try trainLoop(distiller, saveEvery: d.saveEvery, statePath: statePath, logEvery: d.logEvery, progress: o.progress,
+                                            killAfterStep: o.killAfterStep)
                 if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
                 model = distiller.student
                 let c = d.config, tokensPerStep = c.batch * c.window * c.accumulation

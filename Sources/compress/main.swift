@@ -222,6 +222,7 @@ struct Apply: ParsableCommand {
     @Flag(help: "Neither read nor write cached calibration statistics.") var noCache = false
     @Flag(help: "Continue an interrupted distill stage from its saved state.") var resume = false
     @Flag(help: "Print one JSON object.") var json = false
+    @Option(help: .hidden) var killAfterStep: Int?
 
     func run() throws {
         try reportingErrors(json: json) {
@@ -230,6 +231,7 @@ struct Apply: ParsableCommand {
             o.output = output
             o.cacheDirectory = noCache ? nil : cache
             o.resume = resume
+            o.killAfterStep = killAfterStep
             let r = try Workbench.apply(o)
             if json { print(encodeJSON(r)); return }
             print("\(r.recipe): \(r.base) -> \(r.output)  (\(formatDuration(r.seconds)))")

@@ -98,3 +98,24 @@ extension CLITests {
         XCTAssertTrue(missing.stdout.contains("none.json: cannot read the recipe file"), missing.stdout)
     }
 }
+
+extension CLITests {
+    func testKilledApplyResumesItsDistillStageToTheSameWeights() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let stages = #"{"stage": "finercut", "remove": 1}, {"stage": "distill", "steps": 6, "batch": 2, "window": 16, "save_every": 2, "text": "\#(text)"}"#
+        let path = try recipe(dir, "r.json", text, stages: stages)
+        let cache = dir.appendingPathComponent("cache").path
+        let whole = dir.appendingPathComponent("whole.h5").path, resumed = dir.appendingPathComponent("resumed.h5").path
+        XCTAssertEqual(try launch(["apply", path, "-o", whole, "--cache", cache]).status, 0)
+        let killed = try launch(["apply", path, "-o", resumed, "--cache", cache, "--kill-after-step", "3"])
+        XCTAssertEqual(killed.reason, .uncaughtSignal)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: resumed + ".stage2.state.h5"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: resumed))
+        let r = try launch(["apply", path, "-o", resumed, "--cache", cache, "--resume", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("resumed from") && r.stderr.contains("at step 2"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: resumed + ".stage2.state.h5"), "state removed after completion")
+        let a = try Checkpoint.read(whole), b = try Checkpoint.read(resumed)
+        for ((name, x), (_, y)) in zip(a.model.namedTensors, b.model.namedTensors) { XCTAssertEqual(x.array, y.array, "\(name) differs after resume") }
+    }
+}
