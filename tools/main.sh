@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The main job: build, fetch and prepare the real model and text on first use, evaluate SmolLM2 on the test split.
+# The main job: build, fetch and prepare the real model and text on first use, evaluate SmolLM2 on the test
+# split; with a recipe argument, run that recipe on SmolLM2 instead (tools/main.sh recipes/NAME.json [--json]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product compress
 tools/setup_assets.sh
-.build/release/compress eval checkpoints/smollm2-135m.h5 --text data/wiki.test.txt --window 2048 "$@"
+if [[ $# -gt 0 && "$1" == *.json ]]; then
+    .build/release/compress apply "$@"
+else
+    .build/release/compress eval checkpoints/smollm2-135m.h5 --text data/wiki.test.txt --window 2048 "$@"
+fi
