@@ -75,7 +75,9 @@ final class FinerCutTests: XCTestCase {
     func testSkippedSublayersEqualZeroedOnes() throws {
         let m = Tiny.model(), windows = Tiny.windows()
         let pass = try FinerCutPass(config: try Tiny.stage(#"{"fraction": 0.375}"#))
+        let weightsBefore = m.namedTensors.map { $0.tensor.array }
         let (pruned, diag) = try pass.run(on: m, context: PassContext(calibration: windows))
+        XCTAssertEqual(m.namedTensors.map { $0.tensor.array }, weightsBefore, "the input model is left untouched")
         let order = try XCTUnwrap(diag.objectValue?["order"]?.arrayValue?.compactMap { $0.objectValue?["sublayer"]?.intValue })
         XCTAssertEqual(order.count, 3)  // 0.375 of 8 candidates
         let removed = Set(order)

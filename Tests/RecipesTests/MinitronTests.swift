@@ -148,8 +148,10 @@ final class MinitronTests: XCTestCase {
     /// The pruned model computes what the original computes with the pruned heads, neurons and channels zeroed.
     func testWidthPrunedModelEqualsZeroedOriginal() throws {
         let m = Tiny.model(), windows = Tiny.windows()
-        let pass = try MinitronPass(config: try Tiny.stage(#"{"hidden": 24, "mlp": 32, "heads": 4}"#))
+        let pass = try MinitronPass(config: try Tiny.stage(#"{"hidden": 24, "mlp": 32, "heads": 4, "layers": 4}"#))
+        let weightsBefore = m.namedTensors.map { $0.tensor.array }
         let (pruned, diag) = try pass.run(on: m, context: PassContext(calibration: windows))
+        XCTAssertEqual(m.namedTensors.map { $0.tensor.array }, weightsBefore, "the input model is left untouched")
         XCTAssertTrue(pruned.config.isHomogeneous)
         XCTAssertEqual([pruned.config.hiddenSize, pruned.config.intermediateSize, pruned.config.numAttentionHeads, pruned.config.numKeyValueHeads],
                        [24, 32, 4, 2])
