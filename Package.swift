@@ -5,7 +5,8 @@ import PackageDescription
 //   compress (CLI) -> Workbench -> Evaluation -> Model -> TensorCore -> CBLAS
 //                     Workbench -> Training -> Checkpoint            (backward, AdamW, distillation loop)
 //                     Workbench -> Passes -> Recipes -> Training     (compression passes; recipe format, pass API)
-//                     Workbench -> Import -> Checkpoint -> Model, CHDF5   (file I/O apart from model math)
+//                     Workbench -> Import -> Checkpoint -> Model, CHDF5, Quantization   (file I/O apart from model math)
+//                     Passes -> Quantization -> TensorCore                (quantizer, storage formats, CCA, bit allocation)
 //                                  Import -> GGUF, Safetensors -> MappedIO   (foreign formats, no model math)
 let package = Package(
     name: "compress",
@@ -23,7 +24,7 @@ let package = Package(
             "CBLAS", .product(name: "Numerics", package: "swift-numerics"),
         ]),
         .target(name: "Model", dependencies: ["TensorCore"]),
-        .target(name: "Checkpoint", dependencies: ["Model", "CHDF5"]),
+        .target(name: "Checkpoint", dependencies: ["Model", "CHDF5", "Quantization"]),
         .target(name: "Evaluation", dependencies: ["Model"]),
         .target(name: "MappedIO"),
         .target(name: "GGUF", dependencies: ["MappedIO"]),
@@ -32,15 +33,15 @@ let package = Package(
         .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors"]),
         .target(name: "Training", dependencies: ["Checkpoint"]),
         .target(name: "Recipes", dependencies: ["Training"]),
-        .target(name: "Passes", dependencies: ["Recipes"]),
+        .target(name: "Passes", dependencies: ["Recipes", "Quantization"]),
         .target(name: "Quantization", dependencies: ["TensorCore"]),
-        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer", "Training", "Passes"]),
+        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer", "Training", "Passes", "Quantization"]),
         .executableTarget(name: "compress", dependencies: [
             "Workbench", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
-        .testTarget(name: "QuantizationTests", dependencies: ["Quantization"]),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Checkpoint", "Model"]),
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5"]),

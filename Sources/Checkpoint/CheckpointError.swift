@@ -16,6 +16,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case wrongType(path: String, tensor: String, expected: String, found: String)
     case writeFailed(path: String, detail: String)
     case badMask(path: String, tensor: String, detail: String)
+    case badQuantized(path: String, tensor: String, detail: String)
 
     public var description: String {
         switch self {
@@ -31,11 +32,12 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .badHistory(let p, let d): return "\(p): history: \(d)"
         case .missingTensor(let p, let t, let s): return "\(p): missing tensor '\(t)' (expected shape \(s))"
         case .unknownTensor(let p, let t): return "\(p): unknown tensor '\(t)' (not part of the model described by the config)"
-        case .unknownEntry(let p, let e): return "\(p): unknown entry '/\(e)' (expected only /tensors and /tokenizer)"
+        case .unknownEntry(let p, let e): return "\(p): unknown entry '/\(e)' (expected only /tensors, /quantized, /masks and /tokenizer)"
         case .shapeMismatch(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected shape \(e), found \(f)"
         case .wrongType(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected \(e), found \(f)"
         case .writeFailed(let p, let d): return "\(p): could not write checkpoint: \(d)"
         case .badMask(let p, let t, let d): return "\(p): mask of '\(t)': \(d)"
+        case .badQuantized(let p, let t, let d): return "\(p): quantized tensor '\(t)': \(d)"
         }
     }
 }

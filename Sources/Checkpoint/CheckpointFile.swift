@@ -1,13 +1,15 @@
 import CHDF5
 import Foundation
 import Model
+import Quantization
 import TensorCore
 
 /// Constants of the on-disk format (documented in checkpoints/README.md).
 public enum CheckpointFormat {
     public static let name = "compress-checkpoint"
-    public static let version = 1
-    public static let supportedVersions = [1]
+    /// Version 2 adds /quantized (packed low-bit tensors); files without it are written as version 1.
+    public static let version = 2
+    public static let supportedVersions = [1, 2]
 }
 
 /// The tokenizer a checkpoint carries: enough to turn text into ids with no other file.
@@ -55,8 +57,14 @@ public struct Checkpoint {
     /// mask is 0. Training keeps them so.
     public var masks: [String: Tensor] = [:]
 
-    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = [], masks: [String: Tensor] = [:]) {
+    /// Tensors stored quantized (packed codes with scales, or float16), by name. The model holds their
+    /// dequantized values; writing checks that it still does.
+    public var quantized: [String: QuantizedTensor] = [:]
+
+    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = [], masks: [String: Tensor] = [:],
+                quantized: [String: QuantizedTensor] = [:]) {
         self.masks = masks
+        self.quantized = quantized
         self.model = model
         self.tokenizer = tokenizer
         self.history = history
@@ -87,13 +95,14 @@ public struct Checkpoint {
             history = h
         }
         let root = try members(file, "/", path)
-        if let unknown = root.first(where: { $0 != "tensors" && $0 != "tokenizer" && $0 != "masks" }) {
+        if let unknown = root.first(where: { !["tensors", "tokenizer", "masks", "quantized"].contains($0) }) {
             throw CheckpointError.unknownEntry(path: path, entry: unknown)
         }
         let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path) : nil
-        let model = try readModel(file, config: config, path: path)
+        let quantized = try readQuantized(file, config: config, path: path)
+        let model = try readModel(file, config: config, quantized: quantized, path: path)
         let masks = root.contains("masks") ? try readMasks(file, model: model, path: path) : [:]
-        return Checkpoint(model: model, tokenizer: tokenizer, history: history, masks: masks)
+        return Checkpoint(model: model, tokenizer: tokenizer, history: history, masks: masks, quantized: quantized)
     }
 
     /// Reads only the tokenizer of a checkpoint (after checking format and version), without the weights.
@@ -129,16 +138,23 @@ public struct Checkpoint {
         }
     }
 
-    private static func readModel(_ file: H5File, config: LlamaConfig, path: String) throws -> LlamaModel {
+    private static func readModel(_ file: H5File, config: LlamaConfig, quantized: [String: QuantizedTensor], path: String) throws -> LlamaModel {
         let specs = LlamaModel.tensorSpecs(config)
         let present = file.exists("tensors") ? try members(file, "tensors", path) : []
         let expected = Set(specs.map(\.name))
         if let unknown = present.first(where: { !expected.contains($0) }) {
             throw CheckpointError.unknownTensor(path: path, tensor: unknown)
         }
+        if let both = present.first(where: { quantized[$0] != nil }) {
+            throw CheckpointError.badQuantized(path: path, tensor: both, detail: "stored both in /tensors and in /quantized")
+        }
         let presentSet = Set(present)
         var tensors: [String: Tensor] = [:]
         for s in specs {
+            if let q = quantized[s.name] {
+                tensors[s.name] = Tensor(shape: q.shape, values: q.dequantized())
+                continue
+            }
             guard presentSet.contains(s.name) else {
                 throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
             }
@@ -151,6 +167,76 @@ public struct Checkpoint {
         do { return try LlamaModel(config: config, tensors: tensors) } catch let e as ConfigError {
             throw CheckpointError.badConfig(path: path, detail: e.description)
         }
+    }
+
+    /// Quantized tensors: the root attribute 'quantization' (JSON: name → {format, shape}) lists them; each is a
+    /// group /quantized/<name> holding 'codes' (uint8, bit-packed), 'scales' and, when asymmetric, 'mins'
+    /// (float16, one per group), or 'values' (float16) for the f16 format.
+    private static func readQuantized(_ file: H5File, config: LlamaConfig, path: String) throws -> [String: QuantizedTensor] {
+        let listed = file.hasAttribute("quantization"), stored = file.exists("quantized")
+        guard listed || stored else { return [:] }
+        guard listed, stored else {
+            throw CheckpointError.unreadable(path: path, detail: listed ? "root attribute 'quantization' lists tensors but /quantized is missing"
+                                                                        : "/quantized is present but the root attribute 'quantization' is missing")
+        }
+        let text: String
+        do { text = try file.string("quantization") } catch let e as HDF5Failure { throw CheckpointError.unreadable(path: path, detail: e.message) }
+        guard let map = (try? JSONValue.parse(text))?.objectValue else {
+            throw CheckpointError.unreadable(path: path, detail: "root attribute 'quantization' is not a JSON object")
+        }
+        let shapes = Dictionary(uniqueKeysWithValues: LlamaModel.tensorSpecs(config).map { ($0.name, $0.shape) })
+        let groups = Set(try members(file, "quantized", path))
+        if let extra = groups.subtracting(map.keys).sorted().first {
+            throw CheckpointError.badQuantized(path: path, tensor: extra, detail: "present in /quantized but not listed in the 'quantization' attribute")
+        }
+        var out: [String: QuantizedTensor] = [:]
+        for (name, entry) in map.sorted(by: { $0.key < $1.key }) {
+            func bad(_ d: String) -> CheckpointError { .badQuantized(path: path, tensor: name, detail: d) }
+            guard let expected = shapes[name] else { throw CheckpointError.unknownTensor(path: path, tensor: "quantized/" + name) }
+            guard groups.contains(name) else { throw bad("listed in the 'quantization' attribute but /quantized/\(name) is missing") }
+            guard let fields = entry.objectValue, let formatName = fields["format"]?.stringValue,
+                  let shape = fields["shape"]?.arrayValue?.compactMap(\.intValue) else {
+                throw bad("its 'quantization' entry needs 'format' (string) and 'shape' (integers), found \(entry.text)")
+            }
+            guard shape == expected else { throw bad("shape \(shape), expected \(expected)") }
+            let format: QuantFormat
+            do { format = try QuantFormat(name: formatName) } catch let e as QuantizationError { throw bad(e.description) }
+            do {
+                let g = "quantized/" + name + "/"
+                func bytes(_ key: String) throws -> [UInt8] {
+                    let info = try file.datasetInfo(g + key)
+                    guard info.typeClass == H5T_INTEGER, info.typeSize == 1, info.shape.count == 1 else {
+                        throw bad("'\(key)' must be a 1-D uint8 dataset, found \(info.typeDescription) \(info.shape)")
+                    }
+                    var b = [UInt8](repeating: 0, count: info.shape[0])
+                    try b.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.uint8, into: $0.baseAddress!) }
+                    return b
+                }
+                func halves(_ key: String) throws -> [Float16] {
+                    guard file.exists(g + key) else { throw bad("'\(key)' is missing (format \(format))") }
+                    let info = try file.datasetInfo(g + key)
+                    guard info.typeClass == H5T_FLOAT, info.typeSize == 2 else {
+                        throw bad("'\(key)' must be float16, found \(info.typeDescription)")
+                    }
+                    var h = [Float16](repeating: 0, count: info.shape.reduce(1, *))
+                    try h.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.float16, into: $0.baseAddress!) }
+                    return h
+                }
+                let q: QuantizedTensor
+                if format.isFloat16 {
+                    q = try QuantizedTensor(format: format, shape: shape, codes: try halves("values").withUnsafeBytes { [UInt8]($0) }, scales: [], mins: [])
+                } else {
+                    q = try QuantizedTensor(format: format, shape: shape, codes: try bytes("codes"), scales: try halves("scales"),
+                                            mins: format.symmetric ? [] : try halves("mins"))
+                }
+                out[name] = q
+            } catch let e as HDF5Failure {
+                throw bad(e.message)
+            } catch let e as QuantizationError {
+                throw bad(e.description)
+            }
+        }
+        return out
     }
 
     /// Masks: each names a decoder linear weight, has its shape, holds only 0 and 1, and the weight is zero
@@ -202,18 +288,45 @@ public struct Checkpoint {
 
     /// Writes the checkpoint atomically: into a temporary file beside `path`, flushed, then renamed over it.
     public func write(to path: String) throws {
+        let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
+        for (name, q) in quantized.sorted(by: { $0.key < $1.key }) {
+            guard let t = tensors[name] else { throw CheckpointError.writeFailed(path: path, detail: "quantized tensor '\(name)' is not part of the model") }
+            guard t.shape == q.shape, q.dequantized().withUnsafeBufferPointer({ d in (0..<t.count).allSatisfy { d[$0] == t[$0] } }) else {
+                throw CheckpointError.writeFailed(path: path, detail: "tensor '\(name)' no longer equals its quantized form (changed after quantization); re-quantize it or drop its quantized form")
+            }
+        }
         try writeAtomically(path) { try writeUnsafely(to: $0) }
     }
 
     private func writeUnsafely(to tmp: String) throws {
         let file = try H5File.create(tmp)
         try file.setString("format", CheckpointFormat.name)
-        try file.setInt("format_version", CheckpointFormat.version)
+        try file.setInt("format_version", quantized.isEmpty ? 1 : CheckpointFormat.version)
         try file.setString("config", config.json.text)
         try file.setString("history", JSONValue.array(history).text)
         try file.createGroup("tensors")
-        for (name, t) in model.namedTensors {
+        for (name, t) in model.namedTensors where quantized[name] == nil {
             try file.write("tensors/" + name, shape: t.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: t.data)
+        }
+        if !quantized.isEmpty {
+            var entries: [String: JSONValue] = [:]
+            try file.createGroup("quantized")
+            for (name, q) in quantized.sorted(by: { $0.key < $1.key }) {
+                entries[name] = .object(["format": .string(q.format.description), "shape": .array(q.shape.map { .int($0) })])
+                let g = "quantized/" + name
+                try file.createGroup(g)
+                if q.format.isFloat16 {
+                    try q.codes.withUnsafeBytes { try file.write(g + "/values", shape: q.shape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+                    continue
+                }
+                try q.codes.withUnsafeBytes { try file.write(g + "/codes", shape: [q.codes.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
+                let groupShape = [q.shape[0], q.shape[1] / q.format.groupSize]
+                try q.scales.withUnsafeBytes { try file.write(g + "/scales", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+                if !q.format.symmetric {
+                    try q.mins.withUnsafeBytes { try file.write(g + "/mins", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+                }
+            }
+            try file.setString("quantization", JSONValue.object(entries).text)
         }
         if !masks.isEmpty {
             try file.createGroup("masks")

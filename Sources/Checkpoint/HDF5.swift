@@ -217,6 +217,14 @@ enum H5Types {
     static var float32: hid_t { h5_native_float() }
     static var uint8File: hid_t { h5_std_u8le() }
     static var uint8: hid_t { h5_native_uint8() }
+    /// IEEE half precision, little-endian (the type h5py writes for numpy float16), used in file and memory.
+    static let float16: hid_t = {
+        let t = H5Tcopy(h5_ieee_f32le())
+        H5Tset_fields(t, 15, 10, 5, 0, 10)
+        H5Tset_size(t, 2)
+        H5Tset_ebias(t, 15)
+        return t
+    }()
 }
 
 extension H5File {

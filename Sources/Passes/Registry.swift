@@ -5,7 +5,7 @@ extension PassRegistry {
     public static func standard() -> PassRegistry {
         var r = PassRegistry()
         // The names are distinct by construction; a duplicate here is a programming error.
-        for t in [MinitronPass.self, FinerCutPass.self] as [any CompressionPass.Type] {
+        for t in [MinitronPass.self, FinerCutPass.self, CPTQuantPass.self] as [any CompressionPass.Type] {
             do { try r.register(t) } catch { preconditionFailure("\(error)") }
         }
         return r

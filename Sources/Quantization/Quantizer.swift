@@ -1,32 +1,118 @@
-// Weight-only integer quantization, group-wise along the input dimension (issue 6 groundwork).
+// Weight-only integer quantization of linear layers, group-wise along the input dimension (CPTQuant's
+// quantizer; issue 6).
 //
-// A row of K weights is cut into groups of G consecutive weights (K a multiple of G). Per group:
-//   asymmetric, b bits:  s = (max - min) / (2^b - 1),  q = clamp(round((w - min) / s), 0, 2^b - 1),  w' = min + s·q
-//   symmetric, b bits:   s = max|w| / (2^(b-1) - 1),   q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1),
-//                        stored as q + 2^(b-1),        w' = s·q
-// Round-to-nearest gives |w - w'| ≤ s/2 for every weight of the group. Codes are bit-packed little-endian:
-// code i occupies bits [i·b, (i+1)·b) of the byte stream.
+// A weight matrix W (out × in) is cut, row by row, into groups of G consecutive input columns (in must be a
+// multiple of G). Each group stores b-bit codes and, in float16, its scale (and minimum):
+//   asymmetric, b bits:  s = (hi − lo) / (2^b − 1),  q = clamp(round((w − lo) / s), 0, 2^b − 1),   w' = lo + s·q
+//   symmetric,  b bits:  s = max|w| / (2^(b−1) − 1), q = clamp(round(w / s), −(2^(b−1) − 1), 2^(b−1) − 1),
+//                        stored as q + 2^(b−1),                                                    w' = s·q
+// with (lo, hi) = (min w, max w) of the group for round-to-nearest (RTN). The float16 scale is rounded up and
+// the float16 minimum down, so the grid still covers the group and |w − w'| ≤ s/2 holds for every weight.
+// Symmetric formats leave code 0 unused (2^b − 1 levels) so that zero is exact and the grid is symmetric.
+//
+// Scale search (the error-minimizing option): per group, the clipping ratio α ∈ {1, 1 − 1/40, …, 0.6}
+// shrinks the range (asymmetric: [α·lo, α·hi]; symmetric: α·max|w|), and the α minimizing
+//   Σ_k h_k (w_k − w'_k)²,   h_k = E[x_k²] over calibration tokens of input column k,
+// is kept. Σ_k h_k δ_k² is the diagonal part of the layer-output error E‖δ·x‖² = δᵀ E[x xᵀ] δ; cross terms
+// between columns are ignored (GPTQ keeps them; this is the cheaper, per-group search). α = 1 is RTN, so the
+// search never does worse than RTN on the weighted error. Without h (h_k = 1) it minimizes the weight MSE.
+//
+// Float16 ("f16") keeps a tensor at 16 bits: each weight rounded to the nearest float16.
+// Codes are bit-packed little-endian over the whole tensor: code i occupies bits [i·b, (i+1)·b).
 
-/// A quantization scheme: bits per code, group size, symmetric or asymmetric.
-public struct QuantFormat: Equatable, Hashable, Sendable, CustomStringConvertible {
+/// A storage scheme for one weight tensor: b-bit integer codes in groups (symmetric or asymmetric), or
+/// float16.
+public struct QuantFormat: Equatable, Hashable, Sendable, CustomStringConvertible, Codable {
     public static let supportedBits = [2, 3, 4, 5, 6, 8]
+    /// Bits per code (2…8), or 16 for float16.
     public let bits: Int
+    /// Weights per group (1 for float16).
     public let groupSize: Int
     public let symmetric: Bool
 
     public init(bits: Int, groupSize: Int, symmetric: Bool) throws {
         guard Self.supportedBits.contains(bits) else {
-            throw QuantizationError("bits \(bits) is not supported (supported: \(Self.supportedBits.map(String.init).joined(separator: ", ")))")
+            throw QuantizationError("bits \(bits) is not supported (supported: \(Self.supportedBits.map(String.init).joined(separator: ", ")), or 16 for float16)")
         }
         guard groupSize >= 1 else { throw QuantizationError("group size must be positive, got \(groupSize)") }
         self.bits = bits; self.groupSize = groupSize; self.symmetric = symmetric
     }
 
-    public var description: String { "q\(bits)_g\(groupSize)_\(symmetric ? "sym" : "asym")" }
+    private init(float16: ()) { bits = 16; groupSize = 1; symmetric = true }
+
+    /// The 16-bit format: every weight rounded to float16.
+    public static let float16 = QuantFormat(float16: ())
+
+    /// A width from a recipe's ladder: 16 is float16, anything else an integer format of this group size.
+    public static func width(_ bits: Int, groupSize: Int, symmetric: Bool) throws -> QuantFormat {
+        bits == 16 ? .float16 : try QuantFormat(bits: bits, groupSize: groupSize, symmetric: symmetric)
+    }
+
+    public var isFloat16: Bool { bits == 16 }
+
+    /// "q4_g64_asym", "q3_g32_sym" or "f16".
+    public var description: String { isFloat16 ? "f16" : "q\(bits)_g\(groupSize)_\(symmetric ? "sym" : "asym")" }
+
+    /// Parses `description`.
+    public init(name: String) throws {
+        if name == "f16" { self = .float16; return }
+        let parts = name.split(separator: "_")
+        guard parts.count == 3, parts[0].first == "q", parts[1].first == "g", let b = Int(parts[0].dropFirst()),
+              let g = Int(parts[1].dropFirst()), parts[2] == "sym" || parts[2] == "asym" else {
+            throw QuantizationError("'\(name)' is not a quantization format (expected f16 or q<bits>_g<group>_<sym|asym>, e.g. q4_g64_asym)")
+        }
+        try self.init(bits: b, groupSize: g, symmetric: parts[2] == "sym")
+    }
+
+    public init(from decoder: Decoder) throws { try self.init(name: try decoder.singleValueContainer().decode(String.self)) }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+
     /// Largest stored code.
     public var maxCode: Int { (1 << bits) - 1 }
     /// Bytes of packed codes for `count` weights.
-    public func codeBytes(_ count: Int) -> Int { (count * bits + 7) / 8 }
+    public func codeBytes(_ count: Int) -> Int { isFloat16 ? 2 * count : (count * bits + 7) / 8 }
+    /// Float16 values stored per group beside the codes: scale, and the minimum when asymmetric.
+    public var scalesPerGroup: Int { isFloat16 ? 0 : (symmetric ? 1 : 2) }
+    /// Storage of one group: codes plus float16 scale (and minimum).
+    public var bytesPerGroup: Double { Double(groupSize * bits) / 8 + Double(2 * scalesPerGroup) }
+    /// Storage bits per weight, scales included.
+    public var bitsPerWeight: Double { bytesPerGroup * 8 / Double(groupSize) }
+    /// Exact bytes a (rows × columns) tensor takes in this format.
+    public func storageBytes(rows: Int, columns: Int) -> Int {
+        codeBytes(rows * columns) + 2 * scalesPerGroup * (rows * columns / groupSize)
+    }
+}
+
+/// One row of the formats table: a format and its traits, with its quantize and dequantize functions.
+public struct FormatTraits: Sendable {
+    public let format: QuantFormat
+    public var name: String { format.description }
+    public var bits: Int { format.bits }
+    public var groupSize: Int { format.groupSize }
+    public var symmetric: Bool { format.symmetric }
+    public var bytesPerGroup: Double { format.bytesPerGroup }
+    public var bitsPerWeight: Double { format.bitsPerWeight }
+    /// W (rows × columns) → stored form; `importance` (per column, E[x²]) and `search` as in `quantize`.
+    public let quantize: @Sendable (_ weights: [Float], _ shape: [Int], _ importance: [Float]?, _ search: Bool) throws -> QuantizedTensor
+    public let dequantize: @Sendable (QuantizedTensor) -> [Float]
+}
+
+extension QuantFormat {
+    /// The formats table for a group size: every integer width, symmetric and asymmetric, and float16.
+    public static func table(groupSize: Int) throws -> [FormatTraits] {
+        var formats = [QuantFormat.float16]
+        for symmetric in [false, true] {
+            for b in supportedBits { formats.append(try QuantFormat(bits: b, groupSize: groupSize, symmetric: symmetric)) }
+        }
+        return formats.map { f in
+            FormatTraits(format: f,
+                         quantize: { w, shape, h, search in try QuantizedTensor(weights: w, shape: shape, format: f, importance: h, search: search) },
+                         dequantize: { $0.dequantized() })
+        }
+    }
 }
 
 public struct QuantizationError: Error, CustomStringConvertible {
@@ -52,49 +138,164 @@ public func packCodes(_ codes: [UInt8], bits: Int) -> [UInt8] {
 public func unpackCodes(_ packed: [UInt8], bits: Int, count: Int) -> [UInt8] {
     precondition(packed.count * 8 >= count * bits, "\(packed.count) bytes hold fewer than \(count) codes of \(bits) bits")
     let mask = UInt16((1 << bits) - 1)
-    return (0..<count).map { i in
-        let bit = i * bits, byte = bit / 8
-        var v = UInt16(packed[byte])
-        if byte + 1 < packed.count { v |= UInt16(packed[byte + 1]) << 8 }
-        return UInt8((v >> UInt16(bit % 8)) & mask)
-    }
-}
-
-/// Round-to-nearest quantization of `weights` (count a multiple of the group size): codes (unpacked),
-/// and per group a scale and a minimum (the minimum is 0 for symmetric formats).
-public func quantizeRTN(_ weights: [Float], format f: QuantFormat) throws -> (codes: [UInt8], scales: [Float], mins: [Float]) {
-    guard weights.count % f.groupSize == 0 else {
-        throw QuantizationError("\(weights.count) weights are not a whole number of groups of \(f.groupSize)")
-    }
-    let groups = weights.count / f.groupSize
-    var codes = [UInt8](repeating: 0, count: weights.count), scales = [Float](repeating: 0, count: groups), mins = scales
-    for g in 0..<groups {
-        let w = weights[(g * f.groupSize)..<((g + 1) * f.groupSize)]
-        if f.symmetric {
-            let half = (1 << (f.bits - 1)) - 1
-            let s = (w.map(abs).max() ?? 0) / Float(half)
-            scales[g] = s
-            for (i, x) in zip(w.indices, w) {
-                let q = s > 0 ? max(-half, min(half, Int((x / s).rounded()))) : 0
-                codes[i] = UInt8(q + half + 1)
-            }
-        } else {
-            let lo = w.min() ?? 0, hi = w.max() ?? 0
-            let s = (hi - lo) / Float(f.maxCode)
-            scales[g] = s; mins[g] = lo
-            for (i, x) in zip(w.indices, w) {
-                codes[i] = UInt8(s > 0 ? max(0, min(f.maxCode, Int(((x - lo) / s).rounded()))) : 0)
-            }
+    return packed.withUnsafeBufferPointer { p in
+        (0..<count).map { i in
+            let bit = i * bits, byte = bit / 8
+            var v = UInt16(p[byte])
+            if byte + 1 < p.count { v |= UInt16(p[byte + 1]) << 8 }
+            return UInt8((v >> UInt16(bit % 8)) & mask)
         }
     }
-    return (codes, scales, mins)
 }
 
-/// Weights from codes, scales and minimums (the inverse map of `quantizeRTN`).
-public func dequantize(codes: [UInt8], scales: [Float], mins: [Float], format f: QuantFormat) -> [Float] {
-    let offset = f.symmetric ? 1 << (f.bits - 1) : 0
-    return codes.indices.map { i in
-        let g = i / f.groupSize
-        return mins[g] + scales[g] * Float(Int(codes[i]) - offset)
+/// The smallest float16 ≥ x (x finite, ≥ 0 and below float16's largest value).
+@inline(__always) func halfUp(_ x: Float) -> Float16 {
+    var h = Float16(x)
+    if Float(h) < x { h = h.nextUp }
+    return h
+}
+
+/// The largest float16 ≤ x.
+@inline(__always) func halfDown(_ x: Float) -> Float16 {
+    var h = Float16(x)
+    if Float(h) > x { h = h.nextDown }
+    return h
+}
+
+/// A weight tensor in stored (quantized) form: packed codes with float16 scales and minimums per group, or
+/// float16 values.
+public struct QuantizedTensor: Equatable, Sendable {
+    public let format: QuantFormat
+    /// (rows, columns) = (out, in) of the linear layer.
+    public let shape: [Int]
+    /// Packed codes (integer formats) or the float16 values' bytes (float16).
+    public let codes: [UInt8]
+    /// Per group, row-major (rows × columns / G); empty for float16.
+    public let scales: [Float16]
+    /// Per group, asymmetric formats only.
+    public let mins: [Float16]
+
+    public var count: Int { shape.reduce(1, *) }
+    public var groups: Int { format.isFloat16 ? 0 : count / format.groupSize }
+    /// Bytes this tensor takes on disk: codes, scales and minimums.
+    public var bytes: Int { codes.count + 2 * (scales.count + mins.count) }
+
+    /// Assembles a stored tensor (from a file), checking every size against the format.
+    public init(format: QuantFormat, shape: [Int], codes: [UInt8], scales: [Float16], mins: [Float16]) throws {
+        guard shape.count == 2, shape.allSatisfy({ $0 > 0 }) else { throw QuantizationError("expected a 2-D shape, found \(shape)") }
+        let n = shape[0] * shape[1]
+        guard shape[1] % format.groupSize == 0 else {
+            throw QuantizationError("\(shape[1]) input columns are not a whole number of groups of \(format.groupSize)")
+        }
+        guard codes.count == format.codeBytes(n) else { throw QuantizationError("\(codes.count) code bytes, expected \(format.codeBytes(n)) for \(shape) in \(format)") }
+        let g = format.isFloat16 ? 0 : n / format.groupSize
+        guard scales.count == (format.scalesPerGroup > 0 ? g : 0) else { throw QuantizationError("\(scales.count) scales, expected \(g) for \(shape) in \(format)") }
+        guard mins.count == (format.scalesPerGroup > 1 ? g : 0) else { throw QuantizationError("\(mins.count) minimums, expected \(format.scalesPerGroup > 1 ? g : 0) for \(shape) in \(format)") }
+        if let bad = scales.firstIndex(where: { !$0.isFinite || $0 < 0 }) ?? mins.firstIndex(where: { !$0.isFinite }) {
+            throw QuantizationError("scale or minimum of group \(bad) is not finite (or a scale is negative)")
+        }
+        self.format = format; self.shape = shape; self.codes = codes; self.scales = scales; self.mins = mins
     }
+
+    /// Quantizes W (shape (rows, columns), row-major), group-wise along each row. `importance`: per input
+    /// column, E[x²] on calibration data (weights the search's error; nil: uniform). `search`: the clipping
+    /// search (see the top of this file); false is round-to-nearest.
+    public init(weights w: [Float], shape: [Int], format f: QuantFormat, importance: [Float]? = nil, search: Bool = false) throws {
+        guard shape.count == 2, w.count == shape[0] * shape[1], w.count > 0 else {
+            throw QuantizationError("expected a 2-D weight matrix, found shape \(shape) with \(w.count) values")
+        }
+        let K = shape[1]
+        guard K % f.groupSize == 0 else { throw QuantizationError("\(K) input columns are not a whole number of groups of \(f.groupSize)") }
+        if let h = importance, h.count != K { throw QuantizationError("importance has \(h.count) columns, expected \(K)") }
+        if let i = w.firstIndex(where: { !$0.isFinite }) { throw QuantizationError("weight \(i) is \(w[i])") }
+        if f.isFloat16 {
+            let halves = w.map { Float16($0) }
+            if let i = halves.firstIndex(where: { !$0.isFinite }) { throw QuantizationError("weight \(i) = \(w[i]) overflows float16") }
+            try self.init(format: f, shape: shape, codes: halves.withUnsafeBytes { [UInt8]($0) }, scales: [], mins: [])
+            return
+        }
+        let G = f.groupSize, groups = w.count / G
+        var codes = [UInt8](repeating: 0, count: w.count)
+        var scales = [Float16](repeating: 0, count: groups), mins = [Float16](repeating: 0, count: f.symmetric ? 0 : groups)
+        let alphas: [Float] = search ? (0...16).map { 1 - Float($0) / 40 } : [1]
+        var failure: String?
+        w.withUnsafeBufferPointer { wp in
+            codes.withUnsafeMutableBufferPointer { cp in
+                for g in 0..<groups {
+                    let base = g * G, col0 = base % K
+                    let x = UnsafeBufferPointer(rebasing: wp[base..<(base + G)])
+                    var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
+                    for a in alphas {
+                        guard let (s, lo) = Self.grid(x, format: f, alpha: a) else {
+                            failure = "group \(g) (row \(g * G / K)) has a range too large for a float16 scale"
+                            return
+                        }
+                        var err: Float = 0
+                        if alphas.count > 1 {
+                            let (sf, lof) = (Float(s), Float(lo))
+                            for k in 0..<G {
+                                let d = x[k] - (lof + sf * Float(Self.code(x[k], s: sf, lo: lof, format: f) - (f.symmetric ? 1 << (f.bits - 1) : 0)))
+                                err += (importance?[col0 + k] ?? 1) * d * d
+                            }
+                        }
+                        if err < best.err || best.err == .infinity { best = (err, s, lo) }
+                    }
+                    scales[g] = best.scale
+                    if !f.symmetric { mins[g] = best.min }
+                    let (sf, lof) = (Float(best.scale), Float(best.min))
+                    for k in 0..<G { cp[base + k] = UInt8(Self.code(x[k], s: sf, lo: lof, format: f)) }
+                }
+            }
+        }
+        if let failure { throw QuantizationError(failure) }
+        try self.init(format: f, shape: shape, codes: packCodes(codes, bits: f.bits), scales: scales, mins: mins)
+    }
+
+    /// The float16 scale and minimum of a group whose range is shrunk by `alpha` (nil when it overflows).
+    @inline(__always)
+    static func grid(_ x: UnsafeBufferPointer<Float>, format f: QuantFormat, alpha: Float) -> (Float16, Float16)? {
+        if f.symmetric {
+            var m: Float = 0
+            for v in x { m = Swift.max(m, abs(v)) }
+            let s = halfUp(alpha * m / Float((1 << (f.bits - 1)) - 1))
+            return s.isFinite ? (s, 0) : nil
+        }
+        var lo = Float.infinity, hi = -Float.infinity
+        for v in x { lo = Swift.min(lo, v); hi = Swift.max(hi, v) }
+        let lo16 = halfDown(alpha * lo)
+        let s = halfUp((alpha * hi - Float(lo16)) / Float(f.maxCode))
+        return s.isFinite && lo16.isFinite ? (s, lo16) : nil
+    }
+
+    /// The stored code of x on the grid (s, lo) (lo = 0 for symmetric formats).
+    @inline(__always)
+    static func code(_ x: Float, s: Float, lo: Float, format f: QuantFormat) -> Int {
+        guard s > 0 else { return f.symmetric ? 1 << (f.bits - 1) : 0 }
+        if f.symmetric {
+            let half = (1 << (f.bits - 1)) - 1
+            return Swift.max(-half, Swift.min(half, Int((x / s).rounded()))) + half + 1
+        }
+        return Swift.max(0, Swift.min(f.maxCode, Int(((x - lo) / s).rounded())))
+    }
+
+    /// The weights this tensor stands for (row-major, shape (rows, columns)).
+    public func dequantized() -> [Float] {
+        let n = count
+        if format.isFloat16 {
+            return codes.withUnsafeBytes { raw in raw.bindMemory(to: Float16.self).prefix(n).map { Float($0) } }
+        }
+        let q = unpackCodes(codes, bits: format.bits, count: n)
+        let G = format.groupSize, offset = format.symmetric ? 1 << (format.bits - 1) : 0
+        var out = [Float](repeating: 0, count: n)
+        out.withUnsafeMutableBufferPointer { o in
+            for g in 0..<(n / G) {
+                let s = Float(scales[g]), lo = format.symmetric ? 0 : Float(mins[g])
+                for k in (g * G)..<((g + 1) * G) { o[k] = lo + s * Float(Int(q[k]) - offset) }
+            }
+        }
+        return out
+    }
+
+    /// Per-group scale (as Float), for error bounds.
+    public func scale(ofGroup g: Int) -> Float { Float(scales[g]) }
 }

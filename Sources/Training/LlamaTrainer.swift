@@ -13,7 +13,18 @@ import TensorCore
 /// tied LM head's gradient lands in the embedding's, as it must). A weight can be frozen (no gradient
 /// computed, which also skips its weight-gradient GEMM) or multiplied by a mask: the forward then uses
 /// weight ⊙ mask, and the gradient flows to the weight (masked) and, when wanted, to the mask.
+/// Sees the inputs and their loss gradients during `LlamaTrainer.backward` (for gradient-based scores such
+/// as TDMPQ's |x · dL/dx|). Pointers are valid only during the call; rows are the trainer's rows.
+public protocol BackwardObserver: AnyObject {
+    /// The input (rows × features) of linear weight `name` and dL/d(that input).
+    func linearInput(_ name: String, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, features: Int)
+    /// The residual stream entering decoder layer `layer` (rows × C) and its gradient.
+    func layerInput(_ layer: Int, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, channels: Int)
+}
+
 public final class LlamaTrainer {
+    /// Receives inputs and input gradients in `backward` (nil: none).
+    public weak var backwardObserver: BackwardObserver?
     public let model: LlamaModel
     /// Gradients, in the model's shape.
     public let grads: LlamaModel
@@ -199,6 +210,7 @@ public final class LlamaTrainer {
                 dact.data.update(repeating: 0, count: N * F)
                 linearBackward(dinp: dact.data, dweight: gradSlot(p + "mlp.down_proj.weight", gm.down), dout: dx.data, inp: act.data,
                                weight: wDown.data, rows: N, inFeatures: F, outFeatures: C)
+                backwardObserver?.linearInput(p + "mlp.down_proj.weight", x: act.data, dx: dact.data, rows: N, features: F)
                 dgate.data.update(repeating: 0, count: N * F)
                 dup.data.update(repeating: 0, count: N * F)
                 swigluBackward(dgate: dgate.data, dup: dup.data, dout: dact.data, gate: gate.data, up: up.data, count: N * F)
@@ -207,6 +219,9 @@ public final class LlamaTrainer {
                                weight: wGate.data, rows: N, inFeatures: C, outFeatures: F)
                 linearBackward(dinp: dn.data, dweight: gradSlot(p + "mlp.up_proj.weight", gm.up), dout: dup.data, inp: s.normed.data,
                                weight: wUp.data, rows: N, inFeatures: C, outFeatures: F)
+                for name in ["mlp.gate_proj.weight", "mlp.up_proj.weight"] {
+                    backwardObserver?.linearInput(p + name, x: s.normed.data, dx: dn.data, rows: N, features: C)
+                }
                 rmsnormBackward(dinp: dx.data, dweight: frozen.contains(p + "post_attention_layernorm.weight") ? nil : gm.norm.data,
                                 dout: dn.data, inp: s.resid.data, weight: m.norm.data, rstd: s.rstd.data, rows: N, channels: C)
             }
@@ -216,6 +231,7 @@ public final class LlamaTrainer {
                 datt.data.update(repeating: 0, count: N * H * D)
                 linearBackward(dinp: datt.data, dweight: gradSlot(p + "self_attn.o_proj.weight", ga.o), dout: dx.data, inp: att.data,
                                weight: weight(p + "self_attn.o_proj.weight", a.o).data, rows: N, inFeatures: H * D, outFeatures: C)
+                backwardObserver?.linearInput(p + "self_attn.o_proj.weight", x: att.data, dx: datt.data, rows: N, features: H * D)
                 dq.data.update(repeating: 0, count: N * H * D)
                 dk.data.update(repeating: 0, count: N * G * D)
                 dv.data.update(repeating: 0, count: N * G * D)
@@ -233,8 +249,14 @@ public final class LlamaTrainer {
                     linearBackward(dinp: dn.data, dweight: gradSlot(full, g), dout: d.data, inp: s.normed.data,
                                    weight: weight(full, w).data, rows: N, inFeatures: C, outFeatures: out)
                 }
+                for name in ["q_proj", "k_proj", "v_proj"] {
+                    backwardObserver?.linearInput(p + "self_attn." + name + ".weight", x: s.normed.data, dx: dn.data, rows: N, features: C)
+                }
                 rmsnormBackward(dinp: dx.data, dweight: frozen.contains(p + "input_layernorm.weight") ? nil : ga.norm.data,
                                 dout: dn.data, inp: s.resid.data, weight: a.norm.data, rstd: s.rstd.data, rows: N, channels: C)
+            }
+            if let obs = backwardObserver, let input = acts[l].attn?.resid ?? acts[l].mlp?.resid {
+                obs.layerInput(l, x: input.data, dx: dx.data, rows: N, channels: C)
             }
         }
         if !frozen.contains("model.embed_tokens.weight") {
@@ -248,4 +270,9 @@ public final class LlamaTrainer {
                                  deffective: effectiveGrads[name]!.data, weight: names[name]!.data, mask: mask.data, count: mask.count)
         }
     }
+}
+
+extension BackwardObserver {
+    public func linearInput(_ name: String, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, features: Int) {}
+    public func layerInput(_ layer: Int, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, channels: Int) {}
 }

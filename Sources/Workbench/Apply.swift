@@ -3,6 +3,7 @@ import Evaluation
 import Foundation
 import Model
 import Passes
+import Quantization
 import Recipes
 import TensorCore
 import Training
@@ -118,6 +119,13 @@ extension Workbench {
         }
 
         var model = ckpt.model
+        // Stored (quantized) forms of tensors: from the base, or from a quantizing pass.
+        var quantized = ckpt.quantized
+        func refuseAfterQuantization(_ place: String) throws {
+            guard quantized.isEmpty else {
+                throw WorkbenchError("\(place): the model is quantized at this point (\(quantized.count) tensors stored in low-bit formats); passes and distillation cannot change quantized weights; put the quantization stage last (only eval stages may follow)")
+            }
+        }
         var reports: [StageReport] = []
         var lastPPL: Double? = nil
         for (i, entry) in recipe.stages.enumerated() {
@@ -125,7 +133,7 @@ extension Workbench {
             let place = "\(o.recipe), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
             say("\(label): start, \(model.parameterCount) parameters")
             let t0 = Date()
-            let before = (params: model.parameterCount, bytes: model.storageBytes)
+            let before = (params: model.parameterCount, bytes: storedBytes(model, quantized))
             var diagnostics: JSONValue = .object([:])
             var ppl: Double? = nil
             var cacheUse: StatsCache? = nil
@@ -138,12 +146,21 @@ extension Workbench {
                 ])
                 cacheUse = o.cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
                 let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { say("\(label): \($0)") }
-                do { (model, diagnostics) = try pass.run(on: model, context: context) } catch let err as RecipeError {
+                try refuseAfterQuantization(place)
+                do {
+                    if let q = pass as? any QuantizingPass {
+                        let r = try q.quantize(on: model, context: context)
+                        (model, diagnostics, quantized) = (r.model, r.diagnostics, r.quantized)
+                    } else {
+                        (model, diagnostics) = try pass.run(on: model, context: context)
+                    }
+                } catch let err as RecipeError {
                     throw WorkbenchError("\(place): \(err.description)")
                 } catch let err as ConfigError {
                     throw WorkbenchError("\(place): \(err.description)")
                 }
             case .distill(let d):
+                try refuseAfterQuantization(place)
                 let statePath = output + ".stage\(i + 1).state.h5"
                 let distiller: Distiller
                 do {
@@ -172,7 +189,7 @@ extension Workbench {
             let report = StageReport(
                 index: i + 1, stage: entry.name, settings: entry.settings,
                 parametersBefore: before.params, parametersAfter: model.parameterCount,
-                bytesBefore: before.bytes, bytesAfter: model.storageBytes, seconds: Date().timeIntervalSince(t0),
+                bytesBefore: before.bytes, bytesAfter: storedBytes(model, quantized), seconds: Date().timeIntervalSince(t0),
                 ppl: ppl, retention: ppl.flatMap { p in basePPL.map { $0 / p } },
                 cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
             reports.append(report)
@@ -185,15 +202,20 @@ extension Workbench {
             "kind": .string("apply"), "recipe_path": .string(o.recipe), "recipe": recipe.json, "base": .string(basePath),
             "base_hash": .string(baseHash), "stages": jsonValue(reports),
         ]))
-        try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: history).write(to: output)
+        try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: history, quantized: quantized).write(to: output)
         return ApplyReport(
             recipe: o.recipe, name: recipe.name, base: basePath, output: output,
             parametersBefore: ckpt.model.parameterCount, parametersAfter: model.parameterCount,
-            bytesBefore: ckpt.model.storageBytes, bytesAfter: model.storageBytes,
+            bytesBefore: storedBytes(ckpt.model, ckpt.quantized), bytesAfter: storedBytes(model, quantized),
             pplBefore: basePPL, pplAfter: lastPPL, retention: basePPL.flatMap { b in lastPPL.map { b / $0 } },
             evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil,
             calibrationTokens: calibration.count * recipe.calibration.window,
             seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
             stages: reports)
     }
+}
+
+/// Bytes of the model's tensors as stored: quantized ones at their packed size, the rest as float32.
+func storedBytes(_ model: LlamaModel, _ quantized: [String: QuantizedTensor]) -> Int {
+    model.namedTensors.reduce(0) { $0 + (quantized[$1.name]?.bytes ?? $1.tensor.bytes) }
 }

@@ -7,8 +7,11 @@ public struct InspectReport: Codable {
     public struct TensorEntry: Codable {
         public var name: String
         public var shape: [Int]
+        /// "float32", or the stored format of a quantized tensor ("q4_g64_asym", "f16").
         public var dtype: String
+        /// Bytes as stored (packed codes with scales and minimums for quantized tensors).
         public var bytes: Int
+        public var bitsPerWeight: Double
     }
     public struct LayerEntry: Codable {
         public var index: Int
@@ -24,7 +27,12 @@ public struct InspectReport: Codable {
     public var architecture: String
     public var config: JSONValue
     public var parameters: Int
+    /// Bytes of all tensors as stored, and storage bits per parameter.
     public var tensorBytes: Int
+    public var bitsPerWeight: Double
+    /// Tensors stored quantized, and their bits per weight together.
+    public var quantizedTensors: Int
+    public var quantizedBitsPerWeight: Double?
     public var layers: [LayerEntry]
     public var tensors: [TensorEntry]
     public var tokenizer: JSONValue
@@ -51,12 +59,23 @@ extension Workbench {
                      "eos_token_id": $0.eosTokenID.map { .int(Int($0)) } ?? .null, "add_bos_token": .bool($0.addBosToken)])
         } ?? .null
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let entries = named.map { t -> InspectReport.TensorEntry in
+            let q = ckpt.quantized[t.name]
+            let bytes = q?.bytes ?? t.tensor.bytes
+            return .init(name: t.name, shape: t.tensor.shape, dtype: q?.format.description ?? "float32", bytes: bytes,
+                         bitsPerWeight: Double(bytes * 8) / Double(t.tensor.count))
+        }
+        let total = entries.reduce(0) { $0 + $1.bytes }
+        let quantizedEntries = entries.filter { ckpt.quantized[$0.name] != nil }
+        let qWeights = quantizedEntries.reduce(0) { $0 + $1.shape.reduce(1, *) }
         return InspectReport(
             checkpoint: path, fileBytes: size,
             architecture: c.extra["architectures"]?.arrayValue?.first?.stringValue ?? "LlamaForCausalLM",
-            config: c.json, parameters: model.parameterCount, tensorBytes: named.reduce(0) { $0 + $1.tensor.bytes },
-            layers: layers,
-            tensors: named.map { .init(name: $0.name, shape: $0.tensor.shape, dtype: "float32", bytes: $0.tensor.bytes) },
+            config: c.json, parameters: model.parameterCount, tensorBytes: total,
+            bitsPerWeight: Double(total * 8) / Double(model.parameterCount),
+            quantizedTensors: quantizedEntries.count,
+            quantizedBitsPerWeight: qWeights > 0 ? Double(quantizedEntries.reduce(0) { $0 + $1.bytes } * 8) / Double(qWeights) : nil,
+            layers: layers, tensors: entries,
             tokenizer: tokenizer, history: ckpt.history)
     }
 }
@@ -64,7 +83,11 @@ extension Workbench {
 extension InspectReport {
     /// A human-readable summary.
     public var text: String {
-        var s = "\(checkpoint): \(architecture), \(parameters) parameters, \(formatBytes(tensorBytes)) of tensors, file \(formatBytes(fileBytes))\n"
+        var s = "\(checkpoint): \(architecture), \(parameters) parameters, \(formatBytes(tensorBytes)) of tensors"
+            + String(format: " (%.3f bits per weight)", bitsPerWeight) + ", file \(formatBytes(fileBytes))\n"
+        if let q = quantizedBitsPerWeight {
+            s += String(format: "quantized: %d tensors, %.3f bits per weight (scales included)\n", quantizedTensors, q)
+        }
         s += "config: \(config.text)\n"
         s += "layers:\n"
         for l in layers {
@@ -73,7 +96,7 @@ extension InspectReport {
             s += "  \(l.index): \(attn), \(mlp), \(l.parameters) parameters\n"
         }
         s += "tensors (\(tensors.count)):\n"
-        for t in tensors { s += "  \(t.name) \(t.shape) \(t.dtype) \(formatBytes(t.bytes))\n" }
+        for t in tensors { s += "  \(t.name) \(t.shape) \(t.dtype) \(formatBytes(t.bytes))" + String(format: " %.3f bits/weight\n", t.bitsPerWeight) }
         s += "tokenizer: \(tokenizer.text)\n"
         s += "history (\(history.count)):\n"
         for h in history { s += "  \(h.text)\n" }

@@ -1,0 +1,532 @@
+// CPTQuant: mixed-precision post-training quantization guided by layer sensitivity.
+//
+// Paper: A. Nanda, S. B. Balija, D. Sahoo, "CPTQuant - A Novel Mixed Precision Post-Training Quantization
+// Techniques for Large Language Models", 2024.
+//
+// Three sensitivity estimators, one per CPTQuant strategy, computed on calibration windows:
+//   CMPQ (correlation): h_ℓ = the output of decoder layer ℓ, mean-pooled over segments of `pool_tokens`
+//     positions (one vector per segment); ρ̄(ℓ, m) = mean canonical correlation between h_ℓ and h_m after the
+//     SVCCA reduction to `cca_dims` principal directions (Quantization/CCA.swift);
+//       s_ℓ = 1 − mean_{m ≠ ℓ} ρ̄(ℓ, m)          (a layer unlike the others is sensitive)
+//   PMPQ (pruning): zero the `prune_fraction` (default 0.3) smallest-magnitude weights of each of the unit's
+//     tensors; s_u = PPL_calib(pruned) − PPL_calib(original).
+//   TDMPQ (Taylor): s_u = mean over calibration tokens t of |x_t · ∂L/∂x_t|, with x the unit's input (the
+//     residual stream entering the layer; per tensor, the linear layer's own input) and L the next-token
+//     cross-entropy. First-order estimate of the loss change when the input is removed (perturbed by −x).
+// Bit allocation (Quantization/Allocation.swift): the paper's clusters of sensitivity onto a ladder of widths;
+// a budget (average bits per weight or bytes) met exactly by a multiple-choice knapsack that minimizes
+// Σ_u s_u · e_u(b_u), e_u(b) = ‖W_u − Q_b(W_u)‖² / ‖W_u‖²; or one uniform width (the baseline).
+// The quantizer is Quantization/Quantizer.swift (round-to-nearest, or the clipping search weighted by the
+// calibration inputs' E[x²] per column).
+//
+// Deviations from the paper:
+// - CMPQ pools over segments of `pool_tokens` rather than whole sequences, and applies SVCCA's reduction,
+//   so that the correlations are estimated from more samples than dimensions (with 32 pooled vectors of
+//   576 channels, plain CCA finds correlation 1 everywhere).
+// - The paper sets bits per cluster and reports the size that results; the budget allocation and the
+//   uniform baseline at the same budget are ours, so estimators can be compared at equal size.
+// - Sensitivity is per decoder layer as in the paper, or per tensor (`granularity: "tensor"`); CMPQ has no
+//   per-tensor form, so each tensor takes its layer's score.
+// - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked.
+//   Norms (1-D) stay float32.
+
+import Foundation
+import Model
+import Quantization
+import Recipes
+import TensorCore
+import Training
+
+/// A pass whose result carries stored (quantized) forms of some tensors, for the checkpoint writer.
+public protocol QuantizingPass: CompressionPass {
+    func quantize(on model: LlamaModel, context: PassContext) throws
+        -> (model: LlamaModel, diagnostics: JSONValue, quantized: [String: QuantizedTensor])
+}
+
+extension QuantizingPass {
+    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+        let r = try quantize(on: model, context: context)
+        return (r.model, r.diagnostics)
+    }
+}
+
+public struct CPTQuantPass: QuantizingPass {
+    public static let name = "cptquant"
+    public static let needs: PassNeeds = [.calibration, .gradients]
+
+    public enum Estimator: String, CaseIterable, Sendable { case cmpq, pmpq, tdmpq, none }
+    public enum AllocationMode: String, CaseIterable, Sendable { case budget, clusters, uniform }
+    public enum Granularity: String, CaseIterable, Sendable { case layer, tensor }
+    public enum Method: String, CaseIterable, Sendable { case rtn, search }
+
+    /// The decoder linear weights, by their short names.
+    public static let linearKinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    public var estimator = Estimator.cmpq
+    public var allocation = AllocationMode.budget
+    public var granularity = Granularity.layer
+    public var method = Method.search
+    public var bitsPerWeight: Double?
+    public var budgetBytes: Int?
+    public var widths = [2, 3, 4, 5, 6, 8]
+    public var groupSize = 64
+    public var symmetric = false
+    public var targets = linearKinds
+    public var excludeLayers: [Int] = []
+    public var embeddingBits: Int?
+    public var lmHeadBits: Int?
+    public var pruneFraction = 0.3
+    public var poolTokens = 64
+    public var ccaDims = 16
+    public var ridge = 1e-3
+
+    public init(config s: StrictObject) throws {
+        func choice<E: RawRepresentable & CaseIterable>(_ key: String, _ d: E) throws -> E where E.RawValue == String {
+            E(rawValue: try s.string(key, default: d.rawValue, oneOf: E.allCases.map(\.rawValue)))!
+        }
+        estimator = try choice("estimator", estimator)
+        allocation = try choice("allocation", allocation)
+        granularity = try choice("granularity", granularity)
+        method = try choice("method", method)
+        bitsPerWeight = try s.optionalDouble("bits_per_weight", in: 1...32)
+        budgetBytes = try s.optionalInt("bytes", in: 1...Int.max)
+        groupSize = try s.int("group_size", default: groupSize, in: 1...1 << 20)
+        symmetric = try s.bool("symmetric", default: symmetric)
+        func ints(_ key: String) throws -> [Int]? {
+            guard let a = try s.array(key) else { return nil }
+            return try a.map { v in
+                guard let i = v.intValue else { throw RecipeError("\(s.location): '\(key)': expected integers, found \(v.text)") }
+                return i
+            }
+        }
+        func width(_ key: String, _ b: Int) throws -> Int {
+            guard b == 16 || QuantFormat.supportedBits.contains(b) else {
+                throw RecipeError("\(s.location): '\(key)': \(b) bits is not a width (choose from \((QuantFormat.supportedBits + [16]).map(String.init).joined(separator: ", ")))")
+            }
+            return b
+        }
+        if let w = try ints("widths") {
+            guard !w.isEmpty, Set(w).count == w.count else { throw RecipeError("\(s.location): 'widths': give distinct widths, found \(w)") }
+            widths = try w.map { try width("widths", $0) }.sorted()
+        }
+        if let t = try s.array("targets") {
+            targets = try t.map { v in
+                guard let k = v.stringValue, Self.linearKinds.contains(k) else {
+                    throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder linear weight (choose from \(Self.linearKinds.joined(separator: ", ")); the embedding and LM head have their own keys 'embedding' and 'lm_head')")
+                }
+                return k
+            }
+            guard !targets.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
+        }
+        excludeLayers = try ints("exclude_layers") ?? []
+        if let bad = excludeLayers.first(where: { $0 < 0 }) { throw RecipeError("\(s.location): 'exclude_layers': \(bad) is negative") }
+        embeddingBits = try s.optionalInt("embedding").map { try width("embedding", $0) }
+        lmHeadBits = try s.optionalInt("lm_head").map { try width("lm_head", $0) }
+        pruneFraction = try s.double("prune_fraction", default: pruneFraction, in: 0...1)
+        guard pruneFraction > 0 && pruneFraction < 1 else { throw RecipeError("\(s.location): 'prune_fraction': \(pruneFraction) must lie strictly between 0 and 1") }
+        poolTokens = try s.int("pool_tokens", default: poolTokens, in: 1...1 << 20)
+        ccaDims = try s.int("cca_dims", default: ccaDims, in: 1...4096)
+        ridge = try s.double("ridge", default: ridge, in: 0...1e6)
+
+        switch allocation {
+        case .budget, .uniform:
+            guard (bitsPerWeight == nil) != (budgetBytes == nil) else {
+                throw RecipeError("\(s.location): allocation '\(allocation.rawValue)' needs exactly one of 'bits_per_weight' (average storage bits per weight, scales included) and 'bytes' (storage of the allocated tensors)")
+            }
+        case .clusters:
+            guard bitsPerWeight == nil, budgetBytes == nil else {
+                throw RecipeError("\(s.location): allocation 'clusters' sets widths by sensitivity cluster and takes no budget; use allocation 'budget' to meet 'bits_per_weight' or 'bytes'")
+            }
+        }
+        guard estimator != .none || allocation == .uniform else {
+            throw RecipeError("\(s.location): estimator 'none' is only for allocation 'uniform'")
+        }
+        // Formats must be valid for the group size (checked now, not after the calibration work).
+        for b in widths { _ = try Self.format(b, groupSize: groupSize, symmetric: symmetric, at: s.location) }
+    }
+
+    static func format(_ bits: Int, groupSize: Int, symmetric: Bool, at location: String = "cptquant") throws -> QuantFormat {
+        do { return try QuantFormat.width(bits, groupSize: groupSize, symmetric: symmetric) } catch let e as QuantizationError {
+            throw RecipeError("\(location): \(e.description)")
+        }
+    }
+
+    /// One allocation unit: a decoder layer's targeted tensors, or one tensor.
+    struct Unit {
+        var name: String
+        var layer: Int
+        var tensors: [String]
+        /// The first sublayer the unit's tensors act in (where a resumed forward starts).
+        var firstSublayer: Int
+    }
+
+    func units(_ model: LlamaModel) throws -> [Unit] {
+        let L = model.layers.count
+        if let bad = excludeLayers.first(where: { $0 >= L }) { throw RecipeError("cptquant: 'exclude_layers': layer \(bad) outside 0..<\(L)") }
+        var out: [Unit] = []
+        for l in 0..<L where !excludeLayers.contains(l) {
+            let layer = model.layers[l]
+            var names: [(String, Int)] = []
+            for k in targets {
+                let attention = ["q_proj", "k_proj", "v_proj", "o_proj"].contains(k)
+                if attention ? layer.attention == nil : layer.mlp == nil { continue }
+                names.append(("model.layers.\(l).\(attention ? "self_attn" : "mlp").\(k).weight", attention ? 2 * l : 2 * l + 1))
+            }
+            guard !names.isEmpty else { continue }
+            if granularity == .layer {
+                out.append(Unit(name: "layer \(l)", layer: l, tensors: names.map(\.0), firstSublayer: names.map(\.1).min()!))
+            } else {
+                out += names.map { Unit(name: $0.0, layer: l, tensors: [$0.0], firstSublayer: $0.1) }
+            }
+        }
+        guard !out.isEmpty else { throw RecipeError("cptquant: no tensor of the model matches 'targets' outside 'exclude_layers'") }
+        return out
+    }
+
+    public func quantize(on model: LlamaModel, context: PassContext) throws
+        -> (model: LlamaModel, diagnostics: JSONValue, quantized: [String: QuantizedTensor]) {
+        let units = try units(model)
+        let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
+        for u in units { for t in u.tensors where tensors[t]!.shape[1] % groupSize != 0 {
+            throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
+        } }
+        let windows = context.calibration
+        guard !windows.isEmpty || (estimator == .none && method == .rtn) else { throw RecipeError("cptquant: needs calibration windows") }
+
+        // Calibration statistics: per input column E[x²] (for the search) and CMPQ's scores.
+        var moments: CalibrationMoments?
+        if method == .search || estimator == .cmpq {
+            let settings: JSONValue = .object(["pool_tokens": .int(poolTokens), "cca_dims": .int(ccaDims), "ridge": .double(ridge)])
+            moments = try context.cached("cptquant-moments", settings: settings) {
+                try CalibrationMoments.compute(model: model, windows: windows, poolTokens: poolTokens, ccaDims: ccaDims, ridge: ridge) { i, n in
+                    context.progress("cptquant calibration statistics: window \(i)/\(n)")
+                }
+            }
+        }
+
+        // Sensitivity per unit.
+        var sensitivity: [Double]
+        let unitSettings: JSONValue = .object(["granularity": .string(granularity.rawValue), "targets": .array(targets.map { .string($0) }),
+                                               "exclude_layers": .array(excludeLayers.map { .int($0) })])
+        switch estimator {
+        case .none: sensitivity = units.map { _ in 0 }
+        case .cmpq: sensitivity = units.map { moments!.cmpq[$0.layer] }
+        case .pmpq:
+            sensitivity = try context.cached("cptquant-pmpq", settings: .object(["fraction": .double(pruneFraction), "units": unitSettings])) {
+                Self.pruningSensitivity(model: model, units: units, fraction: pruneFraction, windows: windows) { i, n in
+                    context.progress("cptquant PMPQ: window \(i)/\(n)")
+                }
+            }
+        case .tdmpq:
+            sensitivity = try context.cached("cptquant-tdmpq", settings: .object(["units": unitSettings])) {
+                Self.taylorSensitivity(model: model, units: units, windows: windows) { i, n in context.progress("cptquant TDMPQ: window \(i)/\(n)") }
+            }
+        }
+
+        // Every unit at every width: stored form, bytes, relative error.
+        let formats = try widths.map { try Self.format($0, groupSize: groupSize, symmetric: symmetric) }
+        let names = units.flatMap(\.tensors)
+        var stored = [[QuantizedTensor?]](repeating: [QuantizedTensor?](repeating: nil, count: formats.count), count: names.count)
+        var errors = [[Double]](repeating: [Double](repeating: 0, count: formats.count), count: names.count)
+        var failure: Error?
+        let lock = NSLock()
+        for (fi, f) in formats.enumerated() {
+            Parallel.forEachChunk(names.count) { r in
+                for i in r {
+                    let w = tensors[names[i]]!
+                    do {
+                        let q = try QuantizedTensor(weights: Array(UnsafeBufferPointer(start: w.data, count: w.count)), shape: w.shape, format: f,
+                                                    importance: method == .search ? moments?.columns[names[i]] : nil, search: method == .search)
+                        let back = q.dequantized()
+                        var e = 0.0, n = 0.0
+                        for k in 0..<w.count { let d = Double(w[k] - back[k]); e += d * d; n += Double(w[k]) * Double(w[k]) }
+                        lock.lock(); stored[i][fi] = q; errors[i][fi] = n > 0 ? e / n : 0; lock.unlock()
+                    } catch {
+                        lock.lock(); failure = RecipeError("cptquant: tensor '\(names[i])' at \(f): \(error)"); lock.unlock()
+                    }
+                }
+            }
+            context.progress("cptquant: quantized \(names.count) tensors at \(f)")
+        }
+        if let failure { throw failure }
+        let index = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, $0) })
+        // A unit's relative error: its tensors' ‖ΔW‖² over their ‖W‖² (each tensor's share weighted by its ‖W‖²).
+        let squaredNorms = names.map { n in
+            UnsafeBufferPointer(start: tensors[n]!.data, count: tensors[n]!.count).reduce(0.0) { $0 + Double($1) * Double($1) }
+        }
+        let unitError: [[Double]] = units.map { unit in
+            formats.indices.map { fi in
+                let idx = unit.tensors.map { index[$0]! }
+                let norms = idx.map { squaredNorms[$0] }
+                let total = norms.reduce(0, +)
+                return total > 0 ? zip(idx, norms).reduce(0.0) { $0 + errors[$1.0][fi] * $1.1 } / total : 0
+            }
+        }
+        let allocationUnits = units.enumerated().map { u, unit in
+            AllocationUnit(name: unit.name, options: formats.indices.map { fi in
+                (widths[fi], unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, sensitivity[u] * unitError[u][fi])
+            })
+        }
+        let weights = names.reduce(0) { $0 + tensors[$1]!.count }
+        let budget = budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights) / 8).rounded(.down)) }
+        let chosen: Allocation
+        do {
+            switch allocation {
+            case .budget: chosen = try allocateToBudget(allocationUnits, budgetBytes: budget!)
+            case .uniform: chosen = try allocateUniform(allocationUnits, budgetBytes: budget!)
+            case .clusters: chosen = allocateByClusters(allocationUnits, sensitivities: sensitivity, ladder: widths)
+            }
+        } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
+
+        // The quantized model.
+        var newTensors = tensors
+        var quantized: [String: QuantizedTensor] = [:]
+        for (u, unit) in units.enumerated() {
+            let fi = widths.firstIndex(of: chosen.bits[u])!
+            for t in unit.tensors {
+                let q = stored[index[t]!][fi]!
+                quantized[t] = q
+                newTensors[t] = Tensor(shape: q.shape, values: q.dequantized())
+            }
+        }
+        var extras: [String: JSONValue] = [:]
+        for (name, bits) in [("model.embed_tokens.weight", embeddingBits), ("lm_head.weight", lmHeadBits)] {
+            guard let bits, let w = tensors[name] else { continue }
+            let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
+            guard w.shape[1] % f.groupSize == 0 else { throw RecipeError("cptquant: '\(name)' has \(w.shape[1]) columns, not a whole number of groups of \(groupSize)") }
+            let q = try QuantizedTensor(weights: Array(UnsafeBufferPointer(start: w.data, count: w.count)), shape: w.shape, format: f)
+            quantized[name] = q
+            newTensors[name] = Tensor(shape: q.shape, values: q.dequantized())
+            extras[name] = .object(["format": .string(f.description), "bytes": .int(q.bytes)])
+        }
+        if model.config.tieWordEmbeddings { newTensors["lm_head.weight"] = nil }
+        let result = try LlamaModel(config: model.config, tensors: newTensors)
+
+        // Report.
+        let unitReports: [JSONValue] = units.enumerated().map { u, unit in
+            let fi = widths.firstIndex(of: chosen.bits[u])!
+            let opt = allocationUnits[u].options[fi]
+            let n = unit.tensors.reduce(0) { $0 + tensors[$1]!.count }
+            return .object(["name": .string(unit.name), "layer": .int(unit.layer), "sensitivity": .double(sensitivity[u]),
+                            "bits": .int(chosen.bits[u]), "format": .string(formats[fi].description), "bytes": .int(opt.bytes),
+                            "weights": .int(n), "bits_per_weight": .double(Double(opt.bytes * 8) / Double(n)),
+                            "relative_error": .double(unitError[u][fi])])
+        }
+        var layerSummary: [JSONValue] = []
+        for l in Set(units.map(\.layer)).sorted() {
+            let members = units.indices.filter { units[$0].layer == l }
+            let bytes = members.reduce(0) { $0 + allocationUnits[$1].options[widths.firstIndex(of: chosen.bits[$1])!].bytes }
+            let n = members.reduce(0) { a, u in a + units[u].tensors.reduce(0) { $0 + tensors[$1]!.count } }
+            layerSummary.append(.object(["layer": .int(l), "sensitivity": .double(members.map { sensitivity[$0] }.reduce(0, +) / Double(members.count)),
+                                         "bits": .array(members.map { .int(chosen.bits[$0]) }), "bytes": .int(bytes),
+                                         "bits_per_weight": .double(Double(bytes * 8) / Double(n))]))
+        }
+        var diag: [String: JSONValue] = [
+            "estimator": .string(estimator.rawValue), "allocation": .string(allocation.rawValue),
+            "granularity": .string(granularity.rawValue), "method": .string(method.rawValue),
+            "group_size": .int(groupSize), "symmetric": .bool(symmetric), "widths": .array(widths.map { .int($0) }),
+            "formats": .array(formats.map { .object(["format": .string($0.description), "bits_per_weight": .double($0.bitsPerWeight)]) }),
+            "allocated_weights": .int(weights), "bytes": .int(chosen.bytes),
+            "bits_per_weight": .double(Double(chosen.bytes * 8) / Double(weights)),
+            "estimated_damage": .double(chosen.damage), "optimal": .bool(chosen.optimal),
+            "layers": .array(layerSummary), "units": .array(unitReports),
+        ]
+        if let budget {
+            diag["budget_bytes"] = .int(budget)
+            if let bitsPerWeight { diag["budget_bits_per_weight"] = .double(bitsPerWeight) }
+            if let uniform = try? allocateUniform(allocationUnits, budgetBytes: budget) {
+                diag["uniform_baseline"] = .object(["bits": .int(uniform.bits.first ?? 0), "bytes": .int(uniform.bytes),
+                                                    "bits_per_weight": .double(Double(uniform.bytes * 8) / Double(weights)),
+                                                    "estimated_damage": .double(uniform.damage)])
+            }
+        }
+        if !extras.isEmpty { diag["fixed"] = .object(extras) }
+        if let m = moments, estimator == .cmpq { diag["cmpq_samples"] = .int(m.pooledSamples) }
+        return (result, .object(diag), quantized)
+    }
+}
+
+// MARK: - Estimators
+
+/// Calibration statistics for CPTQuant: per linear input column, E[x²]; CMPQ's per-layer scores.
+public struct CalibrationMoments: Codable, Sendable {
+    /// Tensor name → E[x_k²] over calibration tokens, per input column k.
+    public var columns: [String: [Float]]
+    /// CMPQ sensitivity per decoder layer: 1 − mean canonical correlation with the other layers' outputs.
+    public var cmpq: [Double]
+    /// Pooled vectors per layer the correlations were estimated from.
+    public var pooledSamples: Int
+
+    public static func compute(model: LlamaModel, windows: [[Int32]], poolTokens: Int, ccaDims: Int, ridge: Double,
+                               progress: (Int, Int) -> Void = { _, _ in }) throws -> CalibrationMoments {
+        let obs = MomentsObserver(model: model, pool: poolTokens)
+        let engine = LlamaInference(model: model, maxTokens: windows.map(\.count).max() ?? 1)
+        for (i, ids) in windows.enumerated() {
+            _ = engine.hiddenStates(ids, observer: obs)
+            progress(i + 1, windows.count)
+        }
+        let tokens = Float(windows.reduce(0) { $0 + $1.count })
+        var columns: [String: [Float]] = [:]
+        for l in model.layers.indices {
+            let p = "model.layers.\(l)."
+            for (key, sums) in [("self_attn.q_proj", obs.attnIn[l]), ("self_attn.k_proj", obs.attnIn[l]), ("self_attn.v_proj", obs.attnIn[l]),
+                                ("self_attn.o_proj", obs.attnOut[l]), ("mlp.gate_proj", obs.mlpIn[l]), ("mlp.up_proj", obs.mlpIn[l]),
+                                ("mlp.down_proj", obs.mlpAct[l])] where !sums.isEmpty {
+                columns[p + key + ".weight"] = sums.map { Float($0) / tokens }
+            }
+        }
+        let rows = (obs.pooled.first?.count ?? 0) / model.config.hiddenSize
+        guard rows > ccaDims else {
+            throw RecipeError("cptquant: CMPQ has \(rows) pooled vectors per layer; it needs more than cca_dims = \(ccaDims) (more calibration samples, or smaller pool_tokens or cca_dims)")
+        }
+        let reduced = obs.pooled.map { principalScores($0, rows: rows, dimensions: ccaDims) }
+        let L = reduced.count
+        var corr = [[Double]](repeating: [Double](repeating: 0, count: L), count: L)
+        for a in 0..<L {
+            for b in (a + 1)..<L {
+                let rho = canonicalCorrelations(reduced[a], reduced[b], rows: rows, ridge: ridge)
+                corr[a][b] = rho.reduce(0, +) / Double(rho.count)
+                corr[b][a] = corr[a][b]
+            }
+        }
+        let cmpq: [Double] = (0..<L).map { a -> Double in
+            let others: Double = corr[a].reduce(0, +) - corr[a][a]
+            return 1 - others / Double(max(L - 1, 1))
+        }
+        return CalibrationMoments(columns: columns, cmpq: cmpq, pooledSamples: rows)
+    }
+}
+
+/// Accumulates Σx² per input column of every linear layer and the pooled outputs of every decoder layer.
+final class MomentsObserver: ForwardObserver {
+    let L: Int, C: Int, pool: Int
+    var attnIn: [[Double]], attnOut: [[Double]], mlpIn: [[Double]], mlpAct: [[Double]]
+    /// [layer]: pooled output vectors (row-major, samples × C), in Double.
+    var pooled: [[Double]]
+
+    init(model: LlamaModel, pool: Int) {
+        let c = model.config
+        L = model.layers.count; C = c.hiddenSize; self.pool = pool
+        attnIn = model.layers.map { $0.attention == nil ? [] : [Double](repeating: 0, count: c.hiddenSize) }
+        attnOut = zip(model.layers, c.blocks).map { $0.attention == nil ? [] : [Double](repeating: 0, count: $1.numAttentionHeads * c.headDim) }
+        mlpIn = model.layers.map { $0.mlp == nil ? [] : [Double](repeating: 0, count: c.hiddenSize) }
+        mlpAct = zip(model.layers, c.blocks).map { $0.mlp == nil ? [] : [Double](repeating: 0, count: $1.intermediateSize) }
+        pooled = [[Double]](repeating: [], count: L)
+    }
+
+    static func addSquares(_ acc: inout [Double], _ x: UnsafePointer<Float>, rows: Int) {
+        let n = acc.count
+        acc.withUnsafeMutableBufferPointer { a in
+            for t in 0..<rows { for k in 0..<n { let v = Double(x[t * n + k]); a[k] += v * v } }
+        }
+    }
+
+    func normed(_ s: Int, n: UnsafePointer<Float>, rows: Int) {
+        guard s < 2 * L else { return }
+        if s % 2 == 0 { Self.addSquares(&attnIn[s / 2], n, rows: rows) } else { Self.addSquares(&mlpIn[s / 2], n, rows: rows) }
+    }
+    func headOutputs(layer: Int, att: UnsafePointer<Float>, rows: Int) { Self.addSquares(&attnOut[layer], att, rows: rows) }
+    func mlpActivation(layer: Int, act: UnsafePointer<Float>, rows: Int) { Self.addSquares(&mlpAct[layer], act, rows: rows) }
+
+    func sublayerInput(_ s: Int, x: UnsafePointer<Float>, rows: Int) {
+        // The stream entering sublayer 2(ℓ+1) is the output of layer ℓ.
+        guard s >= 2, s % 2 == 0 else { return }
+        let l = s / 2 - 1
+        var t0 = 0
+        while t0 + pool <= rows {
+            var v = [Double](repeating: 0, count: C)
+            for t in t0..<(t0 + pool) { for c in 0..<C { v[c] += Double(x[t * C + c]) } }
+            pooled[l] += v.map { $0 / Double(pool) }
+            t0 += pool
+        }
+    }
+}
+
+extension CPTQuantPass {
+    /// PMPQ: calibration perplexity rise when each unit loses `fraction` of every tensor's weights (smallest
+    /// magnitudes). The unit's tensors are pruned in place, evaluated from the saved residual stream entering
+    /// the unit, and restored bit for bit.
+    static func pruningSensitivity(model: LlamaModel, units: [Unit], fraction: Double, windows: [[Int32]],
+                                   progress: (Int, Int) -> Void) -> [Double] {
+        let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
+        // Indices to zero per tensor: the ⌊fraction · n⌋ smallest |w| (ties by index).
+        var prune: [String: [Int32]] = [:]
+        for name in Set(units.flatMap(\.tensors)) {
+            let w = tensors[name]!
+            let k = Int(fraction * Double(w.count))
+            let order = (0..<Int32(w.count)).sorted { abs(w[Int($0)]) != abs(w[Int($1)]) ? abs(w[Int($0)]) < abs(w[Int($1)]) : $0 < $1 }
+            prune[name] = Array(order.prefix(k))
+        }
+        let T = windows[0].count, V = model.config.vocabSize
+        let fwd = ResumableForward(model: model, window: T)
+        var base = 0.0, nll = [Double](repeating: 0, count: units.count)
+        for (i, ids) in windows.enumerated() {
+            base += windowNLL(fwd.run(ids), ids, vocab: V)
+            for (u, unit) in units.enumerated() {
+                var saved: [[Float]] = []
+                for name in unit.tensors {
+                    let w = tensors[name]!
+                    saved.append(Array(UnsafeBufferPointer(start: w.data, count: w.count)))
+                    for j in prune[name]! { w[Int(j)] = 0 }
+                }
+                nll[u] += windowNLL(fwd.resume(at: unit.firstSublayer, skip: []), ids, vocab: V)
+                for (name, values) in zip(unit.tensors, saved) {
+                    values.withUnsafeBufferPointer { tensors[name]!.data.update(from: $0.baseAddress!, count: $0.count) }
+                }
+            }
+            progress(i + 1, windows.count)
+        }
+        let predicted = Double(windows.count * (T - 1))
+        let basePPL = Foundation.exp(base / predicted)
+        return nll.map { Foundation.exp($0 / predicted) - basePPL }
+    }
+
+    /// TDMPQ: mean over calibration tokens of |x · ∂L/∂x| at each unit's input.
+    static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], progress: (Int, Int) -> Void) -> [Double] {
+        let T = windows[0].count, C = model.config.hiddenSize
+        let trainer = LlamaTrainer(model: model, batch: 1, window: T)
+        trainer.frozen = Set(model.namedTensors.map(\.name))
+        let obs = TaylorObserver(units: units, perTensor: units.contains { $0.name == $0.tensors.first })
+        trainer.backwardObserver = obs
+        let loss = LogitLoss(vocab: model.config.vocabSize)
+        let dHidden = Tensor(shape: [T, C])
+        for (i, ids) in windows.enumerated() {
+            trainer.forward(ids)
+            dHidden.zero()
+            _ = loss.compute(student: trainer, teacher: nil, weights: LogitLossWeights(kl: 0, ce: 1), scale: 1, dHidden: dHidden)
+            trainer.backward(dHidden: dHidden.data)
+            progress(i + 1, windows.count)
+        }
+        let tokens = Double(windows.count * T)
+        return obs.sums.map { $0 / tokens }
+    }
+}
+
+/// Σ_t |x_t · dx_t| per unit, from the trainer's backward.
+final class TaylorObserver: BackwardObserver {
+    let byLayer: [Int: Int], byTensor: [String: Int]
+    var sums: [Double]
+
+    init(units: [CPTQuantPass.Unit], perTensor: Bool) {
+        byLayer = perTensor ? [:] : Dictionary(uniqueKeysWithValues: units.enumerated().map { ($1.layer, $0) })
+        byTensor = perTensor ? Dictionary(uniqueKeysWithValues: units.enumerated().map { ($1.tensors[0], $0) }) : [:]
+        sums = [Double](repeating: 0, count: units.count)
+    }
+
+    static func sumAbsDot(_ x: UnsafePointer<Float>, _ dx: UnsafePointer<Float>, rows: Int, width: Int) -> Double {
+        var total = 0.0
+        for t in 0..<rows {
+            var d = 0.0
+            for k in 0..<width { d += Double(x[t * width + k]) * Double(dx[t * width + k]) }
+            total += abs(d)
+        }
+        return total
+    }
+
+    func linearInput(_ name: String, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, features: Int) {
+        if let u = byTensor[name] { sums[u] += Self.sumAbsDot(x, dx, rows: rows, width: features) }
+    }
+    func layerInput(_ layer: Int, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, channels: Int) {
+        if let u = byLayer[layer] { sums[u] += Self.sumAbsDot(x, dx, rows: rows, width: channels) }
+    }
+}
