@@ -44,7 +44,7 @@ let package = Package(
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Checkpoint", "Model"]),
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
-        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),

@@ -15,7 +15,10 @@
 //     cross-entropy. First-order estimate of the loss change when the input is removed (perturbed by −x).
 // Bit allocation (Quantization/Allocation.swift): the paper's clusters of sensitivity onto a ladder of widths;
 // a budget (average bits per weight or bytes) met exactly by a multiple-choice knapsack that minimizes
-// Σ_u s_u · e_u(b_u), e_u(b) = ‖W_u − Q_b(W_u)‖² / ‖W_u‖²; or one uniform width (the baseline).
+// Σ_u s̃_u · e_u(b_u), e_u(b) = ‖W_u − Q_b(W_u)‖² / ‖W_u‖², s̃_u = max(s_u, 0.01 · max_v s_v); or one uniform
+// width (the baseline). The floor keeps a unit whose measured sensitivity is ~0 or negative (PMPQ on noisy
+// calibration) from being quantized for free. The damage model is linear in the weight error: a layer's
+// width moves only when sensitivities differ by more than the error ratio between widths (about 4× per bit).
 // The quantizer is Quantization/Quantizer.swift (round-to-nearest, or the clipping search weighted by the
 // calibration inputs' E[x²] per column).
 //
@@ -262,9 +265,14 @@ public struct CPTQuantPass: QuantizingPass {
                 return total > 0 ? zip(idx, norms).reduce(0.0) { $0 + errors[$1.0][fi] * $1.1 } / total : 0
             }
         }
+        // Damage weights: sensitivities below 1 % of the largest (PMPQ's can be negative: pruning noise) are
+        // raised to that floor, so that no unit's error is free or rewarded.
+        let top = sensitivity.max() ?? 0
+        let floor = top > 0 ? 0.01 * top : 1
+        let weightOf = sensitivity.map { top > 0 ? Swift.max($0, floor) : 1 }
         let allocationUnits = units.enumerated().map { u, unit in
             AllocationUnit(name: unit.name, options: formats.indices.map { fi in
-                (widths[fi], unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, sensitivity[u] * unitError[u][fi])
+                (widths[fi], unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, weightOf[u] * unitError[u][fi])
             })
         }
         let weights = names.reduce(0) { $0 + tensors[$1]!.count }
@@ -328,7 +336,7 @@ public struct CPTQuantPass: QuantizingPass {
             "formats": .array(formats.map { .object(["format": .string($0.description), "bits_per_weight": .double($0.bitsPerWeight)]) }),
             "allocated_weights": .int(weights), "bytes": .int(chosen.bytes),
             "bits_per_weight": .double(Double(chosen.bytes * 8) / Double(weights)),
-            "estimated_damage": .double(chosen.damage), "optimal": .bool(chosen.optimal),
+            "estimated_damage": .double(chosen.damage), "optimal": .bool(chosen.optimal), "sensitivity_floor": .double(floor),
             "layers": .array(layerSummary), "units": .array(unitReports),
         ]
         if let budget {

@@ -140,8 +140,8 @@ final class CheckpointTests: XCTestCase {
     }
 
     func testFormatAndVersion() throws {
-        try writeRaw(path("v.h5"), version: 2, tensors: specs)
-        assertReadError(path("v.h5"), .unsupportedVersion(path: path("v.h5"), found: 2))
+        try writeRaw(path("v.h5"), version: 3, tensors: specs)
+        assertReadError(path("v.h5"), .unsupportedVersion(path: path("v.h5"), found: 3))
         try writeRaw(path("f.h5"), format: "something-else", tensors: specs)
         assertReadError(path("f.h5"), .wrongFormat(path: path("f.h5"), found: "something-else"))
         try writeRaw(path("c.h5"), config: .object(["vocab_size": .int(32)]), tensors: specs)

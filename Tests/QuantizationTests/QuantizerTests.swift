@@ -3,10 +3,15 @@ import TensorCore
 import XCTest
 
 final class QuantizerTests: XCTestCase {
+    func weights(_ rows: Int, _ cols: Int, seed: UInt64, scale: Float = 0.3) -> [Float] {
+        var rng = SplitMix64(seed: seed)
+        return (0..<(rows * cols)).map { _ in (rng.nextFloat() * 2 - 1) * scale }
+    }
+
     func testPackUnpackRoundTripsEveryWidthAndOddSizes() {
         var rng = SplitMix64(seed: 5)
         for bits in QuantFormat.supportedBits {
-            for count in [1, 2, 3, 7, 8, 9, 31, 33, 100] {
+            for count in [1, 2, 3, 5, 7, 8, 9, 31, 33, 100, 1001] {
                 let codes = (0..<count).map { _ in UInt8(rng.next() % UInt64(1 << bits)) }
                 let packed = packCodes(codes, bits: bits)
                 XCTAssertEqual(packed.count, (count * bits + 7) / 8)
@@ -15,30 +20,93 @@ final class QuantizerTests: XCTestCase {
         }
         // Layout: little-endian bit stream.
         XCTAssertEqual(packCodes([1, 2, 3], bits: 3), [0b1101_0001, 0b0000_0000])
+        XCTAssertEqual(packCodes([0xA, 0x5], bits: 4), [0x5A])
     }
 
+    /// Round-to-nearest: every weight within half a step of its dequantized value, codes in range, in every
+    /// integer format (odd group sizes included); float16 within half an ulp.
     func testRoundToNearestErrorIsAtMostHalfAStep() throws {
-        var rng = SplitMix64(seed: 9)
-        let w = (0..<256).map { _ in (rng.nextFloat() * 2 - 1) * 0.3 }
-        for bits in QuantFormat.supportedBits {
+        for (rows, cols, group) in [(4, 64, 32), (3, 35, 7), (2, 12, 12)] {
+            let w = weights(rows, cols, seed: UInt64(rows * cols))
+            for bits in QuantFormat.supportedBits {
+                for symmetric in [false, true] {
+                    let f = try QuantFormat(bits: bits, groupSize: group, symmetric: symmetric)
+                    let q = try QuantizedTensor(weights: w, shape: [rows, cols], format: f)
+                    XCTAssertEqual(q.bytes, f.storageBytes(rows: rows, columns: cols))
+                    let back = q.dequantized()
+                    for i in w.indices {
+                        let s = q.scale(ofGroup: i / group)
+                        // Observed: the bound holds to float rounding (≤ 1 ulp of the weight).
+                        XCTAssertLessThanOrEqual(abs(w[i] - back[i]), s / 2 * (1 + 1e-5) + 1e-7, "\(f) weight \(i)")
+                    }
+                }
+            }
+            let h = try QuantizedTensor(weights: w, shape: [rows, cols], format: .float16)
+            for (a, b) in zip(w, h.dequantized()) { XCTAssertLessThanOrEqual(abs(a - b), abs(a) * 0x1p-11 + 1e-8) }
+        }
+    }
+
+    /// Asymmetric: a constant group quantizes exactly (scale 0). Both: a zero group is exact. (A symmetric
+    /// constant group is only within half a step: its float16 scale is rounded up.)
+    func testDegenerateGroups() throws {
+        let w: [Float] = Array(repeating: 0.25, count: 8) + Array(repeating: 0, count: 8)
+        let asym = try QuantizedTensor(weights: w, shape: [2, 8], format: try QuantFormat(bits: 3, groupSize: 8, symmetric: false))
+        XCTAssertEqual(asym.dequantized(), w)
+        let sym = try QuantizedTensor(weights: w, shape: [2, 8], format: try QuantFormat(bits: 3, groupSize: 8, symmetric: true))
+        XCTAssertEqual(Array(sym.dequantized()[8...]), Array(w[8...]))
+    }
+
+    /// The clipping search never does worse than RTN on the error it minimizes (importance-weighted), and
+    /// does strictly better where an outlier stretches the grid.
+    func testScaleSearchMinimizesWeightedErrorNoWorseThanRTN() throws {
+        var w = weights(8, 64, seed: 11, scale: 0.05)
+        for r in 0..<8 { w[r * 64 + 5] = 0.4 }  // one outlier per row
+        let importance = (0..<64).map { k in k == 5 ? Float(0.01) : Float(1 + k % 3) }
+        func weightedError(_ q: QuantizedTensor) -> Float {
+            zip(w.indices, q.dequantized()).reduce(0) { e, p in let d = w[p.0] - p.1; return e + importance[p.0 % 64] * d * d }
+        }
+        for bits in [2, 3, 4] {
             for symmetric in [false, true] {
                 let f = try QuantFormat(bits: bits, groupSize: 32, symmetric: symmetric)
-                let q = try quantizeRTN(w, format: f)
-                XCTAssertTrue(q.codes.allSatisfy { Int($0) <= f.maxCode })
-                let back = dequantize(codes: q.codes, scales: q.scales, mins: q.mins, format: f)
-                for i in w.indices {
-                    let s = q.scales[i / 32]
-                    XCTAssertLessThanOrEqual(abs(w[i] - back[i]), s / 2 * (1 + 1e-5) + 1e-7, "\(f) weight \(i)")
-                }
+                let rtn = try QuantizedTensor(weights: w, shape: [8, 64], format: f, importance: importance)
+                let search = try QuantizedTensor(weights: w, shape: [8, 64], format: f, importance: importance, search: true)
+                XCTAssertLessThan(weightedError(search), weightedError(rtn), "\(f)")
             }
         }
     }
 
-    func testBadFormats() {
+    func testFormatsTableDescribesEveryFormat() throws {
+        let table = try QuantFormat.table(groupSize: 64)
+        XCTAssertEqual(table.count, 1 + 2 * QuantFormat.supportedBits.count)
+        let w = weights(3, 128, seed: 2)
+        for row in table {
+            let q = try row.quantize(w, [3, 128], nil, false)
+            XCTAssertEqual(Double(q.bytes), row.bytesPerGroup * Double(w.count / row.groupSize), "\(row.name)")
+            XCTAssertEqual(row.dequantize(q), q.dequantized())
+            XCTAssertEqual(try QuantFormat(name: row.name), row.format)
+        }
+        let q4 = table.first { $0.name == "q4_g64_asym" }!
+        XCTAssertEqual(q4.bytesPerGroup, 36)  // 32 bytes of codes + float16 scale and minimum
+        XCTAssertEqual(q4.bitsPerWeight, 4.5)
+        XCTAssertEqual(table.first { $0.name == "q3_g64_sym" }!.bitsPerWeight, 3.25)
+        XCTAssertEqual(table.first { $0.name == "f16" }!.bitsPerWeight, 16)
+    }
+
+    func testBadFormatsAndShapes() throws {
         XCTAssertThrowsError(try QuantFormat(bits: 7, groupSize: 32, symmetric: false)) { XCTAssertTrue("\($0)".contains("bits 7 is not supported")) }
         XCTAssertThrowsError(try QuantFormat(bits: 4, groupSize: 0, symmetric: false)) { XCTAssertTrue("\($0)".contains("group size")) }
-        XCTAssertThrowsError(try quantizeRTN([1, 2, 3], format: try QuantFormat(bits: 4, groupSize: 2, symmetric: true))) {
-            XCTAssertTrue("\($0)".contains("not a whole number of groups of 2"))
+        XCTAssertThrowsError(try QuantFormat(name: "q4_64")) { XCTAssertTrue("\($0)".contains("not a quantization format")) }
+        let f = try QuantFormat(bits: 4, groupSize: 4, symmetric: true)
+        XCTAssertThrowsError(try QuantizedTensor(weights: [1, 2, 3, 4, 5, 6], shape: [1, 6], format: f)) {
+            XCTAssertTrue("\($0)".contains("6 input columns are not a whole number of groups of 4"), "\($0)")
+        }
+        XCTAssertThrowsError(try QuantizedTensor(weights: [1, .nan, 3, 4], shape: [1, 4], format: f)) { XCTAssertTrue("\($0)".contains("weight 1 is nan")) }
+        XCTAssertThrowsError(try QuantizedTensor(weights: [1, 2, 3, 4], shape: [1, 4], format: f, importance: [1, 1])) {
+            XCTAssertTrue("\($0)".contains("importance has 2 columns, expected 4"))
+        }
+        XCTAssertThrowsError(try QuantizedTensor(weights: [1e6, 2, 3, 4], shape: [1, 4], format: f)) { XCTAssertTrue("\($0)".contains("too large for a float16 scale"), "\($0)") }
+        XCTAssertThrowsError(try QuantizedTensor(format: f, shape: [1, 4], codes: [0], scales: [1], mins: [])) {
+            XCTAssertTrue("\($0)".contains("1 code bytes, expected 2"), "\($0)")
         }
     }
 }
