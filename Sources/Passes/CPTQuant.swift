@@ -199,9 +199,12 @@ public struct CPTQuantPass: QuantizingPass {
         // Calibration statistics: per input column E[x²] (for the search) and CMPQ's scores.
         var moments: CalibrationMoments?
         if method == .search || estimator == .cmpq {
-            let settings: JSONValue = .object(["pool_tokens": .int(poolTokens), "cca_dims": .int(ccaDims), "ridge": .double(ridge)])
+            let correlations = estimator == .cmpq
+            let settings: JSONValue = correlations ? .object(["pool_tokens": .int(poolTokens), "cca_dims": .int(ccaDims), "ridge": .double(ridge)])
+                                                   : .object(["cmpq": .bool(false)])
             moments = try context.cached("cptquant-moments", settings: settings) {
-                try CalibrationMoments.compute(model: model, windows: windows, poolTokens: poolTokens, ccaDims: ccaDims, ridge: ridge) { i, n in
+                try CalibrationMoments.compute(model: model, windows: windows, correlations: correlations, poolTokens: poolTokens,
+                                               ccaDims: ccaDims, ridge: ridge) { i, n in
                     context.progress("cptquant calibration statistics: window \(i)/\(n)")
                 }
             }
@@ -360,14 +363,15 @@ public struct CPTQuantPass: QuantizingPass {
 public struct CalibrationMoments: Codable, Sendable {
     /// Tensor name → E[x_k²] over calibration tokens, per input column k.
     public var columns: [String: [Float]]
-    /// CMPQ sensitivity per decoder layer: 1 − mean canonical correlation with the other layers' outputs.
+    /// CMPQ sensitivity per decoder layer: 1 − mean canonical correlation with the other layers' outputs
+    /// (empty when not asked for).
     public var cmpq: [Double]
     /// Pooled vectors per layer the correlations were estimated from.
     public var pooledSamples: Int
 
-    public static func compute(model: LlamaModel, windows: [[Int32]], poolTokens: Int, ccaDims: Int, ridge: Double,
-                               progress: (Int, Int) -> Void = { _, _ in }) throws -> CalibrationMoments {
-        let obs = MomentsObserver(model: model, pool: poolTokens)
+    public static func compute(model: LlamaModel, windows: [[Int32]], correlations: Bool = true, poolTokens: Int, ccaDims: Int,
+                               ridge: Double, progress: (Int, Int) -> Void = { _, _ in }) throws -> CalibrationMoments {
+        let obs = MomentsObserver(model: model, pool: correlations ? poolTokens : nil)
         let engine = LlamaInference(model: model, maxTokens: windows.map(\.count).max() ?? 1)
         for (i, ids) in windows.enumerated() {
             _ = engine.hiddenStates(ids, observer: obs)
@@ -383,6 +387,7 @@ public struct CalibrationMoments: Codable, Sendable {
                 columns[p + key + ".weight"] = sums.map { Float($0) / tokens }
             }
         }
+        guard correlations else { return CalibrationMoments(columns: columns, cmpq: [], pooledSamples: 0) }
         let rows = (obs.pooled.first?.count ?? 0) / model.config.hiddenSize
         guard rows > ccaDims else {
             throw RecipeError("cptquant: CMPQ has \(rows) pooled vectors per layer; it needs more than cca_dims = \(ccaDims) (more calibration samples, or smaller pool_tokens or cca_dims)")
@@ -407,12 +412,14 @@ public struct CalibrationMoments: Codable, Sendable {
 
 /// Accumulates Σx² per input column of every linear layer and the pooled outputs of every decoder layer.
 final class MomentsObserver: ForwardObserver {
-    let L: Int, C: Int, pool: Int
+    let L: Int, C: Int
+    /// Tokens per pooled vector; nil: no pooling.
+    let pool: Int?
     var attnIn: [[Double]], attnOut: [[Double]], mlpIn: [[Double]], mlpAct: [[Double]]
     /// [layer]: pooled output vectors (row-major, samples × C), in Double.
     var pooled: [[Double]]
 
-    init(model: LlamaModel, pool: Int) {
+    init(model: LlamaModel, pool: Int?) {
         let c = model.config
         L = model.layers.count; C = c.hiddenSize; self.pool = pool
         attnIn = model.layers.map { $0.attention == nil ? [] : [Double](repeating: 0, count: c.hiddenSize) }
@@ -438,7 +445,7 @@ final class MomentsObserver: ForwardObserver {
 
     func sublayerInput(_ s: Int, x: UnsafePointer<Float>, rows: Int) {
         // The stream entering sublayer 2(ℓ+1) is the output of layer ℓ.
-        guard s >= 2, s % 2 == 0 else { return }
+        guard let pool, s >= 2, s % 2 == 0 else { return }
         let l = s / 2 - 1
         var t0 = 0
         while t0 + pool <= rows {

@@ -1,0 +1,158 @@
+import Foundation
+import Model
+import Quantization
+import Recipes
+import TensorCore
+import Training
+import XCTest
+@testable import Passes
+
+final class CPTQuantTests: XCTestCase {
+    /// Tiny's linear inputs have 32 (hidden) or 48 (heads × D, MLP) columns: group 16 divides both.
+    func pass(_ json: String) throws -> CPTQuantPass { try CPTQuantPass(config: try Tiny.stage(json)) }
+
+    func testEveryEstimatorMeetsTheBudgetAndTheModelIsItsStoredForms() throws {
+        let m = Tiny.model(), windows = Tiny.windows(4, length: 16)
+        let original = m.namedTensors.map { ($0.name, $0.tensor.array) }
+        for estimator in ["cmpq", "pmpq", "tdmpq"] {
+            for granularity in ["layer", "tensor"] {
+                let p = try pass(#"{"estimator": "\#(estimator)", "granularity": "\#(granularity)", "bits_per_weight": 4.25, "group_size": 16, "pool_tokens": 4, "cca_dims": 3}"#)
+                let (q, diag, stored) = try p.quantize(on: m, context: PassContext(calibration: windows))
+                let linear = m.namedTensors.filter { $0.name.hasPrefix("model.layers.") && $0.tensor.shape.count == 2 }
+                XCTAssertEqual(Set(stored.keys), Set(linear.map(\.name)), "every decoder linear weight, nothing else")
+                let weights = linear.reduce(0) { $0 + $1.tensor.count }
+                let bytes = stored.values.reduce(0) { $0 + $1.bytes }
+                XCTAssertLessThanOrEqual(bytes, Int(4.25 * Double(weights) / 8), "\(estimator) \(granularity)")
+                XCTAssertEqual(diag.objectValue?["bytes"], .int(bytes))
+                let tensors = Dictionary(uniqueKeysWithValues: q.namedTensors.map { ($0.name, $0.tensor.array) })
+                for (name, s) in stored { XCTAssertEqual(tensors[name], s.dequantized(), name) }
+                for (name, values) in original where stored[name] == nil { XCTAssertEqual(tensors[name], values, "\(name) untouched") }
+                // The input model is unchanged (PMPQ prunes in place and restores).
+                for ((_, a), b) in zip(original, m.namedTensors) { XCTAssertEqual(a, b.tensor.array) }
+                let units = diag.objectValue?["units"]?.arrayValue ?? []
+                XCTAssertEqual(units.count, granularity == "layer" ? 4 : 28)
+            }
+        }
+    }
+
+    /// PMPQ's score of a layer: the calibration PPL of an independently built copy with 30 % of each of the
+    /// layer's weights (smallest |w|) zeroed, minus the base PPL, both with the reference forward.
+    func testPruningSensitivityMatchesAnExplicitlyPrunedModel() throws {
+        let m = Tiny.model(), windows = Tiny.windows(3, length: 12)
+        let p = try pass(#"{"estimator": "pmpq", "bits_per_weight": 4, "group_size": 16}"#)
+        let units = try p.units(m)
+        let scores = CPTQuantPass.pruningSensitivity(model: m, units: units, fraction: 0.3, windows: windows) { _, _ in }
+        func ppl(_ model: LlamaModel) -> Double {
+            var nll = 0.0, n = 0
+            for ids in windows {
+                let logits = model.referenceLogits(ids), V = model.config.vocabSize
+                for t in 0..<(ids.count - 1) {
+                    let row = (0..<V).map { Double(logits[t * V + $0]) }
+                    let mx = row.max()!
+                    nll += log(row.reduce(0) { $0 + exp($1 - mx) }) + mx - row[Int(ids[t + 1])]
+                    n += 1
+                }
+            }
+            return exp(nll / Double(n))
+        }
+        let base = ppl(m)
+        for (u, unit) in units.enumerated() {
+            var tensors = Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, Tensor(shape: $0.tensor.shape, values: $0.tensor.array)) })
+            for name in unit.tensors {
+                let w = tensors[name]!
+                let k = Int(0.3 * Double(w.count))
+                for i in w.array.indices.sorted(by: { abs(w[$0]) != abs(w[$1]) ? abs(w[$0]) < abs(w[$1]) : $0 < $1 }).prefix(k) { w[i] = 0 }
+            }
+            let pruned = try LlamaModel(config: m.config, tensors: tensors)
+            // Observed: 9e-8 of the base PPL (float32 forward vs reference ops).
+            XCTAssertEqual(scores[u], ppl(pruned) - base, accuracy: 1e-5 * base, unit.name)
+        }
+    }
+
+    /// TDMPQ's |x·∂L/∂x| per token against central differences of the loss along x itself:
+    /// (L(x_t(1 + ε)) − L(x_t(1 − ε))) / 2ε = x_t · ∂L/∂x_t, with x the residual entering the layer.
+    func testTaylorSensitivityMatchesFiniteDifferences() throws {
+        let m = Tiny.model(), ids = Tiny.windows(1, length: 10)[0], T = ids.count, C = m.config.hiddenSize, V = m.config.vocabSize
+        let p = try pass(#"{"estimator": "tdmpq", "bits_per_weight": 4, "group_size": 16}"#)
+        let units = try p.units(m)
+        let scores = CPTQuantPass.taylorSensitivity(model: m, units: units, windows: [ids]) { _, _ in }
+        let fwd = ResumableForward(model: m, window: T)
+        fwd.run(ids)
+        let eps: Float = 1e-2
+        for (u, unit) in units.enumerated() {
+            let s = 2 * unit.layer
+            var total = 0.0
+            for t in 0..<T {
+                let row = fwd.states.data + s * T * C + t * C
+                let saved = Array(UnsafeBufferPointer(start: row, count: C))
+                func loss(_ f: Float) -> Double {
+                    for c in 0..<C { row[c] = saved[c] * f }
+                    return windowNLL(fwd.resume(at: s, skip: []), ids, vocab: V) / Double(T - 1)
+                }
+                total += abs((loss(1 + eps) - loss(1 - eps)) / (2 * Double(eps)))
+                for c in 0..<C { row[c] = saved[c] }
+            }
+            // Observed: relative difference 6e-5 (float32 central differences with ε = 1e-2).
+            XCTAssertEqual(scores[u], total / Double(T), accuracy: 1e-3 * total / Double(T), unit.name)
+        }
+    }
+
+    /// E[x²] per input column of the q projection equals the reference trace's normed input.
+    func testCalibrationMomentsMatchTheReferenceActivations() throws {
+        let m = Tiny.model(), windows = Tiny.windows(2, length: 8)
+        let moments = try CalibrationMoments.compute(model: m, windows: windows, poolTokens: 2, ccaDims: 2, ridge: 1e-3)
+        let traces = windows.map { ReferenceTrace(m, $0) }
+        let C = m.config.hiddenSize
+        for l in 0..<m.layers.count {
+            let got = moments.columns["model.layers.\(l).self_attn.q_proj.weight"]!
+            for k in 0..<C {
+                let want = traces.reduce(0.0) { a, tr in a + (0..<8).reduce(0.0) { $0 + Double(tr.normed[2 * l][$1 * C + k] * tr.normed[2 * l][$1 * C + k]) } } / 16
+                XCTAssertEqual(Double(got[k]), want, accuracy: 1e-5 * max(want, 1e-3))  // observed 5e-7
+            }
+        }
+        XCTAssertEqual(moments.cmpq.count, 4)
+        XCTAssertTrue(moments.cmpq.allSatisfy { $0 >= 0 && $0 <= 1 })
+        XCTAssertEqual(moments.pooledSamples, 8)
+    }
+
+    func testClusterAllocationGivesMoreBitsToMoreSensitiveLayers() throws {
+        let m = Tiny.model(), windows = Tiny.windows(3, length: 16)
+        let p = try pass(#"{"estimator": "pmpq", "allocation": "clusters", "widths": [2, 4, 8], "group_size": 16}"#)
+        let (_, diag, _) = try p.quantize(on: m, context: PassContext(calibration: windows))
+        let units = diag.objectValue!["units"]!.arrayValue!.map { $0.objectValue! }
+        let pairs = units.map { ($0["sensitivity"]!.doubleValue!, $0["bits"]!.intValue!) }.sorted { $0.0 < $1.0 }
+        XCTAssertEqual(pairs.map(\.1), pairs.map(\.1).sorted(), "widths ascend with sensitivity")
+        XCTAssertEqual(pairs.last?.1, 8)
+    }
+
+    func testBadConfigurationsNameTheKey() throws {
+        let cases: [(String, String)] = [
+            (#"{"estimator": "hessian", "bits_per_weight": 4}"#, "'estimator'"),
+            (#"{"bits_per_weight": 4, "bytes": 1000}"#, "exactly one of 'bits_per_weight'"),
+            (#"{"allocation": "budget"}"#, "exactly one of 'bits_per_weight'"),
+            (#"{"allocation": "clusters", "bits_per_weight": 4}"#, "takes no budget"),
+            (#"{"bits_per_weight": 4, "widths": [3, 7]}"#, "'widths': 7 bits is not a width"),
+            (#"{"bits_per_weight": 4, "widths": [3, 3]}"#, "distinct widths"),
+            (#"{"bits_per_weight": 4, "targets": ["lm_head"]}"#, "not a decoder linear weight"),
+            (#"{"bits_per_weight": 4, "group_size": 0}"#, "'group_size'"),
+            (#"{"bits_per_weight": 4, "prune_fraction": 1}"#, "'prune_fraction'"),
+            (#"{"estimator": "none", "bits_per_weight": 4}"#, "estimator 'none' is only for allocation 'uniform'"),
+            (#"{"bits_per_weight": 4, "embedding": 7}"#, "'embedding': 7 bits"),
+        ]
+        for (json, expected) in cases {
+            XCTAssertThrowsError(try pass(json), json) { XCTAssertTrue("\($0)".contains(expected) && "\($0)".contains("test, stage 1"), "\(json): \($0)") }
+        }
+        // Errors that depend on the model: group size, budget below the smallest size, excluded layer.
+        let m = Tiny.model(), windows = Tiny.windows(2, length: 8)
+        let runtime: [(String, String)] = [
+            (#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 4, "group_size": 5, "method": "rtn"}"#, "not a whole number of groups of 5"),
+            (#"{"estimator": "pmpq", "bits_per_weight": 2, "group_size": 16}"#, "below the smallest possible size"),
+            (#"{"estimator": "pmpq", "bits_per_weight": 4, "group_size": 16, "exclude_layers": [9]}"#, "layer 9 outside 0..<4"),
+        ]
+        for (json, expected) in runtime {
+            XCTAssertThrowsError(try pass(json).quantize(on: m, context: PassContext(calibration: windows)), json) {
+                XCTAssertTrue("\($0)".contains(expected), "\(json): \($0)")
+            }
+        }
+    }
+}
