@@ -1,6 +1,7 @@
 import Checkpoint
 import Foundation
 import Model
+import Quantization
 
 /// What `compress inspect` reports.
 public struct InspectReport: Codable {
@@ -101,5 +102,39 @@ extension InspectReport {
         s += "history (\(history.count)):\n"
         for h in history { s += "  \(h.text)\n" }
         return s
+    }
+}
+
+/// What `compress formats` reports: the quantization formats table for one group size.
+public struct FormatsReport: Codable {
+    public struct Row: Codable {
+        public var name: String
+        public var bits: Int
+        public var groupSize: Int
+        public var symmetric: Bool
+        public var bytesPerGroup: Double
+        public var bitsPerWeight: Double
+    }
+    public var groupSize: Int
+    public var formats: [Row]
+
+    public var text: String {
+        var s = "format          bits  group  bytes/group  bits/weight\n"
+        for r in formats {
+            s += r.name.padding(toLength: 16, withPad: " ", startingAt: 0)
+                + String(format: "%4d  %5d  %11.2f  %11.3f\n", r.bits, r.groupSize, r.bytesPerGroup, r.bitsPerWeight)
+        }
+        return s
+    }
+}
+
+extension Workbench {
+    public static func formats(groupSize: Int) throws -> FormatsReport {
+        do {
+            return FormatsReport(groupSize: groupSize, formats: try QuantFormat.table(groupSize: groupSize).map {
+                .init(name: $0.name, bits: $0.bits, groupSize: $0.groupSize, symmetric: $0.symmetric, bytesPerGroup: $0.bytesPerGroup,
+                      bitsPerWeight: $0.bitsPerWeight)
+            })
+        } catch let e as QuantizationError { throw WorkbenchError("--group-size: \(e.description)") }
     }
 }

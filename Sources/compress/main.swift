@@ -8,7 +8,7 @@ struct Compress: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compress",
         abstract: "A model-compression workbench for transformer language models (CPU, Float32, OpenBLAS).",
-        subcommands: [Apply.self, Import.self, Eval.self, Tokenize.self, Inspect.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
+        subcommands: [Apply.self, Import.self, Eval.self, Tokenize.self, Inspect.self, Formats.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
 }
 
 /// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
@@ -97,6 +97,21 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.inspect(checkpoint: checkpoint)
+            print(json ? encodeJSON(r) : r.text, terminator: json ? "\n" : "")
+        }
+    }
+}
+
+struct Formats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The quantization formats table: bits, group size, bytes per group and bits per weight of every format.")
+
+    @Option(name: .customLong("group-size"), help: "Weights per group (along the input dimension).") var groupSize = 64
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            let r = try Workbench.formats(groupSize: groupSize)
             print(json ? encodeJSON(r) : r.text, terminator: json ? "\n" : "")
         }
     }

@@ -67,6 +67,45 @@ extension CLITests {
         XCTAssertTrue(FileManager.default.fileExists(atPath: other))
     }
 
+    /// A cptquant stage: the output stores the decoder's linear weights packed, `inspect` reports their real
+    /// bytes and bits per weight, the checkpoint reads back (dequantized) and evaluates; stages that would
+    /// change quantized weights are refused.
+    func testApplyCPTQuantWritesAPackedCheckpoint() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let stages = #"{"stage": "cptquant", "estimator": "tdmpq", "bits_per_weight": 4.5, "group_size": 32}, {"stage": "eval"}"#
+        let r = try launch(["apply", try recipe(dir, "q.json", text, stages: stages), "--no-cache", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let out = dir.appendingPathComponent("out.h5").path
+        let i = try launch(["inspect", out, "--json"])
+        XCTAssertEqual(i.status, 0, i.stderr)
+        let info = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(i.stdout.utf8)) as? [String: Any])
+        let tensors = try XCTUnwrap(info["tensors"] as? [[String: Any]])
+        let linear = tensors.filter { ($0["name"] as! String).hasPrefix("model.layers.") && ($0["shape"] as! [Int]).count == 2 }
+        XCTAssertEqual(linear.count, 14)
+        XCTAssertTrue(linear.allSatisfy { ($0["dtype"] as! String).hasSuffix("_g32_asym") }, "\(linear.map { $0["dtype"]! })")
+        XCTAssertTrue(tensors.filter { ($0["shape"] as! [Int]).count == 1 }.allSatisfy { $0["dtype"] as? String == "float32" })
+        let qBits = try XCTUnwrap(info["quantized_bits_per_weight"] as? Double)
+        XCTAssertLessThanOrEqual(qBits, 4.5)
+        XCTAssertEqual(info["tensor_bytes"] as? Int, j["bytes_after"] as? Int)
+        let ckpt = try Checkpoint.read(out)
+        XCTAssertEqual(ckpt.quantized.count, 14)
+        XCTAssertEqual(linear.reduce(0) { $0 + ($1["bytes"] as! Int) }, ckpt.quantized.values.reduce(0) { $0 + $1.bytes })
+        let e = try launch(["eval", out, "--text", text, "--window", "32", "--json"])
+        XCTAssertEqual(e.status, 0, e.stderr)
+        XCTAssertTrue(e.stdout.contains(String(format: "%.6f", try XCTUnwrap(j["ppl_after"] as? Double)).prefix(6)), e.stdout)
+
+        // A distill stage after quantization, or a quantized base under a pruning pass: refused, named.
+        let after = #"{"stage": "cptquant", "estimator": "tdmpq", "bits_per_weight": 4.5, "group_size": 32}, {"stage": "distill", "steps": 1, "batch": 1, "window": 16, "text": "\#(text)"}"#
+        let bad = try launch(["apply", try recipe(dir, "bad.json", text, stages: after), "--no-cache"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("bad.json, stage 2 (distill)") && bad.stderr.contains("cannot change quantized weights"), bad.stderr)
+        let prune = try launch(["apply", try recipe(dir, "p.json", text, stages: #"{"stage": "finercut", "remove": 1}"#), out, "-o",
+                                dir.appendingPathComponent("p.h5").path, "--no-cache"])
+        XCTAssertNotEqual(prune.status, 0)
+        XCTAssertTrue(prune.stderr.contains("stage 1 (finercut)") && prune.stderr.contains("is quantized"), prune.stderr)
+    }
+
     func testApplyMinitronGivesAPlainSmallerLlama() throws {
         let (dir, text) = try makeRecipeDirectory()
         let r = try launch(["apply", try recipe(dir, "m.json", text, stages: #"{"stage": "minitron", "hidden": 48, "mlp": 96, "heads": 2, "layers": 1}"#),
