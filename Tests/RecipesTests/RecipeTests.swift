@@ -51,7 +51,7 @@ final class RecipeTests: XCTestCase {
             (#"{"format": 1}"#, "'stages': required"),
             (#"{"format": 1, "stages": [{"stage": "eval"}], "outptu": "x"}"#, "recipes/bad.json: unknown key 'outptu'"),
             (#"{"format": 1, "stages": [{"stage": "minitron", "layers": 2}]}"#, "stage 1 (minitron): needs calibration data"),
-            (#"{"format": 1, \#(ok), "stages": [{"stage": "eval"}, {"stage": "prune"}]}"#, "stage 2 (prune): unknown pass 'prune' (known: finercut, minitron)"),
+            (#"{"format": 1, \#(ok), "stages": [{"stage": "eval"}, {"stage": "prune"}]}"#, "stage 2 (prune): unknown pass 'prune' (known: cptquant, finercut, minitron)"),
             (#"{"format": 1, \#(ok), "stages": [{"stage": "finercut", "fraction": 0.2, "metrc": "js"}]}"#, "recipes/bad.json, stage 1 (finercut): unknown key 'metrc'"),
             (#"{"format": 1, \#(ok), "stages": [{"stage": "finercut", "fraction": 2}]}"#, "stage 1 (finercut): 'fraction': 2.0 is out of range"),
             (#"{"format": 1, \#(ok), "stages": [{"stage": "minitron", "hidden": -4}]}"#, "stage 1 (minitron): 'hidden': -4 is out of range"),
