@@ -42,7 +42,7 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Checkpoint", "Model"]),
-        .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation"]),
+        .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation", "Import"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
