@@ -106,6 +106,22 @@ extension CLITests {
         XCTAssertTrue(prune.stderr.contains("stage 1 (finercut)") && prune.stderr.contains("is quantized"), prune.stderr)
     }
 
+    /// `compress formats`: the table as JSON, bytes per group from bits, group size and float16 scales.
+    func testFormatsTable() throws {
+        let r = try launch(["formats", "--group-size", "32", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let rows = try XCTUnwrap(j["formats"] as? [[String: Any]])
+        XCTAssertEqual(rows.count, 13)
+        for row in rows where row["name"] as? String != "f16" {
+            let bits = row["bits"] as! Int, symmetric = row["symmetric"] as! Bool
+            XCTAssertEqual(row["bytes_per_group"] as? Double, Double(32 * bits) / 8 + (symmetric ? 2 : 4), "\(row)")
+        }
+        let bad = try launch(["formats", "--group-size", "0", "--json"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stdout.contains("group size must be positive"), bad.stdout)
+    }
+
     func testApplyMinitronGivesAPlainSmallerLlama() throws {
         let (dir, text) = try makeRecipeDirectory()
         let r = try launch(["apply", try recipe(dir, "m.json", text, stages: #"{"stage": "minitron", "hidden": 48, "mlp": 96, "heads": 2, "layers": 1}"#),
