@@ -229,11 +229,12 @@ public struct CPTQuantPass: QuantizingPass {
             }
         }
 
-        // Every unit at every width: stored form, bytes, relative error.
+        // Every tensor at every width: stored form and ‖W − Q(W)‖²; and ‖W‖² once per tensor.
         let formats = try widths.map { try Self.format($0, groupSize: groupSize, symmetric: symmetric) }
         let names = units.flatMap(\.tensors)
         var stored = [[QuantizedTensor?]](repeating: [QuantizedTensor?](repeating: nil, count: formats.count), count: names.count)
-        var errors = [[Double]](repeating: [Double](repeating: 0, count: formats.count), count: names.count)
+        var squaredErrors = [[Double]](repeating: [Double](repeating: 0, count: formats.count), count: names.count)
+        let squaredNorms = names.map { n in tensors[n]!.array.reduce(0.0) { $0 + Double($1) * Double($1) } }
         var failure: Error?
         let lock = NSLock()
         for (fi, f) in formats.enumerated() {
@@ -241,12 +242,12 @@ public struct CPTQuantPass: QuantizingPass {
                 for i in r {
                     let w = tensors[names[i]]!
                     do {
-                        let q = try QuantizedTensor(weights: Array(UnsafeBufferPointer(start: w.data, count: w.count)), shape: w.shape, format: f,
+                        let q = try QuantizedTensor(weights: w.array, shape: w.shape, format: f,
                                                     importance: method == .search ? moments?.columns[names[i]] : nil, search: method == .search)
                         let back = q.dequantized()
-                        var e = 0.0, n = 0.0
-                        for k in 0..<w.count { let d = Double(w[k] - back[k]); e += d * d; n += Double(w[k]) * Double(w[k]) }
-                        lock.lock(); stored[i][fi] = q; errors[i][fi] = n > 0 ? e / n : 0; lock.unlock()
+                        var e = 0.0
+                        for k in 0..<w.count { let d = Double(w[k] - back[k]); e += d * d }
+                        lock.lock(); stored[i][fi] = q; squaredErrors[i][fi] = e; lock.unlock()
                     } catch {
                         lock.lock(); failure = RecipeError("cptquant: tensor '\(names[i])' at \(f): \(error)"); lock.unlock()
                     }
@@ -256,17 +257,11 @@ public struct CPTQuantPass: QuantizingPass {
         }
         if let failure { throw failure }
         let index = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, $0) })
-        // A unit's relative error: its tensors' ‖ΔW‖² over their ‖W‖² (each tensor's share weighted by its ‖W‖²).
-        let squaredNorms = names.map { n in
-            UnsafeBufferPointer(start: tensors[n]!.data, count: tensors[n]!.count).reduce(0.0) { $0 + Double($1) * Double($1) }
-        }
+        // A unit's relative error: Σ ‖ΔW‖² over Σ ‖W‖² of its tensors.
         let unitError: [[Double]] = units.map { unit in
-            formats.indices.map { fi in
-                let idx = unit.tensors.map { index[$0]! }
-                let norms = idx.map { squaredNorms[$0] }
-                let total = norms.reduce(0, +)
-                return total > 0 ? zip(idx, norms).reduce(0.0) { $0 + errors[$1.0][fi] * $1.1 } / total : 0
-            }
+            let idx = unit.tensors.map { index[$0]! }
+            let norm = idx.reduce(0.0) { $0 + squaredNorms[$1] }
+            return formats.indices.map { fi in norm > 0 ? idx.reduce(0.0) { $0 + squaredErrors[$1][fi] } / norm : 0 }
         }
         // Damage weights: sensitivities below 1 % of the largest (PMPQ's can be negative: pruning noise) are
         // raised to that floor, so that no unit's error is free or rewarded.
@@ -305,7 +300,7 @@ public struct CPTQuantPass: QuantizingPass {
             guard let bits, let w = tensors[name] else { continue }
             let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
             guard w.shape[1] % f.groupSize == 0 else { throw RecipeError("cptquant: '\(name)' has \(w.shape[1]) columns, not a whole number of groups of \(groupSize)") }
-            let q = try QuantizedTensor(weights: Array(UnsafeBufferPointer(start: w.data, count: w.count)), shape: w.shape, format: f)
+            let q = try QuantizedTensor(weights: w.array, shape: w.shape, format: f)
             quantized[name] = q
             newTensors[name] = Tensor(shape: q.shape, values: q.dequantized())
             extras[name] = .object(["format": .string(f.description), "bytes": .int(q.bytes)])
@@ -481,7 +476,7 @@ extension CPTQuantPass {
                 var saved: [[Float]] = []
                 for name in unit.tensors {
                     let w = tensors[name]!
-                    saved.append(Array(UnsafeBufferPointer(start: w.data, count: w.count)))
+                    saved.append(w.array)
                     for j in prune[name]! { w[Int(j)] = 0 }
                 }
                 nll[u] += windowNLL(fwd.resume(at: unit.firstSublayer, skip: []), ids, vocab: V)
