@@ -84,13 +84,10 @@ public struct CPTQuantPass: QuantizingPass {
     public var ridge = 1e-3
 
     public init(config s: StrictObject) throws {
-        func choice<E: RawRepresentable & CaseIterable>(_ key: String, _ d: E) throws -> E where E.RawValue == String {
-            E(rawValue: try s.string(key, default: d.rawValue, oneOf: E.allCases.map(\.rawValue)))!
-        }
-        estimator = try choice("estimator", estimator)
-        allocation = try choice("allocation", allocation)
-        granularity = try choice("granularity", granularity)
-        method = try choice("method", method)
+        estimator = try s.choice("estimator", default: estimator)
+        allocation = try s.choice("allocation", default: allocation)
+        granularity = try s.choice("granularity", default: granularity)
+        method = try s.choice("method", default: method)
         bitsPerWeight = try s.optionalDouble("bits_per_weight", in: 1...32)
         budgetBytes = try s.optionalInt("bytes", in: 1...Int.max)
         groupSize = try s.int("group_size", default: groupSize, in: 1...1 << 20)

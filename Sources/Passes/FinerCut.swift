@@ -46,10 +46,9 @@ public struct FinerCutPass: CompressionPass {
         if let fraction, !(fraction > 0 && fraction < 1) {
             throw RecipeError("\(s.location): 'fraction': \(fraction) must lie strictly between 0 and 1")
         }
-        metric = Metric(rawValue: try s.string("metric", default: metric.rawValue, oneOf: Metric.allCases.map(\.rawValue)))!
-        mode = Mode(rawValue: try s.string("mode", default: mode.rawValue, oneOf: Mode.allCases.map(\.rawValue)))!
-        candidates = Candidates(rawValue: try s.string("candidates", default: candidates.rawValue,
-                                                       oneOf: Candidates.allCases.map(\.rawValue)))!
+        metric = try s.choice("metric", default: metric)
+        mode = try s.choice("mode", default: mode)
+        candidates = try s.choice("candidates", default: candidates)
     }
 
     /// One removal: the sublayer (2·layer, +1 for the MLP) and the distance of the model without it (and

@@ -75,11 +75,9 @@ public struct MinitronPass: CompressionPass {
                 throw RecipeError("\(s.location): '\(clash.rawValue)': given explicitly and also listed in 'axes' for the parameter budget")
             }
         }
-        let aggs = Aggregation.allCases.map(\.rawValue)
-        sequence = Aggregation(rawValue: try s.string("sequence_aggregation", default: sequence.rawValue, oneOf: aggs))!
-        batch = Aggregation(rawValue: try s.string("batch_aggregation", default: batch.rawValue, oneOf: aggs))!
-        depthMetric = DepthMetric(rawValue: try s.string("depth_metric", default: depthMetric.rawValue,
-                                                         oneOf: DepthMetric.allCases.map(\.rawValue)))!
+        sequence = try s.choice("sequence_aggregation", default: sequence)
+        batch = try s.choice("batch_aggregation", default: batch)
+        depthMetric = try s.choice("depth_metric", default: depthMetric)
         guard hidden != nil || mlp != nil || heads != nil || layers != nil || params != nil else {
             throw RecipeError("\(s.location): no target: give one or more of 'hidden', 'mlp', 'heads', 'layers', 'params'")
         }

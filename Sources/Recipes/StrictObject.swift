@@ -80,6 +80,11 @@ public final class StrictObject {
         return s
     }
 
+    /// A string key naming a case of `E` (by raw value); unknown names list the known ones.
+    public func choice<E: RawRepresentable & CaseIterable>(_ key: String, default d: E) throws -> E where E.RawValue == String {
+        E(rawValue: try string(key, default: d.rawValue, oneOf: E.allCases.map(\.rawValue)))!
+    }
+
     public func optionalString(_ key: String) throws -> String? { has(key) ? try string(key) : nil }
     public func optionalInt(_ key: String, in range: ClosedRange<Int>? = nil) throws -> Int? { has(key) ? try int(key, in: range) : nil }
     public func optionalDouble(_ key: String, in range: ClosedRange<Double>? = nil) throws -> Double? {
