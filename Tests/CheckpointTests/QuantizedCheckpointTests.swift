@@ -7,18 +7,7 @@ import XCTest
 
 /// Quantized tensors in checkpoints: packed codes with float16 scales and minimums (or float16 values),
 /// format per tensor, dequantized on load.
-final class QuantizedCheckpointTests: XCTestCase {
-    var dir: URL!
-    override func setUpWithError() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("qckpt-tests-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
-    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
-
-    let config = LlamaConfig(vocabSize: 32, hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 2, numAttentionHeads: 4,
-                             numKeyValueHeads: 2, ropeTheta: 500, tieWordEmbeddings: false)
-
+extension CheckpointTests {
     /// A model whose listed tensors are replaced by their quantized values, with the stored forms.
     func quantizedSample() throws -> Checkpoint {
         let base = LlamaModel.random(config: config, seed: 5)
