@@ -23,7 +23,7 @@ let package = Package(
         .target(name: "TensorCore", dependencies: [
             "CBLAS", .product(name: "Numerics", package: "swift-numerics"),
         ]),
-        .target(name: "Model", dependencies: ["TensorCore"]),
+        .target(name: "Model", dependencies: ["TensorCore", "Quantization"]),
         .target(name: "Checkpoint", dependencies: ["Model", "CHDF5", "Quantization"]),
         .target(name: "Evaluation", dependencies: ["Model"]),
         .target(name: "MappedIO"),

@@ -32,7 +32,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .badHistory(let p, let d): return "\(p): history: \(d)"
         case .missingTensor(let p, let t, let s): return "\(p): missing tensor '\(t)' (expected shape \(s))"
         case .unknownTensor(let p, let t): return "\(p): unknown tensor '\(t)' (not part of the model described by the config)"
-        case .unknownEntry(let p, let e): return "\(p): unknown entry '/\(e)' (expected only /tensors, /quantized, /masks and /tokenizer)"
+        case .unknownEntry(let p, let e): return "\(p): unknown entry '/\(e)' (expected only /tensors, /quantized, /sparse, /factorized, /tokenizer, and /masks in version 1-2 files)"
         case .shapeMismatch(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected shape \(e), found \(f)"
         case .wrongType(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected \(e), found \(f)"
         case .writeFailed(let p, let d): return "\(p): could not write checkpoint: \(d)"

@@ -7,9 +7,11 @@ import TensorCore
 /// Constants of the on-disk format (documented in checkpoints/README.md).
 public enum CheckpointFormat {
     public static let name = "compress-checkpoint"
-    /// Version 2 adds /quantized (packed low-bit tensors); files without it are written as version 1.
-    public static let version = 2
-    public static let supportedVersions = [1, 2]
+    /// Version 3 stores every weight representation natively (/tensors dense float32, /quantized packed codes,
+    /// /sparse kept values + packed mask bits, /factorized D + S values + S row indices). Versions 1 (dense,
+    /// float32 /masks) and 2 (adds /quantized) still load.
+    public static let version = 3
+    public static let supportedVersions = [1, 2, 3]
 }
 
 /// The tokenizer a checkpoint carries: enough to turn text into ids with no other file.
@@ -46,25 +48,15 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
     }
 }
 
-/// A model with everything that travels with it: tokenizer and history.
+/// A model with everything that travels with it: tokenizer and history. The model's weights carry their
+/// own representations (dense, sparse, quantized, factorized); there are no side maps.
 public struct Checkpoint {
     public var model: LlamaModel
     public var tokenizer: TokenizerSpec?
     /// Where the weights came from and every pass applied since, oldest first (free-form JSON objects).
     public var history: [JSONValue]
 
-    /// Sparsity masks (0/1) of decoder linear weights, by tensor name; the weights are already zero where a
-    /// mask is 0. Training keeps them so.
-    public var masks: [String: Tensor] = [:]
-
-    /// Tensors stored quantized (packed codes with scales, or float16), by name. The model holds their
-    /// dequantized values; writing checks that it still does.
-    public var quantized: [String: QuantizedTensor] = [:]
-
-    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = [], masks: [String: Tensor] = [:],
-                quantized: [String: QuantizedTensor] = [:]) {
-        self.masks = masks
-        self.quantized = quantized
+    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = []) {
         self.model = model
         self.tokenizer = tokenizer
         self.history = history
@@ -73,7 +65,7 @@ public struct Checkpoint {
     public var config: LlamaConfig { model.config }
 
     /// Reads and verifies a checkpoint: format and version, config, that every expected tensor is present
-    /// with its shape and type, and that nothing unknown is there.
+    /// once, in one representation, with its shape and type, and that nothing unknown is there.
     public static func read(_ path: String) throws -> Checkpoint {
         let file = try openVerified(path)
         func attribute<T>(_ name: String, _ get: (String) throws -> T) throws -> T {
@@ -95,14 +87,12 @@ public struct Checkpoint {
             history = h
         }
         let root = try members(file, "/", path)
-        if let unknown = root.first(where: { !["tensors", "tokenizer", "masks", "quantized"].contains($0) }) {
+        if let unknown = root.first(where: { !["tensors", "tokenizer", "masks", "quantized", "sparse", "factorized"].contains($0) }) {
             throw CheckpointError.unknownEntry(path: path, entry: unknown)
         }
         let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path) : nil
-        let quantized = try readQuantized(file, config: config, path: path)
-        let model = try readModel(file, config: config, quantized: quantized, path: path)
-        let masks = root.contains("masks") ? try readMasks(file, model: model, path: path) : [:]
-        return Checkpoint(model: model, tokenizer: tokenizer, history: history, masks: masks, quantized: quantized)
+        let model = try readModel(file, config: config, path: path)
+        return Checkpoint(model: model, tokenizer: tokenizer, history: history)
     }
 
     /// Reads only the tokenizer of a checkpoint (after checking format and version), without the weights.
@@ -138,33 +128,44 @@ public struct Checkpoint {
         }
     }
 
-    private static func readModel(_ file: H5File, config: LlamaConfig, quantized: [String: QuantizedTensor], path: String) throws -> LlamaModel {
+    private static func readModel(_ file: H5File, config: LlamaConfig, path: String) throws -> LlamaModel {
         let specs = LlamaModel.tensorSpecs(config)
+        let shapes = Dictionary(uniqueKeysWithValues: specs.map { ($0.name, $0.shape) })
+        var weights: [String: ModelWeight] = [:]
+        func add(_ name: String, _ w: ModelWeight, from group: String) throws {
+            guard let expected = shapes[name] else { throw CheckpointError.unknownTensor(path: path, tensor: group + "/" + name) }
+            guard weights[name] == nil else {
+                throw CheckpointError.unreadable(path: path, detail: "tensor '\(name)' is stored twice (in /\(group) and in another representation)")
+            }
+            guard w.shape == expected else { throw CheckpointError.shapeMismatch(path: path, tensor: name, expected: expected, found: w.shape) }
+            if expected.count == 1, w.vector == nil { throw CheckpointError.unreadable(path: path, detail: "tensor '\(name)' is a norm and must be float32 in /tensors") }
+            weights[name] = w
+        }
+        for (name, q) in try readQuantized(file, shapes: shapes, path: path) { try add(name, .matrix(.quantized(QuantizedWeight(q))), from: "quantized") }
+        for (name, s) in try readSparse(file, shapes: shapes, path: path) { try add(name, .matrix(.sparse(s)), from: "sparse") }
+        for (name, f) in try readFactorized(file, shapes: shapes, path: path) { try add(name, .matrix(.factorized(f)), from: "factorized") }
         let present = file.exists("tensors") ? try members(file, "tensors", path) : []
-        let expected = Set(specs.map(\.name))
-        if let unknown = present.first(where: { !expected.contains($0) }) {
+        if let unknown = present.first(where: { shapes[$0] == nil }) {
             throw CheckpointError.unknownTensor(path: path, tensor: unknown)
         }
-        if let both = present.first(where: { quantized[$0] != nil }) {
-            throw CheckpointError.badQuantized(path: path, tensor: both, detail: "stored both in /tensors and in /quantized")
-        }
-        let presentSet = Set(present)
-        var tensors: [String: Tensor] = [:]
-        for s in specs {
-            if let q = quantized[s.name] {
-                tensors[s.name] = Tensor(shape: q.shape, values: q.dequantized())
-                continue
+        // Version 1/2 masks: float32 0/1 beside their dense weight; loaded as unstructured sparse weights.
+        let masks = file.exists("masks") ? try members(file, "masks", path) : []
+        for name in present.sorted() {
+            let t: Tensor
+            do { t = try file.readFloat32("tensors/" + name, label: name, expected: shapes[name]) } catch let e as HDF5Failure {
+                throw CheckpointError.unreadable(path: path, detail: "tensor '\(name)': \(e.message)")
             }
-            guard presentSet.contains(s.name) else {
-                throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
-            }
-            do {
-                tensors[s.name] = try file.readFloat32("tensors/" + s.name, label: s.name, expected: s.shape)
-            } catch let e as HDF5Failure {
-                throw CheckpointError.unreadable(path: path, detail: "tensor '\(s.name)': \(e.message)")
+            if masks.contains(name) {
+                try add(name, .matrix(.sparse(try readLegacyMask(file, name: name, weight: t, path: path))), from: "tensors")
+            } else {
+                try add(name, .dense(t), from: "tensors")
             }
         }
-        do { return try LlamaModel(config: config, tensors: tensors) } catch let e as ConfigError {
+        if let stray = masks.first(where: { !present.contains($0) }) { throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + stray) }
+        for s in specs where weights[s.name] == nil {
+            throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
+        }
+        do { return try LlamaModel(config: config, weights: weights) } catch let e as ConfigError {
             throw CheckpointError.badConfig(path: path, detail: e.description)
         }
     }
@@ -172,7 +173,7 @@ public struct Checkpoint {
     /// Quantized tensors: the root attribute 'quantization' (JSON: name → {format, shape}) lists them; each is a
     /// group /quantized/<name> holding 'codes' (uint8, bit-packed), 'scales' and, when asymmetric, 'mins'
     /// (float16, one per group), or 'values' (float16) for the f16 format.
-    private static func readQuantized(_ file: H5File, config: LlamaConfig, path: String) throws -> [String: QuantizedTensor] {
+    private static func readQuantized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: QuantizedTensor] {
         let listed = file.hasAttribute("quantization"), stored = file.exists("quantized")
         guard listed || stored else { return [:] }
         guard listed, stored else {
@@ -184,7 +185,6 @@ public struct Checkpoint {
         guard let map = (try? JSONValue.parse(text))?.objectValue else {
             throw CheckpointError.unreadable(path: path, detail: "root attribute 'quantization' is not a JSON object")
         }
-        let shapes = Dictionary(uniqueKeysWithValues: LlamaModel.tensorSpecs(config).map { ($0.name, $0.shape) })
         let groups = Set(try members(file, "quantized", path))
         if let extra = groups.subtracting(map.keys).sorted().first {
             throw CheckpointError.badQuantized(path: path, tensor: extra, detail: "present in /quantized but not listed in the 'quantization' attribute")
@@ -239,31 +239,128 @@ public struct Checkpoint {
         return out
     }
 
-    /// Masks: each names a decoder linear weight, has its shape, holds only 0 and 1, and the weight is zero
-    /// wherever the mask is.
-    private static func readMasks(_ file: H5File, model: LlamaModel, path: String) throws -> [String: Tensor] {
-        let weights = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
-        var masks: [String: Tensor] = [:]
-        for name in try members(file, "masks", path) {
-            guard let w = weights[name], name.hasPrefix("model.layers."), w.shape.count == 2 else {
-                throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name)
+    /// A version 1/2 mask: float32 holding only 0 and 1, the weight zero wherever the mask is.
+    private static func readLegacyMask(_ file: H5File, name: String, weight w: Tensor, path: String) throws -> SparseWeight {
+        guard name.hasPrefix("model.layers."), w.shape.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name) }
+        do {
+            let m = try file.readFloat32("masks/" + name, label: "masks/" + name, expected: w.shape)
+            for i in 0..<m.count where m[i] != 1 {
+                guard m[i] == 0 else {
+                    throw CheckpointError.badMask(path: path, tensor: name, detail: "holds \(m[i]) at element \(i); a mask holds only 0 and 1")
+                }
+                guard w[i] == 0 else {
+                    throw CheckpointError.badMask(path: path, tensor: name, detail: "the weight is \(w[i]) at element \(i) where the mask is 0")
+                }
+            }
+            let mask = try SparsityMask(pattern: .unstructured, rows: w.shape[0], cols: w.shape[1]) { m[$0] != 0 }
+            return try SparseWeight(values: w, mask: mask)
+        } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: "mask '\(name)': \(e.message)")
+        } catch let e as ConfigError {
+            throw CheckpointError.badMask(path: path, tensor: name, detail: e.description)
+        }
+    }
+
+    /// The JSON object a root attribute holds (name → entry), or [:] when neither it nor its group exists.
+    private static func listing(_ file: H5File, attribute: String, group: String, path: String) throws -> [String: JSONValue] {
+        let listed = file.hasAttribute(attribute), stored = file.exists(group)
+        guard listed || stored else { return [:] }
+        guard listed, stored else {
+            throw CheckpointError.unreadable(path: path, detail: listed ? "root attribute '\(attribute)' lists tensors but /\(group) is missing"
+                                                                        : "/\(group) is present but the root attribute '\(attribute)' is missing")
+        }
+        let text: String
+        do { text = try file.string(attribute) } catch let e as HDF5Failure { throw CheckpointError.unreadable(path: path, detail: e.message) }
+        guard let map = (try? JSONValue.parse(text))?.objectValue else {
+            throw CheckpointError.unreadable(path: path, detail: "root attribute '\(attribute)' is not a JSON object")
+        }
+        let groups = Set(try members(file, group, path))
+        if let extra = groups.subtracting(map.keys).sorted().first {
+            throw CheckpointError.unreadable(path: path, detail: "/\(group)/\(extra) is not listed in the '\(attribute)' attribute")
+        }
+        if let missing = Set(map.keys).subtracting(groups).sorted().first {
+            throw CheckpointError.unreadable(path: path, detail: "'\(attribute)' lists '\(missing)' but /\(group)/\(missing) is missing")
+        }
+        return map
+    }
+
+    /// A 1-D dataset of `count` elements of the given HDF5 class and byte size, read as raw bytes.
+    private static func rawDataset(_ file: H5File, _ key: String, typeClass: H5T_class_t, size: Int, count: Int, memType: hid_t,
+                                   bad: (String) -> CheckpointError) throws -> [UInt8] {
+        guard file.exists(key) else { throw bad("'\(key)' is missing") }
+        let info = try file.datasetInfo(key)
+        guard info.typeClass == typeClass, info.typeSize == size, info.shape == [count] else {
+            throw bad("'\(key)' must hold \(count) elements of \(size) byte(s), found \(info.typeDescription) \(info.shape)")
+        }
+        var b = [UInt8](repeating: 0, count: count * size)
+        try b.withUnsafeMutableBytes { try file.read(key, memType: memType, into: $0.baseAddress!) }
+        return b
+    }
+
+    /// Sparse weights: the root attribute 'sparsity' (name → {pattern, shape}); each /sparse/<name> holds
+    /// 'mask' (uint8, packed bits, row-major, little-endian within a byte) and 'values' (float32, the kept
+    /// elements in row-major order).
+    private static func readSparse(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: SparseWeight] {
+        var out: [String: SparseWeight] = [:]
+        for (name, entry) in try listing(file, attribute: "sparsity", group: "sparse", path: path).sorted(by: { $0.key < $1.key }) {
+            func bad(_ d: String) -> CheckpointError { .badMask(path: path, tensor: name, detail: d) }
+            guard let expected = shapes[name], expected.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "sparse/" + name) }
+            guard let f = entry.objectValue, let p = f["pattern"]?.stringValue, let pattern = SparsityMask.Pattern(p),
+                  let shape = f["shape"]?.arrayValue?.compactMap(\.intValue), shape == expected else {
+                throw bad("its 'sparsity' entry needs 'pattern' (\"N:M\" or \"unstructured\") and 'shape' \(expected), found \(entry.text)")
             }
             do {
-                let m = try file.readFloat32("masks/" + name, label: "masks/" + name, expected: w.shape)
-                for i in 0..<m.count where m[i] != 1 {
-                    guard m[i] == 0 else {
-                        throw CheckpointError.badMask(path: path, tensor: name, detail: "holds \(m[i]) at element \(i); a mask holds only 0 and 1")
-                    }
-                    guard w[i] == 0 else {
-                        throw CheckpointError.badMask(path: path, tensor: name, detail: "the weight is \(w[i]) at element \(i) where the mask is 0")
+                let count = shape[0] * shape[1]
+                let bits = try rawDataset(file, "sparse/\(name)/mask", typeClass: H5T_INTEGER, size: 1, count: (count + 7) / 8, memType: H5Types.uint8, bad: bad)
+                let mask = try SparsityMask(pattern: pattern, rows: shape[0], cols: shape[1], bits: bits)
+                let kept = try file.readFloat32("sparse/\(name)/values", label: "sparse/\(name)/values", expected: [mask.nonzeros])
+                let values = Tensor(shape: shape)
+                var j = 0
+                for i in 0..<count where mask[i] { values[i] = kept[j]; j += 1 }
+                out[name] = try SparseWeight(values: values, mask: mask)
+            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError { throw bad(e.description) }
+        }
+        return out
+    }
+
+    /// Factorized weights W = D · S: the root attribute 'factorization' (name → {shape, rank, per_column});
+    /// each /factorized/<name> holds 'dense' (float32, OC × rank), and S column by column: 'indices' (the
+    /// per_column row indices of each column, ascending; uint8 when rank ≤ 256, else uint16) and 'values'
+    /// (float32, in the same order).
+    private static func readFactorized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: FactorizedWeight] {
+        var out: [String: FactorizedWeight] = [:]
+        for (name, entry) in try listing(file, attribute: "factorization", group: "factorized", path: path).sorted(by: { $0.key < $1.key }) {
+            func bad(_ d: String) -> CheckpointError { .unreadable(path: path, detail: "factorized tensor '\(name)': \(d)") }
+            guard let expected = shapes[name], expected.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "factorized/" + name) }
+            guard let f = entry.objectValue, let shape = f["shape"]?.arrayValue?.compactMap(\.intValue), shape == expected,
+                  let k = f["rank"]?.intValue, k >= 1, k <= 1 << 16, let s = f["per_column"]?.intValue, s >= 1, s <= k else {
+                throw bad("its 'factorization' entry needs 'shape' \(expected), 'rank' (1...65536) and 'per_column' (1...rank), found \(entry.text)")
+            }
+            do {
+                let OC = shape[0], C = shape[1], n = C * s
+                let dense = try file.readFloat32("factorized/\(name)/dense", label: "factorized/\(name)/dense", expected: [OC, k])
+                let wide = k > 256
+                let raw = try rawDataset(file, "factorized/\(name)/indices", typeClass: H5T_INTEGER, size: wide ? 2 : 1, count: n,
+                                         memType: wide ? H5Types.uint16 : H5Types.uint8, bad: bad)
+                let kept = try file.readFloat32("factorized/\(name)/values", label: "factorized/\(name)/values", expected: [n])
+                let index: (Int) -> Int = { wide ? Int(raw[2 * $0]) | Int(raw[2 * $0 + 1]) << 8 : Int(raw[$0]) }
+                let values = Tensor(shape: [k, C])
+                var keep = [Bool](repeating: false, count: k * C)
+                for c in 0..<C {
+                    var last = -1
+                    for j in 0..<s {
+                        let r = index(c * s + j)
+                        guard r > last, r < k else { throw bad("column \(c): row indices must be ascending within 0..<\(k), found \(r) after \(last)") }
+                        last = r
+                        keep[r * C + c] = true
+                        values[r * C + c] = kept[c * s + j]
                     }
                 }
-                masks[name] = m
-            } catch let e as HDF5Failure {
-                throw CheckpointError.unreadable(path: path, detail: "mask '\(name)': \(e.message)")
-            }
+                let mask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { keep[$0] }
+                out[name] = try FactorizedWeight(dense: dense, sparse: SparseWeight(values: values, mask: mask))
+            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError { throw bad(e.description) }
         }
-        return masks
+        return out
     }
 
     private static func readTokenizer(_ file: H5File, _ path: String) throws -> TokenizerSpec {
@@ -288,31 +385,30 @@ public struct Checkpoint {
 
     /// Writes the checkpoint atomically: into a temporary file beside `path`, flushed, then renamed over it.
     public func write(to path: String) throws {
-        let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
-        for (name, q) in quantized.sorted(by: { $0.key < $1.key }) {
-            guard let t = tensors[name] else { throw CheckpointError.writeFailed(path: path, detail: "quantized tensor '\(name)' is not part of the model") }
-            guard t.shape == q.shape, q.dequantized().withUnsafeBufferPointer({ d in (0..<t.count).allSatisfy { d[$0] == t[$0] } }) else {
-                throw CheckpointError.writeFailed(path: path, detail: "tensor '\(name)' no longer equals its quantized form (changed after quantization); re-quantize it or drop its quantized form")
-            }
-        }
         try writeAtomically(path) { try writeUnsafely(to: $0) }
     }
 
     private func writeUnsafely(to tmp: String) throws {
         let file = try H5File.create(tmp)
         try file.setString("format", CheckpointFormat.name)
-        try file.setInt("format_version", quantized.isEmpty ? 1 : CheckpointFormat.version)
+        try file.setInt("format_version", CheckpointFormat.version)
         try file.setString("config", config.json.text)
         try file.setString("history", JSONValue.array(history).text)
         try file.createGroup("tensors")
-        for (name, t) in model.namedTensors where quantized[name] == nil {
-            try file.write("tensors/" + name, shape: t.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: t.data)
-        }
-        if !quantized.isEmpty {
-            var entries: [String: JSONValue] = [:]
-            try file.createGroup("quantized")
-            for (name, q) in quantized.sorted(by: { $0.key < $1.key }) {
-                entries[name] = .object(["format": .string(q.format.description), "shape": .array(q.shape.map { .int($0) })])
+        var quantization: [String: JSONValue] = [:], sparsity: [String: JSONValue] = [:], factorization: [String: JSONValue] = [:]
+        func group(_ name: String, _ created: Bool) throws { if !created { try file.createGroup(name) } }
+        for (id, weight) in model.weights {
+            let name = id.hfName
+            func floats(_ key: String, _ shape: [Int], _ p: UnsafePointer<Float>) throws {
+                try file.write(key, shape: shape, fileType: H5Types.float32File, memType: H5Types.float32, data: p)
+            }
+            switch weight {
+            case .vector(let t): try floats("tensors/" + name, t.shape, t.data)
+            case .matrix(.dense(let t)): try floats("tensors/" + name, t.shape, t.data)
+            case .matrix(.quantized(let qw)):
+                let q = qw.packed
+                try group("quantized", !quantization.isEmpty)
+                quantization[name] = .object(["format": .string(q.format.description), "shape": .array(q.shape.map { .int($0) })])
                 let g = "quantized/" + name
                 try file.createGroup(g)
                 if q.format.isFloat16 {
@@ -325,14 +421,37 @@ public struct Checkpoint {
                 if !q.format.symmetric {
                     try q.mins.withUnsafeBytes { try file.write(g + "/mins", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
                 }
+            case .matrix(.sparse(let s)):
+                try group("sparse", !sparsity.isEmpty)
+                sparsity[name] = .object(["pattern": .string(s.mask.pattern.description), "shape": .array(s.values.shape.map { .int($0) })])
+                let g = "sparse/" + name
+                try file.createGroup(g)
+                try s.mask.bits.withUnsafeBytes { try file.write(g + "/mask", shape: [s.mask.bits.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
+                var kept: [Float] = []
+                kept.reserveCapacity(s.mask.nonzeros)
+                for i in 0..<s.values.count where s.mask[i] { kept.append(s.values[i]) }
+                try kept.withUnsafeBufferPointer { try floats(g + "/values", [kept.count], $0.baseAddress!) }
+            case .matrix(.factorized(let f)):
+                try group("factorized", !factorization.isEmpty)
+                let k = f.rank, C = f.sparse.mask.cols, s = f.nonzerosPerColumn
+                factorization[name] = .object(["shape": .array(weight.shape.map { .int($0) }), "rank": .int(k), "per_column": .int(s)])
+                let g = "factorized/" + name
+                try file.createGroup(g)
+                try floats(g + "/dense", f.dense.shape, f.dense.data)
+                var rows: [Int] = [], kept: [Float] = []
+                for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { rows.append(r); kept.append(f.sparse.values[r * C + c]) } }
+                if k > 256 {
+                    let idx = rows.map { UInt16($0) }
+                    try idx.withUnsafeBytes { try file.write(g + "/indices", shape: [idx.count], fileType: H5Types.uint16File, memType: H5Types.uint16, data: $0.baseAddress!) }
+                } else {
+                    let idx = rows.map { UInt8($0) }
+                    try idx.withUnsafeBytes { try file.write(g + "/indices", shape: [idx.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
+                }
+                try kept.withUnsafeBufferPointer { try floats(g + "/values", [kept.count], $0.baseAddress!) }
             }
-            try file.setString("quantization", JSONValue.object(entries).text)
         }
-        if !masks.isEmpty {
-            try file.createGroup("masks")
-            for (name, m) in masks.sorted(by: { $0.key < $1.key }) {
-                try file.write("masks/" + name, shape: m.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: m.data)
-            }
+        for (attribute, entries) in [("quantization", quantization), ("sparsity", sparsity), ("factorization", factorization)] where !entries.isEmpty {
+            try file.setString(attribute, JSONValue.object(entries).text)
         }
         if let tokenizer {
             let e = JSONEncoder()
@@ -344,4 +463,9 @@ public struct Checkpoint {
         }
         try file.close()
     }
+}
+
+extension H5Types {
+    static var uint16File: hid_t { h5_std_u16le() }
+    static var uint16: hid_t { h5_native_uint16() }
 }

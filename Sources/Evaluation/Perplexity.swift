@@ -49,7 +49,7 @@ public enum Perplexity {
             throw EvaluationError("token id \(bad) is outside the vocabulary (0..<\(V))")
         }
         let start = Date()
-        let engine = LlamaInference(model: model, maxTokens: W)
+        let engine = LlamaDecoder(model: model, window: W)
         let C = model.config.hiddenSize, R = min(rowsPerChunk, W - 1)
         let logits = Tensor(shape: [R, V])
         var nll = [Double](repeating: 0, count: W - 1)
@@ -63,8 +63,7 @@ public enum Perplexity {
                     var r0 = 0
                     while r0 < W - 1 {
                         let rows = min(R, W - 1 - r0)
-                        linearForward(out: logits.data, inp: h + r0 * C, weight: model.lmHead.data,
-                                      rows: rows, inFeatures: C, outFeatures: V)
+                        engine.head(h + r0 * C, rows: rows, into: logits.data)
                         crossEntropyForward(nll: out.baseAddress! + r0, logits: logits.data,
                                             targets: idp.baseAddress! + r0 + 1, rows: rows, columns: V)
                         r0 += rows

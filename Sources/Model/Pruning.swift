@@ -19,6 +19,7 @@ extension LlamaModel {
 
     /// The model restricted to the selected channels, heads and neurons. Every layer must have both
     /// sublayers and keep the same numbers of heads and neurons, so the result is a homogeneous Llama.
+    /// Every weight must be dense (a stage contract: width pruning accepts dense models only).
     ///
     /// Removing hidden channels changes RMSNorm's mean of squares from a mean over C to one over C' channels.
     /// Each norm weight is scaled by sqrt(C/C') and rms_norm_eps by C/C', which makes the result compute
@@ -62,8 +63,12 @@ extension LlamaModel {
         nc.blocks = c.blocks.map { BlockConfig(numAttentionHeads: H2, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: F2) }
         let scale = (Float(C) / Float(Cn)).squareRoot()
 
+        guard weightKinds == [.dense] else {
+            throw ConfigError("width pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
+        }
         /// rows × columns gather from a (R, K) matrix.
-        func gather(_ t: Tensor, rows: [Int]?, cols: [Int]?) -> Tensor {
+        func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?) -> Tensor {
+            let t = w.denseView ?? w.dequantized()
             let K = t.shape[1]
             let r = rows ?? Array(0..<t.shape[0]), k = cols ?? Array(0..<K)
             let out = Tensor(shape: [r.count, k.count])
@@ -80,7 +85,7 @@ extension LlamaModel {
 
         var tensors: [String: Tensor] = ["model.embed_tokens.weight": gather(embedTokens, rows: nil, cols: sel.channels),
                                          "model.norm.weight": scaledNorm(self.norm)]
-        if !c.tieWordEmbeddings { tensors["lm_head.weight"] = gather(lmHead, rows: nil, cols: sel.channels) }
+        if let h = untiedLMHead { tensors["lm_head.weight"] = gather(h, rows: nil, cols: sel.channels) }
         for (l, layer) in layers.enumerated() {
             let p = "model.layers.\(l).", a = layer.attention!, m = layer.mlp!
             let qRows = headRows(sel.heads[l])
@@ -113,16 +118,16 @@ extension LlamaModel {
         guard !keep.isEmpty else { throw ConfigError("cannot remove every sublayer") }
         c.blocks = keep.map { c.blocks[$0] }
         c.numHiddenLayers = keep.count
-        var tensors: [String: Tensor] = [:]
-        for (name, t) in namedTensors {
-            guard name.hasPrefix("model.layers.") else { tensors[name] = t.copy(); continue }
-            let parts = name.split(separator: ".", maxSplits: 3)
-            guard let old = Int(parts[2]), let new = keep.firstIndex(of: old) else { continue }
-            let isAttention = parts[3].hasPrefix("self_attn.") || parts[3] == "input_layernorm.weight"
-            guard !remove.contains(2 * old + (isAttention ? 0 : 1)) else { continue }
-            tensors["model.layers.\(new).\(parts[3])"] = t.copy()
+        // Kept layers, renumbered; each kept weight copied in its own representation.
+        let newLayers: [LlamaLayer] = keep.map { old in
+            let l = layers[old]
+            return LlamaLayer(
+                attention: remove.contains(2 * old) ? nil : l.attention.map {
+                    AttentionWeights(norm: $0.norm.copy(), q: $0.q.copy(), k: $0.k.copy(), v: $0.v.copy(), o: $0.o.copy()) },
+                mlp: remove.contains(2 * old + 1) ? nil : l.mlp.map {
+                    MLPWeights(norm: $0.norm.copy(), gate: $0.gate.copy(), up: $0.up.copy(), down: $0.down.copy()) })
         }
-        return try LlamaModel(config: c, tensors: tensors)
+        return try LlamaModel(config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(), lmHead: untiedLMHead?.copy())
     }
 
     /// Parameters a configuration holds (a tied head counted once).

@@ -40,22 +40,13 @@ import Recipes
 import TensorCore
 import Training
 
-/// A pass whose result carries stored (quantized) forms of some tensors, for the checkpoint writer.
-public protocol QuantizingPass: CompressionPass {
-    func quantize(on model: LlamaModel, context: PassContext) throws
-        -> (model: LlamaModel, diagnostics: JSONValue, quantized: [String: QuantizedTensor])
-}
-
-extension QuantizingPass {
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
-        let r = try quantize(on: model, context: context)
-        return (r.model, r.diagnostics)
-    }
-}
-
-public struct CPTQuantPass: QuantizingPass {
+public struct CPTQuantPass: CompressionPass {
     public static let name = "cptquant"
-    public static let needs: PassNeeds = [.calibration, .gradients]
+    /// Quantizes dense weights; its result holds quantized weights, which no training or pass may follow.
+    public static let accepts: Set<WeightKind> = [.dense]
+    public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.quantized]) }
+    /// Calibration windows unless neither the estimator nor the quantizer uses them (estimator none, rtn).
+    public var needs: PassNeeds { estimator == .none && method == .rtn ? [] : [.calibration] }
 
     public enum Estimator: String, CaseIterable, Sendable { case cmpq, pmpq, tdmpq, none }
     public enum AllocationMode: String, CaseIterable, Sendable { case budget, clusters, uniform }
@@ -183,8 +174,7 @@ public struct CPTQuantPass: QuantizingPass {
         return out
     }
 
-    public func quantize(on model: LlamaModel, context: PassContext) throws
-        -> (model: LlamaModel, diagnostics: JSONValue, quantized: [String: QuantizedTensor]) {
+    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
         let units = try units(model)
         let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
         for u in units { for t in u.tensors where tensors[t]!.shape[1] % groupSize != 0 {
@@ -281,29 +271,28 @@ public struct CPTQuantPass: QuantizingPass {
             }
         } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
 
-        // The quantized model.
-        var newTensors = tensors
-        var quantized: [String: QuantizedTensor] = [:]
+        // The quantized model: the packed codes are its weights.
+        var result = model
+        func set(_ name: String, _ q: QuantizedTensor) throws {
+            guard let id = WeightID(hfName: name) else { preconditionFailure("unit tensor '\(name)' has no weight id") }
+            do { result = try result.replacing(id, with: .quantized(QuantizedWeight(q))) } catch let e as ConfigError {
+                throw RecipeError("cptquant: \(e.description)")
+            }
+        }
         for (u, unit) in units.enumerated() {
             let fi = widths.firstIndex(of: chosen.bits[u])!
-            for t in unit.tensors {
-                let q = stored[index[t]!][fi]!
-                quantized[t] = q
-                newTensors[t] = Tensor(shape: q.shape, values: q.dequantized())
-            }
+            for t in unit.tensors { try set(t, stored[index[t]!][fi]!) }
         }
         var extras: [String: JSONValue] = [:]
         for (name, bits) in [("model.embed_tokens.weight", embeddingBits), ("lm_head.weight", lmHeadBits)] {
             guard let bits, let w = tensors[name] else { continue }
+            if name == "lm_head.weight" && model.config.tieWordEmbeddings { continue }
             let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
             guard w.shape[1] % f.groupSize == 0 else { throw RecipeError("cptquant: '\(name)' has \(w.shape[1]) columns, not a whole number of groups of \(groupSize)") }
             let q = try QuantizedTensor(weights: w.array, shape: w.shape, format: f)
-            quantized[name] = q
-            newTensors[name] = Tensor(shape: q.shape, values: q.dequantized())
+            try set(name, q)
             extras[name] = .object(["format": .string(f.description), "bytes": .int(q.bytes)])
         }
-        if model.config.tieWordEmbeddings { newTensors["lm_head.weight"] = nil }
-        let result = try LlamaModel(config: model.config, tensors: newTensors)
 
         // Report.
         let unitReports: [JSONValue] = units.enumerated().map { u, unit in
@@ -345,7 +334,7 @@ public struct CPTQuantPass: QuantizingPass {
         }
         if !extras.isEmpty { diag["fixed"] = .object(extras) }
         if let m = moments, estimator == .cmpq { diag["cmpq_samples"] = .int(m.pooledSamples) }
-        return (result, .object(diag), quantized)
+        return (result, .object(diag))
     }
 }
 
@@ -364,7 +353,7 @@ public struct CalibrationMoments: Codable, Sendable {
     public static func compute(model: LlamaModel, windows: [[Int32]], correlations: Bool = true, poolTokens: Int, ccaDims: Int,
                                ridge: Double, progress: (Int, Int) -> Void = { _, _ in }) throws -> CalibrationMoments {
         let obs = MomentsObserver(model: model, pool: correlations ? poolTokens : nil)
-        let engine = LlamaInference(model: model, maxTokens: windows.map(\.count).max() ?? 1)
+        let engine = LlamaDecoder(model: model, window: windows.map(\.count).max() ?? 1)
         for (i, ids) in windows.enumerated() {
             _ = engine.hiddenStates(ids, observer: obs)
             progress(i + 1, windows.count)
@@ -453,8 +442,10 @@ extension CPTQuantPass {
     /// PMPQ: calibration perplexity rise when each unit loses `fraction` of every tensor's weights (smallest
     /// magnitudes). The unit's tensors are pruned in place, evaluated from the saved residual stream entering
     /// the unit, and restored bit for bit.
-    static func pruningSensitivity(model: LlamaModel, units: [Unit], fraction: Double, windows: [[Int32]],
+    static func pruningSensitivity(model given: LlamaModel, units: [Unit], fraction: Double, windows: [[Int32]],
                                    progress: (Int, Int) -> Void) -> [Double] {
+        // A private copy is pruned and restored, never the model given (models are values).
+        let model = given.copy()
         let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
         // Indices to zero per tensor: the ⌊fraction · n⌋ smallest |w| (ties by index).
         var prune: [String: [Int32]] = [:]
@@ -491,8 +482,7 @@ extension CPTQuantPass {
     /// TDMPQ: mean over calibration tokens of |x · ∂L/∂x| at each unit's input.
     static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], progress: (Int, Int) -> Void) -> [Double] {
         let T = windows[0].count, C = model.config.hiddenSize
-        let trainer = LlamaTrainer(model: model, batch: 1, window: T)
-        trainer.frozen = Set(model.namedTensors.map(\.name))
+        let trainer = LlamaTrainer(model: model, batch: 1, window: T, frozen: Set(model.weights.map(\.id)))
         let obs = TaylorObserver(units: units, perTensor: units.contains { $0.name == $0.tensors.first })
         trainer.backwardObserver = obs
         let loss = LogitLoss(vocab: model.config.vocabSize)
@@ -511,12 +501,15 @@ extension CPTQuantPass {
 
 /// Σ_t |x_t · dx_t| per unit, from the trainer's backward.
 final class TaylorObserver: BackwardObserver {
-    let byLayer: [Int: Int], byTensor: [String: Int]
+    let byLayer: [Int: Int], byTensor: [LinearID: Int]
     var sums: [Double]
 
     init(units: [CPTQuantPass.Unit], perTensor: Bool) {
         byLayer = perTensor ? [:] : Dictionary(uniqueKeysWithValues: units.enumerated().map { ($1.layer, $0) })
-        byTensor = perTensor ? Dictionary(uniqueKeysWithValues: units.enumerated().map { ($1.tensors[0], $0) }) : [:]
+        byTensor = perTensor ? Dictionary(uniqueKeysWithValues: units.enumerated().compactMap { u, unit in
+            if case .linear(let id)? = WeightID(hfName: unit.tensors[0]) { return (id, u) }
+            return nil
+        }) : [:]
         sums = [Double](repeating: 0, count: units.count)
     }
 
@@ -530,8 +523,8 @@ final class TaylorObserver: BackwardObserver {
         return total
     }
 
-    func linearInput(_ name: String, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, features: Int) {
-        if let u = byTensor[name] { sums[u] += Self.sumAbsDot(x, dx, rows: rows, width: features) }
+    func linearInput(_ id: LinearID, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, features: Int) {
+        if let u = byTensor[id] { sums[u] += Self.sumAbsDot(x, dx, rows: rows, width: features) }
     }
     func layerInput(_ layer: Int, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, channels: Int) {
         if let u = byLayer[layer] { sums[u] += Self.sumAbsDot(x, dx, rows: rows, width: channels) }

@@ -29,14 +29,14 @@ public enum Aggregation: String, Codable, CaseIterable, Sendable {
 /// variant of the model that differs from sublayer s on resumes at s instead of recomputing from the embedding
 /// (FinerCut's trials, Minitron's block-removal perplexities).
 final class ResumableForward: ForwardObserver {
-    let engine: LlamaInference
+    let engine: LlamaDecoder
     let T: Int, C: Int, S: Int
     /// (2L + 1) × T × C: the residual entering sublayer s; s = 2L is the input of the final norm.
     let states: Tensor
     let logits: Tensor
 
     init(model: LlamaModel, window: Int) {
-        engine = LlamaInference(model: model, maxTokens: window)
+        engine = LlamaDecoder(model: model, window: window)
         T = window
         C = model.config.hiddenSize
         S = 2 * model.layers.count
@@ -96,7 +96,7 @@ public struct ActivationImportance: Codable, Equatable, Sendable {
     public static func compute(model: LlamaModel, windows: [[Int32]], sequence: Aggregation, batch: Aggregation,
                                progress: (Int, Int) -> Void = { _, _ in }) -> ActivationImportance {
         let obs = ImportanceObserver(model: model, sequence: sequence, batch: batch)
-        let engine = LlamaInference(model: model, maxTokens: windows.map(\.count).max() ?? 1)
+        let engine = LlamaDecoder(model: model, window: windows.map(\.count).max() ?? 1)
         for (i, ids) in windows.enumerated() {
             obs.beginWindow(rows: ids.count)
             _ = engine.hiddenStates(ids, observer: obs)

@@ -25,7 +25,8 @@ import TensorCore
 
 public struct FinerCutPass: CompressionPass {
     public static let name = "finercut"
-    public static let needs: PassNeeds = [.calibration]
+    public static let accepts: Set<WeightKind> = Set(WeightKind.allCases)
+    public var needs: PassNeeds { [.calibration] }
 
     public enum Metric: String, CaseIterable, Sendable { case js, angular }
     public enum Mode: String, CaseIterable, Sendable { case greedy, oneShot = "one-shot" }

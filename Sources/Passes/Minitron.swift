@@ -34,7 +34,8 @@ import Recipes
 
 public struct MinitronPass: CompressionPass {
     public static let name = "minitron"
-    public static let needs: PassNeeds = [.calibration]
+    public static let accepts: Set<WeightKind> = [.dense]
+    public var needs: PassNeeds { [.calibration] }
 
     public enum Axis: String, CaseIterable, Sendable { case hidden, mlp, heads }
     public enum DepthMetric: String, CaseIterable, Sendable { case ppl, cosine }

@@ -1,11 +1,11 @@
 import Recipes
 
-extension PassRegistry {
-    /// Every pass this build provides, under its recipe name.
-    public static func standard() -> PassRegistry {
-        var r = PassRegistry()
+extension StageRegistry {
+    /// Every stage kind this build provides, under its recipe name: the passes, `distill` and `eval`.
+    public static func standard() -> StageRegistry {
+        var r = StageRegistry()
         // The names are distinct by construction; a duplicate here is a programming error.
-        for t in [MinitronPass.self, FinerCutPass.self, CPTQuantPass.self] as [any CompressionPass.Type] {
+        for t in [MinitronPass.self, FinerCutPass.self, CPTQuantPass.self, DistillStage.self, EvalStage.self] as [any RecipeStage.Type] {
             do { try r.register(t) } catch { preconditionFailure("\(error)") }
         }
         return r

@@ -1,13 +1,11 @@
 import Model
 
-/// What a pass needs the runner to provide.
+/// What a stage needs the runner to provide.
 public struct PassNeeds: OptionSet, Sendable {
     public let rawValue: Int
     public init(rawValue: Int) { self.rawValue = rawValue }
     /// Token windows of calibration data (`PassContext.calibration`).
     public static let calibration = PassNeeds(rawValue: 1)
-    /// Gradients through the model (the Training module).
-    public static let gradients = PassNeeds(rawValue: 2)
 }
 
 /// What the runner hands a pass besides the model.
@@ -30,40 +28,71 @@ public struct PassContext {
     }
 }
 
-/// A compression pass: decoded strictly from its recipe stage, run on a model, reporting what it did.
-/// A pass that changes shapes builds a new model and leaves its input untouched.
-public protocol CompressionPass {
-    /// The name recipes use ("minitron", "finercut", ...).
+/// A recipe stage kind: every pass, `distill` and `eval` are registered the same way and declare what they
+/// accept and produce, so an impossible order (a pass on a representation it cannot take, training after
+/// quantization) is refused when the recipe is decoded, before anything runs (Model Optimizer's
+/// `next_modes`, checked at composition).
+public protocol RecipeStage {
+    /// The name recipes use ("minitron", "distill", ...).
     static var name: String { get }
-    static var needs: PassNeeds { get }
+    /// Linear-weight representations this stage can take; a model holding any other is refused.
+    static var accepts: Set<WeightKind> { get }
     /// Reads the stage's settings (every key but "stage"); unknown keys and out-of-range values throw.
     init(config: StrictObject) throws
+    /// What this stage, with these settings, needs from the runner.
+    var needs: PassNeeds { get }
+    /// The representations present after the stage, given those before it (default: unchanged).
+    func produces(from input: Set<WeightKind>) -> Set<WeightKind>
+}
+
+extension RecipeStage {
+    public var needs: PassNeeds { [] }
+    public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input }
+}
+
+/// A compression pass: decoded strictly from its recipe stage, run on a model, reporting what it did. It
+/// returns a new model and never writes into the one it was given.
+///
+/// Analysis and targeting are separate: a pass computes its target-independent statistics (scores, a
+/// removal order, sensitivities, moments) through `PassContext.cached` under a key made of its analysis
+/// settings only (never its target), and then applies its target cheaply; several targets on one base, in
+/// one session or across runs, reuse one analysis.
+public protocol CompressionPass: RecipeStage {
     /// The compressed model and the pass's own diagnostics (scores, what it removed and why).
     func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue)
 }
 
-/// Recipe name → pass type. Registering a name twice is an error.
-public struct PassRegistry {
-    private var types: [String: any CompressionPass.Type] = [:]
+/// Recipe name → stage kind. Registering a name twice is an error.
+public struct StageRegistry {
+    private var types: [String: any RecipeStage.Type] = [:]
 
     public init() {}
 
-    public mutating func register(_ type: any CompressionPass.Type) throws {
-        guard types[type.name] == nil else { throw RecipeError("pass '\(type.name)' is registered twice") }
+    public mutating func register(_ type: any RecipeStage.Type) throws {
+        guard types[type.name] == nil else { throw RecipeError("stage '\(type.name)' is registered twice") }
         types[type.name] = type
     }
 
     public var names: [String] { types.keys.sorted() }
 
-    public func type(named name: String) -> (any CompressionPass.Type)? { types[name] }
+    public func type(named name: String) -> (any RecipeStage.Type)? { types[name] }
 
-    /// Builds the pass of a stage from its settings; unknown names list the known ones.
-    public func make(_ name: String, config: StrictObject) throws -> any CompressionPass {
+    /// Builds the stage from its settings; unknown names list the known ones.
+    public func make(_ name: String, config: StrictObject) throws -> any RecipeStage {
         guard let t = types[name] else {
-            throw RecipeError("\(config.location): unknown pass '\(name)' (known: \(names.joined(separator: ", ")))")
+            throw RecipeError("\(config.location): unknown stage '\(name)' (known: \(names.joined(separator: ", ")))")
         }
-        let pass = try t.init(config: config)
+        let stage = try t.init(config: config)
         try config.finish()
-        return pass
+        return stage
     }
+}
+
+public typealias PassRegistry = StageRegistry
+
+/// `eval`: perplexity of the model at this point on the recipe's eval text. Takes any representation.
+public struct EvalStage: RecipeStage {
+    public static let name = "eval"
+    public static let accepts = Set(WeightKind.allCases)
+    public init(config: StrictObject) throws {}
 }

@@ -27,19 +27,6 @@ public struct Recipe {
         public init() {}
     }
 
-    /// Settings of a `distill` stage beyond the loop's own.
-    public struct Distill {
-        public var config: DistillConfig
-        public var text = "data/wiki.train.txt"
-        public var saveEvery = 50
-        public var logEvery = 10
-    }
-
-    public enum Stage {
-        case pass(any CompressionPass)
-        case distill(Distill)
-        case eval
-    }
 
     /// The file it was read from, and its JSON as read (kept verbatim in the output's history).
     public var path: String
@@ -51,21 +38,26 @@ public struct Recipe {
     public var calibration: Calibration
     public var evaluation: Evaluation
     /// Stages in order, each with its name and its settings' JSON (every key but "stage").
-    public var stages: [(name: String, settings: JSONValue, stage: Stage)]
+    public var stages: [(name: String, settings: JSONValue, stage: any RecipeStage)]
+    /// The linear-weight representations the stages were checked against (the base's).
+    public private(set) var baseKinds: Set<WeightKind>
 
     /// Reads and decodes a recipe file.
-    public static func read(_ path: String, registry: PassRegistry) throws -> Recipe {
+    public static func read(_ path: String, registry: StageRegistry, baseKinds: Set<WeightKind> = [.dense]) throws -> Recipe {
         guard let data = FileManager.default.contents(atPath: path) else { throw RecipeError("\(path): cannot read the recipe file") }
         let json: JSONValue
         do { json = try JSONValue.parse(String(decoding: data, as: UTF8.self)) } catch {
             throw RecipeError("\(path): not valid JSON (\(error))")
         }
-        return try Recipe(json: json, path: path, registry: registry)
+        return try Recipe(json: json, path: path, registry: registry, baseKinds: baseKinds)
     }
 
-    public init(json: JSONValue, path: String, registry: PassRegistry) throws {
+    /// Decodes a recipe and checks its stage order against a base holding `baseKinds` (a dense base unless
+    /// told; `check(baseKinds:)` re-checks against the real base once it is read).
+    public init(json: JSONValue, path: String, registry: StageRegistry, baseKinds: Set<WeightKind> = [.dense]) throws {
         self.path = path
         self.json = json
+        self.baseKinds = baseKinds
         let o = try StrictObject(json, at: path)
         let format = try o.int("format")
         guard format == Self.format else {
@@ -100,32 +92,52 @@ public struct Recipe {
         stages = []
         for (i, entry) in list.enumerated() {
             guard let kind = entry.objectValue?["stage"]?.stringValue else {
-                throw RecipeError("\(path), stage \(i + 1): 'stage': required (a string: distill, eval, or a pass: \(registry.names.joined(separator: ", ")))")
+                throw RecipeError("\(path), stage \(i + 1): 'stage': required (a string: one of \(registry.names.joined(separator: ", ")))")
             }
             let s = try StrictObject(entry, at: "\(path), stage \(i + 1) (\(kind))")
             s.skip("stage")
             var settings = entry.objectValue ?? [:]
             settings["stage"] = nil
-            let stage: Stage
-            switch kind {
-            case "eval":
-                try s.finish()
-                stage = .eval
-            case "distill":
-                stage = .distill(try Self.decodeDistill(s))
-                try s.finish()
-            default:
-                let pass = try registry.make(kind, config: s)
-                if type(of: pass).needs.contains(.calibration) && !hasCalibration {
-                    throw RecipeError("\(path), stage \(i + 1) (\(kind)): needs calibration data; add a 'calibration' object (text, samples, window, seed)")
-                }
-                stage = .pass(pass)
+            let stage = try registry.make(kind, config: s)
+            if stage.needs.contains(.calibration) && !hasCalibration {
+                throw RecipeError("\(path), stage \(i + 1) (\(kind)): needs calibration data; add a 'calibration' object (text, samples, window, seed)")
             }
             stages.append((kind, .object(settings), stage))
         }
+        try check(baseKinds: baseKinds)
     }
 
-    static func decodeDistill(_ s: StrictObject) throws -> Distill {
+    /// Follows the representations through the stages, refusing the first stage given one it does not
+    /// accept; returns the representations of the result.
+    @discardableResult
+    public mutating func check(baseKinds: Set<WeightKind>) throws -> Set<WeightKind> {
+        self.baseKinds = baseKinds
+        var kinds = baseKinds
+        for (i, entry) in stages.enumerated() {
+            let t = type(of: entry.stage)
+            let refused = kinds.subtracting(t.accepts)
+            guard refused.isEmpty else {
+                let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
+                throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): cannot take \(refused.sorted().map(\.rawValue).joined(separator: ", ")) weights, which \(before) leaves; '\(entry.name)' accepts \(t.accepts.sorted().map(\.rawValue).joined(separator: ", ")) (reorder the stages: quantization comes last, only eval may follow it)")
+            }
+            kinds = entry.stage.produces(from: kinds)
+        }
+        return kinds
+    }
+}
+
+/// `distill`: knowledge distillation of the model at this point (the student) from the base (the teacher);
+/// the loop's settings (Training/Distillation.swift) plus the training text and the state-save cadence.
+/// Takes dense, sparse (the mask is kept) and factorized weights; quantized weights cannot be trained.
+public struct DistillStage: RecipeStage {
+    public static let name = "distill"
+    public static let accepts: Set<WeightKind> = [.dense, .sparse, .factorized]
+    public var config: DistillConfig
+    public var text = "data/wiki.train.txt"
+    public var saveEvery = 50
+    public var logEvery = 10
+
+    public init(config s: StrictObject) throws {
         var c = DistillConfig()
         c.steps = try s.int("steps", in: 1...10_000_000)
         c.batch = try s.int("batch", default: c.batch, in: 1...4096)
@@ -135,8 +147,7 @@ public struct Recipe {
         c.lr = try s.double("lr", default: c.lr, in: 1e-12...1)
         c.minLRRatio = try s.double("min_lr_ratio", default: c.minLRRatio, in: 0...1)
         c.warmup = try s.int("warmup", default: c.warmup, in: 0...10_000_000)
-        c.decay = LRSchedule.Decay(rawValue: try s.string("decay", default: c.decay.rawValue,
-                                                          oneOf: LRSchedule.Decay.allCases.map(\.rawValue)))!
+        c.decay = try s.choice("decay", default: c.decay)
         c.beta1 = try s.double("beta1", default: c.beta1, in: 0...0.999999)
         c.beta2 = try s.double("beta2", default: c.beta2, in: 0...0.999999)
         c.weightDecay = try s.double("weight_decay", default: c.weightDecay, in: 0...10)
@@ -152,19 +163,17 @@ public struct Recipe {
                 return DistillConfig.LayerPair(student: st, teacher: te)
             }
         }
-        c.intermediateLoss = DistillConfig.FeatureLoss(rawValue: try s.string("intermediate_loss", default: "cosine",
-                                                                              oneOf: DistillConfig.FeatureLoss.allCases.map(\.rawValue)))!
+        c.intermediateLoss = try s.choice("intermediate_loss", default: c.intermediateLoss)
         c.intermediateWeight = try s.double("intermediate_weight", default: c.intermediateWeight, in: 0...1e6)
         c.balance = try s.bool("balance", default: c.balance)
         c.alwaysMap = try s.bool("always_map", default: c.alwaysMap)
         if c.klWeight == 0 && c.ceWeight == 0 {
             throw RecipeError("\(s.location): 'kl_weight', 'ce_weight': at least one must be positive")
         }
-        var d = Distill(config: c)
-        d.text = try s.string("text", default: d.text)
-        d.saveEvery = try s.int("save_every", default: d.saveEvery, in: 0...10_000_000)
-        d.logEvery = try s.int("log_every", default: d.logEvery, in: 1...10_000_000)
-        return d
+        config = c
+        text = try s.string("text", default: text)
+        saveEvery = try s.int("save_every", default: saveEvery, in: 0...10_000_000)
+        logEvery = try s.int("log_every", default: logEvery, in: 1...10_000_000)
     }
 }
 

@@ -97,13 +97,18 @@ public struct StepStats: Codable, Equatable, Sendable {
     public var gradNorm: Double
 }
 
-/// The distillation loop over a teacher and a student model (the student is trained in place).
+/// The distillation loop over a teacher and a student model. Both are values: the student is trained as a
+/// copy (`student` is the trained model) and the teacher is only read, so neither model given is changed.
 public final class Distiller {
     public let config: DistillConfig
     public let teacher: LlamaModel
-    public let student: LlamaModel
+    /// The trained student (the trainer's own copy of the student given).
+    public var student: LlamaModel { studentTrainer.model }
     public let studentTrainer: LlamaTrainer
-    let teacherTrainer: LlamaTrainer?
+    /// The teacher's forward (inference mode: nothing kept but the hidden states and captures).
+    let teacherDecoder: LlamaDecoder?
+    /// What the loop trains besides the student's weights (gates, mask logits, factors).
+    public let trainables: [Trainable]
     let logitLoss: LogitLoss
     let dHidden: Tensor
     /// Learned maps (teacher width × student width), one per layer pair (nil when not used).
@@ -121,9 +126,11 @@ public final class Distiller {
     public private(set) var log: [StepStats] = []
 
     public static let stateFormat = "compress-distill-state"
-    public static let stateVersion = 1
+    public static let stateVersion = 2
 
-    public init(teacher: LlamaModel, student: LlamaModel, config: DistillConfig, trainTokens: [Int32]) throws {
+    /// `trainWeights: false` freezes every weight of the student (only `trainables` and maps train).
+    public init(teacher: LlamaModel, student: LlamaModel, config: DistillConfig, trainTokens: [Int32],
+                trainables: [Trainable] = [], trainWeights: Bool = true) throws {
         try config.validate(teacher: teacher.config, student: student.config)
         guard trainTokens.count > config.window else {
             throw ConfigError("training split has \(trainTokens.count) tokens, fewer than one window of \(config.window) + 1")
@@ -133,20 +140,23 @@ public final class Distiller {
         }
         self.config = config
         self.teacher = teacher
-        self.student = student
+        self.trainables = trainables
         tokens = trainTokens
         let B = config.batch, W = config.window, N = B * W
-        studentTrainer = LlamaTrainer(model: student, batch: B, window: W)
+        // Parameter groups: first matching rule wins; a frozen rule (or trainWeights: false) gives no gradient.
+        let frozen = Set(student.weights.filter { w in
+            !trainWeights || w.weight.parameterNames(w.id).contains { n in config.groups.first { $0.matches(n) }?.frozen == true }
+        }.map(\.id))
+        studentTrainer = LlamaTrainer(model: student, batch: B, window: W, frozen: frozen)
         let needTeacher = config.klWeight > 0 || !config.intermediate.isEmpty
-        teacherTrainer = needTeacher ? LlamaTrainer(model: teacher, batch: B, window: W) : nil
-        if let t = teacherTrainer { t.frozen = Set(teacher.namedTensors.map(\.name)) }
+        teacherDecoder = needTeacher ? LlamaDecoder(model: teacher, batch: B, window: W) : nil
         logitLoss = LogitLoss(vocab: student.config.vocabSize)
         dHidden = Tensor(shape: [N, student.config.hiddenSize])
         let Cs = student.config.hiddenSize, Ct = teacher.config.hiddenSize
         var maps: [Tensor?] = [], mapGrads: [Tensor?] = []
         for p in config.intermediate {
             studentTrainer.capture(layer: p.student)
-            teacherTrainer?.capture(layer: p.teacher)
+            teacherDecoder?.capture(layer: p.teacher)
             if Cs != Ct || config.alwaysMap {
                 let m = Tensor(shape: [Ct, Cs])
                 for i in 0..<min(Cs, Ct) { m[i * Cs + i] = 1 }
@@ -162,19 +172,25 @@ public final class Distiller {
         mapped = maps.map { $0 == nil ? nil : Tensor(shape: [N, Ct]) }
         dMapped = config.intermediate.isEmpty ? nil : Tensor(shape: [N, Ct])
 
-        // Parameter groups: first matching rule wins; default decay on matrices only.
-        var frozen = Set<String>()
+        // Default decay on matrices only.
         var params: [Parameter] = []
         func add(_ name: String, _ value: Tensor, _ grad: Tensor) {
             let rule = config.groups.first { $0.matches(name) }
-            if rule?.frozen == true { frozen.insert(name); return }
+            if rule?.frozen == true { return }
             params.append(Parameter(name: name, value: value, grad: grad, lr: rule?.lr ?? config.lr,
                                     weightDecay: rule?.weightDecay ?? (value.shape.count >= 2 ? config.weightDecay : 0)))
         }
         for p in studentTrainer.parameters { add(p.name, p.value, p.grad) }
         for (i, (m, g)) in zip(maps, mapGrads).enumerated() { if let m, let g { add("map.\(i)", m, g) } }
+        var names = Set(trainables.map(\.name))
+        guard names.count == trainables.count else { throw ConfigError("two trainables share a name") }
+        for t in trainables {
+            try t.bind(to: studentTrainer)
+            params += t.parameters
+        }
+        names = []
+        for p in params where !names.insert(p.name).inserted { throw ConfigError("two trained parameters are both named '\(p.name)'") }
         guard !params.isEmpty else { throw ConfigError("every parameter is frozen: nothing to train") }
-        studentTrainer.frozen = frozen
         optimizer = AdamW(parameters: params, beta1: config.beta1, beta2: config.beta2, eps: config.eps)
         schedule = LRSchedule(warmup: config.warmup, total: config.steps, decay: config.decay, minRatio: config.minLRRatio)
     }
@@ -196,14 +212,14 @@ public final class Distiller {
     /// the total loss L they weigh into.
     func accumulate(_ ids: [Int32], scale: Float) -> (kl: Double, ce: Double, inter: Double, total: Double) {
         let s = studentTrainer, N = s.rows
-        teacherTrainer?.forward(ids)
+        teacherDecoder?.forward(ids)
         s.forward(ids)
         let weights = LogitLossWeights(temperature: Float(config.temperature), kl: Float(config.klWeight), ce: Float(config.ceWeight))
-        let v = logitLoss.compute(student: s, teacher: teacherTrainer.map { ($0.model, $0.hidden) }, weights: weights,
+        let v = logitLoss.compute(student: s, teacher: teacherDecoder.map { ($0.model, $0.hidden) }, weights: weights,
                                   scale: scale, dHidden: dHidden)
         let logit = config.klWeight * v.kl + config.ceWeight * v.ce
         var inter = 0.0, alpha = config.intermediateWeight
-        if let t = teacherTrainer, let dMapped, !config.intermediate.isEmpty {
+        if let t = teacherDecoder, let dMapped, !config.intermediate.isEmpty {
             let P = Double(config.intermediate.count)
             var dist = [Double](repeating: 0, count: N)
             func perRowDistance(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ C: Int, da: UnsafeMutablePointer<Float>?, scale: Float) {
@@ -238,7 +254,7 @@ public final class Distiller {
                 if let m = maps[i], let g = mapGrads[i] {
                     dMapped.data.update(repeating: 0, count: N * C)
                     perRowDistance(a, ht.data, C, da: dMapped.data, scale: rowScale)
-                    linearBackward(dinp: dhs.data, dweight: studentTrainer.frozen.contains("map.\(i)") ? nil : g.data, dout: dMapped.data,
+                    linearBackward(dinp: dhs.data, dweight: optimizer.parameters.contains { $0.name == "map.\(i)" } ? g.data : nil, dout: dMapped.data,
                                    inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1], outFeatures: m.shape[0])
                 } else {
                     perRowDistance(a, ht.data, C, da: dhs.data, scale: rowScale)
@@ -257,10 +273,14 @@ public final class Distiller {
         for g in mapGrads { g?.zero() }
         let K = batches?.count ?? config.accumulation
         var kl = 0.0, ce = 0.0, inter = 0.0, total = 0.0
+        for t in trainables { for p in t.parameters { p.grad.zero() } }
         for k in 0..<K {
+            for t in trainables { t.willForward(step: step, micro: k) }
             let v = accumulate(batches?[k] ?? batchIds(step: step, micro: k), scale: 1 / Float(K))
+            for t in trainables { t.didBackward(step: step, micro: k) }
             kl += v.kl / Double(K); ce += v.ce / Double(K); inter += v.inter / Double(K); total += v.total / Double(K)
         }
+        for t in trainables { for (_, value) in t.regularize(step: step) { total += value } }
         let norm = config.clip > 0 ? optimizer.clipGradients(maxNorm: config.clip) : optimizer.gradientNorm()
         let factor = schedule.factor(step: step)
         optimizer.update(lrFactor: factor)
@@ -288,11 +308,11 @@ public final class Distiller {
         var log: [StepStats]
     }
 
-    /// Writes student weights, maps, AdamW moments and the step atomically to `path`.
+    /// Writes every trained parameter (student weights, maps, trainables), its AdamW moments and the step
+    /// atomically to `path`. Frozen weights are not saved: they equal the student given.
     public func saveState(to path: String) throws {
-        var tensors: [(String, Tensor)] = student.namedTensors.map { ("student:" + $0.name, $0.tensor) }
-        for (i, m) in maps.enumerated() { if let m { tensors.append(("map.\(i)", m)) } }
-        for p in optimizer.parameters { tensors += [("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
+        var tensors: [(String, Tensor)] = []
+        for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
         let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
@@ -323,9 +343,9 @@ public final class Distiller {
             guard s.shape == t.shape else { throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)") }
             t.data.update(from: s.data, count: t.count)
         }
-        for (name, t) in student.namedTensors { try restore("student:" + name, into: t) }
-        for (i, m) in maps.enumerated() { if let m { try restore("map.\(i)", into: m) } }
-        for p in optimizer.parameters { try restore("adam_m:" + p.name, into: p.m); try restore("adam_v:" + p.name, into: p.v) }
+        for p in optimizer.parameters {
+            try restore("param:" + p.name, into: p.value); try restore("adam_m:" + p.name, into: p.m); try restore("adam_v:" + p.name, into: p.v)
+        }
         step = meta.step
         optimizer.step = meta.step
         log = meta.log

@@ -47,8 +47,7 @@ public final class LogitLoss {
         let N = student.rows, W = student.window, B = student.batch, R = rowsPerChunk
         precondition(teacher == nil || teacher!.model.config.vocabSize == V, "teacher and student vocabularies differ")
         let ids = student.ids
-        let lmName = m.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
-        let dLM: UnsafeMutablePointer<Float>? = student.frozen.contains(lmName) ? nil : student.grads.lmHead.data
+        let dLM = student.grads.pointers(student.grads.lmHeadID)
         let tau = weights.temperature
         let klScale = weights.kl * tau * tau / Float(N) * scale
         let ceScale = weights.ce / Float(B * (W - 1)) * scale
@@ -57,12 +56,11 @@ public final class LogitLoss {
         while r0 < N {
             let rows = min(R, N - r0)
             let h = student.hidden.data + r0 * C
-            linearForward(out: zs.data, inp: h, weight: m.lmHead.data, rows: rows, inFeatures: C, outFeatures: V)
+            m.lmHead.forward(out: zs.data, inp: h, rows: rows)
             dz.data.update(repeating: 0, count: rows * V)
             if let teacher, weights.kl != 0 {
                 let Ct = teacher.model.config.hiddenSize
-                linearForward(out: zt.data, inp: teacher.hidden.data + r0 * Ct, weight: teacher.model.lmHead.data,
-                              rows: rows, inFeatures: Ct, outFeatures: V)
+                teacher.model.lmHead.forward(out: zt.data, inp: teacher.hidden.data + r0 * Ct, rows: rows)
                 kl.withUnsafeMutableBufferPointer { klp in
                     klDivergenceBackward(dlogits: dz.data, kl: klp.baseAddress!, student: zs.data, teacher: zt.data,
                                          temperature: tau, scale: klScale, rows: rows, columns: V)
@@ -87,10 +85,8 @@ public final class LogitLoss {
                 }
             }
             // dHidden[chunk] = dz (rows, V) · LM head (V, C);  dLM (V, C) += dzᵀ · hidden[chunk]
-            BLAS.gemm(m: rows, n: C, k: V, a: dz.data, lda: V, b: m.lmHead.data, ldb: C, c: dHidden.data + r0 * C, ldc: C)
-            if let dLM {
-                BLAS.gemm(transA: true, m: V, n: C, k: rows, a: dz.data, lda: V, b: h, ldb: C, beta: 1, c: dLM, ldc: C)
-            }
+            (dHidden.data + r0 * C).update(repeating: 0, count: rows * C)
+            m.lmHead.backward(dinp: dHidden.data + r0 * C, grads: dLM, dout: dz.data, inp: h, rows: rows)
             r0 += rows
         }
         values.kl = values.kl * Double(tau * tau) / Double(N)

@@ -4,6 +4,7 @@ import Foundation
 import Model
 import Passes
 import Quantization
+import Tokenizer
 import Recipes
 import TensorCore
 import Training
@@ -66,114 +67,136 @@ public struct ApplyReport: Codable {
     public var stages: [StageReport]
 }
 
-extension LlamaModel {
-    /// Bytes of the weights as stored (Float32).
-    var storageBytes: Int { namedTensors.reduce(0) { $0 + $1.tensor.bytes } }
-}
+/// Everything a run on one base checkpoint reads or measures once: the checkpoint, its content hash and
+/// tokenizer, calibration windows, test tokens and the base perplexity (each memoised by its settings). `apply`
+/// runs one recipe on a session; a sweep runs many points on one.
+public final class Session {
+    public let basePath: String
+    public let base: Checkpoint
+    public let baseHash: String
+    public let tokenizer: BPETokenizer
+    /// Calibration statistics directory (nil: no disk cache).
+    public let cacheDirectory: String?
+    public var progress: Bool
+    private var calibrationMemo: [String: [[Int32]]] = [:]
+    private var textMemo: [String: [Int32]] = [:]
+    private var pplMemo: [String: Double] = [:]
 
-extension Workbench {
-    /// Runs a recipe's stages on its base checkpoint and writes the result (atomically) with the recipe and
-    /// every stage report appended to its history.
-    public static func apply(_ o: ApplyOptions) throws -> ApplyReport {
-        let started = Date()
-        let say: (String) -> Void = { if o.progress { progressLine($0) } }
-        let recipe: Recipe
-        do { recipe = try Recipe.read(o.recipe, registry: .standard()) } catch let e as RecipeError { throw WorkbenchError(e.description) }
-        guard let basePath = o.checkpoint ?? recipe.base else {
-            throw WorkbenchError("\(o.recipe): no base checkpoint: give CHECKPOINT on the command line or 'base' in the recipe")
-        }
-        guard let output = o.output ?? recipe.output else {
-            throw WorkbenchError("\(o.recipe): no output path: give -o OUT.h5 or 'output' in the recipe")
-        }
-        let ckpt = try Checkpoint.read(basePath)
-        let hasPass = recipe.stages.contains { if case .pass = $0.stage { return true }; return false }
-        if hasPass && !ckpt.masks.isEmpty {
-            throw WorkbenchError("\(basePath): holds sparsity masks; the recipe's passes change shapes and do not carry masks yet")
-        }
-        let tok = try tokenizer(ckpt.tokenizer, path: basePath)
-        let baseHash: String
-        do { baseHash = try fileContentHash(basePath) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+    public init(checkpoint path: String, cacheDirectory: String?, progress: Bool = true) throws {
+        basePath = path
+        base = try Checkpoint.read(path)
+        tokenizer = try Workbench.tokenizer(base.tokenizer, path: path)
+        do { baseHash = try fileContentHash(path) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        self.cacheDirectory = cacheDirectory
+        self.progress = progress
+    }
 
-        // Calibration windows, drawn once for every pass that needs them.
-        let needsCalibration = recipe.stages.contains { if case .pass(let p) = $0.stage { return type(of: p).needs.contains(.calibration) }; return false }
-        var calibration: [[Int32]] = []
-        if needsCalibration {
-            let c = recipe.calibration
-            do { calibration = try c.windows(from: tok.encode(try readText(c.text)), source: c.text) } catch let e as RecipeError {
-                throw WorkbenchError(e.description)
-            }
-            say("calibration: \(c.samples) windows of \(c.window) tokens from \(c.text) (seed \(c.seed))")
-        }
+    func say(_ line: String) { if progress { progressLine(line) } }
 
-        // Base PPL, measured once per base checkpoint and eval settings (cached like calibration statistics).
-        let evaluating = recipe.stages.contains { if case .eval = $0.stage { return true }; return false }
+    /// The token ids of a text file, tokenized once per session.
+    public func tokens(of file: String) throws -> [Int32] {
+        if let t = textMemo[file] { return t }
+        let t = tokenizer.encode(try Workbench.readText(file))
+        textMemo[file] = t
+        return t
+    }
+
+    /// Calibration windows of these settings, drawn once per session.
+    public func calibrationWindows(_ c: Recipe.Calibration) throws -> [[Int32]] {
+        let key = jsonValue(c).text
+        if let w = calibrationMemo[key] { return w }
+        let w: [[Int32]]
+        do { w = try c.windows(from: try tokens(of: c.text), source: c.text) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        say("calibration: \(c.samples) windows of \(c.window) tokens from \(c.text) (seed \(c.seed))")
+        calibrationMemo[key] = w
+        return w
+    }
+
+    /// The base checkpoint's PPL under these eval settings: once per session, and cached on disk by base hash.
+    public func basePPL(_ e: Recipe.Evaluation) throws -> Double {
+        let key = jsonValue(e).text
+        if let p = pplMemo[key] { return p }
+        let test = try tokens(of: e.text)
+        let scope: JSONValue = .object(["base": .string(baseHash), "eval": jsonValue(e)])
+        let cache = cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
+        let compute = { try Workbench.measurePPL(self.base.model, tokens: test, window: e.window, maxTokens: e.tokens, label: "base", progress: self.progress) }
+        let p = try cache.map { try $0.value("ppl", settings: .object([:]), compute: compute) } ?? compute()
+        if cache?.hits.isEmpty == false { say(String(format: "eval base: ppl %.4f (cached)", p)) }
+        pplMemo[key] = p
+        return p
+    }
+
+    /// What running a recipe's stages produced.
+    public struct Result {
+        public var model: LlamaModel
+        public var reports: [StageReport]
+        public var basePPL: Double?
+        public var lastPPL: Double?
+        public var calibrationTokens: Int
+        public var evalTokens: Int?
+        /// Training states of distill stages, to delete once the output is safely written.
+        public var statePaths: [String]
+    }
+
+    /// Runs the recipe's stages on the base model. The base is never changed: every stage returns a new
+    /// model, and distillation trains a copy with the base as its teacher. `statePrefix` names the distill
+    /// stages' state files (`<prefix>.stageN.state.h5`), kept until the caller has written its output.
+    public func run(_ recipe: Recipe, label name: String, statePrefix: String, resume: Bool = false,
+                    killAfterStep: Int? = nil) throws -> Result {
+        var recipe = recipe
+        do { try recipe.check(baseKinds: base.model.weightKinds) } catch let e as RecipeError {
+            throw WorkbenchError("\(e.description) (base \(basePath))")
+        }
+        let needsCalibration = recipe.stages.contains { $0.stage.needs.contains(.calibration) }
+        let calibration = needsCalibration ? try calibrationWindows(recipe.calibration) : []
+        let evaluating = recipe.stages.contains { $0.stage is EvalStage }
         let e = recipe.evaluation
-        let test: [Int32] = evaluating ? tok.encode(try readText(e.text)) : []
-        var basePPL: Double? = nil
-        if evaluating {
-            let scope: JSONValue = .object(["base": .string(baseHash), "eval": jsonValue(e)])
-            let cache = o.cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
-            let compute = { try measurePPL(ckpt.model, tokens: test, window: e.window, maxTokens: e.tokens, label: "base", progress: o.progress) }
-            basePPL = try cache.map { try $0.value("ppl", settings: .object([:]), compute: compute) } ?? compute()
-            if cache?.hits.isEmpty == false { say(String(format: "eval base: ppl %.4f (cached)", basePPL!)) }
-        }
+        let basePPL = evaluating ? try basePPL(e) : nil
+        let test = evaluating ? try tokens(of: e.text) : []
 
-        var model = ckpt.model
-        // Stored (quantized) forms of tensors: from the base, or from a quantizing pass.
-        var quantized = ckpt.quantized
-        func refuseAfterQuantization(_ place: String) throws {
-            guard quantized.isEmpty else {
-                throw WorkbenchError("\(place): the model is quantized at this point (\(quantized.count) tensors stored in low-bit formats); passes and distillation cannot change quantized weights; put the quantization stage last (only eval stages may follow)")
-            }
-        }
-        var reports: [StageReport] = []
+        var model = base.model
+        var reports: [StageReport] = [], statePaths: [String] = []
         var lastPPL: Double? = nil
         for (i, entry) in recipe.stages.enumerated() {
             let label = "stage \(i + 1)/\(recipe.stages.count) (\(entry.name))"
-            let place = "\(o.recipe), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
+            let place = "\(name), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
             say("\(label): start, \(model.parameterCount) parameters")
             let t0 = Date()
-            let before = (params: model.parameterCount, bytes: storedBytes(model, quantized))
+            let before = (params: model.parameterCount, bytes: model.storageBytes)
             var diagnostics: JSONValue = .object([:])
             var ppl: Double? = nil
             var cacheUse: StatsCache? = nil
             switch entry.stage {
-            case .pass(let pass):
+            case let pass as any CompressionPass:
                 // Everything the pass's input depends on: the base, the calibration data, the stages before it.
                 let scope: JSONValue = .object([
                     "base": .string(baseHash), "calibration": jsonValue(recipe.calibration),
                     "stages_before": .array(recipe.stages.prefix(i).map { .object(["stage": .string($0.name), "settings": $0.settings]) }),
                 ])
-                cacheUse = o.cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
-                let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { say("\(label): \($0)") }
-                try refuseAfterQuantization(place)
+                cacheUse = cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
+                let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { [weak self] in self?.say("\(label): \($0)") }
                 do {
-                    if let q = pass as? any QuantizingPass {
-                        let r = try q.quantize(on: model, context: context)
-                        (model, diagnostics, quantized) = (r.model, r.diagnostics, r.quantized)
-                    } else {
-                        (model, diagnostics) = try pass.run(on: model, context: context)
-                    }
+                    (model, diagnostics) = try pass.run(on: model, context: context)
                 } catch let err as RecipeError {
                     throw WorkbenchError("\(place): \(err.description)")
                 } catch let err as ConfigError {
                     throw WorkbenchError("\(place): \(err.description)")
                 }
-            case .distill(let d):
-                try refuseAfterQuantization(place)
-                let statePath = output + ".stage\(i + 1).state.h5"
+            case let d as DistillStage:
+                let statePath = statePrefix + ".stage\(i + 1).state.h5"
                 let distiller: Distiller
                 do {
-                    distiller = try Distiller(teacher: ckpt.model, student: model, config: d.config, trainTokens: tok.encode(try readText(d.text)))
+                    distiller = try Distiller(teacher: base.model, student: model, config: d.config, trainTokens: try tokens(of: d.text))
                 } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
-                if o.resume && FileManager.default.fileExists(atPath: statePath) {
+                if resume && FileManager.default.fileExists(atPath: statePath) {
                     do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError(err.description) }
                     say("\(label): resumed from \(statePath) at step \(distiller.step)")
                 }
                 let first = distiller.step
-                let seconds = try trainLoop(distiller, saveEvery: d.saveEvery, statePath: statePath, logEvery: d.logEvery, progress: o.progress,
-                                            killAfterStep: o.killAfterStep)
-                if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
+                let seconds = try Workbench.trainLoop(distiller, saveEvery: d.saveEvery, statePath: statePath, logEvery: d.logEvery, progress: progress,
+                                                      killAfterStep: killAfterStep)
+                // The state stays until the output is written: a kill before then resumes here, not at step 0.
+                if d.saveEvery > 0 || first > 0 { try distiller.saveState(to: statePath); statePaths.append(statePath) }
                 model = distiller.student
                 let c = d.config, tokensPerStep = c.batch * c.window * c.accumulation
                 diagnostics = .object([
@@ -182,40 +205,57 @@ extension Workbench {
                     "first_loss": .double(distiller.log.first?.loss ?? .nan), "final_loss": .double(distiller.log.last?.loss ?? .nan),
                     "log": jsonValue(distiller.log),
                 ])
-            case .eval:
-                ppl = try measurePPL(model, tokens: test, window: e.window, maxTokens: e.tokens, label: label, progress: o.progress)
+            case is EvalStage:
+                ppl = try Workbench.measurePPL(model, tokens: test, window: e.window, maxTokens: e.tokens, label: label, progress: progress)
                 lastPPL = ppl
+            default:
+                preconditionFailure("stage kind '\(entry.name)' has no runner")
             }
             let report = StageReport(
                 index: i + 1, stage: entry.name, settings: entry.settings,
                 parametersBefore: before.params, parametersAfter: model.parameterCount,
-                bytesBefore: before.bytes, bytesAfter: storedBytes(model, quantized), seconds: Date().timeIntervalSince(t0),
+                bytesBefore: before.bytes, bytesAfter: model.storageBytes, seconds: Date().timeIntervalSince(t0),
                 ppl: ppl, retention: ppl.flatMap { p in basePPL.map { $0 / p } },
                 cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
             reports.append(report)
             say(String(format: "%@: done in %@, %d -> %d parameters", label, formatDuration(report.seconds), before.params, model.parameterCount)
                 + (ppl.map { String(format: ", ppl %.4f", $0) } ?? ""))
         }
-
-        var history = ckpt.history
-        history.append(.object([
-            "kind": .string("apply"), "recipe_path": .string(o.recipe), "recipe": recipe.json, "base": .string(basePath),
-            "base_hash": .string(baseHash), "stages": jsonValue(reports),
-        ]))
-        try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: history, quantized: quantized).write(to: output)
-        return ApplyReport(
-            recipe: o.recipe, name: recipe.name, base: basePath, output: output,
-            parametersBefore: ckpt.model.parameterCount, parametersAfter: model.parameterCount,
-            bytesBefore: storedBytes(ckpt.model, ckpt.quantized), bytesAfter: storedBytes(model, quantized),
-            pplBefore: basePPL, pplAfter: lastPPL, retention: basePPL.flatMap { b in lastPPL.map { b / $0 } },
-            evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil,
-            calibrationTokens: calibration.count * recipe.calibration.window,
-            seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
-            stages: reports)
+        return Result(model: model, reports: reports, basePPL: basePPL, lastPPL: lastPPL,
+                      calibrationTokens: calibration.count * recipe.calibration.window,
+                      evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil, statePaths: statePaths)
     }
 }
 
-/// Bytes of the model's tensors as stored: quantized ones at their packed size, the rest as float32.
-func storedBytes(_ model: LlamaModel, _ quantized: [String: QuantizedTensor]) -> Int {
-    model.namedTensors.reduce(0) { $0 + (quantized[$1.name]?.bytes ?? $1.tensor.bytes) }
+extension Workbench {
+    /// Runs a recipe's stages on its base checkpoint and writes the result (atomically) with the recipe and
+    /// every stage report appended to its history.
+    public static func apply(_ o: ApplyOptions) throws -> ApplyReport {
+        let started = Date()
+        let recipe: Recipe
+        do { recipe = try Recipe.read(o.recipe, registry: .standard()) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        guard let basePath = o.checkpoint ?? recipe.base else {
+            throw WorkbenchError("\(o.recipe): no base checkpoint: give CHECKPOINT on the command line or 'base' in the recipe")
+        }
+        guard let output = o.output ?? recipe.output else {
+            throw WorkbenchError("\(o.recipe): no output path: give -o OUT.h5 or 'output' in the recipe")
+        }
+        let session = try Session(checkpoint: basePath, cacheDirectory: o.cacheDirectory, progress: o.progress)
+        let r = try session.run(recipe, label: o.recipe, statePrefix: output, resume: o.resume, killAfterStep: o.killAfterStep)
+        var history = session.base.history
+        history.append(.object([
+            "kind": .string("apply"), "recipe_path": .string(o.recipe), "recipe": recipe.json, "base": .string(basePath),
+            "base_hash": .string(session.baseHash), "stages": jsonValue(r.reports),
+        ]))
+        try Checkpoint(model: r.model, tokenizer: session.base.tokenizer, history: history).write(to: output)
+        for p in r.statePaths { try? FileManager.default.removeItem(atPath: p) }
+        return ApplyReport(
+            recipe: o.recipe, name: recipe.name, base: basePath, output: output,
+            parametersBefore: session.base.model.parameterCount, parametersAfter: r.model.parameterCount,
+            bytesBefore: session.base.model.storageBytes, bytesAfter: r.model.storageBytes,
+            pplBefore: r.basePPL, pplAfter: r.lastPPL, retention: r.basePPL.flatMap { b in r.lastPPL.map { b / $0 } },
+            evalTokens: r.evalTokens, calibrationTokens: r.calibrationTokens,
+            seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
+            stages: r.reports)
+    }
 }

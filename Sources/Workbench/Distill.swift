@@ -75,9 +75,8 @@ extension Workbench {
         let statePath = o.statePath ?? o.output + ".state.h5"
         let distiller: Distiller
         do {
+            // A sparse student stays sparse: its sparse weights' gradients are masked.
             distiller = try Distiller(teacher: teacherCkpt.model, student: studentCkpt.model, config: o.config, trainTokens: train)
-            // A sparse student stays sparse: its masked weights train as weight ⊙ mask.
-            for (name, mask) in studentCkpt.masks.sorted(by: { $0.key < $1.key }) { try distiller.studentTrainer.setMask(name, mask) }
         } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
 
         let evaluating = o.evalTokens != 0
@@ -111,7 +110,7 @@ extension Workbench {
             "config": (try? JSONValue.parse(encodeJSON(c))) ?? .null,
             "final_loss": .double(distiller.log.last?.loss ?? .nan),
         ]))
-        try Checkpoint(model: distiller.student, tokenizer: studentCkpt.tokenizer, history: history, masks: studentCkpt.masks)
+        try Checkpoint(model: distiller.student, tokenizer: studentCkpt.tokenizer, history: history)
             .write(to: o.output)
         if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
 
@@ -135,7 +134,6 @@ extension Workbench {
         let ckpt = try Checkpoint.read(path)
         let m = ckpt.model
         guard Set(drop).count == drop.count else { throw WorkbenchError("--drop: a layer is listed twice") }
-        guard ckpt.masks.isEmpty else { throw WorkbenchError("\(path): drop-layers does not handle masked checkpoints yet") }
         let model: LlamaModel
         do { model = try m.removingLayers(Set(drop)) } catch let e as ConfigError { throw WorkbenchError("--drop: \(e.description)") }
         var history = ckpt.history

@@ -8,10 +8,17 @@ public struct InspectReport: Codable {
     public struct TensorEntry: Codable {
         public var name: String
         public var shape: [Int]
+        /// How the weight is held: dense, sparse, quantized or factorized (norms: dense).
+        public var representation: String
         /// "float32", or the stored format of a quantized tensor ("q4_g64_asym", "f16").
         public var dtype: String
-        /// Bytes as stored (packed codes with scales and minimums for quantized tensors).
+        /// Sparse: the pattern ("2:4", "unstructured"); factorized: "rank k, s per column".
+        public var pattern: String?
+        /// Sparse and factorized: kept fraction of the (sparse factor's) elements.
+        public var density: Double?
+        /// Bytes as stored (packed codes with scales and minimums; kept values with mask bits or indices).
         public var bytes: Int
+        /// Bytes × 8 over the elements of the (out × in) weight it represents.
         public var bitsPerWeight: Double
     }
     public struct LayerEntry: Codable {
@@ -45,14 +52,14 @@ extension Workbench {
     public static func inspect(checkpoint path: String) throws -> InspectReport {
         let ckpt = try Checkpoint.read(path)
         let model = ckpt.model, c = model.config
-        let named = model.namedTensors
         let layers = model.layers.enumerated().map { i, l -> InspectReport.LayerEntry in
             let b = c.blocks[i]
-            let tensors = [l.attention.map { [$0.norm, $0.q, $0.k, $0.v, $0.o] } ?? [], l.mlp.map { [$0.norm, $0.gate, $0.up, $0.down] } ?? []]
+            let norms = (l.attention.map { $0.norm.count } ?? 0) + (l.mlp.map { $0.norm.count } ?? 0)
+            let linear = [l.attention.map { [$0.q, $0.k, $0.v, $0.o] } ?? [], l.mlp.map { [$0.gate, $0.up, $0.down] } ?? []].joined()
             return .init(index: i, attention: b.attention, numAttentionHeads: b.attention ? b.numAttentionHeads : nil,
                          numKeyValueHeads: b.attention ? b.numKeyValueHeads : nil, mlp: b.mlp,
                          intermediateSize: b.mlp ? b.intermediateSize : nil,
-                         parameters: tensors.joined().reduce(0) { $0 + $1.count })
+                         parameters: norms + linear.reduce(0) { $0 + $1.parameterCount })
         }
         let tokenizer: JSONValue = ckpt.tokenizer.map {
             .object(["model": .string($0.model), "pre": .string($0.pre), "vocabulary": .int($0.tokens.count),
@@ -60,15 +67,24 @@ extension Workbench {
                      "eos_token_id": $0.eosTokenID.map { .int(Int($0)) } ?? .null, "add_bos_token": .bool($0.addBosToken)])
         } ?? .null
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        let entries = named.map { t -> InspectReport.TensorEntry in
-            let q = ckpt.quantized[t.name]
-            let bytes = q?.bytes ?? t.tensor.bytes
-            return .init(name: t.name, shape: t.tensor.shape, dtype: q?.format.description ?? "float32", bytes: bytes,
-                         bitsPerWeight: Double(bytes * 8) / Double(t.tensor.count))
+        let entries = model.weights.map { w -> InspectReport.TensorEntry in
+            let bytes = w.weight.storageBytes, n = w.weight.shape.reduce(1, *)
+            var e = InspectReport.TensorEntry(name: w.id.hfName, shape: w.weight.shape, representation: "dense", dtype: "float32",
+                                              bytes: bytes, bitsPerWeight: Double(bytes * 8) / Double(n))
+            switch w.weight {
+            case .vector, .matrix(.dense): break
+            case .matrix(.sparse(let s)):
+                (e.representation, e.pattern, e.density) = ("sparse", s.mask.pattern.description, s.mask.density)
+            case .matrix(.quantized(let q)):
+                (e.representation, e.dtype) = ("quantized", q.packed.format.description)
+            case .matrix(.factorized(let f)):
+                (e.representation, e.pattern, e.density) = ("factorized", "rank \(f.rank), \(f.nonzerosPerColumn) per column", f.sparse.mask.density)
+            }
+            return e
         }
         let total = entries.reduce(0) { $0 + $1.bytes }
-        let quantizedEntries = entries.filter { ckpt.quantized[$0.name] != nil }
-        let qWeights = quantizedEntries.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let quantizedEntries = entries.filter { $0.representation == "quantized" }
+        let qWeights: Int = quantizedEntries.reduce(0) { $0 + $1.shape.reduce(1, *) }
         return InspectReport(
             checkpoint: path, fileBytes: size,
             architecture: c.extra["architectures"]?.arrayValue?.first?.stringValue ?? "LlamaForCausalLM",
@@ -97,7 +113,11 @@ extension InspectReport {
             s += "  \(l.index): \(attn), \(mlp), \(l.parameters) parameters\n"
         }
         s += "tensors (\(tensors.count)):\n"
-        for t in tensors { s += "  \(t.name) \(t.shape) \(t.dtype) \(formatBytes(t.bytes))" + String(format: " %.3f bits/weight\n", t.bitsPerWeight) }
+        for t in tensors {
+            let how = t.representation == "dense" || t.representation == "quantized" ? t.dtype
+                : t.representation + " " + (t.pattern ?? "") + (t.density.map { String(format: " density %.3f", $0) } ?? "")
+            s += "  \(t.name) \(t.shape) \(how) \(formatBytes(t.bytes))" + String(format: " %.3f bits/weight\n", t.bitsPerWeight)
+        }
         s += "tokenizer: \(tokenizer.text)\n"
         s += "history (\(history.count)):\n"
         for h in history { s += "  \(h.text)\n" }

@@ -1,0 +1,395 @@
+import Quantization
+import TensorCore
+
+/// Which projection of a decoder layer. Hugging Face names are made from it in one place (`WeightID.hfName`).
+public enum LinearKind: String, CaseIterable, Codable, Sendable, Comparable {
+    case q, k, v, o, gate, up, down
+
+    /// Attention projections (q, k, v, o) belong to sublayer 2·layer, MLP ones to 2·layer + 1.
+    public var isAttention: Bool { self == .q || self == .k || self == .v || self == .o }
+    /// The Hugging Face module name inside a layer ("self_attn.q_proj", "mlp.down_proj", ...).
+    public var hfModule: String {
+        switch self {
+        case .q: "self_attn.q_proj"
+        case .k: "self_attn.k_proj"
+        case .v: "self_attn.v_proj"
+        case .o: "self_attn.o_proj"
+        case .gate: "mlp.gate_proj"
+        case .up: "mlp.up_proj"
+        case .down: "mlp.down_proj"
+        }
+    }
+    /// The short name recipes use ("q_proj", ..., "down_proj").
+    public var shortName: String { rawValue + "_proj" }
+    public init?(shortName: String) {
+        guard shortName.hasSuffix("_proj"), let k = LinearKind(rawValue: String(shortName.dropLast(5))) else { return nil }
+        self = k
+    }
+    public static func < (a: LinearKind, b: LinearKind) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// A decoder linear weight: (layer, projection).
+public struct LinearID: Hashable, Codable, Sendable, Comparable, CustomStringConvertible {
+    public var layer: Int
+    public var kind: LinearKind
+    public init(layer: Int, kind: LinearKind) { self.layer = layer; self.kind = kind }
+    public static func < (a: LinearID, b: LinearID) -> Bool { (a.layer, a.kind) < (b.layer, b.kind) }
+    public var description: String { "layer \(layer) \(kind.shortName)" }
+}
+
+/// The representations a linear weight can take; stages declare which they accept and produce.
+public enum WeightKind: String, CaseIterable, Codable, Sendable, Comparable {
+    case dense, sparse, quantized, factorized
+    public static func < (a: WeightKind, b: WeightKind) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// A 0/1 pattern over a (rows, cols) matrix, held as packed bits (row-major, little-endian within each byte:
+/// element i is bit i % 8 of byte i / 8), the layout the checkpoint stores.
+public struct SparsityMask: Equatable, Sendable {
+    /// N:M keeps exactly N of every M consecutive elements along a row (the input dimension), as NVIDIA's
+    /// sparse tensor cores and MaskLLM define it; unstructured keeps any set.
+    public enum Pattern: Equatable, Sendable, CustomStringConvertible {
+        case nm(n: Int, m: Int)
+        case unstructured
+        public var description: String {
+            switch self {
+            case .nm(let n, let m): "\(n):\(m)"
+            case .unstructured: "unstructured"
+            }
+        }
+        /// Parses "2:4" or "unstructured".
+        public init?(_ text: String) {
+            if text == "unstructured" { self = .unstructured; return }
+            let parts = text.split(separator: ":")
+            guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]), n >= 1, n < m, m <= 64 else { return nil }
+            self = .nm(n: n, m: m)
+        }
+    }
+
+    public let pattern: Pattern
+    public let rows: Int, cols: Int
+    public let bits: [UInt8]
+
+    public var count: Int { rows * cols }
+    /// Bytes of the packed bits.
+    public var bytes: Int { bits.count }
+
+    /// A mask from packed bits; checks the byte count, zero padding bits and, for N:M, every group.
+    public init(pattern: Pattern, rows: Int, cols: Int, bits: [UInt8]) throws {
+        guard rows >= 0, cols >= 0 else { throw ConfigError("mask of negative shape (\(rows), \(cols))") }
+        guard bits.count == (rows * cols + 7) / 8 else {
+            throw ConfigError("mask (\(rows), \(cols)) needs \((rows * cols + 7) / 8) bytes of bits, found \(bits.count)")
+        }
+        self.pattern = pattern; self.rows = rows; self.cols = cols; self.bits = bits
+        let n = rows * cols
+        if n % 8 != 0, bits[n / 8] >> UInt8(n % 8) != 0 { throw ConfigError("mask has bits set beyond its \(n) elements") }
+        if case .nm(let N, let M) = pattern {
+            guard N >= 1, N < M else { throw ConfigError("N:M pattern \(N):\(M) needs 1 ≤ N < M") }
+            guard cols % M == 0 else { throw ConfigError("N:M pattern \(N):\(M) needs the input size \(cols) to be a multiple of \(M)") }
+            for g in 0..<(n / M) {
+                var kept = 0
+                for i in (g * M)..<((g + 1) * M) where self[i] { kept += 1 }
+                guard kept == N else {
+                    throw ConfigError("N:M mask \(N):\(M): group \(g) (row \(g * M / cols), columns \(g * M % cols)..<\(g * M % cols + M)) keeps \(kept), not \(N)")
+                }
+            }
+        }
+    }
+
+    /// A mask keeping the elements for which `keep(i)` is true.
+    public init(pattern: Pattern, rows: Int, cols: Int, keep: (Int) -> Bool) throws {
+        var b = [UInt8](repeating: 0, count: (rows * cols + 7) / 8)
+        for i in 0..<(rows * cols) where keep(i) { b[i >> 3] |= 1 << UInt8(i & 7) }
+        try self.init(pattern: pattern, rows: rows, cols: cols, bits: b)
+    }
+
+    @inlinable public subscript(i: Int) -> Bool { bits[i >> 3] & (1 << UInt8(i & 7)) != 0 }
+
+    /// Elements kept.
+    public var nonzeros: Int { bits.reduce(0) { $0 + $1.nonzeroBitCount } }
+    /// Kept fraction.
+    public var density: Double { count == 0 ? 0 : Double(nonzeros) / Double(count) }
+
+    /// Zeroes the elements of a (rows, cols) buffer that the mask drops.
+    public func apply(to p: UnsafeMutablePointer<Float>) {
+        bits.withUnsafeBufferPointer { b in
+            Parallel.forEachChunk(b.count, minChunk: 8192) { range in
+                for j in range {
+                    let byte = b[j]
+                    if byte == 0xFF { continue }
+                    let base = j << 3
+                    for bit in 0..<min(8, count - base) where byte & (1 << UInt8(bit)) == 0 { p[base + bit] = 0 }
+                }
+            }
+        }
+    }
+
+    /// The mask as a (rows, cols) tensor of 0 and 1.
+    public func floatMask() -> Tensor {
+        let t = Tensor(shape: [rows, cols])
+        for i in 0..<count where self[i] { t[i] = 1 }
+        return t
+    }
+}
+
+/// A sparse weight: values (zero wherever the mask drops) and the mask. Stored as the kept values and the
+/// packed mask, so a 2:4 weight costs 16 + 1 bits per element against dense float32's 32.
+public struct SparseWeight: Sendable {
+    public let values: Tensor
+    public let mask: SparsityMask
+
+    /// Masks a copy of `dense` (rows, cols): the dropped elements become 0.
+    public init(masking dense: Tensor, mask: SparsityMask) {
+        precondition(dense.shape == [mask.rows, mask.cols], "mask (\(mask.rows), \(mask.cols)) for a weight \(dense.shape)")
+        let v = dense.copy()
+        mask.apply(to: v.data)
+        values = v
+        self.mask = mask
+    }
+
+    /// Values that are already zero outside the mask (checked).
+    public init(values: Tensor, mask: SparsityMask) throws {
+        guard values.shape == [mask.rows, mask.cols] else {
+            throw ConfigError("mask (\(mask.rows), \(mask.cols)) for values of shape \(values.shape)")
+        }
+        for i in 0..<values.count where !mask[i] && values[i] != 0 {
+            throw ConfigError("sparse values hold \(values[i]) at element \(i), where the mask drops it")
+        }
+        self.values = values
+        self.mask = mask
+    }
+}
+
+/// A quantized weight: the packed group-wise codes are the truth; `cache` is their dequantization, derived
+/// once, for BLAS (no quantized GEMM on this CPU yet).
+public struct QuantizedWeight: Sendable {
+    public let packed: QuantizedTensor
+    public let cache: Tensor
+    public init(_ packed: QuantizedTensor) {
+        self.packed = packed
+        cache = Tensor(shape: packed.shape, values: packed.dequantized())
+    }
+}
+
+/// DSFormer's dense × sparse factorization W (OC, C) = D (OC, k) · S (k, C), S with the same number s of
+/// nonzeros in every column (each input column a sparse combination of the k dense atoms). Stored as D, S's
+/// kept values and their row indices (one byte each when k ≤ 256, else two).
+public struct FactorizedWeight: Sendable {
+    public let dense: Tensor
+    public let sparse: SparseWeight
+    public init(dense: Tensor, sparse: SparseWeight) throws {
+        guard dense.shape.count == 2, dense.shape[1] == sparse.mask.rows else {
+            throw ConfigError("factorized weight: dense factor \(dense.shape) does not match the sparse factor (\(sparse.mask.rows), \(sparse.mask.cols))")
+        }
+        let k = sparse.mask.rows, C = sparse.mask.cols
+        let s = (0..<k).reduce(0) { $0 + (sparse.mask[$1 * C] ? 1 : 0) }
+        for c in 0..<C {
+            let n = (0..<k).reduce(0) { $0 + (sparse.mask[$1 * C + c] ? 1 : 0) }
+            guard n == s else { throw ConfigError("factorized weight: column \(c) of the sparse factor has \(n) nonzeros, column 0 has \(s); every column needs the same number") }
+        }
+        self.init(checked: dense, sparse)
+    }
+    /// Nonzeros in every column of S.
+    public var nonzerosPerColumn: Int { sparse.mask.cols == 0 ? 0 : sparse.mask.nonzeros / sparse.mask.cols }
+    fileprivate init(checked dense: Tensor, _ sparse: SparseWeight) {
+        self.dense = dense
+        self.sparse = sparse
+    }
+    public var rank: Int { dense.shape[1] }
+    /// Bytes of one row index of S.
+    public var indexBytes: Int { rank <= 256 ? 1 : 2 }
+}
+
+/// How one linear weight (OC, C) is held. Forward, backward, the reference forward, storage bytes and
+/// dequantization each switch over every case, so a representation cannot be forgotten anywhere.
+public enum LinearWeight: Sendable {
+    /// (OC, C) float32.
+    case dense(Tensor)
+    /// (OC, C) values, zero outside the mask (N:M or unstructured).
+    case sparse(SparseWeight)
+    /// Packed group-wise codes (or float16) with a derived dense cache.
+    case quantized(QuantizedWeight)
+    /// D (OC, k) · S (k, C), S sparse.
+    case factorized(FactorizedWeight)
+
+    public var kind: WeightKind {
+        switch self {
+        case .dense: .dense
+        case .sparse: .sparse
+        case .quantized: .quantized
+        case .factorized: .factorized
+        }
+    }
+
+    /// (OC, C).
+    public var shape: [Int] {
+        switch self {
+        case .dense(let t): t.shape
+        case .sparse(let s): s.values.shape
+        case .quantized(let q): q.packed.shape
+        case .factorized(let f): [f.dense.shape[0], f.sparse.mask.cols]
+        }
+    }
+    public var outFeatures: Int { shape[0] }
+    public var inFeatures: Int { shape[1] }
+
+    /// The float32 matrix the forward multiplies by, when one exists without computing anything: the dense
+    /// tensor, the sparse values, the quantized cache; nil for a factorized weight. Never write into it.
+    public var denseView: Tensor? {
+        switch self {
+        case .dense(let t): t
+        case .sparse(let s): s.values
+        case .quantized(let q): q.cache
+        case .factorized: nil
+        }
+    }
+
+    /// W as a new (OC, C) float32 tensor (D · S multiplied out for a factorized weight).
+    public func dequantized() -> Tensor {
+        switch self {
+        case .dense(let t): return t.copy()
+        case .sparse(let s): return s.values.copy()
+        case .quantized(let q): return q.cache.copy()
+        case .factorized(let f):
+            let OC = f.dense.shape[0], k = f.rank, C = f.sparse.mask.cols
+            let out = Tensor(shape: [OC, C])
+            BLAS.gemm(m: OC, n: C, k: k, a: f.dense.data, lda: k, b: f.sparse.values.data, ldb: C, c: out.data, ldc: C)
+            return out
+        }
+    }
+
+    /// Values stored (a sparse weight counts its kept values; a factorized one D and S's kept values).
+    public var parameterCount: Int {
+        switch self {
+        case .dense(let t): t.count
+        case .sparse(let s): s.mask.nonzeros
+        case .quantized(let q): q.packed.count
+        case .factorized(let f): f.dense.count + f.sparse.mask.nonzeros
+        }
+    }
+
+    /// Bytes as the checkpoint stores it.
+    public var storageBytes: Int {
+        switch self {
+        case .dense(let t): t.bytes
+        case .sparse(let s): 4 * s.mask.nonzeros + s.mask.bytes
+        case .quantized(let q): q.packed.bytes
+        case .factorized(let f): f.dense.bytes + (4 + f.indexBytes) * f.sparse.mask.nonzeros
+        }
+    }
+
+    /// The float tensors training may update, in a fixed order (gradients are given in the same order):
+    /// dense [W]; sparse [values] (the gradient is masked); quantized [] (frozen); factorized [D, S values].
+    public var trainableTensors: [Tensor] {
+        switch self {
+        case .dense(let t): [t]
+        case .sparse(let s): [s.values]
+        case .quantized: []
+        case .factorized(let f): [f.dense, f.sparse.values]
+        }
+    }
+
+    /// A deep copy (the packed codes of a quantized weight are immutable and shared).
+    public func copy() -> LinearWeight {
+        switch self {
+        case .dense(let t): return .dense(t.copy())
+        case .sparse(let s): return .sparse(SparseWeight(masking: s.values, mask: s.mask))
+        case .quantized: return self
+        case .factorized(let f):
+            return .factorized(FactorizedWeight(checked: f.dense.copy(), SparseWeight(masking: f.sparse.values, mask: f.sparse.mask)))
+        }
+    }
+
+    /// out (T, OC) = beta · out + inp (T, C) · Wᵀ.
+    public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows T: Int, beta: Float = 0) {
+        let OC = outFeatures, C = inFeatures
+        switch self {
+        case .dense(let w):
+            BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: w.data, ldb: C, beta: beta, c: out, ldc: OC)
+        case .sparse(let s):
+            // Dense GEMM with zeros: this CPU has no sparse GEMM that beats OpenBLAS at these densities.
+            BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: s.values.data, ldb: C, beta: beta, c: out, ldc: OC)
+        case .quantized(let q):
+            BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: q.cache.data, ldb: C, beta: beta, c: out, ldc: OC)
+        case .factorized(let f):
+            // tmp (T, k) = inp · Sᵀ;  out = beta · out + tmp · Dᵀ
+            let k = f.rank, tmp = Tensor(shape: [T, k])
+            BLAS.gemm(transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
+            BLAS.gemm(transB: true, m: T, n: OC, k: k, a: tmp.data, lda: k, b: f.dense.data, ldb: k, beta: beta, c: out, ldc: OC)
+        }
+    }
+
+    /// Backward of `forward`, accumulating into what is given:
+    ///   dinp (T, C) += dout (T, OC) · W;   grads[i] += dL/d(trainableTensors[i])
+    /// dense: dW += doutᵀ · inp; sparse: the same, then masked; quantized: dinp only; factorized, with
+    /// tmp = inp · Sᵀ: dD += doutᵀ · tmp, dtmp = dout · D, dS += (dtmpᵀ · inp) masked, dinp += dtmp · S.
+    /// `grads` is empty (all frozen) or has one optional pointer per trainable tensor.
+    public func backward(
+        dinp: UnsafeMutablePointer<Float>?, grads: [UnsafeMutablePointer<Float>?], dout: UnsafePointer<Float>,
+        inp: UnsafePointer<Float>, rows T: Int
+    ) {
+        let OC = outFeatures, C = inFeatures
+        func grad(_ i: Int) -> UnsafeMutablePointer<Float>? { i < grads.count ? grads[i] : nil }
+        switch self {
+        case .dense(let w):
+            linearBackward(dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: w.data, rows: T, inFeatures: C, outFeatures: OC)
+        case .sparse(let s):
+            linearBackward(dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: s.values.data, rows: T, inFeatures: C, outFeatures: OC)
+            if let g = grad(0) { s.mask.apply(to: g) }
+        case .quantized(let q):
+            linearBackward(dinp: dinp, dweight: nil, dout: dout, inp: inp, weight: q.cache.data, rows: T, inFeatures: C, outFeatures: OC)
+        case .factorized(let f):
+            let k = f.rank, tmp = Tensor(shape: [T, k]), dtmp = Tensor(shape: [T, k])
+            BLAS.gemm(transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
+            linearBackward(dinp: dtmp.data, dweight: grad(0), dout: dout, inp: tmp.data, weight: f.dense.data, rows: T, inFeatures: k, outFeatures: OC)
+            linearBackward(dinp: dinp, dweight: grad(1), dout: dtmp.data, inp: inp, weight: f.sparse.values.data, rows: T, inFeatures: C, outFeatures: k)
+            if let g = grad(1) { f.sparse.mask.apply(to: g) }
+        }
+    }
+
+    /// Plain reference of `forward` (beta 0): Double accumulation, no BLAS; a factorized weight is applied
+    /// as D · (S · x) with both products in plain loops.
+    public func forwardReference(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows T: Int) {
+        let OC = outFeatures, C = inFeatures
+        switch self {
+        case .dense(let w):
+            linearForwardReference(out: out, inp: inp, weight: w.data, rows: T, inFeatures: C, outFeatures: OC)
+        case .sparse(let s):
+            for t in 0..<T {
+                for o in 0..<OC {
+                    var acc = 0.0
+                    for c in 0..<C where s.mask[o * C + c] { acc += Double(inp[t * C + c]) * Double(s.values[o * C + c]) }
+                    out[t * OC + o] = Float(acc)
+                }
+            }
+        case .quantized(let q):
+            let w = q.packed.dequantized()
+            for t in 0..<T {
+                for o in 0..<OC {
+                    var acc = 0.0
+                    for c in 0..<C { acc += Double(inp[t * C + c]) * Double(w[o * C + c]) }
+                    out[t * OC + o] = Float(acc)
+                }
+            }
+        case .factorized(let f):
+            let k = f.rank
+            var tmp = [Double](repeating: 0, count: k)
+            for t in 0..<T {
+                for r in 0..<k {
+                    var acc = 0.0
+                    for c in 0..<C where f.sparse.mask[r * C + c] { acc += Double(inp[t * C + c]) * Double(f.sparse.values[r * C + c]) }
+                    tmp[r] = acc
+                }
+                for o in 0..<OC {
+                    var acc = 0.0
+                    for r in 0..<k { acc += tmp[r] * Double(f.dense[o * k + r]) }
+                    out[t * OC + o] = Float(acc)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import TensorCore
+
+extension LlamaModel {
+    /// Logits (T, V) computed with the plain reference version of every op and every weight representation
+    /// (`LinearWeight.forwardReference`), with the gates applied as `LlamaDecoder` applies them: the oracle the
+    /// fast forward is tested against (slow; for tests).
+    public func referenceLogits(_ ids: [Int32], gates: Gates? = nil) -> Tensor {
+        let c = config, T = ids.count, C = c.hiddenSize, D = c.headDim, eps = Float(c.rmsNormEps)
+        let x = Tensor(shape: [T, C]), n = Tensor(shape: [T, C]), tmp = Tensor(shape: [T, C])
+        let table = embedTokens.dequantized()
+        ids.withUnsafeBufferPointer {
+            embeddingForwardReference(out: x.data, ids: $0.baseAddress!, table: table.data, rows: T, channels: C)
+        }
+        if let z = gates?.channels { gateForwardReference(out: x.data, inp: x.data, gate: z.data, rows: T, groups: C, groupSize: 1) }
+        /// x += z ⊙ g_s ⊙ tmp
+        func residual(_ s: Int) {
+            let gs = gates?.sublayers.map { $0[s] } ?? 1
+            for t in 0..<T {
+                for ch in 0..<C {
+                    let scale = Double(gates?.channels.map { $0[ch] } ?? 1) * Double(gs)
+                    x[t * C + ch] = Float(Double(x[t * C + ch]) + scale * Double(tmp[t * C + ch]))
+                }
+            }
+        }
+        for (l, (layer, block)) in zip(layers, c.blocks).enumerated() {
+            if let a = layer.attention {
+                let H = block.numAttentionHeads, G = block.numKeyValueHeads
+                let q = Tensor(shape: [T, H * D]), k = Tensor(shape: [T, G * D]), v = Tensor(shape: [T, G * D]), att = Tensor(shape: [T, H * D])
+                rmsnormForwardReference(out: n.data, inp: x.data, weight: a.norm.data, eps: eps, rows: T, channels: C)
+                a.q.forwardReference(out: q.data, inp: n.data, rows: T)
+                a.k.forwardReference(out: k.data, inp: n.data, rows: T)
+                a.v.forwardReference(out: v.data, inp: n.data, rows: T)
+                rotaryForwardReference(q.data, rows: T, heads: H, headDim: D, theta: c.ropeTheta)
+                rotaryForwardReference(k.data, rows: T, heads: G, headDim: D, theta: c.ropeTheta)
+                attentionForwardReference(out: att.data, q: q.data, k: k.data, v: v.data, rows: T, heads: H, kvHeads: G, headDim: D)
+                if let gh = gates?.heads[l] { gateForwardReference(out: att.data, inp: att.data, gate: gh.data, rows: T, groups: H, groupSize: D) }
+                a.o.forwardReference(out: tmp.data, inp: att.data, rows: T)
+                residual(2 * l)
+            }
+            if let m = layer.mlp {
+                let F = block.intermediateSize
+                let g = Tensor(shape: [T, F]), u = Tensor(shape: [T, F])
+                rmsnormForwardReference(out: n.data, inp: x.data, weight: m.norm.data, eps: eps, rows: T, channels: C)
+                m.gate.forwardReference(out: g.data, inp: n.data, rows: T)
+                m.up.forwardReference(out: u.data, inp: n.data, rows: T)
+                swigluForwardReference(out: g.data, gate: g.data, up: u.data, count: T * F)
+                if let gf = gates?.neurons[l] { gateForwardReference(out: g.data, inp: g.data, gate: gf.data, rows: T, groups: F, groupSize: 1) }
+                m.down.forwardReference(out: tmp.data, inp: g.data, rows: T)
+                residual(2 * l + 1)
+            }
+        }
+        rmsnormForwardReference(out: n.data, inp: x.data, weight: norm.data, eps: eps, rows: T, channels: C)
+        let out = Tensor(shape: [T, c.vocabSize])
+        lmHead.forwardReference(out: out.data, inp: n.data, rows: T)
+        return out
+    }
+}
