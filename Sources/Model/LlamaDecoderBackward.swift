@@ -7,13 +7,21 @@ public final class ModelGradients {
     /// Where the LM head's gradient goes: the embedding's slot when tied.
     public let lmHeadID: WeightID
 
+    /// Every gradient under its parameter's name (`ModelWeight.parameterNames`), in canonical order.
+    public let named: [(name: String, tensor: Tensor)]
+
     public init(model: LlamaModel, frozen: Set<WeightID> = []) {
         var s: [WeightID: [Tensor]] = [:]
+        var named: [(String, Tensor)] = []
         for (id, w) in model.weights where !frozen.contains(id) {
             let ts = w.trainableTensors
-            if !ts.isEmpty { s[id] = ts.map { Tensor(shape: $0.shape) } }
+            if !ts.isEmpty {
+                s[id] = ts.map { Tensor(shape: $0.shape) }
+                named += zip(w.parameterNames(id), s[id]!).map { ($0, $1) }
+            }
         }
         slots = s
+        self.named = named
         lmHeadID = model.config.tieWordEmbeddings ? .embedTokens : .lmHead
     }
 

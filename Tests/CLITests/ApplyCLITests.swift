@@ -1,4 +1,5 @@
 import Foundation
+import Quantization
 import XCTest
 @testable import Checkpoint
 
@@ -89,21 +90,30 @@ extension CLITests {
         XCTAssertLessThanOrEqual(qBits, 4.5)
         XCTAssertEqual(info["tensor_bytes"] as? Int, j["bytes_after"] as? Int)
         let ckpt = try Checkpoint.read(out)
-        XCTAssertEqual(ckpt.quantized.count, 14)
-        XCTAssertEqual(linear.reduce(0) { $0 + ($1["bytes"] as! Int) }, ckpt.quantized.values.reduce(0) { $0 + $1.bytes })
+        let packed = ckpt.model.linearWeights.compactMap { w -> QuantizedTensor? in if case .quantized(let q) = w.weight { return q.packed }; return nil }
+        XCTAssertEqual(packed.count, 14)
+        XCTAssertEqual(linear.reduce(0) { $0 + ($1["bytes"] as! Int) }, packed.reduce(0) { $0 + $1.bytes })
         let e = try launch(["eval", out, "--text", text, "--window", "32", "--json"])
         XCTAssertEqual(e.status, 0, e.stderr)
         XCTAssertTrue(e.stdout.contains(String(format: "%.6f", try XCTUnwrap(j["ppl_after"] as? Double)).prefix(6)), e.stdout)
 
-        // A distill stage after quantization, or a quantized base under a pruning pass: refused, named.
+        // A distill stage after quantization is refused when the recipe is decoded: before any stage runs.
         let after = #"{"stage": "cptquant", "estimator": "tdmpq", "bits_per_weight": 4.5, "group_size": 32}, {"stage": "distill", "steps": 1, "batch": 1, "window": 16, "text": "\#(text)"}"#
         let bad = try launch(["apply", try recipe(dir, "bad.json", text, stages: after), "--no-cache"])
-        XCTAssertNotEqual(bad.status, 0)
-        XCTAssertTrue(bad.stderr.contains("bad.json, stage 2 (distill)") && bad.stderr.contains("cannot change quantized weights"), bad.stderr)
-        let prune = try launch(["apply", try recipe(dir, "p.json", text, stages: #"{"stage": "finercut", "remove": 1}"#), out, "-o",
-                                dir.appendingPathComponent("p.h5").path, "--no-cache"])
-        XCTAssertNotEqual(prune.status, 0)
-        XCTAssertTrue(prune.stderr.contains("stage 1 (finercut)") && prune.stderr.contains("is quantized"), prune.stderr)
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("bad.json, stage 2 (distill): cannot take quantized weights, which stage 1 (cptquant) leaves"), bad.stderr)
+        XCTAssertFalse(bad.stderr.contains("stage 1/2"), "nothing ran: \(bad.stderr)")
+        // A quantized base under a pass that takes only dense weights: refused once the base is read, before any stage.
+        let width = try launch(["apply", try recipe(dir, "w.json", text, stages: #"{"stage": "minitron", "layers": 1}"#), out, "-o",
+                                dir.appendingPathComponent("w.h5").path, "--no-cache"])
+        XCTAssertEqual(width.status, 1)
+        XCTAssertTrue(width.stderr.contains("stage 1 (minitron): cannot take quantized weights, which the base checkpoint leaves"), width.stderr)
+        XCTAssertFalse(width.stderr.contains("stage 1/1"), "nothing ran: \(width.stderr)")
+        // FinerCut removes whole sublayers of any representation: the quantized weights it keeps stay packed.
+        let cut = dir.appendingPathComponent("p.h5").path
+        let prune = try launch(["apply", try recipe(dir, "p.json", text, stages: #"{"stage": "finercut", "remove": 1}"#), out, "-o", cut, "--no-cache"])
+        XCTAssertEqual(prune.status, 0, prune.stderr)
+        XCTAssertEqual(try Checkpoint.read(cut).model.linearWeights.filter { $0.weight.kind == .quantized }.count, 14 - 3)
     }
 
     /// `compress formats`: the table as JSON, bytes per group from bits, group size and float16 scales.

@@ -1,4 +1,5 @@
 import Foundation
+import Model
 import TensorCore
 import XCTest
 @testable import Checkpoint
@@ -59,20 +60,19 @@ extension CLITests {
 }
 
 extension CLITests {
-    /// A student carrying a sparsity mask stays sparse through distillation; the mask travels with it.
-    func testMaskedStudentStaysSparse() throws {
+    /// A sparse (2:4) student stays sparse through distillation: its pattern travels with it, pruned elements
+    /// stay zero and the kept ones train.
+    func testSparseStudentStaysSparse() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-mask-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
-        let name = "model.layers.0.mlp.gate_proj.weight"
+        let id = LinearID(layer: 0, kind: .gate)
         let ckpt = try Checkpoint.read(fixture("tiny-llama.h5"))
-        let w = try XCTUnwrap(ckpt.model.namedTensors.first { $0.name == name }?.tensor)
-        let mask = Tensor(shape: w.shape)
-        for i in 0..<w.count where i % 4 < 2 { mask[i] = 1 }  // 2:4 pattern
-        for i in 0..<w.count where mask[i] == 0 { w[i] = 0 }
+        let w = try XCTUnwrap(ckpt.model.linear(id)?.denseView)
+        let mask = try SparsityMask(pattern: .nm(n: 2, m: 4), rows: w.shape[0], cols: w.shape[1]) { $0 % 4 < 2 }
+        let model = try ckpt.model.replacing(.linear(id), with: .sparse(SparseWeight(masking: w, mask: mask)))
         let student = dir.appendingPathComponent("sparse.h5").path, out = dir.appendingPathComponent("out.h5").path
-        try Checkpoint(model: ckpt.model, tokenizer: ckpt.tokenizer, history: ckpt.history, masks: [name: mask]).write(to: student)
-        XCTAssertEqual(try Checkpoint.read(student).masks[name]?.array, mask.array)  // round trip
+        try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: ckpt.history).write(to: student)
 
         let text = dir.appendingPathComponent("train.txt").path
         try String(repeating: "Sparse students stay sparse. ", count: 30).write(toFile: text, atomically: true, encoding: .utf8)
@@ -80,19 +80,9 @@ extension CLITests {
                          "--window", "16", "--lr", "1e-2", "--warmup", "0", "--train", text, "--eval-tokens", "0", "-o", out, "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let trained = try Checkpoint.read(out)
-        let tw = try XCTUnwrap(trained.model.namedTensors.first { $0.name == name }?.tensor)
-        XCTAssertEqual(trained.masks[name]?.array, mask.array)
-        for i in 0..<tw.count where mask[i] == 0 { XCTAssertEqual(tw[i], 0, "pruned element \(i) came back") }
-        XCTAssertGreaterThan((0..<tw.count).filter { mask[$0] == 1 && tw[$0] != w[$0] }.count, tw.count / 4)
-
-        // A mask whose weight is not zero under it, or that is not 0/1, is refused with the tensor's name.
-        let bad = dir.appendingPathComponent("bad.h5").path
-        w[1] = 0.5
-        mask[1] = 0
-        try Checkpoint(model: ckpt.model, tokenizer: ckpt.tokenizer, masks: [name: mask]).write(to: bad)
-        XCTAssertThrowsError(try Checkpoint.read(bad)) { XCTAssertTrue("\($0)".contains("mask of '\(name)'"), "\($0)") }
-        mask[1] = 0.5
-        try Checkpoint(model: ckpt.model, tokenizer: ckpt.tokenizer, masks: [name: mask]).write(to: bad)
-        XCTAssertThrowsError(try Checkpoint.read(bad)) { XCTAssertTrue("\($0)".contains("only 0 and 1"), "\($0)") }
+        guard case .sparse(let s)? = trained.model.linear(id) else { return XCTFail("the trained weight is not sparse") }
+        XCTAssertEqual(s.mask, mask)
+        for i in 0..<s.values.count where !mask[i] { XCTAssertEqual(s.values[i], 0, "pruned element \(i) came back") }
+        XCTAssertGreaterThan((0..<w.count).filter { mask[$0] && s.values[$0] != w[$0] }.count, w.count / 4)
     }
 }

@@ -20,7 +20,7 @@ final class ImportTests: XCTestCase {
         let data = try Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.logits.f32"))
         let expected = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         let T = ref.logits_shape[1], V = ref.logits_shape[2]
-        let engine = LlamaInference(model: model, maxTokens: T)
+        let engine = LlamaDecoder(model: model, window: T)
         var worst: Float = 0
         for (b, ids) in ref.batch.enumerated() {
             let l = engine.logits(ids)

@@ -15,8 +15,8 @@ final class PerLayerConfigTests: XCTestCase {
     }
 
     func assertSameLogits(_ a: LlamaModel, _ b: LlamaModel, file: StaticString = #filePath, line: UInt = #line) {
-        let la = LlamaInference(model: a, maxTokens: ids.count).logits(ids)
-        let lb = LlamaInference(model: b, maxTokens: ids.count).logits(ids)
+        let la = LlamaDecoder(model: a, window: ids.count).logits(ids)
+        let lb = LlamaDecoder(model: b, window: ids.count).logits(ids)
         let worst = (0..<la.count).reduce(Float(0)) { max($0, abs(la[$1] - lb[$1])) }
         XCTAssertLessThan(worst, 1e-5, file: file, line: line)  // observed 0 (absent sublayers), 8.3e-7 (fewer heads and neurons)
     }

@@ -17,7 +17,8 @@ final class CPTQuantTests: XCTestCase {
         for estimator in ["cmpq", "pmpq", "tdmpq"] {
             for granularity in ["layer", "tensor"] {
                 let p = try pass(#"{"estimator": "\#(estimator)", "granularity": "\#(granularity)", "bits_per_weight": 4.25, "group_size": 16, "pool_tokens": 4, "cca_dims": 3}"#)
-                let (q, diag, stored) = try p.quantize(on: m, context: PassContext(calibration: windows))
+                let (q, diag) = try p.run(on: m, context: PassContext(calibration: windows))
+                let stored = q.quantizedForms
                 let linear = m.namedTensors.filter { $0.name.hasPrefix("model.layers.") && $0.tensor.shape.count == 2 }
                 XCTAssertEqual(Set(stored.keys), Set(linear.map(\.name)), "every decoder linear weight, nothing else")
                 let weights = linear.reduce(0) { $0 + $1.tensor.count }
@@ -118,7 +119,7 @@ final class CPTQuantTests: XCTestCase {
     func testClusterAllocationGivesMoreBitsToMoreSensitiveLayers() throws {
         let m = Tiny.model(), windows = Tiny.windows(3, length: 16)
         let p = try pass(#"{"estimator": "pmpq", "allocation": "clusters", "widths": [2, 4, 8], "group_size": 16}"#)
-        let (_, diag, _) = try p.quantize(on: m, context: PassContext(calibration: windows))
+        let (_, diag) = try p.run(on: m, context: PassContext(calibration: windows))
         let units = diag.objectValue!["units"]!.arrayValue!.map { $0.objectValue! }
         let pairs = units.map { ($0["sensitivity"]!.doubleValue!, $0["bits"]!.intValue!) }.sorted { $0.0 < $1.0 }
         XCTAssertEqual(pairs.map(\.1), pairs.map(\.1).sorted(), "widths ascend with sensitivity")
@@ -150,9 +151,18 @@ final class CPTQuantTests: XCTestCase {
             (#"{"estimator": "pmpq", "bits_per_weight": 4, "group_size": 16, "exclude_layers": [9]}"#, "layer 9 outside 0..<4"),
         ]
         for (json, expected) in runtime {
-            XCTAssertThrowsError(try pass(json).quantize(on: m, context: PassContext(calibration: windows)), json) {
+            XCTAssertThrowsError(try pass(json).run(on: m, context: PassContext(calibration: windows)), json) {
                 XCTAssertTrue("\($0)".contains(expected), "\(json): \($0)")
             }
         }
+    }
+}
+
+extension LlamaModel {
+    /// The packed forms of the quantized weights, by Hugging Face name.
+    var quantizedForms: [String: QuantizedTensor] {
+        var out: [String: QuantizedTensor] = [:]
+        for w in weights { if case .matrix(.quantized(let q)) = w.weight { out[w.id.hfName] = q.packed } }
+        return out
     }
 }

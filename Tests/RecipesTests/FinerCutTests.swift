@@ -9,7 +9,7 @@ final class FinerCutTests: XCTestCase {
     /// A copy of `m` whose sublayers `zeroed` add nothing (o_proj / down_proj set to zero).
     func zeroing(_ m: LlamaModel, _ zeroed: Set<Int>) throws -> LlamaModel {
         let z = try LlamaModel(config: m.config, tensors: Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.copy()) }))
-        for s in zeroed { if s % 2 == 0 { z.layers[s / 2].attention!.o.zero() } else { z.layers[s / 2].mlp!.down.zero() } }
+        for s in zeroed { if s % 2 == 0 { z.layers[s / 2].attention!.o.denseView!.zero() } else { z.layers[s / 2].mlp!.down.denseView!.zero() } }
         return z
     }
 
@@ -19,7 +19,7 @@ final class FinerCutTests: XCTestCase {
         var sum = 0.0, n = 0
         for ids in windows {
             let T = ids.count
-            let p = LlamaInference(model: original, maxTokens: T).logits(ids), q = LlamaInference(model: variant, maxTokens: T).logits(ids)
+            let p = LlamaDecoder(model: original, window: T).logits(ids), q = LlamaDecoder(model: variant, window: T).logits(ids)
             logSoftmaxForward(out: p.data, logits: p.data, rows: T, columns: V)
             var d = [Double](repeating: 0, count: T)
             d.withUnsafeMutableBufferPointer { jensenShannonForwardReference(out: $0.baseAddress!, logProbs: p.data, logits: q.data, rows: T, columns: V) }
@@ -59,7 +59,7 @@ final class FinerCutTests: XCTestCase {
             let z = try zeroing(m, [r.sublayer])
             var sum = 0.0, n = 0
             for ids in windows {
-                let a = LlamaInference(model: m, maxTokens: ids.count).logits(ids).array, b = LlamaInference(model: z, maxTokens: ids.count).logits(ids).array
+                let a = LlamaDecoder(model: m, window: ids.count).logits(ids).array, b = LlamaDecoder(model: z, window: ids.count).logits(ids).array
                 let V = m.config.vocabSize
                 for t in 0..<ids.count {
                     let x = a[(t * V)..<((t + 1) * V)].map(Double.init), y = b[(t * V)..<((t + 1) * V)].map(Double.init)
@@ -91,8 +91,8 @@ final class FinerCutTests: XCTestCase {
         }.reduce(0) { $0 + $1.tensor.count })
         let z = try zeroing(m, removed)
         for ids in windows {
-            XCTAssertEqual(LlamaInference(model: pruned, maxTokens: ids.count).logits(ids).array,
-                           LlamaInference(model: z, maxTokens: ids.count).logits(ids).array, "skipped vs zeroed (bit-identical)")
+            XCTAssertEqual(LlamaDecoder(model: pruned, window: ids.count).logits(ids).array,
+                           LlamaDecoder(model: z, window: ids.count).logits(ids).array, "skipped vs zeroed (bit-identical)")
         }
         // The checkpoint config round-trips the per-layer record.
         XCTAssertEqual(try LlamaConfig(json: pruned.config.json), pruned.config)

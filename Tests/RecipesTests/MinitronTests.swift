@@ -32,30 +32,30 @@ struct ReferenceTrace {
     init(_ m: LlamaModel, _ ids: [Int32]) {
         let c = m.config, T = ids.count, C = c.hiddenSize, D = c.headDim, eps = Float(c.rmsNormEps)
         let x = Tensor(shape: [T, C]), n = Tensor(shape: [T, C]), tmp = Tensor(shape: [T, C])
-        ids.withUnsafeBufferPointer { embeddingForwardReference(out: x.data, ids: $0.baseAddress!, table: m.embedTokens.data, rows: T, channels: C) }
+        ids.withUnsafeBufferPointer { embeddingForwardReference(out: x.data, ids: $0.baseAddress!, table: m.embedTokens.denseView!.data, rows: T, channels: C) }
         for (layer, b) in zip(m.layers, c.blocks) {
             blockInputs.append(x.array)
             let a = layer.attention!, f = layer.mlp!, H = b.numAttentionHeads, G = b.numKeyValueHeads, F = b.intermediateSize
             let q = Tensor(shape: [T, H * D]), k = Tensor(shape: [T, G * D]), v = Tensor(shape: [T, G * D]), att = Tensor(shape: [T, H * D])
             rmsnormForwardReference(out: n.data, inp: x.data, weight: a.norm.data, eps: eps, rows: T, channels: C)
             normed.append(n.array)
-            linearForwardReference(out: q.data, inp: n.data, weight: a.q.data, rows: T, inFeatures: C, outFeatures: H * D)
-            linearForwardReference(out: k.data, inp: n.data, weight: a.k.data, rows: T, inFeatures: C, outFeatures: G * D)
-            linearForwardReference(out: v.data, inp: n.data, weight: a.v.data, rows: T, inFeatures: C, outFeatures: G * D)
+            linearForwardReference(out: q.data, inp: n.data, weight: a.q.denseView!.data, rows: T, inFeatures: C, outFeatures: H * D)
+            linearForwardReference(out: k.data, inp: n.data, weight: a.k.denseView!.data, rows: T, inFeatures: C, outFeatures: G * D)
+            linearForwardReference(out: v.data, inp: n.data, weight: a.v.denseView!.data, rows: T, inFeatures: C, outFeatures: G * D)
             rotaryForwardReference(q.data, rows: T, heads: H, headDim: D, theta: c.ropeTheta)
             rotaryForwardReference(k.data, rows: T, heads: G, headDim: D, theta: c.ropeTheta)
             attentionForwardReference(out: att.data, q: q.data, k: k.data, v: v.data, rows: T, heads: H, kvHeads: G, headDim: D)
             headOutputs.append(att.array)
-            linearForwardReference(out: tmp.data, inp: att.data, weight: a.o.data, rows: T, inFeatures: H * D, outFeatures: C)
+            linearForwardReference(out: tmp.data, inp: att.data, weight: a.o.denseView!.data, rows: T, inFeatures: H * D, outFeatures: C)
             for i in 0..<x.count { x[i] += tmp[i] }
             let g = Tensor(shape: [T, F]), u = Tensor(shape: [T, F])
             rmsnormForwardReference(out: n.data, inp: x.data, weight: f.norm.data, eps: eps, rows: T, channels: C)
             normed.append(n.array)
-            linearForwardReference(out: g.data, inp: n.data, weight: f.gate.data, rows: T, inFeatures: C, outFeatures: F)
-            linearForwardReference(out: u.data, inp: n.data, weight: f.up.data, rows: T, inFeatures: C, outFeatures: F)
+            linearForwardReference(out: g.data, inp: n.data, weight: f.gate.denseView!.data, rows: T, inFeatures: C, outFeatures: F)
+            linearForwardReference(out: u.data, inp: n.data, weight: f.up.denseView!.data, rows: T, inFeatures: C, outFeatures: F)
             swigluForwardReference(out: g.data, gate: g.data, up: u.data, count: T * F)
             activations.append(g.array)
-            linearForwardReference(out: tmp.data, inp: g.data, weight: f.down.data, rows: T, inFeatures: F, outFeatures: C)
+            linearForwardReference(out: tmp.data, inp: g.data, weight: f.down.denseView!.data, rows: T, inFeatures: F, outFeatures: C)
             for i in 0..<x.count { x[i] += tmp[i] }
         }
         blockInputs.append(x.array)
@@ -169,20 +169,20 @@ final class MinitronTests: XCTestCase {
         let z = try LlamaModel(config: m.config, tensors: Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.copy()) }))
         let C = m.config.hiddenSize, D = m.config.headDim, HD = m.config.numAttentionHeads * D, F = m.config.intermediateSize
         let goneC = Set(0..<C).subtracting(sel.channels)
-        for r in 0..<m.config.vocabSize { for c in goneC { z.embedTokens[r * C + c] = 0 } }
+        for r in 0..<m.config.vocabSize { for c in goneC { z.embedTokens.denseView![r * C + c] = 0 } }
         for (l, layer) in z.layers.enumerated() {
-            let o = layer.attention!.o, down = layer.mlp!.down
+            let o = layer.attention!.o.denseView!, down = layer.mlp!.down.denseView!
             for c in goneC { for j in 0..<HD { o[c * HD + j] = 0 }; for j in 0..<F { down[c * F + j] = 0 } }
             for h in Set(0..<m.config.numAttentionHeads).subtracting(sel.heads[l]) { for c in 0..<C { for d in 0..<D { o[c * HD + h * D + d] = 0 } } }
             for f in Set(0..<F).subtracting(sel.neurons[l]) { for c in 0..<C { down[c * F + f] = 0 } }
         }
         let ids = windows[0]
-        let a = LlamaInference(model: pruned, maxTokens: ids.count).logits(ids).array
-        let b = LlamaInference(model: z, maxTokens: ids.count).logits(ids).array
+        let a = LlamaDecoder(model: pruned, window: ids.count).logits(ids).array
+        let b = LlamaDecoder(model: z, window: ids.count).logits(ids).array
         let err = zip(a, b).map { abs($0 - $1) }.max()!, scale = b.map(abs).max()!
         XCTAssertLessThan(err / scale, 1e-5, "pruned vs zeroed logits")  // observed 5.0e-7
         // The unpruned model differs (the test is not vacuous).
-        let full = LlamaInference(model: m, maxTokens: ids.count).logits(ids).array
+        let full = LlamaDecoder(model: m, window: ids.count).logits(ids).array
         XCTAssertGreaterThan(zip(full, b).map { abs($0 - $1) }.max()! / scale, 1e-2)
     }
 
@@ -198,7 +198,7 @@ final class MinitronTests: XCTestCase {
             XCTAssertEqual(diag.objectValue?["depth"]?.objectValue?["removed_layers"], .array(expected.map { .int($0) }), metric)
             // The remaining blocks are the originals' (bit-identical weights).
             let kept = (0..<4).filter { !expected.contains($0) }
-            for (new, old) in kept.enumerated() { XCTAssertEqual(pruned.layers[new].mlp!.down.array, m.layers[old].mlp!.down.array) }
+            for (new, old) in kept.enumerated() { XCTAssertEqual(pruned.layers[new].mlp!.down.dequantized().array, m.layers[old].mlp!.down.dequantized().array) }
         }
         for budget in [30_000, 20_000] {
             let pass = try MinitronPass(config: try Tiny.stage(#"{"params": \#(budget), "axes": ["hidden", "mlp"], "round_to": 4}"#))

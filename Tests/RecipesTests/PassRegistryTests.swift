@@ -5,7 +5,8 @@ import XCTest
 /// A pass that scales nothing and reports its setting, for the registry's tests.
 struct EchoPass: CompressionPass {
     static let name = "echo"
-    static let needs: PassNeeds = [.calibration]
+    static let accepts: Set<WeightKind> = [.dense]
+    var needs: PassNeeds { [.calibration] }
     let level: Int
     init(config: StrictObject) throws { level = try config.int("level", default: 1, in: 1...3) }
     func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
@@ -21,9 +22,9 @@ final class PassRegistryTests: XCTestCase {
         let stage = try StrictObject(try JSONValue.parse(#"{"level": 2}"#), at: "r.json, stage 1 (echo)")
         let pass = try r.make("echo", config: stage)
         XCTAssertEqual((pass as? EchoPass)?.level, 2)
-        XCTAssertTrue(type(of: pass).needs.contains(.calibration))
+        XCTAssertTrue(pass.needs.contains(.calibration))
         let other = try StrictObject(try JSONValue.parse("{}"), at: "r.json, stage 2 (nope)")
-        XCTAssertThrowsError(try r.make("nope", config: other)) { XCTAssertTrue("\($0)".contains("unknown pass 'nope' (known: echo)"), "\($0)") }
+        XCTAssertThrowsError(try r.make("nope", config: other)) { XCTAssertTrue("\($0)".contains("unknown stage 'nope' (known: echo)"), "\($0)") }
     }
 
     func testStageSettingsAreStrict() throws {

@@ -36,7 +36,7 @@ final class RecipeTests: XCTestCase {
         XCTAssertEqual(r.calibration.text, "data/wiki.train.txt")
         XCTAssertEqual(r.evaluation.window, 2048)
         XCTAssertEqual(r.stages.map(\.name), ["minitron", "distill", "eval"])
-        guard case .distill(let d) = r.stages[1].stage else { return XCTFail("stage 2 is not distill") }
+        guard let d = r.stages[1].stage as? DistillStage else { return XCTFail("stage 2 is not distill") }
         XCTAssertEqual(d.config.steps, 5)
         XCTAssertEqual(d.config.lr, 1e-3)
         XCTAssertEqual(d.config.intermediate, [.init(student: 1, teacher: 2)])
@@ -51,7 +51,14 @@ final class RecipeTests: XCTestCase {
             (#"{"format": 1}"#, "'stages': required"),
             (#"{"format": 1, "stages": [{"stage": "eval"}], "outptu": "x"}"#, "recipes/bad.json: unknown key 'outptu'"),
             (#"{"format": 1, "stages": [{"stage": "minitron", "layers": 2}]}"#, "stage 1 (minitron): needs calibration data"),
-            (#"{"format": 1, \#(ok), "stages": [{"stage": "eval"}, {"stage": "prune"}]}"#, "stage 2 (prune): unknown pass 'prune' (known: cptquant, finercut, minitron)"),
+            (#"{"format": 1, \#(ok), "stages": [{"stage": "eval"}, {"stage": "prune"}]}"#, "stage 2 (prune): unknown stage 'prune' (known: cptquant, distill, eval, finercut, minitron)"),
+            // Impossible orders, refused at decoding by what each stage accepts and produces.
+            (#"{"format": 1, \#(ok), "stages": [{"stage": "cptquant", "bits_per_weight": 4}, {"stage": "eval"}, {"stage": "distill", "steps": 2}]}"#,
+             "recipes/bad.json, stage 3 (distill): cannot take quantized weights, which stage 2 (eval) leaves"),
+            (#"{"format": 1, \#(ok), "stages": [{"stage": "cptquant", "bits_per_weight": 4}, {"stage": "minitron", "layers": 2}]}"#,
+             "recipes/bad.json, stage 2 (minitron): cannot take quantized weights, which stage 1 (cptquant) leaves; 'minitron' accepts dense"),
+            (#"{"format": 1, \#(ok), "stages": [{"stage": "cptquant", "bits_per_weight": 4}, {"stage": "cptquant", "bits_per_weight": 3}]}"#,
+             "stage 2 (cptquant): cannot take quantized weights"),
             (#"{"format": 1, \#(ok), "stages": [{"stage": "finercut", "fraction": 0.2, "metrc": "js"}]}"#, "recipes/bad.json, stage 1 (finercut): unknown key 'metrc'"),
             (#"{"format": 1, \#(ok), "stages": [{"stage": "finercut", "fraction": 2}]}"#, "stage 1 (finercut): 'fraction': 2.0 is out of range"),
             (#"{"format": 1, \#(ok), "stages": [{"stage": "minitron", "hidden": -4}]}"#, "stage 1 (minitron): 'hidden': -4 is out of range"),

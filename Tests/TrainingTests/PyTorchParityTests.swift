@@ -21,12 +21,12 @@ final class PyTorchParityTests: XCTestCase {
         trainer.backward(dHidden: dHidden.data)
         XCTAssertEqual(v.ce, j["loss_f64"] as! Double, accuracy: 2e-6)  // observed 1.2e-7
         var worst = 0.0
-        for (name, g) in trainer.grads.namedTensors {
+        for (name, g) in trainer.grads.named {
             let err = relativeError(g.array, try XCTUnwrap(ref[name], name))
             XCTAssertLessThan(err, 1e-4, name)
             worst = max(worst, err)
         }
-        XCTAssertEqual(ref.count, trainer.grads.namedTensors.count)
+        XCTAssertEqual(ref.count, trainer.grads.named.count)
         XCTAssertLessThan(worst, 1e-4)  // observed 2.1e-6 (PyTorch's own float32 vs float64: 2.1e-6)
     }
 
@@ -53,7 +53,7 @@ final class PyTorchParityTests: XCTestCase {
         XCTAssertEqual(v.ce, j["loss_ce_f64"] as! Double, accuracy: 2e-6)  // observed 1.2e-7
         XCTAssertEqual(v.inter, j["loss_int_f64"] as! Double, accuracy: 2e-6)  // observed 1.6e-9
         var worst = 0.0
-        var tensors = d.studentTrainer.grads.namedTensors
+        var tensors = d.studentTrainer.grads.named
         tensors.append(("map.0", try XCTUnwrap(d.mapGrads[0])))
         XCTAssertEqual(ref.count, tensors.count)
         for (name, g) in tensors {

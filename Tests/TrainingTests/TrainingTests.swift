@@ -37,25 +37,24 @@ final class TrainingTests: XCTestCase {
             _ = loss.compute(student: small, teacher: nil, weights: weights, scale: 0.5, dHidden: dSmall)
             small.backward(dHidden: dSmall.data)
         }
-        for ((name, a), (_, b)) in zip(small.grads.namedTensors, big.grads.namedTensors) {
+        for ((name, a), (_, b)) in zip(small.grads.named, big.grads.named) {
             XCTAssertLessThan(relativeError(a.array, b.array), 1e-5, name)  // observed ≤ 4.9e-7 (summation order only)
         }
     }
 
-    /// A masked weight behaves as the weight ⊙ mask; its gradient is d(W ⊙ M) ⊙ M and the mask's d(W ⊙ M) ⊙ W.
-    func testMaskedWeightEqualsZeroedWeightAndRoutesGradients() throws {
-        let name = "model.layers.1.mlp.up_proj.weight"
-        let model = try Fixtures.model("tiny-llama"), plain = try Fixtures.model("tiny-llama")
-        let w = model.namedTensors.first { $0.name == name }!.tensor
-        let mask = Tensor(shape: w.shape)
+    /// A sparse weight computes what the dense weight with the dropped elements zeroed computes; its gradient
+    /// is that weight's gradient masked, so training keeps the pattern.
+    func testSparseWeightEqualsZeroedWeightAndMasksItsGradient() throws {
+        let id = WeightID.linear(LinearID(layer: 1, kind: .up))
+        let model = try Fixtures.model("tiny-llama")
+        let w = try XCTUnwrap(model.linear(LinearID(layer: 1, kind: .up))?.denseView)
         var rng = SplitMix64(seed: 5)
-        for i in 0..<mask.count { mask[i] = Float(rng.next() % 2) }
-        let wp = plain.namedTensors.first { $0.name == name }!.tensor
-        for i in 0..<w.count { wp[i] = w[i] * mask[i] }  // the plain model holds W ⊙ M itself
+        let mask = try SparsityMask(pattern: .unstructured, rows: w.shape[0], cols: w.shape[1]) { _ in rng.next() % 2 == 0 }
+        let sparse = try model.replacing(id, with: .sparse(SparseWeight(masking: w, mask: mask)))
+        let plain = try model.replacing(id, with: .dense(sparse.linear(LinearID(layer: 1, kind: .up))!.dequantized()))
         let W = 10, ids = (0..<W).map { _ in Int32(rng.next() % 256) }
         let weights = LogitLossWeights(kl: 0, ce: 1), loss = LogitLoss(vocab: 256)
-        let masked = LlamaTrainer(model: model, batch: 1, window: W), reference = LlamaTrainer(model: plain, batch: 1, window: W)
-        try masked.setMask(name, mask, trainable: true)
+        let masked = LlamaTrainer(model: sparse, batch: 1, window: W), reference = LlamaTrainer(model: plain, batch: 1, window: W)
         let d1 = Tensor(shape: [W, 64]), d2 = Tensor(shape: [W, 64])
         for (t, d) in [(masked, d1), (reference, d2)] {
             t.zeroGradients()
@@ -64,12 +63,9 @@ final class TrainingTests: XCTestCase {
             t.backward(dHidden: d.data)
         }
         XCTAssertEqual(masked.hidden.array, reference.hidden.array)
-        let gEff = reference.grads.namedTensors.first { $0.name == name }!.tensor
-        let gW = masked.grads.namedTensors.first { $0.name == name }!.tensor, gM = masked.maskGrads[name]!
-        XCTAssertEqual(gW.array, (0..<w.count).map { gEff[$0] * mask[$0] })
-        XCTAssertEqual(gM.array, (0..<w.count).map { gEff[$0] * w[$0] })
-        XCTAssertThrowsError(try masked.setMask("model.norm.weight", Tensor(shape: [64])))
-        XCTAssertThrowsError(try masked.setMask(name, Tensor(shape: [3, 3])))
+        let gDense = try XCTUnwrap(reference.grads.slots[id]?.first), gSparse = try XCTUnwrap(masked.grads.slots[id]?.first)
+        XCTAssertEqual(gSparse.array, (0..<w.count).map { mask[$0] ? gDense[$0] : 0 })
+        XCTAssertTrue((0..<w.count).contains { !mask[$0] && gDense[$0] != 0 }, "the dense gradient is not already zero where the mask drops")
     }
 
     func tinyConfig(steps: Int) -> DistillConfig {
@@ -90,7 +86,7 @@ final class TrainingTests: XCTestCase {
         c.groups = [ParameterGroup(match: "model.embed_tokens.*", frozen: true),
                     ParameterGroup(match: "model.layers.0.*", lr: 5e-4, weightDecay: 0)]
         let student = try Fixtures.model("tiny-llama")
-        let before = student.embedTokens.array, beforeQ = student.layers[1].attention!.q.array
+        let before = student.embedTokens.dequantized().array, beforeQ = student.layers[1].attention!.q.dequantized().array
         let d = try Distiller(teacher: try Fixtures.model("tiny-llama-tied"), student: student, config: c, trainTokens: stream)
         XCTAssertFalse(d.optimizer.parameters.contains { $0.name == "model.embed_tokens.weight" })
         let p0 = d.optimizer.parameters.first { $0.name == "model.layers.0.self_attn.q_proj.weight" }!
@@ -99,9 +95,10 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(d.optimizer.parameters.first { $0.name == "model.norm.weight" }!.weightDecay, 0)
         XCTAssertEqual(d.optimizer.parameters.first { $0.name == "lm_head.weight" }!.weightDecay, 0.1)
         for _ in 0..<3 { d.trainStep() }
-        XCTAssertEqual(student.embedTokens.array, before)
-        XCTAssertNotEqual(student.layers[1].attention!.q.array, beforeQ)
-        XCTAssertTrue(d.studentTrainer.grads.embedTokens.array.allSatisfy { $0 == 0 })
+        XCTAssertEqual(d.student.embedTokens.dequantized().array, before)
+        XCTAssertNotEqual(d.student.layers[1].attention!.q.dequantized().array, beforeQ)
+        XCTAssertEqual(student.layers[1].attention!.q.dequantized().array, beforeQ, "the student given is a value: training works on a copy")
+        XCTAssertNil(d.studentTrainer.grads.slots[.embedTokens], "a frozen weight has no gradient buffer")
     }
 
     /// Distillation lowers the loss it optimises on the tiny pair.
