@@ -48,7 +48,7 @@ let package = Package(
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "CLITests", dependencies: ["compress", "Checkpoint", "CHDF5", "TensorCore"]),
+        .testTarget(name: "CLITests", dependencies: ["compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore"]),
     ],
     swiftLanguageModes: [.v5]
 )

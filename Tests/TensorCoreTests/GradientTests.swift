@@ -301,4 +301,26 @@ extension GradientTests {
             return [d]
         }
     }
+
+    /// Gates per group of features (heads, neurons, channels), plain and accumulating (a gated residual add).
+    func testGates() {
+        let T = 4, G = 3, S = 5
+        for accumulate in [false, true] {
+            let x = values(T * G * S), g = values(G), base = values(T * G * S)
+            func fwd(_ i: [[Double]]) -> [Double] {
+                (0..<(T * G * S)).map { e in (accumulate ? base[e] : 0) + i[0][e] * i[1][(e % (G * S)) / S] }
+            }
+            check("gates (accumulate \(accumulate))", [x, g], outputs: T * G * S, wrt: [0, 1], forward: fwd) { i, dout in
+                let dx = Tensor(shape: [T * G * S]), dg = Tensor(shape: [G])
+                gateBackward(dinp: dx.data, dgate: dg.data, dout: dout.data, inp: i[0].data, gate: i[1].data, rows: T, groups: G, groupSize: S)
+                return [dx, dg]
+            }
+            // Fast forward against its reference.
+            let xt = Tensor(shape: [T * G * S], values: x.map(Float.init)), gt = Tensor(shape: [G], values: g.map(Float.init))
+            let a = Tensor(shape: [T * G * S], values: base.map(Float.init)), b = Tensor(shape: [T * G * S], values: base.map(Float.init))
+            gateForward(out: a.data, inp: xt.data, gate: gt.data, rows: T, groups: G, groupSize: S, accumulate: accumulate)
+            gateForwardReference(out: b.data, inp: xt.data, gate: gt.data, rows: T, groups: G, groupSize: S, accumulate: accumulate)
+            for e in 0..<(T * G * S) { XCTAssertEqual(a[e], b[e], accuracy: 1e-6) }
+        }
+    }
 }
