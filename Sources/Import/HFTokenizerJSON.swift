@@ -1,13 +1,15 @@
 import Checkpoint
 import Foundation
+import JSONKeys
 import Model
 
 /// Reads a Hugging Face tokenizer.json of a byte-level BPE model into a `TokenizerSpec`.
 enum HFTokenizerJSON {
     static func read(_ path: String) throws -> TokenizerSpec {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let root = try? JSONValue.parse(text).objectValue else {
-            throw ImportError("\(path): not a readable JSON object")
-        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ImportError("\(path): cannot read UTF-8 text") }
+        let parsed: JSONValue
+        do { parsed = try JSONValue.parse(text) } catch let e as DuplicateJSONKey { throw ImportError("\(path): \(e)") } catch { throw ImportError("\(path): not valid JSON (\(error))") }
+        guard let root = parsed.objectValue else { throw ImportError("\(path): expected a JSON object") }
         guard let model = root["model"]?.objectValue, model["type"]?.stringValue == "BPE",
               let vocab = model["vocab"]?.objectValue else {
             throw ImportError("\(path): expected a BPE model with a vocab (supported: byte-level BPE)")

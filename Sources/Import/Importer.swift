@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import JSONKeys
 import GGUF
 import Model
 import Safetensors
@@ -99,7 +100,9 @@ public enum Importer {
         let config: LlamaConfig
         do { config = try LlamaConfig(json: JSONValue.parse(configText)) } catch let e as ConfigError {
             throw ImportError("\(configPath): \(e.description)")
-        } catch { throw ImportError("\(configPath): not valid JSON (\(error))") }
+        } catch let e as DuplicateJSONKey { throw ImportError("\(configPath): \(e)") } catch {
+            throw ImportError("\(configPath): not valid JSON (\(error))")
+        }
         let weights = try SafetensorsDirectory(path: directory)
         let expected = Set(LlamaModel.tensorSpecs(config).map(\.name))
         var tensors: [String: Tensor] = [:]
