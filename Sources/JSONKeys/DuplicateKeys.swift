@@ -6,6 +6,8 @@ public struct DuplicateJSONKey: Error, CustomStringConvertible, Equatable {
     /// Where the object holding it sits, as a path of keys and indices (`$` is the document root).
     public let path: String
 
+    public init(key: String, path: String) { self.key = key; self.path = path }
+
     public var description: String { "key '\(key)' appears twice in the object at \(path) (expected each key once)" }
 }
 
