@@ -112,23 +112,23 @@ public enum Importer {
         guard let configText = try? String(contentsOfFile: configPath, encoding: .utf8) else {
             throw ImportError("\(configPath): cannot read config.json")
         }
-        let weights = try SafetensorsDirectory(path: directory)
-        let config: LlamaConfig
-        var warnings: [String] = []
+        var config: LlamaConfig
+        let json: JSONValue
         do {
-            var json = try JSONValue.parse(configText)
-            if case .object(var o) = json, o["tie_word_embeddings"]?.boolValue == true,
-               let untie = try storedHeadDiffers(weights, directory: directory) {
-                // transformers keeps a stored lm_head.weight even when the config says the embeddings are tied.
-                o["tie_word_embeddings"] = .bool(false)
-                json = .object(o)
-                warnings.append("\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from model.embed_tokens.weight (\(untie)); imported untied with the stored lm_head.weight, as transformers loads it")
-            }
+            json = try JSONValue.parse(configText)
             config = try LlamaConfig(json: json)
         } catch let e as ConfigError {
             throw ImportError("\(configPath): \(e.description)")
         } catch let e as DuplicateJSONKey { throw ImportError("\(configPath): \(e)") } catch {
             throw ImportError("\(configPath): not valid JSON (\(error))")
+        }
+        let weights = try SafetensorsDirectory(path: directory)
+        var warnings: [String] = []
+        if config.tieWordEmbeddings, case .object(var o) = json, let untie = try storedHeadDiffers(weights) {
+            // transformers keeps a stored lm_head.weight even when the config says the embeddings are tied.
+            o["tie_word_embeddings"] = .bool(false)
+            do { config = try LlamaConfig(json: .object(o)) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
+            warnings.append("\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from model.embed_tokens.weight (\(untie)); imported untied with the stored lm_head.weight, as transformers loads it")
         }
         let expected = Set(LlamaModel.tensorSpecs(config).map(\.name))
         var tensors: [String: Tensor] = [:]
@@ -154,7 +154,7 @@ public enum Importer {
     }
 
     /// How a stored `lm_head.weight` differs from `model.embed_tokens.weight`, or nil if it is absent or equal.
-    static func storedHeadDiffers(_ weights: SafetensorsDirectory, directory: String) throws -> String? {
+    static func storedHeadDiffers(_ weights: SafetensorsDirectory) throws -> String? {
         guard weights.tensorNames.contains("lm_head.weight"), weights.tensorNames.contains("model.embed_tokens.weight") else { return nil }
         let head = try weights.info("lm_head.weight"), embedding = try weights.info("model.embed_tokens.weight")
         if head.shape != embedding.shape { return "shape \(head.shape) vs \(embedding.shape)" }
