@@ -8,6 +8,7 @@ import PackageDescription
 //                     Workbench -> Import -> Checkpoint -> Model, CHDF5, Quantization   (file I/O apart from model math)
 //                     Passes -> Quantization -> TensorCore                (quantizer, storage formats, CCA, bit allocation)
 //                                  Import -> GGUF, Safetensors -> MappedIO   (foreign formats, no model math)
+//                     Model, Safetensors -> JSONKeys                  (every JSON we read: a repeated key is an error)
 let package = Package(
     name: "compress",
     products: [
@@ -23,14 +24,15 @@ let package = Package(
         .target(name: "TensorCore", dependencies: [
             "CBLAS", .product(name: "Numerics", package: "swift-numerics"),
         ]),
-        .target(name: "Model", dependencies: ["TensorCore", "Quantization"]),
+        .target(name: "Model", dependencies: ["TensorCore", "Quantization", "JSONKeys"]),
         .target(name: "Checkpoint", dependencies: ["Model", "CHDF5", "Quantization"]),
         .target(name: "Evaluation", dependencies: ["Model"]),
         .target(name: "MappedIO"),
+        .target(name: "JSONKeys"),
         .target(name: "GGUF", dependencies: ["MappedIO"]),
-        .target(name: "Safetensors", dependencies: ["MappedIO"]),
+        .target(name: "Safetensors", dependencies: ["MappedIO", "JSONKeys"]),
         .target(name: "Tokenizer"),
-        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors"]),
+        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors", "JSONKeys"]),
         .target(name: "Training", dependencies: ["Checkpoint"]),
         .target(name: "Recipes", dependencies: ["Training"]),
         .target(name: "Passes", dependencies: ["Recipes", "Quantization"]),
@@ -45,7 +47,7 @@ let package = Package(
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation", "Import"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
-        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors"], exclude: ["Fixtures"]),
+        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore"]),

@@ -1,4 +1,5 @@
 #include <hdf5.h>
+#include <stdio.h>
 
 // HDF5 exposes its predefined types and defaults as macros that expand to global
 // ids (often after calling H5open()); Swift cannot import them, so we wrap them.
@@ -23,3 +24,21 @@ static inline unsigned h5f_acc_excl(void) { return H5F_ACC_EXCL; }
 static inline void h5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 static inline size_t h5t_variable(void) { return H5T_VARIABLE; }
 static inline hid_t h5_native_double(void) { return H5T_NATIVE_DOUBLE; }
+
+// The library's own account of the last failure: every description on the default error stack, outermost
+// (the API call) first, joined by "; " into `buf` (truncated to `size`). Empty when the stack is empty.
+typedef struct { char *buf; size_t size; size_t used; } h5_error_text;
+static inline herr_t h5_error_walker(unsigned n, const H5E_error2_t *e, void *data) {
+    h5_error_text *t = (h5_error_text *)data;
+    (void)n;
+    if (t->used + 1 >= t->size || e->desc == NULL || e->desc[0] == 0) return 0;
+    int w = snprintf(t->buf + t->used, t->size - t->used, "%s%s", t->used ? "; " : "", e->desc);
+    if (w > 0) t->used += (size_t)w < t->size - t->used ? (size_t)w : t->size - t->used - 1;
+    return 0;
+}
+static inline void h5_error_stack(char *buf, size_t size) {
+    h5_error_text t = { buf, size, 0 };
+    if (size == 0) return;
+    buf[0] = 0;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, h5_error_walker, &t);
+}

@@ -2,9 +2,26 @@ import CHDF5
 import Foundation
 import TensorCore
 
-/// A failure inside the HDF5 library, with the file and object it concerned.
+/// A failure inside the HDF5 library, with the object it concerned and the library's own reason (its error
+/// stack at the time of the failure); we add a hint only where the library names the cause.
 struct HDF5Failure: Error {
     let message: String
+
+    init(message: String) {
+        let reason = Self.libraryReason()
+        var text = reason.isEmpty ? message : "\(message): HDF5: \(reason)"
+        if reason.contains("unable to lock the file") {
+            text += " (another process holds the file open, e.g. for writing; close it, or set HDF5_USE_FILE_LOCKING=FALSE to turn HDF5's file locking off)"
+        }
+        self.message = text
+    }
+
+    /// The descriptions on HDF5's default error stack, outermost first ("" if it is empty).
+    static func libraryReason() -> String {
+        var buffer = [CChar](repeating: 0, count: 2048)
+        buffer.withUnsafeMutableBufferPointer { h5_error_stack($0.baseAddress, $0.count) }
+        return String(cString: buffer)
+    }
 }
 
 /// An open HDF5 file: the few operations checkpoints need, each checking the C library's status.
@@ -25,7 +42,7 @@ final class H5File {
     func close() throws {
         guard isOpen else { return }
         isOpen = false
-        guard H5Fclose(id) >= 0 else { throw HDF5Failure(message: "closing the file failed (disk full?)") }
+        guard H5Fclose(id) >= 0 else { throw HDF5Failure(message: "closing the file failed") }
     }
 
     /// Whether the file carries an HDF5 signature (false for any other file).
@@ -37,7 +54,7 @@ final class H5File {
     static func openReadOnly(_ path: String) throws -> H5File {
         initialize()
         let id = H5Fopen(path, h5f_acc_rdonly(), h5p_default())
-        guard id >= 0 else { throw HDF5Failure(message: "HDF5 could not open the file (truncated or corrupt)") }
+        guard id >= 0 else { throw HDF5Failure(message: "HDF5 could not open the file") }
         return H5File(id: id, path: path)
     }
 
@@ -196,7 +213,7 @@ final class H5File {
         guard ds >= 0 else { throw HDF5Failure(message: "could not create dataset '\(name)'") }
         defer { H5Dclose(ds) }
         guard H5Dwrite(ds, memType, h5s_all(), h5s_all(), h5p_default(), data) >= 0 else {
-            throw HDF5Failure(message: "could not write dataset '\(name)' (disk full?)")
+            throw HDF5Failure(message: "could not write dataset '\(name)'")
         }
     }
 
@@ -206,7 +223,7 @@ final class H5File {
         guard ds >= 0 else { throw HDF5Failure(message: "could not open dataset '\(name)'") }
         defer { H5Dclose(ds) }
         guard H5Dread(ds, memType, h5s_all(), h5s_all(), h5p_default(), data) >= 0 else {
-            throw HDF5Failure(message: "could not read dataset '\(name)' (file truncated or corrupt)")
+            throw HDF5Failure(message: "could not read dataset '\(name)'")
         }
     }
 }

@@ -34,6 +34,19 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
     public var bosTokenId: Int?
     /// `eos_token_id`: `tokenizer.ggml.eos_token_id`, if present.
     public var eosTokenId: Int?
+    /// `rope_scaling`: `<arch>.rope.scaling.type` and `.factor` (or the older `<arch>.rope.scale_linear`), read as
+    /// llama.cpp reads them; nil when absent, type "none", or a factor of 0 or 1. Whether it is supported is for
+    /// the config reader to decide, by the same rule as a Hugging Face `config.json`.
+    public var ropeScaling: RopeScaling?
+    /// The GGUF keys `ropeScaling` came from (for error messages; not part of the config).
+    public var ropeScalingKeys: [String] = []
+
+    /// Hugging Face's `rope_scaling` object.
+    public struct RopeScaling: Codable, Sendable, Equatable {
+        public var ropeType: String
+        public var factor: Double
+        enum CodingKeys: String, CodingKey { case ropeType = "rope_type", factor }
+    }
 
     enum CodingKeys: String, CodingKey {
         case architectures, modelType = "model_type", hiddenAct = "hidden_act", vocabSize = "vocab_size"
@@ -42,6 +55,7 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
         case numKeyValueHeads = "num_key_value_heads", headDim = "head_dim", rmsNormEps = "rms_norm_eps"
         case ropeTheta = "rope_theta", maxPositionEmbeddings = "max_position_embeddings"
         case tieWordEmbeddings = "tie_word_embeddings", bosTokenId = "bos_token_id", eosTokenId = "eos_token_id"
+        case ropeScaling = "rope_scaling"
     }
 
     /// Reads `<arch>.*` and `tokenizer.ggml.*` metadata; embeddings are tied when there is no `output.weight`.
@@ -76,6 +90,22 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
         tieWordEmbeddings = file.tensor(named: "output.weight") == nil
         bosTokenId = try file.ifPresent("tokenizer.ggml.bos_token_id", file.int)
         eosTokenId = try file.ifPresent("tokenizer.ggml.eos_token_id", file.int)
+        try readRopeScaling(file, key: key)
+    }
+
+    /// llama.cpp: factor from `rope.scaling.factor`, else `rope.scale_linear`; frequency scale = 1 / factor.
+    private mutating func readRopeScaling(_ file: GGUFFile, key: (String) -> String) throws {
+        let typeKey = key("rope.scaling.type"), factorKey = key("rope.scaling.factor"), linearKey = key("rope.scale_linear")
+        let type = try file.ifPresent(typeKey, file.string)
+        var factor = try file.ifPresent(factorKey, file.float).map(Double.init)
+        var keys = [typeKey, factorKey].filter { file.metadata[$0] != nil }
+        if factor == nil, let linear = try file.ifPresent(linearKey, file.float) {
+            factor = Double(linear)
+            keys.append(linearKey)
+        }
+        if type == "none" || (type == nil && (factor == nil || factor == 0 || factor == 1)) { return }
+        ropeScaling = RopeScaling(ropeType: type ?? "linear", factor: factor.map { Self.shortestDecimal(Float($0)) } ?? 1)
+        ropeScalingKeys = keys
     }
 
     /// Pretty-printed JSON with sorted snake_case keys, as in a Hugging Face `config.json`.

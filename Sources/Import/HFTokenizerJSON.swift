@@ -1,13 +1,15 @@
 import Checkpoint
 import Foundation
+import JSONKeys
 import Model
 
 /// Reads a Hugging Face tokenizer.json of a byte-level BPE model into a `TokenizerSpec`.
 enum HFTokenizerJSON {
     static func read(_ path: String) throws -> TokenizerSpec {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let root = try? JSONValue.parse(text).objectValue else {
-            throw ImportError("\(path): not a readable JSON object")
-        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ImportError("\(path): cannot read UTF-8 text") }
+        let parsed: JSONValue
+        do { parsed = try JSONValue.parse(text) } catch let e as DuplicateJSONKey { throw ImportError("\(path): \(e)") } catch { throw ImportError("\(path): not valid JSON (\(error))") }
+        guard let root = parsed.objectValue else { throw ImportError("\(path): expected a JSON object") }
         guard let model = root["model"]?.objectValue, model["type"]?.stringValue == "BPE",
               let vocab = model["vocab"]?.objectValue else {
             throw ImportError("\(path): expected a BPE model with a vocab (supported: byte-level BPE)")
@@ -39,20 +41,71 @@ enum HFTokenizerJSON {
             throw ImportError("\(path): a merge is neither \"a b\" nor [\"a\", \"b\"]: \($0.text)")
         }
         func id(_ content: String) -> Int32? { added.first { $0.1 == content }.map { Int32($0.0) } }
-        return TokenizerSpec(model: "gpt2", pre: try preTokenizerKind(root["pre_tokenizer"], path: path), tokens: tokens,
+        let pre = try preTokenizerKind(root["pre_tokenizer"], path: path)
+        // Our llama3 pre-tokenizer ignores merges for pieces that are tokens (as Llama 3's tokenizer.json and
+        // llama.cpp do); the others never do. A file that says otherwise would tokenize differently.
+        let ignoreMerges = model["ignore_merges"]?.boolValue ?? false
+        let implied = pre == "llama3"  // Tokenizer's PreTokenizer.ignoresMerges
+        guard ignoreMerges == implied else {
+            throw ImportError("\(path): model.ignore_merges is \(ignoreMerges) with the \(pre) pre-tokenizer (expected \(implied): we implement \(implied ? "Llama 3's pre-tokenizer only with" : "this pre-tokenizer only without") ignore_merges)")
+        }
+        return TokenizerSpec(model: "gpt2", pre: pre, tokens: tokens,
                              merges: merges, tokenTypes: types, bosTokenID: id("<|endoftext|>") ?? id("<s>"),
                              eosTokenID: id("<|endoftext|>") ?? id("</s>"), addBosToken: false)
     }
 
-    /// Names the pre-tokenizer: ByteLevel alone is GPT-2's; Digits(individual) then ByteLevel is SmolLM's.
-    static func preTokenizerKind(_ p: JSONValue?, path: String) throws -> String {
-        guard let p = p?.objectValue, let type = p["type"]?.stringValue else { return "gpt2" }
-        if type == "ByteLevel" { return "gpt2" }
-        if type == "Sequence", let steps = p["pretokenizers"]?.arrayValue?.compactMap(\.objectValue) {
-            let kinds = steps.compactMap { $0["type"]?.stringValue }
-            if kinds == ["Digits", "ByteLevel"], steps[0]["individual_digits"]?.boolValue == true { return "smollm" }
-            if kinds.last == "ByteLevel", kinds.dropLast().allSatisfy({ $0 == "Split" }) { return "llama3" }
+    /// Llama 3's Split regex (tokenizers' `Regex` pattern), matched character for character.
+    static let llama3Split = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+
+    /// The pre-tokenizers we implement, each by its exact tokenizer.json definition (`trim_offsets` only moves
+    /// offsets, so it may take either value).
+    static let known: [(name: String, definition: JSONValue)] = {
+        func byteLevel(regex: Bool) -> JSONValue {
+            .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(false), "use_regex": .bool(regex)])
         }
-        throw ImportError("\(path): pre_tokenizer \(JSONValue.object(p).text.prefix(200)) is not supported (supported: ByteLevel, Digits+ByteLevel, Split+ByteLevel)")
+        return [
+            ("gpt2", byteLevel(regex: true)),
+            ("smollm", .object(["type": .string("Sequence"), "pretokenizers": .array([
+                .object(["type": .string("Digits"), "individual_digits": .bool(true)]), byteLevel(regex: true)])])),
+            ("llama3", .object(["type": .string("Sequence"), "pretokenizers": .array([
+                .object(["type": .string("Split"), "pattern": .object(["Regex": .string(llama3Split)]),
+                         "behavior": .string("Isolated"), "invert": .bool(false)]),
+                byteLevel(regex: false)])])),
+        ]
+    }()
+
+    /// Names the pre-tokenizer whose definition this is, exactly: GPT-2's ByteLevel, SmolLM's Digits(individual)
+    /// then ByteLevel, or Llama 3's Split(its regex) then ByteLevel without regex; anything else is refused.
+    static func preTokenizerKind(_ p: JSONValue?, path: String) throws -> String {
+        guard let p, p != .null else {
+            throw ImportError("\(path): pre_tokenizer is null (expected a byte-level pre-tokenizer: \(known.map(\.name).joined(separator: ", ")))")
+        }
+        if let match = known.first(where: { $0.definition == withoutTrimOffsets(p) }) { return match.name }
+        let patterns = splitPatterns(p)
+        let quoted = patterns.isEmpty ? "" : "; its Split pattern\(patterns.count > 1 ? "s" : "") \(patterns.map { "'\($0)'" }.joined(separator: ", ")) \(patterns.count > 1 ? "are" : "is") not one we implement (Llama 3's is '\(llama3Split)')"
+        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's Split then ByteLevel with use_regex false)")
+    }
+
+    /// The definition with every `trim_offsets` key removed and ByteLevel's `use_regex` default (true) filled in.
+    private static func withoutTrimOffsets(_ v: JSONValue) -> JSONValue {
+        switch v {
+        case .object(var o):
+            if o["type"] == .string("ByteLevel"), o["use_regex"] == nil { o["use_regex"] = .bool(true) }
+            return .object(o.filter { $0.key != "trim_offsets" }.mapValues(withoutTrimOffsets))
+        case .array(let a): return .array(a.map(withoutTrimOffsets))
+        default: return v
+        }
+    }
+
+    /// Every Split regex or string pattern in the definition.
+    private static func splitPatterns(_ v: JSONValue) -> [String] {
+        switch v {
+        case .object(let o):
+            if o["type"] == .string("Split"), let pattern = o["pattern"]?.objectValue,
+               let text = pattern["Regex"]?.stringValue ?? pattern["String"]?.stringValue { return [text] }
+            return o.keys.sorted().flatMap { splitPatterns(o[$0]!) }
+        case .array(let a): return a.flatMap(splitPatterns)
+        default: return []
+        }
     }
 }

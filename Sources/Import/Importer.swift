@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import JSONKeys
 import GGUF
 import Model
 import Safetensors
@@ -44,7 +45,10 @@ public enum Importer {
         let config: LlamaConfig
         do {
             config = try LlamaConfig(json: JSONValue.parse(String(decoding: try ggufConfig.jsonData(), as: UTF8.self)))
-        } catch let e as ConfigError { throw ImportError("\(path): \(e.description)") }
+        } catch let e as ConfigError {
+            let from = ggufConfig.ropeScalingKeys.isEmpty ? "" : " (from \(ggufConfig.ropeScalingKeys.joined(separator: ", ")))"
+            throw ImportError("\(path): \(e.description)\(from)")
+        }
         var tensors: [String: Tensor] = [:]
         var typeCounts: [String: Int] = [:]
         for info in file.tensors {
@@ -77,10 +81,22 @@ public enum Importer {
                 return Int32(i)
             }
         }
+        let tokens = try file.strings("tokenizer.ggml.tokens")
+        let merges = try file.ifPresent("tokenizer.ggml.merges", file.strings)
+        if merges == nil {
+            // Byte-level BPE reaches a multi-byte token only through merges; without them every text would be
+            // spelled in single bytes (llama.cpp refuses such files). Added tokens (types 3, 4) are matched whole.
+            let multiByte = tokens.indices.filter { i in
+                tokens[i].unicodeScalars.count > 1 && !(types.map { $0.indices.contains(i) && ($0[i] == 3 || $0[i] == 4) } ?? false)
+            }
+            if let first = multiByte.first {
+                throw ImportError("\(file.path): tokenizer.ggml.merges is missing, but tokenizer.ggml.tokens holds \(multiByte.count) multi-byte tokens (e.g. id \(first) '\(tokens[first])'); expected the merges that build them (byte-level BPE cannot reach them otherwise)")
+            }
+        }
         return TokenizerSpec(
             model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string) ?? "gpt2",
-            tokens: try file.strings("tokenizer.ggml.tokens"),
-            merges: try file.ifPresent("tokenizer.ggml.merges", file.strings) ?? [],
+            tokens: tokens,
+            merges: merges ?? [],
             tokenTypes: types,
             bosTokenID: try file.ifPresent("tokenizer.ggml.bos_token_id", file.int).map { Int32($0) },
             eosTokenID: try file.ifPresent("tokenizer.ggml.eos_token_id", file.int).map { Int32($0) },
@@ -96,17 +112,31 @@ public enum Importer {
         guard let configText = try? String(contentsOfFile: configPath, encoding: .utf8) else {
             throw ImportError("\(configPath): cannot read config.json")
         }
-        let config: LlamaConfig
-        do { config = try LlamaConfig(json: JSONValue.parse(configText)) } catch let e as ConfigError {
+        var config: LlamaConfig
+        let json: JSONValue
+        do {
+            json = try JSONValue.parse(configText)
+            config = try LlamaConfig(json: json)
+        } catch let e as ConfigError {
             throw ImportError("\(configPath): \(e.description)")
-        } catch { throw ImportError("\(configPath): not valid JSON (\(error))") }
+        } catch let e as DuplicateJSONKey { throw ImportError("\(configPath): \(e)") } catch {
+            throw ImportError("\(configPath): not valid JSON (\(error))")
+        }
         let weights = try SafetensorsDirectory(path: directory)
+        var warnings: [String] = []
+        if config.tieWordEmbeddings, case .object(var o) = json, let untie = try storedHeadDiffers(weights) {
+            // transformers keeps a stored lm_head.weight even when the config says the embeddings are tied.
+            o["tie_word_embeddings"] = .bool(false)
+            do { config = try LlamaConfig(json: .object(o)) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
+            warnings.append("\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from model.embed_tokens.weight (\(untie)); imported untied with the stored lm_head.weight, as transformers loads it")
+        }
         let expected = Set(LlamaModel.tensorSpecs(config).map(\.name))
         var tensors: [String: Tensor] = [:]
         var dtypes: [String: Int] = [:]
         for name in weights.tensorNames {
             guard expected.contains(name) else {
-                // A tied model may still carry a copy of the embedding as lm_head; rotary buffers are derived.
+                // A tied model may still carry a copy of the embedding as lm_head (equal, or it would have been
+                // imported untied above); rotary buffers are derived.
                 if (name == "lm_head.weight" && config.tieWordEmbeddings) || name.hasSuffix("rotary_emb.inv_freq") { continue }
                 throw ImportError("\(directory): unexpected tensor '\(name)' for a Llama with this config")
             }
@@ -119,8 +149,18 @@ public enum Importer {
         let tokenizer = FileManager.default.fileExists(atPath: tokenizerPath) ? try HFTokenizerJSON.read(tokenizerPath) : nil
         let entry = historyEntry(source: directory, format: "safetensors", details: [
             "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
-        ])
+        ].merging(warnings.isEmpty ? [:] : ["warnings": .array(warnings.map { .string($0) })]) { a, _ in a })
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
+    }
+
+    /// How a stored `lm_head.weight` differs from `model.embed_tokens.weight`, or nil if it is absent or equal.
+    static func storedHeadDiffers(_ weights: SafetensorsDirectory) throws -> String? {
+        guard weights.tensorNames.contains("lm_head.weight"), weights.tensorNames.contains("model.embed_tokens.weight") else { return nil }
+        let head = try weights.info("lm_head.weight"), embedding = try weights.info("model.embed_tokens.weight")
+        if head.shape != embedding.shape { return "shape \(head.shape) vs \(embedding.shape)" }
+        let a = try weights.floats("lm_head.weight"), b = try weights.floats("model.embed_tokens.weight")
+        guard let i = a.indices.first(where: { a[$0].bitPattern != b[$0].bitPattern }) else { return nil }
+        return "first at element \(i): \(a[i]) vs \(b[i])"
     }
 
     /// Assembles the model; LlamaModel verifies every name and shape against the config.

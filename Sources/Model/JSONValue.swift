@@ -1,4 +1,5 @@
 import Foundation
+import JSONKeys
 
 /// A JSON document as a Swift value: configs keep unknown keys verbatim, histories hold free-form reports.
 public enum JSONValue: Codable, Equatable, Sendable {
@@ -34,9 +35,10 @@ public enum JSONValue: Codable, Equatable, Sendable {
         }
     }
 
-    /// Parses UTF-8 JSON text.
+    /// Parses UTF-8 JSON text; a key repeated within one object throws `DuplicateJSONKey`.
     public static func parse(_ text: String) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        try JSONKeys.checkUnique(text.utf8)
+        return try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
     }
 
     /// Compact JSON text with sorted keys (deterministic).

@@ -223,6 +223,7 @@ public struct CPTQuantPass: CompressionPass {
         var squaredErrors = [[Double]](repeating: [Double](repeating: 0, count: formats.count), count: names.count)
         let squaredNorms = names.map { n in tensors[n]!.array.reduce(0.0) { $0 + Double($1) * Double($1) } }
         var failure: Error?
+        var unrepresentable: [String] = []  // widths that cannot store a tensor are dropped from its unit's options
         let lock = NSLock()
         for (fi, f) in formats.enumerated() {
             Parallel.forEachChunk(names.count) { r in
@@ -235,6 +236,8 @@ public struct CPTQuantPass: CompressionPass {
                         var e = 0.0
                         for k in 0..<w.count { let d = Double(w[k] - back[k]); e += d * d }
                         lock.lock(); stored[i][fi] = q; squaredErrors[i][fi] = e; lock.unlock()
+                    } catch let e as UnrepresentableWeights {
+                        lock.lock(); unrepresentable.append("'\(names[i])' at \(f): \(e)"); lock.unlock()
                     } catch {
                         lock.lock(); failure = RecipeError("cptquant: tensor '\(names[i])' at \(f): \(error)"); lock.unlock()
                     }
@@ -255,10 +258,13 @@ public struct CPTQuantPass: CompressionPass {
         let top = sensitivity.max() ?? 0
         let floor = top > 0 ? 0.01 * top : 1
         let weightOf = sensitivity.map { top > 0 ? Swift.max($0, floor) : 1 }
-        let allocationUnits = units.enumerated().map { u, unit in
-            AllocationUnit(name: unit.name, options: formats.indices.map { fi in
-                (widths[fi], unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, weightOf[u] * unitError[u][fi])
-            })
+        let allocationUnits = try units.enumerated().map { u, unit in
+            do {
+                return try AllocationUnit(name: unit.name, candidates: formats.indices.map { fi in
+                    (widths[fi], unit.tensors.allSatisfy { stored[index[$0]!][fi] != nil }
+                        ? (unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, weightOf[u] * unitError[u][fi]) : nil)
+                }, why: unrepresentable.filter { r in unit.tensors.contains { r.hasPrefix("'\($0)'") } })
+            } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
         }
         let weights = names.reduce(0) { $0 + tensors[$1]!.count }
         let budget = budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights) / 8).rounded(.down)) }
@@ -297,7 +303,7 @@ public struct CPTQuantPass: CompressionPass {
         // Report.
         let unitReports: [JSONValue] = units.enumerated().map { u, unit in
             let fi = widths.firstIndex(of: chosen.bits[u])!
-            let opt = allocationUnits[u].options[fi]
+            let opt = allocationUnits[u].options.first { $0.bits == chosen.bits[u] }!
             let n = unit.tensors.reduce(0) { $0 + tensors[$1]!.count }
             return .object(["name": .string(unit.name), "layer": .int(unit.layer), "sensitivity": .double(sensitivity[u]),
                             "bits": .int(chosen.bits[u]), "format": .string(formats[fi].description), "bytes": .int(opt.bytes),
@@ -307,7 +313,7 @@ public struct CPTQuantPass: CompressionPass {
         var layerSummary: [JSONValue] = []
         for l in Set(units.map(\.layer)).sorted() {
             let members = units.indices.filter { units[$0].layer == l }
-            let bytes = members.reduce(0) { $0 + allocationUnits[$1].options[widths.firstIndex(of: chosen.bits[$1])!].bytes }
+            let bytes = members.reduce(0) { sum, u in sum + allocationUnits[u].options.first { $0.bits == chosen.bits[u] }!.bytes }
             let n = members.reduce(0) { a, u in a + units[u].tensors.reduce(0) { $0 + tensors[$1]!.count } }
             layerSummary.append(.object(["layer": .int(l), "sensitivity": .double(members.map { sensitivity[$0] }.reduce(0, +) / Double(members.count)),
                                          "bits": .array(members.map { .int(chosen.bits[$0]) }), "bytes": .int(bytes),

@@ -13,12 +13,25 @@
 //     cost in units of g = gcd of all costs. When the table would exceed `maxCells`, costs are rounded up to
 //     a coarser unit (still never over budget) and the result says it is not proven optimal.
 // (c) Uniform: the widest single width whose total fits the budget (the baseline).
+// A width that cannot store a unit (a group whose float16 scale would overflow) is not among that unit's
+// options; in (a) such a unit takes the next wider width it has, in (c) only widths every unit has count.
 
 /// One unit's choices: candidate widths (bits) with their cost and damage.
 public struct AllocationUnit: Sendable {
     public var name: String
     public var options: [(bits: Int, bytes: Int, damage: Double)]
     public init(name: String, options: [(bits: Int, bytes: Int, damage: Double)]) { self.name = name; self.options = options }
+
+    /// A unit's options from every candidate width, nil where the width cannot store the unit's weights
+    /// (`UnrepresentableWeights`, explained by `why`): those widths are not options. Throws only when no
+    /// candidate width can store the unit.
+    public init(name: String, candidates: [(bits: Int, option: (bytes: Int, damage: Double)?)], why: [String]) throws {
+        let options = candidates.compactMap { c in c.option.map { (bits: c.bits, bytes: $0.bytes, damage: $0.damage) } }
+        guard !options.isEmpty else {
+            throw QuantizationError("\(name): no width of \(candidates.map(\.bits)) can store its weights (\(why.joined(separator: "; "))); expected at least one width whose float16 scales hold every group (a wider width, 16 = float16 values, or exclude the layer)")
+        }
+        self.init(name: name, options: options)
+    }
 }
 
 /// Optimal 1-D k-means: cluster index (0 = lowest values) of every value. k is reduced to the number of
@@ -141,10 +154,14 @@ public func allocateByClusters(_ units: [AllocationUnit], sensitivities: [Double
     let labels = clusterSensitivities(sensitivities, k: ladder.count)
     let k = (labels.max() ?? 0) + 1
     // With fewer distinct sensitivities than widths, the clusters take the top of the ladder.
-    let bits = labels.map { ladder[ladder.count - k + $0] }
+    // A unit without its cluster's width (it cannot store the unit) takes the next wider width it has, else
+    // the widest.
+    var bits = labels.map { ladder[ladder.count - k + $0] }
     var bytes = 0, damage = 0.0
-    for (u, b) in zip(units, bits) {
-        guard let o = u.options.first(where: { $0.bits == b }) else { preconditionFailure("unit \(u.name) has no \(b)-bit option") }
+    for u in units.indices {
+        let have = units[u].options.sorted { $0.bits < $1.bits }
+        guard let o = have.first(where: { $0.bits >= bits[u] }) ?? have.last else { preconditionFailure("unit \(units[u].name) has no option") }
+        bits[u] = o.bits
         bytes += o.bytes; damage += o.damage
     }
     return Allocation(bits: bits, bytes: bytes, damage: damage, optimal: true)

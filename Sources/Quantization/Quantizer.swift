@@ -120,6 +120,14 @@ public struct QuantizationError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
+/// Weights a format cannot store: a float16 value, or a group's float16 scale or minimum, would overflow.
+/// Another width may still hold them (a wider code needs a smaller scale), so allocation drops this width
+/// for the unit instead of failing (`AllocationUnit.init(name:candidates:)`).
+public struct UnrepresentableWeights: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// Packs `codes` (each < 2^bits) into a little-endian bit stream.
 public func packCodes(_ codes: [UInt8], bits: Int) -> [UInt8] {
     var out = [UInt8](repeating: 0, count: (codes.count * bits + 7) / 8)
@@ -210,7 +218,7 @@ public struct QuantizedTensor: Equatable, Sendable {
         if let i = w.firstIndex(where: { !$0.isFinite }) { throw QuantizationError("weight \(i) is \(w[i])") }
         if f.isFloat16 {
             let halves = w.map { Float16($0) }
-            if let i = halves.firstIndex(where: { !$0.isFinite }) { throw QuantizationError("weight \(i) = \(w[i]) overflows float16") }
+            if let i = halves.firstIndex(where: { !$0.isFinite }) { throw UnrepresentableWeights("weight \(i) = \(w[i]) overflows float16") }
             try self.init(format: f, shape: shape, codes: halves.withUnsafeBytes { [UInt8]($0) }, scales: [], mins: [])
             return
         }
@@ -247,7 +255,7 @@ public struct QuantizedTensor: Equatable, Sendable {
                 }
             }
         }
-        if let failure { throw QuantizationError(failure) }
+        if let failure { throw UnrepresentableWeights(failure) }
         try self.init(format: f, shape: shape, codes: packCodes(codes, bits: f.bits), scales: scales, mins: mins)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import JSONKeys
 import MappedIO
 
 /// Dtype, shape and byte range of one tensor in a safetensors file.
@@ -46,6 +47,7 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
         }
         dataOffset = 8 + Int(headerLength)
         let json = Data(bytes: base + 8, count: Int(headerLength))
+        do { try JSONKeys.checkUnique(json) } catch let e as DuplicateJSONKey { throw SafetensorsError(path, "header: \(e.description)") }
         guard let header = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
             throw SafetensorsError(path, "header is not a JSON object")
         }

@@ -19,6 +19,8 @@ public final class BPETokenizer: Sendable {
     /// The bytes each token decodes to: token `i` is `tokenBytes[tokenOffsets[i] ..< tokenOffsets[i + 1]]`.
     private let tokenBytes: [UInt8]
     private let tokenOffsets: [Int32]
+    /// Every token by its bytes, when the pre-tokenizer ignores merges for pieces that are tokens.
+    private let wholeTokens: [[UInt8]: Int32]?
 
     /// Builds a tokenizer from a vocabulary and merges spelled in GPT-2's byte-to-unicode alphabet.
     ///
@@ -56,6 +58,7 @@ public final class BPETokenizer: Sendable {
         self.tokenBytes = tokenBytes
         self.tokenOffsets = tokenOffsets
         byteTokens = (0..<256).map { ids[[UInt8($0)]] ?? -1 }
+        wholeTokens = preTokenizer.ignoresMerges ? ids : nil
 
         var table = MergeTable(capacity: merges.count)
         for (rank, merge) in merges.enumerated() {
@@ -149,7 +152,7 @@ public final class BPETokenizer: Sendable {
     private func encode(utf8 bytes: UnsafeBufferPointer<UInt8>) -> [Int32] {
         guard !bytes.isEmpty else { return [] }
         let classes = characterClasses(of: bytes)
-        let byteTokens = byteTokens, merges = merges, preTokenizer = preTokenizer
+        let byteTokens = byteTokens, merges = merges, preTokenizer = preTokenizer, wholeTokens = wholeTokens
         var output: [Int32] = []
         output.reserveCapacity(bytes.count / 3 + 1)
         var cache = WordCache()
@@ -171,7 +174,11 @@ public final class BPETokenizer: Sendable {
                         return
                     }
                     let first = output.count
-                    merger.merge(bytes, start, end, byteTokens: byteTokens, merges: merges, into: &output)
+                    if let id = wholeTokens?[Array(bytes[start..<end])] {
+                        output.append(id)
+                    } else {
+                        merger.merge(bytes, start, end, byteTokens: byteTokens, merges: merges, into: &output)
+                    }
                     cache.insert(hash, bytes, start, end, ids: output[first...])
                 }
                 if let id = added.id { output.append(id) }

@@ -4,8 +4,13 @@ public enum PreTokenizer: String, Sendable {
     case gpt2
     /// SmolLM2: every `\p{N}` scalar split off on its own (`Digits(individual_digits)`), then the GPT-2 regex.
     case smollm
-    /// Llama 3 (`llama-bpe` in GGUF): case-insensitive contractions, one-scalar word prefixes, numbers in threes.
+    /// Llama 3 (`llama-bpe` in GGUF): case-insensitive contractions, one-scalar word prefixes, numbers in threes;
+    /// merges are ignored for a piece that is a token (`ignoresMerges`).
     case llama3
+
+    /// Whether a piece that is itself a vocabulary entry becomes that token without merging: Hugging Face's
+    /// `"ignore_merges": true`, which the Llama 3 tokenizers set and llama.cpp applies to its LLAMA3 pre-type.
+    public var ignoresMerges: Bool { self == .llama3 }
 
     /// The pre-tokenizer named by a GGUF file's `tokenizer.ggml.pre` value.
     public init(ggufName: String) throws {

@@ -12,6 +12,8 @@ public struct ImportReport: Codable {
     public var outputBytes: Int
     public var tokenizer: Bool
     public var seconds: Double
+    /// What the import decided that the source did not say plainly (also kept in the checkpoint's history).
+    public var warnings: [String]
 }
 
 extension Workbench {
@@ -23,6 +25,7 @@ extension Workbench {
         let bytes = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
         return ImportReport(source: source, output: output, parameters: ckpt.model.parameterCount,
                             tensors: ckpt.model.namedTensors.count, outputBytes: bytes,
-                            tokenizer: ckpt.tokenizer != nil, seconds: Date().timeIntervalSince(start))
+                            tokenizer: ckpt.tokenizer != nil, seconds: Date().timeIntervalSince(start),
+                            warnings: ckpt.history.last?.objectValue?["warnings"]?.arrayValue?.compactMap(\.stringValue) ?? [])
     }
 }

@@ -67,6 +67,7 @@ struct Import: ParsableCommand {
             if json { print(encodeJSON(r)) } else {
                 print(String(format: "imported %@ -> %@: %d parameters, %d tensors, %@, tokenizer %@, %.2f s",
                              r.source, r.output, r.parameters, r.tensors, formatBytes(r.outputBytes), r.tokenizer ? "yes" : "no", r.seconds))
+                for w in r.warnings { print("warning: \(w)") }
             }
         }
     }

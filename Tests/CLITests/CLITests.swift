@@ -96,7 +96,7 @@ final class CLITests: XCTestCase {
         let stream = fixture("tiny-llama.stream.txt")
         let cases: [([String], String)] = [
             (["eval", notHDF5, "--tokens", stream], "not an HDF5 file"),
-            (["eval", truncated, "--tokens", stream], "truncated or corrupt"),
+            (["eval", truncated, "--tokens", stream], "truncated file"),  // HDF5's own words
             (["eval", fixture("tiny-llama.h5"), "--tokens", emptyTokens], "token file is empty"),
             (["eval", fixture("tiny-llama.h5"), "--tokens", badTokens], "unexpected character 'x'"),
             (["eval", fixture("tiny-llama.h5"), "--tokens", stream, "--window", "1000"], "need at least one whole window"),

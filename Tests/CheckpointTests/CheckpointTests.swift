@@ -122,6 +122,30 @@ final class CheckpointTests: XCTestCase {
         }
     }
 
+    /// A file another holder has locked (as h5py holding it open for writing does: HDF5 takes an exclusive
+    /// flock) fails with HDF5's own reason and the documented way around it, not a guess about corruption.
+    /// flock locks belong to the open file description, so a second open in this process conflicts too.
+    func testLockedFileGivesHDF5sReason() throws {
+        guard ProcessInfo.processInfo.environment["HDF5_USE_FILE_LOCKING"] == nil else {
+            throw XCTSkip("HDF5_USE_FILE_LOCKING is set; HDF5 may not lock")
+        }
+        try sample().write(to: path("locked.h5"))
+        let fd = open(path("locked.h5"), O_RDWR)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        XCTAssertEqual(flock(fd, LOCK_EX | LOCK_NB), 0)
+        XCTAssertThrowsError(try Checkpoint.read(path("locked.h5"))) { error in
+            guard case .unreadable(let ep, let detail)? = error as? CheckpointError else { return XCTFail("\(error)") }
+            XCTAssertEqual(ep, path("locked.h5"))
+            for fragment in ["unable to lock the file", "HDF5_USE_FILE_LOCKING=FALSE"] {
+                XCTAssertTrue(detail.contains(fragment), detail)
+            }
+            XCTAssertFalse(detail.contains("corrupt"), detail)
+        }
+        flock(fd, LOCK_UN)
+        XCTAssertNoThrow(try Checkpoint.read(path("locked.h5")))
+    }
+
     func testMissingTensor() throws {
         try writeRaw(path("m.h5"), tensors: specs.filter { $0.0 != "model.layers.1.mlp.up_proj.weight" })
         assertReadError(path("m.h5"), .missingTensor(path: path("m.h5"), tensor: "model.layers.1.mlp.up_proj.weight", expectedShape: [24, 16]))

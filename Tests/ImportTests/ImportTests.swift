@@ -15,7 +15,7 @@ final class ImportTests: XCTestCase {
     struct Reference: Decodable { let batch: [[Int32]]; let logits_shape: [Int] }
 
     /// Largest |logit - transformers' logit| over the reference batch.
-    func logitsError(_ model: LlamaModel) throws -> Float {
+    static func logitsError(_ model: LlamaModel) throws -> Float {
         let ref = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.reference.json")))
         let data = try Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.logits.f32"))
         let expected = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
@@ -32,7 +32,7 @@ final class ImportTests: XCTestCase {
     func testGGUFImportMatchesTransformers() throws {
         let c = try Importer.load(fixture("tiny-llama.gguf"))
         // Un-permuting q/k is what makes this pass: without it the rotary pairs are wrong.
-        XCTAssertLessThan(try logitsError(c.model), 2e-5)  // observed 3.8e-6
+        XCTAssertLessThan(try Self.logitsError(c.model), 2e-5)  // observed 3.8e-6
         let original = try Checkpoint.read(fixture("tiny-llama.h5"))
         for (a, b) in zip(c.model.namedTensors, original.model.namedTensors) {
             XCTAssertEqual(a.name, b.name)
@@ -46,7 +46,7 @@ final class ImportTests: XCTestCase {
 
     func testShardedSafetensorsImportMatchesTransformers() throws {
         let c = try Importer.load(fixture("tiny-llama-hf"))
-        XCTAssertLessThan(try logitsError(c.model), 2e-5)  // observed 3.8e-6
+        XCTAssertLessThan(try Self.logitsError(c.model), 2e-5)  // observed 3.8e-6
         XCTAssertEqual(c.history.first?.objectValue?["files"], .int(3))
         XCTAssertEqual(c.tokenizer?.tokens.count, 256)
         XCTAssertEqual(c.tokenizer?.tokens[32], "Ġ")  // byte 0x20 in GPT-2's byte-to-unicode map
@@ -63,7 +63,7 @@ final class ImportTests: XCTestCase {
             }
             XCTAssertEqual(a.tensor.array, rounded, a.name)
         }
-        XCTAssertLessThan(try logitsError(c.model), 0.5)  // bf16 weights; observed 0.049
+        XCTAssertLessThan(try Self.logitsError(c.model), 0.5)  // bf16 weights; observed 0.049
     }
 
     func testBadSourcesFailWithNames() throws {
