@@ -2,13 +2,9 @@
 import PackageDescription
 
 // Module graph (one direction of dependency):
-//   compress (CLI) -> Workbench -> Evaluation -> Model -> TensorCore -> CBLAS
-//                     Workbench -> Training -> Checkpoint            (backward, AdamW, distillation loop)
-//                     Workbench -> Passes -> Recipes -> Training     (compression passes; recipe format, pass API)
-//                     Workbench -> Import -> Checkpoint -> Model, CHDF5, Quantization   (file I/O apart from model math)
-//                     Passes -> Quantization -> TensorCore                (quantizer, storage formats, CCA, bit allocation)
-//                                  Import -> GGUF, Safetensors -> MappedIO   (foreign formats, no model math)
-//                     Model, Safetensors -> JSONKeys                  (every JSON we read: a repeated key is an error)
+//   compress (CLI) -> Workbench -> Passes -> Recipes -> Training -> Checkpoint -> Model -> Quantization -> TensorCore -> CBLAS
+//                     Workbench -> Evaluation -> Model;  Workbench -> Import -> Checkpoint, GGUF, Safetensors -> MappedIO
+//                     Model: LinearWeight (every representation), LlamaDecoder (the one forward + backward), gates
 let package = Package(
     name: "compress",
     products: [
