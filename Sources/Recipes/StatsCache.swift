@@ -9,49 +9,70 @@ import Model
 /// which is checked on read, so a hash collision reads as a miss. Files are written to a temporary name and
 /// renamed.
 public final class StatsCache {
-    public let directory: String
+    /// Where entries are kept on disk (nil: only in the session's memory).
+    public let directory: String?
+    /// Entries computed or read earlier in this session (shared by every stage and run of one `Session`).
+    public let memo: AnalysisMemo?
     /// Everything the pass's input depends on, as canonical JSON text.
     public let scope: String
     /// Names of the entries read from and written to disk, in order.
     public private(set) var hits: [String] = []
     public private(set) var misses: [String] = []
+    /// Disk writes that failed (the value is still used; a cache never fails a run).
+    public private(set) var warnings: [String] = []
 
-    public init(directory: String, scope: JSONValue) {
+    public init(directory: String?, scope: JSONValue, memo: AnalysisMemo? = nil) {
         self.directory = directory
         self.scope = scope.text
+        self.memo = memo
     }
 
-    func path(_ name: String, _ settings: JSONValue) -> String {
-        let key = String(format: "%016llx", fnv1a64(scope + "\n" + name + "\n" + settings.text))
+    func key(_ name: String, _ settings: JSONValue) -> String { scope + "\n" + name + "\n" + settings.text }
+
+    func path(_ name: String, _ settings: JSONValue) -> String? {
+        guard let directory else { return nil }
+        let key = String(format: "%016llx", fnv1a64(key(name, settings)))
         return (directory as NSString).appendingPathComponent("\(name)-\(key).json")
     }
 
-    /// The cached value of `name` computed with `settings`, or nil.
+    /// The cached value of `name` computed with `settings` (from this session's memory, then from disk), or nil.
     public func load<T: Codable>(_ name: String, settings: JSONValue, as: T.Type = T.self) -> T? {
-        guard let data = FileManager.default.contents(atPath: path(name, settings)),
+        if let v = memo?.entries[key(name, settings)] as? T { hits.append(name); return v }
+        guard let path = path(name, settings), let data = FileManager.default.contents(atPath: path),
               let entry = try? JSONDecoder().decode(Entry<T>.self, from: data),
               entry.scope == scope, entry.name == name, entry.settings == settings.text else { return nil }
+        memo?.entries[key(name, settings)] = entry.value
         hits.append(name)
         return entry.value
     }
 
-    /// Stores `value` (atomically; a failure to write the cache is reported, not fatal to the caller's result).
-    public func store<T: Codable>(_ name: String, settings: JSONValue, value: T) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
-        let data = try e.encode(Entry(scope: scope, name: name, settings: settings.text, value: value))
-        let target = path(name, settings), tmp = target + ".tmp"
-        try data.write(to: URL(fileURLWithPath: tmp))
-        guard rename(tmp, target) == 0 else { throw RecipeError("\(target): cannot rename the cache file into place") }
+    /// Stores `value` in the session's memory and on disk (atomically, under a per-process temporary name).
+    /// A failure to write the disk entry is recorded in `warnings`, never thrown: the cache never fails a run.
+    public func store<T: Codable>(_ name: String, settings: JSONValue, value: T) {
+        memo?.entries[key(name, settings)] = value
         misses.append(name)
+        guard let target = path(name, settings), let directory else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys]
+            let data = try e.encode(Entry(scope: scope, name: name, settings: settings.text, value: value))
+            let tmp = target + ".tmp-\(getpid())"
+            try data.write(to: URL(fileURLWithPath: tmp))
+            guard rename(tmp, target) == 0 else {
+                try? FileManager.default.removeItem(atPath: tmp)
+                throw RecipeError("\(target): cannot rename the cache file into place")
+            }
+        } catch {
+            warnings.append("\(directory): cache entry '\(name)' not written (\(error)); the value is used all the same")
+        }
     }
 
     /// The cached value, or `compute()`'s, which is then stored.
     public func value<T: Codable>(_ name: String, settings: JSONValue, compute: () throws -> T) throws -> T {
         if let v = load(name, settings: settings, as: T.self) { return v }
         let v = try compute()
-        try store(name, settings: settings, value: v)
+        store(name, settings: settings, value: v)
         return v
     }
 
@@ -61,6 +82,14 @@ public final class StatsCache {
         var settings: String
         var value: T
     }
+}
+
+/// Analysis results of one session, by full cache key: a second target (or sweep point) on the same base
+/// reuses them without recomputing, with or without a disk cache.
+public final class AnalysisMemo {
+    var entries: [String: Any] = [:]
+    public init() {}
+    public var count: Int { entries.count }
 }
 
 /// 64-bit FNV-1a of a string's UTF-8 bytes.

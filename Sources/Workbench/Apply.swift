@@ -81,6 +81,8 @@ public final class Session {
     private var calibrationMemo: [String: [[Int32]]] = [:]
     private var textMemo: [String: [Int32]] = [:]
     private var pplMemo: [String: Double] = [:]
+    /// Passes' analyses (scores, orders, sensitivities, moments) computed in this session, by cache key.
+    public let analyses = AnalysisMemo()
 
     public init(checkpoint path: String, cacheDirectory: String?, progress: Bool = true) throws {
         basePath = path
@@ -118,10 +120,12 @@ public final class Session {
         if let p = pplMemo[key] { return p }
         let test = try tokens(of: e.text)
         let scope: JSONValue = .object(["base": .string(baseHash), "eval": jsonValue(e)])
-        let cache = cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
-        let compute = { try Workbench.measurePPL(self.base.model, tokens: test, window: e.window, maxTokens: e.tokens, label: "base", progress: self.progress) }
-        let p = try cache.map { try $0.value("ppl", settings: .object([:]), compute: compute) } ?? compute()
-        if cache?.hits.isEmpty == false { say(String(format: "eval base: ppl %.4f (cached)", p)) }
+        let cache = StatsCache(directory: cacheDirectory, scope: scope)
+        let p = try cache.value("ppl", settings: .object([:])) {
+            try Workbench.measurePPL(self.base.model, tokens: test, window: e.window, maxTokens: e.tokens, label: "base", progress: self.progress)
+        }
+        if !cache.hits.isEmpty { say(String(format: "eval base: ppl %.4f (cached)", p)) }
+        for w in cache.warnings { say("warning: \(w)") }
         pplMemo[key] = p
         return p
     }
@@ -173,7 +177,7 @@ public final class Session {
                     "base": .string(baseHash), "calibration": jsonValue(recipe.calibration),
                     "stages_before": .array(recipe.stages.prefix(i).map { .object(["stage": .string($0.name), "settings": $0.settings]) }),
                 ])
-                cacheUse = cacheDirectory.map { StatsCache(directory: $0, scope: scope) }
+                cacheUse = StatsCache(directory: cacheDirectory, scope: scope, memo: analyses)
                 let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { [weak self] in self?.say("\(label): \($0)") }
                 do {
                     (model, diagnostics) = try pass.run(on: model, context: context)
@@ -218,6 +222,7 @@ public final class Session {
                 ppl: ppl, retention: ppl.flatMap { p in basePPL.map { $0 / p } },
                 cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
             reports.append(report)
+            for w in cacheUse?.warnings ?? [] { say("warning: \(w)") }
             say(String(format: "%@: done in %@, %d -> %d parameters", label, formatDuration(report.seconds), before.params, model.parameterCount)
                 + (ppl.map { String(format: ", ppl %.4f", $0) } ?? ""))
         }

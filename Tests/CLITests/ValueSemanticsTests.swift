@@ -28,4 +28,26 @@ extension CLITests {
         XCTAssertNotEqual(r.model.namedTensors.map { $0.tensor.array }, before, "the student trained")
         XCTAssertEqual(try fileContentHash(base), hashBefore)
     }
+
+    /// A session reads the base once and keeps the passes' analyses: a second target on the same base reuses
+    /// the FinerCut order from memory (no disk cache here), and the base PPL is measured once.
+    func testSessionReusesItsAnalysisAcrossTargets() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let session = try Session(checkpoint: fixture("tiny-llama.h5"), cacheDirectory: nil, progress: false)
+        func run(_ remove: Int) throws -> Session.Result {
+            let path = try recipe(dir, "r\(remove).json", text, stages: #"{"stage": "finercut", "remove": \#(remove)}, {"stage": "eval"}"#)
+            return try session.run(try Recipe.read(path, registry: .standard()), label: path, statePrefix: dir.appendingPathComponent("o").path)
+        }
+        let one = try run(1), two = try run(2)
+        XCTAssertEqual(one.reports[0].cacheMisses, ["finercut-order"])
+        XCTAssertEqual(two.reports[0].cacheHits, ["finercut-order"], "the second target extends the order computed by the first")
+        XCTAssertEqual(one.basePPL, two.basePPL)
+        XCTAssertGreaterThan(session.analyses.count, 0)
+        XCTAssertLessThan(two.model.parameterCount, one.model.parameterCount)
+        // The order of the two-step run starts with the one-step run's removal.
+        let order = { (r: Session.Result) in r.reports[0].diagnostics.objectValue?["order"]?.arrayValue?.compactMap { $0.objectValue?["sublayer"]?.intValue } ?? [] }
+        XCTAssertEqual(order(one).count, 1)
+        XCTAssertEqual(order(two).count, 2)
+        XCTAssertEqual(Array(order(two).prefix(1)), order(one))
+    }
 }
