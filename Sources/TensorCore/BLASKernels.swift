@@ -63,8 +63,8 @@ public enum BLASKernels {
 
     /// The best OpenBLAS 0.3.21 kernels for these features, or nil to leave OpenBLAS's own choice.
     /// AVX-512 (F, BW, VL, saved by the OS): Cooperlake with BF16, else SkylakeX (their sgemm measured equal
-    /// within noise, 2.3× Haswell's tok/s in `compress bench`: benchmarks/README.md). AVX2 + FMA: Zen on AMD,
-    /// Haswell otherwise. Older CPUs: nil.
+    /// within noise, both well ahead of Haswell in `compress bench`: benchmarks/README.md). AVX2 + FMA: Zen on
+    /// AMD, Haswell otherwise. Older CPUs: nil.
     public static func preferredCore(for f: CPUFeatures) -> String? {
         guard f.avx2, f.fma, f.osSavesAVX else { return nil }
         if f.avx512f, f.avx512bw, f.avx512vl, f.osSavesAVX512 { return f.avx512bf16 ? "Cooperlake" : "SkylakeX" }
