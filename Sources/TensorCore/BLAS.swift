@@ -3,8 +3,12 @@ import Foundation
 
 /// The single door to matrix products: every GEMM in the workbench goes through `BLAS.gemm`.
 public enum BLAS {
-    /// Name of the kernel family OpenBLAS picked (e.g. "Haswell", "Cooperlake").
-    public static var coreName: String {
+    /// The kernel family OpenBLAS runs and who chose it, as every report shows it: e.g. "Cooperlake (automatic)",
+    /// "Haswell (OPENBLAS_CORETYPE)" when the user set the variable (BLASKernels).
+    public static var coreName: String { "\(openBLASCore) (\(BLASKernels.choice.rawValue))" }
+
+    /// Name of the kernel family OpenBLAS runs (e.g. "Haswell", "Cooperlake", "Prescott").
+    public static var openBLASCore: String {
         guard let p = openblas_get_corename() else { return "unknown" }
         return String(cString: p)
     }

@@ -1,10 +1,17 @@
 import ArgumentParser
 import Foundation
+import TensorCore
 import Training
 import Workbench
 
 @main
 struct Compress: ParsableCommand {
+    /// Picks OpenBLAS's kernels for this CPU (re-executing with OPENBLAS_CORETYPE set) before any BLAS work.
+    static func main() {
+        BLASKernels.reexecWithPreferredCore()
+        main(nil)
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "compress",
         abstract: "A model-compression workbench for transformer language models (CPU, Float32, OpenBLAS).",

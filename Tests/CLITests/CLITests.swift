@@ -24,18 +24,19 @@ final class CLITests: XCTestCase {
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0]
     }
 
-    /// Runs the binary; the process must exit (not die of a signal).
-    func run(_ args: [String]) throws -> Result {
-        let r = try launch(args)
+    /// Runs the binary (in `environment` when given); the process must exit (not die of a signal).
+    func run(_ args: [String], environment: [String: String]? = nil) throws -> Result {
+        let r = try launch(args, environment: environment)
         XCTAssertEqual(r.reason, .exit, "crashed: \(args)")
         return Result(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 
     /// Runs the binary and reports how it ended, signals included.
-    func launch(_ args: [String]) throws -> (reason: Process.TerminationReason, status: Int32, stdout: String, stderr: String) {
+    func launch(_ args: [String], environment: [String: String]? = nil) throws -> (reason: Process.TerminationReason, status: Int32, stdout: String, stderr: String) {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
+        if let environment { p.environment = environment }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -64,6 +65,31 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(j["predicted_tokens"] as? Int, 5 * 31)
         XCTAssertEqual(j["window"] as? Int, 32)
         for key in ["nll", "seconds", "tokens_per_second"] { XCTAssertNotNil(j[key] as? Double, key) }
+    }
+
+    /// With OPENBLAS_CORETYPE unset the program picks the kernels for this CPU itself (Debian's OpenBLAS 0.3.21
+    /// falls back to Prescott on recent CPUs); a value the user sets wins. Both show in the report.
+    func testBLASKernelsChosenWithoutSetting() throws {
+        let args = ["eval", fixture("tiny-llama.h5"), "--tokens", fixture("tiny-llama.stream.txt"), "--window", "32", "--json"]
+        var env = ProcessInfo.processInfo.environment
+        env[BLASKernels.variable] = nil
+        env[BLASKernels.marker] = nil
+        let auto = try run(args, environment: env)
+        XCTAssertEqual(auto.status, 0, auto.stderr)
+        let core = try XCTUnwrap(auto.json?["blas_core"] as? String)
+        let features = CPUFeatures.current
+        guard let expected = BLASKernels.preferredCore(for: features) else {
+            throw XCTSkip("no AVX2 + FMA on this CPU: OpenBLAS chooses (\(core))")
+        }
+        XCTAssertEqual(core, "\(expected) (automatic)")
+        for generic in ["Prescott", "Core2", "Nehalem", "Sandybridge", "Katmai", "Coppermine", "Northwood", "Banias", "Atom"] {
+            XCTAssertFalse(core.hasPrefix(generic), "generic kernels \(core) on a CPU with AVX2: \(features)")
+        }
+
+        env[BLASKernels.variable] = "Haswell"
+        let user = try run(args, environment: env)
+        XCTAssertEqual(user.status, 0, user.stderr)
+        XCTAssertEqual(user.json?["blas_core"] as? String, "Haswell (OPENBLAS_CORETYPE)")
     }
 
     func testEvalMaxTokens() throws {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the scripts need, when missing: apt-get as root, otherwise a
+# message naming them. Used by tools/main.sh, tools/test.sh (--tests: also pytest) and .ci/run.
+set -euo pipefail
+
+PACKAGES=(libopenblas-dev libhdf5-dev pkg-config python3 python3-pip)  # OpenBLAS, HDF5, the downloads
+missing=()
+if command -v dpkg >/dev/null; then
+    for pkg in "${PACKAGES[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+fi
+if [ "${1:-}" = "--tests" ] && ! python3 -c 'import pytest' >/dev/null 2>&1; then
+    missing+=(python3-pytest)  # the Python tests of the data tools (pip's pytest does as well)
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "missing system packages: ${missing[*]}" >&2
+    echo "install them, e.g.: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+echo "installing: ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
