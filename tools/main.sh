@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job: build, fetch and prepare the real model and text on first use, evaluate SmolLM2 on the test
-# split; with a recipe argument, run that recipe on SmolLM2 instead (tools/main.sh recipes/NAME.json [--json]).
-# Installs missing system packages first (tools/ensure_packages.sh).
+# The main job: installs missing system packages, builds, fetches and prepares the real model and text on first
+# use, then runs the default compression recipe on SmolLM2-135M (recipes/smollm2-main.json: depth pruning,
+# distillation, 4-bit quantization, an evaluation after each) and prints the before/after report.
+#   tools/main.sh                          the default recipe
+#   tools/main.sh recipes/NAME.json [...]  another recipe (extra arguments go to `compress apply`, e.g. --json)
+#   tools/main.sh eval [...]               only the base model's perplexity on the test split (window 2048)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/ensure_packages.sh
@@ -9,6 +12,9 @@ swift build -c release --product compress
 tools/setup_assets.sh
 if [[ $# -gt 0 && "$1" == *.json ]]; then
     .build/release/compress apply "$@"
-else
+elif [[ $# -gt 0 && "$1" == "eval" ]]; then
+    shift
     .build/release/compress eval checkpoints/smollm2-135m.h5 --text data/wiki.test.txt --window 2048 "$@"
+else
+    .build/release/compress apply recipes/smollm2-main.json "$@"
 fi
