@@ -300,6 +300,11 @@ public struct LlamaModel: Sendable {
         return m
     }
 
+    /// The packed codes of every quantized weight, in canonical order.
+    public var quantizedWeights: [(id: WeightID, packed: QuantizedTensor)] {
+        weights.compactMap { w in if case .matrix(.quantized(let q)) = w.weight { return (w.id, q.packed) }; return nil }
+    }
+
     /// Representations present among the linear weights (embedding and LM head included).
     public var weightKinds: Set<WeightKind> {
         Set(weights.compactMap { $0.weight.matrix?.kind })

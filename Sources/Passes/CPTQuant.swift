@@ -142,11 +142,19 @@ public struct CPTQuantPass: CompressionPass {
         }
     }
 
+    /// Every matrix weight's float32 values by id (the pass accepts dense models only).
+    static func denseWeights(_ model: LlamaModel) -> [WeightID: Tensor] {
+        Dictionary(uniqueKeysWithValues: model.weights.compactMap { w in w.weight.matrix?.denseView.map { (w.id, $0) } })
+    }
+
+    /// Whether the units are single tensors (per-tensor granularity).
+    static func granularityIsTensor(_ units: [Unit]) -> Bool { units.contains { $0.tensors.count == 1 && $0.name == $0.tensors[0].hfName } }
+
     /// One allocation unit: a decoder layer's targeted tensors, or one tensor.
     struct Unit {
         var name: String
         var layer: Int
-        var tensors: [String]
+        var tensors: [WeightID]
         /// The first sublayer the unit's tensors act in (where a resumed forward starts).
         var firstSublayer: Int
     }
@@ -157,17 +165,16 @@ public struct CPTQuantPass: CompressionPass {
         var out: [Unit] = []
         for l in 0..<L where !excludeLayers.contains(l) {
             let layer = model.layers[l]
-            var names: [(String, Int)] = []
-            for k in targets {
-                let attention = ["q_proj", "k_proj", "v_proj", "o_proj"].contains(k)
-                if attention ? layer.attention == nil : layer.mlp == nil { continue }
-                names.append(("model.layers.\(l).\(attention ? "self_attn" : "mlp").\(k).weight", attention ? 2 * l : 2 * l + 1))
+            var names: [(WeightID, Int)] = []
+            for k in targets.compactMap(LinearKind.init(shortName:)) {
+                if k.isAttention ? layer.attention == nil : layer.mlp == nil { continue }
+                names.append((.linear(LinearID(layer: l, kind: k)), k.isAttention ? 2 * l : 2 * l + 1))
             }
             guard !names.isEmpty else { continue }
             if granularity == .layer {
                 out.append(Unit(name: "layer \(l)", layer: l, tensors: names.map(\.0), firstSublayer: names.map(\.1).min()!))
             } else {
-                out += names.map { Unit(name: $0.0, layer: l, tensors: [$0.0], firstSublayer: $0.1) }
+                out += names.map { Unit(name: $0.0.hfName, layer: l, tensors: [$0.0], firstSublayer: $0.1) }
             }
         }
         guard !out.isEmpty else { throw RecipeError("cptquant: no tensor of the model matches 'targets' outside 'exclude_layers'") }
@@ -176,7 +183,7 @@ public struct CPTQuantPass: CompressionPass {
 
     public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
         let units = try units(model)
-        let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
+        let tensors = Self.denseWeights(model)
         for u in units { for t in u.tensors where tensors[t]!.shape[1] % groupSize != 0 {
             throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
         } }
@@ -231,7 +238,7 @@ public struct CPTQuantPass: CompressionPass {
                     let w = tensors[names[i]]!
                     do {
                         let q = try QuantizedTensor(weights: w.array, shape: w.shape, format: f,
-                                                    importance: method == .search ? moments?.columns[names[i]] : nil, search: method == .search)
+                                                    importance: method == .search ? moments?.columns[names[i].hfName] : nil, search: method == .search)
                         let back = q.dequantized()
                         var e = 0.0
                         for k in 0..<w.count { let d = Double(w[k] - back[k]); e += d * d }
@@ -279,8 +286,7 @@ public struct CPTQuantPass: CompressionPass {
 
         // The quantized model: the packed codes are its weights.
         var result = model
-        func set(_ name: String, _ q: QuantizedTensor) throws {
-            guard let id = WeightID(hfName: name) else { preconditionFailure("unit tensor '\(name)' has no weight id") }
+        func set(_ id: WeightID, _ q: QuantizedTensor) throws {
             do { result = try result.replacing(id, with: .quantized(QuantizedWeight(q))) } catch let e as ConfigError {
                 throw RecipeError("cptquant: \(e.description)")
             }
@@ -290,13 +296,13 @@ public struct CPTQuantPass: CompressionPass {
             for t in unit.tensors { try set(t, stored[index[t]!][fi]!) }
         }
         var extras: [String: JSONValue] = [:]
-        for (name, bits) in [("model.embed_tokens.weight", embeddingBits), ("lm_head.weight", lmHeadBits)] {
-            guard let bits, let w = tensors[name] else { continue }
-            if name == "lm_head.weight" && model.config.tieWordEmbeddings { continue }
+        for (id, bits) in [(WeightID.embedTokens, embeddingBits), (.lmHead, lmHeadBits)] {
+            guard let bits, let w = tensors[id] else { continue }
+            let name = id.hfName
             let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
             guard w.shape[1] % f.groupSize == 0 else { throw RecipeError("cptquant: '\(name)' has \(w.shape[1]) columns, not a whole number of groups of \(groupSize)") }
             let q = try QuantizedTensor(weights: w.array, shape: w.shape, format: f)
-            try set(name, q)
+            try set(id, q)
             extras[name] = .object(["format": .string(f.description), "bytes": .int(q.bytes)])
         }
 
@@ -452,9 +458,9 @@ extension CPTQuantPass {
                                    progress: (Int, Int) -> Void) -> [Double] {
         // A private copy is pruned and restored, never the model given (models are values).
         let model = given.copy()
-        let tensors = Dictionary(uniqueKeysWithValues: model.namedTensors.map { ($0.name, $0.tensor) })
+        let tensors = denseWeights(model)
         // Indices to zero per tensor: the ⌊fraction · n⌋ smallest |w| (ties by index).
-        var prune: [String: [Int32]] = [:]
+        var prune: [WeightID: [Int32]] = [:]
         for name in Set(units.flatMap(\.tensors)) {
             let w = tensors[name]!
             let k = Int(fraction * Double(w.count))
@@ -489,7 +495,7 @@ extension CPTQuantPass {
     static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], progress: (Int, Int) -> Void) -> [Double] {
         let T = windows[0].count, C = model.config.hiddenSize
         let trainer = LlamaTrainer(model: model, batch: 1, window: T, frozen: Set(model.weights.map(\.id)))
-        let obs = TaylorObserver(units: units, perTensor: units.contains { $0.name == $0.tensors.first })
+        let obs = TaylorObserver(units: units, perTensor: Self.granularityIsTensor(units))
         trainer.backwardObserver = obs
         let loss = LogitLoss(vocab: model.config.vocabSize)
         let dHidden = Tensor(shape: [T, C])
@@ -513,7 +519,7 @@ final class TaylorObserver: BackwardObserver {
     init(units: [CPTQuantPass.Unit], perTensor: Bool) {
         byLayer = perTensor ? [:] : Dictionary(uniqueKeysWithValues: units.enumerated().map { ($1.layer, $0) })
         byTensor = perTensor ? Dictionary(uniqueKeysWithValues: units.enumerated().compactMap { u, unit in
-            if case .linear(let id)? = WeightID(hfName: unit.tensors[0]) { return (id, u) }
+            if case .linear(let id) = unit.tensors[0] { return (id, u) }
             return nil
         }) : [:]
         sums = [Double](repeating: 0, count: units.count)

@@ -90,7 +90,7 @@ extension CLITests {
         XCTAssertLessThanOrEqual(qBits, 4.5)
         XCTAssertEqual(info["tensor_bytes"] as? Int, j["bytes_after"] as? Int)
         let ckpt = try Checkpoint.read(out)
-        let packed = ckpt.model.linearWeights.compactMap { w -> QuantizedTensor? in if case .quantized(let q) = w.weight { return q.packed }; return nil }
+        let packed = ckpt.model.quantizedWeights.map(\.packed)
         XCTAssertEqual(packed.count, 14)
         XCTAssertEqual(linear.reduce(0) { $0 + ($1["bytes"] as! Int) }, packed.reduce(0) { $0 + $1.bytes })
         let e = try launch(["eval", out, "--text", text, "--window", "32", "--json"])

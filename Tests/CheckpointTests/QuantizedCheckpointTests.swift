@@ -27,9 +27,7 @@ extension CheckpointTests {
 
     /// The packed form of every quantized weight, by name.
     func packed(_ m: LlamaModel) -> [String: QuantizedTensor] {
-        var out: [String: QuantizedTensor] = [:]
-        for w in m.weights { if case .matrix(.quantized(let q)) = w.weight { out[w.id.hfName] = q.packed } }
-        return out
+        Dictionary(uniqueKeysWithValues: m.quantizedWeights.map { ($0.id.hfName, $0.packed) })
     }
 
     func testQuantizedCheckpointRoundTrips() throws {

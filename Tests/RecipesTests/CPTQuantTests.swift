@@ -59,8 +59,8 @@ final class CPTQuantTests: XCTestCase {
         let base = ppl(m)
         for (u, unit) in units.enumerated() {
             var tensors = Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, Tensor(shape: $0.tensor.shape, values: $0.tensor.array)) })
-            for name in unit.tensors {
-                let w = tensors[name]!
+            for id in unit.tensors {
+                let w = tensors[id.hfName]!
                 let k = Int(0.3 * Double(w.count))
                 for i in w.array.indices.sorted(by: { abs(w[$0]) != abs(w[$1]) ? abs(w[$0]) < abs(w[$1]) : $0 < $1 }).prefix(k) { w[i] = 0 }
             }
@@ -160,9 +160,5 @@ final class CPTQuantTests: XCTestCase {
 
 extension LlamaModel {
     /// The packed forms of the quantized weights, by Hugging Face name.
-    var quantizedForms: [String: QuantizedTensor] {
-        var out: [String: QuantizedTensor] = [:]
-        for w in weights { if case .matrix(.quantized(let q)) = w.weight { out[w.id.hfName] = q.packed } }
-        return out
-    }
+    var quantizedForms: [String: QuantizedTensor] { Dictionary(uniqueKeysWithValues: quantizedWeights.map { ($0.id.hfName, $0.packed) }) }
 }
