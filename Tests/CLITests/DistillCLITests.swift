@@ -73,6 +73,20 @@ extension CLITests {
         let model = try ckpt.model.replacing(.linear(id), with: .sparse(SparseWeight(masking: w, mask: mask)))
         let student = dir.appendingPathComponent("sparse.h5").path, out = dir.appendingPathComponent("out.h5").path
         try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: ckpt.history).write(to: student)
+        // inspect: the representation, pattern, density, bytes as stored and bits per weight of the sparse tensor,
+        // and totals that count the mask bits.
+        let info = try run(["inspect", student, "--json"])
+        XCTAssertEqual(info.status, 0, info.stderr)
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(info.stdout.utf8)) as? [String: Any])
+        let tensors = try XCTUnwrap(j["tensors"] as? [[String: Any]])
+        let entry = try XCTUnwrap(tensors.first { $0["name"] as? String == "model.layers.0.mlp.gate_proj.weight" })
+        XCTAssertEqual(entry["representation"] as? String, "sparse")
+        XCTAssertEqual(entry["pattern"] as? String, "2:4")
+        XCTAssertEqual(entry["density"] as? Double, 0.5)
+        XCTAssertEqual(entry["bytes"] as? Int, 4 * w.count / 2 + w.count / 8)
+        XCTAssertEqual(entry["bits_per_weight"] as? Double, 17)
+        XCTAssertEqual(j["tensor_bytes"] as? Int, tensors.reduce(0) { $0 + ($1["bytes"] as! Int) })
+        XCTAssertEqual(j["tensor_bytes"] as? Int, model.storageBytes)
 
         let text = dir.appendingPathComponent("train.txt").path
         try String(repeating: "Sparse students stay sparse. ", count: 30).write(toFile: text, atomically: true, encoding: .utf8)
