@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build and the scripts need, when missing: apt-get as root, otherwise a
-# message naming them. Used by tools/main.sh, tools/test.sh (--tests: also pytest) and .ci/run.
+# Installs what the build and the scripts need, when missing: Debian packages (apt-get as root, otherwise a
+# message naming them), and matplotlib for the sweep plots (pip, into the python3 on PATH). Used by
+# tools/main.sh, tools/test.sh (--tests: also pytest) and .ci/run.
 set -euo pipefail
 
 PACKAGES=(libopenblas-dev libhdf5-dev pkg-config python3 python3-pip)  # OpenBLAS, HDF5, the downloads
@@ -13,13 +14,20 @@ fi
 if [ "${1:-}" = "--tests" ] && ! python3 -c 'import pytest' >/dev/null 2>&1; then
     missing+=(python3-pytest)  # the Python tests of the data tools (pip's pytest does as well)
 fi
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "missing system packages: ${missing[*]}" >&2
-    echo "install them, e.g.: sudo apt-get install ${missing[*]}" >&2
-    exit 1
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        echo "missing system packages: ${missing[*]}" >&2
+        echo "install them, e.g.: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-echo "installing: ${missing[*]}"
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+
+# matplotlib for the sweep plots (tools/plot_sweep.py), into the python3 on PATH (which may not be Debian's).
+if ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
+    echo "installing: matplotlib (pip, for $(command -v python3))"
+    python3 -m pip install --quiet --disable-pip-version-check matplotlib >/dev/null 2>&1 \
+        || echo "warning: could not install matplotlib; sweeps will skip their plots" >&2
+fi

@@ -7,8 +7,12 @@ import Foundation
 /// per-row results (and reduces within a row serially) is deterministic. Never call BLAS inside a body:
 /// OpenBLAS is threaded itself.
 public enum Parallel {
-    /// Number of worker chunks; defaults to the number of active cores.
-    nonisolated(unsafe) public static var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Number of worker chunks; defaults to the number of active cores, or `COMPRESS_THREADS` when set (a sweep
+    /// running several points at once splits the cores between them).
+    nonisolated(unsafe) public static var threads: Int = {
+        if let v = ProcessInfo.processInfo.environment["COMPRESS_THREADS"], let n = Int(v), n >= 1 { return min(n, 256) }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }()
 
     /// Number of chunks `forEachChunk` cuts `n` items into.
     @inlinable

@@ -15,7 +15,7 @@ struct Compress: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compress",
         abstract: "A model-compression workbench for transformer language models (CPU, Float32, OpenBLAS).",
-        subcommands: [Apply.self, Import.self, Eval.self, Tokenize.self, Inspect.self, Formats.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
+        subcommands: [Apply.self, Sweep.self, Import.self, Eval.self, Tokenize.self, Inspect.self, Formats.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
 }
 
 /// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
