@@ -232,6 +232,27 @@ public final class Session {
     }
 }
 
+extension Session {
+    /// Writes a run's model (atomically) with the recipe and every stage report appended to the base's history,
+    /// and returns the run report.
+    public func write(_ r: Result, recipe: Recipe, recipePath: String, output: String, started: Date) throws -> ApplyReport {
+        var history = base.history
+        history.append(.object([
+            "kind": .string("apply"), "recipe_path": .string(recipePath), "recipe": recipe.json, "base": .string(basePath),
+            "base_hash": .string(baseHash), "stages": jsonValue(r.reports),
+        ]))
+        try Checkpoint(model: r.model, tokenizer: base.tokenizer, history: history).write(to: output)
+        return ApplyReport(
+            recipe: recipePath, name: recipe.name, base: basePath, output: output,
+            parametersBefore: base.model.parameterCount, parametersAfter: r.model.parameterCount,
+            bytesBefore: base.model.storageBytes, bytesAfter: r.model.storageBytes,
+            pplBefore: r.basePPL, pplAfter: r.lastPPL, retention: r.basePPL.flatMap { b in r.lastPPL.map { b / $0 } },
+            evalTokens: r.evalTokens, calibrationTokens: r.calibrationTokens,
+            seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
+            stages: r.reports)
+    }
+}
+
 extension Workbench {
     /// Runs a recipe's stages on its base checkpoint and writes the result (atomically) with the recipe and
     /// every stage report appended to its history.
@@ -247,20 +268,8 @@ extension Workbench {
         }
         let session = try Session(checkpoint: basePath, cacheDirectory: o.cacheDirectory, progress: o.progress)
         let r = try session.run(recipe, label: o.recipe, statePrefix: output, resume: o.resume, killAfterStep: o.killAfterStep)
-        var history = session.base.history
-        history.append(.object([
-            "kind": .string("apply"), "recipe_path": .string(o.recipe), "recipe": recipe.json, "base": .string(basePath),
-            "base_hash": .string(session.baseHash), "stages": jsonValue(r.reports),
-        ]))
-        try Checkpoint(model: r.model, tokenizer: session.base.tokenizer, history: history).write(to: output)
+        let report = try session.write(r, recipe: recipe, recipePath: o.recipe, output: output, started: started)
         for p in r.statePaths { try? FileManager.default.removeItem(atPath: p) }
-        return ApplyReport(
-            recipe: o.recipe, name: recipe.name, base: basePath, output: output,
-            parametersBefore: session.base.model.parameterCount, parametersAfter: r.model.parameterCount,
-            bytesBefore: session.base.model.storageBytes, bytesAfter: r.model.storageBytes,
-            pplBefore: r.basePPL, pplAfter: r.lastPPL, retention: r.basePPL.flatMap { b in r.lastPPL.map { b / $0 } },
-            evalTokens: r.evalTokens, calibrationTokens: r.calibrationTokens,
-            seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
-            stages: r.reports)
+        return report
     }
 }

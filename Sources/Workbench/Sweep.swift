@@ -303,20 +303,7 @@ extension Workbench {
 
     /// Writes the point's checkpoint and its report (the report last: it marks the point finished).
     static func writePoint(session: Session, recipe: Recipe, point p: SweepPoint, result r: Session.Result, started: Date) throws -> ApplyReport {
-        var history = session.base.history
-        history.append(.object([
-            "kind": .string("apply"), "recipe_path": .string(p.recipe), "recipe": recipe.json, "base": .string(session.basePath),
-            "base_hash": .string(session.baseHash), "stages": jsonValue(r.reports),
-        ]))
-        try Checkpoint(model: r.model, tokenizer: session.base.tokenizer, history: history).write(to: p.output)
-        let report = ApplyReport(
-            recipe: p.recipe, name: recipe.name, base: session.basePath, output: p.output,
-            parametersBefore: session.base.model.parameterCount, parametersAfter: r.model.parameterCount,
-            bytesBefore: session.base.model.storageBytes, bytesAfter: r.model.storageBytes,
-            pplBefore: r.basePPL, pplAfter: r.lastPPL, retention: r.basePPL.flatMap { b in r.lastPPL.map { b / $0 } },
-            evalTokens: r.evalTokens, calibrationTokens: r.calibrationTokens,
-            seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
-            stages: r.reports)
+        let report = try session.write(r, recipe: recipe, recipePath: p.recipe, output: p.output, started: started)
         try writeFileAtomically(p.report, Data(encodeJSON(report).utf8))
         return report
     }
