@@ -1,6 +1,7 @@
 import Checkpoint
 import Evaluation
 import Foundation
+import SafeFiles
 import Model
 import TensorCore
 import Tokenizer
@@ -84,7 +85,8 @@ public enum Workbench {
 
     /// Reads a UTF-8 text file.
     static func readText(_ file: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: file) else { throw WorkbenchError("\(file): cannot read text file") }
+        let data: Data
+        do { data = try SafeFiles.read(file, role: "text file (UTF-8)") } catch let e as FileError { throw WorkbenchError(e.description) }
         guard let text = String(data: data, encoding: .utf8) else { throw WorkbenchError("\(file): not valid UTF-8 text") }
         return text
     }
