@@ -47,10 +47,11 @@ extension CLITests {
 
     func testBadDistillOptionsFailWithTheirName() throws {
         let base = ["distill", "--teacher", fixture("tiny-llama-tied.h5"), "--student", fixture("tiny-llama.h5"),
-                    "--steps", "2", "-o", "/nonexistent/out.h5", "--json"]
+                    "--steps", "2", "-o", NSTemporaryDirectory() + "distill-bad-\(UUID().uuidString).h5", "--json"]
         let cases: [([String], String)] = [(["--decay", "exp"], "--decay"), (["--intermediate", "1-2"], "--intermediate"),
                                   (["--intermediate", "7:0", "--train", fixture("tiny-llama.stream.txt")], "student layer 7"),
-                                  (["--train", "/nonexistent/train.txt"], "/nonexistent/train.txt")]
+                                  (["--train", "/nonexistent/train.txt"], "/nonexistent/train.txt"),
+                                  (["-o", "/nonexistent/out.h5"], "directory '/nonexistent' does not exist")]
         for (extra, fragment) in cases {
             let r = try launch(base + extra)
             XCTAssertEqual(r.status, 1, "\(extra)")
