@@ -4,8 +4,9 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case notFound(path: String)
     case notHDF5(path: String)
     case unreadable(path: String, detail: String)
-    case wrongFormat(path: String, found: String)
-    case unsupportedVersion(path: String, found: Int)
+    case wrongFormat(path: String, found: String, expected: String)
+    case unsupportedVersion(path: String, found: Int, supported: [Int])
+    case nonFinite(path: String, tensor: String, index: Int, value: Float)
     case badConfig(path: String, detail: String)
     case badTokenizer(path: String, detail: String)
     case badHistory(path: String, detail: String)
@@ -23,10 +24,12 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .notFound(let p): return "\(p): no such file"
         case .notHDF5(let p): return "\(p): not an HDF5 file (expected a compress checkpoint; import other formats with 'compress import')"
         case .unreadable(let p, let d): return "\(p): \(d)"
-        case .wrongFormat(let p, let f):
-            return "\(p): root attribute 'format' is '\(f)', expected '\(CheckpointFormat.name)'"
-        case .unsupportedVersion(let p, let v):
-            return "\(p): checkpoint format version \(v) is not supported (this build reads versions \(CheckpointFormat.supportedVersions.map(String.init).joined(separator: ", ")))"
+        case .wrongFormat(let p, let f, let e):
+            return "\(p): root attribute 'format' is '\(f)', expected '\(e)'"
+        case .unsupportedVersion(let p, let v, let s):
+            return "\(p): root attribute 'format_version' is \(v), which this build does not read (it reads version\(s.count == 1 ? "" : "s") \(s.map(String.init).joined(separator: ", ")))"
+        case .nonFinite(let p, let t, let i, let v):
+            return "\(p): tensor '\(t)' holds \(v) at element \(i) (expected finite values only)"
         case .badConfig(let p, let d): return "\(p): \(d)"
         case .badTokenizer(let p, let d): return "\(p): tokenizer: \(d)"
         case .badHistory(let p, let d): return "\(p): history: \(d)"

@@ -2,6 +2,7 @@ import CHDF5
 import Foundation
 import Model
 import Quantization
+import SafeFiles
 import TensorCore
 
 /// Constants of the on-disk format (documented in checkpoints/README.md).
@@ -48,6 +49,42 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
     }
 }
 
+extension TokenizerSpec {
+    /// At most this many tokens (a 2^22-entry vocabulary is far beyond any released model's).
+    public static let maxTokens = 1 << 22
+
+    /// Checks that a tokenizer can be built and used with a model of `vocabSize` tokens: token types one per
+    /// token and known, no token twice, special ids and every id inside the vocabulary, every merge "a b" of two
+    /// tokens whose concatenation is a token. Returns the first problem, naming the field.
+    public func problem(vocabSize: Int?) -> String? {
+        guard model == "gpt2" else { return "model '\(model)' is not supported (expected gpt2, byte-level BPE)" }
+        guard !tokens.isEmpty, tokens.count <= Self.maxTokens else { return "\(tokens.count) tokens (expected 1...\(Self.maxTokens))" }
+        if let vocabSize, tokens.count > vocabSize {
+            return "\(tokens.count) tokens, more than the model's vocab_size \(vocabSize) (ids past it would index no embedding row)"
+        }
+        if let types = tokenTypes {
+            guard types.count == tokens.count else { return "\(types.count) token types for \(tokens.count) tokens (expected one per token)" }
+            if let i = types.firstIndex(where: { !(1...6).contains($0) }) { return "token_types[\(i)] is \(types[i]) (expected 1...6)" }
+        }
+        var ids: [String: Int] = [:]
+        ids.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() {
+            if let j = ids[t] { return "tokens[\(i)] '\(t.prefix(40))' is also tokens[\(j)] (expected distinct tokens)" }
+            ids[t] = i
+        }
+        for (key, id) in [("bos_token_id", bosTokenID), ("eos_token_id", eosTokenID)] {
+            if let id, !(0..<Int32(tokens.count)).contains(id) { return "\(key) \(id) is outside 0..<\(tokens.count)" }
+        }
+        for (rank, m) in merges.enumerated() {
+            let parts = m.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return "merges[\(rank)] '\(m.prefix(40))' is not two tokens separated by one space" }
+            for p in parts where ids[String(p)] == nil { return "merges[\(rank)] '\(m.prefix(40))' names '\(p.prefix(40))', which is not a token" }
+            if ids[String(parts[0] + parts[1])] == nil { return "merges[\(rank)] '\(m.prefix(40))' makes '\(String(parts[0] + parts[1]).prefix(40))', which is not a token" }
+        }
+        return nil
+    }
+}
+
 /// A model with everything that travels with it: tokenizer and history. The model's weights carry their
 /// own representations (dense, sparse, quantized, factorized); there are no side maps.
 public struct Checkpoint {
@@ -90,7 +127,7 @@ public struct Checkpoint {
         if let unknown = root.first(where: { !["tensors", "tokenizer", "masks", "quantized", "sparse", "factorized"].contains($0) }) {
             throw CheckpointError.unknownEntry(path: path, entry: unknown)
         }
-        let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path) : nil
+        let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path, vocabSize: config.vocabSize) : nil
         let model = try readModel(file, config: config, path: path)
         return Checkpoint(model: model, tokenizer: tokenizer, history: history)
     }
@@ -98,12 +135,12 @@ public struct Checkpoint {
     /// Reads only the tokenizer of a checkpoint (after checking format and version), without the weights.
     public static func readTokenizer(_ path: String) throws -> TokenizerSpec? {
         let file = try openVerified(path)
-        return file.exists("tokenizer") ? try readTokenizer(file, path) : nil
+        return file.exists("tokenizer") ? try readTokenizer(file, path, vocabSize: nil) : nil
     }
 
     /// Opens a file and checks that it is an HDF5 checkpoint of a supported format version.
     private static func openVerified(_ path: String) throws -> H5File {
-        guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.notFound(path: path) }
+        try requireRegularFile(path)
         guard H5File.isHDF5(path) else { throw CheckpointError.notHDF5(path: path) }
         let file: H5File
         do { file = try H5File.openReadOnly(path) } catch let e as HDF5Failure {
@@ -111,10 +148,10 @@ public struct Checkpoint {
         }
         do {
             let format = try file.string("format")
-            guard format == CheckpointFormat.name else { throw CheckpointError.wrongFormat(path: path, found: format) }
+            guard format == CheckpointFormat.name else { throw CheckpointError.wrongFormat(path: path, found: format, expected: CheckpointFormat.name) }
             let version = try file.int("format_version")
             guard CheckpointFormat.supportedVersions.contains(version) else {
-                throw CheckpointError.unsupportedVersion(path: path, found: version)
+                throw CheckpointError.unsupportedVersion(path: path, found: version, supported: CheckpointFormat.supportedVersions)
             }
         } catch let e as HDF5Failure {
             throw CheckpointError.unreadable(path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
@@ -220,6 +257,7 @@ public struct Checkpoint {
                     }
                     var h = [Float16](repeating: 0, count: info.shape.reduce(1, *))
                     try h.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.float16, into: $0.baseAddress!) }
+                    if let i = h.firstIndex(where: { !$0.isFinite }) { throw bad("'\(key)' holds \(h[i]) at element \(i) (expected finite values only)") }
                     return h
                 }
                 let q: QuantizedTensor
@@ -363,7 +401,7 @@ public struct Checkpoint {
         return out
     }
 
-    private static func readTokenizer(_ file: H5File, _ path: String) throws -> TokenizerSpec {
+    private static func readTokenizer(_ file: H5File, _ path: String, vocabSize: Int?) throws -> TokenizerSpec {
         do {
             let info = try file.datasetInfo("tokenizer")
             guard info.typeClass == H5T_INTEGER, info.typeSize == 1, info.shape.count == 1 else {
@@ -372,14 +410,12 @@ public struct Checkpoint {
             var bytes = [UInt8](repeating: 0, count: info.shape[0])
             try bytes.withUnsafeMutableBytes { try file.read("tokenizer", memType: H5Types.uint8, into: $0.baseAddress!) }
             let spec = try JSONDecoder().decode(TokenizerSpec.self, from: Data(bytes))
-            if let types = spec.tokenTypes, types.count != spec.tokens.count {
-                throw CheckpointError.badTokenizer(path: path, detail: "\(types.count) token types for \(spec.tokens.count) tokens")
-            }
+            if let problem = spec.problem(vocabSize: vocabSize) { throw CheckpointError.badTokenizer(path: path, detail: problem) }
             return spec
         } catch let e as HDF5Failure {
             throw CheckpointError.unreadable(path: path, detail: "tokenizer: \(e.message)")
         } catch let e as DecodingError {
-            throw CheckpointError.badTokenizer(path: path, detail: "invalid JSON (\(e))")
+            throw CheckpointError.badTokenizer(path: path, detail: "invalid JSON (\(describe(e)))")
         }
     }
 
@@ -462,6 +498,21 @@ public struct Checkpoint {
             }
         }
         try file.close()
+    }
+}
+
+/// A decoding error as one line: the coding path and what was wrong.
+func describe(_ e: DecodingError) -> String {
+    func path(_ c: DecodingError.Context) -> String {
+        let p = c.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+        return p.isEmpty ? "" : "at \(p): "
+    }
+    switch e {
+    case .typeMismatch(let t, let c): return "\(path(c))expected \(t): \(c.debugDescription)"
+    case .valueNotFound(let t, let c): return "\(path(c))missing \(t) value"
+    case .keyNotFound(let k, let c): return "\(path(c))missing key '\(k.stringValue)'"
+    case .dataCorrupted(let c): return "\(path(c))\(c.debugDescription)"
+    @unknown default: return "\(e)"
     }
 }
 

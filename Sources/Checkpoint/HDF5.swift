@@ -8,13 +8,17 @@ struct HDF5Failure: Error {
     let message: String
 
     init(message: String) {
-        let reason = Self.libraryReason()
+        var reason = Self.libraryReason()
+        if reason.count > 600 { reason = String(reason.prefix(600)) + "…" }
         var text = reason.isEmpty ? message : "\(message): HDF5: \(reason)"
         if reason.contains("unable to lock the file") {
             text += " (another process holds the file open, e.g. for writing; close it, or set HDF5_USE_FILE_LOCKING=FALSE to turn HDF5's file locking off)"
         }
         self.message = text
     }
+
+    /// A failure we found ourselves (the library's error stack does not concern it).
+    init(plain message: String) { self.message = message }
 
     /// The descriptions on HDF5's default error stack, outermost first ("" if it is empty).
     static func libraryReason() -> String {
@@ -28,17 +32,21 @@ struct HDF5Failure: Error {
 final class H5File {
     let id: hid_t
     let path: String
+    /// Bytes on disk (read-only files): no dataset may declare more than this (checked before allocating).
+    let fileBytes: Int?
 
-    private init(id: hid_t, path: String) {
+    private init(id: hid_t, path: String, fileBytes: Int?) {
         self.id = id
         self.path = path
+        self.fileBytes = fileBytes
     }
 
     private var isOpen = true
 
+    /// The file is closed exactly once: by `close()`, or here when an error unwound past it.
     deinit { if isOpen { H5Fclose(id) } }
 
-    /// Closes the file, reporting a failure to flush (a full disk shows here).
+    /// Closes the file (once; later calls do nothing).
     func close() throws {
         guard isOpen else { return }
         isOpen = false
@@ -53,23 +61,30 @@ final class H5File {
 
     static func openReadOnly(_ path: String) throws -> H5File {
         initialize()
+        var st = stat()
+        let size = stat(path, &st) == 0 ? Int(st.st_size) : 0
         let id = H5Fopen(path, h5f_acc_rdonly(), h5p_default())
         guard id >= 0 else { throw HDF5Failure(message: "HDF5 could not open the file") }
-        return H5File(id: id, path: path)
+        return H5File(id: id, path: path, fileBytes: size)
     }
 
-    /// Creates (truncating) a file whose format allows large attributes (HDF5 1.8 object headers).
+    /// Creates (truncating) a file whose format allows large attributes (HDF5 1.8 object headers). Closing
+    /// it closes every object still open in it (strong close degree), so an error path closes it exactly once.
     static func create(_ path: String) throws -> H5File {
         initialize()
         let fapl = H5Pcreate(h5p_file_access())
         defer { H5Pclose(fapl) }
         H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V110)
+        H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG)
         let id = H5Fcreate(path, h5f_acc_trunc(), h5p_default(), fapl)
         guard id >= 0 else { throw HDF5Failure(message: "HDF5 could not create the file") }
-        return H5File(id: id, path: path)
+        return H5File(id: id, path: path, fileBytes: nil)
     }
 
     private static let initialized: Bool = {
+        // No exit-time cleanup: after a failed close (a full disk) the library keeps a half-closed file, and
+        // its atexit handler would flush it again and crash. We close every file we open ourselves.
+        H5dont_atexit()
         H5open()
         h5_silence_errors()  // errors are reported by us, with context, not printed by the library
         return true
@@ -179,10 +194,11 @@ final class H5File {
         let typeClass: H5T_class_t
         let typeSize: Int
         let shape: [Int]
+        var unsigned = false
         var typeDescription: String {
             switch typeClass {
             case H5T_FLOAT: return "float\(typeSize * 8)"
-            case H5T_INTEGER: return "int\(typeSize * 8)"
+            case H5T_INTEGER: return "\(unsigned ? "uint" : "int")\(typeSize * 8)"
             case H5T_STRING: return "string"
             default: return "HDF5 type class \(typeClass.rawValue)"
             }
@@ -199,9 +215,23 @@ final class H5File {
         defer { H5Sclose(space) }
         let rank = H5Sget_simple_extent_ndims(space)
         guard rank >= 0 else { throw HDF5Failure(message: "could not read the shape of '\(name)'") }
+        guard rank <= 8 else { throw HDF5Failure(message: "dataset '\(name)' has rank \(rank) (expected at most 8)") }
         var dims = [hsize_t](repeating: 0, count: Int(rank))
         H5Sget_simple_extent_dims(space, &dims, nil)
-        return DatasetInfo(typeClass: H5Tget_class(type), typeSize: H5Tget_size(type), shape: dims.map { Int($0) })
+        let typeClass = H5Tget_class(type), typeSize = H5Tget_size(type)
+        // Every reader allocates from this shape: a declared size the file cannot hold is refused here, first.
+        var bytes = typeSize
+        for d in dims {
+            let (p, overflow) = bytes.multipliedReportingOverflow(by: Int(clamping: d))
+            guard !overflow, d <= hsize_t(Int.max) else { bytes = .max; break }
+            bytes = p
+        }
+        if let fileBytes, bytes > fileBytes {
+            throw HDF5Failure(plain: "dataset '\(name)' declares shape \(dims.map { Int(clamping: $0) }) of \(typeSize)-byte elements (\(bytes == .max ? "more than 2^63" : String(bytes)) bytes), more than the whole file (\(fileBytes) bytes)")
+        }
+        var info = DatasetInfo(typeClass: typeClass, typeSize: typeSize, shape: dims.map { Int($0) })
+        info.unsigned = typeClass == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE
+        return info
     }
 
     /// Writes a dataset of `count` elements of a native type with the given shape.
@@ -257,6 +287,10 @@ extension H5File {
         }
         let t = Tensor(shape: info.shape)
         try read(key, memType: H5Types.float32, into: t.data)
+        let p = t.data
+        for i in 0..<t.count where !p[i].isFinite {
+            throw CheckpointError.nonFinite(path: path, tensor: label, index: i, value: p[i])
+        }
         return t
     }
 }

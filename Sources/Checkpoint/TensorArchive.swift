@@ -1,4 +1,5 @@
 import Foundation
+import SafeFiles
 import TensorCore
 
 /// A plain HDF5 archive of named float32 tensors plus one JSON metadata attribute, for files that are not
@@ -24,14 +25,14 @@ public enum TensorArchive {
 
     /// Reads an archive written by `write`, checking its format name and version.
     public static func read(_ path: String, format: String, version: Int) throws -> (meta: String, tensors: [String: Tensor]) {
-        guard FileManager.default.fileExists(atPath: path) else { throw CheckpointError.notFound(path: path) }
+        try requireRegularFile(path)
         guard H5File.isHDF5(path) else { throw CheckpointError.unreadable(path: path, detail: "not an HDF5 file (expected a \(format) file)") }
         do {
             let file = try H5File.openReadOnly(path)
             let found = try file.string("format")
-            guard found == format else { throw CheckpointError.wrongFormat(path: path, found: found) }
+            guard found == format else { throw CheckpointError.wrongFormat(path: path, found: found, expected: format) }
             let v = try file.int("format_version")
-            guard v == version else { throw CheckpointError.unsupportedVersion(path: path, found: v) }
+            guard v == version else { throw CheckpointError.unsupportedVersion(path: path, found: v, supported: [version]) }
             let meta = try file.string("meta")
             var tensors: [String: Tensor] = [:]
             for name in try file.members("tensors") {
@@ -46,14 +47,23 @@ public enum TensorArchive {
 
 /// Runs `body` on a temporary path beside `path`, makes the bytes durable and renames the file over
 /// `path`; on any failure the temporary file is removed and `path` is untouched.
+/// `body` writes and closes `.NAME.tmp-PID` beside `path`; it is fsynced and renamed over `path`. On any failure
+/// (a full disk included) the temporary file is removed and `path` is untouched. Only a regular file (or a new
+/// name) is ever replaced; temporary files of processes that no longer exist are removed first.
 func writeAtomically(_ path: String, _ body: (String) throws -> Void) throws {
-    let url = URL(fileURLWithPath: path)
-    let tmp = url.deletingLastPathComponent()
-        .appendingPathComponent(".\(url.lastPathComponent).tmp-\(ProcessInfo.processInfo.processIdentifier)").path
+    do { try SafeFiles.checkOutput(path, role: "checkpoint") } catch let e as FileError {
+        throw CheckpointError.writeFailed(path: path, detail: e.description)
+    }
+    SafeFiles.removeStaleTemporaries(for: path)
+    let tmp = SafeFiles.temporaryPath(for: path)
     do {
         try body(tmp)
-        let fd = open(tmp, O_RDONLY)
-        if fd >= 0 { fsync(fd); close(fd) }
+        let fd = open(tmp, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0, fsync(fd) == 0 else {
+            if fd >= 0 { close(fd) }
+            throw CheckpointError.writeFailed(path: path, detail: "fsync of \(tmp) failed: \(String(cString: strerror(errno)))")
+        }
+        close(fd)
         guard rename(tmp, path) == 0 else {
             throw CheckpointError.writeFailed(path: path, detail: "rename failed: \(String(cString: strerror(errno)))")
         }
@@ -61,5 +71,14 @@ func writeAtomically(_ path: String, _ body: (String) throws -> Void) throws {
         unlink(tmp)
         if let e = error as? CheckpointError { throw e }
         throw CheckpointError.writeFailed(path: path, detail: (error as? HDF5Failure)?.message ?? "\(error)")
+    }
+}
+
+/// Checks that a checkpoint path names an existing regular file (never opens a FIFO or a device).
+func requireRegularFile(_ path: String) throws {
+    do { try SafeFiles.regularFile(path, role: "checkpoint (HDF5)") } catch let e as FileError {
+        var st = stat()
+        if stat(path, &st) != 0 && errno == ENOENT { throw CheckpointError.notFound(path: path) }
+        throw CheckpointError.unreadable(path: path, detail: e.description.hasPrefix(path + ": ") ? String(e.description.dropFirst(path.count + 2)) : e.description)
     }
 }

@@ -1,12 +1,15 @@
 import Checkpoint
 import Foundation
+import SafeFiles
 import JSONKeys
 import Model
 
 /// Reads a Hugging Face tokenizer.json of a byte-level BPE model into a `TokenizerSpec`.
 enum HFTokenizerJSON {
     static func read(_ path: String) throws -> TokenizerSpec {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ImportError("\(path): cannot read UTF-8 text") }
+        let data: Data
+        do { data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28) } catch let e as FileError { throw ImportError(e.description) }
+        guard let text = String(data: data, encoding: .utf8) else { throw ImportError("\(path): not valid UTF-8 (expected tokenizer.json text)") }
         let parsed: JSONValue
         do { parsed = try JSONValue.parse(text) } catch let e as DuplicateJSONKey { throw ImportError("\(path): \(e)") } catch { throw ImportError("\(path): not valid JSON (\(error))") }
         guard let root = parsed.objectValue else { throw ImportError("\(path): expected a JSON object") }
@@ -18,6 +21,16 @@ enum HFTokenizerJSON {
         for entry in root["added_tokens"]?.arrayValue ?? [] {
             guard let o = entry.objectValue, let id = o["id"]?.intValue, let content = o["content"]?.stringValue else { continue }
             added.append((id, content, o["special"]?.boolValue ?? false))
+        }
+        // Ids must be dense from 0: bound them by the number of entries before sizing anything by them.
+        let entries = vocab.count + added.count
+        for (token, id) in vocab {
+            guard let i = id.intValue, i >= 0, i < entries else {
+                throw ImportError("\(path): model.vocab['\(token.prefix(40))'] is \(id.text) (expected a token id in 0..<\(entries))")
+            }
+        }
+        if let bad = added.first(where: { $0.0 < 0 || $0.0 >= entries }) {
+            throw ImportError("\(path): added_tokens id \(bad.0) ('\(bad.1.prefix(40))') is outside 0..<\(entries)")
         }
         let size = max((vocab.values.compactMap(\.intValue).max() ?? -1), added.map(\.0).max() ?? -1) + 1
         var tokens = [String?](repeating: nil, count: size)
@@ -40,7 +53,7 @@ enum HFTokenizerJSON {
             if let pair = $0.arrayValue?.compactMap(\.stringValue), pair.count == 2 { return pair.joined(separator: " ") }
             throw ImportError("\(path): a merge is neither \"a b\" nor [\"a\", \"b\"]: \($0.text)")
         }
-        func id(_ content: String) -> Int32? { added.first { $0.1 == content }.map { Int32($0.0) } }
+        func id(_ content: String) -> Int32? { added.first { $0.1 == content }.map { Int32(clamping: $0.0) } }
         let pre = try preTokenizerKind(root["pre_tokenizer"], path: path)
         // Our llama3 pre-tokenizer ignores merges for pieces that are tokens (as Llama 3's tokenizer.json and
         // llama.cpp do); the others never do. A file that says otherwise would tokenize differently.

@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import SafeFiles
 import JSONKeys
 import GGUF
 import Model
@@ -17,11 +18,10 @@ public struct ImportError: Error, CustomStringConvertible {
 public enum Importer {
     /// Imports a GGUF file or a Hugging Face model directory.
     public static func load(_ source: String) throws -> Checkpoint {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: source, isDirectory: &isDir) else {
-            throw ImportError("\(source): no such file or directory")
-        }
-        if isDir.boolValue { return try fromHuggingFace(directory: source) }
+        var st = stat()
+        guard !source.isEmpty, stat(source, &st) == 0 else { throw ImportError("\(source): no such file or directory (expected a GGUF file or a Hugging Face directory)") }
+        if (st.st_mode & S_IFMT) == S_IFDIR { return try fromHuggingFace(directory: source) }
+        do { try SafeFiles.regularFile(source, role: "GGUF file or Hugging Face directory") } catch let e as FileError { throw ImportError(e.description) }
         return try fromGGUF(path: source)
     }
 
@@ -61,6 +61,7 @@ public enum Importer {
         }
         let model = try buildModel(config: config, tensors: tensors, source: path)
         let tokenizer = try ggufTokenizer(file)
+        if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(path): tokenizer.ggml.*: \(problem)") }
         let entry = historyEntry(source: path, format: "gguf", details: [
             "gguf_version": .int(file.version),
             "tensor_types": .object(typeCounts.mapValues { .int($0) }),
@@ -78,7 +79,8 @@ public enum Importer {
             guard let a = try file.value(key).arrayValue else { throw ImportError("\(file.path): \(key) is not an array") }
             return try a.map {
                 guard let i = $0.intValue else { throw ImportError("\(file.path): \(key) holds a non-integer") }
-                return Int32(i)
+                guard let t = Int32(exactly: i), (1...6).contains(t) else { throw ImportError("\(file.path): \(key) holds \(i) (expected token types 1...6)") }
+                return t
             }
         }
         let tokens = try file.strings("tokenizer.ggml.tokens")
@@ -93,14 +95,23 @@ public enum Importer {
                 throw ImportError("\(file.path): tokenizer.ggml.merges is missing, but tokenizer.ggml.tokens holds \(multiByte.count) multi-byte tokens (e.g. id \(first) '\(tokens[first])'); expected the merges that build them (byte-level BPE cannot reach them otherwise)")
             }
         }
-        return TokenizerSpec(
+        func id(_ key: String) throws -> Int32? {
+            guard let i = try file.ifPresent(key, file.int) else { return nil }
+            guard let v = Int32(exactly: i), v >= 0, Int(v) < tokens.count else {
+                throw ImportError("\(file.path): \(key) is \(i) (expected a token id in 0..<\(tokens.count))")
+            }
+            return v
+        }
+        let spec = TokenizerSpec(
             model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string) ?? "gpt2",
             tokens: tokens,
             merges: merges ?? [],
             tokenTypes: types,
-            bosTokenID: try file.ifPresent("tokenizer.ggml.bos_token_id", file.int).map { Int32($0) },
-            eosTokenID: try file.ifPresent("tokenizer.ggml.eos_token_id", file.int).map { Int32($0) },
+            bosTokenID: try id("tokenizer.ggml.bos_token_id"),
+            eosTokenID: try id("tokenizer.ggml.eos_token_id"),
             addBosToken: try file.ifPresent("tokenizer.ggml.add_bos_token", file.bool) ?? false)
+        if let problem = spec.problem(vocabSize: nil) { throw ImportError("\(file.path): tokenizer.ggml.*: \(problem)") }
+        return spec
     }
 
     // MARK: Hugging Face directory
@@ -109,8 +120,9 @@ public enum Importer {
     public static func fromHuggingFace(directory: String) throws -> Checkpoint {
         let dir = URL(fileURLWithPath: directory, isDirectory: true)
         let configPath = dir.appendingPathComponent("config.json").path
-        guard let configText = try? String(contentsOfFile: configPath, encoding: .utf8) else {
-            throw ImportError("\(configPath): cannot read config.json")
+        let configText: String
+        do { configText = String(decoding: try SafeFiles.read(configPath, role: "config.json", limit: 1 << 24), as: UTF8.self) } catch let e as FileError {
+            throw ImportError(e.description)
         }
         var config: LlamaConfig
         let json: JSONValue
@@ -147,6 +159,7 @@ public enum Importer {
         let model = try buildModel(config: config, tensors: tensors, source: directory)
         let tokenizerPath = dir.appendingPathComponent("tokenizer.json").path
         let tokenizer = FileManager.default.fileExists(atPath: tokenizerPath) ? try HFTokenizerJSON.read(tokenizerPath) : nil
+        if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(tokenizerPath): \(problem)") }
         let entry = historyEntry(source: directory, format: "safetensors", details: [
             "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
         ].merging(warnings.isEmpty ? [:] : ["warnings": .array(warnings.map { .string($0) })]) { a, _ in a })
@@ -165,6 +178,12 @@ public enum Importer {
 
     /// Assembles the model; LlamaModel verifies every name and shape against the config.
     static func buildModel(config: LlamaConfig, tensors: [String: Tensor], source: String) throws -> LlamaModel {
+        for (name, t) in tensors.sorted(by: { $0.key < $1.key }) {
+            let p = t.data
+            if let i = (0..<t.count).first(where: { !p[$0].isFinite }) {
+                throw ImportError("\(source): tensor '\(name)' holds \(p[i]) at element \(i) (expected finite values only)")
+            }
+        }
         do { return try LlamaModel(config: config, tensors: tensors) } catch let e as ConfigError {
             throw ImportError("\(source): \(e.description)")
         }

@@ -31,7 +31,7 @@ public final class MappedFile: @unchecked Sendable {
     /// Maps `path` read-only.
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)  // a FIFO must not block the open
         guard fd >= 0 else { throw Self.osError("cannot open", path) }
         defer { close(fd) }
         var st = stat()

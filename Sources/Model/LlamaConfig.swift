@@ -81,17 +81,21 @@ public struct LlamaConfig: Equatable, Sendable {
     public init(json: JSONValue) throws {
         guard let o = json.objectValue else { throw ConfigError("config: expected a JSON object") }
         func int(_ key: String, in obj: [String: JSONValue] = o, ctx: String = "config", default d: Int? = nil) throws -> Int {
+            let limit = Self.limits[key] ?? Int(Int32.max)
             guard let v = obj[key], v != .null else {
                 if let d { return d }
-                throw ConfigError("\(ctx): missing required key '\(key)' (expected a positive integer)")
+                throw ConfigError("\(ctx): missing required key '\(key)' (expected an integer in 1...\(limit))")
             }
             guard let i = v.intValue else { throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)") }
-            guard i > 0 else { throw ConfigError("\(ctx): key '\(key)' must be positive, found \(i)") }
+            guard (1...limit).contains(i) else { throw ConfigError("\(ctx): key '\(key)' is \(i) (expected an integer in 1...\(limit))") }
             return i
         }
         func number(_ key: String, default d: Double) throws -> Double {
             guard let v = o[key], v != .null else { return d }
-            guard let x = v.doubleValue, x > 0 else { throw ConfigError("config: key '\(key)' must be a positive number, found \(v.text)") }
+            let range = Self.numberRanges[key] ?? 0...Double.greatestFiniteMagnitude
+            guard let x = v.doubleValue, x > 0, range.contains(x) else {
+                throw ConfigError("config: key '\(key)' is \(v.text) (expected a positive number in \(range.lowerBound)...\(range.upperBound))")
+            }
             return x
         }
         if let t = o["model_type"]?.stringValue, t != "llama" {
@@ -122,8 +126,9 @@ public struct LlamaConfig: Equatable, Sendable {
                 throw ConfigError("config: rope_parameters.rope_type \(type.text) is not supported (supported: \"default\")")
             }
             if let t = p["rope_theta"] {
-                guard let theta = t.doubleValue, theta > 0 else {
-                    throw ConfigError("config: rope_parameters.rope_theta must be a positive number, found \(t.text)")
+                let range = Self.numberRanges["rope_theta"]!
+                guard let theta = t.doubleValue, range.contains(theta) else {
+                    throw ConfigError("config: rope_parameters.rope_theta is \(t.text) (expected a number in \(range.lowerBound)...\(range.upperBound))")
                 }
                 ropeTheta = theta
             }
@@ -132,6 +137,9 @@ public struct LlamaConfig: Equatable, Sendable {
         tieWordEmbeddings = o["tie_word_embeddings"]?.boolValue ?? false
         bosTokenID = o["bos_token_id"]?.intValue
         eosTokenID = o["eos_token_id"]?.intValue
+        for (key, id) in [("bos_token_id", bosTokenID), ("eos_token_id", eosTokenID)] {
+            if let id, !(0..<vocabSize).contains(id) { throw ConfigError("config: key '\(key)' is \(id) (expected a token id in 0..<vocab_size \(vocabSize))") }
+        }
         guard headDim % 2 == 0 else { throw ConfigError("config: head_dim must be even for rotary embedding, found \(headDim)") }
 
         let base = BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize)
@@ -163,8 +171,45 @@ public struct LlamaConfig: Equatable, Sendable {
         for (i, b) in blocks.enumerated() where b.attention && b.numAttentionHeads % b.numKeyValueHeads != 0 {
             throw ConfigError("config: layer \(i): num_attention_heads \(b.numAttentionHeads) is not a multiple of num_key_value_heads \(b.numKeyValueHeads)")
         }
+        // Every tensor's element count, and the whole model's, must stay far from Int overflow and within what a
+        // machine can hold: checked here, before anything is sized by these numbers.
+        var total = 0
+        func add(_ what: String, _ dims: Int...) throws {
+            var n = 1
+            for d in dims {
+                let (p, o) = n.multipliedReportingOverflow(by: d)
+                guard !o, p <= Self.maxTensorElements else {
+                    throw ConfigError("config: \(what) would have more than \(Self.maxTensorElements) elements (dimensions \(dims))")
+                }
+                n = p
+            }
+            total += n
+            guard total <= Self.maxParameters else {
+                throw ConfigError("config: the model would have more than \(Self.maxParameters) parameters (at \(what))")
+            }
+        }
+        try add("model.embed_tokens.weight", vocabSize, hiddenSize)
+        for (i, b) in blocks.enumerated() {
+            if b.attention {
+                try add("model.layers.\(i).self_attn (num_attention_heads \(b.numAttentionHeads) × head_dim \(headDim) × hidden_size \(hiddenSize))", 2 * (b.numAttentionHeads + b.numKeyValueHeads), headDim, hiddenSize)
+            }
+            if b.mlp { try add("model.layers.\(i).mlp (intermediate_size \(b.intermediateSize) × hidden_size \(hiddenSize))", 3, b.intermediateSize, hiddenSize) }
+        }
         extra = o.filter { !Self.knownKeys.contains($0.key) }
     }
+
+    /// Upper bounds of the integer keys (far above any released Llama; they keep every product of sizes,
+    /// and every allocation sized by them, in range).
+    static let limits: [String: Int] = [
+        "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1 << 10,
+        "num_attention_heads": 1 << 10, "num_key_value_heads": 1 << 10, "head_dim": 1 << 12, "max_position_embeddings": 1 << 24,
+    ]
+    /// Ranges of the real-valued keys: rotary bases below 1 or above 1e9 make no sense (and overflow the
+    /// frequencies); the epsilon must be a small positive number.
+    static let numberRanges: [String: ClosedRange<Double>] = ["rope_theta": 1...1e9, "rms_norm_eps": 1e-30...0.1]
+    /// Largest tensor and model this engine will size (2^34 elements, 2^36 parameters).
+    public static let maxTensorElements = 1 << 34
+    public static let maxParameters = 1 << 36
 
     /// True when every layer is a plain Llama layer with the global sizes.
     public var isHomogeneous: Bool {

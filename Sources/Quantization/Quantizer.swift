@@ -34,9 +34,12 @@ public struct QuantFormat: Equatable, Hashable, Sendable, CustomStringConvertibl
         guard Self.supportedBits.contains(bits) else {
             throw QuantizationError("bits \(bits) is not supported (supported: \(Self.supportedBits.map(String.init).joined(separator: ", ")), or 16 for float16)")
         }
-        guard groupSize >= 1 else { throw QuantizationError("group size must be positive, got \(groupSize)") }
+        guard (1...Self.maxGroupSize).contains(groupSize) else { throw QuantizationError("group size must lie in 1...\(Self.maxGroupSize), got \(groupSize)") }
         self.bits = bits; self.groupSize = groupSize; self.symmetric = symmetric
     }
+
+    /// Largest group size (weights per scale) a format may have.
+    public static let maxGroupSize = 1 << 16
 
     private init(float16: ()) { bits = 16; groupSize = 1; symmetric = true }
 

@@ -1,4 +1,5 @@
 import Foundation
+import SafeFiles
 import Model
 import TensorCore
 import Training
@@ -44,7 +45,8 @@ public struct Recipe {
 
     /// Reads and decodes a recipe file.
     public static func read(_ path: String, registry: StageRegistry, baseKinds: Set<WeightKind> = [.dense]) throws -> Recipe {
-        guard let data = FileManager.default.contents(atPath: path) else { throw RecipeError("\(path): cannot read the recipe file") }
+        let data: Data
+        do { data = try SafeFiles.read(path, role: "recipe (JSON)", limit: 1 << 24) } catch let e as FileError { throw RecipeError(e.description) }
         let json: JSONValue
         do { json = try JSONValue.parse(String(decoding: data, as: UTF8.self)) } catch {
             throw RecipeError("\(path): not valid JSON (\(error))")

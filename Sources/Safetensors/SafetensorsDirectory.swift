@@ -1,4 +1,5 @@
 import Foundation
+import SafeFiles
 import JSONKeys
 
 /// A Hugging Face model directory: `config.json` plus `model.safetensors` or shards listed in
@@ -75,7 +76,7 @@ public final class SafetensorsDirectory {
 
     private static func jsonObject(_ url: URL) throws -> [String: Any] {
         let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw SafetensorsError(url.path, "cannot read: \(error.localizedDescription)") }
+        do { data = try SafeFiles.read(url.path, role: "safetensors index (JSON)", limit: 1 << 28) } catch let e as FileError { throw SafetensorsError(url.path, e.description) }
         do { try JSONKeys.checkUnique(data) } catch let e as DuplicateJSONKey { throw SafetensorsError(url.path, e.description) }
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw SafetensorsError(url.path, "expected a JSON object")

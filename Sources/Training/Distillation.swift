@@ -60,22 +60,37 @@ public struct DistillConfig: Codable, Equatable, Sendable {
 
     public init() {}
 
+    public static let maxSteps = 1 << 30
+    public static let maxBatch = 1 << 12
+    public static let maxWindow = 1 << 17
+    public static let maxTokensPerMicroBatch = 1 << 17
+    public static let maxLR = 10.0
+
     /// Checks ranges; errors name the setting.
     public func validate(teacher: LlamaConfig, student: LlamaConfig) throws {
         func need(_ ok: Bool, _ message: String) throws { if !ok { throw ConfigError(message) } }
-        try need(steps >= 1, "steps must be at least 1, got \(steps)")
-        try need(batch >= 1, "batch must be at least 1, got \(batch)")
-        try need(window >= 2, "window must be at least 2, got \(window)")
-        try need(accumulation >= 1, "accumulation must be at least 1, got \(accumulation)")
-        try need(lr > 0 && lr.isFinite, "lr must be positive, got \(lr)")
+        // Every setting finite and in a range that keeps sizes, products and the arithmetic of a step in range.
+        try need((1...Self.maxSteps).contains(steps), "steps must lie in 1...\(Self.maxSteps), got \(steps)")
+        try need((1...Self.maxBatch).contains(batch), "batch must lie in 1...\(Self.maxBatch), got \(batch)")
+        try need((2...Self.maxWindow).contains(window), "window must lie in 2...\(Self.maxWindow), got \(window)")
+        try need(batch * window <= Self.maxTokensPerMicroBatch,
+                 "batch × window = \(batch * window) tokens per micro-batch, more than \(Self.maxTokensPerMicroBatch) (activations and logits of every token are held in memory; use --accumulation instead)")
+        try need((1...Self.maxSteps).contains(accumulation), "accumulation must lie in 1...\(Self.maxSteps), got \(accumulation)")
+        try need(lr > 0 && lr <= Self.maxLR, "lr must lie in (0, \(Self.maxLR)], got \(lr)")
         try need((0...1).contains(minLRRatio), "min-lr ratio must lie in [0, 1], got \(minLRRatio)")
-        try need(warmup >= 0, "warmup must be >= 0, got \(warmup)")
+        try need((0...Self.maxSteps).contains(warmup), "warmup must lie in 0...\(Self.maxSteps), got \(warmup)")
         try need((0..<1).contains(beta1) && (0..<1).contains(beta2), "betas must lie in [0, 1), got \(beta1), \(beta2)")
-        try need(eps > 0, "eps must be positive, got \(eps)")
-        try need(weightDecay >= 0, "weight decay must be >= 0, got \(weightDecay)")
-        try need(clip >= 0, "clip must be >= 0 (0 = off), got \(clip)")
-        try need(temperature > 0, "temperature must be positive, got \(temperature)")
-        try need(klWeight >= 0 && ceWeight >= 0 && intermediateWeight >= 0, "loss weights must be >= 0")
+        try need(eps > 0 && eps <= 1, "eps must lie in (0, 1], got \(eps)")
+        try need((0...1).contains(weightDecay), "weight decay must lie in [0, 1], got \(weightDecay)")
+        try need(clip >= 0 && clip <= 1e6, "clip must lie in [0, 1e6] (0 = off), got \(clip)")
+        try need(temperature >= 1e-3 && temperature <= 1e3, "temperature must lie in [0.001, 1000], got \(temperature)")
+        for (name, w) in [("kl weight", klWeight), ("ce weight", ceWeight), ("intermediate weight", intermediateWeight)] {
+            try need(w >= 0 && w <= 1e6, "\(name) must lie in [0, 1e6], got \(w)")
+        }
+        for g in groups {
+            if let l = g.lr { try need(l > 0 && l <= Self.maxLR, "group '\(g.match)': lr must lie in (0, \(Self.maxLR)], got \(l)") }
+            if let d = g.weightDecay { try need((0...1).contains(d), "group '\(g.match)': weight_decay must lie in [0, 1], got \(d)") }
+        }
         try need(klWeight > 0 || ceWeight > 0, "at least one of the KL and cross-entropy weights must be positive")
         try need(teacher.vocabSize == student.vocabSize,
                  "teacher and student vocabularies differ (\(teacher.vocabSize) vs \(student.vocabSize))")
@@ -306,14 +321,35 @@ public final class Distiller {
         /// The student's config as JSON text (compared as text: it is our own canonical serialisation).
         var studentConfig: String
         var log: [StepStats]
+        /// Digest of the teacher's weights and the training tokens: a state resumes only with the same inputs.
+        var inputs: String?
     }
+
+    /// FNV-1a digest of the teacher (config and every tensor's bits) and of the training tokens.
+    public private(set) lazy var inputsDigest: String = {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ raw: UnsafeRawBufferPointer) {
+            let words = raw.count / 8
+            for i in 0..<words { h = (h ^ raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3 }
+            for i in (words * 8)..<raw.count { h = (h ^ UInt64(raw[i])) &* 0x100_0000_01b3 }
+        }
+        Array(teacher.config.json.text.utf8).withUnsafeBytes(mix)
+        for (name, t) in teacher.namedTensors.sorted(by: { $0.name < $1.name }) {
+            Array(name.utf8).withUnsafeBytes(mix)
+            mix(UnsafeRawBufferPointer(start: t.data, count: t.count * 4))
+        }
+        let teacherPart = String(h, radix: 16)
+        h = 0xcbf2_9ce4_8422_2325
+        tokens.withUnsafeBytes(mix)
+        return "teacher:\(teacherPart) train:\(String(h, radix: 16)):\(tokens.count)"
+    }()
 
     /// Writes every trained parameter (student weights, maps, trainables), its AdamW moments and the step
     /// atomically to `path`. Frozen weights are not saved: they equal the student given.
     public func saveState(to path: String) throws {
         var tensors: [(String, Tensor)] = []
         for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
-        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log)
+        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log, inputs: inputsDigest)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         let text = String(decoding: try e.encode(meta), as: UTF8.self)
@@ -337,6 +373,13 @@ public final class Distiller {
         }
         guard meta.studentConfig == student.config.json.text else {
             throw ConfigError("\(path): the state's student config differs from the student checkpoint's")
+        }
+        guard (0...config.steps).contains(meta.step), meta.log.count == meta.step else {
+            throw ConfigError("\(path): the state is at step \(meta.step) with \(meta.log.count) logged steps (expected a step in 0...\(config.steps), the run's --steps, with one log entry per step)")
+        }
+        guard meta.inputs == inputsDigest else {
+            let theirs = meta.inputs ?? "none recorded"
+            throw ConfigError("\(path): the state was written with another teacher or training text (its inputs \(theirs), this run's \(inputsDigest)); resume with the same teacher and --train, or start afresh")
         }
         func restore(_ key: String, into t: Tensor) throws {
             guard let s = tensors[key] else { throw ConfigError("\(path): training state lacks tensor '\(key)'") }

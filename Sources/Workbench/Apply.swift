@@ -6,6 +6,7 @@ import Passes
 import Quantization
 import Tokenizer
 import Recipes
+import SafeFiles
 import TensorCore
 import Training
 
@@ -23,6 +24,8 @@ public struct ApplyOptions {
     public var progress = true
     /// Testing aid: SIGKILL this process right after distillation step N (simulates a crash).
     public var killAfterStep: Int? = nil
+    /// Allow the output to be one of the inputs (the base checkpoint).
+    public var force = false
     public init(recipe: String) { self.recipe = recipe }
 }
 
@@ -254,6 +257,14 @@ extension Session {
 }
 
 extension Workbench {
+    /// Checks, before any work, that `output` can be written as a checkpoint and is none of `inputs`.
+    static func checkOutput(_ output: String, inputs: [(role: String, path: String)], force: Bool) throws {
+        do {
+            try SafeFiles.checkOutput(output, role: "output checkpoint")
+            try SafeFiles.checkDistinct(output: output, inputs: inputs, force: force)
+        } catch let e as FileError { throw WorkbenchError(e.description) }
+    }
+
     /// Runs a recipe's stages on its base checkpoint and writes the result (atomically) with the recipe and
     /// every stage report appended to its history.
     public static func apply(_ o: ApplyOptions) throws -> ApplyReport {
@@ -266,6 +277,8 @@ extension Workbench {
         guard let output = o.output ?? recipe.output else {
             throw WorkbenchError("\(o.recipe): no output path: give -o OUT.h5 or 'output' in the recipe")
         }
+        // Before any stage runs: the output can be written, and it is not the base.
+        try checkOutput(output, inputs: [("base checkpoint", basePath), ("recipe", o.recipe)], force: o.force)
         let session = try Session(checkpoint: basePath, cacheDirectory: o.cacheDirectory, progress: o.progress)
         let r = try session.run(recipe, label: o.recipe, statePrefix: output, resume: o.resume, killAfterStep: o.killAfterStep)
         let report = try session.write(r, recipe: recipe, recipePath: o.recipe, output: output, started: started)

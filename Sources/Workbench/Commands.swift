@@ -1,6 +1,7 @@
 import Checkpoint
 import Evaluation
 import Foundation
+import SafeFiles
 import Model
 import TensorCore
 import Tokenizer
@@ -46,13 +47,21 @@ public enum Workbench {
             tokens = try tokenizer(ckpt.tokenizer, path: path, preTokenizer: preTokenizer).encode(readText(file))
             sourceName = file
         }
+        if let logitsOut {
+            do { try SafeFiles.checkOutput(logitsOut, role: "logits file") } catch let e as FileError { throw WorkbenchError("--logits-out: \(e.description)") }
+        }
         let start = Date()
-        let r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, maxTokens: maxTokens) { done, total in
-            guard progress else { return }
-            let elapsed = Date().timeIntervalSince(start)
-            let eta = elapsed / Double(done) * Double(total - done)
-            progressLine(String(format: "eval: window %d/%d  %.0f tok/s  elapsed %.1fs  ETA %.1fs",
-                                done, total, Double(done * window) / elapsed, elapsed, eta))
+        let r: PerplexityResult
+        do {
+            r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, maxTokens: maxTokens) { done, total in
+                guard progress else { return }
+                let elapsed = Date().timeIntervalSince(start)
+                let eta = elapsed / Double(done) * Double(total - done)
+                progressLine(String(format: "eval: window %d/%d  %.0f tok/s  elapsed %.1fs  ETA %.1fs",
+                                    done, total, Double(done * window) / elapsed, elapsed, eta))
+            }
+        } catch let e as EvaluationError {
+            throw WorkbenchError("\(sourceName): \(e.description) (checkpoint \(path), window \(window))")
         }
         if let logitsOut {
             // The first window's logits (W, V), raw little-endian float32, for parity checks.
@@ -84,7 +93,8 @@ public enum Workbench {
 
     /// Reads a UTF-8 text file.
     static func readText(_ file: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: file) else { throw WorkbenchError("\(file): cannot read text file") }
+        let data: Data
+        do { data = try SafeFiles.read(file, role: "text file (UTF-8)") } catch let e as FileError { throw WorkbenchError(e.description) }
         guard let text = String(data: data, encoding: .utf8) else { throw WorkbenchError("\(file): not valid UTF-8 text") }
         return text
     }

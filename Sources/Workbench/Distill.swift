@@ -28,6 +28,8 @@ public struct DistillOptions {
     /// Testing aid: SIGKILL this process right after step N (simulates a crash).
     public var killAfterStep: Int? = nil
     public var progress = true
+    /// Allow the output to be the student or the teacher.
+    public var force = false
 
     public init(teacher: String, student: String, output: String) {
         self.teacher = teacher; self.student = student; self.output = output
@@ -65,6 +67,7 @@ public struct DistillReport: Codable {
 extension Workbench {
     /// Distills `options.student` from `options.teacher` and writes the trained student atomically.
     public static func distill(_ o: DistillOptions) throws -> DistillReport {
+        try checkOutput(o.output, inputs: [("student", o.student), ("teacher", o.teacher)], force: o.force)
         let teacherCkpt = try Checkpoint.read(o.teacher)
         let studentCkpt = try Checkpoint.read(o.student)
         guard teacherCkpt.tokenizer == nil || studentCkpt.tokenizer == nil || teacherCkpt.tokenizer == studentCkpt.tokenizer else {
@@ -130,7 +133,8 @@ extension Workbench {
     }
 
     /// A checkpoint with the given decoder layers removed (their weights dropped, the rest renumbered).
-    public static func dropLayers(checkpoint path: String, drop: [Int], output: String) throws -> (before: Int, after: Int, layers: Int) {
+    public static func dropLayers(checkpoint path: String, drop: [Int], output: String, force: Bool = false) throws -> (before: Int, after: Int, layers: Int) {
+        try checkOutput(output, inputs: [("input checkpoint", path)], force: force)
         let ckpt = try Checkpoint.read(path)
         let m = ckpt.model
         guard Set(drop).count == drop.count else { throw WorkbenchError("--drop: a layer is listed twice") }
@@ -166,6 +170,9 @@ extension Workbench {
         let start = Date(), firstStep = distiller.step
         while distiller.step < c.steps {
             let s = distiller.trainStep()
+            guard s.loss.isFinite, s.gradNorm.isFinite else {
+                throw WorkbenchError("distill: step \(s.step): the loss is \(s.loss) and the gradient norm \(s.gradNorm) (expected finite values); training stopped, nothing written\(saveEvery > 0 ? ", the last saved state (\(statePath)) kept" : "") — lower the learning rate or check the inputs")
+            }
             if saveEvery > 0 && s.step % saveEvery == 0 && s.step < c.steps { try distiller.saveState(to: statePath) }
             if progress && (s.step % max(logEvery, 1) == 0 || s.step == c.steps || s.step == firstStep + 1) {
                 let elapsed = Date().timeIntervalSince(start), done = s.step - firstStep

@@ -2,6 +2,7 @@ import Checkpoint
 import Foundation
 import Import
 import Model
+import SafeFiles
 
 /// What `compress import` reports.
 public struct ImportReport: Codable {
@@ -20,7 +21,9 @@ extension Workbench {
     /// Imports a GGUF file or Hugging Face directory and writes it (atomically) as our checkpoint.
     public static func importModel(source: String, output: String) throws -> ImportReport {
         let start = Date()
+        do { try SafeFiles.checkOutput(output, role: "checkpoint") } catch let e as FileError { throw WorkbenchError(e.description) }
         let ckpt = try Importer.load(source)
+        if let spec = ckpt.tokenizer { _ = try tokenizer(spec, path: source) }  // builds, so the written file can tokenize
         try ckpt.write(to: output)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
         return ImportReport(source: source, output: output, parameters: ckpt.model.parameterCount,

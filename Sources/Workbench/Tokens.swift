@@ -1,12 +1,12 @@
 import Foundation
+import SafeFiles
 
 /// Reading token streams from files.
 public enum TokenFile {
     /// Reads whitespace-separated non-negative integer ids; errors name the file and the bad entry.
     public static func read(_ path: String) throws -> [Int32] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw WorkbenchError("\(path): cannot read token file")
-        }
+        let data: Data
+        do { data = try SafeFiles.read(path, role: "token file (whitespace-separated ids)") } catch let e as FileError { throw WorkbenchError(e.description) }
         var ids: [Int32] = []
         ids.reserveCapacity(data.count / 4)
         var value: Int64 = 0, inNumber = false, index = 0

@@ -9,7 +9,20 @@ struct Compress: ParsableCommand {
     /// Picks OpenBLAS's kernels for this CPU (re-executing with OPENBLAS_CORETYPE set) before any BLAS work.
     static func main() {
         BLASKernels.reexecWithPreferredCore()
-        main(nil)
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch {
+            // Under --json every failure is one JSON object and exit status 1, argument errors included.
+            if arguments.contains("--json"), !(error is CleanExit), !(error is ExitCode) {
+                let message = fullMessage(for: error).trimmingCharacters(in: .whitespacesAndNewlines)
+                print(encodeJSON(["error": message]))
+                FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+                Foundation.exit(1)
+            }
+            exit(withError: error)
+        }
     }
 
     static let configuration = CommandConfiguration(
@@ -21,7 +34,7 @@ struct Compress: ParsableCommand {
 /// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
 func reportingErrors(json: Bool, _ body: () throws -> Void) throws {
     do { try body() } catch {
-        let message = String(describing: error)
+        let message = (error as? DecodingError).map { "invalid JSON: \($0)" } ?? (error as? EncodingError).map { "could not encode the report: \($0)" } ?? String(describing: error)
         if json { print(encodeJSON(["error": message])) }
         FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         throw ExitCode.failure
@@ -35,7 +48,7 @@ struct Eval: ParsableCommand {
     @Argument(help: "Checkpoint (.h5).") var checkpoint: String
     @Option(help: "Text file, tokenized with the checkpoint's tokenizer.") var text: String?
     @Option(help: "File of whitespace-separated token ids.") var tokens: String?
-    @Option(help: "Window length in tokens.") var window = 2048
+    @Option(parsing: .unconditional, help: "Window length in tokens.") var window = 2048
     @Option(help: "Score only the first N tokens of the stream.") var maxTokens: Int?
     @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3).") var preTokenizer: String?
     @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
@@ -43,7 +56,7 @@ struct Eval: ParsableCommand {
 
     func validate() throws {
         guard (text == nil) != (tokens == nil) else { throw ValidationError("give exactly one of --text FILE or --tokens FILE") }
-        guard window >= 2 else { throw ValidationError("--window must be at least 2, got \(window)") }
+        guard (2...(1 << 17)).contains(window) else { throw ValidationError("--window must lie in 2...\(1 << 17), got \(window)") }
         if let m = maxTokens, m < window { throw ValidationError("--max-tokens \(m) is less than one window of \(window)") }
     }
 
@@ -114,7 +127,7 @@ struct Formats: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The quantization formats table: bits, group size, bytes per group and bits per weight of every format.")
 
-    @Option(name: .customLong("group-size"), help: "Weights per group (along the input dimension).") var groupSize = 64
+    @Option(name: .customLong("group-size"), parsing: .unconditional, help: "Weights per group (along the input dimension).") var groupSize = 64
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
@@ -129,10 +142,16 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Forward throughput and sgemm share on a random-weight model (SmolLM2-135M shape by default).")
 
-    @Option(help: "Window length in tokens.") var window = 2048
-    @Option(help: "Timed windows.") var windows = 1
-    @Option(help: "Decoder layers.") var layers = 30
+    @Option(parsing: .unconditional, help: "Window length in tokens.") var window = 2048
+    @Option(parsing: .unconditional, help: "Timed windows.") var windows = 1
+    @Option(parsing: .unconditional, help: "Decoder layers.") var layers = 30
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard (2...(1 << 15)).contains(window) else { throw ValidationError("--window must lie in 2...\(1 << 15), got \(window)") }
+        guard (1...1000).contains(windows) else { throw ValidationError("--windows must lie in 1...1000, got \(windows)") }
+        guard (1...256).contains(layers) else { throw ValidationError("--layers must lie in 1...256, got \(layers)") }
+    }
 
     func run() throws {
         try reportingErrors(json: json) {
@@ -155,43 +174,52 @@ struct Distill: ParsableCommand {
     @Option(help: "Teacher checkpoint (.h5).") var teacher: String
     @Option(help: "Student checkpoint (.h5).") var student: String
     @Option(name: .shortAndLong, help: "Output student checkpoint (.h5).") var output: String
-    @Option(help: "Optimizer steps.") var steps: Int
-    @Option(help: "Windows per micro-batch.") var batch = 4
-    @Option(help: "Tokens per window.") var window = 512
-    @Option(help: "Micro-batches accumulated per step.") var accumulation = 1
-    @Option(help: "Peak learning rate.") var lr = 1e-4
-    @Option(help: "Learning-rate floor as a fraction of --lr.") var minLrRatio = 0.1
-    @Option(help: "Warm-up steps.") var warmup = 10
+    @Option(parsing: .unconditional, help: "Optimizer steps.") var steps: Int
+    @Option(parsing: .unconditional, help: "Windows per micro-batch.") var batch = 4
+    @Option(parsing: .unconditional, help: "Tokens per window.") var window = 512
+    @Option(parsing: .unconditional, help: "Micro-batches accumulated per step.") var accumulation = 1
+    @Option(parsing: .unconditional, help: "Peak learning rate.") var lr = 1e-4
+    @Option(parsing: .unconditional, help: "Learning-rate floor as a fraction of --lr.") var minLrRatio = 0.1
+    @Option(parsing: .unconditional, help: "Warm-up steps.") var warmup = 10
     @Option(help: "Decay after warm-up: cosine, linear or constant.") var decay = "cosine"
-    @Option(help: "AdamW weight decay of matrices.") var weightDecay = 0.0
-    @Option(help: "AdamW beta1.") var beta1 = 0.9
-    @Option(help: "AdamW beta2.") var beta2 = 0.95
-    @Option(help: "Clip the global gradient norm to this value (0 = off).") var clip = 1.0
-    @Option(help: "Softmax temperature of the KL loss.") var temperature = 1.0
-    @Option(help: "Weight of KL(teacher || student) on logits.") var klWeight = 1.0
-    @Option(help: "Weight of the LM cross-entropy on the training tokens.") var ceWeight = 0.0
+    @Option(parsing: .unconditional, help: "AdamW weight decay of matrices.") var weightDecay = 0.0
+    @Option(parsing: .unconditional, help: "AdamW beta1.") var beta1 = 0.9
+    @Option(parsing: .unconditional, help: "AdamW beta2.") var beta2 = 0.95
+    @Option(parsing: .unconditional, help: "Clip the global gradient norm to this value (0 = off).") var clip = 1.0
+    @Option(parsing: .unconditional, help: "Softmax temperature of the KL loss.") var temperature = 1.0
+    @Option(parsing: .unconditional, help: "Weight of KL(teacher || student) on logits.") var klWeight = 1.0
+    @Option(parsing: .unconditional, help: "Weight of the LM cross-entropy on the training tokens.") var ceWeight = 0.0
     @Option(help: "Intermediate-state pairs 'student:teacher,...' (0-based layer outputs).") var intermediate: String?
     @Option(help: "Intermediate loss: cosine or mse.") var intermediateLoss = "cosine"
-    @Option(help: "Weight of the intermediate loss.") var intermediateWeight = 1.0
+    @Option(parsing: .unconditional, help: "Weight of the intermediate loss.") var intermediateWeight = 1.0
     @Flag(help: "Scale the intermediate loss to the logit loss each step.") var balance = false
     @Option(help: "Parameter groups as JSON: [{\"match\": \"glob\", \"lr\": x, \"weight_decay\": y, \"frozen\": true}].") var groups: String?
     @Option(help: "Freeze parameters matching these comma-separated globs (e.g. 'model.embed_tokens.*').") var freeze: String?
-    @Option(help: "Seed of the window draws.") var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Seed of the window draws.") var seed: UInt64 = 0
     @Option(help: "Training text (tokenized with the teacher's tokenizer).") var train = "data/wiki.train.txt"
     @Option(help: "Test text for the final perplexities.") var test = "data/wiki.test.txt"
-    @Option(help: "Evaluation window.") var evalWindow = 2048
+    @Option(parsing: .unconditional, help: "Evaluation window.") var evalWindow = 2048
     @Option(help: "Evaluate on the first N test tokens only (0 = skip evaluation).") var evalTokens: Int?
     @Flag(inversion: .prefixedNo, help: "Also evaluate the student before training.") var evalBefore = true
-    @Option(help: "Progress line every N steps.") var logEvery = 10
-    @Option(help: "Save the training state every N steps (0 = never).") var saveEvery = 50
+    @Option(parsing: .unconditional, help: "Progress line every N steps.") var logEvery = 10
+    @Option(parsing: .unconditional, help: "Save the training state every N steps (0 = never).") var saveEvery = 50
     @Option(help: "Training-state file (default OUTPUT.state.h5).") var state: String?
     @Flag(help: "Resume from the training state.") var resume = false
     @Option(help: .hidden) var killAfterStep: Int?
+    @Flag(help: "Allow -o to name the student or the teacher (replacing it).") var force = false
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard (2...(1 << 17)).contains(evalWindow) else { throw ValidationError("--eval-window must lie in 2...\(1 << 17), got \(evalWindow)") }
+        if let e = evalTokens, e < 0 { throw ValidationError("--eval-tokens must be >= 0 (0 = skip evaluation), got \(e)") }
+        guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1, got \(logEvery)") }
+        guard saveEvery >= 0 else { throw ValidationError("--save-every must be >= 0 (0 = never), got \(saveEvery)") }
+    }
 
     func run() throws {
         try reportingErrors(json: json) {
             var o = DistillOptions(teacher: teacher, student: student, output: output)
+            o.force = force
             var c = DistillConfig()
             c.steps = steps; c.batch = batch; c.window = window; c.accumulation = accumulation; c.seed = seed
             c.lr = lr; c.minLRRatio = minLrRatio; c.warmup = warmup
@@ -245,11 +273,13 @@ struct Apply: ParsableCommand {
     @Flag(help: "Neither read nor write cached calibration statistics.") var noCache = false
     @Flag(help: "Continue an interrupted distill stage from its saved state.") var resume = false
     @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Allow the output to be the base checkpoint (replacing it).") var force = false
     @Option(help: .hidden) var killAfterStep: Int?
 
     func run() throws {
         try reportingErrors(json: json) {
             var o = ApplyOptions(recipe: recipe)
+            o.force = force
             o.checkpoint = checkpoint
             o.output = output
             o.cacheDirectory = noCache ? nil : cache
@@ -277,6 +307,7 @@ struct DropLayers: ParsableCommand {
     @Argument(help: "Checkpoint (.h5).") var checkpoint: String
     @Option(help: "Comma-separated 0-based layer indices to remove.") var drop: String
     @Option(name: .shortAndLong, help: "Output checkpoint (.h5).") var output: String
+    @Flag(help: "Allow -o to name the input checkpoint (replacing it).") var force = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
@@ -285,7 +316,7 @@ struct DropLayers: ParsableCommand {
                 guard let i = Int(s.trimmingCharacters(in: .whitespaces)) else { throw WorkbenchError("--drop: '\(s)' is not a layer index") }
                 return i
             }
-            let r = try Workbench.dropLayers(checkpoint: checkpoint, drop: layers, output: output)
+            let r = try Workbench.dropLayers(checkpoint: checkpoint, drop: layers, output: output, force: force)
             if json { print(encodeJSON(["parameters_before": r.before, "parameters_after": r.after, "layers": r.layers])) } else {
                 print("\(checkpoint) -> \(output): \(r.layers) layers, \(r.before) -> \(r.after) parameters")
             }
@@ -299,11 +330,17 @@ struct BenchTrain: ParsableCommand {
         abstract: "Training throughput (forward + backward + clip + AdamW) on SmolLM2-shaped weights (random, or --checkpoint).")
 
     @Option(help: "Checkpoint whose weights to train (default: random SmolLM2-135M shape).") var checkpoint: String?
-    @Option(help: "Windows per step.") var batch = 4
-    @Option(help: "Tokens per window.") var window = 512
-    @Option(help: "Timed steps.") var steps = 5
-    @Option(help: "Untimed warm-up steps.") var warmup = 2
+    @Option(parsing: .unconditional, help: "Windows per step.") var batch = 4
+    @Option(parsing: .unconditional, help: "Tokens per window.") var window = 512
+    @Option(parsing: .unconditional, help: "Timed steps.") var steps = 5
+    @Option(parsing: .unconditional, help: "Untimed warm-up steps.") var warmup = 2
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard (1...64).contains(batch) else { throw ValidationError("--batch must lie in 1...64, got \(batch)") }
+        guard (2...(1 << 14)).contains(window) else { throw ValidationError("--window must lie in 2...\(1 << 14), got \(window)") }
+        guard (1...10_000).contains(steps), (0...10_000).contains(warmup) else { throw ValidationError("--steps must lie in 1...10000 and --warmup in 0...10000, got \(steps) and \(warmup)") }
+    }
 
     func run() throws {
         try reportingErrors(json: json) {

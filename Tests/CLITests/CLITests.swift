@@ -169,7 +169,7 @@ final class CLITests: XCTestCase {
         let cases: [(String, String)] = [
             (missing, "missing tensor 'model.layers.1.mlp.up_proj.weight' (expected shape [160, 64])"),
             (shape, "tensor 'model.norm.weight': expected shape [64], found [63]"),
-            (version, "checkpoint format version 99 is not supported"),
+            (version, "root attribute 'format_version' is 99, which this build does not read (it reads versions 1, 2, 3)"),
         ]
         for (path, message) in cases {
             for args in [["eval", path, "--tokens", stream, "--window", "32"], ["inspect", path]] {

@@ -47,10 +47,11 @@ extension CLITests {
 
     func testBadDistillOptionsFailWithTheirName() throws {
         let base = ["distill", "--teacher", fixture("tiny-llama-tied.h5"), "--student", fixture("tiny-llama.h5"),
-                    "--steps", "2", "-o", "/nonexistent/out.h5", "--json"]
+                    "--steps", "2", "-o", NSTemporaryDirectory() + "distill-bad-\(UUID().uuidString).h5", "--json"]
         let cases: [([String], String)] = [(["--decay", "exp"], "--decay"), (["--intermediate", "1-2"], "--intermediate"),
                                   (["--intermediate", "7:0", "--train", fixture("tiny-llama.stream.txt")], "student layer 7"),
-                                  (["--train", "/nonexistent/train.txt"], "/nonexistent/train.txt")]
+                                  (["--train", "/nonexistent/train.txt"], "/nonexistent/train.txt"),
+                                  (["-o", "/nonexistent/out.h5"], "directory '/nonexistent' does not exist")]
         for (extra, fragment) in cases {
             let r = try launch(base + extra)
             XCTAssertEqual(r.status, 1, "\(extra)")
@@ -98,5 +99,48 @@ extension CLITests {
         XCTAssertEqual(s.mask, mask)
         for i in 0..<s.values.count where !mask[i] { XCTAssertEqual(s.values[i], 0, "pruned element \(i) came back") }
         XCTAssertGreaterThan((0..<w.count).filter { mask[$0] && s.values[$0] != w[$0] }.count, w.count / 4)
+    }
+}
+
+extension CLITests {
+    /// A saved state resumes only with the teacher and training text it was written with, and only at a step
+    /// inside the run; a non-finite state or a stale temporary file of a dead process is handled.
+    func testResumeRefusesImpossibleStates() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-state-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        let text = dir.appendingPathComponent("train.txt").path, other = dir.appendingPathComponent("other.txt").path
+        try String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 30).write(toFile: text, atomically: true, encoding: .utf8)
+        try String(repeating: "Another text entirely, 0123456789! ", count: 30).write(toFile: other, atomically: true, encoding: .utf8)
+        let out = dir.appendingPathComponent("s.h5").path, state = out + ".state.h5"
+        func args(train: String = text, teacher: String = "tiny-llama-tied.h5", steps: String = "6") -> [String] {
+            ["distill", "--teacher", fixture(teacher), "--student", fixture("tiny-llama.h5"), "--steps", steps, "--batch", "1",
+             "--window", "16", "--save-every", "2", "--train", train, "--eval-tokens", "0", "-o", out, "--json"]
+        }
+        // A stale temporary file of a process that no longer exists is removed by the next write.
+        let stale = dir.appendingPathComponent(".s.h5.state.h5.tmp-2147480000").path
+        FileManager.default.createFile(atPath: stale, contents: Data("junk".utf8))
+        let killed = try launch(args() + ["--kill-after-step", "3"])
+        XCTAssertEqual(killed.reason, .uncaughtSignal)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: state))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: stale), "stale temporary file not removed")
+
+        let otherText = try launch(args(train: other) + ["--resume"])
+        XCTAssertEqual(otherText.status, 1)
+        XCTAssertTrue(otherText.stdout.contains(state) && otherText.stdout.contains("another teacher or training text"), otherText.stdout)
+        let otherTeacher = try launch(args(teacher: "tiny-llama.h5") + ["--resume"])
+        XCTAssertEqual(otherTeacher.status, 1)
+        XCTAssertTrue(otherTeacher.stdout.contains("another teacher or training text"), otherTeacher.stdout)
+        let fewer = try launch(args(steps: "1") + ["--resume"])
+        XCTAssertEqual(fewer.status, 1, "a state at step 2 resumed by a 1-step run")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a refused resume wrote the output")
+
+        // The distill command refuses to overwrite its student.
+        let student = dir.appendingPathComponent("student.h5").path
+        try FileManager.default.copyItem(atPath: fixture("tiny-llama.h5"), toPath: student)
+        let same = try launch(["distill", "--teacher", fixture("tiny-llama-tied.h5"), "--student", student, "--steps", "1",
+                               "--train", text, "-o", student, "--json"])
+        XCTAssertEqual(same.status, 1)
+        XCTAssertTrue(same.stdout.contains("refusing to overwrite an input"), same.stdout)
     }
 }

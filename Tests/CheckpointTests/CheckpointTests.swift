@@ -165,9 +165,9 @@ final class CheckpointTests: XCTestCase {
 
     func testFormatAndVersion() throws {
         try writeRaw(path("v.h5"), version: 4, tensors: specs)
-        assertReadError(path("v.h5"), .unsupportedVersion(path: path("v.h5"), found: 4))
+        assertReadError(path("v.h5"), .unsupportedVersion(path: path("v.h5"), found: 4, supported: CheckpointFormat.supportedVersions))
         try writeRaw(path("f.h5"), format: "something-else", tensors: specs)
-        assertReadError(path("f.h5"), .wrongFormat(path: path("f.h5"), found: "something-else"))
+        assertReadError(path("f.h5"), .wrongFormat(path: path("f.h5"), found: "something-else", expected: CheckpointFormat.name))
         try writeRaw(path("c.h5"), config: .object(["vocab_size": .int(32)]), tensors: specs)
         XCTAssertThrowsError(try Checkpoint.read(path("c.h5"))) { XCTAssertTrue("\($0)".contains("missing required key 'hidden_size'"), "\($0)") }
     }

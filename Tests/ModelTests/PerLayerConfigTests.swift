@@ -77,7 +77,7 @@ final class PerLayerConfigTests: XCTestCase {
         let ok = #""vocab_size": 10, "hidden_size": 8, "intermediate_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2"#
         XCTAssertEqual(error("{\(ok)}"), "no error")
         XCTAssertTrue(error(#"{"vocab_size": 10}"#).contains("missing required key 'hidden_size'"))
-        XCTAssertTrue(error("{\(ok.replacingOccurrences(of: "\"vocab_size\": 10", with: "\"vocab_size\": -3"))}").contains("'vocab_size' must be positive"))
+        XCTAssertTrue(error("{\(ok.replacingOccurrences(of: "\"vocab_size\": 10", with: "\"vocab_size\": -3"))}").contains("key 'vocab_size' is -3 (expected an integer in 1..."))
         XCTAssertTrue(error("{\(ok), \"num_key_value_heads\": 3, \"block_configs\": null}").contains("not a multiple"))
         XCTAssertTrue(error("{\(ok), \"model_type\": \"gpt2\"}").contains("model_type 'gpt2'"))
         XCTAssertTrue(error("{\(ok), \"rope_scaling\": {\"type\": \"linear\"}}").contains("rope_scaling"))

@@ -1,0 +1,125 @@
+import Foundation
+
+/// Why a file could not be used: names the file, its role and what was expected.
+public struct FileError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The one door through which every reader and writer checks its files: only regular files are read or
+/// replaced (a FIFO would block forever, a device node would be replaced by a regular file), outputs are
+/// checked before any work starts, and temporary files of dead processes are removed.
+public enum SafeFiles {
+    /// The size of `path`, which must exist and be a regular file (symbolic links are followed).
+    @discardableResult
+    public static func regularFile(_ path: String, role: String) throws -> Int {
+        guard !path.isEmpty else { throw FileError("\(role): the path is empty (expected a file name)") }
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            let reason = errno == ENOENT ? "no such file" : String(cString: strerror(errno))
+            throw FileError("\(path): \(reason) (expected a \(role))")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw FileError("\(path): is \(kind(st.st_mode)), not a regular file (expected a \(role))")
+        }
+        return Int(st.st_size)
+    }
+
+    /// Reads a whole regular file of at most `limit` bytes (the file is opened without blocking and checked
+    /// again after opening, so a file swapped for a FIFO meanwhile is refused too).
+    public static func read(_ path: String, role: String, limit: Int = 1 << 32) throws -> Data {
+        try regularFile(path, role: role)
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw FileError("\(path): cannot open: \(String(cString: strerror(errno))) (expected a \(role))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw FileError("\(path): not a regular file (expected a \(role))")
+        }
+        let size = Int(st.st_size)
+        guard size <= limit else { throw FileError("\(path): \(size) bytes, more than the \(limit) bytes a \(role) may have") }
+        var data = Data(count: size)
+        var done = 0
+        try data.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) in
+            while done < size {
+                let n = Foundation.read(fd, buffer.baseAddress! + done, size - done)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw FileError("\(path): read failed after \(done) of \(size) bytes (\(n < 0 ? String(cString: strerror(errno)) : "file shrank"))") }
+                done += n
+            }
+        }
+        return data
+    }
+
+    /// Checks that `path` may be written as a `role`: a non-empty name, an existing writable directory, and,
+    /// if something is already there, a regular file (never a device, FIFO or directory).
+    public static func checkOutput(_ path: String, role: String) throws {
+        guard !path.isEmpty else { throw FileError("\(role): the output path is empty (expected a file name)") }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            let mode = st.st_mode & S_IFMT
+            if mode == S_IFLNK {
+                guard stat(path, &st) == 0 else { throw FileError("\(path): a dangling symbolic link (expected a \(role) to write)") }
+            }
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw FileError("\(path): is \(kind(st.st_mode)); refusing to replace it (expected a regular file or a new name for the \(role))")
+            }
+        }
+        let dir = directory(of: path)
+        var ds = stat()
+        guard stat(dir, &ds) == 0, (ds.st_mode & S_IFMT) == S_IFDIR else {
+            throw FileError("\(path): directory '\(dir)' does not exist (expected an existing directory for the \(role))")
+        }
+        guard access(dir, W_OK) == 0 else {
+            throw FileError("\(path): directory '\(dir)' is not writable (\(String(cString: strerror(errno)))); the \(role) could not be written")
+        }
+    }
+
+    /// Refuses an output that is the same file as one of the inputs (unless `force`): writing it would
+    /// replace an input the run may still need, or lose it for good.
+    public static func checkDistinct(output: String, inputs: [(role: String, path: String)], force: Bool) throws {
+        guard !force else { return }
+        var out = stat()
+        guard stat(output, &out) == 0 else { return }
+        for (role, path) in inputs {
+            var st = stat()
+            if stat(path, &st) == 0, st.st_dev == out.st_dev, st.st_ino == out.st_ino {
+                throw FileError("\(output): is the \(role) '\(path)'; refusing to overwrite an input (choose another output, or pass --force)")
+            }
+        }
+    }
+
+    /// The temporary name beside `path` that this process writes before renaming: `.NAME.tmp-PID`.
+    public static func temporaryPath(for path: String) -> String {
+        let url = URL(fileURLWithPath: path)
+        return url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())").path
+    }
+
+    /// Removes `.NAME.tmp-PID` files beside `path` left by processes that no longer exist (killed runs).
+    public static func removeStaleTemporaries(for path: String) {
+        let url = URL(fileURLWithPath: path)
+        let prefix = ".\(url.lastPathComponent).tmp-"
+        let dir = url.deletingLastPathComponent().path
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            guard let pid = Int32(name.dropFirst(prefix.count)), pid > 0, pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { unlink(dir + "/" + name) }
+        }
+    }
+
+    static func directory(of path: String) -> String {
+        let d = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return d.isEmpty ? "." : d
+    }
+
+    static func kind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: return "a FIFO"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFDIR: return "a directory"
+        case S_IFSOCK: return "a socket"
+        default: return "not a regular file"
+        }
+    }
+}
