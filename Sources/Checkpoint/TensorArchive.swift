@@ -58,6 +58,7 @@ func writeAtomically(_ path: String, _ body: (String) throws -> Void) throws {
     let tmp = SafeFiles.temporaryPath(for: path)
     do {
         try body(tmp)
+        killIfTesting(path)
         let fd = open(tmp, O_RDONLY | O_CLOEXEC)
         guard fd >= 0, fsync(fd) == 0 else {
             if fd >= 0 { close(fd) }
@@ -72,6 +73,18 @@ func writeAtomically(_ path: String, _ body: (String) throws -> Void) throws {
         if let e = error as? CheckpointError { throw e }
         throw CheckpointError.writeFailed(path: path, detail: (error as? HDF5Failure)?.message ?? "\(error)")
     }
+}
+
+/// Testing aid for the kill tests: with `COMPRESS_TEST_KILL_WRITING=SUFFIX#N` in the environment, the N-th
+/// atomic write (counted from 1) of a path ending in SUFFIX SIGKILLs this process after the temporary file is
+/// written and before it is renamed into place: a crash in the middle of a save.
+private nonisolated(unsafe) var testKillWrites = 0
+private func killIfTesting(_ path: String) {
+    guard let spec = ProcessInfo.processInfo.environment["COMPRESS_TEST_KILL_WRITING"] else { return }
+    let parts = spec.split(separator: "#")
+    guard let suffix = parts.first, path.hasSuffix(suffix) else { return }
+    testKillWrites += 1
+    if testKillWrites == (parts.count > 1 ? Int(parts[1]) ?? 1 : 1) { kill(getpid(), SIGKILL) }
 }
 
 /// Checks that a checkpoint path names an existing regular file (never opens a FIFO or a device).

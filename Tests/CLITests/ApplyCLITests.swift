@@ -183,4 +183,36 @@ extension CLITests {
         let a = try Checkpoint.read(whole), b = try Checkpoint.read(resumed)
         for ((name, x), (_, y)) in zip(a.model.namedTensors, b.model.namedTensors) { XCTAssertEqual(x.array, y.array, "\(name) differs after resume") }
     }
+
+    /// Killed in the middle of a save (after the temporary file is written, before the rename): during the
+    /// second state save of the distill stage (step 4), during the save after its last step, and during the
+    /// final write of the output (after the eval stage). Each time
+    /// `--resume` ends with the weights of an uninterrupted run, bit for bit, and no stray temporary is left.
+    func testApplyKilledDuringSavesAndTheFinalWriteResumesToTheSameWeights() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let stages = #"{"stage": "distill", "steps": 6, "batch": 2, "window": 16, "save_every": 2, "text": "\#(text)"}, {"stage": "eval"}"#
+        let path = try recipe(dir, "r.json", text, stages: stages)
+        let cache = dir.appendingPathComponent("cache").path
+        let whole = dir.appendingPathComponent("whole.h5").path
+        XCTAssertEqual(try launch(["apply", path, "-o", whole, "--cache", cache]).status, 0)
+        let reference = try Checkpoint.read(whole).model.namedTensors.map { $0.tensor.array }
+        for (i, kill) in [".stage1.state.h5#2", ".stage1.state.h5#3", "k2.h5"].enumerated() {
+            let out = dir.appendingPathComponent("k\(i).h5").path
+            let killed = try launch(["apply", path, "-o", out, "--cache", cache], environment: ProcessInfo.processInfo.environment.merging(["COMPRESS_TEST_KILL_WRITING": kill]) { $1 })
+            XCTAssertEqual(killed.reason, .uncaughtSignal, "\(kill): \(killed.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), kill)
+            if kill.hasPrefix(".stage") {
+                // The save that was killed left the previous state in place (step 2 after the 2nd save was killed).
+                XCTAssertTrue(FileManager.default.fileExists(atPath: out + ".stage1.state.h5"), kill)
+            } else {
+                XCTAssertTrue(FileManager.default.fileExists(atPath: out + ".stage1.state.h5"), "the state is kept until the output is in place")
+            }
+            let r = try launch(["apply", path, "-o", out, "--cache", cache, "--resume", "--json"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(try Checkpoint.read(out).model.namedTensors.map { $0.tensor.array }, reference, "\(kill): resumed weights differ")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out + ".stage1.state.h5"), "\(kill): state removed after completion")
+            let stray = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains(".tmp") }
+            XCTAssertTrue(stray.isEmpty, "\(kill): stray temporaries \(stray)")
+        }
+    }
 }
