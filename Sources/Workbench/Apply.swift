@@ -125,7 +125,7 @@ public final class Session {
         let scope: JSONValue = .object(["base": .string(baseHash), "eval": jsonValue(e)])
         let cache = StatsCache(directory: cacheDirectory, scope: scope)
         let p = try cache.value("ppl", settings: .object([:])) {
-            try Workbench.measurePPL(self.base.model, tokens: test, window: e.window, maxTokens: e.tokens, label: "base", progress: self.progress)
+            try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, maxTokens: e.tokens, label: "base", progress: self.progress)
         }
         if !cache.hits.isEmpty { say(String(format: "eval base: ppl %.4f (cached)", p)) }
         for w in cache.warnings { say("warning: \(w)") }
@@ -213,7 +213,7 @@ public final class Session {
                     "log": jsonValue(distiller.log),
                 ])
             case is EvalStage:
-                ppl = try Workbench.measurePPL(model, tokens: test, window: e.window, maxTokens: e.tokens, label: label, progress: progress)
+                ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, maxTokens: e.tokens, label: label, progress: progress)
                 lastPPL = ppl
             default:
                 preconditionFailure("stage kind '\(entry.name)' has no runner")

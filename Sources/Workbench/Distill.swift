@@ -85,7 +85,7 @@ extension Workbench {
         let evaluating = o.evalTokens != 0
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
         func ppl(_ model: LlamaModel, _ label: String) throws -> Double {
-            try measurePPL(model, tokens: test, window: o.evalWindow, maxTokens: o.evalTokens, label: label, progress: o.progress)
+            try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, maxTokens: o.evalTokens, label: label, progress: o.progress)
         }
 
         var resumedFrom: Int? = nil
@@ -149,15 +149,20 @@ extension Workbench {
 
 extension Workbench {
     /// PPL of `model` on `tokens` with progress lines labelled `label`.
-    static func measurePPL(_ model: LlamaModel, tokens: [Int32], window: Int, maxTokens: Int?, label: String, progress: Bool) throws -> Double {
+    /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors), with progress.
+    static func measurePPL(_ model: LlamaModel, tokens: [Int32], source: String, window: Int, maxTokens: Int?, label: String,
+                           progress: Bool) throws -> Double {
         let start = Date()
         var shown = start
-        let r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, maxTokens: maxTokens) { done, total in
-            guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
-            shown = Date()
-            let el = Date().timeIntervalSince(start)
-            progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
-        }
+        let r: PerplexityResult
+        do {
+            r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, maxTokens: maxTokens) { done, total in
+                guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
+                shown = Date()
+                let el = Date().timeIntervalSince(start)
+                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
+            }
+        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description)") }
         if progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens)", label, r.ppl, r.tokens)) }
         return r.ppl
     }

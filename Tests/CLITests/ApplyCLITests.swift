@@ -215,4 +215,17 @@ extension CLITests {
             XCTAssertTrue(stray.isEmpty, "\(kill): stray temporaries \(stray)")
         }
     }
+
+    /// An eval text too short for one window is an error naming the text file, not just the window.
+    func testApplyEvalErrorsNameTheTextFile() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let short = dir.appendingPathComponent("short.txt").path
+        try "only a few words".write(toFile: short, atomically: true, encoding: .utf8)
+        let path = try recipe(dir, "r.json", text, stages: #"{"stage": "eval"}"#)
+        let edited = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: #""eval": {"text": "\#(text)""#, with: #""eval": {"text": "\#(short)""#)
+        try edited.write(toFile: path, atomically: true, encoding: .utf8)
+        let r = try launch(["apply", path, "--no-cache", "--json"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stdout.contains(short + ": need at least one whole window of 32 tokens"), r.stdout)
+    }
 }
