@@ -205,7 +205,7 @@ extension Workbench {
                     + (report.pplAfter.map { String(format: ", ppl %.4f", $0) } ?? ""))
             }
         } else {
-            try runPointsInProcesses(pending, jobs: o.jobs, cache: cache, say: say)
+            try runPointsInProcesses(pending, jobs: o.jobs, cache: cache, progress: o.progress, say: say)
         }
         var r = try collectSweep(directory: dir, keep: o.keep, progress: o.progress)
         r.skipped = done.count
@@ -310,7 +310,7 @@ extension Workbench {
 
     /// Runs points as `compress apply` processes, `jobs` at a time, the cores split between them; the first
     /// point runs alone so that the others read its analysis from the shared cache.
-    static func runPointsInProcesses(_ points: [SweepPoint], jobs: Int, cache: String, say: (String) -> Void) throws {
+    static func runPointsInProcesses(_ points: [SweepPoint], jobs: Int, cache: String, progress: Bool, say: (String) -> Void) throws {
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
         func start(_ p: SweepPoint, threads: Int) throws -> Process {
@@ -323,7 +323,16 @@ extension Workbench {
             proc.environment = env
             FileManager.default.createFile(atPath: p.report + ".part", contents: nil)
             proc.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: p.report + ".part"))
-            proc.standardError = FileHandle.nullDevice
+            // The point's progress (its current stage, steps, windows), each line prefixed with the point's name.
+            let err = Pipe()
+            proc.standardError = err
+            let name = p.name, show = progress
+            err.fileHandleForReading.readabilityHandler = { h in
+                let data = h.availableData
+                guard !data.isEmpty else { h.readabilityHandler = nil; return }
+                guard show else { return }
+                for line in String(decoding: data, as: UTF8.self).split(separator: "\n") { progressLine("[\(name)] \(line)") }
+            }
             try proc.run()
             return proc
         }

@@ -81,6 +81,7 @@ extension CLITests {
         XCTAssertEqual(a.status, 0, a.stderr)
         let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(a.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(j["finished"] as? Int, 4)
+        XCTAssertTrue(a.stderr.contains("[p003] stage 2/2 (eval)"), "each point's progress, prefixed: \(a.stderr)")
         let rows = try XCTUnwrap(j["rows"] as? [[String: Any]])
         XCTAssertTrue(rows.allSatisfy { $0["output"] == nil || $0["output"] is NSNull }, "--keep none")
         XCTAssertEqual(Set(rows.compactMap { ($0["values"] as? [String: Any])?["stages.0.metric"] as? String }), ["js", "angular"])
