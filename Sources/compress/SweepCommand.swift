@@ -6,11 +6,9 @@ struct Sweep: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a recipe at many settings (a sweep), locally or as a Slurm job array, with the table and the plot.",
         discussion: """
-            compress sweep RECIPE --set stages.0.fraction=0.05,0.1,0.2 [--set PATH=...] [--zip] -o DIR
-            Each --set addresses a recipe value by its path (object keys and list indices joined by dots); the points
-            are the cartesian product of the values (or, with --zip, the values paired in order). DIR receives one
-            recipe, report and (with --keep) checkpoint per point under DIR/points, plus results.csv, results.json
-            and plot.svg / plot.png. Running the same command again resumes: finished points are kept.
+            Example: compress sweep RECIPE --set stages.0.fraction=0.05,0.1,0.2 [--set PATH=...] [--zip] -o DIR
+
+            Each --set addresses a recipe value by its path (object keys and list indices joined by dots); the points are the cartesian product of the values (or, with --zip, the values paired in order). DIR receives one recipe, report and (with --keep) checkpoint per point under DIR/points, plus results.csv, results.json and plot.svg / plot.png. Running the same command again resumes: finished points are kept.
             """,
         subcommands: [SweepRun.self, SweepCollect.self, SweepPlot.self],
         defaultSubcommand: SweepRun.self)
