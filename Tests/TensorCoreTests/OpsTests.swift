@@ -29,6 +29,19 @@ final class OpsTests: XCTestCase {
         XCTAssertEqual(fastExp(0), 1)
     }
 
+    func testRowMaxMatchesReference() {
+        for n in [1, 2, 15, 16, 17, 31, 33, 100, 2048] {
+            for seed in 0..<4 {
+                let x = random([n], seed: UInt64(100 + seed), scale: 30)
+                // The maximum at each position in turn (first, middle, tail after the last 16-lane block).
+                x[seed * (n - 1) / 3] = 31
+                XCTAssertEqual(rowMax(x.data, count: n), rowMaxReference(x.data, count: n), "n \(n) seed \(seed)")
+            }
+        }
+        let negatives: [Float] = (0..<40).map { -1000 - Float($0) }
+        XCTAssertEqual(negatives.withUnsafeBufferPointer { rowMax($0.baseAddress!, count: 40) }, -1000)
+    }
+
     func testLinearMatchesReference() {
         for (T, C, OC) in [(1, 1, 1), (7, 13, 5), (33, 64, 96)] {
             let x = random([T, C], seed: 1), w = random([OC, C], seed: 2), b = random([OC], seed: 3)

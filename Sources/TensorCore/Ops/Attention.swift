@@ -32,32 +32,52 @@ public func attentionForward(
     // Tasks in head-major order: every worker gets whole heads' worth of mixed short and long blocks.
     Parallel.forEachChunkIndexed(H * blocks) { worker, tasks in
         let p = scores + worker * min(B, T) * T
-        for task in tasks {
-            let h = task / blocks, g = h / group
-            let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
-            // p (rows, i1) = Q[i0..<i1, h] · K[0..<i1, g]ᵀ · scale
-            BLAS.gemm(transB: true, m: rows, n: i1, k: D, alpha: scale,
-                      a: q + i0 * H * D + h * D, lda: H * D, b: k + g * D, ldb: G * D, c: p, ldc: i1)
-            causalSoftmaxRows(p, rows: rows, columns: i1, firstRow: i0)
-            // O[i0..<i1, h] = P (rows, i1) · V[0..<i1, g]
-            BLAS.gemm(m: rows, n: D, k: i1, a: p, lda: i1, b: v + g * D, ldb: G * D,
-                      c: out + i0 * H * D + h * D, ldc: H * D)
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: B) { invBuf in
+            let inv = invBuf.baseAddress!
+            for task in tasks {
+                let h = task / blocks, g = h / group
+                let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
+                // p (rows, i1) = Q[i0..<i1, h] · K[0..<i1, g]ᵀ · scale
+                BLAS.gemm(transB: true, m: rows, n: i1, k: D, alpha: scale,
+                          a: q + i0 * H * D + h * D, lda: H * D, b: k + g * D, ldb: G * D, c: p, ldc: i1)
+                causalExpRows(p, rows: rows, columns: i1, firstRow: i0, inverseSums: inv)
+                // O[i0..<i1, h] = diag(inv) · E (rows, i1) · V[0..<i1, g]: the softmax's row scaling is applied to
+                // the D outputs of a row instead of its i1 probabilities.
+                let o = out + i0 * H * D + h * D
+                BLAS.gemm(m: rows, n: D, k: i1, a: p, lda: i1, b: v + g * D, ldb: G * D, c: o, ldc: H * D)
+                for r in 0..<rows {
+                    let orow = o + r * H * D, s = inv[r]
+                    for d in 0..<D { orow[d] *= s }
+                }
+            }
         }
+    }
+}
+
+/// Row r of p (rows, columns) belongs to query i = firstRow + r: p[r, j] = exp(p[r, j] - max_j p[r, j]) for
+/// j ≤ i, zero after; inverseSums[r] = 1 / Σ_j p[r, j] (the softmax is p[r] · inverseSums[r]).
+@inline(__always)
+func causalExpRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int, inverseSums: UnsafeMutablePointer<Float>) {
+    for r in 0..<rows {
+        let row = p + r * columns, n = firstRow + r + 1
+        let m = rowMax(row, count: n)
+        var s: Float = 0
+        for j in 0..<n { let e = fastExp(row[j] - m); row[j] = e; s = Relaxed.sum(s, e) }
+        inverseSums[r] = 1 / s
+        if n < columns { (row + n).update(repeating: 0, count: columns - n) }
     }
 }
 
 /// Row r of p (rows, columns) belongs to query i = firstRow + r: softmax over columns 0...i, zero after.
 @inline(__always)
 func causalSoftmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int) {
-    for r in 0..<rows {
-        let row = p + r * columns, n = firstRow + r + 1
-        var m = -Float.infinity
-        for j in 0..<n { m = max(m, row[j]) }
-        var s: Float = 0
-        for j in 0..<n { let e = fastExp(row[j] - m); row[j] = e; s = Relaxed.sum(s, e) }
-        let inv = 1 / s
-        for j in 0..<n { row[j] *= inv }
-        for j in n..<columns { row[j] = 0 }
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: rows) { invBuf in
+        let inv = invBuf.baseAddress!
+        causalExpRows(p, rows: rows, columns: columns, firstRow: firstRow, inverseSums: inv)
+        for r in 0..<rows {
+            let row = p + r * columns, s = inv[r]
+            for j in 0..<(firstRow + r + 1) { row[j] *= s }
+        }
     }
 }
 

@@ -24,3 +24,26 @@ public func fastExp(_ x: Float) -> Float {
     let scale = Float(bitPattern: UInt32(bitPattern: (k &+ 127) << 23))
     return x < -87.33 ? 0 : p * scale
 }
+
+/// max_j x[j] over `count` ≥ 1 floats, 16 lanes at a time (a scalar `max` loop is one long dependency chain
+/// of compare-and-select; this compiles to `maxps` on the baseline x86-64 target). NaN-free input assumed.
+@inlinable @inline(__always)
+public func rowMax(_ x: UnsafePointer<Float>, count n: Int) -> Float {
+    var m16 = SIMD16<Float>(repeating: -.infinity)
+    var j = 0
+    while j + 16 <= n {
+        let v = UnsafeRawPointer(x + j).loadUnaligned(as: SIMD16<Float>.self)
+        m16 = m16.replacing(with: v, where: v .> m16)
+        j += 16
+    }
+    var m = m16.max()
+    while j < n { m = max(m, x[j]); j += 1 }
+    return m
+}
+
+/// Reference of `rowMax`: the plain loop.
+public func rowMaxReference(_ x: UnsafePointer<Float>, count n: Int) -> Float {
+    var m = -Float.infinity
+    for j in 0..<n { m = max(m, x[j]) }
+    return m
+}

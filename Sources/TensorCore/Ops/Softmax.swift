@@ -6,8 +6,7 @@ import RealModule
 /// log Σ_j exp(x_j) of one row of length V; max-shifted, sum in Float32 with relaxed (vectorised) adds.
 @inlinable
 public func logSumExp(_ x: UnsafePointer<Float>, count V: Int) -> Double {
-    var m = -Float.infinity
-    for j in 0..<V { m = max(m, x[j]) }
+    let m = rowMax(x, count: V)
     var s: Float = 0
     for j in 0..<V { s = Relaxed.sum(s, fastExp(x[j] - m)) }
     return Double(m) + Foundation.log(Double(s))
@@ -79,8 +78,7 @@ public func klDivergenceBackward(
     Parallel.forEachChunk(T, minChunk: 1) { rows in
         for t in rows {
             let zs = student + t * V, zt = teacher + t * V, d = dlogits + t * V
-            var ms = -Float.infinity, mt = -Float.infinity
-            for j in 0..<V { ms = max(ms, zs[j]); mt = max(mt, zt[j]) }
+            let ms = rowMax(zs, count: V), mt = rowMax(zt, count: V)
             var ss: Float = 0, st: Float = 0
             for j in 0..<V {
                 ss = Relaxed.sum(ss, fastExp((zs[j] - ms) * inv))
