@@ -228,4 +228,20 @@ extension CLITests {
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stdout.contains(short + ": need at least one whole window of 32 tokens"), r.stdout)
     }
+
+    /// An output that is the base checkpoint is refused (the base is an input) unless --force; nothing changes.
+    func testApplyRefusesToOverwriteItsBase() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let base = dir.appendingPathComponent("base.h5").path
+        try FileManager.default.copyItem(atPath: fixture("tiny-llama.h5"), toPath: base)
+        let before = try Data(contentsOf: URL(fileURLWithPath: base))
+        let path = try recipe(dir, "r.json", text, stages: #"{"stage": "finercut", "remove": 1}"#)
+        let r = try launch(["apply", path, base, "-o", base, "--no-cache", "--json"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stdout.contains("refusing to overwrite an input"), r.stdout)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: base)), before)
+        let forced = try launch(["apply", path, base, "-o", base, "--no-cache", "--force", "--json"])
+        XCTAssertEqual(forced.status, 0, forced.stderr)
+        XCTAssertLessThan(try Checkpoint.read(base).model.parameterCount, try Checkpoint.read(fixture("tiny-llama.h5")).model.parameterCount)
+    }
 }

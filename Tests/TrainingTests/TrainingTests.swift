@@ -210,4 +210,39 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(g2.named.map { $0.tensor.array }, g.named.map { $0.tensor.array })
         XCTAssertEqual(second.log, full.log)
     }
+
+    /// A state with a non-finite AdamW moment, or a step outside the run, is refused on resume, naming the file.
+    func testResumeRefusesNonFiniteMomentsAndImpossibleSteps() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("state-bad-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let teacher = try Fixtures.model("tiny-llama-tied")
+        func distiller() throws -> Distiller {
+            try Distiller(teacher: teacher, student: try Fixtures.model("tiny-llama"), config: tinyConfig(steps: 4), trainTokens: stream)
+        }
+        let good = dir.appendingPathComponent("good.h5").path
+        let d = try distiller()
+        d.trainStep(); d.trainStep()
+        try d.saveState(to: good)
+        let (meta, tensors) = try TensorArchive.read(good, format: Distiller.stateFormat, version: Distiller.stateVersion)
+        let names = tensors.keys.sorted()
+        // NaN in one moment.
+        let nan = dir.appendingPathComponent("nan.h5").path
+        let moment = try XCTUnwrap(names.first { $0.hasPrefix("adam_v:") })
+        let bad = tensors[moment]!.copy()
+        bad[0] = .nan
+        try TensorArchive.write(to: nan, format: Distiller.stateFormat, version: Distiller.stateVersion, meta: meta,
+                                tensors: names.map { ($0, $0 == moment ? bad : tensors[$0]!) })
+        XCTAssertThrowsError(try distiller().loadState(from: nan)) { XCTAssertTrue("\($0)".contains(nan), "\($0)") }
+        // Step −1 and a step beyond the run's 4.
+        for step in [-1, 9] {
+            let path = dir.appendingPathComponent("step\(step).h5").path
+            let edited = meta.replacingOccurrences(of: "\"step\":2", with: "\"step\":\(step)")
+            XCTAssertNotEqual(edited, meta, "the meta holds \"step\":2")
+            try TensorArchive.write(to: path, format: Distiller.stateFormat, version: Distiller.stateVersion, meta: edited,
+                                    tensors: names.map { ($0, tensors[$0]!) })
+            XCTAssertThrowsError(try distiller().loadState(from: path), "step \(step)") { XCTAssertTrue("\($0)".contains(path), "\($0)") }
+        }
+        XCTAssertNoThrow(try distiller().loadState(from: good))
+    }
 }
