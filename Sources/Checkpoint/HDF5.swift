@@ -11,10 +11,20 @@ struct HDF5Failure: Error {
         var reason = Self.libraryReason()
         if reason.count > 600 { reason = String(reason.prefix(600)) + "…" }
         var text = reason.isEmpty ? message : "\(message): HDF5: \(reason)"
+        // The system's reason (ENOSPC, EFBIG, EIO…) is buried in the library's stack: lead with it.
+        if let cause = Self.systemCause(reason) { text = "\(message): \(cause); HDF5: \(reason)" }
         if reason.contains("unable to lock the file") {
             text += " (another process holds the file open, e.g. for writing; close it, or set HDF5_USE_FILE_LOCKING=FALSE to turn HDF5's file locking off)"
         }
         self.message = text
+    }
+
+    /// "No space left on device (errno 28)" from a stack holding "errno = 28, error message = '…'".
+    static func systemCause(_ reason: String) -> String? {
+        guard let r = reason.range(of: "errno = ") else { return nil }
+        let digits = reason[r.upperBound...].prefix { $0.isNumber }
+        guard let errno = Int32(digits), errno > 0 else { return nil }
+        return "\(String(cString: strerror(errno))) (errno \(errno))"
     }
 
     /// A failure we found ourselves (the library's error stack does not concern it).
