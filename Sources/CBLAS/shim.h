@@ -28,3 +28,18 @@ static inline void compress_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[
 }
 static inline uint64_t compress_xcr0(void) { return 0; }
 #endif
+
+// LAPACK (Fortran interface; OpenBLAS bundles reference LAPACK with optimized Cholesky/triangular routines).
+// Column-major, every argument by pointer; wrapped by TensorCore/LAPACK.swift.
+void spotrf_(const char *uplo, const blasint *n, float *a, const blasint *lda, blasint *info);
+void dpotrf_(const char *uplo, const blasint *n, double *a, const blasint *lda, blasint *info);
+void spotri_(const char *uplo, const blasint *n, float *a, const blasint *lda, blasint *info);
+void dpotri_(const char *uplo, const blasint *n, double *a, const blasint *lda, blasint *info);
+void dgesdd_(const char *jobz, const blasint *m, const blasint *n, double *a, const blasint *lda, double *s,
+             double *u, const blasint *ldu, double *vt, const blasint *ldvt, double *work, const blasint *lwork,
+             blasint *iwork, blasint *info);
+void sgesdd_(const char *jobz, const blasint *m, const blasint *n, float *a, const blasint *lda, float *s,
+             float *u, const blasint *ldu, float *vt, const blasint *ldvt, float *work, const blasint *lwork,
+             blasint *iwork, blasint *info);
+void dsyevd_(const char *jobz, const char *uplo, const blasint *n, double *a, const blasint *lda, double *w,
+             double *work, const blasint *lwork, blasint *iwork, const blasint *liwork, blasint *info);
