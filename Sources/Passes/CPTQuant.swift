@@ -21,7 +21,8 @@
 // width moves only when sensitivities differ by more than the error ratio between widths (about 4× per bit).
 // The quantizer is Quantization/Quantizer.swift (round-to-nearest, or the clipping search weighted by the
 // calibration inputs' E[x²] per column), or GPTQ (`method: gptq`, Passes/GPTQ.swift) with keys `damp`
-// (relative, 0.01), `block_size` (128) and `act_order` (false).
+// (relative, 0.01), `block_size` (128), `act_order` (false) and `clip_search` (true: each group's grid by the
+// clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid).
 //
 // Deviations from the paper:
 // - CMPQ pools over segments of `pool_tokens` rather than whole sequences, and applies SVCCA's reduction,
@@ -81,6 +82,7 @@ public struct CPTQuantPass: CompressionPass {
     public var damp = 0.01
     public var blockSize = 128
     public var actOrder = false
+    public var clipSearch = true
 
     public init(config s: StrictObject) throws {
         estimator = try s.choice("estimator", default: estimator)
@@ -126,13 +128,14 @@ public struct CPTQuantPass: CompressionPass {
         poolTokens = try s.int("pool_tokens", default: poolTokens, in: 1...1 << 20)
         ccaDims = try s.int("cca_dims", default: ccaDims, in: 1...4096)
         ridge = try s.double("ridge", default: ridge, in: 0...1e6)
-        for key in ["damp", "block_size", "act_order"] where s.has(key) && method != .gptq {
+        for key in ["damp", "block_size", "act_order", "clip_search"] where s.has(key) && method != .gptq {
             throw RecipeError("\(s.location): '\(key)' applies to method 'gptq' only (method is '\(method.rawValue)')")
         }
         damp = try s.double("damp", default: damp, in: 0...1e6)
         guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
         blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
         actOrder = try s.bool("act_order", default: actOrder)
+        clipSearch = try s.bool("clip_search", default: clipSearch)
 
         switch allocation {
         case .budget, .uniform:
@@ -318,14 +321,15 @@ public struct CPTQuantPass: CompressionPass {
                 guard let f = formatOf[id] else { return weight }
                 do {
                     let factor = try input.factorization(damp: damp, actOrder: actOrder)
-                    let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize)
+                    let importance = clipSearch ? input.squares.map { Float($0 / Double(max(input.tokens, 1))) } : nil
+                    let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize, importance: importance)
                     losses.append(.object(["name": .string(WeightID.linear(id).hfName), "format": .string(f.description), "obs_loss": .double(loss)]))
                     return .quantized(QuantizedWeight(q))
                 } catch let e as RecipeError { throw RecipeError("cptquant: GPTQ of '\(id)': \(e.description)") } catch {
                     throw RecipeError("cptquant: GPTQ of '\(id)' at \(f): \(error)")
                 }
             }
-            gptqReport = .object(["damp": .double(damp), "block_size": .int(blockSize), "act_order": .bool(actOrder),
+            gptqReport = .object(["damp": .double(damp), "block_size": .int(blockSize), "act_order": .bool(actOrder), "clip_search": .bool(clipSearch),
                                   "calibration_tokens": .int(windows.reduce(0) { $0 + $1.count }),
                                   "seconds": .double(Date().timeIntervalSince(start)), "tensors": .array(losses)])
         }

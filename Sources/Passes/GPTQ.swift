@@ -10,10 +10,12 @@
 // (Passes/OptimalBrainSurgeon.swift):
 //   q_j = Q(w_j),   e_j = (w_j − q_j) / U_jj,   w_F −= e_j · U_{j,F}   (F: the later columns).
 // Q is the stored format's own grid (Quantization/ColumnQuantization.swift → Quantizer.swift): a group's
-// float16 scale (and minimum) is fixed, by round-to-nearest over the group's current values, when the first
-// of its columns is reached (with activation order: the first in processing order; its other columns'
-// current values include every update so far); each weight then gets its nearest code on that grid. Float16
-// is the same loop with Q = rounding to float16.
+// float16 scale (and minimum) is fixed when the first of its columns is reached (with activation order: the
+// first in processing order), from the group's current values (every update so far included), by the
+// quantizer itself on that one group: round-to-nearest's min-max grid, or (`clip_search`, the default in
+// CPTQuant) its clipping search weighted by E[x_k²] = H_kk / 2 (the GPTQ reference's `mse` grid option plays
+// the same role); each weight then gets its nearest code on that grid. Float16 is the same loop with
+// Q = rounding to float16.
 // Deviation: groups stay runs of G consecutive input columns (the stored format's); with activation order the
 // paper's reference groups along the processing order and stores a column → group index instead.
 
@@ -35,7 +37,10 @@ enum GPTQ {
     }
 
     /// GPTQ on W (OC, C) in `format`; `limit`: process only the first columns in processing order (tests).
-    static func solve(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int, limit: Int? = nil) throws -> Result {
+    /// `importance` (per input column, E[x²]): the groups' grids come from the clipping search weighted by it;
+    /// nil: round-to-nearest grids.
+    static func solve(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int, importance: [Float]? = nil,
+                      limit: Int? = nil) throws -> Result {
         let OC = weight.shape[0], C = weight.shape[1]
         let order = factor.order
         let natural = order == Array(0..<C)
@@ -67,12 +72,16 @@ enum GPTQ {
                             if !fp[gi] {
                                 var values = [Float](repeating: 0, count: G)
                                 for k in 0..<G { values[k] = current(position[g * G + k]) }
-                                guard let grid = values.withUnsafeBufferPointer({ QuantizedTensor.roundToNearestGrid($0, format: f) }) else {
-                                    lock.lock(); failure = "group \(gi) (row \(r)) has a range too large for a float16 scale"; lock.unlock()
+                                // The quantizer's own choice of grid for this one group (1 × G).
+                                do {
+                                    let one = try QuantizedTensor(weights: values, shape: [1, G], format: f,
+                                                                  importance: importance.map { Array($0[(g * G)..<((g + 1) * G)]) }, search: importance != nil)
+                                    sp[gi] = one.scales[0]
+                                    if !f.symmetric { mp[gi] = one.mins[0] }
+                                } catch {
+                                    lock.lock(); failure = "group \(gi) (row \(r)): \(error)"; lock.unlock()
                                     return x
                                 }
-                                sp[gi] = grid.scale
-                                if !f.symmetric { mp[gi] = grid.min }
                                 fp[gi] = true
                             }
                             let lo = f.symmetric ? Float16(0) : mp[gi]
@@ -90,8 +99,9 @@ enum GPTQ {
     }
 
     /// The stored tensor of a full solve; checks that it dequantizes to exactly the values the solver used.
-    static func quantize(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int) throws -> (QuantizedTensor, loss: Double) {
-        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize)
+    static func quantize(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int,
+                         importance: [Float]? = nil) throws -> (QuantizedTensor, loss: Double) {
+        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance)
         let q: QuantizedTensor
         if f.isFloat16 {
             q = try QuantizedTensor(weights: r.values.array, shape: weight.shape, format: f)
