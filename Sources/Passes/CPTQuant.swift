@@ -47,8 +47,10 @@ import Training
 
 public struct CPTQuantPass: CompressionPass {
     public static let name = "cptquant"
-    /// Quantizes dense weights; its result holds quantized weights, which no training or pass may follow.
-    public static let accepts: Set<WeightKind> = [.dense]
+    /// Quantizes dense weights, and sparse ones (pruned weights stay exactly 0: symmetric formats only; the
+    /// result is a quantized weight whose codes hold the zeros, the mask is not stored apart); its result holds
+    /// quantized weights, which no training or pass may follow.
+    public static let accepts: Set<WeightKind> = [.dense, .sparse]
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.quantized]) }
     /// Calibration windows unless neither the estimator nor the quantizer uses them (estimator none, rtn).
     public var needs: PassNeeds { estimator == .none && method == .rtn ? [] : [.calibration] }
@@ -205,6 +207,14 @@ public struct CPTQuantPass: CompressionPass {
         for u in units { for t in u.tensors where tensors[t]!.shape[1] % groupSize != 0 {
             throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
         } }
+        var masks: [LinearID: SparsityMask] = [:]
+        for u in units { for t in u.tensors {
+            guard case .linear(let id) = t, case .sparse(let s)? = model.linear(id) else { continue }
+            guard symmetric else {
+                throw RecipeError("cptquant: '\(t)' is sparse (\(s.mask.pattern)); its pruned weights stay exactly 0 only on a symmetric grid: set 'symmetric': true")
+            }
+            masks[id] = s.mask
+        } }
         let windows = context.calibration
         guard !windows.isEmpty || (estimator == .none && method == .rtn) else { throw RecipeError("cptquant: needs calibration windows") }
         if method == .gptq, let T = windows.first?.count, !windows.allSatisfy({ $0.count == T }) {
@@ -322,7 +332,8 @@ public struct CPTQuantPass: CompressionPass {
                 do {
                     let factor = try input.factorization(damp: damp, actOrder: actOrder)
                     let importance = clipSearch ? input.squares.map { Float($0 / Double(max(input.tokens, 1))) } : nil
-                    let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize, importance: importance)
+                    let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize, importance: importance,
+                                                      keep: masks[id])
                     losses.append(.object(["name": .string(WeightID.linear(id).hfName), "format": .string(f.description), "obs_loss": .double(loss)]))
                     return .quantized(QuantizedWeight(q))
                 } catch let e as RecipeError { throw RecipeError("cptquant: GPTQ of '\(id)': \(e.description)") } catch {

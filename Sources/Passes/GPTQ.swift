@@ -16,6 +16,9 @@
 // CPTQuant) its clipping search weighted by E[x_k²] = H_kk / 2 (the GPTQ reference's `mse` grid option plays
 // the same role); each weight then gets its nearest code on that grid. Float16 is the same loop with
 // Q = rounding to float16.
+// A sparse weight (`keep`: its mask) is quantized with its pruned weights fixed to the grid's value of 0
+// (exactly 0 on symmetric grids) and their error spread like any other, SparseGPT's joint sparsification and
+// quantization.
 // Deviation: groups stay runs of G consecutive input columns (the stored format's); with activation order the
 // paper's reference groups along the processing order and stores a column → group index instead.
 
@@ -40,7 +43,7 @@ enum GPTQ {
     /// `importance` (per input column, E[x²]): the groups' grids come from the clipping search weighted by it;
     /// nil: round-to-nearest grids.
     static func solve(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int, importance: [Float]? = nil,
-                      limit: Int? = nil) throws -> Result {
+                      keep: SparsityMask? = nil, limit: Int? = nil) throws -> Result {
         let OC = weight.shape[0], C = weight.shape[1]
         let order = factor.order
         let natural = order == Array(0..<C)
@@ -62,7 +65,8 @@ enum GPTQ {
                 mins.withUnsafeMutableBufferPointer { mp in
                     fixed.withUnsafeMutableBufferPointer { fp in
                         OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: C, u: factor.u, blockSize: blockSize, limit: limit) { r, j, row, current in
-                            let x = row[j]
+                            let pruned = keep.map { !$0[r * C + order[j]] } ?? false
+                            let x = pruned ? 0 : row[j]
                             if f.isFloat16 {
                                 let h = Float16(x)
                                 if !h.isFinite { lock.lock(); failure = "weight (\(r), \(order[j])) = \(x) overflows float16"; lock.unlock(); return x }
@@ -71,7 +75,7 @@ enum GPTQ {
                             let c = order[j], g = c / G, gi = r * groups + g
                             if !fp[gi] {
                                 var values = [Float](repeating: 0, count: G)
-                                for k in 0..<G { values[k] = current(position[g * G + k]) }
+                                for k in 0..<G where keep?[r * C + g * G + k] ?? true { values[k] = current(position[g * G + k]) }
                                 // The quantizer's own choice of grid for this one group (1 × G).
                                 do {
                                     let one = try QuantizedTensor(weights: values, shape: [1, G], format: f,
@@ -100,8 +104,8 @@ enum GPTQ {
 
     /// The stored tensor of a full solve; checks that it dequantizes to exactly the values the solver used.
     static func quantize(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int,
-                         importance: [Float]? = nil) throws -> (QuantizedTensor, loss: Double) {
-        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance)
+                         importance: [Float]? = nil, keep: SparsityMask? = nil) throws -> (QuantizedTensor, loss: Double) {
+        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance, keep: keep)
         let q: QuantizedTensor
         if f.isFloat16 {
             q = try QuantizedTensor(weights: r.values.array, shape: weight.shape, format: f)
