@@ -197,6 +197,10 @@ public struct QuantizedTensor: Equatable, Sendable {
     /// Per group, asymmetric formats only.
     public let mins: [Float16]
 
+    /// Changes when the quantizer's output for the same input changes (cache keys of statistics computed
+    /// from quantized weights): 2 = full-range symmetric codes (issue 19).
+    public static let revision = "2"
+
     public var count: Int { shape.reduce(1, *) }
     public var groups: Int { format.isFloat16 ? 0 : count / format.groupSize }
     /// Bytes this tensor takes on disk: codes, scales and minimums.
