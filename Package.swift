@@ -44,7 +44,7 @@ let package = Package(
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation", "Import"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
-        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys"], exclude: ["Fixtures"]),
+        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys", "Quantization"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore"]),

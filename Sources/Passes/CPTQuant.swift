@@ -24,6 +24,22 @@
 // (relative, 0.01), `block_size` (128), `act_order` (false) and `clip_search` (true: each group's grid by the
 // clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid).
 //
+// Measured damage (`damage: "measured"`, issue 19; ours, not the paper's): instead of s̃_u · e_u(b), each
+// unit's damage at each width is measured directly: with that unit's tensors at width b (dequantized) and every
+// other weight unchanged,
+//   D_u(b) = mean over positions t of the damage windows of KL(p_base(·|t) ‖ p_u,b(·|t))
+//          = mean_t Σ_v p_base,v (log p_base,v − log p_u,b,v)          (nats per token),
+// the next-token distributions of the base model and of the variant; the knapsack minimizes Σ_u D_u(b_u)
+// (an additive model of damage, the assumption the report checks: it gives the predicted total Σ_u D_u(b_u)
+// beside the KL measured with every unit at its chosen width, for the allocation and the uniform baseline).
+// `damage_windows` of the calibration windows, cut to their first `damage_tokens` tokens, are used; the base
+// run keeps every window's residual stream, so a variant resumes at its unit's first sublayer
+// (ResumableForward) and only the layers from there on are recomputed.
+// Embedding and LM head (issue 19): `embedding` (and, untied, `lm_head`) store them at a fixed width; a tied
+// LM head is the embedding (one copy, set by `embedding`); `fixed_in_budget: true` counts their weights and
+// bytes in the budget (the allocation gets what is left). With measured damage, the report gives their
+// measured KL as well (the tied copy: embedding and head quantized together, as stored).
+//
 // Deviations from the paper:
 // - CMPQ pools over segments of `pool_tokens` rather than whole sequences, and applies SVCCA's reduction,
 //   so that the correlations are estimated from more samples than dimensions (with 32 pooled vectors of
@@ -53,12 +69,14 @@ public struct CPTQuantPass: CompressionPass {
     public static let accepts: Set<WeightKind> = [.dense, .sparse]
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.quantized]) }
     /// Calibration windows unless neither the estimator nor the quantizer uses them (estimator none, rtn).
-    public var needs: PassNeeds { estimator == .none && method == .rtn ? [] : [.calibration] }
+    public var needs: PassNeeds { estimator == .none && method == .rtn && damage == .estimated ? [] : [.calibration] }
 
     public enum Estimator: String, CaseIterable, Sendable { case cmpq, pmpq, tdmpq, none }
     public enum AllocationMode: String, CaseIterable, Sendable { case budget, clusters, uniform }
     public enum Granularity: String, CaseIterable, Sendable { case layer, tensor }
     public enum Method: String, CaseIterable, Sendable { case rtn, search, gptq }
+    /// What the budget allocation minimizes: Σ s̃_u · e_u(b) (`estimated`) or Σ measured KL (`measured`).
+    public enum Damage: String, CaseIterable, Sendable { case estimated, measured }
 
     /// The decoder linear weights, by their short names.
     public static let linearKinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -85,6 +103,10 @@ public struct CPTQuantPass: CompressionPass {
     public var blockSize = 128
     public var actOrder = false
     public var clipSearch = true
+    public var damage = Damage.estimated
+    public var damageWindows = 4
+    public var damageTokens = 128
+    public var fixedInBudget = false
 
     public init(config s: StrictObject) throws {
         estimator = try s.choice("estimator", default: estimator)
@@ -138,6 +160,19 @@ public struct CPTQuantPass: CompressionPass {
         blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
         actOrder = try s.bool("act_order", default: actOrder)
         clipSearch = try s.bool("clip_search", default: clipSearch)
+        damage = try s.choice("damage", default: damage)
+        damageWindows = try s.int("damage_windows", default: damageWindows, in: 1...1 << 16)
+        damageTokens = try s.int("damage_tokens", default: damageTokens, in: 2...1 << 20)
+        fixedInBudget = try s.bool("fixed_in_budget", default: fixedInBudget)
+        if fixedInBudget && embeddingBits == nil && lmHeadBits == nil {
+            throw RecipeError("\(s.location): 'fixed_in_budget' counts the fixed-width 'embedding' / 'lm_head' in the budget; set at least one of them")
+        }
+        if damage == .measured && allocation == .clusters {
+            throw RecipeError("\(s.location): 'damage': 'measured' is for allocation 'budget' (or 'uniform', to report it); 'clusters' uses the sensitivities")
+        }
+        if fixedInBudget && allocation == .clusters {
+            throw RecipeError("\(s.location): 'fixed_in_budget' needs a budget (allocation 'budget' or 'uniform')")
+        }
 
         switch allocation {
         case .budget, .uniform:
@@ -149,8 +184,8 @@ public struct CPTQuantPass: CompressionPass {
                 throw RecipeError("\(s.location): allocation 'clusters' sets widths by sensitivity cluster and takes no budget; use allocation 'budget' to meet 'bits_per_weight' or 'bytes'")
             }
         }
-        guard estimator != .none || allocation == .uniform else {
-            throw RecipeError("\(s.location): estimator 'none' is only for allocation 'uniform'")
+        guard estimator != .none || allocation == .uniform || damage == .measured else {
+            throw RecipeError("\(s.location): estimator 'none' is only for allocation 'uniform' or 'damage': 'measured'")
         }
         // Formats must be valid for the group size (checked now, not after the calibration work).
         for b in widths { _ = try Self.format(b, groupSize: groupSize, symmetric: symmetric, at: s.location) }
@@ -296,16 +331,65 @@ public struct CPTQuantPass: CompressionPass {
         let top = sensitivity.max() ?? 0
         let floor = top > 0 ? 0.01 * top : 1
         let weightOf = sensitivity.map { top > 0 ? Swift.max($0, floor) : 1 }
+        // Measured damage: KL(base ‖ model with the unit at width b) per unit and width (nil: width unusable).
+        var probe: DamageProbe?
+        var measured: [[Double?]]?
+        if damage == .measured {
+            let cut = try Self.damageWindows(windows, count: damageWindows, tokens: damageTokens)
+            let p = DamageProbe(model: model, windows: cut)
+            probe = p
+            let settings: JSONValue = .object([
+                "units": unitSettings, "widths": .array(widths.map { .int($0) }), "group_size": .int(groupSize), "symmetric": .bool(symmetric),
+                "method": .string(method.rawValue), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
+                "quantizer": .string(QuantizedTensor.revision),
+            ])
+            measured = try context.cached("cptquant-damage", settings: settings) {
+                try units.enumerated().map { u, unit -> [Double?] in
+                    let row = try formats.indices.map { fi -> Double? in
+                        guard unit.tensors.allSatisfy({ stored[index[$0]!][fi] != nil }) else { return nil }
+                        let values = Dictionary(uniqueKeysWithValues: unit.tensors.map { ($0, stored[index[$0]!][fi]!.dequantized()) })
+                        return try p.divergence(values, resumeAt: unit.firstSublayer)
+                    }
+                    context.progress("cptquant measured damage: unit \(u + 1)/\(units.count) (\(unit.name))")
+                    return row
+                }
+            }
+        }
         let allocationUnits = try units.enumerated().map { u, unit in
             do {
                 return try AllocationUnit(name: unit.name, candidates: formats.indices.map { fi in
                     (widths[fi], unit.tensors.allSatisfy { stored[index[$0]!][fi] != nil }
-                        ? (unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, weightOf[u] * unitError[u][fi]) : nil)
+                        ? (unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, measured.map { $0[u][fi] ?? .infinity } ?? weightOf[u] * unitError[u][fi]) : nil)
                 }, why: unrepresentable.filter { r in unit.tensors.contains { r.hasPrefix("'\($0)'") } })
             } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
         }
         let weights = names.reduce(0) { $0 + tensors[$1]!.count }
-        let budget = budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights) / 8).rounded(.down)) }
+
+        // Embedding and LM head at a fixed width (a tied head is the embedding: one copy).
+        if lmHeadBits != nil && model.untiedLMHead == nil {
+            throw RecipeError("cptquant: 'lm_head': this model's LM head is tied to the embedding (one copy); set its width with 'embedding'")
+        }
+        var fixed: [(id: WeightID, format: QuantFormat, q: QuantizedTensor)] = []
+        for (id, bits) in [(WeightID.embedTokens, embeddingBits), (.lmHead, lmHeadBits)] {
+            guard let bits, let w = tensors[id] else { continue }
+            let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
+            guard w.shape[1] % f.groupSize == 0 else { throw RecipeError("cptquant: '\(id.hfName)' has \(w.shape[1]) columns, not a whole number of groups of \(groupSize)") }
+            do { fixed.append((id, f, try QuantizedTensor(weights: w.array, shape: w.shape, format: f))) } catch {
+                throw RecipeError("cptquant: '\(id.hfName)' at \(f): \(error)")
+            }
+        }
+        let fixedWeights = fixed.reduce(0) { $0 + $1.q.count }, fixedBytes = fixed.reduce(0) { $0 + $1.q.bytes }
+        let budget: Int?
+        if fixedInBudget {
+            // The budget covers the allocated and the fixed weights; the allocation gets what is left.
+            let total = budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights + fixedWeights) / 8).rounded(.down)) }!
+            guard total > fixedBytes else {
+                throw RecipeError("cptquant: the budget of \(total) bytes does not cover the fixed-width embedding / LM head (\(fixedBytes) bytes)")
+            }
+            budget = total - fixedBytes
+        } else {
+            budget = budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights) / 8).rounded(.down)) }
+        }
         let chosen: Allocation
         do {
             switch allocation {
@@ -354,14 +438,14 @@ public struct CPTQuantPass: CompressionPass {
             for t in unit.tensors where method != .gptq { try set(t, stored[index[t]!][fi]!) }
         }
         var extras: [String: JSONValue] = [:]
-        for (id, bits) in [(WeightID.embedTokens, embeddingBits), (.lmHead, lmHeadBits)] {
-            guard let bits, let w = tensors[id] else { continue }
-            let name = id.hfName
-            let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
-            guard w.shape[1] % f.groupSize == 0 else { throw RecipeError("cptquant: '\(name)' has \(w.shape[1]) columns, not a whole number of groups of \(groupSize)") }
-            let q = try QuantizedTensor(weights: w.array, shape: w.shape, format: f)
+        for (id, f, q) in fixed {
             try set(id, q)
-            extras[name] = .object(["format": .string(f.description), "bytes": .int(q.bytes)])
+            var entry: [String: JSONValue] = ["format": .string(f.description), "bytes": .int(q.bytes), "weights": .int(q.count),
+                                              "float32_bytes": .int(4 * q.count), "bits_per_weight": .double(Double(8 * q.bytes) / Double(q.count)),
+                                              "share_of_model_bytes": .double(Double(q.bytes) / Double(result.storageBytes))]
+            if id == .embedTokens { entry["tied_lm_head"] = .bool(model.untiedLMHead == nil) }
+            if let probe { entry["measured_damage"] = .double(try probe.divergence([id: q.dequantized()], resumeAt: nil)) }
+            extras[id.hfName] = .object(entry)
         }
 
         // Report.
@@ -372,7 +456,8 @@ public struct CPTQuantPass: CompressionPass {
             return .object(["name": .string(unit.name), "layer": .int(unit.layer), "sensitivity": .double(sensitivity[u]),
                             "bits": .int(chosen.bits[u]), "format": .string(formats[fi].description), "bytes": .int(opt.bytes),
                             "weights": .int(n), "bits_per_weight": .double(Double(opt.bytes * 8) / Double(n)),
-                            "relative_error": .double(unitError[u][fi])])
+                            "relative_error": .double(unitError[u][fi]),
+                            "measured_damage": measured.map { m in .array(m[u].map { $0.map(JSONValue.double) ?? .null }) } ?? .null])
         }
         var layerSummary: [JSONValue] = []
         for l in Set(units.map(\.layer)).sorted() {
@@ -393,19 +478,125 @@ public struct CPTQuantPass: CompressionPass {
             "estimated_damage": .double(chosen.damage), "optimal": .bool(chosen.optimal), "sensitivity_floor": .double(floor),
             "layers": .array(layerSummary), "units": .array(unitReports),
         ]
+        // Predicted (additive) against measured total damage, with every unit at its chosen width.
+        func measuredTotal(_ a: Allocation, withFixed: Bool = false) throws -> Double? {
+            guard let probe else { return nil }
+            var values: [WeightID: [Float]] = [:]
+            for (u, unit) in units.enumerated() {
+                let fi = widths.firstIndex(of: a.bits[u])!
+                for t in unit.tensors { values[t] = stored[index[t]!][fi]!.dequantized() }
+            }
+            if withFixed { for x in fixed { values[x.id] = x.q.dequantized() } }
+            return try probe.divergence(values, resumeAt: withFixed && !fixed.isEmpty ? nil : 0)
+        }
+        diag["damage"] = .string(damage.rawValue)
+        if let m = try measuredTotal(chosen) {
+            diag["predicted_damage"] = .double(chosen.damage)
+            diag["measured_damage"] = .double(m)
+            if !fixed.isEmpty { diag["measured_damage_with_fixed"] = .double(try measuredTotal(chosen, withFixed: true)!) }
+            diag["damage_windows"] = .int(probe!.windows.count); diag["damage_tokens"] = .int(probe!.T)
+        }
         if let budget {
             diag["budget_bytes"] = .int(budget)
             if let bitsPerWeight { diag["budget_bits_per_weight"] = .double(bitsPerWeight) }
+            if fixedInBudget { diag["fixed_in_budget"] = .object(["bytes": .int(fixedBytes), "weights": .int(fixedWeights), "budget_bytes_with_fixed": .int(budget + fixedBytes)]) }
             if let uniform = try? allocateUniform(allocationUnits, budgetBytes: budget) {
-                diag["uniform_baseline"] = .object(["bits": .int(uniform.bits.first ?? 0), "bytes": .int(uniform.bytes),
-                                                    "bits_per_weight": .double(Double(uniform.bytes * 8) / Double(weights)),
-                                                    "estimated_damage": .double(uniform.damage)])
+                var entry: [String: JSONValue] = ["bits": .int(uniform.bits.first ?? 0), "bytes": .int(uniform.bytes),
+                                                  "bits_per_weight": .double(Double(uniform.bytes * 8) / Double(weights)),
+                                                  "estimated_damage": .double(uniform.damage)]
+                if let m = try measuredTotal(uniform) { entry["predicted_damage"] = .double(uniform.damage); entry["measured_damage"] = .double(m) }
+                diag["uniform_baseline"] = .object(entry)
             }
         }
         if !extras.isEmpty { diag["fixed"] = .object(extras) }
         if let gptqReport { diag["gptq"] = gptqReport }
         if let m = moments, estimator == .cmpq { diag["cmpq_samples"] = .int(m.pooledSamples) }
         return (result, .object(diag))
+    }
+}
+
+// MARK: - Measured damage
+
+extension CPTQuantPass {
+    /// The first `count` calibration windows cut to their first `tokens` tokens (all windows share a length).
+    static func damageWindows(_ windows: [[Int32]], count: Int, tokens: Int) throws -> [[Int32]] {
+        guard windows.count >= count else {
+            throw RecipeError("cptquant: 'damage_windows' is \(count), but the recipe draws \(windows.count) calibration windows (raise calibration.samples or lower damage_windows)")
+        }
+        guard let T = windows.first?.count, T >= 2 else { throw RecipeError("cptquant: measured damage needs calibration windows of at least 2 tokens") }
+        return windows.prefix(count).map { Array($0.prefix(Swift.min(tokens, T))) }
+    }
+}
+
+/// KL(base ‖ variant) of next-token distributions on fixed windows, for variants of a model that differ in a
+/// few weights. The base run keeps every window's residual stream entering every sublayer and its log-
+/// probabilities; a variant writes its values into a private copy's dense tensors, resumes at a sublayer
+/// (or runs from the embedding), and restores the base values bit for bit.
+final class DamageProbe {
+    let windows: [[Int32]]
+    let T: Int, C: Int, V: Int, S: Int
+    private let model: LlamaModel
+    private let tensors: [WeightID: Tensor]
+    private let fwd: ResumableForward
+    /// Per window: the saved residuals, (S + 1) × T × C.
+    private var saved: [[Float]] = []
+    /// Per window: log p_base, T × V, in Double (the damages are small differences of log-probabilities).
+    private var baseLogProbs: [[Double]] = []
+
+    init(model given: LlamaModel, windows: [[Int32]]) {
+        model = given.copy()  // written into and restored; never the model given
+        tensors = CPTQuantPass.denseWeights(model)
+        self.windows = windows
+        T = windows[0].count; C = model.config.hiddenSize; V = model.config.vocabSize; S = 2 * model.layers.count
+        fwd = ResumableForward(model: model, window: T)
+        for ids in windows {
+            let logits = fwd.run(ids)
+            saved.append(Array(UnsafeBufferPointer(start: fwd.states.data, count: (S + 1) * T * C)))
+            baseLogProbs.append(Self.logSoftmax(logits, rows: T, columns: V))
+        }
+    }
+
+    /// Row-wise log-softmax of (rows × V) logits, in Double.
+    static func logSoftmax(_ x: UnsafePointer<Float>, rows: Int, columns V: Int) -> [Double] {
+        var out = [Double](repeating: 0, count: rows * V)
+        for t in 0..<rows {
+            let r = x + t * V
+            var m = -Float.infinity
+            for v in 0..<V { m = Swift.max(m, r[v]) }
+            var z = 0.0
+            for v in 0..<V { z += Foundation.exp(Double(r[v]) - Double(m)) }
+            let lz = Foundation.log(z) + Double(m)
+            for v in 0..<V { out[t * V + v] = Double(r[v]) - lz }
+        }
+        return out
+    }
+
+    /// Mean over the windows' positions of KL(p_base ‖ p) in nats, p the model with `values` (dense weights by
+    /// id, row-major) in place of the base's; resumed at sublayer `s`, or from the embedding when nil (needed
+    /// when the embedding changes). Valid for s when no changed weight acts before sublayer s.
+    func divergence(_ values: [WeightID: [Float]], resumeAt s: Int?) throws -> Double {
+        var originals: [WeightID: [Float]] = [:]
+        for (id, v) in values {
+            guard let t = tensors[id], t.count == v.count else { throw RecipeError("cptquant: no dense weight '\(id.hfName)' of \(v.count) values to measure") }
+            originals[id] = t.array
+            v.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: $0.count) }
+        }
+        defer { for (id, v) in originals { v.withUnsafeBufferPointer { tensors[id]!.data.update(from: $0.baseAddress!, count: $0.count) } } }
+        var total = 0.0
+        for (w, ids) in windows.enumerated() {
+            let logits: UnsafePointer<Float>
+            if let s {
+                saved[w].withUnsafeBufferPointer { (fwd.states.data + s * T * C).update(from: $0.baseAddress! + s * T * C, count: T * C) }
+                logits = fwd.resume(at: s, skip: [])
+            } else {
+                logits = fwd.run(ids)
+            }
+            let lq = Self.logSoftmax(logits, rows: T, columns: V)
+            baseLogProbs[w].withUnsafeBufferPointer { lp in
+                for i in 0..<(T * V) { let a = lp[i]; total += Foundation.exp(a) * (a - lq[i]) }
+            }
+        }
+        return total / Double(windows.count * T)
     }
 }
 

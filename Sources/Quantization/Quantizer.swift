@@ -1,17 +1,27 @@
 // Weight-only integer quantization of linear layers, group-wise along the input dimension (CPTQuant's
-// quantizer; issue 6).
+// quantizer; issue 6; full-range symmetric codes: issue 19).
 //
 // A weight matrix W (out × in) is cut, row by row, into groups of G consecutive input columns (in must be a
 // multiple of G). Each group stores b-bit codes and, in float16, its scale (and minimum):
 //   asymmetric, b bits:  s = (hi − lo) / (2^b − 1),  q = clamp(round((w − lo) / s), 0, 2^b − 1),   w' = lo + s·q
-//   symmetric,  b bits:  s = max|w| / (2^(b−1) − 1), q = clamp(round(w / s), −(2^(b−1) − 1), 2^(b−1) − 1),
-//                        stored as q + 2^(b−1),                                                    w' = s·q
-// with (lo, hi) = (min w, max w) of the group for round-to-nearest (RTN). The float16 scale is rounded up and
-// the float16 minimum down, so the grid still covers the group and |w − w'| ≤ s/2 holds for every weight.
-// Symmetric formats leave code 0 unused (2^b − 1 levels) so that zero is exact and the grid is symmetric.
+//   symmetric,  b bits:  m = the group's weight of largest magnitude (signed; the first one on a tie),
+//                        s = m / −2^(b−1),  q = clamp(round(w / s), −2^(b−1), 2^(b−1) − 1),
+//                        stored as c = q + 2^(b−1) ∈ [0, 2^b − 1],                                  w' = s·(c − 2^(b−1))
+// with (lo, hi) = (min w, max w) of the group for round-to-nearest (RTN). Symmetric formats use all 2^b levels,
+// −2^(b−1) … 2^(b−1) − 1, as llama.cpp's Q4_0 does (d = max / −8): the scale is signed, chosen so that the
+// group's extreme lands exactly on the negative end −2^(b−1), which always exists; zero stays exact. The scale
+// is signed in the file too, so code c and scale s are Q4_0's (q, d) at 4 bits (Q8_0 at 8 bits, whose
+// levels include −128) and an export to those formats is lossless.
+// (Before issue 19, symmetric codes were q ∈ [−(2^(b−1) − 1), 2^(b−1) − 1] with s = max|w| / (2^(b−1) − 1) ≥ 0
+// and code 0 unused; such files dequantize by the same rule w' = s·(c − 2^(b−1)) and mean the same weights.)
+// Float16 rounding: the asymmetric scale is rounded up and the minimum down; the symmetric scale's magnitude is
+// rounded up. Error bound: asymmetric, |w − w'| ≤ s/2 for every weight. Symmetric, |w/s| ≤ 2^(b−1), so
+// |w − w'| ≤ |s|/2 wherever w/s ≤ 2^(b−1) − 1/2 (every weight of the extreme's sign, and the rest up to
+// (2^(b−1) − 1/2)·|s| in magnitude), and |w − w'| ≤ |s| for the few of the other sign beyond that, which
+// clamp to the top level 2^(b−1) − 1 (e.g. 4 bits: −m itself lands one step short, at 7·|s| = (7/8)|m|).
 //
 // Scale search (the error-minimizing option): per group, the clipping ratio α ∈ {1, 1 − 1/40, …, 0.6}
-// shrinks the range (asymmetric: [α·lo, α·hi]; symmetric: α·max|w|), and the α minimizing
+// shrinks the range (asymmetric: [α·lo, α·hi]; symmetric: s = α·m / −2^(b−1)), and the α minimizing
 //   Σ_k h_k (w_k − w'_k)²,   h_k = E[x_k²] over calibration tokens of input column k,
 // is kept. Σ_k h_k δ_k² is the diagonal part of the layer-output error E‖δ·x‖² = δᵀ E[x xᵀ] δ; cross terms
 // between columns are ignored (GPTQ keeps them; this is the cheaper, per-group search). α = 1 is RTN, so the
@@ -181,10 +191,15 @@ public struct QuantizedTensor: Equatable, Sendable {
     public let shape: [Int]
     /// Packed codes (integer formats) or the float16 values' bytes (float16).
     public let codes: [UInt8]
-    /// Per group, row-major (rows × columns / G); empty for float16.
+    /// Per group, row-major (rows × columns / G); empty for float16. Signed in symmetric formats (the sign
+    /// puts the group's extreme on the negative end), ≥ 0 in asymmetric ones.
     public let scales: [Float16]
     /// Per group, asymmetric formats only.
     public let mins: [Float16]
+
+    /// Changes when the quantizer's output for the same input changes (cache keys of statistics computed
+    /// from quantized weights): 2 = full-range symmetric codes (issue 19).
+    public static let revision = "2"
 
     public var count: Int { shape.reduce(1, *) }
     public var groups: Int { format.isFloat16 ? 0 : count / format.groupSize }
@@ -202,8 +217,8 @@ public struct QuantizedTensor: Equatable, Sendable {
         let g = format.isFloat16 ? 0 : n / format.groupSize
         guard scales.count == (format.scalesPerGroup > 0 ? g : 0) else { throw QuantizationError("\(scales.count) scales, expected \(g) for \(shape) in \(format)") }
         guard mins.count == (format.scalesPerGroup > 1 ? g : 0) else { throw QuantizationError("\(mins.count) minimums, expected \(format.scalesPerGroup > 1 ? g : 0) for \(shape) in \(format)") }
-        if let bad = scales.firstIndex(where: { !$0.isFinite || $0 < 0 }) ?? mins.firstIndex(where: { !$0.isFinite }) {
-            throw QuantizationError("scale or minimum of group \(bad) is not finite (or a scale is negative)")
+        if let bad = scales.firstIndex(where: { !$0.isFinite || (!format.symmetric && $0 < 0) }) ?? mins.firstIndex(where: { !$0.isFinite }) {
+            throw QuantizationError("scale or minimum of group \(bad) is not finite (or an asymmetric format's scale is negative)")
         }
         self.format = format; self.shape = shape; self.codes = codes; self.scales = scales; self.mins = mins
     }
@@ -266,10 +281,11 @@ public struct QuantizedTensor: Equatable, Sendable {
     @inline(__always)
     static func grid(_ x: UnsafeBufferPointer<Float>, format f: QuantFormat, alpha: Float) -> (Float16, Float16)? {
         if f.symmetric {
+            // m: the signed weight of largest magnitude; s = α·m / −2^(b−1), magnitude rounded up.
             var m: Float = 0
-            for v in x { m = Swift.max(m, abs(v)) }
-            let s = halfUp(alpha * m / Float((1 << (f.bits - 1)) - 1))
-            return s.isFinite ? (s, 0) : nil
+            for v in x where abs(v) > abs(m) { m = v }
+            let s = halfUp(alpha * abs(m) / Float(1 << (f.bits - 1)))
+            return s.isFinite ? (m > 0 ? -s : s, 0) : nil
         }
         var lo = Float.infinity, hi = -Float.infinity
         for v in x { lo = Swift.min(lo, v); hi = Swift.max(hi, v) }
@@ -281,10 +297,10 @@ public struct QuantizedTensor: Equatable, Sendable {
     /// The stored code of x on the grid (s, lo) (lo = 0 for symmetric formats).
     @inline(__always)
     static func code(_ x: Float, s: Float, lo: Float, format f: QuantFormat) -> Int {
-        guard s > 0 else { return f.symmetric ? 1 << (f.bits - 1) : 0 }
+        guard s != 0 else { return f.symmetric ? 1 << (f.bits - 1) : 0 }
         if f.symmetric {
-            let half = (1 << (f.bits - 1)) - 1
-            return Swift.max(-half, Swift.min(half, Int((x / s).rounded()))) + half + 1
+            let half = 1 << (f.bits - 1)
+            return Swift.max(-half, Swift.min(half - 1, Int((x / s).rounded()))) + half
         }
         return Swift.max(0, Swift.min(f.maxCode, Int(((x - lo) / s).rounded())))
     }
@@ -307,6 +323,6 @@ public struct QuantizedTensor: Equatable, Sendable {
         return out
     }
 
-    /// Per-group scale (as Float), for error bounds.
+    /// Per-group scale (as Float; signed in symmetric formats), for error bounds.
     public func scale(ofGroup g: Int) -> Float { Float(scales[g]) }
 }

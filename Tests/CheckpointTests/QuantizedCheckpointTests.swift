@@ -123,6 +123,41 @@ extension CheckpointTests {
         XCTAssertEqual(s.values.array, w.array)
     }
 
+    /// Symmetric codes written before issue 19's full-range change (2^b − 1 levels, code 0 unused, scales ≥ 0):
+    /// Tests/Fixtures/tiny-llama-sym-before-full-range.h5 was written by `compress apply` at commit db474fb from
+    /// tiny-llama.h5 (recipe beside it: decoder weights q3_g16_sym, embedding q8_g16_sym, LM head q5_g16_sym,
+    /// round to nearest). It still loads, and every weight is s·(c − 2^(b−1)) computed here from the raw
+    /// datasets, within s/2 of the float32 fixture it was made from (the old quantizer's bound).
+    func testSymmetricCheckpointsWrittenBeforeFullRangeCodesMeanTheSameWeights() throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
+        let old = fixtures.appendingPathComponent("tiny-llama-sym-before-full-range.h5").path
+        let loaded = try Checkpoint.read(old).model
+        let base = try Checkpoint.read(fixtures.appendingPathComponent("tiny-llama.h5").path).model
+        let file = try H5File.openReadOnly(old)
+        let map = try XCTUnwrap(JSONValue.parse(try file.string("quantization")).objectValue)
+        XCTAssertEqual(map.count, 16, "14 decoder weights, the embedding and the LM head")
+        let values = Dictionary(uniqueKeysWithValues: loaded.namedTensors.map { ($0.name, $0.tensor.array) })
+        let original = Dictionary(uniqueKeysWithValues: base.namedTensors.map { ($0.name, $0.tensor.array) })
+        for (name, entry) in map {
+            let format = try QuantFormat(name: try XCTUnwrap(entry.objectValue?["format"]?.stringValue))
+            XCTAssertTrue(format.symmetric, name)
+            let n = try XCTUnwrap(original[name]).count, G = format.groupSize, offset = 1 << (format.bits - 1)
+            var packed = [UInt8](repeating: 0, count: try file.datasetInfo("quantized/\(name)/codes").shape[0])
+            try packed.withUnsafeMutableBytes { try file.read("quantized/\(name)/codes", memType: H5Types.uint8, into: $0.baseAddress!) }
+            var scales = [Float16](repeating: 0, count: n / G)
+            try scales.withUnsafeMutableBytes { try file.read("quantized/\(name)/scales", memType: H5Types.float16, into: $0.baseAddress!) }
+            let codes = unpackCodes(packed, bits: format.bits, count: n)
+            XCTAssertFalse(codes.contains(0), "\(name): the old format left code 0 unused")
+            XCTAssertTrue(scales.allSatisfy { $0 >= 0 }, name)
+            let got = try XCTUnwrap(values[name]), w = original[name]!
+            for i in 0..<n {
+                let s = Float(scales[i / G])
+                XCTAssertEqual(got[i], s * Float(Int(codes[i]) - offset), "\(name) weight \(i)")
+                XCTAssertLessThanOrEqual(abs(w[i] - got[i]), s / 2 * (1 + 1e-5) + 1e-7, "\(name) weight \(i)")
+            }
+        }
+    }
+
     /// Writes a file by hand: every tensor float32 except `name`, stored under /quantized with `datasets`.
     func writeBroken(_ p: String, name: String, entry: String, datasets: [(String, [Int], Bool)]) throws {
         let c = try quantizedSample()

@@ -36,13 +36,50 @@ final class QuantizerTests: XCTestCase {
                     let back = q.dequantized()
                     for i in w.indices {
                         let s = q.scale(ofGroup: i / group)
-                        // Observed: the bound holds to float rounding (≤ 1 ulp of the weight).
-                        XCTAssertLessThanOrEqual(abs(w[i] - back[i]), s / 2 * (1 + 1e-5) + 1e-7, "\(f) weight \(i)")
+                        // Observed: the bound holds to float rounding (≤ 1 ulp of the weight). Symmetric: half a
+                        // step except above the top level 2^(b−1) − 1 (the far side of the extreme), one step there.
+                        let half = Float(1 << (bits - 1))
+                        let step = symmetric && w[i] / s > half - 0.5 ? abs(s) : abs(s) / 2
+                        XCTAssertLessThanOrEqual(abs(w[i] - back[i]), step * (1 + 1e-5) + 1e-7, "\(f) weight \(i)")
+                        if symmetric { XCTAssertLessThanOrEqual(abs(w[i] / s), half * (1 + 1e-5), "\(f) weight \(i)") }
                     }
                 }
             }
             let h = try QuantizedTensor(weights: w, shape: [rows, cols], format: .float16)
             for (a, b) in zip(w, h.dequantized()) { XCTAssertLessThanOrEqual(abs(a - b), abs(a) * 0x1p-11 + 1e-8) }
+        }
+    }
+
+    /// Full-range symmetric codes (issue 19): all 2^b levels; per group the weight of largest magnitude gets
+    /// code 0 (level −2^(b−1)) and the scale's sign is the opposite of that weight's; every code equals a plain
+    /// Double computation of clamp(round(w / s), −2^(b−1), 2^(b−1) − 1) + 2^(b−1) with the stored scale, and
+    /// |s| is the smallest float16 ≥ max|w| / 2^(b−1).
+    func testSymmetricCodesUseTheFullRangeWithTheExtremeOnTheNegativeEnd() throws {
+        let (rows, cols, group) = (6, 64, 16)
+        var w = weights(rows, cols, seed: 21)
+        w[3] = -0.7; w[70] = 0.9  // negative and positive extremes in two groups
+        for bits in QuantFormat.supportedBits {
+            let f = try QuantFormat(bits: bits, groupSize: group, symmetric: true)
+            let q = try QuantizedTensor(weights: w, shape: [rows, cols], format: f)
+            let codes = unpackCodes(q.codes, bits: bits, count: w.count).map(Int.init)
+            let half = 1 << (bits - 1)
+            var levels = Set<Int>()
+            for g in 0..<(w.count / group) {
+                let x = Array(w[(g * group)..<((g + 1) * group)])
+                let m = x.max { abs($0) < abs($1) }!
+                let s = Double(q.scale(ofGroup: g))
+                XCTAssertEqual(s.sign == .minus, m > 0, "\(f) group \(g): scale sign")
+                XCTAssertGreaterThanOrEqual(abs(s), Double(abs(m)) / Double(half), "\(f) group \(g)")
+                XCTAssertLessThan(Double(Float16(abs(s)).nextDown), Double(abs(m)) / Double(half), "\(f) group \(g): not the smallest float16")
+                for k in 0..<group {
+                    let ref = Swift.max(-half, Swift.min(half - 1, Int((Double(x[k]) / s).rounded()))) + half
+                    XCTAssertEqual(codes[g * group + k], ref, "\(f) group \(g) weight \(k)")
+                    if x[k] == m { XCTAssertEqual(codes[g * group + k], 0, "\(f) group \(g): the extreme is on the negative end") }
+                }
+                levels.formUnion(codes[(g * group)..<((g + 1) * group)])
+            }
+            if bits <= 4 { XCTAssertEqual(levels, Set(0..<(1 << bits)), "\(f): every level is used") }
+            XCTAssertTrue(levels.contains(0))
         }
     }
 

@@ -1,0 +1,150 @@
+import Foundation
+import Model
+import Quantization
+import Recipes
+import TensorCore
+import XCTest
+@testable import Passes
+
+/// CPTQuant's measured damage (issue 19): KL(base ‖ model with one unit quantized) per unit and width, the
+/// knapsack over it, predicted against measured totals; embedding and LM head at a fixed width in the budget.
+final class MeasuredDamageTests: XCTestCase {
+    func pass(_ json: String) throws -> CPTQuantPass { try CPTQuantPass(config: try Tiny.stage(json)) }
+
+    /// Mean over positions of KL(p_a ‖ p_b), from the plain reference forward, in Double.
+    func referenceKL(_ a: LlamaModel, _ b: LlamaModel, _ windows: [[Int32]]) -> Double {
+        let V = a.config.vocabSize
+        var total = 0.0, n = 0
+        for ids in windows {
+            let la = a.referenceLogits(ids).array.map(Double.init), lb = b.referenceLogits(ids).array.map(Double.init)
+            for t in 0..<ids.count {
+                func logp(_ l: [Double]) -> [Double] {
+                    let row = Array(l[(t * V)..<((t + 1) * V)]), m = row.max()!
+                    let z = log(row.reduce(0) { $0 + exp($1 - m) }) + m
+                    return row.map { $0 - z }
+                }
+                let pa = logp(la), pb = logp(lb)
+                total += (0..<V).reduce(0) { $0 + exp(pa[$1]) * (pa[$1] - pb[$1]) }
+                n += 1
+            }
+        }
+        return total / Double(n)
+    }
+
+    /// `m` with the named tensors replaced by these values (an independently built model).
+    func replaced(_ m: LlamaModel, _ values: [String: [Float]]) throws -> LlamaModel {
+        var tensors = Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, Tensor(shape: $0.tensor.shape, values: $0.tensor.array)) })
+        for (name, v) in values { tensors[name] = Tensor(shape: tensors[name]!.shape, values: v) }
+        return try LlamaModel(config: m.config, tensors: tensors)
+    }
+
+    func testMeasuredDamageIsTheKLOfEachUnitAloneAndTheKnapsackIsOptimal() throws {
+        let m = Tiny.model(), windows = Tiny.windows(3, length: 12)
+        let original = m.namedTensors.map { $0.tensor.array }
+        let widths = [2, 3, 4]
+        let p = try pass(#"{"estimator": "none", "damage": "measured", "bits_per_weight": 3.3, "widths": [2, 3, 4], "group_size": 16, "symmetric": true, "method": "rtn", "damage_windows": 2, "damage_tokens": 10}"#)
+        let (q, diag) = try p.run(on: m, context: PassContext(calibration: windows))
+        let d = try XCTUnwrap(diag.objectValue)
+        let cut = windows.prefix(2).map { Array($0.prefix(10)) }
+        let units = try p.units(m)
+        XCTAssertEqual(units.count, 4)
+        let reports = try XCTUnwrap(d["units"]?.arrayValue).map { $0.objectValue! }
+        var table: [[(bytes: Int, damage: Double)]] = []
+        for (u, unit) in units.enumerated() {
+            let got = try XCTUnwrap(reports[u]["measured_damage"]?.arrayValue).map { $0.doubleValue! }
+            var row: [(bytes: Int, damage: Double)] = []
+            for (fi, b) in widths.enumerated() {
+                let f = try QuantFormat(bits: b, groupSize: 16, symmetric: true)
+                var values: [String: [Float]] = [:], bytes = 0
+                for id in unit.tensors {
+                    let w = m.namedTensors.first { $0.name == id.hfName }!.tensor
+                    let qt = try QuantizedTensor(weights: w.array, shape: w.shape, format: f)
+                    values[id.hfName] = qt.dequantized(); bytes += qt.bytes
+                }
+                let ref = referenceKL(m, try replaced(m, values), cut)
+                // Observed: agreement to ≤ 1.1e-6 relative (float32 forward against the reference ops).
+                XCTAssertEqual(got[fi], ref, accuracy: 1e-5 * ref, "\(unit.name) at \(b) bits")
+                XCTAssertGreaterThan(ref, 0)
+                row.append((bytes, got[fi]))
+            }
+            table.append(row)
+            XCTAssertGreaterThan(got[0], got[2], "\(unit.name): 2 bits damages more than 4")
+        }
+        // The knapsack's choice is the exhaustive optimum of the measured table under the budget.
+        let budget = try XCTUnwrap(d["budget_bytes"]?.intValue)
+        var best = Double.infinity
+        func search(_ u: Int, _ bytes: Int, _ damage: Double) {
+            if bytes > budget { return }
+            if u == table.count { best = min(best, damage); return }
+            for o in table[u] { search(u + 1, bytes + o.bytes, damage + o.damage) }
+        }
+        search(0, 0, 0)
+        let chosen = reports.map { $0["bits"]!.intValue! }
+        let predicted = zip(table, chosen).reduce(0.0) { $0 + $1.0[widths.firstIndex(of: $1.1)!].damage }
+        XCTAssertEqual(predicted, best, accuracy: 1e-12)
+        XCTAssertEqual(try XCTUnwrap(d["predicted_damage"]?.doubleValue), predicted, accuracy: 1e-12)
+        XCTAssertGreaterThan(Set(chosen).count, 1, "the budget between widths mixes them")
+        // The measured total is the KL of the returned model.
+        let total = referenceKL(m, q, cut)
+        XCTAssertEqual(try XCTUnwrap(d["measured_damage"]?.doubleValue), total, accuracy: 1e-5 * total)
+        let uniform = try XCTUnwrap(d["uniform_baseline"]?.objectValue)
+        XCTAssertNotNil(uniform["measured_damage"]?.doubleValue)
+        // The model given is unchanged (the probe writes into a private copy and restores it).
+        for (a, b) in zip(original, m.namedTensors) { XCTAssertEqual(a, b.tensor.array) }
+    }
+
+    func testEmbeddingAndHeadAtAFixedWidthCountInTheBudget() throws {
+        let m = Tiny.model(), windows = Tiny.windows(2, length: 10)
+        let p = try pass(#"{"estimator": "none", "damage": "measured", "bits_per_weight": 4.5, "widths": [2, 3, 4, 8], "group_size": 16, "method": "rtn", "embedding": 8, "lm_head": 4, "fixed_in_budget": true, "damage_windows": 2}"#)
+        let (q, diag) = try p.run(on: m, context: PassContext(calibration: windows))
+        let d = try XCTUnwrap(diag.objectValue)
+        let forms = q.quantizedForms
+        let all = m.namedTensors.filter { $0.tensor.shape.count == 2 }
+        XCTAssertEqual(Set(forms.keys), Set(all.map(\.name)), "decoder weights, embedding and LM head are stored quantized")
+        let weights = all.reduce(0) { $0 + $1.tensor.count }
+        XCTAssertLessThanOrEqual(forms.values.reduce(0) { $0 + $1.bytes }, Int(4.5 * Double(weights) / 8))
+        XCTAssertEqual(forms["model.embed_tokens.weight"]?.format.description, "q8_g16_asym")
+        XCTAssertEqual(forms["lm_head.weight"]?.format.description, "q4_g16_asym")
+        let fixed = try XCTUnwrap(d["fixed"]?.objectValue)
+        let emb = try XCTUnwrap(fixed["model.embed_tokens.weight"]?.objectValue)
+        XCTAssertEqual(emb["bytes"]?.intValue, forms["model.embed_tokens.weight"]!.bytes)
+        XCTAssertEqual(emb["tied_lm_head"], .bool(false))
+        // The embedding's measured damage: KL with only the embedding at 8 bits (a full forward).
+        let ref = referenceKL(m, try replaced(m, ["model.embed_tokens.weight": forms["model.embed_tokens.weight"]!.dequantized()]), windows)
+        // Observed: 6e-5 relative (a KL of 7e-6 nats is near the float32 forward's noise).
+        XCTAssertEqual(try XCTUnwrap(emb["measured_damage"]?.doubleValue), ref, accuracy: 3e-4 * ref)
+        XCTAssertEqual(try XCTUnwrap(d["measured_damage_with_fixed"]?.doubleValue), referenceKL(m, q, windows), accuracy: 1e-5 * referenceKL(m, q, windows))
+
+        // Tied: one copy, set by 'embedding'; 'lm_head' is refused.
+        var c = Tiny.config
+        c.tieWordEmbeddings = true
+        let tied = LlamaModel.random(config: c, seed: 4)
+        XCTAssertThrowsError(try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 4.5, "group_size": 16, "method": "rtn", "lm_head": 4}"#)
+            .run(on: tied, context: PassContext(calibration: windows))) { XCTAssertTrue("\($0)".contains("tied to the embedding"), "\($0)") }
+        let (tq, tdiag) = try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 4.5, "group_size": 16, "method": "rtn", "embedding": 8, "fixed_in_budget": true}"#)
+            .run(on: tied, context: PassContext(calibration: windows))
+        let e = try XCTUnwrap(tq.quantizedForms["model.embed_tokens.weight"])
+        XCTAssertEqual(tq.quantizedForms.count, 1 + 28)
+        XCTAssertEqual(tq.lmHead.dequantized().array, e.dequantized(), "the head is the quantized embedding")
+        let tfixed = try XCTUnwrap(tdiag.objectValue?["fixed"]?.objectValue?["model.embed_tokens.weight"]?.objectValue)
+        XCTAssertEqual(tfixed["tied_lm_head"], .bool(true))
+        let tall = tied.namedTensors.filter { $0.tensor.shape.count == 2 }.reduce(0) { $0 + $1.tensor.count }
+        XCTAssertLessThanOrEqual(tq.quantizedForms.values.reduce(0) { $0 + $1.bytes }, Int(4.5 * Double(tall) / 8))
+    }
+
+    func testBadMeasuredDamageSettings() throws {
+        let cases: [(String, String)] = [
+            (#"{"estimator": "pmpq", "allocation": "clusters", "damage": "measured"}"#, "'damage': 'measured' is for allocation 'budget'"),
+            (#"{"bits_per_weight": 4, "damage": "exact"}"#, "'damage'"),
+            (#"{"bits_per_weight": 4, "damage_windows": 0}"#, "'damage_windows'"),
+            (#"{"bits_per_weight": 4, "fixed_in_budget": true}"#, "set at least one of them"),
+        ]
+        for (json, expected) in cases {
+            XCTAssertThrowsError(try pass(json), json) { XCTAssertTrue("\($0)".contains(expected) && "\($0)".contains("test, stage 1"), "\(json): \($0)") }
+        }
+        XCTAssertThrowsError(try pass(#"{"estimator": "none", "damage": "measured", "bits_per_weight": 4, "group_size": 16, "damage_windows": 5}"#)
+            .run(on: Tiny.model(), context: PassContext(calibration: Tiny.windows(2, length: 8)))) {
+            XCTAssertTrue("\($0)".contains("'damage_windows' is 5"), "\($0)")
+        }
+    }
+}
