@@ -20,7 +20,9 @@
 // calibration) from being quantized for free. The damage model is linear in the weight error: a layer's
 // width moves only when sensitivities differ by more than the error ratio between widths (about 4× per bit).
 // The quantizer is Quantization/Quantizer.swift (round-to-nearest, or the clipping search weighted by the
-// calibration inputs' E[x²] per column).
+// calibration inputs' E[x²] per column), or GPTQ (`method: gptq`, Passes/GPTQ.swift) with keys `damp`
+// (relative, 0.01), `block_size` (128), `act_order` (false) and `clip_search` (true: each group's grid by the
+// clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid).
 //
 // Deviations from the paper:
 // - CMPQ pools over segments of `pool_tokens` rather than whole sequences, and applies SVCCA's reduction,
@@ -32,6 +34,9 @@
 //   per-tensor form, so each tensor takes its layer's score.
 // - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked.
 //   Norms (1-D) stay float32.
+// - With `method: gptq` the allocation's error e_u(b) is round-to-nearest's (GPTQ minimises the layer-output
+//   error, not ‖W − Q(W)‖, and runs layer after layer on the already-quantized model, so it runs once, after
+//   the allocation, at the chosen widths); the bytes are the same for every method at a given format.
 
 import Foundation
 import Model
@@ -51,7 +56,7 @@ public struct CPTQuantPass: CompressionPass {
     public enum Estimator: String, CaseIterable, Sendable { case cmpq, pmpq, tdmpq, none }
     public enum AllocationMode: String, CaseIterable, Sendable { case budget, clusters, uniform }
     public enum Granularity: String, CaseIterable, Sendable { case layer, tensor }
-    public enum Method: String, CaseIterable, Sendable { case rtn, search }
+    public enum Method: String, CaseIterable, Sendable { case rtn, search, gptq }
 
     /// The decoder linear weights, by their short names.
     public static let linearKinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -73,6 +78,11 @@ public struct CPTQuantPass: CompressionPass {
     public var poolTokens = 64
     public var ccaDims = 16
     public var ridge = 1e-3
+    /// GPTQ: relative damping, columns per lazy-update block, activation order.
+    public var damp = 0.01
+    public var blockSize = 128
+    public var actOrder = false
+    public var clipSearch = true
 
     public init(config s: StrictObject) throws {
         estimator = try s.choice("estimator", default: estimator)
@@ -118,6 +128,14 @@ public struct CPTQuantPass: CompressionPass {
         poolTokens = try s.int("pool_tokens", default: poolTokens, in: 1...1 << 20)
         ccaDims = try s.int("cca_dims", default: ccaDims, in: 1...4096)
         ridge = try s.double("ridge", default: ridge, in: 0...1e6)
+        for key in ["damp", "block_size", "act_order", "clip_search"] where s.has(key) && method != .gptq {
+            throw RecipeError("\(s.location): '\(key)' applies to method 'gptq' only (method is '\(method.rawValue)')")
+        }
+        damp = try s.double("damp", default: damp, in: 0...1e6)
+        guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
+        blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
+        actOrder = try s.bool("act_order", default: actOrder)
+        clipSearch = try s.bool("clip_search", default: clipSearch)
 
         switch allocation {
         case .budget, .uniform:
@@ -189,6 +207,9 @@ public struct CPTQuantPass: CompressionPass {
         } }
         let windows = context.calibration
         guard !windows.isEmpty || (estimator == .none && method == .rtn) else { throw RecipeError("cptquant: needs calibration windows") }
+        if method == .gptq, let T = windows.first?.count, !windows.allSatisfy({ $0.count == T }) {
+            throw RecipeError("cptquant: GPTQ needs calibration windows of one length")
+        }
 
         // Calibration statistics: per input column E[x²] (for the search) and CMPQ's scores.
         var moments: CalibrationMoments?
@@ -286,6 +307,32 @@ public struct CPTQuantPass: CompressionPass {
 
         // The quantized model: the packed codes are its weights.
         var result = model
+        var gptqReport: JSONValue?
+        if method == .gptq {
+            // GPTQ at the allocated widths, layer by layer on the already-quantized layers' outputs.
+            var formatOf: [LinearID: QuantFormat] = [:]
+            for (u, unit) in units.enumerated() {
+                for t in unit.tensors { if case .linear(let id) = t { formatOf[id] = formats[widths.firstIndex(of: chosen.bits[u])!] } }
+            }
+            let start = Date()
+            var losses: [JSONValue] = []
+            result = try Layerwise.run(model: model, windows: windows, targets: Set(formatOf.keys.map(\.kind)), fullHessian: true,
+                                       progress: context.progress) { id, weight, input in
+                guard let f = formatOf[id] else { return weight }
+                do {
+                    let factor = try input.factorization(damp: damp, actOrder: actOrder)
+                    let importance = clipSearch ? input.squares.map { Float($0 / Double(max(input.tokens, 1))) } : nil
+                    let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize, importance: importance)
+                    losses.append(.object(["name": .string(WeightID.linear(id).hfName), "format": .string(f.description), "obs_loss": .double(loss)]))
+                    return .quantized(QuantizedWeight(q))
+                } catch let e as RecipeError { throw RecipeError("cptquant: GPTQ of '\(id)': \(e.description)") } catch {
+                    throw RecipeError("cptquant: GPTQ of '\(id)' at \(f): \(error)")
+                }
+            }
+            gptqReport = .object(["damp": .double(damp), "block_size": .int(blockSize), "act_order": .bool(actOrder), "clip_search": .bool(clipSearch),
+                                  "calibration_tokens": .int(windows.reduce(0) { $0 + $1.count }),
+                                  "seconds": .double(Date().timeIntervalSince(start)), "tensors": .array(losses)])
+        }
         func set(_ id: WeightID, _ q: QuantizedTensor) throws {
             do { result = try result.replacing(id, with: .quantized(QuantizedWeight(q))) } catch let e as ConfigError {
                 throw RecipeError("cptquant: \(e.description)")
@@ -293,7 +340,7 @@ public struct CPTQuantPass: CompressionPass {
         }
         for (u, unit) in units.enumerated() {
             let fi = widths.firstIndex(of: chosen.bits[u])!
-            for t in unit.tensors { try set(t, stored[index[t]!][fi]!) }
+            for t in unit.tensors where method != .gptq { try set(t, stored[index[t]!][fi]!) }
         }
         var extras: [String: JSONValue] = [:]
         for (id, bits) in [(WeightID.embedTokens, embeddingBits), (.lmHead, lmHeadBits)] {
@@ -345,6 +392,7 @@ public struct CPTQuantPass: CompressionPass {
             }
         }
         if !extras.isEmpty { diag["fixed"] = .object(extras) }
+        if let gptqReport { diag["gptq"] = gptqReport }
         if let m = moments, estimator == .cmpq { diag["cmpq_samples"] = .int(m.pooledSamples) }
         return (result, .object(diag))
     }

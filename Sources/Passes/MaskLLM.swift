@@ -161,9 +161,10 @@ public struct MaskLLMPass: TrainingPass {
             guard registry.type(named: prior.rawValue) != nil else {
                 throw RecipeError("'prior': \"\(prior.rawValue)\" needs the '\(prior.rawValue)' pass, which this build does not have (use \"magnitude\")")
             }
+            // The one-shot passes prune every layer (they have no 'exclude_layers'); only the masks of this
+            // stage's targets are read.
             let json: JSONValue = .object([
                 "pattern": .string("\(settings.n):\(settings.m)"), "targets": .array(self.targets.map { .string($0) }),
-                "exclude_layers": .array(excludeLayers.map { .int($0) }),
             ])
             let cfg = try StrictObject(json, at: "\(location) prior (\(prior.rawValue))")
             guard let pass = try registry.make(prior.rawValue, config: cfg) as? any CompressionPass else {
