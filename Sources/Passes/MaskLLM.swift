@@ -15,10 +15,10 @@
 // exactly N nonzeros in every M, holding the original (or trained) weights. Equations and deviations:
 // Sources/Training/MaskLLM.swift.
 //
-// Magnitude prior: per group, the N weights of largest |w| (ties: the lower position). Wanda and SparseGPT
-// priors: the registered one-shot passes of those names run on the dense model with the same pattern and
-// targets; their masks are read, their updated weights are not (MaskLLM learns masks over the original
-// weights, as the paper's code does with SparseGPT's weight update disabled).
+// Priors: the registered one-shot passes `magnitude`, `wanda` and `sparsegpt` (Passes/Sparsity.swift) run on
+// the dense model with the same pattern and targets; their masks are read, their updated weights are not
+// (MaskLLM learns masks over the original weights, as the paper's code does with SparseGPT's weight update
+// disabled). Default prior: SparseGPT, as in the paper.
 
 import Foundation
 import Model
@@ -30,7 +30,7 @@ public struct MaskLLMPass: TrainingPass {
     public static let name = "maskllm"
     public static let accepts: Set<WeightKind> = [.dense]
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.sparse]) }
-    public var needs: PassNeeds { prior == .magnitude || prior == .none ? [] : [.calibration] }
+    public var needs: PassNeeds { prior == .wanda || prior == .sparsegpt ? [.calibration] : [] }
 
     public enum Prior: String, CaseIterable, Sendable { case magnitude, wanda, sparsegpt, none }
     public enum Loss: String, CaseIterable, Sendable { case kd, ce }
@@ -41,7 +41,7 @@ public struct MaskLLMPass: TrainingPass {
     public var distill = DistillConfig()
     public var targets = linearKinds
     public var excludeLayers: [Int] = []
-    public var prior = Prior.magnitude
+    public var prior = Prior.sparsegpt
     public var loss = Loss.kd
     public var trainText = "data/wiki.train.txt"
     public var saveEvery = 50
@@ -101,7 +101,7 @@ public struct MaskLLMPass: TrainingPass {
         loss = try s.choice("loss", default: loss)
 
         var c = DistillConfig()
-        c.steps = try s.int("steps", in: 1...10_000_000)
+        c.steps = try s.int("steps", in: 0...10_000_000)
         c.batch = try s.int("batch", default: c.batch, in: 1...4096)
         c.window = try s.int("window", default: c.window, in: 2...8192)
         c.accumulation = try s.int("accumulation", default: c.accumulation, in: 1...4096)
@@ -119,7 +119,7 @@ public struct MaskLLMPass: TrainingPass {
         c.ceWeight = loss == .ce ? 1 : 0
         distill = c
         settings.seed = c.seed
-        settings.steps = c.steps
+        settings.steps = max(c.steps, 1)
         settings.accumulation = c.accumulation
         trainText = try s.string("text", default: trainText)
         saveEvery = try s.int("save_every", default: saveEvery, in: 0...10_000_000)
@@ -152,14 +152,10 @@ public struct MaskLLMPass: TrainingPass {
     func priorMasks(_ model: LlamaModel, _ targets: [(id: LinearID, weight: Tensor)], context: PassContext) throws -> (masks: [LinearID: SparsityMask], diagnostics: JSONValue) {
         switch prior {
         case .none: return ([:], .null)
-        case .magnitude:
-            var out: [LinearID: SparsityMask] = [:]
-            for t in targets { out[t.id] = try MagnitudeNM.mask(t.weight, n: settings.n, m: settings.m) }
-            return (out, .null)
-        case .wanda, .sparsegpt:
+        case .magnitude, .wanda, .sparsegpt:
             let registry = StageRegistry.standard()
             guard registry.type(named: prior.rawValue) != nil else {
-                throw RecipeError("'prior': \"\(prior.rawValue)\" needs the '\(prior.rawValue)' pass, which this build does not have (use \"magnitude\")")
+                throw RecipeError("'prior': \"\(prior.rawValue)\" needs the '\(prior.rawValue)' pass, which this build does not have")
             }
             // The one-shot passes prune every layer (they have no 'exclude_layers'); only the masks of this
             // stage's targets are read.
@@ -170,16 +166,23 @@ public struct MaskLLMPass: TrainingPass {
             guard let pass = try registry.make(prior.rawValue, config: cfg) as? any CompressionPass else {
                 throw RecipeError("'prior': '\(prior.rawValue)' is not a one-shot pass")
             }
-            context.progress("prior: running \(prior.rawValue) on the dense model")
-            let (pruned, diag) = try pass.run(on: model, context: context)
+            // The masks (packed bits by weight name) are a calibration statistic: cached under the prior's settings.
+            struct Masks: Codable { var bits: [String: Data]; var diagnostics: String }
+            let cached: Masks = try context.cached("maskllm-prior", settings: .object(["prior": .string(prior.rawValue), "pass": json])) {
+                context.progress("prior: running \(prior.rawValue) on the dense model")
+                let (pruned, diag) = try pass.run(on: model, context: context)
+                var bits: [String: Data] = [:]
+                for (id, w) in pruned.linearWeights { if case .sparse(let s) = w { bits[WeightID.linear(id).hfName] = Data(s.mask.bits) } }
+                return Masks(bits: bits, diagnostics: diag.text)
+            }
             var out: [LinearID: SparsityMask] = [:]
             for t in targets {
-                guard case .sparse(let s)? = pruned.linear(t.id) else {
-                    throw RecipeError("'prior': \(prior.rawValue) left \(t.id) \(pruned.linear(t.id)?.kind.rawValue ?? "absent"), not sparse")
+                guard let b = cached.bits[WeightID.linear(t.id).hfName] else {
+                    throw RecipeError("'prior': \(prior.rawValue) left \(t.id) \(model.linear(t.id)?.kind.rawValue ?? "absent"), not sparse")
                 }
-                out[t.id] = s.mask
+                out[t.id] = try SparsityMask(pattern: .nm(n: settings.n, m: settings.m), rows: t.weight.shape[0], cols: t.weight.shape[1], bits: [UInt8](b))
             }
-            return (out, diag)
+            return (out, (try? JSONValue.parse(cached.diagnostics)) ?? .null)
         }
     }
 
@@ -188,10 +191,20 @@ public struct MaskLLMPass: TrainingPass {
         let t0 = Date()
         let (priors, priorDiagnostics) = try priorMasks(model, found, context: context)
         let priorSeconds = Date().timeIntervalSince(t0)
+        let pattern = SparsityMask.Pattern.nm(n: settings.n, m: settings.m)
+        if distill.steps == 0 {
+            // No training: the prior's hard mask over the original weights (its baseline in this protocol).
+            guard prior != .none else { throw RecipeError("'steps': 0 keeps the prior's masks; it needs a 'prior'") }
+            return TrainingRun(distiller: nil) {
+                var out = model
+                for t in found { out = try out.replacing(.linear(t.id), with: .sparse(SparseWeight(masking: t.weight, mask: priors[t.id]!))) }
+                return (out, .object(["pattern": .string(pattern.description), "prior": .string(prior.rawValue), "prior_seconds": .double(priorSeconds),
+                                      "weights": .int(found.count), "steps": .int(0), "prior_diagnostics": priorDiagnostics]))
+            }
+        }
         let trainable = try MaskLLMTrainable(targets: found.map { .init(id: $0.id, weight: $0.weight, prior: priors[$0.id]) }, settings: settings)
         context.progress("\(found.count) weights, \(trainable.logits.reduce(0) { $0 + $1.count }) logits (\(trainable.candidates.count) candidates per group of \(settings.m)), prior \(prior.rawValue)")
         let distiller = try Distiller(teacher: teacher, student: model, config: distill, trainTokens: trainTokens, trainables: [trainable], trainWeights: false)
-        let pattern = SparsityMask.Pattern.nm(n: settings.n, m: settings.m)
         return TrainingRun(distiller: distiller) {
             let masks = try trainable.hardMasks()
             var out = model
@@ -213,28 +226,5 @@ public struct MaskLLMPass: TrainingPass {
                 "prior_diagnostics": priorDiagnostics,
             ]))
         }
-    }
-}
-
-/// Magnitude N:M masks: per group of M consecutive input weights, the N of largest |w| (ties: lower position).
-public enum MagnitudeNM {
-    /// The mask of a (OC, C) weight; throws when M does not divide C or N:M is not 1 ≤ N < M.
-    public static func mask(_ w: Tensor, n: Int, m: Int) throws -> SparsityMask {
-        guard w.shape.count == 2 else { throw ConfigError("magnitude N:M mask of a tensor of shape \(w.shape)") }
-        guard n >= 1, n < m else { throw ConfigError("N:M pattern \(n):\(m) needs 1 ≤ N < M") }
-        let rows = w.shape[0], cols = w.shape[1]
-        guard cols % m == 0 else { throw ConfigError("N:M pattern \(n):\(m) needs the input size \(cols) to be a multiple of \(m)") }
-        var bits = [UInt8](repeating: 0, count: (rows * cols + 7) / 8)
-        var order = [Int](repeating: 0, count: m)
-        for g in 0..<(rows * cols / m) {
-            let base = g * m
-            for j in 0..<m { order[j] = j }
-            order.sort { a, b in
-                let x = abs(w[base + a]), y = abs(w[base + b])
-                return x != y ? x > y : a < b
-            }
-            for j in order.prefix(n) { let e = base + j; bits[e >> 3] |= 1 << UInt8(e & 7) }
-        }
-        return try SparsityMask(pattern: .nm(n: n, m: m), rows: rows, cols: cols, bits: bits)
     }
 }

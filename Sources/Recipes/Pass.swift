@@ -113,9 +113,10 @@ public protocol TrainingPass: RecipeStage {
 
 /// A prepared training stage: its distiller and what turns the trained distiller into the stage's result.
 public struct TrainingRun {
-    public let distiller: Distiller
+    /// nil: nothing to train (e.g. zero steps); `finish` alone makes the result.
+    public let distiller: Distiller?
     public let finish: () throws -> (model: LlamaModel, diagnostics: JSONValue)
-    public init(distiller: Distiller, finish: @escaping () throws -> (model: LlamaModel, diagnostics: JSONValue)) {
+    public init(distiller: Distiller?, finish: @escaping () throws -> (model: LlamaModel, diagnostics: JSONValue)) {
         self.distiller = distiller; self.finish = finish
     }
 }

@@ -205,8 +205,11 @@ public final class Session {
                 } catch let err as ConfigError {
                     throw WorkbenchError("\(place): \(err.description)")
                 }
-                let t = try train(run.distiller, statePath: statePath, saveEvery: tp.saveEvery, logEvery: tp.logEvery, resume: resume,
+                var t: (keepState: Bool, diagnostics: JSONValue) = (false, .object([:]))
+                if let distiller = run.distiller {
+                    t = try train(distiller, statePath: statePath, saveEvery: tp.saveEvery, logEvery: tp.logEvery, resume: resume,
                                   label: label, killAfterStep: killAfterStep)
+                }
                 if t.keepState { statePaths.append(statePath) }
                 let finished: (model: LlamaModel, diagnostics: JSONValue)
                 do { finished = try run.finish() } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
