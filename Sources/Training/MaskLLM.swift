@@ -23,7 +23,9 @@
 // Deviations: each micro-batch draws its own noise from a counter-based generator keyed by (seed, step,
 // micro-batch, tensor), so a resumed run sees exactly the noise of an uninterrupted one; the weight
 // regulariser is averaged over the micro-batches of a step; when weights are trained, only the targeted
-// linear weights train (embedding and norms stay frozen).
+// linear weights train (embedding and norms stay frozen); the sampled probabilities are kept as 16-bit
+// fixed point (p rounded to a multiple of 1/65535) between the forward and the backward (memory): the soft
+// mask is made from the rounded p, and the backward uses the same rounded p in the softmax derivative.
 
 import Foundation
 import Model
@@ -240,7 +242,9 @@ public final class MaskLLMTrainable: Trainable {
     public let logits: [Tensor]
     let logitGrads: [Tensor]
     let weightGrads: [Tensor?]
-    let probs: [Tensor]
+    /// The last sample's probabilities (G, K), kept as 16-bit fixed point (p · 65535) for the backward (memory: a 2:4 target holds
+    /// 1.5 logits per weight, each with value, gradient and two AdamW moments in float32).
+    let probs: [UnsafeMutablePointer<UInt16>]
     /// The student's effective weights and their gradient slots (set by `bind`).
     var effective: [Tensor] = []
     var effectiveGrads: [Tensor] = []
@@ -252,6 +256,8 @@ public final class MaskLLMTrainable: Trainable {
 
     public var weightGradients: Set<WeightID> { Set(targets.map { .linear($0) }) }
 
+    deinit { for p in probs { p.deallocate() } }
+
     public init(name: String = "maskllm", targets: [Target], settings: MaskLLMSettings) throws {
         self.name = name
         self.settings = settings
@@ -259,7 +265,7 @@ public final class MaskLLMTrainable: Trainable {
         candidates = S
         let K = S.count, M = S.m
         var rng = SplitMix64(seed: settings.seed ^ 0x1A17_0000)
-        var ws: [Tensor] = [], ls: [Tensor] = [], gs: [Tensor] = [], wg: [Tensor?] = [], ps: [Tensor] = [], pc: [[UInt8]?] = []
+        var ws: [Tensor] = [], ls: [Tensor] = [], gs: [Tensor] = [], wg: [Tensor?] = [], ps: [UnsafeMutablePointer<UInt16>] = [], pc: [[UInt8]?] = []
         for t in targets {
             let shape = t.weight.shape
             guard shape.count == 2, shape[1] % M == 0 else {
@@ -305,7 +311,10 @@ public final class MaskLLMTrainable: Trainable {
                 choice = c
             }
             ws.append(settings.trainWeights ? t.weight.copy() : t.weight)
-            ls.append(l); gs.append(Tensor(shape: [G, K])); ps.append(Tensor(shape: [G, K]))
+            ls.append(l); gs.append(Tensor(shape: [G, K]))
+            let pb = UnsafeMutablePointer<UInt16>.allocate(capacity: G * K)
+            pb.initialize(repeating: 0, count: G * K)
+            ps.append(pb)
             wg.append(settings.trainWeights ? Tensor(shape: shape) : nil)
             pc.append(choice)
         }
@@ -338,14 +347,24 @@ public final class MaskLLMTrainable: Trainable {
         if lastChoice == nil { lastChoice = currentChoice() }
         if micro == 0 { regValue = 0 }
         let s = settings.schedule(step: step), K = candidates.count, M = candidates.m
-        for i in targets.indices {
-            let w = weights[i], e = effective[i], G = logits[i].shape[0]
-            let key = GumbelNM.noiseKey(seed: settings.seed, step: step, micro: micro, tensor: i)
-            // The soft mask goes into the effective weight, then is multiplied by W in place.
-            GumbelNM.forward(logits: logits[i].data, groups: G, candidates: candidates, scale: s.scale, temperature: s.temperature,
-                             noiseKey: key, probs: probs[i].data, mask: e.data)
-            let wd = w.data, ed = e.data
-            Parallel.forEachChunk(G * M, minChunk: 65536) { r in for j in r { ed[j] *= wd[j] } }
+        candidates.masks.withUnsafeBufferPointer { sp in
+            let S = sp.baseAddress!
+            for i in targets.indices {
+                let wd = weights[i].data, ed = effective[i].data, G = logits[i].shape[0], l = logits[i].data, pb = probs[i]
+                let key = GumbelNM.noiseKey(seed: settings.seed, step: step, micro: micro, tensor: i)
+                // Per group: p = softmax((κℓ + γ)/τ) (kept in float16), W_eff = W ⊙ (p · S).
+                Parallel.forEachChunk(G, minChunk: 4096) { r in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: K + M) { buf in
+                        let p = buf.baseAddress!, soft = p + K
+                        for g in r {
+                            GumbelNM.groupProbs(l + g * K, K: K, base: g * K, scale: s.scale, temperature: s.temperature, noiseKey: key, out: p)
+                            for k in 0..<K { let q = UInt16((p[k] * 65535).rounded()); pb[g * K + k] = q; p[k] = Float(q) * (1 / 65535) }
+                            GumbelNM.groupMask(p, S: S, K: K, M: M, out: soft)
+                            for j in 0..<M { ed[g * M + j] = wd[g * M + j] * soft[j] }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -358,16 +377,17 @@ public final class MaskLLMTrainable: Trainable {
             let S = sp.baseAddress!
             for i in targets.indices {
                 let G = logits[i].shape[0]
-                let w = weights[i].data, gEff = effectiveGrads[i].data, p = probs[i].data, dl = logitGrads[i].data, dw = weightGrads[i]?.data
+                let w = weights[i].data, gEff = effectiveGrads[i].data, pb = probs[i], dl = logitGrads[i].data, dw = weightGrads[i]?.data
                 let chunks = Parallel.chunkCount(G, minChunk: 4096)
                 var partial = [Double](repeating: 0, count: chunks)
                 partial.withUnsafeMutableBufferPointer { pp in
                     Parallel.forEachChunkIndexed(G, minChunk: 4096) { ci, r in
                         var local = 0.0
-                        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * M) { buf in
-                            let soft = buf.baseAddress!, dm = soft + M
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * M + K) { buf in
+                            let soft = buf.baseAddress!, dm = soft + M, p = dm + M
                             for g in r {
-                                GumbelNM.groupMask(p + g * K, S: S, K: K, M: M, out: soft)
+                                for k in 0..<K { p[k] = Float(pb[g * K + k]) * (1 / 65535) }
+                                GumbelNM.groupMask(p, S: S, K: K, M: M, out: soft)
                                 for j in 0..<M {
                                     let o = g * M + j, wj = w[o], mj = soft[j], ge = gEff[o]
                                     let we = wj * mj
@@ -376,7 +396,7 @@ public final class MaskLLMTrainable: Trainable {
                                     if let dw { dw[o] += ge * mj }
                                     gEff[o] = 0
                                 }
-                                GumbelNM.groupBackward(dMask: dm, probs: p + g * K, S: S, K: K, M: M, factor: factor, dLogits: dl + g * K)
+                                GumbelNM.groupBackward(dMask: dm, probs: p, S: S, K: K, M: M, factor: factor, dLogits: dl + g * K)
                             }
                         }
                         pp[ci] = local
