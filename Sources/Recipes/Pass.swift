@@ -1,4 +1,5 @@
 import Model
+import Training
 
 /// What a stage needs the runner to provide.
 public struct PassNeeds: OptionSet, Sendable {
@@ -95,4 +96,27 @@ public struct EvalStage: RecipeStage {
     public static let name = "eval"
     public static let accepts = Set(WeightKind.allCases)
     public init(config: StrictObject) throws {}
+}
+
+/// A stage that trains (MaskLLM's mask logits, ...): it builds a `Distiller` with its trainables, the runner
+/// drives the loop with progress lines, saves the state every `saveEvery` steps and resumes it after a kill
+/// exactly as for `distill`, and `finish` turns the trained run into the stage's model.
+public protocol TrainingPass: RecipeStage {
+    /// Training text (tokenized with the base's tokenizer).
+    var trainText: String { get }
+    var saveEvery: Int { get }
+    var logEvery: Int { get }
+    /// Builds the run on `model` (the model at this point) with `teacher` (the base). Checks every setting
+    /// against the model first; errors are `RecipeError`/`ConfigError` naming the key.
+    func prepare(model: LlamaModel, teacher: LlamaModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun
+}
+
+/// A prepared training stage: its distiller and what turns the trained distiller into the stage's result.
+public struct TrainingRun {
+    /// nil: nothing to train (e.g. zero steps); `finish` alone makes the result.
+    public let distiller: Distiller?
+    public let finish: () throws -> (model: LlamaModel, diagnostics: JSONValue)
+    public init(distiller: Distiller?, finish: @escaping () throws -> (model: LlamaModel, diagnostics: JSONValue)) {
+        self.distiller = distiller; self.finish = finish
+    }
 }

@@ -110,6 +110,8 @@ public struct StepStats: Codable, Equatable, Sendable {
     public var intermediate: Double
     public var lr: Double
     public var gradNorm: Double
+    /// The trainables' regularisers and statistics by name (nil when there are none).
+    public var extras: [String: Double]? = nil
 }
 
 /// The distillation loop over a teacher and a student model. Both are values: the student is trained as a
@@ -159,9 +161,11 @@ public final class Distiller {
         tokens = trainTokens
         let B = config.batch, W = config.window, N = B * W
         // Parameter groups: first matching rule wins; a frozen rule (or trainWeights: false) gives no gradient.
+        // Weights a trainable reads the gradient of get one, but the optimizer never updates them.
+        let gradientOnly = trainables.reduce(into: Set<WeightID>()) { $0.formUnion($1.weightGradients) }
         let frozen = Set(student.weights.filter { w in
             !trainWeights || w.weight.parameterNames(w.id).contains { n in config.groups.first { $0.matches(n) }?.frozen == true }
-        }.map(\.id))
+        }.map(\.id)).subtracting(gradientOnly)
         studentTrainer = LlamaTrainer(model: student, batch: B, window: W, frozen: frozen)
         let needTeacher = config.klWeight > 0 || !config.intermediate.isEmpty
         teacherDecoder = needTeacher ? LlamaDecoder(model: teacher, batch: B, window: W) : nil
@@ -195,7 +199,7 @@ public final class Distiller {
             params.append(Parameter(name: name, value: value, grad: grad, lr: rule?.lr ?? config.lr,
                                     weightDecay: rule?.weightDecay ?? (value.shape.count >= 2 ? config.weightDecay : 0)))
         }
-        for p in studentTrainer.parameters { add(p.name, p.value, p.grad) }
+        for p in studentTrainer.parameters where !gradientOnly.contains(p.id) { add(p.name, p.value, p.grad) }
         for (i, (m, g)) in zip(maps, mapGrads).enumerated() { if let m, let g { add("map.\(i)", m, g) } }
         var names = Set(trainables.map(\.name))
         guard names.count == trainables.count else { throw ConfigError("two trainables share a name") }
@@ -295,11 +299,14 @@ public final class Distiller {
             for t in trainables { t.didBackward(step: step, micro: k) }
             kl += v.kl / Double(K); ce += v.ce / Double(K); inter += v.inter / Double(K); total += v.total / Double(K)
         }
-        for t in trainables { for (_, value) in t.regularize(step: step) { total += value } }
+        var extras: [String: Double] = [:]
+        for t in trainables { for (name, value) in t.regularize(step: step) { total += value; extras[name] = value } }
         let norm = config.clip > 0 ? optimizer.clipGradients(maxNorm: config.clip) : optimizer.gradientNorm()
         let factor = schedule.factor(step: step)
         optimizer.update(lrFactor: factor)
-        let stats = StepStats(step: step + 1, loss: total, kl: kl, ce: ce, intermediate: inter, lr: config.lr * factor, gradNorm: norm)
+        for t in trainables { for (name, value) in t.didUpdate(step: step) { extras[name] = value } }
+        let stats = StepStats(step: step + 1, loss: total, kl: kl, ce: ce, intermediate: inter, lr: config.lr * factor, gradNorm: norm,
+                              extras: extras.isEmpty ? nil : extras)
         step += 1
         log.append(stats)
         return stats
@@ -323,7 +330,11 @@ public final class Distiller {
         var log: [StepStats]
         /// Digest of the teacher's weights and the training tokens: a state resumes only with the same inputs.
         var inputs: String?
+        /// The trainables' own settings (`Trainable.stateSettings`), one line each.
+        var trainables: String?
     }
+
+    var trainableSettings: String { trainables.map(\.stateSettings).joined(separator: "\n") }
 
     /// FNV-1a digest of the teacher (config and every tensor's bits) and of the training tokens.
     public private(set) lazy var inputsDigest: String = {
@@ -349,7 +360,8 @@ public final class Distiller {
     public func saveState(to path: String) throws {
         var tensors: [(String, Tensor)] = []
         for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
-        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log, inputs: inputsDigest)
+        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log, inputs: inputsDigest,
+                             trainables: trainableSettings)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         let text = String(decoding: try e.encode(meta), as: UTF8.self)
@@ -373,6 +385,9 @@ public final class Distiller {
         }
         guard meta.studentConfig == student.config.json.text else {
             throw ConfigError("\(path): the state's student config differs from the student checkpoint's")
+        }
+        guard (meta.trainables ?? "") == trainableSettings else {
+            throw ConfigError("\(path): the state was written by a run whose trained parts had other settings (its: \(meta.trainables ?? "none"); this run's: \(trainableSettings)); resume with the same settings")
         }
         guard (0...config.steps).contains(meta.step), meta.log.count == meta.step else {
             throw ConfigError("\(path): the state is at step \(meta.step) with \(meta.log.count) logged steps (expected a step in 0...\(config.steps), the run's --steps, with one log entry per step)")

@@ -18,8 +18,15 @@ public protocol Trainable: AnyObject {
     /// After each micro-batch's backward (e.g. chain a weight's gradient into own parameters).
     func didBackward(step: Int, micro: Int)
     /// Extra loss terms, once per step after the micro-batches: adds their gradients to the parameters'
-    /// and returns their values by name (reported in the step statistics).
+    /// and returns their values by name (added to the loss and reported in the step statistics).
     func regularize(step: Int) -> [String: Double]
+    /// After the optimizer update of a step: statistics by name for the step's report (e.g. mask change rate).
+    func didUpdate(step: Int) -> [String: Double]
+    /// Student weights whose gradient the distiller must compute but not apply: the trainable reads it in
+    /// `didBackward` (e.g. dL/dW_eff of a masked weight) and owns the update of what it derives from.
+    var weightGradients: Set<WeightID> { get }
+    /// The trainable's own settings as text; a training state resumes only under the same text.
+    var stateSettings: String { get }
 }
 
 extension Trainable {
@@ -27,6 +34,9 @@ extension Trainable {
     public func willForward(step: Int, micro: Int) {}
     public func didBackward(step: Int, micro: Int) {}
     public func regularize(step: Int) -> [String: Double] { [:] }
+    public func didUpdate(step: Int) -> [String: Double] { [:] }
+    public var weightGradients: Set<WeightID> { [] }
+    public var stateSettings: String { "" }
 }
 
 /// Gates of the student's forward (per head, neuron, channel, sublayer; Model/LlamaDecoder.swift), trained

@@ -189,29 +189,45 @@ public final class Session {
                 } catch let err as ConfigError {
                     throw WorkbenchError("\(place): \(err.description)")
                 }
+            case let tp as any TrainingPass:
+                let statePath = statePrefix + ".stage\(i + 1).state.h5"
+                let scope: JSONValue = .object([
+                    "base": .string(baseHash), "calibration": jsonValue(recipe.calibration),
+                    "stages_before": .array(recipe.stages.prefix(i).map { .object(["stage": .string($0.name), "settings": $0.settings]) }),
+                ])
+                cacheUse = StatsCache(directory: cacheDirectory, scope: scope, memo: analyses)
+                let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { [weak self] in self?.say("\(label): \($0)") }
+                let run: TrainingRun
+                do {
+                    run = try tp.prepare(model: model, teacher: base.model, trainTokens: try tokens(of: tp.trainText), context: context)
+                } catch let err as RecipeError {
+                    throw WorkbenchError("\(place): \(err.description)")
+                } catch let err as ConfigError {
+                    throw WorkbenchError("\(place): \(err.description)")
+                }
+                var t: (keepState: Bool, diagnostics: JSONValue) = (false, .object([:]))
+                if let distiller = run.distiller {
+                    t = try train(distiller, statePath: statePath, saveEvery: tp.saveEvery, logEvery: tp.logEvery, resume: resume,
+                                  label: label, killAfterStep: killAfterStep)
+                }
+                if t.keepState { statePaths.append(statePath) }
+                let finished: (model: LlamaModel, diagnostics: JSONValue)
+                do { finished = try run.finish() } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
+                model = finished.model
+                var d = t.diagnostics.objectValue ?? [:]
+                for (k, v) in finished.diagnostics.objectValue ?? [:] { d[k] = v }
+                diagnostics = .object(d)
             case let d as DistillStage:
                 let statePath = statePrefix + ".stage\(i + 1).state.h5"
                 let distiller: Distiller
                 do {
                     distiller = try Distiller(teacher: base.model, student: model, config: d.config, trainTokens: try tokens(of: d.text))
                 } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
-                if resume && FileManager.default.fileExists(atPath: statePath) {
-                    do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError(err.description) }
-                    say("\(label): resumed from \(statePath) at step \(distiller.step)")
-                }
-                let first = distiller.step
-                let seconds = try Workbench.trainLoop(distiller, saveEvery: d.saveEvery, statePath: statePath, logEvery: d.logEvery, progress: progress,
-                                                      killAfterStep: killAfterStep)
-                // The state stays until the output is written: a kill before then resumes here, not at step 0.
-                if d.saveEvery > 0 || first > 0 { try distiller.saveState(to: statePath); statePaths.append(statePath) }
+                let t = try train(distiller, statePath: statePath, saveEvery: d.saveEvery, logEvery: d.logEvery, resume: resume,
+                                  label: label, killAfterStep: killAfterStep)
+                if t.keepState { statePaths.append(statePath) }
                 model = distiller.student
-                let c = d.config, tokensPerStep = c.batch * c.window * c.accumulation
-                diagnostics = .object([
-                    "steps": .int(c.steps), "resumed_from": first > 0 ? .int(first) : .null, "tokens": .int(c.steps * tokensPerStep),
-                    "tokens_per_second": .double(Double((c.steps - first) * tokensPerStep) / max(seconds, 1e-9)),
-                    "first_loss": .double(distiller.log.first?.loss ?? .nan), "final_loss": .double(distiller.log.last?.loss ?? .nan),
-                    "log": jsonValue(distiller.log),
-                ])
+                diagnostics = t.diagnostics
             case is EvalStage:
                 ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, maxTokens: e.tokens, label: label, progress: progress)
                 lastPPL = ppl
@@ -232,6 +248,32 @@ public final class Session {
         return Result(model: model, reports: reports, basePPL: basePPL, lastPPL: lastPPL,
                       calibrationTokens: calibration.count * recipe.calibration.window,
                       evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil, statePaths: statePaths)
+    }
+}
+
+extension Session {
+    /// Runs a distiller to its step count (resuming from `statePath` when asked and present), saving its state
+    /// every `saveEvery` steps and once more at the end (kept until the output is written: a kill before then
+    /// resumes there, not at step 0); returns the loop's report entries.
+    func train(_ distiller: Distiller, statePath: String, saveEvery: Int, logEvery: Int, resume: Bool, label: String,
+               killAfterStep: Int?) throws -> (keepState: Bool, diagnostics: JSONValue) {
+        if resume && FileManager.default.fileExists(atPath: statePath) {
+            do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError(err.description) }
+            say("\(label): resumed from \(statePath) at step \(distiller.step)")
+        }
+        let first = distiller.step
+        let seconds = try Workbench.trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery, progress: progress,
+                                              killAfterStep: killAfterStep)
+        let keep = saveEvery > 0 || first > 0
+        if keep { try distiller.saveState(to: statePath) }
+        let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
+        return (keep, .object([
+            "steps": .int(c.steps), "resumed_from": first > 0 ? .int(first) : .null, "tokens": .int(c.steps * tokensPerStep),
+            "train_seconds": .double(seconds),
+            "tokens_per_second": .double(Double((c.steps - first) * tokensPerStep) / max(seconds, 1e-9)),
+            "first_loss": .double(distiller.log.first?.loss ?? .nan), "final_loss": .double(distiller.log.last?.loss ?? .nan),
+            "log": jsonValue(distiller.log),
+        ]))
     }
 }
 

@@ -187,6 +187,7 @@ extension Workbench {
                 if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
                 if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
                 if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
+                for (name, value) in (s.extras ?? [:]).sorted(by: { $0.key < $1.key }) { parts += String(format: "  %@ %.4g", name, value) }
                 progressLine(parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps, formatDuration(eta)))
             }
             if let k = killAfterStep, s.step == k { kill(getpid(), SIGKILL) }

@@ -1,0 +1,230 @@
+// `maskllm`: learnable N:M semi-structured sparsity.
+//
+// Paper: G. Fang, H. Yin, S. Muralidharan, G. Heinrich, J. Pool, J. Kautz, P. Molchanov, X. Wang, "MaskLLM:
+// Learnable Semi-Structured Sparsity for Large Language Models", NeurIPS 2024 (arXiv 2409.17481).
+//
+// For every group of M consecutive input weights of each targeted linear weight, logits over the C(M, N)
+// candidate masks are learned end to end: each micro-batch samples a differentiable soft mask by
+// Gumbel-softmax of the scaled logits (temperature τ annealed 4 → 0.05, scale κ 1e2 → 5e2, linearly), the
+// student computes with W ⊙ M̃, and the loss is KD from the dense base model (forward KL on logits, our
+// distillation loss) or LM cross-entropy. Logits start from a prior mask (magnitude, Wanda or SparseGPT) with
+// the paper's prior strength α = 3; the sparse weight regulariser −λ_t Σ‖W ⊙ M̃‖² (λ = 1e-5, removed
+// linearly) keeps the kept weights large. AdamW trains the logits with their own learning rate (5e-4, the
+// paper's 10 × 5e-5), cosine decay to 10 %. Weights are frozen by default (mask-only, as in the paper), or
+// trained too (`train_weights`). The result: every target a sparse weight under the hard (argmax) mask,
+// exactly N nonzeros in every M, holding the original (or trained) weights. Equations and deviations:
+// Sources/Training/MaskLLM.swift.
+//
+// Priors: the registered one-shot passes `magnitude`, `wanda` and `sparsegpt` (Passes/Sparsity.swift) run on
+// the dense model with the same pattern and targets; their masks are read, their updated weights are not
+// (MaskLLM learns masks over the original weights, as the paper's code does with SparseGPT's weight update
+// disabled). Default prior: SparseGPT, as in the paper.
+
+import Foundation
+import Model
+import Recipes
+import TensorCore
+import Training
+
+public struct MaskLLMPass: TrainingPass {
+    public static let name = "maskllm"
+    public static let accepts: Set<WeightKind> = [.dense]
+    public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.sparse]) }
+    public var needs: PassNeeds { prior == .wanda || prior == .sparsegpt ? [.calibration] : [] }
+
+    public enum Prior: String, CaseIterable, Sendable { case magnitude, wanda, sparsegpt, none }
+    public enum Loss: String, CaseIterable, Sendable { case kd, ce }
+
+    static let linearKinds = LinearKind.allCases.map(\.shortName)
+
+    public var settings = MaskLLMSettings()
+    public var distill = DistillConfig()
+    public var targets = linearKinds
+    public var excludeLayers: [Int] = []
+    public var prior = Prior.sparsegpt
+    public var loss = Loss.kd
+    public var trainText = "data/wiki.train.txt"
+    public var saveEvery = 50
+    public var logEvery = 10
+    let location: String
+
+    public init(config s: StrictObject) throws {
+        location = s.location
+        let patternText = try s.string("pattern", default: "2:4")
+        let parts = patternText.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]) else {
+            throw RecipeError("\(s.location): 'pattern': \"\(patternText)\" is not N:M (e.g. \"2:4\")")
+        }
+        guard n >= 1, n < m else { throw RecipeError("\(s.location): 'pattern': \(n):\(m) needs 1 ≤ N < M") }
+        guard m <= NMCandidates.maxM else {
+            throw RecipeError("\(s.location): 'pattern': M = \(m) is above \(NMCandidates.maxM) (MaskLLM learns C(M, N) logits per group of M)")
+        }
+        settings.n = n; settings.m = m
+        if let t = try s.array("targets") {
+            targets = try t.map { v in
+                guard let k = v.stringValue, Self.linearKinds.contains(k) else {
+                    throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder linear weight (choose from \(Self.linearKinds.joined(separator: ", ")))")
+                }
+                return k
+            }
+            guard !targets.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
+            guard Set(targets).count == targets.count else { throw RecipeError("\(s.location): 'targets' lists a weight twice") }
+        }
+        if let e = try s.array("exclude_layers") {
+            excludeLayers = try e.map { v in
+                guard let l = v.intValue, l >= 0 else { throw RecipeError("\(s.location): 'exclude_layers': \(v.text) is not a layer index (an integer ≥ 0)") }
+                return l
+            }
+        }
+        prior = try s.choice("prior", default: prior)
+        settings.priorStrength = try s.double("prior_strength", default: settings.priorStrength, in: 0...1e3)
+        settings.initStd = try s.double("init_std", default: settings.initStd, in: 1e-6...10)
+        func range(_ key: String, _ d: (Double, Double), _ r: ClosedRange<Double>) throws -> (Double, Double) {
+            guard let a = try s.array(key) else { return d }
+            guard a.count == 2, let x = a[0].doubleValue, let y = a[1].doubleValue, r.contains(x), r.contains(y) else {
+                throw RecipeError("\(s.location): '\(key)': expected [start, end], both in \(r.lowerBound)...\(r.upperBound), found \(JSONValue.array(a).text)")
+            }
+            return (x, y)
+        }
+        (settings.temperatureStart, settings.temperatureEnd) = try range("temperature", (settings.temperatureStart, settings.temperatureEnd), 1e-3...1e3)
+        (settings.scaleStart, settings.scaleEnd) = try range("scale", (settings.scaleStart, settings.scaleEnd), 1e-3...1e6)
+        settings.weightReg = try s.double("weight_reg", default: settings.weightReg, in: 0...1e3)
+        settings.lr = try s.double("lr", default: settings.lr, in: 1e-12...10)
+        settings.trainWeights = try s.bool("train_weights", default: false)
+        settings.weightLR = try s.double("weight_lr", default: settings.weightLR, in: 1e-12...1)
+        settings.weightDecay = try s.double("weight_decay", default: settings.weightDecay, in: 0...1)
+        if !settings.trainWeights {
+            for k in ["weight_lr", "weight_decay"] where s.has(k) {
+                throw RecipeError("\(s.location): '\(k)': only with \"train_weights\": true (the weights are frozen)")
+            }
+        }
+        loss = try s.choice("loss", default: loss)
+
+        var c = DistillConfig()
+        c.steps = try s.int("steps", in: 0...10_000_000)
+        c.batch = try s.int("batch", default: c.batch, in: 1...4096)
+        c.window = try s.int("window", default: c.window, in: 2...8192)
+        c.accumulation = try s.int("accumulation", default: c.accumulation, in: 1...4096)
+        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
+        c.lr = settings.lr
+        c.minLRRatio = try s.double("min_lr_ratio", default: 0.1, in: 0...1)
+        c.warmup = try s.int("warmup", default: 0, in: 0...10_000_000)
+        c.decay = try s.choice("decay", default: c.decay)
+        c.beta1 = try s.double("beta1", default: c.beta1, in: 0...0.999999)
+        c.beta2 = try s.double("beta2", default: c.beta2, in: 0...0.999999)
+        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
+        c.temperature = try s.double("kd_temperature", default: 1, in: 1e-3...100)
+        if s.has("kd_temperature") && loss != .kd { throw RecipeError("\(s.location): 'kd_temperature': only with \"loss\": \"kd\"") }
+        c.klWeight = loss == .kd ? 1 : 0
+        c.ceWeight = loss == .ce ? 1 : 0
+        distill = c
+        settings.seed = c.seed
+        settings.steps = max(c.steps, 1)
+        settings.accumulation = c.accumulation
+        trainText = try s.string("text", default: trainText)
+        saveEvery = try s.int("save_every", default: saveEvery, in: 0...10_000_000)
+        logEvery = try s.int("log_every", default: logEvery, in: 1...10_000_000)
+    }
+
+    /// The targeted weights of `model`, checked: present, dense, input size a multiple of M.
+    func resolveTargets(_ model: LlamaModel) throws -> [(id: LinearID, weight: Tensor)] {
+        let L = model.layers.count
+        if let bad = excludeLayers.first(where: { $0 >= L }) { throw RecipeError("'exclude_layers': layer \(bad) outside 0..<\(L)") }
+        var out: [(LinearID, Tensor)] = []
+        for l in 0..<L where !excludeLayers.contains(l) {
+            for k in targets.compactMap(LinearKind.init(shortName:)) {
+                let id = LinearID(layer: l, kind: k)
+                guard let w = model.linear(id) else { continue }
+                guard case .dense(let t) = w else {
+                    throw RecipeError("'targets': \(id) is \(w.kind.rawValue); MaskLLM learns masks over dense weights (put it before quantization or other sparsification)")
+                }
+                guard t.shape[1] % settings.m == 0 else {
+                    throw RecipeError("'pattern': M = \(settings.m) does not divide the input size \(t.shape[1]) of \(id)")
+                }
+                out.append((id, t))
+            }
+        }
+        guard !out.isEmpty else { throw RecipeError("'targets': no weight of the model matches outside 'exclude_layers'") }
+        return out
+    }
+
+    /// Prior masks by target (empty for `none`).
+    func priorMasks(_ model: LlamaModel, _ targets: [(id: LinearID, weight: Tensor)], context: PassContext) throws -> (masks: [LinearID: SparsityMask], diagnostics: JSONValue) {
+        switch prior {
+        case .none: return ([:], .null)
+        case .magnitude, .wanda, .sparsegpt:
+            let registry = StageRegistry.standard()
+            guard registry.type(named: prior.rawValue) != nil else {
+                throw RecipeError("'prior': \"\(prior.rawValue)\" needs the '\(prior.rawValue)' pass, which this build does not have")
+            }
+            // The one-shot passes prune every layer (they have no 'exclude_layers'); only the masks of this
+            // stage's targets are read.
+            let json: JSONValue = .object([
+                "pattern": .string("\(settings.n):\(settings.m)"), "targets": .array(self.targets.map { .string($0) }),
+            ])
+            let cfg = try StrictObject(json, at: "\(location) prior (\(prior.rawValue))")
+            guard let pass = try registry.make(prior.rawValue, config: cfg) as? any CompressionPass else {
+                throw RecipeError("'prior': '\(prior.rawValue)' is not a one-shot pass")
+            }
+            // The masks (packed bits by weight name) are a calibration statistic: cached under the prior's settings.
+            struct Masks: Codable { var bits: [String: Data]; var diagnostics: String }
+            let cached: Masks = try context.cached("maskllm-prior", settings: .object(["prior": .string(prior.rawValue), "pass": json])) {
+                context.progress("prior: running \(prior.rawValue) on the dense model")
+                let (pruned, diag) = try pass.run(on: model, context: context)
+                var bits: [String: Data] = [:]
+                for (id, w) in pruned.linearWeights { if case .sparse(let s) = w { bits[WeightID.linear(id).hfName] = Data(s.mask.bits) } }
+                return Masks(bits: bits, diagnostics: diag.text)
+            }
+            var out: [LinearID: SparsityMask] = [:]
+            for t in targets {
+                guard let b = cached.bits[WeightID.linear(t.id).hfName] else {
+                    throw RecipeError("'prior': \(prior.rawValue) left \(t.id) \(model.linear(t.id)?.kind.rawValue ?? "absent"), not sparse")
+                }
+                out[t.id] = try SparsityMask(pattern: .nm(n: settings.n, m: settings.m), rows: t.weight.shape[0], cols: t.weight.shape[1], bits: [UInt8](b))
+            }
+            return (out, (try? JSONValue.parse(cached.diagnostics)) ?? .null)
+        }
+    }
+
+    public func prepare(model: LlamaModel, teacher: LlamaModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
+        let found = try resolveTargets(model)
+        let t0 = Date()
+        let (priors, priorDiagnostics) = try priorMasks(model, found, context: context)
+        let priorSeconds = Date().timeIntervalSince(t0)
+        let pattern = SparsityMask.Pattern.nm(n: settings.n, m: settings.m)
+        if distill.steps == 0 {
+            // No training: the prior's hard mask over the original weights (its baseline in this protocol).
+            guard prior != .none else { throw RecipeError("'steps': 0 keeps the prior's masks; it needs a 'prior'") }
+            return TrainingRun(distiller: nil) {
+                var out = model
+                for t in found { out = try out.replacing(.linear(t.id), with: .sparse(SparseWeight(masking: t.weight, mask: priors[t.id]!))) }
+                return (out, .object(["pattern": .string(pattern.description), "prior": .string(prior.rawValue), "prior_seconds": .double(priorSeconds),
+                                      "weights": .int(found.count), "steps": .int(0), "prior_diagnostics": priorDiagnostics]))
+            }
+        }
+        let trainable = try MaskLLMTrainable(targets: found.map { .init(id: $0.id, weight: $0.weight, prior: priors[$0.id]) }, settings: settings)
+        context.progress("\(found.count) weights, \(trainable.logits.reduce(0) { $0 + $1.count }) logits (\(trainable.candidates.count) candidates per group of \(settings.m)), prior \(prior.rawValue)")
+        let distiller = try Distiller(teacher: teacher, student: model, config: distill, trainTokens: trainTokens, trainables: [trainable], trainWeights: false)
+        return TrainingRun(distiller: distiller) {
+            let masks = try trainable.hardMasks()
+            var out = model
+            var priorAgreement: [String: JSONValue] = [:]
+            for (i, id) in trainable.targets.enumerated() {
+                let mask = masks[id]!
+                out = try out.replacing(.linear(id), with: .sparse(SparseWeight(masking: trainable.weights[i], mask: mask)))
+                if let p = priors[id] {
+                    var same = 0
+                    for b in 0..<mask.bits.count { same += (~(mask.bits[b] ^ p.bits[b])).nonzeroBitCount }
+                    priorAgreement[WeightID.linear(id).hfName] = .double(Double(same - (mask.bits.count * 8 - mask.count)) / Double(mask.count))
+                }
+            }
+            return (out, .object([
+                "pattern": .string(pattern.description), "prior": .string(prior.rawValue), "prior_seconds": .double(priorSeconds),
+                "weights": .int(found.count), "logits": .int(trainable.logits.reduce(0) { $0 + $1.count }),
+                "groups_changed_from_prior": trainable.distanceFromPrior().map { .double($0) } ?? .null,
+                "train_weights": .bool(settings.trainWeights), "loss": .string(loss.rawValue),
+                "prior_diagnostics": priorDiagnostics,
+            ]))
+        }
+    }
+}
