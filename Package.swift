@@ -48,7 +48,7 @@ let package = Package(
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
-        .testTarget(name: "ExportTests", dependencies: ["Export", "Import", "Checkpoint", "GGUF", "Safetensors", "Evaluation"]),
+        .testTarget(name: "ExportTests", dependencies: ["Export", "Import", "Checkpoint", "GGUF", "Safetensors", "Recipes", "Quantization", "Model", "TensorCore"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore"]),
     ],

@@ -48,7 +48,7 @@ enum GGUFExport {
             writer.add("tokenizer.ggml.model", .string("gpt2"))
             writer.add("tokenizer.ggml.pre", .string(spec.pre == "llama3" ? "llama-bpe" : spec.pre))
             writer.add("tokenizer.ggml.tokens", .array(spec.tokens.map { .string($0) }))
-            writer.add("tokenizer.ggml.token_type", .array((spec.tokenTypes ?? Array(repeating: 1, count: spec.tokens.count)).map { .int32($0) }))
+            if let types = spec.tokenTypes { writer.add("tokenizer.ggml.token_type", .array(types.map { .int32($0) })) }
             if !spec.merges.isEmpty { writer.add("tokenizer.ggml.merges", .array(spec.merges.map { .string($0) })) }
             if let b = spec.bosTokenID { writer.add("tokenizer.ggml.bos_token_id", .uint32(UInt32(b))) }
             if let e = spec.eosTokenID { writer.add("tokenizer.ggml.eos_token_id", .uint32(UInt32(e))) }

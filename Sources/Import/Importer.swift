@@ -127,7 +127,7 @@ public enum Importer {
         var config: LlamaConfig
         let json: JSONValue
         do {
-            json = try JSONValue.parse(configText)
+            json = try deciLMAsLlama(JSONValue.parse(configText))
             config = try LlamaConfig(json: json)
         } catch let e as ConfigError {
             throw ImportError("\(configPath): \(e.description)")
@@ -164,6 +164,63 @@ public enum Importer {
             "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
         ].merging(warnings.isEmpty ? [:] : ["warnings": .array(warnings.map { .string($0) })]) { a, _ in a })
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
+    }
+
+    /// A `DeciLMForCausalLM` (Nemotron-NAS) config.json in our Llama form with per-layer `block_configs`; any
+    /// other config unchanged. Per layer: attention `no_op` → no attention; `n_heads_in_group` g →
+    /// num_attention_heads query heads and num_attention_heads / g key/value heads; ffn `no_op` → no MLP;
+    /// `ffn_mult` m → width find_multiple(int(2 · m · hidden_size / 3), 256) (as vLLM and llama.cpp compute
+    /// it). `replace_with_linear` layers are refused.
+    static func deciLMAsLlama(_ json: JSONValue) throws -> JSONValue {
+        guard var o = json.objectValue else { return json }
+        let isDeci = o["model_type"]?.stringValue == "nemotron-nas" || (o["architectures"]?.arrayValue ?? []).contains(.string("DeciLMForCausalLM"))
+        guard isDeci else { return json }
+        guard let blocks = o["block_configs"]?.arrayValue, let C = o["hidden_size"]?.intValue, C > 0, let H = o["num_attention_heads"]?.intValue, H > 0 else {
+            throw ConfigError("config: a DeciLM config needs block_configs, hidden_size and num_attention_heads")
+        }
+        var ours: [JSONValue] = []
+        for (i, b) in blocks.enumerated() {
+            guard let a = b.objectValue?["attention"]?.objectValue, let f = b.objectValue?["ffn"]?.objectValue else {
+                throw ConfigError("config: block_configs[\(i)]: expected 'attention' and 'ffn' objects")
+            }
+            if a["replace_with_linear"]?.boolValue == true || f["replace_with_linear"]?.boolValue == true {
+                throw ConfigError("config: block_configs[\(i)]: replace_with_linear is not supported (expected attention and MLP blocks or no_op)")
+            }
+            var entry: [String: JSONValue] = ["num_attention_heads": .int(H)]
+            if a["no_op"]?.boolValue == true || a["n_heads_in_group"] == nil || a["n_heads_in_group"] == .null {
+                entry["attention"] = .bool(false)
+            } else {
+                guard let g = a["n_heads_in_group"]?.intValue, g > 0, H % g == 0 else {
+                    throw ConfigError("config: block_configs[\(i)].attention.n_heads_in_group must divide num_attention_heads \(H), found \(a["n_heads_in_group"]!.text)")
+                }
+                entry["num_key_value_heads"] = .int(H / g)
+            }
+            if f["no_op"]?.boolValue == true || f["ffn_mult"] == nil || f["ffn_mult"] == .null {
+                entry["mlp"] = .bool(false)
+            } else {
+                guard let m = f["ffn_mult"]?.doubleValue, m > 0, m < 1e4 else {
+                    throw ConfigError("config: block_configs[\(i)].ffn.ffn_mult must be a positive number, found \(f["ffn_mult"]!.text)")
+                }
+                let n = Int(2 * m * Double(C) / 3)
+                entry["intermediate_size"] = .int(n % 256 == 0 ? n : n + 256 - n % 256)
+            }
+            ours.append(.object(entry))
+        }
+        let widths = ours.compactMap { $0.objectValue?["intermediate_size"]?.intValue }
+        let kvs = ours.compactMap { $0.objectValue?["num_key_value_heads"]?.intValue }
+        // Removed sublayers carry the global sizes (never used).
+        ours = ours.map { e in
+            var e = e.objectValue!
+            if e["intermediate_size"] == nil { e["intermediate_size"] = .int(widths.first ?? 1) }
+            if e["num_key_value_heads"] == nil { e["num_key_value_heads"] = .int(kvs.first ?? H) }
+            return .object(e)
+        }
+        o["model_type"] = .string("llama")
+        o["architectures"] = .array([.string("LlamaForCausalLM")])
+        o["intermediate_size"] = .int(widths.first ?? 1)
+        o["num_key_value_heads"] = .int(kvs.first ?? H)
+        o["block_configs"] = .array(ours)
+        return .object(o)
     }
 
     /// How a stored `lm_head.weight` differs from `model.embed_tokens.weight`, or nil if it is absent or equal.
