@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "GGUF", dependencies: ["MappedIO"]),
         .target(name: "Safetensors", dependencies: ["MappedIO", "JSONKeys", "SafeFiles"]),
         .target(name: "Tokenizer"),
-        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors", "JSONKeys", "SafeFiles"]),
+        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors", "JSONKeys", "SafeFiles", "Quantization"]),
         .target(name: "Export", dependencies: ["Checkpoint", "GGUF", "Safetensors", "Import", "Quantization", "SafeFiles", "Recipes"]),
         .target(name: "Training", dependencies: ["Checkpoint"]),
         .target(name: "Recipes", dependencies: ["Training", "SafeFiles"]),

@@ -127,6 +127,7 @@ enum HFExport {
 
         // config.json
         guard var o = config.json.objectValue else { throw ExportError("config is not an object") }
+        o["quantization_config"] = nil  // describes a file's storage, never carried over
         o["torch_dtype"] = .string(dtype.torchName)
         o["_name_or_path"] = options.name.map { .string($0) } ?? o["_name_or_path"]
         let architecture: String

@@ -191,6 +191,14 @@ final class ExportTests: XCTestCase {
         let groups = qc?["config_groups"]?.objectValue?.values.compactMap(\.objectValue) ?? []
         XCTAssertEqual(Set(groups.compactMap { $0["weights"]?.objectValue?["num_bits"]?.intValue }), [4, 8])
         XCTAssertEqual(groups.flatMap { $0["targets"]?.arrayValue ?? [] }.count, 4)  // q and k of 2 layers
+        // Our importer reads the packed weights back as the same quantized weights: logits bit for bit.
+        let back = try Importer.fromHuggingFace(directory: out)
+        XCTAssertNil(back.config.extra["quantization_config"])
+        for (id, w) in m.linearWeights where id.kind == .q || id.kind == .k {
+            guard case .quantized(let a) = w, case .quantized(let b)? = back.model.linear(id) else { return XCTFail("\(id) not read back quantized") }
+            XCTAssertEqual(a.packed, b.packed, "\(id)")
+        }
+        assertBitEqual(logits(m), logits(back.model), "pack-quantized logits")
     }
 
     // MARK: GGUF
