@@ -10,7 +10,7 @@ import Model
 enum TokenizerFiles {
     static func tokenizerJSON(_ spec: TokenizerSpec) throws -> JSONValue {
         guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, byte-level BPE)") }
-        guard let pre = Importer.hfPreTokenizer(named: spec.pre) else {
+        guard let pre = Importer.hfPreTokenizer(named: spec.pre).map(withTrimOffsets) else {
             throw ExportError("tokenizer pre-tokenizer '\(spec.pre)' has no tokenizer.json form here (supported: gpt2, smollm, llama3)")
         }
         var vocab: [String: JSONValue] = [:]
@@ -50,6 +50,17 @@ enum TokenizerFiles {
                 "vocab": .object(vocab), "merges": .array(merges),
             ]),
         ])
+    }
+
+    /// `tokenizers` requires ByteLevel's `trim_offsets` (it only moves offsets; the importer ignores it).
+    static func withTrimOffsets(_ v: JSONValue) -> JSONValue {
+        switch v {
+        case .object(var o):
+            if o["type"] == .string("ByteLevel"), o["trim_offsets"] == nil { o["trim_offsets"] = .bool(true) }
+            return .object(o.mapValues(withTrimOffsets))
+        case .array(let a): return .array(a.map(withTrimOffsets))
+        default: return v
+        }
     }
 
     static func tokenizerConfig(_ spec: TokenizerSpec, maxLength: Int) -> JSONValue {
