@@ -16,6 +16,9 @@ import TensorCore
 /// q and k rows are permuted into llama.cpp's rotary order (convert_hf_to_gguf.py `LlamaModel.permute`,
 /// per head for q, per key/value head for k), whole rows at a time.
 enum GGUFExport {
+    /// Width of the zero MLP a `deci` layer gets when it keeps its attention but lost its MLP.
+    static let zeroMLPWidth = 32
+
     static func build(_ ckpt: Checkpoint, options: ExportOptions) throws -> BuiltExport {
         let model = ckpt.model, c = model.config
         let arch = c.isHomogeneous ? "llama" : "deci"
@@ -34,7 +37,7 @@ enum GGUFExport {
             writer.add(k("attention.head_count"), .uint32(UInt32(c.numAttentionHeads)))
             writer.add(k("attention.head_count_kv"), .uint32(UInt32(c.numKeyValueHeads)))
         } else {
-            writer.add(k("feed_forward_length"), .array(c.blocks.map { .int32(Int32($0.mlp ? $0.intermediateSize : 0)) }))
+            writer.add(k("feed_forward_length"), .array(c.blocks.map { .int32(Int32($0.mlp ? $0.intermediateSize : $0.attention ? Self.zeroMLPWidth : 0)) }))
             writer.add(k("attention.head_count"), .array(c.blocks.map { .int32(Int32($0.attention ? $0.numAttentionHeads : 0)) }))
             writer.add(k("attention.head_count_kv"), .array(c.blocks.map { .int32(Int32($0.attention ? $0.numKeyValueHeads : 0)) }))
         }
@@ -57,8 +60,40 @@ enum GGUFExport {
             warnings.append("the checkpoint carries no tokenizer: no tokenizer.ggml.* metadata (llama.cpp needs one to run the file)")
         }
 
+        // llama.cpp's deci graph skips the rest of a layer whose feed_forward_length is 0 before adding the
+        // attention's residual (`if (n_ff == 0) continue;`, meant for layers with neither sublayer), so a layer
+        // that keeps its attention but lost its MLP is written with a zero MLP of width 32: all-zero gate, up
+        // and down weights give silu(0) · 0 = 0, and adding 0 changes nothing.
+        var zeroMLPs: [Int: [(String, [Int])]] = [:]
+        for (l, b) in c.blocks.enumerated() where arch == "deci" && b.attention && !b.mlp {
+            let F = Self.zeroMLPWidth, C = c.hiddenSize
+            zeroMLPs[l] = [("blk.\(l).ffn_norm.weight", [C]), ("blk.\(l).ffn_gate.weight", [F, C]), ("blk.\(l).ffn_up.weight", [F, C]), ("blk.\(l).ffn_down.weight", [C, F])]
+        }
+        if !zeroMLPs.isEmpty {
+            warnings.append("llama.cpp's deci graph drops a layer's attention when its feed-forward length is 0; layers \(zeroMLPs.keys.sorted().map(String.init).joined(separator: ", ")) (attention kept, MLP removed) get an all-zero MLP of width \(Self.zeroMLPWidth) instead (exact: it adds 0)")
+        }
+        func addZeroMLP(_ l: Int) {
+            for (name, shape) in zeroMLPs[l] ?? [] {
+                let n = shape.reduce(1, *)
+                let values = [Float](repeating: shape.count == 1 ? 1 : 0, count: n)
+                writer.tensors.append(.init(name: name, shape: shape, type: .f32, data: values.withUnsafeBytes { Array($0) }))
+                tensors.append(ExportedTensor(name: name, source: "zero MLP for llama.cpp (MLP removed)", type: "F32", shape: shape, bytes: 4 * n, lossless: true))
+            }
+        }
+        var lastLayer = -1
         for (id, w) in model.weights {
             guard let name = LlamaMapping.ggufName(for: id.hfName) else { throw ExportError("\(id.hfName) has no GGUF name") }
+            var layer: Int? = nil
+            switch id {
+            case .inputNorm(let l), .postAttentionNorm(let l): layer = l
+            case .linear(let lid): layer = lid.layer
+            case .finalNorm, .lmHead: layer = c.numHiddenLayers
+            case .embedTokens: layer = nil
+            }
+            if let layer, layer != lastLayer {
+                if lastLayer >= 0 { addZeroMLP(lastLayer) }
+                lastLayer = layer
+            }
             var rotaryHeads: Int? = nil
             if case .linear(let lid) = id {
                 let b = c.blocks[lid.layer]

@@ -380,15 +380,20 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(file.metadata["general.architecture"], .string("deci"))
         XCTAssertEqual(file.metadata["deci.attention.head_count"], .array([2, 0, 4, 4].map { .int32($0) }))
         XCTAssertEqual(file.metadata["deci.attention.head_count_kv"], .array([1, 0, 2, 2].map { .int32($0) }))
-        XCTAssertEqual(file.metadata["deci.feed_forward_length"], .array([100, 160, 0, 160].map { .int32($0) }))
+        // Layer 2 kept its attention but lost its MLP: llama.cpp would skip the whole layer at feed_forward_length
+        // 0, so it gets an all-zero MLP of width 32.
+        XCTAssertEqual(file.metadata["deci.feed_forward_length"], .array([100, 160, 32, 160].map { .int32($0) }))
         XCTAssertNil(file.tensor(named: "blk.1.attn_q.weight"))
         XCTAssertNil(file.tensor(named: "blk.1.attn_norm.weight"))
-        XCTAssertNil(file.tensor(named: "blk.2.ffn_up.weight"))
+        XCTAssertEqual(try file.dequantize(file.tensor(named: "blk.2.ffn_up.weight")!).allSatisfy { $0 == 0 }, true)
+        XCTAssertTrue(r.warnings.contains { $0.contains("layers 2 (attention kept, MLP removed)") }, "\(r.warnings)")
         let back = try Importer.fromGGUF(path: out)
+        XCTAssertTrue(back.config.blocks[2].mlp)
+        XCTAssertEqual(back.config.blocks[2].intermediateSize, 32)
         // What exists matches (a removed sublayer's sizes are placeholders, never used).
         for (a, b) in zip(back.config.blocks, src.config.blocks) {
             XCTAssertEqual(a.attention, b.attention)
-            XCTAssertEqual(a.mlp, b.mlp)
+            XCTAssertEqual(a.mlp, b.mlp || b.attention)
             if b.attention { XCTAssertEqual([a.numAttentionHeads, a.numKeyValueHeads], [b.numAttentionHeads, b.numKeyValueHeads]) }
             if b.mlp { XCTAssertEqual(a.intermediateSize, b.intermediateSize) }
         }
