@@ -4,6 +4,7 @@ import PackageDescription
 // Module graph (one direction of dependency):
 //   compress (CLI) -> Workbench -> Passes -> Recipes -> Training -> Checkpoint -> Model -> Quantization -> TensorCore -> CBLAS
 //                     Workbench -> Evaluation -> Model;  Workbench -> Import -> Checkpoint, GGUF, Safetensors -> MappedIO
+//                     Workbench -> Export -> Import, Checkpoint, GGUF, Safetensors (writers beside the readers)
 //                     Model: LinearWeight (every representation), LlamaDecoder (the one forward + backward), gates
 let package = Package(
     name: "compress",
@@ -29,14 +30,15 @@ let package = Package(
         .target(name: "GGUF", dependencies: ["MappedIO"]),
         .target(name: "Safetensors", dependencies: ["MappedIO", "JSONKeys", "SafeFiles"]),
         .target(name: "Tokenizer"),
-        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors", "JSONKeys", "SafeFiles"]),
+        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors", "JSONKeys", "SafeFiles", "Quantization"]),
+        .target(name: "Export", dependencies: ["Checkpoint", "GGUF", "Safetensors", "Import", "Quantization", "SafeFiles", "Recipes"]),
         .target(name: "Training", dependencies: ["Checkpoint"]),
         .target(name: "Recipes", dependencies: ["Training", "SafeFiles"]),
-        .target(name: "Passes", dependencies: ["Recipes", "Quantization"]),
+        .target(name: "Passes", dependencies: ["Recipes", "Quantization", "Export"]),
         .target(name: "Quantization", dependencies: ["TensorCore"]),
-        .target(name: "Workbench", dependencies: ["Import", "Evaluation", "Tokenizer", "Training", "Passes", "Quantization", "SafeFiles"]),
+        .target(name: "Workbench", dependencies: ["Import", "Export", "Evaluation", "Tokenizer", "Training", "Passes", "Quantization", "SafeFiles"]),
         .executableTarget(name: "compress", dependencies: [
-            "Workbench", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Workbench", "Training", "Export", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
@@ -46,6 +48,7 @@ let package = Package(
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys", "Quantization"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
+        .testTarget(name: "ExportTests", dependencies: ["Export", "Import", "Checkpoint", "GGUF", "Safetensors", "Recipes", "Quantization", "Model", "TensorCore"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore"]),
     ],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and the scripts need, when missing: Debian packages (apt-get as root, otherwise a
-# message naming them), and matplotlib for the sweep plots (pip, into the python3 on PATH). Used by
+# message naming them), matplotlib for the sweep plots and, with --tests, gguf + safetensors for the export tests
+# (pip, into the python3 on PATH). Used by
 # tools/main.sh, tools/test.sh (--tests: also pytest) and .ci/run.
 set -euo pipefail
 
@@ -30,4 +31,12 @@ if ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
     echo "installing: matplotlib (pip, for $(command -v python3))"
     python3 -m pip install --quiet --disable-pip-version-check matplotlib >/dev/null 2>&1 \
         || echo "warning: could not install matplotlib; sweeps will skip their plots" >&2
+fi
+
+# gguf (llama.cpp's gguf-py) and safetensors, small PyPI wheels: the export tests parse our GGUF and safetensors
+# outputs with them (tools/tests/test_export_formats.py).
+if [ "${1:-}" = "--tests" ] && ! python3 -c 'import gguf, safetensors, numpy' >/dev/null 2>&1; then
+    echo "installing: gguf safetensors numpy (pip, for $(command -v python3))"
+    python3 -m pip install --quiet --disable-pip-version-check gguf safetensors numpy >/dev/null 2>&1 \
+        || { echo "error: could not install gguf/safetensors for the export tests" >&2; exit 1; }
 fi

@@ -1,6 +1,7 @@
 import Foundation
 
-/// A Hugging Face `config.json` for `LlamaForCausalLM`, built from GGUF `llama.*` metadata.
+/// A Hugging Face `config.json` for `LlamaForCausalLM`, built from GGUF `llama.*` (or `deci.*`, with per-layer
+/// `block_configs`) metadata.
 public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
     /// Model classes, always `LlamaForCausalLM`.
     public var architectures = ["LlamaForCausalLM"]
@@ -41,6 +42,24 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
     /// The GGUF keys `ropeScaling` came from (for error messages; not part of the config).
     public var ropeScalingKeys: [String] = []
 
+    /// Per-layer sizes of a `deci` file (llama.cpp's Nemotron-NAS architecture), in our config.json's
+    /// `block_configs` form; nil for `llama`. A head count of 0 is a removed attention, a feed-forward length
+    /// of 0 a removed MLP.
+    public var blockConfigs: [Block]?
+
+    /// One layer of `block_configs`.
+    public struct Block: Codable, Sendable, Equatable {
+        public var attention: Bool
+        public var numAttentionHeads: Int
+        public var numKeyValueHeads: Int
+        public var mlp: Bool
+        public var intermediateSize: Int
+        enum CodingKeys: String, CodingKey {
+            case attention, numAttentionHeads = "num_attention_heads", numKeyValueHeads = "num_key_value_heads", mlp
+            case intermediateSize = "intermediate_size"
+        }
+    }
+
     /// Hugging Face's `rope_scaling` object.
     public struct RopeScaling: Codable, Sendable, Equatable {
         public var ropeType: String
@@ -55,7 +74,7 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
         case numKeyValueHeads = "num_key_value_heads", headDim = "head_dim", rmsNormEps = "rms_norm_eps"
         case ropeTheta = "rope_theta", maxPositionEmbeddings = "max_position_embeddings"
         case tieWordEmbeddings = "tie_word_embeddings", bosTokenId = "bos_token_id", eosTokenId = "eos_token_id"
-        case ropeScaling = "rope_scaling"
+        case ropeScaling = "rope_scaling", blockConfigs = "block_configs"
     }
 
     /// Reads `<arch>.*` and `tokenizer.ggml.*` metadata; embeddings are tied when there is no `output.weight`.
@@ -66,10 +85,15 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
         }
         func key(_ name: String) -> String { "\(arch).\(name)" }
         hiddenSize = try file.int(key("embedding_length"))
-        intermediateSize = try file.int(key("feed_forward_length"))
         numHiddenLayers = try file.int(key("block_count"))
-        numAttentionHeads = try file.int(key("attention.head_count"))
-        numKeyValueHeads = try file.ifPresent(key("attention.head_count_kv"), file.int) ?? numAttentionHeads
+        if arch == "deci" {
+            let d = try Self.deciLayers(file, arch: arch, layers: numHiddenLayers)
+            numAttentionHeads = d.heads; numKeyValueHeads = d.kvHeads; intermediateSize = d.width; blockConfigs = d.blocks
+        } else {
+            intermediateSize = try file.int(key("feed_forward_length"))
+            numAttentionHeads = try file.int(key("attention.head_count"))
+            numKeyValueHeads = try file.ifPresent(key("attention.head_count_kv"), file.int) ?? numAttentionHeads
+        }
         guard numAttentionHeads > 0, numKeyValueHeads > 0 else {
             throw GGUFError(file.path, "\(key("attention.head_count")): expected positive head counts, found \(numAttentionHeads)/\(numKeyValueHeads)")
         }
@@ -91,6 +115,33 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
         bosTokenId = try file.ifPresent("tokenizer.ggml.bos_token_id", file.int)
         eosTokenId = try file.ifPresent("tokenizer.ggml.eos_token_id", file.int)
         try readRopeScaling(file, key: key)
+    }
+
+    /// Per-layer arrays of a `deci` file (a scalar applies to every layer), as llama.cpp reads them.
+    static func deciLayers(_ file: GGUFFile, arch: String, layers: Int) throws -> (heads: Int, kvHeads: Int, width: Int, blocks: [Block]) {
+        func perLayer(_ name: String, default d: [Int]? = nil) throws -> [Int] {
+            let key = "\(arch).\(name)"
+            guard let v = file.metadata[key] else {
+                if let d { return d }
+                throw GGUFError(file.path, "missing \(key)")
+            }
+            if let i = v.intValue { return Array(repeating: i, count: layers) }
+            guard let a = v.arrayValue, a.count == layers, case let ints = a.compactMap(\.intValue), ints.count == a.count, ints.allSatisfy({ $0 >= 0 }) else {
+                throw GGUFError(file.path, "\(key): expected a non-negative integer or an array of \(layers), found \(v)")
+            }
+            return ints
+        }
+        let heads = try perLayer("attention.head_count"), ff = try perLayer("feed_forward_length")
+        let kv = try perLayer("attention.head_count_kv", default: heads)
+        let h = heads.first { $0 > 0 } ?? 1, g = kv.first { $0 > 0 } ?? 1, f = ff.first { $0 > 0 } ?? 1
+        let blocks = try (0..<layers).map { l in
+            if heads[l] > 0 && kv[l] == 0 {
+                throw GGUFError(file.path, "layer \(l): \(heads[l]) heads without key/value heads is a linear-attention layer, which is not supported")
+            }
+            return Block(attention: heads[l] > 0, numAttentionHeads: heads[l] > 0 ? heads[l] : h, numKeyValueHeads: heads[l] > 0 ? kv[l] : g,
+                         mlp: ff[l] > 0, intermediateSize: ff[l] > 0 ? ff[l] : f)
+        }
+        return (h, g, f, blocks)
     }
 
     /// llama.cpp: factor from `rope.scaling.factor`, else `rope.scale_linear`; frequency scale = 1 / factor.

@@ -11,7 +11,7 @@ public struct HFTensor: Sendable {
 /// Maps llama.cpp GGUF tensor names and layouts to Hugging Face `LlamaForCausalLM` ones.
 public enum LlamaMapping {
     /// `general.architecture` values this mapping understands.
-    public static let supportedArchitectures = ["llama"]
+    public static let supportedArchitectures = ["llama", "deci"]
 
     static let topLevel = [
         "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
@@ -68,8 +68,11 @@ public enum LlamaMapping {
 
     /// Heads to un-permute over: attention heads for q, key/value heads for k, nil for other tensors.
     static func rotaryHeads(_ ggufName: String, _ config: GGUFLlamaConfig) -> Int? {
-        if ggufName.hasSuffix(".attn_q.weight") { return config.numAttentionHeads }
-        if ggufName.hasSuffix(".attn_k.weight") { return config.numKeyValueHeads }
+        var block: GGUFLlamaConfig.Block? = nil
+        let parts = ggufName.split(separator: ".")
+        if let blocks = config.blockConfigs, parts.count > 2, parts[0] == "blk", let l = Int(parts[1]), blocks.indices.contains(l) { block = blocks[l] }
+        if ggufName.hasSuffix(".attn_q.weight") { return block?.numAttentionHeads ?? config.numAttentionHeads }
+        if ggufName.hasSuffix(".attn_k.weight") { return block?.numKeyValueHeads ?? config.numKeyValueHeads }
         return nil
     }
 

@@ -122,3 +122,13 @@ enum HFTokenizerJSON {
         }
     }
 }
+
+extension Importer {
+    /// The tokenizer.json `pre_tokenizer` object of a pre-tokenizer we implement, by our name or GGUF's
+    /// (`gpt2`, `smollm`, `llama3` / `llama-bpe`); nil for any other. The exporter writes exactly what the
+    /// importer recognises.
+    public static func hfPreTokenizer(named name: String) -> JSONValue? {
+        let ours = ["llama-bpe": "llama3", "llama-v3": "llama3"][name] ?? name
+        return HFTokenizerJSON.known.first { $0.name == ours }?.definition
+    }
+}

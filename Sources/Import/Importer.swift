@@ -4,6 +4,7 @@ import SafeFiles
 import JSONKeys
 import GGUF
 import Model
+import Quantization
 import Safetensors
 import TensorCore
 
@@ -127,7 +128,7 @@ public enum Importer {
         var config: LlamaConfig
         let json: JSONValue
         do {
-            json = try JSONValue.parse(configText)
+            json = try deciLMAsLlama(JSONValue.parse(configText))
             config = try LlamaConfig(json: json)
         } catch let e as ConfigError {
             throw ImportError("\(configPath): \(e.description)")
@@ -142,10 +143,24 @@ public enum Importer {
             do { config = try LlamaConfig(json: .object(o)) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
             warnings.append("\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from model.embed_tokens.weight (\(untie)); imported untied with the stored lm_head.weight, as transformers loads it")
         }
+        // compressed-tensors: `pack-quantized` weights become our quantized weights; the storage description
+        // itself is not part of the model.
+        let packed = try packQuantizedFormats(json, path: configPath)
+        config.extra["quantization_config"] = nil
         let expected = Set(LlamaModel.tensorSpecs(config).map(\.name))
         var tensors: [String: Tensor] = [:]
+        var quantized: [String: QuantizedTensor] = [:]
         var dtypes: [String: Int] = [:]
+        let packedSuffixes = [".weight_packed", ".weight_scale", ".weight_shape"]
         for name in weights.tensorNames {
+            if let suffix = packedSuffixes.first(where: { name.hasSuffix($0) }) {
+                let module = String(name.dropLast(suffix.count))
+                guard expected.contains(module + ".weight") else { throw ImportError("\(directory): unexpected tensor '\(name)' for a Llama with this config") }
+                guard suffix == ".weight_packed" else { continue }
+                quantized[module + ".weight"] = try packedWeight(module, weights, formats: packed, directory: directory)
+                dtypes["pack-quantized", default: 0] += 1
+                continue
+            }
             guard expected.contains(name) else {
                 // A tied model may still carry a copy of the embedding as lm_head (equal, or it would have been
                 // imported untied above); rotary buffers are derived.
@@ -156,7 +171,7 @@ public enum Importer {
             tensors[name] = Tensor(shape: info.shape, values: try weights.floats(name))
             dtypes[info.dtype.rawValue, default: 0] += 1
         }
-        let model = try buildModel(config: config, tensors: tensors, source: directory)
+        let model = try buildModel(config: config, tensors: tensors, quantized: quantized, source: directory)
         let tokenizerPath = dir.appendingPathComponent("tokenizer.json").path
         let tokenizer = FileManager.default.fileExists(atPath: tokenizerPath) ? try HFTokenizerJSON.read(tokenizerPath) : nil
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(tokenizerPath): \(problem)") }
@@ -164,6 +179,63 @@ public enum Importer {
             "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
         ].merging(warnings.isEmpty ? [:] : ["warnings": .array(warnings.map { .string($0) })]) { a, _ in a })
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
+    }
+
+    /// A `DeciLMForCausalLM` (Nemotron-NAS) config.json in our Llama form with per-layer `block_configs`; any
+    /// other config unchanged. Per layer: attention `no_op` → no attention; `n_heads_in_group` g →
+    /// num_attention_heads query heads and num_attention_heads / g key/value heads; ffn `no_op` → no MLP;
+    /// `ffn_mult` m → width find_multiple(int(2 · m · hidden_size / 3), 256) (as vLLM and llama.cpp compute
+    /// it). `replace_with_linear` layers are refused.
+    static func deciLMAsLlama(_ json: JSONValue) throws -> JSONValue {
+        guard var o = json.objectValue else { return json }
+        let isDeci = o["model_type"]?.stringValue == "nemotron-nas" || (o["architectures"]?.arrayValue ?? []).contains(.string("DeciLMForCausalLM"))
+        guard isDeci else { return json }
+        guard let blocks = o["block_configs"]?.arrayValue, let C = o["hidden_size"]?.intValue, C > 0, let H = o["num_attention_heads"]?.intValue, H > 0 else {
+            throw ConfigError("config: a DeciLM config needs block_configs, hidden_size and num_attention_heads")
+        }
+        var ours: [JSONValue] = []
+        for (i, b) in blocks.enumerated() {
+            guard let a = b.objectValue?["attention"]?.objectValue, let f = b.objectValue?["ffn"]?.objectValue else {
+                throw ConfigError("config: block_configs[\(i)]: expected 'attention' and 'ffn' objects")
+            }
+            if a["replace_with_linear"]?.boolValue == true || f["replace_with_linear"]?.boolValue == true {
+                throw ConfigError("config: block_configs[\(i)]: replace_with_linear is not supported (expected attention and MLP blocks or no_op)")
+            }
+            var entry: [String: JSONValue] = ["num_attention_heads": .int(H)]
+            if a["no_op"]?.boolValue == true || a["n_heads_in_group"] == nil || a["n_heads_in_group"] == .null {
+                entry["attention"] = .bool(false)
+            } else {
+                guard let g = a["n_heads_in_group"]?.intValue, g > 0, H % g == 0 else {
+                    throw ConfigError("config: block_configs[\(i)].attention.n_heads_in_group must divide num_attention_heads \(H), found \(a["n_heads_in_group"]!.text)")
+                }
+                entry["num_key_value_heads"] = .int(H / g)
+            }
+            if f["no_op"]?.boolValue == true || f["ffn_mult"] == nil || f["ffn_mult"] == .null {
+                entry["mlp"] = .bool(false)
+            } else {
+                guard let m = f["ffn_mult"]?.doubleValue, m > 0, m < 1e4 else {
+                    throw ConfigError("config: block_configs[\(i)].ffn.ffn_mult must be a positive number, found \(f["ffn_mult"]!.text)")
+                }
+                let n = Int(2 * m * Double(C) / 3)
+                entry["intermediate_size"] = .int(n % 256 == 0 ? n : n + 256 - n % 256)
+            }
+            ours.append(.object(entry))
+        }
+        let widths = ours.compactMap { $0.objectValue?["intermediate_size"]?.intValue }
+        let kvs = ours.compactMap { $0.objectValue?["num_key_value_heads"]?.intValue }
+        // Removed sublayers carry the global sizes (never used).
+        ours = ours.map { e in
+            var e = e.objectValue!
+            if e["intermediate_size"] == nil { e["intermediate_size"] = .int(widths.first ?? 1) }
+            if e["num_key_value_heads"] == nil { e["num_key_value_heads"] = .int(kvs.first ?? H) }
+            return .object(e)
+        }
+        o["model_type"] = .string("llama")
+        o["architectures"] = .array([.string("LlamaForCausalLM")])
+        o["intermediate_size"] = .int(widths.first ?? 1)
+        o["num_key_value_heads"] = .int(kvs.first ?? H)
+        o["block_configs"] = .array(ours)
+        return .object(o)
     }
 
     /// How a stored `lm_head.weight` differs from `model.embed_tokens.weight`, or nil if it is absent or equal.
@@ -176,15 +248,69 @@ public enum Importer {
         return "first at element \(i): \(a[i]) vs \(b[i])"
     }
 
+    /// The group format of every module a compressed-tensors `pack-quantized` config names (by module name;
+    /// "Linear" targets every linear module not in `ignore`, under the key "*"). Only symmetric integer
+    /// weights with group strategy are ours; anything else is refused.
+    static func packQuantizedFormats(_ json: JSONValue, path: String) throws -> [String: QuantFormat] {
+        guard let qc = json.objectValue?["quantization_config"]?.objectValue, qc["format"]?.stringValue == "pack-quantized" else { return [:] }
+        guard qc["quant_method"]?.stringValue == "compressed-tensors" else {
+            throw ImportError("\(path): quantization_config: pack-quantized without quant_method compressed-tensors")
+        }
+        var out: [String: QuantFormat] = [:]
+        for (gname, g) in (qc["config_groups"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
+            guard let w = g.objectValue?["weights"]?.objectValue, let bits = w["num_bits"]?.intValue, let G = w["group_size"]?.intValue,
+                  w["type"]?.stringValue == "int", w["symmetric"]?.boolValue == true, w["strategy"]?.stringValue == "group",
+                  g.objectValue?["input_activations"] ?? .null == .null else {
+                throw ImportError("\(path): quantization_config.config_groups.\(gname): only weight-only symmetric int group quantization is supported, found \(g.text.prefix(300))")
+            }
+            let format: QuantFormat
+            do { format = try QuantFormat(bits: bits, groupSize: G, symmetric: true) } catch { throw ImportError("\(path): quantization_config.config_groups.\(gname): \(error)") }
+            for t in g.objectValue?["targets"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
+                guard !t.hasPrefix("re:") else { throw ImportError("\(path): quantization_config.config_groups.\(gname): regex target '\(t)' is not supported (give module names or Linear)") }
+                out[t == "Linear" ? "*" : t] = format
+            }
+        }
+        return out
+    }
+
+    /// A compressed-tensors packed weight as our quantized weight: `weight_packed` (int32 words, 32 / b codes
+    /// each, element i at bits b·(i mod 32/b), c = q + 2^(b−1)) is our little-endian code stream when every row
+    /// fills whole words; `weight_scale` must be float16-exact (our scales are float16).
+    static func packedWeight(_ module: String, _ weights: SafetensorsDirectory, formats: [String: QuantFormat], directory: String) throws -> QuantizedTensor {
+        guard let f = formats[module] ?? formats["*"] else { throw ImportError("\(directory): '\(module).weight_packed' has no quantization_config group") }
+        let shapeInfo = try weights.info(module + ".weight_shape"), raw = try weights.rawBytes(module + ".weight_shape")
+        let shape: [Int] = raw.withUnsafeBytes { b in
+            shapeInfo.dtype == .i64 ? b.bindMemory(to: Int64.self).map { Int($0) } : shapeInfo.dtype == .i32 ? b.bindMemory(to: Int32.self).map { Int($0) } : []
+        }
+        let packedInfo = try weights.info(module + ".weight_packed")
+        guard shape.count == 2, shape[0] > 0, shape[1] > 0, 32 % f.bits == 0, (shape[1] * f.bits) % 32 == 0, packedInfo.dtype == .i32,
+              packedInfo.shape == [shape[0], shape[1] * f.bits / 32] else {
+            throw ImportError("\(directory): '\(module)': weight_packed \(packedInfo.dtype.rawValue) \(packedInfo.shape) does not hold \(shape) at \(f.bits) bits (supported: 2, 4 or 8 bits, rows of whole int32 words)")
+        }
+        let scales = try weights.floats(module + ".weight_scale")
+        let halves = scales.map { Float16($0) }
+        if let i = halves.indices.first(where: { Float(halves[$0]) != scales[$0] || halves[$0] < 0 }) {
+            throw ImportError("\(directory): '\(module).weight_scale'[\(i)] = \(scales[i]) is not a non-negative float16 value (our scales are float16)")
+        }
+        do {
+            return try QuantizedTensor(format: f, shape: shape, codes: try weights.rawBytes(module + ".weight_packed"), scales: halves, mins: [])
+        } catch { throw ImportError("\(directory): '\(module)': \(error)") }
+    }
+
     /// Assembles the model; LlamaModel verifies every name and shape against the config.
-    static func buildModel(config: LlamaConfig, tensors: [String: Tensor], source: String) throws -> LlamaModel {
+    static func buildModel(config: LlamaConfig, tensors: [String: Tensor], quantized: [String: QuantizedTensor] = [:], source: String) throws -> LlamaModel {
         for (name, t) in tensors.sorted(by: { $0.key < $1.key }) {
             let p = t.data
             if let i = (0..<t.count).first(where: { !p[$0].isFinite }) {
                 throw ImportError("\(source): tensor '\(name)' holds \(p[i]) at element \(i) (expected finite values only)")
             }
         }
-        do { return try LlamaModel(config: config, tensors: tensors) } catch let e as ConfigError {
+        var weights = tensors.mapValues { ModelWeight.dense($0) }
+        for (name, q) in quantized {
+            guard weights[name] == nil else { throw ImportError("\(source): '\(name)' is stored both packed and unpacked") }
+            weights[name] = .matrix(.quantized(QuantizedWeight(q)))
+        }
+        do { return try LlamaModel(config: config, weights: weights) } catch let e as ConfigError {
             throw ImportError("\(source): \(e.description)")
         }
     }

@@ -44,9 +44,12 @@ public protocol RecipeStage {
     var needs: PassNeeds { get }
     /// The representations present after the stage, given those before it (default: unchanged).
     func produces(from input: Set<WeightKind>) -> Set<WeightKind>
+    /// A stage that only writes the model out (`export`): it must come after every other stage (default false).
+    static var isTerminal: Bool { get }
 }
 
 extension RecipeStage {
+    public static var isTerminal: Bool { false }
     public var needs: PassNeeds { [] }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input }
 }

@@ -104,6 +104,9 @@ public struct Recipe {
             if stage.needs.contains(.calibration) && !hasCalibration {
                 throw RecipeError("\(path), stage \(i + 1) (\(kind)): needs calibration data; add a 'calibration' object (text, samples, window, seed)")
             }
+            if let last = stages.last, type(of: last.stage).isTerminal, !type(of: stage).isTerminal {
+                throw RecipeError("\(path), stage \(i + 1) (\(kind)): comes after the '\(last.name)' stage \(i); '\(last.name)' writes the finished model, so it must come after every other stage (several may end a recipe)")
+            }
             stages.append((kind, .object(settings), stage))
         }
         try check(baseKinds: baseKinds)

@@ -69,6 +69,11 @@ public final class SafetensorsDirectory {
         try file(for: name).floats(name)
     }
 
+    /// The tensor's stored bytes, whatever its dtype.
+    public func rawBytes(_ name: String) throws -> [UInt8] {
+        try file(for: name).rawBytes(name)
+    }
+
     private func file(for name: String) throws -> SafetensorsFile {
         guard let file = location[name] else { throw SafetensorsError(path, "no tensor named '\(name)' in the directory") }
         return file

@@ -74,6 +74,14 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
         return info
     }
 
+    /// The stored bytes of `info` (a tensor of this file).
+    func rawBytesUnchecked(_ info: SafetensorsTensorInfo) -> [UInt8] {
+        withExtendedLifetime(file) {
+            let start = dataOffset + info.dataOffsets.lowerBound
+            return Array(file.bytes[start..<(start + info.dataOffsets.count)])
+        }
+    }
+
     /// The tensor's values as `Float`s in row-major order (F32, F16 and BF16 only).
     public func floats(_ name: String) throws -> [Float] {
         let info = try info(name)

@@ -1,5 +1,6 @@
 import Checkpoint
 import Evaluation
+import Export
 import Foundation
 import Model
 import Passes
@@ -228,6 +229,14 @@ public final class Session {
                 if t.keepState { statePaths.append(statePath) }
                 model = distiller.student
                 diagnostics = t.diagnostics
+            case let x as ExportStage:
+                let ckpt = Checkpoint(model: model, tokenizer: base.tokenizer, history: base.history)
+                let r: ExportReport
+                do { r = try Exporter.export(ckpt, source: basePath, options: x.options) } catch let err as ExportError {
+                    throw WorkbenchError("\(place): \(err.description)")
+                }
+                for w in r.warnings { say("\(label): warning: \(w)") }
+                diagnostics = jsonValue(r)
             case is EvalStage:
                 ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, maxTokens: e.tokens, label: label, progress: progress)
                 lastPPL = ppl
@@ -307,6 +316,25 @@ extension Workbench {
         } catch let e as FileError { throw WorkbenchError(e.description) }
     }
 
+    /// Checks every export stage's output before any stage runs (writable, not an input, not replacing
+    /// anything without the stage's `force`, and no two stages writing one path).
+    static func checkExportOutputs(_ recipe: Recipe, inputs: [(role: String, path: String)]) throws {
+        var seen: [String: Int] = [:]
+        for (i, entry) in recipe.stages.enumerated() {
+            guard let x = entry.stage as? ExportStage else { continue }
+            let place = "\(recipe.path), stage \(i + 1) (export)"
+            let key = URL(fileURLWithPath: x.options.output).standardizedFileURL.path
+            if let j = seen[key] { throw WorkbenchError("\(place): 'output' \(x.options.output) is also stage \(j)'s output") }
+            seen[key] = i + 1
+            if inputs.contains(where: { URL(fileURLWithPath: $0.path).standardizedFileURL.path == key }) {
+                throw WorkbenchError("\(place): 'output' \(x.options.output) is one of the run's inputs or outputs")
+            }
+            do { try Exporter.checkOutput(x.options.output, format: x.options.format, inputs: inputs, force: x.options.force) } catch let e as ExportError {
+                throw WorkbenchError("\(place): \(e.description)")
+            }
+        }
+    }
+
     /// Runs a recipe's stages on its base checkpoint and writes the result (atomically) with the recipe and
     /// every stage report appended to its history.
     public static func apply(_ o: ApplyOptions) throws -> ApplyReport {
@@ -321,6 +349,7 @@ extension Workbench {
         }
         // Before any stage runs: the output can be written, and it is not the base.
         try checkOutput(output, inputs: [("base checkpoint", basePath), ("recipe", o.recipe)], force: o.force)
+        try checkExportOutputs(recipe, inputs: [("base checkpoint", basePath), ("recipe", o.recipe), ("output checkpoint", output)])
         let session = try Session(checkpoint: basePath, cacheDirectory: o.cacheDirectory, progress: o.progress)
         let r = try session.run(recipe, label: o.recipe, statePrefix: output, resume: o.resume, killAfterStep: o.killAfterStep)
         let report = try session.write(r, recipe: recipe, recipePath: o.recipe, output: output, started: started)

@@ -1,4 +1,5 @@
 import Checkpoint
+import Export
 import Foundation
 import Model
 import Passes
@@ -270,6 +271,9 @@ extension Workbench {
             j = .object(obj)
             do { recipes[name] = try Recipe(json: j, path: recipePath, registry: .standard()) } catch let e as RecipeError {
                 throw WorkbenchError("sweep point \(name) (\(zip(axes, combo).map { "\($0.path)=\($1.text)" }.joined(separator: ", "))): \(e.description)")
+            }
+            if let i = recipes[name]?.stages.firstIndex(where: { $0.stage is ExportStage }) {
+                throw WorkbenchError("\(o.recipe), stage \(i + 1) (export): export stages are not run in sweeps (every point would write the same output); export the point you choose with `compress export`")
             }
             texts[name] = j.text
             points.append(SweepPoint(index: i, name: name, values: Dictionary(uniqueKeysWithValues: zip(axes.map(\.path), combo)),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Export
 import Foundation
 import TensorCore
 import Training
@@ -28,7 +29,7 @@ struct Compress: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compress",
         abstract: "A model-compression workbench for transformer language models (CPU, Float32, OpenBLAS).",
-        subcommands: [Apply.self, Sweep.self, Import.self, Eval.self, Tokenize.self, Inspect.self, Formats.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
+        subcommands: [Apply.self, Sweep.self, Import.self, ExportCommand.self, Eval.self, Tokenize.self, Inspect.self, Formats.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
 }
 
 /// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
@@ -89,6 +90,52 @@ struct Import: ParsableCommand {
                              r.source, r.output, r.parameters, r.tensors, formatBytes(r.outputBytes), r.tokenizer ? "yes" : "no", r.seconds))
                 for w in r.warnings { print("warning: \(w)") }
             }
+        }
+    }
+}
+
+extension ExportFormat: ExpressibleByArgument {}
+extension ExportDType: ExpressibleByArgument {}
+extension RequantizeType: ExpressibleByArgument {}
+
+struct ExportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Export a checkpoint for an inference server: a Hugging Face directory (Llama or DeciLM) or a GGUF file (llama or deci).",
+        discussion: """
+            Written atomically (built in memory, written beside OUT, renamed into place): a failed export leaves nothing.
+            The report lists every tensor's stored type and bytes, and every conversion with loss and its error.
+            GGUF: quantized weights are repacked without loss where a ggml type holds them (group 32: q4/q5/q8 symmetric ->
+            Q4_0/Q5_0/Q8_0, q4/q5 asymmetric -> Q4_1/Q5_1, f16 -> F16); others are refused unless --requantize names a type.
+            """)
+
+    @Argument(help: "Checkpoint (.h5).") var checkpoint: String
+    @Option(help: "hf (directory) or gguf (file).") var format: ExportFormat
+    @Option(name: .shortAndLong, help: "Output directory (hf) or file (gguf).") var output: String
+    @Option(help: "Float type of weights not stored quantized: f32, f16 or bf16 (GGUF norms stay f32).") var dtype: ExportDType = .f32
+    @Option(help: "GGUF only: re-quantize quantized weights that have no lossless ggml type to q4_0, q4_1, q5_0, q5_1, q8_0, f16 or f32 (the error is reported).") var requantize: RequantizeType?
+    @Option(help: "Model name for the metadata.") var name: String?
+    @Flag(help: "Replace an existing output (file, or non-empty directory).") var force = false
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors(json: json) {
+            var o = ExportOptions(format: format, output: output)
+            o.dtype = dtype
+            o.requantize = requantize
+            o.force = force
+            o.name = name
+            let r = try Exporter.export(checkpoint: checkpoint, options: o)
+            if json { print(encodeJSON(r)); return }
+            print(String(format: "exported %@ -> %@: %@ %@, %d tensors, %@, %.2f s", r.checkpoint, r.output, r.format, r.architecture,
+                         r.tensors.count, formatBytes(r.bytes), r.seconds))
+            var types: [String: Int] = [:]
+            for t in r.tensors { types[t.type, default: 0] += 1 }
+            print("tensor types: " + types.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))
+            if r.lossy.isEmpty { print("lossless: every exported value equals the checkpoint's") }
+            for l in r.lossy.prefix(20) { print("lossy: \(l)") }
+            if r.lossy.count > 20 { print("lossy: … \(r.lossy.count - 20) more (see --json)") }
+            for w in r.warnings { print("warning: \(w)") }
         }
     }
 }

@@ -1,0 +1,29 @@
+import Model
+import Recipes
+
+/// `export`: writes the model at this point for an inference server (`Exporter`), as the recipe's last
+/// stage(s). Settings: `format` ("hf" or "gguf", required), `output` (required), `dtype` ("f32", "f16",
+/// "bf16"; default f32), `requantize` (GGUF only: a ggml type for quantized weights without a lossless
+/// one), `force` (replace an existing output), `name` (the model's name in the metadata). Takes every
+/// representation; what a format cannot hold is refused with an error naming the tensors, before anything
+/// is written.
+public struct ExportStage: RecipeStage {
+    public static let name = "export"
+    public static let accepts = Set(WeightKind.allCases)
+    public static var isTerminal: Bool { true }
+    public var options: ExportOptions
+
+    public init(config s: StrictObject) throws {
+        let format = ExportFormat(rawValue: try s.string("format", oneOf: ExportFormat.allCases.map(\.rawValue)))!
+        let output = try s.string("output")
+        guard !output.isEmpty else { throw RecipeError("\(s.location): 'output': empty (expected a \(format == .hf ? "directory" : "file") path)") }
+        options = ExportOptions(format: format, output: output)
+        options.dtype = try s.choice("dtype", default: ExportDType.f32)
+        if s.has("requantize") {
+            guard format == .gguf else { throw RecipeError("\(s.location): 'requantize': applies to format gguf only") }
+            options.requantize = RequantizeType(rawValue: try s.string("requantize", oneOf: RequantizeType.allCases.map(\.rawValue)))!
+        }
+        options.force = try s.bool("force", default: false)
+        options.name = try s.optionalString("name")
+    }
+}

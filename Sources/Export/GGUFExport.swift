@@ -1,0 +1,158 @@
+import Checkpoint
+import Foundation
+import GGUF
+import Model
+import Quantization
+import TensorCore
+
+/// A GGUF v3 file for llama.cpp: architecture `llama` for homogeneous models, `deci` for heterogeneous ones
+/// (per-layer `deci.attention.head_count`, `deci.attention.head_count_kv` with 0 for a removed attention and
+/// `deci.feed_forward_length` with 0 for a removed MLP; llama.cpp then skips that sublayer, and reads each
+/// layer's own sizes, so no padding is needed), the tokenizer as `tokenizer.ggml.*`, and per-tensor types:
+/// - norms F32;
+/// - quantized weights repacked without loss where a ggml type holds them (`GGMLRepack`), else re-quantized to
+///   the `--requantize` type with the error reported, else refused (every such tensor named);
+/// - dense, sparse (their values) and factorized (multiplied out, with a warning) weights in --dtype.
+/// q and k rows are permuted into llama.cpp's rotary order (convert_hf_to_gguf.py `LlamaModel.permute`,
+/// per head for q, per key/value head for k), whole rows at a time.
+enum GGUFExport {
+    /// Width of the zero MLP a `deci` layer gets when it keeps its attention but lost its MLP.
+    static let zeroMLPWidth = 32
+
+    static func build(_ ckpt: Checkpoint, options: ExportOptions) throws -> BuiltExport {
+        let model = ckpt.model, c = model.config
+        let arch = c.isHomogeneous ? "llama" : "deci"
+        var writer = GGUFWriter()
+        var tensors: [ExportedTensor] = [], warnings: [String] = [], refused: [String] = [], factorized: [String] = []
+
+        writer.add("general.architecture", .string(arch))
+        writer.add("general.name", .string(options.name ?? "compress export"))
+        func k(_ s: String) -> String { "\(arch).\(s)" }
+        writer.add(k("vocab_size"), .uint32(UInt32(c.vocabSize)))
+        writer.add(k("context_length"), .uint32(UInt32(c.maxPositionEmbeddings)))
+        writer.add(k("embedding_length"), .uint32(UInt32(c.hiddenSize)))
+        writer.add(k("block_count"), .uint32(UInt32(c.numHiddenLayers)))
+        if arch == "llama" {
+            writer.add(k("feed_forward_length"), .uint32(UInt32(c.intermediateSize)))
+            writer.add(k("attention.head_count"), .uint32(UInt32(c.numAttentionHeads)))
+            writer.add(k("attention.head_count_kv"), .uint32(UInt32(c.numKeyValueHeads)))
+        } else {
+            writer.add(k("feed_forward_length"), .array(c.blocks.map { .int32(Int32($0.mlp ? $0.intermediateSize : $0.attention ? Self.zeroMLPWidth : 0)) }))
+            writer.add(k("attention.head_count"), .array(c.blocks.map { .int32(Int32($0.attention ? $0.numAttentionHeads : 0)) }))
+            writer.add(k("attention.head_count_kv"), .array(c.blocks.map { .int32(Int32($0.attention ? $0.numKeyValueHeads : 0)) }))
+        }
+        writer.add(k("attention.key_length"), .uint32(UInt32(c.headDim)))
+        writer.add(k("attention.value_length"), .uint32(UInt32(c.headDim)))
+        writer.add(k("rope.dimension_count"), .uint32(UInt32(c.headDim)))
+        writer.add(k("rope.freq_base"), .float32(Float(c.ropeTheta)))
+        writer.add(k("attention.layer_norm_rms_epsilon"), .float32(Float(c.rmsNormEps)))
+        if let spec = ckpt.tokenizer {
+            guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2)") }
+            writer.add("tokenizer.ggml.model", .string("gpt2"))
+            writer.add("tokenizer.ggml.pre", .string(spec.pre == "llama3" ? "llama-bpe" : spec.pre))
+            writer.add("tokenizer.ggml.tokens", .array(spec.tokens.map { .string($0) }))
+            if let types = spec.tokenTypes { writer.add("tokenizer.ggml.token_type", .array(types.map { .int32($0) })) }
+            if !spec.merges.isEmpty { writer.add("tokenizer.ggml.merges", .array(spec.merges.map { .string($0) })) }
+            if let b = spec.bosTokenID { writer.add("tokenizer.ggml.bos_token_id", .uint32(UInt32(b))) }
+            if let e = spec.eosTokenID { writer.add("tokenizer.ggml.eos_token_id", .uint32(UInt32(e))) }
+            writer.add("tokenizer.ggml.add_bos_token", .bool(spec.addBosToken))
+        } else {
+            warnings.append("the checkpoint carries no tokenizer: no tokenizer.ggml.* metadata (llama.cpp needs one to run the file)")
+        }
+
+        // llama.cpp's deci graph skips the rest of a layer whose feed_forward_length is 0 before adding the
+        // attention's residual (`if (n_ff == 0) continue;`, meant for layers with neither sublayer), so a layer
+        // that keeps its attention but lost its MLP is written with a zero MLP of width 32: all-zero gate, up
+        // and down weights give silu(0) · 0 = 0, and adding 0 changes nothing.
+        var zeroMLPs: [Int: [(String, [Int])]] = [:]
+        for (l, b) in c.blocks.enumerated() where arch == "deci" && b.attention && !b.mlp {
+            let F = Self.zeroMLPWidth, C = c.hiddenSize
+            zeroMLPs[l] = [("blk.\(l).ffn_norm.weight", [C]), ("blk.\(l).ffn_gate.weight", [F, C]), ("blk.\(l).ffn_up.weight", [F, C]), ("blk.\(l).ffn_down.weight", [C, F])]
+        }
+        if !zeroMLPs.isEmpty {
+            warnings.append("llama.cpp's deci graph drops a layer's attention when its feed-forward length is 0; layers \(zeroMLPs.keys.sorted().map(String.init).joined(separator: ", ")) (attention kept, MLP removed) get an all-zero MLP of width \(Self.zeroMLPWidth) instead (exact: it adds 0)")
+        }
+        func addZeroMLP(_ l: Int) {
+            for (name, shape) in zeroMLPs[l] ?? [] {
+                let n = shape.reduce(1, *)
+                let values = [Float](repeating: shape.count == 1 ? 1 : 0, count: n)
+                writer.tensors.append(.init(name: name, shape: shape, type: .f32, data: values.withUnsafeBytes { Array($0) }))
+                tensors.append(ExportedTensor(name: name, source: "zero MLP for llama.cpp (MLP removed)", type: "F32", shape: shape, bytes: 4 * n, lossless: true))
+            }
+        }
+        var lastLayer = -1
+        for (id, w) in model.weights {
+            guard let name = LlamaMapping.ggufName(for: id.hfName) else { throw ExportError("\(id.hfName) has no GGUF name") }
+            var layer: Int? = nil
+            switch id {
+            case .inputNorm(let l), .postAttentionNorm(let l): layer = l
+            case .linear(let lid): layer = lid.layer
+            case .finalNorm, .lmHead: layer = c.numHiddenLayers
+            case .embedTokens: layer = nil
+            }
+            if let layer, layer != lastLayer {
+                if lastLayer >= 0 { addZeroMLP(lastLayer) }
+                lastLayer = layer
+            }
+            var rotaryHeads: Int? = nil
+            if case .linear(let lid) = id {
+                let b = c.blocks[lid.layer]
+                if lid.kind == .q { rotaryHeads = b.numAttentionHeads }
+                if lid.kind == .k { rotaryHeads = b.numKeyValueHeads }
+            }
+            func add(_ type: GGMLType, _ data: [UInt8], _ shape: [Int], _ err: ConversionError, note: String? = nil) throws {
+                let bytes = try rotaryHeads.map { try GGMLRepack.permuteRows(data, rows: shape[0], heads: $0) } ?? data
+                writer.tensors.append(.init(name: name, shape: shape, type: type, data: bytes))
+                var r = report(name, w, type: type.name, shape: shape, bytes: bytes.count, error: err)
+                if let note { r.source += " (\(note))" }
+                tensors.append(r)
+            }
+            func addFloats(_ t: Tensor, _ d: ExportDType) throws {
+                let (bytes, err) = try FloatEncoding.encode(UnsafeBufferPointer(start: t.data, count: t.count), as: d, what: name)
+                try add(d == .f32 ? .f32 : d == .f16 ? .f16 : .bf16, bytes, t.shape, err)
+            }
+            switch w {
+            case .vector(let t): try addFloats(t, .f32)
+            case .matrix(.dense(let t)): try addFloats(t, options.dtype)
+            case .matrix(.sparse(let s)): try addFloats(s.values, options.dtype)
+            case .matrix(.factorized(let f)):
+                try addFloats(LinearWeight.factorized(f).dequantized(), options.dtype)
+                factorized.append(name)
+            case .matrix(.quantized(let qw)):
+                let q = qw.packed
+                if let (type, data) = GGMLRepack.repack(q) {
+                    try add(type, data, q.shape, ConversionError())
+                    continue
+                }
+                guard let target = options.requantize else {
+                    refused.append("\(name) (\(q.format))")
+                    continue
+                }
+                let values = qw.cache
+                let src = UnsafeBufferPointer(start: values.data, count: values.count)
+                switch target {
+                case .f32, .f16:
+                    let (bytes, err) = try FloatEncoding.encode(src, as: target == .f32 ? .f32 : .f16, what: name)
+                    try add(target == .f32 ? .f32 : .f16, bytes, q.shape, err, note: "dequantized from \(q.format)")
+                default:
+                    guard q.shape[1] % 32 == 0 else { throw ExportError("\(name): \(q.shape[1]) input columns are not a multiple of 32, which \(target.rawValue.uppercased()) blocks need") }
+                    let bits = target == .q8_0 ? 8 : (target == .q5_0 || target == .q5_1) ? 5 : 4
+                    let symmetric = target == .q4_0 || target == .q5_0 || target == .q8_0
+                    let re = try QuantizedTensor(weights: Array(src), shape: q.shape, format: QuantFormat(bits: bits, groupSize: 32, symmetric: symmetric))
+                    guard let (type, data) = GGMLRepack.repack(re) else { preconditionFailure("\(re.format) has a lossless ggml type") }
+                    var err = ConversionError()
+                    for (a, b) in zip(re.dequantized(), src) { err.add(exported: a, ours: b) }
+                    try add(type, data, q.shape, err, note: "re-quantized from \(q.format)")
+                    warnings.append("\(name): \(q.format) has no lossless ggml type; re-quantized to \(type.name) (max |error| \(String(format: "%.3g", err.maxAbs)), relative RMS error \(String(format: "%.3g", err.relativeRMS)))")
+                }
+            }
+        }
+        if !refused.isEmpty {
+            throw ExportError("\(refused.count) quantized weight(s) have no lossless ggml type (GGUF holds group-32 q4/q5/q8 symmetric → Q4_0/Q5_0/Q8_0, q4/q5 asymmetric → Q4_1/Q5_1, and f16): \(refused.prefix(6).joined(separator: ", "))\(refused.count > 6 ? ", …" : ""); re-quantize them with --requantize q4_0|q4_1|q5_0|q5_1|q8_0|f16|f32 (the error is reported), or export --format hf")
+        }
+        if !factorized.isEmpty {
+            warnings.append("\(factorized.count) factorized weight(s) written multiplied out (D · S): their size advantage is lost (\(factorized.prefix(3).joined(separator: ", "))\(factorized.count > 3 ? ", …" : ""))")
+        }
+        return BuiltExport(files: [("", try writer.encoded())], architecture: arch, tensors: tensors, warnings: warnings)
+    }
+}

@@ -1,0 +1,138 @@
+"""`compress export` outputs read by the reference Python readers: the `gguf` package (llama.cpp's gguf-py) and
+`safetensors`. Exports of the tiny fixture checkpoint, dense and 4-bit group-32 quantized, are parsed and
+cross-checked: GGUF metadata and tensor types, the safetensors header and config.json, and the values both
+files hold (GGUF q/k rows in llama.cpp's rotary order; ggml Q4_0 blocks dequantized by gguf-py against the
+float32 Hugging Face export; compressed-tensors packing unpacked by hand). Needs the compress binary
+(COMPRESS_BIN, else .build/debug or .build/release), which `swift test` builds."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+from safetensors import safe_open  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "Tests" / "Fixtures" / "tiny-llama.h5"
+
+
+def compress_binary():
+    for p in [os.environ.get("COMPRESS_BIN"), ROOT / ".build/debug/compress", ROOT / ".build/release/compress"]:
+        if p and Path(p).is_file():
+            return str(p)
+    pytest.fail("no compress binary: run `swift build` first or set COMPRESS_BIN")
+
+
+def run(*args):
+    out = subprocess.run([compress_binary(), *map(str, args)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    text = d / "calib.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    recipe = d / "q4.json"
+    recipe.write_text(json.dumps({
+        "format": 1, "base": str(FIXTURE), "output": str(d / "q4.h5"),
+        "calibration": {"text": str(text), "samples": 2, "window": 32, "seed": 0},
+        "stages": [{"stage": "cptquant", "allocation": "uniform", "bits_per_weight": 4.5, "widths": [4],
+                    "group_size": 32, "symmetric": True, "method": "rtn", "estimator": "tdmpq"},
+                   {"stage": "export", "format": "gguf", "output": str(d / "q4.gguf")},
+                   {"stage": "export", "format": "hf", "output": str(d / "q4-hf")}],
+    }))
+    run("apply", recipe, "--json")
+    run("export", FIXTURE, "--format", "gguf", "-o", d / "dense.gguf")
+    run("export", FIXTURE, "--format", "hf", "-o", d / "dense-hf")
+    # The quantized checkpoint, dequantized exactly (float32), as the reference for the packed forms.
+    run("export", d / "q4.h5", "--format", "gguf", "--requantize", "f32", "-o", d / "q4-f32.gguf")
+    return d
+
+
+def tensors(path):
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def unpermute(w, heads):
+    """GGUF row 2i + j of head h is HF row j·half + i (llama.cpp's convert_hf_to_gguf.py permute, inverted)."""
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_array(reader, name):
+    t = next(t for t in reader.tensors if t.name == name)
+    shape = tuple(int(x) for x in reversed(t.shape))
+    if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return t, np.asarray(t.data, dtype=np.float32).reshape(shape)
+    return t, gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+
+
+def test_gguf_metadata_and_dense_values(exports):
+    r = gguf.GGUFReader(str(exports / "dense.gguf"))
+    field = lambda k: r.fields[k].contents()
+    assert field("general.architecture") == "llama"
+    assert field("llama.block_count") == 2 and field("llama.attention.head_count") == 4 and field("llama.attention.head_count_kv") == 2
+    assert field("llama.embedding_length") == 64 and field("llama.feed_forward_length") == 160
+    assert field("tokenizer.ggml.model") == "gpt2" and len(field("tokenizer.ggml.tokens")) == 256
+    assert {t.tensor_type.name for t in r.tensors} == {"F32"}
+    hf, meta = tensors(exports / "dense-hf" / "model.safetensors")
+    assert meta == {"format": "pt"}
+    config = json.loads((exports / "dense-hf" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["num_key_value_heads"] == 2
+    assert set(hf) == {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} | {
+        f"model.layers.{l}.{m}.weight" for l in range(2) for m in
+        ["input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+         "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]}
+    for l in range(2):
+        _, q = gguf_array(r, f"blk.{l}.attn_q.weight")
+        _, k = gguf_array(r, f"blk.{l}.attn_k.weight")
+        _, v = gguf_array(r, f"blk.{l}.attn_v.weight")
+        np.testing.assert_array_equal(unpermute(q, 4), hf[f"model.layers.{l}.self_attn.q_proj.weight"])
+        np.testing.assert_array_equal(unpermute(k, 2), hf[f"model.layers.{l}.self_attn.k_proj.weight"])
+        np.testing.assert_array_equal(v, hf[f"model.layers.{l}.self_attn.v_proj.weight"])
+    _, e = gguf_array(r, "token_embd.weight")
+    np.testing.assert_array_equal(e, hf["model.embed_tokens.weight"])
+    tok = json.loads((exports / "dense-hf" / "tokenizer.json").read_text())
+    assert tok["model"]["type"] == "BPE" and len(tok["model"]["vocab"]) == 256
+
+
+def test_quantized_gguf_blocks_dequantize_to_our_weights(exports):
+    r = gguf.GGUFReader(str(exports / "q4.gguf"))
+    ref = gguf.GGUFReader(str(exports / "q4-f32.gguf"))
+    quantized = [t for t in r.tensors if t.name.startswith("blk.") and not t.name.endswith("norm.weight")]
+    assert quantized and {t.tensor_type.name for t in quantized} == {"Q4_0"}
+    for t in quantized:
+        _, ours = gguf_array(ref, t.name)
+        _, theirs = gguf_array(r, t.name)
+        np.testing.assert_array_equal(theirs, ours, err_msg=t.name)
+
+
+def test_pack_quantized_safetensors_hold_the_same_weights(exports):
+    config = json.loads((exports / "q4-hf" / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    (group,) = qc["config_groups"].values()
+    assert group["weights"]["num_bits"] == 4 and group["weights"]["group_size"] == 32 and group["weights"]["symmetric"]
+    hf, _ = tensors(exports / "q4-hf" / "model.safetensors")
+    ref = gguf.GGUFReader(str(exports / "q4-f32.gguf"))
+    assert len(group["targets"]) == 14
+    for module in group["targets"]:
+        packed, scale, shape = hf[module + ".weight_packed"], hf[module + ".weight_scale"], hf[module + ".weight_shape"]
+        assert packed.dtype == np.int32 and shape.tolist() == [packed.shape[0], packed.shape[1] * 8]
+        words = packed.view(np.uint32)
+        q = np.stack([(words >> (4 * i)) & 0xF for i in range(8)], axis=-1).reshape(shape.tolist()).astype(np.int32) - 8
+        w = (q.reshape(shape[0], -1, 32) * scale.astype(np.float32)[:, :, None]).reshape(shape.tolist())
+        layer, kind = module.split(".")[2], module.split(".")[-1]
+        name = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+                "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}[kind]
+        _, ours = gguf_array(ref, f"blk.{layer}.{name}.weight")
+        if kind in ("q_proj", "k_proj"):
+            ours = unpermute(ours, 4 if kind == "q_proj" else 2)
+        np.testing.assert_array_equal(w.astype(np.float32), ours, err_msg=module)
