@@ -192,8 +192,12 @@ public final class Session {
             case let d as DistillStage:
                 let statePath = statePrefix + ".stage\(i + 1).state.h5"
                 let distiller: Distiller
+                var stf: StraightThroughFactorizer? = nil
                 do {
-                    distiller = try Distiller(teacher: base.model, student: model, config: d.config, trainTokens: try tokens(of: d.text))
+                    var student = model
+                    if d.stf { (student, stf) = try StraightThroughFactorizer.prepare(model, lr: d.config.lr, weightDecay: d.config.weightDecay) }
+                    distiller = try Distiller(teacher: base.model, student: student, config: d.config, trainTokens: try tokens(of: d.text),
+                                              trainables: stf.map { [$0] } ?? [])
                 } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
                 if resume && FileManager.default.fileExists(atPath: statePath) {
                     do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError(err.description) }
@@ -204,7 +208,7 @@ public final class Session {
                                                       killAfterStep: killAfterStep)
                 // The state stays until the output is written: a kill before then resumes here, not at step 0.
                 if d.saveEvery > 0 || first > 0 { try distiller.saveState(to: statePath); statePaths.append(statePath) }
-                model = distiller.student
+                model = try stf?.finalize(distiller.student) ?? distiller.student
                 let c = d.config, tokensPerStep = c.batch * c.window * c.accumulation
                 diagnostics = .object([
                     "steps": .int(c.steps), "resumed_from": first > 0 ? .int(first) : .null, "tokens": .int(c.steps * tokensPerStep),
