@@ -341,3 +341,46 @@ final class DSFormerTests: XCTestCase {
         for (x, y) in zip(a.namedTensors, b.namedTensors) { XCTAssertEqual(x.tensor.array, y.tensor.array, x.name) }
     }
 }
+
+/// Measurement (runs only with DSFORMER_BENCH=1): the first product of a factorized forward, tmp (T × k) =
+/// x (T × C) · Sᵀ, as the dense GEMM over S with zeros (what `LinearWeight.forward` does) against a
+/// column-sparse kernel touching only the s kept entries of every column (T·C·s multiply-adds). Both results
+/// must agree; the times are printed.
+final class DSFormerKernelMeasurement: XCTestCase {
+    func testDenseWithZerosAgainstSparseKernel() throws {
+        guard ProcessInfo.processInfo.environment["DSFORMER_BENCH"] == "1" else { throw XCTSkip("set DSFORMER_BENCH=1") }
+        var rng = SplitMix64(seed: 1)
+        for (T, C, k, s) in [(1024, 1536, 460, 115), (1024, 576, 263, 66), (1024, 1536, 329, 41)] {
+            let x = Tensor(shape: [T, C]); x.fillUniform(scale: 1, rng: &rng)
+            let S = Tensor(shape: [k, C])
+            var rows = [[Int32]](repeating: [], count: C), vals = [[Float]](repeating: [], count: C)
+            for c in 0..<C {
+                var picked = Set<Int>()
+                while picked.count < s { picked.insert(Int(rng.next() % UInt64(k))) }
+                for r in picked.sorted() { let v = 2 * rng.nextFloat() - 1; S[r * C + c] = v; rows[c].append(Int32(r)); vals[c].append(v) }
+            }
+            let dense = Tensor(shape: [T, k]), sparse = Tensor(shape: [T, k])
+            func time(_ f: () -> Void) -> Double {
+                var best = Double.infinity
+                for _ in 0..<3 { let t0 = Date(); f(); best = min(best, Date().timeIntervalSince(t0)) }
+                return best
+            }
+            let td = time { BLAS.gemm(transB: true, m: T, n: k, k: C, a: x.data, lda: C, b: S.data, ldb: C, c: dense.data, ldc: k) }
+            let ts = time {
+                sparse.zero()
+                for t in 0..<T {
+                    let out = sparse.data + t * k, inp = x.data + t * C
+                    for c in 0..<C {
+                        let xv = inp[c]
+                        rows[c].withUnsafeBufferPointer { rp in vals[c].withUnsafeBufferPointer { vp in
+                            for j in 0..<s { out[Int(rp[j])] += xv * vp[j] }
+                        } }
+                    }
+                }
+            }
+            for i in 0..<(T * k) { XCTAssertEqual(sparse[i], dense[i], accuracy: 1e-3 * max(1, abs(dense[i]))) }
+            print(String(format: "x (%d × %d) · Sᵀ, k %d, s %d: dense with zeros %.2f ms, sparse kernel %.2f ms (%.1f×), BLAS threads %d",
+                         T, C, k, s, td * 1e3, ts * 1e3, ts / td, BLAS.threads))
+        }
+    }
+}
