@@ -9,7 +9,8 @@
 // row indices (one byte for k ≤ 256, else two).
 //
 // Initialisation (this pass) minimises ‖W − D S‖_F over D and column-s-sparse S by alternation:
-//   start:   W = U Σ Vᵀ;  D = U_k (orthonormal);  S = top_s(U_kᵀ W) per column (for an orthonormal D this is
+//   start:   W = U Σ Vᵀ (leading triplets from the eigen-decomposition of the smaller Gram matrix WᵀW or
+//            WWᵀ in Float64, Passes/LowRank.swift);  D = U_k (orthonormal);  S = top_s(U_kᵀ W) per column (for an orthonormal D this is
 //            the exact best s-sparse code of every column);
 //   D-step:  D ← (W Sᵀ + ε D)(S Sᵀ + ε I)⁻¹      (least squares in D given S; the small proximal ε keeps
 //            atoms no column uses where they were and the system positive definite);
@@ -63,18 +64,15 @@ public enum DenseSparseFactorizer {
     /// S. Needs 1 ≤ s ≤ k ≤ min(m, n). Deterministic.
     public static func factorize(_ w: [Double], rows m: Int, columns n: Int, rank k: Int, nonzeros s: Int, iterations: Int) throws -> Result {
         precondition(1 <= s && s <= k && k <= min(m, n), "DSFormer sizes: need 1 ≤ s (\(s)) ≤ k (\(k)) ≤ min(m, n) (\(min(m, n)))")
-        let r = min(m, n)
-        let (u, sv, _) = try LAPACK.svd(w, rows: m, columns: n)
-        var d = [Double](repeating: 0, count: m * k)
-        for i in 0..<m { for j in 0..<k { d[i * k + j] = u[i * r + j] } }
+        let (d0, sv, _) = try Factor64.leadingSVD(w, m: m, n: n, k: k)
         // Start: the best s-sparse code of every column under the orthonormal D = U_k.
-        let b0 = atA(d, w, m: m, k: k, n: n)
+        let b0 = atA(d0, w, m: m, k: k, n: n)
         var (sMat, support) = project(b0, k: k, n: n, s: s, atomNorms: [Double](repeating: 1, count: k))
         let norm2 = Factor64.frobenius2(w)
-        var best = Factor64.residual2(w, d, sMat, m: m, n: n, k: k)
+        var best = Factor64.residual2(w, d0, sMat, m: m, n: n, k: k)
         let start = best
         // The iterate (D, S) may get worse in an S-step; the best one seen is kept.
-        var bestD = d, bestS = sMat, bestSupport = support
+        var d = d0, bestD = d0, bestS = sMat, bestSupport = support
         var done = 0
         for _ in 0..<iterations {
             d = try dStep(w, d, sMat, m: m, n: n, k: k)

@@ -71,6 +71,47 @@ enum Factor64 {
         return frobenius2(r)
     }
 
+    /// The k leading singular triplets of W (m × n) and all min(m, n) singular values (descending), from the
+    /// eigen-decomposition of the smaller Gram matrix: for n ≤ m, WᵀW = V Σ² Vᵀ and U_k = W V_k Σ_k⁻¹; else
+    /// WWᵀ = U Σ² Uᵀ and V_kᵀ = Σ_k⁻¹ U_kᵀ W. About a third of a full SVD's work at these shapes; accurate for
+    /// the leading triplets (σ_k well above √ε σ₁), which is all the factorizations use. A zero σ gives a zero
+    /// vector. Returns u (m × k), s, vt (k × n), row-major.
+    static func leadingSVD(_ w: [Double], m: Int, n: Int, k: Int) throws -> (u: [Double], s: [Double], vt: [Double]) {
+        let small = min(m, n)
+        precondition(k >= 1 && k <= small)
+        var g = [Double](repeating: 0, count: small * small)
+        w.withUnsafeBufferPointer { wp in g.withUnsafeMutableBufferPointer { gp in
+            if n <= m {
+                BLAS.gemm(transA: true, m: n, n: n, k: m, a: wp.baseAddress!, lda: n, b: wp.baseAddress!, ldb: n, c: gp.baseAddress!, ldc: n)
+            } else {
+                BLAS.gemm(transB: true, m: m, n: m, k: n, a: wp.baseAddress!, lda: n, b: wp.baseAddress!, ldb: n, c: gp.baseAddress!, ldc: m)
+            }
+        } }
+        let (values, vectors) = try LAPACK.symmetricEigen(g, n: small)
+        let sv = values.reversed().map { max($0, 0).squareRoot() }
+        // Leading eigenvectors as a (small × k) matrix, column j = eigenvector of the j-th largest value.
+        var e = [Double](repeating: 0, count: small * k)
+        for j in 0..<k { let row = small - 1 - j; for i in 0..<small { e[i * k + j] = vectors[row * small + i] } }
+        var other = [Double](repeating: 0, count: (n <= m ? m : n) * k)
+        w.withUnsafeBufferPointer { wp in e.withUnsafeBufferPointer { ep in other.withUnsafeMutableBufferPointer { op in
+            if n <= m {  // W V_k (m × k)
+                BLAS.gemm(m: m, n: k, k: n, a: wp.baseAddress!, lda: n, b: ep.baseAddress!, ldb: k, c: op.baseAddress!, ldc: k)
+            } else {     // Wᵀ U_k (n × k)
+                BLAS.gemm(transA: true, m: n, n: k, k: m, a: wp.baseAddress!, lda: n, b: ep.baseAddress!, ldb: k, c: op.baseAddress!, ldc: k)
+            }
+        } } }
+        let rows = n <= m ? m : n
+        for j in 0..<k {
+            let inv = sv[j] > 0 ? 1 / sv[j] : 0
+            for i in 0..<rows { other[i * k + j] *= inv }
+        }
+        // u (m × k) and vt (k × n).
+        let (u, vk) = n <= m ? (other, e) : (e, other)   // vk: (n × k)
+        var vt = [Double](repeating: 0, count: k * n)
+        for j in 0..<k { for c in 0..<n { vt[j * n + c] = vk[c * k + j] } }
+        return (u, sv, vt)
+    }
+
     /// Rescales atom r of D by a_r and row r of S by 1/a_r so that ‖d_r‖ = ‖s_r‖ (the product is unchanged);
     /// training then starts with both factors at the same scale.
     static func balance(_ d: inout [Double], _ s: inout [Double], m: Int, n: Int, k: Int) {
@@ -95,7 +136,7 @@ enum Factor64 {
     }
 }
 
-/// Truncated-SVD factorization of one weight.
+/// Truncated-SVD factorization of one weight (leading triplets from the Gram matrix, `Factor64.leadingSVD`).
 public enum LowRankFactorizer {
     /// W (m × n) ≈ D (m × k) · S (k × n) by the SVD, D = U_k Σ_k^½, S = Σ_k^½ V_kᵀ; returns the factors (Float64,
     /// row-major), the singular values and the squared error Σ_{i>k} σ_i². Needs 1 ≤ k ≤ min(m, n).
@@ -103,8 +144,8 @@ public enum LowRankFactorizer {
         -> (d: [Double], s: [Double], singularValues: [Double], error2: Double)
     {
         precondition(k >= 1 && k <= min(m, n), "rank \(k) outside 1...\(min(m, n))")
-        let (u, sv, vt) = try LAPACK.svd(w, rows: m, columns: n)
-        let r = min(m, n)
+        let (u, sv, vt) = try Factor64.leadingSVD(w, m: m, n: n, k: k)
+        let r = k
         var d = [Double](repeating: 0, count: m * k), s = [Double](repeating: 0, count: k * n)
         for j in 0..<k {
             let h = sv[j].squareRoot()

@@ -92,15 +92,16 @@ final class DSFormerTests: XCTestCase {
         }
     }
 
-    /// The low-rank factorization's error is Σ_{i>k} σ_i² (from an independent eigen-decomposition of WᵀW) and
+    /// The low-rank factorization's error is Σ_{i>k} σ_i² (σ from LAPACK's SVD) and
     /// its product, computed plainly, has that error.
     func testLowRankIsTheTruncatedSVD() throws {
         let m = 18, n = 26, k = 5
         let w = values(m * n)
         let f = try LowRankFactorizer.factorize(w, rows: m, columns: n, rank: k)
-        var wtw = [Double](repeating: 0, count: n * n)
-        for a in 0..<n { for b in 0..<n { for i in 0..<m { wtw[a * n + b] += w[i * n + a] * w[i * n + b] } } }
-        let tail = try LAPACK.symmetricEigen(wtw, n: n).values.sorted(by: >).dropFirst(k).reduce(0) { $0 + max($1, 0) }
+        // Reference: LAPACK's SVD (dgesdd), independent of the Gram-matrix route the factorizer takes.
+        let sv = try LAPACK.svd(w, rows: m, columns: n).s
+        let tail = sv.dropFirst(k).reduce(0) { $0 + $1 * $1 }
+        for (a, b) in zip(f.singularValues, sv) { XCTAssertEqual(a, b, accuracy: 1e-9 * sv[0]) }
         let w2 = w.reduce(0) { $0 + $1 * $1 }
         XCTAssertEqual(f.error2, tail, accuracy: 1e-9 * w2)
         XCTAssertEqual(plainRelativeError(w, f.d, f.s, m: m, n: n, k: k), (tail / w2).squareRoot(), accuracy: 1e-9)
