@@ -125,6 +125,10 @@ public struct Recipe {
                 let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
                 throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): cannot take \(refused.sorted().map(\.rawValue).joined(separator: ", ")) weights, which \(before) leaves; '\(entry.name)' accepts \(t.accepts.sorted().map(\.rawValue).joined(separator: ", ")) (reorder the stages: quantization comes last, only eval may follow it)")
             }
+            if let d = entry.stage as? DistillStage, d.stf, !kinds.contains(.factorized) {
+                let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
+                throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): 'stf': true trains factorized weights, but \(before) leaves none (put a dsformer or lowrank stage before it)")
+            }
             kinds = entry.stage.produces(from: kinds)
         }
         return kinds
@@ -141,6 +145,10 @@ public struct DistillStage: RecipeStage {
     public var text = "data/wiki.train.txt"
     public var saveEvery = 50
     public var logEvery = 10
+    /// DSFormer's Straight-Through Factorizer (Training/StraightThroughFactorizer.swift): factorized weights'
+    /// sparse factors are trained through a dense latent whose top-s entries per column the forward uses;
+    /// false (default) trains their values on the fixed support. Needs factorized weights.
+    public var stf = false
 
     public init(config s: StrictObject) throws {
         var c = DistillConfig()
@@ -179,6 +187,7 @@ public struct DistillStage: RecipeStage {
         text = try s.string("text", default: text)
         saveEvery = try s.int("save_every", default: saveEvery, in: 0...10_000_000)
         logEvery = try s.int("log_every", default: logEvery, in: 1...10_000_000)
+        stf = try s.bool("stf", default: stf)
     }
 }
 

@@ -42,6 +42,19 @@ public enum BLAS {
         if profiling { recordGemm(start: start, flops: 2.0 * Double(m) * Double(n) * Double(k)) }
     }
 
+    /// Float64 C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with leading dimensions
+    /// (for factorizations computed in double precision, e.g. the DSFormer initialisation).
+    public static func gemm(
+        transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+        alpha: Double = 1, a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+        beta: Double = 0, c: UnsafeMutablePointer<Double>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        cblas_dgemm(
+            CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
     @usableFromInline
     static func recordGemm(start: UInt64, flops: Double) {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9

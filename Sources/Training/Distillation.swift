@@ -193,7 +193,9 @@ public final class Distiller {
 
         // Default decay on matrices only.
         var params: [Parameter] = []
+        let replaced = trainables.reduce(into: Set<String>()) { $0.formUnion($1.replacedParameters) }
         func add(_ name: String, _ value: Tensor, _ grad: Tensor) {
+            if replaced.contains(name) { return }
             let rule = config.groups.first { $0.matches(name) }
             if rule?.frozen == true { return }
             params.append(Parameter(name: name, value: value, grad: grad, lr: rule?.lr ?? config.lr,

@@ -13,6 +13,9 @@ public protocol Trainable: AnyObject {
     func bind(to student: LlamaTrainer) throws
     /// Tensors AdamW updates, each with its gradient buffer, learning rate and weight decay.
     var parameters: [Parameter] { get }
+    /// Names of student parameters whose gradient is still computed but which AdamW must not update: this
+    /// trainable takes them over (the Straight-Through Factorizer's latent replaces S's values).
+    var replacedParameters: Set<String> { get }
     /// Before each micro-batch's forward (e.g. sample noise, write an effective weight).
     func willForward(step: Int, micro: Int)
     /// After each micro-batch's backward (e.g. chain a weight's gradient into own parameters).
@@ -30,6 +33,7 @@ public protocol Trainable: AnyObject {
 }
 
 extension Trainable {
+    public var replacedParameters: Set<String> { [] }
     public func bind(to student: LlamaTrainer) throws {}
     public func willForward(step: Int, micro: Int) {}
     public func didBackward(step: Int, micro: Int) {}

@@ -221,13 +221,17 @@ public final class Session {
             case let d as DistillStage:
                 let statePath = statePrefix + ".stage\(i + 1).state.h5"
                 let distiller: Distiller
+                var stf: StraightThroughFactorizer? = nil
                 do {
-                    distiller = try Distiller(teacher: base.model, student: model, config: d.config, trainTokens: try tokens(of: d.text))
+                    var student = model
+                    if d.stf { (student, stf) = try StraightThroughFactorizer.prepare(model, lr: d.config.lr, weightDecay: d.config.weightDecay) }
+                    distiller = try Distiller(teacher: base.model, student: student, config: d.config, trainTokens: try tokens(of: d.text),
+                                              trainables: stf.map { [$0] } ?? [])
                 } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
                 let t = try train(distiller, statePath: statePath, saveEvery: d.saveEvery, logEvery: d.logEvery, resume: resume,
                                   label: label, killAfterStep: killAfterStep)
                 if t.keepState { statePaths.append(statePath) }
-                model = distiller.student
+                model = try stf?.finalize(distiller.student) ?? distiller.student
                 diagnostics = t.diagnostics
             case let x as ExportStage:
                 let ckpt = Checkpoint(model: model, tokenizer: base.tokenizer, history: base.history)
