@@ -161,6 +161,12 @@ public final class Session {
         let basePPL = evaluating ? try basePPL(e) : nil
         let test = evaluating ? try tokens(of: e.text) : []
 
+        // VTrans targets checked against the model before anything runs (when no earlier stage changes its shape).
+        for (i, entry) in recipe.stages.enumerated() {
+            guard let v = entry.stage as? VTransPass else { continue }
+            if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is VTransPass }) { break }
+            do { _ = try v.resolveTarget(base.model.config) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
+        }
         var model = base.model
         var reports: [StageReport] = [], statePaths: [String] = []
         var lastPPL: Double? = nil
@@ -188,6 +194,30 @@ public final class Session {
                     throw WorkbenchError("\(place): \(err.description)")
                 } catch let err as ConfigError {
                     throw WorkbenchError("\(place): \(err.description)")
+                }
+            case let v as VTransPass:
+                // Trained like a distill stage (state saved every save_every steps, resumed with --resume), then pruned.
+                let statePath = statePrefix + ".stage\(i + 1).state.h5"
+                let run: VTransRun
+                do { run = try v.makeRun(model: model, trainTokens: try tokens(of: v.text)) } catch let err as RecipeError {
+                    throw WorkbenchError("\(place): \(err.description)")
+                }
+                let distiller = run.distiller
+                if resume && FileManager.default.fileExists(atPath: statePath) {
+                    do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError(err.description) }
+                    say("\(label): resumed from \(statePath) at step \(distiller.step)")
+                }
+                let first = distiller.step
+                say("\(label): \(v.variant.rawValue), target \(run.masks.settings.targetParameters) parameters, \(distiller.config.steps) steps")
+                let seconds = try Workbench.trainLoop(distiller, saveEvery: v.saveEvery, statePath: statePath, logEvery: v.logEvery, progress: progress,
+                                                      killAfterStep: killAfterStep, status: { run.status })
+                if v.saveEvery > 0 || first > 0 { try distiller.saveState(to: statePath); statePaths.append(statePath) }
+                do { (model, diagnostics) = try run.finish() } catch let err as RecipeError { throw WorkbenchError("\(place): \(err.description)") }
+                if case .object(var o) = diagnostics {
+                    o["resumed_from"] = first > 0 ? .int(first) : .null
+                    o["train_seconds"] = .double(seconds)
+                    o["log"] = jsonValue(distiller.log)
+                    diagnostics = .object(o)
                 }
             case let d as DistillStage:
                 let statePath = statePrefix + ".stage\(i + 1).state.h5"

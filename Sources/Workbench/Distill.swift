@@ -170,7 +170,7 @@ extension Workbench {
     /// Runs `distiller` to its configured step count with progress lines (step, loss terms, lr, |g|, tok/s,
     /// ETA), saving its state every `saveEvery` steps; returns the wall time of the steps run.
     static func trainLoop(_ distiller: Distiller, saveEvery: Int, statePath: String, logEvery: Int, progress: Bool,
-                          killAfterStep: Int? = nil) throws -> Double {
+                          killAfterStep: Int? = nil, status: (() -> String)? = nil) throws -> Double {
         let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
         let start = Date(), firstStep = distiller.step
         while distiller.step < c.steps {
@@ -187,6 +187,7 @@ extension Workbench {
                 if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
                 if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
                 if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
+                if let status { parts += "  " + status() }
                 progressLine(parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps, formatDuration(eta)))
             }
             if let k = killAfterStep, s.step == k { kill(getpid(), SIGKILL) }
