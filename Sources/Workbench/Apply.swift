@@ -154,6 +154,12 @@ public final class Session {
         do { try recipe.check(baseKinds: base.model.weightKinds) } catch let e as RecipeError {
             throw WorkbenchError("\(e.description) (base \(basePath))")
         }
+        // VTrans targets checked against the model before anything runs (when no earlier stage changes its shape).
+        for (i, entry) in recipe.stages.enumerated() {
+            guard let v = entry.stage as? VTransPass else { continue }
+            if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is VTransPass }) { break }
+            do { _ = try v.resolveTarget(base.model.config) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
+        }
         let needsCalibration = recipe.stages.contains { $0.stage.needs.contains(.calibration) }
         let calibration = needsCalibration ? try calibrationWindows(recipe.calibration) : []
         let evaluating = recipe.stages.contains { $0.stage is EvalStage }
@@ -161,12 +167,6 @@ public final class Session {
         let basePPL = evaluating ? try basePPL(e) : nil
         let test = evaluating ? try tokens(of: e.text) : []
 
-        // VTrans targets checked against the model before anything runs (when no earlier stage changes its shape).
-        for (i, entry) in recipe.stages.enumerated() {
-            guard let v = entry.stage as? VTransPass else { continue }
-            if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is VTransPass }) { break }
-            do { _ = try v.resolveTarget(base.model.config) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
-        }
         var model = base.model
         var reports: [StageReport] = [], statePaths: [String] = []
         var lastPPL: Double? = nil
