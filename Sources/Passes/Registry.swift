@@ -6,7 +6,7 @@ extension StageRegistry {
     public static func standard() -> StageRegistry {
         var r = StageRegistry()
         // The names are distinct by construction; a duplicate here is a programming error.
-        for t in [MinitronPass.self, FinerCutPass.self, CPTQuantPass.self, MagnitudePass.self, WandaPass.self, SparseGPTPass.self, MaskLLMPass.self, DistillStage.self, EvalStage.self, ExportStage.self, DSFormerPass.self, LowRankPass.self] as [any RecipeStage.Type] {
+        for t in [MinitronPass.self, FinerCutPass.self, CPTQuantPass.self, MagnitudePass.self, WandaPass.self, SparseGPTPass.self, MaskLLMPass.self, DistillStage.self, EvalStage.self, ExportStage.self, DSFormerPass.self, LowRankPass.self, VTransPass.self] as [any RecipeStage.Type] {
             do { try r.register(t) } catch { preconditionFailure("\(error)") }
         }
         return r

@@ -155,6 +155,12 @@ public final class Session {
         do { try recipe.check(baseKinds: base.model.weightKinds) } catch let e as RecipeError {
             throw WorkbenchError("\(e.description) (base \(basePath))")
         }
+        // VTrans targets checked against the model before anything runs (when no earlier stage changes its shape).
+        for (i, entry) in recipe.stages.enumerated() {
+            guard let v = entry.stage as? VTransPass else { continue }
+            if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is VTransPass }) { break }
+            do { _ = try v.resolveTarget(base.model.config) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
+        }
         let needsCalibration = recipe.stages.contains { $0.stage.needs.contains(.calibration) }
         let calibration = needsCalibration ? try calibrationWindows(recipe.calibration) : []
         let evaluating = recipe.stages.contains { $0.stage is EvalStage }
@@ -213,7 +219,11 @@ public final class Session {
                 }
                 if t.keepState { statePaths.append(statePath) }
                 let finished: (model: LlamaModel, diagnostics: JSONValue)
-                do { finished = try run.finish() } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
+                do { finished = try run.finish() } catch let err as ConfigError {
+                    throw WorkbenchError("\(place): \(err.description)")
+                } catch let err as RecipeError {
+                    throw WorkbenchError("\(place): \(err.description)")
+                }
                 model = finished.model
                 var d = t.diagnostics.objectValue ?? [:]
                 for (k, v) in finished.diagnostics.objectValue ?? [:] { d[k] = v }

@@ -1,0 +1,413 @@
+// VTrans: structured pruning of every component (hidden channels, attention heads, MLP neurons, layers) with
+// variational-information-bottleneck masks under a parameter budget, and its Fast and Faster variants.
+//
+// Paper: O. S. Dutta, R. Gupta, S. Agarwal, "VTrans: Accelerating Transformer Compression with Variational
+// Information Bottleneck based Pruning", 2024 (arXiv 2406.05276). The VIB layer after B. Dai, C. Zhu, B. Guo,
+// D. Wipf, "Compressing Neural Networks using the Variational Information Bottleneck", ICML 2018.
+//
+// Masks z = μ + σ·ε (ε ~ N(0, 1) in training, z = μ at evaluation) multiply the units through the forward's
+// gates; the loss is the KD loss from the dense model (forward KL of the next-token distributions, the
+// `distill` loop) + γ/N Σ w_m ½ Σ log(1 + μ²/σ²) + λ₁(s - t) + λ₂(s - t)², s the expected parameter fraction
+// under p = sigmoid(-β log α), t warmed up from 1 to the target; λ by gradient ascent (Training/VIB.swift
+// has every equation). A unit is kept when log α = log σ² - log μ² < threshold.
+// Variants: `vtrans` trains weights and masks; `fast` does the same on a prefix of `data_fraction` (3 %) of the
+// training tokens; `faster` trains the masks only (weights frozen).
+// After training the masked units are removed physically and the kept μ folded into the weights
+// (`LlamaModel.pruningUnits`): a heterogeneous model (per-layer heads and MLP widths, layers dropped).
+//
+// Deviations from the paper:
+// - Heads: masks are per query head; grouped-query attention is kept valid by keeping, in each layer, the
+//   same number k of query heads in every KV group, k = the rounded mean over groups of the heads whose
+//   log α is below the threshold, the k with the lowest log α per group (k = 0 removes the attention sublayer).
+// - The paper's iterative pruning (thresholding during training) is one pruning at the end here, and the
+//   threshold for MLP neurons and hidden channels is moved from 0 to the log α cut-off κ that makes the exact
+//   parameter count the largest within the target (`exact_target`, default on), so the result meets the
+//   budget within the size of one unit.
+// - Layer masks are whole decoder layers (both sublayers); a layer whose heads and neurons are all removed
+//   is dropped too.
+// - Training is the `distill` loop with the VIB masks as a `Trainable`: AdamW on μ, log σ², λ with their own
+//   learning rates under the loop's warm-up and decay.
+
+import Foundation
+import Model
+import Recipes
+import TensorCore
+import Training
+
+extension LlamaModel {
+    /// What structured pruning keeps, as indices into the original dimensions (each list ascending).
+    public struct UnitSelection: Codable, Equatable, Sendable {
+        /// Hidden channels kept, shared by every layer.
+        public var channels: [Int]
+        /// Original layers kept.
+        public var layers: [Int]
+        /// Per original layer, the query heads kept (the same number in every KV group; empty: the attention
+        /// sublayer is removed). Entries of dropped layers are ignored.
+        public var heads: [[Int]]
+        /// Per original layer, the MLP neurons kept (empty: the MLP is removed).
+        public var neurons: [[Int]]
+        public init(channels: [Int], layers: [Int], heads: [[Int]], neurons: [[Int]]) {
+            self.channels = channels; self.layers = layers; self.heads = heads; self.neurons = neurons
+        }
+    }
+
+    /// The config `pruningUnits(sel)` produces (checks the selection: ascending indices in range, GQA groups).
+    public func prunedConfig(_ sel: UnitSelection) throws -> LlamaConfig {
+        let c = config, L = c.blocks.count
+        guard sel.heads.count == L, sel.neurons.count == L else {
+            throw ConfigError("unit selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
+        }
+        func check(_ idx: [Int], below n: Int, _ what: String) throws {
+            guard zip(idx, idx.dropFirst()).allSatisfy({ $0 < $1 }), idx.allSatisfy({ (0..<n).contains($0) }) else {
+                throw ConfigError("\(what): indices must be ascending within 0..<\(n)")
+            }
+        }
+        guard !sel.channels.isEmpty else { throw ConfigError("hidden channels: nothing kept") }
+        try check(sel.channels, below: c.hiddenSize, "hidden channels")
+        try check(sel.layers, below: L, "layers")
+        var nc = c
+        nc.hiddenSize = sel.channels.count
+        nc.rmsNormEps = c.rmsNormEps * Double(c.hiddenSize) / Double(sel.channels.count)
+        nc.blocks = try sel.layers.map { l in
+            let b = c.blocks[l], H = b.numAttentionHeads, G = b.numKeyValueHeads
+            guard b.attention && b.mlp else { throw ConfigError("layer \(l) lacks a sublayer; unit pruning needs full layers") }
+            try check(sel.heads[l], below: H, "layer \(l) heads")
+            try check(sel.neurons[l], below: b.intermediateSize, "layer \(l) neurons")
+            let k = sel.heads[l].count
+            guard k % G == 0 else { throw ConfigError("layer \(l): \(k) query heads kept is not a multiple of its \(G) KV groups (grouped-query attention)") }
+            let per = H / G
+            for g in 0..<G where sel.heads[l].filter({ $0 / per == g }).count != k / G {
+                throw ConfigError("layer \(l): KV group \(g) keeps \(sel.heads[l].filter { $0 / per == g }.count) query heads, the others \(k / G) (grouped-query attention needs the same number in every group)")
+            }
+            guard k > 0 || !sel.neurons[l].isEmpty else { throw ConfigError("layer \(l) keeps neither heads nor neurons; drop the layer instead") }
+            return BlockConfig(attention: k > 0, numAttentionHeads: k > 0 ? k : H, numKeyValueHeads: G,
+                               mlp: !sel.neurons[l].isEmpty, intermediateSize: sel.neurons[l].isEmpty ? b.intermediateSize : sel.neurons[l].count)
+        }
+        guard !nc.blocks.isEmpty else { throw ConfigError("no layer kept") }
+        nc.numHiddenLayers = nc.blocks.count
+        // Global sizes: the first kept layer's (block_configs carry the rest).
+        if let a = nc.blocks.first(where: \.attention) { nc.numAttentionHeads = a.numAttentionHeads }
+        if let m = nc.blocks.first(where: \.mlp) { nc.intermediateSize = m.intermediateSize }
+        return nc
+    }
+
+    /// The model restricted to the selected units, with `gates` (nil entries: 1) folded into the weights, so
+    /// that it computes what this model computes with those gates and every removed unit's gate at 0:
+    ///   embed'[v, j] = embed[v, c_j]·z_c[c_j];  o'[c_j, h·D + d] = o[c_j, h·D + d]·z_c[c_j]·g_att·z_h[h];
+    ///   down'[c_j, f] = down[c_j, f]·z_c[c_j]·g_mlp·z_f[f]
+    /// (g_att, g_mlp the layer's sublayer gates). Norm weights are scaled by sqrt(C/C') and rms_norm_eps by
+    /// C/C' as in `pruningWidth`; with a tied LM head, the final norm weight is also divided by z_c (the
+    /// head reads the scaled embedding). Dense weights only; kept channel gates must be non-zero.
+    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil) throws -> LlamaModel {
+        let nc = try prunedConfig(sel)
+        guard weightKinds == [.dense] else {
+            throw ConfigError("unit pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
+        }
+        if let g = gates { try g.validate(config) }
+        let c = config, C = c.hiddenSize, Cn = sel.channels.count, D = c.headDim
+        let normScale = (Float(C) / Float(Cn)).squareRoot()
+        let zc: [Float] = sel.channels.map { gates?.channels?[$0] ?? 1 }
+        if c.tieWordEmbeddings, let bad = zc.firstIndex(of: 0) {
+            throw ConfigError("hidden channel \(sel.channels[bad]) is kept with a gate of 0 (a tied LM head cannot fold it)")
+        }
+        /// rows × columns gather from a (R, K) matrix with row and column scales.
+        func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?, rowScale: [Float]? = nil, colScale: [Float]? = nil) -> Tensor {
+            let t = w.denseView!
+            let K = t.shape[1]
+            let r = rows ?? Array(0..<t.shape[0]), k = cols ?? Array(0..<K)
+            let out = Tensor(shape: [r.count, k.count])
+            for (i, src) in r.enumerated() {
+                let s = t.data + src * K, d = out.data + i * k.count, rs = rowScale?[i] ?? 1
+                for (j, col) in k.enumerated() { d[j] = s[col] * rs * (colScale?[j] ?? 1) }
+            }
+            return out
+        }
+        func norm(_ t: Tensor, divide: [Float]? = nil) -> Tensor {
+            Tensor(shape: [Cn], values: sel.channels.enumerated().map { j, ch in t[ch] * normScale / (divide?[j] ?? 1) })
+        }
+        var tensors: [String: Tensor] = [
+            "model.embed_tokens.weight": gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc),
+            "model.norm.weight": norm(self.norm, divide: c.tieWordEmbeddings ? zc : nil),
+        ]
+        if let h = untiedLMHead { tensors["lm_head.weight"] = gather(h, rows: nil, cols: sel.channels) }
+        for (i, l) in sel.layers.enumerated() {
+            let p = "model.layers.\(i).", a = layers[l].attention!, m = layers[l].mlp!
+            if !sel.heads[l].isEmpty {
+                let rows = sel.heads[l].flatMap { h in (h * D)..<((h + 1) * D) }
+                let gAtt = gates?.sublayers?[2 * l] ?? 1
+                let headScale = sel.heads[l].flatMap { h in [Float](repeating: gates?.heads[l]?[h] ?? 1, count: D) }
+                tensors[p + "input_layernorm.weight"] = norm(a.norm)
+                tensors[p + "self_attn.q_proj.weight"] = gather(a.q, rows: rows, cols: sel.channels)
+                tensors[p + "self_attn.k_proj.weight"] = gather(a.k, rows: nil, cols: sel.channels)
+                tensors[p + "self_attn.v_proj.weight"] = gather(a.v, rows: nil, cols: sel.channels)
+                tensors[p + "self_attn.o_proj.weight"] = gather(a.o, rows: sel.channels, cols: rows, rowScale: zc.map { $0 * gAtt }, colScale: headScale)
+            }
+            if !sel.neurons[l].isEmpty {
+                let gMLP = gates?.sublayers?[2 * l + 1] ?? 1
+                let neuronScale = sel.neurons[l].map { gates?.neurons[l]?[$0] ?? 1 }
+                tensors[p + "post_attention_layernorm.weight"] = norm(m.norm)
+                tensors[p + "mlp.gate_proj.weight"] = gather(m.gate, rows: sel.neurons[l], cols: sel.channels)
+                tensors[p + "mlp.up_proj.weight"] = gather(m.up, rows: sel.neurons[l], cols: sel.channels)
+                tensors[p + "mlp.down_proj.weight"] = gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: zc.map { $0 * gMLP }, colScale: neuronScale)
+            }
+        }
+        return try LlamaModel(config: nc, tensors: tensors)
+    }
+}
+
+/// `vtrans`: VIB-mask training under a parameter budget, then physical removal of the masked units.
+public struct VTransPass: RecipeStage {
+    public static let name = "vtrans"
+    public static let accepts: Set<WeightKind> = [.dense]
+    public enum Variant: String, CaseIterable, Codable, Sendable { case vtrans, fast, faster }
+
+    public var variant = Variant.vtrans
+    /// Exactly one target: a parameter count, or a fraction of the input model's.
+    public var params: Int?
+    public var fraction: Double?
+    public var vib = VIBSettings()
+    /// Fraction of `steps` over which the target warms up from the full size.
+    public var targetWarmup = 0.5
+    public var exactTarget = true
+    public var distill = DistillConfig()
+    public var text = "data/wiki.train.txt"
+    /// Fraction of the training tokens used (a prefix): 1, or 0.03 for `fast` unless given.
+    public var dataFraction = 1.0
+    public var saveEvery = 50
+    public var logEvery = 10
+    /// Where errors name this stage (the recipe file and stage).
+    public var location = "vtrans"
+
+    public init(config s: StrictObject) throws {
+        location = s.location
+        variant = try s.choice("variant", default: variant)
+        params = try s.optionalInt("params", in: 1...Int.max)
+        fraction = try s.optionalDouble("fraction", in: 0...1)
+        guard (params == nil) != (fraction == nil) else {
+            throw RecipeError("\(s.location): 'params', 'fraction': give exactly one target (a parameter count, or a fraction of the model's in (0, 1))")
+        }
+        if let f = fraction, !(f > 0 && f < 1) { throw RecipeError("\(s.location): 'fraction': \(f) is out of range (0, 1)") }
+        if let list = try s.array("axes") {
+            vib.axes = try list.map { v in
+                guard let name = v.stringValue, let a = VIBAxis(rawValue: name) else {
+                    throw RecipeError("\(s.location): 'axes': \(v.text) is not one of \(VIBAxis.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return a
+            }
+            guard !vib.axes.isEmpty, Set(vib.axes).count == vib.axes.count else {
+                throw RecipeError("\(s.location): 'axes': expected a non-empty list without repeats")
+            }
+        }
+        var c = DistillConfig()
+        c.steps = try s.int("steps", in: 1...10_000_000)
+        c.batch = try s.int("batch", default: 4, in: 1...4096)
+        c.window = try s.int("window", default: 256, in: 2...8192)
+        c.accumulation = try s.int("accumulation", default: 1, in: 1...4096)
+        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
+        c.lr = try s.double("lr", default: 1e-4, in: 1e-12...1)
+        c.warmup = try s.int("warmup", default: max(1, c.steps / 10), in: 0...10_000_000)
+        c.minLRRatio = try s.double("min_lr_ratio", default: c.minLRRatio, in: 0...1)
+        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
+        c.temperature = try s.double("temperature", default: c.temperature, in: 1e-3...100)
+        distill = c
+        vib.seed = c.seed
+        vib.maskLR = try s.double("mask_lr", default: vib.maskLR, in: 1e-9...10)
+        vib.lambdaLR = try s.double("lambda_lr", default: vib.lambdaLR, in: 1e-9...10)
+        vib.klWeight = try s.double("kl_weight", default: vib.klWeight, in: 0...1e6)
+        vib.embeddingMultiplier = try s.double("embedding_kl_multiplier", default: vib.embeddingMultiplier, in: 0...1e6)
+        vib.beta = try s.double("beta", default: vib.beta, in: 1e-3...1e3)
+        vib.threshold = try s.double("threshold", default: vib.threshold, in: -50...50)
+        vib.muInit = try s.double("mu_init", default: vib.muInit, in: 1e-3...100)
+        vib.logVarInit = try s.double("logvar_init", default: vib.logVarInit, in: -30...5)
+        targetWarmup = try s.double("target_warmup", default: targetWarmup, in: 0...1)
+        exactTarget = try s.bool("exact_target", default: exactTarget)
+        text = try s.string("text", default: text)
+        dataFraction = try s.double("data_fraction", default: variant == .fast ? 0.03 : 1, in: 1e-6...1)
+        saveEvery = try s.int("save_every", default: saveEvery, in: 0...10_000_000)
+        logEvery = try s.int("log_every", default: logEvery, in: 1...10_000_000)
+    }
+
+    /// Parameters of the smallest model the masks can give: one hidden channel (when `hidden` is masked); each
+    /// layer at its smallest (no attention / MLP when heads / neurons are masked); when layers can vanish (the
+    /// `layers` axis, or both `heads` and `mlp`), one layer holding its cheapest non-empty content.
+    public func smallestParameters(_ c: LlamaConfig) throws -> Int {
+        _ = try VIBSizeModel(config: c)
+        let axes = Set(vib.axes)
+        let C = axes.contains(.hidden) ? 1 : c.hiddenSize, D = c.headDim, V = c.vocabSize * (c.tieWordEmbeddings ? 1 : 2)
+        let droppable = axes.contains(.layers) || (axes.contains(.heads) && axes.contains(.mlp))
+        var total = V * C + C, content = Int.max
+        for b in c.blocks {
+            let G = b.numKeyValueHeads
+            let attnFull = C * (1 + 2 * D * b.numAttentionHeads + 2 * G * D), mlpFull = C * (1 + 3 * b.intermediateSize)
+            let attnMin = axes.contains(.heads) ? 0 : attnFull, mlpMin = axes.contains(.mlp) ? 0 : mlpFull
+            let attnOne = axes.contains(.heads) ? C * (1 + 4 * G * D) : attnFull, mlpOne = axes.contains(.mlp) ? C * 4 : mlpFull
+            if droppable { content = min(content, attnOne + mlpMin, attnMin + mlpOne) } else { total += attnMin + mlpMin }
+        }
+        return droppable ? total + content : total
+    }
+
+    /// The target parameter count for `c`, checked against what the masks can reach.
+    public func resolveTarget(_ c: LlamaConfig) throws -> Int {
+        let size: VIBSizeModel
+        do { size = try VIBSizeModel(config: c) } catch let e as ConfigError { throw RecipeError("\(location): \(e.description)") }
+        let full = Int(size.full)
+        let t = params ?? Int((Double(full) * fraction!).rounded(.down))
+        let key = params != nil ? "params" : "fraction"
+        guard t < full else { throw RecipeError("\(location): '\(key)': target \(t) parameters is not below the model's \(full)") }
+        let floor = try smallestParameters(c)
+        guard t >= floor else {
+            throw RecipeError("\(location): '\(key)': target \(t) parameters is below \(floor), the smallest model the masks along \(vib.axes.map(\.rawValue)) can give")
+        }
+        return t
+    }
+
+    /// The training tokens this variant uses: a prefix of `dataFraction` of `tokens`.
+    public func trainingTokens(_ tokens: [Int32]) -> [Int32] {
+        dataFraction >= 1 ? tokens : Array(tokens.prefix(max(distill.window + 1, Int(Double(tokens.count) * dataFraction))))
+    }
+
+    /// A training run of this stage on `model` (the dense teacher and the initial student).
+    public func makeRun(model: LlamaModel, trainTokens: [Int32]) throws -> VTransRun {
+        let t = try resolveTarget(model.config)
+        var v = vib
+        v.targetParameters = t
+        v.targetWarmup = Int((Double(distill.steps) * targetWarmup).rounded())
+        do {
+            let masks = try VIBTrainable(config: model.config, settings: v)
+            let d = try Distiller(teacher: model, student: model, config: distill, trainTokens: trainingTokens(trainTokens),
+                                  trainables: [masks], trainWeights: variant != .faster)
+            return VTransRun(pass: self, distiller: d, masks: masks)
+        } catch let e as ConfigError { throw RecipeError("\(location): \(e.description)") }
+    }
+}
+
+/// One `vtrans` training run: the distillation loop with VIB masks, then the pruning.
+public final class VTransRun {
+    public let pass: VTransPass
+    public let distiller: Distiller
+    public let masks: VIBTrainable
+
+    init(pass: VTransPass, distiller: Distiller, masks: VIBTrainable) { self.pass = pass; self.distiller = distiller; self.masks = masks }
+
+    /// "expected 101.20M / target 95.00M params" for progress lines.
+    public var status: String {
+        String(format: "expected %.2fM / target %.2fM params", masks.lastExpected / 1e6, masks.lastTarget / 1e6)
+    }
+
+    /// Runs the remaining steps with progress (no state saving; the CLI's loop saves and resumes).
+    public func train(progress: (String) -> Void = { _ in }) {
+        let steps = distiller.config.steps
+        while distiller.step < steps {
+            let s = distiller.trainStep()
+            if s.step % pass.logEvery == 0 || s.step == steps {
+                progress(String(format: "step %d/%d  loss %.4f  kl %.4f  ", s.step, steps, s.loss, s.kl) + status)
+            }
+        }
+    }
+
+    /// The units kept by the trained masks: layers and heads by the threshold (heads equalised over KV groups),
+    /// MLP neurons and hidden channels by the threshold or, with `exactTarget`, by the log α cut-off whose
+    /// exact parameter count is the largest within the target.
+    public func selection() throws -> (selection: LlamaModel.UnitSelection, cutoff: Double) {
+        let c = distiller.student.config, L = c.blocks.count, thr = masks.settings.threshold
+        let la = masks.logAlphas
+        var channelLA: [Double]? = nil, layerLA: [Double]? = nil
+        var headLA = [[Double]?](repeating: nil, count: L), neuronLA = headLA
+        for (m, a) in zip(masks.masks, la) {
+            switch m.axis {
+            case .hidden: channelLA = a
+            case .layers: layerLA = a
+            case .heads: headLA[m.layer!] = a
+            case .mlp: neuronLA[m.layer!] = a
+            }
+        }
+        func order(_ a: [Double]) -> [Int] { a.indices.sorted { a[$0] != a[$1] ? a[$0] < a[$1] : $0 < $1 } }
+        let layers = (0..<L).filter { l in layerLA.map { $0[l] < thr } ?? true }
+        let heads: [[Int]] = (0..<L).map { l in
+            let b = c.blocks[l], H = b.numAttentionHeads, G = b.numKeyValueHeads, per = H / G
+            guard let a = headLA[l] else { return Array(0..<H) }
+            let kept = a.filter { $0 < thr }.count
+            let k = Int((Double(kept) / Double(G)).rounded())
+            return (0..<G).flatMap { g in order(Array(a[(g * per)..<((g + 1) * per)])).prefix(k).map { g * per + $0 } }.sorted()
+        }
+        let model = distiller.student
+        func select(_ kappa: Double) -> LlamaModel.UnitSelection {
+            var channels = channelLA.map { a in a.indices.filter { a[$0] < kappa } } ?? Array(0..<c.hiddenSize)
+            if channels.isEmpty, let a = channelLA { channels = [order(a)[0]] }
+            let neurons: [[Int]] = (0..<L).map { l in neuronLA[l].map { a in a.indices.filter { a[$0] < kappa } } ?? Array(0..<c.blocks[l].intermediateSize) }
+            let kept = layers.filter { !heads[$0].isEmpty || !neurons[$0].isEmpty }
+            return LlamaModel.UnitSelection(channels: channels, layers: kept, heads: heads, neurons: neurons)
+        }
+        func count(_ s: LlamaModel.UnitSelection) -> Int? {
+            guard !s.layers.isEmpty, let cfg = try? model.prunedConfig(s) else { return nil }
+            return LlamaModel.parameterCount(cfg)
+        }
+        guard pass.exactTarget, channelLA != nil || neuronLA.contains(where: { $0 != nil }) else {
+            let s = select(thr)
+            guard count(s) != nil else { throw RecipeError("\(pass.location): the trained masks keep no layer") }
+            return (s, thr)
+        }
+        // Candidate cut-offs: every neuron's and channel's log α (count grows with κ).
+        var cuts = Set<Double>()
+        channelLA.map { cuts.formUnion($0) }
+        for a in neuronLA { a.map { cuts.formUnion($0) } }
+        let sorted = cuts.sorted()
+        // κ just above a candidate keeps every unit up to and including it.
+        func above(_ i: Int) -> Double { i < 0 ? -Double.infinity : sorted[i].nextUp }
+        let target = masks.settings.targetParameters
+        func fits(_ i: Int) -> Bool { count(select(above(i))).map { $0 <= target } ?? false }
+        guard fits(-1) || fits(0) else {
+            throw RecipeError("\(pass.location): the heads and layers the masks keep already exceed the target \(target) parameters with the fewest channels and neurons; train longer or raise lambda_lr")
+        }
+        var lo = fits(-1) ? -1 : 0, hi = sorted.count - 1
+        if fits(hi) { lo = hi }
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2
+            if fits(mid) { lo = mid } else { hi = mid }
+        }
+        return (select(above(lo)), above(lo))
+    }
+
+    /// Prunes the trained student: the selection's units kept with their μ folded into the weights.
+    public func finish() throws -> (model: LlamaModel, diagnostics: JSONValue) {
+        masks.sampling = false
+        masks.willForward(step: distiller.step, micro: 0)
+        let (sel, cutoff) = try selection()
+        let pruned: LlamaModel
+        do { pruned = try distiller.student.pruningUnits(sel, folding: masks.gates) } catch let e as ConfigError {
+            throw RecipeError("\(pass.location): \(e.description)")
+        }
+        let c = distiller.student.config
+        let log = distiller.log
+        let diag: JSONValue = .object([
+            "variant": .string(pass.variant.rawValue),
+            "target_parameters": .int(masks.settings.targetParameters),
+            "parameters": .int(pruned.parameterCount),
+            "expected_parameters_at_end": .double(masks.lastExpected),
+            "lambda": .array([.double(Double(masks.lambda[0])), .double(Double(masks.lambda[1]))]),
+            "log_alpha_cutoff": .double(cutoff),
+            "train_tokens_used": .int(distiller.config.steps * distiller.config.batch * distiller.config.window * distiller.config.accumulation),
+            "hidden": .int(sel.channels.count),
+            "layers_kept": .array(sel.layers.map { .int($0) }),
+            "per_layer": .array(sel.layers.map { l in .object([
+                "layer": .int(l), "heads": .int(sel.heads[l].count), "kv_heads": .int(c.blocks[l].numKeyValueHeads),
+                "mlp": .int(sel.neurons[l].count)]) }),
+            "kept_heads": .array(sel.layers.map { l in .array(sel.heads[l].map { .int($0) }) }),
+            "first_loss": .double(log.first?.loss ?? .nan), "final_loss": .double(log.last?.loss ?? .nan),
+            "final_kl": .double(log.last?.kl ?? .nan),
+        ])
+        return (pruned, diag)
+    }
+}
+
+/// Run by `apply` like every training stage: state saved every `save_every` steps, resumed with `--resume`,
+/// then pruned by `finish`. The teacher is the model entering the stage (the dense model VTrans distils from).
+extension VTransPass: TrainingPass {
+    public var trainText: String { text }
+
+    public func prepare(model: LlamaModel, teacher: LlamaModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
+        let run = try makeRun(model: model, trainTokens: trainTokens)
+        context.progress("\(variant.rawValue), target \(run.masks.settings.targetParameters) parameters, \(run.distiller.config.steps) steps")
+        return TrainingRun(distiller: run.distiller, finish: run.finish)
+    }
+}
