@@ -2,11 +2,6 @@
 #include <stdint.h>
 #include <stddef.h>
 
-// LAPACK routines OpenBLAS ships (Debian's libopenblas includes LAPACK); column-major, Fortran calling
-// convention (the trailing length is Fortran's hidden string length of `uplo`).
-void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
-void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
-
 // CPU feature probes for choosing OpenBLAS's kernels (TensorCore/BLASKernels.swift); zero off x86.
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -36,16 +31,13 @@ static inline uint64_t compress_xcr0(void) { return 0; }
 #endif
 
 // LAPACK (Fortran interface; OpenBLAS bundles reference LAPACK with optimized Cholesky/triangular routines).
-// Column-major, every argument by pointer; wrapped by TensorCore/LAPACK.swift.
-void spotrf_(const char *uplo, const blasint *n, float *a, const blasint *lda, blasint *info);
-void dpotrf_(const char *uplo, const blasint *n, double *a, const blasint *lda, blasint *info);
-void spotri_(const char *uplo, const blasint *n, float *a, const blasint *lda, blasint *info);
-void dpotri_(const char *uplo, const blasint *n, double *a, const blasint *lda, blasint *info);
+// Column-major, every argument by pointer, and gfortran's hidden string lengths of the character arguments
+// last (size_t each); wrapped by TensorCore/LAPACK.swift.
+void dpotrf_(const char *uplo, const blasint *n, double *a, const blasint *lda, blasint *info, size_t uplo_len);
+void dpotri_(const char *uplo, const blasint *n, double *a, const blasint *lda, blasint *info, size_t uplo_len);
 void dgesdd_(const char *jobz, const blasint *m, const blasint *n, double *a, const blasint *lda, double *s,
              double *u, const blasint *ldu, double *vt, const blasint *ldvt, double *work, const blasint *lwork,
-             blasint *iwork, blasint *info);
-void sgesdd_(const char *jobz, const blasint *m, const blasint *n, float *a, const blasint *lda, float *s,
-             float *u, const blasint *ldu, float *vt, const blasint *ldvt, float *work, const blasint *lwork,
-             blasint *iwork, blasint *info);
+             blasint *iwork, blasint *info, size_t jobz_len);
 void dsyevd_(const char *jobz, const char *uplo, const blasint *n, double *a, const blasint *lda, double *w,
-             double *work, const blasint *lwork, blasint *iwork, const blasint *liwork, blasint *info);
+             double *work, const blasint *lwork, blasint *iwork, const blasint *liwork, blasint *info,
+             size_t jobz_len, size_t uplo_len);

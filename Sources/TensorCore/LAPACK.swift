@@ -40,7 +40,7 @@ public enum LAPACK {
         try potrf(&a, n: n, uplo: "L")
         var N = blasint(n), lda = blasint(max(n, 1)), info: blasint = 0
         var uplo = CChar(UInt8(ascii: "L"))
-        dpotri_(&uplo, &N, &a, &lda, &info)
+        dpotri_(&uplo, &N, &a, &lda, &info, 1)
         guard info == 0 else { throw LAPACKError(routine: "dpotri", info: Int(info)) }
         // Column-major lower = row-major upper holds the inverse; mirror it.
         for i in 0..<n { for j in 0..<i { a[i * n + j] = a[j * n + i] } }
@@ -50,7 +50,7 @@ public enum LAPACK {
         guard n > 0 else { return }
         var N = blasint(n), lda = blasint(n), info: blasint = 0
         var uplo = CChar(u.asciiValue!)
-        dpotrf_(&uplo, &N, &a, &lda, &info)
+        dpotrf_(&uplo, &N, &a, &lda, &info, 1)
         guard info == 0 else { throw LAPACKError(routine: "dpotrf", info: Int(info)) }
     }
 
@@ -70,11 +70,11 @@ public enum LAPACK {
         var iwork = [blasint](repeating: 0, count: 8 * r)
         var jobz = CChar(UInt8(ascii: "S"))
         var query = [Double](repeating: 0, count: 1), lwork: blasint = -1
-        dgesdd_(&jobz, &M, &N, &at, &lda, &s, &u1, &ldu, &vt1, &ldvt, &query, &lwork, &iwork, &info)
+        dgesdd_(&jobz, &M, &N, &at, &lda, &s, &u1, &ldu, &vt1, &ldvt, &query, &lwork, &iwork, &info, 1)
         guard info == 0 else { throw LAPACKError(routine: "dgesdd", info: Int(info)) }
         lwork = blasint(query[0])
         var work = [Double](repeating: 0, count: Int(lwork))
-        dgesdd_(&jobz, &M, &N, &at, &lda, &s, &u1, &ldu, &vt1, &ldvt, &work, &lwork, &iwork, &info)
+        dgesdd_(&jobz, &M, &N, &at, &lda, &s, &u1, &ldu, &vt1, &ldvt, &work, &lwork, &iwork, &info, 1)
         guard info == 0 else { throw LAPACKError(routine: "dgesdd", info: Int(info)) }
         return (u: vt1, s: s, vt: u1)
     }
@@ -89,11 +89,11 @@ public enum LAPACK {
         var jobz = CChar(UInt8(ascii: "V")), uplo = CChar(UInt8(ascii: "L"))
         var q = [Double](repeating: 0, count: 1), iq = [blasint](repeating: 0, count: 1)
         var lwork: blasint = -1, liwork: blasint = -1
-        dsyevd_(&jobz, &uplo, &N, &v, &lda, &w, &q, &lwork, &iq, &liwork, &info)
+        dsyevd_(&jobz, &uplo, &N, &v, &lda, &w, &q, &lwork, &iq, &liwork, &info, 1, 1)
         guard info == 0 else { throw LAPACKError(routine: "dsyevd", info: Int(info)) }
         lwork = blasint(q[0]); liwork = iq[0]
         var work = [Double](repeating: 0, count: Int(lwork)), iwork = [blasint](repeating: 0, count: Int(liwork))
-        dsyevd_(&jobz, &uplo, &N, &v, &lda, &w, &work, &lwork, &iwork, &liwork, &info)
+        dsyevd_(&jobz, &uplo, &N, &v, &lda, &w, &work, &lwork, &iwork, &liwork, &info, 1, 1)
         guard info == 0 else { throw LAPACKError(routine: "dsyevd", info: Int(info)) }
         // Column-major column i (eigenvector i) is contiguous: row i read row-major.
         return (w, v)
