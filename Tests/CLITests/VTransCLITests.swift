@@ -13,7 +13,7 @@ extension CLITests {
         let whole = dir.appendingPathComponent("whole.h5").path, resumed = dir.appendingPathComponent("resumed.h5").path
         let first = try launch(["apply", path, "-o", whole, "--cache", cache, "--json"])
         XCTAssertEqual(first.status, 0, first.stderr)
-        XCTAssertTrue(first.stderr.contains("step 6/6") && first.stderr.contains("expected") && first.stderr.contains("/ target"), first.stderr)
+        XCTAssertTrue(first.stderr.contains("step 6/6") && first.stderr.contains("expected_params") && first.stderr.contains("target_params"), first.stderr)
         let killed = try launch(["apply", path, "-o", resumed, "--cache", cache, "--kill-after-step", "3"])
         XCTAssertEqual(killed.reason, .uncaughtSignal)
         XCTAssertTrue(FileManager.default.fileExists(atPath: resumed + ".stage1.state.h5"))
