@@ -289,8 +289,9 @@ public enum Importer {
         }
         let scales = try weights.floats(module + ".weight_scale")
         let halves = scales.map { Float16($0) }
-        if let i = halves.indices.first(where: { Float(halves[$0]) != scales[$0] || halves[$0] < 0 }) {
-            throw ImportError("\(directory): '\(module).weight_scale'[\(i)] = \(scales[i]) is not a non-negative float16 value (our scales are float16)")
+        // Symmetric scales may be negative (the largest-magnitude weight on code −2^(b−1), as Q4_0 does).
+        if let i = halves.indices.first(where: { Float(halves[$0]) != scales[$0] || !halves[$0].isFinite }) {
+            throw ImportError("\(directory): '\(module).weight_scale'[\(i)] = \(scales[i]) is not a finite float16 value (our scales are float16)")
         }
         do {
             return try QuantizedTensor(format: f, shape: shape, codes: try weights.rawBytes(module + ".weight_packed"), scales: halves, mins: [])

@@ -316,8 +316,15 @@ public struct QuantizedTensor: Equatable, Sendable {
         var out = [Float](repeating: 0, count: n)
         out.withUnsafeMutableBufferPointer { o in
             for g in 0..<(n / G) {
-                let s = Float(scales[g]), lo = format.symmetric ? 0 : Float(mins[g])
-                for k in (g * G)..<((g + 1) * G) { o[k] = lo + s * Float(Int(q[k]) - offset) }
+                let s = Float(scales[g])
+                if format.symmetric {
+                    // Exactly s·(c − 2^(b−1)), as ggml's Q4_0/Q8_0 and compressed-tensors compute it (a negative
+                    // scale gives −0 at code 2^(b−1); adding a zero minimum would turn it into +0).
+                    for k in (g * G)..<((g + 1) * G) { o[k] = s * Float(Int(q[k]) - offset) }
+                } else {
+                    let lo = Float(mins[g])
+                    for k in (g * G)..<((g + 1) * G) { o[k] = lo + s * Float(Int(q[k])) }
+                }
             }
         }
         return out
