@@ -95,7 +95,10 @@ final class DSFormerTests: XCTestCase {
     /// The low-rank factorization's error is Σ_{i>k} σ_i² (σ from LAPACK's SVD) and
     /// its product, computed plainly, has that error.
     func testLowRankIsTheTruncatedSVD() throws {
-        let m = 18, n = 26, k = 5
+        for (m, n, k) in [(18, 26, 5), (26, 18, 5), (20, 20, 7)] { try lowRankCase(m: m, n: n, k: k) }
+    }
+
+    func lowRankCase(m: Int, n: Int, k: Int) throws {
         let w = values(m * n)
         let f = try LowRankFactorizer.factorize(w, rows: m, columns: n, rank: k)
         // Reference: LAPACK's SVD (dgesdd), independent of the Gram-matrix route the factorizer takes.
