@@ -323,6 +323,14 @@ public final class Distiller {
         var log: [StepStats]
         /// Digest of the teacher's weights and the training tokens: a state resumes only with the same inputs.
         var inputs: String?
+        /// Trainables' settings by name (those with any; nil when none has).
+        var trainables: [String: String]?
+    }
+
+    /// The trainables' `stateSettings` by name, nil when none has any.
+    var trainableSettings: [String: String]? {
+        let s = trainables.reduce(into: [String: String]()) { if !$1.stateSettings.isEmpty { $0[$1.name] = $1.stateSettings } }
+        return s.isEmpty ? nil : s
     }
 
     /// FNV-1a digest of the teacher (config and every tensor's bits) and of the training tokens.
@@ -349,7 +357,8 @@ public final class Distiller {
     public func saveState(to path: String) throws {
         var tensors: [(String, Tensor)] = []
         for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
-        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log, inputs: inputsDigest)
+        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log, inputs: inputsDigest,
+                             trainables: trainableSettings)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         let text = String(decoding: try e.encode(meta), as: UTF8.self)
@@ -370,6 +379,11 @@ public final class Distiller {
             let b = (try? JSONValue.parse(String(decoding: try e.encode(config), as: UTF8.self)).objectValue) ?? [:]
             let keys = Set(a.keys).union(b.keys).sorted().filter { a[$0] != b[$0] }
             throw ConfigError("\(path): the state was written by a run with different settings (\(keys.joined(separator: ", "))); resume with the same options")
+        }
+        if meta.trainables != trainableSettings {
+            let a = meta.trainables ?? [:], b = trainableSettings ?? [:]
+            let names = Set(a.keys).union(b.keys).sorted().filter { a[$0] != b[$0] }
+            throw ConfigError("\(path): the state was written with different settings of \(names.joined(separator: ", ")) (\(names.map { "\(a[$0] ?? "none") vs \(b[$0] ?? "none")" }.joined(separator: "; "))); resume with the same settings")
         }
         guard meta.studentConfig == student.config.json.text else {
             throw ConfigError("\(path): the state's student config differs from the student checkpoint's")

@@ -20,6 +20,9 @@ public protocol Trainable: AnyObject {
     /// Extra loss terms, once per step after the micro-batches: adds their gradients to the parameters'
     /// and returns their values by name (reported in the step statistics).
     func regularize(step: Int) -> [String: Double]
+    /// Settings that shape the training besides the parameters (rates, targets, ...), as canonical text: a saved
+    /// state resumes only under the same text ("" = nothing to check).
+    var stateSettings: String { get }
 }
 
 extension Trainable {
@@ -27,6 +30,7 @@ extension Trainable {
     public func willForward(step: Int, micro: Int) {}
     public func didBackward(step: Int, micro: Int) {}
     public func regularize(step: Int) -> [String: Double] { [:] }
+    public var stateSettings: String { "" }
 }
 
 /// Gates of the student's forward (per head, neuron, channel, sublayer; Model/LlamaDecoder.swift), trained
