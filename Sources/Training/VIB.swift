@@ -271,6 +271,13 @@ public final class VIBTrainable: Trainable {
         } + [Parameter(name: "\(name).lambda", value: lambda, grad: dLambda, lr: settings.lambdaLR, weightDecay: 0)]
     }
 
+    /// The settings as sorted-key JSON (a resumed run must use the same).
+    public var stateSettings: String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return (try? String(decoding: e.encode(settings), as: UTF8.self)) ?? ""
+    }
+
     /// Writes z (μ + σ·ε when sampling, else μ) of every mask into the gates.
     func writeGates() {
         for m in masks {

@@ -208,4 +208,21 @@ final class VTransTests: XCTestCase {
         XCTAssertEqual(a.config, b.config)
         XCTAssertEqual(a.namedTensors.map { $0.tensor.array }, b.namedTensors.map { $0.tensor.array })
     }
+
+    /// A saved state resumes only under the same VIB settings: another mask_lr is refused.
+    func testStateResumesOnlyWithTheSameMaskSettings() throws {
+        let m = LlamaModel.random(config: Tiny.config, seed: 7)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vtrans-state-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let state = dir.appendingPathComponent("s.h5").path
+        let a = try stage(#"{"fraction": 0.6, "steps": 4, "batch": 2, "window": 12, "mask_lr": 0.1}"#).makeRun(model: m, trainTokens: tokens())
+        a.distiller.trainStep()
+        try a.distiller.saveState(to: state)
+        let same = try stage(#"{"fraction": 0.6, "steps": 4, "batch": 2, "window": 12, "mask_lr": 0.1}"#).makeRun(model: m, trainTokens: tokens())
+        XCTAssertNoThrow(try same.distiller.loadState(from: state))
+        XCTAssertEqual(same.masks.masks.map { $0.mu.array }, a.masks.masks.map { $0.mu.array })
+        let other = try stage(#"{"fraction": 0.6, "steps": 4, "batch": 2, "window": 12, "mask_lr": 0.2}"#).makeRun(model: m, trainTokens: tokens())
+        XCTAssertThrowsError(try other.distiller.loadState(from: state)) { XCTAssertTrue("\($0)".contains("trained parts had other settings"), "\($0)") }
+    }
 }
