@@ -95,22 +95,35 @@ public struct SparsityTarget: Equatable, Sendable {
     /// group of M along a row; unstructured per row (`perRow`) or per matrix. Ties: the lower index is pruned.
     func keepByScore(_ score: [Double], rows: Int, cols: Int, perRow: Bool) -> [Bool] {
         var keep = [Bool](repeating: true, count: rows * cols)
-        func prune(_ idx: Range<Int>, count k: Int) {
-            guard k > 0 else { return }
-            let sorted = idx.sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }
-            for i in sorted.prefix(k) { keep[i] = false }
-        }
         switch pattern {
         case .nm(let n, let m):
-            for g in stride(from: 0, to: rows * cols, by: m) { prune(g..<(g + m), count: m - n) }
+            // Per group: prune the M − N smallest (stable: among equal scores the lower index first).
+            var order = [Int](repeating: 0, count: m)
+            for g in stride(from: 0, to: rows * cols, by: m) {
+                for i in 0..<m {
+                    var k = i
+                    while k > 0 && score[g + order[k - 1]] > score[g + i] { order[k] = order[k - 1]; k -= 1 }
+                    order[k] = i
+                }
+                for i in 0..<(m - n) { keep[g + order[i]] = false }
+            }
         case .unstructured:
             if perRow {
-                for r in 0..<rows { prune((r * cols)..<((r + 1) * cols), count: Int((sparsity * Double(cols)).rounded())) }
+                for r in 0..<rows { Self.pruneSmallest(score, (r * cols)..<((r + 1) * cols), count: Int((sparsity * Double(cols)).rounded()), keep: &keep) }
             } else {
-                prune(0..<(rows * cols), count: Int((sparsity * Double(rows * cols)).rounded()))
+                Self.pruneSmallest(score, 0..<(rows * cols), count: Int((sparsity * Double(rows * cols)).rounded()), keep: &keep)
             }
         }
         return keep
+    }
+
+    /// Marks the `k` smallest scores of `range` as pruned (ties: the lower index first).
+    static func pruneSmallest(_ score: [Double], _ range: Range<Int>, count k: Int, keep: inout [Bool]) {
+        guard k > 0 else { return }
+        let threshold = score[range].sorted()[k - 1]
+        var left = k
+        for i in range where score[i] < threshold { keep[i] = false; left -= 1 }
+        for i in range where left > 0 && score[i] == threshold { keep[i] = false; left -= 1 }
     }
 
     /// The sparse weight keeping `keep` of `values` (the others set to 0).
