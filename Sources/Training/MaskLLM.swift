@@ -180,7 +180,9 @@ public enum GumbelNM {
             d[3] += factor * p[3] * (v.3 - mean); d[4] += factor * p[4] * (v.4 - mean); d[5] += factor * p[5] * (v.5 - mean)
             return
         }
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: K) { vb in
+        do {
+            let vb = UnsafeMutablePointer<Float>.allocate(capacity: K)
+            defer { vb.deallocate() }
             var mean: Float = 0
             for i in 0..<K {
                 var s: Float = 0
@@ -366,8 +368,9 @@ public final class MaskLLMTrainable: Trainable {
                 let key = GumbelNM.noiseKey(seed: settings.seed, step: step, micro: micro, tensor: i)
                 // Per group: p = softmax((κℓ + γ)/τ) (kept in float16), W_eff = W ⊙ (p · S).
                 Parallel.forEachChunk(G, minChunk: 4096) { r in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: K + M) { buf in
-                        let p = buf.baseAddress!, soft = p + K
+                    do {
+                        let p = UnsafeMutablePointer<Float>.allocate(capacity: K + M), soft = p + K
+                        defer { p.deallocate() }
                         for g in r {
                             GumbelNM.groupProbs(l + g * K, K: K, base: g * K, scale: s.scale, temperature: s.temperature, noiseKey: key, out: p)
                             for k in 0..<K {
@@ -399,8 +402,9 @@ public final class MaskLLMTrainable: Trainable {
                 partial.withUnsafeMutableBufferPointer { pp in
                     Parallel.forEachChunkIndexed(G, minChunk: 4096) { ci, r in
                         var local = 0.0
-                        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * M + K) { buf in
-                            let soft = buf.baseAddress!, dm = soft + M, p = dm + M
+                        do {
+                            let soft = UnsafeMutablePointer<Float>.allocate(capacity: 2 * M + K), dm = soft + M, p = dm + M
+                            defer { soft.deallocate() }
                             for g in r {
                                 for k in 0..<K { p[k] = Float(pb[g * K + k]) * (1 / 65535) }
                                 GumbelNM.groupMask(p, S: S, K: K, M: M, out: soft)
