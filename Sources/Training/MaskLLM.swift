@@ -81,14 +81,21 @@ public enum GumbelNM {
         return h
     }
 
-    /// Gumbel(0, 1) noise of element `index` under `key`: −log(−log u), u = (24 random bits + ½) / 2²⁴.
+    /// Gumbel(0, 1) noise of element `index` under `key`: `gumbel(bits:)` of a SplitMix64 hash of both.
     @inline(__always)
     public static func noise(key: UInt64, index: Int) -> Float {
         var z = key &+ UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         z ^= z >> 31
-        let u = (Float(z >> 40) + 0.5) * 0x1p-24
+        return gumbel(bits: z)
+    }
+
+    /// −log(−log u) with u = (the top 23 bits + ½) / 2²³, strictly inside (0, 1) in float32 (24 bits + ½ would
+    /// round to 1 at the top and give an infinite sample): finite for every input, |g| < 16.
+    @inline(__always)
+    public static func gumbel(bits z: UInt64) -> Float {
+        let u = (Float(z >> 41) + 0.5) * 0x1p-23
         return -Foundation.log(-Foundation.log(u))
     }
 
@@ -173,7 +180,9 @@ public enum GumbelNM {
             d[3] += factor * p[3] * (v.3 - mean); d[4] += factor * p[4] * (v.4 - mean); d[5] += factor * p[5] * (v.5 - mean)
             return
         }
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: K) { vb in
+        do {
+            let vb = UnsafeMutablePointer<Float>.allocate(capacity: K)
+            defer { vb.deallocate() }
             var mean: Float = 0
             for i in 0..<K {
                 var s: Float = 0
@@ -252,6 +261,8 @@ public final class MaskLLMTrainable: Trainable {
     var lastChoice: [[UInt8]]? = nil
     let priorChoice: [[UInt8]?]
     var regValue = 0.0
+    /// Set when a sample met non-finite logits; the step's regulariser then reports NaN, which stops the loop.
+    var nonFinite = false
     public private(set) var parameters: [Parameter] = []
 
     public var weightGradients: Set<WeightID> { Set(targets.map { .linear($0) }) }
@@ -347,6 +358,9 @@ public final class MaskLLMTrainable: Trainable {
         if lastChoice == nil { lastChoice = currentChoice() }
         if micro == 0 { regValue = 0 }
         let s = settings.schedule(step: step), K = candidates.count, M = candidates.m
+        let bad = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
+        bad.initialize(to: false)
+        defer { if bad[0] { nonFinite = true }; bad.deallocate() }
         candidates.masks.withUnsafeBufferPointer { sp in
             let S = sp.baseAddress!
             for i in targets.indices {
@@ -354,11 +368,16 @@ public final class MaskLLMTrainable: Trainable {
                 let key = GumbelNM.noiseKey(seed: settings.seed, step: step, micro: micro, tensor: i)
                 // Per group: p = softmax((κℓ + γ)/τ) (kept in float16), W_eff = W ⊙ (p · S).
                 Parallel.forEachChunk(G, minChunk: 4096) { r in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: K + M) { buf in
-                        let p = buf.baseAddress!, soft = p + K
+                    do {
+                        let p = UnsafeMutablePointer<Float>.allocate(capacity: K + M), soft = p + K
+                        defer { p.deallocate() }
                         for g in r {
                             GumbelNM.groupProbs(l + g * K, K: K, base: g * K, scale: s.scale, temperature: s.temperature, noiseKey: key, out: p)
-                            for k in 0..<K { let q = UInt16((p[k] * 65535).rounded()); pb[g * K + k] = q; p[k] = Float(q) * (1 / 65535) }
+                            for k in 0..<K {
+                                let v = p[k] * 65535
+                                guard v >= 0 && v <= 65535 else { bad[0] = true; pb[g * K + k] = 0; p[k] = 0; continue }  // NaN logits
+                                let q = UInt16(v.rounded()); pb[g * K + k] = q; p[k] = Float(q) * (1 / 65535)
+                            }
                             GumbelNM.groupMask(p, S: S, K: K, M: M, out: soft)
                             for j in 0..<M { ed[g * M + j] = wd[g * M + j] * soft[j] }
                         }
@@ -383,8 +402,9 @@ public final class MaskLLMTrainable: Trainable {
                 partial.withUnsafeMutableBufferPointer { pp in
                     Parallel.forEachChunkIndexed(G, minChunk: 4096) { ci, r in
                         var local = 0.0
-                        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * M + K) { buf in
-                            let soft = buf.baseAddress!, dm = soft + M, p = dm + M
+                        do {
+                            let soft = UnsafeMutablePointer<Float>.allocate(capacity: 2 * M + K), dm = soft + M, p = dm + M
+                            defer { soft.deallocate() }
                             for g in r {
                                 for k in 0..<K { p[k] = Float(pb[g * K + k]) * (1 / 65535) }
                                 GumbelNM.groupMask(p, S: S, K: K, M: M, out: soft)
@@ -409,7 +429,8 @@ public final class MaskLLMTrainable: Trainable {
     }
 
     public func regularize(step: Int) -> [String: Double] {
-        settings.weightReg > 0 ? [name + ".weight_reg": regValue] : [:]
+        if nonFinite { return [name + ".weight_reg": .nan] }
+        return settings.weightReg > 0 ? [name + ".weight_reg": regValue] : [:]
     }
 
     public func didUpdate(step: Int) -> [String: Double] {

@@ -37,6 +37,11 @@ final class MaskLLMTests: XCTestCase {
         let mean = s / Double(n), variance = s2 / Double(n) - mean * mean
         XCTAssertEqual(mean, 0.5772156649, accuracy: 0.005)
         XCTAssertEqual(variance, Double.pi * Double.pi / 6, accuracy: 0.01)
+        // The extremes of the bits give finite samples (SmolLM2's 159 M draws per micro-batch reach them).
+        for z: UInt64 in [0, 1, UInt64.max, UInt64.max - 1, 1 << 41, UInt64.max >> 1] {
+            let g = GumbelNM.gumbel(bits: z)
+            XCTAssertTrue(g.isFinite && abs(g) < 17, "\(z): \(g)")
+        }
         XCTAssertNotEqual(GumbelNM.noiseKey(seed: 3, step: 1, micro: 0, tensor: 2), GumbelNM.noiseKey(seed: 3, step: 1, micro: 1, tensor: 2))
         XCTAssertNotEqual(GumbelNM.noiseKey(seed: 3, step: 1, micro: 0, tensor: 2), GumbelNM.noiseKey(seed: 3, step: 2, micro: 0, tensor: 2))
     }
