@@ -1,5 +1,11 @@
 #include <cblas.h>
 #include <stdint.h>
+#include <stddef.h>
+
+// LAPACK routines OpenBLAS ships (Debian's libopenblas includes LAPACK); column-major, Fortran calling
+// convention (the trailing length is Fortran's hidden string length of `uplo`).
+void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
+void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
 
 // CPU feature probes for choosing OpenBLAS's kernels (TensorCore/BLASKernels.swift); zero off x86.
 #if defined(__x86_64__) || defined(__i386__)

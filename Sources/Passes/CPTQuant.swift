@@ -20,7 +20,9 @@
 // calibration) from being quantized for free. The damage model is linear in the weight error: a layer's
 // width moves only when sensitivities differ by more than the error ratio between widths (about 4× per bit).
 // The quantizer is Quantization/Quantizer.swift (round-to-nearest, or the clipping search weighted by the
-// calibration inputs' E[x²] per column).
+// calibration inputs' E[x²] per column), or GPTQ (`method: gptq`, Passes/GPTQ.swift) with keys `damp`
+// (relative, 0.01), `block_size` (128), `act_order` (false) and `clip_search` (true: each group's grid by the
+// clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid).
 //
 // Measured damage (`damage: "measured"`, issue 19; ours, not the paper's): instead of s̃_u · e_u(b), each
 // unit's damage at each width is measured directly: with that unit's tensors at width b (dequantized) and every
@@ -46,8 +48,13 @@
 //   uniform baseline at the same budget are ours, so estimators can be compared at equal size.
 // - Sensitivity is per decoder layer as in the paper, or per tensor (`granularity: "tensor"`); CMPQ has no
 //   per-tensor form, so each tensor takes its layer's score.
-// - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked.
-//   Norms (1-D) stay float32.
+// - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked
+//   (counted in the budget with `fixed_in_budget`). Norms (1-D) stay float32.
+// - With `method: gptq` the allocation's error e_u(b) is round-to-nearest's (GPTQ minimises the layer-output
+//   error, not ‖W − Q(W)‖, and runs layer after layer on the already-quantized model, so it runs once, after
+//   the allocation, at the chosen widths); the bytes are the same for every method at a given format. So is
+//   the measured damage per unit (KL with the unit at round-to-nearest), while the reported measured total
+//   is that of the result (GPTQ's weights).
 
 import Foundation
 import Model
@@ -58,8 +65,10 @@ import Training
 
 public struct CPTQuantPass: CompressionPass {
     public static let name = "cptquant"
-    /// Quantizes dense weights; its result holds quantized weights, which no training or pass may follow.
-    public static let accepts: Set<WeightKind> = [.dense]
+    /// Quantizes dense weights, and sparse ones (pruned weights stay exactly 0: symmetric formats only; the
+    /// result is a quantized weight whose codes hold the zeros, the mask is not stored apart); its result holds
+    /// quantized weights, which no training or pass may follow.
+    public static let accepts: Set<WeightKind> = [.dense, .sparse]
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.quantized]) }
     /// Calibration windows unless neither the estimator nor the quantizer uses them (estimator none, rtn).
     public var needs: PassNeeds { estimator == .none && method == .rtn && damage == .estimated ? [] : [.calibration] }
@@ -67,7 +76,7 @@ public struct CPTQuantPass: CompressionPass {
     public enum Estimator: String, CaseIterable, Sendable { case cmpq, pmpq, tdmpq, none }
     public enum AllocationMode: String, CaseIterable, Sendable { case budget, clusters, uniform }
     public enum Granularity: String, CaseIterable, Sendable { case layer, tensor }
-    public enum Method: String, CaseIterable, Sendable { case rtn, search }
+    public enum Method: String, CaseIterable, Sendable { case rtn, search, gptq }
     /// What the budget allocation minimizes: Σ s̃_u · e_u(b) (`estimated`) or Σ measured KL (`measured`).
     public enum Damage: String, CaseIterable, Sendable { case estimated, measured }
 
@@ -95,6 +104,11 @@ public struct CPTQuantPass: CompressionPass {
     public var damageWindows = 4
     public var damageTokens = 128
     public var fixedInBudget = false
+    /// GPTQ: relative damping, columns per lazy-update block, activation order.
+    public var damp = 0.01
+    public var blockSize = 128
+    public var actOrder = false
+    public var clipSearch = true
 
     public init(config s: StrictObject) throws {
         estimator = try s.choice("estimator", default: estimator)
@@ -153,6 +167,14 @@ public struct CPTQuantPass: CompressionPass {
         if fixedInBudget && allocation == .clusters {
             throw RecipeError("\(s.location): 'fixed_in_budget' needs a budget (allocation 'budget' or 'uniform')")
         }
+        for key in ["damp", "block_size", "act_order", "clip_search"] where s.has(key) && method != .gptq {
+            throw RecipeError("\(s.location): '\(key)' applies to method 'gptq' only (method is '\(method.rawValue)')")
+        }
+        damp = try s.double("damp", default: damp, in: 0...1e6)
+        guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
+        blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
+        actOrder = try s.bool("act_order", default: actOrder)
+        clipSearch = try s.bool("clip_search", default: clipSearch)
 
         switch allocation {
         case .budget, .uniform:
@@ -222,8 +244,19 @@ public struct CPTQuantPass: CompressionPass {
         for u in units { for t in u.tensors where tensors[t]!.shape[1] % groupSize != 0 {
             throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
         } }
+        var masks: [LinearID: SparsityMask] = [:]
+        for u in units { for t in u.tensors {
+            guard case .linear(let id) = t, case .sparse(let s)? = model.linear(id) else { continue }
+            guard symmetric else {
+                throw RecipeError("cptquant: '\(t)' is sparse (\(s.mask.pattern)); its pruned weights stay exactly 0 only on a symmetric grid: set 'symmetric': true")
+            }
+            masks[id] = s.mask
+        } }
         let windows = context.calibration
         guard !windows.isEmpty || (estimator == .none && method == .rtn) else { throw RecipeError("cptquant: needs calibration windows") }
+        if method == .gptq, let T = windows.first?.count, !windows.allSatisfy({ $0.count == T }) {
+            throw RecipeError("cptquant: GPTQ needs calibration windows of one length")
+        }
 
         // Calibration statistics: per input column E[x²] (for the search) and CMPQ's scores.
         var moments: CalibrationMoments?
@@ -370,6 +403,33 @@ public struct CPTQuantPass: CompressionPass {
 
         // The quantized model: the packed codes are its weights.
         var result = model
+        var gptqReport: JSONValue?
+        if method == .gptq {
+            // GPTQ at the allocated widths, layer by layer on the already-quantized layers' outputs.
+            var formatOf: [LinearID: QuantFormat] = [:]
+            for (u, unit) in units.enumerated() {
+                for t in unit.tensors { if case .linear(let id) = t { formatOf[id] = formats[widths.firstIndex(of: chosen.bits[u])!] } }
+            }
+            let start = Date()
+            var losses: [JSONValue] = []
+            result = try Layerwise.run(model: model, windows: windows, targets: Set(formatOf.keys.map(\.kind)), fullHessian: true,
+                                       progress: context.progress) { id, weight, input in
+                guard let f = formatOf[id] else { return weight }
+                do {
+                    let factor = try input.factorization(damp: damp, actOrder: actOrder)
+                    let importance = clipSearch ? input.squares.map { Float($0 / Double(max(input.tokens, 1))) } : nil
+                    let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize, importance: importance,
+                                                      keep: masks[id])
+                    losses.append(.object(["name": .string(WeightID.linear(id).hfName), "format": .string(f.description), "obs_loss": .double(loss)]))
+                    return .quantized(QuantizedWeight(q))
+                } catch let e as RecipeError { throw RecipeError("cptquant: GPTQ of '\(id)': \(e.description)") } catch {
+                    throw RecipeError("cptquant: GPTQ of '\(id)' at \(f): \(error)")
+                }
+            }
+            gptqReport = .object(["damp": .double(damp), "block_size": .int(blockSize), "act_order": .bool(actOrder), "clip_search": .bool(clipSearch),
+                                  "calibration_tokens": .int(windows.reduce(0) { $0 + $1.count }),
+                                  "seconds": .double(Date().timeIntervalSince(start)), "tensors": .array(losses)])
+        }
         func set(_ id: WeightID, _ q: QuantizedTensor) throws {
             do { result = try result.replacing(id, with: .quantized(QuantizedWeight(q))) } catch let e as ConfigError {
                 throw RecipeError("cptquant: \(e.description)")
@@ -377,7 +437,7 @@ public struct CPTQuantPass: CompressionPass {
         }
         for (u, unit) in units.enumerated() {
             let fi = widths.firstIndex(of: chosen.bits[u])!
-            for t in unit.tensors { try set(t, stored[index[t]!][fi]!) }
+            for t in unit.tensors where method != .gptq { try set(t, stored[index[t]!][fi]!) }
         }
         var extras: [String: JSONValue] = [:]
         for (id, f, q) in fixed {
@@ -421,12 +481,18 @@ public struct CPTQuantPass: CompressionPass {
             "layers": .array(layerSummary), "units": .array(unitReports),
         ]
         // Predicted (additive) against measured total damage, with every unit at its chosen width.
-        func measuredTotal(_ a: Allocation, withFixed: Bool = false) throws -> Double? {
+        // The chosen allocation is measured on the result's own weights (GPTQ's, with method gptq); the uniform
+        // baseline on the stored forms the allocation saw (round to nearest or the search).
+        func measuredTotal(_ a: Allocation, withFixed: Bool = false, fromResult: Bool = true) throws -> Double? {
             guard let probe else { return nil }
             var values: [WeightID: [Float]] = [:]
             for (u, unit) in units.enumerated() {
                 let fi = widths.firstIndex(of: a.bits[u])!
-                for t in unit.tensors { values[t] = stored[index[t]!][fi]!.dequantized() }
+                for t in unit.tensors {
+                    if fromResult, case .linear(let id) = t, let w = result.linear(id) { values[t] = w.dequantized().array } else {
+                        values[t] = stored[index[t]!][fi]!.dequantized()
+                    }
+                }
             }
             if withFixed { for x in fixed { values[x.id] = x.q.dequantized() } }
             return try probe.divergence(values, resumeAt: withFixed && !fixed.isEmpty ? nil : 0)
@@ -446,11 +512,12 @@ public struct CPTQuantPass: CompressionPass {
                 var entry: [String: JSONValue] = ["bits": .int(uniform.bits.first ?? 0), "bytes": .int(uniform.bytes),
                                                   "bits_per_weight": .double(Double(uniform.bytes * 8) / Double(weights)),
                                                   "estimated_damage": .double(uniform.damage)]
-                if let m = try measuredTotal(uniform) { entry["predicted_damage"] = .double(uniform.damage); entry["measured_damage"] = .double(m) }
+                if let m = try measuredTotal(uniform, fromResult: false) { entry["predicted_damage"] = .double(uniform.damage); entry["measured_damage"] = .double(m) }
                 diag["uniform_baseline"] = .object(entry)
             }
         }
         if !extras.isEmpty { diag["fixed"] = .object(extras) }
+        if let gptqReport { diag["gptq"] = gptqReport }
         if let m = moments, estimator == .cmpq { diag["cmpq_samples"] = .int(m.pooledSamples) }
         return (result, .object(diag))
     }

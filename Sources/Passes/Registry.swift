@@ -5,7 +5,7 @@ extension StageRegistry {
     public static func standard() -> StageRegistry {
         var r = StageRegistry()
         // The names are distinct by construction; a duplicate here is a programming error.
-        for t in [MinitronPass.self, FinerCutPass.self, CPTQuantPass.self, DistillStage.self, EvalStage.self] as [any RecipeStage.Type] {
+        for t in [MinitronPass.self, FinerCutPass.self, CPTQuantPass.self, MagnitudePass.self, WandaPass.self, SparseGPTPass.self, DistillStage.self, EvalStage.self] as [any RecipeStage.Type] {
             do { try r.register(t) } catch { preconditionFailure("\(error)") }
         }
         return r

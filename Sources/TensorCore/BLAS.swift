@@ -52,3 +52,15 @@ public enum BLAS {
         profileLock.unlock()
     }
 }
+
+extension BLAS {
+    /// C (n, n) = alpha · Aᵀ A + beta · C for A (k, n) row-major, upper triangle only (the lower is not
+    /// touched): the Gram matrix of A's rows, e.g. Σ_t x_t x_tᵀ of k activation rows.
+    public static func gramUpper(n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, beta: Float = 0,
+                                 c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if n == 0 { return }
+        let start = profiling ? DispatchTime.now().uptimeNanoseconds : 0
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(n), Int32(k), alpha, a, Int32(lda), beta, c, Int32(ldc))
+        if profiling { recordGemm(start: start, flops: Double(n) * Double(n + 1) * Double(k)) }
+    }
+}

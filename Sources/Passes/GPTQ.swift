@@ -1,0 +1,120 @@
+// GPTQ: CPTQuant's `method: gptq` (issue 19).
+//
+// Paper: E. Frantar, S. Ashkboos, T. Hoefler, D. Alistarh, "GPTQ: Accurate Post-Training Quantization for
+// Generative Pre-trained Transformers", ICLR 2023.
+//
+// Per linear weight W (OC, C) with calibration inputs X of the already-quantized layers before it
+// (Passes/Layerwise.swift): H = 2XXᵀ/n, dead inputs (H_jj = 0) zeroed, relative damping H += λI with
+// λ = damp · mean diag H (default 0.01), optional activation order (columns by decreasing H_jj), U = chol(H⁻¹)
+// upper. Columns are quantized one at a time, in blocks of B (128) with lazy batch updates
+// (Passes/OptimalBrainSurgeon.swift):
+//   q_j = Q(w_j),   e_j = (w_j − q_j) / U_jj,   w_F −= e_j · U_{j,F}   (F: the later columns).
+// Q is the stored format's own grid (Quantization/ColumnQuantization.swift → Quantizer.swift): a group's
+// float16 scale (and minimum) is fixed when the first of its columns is reached (with activation order: the
+// first in processing order), from the group's current values (every update so far included), by the
+// quantizer itself on that one group: round-to-nearest's min-max grid, or (`clip_search`, the default in
+// CPTQuant) its clipping search weighted by E[x_k²] = H_kk / 2 (the GPTQ reference's `mse` grid option plays
+// the same role); each weight then gets its nearest code on that grid. Float16 is the same loop with
+// Q = rounding to float16.
+// A sparse weight (`keep`: its mask) is quantized with its pruned weights fixed to the grid's value of 0
+// (exactly 0 on symmetric grids) and their error spread like any other, SparseGPT's joint sparsification and
+// quantization.
+// Deviation: groups stay runs of G consecutive input columns (the stored format's); with activation order the
+// paper's reference groups along the processing order and stores a column → group index instead.
+
+import Foundation
+import Model
+import Quantization
+import Recipes
+import TensorCore
+
+enum GPTQ {
+    /// The solver's result: fixed values in the original column order, the codes and per-group grids (integer
+    /// formats), and the OBS loss.
+    struct Result {
+        var values: Tensor
+        var codes: [UInt8]
+        var scales: [Float16]
+        var mins: [Float16]
+        var loss: Double
+    }
+
+    /// GPTQ on W (OC, C) in `format`; `limit`: process only the first columns in processing order (tests).
+    /// `importance` (per input column, E[x²]): the groups' grids come from the clipping search weighted by it;
+    /// nil: round-to-nearest grids.
+    static func solve(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int, importance: [Float]? = nil,
+                      keep: SparsityMask? = nil, limit: Int? = nil) throws -> Result {
+        let OC = weight.shape[0], C = weight.shape[1]
+        let order = factor.order
+        let natural = order == Array(0..<C)
+        var position = [Int](repeating: 0, count: C)
+        for (j, c) in order.enumerated() { position[c] = j }
+        let w = natural ? weight.copy() : OptimalBrainSurgeon.permuteColumns(weight, order)
+        for c in factor.dead { for r in 0..<OC { w[r * C + position[c]] = 0 } }
+        let G = f.isFloat16 ? 1 : f.groupSize
+        guard C % G == 0 else { throw QuantizationError("\(C) input columns are not a whole number of groups of \(G)") }
+        let groups = C / G
+        var codes = [UInt8](repeating: 0, count: f.isFloat16 ? 0 : OC * C)
+        var scales = [Float16](repeating: 0, count: f.isFloat16 ? 0 : OC * groups)
+        var mins = [Float16](repeating: 0, count: f.isFloat16 || f.symmetric ? 0 : OC * groups)
+        var fixed = [Bool](repeating: false, count: f.isFloat16 ? 0 : OC * groups)
+        var failure: String?
+        let lock = NSLock()
+        let loss = codes.withUnsafeMutableBufferPointer { cp in
+            scales.withUnsafeMutableBufferPointer { sp in
+                mins.withUnsafeMutableBufferPointer { mp in
+                    fixed.withUnsafeMutableBufferPointer { fp in
+                        OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: C, u: factor.u, blockSize: blockSize, limit: limit) { r, j, row, current in
+                            let pruned = keep.map { !$0[r * C + order[j]] } ?? false
+                            let x = pruned ? 0 : row[j]
+                            if f.isFloat16 {
+                                let h = Float16(x)
+                                if !h.isFinite { lock.lock(); failure = "weight (\(r), \(order[j])) = \(x) overflows float16"; lock.unlock(); return x }
+                                return Float(h)
+                            }
+                            let c = order[j], g = c / G, gi = r * groups + g
+                            if !fp[gi] {
+                                var values = [Float](repeating: 0, count: G)
+                                for k in 0..<G where keep?[r * C + g * G + k] ?? true { values[k] = current(position[g * G + k]) }
+                                // The quantizer's own choice of grid for this one group (1 × G).
+                                do {
+                                    let one = try QuantizedTensor(weights: values, shape: [1, G], format: f,
+                                                                  importance: importance.map { Array($0[(g * G)..<((g + 1) * G)]) }, search: importance != nil)
+                                    sp[gi] = one.scales[0]
+                                    if !f.symmetric { mp[gi] = one.mins[0] }
+                                } catch {
+                                    lock.lock(); failure = "group \(gi) (row \(r)): \(error)"; lock.unlock()
+                                    return x
+                                }
+                                fp[gi] = true
+                            }
+                            let lo = f.symmetric ? Float16(0) : mp[gi]
+                            let q = QuantizedTensor.storedCode(x, scale: sp[gi], min: lo, format: f)
+                            cp[r * C + c] = q
+                            return QuantizedTensor.value(ofCode: q, scale: sp[gi], min: lo, format: f)
+                        }
+                    }
+                }
+            }
+        }
+        if let failure { throw UnrepresentableWeights(failure) }
+        let values = natural ? w : OptimalBrainSurgeon.permuteColumns(w, order, inverse: true)
+        return Result(values: values, codes: codes, scales: scales, mins: mins, loss: loss)
+    }
+
+    /// The stored tensor of a full solve; checks that it dequantizes to exactly the values the solver used.
+    static func quantize(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int,
+                         importance: [Float]? = nil, keep: SparsityMask? = nil) throws -> (QuantizedTensor, loss: Double) {
+        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance, keep: keep)
+        let q: QuantizedTensor
+        if f.isFloat16 {
+            q = try QuantizedTensor(weights: r.values.array, shape: weight.shape, format: f)
+        } else {
+            q = try QuantizedTensor(format: f, shape: weight.shape, codes: packCodes(r.codes, bits: f.bits), scales: r.scales, mins: r.mins)
+        }
+        guard q.dequantized() == r.values.array else {
+            throw QuantizationError("GPTQ: the stored \(f) tensor does not dequantize to the values GPTQ fixed (ColumnQuantization.swift is out of step with Quantizer.swift)")
+        }
+        return (q, r.loss)
+    }
+}

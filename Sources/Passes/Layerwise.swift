@@ -1,0 +1,243 @@
+// Layer-wise calibration for one-shot compressors that reconstruct each linear layer from its inputs
+// (SparseGPT, GPTQ, Wanda): the shared mechanism of Passes/Sparsity.swift and CPTQuant's `method: gptq`.
+//
+// Papers: E. Frantar, D. Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+// 2023; E. Frantar, S. Ashkboos, T. Hoefler, D. Alistarh, "GPTQ: Accurate Post-Training Quantization for
+// Generative Pre-trained Transformers", 2022; M. Sun, Z. Liu, A. Bair, J. Z. Kolter, "A Simple and Effective
+// Pruning Approach for Large Language Models" (Wanda), 2023.
+//
+// Each compressor minimises, per linear layer W (OC, C) with calibration inputs X (C, n), the layer-output
+// error ‖WX − ŴX‖², whose Hessian in Ŵ's rows is
+//   H = 2 X Xᵀ / n  (here accumulated as (2/n) Σ_t x_t x_tᵀ over the n calibration tokens).
+// The calibration windows run through the model in order, sublayer by sublayer:
+//   1. the residual stream of every window entering sublayer s is kept (windows × T × C floats);
+//   2. the input projections (q/k/v, or gate/up) share one input, the normed stream: its statistics are
+//      accumulated once and each targeted projection is compressed with them;
+//   3. the sublayer runs with the compressed input projections; the input of the output projection (o_proj:
+//      the attention output; down_proj: the SwiGLU activation) is kept and its statistics accumulated, and the
+//      output projection is compressed;
+//   4. the kept streams advance through the compressed sublayer (x += input · Ŵ_outᵀ).
+// So every layer is compressed on the activations of the already-compressed layers before it, as SparseGPT
+// and GPTQ do.
+// Deviation: the papers' reference procedures collect all of a decoder layer's inputs in one forward with the
+// layer still dense; here o_proj (down_proj) sees the outputs of the already-compressed q/k/v (gate/up), which
+// is the papers' "sequential" principle applied inside the layer too.
+// Memory: the residual streams (windows × T × C floats) plus, when an output projection is targeted, its
+// inputs (windows × T × max(H·D, F) floats): 0.6 GB and 1.6 GB for 128 × 2048 tokens of SmolLM2-135M.
+
+import Foundation
+import Model
+import Recipes
+import TensorCore
+
+/// Calibration statistics of one linear input (shared by the projections that read it): the number of
+/// tokens n, Σ_t x_t² per column, and, when asked for, the Gram matrix Σ_t x_t x_tᵀ.
+public final class InputStatistics {
+    /// Input features C.
+    public let features: Int
+    /// Calibration tokens seen.
+    public private(set) var tokens = 0
+    /// Σ_t x_{t,j}² per column j, in Float64.
+    public private(set) var squares: [Double]
+    /// Σ_t x_t x_tᵀ (C, C) row-major in Float64 (upper triangle while accumulating); nil: diagonal only.
+    private var gram: [Double]?
+    private var scratch: [Float] = []
+    private var factorizations: [String: HessianFactorization] = [:]
+
+    public init(features: Int, full: Bool) {
+        self.features = features
+        squares = [Double](repeating: 0, count: features)
+        gram = full ? [Double](repeating: 0, count: features * features) : nil
+    }
+
+    /// Adds the rows of x (rows, C).
+    public func add(_ x: UnsafePointer<Float>, rows: Int) {
+        let C = features
+        tokens += rows
+        squares.withUnsafeMutableBufferPointer { s in
+            for t in 0..<rows { for j in 0..<C { let v = Double(x[t * C + j]); s[j] += v * v } }
+        }
+        guard gram != nil else { return }
+        if scratch.count != C * C { scratch = [Float](repeating: 0, count: C * C) }
+        // One window's Gram matrix in Float32 (BLAS), summed in Float64 across windows.
+        scratch.withUnsafeMutableBufferPointer { BLAS.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C) }
+        gram!.withUnsafeMutableBufferPointer { g in
+            scratch.withUnsafeBufferPointer { s in
+                Parallel.forEachChunk(C, minChunk: 32) { range in
+                    for i in range { for j in i..<C { g[i * C + j] += Double(s[i * C + j]) } }
+                }
+            }
+        }
+    }
+
+    /// Per column ‖x_j‖₂ over the calibration tokens (Wanda's input norm).
+    public var columnNorms: [Double] { squares.map { $0.squareRoot() } }
+
+    /// H = (2/n) Σ_t x_t x_tᵀ (C, C), row-major, Float64. Needs the full statistics.
+    public func hessian() -> [Double] {
+        guard let g = gram else { preconditionFailure("input statistics kept the diagonal only") }
+        let C = features, scale = tokens > 0 ? 2 / Double(tokens) : 0
+        var h = [Double](repeating: 0, count: C * C)
+        for i in 0..<C {
+            for j in i..<C { h[i * C + j] = scale * g[i * C + j]; h[j * C + i] = h[i * C + j] }
+        }
+        return h
+    }
+
+    /// The damped, optionally reordered Hessian's inverse Cholesky factor (computed once per setting and
+    /// shared by the projections that read this input).
+    public func factorization(damp: Double, actOrder: Bool) throws -> HessianFactorization {
+        let key = "\(damp) \(actOrder)"
+        if let f = factorizations[key] { return f }
+        let f = try HessianFactorization(hessian: hessian(), features: features, damp: damp, actOrder: actOrder)
+        factorizations[key] = f
+        return f
+    }
+}
+
+/// What the optimal-brain-surgeon column solver needs from H (SparseGPT, GPTQ):
+///   dead columns (H_jj = 0: the input is always 0) get H_jj = 1 and their weights are zeroed;
+///   relative damping: H += λ I, λ = damp · mean_j H_jj;
+///   optional activation order: columns processed by decreasing H_jj (GPTQ's act-order), P the permutation;
+///   U: upper Cholesky factor of (P H Pᵀ)⁻¹, Float32, so that H_F⁻¹'s row j is U_j· · U_jj for the columns
+///   F = {j, …} not yet processed.
+public struct HessianFactorization {
+    /// Columns of the input in processing order (identity without act-order).
+    public let order: [Int]
+    /// Columns whose input is always zero.
+    public let dead: [Int]
+    /// The damping λ added to the diagonal.
+    public let damping: Double
+    /// (C, C) row-major upper factor, in processing order.
+    public let u: [Float]
+
+    public init(hessian given: [Double], features C: Int, damp: Double, actOrder: Bool) throws {
+        var h = given
+        var dead: [Int] = []
+        for j in 0..<C where h[j * C + j] == 0 { dead.append(j); h[j * C + j] = 1 }
+        let mean = (0..<C).reduce(0.0) { $0 + h[$1 * C + $1] } / Double(max(C, 1))
+        let lambda = damp * mean
+        for j in 0..<C { h[j * C + j] += lambda }
+        let order = actOrder ? (0..<C).sorted { h[$0 * C + $0] != h[$1 * C + $1] ? h[$0 * C + $0] > h[$1 * C + $1] : $0 < $1 } : Array(0..<C)
+        if actOrder {
+            var p = [Double](repeating: 0, count: C * C)
+            for i in 0..<C { for j in 0..<C { p[i * C + j] = h[order[i] * C + order[j]] } }
+            h = p
+        }
+        do { try SymmetricPositiveDefinite.upperCholeskyOfInverse(&h, n: C) } catch {
+            throw RecipeError("the damped Hessian is not positive definite (\(error)); raise 'damp'")
+        }
+        self.order = order; self.dead = dead; damping = lambda
+        u = h.map { Float($0) }
+    }
+}
+
+/// The calibration driver (see the top of this file).
+public enum Layerwise {
+    /// Compresses one linear weight given its input's statistics; returns the replacement (same shape).
+    public typealias Compressor = (_ id: LinearID, _ weight: LinearWeight, _ input: InputStatistics) throws -> LinearWeight
+
+    /// The model with every linear of a kind in `targets` replaced by `compress`'s result, layer by layer on
+    /// the calibration `windows` (all of one length) propagated through the already-compressed layers.
+    /// `fullHessian`: accumulate Σ x xᵀ (SparseGPT, GPTQ) or only Σ x² per column (Wanda).
+    public static func run(model given: LlamaModel, windows: [[Int32]], targets: Set<LinearKind>, fullHessian: Bool,
+                           progress: (String) -> Void = { _ in }, compress: Compressor) throws -> LlamaModel {
+        guard let T = windows.first?.count, T > 0 else { throw RecipeError("layer-wise calibration needs calibration windows") }
+        guard windows.allSatisfy({ $0.count == T }) else { throw RecipeError("calibration windows must share one length") }
+        var model = given
+        let c = model.config, C = c.hiddenSize, N = windows.count, L = model.layers.count
+        let eps = Float(c.rmsNormEps)
+        let start = Date()
+        // Residual streams of every window.
+        let states = Tensor(shape: [N, T, C])
+        do {
+            let engine = LlamaDecoder(model: model, window: T)
+            for (w, ids) in windows.enumerated() {
+                engine.embed(ids)
+                (states.data + w * T * C).update(from: engine.residual, count: T * C)
+            }
+        }
+        let outWidth = c.blocks.map { max($0.attention ? $0.numAttentionHeads * c.headDim : 0, $0.mlp ? $0.intermediateSize : 0) }.max() ?? 0
+        let needStore = targets.contains(.o) || targets.contains(.down)
+        let store = Tensor(shape: needStore ? [N, T, outWidth] : [0])
+        let normed = Tensor(shape: [T, C])
+        let totalSublayers = 2 * L
+        var done = 0
+
+        func replace(_ id: LinearID, _ stats: InputStatistics) throws {
+            guard let w = model.linear(id) else { return }
+            let t0 = Date()
+            let new = try compress(id, w, stats)
+            do { model = try model.replacing(.linear(id), with: new) } catch let e as ConfigError { throw RecipeError("\(id): \(e.description)") }
+            progress(String(format: "  %@ (%d × %d) on %d tokens: %.2f s", id.description, w.outFeatures, w.inFeatures, stats.tokens,
+                            Date().timeIntervalSince(t0)))
+        }
+
+        for l in 0..<L {
+            for s in [2 * l, 2 * l + 1] {
+                let attention = s % 2 == 0
+                let layer = model.layers[l]
+                guard attention ? layer.attention != nil : layer.mlp != nil else { done += 1; continue }
+                let inKinds: [LinearKind] = (attention ? [.q, .k, .v] : [.gate, .up]).filter(targets.contains)
+                let outKind: LinearKind = attention ? .o : .down
+                let norm = attention ? layer.attention!.norm : layer.mlp!.norm
+                // 2. The shared input of the input projections.
+                if !inKinds.isEmpty {
+                    let stats = InputStatistics(features: C, full: fullHessian)
+                    for w in 0..<N {
+                        rmsnormForward(out: normed.data, inp: states.data + w * T * C, weight: norm.data, eps: eps, rows: T, channels: C)
+                        stats.add(normed.data, rows: T)
+                    }
+                    for k in inKinds { try replace(LinearID(layer: l, kind: k), stats) }
+                }
+                // 3. The sublayer with its compressed input projections.
+                let outTargeted = targets.contains(outKind)
+                let width = attention ? c.blocks[l].numAttentionHeads * c.headDim : c.blocks[l].intermediateSize
+                let capture = OutputProjectionInput(sublayer: s, width: width, stats: outTargeted ? InputStatistics(features: width, full: fullHessian) : nil,
+                                                    store: outTargeted ? store.data : nil, windowStride: T * outWidth)
+                let engine = LlamaDecoder(model: model, window: T)
+                for w in 0..<N {
+                    engine.residual.update(from: states.data + w * T * C, count: T * C)
+                    capture.window = w
+                    engine.runSublayers(s..<(s + 1), rows: T, observer: capture)
+                    if !outTargeted { (states.data + w * T * C).update(from: engine.residual, count: T * C) }
+                }
+                // 4. The output projection, then the streams through it.
+                if outTargeted, let stats = capture.stats {
+                    let id = LinearID(layer: l, kind: outKind)
+                    try replace(id, stats)
+                    let wout = model.linear(id)!
+                    for w in 0..<N {
+                        wout.forward(out: states.data + w * T * C, inp: store.data + w * T * outWidth, rows: T, beta: 1)
+                    }
+                }
+                done += 1
+                let elapsed = Date().timeIntervalSince(start)
+                progress(String(format: "layer-wise: sublayer %d/%d done, %.0f s elapsed, ETA %.0f s", done, totalSublayers, elapsed,
+                                elapsed / Double(done) * Double(totalSublayers - done)))
+            }
+        }
+        return model
+    }
+}
+
+/// Keeps the input of a sublayer's output projection (o_proj / down_proj) and accumulates its statistics.
+final class OutputProjectionInput: ForwardObserver {
+    let sublayer: Int, width: Int
+    let stats: InputStatistics?
+    let store: UnsafeMutablePointer<Float>?
+    let windowStride: Int
+    var window = 0
+
+    init(sublayer: Int, width: Int, stats: InputStatistics?, store: UnsafeMutablePointer<Float>?, windowStride: Int) {
+        self.sublayer = sublayer; self.width = width; self.stats = stats; self.store = store; self.windowStride = windowStride
+    }
+
+    private func keep(_ x: UnsafePointer<Float>, rows: Int) {
+        guard let stats, let store else { return }
+        (store + window * windowStride).update(from: x, count: rows * width)
+        stats.add(x, rows: rows)
+    }
+    func headOutputs(layer: Int, att: UnsafePointer<Float>, rows: Int) { if sublayer == 2 * layer { keep(att, rows: rows) } }
+    func mlpActivation(layer: Int, act: UnsafePointer<Float>, rows: Int) { if sublayer == 2 * layer + 1 { keep(act, rows: rows) } }
+}

@@ -1,0 +1,297 @@
+// One-shot pruning of the decoder's linear weights to N:M semi-structured or unstructured sparsity:
+// `magnitude`, `wanda` and `sparsegpt` (issue 14; also MaskLLM's priors).
+//
+// Papers:
+//   magnitude: keep the largest |W_ij| (the baseline of the papers below).
+//   Wanda: M. Sun, Z. Liu, A. Bair, J. Z. Kolter, "A Simple and Effective Pruning Approach for Large Language
+//     Models", 2023. Score S_ij = |W_ij| · ‖X_j‖₂, ‖X_j‖₂ the norm of input feature j over the calibration
+//     tokens; weights compared per output row (unstructured) or per group of M (N:M); no weight update.
+//   SparseGPT: E. Frantar, D. Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
+//     One-Shot", ICML 2023. Layer-wise OBS reconstruction with H = 2XXᵀ/n + λI (λ = damp · mean diag, damp
+//     relative, default 0.01), U = chol(H⁻¹) upper, columns in blocks of B (128) with lazy batch updates
+//     (Passes/OptimalBrainSurgeon.swift). Mask selection by the OBS saliency w_j² / U_jj²: for unstructured
+//     sparsity p, at the start of each block of B columns the fraction p of the block's (rows × B) weights
+//     with the smallest saliency is pruned (adaptive mask selection); for N:M, when column j ≡ 0 (mod M) is
+//     reached, each row prunes the M − N columns of j..<j+M with the smallest saliency (current values).
+//     Pruned weights are fixed to 0 and their error is spread over the later columns.
+// Every pass runs the layers in order on the outputs of the already-pruned layers (Passes/Layerwise.swift);
+// magnitude needs no calibration. The result is a `.sparse` weight: the values (zero where pruned) and the mask.
+// Deviations: magnitude's unstructured sparsity is per matrix (as in the SparseGPT paper's baseline), Wanda's
+// per output row (its paper's choice); ties are broken by column index; the number pruned is round(p · group).
+// SparseGPT's unstructured block threshold prunes exactly round(p · rows · B) weights per block (the reference
+// procedure prunes those at or below the threshold value).
+
+import Foundation
+import Model
+import Recipes
+import TensorCore
+
+/// What a one-shot sparsity pass prunes to, decoded from its recipe stage.
+public struct SparsityTarget: Equatable, Sendable {
+    public var pattern: SparsityMask.Pattern
+    /// Fraction pruned (1 − N/M for N:M).
+    public var sparsity: Double
+    /// The decoder projections pruned.
+    public var targets: [LinearKind]
+
+    /// Keys `pattern` ("N:M" or "unstructured"), `sparsity` (unstructured: required, in (0, 1); N:M: optional,
+    /// must equal 1 − N/M), `targets` (short names, default all seven).
+    public init(config s: StrictObject) throws {
+        let patternText = try s.optionalString("pattern")
+        let p = try s.optionalDouble("sparsity")
+        if let t = patternText {
+            guard let pat = SparsityMask.Pattern(t) else {
+                throw RecipeError("\(s.location): 'pattern': \"\(t)\" is not a sparsity pattern (expected \"N:M\" with 1 ≤ N < M ≤ 64, e.g. \"2:4\", or \"unstructured\")")
+            }
+            pattern = pat
+        } else {
+            pattern = .unstructured
+        }
+        switch pattern {
+        case .nm(let n, let m):
+            let implied = 1 - Double(n) / Double(m)
+            if let p, abs(p - implied) > 1e-9 {
+                throw RecipeError("\(s.location): 'sparsity': \(p) contradicts 'pattern' \(n):\(m), which prunes \(implied); give one of them")
+            }
+            sparsity = implied
+        case .unstructured:
+            guard let p else {
+                throw RecipeError("\(s.location): 'sparsity' (fraction of weights pruned, in (0, 1)) or an N:M 'pattern' (e.g. \"2:4\") is required")
+            }
+            guard p > 0 && p < 1 else { throw RecipeError("\(s.location): 'sparsity': \(p) must lie strictly between 0 and 1") }
+            sparsity = p
+        }
+        targets = LinearKind.allCases
+        if let t = try s.array("targets") {
+            targets = try t.map { v in
+                guard let name = v.stringValue, let k = LinearKind(shortName: name) else {
+                    throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder linear weight (choose from \(LinearKind.allCases.map(\.shortName).joined(separator: ", ")))")
+                }
+                return k
+            }
+            guard !targets.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
+            guard Set(targets).count == targets.count else { throw RecipeError("\(s.location): 'targets' lists a projection twice") }
+        }
+    }
+
+    /// The targeted linears of `model`, checked before any work: dense, and with an input size that is a
+    /// multiple of M for N:M.
+    func linears(_ model: LlamaModel, stage: String) throws -> [LinearID] {
+        let ids = model.linearWeights.map(\.id).filter { targets.contains($0.kind) }
+        guard !ids.isEmpty else { throw RecipeError("\(stage): no linear weight of the model matches 'targets'") }
+        for id in ids {
+            let w = model.linear(id)!
+            guard w.kind == .dense else {
+                throw RecipeError("\(stage): '\(id)' is \(w.kind.rawValue); one-shot pruning takes dense weights only")
+            }
+            if case .nm(let n, let m) = pattern, w.inFeatures % m != 0 {
+                throw RecipeError("\(stage): 'pattern': \(n):\(m) needs every input size to be a multiple of \(m); '\(id)' has \(w.inFeatures)")
+            }
+        }
+        return ids
+    }
+
+    /// The kept set from scores (higher is kept) of a (rows, cols) weight, without weight update: N:M per
+    /// group of M along a row; unstructured per row (`perRow`) or per matrix. Ties: the lower index is pruned.
+    func keepByScore(_ score: [Double], rows: Int, cols: Int, perRow: Bool) -> [Bool] {
+        var keep = [Bool](repeating: true, count: rows * cols)
+        func prune(_ idx: Range<Int>, count k: Int) {
+            guard k > 0 else { return }
+            let sorted = idx.sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }
+            for i in sorted.prefix(k) { keep[i] = false }
+        }
+        switch pattern {
+        case .nm(let n, let m):
+            for g in stride(from: 0, to: rows * cols, by: m) { prune(g..<(g + m), count: m - n) }
+        case .unstructured:
+            if perRow {
+                for r in 0..<rows { prune((r * cols)..<((r + 1) * cols), count: Int((sparsity * Double(cols)).rounded())) }
+            } else {
+                prune(0..<(rows * cols), count: Int((sparsity * Double(rows * cols)).rounded()))
+            }
+        }
+        return keep
+    }
+
+    /// The sparse weight keeping `keep` of `values` (the others set to 0).
+    func sparse(_ values: Tensor, keep: [Bool], id: LinearID) throws -> LinearWeight {
+        do {
+            let mask = try SparsityMask(pattern: pattern, rows: values.shape[0], cols: values.shape[1]) { keep[$0] }
+            return .sparse(SparseWeight(masking: values, mask: mask))
+        } catch let e as ConfigError { throw RecipeError("\(id): \(e.description)") }
+    }
+}
+
+/// Shared run of the three passes: validation, then per-linear pruning, with diagnostics.
+struct OneShotPruning {
+    let stage: String
+    let target: SparsityTarget
+
+    func report(_ model: LlamaModel, _ ids: [LinearID], seconds: Double, extra: [String: JSONValue] = [:], perTensor: [LinearID: [String: JSONValue]] = [:]) -> JSONValue {
+        var kept = 0, total = 0
+        let tensors: [JSONValue] = ids.map { id in
+            let w = model.linear(id)!
+            var o: [String: JSONValue] = ["name": .string(WeightID.linear(id).hfName), "bytes": .int(w.storageBytes)]
+            if case .sparse(let s) = w {
+                kept += s.mask.nonzeros; total += s.mask.count
+                o["density"] = .double(s.mask.density); o["pattern"] = .string(s.mask.pattern.description)
+            }
+            for (k, v) in perTensor[id] ?? [:] { o[k] = v }
+            return .object(o)
+        }
+        var d: [String: JSONValue] = ["pattern": .string(target.pattern.description), "sparsity": .double(target.sparsity),
+                                      "density": .double(total > 0 ? Double(kept) / Double(total) : 0), "seconds": .double(seconds),
+                                      "tensors": .array(tensors)]
+        for (k, v) in extra { d[k] = v }
+        return .object(d)
+    }
+}
+
+/// `magnitude`: keep the largest |W| (N:M per group, unstructured per matrix). No calibration.
+public struct MagnitudePass: CompressionPass {
+    public static let name = "magnitude"
+    public static let accepts: Set<WeightKind> = [.dense]
+    public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.sparse]) }
+    public var target: SparsityTarget
+
+    public init(config s: StrictObject) throws { target = try SparsityTarget(config: s) }
+
+    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+        let ids = try target.linears(model, stage: Self.name)
+        let start = Date()
+        var m = model
+        for id in ids {
+            let w = model.linear(id)!.denseView!
+            let keep = target.keepByScore(w.array.map { Double(abs($0)) }, rows: w.shape[0], cols: w.shape[1], perRow: false)
+            m = try m.replacing(.linear(id), with: try target.sparse(w, keep: keep, id: id))
+        }
+        return (m, OneShotPruning(stage: Self.name, target: target).report(m, ids, seconds: Date().timeIntervalSince(start)))
+    }
+}
+
+/// `wanda`: keep the largest |W_ij| · ‖X_j‖₂ (N:M per group, unstructured per output row), layer by layer on
+/// the outputs of the already-pruned layers.
+public struct WandaPass: CompressionPass {
+    public static let name = "wanda"
+    public static let accepts: Set<WeightKind> = [.dense]
+    public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.sparse]) }
+    public var needs: PassNeeds { [.calibration] }
+    public var target: SparsityTarget
+
+    public init(config s: StrictObject) throws { target = try SparsityTarget(config: s) }
+
+    /// Wanda's kept set for one weight given its input's column norms.
+    static func keep(_ w: Tensor, columnNorms: [Double], target: SparsityTarget) -> [Bool] {
+        let OC = w.shape[0], C = w.shape[1]
+        var score = [Double](repeating: 0, count: OC * C)
+        for r in 0..<OC { for j in 0..<C { score[r * C + j] = Double(abs(w[r * C + j])) * columnNorms[j] } }
+        return target.keepByScore(score, rows: OC, cols: C, perRow: true)
+    }
+
+    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+        let ids = try target.linears(model, stage: Self.name)
+        let start = Date()
+        let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: false,
+                                       progress: context.progress) { id, weight, input in
+            let w = weight.denseView!
+            return try target.sparse(w, keep: Self.keep(w, columnNorms: input.columnNorms, target: target), id: id)
+        }
+        return (result, OneShotPruning(stage: Self.name, target: target).report(result, ids, seconds: Date().timeIntervalSince(start),
+                                                                                extra: ["calibration_tokens": .int(context.calibration.reduce(0) { $0 + $1.count })]))
+    }
+}
+
+/// `sparsegpt`: layer-wise OBS reconstruction (see the top of this file). Keys besides the target's: `damp`
+/// (relative damping, default 0.01), `block_size` (columns per lazy-update block, default 128; a multiple of M
+/// for N:M).
+public struct SparseGPTPass: CompressionPass {
+    public static let name = "sparsegpt"
+    public static let accepts: Set<WeightKind> = [.dense]
+    public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.sparse]) }
+    public var needs: PassNeeds { [.calibration] }
+    public var target: SparsityTarget
+    public var damp = 0.01
+    public var blockSize = 128
+
+    public init(config s: StrictObject) throws {
+        target = try SparsityTarget(config: s)
+        damp = try s.double("damp", default: damp, in: 0...1e6)
+        guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
+        blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
+        if case .nm(let n, let m) = target.pattern, blockSize % m != 0 {
+            throw RecipeError("\(s.location): 'block_size': \(blockSize) is not a multiple of M = \(m) of pattern \(n):\(m)")
+        }
+    }
+
+    /// SparseGPT on one weight W (OC, C): the reconstructed values (0 where pruned), the kept set and the
+    /// OBS loss. `limit`: process only the first columns (tests).
+    static func prune(_ weight: Tensor, factor: HessianFactorization, target: SparsityTarget, blockSize: Int, limit: Int? = nil)
+        -> (values: Tensor, keep: [Bool], loss: Double) {
+        let OC = weight.shape[0], C = weight.shape[1]
+        precondition(factor.order == Array(0..<C), "SparseGPT runs in the natural column order")
+        let w = weight.copy()
+        for j in factor.dead { for r in 0..<OC { w[r * C + j] = 0 } }
+        var keep = [Bool](repeating: true, count: OC * C)
+        let u = factor.u
+        var blockKeep = [Bool](repeating: true, count: OC * blockSize)
+        let loss = keep.withUnsafeMutableBufferPointer { kp in
+            blockKeep.withUnsafeMutableBufferPointer { bk in
+                OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: C, u: u, blockSize: blockSize, limit: limit, beginBlock: { range, wp in
+                    guard case .unstructured = target.pattern else { return }
+                    // Adaptive mask selection: the fraction p of the block's weights with the smallest w² / U_jj².
+                    let B = range.count
+                    var score = [Double](repeating: 0, count: OC * B)
+                    for r in 0..<OC {
+                        for (b, j) in range.enumerated() {
+                            let d = Double(u[j * C + j]), x = Double(wp[r * C + j])
+                            score[r * B + b] = x * x / (d * d)
+                        }
+                    }
+                    let k = Int((target.sparsity * Double(OC * B)).rounded())
+                    let order = (0..<(OC * B)).sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }
+                    for i in 0..<(OC * blockSize) { bk[i] = true }
+                    for i in order.prefix(k) { bk[(i / B) * blockSize + i % B] = false }
+                }, column: { r, j, row, current in
+                    switch target.pattern {
+                    case .nm(let n, let m):
+                        if j % m == 0 {
+                            // This row's group j..<j+M: prune the M − N smallest saliencies.
+                            var s = [(Double, Int)]()
+                            s.reserveCapacity(m)
+                            for c in j..<(j + m) {
+                                let d = Double(u[c * C + c]), x = Double(current(c))
+                                s.append((x * x / (d * d), c))
+                            }
+                            s.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
+                            for (i, (_, c)) in s.enumerated() { kp[r * C + c] = i >= m - n }
+                        }
+                    case .unstructured:
+                        kp[r * C + j] = bk[r * blockSize + (j % blockSize)]
+                    }
+                    return kp[r * C + j] ? row[j] : 0
+                })
+            }
+        }
+        return (w, keep, loss)
+    }
+
+    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+        let ids = try target.linears(model, stage: Self.name)
+        let start = Date()
+        var losses: [LinearID: [String: JSONValue]] = [:]
+        let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: true,
+                                       progress: context.progress) { id, weight, input in
+            let factor: HessianFactorization
+            do { factor = try input.factorization(damp: damp, actOrder: false) } catch let e as RecipeError {
+                throw RecipeError("\(Self.name): '\(id)': \(e.description)")
+            }
+            let (values, keep, loss) = Self.prune(weight.denseView!, factor: factor, target: target, blockSize: blockSize)
+            losses[id] = ["obs_loss": .double(loss)]
+            return try target.sparse(values, keep: keep, id: id)
+        }
+        return (result, OneShotPruning(stage: Self.name, target: target).report(
+            result, ids, seconds: Date().timeIntervalSince(start),
+            extra: ["damp": .double(damp), "block_size": .int(blockSize), "calibration_tokens": .int(context.calibration.reduce(0) { $0 + $1.count })],
+            perTensor: losses))
+    }
+}
