@@ -48,11 +48,13 @@
 //   uniform baseline at the same budget are ours, so estimators can be compared at equal size.
 // - Sensitivity is per decoder layer as in the paper, or per tensor (`granularity: "tensor"`); CMPQ has no
 //   per-tensor form, so each tensor takes its layer's score.
-// - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked.
-//   Norms (1-D) stay float32.
+// - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked
+//   (counted in the budget with `fixed_in_budget`). Norms (1-D) stay float32.
 // - With `method: gptq` the allocation's error e_u(b) is round-to-nearest's (GPTQ minimises the layer-output
 //   error, not ‖W − Q(W)‖, and runs layer after layer on the already-quantized model, so it runs once, after
-//   the allocation, at the chosen widths); the bytes are the same for every method at a given format.
+//   the allocation, at the chosen widths); the bytes are the same for every method at a given format. So is
+//   the measured damage per unit (KL with the unit at round-to-nearest), while the reported measured total
+//   is that of the result (GPTQ's weights).
 
 import Foundation
 import Model
@@ -98,15 +100,15 @@ public struct CPTQuantPass: CompressionPass {
     public var poolTokens = 64
     public var ccaDims = 16
     public var ridge = 1e-3
+    public var damage = Damage.estimated
+    public var damageWindows = 4
+    public var damageTokens = 128
+    public var fixedInBudget = false
     /// GPTQ: relative damping, columns per lazy-update block, activation order.
     public var damp = 0.01
     public var blockSize = 128
     public var actOrder = false
     public var clipSearch = true
-    public var damage = Damage.estimated
-    public var damageWindows = 4
-    public var damageTokens = 128
-    public var fixedInBudget = false
 
     public init(config s: StrictObject) throws {
         estimator = try s.choice("estimator", default: estimator)
@@ -152,14 +154,6 @@ public struct CPTQuantPass: CompressionPass {
         poolTokens = try s.int("pool_tokens", default: poolTokens, in: 1...1 << 20)
         ccaDims = try s.int("cca_dims", default: ccaDims, in: 1...4096)
         ridge = try s.double("ridge", default: ridge, in: 0...1e6)
-        for key in ["damp", "block_size", "act_order", "clip_search"] where s.has(key) && method != .gptq {
-            throw RecipeError("\(s.location): '\(key)' applies to method 'gptq' only (method is '\(method.rawValue)')")
-        }
-        damp = try s.double("damp", default: damp, in: 0...1e6)
-        guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
-        blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
-        actOrder = try s.bool("act_order", default: actOrder)
-        clipSearch = try s.bool("clip_search", default: clipSearch)
         damage = try s.choice("damage", default: damage)
         damageWindows = try s.int("damage_windows", default: damageWindows, in: 1...1 << 16)
         damageTokens = try s.int("damage_tokens", default: damageTokens, in: 2...1 << 20)
@@ -173,6 +167,14 @@ public struct CPTQuantPass: CompressionPass {
         if fixedInBudget && allocation == .clusters {
             throw RecipeError("\(s.location): 'fixed_in_budget' needs a budget (allocation 'budget' or 'uniform')")
         }
+        for key in ["damp", "block_size", "act_order", "clip_search"] where s.has(key) && method != .gptq {
+            throw RecipeError("\(s.location): '\(key)' applies to method 'gptq' only (method is '\(method.rawValue)')")
+        }
+        damp = try s.double("damp", default: damp, in: 0...1e6)
+        guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
+        blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
+        actOrder = try s.bool("act_order", default: actOrder)
+        clipSearch = try s.bool("clip_search", default: clipSearch)
 
         switch allocation {
         case .budget, .uniform:
@@ -479,12 +481,18 @@ public struct CPTQuantPass: CompressionPass {
             "layers": .array(layerSummary), "units": .array(unitReports),
         ]
         // Predicted (additive) against measured total damage, with every unit at its chosen width.
-        func measuredTotal(_ a: Allocation, withFixed: Bool = false) throws -> Double? {
+        // The chosen allocation is measured on the result's own weights (GPTQ's, with method gptq); the uniform
+        // baseline on the stored forms the allocation saw (round to nearest or the search).
+        func measuredTotal(_ a: Allocation, withFixed: Bool = false, fromResult: Bool = true) throws -> Double? {
             guard let probe else { return nil }
             var values: [WeightID: [Float]] = [:]
             for (u, unit) in units.enumerated() {
                 let fi = widths.firstIndex(of: a.bits[u])!
-                for t in unit.tensors { values[t] = stored[index[t]!][fi]!.dequantized() }
+                for t in unit.tensors {
+                    if fromResult, case .linear(let id) = t, let w = result.linear(id) { values[t] = w.dequantized().array } else {
+                        values[t] = stored[index[t]!][fi]!.dequantized()
+                    }
+                }
             }
             if withFixed { for x in fixed { values[x.id] = x.q.dequantized() } }
             return try probe.divergence(values, resumeAt: withFixed && !fixed.isEmpty ? nil : 0)
@@ -504,7 +512,7 @@ public struct CPTQuantPass: CompressionPass {
                 var entry: [String: JSONValue] = ["bits": .int(uniform.bits.first ?? 0), "bytes": .int(uniform.bytes),
                                                   "bits_per_weight": .double(Double(uniform.bytes * 8) / Double(weights)),
                                                   "estimated_damage": .double(uniform.damage)]
-                if let m = try measuredTotal(uniform) { entry["predicted_damage"] = .double(uniform.damage); entry["measured_damage"] = .double(m) }
+                if let m = try measuredTotal(uniform, fromResult: false) { entry["predicted_damage"] = .double(uniform.damage); entry["measured_damage"] = .double(m) }
                 diag["uniform_baseline"] = .object(entry)
             }
         }

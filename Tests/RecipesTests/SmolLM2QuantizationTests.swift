@@ -26,7 +26,7 @@ final class SmolLM2QuantizationTests: XCTestCase {
             let sym = try relativeError(try QuantFormat(bits: 4, groupSize: 32, symmetric: true))
             XCTAssertEqual(source, 0, "q4_g32_asym reproduces Q4_1 weights bit for bit")  // observed 0
             XCTAssertGreaterThan(g64, 1e-3)  // observed 0.0063-0.0066
-            XCTAssertGreaterThan(sym, 1e-3)  // observed 0.0100-0.0106
+            XCTAssertGreaterThan(sym, 1e-3)  // observed 0.0100-0.0106 with 15 levels; full-range codes: layer 7 as a whole 0.0073
         }
     }
 }
