@@ -51,7 +51,7 @@ final class RecipeTests: XCTestCase {
             (#"{"format": 1}"#, "'stages': required"),
             (#"{"format": 1, "stages": [{"stage": "eval"}], "outptu": "x"}"#, "recipes/bad.json: unknown key 'outptu'"),
             (#"{"format": 1, "stages": [{"stage": "minitron", "layers": 2}]}"#, "stage 1 (minitron): needs calibration data"),
-            (#"{"format": 1, \#(ok), "stages": [{"stage": "eval"}, {"stage": "prune"}]}"#, "stage 2 (prune): unknown stage 'prune' (known: cptquant, distill, eval, finercut, minitron)"),
+            (#"{"format": 1, \#(ok), "stages": [{"stage": "eval"}, {"stage": "prune"}]}"#, "stage 2 (prune): unknown stage 'prune' (known: cptquant, distill, eval, export, finercut, minitron)"),
             // Impossible orders, refused at decoding by what each stage accepts and produces.
             (#"{"format": 1, \#(ok), "stages": [{"stage": "cptquant", "bits_per_weight": 4}, {"stage": "eval"}, {"stage": "distill", "steps": 2}]}"#,
              "recipes/bad.json, stage 3 (distill): cannot take quantized weights, which stage 2 (eval) leaves"),
