@@ -55,7 +55,7 @@ extension CLITests {
     /// `steps: 0` keeps the prior's masks: the `magnitude` pass's, exactly, over the original weights.
     func testMaskLLMWithoutStepsIsItsPrior() throws {
         let (dir, text) = try makeRecipeDirectory()
-        let prior = try recipe(dir, "p.json", text, stages: #"{"stage": "maskllm", "prior": "magnitude", "pattern": "4:8", "steps": 0}"#)
+        let prior = try recipe(dir, "p.json", text, stages: #"{"stage": "maskllm", "prior": "magnitude", "pattern": "4:8", "steps": 0, "text": "\#(text)"}"#)
         let mag = try recipe(dir, "g.json", text, stages: #"{"stage": "magnitude", "pattern": "4:8"}"#)
         let a = dir.appendingPathComponent("a.h5").path, b = dir.appendingPathComponent("b.h5").path
         XCTAssertEqual(try launch(["apply", prior, "-o", a, "--no-cache"]).status, 0)
@@ -68,14 +68,14 @@ extension CLITests {
         let cases: [(String, String)] = [
             (#"{"stage": "maskllm", "pattern": "4:4", "steps": 1}"#, "stage 1 (maskllm): 'pattern': 4:4 needs 1 ≤ N < M"),
             (#"{"stage": "maskllm", "pattern": "5:4", "steps": 1}"#, "stage 1 (maskllm): 'pattern': 5:4 needs 1 ≤ N < M"),
-            (#"{"stage": "maskllm", "pattern": "2:7", "prior": "magnitude", "steps": 1}"#, "stage 1 (maskllm): 'pattern': M = 7 does not divide the input size 64 of layer 0 q_proj"),
+            (#"{"stage": "maskllm", "pattern": "2:7", "prior": "magnitude", "steps": 1, "text": "\#(text)"}"#, "stage 1 (maskllm): 'pattern': M = 7 does not divide the input size 64 of layer 0 q_proj"),
             (#"{"stage": "maskllm", "pattern": "two:four", "steps": 1}"#, "'pattern': \"two:four\" is not N:M"),
             (#"{"stage": "maskllm", "targets": ["q_proj", "lm_head"], "steps": 1}"#, "stage 1 (maskllm): 'targets': \"lm_head\" is not a decoder linear weight"),
             (#"{"stage": "maskllm", "prior": "oracle", "steps": 1}"#, "stage 1 (maskllm): 'prior'"),
             (#"{"stage": "maskllm", "steps": 1, "temperature": [4]}"#, "'temperature': expected [start, end]"),
             (#"{"stage": "maskllm", "steps": 1, "weight_lr": 1e-4}"#, "'weight_lr': only with \"train_weights\": true"),
             (#"{"stage": "maskllm", "steps": 1, "gumbel": 1}"#, "stage 1 (maskllm): unknown key 'gumbel'"),
-            (#"{"stage": "maskllm", "steps": 1, "exclude_layers": [5], "prior": "magnitude"}"#, "'exclude_layers': layer 5 outside 0..<2"),
+            (#"{"stage": "maskllm", "steps": 1, "exclude_layers": [5], "prior": "magnitude", "text": "\#(text)"}"#, "'exclude_layers': layer 5 outside 0..<2"),
             (#"{"stage": "cptquant", "estimator": "none", "allocation": "uniform", "bits_per_weight": 4.5, "method": "rtn"}, {"stage": "maskllm", "steps": 1}"#,
              "stage 2 (maskllm): cannot take quantized weights"),
         ]
