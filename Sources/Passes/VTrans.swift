@@ -405,6 +405,9 @@ public final class VTransRun {
 extension VTransPass: TrainingPass {
     public var trainText: String { text }
 
+    /// An impossible target is refused before any stage runs.
+    public func preflight(_ model: LlamaModel) throws { _ = try resolveTarget(model.config) }
+
     public func prepare(model: LlamaModel, teacher: LlamaModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
         let run = try makeRun(model: model, trainTokens: trainTokens)
         context.progress("\(variant.rawValue), target \(run.masks.settings.targetParameters) parameters, \(run.distiller.config.steps) steps")

@@ -46,12 +46,16 @@ public protocol RecipeStage {
     func produces(from input: Set<WeightKind>) -> Set<WeightKind>
     /// A stage that only writes the model out (`export`): it must come after every other stage (default false).
     static var isTerminal: Bool { get }
+    /// Checks the settings against the model the stage will receive, before any stage runs (called only while
+    /// no earlier stage changes the model's shape); throws `RecipeError` naming the key (default: nothing).
+    func preflight(_ model: LlamaModel) throws
 }
 
 extension RecipeStage {
     public static var isTerminal: Bool { false }
     public var needs: PassNeeds { [] }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input }
+    public func preflight(_ model: LlamaModel) throws {}
 }
 
 /// A compression pass: decoded strictly from its recipe stage, run on a model, reporting what it did. It

@@ -155,11 +155,10 @@ public final class Session {
         do { try recipe.check(baseKinds: base.model.weightKinds) } catch let e as RecipeError {
             throw WorkbenchError("\(e.description) (base \(basePath))")
         }
-        // VTrans targets checked against the model before anything runs (when no earlier stage changes its shape).
+        // Settings checked against the base before anything runs, up to the first stage that changes the model.
         for (i, entry) in recipe.stages.enumerated() {
-            guard let v = entry.stage as? VTransPass else { continue }
-            if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is VTransPass }) { break }
-            do { _ = try v.resolveTarget(base.model.config) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
+            if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is any TrainingPass }) { break }
+            do { try entry.stage.preflight(base.model) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
         }
         let needsCalibration = recipe.stages.contains { $0.stage.needs.contains(.calibration) }
         let calibration = needsCalibration ? try calibrationWindows(recipe.calibration) : []
