@@ -239,34 +239,7 @@ public struct Checkpoint {
             let format: QuantFormat
             do { format = try QuantFormat(name: formatName) } catch let e as QuantizationError { throw bad(e.description) }
             do {
-                let g = "quantized/" + name + "/"
-                func bytes(_ key: String) throws -> [UInt8] {
-                    let info = try file.datasetInfo(g + key)
-                    guard info.typeClass == H5T_INTEGER, info.typeSize == 1, info.shape.count == 1 else {
-                        throw bad("'\(key)' must be a 1-D uint8 dataset, found \(info.typeDescription) \(info.shape)")
-                    }
-                    var b = [UInt8](repeating: 0, count: info.shape[0])
-                    try b.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.uint8, into: $0.baseAddress!) }
-                    return b
-                }
-                func halves(_ key: String) throws -> [Float16] {
-                    guard file.exists(g + key) else { throw bad("'\(key)' is missing (format \(format))") }
-                    let info = try file.datasetInfo(g + key)
-                    guard info.typeClass == H5T_FLOAT, info.typeSize == 2 else {
-                        throw bad("'\(key)' must be float16, found \(info.typeDescription)")
-                    }
-                    var h = [Float16](repeating: 0, count: info.shape.reduce(1, *))
-                    try h.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.float16, into: $0.baseAddress!) }
-                    if let i = h.firstIndex(where: { !$0.isFinite }) { throw bad("'\(key)' holds \(h[i]) at element \(i) (expected finite values only)") }
-                    return h
-                }
-                let q: QuantizedTensor
-                if format.isFloat16 {
-                    q = try QuantizedTensor(format: format, shape: shape, codes: try halves("values").withUnsafeBytes { [UInt8]($0) }, scales: [], mins: [])
-                } else {
-                    q = try QuantizedTensor(format: format, shape: shape, codes: try bytes("codes"), scales: try halves("scales"),
-                                            mins: format.symmetric ? [] : try halves("mins"))
-                }
+                let q = try readQuantizedGroup(file, "quantized/" + name + "/", format: format, shape: shape, bad: bad)
                 out[name] = q
             } catch let e as HDF5Failure {
                 throw bad(e.message)
@@ -275,6 +248,38 @@ public struct Checkpoint {
             }
         }
         return out
+    }
+
+    /// One quantized tensor's datasets under the group path `g` (ending in "/"): 'codes' (uint8, bit-packed),
+    /// 'scales' and, when asymmetric, 'mins' (float16, one per group), or 'values' (float16) for the f16 format.
+    private static func readQuantizedGroup(_ file: H5File, _ g: String, format: QuantFormat, shape: [Int],
+                                           bad: (String) -> CheckpointError) throws -> QuantizedTensor {
+        func bytes(_ key: String) throws -> [UInt8] {
+            guard file.exists(g + key) else { throw bad("'\(key)' is missing (format \(format))") }
+            let info = try file.datasetInfo(g + key)
+            guard info.typeClass == H5T_INTEGER, info.typeSize == 1, info.shape.count == 1 else {
+                throw bad("'\(key)' must be a 1-D uint8 dataset, found \(info.typeDescription) \(info.shape)")
+            }
+            var b = [UInt8](repeating: 0, count: info.shape[0])
+            try b.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.uint8, into: $0.baseAddress!) }
+            return b
+        }
+        func halves(_ key: String) throws -> [Float16] {
+            guard file.exists(g + key) else { throw bad("'\(key)' is missing (format \(format))") }
+            let info = try file.datasetInfo(g + key)
+            guard info.typeClass == H5T_FLOAT, info.typeSize == 2 else {
+                throw bad("'\(key)' must be float16, found \(info.typeDescription)")
+            }
+            var h = [Float16](repeating: 0, count: info.shape.reduce(1, *))
+            try h.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.float16, into: $0.baseAddress!) }
+            if let i = h.firstIndex(where: { !$0.isFinite }) { throw bad("'\(key)' holds \(h[i]) at element \(i) (expected finite values only)") }
+            return h
+        }
+        if format.isFloat16 {
+            return try QuantizedTensor(format: format, shape: shape, codes: try halves("values").withUnsafeBytes { [UInt8]($0) }, scales: [], mins: [])
+        }
+        return try QuantizedTensor(format: format, shape: shape, codes: try bytes("codes"), scales: try halves("scales"),
+                                   mins: format.symmetric ? [] : try halves("mins"))
     }
 
     /// A version 1/2 mask: float32 holding only 0 and 1, the weight zero wherever the mask is.
@@ -361,10 +366,11 @@ public struct Checkpoint {
         return out
     }
 
-    /// Factorized weights W = D · S: the root attribute 'factorization' (name → {shape, rank, per_column});
-    /// each /factorized/<name> holds 'dense' (float32, OC × rank), and S column by column: 'indices' (the
-    /// per_column row indices of each column, ascending; uint8 when rank ≤ 256, else uint16) and 'values'
-    /// (float32, in the same order).
+    /// Factorized weights W = D · S: the root attribute 'factorization' (name → {shape, rank, per_column} and,
+    /// when D is stored quantized, dense_format); each /factorized/<name> holds 'dense' (float32, OC × rank), or
+    /// with dense_format the group 'dense_quantized' (Dᵀ, rank × OC, in that format: 'codes', 'scales', 'mins'
+    /// as in /quantized, or float16 'values'), and S column by column: 'indices' (the per_column row indices of
+    /// each column, ascending; uint8 when rank ≤ 256, else uint16) and 'values' (float32, in the same order).
     private static func readFactorized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: FactorizedWeight] {
         var out: [String: FactorizedWeight] = [:]
         for (name, entry) in try listing(file, attribute: "factorization", group: "factorized", path: path).sorted(by: { $0.key < $1.key }) {
@@ -374,9 +380,23 @@ public struct Checkpoint {
                   let k = f["rank"]?.intValue, k >= 1, k <= 1 << 16, let s = f["per_column"]?.intValue, s >= 1, s <= k else {
                 throw bad("its 'factorization' entry needs 'shape' \(expected), 'rank' (1...65536) and 'per_column' (1...rank), found \(entry.text)")
             }
+            var denseFormat: QuantFormat?
+            if let d = f["dense_format"] {
+                guard let text = d.stringValue else { throw bad("'dense_format' must be a format name (e.g. q4_g32_sym), found \(d.text)") }
+                do { denseFormat = try QuantFormat(name: text) } catch let e as QuantizationError { throw bad("'dense_format': \(e.description)") }
+            }
             do {
                 let OC = shape[0], C = shape[1], n = C * s
-                let dense = try file.readFloat32("factorized/\(name)/dense", label: "factorized/\(name)/dense", expected: [OC, k])
+                let g = "factorized/\(name)/"
+                var dense: Tensor?, quantizedDense: QuantizedTensor?
+                if let denseFormat {
+                    guard !file.exists(g + "dense") else { throw bad("holds both 'dense' (float32) and a 'dense_format'; a quantized D is stored in 'dense_quantized' only") }
+                    guard file.exists(g + "dense_quantized") else { throw bad("'dense_format' is \(denseFormat) but 'dense_quantized' is missing") }
+                    quantizedDense = try readQuantizedGroup(file, g + "dense_quantized/", format: denseFormat, shape: [k, OC], bad: bad)
+                } else {
+                    guard !file.exists(g + "dense_quantized") else { throw bad("holds 'dense_quantized' but its 'factorization' entry has no 'dense_format'") }
+                    dense = try file.readFloat32(g + "dense", label: g + "dense", expected: [OC, k])
+                }
                 let wide = k > 256
                 let raw = try rawDataset(file, "factorized/\(name)/indices", typeClass: H5T_INTEGER, size: wide ? 2 : 1, count: n,
                                          memType: wide ? H5Types.uint16 : H5Types.uint8, bad: bad)
@@ -395,8 +415,12 @@ public struct Checkpoint {
                     }
                 }
                 let mask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { keep[$0] }
-                out[name] = try FactorizedWeight(dense: dense, sparse: SparseWeight(values: values, mask: mask))
-            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError { throw bad(e.description) }
+                let sparse = try SparseWeight(values: values, mask: mask)
+                out[name] = try quantizedDense.map { try FactorizedWeight(quantizedDense: $0, sparse: sparse) }
+                    ?? FactorizedWeight(dense: dense!, sparse: sparse)
+            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError { throw bad(e.description) } catch let e as QuantizationError {
+                throw bad(e.description)
+            }
         }
         return out
     }
@@ -424,6 +448,20 @@ public struct Checkpoint {
         try writeAtomically(path) { try writeUnsafely(to: $0) }
     }
 
+    /// One quantized tensor's datasets under the group path `g` (ending in "/"), as `readQuantizedGroup` reads them.
+    private func writeQuantizedGroup(_ file: H5File, _ g: String, _ q: QuantizedTensor) throws {
+        if q.format.isFloat16 {
+            try q.codes.withUnsafeBytes { try file.write(g + "values", shape: q.shape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+            return
+        }
+        try q.codes.withUnsafeBytes { try file.write(g + "codes", shape: [q.codes.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
+        let groupShape = [q.shape[0], q.shape[1] / q.format.groupSize]
+        try q.scales.withUnsafeBytes { try file.write(g + "scales", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+        if !q.format.symmetric {
+            try q.mins.withUnsafeBytes { try file.write(g + "mins", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+        }
+    }
+
     private func writeUnsafely(to tmp: String) throws {
         let file = try H5File.create(tmp)
         try file.setString("format", CheckpointFormat.name)
@@ -447,16 +485,7 @@ public struct Checkpoint {
                 quantization[name] = .object(["format": .string(q.format.description), "shape": .array(q.shape.map { .int($0) })])
                 let g = "quantized/" + name
                 try file.createGroup(g)
-                if q.format.isFloat16 {
-                    try q.codes.withUnsafeBytes { try file.write(g + "/values", shape: q.shape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
-                    continue
-                }
-                try q.codes.withUnsafeBytes { try file.write(g + "/codes", shape: [q.codes.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
-                let groupShape = [q.shape[0], q.shape[1] / q.format.groupSize]
-                try q.scales.withUnsafeBytes { try file.write(g + "/scales", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
-                if !q.format.symmetric {
-                    try q.mins.withUnsafeBytes { try file.write(g + "/mins", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
-                }
+                try writeQuantizedGroup(file, g + "/", q)
             case .matrix(.sparse(let s)):
                 try group("sparse", !sparsity.isEmpty)
                 sparsity[name] = .object(["pattern": .string(s.mask.pattern.description), "shape": .array(s.values.shape.map { .int($0) })])
@@ -470,10 +499,17 @@ public struct Checkpoint {
             case .matrix(.factorized(let f)):
                 try group("factorized", !factorization.isEmpty)
                 let k = f.rank, C = f.sparse.mask.cols, s = f.nonzerosPerColumn
-                factorization[name] = .object(["shape": .array(weight.shape.map { .int($0) }), "rank": .int(k), "per_column": .int(s)])
+                var entry: [String: JSONValue] = ["shape": .array(weight.shape.map { .int($0) }), "rank": .int(k), "per_column": .int(s)]
                 let g = "factorized/" + name
                 try file.createGroup(g)
-                try floats(g + "/dense", f.dense.shape, f.dense.data)
+                if let q = f.quantizedDense {
+                    entry["dense_format"] = .string(q.format.description)
+                    try file.createGroup(g + "/dense_quantized")
+                    try writeQuantizedGroup(file, g + "/dense_quantized/", q)
+                } else {
+                    try floats(g + "/dense", f.dense.shape, f.dense.data)
+                }
+                factorization[name] = .object(entry)
                 var rows: [Int] = [], kept: [Float] = []
                 for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { rows.append(r); kept.append(f.sparse.values[r * C + c]) } }
                 if k > 256 {

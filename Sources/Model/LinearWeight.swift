@@ -178,30 +178,72 @@ public struct QuantizedWeight: Sendable {
 /// DSFormer's dense × sparse factorization W (OC, C) = D (OC, k) · S (k, C), S with the same number s of
 /// nonzeros in every column (each input column a sparse combination of the k dense atoms). Stored as D, S's
 /// kept values and their row indices (one byte each when k ≤ 256, else two).
+///
+/// D may be stored quantized (`quantizedDense`, CPTQuant after DSFormer or low rank): then the packed codes
+/// are the truth and `dense` is their dequantization D̂, derived once (as `QuantizedWeight.cache`), which the
+/// forward, backward and `dequantized()` use; such a factor is frozen (no trainable tensors). The codes are
+/// those of Dᵀ (k, OC), grouped along OC: a group is G consecutive output rows of one atom (one column of D).
+/// Grouping along k would need k to be a multiple of G, which DSFormer's and low rank's sizes (k = 263, ...)
+/// rarely are, while OC (576, 1536, ...) always is; and one atom's entries share a scale. S's values stay
+/// float32.
 public struct FactorizedWeight: Sendable {
+    /// D (OC, k): float32, or D̂ derived from `quantizedDense` (never write into it then).
     public let dense: Tensor
     public let sparse: SparseWeight
+    /// D stored quantized: the codes of Dᵀ, shape (k, OC), grouped along OC; nil when D is float32.
+    public let quantizedDense: QuantizedTensor?
     public init(dense: Tensor, sparse: SparseWeight) throws {
         guard dense.shape.count == 2, dense.shape[1] == sparse.mask.rows else {
             throw ConfigError("factorized weight: dense factor \(dense.shape) does not match the sparse factor (\(sparse.mask.rows), \(sparse.mask.cols))")
         }
+        try Self.checkColumns(sparse)
+        self.init(checked: dense, sparse)
+    }
+    /// A factorization whose dense factor is stored quantized: `quantizedDense` holds Dᵀ (k, OC) (see the type's
+    /// documentation); D̂ is derived from it.
+    public init(quantizedDense q: QuantizedTensor, sparse: SparseWeight) throws {
+        guard q.shape.count == 2, q.shape[0] == sparse.mask.rows else {
+            throw ConfigError("factorized weight: quantized dense factor Dᵀ \(q.shape) does not match the sparse factor (\(sparse.mask.rows), \(sparse.mask.cols)); Dᵀ is (rank, out)")
+        }
+        try Self.checkColumns(sparse)
+        self.init(checked: Tensor(shape: [q.shape[1], q.shape[0]], values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])), sparse, q)
+    }
+    private static func checkColumns(_ sparse: SparseWeight) throws {
         let k = sparse.mask.rows, C = sparse.mask.cols
         let s = (0..<k).reduce(0) { $0 + (sparse.mask[$1 * C] ? 1 : 0) }
         for c in 0..<C {
             let n = (0..<k).reduce(0) { $0 + (sparse.mask[$1 * C + c] ? 1 : 0) }
             guard n == s else { throw ConfigError("factorized weight: column \(c) of the sparse factor has \(n) nonzeros, column 0 has \(s); every column needs the same number") }
         }
-        self.init(checked: dense, sparse)
+    }
+    /// The transpose of a row-major (rows, cols) matrix, row-major (cols, rows).
+    public static func transpose(_ a: [Float], rows: Int, cols: Int) -> [Float] {
+        precondition(a.count == rows * cols)
+        var out = [Float](repeating: 0, count: a.count)
+        for r in 0..<rows { for c in 0..<cols { out[c * rows + r] = a[r * cols + c] } }
+        return out
+    }
+    /// The same S with D stored as `q` (Dᵀ's codes, (k, OC)); throws when the shapes differ.
+    public func quantizingDense(_ q: QuantizedTensor) throws -> FactorizedWeight {
+        guard q.shape == [rank, dense.shape[0]] else {
+            throw ConfigError("factorized weight: a quantized dense factor must hold Dᵀ of shape \([rank, dense.shape[0]]), found \(q.shape)")
+        }
+        return FactorizedWeight(checked: Tensor(shape: dense.shape, values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])), sparse, q)
     }
     /// Nonzeros in every column of S.
     public var nonzerosPerColumn: Int { sparse.mask.cols == 0 ? 0 : sparse.mask.nonzeros / sparse.mask.cols }
-    fileprivate init(checked dense: Tensor, _ sparse: SparseWeight) {
+    fileprivate init(checked dense: Tensor, _ sparse: SparseWeight, _ quantizedDense: QuantizedTensor? = nil) {
         self.dense = dense
         self.sparse = sparse
+        self.quantizedDense = quantizedDense
     }
     public var rank: Int { dense.shape[1] }
     /// Bytes of one row index of S.
     public var indexBytes: Int { rank <= 256 ? 1 : 2 }
+    /// Bytes of D as stored: float32, or the codes with their scales (and minimums).
+    public var denseBytes: Int { quantizedDense?.bytes ?? dense.bytes }
+    /// Bytes of S as stored: float32 kept values and their row indices.
+    public var sparseBytes: Int { (4 + indexBytes) * sparse.mask.nonzeros }
 }
 
 /// How one linear weight (OC, C) is held. Forward, backward, the reference forward, storage bytes and
@@ -223,6 +265,13 @@ public enum LinearWeight: Sendable {
         case .quantized: .quantized
         case .factorized: .factorized
         }
+    }
+
+    /// Every representation the weight holds: `kind`, plus quantized for a factorized weight whose dense
+    /// factor is stored quantized (what stages must accept to take it: nothing may train or re-quantize it).
+    public var kinds: Set<WeightKind> {
+        if case .factorized(let f) = self, f.quantizedDense != nil { return [.factorized, .quantized] }
+        return [kind]
     }
 
     /// (OC, C).
@@ -278,29 +327,32 @@ public enum LinearWeight: Sendable {
         case .dense(let t): t.bytes
         case .sparse(let s): 4 * s.mask.nonzeros + s.mask.bytes
         case .quantized(let q): q.packed.bytes
-        case .factorized(let f): f.dense.bytes + (4 + f.indexBytes) * f.sparse.mask.nonzeros
+        case .factorized(let f): f.denseBytes + f.sparseBytes
         }
     }
 
     /// The float tensors training may update, in a fixed order (gradients are given in the same order):
-    /// dense [W]; sparse [values] (the gradient is masked); quantized [] (frozen); factorized [D, S values].
+    /// dense [W]; sparse [values] (the gradient is masked); quantized [] (frozen); factorized [D, S values],
+    /// or [] (frozen) when D is stored quantized.
     public var trainableTensors: [Tensor] {
         switch self {
         case .dense(let t): [t]
         case .sparse(let s): [s.values]
         case .quantized: []
-        case .factorized(let f): [f.dense, f.sparse.values]
+        case .factorized(let f): f.quantizedDense == nil ? [f.dense, f.sparse.values] : []
         }
     }
 
-    /// A deep copy (the packed codes of a quantized weight are immutable and shared).
+    /// A deep copy (the packed codes of a quantized weight, and a quantized dense factor with its D̂, are
+    /// immutable and shared).
     public func copy() -> LinearWeight {
         switch self {
         case .dense(let t): return .dense(t.copy())
         case .sparse(let s): return .sparse(SparseWeight(masking: s.values, mask: s.mask))
         case .quantized: return self
         case .factorized(let f):
-            return .factorized(FactorizedWeight(checked: f.dense.copy(), SparseWeight(masking: f.sparse.values, mask: f.sparse.mask)))
+            return .factorized(FactorizedWeight(checked: f.quantizedDense == nil ? f.dense.copy() : f.dense,
+                                                SparseWeight(masking: f.sparse.values, mask: f.sparse.mask), f.quantizedDense))
         }
     }
 
@@ -326,7 +378,8 @@ public enum LinearWeight: Sendable {
     /// Backward of `forward`, accumulating into what is given:
     ///   dinp (T, C) += dout (T, OC) · W;   grads[i] += dL/d(trainableTensors[i])
     /// dense: dW += doutᵀ · inp; sparse: the same, then masked; quantized: dinp only; factorized, with
-    /// tmp = inp · Sᵀ: dD += doutᵀ · tmp, dtmp = dout · D, dS += (dtmpᵀ · inp) masked, dinp += dtmp · S.
+    /// tmp = inp · Sᵀ: dD += doutᵀ · tmp, dtmp = dout · D, dS += (dtmpᵀ · inp) masked, dinp += dtmp · S
+    /// (with D stored quantized: dinp only, through D̂).
     /// `grads` is empty (all frozen) or has one optional pointer per trainable tensor.
     public func backward(
         dinp: UnsafeMutablePointer<Float>?, grads: [UnsafeMutablePointer<Float>?], dout: UnsafePointer<Float>,
@@ -345,14 +398,16 @@ public enum LinearWeight: Sendable {
         case .factorized(let f):
             let k = f.rank, tmp = Tensor(shape: [T, k]), dtmp = Tensor(shape: [T, k])
             BLAS.gemm(transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
-            linearBackward(dinp: dtmp.data, dweight: grad(0), dout: dout, inp: tmp.data, weight: f.dense.data, rows: T, inFeatures: k, outFeatures: OC)
-            linearBackward(dinp: dinp, dweight: grad(1), dout: dtmp.data, inp: inp, weight: f.sparse.values.data, rows: T, inFeatures: C, outFeatures: k)
-            if let g = grad(1) { f.sparse.mask.apply(to: g) }
+            let frozen = f.quantizedDense != nil
+            linearBackward(dinp: dtmp.data, dweight: frozen ? nil : grad(0), dout: dout, inp: tmp.data, weight: f.dense.data, rows: T, inFeatures: k, outFeatures: OC)
+            linearBackward(dinp: dinp, dweight: frozen ? nil : grad(1), dout: dtmp.data, inp: inp, weight: f.sparse.values.data, rows: T, inFeatures: C, outFeatures: k)
+            if !frozen, let g = grad(1) { f.sparse.mask.apply(to: g) }
         }
     }
 
     /// Plain reference of `forward` (beta 0): Double accumulation, no BLAS; a factorized weight is applied
-    /// as D · (S · x) with both products in plain loops.
+    /// as D · (S · x) with both products in plain loops (a quantized D dequantized from its codes here, not
+    /// taken from the cache).
     public func forwardReference(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows T: Int) {
         let OC = outFeatures, C = inFeatures
         switch self {
@@ -377,6 +432,9 @@ public enum LinearWeight: Sendable {
             }
         case .factorized(let f):
             let k = f.rank
+            // D[o, r]: the float32 factor, or Dᵀ's codes dequantized (Dᵀ is (k, OC)).
+            let qd = f.quantizedDense?.dequantized()
+            let d: (Int, Int) -> Float = { o, r in qd.map { $0[r * OC + o] } ?? f.dense[o * k + r] }
             var tmp = [Double](repeating: 0, count: k)
             for t in 0..<T {
                 for r in 0..<k {
@@ -386,7 +444,7 @@ public enum LinearWeight: Sendable {
                 }
                 for o in 0..<OC {
                     var acc = 0.0
-                    for r in 0..<k { acc += tmp[r] * Double(f.dense[o * k + r]) }
+                    for r in 0..<k { acc += tmp[r] * Double(d(o, r)) }
                     out[t * OC + o] = Float(acc)
                 }
             }

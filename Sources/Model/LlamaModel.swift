@@ -305,9 +305,10 @@ public struct LlamaModel: Sendable {
         weights.compactMap { w in if case .matrix(.quantized(let q)) = w.weight { return (w.id, q.packed) }; return nil }
     }
 
-    /// Representations present among the linear weights (embedding and LM head included).
+    /// Representations present among the linear weights (embedding and LM head included); a factorized
+    /// weight with a quantized dense factor counts as both factorized and quantized.
     public var weightKinds: Set<WeightKind> {
-        Set(weights.compactMap { $0.weight.matrix?.kind })
+        Set(weights.flatMap { $0.weight.matrix?.kinds ?? [] })
     }
 
     /// Bytes as stored: every weight in its representation (norms float32; a tied head once).
@@ -377,9 +378,11 @@ public enum ModelWeight: Sendable {
         }
     }
     /// Names of `trainableTensors` (for optimizer state and parameter-group globs): the Hugging Face name,
-    /// or for a factorized weight the name with ".dense" / ".sparse" in place of ".weight".
+    /// or for a factorized weight the name with ".dense" / ".sparse" in place of ".weight" (none when its
+    /// dense factor is stored quantized: frozen).
     public func parameterNames(_ id: WeightID) -> [String] {
         let n = id.hfName
+        if trainableTensors.isEmpty { return [] }
         if case .matrix(.factorized) = self { let stem = String(n.dropLast(".weight".count)); return [stem + ".dense", stem + ".sparse"] }
         return trainableTensors.isEmpty ? [] : [n]
     }

@@ -98,6 +98,56 @@ extension CheckpointTests {
         XCTAssertEqual(try file.datasetInfo("sparse/model.layers.0.self_attn.q_proj.weight/values").shape, [wq.count / 2])
         XCTAssertEqual(try file.datasetInfo("sparse/model.layers.0.self_attn.q_proj.weight/mask").shape, [(wq.count + 7) / 8])
         XCTAssertEqual(try file.datasetInfo("factorized/model.layers.0.mlp.down_proj.weight/indices").typeSize, 1)
+        // A float32 D is stored as before (version 3 as first written): 'dense', and no 'dense_format' in the entry.
+        XCTAssertEqual(try file.datasetInfo("factorized/model.layers.0.mlp.down_proj.weight/dense").shape, [OC, k])
+        XCTAssertFalse(try file.string("factorization").contains("dense_format"))
+    }
+
+    /// A factorized weight whose D is stored quantized (CPTQuant after DSFormer): /factorized/<name>/dense_quantized
+    /// holds Dᵀ's codes, scales (and minimums), the entry names the format; it reads back bit for bit (codes,
+    /// scales, D̂, S), with the same bytes, and is written again identically.
+    func testFactorizedWeightWithQuantizedDenseRoundTrips() throws {
+        var model = LlamaModel.random(config: config, seed: 8)
+        var rng = SplitMix64(seed: 4)
+        var expected: [LinearID: FactorizedWeight] = [:]
+        for (id, format) in [(LinearID(layer: 0, kind: .down), try QuantFormat(bits: 4, groupSize: 8, symmetric: true)),
+                             (LinearID(layer: 1, kind: .up), try QuantFormat(bits: 3, groupSize: 4, symmetric: false))] {
+            let (OC, C) = (model.linear(id)!.outFeatures, model.linear(id)!.inFeatures), k = 6
+            let d = Tensor(shape: [OC, k]), sv = Tensor(shape: [k, C])
+            d.fillUniform(scale: 0.5, rng: &rng); sv.fillUniform(scale: 0.5, rng: &rng)
+            let sMask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { i in (i / C + i % C) % 3 == 0 }
+            let plain = try FactorizedWeight(dense: d, sparse: SparseWeight(masking: sv, mask: sMask))
+            let f = try plain.quantizingDense(try QuantizedTensor(weights: FactorizedWeight.transpose(d.array, rows: OC, cols: k), shape: [k, OC], format: format))
+            expected[id] = f
+            model = try model.replacing(.linear(id), with: .factorized(f))
+        }
+        XCTAssertEqual(model.weightKinds, [.dense, .factorized, .quantized])
+        try Checkpoint(model: model).write(to: path("fq.h5"))
+        let r = try Checkpoint.read(path("fq.h5")).model
+        XCTAssertEqual(r.storageBytes, model.storageBytes)
+        XCTAssertEqual(r.weightKinds, model.weightKinds)
+        for (id, f) in expected {
+            guard case .factorized(let g)? = r.linear(id) else { return XCTFail("\(id) is not factorized after reading") }
+            XCTAssertEqual(g.quantizedDense, f.quantizedDense, "\(id): codes, scales and minimums")
+            XCTAssertEqual(g.dense.array, f.dense.array, "\(id): D̂")
+            XCTAssertEqual(g.sparse.values.array, f.sparse.values.array)
+            XCTAssertEqual(g.sparse.mask, f.sparse.mask)
+            XCTAssertEqual(r.linear(id)!.storageBytes, f.quantizedDense!.bytes + 5 * f.sparse.mask.nonzeros)
+        }
+        let file = try H5File.openReadOnly(path("fq.h5"))
+        let g = "factorized/model.layers.0.mlp.down_proj.weight/"
+        XCTAssertFalse(file.exists(g + "dense"), "a quantized D is stored only as codes")
+        XCTAssertEqual(try file.datasetInfo(g + "dense_quantized/codes").shape, [(6 * 16 * 4 + 7) / 8])
+        XCTAssertEqual(try file.datasetInfo(g + "dense_quantized/scales").shape, [6, 2])
+        XCTAssertFalse(file.exists(g + "dense_quantized/mins"))
+        XCTAssertEqual(try file.datasetInfo("factorized/model.layers.1.mlp.up_proj.weight/dense_quantized/mins").shape, [6, 6])
+        let entry = try JSONValue.parse(try file.string("factorization")).objectValue?["model.layers.0.mlp.down_proj.weight"]?.objectValue
+        XCTAssertEqual(entry?["dense_format"]?.stringValue, "q4_g8_sym")
+        try file.close()
+        // Written again from what was read: the same stored forms.
+        try Checkpoint(model: r).write(to: path("fq2.h5"))
+        guard case .factorized(let again)? = try Checkpoint.read(path("fq2.h5")).model.linear(LinearID(layer: 0, kind: .down)) else { return XCTFail() }
+        XCTAssertEqual(again.quantizedDense, expected[LinearID(layer: 0, kind: .down)]!.quantizedDense)
     }
 
     /// A version 1 file with a float32 mask beside its weight still loads, as an unstructured sparse weight.

@@ -30,10 +30,24 @@ final class LinearWeightTests: XCTestCase {
             ("sparse unstructured", .sparse(SparseWeight(masking: w, mask: un))),
             ("quantized", .quantized(QuantizedWeight(q))),
             ("factorized", .factorized(try FactorizedWeight(dense: d, sparse: SparseWeight(masking: s, mask: sMask)))),
+            // D stored quantized: the codes of Dᵀ (k, OC), groups of 3 and 6 output rows of one atom.
+            ("factorized, D q4_g3_sym", .factorized(try FactorizedWeight(
+                quantizedDense: try QuantizedTensor(weights: transposed(d), shape: [k, OC], format: try QuantFormat(bits: 4, groupSize: 3, symmetric: true)),
+                sparse: SparseWeight(masking: s, mask: sMask)))),
+            ("factorized, D q3_g6_asym", .factorized(try FactorizedWeight(
+                quantizedDense: try QuantizedTensor(weights: transposed(d), shape: [k, OC], format: try QuantFormat(bits: 3, groupSize: 6, symmetric: false)),
+                sparse: SparseWeight(masking: s, mask: sMask)))),
         ]
     }
 
-    /// y = x · Wᵀ in Double, with W built from the trainable tensors `p` the way each representation does.
+    /// Dᵀ of a (OC, k) tensor, row-major (k, OC), by plain loops.
+    func transposed(_ d: Tensor) -> [Float] {
+        let (rows, cols) = (d.shape[0], d.shape[1])
+        return (0..<(rows * cols)).map { i in d[(i % rows) * cols + i / rows] }
+    }
+
+    /// y = x · Wᵀ in Double, with W built from the trainable tensors `p` the way each representation does (a
+    /// quantized D from its packed codes: D[o, r] = Dᵀ[r, o]).
     func product(_ w: LinearWeight, x: [Double], p: [[Double]]) -> [Double] {
         let matrix: [Double]
         switch w {
@@ -42,7 +56,12 @@ final class LinearWeightTests: XCTestCase {
         case .quantized(let q): matrix = q.packed.dequantized().map(Double.init)
         case .factorized(let f):
             var m = [Double](repeating: 0, count: OC * C)
-            for o in 0..<OC { for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { m[o * C + c] += p[0][o * k + r] * p[1][r * C + c] } } }
+            if let q = f.quantizedDense {
+                let dt = q.dequantized().map(Double.init), sv = f.sparse.values.array.map(Double.init)
+                for o in 0..<OC { for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { m[o * C + c] += dt[r * OC + o] * sv[r * C + c] } } }
+            } else {
+                for o in 0..<OC { for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { m[o * C + c] += p[0][o * k + r] * p[1][r * C + c] } } }
+            }
             matrix = m
         }
         var y = [Double](repeating: 0, count: T * OC)
@@ -93,8 +112,9 @@ final class LinearWeightTests: XCTestCase {
             }
             // Sparse values never get a gradient where the mask drops them: training keeps the pattern.
             if case .sparse(let s) = w { for i in 0..<s.values.count where !s.mask[i] { XCTAssertEqual(grads[0][i], 0) } }
-            if case .factorized(let f) = w { for i in 0..<f.sparse.values.count where !f.sparse.mask[i] { XCTAssertEqual(grads[1][i], 0) } }
+            if case .factorized(let f) = w, f.quantizedDense == nil { for i in 0..<f.sparse.values.count where !f.sparse.mask[i] { XCTAssertEqual(grads[1][i], 0) } }
             if case .quantized = w { XCTAssertTrue(grads.isEmpty, "a quantized weight is frozen by construction") }
+            if case .factorized(let f) = w, f.quantizedDense != nil { XCTAssertTrue(grads.isEmpty, "a factorized weight with a quantized D is frozen") }
         }
     }
 
@@ -115,7 +135,15 @@ final class LinearWeightTests: XCTestCase {
                 if case .nm = s.mask.pattern { XCTAssertEqual(s.mask.nonzeros, OC * C / 2); XCTAssertLessThan(w.storageBytes, 4 * OC * C) }
             case .quantized(let q): XCTAssertEqual(w.storageBytes, q.packed.bytes, name)
             case .factorized(let f):
-                XCTAssertEqual(w.storageBytes, 4 * OC * k + 5 * f.sparse.mask.nonzeros, name)
+                if let q = f.quantizedDense {
+                    // Codes of k·OC weights at b bits, packed, plus a float16 scale (and minimum) per group.
+                    let b = q.format.bits, g = q.format.groupSize, perGroup = q.format.symmetric ? 1 : 2
+                    XCTAssertEqual(w.storageBytes, (k * OC * b + 7) / 8 + 2 * perGroup * (k * OC / g) + 5 * f.sparse.mask.nonzeros, name)
+                    XCTAssertEqual(w.kinds, [.factorized, .quantized], name)
+                } else {
+                    XCTAssertEqual(w.storageBytes, 4 * OC * k + 5 * f.sparse.mask.nonzeros, name)
+                    XCTAssertEqual(w.kinds, [.factorized], name)
+                }
                 XCTAssertEqual(w.parameterCount, OC * k + f.sparse.mask.nonzeros)
             }
         }
@@ -148,5 +176,29 @@ final class LinearWeightTests: XCTestCase {
         XCTAssertThrowsError(try SparseWeight(values: Tensor(shape: [2, 8], values: [Float](repeating: 1, count: 16)), mask: m)) {
             XCTAssertTrue("\($0)".contains("where the mask drops it"), "\($0)")
         }
+    }
+
+    /// A factorized weight whose D is stored quantized: D̂ is exactly Dᵀ's dequantized codes transposed (and not
+    /// D: quantization happened), a copy keeps the codes, quantizing D keeps S, and shapes are checked.
+    func testQuantizedDenseFactor() throws {
+        let d = tensor([OC, k], values(OC * k)), s = tensor([k, C], values(k * C))
+        let sMask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { i in (i / C + i % C) % 5 < 2 }
+        let plain = try FactorizedWeight(dense: d, sparse: SparseWeight(masking: s, mask: sMask))
+        let q = try QuantizedTensor(weights: transposed(d), shape: [k, OC], format: try QuantFormat(bits: 2, groupSize: 3, symmetric: false))
+        let f = try plain.quantizingDense(q)
+        XCTAssertEqual(f.quantizedDense, q)
+        let dt = q.dequantized()
+        for o in 0..<OC { for r in 0..<k { XCTAssertEqual(f.dense[o * k + r], dt[r * OC + o]) } }
+        XCTAssertNotEqual(f.dense.array, d.array, "2-bit codes cannot hold D exactly")
+        XCTAssertEqual(f.sparse.values.array, plain.sparse.values.array)
+        XCTAssertEqual(f.sparse.mask, plain.sparse.mask)
+        guard case .factorized(let g) = LinearWeight.factorized(f).copy() else { return XCTFail("copy changed the representation") }
+        XCTAssertEqual(g.quantizedDense, q)
+        XCTAssertEqual(g.dense.array, f.dense.array)
+        XCTAssertEqual(ModelWeight.matrix(.factorized(f)).parameterNames(.linear(LinearID(layer: 0, kind: .up))), [])
+        // D itself (OC, k) is not Dᵀ: refused unless OC = k.
+        let wrong = try QuantizedTensor(weights: d.array, shape: [OC, k], format: try QuantFormat(bits: 4, groupSize: 5, symmetric: true))
+        XCTAssertThrowsError(try plain.quantizingDense(wrong)) { XCTAssertTrue("\($0)".contains("Dᵀ of shape [\(k), \(OC)]"), "\($0)") }
+        XCTAssertThrowsError(try FactorizedWeight(quantizedDense: wrong, sparse: plain.sparse)) { XCTAssertTrue("\($0)".contains("(rank, out)"), "\($0)") }
     }
 }
