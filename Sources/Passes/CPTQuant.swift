@@ -55,6 +55,23 @@
 //   the allocation, at the chosen widths); the bytes are the same for every method at a given format. So is
 //   the measured damage per unit (KL with the unit at round-to-nearest), while the reported measured total
 //   is that of the result (GPTQ's weights).
+//
+// Factorized weights (ours; issue 16: DSFormer, or low rank, followed by quantization, to check DSFormer's claim
+// that the factorization stacks with quantization): for W = D · S (Model/LinearWeight.swift) the unit's tensor
+// is the dense factor D (OC, k), stored quantized as the codes of Dᵀ (k, OC) in groups of G consecutive output
+// rows of one atom (one column of D). Grouping along k, the input of D, would need k to be a multiple of G, and
+// DSFormer's and low rank's k (263, ...) rarely are; OC (576, 1536, ...) always is, and one atom's entries share
+// a scale. S's values stay float32 (about 9 % of the factor's parameters in the DSFormer recipes), with their
+// row indices; they are outside the allocation and its budget (like the norms), and the report counts them: the
+// targeted weights' bytes with D's codes and scales, S's values and indices, in bits per stored parameter and
+// per element of the (OC, C) matrix each weight stands for. e_u(b) is ‖D − Q_b(D)‖² / ‖D‖². With `method:
+// search` the weighting by E[x²] does not apply to D (a group of Dᵀ lies in one input column of D, so a
+// weight would be the same for the whole group): its search minimizes the group's plain squared error.
+// PMPQ prunes D's smallest-magnitude entries and the measured damage puts Q_b(D) in place of D, as they do with
+// a dense weight's W; CMPQ and TDMPQ work on layer outputs and inputs and do not see the representation.
+// `method: gptq` is refused when the model holds factorized weights, at recipe check (the Hessian of D's input
+// S·x would be S·H·Sᵀ, k × k, but our GPTQ fixes each group's grid along the input columns as it reaches them,
+// and D's groups run along the output).
 
 import Foundation
 import Model
@@ -65,10 +82,16 @@ import Training
 
 public struct CPTQuantPass: CompressionPass {
     public static let name = "cptquant"
-    /// Quantizes dense weights, and sparse ones (pruned weights stay exactly 0: symmetric formats only; the
-    /// result is a quantized weight whose codes hold the zeros, the mask is not stored apart); its result holds
-    /// quantized weights, which no training or pass may follow.
-    public static let accepts: Set<WeightKind> = [.dense, .sparse]
+    /// Quantizes dense weights, sparse ones (pruned weights stay exactly 0: symmetric formats only; the
+    /// result is a quantized weight whose codes hold the zeros, the mask is not stored apart) and the dense
+    /// factor D of factorized ones (the result stays factorized, with D quantized); its result holds quantized
+    /// weights, which no training or pass may follow.
+    public static let accepts: Set<WeightKind> = [.dense, .sparse, .factorized]
+    /// GPTQ has no form for a factorized weight's D (see the top of this file): refused at recipe check.
+    public func refusal(given input: Set<WeightKind>) -> String? {
+        guard method == .gptq, input.contains(.factorized) else { return nil }
+        return "'method': 'gptq' cannot quantize factorized weights (D · S, from a dsformer or lowrank stage before it): GPTQ fixes each group's grid along the input columns, and a factorized weight's D is grouped along its output; use method 'rtn' or 'search'"
+    }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.quantized]) }
     /// Calibration windows unless neither the estimator nor the quantizer uses them (estimator none, rtn).
     public var needs: PassNeeds { estimator == .none && method == .rtn && damage == .estimated ? [] : [.calibration] }
@@ -199,9 +222,30 @@ public struct CPTQuantPass: CompressionPass {
         }
     }
 
-    /// Every matrix weight's float32 values by id (the pass accepts dense models only).
+    /// The float32 tensor the pass quantizes for every matrix weight, by id: the model's own storage (PMPQ and
+    /// the damage probe write into a private copy's): W of a dense or sparse weight (a quantized one's cache),
+    /// D (OC, k) of a factorized one whose D is float32.
     static func denseWeights(_ model: LlamaModel) -> [WeightID: Tensor] {
-        Dictionary(uniqueKeysWithValues: model.weights.compactMap { w in w.weight.matrix?.denseView.map { (w.id, $0) } })
+        Dictionary(uniqueKeysWithValues: model.weights.compactMap { w -> (WeightID, Tensor)? in
+            guard let m = w.weight.matrix else { return nil }
+            if case .factorized(let f) = m { return f.quantizedDense == nil ? (w.id, f.dense) : nil }
+            return m.denseView.map { (w.id, $0) }
+        })
+    }
+
+    /// The weights whose unit tensor is a factorized weight's D (quantized as Dᵀ, (k, OC), grouped along OC).
+    static func factorizedIDs(_ model: LlamaModel) -> Set<WeightID> {
+        Set(model.weights.compactMap { w in if case .matrix(.factorized) = w.weight { return w.id }; return nil })
+    }
+
+    /// The values and shape the quantizer takes for a unit tensor `w`: W itself, or Dᵀ (k, OC) for a factor D.
+    static func quantizerInput(_ w: Tensor, factorized: Bool) -> (values: [Float], shape: [Int]) {
+        factorized ? (FactorizedWeight.transpose(w.array, rows: w.shape[0], cols: w.shape[1]), [w.shape[1], w.shape[0]]) : (w.array, w.shape)
+    }
+
+    /// A stored form's values in the unit tensor's layout (D's, (OC, k), for the codes of Dᵀ).
+    static func storageValues(_ q: QuantizedTensor, factorized: Bool) -> [Float] {
+        factorized ? FactorizedWeight.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1]) : q.dequantized()
     }
 
     /// Whether the units are single tensors (per-tensor granularity).
@@ -241,8 +285,19 @@ public struct CPTQuantPass: CompressionPass {
     public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
         let units = try units(model)
         let tensors = Self.denseWeights(model)
-        for u in units { for t in u.tensors where tensors[t]!.shape[1] % groupSize != 0 {
-            throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
+        let factorized = Self.factorizedIDs(model)
+        for u in units { for t in u.tensors {
+            if case .linear(let id) = t, case .factorized(let f)? = model.linear(id) {
+                guard f.quantizedDense == nil else { throw RecipeError("cptquant: '\(t)' is factorized with its dense factor already quantized (\(f.quantizedDense!.format)); it cannot be quantized again") }
+                guard method != .gptq else { throw RecipeError("cptquant: 'method': 'gptq' cannot quantize the factorized weight '\(t)' (its D is grouped along the output); use method 'rtn' or 'search'") }
+                guard f.dense.shape[0] % groupSize == 0 else {
+                    throw RecipeError("cptquant: '\(t)' is factorized (D · S, rank \(f.rank)); its dense factor D is quantized in groups of 'group_size' consecutive output rows of one atom (Dᵀ grouped along the output), and its \(f.dense.shape[0]) output rows are not a whole number of groups of \(groupSize)")
+                }
+                continue
+            }
+            guard tensors[t]!.shape[1] % groupSize == 0 else {
+                throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
+            }
         } }
         var masks: [LinearID: SparsityMask] = [:]
         for u in units { for t in u.tensors {
@@ -303,13 +358,15 @@ public struct CPTQuantPass: CompressionPass {
         for (fi, f) in formats.enumerated() {
             Parallel.forEachChunk(names.count) { r in
                 for i in r {
-                    let w = tensors[names[i]]!
+                    let w = tensors[names[i]]!, isFactor = factorized.contains(names[i])
                     do {
-                        let q = try QuantizedTensor(weights: w.array, shape: w.shape, format: f,
-                                                    importance: method == .search ? moments?.columns[names[i].hfName] : nil, search: method == .search)
+                        // A factor D is quantized as Dᵀ (k, OC); the E[x²] weighting is the weight's own input's (none for D).
+                        let (values, shape) = Self.quantizerInput(w, factorized: isFactor)
+                        let q = try QuantizedTensor(weights: values, shape: shape, format: f,
+                                                    importance: method == .search && !isFactor ? moments?.columns[names[i].hfName] : nil, search: method == .search)
                         let back = q.dequantized()
                         var e = 0.0
-                        for k in 0..<w.count { let d = Double(w[k] - back[k]); e += d * d }
+                        for k in 0..<w.count { let d = Double(values[k] - back[k]); e += d * d }
                         lock.lock(); stored[i][fi] = q; squaredErrors[i][fi] = e; lock.unlock()
                     } catch let e as UnrepresentableWeights {
                         lock.lock(); unrepresentable.append("'\(names[i])' at \(f): \(e)"); lock.unlock()
@@ -349,7 +406,9 @@ public struct CPTQuantPass: CompressionPass {
                 try units.enumerated().map { u, unit -> [Double?] in
                     let row = try formats.indices.map { fi -> Double? in
                         guard unit.tensors.allSatisfy({ stored[index[$0]!][fi] != nil }) else { return nil }
-                        let values = Dictionary(uniqueKeysWithValues: unit.tensors.map { ($0, stored[index[$0]!][fi]!.dequantized()) })
+                        let values = Dictionary(uniqueKeysWithValues: unit.tensors.map {
+                            ($0, Self.storageValues(stored[index[$0]!][fi]!, factorized: factorized.contains($0)))
+                        })
                         return try p.divergence(values, resumeAt: unit.firstSublayer)
                     }
                     context.progress("cptquant measured damage: unit \(u + 1)/\(units.count) (\(unit.name))")
@@ -431,7 +490,13 @@ public struct CPTQuantPass: CompressionPass {
                                   "seconds": .double(Date().timeIntervalSince(start)), "tensors": .array(losses)])
         }
         func set(_ id: WeightID, _ q: QuantizedTensor) throws {
-            do { result = try result.replacing(id, with: .quantized(QuantizedWeight(q))) } catch let e as ConfigError {
+            do {
+                if case .linear(let lid) = id, case .factorized(let f)? = result.linear(lid) {
+                    result = try result.replacing(id, with: .factorized(try f.quantizingDense(q)))
+                } else {
+                    result = try result.replacing(id, with: .quantized(QuantizedWeight(q)))
+                }
+            } catch let e as ConfigError {
                 throw RecipeError("cptquant: \(e.description)")
             }
         }
@@ -451,15 +516,26 @@ public struct CPTQuantPass: CompressionPass {
         }
 
         // Report.
+        // A factorized weight's S (float32 values and row indices) is stored beside its quantized D.
+        func sparseFactorBytes(_ t: WeightID) -> Int {
+            if case .linear(let id) = t, case .factorized(let f)? = model.linear(id) { return f.sparseBytes }
+            return 0
+        }
         let unitReports: [JSONValue] = units.enumerated().map { u, unit in
             let fi = widths.firstIndex(of: chosen.bits[u])!
             let opt = allocationUnits[u].options.first { $0.bits == chosen.bits[u] }!
             let n = unit.tensors.reduce(0) { $0 + tensors[$1]!.count }
-            return .object(["name": .string(unit.name), "layer": .int(unit.layer), "sensitivity": .double(sensitivity[u]),
+            let sparseBytes = unit.tensors.reduce(0) { $0 + sparseFactorBytes($1) }
+            var entry: [String: JSONValue] = [:]
+            if sparseBytes > 0 {
+                entry["sparse_factor_bytes"] = .int(sparseBytes)
+                entry["bytes_with_sparse_factors"] = .int(opt.bytes + sparseBytes)
+            }
+            return .object(entry.merging(["name": .string(unit.name), "layer": .int(unit.layer), "sensitivity": .double(sensitivity[u]),
                             "bits": .int(chosen.bits[u]), "format": .string(formats[fi].description), "bytes": .int(opt.bytes),
                             "weights": .int(n), "bits_per_weight": .double(Double(opt.bytes * 8) / Double(n)),
                             "relative_error": .double(unitError[u][fi]),
-                            "measured_damage": measured.map { m in .array(m[u].map { $0.map(JSONValue.double) ?? .null }) } ?? .null])
+                            "measured_damage": measured.map { m in .array(m[u].map { $0.map(JSONValue.double) ?? .null }) } ?? .null]) { a, _ in a })
         }
         var layerSummary: [JSONValue] = []
         for l in Set(units.map(\.layer)).sorted() {
@@ -480,6 +556,30 @@ public struct CPTQuantPass: CompressionPass {
             "estimated_damage": .double(chosen.damage), "optimal": .bool(chosen.optimal), "sensitivity_floor": .double(floor),
             "layers": .array(layerSummary), "units": .array(unitReports),
         ]
+        // The targeted weights as stored in the result: the allocated codes and scales (`bytes`), and for
+        // factorized weights their S's float32 values and row indices, outside the allocation.
+        var storage = (bytes: 0, parameters: 0, elements: 0), sparse = (tensors: 0, values: 0, bytes: 0, denseBytes: 0, denseWeights: 0)
+        for t in names {
+            guard case .linear(let id) = t, let w = result.linear(id) else { continue }
+            storage.bytes += w.storageBytes; storage.parameters += w.parameterCount; storage.elements += w.outFeatures * w.inFeatures
+            if case .factorized(let f) = w {
+                sparse.tensors += 1; sparse.values += f.sparse.mask.nonzeros; sparse.bytes += f.sparseBytes
+                sparse.denseBytes += f.denseBytes; sparse.denseWeights += f.dense.count
+            }
+        }
+        diag["targeted"] = .object([
+            "bytes": .int(storage.bytes), "parameters": .int(storage.parameters), "matrix_elements": .int(storage.elements),
+            "bits_per_parameter": .double(Double(8 * storage.bytes) / Double(storage.parameters)),
+            "bits_per_matrix_element": .double(Double(8 * storage.bytes) / Double(storage.elements)),
+        ])
+        if sparse.tensors > 0 {
+            diag["factorized"] = .object([
+                "tensors": .int(sparse.tensors), "dense_factor_weights": .int(sparse.denseWeights), "dense_factor_bytes": .int(sparse.denseBytes),
+                "dense_factor_layout": .string("Dᵀ (rank × out), groups of group_size output rows of one atom"),
+                "sparse_factor_values": .int(sparse.values), "sparse_factor_bytes": .int(sparse.bytes),
+                "sparse_factor_storage": .string("float32 values + row indices (1 byte when rank ≤ 256, else 2)"),
+            ])
+        }
         // Predicted (additive) against measured total damage, with every unit at its chosen width.
         // The chosen allocation is measured on the result's own weights (GPTQ's, with method gptq); the uniform
         // baseline on the stored forms the allocation saw (round to nearest or the search).
@@ -489,8 +589,10 @@ public struct CPTQuantPass: CompressionPass {
             for (u, unit) in units.enumerated() {
                 let fi = widths.firstIndex(of: a.bits[u])!
                 for t in unit.tensors {
-                    if fromResult, case .linear(let id) = t, let w = result.linear(id) { values[t] = w.dequantized().array } else {
-                        values[t] = stored[index[t]!][fi]!.dequantized()
+                    if fromResult, case .linear(let id) = t, let w = result.linear(id) {
+                        if case .factorized(let f) = w { values[t] = f.dense.array } else { values[t] = w.dequantized().array }
+                    } else {
+                        values[t] = Self.storageValues(stored[index[t]!][fi]!, factorized: factorized.contains(t))
                     }
                 }
             }

@@ -213,7 +213,7 @@ final class DSFormerTests: XCTestCase {
         }
         for (stages, fragment) in [
             (#"[{"stage": "lowrank", "rank": 4}, {"stage": "dsformer", "rank": 8, "nonzeros": 2}]"#, "stage 2 (dsformer): cannot take factorized weights"),
-            (#"[{"stage": "dsformer", "parameter_ratio": 0.5}, {"stage": "cptquant", "allocation": "uniform", "estimator": "none", "method": "rtn", "bits_per_weight": 4}]"#, "stage 2 (cptquant): cannot take factorized weights"),
+            (#"[{"stage": "dsformer", "parameter_ratio": 0.5}, {"stage": "cptquant", "allocation": "uniform", "estimator": "none", "method": "rtn", "bits_per_weight": 4}, {"stage": "distill", "steps": 2}]"#, "stage 3 (distill): cannot take quantized weights"),
             (#"[{"stage": "distill", "steps": 2, "stf": true}]"#, "stage 1 (distill): 'stf': true trains factorized weights, but the base checkpoint leaves none"),
         ] {
             XCTAssertThrowsError(try decode(stages), stages) { XCTAssertTrue("\($0)".contains(fragment), "\($0)") }

@@ -1,0 +1,171 @@
+import Foundation
+import Model
+import Quantization
+import Recipes
+import TensorCore
+import XCTest
+@testable import Passes
+
+/// CPTQuant after DSFormer / low rank (issue 16): a factorized weight's dense factor D is the unit quantized,
+/// stored as the codes of Dᵀ grouped along the output; S stays float32 and is counted in the report.
+final class FactorizedQuantizationTests: XCTestCase {
+    func stage<P: CompressionPass>(_ type: P.Type, _ json: String) throws -> P { try P(config: try Tiny.stage(json)) }
+
+    /// Tiny (hidden 32, MLP 48) with its MLP weights factorized by DSFormer.
+    func factored() throws -> LlamaModel {
+        let ds = try stage(DSFormerPass.self, #"{"targets": ["mlp"], "parameter_ratio": 0.6, "density": 0.5, "iterations": 3}"#)
+        return try ds.run(on: Tiny.model(), context: PassContext()).model
+    }
+
+    /// Dᵀ of D (OC, k), row-major (k, OC), by plain loops.
+    func transposed(_ d: Tensor) -> [Float] {
+        let (OC, k) = (d.shape[0], d.shape[1])
+        var out = [Float](repeating: 0, count: OC * k)
+        for r in 0..<k { for o in 0..<OC { out[r * OC + o] = d[o * k + r] } }
+        return out
+    }
+
+    /// Uniform 4-bit round-to-nearest on the MLP (factorized) and q_proj (dense): every factor's D becomes the
+    /// codes an independent quantization of Dᵀ gives, S is unchanged bit for bit, W = D̂ · S (plain Float64
+    /// product from the codes), and the report's bytes are exact: allocated = D's codes + scales (+ q_proj's),
+    /// targeted = allocated + S's float32 values and 1-byte row indices.
+    func testUniformRTNQuantizesEachFactorsDenseFactor() throws {
+        let base = try factored()
+        let f4 = try QuantFormat(bits: 4, groupSize: 16, symmetric: true)
+        let p = try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "rtn", "widths": [4], "bits_per_weight": 5, "group_size": 16, "symmetric": true, "targets": ["q_proj", "gate_proj", "up_proj", "down_proj"]}"#)
+        XCTAssertEqual(p.needs, [], "rtn with no estimator needs no calibration")
+        let (q, diag) = try p.run(on: base, context: PassContext())
+        XCTAssertEqual(q.weightKinds, [.dense, .quantized, .factorized])
+        var allocated = 0, sparseBytes = 0, parameters = 0, elements = 0, weights = 0
+        for (id, w) in q.linearWeights {
+            let before = try XCTUnwrap(base.linear(id))
+            switch id.kind {
+            case .gate, .up, .down:
+                guard case .factorized(let f) = w, case .factorized(let b) = before else { return XCTFail("\(id) is \(w.kind)") }
+                let qd = try XCTUnwrap(f.quantizedDense, "\(id): D not quantized")
+                let OC = b.dense.shape[0], k = b.rank, C = b.sparse.mask.cols
+                XCTAssertEqual(qd, try QuantizedTensor(weights: transposed(b.dense), shape: [k, OC], format: f4), "\(id): codes of Dᵀ")
+                XCTAssertEqual(f.sparse.values.array, b.sparse.values.array, "\(id): S unchanged")
+                XCTAssertEqual(f.sparse.mask, b.sparse.mask)
+                // W = D̂ · S with D̂[o, r] = Dᵀ-codes dequantized at (r, o).
+                let dt = qd.dequantized(), wq = w.dequantized()
+                for o in 0..<OC {
+                    for c in 0..<C {
+                        var acc = 0.0
+                        for r in 0..<k where f.sparse.mask[r * C + c] { acc += Double(dt[r * OC + o]) * Double(f.sparse.values[r * C + c]) }
+                        XCTAssertEqual(Double(wq[o * C + c]), acc, accuracy: 1e-5 * max(1, abs(acc)))
+                    }
+                }
+                XCTAssertNotEqual(f.dense.array, b.dense.array, "\(id): 4-bit codes do not hold D exactly")
+                // Exact bytes: k·OC 4-bit codes, one float16 scale per 16, S: 4 + 1 bytes per kept value (k ≤ 256).
+                XCTAssertEqual(qd.bytes, k * OC / 2 + 2 * (k * OC / 16))
+                XCTAssertEqual(w.storageBytes, qd.bytes + 5 * b.sparse.mask.nonzeros)
+                allocated += qd.bytes; sparseBytes += 5 * b.sparse.mask.nonzeros; weights += k * OC
+            case .q:
+                guard case .quantized(let qw) = w else { return XCTFail("\(id) is \(w.kind)") }
+                XCTAssertEqual(qw.packed, try QuantizedTensor(weights: before.denseView!.array, shape: before.shape, format: f4))
+                allocated += qw.packed.bytes; weights += before.shape.reduce(1, *)
+            default:
+                XCTAssertEqual(w.denseView?.array, before.denseView?.array, "\(id) untouched")
+                continue
+            }
+            parameters += w.parameterCount; elements += w.outFeatures * w.inFeatures
+        }
+        let d = try XCTUnwrap(diag.objectValue)
+        XCTAssertEqual(d["bytes"], .int(allocated))
+        XCTAssertEqual(d["allocated_weights"], .int(weights))
+        XCTAssertEqual(d["bits_per_weight"]?.doubleValue, 5.0)
+        let targeted = try XCTUnwrap(d["targeted"]?.objectValue)
+        XCTAssertEqual(targeted["bytes"], .int(allocated + sparseBytes))
+        XCTAssertEqual(targeted["parameters"], .int(parameters))
+        XCTAssertEqual(targeted["matrix_elements"], .int(elements))
+        XCTAssertEqual(targeted["bits_per_matrix_element"]?.doubleValue, Double(8 * (allocated + sparseBytes)) / Double(elements))
+        let fac = try XCTUnwrap(d["factorized"]?.objectValue)
+        XCTAssertEqual(fac["tensors"], .int(12))
+        XCTAssertEqual(fac["sparse_factor_bytes"], .int(sparseBytes))
+        // The model's own accounting agrees: bytes changed only by the targeted weights.
+        let untouched = base.storageBytes - base.linearWeights.filter { [.q, .gate, .up, .down].contains($0.0.kind) }.reduce(0) { $0 + $1.1.storageBytes }
+        XCTAssertEqual(q.storageBytes, untouched + allocated + sparseBytes)
+    }
+
+    /// The clipping search on D never does worse than round-to-nearest on ‖D − D̂‖² (α = 1 is RTN; D has no
+    /// input weighting); budget allocation with each estimator, and measured damage, run on factorized models,
+    /// meet the budget, and leave the input model unchanged.
+    func testSearchAndMixedPrecisionOnFactorizedWeights() throws {
+        let base = try factored(), windows = Tiny.windows(4, length: 16)
+        func errors(_ json: String) throws -> [Double] {
+            let (_, diag) = try stage(CPTQuantPass.self, json).run(on: base, context: PassContext(calibration: windows))
+            return try XCTUnwrap(diag.objectValue?["units"]?.arrayValue).map { try XCTUnwrap($0.objectValue?["relative_error"]?.doubleValue) }
+        }
+        let common = #""estimator": "none", "allocation": "uniform", "granularity": "tensor", "widths": [3], "bits_per_weight": 5, "group_size": 16, "targets": ["gate_proj", "up_proj", "down_proj"]"#
+        let rtn = try errors("{\(common), \"method\": \"rtn\"}"), search = try errors("{\(common), \"method\": \"search\"}")
+        XCTAssertEqual(rtn.count, 12)
+        for (a, b) in zip(search, rtn) { XCTAssertLessThanOrEqual(a, b * (1 + 1e-12)) }
+        XCTAssertLessThan(search.reduce(0, +), rtn.reduce(0, +), "the search finds a better clip somewhere")
+
+        let snapshot = base.linearWeights.map { ($0.0, $0.1.dequantized().array) }
+        for estimator in ["cmpq", "pmpq", "tdmpq"] {
+            let json = #"{"estimator": "\#(estimator)", "bits_per_weight": 4.5, "widths": [2, 4, 8], "group_size": 16, "pool_tokens": 4, "cca_dims": 3, "targets": ["q_proj", "gate_proj", "up_proj", "down_proj"]"#
+                + (estimator == "pmpq" ? #", "damage": "measured", "damage_windows": 2, "damage_tokens": 8}"# : "}")
+            let (q, diag) = try stage(CPTQuantPass.self, json).run(on: base, context: PassContext(calibration: windows))
+            let d = try XCTUnwrap(diag.objectValue)
+            let weights = try XCTUnwrap(d["allocated_weights"]?.intValue), bytes = try XCTUnwrap(d["bytes"]?.intValue)
+            XCTAssertLessThanOrEqual(bytes, Int(4.5 * Double(weights) / 8), estimator)
+            var stored = 0
+            for (id, w) in q.linearWeights where id.kind != .k && id.kind != .v && id.kind != .o {
+                if case .factorized(let f) = w { stored += try XCTUnwrap(f.quantizedDense, "\(estimator) \(id)").bytes }
+                else if case .quantized(let qw) = w { stored += qw.packed.bytes } else { XCTFail("\(estimator): \(id) is \(w.kind)") }
+            }
+            XCTAssertEqual(stored, bytes, estimator)
+            if estimator == "pmpq" {
+                let m = try XCTUnwrap(d["measured_damage"]?.doubleValue)
+                XCTAssertTrue(m.isFinite && m >= 0, "\(m)")
+            }
+            for ((id, a), (_, b)) in zip(snapshot, base.linearWeights) { XCTAssertEqual(a, b.dequantized().array, "\(estimator): \(id) of the input changed") }
+        }
+    }
+
+    /// Refusals: a group size that does not divide D's output rows names the weight and the axis; GPTQ on a
+    /// factorized weight, at run and at recipe check (stage and key named); a quantized factor cannot be
+    /// trained or quantized again, while [dsformer, cptquant, eval] and [lowrank, cptquant] are accepted.
+    func testRefusals() throws {
+        let base = try factored()  // gate/up: 48 output rows, down: 32
+        XCTAssertThrowsError(try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "rtn", "bits_per_weight": 5, "group_size": 32, "targets": ["up_proj"]}"#)
+            .run(on: base, context: PassContext())) {
+            XCTAssertTrue("\($0)".contains("'model.layers.0.mlp.up_proj.weight' is factorized") && "\($0)".contains("48 output rows are not a whole number of groups of 32"), "\($0)")
+        }
+        XCTAssertThrowsError(try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "gptq", "bits_per_weight": 5, "group_size": 16, "targets": ["down_proj"]}"#)
+            .run(on: base, context: PassContext(calibration: Tiny.windows(2, length: 8)))) {
+            XCTAssertTrue("\($0)".contains("'method': 'gptq' cannot quantize the factorized weight"), "\($0)")
+        }
+        let (once, _) = try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "rtn", "bits_per_weight": 5, "group_size": 16, "targets": ["down_proj"]}"#)
+            .run(on: base, context: PassContext())
+        XCTAssertThrowsError(try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "rtn", "bits_per_weight": 5, "group_size": 16, "targets": ["down_proj"]}"#)
+            .run(on: once, context: PassContext())) {
+            XCTAssertTrue("\($0)".contains("already quantized"), "\($0)")
+        }
+
+        func decode(_ stages: String) throws -> Recipe {
+            try Recipe(json: try JSONValue.parse(#"{"format": 1, "calibration": {"samples": 2}, "stages": \#(stages)}"#), path: "r.json", registry: .standard())
+        }
+        let ds = #"{"stage": "dsformer", "targets": ["mlp"], "parameter_ratio": 0.5}"#
+        let cq = #"{"stage": "cptquant", "allocation": "uniform", "estimator": "none", "method": "rtn", "bits_per_weight": 4.5, "widths": [4], "group_size": 32, "symmetric": true}"#
+        var accepted = try decode("[\(ds), \(cq), {\"stage\": \"eval\"}]")
+        XCTAssertEqual(try accepted.check(baseKinds: [.dense]), [.dense, .factorized, .quantized])
+        XCTAssertNoThrow(try decode(#"[{"stage": "lowrank", "rank": 4}, \#(cq)]"#))
+        for (stages, fragment) in [
+            ("[\(ds), \(cq), {\"stage\": \"distill\", \"steps\": 2}]", "stage 3 (distill): cannot take quantized weights"),
+            ("[\(ds), \(cq), \(cq)]", "stage 3 (cptquant): cannot take quantized weights"),
+            ("[\(ds), \(cq), \(ds)]", "stage 3 (dsformer): cannot take quantized, factorized weights"),
+            ("[\(ds), {\"stage\": \"cptquant\", \"allocation\": \"uniform\", \"estimator\": \"none\", \"method\": \"gptq\", \"bits_per_weight\": 4.5}]",
+             "stage 2 (cptquant): 'method': 'gptq' cannot quantize factorized weights"),
+        ] {
+            XCTAssertThrowsError(try decode(stages), stages) { XCTAssertTrue("\($0)".contains(fragment), "\($0)") }
+        }
+        // A base that already holds a quantized factor (a checkpoint of [dsformer, cptquant]) cannot be distilled.
+        var distill = try decode(#"[{"stage": "distill", "steps": 2}]"#)
+        XCTAssertThrowsError(try distill.check(baseKinds: once.weightKinds)) {
+            XCTAssertTrue("\($0)".contains("stage 1 (distill): cannot take quantized weights, which the base checkpoint leaves"), "\($0)")
+        }
+    }
+}
