@@ -23,7 +23,7 @@ enum GGUFExport {
         let model = ckpt.model, c = model.config
         let arch = c.isHomogeneous ? "llama" : "deci"
         var writer = GGUFWriter()
-        var tensors: [ExportedTensor] = [], warnings: [String] = [], refused: [String] = [], factorized: [String] = []
+        var tensors: [ExportedTensor] = [], warnings: [String] = [], refused: [String] = [], factorized: [(name: String, weight: FactorizedWeight)] = []
 
         writer.add("general.architecture", .string(arch))
         writer.add("general.name", .string(options.name ?? "compress export"))
@@ -117,7 +117,7 @@ enum GGUFExport {
             case .matrix(.sparse(let s)): try addFloats(s.values, options.dtype)
             case .matrix(.factorized(let f)):
                 try addFloats(LinearWeight.factorized(f).dequantized(), options.dtype)
-                factorized.append(name)
+                factorized.append((name, f))
             case .matrix(.quantized(let qw)):
                 let q = qw.packed
                 if let (type, data) = GGMLRepack.repack(q) {
@@ -150,9 +150,7 @@ enum GGUFExport {
         if !refused.isEmpty {
             throw ExportError("\(refused.count) quantized weight(s) have no lossless ggml type (GGUF holds group-32 q4/q5/q8 symmetric → Q4_0/Q5_0/Q8_0, q4/q5 asymmetric → Q4_1/Q5_1, and f16): \(refused.prefix(6).joined(separator: ", "))\(refused.count > 6 ? ", …" : ""); re-quantize them with --requantize q4_0|q4_1|q5_0|q5_1|q8_0|f16|f32 (the error is reported), or export --format hf")
         }
-        if !factorized.isEmpty {
-            warnings.append("\(factorized.count) factorized weight(s) written multiplied out (D · S): their size advantage is lost (\(factorized.prefix(3).joined(separator: ", "))\(factorized.count > 3 ? ", …" : ""))")
-        }
+        warnings += factorizedWarnings(factorized, hf: false)
         return BuiltExport(files: [("", try writer.encoded())], architecture: arch, tensors: tensors, warnings: warnings)
     }
 }

@@ -20,8 +20,21 @@ func sourceName(_ w: ModelWeight) -> String {
     case .matrix(.dense): return "dense"
     case .matrix(.sparse(let s)): return "sparse \(s.mask.pattern)"
     case .matrix(.quantized(let q)): return q.packed.format.description
-    case .matrix(.factorized(let f)): return "factorized rank \(f.rank)"
+    case .matrix(.factorized(let f)): return "factorized rank \(f.rank)" + (f.quantizedDense.map { ", D \($0.format)" } ?? "")
     }
+}
+
+/// The warnings for factorized weights written multiplied out (D · S, or D̂ · S when D is stored quantized).
+func factorizedWarnings(_ factorized: [(name: String, weight: FactorizedWeight)], hf: Bool) -> [String] {
+    guard !factorized.isEmpty else { return [] }
+    let names = factorized.map(\.name)
+    var out = ["\(names.count) factorized weight(s) written multiplied out\(hf ? " as dense" : "") (D · S): their size advantage is lost (\(names.prefix(3).joined(separator: ", "))\(names.count > 3 ? ", …" : ""))"]
+    let quantized = factorized.filter { $0.weight.quantizedDense != nil }
+    if !quantized.isEmpty {
+        let formats = Set(quantized.map { $0.weight.quantizedDense!.format.description }).sorted().joined(separator: ", ")
+        out.append("\(quantized.count) of them hold a quantized dense factor D (\(formats)): written as the product D̂ · S of its dequantized codes, so the codes are not kept (\(quantized.prefix(3).map(\.name).joined(separator: ", "))\(quantized.count > 3 ? ", …" : ""))")
+    }
+    return out
 }
 
 func report(_ name: String, _ w: ModelWeight, type: String, shape: [Int], bytes: Int, error: ConversionError) -> ExportedTensor {
@@ -65,7 +78,7 @@ enum HFExport {
         var tensors: [ExportedTensor] = [], warnings: [String] = []
         var quantGroups: [String: (format: QuantFormat, targets: [String])] = [:]
         var sparse: [(module: String, pattern: String, zeros: Int, count: Int)] = []
-        var factorized: [String] = []
+        var factorized: [(name: String, weight: FactorizedWeight)] = []
 
         func addFloat(_ name: String, _ w: ModelWeight, _ values: UnsafeBufferPointer<Float>, shape: [Int], dtype d: ExportDType) throws {
             let (bytes, err) = try FloatEncoding.encode(values, as: d, what: name)
@@ -114,16 +127,14 @@ enum HFExport {
                     sparse.append((String(name.dropLast(".weight".count)), s.mask.pattern.description, s.mask.count - s.mask.nonzeros, s.mask.count))
                 case .dense(let t):
                     try addFloat(name, w, UnsafeBufferPointer(start: t.data, count: t.count), shape: m.shape, dtype: dtype)
-                case .factorized:
+                case .factorized(let f):
                     let t = m.dequantized()
                     try addFloat(name, w, UnsafeBufferPointer(start: t.data, count: t.count), shape: m.shape, dtype: dtype)
-                    factorized.append(name)
+                    factorized.append((name, f))
                 }
             }
         }
-        if !factorized.isEmpty {
-            warnings.append("\(factorized.count) factorized weight(s) written multiplied out as dense (D · S): their size advantage is lost (\(factorized.prefix(3).joined(separator: ", "))\(factorized.count > 3 ? ", …" : ""))")
-        }
+        warnings += factorizedWarnings(factorized, hf: true)
 
         // config.json
         guard var o = config.json.objectValue else { throw ExportError("config is not an object") }

@@ -10,7 +10,8 @@ public struct InspectReport: Codable {
         public var shape: [Int]
         /// How the weight is held: dense, sparse, quantized or factorized (norms: dense).
         public var representation: String
-        /// "float32", or the stored format of a quantized tensor ("q4_g64_asym", "f16").
+        /// "float32", or the stored format of a quantized tensor ("q4_g64_asym", "f16"); for a factorized weight
+        /// the format of its dense factor D ("float32", or e.g. "q4_g32_sym" when D is stored quantized).
         public var dtype: String
         /// Sparse: the pattern ("2:4", "unstructured"); factorized: "rank k, s per column".
         public var pattern: String?
@@ -20,6 +21,10 @@ public struct InspectReport: Codable {
         public var bytes: Int
         /// Bytes × 8 over the elements of the (out × in) weight it represents.
         public var bitsPerWeight: Double
+        /// Factorized with a quantized D: bytes of D's codes with scales (and minimums), and of S's float32
+        /// values with their row indices (`bytes` is their sum).
+        public var denseFactorBytes: Int?
+        public var sparseFactorBytes: Int?
     }
     public struct LayerEntry: Codable {
         public var index: Int
@@ -79,6 +84,10 @@ extension Workbench {
                 (e.representation, e.dtype) = ("quantized", q.packed.format.description)
             case .matrix(.factorized(let f)):
                 (e.representation, e.pattern, e.density) = ("factorized", "rank \(f.rank), \(f.nonzerosPerColumn) per column", f.sparse.mask.density)
+                if let q = f.quantizedDense {
+                    e.dtype = q.format.description
+                    (e.denseFactorBytes, e.sparseFactorBytes) = (f.denseBytes, f.sparseBytes)
+                }
             }
             return e
         }
@@ -114,8 +123,11 @@ extension InspectReport {
         }
         s += "tensors (\(tensors.count)):\n"
         for t in tensors {
-            let how = t.representation == "dense" || t.representation == "quantized" ? t.dtype
+            var how = t.representation == "dense" || t.representation == "quantized" ? t.dtype
                 : t.representation + " " + (t.pattern ?? "") + (t.density.map { String(format: " density %.3f", $0) } ?? "")
+            if t.representation == "factorized", let d = t.denseFactorBytes, let s = t.sparseFactorBytes {
+                how += ", D \(t.dtype) \(formatBytes(d)) + S float32 \(formatBytes(s))"
+            }
             s += "  \(t.name) \(t.shape) \(how) \(formatBytes(t.bytes))" + String(format: " %.3f bits/weight\n", t.bitsPerWeight)
         }
         s += "tokenizer: \(tokenizer.text)\n"
