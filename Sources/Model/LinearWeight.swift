@@ -185,7 +185,7 @@ public struct QuantizedWeight: Sendable {
 /// those of Dᵀ (k, OC), grouped along OC: a group is G consecutive output rows of one atom (one column of D).
 /// Grouping along k would need k to be a multiple of G, which DSFormer's and low rank's sizes (k = 263, ...)
 /// rarely are, while OC (576, 1536, ...) always is; and one atom's entries share a scale. S's values stay
-/// float32.
+/// float32 (with their row indices).
 public struct FactorizedWeight: Sendable {
     /// D (OC, k): float32, or D̂ derived from `quantizedDense` (never write into it then).
     public let dense: Tensor

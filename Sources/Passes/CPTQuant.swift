@@ -61,8 +61,9 @@
 // is the dense factor D (OC, k), stored quantized as the codes of Dᵀ (k, OC) in groups of G consecutive output
 // rows of one atom (one column of D). Grouping along k, the input of D, would need k to be a multiple of G, and
 // DSFormer's and low rank's k (263, ...) rarely are; OC (576, 1536, ...) always is, and one atom's entries share
-// a scale. S's values stay float32 (about 9 % of the factor's parameters in the DSFormer recipes), with their
-// row indices; they are outside the allocation and its budget (like the norms), and the report counts them: the
+// a scale. S's values stay float32, with their row indices (in the 2× DSFormer recipe on SmolLM2 they are 9 % of
+// gate/up's factor parameters but 40 % of down_proj's, and at 4 + 2 bytes each they hold most of the bytes once
+// D is at 4.5 bits); they are outside the allocation and its budget (like the norms), and the report counts them: the
 // targeted weights' bytes with D's codes and scales, S's values and indices, in bits per stored parameter and
 // per element of the (OC, C) matrix each weight stands for. e_u(b) is ‖D − Q_b(D)‖² / ‖D‖². With `method:
 // search` the weighting by E[x²] does not apply to D (a group of Dᵀ lies in one input column of D, so a
