@@ -367,10 +367,12 @@ public struct Checkpoint {
     }
 
     /// Factorized weights W = D · S: the root attribute 'factorization' (name → {shape, rank, per_column} and,
-    /// when D is stored quantized, dense_format); each /factorized/<name> holds 'dense' (float32, OC × rank), or
-    /// with dense_format the group 'dense_quantized' (Dᵀ, rank × OC, in that format: 'codes', 'scales', 'mins'
-    /// as in /quantized, or float16 'values'), and S column by column: 'indices' (the per_column row indices of
-    /// each column, ascending; uint8 when rank ≤ 256, else uint16) and 'values' (float32, in the same order).
+    /// when D or S's values are stored quantized, dense_format / sparse_format); each /factorized/<name> holds
+    /// 'dense' (float32, OC × rank), or with dense_format the group 'dense_quantized' (Dᵀ, rank × OC, in that
+    /// format: 'codes', 'scales', 'mins' as in /quantized, or float16 'values'), and S column by column:
+    /// 'indices' (the per_column row indices of each column, ascending; uint8 when rank ≤ 256, else uint16) and
+    /// 'values' (float32, in the same order), or with sparse_format the group 'values_quantized' (those values as
+    /// a 1 × (in · per_column) tensor in that format).
     private static func readFactorized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: FactorizedWeight] {
         var out: [String: FactorizedWeight] = [:]
         for (name, entry) in try listing(file, attribute: "factorization", group: "factorized", path: path).sorted(by: { $0.key < $1.key }) {
@@ -380,11 +382,12 @@ public struct Checkpoint {
                   let k = f["rank"]?.intValue, k >= 1, k <= 1 << 16, let s = f["per_column"]?.intValue, s >= 1, s <= k else {
                 throw bad("its 'factorization' entry needs 'shape' \(expected), 'rank' (1...65536) and 'per_column' (1...rank), found \(entry.text)")
             }
-            var denseFormat: QuantFormat?
-            if let d = f["dense_format"] {
-                guard let text = d.stringValue else { throw bad("'dense_format' must be a format name (e.g. q4_g32_sym), found \(d.text)") }
-                do { denseFormat = try QuantFormat(name: text) } catch let e as QuantizationError { throw bad("'dense_format': \(e.description)") }
+            func format(_ key: String) throws -> QuantFormat? {
+                guard let d = f[key] else { return nil }
+                guard let text = d.stringValue else { throw bad("'\(key)' must be a format name (e.g. q4_g32_sym), found \(d.text)") }
+                do { return try QuantFormat(name: text) } catch let e as QuantizationError { throw bad("'\(key)': \(e.description)") }
             }
+            let denseFormat = try format("dense_format"), sparseFormat = try format("sparse_format")
             do {
                 let OC = shape[0], C = shape[1], n = C * s
                 let g = "factorized/\(name)/"
@@ -400,7 +403,18 @@ public struct Checkpoint {
                 let wide = k > 256
                 let raw = try rawDataset(file, "factorized/\(name)/indices", typeClass: H5T_INTEGER, size: wide ? 2 : 1, count: n,
                                          memType: wide ? H5Types.uint16 : H5Types.uint8, bad: bad)
-                let kept = try file.readFloat32("factorized/\(name)/values", label: "factorized/\(name)/values", expected: [n])
+                let kept: [Float]
+                var quantizedSparse: QuantizedTensor?
+                if let sparseFormat {
+                    guard !file.exists(g + "values") else { throw bad("holds both 'values' (float32) and a 'sparse_format'; quantized values are stored in 'values_quantized' only") }
+                    guard file.exists(g + "values_quantized") else { throw bad("'sparse_format' is \(sparseFormat) but 'values_quantized' is missing") }
+                    let q = try readQuantizedGroup(file, g + "values_quantized/", format: sparseFormat, shape: [1, n], bad: bad)
+                    quantizedSparse = q
+                    kept = q.dequantized()
+                } else {
+                    guard !file.exists(g + "values_quantized") else { throw bad("holds 'values_quantized' but its 'factorization' entry has no 'sparse_format'") }
+                    kept = try file.readFloat32(g + "values", label: g + "values", expected: [n]).array
+                }
                 let index: (Int) -> Int = { wide ? Int(raw[2 * $0]) | Int(raw[2 * $0 + 1]) << 8 : Int(raw[$0]) }
                 let values = Tensor(shape: [k, C])
                 var keep = [Bool](repeating: false, count: k * C)
@@ -416,8 +430,9 @@ public struct Checkpoint {
                 }
                 let mask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { keep[$0] }
                 let sparse = try SparseWeight(values: values, mask: mask)
-                out[name] = try quantizedDense.map { try FactorizedWeight(quantizedDense: $0, sparse: sparse) }
+                let factor = try quantizedDense.map { try FactorizedWeight(quantizedDense: $0, sparse: sparse) }
                     ?? FactorizedWeight(dense: dense!, sparse: sparse)
+                out[name] = try quantizedSparse.map { try factor.quantizingSparseValues($0) } ?? factor
             } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError { throw bad(e.description) } catch let e as QuantizationError {
                 throw bad(e.description)
             }
@@ -509,7 +524,6 @@ public struct Checkpoint {
                 } else {
                     try floats(g + "/dense", f.dense.shape, f.dense.data)
                 }
-                factorization[name] = .object(entry)
                 var rows: [Int] = [], kept: [Float] = []
                 for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { rows.append(r); kept.append(f.sparse.values[r * C + c]) } }
                 if k > 256 {
@@ -519,7 +533,14 @@ public struct Checkpoint {
                     let idx = rows.map { UInt8($0) }
                     try idx.withUnsafeBytes { try file.write(g + "/indices", shape: [idx.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
                 }
-                try kept.withUnsafeBufferPointer { try floats(g + "/values", [kept.count], $0.baseAddress!) }
+                if let q = f.quantizedSparse {
+                    entry["sparse_format"] = .string(q.format.description)
+                    try file.createGroup(g + "/values_quantized")
+                    try writeQuantizedGroup(file, g + "/values_quantized/", q)
+                } else {
+                    try kept.withUnsafeBufferPointer { try floats(g + "/values", [kept.count], $0.baseAddress!) }
+                }
+                factorization[name] = .object(entry)
             }
         }
         for (attribute, entries) in [("quantization", quantization), ("sparsity", sparsity), ("factorization", factorization)] where !entries.isEmpty {

@@ -20,7 +20,8 @@ func sourceName(_ w: ModelWeight) -> String {
     case .matrix(.dense): return "dense"
     case .matrix(.sparse(let s)): return "sparse \(s.mask.pattern)"
     case .matrix(.quantized(let q)): return q.packed.format.description
-    case .matrix(.factorized(let f)): return "factorized rank \(f.rank)" + (f.quantizedDense.map { ", D \($0.format)" } ?? "")
+    case .matrix(.factorized(let f)):
+        return "factorized rank \(f.rank)" + (f.quantizedDense.map { ", D \($0.format)" } ?? "") + (f.quantizedSparse.map { ", S values \($0.format)" } ?? "")
     }
 }
 
@@ -29,10 +30,12 @@ func factorizedWarnings(_ factorized: [(name: String, weight: FactorizedWeight)]
     guard !factorized.isEmpty else { return [] }
     let names = factorized.map(\.name)
     var out = ["\(names.count) factorized weight(s) written multiplied out\(hf ? " as dense" : "") (D · S): their size advantage is lost (\(names.prefix(3).joined(separator: ", "))\(names.count > 3 ? ", …" : ""))"]
-    let quantized = factorized.filter { $0.weight.quantizedDense != nil }
+    let quantized = factorized.filter { $0.weight.isQuantized }
     if !quantized.isEmpty {
-        let formats = Set(quantized.map { $0.weight.quantizedDense!.format.description }).sorted().joined(separator: ", ")
-        out.append("\(quantized.count) of them hold a quantized dense factor D (\(formats)): written as the product D̂ · S of its dequantized codes, so the codes are not kept (\(quantized.prefix(3).map(\.name).joined(separator: ", "))\(quantized.count > 3 ? ", …" : ""))")
+        let formats = Set(quantized.flatMap { w in
+            [w.weight.quantizedDense.map { "D \($0.format)" }, w.weight.quantizedSparse.map { "S values \($0.format)" }].compactMap { $0 }
+        }).sorted().joined(separator: ", ")
+        out.append("\(quantized.count) of them hold quantized factors (\(formats)): written as the product of the dequantized factors, so the codes are not kept (\(quantized.prefix(3).map(\.name).joined(separator: ", "))\(quantized.count > 3 ? ", …" : ""))")
     }
     return out
 }

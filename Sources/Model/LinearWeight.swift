@@ -184,14 +184,23 @@ public struct QuantizedWeight: Sendable {
 /// forward, backward and `dequantized()` use; such a factor is frozen (no trainable tensors). The codes are
 /// those of Dᵀ (k, OC), grouped along OC: a group is G consecutive output rows of one atom (one column of D).
 /// Grouping along k would need k to be a multiple of G, which DSFormer's and low rank's sizes (k = 263, ...)
-/// rarely are, while OC (576, 1536, ...) always is; and one atom's entries share a scale. S's values stay
-/// float32 (with their row indices).
+/// rarely are, while OC (576, 1536, ...) always is; and one atom's entries share a scale.
+///
+/// S's kept values may be stored quantized too (`quantizedSparse`): their codes in storage order (column by
+/// column, ascending row within a column: the checkpoint's order), shape (1, nonzeros), in groups of G
+/// consecutive kept values (a group may span columns: s per column is rarely a multiple of G); `sparse.values`
+/// is then their dequantization. The row indices are stored as before. Either factor quantized makes the weight
+/// frozen and counts it as quantized.
 public struct FactorizedWeight: Sendable {
     /// D (OC, k): float32, or D̂ derived from `quantizedDense` (never write into it then).
     public let dense: Tensor
     public let sparse: SparseWeight
     /// D stored quantized: the codes of Dᵀ, shape (k, OC), grouped along OC; nil when D is float32.
     public let quantizedDense: QuantizedTensor?
+    /// S's kept values stored quantized, shape (1, nonzeros), in storage order; nil when they are float32.
+    public let quantizedSparse: QuantizedTensor?
+    /// Whether either factor is stored quantized (the weight is then frozen).
+    public var isQuantized: Bool { quantizedDense != nil || quantizedSparse != nil }
     public init(dense: Tensor, sparse: SparseWeight) throws {
         guard dense.shape.count == 2, dense.shape[1] == sparse.mask.rows else {
             throw ConfigError("factorized weight: dense factor \(dense.shape) does not match the sparse factor (\(sparse.mask.rows), \(sparse.mask.cols))")
@@ -228,22 +237,40 @@ public struct FactorizedWeight: Sendable {
         guard q.shape == [rank, dense.shape[0]] else {
             throw ConfigError("factorized weight: a quantized dense factor must hold Dᵀ of shape \([rank, dense.shape[0]]), found \(q.shape)")
         }
-        return FactorizedWeight(checked: Tensor(shape: dense.shape, values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])), sparse, q)
+        return FactorizedWeight(checked: Tensor(shape: dense.shape, values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])), sparse, q, quantizedSparse)
+    }
+    /// S's kept values in storage order: column by column, ascending row within a column.
+    public var keptValues: [Float] {
+        let k = rank, C = sparse.mask.cols
+        var out: [Float] = []
+        out.reserveCapacity(sparse.mask.nonzeros)
+        for c in 0..<C { for r in 0..<k where sparse.mask[r * C + c] { out.append(sparse.values[r * C + c]) } }
+        return out
+    }
+    /// The same D and S's support with S's kept values stored as `q` (shape (1, nonzeros), storage order).
+    public func quantizingSparseValues(_ q: QuantizedTensor) throws -> FactorizedWeight {
+        let n = sparse.mask.nonzeros, k = rank, C = sparse.mask.cols
+        guard q.shape == [1, n] else { throw ConfigError("factorized weight: quantized sparse values must have shape [1, \(n)] (S's kept values), found \(q.shape)") }
+        let kept = q.dequantized(), values = Tensor(shape: [k, C])
+        var j = 0
+        for c in 0..<C { for r in 0..<k where sparse.mask[r * C + c] { values[r * C + c] = kept[j]; j += 1 } }
+        return FactorizedWeight(checked: dense, try SparseWeight(values: values, mask: sparse.mask), quantizedDense, q)
     }
     /// Nonzeros in every column of S.
     public var nonzerosPerColumn: Int { sparse.mask.cols == 0 ? 0 : sparse.mask.nonzeros / sparse.mask.cols }
-    fileprivate init(checked dense: Tensor, _ sparse: SparseWeight, _ quantizedDense: QuantizedTensor? = nil) {
+    fileprivate init(checked dense: Tensor, _ sparse: SparseWeight, _ quantizedDense: QuantizedTensor? = nil, _ quantizedSparse: QuantizedTensor? = nil) {
         self.dense = dense
         self.sparse = sparse
         self.quantizedDense = quantizedDense
+        self.quantizedSparse = quantizedSparse
     }
     public var rank: Int { dense.shape[1] }
     /// Bytes of one row index of S.
     public var indexBytes: Int { rank <= 256 ? 1 : 2 }
     /// Bytes of D as stored: float32, or the codes with their scales (and minimums).
     public var denseBytes: Int { quantizedDense?.bytes ?? dense.bytes }
-    /// Bytes of S as stored: float32 kept values and their row indices.
-    public var sparseBytes: Int { (4 + indexBytes) * sparse.mask.nonzeros }
+    /// Bytes of S as stored: kept values (float32, or codes with scales) and their row indices.
+    public var sparseBytes: Int { (quantizedSparse?.bytes ?? 4 * sparse.mask.nonzeros) + indexBytes * sparse.mask.nonzeros }
 }
 
 /// How one linear weight (OC, C) is held. Forward, backward, the reference forward, storage bytes and
@@ -270,7 +297,7 @@ public enum LinearWeight: Sendable {
     /// Every representation the weight holds: `kind`, plus quantized for a factorized weight whose dense
     /// factor is stored quantized (what stages must accept to take it: nothing may train or re-quantize it).
     public var kinds: Set<WeightKind> {
-        if case .factorized(let f) = self, f.quantizedDense != nil { return [.factorized, .quantized] }
+        if case .factorized(let f) = self, f.isQuantized { return [.factorized, .quantized] }
         return [kind]
     }
 
@@ -333,13 +360,13 @@ public enum LinearWeight: Sendable {
 
     /// The float tensors training may update, in a fixed order (gradients are given in the same order):
     /// dense [W]; sparse [values] (the gradient is masked); quantized [] (frozen); factorized [D, S values],
-    /// or [] (frozen) when D is stored quantized.
+    /// or [] (frozen) when either factor is stored quantized.
     public var trainableTensors: [Tensor] {
         switch self {
         case .dense(let t): [t]
         case .sparse(let s): [s.values]
         case .quantized: []
-        case .factorized(let f): f.quantizedDense == nil ? [f.dense, f.sparse.values] : []
+        case .factorized(let f): f.isQuantized ? [] : [f.dense, f.sparse.values]
         }
     }
 
@@ -352,7 +379,7 @@ public enum LinearWeight: Sendable {
         case .quantized: return self
         case .factorized(let f):
             return .factorized(FactorizedWeight(checked: f.quantizedDense == nil ? f.dense.copy() : f.dense,
-                                                SparseWeight(masking: f.sparse.values, mask: f.sparse.mask), f.quantizedDense))
+                                                SparseWeight(masking: f.sparse.values, mask: f.sparse.mask), f.quantizedDense, f.quantizedSparse))
         }
     }
 
@@ -379,7 +406,7 @@ public enum LinearWeight: Sendable {
     ///   dinp (T, C) += dout (T, OC) · W;   grads[i] += dL/d(trainableTensors[i])
     /// dense: dW += doutᵀ · inp; sparse: the same, then masked; quantized: dinp only; factorized, with
     /// tmp = inp · Sᵀ: dD += doutᵀ · tmp, dtmp = dout · D, dS += (dtmpᵀ · inp) masked, dinp += dtmp · S
-    /// (with D stored quantized: dinp only, through D̂).
+    /// (with either factor stored quantized: dinp only, through D̂ and Ŝ).
     /// `grads` is empty (all frozen) or has one optional pointer per trainable tensor.
     public func backward(
         dinp: UnsafeMutablePointer<Float>?, grads: [UnsafeMutablePointer<Float>?], dout: UnsafePointer<Float>,
@@ -398,7 +425,7 @@ public enum LinearWeight: Sendable {
         case .factorized(let f):
             let k = f.rank, tmp = Tensor(shape: [T, k]), dtmp = Tensor(shape: [T, k])
             BLAS.gemm(transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
-            let frozen = f.quantizedDense != nil
+            let frozen = f.isQuantized
             linearBackward(dinp: dtmp.data, dweight: frozen ? nil : grad(0), dout: dout, inp: tmp.data, weight: f.dense.data, rows: T, inFeatures: k, outFeatures: OC)
             linearBackward(dinp: dinp, dweight: frozen ? nil : grad(1), dout: dtmp.data, inp: inp, weight: f.sparse.values.data, rows: T, inFeatures: C, outFeatures: k)
             if !frozen, let g = grad(1) { f.sparse.mask.apply(to: g) }
@@ -435,11 +462,20 @@ public enum LinearWeight: Sendable {
             // D[o, r]: the float32 factor, or Dᵀ's codes dequantized (Dᵀ is (k, OC)).
             let qd = f.quantizedDense?.dequantized()
             let d: (Int, Int) -> Float = { o, r in qd.map { $0[r * OC + o] } ?? f.dense[o * k + r] }
+            // S[r, c]: the float32 values, or the kept values' codes dequantized, in storage order.
+            var sq: [Int: Float]? = nil
+            if let q = f.quantizedSparse {
+                let kept = q.dequantized()
+                var m: [Int: Float] = [:], j = 0
+                for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { m[r * C + c] = kept[j]; j += 1 } }
+                sq = m
+            }
+            let sv: (Int) -> Float = { i in sq.map { $0[i]! } ?? f.sparse.values[i] }
             var tmp = [Double](repeating: 0, count: k)
             for t in 0..<T {
                 for r in 0..<k {
                     var acc = 0.0
-                    for c in 0..<C where f.sparse.mask[r * C + c] { acc += Double(inp[t * C + c]) * Double(f.sparse.values[r * C + c]) }
+                    for c in 0..<C where f.sparse.mask[r * C + c] { acc += Double(inp[t * C + c]) * Double(sv(r * C + c)) }
                     tmp[r] = acc
                 }
                 for o in 0..<OC {

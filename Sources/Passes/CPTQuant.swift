@@ -120,6 +120,8 @@ public struct CPTQuantPass: CompressionPass {
     public var excludeLayers: [Int] = []
     public var embeddingBits: Int?
     public var lmHeadBits: Int?
+    /// A fixed width for the kept values of factorized weights' S (nil: float32).
+    public var sparseFactorBits: Int?
     public var pruneFraction = 0.3
     public var poolTokens = 64
     public var ccaDims = 16
@@ -173,6 +175,7 @@ public struct CPTQuantPass: CompressionPass {
         if let bad = excludeLayers.first(where: { $0 < 0 }) { throw RecipeError("\(s.location): 'exclude_layers': \(bad) is negative") }
         embeddingBits = try s.optionalInt("embedding").map { try width("embedding", $0) }
         lmHeadBits = try s.optionalInt("lm_head").map { try width("lm_head", $0) }
+        sparseFactorBits = try s.optionalInt("sparse_factor_bits").map { try width("sparse_factor_bits", $0) }
         pruneFraction = try s.double("prune_fraction", default: pruneFraction, in: 0...1)
         guard pruneFraction > 0 && pruneFraction < 1 else { throw RecipeError("\(s.location): 'prune_fraction': \(pruneFraction) must lie strictly between 0 and 1") }
         poolTokens = try s.int("pool_tokens", default: poolTokens, in: 1...1 << 20)
@@ -184,6 +187,9 @@ public struct CPTQuantPass: CompressionPass {
         fixedInBudget = try s.bool("fixed_in_budget", default: fixedInBudget)
         if fixedInBudget && embeddingBits == nil && lmHeadBits == nil {
             throw RecipeError("\(s.location): 'fixed_in_budget' counts the fixed-width 'embedding' / 'lm_head' in the budget; set at least one of them")
+        }
+        if damage == .measured && sparseFactorBits != nil {
+            throw RecipeError("\(s.location): 'sparse_factor_bits' with 'damage': 'measured' is not supported (the damage probe varies D only, so its totals would leave out S's quantization)")
         }
         if damage == .measured && allocation == .clusters {
             throw RecipeError("\(s.location): 'damage': 'measured' is for allocation 'budget' (or 'uniform', to report it); 'clusters' uses the sensitivities")
@@ -215,6 +221,7 @@ public struct CPTQuantPass: CompressionPass {
         }
         // Formats must be valid for the group size (checked now, not after the calibration work).
         for b in widths { _ = try Self.format(b, groupSize: groupSize, symmetric: symmetric, at: s.location) }
+        if let b = sparseFactorBits { _ = try Self.format(b, groupSize: groupSize, symmetric: symmetric, at: s.location + ": 'sparse_factor_bits'") }
     }
 
     static func format(_ bits: Int, groupSize: Int, symmetric: Bool, at location: String = "cptquant") throws -> QuantFormat {
@@ -289,10 +296,13 @@ public struct CPTQuantPass: CompressionPass {
         let factorized = Self.factorizedIDs(model)
         for u in units { for t in u.tensors {
             if case .linear(let id) = t, case .factorized(let f)? = model.linear(id) {
-                guard f.quantizedDense == nil else { throw RecipeError("cptquant: '\(t)' is factorized with its dense factor already quantized (\(f.quantizedDense!.format)); it cannot be quantized again") }
+                guard !f.isQuantized else { throw RecipeError("cptquant: '\(t)' is factorized with a factor already quantized; it cannot be quantized again") }
                 guard method != .gptq else { throw RecipeError("cptquant: 'method': 'gptq' cannot quantize the factorized weight '\(t)' (its D is grouped along the output); use method 'rtn' or 'search'") }
                 guard f.dense.shape[0] % groupSize == 0 else {
                     throw RecipeError("cptquant: '\(t)' is factorized (D · S, rank \(f.rank)); its dense factor D is quantized in groups of 'group_size' consecutive output rows of one atom (Dᵀ grouped along the output), and its \(f.dense.shape[0]) output rows are not a whole number of groups of \(groupSize)")
+                }
+                guard sparseFactorBits == nil || sparseFactorBits == 16 || f.sparse.mask.nonzeros % groupSize == 0 else {
+                    throw RecipeError("cptquant: 'sparse_factor_bits': the \(f.sparse.mask.nonzeros) kept values of the sparse factor of '\(t)' are not a whole number of groups of \(groupSize)")
                 }
                 continue
             }
@@ -300,6 +310,9 @@ public struct CPTQuantPass: CompressionPass {
                 throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
             }
         } }
+        if sparseFactorBits != nil, !units.contains(where: { $0.tensors.contains { factorized.contains($0) } }) {
+            throw RecipeError("cptquant: 'sparse_factor_bits' quantizes factorized weights' S, but no targeted weight is factorized")
+        }
         var masks: [LinearID: SparsityMask] = [:]
         for u in units { for t in u.tensors {
             guard case .linear(let id) = t, case .sparse(let s)? = model.linear(id) else { continue }
@@ -505,6 +518,21 @@ public struct CPTQuantPass: CompressionPass {
             let fi = widths.firstIndex(of: chosen.bits[u])!
             for t in unit.tensors where method != .gptq { try set(t, stored[index[t]!][fi]!) }
         }
+        // S's kept values of every targeted factorized weight at the fixed width (outside the allocation).
+        var sparseFormat: QuantFormat?
+        if let bits = sparseFactorBits {
+            let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
+            sparseFormat = f
+            for t in names {
+                guard case .linear(let id) = t, case .factorized(let w)? = result.linear(id) else { continue }
+                do {
+                    let q = try QuantizedTensor(weights: w.keptValues, shape: [1, w.sparse.mask.nonzeros], format: f, search: method == .search)
+                    result = try result.replacing(t, with: .factorized(try w.quantizingSparseValues(q)))
+                } catch let e as ConfigError { throw RecipeError("cptquant: \(e.description)") } catch {
+                    throw RecipeError("cptquant: 'sparse_factor_bits': the sparse factor of '\(t)' at \(f): \(error)")
+                }
+            }
+        }
         var extras: [String: JSONValue] = [:]
         for (id, f, q) in fixed {
             try set(id, q)
@@ -519,7 +547,7 @@ public struct CPTQuantPass: CompressionPass {
         // Report.
         // A factorized weight's S (float32 values and row indices) is stored beside its quantized D.
         func sparseFactorBytes(_ t: WeightID) -> Int {
-            if case .linear(let id) = t, case .factorized(let f)? = model.linear(id) { return f.sparseBytes }
+            if case .linear(let id) = t, case .factorized(let f)? = result.linear(id) { return f.sparseBytes }
             return 0
         }
         let unitReports: [JSONValue] = units.enumerated().map { u, unit in
@@ -578,7 +606,8 @@ public struct CPTQuantPass: CompressionPass {
                 "tensors": .int(sparse.tensors), "dense_factor_weights": .int(sparse.denseWeights), "dense_factor_bytes": .int(sparse.denseBytes),
                 "dense_factor_layout": .string("Dᵀ (rank × out), groups of group_size output rows of one atom"),
                 "sparse_factor_values": .int(sparse.values), "sparse_factor_bytes": .int(sparse.bytes),
-                "sparse_factor_storage": .string("float32 values + row indices (1 byte when rank ≤ 256, else 2)"),
+                "sparse_factor_format": .string(sparseFormat?.description ?? "float32"),
+                "sparse_factor_storage": .string("\(sparseFormat.map { "\($0) codes and scales in groups of consecutive kept values" } ?? "float32 values") + row indices (1 byte when rank ≤ 256, else 2)"),
             ])
         }
         // Predicted (additive) against measured total damage, with every unit at its chosen width.

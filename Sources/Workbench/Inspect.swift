@@ -21,10 +21,11 @@ public struct InspectReport: Codable {
         public var bytes: Int
         /// Bytes × 8 over the elements of the (out × in) weight it represents.
         public var bitsPerWeight: Double
-        /// Factorized with a quantized D: bytes of D's codes with scales (and minimums), and of S's float32
-        /// values with their row indices (`bytes` is their sum).
+        /// Factorized with a quantized factor: bytes of D as stored, and of S's values (float32 or codes with
+        /// scales) with their row indices (`bytes` is their sum); the format of S's values.
         public var denseFactorBytes: Int?
         public var sparseFactorBytes: Int?
+        public var sparseFactorDtype: String?
     }
     public struct LayerEntry: Codable {
         public var index: Int
@@ -84,8 +85,9 @@ extension Workbench {
                 (e.representation, e.dtype) = ("quantized", q.packed.format.description)
             case .matrix(.factorized(let f)):
                 (e.representation, e.pattern, e.density) = ("factorized", "rank \(f.rank), \(f.nonzerosPerColumn) per column", f.sparse.mask.density)
-                if let q = f.quantizedDense {
-                    e.dtype = q.format.description
+                if f.isQuantized {
+                    e.dtype = f.quantizedDense?.format.description ?? "float32"
+                    e.sparseFactorDtype = f.quantizedSparse?.format.description ?? "float32"
                     (e.denseFactorBytes, e.sparseFactorBytes) = (f.denseBytes, f.sparseBytes)
                 }
             }
@@ -126,7 +128,7 @@ extension InspectReport {
             var how = t.representation == "dense" || t.representation == "quantized" ? t.dtype
                 : t.representation + " " + (t.pattern ?? "") + (t.density.map { String(format: " density %.3f", $0) } ?? "")
             if t.representation == "factorized", let d = t.denseFactorBytes, let s = t.sparseFactorBytes {
-                how += ", D \(t.dtype) \(formatBytes(d)) + S float32 \(formatBytes(s))"
+                how += ", D \(t.dtype) \(formatBytes(d)) + S \(t.sparseFactorDtype ?? "float32") \(formatBytes(s))"
             }
             s += "  \(t.name) \(t.shape) \(how) \(formatBytes(t.bytes))" + String(format: " %.3f bits/weight\n", t.bitsPerWeight)
         }

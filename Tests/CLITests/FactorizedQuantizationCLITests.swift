@@ -64,7 +64,7 @@ extension CLITests {
         // Export: multiplied out (D̂ · S), the model's W in float32, with warnings.
         let export = try XCTUnwrap(reports[3]["diagnostics"] as? [String: Any])
         let warnings = try XCTUnwrap(export["warnings"] as? [String])
-        XCTAssertTrue(warnings.contains { $0.contains("6 of them hold a quantized dense factor D (q4_g32_sym)") }, "\(warnings)")
+        XCTAssertTrue(warnings.contains { $0.contains("6 of them hold quantized factors (D q4_g32_sym)") }, "\(warnings)")
         let st = try SafetensorsFile(path: hf + "/model.safetensors")
         for (id, w) in model.linearWeights where id.kind == .gate || id.kind == .down {
             let exported = try st.floats(WeightID.linear(id).hfName), ours = w.dequantized().array, info = try st.info(WeightID.linear(id).hfName)
@@ -80,5 +80,20 @@ extension CLITests {
         XCTAssertEqual(refused.status, 1)
         XCTAssertTrue(refused.stdout.contains("stage 3 (distill): cannot take quantized weights"), refused.stdout)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("bad.h5").path))
+
+        // lowrank → cptquant with the search and S's values at 8 bits: both factors stored quantized.
+        let low = #"{"stage": "lowrank", "targets": ["down_proj"], "rank": 16}, {"stage": "cptquant", "estimator": "none", "allocation": "uniform", "method": "search", "bits_per_weight": 4.5, "widths": [4], "group_size": 32, "symmetric": true, "sparse_factor_bits": 8, "targets": ["down_proj"]}, {"stage": "eval"}"#
+        let lr = try launch(["apply", try recipe(dir, "low.json", text, stages: low), "--no-cache", "-o", dir.appendingPathComponent("low.h5").path, "--json"])
+        XCTAssertEqual(lr.status, 0, lr.stderr)
+        let lowModel = try Checkpoint.read(dir.appendingPathComponent("low.h5").path).model
+        for (id, w) in lowModel.linearWeights where id.kind == .down {
+            guard case .factorized(let f) = w else { return XCTFail("\(id) is \(w.kind)") }
+            XCTAssertEqual(f.quantizedDense?.format.description, "q4_g32_sym")
+            XCTAssertEqual(f.quantizedSparse?.format.description, "q8_g32_sym")
+            // 16 × 160 values of S at 8 bits + a float16 scale per 32, 1-byte indices; Dᵀ 16 × 64 at 4.5 bits.
+            XCTAssertEqual(w.storageBytes, (16 * 64) * 9 / 16 + (16 * 160 + 2 * 16 * 160 / 32) + 16 * 160)
+        }
+        let li = try launch(["inspect", dir.appendingPathComponent("low.h5").path])
+        XCTAssertTrue(li.stdout.contains(", D q4_g32_sym") && li.stdout.contains("+ S q8_g32_sym"), li.stdout)
     }
 }

@@ -117,7 +117,10 @@ extension CheckpointTests {
             d.fillUniform(scale: 0.5, rng: &rng); sv.fillUniform(scale: 0.5, rng: &rng)
             let sMask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { i in (i / C + i % C) % 3 == 0 }
             let plain = try FactorizedWeight(dense: d, sparse: SparseWeight(masking: sv, mask: sMask))
-            let f = try plain.quantizingDense(try QuantizedTensor(weights: FactorizedWeight.transpose(d.array, rows: OC, cols: k), shape: [k, OC], format: format))
+            var f = try plain.quantizingDense(try QuantizedTensor(weights: FactorizedWeight.transpose(d.array, rows: OC, cols: k), shape: [k, OC], format: format))
+            if id.kind == .down {  // S's 2 × 24 kept values too, in groups of 8
+                f = try f.quantizingSparseValues(try QuantizedTensor(weights: plain.keptValues, shape: [1, 2 * C], format: try QuantFormat(bits: 5, groupSize: 8, symmetric: false)))
+            }
             expected[id] = f
             model = try model.replacing(.linear(id), with: .factorized(f))
         }
@@ -129,10 +132,11 @@ extension CheckpointTests {
         for (id, f) in expected {
             guard case .factorized(let g)? = r.linear(id) else { return XCTFail("\(id) is not factorized after reading") }
             XCTAssertEqual(g.quantizedDense, f.quantizedDense, "\(id): codes, scales and minimums")
+            XCTAssertEqual(g.quantizedSparse, f.quantizedSparse, "\(id): S's codes")
             XCTAssertEqual(g.dense.array, f.dense.array, "\(id): D̂")
             XCTAssertEqual(g.sparse.values.array, f.sparse.values.array)
             XCTAssertEqual(g.sparse.mask, f.sparse.mask)
-            XCTAssertEqual(r.linear(id)!.storageBytes, f.quantizedDense!.bytes + 5 * f.sparse.mask.nonzeros)
+            XCTAssertEqual(r.linear(id)!.storageBytes, f.quantizedDense!.bytes + (f.quantizedSparse?.bytes ?? 4 * f.sparse.mask.nonzeros) + f.sparse.mask.nonzeros)
         }
         let file = try H5File.openReadOnly(path("fq.h5"))
         let g = "factorized/model.layers.0.mlp.down_proj.weight/"
@@ -143,11 +147,17 @@ extension CheckpointTests {
         XCTAssertEqual(try file.datasetInfo("factorized/model.layers.1.mlp.up_proj.weight/dense_quantized/mins").shape, [6, 6])
         let entry = try JSONValue.parse(try file.string("factorization")).objectValue?["model.layers.0.mlp.down_proj.weight"]?.objectValue
         XCTAssertEqual(entry?["dense_format"]?.stringValue, "q4_g8_sym")
+        XCTAssertEqual(entry?["sparse_format"]?.stringValue, "q5_g8_asym")
+        XCTAssertFalse(file.exists(g + "values"), "quantized S values are stored only as codes")
+        XCTAssertEqual(try file.datasetInfo(g + "values_quantized/codes").shape, [(48 * 5 + 7) / 8])
+        XCTAssertEqual(try file.datasetInfo(g + "values_quantized/mins").shape, [1, 6])
+        XCTAssertTrue(file.exists("factorized/model.layers.1.mlp.up_proj.weight/values"))
         try file.close()
         // Written again from what was read: the same stored forms.
         try Checkpoint(model: r).write(to: path("fq2.h5"))
         guard case .factorized(let again)? = try Checkpoint.read(path("fq2.h5")).model.linear(LinearID(layer: 0, kind: .down)) else { return XCTFail() }
         XCTAssertEqual(again.quantizedDense, expected[LinearID(layer: 0, kind: .down)]!.quantizedDense)
+        XCTAssertEqual(again.quantizedSparse, expected[LinearID(layer: 0, kind: .down)]!.quantizedSparse)
     }
 
     /// A version 1 file with a float32 mask beside its weight still loads, as an unstructured sparse weight.

@@ -37,7 +37,22 @@ final class LinearWeightTests: XCTestCase {
             ("factorized, D q3_g6_asym", .factorized(try FactorizedWeight(
                 quantizedDense: try QuantizedTensor(weights: transposed(d), shape: [k, OC], format: try QuantFormat(bits: 3, groupSize: 6, symmetric: false)),
                 sparse: SparseWeight(masking: s, mask: sMask)))),
+            // S's kept values stored quantized too (32 of them, column by column), groups of 8 spanning columns.
+            ("factorized, D q4_g3_sym, S q3_g8_asym", .factorized(try {
+                let f = try FactorizedWeight(
+                    quantizedDense: try QuantizedTensor(weights: transposed(d), shape: [k, OC], format: try QuantFormat(bits: 4, groupSize: 3, symmetric: true)),
+                    sparse: SparseWeight(masking: s, mask: sMask))
+                return try f.quantizingSparseValues(try QuantizedTensor(weights: keptColumnByColumn(s, sMask), shape: [1, sMask.nonzeros],
+                                                                        format: try QuantFormat(bits: 3, groupSize: 8, symmetric: false)))
+            }())),
         ]
+    }
+
+    /// The kept entries of a (k, C) matrix, column by column (ascending row), by plain loops.
+    func keptColumnByColumn(_ s: Tensor, _ mask: SparsityMask) -> [Float] {
+        var out: [Float] = []
+        for c in 0..<C { for r in 0..<k where mask[r * C + c] { out.append(s[r * C + c]) } }
+        return out
     }
 
     /// Dᵀ of a (OC, k) tensor, row-major (k, OC), by plain loops.
@@ -57,7 +72,14 @@ final class LinearWeightTests: XCTestCase {
         case .factorized(let f):
             var m = [Double](repeating: 0, count: OC * C)
             if let q = f.quantizedDense {
-                let dt = q.dequantized().map(Double.init), sv = f.sparse.values.array.map(Double.init)
+                let dt = q.dequantized().map(Double.init)
+                var sv = f.sparse.values.array.map(Double.init)
+                if let qs = f.quantizedSparse {  // S from its codes, in storage order
+                    let kept = qs.dequantized()
+                    var j = 0
+                    sv = [Double](repeating: 0, count: k * C)
+                    for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { sv[r * C + c] = Double(kept[j]); j += 1 } }
+                }
                 for o in 0..<OC { for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { m[o * C + c] += dt[r * OC + o] * sv[r * C + c] } } }
             } else {
                 for o in 0..<OC { for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { m[o * C + c] += p[0][o * k + r] * p[1][r * C + c] } } }
@@ -112,9 +134,9 @@ final class LinearWeightTests: XCTestCase {
             }
             // Sparse values never get a gradient where the mask drops them: training keeps the pattern.
             if case .sparse(let s) = w { for i in 0..<s.values.count where !s.mask[i] { XCTAssertEqual(grads[0][i], 0) } }
-            if case .factorized(let f) = w, f.quantizedDense == nil { for i in 0..<f.sparse.values.count where !f.sparse.mask[i] { XCTAssertEqual(grads[1][i], 0) } }
+            if case .factorized(let f) = w, !f.isQuantized { for i in 0..<f.sparse.values.count where !f.sparse.mask[i] { XCTAssertEqual(grads[1][i], 0) } }
             if case .quantized = w { XCTAssertTrue(grads.isEmpty, "a quantized weight is frozen by construction") }
-            if case .factorized(let f) = w, f.quantizedDense != nil { XCTAssertTrue(grads.isEmpty, "a factorized weight with a quantized D is frozen") }
+            if case .factorized(let f) = w, f.isQuantized { XCTAssertTrue(grads.isEmpty, "a factorized weight with a quantized factor is frozen") }
         }
     }
 
@@ -138,7 +160,12 @@ final class LinearWeightTests: XCTestCase {
                 if let q = f.quantizedDense {
                     // Codes of k·OC weights at b bits, packed, plus a float16 scale (and minimum) per group.
                     let b = q.format.bits, g = q.format.groupSize, perGroup = q.format.symmetric ? 1 : 2
-                    XCTAssertEqual(w.storageBytes, (k * OC * b + 7) / 8 + 2 * perGroup * (k * OC / g) + 5 * f.sparse.mask.nonzeros, name)
+                    var sBytes = 5 * f.sparse.mask.nonzeros
+                    if let qs = f.quantizedSparse {  // codes and scales of the kept values, plus 1-byte indices
+                        let n = f.sparse.mask.nonzeros, sb = qs.format.bits, sg = qs.format.groupSize, sp = qs.format.symmetric ? 1 : 2
+                        sBytes = (n * sb + 7) / 8 + 2 * sp * (n / sg) + n
+                    }
+                    XCTAssertEqual(w.storageBytes, (k * OC * b + 7) / 8 + 2 * perGroup * (k * OC / g) + sBytes, name)
                     XCTAssertEqual(w.kinds, [.factorized, .quantized], name)
                 } else {
                     XCTAssertEqual(w.storageBytes, 4 * OC * k + 5 * f.sparse.mask.nonzeros, name)

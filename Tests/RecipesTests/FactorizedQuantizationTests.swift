@@ -88,6 +88,55 @@ final class FactorizedQuantizationTests: XCTestCase {
         XCTAssertEqual(q.storageBytes, untouched + allocated + sparseBytes)
     }
 
+    /// `sparse_factor_bits`: S's kept values of every targeted factorized weight at a fixed width, in groups of
+    /// consecutive kept values in storage order (column by column): their codes equal an independent quantization
+    /// of those values, D is as without it, and the bytes (report and model) count S's codes, scales and indices.
+    func testSparseFactorValuesAtAFixedWidth() throws {
+        let base = try factored()
+        let f4 = try QuantFormat(bits: 4, groupSize: 16, symmetric: true), f8 = try QuantFormat(bits: 8, groupSize: 16, symmetric: true)
+        let p = try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "rtn", "widths": [4], "bits_per_weight": 5, "group_size": 16, "symmetric": true, "sparse_factor_bits": 8, "targets": ["gate_proj", "up_proj", "down_proj"]}"#)
+        let (q, diag) = try p.run(on: base, context: PassContext())
+        var total = 0, dBytes = 0
+        for (id, w) in q.linearWeights where [LinearKind.gate, .up, .down].contains(id.kind) {
+            guard case .factorized(let f) = w, case .factorized(let b)? = base.linear(id) else { return XCTFail("\(id) is \(w.kind)") }
+            let k = b.rank, C = b.sparse.mask.cols, OC = b.dense.shape[0]
+            var kept: [Float] = []
+            for c in 0..<C { for r in 0..<k where b.sparse.mask[r * C + c] { kept.append(b.sparse.values[r * C + c]) } }
+            let qs = try XCTUnwrap(f.quantizedSparse, "\(id)")
+            XCTAssertEqual(qs, try QuantizedTensor(weights: kept, shape: [1, kept.count], format: f8), "\(id): S's codes")
+            XCTAssertEqual(f.quantizedDense, try QuantizedTensor(weights: transposed(b.dense), shape: [k, OC], format: f4), "\(id): D's codes")
+            // Ŝ in the model is the codes dequantized at the kept positions, zero elsewhere.
+            let back = qs.dequantized()
+            var j = 0
+            for c in 0..<C { for r in 0..<k { XCTAssertEqual(f.sparse.values[r * C + c], b.sparse.mask[r * C + c] ? back[j] : 0); if b.sparse.mask[r * C + c] { j += 1 } } }
+            XCTAssertEqual(qs.bytes, kept.count + 2 * kept.count / 16)
+            XCTAssertEqual(w.storageBytes, f.quantizedDense!.bytes + qs.bytes + kept.count)
+            total += w.storageBytes; dBytes += f.quantizedDense!.bytes
+        }
+        let d = try XCTUnwrap(diag.objectValue)
+        XCTAssertEqual(d["bytes"], .int(dBytes), "the allocation covers D only")
+        XCTAssertEqual((d["targeted"]?.objectValue)?["bytes"], .int(total))
+        XCTAssertEqual((d["factorized"]?.objectValue)?["sparse_factor_format"], .string("q8_g16_sym"))
+        XCTAssertEqual((d["factorized"]?.objectValue)?["sparse_factor_bytes"], .int(total - dBytes))
+
+        // Refusals: kept values not a whole number of groups; no factorized target; with measured damage.
+        let (low, _) = try stage(LowRankPass.self, #"{"targets": ["down_proj"], "rank": 3}"#).run(on: Tiny.model(), context: PassContext())
+        XCTAssertThrowsError(try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "rtn", "bits_per_weight": 5, "widths": [4], "group_size": 32, "symmetric": true, "sparse_factor_bits": 4, "targets": ["down_proj"]}"#)
+            .run(on: low, context: PassContext())) {
+            XCTAssertTrue("\($0)".contains("'sparse_factor_bits': the 144 kept values of the sparse factor of 'model.layers.0.mlp.down_proj.weight' are not a whole number of groups of 32"), "\($0)")
+        }
+        XCTAssertThrowsError(try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "method": "rtn", "bits_per_weight": 5, "widths": [4], "group_size": 16, "sparse_factor_bits": 4, "targets": ["q_proj"]}"#)
+            .run(on: low, context: PassContext())) {
+            XCTAssertTrue("\($0)".contains("no targeted weight is factorized"), "\($0)")
+        }
+        XCTAssertThrowsError(try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 5, "sparse_factor_bits": 4, "damage": "measured"}"#)) {
+            XCTAssertTrue("\($0)".contains("test, stage 1: 'sparse_factor_bits' with 'damage': 'measured'"), "\($0)")
+        }
+        XCTAssertThrowsError(try stage(CPTQuantPass.self, #"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 5, "sparse_factor_bits": 7}"#)) {
+            XCTAssertTrue("\($0)".contains("'sparse_factor_bits': 7 bits is not a width"), "\($0)")
+        }
+    }
+
     /// The clipping search on D never does worse than round-to-nearest on ‖D − D̂‖² (α = 1 is RTN; D has no
     /// input weighting); budget allocation with each estimator, and measured damage, run on factorized models,
     /// meet the budget, and leave the input model unchanged.
