@@ -61,15 +61,18 @@
 // is the dense factor D (OC, k), stored quantized as the codes of Dᵀ (k, OC) in groups of G consecutive output
 // rows of one atom (one column of D). Grouping along k, the input of D, would need k to be a multiple of G, and
 // DSFormer's and low rank's k (263, ...) rarely are; OC (576, 1536, ...) always is, and one atom's entries share
-// a scale. S's values stay float32, with their row indices (in the 2× DSFormer recipe on SmolLM2 they are 9 % of
+// a scale. S's values stay float32 with their row indices (in the 2× DSFormer recipe on SmolLM2 they are 9 % of
 // gate/up's factor parameters but 40 % of down_proj's, and at 4 + 2 bytes each they hold most of the bytes once
-// D is at 4.5 bits); they are outside the allocation and its budget (like the norms), and the report counts them: the
+// D is at 4.5 bits), or, with `sparse_factor_bits`, are stored at that fixed width: round to nearest (the plain
+// clipping search with `method: search`) in groups of `group_size` consecutive kept values in storage order
+// (column by column; a group may span columns, as s is rarely a multiple of G), quantized after D, each
+// independently. Either way S is outside the allocation and its budget (like the norms), and the report counts it: the
 // targeted weights' bytes with D's codes and scales, S's values and indices, in bits per stored parameter and
 // per element of the (OC, C) matrix each weight stands for. e_u(b) is ‖D − Q_b(D)‖² / ‖D‖². With `method:
 // search` the weighting by E[x²] does not apply to D (a group of Dᵀ lies in one input column of D, so a
 // weight would be the same for the whole group): its search minimizes the group's plain squared error.
 // PMPQ prunes D's smallest-magnitude entries and the measured damage puts Q_b(D) in place of D, as they do with
-// a dense weight's W; CMPQ and TDMPQ work on layer outputs and inputs and do not see the representation.
+// a dense weight's W (`sparse_factor_bits` with measured damage is refused: the probe does not vary S); CMPQ and TDMPQ work on layer outputs and inputs and do not see the representation.
 // `method: gptq` is refused when the model holds factorized weights, at recipe check (the Hessian of D's input
 // S·x would be S·H·Sᵀ, k × k, but our GPTQ fixes each group's grid along the input columns as it reaches them,
 // and D's groups run along the output).
