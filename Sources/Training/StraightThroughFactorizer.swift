@@ -33,11 +33,14 @@ public final class StraightThroughFactorizer: Trainable {
 
     /// The student prepared for STF (every factorized weight's S mask opened to all entries, values as they
     /// were) and the trainable to pass to the `Distiller` with it. Throws when the model has no factorized
-    /// weight.
+    /// weight, or holds one with a quantized factor.
     public static func prepare(_ model: LlamaModel, lr: Double, weightDecay: Double) throws -> (LlamaModel, StraightThroughFactorizer) {
         var out = model, map: [String: Int] = [:]
         for w in model.weights {
             guard case .matrix(.factorized(let f)) = w.weight else { continue }
+            guard !f.isQuantized else {
+                throw ConfigError("stf: '\(w.id.hfName)' holds a quantized factor (cptquant); quantized weights cannot be trained")
+            }
             let k = f.rank, C = f.sparse.mask.cols
             let open = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { _ in true }
             let g = try FactorizedWeight(dense: f.dense.copy(), sparse: SparseWeight(values: f.sparse.values.copy(), mask: open))

@@ -402,6 +402,41 @@ final class ExportTests: XCTestCase {
 
     // MARK: Bad input and atomicity
 
+    /// Factorized weights with quantized factors (cptquant after dsformer) export multiplied out, D̂ · Ŝ, in
+    /// float32 to both formats, with a warning naming the factors' formats.
+    func testFactorizedWeightsWithQuantizedFactorsExportMultipliedOut() throws {
+        let base = try Self.fixture()
+        var m = base.model
+        var rng = SplitMix64(seed: 12)
+        for (id, sparseBits) in [(LinearID(layer: 0, kind: .gate), nil as Int?), (LinearID(layer: 1, kind: .down), 4)] {
+            let (OC, C) = (m.linear(id)!.outFeatures, m.linear(id)!.inFeatures), k = 16
+            let d = Tensor(shape: [OC, k]), sv = Tensor(shape: [k, C])
+            d.fillUniform(scale: 0.3, rng: &rng); sv.fillUniform(scale: 0.3, rng: &rng)
+            let mask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { i in (i / C + i % C) % 4 == 0 }
+            var f = try FactorizedWeight(dense: d, sparse: SparseWeight(masking: sv, mask: mask))
+            f = try f.quantizingDense(try QuantizedTensor(weights: FactorizedWeight.transpose(d.array, rows: OC, cols: k), shape: [k, OC],
+                                                          format: try QuantFormat(bits: 4, groupSize: 32, symmetric: true)))
+            if let b = sparseBits {
+                f = try f.quantizingSparseValues(try QuantizedTensor(weights: f.keptValues, shape: [1, mask.nonzeros], format: try QuantFormat(bits: b, groupSize: 32, symmetric: true)))
+            }
+            m = try m.replacing(.linear(id), with: .factorized(f))
+        }
+        let src = Checkpoint(model: m, tokenizer: base.tokenizer)
+        let (g, gOut) = try export(src, .gguf, "fq.gguf")
+        let (h, hOut) = try export(src, .hf, "fq-hf")
+        for r in [g, h] {
+            XCTAssertTrue(r.warnings.contains { $0.contains("2 of them hold quantized factors (D q4_g32_sym, S values q4_g32_sym)") }, "\(r.warnings)")
+        }
+        let gguf = try GGUFFile(path: gOut), st = try SafetensorsFile(path: hOut + "/model.safetensors")
+        for (id, ggufName) in [(LinearID(layer: 0, kind: .gate), "blk.0.ffn_gate.weight"), (LinearID(layer: 1, kind: .down), "blk.1.ffn_down.weight")] {
+            let w = m.linear(id)!.dequantized().array, scale = w.map(abs).max()!
+            for (what, stored) in [("gguf", try gguf.dequantize(gguf.tensor(named: ggufName)!)), ("hf", try st.floats(WeightID.linear(id).hfName))] {
+                XCTAssertEqual(stored.count, w.count)
+                XCTAssertLessThanOrEqual(zip(stored, w).map { abs($0 - $1) }.max()!, 1e-6 * scale, "\(what) \(id)")
+            }
+        }
+    }
+
     func testOutputsThatMustBeRefused() throws {
         let base = try Self.fixture()
         let src = Self.random(base.config, seed: 1, tokenizer: base.tokenizer)

@@ -3,6 +3,7 @@ import Model
 import Quantization
 import Recipes
 import TensorCore
+import Training
 import XCTest
 @testable import Passes
 
@@ -210,6 +211,10 @@ final class FactorizedQuantizationTests: XCTestCase {
              "stage 2 (cptquant): 'method': 'gptq' cannot quantize factorized weights"),
         ] {
             XCTAssertThrowsError(try decode(stages), stages) { XCTAssertTrue("\($0)".contains(fragment), "\($0)") }
+        }
+        // STF cannot train a quantized factor (a distill command given such a student).
+        XCTAssertThrowsError(try StraightThroughFactorizer.prepare(once, lr: 1e-3, weightDecay: 0)) {
+            XCTAssertTrue("\($0)".contains("'model.layers.0.mlp.down_proj.weight' holds a quantized factor"), "\($0)")
         }
         // A base that already holds a quantized factor (a checkpoint of [dsformer, cptquant]) cannot be distilled.
         var distill = try decode(#"[{"stage": "distill", "steps": 2}]"#)
