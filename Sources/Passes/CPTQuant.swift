@@ -66,13 +66,14 @@
 // D is at 4.5 bits), or, with `sparse_factor_bits`, are stored at that fixed width: round to nearest (the plain
 // clipping search with `method: search`) in groups of `group_size` consecutive kept values in storage order
 // (column by column; a group may span columns, as s is rarely a multiple of G), quantized after D, each
-// independently. Either way S is outside the allocation and its budget (like the norms), and the report counts it: the
-// targeted weights' bytes with D's codes and scales, S's values and indices, in bits per stored parameter and
+// independently. Either way S is outside the allocation and its budget (like the norms), and the report counts
+// it: the targeted weights' bytes with D's codes and scales, S's values and indices, in bits per stored parameter and
 // per element of the (OC, C) matrix each weight stands for. e_u(b) is ‖D − Q_b(D)‖² / ‖D‖². With `method:
 // search` the weighting by E[x²] does not apply to D (a group of Dᵀ lies in one input column of D, so a
 // weight would be the same for the whole group): its search minimizes the group's plain squared error.
 // PMPQ prunes D's smallest-magnitude entries and the measured damage puts Q_b(D) in place of D, as they do with
-// a dense weight's W (`sparse_factor_bits` with measured damage is refused: the probe does not vary S); CMPQ and TDMPQ work on layer outputs and inputs and do not see the representation.
+// a dense weight's W (`sparse_factor_bits` with measured damage is refused: the probe does not vary S); CMPQ and
+// TDMPQ work on layer outputs and inputs and do not see the representation.
 // `method: gptq` is refused when the model holds factorized weights, at recipe check (the Hessian of D's input
 // S·x would be S·H·Sᵀ, k × k, but our GPTQ fixes each group's grid along the input columns as it reaches them,
 // and D's groups run along the output).
@@ -548,7 +549,7 @@ public struct CPTQuantPass: CompressionPass {
         }
 
         // Report.
-        // A factorized weight's S (float32 values and row indices) is stored beside its quantized D.
+        // A factorized weight's S (values, float32 or at `sparse_factor_bits`, and row indices) is stored beside its D.
         func sparseFactorBytes(_ t: WeightID) -> Int {
             if case .linear(let id) = t, case .factorized(let f)? = result.linear(id) { return f.sparseBytes }
             return 0
@@ -589,7 +590,7 @@ public struct CPTQuantPass: CompressionPass {
             "layers": .array(layerSummary), "units": .array(unitReports),
         ]
         // The targeted weights as stored in the result: the allocated codes and scales (`bytes`), and for
-        // factorized weights their S's float32 values and row indices, outside the allocation.
+        // factorized weights their S's values and row indices, outside the allocation.
         var storage = (bytes: 0, parameters: 0, elements: 0), sparse = (tensors: 0, values: 0, bytes: 0, denseBytes: 0, denseWeights: 0)
         for t in names {
             guard case .linear(let id) = t, let w = result.linear(id) else { continue }
