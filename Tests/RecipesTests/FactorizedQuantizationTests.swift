@@ -222,4 +222,34 @@ final class FactorizedQuantizationTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("stage 1 (distill): cannot take quantized weights, which the base checkpoint leaves"), "\($0)")
         }
     }
+
+    /// The cptquant stages of the two SmolLM2 recipes, as written, on one decoder layer of SmolLM2's shapes (hidden
+    /// 576, MLP 1536) whose MLP weights are factorized at the sizes the recipes' dsformer stage gives (ratio 0.5,
+    /// density 0.25; random D and S values, so no DSFormer run): the groups fit (out and the kept-value counts are
+    /// multiples of 32) and the MLP's bytes are those recipes/README.md derives from the shapes.
+    func testSmolLM2RecipesCPTQuantStageFitsTheFactorShapes() throws {
+        let c = LlamaConfig(vocabSize: 64, hiddenSize: 576, intermediateSize: 1536, numHiddenLayers: 1, numAttentionHeads: 9,
+                            numKeyValueHeads: 3, headDim: 64, rmsNormEps: 1e-5)
+        var model = LlamaModel.random(config: c, seed: 2)
+        var rng = SplitMix64(seed: 5)
+        for kind in [LinearKind.gate, .up, .down] {
+            let id = LinearID(layer: 0, kind: kind), (OC, C) = (model.linear(id)!.outFeatures, model.linear(id)!.inFeatures)
+            let (k, s) = try XCTUnwrap(DenseSparseFactorizer.sizes(ratio: 0.5, density: 0.25, rows: OC, columns: C))
+            XCTAssertEqual([k, s], kind == .down ? [461, 115] : [263, 66], "\(kind)")
+            let d = Tensor(shape: [OC, k]), sv = Tensor(shape: [k, C])
+            d.fillUniform(scale: 0.1, rng: &rng); sv.fillUniform(scale: 0.1, rng: &rng)
+            let mask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { i in (i / C + 7 * (i % C)) % k < s }
+            model = try model.replacing(.linear(id), with: .factorized(try FactorizedWeight(dense: d, sparse: SparseWeight(masking: sv, mask: mask))))
+        }
+        for (name, mlpBytes) in [("smollm2-dsformer-mlp-2x-cptquant.json", 2_119_860), ("smollm2-dsformer-mlp-2x-cptquant-s4.json", 1_251_300)] {
+            let recipe = try Recipe.read(RecipeTests.recipesDirectory.appendingPathComponent(name).path, registry: .standard())
+            XCTAssertEqual(recipe.stages.map(\.name), ["dsformer", "cptquant", "eval"])
+            let pass = try XCTUnwrap(recipe.stages[1].stage as? CPTQuantPass)
+            let (q, diag) = try pass.run(on: model, context: PassContext())
+            let bytes = [LinearKind.gate, .up, .down].reduce(0) { $0 + q.linear(LinearID(layer: 0, kind: $1))!.storageBytes }
+            XCTAssertEqual(bytes, mlpBytes, name)
+            XCTAssertEqual(diag.objectValue?["targeted"]?.objectValue?["bytes"], .int(mlpBytes), name)
+            XCTAssertEqual(diag.objectValue?["bytes"], .int(603_828), "\(name): D at 4.5 bits")
+        }
+    }
 }
