@@ -74,9 +74,9 @@
 // PMPQ prunes D's smallest-magnitude entries and the measured damage puts Q_b(D) in place of D, as they do with
 // a dense weight's W (`sparse_factor_bits` with measured damage is refused: the probe does not vary S); CMPQ and
 // TDMPQ work on layer outputs and inputs and do not see the representation.
-// `method: gptq` is refused when the model holds factorized weights, at recipe check (the Hessian of D's input
-// S·x would be S·H·Sᵀ, k × k, but our GPTQ fixes each group's grid along the input columns as it reaches them,
-// and D's groups run along the output).
+// `method: gptq` quantizes D with the Hessian of its input S·x, H_D = S·H·Sᵀ (k × k), one column at a time
+// with the grids of D's output groups fixed as each column is reached (Passes/GPTQ.swift); S's values, with
+// `sparse_factor_bits`, are quantized afterwards by round to nearest / the search, not by GPTQ.
 
 import Foundation
 import Model
@@ -92,11 +92,6 @@ public struct CPTQuantPass: CompressionPass {
     /// factor D of factorized ones (the result stays factorized, with D quantized); its result holds quantized
     /// weights, which no training or pass may follow.
     public static let accepts: Set<WeightKind> = [.dense, .sparse, .factorized]
-    /// GPTQ has no form for a factorized weight's D (see the top of this file): refused at recipe check.
-    public func refusal(given input: Set<WeightKind>) -> String? {
-        guard method == .gptq, input.contains(.factorized) else { return nil }
-        return "'method': 'gptq' cannot quantize factorized weights (D · S, from a dsformer or lowrank stage before it): GPTQ fixes each group's grid along the input columns, and a factorized weight's D is grouped along its output; use method 'rtn' or 'search'"
-    }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input.union([.quantized]) }
     /// Calibration windows unless neither the estimator nor the quantizer uses them (estimator none, rtn).
     public var needs: PassNeeds { estimator == .none && method == .rtn && damage == .estimated ? [] : [.calibration] }
@@ -301,7 +296,6 @@ public struct CPTQuantPass: CompressionPass {
         for u in units { for t in u.tensors {
             if case .linear(let id) = t, case .factorized(let f)? = model.linear(id) {
                 guard !f.isQuantized else { throw RecipeError("cptquant: '\(t)' is factorized with a factor already quantized; it cannot be quantized again") }
-                guard method != .gptq else { throw RecipeError("cptquant: 'method': 'gptq' cannot quantize the factorized weight '\(t)' (its D is grouped along the output); use method 'rtn' or 'search'") }
                 guard f.dense.shape[0] % groupSize == 0 else {
                     throw RecipeError("cptquant: '\(t)' is factorized (D · S, rank \(f.rank)); its dense factor D is quantized in groups of 'group_size' consecutive output rows of one atom (Dᵀ grouped along the output), and its \(f.dense.shape[0]) output rows are not a whole number of groups of \(groupSize)")
                 }
@@ -493,6 +487,15 @@ public struct CPTQuantPass: CompressionPass {
                                        progress: context.progress) { id, weight, input in
                 guard let f = formatOf[id] else { return weight }
                 do {
+                    if case .factorized(let fw) = weight {
+                        // D's input is S·x: H_D = S·H·Sᵀ; D's groups run along the output (GPTQ.swift).
+                        let factor = try HessianFactorization(hessian: GPTQ.factorHessian(input.hessian(), sparse: fw.sparse), features: fw.rank,
+                                                              damp: damp, actOrder: actOrder)
+                        let (q, loss, _) = try GPTQ.quantizeOutputGroups(fw.dense, factor: factor, format: f, clipSearch: clipSearch)
+                        losses.append(.object(["name": .string(WeightID.linear(id).hfName), "format": .string(f.description), "obs_loss": .double(loss),
+                                               "factorized": .bool(true)]))
+                        return .factorized(try fw.quantizingDense(q))
+                    }
                     let factor = try input.factorization(damp: damp, actOrder: actOrder)
                     let importance = clipSearch ? input.squares.map { Float($0 / Double(max(input.tokens, 1))) } : nil
                     let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize, importance: importance,

@@ -21,6 +21,15 @@
 // quantization.
 // Deviation: groups stay runs of G consecutive input columns (the stored format's); with activation order the
 // paper's reference groups along the processing order and stores a column → group index instead.
+//
+// Factorized weights (issue 16; ours): the dense factor D (OC, k) of W = D · S has input t = S·x, so its Hessian
+// is H_D = 2·(S X)(S X)ᵀ/n = S·H·Sᵀ (k, k), computed from the layer input's H and S's kept entries. D's codes
+// are those of Dᵀ, grouped along the output (G consecutive rows of one column of D), so a group's grid needs
+// the current values of G rows at one column: D is solved in blocks of one column (every earlier update has then
+// reached that column in every row; the lazy batching of blocks is a speed device, the updates are the same),
+// and the grids of column j are fixed, from those values, just before it is quantized (round-to-nearest's
+// min-max, or with `clip_search` the clipping search on the group's plain squared error: E[x²] weighting would
+// be constant over a group of one input column).
 
 import Foundation
 import Model
@@ -100,6 +109,95 @@ enum GPTQ {
         if let failure { throw UnrepresentableWeights(failure) }
         let values = natural ? w : OptimalBrainSurgeon.permuteColumns(w, order, inverse: true)
         return Result(values: values, codes: codes, scales: scales, mins: mins, loss: loss)
+    }
+
+    /// GPTQ on a factorized weight's D (OC, k) with `factor` from H_D = S·H·Sᵀ (`factorHessian`), in `format`
+    /// with groups along the output: the stored tensor holds Dᵀ (k, OC) (see the top of this file). `clipSearch`:
+    /// each group's grid by the clipping search (plain squared error); false: min-max. Checks that the codes
+    /// dequantize to exactly the values the solver fixed.
+    static func quantizeOutputGroups(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, clipSearch: Bool,
+                                     limit: Int? = nil) throws -> (QuantizedTensor, loss: Double, values: Tensor) {
+        let OC = weight.shape[0], k = weight.shape[1]
+        let order = factor.order
+        let natural = order == Array(0..<k)
+        var position = [Int](repeating: 0, count: k)
+        for (j, c) in order.enumerated() { position[c] = j }
+        let w = natural ? weight.copy() : OptimalBrainSurgeon.permuteColumns(weight, order)
+        for c in factor.dead { for r in 0..<OC { w[r * k + position[c]] = 0 } }
+        let G = f.isFloat16 ? 1 : f.groupSize
+        guard OC % G == 0 else { throw QuantizationError("\(OC) output rows are not a whole number of groups of \(G)") }
+        let groups = OC / G
+        var codes = [UInt8](repeating: 0, count: f.isFloat16 ? 0 : OC * k)
+        var scales = [Float16](repeating: 0, count: f.isFloat16 ? 0 : k * groups)
+        var mins = [Float16](repeating: 0, count: f.isFloat16 || f.symmetric ? 0 : k * groups)
+        var failure: String?
+        let lock = NSLock()
+        let loss = codes.withUnsafeMutableBufferPointer { cp in
+            scales.withUnsafeMutableBufferPointer { sp in
+                mins.withUnsafeMutableBufferPointer { mp in
+                    OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: k, u: factor.u, blockSize: 1, limit: limit, beginBlock: { range, W in
+                        // Column j's grids, one per group of G rows, from every row's current value.
+                        guard !f.isFloat16 else { return }
+                        let j = range.lowerBound, c = order[j]
+                        for g in 0..<groups {
+                            let values = (0..<G).map { W[(g * G + $0) * k + j] }
+                            do {
+                                let one = try QuantizedTensor(weights: values, shape: [1, G], format: f, search: clipSearch)
+                                sp[c * groups + g] = one.scales[0]
+                                if !f.symmetric { mp[c * groups + g] = one.mins[0] }
+                            } catch {
+                                lock.lock(); failure = "column \(c), rows \(g * G)..<\((g + 1) * G): \(error)"; lock.unlock()
+                            }
+                        }
+                    }) { r, j, row, _ in
+                        let x = row[j], c = order[j]
+                        if f.isFloat16 {
+                            let h = Float16(x)
+                            if !h.isFinite { lock.lock(); failure = "weight (\(r), \(c)) = \(x) overflows float16"; lock.unlock(); return x }
+                            return Float(h)
+                        }
+                        let gi = c * groups + r / G, lo = f.symmetric ? Float16(0) : mp[gi]
+                        let q = QuantizedTensor.storedCode(x, scale: sp[gi], min: lo, format: f)
+                        cp[c * OC + r] = q
+                        return QuantizedTensor.value(ofCode: q, scale: sp[gi], min: lo, format: f)
+                    }
+                }
+            }
+        }
+        if let failure { throw UnrepresentableWeights(failure) }
+        let values = natural ? w : OptimalBrainSurgeon.permuteColumns(w, order, inverse: true)
+        let transposed = FactorizedWeight.transpose(values.array, rows: OC, cols: k)
+        let q = f.isFloat16 ? try QuantizedTensor(weights: transposed, shape: [k, OC], format: f)
+            : try QuantizedTensor(format: f, shape: [k, OC], codes: packCodes(codes, bits: f.bits), scales: scales, mins: mins)
+        guard limit != nil || q.dequantized() == transposed else {
+            throw QuantizationError("GPTQ: the stored \(f) tensor does not dequantize to the values GPTQ fixed")
+        }
+        return (q, loss, values)
+    }
+
+    /// H_D = S·H·Sᵀ (k, k), row-major Float64: the Hessian of a factorized weight's dense factor, whose input is
+    /// S·x, from the Hessian H (C, C) of x and S's kept entries.
+    static func factorHessian(_ h: [Double], sparse s: SparseWeight) -> [Double] {
+        let k = s.mask.rows, C = s.mask.cols
+        // Each row of S as (column, value) pairs.
+        let rows: [[(Int, Double)]] = (0..<k).map { r in (0..<C).compactMap { c in s.mask[r * C + c] ? (c, Double(s.values[r * C + c])) : nil } }
+        var tmp = [Double](repeating: 0, count: k * C)  // S·H
+        var out = [Double](repeating: 0, count: k * k)
+        tmp.withUnsafeMutableBufferPointer { t in
+            h.withUnsafeBufferPointer { hp in
+                Parallel.forEachChunk(k, minChunk: 4) { range in
+                    for r in range { for (c, v) in rows[r] { for j in 0..<C { t[r * C + j] += v * hp[c * C + j] } } }
+                }
+            }
+        }
+        out.withUnsafeMutableBufferPointer { o in
+            tmp.withUnsafeBufferPointer { t in
+                Parallel.forEachChunk(k, minChunk: 4) { range in
+                    for r in range { for r2 in 0..<k { var acc = 0.0; for (c, v) in rows[r2] { acc += t[r * C + c] * v }; o[r * k + r2] = acc } }
+                }
+            }
+        }
+        return out
     }
 
     /// The stored tensor of a full solve; checks that it dequantizes to exactly the values the solver used.

@@ -44,9 +44,6 @@ public protocol RecipeStage {
     var needs: PassNeeds { get }
     /// The representations present after the stage, given those before it (default: unchanged).
     func produces(from input: Set<WeightKind>) -> Set<WeightKind>
-    /// Why these settings cannot take a model holding `input`, though `accepts` covers it (a setting that has
-    /// no form for one representation); nil when they can (default). Checked with `accepts` at recipe check.
-    func refusal(given input: Set<WeightKind>) -> String?
     /// A stage that only writes the model out (`export`): it must come after every other stage (default false).
     static var isTerminal: Bool { get }
     /// Checks the settings against the model the stage will receive, before any stage runs (called only while
@@ -58,7 +55,6 @@ extension RecipeStage {
     public static var isTerminal: Bool { false }
     public var needs: PassNeeds { [] }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input }
-    public func refusal(given input: Set<WeightKind>) -> String? { nil }
     public func preflight(_ model: LlamaModel) throws {}
 }
 

@@ -125,10 +125,6 @@ public struct Recipe {
                 let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
                 throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): cannot take \(refused.sorted().map(\.rawValue).joined(separator: ", ")) weights, which \(before) leaves; '\(entry.name)' accepts \(t.accepts.sorted().map(\.rawValue).joined(separator: ", ")) (reorder the stages: quantization comes last, only eval may follow it)")
             }
-            if let why = entry.stage.refusal(given: kinds) {
-                let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
-                throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): \(why) (given what \(before) leaves: \(kinds.sorted().map(\.rawValue).joined(separator: ", ")))")
-            }
             if let d = entry.stage as? DistillStage, d.stf, !kinds.contains(.factorized) {
                 let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
                 throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): 'stf': true trains factorized weights, but \(before) leaves none (put a dsformer or lowrank stage before it)")
