@@ -201,11 +201,8 @@ enum HFExport {
             }
             o["quantization_config"] = .object(q)
         }
-        func jsonBytes(_ v: JSONValue) -> [UInt8] {
-            let e = JSONEncoder()
-            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            return Array((try? e.encode(v)) ?? Data("null".utf8)) + [0x0A]
-        }
+        // Doubles keep their ".0" (Python readers must see ffn_mult 4.0 as a float).
+        func jsonBytes(_ v: JSONValue) -> [UInt8] { v.prettyBytes }
         var files: [(String, [UInt8])] = [("config.json", jsonBytes(.object(o)))]
         var generation: [String: JSONValue] = ["_from_model_config": .bool(true)]
         if let b = config.bosTokenID ?? ckpt.tokenizer?.bosTokenID.map(Int.init) { generation["bos_token_id"] = .int(b) }

@@ -75,3 +75,72 @@ public func jsonValue<T: Encodable>(_ value: T) -> JSONValue {
     guard let data = try? e.encode(value), let v = try? JSONDecoder().decode(JSONValue.self, from: data) else { return .null }
     return v
 }
+
+extension JSONValue {
+    /// Pretty JSON (2-space indent, sorted keys, slashes unescaped, UTF-8) in which every `.double` keeps a
+    /// fraction or exponent: 4.0 is written `4.0`, never `4`. Readers in Python (`json`) then see a float,
+    /// as Hugging Face configs and llama.cpp's converter expect (its DeciLM reader asserts `ffn_mult` is a
+    /// float). Doubles use Swift's shortest round-trip form; a non-finite double has no JSON form and is
+    /// written `null`.
+    public var prettyBytes: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(1 << 12)
+        write(to: &out, depth: 0)
+        out.append(0x0A)
+        return out
+    }
+
+    private func write(to out: inout [UInt8], depth: Int) {
+        func newline(_ d: Int) { out.append(0x0A); out.append(contentsOf: repeatElement(0x20, count: 2 * d)) }
+        switch self {
+        case .null: out.append(contentsOf: Array("null".utf8))
+        case .bool(let b): out.append(contentsOf: Array((b ? "true" : "false").utf8))
+        case .int(let i): out.append(contentsOf: Array(String(i).utf8))
+        case .double(let d):
+            guard d.isFinite else { out.append(contentsOf: Array("null".utf8)); return }
+            var s = "\(d)"
+            if !s.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) { s += ".0" }
+            out.append(contentsOf: Array(s.utf8))
+        case .string(let s): JSONValue.writeString(s, to: &out)
+        case .array(let a):
+            guard !a.isEmpty else { out.append(contentsOf: Array("[]".utf8)); return }
+            out.append(UInt8(ascii: "["))
+            for (i, v) in a.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                newline(depth + 1)
+                v.write(to: &out, depth: depth + 1)
+            }
+            newline(depth)
+            out.append(UInt8(ascii: "]"))
+        case .object(let o):
+            guard !o.isEmpty else { out.append(contentsOf: Array("{}".utf8)); return }
+            out.append(UInt8(ascii: "{"))
+            for (i, k) in o.keys.sorted().enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                newline(depth + 1)
+                JSONValue.writeString(k, to: &out)
+                out.append(contentsOf: Array(": ".utf8))
+                o[k]!.write(to: &out, depth: depth + 1)
+            }
+            newline(depth)
+            out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    private static func writeString(_ s: String, to out: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        out.append(UInt8(ascii: "\""))
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, b])
+            case UInt8(ascii: "\\"): out.append(contentsOf: [0x5C, b])
+            case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+            case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+            case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+            case 0..<0x20: out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 15)]])
+            default: out.append(b)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+}

@@ -30,6 +30,9 @@ public struct DistillOptions {
     public var progress = true
     /// Allow the output to be the student or the teacher.
     public var force = false
+    /// Train the student's factorized weights with DSFormer's Straight-Through Factorizer (a dense latent S̃,
+    /// its top-s entries per column in the forward); without it they train on their fixed sparse support.
+    public var stf = false
 
     public init(teacher: String, student: String, output: String) {
         self.teacher = teacher; self.student = student; self.output = output
@@ -77,9 +80,13 @@ extension Workbench {
         let train = tok.encode(try readText(o.trainText))
         let statePath = o.statePath ?? o.output + ".state.h5"
         let distiller: Distiller
+        var stf: StraightThroughFactorizer? = nil
         do {
             // A sparse student stays sparse: its sparse weights' gradients are masked.
-            distiller = try Distiller(teacher: teacherCkpt.model, student: studentCkpt.model, config: o.config, trainTokens: train)
+            var student = studentCkpt.model
+            if o.stf { (student, stf) = try StraightThroughFactorizer.prepare(student, lr: o.config.lr, weightDecay: o.config.weightDecay) }
+            distiller = try Distiller(teacher: teacherCkpt.model, student: student, config: o.config, trainTokens: train,
+                                      trainables: stf.map { [$0] } ?? [])
         } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
 
         let evaluating = o.evalTokens != 0
@@ -105,20 +112,22 @@ extension Workbench {
         let seconds = try trainLoop(distiller, saveEvery: o.saveEvery, statePath: statePath, logEvery: o.logEvery,
                                     progress: o.progress, killAfterStep: o.killAfterStep)
 
+        // STF: S = P_s(S̃) of the final latent, s nonzeros per column again.
+        let trained = try stf?.finalize(distiller.student) ?? distiller.student
         // Write the student with its lineage, then drop the state file (the run is complete).
         var history = studentCkpt.history
         history.append(.object([
             "kind": .string("distill"), "teacher": .string(o.teacher), "student": .string(o.student),
-            "steps": .int(c.steps), "tokens": .int(c.steps * tokensPerStep),
+            "steps": .int(c.steps), "tokens": .int(c.steps * tokensPerStep), "stf": .bool(o.stf),
             "config": (try? JSONValue.parse(encodeJSON(c))) ?? .null,
             "final_loss": .double(distiller.log.last?.loss ?? .nan),
         ]))
-        try Checkpoint(model: distiller.student, tokenizer: studentCkpt.tokenizer, history: history)
+        try Checkpoint(model: trained, tokenizer: studentCkpt.tokenizer, history: history)
             .write(to: o.output)
         if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
 
         let teacherPPL = evaluating ? try ppl(teacherCkpt.model, "teacher") : nil
-        let studentPPL = evaluating ? try ppl(distiller.student, "student after") : nil
+        let studentPPL = evaluating ? try ppl(trained, "student after") : nil
         return DistillReport(
             teacher: o.teacher, student: o.student, output: o.output, steps: c.steps, resumedFrom: resumedFrom,
             trainTokens: train.count, tokensPerStep: tokensPerStep, seconds: seconds,
@@ -128,7 +137,7 @@ extension Workbench {
             retention: teacherPPL.flatMap { t in studentPPL.map { t / $0 } },
             retentionBefore: teacherPPL.flatMap { t in before.map { t / $0 } },
             evalTokens: evaluating ? min(o.evalTokens ?? test.count, test.count) : nil,
-            studentParameters: distiller.student.parameterCount, teacherParameters: teacherCkpt.model.parameterCount,
+            studentParameters: trained.parameterCount, teacherParameters: teacherCkpt.model.parameterCount,
             peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, config: c, log: distiller.log)
     }
 

@@ -254,6 +254,7 @@ struct Distill: ParsableCommand {
     @Flag(help: "Resume from the training state.") var resume = false
     @Option(help: .hidden) var killAfterStep: Int?
     @Flag(help: "Allow -o to name the student or the teacher (replacing it).") var force = false
+    @Flag(help: "Train factorized weights with the Straight-Through Factorizer (DSFormer): a dense latent S, its top-s entries per column in the forward, the gradient passed straight through.") var stf = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -296,6 +297,7 @@ struct Distill: ParsableCommand {
             o.config = c
             o.trainText = train; o.testText = test; o.evalWindow = evalWindow; o.evalTokens = evalTokens; o.evalBefore = evalBefore
             o.logEvery = logEvery; o.saveEvery = saveEvery; o.statePath = state; o.resume = resume; o.killAfterStep = killAfterStep
+            o.stf = stf
             let r = try Workbench.distill(o)
             if json { print(encodeJSON(r)) } else {
                 print(String(format: "distilled %@ -> %@: %d steps, %d tokens, %.1f s, %.0f tok/s, loss %.4f -> %.4f",

@@ -357,6 +357,12 @@ final class ExportTests: XCTestCase {
         // ffn_mult maps back to the padded width by the readers' formula.
         let m0 = blocks[0]["ffn"]!.objectValue!["ffn_mult"]!.doubleValue!
         XCTAssertEqual((Int(2 * m0 * 64 / 3) + 255) / 256 * 256, 256)
+        // Python readers must see a float: llama.cpp's DeciLM converter asserts isinstance(ffn_mult, float),
+        // so an integral multiplier is written "4.0", never "4".
+        let raw = String(decoding: try Data(contentsOf: URL(fileURLWithPath: out + "/config.json")), as: UTF8.self)
+        let mults = raw.components(separatedBy: "\"ffn_mult\": ").dropFirst().map { String($0.prefix { $0 != "," && $0 != "\n" }) }
+        XCTAssertEqual(mults.count, blocks.count)
+        for m in mults where m != "null" { XCTAssertTrue(m.contains(".") || m.contains("e"), "ffn_mult written as \(m)") }
         let back = try Importer.fromHuggingFace(directory: out)
         XCTAssertEqual(back.config.blocks[0].numAttentionHeads, 4)
         XCTAssertEqual(back.config.blocks[0].intermediateSize, 256)

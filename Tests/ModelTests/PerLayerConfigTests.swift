@@ -85,3 +85,27 @@ final class PerLayerConfigTests: XCTestCase {
         XCTAssertTrue(error("{\(ok), \"block_configs\": []}").contains("num_hidden_layers=1"))
     }
 }
+
+final class JSONValuePrettyBytesTests: XCTestCase {
+    /// prettyBytes parses back to the same document (integral doubles come back as numbers of the same
+    /// value), keeps a fraction on every double, and escapes what JSON requires.
+    func testPrettyBytesRoundTripsAndKeepsFloats() throws {
+        let v: JSONValue = .object([
+            "ffn_mult": .double(4), "eps": .double(1e-5), "theta": .double(100000), "n": .int(3),
+            "s": .string("a\"b\\c\nd\te\u{01}/é"), "list": .array([.null, .bool(true), .double(-0.25)]),
+            "empty": .object([:]), "none": .array([]),
+        ])
+        let text = String(decoding: v.prettyBytes, as: UTF8.self)
+        XCTAssertTrue(text.contains("\"ffn_mult\": 4.0"), text)
+        XCTAssertTrue(text.contains("\"theta\": 100000.0"), text)
+        XCTAssertTrue(text.contains("\"n\": 3,") || text.contains("\"n\": 3\n"), text)
+        let back = try JSONValue.parse(text).objectValue!
+        XCTAssertEqual(back["ffn_mult"]?.doubleValue, 4)
+        XCTAssertEqual(back["eps"]?.doubleValue, 1e-5)
+        XCTAssertEqual(back["s"], .string("a\"b\\c\nd\te\u{01}/é"))
+        XCTAssertEqual(back["list"]?.arrayValue?.count, 3)
+        XCTAssertEqual(back["list"]?.arrayValue?[2].doubleValue, -0.25)
+        XCTAssertEqual(back["empty"], .object([:]))
+        XCTAssertEqual(back["none"], .array([]))
+    }
+}
