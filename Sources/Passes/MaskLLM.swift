@@ -148,6 +148,13 @@ public struct MaskLLMPass: TrainingPass {
         return out
     }
 
+    /// Checks the pattern, 'targets' and 'exclude_layers' against the model the stage will receive, before
+    /// any stage runs: every targeted weight present and dense, M dividing its input size, at least one target.
+    /// Errors name the recipe, the stage and the key.
+    public func preflight(_ model: LlamaModel) throws {
+        do { _ = try resolveTargets(model) } catch let e as RecipeError { throw RecipeError("\(location): \(e.description)") }
+    }
+
     /// Prior masks by target (empty for `none`).
     func priorMasks(_ model: LlamaModel, _ targets: [(id: LinearID, weight: Tensor)], context: PassContext) throws -> (masks: [LinearID: SparsityMask], diagnostics: JSONValue) {
         switch prior {
