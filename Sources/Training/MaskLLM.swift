@@ -185,21 +185,37 @@ public enum GumbelNM {
         } else {
             for i in 0..<n { z[i] = a * lb[i] }
         }
-        var o = 0
-        for _ in g0..<g1 {
-            var mx = z[o]
-            for k in 1..<K { mx = z[o + k] > mx ? z[o + k] : mx }
-            for k in 0..<K { z[o + k] -= mx }
-            o += K
+        if K == 6 {
+            for g in 0..<(g1 - g0) {
+                let y = z + 6 * g
+                let mx = max(max(max(y[0], y[1]), max(y[2], y[3])), max(y[4], y[5]))
+                y[0] -= mx; y[1] -= mx; y[2] -= mx; y[3] -= mx; y[4] -= mx; y[5] -= mx
+            }
+        } else {
+            var o = 0
+            for _ in g0..<g1 {
+                var mx = z[o]
+                for k in 1..<K { mx = z[o + k] > mx ? z[o + k] : mx }
+                for k in 0..<K { z[o + k] -= mx }
+                o += K
+            }
         }
         for i in 0..<n { z[i] = exp(z[i]) }
-        o = 0
-        for _ in g0..<g1 {
-            var s: Float = 0
-            for k in 0..<K { s += z[o + k] }
-            let inv = 1 / s
-            for k in 0..<K { z[o + k] *= inv }
-            o += K
+        if K == 6 {
+            for g in 0..<(g1 - g0) {
+                let y = z + 6 * g
+                let inv = 1 / ((y[0] + y[1]) + (y[2] + y[3]) + (y[4] + y[5]))
+                y[0] *= inv; y[1] *= inv; y[2] *= inv; y[3] *= inv; y[4] *= inv; y[5] *= inv
+            }
+        } else {
+            var o = 0
+            for _ in g0..<g1 {
+                var s: Float = 0
+                for k in 0..<K { s += z[o + k] }
+                let inv = 1 / s
+                for k in 0..<K { z[o + k] *= inv }
+                o += K
+            }
         }
     }
 
