@@ -11,16 +11,29 @@
 //   M̃_g = Σ_i p_gi · S_i                                                  (differentiable soft mask)
 //   forward with W_eff = W ⊙ M̃;  dL/dM̃ = dL/dW_eff ⊙ W;  dL/dW = dL/dW_eff ⊙ M̃ (when weights train)
 //   dL/dℓ_gi = (κ / τ) · p_gi · (v_gi − Σ_k p_gk v_gk),   v_gi = Σ_j S_ij · dL/dM̃_gj
-// Schedules (paper defaults, linear in the step t of T): τ from 4 to 0.05, κ from 1e2 to 5e2.
+// Schedules (the reference scripts' `--gumbel-temperature-range 4 0.05 --gumbel-scale-range 1e2 5e2`, linear
+//   in t / T): τ from 4 to 0.05, κ from 1e2 to 5e2. Initial logits N(0, 0.01²).
 // Prior (paper Sec. 3.3): ℓ_g = ℓ⁰_g + α · σ(ℓ⁰) · (S_i · M_prior,g)_i with ℓ⁰ ~ N(0, 0.01²), σ(ℓ⁰) the standard
 //   deviation of the tensor's initial logits and α the prior strength (3 in the paper's recipes). The
 //   paper's code subtracts 1 from the overlap S_i · M_prior; a constant per group does not change the
 //   softmax, so it is left out.
-// Sparse weight regularisation (paper Eq. 7): L − λ_t · Σ_layers ‖W ⊙ M̃‖², λ_t = λ (1 − t / T) (the paper's
-//   linear removal), gradient −2 λ_t W² ⊙ M̃ on the soft mask only (W is not pushed by it). Default λ = 1e-5.
+// Sparse weight regularisation (paper Eq. 7; reference code NVlabs/MaskLLM, `pretrain_maskllm.py` `loss_func`
+//   and `learnable_sparsity/differentiable_mask.py`):
+//     L_step = (1/A) Σ_micro [ L_task(micro) − λ_t · Σ_targets Σ_ij (sg(W_ij) · M̃_ij)² ],   λ_t = λ (1 − t / T)
+//   with A the micro-batches of a step (Megatron divides each micro-batch's loss by their number), sg() a
+//   stop-gradient (the reference reads `weight.detach()`), M̃ that micro-batch's soft mask, L_task the mean
+//   per-token loss, t the 0-based step of T. No other normalisation: not per layer, not by the number of
+//   weights, not by the weights' scale; λ = 1e-5 (the reference scripts' `--weight-reg 1e-5`). The gradient
+//   is −(2 λ_t / A) W² ⊙ M̃ on the soft mask only. Its value grows with Σ W² (SmolLM2-135M: Σ W² = 3.97e6 over
+//   its 106.2 M projection weights, rms 0.19, so λ Σ ‖W ⊙ M̃‖² ≈ 14-16 at the start), but on SmolLM2 its
+//   gradient on M̃ is 0.1-0.2 % of the KD gradient's (measured, recipes/README.md): it shifts the reported
+//   loss, it does not steer the masks.
+// Optimiser (the reference scripts): AdamW on the logits with lr 10 × 5e-5, cosine decay to 10 %, no warmup,
+//   β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1, gradient norm clipped to 1; weights frozen.
 // The final mask is the hard one: the argmax candidate of every group, so exactly N of every M are kept.
 //
-// Deviations: each micro-batch draws its own noise from a counter-based generator keyed by (seed, step,
+// Deviations: the default loss is KD from the dense model (the reference trains on the LM loss; `loss: "ce"`
+// gives it); each micro-batch draws its own noise from a counter-based generator keyed by (seed, step,
 // micro-batch, tensor), so a resumed run sees exactly the noise of an uninterrupted one (one 64-bit hash per
 // two logits; u from 23 bits); log and exp in the sampler are branch-free polynomial versions (Cephes' logf
 // and expf minimax polynomials, relative error ≤ 3e-7 and 5e-7, tested against libm) so the noise and
@@ -303,8 +316,11 @@ public struct MaskLLMSettings: Codable, Equatable, Sendable {
     public var initStd = 0.01
     /// λ of the sparse weight regularisation (removed linearly over the run).
     public var weightReg = 1e-5
-    /// AdamW learning rate of the logits (the paper: 10 × 5e-5).
+    /// AdamW learning rate of the logits (the reference: 10 × 5e-5).
     public var lr = 5e-4
+    /// Decoupled weight decay of the logits (the reference's `--weight-decay 0.1`, which reaches the gates:
+    /// they are matrices and its optimizer exempts only biases and vectors).
+    public var logitWeightDecay = 0.1
     /// Train the targeted weights too (the paper's default is mask-only).
     public var trainWeights = false
     public var weightLR = 5e-5
@@ -454,7 +470,8 @@ public final class MaskLLMTrainable: Trainable {
         }
         var ps: [Parameter] = []
         for (i, id) in targets.enumerated() {
-            ps.append(Parameter(name: "\(name).logits.\(WeightID.linear(id).hfName)", value: logits[i], grad: logitGrads[i], lr: settings.lr, weightDecay: 0))
+            ps.append(Parameter(name: "\(name).logits.\(WeightID.linear(id).hfName)", value: logits[i], grad: logitGrads[i], lr: settings.lr,
+                                weightDecay: settings.logitWeightDecay))
             if let g = weightGrads[i] {
                 ps.append(Parameter(name: "\(name).weight.\(WeightID.linear(id).hfName)", value: weights[i], grad: g, lr: settings.weightLR,
                                     weightDecay: settings.weightDecay))

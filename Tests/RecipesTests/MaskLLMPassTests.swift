@@ -20,6 +20,21 @@ final class MaskLLMPassTests: XCTestCase {
         }
     }
 
+    /// The optimiser defaults are the reference scripts' (ε 1e-5, weight decay 0.1 on the logits, β 0.9/0.95,
+    /// clipping at 1, lr 5e-4 decaying to 10 %, λ 1e-5, τ 4 → 0.05, κ 1e2 → 5e2, α 3), and each can be set.
+    func testDefaultsAreTheReferenceScripts() throws {
+        let d = try pass(#"{"steps": 2}"#)
+        XCTAssertEqual(d.distill.eps, 1e-5); XCTAssertEqual(d.settings.logitWeightDecay, 0.1)
+        XCTAssertEqual(d.distill.beta1, 0.9); XCTAssertEqual(d.distill.beta2, 0.95); XCTAssertEqual(d.distill.clip, 1)
+        XCTAssertEqual(d.distill.lr, 5e-4); XCTAssertEqual(d.distill.minLRRatio, 0.1); XCTAssertEqual(d.settings.weightReg, 1e-5)
+        XCTAssertEqual(d.settings.temperatureStart, 4); XCTAssertEqual(d.settings.temperatureEnd, 0.05)
+        XCTAssertEqual(d.settings.scaleStart, 100); XCTAssertEqual(d.settings.scaleEnd, 500); XCTAssertEqual(d.settings.priorStrength, 3)
+        let o = try pass(#"{"steps": 2, "eps": 1e-8, "logit_weight_decay": 0}"#)
+        XCTAssertEqual(o.distill.eps, 1e-8); XCTAssertEqual(o.settings.logitWeightDecay, 0)
+        XCTAssertThrowsError(try pass(#"{"steps": 2, "logit_weight_decay": 2}"#)) { XCTAssertTrue("\($0)".contains("'logit_weight_decay'"), "\($0)") }
+        XCTAssertThrowsError(try pass(#"{"steps": 2, "eps": 0}"#)) { XCTAssertTrue("\($0)".contains("'eps'"), "\($0)") }
+    }
+
     func testPreflightChecksEveryTargetOfTheModel() throws {
         let m = Tiny.model()
         XCTAssertNoThrow(try pass(#"{"steps": 2}"#).preflight(m))

@@ -222,6 +222,42 @@ final class MaskLLMTests: XCTestCase {
         }
     }
 
+    /// The regulariser is the reference code's unnormalised sum: after the micro-batches of a step,
+    /// regValue = −(λ_t / A) Σ_micro Σ_targets Σ_ij (W_ij M̃_ij)² with λ_t = λ (1 − t/T) and M̃ each micro-batch's
+    /// soft mask (from its stored 16-bit probabilities), in Float64 here; the logits train with the reference's
+    /// decoupled weight decay.
+    func testRegulariserIsTheUnnormalisedSumOverEveryWeight() throws {
+        let teacher = try Fixtures.model("tiny-llama")
+        var s = MaskLLMSettings()
+        s.steps = 4; s.accumulation = 2; s.weightReg = 1e-3
+        let t = try MaskLLMTrainable(targets: try targets(teacher, prior: true), settings: s)
+        let d = try Distiller(teacher: teacher, student: teacher, config: config(steps: 4), trainTokens: stream, trainables: [t], trainWeights: false)
+        XCTAssertEqual(d.optimizer.parameters.map(\.weightDecay), Array(repeating: 0.1, count: t.targets.count))
+        let cands = bruteForceCandidates(n: 2, m: 4), step = 1
+        var sum = 0.0, count = 0
+        for micro in 0..<2 {
+            d.studentTrainer.zeroGradients()
+            t.willForward(step: step, micro: micro)
+            for i in t.targets.indices {
+                let w = t.weights[i]
+                for g in 0..<t.logits[i].shape[0] {
+                    for j in 0..<4 {
+                        var mj = 0.0
+                        for k in 0..<6 { mj += Double(t.probs[i][g * 6 + k]) / 65535 * Double(cands[k][j]) }
+                        let we = Double(w[g * 4 + j]) * mj
+                        sum += we * we; count += 1
+                    }
+                }
+            }
+            _ = d.accumulate(d.batchIds(step: step, micro: micro), scale: 0.5)
+            t.didBackward(step: step, micro: micro)
+        }
+        XCTAssertEqual(count, 2 * teacher.linearWeights.reduce(0) { $0 + $1.weight.shape[0] * $1.weight.shape[1] }, "every targeted weight, both micro-batches")
+        let expected = -1e-3 * (1 - 1.0 / 4) * sum / 2
+        XCTAssertEqual(t.regValue, expected, accuracy: 1e-5 * abs(expected))
+        XCTAssertEqual(t.regularize(step: step)["maskllm.weight_reg"], t.regValue)
+    }
+
     /// Mask-only training moves the logits, never the weights; every hard mask is N:M; the loss falls; and a
     /// run resumed from a saved state ends with the same logits and masks bit for bit.
     func testTrainingKeepsValidMasksAndResumesBitForBit() throws {
