@@ -194,7 +194,10 @@ public enum GumbelNM {
                 bb[2 * q] = UInt32(truncatingIfNeeded: h >> 32); bb[2 * q + 1] = UInt32(truncatingIfNeeded: h)
             }
             let src = bb + off
-            for i in 0..<n { z[i] = a * lb[i] + gumbel(bits32: src[i]) * invT }
+            // γ = −log(−log u) in two flat passes (E = −log u, then −log E): each vectorizes, one fused loop
+            // does not; the same operations as `gumbel(bits32:)`, so the same values as `noise(key:index:)`.
+            for i in 0..<n { z[i] = -log((Float(Int32(bitPattern: src[i] >> 9)) + 0.5) * 0x1p-23) }
+            for i in 0..<n { z[i] = a * lb[i] + -log(z[i]) * invT }
         } else {
             for i in 0..<n { z[i] = a * lb[i] }
         }
