@@ -501,15 +501,17 @@ public final class MaskLLMTrainable: Trainable {
                     for g0 in stride(from: r.lowerBound, to: r.upperBound, by: B) {
                         let g1 = min(g0 + B, r.upperBound), n = (g1 - g0) * K, e0 = g0 * K
                         GumbelNM.blockProbs(l, g0: g0, g1: g1, K: K, scale: s.scale, invT: invT, noiseKey: key, bits: sc.bits, z: z)
+                        var nans = 0
                         for e in 0..<n {
-                            // Round p · 65535 to the nearest integer by the 1.5 · 2²³ trick; NaN (non-finite logits) → 0.
+                            // Round p · 65535 to the nearest integer by the 1.5 · 2²³ trick (the sum's low bits are the
+                            // integer); NaN (from non-finite logits) → 0 and counted. Branch-free, so it vectorizes.
                             let v = z[e] * 65535
-                            let ok = v >= 0 && v <= 65535
-                            bad = bad || !ok
-                            let q = UInt16(truncatingIfNeeded: ((ok ? v : 0) + 12_582_912).bitPattern &- 0x4B40_0000)
-                            pb[e0 + e] = q
-                            z[e] = Float(q) * (1 / 65535)
+                            nans &+= v.isNaN ? 1 : 0
+                            let shifted = (v >= 0 ? (v <= 65535 ? v : 65535) : 0) + 12_582_912
+                            pb[e0 + e] = UInt16(truncatingIfNeeded: shifted.bitPattern &- 0x4B40_0000)
+                            z[e] = (shifted - 12_582_912) * (1 / 65535)
                         }
+                        if nans > 0 { bad = true }
                         if is24 {
                             // The 2:4 candidates 1100 1010 1001 0110 0101 0011: each position is kept by three.
                             for g in g0..<g1 {

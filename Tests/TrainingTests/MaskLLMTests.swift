@@ -258,6 +258,24 @@ final class MaskLLMTests: XCTestCase {
         XCTAssertEqual(t.regularize(step: step)["maskllm.weight_reg"], t.regValue)
     }
 
+    /// A non-finite logit (a diverged run) makes the step's regulariser NaN, which stops the training loop,
+    /// instead of being sampled as a mask; finite logits never do.
+    func testNonFiniteLogitsAreReported() throws {
+        let teacher = try Fixtures.model("tiny-llama")
+        var s = MaskLLMSettings()
+        s.steps = 2; s.accumulation = 1
+        for bad: Float in [.nan, .infinity] {
+            let t = try MaskLLMTrainable(targets: try targets(teacher, prior: true), settings: s)
+            let d = try Distiller(teacher: teacher, student: teacher, config: config(steps: 2), trainTokens: stream, trainables: [t], trainWeights: false)
+            t.willForward(step: 0, micro: 0)
+            XCTAssertFalse(t.regularize(step: 0)["maskllm.weight_reg"]!.isNaN)
+            t.logits[3][7] = bad
+            d.studentTrainer.zeroGradients()
+            t.willForward(step: 0, micro: 0)
+            XCTAssertTrue(t.regularize(step: 0)["maskllm.weight_reg"]!.isNaN, "\(bad)")
+        }
+    }
+
     /// Mask-only training moves the logits, never the weights; every hard mask is N:M; the loss falls; and a
     /// run resumed from a saved state ends with the same logits and masks bit for bit.
     func testTrainingKeepsValidMasksAndResumesBitForBit() throws {
