@@ -8,10 +8,12 @@
 // Gumbel-softmax of the scaled logits (temperature τ annealed 4 → 0.05, scale κ 1e2 → 5e2, linearly), the
 // student computes with W ⊙ M̃, and the loss is KD from the dense base model (forward KL on logits, our
 // distillation loss) or LM cross-entropy. Logits start from a prior mask (magnitude, Wanda or SparseGPT) with
-// the paper's prior strength α = 3; the sparse weight regulariser −λ_t Σ_targets Σ_ij (W_ij M̃_ij)² (an
-// unnormalised sum over every targeted weight, W not differentiated, averaged over the micro-batches of a
-// step; λ = 1e-5 removed linearly: exactly the reference code's, see Sources/Training/MaskLLM.swift) keeps
-// the kept weights large. AdamW trains the logits with the reference's settings: learning rate 5e-4 (10 ×
+// the paper's prior strength α = 3; the sparse weight regulariser (paper Eq. 7) keeps the kept weights large:
+//   L_step = (1/A) Σ_micro [ L_task − λ_t Σ_targets Σ_ij (sg(W_ij) M̃_ij)² ],  λ_t = λ (1 − t/T),  λ = 1e-5,
+// an unnormalised sum over every targeted weight (W not differentiated), averaged over the A micro-batches of
+// a step, exactly as the reference code NVlabs/MaskLLM computes it (`pretrain_maskllm.py` `loss_func`,
+// `differentiable_mask.py` `sparse_weight_norm`, `--weight-reg 1e-5` in its scripts; details and measurements
+// in Sources/Training/MaskLLM.swift and recipes/README.md). AdamW trains the logits with the reference's settings: learning rate 5e-4 (10 ×
 // 5e-5), cosine decay to 10 %, β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1, clipping at norm 1. Weights are frozen by default (mask-only, as in the paper), or
 // trained too (`train_weights`). The result: every target a sparse weight under the hard (argmax) mask,
 // exactly N nonzeros in every M, holding the original (or trained) weights. Equations and deviations:
