@@ -380,7 +380,7 @@ public final class MaskLLMTrainable: Trainable {
     public private(set) var parameters: [Parameter] = []
     /// Per parallel chunk: noise bits and probabilities of a block of groups, one group's soft mask, its
     /// gradient, probabilities and candidate dot products, the chunk's regulariser sum and non-finite flag.
-    /// Allocated once (`Parallel.threads` of them), so a step allocates nothing.
+    /// Allocated once (`Parallel.threads` of them; more only if that setting grows), so a step allocates nothing.
     final class Scratch {
         let bits: UnsafeMutablePointer<UInt32>, z: UnsafeMutablePointer<Float>, soft: UnsafeMutablePointer<Float>
         var reg = 0.0, bad = false
@@ -390,7 +390,12 @@ public final class MaskLLMTrainable: Trainable {
         }
         deinit { bits.deallocate(); z.deallocate(); soft.deallocate() }
     }
-    let scratch: [Scratch]
+    var scratch: [Scratch]
+
+    /// One scratch per chunk `Parallel` can cut a range into.
+    func ensureScratch() {
+        while scratch.count < Parallel.threads { scratch.append(Scratch(K: candidates.count, M: candidates.m)) }
+    }
 
     public var weightGradients: Set<WeightID> { Set(targets.map { .linear($0) }) }
 
@@ -488,6 +493,7 @@ public final class MaskLLMTrainable: Trainable {
         if micro == 0 { regValue = 0 }
         let s = settings.schedule(step: step), K = candidates.count, M = candidates.m, B = GumbelNM.block
         let invT = 1 / s.temperature, is24 = K == 6 && M == 4
+        ensureScratch()
         for c in 0..<scratch.count { scratch[c].bad = false }
         candidates.masks.withUnsafeBufferPointer { sp in
             let S = sp.baseAddress!
@@ -538,6 +544,7 @@ public final class MaskLLMTrainable: Trainable {
         let s = settings.schedule(step: step), K = candidates.count, M = candidates.m
         let c = Float(2 * s.weightReg / Double(settings.accumulation))
         let factor = s.scale / s.temperature, is24 = K == 6 && M == 4, q: Float = 1 / 65535
+        ensureScratch()
         var reg = 0.0
         candidates.masks.withUnsafeBufferPointer { sp in
             let S = sp.baseAddress!
