@@ -102,6 +102,36 @@ final class MaskLLMTests: XCTestCase {
         }
     }
 
+    /// Blocks that start on an odd logit (odd K: 1:3, 1:5, 3:7 at an odd first group, and chunks of a range cut in
+    /// two) take the second half of a pair's noise bits first; every group's probabilities still match the
+    /// Float64 reference with `noise(key:index:)`.
+    func testBlocksStartingOnAnOddLogitDrawTheSameNoise() throws {
+        for (n, m) in [(1, 3), (1, 5), (3, 7)] {
+            let S = try NMCandidates(n: n, m: m), cands = bruteForceCandidates(n: n, m: m), K = S.count
+            XCTAssertEqual(K % 2, 1)
+            let G = 8195
+            var rng = SplitMix64(seed: UInt64(n * 10 + m))
+            let logits = (0..<(G * K)).map { _ in (rng.nextFloat() - 0.5) * 0.05 }
+            let key = GumbelNM.noiseKey(seed: 5, step: 2, micro: 1, tensor: 0)
+            func check(_ g: Int, _ p: UnsafePointer<Float>, _ what: String) {
+                let noise = (0..<K).map { Double(GumbelNM.noise(key: key, index: g * K + $0)) }
+                let ref = referenceMask((0..<K).map { Double(logits[g * K + $0]) }, noise: noise, scale: 150, temperature: 2.5, candidates: cands)
+                for i in 0..<K { XCTAssertEqual(Double(p[i]), ref.p[i], accuracy: 2e-6, "\(n):\(m) \(what) group \(g)") }
+            }
+            // One block starting at group 4097 (logit 4097·K, odd).
+            let bits = UnsafeMutablePointer<UInt32>.allocate(capacity: 8 * K + 2), z = UnsafeMutablePointer<Float>.allocate(capacity: 8 * K)
+            defer { bits.deallocate(); z.deallocate() }
+            logits.withUnsafeBufferPointer { l in
+                GumbelNM.blockProbs(l.baseAddress!, g0: 4097, g1: 4104, K: K, scale: 150, invT: 1 / 2.5, noiseKey: key, bits: bits, z: z)
+            }
+            for g in 4097..<4104 { check(g, z + (g - 4097) * K, "block") }
+            // The whole range (with 2 or more threads its second chunk starts at group 4097).
+            var probs = [Float](repeating: 0, count: G * K), mask = [Float](repeating: 0, count: G * m)
+            GumbelNM.forward(logits: logits, groups: G, candidates: S, scale: 150, temperature: 2.5, noiseKey: key, probs: &probs, mask: &mask)
+            probs.withUnsafeBufferPointer { p in for g in [0, 511, 512, 4096, 4097, 4098, G - 1] { check(g, p.baseAddress! + g * K, "forward") } }
+        }
+    }
+
     /// dL/dℓ of L = Σ c ⊙ M̃ against central differences of the Float64 reference.
     func testBackwardMatchesCentralDifferences() throws {
         for (n, m) in [(2, 4), (3, 8)] {
