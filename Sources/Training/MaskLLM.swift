@@ -379,11 +379,12 @@ public final class MaskLLMTrainable: Trainable {
     var nonFinite = false
     public private(set) var parameters: [Parameter] = []
     /// Per parallel chunk: noise bits and probabilities of a block of groups, one group's soft mask, its
-    /// gradient, probabilities and candidate dot products, the chunk's regulariser sum and non-finite flag.
+    /// gradient, probabilities and candidate dot products, the chunk's regulariser sum, non-finite flag and
+    /// counts of changed argmaxes.
     /// Allocated once (`Parallel.threads` of them; more only if that setting grows), so a step allocates nothing.
     final class Scratch {
         let bits: UnsafeMutablePointer<UInt32>, z: UnsafeMutablePointer<Float>, soft: UnsafeMutablePointer<Float>
-        var reg = 0.0, bad = false
+        var reg = 0.0, bad = false, changed = 0, fromPrior = 0
         init(K: Int, M: Int) {
             bits = .allocate(capacity: GumbelNM.block * K + 2); z = .allocate(capacity: GumbelNM.block * K)
             soft = .allocate(capacity: 2 * M + 2 * K)
@@ -607,14 +608,39 @@ public final class MaskLLMTrainable: Trainable {
     }
 
     public func didUpdate(step: Int) -> [String: Double] {
-        let now = currentChoice()
+        // The new argmax of every group against the last one and the prior's, in place (no allocation).
+        if lastChoice == nil { lastChoice = currentChoice() }
+        ensureScratch()
+        let K = candidates.count
         var changed = 0, total = 0, fromPrior = 0, priorTotal = 0
-        for (i, c) in now.enumerated() {
-            total += c.count
-            if let last = lastChoice { for g in 0..<c.count where c[g] != last[i][g] { changed += 1 } }
-            if let p = priorChoice[i] { priorTotal += c.count; for g in 0..<c.count where c[g] != p[g] { fromPrior += 1 } }
+        for i in logits.indices {
+            let G = logits[i].shape[0], l = logits[i].data
+            total += G
+            if priorChoice[i] != nil { priorTotal += G }
+            for sc in scratch { sc.changed = 0; sc.fromPrior = 0 }
+            let prior = priorChoice[i]
+            lastChoice![i].withUnsafeMutableBufferPointer { last in
+                let lp = last.baseAddress!
+                func count(_ pp: UnsafePointer<UInt8>?) {
+                    Parallel.forEachChunkIndexed(G, minChunk: 65536) { c, r in
+                        var ch = 0, fp = 0
+                        for g in r {
+                            let row = l + g * K
+                            var best = 0, v = row[0]
+                            for k in 1..<K where row[k] > v { v = row[k]; best = k }
+                            let b = UInt8(best)
+                            ch += b != lp[g] ? 1 : 0
+                            if let pp { fp += b != pp[g] ? 1 : 0 }
+                            lp[g] = b
+                        }
+                        scratch[c].changed = ch; scratch[c].fromPrior = fp
+                    }
+                }
+                if let prior { prior.withUnsafeBufferPointer { count($0.baseAddress!) } } else { count(nil) }
+            }
+            changed += scratch.reduce(0) { $0 + $1.changed }
+            fromPrior += scratch.reduce(0) { $0 + $1.fromPrior }
         }
-        lastChoice = now
         var out = ["mask_change": Double(changed) / Double(max(total, 1))]
         if priorTotal > 0 { out["from_prior"] = Double(fromPrior) / Double(priorTotal) }
         return out

@@ -367,6 +367,34 @@ final class MaskLLMTests: XCTestCase {
         }
     }
 
+    /// The step's `mask_change` and `from_prior` are the fractions of groups whose argmax moved in the step and
+    /// that differ from the prior's, counted here from the logits directly.
+    func testMaskChangeCountsTheArgmaxMoves() throws {
+        let teacher = try Fixtures.model("tiny-llama")
+        var s = MaskLLMSettings()
+        s.steps = 3; s.accumulation = 1; s.lr = 0.5
+        let t = try MaskLLMTrainable(targets: try targets(teacher, prior: true), settings: s)
+        let d = try Distiller(teacher: teacher, student: teacher, config: config(steps: 3), trainTokens: stream, trainables: [t], trainWeights: false)
+        func argmax() -> [[Int]] {
+            t.logits.map { l in (0..<l.shape[0]).map { g in (0..<6).max { l[g * 6 + $0] < l[g * 6 + $1] || (l[g * 6 + $0] == l[g * 6 + $1] && $0 > $1) }! } }
+        }
+        let priorMasks = try targets(teacher, prior: true).map { $0.prior! }
+        for _ in 0..<3 {
+            let before = argmax()
+            let stats = d.trainStep()
+            let after = argmax()
+            let total = after.reduce(0) { $0 + $1.count }
+            let moved = zip(before, after).reduce(0) { a, p in a + zip(p.0, p.1).filter { $0 != $1 }.count }
+            var off = 0
+            for (i, choice) in after.enumerated() {
+                for (g, k) in choice.enumerated() where (0..<4).contains(where: { priorMasks[i][g * 4 + $0] != t.candidates.keeps(k, $0) }) { off += 1 }
+            }
+            XCTAssertEqual(stats.extras?["mask_change"], Double(moved) / Double(total))
+            XCTAssertEqual(stats.extras?["from_prior"], Double(off) / Double(total))
+            XCTAssertGreaterThan(moved, 0, "lr 0.5 moves some argmaxes")
+        }
+    }
+
     /// Trained weights: W gets dL/dW_eff ⊙ M̃, the logits their own rate; the masks stay N:M.
     func testWeightsTrainWhenAsked() throws {
         let teacher = try Fixtures.model("tiny-llama")
