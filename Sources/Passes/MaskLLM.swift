@@ -8,9 +8,13 @@
 // Gumbel-softmax of the scaled logits (temperature τ annealed 4 → 0.05, scale κ 1e2 → 5e2, linearly), the
 // student computes with W ⊙ M̃, and the loss is KD from the dense base model (forward KL on logits, our
 // distillation loss) or LM cross-entropy. Logits start from a prior mask (magnitude, Wanda or SparseGPT) with
-// the paper's prior strength α = 3; the sparse weight regulariser −λ_t Σ‖W ⊙ M̃‖² (λ = 1e-5, removed
-// linearly) keeps the kept weights large. AdamW trains the logits with their own learning rate (5e-4, the
-// paper's 10 × 5e-5), cosine decay to 10 %. Weights are frozen by default (mask-only, as in the paper), or
+// the paper's prior strength α = 3; the sparse weight regulariser (paper Eq. 7) keeps the kept weights large:
+//   L_step = (1/A) Σ_micro [ L_task − λ_t Σ_targets Σ_ij (sg(W_ij) M̃_ij)² ],  λ_t = λ (1 − t/T),  λ = 1e-5,
+// an unnormalised sum over every targeted weight (W not differentiated), averaged over the A micro-batches of
+// a step, exactly as the reference code NVlabs/MaskLLM computes it (`pretrain_maskllm.py` `loss_func`,
+// `differentiable_mask.py` `sparse_weight_norm`, `--weight-reg 1e-5` in its scripts; details and measurements
+// in Sources/Training/MaskLLM.swift and recipes/README.md). AdamW trains the logits with the reference's settings: learning rate 5e-4 (10 ×
+// 5e-5), cosine decay to 10 %, β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1, clipping at norm 1. Weights are frozen by default (mask-only, as in the paper), or
 // trained too (`train_weights`). The result: every target a sparse weight under the hard (argmax) mask,
 // exactly N nonzeros in every M, holding the original (or trained) weights. Equations and deviations:
 // Sources/Training/MaskLLM.swift.
@@ -90,6 +94,7 @@ public struct MaskLLMPass: TrainingPass {
         (settings.scaleStart, settings.scaleEnd) = try range("scale", (settings.scaleStart, settings.scaleEnd), 1e-3...1e6)
         settings.weightReg = try s.double("weight_reg", default: settings.weightReg, in: 0...1e3)
         settings.lr = try s.double("lr", default: settings.lr, in: 1e-12...10)
+        settings.logitWeightDecay = try s.double("logit_weight_decay", default: settings.logitWeightDecay, in: 0...1)
         settings.trainWeights = try s.bool("train_weights", default: false)
         settings.weightLR = try s.double("weight_lr", default: settings.weightLR, in: 1e-12...1)
         settings.weightDecay = try s.double("weight_decay", default: settings.weightDecay, in: 0...1)
@@ -113,6 +118,7 @@ public struct MaskLLMPass: TrainingPass {
         c.beta1 = try s.double("beta1", default: c.beta1, in: 0...0.999999)
         c.beta2 = try s.double("beta2", default: c.beta2, in: 0...0.999999)
         c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
+        c.eps = try s.double("eps", default: 1e-5, in: 1e-12...1)
         c.temperature = try s.double("kd_temperature", default: 1, in: 1e-3...100)
         if s.has("kd_temperature") && loss != .kd { throw RecipeError("\(s.location): 'kd_temperature': only with \"loss\": \"kd\"") }
         c.klWeight = loss == .kd ? 1 : 0
@@ -146,6 +152,13 @@ public struct MaskLLMPass: TrainingPass {
         }
         guard !out.isEmpty else { throw RecipeError("'targets': no weight of the model matches outside 'exclude_layers'") }
         return out
+    }
+
+    /// Checks the pattern, 'targets' and 'exclude_layers' against the model the stage will receive, before
+    /// any stage runs: every targeted weight present and dense, M dividing its input size, at least one target.
+    /// Errors name the recipe, the stage and the key.
+    public func preflight(_ model: LlamaModel) throws {
+        do { _ = try resolveTargets(model) } catch let e as RecipeError { throw RecipeError("\(location): \(e.description)") }
     }
 
     /// Prior masks by target (empty for `none`).

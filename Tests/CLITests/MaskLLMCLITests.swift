@@ -89,4 +89,43 @@ extension CLITests {
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out.h5").path), "no output from failed recipes")
     }
+
+    /// Settings that only the base can refute (M against every targeted input size, targets left by
+    /// 'exclude_layers', layers the base lacks, quantized weights) are refused against the real base before
+    /// anything runs: no calibration, no base evaluation, no prior, no training; the recipe, stage and key named.
+    func testMaskLLMSettingsAreCheckedAgainstTheBaseBeforeAnythingRuns() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let sparsegpt = #""prior": "sparsegpt", "steps": 2, "batch": 2, "window": 16, "text": "\#(text)""#
+        let cases: [(String, String)] = [
+            // 64 (attention inputs) and 160 (down_proj's) are not multiples of 3, 6 or 7.
+            (#"{"stage": "maskllm", "pattern": "2:7", \#(sparsegpt)}"#, "stage 1 (maskllm): 'pattern': M = 7 does not divide the input size 64 of layer 0 q_proj"),
+            (#"{"stage": "maskllm", "pattern": "2:6", "targets": ["down_proj"], \#(sparsegpt)}"#,
+             "stage 1 (maskllm): 'pattern': M = 6 does not divide the input size 160 of layer 0 down_proj"),
+            (#"{"stage": "maskllm", "pattern": "1:3", "targets": ["up_proj", "down_proj"], \#(sparsegpt)}"#,
+             "stage 1 (maskllm): 'pattern': M = 3 does not divide the input size 64 of layer 0 up_proj"),
+            (#"{"stage": "maskllm", "exclude_layers": [0, 1], \#(sparsegpt)}"#, "stage 1 (maskllm): 'targets': no weight of the model matches outside 'exclude_layers'"),
+            (#"{"stage": "maskllm", "exclude_layers": [2], \#(sparsegpt)}"#, "stage 1 (maskllm): 'exclude_layers': layer 2 outside 0..<2"),
+            // After a stage that does not change the model (eval, distill) the check still runs first.
+            (#"{"stage": "eval"}, {"stage": "maskllm", "pattern": "2:6", \#(sparsegpt)}"#, "stage 2 (maskllm): 'pattern': M = 6 does not divide the input size 64 of layer 0 q_proj"),
+        ]
+        for (i, (stages, fragment)) in cases.enumerated() {
+            let path = try recipe(dir, "base\(i).json", text, stages: stages + #", {"stage": "eval"}"#)
+            let r = try launch(["apply", path, "--no-cache", "--json"])
+            XCTAssertEqual(r.status, 1, stages)
+            XCTAssertTrue(r.stdout.contains(fragment) && r.stdout.contains("base\(i).json") && r.stdout.contains("tiny-llama.h5"), "\(stages): \(r.stdout)")
+            for early in ["calibration:", "eval base", "prior:", "step 1/"] {
+                XCTAssertFalse(r.stderr.contains(early), "\(stages): '\(early)' ran before the error: \(r.stderr)")
+            }
+        }
+        // A quantized base: refused for its weight kind before anything runs.
+        let quantized = dir.appendingPathComponent("q.h5").path
+        let q = try recipe(dir, "q.json", text, stages: #"{"stage": "cptquant", "estimator": "none", "allocation": "uniform", "bits_per_weight": 4.5, "method": "rtn", "group_size": 32}"#)
+        XCTAssertEqual(try launch(["apply", q, "-o", quantized, "--no-cache"]).status, 0)
+        let onQuantized = try recipe(dir, "onq.json", text, stages: #"{"stage": "maskllm", \#(sparsegpt)}, {"stage": "eval"}"#)
+        let r = try launch(["apply", onQuantized, quantized, "--no-cache", "--json"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stdout.contains("onq.json, stage 1 (maskllm): cannot take quantized weights, which the base checkpoint leaves"), r.stdout)
+        for early in ["calibration:", "eval base", "prior:", "step 1/"] { XCTAssertFalse(r.stderr.contains(early), r.stderr) }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out.h5").path), "no output from failed recipes")
+    }
 }

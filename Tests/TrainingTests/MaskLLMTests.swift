@@ -46,6 +46,28 @@ final class MaskLLMTests: XCTestCase {
         XCTAssertNotEqual(GumbelNM.noiseKey(seed: 3, step: 1, micro: 0, tensor: 2), GumbelNM.noiseKey(seed: 3, step: 2, micro: 0, tensor: 2))
     }
 
+    /// The branch-free log and exp of the sampler against Float64 libm: log on every binade it meets (u in
+    /// (0, 1), −log u up to 17), exp on [−87, 0]; and exp's clamp and NaN propagation.
+    func testFastLogAndExpMatchLibm() {
+        var rng = SplitMix64(seed: 12)
+        var worstLog = 0.0, worstExp = 0.0
+        for i in 0..<200_000 {
+            // Log-uniform over [2^-25, 32], plus the points around 1 and √2 where the range reduction switches.
+            let x: Float = i < 64 ? [Float(1).nextDown, 1, Float(1).nextUp, Float(1.41421354), Float(1.41421354).nextUp, 0x1p-24, 0x1p-23, 16.6][i % 8]
+                : Float(Foundation.exp2(Double(rng.nextFloat()) * 30 - 25))
+            let ref = Foundation.log(Double(x))
+            worstLog = max(worstLog, abs(Double(GumbelNM.log(x)) - ref) / max(abs(ref), 1e-3))
+            let y = -87 * rng.nextFloat()
+            let e = Foundation.exp(Double(y))
+            worstExp = max(worstExp, abs(Double(GumbelNM.exp(y)) - e) / e)
+        }
+        XCTAssertLessThan(worstLog, 3e-7, "log: worst relative error")
+        XCTAssertLessThan(worstExp, 5e-7, "exp: worst relative error")
+        XCTAssertEqual(Double(GumbelNM.exp(0)), 1, accuracy: 1e-7)
+        XCTAssertEqual(Double(GumbelNM.exp(-1000)), Foundation.exp(-87.0), accuracy: 1e-44)
+        XCTAssertTrue(GumbelNM.exp(.nan).isNaN)
+    }
+
     /// Plain Float64 reference of the soft mask of one group: softmax((κℓ + γ)/τ) · S.
     func referenceMask(_ logits: [Double], noise: [Double], scale: Double, temperature: Double, candidates: [[Int]]) -> (p: [Double], mask: [Double]) {
         let z = zip(logits, noise).map { (scale * $0 + $1) / temperature }
@@ -77,6 +99,36 @@ final class MaskLLMTests: XCTestCase {
                     XCTAssertEqual(Double((0..<m).reduce(Float(0)) { $0 + mask[g * m + $1] }), Double(n), accuracy: 1e-5)
                 }
             }
+        }
+    }
+
+    /// Blocks that start on an odd logit (odd K: 1:3, 1:5, 3:7 at an odd first group, and chunks of a range cut in
+    /// two) take the second half of a pair's noise bits first; every group's probabilities still match the
+    /// Float64 reference with `noise(key:index:)`.
+    func testBlocksStartingOnAnOddLogitDrawTheSameNoise() throws {
+        for (n, m) in [(1, 3), (1, 5), (3, 7)] {
+            let S = try NMCandidates(n: n, m: m), cands = bruteForceCandidates(n: n, m: m), K = S.count
+            XCTAssertEqual(K % 2, 1)
+            let G = 8195
+            var rng = SplitMix64(seed: UInt64(n * 10 + m))
+            let logits = (0..<(G * K)).map { _ in (rng.nextFloat() - 0.5) * 0.05 }
+            let key = GumbelNM.noiseKey(seed: 5, step: 2, micro: 1, tensor: 0)
+            func check(_ g: Int, _ p: UnsafePointer<Float>, _ what: String) {
+                let noise = (0..<K).map { Double(GumbelNM.noise(key: key, index: g * K + $0)) }
+                let ref = referenceMask((0..<K).map { Double(logits[g * K + $0]) }, noise: noise, scale: 150, temperature: 2.5, candidates: cands)
+                for i in 0..<K { XCTAssertEqual(Double(p[i]), ref.p[i], accuracy: 2e-6, "\(n):\(m) \(what) group \(g)") }
+            }
+            // One block starting at group 4097 (logit 4097·K, odd).
+            let bits = UnsafeMutablePointer<UInt32>.allocate(capacity: 8 * K + 2), z = UnsafeMutablePointer<Float>.allocate(capacity: 8 * K)
+            defer { bits.deallocate(); z.deallocate() }
+            logits.withUnsafeBufferPointer { l in
+                GumbelNM.blockProbs(l.baseAddress!, g0: 4097, g1: 4104, K: K, scale: 150, invT: 1 / 2.5, noiseKey: key, bits: bits, z: z)
+            }
+            for g in 4097..<4104 { check(g, z + (g - 4097) * K, "block") }
+            // The whole range (with 2 or more threads its second chunk starts at group 4097).
+            var probs = [Float](repeating: 0, count: G * K), mask = [Float](repeating: 0, count: G * m)
+            GumbelNM.forward(logits: logits, groups: G, candidates: S, scale: 150, temperature: 2.5, noiseKey: key, probs: &probs, mask: &mask)
+            probs.withUnsafeBufferPointer { p in for g in [0, 511, 512, 4096, 4097, 4098, G - 1] { check(g, p.baseAddress! + g * K, "forward") } }
         }
     }
 
@@ -158,14 +210,20 @@ final class MaskLLMTests: XCTestCase {
     /// The trainable's dL/dℓ through the whole student (forward, KL to the teacher, backward, chain through
     /// W_eff = W ⊙ M̃, plus the weight regulariser) against central differences of the same objective.
     func testLogitGradientThroughTheModelMatchesCentralDifferences() throws {
+        // 2:4 runs the specialised kernels, 4:8 and 1:4 the general ones.
+        for (n, m) in [(2, 4), (4, 8), (1, 4)] { try logitGradientThroughTheModel(n: n, m: m) }
+    }
+
+    func logitGradientThroughTheModel(n: Int, m: Int) throws {
         let teacher = try Fixtures.model("tiny-llama-tied")
         let student = try Fixtures.model("tiny-llama")
         var s = MaskLLMSettings()
+        s.n = n; s.m = m
         s.temperatureStart = 1; s.temperatureEnd = 1; s.scaleStart = 1; s.scaleEnd = 1
         s.initStd = 1; s.weightReg = 0.05; s.steps = 4; s.accumulation = 1; s.priorStrength = 0
         var c = config(steps: 4)
         c.accumulation = 1; c.ceWeight = 0.5
-        let t = try MaskLLMTrainable(targets: try targets(student, prior: false), settings: s)
+        let t = try MaskLLMTrainable(targets: try targets(student, prior: false, n: n, m: m), settings: s)
         let d = try Distiller(teacher: teacher, student: student, config: c, trainTokens: stream, trainables: [t], trainWeights: false)
         XCTAssertEqual(d.optimizer.parameters.count, t.targets.count, "only the logits train")
         let ids = d.batchIds(step: 0, micro: 0)
@@ -189,8 +247,62 @@ final class MaskLLMTests: XCTestCase {
                 l[i] = keep - h; let down = objective()
                 l[i] = keep
                 let fd = (up - down) / Double(2 * h)
-                XCTAssertEqual(Double(g[i]), fd, accuracy: 0.03 * abs(fd) + 1e-5, "\(t.targets[ti]) logit \(i)")
+                XCTAssertEqual(Double(g[i]), fd, accuracy: 0.03 * abs(fd) + 1e-5, "\(n):\(m) \(t.targets[ti]) logit \(i)")
             }
+        }
+    }
+
+    /// The regulariser is the reference code's unnormalised sum: after the micro-batches of a step,
+    /// regValue = −(λ_t / A) Σ_micro Σ_targets Σ_ij (W_ij M̃_ij)² with λ_t = λ (1 − t/T) and M̃ each micro-batch's
+    /// soft mask (from its stored 16-bit probabilities), in Float64 here; the logits train with the reference's
+    /// decoupled weight decay.
+    func testRegulariserIsTheUnnormalisedSumOverEveryWeight() throws {
+        let teacher = try Fixtures.model("tiny-llama")
+        var s = MaskLLMSettings()
+        s.steps = 4; s.accumulation = 2; s.weightReg = 1e-3
+        let t = try MaskLLMTrainable(targets: try targets(teacher, prior: true), settings: s)
+        let d = try Distiller(teacher: teacher, student: teacher, config: config(steps: 4), trainTokens: stream, trainables: [t], trainWeights: false)
+        XCTAssertEqual(d.optimizer.parameters.map(\.weightDecay), Array(repeating: 0.1, count: t.targets.count))
+        let cands = bruteForceCandidates(n: 2, m: 4), step = 1
+        var sum = 0.0, count = 0
+        for micro in 0..<2 {
+            d.studentTrainer.zeroGradients()
+            t.willForward(step: step, micro: micro)
+            for i in t.targets.indices {
+                let w = t.weights[i]
+                for g in 0..<t.logits[i].shape[0] {
+                    for j in 0..<4 {
+                        var mj = 0.0
+                        for k in 0..<6 { mj += Double(t.probs[i][g * 6 + k]) / 65535 * Double(cands[k][j]) }
+                        let we = Double(w[g * 4 + j]) * mj
+                        sum += we * we; count += 1
+                    }
+                }
+            }
+            _ = d.accumulate(d.batchIds(step: step, micro: micro), scale: 0.5)
+            t.didBackward(step: step, micro: micro)
+        }
+        XCTAssertEqual(count, 2 * teacher.linearWeights.reduce(0) { $0 + $1.weight.shape[0] * $1.weight.shape[1] }, "every targeted weight, both micro-batches")
+        let expected = -1e-3 * (1 - 1.0 / 4) * sum / 2
+        XCTAssertEqual(t.regValue, expected, accuracy: 1e-5 * abs(expected))
+        XCTAssertEqual(t.regularize(step: step)["maskllm.weight_reg"], t.regValue)
+    }
+
+    /// A non-finite logit (a diverged run) makes the step's regulariser NaN, which stops the training loop,
+    /// instead of being sampled as a mask; finite logits never do.
+    func testNonFiniteLogitsAreReported() throws {
+        let teacher = try Fixtures.model("tiny-llama")
+        var s = MaskLLMSettings()
+        s.steps = 2; s.accumulation = 1
+        for bad: Float in [.nan, .infinity] {
+            let t = try MaskLLMTrainable(targets: try targets(teacher, prior: true), settings: s)
+            let d = try Distiller(teacher: teacher, student: teacher, config: config(steps: 2), trainTokens: stream, trainables: [t], trainWeights: false)
+            t.willForward(step: 0, micro: 0)
+            XCTAssertFalse(t.regularize(step: 0)["maskllm.weight_reg"]!.isNaN)
+            t.logits[3][7] = bad
+            d.studentTrainer.zeroGradients()
+            t.willForward(step: 0, micro: 0)
+            XCTAssertTrue(t.regularize(step: 0)["maskllm.weight_reg"]!.isNaN, "\(bad)")
         }
     }
 
@@ -252,6 +364,34 @@ final class MaskLLMTests: XCTestCase {
             let t3 = try MaskLLMTrainable(targets: try targets(teacher, prior: true, n: n, m: m), settings: other)
             let third = try Distiller(teacher: teacher, student: teacher, config: c, trainTokens: stream, trainables: [t3], trainWeights: false)
             XCTAssertThrowsError(try third.loadState(from: state)) { XCTAssertTrue("\($0)".contains("trained parts had other settings"), "\($0)") }
+        }
+    }
+
+    /// The step's `mask_change` and `from_prior` are the fractions of groups whose argmax moved in the step and
+    /// that differ from the prior's, counted here from the logits directly.
+    func testMaskChangeCountsTheArgmaxMoves() throws {
+        let teacher = try Fixtures.model("tiny-llama")
+        var s = MaskLLMSettings()
+        s.steps = 3; s.accumulation = 1; s.lr = 0.5
+        let t = try MaskLLMTrainable(targets: try targets(teacher, prior: true), settings: s)
+        let d = try Distiller(teacher: teacher, student: teacher, config: config(steps: 3), trainTokens: stream, trainables: [t], trainWeights: false)
+        func argmax() -> [[Int]] {
+            t.logits.map { l in (0..<l.shape[0]).map { g in (0..<6).max { l[g * 6 + $0] < l[g * 6 + $1] || (l[g * 6 + $0] == l[g * 6 + $1] && $0 > $1) }! } }
+        }
+        let priorMasks = try targets(teacher, prior: true).map { $0.prior! }
+        for _ in 0..<3 {
+            let before = argmax()
+            let stats = d.trainStep()
+            let after = argmax()
+            let total = after.reduce(0) { $0 + $1.count }
+            let moved = zip(before, after).reduce(0) { a, p in a + zip(p.0, p.1).filter { $0 != $1 }.count }
+            var off = 0
+            for (i, choice) in after.enumerated() {
+                for (g, k) in choice.enumerated() where (0..<4).contains(where: { priorMasks[i][g * 4 + $0] != t.candidates.keeps(k, $0) }) { off += 1 }
+            }
+            XCTAssertEqual(stats.extras?["mask_change"], Double(moved) / Double(total))
+            XCTAssertEqual(stats.extras?["from_prior"], Double(off) / Double(total))
+            XCTAssertGreaterThan(moved, 0, "lr 0.5 moves some argmaxes")
         }
     }
 
