@@ -48,6 +48,18 @@ enum GPTQ {
         var loss: Double
     }
 
+    /// A copy of W (OC, C) with its columns in `factor`'s processing order and its dead inputs zeroed, each
+    /// original column's position in that order, and whether the order is the natural one.
+    static func processingCopy(_ weight: Tensor, _ factor: HessianFactorization) -> (w: Tensor, position: [Int], natural: Bool) {
+        let OC = weight.shape[0], C = weight.shape[1]
+        let natural = factor.order == Array(0..<C)
+        var position = [Int](repeating: 0, count: C)
+        for (j, c) in factor.order.enumerated() { position[c] = j }
+        let w = natural ? weight.copy() : OptimalBrainSurgeon.permuteColumns(weight, factor.order)
+        for c in factor.dead { for r in 0..<OC { w[r * C + position[c]] = 0 } }
+        return (w, position, natural)
+    }
+
     /// GPTQ on W (OC, C) in `format`; `limit`: process only the first columns in processing order (tests).
     /// `importance` (per input column, E[x²]): the groups' grids come from the clipping search weighted by it;
     /// nil: round-to-nearest grids.
@@ -55,11 +67,7 @@ enum GPTQ {
                       keep: SparsityMask? = nil, limit: Int? = nil) throws -> Result {
         let OC = weight.shape[0], C = weight.shape[1]
         let order = factor.order
-        let natural = order == Array(0..<C)
-        var position = [Int](repeating: 0, count: C)
-        for (j, c) in order.enumerated() { position[c] = j }
-        let w = natural ? weight.copy() : OptimalBrainSurgeon.permuteColumns(weight, order)
-        for c in factor.dead { for r in 0..<OC { w[r * C + position[c]] = 0 } }
+        let (w, position, natural) = processingCopy(weight, factor)
         let G = f.isFloat16 ? 1 : f.groupSize
         guard C % G == 0 else { throw QuantizationError("\(C) input columns are not a whole number of groups of \(G)") }
         let groups = C / G
@@ -119,11 +127,7 @@ enum GPTQ {
                                      limit: Int? = nil) throws -> (QuantizedTensor, loss: Double, values: Tensor) {
         let OC = weight.shape[0], k = weight.shape[1]
         let order = factor.order
-        let natural = order == Array(0..<k)
-        var position = [Int](repeating: 0, count: k)
-        for (j, c) in order.enumerated() { position[c] = j }
-        let w = natural ? weight.copy() : OptimalBrainSurgeon.permuteColumns(weight, order)
-        for c in factor.dead { for r in 0..<OC { w[r * k + position[c]] = 0 } }
+        let (w, position, natural) = processingCopy(weight, factor)
         let G = f.isFloat16 ? 1 : f.groupSize
         guard OC % G == 0 else { throw QuantizationError("\(OC) output rows are not a whole number of groups of \(G)") }
         let groups = OC / G
