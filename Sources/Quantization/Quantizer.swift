@@ -26,6 +26,10 @@
 // is kept. Σ_k h_k δ_k² is the diagonal part of the layer-output error E‖δ·x‖² = δᵀ E[x xᵀ] δ; cross terms
 // between columns are ignored (GPTQ keeps them; this is the cheaper, per-group search). α = 1 is RTN, so the
 // search never does worse than RTN on the weighted error. Without h (h_k = 1) it minimizes the weight MSE.
+// Symmetric formats (issue 19): α also runs above 1, up to 1.125, and each α's codes q_k get their weighted
+// least-squares scale s* = Σ_k h_k w_k q_k / Σ_k h_k q_k² (float16), tried as a further grid (every weight re-rounded
+// on it); the candidate of least weighted error is kept. llama.cpp's imatrix quantizers (make_qx_quants) do
+// the same refit over scales (nmax ± 0.1·i)/max; their weights are h_k·√(σ² + w_k²), ours h_k alone.
 //
 // Float16 ("f16") keeps a tensor at 16 bits: each weight rounded to the nearest float16.
 // Codes are bit-packed little-endian over the whole tensor: code i occupies bits [i·b, (i+1)·b).
@@ -198,8 +202,9 @@ public struct QuantizedTensor: Equatable, Sendable {
     public let mins: [Float16]
 
     /// Changes when the quantizer's output for the same input changes (cache keys of statistics computed
-    /// from quantized weights): 2 = full-range symmetric codes (issue 19).
-    public static let revision = "2"
+    /// from quantized weights): 2 = full-range symmetric codes (issue 19); 3 = the symmetric search's
+    /// least-squares refit and α above 1.
+    public static let revision = "3"
 
     public var count: Int { shape.reduce(1, *) }
     public var groups: Int { format.isFloat16 ? 0 : count / format.groupSize }
@@ -243,7 +248,10 @@ public struct QuantizedTensor: Equatable, Sendable {
         let G = f.groupSize, groups = w.count / G
         var codes = [UInt8](repeating: 0, count: w.count)
         var scales = [Float16](repeating: 0, count: groups), mins = [Float16](repeating: 0, count: f.symmetric ? 0 : groups)
-        let alphas: [Float] = search ? (0...16).map { 1 - Float($0) / 40 } : [1]
+        // Symmetric grids also try α up to 1.125 (the extreme then lands inside the range), as llama.cpp's scale
+        // candidates (nmax ± 0.9)/max do; the least-squares refit below makes those worth trying.
+        let alphas: [Float] = search ? (0...16).map { 1 - Float($0) / 40 } + (f.symmetric ? (1...5).map { 1 + Float($0) / 40 } : []) : [1]
+        let half = 1 << (f.bits - 1)
         var failure: String?
         w.withUnsafeBufferPointer { wp in
             codes.withUnsafeMutableBufferPointer { cp in
@@ -251,20 +259,37 @@ public struct QuantizedTensor: Equatable, Sendable {
                     let base = g * G, col0 = base % K
                     let x = UnsafeBufferPointer(rebasing: wp[base..<(base + G)])
                     var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
+                    // Σ_k h_k (x_k − w'_k)² with every weight on its nearest code of the grid (s, lo).
+                    func weightedError(_ s: Float16, _ lo: Float16) -> Float {
+                        let (sf, lof) = (Float(s), Float(lo))
+                        var err: Float = 0
+                        for k in 0..<G {
+                            let d = x[k] - (lof + sf * Float(Self.code(x[k], s: sf, lo: lof, format: f) - (f.symmetric ? half : 0)))
+                            err += (importance?[col0 + k] ?? 1) * d * d
+                        }
+                        return err
+                    }
                     for a in alphas {
                         guard let (s, lo) = Self.grid(x, format: f, alpha: a) else {
                             failure = "group \(g) (row \(g * G / K)) has a range too large for a float16 scale"
                             return
                         }
-                        var err: Float = 0
-                        if alphas.count > 1 {
-                            let (sf, lof) = (Float(s), Float(lo))
-                            for k in 0..<G {
-                                let d = x[k] - (lof + sf * Float(Self.code(x[k], s: sf, lo: lof, format: f) - (f.symmetric ? 1 << (f.bits - 1) : 0)))
-                                err += (importance?[col0 + k] ?? 1) * d * d
-                            }
-                        }
+                        let err = alphas.count > 1 ? weightedError(s, lo) : 0
                         if err < best.err || best.err == .infinity { best = (err, s, lo) }
+                        // Symmetric: the weighted least-squares scale for this grid's codes q_k,
+                        // s* = Σ h_k x_k q_k / Σ h_k q_k², in float16, each weight then re-rounded on s*.
+                        guard alphas.count > 1, f.symmetric else { continue }
+                        let sf = Float(s)
+                        var xq: Float = 0, qq: Float = 0
+                        for k in 0..<G {
+                            let q = Float(Self.code(x[k], s: sf, lo: 0, format: f) - half), h = importance?[col0 + k] ?? 1
+                            xq += h * x[k] * q; qq += h * q * q
+                        }
+                        guard qq > 0 else { continue }
+                        let refit = Float16(xq / qq)
+                        guard refit.isFinite, refit != 0 else { continue }
+                        let e = weightedError(refit, 0)
+                        if e < best.err { best = (e, refit, 0) }
                     }
                     scales[g] = best.scale
                     if !f.symmetric { mins[g] = best.min }
