@@ -21,8 +21,10 @@
 // width moves only when sensitivities differ by more than the error ratio between widths (about 4× per bit).
 // The quantizer is Quantization/Quantizer.swift (round-to-nearest, or the clipping search weighted by the
 // calibration inputs' E[x²] per column), or GPTQ (`method: gptq`, Passes/GPTQ.swift) with keys `damp`
-// (relative, 0.01), `block_size` (128), `act_order` (false) and `clip_search` (true: each group's grid by the
-// clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid).
+// (relative, 0.1), `block_size` (128), `act_order` (true) and `clip_search` (true: each group's grid by the
+// clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid). The
+// defaults of damp and act_order are not the paper's reference (0.01, off): on SmolLM2 at 3 and 4 bits, group
+// 32, they were measured best of {0.01, 0.1} × {off, on} (recipes/README.md, issue 19).
 //
 // Measured damage (`damage: "measured"`, issue 19; ours, not the paper's): instead of s̃_u · e_u(b), each
 // unit's damage at each width is measured directly: with that unit's tensors at width b (dequantized) and every
@@ -50,11 +52,12 @@
 //   per-tensor form, so each tensor takes its layer's score.
 // - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked
 //   (counted in the budget with `fixed_in_budget`). Norms (1-D) stay float32.
-// - With `method: gptq` the allocation's error e_u(b) is round-to-nearest's (GPTQ minimises the layer-output
-//   error, not ‖W − Q(W)‖, and runs layer after layer on the already-quantized model, so it runs once, after
-//   the allocation, at the chosen widths); the bytes are the same for every method at a given format. So is
-//   the measured damage per unit (KL with the unit at round-to-nearest), while the reported measured total
-//   is that of the result (GPTQ's weights).
+// - With `method: gptq` the allocation's error e_u(b) is the clipping search's (round-to-nearest's with
+//   `clip_search: false`): GPTQ minimises the layer-output error, not ‖W − Q(W)‖, and runs layer after layer on
+//   the already-quantized model, so it runs once, after the allocation, at the chosen widths; the search, whose
+//   grids GPTQ's groups use, is the closest per-tensor stand-in. The bytes are the same for every method at a
+//   given format. So is the measured damage per unit (KL with the unit at the search's weights), while the
+//   reported measured total is that of the result (GPTQ's weights).
 //
 // Factorized weights (ours; issue 16: DSFormer, or low rank, followed by quantization, to check DSFormer's claim
 // that the factorization stacks with quantization): for W = D · S (Model/LinearWeight.swift) the unit's tensor
@@ -130,9 +133,9 @@ public struct CPTQuantPass: CompressionPass {
     public var damageTokens = 128
     public var fixedInBudget = false
     /// GPTQ: relative damping, columns per lazy-update block, activation order.
-    public var damp = 0.01
+    public var damp = 0.1
     public var blockSize = 128
-    public var actOrder = false
+    public var actOrder = true
     public var clipSearch = true
 
     public init(config s: StrictObject) throws {
@@ -327,7 +330,9 @@ public struct CPTQuantPass: CompressionPass {
 
         // Calibration statistics: per input column E[x²] (for the search) and CMPQ's scores.
         var moments: CalibrationMoments?
-        if method == .search || estimator == .cmpq {
+        // The per-tensor table (every width) uses the clipping search for `search`, and for `gptq` with searched grids.
+        let searchTable = method == .search || (method == .gptq && clipSearch)
+        if searchTable || estimator == .cmpq {
             let correlations = estimator == .cmpq
             let settings: JSONValue = correlations ? .object(["pool_tokens": .int(poolTokens), "cca_dims": .int(ccaDims), "ridge": .double(ridge)])
                                                    : .object(["cmpq": .bool(false)])
@@ -375,7 +380,7 @@ public struct CPTQuantPass: CompressionPass {
                         // A factor D is quantized as Dᵀ (k, OC); the E[x²] weighting is the weight's own input's (none for D).
                         let (values, shape) = Self.quantizerInput(w, factorized: isFactor)
                         let q = try QuantizedTensor(weights: values, shape: shape, format: f,
-                                                    importance: method == .search && !isFactor ? moments?.columns[names[i].hfName] : nil, search: method == .search)
+                                                    importance: searchTable && !isFactor ? moments?.columns[names[i].hfName] : nil, search: searchTable)
                         let back = q.dequantized()
                         var e = 0.0
                         for k in 0..<w.count { let d = Double(values[k] - back[k]); e += d * d }
@@ -411,7 +416,7 @@ public struct CPTQuantPass: CompressionPass {
             probe = p
             let settings: JSONValue = .object([
                 "units": unitSettings, "widths": .array(widths.map { .int($0) }), "group_size": .int(groupSize), "symmetric": .bool(symmetric),
-                "method": .string(method.rawValue), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
+                "method": .string(searchTable ? "search" : "rtn"), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
                 "quantizer": .string(QuantizedTensor.revision),
             ])
             measured = try context.cached("cptquant-damage", settings: settings) {
