@@ -21,8 +21,9 @@
 // width moves only when sensitivities differ by more than the error ratio between widths (about 4× per bit).
 // The quantizer is Quantization/Quantizer.swift (round-to-nearest, or the clipping search weighted by the
 // calibration inputs' E[x²] per column), or GPTQ (`method: gptq`, Passes/GPTQ.swift) with keys `damp`
-// (relative, 0.1), `block_size` (128), `act_order` (true) and `clip_search` (true: each group's grid by the
-// clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid). The
+// (relative, 0.1), `block_size` (128), `act_order` (true), `clip_search` (true: each group's grid by the
+// clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid) and
+// `static_groups` (false; true: the grids from the original weights, before GPTQ's updates). The
 // defaults of damp and act_order are not the paper's reference (0.01, off): on SmolLM2 at 3 and 4 bits, group
 // 32, they were measured best of {0.01, 0.1} × {off, on} (recipes/README.md, issue 19).
 //
@@ -137,6 +138,7 @@ public struct CPTQuantPass: CompressionPass {
     public var blockSize = 128
     public var actOrder = true
     public var clipSearch = true
+    public var staticGroups = false
 
     public init(config s: StrictObject) throws {
         estimator = try s.choice("estimator", default: estimator)
@@ -199,7 +201,7 @@ public struct CPTQuantPass: CompressionPass {
         if fixedInBudget && allocation == .clusters {
             throw RecipeError("\(s.location): 'fixed_in_budget' needs a budget (allocation 'budget' or 'uniform')")
         }
-        for key in ["damp", "block_size", "act_order", "clip_search"] where s.has(key) && method != .gptq {
+        for key in ["damp", "block_size", "act_order", "clip_search", "static_groups"] where s.has(key) && method != .gptq {
             throw RecipeError("\(s.location): '\(key)' applies to method 'gptq' only (method is '\(method.rawValue)')")
         }
         damp = try s.double("damp", default: damp, in: 0...1e6)
@@ -207,6 +209,7 @@ public struct CPTQuantPass: CompressionPass {
         blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
         actOrder = try s.bool("act_order", default: actOrder)
         clipSearch = try s.bool("clip_search", default: clipSearch)
+        staticGroups = try s.bool("static_groups", default: staticGroups)
 
         switch allocation {
         case .budget, .uniform:
@@ -493,6 +496,9 @@ public struct CPTQuantPass: CompressionPass {
                 guard let f = formatOf[id] else { return weight }
                 do {
                     if case .factorized(let fw) = weight {
+                        guard !staticGroups else {
+                            throw RecipeError("'static_groups' is for dense and sparse weights; a factorized weight's D takes its grids column by column from its current values")
+                        }
                         // D's input is S·x: H_D = S·H·Sᵀ; D's groups run along the output (GPTQ.swift).
                         let factor = try HessianFactorization(hessian: GPTQ.factorHessian(input.hessian(), sparse: fw.sparse), features: fw.rank,
                                                               damp: damp, actOrder: actOrder)
@@ -504,14 +510,14 @@ public struct CPTQuantPass: CompressionPass {
                     let factor = try input.factorization(damp: damp, actOrder: actOrder)
                     let importance = clipSearch ? input.squares.map { Float($0 / Double(max(input.tokens, 1))) } : nil
                     let (q, loss) = try GPTQ.quantize(weight.denseView!, factor: factor, format: f, blockSize: blockSize, importance: importance,
-                                                      keep: masks[id])
+                                                      keep: masks[id], staticGroups: staticGroups)
                     losses.append(.object(["name": .string(WeightID.linear(id).hfName), "format": .string(f.description), "obs_loss": .double(loss)]))
                     return .quantized(QuantizedWeight(q))
                 } catch let e as RecipeError { throw RecipeError("cptquant: GPTQ of '\(id)': \(e.description)") } catch {
                     throw RecipeError("cptquant: GPTQ of '\(id)' at \(f): \(error)")
                 }
             }
-            gptqReport = .object(["damp": .double(damp), "block_size": .int(blockSize), "act_order": .bool(actOrder), "clip_search": .bool(clipSearch),
+            gptqReport = .object(["damp": .double(damp), "block_size": .int(blockSize), "act_order": .bool(actOrder), "clip_search": .bool(clipSearch), "static_groups": .bool(staticGroups),
                                   "calibration_tokens": .int(windows.reduce(0) { $0 + $1.count }),
                                   "seconds": .double(Date().timeIntervalSince(start)), "tensors": .array(losses)])
         }

@@ -19,6 +19,9 @@
 // A sparse weight (`keep`: its mask) is quantized with its pruned weights fixed to the grid's value of 0
 // (exactly 0 on symmetric grids) and their error spread like any other, SparseGPT's joint sparsification and
 // quantization.
+// `static_groups` (AutoGPTQ's option of that name): every group's grid is fixed up front from W's original
+// values (the same quantizer, the same search) instead of from its current values; only the codes then follow
+// GPTQ's updates.
 // Deviation: groups stay runs of G consecutive input columns (the stored format's); with activation order the
 // paper's reference groups along the processing order and stores a column → group index instead.
 //
@@ -63,8 +66,10 @@ enum GPTQ {
     /// GPTQ on W (OC, C) in `format`; `limit`: process only the first columns in processing order (tests).
     /// `importance` (per input column, E[x²]): the groups' grids come from the clipping search weighted by it;
     /// nil: round-to-nearest grids.
+    /// `staticGroups`: each group's grid from W's own values before any update (AutoGPTQ's `static_groups`),
+    /// instead of the group's current values when its first column is reached.
     static func solve(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int, importance: [Float]? = nil,
-                      keep: SparsityMask? = nil, limit: Int? = nil) throws -> Result {
+                      keep: SparsityMask? = nil, staticGroups: Bool = false, limit: Int? = nil) throws -> Result {
         let OC = weight.shape[0], C = weight.shape[1]
         let order = factor.order
         let (w, position, natural) = processingCopy(weight, factor)
@@ -92,7 +97,9 @@ enum GPTQ {
                             let c = order[j], g = c / G, gi = r * groups + g
                             if !fp[gi] {
                                 var values = [Float](repeating: 0, count: G)
-                                for k in 0..<G where keep?[r * C + g * G + k] ?? true { values[k] = current(position[g * G + k]) }
+                                for k in 0..<G where keep?[r * C + g * G + k] ?? true {
+                                    values[k] = staticGroups ? weight[r * C + g * G + k] : current(position[g * G + k])
+                                }
                                 // The quantizer's own choice of grid for this one group (1 × G).
                                 do {
                                     let one = try QuantizedTensor(weights: values, shape: [1, G], format: f,
@@ -206,8 +213,8 @@ enum GPTQ {
 
     /// The stored tensor of a full solve; checks that it dequantizes to exactly the values the solver used.
     static func quantize(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int,
-                         importance: [Float]? = nil, keep: SparsityMask? = nil) throws -> (QuantizedTensor, loss: Double) {
-        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance, keep: keep)
+                         importance: [Float]? = nil, keep: SparsityMask? = nil, staticGroups: Bool = false) throws -> (QuantizedTensor, loss: Double) {
+        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance, keep: keep, staticGroups: staticGroups)
         let q: QuantizedTensor
         if f.isFloat16 {
             q = try QuantizedTensor(weights: r.values.array, shape: weight.shape, format: f)

@@ -243,6 +243,27 @@ final class OneShotTests: XCTestCase {
         }
     }
 
+    /// With `staticGroups` every group's grid comes from the original weights: the same OBS reference, its
+    /// grids taken from the untouched rows.
+    func testGPTQStaticGroupsEqualsDirectOBSUpdates() throws {
+        let d = LayerData(OC: 4, C: 16, n: 48, seed: 7)
+        let h = OBSReference.damped(d.hessian, damp: 0.01)
+        let f = try QuantFormat(bits: 3, groupSize: 8, symmetric: true), G = 8
+        let ref = OBSReference.solve(d.rows, hessian: h) { r, j, w, _ in
+            let g = j / G
+            let group = try! QuantizedTensor(weights: d.rows[r][(g * G)..<((g + 1) * G)].map { Float($0) }, shape: [1, G], format: f)
+            let s = Double(group.scales[0])
+            return s * min(3, max(-4, (w[j] / s).rounded()))
+        }
+        let factor = try d.stats.factorization(damp: 0.01, actOrder: false)
+        let values = try GPTQ.quantize(d.weight, factor: factor, format: f, blockSize: 4, staticGroups: true).0.dequantized()
+        let dynamic = try GPTQ.quantize(d.weight, factor: factor, format: f, blockSize: 4).0.dequantized()
+        XCTAssertNotEqual(values, dynamic, "static and dynamic grids should differ on this data")
+        for r in 0..<d.OC {
+            for c in 0..<d.C { XCTAssertEqual(Double(values[r * d.C + c]), ref[r][c], accuracy: 1e-4 * (1 + abs(ref[r][c])), "(\(r), \(c))") }
+        }
+    }
+
     /// GPTQ's layer-output error is below RTN's and the clipping search's (weighted by E[x²]) on the same
     /// data, for symmetric and asymmetric widths, with and without activation order: with round-to-nearest
     /// grids below RTN, with searched grids below both.
