@@ -23,7 +23,9 @@
 // calibration inputs' E[x²] per column), or GPTQ (`method: gptq`, Passes/GPTQ.swift) with keys `damp`
 // (relative, 0.1), `block_size` (128), `act_order` (true), `clip_search` (true: each group's grid by the
 // clipping search on its current values, weighted by E[x²]; false: round-to-nearest's min-max grid) and
-// `static_groups` (false; true: the grids from the original weights, before GPTQ's updates). The
+// `static_groups` (false; true: the grids from the original weights, before GPTQ's updates). With `method:
+// search`, `search_weights: "activation_magnitude"` weights the search's error by E[x_k²]·√(σ² + w_k²) (σ² the
+// row's mean w²), the rule of llama.cpp's imatrix quantizers, instead of E[x_k²] alone. The
 // defaults of damp and act_order are not the paper's reference (0.01, off): on SmolLM2 at 3 and 4 bits, group
 // 32, they were measured best of {0.01, 0.1} × {off, on} (recipes/README.md, issue 19).
 //
@@ -139,6 +141,10 @@ public struct CPTQuantPass: CompressionPass {
     public var actOrder = true
     public var clipSearch = true
     public var staticGroups = false
+    /// The search's error weights: E[x_k²] (`activation`), or E[x_k²]·√(σ² + w_k²) (`activation_magnitude`,
+    /// llama.cpp's imatrix rule; σ² the row's mean w²).
+    public enum SearchWeights: String, CaseIterable, Sendable { case activation, activationMagnitude = "activation_magnitude" }
+    public var searchWeights = SearchWeights.activation
 
     public init(config s: StrictObject) throws {
         estimator = try s.choice("estimator", default: estimator)
@@ -210,6 +216,10 @@ public struct CPTQuantPass: CompressionPass {
         actOrder = try s.bool("act_order", default: actOrder)
         clipSearch = try s.bool("clip_search", default: clipSearch)
         staticGroups = try s.bool("static_groups", default: staticGroups)
+        if s.has("search_weights") && method != .search {
+            throw RecipeError("\(s.location): 'search_weights' applies to method 'search' only (method is '\(method.rawValue)')")
+        }
+        searchWeights = try s.choice("search_weights", default: searchWeights)
 
         switch allocation {
         case .budget, .uniform:
@@ -383,7 +393,8 @@ public struct CPTQuantPass: CompressionPass {
                         // A factor D is quantized as Dᵀ (k, OC); the E[x²] weighting is the weight's own input's (none for D).
                         let (values, shape) = Self.quantizerInput(w, factorized: isFactor)
                         let q = try QuantizedTensor(weights: values, shape: shape, format: f,
-                                                    importance: searchTable && !isFactor ? moments?.columns[names[i].hfName] : nil, search: searchTable)
+                                                    importance: searchTable && !isFactor ? moments?.columns[names[i].hfName] : nil, search: searchTable,
+                                                    magnitudeWeighted: searchWeights == .activationMagnitude && !isFactor)
                         let back = q.dequantized()
                         var e = 0.0
                         for k in 0..<w.count { let d = Double(values[k] - back[k]); e += d * d }
@@ -419,7 +430,7 @@ public struct CPTQuantPass: CompressionPass {
             probe = p
             let settings: JSONValue = .object([
                 "units": unitSettings, "widths": .array(widths.map { .int($0) }), "group_size": .int(groupSize), "symmetric": .bool(symmetric),
-                "method": .string(searchTable ? "search" : "rtn"), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
+                "method": .string(searchTable ? (searchWeights == .activation ? "search" : "search \(searchWeights.rawValue)") : "rtn"), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
                 "quantizer": .string(QuantizedTensor.revision),
             ])
             measured = try context.cached("cptquant-damage", settings: settings) {
@@ -595,7 +606,7 @@ public struct CPTQuantPass: CompressionPass {
         }
         var diag: [String: JSONValue] = [
             "estimator": .string(estimator.rawValue), "allocation": .string(allocation.rawValue),
-            "granularity": .string(granularity.rawValue), "method": .string(method.rawValue),
+            "granularity": .string(granularity.rawValue), "method": .string(method.rawValue), "search_weights": .string(searchWeights.rawValue),
             "group_size": .int(groupSize), "symmetric": .bool(symmetric), "widths": .array(widths.map { .int($0) }),
             "formats": .array(formats.map { .object(["format": .string($0.description), "bits_per_weight": .double($0.bitsPerWeight)]) }),
             "allocated_weights": .int(weights), "bytes": .int(chosen.bytes),

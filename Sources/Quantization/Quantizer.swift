@@ -230,8 +230,10 @@ public struct QuantizedTensor: Equatable, Sendable {
 
     /// Quantizes W (shape (rows, columns), row-major), group-wise along each row. `importance`: per input
     /// column, E[x²] on calibration data (weights the search's error; nil: uniform). `search`: the clipping
-    /// search (see the top of this file); false is round-to-nearest.
-    public init(weights w: [Float], shape: [Int], format f: QuantFormat, importance: [Float]? = nil, search: Bool = false) throws {
+    /// search (see the top of this file); false is round-to-nearest. `magnitudeWeighted`: the search's error
+    /// weight of w_k is h_k·√(σ² + w_k²), σ² the mean w² of its row (llama.cpp's imatrix rule), instead of h_k.
+    public init(weights w: [Float], shape: [Int], format f: QuantFormat, importance: [Float]? = nil, search: Bool = false,
+                magnitudeWeighted: Bool = false) throws {
         guard shape.count == 2, w.count == shape[0] * shape[1], w.count > 0 else {
             throw QuantizationError("expected a 2-D weight matrix, found shape \(shape) with \(w.count) values")
         }
@@ -253,19 +255,33 @@ public struct QuantizedTensor: Equatable, Sendable {
         let alphas: [Float] = search ? (0...16).map { 1 - Float($0) / 40 } + (f.symmetric ? (1...5).map { 1 + Float($0) / 40 } : []) : [1]
         let half = 1 << (f.bits - 1)
         var failure: String?
+        // The search's per-weight error weights of the current group.
+        var hw = [Float](repeating: 1, count: G)
+        var rowMeanSquare: Float = 0
         w.withUnsafeBufferPointer { wp in
             codes.withUnsafeMutableBufferPointer { cp in
                 for g in 0..<groups {
                     let base = g * G, col0 = base % K
                     let x = UnsafeBufferPointer(rebasing: wp[base..<(base + G)])
                     var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
+                    if alphas.count > 1 {
+                        if magnitudeWeighted && col0 == 0 {
+                            var ss: Float = 0
+                            for k in base..<(base + K) { ss += wp[k] * wp[k] }
+                            rowMeanSquare = ss / Float(K)
+                        }
+                        for k in 0..<G {
+                            let h = importance?[col0 + k] ?? 1
+                            hw[k] = magnitudeWeighted ? h * (rowMeanSquare + x[k] * x[k]).squareRoot() : h
+                        }
+                    }
                     // Σ_k h_k (x_k − w'_k)² with every weight on its nearest code of the grid (s, lo).
                     func weightedError(_ s: Float16, _ lo: Float16) -> Float {
                         let (sf, lof) = (Float(s), Float(lo))
                         var err: Float = 0
                         for k in 0..<G {
                             let d = x[k] - (lof + sf * Float(Self.code(x[k], s: sf, lo: lof, format: f) - (f.symmetric ? half : 0)))
-                            err += (importance?[col0 + k] ?? 1) * d * d
+                            err += hw[k] * d * d
                         }
                         return err
                     }
@@ -282,7 +298,7 @@ public struct QuantizedTensor: Equatable, Sendable {
                         let sf = Float(s)
                         var xq: Float = 0, qq: Float = 0
                         for k in 0..<G {
-                            let q = Float(Self.code(x[k], s: sf, lo: 0, format: f) - half), h = importance?[col0 + k] ?? 1
+                            let q = Float(Self.code(x[k], s: sf, lo: 0, format: f) - half), h = hw[k]
                             xq += h * x[k] * q; qq += h * q * q
                         }
                         guard qq > 0 else { continue }

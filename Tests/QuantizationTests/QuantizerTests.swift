@@ -120,8 +120,15 @@ final class QuantizerTests: XCTestCase {
         let rows = 16, cols = 64, G = 32
         let w: [Float] = (0..<(rows * cols)).map { _ in (0..<4).reduce(Float(0)) { a, _ in a + rng.nextFloat() - 0.5 } * 0.1 }
         let h: [Float] = (0..<cols).map { _ in 0.5 + 2.5 * rng.nextFloat() }
+        // Per-weight error weights: h_k, or with `magnitudeWeighted` h_k·√(σ² + w_k²), σ² the row's mean w².
+        let meanSquare = (0..<rows).map { r in (0..<cols).reduce(0.0) { $0 + Double(w[r * cols + $1] * w[r * cols + $1]) } / Double(cols) }
+        let weights = [false, true].map { magnitude in
+            w.indices.map { i in Double(h[i % cols]) * (magnitude ? (meanSquare[i / cols] + Double(w[i] * w[i])).squareRoot() : 1) }
+        }
+        for magnitude in [false, true] {
+        func weight(_ i: Int, _ magnitude: Bool) -> Double { weights[magnitude ? 1 : 0][i] }
         func error(_ v: [Float]) -> Double {
-            w.indices.reduce(0.0) { e, i in let d = Double(w[i] - v[i]); return e + Double(h[i % cols]) * d * d }
+            w.indices.reduce(0.0) { e, i in let d = Double(w[i] - v[i]); return e + weight(i, magnitude) * d * d }
         }
         for bits in [3, 4] {
             let half = 1 << (bits - 1)
@@ -136,7 +143,7 @@ final class QuantizerTests: XCTestCase {
                         var e = 0.0
                         for k in 0..<G {
                             let q = max(-Double(half), min(Double(half - 1), (x[k] / s).rounded()))
-                            e += Double(h[c0 + k]) * (x[k] - s * q) * (x[k] - s * q)
+                            e += weight(g * G + k, magnitude) * (x[k] - s * q) * (x[k] - s * q)
                         }
                         best = min(best, e)
                     }
@@ -144,11 +151,13 @@ final class QuantizerTests: XCTestCase {
                 optimum += best
             }
             let f = try QuantFormat(bits: bits, groupSize: G, symmetric: true)
-            let search = error(try QuantizedTensor(weights: w, shape: [rows, cols], format: f, importance: h, search: true).dequantized())
+            let search = error(try QuantizedTensor(weights: w, shape: [rows, cols], format: f, importance: h, search: true,
+                                                   magnitudeWeighted: magnitude).dequantized())
             let rtn = error(try QuantizedTensor(weights: w, shape: [rows, cols], format: f, importance: h).dequantized())
-            XCTAssertLessThanOrEqual(search, 1.01 * optimum, "\(bits) bits: search \(search), brute force \(optimum), rtn \(rtn)")
+            XCTAssertLessThanOrEqual(search, 1.01 * optimum, "\(bits) bits, magnitude \(magnitude): search \(search), brute force \(optimum), rtn \(rtn)")
             XCTAssertLessThan(search, rtn, "\(bits) bits")
-            print("symmetric \(bits) bits: rtn \(rtn / optimum), search \(search / optimum) x the brute-force optimum")
+            print("symmetric \(bits) bits, magnitude-weighted \(magnitude): rtn \(rtn / optimum), search \(search / optimum) x the brute-force optimum")
+        }
         }
     }
 
