@@ -139,6 +139,9 @@ final class CPTQuantTests: XCTestCase {
             (#"{"bits_per_weight": 4, "prune_fraction": 1}"#, "'prune_fraction'"),
             (#"{"estimator": "none", "bits_per_weight": 4}"#, "estimator 'none' is only for allocation 'uniform'"),
             (#"{"bits_per_weight": 4, "embedding": 7}"#, "'embedding': 7 bits"),
+            (#"{"bits_per_weight": 4, "method": "gptq", "search_weights": "activation_magnitude"}"#, "'search_weights' applies to method 'search' only"),
+            (#"{"bits_per_weight": 4, "search_weights": "magnitude"}"#, "'search_weights'"),
+            (#"{"bits_per_weight": 4, "method": "search", "static_groups": true}"#, "'static_groups' applies to method 'gptq' only"),
         ]
         for (json, expected) in cases {
             XCTAssertThrowsError(try pass(json), json) { XCTAssertTrue("\($0)".contains(expected) && "\($0)".contains("test, stage 1"), "\(json): \($0)") }
