@@ -5,8 +5,8 @@
 //
 // Per linear weight W (OC, C) with calibration inputs X of the already-quantized layers before it
 // (Passes/Layerwise.swift): H = 2XXᵀ/n, dead inputs (H_jj = 0) zeroed, relative damping H += λI with
-// λ = damp · mean diag H (CPTQuant's default 0.1; the reference's 0.01), activation order (CPTQuant's default; optional in the paper) (columns by decreasing H_jj), U = chol(H⁻¹)
-// upper. Columns are quantized one at a time, in blocks of B (128) with lazy batch updates
+// λ = damp · mean diag H (CPTQuant's default 0.1; the reference's 0.01), activation order (columns by
+// decreasing H_jj; CPTQuant's default, optional in the paper), U = chol(H⁻¹) upper. Columns are quantized one at a time, in blocks of B (128) with lazy batch updates
 // (Passes/OptimalBrainSurgeon.swift):
 //   q_j = Q(w_j),   e_j = (w_j − q_j) / U_jj,   w_F −= e_j · U_{j,F}   (F: the later columns).
 // Q is the stored format's own grid (Quantization/ColumnQuantization.swift → Quantizer.swift): a group's

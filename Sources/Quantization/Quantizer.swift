@@ -29,7 +29,8 @@
 // Symmetric formats (issue 19): α also runs above 1, up to 1.125, and each α's codes q_k get their weighted
 // least-squares scale s* = Σ_k h_k w_k q_k / Σ_k h_k q_k² (float16), tried as a further grid (every weight re-rounded
 // on it); the candidate of least weighted error is kept. llama.cpp's imatrix quantizers (make_qx_quants) do
-// the same refit over scales (nmax ± 0.1·i)/max; their weights are h_k·√(σ² + w_k²), ours h_k alone.
+// the same refit over scales (nmax ± 0.1·i)/max; their weights are h_k·√(σ² + w_k²), ours h_k alone unless
+// `magnitudeWeighted` (CPTQuant's `search_weights: activation_magnitude`).
 //
 // Float16 ("f16") keeps a tensor at 16 bits: each weight rounded to the nearest float16.
 // Codes are bit-packed little-endian over the whole tensor: code i occupies bits [i·b, (i+1)·b).
