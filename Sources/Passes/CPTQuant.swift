@@ -119,6 +119,12 @@ public struct CPTQuantPass: CompressionPass {
     public var bitsPerWeight: Double?
     public var budgetBytes: Int?
     public var widths = [2, 3, 4, 5, 6, 8]
+    /// The allocation's candidate formats, narrowest first: `widths` at `group_size` and `symmetric`, or the
+    /// recipe's `formats` (any mix of widths, group sizes, symmetric and asymmetric), sorted by bits per weight.
+    /// An allocation's `bits` entries are indices into this list.
+    public private(set) var candidates: [QuantFormat] = []
+    /// Whether the candidates came from `formats` (reports and cache keys name them) rather than `widths`.
+    public private(set) var explicitFormats = false
     public var groupSize = 64
     public var symmetric = false
     public var targets = linearKinds
@@ -153,8 +159,23 @@ public struct CPTQuantPass: CompressionPass {
         method = try s.choice("method", default: method)
         bitsPerWeight = try s.optionalDouble("bits_per_weight", in: 1...32)
         budgetBytes = try s.optionalInt("bytes", in: 1...Int.max)
-        groupSize = try s.int("group_size", default: groupSize, in: 1...1 << 20)
         symmetric = try s.bool("symmetric", default: symmetric)
+        if let a = try s.array("formats") {
+            guard !s.has("widths") else { throw RecipeError("\(s.location): give 'widths' (with 'symmetric' and 'group_size') or 'formats', not both") }
+            let named = try a.map { v -> QuantFormat in
+                guard let name = v.stringValue else { throw RecipeError("\(s.location): 'formats': expected format names such as \"q4_g32_sym\", found \(v.text)") }
+                do { return try QuantFormat(name: name) } catch let e as QuantizationError { throw RecipeError("\(s.location): 'formats': \(e.description)") }
+            }
+            guard !named.isEmpty, Set(named).count == named.count else {
+                throw RecipeError("\(s.location): 'formats': give distinct formats, found \(named.map(\.description))")
+            }
+            candidates = named.sorted { ($0.bitsPerWeight, $0.bits, $0.description) < ($1.bitsPerWeight, $1.bits, $1.description) }
+            explicitFormats = true
+            // `group_size` (for the embedding, LM head and S's values) defaults to the candidates' when they share one.
+            let sizes = Set(candidates.filter { !$0.isFloat16 }.map(\.groupSize))
+            if sizes.count == 1 { groupSize = sizes.first! }
+        }
+        groupSize = try s.int("group_size", default: groupSize, in: 1...1 << 20)
         func ints(_ key: String) throws -> [Int]? {
             guard let a = try s.array(key) else { return nil }
             return try a.map { v in
@@ -235,9 +256,15 @@ public struct CPTQuantPass: CompressionPass {
             throw RecipeError("\(s.location): estimator 'none' is only for allocation 'uniform' or 'damage': 'measured'")
         }
         // Formats must be valid for the group size (checked now, not after the calibration work).
-        for b in widths { _ = try Self.format(b, groupSize: groupSize, symmetric: symmetric, at: s.location) }
+        if !explicitFormats { candidates = try widths.map { try Self.format($0, groupSize: groupSize, symmetric: symmetric, at: s.location) } }
+        if allocation == .clusters && explicitFormats && Set(candidates.map(\.bits)).count != candidates.count {
+            throw RecipeError("\(s.location): allocation 'clusters' maps sensitivity clusters onto a ladder of widths; 'formats' \(candidates.map(\.description)) has two formats of one width")
+        }
         if let b = sparseFactorBits { _ = try Self.format(b, groupSize: groupSize, symmetric: symmetric, at: s.location + ": 'sparse_factor_bits'") }
     }
+
+    /// The distinct group sizes of the candidate integer formats (each must divide every targeted tensor's groups' axis).
+    var candidateGroupSizes: [Int] { Set(candidates.filter { !$0.isFloat16 }.map(\.groupSize)).sorted() }
 
     static func format(_ bits: Int, groupSize: Int, symmetric: Bool, at location: String = "cptquant") throws -> QuantFormat {
         do { return try QuantFormat.width(bits, groupSize: groupSize, symmetric: symmetric) } catch let e as QuantizationError {
@@ -312,16 +339,16 @@ public struct CPTQuantPass: CompressionPass {
         for u in units { for t in u.tensors {
             if case .linear(let id) = t, case .factorized(let f)? = model.linear(id) {
                 guard !f.isQuantized else { throw RecipeError("cptquant: '\(t)' is factorized with a factor already quantized; it cannot be quantized again") }
-                guard f.dense.shape[0] % groupSize == 0 else {
-                    throw RecipeError("cptquant: '\(t)' is factorized (D · S, rank \(f.rank)); its dense factor D is quantized in groups of 'group_size' consecutive output rows of one atom (Dᵀ grouped along the output), and its \(f.dense.shape[0]) output rows are not a whole number of groups of \(groupSize)")
+                for G in candidateGroupSizes where f.dense.shape[0] % G != 0 {
+                    throw RecipeError("cptquant: '\(t)' is factorized (D · S, rank \(f.rank)); its dense factor D is quantized in groups of 'group_size' consecutive output rows of one atom (Dᵀ grouped along the output), and its \(f.dense.shape[0]) output rows are not a whole number of groups of \(G)")
                 }
                 guard sparseFactorBits == nil || sparseFactorBits == 16 || f.sparse.mask.nonzeros % groupSize == 0 else {
                     throw RecipeError("cptquant: 'sparse_factor_bits': the \(f.sparse.mask.nonzeros) kept values of the sparse factor of '\(t)' are not a whole number of groups of \(groupSize)")
                 }
                 continue
             }
-            guard tensors[t]!.shape[1] % groupSize == 0 else {
-                throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(groupSize)")
+            for G in candidateGroupSizes where tensors[t]!.shape[1] % G != 0 {
+                throw RecipeError("cptquant: tensor '\(t)' has \(tensors[t]!.shape[1]) input columns, not a whole number of groups of \(G)")
             }
         } }
         if sparseFactorBits != nil, !units.contains(where: { $0.tensors.contains { factorized.contains($0) } }) {
@@ -330,8 +357,8 @@ public struct CPTQuantPass: CompressionPass {
         var masks: [LinearID: SparsityMask] = [:]
         for u in units { for t in u.tensors {
             guard case .linear(let id) = t, case .sparse(let s)? = model.linear(id) else { continue }
-            guard symmetric else {
-                throw RecipeError("cptquant: '\(t)' is sparse (\(s.mask.pattern)); its pruned weights stay exactly 0 only on a symmetric grid: set 'symmetric': true")
+            guard candidates.allSatisfy(\.symmetric) else {
+                throw RecipeError("cptquant: '\(t)' is sparse (\(s.mask.pattern)); its pruned weights stay exactly 0 only on a symmetric grid: set 'symmetric': true\(explicitFormats ? " (every one of 'formats' must be _sym or f16)" : "")")
             }
             masks[id] = s.mask
         } }
@@ -377,7 +404,7 @@ public struct CPTQuantPass: CompressionPass {
         }
 
         // Every tensor at every width: stored form and ‖W − Q(W)‖²; and ‖W‖² once per tensor.
-        let formats = try widths.map { try Self.format($0, groupSize: groupSize, symmetric: symmetric) }
+        let formats = candidates
         let names = units.flatMap(\.tensors)
         var stored = [[QuantizedTensor?]](repeating: [QuantizedTensor?](repeating: nil, count: formats.count), count: names.count)
         var squaredErrors = [[Double]](repeating: [Double](repeating: 0, count: formats.count), count: names.count)
@@ -428,29 +455,47 @@ public struct CPTQuantPass: CompressionPass {
             let cut = try Self.damageWindows(windows, count: damageWindows, tokens: damageTokens)
             let p = DamageProbe(model: model, windows: cut)
             probe = p
-            let settings: JSONValue = .object([
-                "units": unitSettings, "widths": .array(widths.map { .int($0) }), "group_size": .int(groupSize), "symmetric": .bool(symmetric),
-                "method": .string(searchTable ? (searchWeights == .activation ? "search" : "search \(searchWeights.rawValue)") : "rtn"), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
-                "quantizer": .string(QuantizedTensor.revision),
-            ])
-            measured = try context.cached("cptquant-damage", settings: settings) {
-                try units.enumerated().map { u, unit -> [Double?] in
-                    let row = try formats.indices.map { fi -> Double? in
-                        guard unit.tensors.allSatisfy({ stored[index[$0]!][fi] != nil }) else { return nil }
-                        let values = Dictionary(uniqueKeysWithValues: unit.tensors.map {
-                            ($0, Self.storageValues(stored[index[$0]!][fi]!, factorized: factorized.contains($0)))
-                        })
-                        return try p.divergence(values, resumeAt: unit.firstSublayer)
+            var settings: [String: JSONValue] = [
+                "units": unitSettings, "method": .string(searchTable ? (searchWeights == .activation ? "search" : "search \(searchWeights.rawValue)") : "rtn"), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
+            ]
+            func divergence(_ u: Int, _ fi: Int) throws -> Double? {
+                let unit = units[u]
+                guard unit.tensors.allSatisfy({ stored[index[$0]!][fi] != nil }) else { return nil }
+                let values = Dictionary(uniqueKeysWithValues: unit.tensors.map {
+                    ($0, Self.storageValues(stored[index[$0]!][fi]!, factorized: factorized.contains($0)))
+                })
+                return try p.divergence(values, resumeAt: unit.firstSublayer)
+            }
+            if explicitFormats {
+                // One cached column per format, so that a recipe adding a format measures only that one.
+                var columns: [[Double?]] = []
+                for (fi, f) in formats.enumerated() {
+                    settings["format"] = .string(f.description)
+                    settings["quantizer"] = .string(QuantizedTensor.revision(of: f))
+                    columns.append(try context.cached("cptquant-damage-format", settings: .object(settings)) {
+                        try units.indices.map { u -> Double? in
+                            defer { if (u + 1) % 10 == 0 || u + 1 == units.count { context.progress("cptquant measured damage at \(f): unit \(u + 1)/\(units.count) (\(units[u].name))") } }
+                            return try divergence(u, fi)
+                        }
+                    })
+                }
+                measured = units.indices.map { u in columns.map { $0[u] } }
+            } else {
+                settings["widths"] = .array(widths.map { .int($0) }); settings["group_size"] = .int(groupSize); settings["symmetric"] = .bool(symmetric)
+                settings["quantizer"] = .string(QuantizedTensor.revision)
+                measured = try context.cached("cptquant-damage", settings: .object(settings)) {
+                    try units.enumerated().map { u, unit -> [Double?] in
+                        let row = try formats.indices.map { fi in try divergence(u, fi) }
+                        context.progress("cptquant measured damage: unit \(u + 1)/\(units.count) (\(unit.name))")
+                        return row
                     }
-                    context.progress("cptquant measured damage: unit \(u + 1)/\(units.count) (\(unit.name))")
-                    return row
                 }
             }
         }
         let allocationUnits = try units.enumerated().map { u, unit in
             do {
                 return try AllocationUnit(name: unit.name, candidates: formats.indices.map { fi in
-                    (widths[fi], unit.tensors.allSatisfy { stored[index[$0]!][fi] != nil }
+                    (fi, unit.tensors.allSatisfy { stored[index[$0]!][fi] != nil }
                         ? (unit.tensors.reduce(0) { $0 + stored[index[$1]!][fi]!.bytes }, measured.map { $0[u][fi] ?? .infinity } ?? weightOf[u] * unitError[u][fi]) : nil)
                 }, why: unrepresentable.filter { r in unit.tensors.contains { r.hasPrefix("'\($0)'") } })
             } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
@@ -487,7 +532,7 @@ public struct CPTQuantPass: CompressionPass {
             switch allocation {
             case .budget: chosen = try allocateToBudget(allocationUnits, budgetBytes: budget!)
             case .uniform: chosen = try allocateUniform(allocationUnits, budgetBytes: budget!)
-            case .clusters: chosen = allocateByClusters(allocationUnits, sensitivities: sensitivity, ladder: widths)
+            case .clusters: chosen = allocateByClusters(allocationUnits, sensitivities: sensitivity, ladder: Array(formats.indices))
             }
         } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
 
@@ -498,7 +543,7 @@ public struct CPTQuantPass: CompressionPass {
             // GPTQ at the allocated widths, layer by layer on the already-quantized layers' outputs.
             var formatOf: [LinearID: QuantFormat] = [:]
             for (u, unit) in units.enumerated() {
-                for t in unit.tensors { if case .linear(let id) = t { formatOf[id] = formats[widths.firstIndex(of: chosen.bits[u])!] } }
+                for t in unit.tensors { if case .linear(let id) = t { formatOf[id] = formats[chosen.bits[u]] } }
             }
             let start = Date()
             var losses: [JSONValue] = []
@@ -544,7 +589,7 @@ public struct CPTQuantPass: CompressionPass {
             }
         }
         for (u, unit) in units.enumerated() {
-            let fi = widths.firstIndex(of: chosen.bits[u])!
+            let fi = chosen.bits[u]
             for t in unit.tensors where method != .gptq { try set(t, stored[index[t]!][fi]!) }
         }
         // S's kept values of every targeted factorized weight at the fixed width (outside the allocation).
@@ -580,7 +625,7 @@ public struct CPTQuantPass: CompressionPass {
             return 0
         }
         let unitReports: [JSONValue] = units.enumerated().map { u, unit in
-            let fi = widths.firstIndex(of: chosen.bits[u])!
+            let fi = chosen.bits[u]
             let opt = allocationUnits[u].options.first { $0.bits == chosen.bits[u] }!
             let n = unit.tensors.reduce(0) { $0 + tensors[$1]!.count }
             let sparseBytes = unit.tensors.reduce(0) { $0 + sparseFactorBytes($1) }
@@ -590,7 +635,7 @@ public struct CPTQuantPass: CompressionPass {
                 entry["bytes_with_sparse_factors"] = .int(opt.bytes + sparseBytes)
             }
             return .object(entry.merging(["name": .string(unit.name), "layer": .int(unit.layer), "sensitivity": .double(sensitivity[u]),
-                            "bits": .int(chosen.bits[u]), "format": .string(formats[fi].description), "bytes": .int(opt.bytes),
+                            "bits": .int(formats[fi].bits), "format": .string(formats[fi].description), "bytes": .int(opt.bytes),
                             "weights": .int(n), "bits_per_weight": .double(Double(opt.bytes * 8) / Double(n)),
                             "relative_error": .double(unitError[u][fi]),
                             "measured_damage": measured.map { m in .array(m[u].map { $0.map(JSONValue.double) ?? .null }) } ?? .null]) { a, _ in a })
@@ -601,13 +646,13 @@ public struct CPTQuantPass: CompressionPass {
             let bytes = members.reduce(0) { sum, u in sum + allocationUnits[u].options.first { $0.bits == chosen.bits[u] }!.bytes }
             let n = members.reduce(0) { a, u in a + units[u].tensors.reduce(0) { $0 + tensors[$1]!.count } }
             layerSummary.append(.object(["layer": .int(l), "sensitivity": .double(members.map { sensitivity[$0] }.reduce(0, +) / Double(members.count)),
-                                         "bits": .array(members.map { .int(chosen.bits[$0]) }), "bytes": .int(bytes),
+                                         "bits": .array(members.map { .int(formats[chosen.bits[$0]].bits) }), "formats": .array(members.map { .string(formats[chosen.bits[$0]].description) }), "bytes": .int(bytes),
                                          "bits_per_weight": .double(Double(bytes * 8) / Double(n))]))
         }
         var diag: [String: JSONValue] = [
             "estimator": .string(estimator.rawValue), "allocation": .string(allocation.rawValue),
             "granularity": .string(granularity.rawValue), "method": .string(method.rawValue), "search_weights": .string(searchWeights.rawValue),
-            "group_size": .int(groupSize), "symmetric": .bool(symmetric), "widths": .array(widths.map { .int($0) }),
+            "group_size": .int(groupSize), "symmetric": .bool(symmetric), "widths": .array((explicitFormats ? formats.map(\.bits) : widths).map { .int($0) }),
             "formats": .array(formats.map { .object(["format": .string($0.description), "bits_per_weight": .double($0.bitsPerWeight)]) }),
             "allocated_weights": .int(weights), "bytes": .int(chosen.bytes),
             "bits_per_weight": .double(Double(chosen.bytes * 8) / Double(weights)),
@@ -646,7 +691,7 @@ public struct CPTQuantPass: CompressionPass {
             guard let probe else { return nil }
             var values: [WeightID: [Float]] = [:]
             for (u, unit) in units.enumerated() {
-                let fi = widths.firstIndex(of: a.bits[u])!
+                let fi = a.bits[u]
                 for t in unit.tensors {
                     if fromResult, case .linear(let id) = t, let w = result.linear(id) {
                         if case .factorized(let f) = w { values[t] = f.dense.array } else { values[t] = w.dequantized().array }
@@ -670,7 +715,7 @@ public struct CPTQuantPass: CompressionPass {
             if let bitsPerWeight { diag["budget_bits_per_weight"] = .double(bitsPerWeight) }
             if fixedInBudget { diag["fixed_in_budget"] = .object(["bytes": .int(fixedBytes), "weights": .int(fixedWeights), "budget_bytes_with_fixed": .int(budget + fixedBytes)]) }
             if let uniform = try? allocateUniform(allocationUnits, budgetBytes: budget) {
-                var entry: [String: JSONValue] = ["bits": .int(uniform.bits.first ?? 0), "bytes": .int(uniform.bytes),
+                var entry: [String: JSONValue] = ["bits": .int(uniform.bits.first.map { formats[$0].bits } ?? 0), "format": .string(uniform.bits.first.map { formats[$0].description } ?? ""), "bytes": .int(uniform.bytes),
                                                   "bits_per_weight": .double(Double(uniform.bytes * 8) / Double(weights)),
                                                   "estimated_damage": .double(uniform.damage)]
                 if let m = try measuredTotal(uniform, fromResult: false) { entry["predicted_damage"] = .double(uniform.damage); entry["measured_damage"] = .double(m) }

@@ -31,6 +31,13 @@
 // on it); the candidate of least weighted error is kept. llama.cpp's imatrix quantizers (make_qx_quants) do
 // the same refit over scales (nmax ± 0.1·i)/max; their weights are h_k·√(σ² + w_k²), ours h_k alone unless
 // `magnitudeWeighted` (CPTQuant's `search_weights: activation_magnitude`).
+// Asymmetric formats (issue 19, revision 5): the starts are α ∈ {1, 0.95, …, 0.8} and the anchored grids whose
+// step is (hi − lo) / (2^b − 1 + δ), δ ∈ {−1, −0.75, …, 1}, with lo or hi on a grid point; from each, up to two
+// rounds of the weighted least-squares pair (s*, lo*) = argmin Σ_k h_k (w_k − lo − s·q_k)² for the current codes
+// (2 × 2 normal equations, float16), every weight re-rounded on it. llama.cpp's make_qkx2_quants scans the same
+// steps and refits scale and minimum the same way. Against a brute-force scan of (s, lo) the result is within
+// 2 % of the best weighted error (QuantizerTests); weights already on a float16 asymmetric grid (a dequantized
+// Q4_1 group) are kept exactly.
 //
 // Float16 ("f16") keeps a tensor at 16 bits: each weight rounded to the nearest float16.
 // Codes are bit-packed little-endian over the whole tensor: code i occupies bits [i·b, (i+1)·b).
@@ -207,6 +214,11 @@ public struct QuantizedTensor: Equatable, Sendable {
     /// least-squares refit and α above 1.
     public static let revision = "3"
 
+    /// The revision of the quantizer's output for one format: asymmetric formats changed again with their
+    /// search's least-squares refits of scale and minimum and its anchored starts (5; 4 was a single refit per
+    /// α); symmetric ones and float16 are at `revision`.
+    public static func revision(of f: QuantFormat) -> String { f.symmetric || f.isFloat16 ? revision : "5" }
+
     public var count: Int { shape.reduce(1, *) }
     public var groups: Int { format.isFloat16 ? 0 : count / format.groupSize }
     /// Bytes this tensor takes on disk: codes, scales and minimums.
@@ -253,7 +265,7 @@ public struct QuantizedTensor: Equatable, Sendable {
         var scales = [Float16](repeating: 0, count: groups), mins = [Float16](repeating: 0, count: f.symmetric ? 0 : groups)
         // Symmetric grids also try α up to 1.125 (the extreme then lands inside the range), as llama.cpp's scale
         // candidates (nmax ± 0.9)/max do; the least-squares refit below makes those worth trying.
-        let alphas: [Float] = search ? (0...16).map { 1 - Float($0) / 40 } + (f.symmetric ? (1...5).map { 1 + Float($0) / 40 } : []) : [1]
+        let alphas: [Float] = search ? (f.symmetric ? (0...16).map { 1 - Float($0) / 40 } + (1...5).map { 1 + Float($0) / 40 } : (0...4).map { 1 - Float($0) / 20 }) : [1]
         let half = 1 << (f.bits - 1)
         var failure: String?
         // The search's per-weight error weights of the current group.
@@ -286,6 +298,29 @@ public struct QuantizedTensor: Equatable, Sendable {
                         }
                         return err
                     }
+                    // Asymmetric search: from the grid (s, lo), up to 2 rounds of the weighted least-squares pair for
+                    // the current codes q_k, argmin Σ h_k (x_k − lo − s·q_k)² (2 × 2 normal equations, in float16),
+                    // each weight then re-rounded on it; stops when a round no longer moves the grid.
+                    func refine(_ s0: Float16, _ lo0: Float16) {
+                        var (s, lo) = (s0, lo0)
+                        for _ in 0..<2 {
+                            let (sf, lof) = (Float(s), Float(lo))
+                            var sh: Float = 0, sq: Float = 0, sqq: Float = 0, sx: Float = 0, sxq: Float = 0
+                            for k in 0..<G {
+                                let q = Float(Self.code(x[k], s: sf, lo: lof, format: f)), h = hw[k]
+                                sh += h; sq += h * q; sqq += h * q * q; sx += h * x[k]; sxq += h * x[k] * q
+                            }
+                            let det = sh * sqq - sq * sq
+                            guard det > 0 else { return }
+                            let s2 = (sh * sxq - sq * sx) / det, lo2 = (sqq * sx - sq * sxq) / det
+                            guard s2.isFinite, lo2.isFinite, s2 < 65504, abs(lo2) < 65504 else { return }
+                            let refit = (Float16(s2), Float16(lo2))
+                            guard refit.0 > 0, refit != (s, lo) else { return }
+                            let e = weightedError(refit.0, refit.1)
+                            if e < best.err { best = (e, refit.0, refit.1) }
+                            (s, lo) = refit
+                        }
+                    }
                     for a in alphas {
                         guard let (s, lo) = Self.grid(x, format: f, alpha: a) else {
                             failure = "group \(g) (row \(g * G / K)) has a range too large for a float16 scale"
@@ -293,9 +328,15 @@ public struct QuantizedTensor: Equatable, Sendable {
                         }
                         let err = alphas.count > 1 ? weightedError(s, lo) : 0
                         if err < best.err || best.err == .infinity { best = (err, s, lo) }
+                        guard alphas.count > 1 else { continue }
+                        if !f.symmetric {
+                            // Asymmetric: alternate the weighted least-squares (s, lo) for the current codes and
+                            // re-rounding on it (up to 2 refits, from this start and the anchored ones below).
+                            refine(s, lo)
+                            continue
+                        }
                         // Symmetric: the weighted least-squares scale for this grid's codes q_k,
                         // s* = Σ h_k x_k q_k / Σ h_k q_k², in float16, each weight then re-rounded on s*.
-                        guard alphas.count > 1, f.symmetric else { continue }
                         let sf = Float(s)
                         var xq: Float = 0, qq: Float = 0
                         for k in 0..<G {
@@ -307,6 +348,21 @@ public struct QuantizedTensor: Equatable, Sendable {
                         guard refit.isFinite, refit != 0 else { continue }
                         let e = weightedError(refit, 0)
                         if e < best.err { best = (e, refit, 0) }
+                    }
+                    if alphas.count > 1 && !f.symmetric {
+                        // Anchored starts (llama.cpp's make_qkx2_quants scans the same steps): the group's minimum or
+                        // maximum on a grid point, step (hi − lo) / (2^b − 1 + δ), δ ∈ {−1, −0.75, …, 1}.
+                        var lo = Float.infinity, hi = -Float.infinity
+                        for v in x { lo = Swift.min(lo, v); hi = Swift.max(hi, v) }
+                        for i in 0...8 {
+                            let s = halfUp((hi - lo) / (Float(f.maxCode) + Float(i - 4) / 4))
+                            guard s.isFinite, s > 0 else { continue }
+                            for anchor in [halfDown(lo), halfDown(hi - Float(f.maxCode) * Float(s))] where anchor.isFinite {
+                                let e = weightedError(s, anchor)
+                                if e < best.err { best = (e, s, anchor) }
+                                refine(s, anchor)
+                            }
+                        }
                     }
                     scales[g] = best.scale
                     if !f.symmetric { mins[g] = best.min }

@@ -43,8 +43,9 @@ public struct SweepAxis: Codable, Equatable, Sendable {
     public var path: String
     public var values: [JSONValue]
 
-    /// Parses "PATH=V1,V2,...": each value is read as JSON (numbers, true/false, null, quoted strings), and a
-    /// bare word as a string.
+    /// Parses "PATH=V1,V2,...": each value is read as JSON (numbers, true/false, null, quoted strings, lists and
+    /// objects), and a bare word as a string. Values are split at the commas outside brackets, braces and quotes,
+    /// so `formats=["q3_g32_sym","q4_g32_sym"],["q4_g32_sym"]` is two lists.
     public init(parsing text: String) throws {
         guard let eq = text.firstIndex(of: "="), eq != text.startIndex else {
             throw WorkbenchError("--set '\(text)': expected PATH=V1,V2,... (e.g. stages.0.fraction=0.1,0.2)")
@@ -52,11 +53,32 @@ public struct SweepAxis: Codable, Equatable, Sendable {
         path = String(text[..<eq])
         let list = text[text.index(after: eq)...]
         guard !list.isEmpty else { throw WorkbenchError("--set \(path): the list of values is empty") }
-        values = list.split(separator: ",", omittingEmptySubsequences: false).map { raw in
+        values = Self.topLevelItems(list).map { raw in
             let s = raw.trimmingCharacters(in: .whitespaces)
             return (try? JSONValue.parse(s)) ?? .string(s)
         }
         if let i = values.firstIndex(where: { $0 == .string("") }) { throw WorkbenchError("--set \(path): value \(i + 1) is empty") }
+    }
+
+    /// The comma-separated items of `list`, with commas inside [...], {...} and "..." (backslash escapes) kept.
+    static func topLevelItems(_ list: Substring) -> [Substring] {
+        var items: [Substring] = [], depth = 0, quoted = false, escaped = false, start = list.startIndex
+        for i in list.indices {
+            let c = list[i]
+            if quoted {
+                if escaped { escaped = false } else if c == "\\" { escaped = true } else if c == "\"" { quoted = false }
+                continue
+            }
+            switch c {
+            case "\"": quoted = true
+            case "[", "{": depth += 1
+            case "]", "}": depth = Swift.max(0, depth - 1)
+            case "," where depth == 0: items.append(list[start..<i]); start = list.index(after: i)
+            default: break
+            }
+        }
+        items.append(list[start...])
+        return items
     }
 
     /// `json` with the value at `path` set to `value`. Every component but the last must exist (object keys,

@@ -1,5 +1,7 @@
 import Foundation
 import XCTest
+import Model
+import Workbench
 
 /// `compress sweep` end to end on the tiny fixture: points, table, resume, refusals, parallel points, Slurm scripts.
 extension CLITests {
@@ -43,6 +45,15 @@ extension CLITests {
         let p = try launch(["sweep", "plot", out, out, "-o", dir.appendingPathComponent("overlay").path, "--json"])
         XCTAssertEqual(p.status, 0, p.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("overlay.svg").path))
+    }
+
+    /// `--set` values split at top-level commas only: lists and objects with commas are single values.
+    func testSetValuesMayBeListsAndObjects() throws {
+        let axis = try SweepAxis(parsing: #"stages.0.formats=["q3_g32_sym","q4_g32_sym"],["q4_g32_asym"],4.5,{"a": [1, 2]},"x,y",word"#)
+        XCTAssertEqual(axis.path, "stages.0.formats")
+        XCTAssertEqual(axis.values, [.array([.string("q3_g32_sym"), .string("q4_g32_sym")]), .array([.string("q4_g32_asym")]), .double(4.5),
+                                     .object(["a": .array([.int(1), .int(2)])]), .string("x,y"), .string("word")])
+        XCTAssertThrowsError(try SweepAxis(parsing: "stages.0.widths=[4],,[5]")) { XCTAssertTrue("\($0)".contains("value 2 is empty"), "\($0)") }
     }
 
     func testSweepRefusesBadInputBeforeAnyPointRuns() throws {

@@ -161,6 +161,56 @@ final class QuantizerTests: XCTestCase {
         }
     }
 
+    /// Asymmetric search (least-squares refit of scale and minimum): against a brute-force scan of (s, lo) per
+    /// group, and exact on weights that already lie on a float16 asymmetric grid (a dequantized Q4_1 group).
+    func testAsymmetricSearchIsNearTheBestGrid() throws {
+        var rng = SplitMix64(seed: 33)
+        let rows = 8, cols = 64, G = 32
+        let w: [Float] = (0..<(rows * cols)).map { _ in (0..<4).reduce(Float(0)) { a, _ in a + rng.nextFloat() - 0.5 } * 0.1 + 0.01 }
+        let h: [Float] = (0..<cols).map { _ in 0.5 + 2.5 * rng.nextFloat() }
+        func error(_ v: [Float]) -> Double {
+            w.indices.reduce(0.0) { e, i in let d = Double(w[i] - v[i]); return e + Double(h[i % cols]) * d * d }
+        }
+        for bits in [3, 4] {
+            let top = Double((1 << bits) - 1)
+            var optimum = 0.0
+            for g in 0..<(w.count / G) {
+                let x = (0..<G).map { Double(w[g * G + $0]) }, c0 = (g * G) % cols
+                let (lo, hi) = (x.min()!, x.max()!)
+                var best = Double.infinity
+                // Scales from 0.5 to 1.1 of the min-max step, minimums across the range's lower part.
+                for i in 0...240 {
+                    let s = (0.5 + 0.6 * Double(i) / 240) * (hi - lo) / top
+                    for j in 0...240 {
+                        let m = lo + (Double(j) / 240 - 0.5) * 2 * s
+                        var e = 0.0
+                        for k in 0..<G {
+                            let q = max(0, min(top, ((x[k] - m) / s).rounded()))
+                            e += Double(h[c0 + k]) * (x[k] - m - s * q) * (x[k] - m - s * q)
+                        }
+                        best = min(best, e)
+                    }
+                }
+                optimum += best
+            }
+            let f = try QuantFormat(bits: bits, groupSize: G, symmetric: false)
+            let search = error(try QuantizedTensor(weights: w, shape: [rows, cols], format: f, importance: h, search: true).dequantized())
+            let rtn = error(try QuantizedTensor(weights: w, shape: [rows, cols], format: f, importance: h).dequantized())
+            XCTAssertLessThanOrEqual(search, 1.02 * optimum, "\(bits) bits: search \(search), brute force \(optimum), rtn \(rtn)")
+            XCTAssertLessThan(search, rtn, "\(bits) bits")
+            print("asymmetric \(bits) bits: rtn \(rtn / optimum), search \(search / optimum) x the brute-force optimum")
+        }
+        // Weights on a float16 grid lo + s·q (codes 0 and 15 present in every group): the search keeps them exactly
+        // (round to nearest need not: it rounds the scale up).
+        let grid: [Float] = (0..<(2 * 32)).map { i in
+            let g = i / 32, s = Float(Float16(0.0123 + 0.004 * Float(g))), lo = Float(Float16(-0.07 - 0.01 * Float(g)))
+            let q = i % 32 == 0 ? 0 : i % 32 == 1 ? 15 : Int(rng.next() % 16)
+            return lo + s * Float(q)
+        }
+        let f4 = try QuantFormat(bits: 4, groupSize: 32, symmetric: false)
+        XCTAssertEqual(try QuantizedTensor(weights: grid, shape: [2, 32], format: f4, importance: Array(h.prefix(32)), search: true).dequantized(), grid)
+    }
+
     func testFormatsTableDescribesEveryFormat() throws {
         let table = try QuantFormat.table(groupSize: 64)
         XCTAssertEqual(table.count, 1 + 2 * QuantFormat.supportedBits.count)

@@ -132,6 +132,72 @@ final class MeasuredDamageTests: XCTestCase {
         XCTAssertLessThanOrEqual(tq.quantizedForms.values.reduce(0) { $0 + $1.bytes }, Int(4.5 * Double(tall) / 8))
     }
 
+    /// `formats`: candidates of several widths, group sizes and symmetries; each unit's measured damage in the
+    /// format it got is the reference KL, the knapsack is the exhaustive optimum, and the stored forms are the formats reported.
+    func testFormatsMixWidthsGroupSizesAndSymmetry() throws {
+        let m = Tiny.model(), windows = Tiny.windows(2, length: 10)
+        let names = ["q4_g8_sym", "q3_g16_asym", "q3_g16_sym"]  // 6.0, 5.0 and 4.0 bits per weight
+        let p = try pass(#"{"estimator": "none", "damage": "measured", "bits_per_weight": 5.0, "formats": ["q4_g8_sym", "q3_g16_asym", "q3_g16_sym"], "method": "search", "damage_windows": 2}"#)
+        XCTAssertEqual(p.candidates.map(\.description), ["q3_g16_sym", "q3_g16_asym", "q4_g8_sym"], "narrowest first")
+        XCTAssertEqual(p.groupSize, 64, "no common group size: group_size keeps its default")
+        let (q, diag) = try p.run(on: m, context: PassContext(calibration: windows))
+        let d = try XCTUnwrap(diag.objectValue)
+        let reports = try XCTUnwrap(d["units"]?.arrayValue).map { $0.objectValue! }
+        let units = try p.units(m)
+        var table: [[(bytes: Int, damage: Double)]] = []
+        var chosen: [Int] = []
+        for (u, unit) in units.enumerated() {
+            let damage = try XCTUnwrap(reports[u]["measured_damage"]?.arrayValue).map { $0.doubleValue! }
+            XCTAssertEqual(damage.count, 3)
+            let format = try XCTUnwrap(reports[u]["format"]?.stringValue)
+            XCTAssertTrue(names.contains(format))
+            let fi = p.candidates.firstIndex { $0.description == format }!
+            chosen.append(fi)
+            // The stored forms are in that format, and the unit's damage in it is their KL alone.
+            var values: [String: [Float]] = [:]
+            for id in unit.tensors {
+                let form = try XCTUnwrap(q.quantizedForms[id.hfName])
+                XCTAssertEqual(form.format.description, format, id.hfName)
+                values[id.hfName] = form.dequantized()
+            }
+            let ref = referenceKL(m, try replaced(m, values), windows)
+            XCTAssertEqual(damage[fi], ref, accuracy: 1e-5 * ref, unit.name)
+            table.append(p.candidates.enumerated().map { ci, f in
+                (unit.tensors.reduce(0) { a, id in a + f.storageBytes(rows: m.namedTensors.first { $0.name == id.hfName }!.tensor.shape[0],
+                                                                       columns: m.namedTensors.first { $0.name == id.hfName }!.tensor.shape[1]) },
+                 damage[ci])
+            })
+        }
+        let budget = try XCTUnwrap(d["budget_bytes"]?.intValue)
+        var best = Double.infinity
+        func search(_ u: Int, _ bytes: Int, _ damage: Double) {
+            if bytes > budget { return }
+            if u == table.count { best = min(best, damage); return }
+            for o in table[u] { search(u + 1, bytes + o.bytes, damage + o.damage) }
+        }
+        search(0, 0, 0)
+        XCTAssertEqual(zip(table, chosen).reduce(0.0) { $0 + $1.0[$1.1].damage }, best, accuracy: 1e-12)
+        XCTAssertGreaterThan(Set(chosen).count, 1, "the budget between formats mixes them")
+        XCTAssertLessThanOrEqual(zip(table, chosen).reduce(0) { $0 + $1.0[$1.1].bytes }, budget)
+        XCTAssertEqual(try XCTUnwrap(d["uniform_baseline"]?.objectValue?["format"]?.stringValue), "q3_g16_asym", "the widest single format within 5 bits")
+
+        let bad: [(String, String)] = [
+            (#"{"bits_per_weight": 4, "formats": ["q4_g32_sym"], "widths": [4]}"#, "not both"),
+            (#"{"bits_per_weight": 4, "formats": ["q4_g32_sym", "q4_g32_sym"]}"#, "distinct formats"),
+            (#"{"bits_per_weight": 4, "formats": ["q4_32"]}"#, "not a quantization format"),
+            (#"{"bits_per_weight": 4, "formats": [4]}"#, "expected format names"),
+            (#"{"allocation": "clusters", "formats": ["q4_g32_sym", "q4_g32_asym"]}"#, "two formats of one width"),
+        ]
+        for (json, expected) in bad {
+            XCTAssertThrowsError(try pass(json), json) { XCTAssertTrue("\($0)".contains(expected) && "\($0)".contains("test, stage 1"), "\(json): \($0)") }
+        }
+        // A group size that does not divide a targeted tensor's input size (o_proj and down_proj: 48) is refused, naming it.
+        XCTAssertThrowsError(try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 5, "formats": ["q4_g32_sym"], "method": "rtn"}"#)
+            .run(on: m, context: PassContext(calibration: windows))) {
+            XCTAssertTrue("\($0)".contains("has 48 input columns, not a whole number of groups of 32") && "\($0)".contains("_proj.weight'"), "\($0)")
+        }
+    }
+
     func testBadMeasuredDamageSettings() throws {
         let cases: [(String, String)] = [
             (#"{"estimator": "pmpq", "allocation": "clusters", "damage": "measured"}"#, "'damage': 'measured' is for allocation 'budget'"),
