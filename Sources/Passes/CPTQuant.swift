@@ -29,6 +29,11 @@
 // defaults of damp and act_order are not the paper's reference (0.01, off): on SmolLM2 at 3 and 4 bits, group
 // 32, they were measured best of {0.01, 0.1} × {off, on} (recipes/README.md, issue 19).
 //
+// Candidate formats (issue 19; ours): `widths` at one `group_size` and `symmetric` (the paper's ladder), or
+// `formats`, any mix of widths, group sizes and symmetric / asymmetric codes (llama.cpp's mixes choose among
+// Q4_0 / Q4_1 / Q5_K … per tensor the same way); the allocation chooses one per unit, finer steps of bits per
+// weight than whole bits (e.g. q4_g64_sym at 4.25 between q3_g32_asym at 4.0 and q4_g32_sym at 4.5).
+//
 // Measured damage (`damage: "measured"`, issue 19; ours, not the paper's): instead of s̃_u · e_u(b), each
 // unit's damage at each width is measured directly: with that unit's tensors at width b (dequantized) and every
 // other weight unchanged,
@@ -464,6 +469,9 @@ public struct CPTQuantPass: CompressionPass {
                 let values = Dictionary(uniqueKeysWithValues: unit.tensors.map {
                     ($0, Self.storageValues(stored[index[$0]!][fi]!, factorized: factorized.contains($0)))
                 })
+                // A format that stores the unit exactly (a dequantized model re-quantized on its own grid) changes
+                // nothing: its KL is 0 without a forward.
+                if values.allSatisfy({ $0.value == tensors[$0.key]!.array }) { return 0 }
                 return try p.divergence(values, resumeAt: unit.firstSublayer)
             }
             if explicitFormats {

@@ -20,8 +20,8 @@
 // (2^(b−1) − 1/2)·|s| in magnitude), and |w − w'| ≤ |s| for the few of the other sign beyond that, which
 // clamp to the top level 2^(b−1) − 1 (e.g. 4 bits: −m itself lands one step short, at 7·|s| = (7/8)|m|).
 //
-// Scale search (the error-minimizing option): per group, the clipping ratio α ∈ {1, 1 − 1/40, …, 0.6}
-// shrinks the range (asymmetric: [α·lo, α·hi]; symmetric: s = α·m / −2^(b−1)), and the α minimizing
+// Scale search (the error-minimizing option): per group, the clipping ratio α (symmetric: {1, 1 − 1/40, …, 0.6};
+// asymmetric: see below) shrinks the range (asymmetric: [α·lo, α·hi]; symmetric: s = α·m / −2^(b−1)), and the α minimizing
 //   Σ_k h_k (w_k − w'_k)²,   h_k = E[x_k²] over calibration tokens of input column k,
 // is kept. Σ_k h_k δ_k² is the diagonal part of the layer-output error E‖δ·x‖² = δᵀ E[x xᵀ] δ; cross terms
 // between columns are ignored (GPTQ keeps them; this is the cheaper, per-group search). α = 1 is RTN, so the
