@@ -144,6 +144,8 @@ public struct CPTQuantPass: CompressionPass {
     public var ridge = 1e-3
     public var damage = Damage.estimated
     public var damageWindows = 4
+    /// PMPQ and TDMPQ: the first N calibration windows (nil: all of them).
+    public var estimatorWindows: Int?
     public var damageTokens = 128
     public var fixedInBudget = false
     /// GPTQ: relative damping, columns per lazy-update block, activation order.
@@ -220,6 +222,10 @@ public struct CPTQuantPass: CompressionPass {
         damage = try s.choice("damage", default: damage)
         damageWindows = try s.int("damage_windows", default: damageWindows, in: 1...1 << 16)
         damageTokens = try s.int("damage_tokens", default: damageTokens, in: 2...1 << 20)
+        estimatorWindows = try s.optionalInt("estimator_windows", in: 1...1 << 16)
+        if estimatorWindows != nil && estimator != .pmpq && estimator != .tdmpq {
+            throw RecipeError("\(s.location): 'estimator_windows' applies to the estimators 'pmpq' and 'tdmpq' (estimator is '\(estimator.rawValue)')")
+        }
         fixedInBudget = try s.bool("fixed_in_budget", default: fixedInBudget)
         if fixedInBudget && embeddingBits == nil && lmHeadBits == nil {
             throw RecipeError("\(s.location): 'fixed_in_budget' counts the fixed-width 'embedding' / 'lm_head' in the budget; set at least one of them")
@@ -393,18 +399,26 @@ public struct CPTQuantPass: CompressionPass {
         var sensitivity: [Double]
         let unitSettings: JSONValue = .object(["granularity": .string(granularity.rawValue), "targets": .array(targets.map { .string($0) }),
                                                "exclude_layers": .array(excludeLayers.map { .int($0) })])
+        var estimatorSettings: [String: JSONValue] = ["units": unitSettings]
+        var estimatorInput = windows
+        if let n = estimatorWindows {
+            guard windows.count >= n else {
+                throw RecipeError("cptquant: 'estimator_windows' is \(n), but the recipe draws \(windows.count) calibration windows (raise calibration.samples or lower estimator_windows)")
+            }
+            estimatorInput = Array(windows.prefix(n)); estimatorSettings["windows"] = .int(n)
+        }
         switch estimator {
         case .none: sensitivity = units.map { _ in 0 }
         case .cmpq: sensitivity = units.map { moments!.cmpq[$0.layer] }
         case .pmpq:
-            sensitivity = try context.cached("cptquant-pmpq", settings: .object(["fraction": .double(pruneFraction), "units": unitSettings])) {
-                Self.pruningSensitivity(model: model, units: units, fraction: pruneFraction, windows: windows) { i, n in
+            sensitivity = try context.cached("cptquant-pmpq", settings: .object(estimatorSettings.merging(["fraction": .double(pruneFraction)]) { a, _ in a })) {
+                Self.pruningSensitivity(model: model, units: units, fraction: pruneFraction, windows: estimatorInput) { i, n in
                     context.progress("cptquant PMPQ: window \(i)/\(n)")
                 }
             }
         case .tdmpq:
-            sensitivity = try context.cached("cptquant-tdmpq", settings: .object(["units": unitSettings])) {
-                Self.taylorSensitivity(model: model, units: units, windows: windows) { i, n in context.progress("cptquant TDMPQ: window \(i)/\(n)") }
+            sensitivity = try context.cached("cptquant-tdmpq", settings: .object(estimatorSettings)) {
+                Self.taylorSensitivity(model: model, units: units, windows: estimatorInput) { i, n in context.progress("cptquant TDMPQ: window \(i)/\(n)") }
             }
         }
 

@@ -37,6 +37,23 @@ final class CPTQuantTests: XCTestCase {
     }
 
     /// PMPQ's score of a layer: the calibration PPL of an independently built copy with 30 % of each of the
+    /// `estimator_windows: N` estimates on the first N calibration windows: the sensitivities are those of a run
+    /// given only those windows.
+    func testEstimatorWindowsUseTheFirstWindows() throws {
+        let m = Tiny.model(), windows = Tiny.windows(3, length: 12)
+        for estimator in ["pmpq", "tdmpq"] {
+            let (_, a) = try pass(#"{"estimator": "\#(estimator)", "bits_per_weight": 4, "group_size": 16, "estimator_windows": 1}"#)
+                .run(on: m, context: PassContext(calibration: windows))
+            let (_, b) = try pass(#"{"estimator": "\#(estimator)", "bits_per_weight": 4, "group_size": 16}"#)
+                .run(on: m, context: PassContext(calibration: Array(windows.prefix(1))))
+            let (_, c) = try pass(#"{"estimator": "\#(estimator)", "bits_per_weight": 4, "group_size": 16}"#)
+                .run(on: m, context: PassContext(calibration: windows))
+            func scores(_ d: JSONValue) -> [Double] { d.objectValue!["units"]!.arrayValue!.map { $0.objectValue!["sensitivity"]!.doubleValue! } }
+            XCTAssertEqual(scores(a), scores(b), estimator)
+            XCTAssertNotEqual(scores(a), scores(c), estimator)
+        }
+    }
+
     /// layer's weights (smallest |w|) zeroed, minus the base PPL, both with the reference forward.
     func testPruningSensitivityMatchesAnExplicitlyPrunedModel() throws {
         let m = Tiny.model(), windows = Tiny.windows(3, length: 12)
@@ -142,6 +159,8 @@ final class CPTQuantTests: XCTestCase {
             (#"{"bits_per_weight": 4, "method": "gptq", "search_weights": "activation_magnitude"}"#, "'search_weights' applies to method 'search' only"),
             (#"{"bits_per_weight": 4, "search_weights": "magnitude"}"#, "'search_weights'"),
             (#"{"bits_per_weight": 4, "method": "search", "static_groups": true}"#, "'static_groups' applies to method 'gptq' only"),
+            (#"{"bits_per_weight": 4, "estimator": "cmpq", "estimator_windows": 2}"#, "'estimator_windows' applies to the estimators 'pmpq' and 'tdmpq'"),
+            (#"{"bits_per_weight": 4, "estimator": "pmpq", "estimator_windows": 0}"#, "'estimator_windows'"),
         ]
         for (json, expected) in cases {
             XCTAssertThrowsError(try pass(json), json) { XCTAssertTrue("\($0)".contains(expected) && "\($0)".contains("test, stage 1"), "\(json): \($0)") }
@@ -152,6 +171,7 @@ final class CPTQuantTests: XCTestCase {
             (#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 4, "group_size": 5, "method": "rtn"}"#, "not a whole number of groups of 5"),
             (#"{"estimator": "pmpq", "bits_per_weight": 2, "group_size": 16}"#, "below the smallest possible size"),
             (#"{"estimator": "pmpq", "bits_per_weight": 4, "group_size": 16, "exclude_layers": [9]}"#, "layer 9 outside 0..<4"),
+            (#"{"estimator": "tdmpq", "bits_per_weight": 4, "group_size": 16, "estimator_windows": 3}"#, "'estimator_windows' is 3, but the recipe draws 2"),
         ]
         for (json, expected) in runtime {
             XCTAssertThrowsError(try pass(json).run(on: m, context: PassContext(calibration: windows)), json) {
