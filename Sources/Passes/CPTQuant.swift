@@ -56,8 +56,10 @@
 //   576 channels, plain CCA finds correlation 1 everywhere).
 // - The paper sets bits per cluster and reports the size that results; the budget allocation and the
 //   uniform baseline at the same budget are ours, so estimators can be compared at equal size.
-// - Sensitivity is per decoder layer as in the paper, or per tensor (`granularity: "tensor"`); CMPQ has no
-//   per-tensor form, so each tensor takes its layer's score.
+// - Sensitivity is per decoder layer as in the paper, per sublayer (`granularity: "sublayer"`: a layer's
+//   attention projections and its MLP projections are two units; TDMPQ sums its tensors' input scores), or per
+//   tensor (`granularity: "tensor"`); CMPQ has no per-sublayer or per-tensor form, so each unit takes its
+//   layer's score.
 // - Embedding and LM head are outside the allocation: left in float32 or stored at a fixed width when asked
 //   (counted in the budget with `fixed_in_budget`). Norms (1-D) stay float32.
 // - With `method: gptq` the allocation's error e_u(b) is the clipping search's (round-to-nearest's with
@@ -109,7 +111,7 @@ public struct CPTQuantPass: CompressionPass {
 
     public enum Estimator: String, CaseIterable, Sendable { case cmpq, pmpq, tdmpq, none }
     public enum AllocationMode: String, CaseIterable, Sendable { case budget, clusters, uniform }
-    public enum Granularity: String, CaseIterable, Sendable { case layer, tensor }
+    public enum Granularity: String, CaseIterable, Sendable { case layer, sublayer, tensor }
     public enum Method: String, CaseIterable, Sendable { case rtn, search, gptq }
     /// What the budget allocation minimizes: Σ s̃_u · e_u(b) (`estimated`) or Σ measured KL (`measured`).
     public enum Damage: String, CaseIterable, Sendable { case estimated, measured }
@@ -333,9 +335,15 @@ public struct CPTQuantPass: CompressionPass {
                 names.append((.linear(LinearID(layer: l, kind: k)), k.isAttention ? 2 * l : 2 * l + 1))
             }
             guard !names.isEmpty else { continue }
-            if granularity == .layer {
+            switch granularity {
+            case .layer:
                 out.append(Unit(name: "layer \(l)", layer: l, tensors: names.map(\.0), firstSublayer: names.map(\.1).min()!))
-            } else {
+            case .sublayer:
+                for sub in [2 * l, 2 * l + 1] {
+                    let members = names.filter { $0.1 == sub }.map(\.0)
+                    if !members.isEmpty { out.append(Unit(name: "layer \(l) \(sub % 2 == 0 ? "attention" : "mlp")", layer: l, tensors: members, firstSublayer: sub)) }
+                }
+            case .tensor:
                 out += names.map { Unit(name: $0.0.hfName, layer: l, tensors: [$0.0], firstSublayer: $0.1) }
             }
         }
@@ -418,7 +426,7 @@ public struct CPTQuantPass: CompressionPass {
             }
         case .tdmpq:
             sensitivity = try context.cached("cptquant-tdmpq", settings: .object(estimatorSettings)) {
-                Self.taylorSensitivity(model: model, units: units, windows: estimatorInput) { i, n in context.progress("cptquant TDMPQ: window \(i)/\(n)") }
+                Self.taylorSensitivity(model: model, units: units, windows: estimatorInput, perTensor: granularity != .layer) { i, n in context.progress("cptquant TDMPQ: window \(i)/\(n)") }
             }
         }
 
@@ -978,10 +986,12 @@ extension CPTQuantPass {
     }
 
     /// TDMPQ: mean over calibration tokens of |x · ∂L/∂x| at each unit's input.
-    static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], progress: (Int, Int) -> Void) -> [Double] {
+    /// `perTensor`: each unit's score is the sum over its tensors of their own inputs' (sublayer and tensor
+    /// granularity); otherwise the residual stream entering the unit's layer (nil: tensor units only).
+    static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], perTensor: Bool? = nil, progress: (Int, Int) -> Void) -> [Double] {
         let T = windows[0].count, C = model.config.hiddenSize
         let trainer = LlamaTrainer(model: model, batch: 1, window: T, frozen: Set(model.weights.map(\.id)))
-        let obs = TaylorObserver(units: units, perTensor: Self.granularityIsTensor(units))
+        let obs = TaylorObserver(units: units, perTensor: perTensor ?? Self.granularityIsTensor(units))
         trainer.backwardObserver = obs
         let loss = LogitLoss(vocab: model.config.vocabSize)
         let dHidden = Tensor(shape: [T, C])
@@ -1004,9 +1014,8 @@ final class TaylorObserver: BackwardObserver {
 
     init(units: [CPTQuantPass.Unit], perTensor: Bool) {
         byLayer = perTensor ? [:] : Dictionary(uniqueKeysWithValues: units.enumerated().map { ($1.layer, $0) })
-        byTensor = perTensor ? Dictionary(uniqueKeysWithValues: units.enumerated().compactMap { u, unit in
-            if case .linear(let id) = unit.tensors[0] { return (id, u) }
-            return nil
+        byTensor = perTensor ? Dictionary(uniqueKeysWithValues: units.enumerated().flatMap { u, unit in
+            unit.tensors.compactMap { t -> (LinearID, Int)? in if case .linear(let id) = t { return (id, u) }; return nil }
         }) : [:]
         sums = [Double](repeating: 0, count: units.count)
     }

@@ -198,6 +198,28 @@ final class MeasuredDamageTests: XCTestCase {
         }
     }
 
+    /// `granularity: sublayer`: two units per layer (attention, MLP), each measured alone from its own sublayer.
+    func testSublayerUnitsAreMeasuredAlone() throws {
+        let m = Tiny.model(), windows = Tiny.windows(2, length: 10)
+        let p = try pass(#"{"estimator": "none", "damage": "measured", "granularity": "sublayer", "bits_per_weight": 3.5, "widths": [2, 4], "group_size": 16, "symmetric": true, "method": "rtn", "damage_windows": 2}"#)
+        let units = try p.units(m)
+        XCTAssertEqual(units.map(\.name), (0..<4).flatMap { ["layer \($0) attention", "layer \($0) mlp"] })
+        XCTAssertEqual(units.map(\.firstSublayer), Array(0..<8))
+        XCTAssertEqual(units.map { $0.tensors.count }, [Int](repeating: 0, count: 4).flatMap { _ in [4, 3] })
+        let (_, diag) = try p.run(on: m, context: PassContext(calibration: windows))
+        let reports = try XCTUnwrap(diag.objectValue?["units"]?.arrayValue).map { $0.objectValue! }
+        for u in [1, 6] {
+            let f = try QuantFormat(bits: 2, groupSize: 16, symmetric: true)
+            var values: [String: [Float]] = [:]
+            for id in units[u].tensors {
+                let w = m.namedTensors.first { $0.name == id.hfName }!.tensor
+                values[id.hfName] = try QuantizedTensor(weights: w.array, shape: w.shape, format: f).dequantized()
+            }
+            let ref = referenceKL(m, try replaced(m, values), windows)
+            XCTAssertEqual(try XCTUnwrap(reports[u]["measured_damage"]?.arrayValue?[0].doubleValue), ref, accuracy: 1e-5 * ref, units[u].name)
+        }
+    }
+
     func testBadMeasuredDamageSettings() throws {
         let cases: [(String, String)] = [
             (#"{"estimator": "pmpq", "allocation": "clusters", "damage": "measured"}"#, "'damage': 'measured' is for allocation 'budget'"),
