@@ -38,6 +38,18 @@ final class MeasuredDamageTests: XCTestCase {
         return try LlamaModel(config: m.config, tensors: tensors)
     }
 
+    /// The least total damage over every choice of one option per unit within the budget (exhaustive).
+    func exhaustiveOptimum(_ table: [[(bytes: Int, damage: Double)]], budget: Int) -> Double {
+        var best = Double.infinity
+        func search(_ u: Int, _ bytes: Int, _ damage: Double) {
+            if bytes > budget { return }
+            if u == table.count { best = min(best, damage); return }
+            for o in table[u] { search(u + 1, bytes + o.bytes, damage + o.damage) }
+        }
+        search(0, 0, 0)
+        return best
+    }
+
     func testMeasuredDamageIsTheKLOfEachUnitAloneAndTheKnapsackIsOptimal() throws {
         let m = Tiny.model(), windows = Tiny.windows(3, length: 12)
         let original = m.namedTensors.map { $0.tensor.array }
@@ -72,13 +84,7 @@ final class MeasuredDamageTests: XCTestCase {
         }
         // The knapsack's choice is the exhaustive optimum of the measured table under the budget.
         let budget = try XCTUnwrap(d["budget_bytes"]?.intValue)
-        var best = Double.infinity
-        func search(_ u: Int, _ bytes: Int, _ damage: Double) {
-            if bytes > budget { return }
-            if u == table.count { best = min(best, damage); return }
-            for o in table[u] { search(u + 1, bytes + o.bytes, damage + o.damage) }
-        }
-        search(0, 0, 0)
+        let best = exhaustiveOptimum(table, budget: budget)
         let chosen = reports.map { $0["bits"]!.intValue! }
         let predicted = zip(table, chosen).reduce(0.0) { $0 + $1.0[widths.firstIndex(of: $1.1)!].damage }
         XCTAssertEqual(predicted, best, accuracy: 1e-12)
@@ -169,13 +175,7 @@ final class MeasuredDamageTests: XCTestCase {
             })
         }
         let budget = try XCTUnwrap(d["budget_bytes"]?.intValue)
-        var best = Double.infinity
-        func search(_ u: Int, _ bytes: Int, _ damage: Double) {
-            if bytes > budget { return }
-            if u == table.count { best = min(best, damage); return }
-            for o in table[u] { search(u + 1, bytes + o.bytes, damage + o.damage) }
-        }
-        search(0, 0, 0)
+        let best = exhaustiveOptimum(table, budget: budget)
         XCTAssertEqual(zip(table, chosen).reduce(0.0) { $0 + $1.0[$1.1].damage }, best, accuracy: 1e-12)
         XCTAssertGreaterThan(Set(chosen).count, 1, "the budget between formats mixes them")
         XCTAssertLessThanOrEqual(zip(table, chosen).reduce(0) { $0 + $1.0[$1.1].bytes }, budget)
