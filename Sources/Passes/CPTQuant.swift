@@ -311,8 +311,6 @@ public struct CPTQuantPass: CompressionPass {
         factorized ? FactorizedWeight.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1]) : q.dequantized()
     }
 
-    /// Whether the units are single tensors (per-tensor granularity).
-    static func granularityIsTensor(_ units: [Unit]) -> Bool { units.contains { $0.tensors.count == 1 && $0.name == $0.tensors[0].hfName } }
 
     /// One allocation unit: a decoder layer's targeted tensors, or one tensor.
     struct Unit {
@@ -682,7 +680,7 @@ public struct CPTQuantPass: CompressionPass {
         var diag: [String: JSONValue] = [
             "estimator": .string(estimator.rawValue), "allocation": .string(allocation.rawValue),
             "granularity": .string(granularity.rawValue), "method": .string(method.rawValue), "search_weights": .string(searchWeights.rawValue),
-            "group_size": .int(groupSize), "symmetric": .bool(symmetric), "widths": .array((explicitFormats ? formats.map(\.bits) : widths).map { .int($0) }),
+            "group_size": .int(groupSize), "symmetric": .bool(symmetric), "widths": .array(formats.map { .int($0.bits) }),
             "formats": .array(formats.map { .object(["format": .string($0.description), "bits_per_weight": .double($0.bitsPerWeight)]) }),
             "allocated_weights": .int(weights), "bytes": .int(chosen.bytes),
             "bits_per_weight": .double(Double(chosen.bytes * 8) / Double(weights)),
@@ -987,11 +985,11 @@ extension CPTQuantPass {
 
     /// TDMPQ: mean over calibration tokens of |x · ∂L/∂x| at each unit's input.
     /// `perTensor`: each unit's score is the sum over its tensors of their own inputs' (sublayer and tensor
-    /// granularity); otherwise the residual stream entering the unit's layer (nil: tensor units only).
-    static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], perTensor: Bool? = nil, progress: (Int, Int) -> Void) -> [Double] {
+    /// granularity); otherwise the residual stream entering the unit's layer (layer granularity).
+    static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], perTensor: Bool, progress: (Int, Int) -> Void) -> [Double] {
         let T = windows[0].count, C = model.config.hiddenSize
         let trainer = LlamaTrainer(model: model, batch: 1, window: T, frozen: Set(model.weights.map(\.id)))
-        let obs = TaylorObserver(units: units, perTensor: perTensor ?? Self.granularityIsTensor(units))
+        let obs = TaylorObserver(units: units, perTensor: perTensor)
         trainer.backwardObserver = obs
         let loss = LogitLoss(vocab: model.config.vocabSize)
         let dHidden = Tensor(shape: [T, C])

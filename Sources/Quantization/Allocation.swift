@@ -15,6 +15,8 @@
 // (c) Uniform: the widest single width whose total fits the budget (the baseline).
 // A width that cannot store a unit (a group whose float16 scale would overflow) is not among that unit's
 // options; in (a) such a unit takes the next wider width it has, in (c) only widths every unit has count.
+// A "width" here is any integer label ordered by size: the bit width of a ladder, or (CPTQuant) the index of
+// a candidate format in a list sorted by bits per weight; "widest" means the largest label.
 
 /// One unit's choices: candidate widths (bits) with their cost and damage.
 public struct AllocationUnit: Sendable {
@@ -69,7 +71,7 @@ public func clusterSensitivities(_ values: [Double], k: Int) -> [Int] {
 
 /// What an allocation chose.
 public struct Allocation: Sendable {
-    /// Chosen width per unit.
+    /// Chosen width (label, see the top of this file) per unit.
     public var bits: [Int]
     public var bytes: Int
     public var damage: Double

@@ -93,7 +93,7 @@ final class CPTQuantTests: XCTestCase {
         let m = Tiny.model(), ids = Tiny.windows(1, length: 10)[0], T = ids.count, C = m.config.hiddenSize, V = m.config.vocabSize
         let p = try pass(#"{"estimator": "tdmpq", "bits_per_weight": 4, "group_size": 16}"#)
         let units = try p.units(m)
-        let scores = CPTQuantPass.taylorSensitivity(model: m, units: units, windows: [ids]) { _, _ in }
+        let scores = CPTQuantPass.taylorSensitivity(model: m, units: units, windows: [ids], perTensor: false) { _, _ in }
         let fwd = ResumableForward(model: m, window: T)
         fwd.run(ids)
         let eps: Float = 1e-2
