@@ -88,18 +88,18 @@ extension TokenizerSpec {
 /// A model with everything that travels with it: tokenizer and history. The model's weights carry their
 /// own representations (dense, sparse, quantized, factorized); there are no side maps.
 public struct Checkpoint {
-    public var model: LlamaModel
+    public var model: DecoderModel
     public var tokenizer: TokenizerSpec?
     /// Where the weights came from and every pass applied since, oldest first (free-form JSON objects).
     public var history: [JSONValue]
 
-    public init(model: LlamaModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = []) {
+    public init(model: DecoderModel, tokenizer: TokenizerSpec? = nil, history: [JSONValue] = []) {
         self.model = model
         self.tokenizer = tokenizer
         self.history = history
     }
 
-    public var config: LlamaConfig { model.config }
+    public var config: ModelConfig { model.config }
 
     /// Reads and verifies a checkpoint: format and version, config, that every expected tensor is present
     /// once, in one representation, with its shape and type, and that nothing unknown is there.
@@ -110,8 +110,8 @@ public struct Checkpoint {
                 throw CheckpointError.unreadable(path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
             }
         }
-        let config: LlamaConfig
-        do { config = try LlamaConfig(json: JSONValue.parse(try attribute("config", file.string))) } catch let e as ConfigError {
+        let config: ModelConfig
+        do { config = try ModelConfig(json: JSONValue.parse(try attribute("config", file.string))) } catch let e as ConfigError {
             throw CheckpointError.badConfig(path: path, detail: e.description)
         } catch let e as CheckpointError { throw e } catch {
             throw CheckpointError.badConfig(path: path, detail: "config attribute is not valid JSON (\(error))")
@@ -165,8 +165,8 @@ public struct Checkpoint {
         }
     }
 
-    private static func readModel(_ file: H5File, config: LlamaConfig, path: String) throws -> LlamaModel {
-        let specs = LlamaModel.tensorSpecs(config)
+    private static func readModel(_ file: H5File, config: ModelConfig, path: String) throws -> DecoderModel {
+        let specs = DecoderModel.tensorSpecs(config)
         let shapes = Dictionary(uniqueKeysWithValues: specs.map { ($0.name, $0.shape) })
         var weights: [String: ModelWeight] = [:]
         func add(_ name: String, _ w: ModelWeight, from group: String) throws {
@@ -202,7 +202,7 @@ public struct Checkpoint {
         for s in specs where weights[s.name] == nil {
             throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
         }
-        do { return try LlamaModel(config: config, weights: weights) } catch let e as ConfigError {
+        do { return try DecoderModel(config: config, weights: weights) } catch let e as ConfigError {
             throw CheckpointError.badConfig(path: path, detail: e.description)
         }
     }

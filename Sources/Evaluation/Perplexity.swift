@@ -35,7 +35,7 @@ public enum Perplexity {
     /// Evaluates `model` on the first `maxTokens` tokens of `tokens` (all when nil).
     /// `progress` is called after each window with (windows done, windows total).
     public static func evaluate(
-        model: LlamaModel, tokens: [Int32], window W: Int, maxTokens: Int? = nil,
+        model: DecoderModel, tokens: [Int32], window W: Int, maxTokens: Int? = nil,
         progress: ((Int, Int) -> Void)? = nil
     ) throws -> PerplexityResult {
         let V = model.config.vocabSize
@@ -49,7 +49,7 @@ public enum Perplexity {
             throw EvaluationError("token id \(bad) is outside the vocabulary (0..<\(V))")
         }
         let start = Date()
-        let engine = LlamaDecoder(model: model, window: W)
+        let engine = TransformerDecoder(model: model, window: W)
         let C = model.config.hiddenSize, R = min(rowsPerChunk, W - 1)
         let logits = Tensor(shape: [R, V])
         var nll = [Double](repeating: 0, count: W - 1)

@@ -29,7 +29,7 @@ struct DeciLayout {
     let headDim: Int
     let layers: [Layer]
 
-    init(config c: LlamaConfig) throws {
+    init(config c: ModelConfig) throws {
         headDim = c.headDim
         guard c.hiddenSize % c.headDim == 0 else {
             throw ExportError("DeciLMForCausalLM needs hidden_size (\(c.hiddenSize)) to be a multiple of head_dim (\(c.headDim)): its head size is hidden_size / num_attention_heads")

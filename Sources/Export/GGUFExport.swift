@@ -13,7 +13,7 @@ import TensorCore
 /// - quantized weights repacked without loss where a ggml type holds them (`GGMLRepack`), else re-quantized to
 ///   the `--requantize` type with the error reported, else refused (every such tensor named);
 /// - dense, sparse (their values) and factorized (multiplied out, with a warning) weights in --dtype.
-/// q and k rows are permuted into llama.cpp's rotary order (convert_hf_to_gguf.py `LlamaModel.permute`,
+/// q and k rows are permuted into llama.cpp's rotary order (convert_hf_to_gguf.py `DecoderModel.permute`,
 /// per head for q, per key/value head for k), whole rows at a time.
 enum GGUFExport {
     /// Width of the zero MLP a `deci` layer gets when it keeps its attention but lost its MLP.

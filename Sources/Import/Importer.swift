@@ -43,9 +43,9 @@ public enum Importer {
     public static func fromGGUF(path: String) throws -> Checkpoint {
         let file = try GGUFFile(path: path)
         let ggufConfig = try GGUFLlamaConfig(gguf: file)
-        let config: LlamaConfig
+        let config: ModelConfig
         do {
-            config = try LlamaConfig(json: JSONValue.parse(String(decoding: try ggufConfig.jsonData(), as: UTF8.self)))
+            config = try ModelConfig(json: JSONValue.parse(String(decoding: try ggufConfig.jsonData(), as: UTF8.self)))
         } catch let e as ConfigError {
             let from = ggufConfig.ropeScalingKeys.isEmpty ? "" : " (from \(ggufConfig.ropeScalingKeys.joined(separator: ", ")))"
             throw ImportError("\(path): \(e.description)\(from)")
@@ -125,11 +125,11 @@ public enum Importer {
         do { configText = String(decoding: try SafeFiles.read(configPath, role: "config.json", limit: 1 << 24), as: UTF8.self) } catch let e as FileError {
             throw ImportError(e.description)
         }
-        var config: LlamaConfig
+        var config: ModelConfig
         let json: JSONValue
         do {
             json = try deciLMAsLlama(JSONValue.parse(configText))
-            config = try LlamaConfig(json: json)
+            config = try ModelConfig(json: json)
         } catch let e as ConfigError {
             throw ImportError("\(configPath): \(e.description)")
         } catch let e as DuplicateJSONKey { throw ImportError("\(configPath): \(e)") } catch {
@@ -140,14 +140,14 @@ public enum Importer {
         if config.tieWordEmbeddings, case .object(var o) = json, let untie = try storedHeadDiffers(weights) {
             // transformers keeps a stored lm_head.weight even when the config says the embeddings are tied.
             o["tie_word_embeddings"] = .bool(false)
-            do { config = try LlamaConfig(json: .object(o)) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
+            do { config = try ModelConfig(json: .object(o)) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
             warnings.append("\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from model.embed_tokens.weight (\(untie)); imported untied with the stored lm_head.weight, as transformers loads it")
         }
         // compressed-tensors: `pack-quantized` weights become our quantized weights; the storage description
         // itself is not part of the model.
         let packed = try packQuantizedFormats(json, path: configPath)
         config.extra["quantization_config"] = nil
-        let expected = Set(LlamaModel.tensorSpecs(config).map(\.name))
+        let expected = Set(DecoderModel.tensorSpecs(config).map(\.name))
         var tensors: [String: Tensor] = [:]
         var quantized: [String: QuantizedTensor] = [:]
         var dtypes: [String: Int] = [:]
@@ -298,8 +298,8 @@ public enum Importer {
         } catch { throw ImportError("\(directory): '\(module)': \(error)") }
     }
 
-    /// Assembles the model; LlamaModel verifies every name and shape against the config.
-    static func buildModel(config: LlamaConfig, tensors: [String: Tensor], quantized: [String: QuantizedTensor] = [:], source: String) throws -> LlamaModel {
+    /// Assembles the model; DecoderModel verifies every name and shape against the config.
+    static func buildModel(config: ModelConfig, tensors: [String: Tensor], quantized: [String: QuantizedTensor] = [:], source: String) throws -> DecoderModel {
         for (name, t) in tensors.sorted(by: { $0.key < $1.key }) {
             let p = t.data
             if let i = (0..<t.count).first(where: { !p[$0].isFinite }) {
@@ -311,7 +311,7 @@ public enum Importer {
             guard weights[name] == nil else { throw ImportError("\(source): '\(name)' is stored both packed and unpacked") }
             weights[name] = .matrix(.quantized(QuantizedWeight(q)))
         }
-        do { return try LlamaModel(config: config, weights: weights) } catch let e as ConfigError {
+        do { return try DecoderModel(config: config, weights: weights) } catch let e as ConfigError {
             throw ImportError("\(source): \(e.description)")
         }
     }

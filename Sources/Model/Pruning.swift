@@ -1,7 +1,7 @@
 import TensorCore
 
 /// Structural edits that build a new, smaller model (tensors copied; the input model is left untouched).
-extension LlamaModel {
+extension DecoderModel {
     /// What width pruning keeps: indices into the original dimensions, each list ascending.
     public struct WidthSelection: Equatable, Sendable {
         /// Hidden (embedding) channels kept, shared by every layer.
@@ -25,7 +25,7 @@ extension LlamaModel {
     /// Each norm weight is scaled by sqrt(C/C') and rms_norm_eps by C/C', which makes the result compute
     /// exactly what the original computes with the removed channels zeroed:
     ///   x·w·sqrt(C/C') / sqrt(Σx²/C' + eps·C/C') = x·w / sqrt(Σx²/C + eps).
-    public func pruningWidth(_ sel: WidthSelection) throws -> LlamaModel {
+    public func pruningWidth(_ sel: WidthSelection) throws -> DecoderModel {
         let c = config, C = c.hiddenSize, D = c.headDim, L = layers.count
         guard sel.heads.count == L, sel.neurons.count == L else {
             throw ConfigError("width selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
@@ -99,13 +99,13 @@ extension LlamaModel {
             tensors[p + "mlp.up_proj.weight"] = gather(m.up, rows: sel.neurons[l], cols: sel.channels)
             tensors[p + "mlp.down_proj.weight"] = gather(m.down, rows: sel.channels, cols: sel.neurons[l])
         }
-        return try LlamaModel(config: nc, tensors: tensors)
+        return try DecoderModel(config: nc, tensors: tensors)
     }
 
     /// The model without the given sublayers (s = 2·layer for attention, 2·layer + 1 for the MLP). A removed
     /// sublayer's norm and projections are gone and its block config records it, so it is never computed.
     /// Layers left with neither sublayer are dropped and the rest renumbered when `dropEmptyLayers`.
-    public func removingSublayers(_ remove: Set<Int>, dropEmptyLayers: Bool = true) throws -> LlamaModel {
+    public func removingSublayers(_ remove: Set<Int>, dropEmptyLayers: Bool = true) throws -> DecoderModel {
         let L = layers.count
         if let bad = remove.first(where: { !(0..<(2 * L)).contains($0) }) {
             throw ConfigError("sublayer \(bad) outside 0..<\(2 * L)")
@@ -119,19 +119,19 @@ extension LlamaModel {
         c.blocks = keep.map { c.blocks[$0] }
         c.numHiddenLayers = keep.count
         // Kept layers, renumbered; each kept weight copied in its own representation.
-        let newLayers: [LlamaLayer] = keep.map { old in
+        let newLayers: [DecoderLayer] = keep.map { old in
             let l = layers[old]
-            return LlamaLayer(
+            return DecoderLayer(
                 attention: remove.contains(2 * old) ? nil : l.attention.map {
                     AttentionWeights(norm: $0.norm.copy(), q: $0.q.copy(), k: $0.k.copy(), v: $0.v.copy(), o: $0.o.copy()) },
                 mlp: remove.contains(2 * old + 1) ? nil : l.mlp.map {
                     MLPWeights(norm: $0.norm.copy(), gate: $0.gate.copy(), up: $0.up.copy(), down: $0.down.copy()) })
         }
-        return try LlamaModel(config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(), lmHead: untiedLMHead?.copy())
+        return try DecoderModel(config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(), lmHead: untiedLMHead?.copy())
     }
 
     /// Parameters a configuration holds (a tied head counted once).
-    public static func parameterCount(_ c: LlamaConfig) -> Int {
+    public static func parameterCount(_ c: ModelConfig) -> Int {
         tensorSpecs(c).reduce(0) { $0 + $1.shape.reduce(1, *) }
     }
 }

@@ -1,8 +1,8 @@
 import TensorCore
 
-extension LlamaModel {
+extension DecoderModel {
     /// Logits (T, V) computed with the plain reference version of every op and every weight representation
-    /// (`LinearWeight.forwardReference`), with the gates applied as `LlamaDecoder` applies them: the oracle the
+    /// (`LinearWeight.forwardReference`), with the gates applied as `TransformerDecoder` applies them: the oracle the
     /// fast forward is tested against (slow; for tests).
     public func referenceLogits(_ ids: [Int32], gates: Gates? = nil) -> Tensor {
         let c = config, T = ids.count, C = c.hiddenSize, D = c.headDim, eps = Float(c.rmsNormEps)

@@ -288,7 +288,7 @@ public struct CPTQuantPass: CompressionPass {
     /// The float32 tensor the pass quantizes for every matrix weight, by id: the model's own storage (PMPQ and
     /// the damage probe write into a private copy's): W of a dense or sparse weight (a quantized one's cache),
     /// D (OC, k) of a factorized one whose D is float32.
-    static func denseWeights(_ model: LlamaModel) -> [WeightID: Tensor] {
+    static func denseWeights(_ model: DecoderModel) -> [WeightID: Tensor] {
         Dictionary(uniqueKeysWithValues: model.weights.compactMap { w -> (WeightID, Tensor)? in
             guard let m = w.weight.matrix else { return nil }
             if case .factorized(let f) = m { return f.quantizedDense == nil ? (w.id, f.dense) : nil }
@@ -297,7 +297,7 @@ public struct CPTQuantPass: CompressionPass {
     }
 
     /// The weights whose unit tensor is a factorized weight's D (quantized as Dᵀ, (k, OC), grouped along OC).
-    static func factorizedIDs(_ model: LlamaModel) -> Set<WeightID> {
+    static func factorizedIDs(_ model: DecoderModel) -> Set<WeightID> {
         Set(model.weights.compactMap { w in if case .matrix(.factorized) = w.weight { return w.id }; return nil })
     }
 
@@ -321,7 +321,7 @@ public struct CPTQuantPass: CompressionPass {
         var firstSublayer: Int
     }
 
-    func units(_ model: LlamaModel) throws -> [Unit] {
+    func units(_ model: DecoderModel) throws -> [Unit] {
         let L = model.layers.count
         if let bad = excludeLayers.first(where: { $0 >= L }) { throw RecipeError("cptquant: 'exclude_layers': layer \(bad) outside 0..<\(L)") }
         var out: [Unit] = []
@@ -349,7 +349,7 @@ public struct CPTQuantPass: CompressionPass {
         return out
     }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let units = try units(model)
         let tensors = Self.denseWeights(model)
         let factorized = Self.factorizedIDs(model)
@@ -777,7 +777,7 @@ extension CPTQuantPass {
 final class DamageProbe {
     let windows: [[Int32]]
     let T: Int, C: Int, V: Int, S: Int
-    private let model: LlamaModel
+    private let model: DecoderModel
     private let tensors: [WeightID: Tensor]
     private let fwd: ResumableForward
     /// Per window: the saved residuals, (S + 1) × T × C.
@@ -785,7 +785,7 @@ final class DamageProbe {
     /// Per window: log p_base, T × V, in Double (the damages are small differences of log-probabilities).
     private var baseLogProbs: [[Double]] = []
 
-    init(model given: LlamaModel, windows: [[Int32]]) {
+    init(model given: DecoderModel, windows: [[Int32]]) {
         model = given.copy()  // written into and restored; never the model given
         tensors = CPTQuantPass.denseWeights(model)
         self.windows = windows
@@ -854,10 +854,10 @@ public struct CalibrationMoments: Codable, Sendable {
     /// Pooled vectors per layer the correlations were estimated from.
     public var pooledSamples: Int
 
-    public static func compute(model: LlamaModel, windows: [[Int32]], correlations: Bool = true, poolTokens: Int, ccaDims: Int,
+    public static func compute(model: DecoderModel, windows: [[Int32]], correlations: Bool = true, poolTokens: Int, ccaDims: Int,
                                ridge: Double, progress: (Int, Int) -> Void = { _, _ in }) throws -> CalibrationMoments {
         let obs = MomentsObserver(model: model, pool: correlations ? poolTokens : nil)
-        let engine = LlamaDecoder(model: model, window: windows.map(\.count).max() ?? 1)
+        let engine = TransformerDecoder(model: model, window: windows.map(\.count).max() ?? 1)
         for (i, ids) in windows.enumerated() {
             _ = engine.hiddenStates(ids, observer: obs)
             progress(i + 1, windows.count)
@@ -904,7 +904,7 @@ final class MomentsObserver: ForwardObserver {
     /// [layer]: pooled output vectors (row-major, samples × C), in Double.
     var pooled: [[Double]]
 
-    init(model: LlamaModel, pool: Int?) {
+    init(model: DecoderModel, pool: Int?) {
         let c = model.config
         L = model.layers.count; C = c.hiddenSize; self.pool = pool
         attnIn = model.layers.map { $0.attention == nil ? [] : [Double](repeating: 0, count: c.hiddenSize) }
@@ -946,7 +946,7 @@ extension CPTQuantPass {
     /// PMPQ: calibration perplexity rise when each unit loses `fraction` of every tensor's weights (smallest
     /// magnitudes). The unit's tensors are pruned in place, evaluated from the saved residual stream entering
     /// the unit, and restored bit for bit.
-    static func pruningSensitivity(model given: LlamaModel, units: [Unit], fraction: Double, windows: [[Int32]],
+    static func pruningSensitivity(model given: DecoderModel, units: [Unit], fraction: Double, windows: [[Int32]],
                                    progress: (Int, Int) -> Void) -> [Double] {
         // A private copy is pruned and restored, never the model given (models are values).
         let model = given.copy()
@@ -986,9 +986,9 @@ extension CPTQuantPass {
     /// TDMPQ: mean over calibration tokens of |x · ∂L/∂x| at each unit's input.
     /// `perTensor`: each unit's score is the sum over its tensors of their own inputs' (sublayer and tensor
     /// granularity); otherwise the residual stream entering the unit's layer (layer granularity).
-    static func taylorSensitivity(model: LlamaModel, units: [Unit], windows: [[Int32]], perTensor: Bool, progress: (Int, Int) -> Void) -> [Double] {
+    static func taylorSensitivity(model: DecoderModel, units: [Unit], windows: [[Int32]], perTensor: Bool, progress: (Int, Int) -> Void) -> [Double] {
         let T = windows[0].count, C = model.config.hiddenSize
-        let trainer = LlamaTrainer(model: model, batch: 1, window: T, frozen: Set(model.weights.map(\.id)))
+        let trainer = Trainer(model: model, batch: 1, window: T, frozen: Set(model.weights.map(\.id)))
         let obs = TaylorObserver(units: units, perTensor: perTensor)
         trainer.backwardObserver = obs
         let loss = LogitLoss(vocab: model.config.vocabSize)

@@ -29,14 +29,14 @@ public enum Aggregation: String, Codable, CaseIterable, Sendable {
 /// variant of the model that differs from sublayer s on resumes at s instead of recomputing from the embedding
 /// (FinerCut's trials, Minitron's block-removal perplexities).
 final class ResumableForward: ForwardObserver {
-    let engine: LlamaDecoder
+    let engine: TransformerDecoder
     let T: Int, C: Int, S: Int
     /// (2L + 1) × T × C: the residual entering sublayer s; s = 2L is the input of the final norm.
     let states: Tensor
     let logits: Tensor
 
-    init(model: LlamaModel, window: Int) {
-        engine = LlamaDecoder(model: model, window: window)
+    init(model: DecoderModel, window: Int) {
+        engine = TransformerDecoder(model: model, window: window)
         T = window
         C = model.config.hiddenSize
         S = 2 * model.layers.count
@@ -93,10 +93,10 @@ public struct ActivationImportance: Codable, Equatable, Sendable {
 
     /// Scores of `model` on `windows`: per token the value above, reduced over each window's positions by
     /// `sequence`, then over the windows by `batch`.
-    public static func compute(model: LlamaModel, windows: [[Int32]], sequence: Aggregation, batch: Aggregation,
+    public static func compute(model: DecoderModel, windows: [[Int32]], sequence: Aggregation, batch: Aggregation,
                                progress: (Int, Int) -> Void = { _, _ in }) -> ActivationImportance {
         let obs = ImportanceObserver(model: model, sequence: sequence, batch: batch)
-        let engine = LlamaDecoder(model: model, window: windows.map(\.count).max() ?? 1)
+        let engine = TransformerDecoder(model: model, window: windows.map(\.count).max() ?? 1)
         for (i, ids) in windows.enumerated() {
             obs.beginWindow(rows: ids.count)
             _ = engine.hiddenStates(ids, observer: obs)
@@ -117,7 +117,7 @@ final class ImportanceObserver: ForwardObserver {
     var seqHeads: [[Double]], seqNeurons: [[Double]], tokenChannels: [Double]
     var batHeads: [[Double]], batNeurons: [[Double]], batChannels: [Double]
 
-    init(model: LlamaModel, sequence: Aggregation, batch: Aggregation) {
+    init(model: DecoderModel, sequence: Aggregation, batch: Aggregation) {
         let c = model.config
         self.sequence = sequence; self.batch = batch
         D = c.headDim; C = c.hiddenSize
@@ -191,7 +191,7 @@ public struct DepthImportance: Codable, Equatable, Sendable {
     /// Perplexity on the calibration windows with every block.
     public var basePpl: Double
 
-    public static func compute(model: LlamaModel, windows: [[Int32]], progress: (Int, Int) -> Void = { _, _ in }) -> DepthImportance {
+    public static func compute(model: DecoderModel, windows: [[Int32]], progress: (Int, Int) -> Void = { _, _ in }) -> DepthImportance {
         let L = model.layers.count, V = model.config.vocabSize, C = model.config.hiddenSize
         let T = windows.first?.count ?? 0
         precondition(windows.allSatisfy { $0.count == T } && T >= 2, "calibration windows must share one length >= 2")

@@ -275,7 +275,7 @@ public struct DSFormerPass: CompressionPass {
         return sz
     }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let list = try FactorizationTargets.weights(model, kinds: targets, pass: Self.name)
         let plan = try list.map { try sizes(for: $0.id, rows: $0.w.shape[0], columns: $0.w.shape[1]) }
         var out = model

@@ -62,7 +62,7 @@ public struct FinerCutPass: CompressionPass {
     }
 
     /// The candidates of `model`: present sublayers of the chosen kinds.
-    public static func candidateSublayers(_ model: LlamaModel, _ kind: Candidates) -> [Int] {
+    public static func candidateSublayers(_ model: DecoderModel, _ kind: Candidates) -> [Int] {
         model.config.blocks.enumerated().flatMap { l, b -> [Int] in
             var s: [Int] = []
             if b.attention && kind != .mlp { s.append(2 * l) }
@@ -74,7 +74,7 @@ public struct FinerCutPass: CompressionPass {
     /// Mean distance from the original over the calibration windows, for each candidate removed on top of
     /// `removed`. Reference outputs are log-probabilities (JS) or logits (angular) of the original model.
     final class Trials {
-        let model: LlamaModel
+        let model: DecoderModel
         let windows: [[Int32]]
         let metric: Metric
         let fwd: ResumableForward
@@ -82,7 +82,7 @@ public struct FinerCutPass: CompressionPass {
         let V: Int, T: Int
         var dist: [Double]
 
-        init(model: LlamaModel, windows: [[Int32]], metric: Metric) {
+        init(model: DecoderModel, windows: [[Int32]], metric: Metric) {
             self.model = model; self.windows = windows; self.metric = metric
             T = windows[0].count
             V = model.config.vocabSize
@@ -118,7 +118,7 @@ public struct FinerCutPass: CompressionPass {
 
     /// The removal order of `count` sublayers (greedy), or the one-shot ranking of every candidate.
     /// A cached greedy prefix is extended rather than recomputed.
-    public static func order(model: LlamaModel, windows: [[Int32]], metric: Metric, mode: Mode, candidates kind: Candidates,
+    public static func order(model: DecoderModel, windows: [[Int32]], metric: Metric, mode: Mode, candidates kind: Candidates,
                              count: Int, prefix: [Removal] = [], progress: (String) -> Void = { _ in }) -> [Removal] {
         let all = candidateSublayers(model, kind)
         let trials = Trials(model: model, windows: windows, metric: metric)
@@ -147,7 +147,7 @@ public struct FinerCutPass: CompressionPass {
         }
     }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let all = Self.candidateSublayers(model, candidates)
         let k = count ?? Int((fraction! * Double(all.count)).rounded())
         guard k >= 1 else { throw RecipeError("finercut: a fraction of \(fraction ?? 0) of \(all.count) candidates removes nothing") }

@@ -140,8 +140,8 @@ public enum Layerwise {
     /// The model with every linear of a kind in `targets` replaced by `compress`'s result, layer by layer on
     /// the calibration `windows` (all of one length) propagated through the already-compressed layers.
     /// `fullHessian`: accumulate Σ x xᵀ (SparseGPT, GPTQ) or only Σ x² per column (Wanda).
-    public static func run(model given: LlamaModel, windows: [[Int32]], targets: Set<LinearKind>, fullHessian: Bool,
-                           progress: (String) -> Void = { _ in }, compress: Compressor) throws -> LlamaModel {
+    public static func run(model given: DecoderModel, windows: [[Int32]], targets: Set<LinearKind>, fullHessian: Bool,
+                           progress: (String) -> Void = { _ in }, compress: Compressor) throws -> DecoderModel {
         guard let T = windows.first?.count, T > 0 else { throw RecipeError("layer-wise calibration needs calibration windows") }
         guard windows.allSatisfy({ $0.count == T }) else { throw RecipeError("calibration windows must share one length") }
         var model = given
@@ -151,7 +151,7 @@ public enum Layerwise {
         // Residual streams of every window.
         let states = Tensor(shape: [N, T, C])
         do {
-            let engine = LlamaDecoder(model: model, window: T)
+            let engine = TransformerDecoder(model: model, window: T)
             for (w, ids) in windows.enumerated() {
                 engine.embed(ids)
                 (states.data + w * T * C).update(from: engine.residual, count: T * C)
@@ -195,7 +195,7 @@ public enum Layerwise {
                 let width = attention ? c.blocks[l].numAttentionHeads * c.headDim : c.blocks[l].intermediateSize
                 let capture = OutputProjectionInput(sublayer: s, width: width, stats: outTargeted ? InputStatistics(features: width, full: fullHessian) : nil,
                                                     store: outTargeted ? store.data : nil, windowStride: T * outWidth)
-                let engine = LlamaDecoder(model: model, window: T)
+                let engine = TransformerDecoder(model: model, window: T)
                 for w in 0..<N {
                     engine.residual.update(from: states.data + w * T * C, count: T * C)
                     capture.window = w

@@ -44,7 +44,7 @@ public enum FactorizationTargets {
 
     /// The model's target weights in canonical order; every one must be dense (a sparse, quantized or already
     /// factorized weight is refused, naming it).
-    static func weights(_ model: LlamaModel, kinds: [LinearKind], pass: String) throws -> [(id: LinearID, w: Tensor)] {
+    static func weights(_ model: DecoderModel, kinds: [LinearKind], pass: String) throws -> [(id: LinearID, w: Tensor)] {
         let list = model.linearWeights.filter { kinds.contains($0.id.kind) }
         guard !list.isEmpty else { throw RecipeError("\(pass): the model has no \(kinds.map(\.shortName).joined(separator: ", ")) weights") }
         return try list.map { id, w in
@@ -205,7 +205,7 @@ public struct LowRankPass: CompressionPass {
         return min(k, min(m, n))
     }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let list = try FactorizationTargets.weights(model, kinds: targets, pass: Self.name)
         // Every rank checked before any SVD.
         let ranks = try list.map { try rank(for: $0.id, rows: $0.w.shape[0], columns: $0.w.shape[1]) }

@@ -133,7 +133,7 @@ public struct MaskLLMPass: TrainingPass {
     }
 
     /// The targeted weights of `model`, checked: present, dense, input size a multiple of M.
-    func resolveTargets(_ model: LlamaModel) throws -> [(id: LinearID, weight: Tensor)] {
+    func resolveTargets(_ model: DecoderModel) throws -> [(id: LinearID, weight: Tensor)] {
         let L = model.layers.count
         if let bad = excludeLayers.first(where: { $0 >= L }) { throw RecipeError("'exclude_layers': layer \(bad) outside 0..<\(L)") }
         var out: [(LinearID, Tensor)] = []
@@ -157,12 +157,12 @@ public struct MaskLLMPass: TrainingPass {
     /// Checks the pattern, 'targets' and 'exclude_layers' against the model the stage will receive, before
     /// any stage runs: every targeted weight present and dense, M dividing its input size, at least one target.
     /// Errors name the recipe, the stage and the key.
-    public func preflight(_ model: LlamaModel) throws {
+    public func preflight(_ model: DecoderModel) throws {
         do { _ = try resolveTargets(model) } catch let e as RecipeError { throw RecipeError("\(location): \(e.description)") }
     }
 
     /// Prior masks by target (empty for `none`).
-    func priorMasks(_ model: LlamaModel, _ targets: [(id: LinearID, weight: Tensor)], context: PassContext) throws -> (masks: [LinearID: SparsityMask], diagnostics: JSONValue) {
+    func priorMasks(_ model: DecoderModel, _ targets: [(id: LinearID, weight: Tensor)], context: PassContext) throws -> (masks: [LinearID: SparsityMask], diagnostics: JSONValue) {
         switch prior {
         case .none: return ([:], .null)
         case .magnitude, .wanda, .sparsegpt:
@@ -199,7 +199,7 @@ public struct MaskLLMPass: TrainingPass {
         }
     }
 
-    public func prepare(model: LlamaModel, teacher: LlamaModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
+    public func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
         let found = try resolveTargets(model)
         let t0 = Date()
         let (priors, priorDiagnostics) = try priorMasks(model, found, context: context)

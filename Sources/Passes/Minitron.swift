@@ -22,7 +22,7 @@
 // - Per-token magnitudes (|·|, ‖·‖₂) are aggregated, where the paper writes a signed sum for neurons and
 //   channels; with signed values a mean over the sequence lets opposite activations cancel.
 // - Removing hidden channels rescales each RMSNorm weight by sqrt(C/C') and rms_norm_eps by C/C', so the
-//   pruned model computes exactly what the original computes with those channels zeroed (LlamaModel.pruningWidth).
+//   pruned model computes exactly what the original computes with those channels zeroed (DecoderModel.pruningWidth).
 // - A parameter budget is met by shrinking the chosen axes (hidden, MLP, heads) by one common fraction, the
 //   largest whose architecture fits, with sizes rounded down to `round_to`; the paper instead enumerates
 //   candidate architectures and ranks them after a short retraining.
@@ -90,14 +90,14 @@ public struct MinitronPass: CompressionPass {
         public var parameters: Int
     }
 
-    func config(_ c: LlamaConfig, _ t: (hidden: Int, mlp: Int, heads: Int, layers: Int)) -> LlamaConfig {
-        var n = LlamaConfig(vocabSize: c.vocabSize, hiddenSize: t.hidden, intermediateSize: t.mlp, numHiddenLayers: t.layers,
+    func config(_ c: ModelConfig, _ t: (hidden: Int, mlp: Int, heads: Int, layers: Int)) -> ModelConfig {
+        var n = ModelConfig(vocabSize: c.vocabSize, hiddenSize: t.hidden, intermediateSize: t.mlp, numHiddenLayers: t.layers,
                             numAttentionHeads: t.heads, numKeyValueHeads: c.numKeyValueHeads, headDim: c.headDim)
         n.tieWordEmbeddings = c.tieWordEmbeddings
         return n
     }
 
-    public func resolveTarget(_ c: LlamaConfig) throws -> Target {
+    public func resolveTarget(_ c: ModelConfig) throws -> Target {
         let G = c.numKeyValueHeads
         var t = (hidden: hidden ?? c.hiddenSize, mlp: mlp ?? c.intermediateSize, heads: heads ?? c.numAttentionHeads,
                  layers: layers ?? c.numHiddenLayers)
@@ -112,13 +112,13 @@ public struct MinitronPass: CompressionPass {
                 return s
             }
             var lo = 0.0, hi = 1.0
-            guard LlamaModel.parameterCount(config(c, sized(lo))) <= budget else {
+            guard DecoderModel.parameterCount(config(c, sized(lo))) <= budget else {
                 throw RecipeError("minitron: no architecture along \(axes.map(\.rawValue)) fits \(budget) parameters")
             }
-            if LlamaModel.parameterCount(config(c, sized(hi))) <= budget { lo = hi }
+            if DecoderModel.parameterCount(config(c, sized(hi))) <= budget { lo = hi }
             for _ in 0..<60 where hi - lo > 1e-9 {
                 let mid = (lo + hi) / 2
-                if LlamaModel.parameterCount(config(c, sized(mid))) <= budget { lo = mid } else { hi = mid }
+                if DecoderModel.parameterCount(config(c, sized(mid))) <= budget { lo = mid } else { hi = mid }
             }
             t = sized(lo)
         }
@@ -128,7 +128,7 @@ public struct MinitronPass: CompressionPass {
             throw RecipeError("minitron: 'heads' \(t.heads) must be a multiple of the \(G) KV heads, at most \(c.numAttentionHeads)")
         }
         guard t.layers <= c.numHiddenLayers else { throw RecipeError("minitron: 'layers' \(t.layers) exceeds the model's \(c.numHiddenLayers)") }
-        return Target(hidden: t.hidden, mlp: t.mlp, heads: t.heads, layers: t.layers, parameters: LlamaModel.parameterCount(config(c, t)))
+        return Target(hidden: t.hidden, mlp: t.mlp, heads: t.heads, layers: t.layers, parameters: DecoderModel.parameterCount(config(c, t)))
     }
 
     /// Indices of the `k` highest scores, ascending (ties: the lower index wins).
@@ -137,16 +137,16 @@ public struct MinitronPass: CompressionPass {
     }
 
     /// The width selection `target` keeps under `imp`, for the layers `keep` (original indices).
-    public static func selection(_ imp: ActivationImportance, config c: LlamaConfig, target: Target, keep: [Int]) -> LlamaModel.WidthSelection {
+    public static func selection(_ imp: ActivationImportance, config c: ModelConfig, target: Target, keep: [Int]) -> DecoderModel.WidthSelection {
         let G = c.numKeyValueHeads, per = c.numAttentionHeads / G, keepPer = target.heads / G
         let heads = keep.map { l in
             (0..<G).flatMap { g in top(Array(imp.heads[l][(g * per)..<((g + 1) * per)]), keepPer).map { g * per + $0 } }
         }
-        return LlamaModel.WidthSelection(channels: top(imp.channels, target.hidden), heads: heads,
+        return DecoderModel.WidthSelection(channels: top(imp.channels, target.hidden), heads: heads,
                                          neurons: keep.map { top(imp.neurons[$0], target.mlp) })
     }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let c = model.config
         guard c.isHomogeneous else {
             throw RecipeError("minitron: the model's layers differ (block_configs); Minitron prunes homogeneous Llama models")

@@ -76,7 +76,7 @@ public struct SparsityTarget: Equatable, Sendable {
 
     /// The targeted linears of `model`, checked before any work: dense, and with an input size that is a
     /// multiple of M for N:M.
-    func linears(_ model: LlamaModel, stage: String) throws -> [LinearID] {
+    func linears(_ model: DecoderModel, stage: String) throws -> [LinearID] {
         let ids = model.linearWeights.map(\.id).filter { targets.contains($0.kind) }
         guard !ids.isEmpty else { throw RecipeError("\(stage): no linear weight of the model matches 'targets'") }
         for id in ids {
@@ -140,7 +140,7 @@ struct OneShotPruning {
     let stage: String
     let target: SparsityTarget
 
-    func report(_ model: LlamaModel, _ ids: [LinearID], seconds: Double, extra: [String: JSONValue] = [:], perTensor: [LinearID: [String: JSONValue]] = [:]) -> JSONValue {
+    func report(_ model: DecoderModel, _ ids: [LinearID], seconds: Double, extra: [String: JSONValue] = [:], perTensor: [LinearID: [String: JSONValue]] = [:]) -> JSONValue {
         var kept = 0, total = 0
         let tensors: [JSONValue] = ids.map { id in
             let w = model.linear(id)!
@@ -169,7 +169,7 @@ public struct MagnitudePass: CompressionPass {
 
     public init(config s: StrictObject) throws { target = try SparsityTarget(config: s) }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
         var m = model
@@ -201,7 +201,7 @@ public struct WandaPass: CompressionPass {
         return target.keepByScore(score, rows: OC, cols: C, perRow: true)
     }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: false,
@@ -288,7 +288,7 @@ public struct SparseGPTPass: CompressionPass {
         return (w, keep, loss)
     }
 
-    public func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
         var losses: [LinearID: [String: JSONValue]] = [:]

@@ -13,7 +13,7 @@
 // Variants: `vtrans` trains weights and masks; `fast` does the same on a prefix of `data_fraction` (3 %) of the
 // training tokens; `faster` trains the masks only (weights frozen).
 // After training the masked units are removed physically and the kept μ folded into the weights
-// (`LlamaModel.pruningUnits`): a heterogeneous model (per-layer heads and MLP widths, layers dropped).
+// (`DecoderModel.pruningUnits`): a heterogeneous model (per-layer heads and MLP widths, layers dropped).
 //
 // Deviations from the paper:
 // - Heads: masks are per query head; grouped-query attention is kept valid by keeping, in each layer, the
@@ -34,7 +34,7 @@ import Recipes
 import TensorCore
 import Training
 
-extension LlamaModel {
+extension DecoderModel {
     /// What structured pruning keeps, as indices into the original dimensions (each list ascending).
     public struct UnitSelection: Codable, Equatable, Sendable {
         /// Hidden channels kept, shared by every layer.
@@ -52,7 +52,7 @@ extension LlamaModel {
     }
 
     /// The config `pruningUnits(sel)` produces (checks the selection: ascending indices in range, GQA groups).
-    public func prunedConfig(_ sel: UnitSelection) throws -> LlamaConfig {
+    public func prunedConfig(_ sel: UnitSelection) throws -> ModelConfig {
         let c = config, L = c.blocks.count
         guard sel.heads.count == L, sel.neurons.count == L else {
             throw ConfigError("unit selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
@@ -98,7 +98,7 @@ extension LlamaModel {
     /// (g_att, g_mlp the layer's sublayer gates). Norm weights are scaled by sqrt(C/C') and rms_norm_eps by
     /// C/C' as in `pruningWidth`; with a tied LM head, the final norm weight is also divided by z_c (the
     /// head reads the scaled embedding). Dense weights only; kept channel gates must be non-zero.
-    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil) throws -> LlamaModel {
+    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil) throws -> DecoderModel {
         let nc = try prunedConfig(sel)
         guard weightKinds == [.dense] else {
             throw ConfigError("unit pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
@@ -151,7 +151,7 @@ extension LlamaModel {
                 tensors[p + "mlp.down_proj.weight"] = gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: zc.map { $0 * gMLP }, colScale: neuronScale)
             }
         }
-        return try LlamaModel(config: nc, tensors: tensors)
+        return try DecoderModel(config: nc, tensors: tensors)
     }
 }
 
@@ -230,7 +230,7 @@ public struct VTransPass: RecipeStage {
     /// Parameters of the smallest model the masks can give: one hidden channel (when `hidden` is masked); each
     /// layer at its smallest (no attention / MLP when heads / neurons are masked); when layers can vanish (the
     /// `layers` axis, or both `heads` and `mlp`), one layer holding its cheapest non-empty content.
-    public func smallestParameters(_ c: LlamaConfig) throws -> Int {
+    public func smallestParameters(_ c: ModelConfig) throws -> Int {
         _ = try VIBSizeModel(config: c)
         let axes = Set(vib.axes)
         let C = axes.contains(.hidden) ? 1 : c.hiddenSize, D = c.headDim, V = c.vocabSize * (c.tieWordEmbeddings ? 1 : 2)
@@ -247,7 +247,7 @@ public struct VTransPass: RecipeStage {
     }
 
     /// The target parameter count for `c`, checked against what the masks can reach.
-    public func resolveTarget(_ c: LlamaConfig) throws -> Int {
+    public func resolveTarget(_ c: ModelConfig) throws -> Int {
         let size: VIBSizeModel
         do { size = try VIBSizeModel(config: c) } catch let e as ConfigError { throw RecipeError("\(location): \(e.description)") }
         let full = Int(size.full)
@@ -267,7 +267,7 @@ public struct VTransPass: RecipeStage {
     }
 
     /// A training run of this stage on `model` (the dense teacher and the initial student).
-    public func makeRun(model: LlamaModel, trainTokens: [Int32]) throws -> VTransRun {
+    public func makeRun(model: DecoderModel, trainTokens: [Int32]) throws -> VTransRun {
         let t = try resolveTarget(model.config)
         var v = vib
         v.targetParameters = t
@@ -308,7 +308,7 @@ public final class VTransRun {
     /// The units kept by the trained masks: layers and heads by the threshold (heads equalised over KV groups),
     /// MLP neurons and hidden channels by the threshold or, with `exactTarget`, by the log α cut-off whose
     /// exact parameter count is the largest within the target.
-    public func selection() throws -> (selection: LlamaModel.UnitSelection, cutoff: Double) {
+    public func selection() throws -> (selection: DecoderModel.UnitSelection, cutoff: Double) {
         let c = distiller.student.config, L = c.blocks.count, thr = masks.settings.threshold
         let la = masks.logAlphas
         var channelLA: [Double]? = nil, layerLA: [Double]? = nil
@@ -331,16 +331,16 @@ public final class VTransRun {
             return (0..<G).flatMap { g in order(Array(a[(g * per)..<((g + 1) * per)])).prefix(k).map { g * per + $0 } }.sorted()
         }
         let model = distiller.student
-        func select(_ kappa: Double) -> LlamaModel.UnitSelection {
+        func select(_ kappa: Double) -> DecoderModel.UnitSelection {
             var channels = channelLA.map { a in a.indices.filter { a[$0] < kappa } } ?? Array(0..<c.hiddenSize)
             if channels.isEmpty, let a = channelLA { channels = [order(a)[0]] }
             let neurons: [[Int]] = (0..<L).map { l in neuronLA[l].map { a in a.indices.filter { a[$0] < kappa } } ?? Array(0..<c.blocks[l].intermediateSize) }
             let kept = layers.filter { !heads[$0].isEmpty || !neurons[$0].isEmpty }
-            return LlamaModel.UnitSelection(channels: channels, layers: kept, heads: heads, neurons: neurons)
+            return DecoderModel.UnitSelection(channels: channels, layers: kept, heads: heads, neurons: neurons)
         }
-        func count(_ s: LlamaModel.UnitSelection) -> Int? {
+        func count(_ s: DecoderModel.UnitSelection) -> Int? {
             guard !s.layers.isEmpty, let cfg = try? model.prunedConfig(s) else { return nil }
-            return LlamaModel.parameterCount(cfg)
+            return DecoderModel.parameterCount(cfg)
         }
         guard pass.exactTarget, channelLA != nil || neuronLA.contains(where: { $0 != nil }) else {
             let s = select(thr)
@@ -369,11 +369,11 @@ public final class VTransRun {
     }
 
     /// Prunes the trained student: the selection's units kept with their μ folded into the weights.
-    public func finish() throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    public func finish() throws -> (model: DecoderModel, diagnostics: JSONValue) {
         masks.sampling = false
         masks.willForward(step: distiller.step, micro: 0)
         let (sel, cutoff) = try selection()
-        let pruned: LlamaModel
+        let pruned: DecoderModel
         do { pruned = try distiller.student.pruningUnits(sel, folding: masks.gates) } catch let e as ConfigError {
             throw RecipeError("\(pass.location): \(e.description)")
         }
@@ -406,9 +406,9 @@ extension VTransPass: TrainingPass {
     public var trainText: String { text }
 
     /// An impossible target is refused before any stage runs.
-    public func preflight(_ model: LlamaModel) throws { _ = try resolveTarget(model.config) }
+    public func preflight(_ model: DecoderModel) throws { _ = try resolveTarget(model.config) }
 
-    public func prepare(model: LlamaModel, teacher: LlamaModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
+    public func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
         let run = try makeRun(model: model, trainTokens: trainTokens)
         context.progress("\(variant.rawValue), target \(run.masks.settings.targetParameters) parameters, \(run.distiller.config.steps) steps")
         return TrainingRun(distiller: run.distiller, finish: run.finish)

@@ -48,14 +48,14 @@ public protocol RecipeStage {
     static var isTerminal: Bool { get }
     /// Checks the settings against the model the stage will receive, before any stage runs (called only while
     /// no earlier stage changes the model's shape); throws `RecipeError` naming the key (default: nothing).
-    func preflight(_ model: LlamaModel) throws
+    func preflight(_ model: DecoderModel) throws
 }
 
 extension RecipeStage {
     public static var isTerminal: Bool { false }
     public var needs: PassNeeds { [] }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input }
-    public func preflight(_ model: LlamaModel) throws {}
+    public func preflight(_ model: DecoderModel) throws {}
 }
 
 /// A compression pass: decoded strictly from its recipe stage, run on a model, reporting what it did. It
@@ -67,7 +67,7 @@ extension RecipeStage {
 /// one session or across runs, reuse one analysis.
 public protocol CompressionPass: RecipeStage {
     /// The compressed model and the pass's own diagnostics (scores, what it removed and why).
-    func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue)
+    func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue)
 }
 
 /// Recipe name → stage kind. Registering a name twice is an error.
@@ -115,15 +115,15 @@ public protocol TrainingPass: RecipeStage {
     var logEvery: Int { get }
     /// Builds the run on `model` (the model at this point) with `teacher` (the base). Checks every setting
     /// against the model first; errors are `RecipeError`/`ConfigError` naming the key.
-    func prepare(model: LlamaModel, teacher: LlamaModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun
+    func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun
 }
 
 /// A prepared training stage: its distiller and what turns the trained distiller into the stage's result.
 public struct TrainingRun {
     /// nil: nothing to train (e.g. zero steps); `finish` alone makes the result.
     public let distiller: Distiller?
-    public let finish: () throws -> (model: LlamaModel, diagnostics: JSONValue)
-    public init(distiller: Distiller?, finish: @escaping () throws -> (model: LlamaModel, diagnostics: JSONValue)) {
+    public let finish: () throws -> (model: DecoderModel, diagnostics: JSONValue)
+    public init(distiller: Distiller?, finish: @escaping () throws -> (model: DecoderModel, diagnostics: JSONValue)) {
         self.distiller = distiller; self.finish = finish
     }
 }

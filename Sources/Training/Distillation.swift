@@ -67,7 +67,7 @@ public struct DistillConfig: Codable, Equatable, Sendable {
     public static let maxLR = 10.0
 
     /// Checks ranges; errors name the setting.
-    public func validate(teacher: LlamaConfig, student: LlamaConfig) throws {
+    public func validate(teacher: ModelConfig, student: ModelConfig) throws {
         func need(_ ok: Bool, _ message: String) throws { if !ok { throw ConfigError(message) } }
         // Every setting finite and in a range that keeps sizes, products and the arithmetic of a step in range.
         try need((1...Self.maxSteps).contains(steps), "steps must lie in 1...\(Self.maxSteps), got \(steps)")
@@ -118,12 +118,12 @@ public struct StepStats: Codable, Equatable, Sendable {
 /// copy (`student` is the trained model) and the teacher is only read, so neither model given is changed.
 public final class Distiller {
     public let config: DistillConfig
-    public let teacher: LlamaModel
+    public let teacher: DecoderModel
     /// The trained student (the trainer's own copy of the student given).
-    public var student: LlamaModel { studentTrainer.model }
-    public let studentTrainer: LlamaTrainer
+    public var student: DecoderModel { studentTrainer.model }
+    public let studentTrainer: Trainer
     /// The teacher's forward (inference mode: nothing kept but the hidden states and captures).
-    let teacherDecoder: LlamaDecoder?
+    let teacherDecoder: TransformerDecoder?
     /// What the loop trains besides the student's weights (gates, mask logits, factors).
     public let trainables: [Trainable]
     let logitLoss: LogitLoss
@@ -146,7 +146,7 @@ public final class Distiller {
     public static let stateVersion = 2
 
     /// `trainWeights: false` freezes every weight of the student (only `trainables` and maps train).
-    public init(teacher: LlamaModel, student: LlamaModel, config: DistillConfig, trainTokens: [Int32],
+    public init(teacher: DecoderModel, student: DecoderModel, config: DistillConfig, trainTokens: [Int32],
                 trainables: [Trainable] = [], trainWeights: Bool = true) throws {
         try config.validate(teacher: teacher.config, student: student.config)
         guard trainTokens.count > config.window else {
@@ -166,9 +166,9 @@ public final class Distiller {
         let frozen = Set(student.weights.filter { w in
             !trainWeights || w.weight.parameterNames(w.id).contains { n in config.groups.first { $0.matches(n) }?.frozen == true }
         }.map(\.id)).subtracting(gradientOnly)
-        studentTrainer = LlamaTrainer(model: student, batch: B, window: W, frozen: frozen)
+        studentTrainer = Trainer(model: student, batch: B, window: W, frozen: frozen)
         let needTeacher = config.klWeight > 0 || !config.intermediate.isEmpty
-        teacherDecoder = needTeacher ? LlamaDecoder(model: teacher, batch: B, window: W) : nil
+        teacherDecoder = needTeacher ? TransformerDecoder(model: teacher, batch: B, window: W) : nil
         logitLoss = LogitLoss(vocab: student.config.vocabSize)
         dHidden = Tensor(shape: [N, student.config.hiddenSize])
         let Cs = student.config.hiddenSize, Ct = teacher.config.hiddenSize

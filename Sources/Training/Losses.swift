@@ -40,7 +40,7 @@ public final class LogitLoss {
     /// dL/dhidden · `scale` into `dHidden` (rows, C); accumulates the LM head's gradient unless frozen.
     /// `scale` multiplies the whole loss (1/K for K accumulated micro-batches).
     public func compute(
-        student: LlamaTrainer, teacher: (model: LlamaModel, hidden: Tensor)?, weights: LogitLossWeights, scale: Float,
+        student: Trainer, teacher: (model: DecoderModel, hidden: Tensor)?, weights: LogitLossWeights, scale: Float,
         dHidden: Tensor
     ) -> LogitLossValues {
         let m = student.model, V = m.config.vocabSize, C = m.config.hiddenSize

@@ -467,7 +467,7 @@ public final class MaskLLMTrainable: Trainable {
         scratch = (0..<Parallel.threads).map { _ in Scratch(K: K, M: M) }
     }
 
-    public func bind(to student: LlamaTrainer) throws {
+    public func bind(to student: Trainer) throws {
         effective = []; effectiveGrads = []
         for (i, id) in targets.enumerated() {
             guard case .dense(let t)? = student.model.linear(id) else { throw ConfigError("\(id): MaskLLM needs a dense weight") }

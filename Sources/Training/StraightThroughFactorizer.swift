@@ -19,7 +19,7 @@ public final class StraightThroughFactorizer: Trainable {
     public let name = "stf"
     public let lr: Double
     public let weightDecay: Double
-    /// S-value parameter names (LlamaModel naming, "….sparse") → nonzeros per column s.
+    /// S-value parameter names (DecoderModel naming, "….sparse") → nonzeros per column s.
     public let nonzeros: [String: Int]
     /// The student parameters (S's values) whose updates the latent takes over.
     public var replacedParameters: Set<String> { Set(nonzeros.keys) }
@@ -34,7 +34,7 @@ public final class StraightThroughFactorizer: Trainable {
     /// The student prepared for STF (every factorized weight's S mask opened to all entries, values as they
     /// were) and the trainable to pass to the `Distiller` with it. Throws when the model has no factorized
     /// weight, or holds one with a quantized factor.
-    public static func prepare(_ model: LlamaModel, lr: Double, weightDecay: Double) throws -> (LlamaModel, StraightThroughFactorizer) {
+    public static func prepare(_ model: DecoderModel, lr: Double, weightDecay: Double) throws -> (DecoderModel, StraightThroughFactorizer) {
         var out = model, map: [String: Int] = [:]
         for w in model.weights {
             guard case .matrix(.factorized(let f)) = w.weight else { continue }
@@ -53,7 +53,7 @@ public final class StraightThroughFactorizer: Trainable {
         return (out, StraightThroughFactorizer(nonzeros: map, lr: lr, weightDecay: weightDecay))
     }
 
-    public func bind(to student: LlamaTrainer) throws {
+    public func bind(to student: Trainer) throws {
         parameters = []; slots = []
         for p in student.parameters {
             guard let s = nonzeros[p.name] else { continue }
@@ -89,7 +89,7 @@ public final class StraightThroughFactorizer: Trainable {
     }
 
     /// The trained student with S = P_s(S̃) of the final latent and s-per-column masks restored.
-    public func finalize(_ trained: LlamaModel) throws -> LlamaModel {
+    public func finalize(_ trained: DecoderModel) throws -> DecoderModel {
         var out = trained, byName: [String: Tensor] = [:]
         for (p, slot) in zip(parameters, slots) { byName[String(p.name.dropFirst(name.count + 1))] = slot.latent }
         for w in trained.weights {

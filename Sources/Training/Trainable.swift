@@ -10,7 +10,7 @@ public protocol Trainable: AnyObject {
     /// Unique among a run's trainables; prefixes its parameter names in the state file.
     var name: String { get }
     /// Called once, before training: install what it needs in the student trainer (gates, ...).
-    func bind(to student: LlamaTrainer) throws
+    func bind(to student: Trainer) throws
     /// Tensors AdamW updates, each with its gradient buffer, learning rate and weight decay.
     var parameters: [Parameter] { get }
     /// Names of student parameters whose gradient is still computed but which AdamW must not update: this
@@ -34,7 +34,7 @@ public protocol Trainable: AnyObject {
 
 extension Trainable {
     public var replacedParameters: Set<String> { [] }
-    public func bind(to student: LlamaTrainer) throws {}
+    public func bind(to student: Trainer) throws {}
     public func willForward(step: Int, micro: Int) {}
     public func didBackward(step: Int, micro: Int) {}
     public func regularize(step: Int) -> [String: Double] { [:] }
@@ -43,7 +43,7 @@ extension Trainable {
     public var stateSettings: String { "" }
 }
 
-/// Gates of the student's forward (per head, neuron, channel, sublayer; Model/LlamaDecoder.swift), trained
+/// Gates of the student's forward (per head, neuron, channel, sublayer; Model/TransformerDecoder.swift), trained
 /// with an optional L1 penalty λ · Σ|g| (its subgradient λ · sign(g) added each step).
 public final class GateTrainable: Trainable {
     public let name: String
@@ -56,7 +56,7 @@ public final class GateTrainable: Trainable {
         self.name = name; self.gates = gates; self.lr = lr; self.l1 = l1
     }
 
-    public func bind(to student: LlamaTrainer) throws {
+    public func bind(to student: Trainer) throws {
         try gates.validate(student.model.config)
         student.setGates(gates)
         guard let grads = student.gateGrads else { return }

@@ -7,7 +7,7 @@
 //
 // Each unit i (a hidden channel, a query head, an MLP neuron, a decoder layer) has a mask
 //   z_i = μ_i + σ_i · ε_i,   ε_i ~ N(0, 1) in training,   z_i = μ_i at evaluation,   σ_i² = exp(log σ_i²)
-// multiplying its output through the forward's gates (Model/LlamaDecoder.swift: one channel mask shared by the
+// multiplying its output through the forward's gates (Model/TransformerDecoder.swift: one channel mask shared by the
 // embedding and every sublayer output; a layer's mask multiplies both of its sublayers). Gradients reach μ and
 // log σ² by reparameterisation: ∂L/∂μ = ∂L/∂z, ∂L/∂log σ² = ∂L/∂z · ε · σ / 2.
 // KL term (Dai et al.'s upper bound of the mask's information, per unit):
@@ -62,7 +62,7 @@ public struct VIBSizeModel: Codable, Equatable, Sendable {
     public var heads: [Int], kvHeads: [Int], neurons: [Int]
 
     /// Every layer must hold both sublayers.
-    public init(config c: LlamaConfig) throws {
+    public init(config c: ModelConfig) throws {
         if let l = c.blocks.firstIndex(where: { !$0.attention || !$0.mlp }) {
             throw ConfigError("layer \(l) lacks a sublayer; VIB masks need full decoder layers")
         }
@@ -211,7 +211,7 @@ public final class VIBTrainable: Trainable {
     public let name: String
     public let settings: VIBSettings
     public let size: VIBSizeModel
-    public let config: LlamaConfig
+    public let config: ModelConfig
     /// The gates installed in the student's forward.
     public let gates: Gates
     public struct Mask {
@@ -228,14 +228,14 @@ public final class VIBTrainable: Trainable {
     public let lambda = Tensor(shape: [2])
     let dLambda = Tensor(shape: [2])
     public private(set) var parameters: [Parameter] = []
-    weak var student: LlamaTrainer?
+    weak var student: Trainer?
     /// z = μ (no noise) when false.
     public var sampling = true
     /// Last regularize's expected parameter count, target (parameters) and values.
     public private(set) var lastExpected = 0.0, lastTarget = 0.0, lastKL = 0.0, lastLagrangian = 0.0
 
     /// Masks for `config`'s units along `settings.axes` (each axis at most once).
-    public init(name: String = "vib", config: LlamaConfig, settings: VIBSettings) throws {
+    public init(name: String = "vib", config: ModelConfig, settings: VIBSettings) throws {
         guard !settings.axes.isEmpty, Set(settings.axes).count == settings.axes.count else {
             throw ConfigError("VIB axes must be a non-empty list without repeats")
         }
@@ -261,7 +261,7 @@ public final class VIBTrainable: Trainable {
         writeGates()
     }
 
-    public func bind(to student: LlamaTrainer) throws {
+    public func bind(to student: Trainer) throws {
         try gates.validate(student.model.config)
         student.setGates(gates)
         self.student = student

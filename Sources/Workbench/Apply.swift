@@ -136,7 +136,7 @@ public final class Session {
 
     /// What running a recipe's stages produced.
     public struct Result {
-        public var model: LlamaModel
+        public var model: DecoderModel
         public var reports: [StageReport]
         public var basePPL: Double?
         public var lastPPL: Double?
@@ -217,7 +217,7 @@ public final class Session {
                                   label: label, killAfterStep: killAfterStep)
                 }
                 if t.keepState { statePaths.append(statePath) }
-                let finished: (model: LlamaModel, diagnostics: JSONValue)
+                let finished: (model: DecoderModel, diagnostics: JSONValue)
                 do { finished = try run.finish() } catch let err as ConfigError {
                     throw WorkbenchError("\(place): \(err.description)")
                 } catch let err as RecipeError {

@@ -34,15 +34,15 @@ public struct BenchReport: Codable {
 
 extension Workbench {
     /// SmolLM2-135M's shape: 30 layers, hidden 576, 9 heads / 3 KV heads, FFN 1536, vocab 49152, tied.
-    public static func smolLM2Config(layers: Int = 30) -> LlamaConfig {
-        LlamaConfig(
+    public static func smolLM2Config(layers: Int = 30) -> ModelConfig {
+        ModelConfig(
         vocabSize: 49152, hiddenSize: 576, intermediateSize: 1536, numHiddenLayers: layers, numAttentionHeads: 9,
         numKeyValueHeads: 3, rmsNormEps: 1e-5, ropeTheta: 100000, maxPositionEmbeddings: 8192, tieWordEmbeddings: true)
     }
 
     /// Times the evaluator's forward pass on random weights and random tokens (after a short warm-up).
-    public static func bench(config: LlamaConfig, window: Int, windows: Int, seed: UInt64 = 0) throws -> BenchReport {
-        let model = LlamaModel.random(config: config, seed: seed)
+    public static func bench(config: ModelConfig, window: Int, windows: Int, seed: UInt64 = 0) throws -> BenchReport {
+        let model = DecoderModel.random(config: config, seed: seed)
         var rng = SplitMix64(seed: seed &+ 1)
         let tokens = (0..<(window * windows)).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) }
         _ = try Perplexity.evaluate(model: model, tokens: Array(tokens.prefix(min(window, 64))), window: min(window, 64))
@@ -90,7 +90,7 @@ extension Workbench {
     /// Times training steps of the distillation loop with the LM cross-entropy loss only (no teacher), on
     /// random token windows: a checkpoint's weights when given, else random SmolLM2-shaped weights.
     public static func benchTrain(checkpoint: String?, batch: Int, window: Int, steps: Int, warmup: Int, seed: UInt64 = 0) throws -> BenchTrainReport {
-        let model = try checkpoint.map { try Checkpoint.read($0).model } ?? LlamaModel.random(config: smolLM2Config(), seed: seed)
+        let model = try checkpoint.map { try Checkpoint.read($0).model } ?? DecoderModel.random(config: smolLM2Config(), seed: seed)
         var rng = SplitMix64(seed: seed &+ 1)
         let tokens = (0..<(batch * window * 64)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
         var c = DistillConfig()

@@ -65,7 +65,7 @@ public enum Workbench {
         }
         if let logitsOut {
             // The first window's logits (W, V), raw little-endian float32, for parity checks.
-            let logits = LlamaDecoder(model: ckpt.model, window: window).logits(Array(tokens.prefix(window)))
+            let logits = TransformerDecoder(model: ckpt.model, window: window).logits(Array(tokens.prefix(window)))
             let data = Data(bytes: logits.data, count: logits.bytes)
             do { try data.write(to: URL(fileURLWithPath: logitsOut), options: .atomic) } catch {
                 throw WorkbenchError("\(logitsOut): cannot write logits (\(error.localizedDescription))")

@@ -91,7 +91,7 @@ extension Workbench {
 
         let evaluating = o.evalTokens != 0
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
-        func ppl(_ model: LlamaModel, _ label: String) throws -> Double {
+        func ppl(_ model: DecoderModel, _ label: String) throws -> Double {
             try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, maxTokens: o.evalTokens, label: label, progress: o.progress)
         }
 
@@ -147,7 +147,7 @@ extension Workbench {
         let ckpt = try Checkpoint.read(path)
         let m = ckpt.model
         guard Set(drop).count == drop.count else { throw WorkbenchError("--drop: a layer is listed twice") }
-        let model: LlamaModel
+        let model: DecoderModel
         do { model = try m.removingLayers(Set(drop)) } catch let e as ConfigError { throw WorkbenchError("--drop: \(e.description)") }
         var history = ckpt.history
         history.append(.object(["kind": .string("drop-layers"), "source": .string(path), "dropped": .array(drop.map { .int($0) })]))
@@ -159,7 +159,7 @@ extension Workbench {
 extension Workbench {
     /// PPL of `model` on `tokens` with progress lines labelled `label`.
     /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors), with progress.
-    static func measurePPL(_ model: LlamaModel, tokens: [Int32], source: String, window: Int, maxTokens: Int?, label: String,
+    static func measurePPL(_ model: DecoderModel, tokens: [Int32], source: String, window: Int, maxTokens: Int?, label: String,
                            progress: Bool) throws -> Double {
         let start = Date()
         var shown = start

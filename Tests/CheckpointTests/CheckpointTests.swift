@@ -16,13 +16,13 @@ final class CheckpointTests: XCTestCase {
 
     func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
 
-    let config = LlamaConfig(vocabSize: 32, hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 2, numAttentionHeads: 4,
+    let config = ModelConfig(vocabSize: 32, hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 2, numAttentionHeads: 4,
                              numKeyValueHeads: 2, ropeTheta: 500, tieWordEmbeddings: false)
 
     func sample() -> Checkpoint {
         let tok = TokenizerSpec(model: "gpt2", pre: "smollm", tokens: ["a", "b", "ab", "Ġ", "é"], merges: ["a b"],
                                 tokenTypes: [1, 1, 1, 1, 1], bosTokenID: 0, eosTokenID: 1)
-        return Checkpoint(model: LlamaModel.random(config: config, seed: 3), tokenizer: tok,
+        return Checkpoint(model: DecoderModel.random(config: config, seed: 3), tokenizer: tok,
                           history: [.object(["kind": .string("test"), "n": .int(1)])])
     }
 
@@ -47,7 +47,7 @@ final class CheckpointTests: XCTestCase {
         try f.close()
     }
 
-    var specs: [(String, [Int], Bool)] { LlamaModel.tensorSpecs(config).map { ($0.name, $0.shape, false) } }
+    var specs: [(String, [Int], Bool)] { DecoderModel.tensorSpecs(config).map { ($0.name, $0.shape, false) } }
 
     func assertReadError(_ p: String, _ expected: CheckpointError, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try Checkpoint.read(p), file: file, line: line) { error in
@@ -76,7 +76,7 @@ final class CheckpointTests: XCTestCase {
         c.blocks[1].numAttentionHeads = 2
         c.blocks[1].numKeyValueHeads = 1
         c.blocks[1].intermediateSize = 8
-        let model = LlamaModel.random(config: c, seed: 5)
+        let model = DecoderModel.random(config: c, seed: 5)
         try Checkpoint(model: model).write(to: path("h.h5"))
         let r = try Checkpoint.read(path("h.h5"))
         XCTAssertEqual(r.config.blocks, c.blocks)

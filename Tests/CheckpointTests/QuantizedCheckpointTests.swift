@@ -10,7 +10,7 @@ import XCTest
 extension CheckpointTests {
     /// A model whose listed weights are quantized (the packed codes are the weights).
     func quantizedSample() throws -> Checkpoint {
-        var model = LlamaModel.random(config: config, seed: 5)
+        var model = DecoderModel.random(config: config, seed: 5)
         let formats: [String: QuantFormat] = [
             "model.layers.0.self_attn.q_proj.weight": try QuantFormat(bits: 3, groupSize: 8, symmetric: false),
             "model.layers.0.self_attn.k_proj.weight": try QuantFormat(bits: 5, groupSize: 16, symmetric: true),
@@ -26,7 +26,7 @@ extension CheckpointTests {
     }
 
     /// The packed form of every quantized weight, by name.
-    func packed(_ m: LlamaModel) -> [String: QuantizedTensor] {
+    func packed(_ m: DecoderModel) -> [String: QuantizedTensor] {
         Dictionary(uniqueKeysWithValues: m.quantizedWeights.map { ($0.id.hfName, $0.packed) })
     }
 
@@ -56,7 +56,7 @@ extension CheckpointTests {
     /// packed mask bits (a 2:4 weight costs 17 of dense's 32 bits per element), D with S's values and row
     /// indices; they read back to the same representation, values and bytes.
     func testSparseAndFactorizedWeightsRoundTripNatively() throws {
-        var model = LlamaModel.random(config: config, seed: 6)
+        var model = DecoderModel.random(config: config, seed: 6)
         let q = LinearID(layer: 0, kind: .q), up = LinearID(layer: 1, kind: .up), down = LinearID(layer: 0, kind: .down)
         let wq = model.linear(q)!.denseView!, wup = model.linear(up)!.denseView!
         let nm = try SparsityMask(pattern: .nm(n: 2, m: 4), rows: wq.shape[0], cols: wq.shape[1]) { i in
@@ -107,7 +107,7 @@ extension CheckpointTests {
     /// holds Dᵀ's codes, scales (and minimums), the entry names the format; it reads back bit for bit (codes,
     /// scales, D̂, S), with the same bytes, and is written again identically.
     func testFactorizedWeightWithQuantizedDenseRoundTrips() throws {
-        var model = LlamaModel.random(config: config, seed: 8)
+        var model = DecoderModel.random(config: config, seed: 8)
         var rng = SplitMix64(seed: 4)
         var expected: [LinearID: FactorizedWeight] = [:]
         for (id, format) in [(LinearID(layer: 0, kind: .down), try QuantFormat(bits: 4, groupSize: 8, symmetric: true)),
@@ -162,7 +162,7 @@ extension CheckpointTests {
 
     /// A version 1 file with a float32 mask beside its weight still loads, as an unstructured sparse weight.
     func testVersion1MasksLoadAsSparseWeights() throws {
-        let model = LlamaModel.random(config: config, seed: 8)
+        let model = DecoderModel.random(config: config, seed: 8)
         let name = "model.layers.1.mlp.gate_proj.weight"
         let w = model.namedTensors.first { $0.name == name }!.tensor
         let mask = Tensor(shape: w.shape)

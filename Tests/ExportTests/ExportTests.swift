@@ -28,14 +28,14 @@ final class ExportTests: XCTestCase {
     /// The tiny fixture (V 256, C 64, 4 q / 2 kv heads of 16, MLP 160, 2 layers, untied) with its tokenizer.
     static func fixture() throws -> Checkpoint { try Checkpoint.read(fixtures.appendingPathComponent("tiny-llama.h5").path) }
 
-    static func random(_ config: LlamaConfig, seed: UInt64, tokenizer: TokenizerSpec?) -> Checkpoint {
-        Checkpoint(model: LlamaModel.random(config: config, seed: seed), tokenizer: tokenizer)
+    static func random(_ config: ModelConfig, seed: UInt64, tokenizer: TokenizerSpec?) -> Checkpoint {
+        Checkpoint(model: DecoderModel.random(config: config, seed: seed), tokenizer: tokenizer)
     }
 
     static let ids: [Int32] = [1, 17, 200, 3, 99, 45, 45, 250, 8, 0, 31, 77, 128, 5, 6, 19]
 
-    func logits(_ m: LlamaModel) -> [Float] {
-        let t = LlamaDecoder(model: m, window: Self.ids.count).logits(Self.ids)
+    func logits(_ m: DecoderModel) -> [Float] {
+        let t = TransformerDecoder(model: m, window: Self.ids.count).logits(Self.ids)
         return Array(UnsafeBufferPointer(start: t.data, count: t.count))
     }
 
@@ -56,7 +56,7 @@ final class ExportTests: XCTestCase {
     }
 
     /// Every linear weight (embedding and head too) quantized in `format`.
-    static func quantized(_ m: LlamaModel, _ format: (WeightID) -> QuantFormat?) throws -> LlamaModel {
+    static func quantized(_ m: DecoderModel, _ format: (WeightID) -> QuantFormat?) throws -> DecoderModel {
         var out = m
         for (id, w) in m.weights {
             guard case .matrix(let lw) = w, let f = format(id) else { continue }
@@ -336,7 +336,7 @@ final class ExportTests: XCTestCase {
         c.blocks = [BlockConfig(numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 100),
                     BlockConfig(attention: false, numAttentionHeads: 4, numKeyValueHeads: 2, intermediateSize: 160),
                     BlockConfig(numAttentionHeads: 4, numKeyValueHeads: 2, mlp: false, intermediateSize: 160), plain]
-        let config = try LlamaConfig(json: c.json)
+        let config = try ModelConfig(json: c.json)
         XCTAssertFalse(config.isHomogeneous)
         return random(config, seed: seed, tokenizer: base.tokenizer)
     }

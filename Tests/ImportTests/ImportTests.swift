@@ -15,12 +15,12 @@ final class ImportTests: XCTestCase {
     struct Reference: Decodable { let batch: [[Int32]]; let logits_shape: [Int] }
 
     /// Largest |logit - transformers' logit| over the reference batch.
-    static func logitsError(_ model: LlamaModel) throws -> Float {
+    static func logitsError(_ model: DecoderModel) throws -> Float {
         let ref = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.reference.json")))
         let data = try Data(contentsOf: Self.fixtures.appendingPathComponent("tiny-llama.logits.f32"))
         let expected = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         let T = ref.logits_shape[1], V = ref.logits_shape[2]
-        let engine = LlamaDecoder(model: model, window: T)
+        let engine = TransformerDecoder(model: model, window: T)
         var worst: Float = 0
         for (b, ids) in ref.batch.enumerated() {
             let l = engine.logits(ids)

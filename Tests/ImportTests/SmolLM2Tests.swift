@@ -26,7 +26,7 @@ final class SmolLM2Tests: XCTestCase {
         let ckpt = try Importer.load(gguf)
         XCTAssertEqual(ckpt.model.parameterCount, 134_515_008)
         let T = ref.ids.count, V = ckpt.config.vocabSize
-        let logits = LlamaDecoder(model: ckpt.model, window: T).logits(ref.ids)
+        let logits = TransformerDecoder(model: ckpt.model, window: T).logits(ref.ids)
         var nll = [Double](repeating: 0, count: T - 1)
         ref.ids.withUnsafeBufferPointer { ids in
             nll.withUnsafeMutableBufferPointer {

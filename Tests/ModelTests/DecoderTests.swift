@@ -10,9 +10,9 @@ import XCTest
 final class DecoderTests: XCTestCase {
     var rng = SplitMix64(seed: 31)
 
-    func model() throws -> LlamaModel { try Checkpoint.read(Fixtures.path("tiny-llama.h5")).model }
+    func model() throws -> DecoderModel { try Checkpoint.read(Fixtures.path("tiny-llama.h5")).model }
 
-    func randomGates(_ c: LlamaConfig) -> Gates {
+    func randomGates(_ c: ModelConfig) -> Gates {
         let g = Gates(config: c)
         func t(_ n: Int) -> Tensor { Tensor(shape: [n], values: (0..<n).map { _ in 0.5 + rng.nextFloat() }) }
         g.heads = c.blocks.map { t($0.numAttentionHeads) }
@@ -26,13 +26,13 @@ final class DecoderTests: XCTestCase {
 
     func testGatedForwardMatchesReference() throws {
         let m = try model(), gates = randomGates(m.config), x = ids(40)
-        let d = LlamaDecoder(model: m, window: 40)
+        let d = TransformerDecoder(model: m, window: 40)
         d.gates = gates
         let fast = d.logits(x), ref = m.referenceLogits(x, gates: gates)
         let worst = (0..<fast.count).reduce(Float(0)) { max($0, abs(fast[$1] - ref[$1])) }
         XCTAssertLessThan(worst, 2e-5)  // observed 1.9e-6
         // Ungated is different: the gates do act.
-        let plain = LlamaDecoder(model: m, window: 40).logits(x)
+        let plain = TransformerDecoder(model: m, window: 40).logits(x)
         XCTAssertGreaterThan((0..<fast.count).reduce(Float(0)) { max($0, abs(fast[$1] - plain[$1])) }, 1e-2)
     }
 
@@ -42,7 +42,7 @@ final class DecoderTests: XCTestCase {
         let gates = Gates(config: c)
         gates.heads[0] = Tensor(shape: [c.blocks[0].numAttentionHeads], values: (0..<c.blocks[0].numAttentionHeads).map { $0 == 2 ? 0 : 1 })
         gates.neurons[1] = Tensor(shape: [c.blocks[1].intermediateSize], values: (0..<c.blocks[1].intermediateSize).map { $0 == 5 ? 0 : 1 })
-        let d = LlamaDecoder(model: m, window: 24)
+        let d = TransformerDecoder(model: m, window: 24)
         d.gates = gates
         let gated = d.logits(x)
         let z = m.copy()
@@ -50,7 +50,7 @@ final class DecoderTests: XCTestCase {
         for r in 0..<c.hiddenSize { for j in (2 * D)..<(3 * D) { o[r * HD + j] = 0 } }
         let down = z.layers[1].mlp!.down.denseView!, F = c.blocks[1].intermediateSize
         for r in 0..<c.hiddenSize { down[r * F + 5] = 0 }
-        let zeroed = LlamaDecoder(model: z, window: 24).logits(x)
+        let zeroed = TransformerDecoder(model: z, window: 24).logits(x)
         XCTAssertEqual(gated.array, zeroed.array)
     }
 
@@ -69,7 +69,7 @@ final class DecoderTests: XCTestCase {
         m = try m.replacing(.linear(LinearID(layer: 1, kind: .down)), with: .factorized(try FactorizedWeight(dense: dT, sparse: SparseWeight(masking: sT, mask: sMask))))
         XCTAssertEqual(m.weightKinds, [.dense, .sparse, .quantized, .factorized])
         let x = ids(30)
-        let fast = LlamaDecoder(model: m, window: 30).logits(x), ref = m.referenceLogits(x)
+        let fast = TransformerDecoder(model: m, window: 30).logits(x), ref = m.referenceLogits(x)
         XCTAssertLessThan((0..<fast.count).reduce(Float(0)) { max($0, abs(fast[$1] - ref[$1])) }, 2e-5)  // observed 4.1e-6
     }
 
@@ -78,7 +78,7 @@ final class DecoderTests: XCTestCase {
     func testGateGradientsThroughTheDecoder() throws {
         let m = try model(), c = m.config, B = 2, W = 8, x = ids(B * W)
         let gates = randomGates(c)
-        let d = LlamaDecoder(model: m, batch: B, window: W, training: true)
+        let d = TransformerDecoder(model: m, batch: B, window: W, training: true)
         d.gates = gates
         let R = Tensor(shape: [B * W, c.hiddenSize])
         R.fillUniform(scale: 1, rng: &rng)

@@ -6,23 +6,23 @@ import XCTest
 /// Per-layer differences (absent sublayers, fewer heads, narrower MLPs) against the full model with the
 /// corresponding weights zeroed: the two must compute the same logits.
 final class PerLayerConfigTests: XCTestCase {
-    let base = LlamaConfig(vocabSize: 64, hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 3, numAttentionHeads: 4,
+    let base = ModelConfig(vocabSize: 64, hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 3, numAttentionHeads: 4,
                            numKeyValueHeads: 2, ropeTheta: 10000)
     let ids: [Int32] = (0..<20).map { Int32(($0 * 7 + 3) % 64) }
 
-    func tensors(_ m: LlamaModel) -> [String: Tensor] {
+    func tensors(_ m: DecoderModel) -> [String: Tensor] {
         Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.copy()) })
     }
 
-    func assertSameLogits(_ a: LlamaModel, _ b: LlamaModel, file: StaticString = #filePath, line: UInt = #line) {
-        let la = LlamaDecoder(model: a, window: ids.count).logits(ids)
-        let lb = LlamaDecoder(model: b, window: ids.count).logits(ids)
+    func assertSameLogits(_ a: DecoderModel, _ b: DecoderModel, file: StaticString = #filePath, line: UInt = #line) {
+        let la = TransformerDecoder(model: a, window: ids.count).logits(ids)
+        let lb = TransformerDecoder(model: b, window: ids.count).logits(ids)
         let worst = (0..<la.count).reduce(Float(0)) { max($0, abs(la[$1] - lb[$1])) }
         XCTAssertLessThan(worst, 1e-5, file: file, line: line)  // observed 0 (absent sublayers), 8.3e-7 (fewer heads and neurons)
     }
 
     func testAbsentSublayersEqualZeroedOnes() throws {
-        let full = LlamaModel.random(config: base, seed: 1)
+        let full = DecoderModel.random(config: base, seed: 1)
         var zeroed = tensors(full)
         zeroed["model.layers.1.mlp.down_proj.weight"]!.zero()
         zeroed["model.layers.2.self_attn.o_proj.weight"]!.zero()
@@ -34,13 +34,13 @@ final class PerLayerConfigTests: XCTestCase {
             || k.hasPrefix("model.layers.2.self_attn.") || k == "model.layers.2.input_layernorm.weight" {
             pruned[k] = nil
         }
-        assertSameLogits(try LlamaModel(config: base, tensors: zeroed), try LlamaModel(config: c, tensors: pruned))
+        assertSameLogits(try DecoderModel(config: base, tensors: zeroed), try DecoderModel(config: c, tensors: pruned))
         XCTAssertFalse(c.isHomogeneous)
-        XCTAssertEqual(try LlamaConfig(json: c.json), c)  // block_configs round-trip
+        XCTAssertEqual(try ModelConfig(json: c.json), c)  // block_configs round-trip
     }
 
     func testFewerHeadsAndNeuronsEqualZeroedOnes() throws {
-        let full = LlamaModel.random(config: base, seed: 2)
+        let full = DecoderModel.random(config: base, seed: 2)
         let D = base.headDim, C = base.hiddenSize
         var zeroed = tensors(full)
         // Layer 0: drop KV group 1 (query heads 2 and 3). Zeroing o_proj's columns of those heads removes them.
@@ -67,12 +67,12 @@ final class PerLayerConfigTests: XCTestCase {
         rows("model.layers.2.mlp.gate_proj.weight", 40)
         rows("model.layers.2.mlp.up_proj.weight", 40)
         cols("model.layers.2.mlp.down_proj.weight", 40)
-        assertSameLogits(try LlamaModel(config: base, tensors: zeroed), try LlamaModel(config: c, tensors: pruned))
+        assertSameLogits(try DecoderModel(config: base, tensors: zeroed), try DecoderModel(config: c, tensors: pruned))
     }
 
     func testConfigErrorsNameTheKey() {
         func error(_ json: String) -> String {
-            do { _ = try LlamaConfig(json: JSONValue.parse(json)); return "no error" } catch { return "\(error)" }
+            do { _ = try ModelConfig(json: JSONValue.parse(json)); return "no error" } catch { return "\(error)" }
         }
         let ok = #""vocab_size": 10, "hidden_size": 8, "intermediate_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2"#
         XCTAssertEqual(error("{\(ok)}"), "no error")

@@ -15,7 +15,7 @@ final class ReferenceParityTests: XCTestCase {
             let ref = try Fixtures.reference(name)
             let refLogits = try Fixtures.logits(name)
             let (B, T, V) = (ref.logits_shape[0], ref.logits_shape[1], ref.logits_shape[2])
-            let engine = LlamaDecoder(model: model, window: T)
+            let engine = TransformerDecoder(model: model, window: T)
             var worst: Float = 0, totalNLL = 0.0
             for b in 0..<B {
                 let logits = engine.logits(ref.batch[b])
@@ -51,7 +51,7 @@ final class ReferenceParityTests: XCTestCase {
         let model = try Checkpoint.read(Fixtures.path("tiny-llama.h5")).model
         // 150 tokens: crosses the attention block boundary (128 rows).
         let ids = (0..<150).map { Int32(($0 * 37 + 11) % 256) }
-        let fast = LlamaDecoder(model: model, window: 150).logits(ids)
+        let fast = TransformerDecoder(model: model, window: 150).logits(ids)
         let ref = model.referenceLogits(ids)
         let worst = (0..<fast.count).reduce(Float(0)) { max($0, abs(fast[$1] - ref[$1])) }
         XCTAssertLessThan(worst, 2e-5)  // observed 5.1e-6

@@ -60,7 +60,7 @@ final class CPTQuantTests: XCTestCase {
         let p = try pass(#"{"estimator": "pmpq", "bits_per_weight": 4, "group_size": 16}"#)
         let units = try p.units(m)
         let scores = CPTQuantPass.pruningSensitivity(model: m, units: units, fraction: 0.3, windows: windows) { _, _ in }
-        func ppl(_ model: LlamaModel) -> Double {
+        func ppl(_ model: DecoderModel) -> Double {
             var nll = 0.0, n = 0
             for ids in windows {
                 let logits = model.referenceLogits(ids), V = model.config.vocabSize
@@ -81,7 +81,7 @@ final class CPTQuantTests: XCTestCase {
                 let k = Int(0.3 * Double(w.count))
                 for i in w.array.indices.sorted(by: { abs(w[$0]) != abs(w[$1]) ? abs(w[$0]) < abs(w[$1]) : $0 < $1 }).prefix(k) { w[i] = 0 }
             }
-            let pruned = try LlamaModel(config: m.config, tensors: tensors)
+            let pruned = try DecoderModel(config: m.config, tensors: tensors)
             // Observed: 9e-8 of the base PPL (float32 forward vs reference ops).
             XCTAssertEqual(scores[u], ppl(pruned) - base, accuracy: 1e-5 * base, unit.name)
         }
@@ -181,7 +181,7 @@ final class CPTQuantTests: XCTestCase {
     }
 }
 
-extension LlamaModel {
+extension DecoderModel {
     /// The packed forms of the quantized weights, by Hugging Face name.
     var quantizedForms: [String: QuantizedTensor] { Dictionary(uniqueKeysWithValues: quantizedWeights.map { ($0.id.hfName, $0.packed) }) }
 }

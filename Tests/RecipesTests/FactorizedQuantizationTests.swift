@@ -13,7 +13,7 @@ final class FactorizedQuantizationTests: XCTestCase {
     func stage<P: CompressionPass>(_ type: P.Type, _ json: String) throws -> P { try P(config: try Tiny.stage(json)) }
 
     /// Tiny (hidden 32, MLP 48) with its MLP weights factorized by DSFormer.
-    func factored() throws -> LlamaModel {
+    func factored() throws -> DecoderModel {
         let ds = try stage(DSFormerPass.self, #"{"targets": ["mlp"], "parameter_ratio": 0.6, "density": 0.5, "iterations": 3}"#)
         return try ds.run(on: Tiny.model(), context: PassContext()).model
     }
@@ -223,9 +223,9 @@ final class FactorizedQuantizationTests: XCTestCase {
     /// density 0.25; random D and S values, so no DSFormer run): the groups fit (out and the kept-value counts are
     /// multiples of 32) and the MLP's bytes are those recipes/README.md derives from the shapes.
     func testSmolLM2RecipesCPTQuantStageFitsTheFactorShapes() throws {
-        let c = LlamaConfig(vocabSize: 64, hiddenSize: 576, intermediateSize: 1536, numHiddenLayers: 1, numAttentionHeads: 9,
+        let c = ModelConfig(vocabSize: 64, hiddenSize: 576, intermediateSize: 1536, numHiddenLayers: 1, numAttentionHeads: 9,
                             numKeyValueHeads: 3, headDim: 64, rmsNormEps: 1e-5)
-        var model = LlamaModel.random(config: c, seed: 2)
+        var model = DecoderModel.random(config: c, seed: 2)
         var rng = SplitMix64(seed: 5)
         for kind in [LinearKind.gate, .up, .down] {
             let id = LinearID(layer: 0, kind: kind), (OC, C) = (model.linear(id)!.outFeatures, model.linear(id)!.inFeatures)
@@ -348,7 +348,7 @@ final class FactorizedQuantizationTests: XCTestCase {
             XCTAssertEqual(f.sparse.values.array, b.sparse.values.array)
         }
         // Layer 0's gate projection sees the base's normed stream (nothing before it is factorized or quantized).
-        func gateError(_ m: LlamaModel) throws -> Double {
+        func gateError(_ m: DecoderModel) throws -> Double {
             let id = LinearID(layer: 0, kind: .gate), T = 16, C = Tiny.config.hiddenSize
             let w = base.linear(id)!, q = m.linear(id)!
             var e = 0.0

@@ -7,19 +7,19 @@ import XCTest
 
 final class FinerCutTests: XCTestCase {
     /// A copy of `m` whose sublayers `zeroed` add nothing (o_proj / down_proj set to zero).
-    func zeroing(_ m: LlamaModel, _ zeroed: Set<Int>) throws -> LlamaModel {
-        let z = try LlamaModel(config: m.config, tensors: Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.copy()) }))
+    func zeroing(_ m: DecoderModel, _ zeroed: Set<Int>) throws -> DecoderModel {
+        let z = try DecoderModel(config: m.config, tensors: Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.copy()) }))
         for s in zeroed { if s % 2 == 0 { z.layers[s / 2].attention!.o.denseView!.zero() } else { z.layers[s / 2].mlp!.down.denseView!.zero() } }
         return z
     }
 
     /// Mean JS divergence over the windows' positions, by full forwards and the Double reference op.
-    func bruteForceJS(_ original: LlamaModel, _ variant: LlamaModel, _ windows: [[Int32]]) -> Double {
+    func bruteForceJS(_ original: DecoderModel, _ variant: DecoderModel, _ windows: [[Int32]]) -> Double {
         let V = original.config.vocabSize
         var sum = 0.0, n = 0
         for ids in windows {
             let T = ids.count
-            let p = LlamaDecoder(model: original, window: T).logits(ids), q = LlamaDecoder(model: variant, window: T).logits(ids)
+            let p = TransformerDecoder(model: original, window: T).logits(ids), q = TransformerDecoder(model: variant, window: T).logits(ids)
             logSoftmaxForward(out: p.data, logits: p.data, rows: T, columns: V)
             var d = [Double](repeating: 0, count: T)
             d.withUnsafeMutableBufferPointer { jensenShannonForwardReference(out: $0.baseAddress!, logProbs: p.data, logits: q.data, rows: T, columns: V) }
@@ -59,7 +59,7 @@ final class FinerCutTests: XCTestCase {
             let z = try zeroing(m, [r.sublayer])
             var sum = 0.0, n = 0
             for ids in windows {
-                let a = LlamaDecoder(model: m, window: ids.count).logits(ids).array, b = LlamaDecoder(model: z, window: ids.count).logits(ids).array
+                let a = TransformerDecoder(model: m, window: ids.count).logits(ids).array, b = TransformerDecoder(model: z, window: ids.count).logits(ids).array
                 let V = m.config.vocabSize
                 for t in 0..<ids.count {
                     let x = a[(t * V)..<((t + 1) * V)].map(Double.init), y = b[(t * V)..<((t + 1) * V)].map(Double.init)
@@ -91,18 +91,18 @@ final class FinerCutTests: XCTestCase {
         }.reduce(0) { $0 + $1.tensor.count })
         let z = try zeroing(m, removed)
         for ids in windows {
-            XCTAssertEqual(LlamaDecoder(model: pruned, window: ids.count).logits(ids).array,
-                           LlamaDecoder(model: z, window: ids.count).logits(ids).array, "skipped vs zeroed (bit-identical)")
+            XCTAssertEqual(TransformerDecoder(model: pruned, window: ids.count).logits(ids).array,
+                           TransformerDecoder(model: z, window: ids.count).logits(ids).array, "skipped vs zeroed (bit-identical)")
         }
         // The checkpoint config round-trips the per-layer record.
-        XCTAssertEqual(try LlamaConfig(json: pruned.config.json), pruned.config)
+        XCTAssertEqual(try ModelConfig(json: pruned.config.json), pruned.config)
     }
 
     func testCacheServesAnotherTargetWithoutRecomputing() throws {
         let m = Tiny.model(), windows = Tiny.windows(2)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("finercut-cache-\(UUID().uuidString)").path
         addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
-        func run(_ k: Int) throws -> (LlamaModel, StatsCache) {
+        func run(_ k: Int) throws -> (DecoderModel, StatsCache) {
             let cache = StatsCache(directory: dir, scope: .string("tiny"))
             let pass = try FinerCutPass(config: try Tiny.stage(#"{"remove": \#(k)}"#))
             return (try pass.run(on: m, context: PassContext(calibration: windows, cache: cache)).model, cache)

@@ -13,7 +13,7 @@ final class MaskLLMPassTests: XCTestCase {
         try StageRegistry.standard().make("maskllm", config: try Tiny.stage(json)) as! MaskLLMPass
     }
 
-    func assertRefused(_ json: String, _ model: LlamaModel, _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertRefused(_ json: String, _ model: DecoderModel, _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try pass(json).preflight(model), json, file: file, line: line) { e in
             let text = "\(e)"
             XCTAssertTrue(text.contains("test, stage 1: ") && text.contains(fragment), text, file: file, line: line)

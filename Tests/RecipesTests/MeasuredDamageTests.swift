@@ -12,7 +12,7 @@ final class MeasuredDamageTests: XCTestCase {
     func pass(_ json: String) throws -> CPTQuantPass { try CPTQuantPass(config: try Tiny.stage(json)) }
 
     /// Mean over positions of KL(p_a ‖ p_b), from the plain reference forward, in Double.
-    func referenceKL(_ a: LlamaModel, _ b: LlamaModel, _ windows: [[Int32]]) -> Double {
+    func referenceKL(_ a: DecoderModel, _ b: DecoderModel, _ windows: [[Int32]]) -> Double {
         let V = a.config.vocabSize
         var total = 0.0, n = 0
         for ids in windows {
@@ -32,10 +32,10 @@ final class MeasuredDamageTests: XCTestCase {
     }
 
     /// `m` with the named tensors replaced by these values (an independently built model).
-    func replaced(_ m: LlamaModel, _ values: [String: [Float]]) throws -> LlamaModel {
+    func replaced(_ m: DecoderModel, _ values: [String: [Float]]) throws -> DecoderModel {
         var tensors = Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, Tensor(shape: $0.tensor.shape, values: $0.tensor.array)) })
         for (name, v) in values { tensors[name] = Tensor(shape: tensors[name]!.shape, values: v) }
-        return try LlamaModel(config: m.config, tensors: tensors)
+        return try DecoderModel(config: m.config, tensors: tensors)
     }
 
     /// The least total damage over every choice of one option per unit within the budget (exhaustive).
@@ -124,7 +124,7 @@ final class MeasuredDamageTests: XCTestCase {
         // Tied: one copy, set by 'embedding'; 'lm_head' is refused.
         var c = Tiny.config
         c.tieWordEmbeddings = true
-        let tied = LlamaModel.random(config: c, seed: 4)
+        let tied = DecoderModel.random(config: c, seed: 4)
         XCTAssertThrowsError(try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 4.5, "group_size": 16, "method": "rtn", "lm_head": 4}"#)
             .run(on: tied, context: PassContext(calibration: windows))) { XCTAssertTrue("\($0)".contains("tied to the embedding"), "\($0)") }
         let (tq, tdiag) = try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 4.5, "group_size": 16, "method": "rtn", "embedding": 8, "fixed_in_budget": true}"#)

@@ -8,13 +8,13 @@ import XCTest
 
 /// A small GQA model (6 heads in 2 KV groups, untied head) and calibration windows for the pass tests.
 enum Tiny {
-    static let config: LlamaConfig = {
-        var c = LlamaConfig(vocabSize: 61, hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 4, numAttentionHeads: 6,
+    static let config: ModelConfig = {
+        var c = ModelConfig(vocabSize: 61, hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 4, numAttentionHeads: 6,
                             numKeyValueHeads: 2, headDim: 8, rmsNormEps: 1e-5)
         c.tieWordEmbeddings = false
         return c
     }()
-    static func model(seed: UInt64 = 7) -> LlamaModel { LlamaModel.random(config: config, seed: seed) }
+    static func model(seed: UInt64 = 7) -> DecoderModel { DecoderModel.random(config: config, seed: seed) }
     static func windows(_ n: Int = 3, length: Int = 12, seed: UInt64 = 3) -> [[Int32]] {
         var rng = SplitMix64(seed: seed)
         return (0..<n).map { _ in (0..<length).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) } }
@@ -29,7 +29,7 @@ struct ReferenceTrace {
     var normed: [[Float]] = []          // every norm output (T, C), in order
     var blockInputs: [[Float]] = []     // [layer + 1] (T, C); the last is the input of the final norm
 
-    init(_ m: LlamaModel, _ ids: [Int32]) {
+    init(_ m: DecoderModel, _ ids: [Int32]) {
         let c = m.config, T = ids.count, C = c.hiddenSize, D = c.headDim, eps = Float(c.rmsNormEps)
         let x = Tensor(shape: [T, C]), n = Tensor(shape: [T, C]), tmp = Tensor(shape: [T, C])
         ids.withUnsafeBufferPointer { embeddingForwardReference(out: x.data, ids: $0.baseAddress!, table: m.embedTokens.denseView!.data, rows: T, channels: C) }
@@ -166,7 +166,7 @@ final class MinitronTests: XCTestCase {
 
         // The zeroed original: removed channels never enter the residual stream (embedding columns, o_proj and
         // down_proj rows), removed heads and neurons never leave their sublayer (o_proj / down_proj columns).
-        let z = try LlamaModel(config: m.config, tensors: Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.copy()) }))
+        let z = try DecoderModel(config: m.config, tensors: Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.copy()) }))
         let C = m.config.hiddenSize, D = m.config.headDim, HD = m.config.numAttentionHeads * D, F = m.config.intermediateSize
         let goneC = Set(0..<C).subtracting(sel.channels)
         for r in 0..<m.config.vocabSize { for c in goneC { z.embedTokens.denseView![r * C + c] = 0 } }
@@ -177,12 +177,12 @@ final class MinitronTests: XCTestCase {
             for f in Set(0..<F).subtracting(sel.neurons[l]) { for c in 0..<C { down[c * F + f] = 0 } }
         }
         let ids = windows[0]
-        let a = LlamaDecoder(model: pruned, window: ids.count).logits(ids).array
-        let b = LlamaDecoder(model: z, window: ids.count).logits(ids).array
+        let a = TransformerDecoder(model: pruned, window: ids.count).logits(ids).array
+        let b = TransformerDecoder(model: z, window: ids.count).logits(ids).array
         let err = zip(a, b).map { abs($0 - $1) }.max()!, scale = b.map(abs).max()!
         XCTAssertLessThan(err / scale, 1e-5, "pruned vs zeroed logits")  // observed 5.0e-7
         // The unpruned model differs (the test is not vacuous).
-        let full = LlamaDecoder(model: m, window: ids.count).logits(ids).array
+        let full = TransformerDecoder(model: m, window: ids.count).logits(ids).array
         XCTAssertGreaterThan(zip(full, b).map { abs($0 - $1) }.max()! / scale, 1e-2)
     }
 
@@ -209,7 +209,7 @@ final class MinitronTests: XCTestCase {
             var c = pruned.config
             c.hiddenSize += 4; c.intermediateSize += 4
             c.blocks = c.blocks.map { BlockConfig(numAttentionHeads: $0.numAttentionHeads, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: c.intermediateSize) }
-            XCTAssertGreaterThan(LlamaModel.parameterCount(c), budget)
+            XCTAssertGreaterThan(DecoderModel.parameterCount(c), budget)
         }
     }
 

@@ -9,7 +9,7 @@ struct EchoPass: CompressionPass {
     var needs: PassNeeds { [.calibration] }
     let level: Int
     init(config: StrictObject) throws { level = try config.int("level", default: 1, in: 1...3) }
-    func run(on model: LlamaModel, context: PassContext) throws -> (model: LlamaModel, diagnostics: JSONValue) {
+    func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         (model, .object(["level": .int(level), "windows": .int(context.calibration.count)]))
     }
 }

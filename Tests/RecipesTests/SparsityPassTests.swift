@@ -58,7 +58,7 @@ final class SparsityPassTests: XCTestCase {
                 zeroed = try zeroed.replacing(.linear(id), with: .dense(d))
             }
             XCTAssertEqual(out.linearWeights.filter { $0.weight.kind == .sparse }.count, 12)
-            let decoder = LlamaDecoder(model: out, window: 12)
+            let decoder = TransformerDecoder(model: out, window: 12)
             for ids in windows {
                 let got = decoder.logits(ids).array, expected = zeroed.referenceLogits(ids)
                 for i in got.indices { XCTAssertEqual(got[i], expected[i], accuracy: 1e-4, name) }
@@ -70,8 +70,8 @@ final class SparsityPassTests: XCTestCase {
     /// Wanda's and magnitude's masks at 2:4 (the layer-wise objective carries over to the model here).
     func testSparseGPTBeatsWandaAndMagnitudeOnCalibrationLoss() throws {
         let m = Tiny.model(), windows = Tiny.windows(16, length: 32)
-        func nll(_ model: LlamaModel) -> Double {
-            let d = LlamaDecoder(model: model, window: 32)
+        func nll(_ model: DecoderModel) -> Double {
+            let d = TransformerDecoder(model: model, window: 32)
             return windows.reduce(0.0) { sum, ids in
                 let l = d.logits(ids), V = model.config.vocabSize
                 return sum + (0..<31).reduce(0.0) { s, t in

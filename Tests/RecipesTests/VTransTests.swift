@@ -12,14 +12,14 @@ import XCTest
 final class VTransTests: XCTestCase {
     var rng = SplitMix64(seed: 17)
 
-    func config(tied: Bool) -> LlamaConfig {
+    func config(tied: Bool) -> ModelConfig {
         var c = Tiny.config
         c.tieWordEmbeddings = tied
         return c
     }
 
     /// Gates with every unit at a value in [0.5, 1.5].
-    func randomGates(_ c: LlamaConfig) -> Gates {
+    func randomGates(_ c: ModelConfig) -> Gates {
         let g = Gates(config: c)
         func t(_ n: Int) -> Tensor { Tensor(shape: [n], values: (0..<n).map { _ in 0.5 + rng.nextFloat() }) }
         g.heads = c.blocks.map { t($0.numAttentionHeads) }
@@ -37,17 +37,17 @@ final class VTransTests: XCTestCase {
 
     /// A selection of the Tiny model (4 layers, 6 heads in 2 KV groups, 48 neurons, 32 channels): layer 2
     /// dropped, layer 1 without heads, layer 3 without neurons, differing heads and widths elsewhere.
-    func selection(_ c: LlamaConfig, emptySublayers: Bool = true) -> LlamaModel.UnitSelection {
+    func selection(_ c: ModelConfig, emptySublayers: Bool = true) -> DecoderModel.UnitSelection {
         let per = 3
         func heads(_ k: Int) -> [Int] { (0..<2).flatMap { g in subset(per, keep: k).map { g * per + $0 } } }
-        return LlamaModel.UnitSelection(
+        return DecoderModel.UnitSelection(
             channels: subset(32, keep: 21), layers: [0, 1, 3],
             heads: [heads(2), emptySublayers ? [] : heads(1), heads(3), heads(1)],
             neurons: [subset(48, keep: 30), subset(48, keep: 7), subset(48, keep: 40), emptySublayers ? [] : subset(48, keep: 5)])
     }
 
     /// The gated model's gates for a selection: removed units at 0, kept units at `g`'s values.
-    func gated(_ g: Gates, _ sel: LlamaModel.UnitSelection, _ c: LlamaConfig) -> Gates {
+    func gated(_ g: Gates, _ sel: DecoderModel.UnitSelection, _ c: ModelConfig) -> Gates {
         let z = Gates(config: c)
         z.channels = Tensor(shape: [c.hiddenSize], values: (0..<c.hiddenSize).map { sel.channels.contains($0) ? g.channels![$0] : 0 })
         z.heads = (0..<c.blocks.count).map { l in
@@ -64,7 +64,7 @@ final class VTransTests: XCTestCase {
 
     func testPrunedModelEqualsTheGatedModel() throws {
         for tied in [false, true] {
-            let c = config(tied: tied), m = LlamaModel.random(config: c, seed: 3)
+            let c = config(tied: tied), m = DecoderModel.random(config: c, seed: 3)
             let g = randomGates(c), sel = selection(c)
             let pruned = try m.pruningUnits(sel, folding: g)
             let pc = pruned.config
@@ -74,26 +74,26 @@ final class VTransTests: XCTestCase {
             XCTAssertEqual(pc.blocks.map(\.mlp), [true, true, false])
             XCTAssertEqual(pc.blocks.filter(\.attention).map(\.numAttentionHeads), [4, 2])
             let ids = Tiny.windows(1, length: 20)[0]
-            let d = LlamaDecoder(model: m, window: 20)
+            let d = TransformerDecoder(model: m, window: 20)
             d.gates = gated(g, sel, c)
-            let reference = d.logits(ids), got = LlamaDecoder(model: pruned, window: 20).logits(ids)
+            let reference = d.logits(ids), got = TransformerDecoder(model: pruned, window: 20).logits(ids)
             let scale = (0..<reference.count).reduce(Float(0)) { max($0, abs(reference[$1])) }
             XCTAssertLessThan(maxDifference(reference, got), 1e-5 * max(scale, 1), "tied \(tied)")  // float rounding only
             // The reference forward (plain loops, Double accumulation) agrees too.
             let ref2 = pruned.referenceLogits(ids)
             XCTAssertLessThan(maxDifference(ref2, got), 1e-4 * max(scale, 1))
             // And the gates do act: without them the original differs.
-            XCTAssertGreaterThan(maxDifference(LlamaDecoder(model: m, window: 20).logits(ids), got), 1e-2)
+            XCTAssertGreaterThan(maxDifference(TransformerDecoder(model: m, window: 20).logits(ids), got), 1e-2)
             // Parameters: the tensors held, the config's count.
             XCTAssertEqual(pruned.parameterCount, pruned.namedTensors.reduce(0) { $0 + $1.tensor.count } - (tied ? 0 : 0))
-            XCTAssertEqual(pruned.parameterCount, LlamaModel.parameterCount(pc))
+            XCTAssertEqual(pruned.parameterCount, DecoderModel.parameterCount(pc))
         }
     }
 
     /// Without empty sublayers, the size model at the integer unit counts is the pruned model's parameter count.
     func testParameterCountEqualsTheAccounting() throws {
         for tied in [false, true] {
-            let c = config(tied: tied), m = LlamaModel.random(config: c, seed: 4)
+            let c = config(tied: tied), m = DecoderModel.random(config: c, seed: 4)
             let sel = selection(c, emptySublayers: false)
             let pruned = try m.pruningUnits(sel, folding: randomGates(c))
             let size = try VIBSizeModel(config: c)
@@ -106,7 +106,7 @@ final class VTransTests: XCTestCase {
     }
 
     func testGQAViolationsAndBadSelectionsAreRefused() throws {
-        let c = config(tied: false), m = LlamaModel.random(config: c, seed: 3)
+        let c = config(tied: false), m = DecoderModel.random(config: c, seed: 3)
         var sel = selection(c)
         sel.heads[0] = [0, 1, 2, 3]  // 3 heads in group 0, 1 in group 1
         XCTAssertThrowsError(try m.pruningUnits(sel)) { XCTAssertTrue("\($0)".contains("KV group 0 keeps 3 query heads, the others 2"), "\($0)") }
@@ -142,7 +142,7 @@ final class VTransTests: XCTestCase {
         }
         // Targets checked against the model: below the smallest reachable model, and not below the full size.
         let c = config(tied: false)
-        let full = LlamaModel.parameterCount(c)
+        let full = DecoderModel.parameterCount(c)
         let onlyMLP = try stage(#"{"steps": 3, "params": 5000, "axes": ["mlp"]}"#)
         XCTAssertThrowsError(try onlyMLP.resolveTarget(c)) { e in
             XCTAssertTrue("\(e)".contains("test, stage 1") && "\(e)".contains("'params': target 5000 parameters is below") && "\(e)".contains("the smallest model the masks along [\"mlp\"] can give"), "\(e)")
@@ -163,7 +163,7 @@ final class VTransTests: XCTestCase {
     /// hidden channel's worth of parameters below the target, is heterogeneous, and equals the trained student
     /// gated by its masks at evaluation (z = μ, removed units at 0). Faster leaves the weights as they were.
     func testVariantsMeetTheTargetAndEqualTheGatedStudent() throws {
-        let m = LlamaModel.random(config: Tiny.config, seed: 7), c = m.config
+        let m = DecoderModel.random(config: Tiny.config, seed: 7), c = m.config
         for variant in ["vtrans", "fast", "faster"] {
             let pass = try stage(#"{"variant": "\#(variant)", "fraction": 0.55, "steps": 24, "batch": 2, "window": 12, "mask_lr": 0.1, "lr": 1e-3}"#)
             let run = try pass.makeRun(model: m, trainTokens: tokens())
@@ -173,19 +173,19 @@ final class VTransTests: XCTestCase {
             XCTAssertTrue(lines.last?.contains("target") == true, "\(lines)")
             let (pruned, diag) = try run.finish()
             let target = run.masks.settings.targetParameters
-            XCTAssertEqual(target, Int(Double(LlamaModel.parameterCount(c)) * 0.55))
+            XCTAssertEqual(target, Int(Double(DecoderModel.parameterCount(c)) * 0.55))
             let n = pruned.parameterCount
             let pc = pruned.config
-            let channelCost = LlamaModel.parameterCount({ var x = pc; x.hiddenSize += 1; return x }())  - n
+            let channelCost = DecoderModel.parameterCount({ var x = pc; x.hiddenSize += 1; return x }())  - n
             XCTAssertLessThanOrEqual(n, target, variant)
             XCTAssertLessThan(target - n, channelCost, "\(variant): \(n) of \(target)")
             XCTAssertEqual(diag.objectValue?["parameters"], .int(n))
             // The gated student at evaluation.
             let (sel, _) = try run.selection()
-            let d = LlamaDecoder(model: run.distiller.student, window: 12)
+            let d = TransformerDecoder(model: run.distiller.student, window: 12)
             d.gates = gated(run.masks.gates, sel, c)
             let ids = Tiny.windows(1, length: 12, seed: 5)[0]
-            let a = d.logits(ids), b = LlamaDecoder(model: pruned, window: 12).logits(ids)
+            let a = d.logits(ids), b = TransformerDecoder(model: pruned, window: 12).logits(ids)
             XCTAssertLessThan(maxDifference(a, b), 1e-4, variant)
             if variant == "faster" {
                 XCTAssertEqual(run.distiller.student.namedTensors.map { $0.tensor.array }, m.namedTensors.map { $0.tensor.array })
@@ -198,8 +198,8 @@ final class VTransTests: XCTestCase {
 
     /// The same seed gives the same pruned model.
     func testDeterministic() throws {
-        let m = LlamaModel.random(config: Tiny.config, seed: 7)
-        func once() throws -> LlamaModel {
+        let m = DecoderModel.random(config: Tiny.config, seed: 7)
+        func once() throws -> DecoderModel {
             let run = try stage(#"{"fraction": 0.6, "steps": 6, "batch": 2, "window": 12, "mask_lr": 0.1}"#).makeRun(model: m, trainTokens: tokens())
             run.train()
             return try run.finish().model
@@ -211,7 +211,7 @@ final class VTransTests: XCTestCase {
 
     /// A saved state resumes only under the same VIB settings: another mask_lr is refused.
     func testStateResumesOnlyWithTheSameMaskSettings() throws {
-        let m = LlamaModel.random(config: Tiny.config, seed: 7)
+        let m = DecoderModel.random(config: Tiny.config, seed: 7)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vtrans-state-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }

@@ -180,7 +180,7 @@ final class MaskLLMTests: XCTestCase {
         return c
     }
 
-    func targets(_ model: LlamaModel, prior: Bool, n: Int = 2, m: Int = 4) throws -> [MaskLLMTrainable.Target] {
+    func targets(_ model: DecoderModel, prior: Bool, n: Int = 2, m: Int = 4) throws -> [MaskLLMTrainable.Target] {
         try model.linearWeights.map { id, w in
             guard case .dense(let t) = w else { throw ConfigError("not dense") }
             return .init(id: id, weight: t, prior: prior ? try magnitudeMask(t, n: n, m: m) : nil)

@@ -12,7 +12,7 @@ final class PyTorchParityTests: XCTestCase {
         let ref = try Fixtures.gradients("tiny-llama-tied.grad.json")
         let model = try Fixtures.model("tiny-llama-tied")
         let B = j["B"] as! Int, W = j["W"] as! Int
-        let trainer = LlamaTrainer(model: model, batch: B, window: W)
+        let trainer = Trainer(model: model, batch: B, window: W)
         let loss = LogitLoss(vocab: model.config.vocabSize)
         let dHidden = Tensor(shape: [B * W, model.config.hiddenSize])
         trainer.zeroGradients()

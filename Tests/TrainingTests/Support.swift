@@ -10,7 +10,7 @@ enum Fixtures {
 
     static func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
-    static func model(_ name: String) throws -> LlamaModel { try Checkpoint.read(path("\(name).h5")).model }
+    static func model(_ name: String) throws -> DecoderModel { try Checkpoint.read(path("\(name).h5")).model }
 
     static func json(_ name: String) throws -> [String: Any] {
         try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path(name)))) as! [String: Any]

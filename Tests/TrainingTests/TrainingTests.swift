@@ -25,7 +25,7 @@ final class TrainingTests: XCTestCase {
         var rng = SplitMix64(seed: 3)
         let W = 12, ids = (0..<(2 * W)).map { _ in Int32(rng.next() % 256) }
         let weights = LogitLossWeights(kl: 0, ce: 1)
-        let big = LlamaTrainer(model: model, batch: 2, window: W), small = LlamaTrainer(model: model, batch: 1, window: W)
+        let big = Trainer(model: model, batch: 2, window: W), small = Trainer(model: model, batch: 1, window: W)
         let dBig = Tensor(shape: [2 * W, 64]), dSmall = Tensor(shape: [W, 64]), loss = LogitLoss(vocab: 256)
         big.zeroGradients()
         big.forward(ids)
@@ -54,7 +54,7 @@ final class TrainingTests: XCTestCase {
         let plain = try model.replacing(id, with: .dense(sparse.linear(LinearID(layer: 1, kind: .up))!.dequantized()))
         let W = 10, ids = (0..<W).map { _ in Int32(rng.next() % 256) }
         let weights = LogitLossWeights(kl: 0, ce: 1), loss = LogitLoss(vocab: 256)
-        let masked = LlamaTrainer(model: sparse, batch: 1, window: W), reference = LlamaTrainer(model: plain, batch: 1, window: W)
+        let masked = Trainer(model: sparse, batch: 1, window: W), reference = Trainer(model: plain, batch: 1, window: W)
         let d1 = Tensor(shape: [W, 64]), d2 = Tensor(shape: [W, 64])
         for (t, d) in [(masked, d1), (reference, d2)] {
             t.zeroGradients()

@@ -12,8 +12,8 @@ final class VIBTests: XCTestCase {
     func uniform(_ lo: Double, _ hi: Double) -> Double { lo + (hi - lo) * Double(rng.nextFloat()) }
 
     /// A GQA config with differing layers (3 layers: 6/4/2 heads in 2 KV groups, MLP 12/10/8).
-    func config(tied: Bool) -> LlamaConfig {
-        var c = LlamaConfig(vocabSize: 23, hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 3, numAttentionHeads: 6,
+    func config(tied: Bool) -> ModelConfig {
+        var c = ModelConfig(vocabSize: 23, hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 3, numAttentionHeads: 6,
                             numKeyValueHeads: 2, headDim: 4)
         c.tieWordEmbeddings = tied
         c.blocks[1] = BlockConfig(numAttentionHeads: 4, numKeyValueHeads: 2, intermediateSize: 10)
@@ -22,7 +22,7 @@ final class VIBTests: XCTestCase {
     }
 
     /// Random masks over every axis of `c`: μ around ±(0.05 ... 1.5), log σ² in [-4, 1] (log α on both sides of 0).
-    func masks(_ c: LlamaConfig) -> [VIBMaskValues] {
+    func masks(_ c: ModelConfig) -> [VIBMaskValues] {
         func m(_ axis: VIBAxis, _ layer: Int?, _ n: Int) -> VIBMaskValues {
             VIBMaskValues(axis: axis, layer: layer, mu: (0..<n).map { _ in (rng.next() % 5 == 0 ? -1 : 1) * uniform(0.05, 1.5) },
                           logVar: (0..<n).map { _ in uniform(-4, 1) })
@@ -98,14 +98,14 @@ final class VIBTests: XCTestCase {
     func testSizeModelEqualsTheModelsParameterCount() throws {
         for tied in [false, true] {
             let c = config(tied: tied), size = try VIBSizeModel(config: c)
-            XCTAssertEqual(size.full, Double(LlamaModel.parameterCount(c)))
+            XCTAssertEqual(size.full, Double(DecoderModel.parameterCount(c)))
             var small = c
             small.hiddenSize = 5
             small.blocks = [BlockConfig(numAttentionHeads: 2, numKeyValueHeads: 2, intermediateSize: 3),
                             BlockConfig(numAttentionHeads: 4, numKeyValueHeads: 2, intermediateSize: 1)]
             small.numHiddenLayers = 2
             let n = size.count(channels: 5, heads: [2, 0, 4], neurons: [3, 0, 1], layers: [1, 0, 1]).value
-            XCTAssertEqual(n, Double(LlamaModel.parameterCount(small)))
+            XCTAssertEqual(n, Double(DecoderModel.parameterCount(small)))
         }
     }
 
@@ -113,15 +113,15 @@ final class VIBTests: XCTestCase {
     /// differences of L = Σ hidden ⊙ R over μ and log σ² of the forward with z = μ + σ ε (Float32 forward,
     /// h = 1e-2 as the decoder's own gate test).
     func testReparameterisedGradientsThroughTheDecoder() throws {
-        var c = LlamaConfig(vocabSize: 31, hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 2, numAttentionHeads: 4,
+        var c = ModelConfig(vocabSize: 31, hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 2, numAttentionHeads: 4,
                             numKeyValueHeads: 2, headDim: 4)
         c.tieWordEmbeddings = false
-        let model = LlamaModel.random(config: c, seed: 11)
+        let model = DecoderModel.random(config: c, seed: 11)
         var s = VIBSettings()
         s.logVarInit = -1.5  // noise that matters
         let vib = try VIBTrainable(config: c, settings: s)
         let B = 2, W = 6
-        let trainer = LlamaTrainer(model: model, batch: B, window: W, frozen: Set(model.weights.map(\.id)))
+        let trainer = Trainer(model: model, batch: B, window: W, frozen: Set(model.weights.map(\.id)))
         try vib.bind(to: trainer)
         for m in vib.masks { for i in 0..<m.mu.count { m.mu[i] = Float(uniform(0.5, 1.5)); m.logVar[i] = Float(uniform(-3, -1)) } }
         let ids = (0..<(B * W)).map { _ in Int32(rng.next() % 31) }
@@ -173,10 +173,10 @@ final class VIBTests: XCTestCase {
     func testRegularizeAddsTheObjectivesGradients() throws {
         let c = config(tied: true)
         var s = VIBSettings()
-        s.targetParameters = Int(0.6 * Double(LlamaModel.parameterCount(c)))
+        s.targetParameters = Int(0.6 * Double(DecoderModel.parameterCount(c)))
         s.targetWarmup = 4
         let vib = try VIBTrainable(config: c, settings: s)
-        let trainer = LlamaTrainer(model: LlamaModel.random(config: c, seed: 2), batch: 1, window: 4)
+        let trainer = Trainer(model: DecoderModel.random(config: c, seed: 2), batch: 1, window: 4)
         try vib.bind(to: trainer)
         for m in vib.masks { for i in 0..<m.mu.count { m.mu[i] = Float(uniform(0.1, 1.2)); m.logVar[i] = Float(uniform(-3, 0)) } }
         vib.lambda[0] = 0.3; vib.lambda[1] = 1.7

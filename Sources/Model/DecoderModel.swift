@@ -84,7 +84,7 @@ public struct MLPWeights: Sendable {
 }
 
 /// One decoder layer; an absent sublayer is nil and not computed.
-public struct LlamaLayer: Sendable {
+public struct DecoderLayer: Sendable {
     public var attention: AttentionWeights?
     public var mlp: MLPWeights?
     public init(attention: AttentionWeights?, mlp: MLPWeights?) { self.attention = attention; self.mlp = mlp }
@@ -94,10 +94,10 @@ public struct LlamaLayer: Sendable {
 ///
 /// A value: passes and stages build new models and never write into the tensors of one they were given;
 /// training works on `copy()` and returns the trained copy (Training/Distillation.swift).
-public struct LlamaModel: Sendable {
-    public let config: LlamaConfig
+public struct DecoderModel: Sendable {
+    public let config: ModelConfig
     public var embedTokens: LinearWeight
-    public var layers: [LlamaLayer]
+    public var layers: [DecoderLayer]
     public var norm: Tensor
     /// The LM head when untied; nil when the embedding is tied to it.
     public var untiedLMHead: LinearWeight?
@@ -105,7 +105,7 @@ public struct LlamaModel: Sendable {
     public var lmHead: LinearWeight { untiedLMHead ?? embedTokens }
 
     /// Assembles a model from its parts; shapes must follow the config (checked).
-    public init(config: LlamaConfig, embedTokens: LinearWeight, layers: [LlamaLayer], norm: Tensor, lmHead: LinearWeight?) throws {
+    public init(config: ModelConfig, embedTokens: LinearWeight, layers: [DecoderLayer], norm: Tensor, lmHead: LinearWeight?) throws {
         self.config = config
         self.embedTokens = embedTokens
         self.layers = layers
@@ -137,7 +137,7 @@ public struct LlamaModel: Sendable {
     }
 
     /// The tensors a checkpoint of this config must hold, in canonical order.
-    public static func tensorSpecs(_ c: LlamaConfig) -> [TensorSpec] {
+    public static func tensorSpecs(_ c: ModelConfig) -> [TensorSpec] {
         let C = c.hiddenSize, D = c.headDim
         var specs = [TensorSpec(name: "model.embed_tokens.weight", shape: [c.vocabSize, C])]
         for (i, b) in c.blocks.enumerated() {
@@ -169,13 +169,13 @@ public struct LlamaModel: Sendable {
 
     /// Assembles a dense model from named float32 tensors (a file boundary); names and shapes must match
     /// `tensorSpecs(config)` exactly.
-    public init(config: LlamaConfig, tensors: [String: Tensor]) throws {
+    public init(config: ModelConfig, tensors: [String: Tensor]) throws {
         try self.init(config: config, weights: tensors.mapValues { ModelWeight.dense($0) })
     }
 
     /// Assembles a model from named weights of any representation; names and shapes must match
     /// `tensorSpecs(config)` exactly (1-D norms are `.vector`, matrices `.matrix`).
-    public init(config: LlamaConfig, weights named: [String: ModelWeight]) throws {
+    public init(config: ModelConfig, weights named: [String: ModelWeight]) throws {
         let specs = Self.tensorSpecs(config)
         for s in specs {
             guard let t = named[s.name] else { throw ConfigError("missing tensor '\(s.name)' (expected shape \(s.shape))") }
@@ -196,7 +196,7 @@ public struct LlamaModel: Sendable {
         }
         let layers = try config.blocks.enumerated().map { l, b in
             func lin(_ k: LinearKind) throws -> LinearWeight { try m(.linear(LinearID(layer: l, kind: k))) }
-            return LlamaLayer(
+            return DecoderLayer(
                 attention: b.attention ? AttentionWeights(norm: try v(.inputNorm(layer: l)), q: try lin(.q), k: try lin(.k), v: try lin(.v), o: try lin(.o)) : nil,
                 mlp: b.mlp ? MLPWeights(norm: try v(.postAttentionNorm(layer: l)), gate: try lin(.gate), up: try lin(.up), down: try lin(.down)) : nil)
         }
@@ -258,7 +258,7 @@ public struct LlamaModel: Sendable {
     }
 
     /// A model with weight `id` replaced (same shape, checked).
-    public func replacing(_ id: WeightID, with w: LinearWeight) throws -> LlamaModel {
+    public func replacing(_ id: WeightID, with w: LinearWeight) throws -> DecoderModel {
         var m = self
         switch id {
         case .embedTokens: m.embedTokens = w
@@ -287,13 +287,13 @@ public struct LlamaModel: Sendable {
     }
 
     /// A deep copy: training the copy leaves this model untouched.
-    public func copy() -> LlamaModel {
+    public func copy() -> DecoderModel {
         var m = self
         m.embedTokens = embedTokens.copy()
         m.untiedLMHead = untiedLMHead?.copy()
         m.norm = norm.copy()
         m.layers = layers.map { l in
-            LlamaLayer(
+            DecoderLayer(
                 attention: l.attention.map { AttentionWeights(norm: $0.norm.copy(), q: $0.q.copy(), k: $0.k.copy(), v: $0.v.copy(), o: $0.o.copy()) },
                 mlp: l.mlp.map { MLPWeights(norm: $0.norm.copy(), gate: $0.gate.copy(), up: $0.up.copy(), down: $0.down.copy()) })
         }
@@ -318,7 +318,7 @@ public struct LlamaModel: Sendable {
     public var parameterCount: Int { weights.reduce(0) { $0 + $1.weight.parameterCount } }
 
     /// A copy of the model without the given decoder layers (the rest renumbered in order).
-    public func removingLayers(_ drop: Set<Int>) throws -> LlamaModel {
+    public func removingLayers(_ drop: Set<Int>) throws -> DecoderModel {
         if let bad = drop.first(where: { !(0..<layers.count).contains($0) }) {
             throw ConfigError("layer \(bad) outside 0..<\(layers.count)")
         }
@@ -327,7 +327,7 @@ public struct LlamaModel: Sendable {
     }
 
     /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms at 1), for tests and benchmarks.
-    public static func random(config: LlamaConfig, seed: UInt64) -> LlamaModel {
+    public static func random(config: ModelConfig, seed: UInt64) -> DecoderModel {
         var rng = SplitMix64(seed: seed)
         var tensors: [String: Tensor] = [:]
         for s in tensorSpecs(config) {
@@ -339,7 +339,7 @@ public struct LlamaModel: Sendable {
             }
             tensors[s.name] = t
         }
-        do { return try LlamaModel(config: config, tensors: tensors) } catch {
+        do { return try DecoderModel(config: config, tensors: tensors) } catch {
             preconditionFailure("random model does not match its own specs: \(error)")
         }
     }

@@ -1,13 +1,13 @@
 import Model
 import TensorCore
 
-/// Training-side view of a student: the one decoder forward in training mode (Model/LlamaDecoder.swift), its
-/// backward (Model/LlamaDecoderBackward.swift) and the gradient buffers. The model is the trainer's own: it
+/// Training-side view of a student: the one decoder forward in training mode (Model/TransformerDecoder.swift), its
+/// backward (Model/TransformerDecoderBackward.swift) and the gradient buffers. The model is the trainer's own: it
 /// is a deep copy of the model given, so training never writes into a caller's weights.
-public final class LlamaTrainer {
+public final class Trainer {
     /// The model being trained (a copy of the one given at init); read it for the trained weights.
-    public let model: LlamaModel
-    public let decoder: LlamaDecoder
+    public let model: DecoderModel
+    public let decoder: TransformerDecoder
     /// Gradients of every weight not frozen.
     public let grads: ModelGradients
     /// Gradients of the decoder's gates (nil until `setGates`).
@@ -23,12 +23,12 @@ public final class LlamaTrainer {
     public var ids: [Int32] { decoder.ids }
 
     /// A trainer of a copy of `model` over batches of B windows of W tokens; `frozen` weights get no gradient.
-    public init(model: LlamaModel, batch B: Int, window W: Int, frozen: Set<WeightID> = []) {
+    public init(model: DecoderModel, batch B: Int, window W: Int, frozen: Set<WeightID> = []) {
         let own = model.copy()
         self.model = own
         batch = B
         window = W
-        decoder = LlamaDecoder(model: own, batch: B, window: W, training: true)
+        decoder = TransformerDecoder(model: own, batch: B, window: W, training: true)
         grads = ModelGradients(model: own, frozen: frozen)
     }
 
@@ -47,7 +47,7 @@ public final class LlamaTrainer {
         gateGrads = Gates(zerosLike: gates)
     }
 
-    /// Requests the output of decoder layer `layer` to be kept (see `LlamaDecoder.capture`).
+    /// Requests the output of decoder layer `layer` to be kept (see `TransformerDecoder.capture`).
     public func capture(layer: Int) { decoder.capture(layer: layer) }
     public var captures: [Int: Tensor] { decoder.captures }
     public var captureGrads: [Int: Tensor] { decoder.captureGrads }

@@ -10,7 +10,7 @@ public final class ModelGradients {
     /// Every gradient under its parameter's name (`ModelWeight.parameterNames`), in canonical order.
     public let named: [(name: String, tensor: Tensor)]
 
-    public init(model: LlamaModel, frozen: Set<WeightID> = []) {
+    public init(model: DecoderModel, frozen: Set<WeightID> = []) {
         var s: [WeightID: [Tensor]] = [:]
         var named: [(String, Tensor)] = []
         for (id, w) in model.weights where !frozen.contains(id) {
@@ -33,7 +33,7 @@ public final class ModelGradients {
     public func zero() { for (_, ts) in slots { for t in ts { t.zero() } } }
 }
 
-extension LlamaDecoder {
+extension TransformerDecoder {
     /// Backpropagates dL/dhidden (rows, C), plus any gradients placed in `captureGrads`, through the last
     /// `forward`, accumulating into `grads` (and, for the gates set, into `gateGrads`). Capture gradients are
     /// consumed (zeroed). Training mode only.

@@ -28,7 +28,7 @@ public struct BlockConfig: Equatable, Sendable {
 ///
 /// Keys we do not interpret are kept in `extra` and written back unchanged. Values that would change the
 /// math in ways this engine does not implement (rope scaling, biases, another activation) are rejected.
-public struct LlamaConfig: Equatable, Sendable {
+public struct ModelConfig: Equatable, Sendable {
     public var vocabSize: Int
     public var hiddenSize: Int
     public var intermediateSize: Int

@@ -14,7 +14,7 @@ public final class Gates {
     public var sublayers: Tensor?
 
     /// No gates (all nil) for a model of this config.
-    public init(config c: LlamaConfig) {
+    public init(config c: ModelConfig) {
         heads = Array(repeating: nil, count: c.blocks.count)
         neurons = Array(repeating: nil, count: c.blocks.count)
     }
@@ -40,7 +40,7 @@ public final class Gates {
     public func zero() { for (_, t) in named { t.zero() } }
 
     /// Checks every gate's length against the config.
-    public func validate(_ c: LlamaConfig) throws {
+    public func validate(_ c: ModelConfig) throws {
         guard heads.count == c.blocks.count, neurons.count == c.blocks.count else { throw ConfigError("gates for \(heads.count) layers, model has \(c.blocks.count)") }
         for (l, b) in c.blocks.enumerated() {
             if let h = heads[l], h.count != b.numAttentionHeads || !b.attention { throw ConfigError("layer \(l): head gates of \(h.count) for \(b.numAttentionHeads) heads") }
@@ -71,7 +71,7 @@ extension ForwardObserver {
     public func mlpActivation(layer: Int, act: UnsafePointer<Float>, rows: Int) {}
 }
 
-/// Sees the inputs of every linear weight and their loss gradients during `LlamaDecoder.backward` (for
+/// Sees the inputs of every linear weight and their loss gradients during `TransformerDecoder.backward` (for
 /// gradient-based scores such as TDMPQ's |x · dL/dx|). Pointers are valid only during the call.
 public protocol BackwardObserver: AnyObject {
     /// The input (rows × features) of linear weight `id` and dL/d(that input).
@@ -95,12 +95,12 @@ extension BackwardObserver {
 ///
 /// (z, g: the optional `gates`.) Every projection goes through `LinearWeight.forward`, so every weight
 /// representation runs here. In inference mode (`training: false`) all layers share one set of scratch
-/// buffers and nothing is kept; in training mode each layer keeps what `backward` (DecoderBackward.swift)
+/// buffers and nothing is kept; in training mode each layer keeps what `backward` (TransformerDecoderBackward.swift)
 /// needs: the residual entering each sublayer, the norms' rstd and outputs, q/k after rotary, v, the
 /// attention output, the MLP's gate and up pre-activations and its activation (attention probabilities are
 /// recomputed by the attention backward).
-public final class LlamaDecoder {
-    public let model: LlamaModel
+public final class TransformerDecoder {
+    public let model: DecoderModel
     public let batch: Int, window: Int
     public let training: Bool
     /// Rows of every activation: batch × window.
@@ -111,7 +111,7 @@ public final class LlamaDecoder {
     }
     /// Final-normed hidden states (rows, C) of the last `forward`.
     public let hidden: Tensor
-    /// LlamaDecoder layers whose output (the residual stream after the layer) is copied out in the forward, and
+    /// TransformerDecoder layers whose output (the residual stream after the layer) is copied out in the forward, and
     /// the gradient slot for each (added to the residual gradient at that layer in the backward).
     public private(set) var captures: [Int: Tensor] = [:]
     public private(set) var captureGrads: [Int: Tensor] = [:]
@@ -147,7 +147,7 @@ public final class LlamaDecoder {
     }
 
     /// A decoder over `batch` windows of up to `window` tokens; `training` keeps activations for `backward`.
-    public init(model: LlamaModel, batch B: Int = 1, window W: Int, training: Bool = false) {
+    public init(model: DecoderModel, batch B: Int = 1, window W: Int, training: Bool = false) {
         precondition(B >= 1 && W >= 1, "decoder of \(B) × \(W) tokens")
         let c = model.config, N = B * W, C = c.hiddenSize, D = c.headDim
         self.model = model
