@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation", "Import"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
-        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys", "Quantization"], exclude: ["Fixtures"]),
+        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys", "Quantization", "Model"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
         .testTarget(name: "ExportTests", dependencies: ["Export", "Import", "Checkpoint", "GGUF", "Safetensors", "Recipes", "Quantization", "Model", "TensorCore"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),

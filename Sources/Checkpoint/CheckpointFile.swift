@@ -284,7 +284,7 @@ public struct Checkpoint {
 
     /// A version 1/2 mask: float32 holding only 0 and 1, the weight zero wherever the mask is.
     private static func readLegacyMask(_ file: H5File, name: String, weight w: Tensor, path: String) throws -> SparseWeight {
-        guard name.hasPrefix("model.layers."), w.shape.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name) }
+        guard case .linear? = WeightID(hfName: name), w.shape.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name) }
         do {
             let m = try file.readFloat32("masks/" + name, label: "masks/" + name, expected: w.shape)
             for i in 0..<m.count where m[i] != 1 {

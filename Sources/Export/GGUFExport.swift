@@ -5,7 +5,8 @@ import Model
 import Quantization
 import TensorCore
 
-/// A GGUF v3 file for llama.cpp: architecture `llama` for homogeneous models, `deci` for heterogeneous ones
+/// A GGUF v3 file for llama.cpp: the family's architecture (`llama`, `qwen2`, `qwen3`) for homogeneous models, `deci`
+/// for heterogeneous Llama ones
 /// (per-layer `deci.attention.head_count`, `deci.attention.head_count_kv` with 0 for a removed attention and
 /// `deci.feed_forward_length` with 0 for a removed MLP; llama.cpp then skips that sublayer, and reads each
 /// layer's own sizes, so no padding is needed), the tokenizer as `tokenizer.ggml.*`, and per-tensor types:
@@ -13,15 +14,18 @@ import TensorCore
 /// - quantized weights repacked without loss where a ggml type holds them (`GGMLRepack`), else re-quantized to
 ///   the `--requantize` type with the error reported, else refused (every such tensor named);
 /// - dense, sparse (their values) and factorized (multiplied out, with a warning) weights in --dtype.
-/// q and k rows are permuted into llama.cpp's rotary order (convert_hf_to_gguf.py `DecoderModel.permute`,
-/// per head for q, per key/value head for k), whole rows at a time.
+/// For families stored that way (`ggufPermutesQK`: Llama), q and k rows are permuted into llama.cpp's rotary order
+/// (convert_hf_to_gguf.py `LlamaModel.permute`, per head for q, per key/value head for k), whole rows at a time.
 enum GGUFExport {
     /// Width of the zero MLP a `deci` layer gets when it keeps its attention but lost its MLP.
     static let zeroMLPWidth = 32
 
     static func build(_ ckpt: Checkpoint, options: ExportOptions) throws -> BuiltExport {
-        let model = ckpt.model, c = model.config
-        let arch = c.isHomogeneous ? "llama" : "deci"
+        let model = ckpt.model, c = model.config, family = c.familyType
+        guard c.isHomogeneous || family == LlamaFamily.self else {
+            throw ExportError(heterogeneousRefusal(c, format: "GGUF"))
+        }
+        let arch = c.isHomogeneous ? family.ggufArchitectures[0] : "deci"
         var writer = GGUFWriter()
         var tensors: [ExportedTensor] = [], warnings: [String] = [], refused: [String] = [], factorized: [(name: String, weight: FactorizedWeight)] = []
 
@@ -67,7 +71,8 @@ enum GGUFExport {
         var zeroMLPs: [Int: [(String, [Int])]] = [:]
         for (l, b) in c.blocks.enumerated() where arch == "deci" && b.attention && !b.mlp {
             let F = Self.zeroMLPWidth, C = c.hiddenSize
-            zeroMLPs[l] = [("blk.\(l).ffn_norm.weight", [C]), ("blk.\(l).ffn_gate.weight", [F, C]), ("blk.\(l).ffn_up.weight", [F, C]), ("blk.\(l).ffn_down.weight", [C, F])]
+            func lin(_ k: LinearKind) -> String { family.ggufName(.linear(LinearID(layer: l, kind: k))) }
+            zeroMLPs[l] = [(family.ggufName(.norm(layer: l, .mlpIn)), [C]), (lin(.gate), [F, C]), (lin(.up), [F, C]), (lin(.down), [C, F])]
         }
         if !zeroMLPs.isEmpty {
             warnings.append("llama.cpp's deci graph drops a layer's attention when its feed-forward length is 0; layers \(zeroMLPs.keys.sorted().map(String.init).joined(separator: ", ")) (attention kept, MLP removed) get an all-zero MLP of width \(Self.zeroMLPWidth) instead (exact: it adds 0)")
@@ -82,20 +87,14 @@ enum GGUFExport {
         }
         var lastLayer = -1
         for (id, w) in model.weights {
-            guard let name = LlamaMapping.ggufName(for: id.hfName) else { throw ExportError("\(id.hfName) has no GGUF name") }
-            var layer: Int? = nil
-            switch id {
-            case .inputNorm(let l), .postAttentionNorm(let l): layer = l
-            case .linear(let lid): layer = lid.layer
-            case .finalNorm, .lmHead: layer = c.numHiddenLayers
-            case .embedTokens: layer = nil
-            }
+            let name = family.ggufName(id)
+            let layer: Int? = id == .embedTokens ? nil : id.layer ?? c.numHiddenLayers
             if let layer, layer != lastLayer {
                 if lastLayer >= 0 { addZeroMLP(lastLayer) }
                 lastLayer = layer
             }
             var rotaryHeads: Int? = nil
-            if case .linear(let lid) = id {
+            if family.ggufPermutesQK, case .linear(let lid) = id {
                 let b = c.blocks[lid.layer]
                 if lid.kind == .q { rotaryHeads = b.numAttentionHeads }
                 if lid.kind == .k { rotaryHeads = b.numKeyValueHeads }

@@ -26,6 +26,22 @@ func sourceName(_ w: ModelWeight) -> String {
 }
 
 /// The warnings for factorized weights written multiplied out (D · S, or D̂ · S when D is stored quantized).
+/// Why a heterogeneous model (per-layer heads or widths, removed sublayers) of a family other than Llama cannot be
+/// exported: transformers' and llama.cpp's per-layer formats (DeciLM, `deci`) are Llama's and hold no biases or q/k
+/// norms, and the family's own classes have one size for every layer.
+func heterogeneousRefusal(_ c: ModelConfig, format: String) -> String {
+    var why: [String] = []
+    if !c.blocks.allSatisfy({ $0.attention && $0.mlp }) { why.append("removed sublayers") }
+    if Set(c.blocks.map(\.numAttentionHeads)).count > 1 || Set(c.blocks.map(\.numKeyValueHeads)).count > 1 { why.append("per-layer head counts") }
+    if Set(c.blocks.map(\.intermediateSize)).count > 1 { why.append("per-layer MLP widths") }
+    let family = c.familyType
+    return "a heterogeneous \(family.name) model (\(why.joined(separator: ", "))) has no \(format) form: "
+        + "\(family.hfArchitecture) and GGUF '\(family.ggufArchitectures[0])' hold one size for every layer, and the per-layer formats "
+        + "(DeciLMForCausalLM, GGUF 'deci') are Llama's, without \(c.biases.isEmpty ? "q/k norms" : "biases"); "
+        + "only our checkpoint holds it (compress eval, distill, apply run on it). Export a homogeneous model: Minitron depth "
+        + "pruning removes whole layers, width pruning keeps every layer's sizes equal"
+}
+
 func factorizedWarnings(_ factorized: [(name: String, weight: FactorizedWeight)], hf: Bool) -> [String] {
     guard !factorized.isEmpty else { return [] }
     let names = factorized.map(\.name)
@@ -58,7 +74,9 @@ extension SafetensorsDType {
 /// Hugging Face directory: config.json, generation_config.json, tokenizer.json, tokenizer_config.json and
 /// model.safetensors.
 ///
-/// - Homogeneous models → `LlamaForCausalLM`; heterogeneous ones → `DeciLMForCausalLM` (`DeciLayout`).
+/// - Homogeneous models → the family's class (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`) and
+///   config.json (`ModelFamily.hfConfig`); heterogeneous Llama ones → `DeciLMForCausalLM` (`DeciLayout`);
+///   heterogeneous models of other families are refused (`heterogeneousRefusal`).
 /// - Sparse weights: their dense values (zeros where the mask drops), and in config.json
 ///   `quantization_config.sparsity_config` as compressed-tensors writes it for the "dense" sparsity format
 ///   (`format`, `sparsity_structure` "2:4" or "unstructured", `global_sparsity`, `targets`, `ignore`).
@@ -75,7 +93,10 @@ enum HFExport {
     static let packableBits: Set<Int> = [2, 4, 8]
 
     static func build(_ ckpt: Checkpoint, options: ExportOptions) throws -> BuiltExport {
-        let model = ckpt.model, config = model.config, dtype = options.dtype
+        let model = ckpt.model, config = model.config, dtype = options.dtype, family = config.familyType
+        guard config.isHomogeneous || family == LlamaFamily.self else {
+            throw ExportError(heterogeneousRefusal(config, format: "Hugging Face"))
+        }
         let deci = config.isHomogeneous ? nil : try DeciLayout(config: config)
         var st = SafetensorsWriter()
         var tensors: [ExportedTensor] = [], warnings: [String] = []
@@ -90,7 +111,7 @@ enum HFExport {
         }
 
         for (id, w) in model.weights {
-            let name = id.hfName
+            let name = family.hfName(id)
             switch w {
             case .vector(let t):
                 try addFloat(name, w, UnsafeBufferPointer(start: t.data, count: t.count), shape: t.shape, dtype: dtype)
@@ -163,9 +184,8 @@ enum HFExport {
                 warnings.append("DeciLM cannot express these shapes; zero rows/columns added (exact: they change no output): " + padded.joined(separator: "; "))
             }
         } else {
-            architecture = "LlamaForCausalLM"
+            architecture = family.hfArchitecture
             o["architectures"] = .array([.string(architecture)])
-            o["model_type"] = .string("llama")
         }
         if !quantGroups.isEmpty || !sparse.isEmpty {
             var q: [String: JSONValue] = ["quant_method": .string("compressed-tensors"), "quantization_status": .string("compressed")]

@@ -11,7 +11,7 @@ enum TokenizerFiles {
     static func tokenizerJSON(_ spec: TokenizerSpec) throws -> JSONValue {
         guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, byte-level BPE)") }
         guard let pre = Importer.hfPreTokenizer(named: spec.pre).map(withTrimOffsets) else {
-            throw ExportError("tokenizer pre-tokenizer '\(spec.pre)' has no tokenizer.json form here (supported: gpt2, smollm, llama3)")
+            throw ExportError("tokenizer pre-tokenizer '\(spec.pre)' has no tokenizer.json form here (supported: gpt2, smollm, llama3, qwen2)")
         }
         var vocab: [String: JSONValue] = [:]
         vocab.reserveCapacity(spec.tokens.count)

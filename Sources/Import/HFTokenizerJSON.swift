@@ -56,7 +56,11 @@ enum HFTokenizerJSON {
         func id(_ content: String) -> Int32? { added.first { $0.1 == content }.map { Int32(clamping: $0.0) } }
         let pre = try preTokenizerKind(root["pre_tokenizer"], path: path)
         // Our llama3 pre-tokenizer ignores merges for pieces that are tokens (as Llama 3's tokenizer.json and
-        // llama.cpp do); the others never do. A file that says otherwise would tokenize differently.
+        // llama.cpp do); the others never do (Qwen2.5's tokenizer.json says "ignore_merges": false, and llama.cpp
+        // sets it only for its LLAMA3 pre-type). A file that says otherwise would tokenize differently.
+        // The `normalizer` is not read: Qwen2's (NFC, set by transformers' own Qwen2 tokenizer classes) is not
+        // applied, as neither the tokenizer transformers builds from a qwen2 GGUF nor llama.cpp applies it; the
+        // ids are the same for text that is already NFC.
         let ignoreMerges = model["ignore_merges"]?.boolValue ?? false
         let implied = pre == "llama3"  // Tokenizer's PreTokenizer.ignoresMerges
         guard ignoreMerges == implied else {
@@ -70,33 +74,41 @@ enum HFTokenizerJSON {
     /// Llama 3's Split regex (tokenizers' `Regex` pattern), matched character for character.
     static let llama3Split = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
+    /// Qwen2's Split regex, as in Qwen2.5's tokenizer.json and in the tokenizer transformers builds from a `qwen2`
+    /// GGUF: Llama 3's with `\p{N}` (one number scalar) for `\p{N}{1,3}`.
+    static let qwen2Split = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+
     /// The pre-tokenizers we implement, each by its exact tokenizer.json definition (`trim_offsets` only moves
     /// offsets, so it may take either value).
     static let known: [(name: String, definition: JSONValue)] = {
         func byteLevel(regex: Bool) -> JSONValue {
             .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(false), "use_regex": .bool(regex)])
         }
+        func split(_ regex: String) -> JSONValue {
+            .object(["type": .string("Sequence"), "pretokenizers": .array([
+                .object(["type": .string("Split"), "pattern": .object(["Regex": .string(regex)]),
+                         "behavior": .string("Isolated"), "invert": .bool(false)]),
+                byteLevel(regex: false)])])
+        }
         return [
             ("gpt2", byteLevel(regex: true)),
             ("smollm", .object(["type": .string("Sequence"), "pretokenizers": .array([
                 .object(["type": .string("Digits"), "individual_digits": .bool(true)]), byteLevel(regex: true)])])),
-            ("llama3", .object(["type": .string("Sequence"), "pretokenizers": .array([
-                .object(["type": .string("Split"), "pattern": .object(["Regex": .string(llama3Split)]),
-                         "behavior": .string("Isolated"), "invert": .bool(false)]),
-                byteLevel(regex: false)])])),
+            ("llama3", split(llama3Split)),
+            ("qwen2", split(qwen2Split)),
         ]
     }()
 
     /// Names the pre-tokenizer whose definition this is, exactly: GPT-2's ByteLevel, SmolLM's Digits(individual)
-    /// then ByteLevel, or Llama 3's Split(its regex) then ByteLevel without regex; anything else is refused.
+    /// then ByteLevel, or Llama 3's or Qwen2's Split(its regex) then ByteLevel without regex; anything else is refused.
     static func preTokenizerKind(_ p: JSONValue?, path: String) throws -> String {
         guard let p, p != .null else {
             throw ImportError("\(path): pre_tokenizer is null (expected a byte-level pre-tokenizer: \(known.map(\.name).joined(separator: ", ")))")
         }
         if let match = known.first(where: { $0.definition == withoutTrimOffsets(p) }) { return match.name }
         let patterns = splitPatterns(p)
-        let quoted = patterns.isEmpty ? "" : "; its Split pattern\(patterns.count > 1 ? "s" : "") \(patterns.map { "'\($0)'" }.joined(separator: ", ")) \(patterns.count > 1 ? "are" : "is") not one we implement (Llama 3's is '\(llama3Split)')"
-        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's Split then ByteLevel with use_regex false)")
+        let quoted = patterns.isEmpty ? "" : "; its Split pattern\(patterns.count > 1 ? "s" : "") \(patterns.map { "'\($0)'" }.joined(separator: ", ")) \(patterns.count > 1 ? "are" : "is") not one we implement (Llama 3's is '\(llama3Split)', Qwen2's '\(qwen2Split)')"
+        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's or Qwen2's Split then ByteLevel with use_regex false)")
     }
 
     /// The definition with every `trim_offsets` key removed and ByteLevel's `use_regex` default (true) filled in.
@@ -125,7 +137,7 @@ enum HFTokenizerJSON {
 
 extension Importer {
     /// The tokenizer.json `pre_tokenizer` object of a pre-tokenizer we implement, by our name or GGUF's
-    /// (`gpt2`, `smollm`, `llama3` / `llama-bpe`); nil for any other. The exporter writes exactly what the
+    /// (`gpt2`, `smollm`, `llama3` / `llama-bpe`, `qwen2`); nil for any other. The exporter writes exactly what the
     /// importer recognises.
     public static func hfPreTokenizer(named name: String) -> JSONValue? {
         let ours = ["llama-bpe": "llama3", "llama-v3": "llama3"][name] ?? name

@@ -38,11 +38,17 @@ public enum Importer {
 
     // MARK: GGUF
 
-    /// Reads a llama GGUF: config from `llama.*` metadata, tensors dequantized to Float32 under Hugging Face
-    /// names (q/k rows un-permuted), tokenizer from `tokenizer.ggml.*`.
+    /// Reads a GGUF of any registered family: `general.architecture` picks the family, whose reader turns the
+    /// `<arch>.*` metadata into the spec; tensors are dequantized to Float32 under the family's GGUF names
+    /// (q/k rows un-permuted for families stored in llama.cpp's rotary order); tokenizer from `tokenizer.ggml.*`.
     public static func fromGGUF(path: String) throws -> Checkpoint {
         let file = try GGUFFile(path: path)
-        let ggufConfig = try GGUFLlamaConfig(gguf: file)
+        var ggufConfig = try GGUFConfig(gguf: file, supported: ModelFamilies.ggufArchitectures)
+        guard let family = ModelFamilies.forGGUFArchitecture(ggufConfig.architecture) else {
+            preconditionFailure("GGUFConfig accepted an unregistered architecture")
+        }
+        ggufConfig.modelType = family.hfModelTypes[0]
+        ggufConfig.architectures = [family.hfArchitecture]
         let config: ModelConfig
         do {
             config = try ModelConfig(json: JSONValue.parse(String(decoding: try ggufConfig.jsonData(), as: UTF8.self)))
@@ -50,28 +56,36 @@ public enum Importer {
             let from = ggufConfig.ropeScalingKeys.isEmpty ? "" : " (from \(ggufConfig.ropeScalingKeys.joined(separator: ", ")))"
             throw ImportError("\(path): \(e.description)\(from)")
         }
+        // Every weight the spec holds, under the family's GGUF name.
+        let ids = Dictionary(uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.ggufName($0.id), $0.id) })
         var tensors: [String: Tensor] = [:]
         var typeCounts: [String: Int] = [:]
         for info in file.tensors {
-            guard LlamaMapping.hfName(for: info.name) != nil else {
-                throw ImportError("\(path): tensor '\(info.name)' has no counterpart in a Hugging Face Llama (rope scaling and extra tensors are not supported)")
+            guard let id = ids[info.name] else {
+                throw ImportError("\(path): tensor '\(info.name)' has no counterpart in a \(family.hfArchitecture) of this config (rope scaling and extra tensors are not supported)")
             }
-            let t = try LlamaMapping.hfTensor(info, in: file, config: ggufConfig)
+            var rotaryHeads: Int? = nil
+            if family.ggufPermutesQK, case .linear(let lid) = id, lid.kind == .q || lid.kind == .k {
+                let b = config.blocks[lid.layer]
+                rotaryHeads = lid.kind == .q ? b.numAttentionHeads : b.numKeyValueHeads
+            }
+            let t = try GGUFTensors.hfTensor(info, in: file, name: id.hfName, rotaryHeads: rotaryHeads)
             tensors[t.name] = Tensor(shape: t.shape, values: t.values)
             typeCounts[info.type.name, default: 0] += 1
         }
         let model = try buildModel(config: config, tensors: tensors, source: path)
-        let tokenizer = try ggufTokenizer(file)
+        let tokenizer = try ggufTokenizer(file, family: family)
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(path): tokenizer.ggml.*: \(problem)") }
         let entry = historyEntry(source: path, format: "gguf", details: [
             "gguf_version": .int(file.version),
+            "gguf_architecture": .string(ggufConfig.architecture),
             "tensor_types": .object(typeCounts.mapValues { .int($0) }),
-            "note": .string("dequantized to float32; q/k rows un-permuted from llama.cpp's rotary order"),
+            "note": .string(family.ggufPermutesQK ? "dequantized to float32; q/k rows un-permuted from llama.cpp's rotary order" : "dequantized to float32"),
         ])
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
     }
 
-    static func ggufTokenizer(_ file: GGUFFile) throws -> TokenizerSpec? {
+    static func ggufTokenizer(_ file: GGUFFile, family: any ModelFamily.Type) throws -> TokenizerSpec? {
         guard let kind = try file.ifPresent("tokenizer.ggml.model", file.string) else { return nil }
         guard kind == "gpt2" else {
             throw ImportError("\(file.path): tokenizer.ggml.model '\(kind)' is not supported (supported: gpt2, byte-level BPE)")
@@ -104,7 +118,7 @@ public enum Importer {
             return v
         }
         let spec = TokenizerSpec(
-            model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string) ?? "gpt2",
+            model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string) ?? family.defaultPreTokenizer,
             tokens: tokens,
             merges: merges ?? [],
             tokenTypes: types,
@@ -147,7 +161,10 @@ public enum Importer {
         // itself is not part of the model.
         let packed = try packQuantizedFormats(json, path: configPath)
         config.extra["quantization_config"] = nil
-        let expected = Set(DecoderModel.tensorSpecs(config).map(\.name))
+        // The family's Hugging Face names of every weight the spec holds, and our checkpoint name for each.
+        let family = config.familyType
+        let ours = Dictionary(uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.hfName($0.id), $0.id.hfName) })
+        let expected = Set(ours.keys)
         var tensors: [String: Tensor] = [:]
         var quantized: [String: QuantizedTensor] = [:]
         var dtypes: [String: Int] = [:]
@@ -155,9 +172,9 @@ public enum Importer {
         for name in weights.tensorNames {
             if let suffix = packedSuffixes.first(where: { name.hasSuffix($0) }) {
                 let module = String(name.dropLast(suffix.count))
-                guard expected.contains(module + ".weight") else { throw ImportError("\(directory): unexpected tensor '\(name)' for a Llama with this config") }
+                guard let our = ours[module + ".weight"] else { throw ImportError("\(directory): unexpected tensor '\(name)' for a \(family.hfArchitecture) with this config") }
                 guard suffix == ".weight_packed" else { continue }
-                quantized[module + ".weight"] = try packedWeight(module, weights, formats: packed, directory: directory)
+                quantized[our] = try packedWeight(module, weights, formats: packed, directory: directory)
                 dtypes["pack-quantized", default: 0] += 1
                 continue
             }
@@ -165,10 +182,10 @@ public enum Importer {
                 // A tied model may still carry a copy of the embedding as lm_head (equal, or it would have been
                 // imported untied above); rotary buffers are derived.
                 if (name == "lm_head.weight" && config.tieWordEmbeddings) || name.hasSuffix("rotary_emb.inv_freq") { continue }
-                throw ImportError("\(directory): unexpected tensor '\(name)' for a Llama with this config")
+                throw ImportError("\(directory): unexpected tensor '\(name)' for a \(family.hfArchitecture) with this config")
             }
             let info = try weights.info(name)
-            tensors[name] = Tensor(shape: info.shape, values: try weights.floats(name))
+            tensors[ours[name]!] = Tensor(shape: info.shape, values: try weights.floats(name))
             dtypes[info.dtype.rawValue, default: 0] += 1
         }
         let model = try buildModel(config: config, tensors: tensors, quantized: quantized, source: directory)

@@ -7,79 +7,76 @@ public struct TensorSpec: Equatable, Sendable {
     public let shape: [Int]
 }
 
-/// Every weight of a Llama model, typed. Hugging Face names are made here and only here (`hfName`), for the
-/// file boundaries (checkpoints, imports, exports) and for users' glob patterns.
-public enum WeightID: Hashable, Sendable, Comparable, CustomStringConvertible {
-    case embedTokens
-    case inputNorm(layer: Int)
-    case linear(LinearID)
-    case postAttentionNorm(layer: Int)
-    case finalNorm
-    case lmHead
-
-    public var hfName: String {
-        switch self {
-        case .embedTokens: "model.embed_tokens.weight"
-        case .inputNorm(let l): "model.layers.\(l).input_layernorm.weight"
-        case .linear(let id): "model.layers.\(id.layer).\(id.kind.hfModule).weight"
-        case .postAttentionNorm(let l): "model.layers.\(l).post_attention_layernorm.weight"
-        case .finalNorm: "model.norm.weight"
-        case .lmHead: "lm_head.weight"
-        }
-    }
-
-    /// The inverse of `hfName`.
-    public init?(hfName name: String) {
-        switch name {
-        case "model.embed_tokens.weight": self = .embedTokens; return
-        case "model.norm.weight": self = .finalNorm; return
-        case "lm_head.weight": self = .lmHead; return
-        default: break
-        }
-        let parts = name.split(separator: ".", maxSplits: 3).map(String.init)
-        guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), l >= 0, String(l) == parts[2] else { return nil }
-        switch parts[3] {
-        case "input_layernorm.weight": self = .inputNorm(layer: l)
-        case "post_attention_layernorm.weight": self = .postAttentionNorm(layer: l)
-        default:
-            guard let k = LinearKind.allCases.first(where: { $0.hfModule + ".weight" == parts[3] }) else { return nil }
-            self = .linear(LinearID(layer: l, kind: k))
-        }
-    }
-
-    public var description: String { hfName }
-
-    /// Canonical order: embedding, then per layer its norms and projections, final norm, LM head.
-    var order: (Int, Int, Int) {
-        switch self {
-        case .embedTokens: (0, 0, 0)
-        case .inputNorm(let l): (1, l, 0)
-        case .linear(let id): (1, id.layer, id.kind.isAttention ? 1 + LinearKind.allCases.firstIndex(of: id.kind)! : 6 + LinearKind.allCases.firstIndex(of: id.kind)!)
-        case .postAttentionNorm(let l): (1, l, 5)
-        case .finalNorm: (2, 0, 0)
-        case .lmHead: (3, 0, 0)
-        }
-    }
-    public static func < (a: WeightID, b: WeightID) -> Bool { a.order < b.order }
-}
-
-
 /// Weights of one attention sublayer (its pre-norm included). Shapes: norm (C), q (H·D, C), k and v (G·D, C),
-/// o (C, H·D).
+/// o (C, H·D); biases (out) for the projections the spec lists; qNorm and kNorm (D) when the spec has q/k norm.
 public struct AttentionWeights: Sendable {
     public var norm: Tensor
     public var q, k, v, o: LinearWeight
-    public init(norm: Tensor, q: LinearWeight, k: LinearWeight, v: LinearWeight, o: LinearWeight) {
+    /// Bias vectors by projection (only those in `ModelConfig.biases`).
+    public var biases: [LinearKind: Tensor]
+    public var qNorm: Tensor?, kNorm: Tensor?
+    public init(norm: Tensor, q: LinearWeight, k: LinearWeight, v: LinearWeight, o: LinearWeight,
+                biases: [LinearKind: Tensor] = [:], qNorm: Tensor? = nil, kNorm: Tensor? = nil) {
         self.norm = norm; self.q = q; self.k = k; self.v = v; self.o = o
+        self.biases = biases; self.qNorm = qNorm; self.kNorm = kNorm
+    }
+    public subscript(kind: LinearKind) -> LinearWeight {
+        get {
+            switch kind {
+            case .q: q
+            case .k: k
+            case .v: v
+            case .o: o
+            default: preconditionFailure("\(kind) is not an attention projection")
+            }
+        }
+        set {
+            switch kind {
+            case .q: q = newValue
+            case .k: k = newValue
+            case .v: v = newValue
+            case .o: o = newValue
+            default: preconditionFailure("\(kind) is not an attention projection")
+            }
+        }
+    }
+    /// A deep copy.
+    public func copy() -> AttentionWeights {
+        AttentionWeights(norm: norm.copy(), q: q.copy(), k: k.copy(), v: v.copy(), o: o.copy(), biases: biases.mapValues { $0.copy() },
+                         qNorm: qNorm?.copy(), kNorm: kNorm?.copy())
     }
 }
 
-/// Weights of one MLP sublayer (its pre-norm included). Shapes: norm (C), gate and up (F, C), down (C, F).
+/// Weights of one MLP sublayer (its pre-norm included). Shapes: norm (C), gate and up (F, C), down (C, F);
+/// biases (out) for the projections the spec lists.
 public struct MLPWeights: Sendable {
     public var norm: Tensor
     public var gate, up, down: LinearWeight
-    public init(norm: Tensor, gate: LinearWeight, up: LinearWeight, down: LinearWeight) {
-        self.norm = norm; self.gate = gate; self.up = up; self.down = down
+    public var biases: [LinearKind: Tensor]
+    public init(norm: Tensor, gate: LinearWeight, up: LinearWeight, down: LinearWeight, biases: [LinearKind: Tensor] = [:]) {
+        self.norm = norm; self.gate = gate; self.up = up; self.down = down; self.biases = biases
+    }
+    public subscript(kind: LinearKind) -> LinearWeight {
+        get {
+            switch kind {
+            case .gate: gate
+            case .up: up
+            case .down: down
+            default: preconditionFailure("\(kind) is not an MLP projection")
+            }
+        }
+        set {
+            switch kind {
+            case .gate: gate = newValue
+            case .up: up = newValue
+            case .down: down = newValue
+            default: preconditionFailure("\(kind) is not an MLP projection")
+            }
+        }
+    }
+    /// A deep copy.
+    public func copy() -> MLPWeights {
+        MLPWeights(norm: norm.copy(), gate: gate.copy(), up: up.copy(), down: down.copy(), biases: biases.mapValues { $0.copy() })
     }
 }
 
@@ -90,7 +87,8 @@ public struct DecoderLayer: Sendable {
     public init(attention: AttentionWeights?, mlp: MLPWeights?) { self.attention = attention; self.mlp = mlp }
 }
 
-/// A Llama decoder: embedding, layers, final norm, LM head (the embedding itself when tied).
+/// A decoder of any registered family: embedding, layers, final norm, LM head (the embedding itself when tied),
+/// shaped by its spec (`config`).
 ///
 /// A value: passes and stages build new models and never write into the tensors of one they were given;
 /// training works on `copy()` and returns the trained copy (Training/Distillation.swift).
@@ -116,7 +114,7 @@ public struct DecoderModel: Sendable {
 
     /// Checks every shape against the config.
     public func validate() throws {
-        let specs = Dictionary(uniqueKeysWithValues: Self.tensorSpecs(config).map { ($0.name, $0.shape) })
+        let specs = Dictionary(uniqueKeysWithValues: Self.weightSpecs(config).map { ($0.id, $0.shape) })
         guard layers.count == config.blocks.count else { throw ConfigError("\(layers.count) layers for a config of \(config.blocks.count)") }
         guard config.tieWordEmbeddings == (untiedLMHead == nil) else {
             throw ConfigError(config.tieWordEmbeddings ? "tied config with a separate LM head" : "untied config without an LM head")
@@ -126,9 +124,13 @@ public struct DecoderModel: Sendable {
                 throw ConfigError("layer \(l): sublayers present do not match the config")
             }
         }
-        for (id, shape) in weightShapes {
-            guard let expected = specs[id.hfName] else { throw ConfigError("unexpected tensor '\(id.hfName)' for this config") }
+        let present = weightShapes
+        for (id, shape) in present {
+            guard let expected = specs[id] else { throw ConfigError("unexpected tensor '\(id.hfName)' for this config") }
             guard expected == shape else { throw ConfigError("tensor '\(id.hfName)': expected shape \(expected), found \(shape)") }
+        }
+        if present.count != specs.count, let missing = specs.keys.sorted().first(where: { id in !present.contains { $0.0 == id } }) {
+            throw ConfigError("missing tensor '\(missing.hfName)' (expected shape \(specs[missing]!))")
         }
     }
 
@@ -136,35 +138,37 @@ public struct DecoderModel: Sendable {
         weights.map { ($0.id, $0.weight.shape) }
     }
 
-    /// The tensors a checkpoint of this config must hold, in canonical order.
-    public static func tensorSpecs(_ c: ModelConfig) -> [TensorSpec] {
+    /// The weights a model of this spec holds, with their shapes, in canonical order: the only list of weights
+    /// (checkpoints, imports, exports and `validate` all read it).
+    public static func weightSpecs(_ c: ModelConfig) -> [(id: WeightID, shape: [Int])] {
         let C = c.hiddenSize, D = c.headDim
-        var specs = [TensorSpec(name: "model.embed_tokens.weight", shape: [c.vocabSize, C])]
-        for (i, b) in c.blocks.enumerated() {
-            let p = "model.layers.\(i)."
+        var specs: [(WeightID, [Int])] = [(.embedTokens, [c.vocabSize, C])]
+        for (l, b) in c.blocks.enumerated() {
+            func lin(_ k: LinearKind, _ shape: [Int]) {
+                let id = LinearID(layer: l, kind: k)
+                specs.append((.linear(id), shape))
+                if c.biases.contains(k) { specs.append((.bias(id), [shape[0]])) }
+            }
             if b.attention {
                 let H = b.numAttentionHeads, G = b.numKeyValueHeads
-                specs += [
-                    TensorSpec(name: p + "input_layernorm.weight", shape: [C]),
-                    TensorSpec(name: p + "self_attn.q_proj.weight", shape: [H * D, C]),
-                    TensorSpec(name: p + "self_attn.k_proj.weight", shape: [G * D, C]),
-                    TensorSpec(name: p + "self_attn.v_proj.weight", shape: [G * D, C]),
-                    TensorSpec(name: p + "self_attn.o_proj.weight", shape: [C, H * D]),
-                ]
+                specs.append((.norm(layer: l, .attentionIn), [C]))
+                lin(.q, [H * D, C]); lin(.k, [G * D, C]); lin(.v, [G * D, C]); lin(.o, [C, H * D])
+                if c.qkNorm { specs += [(.norm(layer: l, .q), [D]), (.norm(layer: l, .k), [D])] }
             }
             if b.mlp {
                 let F = b.intermediateSize
-                specs += [
-                    TensorSpec(name: p + "post_attention_layernorm.weight", shape: [C]),
-                    TensorSpec(name: p + "mlp.gate_proj.weight", shape: [F, C]),
-                    TensorSpec(name: p + "mlp.up_proj.weight", shape: [F, C]),
-                    TensorSpec(name: p + "mlp.down_proj.weight", shape: [C, F]),
-                ]
+                specs.append((.norm(layer: l, .mlpIn), [C]))
+                lin(.gate, [F, C]); lin(.up, [F, C]); lin(.down, [C, F])
             }
         }
-        specs.append(TensorSpec(name: "model.norm.weight", shape: [C]))
-        if !c.tieWordEmbeddings { specs.append(TensorSpec(name: "lm_head.weight", shape: [c.vocabSize, C])) }
-        return specs
+        specs.append((.finalNorm, [C]))
+        if !c.tieWordEmbeddings { specs.append((.lmHead, [c.vocabSize, C])) }
+        return specs.sorted { $0.0 < $1.0 }
+    }
+
+    /// `weightSpecs` under checkpoint names (`WeightID.hfName`).
+    public static func tensorSpecs(_ c: ModelConfig) -> [TensorSpec] {
+        weightSpecs(c).map { TensorSpec(name: $0.id.hfName, shape: $0.shape) }
     }
 
     /// Assembles a dense model from named float32 tensors (a file boundary); names and shapes must match
@@ -173,53 +177,74 @@ public struct DecoderModel: Sendable {
         try self.init(config: config, weights: tensors.mapValues { ModelWeight.dense($0) })
     }
 
-    /// Assembles a model from named weights of any representation; names and shapes must match
-    /// `tensorSpecs(config)` exactly (1-D norms are `.vector`, matrices `.matrix`).
+    /// Assembles a model from weights under checkpoint names (`WeightID.hfName`); names and shapes must match
+    /// `tensorSpecs(config)` exactly.
     public init(config: ModelConfig, weights named: [String: ModelWeight]) throws {
-        let specs = Self.tensorSpecs(config)
+        var byID: [WeightID: ModelWeight] = [:]
+        for name in named.keys.sorted() {
+            guard let id = WeightID(hfName: name) else { throw ConfigError("unexpected tensor '\(name)' for this config") }
+            byID[id] = named[name]
+        }
+        try self.init(config: config, weights: byID)
+    }
+
+    /// Assembles a model from typed weights of any representation; ids and shapes must match
+    /// `weightSpecs(config)` exactly (norms and biases `.vector`, matrices `.matrix`).
+    public init(config: ModelConfig, weights byID: [WeightID: ModelWeight]) throws {
+        let specs = Self.weightSpecs(config)
         for s in specs {
-            guard let t = named[s.name] else { throw ConfigError("missing tensor '\(s.name)' (expected shape \(s.shape))") }
-            guard t.shape == s.shape else { throw ConfigError("tensor '\(s.name)': expected shape \(s.shape), found \(t.shape)") }
-            guard (s.shape.count == 1) == (t.vector != nil) else { throw ConfigError("tensor '\(s.name)': a norm must be a float32 vector") }
+            guard let t = byID[s.id] else { throw ConfigError("missing tensor '\(s.id.hfName)' (expected shape \(s.shape))") }
+            guard t.shape == s.shape else { throw ConfigError("tensor '\(s.id.hfName)': expected shape \(s.shape), found \(t.shape)") }
+            guard (s.shape.count == 1) == (t.vector != nil) else {
+                throw ConfigError("tensor '\(s.id.hfName)': \(s.shape.count == 1 ? "a norm or bias must be a float32 vector" : "expected a matrix")")
+            }
         }
-        let expected = Set(specs.map(\.name))
-        if let extra = named.keys.sorted().first(where: { !expected.contains($0) }) {
-            throw ConfigError("unexpected tensor '\(extra)' for this config")
+        let expected = Set(specs.map(\.id))
+        if let extra = byID.keys.sorted().first(where: { !expected.contains($0) }) {
+            throw ConfigError("unexpected tensor '\(extra.hfName)' for this config")
         }
-        func m(_ id: WeightID) throws -> LinearWeight {
-            guard let w = named[id.hfName]?.matrix else { throw ConfigError("missing tensor '\(id.hfName)'") }
-            return w
-        }
-        func v(_ id: WeightID) throws -> Tensor {
-            guard let w = named[id.hfName]?.vector else { throw ConfigError("missing tensor '\(id.hfName)'") }
-            return w
-        }
-        let layers = try config.blocks.enumerated().map { l, b in
-            func lin(_ k: LinearKind) throws -> LinearWeight { try m(.linear(LinearID(layer: l, kind: k))) }
+        func m(_ id: WeightID) -> LinearWeight { byID[id]!.matrix! }
+        func v(_ id: WeightID) -> Tensor { byID[id]!.vector! }
+        let layers = config.blocks.enumerated().map { l, b in
+            func lin(_ k: LinearKind) -> LinearWeight { m(.linear(LinearID(layer: l, kind: k))) }
+            func biases(_ kinds: [LinearKind]) -> [LinearKind: Tensor] {
+                Dictionary(uniqueKeysWithValues: kinds.filter(config.biases.contains).map { ($0, v(.bias(LinearID(layer: l, kind: $0)))) })
+            }
             return DecoderLayer(
-                attention: b.attention ? AttentionWeights(norm: try v(.inputNorm(layer: l)), q: try lin(.q), k: try lin(.k), v: try lin(.v), o: try lin(.o)) : nil,
-                mlp: b.mlp ? MLPWeights(norm: try v(.postAttentionNorm(layer: l)), gate: try lin(.gate), up: try lin(.up), down: try lin(.down)) : nil)
+                attention: b.attention ? AttentionWeights(
+                    norm: v(.norm(layer: l, .attentionIn)), q: lin(.q), k: lin(.k), v: lin(.v), o: lin(.o),
+                    biases: biases([.q, .k, .v, .o]),
+                    qNorm: config.qkNorm ? v(.norm(layer: l, .q)) : nil, kNorm: config.qkNorm ? v(.norm(layer: l, .k)) : nil) : nil,
+                mlp: b.mlp ? MLPWeights(norm: v(.norm(layer: l, .mlpIn)), gate: lin(.gate), up: lin(.up), down: lin(.down),
+                                        biases: biases([.gate, .up, .down])) : nil)
         }
-        try self.init(config: config, embedTokens: try m(.embedTokens), layers: layers, norm: try v(.finalNorm),
-                      lmHead: config.tieWordEmbeddings ? nil : try m(.lmHead))
+        try self.init(config: config, embedTokens: m(.embedTokens), layers: layers, norm: v(.finalNorm),
+                      lmHead: config.tieWordEmbeddings ? nil : m(.lmHead))
     }
 
     /// Every weight with its typed id, in canonical order (a tied LM head appears once, as the embedding).
     public var weights: [(id: WeightID, weight: ModelWeight)] {
         var out: [(WeightID, ModelWeight)] = [(.embedTokens, .matrix(embedTokens))]
         for (l, layer) in layers.enumerated() {
+            func lin(_ k: LinearKind, _ w: LinearWeight, _ biases: [LinearKind: Tensor]) {
+                let id = LinearID(layer: l, kind: k)
+                out.append((.linear(id), .matrix(w)))
+                if let b = biases[k] { out.append((.bias(id), .vector(b))) }
+            }
             if let a = layer.attention {
-                out.append((.inputNorm(layer: l), .vector(a.norm)))
-                for (k, w) in [(LinearKind.q, a.q), (.k, a.k), (.v, a.v), (.o, a.o)] { out.append((.linear(LinearID(layer: l, kind: k)), .matrix(w))) }
+                out.append((.norm(layer: l, .attentionIn), .vector(a.norm)))
+                for k in [LinearKind.q, .k, .v, .o] { lin(k, a[k], a.biases) }
+                if let qn = a.qNorm { out.append((.norm(layer: l, .q), .vector(qn))) }
+                if let kn = a.kNorm { out.append((.norm(layer: l, .k), .vector(kn))) }
             }
             if let m = layer.mlp {
-                out.append((.postAttentionNorm(layer: l), .vector(m.norm)))
-                for (k, w) in [(LinearKind.gate, m.gate), (.up, m.up), (.down, m.down)] { out.append((.linear(LinearID(layer: l, kind: k)), .matrix(w))) }
+                out.append((.norm(layer: l, .mlpIn), .vector(m.norm)))
+                for k in [LinearKind.gate, .up, .down] { lin(k, m[k], m.biases) }
             }
         }
         out.append((.finalNorm, .vector(norm)))
         if let h = untiedLMHead { out.append((.lmHead, .matrix(h))) }
-        return out
+        return out.sorted { $0.0 < $1.0 }
     }
 
     /// The model's weights as float32 tensors under their Hugging Face names, in canonical order: the tensor
@@ -246,15 +271,7 @@ public struct DecoderModel: Sendable {
     public func linear(_ id: LinearID) -> LinearWeight? {
         guard id.layer >= 0 && id.layer < layers.count else { return nil }
         let l = layers[id.layer]
-        switch id.kind {
-        case .q: return l.attention?.q
-        case .k: return l.attention?.k
-        case .v: return l.attention?.v
-        case .o: return l.attention?.o
-        case .gate: return l.mlp?.gate
-        case .up: return l.mlp?.up
-        case .down: return l.mlp?.down
-        }
+        return id.kind.isAttention ? l.attention?[id.kind] : l.mlp?[id.kind]
     }
 
     /// A model with weight `id` replaced (same shape, checked).
@@ -268,19 +285,18 @@ public struct DecoderModel: Sendable {
         case .linear(let lid):
             guard lid.layer >= 0 && lid.layer < layers.count else { throw ConfigError("no layer \(lid.layer)") }
             var layer = m.layers[lid.layer]
-            switch lid.kind {
-            case .q, .k, .v, .o:
+            if lid.kind.isAttention {
                 guard var a = layer.attention else { throw ConfigError("\(lid): the layer has no attention") }
-                switch lid.kind { case .q: a.q = w; case .k: a.k = w; case .v: a.v = w; default: a.o = w }
+                a[lid.kind] = w
                 layer.attention = a
-            case .gate, .up, .down:
+            } else {
                 guard var f = layer.mlp else { throw ConfigError("\(lid): the layer has no MLP") }
-                switch lid.kind { case .gate: f.gate = w; case .up: f.up = w; default: f.down = w }
+                f[lid.kind] = w
                 layer.mlp = f
             }
             m.layers[lid.layer] = layer
-        case .inputNorm, .postAttentionNorm, .finalNorm:
-            throw ConfigError("'\(id.hfName)' is a norm vector, not a linear weight")
+        case .norm, .bias, .finalNorm:
+            throw ConfigError("'\(id.hfName)' is a vector, not a linear weight")
         }
         try m.validate()
         return m
@@ -292,11 +308,7 @@ public struct DecoderModel: Sendable {
         m.embedTokens = embedTokens.copy()
         m.untiedLMHead = untiedLMHead?.copy()
         m.norm = norm.copy()
-        m.layers = layers.map { l in
-            DecoderLayer(
-                attention: l.attention.map { AttentionWeights(norm: $0.norm.copy(), q: $0.q.copy(), k: $0.k.copy(), v: $0.v.copy(), o: $0.o.copy()) },
-                mlp: l.mlp.map { MLPWeights(norm: $0.norm.copy(), gate: $0.gate.copy(), up: $0.up.copy(), down: $0.down.copy()) })
-        }
+        m.layers = layers.map { DecoderLayer(attention: $0.attention?.copy(), mlp: $0.mlp?.copy()) }
         return m
     }
 
@@ -329,17 +341,19 @@ public struct DecoderModel: Sendable {
     /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms at 1), for tests and benchmarks.
     public static func random(config: ModelConfig, seed: UInt64) -> DecoderModel {
         var rng = SplitMix64(seed: seed)
-        var tensors: [String: Tensor] = [:]
-        for s in tensorSpecs(config) {
+        var tensors: [WeightID: ModelWeight] = [:]
+        for s in weightSpecs(config) {
             let t = Tensor(shape: s.shape)
-            if s.shape.count == 1 {
+            if case .bias = s.id {
+                for i in 0..<t.count { t[i] = 0.1 * (2 * rng.nextFloat() - 1) }
+            } else if s.shape.count == 1 {
                 for i in 0..<t.count { t[i] = 1 + 0.1 * (2 * rng.nextFloat() - 1) }
             } else {
                 t.fillUniform(scale: 1 / Float(s.shape[1]).squareRoot(), rng: &rng)
             }
-            tensors[s.name] = t
+            tensors[s.id] = .dense(t)
         }
-        do { return try DecoderModel(config: config, tensors: tensors) } catch {
+        do { return try DecoderModel(config: config, weights: tensors) } catch {
             preconditionFailure("random model does not match its own specs: \(error)")
         }
     }

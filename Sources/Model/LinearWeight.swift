@@ -7,18 +7,6 @@ public enum LinearKind: String, CaseIterable, Codable, Sendable, Comparable {
 
     /// Attention projections (q, k, v, o) belong to sublayer 2·layer, MLP ones to 2·layer + 1.
     public var isAttention: Bool { self == .q || self == .k || self == .v || self == .o }
-    /// The Hugging Face module name inside a layer ("self_attn.q_proj", "mlp.down_proj", ...).
-    public var hfModule: String {
-        switch self {
-        case .q: "self_attn.q_proj"
-        case .k: "self_attn.k_proj"
-        case .v: "self_attn.v_proj"
-        case .o: "self_attn.o_proj"
-        case .gate: "mlp.gate_proj"
-        case .up: "mlp.up_proj"
-        case .down: "mlp.down_proj"
-        }
-    }
     /// The short name recipes use ("q_proj", ..., "down_proj").
     public var shortName: String { rawValue + "_proj" }
     public init?(shortName: String) {

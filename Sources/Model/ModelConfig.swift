@@ -24,11 +24,24 @@ public struct BlockConfig: Equatable, Sendable {
     }
 }
 
-/// Llama-architecture configuration under Hugging Face config.json keys, plus per-layer `block_configs`.
+/// How a norm normalises: `rms` is x / rms(x) ⊙ w (Llama, Qwen).
+public enum NormKind: String, Codable, Sendable { case rms }
+
+/// The gated MLP's activation: `silu` is SwiGLU, silu(gate) ⊙ up (Llama, Qwen).
+public enum GatedActivation: String, Codable, Sendable { case silu }
+
+/// The architecture spec of a decoder, family-neutral: what the forward, its backward, the reference forward,
+/// the passes and the trainer read. Per block (`blocks`): attention with its heads and KV heads (head dim
+/// shared), MLP with its width, either sublayer possibly absent. Model-wide: which projections carry a bias
+/// (`biases`, Qwen2: q, k, v), per-head q/k RMSNorm (`qkNorm`, Qwen3), the norm kind and its eps, the MLP
+/// activation, rotary base, tied or untied LM head. Its Hugging Face config.json form is the family's
+/// (`ModelFamily.config(hf:)` / `hfConfig`); `family` names which one.
 ///
 /// Keys we do not interpret are kept in `extra` and written back unchanged. Values that would change the
-/// math in ways this engine does not implement (rope scaling, biases, another activation) are rejected.
+/// math in ways this engine does not implement (rope scaling, another activation) are rejected.
 public struct ModelConfig: Equatable, Sendable {
+    /// The family (`ModelFamilies` registry key) that translates this spec to and from files.
+    public var family: String = LlamaFamily.name
     public var vocabSize: Int
     public var hiddenSize: Int
     public var intermediateSize: Int
@@ -42,15 +55,32 @@ public struct ModelConfig: Equatable, Sendable {
     public var tieWordEmbeddings: Bool
     public var bosTokenID: Int?
     public var eosTokenID: Int?
+    /// Projections whose output carries a bias (in every layer that has the sublayer).
+    public var biases: Set<LinearKind> = []
+    /// RMSNorm of q and of k over each head's D channels (weights of shape D), after the projections' biases
+    /// and before rotary.
+    public var qkNorm: Bool = false
+    public var normKind: NormKind = .rms
+    public var activation: GatedActivation = .silu
     /// One entry per layer (always `numHiddenLayers` long).
     public var blocks: [BlockConfig]
     /// Other config.json keys, kept verbatim.
     public var extra: [String: JSONValue]
 
-    /// A homogeneous Llama configuration.
+    /// The family's type (the registry holds every family a config can name).
+    public var familyType: any ModelFamily.Type {
+        guard let f = ModelFamilies.named(family) else { preconditionFailure("config of unregistered family '\(family)'") }
+        return f
+    }
+
+    /// A homogeneous configuration of `family` (tests, benchmarks, fixtures).
     public init(vocabSize: Int, hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
                 numKeyValueHeads: Int, headDim: Int? = nil, rmsNormEps: Double = 1e-5, ropeTheta: Double = 10000,
-                maxPositionEmbeddings: Int = 2048, tieWordEmbeddings: Bool = false, bosTokenID: Int? = nil, eosTokenID: Int? = nil) {
+                maxPositionEmbeddings: Int = 2048, tieWordEmbeddings: Bool = false, bosTokenID: Int? = nil, eosTokenID: Int? = nil,
+                family: any ModelFamily.Type = LlamaFamily.self, biases: Set<LinearKind> = [], qkNorm: Bool = false) {
+        self.family = family.name
+        self.biases = biases
+        self.qkNorm = qkNorm
         self.vocabSize = vocabSize
         self.hiddenSize = hiddenSize
         self.intermediateSize = intermediateSize
@@ -66,20 +96,38 @@ public struct ModelConfig: Equatable, Sendable {
         self.eosTokenID = eosTokenID
         self.blocks = Array(repeating: BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads,
                                                    intermediateSize: intermediateSize), count: numHiddenLayers)
-        self.extra = ["model_type": .string("llama"), "architectures": .array([.string("LlamaForCausalLM")]), "hidden_act": .string("silu")]
+        self.extra = ["architectures": .array([.string(family.hfArchitecture)]), "hidden_act": .string("silu")]
     }
 
     /// Keys this type interprets; everything else goes to `extra`.
     static let knownKeys: Set<String> = [
+        "model_type",
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
         "tie_word_embeddings", "bos_token_id", "eos_token_id", "block_configs", "rope_parameters",
     ]
     static let blockKeys: Set<String> = ["attention", "num_attention_heads", "num_key_value_heads", "mlp", "intermediate_size"]
 
-    /// Decodes and validates a config.json object.
+    /// Decodes and validates a config.json object: its `model_type` (default "llama") picks the family, which
+    /// translates the rest (`ModelFamily.config(hf:)`).
     public init(json: JSONValue) throws {
         guard let o = json.objectValue else { throw ConfigError("config: expected a JSON object") }
+        let type = o["model_type"]?.stringValue ?? LlamaFamily.hfModelTypes[0]
+        guard let family = ModelFamilies.forHFModelType(type) else {
+            throw ConfigError("config: model_type '\(type)' is not supported (supported: \(ModelFamilies.hfModelTypes.joined(separator: ", ")))")
+        }
+        self = try family.config(hf: o)
+    }
+
+    /// The shared part of every family's config.json decoding: sizes, heads, norm eps, rotary base, tying,
+    /// special tokens, per-layer `block_configs`, with every value range-checked and the model's size bounded.
+    /// `family` is the registry name; `biases` and `qkNorm` are the family's features; `familyKeys` are keys the
+    /// family has interpreted itself (not kept in `extra`).
+    public init(decoding o: [String: JSONValue], family: String, biases: Set<LinearKind> = [], qkNorm: Bool = false,
+                familyKeys: Set<String> = []) throws {
+        self.family = family
+        self.biases = biases
+        self.qkNorm = qkNorm
         func int(_ key: String, in obj: [String: JSONValue] = o, ctx: String = "config", default d: Int? = nil) throws -> Int {
             let limit = Self.limits[key] ?? Int(Int32.max)
             guard let v = obj[key], v != .null else {
@@ -98,17 +146,11 @@ public struct ModelConfig: Equatable, Sendable {
             }
             return x
         }
-        if let t = o["model_type"]?.stringValue, t != "llama" {
-            throw ConfigError("config: model_type '\(t)' is not supported (supported: llama)")
-        }
         if let act = o["hidden_act"]?.stringValue, act != "silu" {
-            throw ConfigError("config: hidden_act '\(act)' is not supported for llama (supported: silu)")
+            throw ConfigError("config: hidden_act '\(act)' is not supported for \(family) (supported: silu)")
         }
         if let rs = o["rope_scaling"], rs != .null {
             throw ConfigError("config: rope_scaling \(rs.text) is not supported (expected null)")
-        }
-        for key in ["attention_bias", "mlp_bias"] where o[key]?.boolValue == true {
-            throw ConfigError("config: \(key)=true is not supported (expected false)")
         }
         vocabSize = try int("vocab_size")
         hiddenSize = try int("hidden_size")
@@ -195,7 +237,7 @@ public struct ModelConfig: Equatable, Sendable {
             }
             if b.mlp { try add("model.layers.\(i).mlp (intermediate_size \(b.intermediateSize) × hidden_size \(hiddenSize))", 3, b.intermediateSize, hiddenSize) }
         }
-        extra = o.filter { !Self.knownKeys.contains($0.key) }
+        extra = o.filter { !Self.knownKeys.contains($0.key) && !familyKeys.contains($0.key) }
     }
 
     /// Upper bounds of the integer keys (far above any released Llama; they keep every product of sizes,
@@ -218,9 +260,14 @@ public struct ModelConfig: Equatable, Sendable {
         }
     }
 
-    /// The config.json object (with `block_configs` only when layers differ).
-    public var json: JSONValue {
+    /// The config.json object, in the family's form (`ModelFamily.hfConfig`).
+    public var json: JSONValue { .object(familyType.hfConfig(self)) }
+
+    /// The keys every family writes: `extra`, the sizes and settings, `model_type`, and `block_configs` only
+    /// when layers differ.
+    public func sharedHFKeys(modelType: String) -> [String: JSONValue] {
         var o = extra
+        o["model_type"] = .string(modelType)
         o["vocab_size"] = .int(vocabSize)
         o["hidden_size"] = .int(hiddenSize)
         o["intermediate_size"] = .int(intermediateSize)
@@ -242,6 +289,6 @@ public struct ModelConfig: Equatable, Sendable {
                          "intermediate_size": .int($0.intermediateSize)])
             })
         }
-        return .object(o)
+        return o
     }
 }

@@ -21,6 +21,8 @@ extension DecoderModel {
     /// sublayers and keep the same numbers of heads and neurons, so the result is a homogeneous Llama.
     /// Every weight must be dense (a stage contract: width pruning accepts dense models only).
     ///
+    /// Biases keep the rows their projection keeps; per-head q/k norms (D) are kept whole.
+    ///
     /// Removing hidden channels changes RMSNorm's mean of squares from a mean over C to one over C' channels.
     /// Each norm weight is scaled by sqrt(C/C') and rms_norm_eps by C/C', which makes the result compute
     /// exactly what the original computes with the removed channels zeroed:
@@ -83,23 +85,31 @@ extension DecoderModel {
         }
         func headRows(_ heads: [Int]) -> [Int] { heads.flatMap { h in (h * D)..<((h + 1) * D) } }
 
-        var tensors: [String: Tensor] = ["model.embed_tokens.weight": gather(embedTokens, rows: nil, cols: sel.channels),
-                                         "model.norm.weight": scaledNorm(self.norm)]
-        if let h = untiedLMHead { tensors["lm_head.weight"] = gather(h, rows: nil, cols: sel.channels) }
+        func rowsOf(_ t: Tensor, _ idx: [Int]?) -> Tensor { idx.map { i in Tensor(shape: [i.count], values: i.map { t[$0] }) } ?? t.copy() }
+        var w: [WeightID: ModelWeight] = [.embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels)),
+                                          .finalNorm: .vector(scaledNorm(self.norm))]
+        if let h = untiedLMHead { w[.lmHead] = .dense(gather(h, rows: nil, cols: sel.channels)) }
         for (l, layer) in layers.enumerated() {
-            let p = "model.layers.\(l).", a = layer.attention!, m = layer.mlp!
+            let a = layer.attention!, m = layer.mlp!
             let qRows = headRows(sel.heads[l])
-            tensors[p + "input_layernorm.weight"] = scaledNorm(a.norm)
-            tensors[p + "self_attn.q_proj.weight"] = gather(a.q, rows: qRows, cols: sel.channels)
-            tensors[p + "self_attn.k_proj.weight"] = gather(a.k, rows: nil, cols: sel.channels)
-            tensors[p + "self_attn.v_proj.weight"] = gather(a.v, rows: nil, cols: sel.channels)
-            tensors[p + "self_attn.o_proj.weight"] = gather(a.o, rows: sel.channels, cols: qRows)
-            tensors[p + "post_attention_layernorm.weight"] = scaledNorm(m.norm)
-            tensors[p + "mlp.gate_proj.weight"] = gather(m.gate, rows: sel.neurons[l], cols: sel.channels)
-            tensors[p + "mlp.up_proj.weight"] = gather(m.up, rows: sel.neurons[l], cols: sel.channels)
-            tensors[p + "mlp.down_proj.weight"] = gather(m.down, rows: sel.channels, cols: sel.neurons[l])
+            // Rows and columns each projection keeps; its bias keeps the same rows.
+            let keep: [(LinearKind, LinearWeight, [Int]?, [Int]?, Tensor?)] = [
+                (.q, a.q, qRows, sel.channels, a.biases[.q]), (.k, a.k, nil, sel.channels, a.biases[.k]),
+                (.v, a.v, nil, sel.channels, a.biases[.v]), (.o, a.o, sel.channels, qRows, a.biases[.o]),
+                (.gate, m.gate, sel.neurons[l], sel.channels, m.biases[.gate]), (.up, m.up, sel.neurons[l], sel.channels, m.biases[.up]),
+                (.down, m.down, sel.channels, sel.neurons[l], m.biases[.down]),
+            ]
+            for (kind, weight, rows, cols, bias) in keep {
+                let id = LinearID(layer: l, kind: kind)
+                w[.linear(id)] = .dense(gather(weight, rows: rows, cols: cols))
+                if let bias { w[.bias(id)] = .vector(rowsOf(bias, rows)) }
+            }
+            w[.norm(layer: l, .attentionIn)] = .vector(scaledNorm(a.norm))
+            w[.norm(layer: l, .mlpIn)] = .vector(scaledNorm(m.norm))
+            // q/k norms act on each head's D channels, which width pruning keeps whole.
+            if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: l, .q)] = .vector(qn.copy()); w[.norm(layer: l, .k)] = .vector(kn.copy()) }
         }
-        return try DecoderModel(config: nc, tensors: tensors)
+        return try DecoderModel(config: nc, weights: w)
     }
 
     /// The model without the given sublayers (s = 2·layer for attention, 2·layer + 1 for the MLP). A removed
@@ -121,17 +131,14 @@ extension DecoderModel {
         // Kept layers, renumbered; each kept weight copied in its own representation.
         let newLayers: [DecoderLayer] = keep.map { old in
             let l = layers[old]
-            return DecoderLayer(
-                attention: remove.contains(2 * old) ? nil : l.attention.map {
-                    AttentionWeights(norm: $0.norm.copy(), q: $0.q.copy(), k: $0.k.copy(), v: $0.v.copy(), o: $0.o.copy()) },
-                mlp: remove.contains(2 * old + 1) ? nil : l.mlp.map {
-                    MLPWeights(norm: $0.norm.copy(), gate: $0.gate.copy(), up: $0.up.copy(), down: $0.down.copy()) })
+            return DecoderLayer(attention: remove.contains(2 * old) ? nil : l.attention?.copy(),
+                                mlp: remove.contains(2 * old + 1) ? nil : l.mlp?.copy())
         }
         return try DecoderModel(config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(), lmHead: untiedLMHead?.copy())
     }
 
     /// Parameters a configuration holds (a tied head counted once).
     public static func parameterCount(_ c: ModelConfig) -> Int {
-        tensorSpecs(c).reduce(0) { $0 + $1.shape.reduce(1, *) }
+        weightSpecs(c).reduce(0) { $0 + $1.shape.reduce(1, *) }
     }
 }

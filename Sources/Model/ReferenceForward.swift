@@ -27,25 +27,36 @@ extension DecoderModel {
                 let H = block.numAttentionHeads, G = block.numKeyValueHeads
                 let q = Tensor(shape: [T, H * D]), k = Tensor(shape: [T, G * D]), v = Tensor(shape: [T, G * D]), att = Tensor(shape: [T, H * D])
                 rmsnormForwardReference(out: n.data, inp: x.data, weight: a.norm.data, eps: eps, rows: T, channels: C)
-                a.q.forwardReference(out: q.data, inp: n.data, rows: T)
-                a.k.forwardReference(out: k.data, inp: n.data, rows: T)
-                a.v.forwardReference(out: v.data, inp: n.data, rows: T)
+                for (kind, out, width) in [(LinearKind.q, q, H * D), (.k, k, G * D), (.v, v, G * D)] {
+                    a[kind].forwardReference(out: out.data, inp: n.data, rows: T)
+                    if let b = a.biases[kind] { biasForwardReference(out: out.data, bias: b.data, rows: T, columns: width) }
+                }
+                if let qn = a.qNorm, let kn = a.kNorm {
+                    rmsnormForwardReference(out: q.data, inp: q.data, weight: qn.data, eps: eps, rows: T * H, channels: D)
+                    rmsnormForwardReference(out: k.data, inp: k.data, weight: kn.data, eps: eps, rows: T * G, channels: D)
+                }
                 rotaryForwardReference(q.data, rows: T, heads: H, headDim: D, theta: c.ropeTheta)
                 rotaryForwardReference(k.data, rows: T, heads: G, headDim: D, theta: c.ropeTheta)
                 attentionForwardReference(out: att.data, q: q.data, k: k.data, v: v.data, rows: T, heads: H, kvHeads: G, headDim: D)
                 if let gh = gates?.heads[l] { gateForwardReference(out: att.data, inp: att.data, gate: gh.data, rows: T, groups: H, groupSize: D) }
                 a.o.forwardReference(out: tmp.data, inp: att.data, rows: T)
+                if let b = a.biases[.o] { biasForwardReference(out: tmp.data, bias: b.data, rows: T, columns: C) }
                 residual(2 * l)
             }
             if let m = layer.mlp {
                 let F = block.intermediateSize
                 let g = Tensor(shape: [T, F]), u = Tensor(shape: [T, F])
                 rmsnormForwardReference(out: n.data, inp: x.data, weight: m.norm.data, eps: eps, rows: T, channels: C)
-                m.gate.forwardReference(out: g.data, inp: n.data, rows: T)
-                m.up.forwardReference(out: u.data, inp: n.data, rows: T)
-                swigluForwardReference(out: g.data, gate: g.data, up: u.data, count: T * F)
+                for (kind, out) in [(LinearKind.gate, g), (.up, u)] {
+                    m[kind].forwardReference(out: out.data, inp: n.data, rows: T)
+                    if let b = m.biases[kind] { biasForwardReference(out: out.data, bias: b.data, rows: T, columns: F) }
+                }
+                switch c.activation {
+                case .silu: swigluForwardReference(out: g.data, gate: g.data, up: u.data, count: T * F)
+                }
                 if let gf = gates?.neurons[l] { gateForwardReference(out: g.data, inp: g.data, gate: gf.data, rows: T, groups: F, groupSize: 1) }
                 m.down.forwardReference(out: tmp.data, inp: g.data, rows: T)
+                if let b = m.biases[.down] { biasForwardReference(out: tmp.data, bias: b.data, rows: T, columns: C) }
                 residual(2 * l + 1)
             }
         }

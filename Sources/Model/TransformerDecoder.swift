@@ -139,11 +139,15 @@ public final class TransformerDecoder {
     final class LayerActivations {
         var attn: SublayerActivations?
         var q, k, v, att, attGated: Tensor?
+        /// q and k before their per-head norm, and the norms' rstd (N·H, N·G): training with q/k norm only.
+        var qPre, kPre, qRstd, kRstd: Tensor?
         var mlp: SublayerActivations?
         var gate, up, act, actGated: Tensor?
     }
     struct BackwardScratch {
         let dx, dn, dq, dk, dv, datt, dgate, dup, dact, dsub, attBack: Tensor
+        /// The gradient of q or k before its per-head norm (q/k norm only).
+        let dqkPre: Tensor?
     }
 
     /// A decoder over `batch` windows of up to `window` tokens; `training` keeps activations for `backward`.
@@ -165,6 +169,10 @@ public final class TransformerDecoder {
                 a.attn = SublayerActivations(rows: N, channels: C, training: training)
                 a.q = Tensor(shape: [N, H * D]); a.k = Tensor(shape: [N, G * D]); a.v = Tensor(shape: [N, G * D])
                 a.att = Tensor(shape: [N, H * D])
+                if c.qkNorm && training {
+                    a.qPre = Tensor(shape: [N, H * D]); a.kPre = Tensor(shape: [N, G * D])
+                    a.qRstd = Tensor(shape: [N * H]); a.kRstd = Tensor(shape: [N * G])
+                }
             }
             if b.mlp {
                 a.mlp = SublayerActivations(rows: N, channels: C, training: training)
@@ -181,7 +189,8 @@ public final class TransformerDecoder {
                 dq: Tensor(shape: [N, maxH * D]), dk: Tensor(shape: [N, maxG * D]), dv: Tensor(shape: [N, maxG * D]),
                 datt: Tensor(shape: [N, maxH * D]), dgate: Tensor(shape: [N, maxF]), dup: Tensor(shape: [N, maxF]),
                 dact: Tensor(shape: [N, maxF]), dsub: Tensor(shape: [N, C]),
-                attBack: Tensor(shape: [AttentionBackward.scratchCount(tokens: W, kvHeads: maxG, headDim: D)]))
+                attBack: Tensor(shape: [AttentionBackward.scratchCount(tokens: W, kvHeads: maxG, headDim: D)]),
+                dqkPre: c.qkNorm ? Tensor(shape: [N, max(maxH, maxG) * D]) : nil)
         } else {
             // One set sized for the widest layer, shared by all.
             store = [layer(BlockConfig(numAttentionHeads: maxH, numKeyValueHeads: maxG, intermediateSize: maxF))]
@@ -251,9 +260,18 @@ public final class TransformerDecoder {
                 sub.resid?.data.update(from: x.data, count: N * C)
                 rmsnormForward(out: sub.normed.data, inp: x.data, weight: a.norm.data, eps: eps, rows: N, channels: C, rstd: sub.rstd?.data)
                 observer?.normed(s, n: sub.normed.data, rows: N)
-                a.q.forward(out: q.data, inp: sub.normed.data, rows: N)
-                a.k.forward(out: k.data, inp: sub.normed.data, rows: N)
-                a.v.forward(out: v.data, inp: sub.normed.data, rows: N)
+                for (kind, out, width) in [(LinearKind.q, q, H * D), (.k, k, G * D), (.v, v, G * D)] {
+                    a[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
+                    if let bias = a.biases[kind] { biasForward(out: out.data, bias: bias.data, rows: N, columns: width) }
+                }
+                if let qn = a.qNorm, let kn = a.kNorm {
+                    // Per-head RMSNorm: N·H rows of D (N·G for k); training keeps the input and rstd.
+                    for (t, pre, rstd, w, heads) in [(q, acts.qPre, acts.qRstd, qn, H), (k, acts.kPre, acts.kRstd, kn, G)] {
+                        pre?.data.update(from: t.data, count: N * heads * D)
+                        rmsnormForward(out: t.data, inp: pre?.data ?? t.data, weight: w.data, eps: eps, rows: N * heads, channels: D,
+                                       rstd: rstd?.data)
+                    }
+                }
                 for r0 in stride(from: 0, to: N, by: W) {
                     rotaryForward(q.data + r0 * H * D, rows: W, heads: H, table: rotary)
                     rotaryForward(k.data + r0 * G * D, rows: W, heads: G, table: rotary)
@@ -267,22 +285,26 @@ public final class TransformerDecoder {
                     gateForward(out: oIn.data, inp: att.data, gate: gh.data, rows: N, groups: H, groupSize: D)
                 }
                 observer?.headOutputs(layer: l, att: oIn.data, rows: N)
-                addSublayerOutput(s, a.o, inp: oIn.data, sub: sub, rows: N)
+                addSublayerOutput(s, a.o, bias: a.biases[.o], inp: oIn.data, sub: sub, rows: N)
             } else if s % 2 == 1, let m = layer.mlp, let sub = acts.mlp, let gate = acts.gate, let up = acts.up, let act = acts.act {
                 let F = block.intermediateSize
                 sub.resid?.data.update(from: x.data, count: N * C)
                 rmsnormForward(out: sub.normed.data, inp: x.data, weight: m.norm.data, eps: eps, rows: N, channels: C, rstd: sub.rstd?.data)
                 observer?.normed(s, n: sub.normed.data, rows: N)
-                m.gate.forward(out: gate.data, inp: sub.normed.data, rows: N)
-                m.up.forward(out: up.data, inp: sub.normed.data, rows: N)
-                swigluForward(out: act.data, gate: gate.data, up: up.data, count: N * F)
+                for (kind, out) in [(LinearKind.gate, gate), (.up, up)] {
+                    m[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
+                    if let bias = m.biases[kind] { biasForward(out: out.data, bias: bias.data, rows: N, columns: F) }
+                }
+                switch c.activation {
+                case .silu: swigluForward(out: act.data, gate: gate.data, up: up.data, count: N * F)
+                }
                 var dIn = act
                 if let gf = gates?.neurons[l] {
                     if training { if acts.actGated == nil { acts.actGated = Tensor(shape: act.shape) }; dIn = acts.actGated! }
                     gateForward(out: dIn.data, inp: act.data, gate: gf.data, rows: N, groups: F, groupSize: 1)
                 }
                 observer?.mlpActivation(layer: l, act: dIn.data, rows: N)
-                addSublayerOutput(s, m.down, inp: dIn.data, sub: sub, rows: N)
+                addSublayerOutput(s, m.down, bias: m.biases[.down], inp: dIn.data, sub: sub, rows: N)
             }
             if s % 2 == 1 { captures[l]?.data.update(from: x.data, count: N * C) }
         }
@@ -296,16 +318,18 @@ public final class TransformerDecoder {
         return (0..<C).map { c in (z.map { $0[c] } ?? 1) * gs }
     }
 
-    /// x += scale ⊙ (inp · Wᵀ): the residual add folded into the GEMM (beta = 1) when ungated.
-    func addSublayerOutput(_ s: Int, _ w: LinearWeight, inp: UnsafePointer<Float>, sub: SublayerActivations, rows N: Int) {
+    /// x += scale ⊙ (inp · Wᵀ + b): the residual add folded into the GEMM (beta = 1) when ungated.
+    func addSublayerOutput(_ s: Int, _ w: LinearWeight, bias: Tensor?, inp: UnsafePointer<Float>, sub: SublayerActivations, rows N: Int) {
         let C = model.config.hiddenSize
         guard let scale = outputScale(s) else {
             w.forward(out: x.data, inp: inp, rows: N, beta: 1)
+            if let bias { biasForward(out: x.data, bias: bias.data, rows: N, columns: C) }
             return
         }
         if sub.out == nil || sub.out!.count < N * C { sub.out = Tensor(shape: [rows, C]) }
         let out = sub.out!
         w.forward(out: out.data, inp: inp, rows: N)
+        if let bias { biasForward(out: out.data, bias: bias.data, rows: N, columns: C) }
         scale.withUnsafeBufferPointer { gateForward(out: x.data, inp: out.data, gate: $0.baseAddress!, rows: N, groups: C, groupSize: 1, accumulate: true) }
     }
 

@@ -52,6 +52,7 @@ extension TransformerDecoder {
                let act = acts.act {
                 let F = block.intermediateSize
                 let dOut = sublayerOutputBackward(2 * l + 1, sub: sub, gateGrads: gateGrads)
+                if m.biases[.down] != nil, let db = grads.vector(.bias(lin(.down))) { biasBackward(dbias: db, dout: dOut, rows: N, columns: C) }
                 let dIn = gates?.neurons[l] != nil ? acts.actGated! : act
                 b.dact.data.update(repeating: 0, count: N * F)
                 m.down.backward(dinp: b.dact.data, grads: grads.pointers(.linear(lin(.down))), dout: dOut, inp: dIn.data, rows: N)
@@ -66,18 +67,24 @@ extension TransformerDecoder {
                 }
                 b.dgate.data.update(repeating: 0, count: N * F)
                 b.dup.data.update(repeating: 0, count: N * F)
-                swigluBackward(dgate: b.dgate.data, dup: b.dup.data, dout: dAct.data, gate: gate.data, up: up.data, count: N * F)
+                switch c.activation {
+                case .silu: swigluBackward(dgate: b.dgate.data, dup: b.dup.data, dout: dAct.data, gate: gate.data, up: up.data, count: N * F)
+                }
+                for (kind, d) in [(LinearKind.gate, b.dgate), (.up, b.dup)] where m.biases[kind] != nil {
+                    if let db = grads.vector(.bias(lin(kind))) { biasBackward(dbias: db, dout: d.data, rows: N, columns: F) }
+                }
                 b.dn.zero()
                 m.gate.backward(dinp: b.dn.data, grads: grads.pointers(.linear(lin(.gate))), dout: b.dgate.data, inp: sub.normed.data, rows: N)
                 m.up.backward(dinp: b.dn.data, grads: grads.pointers(.linear(lin(.up))), dout: b.dup.data, inp: sub.normed.data, rows: N)
                 for k in [LinearKind.gate, .up] { observer?.linearInput(lin(k), x: sub.normed.data, dx: b.dn.data, rows: N, features: C) }
-                rmsnormBackward(dinp: dx.data, dweight: grads.vector(.postAttentionNorm(layer: l)), dout: b.dn.data, inp: resid.data,
+                rmsnormBackward(dinp: dx.data, dweight: grads.vector(.norm(layer: l, .mlpIn)), dout: b.dn.data, inp: resid.data,
                                 weight: m.norm.data, rstd: rstd.data, rows: N, channels: C)
             }
             if let a = layer.attention, let sub = acts.attn, let resid = sub.resid, let rstd = sub.rstd, let q = acts.q, let k = acts.k,
                let v = acts.v, let att = acts.att {
                 let H = block.numAttentionHeads, G = block.numKeyValueHeads
                 let dOut = sublayerOutputBackward(2 * l, sub: sub, gateGrads: gateGrads)
+                if a.biases[.o] != nil, let db = grads.vector(.bias(lin(.o))) { biasBackward(dbias: db, dout: dOut, rows: N, columns: C) }
                 let oIn = gates?.heads[l] != nil ? acts.attGated! : att
                 b.datt.data.update(repeating: 0, count: N * H * D)
                 a.o.backward(dinp: b.datt.data, grads: grads.pointers(.linear(lin(.o))), dout: dOut, inp: oIn.data, rows: N)
@@ -98,12 +105,25 @@ extension TransformerDecoder {
                     rotaryBackward(b.dq.data + r0 * H * D, rows: W, heads: H, table: rotary)
                     rotaryBackward(b.dk.data + r0 * G * D, rows: W, heads: G, table: rotary)
                 }
+                if let qn = a.qNorm, let kn = a.kNorm, let dPre = b.dqkPre, let qPre = acts.qPre, let kPre = acts.kPre,
+                   let qRstd = acts.qRstd, let kRstd = acts.kRstd {
+                    // Back through the per-head norms: d(pre-norm) replaces d(q), d(k) in place.
+                    for (d, pre, rstd, w, site, heads) in [(b.dq, qPre, qRstd, qn, NormSite.q, H), (b.dk, kPre, kRstd, kn, .k, G)] {
+                        dPre.data.update(repeating: 0, count: N * heads * D)
+                        rmsnormBackward(dinp: dPre.data, dweight: grads.vector(.norm(layer: l, site)), dout: d.data, inp: pre.data,
+                                        weight: w.data, rstd: rstd.data, rows: N * heads, channels: D)
+                        d.data.update(from: dPre.data, count: N * heads * D)
+                    }
+                }
+                for (kind, d, width) in [(LinearKind.q, b.dq, H * D), (.k, b.dk, G * D), (.v, b.dv, G * D)] where a.biases[kind] != nil {
+                    if let db = grads.vector(.bias(lin(kind))) { biasBackward(dbias: db, dout: d.data, rows: N, columns: width) }
+                }
                 b.dn.zero()
                 for (kind, w, d) in [(LinearKind.q, a.q, b.dq), (.k, a.k, b.dk), (.v, a.v, b.dv)] {
                     w.backward(dinp: b.dn.data, grads: grads.pointers(.linear(lin(kind))), dout: d.data, inp: sub.normed.data, rows: N)
                 }
                 for kind in [LinearKind.q, .k, .v] { observer?.linearInput(lin(kind), x: sub.normed.data, dx: b.dn.data, rows: N, features: C) }
-                rmsnormBackward(dinp: dx.data, dweight: grads.vector(.inputNorm(layer: l)), dout: b.dn.data, inp: resid.data,
+                rmsnormBackward(dinp: dx.data, dweight: grads.vector(.norm(layer: l, .attentionIn)), dout: b.dn.data, inp: resid.data,
                                 weight: a.norm.data, rstd: rstd.data, rows: N, channels: C)
             }
             if let observer, let input = acts.attn?.resid ?? acts.mlp?.resid {

@@ -865,11 +865,9 @@ public struct CalibrationMoments: Codable, Sendable {
         let tokens = Float(windows.reduce(0) { $0 + $1.count })
         var columns: [String: [Float]] = [:]
         for l in model.layers.indices {
-            let p = "model.layers.\(l)."
-            for (key, sums) in [("self_attn.q_proj", obs.attnIn[l]), ("self_attn.k_proj", obs.attnIn[l]), ("self_attn.v_proj", obs.attnIn[l]),
-                                ("self_attn.o_proj", obs.attnOut[l]), ("mlp.gate_proj", obs.mlpIn[l]), ("mlp.up_proj", obs.mlpIn[l]),
-                                ("mlp.down_proj", obs.mlpAct[l])] where !sums.isEmpty {
-                columns[p + key + ".weight"] = sums.map { Float($0) / tokens }
+            for (kind, sums) in [(LinearKind.q, obs.attnIn[l]), (.k, obs.attnIn[l]), (.v, obs.attnIn[l]), (.o, obs.attnOut[l]),
+                                 (.gate, obs.mlpIn[l]), (.up, obs.mlpIn[l]), (.down, obs.mlpAct[l])] where !sums.isEmpty {
+                columns[WeightID.linear(LinearID(layer: l, kind: kind)).hfName] = sums.map { Float($0) / tokens }
             }
         }
         guard correlations else { return CalibrationMoments(columns: columns, cmpq: [], pooledSamples: 0) }

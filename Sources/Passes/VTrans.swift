@@ -97,7 +97,9 @@ extension DecoderModel {
     ///   down'[c_j, f] = down[c_j, f]·z_c[c_j]·g_mlp·z_f[f]
     /// (g_att, g_mlp the layer's sublayer gates). Norm weights are scaled by sqrt(C/C') and rms_norm_eps by
     /// C/C' as in `pruningWidth`; with a tied LM head, the final norm weight is also divided by z_c (the
-    /// head reads the scaled embedding). Dense weights only; kept channel gates must be non-zero.
+    /// head reads the scaled embedding). Biases keep their projection's rows, o's and down's scaled like their
+    /// rows (z_c·g, not the head or neuron gates, which act on the projection's input); per-head q/k norms are
+    /// kept whole. Dense weights only; kept channel gates must be non-zero.
     public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil) throws -> DecoderModel {
         let nc = try prunedConfig(sel)
         guard weightKinds == [.dense] else {
@@ -125,33 +127,47 @@ extension DecoderModel {
         func norm(_ t: Tensor, divide: [Float]? = nil) -> Tensor {
             Tensor(shape: [Cn], values: sel.channels.enumerated().map { j, ch in t[ch] * normScale / (divide?[j] ?? 1) })
         }
-        var tensors: [String: Tensor] = [
-            "model.embed_tokens.weight": gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc),
-            "model.norm.weight": norm(self.norm, divide: c.tieWordEmbeddings ? zc : nil),
+        func vec(_ t: Tensor, _ idx: [Int]?, scale: [Float]? = nil) -> ModelWeight {
+            let i = idx ?? Array(0..<t.count)
+            return .vector(Tensor(shape: [i.count], values: i.enumerated().map { j, src in t[src] * (scale?[j] ?? 1) }))
+        }
+        var w: [WeightID: ModelWeight] = [
+            .embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc)),
+            .finalNorm: .vector(norm(self.norm, divide: c.tieWordEmbeddings ? zc : nil)),
         ]
-        if let h = untiedLMHead { tensors["lm_head.weight"] = gather(h, rows: nil, cols: sel.channels) }
+        if let h = untiedLMHead { w[.lmHead] = .dense(gather(h, rows: nil, cols: sel.channels)) }
         for (i, l) in sel.layers.enumerated() {
-            let p = "model.layers.\(i).", a = layers[l].attention!, m = layers[l].mlp!
+            let a = layers[l].attention!, m = layers[l].mlp!
+            func put(_ k: LinearKind, _ t: Tensor, bias: Tensor?, rows: [Int]?, biasScale: [Float]? = nil) {
+                let id = LinearID(layer: i, kind: k)
+                w[.linear(id)] = .dense(t)
+                if let bias { w[.bias(id)] = vec(bias, rows, scale: biasScale) }
+            }
             if !sel.heads[l].isEmpty {
                 let rows = sel.heads[l].flatMap { h in (h * D)..<((h + 1) * D) }
                 let gAtt = gates?.sublayers?[2 * l] ?? 1
                 let headScale = sel.heads[l].flatMap { h in [Float](repeating: gates?.heads[l]?[h] ?? 1, count: D) }
-                tensors[p + "input_layernorm.weight"] = norm(a.norm)
-                tensors[p + "self_attn.q_proj.weight"] = gather(a.q, rows: rows, cols: sel.channels)
-                tensors[p + "self_attn.k_proj.weight"] = gather(a.k, rows: nil, cols: sel.channels)
-                tensors[p + "self_attn.v_proj.weight"] = gather(a.v, rows: nil, cols: sel.channels)
-                tensors[p + "self_attn.o_proj.weight"] = gather(a.o, rows: sel.channels, cols: rows, rowScale: zc.map { $0 * gAtt }, colScale: headScale)
+                let oScale = zc.map { $0 * gAtt }
+                w[.norm(layer: i, .attentionIn)] = .vector(norm(a.norm))
+                put(.q, gather(a.q, rows: rows, cols: sel.channels), bias: a.biases[.q], rows: rows)
+                put(.k, gather(a.k, rows: nil, cols: sel.channels), bias: a.biases[.k], rows: nil)
+                put(.v, gather(a.v, rows: nil, cols: sel.channels), bias: a.biases[.v], rows: nil)
+                put(.o, gather(a.o, rows: sel.channels, cols: rows, rowScale: oScale, colScale: headScale), bias: a.biases[.o],
+                    rows: sel.channels, biasScale: oScale)
+                if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: i, .q)] = .vector(qn.copy()); w[.norm(layer: i, .k)] = .vector(kn.copy()) }
             }
             if !sel.neurons[l].isEmpty {
                 let gMLP = gates?.sublayers?[2 * l + 1] ?? 1
                 let neuronScale = sel.neurons[l].map { gates?.neurons[l]?[$0] ?? 1 }
-                tensors[p + "post_attention_layernorm.weight"] = norm(m.norm)
-                tensors[p + "mlp.gate_proj.weight"] = gather(m.gate, rows: sel.neurons[l], cols: sel.channels)
-                tensors[p + "mlp.up_proj.weight"] = gather(m.up, rows: sel.neurons[l], cols: sel.channels)
-                tensors[p + "mlp.down_proj.weight"] = gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: zc.map { $0 * gMLP }, colScale: neuronScale)
+                let downScale = zc.map { $0 * gMLP }
+                w[.norm(layer: i, .mlpIn)] = .vector(norm(m.norm))
+                put(.gate, gather(m.gate, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.gate], rows: sel.neurons[l])
+                put(.up, gather(m.up, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.up], rows: sel.neurons[l])
+                put(.down, gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: downScale, colScale: neuronScale),
+                    bias: m.biases[.down], rows: sel.channels, biasScale: downScale)
             }
         }
-        return try DecoderModel(config: nc, tensors: tensors)
+        return try DecoderModel(config: nc, weights: w)
     }
 }
 

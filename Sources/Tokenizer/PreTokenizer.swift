@@ -7,6 +7,11 @@ public enum PreTokenizer: String, Sendable {
     /// Llama 3 (`llama-bpe` in GGUF): case-insensitive contractions, one-scalar word prefixes, numbers in threes;
     /// merges are ignored for a piece that is a token (`ignoresMerges`).
     case llama3
+    /// Qwen2 (`qwen2` in GGUF): the Split regex of Qwen2.5's tokenizer.json, which transformers also builds from a
+    /// `qwen2` GGUF and llama.cpp applies for its LLAMA_VOCAB_PRE_TYPE_QWEN2 — Llama 3's regex with numbers one
+    /// scalar at a time (`\p{N}` for `\p{N}{1,3}`). Merges are not ignored (tokenizer.json `"ignore_merges": false`;
+    /// llama.cpp sets ignore_merges only for its LLAMA3 pre-type).
+    case qwen2
 
     /// Whether a piece that is itself a vocabulary entry becomes that token without merging: Hugging Face's
     /// `"ignore_merges": true`, which the Llama 3 tokenizers set and llama.cpp applies to its LLAMA3 pre-type.
@@ -18,7 +23,8 @@ public enum PreTokenizer: String, Sendable {
         case "gpt2": self = .gpt2
         case "smollm": self = .smollm
         case "llama3", "llama-bpe", "llama-v3": self = .llama3
-        default: throw TokenizerError("unknown pre-tokenizer '\(ggufName)' (supported: gpt2, smollm, llama-bpe)")
+        case "qwen2": self = .qwen2
+        default: throw TokenizerError("unknown pre-tokenizer '\(ggufName)' (supported: gpt2, smollm, llama-bpe, qwen2)")
         }
     }
 }
@@ -45,9 +51,10 @@ struct PreTokenizerScanner {
                 body(position, next)
                 position = next
             }
-        case .llama3:
+        case .llama3, .qwen2:
+            let maxDigits = kind == .llama3 ? 3 : 1
             while position < end {
-                let next = llama3Match(at: position, end: end)
+                let next = llama3Match(at: position, end: end, maxDigits: maxDigits)
                 body(position, next)
                 position = next
             }
@@ -81,8 +88,9 @@ struct PreTokenizerScanner {
         return trailingWhitespace(at: start, runEnd: run(of: { $0 >= C.space }, from: start, end: end), end: end)
     }
 
-    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-    func llama3Match(at start: Int, end: Int) -> Int {
+    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,maxDigits}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`:
+    /// Llama 3's regex with `maxDigits` 3, Qwen2's (`\p{N}` alone) with 1.
+    func llama3Match(at start: Int, end: Int, maxDigits: Int) -> Int {
         if bytes[start] == Self.apostrophe, let next = contraction(at: start, end: end, ignoringCase: true) {
             return next
         }
@@ -94,7 +102,7 @@ struct PreTokenizerScanner {
         }
         if cls == C.number {
             var next = start + C.utf8Length(bytes[start])
-            for _ in 0..<2 {
+            for _ in 1..<maxDigits {
                 guard next < end, classes[next] == C.number else { break }
                 next += C.utf8Length(bytes[next])
             }

@@ -51,7 +51,7 @@ struct Eval: ParsableCommand {
     @Option(help: "File of whitespace-separated token ids.") var tokens: String?
     @Option(parsing: .unconditional, help: "Window length in tokens.") var window = 2048
     @Option(help: "Score only the first N tokens of the stream.") var maxTokens: Int?
-    @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3).") var preTokenizer: String?
+    @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3, qwen2).") var preTokenizer: String?
     @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -145,7 +145,7 @@ struct Tokenize: ParsableCommand {
 
     @Argument(help: "Checkpoint (.h5).") var checkpoint: String
     @Option(help: "Text file (UTF-8).") var text: String
-    @Option(help: "Override the checkpoint's pre-tokenizer (gpt2, smollm, llama3).") var preTokenizer: String?
+    @Option(help: "Override the checkpoint's pre-tokenizer (gpt2, smollm, llama3, qwen2).") var preTokenizer: String?
     @Flag(help: "Print one JSON object (with ids, counts and timing).") var json = false
 
     func run() throws {

@@ -153,7 +153,7 @@ final class ExportTests: XCTestCase {
         let (r, out) = try export(Checkpoint(model: m, tokenizer: src.tokenizer), .hf, "hf-quant")
         let file = try SafetensorsFile(path: out + "/model.safetensors")
         for (id, w) in m.linearWeights {
-            let module = "model.layers.\(id.layer).\(id.kind.hfModule)"
+            let module = String(WeightID.linear(id).hfName.dropLast(".weight".count))
             guard case .quantized(let qw) = w else { continue }
             let q = qw.packed, f = q.format
             if f.symmetric && [4, 8].contains(f.bits) {
@@ -273,7 +273,7 @@ final class ExportTests: XCTestCase {
         for (id, w) in m.weights {
             guard case .matrix(.quantized(let qw)) = w else { continue }
             let q = qw.packed
-            let info = file.tensor(named: LlamaMapping.ggufName(for: id.hfName)!)!
+            let info = file.tensor(named: LlamaFamily.ggufName(id))!
             XCTAssertEqual(info.type, cases.first { $0.0 == q.format }!.1, id.hfName)
             seen.insert(info.type)
             var expected = q.format.isFloat16 ? q.codes : referenceBlocks(q)

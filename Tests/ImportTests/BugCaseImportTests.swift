@@ -173,10 +173,15 @@ final class BugCaseImportTests: XCTestCase {
                     ["tokenizer.json", "model.ignore_merges is false with the llama3 pre-tokenizer (expected true"])
         assertError(try Importer.load(tokenizerCopy(preTokenizer: #"{"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}"#, ignoreMerges: true).path),
                     ["model.ignore_merges is true with the gpt2 pre-tokenizer (expected false"])
-        // Qwen2-style digits one at a time: not Llama 3's regex, quoted in the error.
+        // Qwen2's regex (digits one at a time) is qwen2, whose merges are not ignored.
         let single = Self.llama3Split.replacingOccurrences(of: #"\p{N}{1,3}"#, with: #"\p{N}"#)
+        XCTAssertEqual(try Importer.load(tokenizerCopy(preTokenizer: split(single), ignoreMerges: nil).path).tokenizer?.pre, "qwen2")
         assertError(try Importer.load(tokenizerCopy(preTokenizer: split(single), ignoreMerges: true).path),
-                    ["tokenizer.json", "its Split pattern '\(single)' is not one we implement"])
+                    ["tokenizer.json", "model.ignore_merges is true with the qwen2 pre-tokenizer (expected false"])
+        // Digits in twos: neither regex, quoted in the error.
+        let pairs = Self.llama3Split.replacingOccurrences(of: #"\p{N}{1,3}"#, with: #"\p{N}{1,2}"#)
+        assertError(try Importer.load(tokenizerCopy(preTokenizer: split(pairs), ignoreMerges: true).path),
+                    ["tokenizer.json", "its Split pattern '\(pairs)' is not one we implement"])
         assertError(try Importer.load(tokenizerCopy(preTokenizer: #"{"type": "ByteLevel", "add_prefix_space": true, "use_regex": true}"#, ignoreMerges: nil).path),
                     ["tokenizer.json", "is not supported"])
         assertError(try Importer.load(tokenizerCopy(preTokenizer: "null", ignoreMerges: nil).path), ["tokenizer.json", "pre_tokenizer is null"])

@@ -1,9 +1,33 @@
 import Foundation
 import GGUF
+import Model
 import XCTest
 
+/// Every weight id of a model of `layers` layers with biases on every projection and q/k norms (test helper:
+/// the GGUF-name → id lookup the importer builds from a config's `weightSpecs`).
+func allWeightIDs(layers: Int) -> [WeightID] {
+    var ids: [WeightID] = [.embedTokens, .finalNorm, .lmHead]
+    for l in 0..<layers {
+        ids += NormSite.allCases.map { .norm(layer: l, $0) }
+        for k in LinearKind.allCases { ids += [.linear(LinearID(layer: l, kind: k)), .bias(LinearID(layer: l, kind: k))] }
+    }
+    return ids
+}
+
+/// A GGUF tensor of a Llama-family file in Hugging Face layout, as the importer reads it.
+func llamaHFTensor(_ info: GGUFTensorInfo, in file: GGUFFile, config: GGUFConfig) throws -> HFTensor {
+    let byName = Dictionary(uniqueKeysWithValues: allWeightIDs(layers: config.numHiddenLayers).map { (LlamaFamily.ggufName($0), $0) })
+    let id = try XCTUnwrap(byName[info.name], "no weight named '\(info.name)'")
+    var heads: Int? = nil
+    if case .linear(let lid) = id, lid.kind == .q || lid.kind == .k {
+        let b = config.blockConfigs?[lid.layer]
+        heads = lid.kind == .q ? b?.numAttentionHeads ?? config.numAttentionHeads : b?.numKeyValueHeads ?? config.numKeyValueHeads
+    }
+    return try GGUFTensors.hfTensor(info, in: file, name: id.hfName, rotaryHeads: heads)
+}
+
 final class LlamaMappingTests: XCTestCase {
-    func testNamesBothWays() {
+    func testNamesBothWays() throws {
         let pairs = [
             ("token_embd.weight", "model.embed_tokens.weight"),
             ("output_norm.weight", "model.norm.weight"),
@@ -17,15 +41,27 @@ final class LlamaMappingTests: XCTestCase {
             ("blk.29.ffn_down.weight", "model.layers.29.mlp.down_proj.weight"),
             ("blk.7.attn_norm.weight", "model.layers.7.input_layernorm.weight"),
             ("blk.7.ffn_norm.weight", "model.layers.7.post_attention_layernorm.weight"),
+            ("blk.2.attn_q.bias", "model.layers.2.self_attn.q_proj.bias"),
+            ("blk.2.attn_v.bias", "model.layers.2.self_attn.v_proj.bias"),
+            ("blk.4.attn_q_norm.weight", "model.layers.4.self_attn.q_norm.weight"),
+            ("blk.4.attn_k_norm.weight", "model.layers.4.self_attn.k_norm.weight"),
         ]
-        for (gguf, hf) in pairs {
-            XCTAssertEqual(LlamaMapping.hfName(for: gguf), hf)
-            XCTAssertEqual(LlamaMapping.ggufName(for: hf), gguf)
+        let ids = allWeightIDs(layers: 30)
+        XCTAssertEqual(Set(ids.map(\.hfName)).count, ids.count, "checkpoint names are distinct")
+        for family in ModelFamilies.all {
+            let byGGUF = Dictionary(uniqueKeysWithValues: ids.map { (family.ggufName($0), $0) })
+            for (gguf, hf) in pairs {
+                let id = try? XCTUnwrap(byGGUF[gguf], gguf)
+                XCTAssertEqual(id.map(family.hfName), hf, "\(family.name): \(gguf)")
+                XCTAssertEqual(WeightID(hfName: hf), id, hf)
+            }
+            for unknown in ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.1.attn_qq.weight", "token_embd", "blk.-1.attn_q.weight"] {
+                XCTAssertNil(byGGUF[unknown], unknown)
+            }
         }
-        for unknown in ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.1.attn_qq.weight", "token_embd", "blk.-1.attn_q.weight"] {
-            XCTAssertNil(LlamaMapping.hfName(for: unknown), unknown)
+        for unknown in ["model.layers.0.self_attn.rotary_emb.inv_freq", "model.layers.01.self_attn.q_proj.weight", "model.layers.0.mlp.q_proj.weight"] {
+            XCTAssertNil(WeightID(hfName: unknown), unknown)
         }
-        XCTAssertNil(LlamaMapping.ggufName(for: "model.layers.0.self_attn.rotary_emb.inv_freq"))
     }
 
     /// Hand-worked: one head of 8 rows. llama.cpp's permute views rows as (2, 4) [halves x pairs] and
@@ -55,13 +91,13 @@ final class LlamaMappingTests: XCTestCase {
 
     func testTinyLlamaToHuggingFace() throws {
         let file = try GGUFFile(path: Fixtures.path("llama_tiny.gguf"))
-        let config = try GGUFLlamaConfig(gguf: file)
+        let config = try GGUFConfig(gguf: file, supported: ["llama"])
         let expected = try Fixtures.json("llama_tiny.json")
         let reference = try Fixtures.floats("llama_tiny.ref.bin")
         XCTAssertEqual(Set(expected.keys), Set(file.tensors.map(\.name)))
         for info in file.tensors {
             let entry = try XCTUnwrap(expected[info.name] as? [String: Any])
-            let tensor = try LlamaMapping.hfTensor(info, in: file, config: config)
+            let tensor = try llamaHFTensor(info, in: file, config: config)
             XCTAssertEqual(tensor.name, entry["hf_name"] as? String)
             XCTAssertEqual(tensor.shape, entry["hf_shape"] as? [Int])
             if let offset = entry["ref_offset"] as? Int, let count = entry["count"] as? Int {
@@ -74,7 +110,7 @@ final class LlamaMappingTests: XCTestCase {
     }
 
     func testConfigFromTinyLlama() throws {
-        let config = try GGUFLlamaConfig(gguf: GGUFFile(path: Fixtures.path("llama_tiny.gguf")))
+        let config = try GGUFConfig(gguf: GGUFFile(path: Fixtures.path("llama_tiny.gguf")), supported: ["llama"])
         XCTAssertEqual(config.vocabSize, 32)
         XCTAssertEqual(config.hiddenSize, 32)
         XCTAssertEqual(config.intermediateSize, 48)
@@ -96,11 +132,15 @@ final class LlamaMappingTests: XCTestCase {
         }
         XCTAssertEqual(json["rms_norm_eps"] as? Double, 1e-5)
         XCTAssertEqual(json["num_key_value_heads"] as? Int, 2)
-        XCTAssertEqual(try JSONDecoder().decode(GGUFLlamaConfig.self, from: config.jsonData()), config)
+        var decoded = try JSONDecoder().decode(GGUFConfig.self, from: config.jsonData())
+        XCTAssertEqual(decoded.architecture, "", "general.architecture is not a config.json key")
+        decoded.architecture = config.architecture
+        XCTAssertEqual(decoded, config)
     }
 
     func testUnknownArchitecture() throws {
         let file = try GGUFFile(path: Fixtures.path("quants.gguf"))
-        XCTAssertThrowsError(try GGUFLlamaConfig(gguf: file), containing: ["quants.gguf", "unsupported architecture 'fixture'", "supported: llama"])
+        XCTAssertThrowsError(try GGUFConfig(gguf: file, supported: ModelFamilies.ggufArchitectures),
+                             containing: ["quants.gguf", "unsupported architecture 'fixture'", "supported: llama, deci, qwen2, qwen3"])
     }
 }

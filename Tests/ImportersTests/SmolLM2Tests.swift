@@ -21,7 +21,7 @@ final class SmolLM2Tests: XCTestCase {
         XCTAssertEqual(file.tensor(named: "token_embd.weight")?.type, .q8_0)
         XCTAssertEqual(try file.strings("tokenizer.ggml.tokens").count, 49152)
 
-        let c = try GGUFLlamaConfig(gguf: file)
+        let c = try GGUFConfig(gguf: file, supported: ["llama"])
         XCTAssertEqual(c.vocabSize, 49152)
         XCTAssertEqual(c.hiddenSize, 576)
         XCTAssertEqual(c.intermediateSize, 1536)
@@ -46,9 +46,9 @@ final class SmolLM2Tests: XCTestCase {
         ]
         var names = Set<String>()
         for info in file.tensors {
-            let name = try XCTUnwrap(LlamaMapping.hfName(for: info.name), info.name)
+            let name = try llamaHFTensor(info, in: file, config: GGUFConfig(gguf: file, supported: ["llama"])).name
             names.insert(name)
-            let shape = LlamaMapping.hfShape(for: info)
+            let shape = info.rowMajorShape
             switch name {
             case "model.embed_tokens.weight": XCTAssertEqual(shape, [49152, 576])
             case "model.norm.weight": XCTAssertEqual(shape, [576])
@@ -65,7 +65,7 @@ final class SmolLM2Tests: XCTestCase {
     /// (`AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`), printed by tools/smollm2_reference.py.
     func testUnpermutedQKMatchTransformers() throws {
         let file = try open()
-        let config = try GGUFLlamaConfig(gguf: file)
+        let config = try GGUFConfig(gguf: file, supported: ["llama"])
         let expected: [(String, [Float], [Float], [Float], Double, Double)] = [
             ("blk.0.attn_q.weight",
              [-0.0963134765625, 0.1573486328125, -0.0963134765625, -0.73046875, 1.1719970703125, -0.0963134765625, 0.030517578125, 0.6646728515625],
@@ -80,7 +80,7 @@ final class SmolLM2Tests: XCTestCase {
         ]
         for (name, first, row1, row32, sum, absSum) in expected {
             let info = try XCTUnwrap(file.tensor(named: name))
-            let hf = try LlamaMapping.hfTensor(info, in: file, config: config)
+            let hf = try llamaHFTensor(info, in: file, config: config)
             let cols = hf.shape[1]
             XCTAssertEqual(Array(hf.values[0..<8]), first, name)
             XCTAssertEqual(Array(hf.values[cols..<(cols + 4)]), row1, name)

@@ -111,6 +111,62 @@ final class GradientTests: XCTestCase {
         XCTAssertLessThan(err, 1e-4)  // observed 1.0e-7
     }
 
+    func testBias() {
+        let R = 5, J = 7
+        let x = values(R * J), b = values(J)
+        let err = check("bias", [x, b], outputs: R * J, wrt: [0, 1], forward: { i in
+            (0..<(R * J)).map { i[0][$0] + i[1][$0 % J] }
+        }) { i, dout in
+            let y = Tensor(shape: [R * J]), db = Tensor(shape: [J])
+            y.data.update(from: i[0].data, count: R * J)
+            biasForward(out: y.data, bias: i[1].data, rows: R, columns: J)
+            biasBackward(dbias: db.data, dout: dout.data, rows: R, columns: J)
+            return [Tensor(shape: [R * J], values: (0..<(R * J)).map { dout[$0] }), db]  // dx = dout: passes through
+        }
+        XCTAssertLessThan(err, 1e-4)
+        // The forward against its plain reference.
+        let y = Tensor(shape: [R * J], values: x.map(Float.init)), yr = Tensor(shape: [R * J], values: x.map(Float.init))
+        let bt = Tensor(shape: [J], values: b.map(Float.init))
+        biasForward(out: y.data, bias: bt.data, rows: R, columns: J)
+        biasForwardReference(out: yr.data, bias: bt.data, rows: R, columns: J)
+        XCTAssertEqual((0..<(R * J)).map { y[$0] }, (0..<(R * J)).map { yr[$0] })
+    }
+
+    /// Qwen3's q/k norm: y = rmsnorm over each head's D channels of (x·Wᵀ + b), one weight (D) shared by the
+    /// heads; the decoder runs it as an RMSNorm of T·H rows of D. Checked through the whole chain.
+    func testBiasedProjectionWithPerHeadRMSNorm() {
+        let T = 3, K = 5, H = 2, D = 4, eps = 1e-6
+        let x = values(T * K), w = values(H * D * K), b = values(H * D), g = values(D)
+        let err = check("linear + bias + per-head rmsnorm", [x, w, b, g], outputs: T * H * D, wrt: [0, 1, 2, 3], forward: { i in
+            var out: [Double] = []
+            for t in 0..<T {
+                for h in 0..<H {
+                    let pre = (0..<D).map { d -> Double in
+                        let row = h * D + d
+                        return (0..<K).reduce(i[2][row]) { $0 + i[0][t * K + $1] * i[1][row * K + $1] }
+                    }
+                    let r = 1 / (pre.reduce(0) { $0 + $1 * $1 } / Double(D) + eps).squareRoot()
+                    out += (0..<D).map { i[3][$0] * pre[$0] * r }
+                }
+            }
+            return out
+        }) { i, dout in
+            let pre = Tensor(shape: [T * H * D]), y = Tensor(shape: [T * H * D]), rstd = Tensor(shape: [T * H])
+            linearForward(out: pre.data, inp: i[0].data, weight: i[1].data, rows: T, inFeatures: K, outFeatures: H * D)
+            biasForward(out: pre.data, bias: i[2].data, rows: T, columns: H * D)
+            rmsnormForward(out: y.data, inp: pre.data, weight: i[3].data, eps: Float(eps), rows: T * H, channels: D, rstd: rstd.data)
+            let dpre = Tensor(shape: [T * H * D]), dg = Tensor(shape: [D]), db = Tensor(shape: [H * D])
+            let dx = Tensor(shape: [T * K]), dw = Tensor(shape: [H * D * K])
+            rmsnormBackward(dinp: dpre.data, dweight: dg.data, dout: dout.data, inp: pre.data, weight: i[3].data, rstd: rstd.data,
+                            rows: T * H, channels: D)
+            biasBackward(dbias: db.data, dout: dpre.data, rows: T, columns: H * D)
+            linearBackward(dinp: dx.data, dweight: dw.data, dout: dpre.data, inp: i[0].data, weight: i[1].data,
+                           rows: T, inFeatures: K, outFeatures: H * D)
+            return [dx, dw, db, dg]
+        }
+        XCTAssertLessThan(err, 1e-4)
+    }
+
     func testLayerNorm() {
         let T = 4, C = 9, eps = 1e-5
         let x = values(T * C, scale: 2), w = values(C), b = values(C)

@@ -3,7 +3,8 @@ import XCTest
 
 /// Pre-tokenizer splits. The hand-written expectations follow the regex semantics and were
 /// cross-checked against Hugging Face's `pre_tokenize_str` (tokenizers 0.23.3); the fixture cases
-/// are that function's output for each of the three pre-tokenizers.
+/// are that function's output for each of the four pre-tokenizers (tools/make_tokenizer_fixture.py; its qwen2
+/// pieces also agree with the Python `regex` module's, apart from one text of Unicode 17 scalars).
 final class PreTokenizerTests: XCTestCase {
     private func pieces(_ text: String, _ kind: PreTokenizer) throws -> [String] {
         try Tiny.tokenizer(kind).preTokenize(text)
@@ -38,14 +39,36 @@ final class PreTokenizerTests: XCTestCase {
         assertSameScalars(try pieces("x'ſ", .llama3), ["x", "'ſ"])
     }
 
+    /// Qwen2 (Qwen2.5's tokenizer.json Split regex, llama.cpp's QWEN2 pre-type): Llama 3's pieces, except that
+    /// every `\p{N}` scalar is a piece of its own. Expectations by hand from the regex, checked with tokenizers.
+    func testQwen2() throws {
+        // Digits one by one, where Llama 3 takes them in threes.
+        assertSameScalars(try pieces("(hello) I'M 1234567 ok", .qwen2),
+                          ["(hello", ")", " I", "'M", " ", "1", "2", "3", "4", "5", "6", "7", " ok"])
+        assertSameScalars(try pieces("3.14159 $99.99", .qwen2),
+                          ["3", ".", "1", "4", "1", "5", "9", " $", "9", "9", ".", "9", "9"])
+        assertSameScalars(try pieces("\n\n1990", .qwen2), ["\n\n", "1", "9", "9", "0"])
+        // Any \p{N}, of any script and width in UTF-8: superscripts, fractions, Arabic-Indic, mathematical digits.
+        assertSameScalars(try pieces("x²½٣ 𝟙𝟚", .qwen2), ["x", "²", "½", "٣", " ", "𝟙", "𝟚"])
+        // Contractions in any case; a quote after a space is punctuation.
+        assertSameScalars(try pieces("Don'T WON'T it'S 'Ll", .qwen2), ["Don", "'T", " WON", "'T", " it", "'S", " '", "Ll"])
+        assertSameScalars(try pieces("x'ſ", .qwen2), ["x", "'ſ"])
+        // Newlines: punctuation keeps the line ends after it; whitespace runs end at their last newline.
+        assertSameScalars(try pieces("word\n\n  next", .qwen2), ["word", "\n\n", " ", " next"])
+        assertSameScalars(try pieces("!!!\r\n\r\nx", .qwen2), ["!!!\r\n\r\n", "x"])
+        assertSameScalars(try pieces("...  ---\n\n+++ ?!", .qwen2), ["...", " ", " ---\n\n", "+++", " ?!"])
+        assertSameScalars(try pieces("a\t\tb", .qwen2), ["a", "\t", "\tb"])
+        assertSameScalars(try pieces("end  ", .qwen2), ["end", "  "])
+        assertSameScalars(try pieces("café 日本語 Ελληνικά", .qwen2), ["café", " 日本語", " Ελληνικά"])
+    }
+
     func testMatchesHuggingFaceOnFixtureTexts() throws {
         let fixture = try Fixture.load()
         XCTAssertGreaterThan(fixture.pretokenize.count, 40)
-        for kind in [PreTokenizer.gpt2, .smollm, .llama3] {
+        for kind in [PreTokenizer.gpt2, .smollm, .llama3, .qwen2] {
             let tokenizer = try Tiny.tokenizer(kind)
             for item in fixture.pretokenize {
-                let expected = kind == .gpt2 ? item.gpt2 : kind == .smollm ? item.smollm : item.llama3
-                assertSameScalars(tokenizer.preTokenize(item.text), expected, "\(kind): \(item.text.debugDescription)")
+                assertSameScalars(tokenizer.preTokenize(item.text), item.pieces(kind), "\(kind): \(item.text.debugDescription)")
             }
         }
     }

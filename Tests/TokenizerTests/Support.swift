@@ -28,11 +28,43 @@ struct Fixture: Decodable {
         let gpt2: [String]
         let smollm: [String]
         let llama3: [String]
+        let qwen2: [String]
+
+        /// The pieces Hugging Face's pre-tokenizer of this kind cuts `text` into.
+        func pieces(_ kind: PreTokenizer) -> [String] {
+            switch kind {
+            case .gpt2: gpt2
+            case .smollm: smollm
+            case .llama3: llama3
+            case .qwen2: qwen2
+            }
+        }
+    }
+
+    /// Hugging Face's ids with the tokenizer transformers builds from the Qwen2.5-Coder GGUF.
+    struct IDCase: Decodable {
+        let text: String
+        let ids: [Int32]
     }
 
     let cases: [Case]
     let decode: [DecodeCase]
     let pretokenize: [PretokenizeCase]
+    /// Empty when the fixture was written without `--qwen2-gguf`.
+    let qwen2Cases: [IDCase]
+
+    enum CodingKeys: String, CodingKey {
+        case cases, decode, pretokenize
+        case qwen2Cases = "qwen2_cases"
+    }
+
+    init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        cases = try container.decode([Case].self, forKey: .cases)
+        decode = try container.decode([DecodeCase].self, forKey: .decode)
+        pretokenize = try container.decode([PretokenizeCase].self, forKey: .pretokenize)
+        qwen2Cases = try container.decodeIfPresent([IDCase].self, forKey: .qwen2Cases) ?? []
+    }
 
     static func load() throws -> Fixture {
         guard let url = Bundle.module.url(forResource: "tokenizer_cases", withExtension: "json",
@@ -43,26 +75,44 @@ struct Fixture: Decodable {
     }
 }
 
-/// SmolLM2's vocabulary read from the GGUF file that `SMOLLM2_GGUF` names.
-struct SmolLM2Vocabulary {
+/// SmolLM2's vocabulary, read from the GGUF file that `SMOLLM2_GGUF` names.
+enum SmolLM2Vocabulary {
+    /// The vocabulary, or an `XCTSkip` when `SMOLLM2_GGUF` is unset.
+    static func load() throws -> GGUFVocabulary {
+        try GGUFVocabulary.load(variable: "SMOLLM2_GGUF", file: "SmolLM2-135M-Instruct.Q4_1.gguf")
+    }
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct's vocabulary (`tokenizer.ggml.pre = qwen2`), read from the GGUF file that
+/// `QWEN2_GGUF` names (tools/setup_assets.sh --qwen2).
+enum Qwen2Vocabulary {
+    /// The vocabulary, or an `XCTSkip` when `QWEN2_GGUF` is unset.
+    static func load() throws -> GGUFVocabulary {
+        try GGUFVocabulary.load(variable: "QWEN2_GGUF", file: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    }
+}
+
+/// A byte-level BPE vocabulary read from a GGUF file's `tokenizer.ggml.*` metadata.
+struct GGUFVocabulary {
     let metadata: GGUFMetadata
     let tokens: [String]
     let merges: [String]
     let tokenTypes: [Int32]
 
-    /// The vocabulary, or an `XCTSkip` when `SMOLLM2_GGUF` is unset.
-    static func load() throws -> SmolLM2Vocabulary {
-        guard let path = ProcessInfo.processInfo.environment["SMOLLM2_GGUF"], !path.isEmpty else {
-            throw XCTSkip("set SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run the real-vocabulary tests")
+    /// The vocabulary of the GGUF file the environment `variable` names (read once per file), or an `XCTSkip`
+    /// naming `file` when the variable is unset.
+    static func load(variable: String, file: String) throws -> GGUFVocabulary {
+        guard let path = ProcessInfo.processInfo.environment[variable], !path.isEmpty else {
+            throw XCTSkip("set \(variable) to \(file) to run the real-vocabulary tests")
         }
-        if let cached = cache.withLock({ $0 }) { return cached }
+        if let cached = cache.withLock({ $0[path] }) { return cached }
         let metadata = try GGUFMetadata(file: GGUFFile(path: path))
-        let vocabulary = SmolLM2Vocabulary(
+        let vocabulary = GGUFVocabulary(
             metadata: metadata,
             tokens: metadata.strings("tokenizer.ggml.tokens") ?? [],
             merges: metadata.strings("tokenizer.ggml.merges") ?? [],
             tokenTypes: (metadata.integers("tokenizer.ggml.token_type") ?? []).map { Int32($0) })
-        cache.withLock { $0 = vocabulary }
+        cache.withLock { $0[path] = vocabulary }
         return vocabulary
     }
 
@@ -72,7 +122,7 @@ struct SmolLM2Vocabulary {
                          eosTokenID: metadata.integer("tokenizer.ggml.eos_token_id").map { Int32($0) })
     }
 
-    private static let cache = Locked<SmolLM2Vocabulary?>(nil)
+    private static let cache = Locked<[String: GGUFVocabulary]>([:])
 }
 
 /// A value behind a lock, for caching across tests.

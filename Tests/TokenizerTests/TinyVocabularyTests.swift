@@ -111,7 +111,7 @@ final class TinyVocabularyTests: XCTestCase {
         var generator = SplitMix(seed: 42)
         let pools: [ClosedRange<UInt32>] = [0x00...0x7F, 0x80...0x7FF, 0x800...0xFFFF, 0x10000...0x10FFFF,
                                              0x20...0x20, 0x0A...0x0D, 0x30...0x39]
-        for kind in [PreTokenizer.gpt2, .smollm, .llama3] {
+        for kind in [PreTokenizer.gpt2, .smollm, .llama3, .qwen2] {
             let tokenizer = try Tiny.tokenizer(kind)
             for _ in 0..<200 {
                 var text = String.UnicodeScalarView()
@@ -158,12 +158,14 @@ final class TinyVocabularyTests: XCTestCase {
         XCTAssertTrue(message {
             try BPETokenizer(tokens: tokens, merges: [], preTokenizer: .gpt2, bosTokenID: 999, eosTokenID: nil)
         }.contains("BOS token id 999"))
-        XCTAssertThrowsError(try PreTokenizer(ggufName: "qwen2")) { error in
-            XCTAssertTrue(String(describing: error).contains("unknown pre-tokenizer 'qwen2'"))
+        XCTAssertThrowsError(try PreTokenizer(ggufName: "qwen35")) { error in
+            XCTAssertTrue(String(describing: error).contains(
+                "unknown pre-tokenizer 'qwen35' (supported: gpt2, smollm, llama-bpe, qwen2)"), "\(error)")
         }
         XCTAssertEqual(try PreTokenizer(ggufName: "smollm"), .smollm)
         XCTAssertEqual(try PreTokenizer(ggufName: "llama-bpe"), .llama3)
         XCTAssertEqual(try PreTokenizer(ggufName: "gpt2"), .gpt2)
+        XCTAssertEqual(try PreTokenizer(ggufName: "qwen2"), .qwen2)
     }
 }
 

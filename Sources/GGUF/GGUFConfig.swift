@@ -1,13 +1,17 @@
 import Foundation
 
-/// A Hugging Face `config.json` for `LlamaForCausalLM`, built from GGUF `llama.*` (or `deci.*`, with per-layer
-/// `block_configs`) metadata.
-public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
-    /// Model classes, always `LlamaForCausalLM`.
+/// The Hugging Face `config.json` keys every family shares, built from GGUF `<arch>.*` metadata (for `deci`, with
+/// per-layer `block_configs`). The caller (the importer) picks the family from `architecture` and sets
+/// `modelType` / `architectures`; the family's own reader (`ModelFamily.config(hf:)`) adds what the family
+/// implies (Qwen2's biases, Qwen3's q/k norms).
+public struct GGUFConfig: Codable, Sendable, Equatable {
+    /// `general.architecture` (not part of config.json).
+    public var architecture: String = ""
+    /// Model classes (set by the importer from the family).
     public var architectures = ["LlamaForCausalLM"]
-    /// `model_type`, always `llama`.
+    /// `model_type` (set by the importer from the family).
     public var modelType = "llama"
-    /// `hidden_act`, always `silu` for Llama.
+    /// `hidden_act`: every supported GGUF architecture gates with SiLU.
     public var hiddenAct = "silu"
     /// `vocab_size`: `<arch>.vocab_size`, else the tokenizer token count, else token_embd rows.
     public var vocabSize: Int
@@ -78,11 +82,13 @@ public struct GGUFLlamaConfig: Codable, Sendable, Equatable {
     }
 
     /// Reads `<arch>.*` and `tokenizer.ggml.*` metadata; embeddings are tied when there is no `output.weight`.
-    public init(gguf file: GGUFFile) throws {
+    /// `supported`: the `general.architecture` values the caller can read (others are refused, naming them).
+    public init(gguf file: GGUFFile, supported: [String]) throws {
         let arch = try file.string("general.architecture")
-        guard LlamaMapping.supportedArchitectures.contains(arch) else {
-            throw GGUFError(file.path, "unsupported architecture '\(arch)'; supported: \(LlamaMapping.supportedArchitectures.joined(separator: ", "))")
+        guard supported.contains(arch) else {
+            throw GGUFError(file.path, "unsupported architecture '\(arch)'; supported: \(supported.joined(separator: ", "))")
         }
+        architecture = arch
         func key(_ name: String) -> String { "\(arch).\(name)" }
         hiddenSize = try file.int(key("embedding_length"))
         numHiddenLayers = try file.int(key("block_count"))
