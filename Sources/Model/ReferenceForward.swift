@@ -5,7 +5,7 @@ extension DecoderModel {
     /// (`LinearWeight.forwardReference`), with the gates applied as `TransformerDecoder` applies them: the oracle the
     /// fast forward is tested against (slow; for tests).
     public func referenceLogits(_ ids: [Int32], gates: Gates? = nil) -> Tensor {
-        let c = config, T = ids.count, C = c.hiddenSize, D = c.headDim, eps = Float(c.rmsNormEps)
+        let c = config, T = ids.count, C = c.hiddenSize, D = c.headDim
         let x = Tensor(shape: [T, C]), n = Tensor(shape: [T, C]), tmp = Tensor(shape: [T, C])
         let table = embedTokens.dequantized()
         ids.withUnsafeBufferPointer {
@@ -26,14 +26,14 @@ extension DecoderModel {
             if let a = layer.attention {
                 let H = block.numAttentionHeads, G = block.numKeyValueHeads
                 let q = Tensor(shape: [T, H * D]), k = Tensor(shape: [T, G * D]), v = Tensor(shape: [T, G * D]), att = Tensor(shape: [T, H * D])
-                rmsnormForwardReference(out: n.data, inp: x.data, weight: a.norm.data, eps: eps, rows: T, channels: C)
+                normForwardReference(out: n.data, inp: x.data, weight: a.norm.data, rows: T, channels: C)
                 for (kind, out, width) in [(LinearKind.q, q, H * D), (.k, k, G * D), (.v, v, G * D)] {
                     a[kind].forwardReference(out: out.data, inp: n.data, rows: T)
                     if let b = a.biases[kind] { biasForwardReference(out: out.data, bias: b.data, rows: T, columns: width) }
                 }
                 if let qn = a.qNorm, let kn = a.kNorm {
-                    rmsnormForwardReference(out: q.data, inp: q.data, weight: qn.data, eps: eps, rows: T * H, channels: D)
-                    rmsnormForwardReference(out: k.data, inp: k.data, weight: kn.data, eps: eps, rows: T * G, channels: D)
+                    normForwardReference(out: q.data, inp: q.data, weight: qn.data, rows: T * H, channels: D)
+                    normForwardReference(out: k.data, inp: k.data, weight: kn.data, rows: T * G, channels: D)
                 }
                 rotaryForwardReference(q.data, rows: T, heads: H, headDim: D, theta: c.ropeTheta)
                 rotaryForwardReference(k.data, rows: T, heads: G, headDim: D, theta: c.ropeTheta)
@@ -46,7 +46,7 @@ extension DecoderModel {
             if let m = layer.mlp {
                 let F = block.intermediateSize
                 let g = Tensor(shape: [T, F]), u = Tensor(shape: [T, F])
-                rmsnormForwardReference(out: n.data, inp: x.data, weight: m.norm.data, eps: eps, rows: T, channels: C)
+                normForwardReference(out: n.data, inp: x.data, weight: m.norm.data, rows: T, channels: C)
                 for (kind, out) in [(LinearKind.gate, g), (.up, u)] {
                     m[kind].forwardReference(out: out.data, inp: n.data, rows: T)
                     if let b = m.biases[kind] { biasForwardReference(out: out.data, bias: b.data, rows: T, columns: F) }
@@ -60,7 +60,7 @@ extension DecoderModel {
                 residual(2 * l + 1)
             }
         }
-        rmsnormForwardReference(out: n.data, inp: x.data, weight: norm.data, eps: eps, rows: T, channels: C)
+        normForwardReference(out: n.data, inp: x.data, weight: norm.data, rows: T, channels: C)
         let out = Tensor(shape: [T, c.vocabSize])
         lmHead.forwardReference(out: out.data, inp: n.data, rows: T)
         return out

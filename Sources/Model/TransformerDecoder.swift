@@ -245,7 +245,7 @@ public final class TransformerDecoder {
     /// Sublayer s is layer s / 2's attention when s is even and its MLP when s is odd; absent sublayers and
     /// those in `skip` are not computed.
     public func runSublayers(_ range: Range<Int>, rows N: Int, window W: Int? = nil, skip: Set<Int> = [], observer: ForwardObserver? = nil) {
-        let c = model.config, C = c.hiddenSize, D = c.headDim, eps = Float(c.rmsNormEps)
+        let c = model.config, C = c.hiddenSize, D = c.headDim
         let W = W ?? (batch == 1 ? N : window)
         precondition(N > 0 && N <= rows && W <= window && N % W == 0, "forward on \(N) rows in windows of \(W), decoder holds \(batch) × \(window)")
         for s in range {
@@ -258,7 +258,7 @@ public final class TransformerDecoder {
             if s % 2 == 0, let a = layer.attention, let sub = acts.attn, let q = acts.q, let k = acts.k, let v = acts.v, let att = acts.att {
                 let H = block.numAttentionHeads, G = block.numKeyValueHeads
                 sub.resid?.data.update(from: x.data, count: N * C)
-                rmsnormForward(out: sub.normed.data, inp: x.data, weight: a.norm.data, eps: eps, rows: N, channels: C, rstd: sub.rstd?.data)
+                model.applyNorm(s, out: sub.normed.data, inp: x.data, rows: N, rstd: sub.rstd?.data)
                 observer?.normed(s, n: sub.normed.data, rows: N)
                 for (kind, out, width) in [(LinearKind.q, q, H * D), (.k, k, G * D), (.v, v, G * D)] {
                     a[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
@@ -268,8 +268,7 @@ public final class TransformerDecoder {
                     // Per-head RMSNorm: N·H rows of D (N·G for k); training keeps the input and rstd.
                     for (t, pre, rstd, w, heads) in [(q, acts.qPre, acts.qRstd, qn, H), (k, acts.kPre, acts.kRstd, kn, G)] {
                         pre?.data.update(from: t.data, count: N * heads * D)
-                        rmsnormForward(out: t.data, inp: pre?.data ?? t.data, weight: w.data, eps: eps, rows: N * heads, channels: D,
-                                       rstd: rstd?.data)
+                        model.normForward(out: t.data, inp: pre?.data ?? t.data, weight: w.data, rows: N * heads, channels: D, rstd: rstd?.data)
                     }
                 }
                 for r0 in stride(from: 0, to: N, by: W) {
@@ -289,7 +288,7 @@ public final class TransformerDecoder {
             } else if s % 2 == 1, let m = layer.mlp, let sub = acts.mlp, let gate = acts.gate, let up = acts.up, let act = acts.act {
                 let F = block.intermediateSize
                 sub.resid?.data.update(from: x.data, count: N * C)
-                rmsnormForward(out: sub.normed.data, inp: x.data, weight: m.norm.data, eps: eps, rows: N, channels: C, rstd: sub.rstd?.data)
+                model.applyNorm(s, out: sub.normed.data, inp: x.data, rows: N, rstd: sub.rstd?.data)
                 observer?.normed(s, n: sub.normed.data, rows: N)
                 for (kind, out) in [(LinearKind.gate, gate), (.up, up)] {
                     m[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
@@ -336,10 +335,8 @@ public final class TransformerDecoder {
     /// h = rmsnorm(x) with the final norm, into `hidden`.
     @discardableResult
     public func finalNorm(rows N: Int, observer: ForwardObserver? = nil) -> UnsafePointer<Float> {
-        let c = model.config
         observer?.sublayerInput(2 * model.layers.count, x: x.data, rows: N)
-        rmsnormForward(out: hidden.data, inp: x.data, weight: model.norm.data, eps: Float(c.rmsNormEps), rows: N, channels: c.hiddenSize,
-                       rstd: training ? rstdFinal.data : nil)
+        model.applyNorm(2 * model.layers.count, out: hidden.data, inp: x.data, rows: N, rstd: training ? rstdFinal.data : nil)
         observer?.normed(2 * model.layers.count, n: hidden.data, rows: N)
         return UnsafePointer(hidden.data)
     }
@@ -355,5 +352,52 @@ public final class TransformerDecoder {
         let out = Tensor(shape: [T, model.config.vocabSize])
         head(forward(ids), rows: T, into: out.data)
         return out
+    }
+}
+
+extension DecoderModel {
+    /// n (rows, C) = the norm in front of sublayer s (s = 2·layer attention, 2·layer + 1 MLP, 2L the final norm)
+    /// applied to x (rows, C), as the spec defines it (`normKind`, eps); rstd (rows) is written when given. The
+    /// one place outside the forward that needs a sublayer's input (layer-wise calibration) calls this too.
+    public func applyNorm(_ s: Int, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows N: Int,
+                          rstd: UnsafeMutablePointer<Float>? = nil) {
+        let c = config
+        let weight: Tensor
+        if s == 2 * layers.count {
+            weight = norm
+        } else {
+            guard let w = s % 2 == 0 ? layers[s / 2].attention?.norm : layers[s / 2].mlp?.norm else {
+                preconditionFailure("sublayer \(s) is absent")
+            }
+            weight = w
+        }
+        normForward(out: out, inp: inp, weight: weight.data, rows: N, channels: c.hiddenSize, rstd: rstd)
+    }
+
+    /// out (rows, channels) = the spec's norm of inp with `weight` (channels); in place allowed. Every norm of the
+    /// decoder (sublayer, final, per-head q/k) goes through this and `normBackward`: one `switch` on `normKind`.
+    public func normForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int,
+                            channels: Int, rstd: UnsafeMutablePointer<Float>? = nil) {
+        let eps = Float(config.rmsNormEps)
+        switch config.normKind {
+        case .rms: rmsnormForward(out: out, inp: inp, weight: weight, eps: eps, rows: rows, channels: channels, rstd: rstd)
+        }
+    }
+
+    /// dinp += ∂L/∂inp and dweight += ∂L/∂weight (nil: frozen) of `normForward`, from its input and saved rstd.
+    public func normBackward(dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
+                             inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows: Int, channels: Int) {
+        switch config.normKind {
+        case .rms: rmsnormBackward(dinp: dinp, dweight: dweight, dout: dout, inp: inp, weight: weight, rstd: rstd, rows: rows, channels: channels)
+        }
+    }
+
+    /// Reference of `normForward` (Double statistics).
+    public func normForwardReference(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int,
+                                     channels: Int) {
+        let eps = Float(config.rmsNormEps)
+        switch config.normKind {
+        case .rms: rmsnormForwardReference(out: out, inp: inp, weight: weight, eps: eps, rows: rows, channels: channels)
+        }
     }
 }

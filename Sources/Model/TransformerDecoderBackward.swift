@@ -42,7 +42,7 @@ extension TransformerDecoder {
         let c = model.config, N = rows, C = c.hiddenSize, D = c.headDim, W = window
         let dx = b.dx
         dx.zero()
-        rmsnormBackward(dinp: dx.data, dweight: grads.vector(.finalNorm), dout: dHidden, inp: x.data, weight: model.norm.data,
+        model.normBackward(dinp: dx.data, dweight: grads.vector(.finalNorm), dout: dHidden, inp: x.data, weight: model.norm.data,
                         rstd: rstdFinal.data, rows: N, channels: C)
         for l in stride(from: model.layers.count - 1, through: 0, by: -1) {
             let layer = model.layers[l], block = c.blocks[l], acts = store[l]
@@ -77,7 +77,7 @@ extension TransformerDecoder {
                 m.gate.backward(dinp: b.dn.data, grads: grads.pointers(.linear(lin(.gate))), dout: b.dgate.data, inp: sub.normed.data, rows: N)
                 m.up.backward(dinp: b.dn.data, grads: grads.pointers(.linear(lin(.up))), dout: b.dup.data, inp: sub.normed.data, rows: N)
                 for k in [LinearKind.gate, .up] { observer?.linearInput(lin(k), x: sub.normed.data, dx: b.dn.data, rows: N, features: C) }
-                rmsnormBackward(dinp: dx.data, dweight: grads.vector(.norm(layer: l, .mlpIn)), dout: b.dn.data, inp: resid.data,
+                model.normBackward(dinp: dx.data, dweight: grads.vector(.norm(layer: l, .mlpIn)), dout: b.dn.data, inp: resid.data,
                                 weight: m.norm.data, rstd: rstd.data, rows: N, channels: C)
             }
             if let a = layer.attention, let sub = acts.attn, let resid = sub.resid, let rstd = sub.rstd, let q = acts.q, let k = acts.k,
@@ -110,7 +110,7 @@ extension TransformerDecoder {
                     // Back through the per-head norms: d(pre-norm) replaces d(q), d(k) in place.
                     for (d, pre, rstd, w, site, heads) in [(b.dq, qPre, qRstd, qn, NormSite.q, H), (b.dk, kPre, kRstd, kn, .k, G)] {
                         dPre.data.update(repeating: 0, count: N * heads * D)
-                        rmsnormBackward(dinp: dPre.data, dweight: grads.vector(.norm(layer: l, site)), dout: d.data, inp: pre.data,
+                        model.normBackward(dinp: dPre.data, dweight: grads.vector(.norm(layer: l, site)), dout: d.data, inp: pre.data,
                                         weight: w.data, rstd: rstd.data, rows: N * heads, channels: D)
                         d.data.update(from: dPre.data, count: N * heads * D)
                     }
@@ -123,7 +123,7 @@ extension TransformerDecoder {
                     w.backward(dinp: b.dn.data, grads: grads.pointers(.linear(lin(kind))), dout: d.data, inp: sub.normed.data, rows: N)
                 }
                 for kind in [LinearKind.q, .k, .v] { observer?.linearInput(lin(kind), x: sub.normed.data, dx: b.dn.data, rows: N, features: C) }
-                rmsnormBackward(dinp: dx.data, dweight: grads.vector(.norm(layer: l, .attentionIn)), dout: b.dn.data, inp: resid.data,
+                model.normBackward(dinp: dx.data, dweight: grads.vector(.norm(layer: l, .attentionIn)), dout: b.dn.data, inp: resid.data,
                                 weight: a.norm.data, rstd: rstd.data, rows: N, channels: C)
             }
             if let observer, let input = acts.attn?.resid ?? acts.mlp?.resid {

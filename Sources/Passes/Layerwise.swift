@@ -146,7 +146,6 @@ public enum Layerwise {
         guard windows.allSatisfy({ $0.count == T }) else { throw RecipeError("calibration windows must share one length") }
         var model = given
         let c = model.config, C = c.hiddenSize, N = windows.count, L = model.layers.count
-        let eps = Float(c.rmsNormEps)
         let start = Date()
         // Residual streams of every window.
         let states = Tensor(shape: [N, T, C])
@@ -180,12 +179,11 @@ public enum Layerwise {
                 guard attention ? layer.attention != nil : layer.mlp != nil else { done += 1; continue }
                 let inKinds: [LinearKind] = (attention ? [.q, .k, .v] : [.gate, .up]).filter(targets.contains)
                 let outKind: LinearKind = attention ? .o : .down
-                let norm = attention ? layer.attention!.norm : layer.mlp!.norm
                 // 2. The shared input of the input projections.
                 if !inKinds.isEmpty {
                     let stats = InputStatistics(features: C, full: fullHessian)
                     for w in 0..<N {
-                        rmsnormForward(out: normed.data, inp: states.data + w * T * C, weight: norm.data, eps: eps, rows: T, channels: C)
+                        model.applyNorm(s, out: normed.data, inp: states.data + w * T * C, rows: T)
                         stats.add(normed.data, rows: T)
                     }
                     for k in inKinds { try replace(LinearID(layer: l, kind: k), stats) }
