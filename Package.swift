@@ -5,7 +5,9 @@ import PackageDescription
 //   compress (CLI) -> Workbench -> Passes -> Recipes -> Training -> Checkpoint -> Model -> Quantization -> TensorCore -> CBLAS
 //                     Workbench -> Evaluation -> Model;  Workbench -> Import -> Checkpoint, GGUF, Safetensors -> MappedIO
 //                     Workbench -> Export -> Import, Checkpoint, GGUF, Safetensors (writers beside the readers)
-//                     Model: LinearWeight (every representation), LlamaDecoder (the one forward + backward), gates
+//                     Passes -> Export (the export stage in the registry); Export -> Recipes (its stage type)
+//                     Model: ModelConfig (the architecture spec), Families/ (one file per family + the registry),
+//                            LinearWeight (every representation), TransformerDecoder (the one forward + backward), gates
 let package = Package(
     name: "compress",
     products: [

@@ -16,7 +16,7 @@
 //
 // Width pruning keeps, per layer, the highest-scoring heads within each KV group (the same number in every
 // group, so grouped-query attention keeps its structure), the highest-scoring neurons per layer, and the
-// highest-scoring channels globally, then copies the kept rows and columns into a smaller homogeneous Llama.
+// highest-scoring channels globally, then copies the kept rows and columns (and their biases' entries) into a smaller homogeneous model of the same family.
 //
 // Deviations:
 // - Per-token magnitudes (|·|, ‖·‖₂) are aggregated, where the paper writes a signed sum for neurons and
@@ -149,7 +149,7 @@ public struct MinitronPass: CompressionPass {
     public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let c = model.config
         guard c.isHomogeneous else {
-            throw RecipeError("minitron: the model's layers differ (block_configs); Minitron prunes homogeneous Llama models")
+            throw RecipeError("minitron: the model's layers differ (block_configs); Minitron prunes homogeneous models")
         }
         let target = try resolveTarget(c)
         let windows = context.calibration

@@ -80,6 +80,12 @@ extension DecoderModel {
                 throw ConfigError("layer \(l): KV group \(g) keeps \(sel.heads[l].filter { $0 / per == g }.count) query heads, the others \(k / G) (grouped-query attention needs the same number in every group)")
             }
             guard k > 0 || !sel.neurons[l].isEmpty else { throw ConfigError("layer \(l) keeps neither heads nor neurons; drop the layer instead") }
+            // A sublayer whose output projection has a bias adds it even with every unit gated off, so removing the
+            // sublayer would change the output.
+            if k == 0, c.biases.contains(.o) { throw ConfigError("layer \(l): every head removed, but o_proj has a bias that the attention still adds (\(c.family))") }
+            if sel.neurons[l].isEmpty, c.biases.contains(.down) {
+                throw ConfigError("layer \(l): every neuron removed, but down_proj has a bias that the MLP still adds (\(c.family))")
+            }
             return BlockConfig(attention: k > 0, numAttentionHeads: k > 0 ? k : H, numKeyValueHeads: G,
                                mlp: !sel.neurons[l].isEmpty, intermediateSize: sel.neurons[l].isEmpty ? b.intermediateSize : sel.neurons[l].count)
         }

@@ -56,7 +56,8 @@ public struct VIBMaskValues: Equatable, Sendable {
     }
 }
 
-/// The parameter count of a Llama model as a function of its (possibly fractional) unit counts.
+/// The parameter count of a decoder as a function of its (possibly fractional) unit counts (biases and q/k norms,
+/// under 0.01 % of a layer, are not counted).
 public struct VIBSizeModel: Codable, Equatable, Sendable {
     public var vocab: Int, channels: Int, headDim: Int, tied: Bool
     public var heads: [Int], kvHeads: [Int], neurons: [Int]

@@ -98,7 +98,7 @@ extension Workbench {
         let qWeights: Int = quantizedEntries.reduce(0) { $0 + $1.shape.reduce(1, *) }
         return InspectReport(
             checkpoint: path, fileBytes: size,
-            architecture: c.extra["architectures"]?.arrayValue?.first?.stringValue ?? "LlamaForCausalLM",
+            architecture: c.familyType.hfArchitecture,
             config: c.json, parameters: model.parameterCount, tensorBytes: total,
             bitsPerWeight: Double(total * 8) / Double(model.parameterCount),
             quantizedTensors: quantizedEntries.count,

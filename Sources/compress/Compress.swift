@@ -101,7 +101,7 @@ extension RequantizeType: ExpressibleByArgument {}
 struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Export a checkpoint for an inference server: a Hugging Face directory (Llama or DeciLM) or a GGUF file (llama or deci).",
+        abstract: "Export a checkpoint for an inference server: a Hugging Face directory (the family's class, or DeciLM) or a GGUF file (the family's architecture, or deci).",
         discussion: """
             Written atomically (built in memory, written beside OUT, renamed into place): a failed export leaves nothing.
             The report lists every tensor's stored type and bytes, and every conversion with loss and its error.
