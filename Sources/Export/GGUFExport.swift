@@ -36,7 +36,7 @@ enum GGUFExport {
         writer.add(k("context_length"), .uint32(UInt32(c.maxPositionEmbeddings)))
         writer.add(k("embedding_length"), .uint32(UInt32(c.hiddenSize)))
         writer.add(k("block_count"), .uint32(UInt32(c.numHiddenLayers)))
-        if arch == "llama" {
+        if c.isHomogeneous {
             writer.add(k("feed_forward_length"), .uint32(UInt32(c.intermediateSize)))
             writer.add(k("attention.head_count"), .uint32(UInt32(c.numAttentionHeads)))
             writer.add(k("attention.head_count_kv"), .uint32(UInt32(c.numKeyValueHeads)))

@@ -13,7 +13,8 @@ import XCTest
 /// Exports read back by our own importers (Importer.fromHuggingFace / fromGGUF) must give the source's
 /// logits, bit for bit where the export is lossless; repacks are checked against a reference packer written
 /// here from ggml's block definitions; the DeciLM padding against the reference forward; bad input refused.
-final class ExportTests: XCTestCase {
+/// Shared setup and helpers of the export tests: a temporary directory, the tiny fixture, logits, exports.
+class ExportTestCase: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
     var dir: URL!
 
@@ -55,6 +56,9 @@ final class ExportTests: XCTestCase {
         return (try Exporter.export(ckpt, source: path("source.h5"), options: o), o.output)
     }
 
+}
+
+final class ExportTests: ExportTestCase {
     /// Every linear weight (embedding and head too) quantized in `format`.
     static func quantized(_ m: DecoderModel, _ format: (WeightID) -> QuantFormat?) throws -> DecoderModel {
         var out = m
