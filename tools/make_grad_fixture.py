@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Reference fixtures for the backward pass, distillation losses and AdamW: gradients computed by PyTorch
-(transformers' LlamaForCausalLM, float32, one thread) on the tiny fixture checkpoints.
+(transformers' LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM, float32, one thread) on the tiny fixture
+checkpoints.
 
 Run by hand (CI never runs it; it needs torch, transformers, h5py), after tools/make_tiny_fixture.py:
-    python3 tools/make_grad_fixture.py --out Tests/Fixtures
+    python3 tools/make_grad_fixture.py --out Tests/Fixtures                        # every family
+    python3 tools/make_grad_fixture.py --out Tests/Fixtures --families qwen2 qwen3
 
-Reads NAME.h5 (tiny-llama, tiny-llama-tied) from --out and writes:
-    tiny-llama-tied.grad.json / .f32     case (a): CE loss of the tied model alone, gradient of every parameter
-    tiny-llama.distill.json / .f32       case (b): distillation loss of student tiny-llama against teacher
-                                         tiny-llama-tied, gradients of every student parameter and of the map;
-                                         case (c) under "adamw": 6 AdamW steps of that loss
+Per family (FAMILIES below: the case (a) model, the case (b)/(c) student and teacher), reads their NAME.h5 from
+--out and writes:
+    A.grad.json / .f32          case (a): CE loss of model A alone, gradient of every parameter (incl. Qwen2's
+                                q/k/v biases and Qwen3's q/k norms)
+    S.distill.json / .f32       case (b): distillation loss of student S against teacher T, gradients of every
+                                student parameter and of the map; case (c) under "adamw": 6 AdamW steps of that loss
+    llama: A = tiny-llama-tied, S = tiny-llama, T = tiny-llama-tied
+    qwen2: A = tiny-qwen2,      S = tiny-qwen2, T = tiny-qwen3
+    qwen3: A = tiny-qwen3,      S = tiny-qwen3, T = tiny-qwen2
+Each family draws its finite-difference entries from its own generator, so writing a subset gives the same files.
 The .f32 files are float32 little-endian, row-major, the tensors of the JSON's "tensors" list concatenated
 (offsets and sizes in floats). Outputs are deterministic (same bytes on every run on the same stack).
 
@@ -39,7 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 COMMAND = "python3 tools/make_grad_fixture.py --out Tests/Fixtures"
 PRODUCED_BY = f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}"
@@ -50,11 +58,22 @@ TAU, W_KL, W_CE, W_INT = 2.0, 1.0, 0.5, 0.7
 PAIRS, INT_KIND = [(0, 1)], "cosine"
 ADAMW = dict(lr=3e-3, min_lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, warmup=2, total=6, clip=1.0, seed=9)
 
+# Per family: case (a) model, case (b)/(c) student and teacher, seed of the finite-difference entry generator.
+FAMILIES = {
+    "llama": dict(ce="tiny-llama-tied", student="tiny-llama", teacher="tiny-llama-tied", fd_seed=0),
+    "qwen2": dict(ce="tiny-qwen2", student="tiny-qwen2", teacher="tiny-qwen3", fd_seed=2),
+    "qwen3": dict(ce="tiny-qwen3", student="tiny-qwen3", teacher="tiny-qwen2", fd_seed=3),
+}
+# transformers' classes by config.json model_type.
+CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+           "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+
 
 # ---------------------------------------------------------------------------------------------------- models
 
 def _rms_forward_exact(self, x):
-    """LlamaRMSNorm in the input's dtype (HF upcasts to float32, i.e. downcasts a float64 model)."""
+    """LlamaRMSNorm (Qwen2RMSNorm and Qwen3RMSNorm are the same code) in the input's dtype (HF upcasts to
+    float32, i.e. downcasts a float64 model)."""
     variance = x.pow(2).mean(-1, keepdim=True)
     return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
 
@@ -70,12 +89,14 @@ def _rope_forward_exact(self, x, position_ids):
 
 
 def load_model(path):
-    """LlamaForCausalLM (float32, SDPA attention) from one of our HDF5 checkpoints; tied if the config says so."""
+    """The family's *ForCausalLM (by the config's model_type; float32, SDPA attention) from one of our HDF5
+    checkpoints; tied if the config says so."""
     with h5py.File(path, "r") as f:
         cfg = json.loads(f.attrs["config"])
         tensors = {k: torch.from_numpy(np.asarray(f["tensors"][k][()], dtype=np.float32)) for k in f["tensors"]}
-    config = LlamaConfig(**cfg)
-    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    config_class, model_class = CLASSES[cfg.get("model_type", "llama")]
+    config = config_class(**cfg)
+    model = model_class._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = bool(cfg.get("tie_word_embeddings"))
     assert not unexpected, unexpected
@@ -88,20 +109,31 @@ def load_model(path):
 def to_f64(model):
     m = copy.deepcopy(model).double()
     for mod in m.modules():
-        if type(mod).__name__ == "LlamaRMSNorm":
+        if type(mod).__name__ in ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"):
             mod.forward = types.MethodType(_rms_forward_exact, mod)
-        elif type(mod).__name__ == "LlamaRotaryEmbedding":
+        elif type(mod).__name__ in ("LlamaRotaryEmbedding", "Qwen2RotaryEmbedding", "Qwen3RotaryEmbedding"):
             mod.forward = types.MethodType(_rope_forward_exact, mod)
     return m
 
 
 def canonical_names(cfg):
+    """Every parameter in a fixed order: per layer the attention norm, q/k/v/o (each followed by its bias if the
+    family has one: Qwen2 q/k/v, Qwen3 with attention_bias q/k/v/o), Qwen3's q_norm and k_norm, the MLP norm and
+    the MLP projections."""
+    family = cfg.get("model_type", "llama")
+    biased = {"qwen2": ["q_proj", "k_proj", "v_proj"],
+              "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.get("attention_bias") else []}.get(family, [])
     names = ["model.embed_tokens.weight"]
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        names += [p + s + ".weight" for s in ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-                                               "self_attn.v_proj", "self_attn.o_proj", "post_attention_layernorm",
-                                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]]
+        names.append(p + "input_layernorm.weight")
+        for proj in ["q_proj", "k_proj", "v_proj", "o_proj"]:
+            names.append(p + f"self_attn.{proj}.weight")
+            if proj in biased:
+                names.append(p + f"self_attn.{proj}.bias")
+        if family == "qwen3":
+            names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+        names += [p + s + ".weight" for s in ["post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]]
     names.append("model.norm.weight")
     if not cfg.get("tie_word_embeddings"):
         names.append("lm_head.weight")
@@ -288,8 +320,8 @@ def train(student, teacher, maps, student_params, batches, eval_ids):
 
 # ---------------------------------------------------------------------------------------------------- cases
 
-def case_a(out, rng):
-    model, cfg = load_model(os.path.join(out, "tiny-llama-tied.h5"))
+def case_a(out, rng, name):
+    model, cfg = load_model(os.path.join(out, f"{name}.h5"))
     names, params = canonical_params(model, cfg)
     ids = torch.randint(0, V_IDS, (B, W), generator=torch.Generator().manual_seed(7))
     logits, _ = forward(model, ids)
@@ -306,21 +338,22 @@ def case_a(out, rng):
     loss64.backward()
     noise = grad_noise(grads, [p.grad.detach().clone() for p in params64])
     worst, n = finite_difference_check(loss_fn, list(zip(names64, params64)), rng)
-    print(f"case (a) tiny-llama-tied CE: loss {loss.item():.9f} (f64 {loss64.item():.12f}; HF loss {hf_loss.item():.9f})")
+    print(f"case (a) {name} CE: loss {loss.item():.9f} (f64 {loss64.item():.12f}; HF loss {hf_loss.item():.9f})")
     print(f"  float32 vs float64 gradients: max |diff| / max |g64| per tensor = {noise:.2e}")
     print(f"  finite differences (float64, {n} entries): max relative error {worst:.2e}")
-    write_case(out, "tiny-llama-tied.grad", list(zip(names, grads)), {
+    write_case(out, f"{name}.grad", list(zip(names, grads)), {
         "case": "a: CE only (w_kl = 0, no teacher); gradients of every parameter (tied: embedding gradient includes "
                 "the LM-head contribution)",
-        "model": "tiny-llama-tied.h5", "batch": ids.tolist(), "batch_seed": 7, "B": B, "W": W,
+        "model": f"{name}.h5", "batch": ids.tolist(), "batch_seed": 7, "B": B, "W": W,
         "loss": loss.item(), "loss_f64": loss64.item(), "hf_loss": hf_loss.item(),
         "grad_f32_vs_f64_max_rel": noise, "finite_difference_max_rel_error": worst})
     return loss.item(), worst
 
 
-def case_bc(out, rng):
-    student, scfg = load_model(os.path.join(out, "tiny-llama.h5"))
-    teacher, tcfg = load_model(os.path.join(out, "tiny-llama-tied.h5"))
+def case_bc(out, rng, student_name, teacher_name):
+    student_path = os.path.join(out, f"{student_name}.h5")
+    student, scfg = load_model(student_path)
+    teacher, tcfg = load_model(os.path.join(out, f"{teacher_name}.h5"))
     for p in teacher.parameters():
         p.requires_grad_(False)
     c_s, c_t = scfg["hidden_size"], tcfg["hidden_size"]
@@ -343,7 +376,7 @@ def case_bc(out, rng):
     loss64.backward()
     noise = grad_noise(grads, [p.grad.detach().clone() for p in params64 + maps64])
     worst, n = finite_difference_check(loss_fn, list(zip(names + map_names, params64 + maps64)), rng)
-    print(f"case (b) distill: L {loss.item():.9f} = {W_KL}*KL {parts['loss_kl'].item():.9f} + {W_CE}*CE "
+    print(f"case (b) distill {student_name} <- {teacher_name}: L {loss.item():.9f} = {W_KL}*KL {parts['loss_kl'].item():.9f} + {W_CE}*CE "
           f"{parts['loss_ce'].item():.9f} + {W_INT}*INT {parts['loss_int'].item():.9f}")
     print(f"  float64: L {loss64.item():.12f}, KL {parts64['loss_kl'].item():.12f}, CE {parts64['loss_ce'].item():.12f}, "
           f"INT {parts64['loss_int'].item():.12f}")
@@ -354,8 +387,8 @@ def case_bc(out, rng):
     gen = torch.Generator().manual_seed(ADAMW["seed"])
     batches = [torch.randint(0, V_IDS, (B, W), generator=gen) for _ in range(ADAMW["total"])]
     runs = {}
-    for tag, (st, te) in {"f32": (load_model(os.path.join(out, "tiny-llama.h5"))[0], teacher),
-                          "f64": (to_f64(load_model(os.path.join(out, "tiny-llama.h5"))[0]), t64)}.items():
+    for tag, (st, te) in {"f32": (load_model(student_path)[0], teacher),
+                          "f64": (to_f64(load_model(student_path)[0]), t64)}.items():
         dtype = torch.float64 if tag == "f64" else torch.float32
         mp = [identity_map(c_t, c_s, dtype) for _ in PAIRS]
         runs[tag] = train(st, te, mp, canonical_params(st, scfg)[1], batches, ids)
@@ -371,7 +404,7 @@ def case_bc(out, rng):
         "optimizer": "torch.optim.AdamW (foreach=False): p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; "
                      "p -= lr/(1-b1^k) * m / (sqrt(v)/sqrt(1-b2^k) + eps), k = step + 1",
         "lr": ADAMW["lr"], "min_lr": ADAMW["min_lr"], "betas": list(ADAMW["betas"]), "eps": ADAMW["eps"],
-        "weight_decay": ADAMW["weight_decay"], "weight_decay_applies_to": "2-D tensors (incl. maps); 1-D (norms) get 0",
+        "weight_decay": ADAMW["weight_decay"], "weight_decay_applies_to": "2-D tensors (incl. maps); 1-D (norms, biases) get 0",
         "warmup": ADAMW["warmup"], "total_steps": ADAMW["total"],
         "schedule": "s < warmup: lr*(s+1)/warmup; else min_lr + 0.5*(lr-min_lr)*(1+cos(pi*(s-warmup)/max(1,total-warmup)))",
         "clip_grad_norm": ADAMW["clip"],
@@ -382,9 +415,9 @@ def case_bc(out, rng):
         "final_loss_batch": "the case (b) batch (seed 8), evaluated after the last update"}
 
     entries = list(zip(names + map_names, grads))
-    write_case(out, "tiny-llama.distill", entries, {
+    write_case(out, f"{student_name}.distill", entries, {
         "case": "b: distillation gradients of every student parameter, then of the map(s); c under 'adamw'",
-        "student": "tiny-llama.h5", "teacher": "tiny-llama-tied.h5", "batch": ids.tolist(), "batch_seed": 8,
+        "student": f"{student_name}.h5", "teacher": f"{teacher_name}.h5", "batch": ids.tolist(), "batch_seed": 8,
         "B": B, "W": W, "tau": TAU, "w_kl": W_KL, "w_ce": W_CE, "w_int": W_INT,
         "intermediate": {"pairs": [list(p) for p in PAIRS], "kind": INT_KIND,
                          "maps": [{"name": n, "shape": [c_t, c_s], "init": "identity"} for n in map_names],
@@ -398,14 +431,20 @@ def case_bc(out, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="Tests/Fixtures")
+    ap.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES),
+                    help="families whose fixtures to write (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    _, wa = case_a(args.out, rng)
-    wb = case_bc(args.out, rng)
-    if max(wa, wb) > 1e-5:
-        sys.exit(f"finite-difference check failed: max relative error {max(wa, wb):.2e}")
+    worst = 0.0
+    for family in args.families:
+        f = FAMILIES[family]
+        torch.manual_seed(0)
+        rng = np.random.default_rng(f["fd_seed"])
+        _, wa = case_a(args.out, rng, f["ce"])
+        wb = case_bc(args.out, rng, f["student"], f["teacher"])
+        worst = max(worst, wa, wb)
+    if worst > 1e-5:
+        sys.exit(f"finite-difference check failed: max relative error {worst:.2e}")
 
 
 if __name__ == "__main__":

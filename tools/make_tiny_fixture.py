@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Reference fixtures for the forward pass: tiny random Llamas written as our HDF5 checkpoint, with
-logits, loss and windowed perplexity computed by Hugging Face transformers (PyTorch, float32).
+"""Reference fixtures for the forward pass: tiny random decoders of each family (Llama, Qwen2, Qwen3) written
+as our HDF5 checkpoint, with logits, loss and windowed perplexity computed by Hugging Face transformers
+(PyTorch, float32; LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM).
 
 Run by hand (CI never runs it; it needs torch, transformers, h5py):
-    python3 tools/make_tiny_fixture.py --out Tests/Fixtures
+    python3 tools/make_tiny_fixture.py --out Tests/Fixtures                      # every model
+    python3 tools/make_tiny_fixture.py --out Tests/Fixtures --models tiny-qwen2 tiny-qwen3
+Each model has its own seed (--seed + 10 * its index in MODELS), so writing a subset gives the same files.
 
 Writes, per model NAME:
     NAME.h5                 the checkpoint in our format (see checkpoints/README.md)
     NAME.reference.json     config, the batch of token ids, loss, windowed-perplexity reference
     NAME.logits.f32         logits of the batch, float32 little-endian, shape (B, T, V)
     NAME.stream.txt         a token stream for the perplexity reference (whitespace-separated ids)
-and, for the untied model only, the same weights in foreign formats for the import tests:
+and, for the untied Llama only, the same weights in foreign formats for the import tests:
     NAME-hf/                save_pretrained, safetensors sharded at 200 KB, plus a byte-level tokenizer.json
     NAME-hf-bf16/           save_pretrained in bfloat16 (one file)
     NAME.gguf               GGUF v3, F32, with q/k rows permuted as llama.cpp's converter does
@@ -24,9 +27,19 @@ import gguf
 import h5py
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 FORMAT, VERSION = "compress-checkpoint", 1
+
+# Per family: transformers' config and model classes, and config keys fixed for every model of the family.
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(attention_bias=False, mlp_bias=False, hidden_act="silu")),
+    # Bias on q, k, v (Qwen2Attention), none on o; no sliding window (our reader refuses it).
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(use_sliding_window=False, hidden_act="silu")),
+    # Per-head RMSNorm of q and k (q_norm, k_norm over head_dim); no biases (as every released Qwen3).
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(attention_bias=False, use_sliding_window=False, hidden_act="silu")),
+}
 
 MODELS = {
     # Untied LM head, grouped-query attention (2 query heads per KV head), head_dim = hidden / heads.
@@ -37,6 +50,15 @@ MODELS = {
     "tiny-llama-tied": dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                             num_attention_heads=4, num_key_value_heads=1, head_dim=24, rms_norm_eps=1e-6,
                             rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=True),
+    # Qwen2: untied, GQA (2 query heads per KV head), head_dim = hidden / heads = 8; q/k/v biases set to random
+    # non-zero values (transformers initialises them to 0, which would hide a missing bias).
+    "tiny-qwen2": dict(family="qwen2", vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                       max_position_embeddings=256, tie_word_embeddings=False),
+    # Qwen3: tied, GQA, explicit head_dim (16) != hidden / heads (8), q_norm/k_norm weights random around 1.
+    "tiny-qwen3": dict(family="qwen3", vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
+                       rope_theta=1000000.0, max_position_embeddings=256, tie_word_embeddings=True),
 }
 
 
@@ -129,12 +151,18 @@ def write_foreign_formats(name, model, cfg, out):
 
 def make(name, cfg, out, seed):
     torch.manual_seed(seed)
-    config = LlamaConfig(**cfg, attention_bias=False, mlp_bias=False, hidden_act="silu")
-    model = LlamaForCausalLM(config).float().eval()
+    cfg = dict(cfg)
+    family = cfg.pop("family", "llama")
+    config_class, model_class, fixed = FAMILIES[family]
+    config = config_class(**cfg, **fixed)
+    model = model_class(config).float().eval()
     # Weights large enough that logits are far from uniform (HF's std 0.02 init would make a weak test).
+    # Norm weights (1-D, incl. Qwen3's q_norm/k_norm) around 1; biases (Qwen2's q/k/v) around 0 with std 0.5.
     with torch.no_grad():
         for pname, p in model.named_parameters():
-            if p.ndim == 1:
+            if pname.endswith(".bias"):
+                p.copy_(0.5 * torch.randn_like(p))
+            elif p.ndim == 1:
                 p.copy_(1 + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(torch.randn_like(p) / math.sqrt(p.shape[1]))
@@ -160,6 +188,7 @@ def make(name, cfg, out, seed):
         f.write(" ".join(map(str, stream.tolist())) + "\n")
 
     hf_config = json.loads(config.to_json_string())
+    assert hf_config["model_type"] == family, hf_config["model_type"]
     for k in ["transformers_version", "torch_dtype", "dtype", "_name_or_path"]:
         hf_config.pop(k, None)
     with h5py.File(os.path.join(out, f"{name}.h5"), "w", libver=("v108", "v110")) as f:
@@ -176,7 +205,7 @@ def make(name, cfg, out, seed):
         tok = json.dumps(byte_level_tokenizer(), sort_keys=True).encode("utf-8")
         f.create_dataset("tokenizer", data=np.frombuffer(tok, dtype=np.uint8))
 
-    if not cfg["tie_word_embeddings"]:
+    if family == "llama" and not cfg["tie_word_embeddings"]:
         write_foreign_formats(name, model, cfg, out)
 
     ref = {"config": hf_config, "batch": batch.tolist(), "loss": res.loss.item(),
@@ -193,11 +222,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="Tests/Fixtures")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                    help="models to write (default: all)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
     for i, (name, cfg) in enumerate(MODELS.items()):
-        make(name, cfg, args.out, args.seed + 10 * i)
+        if name in args.models:
+            make(name, cfg, args.out, args.seed + 10 * i)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+import Foundation
+import XCTest
+@testable import Checkpoint
+
+/// Every recipe stage through `compress apply` on the tiny Qwen2 (q/k/v biases, untied head) and Qwen3 (per-head
+/// q/k RMSNorm, head_dim 16 ≠ hidden / heads, tied head) fixtures made by transformers: each stage, followed by an
+/// eval, must run, report a finite perplexity, and write a checkpoint of the same family whose biases and q/k
+/// norms are where the spec says; structural stages must shrink the model.
+extension CLITests {
+    static let familyStages: [(name: String, json: String, shrinks: Bool)] = [
+        ("minitron width", #"{"stage": "minitron", "hidden": 24, "mlp": 48, "round_to": 8}"#, true),
+        ("minitron heads", #"{"stage": "minitron", "heads": 2, "round_to": 1}"#, true),
+        ("minitron depth", #"{"stage": "minitron", "layers": 1}"#, true),
+        ("finercut", #"{"stage": "finercut", "remove": 1}"#, true),
+        ("vtrans", #"{"stage": "vtrans", "variant": "fast", "params": 26000, "steps": 2, "batch": 2, "window": 16, "save_every": 0}"#, true),
+        ("vtrans faster", #"{"stage": "vtrans", "variant": "faster", "params": 26000, "steps": 2, "batch": 2, "window": 16, "save_every": 0}"#, true),
+        ("magnitude", #"{"stage": "magnitude", "pattern": "2:4"}"#, false),
+        ("wanda", #"{"stage": "wanda", "sparsity": 0.5}"#, false),
+        ("sparsegpt", #"{"stage": "sparsegpt", "pattern": "2:4"}"#, false),
+        ("maskllm", #"{"stage": "maskllm", "pattern": "2:4", "prior": "magnitude", "steps": 2, "batch": 2, "window": 16, "save_every": 0}"#, false),
+        ("gptq", #"{"stage": "cptquant", "estimator": "none", "allocation": "uniform", "bits_per_weight": 4.5, "group_size": 16, "method": "gptq"}"#, false),
+        ("cptquant pmpq", #"{"stage": "cptquant", "estimator": "pmpq", "bits_per_weight": 4, "group_size": 16}"#, false),
+        ("cptquant tdmpq", #"{"stage": "cptquant", "estimator": "tdmpq", "bits_per_weight": 4, "group_size": 16}"#, false),
+        ("cptquant cmpq", #"{"stage": "cptquant", "estimator": "cmpq", "bits_per_weight": 4, "group_size": 16, "pool_tokens": 4, "cca_dims": 2}"#, false),
+        ("cptquant measured", #"{"stage": "cptquant", "estimator": "pmpq", "damage": "measured", "bits_per_weight": 7, "group_size": 16, "widths": [4, 8], "damage_windows": 2, "damage_tokens": 16}"#, false),
+        ("dsformer", #"{"stage": "dsformer", "targets": ["mlp"], "parameter_ratio": 0.6, "iterations": 2}"#, true),
+        ("lowrank", #"{"stage": "lowrank", "rank": 4}"#, true),
+        ("distill", #"{"stage": "distill", "steps": 2, "batch": 2, "window": 16, "save_every": 0}"#, false),
+    ]
+
+    func testEveryStageOnQwen2AndQwen3() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        for family in ["qwen2", "qwen3"] {
+            let base = fixture("tiny-\(family).h5")
+            let baseParams = try Checkpoint.read(base).model.parameterCount
+            for (i, stage) in Self.familyStages.enumerated() {
+                let out = dir.appendingPathComponent("\(family)-\(i).h5").path
+                let recipe = dir.appendingPathComponent("\(family)-\(i).json").path
+                try """
+                {"format": 1, "base": "\(base)",
+                 "calibration": {"text": "\(text)", "samples": 3, "window": 16, "seed": 1},
+                 "eval": {"text": "\(text)", "window": 32},
+                 "stages": [\(stage.json.replacingOccurrences(of: #""stage": "distill""#, with: #""stage": "distill", "text": "\#(text)""#)
+                    .replacingOccurrences(of: #""stage": "maskllm""#, with: #""stage": "maskllm", "text": "\#(text)""#)
+                    .replacingOccurrences(of: #""stage": "vtrans""#, with: #""stage": "vtrans", "text": "\#(text)""#)), {"stage": "eval"}],
+                 "output": "\(out)"}
+                """.write(toFile: recipe, atomically: true, encoding: .utf8)
+                let r = try launch(["apply", recipe, "--no-cache", "--json"])
+                XCTAssertEqual(r.status, 0, "\(family) \(stage.name): \(r.stderr.suffix(1500))")
+                guard r.status == 0 else { continue }
+                let report = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+                let stages = report?["stages"] as? [[String: Any]]
+                let ppl = stages?.last?["ppl"] as? Double
+                XCTAssertNotNil(ppl, "\(family) \(stage.name): \(r.stdout.prefix(600))")
+                XCTAssertTrue(ppl.map { $0.isFinite && $0 > 1 } ?? false, "\(family) \(stage.name): ppl \(String(describing: ppl))")
+                let m = try Checkpoint.read(out).model
+                XCTAssertEqual(m.config.family, family, stage.name)
+                if stage.shrinks { XCTAssertLessThan(m.parameterCount, baseParams, "\(family) \(stage.name)") }
+                for layer in m.layers {
+                    if let a = layer.attention {
+                        XCTAssertEqual(Set(a.biases.keys), family == "qwen2" ? [.q, .k, .v] : [], "\(family) \(stage.name)")
+                        XCTAssertEqual(a.qNorm != nil && a.kNorm != nil, family == "qwen3", "\(family) \(stage.name)")
+                        XCTAssertEqual(a.qNorm?.count ?? m.config.headDim, m.config.headDim)
+                    }
+                }
+            }
+        }
+    }
+}
