@@ -230,12 +230,12 @@ public struct ModelConfig: Equatable, Sendable {
                 throw ConfigError("config: the model would have more than \(Self.maxParameters) parameters (at \(what))")
             }
         }
-        try add("model.embed_tokens.weight", vocabSize, hiddenSize)
+        try add(WeightID.embedTokens.hfName, vocabSize, hiddenSize)
         for (i, b) in blocks.enumerated() {
             if b.attention {
-                try add("model.layers.\(i).self_attn (num_attention_heads \(b.numAttentionHeads) × head_dim \(headDim) × hidden_size \(hiddenSize))", 2 * (b.numAttentionHeads + b.numKeyValueHeads), headDim, hiddenSize)
+                try add("layer \(i) attention (num_attention_heads \(b.numAttentionHeads) × head_dim \(headDim) × hidden_size \(hiddenSize))", 2 * (b.numAttentionHeads + b.numKeyValueHeads), headDim, hiddenSize)
             }
-            if b.mlp { try add("model.layers.\(i).mlp (intermediate_size \(b.intermediateSize) × hidden_size \(hiddenSize))", 3, b.intermediateSize, hiddenSize) }
+            if b.mlp { try add("layer \(i) MLP (intermediate_size \(b.intermediateSize) × hidden_size \(hiddenSize))", 3, b.intermediateSize, hiddenSize) }
         }
         extra = o.filter { !Self.knownKeys.contains($0.key) && !familyKeys.contains($0.key) }
     }

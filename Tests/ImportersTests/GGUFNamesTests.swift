@@ -26,7 +26,7 @@ func llamaHFTensor(_ info: GGUFTensorInfo, in file: GGUFFile, config: GGUFConfig
     return try GGUFTensors.hfTensor(info, in: file, name: id.hfName, rotaryHeads: heads)
 }
 
-final class LlamaMappingTests: XCTestCase {
+final class GGUFNamesTests: XCTestCase {
     func testNamesBothWays() throws {
         let pairs = [
             ("token_embd.weight", "model.embed_tokens.weight"),
