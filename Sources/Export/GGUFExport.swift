@@ -22,7 +22,7 @@ enum GGUFExport {
 
     static func build(_ ckpt: Checkpoint, options: ExportOptions) throws -> BuiltExport {
         let model = ckpt.model, c = model.config, family = c.familyType
-        guard c.isHomogeneous || family == LlamaFamily.self else {
+        guard c.isHomogeneous || family.perLayerExport else {
             throw ExportError(heterogeneousRefusal(c, format: "GGUF"))
         }
         let arch = c.isHomogeneous ? family.ggufArchitectures[0] : "deci"

@@ -94,7 +94,7 @@ enum HFExport {
 
     static func build(_ ckpt: Checkpoint, options: ExportOptions) throws -> BuiltExport {
         let model = ckpt.model, config = model.config, dtype = options.dtype, family = config.familyType
-        guard config.isHomogeneous || family == LlamaFamily.self else {
+        guard config.isHomogeneous || family.perLayerExport else {
             throw ExportError(heterogeneousRefusal(config, format: "Hugging Face"))
         }
         let deci = config.isHomogeneous ? nil : try DeciLayout(config: config)

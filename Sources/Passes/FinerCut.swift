@@ -25,6 +25,7 @@ import TensorCore
 
 public struct FinerCutPass: CompressionPass {
     public static let name = "finercut"
+    public var makesHeterogeneous: Bool { true }
     public static let accepts: Set<WeightKind> = Set(WeightKind.allCases)
     public var needs: PassNeeds { [.calibration] }
 

@@ -180,6 +180,7 @@ extension DecoderModel {
 /// `vtrans`: VIB-mask training under a parameter budget, then physical removal of the masked units.
 public struct VTransPass: RecipeStage {
     public static let name = "vtrans"
+    public var makesHeterogeneous: Bool { true }
     public static let accepts: Set<WeightKind> = [.dense]
     public enum Variant: String, CaseIterable, Codable, Sendable { case vtrans, fast, faster }
 

@@ -46,6 +46,9 @@ public protocol RecipeStage {
     func produces(from input: Set<WeightKind>) -> Set<WeightKind>
     /// A stage that only writes the model out (`export`): it must come after every other stage (default false).
     static var isTerminal: Bool { get }
+    /// Whether this stage, with these settings, may leave layers that differ (per-layer heads or widths, removed
+    /// sublayers), which only some families' server formats hold (`ModelFamily.perLayerExport`; default false).
+    var makesHeterogeneous: Bool { get }
     /// Checks the settings against the model the stage will receive, before any stage runs (called only while
     /// no earlier stage changes the model's shape); throws `RecipeError` naming the key (default: nothing).
     func preflight(_ model: DecoderModel) throws
@@ -53,6 +56,7 @@ public protocol RecipeStage {
 
 extension RecipeStage {
     public static var isTerminal: Bool { false }
+    public var makesHeterogeneous: Bool { false }
     public var needs: PassNeeds { [] }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input }
     public func preflight(_ model: DecoderModel) throws {}

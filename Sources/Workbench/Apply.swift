@@ -155,6 +155,15 @@ public final class Session {
         do { try recipe.check(baseKinds: base.model.weightKinds) } catch let e as RecipeError {
             throw WorkbenchError("\(e.description) (base \(basePath))")
         }
+        // An export after a stage that may leave layers differing needs a family whose server formats hold that.
+        let family = base.model.config.familyType
+        if !family.perLayerExport, let ex = recipe.stages.firstIndex(where: { $0.stage is ExportStage }),
+           let het = recipe.stages.prefix(ex).firstIndex(where: { $0.stage.makesHeterogeneous }) {
+            throw WorkbenchError("\(name), stage \(ex + 1) (\(recipe.stages[ex].name)): stage \(het + 1) (\(recipe.stages[het].name)) leaves a "
+                + "heterogeneous \(family.name) model (per-layer sizes or removed sublayers), which no \(family.name) server format holds "
+                + "(\(family.hfArchitecture) and GGUF '\(family.ggufArchitectures[0])' have one size for every layer; DeciLM and GGUF 'deci' "
+                + "are Llama's); drop the export stage and keep our checkpoint, or prune with minitron (homogeneous) (base \(basePath))")
+        }
         // Settings checked against the base before anything runs, up to the first stage that changes the model.
         for (i, entry) in recipe.stages.enumerated() {
             if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is any TrainingPass }) { break }

@@ -66,4 +66,28 @@ extension CLITests {
             }
         }
     }
+
+    /// FinerCut or VTrans followed by an export, on a family whose server formats hold one size per layer: refused
+    /// when the recipe is checked, before any stage runs, naming the recipe, the stage, the family and the reason.
+    func testHeterogeneousExportOfQwenIsRefusedWhenTheRecipeIsChecked() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        for (family, first) in [("qwen2", #"{"stage": "finercut", "remove": 1}"#),
+                                ("qwen3", #"{"stage": "vtrans", "params": 26000, "steps": 1, "text": "\#(text)"}"#)] {
+            let recipe = dir.appendingPathComponent("het-\(family).json").path, gguf = dir.appendingPathComponent("het-\(family).gguf").path
+            try """
+            {"format": 1, "base": "\(fixture("tiny-\(family).h5"))",
+             "calibration": {"text": "\(text)", "samples": 3, "window": 16, "seed": 1},
+             "stages": [\(first), {"stage": "export", "format": "gguf", "output": "\(gguf)"}],
+             "output": "\(dir.appendingPathComponent("het-\(family).h5").path)"}
+            """.write(toFile: recipe, atomically: true, encoding: .utf8)
+            let r = try launch(["apply", recipe, "--json"])
+            XCTAssertEqual(r.status, 1, r.stderr)
+            for part in ["het-\(family).json", "stage 2 (export)", "heterogeneous \(family) model", "no \(family) server format holds",
+                         "minitron"] {
+                XCTAssertTrue(r.stdout.contains(part), "missing '\(part)' in \(r.stdout)")
+            }
+            XCTAssertFalse(r.stderr.contains("stage 1/2"), "refused before any stage ran: \(r.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: gguf))
+        }
+    }
 }

@@ -24,6 +24,10 @@ public protocol ModelFamily {
     static var ggufPermutesQK: Bool { get }
     /// The pre-tokenizer (GGUF `tokenizer.ggml.pre` spelling) of this family's tokenizers when a file names none.
     static var defaultPreTokenizer: String { get }
+    /// Whether a server format holds this family's heterogeneous models (per-layer heads or widths, removed
+    /// sublayers): Llama's DeciLM / GGUF `deci`. When false, such models are refused on export (and a recipe
+    /// that would export one is refused when it is checked).
+    static var perLayerExport: Bool { get }
 
     /// The spec of a Hugging Face config.json object whose `model_type` is one of `hfModelTypes`.
     /// Errors: `ConfigError` naming the key, what was expected and what was found.

@@ -8,6 +8,7 @@ public enum LlamaFamily: ModelFamily {
     public static let ggufArchitectures = ["llama", "deci"]
     public static let ggufPermutesQK = true
     public static let defaultPreTokenizer = "gpt2"
+    public static let perLayerExport = true
 
     public static func config(hf o: [String: JSONValue]) throws -> ModelConfig {
         // transformers' attention_bias (q, k, v, o) and mlp_bias exist but no released Llama sets them.

@@ -9,6 +9,7 @@ public enum Qwen2Family: ModelFamily {
     public static let ggufArchitectures = ["qwen2"]
     public static let ggufPermutesQK = false
     public static let defaultPreTokenizer = "qwen2"
+    public static let perLayerExport = false
 
     public static func config(hf o: [String: JSONValue]) throws -> ModelConfig {
         try QwenShared.checkFullAttention(o, family: name)
