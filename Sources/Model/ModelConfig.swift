@@ -240,7 +240,7 @@ public struct ModelConfig: Equatable, Sendable {
         extra = o.filter { !Self.knownKeys.contains($0.key) && !familyKeys.contains($0.key) }
     }
 
-    /// Upper bounds of the integer keys (far above any released Llama; they keep every product of sizes,
+    /// Upper bounds of the integer keys (far above any released model; they keep every product of sizes,
     /// and every allocation sized by them, in range).
     static let limits: [String: Int] = [
         "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1 << 10,
@@ -253,7 +253,7 @@ public struct ModelConfig: Equatable, Sendable {
     public static let maxTensorElements = 1 << 34
     public static let maxParameters = 1 << 36
 
-    /// True when every layer is a plain Llama layer with the global sizes.
+    /// True when every layer holds both sublayers with the global sizes.
     public var isHomogeneous: Bool {
         blocks.allSatisfy {
             $0 == BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize)

@@ -18,7 +18,7 @@ extension DecoderModel {
     }
 
     /// The model restricted to the selected channels, heads and neurons. Every layer must have both
-    /// sublayers and keep the same numbers of heads and neurons, so the result is a homogeneous Llama.
+    /// sublayers and keep the same numbers of heads and neurons, so the result is homogeneous (same family).
     /// Every weight must be dense (a stage contract: width pruning accepts dense models only).
     ///
     /// Biases keep the rows their projection keeps; per-head q/k norms (D) are kept whole.

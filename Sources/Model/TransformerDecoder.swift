@@ -85,14 +85,18 @@ extension BackwardObserver {
     public func layerInput(_ layer: Int, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, channels: Int) {}
 }
 
-/// THE forward of a Llama decoder, used by evaluation, calibration and training alike, over B windows of
-/// W tokens (rows N = B·W; GEMMs run on all rows at once, rotary and attention per window):
+/// THE forward of a decoder of any family (its spec: `ModelConfig`), used by evaluation, calibration and
+/// training alike, over B windows of W tokens (rows N = B·W; GEMMs run on all rows at once, rotary and
+/// attention per window):
 ///
 ///   x = embed(ids) ⊙ z_c
-///   for each layer:  x += g_att ⊙ z_c ⊙ o_proj(gate_h(attn(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))),  n = rmsnorm(x)
-///                    x += g_mlp ⊙ z_c ⊙ down_proj(gate_f(silu(gate_proj(n)) ⊙ up_proj(n))),               n = rmsnorm(x)
-///   h = rmsnorm(x);  logits = h · lm_headᵀ
+///   for each layer:  n = norm(x);  q, k, v = q_proj(n) + b_q, k_proj(n) + b_k, v_proj(n) + b_v   (biases: spec)
+///                    q, k = qnorm(q), knorm(k) per head of D                                       (qkNorm: spec)
+///                    x += g_att ⊙ z_c ⊙ (o_proj(gate_h(attn(rope(q), rope(k), v))) + b_o)
+///                    n = norm(x);  x += g_mlp ⊙ z_c ⊙ (down_proj(gate_f(act(gate_proj(n) + b_g) ⊙ (up_proj(n) + b_u))) + b_d)
+///   h = norm(x);  logits = h · lm_headᵀ
 ///
+/// (norm: the spec's `normKind`, RMSNorm today; act: its `activation`, SiLU today; z, g: the optional `gates`.)
 /// (z, g: the optional `gates`.) Every projection goes through `LinearWeight.forward`, so every weight
 /// representation runs here. In inference mode (`training: false`) all layers share one set of scratch
 /// buffers and nothing is kept; in training mode each layer keeps what `backward` (TransformerDecoderBackward.swift)
