@@ -53,7 +53,8 @@ enum GGUFExport {
         if let spec = ckpt.tokenizer {
             guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2)") }
             writer.add("tokenizer.ggml.model", .string("gpt2"))
-            writer.add("tokenizer.ggml.pre", .string(spec.pre == "llama3" ? "llama-bpe" : spec.pre))
+            // llama.cpp spells these "llama-bpe" and "gpt-2" (an unknown pre-tokenizer name is a load error there).
+            writer.add("tokenizer.ggml.pre", .string(["llama3": "llama-bpe", "gpt2": "gpt-2"][spec.pre] ?? spec.pre))
             writer.add("tokenizer.ggml.tokens", .array(spec.tokens.map { .string($0) }))
             if let types = spec.tokenTypes { writer.add("tokenizer.ggml.token_type", .array(types.map { .int32($0) })) }
             if !spec.merges.isEmpty { writer.add("tokenizer.ggml.merges", .array(spec.merges.map { .string($0) })) }

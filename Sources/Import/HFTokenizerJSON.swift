@@ -140,7 +140,7 @@ extension Importer {
     /// (`gpt2`, `smollm`, `llama3` / `llama-bpe`, `qwen2`); nil for any other. The exporter writes exactly what the
     /// importer recognises.
     public static func hfPreTokenizer(named name: String) -> JSONValue? {
-        let ours = ["llama-bpe": "llama3", "llama-v3": "llama3"][name] ?? name
+        let ours = ["llama-bpe": "llama3", "llama-v3": "llama3", "gpt-2": "gpt2"][name] ?? name
         return HFTokenizerJSON.known.first { $0.name == ours }?.definition
     }
 }

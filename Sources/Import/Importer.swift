@@ -118,7 +118,7 @@ public enum Importer {
             return v
         }
         let spec = TokenizerSpec(
-            model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string) ?? family.defaultPreTokenizer,
+            model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string).map { $0 == "gpt-2" ? "gpt2" : $0 } ?? family.defaultPreTokenizer,
             tokens: tokens,
             merges: merges ?? [],
             tokenTypes: types,

@@ -20,7 +20,7 @@ public enum PreTokenizer: String, Sendable {
     /// The pre-tokenizer named by a GGUF file's `tokenizer.ggml.pre` value.
     public init(ggufName: String) throws {
         switch ggufName {
-        case "gpt2": self = .gpt2
+        case "gpt2", "gpt-2": self = .gpt2  // llama.cpp writes "gpt-2"
         case "smollm": self = .smollm
         case "llama3", "llama-bpe", "llama-v3": self = .llama3
         case "qwen2": self = .qwen2
