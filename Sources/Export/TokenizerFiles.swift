@@ -3,13 +3,16 @@ import Foundation
 import Import
 import Model
 
-/// tokenizer.json and tokenizer_config.json for a byte-level BPE tokenizer, built from the checkpoint's own
-/// `TokenizerSpec` (tokens, merges, token types, special ids, pre-tokenizer), in the layout of Hugging Face
-/// `tokenizers` files: a BPE model with the vocabulary and merges, the pre-tokenizer our importer recognises,
-/// ByteLevel decoding, and control / user-defined tokens as added tokens.
+/// tokenizer.json and tokenizer_config.json built from the checkpoint's own `TokenizerSpec`, in the layout of Hugging
+/// Face `tokenizers` files. Byte-level BPE: a BPE model with the vocabulary and merges, the pre-tokenizer our importer
+/// recognises, ByteLevel decoding, and control / user-defined tokens as added tokens. SentencePiece: a BPE model with
+/// byte fallback and the merges, the normalizer / Metaspace pre-tokenizer of the spacing rule (as Gemma's and Llama 2's
+/// files have them), "▁"-to-space and byte-fallback decoding, and unknown, control and user-defined tokens as added
+/// tokens; the importer reads it back to the same tokenizer.
 enum TokenizerFiles {
     static func tokenizerJSON(_ spec: TokenizerSpec) throws -> JSONValue {
-        guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, byte-level BPE)") }
+        if spec.model == "llama" { return try sentencePieceJSON(spec) }
+        guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)") }
         guard let pre = Importer.hfPreTokenizer(named: spec.pre).map(withTrimOffsets) else {
             throw ExportError("tokenizer pre-tokenizer '\(spec.pre)' has no tokenizer.json form here (supported: gpt2, smollm, llama3, qwen2)")
         }
@@ -25,20 +28,7 @@ enum TokenizerFiles {
         let merges: [JSONValue] = spec.merges.map { m in
             .array(m.split(separator: " ", maxSplits: 1).map { .string(String($0)) })
         }
-        var post: JSONValue = .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(false), "trim_offsets": .bool(false), "use_regex": .bool(false)])
-        if spec.addBosToken, let bos = spec.bosTokenID {
-            let name = spec.tokens[Int(bos)]
-            post = .object([
-                "type": .string("TemplateProcessing"),
-                "single": .array([.object(["SpecialToken": .object(["id": .string(name), "type_id": .int(0)])]),
-                                  .object(["Sequence": .object(["id": .string("A"), "type_id": .int(0)])])]),
-                "pair": .array([.object(["SpecialToken": .object(["id": .string(name), "type_id": .int(0)])]),
-                                .object(["Sequence": .object(["id": .string("A"), "type_id": .int(0)])]),
-                                .object(["SpecialToken": .object(["id": .string(name), "type_id": .int(1)])]),
-                                .object(["Sequence": .object(["id": .string("B"), "type_id": .int(1)])])]),
-                "special_tokens": .object([name: .object(["id": .string(name), "ids": .array([.int(Int(bos))]), "tokens": .array([.string(name)])])]),
-            ])
-        }
+        let post = template(spec) ?? .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(false), "trim_offsets": .bool(false), "use_regex": .bool(false)])
         return .object([
             "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
             "normalizer": .null, "pre_tokenizer": pre, "post_processor": post,
@@ -48,6 +38,89 @@ enum TokenizerFiles {
                 "end_of_word_suffix": .null, "fuse_unk": .bool(false), "byte_fallback": .bool(false),
                 "ignore_merges": .bool(Importer.hfPreTokenizer(named: spec.pre) == Importer.hfPreTokenizer(named: "llama3")),
                 "vocab": .object(vocab), "merges": .array(merges),
+            ]),
+        ])
+    }
+
+    /// A TemplateProcessing post-processor that puts BOS before (and, with `add_eos_token`, EOS after) each text, or
+    /// nil when nothing is added.
+    static func template(_ spec: TokenizerSpec) -> JSONValue? {
+        func special(_ id: Int32?, _ wanted: Bool) -> (name: String, id: Int32)? {
+            guard wanted, let id else { return nil }
+            return (spec.tokens[Int(id)], id)
+        }
+        let bos = special(spec.bosTokenID, spec.addBosToken), eos = special(spec.eosTokenID, spec.addEosToken ?? false)
+        guard bos != nil || eos != nil else { return nil }
+        func token(_ t: (name: String, id: Int32)?, _ typeID: Int) -> [JSONValue] {
+            t.map { [.object(["SpecialToken": .object(["id": .string($0.name), "type_id": .int(typeID)])])] } ?? []
+        }
+        func sequence(_ name: String, _ typeID: Int) -> JSONValue { .object(["Sequence": .object(["id": .string(name), "type_id": .int(typeID)])]) }
+        var specials: [String: JSONValue] = [:]
+        for t in [bos, eos].compactMap({ $0 }) {
+            specials[t.name] = .object(["id": .string(t.name), "ids": .array([.int(Int(t.id))]), "tokens": .array([.string(t.name)])])
+        }
+        return .object([
+            "type": .string("TemplateProcessing"),
+            "single": .array(token(bos, 0) + [sequence("A", 0)] + token(eos, 0)),
+            "pair": .array(token(bos, 0) + [sequence("A", 0)] + token(eos, 0) + token(bos, 1) + [sequence("B", 1)] + token(eos, 1)),
+            "special_tokens": .object(specials),
+        ])
+    }
+
+    /// A SentencePiece tokenizer (model "llama") with its merges listed. Refused: one that derives its merges (read
+    /// from a GGUF), since the derivation lives in the Tokenizer module, which this module does not depend on; and a
+    /// vocabulary holding tokens that differ only in Unicode normalization (Gemma's does), since `JSONValue` objects
+    /// are keyed by Swift Strings, which compare by canonical equivalence and would fold those tokens together.
+    static func sentencePieceJSON(_ spec: TokenizerSpec) throws -> JSONValue {
+        guard !spec.merges.isEmpty else {
+            throw ExportError("tokenizer.json needs a merge list, but this SentencePiece tokenizer (read from a GGUF) derives its merges from \(spec.mergeOrder == "gemma" ? "the vocabulary order" : "its scores") when it is built, which the exporter cannot do yet; a GGUF export keeps the tokenizer")
+        }
+        var seen: [String: Int] = [:]
+        for (i, t) in spec.tokens.enumerated() {
+            guard let j = seen.updateValue(i, forKey: t) else { continue }
+            let folded = spec.tokens.count - Set(spec.tokens).count
+            throw ExportError("tokenizer.json cannot be written: tokens \(j) and \(i) ('\(t.prefix(20))') differ only in Unicode normalization (\(folded) tokens would fold into others), which this writer's JSON objects cannot keep apart; a GGUF export keeps the tokenizer")
+        }
+        let split = spec.pre.hasSuffix("+split")
+        let prefix = split ? String(spec.pre.dropLast("+split".count)) : spec.pre
+        let space = JSONValue.object(["type": .string("Replace"), "pattern": .object(["String": .string(" ")]), "content": .string("\u{2581}")])
+        let prepend = JSONValue.object(["type": .string("Prepend"), "prepend": .string("\u{2581}")])
+        func metaspace(_ scheme: String) -> JSONValue {
+            .object(["type": .string("Metaspace"), "replacement": .string("\u{2581}"), "prepend_scheme": .string(scheme), "split": .bool(split)])
+        }
+        let normalizer: JSONValue, preTokenizer: JSONValue
+        switch prefix {
+        case "no-prefix": (normalizer, preTokenizer) = split ? (.null, metaspace("never")) : (space, .null)
+        case "prefix-first": (normalizer, preTokenizer) = (.null, metaspace("first"))
+        case "prefix-always": (normalizer, preTokenizer) = (.null, metaspace("always"))
+        case "prefix-every": (normalizer, preTokenizer) = (.object(["type": .string("Sequence"), "normalizers": .array([prepend, space])]), split ? metaspace("never") : .null)
+        default: throw ExportError("tokenizer spacing '\(spec.pre)' has no tokenizer.json form here (supported: no-prefix, prefix-first, prefix-always, prefix-every, each optionally +split)")
+        }
+        var vocab: [String: JSONValue] = [:]
+        vocab.reserveCapacity(spec.tokens.count)
+        for (i, t) in spec.tokens.enumerated() { vocab[t] = .int(i) }
+        var added: [JSONValue] = []
+        for (i, t) in spec.tokens.enumerated() {
+            guard let type = spec.tokenTypes?[i], [2, 3, 4].contains(type) else { continue }
+            added.append(.object(["id": .int(i), "content": .string(t), "single_word": .bool(false), "lstrip": .bool(false),
+                                  "rstrip": .bool(false), "normalized": .bool(false), "special": .bool(type != 4)]))
+        }
+        let unk = spec.tokenTypes?.firstIndex(of: 2).map { JSONValue.string(spec.tokens[$0]) } ?? .null
+        var decoders: [JSONValue] = [.object(["type": .string("Replace"), "pattern": .object(["String": .string("\u{2581}")]), "content": .string(" ")]),
+                                     .object(["type": .string("ByteFallback")]), .object(["type": .string("Fuse")])]
+        if prefix != "no-prefix" { decoders.append(.object(["type": .string("Strip"), "content": .string(" "), "start": .int(1), "stop": .int(0)])) }
+        return .object([
+            "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
+            "normalizer": normalizer, "pre_tokenizer": preTokenizer, "post_processor": template(spec) ?? .null,
+            "decoder": .object(["type": .string("Sequence"), "decoders": .array(decoders)]),
+            "model": .object([
+                "type": .string("BPE"), "dropout": .null, "unk_token": unk, "continuing_subword_prefix": .null,
+                "end_of_word_suffix": .null, "fuse_unk": .bool(true), "byte_fallback": .bool(true), "ignore_merges": .bool(false),
+                "vocab": .object(vocab),
+                // Split at the space byte: "▁ह ै" is a space then a combining sign, one Character to Swift.
+                "merges": .array(spec.merges.map { m in
+                    .array(m.utf8.split(separator: UInt8(ascii: " "), maxSplits: 1).map { .string(String(decoding: $0, as: UTF8.self)) })
+                }),
             ]),
         ])
     }
@@ -67,8 +140,10 @@ enum TokenizerFiles {
         func token(_ id: Int32?) -> JSONValue { id.map { .string(spec.tokens[Int($0)]) } ?? .null }
         return .object([
             "tokenizer_class": .string("PreTrainedTokenizerFast"), "add_bos_token": .bool(spec.addBosToken),
-            "add_eos_token": .bool(false), "bos_token": token(spec.bosTokenID), "eos_token": token(spec.eosTokenID),
-            "unk_token": .null, "clean_up_tokenization_spaces": .bool(false), "model_max_length": .int(maxLength),
+            "add_eos_token": .bool(spec.addEosToken ?? false), "bos_token": token(spec.bosTokenID), "eos_token": token(spec.eosTokenID),
+            "unk_token": spec.model == "llama" ? token(spec.tokenTypes?.firstIndex(of: 2).map { Int32($0) }) : .null,
+            "clean_up_tokenization_spaces": .bool(false),
+            "model_max_length": .int(maxLength),
         ])
     }
 }

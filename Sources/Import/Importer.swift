@@ -85,19 +85,24 @@ public enum Importer {
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
     }
 
+    /// The tokenizer of a GGUF file's `tokenizer.ggml.*` metadata: byte-level BPE for `tokenizer.ggml.model` "gpt2",
+    /// SentencePiece BPE for "llama"; nil when the file has none. Other models (Unigram "t5", WordPiece "bert", ...)
+    /// and settings we do not implement are refused, naming the key.
     static func ggufTokenizer(_ file: GGUFFile, family: any ModelFamily.Type) throws -> TokenizerSpec? {
         guard let kind = try file.ifPresent("tokenizer.ggml.model", file.string) else { return nil }
-        guard kind == "gpt2" else {
-            throw ImportError("\(file.path): tokenizer.ggml.model '\(kind)' is not supported (supported: gpt2, byte-level BPE)")
+        let spec: TokenizerSpec
+        switch kind {
+        case "gpt2": spec = try ggufByteLevelTokenizer(file, family: family)
+        case "llama": spec = try ggufSentencePieceTokenizer(file)
+        default:
+            throw ImportError("\(file.path): tokenizer.ggml.model '\(kind)' is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE with byte fallback)")
         }
-        let types = try file.ifPresent("tokenizer.ggml.token_type") { key -> [Int32] in
-            guard let a = try file.value(key).arrayValue else { throw ImportError("\(file.path): \(key) is not an array") }
-            return try a.map {
-                guard let i = $0.intValue else { throw ImportError("\(file.path): \(key) holds a non-integer") }
-                guard let t = Int32(exactly: i), (1...6).contains(t) else { throw ImportError("\(file.path): \(key) holds \(i) (expected token types 1...6)") }
-                return t
-            }
-        }
+        if let problem = spec.problem(vocabSize: nil) { throw ImportError("\(file.path): tokenizer.ggml.*: \(problem)") }
+        return spec
+    }
+
+    private static func ggufByteLevelTokenizer(_ file: GGUFFile, family: any ModelFamily.Type) throws -> TokenizerSpec {
+        let types = try ggufTokenTypes(file)
         let tokens = try file.strings("tokenizer.ggml.tokens")
         let merges = try file.ifPresent("tokenizer.ggml.merges", file.strings)
         if merges == nil {
@@ -110,23 +115,89 @@ public enum Importer {
                 throw ImportError("\(file.path): tokenizer.ggml.merges is missing, but tokenizer.ggml.tokens holds \(multiByte.count) multi-byte tokens (e.g. id \(first) '\(tokens[first])'); expected the merges that build them (byte-level BPE cannot reach them otherwise)")
             }
         }
-        func id(_ key: String) throws -> Int32? {
-            guard let i = try file.ifPresent(key, file.int) else { return nil }
-            guard let v = Int32(exactly: i), v >= 0, Int(v) < tokens.count else {
-                throw ImportError("\(file.path): \(key) is \(i) (expected a token id in 0..<\(tokens.count))")
-            }
-            return v
-        }
-        let spec = TokenizerSpec(
-            model: kind, pre: try file.ifPresent("tokenizer.ggml.pre", file.string).map { $0 == "gpt-2" ? "gpt2" : $0 } ?? family.defaultPreTokenizer,
+        return TokenizerSpec(
+            model: "gpt2", pre: try file.ifPresent("tokenizer.ggml.pre", file.string).map { $0 == "gpt-2" ? "gpt2" : $0 } ?? family.defaultPreTokenizer,
             tokens: tokens,
             merges: merges ?? [],
             tokenTypes: types,
-            bosTokenID: try id("tokenizer.ggml.bos_token_id"),
-            eosTokenID: try id("tokenizer.ggml.eos_token_id"),
+            bosTokenID: try ggufTokenID(file, "tokenizer.ggml.bos_token_id", count: tokens.count),
+            eosTokenID: try ggufTokenID(file, "tokenizer.ggml.eos_token_id", count: tokens.count),
             addBosToken: try file.ifPresent("tokenizer.ggml.add_bos_token", file.bool) ?? false)
-        if let problem = spec.problem(vocabSize: nil) { throw ImportError("\(file.path): tokenizer.ggml.*: \(problem)") }
-        return spec
+    }
+
+    /// How transformers builds the tokenizer of a `llama` GGUF, by `general.architecture`
+    /// (transformers/integrations/gguf/gguf_tokenizer_mapping.py, 5.25): Gemma 1-3 respell whitespace tokens and rank
+    /// merges by vocabulary order, with no prefix space; Gemma 4 ranks by score, no prefix, no BOS; Phi-3 prepends "▁"
+    /// to every stretch (a `Prepend` normalizer); every other architecture gets `LlamaTokenizer` (Metaspace, prefix
+    /// "first"). transformers ignores `tokenizer.ggml.add_space_prefix`; where the file contradicts the builder we refuse.
+    public static func sentencePieceRule(architecture: String) -> (mergeOrder: String, spacing: String, prefix: Bool, addBos: Bool?) {
+        switch architecture {
+        case "gemma", "gemma2", "gemma3": ("gemma", "no-prefix", false, nil)
+        case "gemma4": ("scores", "no-prefix", false, false)
+        case "phi3": ("scores", "prefix-every", true, nil)
+        default: ("scores", "prefix-first", true, nil)
+        }
+    }
+
+    private static func ggufSentencePieceTokenizer(_ file: GGUFFile) throws -> TokenizerSpec {
+        let path = file.path
+        for (key, why) in [("tokenizer.ggml.merges", "llama.cpp ignores them for a SentencePiece vocabulary and transformers uses them; expected the merges to follow from the scores"),
+                           ("tokenizer.ggml.precompiled_charsmap", "a SentencePiece normalization (e.g. NFKC) we do not implement")]
+        where file.metadata[key] != nil {
+            throw ImportError("\(path): \(key) is not supported with tokenizer.ggml.model llama (\(why))")
+        }
+        if let pre = try file.ifPresent("tokenizer.ggml.pre", file.string), pre != "default" {
+            throw ImportError("\(path): tokenizer.ggml.pre '\(pre)' is not supported with tokenizer.ggml.model llama (expected 'default' or no key)")
+        }
+        let tokens = try file.strings("tokenizer.ggml.tokens")
+        let architecture = try file.ifPresent("general.architecture", file.string) ?? ""
+        let rule = sentencePieceRule(architecture: architecture)
+        var scores: [Float]? = nil
+        if let values = try file.ifPresent("tokenizer.ggml.scores", { try file.value($0) }) {
+            let numbers = values.arrayValue?.compactMap { $0.doubleValue.map(Float.init) } ?? []
+            guard values.arrayValue?.count == tokens.count, numbers.count == tokens.count else {
+                throw ImportError("\(path): tokenizer.ggml.scores is not an array of \(tokens.count) numbers (one per token)")
+            }
+            if let bad = numbers.firstIndex(where: { !$0.isFinite }) {
+                throw ImportError("\(path): tokenizer.ggml.scores[\(bad)] is \(numbers[bad]) (expected finite scores)")
+            }
+            scores = numbers
+        } else if rule.mergeOrder == "scores" {
+            throw ImportError("\(path): tokenizer.ggml.scores is missing (a SentencePiece vocabulary merges by score)")
+        }
+        if let prefix = try file.ifPresent("tokenizer.ggml.add_space_prefix", file.bool), prefix != rule.prefix {
+            throw ImportError("\(path): tokenizer.ggml.add_space_prefix is \(prefix), but transformers builds a '\(architecture)' SentencePiece tokenizer \(rule.prefix ? "with" : "without") a prefix space (llama.cpp and transformers would disagree; not supported)")
+        }
+        let addBos = try file.ifPresent("tokenizer.ggml.add_bos_token", file.bool)
+        if let forced = rule.addBos, let addBos, addBos != forced {
+            throw ImportError("\(path): tokenizer.ggml.add_bos_token is \(addBos), but transformers builds a '\(architecture)' tokenizer with add_bos_token \(forced) (not supported)")
+        }
+        return TokenizerSpec(
+            model: "llama", pre: rule.spacing, tokens: tokens, merges: [], tokenTypes: try ggufTokenTypes(file),
+            bosTokenID: try ggufTokenID(file, "tokenizer.ggml.bos_token_id", count: tokens.count),
+            eosTokenID: try ggufTokenID(file, "tokenizer.ggml.eos_token_id", count: tokens.count),
+            addBosToken: addBos ?? rule.addBos ?? true,  // llama.cpp's and transformers' default for SentencePiece
+            scores: scores, mergeOrder: rule.mergeOrder,
+            addEosToken: try file.ifPresent("tokenizer.ggml.add_eos_token", file.bool))
+    }
+
+    private static func ggufTokenTypes(_ file: GGUFFile) throws -> [Int32]? {
+        try file.ifPresent("tokenizer.ggml.token_type") { key -> [Int32] in
+            guard let a = try file.value(key).arrayValue else { throw ImportError("\(file.path): \(key) is not an array") }
+            return try a.map {
+                guard let i = $0.intValue else { throw ImportError("\(file.path): \(key) holds a non-integer") }
+                guard let t = Int32(exactly: i), (1...6).contains(t) else { throw ImportError("\(file.path): \(key) holds \(i) (expected token types 1...6)") }
+                return t
+            }
+        }
+    }
+
+    private static func ggufTokenID(_ file: GGUFFile, _ key: String, count: Int) throws -> Int32? {
+        guard let i = try file.ifPresent(key, file.int) else { return nil }
+        guard let v = Int32(exactly: i), v >= 0, Int(v) < count else {
+            throw ImportError("\(file.path): \(key) is \(i) (expected a token id in 0..<\(count))")
+        }
+        return v
     }
 
     // MARK: Hugging Face directory

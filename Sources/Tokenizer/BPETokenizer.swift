@@ -4,18 +4,12 @@
 /// they occur literally, leftmost and longest first; every stretch between them is pre-tokenized
 /// with the chosen regex, and each piece's UTF-8 bytes are merged by rank.
 public final class BPETokenizer: Sendable {
-    private struct AddedToken: Sendable {
-        let bytes: [UInt8]
-        let id: Int32
-    }
-
     private let preTokenizer: PreTokenizer
     /// The token id of each single byte, or -1.
     private let byteTokens: [Int32]
     private let merges: MergeTable
-    /// Tokens matched literally before pre-tokenization, longest first.
-    private let addedTokens: [AddedToken]
-    private let addedTokenLeadBytes: [Bool]
+    /// Tokens matched literally before pre-tokenization.
+    private let addedTokens: AddedTokenMatcher
     /// The bytes each token decodes to: token `i` is `tokenBytes[tokenOffsets[i] ..< tokenOffsets[i + 1]]`.
     private let tokenBytes: [UInt8]
     private let tokenOffsets: [Int32]
@@ -96,13 +90,9 @@ public final class BPETokenizer: Sendable {
         }
         // Hugging Face adds only tokens spelled in the byte alphabet, and matches that spelling literally.
         var seen = Set<Int32>()
-        addedTokens = added
+        addedTokens = AddedTokenMatcher(added
             .filter { seen.insert($0).inserted && !tokens[Int($0)].isEmpty && ByteLevel.decode(tokens[Int($0)]) != nil }
-            .map { AddedToken(bytes: Array(tokens[Int($0)].utf8), id: $0) }
-            .sorted { ($0.bytes.count, -$0.id) > ($1.bytes.count, -$1.id) }
-        var leads = [Bool](repeating: false, count: 256)
-        for token in addedTokens { leads[Int(token.bytes[0])] = true }
-        addedTokenLeadBytes = leads
+            .map { AddedTokenMatcher.Token(bytes: Array(tokens[Int($0)].utf8), id: $0) })
     }
 
     /// The number of tokens in the vocabulary.
@@ -161,7 +151,7 @@ public final class BPETokenizer: Sendable {
             let scanner = PreTokenizerScanner(bytes: bytes, classes: classes)
             var position = 0
             while position < bytes.count {
-                let added = nextAddedToken(in: bytes, from: position)
+                let added = addedTokens.next(in: bytes, from: position)
                 scanner.forEachPiece(preTokenizer, from: position, to: added.start) { start, end in
                     if end - start == 1 {
                         let id = byteTokens[Int(bytes[start])]
@@ -186,20 +176,5 @@ public final class BPETokenizer: Sendable {
             }
         }
         return output
-    }
-
-    /// The leftmost added token at or after `start` (longest first), or an empty match at the end.
-    private func nextAddedToken(in bytes: UnsafeBufferPointer<UInt8>, from start: Int)
-        -> (start: Int, end: Int, id: Int32?) {
-        let count = bytes.count
-        guard !addedTokens.isEmpty else { return (count, count, nil) }
-        for index in start..<count where addedTokenLeadBytes[Int(bytes[index])] {
-            for token in addedTokens where token.bytes.count <= count - index && token.bytes[0] == bytes[index] {
-                var offset = 1
-                while offset < token.bytes.count, token.bytes[offset] == bytes[index + offset] { offset += 1 }
-                if offset == token.bytes.count { return (index, index + offset, token.id) }
-            }
-        }
-        return (count, count, nil)
     }
 }

@@ -11,11 +11,24 @@ struct BytePairMerger {
     /// Appends to `output` the token ids of `bytes[start..<end]`; bytes without a token are skipped.
     mutating func merge(_ bytes: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int,
                         byteTokens: [Int32], merges: MergeTable, into output: inout [Int32]) {
-        symbols.removeAll(keepingCapacity: true)
+        begin()
         for index in start..<end {
             let id = byteTokens[Int(bytes[index])]
             if id >= 0 { symbols.append(id) }
         }
+        finish(merges: merges, into: &output)
+    }
+
+    /// Starts a new piece with no symbols (then `append` its initial symbols and `finish`).
+    @inline(__always)
+    mutating func begin() { symbols.removeAll(keepingCapacity: true) }
+
+    /// Appends one initial symbol (a token id) to the piece.
+    @inline(__always)
+    mutating func append(_ id: Int32) { symbols.append(id) }
+
+    /// Merges the piece's symbols by rank (leftmost first among equal ranks) and appends the result to `output`.
+    mutating func finish(merges: MergeTable, into output: inout [Int32]) {
         let count = symbols.count
         guard count > 1 else {
             output.append(contentsOf: symbols)

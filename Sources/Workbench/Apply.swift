@@ -78,7 +78,7 @@ public final class Session {
     public let basePath: String
     public let base: Checkpoint
     public let baseHash: String
-    public let tokenizer: BPETokenizer
+    public let tokenizer: any TextTokenizer
     /// Calibration statistics directory (nil: no disk cache).
     public let cacheDirectory: String?
     public var progress: Bool

@@ -77,17 +77,36 @@ public enum Workbench {
                           peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, threads: max(BLAS.threads, Parallel.threads))
     }
 
-    /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2").
-    public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> BPETokenizer {
+    /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2", or for a SentencePiece
+    /// tokenizer another spacing rule, e.g. "prefix-first"): byte-level BPE for model "gpt2", SentencePiece BPE with byte
+    /// fallback for "llama" (merges as listed, else derived from the scores or, for merge_order "gemma", by
+    /// transformers' Gemma rule).
+    public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> any TextTokenizer {
         guard let spec else {
             throw WorkbenchError("\(path): this checkpoint carries no tokenizer; use --tokens FILE")
         }
-        guard spec.model == "gpt2" else {
-            throw WorkbenchError("\(path): tokenizer model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE)")
-        }
         do {
-            return try BPETokenizer(tokens: spec.tokens, merges: spec.merges, preTokenizer: PreTokenizer(ggufName: preTokenizer ?? spec.pre),
-                                    tokenTypes: spec.tokenTypes, bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
+            switch spec.model {
+            case "gpt2":
+                return try BPETokenizer(tokens: spec.tokens, merges: spec.merges, preTokenizer: PreTokenizer(ggufName: preTokenizer ?? spec.pre),
+                                        tokenTypes: spec.tokenTypes, bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
+            case "llama":
+                let merges: SentencePieceMerges
+                if !spec.merges.isEmpty {
+                    merges = .explicit(spec.merges)
+                } else if spec.mergeOrder == "gemma" {
+                    merges = .gemma
+                } else if let scores = spec.scores {
+                    merges = .scores(scores)
+                } else {
+                    throw WorkbenchError("\(path): tokenizer: a llama (SentencePiece) tokenizer needs merges, scores or merge_order gemma")
+                }
+                return try SentencePieceTokenizer(tokens: spec.tokens, tokenTypes: spec.tokenTypes, merges: merges,
+                                                  spacing: SentencePieceSpacing(name: preTokenizer ?? spec.pre),
+                                                  bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
+            default:
+                throw WorkbenchError("\(path): tokenizer model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)")
+            }
         } catch let e as TokenizerError { throw WorkbenchError("\(path): tokenizer: \(e.description)") }
     }
 

@@ -52,10 +52,13 @@ struct Fixture: Decodable {
     let pretokenize: [PretokenizeCase]
     /// Empty when the fixture was written without `--qwen2-gguf`.
     let qwen2Cases: [IDCase]
+    /// Hugging Face's ids with the tokenizer transformers builds from the Gemma 3 GGUF (SentencePiece); empty when the
+    /// fixture was written without `--gemma3-gguf`.
+    let gemma3Cases: [IDCase]
 
     enum CodingKeys: String, CodingKey {
         case cases, decode, pretokenize
-        case qwen2Cases = "qwen2_cases"
+        case qwen2Cases = "qwen2_cases", gemma3Cases = "gemma3_cases"
     }
 
     init(from decoder: Decoder) throws {
@@ -64,6 +67,7 @@ struct Fixture: Decodable {
         decode = try container.decode([DecodeCase].self, forKey: .decode)
         pretokenize = try container.decode([PretokenizeCase].self, forKey: .pretokenize)
         qwen2Cases = try container.decodeIfPresent([IDCase].self, forKey: .qwen2Cases) ?? []
+        gemma3Cases = try container.decodeIfPresent([IDCase].self, forKey: .gemma3Cases) ?? []
     }
 
     static func load() throws -> Fixture {
