@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
 """Reference fixtures for the backward pass, distillation losses and AdamW: gradients computed by PyTorch
-(transformers' LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM, float32, one thread) on the tiny fixture
-checkpoints.
+(transformers' LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM / Gemma3ForCausalLM, float32, SDPA
+attention, one thread) on the tiny fixture checkpoints.
 
 Run by hand (CI never runs it; it needs torch, transformers, h5py), after tools/make_tiny_fixture.py:
     python3 tools/make_grad_fixture.py --out Tests/Fixtures                        # every family
     python3 tools/make_grad_fixture.py --out Tests/Fixtures --families qwen2 qwen3
+    python3 tools/make_grad_fixture.py --out Tests/Fixtures --families gemma3
 
 Per family (FAMILIES below: the case (a) model, the case (b)/(c) student and teacher), reads their NAME.h5 from
 --out and writes:
     A.grad.json / .f32          case (a): CE loss of model A alone, gradient of every parameter (incl. Qwen2's
-                                q/k/v biases and Qwen3's q/k norms)
+                                q/k/v biases, Qwen3's and Gemma 3's q/k norms, Gemma 3's four norms per block)
     S.distill.json / .f32       case (b): distillation loss of student S against teacher T, gradients of every
                                 student parameter and of the map; case (c) under "adamw": 6 AdamW steps of that loss
     llama: A = tiny-llama-tied, S = tiny-llama, T = tiny-llama-tied
     qwen2: A = tiny-qwen2,      S = tiny-qwen2, T = tiny-qwen3
     qwen3: A = tiny-qwen3,      S = tiny-qwen3, T = tiny-qwen2
+    gemma3: A = tiny-gemma3,    S = tiny-gemma3, T = tiny-qwen2   (the sliding window, 5, matters at W = 16;
+                                checked: SDPA equals eager attention, and the window off changes the logits)
 Each family draws its finite-difference entries from its own generator, so writing a subset gives the same files.
 The .f32 files are float32 little-endian, row-major, the tensors of the JSON's "tensors" list concatenated
 (offsets and sizes in floats). Outputs are deterministic (same bytes on every run on the same stack).
@@ -31,7 +34,9 @@ Definitions (the Swift side implements the same ones). ids (B, W); student logit
     L     = w_kl L_kl + w_ce L_ce + w_int L_int
 "loss_f64" etc. are the same losses with the float32 weights converted to float64 and the whole forward in
 float64 (transformers computes RMSNorm and RoPE in float32 even for a float64 model; this script patches those
-two so the float64 figures are genuinely float64). They show the float32 noise level of the figures.
+two so the float64 figures are genuinely float64: Gemma 3's (1 + w) RMSNorm and per-layer-type rotary embedding
+too, and Gemma 3's embedding scale sqrt(hidden_size), a float32 buffer in transformers, is set in float64). They
+show the float32 noise level of the figures.
 """
 import argparse
 import copy
@@ -46,8 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 COMMAND = "python3 tools/make_grad_fixture.py --out Tests/Fixtures"
 PRODUCED_BY = f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}"
@@ -63,10 +68,11 @@ FAMILIES = {
     "llama": dict(ce="tiny-llama-tied", student="tiny-llama", teacher="tiny-llama-tied", fd_seed=0),
     "qwen2": dict(ce="tiny-qwen2", student="tiny-qwen2", teacher="tiny-qwen3", fd_seed=2),
     "qwen3": dict(ce="tiny-qwen3", student="tiny-qwen3", teacher="tiny-qwen2", fd_seed=3),
+    "gemma3": dict(ce="tiny-gemma3", student="tiny-gemma3", teacher="tiny-qwen2", fd_seed=4),
 }
 # transformers' classes by config.json model_type.
 CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-           "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+           "qwen3": (Qwen3Config, Qwen3ForCausalLM), "gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM)}
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -83,6 +89,25 @@ def _rope_forward_exact(self, x, position_ids):
     cfg = self.config
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     inv_freq = 1.0 / (cfg.rope_parameters["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    freqs = position_ids[..., None].to(torch.float64) * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def _gemma3_rms_forward_exact(self, x):
+    """Gemma3RMSNorm, x / rms(x) * (1 + w), in the input's dtype (HF computes it in float32 and casts back)."""
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return (x * torch.rsqrt(variance + self.eps)) * (1.0 + self.weight)
+
+
+def _gemma3_rope_forward_exact(self, x, position_ids, layer_type):
+    """Gemma3RotaryEmbedding (one module, called once per layer type with that type's base) with inverse
+    frequencies and angles in float64; default rotary only (attention scaling 1)."""
+    cfg = self.config
+    params = cfg.rope_parameters[layer_type]
+    assert params["rope_type"] == "default" and getattr(self, f"{layer_type}_attention_scaling") == 1.0, params
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    inv_freq = 1.0 / (params["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     freqs = position_ids[..., None].to(torch.float64) * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
@@ -113,16 +138,28 @@ def to_f64(model):
             mod.forward = types.MethodType(_rms_forward_exact, mod)
         elif type(mod).__name__ in ("LlamaRotaryEmbedding", "Qwen2RotaryEmbedding", "Qwen3RotaryEmbedding"):
             mod.forward = types.MethodType(_rope_forward_exact, mod)
+        elif type(mod).__name__ == "Gemma3RMSNorm":
+            mod.forward = types.MethodType(_gemma3_rms_forward_exact, mod)
+        elif type(mod).__name__ == "Gemma3RotaryEmbedding":
+            mod.forward = types.MethodType(_gemma3_rope_forward_exact, mod)
+        elif type(mod).__name__ == "Gemma3TextScaledWordEmbedding":  # buffer float32(sqrt(C)) -> float64 sqrt(C)
+            mod.embed_scale.fill_(math.sqrt(mod.embedding_dim))
+        else:
+            assert "RMSNorm" not in type(mod).__name__ and "Rotary" not in type(mod).__name__, type(mod).__name__
     return m
 
 
 def canonical_names(cfg):
     """Every parameter in a fixed order: per layer the attention norm, q/k/v/o (each followed by its bias if the
-    family has one: Qwen2 q/k/v, Qwen3 with attention_bias q/k/v/o), Qwen3's q_norm and k_norm, the MLP norm and
-    the MLP projections."""
+    family has one: Qwen2 q/k/v, Qwen3 / Gemma 3 with attention_bias q/k/v/o), Qwen3's and Gemma 3's q_norm and
+    k_norm, the MLP norm and the MLP projections. Gemma 3 (in the order of its forward): input_layernorm, q/k/v/o,
+    q_norm, k_norm, post_attention_layernorm, pre_feedforward_layernorm, gate/up/down,
+    post_feedforward_layernorm."""
     family = cfg.get("model_type", "llama")
     biased = {"qwen2": ["q_proj", "k_proj", "v_proj"],
-              "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.get("attention_bias") else []}.get(family, [])
+              "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.get("attention_bias") else [],
+              "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.get("attention_bias") else []
+              }.get(family, [])
     names = ["model.embed_tokens.weight"]
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -131,8 +168,13 @@ def canonical_names(cfg):
             names.append(p + f"self_attn.{proj}.weight")
             if proj in biased:
                 names.append(p + f"self_attn.{proj}.bias")
-        if family == "qwen3":
+        if family in ("qwen3", "gemma3_text"):
             names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+        if family == "gemma3_text":
+            names += [p + s + ".weight" for s in ["post_attention_layernorm", "pre_feedforward_layernorm",
+                                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                                                  "post_feedforward_layernorm"]]
+            continue
         names += [p + s + ".weight" for s in ["post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]]
     names.append("model.norm.weight")
     if not cfg.get("tie_word_embeddings"):
@@ -225,6 +267,25 @@ def check_definitions(student, teacher, maps, ids):
             assert abs(pair_loss(hk[s], ht[t], m, "cosine").item() - ref.item()) < 1e-6
             ref = F.mse_loss(hk[s] @ m.t(), ht[t])
             assert abs(pair_loss(hk[s], ht[t], m, "mse").item() - ref.item()) < 1e-6 * ref.item()
+
+
+def check_sliding(model, ids):
+    """Gemma 3: SDPA (used here) applies the sliding window as eager attention does (the same logits), and the
+    window matters on this batch (switched off, the logits change)."""
+    with torch.no_grad():
+        z = model(input_ids=ids, use_cache=False).logits
+        eager = copy.deepcopy(model)
+        eager.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+        d_eager = (eager(input_ids=ids, use_cache=False).logits - z).abs().max().item()
+        wide = copy.deepcopy(model)
+        wide.config.sliding_window = 1000
+        for layer in wide.model.layers:
+            if layer.self_attn.sliding_window is not None:
+                layer.self_attn.sliding_window = 1000
+        d_wide = (wide(input_ids=ids, use_cache=False).logits - z).abs().max().item()
+    assert d_eager < 1e-5 and d_wide > 0.1, (d_eager, d_wide)
+    print(f"  sliding window: max |SDPA - eager| {d_eager:.2e}; window off changes logits by up to {d_wide:.3f}")
 
 
 def finite_difference_check(loss_fn, named, rng, per_tensor=2, h=1e-4):
@@ -328,6 +389,8 @@ def case_a(out, rng, name):
     loss = ce_loss(logits, ids)
     hf_loss = model(input_ids=ids, labels=ids, use_cache=False).loss
     assert abs(loss.item() - hf_loss.item()) < 1e-6, (loss.item(), hf_loss.item())
+    if cfg.get("sliding_window") and "sliding_attention" in cfg.get("layer_types", []):
+        check_sliding(model, ids)
     loss.backward()
     grads = [p.grad.detach().clone() for p in params]
 

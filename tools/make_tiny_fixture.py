@@ -1,11 +1,20 @@
 #!/usr/bin/env python3
-"""Reference fixtures for the forward pass: tiny random decoders of each family (Llama, Qwen2, Qwen3) written
-as our HDF5 checkpoint, with logits, loss and windowed perplexity computed by Hugging Face transformers
-(PyTorch, float32; LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM).
+"""Reference fixtures for the forward pass: tiny random decoders of each family (Llama, Qwen2, Qwen3, Gemma 3)
+written as our HDF5 checkpoint, with logits, loss and windowed perplexity computed by Hugging Face transformers
+(PyTorch, float32; LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM with a
+Gemma3TextConfig, model_type gemma3_text, eager attention).
+
+Models (MODELS below): tiny-llama (untied), tiny-llama-tied, tiny-qwen2, tiny-qwen3, tiny-gemma3 (tied; sliding
+window 5 on layers 0 and 2, full attention on layer 1, rotary base 1e4 on sliding layers and 1e6 on full ones,
+query_pre_attn_scalar 24, RMSNorm x/rms*(1+w) with w random around 0, post-attention and post-feed-forward norms,
+q/k norms, embeddings scaled by sqrt(hidden_size), gelu_pytorch_tanh). For tiny-gemma3 the script also checks
+transformers' logits against an independent float64 implementation written here and that the sliding window
+changes them.
 
 Run by hand (CI never runs it; it needs torch, transformers, h5py):
     python3 tools/make_tiny_fixture.py --out Tests/Fixtures                      # every model
     python3 tools/make_tiny_fixture.py --out Tests/Fixtures --models tiny-qwen2 tiny-qwen3
+    python3 tools/make_tiny_fixture.py --out Tests/Fixtures --models tiny-gemma3
 Each model has its own seed (--seed + 10 * its index in MODELS), so writing a subset gives the same files.
 
 Writes, per model NAME:
@@ -19,6 +28,7 @@ and, for the untied Llama only, the same weights in foreign formats for the impo
     NAME.gguf               GGUF v3, F32, with q/k rows permuted as llama.cpp's converter does
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -27,8 +37,9 @@ import gguf
 import h5py
 import numpy as np
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+import torch.nn.functional as F
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 FORMAT, VERSION = "compress-checkpoint", 1
 
@@ -39,6 +50,13 @@ FAMILIES = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(use_sliding_window=False, hidden_act="silu")),
     # Per-head RMSNorm of q and k (q_norm, k_norm over head_dim); no biases (as every released Qwen3).
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(attention_bias=False, use_sliding_window=False, hidden_act="silu")),
+    # Gemma 3 text decoder (model_type gemma3_text): no biases, no softcapping, causal; no pad/BOS/EOS ids (the
+    # byte-level tokenizer has none; pad_token_id would also make the embedding drop that row's gradient).
+    # Eager attention: the sliding window is applied by the additive mask (checked in check_gemma3).
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM,
+               dict(attention_bias=False, hidden_activation="gelu_pytorch_tanh", attn_logit_softcapping=None,
+                    final_logit_softcapping=None, use_bidirectional_attention=False, pad_token_id=None,
+                    bos_token_id=None, eos_token_id=None, attn_implementation="eager")),
 }
 
 MODELS = {
@@ -59,6 +77,16 @@ MODELS = {
     "tiny-qwen3": dict(family="qwen3", vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
                        rope_theta=1000000.0, max_position_embeddings=256, tie_word_embeddings=True),
+    # Gemma 3: tied, multi-query (1 KV head), head_dim (16) != hidden / heads (8); layers sliding, full, sliding
+    # with a window of 5 (token i sees j for i-5 < j <= i: it matters inside the 48-token batch and the 32-token
+    # perplexity windows); attention scale 1/sqrt(24) != 1/sqrt(head_dim); rotary base per layer type. All norm
+    # weights (input, post-attention, pre- and post-feed-forward, q/k, final) random around 0 (Gemma scales by 1+w).
+    "tiny-gemma3": dict(family="gemma3", vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                        layer_types=["sliding_attention", "full_attention", "sliding_attention"], sliding_window=5,
+                        num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=24,
+                        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                        rms_norm_eps=1e-6, max_position_embeddings=256, tie_word_embeddings=True),
 }
 
 
@@ -149,6 +177,81 @@ def write_foreign_formats(name, model, cfg, out):
     w.close()
 
 
+def gemma3_reference_logits(model, ids, sliding=True):
+    """Gemma 3 written out independently of transformers' code, in float64, from the model's parameters and
+    config: embeddings * sqrt(C); per layer h = x + post_attn_norm(attn(input_norm(x))),
+    x' = h + post_ff_norm(mlp(pre_ff_norm(h))); RMSNorm x / sqrt(mean x^2 + eps) * (1 + w); q/k normed per head
+    before the rotary embedding (half-split, base per layer type); scores / sqrt(query_pre_attn_scalar); sliding
+    layers let token i see j for i - window < j <= i; final norm, tied LM head."""
+    c = model.config
+    p = {k: v.detach().double() for k, v in model.state_dict().items()}
+    H, KV, D, C = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
+    Bn, T = ids.shape
+    eps = c.rms_norm_eps
+
+    def norm(x, w):
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1 + w)
+
+    def rot(x, cos, sin):  # x (B, T, heads, D)
+        x1, x2 = x[..., :D // 2], x[..., D // 2:]
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    pos = torch.arange(T, dtype=torch.float64)
+    i, j = pos[:, None], pos[None, :]
+    x = p["model.embed_tokens.weight"][ids] * math.sqrt(C)
+    for l, kind in enumerate(c.layer_types):
+        q_ = f"model.layers.{l}."
+        theta = c.rope_parameters[kind]["rope_theta"]
+        ang = pos[:, None] * theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+        cos, sin = torch.cat((ang.cos(), ang.cos()), -1)[:, None], torch.cat((ang.sin(), ang.sin()), -1)[:, None]
+        allowed = j <= i
+        if kind == "sliding_attention" and sliding:
+            allowed = allowed & (i - j < c.sliding_window)
+        h = norm(x, p[q_ + "input_layernorm.weight"])
+        q = (h @ p[q_ + "self_attn.q_proj.weight"].T).view(Bn, T, H, D)
+        k = (h @ p[q_ + "self_attn.k_proj.weight"].T).view(Bn, T, KV, D)
+        v = (h @ p[q_ + "self_attn.v_proj.weight"].T).view(Bn, T, KV, D)
+        q = rot(norm(q, p[q_ + "self_attn.q_norm.weight"]), cos, sin)
+        k = rot(norm(k, p[q_ + "self_attn.k_norm.weight"]), cos, sin)
+        g = torch.arange(H) // (H // KV)
+        s = torch.einsum("bthd,bshd->bhts", q, k[:, :, g]) / math.sqrt(c.query_pre_attn_scalar)
+        a = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
+        o = torch.einsum("bhts,bshd->bthd", a, v[:, :, g]).reshape(Bn, T, H * D)
+        x = x + norm(o @ p[q_ + "self_attn.o_proj.weight"].T, p[q_ + "post_attention_layernorm.weight"])
+        h = norm(x, p[q_ + "pre_feedforward_layernorm.weight"])
+        m = F.gelu(h @ p[q_ + "mlp.gate_proj.weight"].T, approximate="tanh") * (h @ p[q_ + "mlp.up_proj.weight"].T)
+        x = x + norm(m @ p[q_ + "mlp.down_proj.weight"].T, p[q_ + "post_feedforward_layernorm.weight"])
+    return norm(x, p["model.norm.weight"]) @ p["model.embed_tokens.weight"].T
+
+
+def check_gemma3(model, batch, logits):
+    """transformers' float32 logits against the float64 implementation above; the sliding window matters (the
+    same weights with the window off, in transformers and here, give different logits); SDPA agrees."""
+    ref = gemma3_reference_logits(model, batch)
+    err = (torch.from_numpy(logits).double() - ref).abs().max().item()
+    assert err < 1e-4, f"transformers vs the float64 reference: max |diff| {err:.2e}"
+    wide = copy.deepcopy(model)
+    wide.config.sliding_window = 1000
+    for layer in wide.model.layers:
+        if layer.self_attn.sliding_window is not None:
+            layer.self_attn.sliding_window = 1000
+    with torch.no_grad():
+        z_wide = wide(batch).logits.double()
+    ref_wide = gemma3_reference_logits(model, batch, sliding=False)
+    off = (z_wide - ref_wide).abs().max().item()
+    diff = (z_wide - ref).abs().max().item()
+    assert off < 1e-4 and diff > 0.1, (off, diff)
+    sdpa = copy.deepcopy(model)
+    sdpa.set_attn_implementation("sdpa")
+    assert sdpa.config._attn_implementation == "sdpa" and model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        z_sdpa = sdpa(batch).logits.double()
+    sd = (z_sdpa - torch.from_numpy(logits).double()).abs().max().item()
+    assert sd < 1e-4, sd
+    print(f"  gemma3 check: max |HF - float64 reference| {err:.2e}; window off: max |HF - reference| {off:.2e}, "
+          f"max |logits change| {diff:.3f}; max |SDPA - eager| {sd:.2e}")
+
+
 def make(name, cfg, out, seed):
     torch.manual_seed(seed)
     cfg = dict(cfg)
@@ -158,10 +261,13 @@ def make(name, cfg, out, seed):
     model = model_class(config).float().eval()
     # Weights large enough that logits are far from uniform (HF's std 0.02 init would make a weak test).
     # Norm weights (1-D, incl. Qwen3's q_norm/k_norm) around 1; biases (Qwen2's q/k/v) around 0 with std 0.5.
+    # Gemma's norms multiply by 1 + w: its norm weights (all 1-D) are around 0, std 0.3.
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if pname.endswith(".bias"):
                 p.copy_(0.5 * torch.randn_like(p))
+            elif p.ndim == 1 and family == "gemma3":
+                p.copy_(0.3 * torch.randn_like(p))
             elif p.ndim == 1:
                 p.copy_(1 + 0.1 * torch.randn_like(p))
             else:
@@ -172,6 +278,8 @@ def make(name, cfg, out, seed):
         res = model(batch, labels=batch)
     logits = res.logits.float().numpy().astype("<f4")
     logits.tofile(os.path.join(out, f"{name}.logits.f32"))
+    if family == "gemma3":
+        check_gemma3(model, batch, logits)
 
     # Perplexity reference with the pinned protocol: windows of W, no BOS, each window on its own,
     # HF loss (mean over W-1 predictions) weighted by W-1.
@@ -188,7 +296,7 @@ def make(name, cfg, out, seed):
         f.write(" ".join(map(str, stream.tolist())) + "\n")
 
     hf_config = json.loads(config.to_json_string())
-    assert hf_config["model_type"] == family, hf_config["model_type"]
+    assert hf_config["model_type"] == config_class.model_type, hf_config["model_type"]
     for k in ["transformers_version", "torch_dtype", "dtype", "_name_or_path"]:
         hf_config.pop(k, None)
     with h5py.File(os.path.join(out, f"{name}.h5"), "w", libver=("v108", "v110")) as f:
