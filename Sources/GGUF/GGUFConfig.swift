@@ -11,7 +11,7 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     public var architectures = ["LlamaForCausalLM"]
     /// `model_type` (set by the importer from the family).
     public var modelType = "llama"
-    /// `hidden_act`: every supported GGUF architecture gates with SiLU.
+    /// `hidden_act`: SiLU gating, GELU-tanh for `gemma3`.
     public var hiddenAct = "silu"
     /// `vocab_size`: `<arch>.vocab_size`, else the tokenizer token count, else token_embd rows.
     public var vocabSize: Int
@@ -46,6 +46,20 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     /// The GGUF keys `ropeScaling` came from (for error messages; not part of the config).
     public var ropeScalingKeys: [String] = []
 
+    /// `sliding_window`: `<arch>.attention.sliding_window` (gemma3).
+    public var slidingWindow: Int?
+    /// `layer_types` (gemma3): `<arch>.attention.sliding_window_pattern` as llama.cpp reads it, a per-layer bool
+    /// array (true: sliding) or a period n (layer i sliding unless (i + 1) is a multiple of n; default 6).
+    public var layerTypes: [String]?
+    /// `rope_local_base_freq` (gemma3): `<arch>.rope.freq_base_swa`, llama.cpp's default 10000.
+    public var ropeLocalBaseFreq: Double?
+    /// `query_pre_attn_scalar` (gemma3): llama.cpp scales scores by 1/√key_length (1/√(hidden/heads) for 62 layers, the 27B).
+    public var queryPreAttnScalar: Int?
+    /// `final_logit_softcapping`, `attn_logit_softcapping`: `<arch>.final_logit_softcapping` / `.attn_logit_softcapping`
+    /// when present and non-zero (the config reader refuses them).
+    public var finalLogitSoftcapping: Double?
+    public var attnLogitSoftcapping: Double?
+
     /// Per-layer sizes of a `deci` file (llama.cpp's Nemotron-NAS architecture), in our config.json's
     /// `block_configs` form; nil for `llama`. A head count of 0 is a removed attention, a feed-forward length
     /// of 0 a removed MLP.
@@ -79,6 +93,9 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
         case ropeTheta = "rope_theta", maxPositionEmbeddings = "max_position_embeddings"
         case tieWordEmbeddings = "tie_word_embeddings", bosTokenId = "bos_token_id", eosTokenId = "eos_token_id"
         case ropeScaling = "rope_scaling", blockConfigs = "block_configs"
+        case slidingWindow = "sliding_window", layerTypes = "layer_types", ropeLocalBaseFreq = "rope_local_base_freq"
+        case queryPreAttnScalar = "query_pre_attn_scalar", finalLogitSoftcapping = "final_logit_softcapping"
+        case attnLogitSoftcapping = "attn_logit_softcapping"
     }
 
     /// Reads `<arch>.*` and `tokenizer.ggml.*` metadata; embeddings are tied when there is no `output.weight`.
@@ -121,6 +138,36 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
         bosTokenId = try file.ifPresent("tokenizer.ggml.bos_token_id", file.int)
         eosTokenId = try file.ifPresent("tokenizer.ggml.eos_token_id", file.int)
         try readRopeScaling(file, key: key)
+        if arch == "gemma3" { try readGemma3(file, key: key) }
+    }
+
+    /// Gemma 3's keys, as llama.cpp's `llama_model_gemma3::load_arch_hparams` reads them.
+    private mutating func readGemma3(_ file: GGUFFile, key: (String) -> String) throws {
+        hiddenAct = "gelu_pytorch_tanh"
+        queryPreAttnScalar = numHiddenLayers == 62 ? hiddenSize / numAttentionHeads : headDim
+        for (name, slot) in [("final_logit_softcapping", \GGUFConfig.finalLogitSoftcapping), ("attn_logit_softcapping", \.attnLogitSoftcapping)] {
+            if let v = try file.ifPresent(key(name), file.float), v != 0 { self[keyPath: slot] = Double(v) }
+        }
+        guard let window = try file.ifPresent(key("attention.sliding_window"), file.int), window > 0 else {
+            layerTypes = Array(repeating: "full_attention", count: numHiddenLayers)
+            return
+        }
+        slidingWindow = window
+        ropeLocalBaseFreq = Self.shortestDecimal(try file.ifPresent(key("rope.freq_base_swa"), file.float) ?? 10_000)
+        let patternKey = key("attention.sliding_window_pattern")
+        var sliding: [Bool]
+        if let v = file.metadata[patternKey], let a = v.arrayValue {
+            let flags = a.compactMap(\.boolValue)
+            guard flags.count == a.count, flags.count == numHiddenLayers else {
+                throw GGUFError(file.path, "\(patternKey): expected \(numHiddenLayers) booleans or a positive integer, found \(v)")
+            }
+            sliding = flags
+        } else {
+            let n = try file.ifPresent(patternKey, file.int) ?? 6
+            guard n >= 1 else { throw GGUFError(file.path, "\(patternKey): expected a positive integer, found \(n)") }
+            sliding = (0..<numHiddenLayers).map { ($0 + 1) % n != 0 }
+        }
+        layerTypes = sliding.map { $0 ? "sliding_attention" : "full_attention" }
     }
 
     /// Per-layer arrays of a `deci` file (a scalar applies to every layer), as llama.cpp reads them.

@@ -69,8 +69,13 @@ public enum Importer {
                 let b = config.blocks[lid.layer]
                 rotaryHeads = lid.kind == .q ? b.numAttentionHeads : b.numKeyValueHeads
             }
-            let t = try GGUFTensors.hfTensor(info, in: file, name: id.hfName, rotaryHeads: rotaryHeads)
-            tensors[t.name] = Tensor(shape: t.shape, values: t.values)
+            let t = try GGUFTensors.hfTensor(info, in: file, name: config.name(id), rotaryHeads: rotaryHeads)
+            var values = t.values
+            if case .norm = id, family.ggufNormShift != 0 {
+                // llama.cpp stores Gemma's norm weights as shift + w.
+                for i in values.indices { values[i] -= family.ggufNormShift }
+            }
+            tensors[t.name] = Tensor(shape: t.shape, values: values)
             typeCounts[info.type.name, default: 0] += 1
         }
         let model = try buildModel(config: config, tensors: tensors, source: path)
@@ -80,7 +85,8 @@ public enum Importer {
             "gguf_version": .int(file.version),
             "gguf_architecture": .string(ggufConfig.architecture),
             "tensor_types": .object(typeCounts.mapValues { .int($0) }),
-            "note": .string(family.ggufPermutesQK ? "dequantized to float32; q/k rows un-permuted from llama.cpp's rotary order" : "dequantized to float32"),
+            "note": .string("dequantized to float32" + (family.ggufPermutesQK ? "; q/k rows un-permuted from llama.cpp's rotary order" : "")
+                            + (family.ggufNormShift != 0 ? "; \(family.ggufNormShift) subtracted from every norm weight (llama.cpp stores 1 + w)" : "")),
         ])
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
     }
@@ -234,7 +240,7 @@ public enum Importer {
         config.extra["quantization_config"] = nil
         // The family's Hugging Face names of every weight the spec holds, and our checkpoint name for each.
         let family = config.familyType
-        let ours = Dictionary(uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.hfName($0.id), $0.id.hfName) })
+        let ours = Dictionary(uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.hfName($0.id), config.name($0.id)) })
         let expected = Set(ours.keys)
         var tensors: [String: Tensor] = [:]
         var quantized: [String: QuantizedTensor] = [:]

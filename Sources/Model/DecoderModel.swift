@@ -7,18 +7,20 @@ public struct TensorSpec: Equatable, Sendable {
     public let shape: [Int]
 }
 
-/// Weights of one attention sublayer (its pre-norm included). Shapes: norm (C), q (H·D, C), k and v (G·D, C),
-/// o (C, H·D); biases (out) for the projections the spec lists; qNorm and kNorm (D) when the spec has q/k norm.
+/// Weights of one attention sublayer (its norms included). Shapes: norm (C), q (H·D, C), k and v (G·D, C),
+/// o (C, H·D); biases (out) for the projections the spec lists; qNorm and kNorm (D) when the spec has q/k norm;
+/// postNorm (C) on the output when the spec has post-sublayer norms.
 public struct AttentionWeights: Sendable {
     public var norm: Tensor
     public var q, k, v, o: LinearWeight
     /// Bias vectors by projection (only those in `ModelConfig.biases`).
     public var biases: [LinearKind: Tensor]
     public var qNorm: Tensor?, kNorm: Tensor?
+    public var postNorm: Tensor?
     public init(norm: Tensor, q: LinearWeight, k: LinearWeight, v: LinearWeight, o: LinearWeight,
-                biases: [LinearKind: Tensor] = [:], qNorm: Tensor? = nil, kNorm: Tensor? = nil) {
+                biases: [LinearKind: Tensor] = [:], qNorm: Tensor? = nil, kNorm: Tensor? = nil, postNorm: Tensor? = nil) {
         self.norm = norm; self.q = q; self.k = k; self.v = v; self.o = o
-        self.biases = biases; self.qNorm = qNorm; self.kNorm = kNorm
+        self.biases = biases; self.qNorm = qNorm; self.kNorm = kNorm; self.postNorm = postNorm
     }
     public subscript(kind: LinearKind) -> LinearWeight {
         get {
@@ -43,18 +45,20 @@ public struct AttentionWeights: Sendable {
     /// A deep copy.
     public func copy() -> AttentionWeights {
         AttentionWeights(norm: norm.copy(), q: q.copy(), k: k.copy(), v: v.copy(), o: o.copy(), biases: biases.mapValues { $0.copy() },
-                         qNorm: qNorm?.copy(), kNorm: kNorm?.copy())
+                         qNorm: qNorm?.copy(), kNorm: kNorm?.copy(), postNorm: postNorm?.copy())
     }
 }
 
-/// Weights of one MLP sublayer (its pre-norm included). Shapes: norm (C), gate and up (F, C), down (C, F);
-/// biases (out) for the projections the spec lists.
+/// Weights of one MLP sublayer (its norms included). Shapes: norm (C), gate and up (F, C), down (C, F);
+/// biases (out) for the projections the spec lists; postNorm (C) when the spec has post-sublayer norms.
 public struct MLPWeights: Sendable {
     public var norm: Tensor
     public var gate, up, down: LinearWeight
     public var biases: [LinearKind: Tensor]
-    public init(norm: Tensor, gate: LinearWeight, up: LinearWeight, down: LinearWeight, biases: [LinearKind: Tensor] = [:]) {
-        self.norm = norm; self.gate = gate; self.up = up; self.down = down; self.biases = biases
+    public var postNorm: Tensor?
+    public init(norm: Tensor, gate: LinearWeight, up: LinearWeight, down: LinearWeight, biases: [LinearKind: Tensor] = [:],
+                postNorm: Tensor? = nil) {
+        self.norm = norm; self.gate = gate; self.up = up; self.down = down; self.biases = biases; self.postNorm = postNorm
     }
     public subscript(kind: LinearKind) -> LinearWeight {
         get {
@@ -76,7 +80,8 @@ public struct MLPWeights: Sendable {
     }
     /// A deep copy.
     public func copy() -> MLPWeights {
-        MLPWeights(norm: norm.copy(), gate: gate.copy(), up: up.copy(), down: down.copy(), biases: biases.mapValues { $0.copy() })
+        MLPWeights(norm: norm.copy(), gate: gate.copy(), up: up.copy(), down: down.copy(), biases: biases.mapValues { $0.copy() },
+                   postNorm: postNorm?.copy())
     }
 }
 
@@ -126,11 +131,11 @@ public struct DecoderModel: Sendable {
         }
         let present = weightShapes
         for (id, shape) in present {
-            guard let expected = specs[id] else { throw ConfigError("unexpected tensor '\(id.hfName)' for this config") }
-            guard expected == shape else { throw ConfigError("tensor '\(id.hfName)': expected shape \(expected), found \(shape)") }
+            guard let expected = specs[id] else { throw ConfigError("unexpected tensor '\(config.name(id))' for this config") }
+            guard expected == shape else { throw ConfigError("tensor '\(config.name(id))': expected shape \(expected), found \(shape)") }
         }
         if present.count != specs.count, let missing = specs.keys.sorted().first(where: { id in !present.contains { $0.0 == id } }) {
-            throw ConfigError("missing tensor '\(missing.hfName)' (expected shape \(specs[missing]!))")
+            throw ConfigError("missing tensor '\(config.name(missing))' (expected shape \(specs[missing]!))")
         }
     }
 
@@ -154,11 +159,13 @@ public struct DecoderModel: Sendable {
                 specs.append((.norm(layer: l, .attentionIn), [C]))
                 lin(.q, [H * D, C]); lin(.k, [G * D, C]); lin(.v, [G * D, C]); lin(.o, [C, H * D])
                 if c.qkNorm { specs += [(.norm(layer: l, .q), [D]), (.norm(layer: l, .k), [D])] }
+                if c.postNorms { specs.append((.norm(layer: l, .attentionOut), [C])) }
             }
             if b.mlp {
                 let F = b.intermediateSize
                 specs.append((.norm(layer: l, .mlpIn), [C]))
                 lin(.gate, [F, C]); lin(.up, [F, C]); lin(.down, [C, F])
+                if c.postNorms { specs.append((.norm(layer: l, .mlpOut), [C])) }
             }
         }
         specs.append((.finalNorm, [C]))
@@ -166,9 +173,9 @@ public struct DecoderModel: Sendable {
         return specs.sorted { $0.0 < $1.0 }
     }
 
-    /// `weightSpecs` under checkpoint names (`WeightID.hfName`).
+    /// `weightSpecs` under checkpoint names (`ModelConfig.name`: the family's Hugging Face names).
     public static func tensorSpecs(_ c: ModelConfig) -> [TensorSpec] {
-        weightSpecs(c).map { TensorSpec(name: $0.id.hfName, shape: $0.shape) }
+        weightSpecs(c).map { TensorSpec(name: c.name($0.id), shape: $0.shape) }
     }
 
     /// Assembles a dense model from named float32 tensors (a file boundary); names and shapes must match
@@ -177,12 +184,13 @@ public struct DecoderModel: Sendable {
         try self.init(config: config, weights: tensors.mapValues { ModelWeight.dense($0) })
     }
 
-    /// Assembles a model from weights under checkpoint names (`WeightID.hfName`); names and shapes must match
+    /// Assembles a model from weights under checkpoint names (`ModelConfig.name`); names and shapes must match
     /// `tensorSpecs(config)` exactly.
     public init(config: ModelConfig, weights named: [String: ModelWeight]) throws {
         var byID: [WeightID: ModelWeight] = [:]
+        let ids = Dictionary(uniqueKeysWithValues: Self.weightSpecs(config).map { (config.name($0.id), $0.id) })
         for name in named.keys.sorted() {
-            guard let id = WeightID(hfName: name) else { throw ConfigError("unexpected tensor '\(name)' for this config") }
+            guard let id = ids[name] else { throw ConfigError("unexpected tensor '\(name)' for this config") }
             byID[id] = named[name]
         }
         try self.init(config: config, weights: byID)
@@ -193,15 +201,16 @@ public struct DecoderModel: Sendable {
     public init(config: ModelConfig, weights byID: [WeightID: ModelWeight]) throws {
         let specs = Self.weightSpecs(config)
         for s in specs {
-            guard let t = byID[s.id] else { throw ConfigError("missing tensor '\(s.id.hfName)' (expected shape \(s.shape))") }
-            guard t.shape == s.shape else { throw ConfigError("tensor '\(s.id.hfName)': expected shape \(s.shape), found \(t.shape)") }
+            let name = config.name(s.id)
+            guard let t = byID[s.id] else { throw ConfigError("missing tensor '\(name)' (expected shape \(s.shape))") }
+            guard t.shape == s.shape else { throw ConfigError("tensor '\(name)': expected shape \(s.shape), found \(t.shape)") }
             guard (s.shape.count == 1) == (t.vector != nil) else {
-                throw ConfigError("tensor '\(s.id.hfName)': \(s.shape.count == 1 ? "a norm or bias must be a float32 vector" : "expected a matrix")")
+                throw ConfigError("tensor '\(name)': \(s.shape.count == 1 ? "a norm or bias must be a float32 vector" : "expected a matrix")")
             }
         }
         let expected = Set(specs.map(\.id))
         if let extra = byID.keys.sorted().first(where: { !expected.contains($0) }) {
-            throw ConfigError("unexpected tensor '\(extra.hfName)' for this config")
+            throw ConfigError("unexpected tensor '\(config.name(extra))' for this config")
         }
         func m(_ id: WeightID) -> LinearWeight { byID[id]!.matrix! }
         func v(_ id: WeightID) -> Tensor { byID[id]!.vector! }
@@ -214,9 +223,11 @@ public struct DecoderModel: Sendable {
                 attention: b.attention ? AttentionWeights(
                     norm: v(.norm(layer: l, .attentionIn)), q: lin(.q), k: lin(.k), v: lin(.v), o: lin(.o),
                     biases: biases([.q, .k, .v, .o]),
-                    qNorm: config.qkNorm ? v(.norm(layer: l, .q)) : nil, kNorm: config.qkNorm ? v(.norm(layer: l, .k)) : nil) : nil,
+                    qNorm: config.qkNorm ? v(.norm(layer: l, .q)) : nil, kNorm: config.qkNorm ? v(.norm(layer: l, .k)) : nil,
+                    postNorm: config.postNorms ? v(.norm(layer: l, .attentionOut)) : nil) : nil,
                 mlp: b.mlp ? MLPWeights(norm: v(.norm(layer: l, .mlpIn)), gate: lin(.gate), up: lin(.up), down: lin(.down),
-                                        biases: biases([.gate, .up, .down])) : nil)
+                                        biases: biases([.gate, .up, .down]),
+                                        postNorm: config.postNorms ? v(.norm(layer: l, .mlpOut)) : nil) : nil)
         }
         try self.init(config: config, embedTokens: m(.embedTokens), layers: layers, norm: v(.finalNorm),
                       lmHead: config.tieWordEmbeddings ? nil : m(.lmHead))
@@ -236,10 +247,12 @@ public struct DecoderModel: Sendable {
                 for k in [LinearKind.q, .k, .v, .o] { lin(k, a[k], a.biases) }
                 if let qn = a.qNorm { out.append((.norm(layer: l, .q), .vector(qn))) }
                 if let kn = a.kNorm { out.append((.norm(layer: l, .k), .vector(kn))) }
+                if let pn = a.postNorm { out.append((.norm(layer: l, .attentionOut), .vector(pn))) }
             }
             if let m = layer.mlp {
                 out.append((.norm(layer: l, .mlpIn), .vector(m.norm)))
                 for k in [LinearKind.gate, .up, .down] { lin(k, m[k], m.biases) }
+                if let pn = m.postNorm { out.append((.norm(layer: l, .mlpOut), .vector(pn))) }
             }
         }
         out.append((.finalNorm, .vector(norm)))
@@ -247,14 +260,14 @@ public struct DecoderModel: Sendable {
         return out.sorted { $0.0 < $1.0 }
     }
 
-    /// The model's weights as float32 tensors under their Hugging Face names, in canonical order: the tensor
+    /// The model's weights as float32 tensors under their checkpoint names (`ModelConfig.name`), in canonical order: the tensor
     /// itself for dense weights, the values of sparse ones, the dequantized cache of quantized ones (never
     /// write into those) and D · S multiplied out for factorized ones.
     public var namedTensors: [(name: String, tensor: Tensor)] {
         weights.map { w in
             switch w.weight {
-            case .vector(let t): (w.id.hfName, t)
-            case .matrix(let m): (w.id.hfName, m.denseView ?? m.dequantized())
+            case .vector(let t): (config.name(w.id), t)
+            case .matrix(let m): (config.name(w.id), m.denseView ?? m.dequantized())
             }
         }
     }
@@ -338,7 +351,7 @@ public struct DecoderModel: Sendable {
         return try removingSublayers(Set(drop.flatMap { [2 * $0, 2 * $0 + 1] }))
     }
 
-    /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms at 1), for tests and benchmarks.
+    /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms scaling by about 1), for tests and benchmarks.
     public static func random(config: ModelConfig, seed: UInt64) -> DecoderModel {
         var rng = SplitMix64(seed: seed)
         var tensors: [WeightID: ModelWeight] = [:]
@@ -347,7 +360,7 @@ public struct DecoderModel: Sendable {
             if case .bias = s.id {
                 for i in 0..<t.count { t[i] = 0.1 * (2 * rng.nextFloat() - 1) }
             } else if s.shape.count == 1 {
-                for i in 0..<t.count { t[i] = 1 + 0.1 * (2 * rng.nextFloat() - 1) }
+                for i in 0..<t.count { t[i] = 1 - config.normKind.weightOffset + 0.1 * (2 * rng.nextFloat() - 1) }
             } else {
                 t.fillUniform(scale: 1 / Float(s.shape[1]).squareRoot(), rng: &rng)
             }
@@ -391,11 +404,11 @@ public enum ModelWeight: Sendable {
         case .matrix(let m): m.trainableTensors
         }
     }
-    /// Names of `trainableTensors` (for optimizer state and parameter-group globs): the Hugging Face name,
-    /// or for a factorized weight the name with ".dense" / ".sparse" in place of ".weight" (none when its
-    /// dense factor is stored quantized: frozen).
-    public func parameterNames(_ id: WeightID) -> [String] {
-        let n = id.hfName
+    /// Names of `trainableTensors` (for optimizer state and parameter-group globs): the checkpoint name
+    /// (`config.name`, the family's Hugging Face name; `id.hfName` without a config), or for a factorized weight
+    /// the name with ".dense" / ".sparse" in place of ".weight" (none when its dense factor is stored quantized: frozen).
+    public func parameterNames(_ id: WeightID, config: ModelConfig? = nil) -> [String] {
+        let n = config?.name(id) ?? id.hfName
         if trainableTensors.isEmpty { return [] }
         if case .matrix(.factorized) = self { let stem = String(n.dropLast(".weight".count)); return [stem + ".dense", stem + ".sparse"] }
         return trainableTensors.isEmpty ? [] : [n]

@@ -14,21 +14,39 @@ public struct BlockConfig: Equatable, Sendable {
     public var numKeyValueHeads: Int
     public var mlp: Bool
     public var intermediateSize: Int
+    /// Full causal attention, or sliding-window attention with the model's `slidingWindow` and its rotary base
+    /// (`ModelConfig.attentionWindow(layer:)`, `ropeTheta(layer:)`).
+    public var layerType: AttentionLayerType
 
-    public init(attention: Bool = true, numAttentionHeads: Int, numKeyValueHeads: Int, mlp: Bool = true, intermediateSize: Int) {
+    public init(attention: Bool = true, numAttentionHeads: Int, numKeyValueHeads: Int, mlp: Bool = true, intermediateSize: Int,
+                layerType: AttentionLayerType = .full) {
         self.attention = attention
         self.numAttentionHeads = numAttentionHeads
         self.numKeyValueHeads = numKeyValueHeads
         self.mlp = mlp
         self.intermediateSize = intermediateSize
+        self.layerType = layerType
     }
+
+    /// The same layer with another type (sizes unchanged).
+    func with(layerType t: AttentionLayerType) -> BlockConfig { var b = self; b.layerType = t; return b }
 }
 
-/// How a norm normalises: `rms` is x / rms(x) ⊙ w (Llama, Qwen).
-public enum NormKind: String, Codable, Sendable { case rms }
+/// A layer's attention pattern, spelled as Hugging Face's `layer_types` entries.
+public enum AttentionLayerType: String, Codable, Sendable { case full = "full_attention", sliding = "sliding_attention" }
 
-/// The gated MLP's activation: `silu` is SwiGLU, silu(gate) ⊙ up (Llama, Qwen).
-public enum GatedActivation: String, Codable, Sendable { case silu }
+/// How a norm normalises: `rms` is x / rms(x) ⊙ w (Llama, Qwen); `rmsUnitOffset` is x / rms(x) ⊙ (1 + w) (Gemma:
+/// the stored weight is the offset from 1; transformers Gemma3RMSNorm).
+public enum NormKind: String, Codable, Sendable {
+    case rms, rmsUnitOffset
+    /// What the kernels add to the stored weight before scaling (`rmsnormForward`'s `offset`).
+    public var weightOffset: Float { self == .rms ? 0 : 1 }
+}
+
+/// The gated MLP's activation: `silu` is SwiGLU, silu(gate) ⊙ up (Llama, Qwen); `geluTanh` is GeGLU with
+/// GELU's tanh approximation, gelu_tanh(gate) ⊙ up (Gemma: `gelu_pytorch_tanh`). Raw values are Hugging Face's
+/// `hidden_act` spellings.
+public enum GatedActivation: String, Codable, Sendable { case silu, geluTanh = "gelu_pytorch_tanh" }
 
 /// The architecture spec of a decoder, family-neutral: what the forward, its backward, the reference forward,
 /// the passes and the trainer read. Per block (`blocks`): attention with its heads and KV heads (head dim
@@ -62,10 +80,30 @@ public struct ModelConfig: Equatable, Sendable {
     public var qkNorm: Bool = false
     public var normKind: NormKind = .rms
     public var activation: GatedActivation = .silu
+    /// Norms on the sublayers' outputs before the residual add (Gemma 2/3: `post_attention_layernorm`,
+    /// `post_feedforward_layernorm`; `NormSite.attentionOut`, `.mlpOut`).
+    public var postNorms: Bool = false
+    /// Multiplier of the embedding output (Gemma: √hidden_size, rounded to float32 as transformers does).
+    public var embeddingScale: Double = 1
+    /// Multiplier of the attention scores; nil is 1/√head_dim (Gemma 3: query_pre_attn_scalar^(-1/2)).
+    public var attentionScale: Double?
+    /// Keys a sliding-window layer sees (itself and the window − 1 before it); required when a block is sliding.
+    public var slidingWindow: Int?
+    /// Rotary base of sliding-window layers (Gemma 3: 10,000 while full layers use `ropeTheta`, 1,000,000).
+    public var slidingRopeTheta: Double?
     /// One entry per layer (always `numHiddenLayers` long).
     public var blocks: [BlockConfig]
     /// Other config.json keys, kept verbatim.
     public var extra: [String: JSONValue]
+
+    /// The attention window of layer l: `slidingWindow` on sliding layers, nil (full causal) otherwise.
+    public func attentionWindow(layer l: Int) -> Int? { blocks[l].layerType == .sliding ? slidingWindow : nil }
+    /// The rotary base of layer l.
+    public func ropeTheta(layer l: Int) -> Double { blocks[l].layerType == .sliding ? slidingRopeTheta ?? ropeTheta : ropeTheta }
+    /// The checkpoint's (and the family's Hugging Face) name of a weight.
+    public func name(_ id: WeightID) -> String { familyType.hfName(id) }
+    /// The attention score multiplier as the kernels take it (nil: their default 1/√D).
+    public var attentionScaleValue: Float? { attentionScale.map { Float($0) } }
 
     /// The family's type (the registry holds every family a config can name).
     public var familyType: any ModelFamily.Type {
@@ -124,10 +162,11 @@ public struct ModelConfig: Equatable, Sendable {
     /// `family` is the registry name; `biases` and `qkNorm` are the family's features; `familyKeys` are keys the
     /// family has interpreted itself (not kept in `extra`).
     public init(decoding o: [String: JSONValue], family: String, biases: Set<LinearKind> = [], qkNorm: Bool = false,
-                familyKeys: Set<String> = []) throws {
+                activation: GatedActivation = .silu, familyKeys: Set<String> = []) throws {
         self.family = family
         self.biases = biases
         self.qkNorm = qkNorm
+        self.activation = activation
         func int(_ key: String, in obj: [String: JSONValue] = o, ctx: String = "config", default d: Int? = nil) throws -> Int {
             let limit = Self.limits[key] ?? Int(Int32.max)
             guard let v = obj[key], v != .null else {
@@ -146,8 +185,8 @@ public struct ModelConfig: Equatable, Sendable {
             }
             return x
         }
-        if let act = o["hidden_act"]?.stringValue, act != "silu" {
-            throw ConfigError("config: hidden_act '\(act)' is not supported for \(family) (supported: silu)")
+        if let v = o["hidden_act"], v != .null, v.stringValue != activation.rawValue {
+            throw ConfigError("config: hidden_act \(v.text) is not supported for \(family) (supported: \(activation.rawValue))")
         }
         if let rs = o["rope_scaling"], rs != .null {
             throw ConfigError("config: rope_scaling \(rs.text) is not supported (expected null)")
@@ -253,10 +292,12 @@ public struct ModelConfig: Equatable, Sendable {
     public static let maxTensorElements = 1 << 34
     public static let maxParameters = 1 << 36
 
-    /// True when every layer holds both sublayers with the global sizes.
+    /// True when every layer holds both sublayers with the global sizes (layer types may differ: they are
+    /// written as `layer_types`, not `block_configs`).
     public var isHomogeneous: Bool {
         blocks.allSatisfy {
-            $0 == BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize)
+            $0.with(layerType: .full) == BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads,
+                                                     intermediateSize: intermediateSize)
         }
     }
 

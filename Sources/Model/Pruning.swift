@@ -62,7 +62,9 @@ extension DecoderModel {
         nc.intermediateSize = F2
         nc.headDim = D
         nc.rmsNormEps = c.rmsNormEps * Double(C) / Double(Cn)
-        nc.blocks = c.blocks.map { BlockConfig(numAttentionHeads: H2, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: F2) }
+        nc.blocks = c.blocks.map {
+            BlockConfig(numAttentionHeads: H2, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: F2, layerType: $0.layerType)
+        }
         let scale = (Float(C) / Float(Cn)).squareRoot()
 
         guard weightKinds == [.dense] else {

@@ -11,9 +11,12 @@ extension DecoderModel {
         ids.withUnsafeBufferPointer {
             embeddingForwardReference(out: x.data, ids: $0.baseAddress!, table: table.data, rows: T, channels: C)
         }
+        let es = Float(c.embeddingScale)
+        for i in 0..<(T * C) { x[i] *= es }
         if let z = gates?.channels { gateForwardReference(out: x.data, inp: x.data, gate: z.data, rows: T, groups: C, groupSize: 1) }
-        /// x += z ⊙ g_s ⊙ tmp
-        func residual(_ s: Int) {
+        /// x += z ⊙ g_s ⊙ post(tmp)
+        func residual(_ s: Int, postNorm: Tensor?) {
+            if let postNorm { normForwardReference(out: tmp.data, inp: tmp.data, weight: postNorm.data, rows: T, channels: C) }
             let gs = gates?.sublayers.map { $0[s] } ?? 1
             for t in 0..<T {
                 for ch in 0..<C {
@@ -35,13 +38,14 @@ extension DecoderModel {
                     normForwardReference(out: q.data, inp: q.data, weight: qn.data, rows: T * H, channels: D)
                     normForwardReference(out: k.data, inp: k.data, weight: kn.data, rows: T * G, channels: D)
                 }
-                rotaryForwardReference(q.data, rows: T, heads: H, headDim: D, theta: c.ropeTheta)
-                rotaryForwardReference(k.data, rows: T, heads: G, headDim: D, theta: c.ropeTheta)
-                attentionForwardReference(out: att.data, q: q.data, k: k.data, v: v.data, rows: T, heads: H, kvHeads: G, headDim: D)
+                rotaryForwardReference(q.data, rows: T, heads: H, headDim: D, theta: c.ropeTheta(layer: l))
+                rotaryForwardReference(k.data, rows: T, heads: G, headDim: D, theta: c.ropeTheta(layer: l))
+                attentionForwardReference(out: att.data, q: q.data, k: k.data, v: v.data, rows: T, heads: H, kvHeads: G, headDim: D,
+                                          window: c.attentionWindow(layer: l), scale: c.attentionScaleValue)
                 if let gh = gates?.heads[l] { gateForwardReference(out: att.data, inp: att.data, gate: gh.data, rows: T, groups: H, groupSize: D) }
                 a.o.forwardReference(out: tmp.data, inp: att.data, rows: T)
                 if let b = a.biases[.o] { biasForwardReference(out: tmp.data, bias: b.data, rows: T, columns: C) }
-                residual(2 * l)
+                residual(2 * l, postNorm: a.postNorm)
             }
             if let m = layer.mlp {
                 let F = block.intermediateSize
@@ -53,11 +57,12 @@ extension DecoderModel {
                 }
                 switch c.activation {
                 case .silu: swigluForwardReference(out: g.data, gate: g.data, up: u.data, count: T * F)
+                case .geluTanh: geluTanhGatedForwardReference(out: g.data, gate: g.data, up: u.data, count: T * F)
                 }
                 if let gf = gates?.neurons[l] { gateForwardReference(out: g.data, inp: g.data, gate: gf.data, rows: T, groups: F, groupSize: 1) }
                 m.down.forwardReference(out: tmp.data, inp: g.data, rows: T)
                 if let b = m.biases[.down] { biasForwardReference(out: tmp.data, bias: b.data, rows: T, columns: C) }
-                residual(2 * l + 1)
+                residual(2 * l + 1, postNorm: m.postNorm)
             }
         }
         normForwardReference(out: n.data, inp: x.data, weight: norm.data, rows: T, channels: C)

@@ -89,15 +89,17 @@ extension BackwardObserver {
 /// training alike, over B windows of W tokens (rows N = B·W; GEMMs run on all rows at once, rotary and
 /// attention per window):
 ///
-///   x = embed(ids) ⊙ z_c
+///   x = s_e · embed(ids) ⊙ z_c                                                                       (s_e: embeddingScale)
 ///   for each layer:  n = norm(x);  q, k, v = q_proj(n) + b_q, k_proj(n) + b_k, v_proj(n) + b_v   (biases: spec)
 ///                    q, k = qnorm(q), knorm(k) per head of D                                       (qkNorm: spec)
-///                    x += g_att ⊙ z_c ⊙ (o_proj(gate_h(attn(rope(q), rope(k), v))) + b_o)
-///                    n = norm(x);  x += g_mlp ⊙ z_c ⊙ (down_proj(gate_f(act(gate_proj(n) + b_g) ⊙ (up_proj(n) + b_u))) + b_d)
+///                    x += g_att ⊙ z_c ⊙ post(o_proj(gate_h(attn_l(rope_l(q), rope_l(k), v))) + b_o)
+///                    n = norm(x);  x += g_mlp ⊙ z_c ⊙ post(down_proj(gate_f(act(gate_proj(n) + b_g) ⊙ (up_proj(n) + b_u))) + b_d)
 ///   h = norm(x);  logits = h · lm_headᵀ
 ///
-/// (norm: the spec's `normKind`, RMSNorm today; act: its `activation`, SiLU today; z, g: the optional `gates`.)
-/// (z, g: the optional `gates`.) Every projection goes through `LinearWeight.forward`, so every weight
+/// (norm: the spec's `normKind`, x/rms ⊙ w or x/rms ⊙ (1 + w); act: its `activation`, SiLU or GELU-tanh; post: the
+/// post-sublayer norm when the spec has `postNorms`, else identity; attn_l: causal, or sliding-window on the layers
+/// the spec marks, scaled by `attentionScale`; rope_l: the layer's rotary base; z, g: the optional `gates`.)
+/// Every projection goes through `LinearWeight.forward`, so every weight
 /// representation runs here. In inference mode (`training: false`) all layers share one set of scratch
 /// buffers and nothing is kept; in training mode each layer keeps what `backward` (TransformerDecoderBackward.swift)
 /// needs: the residual entering each sublayer, the norms' rstd and outputs, q/k after rotary, v, the
@@ -120,7 +122,8 @@ public final class TransformerDecoder {
     public private(set) var captures: [Int: Tensor] = [:]
     public private(set) var captureGrads: [Int: Tensor] = [:]
 
-    let rotary: RotaryTable
+    /// Rotary tables of full-attention layers and (when the spec has them) sliding-window layers.
+    let rotary: RotaryTable, slidingRotary: RotaryTable?
     let x: Tensor
     let rstdFinal: Tensor
     public internal(set) var ids: [Int32] = []
@@ -132,12 +135,19 @@ public final class TransformerDecoder {
 
     final class SublayerActivations {
         let resid: Tensor?, rstd: Tensor?, normed: Tensor
-        /// The sublayer's output before the channel / sublayer gates (kept when those gates are set).
+        /// The sublayer's output before the channel / sublayer gates (kept when those gates are set; always with
+        /// post-sublayer norms, where it is the post-norm's output).
         var out: Tensor?
-        init(rows N: Int, channels C: Int, training: Bool) {
+        /// With post-sublayer norms: the output projection's output (the post-norm's input) and the post-norm's
+        /// rstd (training).
+        let raw: Tensor?, postRstd: Tensor?
+        init(rows N: Int, channels C: Int, training: Bool, postNorm: Bool) {
             resid = training ? Tensor(shape: [N, C]) : nil
             rstd = training ? Tensor(shape: [N]) : nil
             normed = Tensor(shape: [N, C])
+            raw = postNorm ? Tensor(shape: [N, C]) : nil
+            postRstd = postNorm && training ? Tensor(shape: [N]) : nil
+            if postNorm { out = Tensor(shape: [N, C]) }
         }
     }
     final class LayerActivations {
@@ -152,6 +162,8 @@ public final class TransformerDecoder {
         let dx, dn, dq, dk, dv, datt, dgate, dup, dact, dsub, attBack: Tensor
         /// The gradient of q or k before its per-head norm (q/k norm only).
         let dqkPre: Tensor?
+        /// The gradient of a post-sublayer norm's input (post norms only).
+        let dpost: Tensor?
     }
 
     /// A decoder over `batch` windows of up to `window` tokens; `training` keeps activations for `backward`.
@@ -163,6 +175,8 @@ public final class TransformerDecoder {
         window = W
         self.training = training
         rotary = RotaryTable(headDim: D, theta: c.ropeTheta, positions: W)
+        slidingRotary = c.blocks.contains { $0.layerType == .sliding } && c.slidingRopeTheta != nil
+            ? RotaryTable(headDim: D, theta: c.slidingRopeTheta!, positions: W) : nil
         hidden = Tensor(shape: [N, C])
         x = Tensor(shape: [N, C])
         rstdFinal = Tensor(shape: [training ? N : 0])
@@ -170,7 +184,7 @@ public final class TransformerDecoder {
         func layer(_ b: BlockConfig) -> LayerActivations {
             let a = LayerActivations(), H = b.numAttentionHeads, G = b.numKeyValueHeads, F = b.intermediateSize
             if b.attention {
-                a.attn = SublayerActivations(rows: N, channels: C, training: training)
+                a.attn = SublayerActivations(rows: N, channels: C, training: training, postNorm: c.postNorms)
                 a.q = Tensor(shape: [N, H * D]); a.k = Tensor(shape: [N, G * D]); a.v = Tensor(shape: [N, G * D])
                 a.att = Tensor(shape: [N, H * D])
                 if c.qkNorm && training {
@@ -179,7 +193,7 @@ public final class TransformerDecoder {
                 }
             }
             if b.mlp {
-                a.mlp = SublayerActivations(rows: N, channels: C, training: training)
+                a.mlp = SublayerActivations(rows: N, channels: C, training: training, postNorm: c.postNorms)
                 a.gate = Tensor(shape: [N, F]); a.up = Tensor(shape: [N, F]); a.act = Tensor(shape: [N, F])
             }
             return a
@@ -194,7 +208,8 @@ public final class TransformerDecoder {
                 datt: Tensor(shape: [N, maxH * D]), dgate: Tensor(shape: [N, maxF]), dup: Tensor(shape: [N, maxF]),
                 dact: Tensor(shape: [N, maxF]), dsub: Tensor(shape: [N, C]),
                 attBack: Tensor(shape: [AttentionBackward.scratchCount(tokens: W, kvHeads: maxG, headDim: D)]),
-                dqkPre: c.qkNorm ? Tensor(shape: [N, max(maxH, maxG) * D]) : nil)
+                dqkPre: c.qkNorm ? Tensor(shape: [N, max(maxH, maxG) * D]) : nil,
+                dpost: c.postNorms ? Tensor(shape: [N, C]) : nil)
         } else {
             // One set sized for the widest layer, shared by all.
             store = [layer(BlockConfig(numAttentionHeads: maxH, numKeyValueHeads: maxG, intermediateSize: maxF))]
@@ -203,6 +218,9 @@ public final class TransformerDecoder {
 
     /// The activations of layer l (the shared set in inference mode).
     func activations(_ l: Int) -> LayerActivations { training ? store[l] : store[0] }
+
+    /// The rotary table of layer l (its base: `ModelConfig.ropeTheta(layer:)`).
+    func rotaryTable(_ l: Int) -> RotaryTable { model.config.blocks[l].layerType == .sliding ? slidingRotary ?? rotary : rotary }
 
     /// Requests the output of decoder layer `layer` to be kept in `captures[layer]` (and a gradient slot).
     public func capture(layer: Int) {
@@ -232,7 +250,7 @@ public final class TransformerDecoder {
         forward(ids, observer: observer)
     }
 
-    /// x = embed(ids) (⊙ channel gates).
+    /// x = embeddingScale · embed(ids) (⊙ channel gates).
     public func embed(_ ids: [Int32]) {
         let N = ids.count, C = model.config.hiddenSize, V = model.config.vocabSize
         precondition(N > 0 && N <= rows && (batch == 1 || N == rows), "forward on \(N) ids, decoder holds \(batch) × \(window)")
@@ -242,6 +260,8 @@ public final class TransformerDecoder {
         ids.withUnsafeBufferPointer {
             embeddingForward(out: x.data, ids: $0.baseAddress!, table: table.data, rows: N, channels: C)
         }
+        let es = Float(model.config.embeddingScale)
+        if es != 1 { for i in 0..<(N * C) { x.data[i] *= es } }
         if let z = gates?.channels { gateForward(out: x.data, inp: x.data, gate: z.data, rows: N, groups: C, groupSize: 1) }
     }
 
@@ -275,11 +295,13 @@ public final class TransformerDecoder {
                         model.normForward(out: t.data, inp: pre?.data ?? t.data, weight: w.data, rows: N * heads, channels: D, rstd: rstd?.data)
                     }
                 }
+                let table = rotaryTable(l), window = c.attentionWindow(layer: l)
                 for r0 in stride(from: 0, to: N, by: W) {
-                    rotaryForward(q.data + r0 * H * D, rows: W, heads: H, table: rotary)
-                    rotaryForward(k.data + r0 * G * D, rows: W, heads: G, table: rotary)
+                    rotaryForward(q.data + r0 * H * D, rows: W, heads: H, table: table)
+                    rotaryForward(k.data + r0 * G * D, rows: W, heads: G, table: table)
                     attentionForward(out: att.data + r0 * H * D, q: q.data + r0 * H * D, k: k.data + r0 * G * D, v: v.data + r0 * G * D,
-                                     rows: W, heads: H, kvHeads: G, headDim: D, scores: scores.data)
+                                     rows: W, heads: H, kvHeads: G, headDim: D, scores: scores.data,
+                                     window: window, scale: c.attentionScaleValue)
                 }
                 var oIn = att
                 if let gh = gates?.heads[l] {
@@ -288,7 +310,7 @@ public final class TransformerDecoder {
                     gateForward(out: oIn.data, inp: att.data, gate: gh.data, rows: N, groups: H, groupSize: D)
                 }
                 observer?.headOutputs(layer: l, att: oIn.data, rows: N)
-                addSublayerOutput(s, a.o, bias: a.biases[.o], inp: oIn.data, sub: sub, rows: N)
+                addSublayerOutput(s, a.o, bias: a.biases[.o], postNorm: a.postNorm, inp: oIn.data, sub: sub, rows: N)
             } else if s % 2 == 1, let m = layer.mlp, let sub = acts.mlp, let gate = acts.gate, let up = acts.up, let act = acts.act {
                 let F = block.intermediateSize
                 sub.resid?.data.update(from: x.data, count: N * C)
@@ -300,6 +322,7 @@ public final class TransformerDecoder {
                 }
                 switch c.activation {
                 case .silu: swigluForward(out: act.data, gate: gate.data, up: up.data, count: N * F)
+                case .geluTanh: geluTanhGatedForward(out: act.data, gate: gate.data, up: up.data, count: N * F)
                 }
                 var dIn = act
                 if let gf = gates?.neurons[l] {
@@ -307,7 +330,7 @@ public final class TransformerDecoder {
                     gateForward(out: dIn.data, inp: act.data, gate: gf.data, rows: N, groups: F, groupSize: 1)
                 }
                 observer?.mlpActivation(layer: l, act: dIn.data, rows: N)
-                addSublayerOutput(s, m.down, bias: m.biases[.down], inp: dIn.data, sub: sub, rows: N)
+                addSublayerOutput(s, m.down, bias: m.biases[.down], postNorm: m.postNorm, inp: dIn.data, sub: sub, rows: N)
             }
             if s % 2 == 1 { captures[l]?.data.update(from: x.data, count: N * C) }
         }
@@ -321,19 +344,34 @@ public final class TransformerDecoder {
         return (0..<C).map { c in (z.map { $0[c] } ?? 1) * gs }
     }
 
-    /// x += scale ⊙ (inp · Wᵀ + b): the residual add folded into the GEMM (beta = 1) when ungated.
-    func addSublayerOutput(_ s: Int, _ w: LinearWeight, bias: Tensor?, inp: UnsafePointer<Float>, sub: SublayerActivations, rows N: Int) {
+    /// x += scale ⊙ post(inp · Wᵀ + b): the residual add folded into the GEMM (beta = 1) when ungated and
+    /// without a post-sublayer norm (`postNorm`; training keeps its input in `sub.raw` and rstd in `sub.postRstd`).
+    func addSublayerOutput(_ s: Int, _ w: LinearWeight, bias: Tensor?, postNorm: Tensor?, inp: UnsafePointer<Float>,
+                           sub: SublayerActivations, rows N: Int) {
         let C = model.config.hiddenSize
-        guard let scale = outputScale(s) else {
+        let scale = outputScale(s)
+        guard scale != nil || postNorm != nil else {
             w.forward(out: x.data, inp: inp, rows: N, beta: 1)
             if let bias { biasForward(out: x.data, bias: bias.data, rows: N, columns: C) }
             return
         }
         if sub.out == nil || sub.out!.count < N * C { sub.out = Tensor(shape: [rows, C]) }
         let out = sub.out!
-        w.forward(out: out.data, inp: inp, rows: N)
-        if let bias { biasForward(out: out.data, bias: bias.data, rows: N, columns: C) }
-        scale.withUnsafeBufferPointer { gateForward(out: x.data, inp: out.data, gate: $0.baseAddress!, rows: N, groups: C, groupSize: 1, accumulate: true) }
+        if let postNorm, let raw = sub.raw {
+            w.forward(out: raw.data, inp: inp, rows: N)
+            if let bias { biasForward(out: raw.data, bias: bias.data, rows: N, columns: C) }
+            model.normForward(out: out.data, inp: raw.data, weight: postNorm.data, rows: N, channels: C, rstd: sub.postRstd?.data)
+        } else {
+            w.forward(out: out.data, inp: inp, rows: N)
+            if let bias { biasForward(out: out.data, bias: bias.data, rows: N, columns: C) }
+        }
+        if let scale {
+            scale.withUnsafeBufferPointer {
+                gateForward(out: x.data, inp: out.data, gate: $0.baseAddress!, rows: N, groups: C, groupSize: 1, accumulate: true)
+            }
+        } else {
+            residualAdd(x.data, out.data, count: N * C)
+        }
     }
 
     /// h = rmsnorm(x) with the final norm, into `hidden`.
@@ -384,7 +422,9 @@ extension DecoderModel {
                             channels: Int, rstd: UnsafeMutablePointer<Float>? = nil) {
         let eps = Float(config.rmsNormEps)
         switch config.normKind {
-        case .rms: rmsnormForward(out: out, inp: inp, weight: weight, eps: eps, rows: rows, channels: channels, rstd: rstd)
+        case .rms, .rmsUnitOffset:
+            rmsnormForward(out: out, inp: inp, weight: weight, eps: eps, rows: rows, channels: channels, rstd: rstd,
+                           offset: config.normKind.weightOffset)
         }
     }
 
@@ -392,7 +432,9 @@ extension DecoderModel {
     public func normBackward(dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
                              inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows: Int, channels: Int) {
         switch config.normKind {
-        case .rms: rmsnormBackward(dinp: dinp, dweight: dweight, dout: dout, inp: inp, weight: weight, rstd: rstd, rows: rows, channels: channels)
+        case .rms, .rmsUnitOffset:
+            rmsnormBackward(dinp: dinp, dweight: dweight, dout: dout, inp: inp, weight: weight, rstd: rstd, rows: rows, channels: channels,
+                            offset: config.normKind.weightOffset)
         }
     }
 
@@ -401,7 +443,9 @@ extension DecoderModel {
                                      channels: Int) {
         let eps = Float(config.rmsNormEps)
         switch config.normKind {
-        case .rms: rmsnormForwardReference(out: out, inp: inp, weight: weight, eps: eps, rows: rows, channels: channels)
+        case .rms, .rmsUnitOffset:
+            rmsnormForwardReference(out: out, inp: inp, weight: weight, eps: eps, rows: rows, channels: channels,
+                                    offset: config.normKind.weightOffset)
         }
     }
 }

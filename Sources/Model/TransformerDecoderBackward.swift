@@ -17,7 +17,7 @@ public final class ModelGradients {
             let ts = w.trainableTensors
             if !ts.isEmpty {
                 s[id] = ts.map { Tensor(shape: $0.shape) }
-                named += zip(w.parameterNames(id), s[id]!).map { ($0, $1) }
+                named += zip(w.parameterNames(id, config: model.config), s[id]!).map { ($0, $1) }
             }
         }
         slots = s
@@ -51,7 +51,8 @@ extension TransformerDecoder {
             if let m = layer.mlp, let sub = acts.mlp, let resid = sub.resid, let rstd = sub.rstd, let gate = acts.gate, let up = acts.up,
                let act = acts.act {
                 let F = block.intermediateSize
-                let dOut = sublayerOutputBackward(2 * l + 1, sub: sub, gateGrads: gateGrads)
+                let dOut = postNormBackward(sublayerOutputBackward(2 * l + 1, sub: sub, gateGrads: gateGrads), weight: m.postNorm, sub: sub,
+                                            dweight: grads.vector(.norm(layer: l, .mlpOut)))
                 if m.biases[.down] != nil, let db = grads.vector(.bias(lin(.down))) { biasBackward(dbias: db, dout: dOut, rows: N, columns: C) }
                 let dIn = gates?.neurons[l] != nil ? acts.actGated! : act
                 b.dact.data.update(repeating: 0, count: N * F)
@@ -69,6 +70,8 @@ extension TransformerDecoder {
                 b.dup.data.update(repeating: 0, count: N * F)
                 switch c.activation {
                 case .silu: swigluBackward(dgate: b.dgate.data, dup: b.dup.data, dout: dAct.data, gate: gate.data, up: up.data, count: N * F)
+                case .geluTanh:
+                    geluTanhGatedBackward(dgate: b.dgate.data, dup: b.dup.data, dout: dAct.data, gate: gate.data, up: up.data, count: N * F)
                 }
                 for (kind, d) in [(LinearKind.gate, b.dgate), (.up, b.dup)] where m.biases[kind] != nil {
                     if let db = grads.vector(.bias(lin(kind))) { biasBackward(dbias: db, dout: d.data, rows: N, columns: F) }
@@ -83,7 +86,8 @@ extension TransformerDecoder {
             if let a = layer.attention, let sub = acts.attn, let resid = sub.resid, let rstd = sub.rstd, let q = acts.q, let k = acts.k,
                let v = acts.v, let att = acts.att {
                 let H = block.numAttentionHeads, G = block.numKeyValueHeads
-                let dOut = sublayerOutputBackward(2 * l, sub: sub, gateGrads: gateGrads)
+                let dOut = postNormBackward(sublayerOutputBackward(2 * l, sub: sub, gateGrads: gateGrads), weight: a.postNorm, sub: sub,
+                                            dweight: grads.vector(.norm(layer: l, .attentionOut)))
                 if a.biases[.o] != nil, let db = grads.vector(.bias(lin(.o))) { biasBackward(dbias: db, dout: dOut, rows: N, columns: C) }
                 let oIn = gates?.heads[l] != nil ? acts.attGated! : att
                 b.datt.data.update(repeating: 0, count: N * H * D)
@@ -98,12 +102,14 @@ extension TransformerDecoder {
                 b.dq.data.update(repeating: 0, count: N * H * D)
                 b.dk.data.update(repeating: 0, count: N * G * D)
                 b.dv.data.update(repeating: 0, count: N * G * D)
+                let table = rotaryTable(l), window = c.attentionWindow(layer: l)
                 for r0 in stride(from: 0, to: N, by: W) {
                     attentionBackward(dq: b.dq.data + r0 * H * D, dk: b.dk.data + r0 * G * D, dv: b.dv.data + r0 * G * D,
                                       dout: b.datt.data + r0 * H * D, q: q.data + r0 * H * D, k: k.data + r0 * G * D, v: v.data + r0 * G * D,
-                                      rows: W, heads: H, kvHeads: G, headDim: D, scratch: b.attBack.data)
-                    rotaryBackward(b.dq.data + r0 * H * D, rows: W, heads: H, table: rotary)
-                    rotaryBackward(b.dk.data + r0 * G * D, rows: W, heads: G, table: rotary)
+                                      rows: W, heads: H, kvHeads: G, headDim: D, scratch: b.attBack.data,
+                                      window: window, scale: c.attentionScaleValue)
+                    rotaryBackward(b.dq.data + r0 * H * D, rows: W, heads: H, table: table)
+                    rotaryBackward(b.dk.data + r0 * G * D, rows: W, heads: G, table: table)
                 }
                 if let qn = a.qNorm, let kn = a.kNorm, let dPre = b.dqkPre, let qPre = acts.qPre, let kPre = acts.kPre,
                    let qRstd = acts.qRstd, let kRstd = acts.kRstd {
@@ -130,13 +136,16 @@ extension TransformerDecoder {
                 observer.layerInput(l, x: input.data, dx: dx.data, rows: N, channels: C)
             }
         }
-        // x = embed(ids) ⊙ z: dz += Σ_t dx ⊙ embed(ids), then dx ⊙= z.
+        // x = s · embed(ids) ⊙ z: dz += Σ_t dx ⊙ s · embed(ids), then dx ⊙= z, then dx ·= s.
         let table = model.embedTokens.denseView ?? model.embedTokens.dequantized()
+        let es = Float(c.embeddingScale)
         if let z = gates?.channels {
             ids.withUnsafeBufferPointer { embeddingForward(out: b.dsub.data, ids: $0.baseAddress!, table: table.data, rows: N, channels: C) }
+            if es != 1 { for i in 0..<(N * C) { b.dsub.data[i] *= es } }
             gateBackward(dinp: nil, dgate: gateGrads?.channels?.data, dout: dx.data, inp: b.dsub.data, gate: z.data, rows: N, groups: C, groupSize: 1)
             gateForward(out: dx.data, inp: dx.data, gate: z.data, rows: N, groups: C, groupSize: 1)
         }
+        if es != 1 { for i in 0..<(N * C) { dx.data[i] *= es } }
         let dTable = grads.pointers(.embedTokens)
         if let dt = dTable.first, let dt {
             ids.withUnsafeBufferPointer { embeddingBackward(dtable: dt, dout: dx.data, ids: $0.baseAddress!, rows: N, channels: C) }
@@ -146,6 +155,18 @@ extension TransformerDecoder {
             case .factorized: preconditionFailure("a factorized embedding cannot be trained")
             }
         }
+    }
+
+    /// Back through a post-sublayer norm (nil: none, `dOut` returned as is): the gradient of its input, in the
+    /// scratch `dpost`, with its weight's gradient accumulated into `dweight` (nil: frozen).
+    private func postNormBackward(_ dOut: UnsafePointer<Float>, weight: Tensor?, sub: SublayerActivations,
+                                  dweight: UnsafeMutablePointer<Float>?) -> UnsafePointer<Float> {
+        guard let weight, let b = back, let dpost = b.dpost, let raw = sub.raw, let rstd = sub.postRstd else { return dOut }
+        let N = rows, C = model.config.hiddenSize
+        dpost.data.update(repeating: 0, count: N * C)
+        model.normBackward(dinp: dpost.data, dweight: dweight, dout: dOut, inp: raw.data, weight: weight.data, rstd: rstd.data,
+                           rows: N, channels: C)
+        return UnsafePointer(dpost.data)
     }
 
     /// The gradient reaching sublayer s's output projection from dx: dx itself when ungated; otherwise

@@ -2,12 +2,14 @@
 /// norms).
 ///   attentionIn: before attention (Hugging Face `input_layernorm`)
 ///   mlpIn:       before the MLP (Hugging Face Llama's `post_attention_layernorm`)
-///   q, k:        RMSNorm over each head's D channels of q and k, before rotary (Qwen3 `q_norm` / `k_norm`)
+///   q, k:        RMSNorm over each head's D channels of q and k, before rotary (Qwen3, Gemma 3 `q_norm` / `k_norm`)
+///   attentionOut: on the attention's output before the residual add (Gemma 3 `post_attention_layernorm`)
+///   mlpOut:      on the MLP's output before the residual add (Gemma 3 `post_feedforward_layernorm`)
 public enum NormSite: String, CaseIterable, Codable, Sendable, Comparable {
-    case attentionIn, mlpIn, q, k
+    case attentionIn, mlpIn, q, k, attentionOut, mlpOut
 
     /// Attention-side norms belong to sublayer 2·layer, the MLP's to 2·layer + 1.
-    public var isAttention: Bool { self != .mlpIn }
+    public var isAttention: Bool { self != .mlpIn && self != .mlpOut }
     public static func < (a: NormSite, b: NormSite) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
 }
 
@@ -55,7 +57,9 @@ public enum WeightID: Hashable, Sendable, Comparable, CustomStringConvertible {
             case .attentionIn: return (1, l, 0)
             case .q: return (1, l, 20)
             case .k: return (1, l, 21)
+            case .attentionOut: return (1, l, 22)
             case .mlpIn: return (1, l, 30)
+            case .mlpOut: return (1, l, 50)
             }
         case .linear(let id): return (1, id.layer, (id.kind.isAttention ? 1 : 31) + 2 * kindIndex(id.kind))
         case .bias(let id): return (1, id.layer, (id.kind.isAttention ? 2 : 32) + 2 * kindIndex(id.kind))

@@ -87,7 +87,8 @@ extension DecoderModel {
                 throw ConfigError("layer \(l): every neuron removed, but down_proj has a bias that the MLP still adds (\(c.family))")
             }
             return BlockConfig(attention: k > 0, numAttentionHeads: k > 0 ? k : H, numKeyValueHeads: G,
-                               mlp: !sel.neurons[l].isEmpty, intermediateSize: sel.neurons[l].isEmpty ? b.intermediateSize : sel.neurons[l].count)
+                               mlp: !sel.neurons[l].isEmpty, intermediateSize: sel.neurons[l].isEmpty ? b.intermediateSize : sel.neurons[l].count,
+                               layerType: b.layerType)
         }
         guard !nc.blocks.isEmpty else { throw ConfigError("no layer kept") }
         nc.numHiddenLayers = nc.blocks.count

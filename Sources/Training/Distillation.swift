@@ -164,7 +164,7 @@ public final class Distiller {
         // Weights a trainable reads the gradient of get one, but the optimizer never updates them.
         let gradientOnly = trainables.reduce(into: Set<WeightID>()) { $0.formUnion($1.weightGradients) }
         let frozen = Set(student.weights.filter { w in
-            !trainWeights || w.weight.parameterNames(w.id).contains { n in config.groups.first { $0.matches(n) }?.frozen == true }
+            !trainWeights || w.weight.parameterNames(w.id, config: student.config).contains { n in config.groups.first { $0.matches(n) }?.frozen == true }
         }.map(\.id)).subtracting(gradientOnly)
         studentTrainer = Trainer(model: student, batch: B, window: W, frozen: frozen)
         let needTeacher = config.klWeight > 0 || !config.intermediate.isEmpty

@@ -59,7 +59,7 @@ final class DecoderTests: XCTestCase {
     /// Every representation, on each family: on Qwen2 the sparse q_proj carries its bias, on Qwen3 the q/k norms
     /// follow it.
     func testEveryRepresentationInTheForward() throws {
-        for name in ["tiny-llama", "tiny-qwen2", "tiny-qwen3"] { try everyRepresentation(name) }
+        for name in ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"] { try everyRepresentation(name) }
     }
 
     func everyRepresentation(_ name: String) throws {

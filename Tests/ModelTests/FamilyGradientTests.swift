@@ -16,15 +16,17 @@ final class FamilyGradientTests: XCTestCase {
     /// each window on its own (positions 0..<W).
     static func hidden64(_ w: [String: [Double]], config c: ModelConfig, ids: [Int32], batch B: Int, window W: Int) -> [Double] {
         let C = c.hiddenSize, D = c.headDim, eps = c.rmsNormEps, N = B * W
+        let offset = c.normKind == .rmsUnitOffset ? 1.0 : 0.0
         func rms(_ x: [Double], _ weight: [Double], rows: Int, channels n: Int) -> [Double] {
             var out = x
             for r in 0..<rows {
                 let row = x[(r * n)..<(r * n + n)]
                 let s = 1 / (row.reduce(0) { $0 + $1 * $1 } / Double(n) + eps).squareRoot()
-                for j in 0..<n { out[r * n + j] = x[r * n + j] * s * weight[j] }
+                for j in 0..<n { out[r * n + j] = x[r * n + j] * s * (offset + weight[j]) }
             }
             return out
         }
+        func normW(_ l: Int, _ site: NormSite) -> [Double] { w[c.name(.norm(layer: l, site))]! }
         func linear(_ x: [Double], _ name: String, rows: Int, inp: Int, bias: String? = nil) -> [Double] {
             let m = w[name]!, outF = m.count / inp, b = bias.flatMap { w[$0] }
             var y = [Double](repeating: 0, count: rows * outF)
@@ -37,13 +39,13 @@ final class FamilyGradientTests: XCTestCase {
             }
             return y
         }
-        func rope(_ x: inout [Double], heads H: Int) {
+        func rope(_ x: inout [Double], heads H: Int, theta: Double) {
             for n in 0..<N {
                 let t = n % W
                 for h in 0..<H {
                     let base = (n * H + h) * D
                     for i in 0..<(D / 2) {
-                        let a = Double(t) * Foundation.pow(c.ropeTheta, -Double(2 * i) / Double(D))
+                        let a = Double(t) * Foundation.pow(theta, -Double(2 * i) / Double(D))
                         let x0 = x[base + i], x1 = x[base + i + D / 2]
                         x[base + i] = x0 * Foundation.cos(a) - x1 * Foundation.sin(a)
                         x[base + i + D / 2] = x1 * Foundation.cos(a) + x0 * Foundation.sin(a)
@@ -52,49 +54,106 @@ final class FamilyGradientTests: XCTestCase {
             }
         }
         let embed = w["model.embed_tokens.weight"]!
-        var x = ids.flatMap { id in embed[(Int(id) * C)..<(Int(id) * C + C)] }
+        let es = Double(Float(c.embeddingScale))
+        var x = ids.flatMap { id in embed[(Int(id) * C)..<(Int(id) * C + C)].map { $0 * es } }
         for (l, block) in c.blocks.enumerated() {
             let p = "model.layers.\(l)."
             let H = block.numAttentionHeads, G = block.numKeyValueHeads
-            let n = rms(x, w[p + "input_layernorm.weight"]!, rows: N, channels: C)
+            let n = rms(x, normW(l, .attentionIn), rows: N, channels: C)
             func proj(_ k: String) -> [Double] { linear(n, p + "self_attn.\(k)_proj.weight", rows: N, inp: C, bias: p + "self_attn.\(k)_proj.bias") }
             var q = proj("q"), k = proj("k")
             let v = proj("v")
             if c.qkNorm {
-                q = rms(q, w[p + "self_attn.q_norm.weight"]!, rows: N * H, channels: D)
-                k = rms(k, w[p + "self_attn.k_norm.weight"]!, rows: N * G, channels: D)
+                q = rms(q, normW(l, .q), rows: N * H, channels: D)
+                k = rms(k, normW(l, .k), rows: N * G, channels: D)
             }
-            rope(&q, heads: H)
-            rope(&k, heads: G)
+            rope(&q, heads: H, theta: c.ropeTheta(layer: l))
+            rope(&k, heads: G, theta: c.ropeTheta(layer: l))
+            let window = c.attentionWindow(layer: l), scale = c.attentionScale ?? 1 / Double(D).squareRoot()
             var att = [Double](repeating: 0, count: N * H * D)
             for b in 0..<B {
                 for t in 0..<W {
                     for h in 0..<H {
                         let g = h / (H / G), qi = ((b * W + t) * H + h) * D
-                        var s = (0...t).map { u -> Double in
+                        let first = window.map { max(0, t - $0 + 1) } ?? 0
+                        var s = (first...t).map { u -> Double in
                             let ki = ((b * W + u) * G + g) * D
-                            return (0..<D).reduce(0) { $0 + q[qi + $1] * k[ki + $1] } / Double(D).squareRoot()
+                            return (0..<D).reduce(0) { $0 + q[qi + $1] * k[ki + $1] } * scale
                         }
                         let mx = s.max()!
                         s = s.map { Foundation.exp($0 - mx) }
                         let z = s.reduce(0, +)
-                        for u in 0...t {
+                        for u in first...t {
                             let vi = ((b * W + u) * G + g) * D
-                            for d in 0..<D { att[qi + d] += s[u] / z * v[vi + d] }
+                            for d in 0..<D { att[qi + d] += s[u - first] / z * v[vi + d] }
                         }
                     }
                 }
             }
-            let o = linear(att, p + "self_attn.o_proj.weight", rows: N, inp: H * D, bias: p + "self_attn.o_proj.bias")
+            var o = linear(att, p + "self_attn.o_proj.weight", rows: N, inp: H * D, bias: p + "self_attn.o_proj.bias")
+            if c.postNorms { o = rms(o, normW(l, .attentionOut), rows: N, channels: C) }
             for i in 0..<x.count { x[i] += o[i] }
             let F = block.intermediateSize
-            let m = rms(x, w[p + "post_attention_layernorm.weight"]!, rows: N, channels: C)
+            let m = rms(x, normW(l, .mlpIn), rows: N, channels: C)
             let gate = linear(m, p + "mlp.gate_proj.weight", rows: N, inp: C), up = linear(m, p + "mlp.up_proj.weight", rows: N, inp: C)
-            let act = (0..<(N * F)).map { gate[$0] / (1 + Foundation.exp(-gate[$0])) * up[$0] }
-            let down = linear(act, p + "mlp.down_proj.weight", rows: N, inp: F)
+            let act = (0..<(N * F)).map { i -> Double in
+                let x = gate[i]
+                switch c.activation {
+                case .silu: return x / (1 + Foundation.exp(-x)) * up[i]
+                case .geluTanh: return 0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))) * up[i]
+                }
+            }
+            var down = linear(act, p + "mlp.down_proj.weight", rows: N, inp: F)
+            if c.postNorms { down = rms(down, normW(l, .mlpOut), rows: N, channels: C) }
             for i in 0..<x.count { x[i] += down[i] }
         }
         return rms(x, w["model.norm.weight"]!, rows: N, channels: C)
+    }
+
+    /// Gemma 3 (tiny-gemma3: sliding window 5 on layers 0 and 2 with rotary base 1e4, full layer 1 with 1e6,
+    /// scores × 24^(−1/2), (1 + w) norms, post-sublayer norms, GELU-tanh gating, embedding × √C) over 2 windows of
+    /// 8 tokens (so the window cuts): every entry of every norm vector, and sampled entries of the embedding and of
+    /// each layer's projections, against central differences of the Float64 decoder above.
+    func testGemma3GradientsThroughTheDecoderAgainstFloat64FiniteDifferences() throws {
+        let m = try Checkpoint.read(Fixtures.path("tiny-gemma3.h5")).model, c = m.config, B = 2, W = 8
+        XCTAssertEqual(c.slidingWindow, 5)
+        XCTAssertLessThan(try XCTUnwrap(c.slidingWindow), W, "the window must cut inside a training window")
+        let x = (0..<(B * W)).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
+        let d = TransformerDecoder(model: m, batch: B, window: W, training: true)
+        let R = Tensor(shape: [B * W, c.hiddenSize])
+        R.fillUniform(scale: 1, rng: &rng)
+        d.forward(x)
+        let grads = ModelGradients(model: m)
+        d.backward(dHidden: R.data, grads: grads)
+        let analytic = Dictionary(uniqueKeysWithValues: grads.named.map { ($0.name, $0.tensor.array) })
+        var w = Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, $0.tensor.array.map(Double.init)) })
+        let Rd = R.array.map(Double.init)
+        func loss() -> Double { zip(Self.hidden64(w, config: c, ids: x, batch: B, window: W), Rd).reduce(0) { $0 + $1.0 * $1.1 } }
+        let l32 = zip(d.hidden.array, Rd).reduce(0.0) { $0 + Double($1.0) * $1.1 }, l64 = loss()
+        XCTAssertEqual(l32, l64, accuracy: 1e-4 * max(1, abs(l64)))
+
+        let norms = w.keys.filter { w[$0]!.count == c.hiddenSize || w[$0]!.count == c.headDim }.sorted()
+        XCTAssertEqual(norms.count, 3 * 6 + 1)
+        let h = 1e-5
+        var worst = 0.0
+        for name in w.keys.sorted() {
+            let g = try XCTUnwrap(analytic[name], "no gradient for \(name)")
+            var indices = Array(0..<g.count)
+            if !norms.contains(name) { indices.shuffle(using: &rng); indices = Array(indices.prefix(12)) }
+            var numeric: [Double] = []
+            for i in indices {
+                let v = w[name]![i]
+                w[name]![i] = v + h; let lp = loss()
+                w[name]![i] = v - h; let lm = loss()
+                w[name]![i] = v
+                numeric.append((lp - lm) / (2 * h))
+            }
+            let scale = max(numeric.map(abs).max()!, 1e-12)
+            let err = zip(indices.map { g[$0] }, numeric).map { abs(Double($0) - $1) }.max()! / scale
+            XCTAssertLessThan(err, 1e-4, name)
+            worst = max(worst, err)
+        }
+        print("tiny-gemma3 worst relative gradient error \(worst)")
     }
 
     func testBiasAndQKNormGradientsThroughTheDecoderAgainstFloat64FiniteDifferences() throws {

@@ -9,7 +9,7 @@ import XCTest
 /// model per family (LlamaForCausalLM untied and tied, Qwen2ForCausalLM with random q/k/v biases, Qwen3ForCausalLM
 /// with random q/k norms and head_dim 16 != hidden / heads 8).
 final class ReferenceParityTests: XCTestCase {
-    static let models = ["tiny-llama", "tiny-llama-tied", "tiny-qwen2", "tiny-qwen3"]
+    static let models = ["tiny-llama", "tiny-llama-tied", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
 
     /// The Qwen fixtures read as their family, with the family's features on and their tensors loaded.
     func testFamilyFixturesReadAsTheirFamily() throws {

@@ -210,24 +210,27 @@ final class GradientTests: XCTestCase {
     }
 
     /// Double causal GQA attention over flat q (T,H,D), k, v (T,G,D).
-    static func attention64(_ q: [Double], _ k: [Double], _ v: [Double], T: Int, H: Int, G: Int, D: Int) -> [Double] {
+    /// Causal GQA attention in Float64; `window` w lets query i see keys i − w + 1 ... i; `scale` default 1/√D.
+    static func attention64(_ q: [Double], _ k: [Double], _ v: [Double], T: Int, H: Int, G: Int, D: Int,
+                            window: Int? = nil, scale: Double? = nil) -> [Double] {
         var out = [Double](repeating: 0, count: T * H * D), e = [Double](repeating: 0, count: T)
-        let s = 1 / Double(D).squareRoot()
+        let s = scale ?? 1 / Double(D).squareRoot()
         for h in 0..<H {
             let g = h / (H / G)
             for i in 0..<T {
                 var m = -Double.infinity
-                for j in 0...i {
+                let first = window.map { max(0, i - $0 + 1) } ?? 0
+                for j in first...i {
                     var dot = 0.0
                     for d in 0..<D { dot += q[(i * H + h) * D + d] * k[(j * G + g) * D + d] }
                     e[j] = dot * s
                     m = max(m, e[j])
                 }
                 var z = 0.0
-                for j in 0...i { e[j] = Foundation.exp(e[j] - m); z += e[j] }
+                for j in first...i { e[j] = Foundation.exp(e[j] - m); z += e[j] }
                 for d in 0..<D {
                     var acc = 0.0
-                    for j in 0...i { acc += e[j] * v[(j * G + g) * D + d] }
+                    for j in first...i { acc += e[j] * v[(j * G + g) * D + d] }
                     out[(i * H + h) * D + d] = acc / z
                 }
             }
@@ -250,6 +253,97 @@ final class GradientTests: XCTestCase {
                 return [dq, dk, dv]
             }
             XCTAssertLessThan(err, 1e-4)  // observed 1.8e-7 (T = 6), 2.8e-7 (T = 131)
+        }
+    }
+
+    /// Sliding-window attention with a score scale other than 1/√D (Gemma 3: 1/√query_pre_attn_scalar). Windows
+    /// shorter than a block, spanning a block boundary, and wider than the sequence (= causal); T crosses blocks.
+    func testSlidingWindowAttentionWithScale() {
+        let blockRows = AttentionForward.blockRows
+        for (T, H, G, D, window) in [(9, 4, 1, 4, 3), (blockRows + 40, 2, 1, 2, 50), (blockRows + 3, 2, 2, 2, 1), (7, 2, 1, 4, 100)] {
+            let q = values(T * H * D), k = values(T * G * D), v = values(T * G * D), scale = 0.37
+            let err = check("attention window \(window)", [q, k, v], outputs: T * H * D, wrt: [0, 1, 2], samples: 24, forward: { i in
+                Self.attention64(i[0], i[1], i[2], T: T, H: H, G: G, D: D, window: window, scale: scale)
+            }) { i, dout in
+                let dq = Tensor(shape: [T * H * D]), dk = Tensor(shape: [T * G * D]), dv = Tensor(shape: [T * G * D])
+                let scratch = Tensor(shape: [AttentionBackward.scratchCount(tokens: T, kvHeads: G, headDim: D)])
+                attentionBackward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, q: i[0].data, k: i[1].data, v: i[2].data,
+                                  rows: T, heads: H, kvHeads: G, headDim: D, scratch: scratch.data, window: window, scale: Float(scale))
+                return [dq, dk, dv]
+            }
+            XCTAssertLessThan(err, 1e-4)
+            // The fast forward against the Float64 function and against its plain reference.
+            let qt = Tensor(shape: [T * H * D], values: q.map(Float.init)), kt = Tensor(shape: [T * G * D], values: k.map(Float.init))
+            let vt = Tensor(shape: [T * G * D], values: v.map(Float.init))
+            let fast = Tensor(shape: [T * H * D]), ref = Tensor(shape: [T * H * D])
+            let scores = Tensor(shape: [AttentionForward.scratchCount(tokens: T)])
+            attentionForward(out: fast.data, q: qt.data, k: kt.data, v: vt.data, rows: T, heads: H, kvHeads: G, headDim: D,
+                             scores: scores.data, window: window, scale: Float(scale))
+            attentionForwardReference(out: ref.data, q: qt.data, k: kt.data, v: vt.data, rows: T, heads: H, kvHeads: G, headDim: D,
+                                      window: window, scale: Float(scale))
+            let exact = Self.attention64(qt.array.map(Double.init), kt.array.map(Double.init), vt.array.map(Double.init),
+                                         T: T, H: H, G: G, D: D, window: window, scale: Double(Float(scale)))
+            for i in 0..<(T * H * D) {
+                XCTAssertEqual(Double(fast[i]), exact[i], accuracy: 2e-6)
+                XCTAssertEqual(Double(ref[i]), exact[i], accuracy: 1e-6)
+            }
+        }
+    }
+
+    /// Gemma's RMSNorm, x · r ⊙ (1 + w).
+    func testRMSNormWithUnitOffset() {
+        let T = 4, C = 9, eps = 1e-6
+        let x = values(T * C, scale: 2), w = values(C, scale: 0.5)
+        func f(_ i: [[Double]]) -> [Double] {
+            (0..<T).flatMap { t -> [Double] in
+                let row = i[0][(t * C)..<((t + 1) * C)]
+                let r = 1 / (row.reduce(0) { $0 + $1 * $1 } / Double(C) + eps).squareRoot()
+                return (0..<C).map { (1 + i[1][$0]) * row[t * C + $0] * r }
+            }
+        }
+        let err = check("rmsnorm (1 + w)", [x, w], outputs: T * C, wrt: [0, 1], forward: f) { i, dout in
+            let y = Tensor(shape: [T * C]), rstd = Tensor(shape: [T]), dx = Tensor(shape: [T * C]), dw = Tensor(shape: [C])
+            rmsnormForward(out: y.data, inp: i[0].data, weight: i[1].data, eps: Float(eps), rows: T, channels: C, rstd: rstd.data, offset: 1)
+            rmsnormBackward(dinp: dx.data, dweight: dw.data, dout: dout.data, inp: i[0].data, weight: i[1].data, rstd: rstd.data,
+                            rows: T, channels: C, offset: 1)
+            return [dx, dw]
+        }
+        XCTAssertLessThan(err, 1e-4)
+        let xt = Tensor(shape: [T * C], values: x.map(Float.init)), wt = Tensor(shape: [C], values: w.map(Float.init))
+        let fast = Tensor(shape: [T * C]), ref = Tensor(shape: [T * C])
+        rmsnormForward(out: fast.data, inp: xt.data, weight: wt.data, eps: Float(eps), rows: T, channels: C, offset: 1)
+        rmsnormForwardReference(out: ref.data, inp: xt.data, weight: wt.data, eps: Float(eps), rows: T, channels: C, offset: 1)
+        let exact = f([xt.array.map(Double.init), wt.array.map(Double.init)])
+        for i in 0..<(T * C) {
+            XCTAssertEqual(Double(fast[i]), exact[i], accuracy: 2e-6 * max(1, abs(exact[i])))
+            XCTAssertEqual(Double(ref[i]), exact[i], accuracy: 1e-6 * max(1, abs(exact[i])))
+        }
+    }
+
+    /// Gemma's GeGLU: gelu_tanh(gate) ⊙ up.
+    func testGELUTanhGated() {
+        let n = 40
+        func f(_ i: [[Double]]) -> [Double] {
+            (0..<n).map { j in
+                let x = i[0][j]
+                return 0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))) * i[1][j]
+            }
+        }
+        let g = values(n, scale: 4), u = values(n)
+        let err = check("gelu-tanh gated", [g, u], outputs: n, wrt: [0, 1], forward: f) { i, dout in
+            let dg = Tensor(shape: [n]), du = Tensor(shape: [n])
+            geluTanhGatedBackward(dgate: dg.data, dup: du.data, dout: dout.data, gate: i[0].data, up: i[1].data, count: n)
+            return [dg, du]
+        }
+        XCTAssertLessThan(err, 1e-4)
+        let gt = Tensor(shape: [n], values: g.map(Float.init)), ut = Tensor(shape: [n], values: u.map(Float.init))
+        let fast = Tensor(shape: [n]), ref = Tensor(shape: [n])
+        geluTanhGatedForward(out: fast.data, gate: gt.data, up: ut.data, count: n)
+        geluTanhGatedForwardReference(out: ref.data, gate: gt.data, up: ut.data, count: n)
+        let exact = f([gt.array.map(Double.init), ut.array.map(Double.init)])
+        for i in 0..<n {
+            XCTAssertEqual(Double(fast[i]), exact[i], accuracy: 4e-6)
+            XCTAssertEqual(Double(ref[i]), exact[i], accuracy: 1e-6)
         }
     }
 

@@ -10,10 +10,10 @@ import XCTest
 /// its q/k norms (head_dim 16 != hidden / heads).
 final class PyTorchParityTests: XCTestCase {
     /// Case (a): CE only, one model per family.
-    static let ceFixtures = ["tiny-llama-tied", "tiny-qwen2", "tiny-qwen3"]
+    static let ceFixtures = ["tiny-llama-tied", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
     /// Cases (b) and (c): distillation of the fixture's student (its "student" / "teacher" keys name the models):
     /// tiny-llama <- tiny-llama-tied, tiny-qwen2 <- tiny-qwen3, tiny-qwen3 <- tiny-qwen2.
-    static let distillFixtures = ["tiny-llama", "tiny-qwen2", "tiny-qwen3"]
+    static let distillFixtures = ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
 
     func testCrossEntropyLossAndGradientsMatchPyTorch() throws {
         for fixture in Self.ceFixtures {

@@ -28,6 +28,9 @@ public protocol ModelFamily {
     /// sublayers): Llama's DeciLM / GGUF `deci`. When false, such models are refused on export (and a recipe
     /// that would export one is refused when it is checked).
     static var perLayerExport: Bool { get }
+    /// What GGUF files of this family add to every stored norm weight (llama.cpp's converter stores Gemma's
+    /// 1 + w, and runs a plain RMSNorm): subtracted on import, added on export. 0 for the others.
+    static var ggufNormShift: Float { get }
 
     /// The spec of a Hugging Face config.json object whose `model_type` is one of `hfModelTypes`.
     /// Errors: `ConfigError` naming the key, what was expected and what was found.
@@ -41,6 +44,7 @@ public protocol ModelFamily {
 }
 
 extension ModelFamily {
+    public static var ggufNormShift: Float { 0 }
     public static func hfName(_ id: WeightID) -> String { StandardNames.hfName(id) }
     public static func ggufName(_ id: WeightID) -> String { StandardNames.ggufName(id) }
     public static func hfConfig(_ c: ModelConfig) -> [String: JSONValue] { c.sharedHFKeys(modelType: hfModelTypes[0]) }
@@ -48,7 +52,7 @@ extension ModelFamily {
 
 /// The registry: every family the workbench knows. Adding a family is one line here.
 public enum ModelFamilies {
-    public static let all: [any ModelFamily.Type] = [LlamaFamily.self, Qwen2Family.self, Qwen3Family.self]
+    public static let all: [any ModelFamily.Type] = [LlamaFamily.self, Qwen2Family.self, Qwen3Family.self, Gemma3Family.self]
 
     /// The family registered under `name` (`ModelConfig.family`).
     public static func named(_ name: String) -> (any ModelFamily.Type)? { all.first { $0.name == name } }
@@ -82,6 +86,10 @@ public enum StandardNames {
         case .mlpIn: "post_attention_layernorm"
         case .q: "self_attn.q_norm"
         case .k: "self_attn.k_norm"
+        // No Llama-lineage model has post-sublayer norms; these names are the Gemma family's own spelling
+        // only where it does not collide with Llama's (Gemma3Family overrides all four sublayer norm names).
+        case .attentionOut: "post_self_attn_layernorm"
+        case .mlpOut: "post_feedforward_layernorm"
         }
     }
     static func ggufModule(_ k: LinearKind) -> String {
@@ -101,6 +109,8 @@ public enum StandardNames {
         case .mlpIn: "ffn_norm"
         case .q: "attn_q_norm"
         case .k: "attn_k_norm"
+        case .attentionOut: "post_attention_norm"
+        case .mlpOut: "post_ffw_norm"
         }
     }
 

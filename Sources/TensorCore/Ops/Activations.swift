@@ -25,6 +25,48 @@ public func swigluForwardReference(
     }
 }
 
+/// out (N) = gelu_tanh(gate (N)) ⊙ up (N): the GELU-gated MLP of Gemma (transformers `gelu_pytorch_tanh`,
+/// GeGLU with the tanh approximation; Shazeer 2020, "GLU Variants Improve Transformer", eq. 6).
+/// `out` may alias `gate` or `up`.
+public func geluTanhGatedForward(
+    out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
+) {
+    Parallel.forEachChunk(N, minChunk: 16384) { r in
+        for i in r {
+            let x = gate[i], u = 0.797_884_56 * (x + 0.044_715 * x * x * x)
+            out[i] = 0.5 * x * (2 - 2 / (fastExp(2 * u) + 1)) * up[i]
+        }
+    }
+}
+
+/// Reference of `geluTanhGatedForward` (Double, libm tanh).
+public func geluTanhGatedForwardReference(
+    out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
+) {
+    for i in 0..<N {
+        let x = Double(gate[i])
+        out[i] = Float(0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))) * Double(up[i]))
+    }
+}
+
+/// Backward of `geluTanhGatedForward`: dgate += dout · up · gelu_tanh'(gate), dup += dout · gelu_tanh(gate)
+/// (gelu_tanh' as in `geluBackward`). Accumulates.
+public func geluTanhGatedBackward(
+    dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+    gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
+) {
+    Parallel.forEachChunk(N, minChunk: 16384) { r in
+        for i in r {
+            let x = gate[i], c: Float = 0.797_884_56
+            let t = 1 - 2 / (fastExp(2 * c * (x + 0.044_715 * x * x * x)) + 1)
+            let g = 0.5 * x * (1 + t), dg = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044_715 * x * x)
+            let d = dout[i]
+            dgate[i] += d * up[i] * dg
+            dup[i] += d * g
+        }
+    }
+}
+
 /// GELU variants: exact (erf), as Hugging Face "gelu", and the tanh approximation ("gelu_pytorch_tanh").
 public enum GELUKind: String, Sendable { case exact = "gelu", tanh = "gelu_pytorch_tanh" }
 

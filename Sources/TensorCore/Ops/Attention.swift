@@ -1,11 +1,15 @@
 import Foundation
 import RealModule
 
-/// Causal self-attention with grouped-query heads.
-///   S = Q_h K_gᵀ / sqrt(D),  P = softmax(S with j > i masked),  O_h = P V_g,   g = h / (H / G)
+/// Causal self-attention with grouped-query heads, optionally windowed (sliding-window attention).
+///   S = Q_h K_gᵀ · s,  P = softmax(S with j > i masked, and j ≤ i − window masked when windowed),
+///   O_h = P V_g,   g = h / (H / G),   s = `scale` (default 1/√D; Gemma 3: 1/√query_pre_attn_scalar)
+/// A window of w lets query i see keys i − w + 1 ... i (w keys, itself included), as transformers'
+/// `sliding_window_overlay` (kv_idx > q_idx − sliding_window) and llama.cpp's LLAMA_SWA_TYPE_STANDARD.
 /// q (T, H, D), k (T, G, D), v (T, G, D) -> out (T, H, D). Query rows are processed in blocks of
-/// `AttentionForward.blockRows`; a block only multiplies against the keys it can see (0 ..< block end), so
-/// the masked upper triangle is mostly never computed. Each product is one GEMM on strided views (no copies).
+/// `AttentionForward.blockRows`; a block only multiplies against the keys it can see (from the window start of
+/// its first row to its last row), so masked scores are mostly never computed. Each product is one GEMM on
+/// strided views (no copies).
 ///
 /// Threading: the (head, block) tasks are spread over `Parallel.threads` workers, each calling BLAS
 /// single-threaded with its own score scratch. OpenBLAS's own threads are switched off for the duration
@@ -16,15 +20,22 @@ public enum AttentionForward {
 
     /// Scratch floats needed for a window of T tokens (all workers).
     public static func scratchCount(tokens T: Int) -> Int { Parallel.threads * min(blockRows, T) * T }
+
+    /// The first key a block of query rows starting at i0 can see under `window` (0 when not windowed).
+    @inline(__always)
+    static func firstKey(_ i0: Int, window: Int?) -> Int { window.map { max(0, i0 - $0 + 1) } ?? 0 }
 }
 
 /// Fast causal GQA attention; `scores` must hold `AttentionForward.scratchCount(tokens: T)` floats.
+/// `window`: sliding-window size in tokens (nil: full causal); `scale`: score multiplier (nil: 1/√D).
 public func attentionForward(
     out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-    rows T: Int, heads H: Int, kvHeads G: Int, headDim D: Int, scores: UnsafeMutablePointer<Float>
+    rows T: Int, heads H: Int, kvHeads G: Int, headDim D: Int, scores: UnsafeMutablePointer<Float>,
+    window: Int? = nil, scale: Float? = nil
 ) {
     precondition(H % G == 0, "query heads \(H) not a multiple of KV heads \(G)")
-    let group = H / G, scale = 1 / Float(D).squareRoot()
+    precondition(window.map { $0 >= 1 } ?? true, "attention window \(window!) < 1")
+    let group = H / G, scale = scale ?? 1 / Float(D).squareRoot()
     let B = AttentionForward.blockRows, blocks = (T + B - 1) / B
     let blasThreads = BLAS.threads
     BLAS.threads = 1
@@ -37,14 +48,15 @@ public func attentionForward(
             for task in tasks {
                 let h = task / blocks, g = h / group
                 let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
-                // p (rows, i1) = Q[i0..<i1, h] · K[0..<i1, g]ᵀ · scale
-                BLAS.gemm(transB: true, m: rows, n: i1, k: D, alpha: scale,
-                          a: q + i0 * H * D + h * D, lda: H * D, b: k + g * D, ldb: G * D, c: p, ldc: i1)
-                causalExpRows(p, rows: rows, columns: i1, firstRow: i0, inverseSums: inv)
-                // O[i0..<i1, h] = diag(inv) · E (rows, i1) · V[0..<i1, g]: the softmax's row scaling is applied to
-                // the D outputs of a row instead of its i1 probabilities.
+                let j0 = AttentionForward.firstKey(i0, window: window), n = i1 - j0
+                // p (rows, n) = Q[i0..<i1, h] · K[j0..<i1, g]ᵀ · scale
+                BLAS.gemm(transB: true, m: rows, n: n, k: D, alpha: scale,
+                          a: q + i0 * H * D + h * D, lda: H * D, b: k + j0 * G * D + g * D, ldb: G * D, c: p, ldc: n)
+                causalExpRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window, inverseSums: inv)
+                // O[i0..<i1, h] = diag(inv) · E (rows, n) · V[j0..<i1, g]: the softmax's row scaling is applied to
+                // the D outputs of a row instead of its n probabilities.
                 let o = out + i0 * H * D + h * D
-                BLAS.gemm(m: rows, n: D, k: i1, a: p, lda: i1, b: v + g * D, ldb: G * D, c: o, ldc: H * D)
+                BLAS.gemm(m: rows, n: D, k: n, a: p, lda: n, b: v + j0 * G * D + g * D, ldb: G * D, c: o, ldc: H * D)
                 for r in 0..<rows {
                     let orow = o + r * H * D, s = inv[r]
                     for d in 0..<D { orow[d] *= s }
@@ -54,55 +66,67 @@ public func attentionForward(
     }
 }
 
-/// Row r of p (rows, columns) belongs to query i = firstRow + r: p[r, j] = exp(p[r, j] - max_j p[r, j]) for
-/// j ≤ i, zero after; inverseSums[r] = 1 / Σ_j p[r, j] (the softmax is p[r] · inverseSums[r]).
+/// The columns [lo, hi) row r of a score block sees: query i = firstRow + r (columns numbered from the block's
+/// first key) sees columns up to i, and, under a window w, from i − w + 1.
 @inline(__always)
-func causalExpRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int, inverseSums: UnsafeMutablePointer<Float>) {
+func visibleColumns(row r: Int, firstRow: Int, window: Int?) -> (lo: Int, hi: Int) {
+    let i = firstRow + r
+    return (window.map { max(0, i - $0 + 1) } ?? 0, i + 1)
+}
+
+/// Row r of p (rows, columns) belongs to query i = firstRow + r: p[r, j] = exp(p[r, j] - max_j p[r, j]) for
+/// the visible j (`visibleColumns`), zero elsewhere; inverseSums[r] = 1 / Σ_j p[r, j] (the softmax is
+/// p[r] · inverseSums[r]).
+@inline(__always)
+func causalExpRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int, window: Int? = nil,
+                   inverseSums: UnsafeMutablePointer<Float>) {
     for r in 0..<rows {
-        let row = p + r * columns, n = firstRow + r + 1
-        let m = rowMax(row, count: n)
+        let row = p + r * columns, (lo, hi) = visibleColumns(row: r, firstRow: firstRow, window: window)
+        let m = rowMax(row + lo, count: hi - lo)
         var s: Float = 0
-        for j in 0..<n { let e = fastExp(row[j] - m); row[j] = e; s = Relaxed.sum(s, e) }
+        for j in lo..<hi { let e = fastExp(row[j] - m); row[j] = e; s = Relaxed.sum(s, e) }
         inverseSums[r] = 1 / s
-        if n < columns { (row + n).update(repeating: 0, count: columns - n) }
+        if lo > 0 { row.update(repeating: 0, count: lo) }
+        if hi < columns { (row + hi).update(repeating: 0, count: columns - hi) }
     }
 }
 
-/// Row r of p (rows, columns) belongs to query i = firstRow + r: softmax over columns 0...i, zero after.
+/// Row r of p (rows, columns) belongs to query i = firstRow + r: softmax over its visible columns, zero elsewhere.
 @inline(__always)
-func causalSoftmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int) {
+func causalSoftmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int, window: Int? = nil) {
     withUnsafeTemporaryAllocation(of: Float.self, capacity: rows) { invBuf in
         let inv = invBuf.baseAddress!
-        causalExpRows(p, rows: rows, columns: columns, firstRow: firstRow, inverseSums: inv)
+        causalExpRows(p, rows: rows, columns: columns, firstRow: firstRow, window: window, inverseSums: inv)
         for r in 0..<rows {
-            let row = p + r * columns, s = inv[r]
-            for j in 0..<(firstRow + r + 1) { row[j] *= s }
+            let row = p + r * columns, s = inv[r], (lo, hi) = visibleColumns(row: r, firstRow: firstRow, window: window)
+            for j in lo..<hi { row[j] *= s }
         }
     }
 }
 
-/// Reference of `attentionForward`: naive loops, Double, libm exp, full T × T scores.
+/// Reference of `attentionForward`: naive loops, Double, libm exp, every visible score.
 public func attentionForwardReference(
     out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-    rows T: Int, heads H: Int, kvHeads G: Int, headDim D: Int
+    rows T: Int, heads H: Int, kvHeads G: Int, headDim D: Int, window: Int? = nil, scale: Float? = nil
 ) {
-    let group = H / G, scale = 1 / Double(D).squareRoot()
+    let group = H / G, scale = scale.map(Double.init) ?? 1 / Double(D).squareRoot()
     var w = [Double](repeating: 0, count: T)
     for h in 0..<H {
         let g = h / group
         for i in 0..<T {
             var m = -Double.infinity
-            for j in 0...i {
+            let first = window.map { max(0, i - $0 + 1) } ?? 0
+            for j in first...i {
                 var dot = 0.0
                 for d in 0..<D { dot += Double(q[(i * H + h) * D + d]) * Double(k[(j * G + g) * D + d]) }
                 w[j] = dot * scale
                 m = max(m, w[j])
             }
             var s = 0.0
-            for j in 0...i { w[j] = Foundation.exp(w[j] - m); s += w[j] }
+            for j in first...i { w[j] = Foundation.exp(w[j] - m); s += w[j] }
             for d in 0..<D {
                 var acc = 0.0
-                for j in 0...i { acc += w[j] * Double(v[(j * G + g) * D + d]) }
+                for j in first...i { acc += w[j] * Double(v[(j * G + g) * D + d]) }
                 out[(i * H + h) * D + d] = Float(acc / s)
             }
         }
@@ -112,7 +136,8 @@ public func attentionForwardReference(
 /// Backward of causal GQA attention. The probabilities are recomputed block by block from q and k (as
 /// FlashAttention does) instead of being stored, so memory stays O(T) per head. For a block of query rows:
 ///   P = causal softmax(Q Kᵀ · s),  dP = dO Vᵀ,  dS = P ⊙ (dP - rowsum(P ⊙ dP))
-///   dQ += dS K · s,   dK += dSᵀ Q · s,   dV += Pᵀ dO          (s = 1/√D; rowsum(P ⊙ dP) = rowsum(dO ⊙ O))
+///   dQ += dS K · s,   dK += dSᵀ Q · s,   dV += Pᵀ dO          (s = `scale`; rowsum(P ⊙ dP) = rowsum(dO ⊙ O))
+/// with the forward's mask (`window`); a block touches only the keys it sees.
 /// Accumulates into dq (T, H, D), dk and dv (T, G, D). Query heads of one KV group write the same dk/dv
 /// rows, so each worker accumulates into its own dk/dv partials, summed in worker order at the end
 /// (deterministic).
@@ -126,10 +151,11 @@ public enum AttentionBackward {
 public func attentionBackward(
     dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
     dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-    rows T: Int, heads H: Int, kvHeads G: Int, headDim D: Int, scratch: UnsafeMutablePointer<Float>
+    rows T: Int, heads H: Int, kvHeads G: Int, headDim D: Int, scratch: UnsafeMutablePointer<Float>,
+    window: Int? = nil, scale: Float? = nil
 ) {
     precondition(H % G == 0, "query heads \(H) not a multiple of KV heads \(G)")
-    let group = H / G, scale = 1 / Float(D).squareRoot()
+    let group = H / G, scale = scale ?? 1 / Float(D).squareRoot()
     let B = AttentionForward.blockRows, blocks = (T + B - 1) / B, R = min(B, T)
     let perWorker = 2 * R * T + 2 * T * G * D, kv = T * G * D
     let blasThreads = BLAS.threads
@@ -142,25 +168,27 @@ public func attentionBackward(
         for task in tasks {
             let h = task / blocks, g = h / group
             let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
-            let qb = q + i0 * H * D + h * D, dob = dout + i0 * H * D + h * D
-            BLAS.gemm(transB: true, m: rows, n: i1, k: D, alpha: scale, a: qb, lda: H * D, b: k + g * D, ldb: G * D, c: p, ldc: i1)
-            causalSoftmaxRows(p, rows: rows, columns: i1, firstRow: i0)
-            // dP (rows, i1) = dO_blk (rows, D) · V[0..<i1]ᵀ
-            BLAS.gemm(transB: true, m: rows, n: i1, k: D, a: dob, lda: H * D, b: v + g * D, ldb: G * D, c: dp, ldc: i1)
-            // dV[0..<i1] += Pᵀ (i1, rows) · dO_blk (rows, D)
-            BLAS.gemm(transA: true, m: i1, n: D, k: rows, a: p, lda: i1, b: dob, ldb: H * D, beta: 1, c: dvw + g * D, ldc: G * D)
+            let j0 = AttentionForward.firstKey(i0, window: window), n = i1 - j0
+            let qb = q + i0 * H * D + h * D, dob = dout + i0 * H * D + h * D, kb = k + j0 * G * D + g * D
+            BLAS.gemm(transB: true, m: rows, n: n, k: D, alpha: scale, a: qb, lda: H * D, b: kb, ldb: G * D, c: p, ldc: n)
+            causalSoftmaxRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window)
+            // dP (rows, n) = dO_blk (rows, D) · V[j0..<i1]ᵀ
+            BLAS.gemm(transB: true, m: rows, n: n, k: D, a: dob, lda: H * D, b: v + j0 * G * D + g * D, ldb: G * D, c: dp, ldc: n)
+            // dV[j0..<i1] += Pᵀ (n, rows) · dO_blk (rows, D)
+            BLAS.gemm(transA: true, m: n, n: D, k: rows, a: p, lda: n, b: dob, ldb: H * D, beta: 1, c: dvw + j0 * G * D + g * D, ldc: G * D)
             for r in 0..<rows {
-                let pr = p + r * i1, dpr = dp + r * i1, n = i0 + r + 1
+                let pr = p + r * n, dpr = dp + r * n, (lo, hi) = visibleColumns(row: r, firstRow: i0 - j0, window: window)
                 var dot: Float = 0
-                for j in 0..<n { dot = Relaxed.multiplyAdd(pr[j], dpr[j], dot) }
-                for j in 0..<n { dpr[j] = pr[j] * (dpr[j] - dot) }
-                for j in n..<i1 { dpr[j] = 0 }
+                for j in lo..<hi { dot = Relaxed.multiplyAdd(pr[j], dpr[j], dot) }
+                for j in lo..<hi { dpr[j] = pr[j] * (dpr[j] - dot) }
+                for j in 0..<lo { dpr[j] = 0 }
+                for j in hi..<n { dpr[j] = 0 }
             }
-            // dQ_blk += dS (rows, i1) · K[0..<i1] (i1, D) · s;  dK[0..<i1] += dSᵀ (i1, rows) · Q_blk (rows, D) · s
-            BLAS.gemm(m: rows, n: D, k: i1, alpha: scale, a: dp, lda: i1, b: k + g * D, ldb: G * D, beta: 1,
+            // dQ_blk += dS (rows, n) · K[j0..<i1] (n, D) · s;  dK[j0..<i1] += dSᵀ (n, rows) · Q_blk (rows, D) · s
+            BLAS.gemm(m: rows, n: D, k: n, alpha: scale, a: dp, lda: n, b: kb, ldb: G * D, beta: 1,
                       c: dq + i0 * H * D + h * D, ldc: H * D)
-            BLAS.gemm(transA: true, m: i1, n: D, k: rows, alpha: scale, a: dp, lda: i1, b: qb, ldb: H * D, beta: 1,
-                      c: dkw + g * D, ldc: G * D)
+            BLAS.gemm(transA: true, m: n, n: D, k: rows, alpha: scale, a: dp, lda: n, b: qb, ldb: H * D, beta: 1,
+                      c: dkw + j0 * G * D + g * D, ldc: G * D)
         }
     }
     for w in 0..<workers {

@@ -1,12 +1,13 @@
 import RealModule
 
 /// RMSNorm (Llama): out = w ⊙ x · rsqrt(mean(x²) + eps), per row. Matches Hugging Face LlamaRMSNorm
-/// (statistics in Float32, normalise, then scale).
+/// (statistics in Float32, normalise, then scale). With `offset` o the scale is (o + w): Gemma's RMSNorm is
+/// o = 1, x · rsqrt(mean(x²) + eps) ⊙ (1 + w) (transformers Gemma3RMSNorm; llama.cpp stores 1 + w instead).
 
-/// out (T, C) = rmsnorm(inp (T, C)) * weight (C); writes rstd (T) when given (for backward).
+/// out (T, C) = rmsnorm(inp (T, C)) * (offset + weight (C)); writes rstd (T) when given (for backward).
 public func rmsnormForward(
     out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-    eps: Float, rows T: Int, channels C: Int, rstd: UnsafeMutablePointer<Float>? = nil
+    eps: Float, rows T: Int, channels C: Int, rstd: UnsafeMutablePointer<Float>? = nil, offset: Float = 0
 ) {
     Parallel.forEachChunk(T, minChunk: 16) { rows in
         for t in rows {
@@ -15,7 +16,11 @@ public func rmsnormForward(
             for c in 0..<C { ss = Relaxed.multiplyAdd(x[c], x[c], ss) }
             let r = 1 / (ss / Float(C) + eps).squareRoot()
             rstd?[t] = r
-            for c in 0..<C { o[c] = weight[c] * (x[c] * r) }
+            if offset == 0 {
+                for c in 0..<C { o[c] = weight[c] * (x[c] * r) }
+            } else {
+                for c in 0..<C { o[c] = (offset + weight[c]) * (x[c] * r) }
+            }
         }
     }
 }
@@ -23,13 +28,13 @@ public func rmsnormForward(
 /// Reference of `rmsnormForward` (Double statistics).
 public func rmsnormForwardReference(
     out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-    eps: Float, rows T: Int, channels C: Int
+    eps: Float, rows T: Int, channels C: Int, offset: Float = 0
 ) {
     for t in 0..<T {
         var ss = 0.0
         for c in 0..<C { ss += Double(inp[t * C + c]) * Double(inp[t * C + c]) }
         let r = 1 / (ss / Double(C) + Double(eps)).squareRoot()
-        for c in 0..<C { out[t * C + c] = Float(Double(weight[c]) * Double(inp[t * C + c]) * r) }
+        for c in 0..<C { out[t * C + c] = Float((Double(offset) + Double(weight[c])) * Double(inp[t * C + c]) * r) }
     }
 }
 
@@ -93,21 +98,23 @@ func accumulatingOverRows(
     finish(scratch)
 }
 
-/// Backward of `rmsnormForward` (rstd saved by the forward). With y = w ⊙ x·r, r = (mean(x²) + eps)^(-1/2):
-///   dx = r·(w ⊙ dy) - x · r³/C · Σ_c w_c dy_c x_c,     dw += Σ_t dy ⊙ x·r
+/// Backward of `rmsnormForward` (rstd saved by the forward). With y = s ⊙ x·r, s = offset + w,
+/// r = (mean(x²) + eps)^(-1/2):
+///   dx = r·(s ⊙ dy) - x · r³/C · Σ_c s_c dy_c x_c,     dw += Σ_t dy ⊙ x·r
 /// Accumulates into dinp and dweight (dweight may be nil for a frozen norm).
 public func rmsnormBackward(
     dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
-    inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows T: Int, channels C: Int
+    inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows T: Int, channels C: Int,
+    offset: Float = 0
 ) {
     accumulatingOverRows(T, width: C, { rows, dw in
         for t in rows {
             let x = inp + t * C, dy = dout + t * C, dx = dinp + t * C, r = rstd[t]
             var dot: Float = 0
-            for c in 0..<C { dot = Relaxed.multiplyAdd(weight[c] * dy[c], x[c], dot) }
+            for c in 0..<C { dot = Relaxed.multiplyAdd((offset + weight[c]) * dy[c], x[c], dot) }
             let k = dot * r * r * r / Float(C)
             for c in 0..<C {
-                dx[c] += r * weight[c] * dy[c] - k * x[c]
+                dx[c] += r * (offset + weight[c]) * dy[c] - k * x[c]
                 dw[c] += dy[c] * x[c] * r
             }
         }
