@@ -534,7 +534,7 @@ public struct Checkpoint {
         var quantization: [String: JSONValue] = [:], sparsity: [String: JSONValue] = [:], factorization: [String: JSONValue] = [:]
         func group(_ name: String, _ created: Bool) throws { if !created { try file.createGroup(name) } }
         for (id, weight) in model.weights {
-            let name = id.hfName
+            let name = config.name(id)
             func floats(_ key: String, _ shape: [Int], _ p: UnsafePointer<Float>) throws {
                 try file.write(key, shape: shape, fileType: H5Types.float32File, memType: H5Types.float32, data: p)
             }

@@ -309,7 +309,7 @@ public struct DecoderModel: Sendable {
             }
             m.layers[lid.layer] = layer
         case .norm, .bias, .finalNorm:
-            throw ConfigError("'\(id.hfName)' is a vector, not a linear weight")
+            throw ConfigError("'\(config.name(id))' is a vector, not a linear weight")
         }
         try m.validate()
         return m

@@ -75,7 +75,7 @@ extension Workbench {
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         let entries = model.weights.map { w -> InspectReport.TensorEntry in
             let bytes = w.weight.storageBytes, n = w.weight.shape.reduce(1, *)
-            var e = InspectReport.TensorEntry(name: w.id.hfName, shape: w.weight.shape, representation: "dense", dtype: "float32",
+            var e = InspectReport.TensorEntry(name: model.config.name(w.id), shape: w.weight.shape, representation: "dense", dtype: "float32",
                                               bytes: bytes, bitsPerWeight: Double(bytes * 8) / Double(n))
             switch w.weight {
             case .vector, .matrix(.dense): break
