@@ -11,8 +11,11 @@ Outputs in Tests/ImportersTests/Fixtures/:
   llama_tiny.gguf    2-layer Llama with llama.cpp-permuted attn_q/attn_k and no output.weight (tied)
   llama_tiny.json    expected HF names/shapes and offsets of the unpermuted q/k into llama_tiny.ref.bin
   llama_tiny.ref.bin the original (HF-order) q/k weights
+  gemma3_tiny.gguf   Tests/Fixtures/tiny-gemma3.h5 written as llama.cpp's convert_hf_to_gguf.py writes Gemma 3:
+                     arch gemma3, every norm weight stored as 1 + w (its norm_shift), q/k unpermuted, layer pattern
+                     as a per-layer bool array (sliding_window_pattern), rope.freq_base_swa, F32
 
-Every file stays under 100 KB.
+Every file stays under 200 KB.
 """
 import json
 import pathlib
@@ -176,9 +179,55 @@ def write_llama_tiny():
     (OUT / "llama_tiny.json").write_text(json.dumps(expected, indent=1))
 
 
+GEMMA3_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+                "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+                "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def write_gemma3_tiny():
+    """tiny-gemma3.h5 (transformers weights) in llama.cpp's Gemma 3 GGUF convention, by hand with gguf-py."""
+    import h5py
+    src = OUT.parent.parent / "Fixtures" / "tiny-gemma3.h5"
+    with h5py.File(src, "r") as f:
+        cfg = json.loads(f.attrs["config"])
+        tensors = {k: np.asarray(v, dtype=np.float32) for k, v in f["tensors"].items()}
+    w = gguf.GGUFWriter(str(OUT / "gemma3_tiny.gguf"), arch="gemma3")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_parameters"]["full_attention"]["rope_theta"])
+    w.add_float32("gemma3.rope.freq_base_swa", cfg["rope_parameters"]["sliding_attention"]["rope_theta"])
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_array("gemma3.attention.sliding_window_pattern", [t == "sliding_attention" for t in cfg["layer_types"]])
+    for name, a in sorted(tensors.items()):
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        else:
+            parts = name.split(".")  # model.layers.N.<module>.weight
+            gname = f"blk.{parts[2]}.{GEMMA3_NAMES['.'.join(parts[3:-1])]}.weight"
+        if name.endswith("norm.weight"):
+            a = a + 1  # convert_hf_to_gguf.py Gemma3Model: data_torch + norm_shift (1.0)
+        w.add_tensor(gname, np.ascontiguousarray(a))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     write_quants()
     write_llama_tiny()
+    write_gemma3_tiny()
     for f in sorted(OUT.glob("*")):
         print(f"{f.stat().st_size:8d}  {f.name}")

@@ -71,8 +71,8 @@ public enum Importer {
             }
             let t = try GGUFTensors.hfTensor(info, in: file, name: config.name(id), rotaryHeads: rotaryHeads)
             var values = t.values
-            if case .norm = id, family.ggufNormShift != 0 {
-                // llama.cpp stores Gemma's norm weights as shift + w.
+            if family.ggufNormShift != 0, id == .finalNorm || { if case .norm = id { true } else { false } }() {
+                // llama.cpp stores Gemma's norm weights, the final one (output_norm) too, as shift + w.
                 for i in values.indices { values[i] -= family.ggufNormShift }
             }
             tensors[t.name] = Tensor(shape: t.shape, values: values)
