@@ -160,8 +160,10 @@ public enum Gemma3Family: ModelFamily {
         o["layer_types"] = .array(c.blocks.map { .string($0.layerType.rawValue) })
         o["sliding_window"] = c.slidingWindow.map { .int($0) } ?? .null
         let scale = c.attentionScale ?? 1 / Double(c.headDim).squareRoot()
-        let scalar = 1 / (scale * scale)
-        o["query_pre_attn_scalar"] = scalar.rounded() == scalar ? .int(Int(scalar)) : .double(scalar)
+        // 1 / scale² of a scale read as 1/√24 is 23.999999999999993: an integer within rounding is written as one
+        // (reading it back gives the same scale).
+        let scalar = 1 / (scale * scale), whole = scalar.rounded()
+        o["query_pre_attn_scalar"] = abs(scalar - whole) <= 1e-9 * whole ? .int(Int(whole)) : .double(scalar)
         o["hidden_activation"] = .string(c.activation.rawValue)
         o["attention_bias"] = .bool(c.biases.contains(.q))
         o["attn_logit_softcapping"] = .null
