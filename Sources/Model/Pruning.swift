@@ -1,5 +1,67 @@
 import TensorCore
 
+/// How removing hidden channels (C → C') rescales what stays, so that the smaller model computes exactly (up to
+/// float32 rounding) what the original computes with the removed channels zeroed where they enter the residual
+/// stream (embedding columns, the rows of every sublayer's output projection and its bias), which makes every norm
+/// over C channels see zeros there. With s = sqrt(C/C') and o the norm kind's weight offset (`NormKind.weightOffset`:
+/// the norm is x/rms(x)·(w + o), o = 0 for Llama's x/rms·w, 1 for Gemma's x/rms·(1 + w)):
+///   - eps' = eps·C/C' (model-wide) and w' + o = (w + o)·s for every norm over C channels, since for any input u
+///     that is zero on the removed channels
+///       u_j (w'_j + o) / sqrt(Σ_kept u²/C' + eps·C/C') = u_j (w_j + o) / sqrt(Σ_kept u²/C + eps):
+///     the sublayer pre-norms and the final norm (u: the residual stream), and the post-sublayer norms (u: the
+///     sublayer's output before its norm, zero on the removed channels when o_proj's / down_proj's rows are).
+///     With o = 1 it is the (1 + w) that scales: w' = (1 + w)·s − 1, not w·s.
+///   - Per-head q/k norms act over D channels, which stay, but read the same eps: q and k are multiplied by s
+///     (the rows of q_proj and k_proj and their biases), and since
+///       s·q / sqrt(Σ (s·q)²/D + s²·eps) = q / sqrt(Σ q²/D + eps)
+///     their outputs are unchanged. Without q/k norms the projections are untouched.
+///   - A family that derives the embedding multiplier from the width (Gemma: s_e = √hidden_size) gets the
+///     multiplier s_e' its config is read back with, and the embedding table is multiplied by k = s_e / s_e', so
+///     the residual stream is unchanged; with a tied head the final norm's (w + o) is also divided by k, so the
+///     logits (h / k)·(k E)ᵀ are unchanged.
+/// Passes that fold gates into the kept weights multiply a norm's (w + o) by the gate as well (`norm(_:channels:times:)`).
+public struct ChannelRemoval: Sendable {
+    /// s = sqrt(C/C').
+    public let normFactor: Float
+    /// The norm kind's weight offset o.
+    public let offset: Float
+    /// Factor of q_proj's and k_proj's rows and biases: s with q/k norms, else 1.
+    public let qkFactor: Float
+    /// k = s_e / s_e': factor of the embedding table.
+    public let embeddingFactor: Float
+
+    /// Sets the model-wide values of `nc`, the config `c` becomes when only `Cn` hidden channels stay: the width,
+    /// eps·C/C', and the embedding multiplier its family reads back from the written config. Call it once the
+    /// blocks are set.
+    public static func adjust(_ nc: inout ModelConfig, from c: ModelConfig, keeping Cn: Int) {
+        nc.hiddenSize = Cn
+        nc.rmsNormEps = c.rmsNormEps * Double(c.hiddenSize) / Double(Cn)
+        nc.embeddingScale = c.embeddingScale
+        if let reread = try? ModelConfig(json: nc.json) { nc.embeddingScale = reread.embeddingScale }
+    }
+
+    /// The factors between a config and its pruned config (`adjust`).
+    public init(from c: ModelConfig, to nc: ModelConfig) {
+        normFactor = (Float(c.hiddenSize) / Float(nc.hiddenSize)).squareRoot()
+        offset = c.normKind.weightOffset
+        qkFactor = c.qkNorm ? normFactor : 1
+        embeddingFactor = Float(c.embeddingScale / nc.embeddingScale)
+    }
+
+    /// A norm over C channels restricted to `channels`: w' = (w + o)·s·times − o (times: one factor per kept channel,
+    /// e.g. folded gates; nil: 1).
+    public func norm(_ w: Tensor, channels: [Int], times: [Float]? = nil) -> Tensor {
+        Tensor(shape: [channels.count], values: channels.enumerated().map { j, ch in (w[ch] + offset) * normFactor * (times?[j] ?? 1) - offset })
+    }
+
+    /// The final norm: as `norm`, and with a tied head its (w + o) divided by the embedding factor (and by
+    /// `dividedBy`, a factor per kept channel folded into the tied table).
+    public func finalNorm(_ w: Tensor, channels: [Int], tied: Bool, dividedBy: [Float]? = nil) -> Tensor {
+        guard tied else { return norm(w, channels: channels) }
+        return norm(w, channels: channels, times: channels.indices.map { 1 / (embeddingFactor * (dividedBy?[$0] ?? 1)) })
+    }
+}
+
 /// Structural edits that build a new, smaller model (tensors copied; the input model is left untouched).
 extension DecoderModel {
     /// What width pruning keeps: indices into the original dimensions, each list ascending.
@@ -21,12 +83,13 @@ extension DecoderModel {
     /// sublayers and keep the same numbers of heads and neurons, so the result is homogeneous (same family).
     /// Every weight must be dense (a stage contract: width pruning accepts dense models only).
     ///
-    /// Biases keep the rows their projection keeps; per-head q/k norms (D) are kept whole.
+    /// Biases keep the rows their projection keeps; per-head q/k norms (D) are kept whole; post-sublayer norms
+    /// keep the kept channels; every layer keeps its type (full / sliding).
     ///
-    /// Removing hidden channels changes RMSNorm's mean of squares from a mean over C to one over C' channels.
-    /// Each norm weight is scaled by sqrt(C/C') and rms_norm_eps by C/C', which makes the result compute
-    /// exactly what the original computes with the removed channels zeroed:
-    ///   x·w·sqrt(C/C') / sqrt(Σx²/C' + eps·C/C') = x·w / sqrt(Σx²/C + eps).
+    /// It computes exactly (up to float32 rounding) what this model computes with the removed channels zeroed
+    /// where they enter the residual stream (embedding columns, o_proj / down_proj rows and their biases' entries)
+    /// and the removed heads and neurons zeroed where they leave their sublayer (o_proj / down_proj columns):
+    /// `ChannelRemoval` has the rescaling that makes every norm over C channels agree.
     public func pruningWidth(_ sel: WidthSelection) throws -> DecoderModel {
         let c = config, C = c.hiddenSize, D = c.headDim, L = layers.count
         guard sel.heads.count == L, sel.neurons.count == L else {
@@ -57,15 +120,14 @@ extension DecoderModel {
         }
 
         var nc = c
-        nc.hiddenSize = Cn
         nc.numAttentionHeads = H2
         nc.intermediateSize = F2
         nc.headDim = D
-        nc.rmsNormEps = c.rmsNormEps * Double(C) / Double(Cn)
         nc.blocks = c.blocks.map {
             BlockConfig(numAttentionHeads: H2, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: F2, layerType: $0.layerType)
         }
-        let scale = (Float(C) / Float(Cn)).squareRoot()
+        ChannelRemoval.adjust(&nc, from: c, keeping: Cn)
+        let r = ChannelRemoval(from: c, to: nc)
 
         guard weightKinds == [.dense] else {
             throw ConfigError("width pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
@@ -82,32 +144,39 @@ extension DecoderModel {
             }
             return out
         }
-        func scaledNorm(_ t: Tensor) -> Tensor {
-            Tensor(shape: [Cn], values: sel.channels.map { t[$0] * scale })
-        }
         func headRows(_ heads: [Int]) -> [Int] { heads.flatMap { h in (h * D)..<((h + 1) * D) } }
 
-        func rowsOf(_ t: Tensor, _ idx: [Int]?) -> Tensor { idx.map { i in Tensor(shape: [i.count], values: i.map { t[$0] }) } ?? t.copy() }
-        var w: [WeightID: ModelWeight] = [.embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels)),
-                                          .finalNorm: .vector(scaledNorm(self.norm))]
+        func rowsOf(_ t: Tensor, _ idx: [Int]?, times f: Float = 1) -> Tensor {
+            Tensor(shape: [idx?.count ?? t.count], values: (idx ?? Array(0..<t.count)).map { t[$0] * f })
+        }
+        func scaled(_ t: Tensor, _ f: Float) -> Tensor {
+            if f != 1 { for i in 0..<t.count { t[i] *= f } }
+            return t
+        }
+        var w: [WeightID: ModelWeight] = [
+            .embedTokens: .dense(scaled(gather(embedTokens, rows: nil, cols: sel.channels), r.embeddingFactor)),
+            .finalNorm: .vector(r.finalNorm(self.norm, channels: sel.channels, tied: c.tieWordEmbeddings)),
+        ]
         if let h = untiedLMHead { w[.lmHead] = .dense(gather(h, rows: nil, cols: sel.channels)) }
         for (l, layer) in layers.enumerated() {
             let a = layer.attention!, m = layer.mlp!
             let qRows = headRows(sel.heads[l])
-            // Rows and columns each projection keeps; its bias keeps the same rows.
-            let keep: [(LinearKind, LinearWeight, [Int]?, [Int]?, Tensor?)] = [
-                (.q, a.q, qRows, sel.channels, a.biases[.q]), (.k, a.k, nil, sel.channels, a.biases[.k]),
-                (.v, a.v, nil, sel.channels, a.biases[.v]), (.o, a.o, sel.channels, qRows, a.biases[.o]),
-                (.gate, m.gate, sel.neurons[l], sel.channels, m.biases[.gate]), (.up, m.up, sel.neurons[l], sel.channels, m.biases[.up]),
-                (.down, m.down, sel.channels, sel.neurons[l], m.biases[.down]),
+            // Rows and columns each projection keeps and the factor of its rows; its bias keeps the same rows.
+            let keep: [(LinearKind, LinearWeight, [Int]?, [Int]?, Float, Tensor?)] = [
+                (.q, a.q, qRows, sel.channels, r.qkFactor, a.biases[.q]), (.k, a.k, nil, sel.channels, r.qkFactor, a.biases[.k]),
+                (.v, a.v, nil, sel.channels, 1, a.biases[.v]), (.o, a.o, sel.channels, qRows, 1, a.biases[.o]),
+                (.gate, m.gate, sel.neurons[l], sel.channels, 1, m.biases[.gate]), (.up, m.up, sel.neurons[l], sel.channels, 1, m.biases[.up]),
+                (.down, m.down, sel.channels, sel.neurons[l], 1, m.biases[.down]),
             ]
-            for (kind, weight, rows, cols, bias) in keep {
+            for (kind, weight, rows, cols, factor, bias) in keep {
                 let id = LinearID(layer: l, kind: kind)
-                w[.linear(id)] = .dense(gather(weight, rows: rows, cols: cols))
-                if let bias { w[.bias(id)] = .vector(rowsOf(bias, rows)) }
+                w[.linear(id)] = .dense(scaled(gather(weight, rows: rows, cols: cols), factor))
+                if let bias { w[.bias(id)] = .vector(rowsOf(bias, rows, times: factor)) }
             }
-            w[.norm(layer: l, .attentionIn)] = .vector(scaledNorm(a.norm))
-            w[.norm(layer: l, .mlpIn)] = .vector(scaledNorm(m.norm))
+            w[.norm(layer: l, .attentionIn)] = .vector(r.norm(a.norm, channels: sel.channels))
+            w[.norm(layer: l, .mlpIn)] = .vector(r.norm(m.norm, channels: sel.channels))
+            if let pn = a.postNorm { w[.norm(layer: l, .attentionOut)] = .vector(r.norm(pn, channels: sel.channels)) }
+            if let pn = m.postNorm { w[.norm(layer: l, .mlpOut)] = .vector(r.norm(pn, channels: sel.channels)) }
             // q/k norms act on each head's D channels, which width pruning keeps whole.
             if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: l, .q)] = .vector(qn.copy()); w[.norm(layer: l, .k)] = .vector(kn.copy()) }
         }

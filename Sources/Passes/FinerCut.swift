@@ -3,7 +3,9 @@
 // Paper: Y. Zhang, Y. Li, X. Wang, Q. Shen, B. Plank, B. Bischl, M. Rezaei, K. Kawaguchi, "FinerCut:
 // Finer-grained Interpretable Layer Pruning for Large Language Models", 2024.
 //
-// Every attention sublayer and every MLP sublayer (with its pre-norm) is a pruning candidate. With f the
+// Every attention sublayer and every MLP sublayer (with its pre-norm, its post-norm when the family has them, and
+// the attention's q/k norms) is a pruning candidate; a removed sublayer's norms go with it, and a layer left empty
+// is dropped, the others keeping their attention type (full or sliding window). With f the
 // model and f_{-R} the model without the sublayers R, greedy FinerCut removes, one at a time,
 //   c* = argmin_{c ∉ R}  mean over calibration positions t of  d(f(x)_t, f_{-(R ∪ {c})}(x)_t),   R ← R ∪ {c*}
 // where d compares the next-token outputs of the original model (not of the previous step's model):

@@ -16,7 +16,8 @@
 //   3. the sublayer runs with the compressed input projections; the input of the output projection (o_proj:
 //      the attention output; down_proj: the SwiGLU activation) is kept and its statistics accumulated, and the
 //      output projection is compressed;
-//   4. the kept streams advance through the compressed sublayer (x += input · Ŵ_outᵀ).
+//   4. the kept streams advance through the compressed sublayer (x += post(input · Ŵ_outᵀ + b_out): the output
+//      projection's bias and, when the spec has them, the post-sublayer norm, as the decoder adds a sublayer).
 // So every layer is compressed on the activations of the already-compressed layers before it, as SparseGPT
 // and GPTQ do.
 // Deviation: the papers' reference procedures collect all of a decoder layer's inputs in one forward with the
@@ -200,13 +201,25 @@ public enum Layerwise {
                     engine.runSublayers(s..<(s + 1), rows: T, observer: capture)
                     if !outTargeted { (states.data + w * T * C).update(from: engine.residual, count: T * C) }
                 }
-                // 4. The output projection, then the streams through it.
+                // 4. The output projection, then the streams through it: x += post(input · Ŵᵀ + b), as the decoder adds
+                // a sublayer's output (its bias, and its post-sublayer norm when the spec has them).
                 if outTargeted, let stats = capture.stats {
                     let id = LinearID(layer: l, kind: outKind)
                     try replace(id, stats)
                     let wout = model.linear(id)!
+                    let bias = attention ? model.layers[l].attention!.biases[.o] : model.layers[l].mlp!.biases[.down]
+                    let post = attention ? model.layers[l].attention!.postNorm : model.layers[l].mlp!.postNorm
                     for w in 0..<N {
-                        wout.forward(out: states.data + w * T * C, inp: store.data + w * T * outWidth, rows: T, beta: 1)
+                        let x = states.data + w * T * C, inp = store.data + w * T * outWidth
+                        if let post {
+                            wout.forward(out: normed.data, inp: inp, rows: T)
+                            if let bias { biasForward(out: normed.data, bias: bias.data, rows: T, columns: C) }
+                            model.normForward(out: normed.data, inp: normed.data, weight: post.data, rows: T, channels: C)
+                            residualAdd(x, normed.data, count: T * C)
+                        } else {
+                            wout.forward(out: x, inp: inp, rows: T, beta: 1)
+                            if let bias { biasForward(out: x, bias: bias.data, rows: T, columns: C) }
+                        }
                     }
                 }
                 done += 1

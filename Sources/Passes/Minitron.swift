@@ -7,7 +7,7 @@
 // Activation-based importance on calibration data (a forward pass only), for a batch of B windows of S tokens:
 //   heads:              F_head(i)    = agg_B agg_S ‖Attn(X W_Q,i, X W_K,i, X W_V,i)‖₂   (head output before o_proj)
 //   MLP neurons:        F_neuron(i)  = agg_B agg_S |X W_1,i|                             (input of down_proj: silu(gate)⊙up)
-//   embedding channels: F_emb(i)     = agg_B agg_S Σ_norms |RMSNorm(X)_i|                (every norm's output)
+//   embedding channels: F_emb(i)     = agg_B agg_S Σ_norms |RMSNorm(X)_i|                (every pre-norm's and the final norm's output)
 // with agg_S ∈ {mean, sum, l2, max} over a window's positions, then agg_B over the windows; the paper's best
 // is (batch = L2, sequence = mean), the default here.
 // Depth importance of block i: 1 - cos(block input, block output), averaged over calibration tokens (Block
@@ -21,12 +21,26 @@
 // Deviations:
 // - Per-token magnitudes (|·|, ‖·‖₂) are aggregated, where the paper writes a signed sum for neurons and
 //   channels; with signed values a mean over the sequence lets opposite activations cancel.
-// - Removing hidden channels rescales each RMSNorm weight by sqrt(C/C') and rms_norm_eps by C/C', so the
-//   pruned model computes exactly what the original computes with those channels zeroed (DecoderModel.pruningWidth).
+// - Removing hidden channels rescales each norm over C channels, (w + o) → (w + o)·sqrt(C/C') (o = 1 for
+//   Gemma's x/rms·(1 + w), 0 for x/rms·w), and rms_norm_eps by C/C'; the q and k rows by sqrt(C/C') when the
+//   model has per-head q/k norms (which read the same eps); the embedding table by s_e/s_e' when the family
+//   derives the embedding multiplier from the width (Gemma's √hidden_size). So the pruned model computes exactly
+//   what the original computes with those channels zeroed where they enter the residual stream (embedding
+//   columns, o_proj / down_proj rows), every norm then seeing zeros there (Model/Pruning.swift, ChannelRemoval).
+// - Post-sublayer norms (Gemma): in the pruned model a post-norm's mean of squares runs over the kept channels of
+//   its sublayer's output only, so there is no identity with the original itself, whose post-norms also see the
+//   removed channels before the residual stream drops them; the rescaled post-norm equals the original's with
+//   those channels of o_proj's / down_proj's output zeroed (exact, tested), i.e. it treats the removed channels'
+//   share of the output's energy as zero. Channel importance reads the pre-norms and the final norm, whose inputs
+//   already hold every post-norm output added to the residual stream; the post-norms' own outputs are not
+//   observed.
 // - A parameter budget is met by shrinking the chosen axes (hidden, MLP, heads) by one common fraction, the
 //   largest whose architecture fits, with sizes rounded down to `round_to`; the paper instead enumerates
 //   candidate architectures and ranks them after a short retraining.
-// - Heads are pruned within KV groups only; KV heads themselves are kept.
+// - Heads are pruned within KV groups only; KV heads themselves are kept (with one KV head, as in Gemma 3 270M,
+//   heads are ranked across the whole layer and any number of them can stay).
+// - Layers keep their attention type (full or sliding window, with its rotary base) through depth and width
+//   pruning.
 
 import Foundation
 import Model
@@ -90,10 +104,17 @@ public struct MinitronPass: CompressionPass {
         public var parameters: Int
     }
 
+    /// The spec of `c` at the given sizes (the family's biases, q/k norms and post-norms included), for counting
+    /// parameters.
     func config(_ c: ModelConfig, _ t: (hidden: Int, mlp: Int, heads: Int, layers: Int)) -> ModelConfig {
-        var n = ModelConfig(vocabSize: c.vocabSize, hiddenSize: t.hidden, intermediateSize: t.mlp, numHiddenLayers: t.layers,
-                            numAttentionHeads: t.heads, numKeyValueHeads: c.numKeyValueHeads, headDim: c.headDim)
-        n.tieWordEmbeddings = c.tieWordEmbeddings
+        var n = c
+        n.hiddenSize = t.hidden
+        n.intermediateSize = t.mlp
+        n.numAttentionHeads = t.heads
+        n.numHiddenLayers = t.layers
+        n.blocks = (0..<t.layers).map {
+            BlockConfig(numAttentionHeads: t.heads, numKeyValueHeads: c.numKeyValueHeads, intermediateSize: t.mlp, layerType: c.blocks[$0].layerType)
+        }
         return n
     }
 

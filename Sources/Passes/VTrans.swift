@@ -27,6 +27,15 @@
 //   is dropped too.
 // - Training is the `distill` loop with the VIB masks as a `Trainable`: AdamW on μ, log σ², λ with their own
 //   learning rates under the loop's warm-up and decay.
+// - Removing hidden channels rescales the norms over C, eps, the q/k rows (with q/k norms) and the embedding
+//   (when the family derives its multiplier from the width) as Minitron's width pruning does (Model/Pruning.swift,
+//   ChannelRemoval), so the pruned model equals the gated one for norms before a sublayer.
+// - Post-sublayer norms (Gemma): the channel and sublayer masks multiply a sublayer's output after its post-norm,
+//   so they fold into the post-norm's (1 + w), and physical removal changes the post-norm's mean of squares from
+//   one over all C channels of the sublayer's output (in the gated model, where the removed channels are dropped
+//   only after the norm) to one over the kept channels. The pruned model then equals the gated model with the
+//   removed channels also zeroed in o_proj's and down_proj's output, not the gated model itself (exact when no
+//   hidden channel is removed; tested both ways). The size model counts the post-norms.
 
 import Foundation
 import Model
@@ -66,8 +75,6 @@ extension DecoderModel {
         try check(sel.channels, below: c.hiddenSize, "hidden channels")
         try check(sel.layers, below: L, "layers")
         var nc = c
-        nc.hiddenSize = sel.channels.count
-        nc.rmsNormEps = c.rmsNormEps * Double(c.hiddenSize) / Double(sel.channels.count)
         nc.blocks = try sel.layers.map { l in
             let b = c.blocks[l], H = b.numAttentionHeads, G = b.numKeyValueHeads
             guard b.attention && b.mlp else { throw ConfigError("layer \(l) lacks a sublayer; unit pruning needs full layers") }
@@ -95,83 +102,93 @@ extension DecoderModel {
         // Global sizes: the first kept layer's (block_configs carry the rest).
         if let a = nc.blocks.first(where: \.attention) { nc.numAttentionHeads = a.numAttentionHeads }
         if let m = nc.blocks.first(where: \.mlp) { nc.intermediateSize = m.intermediateSize }
+        ChannelRemoval.adjust(&nc, from: c, keeping: sel.channels.count)
         return nc
     }
 
     /// The model restricted to the selected units, with `gates` (nil entries: 1) folded into the weights, so
     /// that it computes what this model computes with those gates and every removed unit's gate at 0:
-    ///   embed'[v, j] = embed[v, c_j]·z_c[c_j];  o'[c_j, h·D + d] = o[c_j, h·D + d]·z_c[c_j]·g_att·z_h[h];
+    ///   embed'[v, j] = embed[v, c_j]·z_c[c_j]·k;  o'[c_j, h·D + d] = o[c_j, h·D + d]·z_c[c_j]·g_att·z_h[h];
     ///   down'[c_j, f] = down[c_j, f]·z_c[c_j]·g_mlp·z_f[f]
-    /// (g_att, g_mlp the layer's sublayer gates). Norm weights are scaled by sqrt(C/C') and rms_norm_eps by
-    /// C/C' as in `pruningWidth`; with a tied LM head, the final norm weight is also divided by z_c (the
-    /// head reads the scaled embedding). Biases keep their projection's rows, o's and down's scaled like their
-    /// rows (z_c·g, not the head or neuron gates, which act on the projection's input); per-head q/k norms are
-    /// kept whole. Dense weights only; kept channel gates must be non-zero.
+    /// (g_att, g_mlp the layer's sublayer gates). Norms over C channels, q/k projections, eps and the embedding
+    /// multiplier (k) change as `ChannelRemoval` says; with a tied LM head, the final norm's (w + o) is also
+    /// divided by z_c (the head reads the scaled embedding). Biases keep their projection's rows, o's and down's
+    /// scaled like their rows (z_c·g, not the head or neuron gates, which act on the projection's input); per-head
+    /// q/k norms are kept whole; layers keep their type.
+    ///
+    /// With post-sublayer norms (Gemma) z_c·g multiplies the sublayer's output after its post-norm, so it is folded
+    /// into the post-norm's (w + o) instead of o's and down's rows. Then the identity holds exactly when every
+    /// hidden channel stays; with channels removed, the pruned post-norm's mean of squares runs over the kept
+    /// channels only, and the result equals the gated model whose removed channels are also zeroed before the
+    /// post-norms (o_proj's and down_proj's rows), not the gated model itself (see the file header).
+    /// Dense weights only; kept channel gates must be non-zero.
     public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil) throws -> DecoderModel {
         let nc = try prunedConfig(sel)
         guard weightKinds == [.dense] else {
             throw ConfigError("unit pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
         }
         if let g = gates { try g.validate(config) }
-        let c = config, C = c.hiddenSize, Cn = sel.channels.count, D = c.headDim
-        let normScale = (Float(C) / Float(Cn)).squareRoot()
+        let c = config, D = c.headDim
+        let r = ChannelRemoval(from: c, to: nc)
         let zc: [Float] = sel.channels.map { gates?.channels?[$0] ?? 1 }
         if c.tieWordEmbeddings, let bad = zc.firstIndex(of: 0) {
             throw ConfigError("hidden channel \(sel.channels[bad]) is kept with a gate of 0 (a tied LM head cannot fold it)")
         }
         /// rows × columns gather from a (R, K) matrix with row and column scales.
-        func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?, rowScale: [Float]? = nil, colScale: [Float]? = nil) -> Tensor {
+        func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?, rowScale: [Float]? = nil, colScale: [Float]? = nil, times f: Float = 1) -> Tensor {
             let t = w.denseView!
             let K = t.shape[1]
             let r = rows ?? Array(0..<t.shape[0]), k = cols ?? Array(0..<K)
             let out = Tensor(shape: [r.count, k.count])
             for (i, src) in r.enumerated() {
-                let s = t.data + src * K, d = out.data + i * k.count, rs = rowScale?[i] ?? 1
+                let s = t.data + src * K, d = out.data + i * k.count, rs = (rowScale?[i] ?? 1) * f
                 for (j, col) in k.enumerated() { d[j] = s[col] * rs * (colScale?[j] ?? 1) }
             }
             return out
         }
-        func norm(_ t: Tensor, divide: [Float]? = nil) -> Tensor {
-            Tensor(shape: [Cn], values: sel.channels.enumerated().map { j, ch in t[ch] * normScale / (divide?[j] ?? 1) })
-        }
-        func vec(_ t: Tensor, _ idx: [Int]?, scale: [Float]? = nil) -> ModelWeight {
+        func vec(_ t: Tensor, _ idx: [Int]?, scale: [Float]? = nil, times f: Float = 1) -> ModelWeight {
             let i = idx ?? Array(0..<t.count)
-            return .vector(Tensor(shape: [i.count], values: i.enumerated().map { j, src in t[src] * (scale?[j] ?? 1) }))
+            return .vector(Tensor(shape: [i.count], values: i.enumerated().map { j, src in t[src] * (scale?[j] ?? 1) * f }))
         }
         var w: [WeightID: ModelWeight] = [
-            .embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc)),
-            .finalNorm: .vector(norm(self.norm, divide: c.tieWordEmbeddings ? zc : nil)),
+            .embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc, times: r.embeddingFactor)),
+            .finalNorm: .vector(r.finalNorm(self.norm, channels: sel.channels, tied: c.tieWordEmbeddings, dividedBy: zc)),
         ]
         if let h = untiedLMHead { w[.lmHead] = .dense(gather(h, rows: nil, cols: sel.channels)) }
         for (i, l) in sel.layers.enumerated() {
             let a = layers[l].attention!, m = layers[l].mlp!
-            func put(_ k: LinearKind, _ t: Tensor, bias: Tensor?, rows: [Int]?, biasScale: [Float]? = nil) {
+            func put(_ k: LinearKind, _ t: Tensor, bias: Tensor?, rows: [Int]?, biasScale: [Float]? = nil, biasTimes: Float = 1) {
                 let id = LinearID(layer: i, kind: k)
                 w[.linear(id)] = .dense(t)
-                if let bias { w[.bias(id)] = vec(bias, rows, scale: biasScale) }
+                if let bias { w[.bias(id)] = vec(bias, rows, scale: biasScale, times: biasTimes) }
             }
             if !sel.heads[l].isEmpty {
                 let rows = sel.heads[l].flatMap { h in (h * D)..<((h + 1) * D) }
                 let gAtt = gates?.sublayers?[2 * l] ?? 1
                 let headScale = sel.heads[l].flatMap { h in [Float](repeating: gates?.heads[l]?[h] ?? 1, count: D) }
-                let oScale = zc.map { $0 * gAtt }
-                w[.norm(layer: i, .attentionIn)] = .vector(norm(a.norm))
-                put(.q, gather(a.q, rows: rows, cols: sel.channels), bias: a.biases[.q], rows: rows)
-                put(.k, gather(a.k, rows: nil, cols: sel.channels), bias: a.biases[.k], rows: nil)
+                let outScale = zc.map { $0 * gAtt }
+                // Without a post-norm the output gates fold into o's rows; with one, into the post-norm.
+                let oScale: [Float]? = a.postNorm == nil ? outScale : nil
+                w[.norm(layer: i, .attentionIn)] = .vector(r.norm(a.norm, channels: sel.channels))
+                put(.q, gather(a.q, rows: rows, cols: sel.channels, times: r.qkFactor), bias: a.biases[.q], rows: rows, biasTimes: r.qkFactor)
+                put(.k, gather(a.k, rows: nil, cols: sel.channels, times: r.qkFactor), bias: a.biases[.k], rows: nil, biasTimes: r.qkFactor)
                 put(.v, gather(a.v, rows: nil, cols: sel.channels), bias: a.biases[.v], rows: nil)
                 put(.o, gather(a.o, rows: sel.channels, cols: rows, rowScale: oScale, colScale: headScale), bias: a.biases[.o],
                     rows: sel.channels, biasScale: oScale)
                 if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: i, .q)] = .vector(qn.copy()); w[.norm(layer: i, .k)] = .vector(kn.copy()) }
+                if let pn = a.postNorm { w[.norm(layer: i, .attentionOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale)) }
             }
             if !sel.neurons[l].isEmpty {
                 let gMLP = gates?.sublayers?[2 * l + 1] ?? 1
                 let neuronScale = sel.neurons[l].map { gates?.neurons[l]?[$0] ?? 1 }
-                let downScale = zc.map { $0 * gMLP }
-                w[.norm(layer: i, .mlpIn)] = .vector(norm(m.norm))
+                let outScale = zc.map { $0 * gMLP }
+                let downScale: [Float]? = m.postNorm == nil ? outScale : nil
+                w[.norm(layer: i, .mlpIn)] = .vector(r.norm(m.norm, channels: sel.channels))
                 put(.gate, gather(m.gate, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.gate], rows: sel.neurons[l])
                 put(.up, gather(m.up, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.up], rows: sel.neurons[l])
                 put(.down, gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: downScale, colScale: neuronScale),
                     bias: m.biases[.down], rows: sel.channels, biasScale: downScale)
+                if let pn = m.postNorm { w[.norm(layer: i, .mlpOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale)) }
             }
         }
         return try DecoderModel(config: nc, weights: w)
@@ -262,9 +279,11 @@ public struct VTransPass: RecipeStage {
         var total = V * C + C, content = Int.max
         for b in c.blocks {
             let G = b.numKeyValueHeads
-            let attnFull = C * (1 + 2 * D * b.numAttentionHeads + 2 * G * D), mlpFull = C * (1 + 3 * b.intermediateSize)
+            // Each sublayer's norms of C: its pre-norm, and its post-norm when the spec has them.
+            let n = c.postNorms ? 2 : 1
+            let attnFull = C * (n + 2 * D * b.numAttentionHeads + 2 * G * D), mlpFull = C * (n + 3 * b.intermediateSize)
             let attnMin = axes.contains(.heads) ? 0 : attnFull, mlpMin = axes.contains(.mlp) ? 0 : mlpFull
-            let attnOne = axes.contains(.heads) ? C * (1 + 4 * G * D) : attnFull, mlpOne = axes.contains(.mlp) ? C * 4 : mlpFull
+            let attnOne = axes.contains(.heads) ? C * (n + 4 * G * D) : attnFull, mlpOne = axes.contains(.mlp) ? C * (n + 3) : mlpFull
             if droppable { content = min(content, attnOne + mlpMin, attnMin + mlpOne) } else { total += attnMin + mlpMin }
         }
         return droppable ? total + content : total

@@ -17,7 +17,8 @@
 // Keep rule: unit i is kept when log α_i = log σ_i² - log μ_i² is below the threshold (0 by default).
 // Budget: p_i = sigmoid(-β log α_i) is the unit's expected keep; the expected parameter count E[P] follows the
 // model's parameter formula with the expected unit counts (Σ p over channels, heads, neurons, layers):
-//   P = V·C'·(tied ? 1 : 2) + C' + Σ_l q_l · (2C' + 2·D·C'·h_l + 2·G_l·D·C' + 3·C'·f_l)
+//   P = V·C'·(tied ? 1 : 2) + C' + Σ_l q_l · (n·C' + 2·D·C'·h_l + 2·G_l·D·C' + 3·C'·f_l)
+// (n = 2 norms of C per layer, 4 with post-sublayer norms)
 // with s = E[P] / P_full and the target t(step) = 1 - (1 - t_final) · min(1, step / warm-up), the Lagrangian
 //   L_budget = λ₁ (s - t) + λ₂ (s - t)²
 // is minimised over the masks and maximised over (λ₁, λ₂) (their gradients are negated, so the optimizer's
@@ -57,10 +58,12 @@ public struct VIBMaskValues: Equatable, Sendable {
 }
 
 /// The parameter count of a decoder as a function of its (possibly fractional) unit counts (biases and q/k norms,
-/// under 0.01 % of a layer, are not counted).
+/// under 0.01 % of a layer, are not counted; post-sublayer norms are, as two more norms of C per layer).
 public struct VIBSizeModel: Codable, Equatable, Sendable {
     public var vocab: Int, channels: Int, headDim: Int, tied: Bool
     public var heads: [Int], kvHeads: [Int], neurons: [Int]
+    /// Norm vectors of C channels per layer: 2, or 4 with post-sublayer norms.
+    public var normsPerLayer = 2
 
     /// Every layer must hold both sublayers.
     public init(config c: ModelConfig) throws {
@@ -69,6 +72,7 @@ public struct VIBSizeModel: Codable, Equatable, Sendable {
         }
         vocab = c.vocabSize; channels = c.hiddenSize; headDim = c.headDim; tied = c.tieWordEmbeddings
         heads = c.blocks.map(\.numAttentionHeads); kvHeads = c.blocks.map(\.numKeyValueHeads); neurons = c.blocks.map(\.intermediateSize)
+        normsPerLayer = c.postNorms ? 4 : 2
     }
 
     public var layers: Int { heads.count }
@@ -80,7 +84,7 @@ public struct VIBSizeModel: Codable, Equatable, Sendable {
         var value = embed * cp, dC = embed
         var dH = [Double](repeating: 0, count: layers), dF = dH, dQ = dH
         for l in 0..<layers {
-            let perC = 2 + 2 * D * h[l] + 2 * Double(kvHeads[l]) * D + 3 * f[l]
+            let perC = Double(normsPerLayer) + 2 * D * h[l] + 2 * Double(kvHeads[l]) * D + 3 * f[l]
             value += q[l] * cp * perC
             dC += q[l] * perC
             dQ[l] = cp * perC
