@@ -2,10 +2,12 @@ import Foundation
 import XCTest
 @testable import Checkpoint
 
-/// Every recipe stage through `compress apply` on the tiny Qwen2 (q/k/v biases, untied head) and Qwen3 (per-head
-/// q/k RMSNorm, head_dim 16 ≠ hidden / heads, tied head) fixtures made by transformers: each stage, followed by an
-/// eval, must run, report a finite perplexity, and write a checkpoint of the same family whose biases and q/k
-/// norms are where the spec says; structural stages must shrink the model.
+/// Every recipe stage through `compress apply` on the tiny Qwen2 (q/k/v biases, untied head), Qwen3 (per-head
+/// q/k RMSNorm, head_dim 16 ≠ hidden / heads, tied head) and Gemma 3 ((1 + w) norms, post-sublayer norms, q/k
+/// norms, one KV head, sliding-window and full layers, embedding × √hidden, tied head) fixtures made by
+/// transformers: each stage, followed by an eval, must run, report a finite perplexity, and write a checkpoint of
+/// the same family whose biases, q/k norms and post-norms are where the spec says and whose layers keep their
+/// types; structural stages must shrink the model.
 extension CLITests {
     static let familyStages: [(name: String, json: String, shrinks: Bool)] = [
         ("minitron width", #"{"stage": "minitron", "hidden": 24, "mlp": 48, "round_to": 8}"#, true),
@@ -28,12 +30,49 @@ extension CLITests {
         ("distill", #"{"stage": "distill", "steps": 2, "batch": 2, "window": 16, "save_every": 0}"#, false),
     ]
 
+    /// Stage settings sized for a family's fixture where the shared ones are not: tiny-gemma3 has 3 layers and
+    /// 42,496 parameters (the Qwen fixtures 2 layers and about 34,000), so VTrans's budget is 75 % of it, depth
+    /// pruning keeps 2 layers, FinerCut removes 2 sublayers. The rest fit every fixture: hidden 32 → 24, MLP 64 → 48,
+    /// heads 4 → 2 (within 2 KV groups for Qwen, 1 for Gemma), groups of 16 divide 32 and 64.
+    static let familyOverrides: [String: [String: String]] = [
+        "gemma3": [
+            "minitron depth": #"{"stage": "minitron", "layers": 2}"#,
+            "finercut": #"{"stage": "finercut", "remove": 2}"#,
+            "vtrans": #"{"stage": "vtrans", "variant": "fast", "params": 32000, "steps": 2, "batch": 2, "window": 16, "save_every": 0}"#,
+            "vtrans faster": #"{"stage": "vtrans", "variant": "faster", "params": 32000, "steps": 2, "batch": 2, "window": 16, "save_every": 0}"#,
+        ],
+    ]
+
     func testEveryStageOnQwen2AndQwen3() throws {
+        try runEveryStage(families: ["qwen2", "qwen3"])
+    }
+
+    func testEveryStageOnGemma3() throws {
+        try runEveryStage(families: ["gemma3"])
+    }
+
+    /// The layers of the base a stage kept, from its report (depth pruning, FinerCut, VTrans); nil: all of them.
+    static func keptLayers(_ stage: [String: Any], baseLayers: Int) -> [Int]? {
+        let diag = stage["diagnostics"] as? [String: Any]
+        if let removed = (diag?["depth"] as? [String: Any])?["removed_layers"] as? [Int] {
+            return (0..<baseLayers).filter { !removed.contains($0) }
+        }
+        if let order = diag?["order"] as? [[String: Any]] {
+            let gone = Set(order.compactMap { $0["sublayer"] as? Int })
+            return (0..<baseLayers).filter { !(gone.contains(2 * $0) && gone.contains(2 * $0 + 1)) }
+        }
+        return diag?["layers_kept"] as? [Int]
+    }
+
+    func runEveryStage(families: [String]) throws {
         let (dir, text) = try makeRecipeDirectory()
-        for family in ["qwen2", "qwen3"] {
+        for family in families {
             let base = fixture("tiny-\(family).h5")
-            let baseParams = try Checkpoint.read(base).model.parameterCount
-            for (i, stage) in Self.familyStages.enumerated() {
+            let baseModel = try Checkpoint.read(base).model
+            let baseParams = baseModel.parameterCount
+            for (i, shared) in Self.familyStages.enumerated() {
+                var stage = shared
+                if let json = Self.familyOverrides[family]?[stage.name] { stage.json = json }
                 let out = dir.appendingPathComponent("\(family)-\(i).h5").path
                 let recipe = dir.appendingPathComponent("\(family)-\(i).json").path
                 try """
@@ -54,15 +93,28 @@ extension CLITests {
                 XCTAssertNotNil(ppl, "\(family) \(stage.name): \(r.stdout.prefix(600))")
                 XCTAssertTrue(ppl.map { $0.isFinite && $0 > 1 } ?? false, "\(family) \(stage.name): ppl \(String(describing: ppl))")
                 let m = try Checkpoint.read(out).model
+                let what = "\(family) \(stage.name)"
                 XCTAssertEqual(m.config.family, family, stage.name)
-                if stage.shrinks { XCTAssertLessThan(m.parameterCount, baseParams, "\(family) \(stage.name)") }
+                XCTAssertEqual(m.config.normKind, baseModel.config.normKind, what)
+                XCTAssertEqual(m.config.postNorms, baseModel.config.postNorms, what)
+                if stage.shrinks { XCTAssertLessThan(m.parameterCount, baseParams, what) }
+                let C = m.config.hiddenSize
                 for layer in m.layers {
                     if let a = layer.attention {
-                        XCTAssertEqual(Set(a.biases.keys), family == "qwen2" ? [.q, .k, .v] : [], "\(family) \(stage.name)")
-                        XCTAssertEqual(a.qNorm != nil && a.kNorm != nil, family == "qwen3", "\(family) \(stage.name)")
+                        XCTAssertEqual(Set(a.biases.keys), family == "qwen2" ? [.q, .k, .v] : [], what)
+                        XCTAssertEqual(a.qNorm != nil && a.kNorm != nil, family != "qwen2", what)
                         XCTAssertEqual(a.qNorm?.count ?? m.config.headDim, m.config.headDim)
+                        XCTAssertEqual(a.postNorm?.count, family == "gemma3" ? C : nil, "\(what): attention post-norm")
+                    }
+                    if let f = layer.mlp {
+                        XCTAssertEqual(f.postNorm?.count, family == "gemma3" ? C : nil, "\(what): MLP post-norm")
                     }
                 }
+                // Kept layers keep their type (full or sliding window), in order.
+                let baseTypes = baseModel.config.blocks.map(\.layerType)
+                let kept = stages?.first.flatMap { Self.keptLayers($0, baseLayers: baseTypes.count) } ?? Array(baseTypes.indices)
+                XCTAssertEqual(m.config.blocks.map(\.layerType), kept.map { baseTypes[$0] }, "\(what): layer types")
+                if family == "gemma3" { XCTAssertEqual(Set(baseTypes), [.full, .sliding]) }
             }
         }
     }
