@@ -64,6 +64,8 @@ public struct ApplyReport: Codable {
     public var pplAfter: Double?
     public var retention: Double?
     public var evalTokens: Int?
+    /// Whether the evaluations used the BOS protocol (the base's tokenizer adds BOS; `PerplexityProtocol`).
+    public var evalBos: Bool?
     public var calibrationTokens: Int
     public var seconds: Double
     public var peakResidentBytes: Int
@@ -118,15 +120,24 @@ public final class Session {
         return w
     }
 
+    /// The perplexity protocol of every evaluation in this session: the base's tokenizer's (BOS when it adds one).
+    public func perplexityProtocol() throws -> PerplexityProtocol {
+        try Workbench.perplexityProtocol(base.tokenizer, path: basePath)
+    }
+
     /// The base checkpoint's PPL under these eval settings: once per session, and cached on disk by base hash.
     public func basePPL(_ e: Recipe.Evaluation) throws -> Double {
         let key = jsonValue(e).text
         if let p = pplMemo[key] { return p }
         let test = try tokens(of: e.text)
-        let scope: JSONValue = .object(["base": .string(baseHash), "eval": jsonValue(e)])
-        let cache = StatsCache(directory: cacheDirectory, scope: scope)
+        let scoring = try perplexityProtocol()
+        var scope: [String: JSONValue] = ["base": .string(baseHash), "eval": jsonValue(e)]
+        // The BOS protocol's id joins the key (no-BOS keys are as before the BOS protocol existed).
+        if let bos = scoring.bos { scope["eval_bos"] = .int(Int(bos)) }
+        let cache = StatsCache(directory: cacheDirectory, scope: .object(scope))
         let p = try cache.value("ppl", settings: .object([:])) {
-            try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, maxTokens: e.tokens, label: "base", progress: self.progress)
+            try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
+                                     label: "base", progress: self.progress)
         }
         if !cache.hits.isEmpty { say(String(format: "eval base: ppl %.4f (cached)", p)) }
         for w in cache.warnings { say("warning: \(w)") }
@@ -142,6 +153,8 @@ public final class Session {
         public var lastPPL: Double?
         public var calibrationTokens: Int
         public var evalTokens: Int?
+        /// Whether the evaluations used the BOS protocol (nil: no eval stage).
+        public var evalBos: Bool?
         /// Training states of distill stages, to delete once the output is safely written.
         public var statePaths: [String]
     }
@@ -173,6 +186,7 @@ public final class Session {
         let calibration = needsCalibration ? try calibrationWindows(recipe.calibration) : []
         let evaluating = recipe.stages.contains { $0.stage is EvalStage }
         let e = recipe.evaluation
+        let scoring = evaluating ? try perplexityProtocol() : .noBOS
         let basePPL = evaluating ? try basePPL(e) : nil
         let test = evaluating ? try tokens(of: e.text) : []
 
@@ -260,7 +274,8 @@ public final class Session {
                 for w in r.warnings { say("\(label): warning: \(w)") }
                 diagnostics = jsonValue(r)
             case is EvalStage:
-                ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, maxTokens: e.tokens, label: label, progress: progress)
+                ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
+                                               label: label, progress: progress)
                 lastPPL = ppl
             default:
                 preconditionFailure("stage kind '\(entry.name)' has no runner")
@@ -278,7 +293,8 @@ public final class Session {
         }
         return Result(model: model, reports: reports, basePPL: basePPL, lastPPL: lastPPL,
                       calibrationTokens: calibration.count * recipe.calibration.window,
-                      evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil, statePaths: statePaths)
+                      evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil,
+                      evalBos: evaluating ? scoring.bos != nil : nil, statePaths: statePaths)
     }
 }
 
@@ -323,7 +339,7 @@ extension Session {
             parametersBefore: base.model.parameterCount, parametersAfter: r.model.parameterCount,
             bytesBefore: base.model.storageBytes, bytesAfter: r.model.storageBytes,
             pplBefore: r.basePPL, pplAfter: r.lastPPL, retention: r.basePPL.flatMap { b in r.lastPPL.map { b / $0 } },
-            evalTokens: r.evalTokens, calibrationTokens: r.calibrationTokens,
+            evalTokens: r.evalTokens, evalBos: r.evalBos, calibrationTokens: r.calibrationTokens,
             seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
             stages: r.reports)
     }

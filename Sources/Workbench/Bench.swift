@@ -45,11 +45,12 @@ extension Workbench {
         let model = DecoderModel.random(config: config, seed: seed)
         var rng = SplitMix64(seed: seed &+ 1)
         let tokens = (0..<(window * windows)).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) }
-        _ = try Perplexity.evaluate(model: model, tokens: Array(tokens.prefix(min(window, 64))), window: min(window, 64))
+        // Random weights and tokens, no tokenizer: the no-BOS protocol (windows of W tokens; BOS would cost the same).
+        _ = try Perplexity.evaluate(model: model, tokens: Array(tokens.prefix(min(window, 64))), window: min(window, 64), protocol: .noBOS)
         BLAS.resetProfile()
         BLAS.profiling = true
         defer { BLAS.profiling = false }
-        let r = try Perplexity.evaluate(model: model, tokens: tokens, window: window)
+        let r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, protocol: .noBOS)
         let cores = max(BLAS.threads, Parallel.threads)
         return BenchReport(
             config: config.json, parameters: model.parameterCount, window: window, windows: windows, seconds: r.seconds,

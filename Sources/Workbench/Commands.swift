@@ -23,6 +23,12 @@ public struct EvalReport: Codable {
     public var peakResidentBytes: Int
     public var blasCore: String
     public var threads: Int
+    /// Which protocol ran (from the checkpoint's tokenizer, `add_bos_token`): true when every window was
+    /// [BOS] + W − 1 stream tokens (BOS id `bosTokenId`), false for windows of W stream tokens.
+    public var bos: Bool
+    public var bosTokenId: Int32?
+    /// Stream tokens the windows cover (windows × W, or windows × (W − 1) with BOS).
+    public var streamTokensScored: Int
 }
 
 /// Where the evaluation text comes from.
@@ -50,10 +56,11 @@ public enum Workbench {
         if let logitsOut {
             do { try SafeFiles.checkOutput(logitsOut, role: "logits file") } catch let e as FileError { throw WorkbenchError("--logits-out: \(e.description)") }
         }
+        let scoring = try perplexityProtocol(ckpt.tokenizer, path: path)
         let start = Date()
         let r: PerplexityResult
         do {
-            r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, maxTokens: maxTokens) { done, total in
+            r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, protocol: scoring, maxTokens: maxTokens) { done, total in
                 guard progress else { return }
                 let elapsed = Date().timeIntervalSince(start)
                 let eta = elapsed / Double(done) * Double(total - done)
@@ -64,8 +71,8 @@ public enum Workbench {
             throw WorkbenchError("\(sourceName): \(e.description) (checkpoint \(path), window \(window))")
         }
         if let logitsOut {
-            // The first window's logits (W, V), raw little-endian float32, for parity checks.
-            let logits = TransformerDecoder(model: ckpt.model, window: window).logits(Array(tokens.prefix(window)))
+            // The first window's logits (W, V), raw little-endian float32, for parity checks (with BOS: of [BOS] + W − 1 tokens).
+            let logits = TransformerDecoder(model: ckpt.model, window: window).logits(scoring.window(0, of: tokens, window: window))
             let data = Data(bytes: logits.data, count: logits.bytes)
             do { try data.write(to: URL(fileURLWithPath: logitsOut), options: .atomic) } catch {
                 throw WorkbenchError("\(logitsOut): cannot write logits (\(error.localizedDescription))")
@@ -74,7 +81,18 @@ public enum Workbench {
         return EvalReport(checkpoint: path, source: sourceName, ppl: r.ppl, nll: r.nll, totalNll: r.totalNll,
                           predictedTokens: r.predictedTokens, tokens: r.tokens, streamTokens: tokens.count,
                           windows: r.windows, window: r.window, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond,
-                          peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, threads: max(BLAS.threads, Parallel.threads))
+                          peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, threads: max(BLAS.threads, Parallel.threads),
+                          bos: r.bos, bosTokenId: r.bosTokenId, streamTokensScored: r.streamTokensScored)
+    }
+
+    /// The perplexity protocol of a checkpoint's tokenizer (`PerplexityProtocol`): BOS when its `add_bos_token` is
+    /// true (then its `bos_token_id` is required), else none; a checkpoint without a tokenizer (evaluated on a token
+    /// file) gets none. Every evaluation of a checkpoint goes through here.
+    public static func perplexityProtocol(_ spec: TokenizerSpec?, path: String) throws -> PerplexityProtocol {
+        guard let spec else { return .noBOS }
+        do { return try PerplexityProtocol(addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID) } catch let e as EvaluationError {
+            throw WorkbenchError("\(path): \(e.description)")
+        }
     }
 
     /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2", or for a SentencePiece

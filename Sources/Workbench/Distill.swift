@@ -59,6 +59,8 @@ public struct DistillReport: Codable {
     public var retention: Double?
     public var retentionBefore: Double?
     public var evalTokens: Int?
+    /// Whether the evaluations used the BOS protocol (the teacher's tokenizer adds BOS; `PerplexityProtocol`).
+    public var evalBos: Bool?
     public var studentParameters: Int
     public var teacherParameters: Int
     public var peakResidentBytes: Int
@@ -77,6 +79,8 @@ extension Workbench {
             throw WorkbenchError("\(o.student): its tokenizer differs from the teacher's (\(o.teacher)); distillation needs one vocabulary")
         }
         let tok = try tokenizer(teacherCkpt.tokenizer ?? studentCkpt.tokenizer, path: o.teacher)
+        let evaluating = o.evalTokens != 0
+        let scoring = evaluating ? try perplexityProtocol(teacherCkpt.tokenizer ?? studentCkpt.tokenizer, path: o.teacher) : .noBOS
         let train = tok.encode(try readText(o.trainText))
         let statePath = o.statePath ?? o.output + ".state.h5"
         let distiller: Distiller
@@ -89,10 +93,10 @@ extension Workbench {
                                       trainables: stf.map { [$0] } ?? [])
         } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
 
-        let evaluating = o.evalTokens != 0
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
         func ppl(_ model: DecoderModel, _ label: String) throws -> Double {
-            try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, maxTokens: o.evalTokens, label: label, progress: o.progress)
+            try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, protocol: scoring, maxTokens: o.evalTokens,
+                           label: label, progress: o.progress)
         }
 
         var resumedFrom: Int? = nil
@@ -136,7 +140,7 @@ extension Workbench {
             teacherPpl: teacherPPL, studentPplBefore: before, studentPpl: studentPPL,
             retention: teacherPPL.flatMap { t in studentPPL.map { t / $0 } },
             retentionBefore: teacherPPL.flatMap { t in before.map { t / $0 } },
-            evalTokens: evaluating ? min(o.evalTokens ?? test.count, test.count) : nil,
+            evalTokens: evaluating ? min(o.evalTokens ?? test.count, test.count) : nil, evalBos: evaluating ? scoring.bos != nil : nil,
             studentParameters: trained.parameterCount, teacherParameters: teacherCkpt.model.parameterCount,
             peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, config: c, log: distiller.log)
     }
@@ -157,22 +161,22 @@ extension Workbench {
 }
 
 extension Workbench {
-    /// PPL of `model` on `tokens` with progress lines labelled `label`.
-    /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors), with progress.
-    static func measurePPL(_ model: DecoderModel, tokens: [Int32], source: String, window: Int, maxTokens: Int?, label: String,
-                           progress: Bool) throws -> Double {
+    /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors) under `protocol` (the
+    /// checkpoint's: `perplexityProtocol(_:path:)`), with progress lines labelled `label`.
+    static func measurePPL(_ model: DecoderModel, tokens: [Int32], source: String, window: Int, protocol p: PerplexityProtocol,
+                           maxTokens: Int?, label: String, progress: Bool) throws -> Double {
         let start = Date()
         var shown = start
         let r: PerplexityResult
         do {
-            r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, maxTokens: maxTokens) { done, total in
+            r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, protocol: p, maxTokens: maxTokens) { done, total in
                 guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
                 shown = Date()
                 let el = Date().timeIntervalSince(start)
                 progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
             }
         } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description)") }
-        if progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens)", label, r.ppl, r.tokens)) }
+        if progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens%@)", label, r.ppl, r.tokens, r.bos ? ", each window BOS + W-1" : "")) }
         return r.ppl
     }
 

@@ -44,13 +44,13 @@ func reportingErrors(json: Bool, _ body: () throws -> Void) throws {
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Perplexity of a checkpoint on a text or token stream (non-overlapping windows, no BOS).")
+        abstract: "Perplexity of a checkpoint on a text or token stream (non-overlapping windows; BOS + W-1 tokens each when the tokenizer adds BOS).")
 
     @Argument(help: "Checkpoint (.h5).") var checkpoint: String
     @Option(help: "Text file, tokenized with the checkpoint's tokenizer.") var text: String?
     @Option(help: "File of whitespace-separated token ids.") var tokens: String?
     @Option(parsing: .unconditional, help: "Window length in tokens.") var window = 2048
-    @Option(help: "Score only the first N tokens of the stream.") var maxTokens: Int?
+    @Option(help: "Score only the first N tokens of the stream (stream tokens; an added BOS does not count).") var maxTokens: Int?
     @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3, qwen2).") var preTokenizer: String?
     @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
     @Flag(help: "Print one JSON object.") var json = false
@@ -67,8 +67,9 @@ struct Eval: ParsableCommand {
             let r = try Workbench.evaluate(checkpoint: checkpoint, source: source, window: window, maxTokens: maxTokens,
                                            preTokenizer: preTokenizer, logitsOut: logitsOut, progress: true)
             if json { print(encodeJSON(r)) } else {
-                print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%d windows of %d; stream %d tokens)  %.2f s  %.1f tok/s",
-                             r.ppl, r.nll, r.predictedTokens, r.windows, r.window, r.streamTokens, r.seconds, r.tokensPerSecond))
+                let bos = r.bosTokenId.map { ", each BOS \($0) + \(r.window - 1) stream tokens" } ?? ", no BOS"
+                print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%d windows of %d%@; stream %d tokens)  %.2f s  %.1f tok/s",
+                             r.ppl, r.nll, r.predictedTokens, r.windows, r.window, bos, r.streamTokens, r.seconds, r.tokensPerSecond))
             }
         }
     }

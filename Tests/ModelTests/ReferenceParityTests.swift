@@ -90,7 +90,7 @@ final class ReferenceParityTests: XCTestCase {
             let ref = try Fixtures.reference(name)
             let text = try String(contentsOfFile: Fixtures.path("\(name).stream.txt"), encoding: .utf8)
             let tokens = text.split(whereSeparator: \.isWhitespace).compactMap { Int32($0) }
-            let r = try Perplexity.evaluate(model: model, tokens: tokens, window: ref.perplexity.window)
+            let r = try Perplexity.evaluate(model: model, tokens: tokens, window: ref.perplexity.window, protocol: .noBOS)
             XCTAssertEqual(r.windows, ref.perplexity.windows)
             XCTAssertEqual(r.predictedTokens, ref.perplexity.predicted_tokens)
             XCTAssertEqual(r.totalNll, ref.perplexity.total_nll, accuracy: 1e-4, name)  // observed 1.6e-5 on ~937 nats; 2.0e-5 (qwen2), 3.4e-6 (qwen3) on ~953
@@ -113,17 +113,17 @@ final class ReferenceParityTests: XCTestCase {
     func testMaxTokensAndWindowing() throws {
         let model = try Checkpoint.read(Fixtures.path("tiny-llama.h5")).model
         let tokens = (0..<100).map { Int32($0 % 256) }
-        let all = try Perplexity.evaluate(model: model, tokens: tokens, window: 16)
+        let all = try Perplexity.evaluate(model: model, tokens: tokens, window: 16, protocol: .noBOS)
         XCTAssertEqual(all.windows, 6)
         XCTAssertEqual(all.predictedTokens, 6 * 15)
-        let some = try Perplexity.evaluate(model: model, tokens: tokens, window: 16, maxTokens: 40)
+        let some = try Perplexity.evaluate(model: model, tokens: tokens, window: 16, protocol: .noBOS, maxTokens: 40)
         XCTAssertEqual(some.windows, 2)
         // The first two windows alone: their NLL is the sum of scoring each separately.
-        let w0 = try Perplexity.evaluate(model: model, tokens: Array(tokens[0..<16]), window: 16)
-        let w1 = try Perplexity.evaluate(model: model, tokens: Array(tokens[16..<32]), window: 16)
+        let w0 = try Perplexity.evaluate(model: model, tokens: Array(tokens[0..<16]), window: 16, protocol: .noBOS)
+        let w1 = try Perplexity.evaluate(model: model, tokens: Array(tokens[16..<32]), window: 16, protocol: .noBOS)
         XCTAssertEqual(some.totalNll, w0.totalNll + w1.totalNll, accuracy: 1e-9)
-        XCTAssertThrowsError(try Perplexity.evaluate(model: model, tokens: Array(tokens[0..<10]), window: 16))
-        XCTAssertThrowsError(try Perplexity.evaluate(model: model, tokens: [Int32](repeating: 300, count: 16), window: 16)) {
+        XCTAssertThrowsError(try Perplexity.evaluate(model: model, tokens: Array(tokens[0..<10]), window: 16, protocol: .noBOS))
+        XCTAssertThrowsError(try Perplexity.evaluate(model: model, tokens: [Int32](repeating: 300, count: 16), window: 16, protocol: .noBOS)) {
             XCTAssertTrue("\($0)".contains("token id 300"), "\($0)")
         }
     }

@@ -131,7 +131,7 @@ final class MinitronTests: XCTestCase {
         let stream = windows.flatMap { $0 }
         for l in 0..<m.layers.count {
             // Perplexity with the block physically removed, under the evaluator's protocol on the same windows.
-            let ppl = try Perplexity.evaluate(model: try m.removingLayers([l]), tokens: stream, window: T).ppl
+            let ppl = try Perplexity.evaluate(model: try m.removingLayers([l]), tokens: stream, window: T, protocol: .noBOS).ppl
             assertClose([depth.ppl[l]], [ppl], rel: 1e-4, "ppl without layer \(l)")
             var sum = 0.0
             for tr in traces {
@@ -142,7 +142,7 @@ final class MinitronTests: XCTestCase {
             }
             assertClose([depth.cosine[l]], [sum / Double(windows.count * T)], rel: 1e-3, "1 - cos of layer \(l)")
         }
-        assertClose([depth.basePpl], [try Perplexity.evaluate(model: m, tokens: stream, window: T).ppl], rel: 1e-4, "base ppl")
+        assertClose([depth.basePpl], [try Perplexity.evaluate(model: m, tokens: stream, window: T, protocol: .noBOS).ppl], rel: 1e-4, "base ppl")
     }
 
     /// The pruned model computes what the original computes with the pruned heads, neurons and channels zeroed.
