@@ -4,7 +4,7 @@ import PackageDescription
 // Module graph (one direction of dependency):
 //   compress (CLI) -> Workbench -> Passes -> Recipes -> Training -> Checkpoint -> Model -> Quantization -> TensorCore -> CBLAS
 //                     Workbench -> Evaluation -> Model;  Workbench -> Import -> Checkpoint, GGUF, Safetensors -> MappedIO
-//                     Workbench -> Export -> Import, Checkpoint, GGUF, Safetensors (writers beside the readers)
+//                     Workbench -> Export -> Import, Checkpoint, GGUF, Safetensors (writers beside the readers), Tokenizer (merges)
 //                     Passes -> Export (the export stage in the registry); Export -> Recipes (its stage type)
 //                     Model: ModelConfig (the architecture spec), Families/ (one file per family + the registry),
 //                            LinearWeight (every representation), TransformerDecoder (the one forward + backward), gates
@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "Safetensors", dependencies: ["MappedIO", "JSONKeys", "SafeFiles"]),
         .target(name: "Tokenizer"),
         .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors", "JSONKeys", "SafeFiles", "Quantization"]),
-        .target(name: "Export", dependencies: ["Checkpoint", "GGUF", "Safetensors", "Import", "Quantization", "SafeFiles", "Recipes"]),
+        .target(name: "Export", dependencies: ["Checkpoint", "GGUF", "Safetensors", "Import", "Quantization", "SafeFiles", "Recipes", "Tokenizer"]),
         .target(name: "Training", dependencies: ["Checkpoint"]),
         .target(name: "Recipes", dependencies: ["Training", "SafeFiles"]),
         .target(name: "Passes", dependencies: ["Recipes", "Quantization", "Export"]),
@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
         .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys", "Quantization", "Model"], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
-        .testTarget(name: "ExportTests", dependencies: ["Export", "Import", "Checkpoint", "GGUF", "Safetensors", "Recipes", "Quantization", "Model", "TensorCore"]),
+        .testTarget(name: "ExportTests", dependencies: ["Export", "Import", "Checkpoint", "GGUF", "Safetensors", "Recipes", "Quantization", "Model", "TensorCore", "Tokenizer"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore"]),
     ],

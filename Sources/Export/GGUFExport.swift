@@ -6,8 +6,8 @@ import Model
 import Quantization
 import TensorCore
 
-/// A GGUF v3 file for llama.cpp: the family's architecture (`llama`, `qwen2`, `qwen3`) for homogeneous models, `deci`
-/// for heterogeneous Llama ones
+/// A GGUF v3 file for llama.cpp: the family's architecture (`llama`, `qwen2`, `qwen3`, `gemma3`) for homogeneous models,
+/// `deci` for heterogeneous Llama ones
 /// (per-layer `deci.attention.head_count`, `deci.attention.head_count_kv` with 0 for a removed attention and
 /// `deci.feed_forward_length` with 0 for a removed MLP; llama.cpp then skips that sublayer, and reads each
 /// layer's own sizes, so no padding is needed), the tokenizer as `tokenizer.ggml.*`, and per-tensor types:
@@ -17,6 +17,11 @@ import TensorCore
 /// - dense, sparse (their values) and factorized (multiplied out, with a warning) weights in --dtype.
 /// For families stored that way (`ggufPermutesQK`: Llama), q and k rows are permuted into llama.cpp's rotary order
 /// (convert_hf_to_gguf.py `LlamaModel.permute`, per head for q, per key/value head for k), whole rows at a time.
+/// Families whose converter stores norm weights shifted (`ggufNormShift`, Gemma 3: 1 + w) get every norm weight so.
+/// Sliding-window layers (Gemma 3): `attention.sliding_window`, `rope.freq_base_swa`, and
+/// `attention.sliding_window_pattern` as per-layer flags when llama.cpp's default period 6 does not give them.
+/// Refused, naming the setting: a spec llama.cpp would compute differently (`ServerSpec`: e.g. an embedding scale
+/// other than √hidden_size, or a Gemma 3 query_pre_attn_scalar other than llama.cpp's 1/√key_length rule).
 enum GGUFExport {
     /// Width of the zero MLP a `deci` layer gets when it keeps its attention but lost its MLP.
     static let zeroMLPWidth = 32
@@ -61,6 +66,10 @@ enum GGUFExport {
         writer.add("tokenizer.ggml.add_bos_token", .bool(spec.addBosToken))
         if spec.model == "llama" {
             if let unk = spec.tokenTypes?.firstIndex(of: 2) { writer.add("tokenizer.ggml.unknown_token_id", .uint32(UInt32(unk))) }
+            // SentencePiece's padding piece (Gemma's id 0), a control token; the spec keeps no padding id of its own.
+            if let pad = spec.tokens.indices.first(where: { spec.tokens[$0] == "<pad>" && spec.tokenTypes?[$0] == 3 }) {
+                writer.add("tokenizer.ggml.padding_token_id", .uint32(UInt32(pad)))
+            }
             writer.add("tokenizer.ggml.add_eos_token", .bool(spec.addEosToken ?? false))
             writer.add("tokenizer.ggml.add_space_prefix", .bool(!spec.pre.hasPrefix("no-prefix")))
         }
@@ -88,6 +97,10 @@ enum GGUFExport {
             throw ExportError(heterogeneousRefusal(c, format: "GGUF"))
         }
         let arch = c.isHomogeneous ? family.ggufArchitectures[0] : "deci"
+        let problems = ServerSpec.configDrift(c) + (arch == "gemma3" ? ServerSpec.gemma3GGUFProblems(c) : [])
+        guard problems.isEmpty else {
+            throw ExportError("llama.cpp's '\(arch)' would compute another model from this GGUF: \(problems.joined(separator: "; "))")
+        }
         var writer = GGUFWriter()
         var tensors: [ExportedTensor] = [], warnings: [String] = [], refused: [String] = [], factorized: [(name: String, weight: FactorizedWeight)] = []
 
@@ -112,6 +125,18 @@ enum GGUFExport {
         writer.add(k("rope.dimension_count"), .uint32(UInt32(c.headDim)))
         writer.add(k("rope.freq_base"), .float32(Float(c.ropeTheta)))
         writer.add(k("attention.layer_norm_rms_epsilon"), .float32(Float(c.rmsNormEps)))
+        if c.blocks.contains(where: { $0.layerType == .sliding }) {
+            // llama.cpp (load_swa_pattern): a per-layer array of flags, else a period n (layer i sliding unless
+            // (i + 1) % n == 0; default 6, Gemma 3's). The array only where the period rule does not give the layers
+            // (after depth pruning), so unpruned models get llama.cpp's converter's keys.
+            guard let window = c.slidingWindow else { preconditionFailure("sliding layers without slidingWindow (checked when the config was read)") }
+            writer.add(k("attention.sliding_window"), .uint32(UInt32(window)))
+            let sliding = c.blocks.map { $0.layerType == .sliding }
+            if sliding != (0..<c.numHiddenLayers).map({ ($0 + 1) % 6 != 0 }) {
+                writer.add(k("attention.sliding_window_pattern"), .array(sliding.map { .bool($0) }))
+            }
+            writer.add(k("rope.freq_base_swa"), .float32(Float(c.slidingRopeTheta ?? c.ropeTheta)))
+        }
         if let spec = ckpt.tokenizer {
             warnings += try addTokenizer(spec, architecture: arch, to: &writer)
         } else {
@@ -165,6 +190,13 @@ enum GGUFExport {
                 try add(d == .f32 ? .f32 : d == .f16 ? .f16 : .bf16, bytes, t.shape, err)
             }
             switch w {
+            case .vector(let t) where family.ggufNormShift != 0 && (id == .finalNorm || { if case .norm = id { true } else { false } }()):
+                // llama.cpp runs a plain RMSNorm on weights its converter stored as shift + w (Gemma: 1 + w). That
+                // float32 sum is the factor our kernels, transformers and llama.cpp all multiply by, so nothing is
+                // lost; the importer subtracts the shift again.
+                let shift = family.ggufNormShift
+                let stored = (0..<t.count).map { t[$0] + shift }
+                try add(.f32, stored.withUnsafeBytes { Array($0) }, t.shape, ConversionError(), note: "stored as \(shift) + w")
             case .vector(let t): try addFloats(t, .f32)
             case .matrix(.dense(let t)): try addFloats(t, options.dtype)
             case .matrix(.sparse(let s)): try addFloats(s.values, options.dtype)

@@ -35,9 +35,18 @@ func heterogeneousRefusal(_ c: ModelConfig, format: String) -> String {
     if Set(c.blocks.map(\.numAttentionHeads)).count > 1 || Set(c.blocks.map(\.numKeyValueHeads)).count > 1 { why.append("per-layer head counts") }
     if Set(c.blocks.map(\.intermediateSize)).count > 1 { why.append("per-layer MLP widths") }
     let family = c.familyType
+    // What the spec has that Llama's per-layer formats cannot hold.
+    var lacks: [String] = []
+    if !c.biases.isEmpty { lacks.append("biases") }
+    if c.qkNorm { lacks.append("q/k norms") }
+    if c.normKind != .rms { lacks.append("(1 + w) norms") }
+    if c.postNorms { lacks.append("post-sublayer norms") }
+    if c.activation != .silu { lacks.append("\(c.activation.rawValue) MLPs") }
+    if c.blocks.contains(where: { $0.layerType == .sliding }) { lacks.append("sliding-window layers") }
+    if c.embeddingScale != 1 { lacks.append("an embedding scale") }
     return "a heterogeneous \(family.name) model (\(why.joined(separator: ", "))) has no \(format) form: "
         + "\(family.hfArchitecture) and GGUF '\(family.ggufArchitectures[0])' hold one size for every layer, and the per-layer formats "
-        + "(DeciLMForCausalLM, GGUF 'deci') are Llama's, without \(c.biases.isEmpty ? "q/k norms" : "biases"); "
+        + "(DeciLMForCausalLM, GGUF 'deci') are Llama's, without \(lacks.isEmpty ? "this family's features" : lacks.joined(separator: ", ")); "
         + "only our checkpoint holds it (compress eval, distill, apply run on it). Export a homogeneous model: Minitron depth "
         + "pruning removes whole layers, width pruning keeps every layer's sizes equal"
 }
@@ -96,6 +105,10 @@ enum HFExport {
         let model = ckpt.model, config = model.config, dtype = options.dtype, family = config.familyType
         guard config.isHomogeneous || family.perLayerExport else {
             throw ExportError(heterogeneousRefusal(config, format: "Hugging Face"))
+        }
+        let drift = ServerSpec.configDrift(config)
+        guard drift.isEmpty else {
+            throw ExportError("\(family.hfArchitecture) would compute another model from this config.json: \(drift.joined(separator: "; ")); only our checkpoint holds it (compress eval, distill, apply run on it)")
         }
         let deci = config.isHomogeneous ? nil : try DeciLayout(config: config)
         var st = SafetensorsWriter()
@@ -229,7 +242,7 @@ enum HFExport {
         if let e = config.eosTokenID ?? ckpt.tokenizer?.eosTokenID.map(Int.init) { generation["eos_token_id"] = .int(e) }
         files.append(("generation_config.json", jsonBytes(.object(generation))))
         if let spec = ckpt.tokenizer {
-            files.append(("tokenizer.json", jsonBytes(try TokenizerFiles.tokenizerJSON(spec))))
+            files.append(("tokenizer.json", try TokenizerFiles.tokenizerJSON(spec)))
             files.append(("tokenizer_config.json", jsonBytes(TokenizerFiles.tokenizerConfig(spec, maxLength: config.maxPositionEmbeddings))))
         } else {
             warnings.append("the checkpoint carries no tokenizer: no tokenizer.json written")

@@ -2,23 +2,51 @@ import Checkpoint
 import Foundation
 import Import
 import Model
+import Tokenizer
 
 /// tokenizer.json and tokenizer_config.json built from the checkpoint's own `TokenizerSpec`, in the layout of Hugging
 /// Face `tokenizers` files. Byte-level BPE: a BPE model with the vocabulary and merges, the pre-tokenizer our importer
 /// recognises, ByteLevel decoding, and control / user-defined tokens as added tokens. SentencePiece: a BPE model with
-/// byte fallback and the merges, the normalizer / Metaspace pre-tokenizer of the spacing rule (as Gemma's and Llama 2's
-/// files have them), "▁"-to-space and byte-fallback decoding, and unknown, control and user-defined tokens as added
-/// tokens; the importer reads it back to the same tokenizer.
+/// byte fallback and the merges (listed, or derived as transformers derives them from a GGUF), the normalizer /
+/// Metaspace pre-tokenizer of the spacing rule (as Gemma's and Llama 2's files have them), "▁"-to-space and
+/// byte-fallback decoding, and unknown, control and user-defined tokens as added tokens; the importer reads it back to
+/// the same tokenizer.
 enum TokenizerFiles {
-    static func tokenizerJSON(_ spec: TokenizerSpec) throws -> JSONValue {
-        if spec.model == "llama" { return try sentencePieceJSON(spec) }
+    /// tokenizer.json's bytes. The vocabulary object is written from the tokens' bytes in id order, not through
+    /// `JSONValue` (whose objects are keyed by Swift Strings, which compare by canonical equivalence and would fold
+    /// tokens that differ only in Unicode normalization, as Gemma's "é" and "e\u{301}" do).
+    static func tokenizerJSON(_ spec: TokenizerSpec) throws -> [UInt8] {
+        let (object, vocab) = spec.model == "llama" ? try sentencePieceJSON(spec) : try byteLevelJSON(spec)
+        let placeholder = Array(JSONValue.string(vocabPlaceholder).prettyBytes.dropLast())
+        let bytes = object.prettyBytes
+        // From the end: only the keys after "model" (normalizer, ..., version) follow the vocabulary.
+        guard let at = stride(from: bytes.count - placeholder.count, through: 0, by: -1).first(where: { i in
+            bytes[i] == placeholder[0] && bytes[i..<i + placeholder.count].elementsEqual(placeholder)
+        }) else {
+            preconditionFailure("tokenizer.json without its vocabulary placeholder")
+        }
+        var entries: [UInt8] = [UInt8(ascii: "{")]
+        entries.reserveCapacity(vocab.reduce(0) { $0 + $1.utf8.count + 24 })
+        for (id, token) in vocab.enumerated() {
+            if id > 0 { entries.append(UInt8(ascii: ",")) }
+            entries.append(contentsOf: Array("\n      ".utf8))
+            entries.append(contentsOf: JSONValue.string(token).prettyBytes.dropLast())
+            entries.append(contentsOf: Array(": \(id)".utf8))
+        }
+        entries.append(contentsOf: Array("\n    }".utf8))
+        return Array(bytes[..<at]) + entries + Array(bytes[(at + placeholder.count)...])
+    }
+
+    /// Stands for the vocabulary object in the `JSONValue` tree until `tokenizerJSON` writes it.
+    static let vocabPlaceholder = "\u{0}vocabulary\u{0}"
+
+    /// The tokenizer.json object of a byte-level BPE tokenizer (its vocabulary a placeholder) and the vocabulary.
+    static func byteLevelJSON(_ spec: TokenizerSpec) throws -> (JSONValue, [String]) {
         guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)") }
         guard let pre = Importer.hfPreTokenizer(named: spec.pre).map(withTrimOffsets) else {
             throw ExportError("tokenizer pre-tokenizer '\(spec.pre)' has no tokenizer.json form here (supported: gpt2, smollm, llama3, qwen2)")
         }
-        var vocab: [String: JSONValue] = [:]
-        vocab.reserveCapacity(spec.tokens.count)
-        for (i, t) in spec.tokens.enumerated() { vocab[t] = .int(i) }
+        try checkDistinct(spec.tokens)
         var added: [JSONValue] = []
         for (i, t) in spec.tokens.enumerated() {
             guard let type = spec.tokenTypes?[i], type == 3 || type == 4 else { continue }
@@ -29,7 +57,7 @@ enum TokenizerFiles {
             .array(m.split(separator: " ", maxSplits: 1).map { .string(String($0)) })
         }
         let post = template(spec) ?? .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(false), "trim_offsets": .bool(false), "use_regex": .bool(false)])
-        return .object([
+        return (.object([
             "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
             "normalizer": .null, "pre_tokenizer": pre, "post_processor": post,
             "decoder": .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(true), "trim_offsets": .bool(true), "use_regex": .bool(true)]),
@@ -37,9 +65,27 @@ enum TokenizerFiles {
                 "type": .string("BPE"), "dropout": .null, "unk_token": .null, "continuing_subword_prefix": .null,
                 "end_of_word_suffix": .null, "fuse_unk": .bool(false), "byte_fallback": .bool(false),
                 "ignore_merges": .bool(Importer.hfPreTokenizer(named: spec.pre) == Importer.hfPreTokenizer(named: "llama3")),
-                "vocab": .object(vocab), "merges": .array(merges),
+                "vocab": .string(vocabPlaceholder), "merges": .array(merges),
             ]),
-        ])
+        ]), spec.tokens)
+    }
+
+    /// Refuses a vocabulary holding the same token twice (by bytes): a tokenizer.json vocabulary maps each token to
+    /// one id.
+    static func checkDistinct(_ tokens: [String]) throws {
+        var seen: [[UInt8]: Int] = [:]
+        seen.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() {
+            if let j = seen.updateValue(i, forKey: Array(t.utf8)) {
+                throw ExportError("tokenizer.json cannot be written: tokens \(j) and \(i) are both '\(t.prefix(20))' (a vocabulary maps each token to one id)")
+            }
+        }
+    }
+
+    /// The unknown token: the one of type 2, else a control token spelled "<unk>" (Gemma's GGUF marks its <unk>
+    /// control).
+    static func unknownToken(_ spec: TokenizerSpec) -> Int? {
+        spec.tokenTypes?.firstIndex(of: 2) ?? spec.tokens.indices.first { spec.tokens[$0] == "<unk>" && spec.tokenTypes?[$0] == 3 }
     }
 
     /// A TemplateProcessing post-processor that puts BOS before (and, with `add_eos_token`, EOS after) each text, or
@@ -67,20 +113,40 @@ enum TokenizerFiles {
         ])
     }
 
-    /// A SentencePiece tokenizer (model "llama") with its merges listed. Refused: one that derives its merges (read
-    /// from a GGUF), since the derivation lives in the Tokenizer module, which this module does not depend on; and a
-    /// vocabulary holding tokens that differ only in Unicode normalization (Gemma's does), since `JSONValue` objects
-    /// are keyed by Swift Strings, which compare by canonical equivalence and would fold those tokens together.
-    static func sentencePieceJSON(_ spec: TokenizerSpec) throws -> JSONValue {
-        guard !spec.merges.isEmpty else {
-            throw ExportError("tokenizer.json needs a merge list, but this SentencePiece tokenizer (read from a GGUF) derives its merges from \(spec.mergeOrder == "gemma" ? "the vocabulary order" : "its scores") when it is built, which the exporter cannot do yet; a GGUF export keeps the tokenizer")
+    /// The tokenizer.json object of a SentencePiece tokenizer (model "llama"; its vocabulary a placeholder) and the
+    /// vocabulary. Listed merges are written as they are. Derived ones (a tokenizer read from a GGUF) are derived as
+    /// our tokenizer and transformers derive them (`SentencePieceTokenizer.mergeList`: by score, or by transformers'
+    /// Gemma rule, which also respells whitespace tokens holding a space with "▁", "  " as "▁▁"), so transformers'
+    /// tokenizer from this file equals the one it builds from the GGUF: the same vocabulary, merges, normalizer,
+    /// decoder and added tokens (types 2, 3, 4, except respelled tokens, which merging reaches).
+    static func sentencePieceJSON(_ spec: TokenizerSpec) throws -> (JSONValue, [String]) {
+        let tokens: [String], merges: [(String, String)]
+        if spec.merges.isEmpty {
+            let source: SentencePieceMerges
+            if spec.mergeOrder == "gemma" {
+                source = .gemma
+            } else if let scores = spec.scores {
+                source = .scores(scores)
+            } else {
+                throw ExportError("tokenizer: a SentencePiece tokenizer without merges needs scores or merge_order gemma to derive them")
+            }
+            do {
+                let tokenizer = try SentencePieceTokenizer(tokens: spec.tokens, tokenTypes: spec.tokenTypes, merges: source,
+                                                           spacing: SentencePieceSpacing(name: spec.pre),
+                                                           bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
+                (tokens, merges) = tokenizer.mergeList()
+            } catch let e as TokenizerError {
+                throw ExportError("tokenizer: \(e.description)")
+            }
+        } else {
+            tokens = spec.tokens
+            // Split at the space byte: "▁ह ै" is a space then a combining sign, one Character to Swift.
+            merges = spec.merges.map { m in
+                let parts = m.utf8.split(separator: UInt8(ascii: " "), maxSplits: 1).map { String(decoding: $0, as: UTF8.self) }
+                return (parts.first ?? "", parts.count > 1 ? parts[1] : "")
+            }
         }
-        var seen: [String: Int] = [:]
-        for (i, t) in spec.tokens.enumerated() {
-            guard let j = seen.updateValue(i, forKey: t) else { continue }
-            let folded = spec.tokens.count - Set(spec.tokens).count
-            throw ExportError("tokenizer.json cannot be written: tokens \(j) and \(i) ('\(t.prefix(20))') differ only in Unicode normalization (\(folded) tokens would fold into others), which this writer's JSON objects cannot keep apart; a GGUF export keeps the tokenizer")
-        }
+        try checkDistinct(tokens)
         let split = spec.pre.hasSuffix("+split")
         let prefix = split ? String(spec.pre.dropLast("+split".count)) : spec.pre
         let space = JSONValue.object(["type": .string("Replace"), "pattern": .object(["String": .string(" ")]), "content": .string("\u{2581}")])
@@ -96,33 +162,28 @@ enum TokenizerFiles {
         case "prefix-every": (normalizer, preTokenizer) = (.object(["type": .string("Sequence"), "normalizers": .array([prepend, space])]), split ? metaspace("never") : .null)
         default: throw ExportError("tokenizer spacing '\(spec.pre)' has no tokenizer.json form here (supported: no-prefix, prefix-first, prefix-always, prefix-every, each optionally +split)")
         }
-        var vocab: [String: JSONValue] = [:]
-        vocab.reserveCapacity(spec.tokens.count)
-        for (i, t) in spec.tokens.enumerated() { vocab[t] = .int(i) }
         var added: [JSONValue] = []
-        for (i, t) in spec.tokens.enumerated() {
-            guard let type = spec.tokenTypes?[i], [2, 3, 4].contains(type) else { continue }
+        for (i, t) in tokens.enumerated() {
+            // A respelled token ("▁▁" for "  ") is reached by merging, not matched whole (transformers' Gemma builder).
+            guard let type = spec.tokenTypes?[i], [2, 3, 4].contains(type), Array(t.utf8) == Array(spec.tokens[i].utf8) else { continue }
             added.append(.object(["id": .int(i), "content": .string(t), "single_word": .bool(false), "lstrip": .bool(false),
                                   "rstrip": .bool(false), "normalized": .bool(false), "special": .bool(type != 4)]))
         }
-        let unk = spec.tokenTypes?.firstIndex(of: 2).map { JSONValue.string(spec.tokens[$0]) } ?? .null
+        let unk = unknownToken(spec).map { JSONValue.string(tokens[$0]) } ?? .null
         var decoders: [JSONValue] = [.object(["type": .string("Replace"), "pattern": .object(["String": .string("\u{2581}")]), "content": .string(" ")]),
                                      .object(["type": .string("ByteFallback")]), .object(["type": .string("Fuse")])]
         if prefix != "no-prefix" { decoders.append(.object(["type": .string("Strip"), "content": .string(" "), "start": .int(1), "stop": .int(0)])) }
-        return .object([
+        return (.object([
             "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
             "normalizer": normalizer, "pre_tokenizer": preTokenizer, "post_processor": template(spec) ?? .null,
             "decoder": .object(["type": .string("Sequence"), "decoders": .array(decoders)]),
             "model": .object([
                 "type": .string("BPE"), "dropout": .null, "unk_token": unk, "continuing_subword_prefix": .null,
                 "end_of_word_suffix": .null, "fuse_unk": .bool(true), "byte_fallback": .bool(true), "ignore_merges": .bool(false),
-                "vocab": .object(vocab),
-                // Split at the space byte: "▁ह ै" is a space then a combining sign, one Character to Swift.
-                "merges": .array(spec.merges.map { m in
-                    .array(m.utf8.split(separator: UInt8(ascii: " "), maxSplits: 1).map { .string(String(decoding: $0, as: UTF8.self)) })
-                }),
+                "vocab": .string(vocabPlaceholder),
+                "merges": .array(merges.map { .array([.string($0.0), .string($0.1)]) }),
             ]),
-        ])
+        ]), tokens)
     }
 
     /// `tokenizers` requires ByteLevel's `trim_offsets` (it only moves offsets; the importer ignores it).
@@ -141,7 +202,7 @@ enum TokenizerFiles {
         return .object([
             "tokenizer_class": .string("PreTrainedTokenizerFast"), "add_bos_token": .bool(spec.addBosToken),
             "add_eos_token": .bool(spec.addEosToken ?? false), "bos_token": token(spec.bosTokenID), "eos_token": token(spec.eosTokenID),
-            "unk_token": spec.model == "llama" ? token(spec.tokenTypes?.firstIndex(of: 2).map { Int32($0) }) : .null,
+            "unk_token": spec.model == "llama" ? token(unknownToken(spec).map { Int32($0) }) : .null,
             "clean_up_tokenization_spaces": .bool(false),
             "model_max_length": .int(maxLength),
         ])

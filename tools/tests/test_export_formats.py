@@ -177,3 +177,70 @@ def test_qwen_gguf_and_hf_exports(tmp_path, family):
             h = f"model.layers.{layer}.{gguf_to_hf[module]}.{suffix}"
         _, values = gguf_array(r, n)
         np.testing.assert_array_equal(values.reshape(hf[h].shape), hf[h], err_msg=n)  # no q/k permutation
+
+
+def test_gemma3_gguf_and_hf_exports(tmp_path):
+    """The tiny Gemma 3 fixture made by transformers (layers sliding, full, sliding; window 5; query_pre_attn_scalar 24 !=
+    head_dim 16; tied): the Hugging Face export is a Gemma3ForCausalLM config with its layer types; the GGUF export is
+    refused, since llama.cpp scales attention by 1/sqrt(key_length). With query_pre_attn_scalar 16 (config.json edited,
+    imported back) gguf-py reads `gemma3` with Gemma's keys and llama.cpp's tensor names, every norm weight stored as
+    1 + w, the other tensors equal to the Hugging Face export's (no q/k permutation), and the layer pattern as per-layer
+    flags; after depth pruning the flags follow the kept layers (none when llama.cpp's period-6 default gives them)."""
+    src = ROOT / "Tests" / "Fixtures" / "tiny-gemma3.h5"
+    run("export", src, "--format", "hf", "-o", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and config["model_type"] == "gemma3_text"
+    assert config["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert config["sliding_window"] == 5 and config["query_pre_attn_scalar"] == 24 and config["head_dim"] == 16
+    assert config["hidden_activation"] == "gelu_pytorch_tanh" and config["tie_word_embeddings"] is True
+    assert config["rope_parameters"]["full_attention"]["rope_theta"] == 1e6
+    assert config["rope_parameters"]["sliding_attention"]["rope_theta"] == 1e4
+    refused = subprocess.run([compress_binary(), "export", str(src), "--format", "gguf", "-o", str(tmp_path / "r.gguf")],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "query_pre_attn_scalar is 24" in refused.stdout + refused.stderr
+    assert not (tmp_path / "r.gguf").exists()
+
+    config["query_pre_attn_scalar"] = 16
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    run("import", tmp_path / "hf", "-o", tmp_path / "g16.h5")
+    run("export", tmp_path / "g16.h5", "--format", "gguf", "-o", tmp_path / "g16.gguf")
+    r = gguf.GGUFReader(str(tmp_path / "g16.gguf"))
+    field = lambda k: r.fields[k].contents()
+    assert field("general.architecture") == "gemma3"
+    assert field("gemma3.block_count") == 3 and field("gemma3.embedding_length") == 32
+    assert field("gemma3.attention.head_count") == 4 and field("gemma3.attention.head_count_kv") == 1
+    assert field("gemma3.attention.key_length") == 16 and field("gemma3.attention.value_length") == 16
+    assert field("gemma3.attention.sliding_window") == 5
+    assert field("gemma3.attention.sliding_window_pattern") == [True, False, True]
+    assert field("gemma3.rope.freq_base") == 1e6 and field("gemma3.rope.freq_base_swa") == 1e4
+    assert abs(field("gemma3.attention.layer_norm_rms_epsilon") - 1e-6) < 1e-12
+    assert field("gemma3.context_length") == 256 and field("gemma3.feed_forward_length") == 64
+    hf, _ = tensors(tmp_path / "hf" / "model.safetensors")
+    gguf_to_hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                  "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                  "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+                  "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+                  "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+    names = {t.name for t in r.tensors}
+    assert "output.weight" not in names and len(names) == len(hf) == 1 + 3 * 13 + 1
+    for n in names:
+        if n in ("token_embd.weight", "output_norm.weight"):
+            h = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}[n]
+        else:
+            _, layer, module, suffix = n.split(".")
+            h = f"model.layers.{layer}.{gguf_to_hf[module]}.{suffix}"
+        t, values = gguf_array(r, n)
+        assert t.tensor_type.name == "F32"
+        expected = hf[h] + np.float32(1) if n.endswith("norm.weight") else hf[h]  # llama.cpp's converter stores 1 + w
+        np.testing.assert_array_equal(values.reshape(hf[h].shape), expected, err_msg=n)
+
+    for drop, types, pattern in [(0, ["full_attention", "sliding_attention"], [False, True]),
+                                 (1, ["sliding_attention", "sliding_attention"], None)]:
+        run("drop-layers", tmp_path / "g16.h5", "--drop", drop, "-o", tmp_path / f"d{drop}.h5")
+        run("export", tmp_path / f"d{drop}.h5", "--format", "gguf", "-o", tmp_path / f"d{drop}.gguf")
+        run("export", tmp_path / f"d{drop}.h5", "--format", "hf", "-o", tmp_path / f"d{drop}-hf")
+        assert json.loads((tmp_path / f"d{drop}-hf" / "config.json").read_text())["layer_types"] == types
+        d = gguf.GGUFReader(str(tmp_path / f"d{drop}.gguf"))
+        assert d.fields["gemma3.block_count"].contents() == 2
+        key = "gemma3.attention.sliding_window_pattern"
+        assert (d.fields[key].contents() if key in d.fields else None) == pattern
