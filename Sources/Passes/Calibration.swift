@@ -218,3 +218,59 @@ public struct DepthImportance: Codable, Equatable, Sendable {
                                basePpl: Foundation.exp(baseNLL / predicted))
     }
 }
+
+/// Per sublayer s (2·layer: attention, 2·layer + 1: MLP) and hidden channel j, the mean over calibration tokens of
+/// y_j², y the input of s's post-sublayer norm (the output projection's output with its bias), under optional
+/// `gates` (head and neuron gates act before it, channel and sublayer gates after): what width pruning needs to
+/// rescale post-norms when hidden channels go (Model/Pruning.swift, `ChannelRemoval.postNormFactor`). Empty lists
+/// for absent sublayers.
+public enum PostNormInputs {
+    public static func compute(model: DecoderModel, windows: [[Int32]], gates: Gates? = nil,
+                               progress: (Int, Int) -> Void = { _, _ in }) -> [[Double]] {
+        let obs = PostNormInputObserver(model: model)
+        let engine = TransformerDecoder(model: model, window: windows.map(\.count).max() ?? 1)
+        engine.gates = gates
+        for (i, ids) in windows.enumerated() {
+            engine.forward(ids, observer: obs)
+            progress(i + 1, windows.count)
+        }
+        let n = Double(max(1, windows.reduce(0) { $0 + $1.count }))
+        return obs.sums.map { $0.map { $0 / n } }
+    }
+}
+
+/// Σ_t y_t,j² of every post-norm's input y = W_out · (the output projection's observed input) + b.
+final class PostNormInputObserver: ForwardObserver {
+    let model: DecoderModel
+    let C: Int
+    var sums: [[Double]]
+    private var y: Tensor
+
+    init(model: DecoderModel) {
+        self.model = model
+        C = model.config.hiddenSize
+        sums = model.layers.flatMap { [$0.attention == nil ? [] : [Double](repeating: 0, count: model.config.hiddenSize),
+                                       $0.mlp == nil ? [] : [Double](repeating: 0, count: model.config.hiddenSize)] }
+        y = Tensor(shape: [0])
+    }
+
+    private func add(_ s: Int, _ w: LinearWeight, bias: Tensor?, _ inp: UnsafePointer<Float>, rows: Int) {
+        if y.count < rows * C { y = Tensor(shape: [rows, C]) }
+        w.forward(out: y.data, inp: inp, rows: rows)
+        if let bias { biasForward(out: y.data, bias: bias.data, rows: rows, columns: C) }
+        let p = y.data
+        sums[s].withUnsafeMutableBufferPointer { acc in
+            for t in 0..<rows { for j in 0..<C { let v = Double(p[t * C + j]); acc[j] += v * v } }
+        }
+    }
+
+    func headOutputs(layer l: Int, att: UnsafePointer<Float>, rows: Int) {
+        let a = model.layers[l].attention!
+        add(2 * l, a.o, bias: a.biases[.o], att, rows: rows)
+    }
+
+    func mlpActivation(layer l: Int, act: UnsafePointer<Float>, rows: Int) {
+        let m = model.layers[l].mlp!
+        add(2 * l + 1, m.down, bias: m.biases[.down], act, rows: rows)
+    }
+}

@@ -33,9 +33,14 @@
 // - Post-sublayer norms (Gemma): the channel and sublayer masks multiply a sublayer's output after its post-norm,
 //   so they fold into the post-norm's (1 + w), and physical removal changes the post-norm's mean of squares from
 //   one over all C channels of the sublayer's output (in the gated model, where the removed channels are dropped
-//   only after the norm) to one over the kept channels. The pruned model then equals the gated model with the
-//   removed channels also zeroed in o_proj's and down_proj's output, not the gated model itself (exact when no
-//   hidden channel is removed; tested both ways). The size model counts the post-norms.
+//   only after the norm) to one over the kept channels; no rescaling is exact. Each post-norm's (w + o) is
+//   multiplied by ρ = sqrt((Σ_kept E[y²]/C' + eps·C/C') / (Σ_all E[y²]/C + eps)), E[y_j²] the mean squares of its
+//   input in the trained student gated as the pruning keeps it (removed units at 0, `keptGates`) on the first 8
+//   training windows, so it divides by the RMS the gated
+//   model's had on average (Model/Pruning.swift, ChannelRemoval; Minitron.swift has the measured effect). The
+//   pruned model equals the gated model with the removed channels also zeroed in o_proj's and down_proj's output
+//   and each post-norm's (w + o) multiplied by ρ/sqrt(C/C'); with every hidden channel kept, the gated model itself
+//   (both tested). The size model counts the post-norms.
 
 import Foundation
 import Model
@@ -58,6 +63,21 @@ extension DecoderModel {
         public init(channels: [Int], layers: [Int], heads: [[Int]], neurons: [[Int]]) {
             self.channels = channels; self.layers = layers; self.heads = heads; self.neurons = neurons
         }
+    }
+
+    /// The gates of the model a selection keeps, as the forward applies them: `gates`' values (nil entries: 1) on
+    /// kept units, 0 on removed channels, heads, neurons and on both sublayers of dropped layers.
+    public func keptGates(_ sel: UnitSelection, from gates: Gates?) -> Gates {
+        let c = config, z = Gates(config: c)
+        func t(_ n: Int, _ src: Tensor?, keep: (Int) -> Bool) -> Tensor {
+            Tensor(shape: [n], values: (0..<n).map { keep($0) ? src?[$0] ?? 1 : 0 })
+        }
+        let channels = Set(sel.channels), layers = Set(sel.layers)
+        z.channels = t(c.hiddenSize, gates?.channels) { channels.contains($0) }
+        z.heads = c.blocks.indices.map { l in t(c.blocks[l].numAttentionHeads, gates?.heads[l]) { layers.contains(l) && sel.heads[l].contains($0) } }
+        z.neurons = c.blocks.indices.map { l in t(c.blocks[l].intermediateSize, gates?.neurons[l]) { layers.contains(l) && sel.neurons[l].contains($0) } }
+        z.sublayers = t(2 * c.blocks.count, gates?.sublayers) { layers.contains($0 / 2) }
+        return z
     }
 
     /// The config `pruningUnits(sel)` produces (checks the selection: ascending indices in range, GQA groups).
@@ -120,10 +140,16 @@ extension DecoderModel {
     /// into the post-norm's (w + o) instead of o's and down's rows. Then the identity holds exactly when every
     /// hidden channel stays; with channels removed, the pruned post-norm's mean of squares runs over the kept
     /// channels only, and the result equals the gated model whose removed channels are also zeroed before the
-    /// post-norms (o_proj's and down_proj's rows), not the gated model itself (see the file header).
+    /// post-norms (o_proj's and down_proj's rows), not the gated model itself (see the file header);
+    /// `postNormInputs` (per original sublayer, the mean squares of its post-norm's input per channel under the
+    /// gates: `PostNormInputs`) multiplies each post-norm's (w + o) by ρ instead of sqrt(C/C') (`ChannelRemoval`),
+    /// and then the result equals that gated, zeroed model with each post-norm's (w + o) multiplied by ρ/sqrt(C/C').
     /// Dense weights only; kept channel gates must be non-zero.
-    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil) throws -> DecoderModel {
+    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil, postNormInputs: [[Double]]? = nil) throws -> DecoderModel {
         let nc = try prunedConfig(sel)
+        if let p = postNormInputs, p.count != 2 * layers.count {
+            throw ConfigError("post-norm input statistics list \(p.count) sublayers for \(2 * layers.count)")
+        }
         guard weightKinds == [.dense] else {
             throw ConfigError("unit pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
         }
@@ -176,7 +202,10 @@ extension DecoderModel {
                 put(.o, gather(a.o, rows: sel.channels, cols: rows, rowScale: oScale, colScale: headScale), bias: a.biases[.o],
                     rows: sel.channels, biasScale: oScale)
                 if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: i, .q)] = .vector(qn.copy()); w[.norm(layer: i, .k)] = .vector(kn.copy()) }
-                if let pn = a.postNorm { w[.norm(layer: i, .attentionOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale)) }
+                if let pn = a.postNorm {
+                    let f = r.postNormFactor(energy: postNormInputs?[2 * l], kept: sel.channels) / r.normFactor
+                    w[.norm(layer: i, .attentionOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale.map { $0 * f }))
+                }
             }
             if !sel.neurons[l].isEmpty {
                 let gMLP = gates?.sublayers?[2 * l + 1] ?? 1
@@ -188,7 +217,10 @@ extension DecoderModel {
                 put(.up, gather(m.up, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.up], rows: sel.neurons[l])
                 put(.down, gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: downScale, colScale: neuronScale),
                     bias: m.biases[.down], rows: sel.channels, biasScale: downScale)
-                if let pn = m.postNorm { w[.norm(layer: i, .mlpOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale)) }
+                if let pn = m.postNorm {
+                    let f = r.postNormFactor(energy: postNormInputs?[2 * l + 1], kept: sel.channels) / r.normFactor
+                    w[.norm(layer: i, .mlpOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale.map { $0 * f }))
+                }
             }
         }
         return try DecoderModel(config: nc, weights: w)
@@ -304,6 +336,10 @@ public struct VTransPass: RecipeStage {
         return t
     }
 
+    /// Windows (of the training window, from the start of the training tokens) on which the trained, gated
+    /// student's post-norm inputs are measured before hidden channels are removed (post-sublayer norms only).
+    public static let postNormWindows = 8
+
     /// The training tokens this variant uses: a prefix of `dataFraction` of `tokens`.
     public func trainingTokens(_ tokens: [Int32]) -> [Int32] {
         dataFraction >= 1 ? tokens : Array(tokens.prefix(max(distill.window + 1, Int(Double(tokens.count) * dataFraction))))
@@ -317,9 +353,13 @@ public struct VTransPass: RecipeStage {
         v.targetWarmup = Int((Double(distill.steps) * targetWarmup).rounded())
         do {
             let masks = try VIBTrainable(config: model.config, settings: v)
-            let d = try Distiller(teacher: model, student: model, config: distill, trainTokens: trainingTokens(trainTokens),
+            let tokens = trainingTokens(trainTokens)
+            let d = try Distiller(teacher: model, student: model, config: distill, trainTokens: tokens,
                                   trainables: [masks], trainWeights: variant != .faster)
-            return VTransRun(pass: self, distiller: d, masks: masks)
+            // Post-norm statistics for the pruning: the first windows of the training tokens.
+            let W = distill.window
+            let windows = (0..<min(Self.postNormWindows, (tokens.count - 1) / W)).map { Array(tokens[($0 * W)..<(($0 + 1) * W)]) }
+            return VTransRun(pass: self, distiller: d, masks: masks, statisticsWindows: windows)
         } catch let e as ConfigError { throw RecipeError("\(location): \(e.description)") }
     }
 }
@@ -329,8 +369,12 @@ public final class VTransRun {
     public let pass: VTransPass
     public let distiller: Distiller
     public let masks: VIBTrainable
+    /// Where the post-norm inputs are measured (`VTransPass.postNormWindows`).
+    let statisticsWindows: [[Int32]]
 
-    init(pass: VTransPass, distiller: Distiller, masks: VIBTrainable) { self.pass = pass; self.distiller = distiller; self.masks = masks }
+    init(pass: VTransPass, distiller: Distiller, masks: VIBTrainable, statisticsWindows: [[Int32]]) {
+        self.pass = pass; self.distiller = distiller; self.masks = masks; self.statisticsWindows = statisticsWindows
+    }
 
     /// "expected 101.20M / target 95.00M params" for progress lines.
     public var status: String {
@@ -416,8 +460,13 @@ public final class VTransRun {
         masks.sampling = false
         masks.willForward(step: distiller.step, micro: 0)
         let (sel, cutoff) = try selection()
+        let student = distiller.student
+        var postNormInputs: [[Double]]? = nil
+        if student.config.postNorms && sel.channels.count < student.config.hiddenSize && !statisticsWindows.isEmpty {
+            postNormInputs = PostNormInputs.compute(model: student, windows: statisticsWindows, gates: student.keptGates(sel, from: masks.gates))
+        }
         let pruned: DecoderModel
-        do { pruned = try distiller.student.pruningUnits(sel, folding: masks.gates) } catch let e as ConfigError {
+        do { pruned = try student.pruningUnits(sel, folding: masks.gates, postNormInputs: postNormInputs) } catch let e as ConfigError {
             throw RecipeError("\(pass.location): \(e.description)")
         }
         let c = distiller.student.config

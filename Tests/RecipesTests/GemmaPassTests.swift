@@ -70,9 +70,48 @@ final class GemmaPassTests: XCTestCase {
         return z
     }
 
-    /// The (1 + w) norm rule and the post-norms: Minitron's width-pruned Gemma computes what the original computes with
-    /// the removed channels, heads and neurons zeroed, tied and untied, and also when q and k are far below the norms'
-    /// eps (the q/k rows carry √(C/C') so the per-head norms do not see the rescaled eps).
+    /// Per sublayer, the mean over `windows` of y_j², y the post-norm's input, computed from the decoder's observed
+    /// output-projection inputs with the plain reference linear op (the test's own path to `PostNormInputs`).
+    func postNormEnergy(_ m: DecoderModel, _ windows: [[Int32]], gates: Gates? = nil) -> [[Double]] {
+        final class Inputs: ForwardObserver {
+            let m: DecoderModel
+            var sums: [[Double]]
+            init(_ m: DecoderModel) { self.m = m; sums = Array(repeating: Array(repeating: 0, count: m.config.hiddenSize), count: 2 * m.layers.count) }
+            func add(_ s: Int, _ w: Tensor, _ x: UnsafePointer<Float>, rows: Int) {
+                let C = m.config.hiddenSize, K = w.shape[1], y = Tensor(shape: [rows, C])
+                linearForwardReference(out: y.data, inp: x, weight: w.data, rows: rows, inFeatures: K, outFeatures: C)
+                for i in 0..<(rows * C) { sums[s][i % C] += Double(y[i]) * Double(y[i]) }
+            }
+            func headOutputs(layer: Int, att: UnsafePointer<Float>, rows: Int) { add(2 * layer, m.layers[layer].attention!.o.denseView!, att, rows: rows) }
+            func mlpActivation(layer: Int, act: UnsafePointer<Float>, rows: Int) { add(2 * layer + 1, m.layers[layer].mlp!.down.denseView!, act, rows: rows) }
+        }
+        let obs = Inputs(m), d = TransformerDecoder(model: m, window: windows[0].count)
+        d.gates = gates
+        for ids in windows { d.forward(ids, observer: obs) }
+        let n = Double(windows.count * windows[0].count)
+        return obs.sums.map { $0.map { $0 / n } }
+    }
+
+    /// A copy of `m` with each post-norm's (1 + w) multiplied by ρ/s, ρ = sqrt((Σ_kept e/C' + eps·C/C') / (Σ e/C + eps))
+    /// for the mean squares e of its input, s = sqrt(C/C').
+    func postNormsScaled(_ m: DecoderModel, energy: [[Double]], kept: [Int]) -> DecoderModel {
+        let z = m.copy(), C = Double(m.config.hiddenSize), Cn = Double(kept.count), eps = m.config.rmsNormEps
+        for (l, layer) in z.layers.enumerated() {
+            for (t, s) in [(layer.attention?.postNorm, 2 * l), (layer.mlp?.postNorm, 2 * l + 1)] {
+                guard let t else { continue }
+                let e = energy[s], rho = ((kept.map { e[$0] }.reduce(0, +) / Cn + eps * C / Cn) / (e.reduce(0, +) / C + eps)).squareRoot()
+                let f = Float(rho / (C / Cn).squareRoot())
+                for i in 0..<t.count { t[i] = (1 + t[i]) * f - 1 }
+            }
+        }
+        return z
+    }
+
+    /// The (1 + w) norm rule and the post-norms: without post-norm statistics, the width-pruned Gemma computes exactly
+    /// what the original computes with the removed channels, heads and neurons zeroed, tied and untied, and also when q
+    /// and k are far below the norms' eps (the q/k rows carry √(C/C') so the per-head norms do not see the rescaled
+    /// eps); Minitron's pass, with the post-norm statistics, computes that zeroed original with each post-norm's
+    /// (1 + w) multiplied by ρ/s.
     func testWidthPrunedGemmaEqualsTheZeroedOriginal() throws {
         let calibration = windows()
         for (tied, tinyQK) in [(true, false), (false, false), (true, true)] {
@@ -81,24 +120,23 @@ final class GemmaPassTests: XCTestCase {
                 m = m.copy()
                 for layer in m.layers { for t in [layer.attention!.q.denseView!, layer.attention!.k.denseView!] { for i in 0..<t.count { t[i] *= 1e-3 } } }
             }
-            let pass = try MinitronPass(config: try Tiny.stage(#"{"hidden": 24, "mlp": 48, "heads": 2}"#))
-            let (pruned, _) = try pass.run(on: m, context: PassContext(calibration: calibration))
-            let pc = pruned.config
             let what = "tied \(tied), tiny q/k \(tinyQK)"
+            let pass = try MinitronPass(config: try Tiny.stage(#"{"hidden": 24, "mlp": 48, "heads": 2}"#))
+            let imp = ActivationImportance.compute(model: m, windows: calibration, sequence: .mean, batch: .l2)
+            let sel = MinitronPass.selection(imp, config: m.config, target: try pass.resolveTarget(m.config), keep: [0, 1, 2])
+            let exact = try m.pruningWidth(sel)
+            let pc = exact.config
             XCTAssertEqual(pc.family, "gemma3")
             XCTAssertEqual([pc.hiddenSize, pc.intermediateSize, pc.numAttentionHeads, pc.numKeyValueHeads], [24, 48, 2, 1])
             XCTAssertEqual(pc.blocks.map(\.layerType), [.sliding, .full, .sliding])
-            XCTAssertTrue(pruned.layers.allSatisfy { $0.attention?.postNorm?.count == 24 && $0.mlp?.postNorm?.count == 24 })
+            XCTAssertTrue(exact.layers.allSatisfy { $0.attention?.postNorm?.count == 24 && $0.mlp?.postNorm?.count == 24 })
             XCTAssertEqual(pc.embeddingScale, Double(Float(24.0.squareRoot())), "the multiplier Gemma derives from the new width")
             XCTAssertEqual(try ModelConfig(json: pc.json), pc, "the config is read back as it is")
             let reread = try DecoderModel(config: try ModelConfig(json: pc.json),
-                                          weights: Dictionary(uniqueKeysWithValues: pruned.weights.map { ($0.id, $0.weight) }))
-
-            let imp = ActivationImportance.compute(model: m, windows: calibration, sequence: .mean, batch: .l2)
-            let sel = MinitronPass.selection(imp, config: m.config, target: try pass.resolveTarget(m.config), keep: [0, 1, 2])
+                                          weights: Dictionary(uniqueKeysWithValues: exact.weights.map { ($0.id, $0.weight) }))
             let z = zeroed(m, channels: sel.channels, heads: sel.heads, neurons: sel.neurons)
             for ids in windows(2, length: 14, seed: 11) {
-                let got = logits(pruned, ids)
+                let got = logits(exact, ids)
                 XCTAssertEqual(logits(reread, ids), got, "\(what): the pruned model as a checkpoint reads it back")
                 // The zeroed original under the decoder and under the plain reference forward.
                 XCTAssertLessThan(relativeDifference(got, logits(z, ids)), 2e-6, what)
@@ -108,16 +146,31 @@ final class GemmaPassTests: XCTestCase {
 
             // Each part of the rule matters: Llama's w·s in place of (1 + w)·s − 1, or q/k rows without √(C/C'), differ.
             let ids = windows(1, length: 14, seed: 11)[0], reference = logits(z, ids), s = Float(32.0 / 24.0).squareRoot()
-            let llamaRule = pruned.copy()
+            let llamaRule = exact.copy()
             for layer in llamaRule.layers {
                 // w' = (1 + w)·s − 1 becomes w·s = w' + 1 − s.
                 for t in [layer.attention!.norm, layer.mlp!.norm, layer.attention!.postNorm!, layer.mlp!.postNorm!] { for i in 0..<t.count { t[i] += 1 - s } }
             }
             XCTAssertGreaterThan(relativeDifference(logits(llamaRule, ids), reference), 1e-3, "\(what): Llama's rule")
             if tinyQK {
-                let plainQK = pruned.copy()
+                let plainQK = exact.copy()
                 for layer in plainQK.layers { for t in [layer.attention!.q.denseView!, layer.attention!.k.denseView!] { for i in 0..<t.count { t[i] /= s } } }
                 XCTAssertGreaterThan(relativeDifference(logits(plainQK, ids), reference), 1e-3, "\(what): q/k without √(C/C')")
+            }
+
+            // The pass measures the post-norms' inputs (as this test does, by another path) and scales them by ρ.
+            let energy = postNormEnergy(m, calibration)
+            let measured = PostNormInputs.compute(model: m, windows: calibration)
+            for (a, b) in zip(measured, energy) { assertClose(a, b, rel: 1e-5, "post-norm input mean squares") }
+            let (pruned, diag) = try pass.run(on: m, context: PassContext(calibration: calibration))
+            let shares = try XCTUnwrap(diag.objectValue?["width"]?.objectValue?["post_norm_kept_energy"]?.arrayValue?.compactMap(\.doubleValue))
+            assertClose(shares, energy.map { e in sel.channels.map { e[$0] }.reduce(0, +) / e.reduce(0, +) }, rel: 1e-5, "kept energy")
+            let zr = postNormsScaled(z, energy: energy, kept: sel.channels)
+            for ids in windows(2, length: 14, seed: 11) {
+                let got = logits(pruned, ids)
+                XCTAssertLessThan(relativeDifference(got, logits(zr, ids)), 2e-6, what)
+                XCTAssertLessThan(relativeDifference(got, zr.referenceLogits(ids).array), 1e-5, what)
+                XCTAssertGreaterThan(relativeDifference(got, logits(z, ids)), 1e-4, "\(what): ρ differs from s")
             }
         }
     }
@@ -195,7 +248,8 @@ final class GemmaPassTests: XCTestCase {
 
     /// VTrans's pruning on Gemma: gates after the post-norms fold into the post-norms' (1 + w). With every channel
     /// kept the pruned model is the gated model; with channels removed it is the gated model whose removed channels
-    /// are also zeroed before the post-norms (the documented deviation), and differs from the gated model itself.
+    /// are also zeroed before the post-norms, each post-norm's (1 + w) times ρ/s from its inputs' mean squares in the
+    /// gated model (the documented deviation), and differs from the gated model itself.
     func testVTransPruningOnGemma() throws {
         var rng = SplitMix64(seed: 17)
         func subset(_ n: Int, keep: Int) -> [Int] {
@@ -222,25 +276,36 @@ final class GemmaPassTests: XCTestCase {
                     var sel = base
                     sel.channels = channels
                     let what = "tied \(tied), layers \(sel.layers), \(channels.count) channels"
-                    let pruned = try m.pruningUnits(sel, folding: g)
+                    // The gates of the model the selection keeps: g on kept units, 0 on removed ones.
+                    let z = Gates(config: c)
+                    z.channels = Tensor(shape: [32], values: (0..<32).map { channels.contains($0) ? g.channels![$0] : 0 })
+                    z.heads = (0..<3).map { l in
+                        Tensor(shape: [4], values: (0..<4).map { sel.layers.contains(l) && sel.heads[l].contains($0) ? g.heads[l]![$0] : 0 })
+                    }
+                    z.neurons = (0..<3).map { l in
+                        Tensor(shape: [64], values: (0..<64).map { sel.layers.contains(l) && sel.neurons[l].contains($0) ? g.neurons[l]![$0] : 0 })
+                    }
+                    z.sublayers = Tensor(shape: [6], values: (0..<6).map { sel.layers.contains($0 / 2) ? g.sublayers![$0] : 0 })
+                    XCTAssertEqual(m.keptGates(sel, from: g).named.map(\.tensor.array), z.named.map(\.tensor.array), what)
+                    let energy = postNormEnergy(m, windows(2, length: 16, seed: 29), gates: z)
+                    let pruned = try m.pruningUnits(sel, folding: g, postNormInputs: energy)
                     XCTAssertEqual(pruned.config.family, "gemma3")
                     XCTAssertEqual(pruned.config.blocks.map(\.layerType), sel.layers.map { c.blocks[$0].layerType }, what)
                     XCTAssertEqual(pruned.parameterCount, DecoderModel.parameterCount(pruned.config))
                     XCTAssertEqual(try ModelConfig(json: pruned.config.json), pruned.config, what)
-                    // The gated model: removed units at 0, kept ones at g's values.
-                    let z = Gates(config: c)
-                    z.channels = Tensor(shape: [32], values: (0..<32).map { channels.contains($0) ? g.channels![$0] : 0 })
-                    z.heads = (0..<3).map { l in Tensor(shape: [4], values: (0..<4).map { sel.heads[l].contains($0) ? g.heads[l]![$0] : 0 }) }
-                    z.neurons = (0..<3).map { l in Tensor(shape: [64], values: (0..<64).map { sel.neurons[l].contains($0) ? g.neurons[l]![$0] : 0 }) }
-                    z.sublayers = Tensor(shape: [6], values: (0..<6).map { sel.layers.contains($0 / 2) ? g.sublayers![$0] : 0 })
-                    let beforePost = zeroed(m, channels: channels)
+                    // The gated model with the removed channels also zeroed before the post-norms, whose (1 + w) carry ρ/s.
+                    let beforePost = postNormsScaled(zeroed(m, channels: channels), energy: energy, kept: channels)
+                    let exact = try m.pruningUnits(sel, folding: g), plainZeroed = zeroed(m, channels: channels)
                     for ids in windows(2, length: 14, seed: 23) {
                         let got = logits(pruned, ids)
                         XCTAssertLessThan(relativeDifference(got, logits(beforePost, ids, gates: z)), 2e-6, what)
                         XCTAssertLessThan(relativeDifference(got, beforePost.referenceLogits(ids, gates: z).array), 1e-5, what)
+                        // Without statistics: the gated, zeroed model itself.
+                        XCTAssertLessThan(relativeDifference(logits(exact, ids), plainZeroed.referenceLogits(ids, gates: z).array), 1e-5, what)
                         let gatedOnly = relativeDifference(got, m.referenceLogits(ids, gates: z).array)
                         if channels.count == 32 {
                             XCTAssertLessThan(gatedOnly, 1e-5, what)
+                            XCTAssertEqual(logits(exact, ids), got, "\(what): ρ = 1 with every channel kept")
                         } else {
                             XCTAssertGreaterThan(gatedOnly, 1e-4, "\(what): the post-norms' mean of squares over the kept channels only")
                         }
