@@ -58,7 +58,10 @@ struct Eval: ParsableCommand {
     func validate() throws {
         guard (text == nil) != (tokens == nil) else { throw ValidationError("give exactly one of --text FILE or --tokens FILE") }
         guard (2...(1 << 17)).contains(window) else { throw ValidationError("--window must lie in 2...\(1 << 17), got \(window)") }
-        if let m = maxTokens, m < window { throw ValidationError("--max-tokens \(m) is less than one window of \(window)") }
+        // One window holds W stream tokens, or W − 1 after a BOS (the protocol, from the checkpoint's tokenizer).
+        if let m = maxTokens, m < window - 1 {
+            throw ValidationError("--max-tokens \(m) is less than one window of \(window) (\(window - 1) stream tokens after a BOS)")
+        }
     }
 
     func run() throws {

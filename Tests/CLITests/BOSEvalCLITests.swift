@@ -54,6 +54,17 @@ extension CLITests {
         XCTAssertEqual(try XCTUnwrap(j["total_nll"] as? Double), ref.nll, accuracy: 1e-4)
         let text = try run(["eval", ckpt, "--tokens", stream, "--window", "32"])
         XCTAssertTrue(text.stdout.contains("each BOS 1 + 31 stream tokens"), text.stdout)
+        // --max-tokens counts stream tokens: W − 1 of them are one BOS window; fewer are refused.
+        let one = try run(["eval", ckpt, "--tokens", stream, "--window", "32", "--max-tokens", "31", "--json"])
+        XCTAssertEqual(one.status, 0, one.stderr)
+        XCTAssertEqual(one.json?["windows"] as? Int, 1)
+        XCTAssertEqual(one.json?["predicted_tokens"] as? Int, 31)
+        let few = try run(["eval", ckpt, "--tokens", stream, "--window", "32", "--max-tokens", "30"])
+        XCTAssertNotEqual(few.status, 0)
+        XCTAssertTrue(few.stderr.contains("--max-tokens 30 is less than one window"), few.stderr)
+        let plainOne = try run(["eval", fixture("tiny-llama.h5"), "--tokens", stream, "--window", "32", "--max-tokens", "31", "--json"])
+        XCTAssertEqual(plainOne.status, 1)
+        XCTAssertTrue((plainOne.json?["error"] as? String ?? "").contains("need at least one whole window of 32 tokens, have 31"), plainOne.stdout)
 
         // add_bos_token false (the fixture as committed, and with a BOS id set): today's protocol, unchanged.
         for plain in [fixture("tiny-llama.h5"), try bosCheckpoint(addBos: false, bos: 1)] {
