@@ -65,11 +65,8 @@ enum GGUFExport {
         if let e = spec.eosTokenID { writer.add("tokenizer.ggml.eos_token_id", .uint32(UInt32(e))) }
         writer.add("tokenizer.ggml.add_bos_token", .bool(spec.addBosToken))
         if spec.model == "llama" {
-            if let unk = spec.tokenTypes?.firstIndex(of: 2) { writer.add("tokenizer.ggml.unknown_token_id", .uint32(UInt32(unk))) }
-            // SentencePiece's padding piece (Gemma's id 0), a control token; the spec keeps no padding id of its own.
-            if let pad = spec.tokens.indices.first(where: { spec.tokens[$0] == "<pad>" && spec.tokenTypes?[$0] == 3 }) {
-                writer.add("tokenizer.ggml.padding_token_id", .uint32(UInt32(pad)))
-            }
+            if let unk = TokenizerFiles.unknownToken(spec) { writer.add("tokenizer.ggml.unknown_token_id", .uint32(UInt32(unk))) }
+            if let pad = TokenizerFiles.paddingToken(spec) { writer.add("tokenizer.ggml.padding_token_id", .uint32(UInt32(pad))) }
             writer.add("tokenizer.ggml.add_eos_token", .bool(spec.addEosToken ?? false))
             writer.add("tokenizer.ggml.add_space_prefix", .bool(!spec.pre.hasPrefix("no-prefix")))
         }

@@ -88,6 +88,12 @@ enum TokenizerFiles {
         spec.tokenTypes?.firstIndex(of: 2) ?? spec.tokens.indices.first { spec.tokens[$0] == "<unk>" && spec.tokenTypes?[$0] == 3 }
     }
 
+    /// SentencePiece's padding piece: a control token spelled "<pad>" (Gemma's id 0); the spec keeps no padding id.
+    static func paddingToken(_ spec: TokenizerSpec) -> Int? {
+        guard spec.model == "llama" else { return nil }
+        return spec.tokens.indices.first { spec.tokens[$0] == "<pad>" && spec.tokenTypes?[$0] == 3 }
+    }
+
     /// A TemplateProcessing post-processor that puts BOS before (and, with `add_eos_token`, EOS after) each text, or
     /// nil when nothing is added.
     static func template(_ spec: TokenizerSpec) -> JSONValue? {
@@ -199,12 +205,14 @@ enum TokenizerFiles {
 
     static func tokenizerConfig(_ spec: TokenizerSpec, maxLength: Int) -> JSONValue {
         func token(_ id: Int32?) -> JSONValue { id.map { .string(spec.tokens[Int($0)]) } ?? .null }
-        return .object([
+        var o: [String: JSONValue] = [
             "tokenizer_class": .string("PreTrainedTokenizerFast"), "add_bos_token": .bool(spec.addBosToken),
             "add_eos_token": .bool(spec.addEosToken ?? false), "bos_token": token(spec.bosTokenID), "eos_token": token(spec.eosTokenID),
             "unk_token": spec.model == "llama" ? token(unknownToken(spec).map { Int32($0) }) : .null,
             "clean_up_tokenization_spaces": .bool(false),
             "model_max_length": .int(maxLength),
-        ])
+        ]
+        if let pad = paddingToken(spec) { o["pad_token"] = .string(spec.tokens[pad]) }
+        return .object(o)
     }
 }

@@ -279,6 +279,7 @@ final class FamilyExportTests: ExportTestCase {
                                  eosTokenID: 1, addBosToken: true, scores: [Float](repeating: 0, count: tokens.count), mergeOrder: "gemma")
         var c = try Self.gemma3().model.config
         c.vocabSize = tokens.count
+        c.attentionScale = 0.25  // llama.cpp's, so the GGUF export is allowed too
         let src = Self.random(c, seed: 43, tokenizer: spec)
         let (_, out) = try export(src, .hf, "hf-sp")
         let json = try JSONValue.parse(String(decoding: try Data(contentsOf: URL(fileURLWithPath: out + "/tokenizer.json")), as: UTF8.self))
@@ -305,5 +306,21 @@ final class FamilyExportTests: ExportTestCase {
             XCTAssertEqual(theirs.encode(text), ours.encode(text), text.debugDescription)
         }
         XCTAssertEqual(ours.encode("  "), [Int32(tokens.count - 2)])  // "▁▁", merged from two spaces
+        let config = try JSONValue.parse(String(decoding: try Data(contentsOf: URL(fileURLWithPath: out + "/tokenizer_config.json")), as: UTF8.self))
+        XCTAssertEqual(config.objectValue?["unk_token"], .string("<unk>"))
+        XCTAssertEqual(config.objectValue?["pad_token"], .string("<pad>"))
+
+        // GGUF keeps the vocabulary and scores (llama.cpp and transformers derive the merges): Gemma's special ids.
+        let (_, gguf) = try export(src, .gguf, "sp.gguf")
+        let file = try GGUFFile(path: gguf)
+        XCTAssertEqual(try file.string("tokenizer.ggml.model"), "llama")
+        XCTAssertEqual(try file.int("tokenizer.ggml.unknown_token_id"), 3)
+        XCTAssertEqual(try file.int("tokenizer.ggml.padding_token_id"), 0)
+        XCTAssertEqual(try file.int("tokenizer.ggml.bos_token_id"), 2)
+        XCTAssertEqual(try file.bool("tokenizer.ggml.add_bos_token"), true)
+        XCTAssertEqual(try file.bool("tokenizer.ggml.add_space_prefix"), false)
+        let fromGGUF = try XCTUnwrap(try Importer.fromGGUF(path: gguf).tokenizer)
+        XCTAssertEqual(fromGGUF.tokens.map { Array($0.utf8) }, spec.tokens.map { Array($0.utf8) })
+        XCTAssertEqual(fromGGUF.mergeOrder, "gemma")
     }
 }
