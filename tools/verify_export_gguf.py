@@ -75,10 +75,16 @@ def main():
         x = ([bos] if add_bos else []) + list(ids[w * C:(w + 1) * C])
         llm.reset()
         llm.eval(x)
-        logits = np.asarray(llm.scores[:W], dtype=np.float64)
-        m = logits[:-1].max(axis=1, keepdims=True)
-        logz = (m[:, 0] + np.log(np.exp(logits[:-1] - m).sum(axis=1)))
-        window_nll.append(float((logz - logits[np.arange(W - 1), x[1:]]).sum()))
+        # Rows of logits in float64, 128 at a time: a whole (W, V) window in float64 with its temporaries would
+        # need about 13 GB at Gemma's 262,144-token vocabulary.
+        nll = 0.0
+        for r0 in range(0, W - 1, 128):
+            r1 = min(r0 + 128, W - 1)
+            rows = np.asarray(llm.scores[r0:r1], dtype=np.float64)
+            m = rows.max(axis=1, keepdims=True)
+            logz = m[:, 0] + np.log(np.exp(rows - m).sum(axis=1))
+            nll += float((logz - rows[np.arange(r1 - r0), x[r0 + 1:r1 + 1]]).sum())
+        window_nll.append(nll)
         total += window_nll[-1]
         print(f"window {w + 1}/{windows}: nll {window_nll[-1] / (W - 1):.6f}  {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     predicted = windows * (W - 1)
