@@ -61,6 +61,13 @@ public enum ModelFamilies {
     /// The family reading GGUF `general.architecture`.
     public static func forGGUFArchitecture(_ a: String) -> (any ModelFamily.Type)? { all.first { $0.ggufArchitectures.contains(a) } }
     public static var hfModelTypes: [String] { all.flatMap { $0.hfModelTypes } }
+
+    /// A family's optional true/false config key: nil when absent or null; `ConfigError` naming it otherwise.
+    static func bool(_ o: [String: JSONValue], _ key: String) throws -> Bool? {
+        guard let v = o[key], v != .null else { return nil }
+        guard let b = v.boolValue else { throw ConfigError("config: key '\(key)' must be true or false, found \(v.text)") }
+        return b
+    }
     public static var ggufArchitectures: [String] { all.flatMap { $0.ggufArchitectures } }
 }
 

@@ -54,13 +54,7 @@ public enum Gemma3Family: ModelFamily {
         if let v = o["use_bidirectional_attention"], v != .null, v.boolValue != false {
             throw ConfigError("config: use_bidirectional_attention \(v.text) is not supported for \(name) (expected false)")
         }
-        let bias: Bool
-        switch o["attention_bias"] {
-        case nil, .null?: bias = false
-        case let v?:
-            guard let b = v.boolValue else { throw ConfigError("config: key 'attention_bias' must be true or false, found \(v.text)") }
-            bias = b
-        }
+        let bias = try ModelFamilies.bool(o, "attention_bias") ?? false
         // Rotary bases: transformers 5's rope_parameters per layer type, or the older rope_theta / rope_local_base_freq.
         var full = 1_000_000.0, sliding = 10_000.0
         let range = ModelConfig.numberRanges["rope_theta"]!

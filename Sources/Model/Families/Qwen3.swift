@@ -15,13 +15,7 @@ public enum Qwen3Family: ModelFamily {
         try QwenShared.checkFullAttention(o, family: name)
         var o = o
         if o["head_dim"] == nil || o["head_dim"] == .null { o["head_dim"] = .int(128) }
-        let bias: Bool
-        switch o["attention_bias"] {
-        case nil, .null?: bias = false
-        case let v?:
-            guard let b = v.boolValue else { throw ConfigError("config: key 'attention_bias' must be true or false, found \(v.text)") }
-            bias = b
-        }
+        let bias = try ModelFamilies.bool(o, "attention_bias") ?? false
         return try ModelConfig(decoding: o, family: name, biases: bias ? [.q, .k, .v, .o] : [], qkNorm: true,
                                familyKeys: ["layer_types", "attention_bias"])
     }
