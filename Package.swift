@@ -25,7 +25,7 @@ let package = Package(
         ]),
         .target(name: "Model", dependencies: ["TensorCore", "Quantization", "JSONKeys"]),
         .target(name: "Checkpoint", dependencies: ["Model", "CHDF5", "Quantization", "SafeFiles"]),
-        .target(name: "Evaluation", dependencies: ["Model"]),
+        .target(name: "Evaluation", dependencies: ["Model", "MappedIO", "SafeFiles"]),
         .target(name: "SafeFiles"),
         .target(name: "MappedIO", dependencies: ["SafeFiles"]),
         .target(name: "JSONKeys"),
@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "Quantization", dependencies: ["TensorCore"]),
         .target(name: "Workbench", dependencies: ["Import", "Export", "Evaluation", "Tokenizer", "Training", "Passes", "Quantization", "SafeFiles"]),
         .executableTarget(name: "compress", dependencies: [
-            "Workbench", "Training", "Export", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Workbench", "Training", "Export", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),

@@ -19,8 +19,12 @@ public struct PerplexityResult: Codable, Sendable {
     /// Which protocol ran: true when every window started with the BOS token `bosTokenId` (see `PerplexityProtocol`).
     public var bos: Bool
     public var bosTokenId: Int32?
-    /// Stream tokens the windows cover (windows × W without BOS, windows × (W − 1) with it).
+    /// Stream tokens from the start to the end of the last window (pinned: windows × W without BOS, windows × (W − 1)
+    /// with it).
     public var streamTokensScored: Int
+    /// The protocol's name (`PerplexityProtocol.Kind`: "pinned" or "llamacpp") and the first scored position.
+    public var protocolName: String
+    public var firstScored: Int
 }
 
 /// Why an evaluation cannot run.
@@ -29,8 +33,11 @@ public struct EvaluationError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// How a token stream becomes scored windows of W tokens. Chosen by the checkpoint's tokenizer, never by hand:
-/// `init(addBosToken:bosTokenID:)` with the tokenizer spec's `add_bos_token` and `bos_token_id`.
+/// How a token stream becomes scored windows of W tokens: a named scoring rule (`Kind`) and the BOS the checkpoint's
+/// tokenizer asks for (`init(addBosToken:bosTokenID:)` with the tokenizer spec's `add_bos_token` and `bos_token_id`,
+/// never by hand).
+///
+/// `pinned` (the default; shared/ASSETS.md):
 /// - no BOS (`add_bos_token` false: SmolLM2, Qwen): the stream is cut into consecutive non-overlapping windows of W
 ///   tokens from the start (the last partial window dropped); each window predicts its tokens 2..W from the ones
 ///   before them. Windows = ⌊usable / W⌋.
@@ -38,9 +45,25 @@ public struct EvaluationError: Error, CustomStringConvertible {
 ///   from the start (the last partial chunk dropped); each window is [BOS] + chunk (W tokens) and predicts all
 ///   W − 1 chunk tokens (each from the BOS and the chunk tokens before it); the BOS itself is never predicted, so
 ///   every stream token of a whole chunk is predicted exactly once. Windows = ⌊usable / (W − 1)⌋.
-/// Either way each window is scored on its own, predicts W − 1 tokens, and `usable` = min(stream tokens, maxTokens)
-/// counts stream tokens only (the added BOS never counts).
-public struct PerplexityProtocol: Equatable, Sendable {
+///
+/// `llamacpp` (llama.cpp's `llama-perplexity`, tools/perplexity/perplexity.cpp, `perplexity()`; W is its context,
+/// 512 by default): the stream, with a BOS in front when the tokenizer adds one, is cut into chunks of W; with BOS,
+/// each chunk's first token is replaced by the BOS, so window w is [BOS] + stream[w·W ..< w·W + W − 1] (the stream
+/// token at w·W + W − 1 is never seen) and windows = ⌊(usable + 1) / W⌋; without, window w is stream[w·W ..< (w+1)·W]
+/// and windows = ⌊usable / W⌋. Only the second half is scored: positions t = W/2 … W − 2 predict token t + 1, so
+/// each window predicts W − 1 − W/2 tokens (255 of 512), each from at least W/2 tokens of context.
+///
+/// Either way each window is scored on its own and `usable` = min(stream tokens, maxTokens) counts stream tokens
+/// only (an added BOS never counts).
+public struct PerplexityProtocol: Equatable, Sendable, Codable {
+    /// The named scoring rules.
+    public enum Kind: String, Codable, Sendable, CaseIterable {
+        /// Whole windows of W, every position after the first scored.
+        case pinned
+        /// llama.cpp's: chunks of W (its context), the second half scored.
+        case llamacpp
+    }
+    public let kind: Kind
     /// The token every window starts with, or nil (no BOS).
     public let bos: Int32?
 
@@ -49,39 +72,110 @@ public struct PerplexityProtocol: Equatable, Sendable {
     /// BOS: windows of [bos] + W − 1 stream tokens.
     public static func withBOS(_ id: Int32) -> PerplexityProtocol { PerplexityProtocol(bos: id) }
 
-    public init(bos: Int32?) { self.bos = bos }
+    public init(kind: Kind = .pinned, bos: Int32?) { self.kind = kind; self.bos = bos }
 
     /// The protocol a tokenizer asks for: BOS when it adds one (`add_bos_token`), which needs its `bos_token_id`.
-    public init(addBosToken: Bool, bosTokenID: Int32?) throws {
-        guard addBosToken else { self.init(bos: nil); return }
+    public init(kind: Kind = .pinned, addBosToken: Bool, bosTokenID: Int32?) throws {
+        guard addBosToken else { self.init(kind: kind, bos: nil); return }
         guard let bosTokenID else {
             throw EvaluationError("tokenizer: add_bos_token is true but bos_token_id is missing (the BOS protocol starts every window with the BOS token)")
         }
-        self.init(bos: bosTokenID)
+        self.init(kind: kind, bos: bosTokenID)
     }
 
-    /// Stream tokens per window of W tokens.
+    /// Stream tokens a window of W tokens holds (with BOS, W − 1).
     public func streamTokensPerWindow(_ W: Int) -> Int { bos == nil ? W : W - 1 }
+
+    /// Whole windows of W in `usable` stream tokens.
+    public func windows(usable: Int, window W: Int) -> Int {
+        switch kind {
+        case .pinned: return usable / streamTokensPerWindow(W)
+        case .llamacpp: return (bos == nil ? usable : usable + 1) / W
+        }
+    }
+
+    /// The first position whose prediction (of the token after it) is scored: 0, or W/2 for llama.cpp's protocol.
+    public func firstScored(_ W: Int) -> Int { kind == .pinned ? 0 : W / 2 }
+
+    /// Tokens each window predicts: positions firstScored(W) … W − 2.
+    public func predictedPerWindow(_ W: Int) -> Int { W - 1 - firstScored(W) }
+
+    /// Stream tokens from the start up to the end of the last of `windows` windows.
+    public func streamTokensCovered(windows n: Int, window W: Int) -> Int {
+        switch kind {
+        case .pinned: return n * streamTokensPerWindow(W)
+        case .llamacpp: return n == 0 ? 0 : (bos == nil ? n * W : n * W - 1)
+        }
+    }
 
     /// The ids of window `w` (W tokens) of `tokens`.
     public func window(_ w: Int, of tokens: [Int32], window W: Int) -> [Int32] {
-        let C = streamTokensPerWindow(W)
-        let chunk = tokens[(w * C)..<((w + 1) * C)]
+        let start = kind == .pinned ? w * streamTokensPerWindow(W) : w * W
+        let chunk = tokens[start..<(start + streamTokensPerWindow(W))]
         if let bos { return [bos] + chunk }
         return Array(chunk)
     }
 
-    /// "bos" or "no-bos", for reports.
-    public var name: String { bos == nil ? "no-bos" : "bos" }
+    /// "bos" or "no-bos" (pinned), "llamacpp-bos" or "llamacpp-no-bos", for reports and cache keys.
+    public var name: String {
+        let b = bos == nil ? "no-bos" : "bos"
+        return kind == .pinned ? b : "\(kind.rawValue)-\(b)"
+    }
 }
 
-/// Perplexity with the protocol of shared/ASSETS.md (`PerplexityProtocol`: without BOS, consecutive non-overlapping
-/// windows of W stream tokens, each predicting its tokens 2..W; with BOS, for tokenizers that add one, windows of
-/// [BOS] + W − 1 stream tokens, each predicting its W − 1 stream tokens); each window is scored on its own;
-/// PPL = exp(Σ NLL / Σ predicted), accumulated in Float64.
+/// Perplexity under a `PerplexityProtocol` (by default the pinned one of shared/ASSETS.md: without BOS, consecutive
+/// non-overlapping windows of W stream tokens, each predicting its tokens 2..W; with BOS, for tokenizers that add one,
+/// windows of [BOS] + W − 1 stream tokens, each predicting its W − 1 stream tokens; or llama.cpp's); each window is
+/// scored on its own; PPL = exp(Σ NLL / Σ predicted), accumulated in Float64 in a fixed order.
 public enum Perplexity {
     /// LM-head rows computed at once: bounds the logits buffer to rowsPerChunk × V floats.
     static let rowsPerChunk = 256
+
+    /// The windows `protocol` makes of the first `maxTokens` stream tokens (all when nil), after checking them.
+    public static func plan(tokens: [Int32], window W: Int, protocol p: PerplexityProtocol, maxTokens: Int?, vocab V: Int) throws -> Int {
+        guard W >= 2 else { throw EvaluationError("window must be at least 2 tokens, got \(W)") }
+        if p.kind == .llamacpp && W < 4 { throw EvaluationError("llama.cpp's protocol needs a context of at least 4 tokens, got \(W)") }
+        let usable = min(tokens.count, maxTokens ?? tokens.count)
+        let windows = p.windows(usable: usable, window: W)
+        guard windows > 0 else {
+            let what = p.kind == .llamacpp ? "one chunk of \(W) tokens (llama.cpp's protocol\(p.bos == nil ? "" : ", BOS first"))"
+                : p.bos == nil ? "one whole window of \(W) tokens" : "one whole window of BOS + \(W - 1) tokens (window \(W))"
+            throw EvaluationError("need at least \(what), have \(usable) token(s)")
+        }
+        if let bos = p.bos, bos < 0 || Int(bos) >= V {
+            throw EvaluationError("bos_token_id \(bos) is outside the vocabulary (0..<\(V))")
+        }
+        if let bad = tokens.prefix(p.streamTokensCovered(windows: windows, window: W)).first(where: { $0 < 0 || Int($0) >= V }) {
+            throw EvaluationError("token id \(bad) is outside the vocabulary (0..<\(V))")
+        }
+        return windows
+    }
+
+    /// Runs `model` over the windows and hands over the logits of the scored positions in chunks of at most
+    /// `rowsPerChunk` rows: `body(w, ids, t0, rows, logits)` gets window w's ids and the logits (rows × V) of positions
+    /// t0 ..< t0 + rows, which predict ids[t0 + 1 ..< t0 + rows + 1]. Windows and chunks come in order.
+    public static func forEachScoredChunk(
+        model: DecoderModel, tokens: [Int32], window W: Int, protocol p: PerplexityProtocol, windows: Int,
+        progress: ((Int, Int) -> Void)? = nil,
+        _ body: (_ w: Int, _ ids: [Int32], _ t0: Int, _ rows: Int, _ logits: UnsafePointer<Float>) throws -> Void
+    ) rethrows {
+        let engine = TransformerDecoder(model: model, window: W)
+        let C = model.config.hiddenSize, V = model.config.vocabSize
+        let first = p.firstScored(W), R = min(rowsPerChunk, W - 1 - first)
+        let logits = Tensor(shape: [R, V])
+        for w in 0..<windows {
+            let ids = p.window(w, of: tokens, window: W)
+            let h = engine.hiddenStates(ids)
+            var t0 = first
+            while t0 < W - 1 {
+                let rows = min(R, W - 1 - t0)
+                engine.head(h + t0 * C, rows: rows, into: logits.data)
+                try body(w, ids, t0, rows, logits.data)
+                t0 += rows
+            }
+            progress?(w + 1, windows)
+        }
+    }
 
     /// Evaluates `model` on the first `maxTokens` stream tokens of `tokens` (all when nil) under `protocol`
     /// (the checkpoint's tokenizer's: `PerplexityProtocol(addBosToken:bosTokenID:)`); `tokens` never holds the BOS.
@@ -91,52 +185,26 @@ public enum Perplexity {
         progress: ((Int, Int) -> Void)? = nil
     ) throws -> PerplexityResult {
         let V = model.config.vocabSize
-        guard W >= 2 else { throw EvaluationError("window must be at least 2 tokens, got \(W)") }
-        let usable = min(tokens.count, maxTokens ?? tokens.count)
-        let S = p.streamTokensPerWindow(W)  // stream tokens per window
-        let windows = usable / S
-        guard windows > 0 else {
-            throw EvaluationError(p.bos == nil
-                ? "need at least one whole window of \(W) tokens, have \(usable) token(s)"
-                : "need at least one whole window of BOS + \(S) tokens (window \(W)), have \(usable) token(s)")
-        }
-        if let bos = p.bos, bos < 0 || Int(bos) >= V {
-            throw EvaluationError("bos_token_id \(bos) is outside the vocabulary (0..<\(V))")
-        }
-        if let bad = tokens.prefix(windows * S).first(where: { $0 < 0 || Int($0) >= V }) {
-            throw EvaluationError("token id \(bad) is outside the vocabulary (0..<\(V))")
-        }
+        let windows = try plan(tokens: tokens, window: W, protocol: p, maxTokens: maxTokens, vocab: V)
         let start = Date()
-        let engine = TransformerDecoder(model: model, window: W)
-        let C = model.config.hiddenSize, R = min(rowsPerChunk, W - 1)
-        let logits = Tensor(shape: [R, V])
-        var nll = [Double](repeating: 0, count: W - 1)
+        var nll = [Double](repeating: 0, count: W)
         var total = 0.0
-        for w in 0..<windows {
-            let ids = p.window(w, of: tokens, window: W)
-            let h = engine.hiddenStates(ids)
-            // Row t of the hidden states predicts token t + 1 (with BOS: row 0, the BOS, predicts the chunk's first).
+        forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) { _, ids, t0, rows, logits in
+            // Row t predicts token t + 1 (with BOS: row 0, the BOS, predicts the chunk's first).
             ids.withUnsafeBufferPointer { idp in
                 nll.withUnsafeMutableBufferPointer { out in
-                    var r0 = 0
-                    while r0 < W - 1 {
-                        let rows = min(R, W - 1 - r0)
-                        engine.head(h + r0 * C, rows: rows, into: logits.data)
-                        crossEntropyForward(nll: out.baseAddress! + r0, logits: logits.data,
-                                            targets: idp.baseAddress! + r0 + 1, rows: rows, columns: V)
-                        r0 += rows
-                    }
+                    crossEntropyForward(nll: out.baseAddress!, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
                 }
             }
-            for x in nll { total += x }  // fixed order: deterministic
-            progress?(w + 1, windows)
+            for x in nll.prefix(rows) { total += x }  // fixed order: deterministic
         }
         let seconds = Date().timeIntervalSince(start)
-        let predicted = windows * (W - 1)
+        let predicted = windows * p.predictedPerWindow(W)
         return PerplexityResult(
             ppl: Foundation.exp(total / Double(predicted)), nll: total / Double(predicted), totalNll: total,
             predictedTokens: predicted, tokens: windows * W, windows: windows, window: W,
             seconds: seconds, tokensPerSecond: Double(windows * W) / max(seconds, 1e-9),
-            bos: p.bos != nil, bosTokenId: p.bos, streamTokensScored: windows * S)
+            bos: p.bos != nil, bosTokenId: p.bos, streamTokensScored: p.streamTokensCovered(windows: windows, window: W),
+            protocolName: p.kind.rawValue, firstScored: p.firstScored(W))
     }
 }

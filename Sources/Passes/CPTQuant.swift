@@ -794,23 +794,10 @@ final class DamageProbe {
         for ids in windows {
             let logits = fwd.run(ids)
             saved.append(Array(UnsafeBufferPointer(start: fwd.states.data, count: (S + 1) * T * C)))
-            baseLogProbs.append(Self.logSoftmax(logits, rows: T, columns: V))
+            var lp = [Double](repeating: 0, count: T * V)
+            lp.withUnsafeMutableBufferPointer { logSoftmaxDouble(out: $0.baseAddress!, logits: logits, rows: T, columns: V) }
+            baseLogProbs.append(lp)
         }
-    }
-
-    /// Row-wise log-softmax of (rows × V) logits, in Double.
-    static func logSoftmax(_ x: UnsafePointer<Float>, rows: Int, columns V: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: rows * V)
-        for t in 0..<rows {
-            let r = x + t * V
-            var m = -Float.infinity
-            for v in 0..<V { m = Swift.max(m, r[v]) }
-            var z = 0.0
-            for v in 0..<V { z += Foundation.exp(Double(r[v]) - Double(m)) }
-            let lz = Foundation.log(z) + Double(m)
-            for v in 0..<V { out[t * V + v] = Double(r[v]) - lz }
-        }
-        return out
     }
 
     /// Mean over the windows' positions of KL(p_base ‖ p) in nats, p the model with `values` (dense weights by
@@ -825,6 +812,7 @@ final class DamageProbe {
         }
         defer { for (id, v) in originals { v.withUnsafeBufferPointer { tensors[id]!.data.update(from: $0.baseAddress!, count: $0.count) } } }
         var total = 0.0
+        var kl = [Double](repeating: 0, count: T)
         for (w, ids) in windows.enumerated() {
             let logits: UnsafePointer<Float>
             if let s {
@@ -833,10 +821,11 @@ final class DamageProbe {
             } else {
                 logits = fwd.run(ids)
             }
-            let lq = Self.logSoftmax(logits, rows: T, columns: V)
+            // The evaluator's kernel (`compress eval --reference`): KL per position, summed in order.
             baseLogProbs[w].withUnsafeBufferPointer { lp in
-                for i in 0..<(T * V) { let a = lp[i]; total += Foundation.exp(a) * (a - lq[i]) }
+                klDivergenceForward(kl: &kl, reverse: nil, reference: lp.baseAddress!, logits: logits, rows: T, columns: V)
             }
+            for x in kl { total += x }
         }
         return total / Double(windows.count * T)
     }

@@ -3,6 +3,7 @@ import Evaluation
 import Foundation
 import SafeFiles
 import Model
+import Recipes
 import TensorCore
 import Tokenizer
 
@@ -27,8 +28,26 @@ public struct EvalReport: Codable {
     /// [BOS] + W − 1 stream tokens (BOS id `bosTokenId`), false for windows of W stream tokens.
     public var bos: Bool
     public var bosTokenId: Int32?
-    /// Stream tokens the windows cover (windows × W, or windows × (W − 1) with BOS).
+    /// Stream tokens from the start to the end of the last window (pinned: windows × W, or windows × (W − 1) with BOS).
     public var streamTokensScored: Int
+    /// The protocol (`PerplexityProtocol.Kind`: "pinned" or "llamacpp") and the first scored position of a window.
+    public var protocolName: String
+    public var firstScored: Int
+    /// With `--reference`: the divergence from the base (`DivergenceReport`), and whether its top-k reference came
+    /// from the cache.
+    public var divergence: DivergenceReport?
+    public var referenceCached: Bool?
+}
+
+/// The base a model is compared with (`compress eval --reference`).
+public struct ReferenceOptions {
+    /// The base checkpoint.
+    public var base: String
+    /// Top-k of the stored reference; 0: the full vocabulary, the base run alongside (no file).
+    public var topK: Int = BaseReference.defaultTopK
+    /// Where references are kept (nil: a temporary file, removed after use).
+    public var cacheDirectory: String? = ".cache/compress"
+    public init(base: String) { self.base = base }
 }
 
 /// Where the evaluation text comes from.
@@ -41,7 +60,8 @@ public enum TokenSource {
 public enum Workbench {
     /// Loads a checkpoint and measures its perplexity on a token stream.
     public static func evaluate(checkpoint path: String, source: TokenSource, window: Int, maxTokens: Int?,
-                                preTokenizer: String? = nil, logitsOut: String? = nil, progress: Bool = false) throws -> EvalReport {
+                                preTokenizer: String? = nil, logitsOut: String? = nil, progress: Bool = false,
+                                protocol kind: PerplexityProtocol.Kind = .pinned, reference: ReferenceOptions? = nil) throws -> EvalReport {
         let ckpt = try Checkpoint.read(path)
         let tokens: [Int32]
         let sourceName: String
@@ -56,16 +76,26 @@ public enum Workbench {
         if let logitsOut {
             do { try SafeFiles.checkOutput(logitsOut, role: "logits file") } catch let e as FileError { throw WorkbenchError("--logits-out: \(e.description)") }
         }
-        let scoring = try perplexityProtocol(ckpt.tokenizer, path: path)
-        let start = Date()
-        let r: PerplexityResult
-        do {
-            r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, protocol: scoring, maxTokens: maxTokens) { done, total in
+        let scoring = try perplexityProtocol(ckpt.tokenizer, path: path, kind: kind)
+        func meter(_ what: String) -> (Int, Int) -> Void {
+            let start = Date()
+            return { done, total in
                 guard progress else { return }
                 let elapsed = Date().timeIntervalSince(start)
                 let eta = elapsed / Double(done) * Double(total - done)
-                progressLine(String(format: "eval: window %d/%d  %.0f tok/s  elapsed %.1fs  ETA %.1fs",
-                                    done, total, Double(done * window) / elapsed, elapsed, eta))
+                progressLine(String(format: "%@: window %d/%d  %.0f tok/s  elapsed %.1fs  ETA %.1fs",
+                                    what, done, total, Double(done * window) / elapsed, elapsed, eta))
+            }
+        }
+        let r: PerplexityResult
+        var divergence: DivergenceReport? = nil, cachedReference: Bool? = nil
+        do {
+            if let reference {
+                (divergence, r, cachedReference) = try compare(ckpt, path: path, tokens: tokens, window: window, protocol: scoring,
+                                                               maxTokens: maxTokens, reference: reference, meter: meter)
+            } else {
+                r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, protocol: scoring, maxTokens: maxTokens,
+                                            progress: meter("eval"))
             }
         } catch let e as EvaluationError {
             throw WorkbenchError("\(sourceName): \(e.description) (checkpoint \(path), window \(window))")
@@ -82,15 +112,65 @@ public enum Workbench {
                           predictedTokens: r.predictedTokens, tokens: r.tokens, streamTokens: tokens.count,
                           windows: r.windows, window: r.window, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond,
                           peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, threads: max(BLAS.threads, Parallel.threads),
-                          bos: r.bos, bosTokenId: r.bosTokenId, streamTokensScored: r.streamTokensScored)
+                          bos: r.bos, bosTokenId: r.bosTokenId, streamTokensScored: r.streamTokensScored,
+                          protocolName: r.protocolName, firstScored: r.firstScored, divergence: divergence,
+                          referenceCached: cachedReference)
+    }
+
+    /// Measures `ckpt` against the base of `options` on the same windows: against its top-k reference (from the
+    /// cache or built), or, with top-k 0, the base run alongside on the full vocabulary.
+    static func compare(_ ckpt: Checkpoint, path: String, tokens: [Int32], window: Int, protocol scoring: PerplexityProtocol,
+                        maxTokens: Int?, reference options: ReferenceOptions, meter: (String) -> (Int, Int) -> Void)
+        throws -> (DivergenceReport, PerplexityResult, Bool) {
+        let base = try Checkpoint.read(options.base)
+        try checkComparable(model: ckpt, path: path, base: base, basePath: options.base)
+        if options.topK == 0 {
+            let (d, r) = try Divergence.compareExact(model: ckpt.model, base: base.model, basePath: options.base, tokens: tokens,
+                                                     window: window, protocol: scoring, maxTokens: maxTokens,
+                                                     progress: meter("eval against the base (full vocabulary)"))
+            return (d, r, false)
+        }
+        let ref = try reference(base: base.model, basePath: options.base, tokens: tokens, window: window, protocol: scoring,
+                                maxTokens: maxTokens, k: options.topK, cacheDirectory: options.cacheDirectory,
+                                progress: meter("base reference (top-\(options.topK))"))
+        let (d, r) = try Divergence.compare(model: ckpt.model, reference: ref.reference, tokens: tokens, progress: meter("eval"))
+        return (d, r, ref.cached)
+    }
+
+    /// A model and a base are comparable when they share the vocabulary (size and, when both carry one, tokens).
+    static func checkComparable(model: Checkpoint, path: String, base: Checkpoint, basePath: String) throws {
+        guard model.model.config.vocabSize == base.model.config.vocabSize else {
+            throw WorkbenchError("\(path): vocabulary of \(model.model.config.vocabSize) tokens, the base \(basePath) has \(base.model.config.vocabSize): not comparable")
+        }
+        if let a = model.tokenizer, let b = base.tokenizer, a.tokens != b.tokens {
+            throw WorkbenchError("\(path): its tokenizer's vocabulary differs from the base's (\(basePath)): the same ids would be other tokens")
+        }
+    }
+
+    /// The top-k reference of a base on these windows: from `cacheDirectory` (built there on first use), or built in a
+    /// temporary file when there is no cache (the file is unlinked at once; the map keeps it readable).
+    public static func reference(base: DecoderModel, basePath: String, tokens: [Int32], window: Int, protocol scoring: PerplexityProtocol,
+                                 maxTokens: Int?, k: Int, cacheDirectory: String?, warning: (String) -> Void = { progressLine("warning: \($0)") },
+                                 progress: ((Int, Int) -> Void)? = nil) throws -> (reference: BaseReference, cached: Bool) {
+        let baseHash: String
+        do { baseHash = try fileContentHash(basePath) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        let header = try BaseReference.header(basePath: basePath, baseHash: baseHash, vocab: base.config.vocabSize, tokens: tokens,
+                                              window: window, protocol: scoring, maxTokens: maxTokens, k: k)
+        if let cacheDirectory {
+            return try BaseReference.cached(directory: cacheDirectory, header: header, base: base, tokens: tokens, warning: warning, progress: progress)
+        }
+        let tmp = (NSTemporaryDirectory() as NSString).appendingPathComponent("compress-\(getpid())-" + BaseReference.fileName(header))
+        try BaseReference.build(base: base, tokens: tokens, header: header, to: tmp, progress: progress)
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        return (try BaseReference(path: tmp, expected: header), false)
     }
 
     /// The perplexity protocol of a checkpoint's tokenizer (`PerplexityProtocol`): BOS when its `add_bos_token` is
     /// true (then its `bos_token_id` is required), else none; a checkpoint without a tokenizer (evaluated on a token
     /// file) gets none. Every evaluation of a checkpoint goes through here.
-    public static func perplexityProtocol(_ spec: TokenizerSpec?, path: String) throws -> PerplexityProtocol {
-        guard let spec else { return .noBOS }
-        do { return try PerplexityProtocol(addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID) } catch let e as EvaluationError {
+    public static func perplexityProtocol(_ spec: TokenizerSpec?, path: String, kind: PerplexityProtocol.Kind = .pinned) throws -> PerplexityProtocol {
+        guard let spec else { return PerplexityProtocol(kind: kind, bos: nil) }
+        do { return try PerplexityProtocol(kind: kind, addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID) } catch let e as EvaluationError {
             throw WorkbenchError("\(path): \(e.description)")
         }
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Export
+import Evaluation
 import Foundation
 import TensorCore
 import Training
@@ -42,40 +43,90 @@ func reportingErrors(json: Bool, _ body: () throws -> Void) throws {
     }
 }
 
+extension PerplexityProtocol.Kind: ExpressibleByArgument {}
+
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Perplexity of a checkpoint on a text or token stream (non-overlapping windows; BOS + W-1 tokens each when the tokenizer adds BOS).")
+        abstract: "Perplexity of a checkpoint on a text or token stream, and with --reference its divergence from a base.",
+        discussion: """
+            Protocols (--protocol): pinned (default): non-overlapping windows of --window (2048), every position scored, BOS + W-1 \
+            tokens each when the tokenizer adds BOS; llamacpp: llama-perplexity's, chunks of --window (512 by default), BOS first \
+            when the tokenizer adds one, only the second half of each chunk scored.
+            With --reference BASE: mean KL(base || model) per token with percentiles, the reverse KL, the share of positions with \
+            the same top-1 token, Δp of the correct token, the PPL ratio and correlations, from a top-k reference of the base \
+            (computed once per base, text and protocol, kept in --cache); --top-k 0 runs the base alongside on the full vocabulary.
+            """)
 
     @Argument(help: "Checkpoint (.h5).") var checkpoint: String
     @Option(help: "Text file, tokenized with the checkpoint's tokenizer.") var text: String?
     @Option(help: "File of whitespace-separated token ids.") var tokens: String?
-    @Option(parsing: .unconditional, help: "Window length in tokens.") var window = 2048
+    @Option(help: "Scoring protocol: pinned or llamacpp.") var `protocol`: PerplexityProtocol.Kind = .pinned
+    @Option(parsing: .unconditional, help: "Window length in tokens (default 2048; 512 for --protocol llamacpp).") var window: Int?
     @Option(help: "Score only the first N tokens of the stream (stream tokens; an added BOS does not count).") var maxTokens: Int?
     @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3, qwen2).") var preTokenizer: String?
     @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
+    @Option(help: "Base checkpoint to measure the divergence from (same vocabulary).") var reference: String?
+    @Option(parsing: .unconditional, help: "Top-k of the base reference (0: the full vocabulary, base run alongside).") var topK = BaseReference.defaultTopK
+    @Option(help: "Directory of cached base references.") var cache = ".cache/compress"
+    @Flag(help: "Neither read nor write cached base references.") var noCache = false
     @Flag(help: "Print one JSON object.") var json = false
+
+    var W: Int { window ?? (`protocol` == .llamacpp ? 512 : 2048) }
 
     func validate() throws {
         guard (text == nil) != (tokens == nil) else { throw ValidationError("give exactly one of --text FILE or --tokens FILE") }
-        guard (2...(1 << 17)).contains(window) else { throw ValidationError("--window must lie in 2...\(1 << 17), got \(window)") }
+        guard (2...(1 << 17)).contains(W) else { throw ValidationError("--window must lie in 2...\(1 << 17), got \(W)") }
+        if `protocol` == .llamacpp && W < 4 { throw ValidationError("--window must be at least 4 for --protocol llamacpp, got \(W)") }
         // One window holds W stream tokens, or W − 1 after a BOS (the protocol, from the checkpoint's tokenizer).
-        if let m = maxTokens, m < window - 1 {
-            throw ValidationError("--max-tokens \(m) is less than one window of \(window) (\(window - 1) stream tokens after a BOS)")
+        if let m = maxTokens, m < W - 1 {
+            throw ValidationError("--max-tokens \(m) is less than one window of \(W) (\(W - 1) stream tokens after a BOS)")
         }
+        guard (0...(1 << 20)).contains(topK) else { throw ValidationError("--top-k must lie in 0...\(1 << 20) (0: full vocabulary), got \(topK)") }
+        if reference == nil && topK != BaseReference.defaultTopK { throw ValidationError("--top-k needs --reference BASE") }
     }
 
     func run() throws {
         try reportingErrors(json: json) {
             let source: TokenSource = text.map { .text($0) } ?? .tokens(tokens ?? "")
-            let r = try Workbench.evaluate(checkpoint: checkpoint, source: source, window: window, maxTokens: maxTokens,
-                                           preTokenizer: preTokenizer, logitsOut: logitsOut, progress: true)
+            var ref: ReferenceOptions? = nil
+            if let reference {
+                ref = ReferenceOptions(base: reference)
+                ref!.topK = topK
+                ref!.cacheDirectory = noCache ? nil : cache
+            }
+            let r = try Workbench.evaluate(checkpoint: checkpoint, source: source, window: W, maxTokens: maxTokens,
+                                           preTokenizer: preTokenizer, logitsOut: logitsOut, progress: true,
+                                           protocol: `protocol`, reference: ref)
             if json { print(encodeJSON(r)) } else {
-                let bos = r.bosTokenId.map { ", each BOS \($0) + \(r.window - 1) stream tokens" } ?? ", no BOS"
-                print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%d windows of %d%@; stream %d tokens)  %.2f s  %.1f tok/s",
-                             r.ppl, r.nll, r.predictedTokens, r.windows, r.window, bos, r.streamTokens, r.seconds, r.tokensPerSecond))
+                let bos = r.bosTokenId.map { ", BOS \($0) first" } ?? ", no BOS"
+                let scored = r.firstScored > 0 ? ", positions \(r.firstScored)..\(r.window - 2) scored" : ""
+                print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%@: %d windows of %d%@%@; stream %d tokens)  %.2f s  %.1f tok/s",
+                             r.ppl, r.nll, r.predictedTokens, r.protocolName, r.windows, r.window, bos, scored, r.streamTokens,
+                             r.seconds, r.tokensPerSecond))
+                if let d = r.divergence { print(formatDivergence(d), terminator: "") }
             }
         }
     }
+}
+
+/// The divergence block of `compress eval --reference` (llama.cpp's figures and ours), one figure per line.
+func formatDivergence(_ d: DivergenceReport) -> String {
+    var s = "divergence from \(d.base) (\(d.topK.map { "top-\($0) reference" } ?? "full vocabulary"), \(d.positions) positions)\n"
+    s += String(format: "  PPL base %.4f  model %.4f  ratio %.5f  mean ln(PPL ratio) %.6f ± %.6f\n", d.pplBase, d.pplModel, d.pplRatio,
+                d.meanLnPplRatio, d.meanLnPplRatioStandardError)
+    s += String(format: "  Cor(NLL per token) %.4f   Cor(ln PPL per window) %.4f\n", d.nllCorrelation, d.windowLnPplCorrelation)
+    s += String(format: "  mean KLD %.6f ± %.6f", d.kld.mean, d.kld.standardError)
+        + (d.topK != nil ? String(format: "  (top-k: true mean within +%.6f)", d.kldBoundMean) : "") + "\n"
+    s += String(format: "  max KLD %.6f", d.kld.max)
+    for (name, _) in DivergenceReport.Summary.levels { s += String(format: "  %@%% %.6f", name, d.kld.percentiles[name] ?? .nan) }
+    s += String(format: "  min %.6f\n", d.kld.min)
+    s += String(format: "  reverse KLD %.6f%@\n", d.reverseKldMean, d.topK != nil ? " (lower bound, top-k)" : "")
+    s += String(format: "  same top p %.3f ± %.3f %%\n", 100 * d.sameTopP, 100 * d.sameTopPStandardError)
+    s += String(format: "  mean Δp %.3f ± %.3f %%  RMS Δp %.3f %%  max %.3f %%", 100 * d.deltaP.mean, 100 * d.deltaP.standardError,
+                100 * d.deltaP.rms, 100 * d.deltaP.max)
+    for (name, _) in DivergenceReport.Summary.levels { s += String(format: "  %@%% %.3f", name, 100 * (d.deltaP.percentiles[name] ?? .nan)) }
+    s += String(format: "  min %.3f %%\n", 100 * d.deltaP.min)
+    return s
 }
 
 struct Import: ParsableCommand {

@@ -48,50 +48,7 @@ public func squaredErrorBackward(
     }
 }
 
-// MARK: - Distances between output distributions (pruning criteria)
-
-/// out (T) = JS(P ‖ Q) per row in nats: P = exp(logProbs) a reference distribution given as log-probabilities,
-/// Q = softmax(logits). JS = ½ Σ p log(p/m) + ½ Σ q log(q/m), m = (p + q)/2; each row summed in Double.
-public func jensenShannonForward(
-    out: UnsafeMutablePointer<Double>, logProbs: UnsafePointer<Float>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int
-) {
-    Parallel.forEachChunk(T, minChunk: 1) { rows in
-        for t in rows {
-            let lp = logProbs + t * V, lg = logits + t * V
-            let lse = Float(logSumExp(lg, count: V))
-            var s = 0.0
-            for j in 0..<V {
-                let a = lp[j], b = lg[j] - lse
-                let p = fastExp(a), q = fastExp(b), m = 0.5 * (p + q)
-                guard m > 0 else { continue }
-                let lm = Float.log(m)
-                s += Double(p * (a - lm) + q * (b - lm))
-            }
-            out[t] = max(0, 0.5 * s)
-        }
-    }
-}
-
-/// Reference of `jensenShannonForward`: Double throughout, libm exp and log.
-public func jensenShannonForwardReference(
-    out: UnsafeMutablePointer<Double>, logProbs: UnsafePointer<Float>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int
-) {
-    for t in 0..<T {
-        let lp = logProbs + t * V, lg = logits + t * V
-        var mx = -Double.infinity
-        for j in 0..<V { mx = max(mx, Double(lg[j])) }
-        var z = 0.0
-        for j in 0..<V { z += Foundation.exp(Double(lg[j]) - mx) }
-        let lse = mx + Foundation.log(z)
-        var s = 0.0
-        for j in 0..<V {
-            let p = Foundation.exp(Double(lp[j])), q = Foundation.exp(Double(lg[j]) - lse), m = 0.5 * (p + q)
-            if p > 0 { s += p * Foundation.log(p / m) }
-            if q > 0 { s += q * Foundation.log(q / m) }
-        }
-        out[t] = 0.5 * s
-    }
-}
+// MARK: - Distances between output distributions (pruning criteria; the divergences are in Divergences.swift)
 
 /// out (T) = arccos(cos(a_t, b_t)) / π per row of two (T, V) matrices: the angular distance in [0, 1].
 public func angularDistanceForward(

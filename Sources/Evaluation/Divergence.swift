@@ -1,0 +1,236 @@
+import Foundation
+import Model
+import TensorCore
+
+/// How far a model's next-token distributions are from a base model's on the same windows (issue 30; the figures of
+/// llama.cpp's `llama-perplexity --kl-divergence`, tools/perplexity/perplexity.cpp, plus the reverse divergence and
+/// the per-window correlation). All in nats; p = base, q = model; positions are the protocol's scored positions.
+public struct DivergenceReport: Codable, Sendable {
+    /// Where the base's distributions came from: its checkpoint, and the top-k reference file (nil: computed alongside).
+    public var base: String
+    public var referenceFile: String?
+    /// k of the top-k reference, nil for the full vocabulary.
+    public var topK: Int?
+    public var protocolName: String
+    public var window: Int
+    public var firstScored: Int
+    public var bos: Bool
+    public var windows: Int
+    public var positions: Int
+    /// KL(p ‖ q) per position. With a top-k reference, the coarsened KL_k, a lower bound (TopK.swift).
+    public var kld: Summary
+    /// Mean over positions of the top-k error bound B: mean KL(p ‖ q) lies in [kld.mean, kld.mean + kldBoundMean]
+    /// (0 for the full vocabulary).
+    public var kldBoundMean: Double
+    /// Mean KL(q ‖ p); with a top-k reference, a lower bound (the coarsened divergence).
+    public var reverseKldMean: Double
+    /// Share of positions where the model's most likely token is the base's (argmax; ties to the lower id).
+    public var sameTopP: Double
+    public var sameTopPStandardError: Double
+    /// Δp = q(correct token) − p(correct token), per position (a probability, not percent).
+    public var deltaP: Summary
+    public var pplBase: Double
+    public var pplModel: Double
+    /// pplModel / pplBase = exp(mean ln(q/p) of the correct tokens … its negative).
+    public var pplRatio: Double
+    /// Mean of ln q(correct) − ln p(correct) negated: ln(PPL(model) / PPL(base)), with its standard error.
+    public var meanLnPplRatio: Double
+    public var meanLnPplRatioStandardError: Double
+    /// Pearson correlation of the per-token NLL of model and base (llama.cpp's "Cor(ln(PPL(Q)), ln(PPL(base)))").
+    public var nllCorrelation: Double
+    /// Pearson correlation of the per-window ln PPL of model and base.
+    public var windowLnPplCorrelation: Double
+
+    /// Mean, standard error, RMS, extremes and percentiles (linear interpolation between order statistics, as
+    /// numpy's default and llama.cpp's) of one per-position quantity.
+    public struct Summary: Codable, Sendable {
+        public var mean: Double
+        public var standardError: Double
+        public var rms: Double
+        public var min: Double
+        public var max: Double
+        /// "99.9", "99", "95", "90", "50", "10", "5", "1", "0.1" → value.
+        public var percentiles: [String: Double]
+
+        public static let levels: [(String, Double)] = [
+            ("99.9", 0.999), ("99", 0.99), ("95", 0.95), ("90", 0.90), ("50", 0.5), ("10", 0.10), ("5", 0.05),
+            ("1", 0.01), ("0.1", 0.001),
+        ]
+
+        public init(_ values: [Double]) {
+            let n = values.count
+            precondition(n > 0)
+            var s = 0.0, s2 = 0.0
+            for v in values { s += v; s2 += v * v }
+            mean = s / Double(n)
+            rms = (s2 / Double(n)).squareRoot()
+            let variance = n > 1 ? Swift.max(0, (s2 - s * s / Double(n)) / Double(n - 1)) : 0
+            standardError = (variance / Double(n)).squareRoot()
+            let sorted = values.sorted()
+            min = sorted[0]; max = sorted[n - 1]
+            var p: [String: Double] = [:]
+            for (name, f) in Self.levels { p[name] = Self.percentile(sorted, f) }
+            percentiles = p
+        }
+
+        /// The f-quantile of ascending `sorted`: linear interpolation at position f · (n − 1).
+        public static func percentile(_ sorted: [Double], _ f: Double) -> Double {
+            let x = f * Double(sorted.count - 1)
+            let i = Int(x.rounded(.down)), frac = x - Double(i)
+            let j = Swift.min(i + 1, sorted.count - 1)
+            return (1 - frac) * sorted[i] + frac * sorted[j]
+        }
+    }
+}
+
+/// Per-position figures of one comparison, accumulated window by window in order (deterministic).
+struct DivergenceAccumulator {
+    var kl: [Double] = [], bound: [Double] = [], reverse: [Double] = [], deltaP: [Double] = []
+    var nll: [Double] = [], nllBase: [Double] = []
+    var same = 0
+    var windowNll: [Double] = [], windowNllBase: [Double] = []
+
+    mutating func endWindow(positions n: Int) {
+        windowNll.append(nll.suffix(n).reduce(0, +) / Double(n))
+        windowNllBase.append(nllBase.suffix(n).reduce(0, +) / Double(n))
+    }
+
+    static func pearson(_ a: [Double], _ b: [Double]) -> Double {
+        let n = Double(a.count)
+        guard a.count > 1 else { return 1 }
+        let ma = a.reduce(0, +) / n, mb = b.reduce(0, +) / n
+        var sab = 0.0, saa = 0.0, sbb = 0.0
+        for (x, y) in zip(a, b) { sab += (x - ma) * (y - mb); saa += (x - ma) * (x - ma); sbb += (y - mb) * (y - mb) }
+        return saa > 0 && sbb > 0 ? sab / (saa * sbb).squareRoot() : 1
+    }
+
+    func report(base: String, referenceFile: String?, topK: Int?, protocol p: PerplexityProtocol, window W: Int) -> DivergenceReport {
+        let n = kl.count
+        let same = Double(self.same) / Double(n)
+        let lnRatio = zip(nll, nllBase).map { $0 - $1 }
+        let lnSummary = DivergenceReport.Summary(lnRatio)
+        let meanNll = nll.reduce(0, +) / Double(n), meanNllBase = nllBase.reduce(0, +) / Double(n)
+        return DivergenceReport(
+            base: base, referenceFile: referenceFile, topK: topK, protocolName: p.kind.rawValue, window: W,
+            firstScored: p.firstScored(W), bos: p.bos != nil, windows: windowNll.count, positions: n,
+            kld: .init(kl), kldBoundMean: bound.isEmpty ? 0 : bound.reduce(0, +) / Double(n),
+            reverseKldMean: reverse.reduce(0, +) / Double(n),
+            sameTopP: same, sameTopPStandardError: n > 1 ? (same * (1 - same) / Double(n - 1)).squareRoot() : 0,
+            deltaP: .init(deltaP), pplBase: Foundation.exp(meanNllBase), pplModel: Foundation.exp(meanNll),
+            pplRatio: Foundation.exp(meanNll - meanNllBase), meanLnPplRatio: lnSummary.mean,
+            meanLnPplRatioStandardError: lnSummary.standardError,
+            nllCorrelation: Self.pearson(nll, nllBase), windowLnPplCorrelation: Self.pearson(windowNll, windowNllBase))
+    }
+}
+
+/// Index of the largest of x[0..<n] (the first on ties).
+@inline(__always) func argmax(_ x: UnsafePointer<Float>, count n: Int) -> Int {
+    var best = 0
+    for j in 1..<n where x[j] > x[best] { best = j }
+    return best
+}
+
+public enum Divergence {
+    /// Compares `model` with `base` on the full vocabulary: both run over the same windows, window by window
+    /// (`klDivergenceForward` per position in Double). The measurement the top-k reference is checked against.
+    public static func compareExact(
+        model: DecoderModel, base: DecoderModel, basePath: String, tokens: [Int32], window W: Int,
+        protocol p: PerplexityProtocol, maxTokens: Int?, progress: ((Int, Int) -> Void)? = nil
+    ) throws -> (DivergenceReport, PerplexityResult) {
+        let V = model.config.vocabSize
+        guard base.config.vocabSize == V else {
+            throw EvaluationError("the base (\(basePath)) has a vocabulary of \(base.config.vocabSize), the model \(V): not comparable")
+        }
+        let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: maxTokens, vocab: V)
+        let start = Date()
+        let baseEngine = TransformerDecoder(model: base, window: W)
+        let C = base.config.hiddenSize
+        var acc = DivergenceAccumulator()
+        let R = min(64, p.predictedPerWindow(W))
+        var lp = [Double](repeating: 0, count: R * V)
+        let baseLogits = Tensor(shape: [R, V])
+        var nll = [Double](repeating: 0, count: R), nllBase = nll, kl = nll, rkl = nll
+        var baseHidden: UnsafePointer<Float>? = nil
+        var total = 0.0
+        // The model's chunks are of up to 256 rows; the base's log-probs (Double) go R rows at a time.
+        try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
+            w, ids, t0, rows, logits in
+            if t0 == p.firstScored(W) { baseHidden = baseEngine.hiddenStates(ids) }
+            var r0 = 0
+            while r0 < rows {
+                let n = min(R, rows - r0), t = t0 + r0, z = logits + r0 * V
+                baseEngine.head(baseHidden! + t * C, rows: n, into: baseLogits.data)
+                ids.withUnsafeBufferPointer { idp in
+                    let target = idp.baseAddress! + t + 1
+                    crossEntropyForward(nll: &nll, logits: z, targets: target, rows: n, columns: V)
+                    crossEntropyForward(nll: &nllBase, logits: baseLogits.data, targets: target, rows: n, columns: V)
+                    lp.withUnsafeMutableBufferPointer { logSoftmaxDouble(out: $0.baseAddress!, logits: baseLogits.data, rows: n, columns: V) }
+                    klDivergenceForward(kl: &kl, reverse: &rkl, reference: lp, logits: z, rows: n, columns: V)
+                    for i in 0..<n {
+                        acc.kl.append(kl[i]); acc.reverse.append(rkl[i])
+                        acc.nll.append(nll[i]); acc.nllBase.append(nllBase[i]); total += nll[i]
+                        acc.deltaP.append(Foundation.exp(-nll[i]) - Foundation.exp(-nllBase[i]))
+                        if argmax(z + i * V, count: V) == argmax(baseLogits.data + i * V, count: V) { acc.same += 1 }
+                    }
+                }
+                r0 += n
+            }
+            if t0 + rows == W - 1 { acc.endWindow(positions: p.predictedPerWindow(W)) }
+            _ = w
+        }
+        guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
+        let report = acc.report(base: basePath, referenceFile: nil, topK: nil, protocol: p, window: W)
+        return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
+    }
+
+    /// Compares `model` with a base's top-k reference (`BaseReference`, made with the same tokens, window and
+    /// protocol): KL_k with its bound, the coarsened reverse KL, same-top-1, Δp, the PPL ratio and correlations.
+    public static func compare(
+        model: DecoderModel, reference ref: BaseReference, tokens: [Int32], progress: ((Int, Int) -> Void)? = nil
+    ) throws -> (DivergenceReport, PerplexityResult) {
+        let h = ref.header
+        let V = model.config.vocabSize, W = h.window, p = h.scoring, k = h.k
+        guard h.vocab == V else {
+            throw EvaluationError("\(ref.path): the reference's vocabulary is \(h.vocab), the model's \(V): not comparable")
+        }
+        let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: h.maxTokens, vocab: V)
+        guard windows == h.windows else {
+            throw EvaluationError("\(ref.path): the reference holds \(h.windows) windows, these tokens make \(windows)")
+        }
+        let start = Date()
+        var acc = DivergenceAccumulator()
+        let P = p.predictedPerWindow(W)
+        var kl = [Double](repeating: 0, count: 256), bound = kl, rkl = kl, nll = kl
+        var total = 0.0
+        try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
+            w, ids, t0, rows, logits in
+            let pos = w * P + (t0 - p.firstScored(W))  // the reference's first row of this chunk
+            ids.withUnsafeBufferPointer { idp in
+                crossEntropyForward(nll: &nll, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
+            }
+            topKDivergenceForward(kl: &kl, bound: &bound, reverse: &rkl, ids: ref.ids + pos * k, logProbs: ref.logProbs + pos * k,
+                                  logRest: ref.logRest + pos, logits: logits, rows: rows, columns: V, k: k)
+            for i in 0..<rows {
+                let baseNll = -Double(ref.targetLogProbs[pos + i])
+                acc.kl.append(kl[i]); acc.bound.append(bound[i]); acc.reverse.append(rkl[i])
+                acc.nll.append(nll[i]); acc.nllBase.append(baseNll); total += nll[i]
+                acc.deltaP.append(Foundation.exp(-nll[i]) - Foundation.exp(-baseNll))
+                if Int32(argmax(logits + i * V, count: V)) == ref.ids[(pos + i) * k] { acc.same += 1 }
+            }
+            if t0 + rows == W - 1 { acc.endWindow(positions: P) }
+        }
+        guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
+        let report = acc.report(base: h.basePath, referenceFile: ref.path, topK: k, protocol: p, window: W)
+        return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
+    }
+
+    static func result(total: Double, windows: Int, window W: Int, protocol p: PerplexityProtocol, seconds: Double) -> PerplexityResult {
+        let predicted = windows * p.predictedPerWindow(W)
+        return PerplexityResult(
+            ppl: Foundation.exp(total / Double(predicted)), nll: total / Double(predicted), totalNll: total,
+            predictedTokens: predicted, tokens: windows * W, windows: windows, window: W,
+            seconds: seconds, tokensPerSecond: Double(windows * W) / max(seconds, 1e-9),
+            bos: p.bos != nil, bosTokenId: p.bos, streamTokensScored: p.streamTokensCovered(windows: windows, window: W),
+            protocolName: p.kind.rawValue, firstScored: p.firstScored(W))
+    }
+}
