@@ -25,6 +25,13 @@ public struct Recipe {
         public var window = 2048
         /// Score only the first N tokens (nil: the whole text).
         public var tokens: Int? = nil
+        /// The perplexity protocol: "pinned" (nil, the default) or "llamacpp" (`PerplexityProtocol.Kind`).
+        public var `protocol`: String? = nil
+        /// Whether eval stages measure the divergence from the base (nil: yes), and the top-k of the base reference
+        /// (nil: the evaluator's default, `BaseReference.defaultTopK`). Unset keys stay out of cache keys.
+        public var kld: Bool? = nil
+        public var topK: Int? = nil
+        public static let protocols = ["pinned", "llamacpp"]
         public init() {}
     }
 
@@ -82,7 +89,20 @@ public struct Recipe {
         evaluation = Evaluation()
         if let e = try o.object("eval") {
             evaluation.text = try e.string("text", default: evaluation.text)
-            evaluation.window = try e.int("window", default: evaluation.window, in: 2...8192)
+            if e.has("protocol") {
+                let p = try e.string("protocol")
+                guard Evaluation.protocols.contains(p) else {
+                    throw RecipeError("\(path): 'eval.protocol': expected one of \(Evaluation.protocols.joined(separator: ", ")), found '\(p)'")
+                }
+                evaluation.protocol = p
+            }
+            // llama.cpp's context is 512 unless told.
+            evaluation.window = try e.int("window", default: evaluation.protocol == "llamacpp" ? 512 : evaluation.window, in: 2...8192)
+            if evaluation.protocol == "llamacpp" && evaluation.window < 4 {
+                throw RecipeError("\(path): 'eval.window': llama.cpp's protocol needs at least 4, found \(evaluation.window)")
+            }
+            if e.has("kld") { evaluation.kld = try e.bool("kld") }
+            evaluation.topK = try e.optionalInt("top_k", in: 1...(1 << 20))
             evaluation.tokens = try e.optionalInt("tokens", in: 2...Int.max)
             try e.finish()
         }

@@ -43,6 +43,12 @@ public struct StageReport: Codable {
     /// For eval stages: PPL of the model at this point, and base PPL / PPL.
     public var ppl: Double?
     public var retention: Double?
+    /// For eval stages (unless the recipe's eval sets "kld": false): mean KL(base ‖ model) per token, its 99th
+    /// percentile, the share of positions with the base's top-1 token, and the whole `DivergenceReport`.
+    public var kld: Double?
+    public var kldP99: Double?
+    public var sameTopP: Double?
+    public var divergence: DivergenceReport?
     /// Calibration statistics read from / written to the cache.
     public var cacheHits: [String]?
     public var cacheMisses: [String]?
@@ -63,6 +69,12 @@ public struct ApplyReport: Codable {
     public var pplBefore: Double?
     public var pplAfter: Double?
     public var retention: Double?
+    /// The last eval stage's divergence from the base: mean KLD, its 99th percentile, same-top-1 share.
+    public var kldAfter: Double?
+    public var kldP99After: Double?
+    public var sameTopPAfter: Double?
+    /// The evaluations' protocol ("pinned" or "llamacpp", `PerplexityProtocol.Kind`).
+    public var evalProtocol: String?
     public var evalTokens: Int?
     /// Whether the evaluations used the BOS protocol (the base's tokenizer adds BOS; `PerplexityProtocol`).
     public var evalBos: Bool?
@@ -87,6 +99,7 @@ public final class Session {
     private var calibrationMemo: [String: [[Int32]]] = [:]
     private var textMemo: [String: [Int32]] = [:]
     private var pplMemo: [String: Double] = [:]
+    private var referenceMemo: [String: BaseReference] = [:]
     /// Passes' analyses (scores, orders, sensitivities, moments) computed in this session, by cache key.
     public let analyses = AnalysisMemo()
 
@@ -120,20 +133,46 @@ public final class Session {
         return w
     }
 
-    /// The perplexity protocol of every evaluation in this session: the base's tokenizer's (BOS when it adds one).
-    public func perplexityProtocol() throws -> PerplexityProtocol {
-        try Workbench.perplexityProtocol(base.tokenizer, path: basePath)
+    /// The perplexity protocol of evaluations with these settings: the named one, with the base's tokenizer's BOS.
+    public func perplexityProtocol(_ e: Recipe.Evaluation = .init()) throws -> PerplexityProtocol {
+        try Workbench.perplexityProtocol(base.tokenizer, path: basePath, kind: PerplexityProtocol.Kind(rawValue: e.protocol ?? "pinned") ?? .pinned)
     }
 
-    /// The base checkpoint's PPL under these eval settings: once per session, and cached on disk by base hash.
+    /// The base's top-k reference for these eval settings (nil when they set "kld": false): once per session, kept
+    /// in the cache directory (a temporary file without one).
+    public func baseReference(_ e: Recipe.Evaluation) throws -> BaseReference? {
+        guard e.kld ?? true else { return nil }
+        let key = jsonValue(e).text
+        if let r = referenceMemo[key] { return r }
+        let k = e.topK ?? BaseReference.defaultTopK
+        let start = Date()
+        var shown = start
+        let (r, cached) = try Workbench.reference(
+            base: base.model, basePath: basePath, tokens: try tokens(of: e.text), window: e.window, protocol: try perplexityProtocol(e),
+            maxTokens: e.tokens, k: k, cacheDirectory: cacheDirectory, warning: { [weak self] in self?.say("warning: \($0)") }
+        ) { [weak self] done, total in
+            guard let self, self.progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
+            shown = Date()
+            let el = Date().timeIntervalSince(start)
+            progressLine(String(format: "eval base (top-%d reference): window %d/%d  ETA %.0fs", k, done, total, el / Double(done) * Double(total - done)))
+        }
+        say(String(format: "eval base: ppl %.4f%@ (top-%d reference, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", k, r.path))
+        referenceMemo[key] = r
+        return r
+    }
+
+    /// The base checkpoint's PPL under these eval settings: once per session; from the base reference when there is
+    /// one, else measured and cached on disk by base hash.
     public func basePPL(_ e: Recipe.Evaluation) throws -> Double {
         let key = jsonValue(e).text
         if let p = pplMemo[key] { return p }
+        if let r = try baseReference(e), let p = r.header.ppl { pplMemo[key] = p; return p }
         let test = try tokens(of: e.text)
-        let scoring = try perplexityProtocol()
+        let scoring = try perplexityProtocol(e)
         var scope: [String: JSONValue] = ["base": .string(baseHash), "eval": jsonValue(e)]
         // The BOS protocol's id joins the key (no-BOS keys are as before the BOS protocol existed).
         if let bos = scoring.bos { scope["eval_bos"] = .int(Int(bos)) }
+        if scoring.kind != .pinned { scope["eval_protocol"] = .string(scoring.kind.rawValue) }
         let cache = StatsCache(directory: cacheDirectory, scope: .object(scope))
         let p = try cache.value("ppl", settings: .object([:])) {
             try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
@@ -151,6 +190,8 @@ public final class Session {
         public var reports: [StageReport]
         public var basePPL: Double?
         public var lastPPL: Double?
+        /// The last eval stage's divergence from the base (nil without one, or with "kld": false).
+        public var lastDivergence: DivergenceReport?
         public var calibrationTokens: Int
         public var evalTokens: Int?
         /// Whether the evaluations used the BOS protocol (nil: no eval stage).
@@ -186,13 +227,15 @@ public final class Session {
         let calibration = needsCalibration ? try calibrationWindows(recipe.calibration) : []
         let evaluating = recipe.stages.contains { $0.stage is EvalStage }
         let e = recipe.evaluation
-        let scoring = evaluating ? try perplexityProtocol() : .noBOS
+        let scoring = evaluating ? try perplexityProtocol(e) : .noBOS
         let basePPL = evaluating ? try basePPL(e) : nil
         let test = evaluating ? try tokens(of: e.text) : []
 
         var model = base.model
         var reports: [StageReport] = [], statePaths: [String] = []
         var lastPPL: Double? = nil
+        var lastDivergence: DivergenceReport? = nil
+        let reference = evaluating ? try baseReference(e) : nil
         for (i, entry) in recipe.stages.enumerated() {
             let label = "stage \(i + 1)/\(recipe.stages.count) (\(entry.name))"
             let place = "\(name), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
@@ -201,6 +244,7 @@ public final class Session {
             let before = (params: model.parameterCount, bytes: model.storageBytes)
             var diagnostics: JSONValue = .object([:])
             var ppl: Double? = nil
+            var divergence: DivergenceReport? = nil
             var cacheUse: StatsCache? = nil
             switch entry.stage {
             case let pass as any CompressionPass:
@@ -274,9 +318,15 @@ public final class Session {
                 for w in r.warnings { say("\(label): warning: \(w)") }
                 diagnostics = jsonValue(r)
             case is EvalStage:
-                ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
-                                               label: label, progress: progress)
+                if let reference {
+                    (ppl, divergence) = try Workbench.measureDivergence(model, reference: reference, tokens: test, source: e.text,
+                                                                        label: label, progress: progress)
+                } else {
+                    ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
+                                                   label: label, progress: progress)
+                }
                 lastPPL = ppl
+                lastDivergence = divergence
             default:
                 preconditionFailure("stage kind '\(entry.name)' has no runner")
             }
@@ -285,13 +335,15 @@ public final class Session {
                 parametersBefore: before.params, parametersAfter: model.parameterCount,
                 bytesBefore: before.bytes, bytesAfter: model.storageBytes, seconds: Date().timeIntervalSince(t0),
                 ppl: ppl, retention: ppl.flatMap { p in basePPL.map { $0 / p } },
+                kld: divergence?.kld.mean, kldP99: divergence?.kld.percentiles["99"], sameTopP: divergence?.sameTopP, divergence: divergence,
                 cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
             reports.append(report)
             for w in cacheUse?.warnings ?? [] { say("warning: \(w)") }
             say(String(format: "%@: done in %@, %d -> %d parameters", label, formatDuration(report.seconds), before.params, model.parameterCount)
-                + (ppl.map { String(format: ", ppl %.4f", $0) } ?? ""))
+                + (ppl.map { String(format: ", ppl %.4f", $0) } ?? "")
+                + (divergence.map { String(format: ", KLD %.5f, same top-1 %.2f %%", $0.kld.mean, 100 * $0.sameTopP) } ?? ""))
         }
-        return Result(model: model, reports: reports, basePPL: basePPL, lastPPL: lastPPL,
+        return Result(model: model, reports: reports, basePPL: basePPL, lastPPL: lastPPL, lastDivergence: lastDivergence,
                       calibrationTokens: calibration.count * recipe.calibration.window,
                       evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil,
                       evalBos: evaluating ? scoring.bos != nil : nil, statePaths: statePaths)
@@ -339,6 +391,8 @@ extension Session {
             parametersBefore: base.model.parameterCount, parametersAfter: r.model.parameterCount,
             bytesBefore: base.model.storageBytes, bytesAfter: r.model.storageBytes,
             pplBefore: r.basePPL, pplAfter: r.lastPPL, retention: r.basePPL.flatMap { b in r.lastPPL.map { b / $0 } },
+            kldAfter: r.lastDivergence?.kld.mean, kldP99After: r.lastDivergence?.kld.percentiles["99"],
+            sameTopPAfter: r.lastDivergence?.sameTopP, evalProtocol: r.evalBos == nil ? nil : recipe.evaluation.protocol ?? "pinned",
             evalTokens: r.evalTokens, evalBos: r.evalBos, calibrationTokens: r.calibrationTokens,
             seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
             stages: r.reports)

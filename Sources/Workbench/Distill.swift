@@ -161,6 +161,23 @@ extension Workbench {
 }
 
 extension Workbench {
+    /// Perplexity of `model` and its divergence from the base of `reference` (made with these tokens and settings),
+    /// with progress lines labelled `label`.
+    static func measureDivergence(_ model: DecoderModel, reference: BaseReference, tokens: [Int32], source: String, label: String,
+                                  progress: Bool) throws -> (Double, DivergenceReport) {
+        let start = Date()
+        var shown = start
+        do {
+            let (d, r) = try Divergence.compare(model: model, reference: reference, tokens: tokens) { done, total in
+                guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
+                shown = Date()
+                let el = Date().timeIntervalSince(start)
+                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
+            }
+            return (r.ppl, d)
+        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description)") }
+    }
+
     /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors) under `protocol` (the
     /// checkpoint's: `perplexityProtocol(_:path:)`), with progress lines labelled `label`.
     static func measurePPL(_ model: DecoderModel, tokens: [Int32], source: String, window: Int, protocol p: PerplexityProtocol,

@@ -130,6 +130,11 @@ public struct SweepRow: Codable, Sendable {
     /// The point's last eval stage (nil without one).
     public var ppl: Double?
     public var retention: Double?
+    /// The point's last eval stage's divergence from the base: mean KLD (nats per token), its 99th percentile, and
+    /// the share of positions with the base's top-1 token (nil without one).
+    public var kld: Double?
+    public var kldP99: Double?
+    public var sameTopP: Double?
     public var seconds: Double
     /// The checkpoint, when kept.
     public var output: String?
@@ -162,11 +167,13 @@ public struct SweepReport: Codable {
             + (skipped > 0 ? " (\(skipped) from an earlier run)" : "") + String(format: ", %.1f s\n", seconds)
         if let b = basePpl { s += String(format: "base: ppl %.4f, %d parameters, %@\n", b, baseParameters ?? 0, formatBytes(baseBytes ?? 0)) }
         let paths = axes.map(\.path)
-        s += (["point"] + paths + ["parameters", "bytes", "bits/w", "ppl", "retention", "seconds"]).joined(separator: "\t") + "\n"
+        s += (["point"] + paths + ["parameters", "bytes", "bits/w", "ppl", "retention", "kld", "kld_p99", "same_top_p", "seconds"])
+            .joined(separator: "\t") + "\n"
         for r in rows {
             s += ([r.point] + paths.map { r.values[$0]?.text ?? "" } + [String(r.parameters), String(r.bytes), String(format: "%.3f", r.bitsPerWeight),
                    r.ppl.map { String(format: "%.4f", $0) } ?? "", r.retention.map { String(format: "%.4f", $0) } ?? "",
-                   String(format: "%.1f", r.seconds)]).joined(separator: "\t") + "\n"
+                   r.kld.map { String(format: "%.5f", $0) } ?? "", r.kldP99.map { String(format: "%.5f", $0) } ?? "",
+                   r.sameTopP.map { String(format: "%.4f", $0) } ?? "", String(format: "%.1f", r.seconds)]).joined(separator: "\t") + "\n"
         }
         if let best { s += "best (lowest PPL): \(best)\n" }
         s += "table: \(csv)\n"
@@ -409,7 +416,9 @@ extension Workbench {
             name = name ?? o["name"]?.stringValue
             rows.append(SweepRow(point: p.name, values: p.values, parameters: params, bytes: bytes,
                                  bitsPerWeight: Double(8 * bytes) / Double(max(params, 1)), ppl: o["ppl_after"]?.doubleValue,
-                                 retention: o["retention"]?.doubleValue, seconds: o["seconds"]?.doubleValue ?? 0,
+                                 retention: o["retention"]?.doubleValue, kld: o["kld_after"]?.doubleValue,
+                                 kldP99: o["kld_p99_after"]?.doubleValue, sameTopP: o["same_top_p_after"]?.doubleValue,
+                                 seconds: o["seconds"]?.doubleValue ?? 0,
                                  output: FileManager.default.fileExists(atPath: p.output) ? p.output : nil))
         }
         let best = rows.filter { $0.ppl != nil }.min { $0.ppl! < $1.ppl! }?.point
@@ -420,11 +429,14 @@ extension Workbench {
         let csvPath = (dir as NSString).appendingPathComponent("results.csv")
         let paths = m.axes.map(\.path)
         func field(_ s: String) -> String { s.contains(where: { ",\"\n".contains($0) }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
-        var csv = (["point"] + paths + ["parameters", "bytes", "bits_per_weight", "ppl", "retention", "seconds", "output"]).map(field).joined(separator: ",") + "\n"
+        var csv = (["point"] + paths + ["parameters", "bytes", "bits_per_weight", "ppl", "retention", "kld", "kld_p99", "same_top_p", "seconds", "output"])
+            .map(field).joined(separator: ",") + "\n"
         for r in rows {
-            let cells = [r.point] + paths.map { v in r.values[v].map { if case .string(let s) = $0 { return s }; return $0.text } ?? "" }
-                + [String(r.parameters), String(r.bytes), String(r.bitsPerWeight), r.ppl.map { String($0) } ?? "",
-                   r.retention.map { String($0) } ?? "", String(format: "%.3f", r.seconds), r.output ?? ""]
+            func cell(_ x: Double?) -> String { x.map { String($0) } ?? "" }
+            let values: [String] = paths.map { v in r.values[v].map { if case .string(let s) = $0 { return s }; return $0.text } ?? "" }
+            let figures: [String] = [String(r.parameters), String(r.bytes), String(r.bitsPerWeight), cell(r.ppl), cell(r.retention),
+                                     cell(r.kld), cell(r.kldP99), cell(r.sameTopP), String(format: "%.3f", r.seconds), r.output ?? ""]
+            let cells = [r.point] + values + figures
             csv += cells.map(field).joined(separator: ",") + "\n"
         }
         try writeFileAtomically(csvPath, Data(csv.utf8))
@@ -446,7 +458,7 @@ extension Workbench {
     /// Draws PPL (log scale) against size for one or more sweep directories with tools/plot_sweep.py
     /// (matplotlib): one series per sweep, the Pareto front marked, the base model marked. Returns the files
     /// written (OUTPUT.svg and OUTPUT.png).
-    public static func plotSweeps(_ dirs: [String], output: String) throws -> [String] {
+    public static func plotSweeps(_ dirs: [String], output: String, metric: String = "ppl") throws -> [String] {
         let candidates = [
             FileManager.default.currentDirectoryPath + "/tools/plot_sweep.py",
             URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
@@ -457,7 +469,7 @@ extension Workbench {
         }
         let proc = Process()
         proc.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        proc.arguments = ["python3", script, "-o", output] + dirs
+        proc.arguments = ["python3", script, "-o", output, "--metric", metric] + dirs
         let err = Pipe()
         proc.standardError = err
         proc.standardOutput = FileHandle.nullDevice

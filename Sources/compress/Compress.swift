@@ -98,11 +98,15 @@ struct Eval: ParsableCommand {
                                            preTokenizer: preTokenizer, logitsOut: logitsOut, progress: true,
                                            protocol: `protocol`, reference: ref)
             if json { print(encodeJSON(r)) } else {
-                let bos = r.bosTokenId.map { ", BOS \($0) first" } ?? ", no BOS"
-                let scored = r.firstScored > 0 ? ", positions \(r.firstScored)..\(r.window - 2) scored" : ""
-                print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%@: %d windows of %d%@%@; stream %d tokens)  %.2f s  %.1f tok/s",
-                             r.ppl, r.nll, r.predictedTokens, r.protocolName, r.windows, r.window, bos, scored, r.streamTokens,
-                             r.seconds, r.tokensPerSecond))
+                let how: String
+                if r.firstScored > 0 {
+                    how = "llama.cpp's protocol: \(r.windows) chunks of \(r.window)" + (r.bosTokenId.map { ", BOS \($0) first" } ?? ", no BOS")
+                        + ", positions \(r.firstScored)..\(r.window - 2) scored"
+                } else {
+                    how = "\(r.windows) windows of \(r.window)" + (r.bosTokenId.map { ", each BOS \($0) + \(r.window - 1) stream tokens" } ?? ", no BOS")
+                }
+                print(String(format: "ppl %.4f  nll %.6f  predicted tokens %d  (%@; stream %d tokens)  %.2f s  %.1f tok/s",
+                             r.ppl, r.nll, r.predictedTokens, how, r.streamTokens, r.seconds, r.tokensPerSecond))
                 if let d = r.divergence { print(formatDivergence(d), terminator: "") }
             }
         }
@@ -401,8 +405,39 @@ struct Apply: ParsableCommand {
             var total = "  parameters \(r.parametersBefore) -> \(r.parametersAfter), \(formatBytes(r.bytesBefore)) -> \(formatBytes(r.bytesAfter))"
             if let b = r.pplBefore, let a = r.pplAfter { total += String(format: "; ppl %.4f -> %.4f, retention %.4f", b, a, r.retention ?? .nan) }
             print(total)
+            print(beforeAfter(r), terminator: "")
         }
     }
+}
+
+/// The before/after table of `compress apply`: size, bits per weight, PPL and its ratio to the base's, mean KLD and
+/// same-top-1 share (the base against itself: 0 and 100 %), and the files an export stage wrote.
+func beforeAfter(_ r: ApplyReport) -> String {
+    func bits(_ bytes: Int, _ params: Int) -> String { String(format: "%.2f", 8 * Double(bytes) / Double(max(params, 1))) }
+    func cell(_ x: Double?, _ f: String) -> String { x.map { String(format: f, $0) } ?? "-" }
+    let rows = [
+        ["", "size", "bits/weight", "PPL", "PPL ratio", "mean KLD", "KLD p99", "same top-1"],
+        ["before (base)", formatBytes(r.bytesBefore), bits(r.bytesBefore, r.parametersBefore), cell(r.pplBefore, "%.4f"),
+         r.pplBefore == nil ? "-" : "1.0000", r.kldAfter == nil ? "-" : "0", r.kldAfter == nil ? "-" : "0", r.kldAfter == nil ? "-" : "100.00 %"],
+        ["after", formatBytes(r.bytesAfter), bits(r.bytesAfter, r.parametersAfter), cell(r.pplAfter, "%.4f"),
+         cell(r.pplAfter.flatMap { a in r.pplBefore.map { a / $0 } }, "%.4f"), cell(r.kldAfter, "%.5f"), cell(r.kldP99After, "%.5f"),
+         cell(r.sameTopPAfter.map { 100 * $0 }, "%.2f %%")],
+    ]
+    let widths = (0..<rows[0].count).map { c in rows.map { $0[c].count }.max()! }
+    var s = ""
+    if r.pplBefore != nil {
+        s += "  (\(r.evalProtocol ?? "pinned") protocol, \(r.evalTokens.map { "\($0) test tokens" } ?? "the test text"); stored bytes "
+            + String(format: "%.1f %% of the base's)\n", 100 * Double(r.bytesAfter) / Double(max(r.bytesBefore, 1)))
+        for row in rows {
+            s += "  " + zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ") + "\n"
+        }
+    }
+    for st in r.stages where st.stage == "export" {
+        if let o = st.diagnostics.objectValue, let files = o["files"]?.arrayValue, let bytes = o["bytes"]?.intValue {
+            s += "  exported \(files.compactMap(\.stringValue).joined(separator: ", ")) (\(formatBytes(bytes)), \(o["format"]?.stringValue ?? ""))\n"
+        }
+    }
+    return s
 }
 
 struct DropLayers: ParsableCommand {

@@ -69,8 +69,9 @@ struct SweepCollect: ParsableCommand {
 }
 
 struct SweepPlot: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "plot", abstract: "Overlay several sweeps: PPL (log) against size, Pareto fronts marked.")
+    static let configuration = CommandConfiguration(commandName: "plot", abstract: "Overlay several sweeps: PPL or KLD (log) or same-top-p against size, Pareto fronts marked.")
     @Argument(help: "Sweep directories.") var directories: [String]
+    @Option(help: "The y axis: ppl, kld, kld_p99 or same_top_p (the columns of results.csv).") var metric = "ppl"
     @Option(name: .shortAndLong, help: "Output path without extension (writes .svg and .png).") var output = "sweeps"
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -80,7 +81,10 @@ struct SweepPlot: ParsableCommand {
             for d in directories where !FileManager.default.fileExists(atPath: (d as NSString).appendingPathComponent("results.json")) {
                 throw WorkbenchError("\(d): no results.json (run `compress sweep collect \(d)` first)")
             }
-            let files = try Workbench.plotSweeps(directories, output: output)
+            guard ["ppl", "kld", "kld_p99", "same_top_p"].contains(metric) else {
+                throw WorkbenchError("--metric: expected ppl, kld, kld_p99 or same_top_p, found '\(metric)'")
+            }
+            let files = try Workbench.plotSweeps(directories, output: output, metric: metric)
             print(json ? encodeJSON(["plots": files]) : files.joined(separator: "\n"))
         }
     }

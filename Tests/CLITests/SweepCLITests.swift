@@ -22,7 +22,10 @@ extension CLITests {
         // The analysis was computed once: point 1 computed the FinerCut order, points 2 and 3 extended or reused it.
         XCTAssertTrue(a.stderr.contains("point 1/3") && a.stderr.contains("point 3/3"), a.stderr)
         let csv = try String(contentsOfFile: out + "/results.csv", encoding: .utf8).split(separator: "\n")
-        XCTAssertEqual(csv.first, "point,stages.0.remove,parameters,bytes,bits_per_weight,ppl,retention,seconds,output")
+        XCTAssertEqual(csv.first, "point,stages.0.remove,parameters,bytes,bits_per_weight,ppl,retention,kld,kld_p99,same_top_p,seconds,output")
+        // Every point's divergence from the base, from one base reference.
+        XCTAssertTrue(rows.allSatisfy { ($0["kld"] as? Double ?? 0) > 0 && ($0["kld_p99"] as? Double ?? 0) > 0 }, "\(rows)")
+        XCTAssertTrue(rows.allSatisfy { ($0["same_top_p"] as? Double).map { $0 > 0 && $0 <= 1 } ?? false }, "\(rows)")
         XCTAssertEqual(csv.count, 4)
         // --keep best (default): only the lowest-PPL point keeps its checkpoint.
         let kept = rows.filter { $0["output"] is String }
@@ -45,6 +48,10 @@ extension CLITests {
         let p = try launch(["sweep", "plot", out, out, "-o", dir.appendingPathComponent("overlay").path, "--json"])
         XCTAssertEqual(p.status, 0, p.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("overlay.svg").path))
+        let k = try launch(["sweep", "plot", out, "--metric", "kld", "-o", dir.appendingPathComponent("kld").path, "--json"])
+        XCTAssertEqual(k.status, 0, k.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("kld.png").path))
+        XCTAssertEqual(try launch(["sweep", "plot", out, "--metric", "bits", "-o", dir.appendingPathComponent("x").path]).status, 1)
     }
 
     /// `--set` values split at top-level commas only: lists and objects with commas are single values.
