@@ -40,6 +40,24 @@ public struct DivergenceReport: Codable, Sendable {
     public var nllCorrelation: Double
     /// Pearson correlation of the per-window ln PPL of model and base.
     public var windowLnPplCorrelation: Double
+    /// With the full vocabulary and `topKStudy`: what a top-k reference would have given on the same positions.
+    public var topKErrors: [TopKError]? = nil
+
+    /// A top-k reference's error against the full-vocabulary KL on the same positions, and its size.
+    public struct TopKError: Codable, Sendable {
+        public var k: Int
+        /// Mean KL_k (the top-k estimate) and its error relative to the full mean KL: (KL_k − KL) / KL, ≤ 0.
+        public var kldMean: Double
+        public var relativeError: Double
+        /// Mean of the bound B: the full mean lies in [kldMean, kldMean + boundMean].
+        public var boundMean: Double
+        /// Same-top-1 share with the reference's top-1 (equal to the full one's but for ties).
+        public var sameTopP: Double
+        /// Bytes per position of the reference (`BaseReference`: 8k + 8), and that over llama.cpp's 16-bit log-probs of
+        /// the whole vocabulary (2V).
+        public var bytesPerPosition: Int
+        public var fractionOfFull16Bit: Double
+    }
 
     /// Mean, standard error, RMS, extremes and percentiles (linear interpolation between order statistics, as
     /// numpy's default and llama.cpp's) of one per-position quantity.
@@ -135,7 +153,7 @@ public enum Divergence {
     /// (`klDivergenceForward` per position in Double). The measurement the top-k reference is checked against.
     public static func compareExact(
         model: DecoderModel, base: DecoderModel, basePath: String, tokens: [Int32], window W: Int,
-        protocol p: PerplexityProtocol, maxTokens: Int?, progress: ((Int, Int) -> Void)? = nil
+        protocol p: PerplexityProtocol, maxTokens: Int?, topKStudy: [Int] = [], progress: ((Int, Int) -> Void)? = nil
     ) throws -> (DivergenceReport, PerplexityResult) {
         let V = model.config.vocabSize
         guard base.config.vocabSize == V else {
@@ -152,6 +170,12 @@ public enum Divergence {
         var nll = [Double](repeating: 0, count: R), nllBase = nll, kl = nll, rkl = nll
         var baseHidden: UnsafePointer<Float>? = nil
         var total = 0.0
+        if let bad = topKStudy.first(where: { $0 < 1 || $0 > V }) { throw EvaluationError("top-k \(bad) outside 1...\(V)") }
+        // The top-k study: per k, Σ KL_k, Σ B and the same-top-1 count over the same positions.
+        var study = [(kl: Double, bound: Double, same: Int)](repeating: (0, 0, 0), count: topKStudy.count)
+        let kMax = topKStudy.max() ?? 0
+        var sIds = [Int32](repeating: 0, count: R * kMax), sLp = [Float](repeating: 0, count: R * kMax), sRest = [Float](repeating: 0, count: R)
+        var sKl = [Double](repeating: 0, count: R), sBound = sKl
         // The model's chunks are of up to 256 rows; the base's log-probs (Double) go R rows at a time.
         try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
             w, ids, t0, rows, logits in
@@ -166,6 +190,16 @@ public enum Divergence {
                     crossEntropyForward(nll: &nllBase, logits: baseLogits.data, targets: target, rows: n, columns: V)
                     lp.withUnsafeMutableBufferPointer { logSoftmaxDouble(out: $0.baseAddress!, logits: baseLogits.data, rows: n, columns: V) }
                     klDivergenceForward(kl: &kl, reverse: &rkl, reference: lp, logits: z, rows: n, columns: V)
+                    for (si, k) in topKStudy.enumerated() {
+                        topKLogSoftmax(ids: &sIds, logProbs: &sLp, logRest: &sRest, targetLogProbs: nil, targets: nil,
+                                       logits: baseLogits.data, rows: n, columns: V, k: k)
+                        topKDivergenceForward(kl: &sKl, bound: &sBound, reverse: nil, ids: sIds, logProbs: sLp, logRest: sRest,
+                                              logits: z, rows: n, columns: V, k: k)
+                        for i in 0..<n {
+                            study[si].kl += sKl[i]; study[si].bound += sBound[i]
+                            if Int32(argmax(z + i * V, count: V)) == sIds[i * k] { study[si].same += 1 }
+                        }
+                    }
                     for i in 0..<n {
                         acc.kl.append(kl[i]); acc.reverse.append(rkl[i])
                         acc.nll.append(nll[i]); acc.nllBase.append(nllBase[i]); total += nll[i]
@@ -179,7 +213,15 @@ public enum Divergence {
             _ = w
         }
         guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
-        let report = acc.report(base: basePath, referenceFile: nil, topK: nil, protocol: p, window: W)
+        var report = acc.report(base: basePath, referenceFile: nil, topK: nil, protocol: p, window: W)
+        if !topKStudy.isEmpty {
+            let n = Double(acc.kl.count), full = report.kld.mean
+            report.topKErrors = zip(topKStudy, study).map { k, s in
+                DivergenceReport.TopKError(k: k, kldMean: s.kl / n, relativeError: full > 0 ? (s.kl / n - full) / full : 0,
+                                           boundMean: s.bound / n, sameTopP: Double(s.same) / n,
+                                           bytesPerPosition: 8 * k + 8, fractionOfFull16Bit: Double(8 * k + 8) / Double(2 * V))
+            }
+        }
         return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
     }
 

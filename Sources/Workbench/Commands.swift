@@ -47,6 +47,8 @@ public struct ReferenceOptions {
     public var topK: Int = BaseReference.defaultTopK
     /// Where references are kept (nil: a temporary file, removed after use).
     public var cacheDirectory: String? = ".cache/compress"
+    /// With top-k 0: the k whose top-k reference errors to measure on the same positions (`DivergenceReport.topKErrors`).
+    public var topKStudy: [Int] = []
     public init(base: String) { self.base = base }
 }
 
@@ -126,7 +128,7 @@ public enum Workbench {
         try checkComparable(model: ckpt, path: path, base: base, basePath: options.base)
         if options.topK == 0 {
             let (d, r) = try Divergence.compareExact(model: ckpt.model, base: base.model, basePath: options.base, tokens: tokens,
-                                                     window: window, protocol: scoring, maxTokens: maxTokens,
+                                                     window: window, protocol: scoring, maxTokens: maxTokens, topKStudy: options.topKStudy,
                                                      progress: meter("eval against the base (full vocabulary)"))
             return (d, r, false)
         }

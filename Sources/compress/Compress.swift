@@ -67,11 +67,19 @@ struct Eval: ParsableCommand {
     @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
     @Option(help: "Base checkpoint to measure the divergence from (same vocabulary).") var reference: String?
     @Option(parsing: .unconditional, help: "Top-k of the base reference (0: the full vocabulary, base run alongside).") var topK = BaseReference.defaultTopK
+    @Option(help: "With --top-k 0: also measure what top-k references of these k (comma-separated) would give on the same positions.")
+    var topKStudy: String?
     @Option(help: "Directory of cached base references.") var cache = ".cache/compress"
     @Flag(help: "Neither read nor write cached base references.") var noCache = false
     @Flag(help: "Print one JSON object.") var json = false
 
     var W: Int { window ?? (`protocol` == .llamacpp ? 512 : 2048) }
+    var studied: [Int]? {
+        guard let s = topKStudy else { return [] }
+        let ks = s.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !ks.isEmpty, ks.allSatisfy({ ($0 ?? 0) >= 1 }) else { return nil }
+        return ks.map { $0! }
+    }
 
     func validate() throws {
         guard (text == nil) != (tokens == nil) else { throw ValidationError("give exactly one of --text FILE or --tokens FILE") }
@@ -83,6 +91,8 @@ struct Eval: ParsableCommand {
         }
         guard (0...(1 << 20)).contains(topK) else { throw ValidationError("--top-k must lie in 0...\(1 << 20) (0: full vocabulary), got \(topK)") }
         if reference == nil && topK != BaseReference.defaultTopK { throw ValidationError("--top-k needs --reference BASE") }
+        if topKStudy != nil && (reference == nil || topK != 0) { throw ValidationError("--top-k-study needs --reference BASE --top-k 0") }
+        if let s = topKStudy, studied == nil { throw ValidationError("--top-k-study: expected positive integers separated by commas, got '\(s)'") }
     }
 
     func run() throws {
@@ -93,6 +103,7 @@ struct Eval: ParsableCommand {
                 ref = ReferenceOptions(base: reference)
                 ref!.topK = topK
                 ref!.cacheDirectory = noCache ? nil : cache
+                ref!.topKStudy = studied ?? []
             }
             let r = try Workbench.evaluate(checkpoint: checkpoint, source: source, window: W, maxTokens: maxTokens,
                                            preTokenizer: preTokenizer, logitsOut: logitsOut, progress: true,
@@ -126,6 +137,10 @@ func formatDivergence(_ d: DivergenceReport) -> String {
     s += String(format: "  min %.6f\n", d.kld.min)
     s += String(format: "  reverse KLD %.6f%@\n", d.reverseKldMean, d.topK != nil ? " (lower bound, top-k)" : "")
     s += String(format: "  same top p %.3f ± %.3f %%\n", 100 * d.sameTopP, 100 * d.sameTopPStandardError)
+    for e in d.topKErrors ?? [] {
+        s += String(format: "  top-%d reference: mean KLD %.6f (%+.3f %%), bound +%.6f, %d bytes per position (%.4f of 16-bit full)\n",
+                    e.k, e.kldMean, 100 * e.relativeError, e.boundMean, e.bytesPerPosition, e.fractionOfFull16Bit)
+    }
     s += String(format: "  mean Δp %.3f ± %.3f %%  RMS Δp %.3f %%  max %.3f %%", 100 * d.deltaP.mean, 100 * d.deltaP.standardError,
                 100 * d.deltaP.rms, 100 * d.deltaP.max)
     for (name, _) in DivergenceReport.Summary.levels { s += String(format: "  %@%% %.3f", name, 100 * (d.deltaP.percentiles[name] ?? .nan)) }

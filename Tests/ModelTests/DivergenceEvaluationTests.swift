@@ -116,14 +116,22 @@ final class DivergenceEvaluationTests: XCTestCase {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("divergence-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         for p in [PerplexityProtocol.noBOS, PerplexityProtocol(kind: .llamacpp, bos: 1)] {
-            let (exact, _) = try Divergence.compareExact(model: m, base: base, basePath: "base", tokens: tokens, window: W, protocol: p, maxTokens: nil)
-            for k in [V, 8, 2] {
+            let (exact, _) = try Divergence.compareExact(model: m, base: base, basePath: "base", tokens: tokens, window: W, protocol: p,
+                                                         maxTokens: nil, topKStudy: [V, 8, 2])
+            for (si, k) in [V, 8, 2].enumerated() {
                 let h = try BaseReference.header(basePath: "base", baseHash: "h", vocab: V, tokens: tokens, window: W, protocol: p, maxTokens: nil, k: k)
                 let (ref, cached) = try BaseReference.cached(directory: dir, header: h, base: base, tokens: tokens)
                 XCTAssertFalse(cached)
                 XCTAssertEqual(ref.header.ppl!, exact.pplBase, accuracy: 1e-9 * exact.pplBase)
                 let (d, _) = try Divergence.compare(model: m, reference: ref, tokens: tokens)
                 let label = "\(p.name), k \(k)"
+                // The study in the full-vocabulary run predicts the reference's figures.
+                let study = try XCTUnwrap(exact.topKErrors?[si])
+                XCTAssertEqual(study.k, k)
+                XCTAssertEqual(study.kldMean, d.kld.mean, accuracy: 1e-6 * d.kld.mean, label)
+                XCTAssertEqual(study.boundMean, d.kldBoundMean, accuracy: 1e-6 * max(d.kldBoundMean, 1e-3), label)
+                XCTAssertEqual(study.relativeError, (d.kld.mean - exact.kld.mean) / exact.kld.mean, accuracy: 1e-5, label)
+                XCTAssertEqual(study.bytesPerPosition, 8 * k + 8)
                 XCTAssertEqual(d.pplRatio, exact.pplRatio, accuracy: 1e-5, label)
                 XCTAssertEqual(d.sameTopP, exact.sameTopP, label)
                 XCTAssertEqual(d.deltaP.mean, exact.deltaP.mean, accuracy: 1e-6, label)
