@@ -67,12 +67,12 @@ public struct DivergenceReport: Codable, Sendable {
         public var rms: Double
         public var min: Double
         public var max: Double
-        /// "99.9", "99", "95", "90", "50", "10", "5", "1", "0.1" → value.
+        /// "99.9", "99", "95", "90", "75", "50", "25", "10", "5", "1", "0.1" → value.
         public var percentiles: [String: Double]
 
         public static let levels: [(String, Double)] = [
-            ("99.9", 0.999), ("99", 0.99), ("95", 0.95), ("90", 0.90), ("50", 0.5), ("10", 0.10), ("5", 0.05),
-            ("1", 0.01), ("0.1", 0.001),
+            ("99.9", 0.999), ("99", 0.99), ("95", 0.95), ("90", 0.90), ("75", 0.75), ("50", 0.5), ("25", 0.25), ("10", 0.10),
+            ("5", 0.05), ("1", 0.01), ("0.1", 0.001),
         ]
 
         public init(_ values: [Double]) {

@@ -147,7 +147,8 @@ public final class Session {
         let k = e.topK ?? BaseReference.defaultTopK
         let start = Date()
         var shown = start
-        let (r, cached) = try Workbench.reference(
+        let made: (reference: BaseReference, cached: Bool)
+        do { made = try Workbench.reference(
             base: base.model, basePath: basePath, tokens: try tokens(of: e.text), window: e.window, protocol: try perplexityProtocol(e),
             maxTokens: e.tokens, k: k, cacheDirectory: cacheDirectory, warning: { [weak self] in self?.say("warning: \($0)") }
         ) { [weak self] done, total in
@@ -155,7 +156,8 @@ public final class Session {
             shown = Date()
             let el = Date().timeIntervalSince(start)
             progressLine(String(format: "eval base (top-%d reference): window %d/%d  ETA %.0fs", k, done, total, el / Double(done) * Double(total - done)))
-        }
+        } } catch let err as EvaluationError { throw WorkbenchError("\(e.text): \(err.description) (base \(basePath), window \(e.window))") }
+        let (r, cached) = made
         say(String(format: "eval base: ppl %.4f%@ (top-%d reference, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", k, r.path))
         referenceMemo[key] = r
         return r

@@ -39,7 +39,7 @@ extension CLITests {
         XCTAssertEqual(d["top_k"] as? Int, 64)
         let kld = try XCTUnwrap(d["kld"] as? [String: Any])
         XCTAssertGreaterThan(try XCTUnwrap(kld["mean"] as? Double), 0)
-        XCTAssertEqual(Set((kld["percentiles"] as? [String: Double])?.keys ?? [:].keys), ["99.9", "99", "95", "90", "50", "10", "5", "1", "0.1"])
+        XCTAssertEqual(Set((kld["percentiles"] as? [String: Double])?.keys ?? [:].keys), ["99.9", "99", "95", "90", "75", "50", "25", "10", "5", "1", "0.1"])
         for key in ["reverse_kld_mean", "same_top_p", "ppl_ratio", "nll_correlation", "window_ln_ppl_correlation", "kld_bound_mean"] {
             XCTAssertNotNil(d[key] as? Double, key)
         }
