@@ -9,7 +9,10 @@ public struct DivergenceReport: Codable, Sendable {
     /// Where the base's distributions came from: its checkpoint, and the top-k reference file (nil: computed alongside).
     public var base: String
     public var referenceFile: String?
-    /// k of the top-k reference, nil for the full vocabulary.
+    /// "hidden" (the base's hidden states from the reference file, full vocabulary), "alongside" (the base run alongside,
+    /// full vocabulary) or "topk" (a top-k reference: KL_k and its bound).
+    public var referenceKind: String
+    /// k of a top-k reference, nil for the full vocabulary.
     public var topK: Int?
     public var protocolName: String
     public var window: Int
@@ -122,14 +125,14 @@ struct DivergenceAccumulator {
         return saa > 0 && sbb > 0 ? sab / (saa * sbb).squareRoot() : 1
     }
 
-    func report(base: String, referenceFile: String?, topK: Int?, protocol p: PerplexityProtocol, window W: Int) -> DivergenceReport {
+    func report(base: String, referenceFile: String?, kind: String, topK: Int?, protocol p: PerplexityProtocol, window W: Int) -> DivergenceReport {
         let n = kl.count
         let same = Double(self.same) / Double(n)
         let lnRatio = zip(nll, nllBase).map { $0 - $1 }
         let lnSummary = DivergenceReport.Summary(lnRatio)
         let meanNll = nll.reduce(0, +) / Double(n), meanNllBase = nllBase.reduce(0, +) / Double(n)
         return DivergenceReport(
-            base: base, referenceFile: referenceFile, topK: topK, protocolName: p.kind.rawValue, window: W,
+            base: base, referenceFile: referenceFile, referenceKind: kind, topK: topK, protocolName: p.kind.rawValue, window: W,
             firstScored: p.firstScored(W), bos: p.bos != nil, windows: windowNll.count, positions: n,
             kld: .init(kl), kldBoundMean: bound.isEmpty ? 0 : bound.reduce(0, +) / Double(n),
             reverseKldMean: reverse.reduce(0, +) / Double(n),
@@ -149,8 +152,8 @@ struct DivergenceAccumulator {
 }
 
 public enum Divergence {
-    /// Compares `model` with `base` on the full vocabulary: both run over the same windows, window by window
-    /// (`klDivergenceForward` per position in Double). The measurement the top-k reference is checked against.
+    /// Compares `model` with `base` on the full vocabulary: both run over the same windows (`klDivergenceForward` per
+    /// position in Double). `topKStudy`: also what top-k references of those k would give on the same positions.
     public static func compareExact(
         model: DecoderModel, base: DecoderModel, basePath: String, tokens: [Int32], window W: Int,
         protocol p: PerplexityProtocol, maxTokens: Int?, topKStudy: [Int] = [], progress: ((Int, Int) -> Void)? = nil
@@ -160,15 +163,89 @@ public enum Divergence {
             throw EvaluationError("the base (\(basePath)) has a vocabulary of \(base.config.vocabSize), the model \(V): not comparable")
         }
         let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: maxTokens, vocab: V)
-        let start = Date()
-        let baseEngine = TransformerDecoder(model: base, window: W)
+        let engine = TransformerDecoder(model: base, window: W)
         let C = base.config.hiddenSize
+        var current = -1
+        var hidden: UnsafePointer<Float>? = nil
+        return try compareFull(model: model, base: base, basePath: basePath, referenceFile: nil, tokens: tokens, window: W, protocol: p,
+                               windows: windows, topKStudy: topKStudy, progress: progress) { w, ids, t in
+            if w != current { hidden = engine.hiddenStates(ids); current = w }
+            return hidden! + t * C
+        }
+    }
+
+    /// Compares `model` with a base reference (`BaseReference`, made with the same tokens, window and protocol): a
+    /// `hidden` one gives the full-vocabulary figures with `base`'s LM head (the reference's base, checked by the
+    /// caller); a `topk` one, KL_k with its bound, the coarsened reverse KL, same-top-1, Δp, the PPL ratio and
+    /// correlations (`base` unused).
+    public static func compare(
+        model: DecoderModel, reference ref: BaseReference, base: DecoderModel, tokens: [Int32], topKStudy: [Int] = [],
+        progress: ((Int, Int) -> Void)? = nil
+    ) throws -> (DivergenceReport, PerplexityResult) {
+        let h = ref.header
+        let V = model.config.vocabSize, W = h.window, p = h.scoring
+        guard h.vocab == V else {
+            throw EvaluationError("\(ref.path): the reference's vocabulary is \(h.vocab), the model's \(V): not comparable")
+        }
+        let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: h.maxTokens, vocab: V)
+        guard windows == h.windows else {
+            throw EvaluationError("\(ref.path): the reference holds \(h.windows) windows, these tokens make \(windows)")
+        }
+        let P = p.predictedPerWindow(W), first = p.firstScored(W)
+        if h.kind == BaseReference.Kind.hidden.rawValue {
+            let C = h.hidden
+            guard base.config.hiddenSize == C, base.config.vocabSize == V else {
+                throw EvaluationError("\(ref.path): made with a base of hidden size \(C), not this base's \(base.config.hiddenSize)")
+            }
+            return try compareFull(model: model, base: base, basePath: h.basePath, referenceFile: ref.path, tokens: tokens, window: W,
+                                   protocol: p, windows: windows, topKStudy: topKStudy, progress: progress) { w, _, t in
+                ref.hiddenStates + (w * P + t - first) * C
+            }
+        }
+        guard topKStudy.isEmpty else { throw EvaluationError("a top-k study needs the full vocabulary (a hidden-state reference or the base alongside)") }
+        let k = h.k
+        let start = Date()
+        var acc = DivergenceAccumulator()
+        var kl = [Double](repeating: 0, count: 256), bound = kl, rkl = kl, nll = kl
+        var total = 0.0
+        try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
+            w, ids, t0, rows, _, logits in
+            let pos = w * P + (t0 - first)  // the reference's first row of this chunk
+            ids.withUnsafeBufferPointer { idp in
+                crossEntropyForward(nll: &nll, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
+            }
+            topKDivergenceForward(kl: &kl, bound: &bound, reverse: &rkl, ids: ref.ids + pos * k, logProbs: ref.logProbs + pos * k,
+                                  logRest: ref.logRest + pos, logits: logits, rows: rows, columns: V, k: k)
+            for i in 0..<rows {
+                let baseNll = -Double(ref.targetLogProbs[pos + i])
+                acc.kl.append(kl[i]); acc.bound.append(bound[i]); acc.reverse.append(rkl[i])
+                acc.nll.append(nll[i]); acc.nllBase.append(baseNll); total += nll[i]
+                acc.deltaP.append(Foundation.exp(-nll[i]) - Foundation.exp(-baseNll))
+                if Int32(argmax(logits + i * V, count: V)) == ref.ids[(pos + i) * k] { acc.same += 1 }
+            }
+            if t0 + rows == W - 1 { acc.endWindow(positions: P) }
+        }
+        guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
+        let report = acc.report(base: h.basePath, referenceFile: ref.path, kind: h.kind, topK: k, protocol: p, window: W)
+        return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
+    }
+
+    /// The full-vocabulary comparison: per chunk of the model's scored rows, the base's logits from its hidden states
+    /// (`baseHidden(w, ids, t)`: rows from position t of window w) through its LM head, then KL both ways in Double,
+    /// same top-1, Δp and NLL per position.
+    static func compareFull(
+        model: DecoderModel, base: DecoderModel, basePath: String, referenceFile: String?, tokens: [Int32], window W: Int,
+        protocol p: PerplexityProtocol, windows: Int, topKStudy: [Int], progress: ((Int, Int) -> Void)?,
+        baseHidden: (_ w: Int, _ ids: [Int32], _ t: Int) -> UnsafePointer<Float>
+    ) throws -> (DivergenceReport, PerplexityResult) {
+        let V = model.config.vocabSize
+        let start = Date()
+        let baseEngine = TransformerDecoder(model: base, window: 1)
         var acc = DivergenceAccumulator()
         let R = min(64, p.predictedPerWindow(W))
         var lp = [Double](repeating: 0, count: R * V)
         let baseLogits = Tensor(shape: [R, V])
         var nll = [Double](repeating: 0, count: R), nllBase = nll, kl = nll, rkl = nll
-        var baseHidden: UnsafePointer<Float>? = nil
         var total = 0.0
         if let bad = topKStudy.first(where: { $0 < 1 || $0 > V }) { throw EvaluationError("top-k \(bad) outside 1...\(V)") }
         // The top-k study: per k, Σ KL_k, Σ B and the same-top-1 count over the same positions.
@@ -176,14 +253,12 @@ public enum Divergence {
         let kMax = topKStudy.max() ?? 0
         var sIds = [Int32](repeating: 0, count: R * kMax), sLp = [Float](repeating: 0, count: R * kMax), sRest = [Float](repeating: 0, count: R)
         var sKl = [Double](repeating: 0, count: R), sBound = sKl
-        // The model's chunks are of up to 256 rows; the base's log-probs (Double) go R rows at a time.
         try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
-            w, ids, t0, rows, logits in
-            if t0 == p.firstScored(W) { baseHidden = baseEngine.hiddenStates(ids) }
+            w, ids, t0, rows, _, logits in
             var r0 = 0
             while r0 < rows {
                 let n = min(R, rows - r0), t = t0 + r0, z = logits + r0 * V
-                baseEngine.head(baseHidden! + t * C, rows: n, into: baseLogits.data)
+                baseEngine.head(baseHidden(w, ids, t), rows: n, into: baseLogits.data)
                 ids.withUnsafeBufferPointer { idp in
                     let target = idp.baseAddress! + t + 1
                     crossEntropyForward(nll: &nll, logits: z, targets: target, rows: n, columns: V)
@@ -210,10 +285,10 @@ public enum Divergence {
                 r0 += n
             }
             if t0 + rows == W - 1 { acc.endWindow(positions: p.predictedPerWindow(W)) }
-            _ = w
         }
         guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
-        var report = acc.report(base: basePath, referenceFile: nil, topK: nil, protocol: p, window: W)
+        var report = acc.report(base: basePath, referenceFile: referenceFile, kind: referenceFile == nil ? "alongside" : "hidden",
+                                topK: nil, protocol: p, window: W)
         if !topKStudy.isEmpty {
             let n = Double(acc.kl.count), full = report.kld.mean
             report.topKErrors = zip(topKStudy, study).map { k, s in
@@ -222,47 +297,6 @@ public enum Divergence {
                                            bytesPerPosition: 8 * k + 8, fractionOfFull16Bit: Double(8 * k + 8) / Double(2 * V))
             }
         }
-        return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
-    }
-
-    /// Compares `model` with a base's top-k reference (`BaseReference`, made with the same tokens, window and
-    /// protocol): KL_k with its bound, the coarsened reverse KL, same-top-1, Δp, the PPL ratio and correlations.
-    public static func compare(
-        model: DecoderModel, reference ref: BaseReference, tokens: [Int32], progress: ((Int, Int) -> Void)? = nil
-    ) throws -> (DivergenceReport, PerplexityResult) {
-        let h = ref.header
-        let V = model.config.vocabSize, W = h.window, p = h.scoring, k = h.k
-        guard h.vocab == V else {
-            throw EvaluationError("\(ref.path): the reference's vocabulary is \(h.vocab), the model's \(V): not comparable")
-        }
-        let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: h.maxTokens, vocab: V)
-        guard windows == h.windows else {
-            throw EvaluationError("\(ref.path): the reference holds \(h.windows) windows, these tokens make \(windows)")
-        }
-        let start = Date()
-        var acc = DivergenceAccumulator()
-        let P = p.predictedPerWindow(W)
-        var kl = [Double](repeating: 0, count: 256), bound = kl, rkl = kl, nll = kl
-        var total = 0.0
-        try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
-            w, ids, t0, rows, logits in
-            let pos = w * P + (t0 - p.firstScored(W))  // the reference's first row of this chunk
-            ids.withUnsafeBufferPointer { idp in
-                crossEntropyForward(nll: &nll, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
-            }
-            topKDivergenceForward(kl: &kl, bound: &bound, reverse: &rkl, ids: ref.ids + pos * k, logProbs: ref.logProbs + pos * k,
-                                  logRest: ref.logRest + pos, logits: logits, rows: rows, columns: V, k: k)
-            for i in 0..<rows {
-                let baseNll = -Double(ref.targetLogProbs[pos + i])
-                acc.kl.append(kl[i]); acc.bound.append(bound[i]); acc.reverse.append(rkl[i])
-                acc.nll.append(nll[i]); acc.nllBase.append(baseNll); total += nll[i]
-                acc.deltaP.append(Foundation.exp(-nll[i]) - Foundation.exp(-baseNll))
-                if Int32(argmax(logits + i * V, count: V)) == ref.ids[(pos + i) * k] { acc.same += 1 }
-            }
-            if t0 + rows == W - 1 { acc.endWindow(positions: P) }
-        }
-        guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
-        let report = acc.report(base: h.basePath, referenceFile: ref.path, topK: k, protocol: p, window: W)
         return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
     }
 

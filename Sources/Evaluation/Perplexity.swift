@@ -152,12 +152,13 @@ public enum Perplexity {
     }
 
     /// Runs `model` over the windows and hands over the logits of the scored positions in chunks of at most
-    /// `rowsPerChunk` rows: `body(w, ids, t0, rows, logits)` gets window w's ids and the logits (rows × V) of positions
-    /// t0 ..< t0 + rows, which predict ids[t0 + 1 ..< t0 + rows + 1]. Windows and chunks come in order.
+    /// `rowsPerChunk` rows: `body(w, ids, t0, rows, hidden, logits)` gets window w's ids, the final hidden states
+    /// (rows × C, what the LM head multiplies) and the logits (rows × V) of positions t0 ..< t0 + rows, which predict
+    /// ids[t0 + 1 ..< t0 + rows + 1]. Windows and chunks come in order.
     public static func forEachScoredChunk(
         model: DecoderModel, tokens: [Int32], window W: Int, protocol p: PerplexityProtocol, windows: Int,
         progress: ((Int, Int) -> Void)? = nil,
-        _ body: (_ w: Int, _ ids: [Int32], _ t0: Int, _ rows: Int, _ logits: UnsafePointer<Float>) throws -> Void
+        _ body: (_ w: Int, _ ids: [Int32], _ t0: Int, _ rows: Int, _ hidden: UnsafePointer<Float>, _ logits: UnsafePointer<Float>) throws -> Void
     ) rethrows {
         let engine = TransformerDecoder(model: model, window: W)
         let C = model.config.hiddenSize, V = model.config.vocabSize
@@ -170,7 +171,7 @@ public enum Perplexity {
             while t0 < W - 1 {
                 let rows = min(R, W - 1 - t0)
                 engine.head(h + t0 * C, rows: rows, into: logits.data)
-                try body(w, ids, t0, rows, logits.data)
+                try body(w, ids, t0, rows, h + t0 * C, logits.data)
                 t0 += rows
             }
             progress?(w + 1, windows)
@@ -189,7 +190,7 @@ public enum Perplexity {
         let start = Date()
         var nll = [Double](repeating: 0, count: W)
         var total = 0.0
-        forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) { _, ids, t0, rows, logits in
+        forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) { _, ids, t0, rows, _, logits in
             // Row t predicts token t + 1 (with BOS: row 0, the BOS, predicts the chunk's first).
             ids.withUnsafeBufferPointer { idp in
                 nll.withUnsafeMutableBufferPointer { out in

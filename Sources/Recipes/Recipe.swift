@@ -30,6 +30,8 @@ public struct Recipe {
         /// Whether eval stages measure the divergence from the base (nil: yes), and the top-k of the base reference
         /// (nil: the evaluator's default, `BaseReference.defaultTopK`). Unset keys stay out of cache keys.
         public var kld: Bool? = nil
+        /// The base reference's kind: "hidden" (nil, the default: the base's hidden states, exact) or "topk".
+        public var reference: String? = nil
         public var topK: Int? = nil
         public static let protocols = ["pinned", "llamacpp"]
         public init() {}
@@ -102,7 +104,11 @@ public struct Recipe {
                 throw RecipeError("\(path): 'eval.window': llama.cpp's protocol needs at least 4, found \(evaluation.window)")
             }
             if e.has("kld") { evaluation.kld = try e.bool("kld") }
+            if e.has("reference") { evaluation.reference = try e.string("reference", oneOf: ["hidden", "topk"]) }
             evaluation.topK = try e.optionalInt("top_k", in: 1...(1 << 20))
+            if evaluation.topK != nil && evaluation.reference != "topk" {
+                throw RecipeError("\(path): 'eval.top_k' is for \"reference\": \"topk\" (the default reference keeps the base's hidden states)")
+            }
             evaluation.tokens = try e.optionalInt("tokens", in: 2...Int.max)
             try e.finish()
         }

@@ -138,13 +138,14 @@ public final class Session {
         try Workbench.perplexityProtocol(base.tokenizer, path: basePath, kind: PerplexityProtocol.Kind(rawValue: e.protocol ?? "pinned") ?? .pinned)
     }
 
-    /// The base's top-k reference for these eval settings (nil when they set "kld": false): once per session, kept
-    /// in the cache directory (a temporary file without one).
+    /// The base's reference for these eval settings (hidden states, or top-k with "reference": "topk"; nil when they set
+    /// "kld": false): once per session, kept in the cache directory (a temporary file without one).
     public func baseReference(_ e: Recipe.Evaluation) throws -> BaseReference? {
         guard e.kld ?? true else { return nil }
         let key = jsonValue(e).text
         if let r = referenceMemo[key] { return r }
-        let k = e.topK ?? BaseReference.defaultTopK
+        let k = e.reference == "topk" ? e.topK ?? BaseReference.defaultTopK : nil
+        let what = k.map { "top-\($0) reference" } ?? "hidden-state reference"
         let start = Date()
         var shown = start
         let made: (reference: BaseReference, cached: Bool)
@@ -155,10 +156,10 @@ public final class Session {
             guard let self, self.progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
             shown = Date()
             let el = Date().timeIntervalSince(start)
-            progressLine(String(format: "eval base (top-%d reference): window %d/%d  ETA %.0fs", k, done, total, el / Double(done) * Double(total - done)))
+            progressLine(String(format: "eval base (%@): window %d/%d  ETA %.0fs", what, done, total, el / Double(done) * Double(total - done)))
         } } catch let err as EvaluationError { throw WorkbenchError("\(e.text): \(err.description) (base \(basePath), window \(e.window))") }
         let (r, cached) = made
-        say(String(format: "eval base: ppl %.4f%@ (top-%d reference, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", k, r.path))
+        say(String(format: "eval base: ppl %.4f%@ (%@, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", what, r.path))
         referenceMemo[key] = r
         return r
     }
@@ -321,7 +322,7 @@ public final class Session {
                 diagnostics = jsonValue(r)
             case is EvalStage:
                 if let reference {
-                    (ppl, divergence) = try Workbench.measureDivergence(model, reference: reference, tokens: test, source: e.text,
+                    (ppl, divergence) = try Workbench.measureDivergence(model, reference: reference, base: base.model, tokens: test, source: e.text,
                                                                         label: label, progress: progress)
                 } else {
                     ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,

@@ -41,13 +41,18 @@ public struct EvalReport: Codable {
 
 /// The base a model is compared with (`compress eval --reference`).
 public struct ReferenceOptions {
+    /// How the base's distributions are had: from a `hidden` reference file (the default; exact), a `topk` one, or
+    /// by running the base `alongside` (exact, no file).
+    public enum Kind: String, CaseIterable, Sendable { case hidden, topk, alongside }
     /// The base checkpoint.
     public var base: String
-    /// Top-k of the stored reference; 0: the full vocabulary, the base run alongside (no file).
+    public var kind = Kind.hidden
+    /// k of a `topk` reference.
     public var topK: Int = BaseReference.defaultTopK
     /// Where references are kept (nil: a temporary file, removed after use).
     public var cacheDirectory: String? = ".cache/compress"
-    /// With top-k 0: the k whose top-k reference errors to measure on the same positions (`DivergenceReport.topKErrors`).
+    /// With a full-vocabulary kind: the k whose top-k reference errors to measure on the same positions
+    /// (`DivergenceReport.topKErrors`).
     public var topKStudy: [Int] = []
     public init(base: String) { self.base = base }
 }
@@ -119,23 +124,25 @@ public enum Workbench {
                           referenceCached: cachedReference)
     }
 
-    /// Measures `ckpt` against the base of `options` on the same windows: against its top-k reference (from the
-    /// cache or built), or, with top-k 0, the base run alongside on the full vocabulary.
+    /// Measures `ckpt` against the base of `options` on the same windows: against its reference file (from the cache or
+    /// built), or with the base run alongside.
     static func compare(_ ckpt: Checkpoint, path: String, tokens: [Int32], window: Int, protocol scoring: PerplexityProtocol,
                         maxTokens: Int?, reference options: ReferenceOptions, meter: (String) -> (Int, Int) -> Void)
         throws -> (DivergenceReport, PerplexityResult, Bool) {
         let base = try Checkpoint.read(options.base)
         try checkComparable(model: ckpt, path: path, base: base, basePath: options.base)
-        if options.topK == 0 {
+        if options.kind == .alongside {
             let (d, r) = try Divergence.compareExact(model: ckpt.model, base: base.model, basePath: options.base, tokens: tokens,
                                                      window: window, protocol: scoring, maxTokens: maxTokens, topKStudy: options.topKStudy,
                                                      progress: meter("eval against the base (full vocabulary)"))
             return (d, r, false)
         }
+        let k = options.kind == .topk ? options.topK : nil
         let ref = try reference(base: base.model, basePath: options.base, tokens: tokens, window: window, protocol: scoring,
-                                maxTokens: maxTokens, k: options.topK, cacheDirectory: options.cacheDirectory,
-                                progress: meter("base reference (top-\(options.topK))"))
-        let (d, r) = try Divergence.compare(model: ckpt.model, reference: ref.reference, tokens: tokens, progress: meter("eval"))
+                                maxTokens: maxTokens, k: k, cacheDirectory: options.cacheDirectory,
+                                progress: meter("base reference (\(k.map { "top-\($0)" } ?? "hidden states"))"))
+        let (d, r) = try Divergence.compare(model: ckpt.model, reference: ref.reference, base: base.model, tokens: tokens,
+                                            topKStudy: options.topKStudy, progress: meter("eval"))
         return (d, r, ref.cached)
     }
 
@@ -149,15 +156,17 @@ public enum Workbench {
         }
     }
 
-    /// The top-k reference of a base on these windows: from `cacheDirectory` (built there on first use), or built in a
-    /// temporary file when there is no cache (the file is unlinked at once; the map keeps it readable).
+    /// The reference of a base on these windows (hidden states, or top-k when `k` is given): from `cacheDirectory`
+    /// (built there on first use), or built in a temporary file when there is no cache (removed once mapped; the map
+    /// keeps it readable).
     public static func reference(base: DecoderModel, basePath: String, tokens: [Int32], window: Int, protocol scoring: PerplexityProtocol,
-                                 maxTokens: Int?, k: Int, cacheDirectory: String?, warning: (String) -> Void = { progressLine("warning: \($0)") },
+                                 maxTokens: Int?, k: Int?, cacheDirectory: String?, warning: (String) -> Void = { progressLine("warning: \($0)") },
                                  progress: ((Int, Int) -> Void)? = nil) throws -> (reference: BaseReference, cached: Bool) {
         let baseHash: String
         do { baseHash = try fileContentHash(basePath) } catch let e as RecipeError { throw WorkbenchError(e.description) }
-        let header = try BaseReference.header(basePath: basePath, baseHash: baseHash, vocab: base.config.vocabSize, tokens: tokens,
-                                              window: window, protocol: scoring, maxTokens: maxTokens, k: k)
+        let header = try BaseReference.header(basePath: basePath, baseHash: baseHash, vocab: base.config.vocabSize,
+                                              hidden: base.config.hiddenSize, tokens: tokens, window: window, protocol: scoring,
+                                              maxTokens: maxTokens, k: k)
         if let cacheDirectory {
             return try BaseReference.cached(directory: cacheDirectory, header: header, base: base, tokens: tokens, warning: warning, progress: progress)
         }

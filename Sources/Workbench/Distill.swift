@@ -163,12 +163,12 @@ extension Workbench {
 extension Workbench {
     /// Perplexity of `model` and its divergence from the base of `reference` (made with these tokens and settings),
     /// with progress lines labelled `label`.
-    static func measureDivergence(_ model: DecoderModel, reference: BaseReference, tokens: [Int32], source: String, label: String,
-                                  progress: Bool) throws -> (Double, DivergenceReport) {
+    static func measureDivergence(_ model: DecoderModel, reference: BaseReference, base: DecoderModel, tokens: [Int32], source: String,
+                                  label: String, progress: Bool) throws -> (Double, DivergenceReport) {
         let start = Date()
         var shown = start
         do {
-            let (d, r) = try Divergence.compare(model: model, reference: reference, tokens: tokens) { done, total in
+            let (d, r) = try Divergence.compare(model: model, reference: reference, base: base, tokens: tokens) { done, total in
                 guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
                 shown = Date()
                 let el = Date().timeIntervalSince(start)

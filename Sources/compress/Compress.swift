@@ -44,6 +44,7 @@ func reportingErrors(json: Bool, _ body: () throws -> Void) throws {
 }
 
 extension PerplexityProtocol.Kind: ExpressibleByArgument {}
+extension ReferenceOptions.Kind: ExpressibleByArgument {}
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -53,8 +54,9 @@ struct Eval: ParsableCommand {
             tokens each when the tokenizer adds BOS; llamacpp: llama-perplexity's, chunks of --window (512 by default), BOS first \
             when the tokenizer adds one, only the second half of each chunk scored.
             With --reference BASE: mean KL(base || model) per token with percentiles, the reverse KL, the share of positions with \
-            the same top-1 token, Δp of the correct token, the PPL ratio and correlations, from a top-k reference of the base \
-            (computed once per base, text and protocol, kept in --cache); --top-k 0 runs the base alongside on the full vocabulary.
+            the same top-1 token, Δp of the correct token, the PPL ratio and correlations, on the full vocabulary from a reference \
+            of the base's hidden states (computed once per base, text and protocol, kept in --cache); --reference-kind topk keeps \
+            only the base's top-k (--top-k) and reports KL_k with its bound; alongside runs the base next to the model.
             """)
 
     @Argument(help: "Checkpoint (.h5).") var checkpoint: String
@@ -66,8 +68,10 @@ struct Eval: ParsableCommand {
     @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3, qwen2).") var preTokenizer: String?
     @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
     @Option(help: "Base checkpoint to measure the divergence from (same vocabulary).") var reference: String?
-    @Option(parsing: .unconditional, help: "Top-k of the base reference (0: the full vocabulary, base run alongside).") var topK = BaseReference.defaultTopK
-    @Option(help: "With --top-k 0: also measure what top-k references of these k (comma-separated) would give on the same positions.")
+    @Option(help: "How the base's distributions are had: hidden (a reference of its hidden states, exact), topk, alongside.")
+    var referenceKind: ReferenceOptions.Kind = .hidden
+    @Option(parsing: .unconditional, help: "k of a top-k reference (--reference-kind topk).") var topK: Int?
+    @Option(help: "With --reference-kind hidden or alongside: also measure what top-k references of these k (comma-separated) would give on the same positions.")
     var topKStudy: String?
     @Option(help: "Directory of cached base references.") var cache = ".cache/compress"
     @Flag(help: "Neither read nor write cached base references.") var noCache = false
@@ -89,9 +93,14 @@ struct Eval: ParsableCommand {
         if let m = maxTokens, m < W - 1 {
             throw ValidationError("--max-tokens \(m) is less than one window of \(W) (\(W - 1) stream tokens after a BOS)")
         }
-        guard (0...(1 << 20)).contains(topK) else { throw ValidationError("--top-k must lie in 0...\(1 << 20) (0: full vocabulary), got \(topK)") }
-        if reference == nil && topK != BaseReference.defaultTopK { throw ValidationError("--top-k needs --reference BASE") }
-        if topKStudy != nil && (reference == nil || topK != 0) { throw ValidationError("--top-k-study needs --reference BASE --top-k 0") }
+        if let k = topK {
+            guard (1...(1 << 20)).contains(k) else { throw ValidationError("--top-k must lie in 1...\(1 << 20), got \(k)") }
+            guard referenceKind == .topk else { throw ValidationError("--top-k needs --reference BASE --reference-kind topk") }
+        }
+        if reference == nil && referenceKind != .hidden { throw ValidationError("--reference-kind needs --reference BASE") }
+        if topKStudy != nil && (reference == nil || referenceKind == .topk) {
+            throw ValidationError("--top-k-study needs --reference BASE with --reference-kind hidden or alongside (the full vocabulary)")
+        }
         if let s = topKStudy, studied == nil { throw ValidationError("--top-k-study: expected positive integers separated by commas, got '\(s)'") }
     }
 
@@ -101,7 +110,8 @@ struct Eval: ParsableCommand {
             var ref: ReferenceOptions? = nil
             if let reference {
                 ref = ReferenceOptions(base: reference)
-                ref!.topK = topK
+                ref!.kind = referenceKind
+                ref!.topK = topK ?? BaseReference.defaultTopK
                 ref!.cacheDirectory = noCache ? nil : cache
                 ref!.topKStudy = studied ?? []
             }
@@ -126,7 +136,8 @@ struct Eval: ParsableCommand {
 
 /// The divergence block of `compress eval --reference` (llama.cpp's figures and ours), one figure per line.
 func formatDivergence(_ d: DivergenceReport) -> String {
-    var s = "divergence from \(d.base) (\(d.topK.map { "top-\($0) reference" } ?? "full vocabulary"), \(d.positions) positions)\n"
+    let how = d.topK.map { "top-\($0) reference" } ?? (d.referenceKind == "alongside" ? "full vocabulary, base alongside" : "full vocabulary, hidden-state reference")
+    var s = "divergence from \(d.base) (\(how), \(d.positions) positions)\n"
     s += String(format: "  PPL base %.4f  model %.4f  ratio %.5f  mean ln(PPL ratio) %.6f ± %.6f\n", d.pplBase, d.pplModel, d.pplRatio,
                 d.meanLnPplRatio, d.meanLnPplRatioStandardError)
     s += String(format: "  Cor(NLL per token) %.4f   Cor(ln PPL per window) %.4f\n", d.nllCorrelation, d.windowLnPplCorrelation)

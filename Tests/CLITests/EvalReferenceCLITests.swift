@@ -36,7 +36,9 @@ extension CLITests {
         let j = try XCTUnwrap(first.json)
         let d = try XCTUnwrap(j["divergence"] as? [String: Any])
         XCTAssertEqual(j["reference_cached"] as? Bool, false)
-        XCTAssertEqual(d["top_k"] as? Int, 64)
+        XCTAssertNil(d["top_k"] as? Int)
+        XCTAssertEqual(d["reference_kind"] as? String, "hidden")
+        XCTAssertEqual(d["kld_bound_mean"] as? Double, 0)
         let kld = try XCTUnwrap(d["kld"] as? [String: Any])
         XCTAssertGreaterThan(try XCTUnwrap(kld["mean"] as? Double), 0)
         XCTAssertEqual(Set((kld["percentiles"] as? [String: Double])?.keys ?? [:].keys), ["99.9", "99", "95", "90", "75", "50", "25", "10", "5", "1", "0.1"])
@@ -47,16 +49,20 @@ extension CLITests {
         // The same figures without a reference: the evaluator's PPL.
         let plain = try run(["eval", model, "--text", text, "--window", "32", "--json"])
         XCTAssertEqual(plain.json?["ppl"] as? Double, j["ppl"] as? Double)
-        // Second run: the reference comes from the cache; k = V and the full vocabulary agree.
+        // Second run: the reference comes from the cache; the base alongside gives the same figures; a top-k
+        // reference with k = V too, and with a small k a lower bound.
         let again = try run(common)
         XCTAssertEqual(again.json?["reference_cached"] as? Bool, true)
-        let all = try run(common + ["--top-k", String(V)]), exact = try run(common + ["--top-k", "0"])
-        XCTAssertEqual(all.status, 0, all.stderr)
-        XCTAssertEqual(exact.status, 0, exact.stderr)
-        let a = try XCTUnwrap(((all.json?["divergence"] as? [String: Any])?["kld"] as? [String: Any])?["mean"] as? Double)
-        let e = try XCTUnwrap(((exact.json?["divergence"] as? [String: Any])?["kld"] as? [String: Any])?["mean"] as? Double)
-        XCTAssertEqual(a, e, accuracy: 1e-5 * e)
-        XCTAssertNil((exact.json?["divergence"] as? [String: Any])?["top_k"] as? Int)
+        func mean(_ r: Result) throws -> Double {
+            XCTAssertEqual(r.status, 0, r.stderr)
+            return try XCTUnwrap(((r.json?["divergence"] as? [String: Any])?["kld"] as? [String: Any])?["mean"] as? Double)
+        }
+        let hidden = try mean(first)
+        XCTAssertEqual(try mean(run(common + ["--reference-kind", "alongside"])), hidden)
+        XCTAssertEqual(try mean(run(common + ["--reference-kind", "topk", "--top-k", String(V)])), hidden, accuracy: 1e-5 * hidden)
+        XCTAssertLessThan(try mean(run(common + ["--reference-kind", "topk", "--top-k", "4"])), hidden)
+        let study = try run(common + ["--top-k-study", "4,16"])
+        XCTAssertEqual(((study.json?["divergence"] as? [String: Any])?["top_k_errors"] as? [[String: Any]])?.count, 2)
         // Text output: llama.cpp's figures.
         let t = try run(["eval", model, "--text", text, "--window", "32", "--reference", base, "--no-cache"])
         XCTAssertEqual(t.status, 0, t.stderr)
@@ -73,7 +79,9 @@ extension CLITests {
         XCTAssertTrue((other.json?["error"] as? String ?? "").contains("foreign.h5"), other.stdout)
         // --top-k without --reference, a negative one.
         XCTAssertEqual(try run(["eval", model, "--text", text, "--top-k", "5"]).status, 64)
-        XCTAssertNotEqual(try run(["eval", model, "--text", text, "--reference", base, "--top-k", "-1"]).status, 0)
+        XCTAssertEqual(try run(["eval", model, "--text", text, "--reference", base, "--top-k", "5"]).status, 64, "--top-k is for topk")
+        XCTAssertNotEqual(try run(["eval", model, "--text", text, "--reference", base, "--reference-kind", "topk", "--top-k", "-1"]).status, 0)
+        XCTAssertEqual(try run(["eval", model, "--text", text, "--reference", base, "--reference-kind", "topk", "--top-k-study", "4"]).status, 64)
     }
 
     func testEvalWithLlamaCppProtocol() throws {
@@ -112,7 +120,7 @@ extension CLITests {
         XCTAssertNotNil(j["kld_p99_after"] as? Double)
         XCTAssertNotNil(j["same_top_p_after"] as? Double)
         XCTAssertEqual(j["eval_protocol"] as? String, "pinned")
-        XCTAssertTrue(r.stderr.contains("top-64 reference"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("hidden-state reference"), r.stderr)
         // The text report's before/after table.
         let t = try launch(["apply", try recipe(dir, "a.json", text, stages: stages), "--cache", cache])
         XCTAssertTrue(t.stdout.contains("mean KLD") && t.stdout.contains("before (base)") && t.stdout.contains("100.00 %"), t.stdout)

@@ -112,18 +112,19 @@ final class DivergenceEvaluationTests: XCTestCase {
     func testTopKReferenceAgainstExact() throws {
         let base = try Self.model(), m = Self.perturbed(base, by: 0.3)
         let tokens = try BOSPerplexityTests.stream("tiny-llama")
-        let V = base.config.vocabSize, W = 16
+        let V = base.config.vocabSize, C = base.config.hiddenSize, W = 16
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("divergence-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         for p in [PerplexityProtocol.noBOS, PerplexityProtocol(kind: .llamacpp, bos: 1)] {
             let (exact, _) = try Divergence.compareExact(model: m, base: base, basePath: "base", tokens: tokens, window: W, protocol: p,
                                                          maxTokens: nil, topKStudy: [V, 8, 2])
             for (si, k) in [V, 8, 2].enumerated() {
-                let h = try BaseReference.header(basePath: "base", baseHash: "h", vocab: V, tokens: tokens, window: W, protocol: p, maxTokens: nil, k: k)
+                let h = try BaseReference.header(basePath: "base", baseHash: "h", vocab: V, hidden: C, tokens: tokens, window: W, protocol: p,
+                                                 maxTokens: nil, k: k)
                 let (ref, cached) = try BaseReference.cached(directory: dir, header: h, base: base, tokens: tokens)
                 XCTAssertFalse(cached)
                 XCTAssertEqual(ref.header.ppl!, exact.pplBase, accuracy: 1e-9 * exact.pplBase)
-                let (d, _) = try Divergence.compare(model: m, reference: ref, tokens: tokens)
+                let (d, _) = try Divergence.compare(model: m, reference: ref, base: base, tokens: tokens)
                 let label = "\(p.name), k \(k)"
                 // The study in the full-vocabulary run predicts the reference's figures.
                 let study = try XCTUnwrap(exact.topKErrors?[si])
@@ -146,11 +147,29 @@ final class DivergenceEvaluationTests: XCTestCase {
                 let (again, hit) = try BaseReference.cached(directory: dir, header: h, base: base, tokens: tokens)
                 XCTAssertTrue(hit, label)
                 XCTAssertEqual(again.path, ref.path)
-                let (own, _) = try Divergence.compare(model: base, reference: ref, tokens: tokens)
+                let (own, _) = try Divergence.compare(model: base, reference: ref, base: base, tokens: tokens)
                 XCTAssertLessThan(own.kld.max, 1e-5, label)
                 XCTAssertEqual(own.sameTopP, 1, label)
                 XCTAssertEqual(own.pplRatio, 1, accuracy: 1e-6, label)
             }
+            // The hidden-state reference gives the full-vocabulary figures, the same floats as the base run alongside.
+            let h = try BaseReference.header(basePath: "base", baseHash: "h", vocab: V, hidden: C, tokens: tokens, window: W, protocol: p,
+                                             maxTokens: nil, k: nil)
+            let (ref, _) = try BaseReference.cached(directory: dir, header: h, base: base, tokens: tokens)
+            XCTAssertEqual(ref.header.kind, "hidden")
+            XCTAssertEqual(BaseReference.bytesPerPosition(ref.header), 4 * C + 4)
+            let (d, r) = try Divergence.compare(model: m, reference: ref, base: base, tokens: tokens, topKStudy: [V, 8, 2])
+            XCTAssertEqual(d.kld.mean, exact.kld.mean, p.name)
+            XCTAssertEqual(d.kld.percentiles, exact.kld.percentiles, p.name)
+            XCTAssertEqual(d.reverseKldMean, exact.reverseKldMean, p.name)
+            XCTAssertEqual(d.sameTopP, exact.sameTopP, p.name)
+            XCTAssertEqual(d.deltaP.mean, exact.deltaP.mean, p.name)
+            XCTAssertEqual(d.pplBase, exact.pplBase, p.name)
+            XCTAssertEqual(d.referenceKind, "hidden")
+            XCTAssertEqual(exact.referenceKind, "alongside")
+            XCTAssertEqual(d.topKErrors?.map(\.kldMean), exact.topKErrors?.map(\.kldMean))
+            XCTAssertEqual(r.totalNll, try Perplexity.evaluate(model: m, tokens: tokens, window: W, protocol: p).totalNll)
+            XCTAssertEqual(ref.header.ppl!, exact.pplBase, accuracy: 1e-9 * exact.pplBase)
         }
     }
 
@@ -161,14 +180,16 @@ final class DivergenceEvaluationTests: XCTestCase {
         let V = base.config.vocabSize
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("reference-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let h = try BaseReference.header(basePath: "base", baseHash: "h", vocab: V, tokens: tokens, window: 16, protocol: .noBOS, maxTokens: nil, k: 4)
+        let h = try BaseReference.header(basePath: "base", baseHash: "h", vocab: V, hidden: base.config.hiddenSize, tokens: tokens, window: 16,
+                                         protocol: .noBOS, maxTokens: nil, k: 4)
         let (ref, _) = try BaseReference.cached(directory: dir, header: h, base: base, tokens: tokens)
         let path = ref.path
         var other = h
         other.baseHash = "another base"
         XCTAssertNotEqual(BaseReference.fileName(other), BaseReference.fileName(h))
         for (change, key) in [({ (x: inout BaseReference.Header) in x.window = 8 }, "window"), ({ $0.protocolName = "llamacpp" }, "protocol"),
-                              ({ $0.tokensHash = "x" }, "tokens"), ({ $0.k = 5 }, "k")] as [((inout BaseReference.Header) -> Void, String)] {
+                              ({ $0.tokensHash = "x" }, "tokens"), ({ $0.k = 5 }, "k"),
+                              ({ $0.kind = "hidden"; $0.k = 0; $0.hidden = 16 }, "kind")] as [((inout BaseReference.Header) -> Void, String)] {
             var x = h
             change(&x)
             XCTAssertNotEqual(BaseReference.fileName(x), BaseReference.fileName(h), key)

@@ -20,7 +20,7 @@ public func logSoftmaxDouble(out: UnsafeMutablePointer<Double>, logits: UnsafePo
 
 /// Per row, KL(p ‖ q) = Σ_j p_j (log p_j − log q_j) and, when `reverse` is given, KL(q ‖ p), in nats: p given by
 /// its log-probabilities `reference` (T × V, Double: `logSoftmaxDouble` of the base's logits), q = softmax(logits)
-/// (as `logSoftmaxDouble`); exponentials in Double (libm), each row summed in Double in index order.
+/// (as `logSoftmaxDouble`); exponentials in Double (`fastExpDouble`, 1e-15), each row summed in Double.
 public func klDivergenceForward(
     kl: UnsafeMutablePointer<Double>, reverse: UnsafeMutablePointer<Double>?, reference: UnsafePointer<Double>,
     logits: UnsafePointer<Float>, rows T: Int, columns V: Int
@@ -33,12 +33,12 @@ public func klDivergenceForward(
             if let reverse {
                 for j in 0..<V {
                     let a = lp[j], c = Double(z[j]) - lse
-                    f += Foundation.exp(a) * (a - c)
-                    b += Foundation.exp(c) * (c - a)
+                    f = Relaxed.multiplyAdd(fastExpDouble(a), a - c, f)
+                    b = Relaxed.multiplyAdd(fastExpDouble(c), c - a, b)
                 }
                 reverse[t] = b
             } else {
-                for j in 0..<V { let a = lp[j]; f += Foundation.exp(a) * (a - (Double(z[j]) - lse)) }
+                for j in 0..<V { let a = lp[j]; f = Relaxed.multiplyAdd(fastExpDouble(a), a - (Double(z[j]) - lse), f) }
             }
             kl[t] = f
         }
