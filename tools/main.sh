@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs missing system packages, builds, fetches and prepares the real model and text on first
-# use, then runs the default compression recipe on SmolLM2-135M (recipes/smollm2-main.json: depth pruning,
-# distillation, 4-bit quantization, an evaluation after each) and prints the before/after report.
+# use, then runs the default compression recipe on SmolLM2-135M (recipes/smollm2-main.json: CPTQuant 5-bit with
+# an 8-bit embedding, an evaluation on the whole test split against the base, a GGUF export) and prints the
+# before/after table (size, bits per weight, PPL ratio, mean KLD, same top-1).
 #   tools/main.sh                          the default recipe
 #   tools/main.sh recipes/NAME.json [...]  another recipe (extra arguments go to `compress apply`, e.g. --json)
 #   tools/main.sh eval [...]               only the base model's perplexity on the test split (window 2048)

@@ -242,8 +242,7 @@ public enum Divergence {
         let start = Date()
         let baseEngine = TransformerDecoder(model: base, window: 1)
         var acc = DivergenceAccumulator()
-        let R = min(64, p.predictedPerWindow(W))
-        var lp = [Double](repeating: 0, count: R * V)
+        let R = min(Perplexity.rowsPerChunk, p.predictedPerWindow(W))
         let baseLogits = Tensor(shape: [R, V])
         var nll = [Double](repeating: 0, count: R), nllBase = nll, kl = nll, rkl = nll
         var total = 0.0
@@ -263,8 +262,7 @@ public enum Divergence {
                     let target = idp.baseAddress! + t + 1
                     crossEntropyForward(nll: &nll, logits: z, targets: target, rows: n, columns: V)
                     crossEntropyForward(nll: &nllBase, logits: baseLogits.data, targets: target, rows: n, columns: V)
-                    lp.withUnsafeMutableBufferPointer { logSoftmaxDouble(out: $0.baseAddress!, logits: baseLogits.data, rows: n, columns: V) }
-                    klDivergenceForward(kl: &kl, reverse: &rkl, reference: lp, logits: z, rows: n, columns: V)
+                    klDivergenceForward(kl: &kl, reverse: &rkl, reference: baseLogits.data, logits: z, rows: n, columns: V)
                     for (si, k) in topKStudy.enumerated() {
                         topKLogSoftmax(ids: &sIds, logProbs: &sLp, logRest: &sRest, targetLogProbs: nil, targets: nil,
                                        logits: baseLogits.data, rows: n, columns: V, k: k)

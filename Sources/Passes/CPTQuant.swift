@@ -782,8 +782,8 @@ final class DamageProbe {
     private let fwd: ResumableForward
     /// Per window: the saved residuals, (S + 1) × T × C.
     private var saved: [[Float]] = []
-    /// Per window: log p_base, T × V, in Double (the damages are small differences of log-probabilities).
-    private var baseLogProbs: [[Double]] = []
+    /// Per window: the base's logits, T × V (the KL kernel takes both distributions as logits, in Double inside).
+    private var baseLogits: [[Float]] = []
 
     init(model given: DecoderModel, windows: [[Int32]]) {
         model = given.copy()  // written into and restored; never the model given
@@ -794,9 +794,7 @@ final class DamageProbe {
         for ids in windows {
             let logits = fwd.run(ids)
             saved.append(Array(UnsafeBufferPointer(start: fwd.states.data, count: (S + 1) * T * C)))
-            var lp = [Double](repeating: 0, count: T * V)
-            lp.withUnsafeMutableBufferPointer { logSoftmaxDouble(out: $0.baseAddress!, logits: logits, rows: T, columns: V) }
-            baseLogProbs.append(lp)
+            baseLogits.append(Array(UnsafeBufferPointer(start: logits, count: T * V)))
         }
     }
 
@@ -822,8 +820,8 @@ final class DamageProbe {
                 logits = fwd.run(ids)
             }
             // The evaluator's kernel (`compress eval --reference`): KL per position, summed in order.
-            baseLogProbs[w].withUnsafeBufferPointer { lp in
-                klDivergenceForward(kl: &kl, reverse: nil, reference: lp.baseAddress!, logits: logits, rows: T, columns: V)
+            baseLogits[w].withUnsafeBufferPointer { zp in
+                klDivergenceForward(kl: &kl, reverse: nil, reference: zp.baseAddress!, logits: logits, rows: T, columns: V)
             }
             for x in kl { total += x }
         }

@@ -39,7 +39,7 @@ final class DivergenceTests: XCTestCase {
         let p = Self.logits(rows: T, columns: V, seed: 1), q = Self.logits(rows: T, columns: V, seed: 2)
         var lp = [Double](repeating: 0, count: T * V), kl = [Double](repeating: 0, count: T), rkl = kl
         logSoftmaxDouble(out: &lp, logits: p, rows: T, columns: V)
-        klDivergenceForward(kl: &kl, reverse: &rkl, reference: lp, logits: q, rows: T, columns: V)
+        klDivergenceForward(kl: &kl, reverse: &rkl, reference: p, logits: q, rows: T, columns: V)
         for t in 0..<T {
             let a = Self.logSoftmax(p[(t * V)..<((t + 1) * V)]), b = Self.logSoftmax(q[(t * V)..<((t + 1) * V)])
             for j in 0..<V { XCTAssertEqual(lp[t * V + j], a[j], accuracy: 1e-12) }

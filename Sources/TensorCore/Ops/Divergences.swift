@@ -18,27 +18,31 @@ public func logSoftmaxDouble(out: UnsafeMutablePointer<Double>, logits: UnsafePo
     }
 }
 
-/// Per row, KL(p ‖ q) = Σ_j p_j (log p_j − log q_j) and, when `reverse` is given, KL(q ‖ p), in nats: p given by
-/// its log-probabilities `reference` (T × V, Double: `logSoftmaxDouble` of the base's logits), q = softmax(logits)
-/// (as `logSoftmaxDouble`); exponentials in Double (`fastExpDouble`, 1e-15), each row summed in Double.
+/// Per row, KL(p ‖ q) = Σ_j p_j (log p_j − log q_j) and, when `reverse` is given, KL(q ‖ p), in nats, with
+/// p = softmax(`reference`) and q = softmax(`logits`) (both T × V Float32 logits): each log-softmax as
+/// `logSoftmaxDouble` (z − `logSumExpDouble`), the exponentials `fastExpDouble` (1e-15), one fused pass per row,
+/// summed in Double. The evaluator's divergence (`compress eval --reference`) and CPTQuant's measured damage.
 public func klDivergenceForward(
-    kl: UnsafeMutablePointer<Double>, reverse: UnsafeMutablePointer<Double>?, reference: UnsafePointer<Double>,
+    kl: UnsafeMutablePointer<Double>, reverse: UnsafeMutablePointer<Double>?, reference: UnsafePointer<Float>,
     logits: UnsafePointer<Float>, rows T: Int, columns V: Int
 ) {
     Parallel.forEachChunk(T, minChunk: 1) { rows in
         for t in rows {
-            let lp = reference + t * V, z = logits + t * V
-            let lse = logSumExpDouble(z, count: V)
+            let zp = reference + t * V, zq = logits + t * V
+            let lp = logSumExpDouble(zp, count: V), lq = logSumExpDouble(zq, count: V)
             var f = 0.0, b = 0.0
             if let reverse {
                 for j in 0..<V {
-                    let a = lp[j], c = Double(z[j]) - lse
+                    let a = Double(zp[j]) - lp, c = Double(zq[j]) - lq
                     f = Relaxed.multiplyAdd(fastExpDouble(a), a - c, f)
                     b = Relaxed.multiplyAdd(fastExpDouble(c), c - a, b)
                 }
                 reverse[t] = b
             } else {
-                for j in 0..<V { let a = lp[j]; f = Relaxed.multiplyAdd(fastExpDouble(a), a - (Double(z[j]) - lse), f) }
+                for j in 0..<V {
+                    let a = Double(zp[j]) - lp
+                    f = Relaxed.multiplyAdd(fastExpDouble(a), a - (Double(zq[j]) - lq), f)
+                }
             }
             kl[t] = f
         }
