@@ -138,6 +138,9 @@ public struct CPTQuantPass: CompressionPass {
     public var excludeLayers: [Int] = []
     public var embeddingBits: Int?
     public var lmHeadBits: Int?
+    /// Symmetric codes for the embedding / LM head (nil: as `symmetric`), e.g. an asymmetric decoder with a
+    /// symmetric 8-bit embedding (GGUF Q5_1 and Q8_0, as llama.cpp's mixes).
+    public var embeddingSymmetric: Bool?
     /// A fixed width for the kept values of factorized weights' S (nil: float32).
     public var sparseFactorBits: Int?
     public var pruneFraction = 0.3
@@ -215,6 +218,12 @@ public struct CPTQuantPass: CompressionPass {
         if let bad = excludeLayers.first(where: { $0 < 0 }) { throw RecipeError("\(s.location): 'exclude_layers': \(bad) is negative") }
         embeddingBits = try s.optionalInt("embedding").map { try width("embedding", $0) }
         lmHeadBits = try s.optionalInt("lm_head").map { try width("lm_head", $0) }
+        if s.has("embedding_symmetric") {
+            guard embeddingBits != nil || lmHeadBits != nil else {
+                throw RecipeError("\(s.location): 'embedding_symmetric' needs 'embedding' or 'lm_head' (a fixed width to apply to)")
+            }
+            embeddingSymmetric = try s.bool("embedding_symmetric")
+        }
         sparseFactorBits = try s.optionalInt("sparse_factor_bits").map { try width("sparse_factor_bits", $0) }
         pruneFraction = try s.double("prune_fraction", default: pruneFraction, in: 0...1)
         guard pruneFraction > 0 && pruneFraction < 1 else { throw RecipeError("\(s.location): 'prune_fraction': \(pruneFraction) must lie strictly between 0 and 1") }
@@ -537,7 +546,7 @@ public struct CPTQuantPass: CompressionPass {
         var fixed: [(id: WeightID, format: QuantFormat, q: QuantizedTensor)] = []
         for (id, bits) in [(WeightID.embedTokens, embeddingBits), (.lmHead, lmHeadBits)] {
             guard let bits, let w = tensors[id] else { continue }
-            let f = try Self.format(bits, groupSize: groupSize, symmetric: symmetric)
+            let f = try Self.format(bits, groupSize: groupSize, symmetric: embeddingSymmetric ?? symmetric)
             guard w.shape[1] % f.groupSize == 0 else { throw RecipeError("cptquant: '\(id.hfName)' has \(w.shape[1]) columns, not a whole number of groups of \(groupSize)") }
             do { fixed.append((id, f, try QuantizedTensor(weights: w.array, shape: w.shape, format: f))) } catch {
                 throw RecipeError("cptquant: '\(id.hfName)' at \(f): \(error)")

@@ -136,6 +136,16 @@ final class MeasuredDamageTests: XCTestCase {
         XCTAssertEqual(tfixed["tied_lm_head"], .bool(true))
         let tall = tied.namedTensors.filter { $0.tensor.shape.count == 2 }.reduce(0) { $0 + $1.tensor.count }
         XCTAssertLessThanOrEqual(tq.quantizedForms.values.reduce(0) { $0 + $1.bytes }, Int(4.5 * Double(tall) / 8))
+
+        // An asymmetric decoder with a symmetric 8-bit embedding (GGUF Q5_1 / Q8_0, as llama.cpp mixes them).
+        let (mq, _) = try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 7, "group_size": 16, "method": "rtn", "symmetric": false, "embedding": 8, "embedding_symmetric": true}"#)
+            .run(on: tied, context: PassContext(calibration: windows))
+        XCTAssertEqual(mq.quantizedForms["model.embed_tokens.weight"]?.format.description, "q8_g16_sym")
+        XCTAssertTrue(mq.quantizedForms.filter { $0.key != "model.embed_tokens.weight" }.allSatisfy { $0.value.format.description == "q5_g16_asym" },
+                      "\(mq.quantizedForms.mapValues(\.format.description))")
+        XCTAssertThrowsError(try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 6, "group_size": 16, "method": "rtn", "embedding_symmetric": true}"#)) {
+            XCTAssertTrue("\($0)".contains("'embedding_symmetric' needs 'embedding'"), "\($0)")
+        }
     }
 
     /// `formats`: candidates of several widths, group sizes and symmetries; each unit's measured damage in the
