@@ -39,7 +39,8 @@
 // other weight unchanged,
 //   D_u(b) = mean over positions t of the damage windows of KL(p_base(·|t) ‖ p_u,b(·|t))
 //          = mean_t Σ_v p_base,v (log p_base,v − log p_u,b,v)          (nats per token),
-// the next-token distributions of the base model and of the variant; the knapsack minimizes Σ_u D_u(b_u)
+// the next-token distributions of the base model and of the variant (computed by `klDivergenceForward`,
+// TensorCore/Ops/Divergences.swift, the kernel of `compress eval --reference`); the knapsack minimizes Σ_u D_u(b_u)
 // (an additive model of damage, the assumption the report checks: it gives the predicted total Σ_u D_u(b_u)
 // beside the KL measured with every unit at its chosen width, for the allocation and the uniform baseline).
 // `damage_windows` of the calibration windows, cut to their first `damage_tokens` tokens, are used; the base

@@ -52,6 +52,17 @@ final class DivergenceTests: XCTestCase {
         }
     }
 
+    /// Distillation's fused KL (forward value and gradient in Float, `klDivergenceBackward` at τ = 1) measures the same
+    /// divergence as the evaluator's and CPTQuant's kernel.
+    func testDistillationKLAgreesWithTheEvaluatorsKL() {
+        let T = 6, V = 500
+        let teacher = Self.logits(rows: T, columns: V, seed: 8), student = zip(teacher, Self.logits(rows: T, columns: V, seed: 9, scale: 0.5)).map { $0 + $1 }
+        var kl = [Double](repeating: 0, count: T), fused = kl, grad = [Float](repeating: 0, count: T * V)
+        klDivergenceForward(kl: &kl, reverse: nil, reference: teacher, logits: student, rows: T, columns: V)
+        klDivergenceBackward(dlogits: &grad, kl: &fused, student: student, teacher: teacher, temperature: 1, scale: 1, rows: T, columns: V)
+        for t in 0..<T { XCTAssertEqual(fused[t], kl[t], accuracy: 1e-5 * kl[t], "row \(t)") }
+    }
+
     func testTopKLogSoftmaxMatchesSortedReference() {
         let T = 4, V = 200, k = 7
         var z = Self.logits(rows: T, columns: V, seed: 3)
