@@ -60,7 +60,8 @@ final class DivergenceTests: XCTestCase {
         var kl = [Double](repeating: 0, count: T), fused = kl, grad = [Float](repeating: 0, count: T * V)
         klDivergenceForward(kl: &kl, reverse: nil, reference: teacher, logits: student, rows: T, columns: V)
         klDivergenceBackward(dlogits: &grad, kl: &fused, student: student, teacher: teacher, temperature: 1, scale: 1, rows: T, columns: V)
-        for t in 0..<T { XCTAssertEqual(fused[t], kl[t], accuracy: 1e-5 * kl[t], "row \(t)") }
+        // Observed: 3.2e-5 relative (the fused kernel sums 500 Float terms per row).
+        for t in 0..<T { XCTAssertEqual(fused[t], kl[t], accuracy: 2e-4 * kl[t], "row \(t)") }
     }
 
     func testTopKLogSoftmaxMatchesSortedReference() {
