@@ -227,7 +227,7 @@ public enum Divergence {
         }
         guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
         let report = acc.report(base: h.basePath, referenceFile: ref.path, kind: h.kind, topK: k, protocol: p, window: W)
-        return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
+        return (report, PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
     }
 
     /// The full-vocabulary comparison: per chunk of the model's scored rows, the base's logits from its hidden states
@@ -295,16 +295,6 @@ public enum Divergence {
                                            bytesPerPosition: 8 * k + 8, fractionOfFull16Bit: Double(8 * k + 8) / Double(2 * V))
             }
         }
-        return (report, result(total: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
-    }
-
-    static func result(total: Double, windows: Int, window W: Int, protocol p: PerplexityProtocol, seconds: Double) -> PerplexityResult {
-        let predicted = windows * p.predictedPerWindow(W)
-        return PerplexityResult(
-            ppl: Foundation.exp(total / Double(predicted)), nll: total / Double(predicted), totalNll: total,
-            predictedTokens: predicted, tokens: windows * W, windows: windows, window: W,
-            seconds: seconds, tokensPerSecond: Double(windows * W) / max(seconds, 1e-9),
-            bos: p.bos != nil, bosTokenId: p.bos, streamTokensScored: p.streamTokensCovered(windows: windows, window: W),
-            protocolName: p.kind.rawValue, firstScored: p.firstScored(W))
+        return (report, PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
     }
 }

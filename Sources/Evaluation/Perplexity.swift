@@ -27,6 +27,19 @@ public struct PerplexityResult: Codable, Sendable {
     public var firstScored: Int
 }
 
+extension PerplexityResult {
+    /// The result of `windows` windows of W under `protocol` whose predicted tokens' NLL sum to `total`.
+    init(totalNll total: Double, windows: Int, window W: Int, protocol p: PerplexityProtocol, seconds: Double) {
+        let predicted = windows * p.predictedPerWindow(W)
+        self.init(
+            ppl: Foundation.exp(total / Double(predicted)), nll: total / Double(predicted), totalNll: total,
+            predictedTokens: predicted, tokens: windows * W, windows: windows, window: W,
+            seconds: seconds, tokensPerSecond: Double(windows * W) / max(seconds, 1e-9),
+            bos: p.bos != nil, bosTokenId: p.bos, streamTokensScored: p.streamTokensCovered(windows: windows, window: W),
+            protocolName: p.kind.rawValue, firstScored: p.firstScored(W))
+    }
+}
+
 /// Why an evaluation cannot run.
 public struct EvaluationError: Error, CustomStringConvertible {
     public let description: String
@@ -199,13 +212,6 @@ public enum Perplexity {
             }
             for x in nll.prefix(rows) { total += x }  // fixed order: deterministic
         }
-        let seconds = Date().timeIntervalSince(start)
-        let predicted = windows * p.predictedPerWindow(W)
-        return PerplexityResult(
-            ppl: Foundation.exp(total / Double(predicted)), nll: total / Double(predicted), totalNll: total,
-            predictedTokens: predicted, tokens: windows * W, windows: windows, window: W,
-            seconds: seconds, tokensPerSecond: Double(windows * W) / max(seconds, 1e-9),
-            bos: p.bos != nil, bosTokenId: p.bos, streamTokensScored: p.streamTokensCovered(windows: windows, window: W),
-            protocolName: p.kind.rawValue, firstScored: p.firstScored(W))
+        return PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start))
     }
 }
