@@ -42,6 +42,16 @@ let package = Package(
         .executableTarget(name: "compress", dependencies: [
             "Workbench", "Training", "Export", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Fuzz harnesses (README, "Fuzzing"): libFuzzer entry points under `-DFUZZING --sanitize=fuzzer`, replay tools
+        // otherwise (so `swift build` and `swift test` compile them too).
+        .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
+        .executableTarget(name: "fuzz-gguf", dependencies: ["FuzzSupport", "Import", "Workbench"], path: "Fuzz/gguf"),
+        .executableTarget(name: "fuzz-safetensors", dependencies: ["FuzzSupport", "Safetensors"], path: "Fuzz/safetensors"),
+        .executableTarget(name: "fuzz-checkpoint", dependencies: ["FuzzSupport", "Checkpoint", "CHDF5", "Model", "Workbench"],
+                          path: "Fuzz/checkpoint"),
+        .executableTarget(name: "fuzz-tokenizer", dependencies: ["FuzzSupport", "Import", "Workbench"], path: "Fuzz/tokenizer"),
+        .executableTarget(name: "fuzz-recipe", dependencies: ["FuzzSupport", "Passes", "Recipes"], path: "Fuzz/recipe"),
+        .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "Checkpoint", "Model", "Training"], path: "Fuzz/state"),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Checkpoint", "Model"]),

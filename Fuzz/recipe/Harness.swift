@@ -1,0 +1,25 @@
+// libFuzzer harness: the recipe reader (strict keys, ranges, stage order) with every stage this build registers.
+// Seeds: Fuzz/corpus/recipe and recipes/*.json (README, "Fuzzing").
+import FuzzSupport
+import Passes
+import Recipes
+
+let registry = StageRegistry.standard()
+
+func fuzzOne(_ bytes: UnsafeRawBufferPointer) {
+    let path = FuzzSupport.file("recipe.json", bytes)
+    _ = try? Recipe.read(path, registry: registry)
+    _ = try? Recipe.read(path, registry: registry, baseKinds: [.dense, .quantized])
+}
+
+#if FUZZING
+@_cdecl("LLVMFuzzerTestOneInput")
+public func LLVMFuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    fuzzOne(UnsafeRawBufferPointer(start: data, count: size))
+    return 0
+}
+#else
+@main enum Replay {
+    static func main() { FuzzSupport.replay(Array(CommandLine.arguments.dropFirst()), fuzzOne) }
+}
+#endif

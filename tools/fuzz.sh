@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of every reader with libFuzzer (README, "Fuzzing").
+#   tools/fuzz.sh HARNESS [SECONDS]     HARNESS: gguf safetensors checkpoint tokenizer recipe state, or all
+# Builds the harness with the Swift toolchain's fuzzer and address sanitizers (release, into .build-fuzz), then runs
+# it for SECONDS (default 60) on one core, starting from the committed seeds (Fuzz/corpus/HARNESS) and the
+# repository's own fixtures of that format. The growing corpus stays in .build-fuzz/corpus/HARNESS (not
+# committed); a crash, leak, timeout (10 s per input) or out-of-memory (4 GiB) input is saved as
+# Fuzz/findings/HARNESS-* and the run exits non-zero. Replay one with the plain build: `.build/debug/fuzz-HARNESS FILE`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+harness=${1:?usage: tools/fuzz.sh gguf|safetensors|checkpoint|tokenizer|recipe|state|all [SECONDS]}
+seconds=${2:-60}
+all=(gguf safetensors checkpoint tokenizer recipe state)
+if [ "$harness" = all ]; then
+    for h in "${all[@]}"; do "$0" "$h" "$seconds"; done
+    exit 0
+fi
+case " ${all[*]} " in
+    *" $harness "*) ;;
+    *) echo "tools/fuzz.sh: unknown harness '$harness' (expected one of: ${all[*]} all)" >&2; exit 2 ;;
+esac
+
+# The fixtures of each format, used as seeds besides the committed corpus (paths relative to the repository).
+seeds() {
+    case "$1" in
+        gguf) find Tests -name '*.gguf' ;;
+        safetensors) find Tests -name '*.safetensors' -size -300k ;;
+        tokenizer) find Tests -name 'tokenizer*.json' ;;
+        recipe) find recipes Tests -name '*.json' -path '*recipe*' ;;
+        *) ;;
+    esac | sort | paste -sd, -
+}
+
+swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -enable-testing \
+    --scratch-path .build-fuzz --product "fuzz-$harness" 2>&1 | grep -v "Cannot export local symbol" || true
+binary=.build-fuzz/release/fuzz-$harness
+[ -x "$binary" ] || { echo "tools/fuzz.sh: the build of fuzz-$harness failed" >&2; exit 1; }
+corpus=.build-fuzz/corpus/$harness
+mkdir -p "$corpus" Fuzz/findings
+options=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=4096 -print_final_stats=1
+         -artifact_prefix="Fuzz/findings/$harness-")
+[ -f "Fuzz/dict/$harness.dict" ] && options+=(-dict="Fuzz/dict/$harness.dict")
+extra=$(seeds "$harness")
+[ -n "$extra" ] && options+=(-seed_inputs="$extra")
+echo "tools/fuzz.sh: fuzz-$harness for ${seconds}s on one core; corpus $corpus; seeds Fuzz/corpus/$harness" \
+     "and $(tr -cd , <<<"$extra" | wc -c) fixtures"
+# The Swift runtime's own backtracer would race libFuzzer's crash report; ASan reports leaks at exit.
+SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+    "$binary" "${options[@]}" "$corpus" "Fuzz/corpus/$harness"
