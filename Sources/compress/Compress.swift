@@ -92,7 +92,7 @@ struct Eval: ParsableCommand {
         if `protocol` == .llamacpp && W < 4 { throw ValidationError("--window must be at least 4 for --protocol llamacpp, got \(W)") }
         // One window holds W stream tokens, or W − 1 after a BOS (the protocol, from the checkpoint's tokenizer).
         if let m = maxTokens, m < W - 1 {
-            throw ValidationError("--max-tokens must be at least one window of \(W) (\(W - 1) stream tokens after a BOS), got \(m)")
+            throw ValidationError("--max-tokens \(m) is less than one window of \(W) (\(W - 1) stream tokens after a BOS)")
         }
         if let k = topK {
             guard (1...(1 << 20)).contains(k) else { throw ValidationError("--top-k must lie in 1...\(1 << 20), got \(k)") }
@@ -353,7 +353,8 @@ struct Distill: ParsableCommand {
         try validateTraining()
     }
 
-    /// The training settings' ranges (`DistillConfig.validate`'s), named by their options, before any file is read.
+    /// The training settings' ranges (`DistillConfig.validate`'s), named by their options and as that check names
+    /// them, before any file is read.
     func validateTraining() throws {
         typealias C = DistillConfig
         for (name, v, r) in [("--steps", steps, 1...C.maxSteps), ("--batch", batch, 1...C.maxBatch), ("--window", window, 2...C.maxWindow),
@@ -361,10 +362,13 @@ struct Distill: ParsableCommand {
             throw ValidationError("\(name) must lie in \(r.lowerBound)...\(r.upperBound), got \(v)")
         }
         guard lr > 0 && lr <= C.maxLR else { throw ValidationError("--lr must lie in (0, \(C.maxLR)], got \(lr)") }
-        for (name, v, r) in [("--min-lr-ratio", minLrRatio, 0...1), ("--weight-decay", weightDecay, 0...1), ("--clip", clip, 0...1e6),
-                             ("--temperature", temperature, 1e-3...1e3), ("--kl-weight", klWeight, 0...1e6),
-                             ("--ce-weight", ceWeight, 0...1e6), ("--intermediate-weight", intermediateWeight, 0...1e6)] where !r.contains(v) {
-            throw ValidationError("\(name) must lie in \(r.lowerBound)...\(r.upperBound), got \(v)")
+        let reals: [(String, String, Double, ClosedRange<Double>)] = [
+            ("--min-lr-ratio", "min-lr ratio", minLrRatio, 0...1), ("--weight-decay", "weight decay", weightDecay, 0...1),
+            ("--clip", "clip", clip, 0...1e6), ("--temperature", "temperature", temperature, 1e-3...1e3),
+            ("--kl-weight", "kl weight", klWeight, 0...1e6), ("--ce-weight", "ce weight", ceWeight, 0...1e6),
+            ("--intermediate-weight", "intermediate weight", intermediateWeight, 0...1e6)]
+        for (name, what, v, r) in reals where !r.contains(v) {
+            throw ValidationError("\(name): \(what) must lie in \(r.lowerBound)...\(r.upperBound), got \(v)")
         }
         for (name, v) in [("--beta1", beta1), ("--beta2", beta2)] where !(0..<1).contains(v) {
             throw ValidationError("\(name) must lie in [0, 1), got \(v)")
