@@ -298,9 +298,14 @@ public struct Checkpoint {
     }
 
     /// One quantized tensor's datasets under the group path `g` (ending in "/"): 'codes' (uint8, bit-packed),
-    /// 'scales' and, when asymmetric, 'mins' (float16, one per group), or 'values' (float16) for the f16 format.
+    /// 'scales' and, when asymmetric, 'mins' (float16, shape (rows, columns / group size)), or 'values' (float16,
+    /// the tensor's shape) for the f16 format. Exactly these datasets: a 'mins' beside a symmetric format, or
+    /// 'codes' beside f16 values, is refused, as is a shape that does not fit the format and the tensor.
     private static func readQuantizedGroup(_ file: H5File, _ g: String, format: QuantFormat, shape: [Int],
                                            bad: (String) -> CheckpointError) throws -> QuantizedTensor {
+        try checkQuantizedMembers(file, g, format: format, bad: bad)
+        let groupShape = shape.count == 2 && format.groupSize > 0 && shape[1] % format.groupSize == 0
+            ? [shape[0], shape[1] / format.groupSize] : nil
         func bytes(_ key: String) throws -> [UInt8] {
             guard file.exists(g + key) else { throw bad("'\(key)' is missing (format \(format))") }
             let info = try file.datasetInfo(g + key)
@@ -317,6 +322,10 @@ public struct Checkpoint {
             guard info.typeClass == H5T_FLOAT, info.typeSize == 2 else {
                 throw bad("'\(key)' must be float16, found \(info.typeDescription)")
             }
+            if let want = key == "values" ? shape : groupShape, info.shape != want {
+                let why = key == "values" ? "the tensor's shape" : "one per group of \(format.groupSize) along each row"
+                throw bad("'\(key)' has shape \(info.shape), expected \(want) (\(why), format \(format))")
+            }
             var h = [Float16](repeating: 0, count: info.shape.reduce(1, *))
             try h.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.float16, into: $0.baseAddress!) }
             if let i = h.firstIndex(where: { !$0.isFinite }) { throw bad("'\(key)' holds \(h[i]) at element \(i) (expected finite values only)") }
@@ -327,6 +336,19 @@ public struct Checkpoint {
         }
         return try QuantizedTensor(format: format, shape: shape, codes: try bytes("codes"), scales: try halves("scales"),
                                    mins: format.symmetric ? [] : try halves("mins"))
+    }
+
+    /// The datasets a quantized group must hold, exactly: 'values' (f16), or 'codes', 'scales' and, for an
+    /// asymmetric format only, 'mins'.
+    private static func checkQuantizedMembers(_ file: H5File, _ g: String, format: QuantFormat,
+                                              bad: (String) -> CheckpointError) throws {
+        let expected = format.isFloat16 ? ["values"] : format.symmetric ? ["codes", "scales"] : ["codes", "mins", "scales"]
+        let found = try file.members(String(g.dropLast()))
+        if let extra = found.first(where: { !expected.contains($0) }) {
+            let why = extra == "mins" && !format.isFloat16 ? "a symmetric format has no minimums"
+                : "format \(format) stores only \(expected.map { "'\($0)'" }.joined(separator: ", "))"
+            throw bad("holds '\(extra)', which does not belong to format \(format) (\(why))")
+        }
     }
 
     /// A version 1/2 mask: float32 holding only 0 and 1, the weight zero wherever the mask is.
@@ -506,8 +528,49 @@ public struct Checkpoint {
     }
 
     /// Writes the checkpoint atomically: into a temporary file beside `path`, flushed, then renamed over it.
+    /// Every stored float (dense and sparse values, factors, quantized scales, minimums and float16 values) is
+    /// checked first: a NaN or infinity refuses the write, naming the tensor and its first bad element, and
+    /// nothing is written.
     public func write(to path: String) throws {
+        if let (name, what, i, v) = firstNonFinite() {
+            throw CheckpointError.writeFailed(path: path, detail: "tensor '\(name)'\(what) holds \(v) at element \(i) "
+                                              + "(expected finite values only; nothing was written)")
+        }
         try writeAtomically(path) { try writeUnsafely(to: $0) }
+    }
+
+    /// The first non-finite stored value: tensor name, which part of it (empty for the values themselves),
+    /// element index and value.
+    func firstNonFinite() -> (String, String, Int, Float)? {
+        typealias Hit = (part: String, index: Int, value: Float)
+        func first(_ t: Tensor, _ part: String = "") -> Hit? {
+            let p = t.data
+            for i in 0..<t.count where !p[i].isFinite { return (part, i, p[i]) }
+            return nil
+        }
+        func first(_ q: QuantizedTensor, _ of: String = "") -> Hit? {
+            if q.format.isFloat16 {
+                let halves = q.codes.withUnsafeBytes { Array($0.bindMemory(to: Float16.self)) }
+                return halves.firstIndex { !$0.isFinite }.map { (" (\(of)float16 values)", $0, Float(halves[$0])) }
+            }
+            for (part, h) in [("scales", q.scales), ("minimums", q.mins)] {
+                if let i = h.firstIndex(where: { !$0.isFinite }) { return (" (\(of)\(part))", i, Float(h[i])) }
+            }
+            return nil
+        }
+        for (id, weight) in model.weights {
+            let hit: Hit?
+            switch weight {
+            case .vector(let t), .matrix(.dense(let t)): hit = first(t)
+            case .matrix(.quantized(let qw)): hit = first(qw.packed)
+            case .matrix(.sparse(let s)): hit = first(s.values)
+            case .matrix(.factorized(let f)):
+                let d = f.quantizedDense.map { first($0, "D ") } ?? first(f.dense, " (D)")
+                hit = d ?? f.quantizedSparse.map { first($0, "S ") } ?? first(f.sparse.values, " (S)")
+            }
+            if let hit { return (config.name(id), hit.part, hit.index, hit.value) }
+        }
+        return nil
     }
 
     /// One quantized tensor's datasets under the group path `g` (ending in "/"), as `readQuantizedGroup` reads them.

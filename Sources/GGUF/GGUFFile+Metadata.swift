@@ -15,14 +15,18 @@ extension GGUFFile {
         try typed(key, "integer") { $0.intValue }
     }
 
-    /// `key` as a `Double` (any float or integer type).
+    /// `key` as a finite `Double` (any float or integer type); NaN and infinities are refused, naming the key.
     public func double(_ key: String) throws -> Double {
-        try typed(key, "number") { $0.doubleValue }
+        let x = try typed(key, "number") { $0.doubleValue }
+        guard x.isFinite else { throw GGUFError(path, "metadata '\(key)': expected a finite number, found \(x)") }
+        return x
     }
 
-    /// `key` as a `Float` (any float or integer type).
+    /// `key` as a finite `Float` (any float or integer type; a float64 beyond float32's range is refused).
     public func float(_ key: String) throws -> Float {
-        Float(try double(key))
+        let x = try double(key)
+        guard Float(x).isFinite else { throw GGUFError(path, "metadata '\(key)': \(x) is beyond float32's range") }
+        return Float(x)
     }
 
     /// `key` as a bool.

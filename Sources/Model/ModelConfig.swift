@@ -197,6 +197,11 @@ public struct ModelConfig: Equatable, Sendable {
         numHiddenLayers = try int("num_hidden_layers")
         numAttentionHeads = try int("num_attention_heads")
         numKeyValueHeads = try int("num_key_value_heads", default: numAttentionHeads)
+        if o["head_dim"] == nil || o["head_dim"] == .null, hiddenSize % numAttentionHeads != 0 {
+            throw ConfigError("config: no 'head_dim', and hidden_size \(hiddenSize) is not a multiple of num_attention_heads "
+                              + "\(numAttentionHeads) (the implied head dim would be \(hiddenSize) / \(numAttentionHeads), "
+                              + "rounded down to \(hiddenSize / numAttentionHeads)); give head_dim")
+        }
         headDim = try int("head_dim", default: hiddenSize / numAttentionHeads)
         rmsNormEps = try number("rms_norm_eps", default: 1e-6)
         // transformers ≥ 5 writes rope settings as rope_parameters {rope_type, rope_theta}; older versions rope_theta.
@@ -215,13 +220,15 @@ public struct ModelConfig: Equatable, Sendable {
             }
         }
         maxPositionEmbeddings = try int("max_position_embeddings", default: 2048)
-        tieWordEmbeddings = o["tie_word_embeddings"]?.boolValue ?? false
+        tieWordEmbeddings = try ModelFamilies.bool(o, "tie_word_embeddings") ?? false
         bosTokenID = o["bos_token_id"]?.intValue
         eosTokenID = o["eos_token_id"]?.intValue
         for (key, id) in [("bos_token_id", bosTokenID), ("eos_token_id", eosTokenID)] {
             if let id, !(0..<vocabSize).contains(id) { throw ConfigError("config: key '\(key)' is \(id) (expected a token id in 0..<vocab_size \(vocabSize))") }
         }
-        guard headDim % 2 == 0 else { throw ConfigError("config: head_dim must be even for rotary embedding, found \(headDim)") }
+        guard headDim >= 2, headDim % 2 == 0 else {
+            throw ConfigError("config: head_dim must be even and at least 2 for rotary embedding, found \(headDim)")
+        }
 
         let base = BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize)
         if let bc = o["block_configs"], bc != .null {

@@ -51,10 +51,12 @@ public enum SafeFiles {
         return data
     }
 
-    /// Checks that `path` may be written as a `role`: a non-empty name, an existing writable directory, and,
-    /// if something is already there, a regular file (never a device, FIFO or directory).
+    /// Checks that `path` may be written as a `role`: a non-empty name that fits the file system (`checkName`), an
+    /// existing writable directory (`checkDirectory`), and, if something is already there, a regular file (never
+    /// a device, FIFO or directory).
     public static func checkOutput(_ path: String, role: String) throws {
         guard !path.isEmpty else { throw FileError("\(role): the output path is empty (expected a file name)") }
+        try checkName(path, role: role)
         var st = stat()
         if lstat(path, &st) == 0 {
             let mode = st.st_mode & S_IFMT
@@ -64,15 +66,69 @@ public enum SafeFiles {
             guard (st.st_mode & S_IFMT) == S_IFREG else {
                 throw FileError("\(path): is \(kind(st.st_mode)); refusing to replace it (expected a regular file or a new name for the \(role))")
             }
+        } else if errno != ENOENT && errno != ENOTDIR {
+            throw FileError("\(path): \(String(cString: strerror(errno))) (expected a name for the \(role))")
         }
+        try checkDirectory(of: path, role: role)
+    }
+
+    /// The longest file name most file systems take (NAME_MAX), and what the temporary name `.NAME.tmp-PID`
+    /// adds to an output's name (a PID has at most 7 digits on Linux).
+    public static let maxNameBytes = 255
+    static let temporaryNameOverhead = ".".utf8.count + ".tmp-".utf8.count + 7
+
+    /// Refuses a path with a component longer than `maxNameBytes`, or whose last component leaves no room for the
+    /// temporary name written first: "file name too long" (ENAMETOOLONG), naming the path and the limit.
+    /// `temporary: false` for a name written directly (a directory): then the last component may take all of
+    /// `maxNameBytes`.
+    public static func checkName(_ path: String, role: String, temporary: Bool = true) throws {
+        let parts = path.split(separator: "/")
+        for (i, part) in parts.enumerated() {
+            let limit = i == parts.count - 1 && temporary ? maxNameBytes - temporaryNameOverhead : maxNameBytes
+            guard part.utf8.count <= limit else {
+                let why = i == parts.count - 1 && temporary ? "at most \(limit) bytes: the \(role) is first written as '.NAME.tmp-PID'"
+                    : "at most \(limit) bytes per directory name"
+                throw FileError("\(path): file name too long ('\(part.prefix(40))…' is \(part.utf8.count) bytes; \(why))")
+            }
+        }
+    }
+
+    /// Checks that the directory `path` is to be written in exists, is a directory and is writable. A missing
+    /// directory, and one whose path runs through a regular file ("'<x>' is not a directory"), are told apart.
+    public static func checkDirectory(of path: String, role: String) throws {
         let dir = directory(of: path)
         var ds = stat()
-        guard stat(dir, &ds) == 0, (ds.st_mode & S_IFMT) == S_IFDIR else {
+        if stat(dir, &ds) != 0 || (ds.st_mode & S_IFMT) != S_IFDIR {
+            if let blocker = firstNonDirectory(dir) {
+                throw FileError("\(path): '\(blocker)' is not a directory (it is \(describe(blocker)); expected a directory for the \(role))")
+            }
             throw FileError("\(path): directory '\(dir)' does not exist (expected an existing directory for the \(role))")
         }
         guard access(dir, W_OK) == 0 else {
             throw FileError("\(path): directory '\(dir)' is not writable (\(String(cString: strerror(errno)))); the \(role) could not be written")
         }
+    }
+
+    /// The first existing path on the way to `dir` (itself included) that is not a directory, if any.
+    public static func firstNonDirectory(_ dir: String) -> String? {
+        var prefixes: [String] = []
+        var url = URL(fileURLWithPath: dir)
+        while url.path != "/" && !url.path.isEmpty {
+            prefixes.append(url.path)
+            url = url.deletingLastPathComponent()
+        }
+        for p in prefixes.reversed() {
+            var st = stat()
+            guard stat(p, &st) == 0 else { return nil }
+            if (st.st_mode & S_IFMT) != S_IFDIR { return p }
+        }
+        return nil
+    }
+
+    static func describe(_ path: String) -> String {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return "missing" }
+        return (st.st_mode & S_IFMT) == S_IFREG ? "a regular file" : kind(st.st_mode)
     }
 
     /// Refuses an output that is the same file as one of the inputs (unless `force`): writing it would

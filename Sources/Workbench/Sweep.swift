@@ -4,6 +4,7 @@ import Foundation
 import Model
 import Passes
 import Recipes
+import SafeFiles
 import TensorCore
 
 /// Settings of `compress sweep`.
@@ -202,7 +203,8 @@ extension Workbench {
     public static func sweep(_ o: SweepOptions) throws -> SweepReport {
         let started = Date()
         let say: (String) -> Void = { if o.progress { progressLine($0) } }
-        let (manifest, recipes) = try planSweep(o)
+        let (manifest, recipes, lock) = try planSweep(o)
+        defer { lock.release() }
         let dir = o.directory
         let cache = o.cacheDirectory ?? (dir as NSString).appendingPathComponent("cache")
         let done = manifest.points.filter { FileManager.default.fileExists(atPath: $0.report) }
@@ -259,8 +261,12 @@ extension Workbench {
         return ", ETA " + formatDuration(times.reduce(0, +) / Double(times.count) * Double(left) / Double(max(jobs, 1)))
     }
 
-    /// Builds the points, writes their recipes and the manifest; refuses a directory holding another sweep.
-    static func planSweep(_ o: SweepOptions) throws -> (SweepManifest, [String: Recipe]) {
+    /// The lock file a running sweep holds in its directory (`DirectoryLock`).
+    static let lockName = ".sweep.lock"
+
+    /// Builds the points, takes the directory's lock (a second sweep into it is refused at once), writes the
+    /// recipes and the manifest; refuses a directory holding another sweep.
+    static func planSweep(_ o: SweepOptions) throws -> (SweepManifest, [String: Recipe], DirectoryLock) {
         guard !o.sets.isEmpty else { throw WorkbenchError("sweep: give at least one --set PATH=V1,V2,...") }
         guard (1...64).contains(o.jobs) else { throw WorkbenchError("--jobs: expected 1...64, got \(o.jobs)") }
         let axes = try o.sets.map(SweepAxis.init(parsing:))
@@ -312,9 +318,14 @@ extension Workbench {
         let manifest = SweepManifest(recipe: o.recipe, recipeJSON: json.text, base: base, axes: axes, zip: o.zip, points: points)
         let manifestPath = (dir as NSString).appendingPathComponent("sweep.json")
         let fm = FileManager.default
-        var isDir: ObjCBool = false
-        if fm.fileExists(atPath: dir, isDirectory: &isDir) {
-            guard isDir.boolValue else { throw WorkbenchError("\(dir): exists and is not a directory") }
+        func foreign() -> Bool {  // a non-empty directory without a manifest: not a sweep's
+            guard !fm.fileExists(atPath: manifestPath), let entries = try? fm.contentsOfDirectory(atPath: dir) else { return false }
+            return entries.contains { $0 != lockName }
+        }
+        if foreign() { throw WorkbenchError("\(dir): exists, is not empty and holds no sweep; use another -o") }
+        let lock = try lockSweepDirectory(dir)
+        do {
+            if foreign() { throw WorkbenchError("\(dir): exists, is not empty and holds no sweep; use another -o") }
             if let old = fm.contents(atPath: manifestPath) {
                 guard let m = try? JSONDecoder().decode(SweepManifest.self, from: old) else {
                     throw WorkbenchError("\(manifestPath): unreadable sweep manifest; use another -o")
@@ -322,16 +333,36 @@ extension Workbench {
                 guard m == manifest else {
                     throw WorkbenchError("\(dir): holds another sweep's results (recipe \(m.recipe), \(m.axes.map { "\($0.path)=\($0.values.map(\.text).joined(separator: ","))" }.joined(separator: " "))); use another -o")
                 }
-            } else if let entries = try? fm.contentsOfDirectory(atPath: dir), !entries.isEmpty {
-                throw WorkbenchError("\(dir): exists, is not empty and holds no sweep; use another -o")
             }
+            try fm.createDirectory(atPath: pointsDir, withIntermediateDirectories: true)
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+            try writeFileAtomically(manifestPath, try e.encode(manifest))
+            for p in points { try writeFileAtomically(p.recipe, Data((texts[p.name]! + "\n").utf8)) }
+        } catch {
+            lock.release()
+            throw error
         }
-        try fm.createDirectory(atPath: pointsDir, withIntermediateDirectories: true)
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        try writeFileAtomically(manifestPath, try e.encode(manifest))
-        for p in points { try writeFileAtomically(p.recipe, Data((texts[p.name]! + "\n").utf8)) }
-        return (manifest, recipes)
+        return (manifest, recipes, lock)
+    }
+
+    /// Creates the sweep directory if needed and takes its lock: refused at once, naming the directory and the
+    /// process holding it, when another sweep runs there; a path through a regular file names that file.
+    static func lockSweepDirectory(_ dir: String) throws -> DirectoryLock {
+        do {
+            try SafeFiles.checkName(dir, role: "sweep directory", temporary: false)
+            if let blocker = SafeFiles.firstNonDirectory(dir) {
+                throw WorkbenchError("\(dir): '\(blocker)' is not a directory (expected a sweep directory, or a new name for one)")
+            }
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            return try DirectoryLock(directory: dir, name: lockName, role: "sweep")
+        } catch let e as FileError {
+            throw WorkbenchError(e.description)
+        } catch let e as WorkbenchError {
+            throw e
+        } catch {
+            throw WorkbenchError("\(dir): cannot create the sweep directory (\(error.localizedDescription))")
+        }
     }
 
     /// Writes the point's checkpoint and its report (the report last: it marks the point finished).

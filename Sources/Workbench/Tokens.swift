@@ -30,3 +30,14 @@ public enum TokenFile {
         return ids
     }
 }
+
+extension Workbench {
+    /// Refuses a token stream too short for its use, naming the file it came from and how many tokens were
+    /// needed and found, e.g. "data/train.txt: 27 tokens, fewer than the 65 one training window of 64 + 1 needs".
+    /// `purpose` completes "the N ... needs" ("one training window of 64 + 1").
+    public static func requireTokens(_ ids: [Int32], from file: String, needed: Int, for purpose: String) throws {
+        guard ids.count < needed else { return }
+        throw WorkbenchError("\(file): \(ids.count) token\(ids.count == 1 ? "" : "s"), fewer than the \(needed) \(purpose) needs "
+                             + "(use a longer text)")
+    }
+}

@@ -64,14 +64,15 @@ struct Eval: ParsableCommand {
     @Option(help: "File of whitespace-separated token ids.") var tokens: String?
     @Option(help: "Scoring protocol: pinned or llamacpp.") var `protocol`: PerplexityProtocol.Kind = .pinned
     @Option(parsing: .unconditional, help: "Window length in tokens (default 2048; 512 for --protocol llamacpp).") var window: Int?
-    @Option(help: "Score only the first N tokens of the stream (stream tokens; an added BOS does not count).") var maxTokens: Int?
+    @Option(parsing: .unconditional, help: "Score only the first N tokens of the stream (stream tokens; an added BOS does not count).")
+    var maxTokens: Int?
     @Option(help: "Override the checkpoint's pre-tokenizer for --text (gpt2, smollm, llama3, qwen2).") var preTokenizer: String?
     @Option(help: "Also write the first window's logits (W × V float32, little-endian) to this file.") var logitsOut: String?
     @Option(help: "Base checkpoint to measure the divergence from (same vocabulary).") var reference: String?
     @Option(help: "How the base's distributions are had: hidden (a reference of its hidden states, exact), topk, alongside.")
     var referenceKind: ReferenceOptions.Kind = .hidden
     @Option(parsing: .unconditional, help: "k of a top-k reference (--reference-kind topk).") var topK: Int?
-    @Option(help: "With --reference-kind hidden or alongside: also measure what top-k references of these k (comma-separated) would give on the same positions.")
+    @Option(parsing: .unconditional, help: "With --reference-kind hidden or alongside: also measure what top-k references of these k (comma-separated) would give on the same positions.")
     var topKStudy: String?
     @Option(help: "Directory of cached base references.") var cache = ".cache/compress"
     @Flag(help: "Neither read nor write cached base references.") var noCache = false
@@ -321,23 +322,24 @@ struct Distill: ParsableCommand {
     @Option(parsing: .unconditional, help: "Softmax temperature of the KL loss.") var temperature = 1.0
     @Option(parsing: .unconditional, help: "Weight of KL(teacher || student) on logits.") var klWeight = 1.0
     @Option(parsing: .unconditional, help: "Weight of the LM cross-entropy on the training tokens.") var ceWeight = 0.0
-    @Option(help: "Intermediate-state pairs 'student:teacher,...' (0-based layer outputs).") var intermediate: String?
+    @Option(parsing: .unconditional, help: "Intermediate-state pairs 'student:teacher,...' (0-based layer outputs).")
+    var intermediate: String?
     @Option(help: "Intermediate loss: cosine or mse.") var intermediateLoss = "cosine"
     @Option(parsing: .unconditional, help: "Weight of the intermediate loss.") var intermediateWeight = 1.0
     @Flag(help: "Scale the intermediate loss to the logit loss each step.") var balance = false
     @Option(help: "Parameter groups as JSON: [{\"match\": \"glob\", \"lr\": x, \"weight_decay\": y, \"frozen\": true}].") var groups: String?
     @Option(help: "Freeze parameters matching these comma-separated globs (e.g. 'model.embed_tokens.*').") var freeze: String?
-    @Option(parsing: .unconditional, help: "Seed of the window draws.") var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Seed of the window draws (0...2^64-1).") var seed: UInt64 = 0
     @Option(help: "Training text (tokenized with the teacher's tokenizer).") var train = "data/wiki.train.txt"
     @Option(help: "Test text for the final perplexities.") var test = "data/wiki.test.txt"
     @Option(parsing: .unconditional, help: "Evaluation window.") var evalWindow = 2048
-    @Option(help: "Evaluate on the first N test tokens only (0 = skip evaluation).") var evalTokens: Int?
+    @Option(parsing: .unconditional, help: "Evaluate on the first N test tokens only (0 = skip evaluation).") var evalTokens: Int?
     @Flag(inversion: .prefixedNo, help: "Also evaluate the student before training.") var evalBefore = true
     @Option(parsing: .unconditional, help: "Progress line every N steps.") var logEvery = 10
     @Option(parsing: .unconditional, help: "Save the training state every N steps (0 = never).") var saveEvery = 50
     @Option(help: "Training-state file (default OUTPUT.state.h5).") var state: String?
     @Flag(help: "Resume from the training state.") var resume = false
-    @Option(help: .hidden) var killAfterStep: Int?
+    @Option(parsing: .unconditional, help: .hidden) var killAfterStep: Int?
     @Flag(help: "Allow -o to name the student or the teacher (replacing it).") var force = false
     @Flag(help: "Train factorized weights with the Straight-Through Factorizer (DSFormer): a dense latent S, its top-s entries per column in the forward, the gradient passed straight through.") var stf = false
     @Flag(help: "Print one JSON object.") var json = false
@@ -347,6 +349,30 @@ struct Distill: ParsableCommand {
         if let e = evalTokens, e < 0 { throw ValidationError("--eval-tokens must be >= 0 (0 = skip evaluation), got \(e)") }
         guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1, got \(logEvery)") }
         guard saveEvery >= 0 else { throw ValidationError("--save-every must be >= 0 (0 = never), got \(saveEvery)") }
+        if let k = killAfterStep, k < 1 { throw ValidationError("--kill-after-step must be at least 1, got \(k)") }
+        try validateTraining()
+    }
+
+    /// The training settings' ranges (`DistillConfig.validate`'s), named by their options and as that check names
+    /// them, before any file is read.
+    func validateTraining() throws {
+        typealias C = DistillConfig
+        for (name, v, r) in [("--steps", steps, 1...C.maxSteps), ("--batch", batch, 1...C.maxBatch), ("--window", window, 2...C.maxWindow),
+                             ("--accumulation", accumulation, 1...C.maxSteps), ("--warmup", warmup, 0...C.maxSteps)] where !r.contains(v) {
+            throw ValidationError("\(name) must lie in \(r.lowerBound)...\(r.upperBound), got \(v)")
+        }
+        guard lr > 0 && lr <= C.maxLR else { throw ValidationError("--lr must lie in (0, \(C.maxLR)], got \(lr)") }
+        let reals: [(String, String, Double, ClosedRange<Double>)] = [
+            ("--min-lr-ratio", "min-lr ratio", minLrRatio, 0...1), ("--weight-decay", "weight decay", weightDecay, 0...1),
+            ("--clip", "clip", clip, 0...1e6), ("--temperature", "temperature", temperature, 1e-3...1e3),
+            ("--kl-weight", "kl weight", klWeight, 0...1e6), ("--ce-weight", "ce weight", ceWeight, 0...1e6),
+            ("--intermediate-weight", "intermediate weight", intermediateWeight, 0...1e6)]
+        for (name, what, v, r) in reals where !r.contains(v) {
+            throw ValidationError("\(name): \(what) must lie in \(r.lowerBound)...\(r.upperBound), got \(v)")
+        }
+        for (name, v) in [("--beta1", beta1), ("--beta2", beta2)] where !(0..<1).contains(v) {
+            throw ValidationError("\(name) must lie in [0, 1), got \(v)")
+        }
     }
 
     func run() throws {
@@ -408,7 +434,11 @@ struct Apply: ParsableCommand {
     @Flag(help: "Continue an interrupted distill stage from its saved state.") var resume = false
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Allow the output to be the base checkpoint (replacing it).") var force = false
-    @Option(help: .hidden) var killAfterStep: Int?
+    @Option(parsing: .unconditional, help: .hidden) var killAfterStep: Int?
+
+    func validate() throws {
+        if let k = killAfterStep, k < 1 { throw ValidationError("--kill-after-step must be at least 1, got \(k)") }
+    }
 
     func run() throws {
         try reportingErrors(json: json) {
@@ -470,7 +500,7 @@ struct DropLayers: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "drop-layers", abstract: "Remove decoder layers from a checkpoint.")
 
     @Argument(help: "Checkpoint (.h5).") var checkpoint: String
-    @Option(help: "Comma-separated 0-based layer indices to remove.") var drop: String
+    @Option(parsing: .unconditional, help: "Comma-separated 0-based layer indices to remove.") var drop: String
     @Option(name: .shortAndLong, help: "Output checkpoint (.h5).") var output: String
     @Flag(help: "Allow -o to name the input checkpoint (replacing it).") var force = false
     @Flag(help: "Print one JSON object.") var json = false
@@ -478,7 +508,9 @@ struct DropLayers: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let layers = try drop.split(separator: ",").map { s -> Int in
-                guard let i = Int(s.trimmingCharacters(in: .whitespaces)) else { throw WorkbenchError("--drop: '\(s)' is not a layer index") }
+                guard let i = Int(s.trimmingCharacters(in: .whitespaces)), i >= 0 else {
+                    throw WorkbenchError("--drop: '\(s)' is not a layer index (expected 0-based indices, 0 or more)")
+                }
                 return i
             }
             let r = try Workbench.dropLayers(checkpoint: checkpoint, drop: layers, output: output, force: force)

@@ -22,16 +22,21 @@ struct SweepRun: ParsableCommand {
     @Flag(help: "Pair the --set values position by position instead of taking their product.") var zip = false
     @Option(name: .shortAndLong, help: "Sweep directory.") var output: String
     @Option(help: "Base checkpoint; overrides the recipe's 'base'.") var checkpoint: String?
-    @Option(help: "Points run at once (each with cores / jobs threads).") var jobs = 1
+    @Option(parsing: .unconditional, help: "Points run at once (each with cores / jobs threads; 1...64).") var jobs = 1
     @Option(help: "Checkpoints kept: none, best (lowest PPL) or all.") var keep = "best"
     @Option(help: "Statistics cache shared by the points (default DIR/cache).") var cache: String?
     @Flag(help: "Submit a Slurm job array (one task per point) and a collect job instead of running here.") var slurm = false
     @Option(help: "Slurm partition.") var partition: String?
     @Option(help: "Slurm time limit per point (e.g. 01:00:00).") var time: String?
-    @Option(help: "Slurm CPUs per task.") var cpusPerTask = 2
+    @Option(parsing: .unconditional, help: "Slurm CPUs per task (1...4096).") var cpusPerTask = 2
     @Option(help: "Slurm memory per task (e.g. 8G).") var mem: String?
     @Flag(help: "With --slurm: write the scripts, do not submit.") var dryRun = false
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard (1...64).contains(jobs) else { throw ValidationError("--jobs must lie in 1...64, got \(jobs)") }
+        guard (1...4096).contains(cpusPerTask) else { throw ValidationError("--cpus-per-task must lie in 1...4096, got \(cpusPerTask)") }
+    }
 
     func run() throws {
         try reportingErrors(json: json) {

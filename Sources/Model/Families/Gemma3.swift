@@ -129,16 +129,14 @@ public enum Gemma3Family: ModelFamily {
             types = (0..<c.numHiddenLayers).map { ($0 + 1) % pattern == 0 ? .full : .sliding }
         }
         for (l, t) in types.enumerated() { c.blocks[l].layerType = t }
-        if types.contains(.sliding) {
-            guard let v = o["sliding_window"], v != .null else {
-                throw ConfigError("config: missing key 'sliding_window' (layer_types has sliding_attention layers)")
-            }
+        // The window is checked whether or not a layer slides (it is written back either way).
+        if let v = o["sliding_window"], v != .null {
             guard let w = v.intValue, (1...(1 << 24)).contains(w) else {
                 throw ConfigError("config: sliding_window is \(v.text) (expected an integer in 1...\(1 << 24))")
             }
             c.slidingWindow = w
-        } else if let v = o["sliding_window"], v != .null {
-            c.slidingWindow = v.intValue
+        } else if types.contains(.sliding) {
+            throw ConfigError("config: missing key 'sliding_window' (layer_types has sliding_attention layers)")
         }
         return c
     }
