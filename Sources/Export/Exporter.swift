@@ -15,12 +15,12 @@ public enum Exporter {
     public static func checkOutput(_ output: String, format: ExportFormat, inputs: [(role: String, path: String)], force: Bool) throws {
         guard !output.isEmpty else { throw ExportError("the output path is empty (expected a \(format == .hf ? "directory" : "file") name)") }
         let out = URL(fileURLWithPath: output).standardizedFileURL.path
-        let parent = URL(fileURLWithPath: out).deletingLastPathComponent().path
-        var ps = stat()
-        guard stat(parent, &ps) == 0, (ps.st_mode & S_IFMT) == S_IFDIR else {
-            throw ExportError("\(output): directory '\(parent)' does not exist (expected an existing directory for the output)")
-        }
-        guard access(parent, W_OK) == 0 else { throw ExportError("\(output): directory '\(parent)' is not writable; nothing was exported") }
+        // The same checks as every other output: a name too long (its temporary name included) and a path through
+        // a regular file are told apart from a missing or read-only directory.
+        do {
+            try SafeFiles.checkName(out, role: "export")
+            try SafeFiles.checkDirectory(of: out, role: "export")
+        } catch let e as FileError { throw ExportError(e.description + "; nothing was exported") }
         let outReal = realpath(out)
         for (role, path) in inputs {
             guard let r = realpath(path) else { continue }

@@ -24,6 +24,14 @@ extension CLITests {
             let message = try XCTUnwrap(r.json?["error"] as? String, r.stdout)
             XCTAssertTrue(message.contains("'\(file)' is not a directory") && !message.contains("does not exist"), message)
         }
+        // export checks its output the same way (it had a check of its own that said "does not exist").
+        for format in ["gguf", "hf"] {
+            let e = try run(["export", fixture("tiny-llama.h5"), "--format", format, "-o", file + "/out"])
+            XCTAssertEqual(e.status, 1)
+            XCTAssertTrue(e.stderr.contains("'\(file)' is not a directory"), e.stderr)
+            let n = try run(["export", fixture("tiny-llama.h5"), "--format", format, "-o", long])
+            XCTAssertTrue(n.stderr.contains("file name too long"), n.stderr)
+        }
         let missing = try run(["import", fixture("tiny-llama.gguf"), "-o", dir.appendingPathComponent("none/out.h5").path])
         XCTAssertTrue(missing.stderr.contains("directory '\(dir.appendingPathComponent("none").path)' does not exist"), missing.stderr)
         let r = try recipe(dir, "s.json", dir.appendingPathComponent("text.txt").path, stages: #"{"stage": "eval"}"#)
