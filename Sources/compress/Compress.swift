@@ -1,6 +1,7 @@
 import ArgumentParser
 import Export
 import Evaluation
+import Recipes
 import Foundation
 import TensorCore
 import Training
@@ -374,8 +375,8 @@ struct Distill: ParsableCommand {
             }
             c.intermediateLoss = il; c.intermediateWeight = intermediateWeight; c.balance = balance
             if let groups {
-                do { c.groups = try JSONDecoder().decode([ParameterGroup].self, from: Data(groups.utf8)) } catch {
-                    throw WorkbenchError("--groups: expected a JSON array of {match, lr, weight_decay, frozen} (\(error))")
+                do { c.groups = try ParameterGroup.strictList(groups, source: "--groups") } catch let e as RecipeError {
+                    throw WorkbenchError(e.description)
                 }
             }
             if let freeze { c.groups = freeze.split(separator: ",").map { ParameterGroup(match: String($0), frozen: true) } + c.groups }
