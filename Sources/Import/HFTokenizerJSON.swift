@@ -145,7 +145,7 @@ enum HFTokenizerJSON {
         if let match = known.first(where: { $0.definition == withoutTrimOffsets(p) }) { return match.name }
         let patterns = splitPatterns(p)
         let quoted = patterns.isEmpty ? "" : "; its Split pattern\(patterns.count > 1 ? "s" : "") \(patterns.map { "'\($0)'" }.joined(separator: ", ")) \(patterns.count > 1 ? "are" : "is") not one we implement (Llama 3's is '\(llama3Split)', Qwen2's '\(qwen2Split)')"
-        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's or Qwen2's Split then ByteLevel with use_regex false)")
+        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's or Qwen2's Split then ByteLevel with use_regex false; --pre-tokenizer NAME imports with one of those)")
     }
 
     /// The definition with every `trim_offsets` key removed and ByteLevel's `use_regex` default (true) filled in.
