@@ -7,13 +7,16 @@ import Model
 /// Reads a Hugging Face tokenizer.json of a BPE model into a `TokenizerSpec`: byte-level BPE (GPT-2, SmolLM, Llama 3,
 /// Qwen2), or SentencePiece-style BPE with byte fallback and "▁" for spaces (Llama 2, Mistral, TinyLlama, Gemma).
 enum HFTokenizerJSON {
-    static func read(_ path: String) throws -> TokenizerSpec {
+    /// Reads a tokenizer.json strictly: the JSON through `JSONKeys.strictText`, every key of the document, of
+    /// `model`, of `added_tokens` and of the normalizer, pre-tokenizer, post-processor and decoder either
+    /// implemented or refused naming it. `preTokenizer` (the pre-tokenizer or SentencePiece spacing name of
+    /// `compress import --pre-tokenizer`) replaces what the file's pre-tokenizer and normalizer describe.
+    static func read(_ path: String, preTokenizer: String? = nil) throws -> TokenizerSpec {
         let data: Data
         do { data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28) } catch let e as FileError { throw ImportError(e.description) }
-        guard let text = String(data: data, encoding: .utf8) else { throw ImportError("\(path): not valid UTF-8 (expected tokenizer.json text)") }
-        let parsed: JSONValue
-        do { parsed = try JSONValue.parse(text) } catch let e as DuplicateJSONKey { throw ImportError("\(path): \(e)") } catch { throw ImportError("\(path): not valid JSON (\(error))") }
+        let parsed = try Importer.parseJSON(data, path: path)
         guard let root = parsed.objectValue else { throw ImportError("\(path): expected a JSON object") }
+        try checkRoot(root, path: path)
         // model.vocab read again from the bytes, in order: a JSONValue object's keys are Swift Strings, which compare by
         // canonical equivalence, and real vocabularies (Gemma's) hold canonically equivalent but different tokens.
         guard let model = root["model"]?.objectValue, model["type"]?.stringValue == "BPE", model["vocab"]?.objectValue != nil,
@@ -21,11 +24,8 @@ enum HFTokenizerJSON {
             let type = root["model"]?.objectValue?["type"]?.text ?? "missing"
             throw ImportError("\(path): expected a BPE model with a vocab, found model.type \(type) (supported: byte-level BPE, and SentencePiece-style BPE with byte_fallback; a Unigram model is not)")
         }
-        var added: [(Int, String, Bool)] = []
-        for entry in root["added_tokens"]?.arrayValue ?? [] {
-            guard let o = entry.objectValue, let id = o["id"]?.intValue, let content = o["content"]?.stringValue else { continue }
-            added.append((id, content, o["special"]?.boolValue ?? false))
-        }
+        try checkModel(model, path: path)
+        let added = try addedTokens(root, path: path)
         // Ids must be dense from 0: bound them by the number of entries before sizing anything by them.
         let entries = vocab.count + added.count
         for (token, id) in vocab {
@@ -52,30 +52,60 @@ enum HFTokenizerJSON {
             throw ImportError("\(path): token id \(missing) has no token (ids must be contiguous)")
         }
         if isSentencePiece(root: root, model: model) {
-            return try sentencePieceSpec(root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, path: path)
+            return try sentencePieceSpec(root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, path: path,
+                                         preTokenizer: preTokenizer)
         }
-        return try spec(root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, added: added, path: path)
+        return try spec(root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, added: added, path: path,
+                        preTokenizer: preTokenizer)
     }
 
     private static func spec(root: [String: JSONValue], model: [String: JSONValue], tokens: [String], types: [Int32],
-                             added: [(Int, String, Bool)], path: String) throws -> TokenizerSpec {
+                             added: [(Int, String, Bool)], path: String, preTokenizer: String?) throws -> TokenizerSpec {
         let merges = try mergeRules(model, path: path)
         func id(_ content: String) -> Int32? { added.first { $0.1 == content }.map { Int32(clamping: $0.0) } }
-        let pre = try preTokenizerKind(root["pre_tokenizer"], path: path)
+        if let n = root["normalizer"], n != .null, preTokenizer == nil {
+            // Qwen2's NFC (set by transformers' Qwen2 tokenizer classes) included: text that is not NFC would
+            // tokenize differently, and neither llama.cpp nor the tokenizer transformers builds from a GGUF applies it.
+            throw ImportError("\(path): normalizer \(n.text.prefix(200)) is not supported with a byte-level BPE (supported: null; we implement no normalization; --pre-tokenizer NAME imports the tokenizer without it)")
+        }
+        let pre = try preTokenizer ?? preTokenizerKind(root["pre_tokenizer"], path: path)
+        try checkDecoder(root["decoder"], allowed: [["type": .string("ByteLevel")]], path: path)
         // Our llama3 pre-tokenizer ignores merges for pieces that are tokens (as Llama 3's tokenizer.json and
         // llama.cpp do); the others never do (Qwen2.5's tokenizer.json says "ignore_merges": false, and llama.cpp
         // sets it only for its LLAMA3 pre-type). A file that says otherwise would tokenize differently.
-        // The `normalizer` is not read: Qwen2's (NFC, set by transformers' own Qwen2 tokenizer classes) is not
-        // applied, as neither the tokenizer transformers builds from a qwen2 GGUF nor llama.cpp applies it; the
-        // ids are the same for text that is already NFC.
         let ignoreMerges = model["ignore_merges"]?.boolValue ?? false
         let implied = pre == "llama3"  // Tokenizer's PreTokenizer.ignoresMerges
         guard ignoreMerges == implied else {
             throw ImportError("\(path): model.ignore_merges is \(ignoreMerges) with the \(pre) pre-tokenizer (expected \(implied): we implement \(implied ? "Llama 3's pre-tokenizer only with" : "this pre-tokenizer only without") ignore_merges)")
         }
+        var ids: [String: Int] = [:]
+        for (i, t) in tokens.enumerated() { ids[t] = i }
+        let defaults = (bos: id("<|endoftext|>") ?? id("<s>"), eos: id("<|endoftext|>") ?? id("</s>"))
+        let special = try specialTokens(template: byteLevelTemplate(root["post_processor"], path: path), ids: ids,
+                                        defaults: defaults, path: path)
         return TokenizerSpec(model: "gpt2", pre: pre, tokens: tokens,
-                             merges: merges, tokenTypes: types, bosTokenID: id("<|endoftext|>") ?? id("<s>"),
-                             eosTokenID: id("<|endoftext|>") ?? id("</s>"), addBosToken: false)
+                             merges: merges, tokenTypes: types, bosTokenID: special.bos,
+                             eosTokenID: special.eos, addBosToken: special.addBos, addEosToken: special.addEos ? true : nil)
+    }
+
+    /// The TemplateProcessing part of a byte-level post-processor: null, `ByteLevel` (its `add_prefix_space`,
+    /// `trim_offsets` and `use_regex` only move offsets, so any value is accepted), `TemplateProcessing`, or a
+    /// Sequence of a ByteLevel and a TemplateProcessing (Llama 3.1's). Anything else is refused.
+    static func byteLevelTemplate(_ p: JSONValue?, path: String) throws -> [String: JSONValue]? {
+        func isByteLevel(_ o: [String: JSONValue]) -> Bool {
+            o["type"] == .string("ByteLevel")
+                && o.keys.allSatisfy { ["type", "add_prefix_space", "trim_offsets", "use_regex"].contains($0) }
+        }
+        guard let p, p != .null else { return nil }
+        guard let o = p.objectValue else { throw ImportError("\(path): post_processor is \(p.text.prefix(80)) (expected an object or null)") }
+        if isByteLevel(o) { return nil }
+        if o["type"] == .string("Sequence"), o.keys.allSatisfy({ ["type", "processors"].contains($0) }),
+           let steps = o["processors"]?.arrayValue?.compactMap(\.objectValue), steps.count == (o["processors"]?.arrayValue?.count ?? -1) {
+            let rest = steps.filter { !isByteLevel($0) }
+            if rest.count <= 1 { return rest.first ?? nil }
+        }
+        if o["type"] == .string("TemplateProcessing") { return o }
+        throw ImportError("\(path): post_processor \(p.text.prefix(200)) is not supported (supported: null, ByteLevel, TemplateProcessing, or a Sequence of a ByteLevel and a TemplateProcessing)")
     }
 
     /// Llama 3's Split regex (tokenizers' `Regex` pattern), matched character for character.
@@ -115,7 +145,7 @@ enum HFTokenizerJSON {
         if let match = known.first(where: { $0.definition == withoutTrimOffsets(p) }) { return match.name }
         let patterns = splitPatterns(p)
         let quoted = patterns.isEmpty ? "" : "; its Split pattern\(patterns.count > 1 ? "s" : "") \(patterns.map { "'\($0)'" }.joined(separator: ", ")) \(patterns.count > 1 ? "are" : "is") not one we implement (Llama 3's is '\(llama3Split)', Qwen2's '\(qwen2Split)')"
-        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's or Qwen2's Split then ByteLevel with use_regex false)")
+        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's or Qwen2's Split then ByteLevel with use_regex false; --pre-tokenizer NAME imports with one of those)")
     }
 
     /// The definition with every `trim_offsets` key removed and ByteLevel's `use_regex` default (true) filled in.
@@ -289,22 +319,15 @@ extension HFTokenizerJSON {
     /// leaves no space to split on). BOS (and EOS) added by a `TemplateProcessing` post-processor set
     /// `add_bos_token` (`add_eos_token`). Anything else is refused, naming the key.
     static func sentencePieceSpec(root: [String: JSONValue], model: [String: JSONValue], tokens: [String], types: [Int32],
-                                  path: String) throws -> TokenizerSpec {
+                                  path: String, preTokenizer: String? = nil) throws -> TokenizerSpec {
         guard model["byte_fallback"]?.boolValue == true else {
             throw ImportError("\(path): model.byte_fallback is \(model["byte_fallback"]?.text ?? "missing") with a SentencePiece-style (\"▁\") tokenizer (supported: true; without it unknown characters become unk)")
-        }
-        for key in ["dropout", "continuing_subword_prefix", "end_of_word_suffix"] where (model[key] ?? .null) != .null {
-            throw ImportError("\(path): model.\(key) is \(model[key]!.text) (supported: null)")
         }
         if model["ignore_merges"]?.boolValue == true {
             throw ImportError("\(path): model.ignore_merges is true with a SentencePiece-style tokenizer (supported: false)")
         }
-        for (index, entry) in (root["added_tokens"]?.arrayValue ?? []).enumerated() {
-            for key in ["lstrip", "rstrip", "single_word"] where entry.objectValue?[key]?.boolValue == true {
-                throw ImportError("\(path): added_tokens[\(index)].\(key) is true (supported: false)")
-            }
-        }
-        let spacing = try spacingName(normalizer: root["normalizer"], preTokenizer: root["pre_tokenizer"], path: path)
+        let spacing = try preTokenizer ?? spacingName(normalizer: root["normalizer"], preTokenizer: root["pre_tokenizer"], path: path)
+        try checkDecoder(root["decoder"], allowed: sentencePieceDecoders, path: path)
         var types = types
         var ids: [String: Int] = [:]
         for (i, t) in tokens.enumerated() { ids[t] = i }
@@ -319,20 +342,31 @@ extension HFTokenizerJSON {
         }
         let template = root["post_processor"]?.objectValue
         let control = ids.filter { types[$0.value] == 3 }  // Gemma's "<s>" and "</s>" are HTML tags (user-defined)
-        let (bos, addBos, eos, addEos) = try specialTokens(template: template, ids: ids, control: control, path: path)
+        func named(_ names: [String]) -> Int32? { names.lazy.compactMap { control[$0] }.first.map { Int32($0) } }
+        let (bos, addBos, eos, addEos) = try specialTokens(template: template, ids: ids,
+                                                           defaults: (named(["<s>", "<bos>"]), named(["</s>", "<eos>"])), path: path)
         return TokenizerSpec(model: "llama", pre: spacing, tokens: tokens, merges: merges, tokenTypes: types,
                              bosTokenID: bos, eosTokenID: eos, addBosToken: addBos, addEosToken: addEos ? true : nil)
     }
 
     /// BOS and EOS: the special tokens a TemplateProcessing post-processor puts before and after a single text
     /// (then added), else the control tokens "<s>" / "<bos>" and "</s>" / "<eos>" (not added).
-    private static func specialTokens(template: [String: JSONValue]?, ids: [String: Int], control: [String: Int], path: String) throws
-        -> (bos: Int32?, addBos: Bool, eos: Int32?, addEos: Bool) {
-        func named(_ names: [String]) -> Int32? { names.lazy.compactMap { control[$0] }.first.map { Int32($0) } }
-        var bos = named(["<s>", "<bos>"]), eos = named(["</s>", "<eos>"]), addBos = false, addEos = false
+    /// `pair` only describes encoding two texts together, and a piece's `type_id` only the token type ids, so
+    /// both are accepted; every `special_tokens` entry must name its token's own id.
+    static func specialTokens(template: [String: JSONValue]?, ids: [String: Int], defaults: (bos: Int32?, eos: Int32?),
+                              path: String) throws -> (bos: Int32?, addBos: Bool, eos: Int32?, addEos: Bool) {
+        var (bos, eos) = defaults
+        var addBos = false, addEos = false
         guard let template else { return (bos, false, eos, false) }
-        guard template["type"]?.stringValue == "TemplateProcessing", let single = template["single"]?.arrayValue else {
-            throw ImportError("\(path): post_processor \(JSONValue.object(template).text.prefix(200)) is not supported (supported: null or TemplateProcessing)")
+        guard template["type"]?.stringValue == "TemplateProcessing", let single = template["single"]?.arrayValue,
+              template.keys.allSatisfy({ ["type", "single", "pair", "special_tokens"].contains($0) }) else {
+            throw ImportError("\(path): post_processor \(JSONValue.object(template).text.prefix(200)) is not supported (supported: null or TemplateProcessing with single, pair and special_tokens)")
+        }
+        for (name, entry) in (template["special_tokens"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
+            let listed = entry.objectValue?["ids"]?.arrayValue?.compactMap(\.intValue)
+            guard let id = ids[name], listed == [id] else {
+                throw ImportError("\(path): post_processor.special_tokens.\(name) is \(entry.text.prefix(120)) (expected the one id of token '\(name)'\(ids[name].map { ", \($0)" } ?? ", which is not a token"))")
+            }
         }
         // The single-text template: at most one special token, then the text, then at most one special token.
         let pieces = single.map { $0.objectValue?["SpecialToken"]?.objectValue?["id"]?.stringValue }

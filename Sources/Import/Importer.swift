@@ -17,13 +17,20 @@ public struct ImportError: Error, CustomStringConvertible {
 /// Turns foreign checkpoints (GGUF files, Hugging Face safetensors directories) into our format.
 /// Everything is built in memory and verified before anything is written, so a failed import writes nothing.
 public enum Importer {
-    /// Imports a GGUF file or a Hugging Face model directory.
-    public static func load(_ source: String) throws -> Checkpoint {
+    /// Imports a GGUF file or a Hugging Face model directory. `preTokenizer` (a pre-tokenizer such as "gpt2", or for a
+    /// SentencePiece tokenizer a spacing rule such as "prefix-first") replaces the one the source describes, which is
+    /// then not checked (`compress import --pre-tokenizer`); the history records it as a warning.
+    public static func load(_ source: String, preTokenizer: String? = nil) throws -> Checkpoint {
         var st = stat()
         guard !source.isEmpty, stat(source, &st) == 0 else { throw ImportError("\(source): no such file or directory (expected a GGUF file or a Hugging Face directory)") }
-        if (st.st_mode & S_IFMT) == S_IFDIR { return try fromHuggingFace(directory: source) }
+        if (st.st_mode & S_IFMT) == S_IFDIR { return try fromHuggingFace(directory: source, preTokenizer: preTokenizer) }
         do { try SafeFiles.regularFile(source, role: "GGUF file or Hugging Face directory") } catch let e as FileError { throw ImportError(e.description) }
-        return try fromGGUF(path: source)
+        return try fromGGUF(path: source, preTokenizer: preTokenizer)
+    }
+
+    /// The warning an import with `--pre-tokenizer` records.
+    static func overrideWarning(_ name: String, source: String) -> String {
+        "pre-tokenizer set to '\(name)' by --pre-tokenizer; \(source)'s own tokenizer settings for it were not checked"
     }
 
     /// A history entry describing an import.
@@ -41,7 +48,7 @@ public enum Importer {
     /// Reads a GGUF of any registered family: `general.architecture` picks the family, whose reader turns the
     /// `<arch>.*` metadata into the spec; tensors are dequantized to Float32 under the family's GGUF names
     /// (q/k rows un-permuted for families stored in llama.cpp's rotary order); tokenizer from `tokenizer.ggml.*`.
-    public static func fromGGUF(path: String) throws -> Checkpoint {
+    public static func fromGGUF(path: String, preTokenizer: String? = nil) throws -> Checkpoint {
         let file = try GGUFFile(path: path)
         var ggufConfig = try GGUFConfig(gguf: file, supported: ModelFamilies.ggufArchitectures)
         guard let family = ModelFamilies.forGGUFArchitecture(ggufConfig.architecture) else {
@@ -79,153 +86,38 @@ public enum Importer {
             typeCounts[info.type.name, default: 0] += 1
         }
         let model = try buildModel(config: config, tensors: tensors, source: path)
-        let tokenizer = try ggufTokenizer(file, family: family)
+        let tokenizer = try ggufTokenizer(file, family: family, preTokenizer: preTokenizer)
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(path): tokenizer.ggml.*: \(problem)") }
-        let entry = historyEntry(source: path, format: "gguf", details: [
+        var details: [String: JSONValue] = [:]
+        if let preTokenizer, tokenizer != nil { details["warnings"] = .array([.string(overrideWarning(preTokenizer, source: path))]) }
+        let entry = historyEntry(source: path, format: "gguf", details: details.merging([
             "gguf_version": .int(file.version),
             "gguf_architecture": .string(ggufConfig.architecture),
             "tensor_types": .object(typeCounts.mapValues { .int($0) }),
             "note": .string("dequantized to float32" + (family.ggufPermutesQK ? "; q/k rows un-permuted from llama.cpp's rotary order" : "")
                             + (family.ggufNormShift != 0 ? "; \(family.ggufNormShift) subtracted from every norm weight (llama.cpp stores 1 + w)" : "")),
-        ])
+        ]) { a, _ in a })
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
-    }
-
-    /// The tokenizer of a GGUF file's `tokenizer.ggml.*` metadata: byte-level BPE for `tokenizer.ggml.model` "gpt2",
-    /// SentencePiece BPE for "llama"; nil when the file has none. Other models (Unigram "t5", WordPiece "bert", ...)
-    /// and settings we do not implement are refused, naming the key.
-    static func ggufTokenizer(_ file: GGUFFile, family: any ModelFamily.Type) throws -> TokenizerSpec? {
-        guard let kind = try file.ifPresent("tokenizer.ggml.model", file.string) else { return nil }
-        let spec: TokenizerSpec
-        switch kind {
-        case "gpt2": spec = try ggufByteLevelTokenizer(file, family: family)
-        case "llama": spec = try ggufSentencePieceTokenizer(file)
-        default:
-            throw ImportError("\(file.path): tokenizer.ggml.model '\(kind)' is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE with byte fallback)")
-        }
-        if let problem = spec.problem(vocabSize: nil) { throw ImportError("\(file.path): tokenizer.ggml.*: \(problem)") }
-        return spec
-    }
-
-    private static func ggufByteLevelTokenizer(_ file: GGUFFile, family: any ModelFamily.Type) throws -> TokenizerSpec {
-        let types = try ggufTokenTypes(file)
-        let tokens = try file.strings("tokenizer.ggml.tokens")
-        let merges = try file.ifPresent("tokenizer.ggml.merges", file.strings)
-        if merges == nil {
-            // Byte-level BPE reaches a multi-byte token only through merges; without them every text would be
-            // spelled in single bytes (llama.cpp refuses such files). Added tokens (types 3, 4) are matched whole.
-            let multiByte = tokens.indices.filter { i in
-                tokens[i].unicodeScalars.count > 1 && !(types.map { $0.indices.contains(i) && ($0[i] == 3 || $0[i] == 4) } ?? false)
-            }
-            if let first = multiByte.first {
-                throw ImportError("\(file.path): tokenizer.ggml.merges is missing, but tokenizer.ggml.tokens holds \(multiByte.count) multi-byte tokens (e.g. id \(first) '\(tokens[first])'); expected the merges that build them (byte-level BPE cannot reach them otherwise)")
-            }
-        }
-        return TokenizerSpec(
-            model: "gpt2", pre: try file.ifPresent("tokenizer.ggml.pre", file.string).map { $0 == "gpt-2" ? "gpt2" : $0 } ?? family.defaultPreTokenizer,
-            tokens: tokens,
-            merges: merges ?? [],
-            tokenTypes: types,
-            bosTokenID: try ggufTokenID(file, "tokenizer.ggml.bos_token_id", count: tokens.count),
-            eosTokenID: try ggufTokenID(file, "tokenizer.ggml.eos_token_id", count: tokens.count),
-            addBosToken: try file.ifPresent("tokenizer.ggml.add_bos_token", file.bool) ?? false)
-    }
-
-    /// How transformers builds the tokenizer of a `llama` GGUF, by `general.architecture`
-    /// (transformers/integrations/gguf/gguf_tokenizer_mapping.py, 5.25): Gemma 1-3 respell whitespace tokens and rank
-    /// merges by vocabulary order, with no prefix space; Gemma 4 ranks by score, no prefix, no BOS; Phi-3 prepends "▁"
-    /// to every stretch (a `Prepend` normalizer); every other architecture gets `LlamaTokenizer` (Metaspace, prefix
-    /// "first"). transformers ignores `tokenizer.ggml.add_space_prefix`; where the file contradicts the builder we refuse.
-    public static func sentencePieceRule(architecture: String) -> (mergeOrder: String, spacing: String, prefix: Bool, addBos: Bool?) {
-        switch architecture {
-        case "gemma", "gemma2", "gemma3": ("gemma", "no-prefix", false, nil)
-        case "gemma4": ("scores", "no-prefix", false, false)
-        case "phi3": ("scores", "prefix-every", true, nil)
-        default: ("scores", "prefix-first", true, nil)
-        }
-    }
-
-    private static func ggufSentencePieceTokenizer(_ file: GGUFFile) throws -> TokenizerSpec {
-        let path = file.path
-        for (key, why) in [("tokenizer.ggml.merges", "llama.cpp ignores them for a SentencePiece vocabulary and transformers uses them; expected the merges to follow from the scores"),
-                           ("tokenizer.ggml.precompiled_charsmap", "a SentencePiece normalization (e.g. NFKC) we do not implement")]
-        where file.metadata[key] != nil {
-            throw ImportError("\(path): \(key) is not supported with tokenizer.ggml.model llama (\(why))")
-        }
-        if let pre = try file.ifPresent("tokenizer.ggml.pre", file.string), pre != "default" {
-            throw ImportError("\(path): tokenizer.ggml.pre '\(pre)' is not supported with tokenizer.ggml.model llama (expected 'default' or no key)")
-        }
-        let tokens = try file.strings("tokenizer.ggml.tokens")
-        let architecture = try file.ifPresent("general.architecture", file.string) ?? ""
-        let rule = sentencePieceRule(architecture: architecture)
-        var scores: [Float]? = nil
-        if let values = try file.ifPresent("tokenizer.ggml.scores", { try file.value($0) }) {
-            let numbers = values.arrayValue?.compactMap { $0.doubleValue.map(Float.init) } ?? []
-            guard values.arrayValue?.count == tokens.count, numbers.count == tokens.count else {
-                throw ImportError("\(path): tokenizer.ggml.scores is not an array of \(tokens.count) numbers (one per token)")
-            }
-            if let bad = numbers.firstIndex(where: { !$0.isFinite }) {
-                throw ImportError("\(path): tokenizer.ggml.scores[\(bad)] is \(numbers[bad]) (expected finite scores)")
-            }
-            scores = numbers
-        } else if rule.mergeOrder == "scores" {
-            throw ImportError("\(path): tokenizer.ggml.scores is missing (a SentencePiece vocabulary merges by score)")
-        }
-        if let prefix = try file.ifPresent("tokenizer.ggml.add_space_prefix", file.bool), prefix != rule.prefix {
-            throw ImportError("\(path): tokenizer.ggml.add_space_prefix is \(prefix), but transformers builds a '\(architecture)' SentencePiece tokenizer \(rule.prefix ? "with" : "without") a prefix space (llama.cpp and transformers would disagree; not supported)")
-        }
-        let addBos = try file.ifPresent("tokenizer.ggml.add_bos_token", file.bool)
-        if let forced = rule.addBos, let addBos, addBos != forced {
-            throw ImportError("\(path): tokenizer.ggml.add_bos_token is \(addBos), but transformers builds a '\(architecture)' tokenizer with add_bos_token \(forced) (not supported)")
-        }
-        return TokenizerSpec(
-            model: "llama", pre: rule.spacing, tokens: tokens, merges: [], tokenTypes: try ggufTokenTypes(file),
-            bosTokenID: try ggufTokenID(file, "tokenizer.ggml.bos_token_id", count: tokens.count),
-            eosTokenID: try ggufTokenID(file, "tokenizer.ggml.eos_token_id", count: tokens.count),
-            addBosToken: addBos ?? rule.addBos ?? true,  // llama.cpp's and transformers' default for SentencePiece
-            scores: scores, mergeOrder: rule.mergeOrder,
-            addEosToken: try file.ifPresent("tokenizer.ggml.add_eos_token", file.bool))
-    }
-
-    private static func ggufTokenTypes(_ file: GGUFFile) throws -> [Int32]? {
-        try file.ifPresent("tokenizer.ggml.token_type") { key -> [Int32] in
-            guard let a = try file.value(key).arrayValue else { throw ImportError("\(file.path): \(key) is not an array") }
-            return try a.map {
-                guard let i = $0.intValue else { throw ImportError("\(file.path): \(key) holds a non-integer") }
-                guard let t = Int32(exactly: i), (1...6).contains(t) else { throw ImportError("\(file.path): \(key) holds \(i) (expected token types 1...6)") }
-                return t
-            }
-        }
-    }
-
-    private static func ggufTokenID(_ file: GGUFFile, _ key: String, count: Int) throws -> Int32? {
-        guard let i = try file.ifPresent(key, file.int) else { return nil }
-        guard let v = Int32(exactly: i), v >= 0, Int(v) < count else {
-            throw ImportError("\(file.path): \(key) is \(i) (expected a token id in 0..<\(count))")
-        }
-        return v
     }
 
     // MARK: Hugging Face directory
 
+    /// A JSON file read strictly (`JSONKeys.strictText`: UTF-8, no repeated key, no number past a 64-bit float),
+    /// every error naming the file and, where it has one, the key path.
+    static func readJSON(_ path: String, role: String, limit: Int) throws -> JSONValue {
+        let data: Data
+        do { data = try SafeFiles.read(path, role: role, limit: limit) } catch let e as FileError { throw ImportError(e.description) }
+        return try parseJSON(data, path: path)
+    }
+
     /// Reads config.json, safetensors weights (single file or sharded; F32, F16, BF16) and tokenizer.json.
-    public static func fromHuggingFace(directory: String) throws -> Checkpoint {
+    public static func fromHuggingFace(directory: String, preTokenizer: String? = nil) throws -> Checkpoint {
         let dir = URL(fileURLWithPath: directory, isDirectory: true)
         let configPath = dir.appendingPathComponent("config.json").path
-        let configText: String
-        do { configText = String(decoding: try SafeFiles.read(configPath, role: "config.json", limit: 1 << 24), as: UTF8.self) } catch let e as FileError {
-            throw ImportError(e.description)
-        }
         var config: ModelConfig
-        let json: JSONValue
-        do {
-            json = try deciLMAsLlama(JSONValue.parse(configText))
-            config = try ModelConfig(json: json)
-        } catch let e as ConfigError {
-            throw ImportError("\(configPath): \(e.description)")
-        } catch let e as DuplicateJSONKey { throw ImportError("\(configPath): \(e)") } catch {
-            throw ImportError("\(configPath): not valid JSON (\(error))")
-        }
+        let json = try deciLMAsLlama(readJSON(configPath, role: "config.json", limit: 1 << 24), path: configPath)
+        do { config = try ModelConfig(json: json) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
+        try HFConfigKeys.check(config.extra, path: configPath)
         let weights = try SafetensorsDirectory(path: directory)
         var warnings: [String] = []
         if config.tieWordEmbeddings, case .object(var o) = json, let untie = try storedHeadDiffers(weights) {
@@ -267,7 +159,8 @@ public enum Importer {
         }
         let model = try buildModel(config: config, tensors: tensors, quantized: quantized, source: directory)
         let tokenizerPath = dir.appendingPathComponent("tokenizer.json").path
-        let tokenizer = FileManager.default.fileExists(atPath: tokenizerPath) ? try HFTokenizerJSON.read(tokenizerPath) : nil
+        let tokenizer = FileManager.default.fileExists(atPath: tokenizerPath) ? try HFTokenizerJSON.read(tokenizerPath, preTokenizer: preTokenizer) : nil
+        if let preTokenizer, tokenizer != nil { warnings.append(overrideWarning(preTokenizer, source: tokenizerPath)) }
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(tokenizerPath): \(problem)") }
         let entry = historyEntry(source: directory, format: "safetensors", details: [
             "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
@@ -280,6 +173,10 @@ public enum Importer {
     /// num_attention_heads query heads and num_attention_heads / g key/value heads; ffn `no_op` → no MLP;
     /// `ffn_mult` m → width find_multiple(int(2 · m · hidden_size / 3), 256) (as vLLM and llama.cpp compute
     /// it). `replace_with_linear` layers are refused.
+    static func deciLMAsLlama(_ json: JSONValue, path: String) throws -> JSONValue {
+        do { return try deciLMAsLlama(json) } catch let e as ConfigError { throw ImportError("\(path): \(e.description)") }
+    }
+
     static func deciLMAsLlama(_ json: JSONValue) throws -> JSONValue {
         guard var o = json.objectValue else { return json }
         let isDeci = o["model_type"]?.stringValue == "nemotron-nas" || (o["architectures"]?.arrayValue ?? []).contains(.string("DeciLMForCausalLM"))

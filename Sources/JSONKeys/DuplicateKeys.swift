@@ -23,8 +23,10 @@ public enum JSONKeys {
         try scanner.value(path: "$", depth: 0)
     }
 
-    private struct Scanner {
+    struct Scanner {
         let bytes: [UInt8]
+        /// Also throw `JSONNumberOverflow` for a number literal past Double's range.
+        var checkNumbers = false
         var index = 0
         static let maxDepth = 512
 
@@ -45,6 +47,10 @@ public enum JSONKeys {
                 // Numbers, true, false, null: everything up to the next delimiter.
                 let start = index
                 while index < bytes.count, !",]} \t\r\n".utf8.contains(bytes[index]) { index += 1 }
+                if checkNumbers, bytes[start] == UInt8(ascii: "-") || (0x30...0x39).contains(bytes[start]) {
+                    let literal = String(decoding: bytes[start..<index], as: UTF8.self)
+                    if let x = Double(literal), !x.isFinite { throw JSONNumberOverflow(literal: literal, path: path) }
+                }
                 return index > start
             }
         }

@@ -35,9 +35,11 @@ public enum JSONValue: Codable, Equatable, Sendable {
         }
     }
 
-    /// Parses UTF-8 JSON text; a key repeated within one object throws `DuplicateJSONKey`.
+    /// Parses UTF-8 JSON text; a key repeated within one object throws `DuplicateJSONKey`, a number past a
+    /// 64-bit float's range `JSONNumberOverflow` (both naming the place). Files are read through
+    /// `JSONKeys.strictText` first, which also refuses bytes that are not UTF-8.
     public static func parse(_ text: String) throws -> JSONValue {
-        try JSONKeys.checkUnique(text.utf8)
+        try JSONKeys.validate(text.utf8)
         return try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import JSONKeys
 import SafeFiles
 import Model
 import TensorCore
@@ -56,11 +57,7 @@ public struct Recipe {
     public static func read(_ path: String, registry: StageRegistry, baseKinds: Set<WeightKind> = [.dense]) throws -> Recipe {
         let data: Data
         do { data = try SafeFiles.read(path, role: "recipe (JSON)", limit: 1 << 24) } catch let e as FileError { throw RecipeError(e.description) }
-        let json: JSONValue
-        do { json = try JSONValue.parse(String(decoding: data, as: UTF8.self)) } catch {
-            throw RecipeError("\(path): not valid JSON (\(error))")
-        }
-        return try Recipe(json: json, path: path, registry: registry, baseKinds: baseKinds)
+        return try Recipe(json: strictJSON(data, path: path), path: path, registry: registry, baseKinds: baseKinds)
     }
 
     /// Decodes a recipe and checks its stage order against a base holding `baseKinds` (a dense base unless

@@ -1,4 +1,7 @@
+import Foundation
+import JSONKeys
 import Model
+import Training
 
 /// An error in a recipe: names the recipe file, the place in it (stage) and the key.
 public struct RecipeError: Error, CustomStringConvertible {
@@ -85,10 +88,15 @@ public final class StrictObject {
         E(rawValue: try string(key, default: d.rawValue, oneOf: E.allCases.map(\.rawValue)))!
     }
 
-    public func optionalString(_ key: String) throws -> String? { has(key) ? try string(key) : nil }
-    public func optionalInt(_ key: String, in range: ClosedRange<Int>? = nil) throws -> Int? { has(key) ? try int(key, in: range) : nil }
+    // The optional readers mark the key read even when it is absent, so `finish()` lists it among the known keys.
+    public func optionalString(_ key: String) throws -> String? { skip(key); return has(key) ? try string(key) : nil }
+    public func optionalInt(_ key: String, in range: ClosedRange<Int>? = nil) throws -> Int? {
+        skip(key)
+        return has(key) ? try int(key, in: range) : nil
+    }
     public func optionalDouble(_ key: String, in range: ClosedRange<Double>? = nil) throws -> Double? {
-        has(key) ? try double(key, in: range) : nil
+        skip(key)
+        return has(key) ? try double(key, in: range) : nil
     }
 
     /// A nested object, read strictly in turn (its location extends this one's).
@@ -112,6 +120,40 @@ public final class StrictObject {
         guard unknown.isEmpty else {
             let known = used.sorted().joined(separator: ", ")
             throw RecipeError("\(location): unknown key\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")) (known: \(known))")
+        }
+    }
+}
+
+/// Parses a JSON file's bytes strictly (`JSONKeys.strictText`: UTF-8, no repeated key, no number past a
+/// 64-bit float; then the parser), every error naming the file and, where it has one, the key path.
+public func strictJSON(_ data: Data, path: String) throws -> JSONValue {
+    do { return try JSONValue.parse(JSONKeys.strictText(data)) } catch let e as InvalidUTF8 {
+        throw RecipeError("\(path): \(e)")
+    } catch let e as DuplicateJSONKey {
+        throw RecipeError("\(path): \(e)")
+    } catch let e as JSONNumberOverflow {
+        throw RecipeError("\(path): \(e)")
+    } catch {
+        throw RecipeError("\(path): not valid JSON (\(error))")
+    }
+}
+
+extension ParameterGroup {
+    /// Parameter groups from JSON text (`distill --groups`), read strictly: an array of objects with `match`
+    /// (required, a glob over parameter names), `lr` (in [1e-12, 1]), `weight_decay` (in [0, 10]) and `frozen`;
+    /// any other key, a repeated key or an overflowing number is an error naming `source`, the group and the key.
+    public static func strictList(_ text: String, source: String) throws -> [ParameterGroup] {
+        let json = try strictJSON(Data(text.utf8), path: source)
+        guard let list = json.arrayValue else {
+            throw RecipeError("\(source): expected a JSON array of {match, lr, weight_decay, frozen} objects, found \(json.text.prefix(80))")
+        }
+        return try list.enumerated().map { i, entry in
+            let o = try StrictObject(entry, at: "\(source), group \(i + 1)")
+            let group = ParameterGroup(match: try o.string("match"), lr: try o.optionalDouble("lr", in: 1e-12...1),
+                                       weightDecay: try o.optionalDouble("weight_decay", in: 0...10),
+                                       frozen: try o.bool("frozen", default: false))
+            try o.finish()
+            return group
         }
     }
 }

@@ -18,12 +18,18 @@ public struct ImportReport: Codable {
 }
 
 extension Workbench {
-    /// Imports a GGUF file or Hugging Face directory and writes it (atomically) as our checkpoint.
-    public static func importModel(source: String, output: String) throws -> ImportReport {
+    /// Imports a GGUF file or Hugging Face directory and writes it (atomically) as our checkpoint. `preTokenizer`
+    /// (as `tokenize --pre-tokenizer`) replaces the source's pre-tokenizer or SentencePiece spacing rule, for a source
+    /// whose own is missing or one we do not implement; the tokenizer is built with it before anything is written.
+    public static func importModel(source: String, output: String, preTokenizer: String? = nil) throws -> ImportReport {
         let start = Date()
         do { try SafeFiles.checkOutput(output, role: "checkpoint") } catch let e as FileError { throw WorkbenchError(e.description) }
-        let ckpt = try Importer.load(source)
-        if let spec = ckpt.tokenizer { _ = try tokenizer(spec, path: source) }  // builds, so the written file can tokenize
+        let ckpt = try Importer.load(source, preTokenizer: preTokenizer)
+        if let spec = ckpt.tokenizer {  // builds, so the written file can tokenize
+            do { _ = try tokenizer(spec, path: source) } catch let e as WorkbenchError where preTokenizer == nil {
+                throw WorkbenchError("\(e.description); --pre-tokenizer NAME imports with one we implement")
+            }
+        }
         try ckpt.write(to: output)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
         return ImportReport(source: source, output: output, parameters: ckpt.model.parameterCount,

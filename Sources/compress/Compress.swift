@@ -1,6 +1,7 @@
 import ArgumentParser
 import Export
 import Evaluation
+import Recipes
 import Foundation
 import TensorCore
 import Training
@@ -166,11 +167,12 @@ struct Import: ParsableCommand {
 
     @Argument(help: "GGUF file or Hugging Face model directory.") var source: String
     @Option(name: .shortAndLong, help: "Output checkpoint (.h5), written atomically.") var output: String
+    @Option(help: "Use this pre-tokenizer (gpt2, smollm, llama3, qwen2; for a SentencePiece tokenizer a spacing rule, e.g. prefix-first) instead of the source's, when it names none or one we do not implement.") var preTokenizer: String?
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
         try reportingErrors(json: json) {
-            let r = try Workbench.importModel(source: source, output: output)
+            let r = try Workbench.importModel(source: source, output: output, preTokenizer: preTokenizer)
             if json { print(encodeJSON(r)) } else {
                 print(String(format: "imported %@ -> %@: %d parameters, %d tensors, %@, tokenizer %@, %.2f s",
                              r.source, r.output, r.parameters, r.tensors, formatBytes(r.outputBytes), r.tokenizer ? "yes" : "no", r.seconds))
@@ -400,8 +402,8 @@ struct Distill: ParsableCommand {
             }
             c.intermediateLoss = il; c.intermediateWeight = intermediateWeight; c.balance = balance
             if let groups {
-                do { c.groups = try JSONDecoder().decode([ParameterGroup].self, from: Data(groups.utf8)) } catch {
-                    throw WorkbenchError("--groups: expected a JSON array of {match, lr, weight_decay, frozen} (\(error))")
+                do { c.groups = try ParameterGroup.strictList(groups, source: "--groups") } catch let e as RecipeError {
+                    throw WorkbenchError(e.description)
                 }
             }
             if let freeze { c.groups = freeze.split(separator: ",").map { ParameterGroup(match: String($0), frozen: true) } + c.groups }

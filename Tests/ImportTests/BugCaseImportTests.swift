@@ -7,7 +7,7 @@ import XCTest
 /// Rewrites a GGUF file's metadata (keys dropped or added), keeping tensor infos and data: the data section
 /// starts at the next alignment boundary after the tensor infos, and tensor offsets are relative to it.
 struct GGUFMetadataEdit {
-    enum Value { case string(String), float32(Float), strings([String]) }
+    enum Value { case string(String), float32(Float), strings([String]), bool(Bool), uint32(UInt32) }
 
     static func rewrite(_ source: String, to output: URL, drop: Set<String> = [], add: [(String, Value)] = []) throws {
         let b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: source)))
@@ -51,6 +51,8 @@ struct GGUFMetadataEdit {
             case .string(let s): put32(8); putString(s)
             case .float32(let f): put32(6); put32(f.bitPattern)
             case .strings(let a): put32(9); put32(8); put64(UInt64(a.count)); a.forEach(putString)
+            case .bool(let v): put32(7); out.append(v ? 1 : 0)
+            case .uint32(let v): put32(4); put32(v)
             }
         }
         out += infos
