@@ -275,7 +275,9 @@ extension Workbench {
         }
         guard let data = FileManager.default.contents(atPath: o.recipe) else { throw WorkbenchError("\(o.recipe): cannot read the recipe file") }
         let json: JSONValue
-        do { json = try JSONValue.parse(String(decoding: data, as: UTF8.self)) } catch { throw WorkbenchError("\(o.recipe): not valid JSON (\(error))") }
+        // The recipe's own reader checks the same bytes again per point; this one must be as strict (UTF-8 with the
+        // byte offset, repeated keys, numbers past a 64-bit float), naming the file.
+        do { json = try strictJSON(data, path: o.recipe) } catch let e as RecipeError { throw WorkbenchError(e.description) }
         guard let base = o.checkpoint ?? json.objectValue?["base"]?.stringValue else {
             throw WorkbenchError("\(o.recipe): no base checkpoint: give --checkpoint or 'base' in the recipe")
         }

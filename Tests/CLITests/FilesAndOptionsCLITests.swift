@@ -145,4 +145,23 @@ extension CLITests {
         XCTAssertEqual(third.status, 0, third.stderr)
         XCTAssertEqual(third.json?["finished"] as? Int, 2)
     }
+
+    /// `sweep` reads its recipe as strictly as `apply` does: invalid UTF-8 names the byte offset (it was replaced
+    /// by U+FFFD and accepted), a number past a 64-bit float names its key path.
+    func testSweepRecipeBytesAreReadStrictly() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let r = try recipe(dir, "s.json", text, stages: #"{"stage": "eval", "note": "\u00e9"}"#)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: r))
+        let at = try XCTUnwrap(bytes.range(of: Data("\\u00e9".utf8)))
+        bytes.replaceSubrange(at, with: [0xFF])
+        try bytes.write(to: URL(fileURLWithPath: r))
+        let s = try run(["sweep", r, "--set", "eval.window=32", "-o", dir.appendingPathComponent("sw").path, "--json"])
+        XCTAssertEqual(s.status, 1)
+        let message = try XCTUnwrap(s.json?["error"] as? String, s.stdout)
+        XCTAssertTrue(message.contains(r) && message.contains("not valid UTF-8 at byte offset \(at.lowerBound)"), message)
+        let o = try recipe(dir, "o.json", text, stages: #"{"stage": "eval", "window": 1e400}"#)
+        let t = try run(["sweep", o, "--set", "eval.window=32", "-o", dir.appendingPathComponent("sw2").path, "--json"])
+        let overflow = try XCTUnwrap(t.json?["error"] as? String, t.stdout)
+        XCTAssertTrue(overflow.contains(o) && overflow.contains("1e400 overflows"), overflow)
+    }
 }
