@@ -12,7 +12,9 @@ harness=${1:?usage: tools/fuzz.sh gguf|safetensors|checkpoint|tokenizer|recipe|s
 seconds=${2:-60}
 all=(gguf safetensors checkpoint tokenizer recipe state)
 if [ "$harness" = all ]; then
-    for h in "${all[@]}"; do "$0" "$h" "$seconds"; done
+    failed=()
+    for h in "${all[@]}"; do "$0" "$h" "$seconds" || failed+=("$h"); done
+    [ ${#failed[@]} -eq 0 ] || { echo "tools/fuzz.sh: findings or failures in: ${failed[*]}" >&2; exit 1; }
     exit 0
 fi
 case " ${all[*]} " in
