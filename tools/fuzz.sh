@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of every reader with libFuzzer (README, "Fuzzing").
 #   tools/fuzz.sh HARNESS [SECONDS]     HARNESS: gguf safetensors checkpoint tokenizer recipe state, or all
+#   tools/fuzz.sh all smoke             CI's smoke run: each harness, fixed seed, 1,000 inputs from the seeds, no corpus kept
 # Builds the harness with the Swift toolchain's fuzzer and address sanitizers (release, into .build-fuzz), then runs
 # it for SECONDS (default 60) on one core, starting from the committed seeds (Fuzz/corpus/HARNESS) and the
 # repository's own fixtures of that format. The growing corpus stays in .build-fuzz/corpus/HARNESS (not
@@ -8,7 +9,7 @@
 # Fuzz/findings/HARNESS-* and the run exits non-zero. Replay one with the plain build: `.build/debug/fuzz-HARNESS FILE`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-harness=${1:?usage: tools/fuzz.sh gguf|safetensors|checkpoint|tokenizer|recipe|state|all [SECONDS]}
+harness=${1:?usage: tools/fuzz.sh gguf|safetensors|checkpoint|tokenizer|recipe|state|all [SECONDS|smoke]}
 seconds=${2:-60}
 all=(gguf safetensors checkpoint tokenizer recipe state)
 if [ "$harness" = all ]; then
@@ -37,15 +38,25 @@ swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address -Xswi
     --scratch-path .build-fuzz --product "fuzz-$harness" 2>&1 | grep -v "Cannot export local symbol" || true
 binary=.build-fuzz/release/fuzz-$harness
 [ -x "$binary" ] || { echo "tools/fuzz.sh: the build of fuzz-$harness failed" >&2; exit 1; }
-corpus=.build-fuzz/corpus/$harness
-mkdir -p "$corpus" Fuzz/findings
-options=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=4096 -print_final_stats=1
-         -artifact_prefix="Fuzz/findings/$harness-")
+mkdir -p Fuzz/findings
+options=(-timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=4096 -print_final_stats=1 -artifact_prefix="Fuzz/findings/$harness-")
+if [ "$seconds" = smoke ]; then
+    corpus=$(mktemp -d)
+    trap 'rm -rf "$corpus"' EXIT
+    options+=(-seed=1 -runs=1000)
+else
+    corpus=.build-fuzz/corpus/$harness
+    mkdir -p "$corpus"
+    options+=(-max_total_time="$seconds")
+fi
 [ -f "Fuzz/dict/$harness.dict" ] && options+=(-dict="Fuzz/dict/$harness.dict")
 extra=$(seeds "$harness")
 [ -n "$extra" ] && options+=(-seed_inputs="$extra")
-echo "tools/fuzz.sh: fuzz-$harness for ${seconds}s on one core; corpus $corpus; seeds Fuzz/corpus/$harness" \
-     "and $(tr -cd , <<<"$extra" | wc -c) fixtures"
+label="${seconds}s"
+[ "$seconds" = smoke ] && label="a smoke run (1,000 inputs, seed 1)"
+fixtures=0
+[ -n "$extra" ] && fixtures=$(( $(tr -cd , <<<"$extra" | wc -c) + 1 ))
+echo "tools/fuzz.sh: fuzz-$harness, $label on one core; corpus $corpus; seeds Fuzz/corpus/$harness and $fixtures fixtures"
 # The Swift runtime's own backtracer would race libFuzzer's crash report; ASan reports leaks at exit.
 SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
     "$binary" "${options[@]}" "$corpus" "Fuzz/corpus/$harness"

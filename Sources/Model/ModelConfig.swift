@@ -73,6 +73,9 @@ public struct ModelConfig: Equatable, Sendable {
     public var tieWordEmbeddings: Bool
     public var bosTokenID: Int?
     public var eosTokenID: Int?
+    /// Every end-of-sequence id when config.json lists several (Llama 3.1's `eos_token_id: [128001, 128008, 128009]`);
+    /// `eosTokenID` is the first. Kept so that the config is written back as it was read.
+    public var eosTokenIDs: [Int]?
     /// Projections whose output carries a bias (in every layer that has the sublayer).
     public var biases: Set<LinearKind> = []
     /// RMSNorm of q and of k over each head's D channels (weights of shape D), after the projections' biases
@@ -221,10 +224,28 @@ public struct ModelConfig: Equatable, Sendable {
         }
         maxPositionEmbeddings = try int("max_position_embeddings", default: 2048)
         tieWordEmbeddings = try ModelFamilies.bool(o, "tie_word_embeddings") ?? false
-        bosTokenID = o["bos_token_id"]?.intValue
-        eosTokenID = o["eos_token_id"]?.intValue
-        for (key, id) in [("bos_token_id", bosTokenID), ("eos_token_id", eosTokenID)] {
-            if let id, !(0..<vocabSize).contains(id) { throw ConfigError("config: key '\(key)' is \(id) (expected a token id in 0..<vocab_size \(vocabSize))") }
+        // A token id is an integer or null; eos_token_id may list several (all checked, the first used). Any other
+        // value was read as "no id" before, silently.
+        let vocab = vocabSize
+        func tokenID(_ key: String, _ v: JSONValue?) throws -> Int? {
+            guard let v, v != .null else { return nil }
+            guard let id = v.intValue, (0..<vocab).contains(id) else {
+                throw ConfigError("config: key '\(key)' is \(v.text) (expected a token id in 0..<vocab_size \(vocab))")
+            }
+            return id
+        }
+        bosTokenID = try tokenID("bos_token_id", o["bos_token_id"])
+        if let list = o["eos_token_id"]?.arrayValue {
+            guard !list.isEmpty else { throw ConfigError("config: key 'eos_token_id' is an empty list (expected token ids)") }
+            eosTokenIDs = try list.enumerated().map { i, v in
+                guard let id = try tokenID("eos_token_id[\(i)]", v) else {
+                    throw ConfigError("config: key 'eos_token_id[\(i)]' is null (expected a token id)")
+                }
+                return id
+            }
+            eosTokenID = eosTokenIDs?.first
+        } else {
+            eosTokenID = try tokenID("eos_token_id", o["eos_token_id"])
         }
         guard headDim >= 2, headDim % 2 == 0 else {
             throw ConfigError("config: head_dim must be even and at least 2 for rotary embedding, found \(headDim)")
@@ -329,7 +350,7 @@ public struct ModelConfig: Equatable, Sendable {
         o["max_position_embeddings"] = .int(maxPositionEmbeddings)
         o["tie_word_embeddings"] = .bool(tieWordEmbeddings)
         o["bos_token_id"] = bosTokenID.map { .int($0) } ?? .null
-        o["eos_token_id"] = eosTokenID.map { .int($0) } ?? .null
+        o["eos_token_id"] = eosTokenIDs.map { .array($0.map { .int($0) }) } ?? eosTokenID.map { .int($0) } ?? .null
         if !isHomogeneous {
             o["block_configs"] = .array(blocks.map {
                 .object(["attention": .bool($0.attention), "num_attention_heads": .int($0.numAttentionHeads),

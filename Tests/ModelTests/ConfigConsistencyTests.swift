@@ -82,4 +82,20 @@ final class ConfigConsistencyTests: XCTestCase {
     func testFlagsMustBeBooleans() {
         assertRefused(with("tie_word_embeddings", "\"yes\""), "key 'tie_word_embeddings' must be true or false, found \"yes\"")
     }
+
+    /// Token ids are integers in the vocabulary or null; a string or object was read as "no id" before, silently,
+    /// and a list of EOS ids (Llama 3.1) was dropped. A list is kept whole and written back as read.
+    func testTokenIDsAreIntegersOrAListOfThem() throws {
+        assertRefused(with("bos_token_id", #""1""#), "key 'bos_token_id' is \"1\" (expected a token id in 0..<vocab_size 10)")
+        assertRefused(with("eos_token_id", "{}"), "key 'eos_token_id' is {} (expected a token id")
+        assertRefused(with("eos_token_id", "[1, 12]"), "key 'eos_token_id[1]' is 12")
+        assertRefused(with("eos_token_id", "[1, null]"), "key 'eos_token_id[1]' is null")
+        assertRefused(with("eos_token_id", "[]"), "key 'eos_token_id' is an empty list")
+        let c = try ModelConfig(json: JSONValue.parse(with("eos_token_id", "[2, 7]")))
+        XCTAssertEqual(c.eosTokenID, 2)
+        XCTAssertEqual(c.eosTokenIDs, [2, 7])
+        XCTAssertEqual(c.json.objectValue?["eos_token_id"], .array([.int(2), .int(7)]))
+        XCTAssertEqual(try ModelConfig(json: c.json), c, "the list survives a round trip")
+        XCTAssertEqual(try ModelConfig(json: JSONValue.parse(with("eos_token_id", "null"))).eosTokenID, nil)
+    }
 }
