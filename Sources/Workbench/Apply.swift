@@ -261,9 +261,9 @@ public final class Session {
                 do {
                     (model, diagnostics) = try pass.run(on: model, context: context)
                 } catch let err as RecipeError {
-                    throw WorkbenchError("\(place): \(err.description)")
+                    throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
                 } catch let err as ConfigError {
-                    throw WorkbenchError("\(place): \(err.description)")
+                    throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
                 }
             case let tp as any TrainingPass:
                 let statePath = statePrefix + ".stage\(i + 1).state.h5"
@@ -340,6 +340,11 @@ public final class Session {
                 ppl: ppl, retention: ppl.flatMap { p in basePPL.map { $0 / p } },
                 kld: divergence?.kld.mean, kldP99: divergence?.kld.percentiles["99"], sameTopP: divergence?.sameTopP, divergence: divergence,
                 cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
+            // Every figure of the stage's report is a number: a NaN distance, score, damage or loss stops the run here.
+            if let bad = firstNonFiniteNumber(in: report) {
+                throw WorkbenchError("\(place): the stage's report holds a non-finite number at \(bad) (expected finite figures; "
+                    + "the model's outputs hold NaN or infinite values) (base \(basePath))")
+            }
             reports.append(report)
             for w in cacheUse?.warnings ?? [] { say("warning: \(w)") }
             say(String(format: "%@: done in %@, %d -> %d parameters", label, formatDuration(report.seconds), before.params, model.parameterCount)
