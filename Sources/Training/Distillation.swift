@@ -424,7 +424,7 @@ public final class Distiller {
                 guard let s = tensors[key] else { throw ConfigError("\(path): training state lacks tensor '\(key)'") }
                 guard s.shape == t.shape else { throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)") }
                 if let (i, x) = firstUnsoundValue(s, nonNegative: slot == .adamV) {
-                    throw ConfigError("\(path): tensor '\(key)' (\(slot.meaning)) holds \(x) at index \(i) (expected \(slot.expectation)): "
+                    throw ConfigError("\(path): tensor '\(key)' (\(slot.meaning)) holds \(x) at index \(i) of shape \(s.shape) (expected \(slot.expectation)): "
                         + "the state is damaged and was not resumed from; delete it to start afresh")
                 }
                 sources.append((s, t))
