@@ -66,6 +66,36 @@ extension CLITests {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out.h5").path))
     }
 
+    /// MaskLLM and VTrans stages train through the same state machinery: a damaged state (a negative second moment
+    /// of the stage's own trained tensors) is refused on --resume, naming the stage and the state; nothing is
+    /// written and the state is kept.
+    func testTrainingStagesRefuseADamagedStateOnResume() throws {
+        let (dir, text) = try makeRecipeDirectory()
+        let stages = [
+            ("maskllm", #"{"stage": "maskllm", "prior": "magnitude", "steps": 6, "batch": 2, "window": 16, "lr": 0.05, "save_every": 2, "text": "\#(text)"}"#),
+            ("vtrans", #"{"stage": "vtrans", "fraction": 0.6, "steps": 6, "batch": 2, "window": 16, "save_every": 2, "mask_lr": 0.1, "text": "\#(text)"}"#),
+        ]
+        for (name, stage) in stages {
+            let path = try recipe(dir, "\(name).json", text, stages: stage)
+            let out = dir.appendingPathComponent("\(name).h5").path, state = out + ".stage1.state.h5"
+            let killed = try launch(["apply", path, "-o", out, "--no-cache", "--kill-after-step", "3"])
+            XCTAssertEqual(killed.reason, .uncaughtSignal, name)
+            let (meta, tensors) = try TensorArchive.read(state, format: "compress-distill-state", version: 2)
+            let key = try XCTUnwrap(tensors.keys.sorted().first { $0.hasPrefix("adam_v:\(name == "vtrans" ? "vib" : name)") }, "\(tensors.keys)")
+            let v = tensors[key]!.copy()
+            v[0] = -1
+            try TensorArchive.write(to: state, format: "compress-distill-state", version: 2, meta: meta,
+                                    tensors: tensors.keys.sorted().map { ($0, $0 == key ? v : tensors[$0]!) })
+            let damaged = try Data(contentsOf: URL(fileURLWithPath: state))
+            let r = try run(["apply", path, "-o", out, "--no-cache", "--resume", "--json"])
+            XCTAssertEqual(r.status, 1, "\(name): \(r.stdout)")
+            let error = try XCTUnwrap(r.json?["error"] as? String, r.stdout)
+            for fragment in ["stage 1 (\(name))", state, "'\(key)'", "-1.0"] { XCTAssertTrue(error.contains(fragment), "\(fragment): \(error)") }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), "\(name): no output")
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: state)), damaged, "\(name): the state is kept")
+        }
+    }
+
     /// A copy of the tiny Llama fixture with one finite but huge weight (3e38 in layer 0's down_proj), written with
     /// the project's checkpoint writer: its forward overflows to NaN.
     func hugeWeightCheckpoint(_ dir: URL) throws -> String {
