@@ -45,10 +45,12 @@ extension PerplexityResult {
     /// logits held NaN or infinite values, or the mean NLL overflows exp).
     func checkedFinite() throws -> PerplexityResult {
         guard totalNll.isFinite else {
-            throw EvaluationError("the total negative log-likelihood is \(totalNll) (expected a finite value): the model's logits hold NaN or infinite values")
+            throw EvaluationError("the total negative log-likelihood is \(totalNll) (expected a finite value): "
+                + "the model's logits hold NaN or infinite values")
         }
         guard ppl.isFinite else {
-            throw EvaluationError("the perplexity exp(\(nll)) is \(ppl) (expected a finite value): the mean negative log-likelihood overflows")
+            throw EvaluationError("the perplexity exp(\(nll)) is \(ppl) (expected a finite value): the mean negative "
+                + "log-likelihood overflows")
         }
         return self
     }
@@ -218,7 +220,8 @@ public enum Perplexity {
         let start = Date()
         var nll = [Double](repeating: 0, count: W)
         var total = 0.0
-        try forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) { w, ids, t0, rows, _, logits in
+        try forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows,
+                               progress: progress) { w, ids, t0, rows, _, logits in
             // Row t predicts token t + 1 (with BOS: row 0, the BOS, predicts the chunk's first).
             ids.withUnsafeBufferPointer { idp in
                 nll.withUnsafeMutableBufferPointer { out in
@@ -228,11 +231,12 @@ public enum Perplexity {
             for x in nll.prefix(rows) { total += x }  // fixed order: deterministic
             // Stop at the first window whose NLL is not finite: the rest cannot make the result a number again.
             if let t = nll.prefix(rows).firstIndex(where: { !$0.isFinite }) {
-                throw EvaluationError("window \(w + 1) of \(windows), position \(t0 + t): the negative log-likelihood is \(nll[t]) "
-                    + "(expected a finite value): the model's logits hold NaN or infinite values")
+                throw EvaluationError("window \(w + 1) of \(windows), position \(t0 + t): the negative "
+                    + "log-likelihood is \(nll[t]) (expected a finite value): the model's logits hold NaN or infinite values")
             }
         }
-        return try PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start))
+        let seconds = Date().timeIntervalSince(start)
+        return try PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: seconds)
             .checkedFinite()
     }
 }

@@ -32,7 +32,9 @@ public enum JSONValue: Codable, Equatable, Sendable {
         case .int(let i): try c.encode(i)
         case .double(let d):
             guard d.isFinite else {
-                throw EncodingError.invalidValue(d, .init(codingPath: encoder.codingPath, debugDescription: "\(d) is not a JSON number"))
+                let context = EncodingError.Context(codingPath: encoder.codingPath,
+                                                    debugDescription: "\(d) is not a JSON number")
+                throw EncodingError.invalidValue(d, context)
             }
             try c.encode(d)
         case .string(let s): try c.encode(s)
@@ -104,8 +106,9 @@ public func firstNonFiniteNumber<T: Encodable>(in value: T) -> String? {
 public func jsonValue<T: Encodable>(_ value: T) -> JSONValue {
     let e = JSONEncoder()
     e.keyEncodingStrategy = .convertToSnakeCase
-    e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: JSONValue.sentinel + "+inf",
-                                                            negativeInfinity: JSONValue.sentinel + "-inf", nan: JSONValue.sentinel + "nan")
+    let mark = JSONValue.sentinel
+    e.nonConformingFloatEncodingStrategy = .convertToString(
+        positiveInfinity: mark + "+inf", negativeInfinity: mark + "-inf", nan: mark + "nan")
     guard let data = try? e.encode(value), let v = try? JSONDecoder().decode(JSONValue.self, from: data) else { return .null }
     return v.restoringNonFinite()
 }

@@ -438,7 +438,9 @@ public struct CPTQuantPass: CompressionPass {
             }
         }
 
-        try requireFinite(sensitivity, stage: "cptquant") { "the \(estimator.rawValue) sensitivity of unit \(units[$0].name)" }
+        try requireFinite(sensitivity, stage: "cptquant") {
+            "the \(estimator.rawValue) sensitivity of unit \(units[$0].name)"
+        }
 
         // Every tensor at every width: stored form and ‖W − Q(W)‖²; and ‖W‖² once per tensor.
         let formats = candidates
@@ -806,7 +808,8 @@ final class DamageProbe {
         fwd = ResumableForward(model: model, window: T)
         for (w, ids) in windows.enumerated() {
             let logits = fwd.run(ids)
-            try requireFiniteOutputs(logits, rows: T, columns: V, stage: "cptquant", "the base's output on damage window \(w + 1)")
+            try requireFiniteOutputs(logits, rows: T, columns: V, stage: "cptquant",
+                                     "the base's output on damage window \(w + 1)")
             saved.append(Array(UnsafeBufferPointer(start: fwd.states.data, count: (S + 1) * T * C)))
             baseLogits.append(Array(UnsafeBufferPointer(start: logits, count: T * V)))
         }
@@ -824,6 +827,7 @@ final class DamageProbe {
             v.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: $0.count) }
         }
         defer { for (id, v) in originals { v.withUnsafeBufferPointer { tensors[id]!.data.update(from: $0.baseAddress!, count: $0.count) } } }
+        let what = values.keys.map { "'\($0.hfName)'" }.sorted().joined(separator: ", ")
         var total = 0.0
         var kl = [Double](repeating: 0, count: T)
         for (w, ids) in windows.enumerated() {
@@ -835,7 +839,7 @@ final class DamageProbe {
                 logits = fwd.run(ids)
             }
             try requireFiniteOutputs(logits, rows: T, columns: V, stage: "cptquant",
-                                     "the output with \(values.keys.map { "'\($0.hfName)'" }.sorted().joined(separator: ", ")) quantized")
+                                     "the output with \(what) quantized")
             // The evaluator's kernel (`compress eval --reference`): KL per position, summed in order.
             baseLogits[w].withUnsafeBufferPointer { zp in
                 klDivergenceForward(kl: &kl, reverse: nil, reference: zp.baseAddress!, logits: logits, rows: T, columns: V)
@@ -843,8 +847,9 @@ final class DamageProbe {
             for x in kl { total += x }
         }
         let damage = total / Double(windows.count * T)
-        let what = values.keys.map { "'\($0.hfName)'" }.sorted().joined(separator: ", ")
-        try requireFinite([damage], stage: "cptquant") { _ in "the measured damage (mean KL from the base) with \(what) quantized" }
+        try requireFinite([damage], stage: "cptquant") { _ in
+            "the measured damage (mean KL from the base) with \(what) quantized"
+        }
         return damage
     }
 }

@@ -109,9 +109,10 @@ public struct FinerCutPass: CompressionPass {
                 fwd.run(ids, skip: removed)
                 for (i, c) in candidates.enumerated() {
                     let logits = fwd.resume(at: c, skip: removed.union([c]))
-                    try requireFiniteOutputs(logits, rows: T, columns: V, stage: FinerCutPass.name,
-                                             "the output of the model without layer \(c / 2)'s \(c % 2 == 0 ? "attention" : "mlp") "
-                                             + "(and \(removed.count) earlier removals) on calibration window \(w + 1)")
+                    try requireFiniteOutputs(
+                        logits, rows: T, columns: V, stage: FinerCutPass.name,
+                        "the output of the model without layer \(c / 2)'s \(c % 2 == 0 ? "attention" : "mlp") "
+                            + "(and \(removed.count) earlier removals) on calibration window \(w + 1)")
                     dist.withUnsafeMutableBufferPointer { out in
                         switch metric {
                         case .js: jensenShannonForward(out: out.baseAddress!, logProbs: refs[w].data, logits: logits, rows: T, columns: V)
@@ -130,19 +131,23 @@ public struct FinerCutPass: CompressionPass {
     /// A cached greedy prefix is extended rather than recomputed. A distance that is not finite throws (naming the
     /// candidate and the step): a removal chosen by NaN distances would be arbitrary.
     public static func order(model: DecoderModel, windows: [[Int32]], metric: Metric, mode: Mode, candidates kind: Candidates,
-                             count: Int, prefix: [Removal] = [], progress: (String) -> Void = { _ in }) throws -> [Removal] {
+                             count: Int, prefix: [Removal] = [],
+                             progress: (String) -> Void = { _ in }) throws -> [Removal] {
         let all = candidateSublayers(model, kind)
         let trials = try Trials(model: model, windows: windows, metric: metric)
         func removal(_ s: Int, _ d: Double) -> Removal { Removal(sublayer: s, layer: s / 2, kind: s % 2 == 0 ? "attention" : "mlp", distance: d) }
         func check(_ d: [Double], _ candidates: [Int], _ step: String) throws {
             try requireFinite(d, stage: name) { i in
                 let r = removal(candidates[i], d[i])
-                return "\(step): the \(metric.rawValue) distance of the model without layer \(r.layer)'s \(r.kind) from the original"
+                return "\(step): the \(metric.rawValue) distance of the model without layer \(r.layer)'s \(r.kind) "
+                    + "from the original"
             }
         }
         switch mode {
         case .oneShot:
-            let d = try trials.distances(removed: [], candidates: all) { w, n in progress("finercut one-shot: window \(w)/\(n)") }
+            let d = try trials.distances(removed: [], candidates: all) { w, n in
+                progress("finercut one-shot: window \(w)/\(n)")
+            }
             try check(d, all, "one-shot ranking")
             return all.indices.sorted { d[$0] != d[$1] ? d[$0] < d[$1] : all[$0] < all[$1] }.map { removal(all[$0], d[$0]) }
         case .greedy:
@@ -182,8 +187,8 @@ public struct FinerCutPass: CompressionPass {
         let name = "finercut-order"
         var order = context.cache?.load(name, settings: settings, as: [Removal].self) ?? []
         if order.count < k || (mode == .oneShot && order.isEmpty) {
-            order = try Self.order(model: model, windows: windows, metric: metric, mode: mode, candidates: candidates, count: k,
-                               prefix: mode == .greedy ? order : [], progress: context.progress)
+            order = try Self.order(model: model, windows: windows, metric: metric, mode: mode, candidates: candidates,
+                                   count: k, prefix: mode == .greedy ? order : [], progress: context.progress)
             try context.cache?.store(name, settings: settings, value: order)
         }
         let removed = Array(order.prefix(k))

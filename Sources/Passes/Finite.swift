@@ -4,8 +4,8 @@ import Recipes
 /// `describe(index)`: an order or selection made from NaN or infinite numbers means nothing, so the pass stops.
 func requireFinite(_ values: [Double], stage: String, _ describe: (Int) -> String) throws {
     guard let i = values.firstIndex(where: { !$0.isFinite }) else { return }
-    throw RecipeError("\(stage): \(describe(i)) is \(values[i]) (expected a finite number): the model's outputs on the calibration "
-        + "windows hold NaN or infinite values (check the input checkpoint's weights)")
+    throw RecipeError("\(stage): \(describe(i)) is \(values[i]) (expected a finite number): the model's outputs on the "
+        + "calibration windows hold NaN or infinite values (check the input checkpoint's weights)")
 }
 
 /// Index of the first of `count` floats at `p` that is not finite, or nil. For outputs whose distance kernels would
@@ -13,13 +13,14 @@ func requireFinite(_ values: [Double], stage: String, _ describe: (Int) -> Strin
 func firstNonFinite(_ p: UnsafePointer<Float>, count: Int) -> Int? {
     var flag: Float = 0
     for i in 0..<count { flag += p[i] * 0 }  // 0 for finite values, NaN once any is not
-    guard !flag.isFinite || flag != 0 else { return nil }
+    guard flag.isNaN else { return nil }
     return (0..<count).first { !p[$0].isFinite }
 }
 
 /// Throws when the model's outputs `logits` (rows × V) on a calibration window are not finite, naming `what`.
-func requireFiniteOutputs(_ logits: UnsafePointer<Float>, rows: Int, columns V: Int, stage: String, _ what: @autoclosure () -> String) throws {
+func requireFiniteOutputs(_ logits: UnsafePointer<Float>, rows: Int, columns V: Int, stage: String,
+                          _ what: @autoclosure () -> String) throws {
     guard let i = firstNonFinite(logits, count: rows * V) else { return }
-    throw RecipeError("\(stage): \(what()) holds \(logits[i]) at position \(i / V) (expected finite logits): its forward overflows "
-        + "on the calibration windows (check the input checkpoint's weights)")
+    throw RecipeError("\(stage): \(what()) holds \(logits[i]) at position \(i / V) (expected finite logits): its "
+        + "forward overflows on the calibration windows (check the input checkpoint's weights)")
 }

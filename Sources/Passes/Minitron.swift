@@ -160,8 +160,12 @@ public struct MinitronPass: CompressionPass {
 
     /// Throws naming the first head, neuron or channel importance that is not finite.
     static func checkFinite(_ imp: ActivationImportance) throws {
-        for (l, h) in imp.heads.enumerated() { try requireFinite(h, stage: name) { "the importance of layer \(l)'s head \($0)" } }
-        for (l, n) in imp.neurons.enumerated() { try requireFinite(n, stage: name) { "the importance of layer \(l)'s MLP neuron \($0)" } }
+        for (l, h) in imp.heads.enumerated() {
+            try requireFinite(h, stage: name) { "the importance of layer \(l)'s head \($0)" }
+        }
+        for (l, n) in imp.neurons.enumerated() {
+            try requireFinite(n, stage: name) { "the importance of layer \(l)'s MLP neuron \($0)" }
+        }
         try requireFinite(imp.channels, stage: name) { "the importance of hidden channel \($0)" }
     }
 
@@ -200,9 +204,9 @@ public struct MinitronPass: CompressionPass {
             let depth = try context.cached("minitron-depth", settings: .object([:])) {
                 DepthImportance.compute(model: model, windows: windows) { i, n in context.progress("minitron depth scores: window \(i)/\(n)") }
             }
-            try requireFinite([depth.basePpl], stage: Self.name) { _ in "the calibration perplexity of the whole model" }
-            try requireFinite(depth.ppl, stage: Self.name) { "the depth score of layer \($0) (calibration perplexity without it)" }
-            try requireFinite(depth.cosine, stage: Self.name) { "the depth score of layer \($0) (1 - cos of its input and output)" }
+            try requireFinite([depth.basePpl], stage: Self.name) { _ in "the calibration perplexity of the model" }
+            try requireFinite(depth.ppl, stage: Self.name) { "the depth score of layer \($0) (perplexity without it)" }
+            try requireFinite(depth.cosine, stage: Self.name) { "the depth score of layer \($0) (1 - cos(in, out))" }
             let score = depthMetric == .ppl ? depth.ppl : depth.cosine
             let order = score.indices.sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }
             let removed = Array(order.prefix(c.numHiddenLayers - target.layers)).sorted()

@@ -210,7 +210,8 @@ public struct WandaPass: CompressionPass {
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: false,
                                        progress: context.progress) { id, weight, input in
             let w = weight.denseView!
-            return try target.sparse(w, keep: try Self.keep(w, columnNorms: input.columnNorms, target: target, id: id), id: id)
+            let keep = try Self.keep(w, columnNorms: input.columnNorms, target: target, id: id)
+            return try target.sparse(w, keep: keep, id: id)
         }
         return (result, OneShotPruning(stage: Self.name, target: target).report(result, ids, seconds: Date().timeIntervalSince(start),
                                                                                 extra: ["calibration_tokens": .int(context.calibration.reduce(0) { $0 + $1.count })]))
@@ -304,8 +305,9 @@ public struct SparseGPTPass: CompressionPass {
             let (values, keep, loss) = Self.prune(weight.denseView!, factor: factor, target: target, blockSize: blockSize)
             try requireFinite([loss], stage: Self.name) { _ in "the OBS loss of '\(id)'" }
             if let (i, x) = firstUnsoundValue(values) {
-                throw RecipeError("\(Self.name): the reconstructed '\(id)' holds \(x) at index \(i) (expected finite values): the model's "
-                    + "outputs on the calibration windows hold NaN or infinite values (check the input checkpoint's weights)")
+                throw RecipeError("\(Self.name): the reconstructed '\(id)' holds \(x) at index \(i) (expected finite "
+                    + "values): the model's outputs on the calibration windows hold NaN or infinite values (check the input "
+                    + "checkpoint's weights)")
             }
             losses[id] = ["obs_loss": .double(loss)]
             return try target.sparse(values, keep: keep, id: id)

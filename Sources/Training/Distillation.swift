@@ -362,7 +362,8 @@ public final class Distiller {
     public func unsoundValue() -> String? {
         for p in optimizer.parameters {
             if let (slot, i, x) = p.firstUnsoundValue() {
-                return "'\(slot.rawValue):\(p.name)' (\(slot.meaning)) holds \(x) at index \(i) of shape \(p.value.shape) (expected \(slot.expectation))"
+                return "'\(slot.rawValue):\(p.name)' (\(slot.meaning)) holds \(x) at index \(i) of shape "
+                    + "\(p.value.shape) (expected \(slot.expectation))"
             }
         }
         return nil
@@ -373,7 +374,8 @@ public final class Distiller {
     /// unsound value (`unsoundValue()`) is refused: nothing is written and an earlier state at `path` is kept.
     public func saveState(to path: String) throws {
         if let bad = unsoundValue() {
-            throw ConfigError("\(path): the training state at step \(step) is not saved: \(bad); the file is left as it was")
+            throw ConfigError("\(path): the training state at step \(step) is not saved: \(bad); the file is left as "
+                + "it was")
         }
         var tensors: [(String, Tensor)] = []
         for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
@@ -422,10 +424,13 @@ public final class Distiller {
             for slot in Parameter.Slot.allCases {
                 let key = slot.rawValue + ":" + p.name, t = p.tensor(slot)
                 guard let s = tensors[key] else { throw ConfigError("\(path): training state lacks tensor '\(key)'") }
-                guard s.shape == t.shape else { throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)") }
+                guard s.shape == t.shape else {
+                    throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)")
+                }
                 if let (i, x) = firstUnsoundValue(s, nonNegative: slot == .adamV) {
-                    throw ConfigError("\(path): tensor '\(key)' (\(slot.meaning)) holds \(x) at index \(i) of shape \(s.shape) (expected \(slot.expectation)): "
-                        + "the state is damaged and was not resumed from; delete it to start afresh")
+                    throw ConfigError("\(path): tensor '\(key)' (\(slot.meaning)) holds \(x) at index \(i) of shape "
+                        + "\(s.shape) (expected \(slot.expectation)): the state is damaged and was not resumed from; "
+                        + "delete it to start afresh")
                 }
                 sources.append((s, t))
             }

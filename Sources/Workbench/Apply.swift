@@ -321,12 +321,15 @@ public final class Session {
                 for w in r.warnings { say("\(label): warning: \(w)") }
                 diagnostics = jsonValue(r)
             case is EvalStage:
+                let naming = "\(place), base \(basePath)"
                 if let reference {
-                    (ppl, divergence) = try Workbench.measureDivergence(model, reference: reference, base: base.model, tokens: test, source: e.text,
-                                                                        label: label, naming: "\(place), base \(basePath)", progress: progress)
+                    (ppl, divergence) = try Workbench.measureDivergence(
+                        model, reference: reference, base: base.model, tokens: test, source: e.text, label: label,
+                        naming: naming, progress: progress)
                 } else {
-                    ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
-                                                   label: label, naming: "\(place), base \(basePath)", progress: progress)
+                    ppl = try Workbench.measurePPL(
+                        model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
+                        label: label, naming: naming, progress: progress)
                 }
                 lastPPL = ppl
                 lastDivergence = divergence
@@ -342,8 +345,8 @@ public final class Session {
                 cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
             // Every figure of the stage's report is a number: a NaN distance, score, damage or loss stops the run here.
             if let bad = firstNonFiniteNumber(in: report) {
-                throw WorkbenchError("\(place): the stage's report holds a non-finite number at \(bad) (expected finite figures; "
-                    + "the model's outputs hold NaN or infinite values) (base \(basePath))")
+                throw WorkbenchError("\(place): the stage's report holds a non-finite number at \(bad) (expected "
+                    + "finite figures; the model's outputs hold NaN or infinite values) (base \(basePath))")
             }
             reports.append(report)
             for w in cacheUse?.warnings ?? [] { say("warning: \(w)") }
@@ -366,18 +369,22 @@ extension Session {
     func train(_ distiller: Distiller, statePath: String, saveEvery: Int, logEvery: Int, resume: Bool, label: String,
                place: String, killAfterStep: Int?) throws -> (keepState: Bool, diagnostics: JSONValue) {
         if resume && FileManager.default.fileExists(atPath: statePath) {
-            do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
+            do { try distiller.loadState(from: statePath) } catch let err as ConfigError {
+                throw WorkbenchError("\(place): \(err.description)")
+            }
             say("\(label): resumed from \(statePath) at step \(distiller.step)")
         }
         let first = distiller.step
         let seconds: Double
         do {
-            seconds = try Workbench.trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery, progress: progress,
-                                              killAfterStep: killAfterStep)
+            seconds = try Workbench.trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery,
+                                              progress: progress, killAfterStep: killAfterStep)
         } catch let err as WorkbenchError { throw WorkbenchError("\(place): \(err.description)") }
         let keep = saveEvery > 0 || first > 0
         if keep {
-            do { try distiller.saveState(to: statePath) } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
+            do { try distiller.saveState(to: statePath) } catch let err as ConfigError {
+                throw WorkbenchError("\(place): \(err.description)")
+            }
         }
         let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
         return (keep, .object([

@@ -109,7 +109,8 @@ extension Workbench {
             if o.progress { progressLine("resumed from \(statePath) at step \(distiller.step)") }
         }
         // Before-training PPL of the student: measured on a fresh start (a resumed run has trained weights).
-        let before = evaluating && o.evalBefore && resumedFrom == nil ? try ppl(studentCkpt.model, "student before", "student \(o.student) before training") : nil
+        let before = evaluating && o.evalBefore && resumedFrom == nil
+            ? try ppl(studentCkpt.model, "student before", "student \(o.student) before training") : nil
 
         let c = o.config, tokensPerStep = c.batch * c.window * c.accumulation
         let firstStep = distiller.step
@@ -133,7 +134,7 @@ extension Workbench {
         if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
 
         let teacherPPL = evaluating ? try ppl(teacherCkpt.model, "teacher", "teacher \(o.teacher)") : nil
-        let studentPPL = evaluating ? try ppl(trained, "student after", "trained student \(o.output), already written") : nil
+        let studentPPL = evaluating ? try ppl(trained, "student after", "trained student \(o.output), written") : nil
         return DistillReport(
             teacher: o.teacher, student: o.student, output: o.output, steps: c.steps, resumedFrom: resumedFrom,
             trainTokens: train.count, tokensPerStep: tokensPerStep, seconds: seconds,
@@ -207,33 +208,39 @@ extension Workbench {
     /// at the end, stop the run with an error naming the step and the training state that is kept, if any.
     static func trainLoop(_ distiller: Distiller, saveEvery: Int, statePath: String, logEvery: Int, progress: Bool,
                           killAfterStep: Int? = nil) throws -> Double {
-        let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
+        let c = distiller.config
         let start = Date(), firstStep = distiller.step
+        func stop(_ step: Int, _ what: String) -> WorkbenchError {
+            stopped(at: step, what, statePath: statePath, saveEvery: saveEvery)
+        }
         while distiller.step < c.steps {
             let s = distiller.trainStep()
             guard s.loss.isFinite, s.gradNorm.isFinite else {
-                throw stopped(at: s.step, "the loss is \(s.loss) and the gradient norm \(s.gradNorm) (expected finite values)",
-                              statePath: statePath, saveEvery: saveEvery)
+                throw stop(s.step, "the loss is \(s.loss) and the gradient norm \(s.gradNorm) (expected finite values)")
             }
             if saveEvery > 0 && s.step % saveEvery == 0 && s.step < c.steps {
-                if let bad = distiller.unsoundValue() { throw stopped(at: s.step, bad, statePath: statePath, saveEvery: saveEvery) }
-                do { try distiller.saveState(to: statePath) } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
+                if let bad = distiller.unsoundValue() { throw stop(s.step, bad) }
+                do { try distiller.saveState(to: statePath) } catch let e as ConfigError {
+                    throw WorkbenchError("distill: \(e.description)")
+                }
             }
             if progress && (s.step % max(logEvery, 1) == 0 || s.step == c.steps || s.step == firstStep + 1) {
                 progressLine(stepLine(s, config: c, done: s.step - firstStep, elapsed: Date().timeIntervalSince(start)))
             }
             if let k = killAfterStep, s.step == k { kill(getpid(), SIGKILL) }
         }
-        if let bad = distiller.unsoundValue() { throw stopped(at: distiller.step, bad, statePath: statePath, saveEvery: saveEvery) }
+        if let bad = distiller.unsoundValue() { throw stop(distiller.step, bad) }
         return Date().timeIntervalSince(start)
     }
 
     /// The error that stops training at `step`, naming the training state that is kept (only one that exists).
     static func stopped(at step: Int, _ what: String, statePath: String, saveEvery: Int) -> WorkbenchError {
+        let never = saveEvery > 0 ? "the first save would have come at step \(saveEvery)" : "--save-every 0"
         let kept = FileManager.default.fileExists(atPath: statePath)
             ? "the last saved training state \(statePath) is kept (--resume continues from it)"
-            : "no training state was saved (\(saveEvery > 0 ? "the first save would have come at step \(saveEvery)" : "--save-every 0"))"
-        return WorkbenchError("distill: step \(step): \(what); training stopped, nothing written, \(kept) — lower the learning rate or check the inputs")
+            : "no training state was saved (\(never))"
+        return WorkbenchError("distill: step \(step): \(what); training stopped, nothing written, \(kept) — lower the "
+            + "learning rate or check the inputs")
     }
 
     /// The progress line of step `s`: loss terms, lr, |g|, tokens per second and ETA.
@@ -244,8 +251,11 @@ extension Workbench {
         if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
         if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
         if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
-        for (name, value) in (s.extras ?? [:]).sorted(by: { $0.key < $1.key }) { parts += String(format: "  %@ %.4g", name, value) }
-        return parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps, formatDuration(eta))
+        for (name, value) in (s.extras ?? [:]).sorted(by: { $0.key < $1.key }) {
+            parts += String(format: "  %@ %.4g", name, value)
+        }
+        return parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps,
+                              formatDuration(eta))
     }
 
     /// Re-opens the checkpoint just written at `path` and checks every tensor (quantized ones dequantized, one at a
@@ -264,8 +274,8 @@ extension Workbench {
             case .matrix(let l): t = l.denseView ?? l.dequantized()
             }
             if let (i, x) = firstUnsoundValue(t) {
-                throw WorkbenchError("\(path): the checkpoint just written holds \(x) in '\(m.config.name(w.id))' at index \(i) "
-                    + "(expected finite values)\(kept)")
+                throw WorkbenchError("\(path): the checkpoint just written holds \(x) in '\(m.config.name(w.id))' "
+                    + "at index \(i) (expected finite values)\(kept)")
             }
         }
     }

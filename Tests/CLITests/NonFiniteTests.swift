@@ -21,7 +21,8 @@ extension CLITests {
         XCTAssertFalse(text.stdout.contains("nan"), text.stdout)
         XCTAssertTrue(text.stderr.contains(huge), text.stderr)
         // The same evaluation against the untouched fixture still works.
-        XCTAssertEqual(try run(["eval", fixture("tiny-llama.h5"), "--tokens", fixture("tiny-llama.stream.txt"), "--window", "32"]).status, 0)
+        let good = try run(["eval", fixture("tiny-llama.h5"), "--tokens", fixture("tiny-llama.stream.txt"), "--window", "32"])
+        XCTAssertEqual(good.status, 0, good.stderr)
     }
 
     /// Before: FinerCut exited 0 having removed a sublayer chosen by NaN distances. Now every ranking pass stops at
@@ -34,12 +35,13 @@ extension CLITests {
             (#"{"stage": "minitron", "layers": 1}"#, "minitron", "calibration perplexity"),
             (#"{"stage": "minitron", "mlp": 96}"#, "minitron", "importance"),
             (#"{"stage": "wanda", "pattern": "2:4"}"#, "wanda", "score"),
-            (#"{"stage": "cptquant", "bits_per_weight": 6, "group_size": 32, "damage": "measured", "estimator": "none", "damage_windows": 2}"#,
-             "cptquant", "damage window"),
+            (#"{"stage": "cptquant", "bits_per_weight": 6, "group_size": 32, "damage": "measured", "estimator": "none", "#
+                + #""damage_windows": 2}"#, "cptquant", "damage window"),
         ]
         let out = dir.appendingPathComponent("out.h5").path
         for (i, (stage, name, what)) in stages.enumerated() {
-            let r = try run(["apply", try recipe(dir, "r\(i).json", text, stages: stage), huge, "-o", out, "--no-cache", "--json"])
+            let path = try recipe(dir, "r\(i).json", text, stages: stage)
+            let r = try run(["apply", path, huge, "-o", out, "--no-cache", "--json"])
             XCTAssertEqual(r.status, 1, "\(name): \(r.stdout)")
             XCTAssertEqual(r.stdout.split(separator: "\n").count, 1, "one JSON object: \(r.stdout)")
             let error = try XCTUnwrap(r.json?["error"] as? String, "\(name): \(r.stdout)")
@@ -63,7 +65,8 @@ extension CLITests {
                     .replacingOccurrences(of: eval, with: #"{"stage": "eval"}"#)
                 try s.write(toFile: path, atomically: true, encoding: .utf8)
             }
-            let r = try run(["apply", path, huge, "-o", dir.appendingPathComponent("o\(i).h5").path, "--no-cache", "--json"])
+            let out = dir.appendingPathComponent("o\(i).h5").path
+            let r = try run(["apply", path, huge, "-o", out, "--no-cache", "--json"])
             XCTAssertEqual(r.status, 1, r.stdout)
             XCTAssertEqual(r.stdout.split(separator: "\n").count, 1, "one JSON object: \(r.stdout)")
             let error = try XCTUnwrap(r.json?["error"] as? String, r.stdout)

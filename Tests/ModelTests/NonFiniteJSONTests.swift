@@ -14,13 +14,15 @@ final class NonFiniteJSONTests: XCTestCase {
     /// Before: under a convert-to-string strategy (as `encodeJSON` had), `.double(.nan)` became the string "nan".
     func testNonFiniteJSONValueNeverEncodesAsAString() throws {
         let e = JSONEncoder()
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
+                                                                nan: "nan")
         for bad in [Double.nan, .infinity, -.infinity] {
             XCTAssertThrowsError(try e.encode(JSONValue.object(["ppl": .double(bad)])), "\(bad)") { error in
                 guard case EncodingError.invalidValue = error else { return XCTFail("\(error)") }
             }
         }
-        XCTAssertEqual(String(decoding: try e.encode(JSONValue.object(["ppl": .double(2.5)])), as: UTF8.self), #"{"ppl":2.5}"#)
+        let finite = try e.encode(JSONValue.object(["ppl": .double(2.5)]))
+        XCTAssertEqual(String(decoding: finite, as: UTF8.self), #"{"ppl":2.5}"#)
     }
 
     /// Before: `jsonValue` of a report holding NaN was `.null` as a whole, and `.text` of such a value was "null".
@@ -30,8 +32,10 @@ final class NonFiniteJSONTests: XCTestCase {
         XCTAssertEqual(v.objectValue?["name"], .string("eval"))
         XCTAssertEqual(stages[0].objectValue?["ppl"]?.doubleValue, 3)
         XCTAssertTrue(try XCTUnwrap(stages[1].objectValue?["ppl"]?.doubleValue).isNaN)
-        XCTAssertEqual(firstNonFiniteNumber(in: v).map { $0.hasPrefix("stages.1.ppl") }, true, "\(String(describing: firstNonFiniteNumber(in: v)))")
-        XCTAssertEqual(firstNonFiniteNumber(in: Report(stages: [.init(ppl: .infinity)])).map { $0.hasPrefix("stages.0.ppl") }, true)
+        let found = firstNonFiniteNumber(in: v)
+        XCTAssertEqual(found.map { $0.hasPrefix("stages.1.ppl") }, true, "\(String(describing: found))")
+        let infinite = firstNonFiniteNumber(in: Report(stages: [.init(ppl: .infinity)]))
+        XCTAssertEqual(infinite.map { $0.hasPrefix("stages.0.ppl") }, true, "\(String(describing: infinite))")
         XCTAssertNil(firstNonFiniteNumber(in: Report(stages: [.init(ppl: 1)])))
         XCTAssertEqual(JSONValue.object(["a": .int(1), "b": .double(.nan)]).text, #"{"a":1,"b":null}"#)
     }

@@ -21,8 +21,8 @@ final class StateValidationTests: XCTestCase {
         c.steps = 4; c.batch = 2; c.window = 16; c.lr = 2e-3; c.warmup = 2; c.seed = 11
         var rng = SplitMix64(seed: 9)
         let stream = (0..<400).map { _ in Int32(rng.next() % 256) }
-        return try Distiller(teacher: try Fixtures.model("tiny-llama-tied"), student: try Fixtures.model("tiny-llama"), config: c,
-                             trainTokens: stream)
+        return try Distiller(teacher: try Fixtures.model("tiny-llama-tied"), student: try Fixtures.model("tiny-llama"),
+                             config: c, trainTokens: stream)
     }
 
     /// A state after two steps: its meta text and tensors by key.
@@ -31,7 +31,8 @@ final class StateValidationTests: XCTestCase {
         d.trainStep(); d.trainStep()
         let path = dir.appendingPathComponent("good.h5").path
         try d.saveState(to: path)
-        let (meta, tensors) = try TensorArchive.read(path, format: Distiller.stateFormat, version: Distiller.stateVersion)
+        let (meta, tensors) = try TensorArchive.read(path, format: Distiller.stateFormat,
+                                                     version: Distiller.stateVersion)
         return (path, meta, tensors)
     }
 
@@ -47,7 +48,8 @@ final class StateValidationTests: XCTestCase {
     /// naming the file, the tensor, its slot and the value; nothing is restored from the state.
     func testNegativeSecondMomentIsRefusedNamingFileTensorAndValue() throws {
         let good = try goodState()
-        let key = try XCTUnwrap(good.tensors.keys.sorted().first { $0.hasPrefix("adam_v:") && $0.contains("down_proj") })
+        let keys = good.tensors.keys.sorted()
+        let key = try XCTUnwrap(keys.first { $0.hasPrefix("adam_v:") && $0.contains("down_proj") })
         var edited = good.tensors
         edited[key] = good.tensors[key]!.copy()
         edited[key]![5] = -0.25
@@ -56,7 +58,9 @@ final class StateValidationTests: XCTestCase {
         let before = d.student.namedTensors.map { $0.tensor.array }
         XCTAssertThrowsError(try d.loadState(from: bad)) { e in
             let m = "\(e)"
-            for fragment in [bad, "'\(key)'", "second moment", "-0.25", "index 5", ">= 0"] { XCTAssertTrue(m.contains(fragment), "\(fragment): \(m)") }
+            for fragment in [bad, "'\(key)'", "second moment", "-0.25", "index 5", ">= 0"] {
+                XCTAssertTrue(m.contains(fragment), "\(fragment): \(m)")
+            }
         }
         XCTAssertEqual(d.step, 0)
         XCTAssertEqual(d.student.namedTensors.map { $0.tensor.array }, before, "nothing restored from a refused state")
@@ -68,7 +72,8 @@ final class StateValidationTests: XCTestCase {
     func testDamagedStatesAreRefusedNamingWhatWasFound() throws {
         let good = try goodState()
         let keys = good.tensors.keys.sorted()
-        let m = try XCTUnwrap(keys.first { $0.hasPrefix("adam_m:") }), p = try XCTUnwrap(keys.first { $0.hasPrefix("param:") })
+        let m = try XCTUnwrap(keys.first { $0.hasPrefix("adam_m:") })
+        let p = try XCTUnwrap(keys.first { $0.hasPrefix("param:") })
         var cases: [(String, [String: Tensor], String, [String])] = []
         for (name, key) in [("nan-m.h5", m), ("nan-param.h5", p)] {
             var t = good.tensors
@@ -86,7 +91,9 @@ final class StateValidationTests: XCTestCase {
             let path = try write(name, meta: meta, tensors)
             XCTAssertThrowsError(try distiller().loadState(from: path), name) { e in
                 XCTAssertTrue("\(e)".contains(path), "\(name): \(e)")
-                for f in fragments { XCTAssertTrue("\(e)".lowercased().contains(f.lowercased()), "\(name): \(f): \(e)") }
+                for f in fragments {
+                    XCTAssertTrue("\(e)".lowercased().contains(f.lowercased()), "\(name): \(f): \(e)")
+                }
             }
         }
     }
