@@ -227,7 +227,9 @@ public enum Divergence {
         }
         guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
         let report = acc.report(base: h.basePath, referenceFile: ref.path, kind: h.kind, topK: k, protocol: p, window: W)
-        return (report, PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
+        let seconds = Date().timeIntervalSince(start)
+        return try checked(report, PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p,
+                                                    seconds: seconds))
     }
 
     /// The full-vocabulary comparison: per chunk of the model's scored rows, the base's logits from its hidden states
@@ -295,6 +297,19 @@ public enum Divergence {
                                            bytesPerPosition: 8 * k + 8, fractionOfFull16Bit: Double(8 * k + 8) / Double(2 * V))
             }
         }
-        return (report, PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start)))
+        let seconds = Date().timeIntervalSince(start)
+        return try checked(report, PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p,
+                                                    seconds: seconds))
+    }
+
+    /// The report and result when every figure is finite; otherwise an error naming the first that is not.
+    static func checked(_ report: DivergenceReport, _ result: PerplexityResult) throws
+        -> (DivergenceReport, PerplexityResult) {
+        let r = try result.checkedFinite()
+        if let bad = firstNonFiniteNumber(in: report) {
+            throw EvaluationError("the divergence figure \(bad) is not finite: the model's or the base's logits "
+                + "hold NaN or infinite values")
+        }
+        return (report, r)
     }
 }

@@ -40,6 +40,22 @@ extension PerplexityResult {
     }
 }
 
+extension PerplexityResult {
+    /// The result itself when its perplexity and NLL are finite; otherwise an error saying which (the model's
+    /// logits held NaN or infinite values, or the mean NLL overflows exp).
+    func checkedFinite() throws -> PerplexityResult {
+        guard totalNll.isFinite else {
+            throw EvaluationError("the total negative log-likelihood is \(totalNll) (expected a finite value): "
+                + "the model's logits hold NaN or infinite values")
+        }
+        guard ppl.isFinite else {
+            throw EvaluationError("the perplexity exp(\(nll)) is \(ppl) (expected a finite value): the mean negative "
+                + "log-likelihood overflows")
+        }
+        return self
+    }
+}
+
 /// Why an evaluation cannot run.
 public struct EvaluationError: Error, CustomStringConvertible {
     public let description: String
@@ -193,7 +209,8 @@ public enum Perplexity {
 
     /// Evaluates `model` on the first `maxTokens` stream tokens of `tokens` (all when nil) under `protocol`
     /// (the checkpoint's tokenizer's: `PerplexityProtocol(addBosToken:bosTokenID:)`); `tokens` never holds the BOS.
-    /// `progress` is called after each window with (windows done, windows total).
+    /// `progress` is called after each window with (windows done, windows total). A non-finite NLL (at the first
+    /// window holding one) or perplexity throws: the result is always a number.
     public static func evaluate(
         model: DecoderModel, tokens: [Int32], window W: Int, protocol p: PerplexityProtocol, maxTokens: Int? = nil,
         progress: ((Int, Int) -> Void)? = nil
@@ -203,7 +220,8 @@ public enum Perplexity {
         let start = Date()
         var nll = [Double](repeating: 0, count: W)
         var total = 0.0
-        forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) { _, ids, t0, rows, _, logits in
+        try forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows,
+                               progress: progress) { w, ids, t0, rows, _, logits in
             // Row t predicts token t + 1 (with BOS: row 0, the BOS, predicts the chunk's first).
             ids.withUnsafeBufferPointer { idp in
                 nll.withUnsafeMutableBufferPointer { out in
@@ -211,7 +229,14 @@ public enum Perplexity {
                 }
             }
             for x in nll.prefix(rows) { total += x }  // fixed order: deterministic
+            // Stop at the first window whose NLL is not finite: the rest cannot make the result a number again.
+            if let t = nll.prefix(rows).firstIndex(where: { !$0.isFinite }) {
+                throw EvaluationError("window \(w + 1) of \(windows), position \(t0 + t): the negative "
+                    + "log-likelihood is \(nll[t]) (expected a finite value): the model's logits hold NaN or infinite values")
+            }
         }
-        return PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: Date().timeIntervalSince(start))
+        let seconds = Date().timeIntervalSince(start)
+        return try PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p, seconds: seconds)
+            .checkedFinite()
     }
 }

@@ -22,13 +22,21 @@ public enum JSONValue: Codable, Equatable, Sendable {
         else { self = .object(try c.decode([String: JSONValue].self)) }
     }
 
+    /// Encodes the value; a non-finite `.double` has no JSON form and throws `EncodingError.invalidValue` under
+    /// every encoder setting (never written as a string such as "nan", whatever the non-conforming float strategy).
     public func encode(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
         switch self {
         case .null: try c.encodeNil()
         case .bool(let b): try c.encode(b)
         case .int(let i): try c.encode(i)
-        case .double(let d): try c.encode(d)
+        case .double(let d):
+            guard d.isFinite else {
+                let context = EncodingError.Context(codingPath: encoder.codingPath,
+                                                    debugDescription: "\(d) is not a JSON number")
+                throw EncodingError.invalidValue(d, context)
+            }
+            try c.encode(d)
         case .string(let s): try c.encode(s)
         case .array(let a): try c.encode(a)
         case .object(let o): try c.encode(o)
@@ -43,11 +51,23 @@ public enum JSONValue: Codable, Equatable, Sendable {
         return try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
     }
 
-    /// Compact JSON text with sorted keys (deterministic).
+    /// Compact JSON text with sorted keys (deterministic). A non-finite double, which has no JSON form, is written
+    /// `null` there (as in `prettyBytes`); the rest of the document is kept.
     public var text: String {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: e.encode(self), as: UTF8.self)) ?? "null"
+        return (try? String(decoding: e.encode(self), as: UTF8.self))
+            ?? (try? String(decoding: e.encode(nullingNonFinite()), as: UTF8.self)) ?? "null"
+    }
+
+    /// The value with every non-finite double replaced by `.null`.
+    func nullingNonFinite() -> JSONValue {
+        switch self {
+        case .double(let d) where !d.isFinite: return .null
+        case .array(let a): return .array(a.map { $0.nullingNonFinite() })
+        case .object(let o): return .object(o.mapValues { $0.nullingNonFinite() })
+        default: return self
+        }
     }
 
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o }; return nil }
@@ -70,12 +90,49 @@ public enum JSONValue: Codable, Equatable, Sendable {
     }
 }
 
-/// Encodes any Encodable value to a JSONValue (through JSON text).
+/// The coding path ("stages.0.ppl") of the first non-finite floating-point number in `value`, or nil when every
+/// number it holds is finite: JSON has no form for NaN or infinity, so a report holding one cannot be written.
+public func firstNonFiniteNumber<T: Encodable>(in value: T) -> String? {
+    do { _ = try JSONEncoder().encode(value) } catch EncodingError.invalidValue(let v, let context) {
+        let path = context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+        return (path.isEmpty ? "the value" : path) + " (\(v))"
+    } catch {
+        return nil
+    }
+    return nil
+}
+
+/// Encodes any Encodable value to a JSONValue (through JSON text). A non-finite number stays a `.double` (NaN or
+/// ±infinity) in the result, so that writing it fails where it is written (`JSONValue.encode`) and
+/// `firstNonFiniteNumber` finds it; it never turns into a string or nulls the whole value.
 public func jsonValue<T: Encodable>(_ value: T) -> JSONValue {
     let e = JSONEncoder()
     e.keyEncodingStrategy = .convertToSnakeCase
+    let mark = JSONValue.sentinel
+    e.nonConformingFloatEncodingStrategy = .convertToString(
+        positiveInfinity: mark + "+inf", negativeInfinity: mark + "-inf", nan: mark + "nan")
     guard let data = try? e.encode(value), let v = try? JSONDecoder().decode(JSONValue.self, from: data) else { return .null }
-    return v
+    return v.restoringNonFinite()
+}
+
+extension JSONValue {
+    /// Prefix of the strings `jsonValue` stands non-finite numbers in for on their way through JSON text.
+    static let sentinel = "\u{0}non-finite:"
+
+    /// The value with `jsonValue`'s stand-in strings turned back into non-finite doubles.
+    func restoringNonFinite() -> JSONValue {
+        switch self {
+        case .string(let s) where s.hasPrefix(Self.sentinel):
+            switch s.dropFirst(Self.sentinel.count) {
+            case "+inf": return .double(.infinity)
+            case "-inf": return .double(-.infinity)
+            default: return .double(.nan)
+            }
+        case .array(let a): return .array(a.map { $0.restoringNonFinite() })
+        case .object(let o): return .object(o.mapValues { $0.restoringNonFinite() })
+        default: return self
+        }
+    }
 }
 
 extension JSONValue {

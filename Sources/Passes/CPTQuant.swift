@@ -438,6 +438,10 @@ public struct CPTQuantPass: CompressionPass {
             }
         }
 
+        try requireFinite(sensitivity, stage: "cptquant") {
+            "the \(estimator.rawValue) sensitivity of unit \(units[$0].name)"
+        }
+
         // Every tensor at every width: stored form and ‖W − Q(W)‖²; and ‖W‖² once per tensor.
         let formats = candidates
         let names = units.flatMap(\.tensors)
@@ -488,7 +492,7 @@ public struct CPTQuantPass: CompressionPass {
         var measured: [[Double?]]?
         if damage == .measured {
             let cut = try Self.damageWindows(windows, count: damageWindows, tokens: damageTokens)
-            let p = DamageProbe(model: model, windows: cut)
+            let p = try DamageProbe(model: model, windows: cut)
             probe = p
             var settings: [String: JSONValue] = [
                 "units": unitSettings, "method": .string(searchTable ? (searchWeights == .activation ? "search" : "search \(searchWeights.rawValue)") : "rtn"), "damage_windows": .int(damageWindows), "damage_tokens": .int(damageTokens),
@@ -795,14 +799,17 @@ final class DamageProbe {
     /// Per window: the base's logits, T × V (the KL kernel takes both distributions as logits, in Double inside).
     private var baseLogits: [[Float]] = []
 
-    init(model given: DecoderModel, windows: [[Int32]]) {
+    /// Runs the base over `windows`; throws when its outputs are not finite (the KL kernel would hide a NaN).
+    init(model given: DecoderModel, windows: [[Int32]]) throws {
         model = given.copy()  // written into and restored; never the model given
         tensors = CPTQuantPass.denseWeights(model)
         self.windows = windows
         T = windows[0].count; C = model.config.hiddenSize; V = model.config.vocabSize; S = 2 * model.layers.count
         fwd = ResumableForward(model: model, window: T)
-        for ids in windows {
+        for (w, ids) in windows.enumerated() {
             let logits = fwd.run(ids)
+            try requireFiniteOutputs(logits, rows: T, columns: V, stage: "cptquant",
+                                     "the base's output on damage window \(w + 1)")
             saved.append(Array(UnsafeBufferPointer(start: fwd.states.data, count: (S + 1) * T * C)))
             baseLogits.append(Array(UnsafeBufferPointer(start: logits, count: T * V)))
         }
@@ -810,7 +817,8 @@ final class DamageProbe {
 
     /// Mean over the windows' positions of KL(p_base ‖ p) in nats, p the model with `values` (dense weights by
     /// id, row-major) in place of the base's; resumed at sublayer `s`, or from the embedding when nil (needed
-    /// when the embedding changes). Valid for s when no changed weight acts before sublayer s.
+    /// when the embedding changes). Valid for s when no changed weight acts before sublayer s. A damage that is not
+    /// finite throws, naming the tensors.
     func divergence(_ values: [WeightID: [Float]], resumeAt s: Int?) throws -> Double {
         var originals: [WeightID: [Float]] = [:]
         for (id, v) in values {
@@ -819,6 +827,7 @@ final class DamageProbe {
             v.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: $0.count) }
         }
         defer { for (id, v) in originals { v.withUnsafeBufferPointer { tensors[id]!.data.update(from: $0.baseAddress!, count: $0.count) } } }
+        let what = values.keys.map { "'\($0.hfName)'" }.sorted().joined(separator: ", ")
         var total = 0.0
         var kl = [Double](repeating: 0, count: T)
         for (w, ids) in windows.enumerated() {
@@ -829,13 +838,19 @@ final class DamageProbe {
             } else {
                 logits = fwd.run(ids)
             }
+            try requireFiniteOutputs(logits, rows: T, columns: V, stage: "cptquant",
+                                     "the output with \(what) quantized")
             // The evaluator's kernel (`compress eval --reference`): KL per position, summed in order.
             baseLogits[w].withUnsafeBufferPointer { zp in
                 klDivergenceForward(kl: &kl, reverse: nil, reference: zp.baseAddress!, logits: logits, rows: T, columns: V)
             }
             for x in kl { total += x }
         }
-        return total / Double(windows.count * T)
+        let damage = total / Double(windows.count * T)
+        try requireFinite([damage], stage: "cptquant") { _ in
+            "the measured damage (mean KL from the base) with \(what) quantized"
+        }
+        return damage
     }
 }
 

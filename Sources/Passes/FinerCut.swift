@@ -85,26 +85,34 @@ public struct FinerCutPass: CompressionPass {
         let V: Int, T: Int
         var dist: [Double]
 
-        init(model: DecoderModel, windows: [[Int32]], metric: Metric) {
+        /// Throws when the original model's outputs on a window are not finite.
+        init(model: DecoderModel, windows: [[Int32]], metric: Metric) throws {
             self.model = model; self.windows = windows; self.metric = metric
             T = windows[0].count
             V = model.config.vocabSize
             fwd = ResumableForward(model: model, window: T)
             dist = [Double](repeating: 0, count: T)
-            refs = windows.map { [fwd, V, T] ids in
+            refs = try windows.enumerated().map { [fwd, V, T] w, ids in
                 let r = Tensor(shape: [T, V])
                 let logits = fwd.run(ids)
+                try requireFiniteOutputs(logits, rows: T, columns: V, stage: FinerCutPass.name,
+                                         "the original model's output on calibration window \(w + 1)")
                 if metric == .js { logSoftmaxForward(out: r.data, logits: logits, rows: T, columns: V) } else { r.data.update(from: logits, count: T * V) }
                 return r
             }
         }
 
-        func distances(removed: Set<Int>, candidates: [Int], progress: (Int, Int) -> Void) -> [Double] {
+        /// Throws when a trial's outputs are not finite (the distance kernels would not show it).
+        func distances(removed: Set<Int>, candidates: [Int], progress: (Int, Int) -> Void) throws -> [Double] {
             var sums = [Double](repeating: 0, count: candidates.count)
             for (w, ids) in windows.enumerated() {
                 fwd.run(ids, skip: removed)
                 for (i, c) in candidates.enumerated() {
                     let logits = fwd.resume(at: c, skip: removed.union([c]))
+                    try requireFiniteOutputs(
+                        logits, rows: T, columns: V, stage: FinerCutPass.name,
+                        "the output of the model without layer \(c / 2)'s \(c % 2 == 0 ? "attention" : "mlp") "
+                            + "(and \(removed.count) earlier removals) on calibration window \(w + 1)")
                     dist.withUnsafeMutableBufferPointer { out in
                         switch metric {
                         case .js: jensenShannonForward(out: out.baseAddress!, logProbs: refs[w].data, logits: logits, rows: T, columns: V)
@@ -120,15 +128,27 @@ public struct FinerCutPass: CompressionPass {
     }
 
     /// The removal order of `count` sublayers (greedy), or the one-shot ranking of every candidate.
-    /// A cached greedy prefix is extended rather than recomputed.
+    /// A cached greedy prefix is extended rather than recomputed. A distance that is not finite throws (naming the
+    /// candidate and the step): a removal chosen by NaN distances would be arbitrary.
     public static func order(model: DecoderModel, windows: [[Int32]], metric: Metric, mode: Mode, candidates kind: Candidates,
-                             count: Int, prefix: [Removal] = [], progress: (String) -> Void = { _ in }) -> [Removal] {
+                             count: Int, prefix: [Removal] = [],
+                             progress: (String) -> Void = { _ in }) throws -> [Removal] {
         let all = candidateSublayers(model, kind)
-        let trials = Trials(model: model, windows: windows, metric: metric)
+        let trials = try Trials(model: model, windows: windows, metric: metric)
         func removal(_ s: Int, _ d: Double) -> Removal { Removal(sublayer: s, layer: s / 2, kind: s % 2 == 0 ? "attention" : "mlp", distance: d) }
+        func check(_ d: [Double], _ candidates: [Int], _ step: String) throws {
+            try requireFinite(d, stage: name) { i in
+                let r = removal(candidates[i], d[i])
+                return "\(step): the \(metric.rawValue) distance of the model without layer \(r.layer)'s \(r.kind) "
+                    + "from the original"
+            }
+        }
         switch mode {
         case .oneShot:
-            let d = trials.distances(removed: [], candidates: all) { w, n in progress("finercut one-shot: window \(w)/\(n)") }
+            let d = try trials.distances(removed: [], candidates: all) { w, n in
+                progress("finercut one-shot: window \(w)/\(n)")
+            }
+            try check(d, all, "one-shot ranking")
             return all.indices.sorted { d[$0] != d[$1] ? d[$0] < d[$1] : all[$0] < all[$1] }.map { removal(all[$0], d[$0]) }
         case .greedy:
             var order = prefix
@@ -137,9 +157,10 @@ public struct FinerCutPass: CompressionPass {
                 let removed = Set(order.map(\.sublayer))
                 let left = all.filter { !removed.contains($0) }
                 let step = order.count + 1
-                let d = trials.distances(removed: removed, candidates: left) { w, n in
+                let d = try trials.distances(removed: removed, candidates: left) { w, n in
                     progress("finercut step \(step)/\(count): window \(w)/\(n), \(left.count) candidates")
                 }
+                try check(d, left, "greedy step \(step)")
                 let best = left.indices.min { d[$0] != d[$1] ? d[$0] < d[$1] : left[$0] < left[$1] }!
                 order.append(removal(left[best], d[best]))
                 let r = order.last!, el = Date().timeIntervalSince(start)
@@ -166,8 +187,8 @@ public struct FinerCutPass: CompressionPass {
         let name = "finercut-order"
         var order = context.cache?.load(name, settings: settings, as: [Removal].self) ?? []
         if order.count < k || (mode == .oneShot && order.isEmpty) {
-            order = Self.order(model: model, windows: windows, metric: metric, mode: mode, candidates: candidates, count: k,
-                               prefix: mode == .greedy ? order : [], progress: context.progress)
+            order = try Self.order(model: model, windows: windows, metric: metric, mode: mode, candidates: candidates,
+                                   count: k, prefix: mode == .greedy ? order : [], progress: context.progress)
             try context.cache?.store(name, settings: settings, value: order)
         }
         let removed = Array(order.prefix(k))

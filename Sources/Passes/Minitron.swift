@@ -158,6 +158,17 @@ public struct MinitronPass: CompressionPass {
         return Target(hidden: t.hidden, mlp: t.mlp, heads: t.heads, layers: t.layers, parameters: DecoderModel.parameterCount(config(c, t)))
     }
 
+    /// Throws naming the first head, neuron or channel importance that is not finite.
+    static func checkFinite(_ imp: ActivationImportance) throws {
+        for (l, h) in imp.heads.enumerated() {
+            try requireFinite(h, stage: name) { "the importance of layer \(l)'s head \($0)" }
+        }
+        for (l, n) in imp.neurons.enumerated() {
+            try requireFinite(n, stage: name) { "the importance of layer \(l)'s MLP neuron \($0)" }
+        }
+        try requireFinite(imp.channels, stage: name) { "the importance of hidden channel \($0)" }
+    }
+
     /// Indices of the `k` highest scores, ascending (ties: the lower index wins).
     static func top(_ scores: [Double], _ k: Int) -> [Int] {
         Array(scores.indices.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 < $1 }.prefix(k)).sorted()
@@ -193,6 +204,9 @@ public struct MinitronPass: CompressionPass {
             let depth = try context.cached("minitron-depth", settings: .object([:])) {
                 DepthImportance.compute(model: model, windows: windows) { i, n in context.progress("minitron depth scores: window \(i)/\(n)") }
             }
+            try requireFinite([depth.basePpl], stage: Self.name) { _ in "the calibration perplexity of the model" }
+            try requireFinite(depth.ppl, stage: Self.name) { "the depth score of layer \($0) (perplexity without it)" }
+            try requireFinite(depth.cosine, stage: Self.name) { "the depth score of layer \($0) (1 - cos(in, out))" }
             let score = depthMetric == .ppl ? depth.ppl : depth.cosine
             let order = score.indices.sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }
             let removed = Array(order.prefix(c.numHiddenLayers - target.layers)).sorted()
@@ -215,6 +229,7 @@ public struct MinitronPass: CompressionPass {
                     context.progress("minitron width scores: window \(i)/\(n)")
                 }
             }
+            try Self.checkFinite(imp)
             let sel = Self.selection(imp, config: c, target: target, keep: keep)
             let removedChannels = Set(0..<c.hiddenSize).subtracting(sel.channels).sorted()
             diag["width"] = .object([

@@ -25,6 +25,7 @@ import Foundation
 import Model
 import Recipes
 import TensorCore
+import Training
 
 /// What a one-shot sparsity pass prunes to, decoded from its recipe stage.
 public struct SparsityTarget: Equatable, Sendable {
@@ -193,11 +194,13 @@ public struct WandaPass: CompressionPass {
 
     public init(config s: StrictObject) throws { target = try SparsityTarget(config: s) }
 
-    /// Wanda's kept set for one weight given its input's column norms.
-    static func keep(_ w: Tensor, columnNorms: [Double], target: SparsityTarget) -> [Bool] {
+    /// Wanda's kept set for one weight given its input's column norms; a score that is not finite throws, naming
+    /// the weight `id` and the element.
+    static func keep(_ w: Tensor, columnNorms: [Double], target: SparsityTarget, id: LinearID) throws -> [Bool] {
         let OC = w.shape[0], C = w.shape[1]
         var score = [Double](repeating: 0, count: OC * C)
         for r in 0..<OC { for j in 0..<C { score[r * C + j] = Double(abs(w[r * C + j])) * columnNorms[j] } }
+        try requireFinite(score, stage: name) { "the score |W| · ‖X‖ of '\(id)' at row \($0 / C), column \($0 % C)" }
         return target.keepByScore(score, rows: OC, cols: C, perRow: true)
     }
 
@@ -207,7 +210,8 @@ public struct WandaPass: CompressionPass {
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: false,
                                        progress: context.progress) { id, weight, input in
             let w = weight.denseView!
-            return try target.sparse(w, keep: Self.keep(w, columnNorms: input.columnNorms, target: target), id: id)
+            let keep = try Self.keep(w, columnNorms: input.columnNorms, target: target, id: id)
+            return try target.sparse(w, keep: keep, id: id)
         }
         return (result, OneShotPruning(stage: Self.name, target: target).report(result, ids, seconds: Date().timeIntervalSince(start),
                                                                                 extra: ["calibration_tokens": .int(context.calibration.reduce(0) { $0 + $1.count })]))
@@ -299,6 +303,12 @@ public struct SparseGPTPass: CompressionPass {
                 throw RecipeError("\(Self.name): '\(id)': \(e.description)")
             }
             let (values, keep, loss) = Self.prune(weight.denseView!, factor: factor, target: target, blockSize: blockSize)
+            try requireFinite([loss], stage: Self.name) { _ in "the OBS loss of '\(id)'" }
+            if let (i, x) = firstUnsoundValue(values) {
+                throw RecipeError("\(Self.name): the reconstructed '\(id)' holds \(x) at index \(i) (expected finite "
+                    + "values): the model's outputs on the calibration windows hold NaN or infinite values (check the input "
+                    + "checkpoint's weights)")
+            }
             losses[id] = ["obs_loss": .double(loss)]
             return try target.sparse(values, keep: keep, id: id)
         }

@@ -357,9 +357,26 @@ public final class Distiller {
         return "teacher:\(teacherPart) train:\(String(h, radix: 16)):\(tokens.count)"
     }()
 
+    /// The first unsound value among the trained tensors (a parameter or AdamW moment that is not finite, or a
+    /// negative second moment), described with its state-file key, or nil when every value is sound.
+    public func unsoundValue() -> String? {
+        for p in optimizer.parameters {
+            if let (slot, i, x) = p.firstUnsoundValue() {
+                return "'\(slot.rawValue):\(p.name)' (\(slot.meaning)) holds \(x) at index \(i) of shape "
+                    + "\(p.value.shape) (expected \(slot.expectation))"
+            }
+        }
+        return nil
+    }
+
     /// Writes every trained parameter (student weights, maps, trainables), its AdamW moments and the step
-    /// atomically to `path`. Frozen weights are not saved: they equal the student given.
+    /// atomically to `path`. Frozen weights are not saved: they equal the student given. A state holding an
+    /// unsound value (`unsoundValue()`) is refused: nothing is written and an earlier state at `path` is kept.
     public func saveState(to path: String) throws {
+        if let bad = unsoundValue() {
+            throw ConfigError("\(path): the training state at step \(step) is not saved: \(bad); the file is left as "
+                + "it was")
+        }
         var tensors: [(String, Tensor)] = []
         for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
         let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log, inputs: inputsDigest,
@@ -370,7 +387,10 @@ public final class Distiller {
         try TensorArchive.write(to: path, format: Self.stateFormat, version: Self.stateVersion, meta: text, tensors: tensors)
     }
 
-    /// Restores a state written by `saveState`; the run settings and the student's config must match.
+    /// Restores a state written by `saveState`. Checked before anything is restored: the run settings, the
+    /// student's config, the trained parts' settings and the inputs must match; the step must lie in 0...steps with
+    /// one log entry per step; every trained tensor must be present with its parameter's shape, finite, and AdamW's
+    /// second moments >= 0. Errors name the state file, the tensor and what was found.
     public func loadState(from path: String) throws {
         let (text, tensors) = try TensorArchive.read(path, format: Self.stateFormat, version: Self.stateVersion)
         let meta: StateMeta
@@ -398,14 +418,24 @@ public final class Distiller {
             let theirs = meta.inputs ?? "none recorded"
             throw ConfigError("\(path): the state was written with another teacher or training text (its inputs \(theirs), this run's \(inputsDigest)); resume with the same teacher and --train, or start afresh")
         }
-        func restore(_ key: String, into t: Tensor) throws {
-            guard let s = tensors[key] else { throw ConfigError("\(path): training state lacks tensor '\(key)'") }
-            guard s.shape == t.shape else { throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)") }
-            t.data.update(from: s.data, count: t.count)
-        }
+        // Every tensor checked before any is restored: a refused state leaves the distiller as it was.
+        var sources: [(from: Tensor, to: Tensor)] = []
         for p in optimizer.parameters {
-            try restore("param:" + p.name, into: p.value); try restore("adam_m:" + p.name, into: p.m); try restore("adam_v:" + p.name, into: p.v)
+            for slot in Parameter.Slot.allCases {
+                let key = slot.rawValue + ":" + p.name, t = p.tensor(slot)
+                guard let s = tensors[key] else { throw ConfigError("\(path): training state lacks tensor '\(key)'") }
+                guard s.shape == t.shape else {
+                    throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)")
+                }
+                if let (i, x) = firstUnsoundValue(s, nonNegative: slot == .adamV) {
+                    throw ConfigError("\(path): tensor '\(key)' (\(slot.meaning)) holds \(x) at index \(i) of shape "
+                        + "\(s.shape) (expected \(slot.expectation)): the state is damaged and was not resumed from; "
+                        + "delete it to start afresh")
+                }
+                sources.append((s, t))
+            }
         }
+        for (s, t) in sources { t.data.update(from: s.data, count: t.count) }
         step = meta.step
         optimizer.step = meta.step
         log = meta.log

@@ -142,3 +142,53 @@ public final class AdamW {
         }
     }
 }
+
+/// The first value of `t` that a trained tensor must not hold: not finite, or (with `nonNegative`, for AdamW's
+/// second moment, a running mean of squares) below zero. Returns its index and value; nil when every value is sound.
+public func firstUnsoundValue(_ t: Tensor, nonNegative: Bool = false) -> (index: Int, value: Float)? {
+    let p = t.data, n = t.count
+    let found = UnsafeMutablePointer<Int>.allocate(capacity: Parallel.threads)
+    found.initialize(repeating: Int.max, count: Parallel.threads)
+    defer { found.deallocate() }
+    Parallel.forEachChunkIndexed(n, minChunk: 1 << 16) { c, r in
+        for i in r where !p[i].isFinite || (nonNegative && p[i] < 0) { found[c] = i; return }
+    }
+    let i = (0..<Parallel.threads).map { found[$0] }.min() ?? Int.max
+    return i == Int.max ? nil : (i, p[i])
+}
+
+extension Parameter {
+    /// The state-file slots of a parameter: its value, AdamW's first moment m and second moment v.
+    public enum Slot: String, CaseIterable, Sendable {
+        case param, adamM = "adam_m", adamV = "adam_v"
+
+        /// What the slot holds, for messages.
+        public var meaning: String {
+            switch self {
+            case .param: "the parameter's value"
+            case .adamM: "AdamW's first moment m"
+            case .adamV: "AdamW's second moment v"
+            }
+        }
+        /// What every value of the slot must be.
+        public var expectation: String { self == .adamV ? "finite and >= 0" : "finite" }
+    }
+
+    /// The tensor of `slot`.
+    public func tensor(_ slot: Slot) -> Tensor {
+        switch slot {
+        case .param: value
+        case .adamM: m
+        case .adamV: v
+        }
+    }
+
+    /// The first unsound value of the parameter (a non-finite value, moment, or a negative second moment), with
+    /// the slot holding it, or nil.
+    public func firstUnsoundValue() -> (slot: Slot, index: Int, value: Float)? {
+        for s in Slot.allCases {
+            if let (i, x) = Training.firstUnsoundValue(tensor(s), nonNegative: s == .adamV) { return (s, i, x) }
+        }
+        return nil
+    }
+}

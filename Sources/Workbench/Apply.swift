@@ -179,7 +179,7 @@ public final class Session {
         let cache = StatsCache(directory: cacheDirectory, scope: .object(scope))
         let p = try cache.value("ppl", settings: .object([:])) {
             try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
-                                     label: "base", progress: self.progress)
+                                     label: "base", naming: "base \(self.basePath)", progress: self.progress)
         }
         if !cache.hits.isEmpty { say(String(format: "eval base: ppl %.4f (cached)", p)) }
         for w in cache.warnings { say("warning: \(w)") }
@@ -261,9 +261,9 @@ public final class Session {
                 do {
                     (model, diagnostics) = try pass.run(on: model, context: context)
                 } catch let err as RecipeError {
-                    throw WorkbenchError("\(place): \(err.description)")
+                    throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
                 } catch let err as ConfigError {
-                    throw WorkbenchError("\(place): \(err.description)")
+                    throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
                 }
             case let tp as any TrainingPass:
                 let statePath = statePrefix + ".stage\(i + 1).state.h5"
@@ -284,7 +284,7 @@ public final class Session {
                 var t: (keepState: Bool, diagnostics: JSONValue) = (false, .object([:]))
                 if let distiller = run.distiller {
                     t = try train(distiller, statePath: statePath, saveEvery: tp.saveEvery, logEvery: tp.logEvery, resume: resume,
-                                  label: label, killAfterStep: killAfterStep)
+                                  label: label, place: place, killAfterStep: killAfterStep)
                 }
                 if t.keepState { statePaths.append(statePath) }
                 let finished: (model: DecoderModel, diagnostics: JSONValue)
@@ -308,7 +308,7 @@ public final class Session {
                                               trainables: stf.map { [$0] } ?? [])
                 } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
                 let t = try train(distiller, statePath: statePath, saveEvery: d.saveEvery, logEvery: d.logEvery, resume: resume,
-                                  label: label, killAfterStep: killAfterStep)
+                                  label: label, place: place, killAfterStep: killAfterStep)
                 if t.keepState { statePaths.append(statePath) }
                 model = try stf?.finalize(distiller.student) ?? distiller.student
                 diagnostics = t.diagnostics
@@ -321,12 +321,15 @@ public final class Session {
                 for w in r.warnings { say("\(label): warning: \(w)") }
                 diagnostics = jsonValue(r)
             case is EvalStage:
+                let naming = "\(place), base \(basePath)"
                 if let reference {
-                    (ppl, divergence) = try Workbench.measureDivergence(model, reference: reference, base: base.model, tokens: test, source: e.text,
-                                                                        label: label, progress: progress)
+                    (ppl, divergence) = try Workbench.measureDivergence(
+                        model, reference: reference, base: base.model, tokens: test, source: e.text, label: label,
+                        naming: naming, progress: progress)
                 } else {
-                    ppl = try Workbench.measurePPL(model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
-                                                   label: label, progress: progress)
+                    ppl = try Workbench.measurePPL(
+                        model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
+                        label: label, naming: naming, progress: progress)
                 }
                 lastPPL = ppl
                 lastDivergence = divergence
@@ -340,6 +343,11 @@ public final class Session {
                 ppl: ppl, retention: ppl.flatMap { p in basePPL.map { $0 / p } },
                 kld: divergence?.kld.mean, kldP99: divergence?.kld.percentiles["99"], sameTopP: divergence?.sameTopP, divergence: divergence,
                 cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
+            // Every figure of the stage's report is a number: a NaN distance, score, damage or loss stops the run here.
+            if let bad = firstNonFiniteNumber(in: report) {
+                throw WorkbenchError("\(place): the stage's report holds a non-finite number at \(bad) (expected "
+                    + "finite figures; the model's outputs hold NaN or infinite values) (base \(basePath))")
+            }
             reports.append(report)
             for w in cacheUse?.warnings ?? [] { say("warning: \(w)") }
             say(String(format: "%@: done in %@, %d -> %d parameters", label, formatDuration(report.seconds), before.params, model.parameterCount)
@@ -357,23 +365,34 @@ extension Session {
     /// Runs a distiller to its step count (resuming from `statePath` when asked and present), saving its state
     /// every `saveEvery` steps and once more at the end (kept until the output is written: a kill before then
     /// resumes there, not at step 0); returns the loop's report entries.
+    /// Errors name the stage (`place`) and the state file; a damaged state is refused (`Distiller.loadState`).
     func train(_ distiller: Distiller, statePath: String, saveEvery: Int, logEvery: Int, resume: Bool, label: String,
-               killAfterStep: Int?) throws -> (keepState: Bool, diagnostics: JSONValue) {
+               place: String, killAfterStep: Int?) throws -> (keepState: Bool, diagnostics: JSONValue) {
         if resume && FileManager.default.fileExists(atPath: statePath) {
-            do { try distiller.loadState(from: statePath) } catch let err as ConfigError { throw WorkbenchError(err.description) }
+            do { try distiller.loadState(from: statePath) } catch let err as ConfigError {
+                throw WorkbenchError("\(place): \(err.description)")
+            }
             say("\(label): resumed from \(statePath) at step \(distiller.step)")
         }
         let first = distiller.step
-        let seconds = try Workbench.trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery, progress: progress,
-                                              killAfterStep: killAfterStep)
+        let seconds: Double
+        do {
+            seconds = try Workbench.trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery,
+                                              progress: progress, killAfterStep: killAfterStep)
+        } catch let err as WorkbenchError { throw WorkbenchError("\(place): \(err.description)") }
         let keep = saveEvery > 0 || first > 0
-        if keep { try distiller.saveState(to: statePath) }
+        if keep {
+            do { try distiller.saveState(to: statePath) } catch let err as ConfigError {
+                throw WorkbenchError("\(place): \(err.description)")
+            }
+        }
         let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
         return (keep, .object([
             "steps": .int(c.steps), "resumed_from": first > 0 ? .int(first) : .null, "tokens": .int(c.steps * tokensPerStep),
             "train_seconds": .double(seconds),
             "tokens_per_second": .double(Double((c.steps - first) * tokensPerStep) / max(seconds, 1e-9)),
-            "first_loss": .double(distiller.log.first?.loss ?? .nan), "final_loss": .double(distiller.log.last?.loss ?? .nan),
+            "first_loss": distiller.log.first.map { .double($0.loss) } ?? .null,
+            "final_loss": distiller.log.last.map { .double($0.loss) } ?? .null,
             "log": jsonValue(distiller.log),
         ]))
     }
@@ -381,7 +400,8 @@ extension Session {
 
 extension Session {
     /// Writes a run's model (atomically) with the recipe and every stage report appended to the base's history,
-    /// and returns the run report.
+    /// re-opens it and checks every tensor finite (the caller deletes the run's training states only after this
+    /// returns), and returns the run report.
     public func write(_ r: Result, recipe: Recipe, recipePath: String, output: String, started: Date) throws -> ApplyReport {
         var history = base.history
         history.append(.object([
@@ -389,6 +409,7 @@ extension Session {
             "base_hash": .string(baseHash), "stages": jsonValue(r.reports),
         ]))
         try Checkpoint(model: r.model, tokenizer: base.tokenizer, history: history).write(to: output)
+        try Workbench.verifyWritten(output, keeping: r.statePaths.filter { FileManager.default.fileExists(atPath: $0) })
         return ApplyReport(
             recipe: recipePath, name: recipe.name, base: basePath, output: output,
             parametersBefore: base.model.parameterCount, parametersAfter: r.model.parameterCount,

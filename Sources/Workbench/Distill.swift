@@ -94,9 +94,9 @@ extension Workbench {
         } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
 
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
-        func ppl(_ model: DecoderModel, _ label: String) throws -> Double {
+        func ppl(_ model: DecoderModel, _ label: String, _ naming: String) throws -> Double {
             try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, protocol: scoring, maxTokens: o.evalTokens,
-                           label: label, progress: o.progress)
+                           label: label, naming: naming, progress: o.progress)
         }
 
         var resumedFrom: Int? = nil
@@ -109,7 +109,8 @@ extension Workbench {
             if o.progress { progressLine("resumed from \(statePath) at step \(distiller.step)") }
         }
         // Before-training PPL of the student: measured on a fresh start (a resumed run has trained weights).
-        let before = evaluating && o.evalBefore && resumedFrom == nil ? try ppl(studentCkpt.model, "student before") : nil
+        let before = evaluating && o.evalBefore && resumedFrom == nil
+            ? try ppl(studentCkpt.model, "student before", "student \(o.student) before training") : nil
 
         let c = o.config, tokensPerStep = c.batch * c.window * c.accumulation
         let firstStep = distiller.step
@@ -124,14 +125,16 @@ extension Workbench {
             "kind": .string("distill"), "teacher": .string(o.teacher), "student": .string(o.student),
             "steps": .int(c.steps), "tokens": .int(c.steps * tokensPerStep), "stf": .bool(o.stf),
             "config": (try? JSONValue.parse(encodeJSON(c))) ?? .null,
-            "final_loss": .double(distiller.log.last?.loss ?? .nan),
+            "final_loss": distiller.log.last.map { .double($0.loss) } ?? .null,
         ]))
         try Checkpoint(model: trained, tokenizer: studentCkpt.tokenizer, history: history)
             .write(to: o.output)
+        // The state goes only once the output reads back whole and finite.
+        try verifyWritten(o.output, keeping: [statePath].filter { FileManager.default.fileExists(atPath: $0) })
         if FileManager.default.fileExists(atPath: statePath) { try? FileManager.default.removeItem(atPath: statePath) }
 
-        let teacherPPL = evaluating ? try ppl(teacherCkpt.model, "teacher") : nil
-        let studentPPL = evaluating ? try ppl(trained, "student after") : nil
+        let teacherPPL = evaluating ? try ppl(teacherCkpt.model, "teacher", "teacher \(o.teacher)") : nil
+        let studentPPL = evaluating ? try ppl(trained, "student after", "trained student \(o.output), written") : nil
         return DistillReport(
             teacher: o.teacher, student: o.student, output: o.output, steps: c.steps, resumedFrom: resumedFrom,
             trainTokens: train.count, tokensPerStep: tokensPerStep, seconds: seconds,
@@ -162,9 +165,10 @@ extension Workbench {
 
 extension Workbench {
     /// Perplexity of `model` and its divergence from the base of `reference` (made with these tokens and settings),
-    /// with progress lines labelled `label`.
+    /// with progress lines labelled `label`; errors name the model by `naming` (a non-finite figure is an error, never
+    /// a result).
     static func measureDivergence(_ model: DecoderModel, reference: BaseReference, base: DecoderModel, tokens: [Int32], source: String,
-                                  label: String, progress: Bool) throws -> (Double, DivergenceReport) {
+                                  label: String, naming: String, progress: Bool) throws -> (Double, DivergenceReport) {
         let start = Date()
         var shown = start
         do {
@@ -175,13 +179,14 @@ extension Workbench {
                 progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
             }
             return (r.ppl, d)
-        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description)") }
+        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description) (\(naming))") }
     }
 
     /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors) under `protocol` (the
-    /// checkpoint's: `perplexityProtocol(_:path:)`), with progress lines labelled `label`.
+    /// checkpoint's: `perplexityProtocol(_:path:)`), with progress lines labelled `label`; errors name the model by
+    /// `naming` (a non-finite perplexity is an error, never a result).
     static func measurePPL(_ model: DecoderModel, tokens: [Int32], source: String, window: Int, protocol p: PerplexityProtocol,
-                           maxTokens: Int?, label: String, progress: Bool) throws -> Double {
+                           maxTokens: Int?, label: String, naming: String, progress: Bool) throws -> Double {
         let start = Date()
         var shown = start
         let r: PerplexityResult
@@ -192,37 +197,87 @@ extension Workbench {
                 let el = Date().timeIntervalSince(start)
                 progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
             }
-        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description)") }
+        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description) (\(naming))") }
         if progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens%@)", label, r.ppl, r.tokens, r.bos ? ", each window BOS + W-1" : "")) }
         return r.ppl
     }
 
     /// Runs `distiller` to its configured step count with progress lines (step, loss terms, lr, |g|, tok/s,
-    /// ETA), saving its state every `saveEvery` steps; returns the wall time of the steps run.
+    /// ETA), saving its state every `saveEvery` steps; returns the wall time of the steps run. A step whose loss or
+    /// gradient norm is not finite, or trained tensors that are not sound (`Distiller.unsoundValue`) at a save or
+    /// at the end, stop the run with an error naming the step and the training state that is kept, if any.
     static func trainLoop(_ distiller: Distiller, saveEvery: Int, statePath: String, logEvery: Int, progress: Bool,
                           killAfterStep: Int? = nil) throws -> Double {
-        let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
+        let c = distiller.config
         let start = Date(), firstStep = distiller.step
+        func stop(_ step: Int, _ what: String) -> WorkbenchError {
+            stopped(at: step, what, statePath: statePath, saveEvery: saveEvery)
+        }
         while distiller.step < c.steps {
             let s = distiller.trainStep()
             guard s.loss.isFinite, s.gradNorm.isFinite else {
-                throw WorkbenchError("distill: step \(s.step): the loss is \(s.loss) and the gradient norm \(s.gradNorm) (expected finite values); training stopped, nothing written\(saveEvery > 0 ? ", the last saved state (\(statePath)) kept" : "") — lower the learning rate or check the inputs")
+                throw stop(s.step, "the loss is \(s.loss) and the gradient norm \(s.gradNorm) (expected finite values)")
             }
-            if saveEvery > 0 && s.step % saveEvery == 0 && s.step < c.steps { try distiller.saveState(to: statePath) }
+            if saveEvery > 0 && s.step % saveEvery == 0 && s.step < c.steps {
+                if let bad = distiller.unsoundValue() { throw stop(s.step, bad) }
+                do { try distiller.saveState(to: statePath) } catch let e as ConfigError {
+                    throw WorkbenchError("distill: \(e.description)")
+                }
+            }
             if progress && (s.step % max(logEvery, 1) == 0 || s.step == c.steps || s.step == firstStep + 1) {
-                let elapsed = Date().timeIntervalSince(start), done = s.step - firstStep
-                let tps = Double(done * tokensPerStep) / elapsed
-                let eta = elapsed / Double(done) * Double(c.steps - s.step)
-                var parts = String(format: "step %d/%d  loss %.4f", s.step, c.steps, s.loss)
-                if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
-                if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
-                if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
-                for (name, value) in (s.extras ?? [:]).sorted(by: { $0.key < $1.key }) { parts += String(format: "  %@ %.4g", name, value) }
-                progressLine(parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps, formatDuration(eta)))
+                progressLine(stepLine(s, config: c, done: s.step - firstStep, elapsed: Date().timeIntervalSince(start)))
             }
             if let k = killAfterStep, s.step == k { kill(getpid(), SIGKILL) }
         }
+        if let bad = distiller.unsoundValue() { throw stop(distiller.step, bad) }
         return Date().timeIntervalSince(start)
+    }
+
+    /// The error that stops training at `step`, naming the training state that is kept (only one that exists).
+    static func stopped(at step: Int, _ what: String, statePath: String, saveEvery: Int) -> WorkbenchError {
+        let never = saveEvery > 0 ? "the first save would have come at step \(saveEvery)" : "--save-every 0"
+        let kept = FileManager.default.fileExists(atPath: statePath)
+            ? "the last saved training state \(statePath) is kept (--resume continues from it)"
+            : "no training state was saved (\(never))"
+        return WorkbenchError("distill: step \(step): \(what); training stopped, nothing written, \(kept) — lower the "
+            + "learning rate or check the inputs")
+    }
+
+    /// The progress line of step `s`: loss terms, lr, |g|, tokens per second and ETA.
+    static func stepLine(_ s: StepStats, config c: DistillConfig, done: Int, elapsed: Double) -> String {
+        let tps = Double(done * c.batch * c.window * c.accumulation) / elapsed
+        let eta = elapsed / Double(done) * Double(c.steps - s.step)
+        var parts = String(format: "step %d/%d  loss %.4f", s.step, c.steps, s.loss)
+        if c.klWeight > 0 { parts += String(format: "  kl %.4f", s.kl) }
+        if c.ceWeight > 0 { parts += String(format: "  ce %.4f", s.ce) }
+        if !c.intermediate.isEmpty { parts += String(format: "  int %.4f", s.intermediate) }
+        for (name, value) in (s.extras ?? [:]).sorted(by: { $0.key < $1.key }) {
+            parts += String(format: "  %@ %.4g", name, value)
+        }
+        return parts + String(format: "  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@", s.lr, s.gradNorm, tps,
+                              formatDuration(eta))
+    }
+
+    /// Re-opens the checkpoint just written at `path` and checks every tensor (quantized ones dequantized, one at a
+    /// time) finite; throws naming the first that is not, and `keeping` (training states kept because of it).
+    static func verifyWritten(_ path: String, keeping: [String]) throws {
+        let kept = keeping.isEmpty ? "" : "; kept: " + keeping.joined(separator: ", ")
+        let ckpt: Checkpoint
+        do { ckpt = try Checkpoint.read(path) } catch {
+            throw WorkbenchError("\(path): the checkpoint just written does not read back (\(error))\(kept)")
+        }
+        let m = ckpt.model
+        for w in m.weights {
+            let t: Tensor
+            switch w.weight {
+            case .vector(let v): t = v
+            case .matrix(let l): t = l.denseView ?? l.dequantized()
+            }
+            if let (i, x) = firstUnsoundValue(t) {
+                throw WorkbenchError("\(path): the checkpoint just written holds \(x) in '\(m.config.name(w.id))' "
+                    + "at index \(i) (expected finite values)\(kept)")
+            }
+        }
     }
 }
 

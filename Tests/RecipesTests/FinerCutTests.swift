@@ -30,7 +30,7 @@ final class FinerCutTests: XCTestCase {
 
     func testGreedyStepsMatchBruteForceAndAreReproducible() throws {
         let m = Tiny.model(), windows = Tiny.windows()
-        let order = FinerCutPass.order(model: m, windows: windows, metric: .js, mode: .greedy, candidates: .all, count: 3)
+        let order = try FinerCutPass.order(model: m, windows: windows, metric: .js, mode: .greedy, candidates: .all, count: 3)
         XCTAssertEqual(order.count, 3)
         // Each step: recompute every candidate's distance by full forwards of zeroed models.
         var removed = Set<Int>()
@@ -43,16 +43,16 @@ final class FinerCutTests: XCTestCase {
             removed.insert(best)
         }
         // Reproducible, and extending a cached prefix gives the same order as computing it afresh.
-        let again = FinerCutPass.order(model: m, windows: windows, metric: .js, mode: .greedy, candidates: .all, count: 3)
+        let again = try FinerCutPass.order(model: m, windows: windows, metric: .js, mode: .greedy, candidates: .all, count: 3)
         XCTAssertEqual(again, order)
-        let extended = FinerCutPass.order(model: m, windows: windows, metric: .js, mode: .greedy, candidates: .all, count: 3,
+        let extended = try FinerCutPass.order(model: m, windows: windows, metric: .js, mode: .greedy, candidates: .all, count: 3,
                                           prefix: Array(order.prefix(1)))
         XCTAssertEqual(extended, order)
     }
 
     func testOneShotAngularRanksEveryCandidateByItsOwnRemoval() throws {
         let m = Tiny.model(), windows = Tiny.windows(2)
-        let ranking = FinerCutPass.order(model: m, windows: windows, metric: .angular, mode: .oneShot, candidates: .attention, count: 1)
+        let ranking = try FinerCutPass.order(model: m, windows: windows, metric: .angular, mode: .oneShot, candidates: .attention, count: 1)
         XCTAssertEqual(ranking.map(\.sublayer).sorted(), [0, 2, 4, 6])
         XCTAssertEqual(ranking.map(\.distance), ranking.map(\.distance).sorted())
         for r in ranking {

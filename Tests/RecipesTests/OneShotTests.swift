@@ -181,7 +181,8 @@ final class OneShotTests: XCTestCase {
         for json in [#"{"pattern": "2:4"}"#, #"{"sparsity": 0.5}"#] {
             let t = try target(json)
             let magnitude = t.keepByScore(d.w.map { Double(abs($0)) }, rows: d.OC, cols: d.C, perRow: false)
-            let wanda = WandaPass.keep(d.weight, columnNorms: stats.columnNorms, target: t)
+            let wanda = try WandaPass.keep(d.weight, columnNorms: stats.columnNorms, target: t,
+                                           id: LinearID(layer: 0, kind: .gate))
             let (sgpt, _, _) = SparseGPTPass.prune(d.weight, factor: factor, target: t, blockSize: 16)
             func zeroed(_ keep: [Bool]) -> [Float] { d.w.indices.map { keep[$0] ? d.w[$0] : 0 } }
             let errors = (magnitude: d.outputError(zeroed(magnitude)), wanda: d.outputError(zeroed(wanda)), sparsegpt: d.outputError(sgpt.array))
