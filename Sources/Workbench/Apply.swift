@@ -279,7 +279,9 @@ public final class Session {
                 } catch let err as RecipeError {
                     throw WorkbenchError("\(place): \(err.description)")
                 } catch let err as ConfigError {
-                    throw WorkbenchError("\(place): \(err.description)")
+                    // The distiller inside the pass knows the tokens, not their file: a too-short text names it here.
+                    let file = err.description.hasPrefix("training split") ? "\(tp.trainText): " : ""
+                    throw WorkbenchError("\(place): \(file)\(err.description)")
                 }
                 var t: (keepState: Bool, diagnostics: JSONValue) = (false, .object([:]))
                 if let distiller = run.distiller {
@@ -304,7 +306,12 @@ public final class Session {
                 do {
                     var student = model
                     if d.stf { (student, stf) = try StraightThroughFactorizer.prepare(model, lr: d.config.lr, weightDecay: d.config.weightDecay) }
-                    distiller = try Distiller(teacher: base.model, student: student, config: d.config, trainTokens: try tokens(of: d.text),
+                    let trainIDs = try tokens(of: d.text)
+                    do {
+                        try Workbench.requireTokens(trainIDs, from: d.text, needed: d.config.window + 1,
+                                                    for: "one training window of \(d.config.window) + 1")
+                    } catch let e as WorkbenchError { throw WorkbenchError("\(place): \(e.description)") }
+                    distiller = try Distiller(teacher: base.model, student: student, config: d.config, trainTokens: trainIDs,
                                               trainables: stf.map { [$0] } ?? [])
                 } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
                 let t = try train(distiller, statePath: statePath, saveEvery: d.saveEvery, logEvery: d.logEvery, resume: resume,

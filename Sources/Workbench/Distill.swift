@@ -82,6 +82,8 @@ extension Workbench {
         let evaluating = o.evalTokens != 0
         let scoring = evaluating ? try perplexityProtocol(teacherCkpt.tokenizer ?? studentCkpt.tokenizer, path: o.teacher) : .noBOS
         let train = tok.encode(try readText(o.trainText))
+        try requireTokens(train, from: o.trainText, needed: o.config.window + 1,
+                          for: "one training window of \(o.config.window) + 1")
         let statePath = o.statePath ?? o.output + ".state.h5"
         let distiller: Distiller
         var stf: StraightThroughFactorizer? = nil

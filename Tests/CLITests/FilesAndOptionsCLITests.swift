@@ -118,6 +118,22 @@ extension CLITests {
             XCTAssertEqual("\($0)", "t.txt: 3 tokens, fewer than the 65 one training window of 64 + 1 needs (use a longer text)")
         }
         XCTAssertNoThrow(try Workbench.requireTokens([1, 2, 3], from: "t.txt", needed: 3, for: "one window of 3"))
+        // Training texts: distill, and a recipe's distill and maskllm stages (which read the text themselves).
+        let h5 = fixture("tiny-llama.h5"), out = text + ".out.h5"
+        let d = try run(["distill", "--teacher", h5, "--student", h5, "--train", text, "--steps", "1", "--window", "64",
+                         "--eval-tokens", "0", "-o", out, "--json"])
+        XCTAssertEqual(d.status, 1)
+        let dm = try XCTUnwrap(d.json?["error"] as? String, d.stdout)
+        XCTAssertTrue(dm.contains(text) && dm.contains("fewer than the 65 one training window of 64 + 1 needs"), dm)
+        let (dir, long) = try makeRecipeDirectory()
+        for stage in [#"{"stage": "distill", "steps": 1, "batch": 1, "window": 64, "text": "\#(text)"}"#,
+                      #"{"stage": "maskllm", "pattern": "2:4", "steps": 1, "batch": 1, "window": 64, "text": "\#(text)"}"#] {
+            let r = try recipe(dir, "short.json", long, stages: stage)
+            let a = try run(["apply", r, "--json"])
+            XCTAssertEqual(a.status, 1)
+            let m = try XCTUnwrap(a.json?["error"] as? String, a.stdout)
+            XCTAssertTrue(m.contains(text + ": ") && m.contains("stage 1"), m)
+        }
     }
 
     /// A second sweep into a directory in use is refused at once, naming the directory and the process holding its
