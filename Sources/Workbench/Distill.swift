@@ -126,7 +126,7 @@ extension Workbench {
         history.append(.object([
             "kind": .string("distill"), "teacher": .string(o.teacher), "student": .string(o.student),
             "steps": .int(c.steps), "tokens": .int(c.steps * tokensPerStep), "stf": .bool(o.stf),
-            "config": (try? JSONValue.parse(encodeJSON(c))) ?? .null,
+            "config": (try? JSONValue.parse(try encodeJSON(c))) ?? .null,
             "final_loss": distiller.log.last.map { .double($0.loss) } ?? .null,
         ]))
         try Checkpoint(model: trained, tokenizer: studentCkpt.tokenizer, history: history)

@@ -10,19 +10,15 @@ public struct WorkbenchError: Error, CustomStringConvertible {
 /// JSON encoding used for every machine-readable output: snake_case keys, sorted, pretty when asked. JSON numbers are
 /// always numbers: a non-finite value has no JSON form and is never written (as a string "nan" or otherwise). Every
 /// command checks its figures before reporting them (a non-finite PPL, loss, distance or score is an error naming
-/// the model and stage); should a report still hold one, nothing is returned: the error, with the path of the value
-/// ("stages.2.ppl"), goes to standard error and, as one JSON object, to standard output, and the process exits 1.
-public func encodeJSON<T: Encodable>(_ value: T, pretty: Bool = false) -> String {
+/// the model and stage); should a report still hold one, this throws a `WorkbenchError` naming the path of the value
+/// ("stages.2.ppl"), which the CLI reports like any other error (exit 1; one JSON object under `--json`).
+public func encodeJSON<T: Encodable>(_ value: T, pretty: Bool = false) throws -> String {
     let e = JSONEncoder()
     e.keyEncodingStrategy = .convertToSnakeCase
     e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
     do { return String(decoding: try e.encode(value), as: UTF8.self) } catch {
         let why = firstNonFiniteNumber(in: value).map { "\($0) is not a finite number" } ?? "\(error)"
-        let message = "could not encode the report: \(why)"
-        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-        let object = (try? JSONEncoder().encode(["error": message])).map { String(decoding: $0, as: UTF8.self) }
-        print(object ?? #"{"error":"could not encode the report"}"#)
-        exit(1)
+        throw WorkbenchError("could not encode the report: \(why)")
     }
 }
 

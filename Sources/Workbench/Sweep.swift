@@ -370,7 +370,7 @@ extension Workbench {
     /// Writes the point's checkpoint and its report (the report last: it marks the point finished).
     static func writePoint(session: Session, recipe: Recipe, point p: SweepPoint, result r: Session.Result, started: Date) throws -> ApplyReport {
         let report = try session.write(r, recipe: recipe, recipePath: p.recipe, output: p.output, started: started)
-        try writeFileAtomically(p.report, Data(encodeJSON(report).utf8))
+        try writeFileAtomically(p.report, Data(try encodeJSON(report).utf8))
         return report
     }
 
@@ -476,7 +476,7 @@ extension Workbench {
         var report = SweepReport(recipe: m.recipe, name: name, directory: dir, axes: m.axes, zip: m.zip, points: m.points.count,
                                  finished: rows.count, skipped: 0, basePpl: base?.ppl, baseParameters: base?.params, baseBytes: base?.bytes,
                                  rows: rows, best: best, seconds: 0, csv: csvPath, plots: [], warnings: [], slurmJobs: nil)
-        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"), Data(encodeJSON(report, pretty: true).utf8))
+        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"), Data(try encodeJSON(report, pretty: true).utf8))
         if rows.contains(where: { $0.ppl != nil }) {
             do { report.plots = try plotSweeps([dir], output: (dir as NSString).appendingPathComponent("plot")) } catch let e as WorkbenchError {
                 report.warnings.append(e.description)
@@ -484,7 +484,7 @@ extension Workbench {
         } else {
             report.warnings.append("no finished point has a PPL yet (an eval stage); no plot")
         }
-        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"), Data(encodeJSON(report, pretty: true).utf8))
+        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"), Data(try encodeJSON(report, pretty: true).utf8))
         return report
     }
 

@@ -20,7 +20,7 @@ struct Compress: ParsableCommand {
             // Under --json every failure is one JSON object and exit status 1, argument errors included.
             if arguments.contains("--json"), !(error is CleanExit), !(error is ExitCode) {
                 let message = fullMessage(for: error).trimmingCharacters(in: .whitespacesAndNewlines)
-                print(encodeJSON(["error": message]))
+                print((try? encodeJSON(["error": message])) ?? #"{"error":"could not encode the error"}"#)
                 FileHandle.standardError.write(Data("error: \(message)\n".utf8))
                 Foundation.exit(1)
             }
@@ -38,7 +38,7 @@ struct Compress: ParsableCommand {
 func reportingErrors(json: Bool, _ body: () throws -> Void) throws {
     do { try body() } catch {
         let message = (error as? DecodingError).map { "invalid JSON: \($0)" } ?? (error as? EncodingError).map { "could not encode the report: \($0)" } ?? String(describing: error)
-        if json { print(encodeJSON(["error": message])) }
+        if json { print(try encodeJSON(["error": message])) }
         FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         throw ExitCode.failure
     }
@@ -120,7 +120,7 @@ struct Eval: ParsableCommand {
             let r = try Workbench.evaluate(checkpoint: checkpoint, source: source, window: W, maxTokens: maxTokens,
                                            preTokenizer: preTokenizer, logitsOut: logitsOut, progress: true,
                                            protocol: `protocol`, reference: ref)
-            if json { print(encodeJSON(r)) } else {
+            if json { print(try encodeJSON(r)) } else {
                 let how: String
                 if r.firstScored > 0 {
                     how = "llama.cpp's protocol: \(r.windows) chunks of \(r.window)" + (r.bosTokenId.map { ", BOS \($0) first" } ?? ", no BOS")
@@ -173,7 +173,7 @@ struct Import: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.importModel(source: source, output: output, preTokenizer: preTokenizer)
-            if json { print(encodeJSON(r)) } else {
+            if json { print(try encodeJSON(r)) } else {
                 print(String(format: "imported %@ -> %@: %d parameters, %d tensors, %@, tokenizer %@, %.2f s",
                              r.source, r.output, r.parameters, r.tensors, formatBytes(r.outputBytes), r.tokenizer ? "yes" : "no", r.seconds))
                 for w in r.warnings { print("warning: \(w)") }
@@ -214,7 +214,7 @@ struct ExportCommand: ParsableCommand {
             o.force = force
             o.name = name
             let r = try Exporter.export(checkpoint: checkpoint, options: o)
-            if json { print(encodeJSON(r)); return }
+            if json { print(try encodeJSON(r)); return }
             print(String(format: "exported %@ -> %@: %@ %@, %d tensors, %@, %.2f s", r.checkpoint, r.output, r.format, r.architecture,
                          r.tensors.count, formatBytes(r.bytes), r.seconds))
             var types: [String: Int] = [:]
@@ -239,7 +239,7 @@ struct Tokenize: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.tokenize(checkpoint: checkpoint, textFile: text, preTokenizer: preTokenizer)
-            print(json ? encodeJSON(r) : r.ids.map(String.init).joined(separator: " "))
+            print(json ? try encodeJSON(r) : r.ids.map(String.init).joined(separator: " "))
         }
     }
 }
@@ -253,7 +253,7 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.inspect(checkpoint: checkpoint)
-            print(json ? encodeJSON(r) : r.text, terminator: json ? "\n" : "")
+            print(json ? try encodeJSON(r) : r.text, terminator: json ? "\n" : "")
         }
     }
 }
@@ -268,7 +268,7 @@ struct Formats: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.formats(groupSize: groupSize)
-            print(json ? encodeJSON(r) : r.text, terminator: json ? "\n" : "")
+            print(json ? try encodeJSON(r) : r.text, terminator: json ? "\n" : "")
         }
     }
 }
@@ -291,7 +291,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.bench(config: Workbench.smolLM2Config(layers: layers), window: window, windows: windows)
-            print(json ? encodeJSON(r) : r.text)
+            print(json ? try encodeJSON(r) : r.text)
         }
     }
 }
@@ -412,7 +412,7 @@ struct Distill: ParsableCommand {
             o.logEvery = logEvery; o.saveEvery = saveEvery; o.statePath = state; o.resume = resume; o.killAfterStep = killAfterStep
             o.stf = stf
             let r = try Workbench.distill(o)
-            if json { print(encodeJSON(r)) } else {
+            if json { print(try encodeJSON(r)) } else {
                 print(String(format: "distilled %@ -> %@: %d steps, %d tokens, %.1f s, %.0f tok/s, loss %.4f -> %.4f",
                              r.student, r.output, r.steps, r.steps * r.tokensPerStep, r.seconds, r.tokensPerSecond, r.firstLoss, r.finalLoss))
                 if let t = r.teacherPpl, let s = r.studentPpl {
@@ -452,7 +452,7 @@ struct Apply: ParsableCommand {
             o.resume = resume
             o.killAfterStep = killAfterStep
             let r = try Workbench.apply(o)
-            if json { print(encodeJSON(r)); return }
+            if json { print(try encodeJSON(r)); return }
             print("\(r.recipe): \(r.base) -> \(r.output)  (\(formatDuration(r.seconds)))")
             for s in r.stages {
                 var line = String(format: "  %2d %@ %11d -> %11d params  %@ -> %@  %8.1fs", s.index, s.stage.padding(toLength: 9, withPad: " ", startingAt: 0), s.parametersBefore,
@@ -516,7 +516,7 @@ struct DropLayers: ParsableCommand {
                 return i
             }
             let r = try Workbench.dropLayers(checkpoint: checkpoint, drop: layers, output: output, force: force)
-            if json { print(encodeJSON(["parameters_before": r.before, "parameters_after": r.after, "layers": r.layers])) } else {
+            if json { print(try encodeJSON(["parameters_before": r.before, "parameters_after": r.after, "layers": r.layers])) } else {
                 print("\(checkpoint) -> \(output): \(r.layers) layers, \(r.before) -> \(r.after) parameters")
             }
         }
@@ -544,7 +544,7 @@ struct BenchTrain: ParsableCommand {
     func run() throws {
         try reportingErrors(json: json) {
             let r = try Workbench.benchTrain(checkpoint: checkpoint, batch: batch, window: window, steps: steps, warmup: warmup)
-            print(json ? encodeJSON(r) : r.text)
+            print(json ? try encodeJSON(r) : r.text)
         }
     }
 }

@@ -53,7 +53,7 @@ struct SweepRun: ParsableCommand {
                 o.slurm = s
             }
             let r = try Workbench.sweep(o)
-            print(json ? encodeJSON(r) : r.text, terminator: json ? "\n" : "")
+            print(json ? try encodeJSON(r) : r.text, terminator: json ? "\n" : "")
         }
     }
 }
@@ -68,7 +68,7 @@ struct SweepCollect: ParsableCommand {
         try reportingErrors(json: json) {
             guard let k = SweepOptions.Keep(rawValue: keep) else { throw WorkbenchError("--keep: expected none, best or all, got '\(keep)'") }
             let r = try Workbench.collectSweep(directory: directory, keep: k)
-            print(json ? encodeJSON(r) : r.text, terminator: json ? "\n" : "")
+            print(json ? try encodeJSON(r) : r.text, terminator: json ? "\n" : "")
         }
     }
 }
@@ -90,7 +90,7 @@ struct SweepPlot: ParsableCommand {
                 throw WorkbenchError("--metric: expected ppl, kld, kld_p99 or same_top_p, found '\(metric)'")
             }
             let files = try Workbench.plotSweeps(directories, output: output, metric: metric)
-            print(json ? encodeJSON(["plots": files]) : files.joined(separator: "\n"))
+            print(json ? try encodeJSON(["plots": files]) : files.joined(separator: "\n"))
         }
     }
 }

@@ -180,4 +180,15 @@ extension CLITests {
         let overflow = try XCTUnwrap(t.json?["error"] as? String, t.stdout)
         XCTAssertTrue(overflow.contains(o) && overflow.contains("1e400 overflows"), overflow)
     }
+
+    /// A report holding a non-finite number is never written: encoding throws (the CLI's error path reports it),
+    /// naming the value's path; it used to print an error and exit inside the library.
+    func testAReportWithANonFiniteNumberIsAnErrorNamingItsPath() throws {
+        struct Stage: Encodable { let ppl: Double }
+        struct Report: Encodable { let stages: [Stage] }
+        XCTAssertThrowsError(try encodeJSON(Report(stages: [Stage(ppl: 3), Stage(ppl: .nan)]))) {
+            XCTAssertTrue("\($0)".contains("stages.1.ppl (nan) is not a finite number"), "\($0)")
+        }
+        XCTAssertEqual(try encodeJSON(Report(stages: [Stage(ppl: 3)])), #"{"stages":[{"ppl":3}]}"#)
+    }
 }
