@@ -34,10 +34,16 @@ seeds() {
     esac | sort | paste -sd, -
 }
 
+# SwiftPM's --sanitize=fuzzer makes libFuzzer supply main; the -Xswiftc list is what instruments the modules (two
+# separate -sanitize flags would leave only the last one in effect).
+status=0
+mkdir -p .build-fuzz
+log=.build-fuzz/build-$harness.log
 swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -enable-testing \
-    --scratch-path .build-fuzz --product "fuzz-$harness" 2>&1 | grep -v "Cannot export local symbol" || true
+    --scratch-path .build-fuzz --product "fuzz-$harness" > "$log" 2>&1 || status=$?
+grep -v "Cannot export local symbol" "$log" | grep -E "error:|Compiling fuzz|complete" || true
 binary=.build-fuzz/release/fuzz-$harness
-[ -x "$binary" ] || { echo "tools/fuzz.sh: the build of fuzz-$harness failed" >&2; exit 1; }
+[ "$status" -eq 0 ] && [ -x "$binary" ] || { echo "tools/fuzz.sh: the build of fuzz-$harness failed ($log)" >&2; exit 1; }
 mkdir -p Fuzz/findings
 options=(-timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=4096 -print_final_stats=1 -artifact_prefix="Fuzz/findings/$harness-")
 if [ "$seconds" = smoke ]; then
