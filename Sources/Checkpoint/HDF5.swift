@@ -73,6 +73,7 @@ final class H5File {
         initialize()
         var st = stat()
         let size = stat(path, &st) == 0 ? Int(st.st_size) : 0
+        try HDF5GlobalHeap.check(path)
         let id = H5Fopen(path, h5f_acc_rdonly(), h5p_default())
         guard id >= 0 else { throw HDF5Failure(message: "HDF5 could not open the file") }
         return H5File(id: id, path: path, fileBytes: size)

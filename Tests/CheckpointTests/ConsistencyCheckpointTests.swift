@@ -105,4 +105,28 @@ extension CheckpointTests {
         m = try m.replacing(.linear(down), with: .factorized(FactorizedWeight(dense: d, sparse: SparseWeight(masking: s, mask: sMask))))
         assertRefused(m, "tensor 'model.layers.0.mlp.down_proj.weight' (D) holds nan at element 9")
     }
+
+    /// A damaged object size in a global heap collection (where variable-length string attributes live) is refused
+    /// before libhdf5 reads the file: its `H5HG_read` copies that many bytes (found by fuzz-state as a crash).
+    /// Training states go through the same open, so the fuzz input is kept as Fuzz/corpus/state/regression-*.
+    func testADamagedGlobalHeapIsRefusedBeforeTheLibraryReadsIt() throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/tiny-llama-sym-before-full-range.h5")
+        var bytes = try Data(contentsOf: fixture)
+        XCTAssertNoThrow(try Checkpoint.read(fixture.path))
+        let gcol = try XCTUnwrap(bytes.range(of: Data("GCOL".utf8))).lowerBound
+        // Object 1 (19 bytes, padded to 24) then object 2: its size field sits 8 bytes into its header.
+        let sizeField = gcol + 16 + 16 + 24 + 8
+        XCTAssertEqual(bytes[sizeField..<(sizeField + 8)].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }, 520)
+        withUnsafeBytes(of: UInt64(0x6172_e515_deee_4f2a).littleEndian) { bytes.replaceSubrange(sizeField..<(sizeField + 8), with: $0) }
+        let path = dir.appendingPathComponent("heap.h5").path
+        try bytes.write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try Checkpoint.read(path)) {
+            XCTAssertTrue("\($0)".contains(path) && "\($0)".contains("global heap collection at byte \(gcol) is damaged"), "\($0)")
+        }
+        // A size just past the collection's end (4,096 bytes) is refused as well.
+        withUnsafeBytes(of: UInt64(4200).littleEndian) { bytes.replaceSubrange(sizeField..<(sizeField + 8), with: $0) }
+        try bytes.write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try Checkpoint.read(path))
+    }
 }
