@@ -64,5 +64,7 @@ fixtures=0
 [ -n "$extra" ] && fixtures=$(( $(tr -cd , <<<"$extra" | wc -c) + 1 ))
 echo "tools/fuzz.sh: fuzz-$harness, $label on one core; corpus $corpus; seeds Fuzz/corpus/$harness and $fixtures fixtures"
 # The Swift runtime's own backtracer would race libFuzzer's crash report; ASan reports leaks at exit.
-SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+# The CPU time (what "30 CPU-minutes" counts) is printed at the end.
+TIMEFORMAT="tools/fuzz.sh: fuzz-$harness used %U s user + %S s system CPU in %R s"
+time SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
     "$binary" "${options[@]}" "$corpus" "Fuzz/corpus/$harness"
