@@ -43,6 +43,12 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
     public var mergeOrder: String?
     /// Whether EOS is appended to every text (GGUF `tokenizer.ggml.add_eos_token`); nil means false.
     public var addEosToken: Bool?
+    /// The normalization applied to text before pre-tokenization ("gpt2" only): "NFC" (Qwen2's tokenizer.json), or
+    /// nil for none (checkpoints written before it existed read as nil).
+    public var normalizer: String?
+
+    /// The normalizers `normalizer` may name.
+    public static let normalizers = ["NFC"]
 
     /// The derivation rules `mergeOrder` may name.
     public static let mergeOrders = ["scores", "gemma"]
@@ -50,12 +56,13 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case model, pre, tokens, merges, scores
         case tokenTypes = "token_types", bosTokenID = "bos_token_id", eosTokenID = "eos_token_id", addBosToken = "add_bos_token"
-        case mergeOrder = "merge_order", addEosToken = "add_eos_token"
+        case mergeOrder = "merge_order", addEosToken = "add_eos_token", normalizer
     }
 
     public init(model: String, pre: String, tokens: [String], merges: [String], tokenTypes: [Int32]? = nil,
                 bosTokenID: Int32? = nil, eosTokenID: Int32? = nil, addBosToken: Bool = false,
-                scores: [Float]? = nil, mergeOrder: String? = nil, addEosToken: Bool? = nil) {
+                scores: [Float]? = nil, mergeOrder: String? = nil, addEosToken: Bool? = nil,
+                normalizer: String? = nil) {
         self.model = model
         self.pre = pre
         self.tokens = tokens
@@ -67,6 +74,7 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
         self.scores = scores
         self.mergeOrder = mergeOrder
         self.addEosToken = addEosToken
+        self.normalizer = normalizer
     }
 }
 
@@ -77,7 +85,8 @@ extension TokenizerSpec {
     /// Checks that a tokenizer can be built and used with a model of `vocabSize` tokens: a known model, token types
     /// one per token and known, no token twice, special ids and every id inside the vocabulary, every merge "a b" of
     /// two tokens whose concatenation is a token; for "llama", scores one per token and finite, and a way to get
-    /// merges (listed, `scores`, or `merge_order` "gemma"). Returns the first problem, naming the field.
+    /// merges (listed, `scores`, or `merge_order` "gemma"); a `normalizer` only for "gpt2", and one we implement.
+    /// Returns the first problem, naming the field.
     public func problem(vocabSize: Int?) -> String? {
         guard model == "gpt2" || model == "llama" else {
             return "model '\(model)' is not supported (expected gpt2, byte-level BPE, or llama, SentencePiece BPE with byte fallback)"
@@ -116,7 +125,14 @@ extension TokenizerSpec {
     private func sentencePieceProblem() -> String? {
         guard model == "llama" else {
             if scores != nil || mergeOrder != nil { return "scores and merge_order belong to model llama, not \(model)" }
+            if let n = normalizer, !Self.normalizers.contains(n) {
+                let known = Self.normalizers.joined(separator: " or ")
+                return "normalizer '\(n.prefix(40))' is not supported (expected \(known) or none)"
+            }
             return nil
+        }
+        if let n = normalizer {
+            return "normalizer '\(n.prefix(40))' belongs to model gpt2, not llama (our SentencePiece tokenizer applies none)"
         }
         if let scores {
             guard scores.count == tokens.count else { return "\(scores.count) scores for \(tokens.count) tokens (expected one per token)" }

@@ -5,8 +5,9 @@ import Model
 import Tokenizer
 
 /// tokenizer.json and tokenizer_config.json built from the checkpoint's own `TokenizerSpec`, in the layout of Hugging
-/// Face `tokenizers` files. Byte-level BPE: a BPE model with the vocabulary and merges, the pre-tokenizer our importer
-/// recognises, ByteLevel decoding, and control / user-defined tokens as added tokens. SentencePiece: a BPE model with
+/// Face `tokenizers` files. Byte-level BPE: a BPE model with the vocabulary and merges, the normalizer (NFC or null),
+/// the pre-tokenizer our importer recognises, ByteLevel decoding, and control / user-defined tokens as added tokens.
+/// SentencePiece: a BPE model with
 /// byte fallback and the merges (listed, or derived as transformers derives them from a GGUF), the normalizer /
 /// Metaspace pre-tokenizer of the spacing rule (as Gemma's and Llama 2's files have them), "▁"-to-space and
 /// byte-fallback decoding, and unknown, control and user-defined tokens as added tokens; the importer reads it back to
@@ -59,7 +60,8 @@ enum TokenizerFiles {
         let post = template(spec) ?? .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(false), "trim_offsets": .bool(false), "use_regex": .bool(false)])
         return (.object([
             "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
-            "normalizer": .null, "pre_tokenizer": pre, "post_processor": post,
+            "normalizer": spec.normalizer.map { .object(["type": .string($0)]) } ?? .null,
+            "pre_tokenizer": pre, "post_processor": post,
             "decoder": .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(true), "trim_offsets": .bool(true), "use_regex": .bool(true)]),
             "model": .object([
                 "type": .string("BPE"), "dropout": .null, "unk_token": .null, "continuing_subword_prefix": .null,

@@ -63,11 +63,7 @@ enum HFTokenizerJSON {
                              added: [(Int, String, Bool)], path: String, preTokenizer: String?) throws -> TokenizerSpec {
         let merges = try mergeRules(model, path: path)
         func id(_ content: String) -> Int32? { added.first { $0.1 == content }.map { Int32(clamping: $0.0) } }
-        if let n = root["normalizer"], n != .null, preTokenizer == nil {
-            // Qwen2's NFC (set by transformers' Qwen2 tokenizer classes) included: text that is not NFC would
-            // tokenize differently, and neither llama.cpp nor the tokenizer transformers builds from a GGUF applies it.
-            throw ImportError("\(path): normalizer \(n.text.prefix(200)) is not supported with a byte-level BPE (supported: null; we implement no normalization; --pre-tokenizer NAME imports the tokenizer without it)")
-        }
+        let normalizer = try byteLevelNormalizer(root["normalizer"], path: path, overridden: preTokenizer != nil)
         let pre = try preTokenizer ?? preTokenizerKind(root["pre_tokenizer"], path: path)
         try checkDecoder(root["decoder"], allowed: [["type": .string("ByteLevel")]], path: path)
         // Our llama3 pre-tokenizer ignores merges for pieces that are tokens (as Llama 3's tokenizer.json and
@@ -85,7 +81,29 @@ enum HFTokenizerJSON {
                                         defaults: defaults, path: path)
         return TokenizerSpec(model: "gpt2", pre: pre, tokens: tokens,
                              merges: merges, tokenTypes: types, bosTokenID: special.bos,
-                             eosTokenID: special.eos, addBosToken: special.addBos, addEosToken: special.addEos ? true : nil)
+                             eosTokenID: special.eos, addBosToken: special.addBos, addEosToken: special.addEos ? true : nil,
+                             normalizer: normalizer)
+    }
+
+    /// The normalizer of a byte-level tokenizer.json as `TokenizerSpec.normalizer`: null (none), `NFC` (Qwen2's), or
+    /// a Sequence of NFC steps. Anything else is refused naming its type, unless `--pre-tokenizer` overrides the file's
+    /// pre-processing (`overridden`): then the tokenizer is imported without it.
+    static func byteLevelNormalizer(_ n: JSONValue?, path: String, overridden: Bool) throws -> String? {
+        guard let n, n != .null else { return nil }
+        let nfc = JSONValue.object(["type": .string("NFC")])
+        var steps = [n], at = { (_: Int) in "normalizer" }
+        if let o = n.objectValue, o["type"] == .string("Sequence"),
+           o.keys.allSatisfy({ ["type", "normalizers"].contains($0) }), let list = o["normalizers"]?.arrayValue {
+            (steps, at) = (list, { "normalizer.normalizers[\($0)]" })
+        }
+        if let i = steps.firstIndex(where: { $0 != nfc }) {
+            if overridden { return nil }
+            let type = steps[i].objectValue?["type"]?.text ?? "missing"
+            throw ImportError("\(path): \(at(i)) of type \(type) is not supported with a byte-level BPE: "
+                + "\(steps[i].text.prefix(200)) (supported: null, NFC, or a Sequence of NFC; "
+                + "--pre-tokenizer NAME imports the tokenizer without it)")
+        }
+        return steps.isEmpty ? nil : "NFC"
     }
 
     /// The TemplateProcessing part of a byte-level post-processor: null, `ByteLevel` (its `add_prefix_space`,

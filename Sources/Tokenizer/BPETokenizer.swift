@@ -1,8 +1,9 @@
 /// A byte-level BPE tokenizer that reproduces Hugging Face `tokenizers` for GPT-2-style vocabularies.
 ///
 /// Encoding first cuts out added tokens (control and user-defined tokens, and BOS/EOS) wherever
-/// they occur literally, leftmost and longest first; every stretch between them is pre-tokenized
-/// with the chosen regex, and each piece's UTF-8 bytes are merged by rank.
+/// they occur literally in the raw text, leftmost and longest first; every stretch between them is
+/// normalized on its own if there is a normalizer (NFC), pre-tokenized with the chosen regex, and each
+/// piece's UTF-8 bytes are merged by rank.
 public final class BPETokenizer: Sendable {
     private let preTokenizer: PreTokenizer
     /// The token id of each single byte, or -1.
@@ -15,6 +16,8 @@ public final class BPETokenizer: Sendable {
     private let tokenOffsets: [Int32]
     /// Every token by its bytes, when the pre-tokenizer ignores merges for pieces that are tokens.
     private let wholeTokens: [[UInt8]: Int32]?
+    /// Applied to each stretch between added tokens before pre-tokenization, if any.
+    private let normalizer: TextNormalizer?
 
     /// Builds a tokenizer from a vocabulary and merges spelled in GPT-2's byte-to-unicode alphabet.
     ///
@@ -25,15 +28,17 @@ public final class BPETokenizer: Sendable {
     ///   - tokenTypes: `tokenizer.ggml.token_type`; types 3 (control) and 4 (user-defined) are matched whole.
     ///   - bosTokenID: The beginning-of-sequence token, also matched whole; never added by `encode`.
     ///   - eosTokenID: The end-of-sequence token, also matched whole.
+    ///   - normalizer: Applied to the text between added tokens before pre-tokenization (nil: none).
     /// - Throws: `TokenizerError` for duplicate tokens, malformed merges, merges whose parts or result
     ///   are not tokens, a `tokenTypes` count that differs from `tokens`, or out-of-range special ids.
     public init(tokens: [String], merges: [String], preTokenizer: PreTokenizer, tokenTypes: [Int32]? = nil,
-                bosTokenID: Int32?, eosTokenID: Int32?) throws {
+                bosTokenID: Int32?, eosTokenID: Int32?, normalizer: TextNormalizer? = nil) throws {
         guard tokens.count < Int(Int32.max) else { throw TokenizerError("too many tokens: \(tokens.count)") }
         if let tokenTypes, tokenTypes.count != tokens.count {
             throw TokenizerError("token_type has \(tokenTypes.count) entries but there are \(tokens.count) tokens")
         }
         self.preTokenizer = preTokenizer
+        self.normalizer = normalizer
 
         // Tokens are keyed by the bytes they spell; one outside the byte alphabet spells its own UTF-8,
         // as Hugging Face re-spells such tokens when it loads a GGUF vocabulary.
@@ -141,40 +146,55 @@ public final class BPETokenizer: Sendable {
 
     private func encode(utf8 bytes: UnsafeBufferPointer<UInt8>) -> [Int32] {
         guard !bytes.isEmpty else { return [] }
-        let classes = characterClasses(of: bytes)
-        let byteTokens = byteTokens, merges = merges, preTokenizer = preTokenizer, wholeTokens = wholeTokens
         var output: [Int32] = []
         output.reserveCapacity(bytes.count / 3 + 1)
         var cache = WordCache()
         var merger = BytePairMerger()
-        classes.withUnsafeBufferPointer { classes in
-            let scanner = PreTokenizerScanner(bytes: bytes, classes: classes)
-            var position = 0
-            while position < bytes.count {
-                let added = addedTokens.next(in: bytes, from: position)
-                scanner.forEachPiece(preTokenizer, from: position, to: added.start) { start, end in
-                    if end - start == 1 {
-                        let id = byteTokens[Int(bytes[start])]
-                        if id >= 0 { output.append(id) }
-                        return
-                    }
-                    let hash = WordCache.hash(bytes, start, end)
-                    if let cached = cache.lookup(hash, bytes, start, end) {
-                        output.append(contentsOf: cache.values[cached])
-                        return
-                    }
-                    let first = output.count
-                    if let id = wholeTokens?[Array(bytes[start..<end])] {
-                        output.append(id)
-                    } else {
-                        merger.merge(bytes, start, end, byteTokens: byteTokens, merges: merges, into: &output)
-                    }
-                    cache.insert(hash, bytes, start, end, ids: output[first...])
+        var position = 0
+        while position < bytes.count {
+            let added = addedTokens.next(in: bytes, from: position)
+            if position < added.start {
+                let stretch = UnsafeBufferPointer(rebasing: bytes[position..<added.start])
+                if let normalizer, TextNormalizer.mayChange(stretch) {
+                    var normalized = normalizer.apply(String(decoding: stretch, as: UTF8.self))
+                    normalized.withUTF8 { encodeStretch($0, into: &output, cache: &cache, merger: &merger) }
+                } else {
+                    encodeStretch(stretch, into: &output, cache: &cache, merger: &merger)
                 }
-                if let id = added.id { output.append(id) }
-                position = added.end
             }
+            if let id = added.id { output.append(id) }
+            position = added.end
         }
         return output
+    }
+
+    /// Appends the ids of text holding no added token: pre-tokenized, each piece merged (or looked up, when merges
+    /// are ignored for whole tokens). `cache` holds the ids of pieces seen before, by their bytes.
+    private func encodeStretch(_ bytes: UnsafeBufferPointer<UInt8>, into output: inout [Int32], cache: inout WordCache,
+                               merger: inout BytePairMerger) {
+        let classes = characterClasses(of: bytes)
+        let byteTokens = byteTokens, merges = merges, preTokenizer = preTokenizer, wholeTokens = wholeTokens
+        classes.withUnsafeBufferPointer { classes in
+            let scanner = PreTokenizerScanner(bytes: bytes, classes: classes)
+            scanner.forEachPiece(preTokenizer, from: 0, to: bytes.count) { start, end in
+                if end - start == 1 {
+                    let id = byteTokens[Int(bytes[start])]
+                    if id >= 0 { output.append(id) }
+                    return
+                }
+                let hash = WordCache.hash(bytes, start, end)
+                if let cached = cache.lookup(hash, bytes, start, end) {
+                    output.append(contentsOf: cache.values[cached])
+                    return
+                }
+                let first = output.count
+                if let id = wholeTokens?[Array(bytes[start..<end])] {
+                    output.append(id)
+                } else {
+                    merger.merge(bytes, start, end, byteTokens: byteTokens, merges: merges, into: &output)
+                }
+                cache.insert(hash, bytes, start, end, ids: output[first...])
+            }
+        }
     }
 }

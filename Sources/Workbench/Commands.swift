@@ -187,9 +187,9 @@ public enum Workbench {
     }
 
     /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2", or for a SentencePiece
-    /// tokenizer another spacing rule, e.g. "prefix-first"): byte-level BPE for model "gpt2", SentencePiece BPE with byte
-    /// fallback for "llama" (merges as listed, else derived from the scores or, for merge_order "gemma", by
-    /// transformers' Gemma rule).
+    /// tokenizer another spacing rule, e.g. "prefix-first"): byte-level BPE for model "gpt2" (with its NFC normalizer,
+    /// if any), SentencePiece BPE with byte fallback for "llama" (merges as listed, else derived from the scores or, for
+    /// merge_order "gemma", by transformers' Gemma rule).
     public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> any TextTokenizer {
         guard let spec else {
             throw WorkbenchError("\(path): this checkpoint carries no tokenizer; use --tokens FILE")
@@ -197,8 +197,16 @@ public enum Workbench {
         do {
             switch spec.model {
             case "gpt2":
+                let normalizer = try spec.normalizer.map { name in
+                    guard let n = TextNormalizer(rawValue: name) else {
+                        throw WorkbenchError("\(path): tokenizer: normalizer '\(name.prefix(40))' is not supported "
+                                             + "(expected NFC or none)")
+                    }
+                    return n
+                }
                 return try BPETokenizer(tokens: spec.tokens, merges: spec.merges, preTokenizer: PreTokenizer(ggufName: preTokenizer ?? spec.pre),
-                                        tokenTypes: spec.tokenTypes, bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
+                                        tokenTypes: spec.tokenTypes, bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID,
+                                        normalizer: normalizer)
             case "llama":
                 let merges: SentencePieceMerges
                 if !spec.merges.isEmpty {

@@ -70,7 +70,8 @@ extension Workbench {
         let tokenizer: JSONValue = ckpt.tokenizer.map {
             .object(["model": .string($0.model), "pre": .string($0.pre), "vocabulary": .int($0.tokens.count),
                      "merges": .int($0.merges.count), "bos_token_id": $0.bosTokenID.map { .int(Int($0)) } ?? .null,
-                     "eos_token_id": $0.eosTokenID.map { .int(Int($0)) } ?? .null, "add_bos_token": .bool($0.addBosToken)])
+                     "eos_token_id": $0.eosTokenID.map { .int(Int($0)) } ?? .null,
+                     "add_bos_token": .bool($0.addBosToken), "normalizer": $0.normalizer.map { .string($0) } ?? .null])
         } ?? .null
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         let entries = model.weights.map { w -> InspectReport.TensorEntry in

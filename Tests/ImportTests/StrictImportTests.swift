@@ -78,7 +78,11 @@ final class StrictImportTests: XCTestCase {
             ({ $0["extra"] = 1 }, ["tokenizer.json: unknown key 'extra'"]),
             ({ $0["truncation"] = ["max_length": 8] }, ["tokenizer.json: truncation is", "supported: null"]),
             ({ $0["padding"] = ["strategy": "BatchLongest"] }, ["tokenizer.json: padding is"]),
-            ({ $0["normalizer"] = ["type": "NFC"] }, [#"normalizer {"type":"NFC"} is not supported"#, "--pre-tokenizer"]),
+            ({ $0["normalizer"] = ["type": "NFKC"] },
+             [#"normalizer of type "NFKC" is not supported"#, "--pre-tokenizer"]),
+            ({ $0["normalizer"] = ["type": "Sequence", "normalizers": [["type": "NFC"], ["type": "Lowercase"]]] },
+             [#"normalizer.normalizers[1] of type "Lowercase" is not supported with a byte-level BPE"#]),
+            ({ $0["normalizer"] = ["type": "NFC", "extra": 1] }, [#"normalizer of type "NFC" is not supported"#]),
             ({ $0["decoder"] = ["type": "WordPiece"] }, [#"decoder {"type":"WordPiece"} is not supported"#]),
             ({ $0["post_processor"] = ["type": "RobertaProcessing"] }, ["post_processor", "RobertaProcessing", "is not supported"]),
             ({ $0["model"] = Self.model($0, ["dropout": 0.1]) }, ["model.dropout is 0.1"]),
@@ -96,6 +100,30 @@ final class StrictImportTests: XCTestCase {
             $0["model"] = Self.model($0, ["dropout": NSNull(), "continuing_subword_prefix": "", "fuse_unk": true])
             $0["added_tokens"] = [Self.added([:])]
         }).path))
+    }
+
+    /// Qwen2's NFC normalizer was refused (any normalizer on a byte-level BPE was): now NFC, alone or in a Sequence of
+    /// NFC steps, is the spec's normalizer; `--pre-tokenizer` imports a file with another normalizer without it.
+    func testByteLevelNFCNormalizerIsImported() throws {
+        XCTAssertNil(try Importer.load(hf.path).tokenizer?.normalizer)
+        let nfc = try Importer.load(hfCopy(tokenizer: { $0["normalizer"] = ["type": "NFC"] }).path)
+        XCTAssertEqual(nfc.tokenizer?.normalizer, "NFC")
+        let sequence = try Importer.load(hfCopy(tokenizer: {
+            $0["normalizer"] = ["type": "Sequence", "normalizers": [["type": "NFC"]]]
+        }).path)
+        XCTAssertEqual(sequence.tokenizer?.normalizer, "NFC")
+        let empty = try Importer.load(hfCopy(tokenizer: {
+            $0["normalizer"] = ["type": "Sequence", "normalizers": [Any]()]
+        }).path)
+        XCTAssertNil(empty.tokenizer?.normalizer)
+        let nfkc = try hfCopy(tokenizer: { $0["normalizer"] = ["type": "NFKC"] })
+        let overridden = try Importer.load(nfkc.path, preTokenizer: "gpt2")
+        XCTAssertNil(overridden.tokenizer?.normalizer)
+        // An added token with normalized true would be matched in the normalized text: refused with a normalizer.
+        assertError(try Importer.load(hfCopy(tokenizer: {
+            $0["normalizer"] = ["type": "NFC"]
+            $0["added_tokens"] = [Self.added(["normalized": true])]
+        }).path), ["added_tokens[0].normalized is true with a normalizer"])
     }
 
     /// A byte-level TemplateProcessing post-processor (Llama 3's adds its BOS) was ignored: now it sets add_bos_token.
