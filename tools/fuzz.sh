@@ -67,4 +67,5 @@ echo "tools/fuzz.sh: fuzz-$harness, $label on one core; corpus $corpus; seeds Fu
 # The CPU time (what "30 CPU-minutes" counts) is printed at the end.
 TIMEFORMAT="tools/fuzz.sh: fuzz-$harness used %U s user + %S s system CPU in %R s"
 time SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+    LSAN_OPTIONS=suppressions=Fuzz/lsan.supp:print_suppressions=0 \
     "$binary" "${options[@]}" "$corpus" "Fuzz/corpus/$harness"
