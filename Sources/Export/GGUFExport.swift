@@ -39,6 +39,10 @@ enum GGUFExport {
             writer.add("tokenizer.ggml.model", .string("gpt2"))
             // llama.cpp spells these "llama-bpe" and "gpt-2" (an unknown pre-tokenizer name is a load error there).
             writer.add("tokenizer.ggml.pre", .string(["llama3": "llama-bpe", "gpt2": "gpt-2"][spec.pre] ?? spec.pre))
+            if let n = spec.normalizer {
+                warnings.append("tokenizer normalizer \(n): GGUF has no key for it and llama.cpp applies none; texts that are "
+                                + "not already \(n) may tokenize differently")
+            }
         case "llama":
             guard !spec.pre.hasSuffix("+split") else {
                 throw ExportError("tokenizer spacing '\(spec.pre)' (Metaspace split) has no GGUF form (llama.cpp never splits at spaces)")
