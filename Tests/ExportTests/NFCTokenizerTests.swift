@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import GGUF
 import Model
 @testable import Import
 import Tokenizer
@@ -66,5 +67,11 @@ final class NFCTokenizerParityTests: XCTestCase {
         let written = String(decoding: try TokenizerFiles.tokenizerJSON(none), as: UTF8.self)
         let plain = try XCTUnwrap(try JSONValue.parse(written).objectValue)
         XCTAssertEqual(plain["normalizer"], JSONValue.null)
+        // GGUF has no normalizer key (llama.cpp applies none): the export says so instead of dropping it silently.
+        var writer = GGUFWriter()
+        let warnings = try GGUFExport.addTokenizer(spec, architecture: "qwen2", to: &writer)
+        XCTAssertTrue(warnings.contains { $0.hasPrefix("tokenizer normalizer NFC: GGUF has no key for it") }, "\(warnings)")
+        var plainWriter = GGUFWriter()
+        XCTAssertFalse(try GGUFExport.addTokenizer(none, architecture: "qwen2", to: &plainWriter).contains { $0.contains("normalizer") })
     }
 }
