@@ -13,6 +13,7 @@ import Foundation
 /// collection size L (a length: `size of lengths` bytes, 8 in every file h5py or we write), then objects, each
 /// an index (2 bytes), a reference count (2), 4 reserved bytes, its size (a length) and its data padded to a
 /// multiple of 8. Index 0 is the free space: its size counts its header. Fewer than 16 bytes left are free space.
+/// A collection is at least 4,096 bytes (H5HG_MINSIZE).
 enum HDF5GlobalHeap {
     /// Throws `HDF5Failure` naming the offset of the first damaged collection. Files with a `size of lengths` other
     /// than 8 are refused when they hold a collection (nothing we read writes them).
@@ -27,16 +28,14 @@ enum HDF5GlobalHeap {
             var at = 0
             while let i = find(bytes, from: at) {
                 at = i + 4
-                // A collection is at least 4,096 bytes (H5HG_MINSIZE); a shorter match is not one libhdf5 would load.
                 guard i + 16 <= n, bytes[i + 4] == 1 else { continue }
                 if lengths == nil { lengths = sizeOfLengths(bytes) }
                 guard lengths == 8 else {
                     throw HDF5Failure(message: "the file's lengths are \(lengths ?? 0) bytes wide (expected 8, as h5py and compress write)")
                 }
                 let size = u64(i + 8)
-                guard size >= 4096 else { continue }
-                guard size <= UInt64(n - i) else {
-                    throw HDF5Failure(message: "global heap collection at byte \(i) declares \(size) bytes, past the end of the file (\(n) bytes)")
+                guard size >= 4096, size <= UInt64(n - i) else {
+                    throw HDF5Failure(message: "global heap collection at byte \(i) declares \(size) bytes (expected 4,096 or more, within the file's \(n))")
                 }
                 let end = i + Int(size)
                 var p = i + 16
@@ -48,7 +47,12 @@ enum HDF5GlobalHeap {
                         throw HDF5Failure(message: "global heap collection at byte \(i) is damaged: object \(index) of \(objectSize) bytes "
                                           + "at byte \(p) runs past the collection's end (byte \(end))")
                     }
-                    guard need > 0 else { break }  // an empty free-space record ends the walk, as in libhdf5
+                    // libhdf5 steps by `need` without checking it: an empty free-space record loops it forever (found
+                    // by fuzz-state as a hang).
+                    guard need > 0 else {
+                        throw HDF5Failure(message: "global heap collection at byte \(i) is damaged: an empty free-space record "
+                                          + "at byte \(p)")
+                    }
                     p += Int(need)
                 }
             }

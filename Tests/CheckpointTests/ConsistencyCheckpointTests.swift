@@ -128,5 +128,14 @@ extension CheckpointTests {
         withUnsafeBytes(of: UInt64(4200).littleEndian) { bytes.replaceSubrange(sizeField..<(sizeField + 8), with: $0) }
         try bytes.write(to: URL(fileURLWithPath: path))
         XCTAssertThrowsError(try Checkpoint.read(path))
+        // An empty free-space record: libhdf5 steps by its size and loops forever (found by fuzz-state as a hang).
+        var loop = try Data(contentsOf: fixture)
+        let freeSize = gcol + 4016 + 8  // objects of 24, 520, 2,144 and 1,248 bytes (+ headers), then the free space
+        XCTAssertEqual(loop[freeSize..<(freeSize + 8)].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }, 80)
+        loop.replaceSubrange(freeSize..<(freeSize + 8), with: [UInt8](repeating: 0, count: 8))
+        try loop.write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try Checkpoint.read(path)) {
+            XCTAssertTrue("\($0)".contains("an empty free-space record at byte \(gcol + 4016)"), "\($0)")
+        }
     }
 }
