@@ -55,6 +55,9 @@ else
     corpus=.build-fuzz/corpus/$harness
     mkdir -p "$corpus"
 fi
+# The committed seeds, where the fixtures do not serve (git keeps no empty directory).
+corpora=("$corpus")
+[ -d "Fuzz/corpus/$harness" ] && corpora+=("Fuzz/corpus/$harness")
 [ -f "Fuzz/dict/$harness.dict" ] && options+=(-dict="Fuzz/dict/$harness.dict")
 extra=$(seeds "$harness")
 [ -n "$extra" ] && options+=(-seed_inputs="$extra")
@@ -62,16 +65,16 @@ label="${seconds}s"
 [ "$seconds" = smoke ] && label="a smoke run (1,000 inputs, seed 1)"
 fixtures=0
 [ -n "$extra" ] && fixtures=$(( $(tr -cd , <<<"$extra" | wc -c) + 1 ))
-echo "tools/fuzz.sh: fuzz-$harness, $label on one core; corpus $corpus; seeds Fuzz/corpus/$harness and $fixtures fixtures"
+echo "tools/fuzz.sh: fuzz-$harness, $label on one core; corpus $corpus; seeds ${corpora[*]:1} and $fixtures fixtures"
 # The Swift runtime's own backtracer would race libFuzzer's crash report; ASan reports leaks at exit.
 export SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1
 export LSAN_OPTIONS=suppressions=Fuzz/lsan.supp:print_suppressions=0
 if [ "$seconds" = smoke ]; then
-    exec "$binary" "${options[@]}" "$corpus" "Fuzz/corpus/$harness"
+    exec "$binary" "${options[@]}" "${corpora[@]}"
 fi
 # SECONDS counts the harness's CPU time (user + system, from /proc), not the wall clock: on a shared machine the
 # run takes longer, never less. At the limit it is interrupted (libFuzzer's exit code 72 then means "done").
-"$binary" "${options[@]}" -max_total_time=$((seconds * 20)) "$corpus" "Fuzz/corpus/$harness" &
+"$binary" "${options[@]}" -max_total_time=$((seconds * 20)) "${corpora[@]}" &
 pid=$!
 tick=$(getconf CLK_TCK)
 cpu=0
