@@ -123,6 +123,8 @@ extension Importer {
             throw ImportError("\(path): \(e)")
         } catch let e as JSONNumberOverflow {
             throw ImportError("\(path): \(e)")
+        } catch let e as JSONNestingTooDeep {
+            throw ImportError("\(path): \(e)")
         } catch {
             throw ImportError("\(path): not valid JSON (\(error))")
         }

@@ -11,6 +11,16 @@ public struct DuplicateJSONKey: Error, CustomStringConvertible, Equatable {
     public var description: String { "key '\(key)' appears twice in the object at \(path) (expected each key once)" }
 }
 
+/// JSON nested deeper than we read (arrays and objects within each other), at the path where the limit is reached.
+public struct JSONNestingTooDeep: Error, CustomStringConvertible, Equatable {
+    public let path: String
+    public let limit: Int
+    public var description: String {
+        let place = path.count <= 80 ? path : path.prefix(40) + "…" + path.suffix(20)
+        return "\(place): nested deeper than \(limit) arrays and objects (expected at most \(limit))"
+    }
+}
+
 /// Scans JSON text for repeated keys without building any values.
 ///
 /// Syntax errors are left to the parser that reads the text afterwards: the scan stops quietly at anything
@@ -28,7 +38,9 @@ public enum JSONKeys {
         /// Also throw `JSONNumberOverflow` for a number literal past Double's range.
         var checkNumbers = false
         var index = 0
-        static let maxDepth = 512
+        /// Deeper nesting is refused (`JSONNestingTooDeep`): the decoders recurse once per level, and 1,000 levels
+        /// of `[` overflowed the stack (found by fuzz-recipe). No file we read nests beyond about 10.
+        static let maxDepth = 128
 
         mutating func skipSpace() {
             while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
@@ -38,7 +50,8 @@ public enum JSONKeys {
         @discardableResult
         mutating func value(path: String, depth: Int) throws -> Bool {
             skipSpace()
-            guard index < bytes.count, depth < Self.maxDepth else { return false }
+            guard index < bytes.count else { return false }
+            guard depth < Self.maxDepth else { throw JSONNestingTooDeep(path: path, limit: Self.maxDepth) }
             switch bytes[index] {
             case UInt8(ascii: "{"): return try object(path: path, depth: depth)
             case UInt8(ascii: "["): return try array(path: path, depth: depth)

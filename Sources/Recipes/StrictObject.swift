@@ -133,6 +133,8 @@ public func strictJSON(_ data: Data, path: String) throws -> JSONValue {
         throw RecipeError("\(path): \(e)")
     } catch let e as JSONNumberOverflow {
         throw RecipeError("\(path): \(e)")
+    } catch let e as JSONNestingTooDeep {
+        throw RecipeError("\(path): \(e)")
     } catch {
         throw RecipeError("\(path): not valid JSON (\(error))")
     }

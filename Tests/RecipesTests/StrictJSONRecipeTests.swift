@@ -32,6 +32,16 @@ final class StrictJSONRecipeTests: XCTestCase {
         XCTAssertNoThrow(try JSONKeys.validate(Array(#"{"x": 1e-400}"#.utf8)))
     }
 
+    /// 513 nested arrays overflowed the stack of the recursive decoder (found by fuzz-recipe; the input is kept in
+    /// Fuzz/corpus/recipe): nesting beyond 128 levels is refused, naming where.
+    func testDeepNestingIsRefusedNotAStackOverflow() throws {
+        try assertRefused(Array(repeating: UInt8(ascii: "["), count: 5000) + Array(repeating: UInt8(ascii: "]"), count: 5000),
+                          ["nested deeper than 128 arrays and objects"])
+        let deep = #"{"format": 1, "stages": [{"stage": "eval", "x": "# + String(repeating: "[", count: 127)
+        try assertRefused(Array(deep.utf8), [#"$.stages[0].x[0]"#, "nested deeper than 128"])
+        XCTAssertNoThrow(try JSONKeys.validate(Array((String(repeating: "[", count: 128) + String(repeating: "]", count: 128)).utf8)))
+    }
+
     func testInvalidUTF8NamesTheByteOffset() throws {
         var bytes = Array(#"{"format": 1, "name": "ab"#.utf8)
         let offset = bytes.count
