@@ -117,13 +117,7 @@ extension Importer {
     /// JSON bytes parsed strictly (`JSONKeys.strictText`: UTF-8, no repeated key, no number past a 64-bit float),
     /// every error naming the file and, where it has one, the key path.
     static func parseJSON(_ data: Data, path: String) throws -> JSONValue {
-        do { return try JSONValue.parse(JSONKeys.strictText(data)) } catch let e as InvalidUTF8 {
-            throw ImportError("\(path): \(e)")
-        } catch let e as DuplicateJSONKey {
-            throw ImportError("\(path): \(e)")
-        } catch let e as JSONNumberOverflow {
-            throw ImportError("\(path): \(e)")
-        } catch let e as JSONNestingTooDeep {
+        do { return try JSONValue.parse(JSONKeys.strictText(data)) } catch let e as StrictJSONError {
             throw ImportError("\(path): \(e)")
         } catch {
             throw ImportError("\(path): not valid JSON (\(error))")

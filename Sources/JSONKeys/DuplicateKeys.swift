@@ -1,6 +1,10 @@
 /// A key that occurs twice in one JSON object: JSON parsers disagree on which value wins (Python keeps the
 /// last, Foundation's decoder the first), so every JSON file we read is checked and a repeat is an error.
-public struct DuplicateJSONKey: Error, CustomStringConvertible, Equatable {
+/// What the strict reading step refuses (`JSONKeys.strictText`, `JSONKeys.validate`): each error says where; a reader
+/// catches them as one kind and adds its file.
+public protocol StrictJSONError: Error, CustomStringConvertible {}
+
+public struct DuplicateJSONKey: StrictJSONError, Equatable {
     /// The repeated key.
     public let key: String
     /// Where the object holding it sits, as a path of keys and indices (`$` is the document root).
@@ -12,7 +16,7 @@ public struct DuplicateJSONKey: Error, CustomStringConvertible, Equatable {
 }
 
 /// JSON nested deeper than we read (arrays and objects within each other), at the path where the limit is reached.
-public struct JSONNestingTooDeep: Error, CustomStringConvertible, Equatable {
+public struct JSONNestingTooDeep: StrictJSONError, Equatable {
     public let path: String
     public let limit: Int
     public var description: String {

@@ -1,6 +1,6 @@
 /// A number literal no 64-bit float holds (e.g. `1e400`): Foundation's decoder reads it as infinity and then
 /// reports a misleading type mismatch somewhere above it, so every JSON text we read is checked first.
-public struct JSONNumberOverflow: Error, CustomStringConvertible, Equatable {
+public struct JSONNumberOverflow: StrictJSONError, Equatable {
     /// The literal as written.
     public let literal: String
     /// Where it sits, as a path of keys and indices (`$` is the document root).
@@ -14,7 +14,7 @@ public struct JSONNumberOverflow: Error, CustomStringConvertible, Equatable {
 }
 
 /// Bytes that are not UTF-8 (JSON text must be): names the offset of the first byte that breaks the encoding.
-public struct InvalidUTF8: Error, CustomStringConvertible, Equatable {
+public struct InvalidUTF8: StrictJSONError, Equatable {
     /// Offset of the first byte of the broken sequence from the start of the text.
     public let offset: Int
     /// That byte.

@@ -127,13 +127,7 @@ public final class StrictObject {
 /// Parses a JSON file's bytes strictly (`JSONKeys.strictText`: UTF-8, no repeated key, no number past a
 /// 64-bit float; then the parser), every error naming the file and, where it has one, the key path.
 public func strictJSON(_ data: Data, path: String) throws -> JSONValue {
-    do { return try JSONValue.parse(JSONKeys.strictText(data)) } catch let e as InvalidUTF8 {
-        throw RecipeError("\(path): \(e)")
-    } catch let e as DuplicateJSONKey {
-        throw RecipeError("\(path): \(e)")
-    } catch let e as JSONNumberOverflow {
-        throw RecipeError("\(path): \(e)")
-    } catch let e as JSONNestingTooDeep {
+    do { return try JSONValue.parse(JSONKeys.strictText(data)) } catch let e as StrictJSONError {
         throw RecipeError("\(path): \(e)")
     } catch {
         throw RecipeError("\(path): not valid JSON (\(error))")
