@@ -1,8 +1,8 @@
 // libFuzzer harness: the recipe reader (strict keys, ranges, stage order) with every stage this build registers.
 // Seeds: Fuzz/corpus/recipe and recipes/*.json (README, "Fuzzing").
 import FuzzSupport
-import Passes
 import Recipes
+import Workbench
 
 let registry = StageRegistry.standard()
 

@@ -166,7 +166,7 @@ public struct MaskLLMPass: TrainingPass {
         switch prior {
         case .none: return ([:], .null)
         case .magnitude, .wanda, .sparsegpt:
-            let registry = StageRegistry.standard()
+            let registry = StageRegistry.passes()
             guard registry.type(named: prior.rawValue) != nil else {
                 throw RecipeError("'prior': \"\(prior.rawValue)\" needs the '\(prior.rawValue)' pass, which this build does not have")
             }

@@ -1,3 +1,4 @@
+import Checkpoint
 import Model
 import Training
 
@@ -18,7 +19,8 @@ public struct PassContext {
     public var cache: StatsCache?
     /// Progress lines for long computations (stderr in the CLI).
     public var progress: (String) -> Void
-    public init(calibration: [[Int32]] = [], seed: UInt64 = 0, cache: StatsCache? = nil, progress: @escaping (String) -> Void = { _ in }) {
+    public init(calibration: [[Int32]] = [], seed: UInt64 = 0, cache: StatsCache? = nil,
+                progress: @escaping (String) -> Void = { _ in }) {
         self.calibration = calibration; self.seed = seed; self.cache = cache; self.progress = progress
     }
 
@@ -52,6 +54,63 @@ public protocol RecipeStage {
     /// Checks the settings against the model the stage will receive, before any stage runs (called only while
     /// no earlier stage changes the model's shape); throws `RecipeError` naming the key (default: nothing).
     func preflight(_ model: DecoderModel) throws
+    /// Representations the stage's input must hold, beyond what it accepts (default nil: none), e.g. distill with
+    /// "stf": true trains factorized weights and needs some. Checked at composition, like `accepts`.
+    var requires: InputRequirement? { get }
+    /// What the runner does with this stage: the closed set of stage kinds (Model Optimizer's mode descriptor).
+    /// `CompressionPass` and `TrainingPass` supply it; `eval` and `export` say theirs.
+    var work: StageWork { get }
+}
+
+/// Representations a stage needs in its input, and why (for the error that names the stage).
+public struct InputRequirement {
+    /// At least one of these must be present.
+    public var anyOf: Set<WeightKind>
+    /// Why, naming the setting: "'stf': true trains factorized weights".
+    public var reason: String
+    /// What to do about it: "put a dsformer or lowrank stage before it".
+    public var hint: String
+    public init(anyOf: Set<WeightKind>, reason: String, hint: String) {
+        self.anyOf = anyOf; self.reason = reason; self.hint = hint
+    }
+}
+
+/// The stage kinds the runner knows, each with what the runner calls on it; the runner switches over this closed
+/// enum, so a new stage kind is a compile error there rather than a runtime one.
+public enum StageWork {
+    /// A one-shot pass: `run(on:context:)` returns the new model and its diagnostics.
+    case compress(any CompressionPass)
+    /// A trained stage (distill, MaskLLM, VTrans): `prepare`, the runner's loop (states, resume), then `finish`.
+    case train(any TrainingPass)
+    /// Perplexity (and divergence from the base) of the model at this point, on the recipe's eval text.
+    case evaluate
+    /// Writes the model for another reader (export); must come after every other stage.
+    case write(any OutputStage)
+
+    /// Whether the stage writes the model out (export).
+    public var writes: Bool { if case .write = self { return true } else { return false } }
+    /// Whether the stage evaluates the model.
+    public var evaluates: Bool { if case .evaluate = self { return true } else { return false } }
+    /// Whether the stage changes the model (one-shot passes and trained stages do).
+    public var changesModel: Bool {
+        switch self {
+        case .compress, .train: return true
+        case .evaluate, .write: return false
+        }
+    }
+}
+
+/// A stage that writes the model at this point for another reader (`export`, in Workbench).
+public protocol OutputStage: RecipeStage {
+    /// The path it writes.
+    var outputPath: String { get }
+    /// Checks, before any stage runs, that `outputPath` can be written and is none of `inputs`; throws an error
+    /// naming the path.
+    func checkOutput(inputs: [(role: String, path: String)]) throws
+    /// Writes `model` (with the base's tokenizer and history, read from `basePath`); returns the stage's report
+    /// and warnings.
+    func write(_ model: DecoderModel, base: Checkpoint, basePath: String) throws
+        -> (report: JSONValue, warnings: [String])
 }
 
 extension RecipeStage {
@@ -60,6 +119,7 @@ extension RecipeStage {
     public var needs: PassNeeds { [] }
     public func produces(from input: Set<WeightKind>) -> Set<WeightKind> { input }
     public func preflight(_ model: DecoderModel) throws {}
+    public var requires: InputRequirement? { nil }
 }
 
 /// A compression pass: decoded strictly from its recipe stage, run on a model, reporting what it did. It
@@ -72,6 +132,10 @@ extension RecipeStage {
 public protocol CompressionPass: RecipeStage {
     /// The compressed model and the pass's own diagnostics (scores, what it removed and why).
     func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue)
+}
+
+extension CompressionPass {
+    public var work: StageWork { .compress(self) }
 }
 
 /// Recipe name → stage kind. Registering a name twice is an error.
@@ -100,13 +164,12 @@ public struct StageRegistry {
     }
 }
 
-public typealias PassRegistry = StageRegistry
-
 /// `eval`: perplexity of the model at this point on the recipe's eval text. Takes any representation.
 public struct EvalStage: RecipeStage {
     public static let name = "eval"
     public static let accepts = Set(WeightKind.allCases)
     public init(config: StrictObject) throws {}
+    public var work: StageWork { .evaluate }
 }
 
 /// A stage that trains (MaskLLM's mask logits, ...): it builds a `Distiller` with its trainables, the runner
@@ -117,9 +180,16 @@ public protocol TrainingPass: RecipeStage {
     var trainText: String { get }
     var saveEvery: Int { get }
     var logEvery: Int { get }
+    /// Tokens per training window: the text must hold one window + 1 (the runner checks, naming the file).
+    var trainingWindow: Int { get }
     /// Builds the run on `model` (the model at this point) with `teacher` (the base). Checks every setting
     /// against the model first; errors are `RecipeError`/`ConfigError` naming the key.
-    func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun
+    func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32],
+                 context: PassContext) throws -> TrainingRun
+}
+
+extension TrainingPass {
+    public var work: StageWork { .train(self) }
 }
 
 /// A prepared training stage: its distiller and what turns the trained distiller into the stage's result.

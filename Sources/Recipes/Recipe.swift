@@ -148,9 +148,10 @@ public struct Recipe {
                 let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
                 throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): cannot take \(refused.sorted().map(\.rawValue).joined(separator: ", ")) weights, which \(before) leaves; '\(entry.name)' accepts \(t.accepts.sorted().map(\.rawValue).joined(separator: ", ")) (reorder the stages: quantization comes last, only eval may follow it)")
             }
-            if let d = entry.stage as? DistillStage, d.stf, !kinds.contains(.factorized) {
+            if let need = entry.stage.requires, kinds.isDisjoint(with: need.anyOf) {
                 let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
-                throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): 'stf': true trains factorized weights, but \(before) leaves none (put a dsformer or lowrank stage before it)")
+                throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): \(need.reason), but \(before) leaves none "
+                    + "(\(need.hint))")
             }
             kinds = entry.stage.produces(from: kinds)
         }

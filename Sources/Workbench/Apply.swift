@@ -204,7 +204,7 @@ public final class Session {
     }
 
     /// Runs the recipe's stages on the base model. The base is never changed: every stage returns a new
-    /// model, and distillation trains a copy with the base as its teacher. `statePrefix` names the distill
+    /// model, and distillation trains a copy with the base as its teacher. `statePrefix` names the trained
     /// stages' state files (`<prefix>.stageN.state.h5`), kept until the caller has written its output.
     public func run(_ recipe: Recipe, label name: String, statePrefix: String, resume: Bool = false,
                     killAfterStep: Int? = nil) throws -> Result {
@@ -212,196 +212,264 @@ public final class Session {
         do { try recipe.check(baseKinds: base.model.weightKinds) } catch let e as RecipeError {
             throw WorkbenchError("\(e.description) (base \(basePath))")
         }
-        // An export after a stage that may leave layers differing needs a family whose server formats hold that.
-        let family = base.model.config.familyType
-        if !family.perLayerExport, let ex = recipe.stages.firstIndex(where: { $0.stage is ExportStage }),
-           let het = recipe.stages.prefix(ex).firstIndex(where: { $0.stage.makesHeterogeneous }) {
-            throw WorkbenchError("\(name), stage \(ex + 1) (\(recipe.stages[ex].name)): stage \(het + 1) (\(recipe.stages[het].name)) leaves a "
-                + "heterogeneous \(family.name) model (per-layer sizes or removed sublayers), which no \(family.name) server format holds "
-                + "(\(family.hfArchitecture) and GGUF '\(family.ggufArchitectures[0])' have one size for every layer; DeciLM and GGUF 'deci' "
-                + "are Llama's); drop the export stage and keep our checkpoint, or prune with minitron (homogeneous) (base \(basePath))")
-        }
+        try checkExportable(recipe, label: name)
         // Settings checked against the base before anything runs, up to the first stage that changes the model.
         for (i, entry) in recipe.stages.enumerated() {
-            if recipe.stages.prefix(i).contains(where: { $0.stage is any CompressionPass || $0.stage is any TrainingPass }) { break }
+            if recipe.stages.prefix(i).contains(where: { $0.stage.work.changesModel }) { break }
             do { try entry.stage.preflight(base.model) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
         }
         let needsCalibration = recipe.stages.contains { $0.stage.needs.contains(.calibration) }
-        let calibration = needsCalibration ? try calibrationWindows(recipe.calibration) : []
-        let evaluating = recipe.stages.contains { $0.stage is EvalStage }
+        let evaluating = recipe.stages.contains { $0.stage.work.evaluates }
         let e = recipe.evaluation
-        let scoring = evaluating ? try perplexityProtocol(e) : .noBOS
-        let basePPL = evaluating ? try basePPL(e) : nil
-        let test = evaluating ? try tokens(of: e.text) : []
-
+        var run = StageRun(recipe: recipe, name: name, statePrefix: statePrefix, resume: resume,
+                           killAfterStep: killAfterStep, calibration: needsCalibration ? try calibrationWindows(recipe.calibration) : [],
+                           scoring: evaluating ? try perplexityProtocol(e) : .noBOS)
+        run.basePPL = evaluating ? try basePPL(e) : nil
+        run.test = evaluating ? try tokens(of: e.text) : []
+        run.reference = evaluating ? try baseReference(e) : nil
         var model = base.model
-        var reports: [StageReport] = [], statePaths: [String] = []
+        var reports: [StageReport] = []
+        for i in recipe.stages.indices {
+            let report: StageReport
+            (model, report) = try runStage(i, on: model, &run)
+            reports.append(report)
+        }
+        return Result(model: model, reports: reports, basePPL: run.basePPL, lastPPL: run.lastPPL,
+                      lastDivergence: run.lastDivergence,
+                      calibrationTokens: run.calibration.count * recipe.calibration.window,
+                      evalTokens: evaluating ? min(e.tokens ?? run.test.count, run.test.count) : nil,
+                      evalBos: evaluating ? run.scoring.bos != nil : nil, statePaths: run.statePaths)
+    }
+
+    /// An export after a stage that may leave layers differing needs a family whose server formats hold that.
+    func checkExportable(_ recipe: Recipe, label name: String) throws {
+        let family = base.model.config.familyType
+        guard !family.perLayerExport,
+              let ex = recipe.stages.firstIndex(where: { $0.stage.work.writes }),
+              let het = recipe.stages.prefix(ex).firstIndex(where: { $0.stage.makesHeterogeneous }) else { return }
+        let f = family.name
+        throw WorkbenchError("\(name), stage \(ex + 1) (\(recipe.stages[ex].name)): stage \(het + 1) "
+            + "(\(recipe.stages[het].name)) leaves a heterogeneous \(f) model (per-layer sizes or removed sublayers), "
+            + "which no \(f) server format holds (\(family.hfArchitecture) and GGUF '\(family.ggufArchitectures[0])' have "
+            + "one size for every layer; DeciLM and GGUF 'deci' are Llama's); drop the export stage and keep our "
+            + "checkpoint, or prune with minitron (homogeneous) (base \(basePath))")
+    }
+
+    /// One run's inputs and what its stages leave for the ones after them.
+    struct StageRun {
+        let recipe: Recipe
+        let name: String
+        let statePrefix: String
+        let resume: Bool
+        let killAfterStep: Int?
+        let calibration: [[Int32]]
+        let scoring: PerplexityProtocol
+        var basePPL: Double? = nil
+        var test: [Int32] = []
+        var reference: BaseReference? = nil
         var lastPPL: Double? = nil
         var lastDivergence: DivergenceReport? = nil
-        let reference = evaluating ? try baseReference(e) : nil
-        for (i, entry) in recipe.stages.enumerated() {
-            let label = "stage \(i + 1)/\(recipe.stages.count) (\(entry.name))"
-            let place = "\(name), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
-            say("\(label): start, \(model.parameterCount) parameters")
-            let t0 = Date()
-            let before = (params: model.parameterCount, bytes: model.storageBytes)
-            var diagnostics: JSONValue = .object([:])
-            var ppl: Double? = nil
-            var divergence: DivergenceReport? = nil
-            var cacheUse: StatsCache? = nil
-            switch entry.stage {
-            case let pass as any CompressionPass:
-                // Everything the pass's input depends on: the base, the calibration data, the stages before it.
-                let scope: JSONValue = .object([
-                    "base": .string(baseHash), "calibration": jsonValue(recipe.calibration),
-                    "stages_before": .array(recipe.stages.prefix(i).map { .object(["stage": .string($0.name), "settings": $0.settings]) }),
-                ])
-                cacheUse = StatsCache(directory: cacheDirectory, scope: scope, memo: analyses)
-                let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { [weak self] in self?.say("\(label): \($0)") }
-                do {
-                    (model, diagnostics) = try pass.run(on: model, context: context)
-                } catch let err as RecipeError {
-                    throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
-                } catch let err as ConfigError {
-                    throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
-                }
-            case let tp as any TrainingPass:
-                let statePath = statePrefix + ".stage\(i + 1).state.h5"
-                let scope: JSONValue = .object([
-                    "base": .string(baseHash), "calibration": jsonValue(recipe.calibration),
-                    "stages_before": .array(recipe.stages.prefix(i).map { .object(["stage": .string($0.name), "settings": $0.settings]) }),
-                ])
-                cacheUse = StatsCache(directory: cacheDirectory, scope: scope, memo: analyses)
-                let context = PassContext(calibration: calibration, seed: recipe.calibration.seed, cache: cacheUse) { [weak self] in self?.say("\(label): \($0)") }
-                let run: TrainingRun
-                do {
-                    run = try tp.prepare(model: model, teacher: base.model, trainTokens: try tokens(of: tp.trainText), context: context)
-                } catch let err as RecipeError {
-                    throw WorkbenchError("\(place): \(err.description)")
-                } catch let err as ConfigError {
-                    // The distiller inside the pass knows the tokens, not their file: a too-short text names it here.
-                    let file = err.description.hasPrefix("training split") ? "\(tp.trainText): " : ""
-                    throw WorkbenchError("\(place): \(file)\(err.description)")
-                }
-                var t: (keepState: Bool, diagnostics: JSONValue) = (false, .object([:]))
-                if let distiller = run.distiller {
-                    t = try train(distiller, statePath: statePath, saveEvery: tp.saveEvery, logEvery: tp.logEvery, resume: resume,
-                                  label: label, place: place, killAfterStep: killAfterStep)
-                }
-                if t.keepState { statePaths.append(statePath) }
-                let finished: (model: DecoderModel, diagnostics: JSONValue)
-                do { finished = try run.finish() } catch let err as ConfigError {
-                    throw WorkbenchError("\(place): \(err.description)")
-                } catch let err as RecipeError {
-                    throw WorkbenchError("\(place): \(err.description)")
-                }
-                model = finished.model
-                var d = t.diagnostics.objectValue ?? [:]
-                for (k, v) in finished.diagnostics.objectValue ?? [:] { d[k] = v }
-                diagnostics = .object(d)
-            case let d as DistillStage:
-                let statePath = statePrefix + ".stage\(i + 1).state.h5"
-                let distiller: Distiller
-                var stf: StraightThroughFactorizer? = nil
-                do {
-                    var student = model
-                    if d.stf { (student, stf) = try StraightThroughFactorizer.prepare(model, lr: d.config.lr, weightDecay: d.config.weightDecay) }
-                    let trainIDs = try tokens(of: d.text)
-                    do {
-                        try Workbench.requireTokens(trainIDs, from: d.text, needed: d.config.window + 1,
-                                                    for: "one training window of \(d.config.window) + 1")
-                    } catch let e as WorkbenchError { throw WorkbenchError("\(place): \(e.description)") }
-                    distiller = try Distiller(teacher: base.model, student: student, config: d.config, trainTokens: trainIDs,
-                                              trainables: stf.map { [$0] } ?? [])
-                } catch let err as ConfigError { throw WorkbenchError("\(place): \(err.description)") }
-                let t = try train(distiller, statePath: statePath, saveEvery: d.saveEvery, logEvery: d.logEvery, resume: resume,
-                                  label: label, place: place, killAfterStep: killAfterStep)
-                if t.keepState { statePaths.append(statePath) }
-                model = try stf?.finalize(distiller.student) ?? distiller.student
-                diagnostics = t.diagnostics
-            case let x as ExportStage:
-                let ckpt = Checkpoint(model: model, tokenizer: base.tokenizer, history: base.history)
-                let r: ExportReport
-                do { r = try Exporter.export(ckpt, source: basePath, options: x.options) } catch let err as ExportError {
-                    throw WorkbenchError("\(place): \(err.description)")
-                }
-                for w in r.warnings { say("\(label): warning: \(w)") }
-                diagnostics = jsonValue(r)
-            case is EvalStage:
-                let naming = "\(place), base \(basePath)"
-                if let reference {
-                    (ppl, divergence) = try Workbench.measureDivergence(
-                        model, reference: reference, base: base.model, tokens: test, source: e.text, label: label,
-                        naming: naming, progress: progress)
-                } else {
-                    ppl = try Workbench.measurePPL(
-                        model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
-                        label: label, naming: naming, progress: progress)
-                }
-                lastPPL = ppl
-                lastDivergence = divergence
-            default:
-                preconditionFailure("stage kind '\(entry.name)' has no runner")
+        /// Training states of trained stages, to delete once the output is safely written.
+        var statePaths: [String] = []
+    }
+
+    /// What one stage returned to the runner.
+    struct StageOutcome {
+        var model: DecoderModel
+        var diagnostics: JSONValue = .object([:])
+        var ppl: Double? = nil
+        var divergence: DivergenceReport? = nil
+        var cache: StatsCache? = nil
+    }
+
+    /// Runs stage `i` on `model`: dispatches on the stage's own description (`StageWork`), then reports and checks
+    /// the report's figures finite.
+    func runStage(_ i: Int, on model: DecoderModel, _ run: inout StageRun) throws -> (DecoderModel, StageReport) {
+        let entry = run.recipe.stages[i]
+        let label = "stage \(i + 1)/\(run.recipe.stages.count) (\(entry.name))"
+        let place = "\(run.name), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
+        say("\(label): start, \(model.parameterCount) parameters")
+        let t0 = Date()
+        let before = (params: model.parameterCount, bytes: model.storageBytes)
+        var out = StageOutcome(model: model)
+        switch entry.stage.work {
+        case .compress(let pass):
+            out.cache = stageCache(before: i, of: run.recipe)
+            let context = passContext(run, cache: out.cache, label: label)
+            do {
+                (out.model, out.diagnostics) = try pass.run(on: model, context: context)
+            } catch let err as RecipeError {
+                throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
+            } catch let err as ConfigError {
+                throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
             }
-            let report = StageReport(
-                index: i + 1, stage: entry.name, settings: entry.settings,
-                parametersBefore: before.params, parametersAfter: model.parameterCount,
-                bytesBefore: before.bytes, bytesAfter: model.storageBytes, seconds: Date().timeIntervalSince(t0),
-                ppl: ppl, retention: ppl.flatMap { p in basePPL.map { $0 / p } },
-                kld: divergence?.kld.mean, kldP99: divergence?.kld.percentiles["99"], sameTopP: divergence?.sameTopP, divergence: divergence,
-                cacheHits: cacheUse?.hits, cacheMisses: cacheUse?.misses, diagnostics: diagnostics)
-            // Every figure of the stage's report is a number: a NaN distance, score, damage or loss stops the run here.
-            if let bad = firstNonFiniteNumber(in: report) {
-                throw WorkbenchError("\(place): the stage's report holds a non-finite number at \(bad) (expected "
-                    + "finite figures; the model's outputs hold NaN or infinite values) (base \(basePath))")
+        case .train(let stage):
+            out.cache = stageCache(before: i, of: run.recipe)
+            let context = passContext(run, cache: out.cache, label: label)
+            (out.model, out.diagnostics) = try train(stage, index: i, on: model, context: context, &run, label: label,
+                                                     place: place)
+        case .write(let stage):
+            let r: (report: JSONValue, warnings: [String])
+            do { r = try stage.write(model, base: base, basePath: basePath) } catch let err as ExportError {
+                throw WorkbenchError("\(place): \(err.description)")
             }
-            reports.append(report)
-            for w in cacheUse?.warnings ?? [] { say("warning: \(w)") }
-            say(String(format: "%@: done in %@, %d -> %d parameters", label, formatDuration(report.seconds), before.params, model.parameterCount)
-                + (ppl.map { String(format: ", ppl %.4f", $0) } ?? "")
-                + (divergence.map { String(format: ", KLD %.5f, same top-1 %.2f %%", $0.kld.mean, 100 * $0.sameTopP) } ?? ""))
+            for w in r.warnings { say("\(label): warning: \(w)") }
+            out.diagnostics = r.report
+        case .evaluate:
+            (out.ppl, out.divergence) = try evaluate(model, run, label: label, place: place)
+            run.lastPPL = out.ppl
+            run.lastDivergence = out.divergence
         }
-        return Result(model: model, reports: reports, basePPL: basePPL, lastPPL: lastPPL, lastDivergence: lastDivergence,
-                      calibrationTokens: calibration.count * recipe.calibration.window,
-                      evalTokens: evaluating ? min(e.tokens ?? test.count, test.count) : nil,
-                      evalBos: evaluating ? scoring.bos != nil : nil, statePaths: statePaths)
+        let report = StageReport(
+            index: i + 1, stage: entry.name, settings: entry.settings,
+            parametersBefore: before.params, parametersAfter: out.model.parameterCount,
+            bytesBefore: before.bytes, bytesAfter: out.model.storageBytes, seconds: Date().timeIntervalSince(t0),
+            ppl: out.ppl, retention: out.ppl.flatMap { p in run.basePPL.map { $0 / p } },
+            kld: out.divergence?.kld.mean, kldP99: out.divergence?.kld.percentiles["99"],
+            sameTopP: out.divergence?.sameTopP, divergence: out.divergence, cacheHits: out.cache?.hits,
+            cacheMisses: out.cache?.misses, diagnostics: out.diagnostics)
+        // Every figure of the stage's report is a number: a NaN distance, score, damage or loss stops the run here.
+        if let bad = firstNonFiniteNumber(in: report) {
+            throw WorkbenchError("\(place): the stage's report holds a non-finite number at \(bad) (expected "
+                + "finite figures; the model's outputs hold NaN or infinite values) (base \(basePath))")
+        }
+        for w in out.cache?.warnings ?? [] { say("warning: \(w)") }
+        say(String(format: "%@: done in %@, %d -> %d parameters", label, formatDuration(report.seconds), before.params,
+                   out.model.parameterCount)
+            + (out.ppl.map { String(format: ", ppl %.4f", $0) } ?? "")
+            + (out.divergence.map { String(format: ", KLD %.5f, same top-1 %.2f %%", $0.kld.mean, 100 * $0.sameTopP) }
+               ?? ""))
+        return (out.model, report)
+    }
+
+    /// The statistics cache of stage `i`: keyed by everything its input depends on (the base, the calibration data,
+    /// the stages before it).
+    func stageCache(before i: Int, of recipe: Recipe) -> StatsCache {
+        let scope: JSONValue = .object([
+            "base": .string(baseHash), "calibration": jsonValue(recipe.calibration),
+            "stages_before": .array(recipe.stages.prefix(i).map {
+                .object(["stage": .string($0.name), "settings": $0.settings])
+            }),
+        ])
+        return StatsCache(directory: cacheDirectory, scope: scope, memo: analyses)
+    }
+
+    func passContext(_ run: StageRun, cache: StatsCache?, label: String) -> PassContext {
+        PassContext(calibration: run.calibration, seed: run.recipe.calibration.seed, cache: cache) { [weak self] in
+            self?.say("\(label): \($0)")
+        }
+    }
+
+    /// A trained stage: prepared by the stage, driven by `Workbench.train` (states, resume), finished by the stage.
+    func train(_ stage: any TrainingPass, index i: Int, on model: DecoderModel, context: PassContext,
+               _ run: inout StageRun, label: String, place: String) throws -> (DecoderModel, JSONValue) {
+        let trainIDs = try tokens(of: stage.trainText)
+        do {
+            try Workbench.requireTokens(trainIDs, from: stage.trainText, needed: stage.trainingWindow + 1,
+                                        for: "one training window of \(stage.trainingWindow) + 1")
+        } catch let e as WorkbenchError { throw WorkbenchError("\(place): \(e.description)") }
+        let prepared: TrainingRun
+        do {
+            prepared = try stage.prepare(model: model, teacher: base.model, trainTokens: trainIDs, context: context)
+        } catch let err as RecipeError {
+            throw WorkbenchError("\(place): \(err.description)")
+        } catch let err as ConfigError {
+            throw WorkbenchError("\(place): \(err.description)")
+        }
+        var trained = Workbench.Trained(keepState: false, resumedFrom: nil, seconds: 0)
+        var diagnostics: [String: JSONValue] = [:]
+        if let distiller = prepared.distiller {
+            let statePath = run.statePrefix + ".stage\(i + 1).state.h5"
+            trained = try Workbench.train(distiller, statePath: statePath, saveEvery: stage.saveEvery,
+                                          logEvery: stage.logEvery, resume: run.resume ? .ifPresent : .no, progress: progress, label: label,
+                                          place: place, killAfterStep: run.killAfterStep)
+            if trained.keepState { run.statePaths.append(statePath) }
+            diagnostics = Workbench.trainingDiagnostics(distiller, trained).objectValue ?? [:]
+        }
+        let finished: (model: DecoderModel, diagnostics: JSONValue)
+        do { finished = try prepared.finish() } catch let err as ConfigError {
+            throw WorkbenchError("\(place): \(err.description)")
+        } catch let err as RecipeError {
+            throw WorkbenchError("\(place): \(err.description)")
+        }
+        for (k, v) in finished.diagnostics.objectValue ?? [:] { diagnostics[k] = v }
+        return (finished.model, .object(diagnostics))
+    }
+
+    /// An eval stage: PPL of `model`, with its divergence from the base when the run keeps a base reference.
+    func evaluate(_ model: DecoderModel, _ run: StageRun, label: String, place: String) throws
+        -> (ppl: Double, divergence: DivergenceReport?) {
+        let e = run.recipe.evaluation
+        let naming = "\(place), base \(basePath)"
+        if let reference = run.reference {
+            return try Workbench.measureDivergence(
+                model, reference: reference, base: base.model, tokens: run.test, source: e.text, label: label,
+                naming: naming, progress: progress)
+        }
+        let ppl = try Workbench.measurePPL(
+            model, tokens: run.test, source: e.text, window: e.window, protocol: run.scoring, maxTokens: e.tokens,
+            label: label, naming: naming, progress: progress)
+        return (ppl, nil)
     }
 }
 
-extension Session {
-    /// Runs a distiller to its step count (resuming from `statePath` when asked and present), saving its state
-    /// every `saveEvery` steps and once more at the end (kept until the output is written: a kill before then
-    /// resumes there, not at step 0); returns the loop's report entries.
-    /// Errors name the stage (`place`) and the state file; a damaged state is refused (`Distiller.loadState`).
-    func train(_ distiller: Distiller, statePath: String, saveEvery: Int, logEvery: Int, resume: Bool, label: String,
-               place: String, killAfterStep: Int?) throws -> (keepState: Bool, diagnostics: JSONValue) {
-        if resume && FileManager.default.fileExists(atPath: statePath) {
+extension Workbench {
+    /// Whether a run resumes from its training state: never, when the state exists, or only from one (an error
+    /// naming the path when it is missing: `compress distill --resume`).
+    enum Resume { case no, ifPresent, required }
+
+    /// What `train` did: whether the state file stays (until the output is written), the step it resumed from
+    /// and the wall time of the steps run.
+    struct Trained {
+        var keepState: Bool
+        var resumedFrom: Int?
+        var seconds: Double
+    }
+
+    /// The one distillation runner (`compress apply`'s trained stages and `compress distill`): runs a distiller to
+    /// its step count, resuming from `statePath` as `resume` says, saving its state every `saveEvery` steps and
+    /// once more at the end when it saved or resumed (kept until the output is written: a kill before then resumes
+    /// there, not at step 0). Errors name the stage (`place`, nil: none) and the state file; a damaged state is
+    /// refused (`Distiller.loadState`).
+    static func train(_ distiller: Distiller, statePath: String, saveEvery: Int, logEvery: Int, resume: Resume,
+                      progress: Bool, label: String?, place: String?, killAfterStep: Int?) throws -> Trained {
+        func named(_ message: String) -> WorkbenchError { WorkbenchError(place.map { "\($0): \(message)" } ?? message) }
+        let present = FileManager.default.fileExists(atPath: statePath)
+        if resume == .required && !present { throw WorkbenchError("\(statePath): no training state to resume from") }
+        if resume != .no && present {
             do { try distiller.loadState(from: statePath) } catch let err as ConfigError {
-                throw WorkbenchError("\(place): \(err.description)")
+                throw named(err.description)
             }
-            say("\(label): resumed from \(statePath) at step \(distiller.step)")
+            if progress {
+                progressLine("\(label.map { "\($0): " } ?? "")resumed from \(statePath) at step \(distiller.step)")
+            }
         }
         let first = distiller.step
         let seconds: Double
         do {
-            seconds = try Workbench.trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery,
-                                              progress: progress, killAfterStep: killAfterStep)
-        } catch let err as WorkbenchError { throw WorkbenchError("\(place): \(err.description)") }
+            seconds = try trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery,
+                                    progress: progress, killAfterStep: killAfterStep)
+        } catch let err as WorkbenchError { throw named(err.description) }
         let keep = saveEvery > 0 || first > 0
         if keep {
-            do { try distiller.saveState(to: statePath) } catch let err as ConfigError {
-                throw WorkbenchError("\(place): \(err.description)")
-            }
+            do { try distiller.saveState(to: statePath) } catch let err as ConfigError { throw named(err.description) }
         }
+        return Trained(keepState: keep, resumedFrom: first > 0 ? first : nil, seconds: seconds)
+    }
+
+    /// A trained stage's report entries: steps, tokens, speed, first and final loss and the loop's log.
+    static func trainingDiagnostics(_ distiller: Distiller, _ t: Trained) -> JSONValue {
         let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
-        return (keep, .object([
-            "steps": .int(c.steps), "resumed_from": first > 0 ? .int(first) : .null, "tokens": .int(c.steps * tokensPerStep),
-            "train_seconds": .double(seconds),
-            "tokens_per_second": .double(Double((c.steps - first) * tokensPerStep) / max(seconds, 1e-9)),
+        let first = t.resumedFrom ?? 0
+        return .object([
+            "steps": .int(c.steps), "resumed_from": t.resumedFrom.map { .int($0) } ?? .null,
+            "tokens": .int(c.steps * tokensPerStep),
+            "train_seconds": .double(t.seconds),
+            "tokens_per_second": .double(Double((c.steps - first) * tokensPerStep) / max(t.seconds, 1e-9)),
             "first_loss": distiller.log.first.map { .double($0.loss) } ?? .null,
             "final_loss": distiller.log.last.map { .double($0.loss) } ?? .null,
             "log": jsonValue(distiller.log),
-        ]))
+        ])
     }
 }
 
@@ -444,15 +512,15 @@ extension Workbench {
     static func checkExportOutputs(_ recipe: Recipe, inputs: [(role: String, path: String)]) throws {
         var seen: [String: Int] = [:]
         for (i, entry) in recipe.stages.enumerated() {
-            guard let x = entry.stage as? ExportStage else { continue }
-            let place = "\(recipe.path), stage \(i + 1) (export)"
-            let key = URL(fileURLWithPath: x.options.output).standardizedFileURL.path
-            if let j = seen[key] { throw WorkbenchError("\(place): 'output' \(x.options.output) is also stage \(j)'s output") }
+            guard case .write(let x) = entry.stage.work else { continue }
+            let place = "\(recipe.path), stage \(i + 1) (\(entry.name))"
+            let key = URL(fileURLWithPath: x.outputPath).standardizedFileURL.path
+            if let j = seen[key] { throw WorkbenchError("\(place): 'output' \(x.outputPath) is also stage \(j)'s output") }
             seen[key] = i + 1
             if inputs.contains(where: { URL(fileURLWithPath: $0.path).standardizedFileURL.path == key }) {
-                throw WorkbenchError("\(place): 'output' \(x.options.output) is one of the run's inputs or outputs")
+                throw WorkbenchError("\(place): 'output' \(x.outputPath) is one of the run's inputs or outputs")
             }
-            do { try Exporter.checkOutput(x.options.output, format: x.options.format, inputs: inputs, force: x.options.force) } catch let e as ExportError {
+            do { try x.checkOutput(inputs: inputs) } catch let e as ExportError {
                 throw WorkbenchError("\(place): \(e.description)")
             }
         }

@@ -2,6 +2,7 @@ import Checkpoint
 import Evaluation
 import Foundation
 import Model
+import Recipes
 import TensorCore
 import Training
 
@@ -85,42 +86,38 @@ extension Workbench {
         try requireTokens(train, from: o.trainText, needed: o.config.window + 1,
                           for: "one training window of \(o.config.window) + 1")
         let statePath = o.statePath ?? o.output + ".state.h5"
-        let distiller: Distiller
-        var stf: StraightThroughFactorizer? = nil
+        // The same stage `compress apply` runs for a recipe's distill stage, prepared and driven the same way.
+        let stage = DistillStage(config: o.config, text: o.trainText, saveEvery: o.saveEvery, logEvery: o.logEvery, stf: o.stf)
+        let prepared: TrainingRun
         do {
-            // A sparse student stays sparse: its sparse weights' gradients are masked.
-            var student = studentCkpt.model
-            if o.stf { (student, stf) = try StraightThroughFactorizer.prepare(student, lr: o.config.lr, weightDecay: o.config.weightDecay) }
-            distiller = try Distiller(teacher: teacherCkpt.model, student: student, config: o.config, trainTokens: train,
-                                      trainables: stf.map { [$0] } ?? [])
+            prepared = try stage.prepare(model: studentCkpt.model, teacher: teacherCkpt.model, trainTokens: train,
+                                         context: PassContext())
         } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
+        guard let distiller = prepared.distiller else { preconditionFailure("a distill stage always trains") }
 
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
         func ppl(_ model: DecoderModel, _ label: String, _ naming: String) throws -> Double {
             try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, protocol: scoring, maxTokens: o.evalTokens,
                            label: label, naming: naming, progress: o.progress)
         }
-
-        var resumedFrom: Int? = nil
-        if o.resume {
-            guard FileManager.default.fileExists(atPath: statePath) else {
-                throw WorkbenchError("\(statePath): no training state to resume from")
-            }
-            do { try distiller.loadState(from: statePath) } catch let e as ConfigError { throw WorkbenchError(e.description) }
-            resumedFrom = distiller.step
-            if o.progress { progressLine("resumed from \(statePath) at step \(distiller.step)") }
-        }
         // Before-training PPL of the student: measured on a fresh start (a resumed run has trained weights).
-        let before = evaluating && o.evalBefore && resumedFrom == nil
+        let fresh = !(o.resume && FileManager.default.fileExists(atPath: statePath))
+        if o.resume && !FileManager.default.fileExists(atPath: statePath) {
+            throw WorkbenchError("\(statePath): no training state to resume from")
+        }
+        let before = evaluating && o.evalBefore && fresh
             ? try ppl(studentCkpt.model, "student before", "student \(o.student) before training") : nil
 
         let c = o.config, tokensPerStep = c.batch * c.window * c.accumulation
-        let firstStep = distiller.step
-        let seconds = try trainLoop(distiller, saveEvery: o.saveEvery, statePath: statePath, logEvery: o.logEvery,
-                                    progress: o.progress, killAfterStep: o.killAfterStep)
+        let trainedRun = try Workbench.train(distiller, statePath: statePath, saveEvery: o.saveEvery, logEvery: o.logEvery,
+                                   resume: o.resume ? .required : .no, progress: o.progress, label: nil, place: nil,
+                                   killAfterStep: o.killAfterStep)
+        let resumedFrom = trainedRun.resumedFrom, seconds = trainedRun.seconds
+        let firstStep = resumedFrom ?? 0
 
         // STF: S = P_s(S̃) of the final latent, s nonzeros per column again.
-        let trained = try stf?.finalize(distiller.student) ?? distiller.student
+        let trained: DecoderModel
+        do { trained = try prepared.finish().model } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
         // Write the student with its lineage, then drop the state file (the run is complete).
         var history = studentCkpt.history
         history.append(.object([

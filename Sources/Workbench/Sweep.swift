@@ -309,7 +309,7 @@ extension Workbench {
             do { recipes[name] = try Recipe(json: j, path: recipePath, registry: .standard()) } catch let e as RecipeError {
                 throw WorkbenchError("sweep point \(name) (\(zip(axes, combo).map { "\($0.path)=\($1.text)" }.joined(separator: ", "))): \(e.description)")
             }
-            if let i = recipes[name]?.stages.firstIndex(where: { $0.stage is ExportStage }) {
+            if let i = recipes[name]?.stages.firstIndex(where: { $0.stage.work.writes }) {
                 throw WorkbenchError("\(o.recipe), stage \(i + 1) (export): export stages are not run in sweeps (every point would write the same output); export the point you choose with `compress export`")
             }
             texts[name] = j.text

@@ -7,6 +7,7 @@ import Quantization
 import Recipes
 import Safetensors
 import TensorCore
+import Workbench
 import XCTest
 @testable import Export
 

@@ -189,7 +189,7 @@ final class DSFormerTests: XCTestCase {
         refuses(LowRankPass.self, #"{"rank": 4, "parameter_ratio": 0.5}"#, "exactly one of 'rank'")
         refuses(LowRankPass.self, #"{"parameter_ratio": 1.5}"#, "'parameter_ratio'")
         refuses(LowRankPass.self, #"{}"#, "exactly one of 'rank'")
-        XCTAssertThrowsError(try StageRegistry.standard().make("dsformer", config: try Tiny.stage(#"{"parameter_ratio": 0.5, "ratio": 2}"#))) {
+        XCTAssertThrowsError(try StageRegistry.passes().make("dsformer", config: try Tiny.stage(#"{"parameter_ratio": 0.5, "ratio": 2}"#))) {
             XCTAssertTrue("\($0)".contains("unknown key 'ratio'"), "\($0)")
         }
 
@@ -209,7 +209,7 @@ final class DSFormerTests: XCTestCase {
         }
         // In a recipe the order is refused when the recipe is read.
         func decode(_ stages: String) throws -> Recipe {
-            try Recipe(json: try JSONValue.parse(#"{"format": 1, "stages": \#(stages)}"#), path: "r.json", registry: .standard())
+            try Recipe(json: try JSONValue.parse(#"{"format": 1, "stages": \#(stages)}"#), path: "r.json", registry: .passes())
         }
         for (stages, fragment) in [
             (#"[{"stage": "lowrank", "rank": 4}, {"stage": "dsformer", "rank": 8, "nonzeros": 2}]"#, "stage 2 (dsformer): cannot take factorized weights"),

@@ -192,7 +192,7 @@ final class FactorizedQuantizationTests: XCTestCase {
         }
 
         func decode(_ stages: String) throws -> Recipe {
-            try Recipe(json: try JSONValue.parse(#"{"format": 1, "calibration": {"samples": 2}, "stages": \#(stages)}"#), path: "r.json", registry: .standard())
+            try Recipe(json: try JSONValue.parse(#"{"format": 1, "calibration": {"samples": 2}, "stages": \#(stages)}"#), path: "r.json", registry: .passes())
         }
         let ds = #"{"stage": "dsformer", "targets": ["mlp"], "parameter_ratio": 0.5}"#
         let cq = #"{"stage": "cptquant", "allocation": "uniform", "estimator": "none", "method": "rtn", "bits_per_weight": 4.5, "widths": [4], "group_size": 32, "symmetric": true}"#
@@ -237,7 +237,7 @@ final class FactorizedQuantizationTests: XCTestCase {
             model = try model.replacing(.linear(id), with: .factorized(try FactorizedWeight(dense: d, sparse: SparseWeight(masking: sv, mask: mask))))
         }
         for (name, mlpBytes) in [("smollm2-dsformer-mlp-2x-cptquant.json", 2_119_860), ("smollm2-dsformer-mlp-2x-cptquant-s4.json", 1_251_300)] {
-            let recipe = try Recipe.read(RecipeTests.recipesDirectory.appendingPathComponent(name).path, registry: .standard())
+            let recipe = try Recipe.read(RecipeTests.recipesDirectory.appendingPathComponent(name).path, registry: .passes())
             XCTAssertEqual(recipe.stages.map(\.name), ["dsformer", "cptquant", "eval"])
             let pass = try XCTUnwrap(recipe.stages[1].stage as? CPTQuantPass)
             let (q, diag) = try pass.run(on: model, context: PassContext())

@@ -10,7 +10,7 @@ import XCTest
 /// target kind quantized while the others are dense, M against each targeted input size, 'exclude_layers').
 final class MaskLLMPassTests: XCTestCase {
     func pass(_ json: String) throws -> MaskLLMPass {
-        try StageRegistry.standard().make("maskllm", config: try Tiny.stage(json)) as! MaskLLMPass
+        try StageRegistry.passes().make("maskllm", config: try Tiny.stage(json)) as! MaskLLMPass
     }
 
     func assertRefused(_ json: String, _ model: DecoderModel, _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {

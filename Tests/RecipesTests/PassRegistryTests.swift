@@ -16,7 +16,7 @@ struct EchoPass: CompressionPass {
 
 final class PassRegistryTests: XCTestCase {
     func testRegistryRejectsDuplicatesAndUnknownNames() throws {
-        var r = PassRegistry()
+        var r = StageRegistry()
         try r.register(EchoPass.self)
         XCTAssertThrowsError(try r.register(EchoPass.self)) { XCTAssertTrue("\($0)".contains("registered twice"), "\($0)") }
         let stage = try StrictObject(try JSONValue.parse(#"{"level": 2}"#), at: "r.json, stage 1 (echo)")
@@ -28,7 +28,7 @@ final class PassRegistryTests: XCTestCase {
     }
 
     func testStageSettingsAreStrict() throws {
-        var r = PassRegistry()
+        var r = StageRegistry()
         try r.register(EchoPass.self)
         for (text, fragment) in [(#"{"level": 4}"#, "out of range 1...3"), (#"{"levle": 2}"#, "unknown key 'levle'")] {
             let stage = try StrictObject(try JSONValue.parse(text), at: "recipes/x.json, stage 3 (echo)")

@@ -3,6 +3,7 @@ import Model
 import Passes
 import Recipes
 import TensorCore
+import Workbench
 import XCTest
 
 final class RecipeTests: XCTestCase {

@@ -8,7 +8,7 @@ import XCTest
 
 final class SparsityPassTests: XCTestCase {
     func make(_ name: String, _ json: String) throws -> any CompressionPass {
-        try StageRegistry.standard().make(name, config: try Tiny.stage(json)) as! any CompressionPass
+        try StageRegistry.passes().make(name, config: try Tiny.stage(json)) as! any CompressionPass
     }
 
     /// Every pass and pattern: all 28 decoder linears become sparse with valid masks (exactly N of every M
@@ -92,7 +92,7 @@ final class SparsityPassTests: XCTestCase {
     /// the recipe, stage and key.
     func testBadInputNamesRecipeStageAndKey() throws {
         func decode(_ stages: String) throws -> Recipe {
-            try Recipe(json: try JSONValue.parse(#"{"format": 1, "calibration": {"samples": 2}, "stages": \#(stages)}"#), path: "recipes/bad.json", registry: .standard())
+            try Recipe(json: try JSONValue.parse(#"{"format": 1, "calibration": {"samples": 2}, "stages": \#(stages)}"#), path: "recipes/bad.json", registry: .passes())
         }
         let cases: [(String, String)] = [
             (#"[{"stage": "sparsegpt", "pattern": "4:2"}]"#, #"recipes/bad.json, stage 1 (sparsegpt): 'pattern': "4:2" is not a sparsity pattern"#),

@@ -122,7 +122,7 @@ final class VTransTests: XCTestCase {
     }
 
     func stage(_ json: String) throws -> VTransPass {
-        try StageRegistry.standard().make("vtrans", config: try Tiny.stage(json)) as! VTransPass
+        try StageRegistry.passes().make("vtrans", config: try Tiny.stage(json)) as! VTransPass
     }
 
     func testBadSettingsNameTheStageAndKey() throws {
