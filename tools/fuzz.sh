@@ -6,8 +6,8 @@
 # Builds the harness with the Swift toolchain's fuzzer and address sanitizers (release, into .build-fuzz), then runs
 # it for SECONDS (default 60) on one core, starting from the committed seeds (Fuzz/corpus/HARNESS) and the
 # repository's own fixtures of that format. The growing corpus stays in .build-fuzz/corpus/HARNESS (not
-# committed); a crash, leak, timeout (10 s per input) or out-of-memory (4 GiB) input is saved as
-# Fuzz/findings/HARNESS-* and the run exits non-zero. Replay one with the plain build: `.build/debug/fuzz-HARNESS FILE`.
+# committed); a crash, leak, timeout (25 s of wall time per input: the machine may be shared) or out-of-memory
+# (4 GiB) input is saved as Fuzz/findings/HARNESS-* and the run exits non-zero. Replay one with the plain build: `.build/debug/fuzz-HARNESS FILE`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 harness=${1:?usage: tools/fuzz.sh gguf|safetensors|checkpoint|tokenizer|recipe|state|all [SECONDS|smoke]}
@@ -40,13 +40,19 @@ seeds() {
 status=0
 mkdir -p .build-fuzz
 log=.build-fuzz/build-$harness.log
+binary=.build-fuzz/release/fuzz-$harness
+# FUZZ_SKIP_BUILD=1 reuses the harness already built (a run resumed while the working tree changes).
+if [ "${FUZZ_SKIP_BUILD:-}" = 1 ] && [ -x "$binary" ]; then
+    echo "tools/fuzz.sh: reusing $binary (built $(date -r "$binary" '+%F %T'))" > "$log.skip"
+    cat "$log.skip"
+else
 swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -enable-testing \
     --scratch-path .build-fuzz --product "fuzz-$harness" > "$log" 2>&1 || status=$?
 grep -v "Cannot export local symbol" "$log" | grep -E "error:|Compiling fuzz|complete" || true
-binary=.build-fuzz/release/fuzz-$harness
+fi
 [ "$status" -eq 0 ] && [ -x "$binary" ] || { echo "tools/fuzz.sh: the build of fuzz-$harness failed ($log)" >&2; exit 1; }
 mkdir -p Fuzz/findings
-options=(-timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=4096 -print_final_stats=1 -artifact_prefix="Fuzz/findings/$harness-")
+options=(-timeout=25 -rss_limit_mb=4096 -malloc_limit_mb=4096 -print_final_stats=1 -artifact_prefix="Fuzz/findings/$harness-")
 if [ "$seconds" = smoke ]; then
     corpus=$(mktemp -d)
     trap 'rm -rf "$corpus"' EXIT
