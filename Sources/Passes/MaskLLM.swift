@@ -41,6 +41,12 @@ public struct MaskLLMPass: TrainingPass {
 
     static let linearKinds = LinearKind.allCases.map(\.shortName)
 
+    /// The distillation settings this stage reads, as the `distill` stage names them but for the KD temperature
+    /// (`kd_temperature`); steps may be 0 (the prior's masks, untrained).
+    static let distillKeys = DistillKeys(
+        accepted: [.steps, .batch, .window, .accumulation, .seed, .minLRRatio, .warmup, .decay, .beta1, .beta2, .clip, .eps, .temperature],
+        renamed: [.temperature: "kd_temperature"], steps: 0...10_000_000)
+
     public var settings = MaskLLMSettings()
     public var distill = DistillConfig()
     public var targets = linearKinds
@@ -105,24 +111,18 @@ public struct MaskLLMPass: TrainingPass {
         }
         loss = try s.choice("loss", default: loss)
 
-        var c = DistillConfig()
-        c.steps = try s.int("steps", in: 0...10_000_000)
-        c.batch = try s.int("batch", default: c.batch, in: 1...4096)
-        c.window = try s.int("window", default: c.window, in: 2...8192)
-        c.accumulation = try s.int("accumulation", default: c.accumulation, in: 1...4096)
-        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
-        c.lr = settings.lr
-        c.minLRRatio = try s.double("min_lr_ratio", default: 0.1, in: 0...1)
-        c.warmup = try s.int("warmup", default: 0, in: 0...10_000_000)
-        c.decay = try s.choice("decay", default: c.decay)
-        c.beta1 = try s.double("beta1", default: c.beta1, in: 0...0.999999)
-        c.beta2 = try s.double("beta2", default: c.beta2, in: 0...0.999999)
-        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
-        c.eps = try s.double("eps", default: 1e-5, in: 1e-12...1)
-        c.temperature = try s.double("kd_temperature", default: 1, in: 1e-3...100)
+        // The loop's settings: the logits' learning rate, the reference's schedule and ε, the KD temperature
+        // under its own key ('temperature' is the Gumbel-softmax range), the loss weights from 'loss'.
+        var d = DistillConfig()
+        d.lr = settings.lr
+        d.minLRRatio = 0.1
+        d.warmup = 0
+        d.eps = 1e-5
+        d.temperature = 1
+        d.klWeight = loss == .kd ? 1 : 0
+        d.ceWeight = loss == .ce ? 1 : 0
+        let c = try DistillConfig(settings: s, defaults: d, keys: Self.distillKeys)
         if s.has("kd_temperature") && loss != .kd { throw RecipeError("\(s.location): 'kd_temperature': only with \"loss\": \"kd\"") }
-        c.klWeight = loss == .kd ? 1 : 0
-        c.ceWeight = loss == .ce ? 1 : 0
         distill = c
         settings.seed = c.seed
         settings.steps = max(c.steps, 1)

@@ -234,6 +234,12 @@ public struct VTransPass: RecipeStage {
     public static let accepts: Set<WeightKind> = [.dense]
     public enum Variant: String, CaseIterable, Codable, Sendable { case vtrans, fast, faster }
 
+    /// The distillation settings this stage reads (its 'kl_weight' is the VIB's); the warm-up defaults to a tenth
+    /// of the steps (at least 1).
+    static let distillKeys = DistillKeys(
+        accepted: [.steps, .batch, .window, .accumulation, .seed, .lr, .warmup, .minLRRatio, .clip, .temperature],
+        warmupDefault: { max(1, $0 / 10) })
+
     public var variant = Variant.vtrans
     /// Exactly one target: a parameter count, or a fraction of the input model's.
     public var params: Int?
@@ -271,17 +277,12 @@ public struct VTransPass: RecipeStage {
                 throw RecipeError("\(s.location): 'axes': expected a non-empty list without repeats")
             }
         }
-        var c = DistillConfig()
-        c.steps = try s.int("steps", in: 1...10_000_000)
-        c.batch = try s.int("batch", default: 4, in: 1...4096)
-        c.window = try s.int("window", default: 256, in: 2...8192)
-        c.accumulation = try s.int("accumulation", default: 1, in: 1...4096)
-        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
-        c.lr = try s.double("lr", default: 1e-4, in: 1e-12...1)
-        c.warmup = try s.int("warmup", default: max(1, c.steps / 10), in: 0...10_000_000)
-        c.minLRRatio = try s.double("min_lr_ratio", default: c.minLRRatio, in: 0...1)
-        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
-        c.temperature = try s.double("temperature", default: c.temperature, in: 1e-3...100)
+        var d = DistillConfig()
+        d.batch = 4
+        d.window = 256
+        d.accumulation = 1
+        d.lr = 1e-4
+        let c = try DistillConfig(settings: s, defaults: d, keys: Self.distillKeys)
         distill = c
         vib.seed = c.seed
         vib.maskLR = try s.double("mask_lr", default: vib.maskLR, in: 1e-9...10)
