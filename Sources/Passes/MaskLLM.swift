@@ -39,8 +39,6 @@ public struct MaskLLMPass: TrainingPass {
     public enum Prior: String, CaseIterable, Sendable { case magnitude, wanda, sparsegpt, none }
     public enum Loss: String, CaseIterable, Sendable { case kd, ce }
 
-    static let linearKinds = LinearKind.allCases.map(\.shortName)
-
     /// The distillation settings this stage reads, as the `distill` stage names them but for the KD temperature
     /// (`kd_temperature`); steps may be 0 (the prior's masks, untrained).
     static let distillKeys = DistillKeys(
@@ -49,7 +47,7 @@ public struct MaskLLMPass: TrainingPass {
 
     public var settings = MaskLLMSettings()
     public var distill = DistillConfig()
-    public var targets = linearKinds
+    public var targets = LinearKind.allCases
     public var excludeLayers: [Int] = []
     public var prior = Prior.sparsegpt
     public var loss = Loss.kd
@@ -70,16 +68,7 @@ public struct MaskLLMPass: TrainingPass {
             throw RecipeError("\(s.location): 'pattern': M = \(m) is above \(NMCandidates.maxM) (MaskLLM learns C(M, N) logits per group of M)")
         }
         settings.n = n; settings.m = m
-        if let t = try s.array("targets") {
-            targets = try t.map { v in
-                guard let k = v.stringValue, Self.linearKinds.contains(k) else {
-                    throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder linear weight (choose from \(Self.linearKinds.joined(separator: ", ")))")
-                }
-                return k
-            }
-            guard !targets.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
-            guard Set(targets).count == targets.count else { throw RecipeError("\(s.location): 'targets' lists a weight twice") }
-        }
+        targets = try s.linearKinds()
         if let e = try s.array("exclude_layers") {
             excludeLayers = try e.map { v in
                 guard let l = v.intValue, l >= 0 else { throw RecipeError("\(s.location): 'exclude_layers': \(v.text) is not a layer index (an integer ≥ 0)") }
@@ -138,7 +127,7 @@ public struct MaskLLMPass: TrainingPass {
         if let bad = excludeLayers.first(where: { $0 >= L }) { throw RecipeError("'exclude_layers': layer \(bad) outside 0..<\(L)") }
         var out: [(LinearID, Tensor)] = []
         for l in 0..<L where !excludeLayers.contains(l) {
-            for k in targets.compactMap(LinearKind.init(shortName:)) {
+            for k in targets {
                 let id = LinearID(layer: l, kind: k)
                 guard let w = model.linear(id) else { continue }
                 guard case .dense(let t) = w else {
@@ -173,7 +162,7 @@ public struct MaskLLMPass: TrainingPass {
             // The one-shot passes prune every layer (they have no 'exclude_layers'); only the masks of this
             // stage's targets are read.
             let json: JSONValue = .object([
-                "pattern": .string("\(settings.n):\(settings.m)"), "targets": .array(self.targets.map { .string($0) }),
+                "pattern": .string("\(settings.n):\(settings.m)"), "targets": .array(self.targets.map { .string($0.shortName) }),
             ])
             let cfg = try StrictObject(json, at: "\(location) prior (\(prior.rawValue))")
             guard let pass = try registry.make(prior.rawValue, config: cfg) as? any CompressionPass else {
