@@ -121,7 +121,8 @@ extension DecoderModel {
     public func pruningWidth(_ sel: WidthSelection, postNormInputs: [[Double]]? = nil) throws -> DecoderModel {
         let c = config, C = c.hiddenSize, L = layers.count
         guard sel.heads.count == L, sel.neurons.count == L else {
-            throw ConfigError("width selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
+            throw ConfigError(
+                "width selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
         }
         if let p = postNormInputs, p.count != 2 * L || p.contains(where: { $0.count != C }) {
             throw ConfigError("post-norm input statistics must list \(C) channels for each of \(2 * L) sublayers")
@@ -135,14 +136,18 @@ extension DecoderModel {
         try checkIndices(sel.channels, below: C, "hidden channels")
         let H2 = sel.heads[0].count, F2 = sel.neurons[0].count
         for (l, b) in c.blocks.enumerated() {
-            guard b.attention && b.mlp else { throw ConfigError("layer \(l) lacks a sublayer; width pruning needs full layers") }
+            guard b.attention && b.mlp else {
+                throw ConfigError("layer \(l) lacks a sublayer; width pruning needs full layers")
+            }
             let H = b.numAttentionHeads, G = b.numKeyValueHeads
             guard sel.heads[l].count == H2, sel.neurons[l].count == F2 else {
                 throw ConfigError("layer \(l): every layer must keep \(H2) heads and \(F2) neurons")
             }
             try checkIndices(sel.neurons[l], below: b.intermediateSize, "layer \(l) neurons")
             guard H2 > 0 else { throw ConfigError("layer \(l) heads: nothing kept") }
-            guard H2 % G == 0 else { throw ConfigError("layer \(l): \(H2) heads kept is not a multiple of \(G) KV groups") }
+            guard H2 % G == 0 else {
+                throw ConfigError("layer \(l): \(H2) heads kept is not a multiple of \(G) KV groups")
+            }
             let perGroup = H2 / G, groupSize = H / G
             for (j, h) in sel.heads[l].enumerated() {
                 guard (0..<H).contains(h), h / groupSize == j / perGroup else {
@@ -152,10 +157,11 @@ extension DecoderModel {
         }
 
         guard weightKinds == [.dense] else {
-            throw ConfigError("width pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
+            let kinds = weightKinds.sorted().map(\.rawValue).joined(separator: ", ")
+            throw ConfigError("width pruning needs dense weights; this model holds \(kinds)")
         }
-        return try pruningUnits(UnitSelection(channels: sel.channels, layers: Array(0..<L), heads: sel.heads, neurons: sel.neurons),
-                                postNormInputs: postNormInputs)
+        let units = UnitSelection(channels: sel.channels, layers: Array(0..<L), heads: sel.heads, neurons: sel.neurons)
+        return try pruningUnits(units, postNormInputs: postNormInputs)
     }
 
     /// The model without the given sublayers (s = 2·layer for attention, 2·layer + 1 for the MLP). A removed
@@ -217,8 +223,12 @@ extension DecoderModel {
         }
         let channels = Set(sel.channels), layers = Set(sel.layers)
         z.channels = t(c.hiddenSize, gates?.channels) { channels.contains($0) }
-        z.heads = c.blocks.indices.map { l in t(c.blocks[l].numAttentionHeads, gates?.heads[l]) { layers.contains(l) && sel.heads[l].contains($0) } }
-        z.neurons = c.blocks.indices.map { l in t(c.blocks[l].intermediateSize, gates?.neurons[l]) { layers.contains(l) && sel.neurons[l].contains($0) } }
+        z.heads = c.blocks.indices.map { l in
+            t(c.blocks[l].numAttentionHeads, gates?.heads[l]) { layers.contains(l) && sel.heads[l].contains($0) }
+        }
+        z.neurons = c.blocks.indices.map { l in
+            t(c.blocks[l].intermediateSize, gates?.neurons[l]) { layers.contains(l) && sel.neurons[l].contains($0) }
+        }
         z.sublayers = t(2 * c.blocks.count, gates?.sublayers) { layers.contains($0 / 2) }
         return z
     }
@@ -227,7 +237,8 @@ extension DecoderModel {
     public func prunedConfig(_ sel: UnitSelection) throws -> ModelConfig {
         let c = config, L = c.blocks.count
         guard sel.heads.count == L, sel.neurons.count == L else {
-            throw ConfigError("unit selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
+            throw ConfigError(
+                "unit selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
         }
         func check(_ idx: [Int], below n: Int, _ what: String) throws {
             guard zip(idx, idx.dropFirst()).allSatisfy({ $0 < $1 }), idx.allSatisfy({ (0..<n).contains($0) }) else {
@@ -240,24 +251,38 @@ extension DecoderModel {
         var nc = c
         nc.blocks = try sel.layers.map { l in
             let b = c.blocks[l], H = b.numAttentionHeads, G = b.numKeyValueHeads
-            guard b.attention && b.mlp else { throw ConfigError("layer \(l) lacks a sublayer; unit pruning needs full layers") }
+            guard b.attention && b.mlp else {
+                throw ConfigError("layer \(l) lacks a sublayer; unit pruning needs full layers")
+            }
             try check(sel.heads[l], below: H, "layer \(l) heads")
             try check(sel.neurons[l], below: b.intermediateSize, "layer \(l) neurons")
             let k = sel.heads[l].count
-            guard k % G == 0 else { throw ConfigError("layer \(l): \(k) query heads kept is not a multiple of its \(G) KV groups (grouped-query attention)") }
+            guard k % G == 0 else {
+                throw ConfigError(
+                    "layer \(l): \(k) query heads kept is not a multiple of its \(G) KV groups (grouped-query attention)")
+            }
             let per = H / G
             for g in 0..<G where sel.heads[l].filter({ $0 / per == g }).count != k / G {
-                throw ConfigError("layer \(l): KV group \(g) keeps \(sel.heads[l].filter { $0 / per == g }.count) query heads, the others \(k / G) (grouped-query attention needs the same number in every group)")
+                let n = sel.heads[l].filter { $0 / per == g }.count
+                throw ConfigError("layer \(l): KV group \(g) keeps \(n) query heads, the others \(k / G)"
+                                  + " (grouped-query attention needs the same number in every group)")
             }
-            guard k > 0 || !sel.neurons[l].isEmpty else { throw ConfigError("layer \(l) keeps neither heads nor neurons; drop the layer instead") }
+            guard k > 0 || !sel.neurons[l].isEmpty else {
+                throw ConfigError("layer \(l) keeps neither heads nor neurons; drop the layer instead")
+            }
             // A sublayer whose output projection has a bias adds it even with every unit gated off, so removing the
             // sublayer would change the output.
-            if k == 0, c.biases.contains(.o) { throw ConfigError("layer \(l): every head removed, but o_proj has a bias that the attention still adds (\(c.family))") }
+            if k == 0, c.biases.contains(.o) {
+                throw ConfigError(
+                    "layer \(l): every head removed, but o_proj has a bias that the attention still adds (\(c.family))")
+            }
             if sel.neurons[l].isEmpty, c.biases.contains(.down) {
-                throw ConfigError("layer \(l): every neuron removed, but down_proj has a bias that the MLP still adds (\(c.family))")
+                throw ConfigError(
+                    "layer \(l): every neuron removed, but down_proj has a bias that the MLP still adds (\(c.family))")
             }
             return BlockConfig(attention: k > 0, numAttentionHeads: k > 0 ? k : H, numKeyValueHeads: G,
-                               mlp: !sel.neurons[l].isEmpty, intermediateSize: sel.neurons[l].isEmpty ? b.intermediateSize : sel.neurons[l].count,
+                               mlp: !sel.neurons[l].isEmpty,
+                               intermediateSize: sel.neurons[l].isEmpty ? b.intermediateSize : sel.neurons[l].count,
                                layerType: b.layerType)
         }
         guard !nc.blocks.isEmpty else { throw ConfigError("no layer kept") }
@@ -288,23 +313,27 @@ extension DecoderModel {
     /// gates: `PostNormInputs`) multiplies each post-norm's (w + o) by ρ instead of sqrt(C/C') (`ChannelRemoval`),
     /// and then the result equals that gated, zeroed model with each post-norm's (w + o) multiplied by ρ/sqrt(C/C').
     /// Dense weights only; kept channel gates must be non-zero.
-    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil, postNormInputs: [[Double]]? = nil) throws -> DecoderModel {
+    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil,
+                             postNormInputs: [[Double]]? = nil) throws -> DecoderModel {
         let nc = try prunedConfig(sel)
         if let p = postNormInputs, p.count != 2 * layers.count {
             throw ConfigError("post-norm input statistics list \(p.count) sublayers for \(2 * layers.count)")
         }
         guard weightKinds == [.dense] else {
-            throw ConfigError("unit pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
+            let kinds = weightKinds.sorted().map(\.rawValue).joined(separator: ", ")
+            throw ConfigError("unit pruning needs dense weights; this model holds \(kinds)")
         }
         if let g = gates { try g.validate(config) }
         let c = config, D = c.headDim
         let r = ChannelRemoval(from: c, to: nc)
         let zc: [Float] = sel.channels.map { gates?.channels?[$0] ?? 1 }
         if c.tieWordEmbeddings, let bad = zc.firstIndex(of: 0) {
-            throw ConfigError("hidden channel \(sel.channels[bad]) is kept with a gate of 0 (a tied LM head cannot fold it)")
+            throw ConfigError(
+                "hidden channel \(sel.channels[bad]) is kept with a gate of 0 (a tied LM head cannot fold it)")
         }
         /// rows × columns gather from a (R, K) matrix with row and column scales.
-        func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?, rowScale: [Float]? = nil, colScale: [Float]? = nil, times f: Float = 1) -> Tensor {
+        func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?, rowScale: [Float]? = nil, colScale: [Float]? = nil,
+                    times f: Float = 1) -> Tensor {
             let t = w.denseView!
             let K = t.shape[1]
             let r = rows ?? Array(0..<t.shape[0]), k = cols ?? Array(0..<K)
@@ -317,16 +346,21 @@ extension DecoderModel {
         }
         func vec(_ t: Tensor, _ idx: [Int]?, scale: [Float]? = nil, times f: Float = 1) -> ModelWeight {
             let i = idx ?? Array(0..<t.count)
-            return .vector(Tensor(shape: [i.count], values: i.enumerated().map { j, src in t[src] * (scale?[j] ?? 1) * f }))
+            return .vector(Tensor(shape: [i.count], values: i.enumerated().map { j, src in
+                t[src] * (scale?[j] ?? 1) * f
+            }))
         }
         var w: [WeightID: ModelWeight] = [
-            .embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc, times: r.embeddingFactor)),
-            .finalNorm: .vector(r.finalNorm(self.norm, channels: sel.channels, tied: c.tieWordEmbeddings, dividedBy: zc)),
+            .embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc,
+                                        times: r.embeddingFactor)),
+            .finalNorm: .vector(r.finalNorm(self.norm, channels: sel.channels, tied: c.tieWordEmbeddings,
+                                            dividedBy: zc)),
         ]
         if let h = untiedLMHead { w[.lmHead] = .dense(gather(h, rows: nil, cols: sel.channels)) }
         for (i, l) in sel.layers.enumerated() {
             let a = layers[l].attention!, m = layers[l].mlp!
-            func put(_ k: LinearKind, _ t: Tensor, bias: Tensor?, rows: [Int]?, biasScale: [Float]? = nil, biasTimes: Float = 1) {
+            func put(_ k: LinearKind, _ t: Tensor, bias: Tensor?, rows: [Int]?, biasScale: [Float]? = nil,
+                     biasTimes: Float = 1) {
                 let id = LinearID(layer: i, kind: k)
                 w[.linear(id)] = .dense(t)
                 if let bias { w[.bias(id)] = vec(bias, rows, scale: biasScale, times: biasTimes) }
@@ -339,15 +373,20 @@ extension DecoderModel {
                 // Without a post-norm the output gates fold into o's rows; with one, into the post-norm.
                 let oScale: [Float]? = a.postNorm == nil ? outScale : nil
                 w[.norm(layer: i, .attentionIn)] = .vector(r.norm(a.norm, channels: sel.channels))
-                put(.q, gather(a.q, rows: rows, cols: sel.channels, times: r.qkFactor), bias: a.biases[.q], rows: rows, biasTimes: r.qkFactor)
-                put(.k, gather(a.k, rows: nil, cols: sel.channels, times: r.qkFactor), bias: a.biases[.k], rows: nil, biasTimes: r.qkFactor)
+                put(.q, gather(a.q, rows: rows, cols: sel.channels, times: r.qkFactor), bias: a.biases[.q], rows: rows,
+                    biasTimes: r.qkFactor)
+                put(.k, gather(a.k, rows: nil, cols: sel.channels, times: r.qkFactor), bias: a.biases[.k], rows: nil,
+                    biasTimes: r.qkFactor)
                 put(.v, gather(a.v, rows: nil, cols: sel.channels), bias: a.biases[.v], rows: nil)
-                put(.o, gather(a.o, rows: sel.channels, cols: rows, rowScale: oScale, colScale: headScale), bias: a.biases[.o],
-                    rows: sel.channels, biasScale: oScale)
-                if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: i, .q)] = .vector(qn.copy()); w[.norm(layer: i, .k)] = .vector(kn.copy()) }
+                put(.o, gather(a.o, rows: sel.channels, cols: rows, rowScale: oScale, colScale: headScale),
+                    bias: a.biases[.o], rows: sel.channels, biasScale: oScale)
+                if let qn = a.qNorm, let kn = a.kNorm {
+                    w[.norm(layer: i, .q)] = .vector(qn.copy()); w[.norm(layer: i, .k)] = .vector(kn.copy())
+                }
                 if let pn = a.postNorm {
                     let f = r.postNormFactor(energy: postNormInputs?[2 * l], kept: sel.channels) / r.normFactor
-                    w[.norm(layer: i, .attentionOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale.map { $0 * f }))
+                    w[.norm(layer: i, .attentionOut)] = .vector(r.norm(pn, channels: sel.channels,
+                                                                       times: outScale.map { $0 * f }))
                 }
             }
             if !sel.neurons[l].isEmpty {
@@ -356,13 +395,17 @@ extension DecoderModel {
                 let outScale = zc.map { $0 * gMLP }
                 let downScale: [Float]? = m.postNorm == nil ? outScale : nil
                 w[.norm(layer: i, .mlpIn)] = .vector(r.norm(m.norm, channels: sel.channels))
-                put(.gate, gather(m.gate, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.gate], rows: sel.neurons[l])
-                put(.up, gather(m.up, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.up], rows: sel.neurons[l])
-                put(.down, gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: downScale, colScale: neuronScale),
+                put(.gate, gather(m.gate, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.gate],
+                    rows: sel.neurons[l])
+                put(.up, gather(m.up, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.up],
+                    rows: sel.neurons[l])
+                put(.down, gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: downScale,
+                                  colScale: neuronScale),
                     bias: m.biases[.down], rows: sel.channels, biasScale: downScale)
                 if let pn = m.postNorm {
                     let f = r.postNormFactor(energy: postNormInputs?[2 * l + 1], kept: sel.channels) / r.normFactor
-                    w[.norm(layer: i, .mlpOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale.map { $0 * f }))
+                    w[.norm(layer: i, .mlpOut)] = .vector(r.norm(pn, channels: sel.channels,
+                                                                 times: outScale.map { $0 * f }))
                 }
             }
         }

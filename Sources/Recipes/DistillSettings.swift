@@ -67,8 +67,10 @@ extension DistillConfig {
         try real(.ceWeight, \.ceWeight, 0...1e6)
         if let k = keys.key(.intermediate), let pairs = try s.array(k) {
             intermediate = try pairs.enumerated().map { i, p in
-                guard let a = p.arrayValue, a.count == 2, let st = a[0].intValue, let te = a[1].intValue, st >= 0, te >= 0 else {
-                    throw RecipeError("\(s.location): '\(k)'[\(i)]: expected [student layer, teacher layer], found \(p.text)")
+                guard let a = p.arrayValue, a.count == 2, let st = a[0].intValue, let te = a[1].intValue,
+                      st >= 0, te >= 0 else {
+                    throw RecipeError(
+                        "\(s.location): '\(k)'[\(i)]: expected [student layer, teacher layer], found \(p.text)")
                 }
                 return LayerPair(student: st, teacher: te)
             }

@@ -7,8 +7,8 @@ extension StrictObject {
     /// repeated name is refused unless `repeats` (then kept as given). `hint` ends the unknown-name error (e.g. which
     /// keys the embedding and the LM head have). Errors name the location and the key: a name that is not a decoder
     /// projection (listing those that are), an empty list, a repeat.
-    public func linearKinds(_ key: String = "targets", default d: [LinearKind] = LinearKind.allCases, groups: Bool = false,
-                            repeats: Bool = false, hint: String? = nil) throws -> [LinearKind] {
+    public func linearKinds(_ key: String = "targets", default d: [LinearKind] = LinearKind.allCases,
+                            groups: Bool = false, repeats: Bool = false, hint: String? = nil) throws -> [LinearKind] {
         guard let list = try array(key) else { return d }
         let known = LinearKind.allCases.map(\.shortName).joined(separator: ", ")
         var kinds: [LinearKind] = []
@@ -20,14 +20,16 @@ extension StrictObject {
             case "mlp" where groups: named = [.gate, .up, .down]
             case let n? where LinearKind(shortName: n) != nil: named = [LinearKind(shortName: n)!]
             default:
-                throw fail(key, "\(v.text) is not a decoder linear weight (choose from \(known)"
-                           + (groups ? ", or the groups attention, mlp, all" : "") + (hint.map { "; \($0)" } ?? "") + ")")
+                let more = (groups ? ", or the groups attention, mlp, all" : "") + (hint.map { "; \($0)" } ?? "")
+                throw fail(key, "\(v.text) is not a decoder linear weight (choose from \(known)\(more))")
             }
             kinds += groups ? named.filter { !kinds.contains($0) } : named
         }
         guard !kinds.isEmpty else { throw RecipeError("\(location): '\(key)' is empty") }
         if groups { return kinds.sorted() }
-        guard repeats || Set(kinds).count == kinds.count else { throw RecipeError("\(location): '\(key)' lists a projection twice") }
+        guard repeats || Set(kinds).count == kinds.count else {
+            throw RecipeError("\(location): '\(key)' lists a projection twice")
+        }
         return kinds
     }
 }

@@ -113,11 +113,12 @@ public struct DistillConfig: Codable, Equatable, Sendable {
         RealLimit(setting: .minLRRatio, name: "min-lr ratio", value: \.minLRRatio, range: 0...1, text: "[0, 1]"),
         RealLimit(setting: .weightDecay, name: "weight decay", value: \.weightDecay, range: 0...1, text: "[0, 1]"),
         RealLimit(setting: .clip, name: "clip", value: \.clip, range: 0...1e6, text: "[0, 1e6] (0 = off)"),
-        RealLimit(setting: .temperature, name: "temperature", value: \.temperature, range: 1e-3...1e3, text: "[0.001, 1000]"),
+        RealLimit(setting: .temperature, name: "temperature", value: \.temperature, range: 1e-3...1e3,
+                  text: "[0.001, 1000]"),
         RealLimit(setting: .klWeight, name: "kl weight", value: \.klWeight, range: 0...1e6, text: "[0, 1e6]"),
         RealLimit(setting: .ceWeight, name: "ce weight", value: \.ceWeight, range: 0...1e6, text: "[0, 1e6]"),
-        RealLimit(setting: .intermediateWeight, name: "intermediate weight", value: \.intermediateWeight, range: 0...1e6,
-                  text: "[0, 1e6]"),
+        RealLimit(setting: .intermediateWeight, name: "intermediate weight", value: \.intermediateWeight,
+                  range: 0...1e6, text: "[0, 1e6]"),
     ]
 
     /// Checks ranges (`integerLimits`, `realLimits`, then lr, the betas, eps and the groups); errors name the setting.
@@ -125,7 +126,8 @@ public struct DistillConfig: Codable, Equatable, Sendable {
         func need(_ ok: Bool, _ message: String) throws { if !ok { throw ConfigError(message) } }
         // Every setting finite and in a range that keeps sizes, products and the arithmetic of a step in range.
         for l in Self.integerLimits where !l.range.contains(self[keyPath: l.value]) {
-            throw ConfigError("\(l.setting.rawValue) must lie in \(l.range.lowerBound)...\(l.range.upperBound), got \(self[keyPath: l.value])")
+            let (name, r) = (l.setting.rawValue, l.range)
+            throw ConfigError("\(name) must lie in \(r.lowerBound)...\(r.upperBound), got \(self[keyPath: l.value])")
         }
         try need(batch * window <= Self.maxTokensPerMicroBatch,
                  "batch × window = \(batch * window) tokens per micro-batch, more than \(Self.maxTokensPerMicroBatch) (activations and logits of every token are held in memory; use --accumulation instead)")
