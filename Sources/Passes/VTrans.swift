@@ -13,7 +13,8 @@
 // Variants: `vtrans` trains weights and masks; `fast` does the same on a prefix of `data_fraction` (3 %) of the
 // training tokens; `faster` trains the masks only (weights frozen).
 // After training the masked units are removed physically and the kept μ folded into the weights
-// (`DecoderModel.pruningUnits`, Model/Pruning.swift): a heterogeneous model (per-layer heads and MLP widths, layers dropped).
+// (`DecoderModel.pruningUnits`, Model/Pruning.swift, which Minitron's width pruning uses too): a heterogeneous model
+// (per-layer heads and MLP widths, layers dropped).
 //
 // Deviations from the paper:
 // - Heads: masks are per query head; grouped-query attention is kept valid by keeping, in each layer, the
