@@ -23,24 +23,8 @@ import TensorCore
 /// The decoder projections a factorization pass replaces (recipe key `targets`: an array of short names
 /// "q_proj" … "down_proj", or the groups "attention", "mlp", "all"; default all seven).
 public enum FactorizationTargets {
-    public static func parse(_ s: StrictObject) throws -> [LinearKind] {
-        guard let list = try s.array("targets") else { return LinearKind.allCases }
-        var kinds: [LinearKind] = []
-        for v in list {
-            let names: [LinearKind]
-            switch v.stringValue {
-            case "all": names = LinearKind.allCases
-            case "mlp": names = [.gate, .up, .down]
-            case "attention": names = [.q, .k, .v, .o]
-            case let n? where LinearKind(shortName: n) != nil: names = [LinearKind(shortName: n)!]
-            default:
-                throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder projection (choose from \(LinearKind.allCases.map(\.shortName).joined(separator: ", ")), or the groups attention, mlp, all)")
-            }
-            for k in names where !kinds.contains(k) { kinds.append(k) }
-        }
-        guard !kinds.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
-        return kinds.sorted()
-    }
+    /// The targets of `s` (`StrictObject.linearKinds` with the groups), in canonical order.
+    public static func parse(_ s: StrictObject) throws -> [LinearKind] { try s.linearKinds(groups: true) }
 
     /// The model's target weights in canonical order; every one must be dense (a sparse, quantized or already
     /// factorized weight is refused, naming it).

@@ -39,11 +39,15 @@ public struct MaskLLMPass: TrainingPass {
     public enum Prior: String, CaseIterable, Sendable { case magnitude, wanda, sparsegpt, none }
     public enum Loss: String, CaseIterable, Sendable { case kd, ce }
 
-    static let linearKinds = LinearKind.allCases.map(\.shortName)
+    /// The distillation settings this stage reads, as the `distill` stage names them but for the KD temperature
+    /// (`kd_temperature`); steps may be 0 (the prior's masks, untrained).
+    static let distillKeys = DistillKeys(
+        accepted: [.steps, .batch, .window, .accumulation, .seed, .minLRRatio, .warmup, .decay, .beta1, .beta2, .clip, .eps, .temperature],
+        renamed: [.temperature: "kd_temperature"], steps: 0...10_000_000)
 
     public var settings = MaskLLMSettings()
     public var distill = DistillConfig()
-    public var targets = linearKinds
+    public var targets = LinearKind.allCases
     public var excludeLayers: [Int] = []
     public var prior = Prior.sparsegpt
     public var loss = Loss.kd
@@ -64,16 +68,7 @@ public struct MaskLLMPass: TrainingPass {
             throw RecipeError("\(s.location): 'pattern': M = \(m) is above \(NMCandidates.maxM) (MaskLLM learns C(M, N) logits per group of M)")
         }
         settings.n = n; settings.m = m
-        if let t = try s.array("targets") {
-            targets = try t.map { v in
-                guard let k = v.stringValue, Self.linearKinds.contains(k) else {
-                    throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder linear weight (choose from \(Self.linearKinds.joined(separator: ", ")))")
-                }
-                return k
-            }
-            guard !targets.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
-            guard Set(targets).count == targets.count else { throw RecipeError("\(s.location): 'targets' lists a weight twice") }
-        }
+        targets = try s.linearKinds()
         if let e = try s.array("exclude_layers") {
             excludeLayers = try e.map { v in
                 guard let l = v.intValue, l >= 0 else { throw RecipeError("\(s.location): 'exclude_layers': \(v.text) is not a layer index (an integer ≥ 0)") }
@@ -105,24 +100,18 @@ public struct MaskLLMPass: TrainingPass {
         }
         loss = try s.choice("loss", default: loss)
 
-        var c = DistillConfig()
-        c.steps = try s.int("steps", in: 0...10_000_000)
-        c.batch = try s.int("batch", default: c.batch, in: 1...4096)
-        c.window = try s.int("window", default: c.window, in: 2...8192)
-        c.accumulation = try s.int("accumulation", default: c.accumulation, in: 1...4096)
-        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
-        c.lr = settings.lr
-        c.minLRRatio = try s.double("min_lr_ratio", default: 0.1, in: 0...1)
-        c.warmup = try s.int("warmup", default: 0, in: 0...10_000_000)
-        c.decay = try s.choice("decay", default: c.decay)
-        c.beta1 = try s.double("beta1", default: c.beta1, in: 0...0.999999)
-        c.beta2 = try s.double("beta2", default: c.beta2, in: 0...0.999999)
-        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
-        c.eps = try s.double("eps", default: 1e-5, in: 1e-12...1)
-        c.temperature = try s.double("kd_temperature", default: 1, in: 1e-3...100)
+        // The loop's settings: the logits' learning rate, the reference's schedule and ε, the KD temperature
+        // under its own key ('temperature' is the Gumbel-softmax range), the loss weights from 'loss'.
+        var d = DistillConfig()
+        d.lr = settings.lr
+        d.minLRRatio = 0.1
+        d.warmup = 0
+        d.eps = 1e-5
+        d.temperature = 1
+        d.klWeight = loss == .kd ? 1 : 0
+        d.ceWeight = loss == .ce ? 1 : 0
+        let c = try DistillConfig(settings: s, defaults: d, keys: Self.distillKeys)
         if s.has("kd_temperature") && loss != .kd { throw RecipeError("\(s.location): 'kd_temperature': only with \"loss\": \"kd\"") }
-        c.klWeight = loss == .kd ? 1 : 0
-        c.ceWeight = loss == .ce ? 1 : 0
         distill = c
         settings.seed = c.seed
         settings.steps = max(c.steps, 1)
@@ -138,7 +127,7 @@ public struct MaskLLMPass: TrainingPass {
         if let bad = excludeLayers.first(where: { $0 >= L }) { throw RecipeError("'exclude_layers': layer \(bad) outside 0..<\(L)") }
         var out: [(LinearID, Tensor)] = []
         for l in 0..<L where !excludeLayers.contains(l) {
-            for k in targets.compactMap(LinearKind.init(shortName:)) {
+            for k in targets {
                 let id = LinearID(layer: l, kind: k)
                 guard let w = model.linear(id) else { continue }
                 guard case .dense(let t) = w else {
@@ -173,7 +162,7 @@ public struct MaskLLMPass: TrainingPass {
             // The one-shot passes prune every layer (they have no 'exclude_layers'); only the masks of this
             // stage's targets are read.
             let json: JSONValue = .object([
-                "pattern": .string("\(settings.n):\(settings.m)"), "targets": .array(self.targets.map { .string($0) }),
+                "pattern": .string("\(settings.n):\(settings.m)"), "targets": .array(self.targets.map { .string($0.shortName) }),
             ])
             let cfg = try StrictObject(json, at: "\(location) prior (\(prior.rawValue))")
             guard let pass = try registry.make(prior.rawValue, config: cfg) as? any CompressionPass else {

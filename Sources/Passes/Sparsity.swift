@@ -62,17 +62,7 @@ public struct SparsityTarget: Equatable, Sendable {
             guard p > 0 && p < 1 else { throw RecipeError("\(s.location): 'sparsity': \(p) must lie strictly between 0 and 1") }
             sparsity = p
         }
-        targets = LinearKind.allCases
-        if let t = try s.array("targets") {
-            targets = try t.map { v in
-                guard let name = v.stringValue, let k = LinearKind(shortName: name) else {
-                    throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder linear weight (choose from \(LinearKind.allCases.map(\.shortName).joined(separator: ", ")))")
-                }
-                return k
-            }
-            guard !targets.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
-            guard Set(targets).count == targets.count else { throw RecipeError("\(s.location): 'targets' lists a projection twice") }
-        }
+        targets = try s.linearKinds()
     }
 
     /// The targeted linears of `model`, checked before any work: dense, and with an input size that is a

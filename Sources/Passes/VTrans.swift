@@ -13,7 +13,8 @@
 // Variants: `vtrans` trains weights and masks; `fast` does the same on a prefix of `data_fraction` (3 %) of the
 // training tokens; `faster` trains the masks only (weights frozen).
 // After training the masked units are removed physically and the kept μ folded into the weights
-// (`DecoderModel.pruningUnits`): a heterogeneous model (per-layer heads and MLP widths, layers dropped).
+// (`DecoderModel.pruningUnits`, Model/Pruning.swift, which Minitron's width pruning uses too): a heterogeneous model
+// (per-layer heads and MLP widths, layers dropped).
 //
 // Deviations from the paper:
 // - Heads: masks are per query head; grouped-query attention is kept valid by keeping, in each layer, the
@@ -48,191 +49,18 @@ import Recipes
 import TensorCore
 import Training
 
-extension DecoderModel {
-    /// What structured pruning keeps, as indices into the original dimensions (each list ascending).
-    public struct UnitSelection: Codable, Equatable, Sendable {
-        /// Hidden channels kept, shared by every layer.
-        public var channels: [Int]
-        /// Original layers kept.
-        public var layers: [Int]
-        /// Per original layer, the query heads kept (the same number in every KV group; empty: the attention
-        /// sublayer is removed). Entries of dropped layers are ignored.
-        public var heads: [[Int]]
-        /// Per original layer, the MLP neurons kept (empty: the MLP is removed).
-        public var neurons: [[Int]]
-        public init(channels: [Int], layers: [Int], heads: [[Int]], neurons: [[Int]]) {
-            self.channels = channels; self.layers = layers; self.heads = heads; self.neurons = neurons
-        }
-    }
-
-    /// The gates of the model a selection keeps, as the forward applies them: `gates`' values (nil entries: 1) on
-    /// kept units, 0 on removed channels, heads, neurons and on both sublayers of dropped layers.
-    public func keptGates(_ sel: UnitSelection, from gates: Gates?) -> Gates {
-        let c = config, z = Gates(config: c)
-        func t(_ n: Int, _ src: Tensor?, keep: (Int) -> Bool) -> Tensor {
-            Tensor(shape: [n], values: (0..<n).map { keep($0) ? src?[$0] ?? 1 : 0 })
-        }
-        let channels = Set(sel.channels), layers = Set(sel.layers)
-        z.channels = t(c.hiddenSize, gates?.channels) { channels.contains($0) }
-        z.heads = c.blocks.indices.map { l in t(c.blocks[l].numAttentionHeads, gates?.heads[l]) { layers.contains(l) && sel.heads[l].contains($0) } }
-        z.neurons = c.blocks.indices.map { l in t(c.blocks[l].intermediateSize, gates?.neurons[l]) { layers.contains(l) && sel.neurons[l].contains($0) } }
-        z.sublayers = t(2 * c.blocks.count, gates?.sublayers) { layers.contains($0 / 2) }
-        return z
-    }
-
-    /// The config `pruningUnits(sel)` produces (checks the selection: ascending indices in range, GQA groups).
-    public func prunedConfig(_ sel: UnitSelection) throws -> ModelConfig {
-        let c = config, L = c.blocks.count
-        guard sel.heads.count == L, sel.neurons.count == L else {
-            throw ConfigError("unit selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
-        }
-        func check(_ idx: [Int], below n: Int, _ what: String) throws {
-            guard zip(idx, idx.dropFirst()).allSatisfy({ $0 < $1 }), idx.allSatisfy({ (0..<n).contains($0) }) else {
-                throw ConfigError("\(what): indices must be ascending within 0..<\(n)")
-            }
-        }
-        guard !sel.channels.isEmpty else { throw ConfigError("hidden channels: nothing kept") }
-        try check(sel.channels, below: c.hiddenSize, "hidden channels")
-        try check(sel.layers, below: L, "layers")
-        var nc = c
-        nc.blocks = try sel.layers.map { l in
-            let b = c.blocks[l], H = b.numAttentionHeads, G = b.numKeyValueHeads
-            guard b.attention && b.mlp else { throw ConfigError("layer \(l) lacks a sublayer; unit pruning needs full layers") }
-            try check(sel.heads[l], below: H, "layer \(l) heads")
-            try check(sel.neurons[l], below: b.intermediateSize, "layer \(l) neurons")
-            let k = sel.heads[l].count
-            guard k % G == 0 else { throw ConfigError("layer \(l): \(k) query heads kept is not a multiple of its \(G) KV groups (grouped-query attention)") }
-            let per = H / G
-            for g in 0..<G where sel.heads[l].filter({ $0 / per == g }).count != k / G {
-                throw ConfigError("layer \(l): KV group \(g) keeps \(sel.heads[l].filter { $0 / per == g }.count) query heads, the others \(k / G) (grouped-query attention needs the same number in every group)")
-            }
-            guard k > 0 || !sel.neurons[l].isEmpty else { throw ConfigError("layer \(l) keeps neither heads nor neurons; drop the layer instead") }
-            // A sublayer whose output projection has a bias adds it even with every unit gated off, so removing the
-            // sublayer would change the output.
-            if k == 0, c.biases.contains(.o) { throw ConfigError("layer \(l): every head removed, but o_proj has a bias that the attention still adds (\(c.family))") }
-            if sel.neurons[l].isEmpty, c.biases.contains(.down) {
-                throw ConfigError("layer \(l): every neuron removed, but down_proj has a bias that the MLP still adds (\(c.family))")
-            }
-            return BlockConfig(attention: k > 0, numAttentionHeads: k > 0 ? k : H, numKeyValueHeads: G,
-                               mlp: !sel.neurons[l].isEmpty, intermediateSize: sel.neurons[l].isEmpty ? b.intermediateSize : sel.neurons[l].count,
-                               layerType: b.layerType)
-        }
-        guard !nc.blocks.isEmpty else { throw ConfigError("no layer kept") }
-        nc.numHiddenLayers = nc.blocks.count
-        // Global sizes: the first kept layer's (block_configs carry the rest).
-        if let a = nc.blocks.first(where: \.attention) { nc.numAttentionHeads = a.numAttentionHeads }
-        if let m = nc.blocks.first(where: \.mlp) { nc.intermediateSize = m.intermediateSize }
-        ChannelRemoval.adjust(&nc, from: c, keeping: sel.channels.count)
-        return nc
-    }
-
-    /// The model restricted to the selected units, with `gates` (nil entries: 1) folded into the weights, so
-    /// that it computes what this model computes with those gates and every removed unit's gate at 0:
-    ///   embed'[v, j] = embed[v, c_j]·z_c[c_j]·k;  o'[c_j, h·D + d] = o[c_j, h·D + d]·z_c[c_j]·g_att·z_h[h];
-    ///   down'[c_j, f] = down[c_j, f]·z_c[c_j]·g_mlp·z_f[f]
-    /// (g_att, g_mlp the layer's sublayer gates). Norms over C channels, q/k projections, eps and the embedding
-    /// multiplier (k) change as `ChannelRemoval` says; with a tied LM head, the final norm's (w + o) is also
-    /// divided by z_c (the head reads the scaled embedding). Biases keep their projection's rows, o's and down's
-    /// scaled like their rows (z_c·g, not the head or neuron gates, which act on the projection's input); per-head
-    /// q/k norms are kept whole; layers keep their type.
-    ///
-    /// With post-sublayer norms (Gemma) z_c·g multiplies the sublayer's output after its post-norm, so it is folded
-    /// into the post-norm's (w + o) instead of o's and down's rows. Then the identity holds exactly when every
-    /// hidden channel stays; with channels removed, the pruned post-norm's mean of squares runs over the kept
-    /// channels only, and the result equals the gated model whose removed channels are also zeroed before the
-    /// post-norms (o_proj's and down_proj's rows), not the gated model itself (see the file header);
-    /// `postNormInputs` (per original sublayer, the mean squares of its post-norm's input per channel under the
-    /// gates: `PostNormInputs`) multiplies each post-norm's (w + o) by ρ instead of sqrt(C/C') (`ChannelRemoval`),
-    /// and then the result equals that gated, zeroed model with each post-norm's (w + o) multiplied by ρ/sqrt(C/C').
-    /// Dense weights only; kept channel gates must be non-zero.
-    public func pruningUnits(_ sel: UnitSelection, folding gates: Gates? = nil, postNormInputs: [[Double]]? = nil) throws -> DecoderModel {
-        let nc = try prunedConfig(sel)
-        if let p = postNormInputs, p.count != 2 * layers.count {
-            throw ConfigError("post-norm input statistics list \(p.count) sublayers for \(2 * layers.count)")
-        }
-        guard weightKinds == [.dense] else {
-            throw ConfigError("unit pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
-        }
-        if let g = gates { try g.validate(config) }
-        let c = config, D = c.headDim
-        let r = ChannelRemoval(from: c, to: nc)
-        let zc: [Float] = sel.channels.map { gates?.channels?[$0] ?? 1 }
-        if c.tieWordEmbeddings, let bad = zc.firstIndex(of: 0) {
-            throw ConfigError("hidden channel \(sel.channels[bad]) is kept with a gate of 0 (a tied LM head cannot fold it)")
-        }
-        /// rows × columns gather from a (R, K) matrix with row and column scales.
-        func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?, rowScale: [Float]? = nil, colScale: [Float]? = nil, times f: Float = 1) -> Tensor {
-            let t = w.denseView!
-            let K = t.shape[1]
-            let r = rows ?? Array(0..<t.shape[0]), k = cols ?? Array(0..<K)
-            let out = Tensor(shape: [r.count, k.count])
-            for (i, src) in r.enumerated() {
-                let s = t.data + src * K, d = out.data + i * k.count, rs = (rowScale?[i] ?? 1) * f
-                for (j, col) in k.enumerated() { d[j] = s[col] * rs * (colScale?[j] ?? 1) }
-            }
-            return out
-        }
-        func vec(_ t: Tensor, _ idx: [Int]?, scale: [Float]? = nil, times f: Float = 1) -> ModelWeight {
-            let i = idx ?? Array(0..<t.count)
-            return .vector(Tensor(shape: [i.count], values: i.enumerated().map { j, src in t[src] * (scale?[j] ?? 1) * f }))
-        }
-        var w: [WeightID: ModelWeight] = [
-            .embedTokens: .dense(gather(embedTokens, rows: nil, cols: sel.channels, colScale: zc, times: r.embeddingFactor)),
-            .finalNorm: .vector(r.finalNorm(self.norm, channels: sel.channels, tied: c.tieWordEmbeddings, dividedBy: zc)),
-        ]
-        if let h = untiedLMHead { w[.lmHead] = .dense(gather(h, rows: nil, cols: sel.channels)) }
-        for (i, l) in sel.layers.enumerated() {
-            let a = layers[l].attention!, m = layers[l].mlp!
-            func put(_ k: LinearKind, _ t: Tensor, bias: Tensor?, rows: [Int]?, biasScale: [Float]? = nil, biasTimes: Float = 1) {
-                let id = LinearID(layer: i, kind: k)
-                w[.linear(id)] = .dense(t)
-                if let bias { w[.bias(id)] = vec(bias, rows, scale: biasScale, times: biasTimes) }
-            }
-            if !sel.heads[l].isEmpty {
-                let rows = sel.heads[l].flatMap { h in (h * D)..<((h + 1) * D) }
-                let gAtt = gates?.sublayers?[2 * l] ?? 1
-                let headScale = sel.heads[l].flatMap { h in [Float](repeating: gates?.heads[l]?[h] ?? 1, count: D) }
-                let outScale = zc.map { $0 * gAtt }
-                // Without a post-norm the output gates fold into o's rows; with one, into the post-norm.
-                let oScale: [Float]? = a.postNorm == nil ? outScale : nil
-                w[.norm(layer: i, .attentionIn)] = .vector(r.norm(a.norm, channels: sel.channels))
-                put(.q, gather(a.q, rows: rows, cols: sel.channels, times: r.qkFactor), bias: a.biases[.q], rows: rows, biasTimes: r.qkFactor)
-                put(.k, gather(a.k, rows: nil, cols: sel.channels, times: r.qkFactor), bias: a.biases[.k], rows: nil, biasTimes: r.qkFactor)
-                put(.v, gather(a.v, rows: nil, cols: sel.channels), bias: a.biases[.v], rows: nil)
-                put(.o, gather(a.o, rows: sel.channels, cols: rows, rowScale: oScale, colScale: headScale), bias: a.biases[.o],
-                    rows: sel.channels, biasScale: oScale)
-                if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: i, .q)] = .vector(qn.copy()); w[.norm(layer: i, .k)] = .vector(kn.copy()) }
-                if let pn = a.postNorm {
-                    let f = r.postNormFactor(energy: postNormInputs?[2 * l], kept: sel.channels) / r.normFactor
-                    w[.norm(layer: i, .attentionOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale.map { $0 * f }))
-                }
-            }
-            if !sel.neurons[l].isEmpty {
-                let gMLP = gates?.sublayers?[2 * l + 1] ?? 1
-                let neuronScale = sel.neurons[l].map { gates?.neurons[l]?[$0] ?? 1 }
-                let outScale = zc.map { $0 * gMLP }
-                let downScale: [Float]? = m.postNorm == nil ? outScale : nil
-                w[.norm(layer: i, .mlpIn)] = .vector(r.norm(m.norm, channels: sel.channels))
-                put(.gate, gather(m.gate, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.gate], rows: sel.neurons[l])
-                put(.up, gather(m.up, rows: sel.neurons[l], cols: sel.channels), bias: m.biases[.up], rows: sel.neurons[l])
-                put(.down, gather(m.down, rows: sel.channels, cols: sel.neurons[l], rowScale: downScale, colScale: neuronScale),
-                    bias: m.biases[.down], rows: sel.channels, biasScale: downScale)
-                if let pn = m.postNorm {
-                    let f = r.postNormFactor(energy: postNormInputs?[2 * l + 1], kept: sel.channels) / r.normFactor
-                    w[.norm(layer: i, .mlpOut)] = .vector(r.norm(pn, channels: sel.channels, times: outScale.map { $0 * f }))
-                }
-            }
-        }
-        return try DecoderModel(config: nc, weights: w)
-    }
-}
-
 /// `vtrans`: VIB-mask training under a parameter budget, then physical removal of the masked units.
 public struct VTransPass: RecipeStage {
     public static let name = "vtrans"
     public var makesHeterogeneous: Bool { true }
     public static let accepts: Set<WeightKind> = [.dense]
     public enum Variant: String, CaseIterable, Codable, Sendable { case vtrans, fast, faster }
+
+    /// The distillation settings this stage reads (its 'kl_weight' is the VIB's); the warm-up defaults to a tenth
+    /// of the steps (at least 1).
+    static let distillKeys = DistillKeys(
+        accepted: [.steps, .batch, .window, .accumulation, .seed, .lr, .warmup, .minLRRatio, .clip, .temperature],
+        warmupDefault: { max(1, $0 / 10) })
 
     public var variant = Variant.vtrans
     /// Exactly one target: a parameter count, or a fraction of the input model's.
@@ -271,17 +99,12 @@ public struct VTransPass: RecipeStage {
                 throw RecipeError("\(s.location): 'axes': expected a non-empty list without repeats")
             }
         }
-        var c = DistillConfig()
-        c.steps = try s.int("steps", in: 1...10_000_000)
-        c.batch = try s.int("batch", default: 4, in: 1...4096)
-        c.window = try s.int("window", default: 256, in: 2...8192)
-        c.accumulation = try s.int("accumulation", default: 1, in: 1...4096)
-        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
-        c.lr = try s.double("lr", default: 1e-4, in: 1e-12...1)
-        c.warmup = try s.int("warmup", default: max(1, c.steps / 10), in: 0...10_000_000)
-        c.minLRRatio = try s.double("min_lr_ratio", default: c.minLRRatio, in: 0...1)
-        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
-        c.temperature = try s.double("temperature", default: c.temperature, in: 1e-3...100)
+        var d = DistillConfig()
+        d.batch = 4
+        d.window = 256
+        d.accumulation = 1
+        d.lr = 1e-4
+        let c = try DistillConfig(settings: s, defaults: d, keys: Self.distillKeys)
         distill = c
         vib.seed = c.seed
         vib.maskLR = try s.double("mask_lr", default: vib.maskLR, in: 1e-9...10)

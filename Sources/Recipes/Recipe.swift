@@ -159,62 +159,6 @@ public struct Recipe {
     }
 }
 
-/// `distill`: knowledge distillation of the model at this point (the student) from the base (the teacher);
-/// the loop's settings (Training/Distillation.swift) plus the training text and the state-save cadence.
-/// Takes dense, sparse (the mask is kept) and factorized weights; quantized weights cannot be trained.
-public struct DistillStage: RecipeStage {
-    public static let name = "distill"
-    public static let accepts: Set<WeightKind> = [.dense, .sparse, .factorized]
-    public var config: DistillConfig
-    public var text = "data/wiki.train.txt"
-    public var saveEvery = 50
-    public var logEvery = 10
-    /// DSFormer's Straight-Through Factorizer (Training/StraightThroughFactorizer.swift): factorized weights'
-    /// sparse factors are trained through a dense latent whose top-s entries per column the forward uses;
-    /// false (default) trains their values on the fixed support. Needs factorized weights.
-    public var stf = false
-
-    public init(config s: StrictObject) throws {
-        var c = DistillConfig()
-        c.steps = try s.int("steps", in: 1...10_000_000)
-        c.batch = try s.int("batch", default: c.batch, in: 1...4096)
-        c.window = try s.int("window", default: c.window, in: 2...8192)
-        c.accumulation = try s.int("accumulation", default: c.accumulation, in: 1...4096)
-        c.seed = UInt64(try s.int("seed", default: 0, in: 0...Int.max))
-        c.lr = try s.double("lr", default: c.lr, in: 1e-12...1)
-        c.minLRRatio = try s.double("min_lr_ratio", default: c.minLRRatio, in: 0...1)
-        c.warmup = try s.int("warmup", default: c.warmup, in: 0...10_000_000)
-        c.decay = try s.choice("decay", default: c.decay)
-        c.beta1 = try s.double("beta1", default: c.beta1, in: 0...0.999999)
-        c.beta2 = try s.double("beta2", default: c.beta2, in: 0...0.999999)
-        c.weightDecay = try s.double("weight_decay", default: c.weightDecay, in: 0...10)
-        c.clip = try s.double("clip", default: c.clip, in: 0...1e6)
-        c.temperature = try s.double("temperature", default: c.temperature, in: 1e-3...100)
-        c.klWeight = try s.double("kl_weight", default: c.klWeight, in: 0...1e6)
-        c.ceWeight = try s.double("ce_weight", default: c.ceWeight, in: 0...1e6)
-        if let pairs = try s.array("intermediate") {
-            c.intermediate = try pairs.enumerated().map { i, p in
-                guard let a = p.arrayValue, a.count == 2, let st = a[0].intValue, let te = a[1].intValue, st >= 0, te >= 0 else {
-                    throw RecipeError("\(s.location): 'intermediate'[\(i)]: expected [student layer, teacher layer], found \(p.text)")
-                }
-                return DistillConfig.LayerPair(student: st, teacher: te)
-            }
-        }
-        c.intermediateLoss = try s.choice("intermediate_loss", default: c.intermediateLoss)
-        c.intermediateWeight = try s.double("intermediate_weight", default: c.intermediateWeight, in: 0...1e6)
-        c.balance = try s.bool("balance", default: c.balance)
-        c.alwaysMap = try s.bool("always_map", default: c.alwaysMap)
-        if c.klWeight == 0 && c.ceWeight == 0 {
-            throw RecipeError("\(s.location): 'kl_weight', 'ce_weight': at least one must be positive")
-        }
-        config = c
-        text = try s.string("text", default: text)
-        saveEvery = try s.int("save_every", default: saveEvery, in: 0...10_000_000)
-        logEvery = try s.int("log_every", default: logEvery, in: 1...10_000_000)
-        stf = try s.bool("stf", default: stf)
-    }
-}
-
 extension Recipe.Calibration {
     /// `samples` windows of `window` tokens from `tokens`, starting at positions drawn from `seed` (uniform
     /// over every start that fits; deterministic on every platform).

@@ -66,27 +66,77 @@ public struct DistillConfig: Codable, Equatable, Sendable {
     public static let maxTokensPerMicroBatch = 1 << 17
     public static let maxLR = 10.0
 
-    /// Checks ranges; errors name the setting.
+    /// The settings by the names recipes and reports give them (snake_case, the recipe keys of the `distill`
+    /// stage); a command-line option is the name with dashes (`--min-lr-ratio`).
+    public enum Setting: String, CaseIterable, Sendable {
+        case steps, batch, window, accumulation, seed, lr
+        case minLRRatio = "min_lr_ratio"
+        case warmup, decay, beta1, beta2
+        case weightDecay = "weight_decay"
+        case clip, eps, temperature
+        case klWeight = "kl_weight", ceWeight = "ce_weight"
+        case intermediate
+        case intermediateLoss = "intermediate_loss", intermediateWeight = "intermediate_weight"
+        case balance
+        case alwaysMap = "always_map"
+    }
+
+    /// An integer setting `validate` keeps in a closed range.
+    public struct IntegerLimit: Sendable {
+        public let setting: Setting
+        public let value: KeyPath<DistillConfig, Int> & Sendable
+        public let range: ClosedRange<Int>
+    }
+
+    /// A real setting `validate` keeps in a closed range; `name` and `text` are how its messages write the setting
+    /// and the range.
+    public struct RealLimit: Sendable {
+        public let setting: Setting
+        public let name: String
+        public let value: KeyPath<DistillConfig, Double> & Sendable
+        public let range: ClosedRange<Double>
+        public let text: String
+    }
+
+    /// The integer settings' ranges, in the order they are checked.
+    public static let integerLimits: [IntegerLimit] = [
+        IntegerLimit(setting: .steps, value: \.steps, range: 1...maxSteps),
+        IntegerLimit(setting: .batch, value: \.batch, range: 1...maxBatch),
+        IntegerLimit(setting: .window, value: \.window, range: 2...maxWindow),
+        IntegerLimit(setting: .accumulation, value: \.accumulation, range: 1...maxSteps),
+        IntegerLimit(setting: .warmup, value: \.warmup, range: 0...maxSteps),
+    ]
+
+    /// The real settings' closed ranges, in the order they are checked (lr, the betas and eps have open ends and
+    /// are checked on their own).
+    public static let realLimits: [RealLimit] = [
+        RealLimit(setting: .minLRRatio, name: "min-lr ratio", value: \.minLRRatio, range: 0...1, text: "[0, 1]"),
+        RealLimit(setting: .weightDecay, name: "weight decay", value: \.weightDecay, range: 0...1, text: "[0, 1]"),
+        RealLimit(setting: .clip, name: "clip", value: \.clip, range: 0...1e6, text: "[0, 1e6] (0 = off)"),
+        RealLimit(setting: .temperature, name: "temperature", value: \.temperature, range: 1e-3...1e3,
+                  text: "[0.001, 1000]"),
+        RealLimit(setting: .klWeight, name: "kl weight", value: \.klWeight, range: 0...1e6, text: "[0, 1e6]"),
+        RealLimit(setting: .ceWeight, name: "ce weight", value: \.ceWeight, range: 0...1e6, text: "[0, 1e6]"),
+        RealLimit(setting: .intermediateWeight, name: "intermediate weight", value: \.intermediateWeight,
+                  range: 0...1e6, text: "[0, 1e6]"),
+    ]
+
+    /// Checks ranges (`integerLimits`, `realLimits`, then lr, the betas, eps and the groups); errors name the setting.
     public func validate(teacher: ModelConfig, student: ModelConfig) throws {
         func need(_ ok: Bool, _ message: String) throws { if !ok { throw ConfigError(message) } }
         // Every setting finite and in a range that keeps sizes, products and the arithmetic of a step in range.
-        try need((1...Self.maxSteps).contains(steps), "steps must lie in 1...\(Self.maxSteps), got \(steps)")
-        try need((1...Self.maxBatch).contains(batch), "batch must lie in 1...\(Self.maxBatch), got \(batch)")
-        try need((2...Self.maxWindow).contains(window), "window must lie in 2...\(Self.maxWindow), got \(window)")
+        for l in Self.integerLimits where !l.range.contains(self[keyPath: l.value]) {
+            let (name, r) = (l.setting.rawValue, l.range)
+            throw ConfigError("\(name) must lie in \(r.lowerBound)...\(r.upperBound), got \(self[keyPath: l.value])")
+        }
         try need(batch * window <= Self.maxTokensPerMicroBatch,
                  "batch × window = \(batch * window) tokens per micro-batch, more than \(Self.maxTokensPerMicroBatch) (activations and logits of every token are held in memory; use --accumulation instead)")
-        try need((1...Self.maxSteps).contains(accumulation), "accumulation must lie in 1...\(Self.maxSteps), got \(accumulation)")
         try need(lr > 0 && lr <= Self.maxLR, "lr must lie in (0, \(Self.maxLR)], got \(lr)")
-        try need((0...1).contains(minLRRatio), "min-lr ratio must lie in [0, 1], got \(minLRRatio)")
-        try need((0...Self.maxSteps).contains(warmup), "warmup must lie in 0...\(Self.maxSteps), got \(warmup)")
+        for l in Self.realLimits where !l.range.contains(self[keyPath: l.value]) {
+            throw ConfigError("\(l.name) must lie in \(l.text), got \(self[keyPath: l.value])")
+        }
         try need((0..<1).contains(beta1) && (0..<1).contains(beta2), "betas must lie in [0, 1), got \(beta1), \(beta2)")
         try need(eps > 0 && eps <= 1, "eps must lie in (0, 1], got \(eps)")
-        try need((0...1).contains(weightDecay), "weight decay must lie in [0, 1], got \(weightDecay)")
-        try need(clip >= 0 && clip <= 1e6, "clip must lie in [0, 1e6] (0 = off), got \(clip)")
-        try need(temperature >= 1e-3 && temperature <= 1e3, "temperature must lie in [0.001, 1000], got \(temperature)")
-        for (name, w) in [("kl weight", klWeight), ("ce weight", ceWeight), ("intermediate weight", intermediateWeight)] {
-            try need(w >= 0 && w <= 1e6, "\(name) must lie in [0, 1e6], got \(w)")
-        }
         for g in groups {
             if let l = g.lr { try need(l > 0 && l <= Self.maxLR, "group '\(g.match)': lr must lie in (0, \(Self.maxLR)], got \(l)") }
             if let d = g.weightDecay { try need((0...1).contains(d), "group '\(g.match)': weight_decay must lie in [0, 1], got \(d)") }

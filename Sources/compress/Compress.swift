@@ -355,39 +355,43 @@ struct Distill: ParsableCommand {
         try validateTraining()
     }
 
-    /// The training settings' ranges (`DistillConfig.validate`'s), named by their options and as that check names
-    /// them, before any file is read.
+    /// The training settings' ranges (`DistillConfig.validate`'s: its `integerLimits`, `realLimits`, lr and the betas),
+    /// named by their options and as that check names them, before any file is read.
     func validateTraining() throws {
         typealias C = DistillConfig
-        for (name, v, r) in [("--steps", steps, 1...C.maxSteps), ("--batch", batch, 1...C.maxBatch), ("--window", window, 2...C.maxWindow),
-                             ("--accumulation", accumulation, 1...C.maxSteps), ("--warmup", warmup, 0...C.maxSteps)] where !r.contains(v) {
-            throw ValidationError("\(name) must lie in \(r.lowerBound)...\(r.upperBound), got \(v)")
+        let c = numericSettings()
+        func option(_ s: C.Setting) -> String { "--" + s.rawValue.replacingOccurrences(of: "_", with: "-") }
+        for l in C.integerLimits where !l.range.contains(c[keyPath: l.value]) {
+            throw ValidationError("\(option(l.setting)) must lie in \(l.range.lowerBound)...\(l.range.upperBound), got \(c[keyPath: l.value])")
         }
         guard lr > 0 && lr <= C.maxLR else { throw ValidationError("--lr must lie in (0, \(C.maxLR)], got \(lr)") }
-        let reals: [(String, String, Double, ClosedRange<Double>)] = [
-            ("--min-lr-ratio", "min-lr ratio", minLrRatio, 0...1), ("--weight-decay", "weight decay", weightDecay, 0...1),
-            ("--clip", "clip", clip, 0...1e6), ("--temperature", "temperature", temperature, 1e-3...1e3),
-            ("--kl-weight", "kl weight", klWeight, 0...1e6), ("--ce-weight", "ce weight", ceWeight, 0...1e6),
-            ("--intermediate-weight", "intermediate weight", intermediateWeight, 0...1e6)]
-        for (name, what, v, r) in reals where !r.contains(v) {
-            throw ValidationError("\(name): \(what) must lie in \(r.lowerBound)...\(r.upperBound), got \(v)")
+        for l in C.realLimits where !l.range.contains(c[keyPath: l.value]) {
+            throw ValidationError("\(option(l.setting)): \(l.name) must lie in \(l.range.lowerBound)...\(l.range.upperBound), got \(c[keyPath: l.value])")
         }
         for (name, v) in [("--beta1", beta1), ("--beta2", beta2)] where !(0..<1).contains(v) {
             throw ValidationError("\(name) must lie in [0, 1), got \(v)")
         }
     }
 
+    /// The options' numeric training settings (every setting but the decay, the intermediate pairs, their loss and
+    /// the groups, which are parsed from text).
+    func numericSettings() -> DistillConfig {
+        var c = DistillConfig()
+        c.steps = steps; c.batch = batch; c.window = window; c.accumulation = accumulation; c.seed = seed
+        c.lr = lr; c.minLRRatio = minLrRatio; c.warmup = warmup
+        c.weightDecay = weightDecay; c.beta1 = beta1; c.beta2 = beta2; c.clip = clip
+        c.temperature = temperature; c.klWeight = klWeight; c.ceWeight = ceWeight
+        c.intermediateWeight = intermediateWeight; c.balance = balance
+        return c
+    }
+
     func run() throws {
         try reportingErrors(json: json) {
             var o = DistillOptions(teacher: teacher, student: student, output: output)
             o.force = force
-            var c = DistillConfig()
-            c.steps = steps; c.batch = batch; c.window = window; c.accumulation = accumulation; c.seed = seed
-            c.lr = lr; c.minLRRatio = minLrRatio; c.warmup = warmup
+            var c = numericSettings()
             guard let d = LRSchedule.Decay(rawValue: decay) else { throw WorkbenchError("--decay: expected cosine, linear or constant, got '\(decay)'") }
             c.decay = d
-            c.weightDecay = weightDecay; c.beta1 = beta1; c.beta2 = beta2; c.clip = clip
-            c.temperature = temperature; c.klWeight = klWeight; c.ceWeight = ceWeight
             if let intermediate {
                 c.intermediate = try intermediate.split(separator: ",").map { pair in
                     let p = pair.split(separator: ":")
@@ -400,7 +404,7 @@ struct Distill: ParsableCommand {
             guard let il = DistillConfig.FeatureLoss(rawValue: intermediateLoss) else {
                 throw WorkbenchError("--intermediate-loss: expected cosine or mse, got '\(intermediateLoss)'")
             }
-            c.intermediateLoss = il; c.intermediateWeight = intermediateWeight; c.balance = balance
+            c.intermediateLoss = il
             if let groups {
                 do { c.groups = try ParameterGroup.strictList(groups, source: "--groups") } catch let e as RecipeError {
                     throw WorkbenchError(e.description)
