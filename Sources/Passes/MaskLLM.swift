@@ -54,6 +54,7 @@ public struct MaskLLMPass: TrainingPass {
     public var trainText = "data/wiki.train.txt"
     public var saveEvery = 50
     public var logEvery = 10
+    public var trainingWindow: Int { distill.window }
     let location: String
 
     public init(config s: StrictObject) throws {

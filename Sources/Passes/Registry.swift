@@ -16,11 +16,3 @@ extension StageRegistry {
         return r
     }
 }
-
-extension MaskLLMPass {
-    public var trainingWindow: Int { distill.window }
-}
-
-extension VTransPass {
-    public var trainingWindow: Int { distill.window }
-}

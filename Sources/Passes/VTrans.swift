@@ -319,6 +319,7 @@ public final class VTransRun {
 /// then pruned by `finish`. The teacher is the model entering the stage (the dense model VTrans distils from).
 extension VTransPass: TrainingPass {
     public var trainText: String { text }
+    public var trainingWindow: Int { distill.window }
 
     /// An impossible target is refused before any stage runs.
     public func preflight(_ model: DecoderModel) throws { _ = try resolveTarget(model.config) }
