@@ -110,9 +110,13 @@ public struct CPTQuantPass: CompressionPass {
     /// Calibration windows unless neither the estimator nor the quantizer uses them (estimator none, rtn).
     public var needs: PassNeeds { estimator == .none && method == .rtn && damage == .estimated ? [] : [.calibration] }
 
+    /// The recipe's `estimator`: CMPQ (correlation), PMPQ (pruning), TDMPQ (Taylor), or none (uniform or measured).
     public enum Estimator: String, CaseIterable, Sendable { case cmpq, pmpq, tdmpq, none }
+    /// The recipe's `allocation`: a budget met by the knapsack, the paper's clusters, or one uniform format.
     public enum AllocationMode: String, CaseIterable, Sendable { case budget, clusters, uniform }
+    /// The recipe's `granularity`: one allocation unit per decoder layer, per sublayer, or per tensor.
     public enum Granularity: String, CaseIterable, Sendable { case layer, sublayer, tensor }
+    /// The recipe's `method`: round to nearest, the clipping search weighted by E[x²], or GPTQ.
     public enum Method: String, CaseIterable, Sendable { case rtn, search, gptq }
     /// What the budget allocation minimizes: Σ s̃_u · e_u(b) (`estimated`) or Σ measured KL (`measured`).
     public enum Damage: String, CaseIterable, Sendable { case estimated, measured }
@@ -120,12 +124,19 @@ public struct CPTQuantPass: CompressionPass {
     /// The decoder linear weights, by their short names.
     public static let linearKinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+    /// `estimator` (default cmpq).
     public var estimator = Estimator.cmpq
+    /// `allocation` (default budget).
     public var allocation = AllocationMode.budget
+    /// `granularity` (default layer).
     public var granularity = Granularity.layer
+    /// `method` (default search).
     public var method = Method.search
+    /// `bits_per_weight`: the budget as average storage bits per allocated weight, scales included.
     public var bitsPerWeight: Double?
+    /// `bytes`: the budget as the allocated tensors' storage bytes.
     public var budgetBytes: Int?
+    /// `widths`: the candidate widths at `group_size` and `symmetric` (when `formats` is not given).
     public var widths = [2, 3, 4, 5, 6, 8]
     /// The allocation's candidate formats, narrowest first: `widths` at `group_size` and `symmetric`, or the
     /// recipe's `formats` (any mix of widths, group sizes, symmetric and asymmetric), sorted by bits per weight.
@@ -133,38 +144,57 @@ public struct CPTQuantPass: CompressionPass {
     public internal(set) var candidates: [QuantFormat] = []
     /// Whether the candidates came from `formats` (reports and cache keys name them) rather than `widths`.
     public internal(set) var explicitFormats = false
+    /// `group_size`: weights per scale (default 64, or the `formats`' common group size).
     public var groupSize = 64
+    /// `symmetric`: symmetric codes (no zero point) for the `widths` ladder and S's values.
     public var symmetric = false
+    /// `targets`: the decoder linear weights quantized, by short name (default all seven).
     public var targets = linearKinds
+    /// `exclude_layers`: decoder layers left as they are.
     public var excludeLayers: [Int] = []
+    /// `embedding`: a fixed width for the embedding (and a tied LM head); nil: float32.
     public var embeddingBits: Int?
+    /// `lm_head`: a fixed width for an untied LM head; nil: float32.
     public var lmHeadBits: Int?
     /// Symmetric codes for the embedding / LM head (nil: as `symmetric`), e.g. an asymmetric decoder with a
     /// symmetric 8-bit embedding (GGUF Q5_1 and Q8_0, as llama.cpp's mixes).
     public var embeddingSymmetric: Bool?
     /// A fixed width for the kept values of factorized weights' S (nil: float32).
     public var sparseFactorBits: Int?
+    /// `prune_fraction`: PMPQ's share of each tensor's weights zeroed (smallest magnitudes).
     public var pruneFraction = 0.3
+    /// `pool_tokens`: CMPQ's positions per mean-pooled vector.
     public var poolTokens = 64
+    /// `cca_dims`: CMPQ's principal directions kept before CCA (SVCCA).
     public var ccaDims = 16
+    /// `ridge`: CMPQ's ridge on the CCA covariances.
     public var ridge = 1e-3
+    /// `damage`: estimated (Σ s̃_u · e_u(b)) or measured (KL per unit and format).
     public var damage = Damage.estimated
+    /// `damage_windows`: calibration windows the measured damage uses.
     public var damageWindows = 4
     /// PMPQ and TDMPQ: the first N calibration windows (nil: all of them).
     public var estimatorWindows: Int?
+    /// `damage_tokens`: tokens of each damage window (its first ones).
     public var damageTokens = 128
+    /// `fixed_in_budget`: count the fixed-width embedding / LM head in the budget.
     public var fixedInBudget = false
-    /// GPTQ: relative damping, columns per lazy-update block, activation order.
+    /// `damp`: GPTQ's damping, a fraction of the Hessian's mean diagonal added to it.
     public var damp = 0.1
+    /// `block_size`: GPTQ's columns per lazy-update block.
     public var blockSize = 128
+    /// `act_order`: GPTQ's columns in order of decreasing Hessian diagonal.
     public var actOrder = true
+    /// `clip_search`: GPTQ's group grids by the clipping search (false: round to nearest's min-max).
     public var clipSearch = true
+    /// `static_groups`: GPTQ's grids from the original weights, before its updates.
     public var staticGroups = false
     /// The search's error weights: E[x_k²] (`activation`), or E[x_k²]·√(σ² + w_k²) (`activation_magnitude`,
     /// llama.cpp's imatrix rule; σ² the row's mean w²).
     public enum SearchWeights: String, CaseIterable, Sendable {
         case activation, activationMagnitude = "activation_magnitude"
     }
+    /// `search_weights` (method search only; default activation).
     public var searchWeights = SearchWeights.activation
 
     /// Reads the stage's settings (CPTQuantSettings.swift); unknown keys, out-of-range values and settings that
