@@ -121,9 +121,6 @@ public struct CPTQuantPass: CompressionPass {
     /// What the budget allocation minimizes: Σ s̃_u · e_u(b) (`estimated`) or Σ measured KL (`measured`).
     public enum Damage: String, CaseIterable, Sendable { case estimated, measured }
 
-    /// The decoder linear weights, by their short names.
-    public static let linearKinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
     /// `estimator` (default cmpq).
     public var estimator = Estimator.cmpq
     /// `allocation` (default budget).
@@ -148,8 +145,9 @@ public struct CPTQuantPass: CompressionPass {
     public var groupSize = 64
     /// `symmetric`: symmetric codes (no zero point) for the `widths` ladder and S's values.
     public var symmetric = false
-    /// `targets`: the decoder linear weights quantized, by short name (default all seven).
-    public var targets = linearKinds
+    /// `targets`: the decoder linear weights quantized, in the order given (default all seven;
+    /// `StrictObject.linearKinds`).
+    public var targets = LinearKind.allCases
     /// `exclude_layers`: decoder layers left as they are.
     public var excludeLayers: [Int] = []
     /// `embedding`: a fixed width for the embedding (and a tied LM head); nil: float32.

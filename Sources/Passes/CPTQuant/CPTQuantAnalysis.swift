@@ -66,7 +66,8 @@ extension CPTQuantPass {
 
     /// The units' part of the cache keys.
     var unitsKey: CPTQuantUnitsKey {
-        CPTQuantUnitsKey(granularity: granularity.rawValue, targets: targets, excludeLayers: excludeLayers)
+        CPTQuantUnitsKey(granularity: granularity.rawValue, targets: targets.map(\.shortName),
+                         excludeLayers: excludeLayers)
     }
 
     /// Calibration moments (for the search and CMPQ) and the estimator's sensitivity per unit, through the cache.

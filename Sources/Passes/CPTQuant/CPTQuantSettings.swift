@@ -62,17 +62,8 @@ extension CPTQuantPass {
     /// `targets`, `exclude_layers`, the fixed widths (`embedding`, `lm_head`, `embedding_symmetric`,
     /// `sparse_factor_bits`).
     private mutating func decodeTargets(_ s: StrictObject) throws {
-        if let t = try s.array("targets") {
-            targets = try t.map { v in
-                guard let k = v.stringValue, Self.linearKinds.contains(k) else {
-                    throw RecipeError("\(s.location): 'targets': \(v.text) is not a decoder linear weight (choose from "
-                        + "\(Self.linearKinds.joined(separator: ", ")); the embedding and LM head have their own keys "
-                        + "'embedding' and 'lm_head')")
-                }
-                return k
-            }
-            guard !targets.isEmpty else { throw RecipeError("\(s.location): 'targets' is empty") }
-        }
+        targets = try s.linearKinds(default: targets, repeats: true,
+                                    hint: "the embedding and LM head have their own keys 'embedding' and 'lm_head'")
         excludeLayers = try Self.ints(s, "exclude_layers") ?? []
         if let bad = excludeLayers.first(where: { $0 < 0 }) {
             throw RecipeError("\(s.location): 'exclude_layers': \(bad) is negative")

@@ -82,7 +82,7 @@ extension CPTQuantPass {
         for l in 0..<L where !excludeLayers.contains(l) {
             let layer = model.layers[l]
             var names: [(WeightID, Int)] = []
-            for k in targets.compactMap(LinearKind.init(shortName:)) {
+            for k in targets {
                 if k.isAttention ? layer.attention == nil : layer.mlp == nil { continue }
                 names.append((.linear(LinearID(layer: l, kind: k)), k.isAttention ? 2 * l : 2 * l + 1))
             }
