@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Bit-identity of recipe results across a refactor (issue 31, item 6). Hand-run; needs h5py and numpy.
 
-    python3 tools/recipe_identity.py runs/identity-before            # run the recipes, write DIR/digests.json
-    python3 tools/recipe_identity.py runs/identity-after --compare runs/identity-before/digests.json
+    python3 tools/recipe_identity.py runs/identity --digests before.json       # with the old build
+    python3 tools/recipe_identity.py runs/identity --digests after.json --compare before.json   # the new build
 
 Runs four committed recipes on SmolLM2-135M (a 4-bit GGUF, dequantized), shortened so the whole check takes minutes
 (fewer training steps, 4,096 evaluation tokens; the stages and their settings otherwise as committed), with
-`compress apply --no-cache` (every analysis recomputed), and records a SHA-256 of each output checkpoint's content:
-every dataset's path, dtype, shape and bytes and every attribute, in sorted order (the HDF5 file's own bytes hold
-object timestamps, so they are not compared), and of each exported GGUF file's bytes. --compare exits 1 when a
-digest differs, naming the recipe and output.
+`compress apply --no-cache` (every analysis recomputed), and records SHA-256 digests of each output checkpoint:
+its tensors (every dataset's path, dtype, shape and bytes and every attribute but the history, in sorted order; the
+HDF5 file's own bytes hold object timestamps, so they are not compared), its history (the stage reports) with the
+figures that vary between runs removed (VOLATILE: wall times, speeds, the temporary reference file), and each
+exported GGUF file's bytes. Run both sides in the same DIR (paths are part of the history); --digest-only recomputes
+the digests of the outputs already in DIR. --compare exits 1 when a digest differs, naming the recipe and output.
 """
 import argparse
 import hashlib
@@ -50,11 +52,30 @@ RECIPES = {
 }
 
 
+VOLATILE = {"seconds", "train_seconds", "tokens_per_second", "reference_file", "peak_resident_bytes"}
+
+
+def without_volatile(x):
+    if isinstance(x, dict):
+        return {k: without_volatile(v) for k, v in x.items() if k not in VOLATILE}
+    if isinstance(x, list):
+        return [without_volatile(v) for v in x]
+    return x
+
+
+def history_digest(path):
+    with h5py.File(path, "r") as f:
+        history = json.loads(f.attrs["history"])
+    return hashlib.sha256(json.dumps(without_volatile(history), sort_keys=True).encode()).hexdigest()
+
+
 def h5_digest(path):
     h = hashlib.sha256()
 
     def attrs(obj):
         for k in sorted(obj.attrs.keys()):
+            if obj.name == "/" and k == "history":
+                continue
             v = obj.attrs[k]
             h.update(k.encode())
             h.update(np.asarray(v).tobytes() if not isinstance(v, (str, bytes)) else str(v).encode())
@@ -87,6 +108,8 @@ def main():
     p.add_argument("out", help="output directory (created)")
     p.add_argument("--compare", help="digests.json of an earlier run")
     p.add_argument("--binary", default=os.path.join(ROOT, ".build/release/compress"))
+    p.add_argument("--digest-only", action="store_true", help="digest the outputs already in OUT, run nothing")
+    p.add_argument("--digests", help="where to write the digests (default OUT/digests.json)")
     args = p.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -100,20 +123,22 @@ def main():
         with open(recipe_path, "w") as f:
             json.dump(recipe, f, indent=2)
         output = os.path.join(out, name + ".h5")
-        for stale in (output, output + ".state.h5"):
-            if os.path.exists(stale):
-                os.remove(stale)
         start = time.time()
-        print(f"recipe_identity: {name} ...", flush=True)
-        with open(os.path.join(out, name + ".report.json"), "w") as report:
-            subprocess.run([args.binary, "apply", recipe_path, "-o", output, "--no-cache", "--json"],
-                           cwd=ROOT, check=True, stdout=report)
+        if not args.digest_only:
+            for stale in (output, output + ".state.h5"):
+                if os.path.exists(stale):
+                    os.remove(stale)
+            print(f"recipe_identity: {name} ...", flush=True)
+            with open(os.path.join(out, name + ".report.json"), "w") as report:
+                subprocess.run([args.binary, "apply", recipe_path, "-o", output, "--no-cache", "--json"],
+                               cwd=ROOT, check=True, stdout=report)
         digests[name + ".h5"] = h5_digest(output)
+        digests[name + ".h5 history"] = history_digest(output)
         for stage in recipe["stages"]:
             if stage["stage"] == "export" and stage.get("format") == "gguf":
                 digests[os.path.basename(stage["output"])] = file_digest(stage["output"])
         print(f"recipe_identity: {name} done in {time.time() - start:.0f} s", flush=True)
-    with open(os.path.join(out, "digests.json"), "w") as f:
+    with open(args.digests or os.path.join(out, "digests.json"), "w") as f:
         json.dump(digests, f, indent=2, sort_keys=True)
     for k, v in sorted(digests.items()):
         print(f"{v}  {k}")
