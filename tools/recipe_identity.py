@@ -110,11 +110,17 @@ def main():
     p.add_argument("--binary", default=os.path.join(ROOT, ".build/release/compress"))
     p.add_argument("--digest-only", action="store_true", help="digest the outputs already in OUT, run nothing")
     p.add_argument("--digests", help="where to write the digests (default OUT/digests.json)")
+    p.add_argument("--recipes", help="comma-separated subset of the recipes (default all)")
     args = p.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     digests = {}
-    for name, edit in RECIPES.items():
+    chosen = args.recipes.split(",") if args.recipes else list(RECIPES)
+    unknown = [n for n in chosen if n not in RECIPES]
+    if unknown:
+        sys.exit(f"recipe_identity: unknown recipes {unknown} (known: {', '.join(RECIPES)})")
+    for name in chosen:
+        edit = RECIPES[name]
         with open(os.path.join(ROOT, "recipes", name + ".json")) as f:
             recipe = json.load(f)
         recipe["eval"]["tokens"] = 4096
