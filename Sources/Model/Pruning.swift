@@ -30,7 +30,8 @@ import TensorCore
 ///     the zeroed original with that post-norm's (w + o) multiplied by ρ/s. (Gemma 3 270M, hidden 640 → 512 by
 ///     Minitron on 4 × 256 calibration tokens, no retraining, first 4,096 test tokens at window 512: PPL 726 with
 ///     s, 499 with 1, 174 with ρ; base 25.2.)
-/// Passes that fold gates into the kept weights multiply a norm's (w + o) by the gate as well (`norm(_:channels:times:)`).
+/// Passes that fold gates into the kept weights multiply a norm's (w + o) by the gate as well
+/// (`norm(_:channels:times:)`).
 public struct ChannelRemoval: Sendable {
     /// s = sqrt(C/C').
     public let normFactor: Float
@@ -76,14 +77,17 @@ public struct ChannelRemoval: Sendable {
     /// A norm over C channels restricted to `channels`: w' = (w + o)·s·times − o (times: one factor per kept channel,
     /// e.g. folded gates; nil: 1).
     public func norm(_ w: Tensor, channels: [Int], times: [Float]? = nil) -> Tensor {
-        Tensor(shape: [channels.count], values: channels.enumerated().map { j, ch in (w[ch] + offset) * normFactor * (times?[j] ?? 1) - offset })
+        Tensor(
+            shape: [channels.count],
+            values: channels.enumerated().map { j, ch in (w[ch] + offset) * normFactor * (times?[j] ?? 1) - offset })
     }
 
     /// The final norm: as `norm`, and with a tied head its (w + o) divided by the embedding factor (and by
     /// `dividedBy`, a factor per kept channel folded into the tied table).
     public func finalNorm(_ w: Tensor, channels: [Int], tied: Bool, dividedBy: [Float]? = nil) -> Tensor {
         guard tied else { return norm(w, channels: channels) }
-        return norm(w, channels: channels, times: channels.indices.map { 1 / (embeddingFactor * (dividedBy?[$0] ?? 1)) })
+        return norm(
+            w, channels: channels, times: channels.indices.map { 1 / (embeddingFactor * (dividedBy?[$0] ?? 1)) })
     }
 }
 
@@ -120,7 +124,8 @@ extension DecoderModel {
     public func pruningWidth(_ sel: WidthSelection, postNormInputs: [[Double]]? = nil) throws -> DecoderModel {
         let c = config, C = c.hiddenSize, D = c.headDim, L = layers.count
         guard sel.heads.count == L, sel.neurons.count == L else {
-            throw ConfigError("width selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
+            throw ConfigError(
+                "width selection lists \(sel.heads.count) head and \(sel.neurons.count) neuron sets for \(L) layers")
         }
         if let p = postNormInputs, p.count != 2 * L || p.contains(where: { $0.count != C }) {
             throw ConfigError("post-norm input statistics must list \(C) channels for each of \(2 * L) sublayers")
@@ -134,13 +139,17 @@ extension DecoderModel {
         try checkIndices(sel.channels, below: C, "hidden channels")
         let Cn = sel.channels.count, H2 = sel.heads[0].count, F2 = sel.neurons[0].count
         for (l, b) in c.blocks.enumerated() {
-            guard b.attention && b.mlp else { throw ConfigError("layer \(l) lacks a sublayer; width pruning needs full layers") }
+            guard b.attention && b.mlp else {
+                throw ConfigError("layer \(l) lacks a sublayer; width pruning needs full layers")
+            }
             let H = b.numAttentionHeads, G = b.numKeyValueHeads
             guard sel.heads[l].count == H2, sel.neurons[l].count == F2 else {
                 throw ConfigError("layer \(l): every layer must keep \(H2) heads and \(F2) neurons")
             }
             try checkIndices(sel.neurons[l], below: b.intermediateSize, "layer \(l) neurons")
-            guard H2 % G == 0 else { throw ConfigError("layer \(l): \(H2) heads kept is not a multiple of \(G) KV groups") }
+            guard H2 % G == 0 else {
+                throw ConfigError("layer \(l): \(H2) heads kept is not a multiple of \(G) KV groups")
+            }
             let perGroup = H2 / G, groupSize = H / G
             for (j, h) in sel.heads[l].enumerated() {
                 guard (0..<H).contains(h), h / groupSize == j / perGroup else {
@@ -154,13 +163,17 @@ extension DecoderModel {
         nc.intermediateSize = F2
         nc.headDim = D
         nc.blocks = c.blocks.map {
-            BlockConfig(numAttentionHeads: H2, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: F2, layerType: $0.layerType)
+            BlockConfig(
+                numAttentionHeads: H2, numKeyValueHeads: $0.numKeyValueHeads, intermediateSize: F2,
+                layerType: $0.layerType)
         }
         ChannelRemoval.adjust(&nc, from: c, keeping: Cn)
         let r = ChannelRemoval(from: c, to: nc)
 
         guard weightKinds == [.dense] else {
-            throw ConfigError("width pruning needs dense weights; this model holds \(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
+            throw ConfigError(
+                "width pruning needs dense weights; this model holds "
+                    + "\(weightKinds.sorted().map(\.rawValue).joined(separator: ", "))")
         }
         /// rows × columns gather from a (R, K) matrix.
         func gather(_ w: LinearWeight, rows: [Int]?, cols: [Int]?) -> Tensor {
@@ -193,9 +206,11 @@ extension DecoderModel {
             let qRows = headRows(sel.heads[l])
             // Rows and columns each projection keeps and the factor of its rows; its bias keeps the same rows.
             let keep: [(LinearKind, LinearWeight, [Int]?, [Int]?, Float, Tensor?)] = [
-                (.q, a.q, qRows, sel.channels, r.qkFactor, a.biases[.q]), (.k, a.k, nil, sel.channels, r.qkFactor, a.biases[.k]),
+                (.q, a.q, qRows, sel.channels, r.qkFactor, a.biases[.q]),
+                (.k, a.k, nil, sel.channels, r.qkFactor, a.biases[.k]),
                 (.v, a.v, nil, sel.channels, 1, a.biases[.v]), (.o, a.o, sel.channels, qRows, 1, a.biases[.o]),
-                (.gate, m.gate, sel.neurons[l], sel.channels, 1, m.biases[.gate]), (.up, m.up, sel.neurons[l], sel.channels, 1, m.biases[.up]),
+                (.gate, m.gate, sel.neurons[l], sel.channels, 1, m.biases[.gate]),
+                (.up, m.up, sel.neurons[l], sel.channels, 1, m.biases[.up]),
                 (.down, m.down, sel.channels, sel.neurons[l], 1, m.biases[.down]),
             ]
             for (kind, weight, rows, cols, factor, bias) in keep {
@@ -209,10 +224,13 @@ extension DecoderModel {
             for (pn, site, sub) in [(a.postNorm, NormSite.attentionOut, 2 * l), (m.postNorm, .mlpOut, 2 * l + 1)] {
                 guard let pn else { continue }
                 let f = r.postNormFactor(energy: postNormInputs?[sub], kept: sel.channels) / r.normFactor
-                w[.norm(layer: l, site)] = .vector(r.norm(pn, channels: sel.channels, times: [Float](repeating: f, count: Cn)))
+                w[.norm(layer: l, site)] = .vector(
+                    r.norm(pn, channels: sel.channels, times: [Float](repeating: f, count: Cn)))
             }
             // q/k norms act on each head's D channels, which width pruning keeps whole.
-            if let qn = a.qNorm, let kn = a.kNorm { w[.norm(layer: l, .q)] = .vector(qn.copy()); w[.norm(layer: l, .k)] = .vector(kn.copy()) }
+            if let qn = a.qNorm, let kn = a.kNorm {
+                w[.norm(layer: l, .q)] = .vector(qn.copy()); w[.norm(layer: l, .k)] = .vector(kn.copy())
+            }
         }
         return try DecoderModel(config: nc, weights: w)
     }
@@ -239,7 +257,9 @@ extension DecoderModel {
             return DecoderLayer(attention: remove.contains(2 * old) ? nil : l.attention?.copy(),
                                 mlp: remove.contains(2 * old + 1) ? nil : l.mlp?.copy())
         }
-        return try DecoderModel(config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(), lmHead: untiedLMHead?.copy())
+        return try DecoderModel(
+            config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(),
+            lmHead: untiedLMHead?.copy())
     }
 
     /// Parameters a configuration holds (a tied head counted once).
