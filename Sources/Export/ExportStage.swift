@@ -16,12 +16,16 @@ public struct ExportStage: RecipeStage {
     public init(config s: StrictObject) throws {
         let format = ExportFormat(rawValue: try s.string("format", oneOf: ExportFormat.allCases.map(\.rawValue)))!
         let output = try s.string("output")
-        guard !output.isEmpty else { throw RecipeError("\(s.location): 'output': empty (expected a \(format == .hf ? "directory" : "file") path)") }
+        guard !output.isEmpty else {
+            throw RecipeError(
+                "\(s.location): 'output': empty (expected a \(format == .hf ? "directory" : "file") path)")
+        }
         options = ExportOptions(format: format, output: output)
         options.dtype = try s.choice("dtype", default: ExportDType.f32)
         if s.has("requantize") {
             guard format == .gguf else { throw RecipeError("\(s.location): 'requantize': applies to format gguf only") }
-            options.requantize = RequantizeType(rawValue: try s.string("requantize", oneOf: RequantizeType.allCases.map(\.rawValue)))!
+            options.requantize = RequantizeType(
+                rawValue: try s.string("requantize", oneOf: RequantizeType.allCases.map(\.rawValue)))!
         }
         options.force = try s.bool("force", default: false)
         options.name = try s.optionalString("name")
