@@ -445,9 +445,9 @@ public struct Checkpoint {
     }
 
     /// A version 1/2 mask: float32 holding only 0 and 1, the weight zero wherever the mask is.
-    private static func readLegacyMask(_ file: H5File, name: String, weight w: Tensor, path: String) throws
-        -> SparseWeight
-    {
+    private static func readLegacyMask(
+        _ file: H5File, name: String, weight w: Tensor, path: String
+    ) throws -> SparseWeight {
         guard case .linear? = WeightID(hfName: name), w.shape.count == 2 else {
             throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name)
         }

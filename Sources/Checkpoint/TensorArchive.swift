@@ -28,9 +28,9 @@ public enum TensorArchive {
     }
 
     /// Reads an archive written by `write`, checking its format name and version.
-    public static func read(_ path: String, format: String, version: Int) throws -> (
-        meta: String, tensors: [String: Tensor]
-    ) {
+    public static func read(
+        _ path: String, format: String, version: Int
+    ) throws -> (meta: String, tensors: [String: Tensor]) {
         try requireRegularFile(path)
         guard H5File.isHDF5(path) else {
             throw CheckpointError.unreadable(path: path, detail: "not an HDF5 file (expected a \(format) file)")

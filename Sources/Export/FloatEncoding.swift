@@ -10,9 +10,9 @@ enum FloatEncoding {
     }
 
     /// The values in `dtype`; throws (naming `what`) when a value overflows the type.
-    static func encode(_ values: UnsafeBufferPointer<Float>, as dtype: ExportDType, what: String) throws -> (
-        bytes: [UInt8], error: ConversionError
-    ) {
+    static func encode(
+        _ values: UnsafeBufferPointer<Float>, as dtype: ExportDType, what: String
+    ) throws -> (bytes: [UInt8], error: ConversionError) {
         var err = ConversionError()
         switch dtype {
         case .f32:
@@ -53,9 +53,9 @@ enum FloatEncoding {
         }
     }
 
-    static func encode(_ values: [Float], as dtype: ExportDType, what: String) throws -> (
-        bytes: [UInt8], error: ConversionError
-    ) {
+    static func encode(
+        _ values: [Float], as dtype: ExportDType, what: String
+    ) throws -> (bytes: [UInt8], error: ConversionError) {
         try values.withUnsafeBufferPointer { try encode($0, as: dtype, what: what) }
     }
 }

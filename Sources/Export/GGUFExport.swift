@@ -33,9 +33,9 @@ enum GGUFExport {
     /// from tokenizer.json has merges but no scores: each token gets minus the rank of the first merge that makes it,
     /// and tokens no merge makes get a score below all of those, so merging by score follows the merge order.
     /// Returns warnings: where transformers would build another tokenizer from the file than the checkpoint's.
-    static func addTokenizer(_ spec: TokenizerSpec, architecture: String, to writer: inout GGUFWriter) throws
-        -> [String]
-    {
+    static func addTokenizer(
+        _ spec: TokenizerSpec, architecture: String, to writer: inout GGUFWriter
+    ) throws -> [String] {
         var warnings: [String] = []
         switch spec.model {
         case "gpt2":

@@ -80,9 +80,9 @@ func factorizedWarnings(_ factorized: [(name: String, weight: FactorizedWeight)]
     return out
 }
 
-func report(_ name: String, _ w: ModelWeight, type: String, shape: [Int], bytes: Int, error: ConversionError)
-    -> ExportedTensor
-{
+func report(
+    _ name: String, _ w: ModelWeight, type: String, shape: [Int], bytes: Int, error: ConversionError
+) -> ExportedTensor {
     ExportedTensor(
         name: name, source: sourceName(w), type: type, shape: shape, bytes: bytes, lossless: error.isExact,
         maxAbsError: error.isExact ? nil : error.maxAbs, relativeRMSError: error.isExact ? nil : error.relativeRMS)

@@ -183,9 +183,9 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     }
 
     /// Per-layer arrays of a `deci` file (a scalar applies to every layer), as llama.cpp reads them.
-    static func deciLayers(_ file: GGUFFile, arch: String, layers: Int) throws -> (
-        heads: Int, kvHeads: Int, width: Int, blocks: [Block]
-    ) {
+    static func deciLayers(
+        _ file: GGUFFile, arch: String, layers: Int
+    ) throws -> (heads: Int, kvHeads: Int, width: Int, blocks: [Block]) {
         func perLayer(_ name: String, default d: [Int]? = nil) throws -> [Int] {
             let key = "\(arch).\(name)"
             guard let v = file.metadata[key] else {

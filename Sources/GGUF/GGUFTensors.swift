@@ -13,9 +13,9 @@ public enum GGUFTensors {
     /// Dequantizes `info` to row-major Float32 in Hugging Face shape (GGUF dims reversed, so a linear weight
     /// `ne = [in, out]` becomes `(out, in)`), undoing llama.cpp's rotary row permutation when `rotaryHeads` is
     /// given (q: the attention heads, k: the key/value heads; only for families stored permuted).
-    public static func hfTensor(_ info: GGUFTensorInfo, in file: GGUFFile, name: String, rotaryHeads: Int?) throws
-        -> HFTensor
-    {
+    public static func hfTensor(
+        _ info: GGUFTensorInfo, in file: GGUFFile, name: String, rotaryHeads: Int?
+    ) throws -> HFTensor {
         let shape = info.rowMajorShape
         var values = try file.dequantize(info)
         if let heads = rotaryHeads {

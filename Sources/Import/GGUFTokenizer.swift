@@ -9,9 +9,9 @@ extension Importer {
     /// SentencePiece BPE for "llama"; nil when the file has none. Other models (Unigram "t5", WordPiece "bert", ...),
     /// unknown `tokenizer.*` keys and settings we do not implement are refused, naming the key (`checkGGUFKeys`).
     /// `preTokenizer` replaces `tokenizer.ggml.pre` (byte-level) or the spacing rule (SentencePiece).
-    static func ggufTokenizer(_ file: GGUFFile, family: any ModelFamily.Type, preTokenizer: String? = nil) throws
-        -> TokenizerSpec?
-    {
+    static func ggufTokenizer(
+        _ file: GGUFFile, family: any ModelFamily.Type, preTokenizer: String? = nil
+    ) throws -> TokenizerSpec? {
         guard let kind = try file.ifPresent("tokenizer.ggml.model", file.string) else {
             if let key = file.metadata.keys.sorted().first(where: { $0.hasPrefix("tokenizer.ggml.") }) {
                 throw ImportError(
@@ -86,9 +86,9 @@ extension Importer {
     /// to every stretch (a `Prepend` normalizer); every other architecture gets `LlamaTokenizer` (Metaspace, prefix
     /// "first"). transformers ignores `tokenizer.ggml.add_space_prefix`; where the file contradicts the builder we
     /// refuse.
-    public static func sentencePieceRule(architecture: String) -> (
-        mergeOrder: String, spacing: String, prefix: Bool, addBos: Bool?
-    ) {
+    public static func sentencePieceRule(
+        architecture: String
+    ) -> (mergeOrder: String, spacing: String, prefix: Bool, addBos: Bool?) {
         switch architecture {
         case "gemma", "gemma2", "gemma3": ("gemma", "no-prefix", false, nil)
         case "gemma4": ("scores", "no-prefix", false, false)

@@ -88,9 +88,9 @@ func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
 
 /// The least-damage choice of widths whose total bytes do not exceed `budget`. Throws when even the smallest
 /// choice of every unit is over budget.
-public func allocateToBudget(_ units: [AllocationUnit], budgetBytes budget: Int, maxCells: Int = 200_000_000) throws
-    -> Allocation
-{
+public func allocateToBudget(
+    _ units: [AllocationUnit], budgetBytes budget: Int, maxCells: Int = 200_000_000
+) throws -> Allocation {
     precondition(units.allSatisfy { !$0.options.isEmpty }, "every unit needs a width")
     let floor = units.reduce(0) { $0 + $1.options.map(\.bytes).min()! }
     guard floor <= budget else {

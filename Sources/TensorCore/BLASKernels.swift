@@ -34,7 +34,8 @@ public struct CPUFeatures: Equatable, Sendable {
         }
         func bit(_ word: UInt32, _ i: Int) -> Bool { word & (1 << UInt32(i)) != 0 }
         let l0 = cpuid(0), l1 = cpuid(1), l7 = cpuid(7), l71 = cpuid(7, 1)
-        let vendorBytes = [l0[1], l0[3], l0[2]].flatMap { w in (0..<4).map { UInt8(truncatingIfNeeded: w >> (8 * $0)) }
+        let vendorBytes = [l0[1], l0[3], l0[2]].flatMap { w in
+            (0..<4).map { UInt8(truncatingIfNeeded: w >> (8 * $0)) }
         }
         let vendor: Vendor
         switch String(decoding: vendorBytes, as: UTF8.self) {

@@ -95,9 +95,9 @@ public final class SentencePieceTokenizer: TextTokenizer {
         return "<0x\(digits[Int(byte >> 4)])\(digits[Int(byte & 15)])>"
     }
 
-    private static func mergeTable(_ merges: SentencePieceMerges, table: TokenTable, tokens: [String]) throws
-        -> MergeTable
-    {
+    private static func mergeTable(
+        _ merges: SentencePieceMerges, table: TokenTable, tokens: [String]
+    ) throws -> MergeTable {
         switch merges {
         case .explicit(let rules):
             var result = MergeTable(capacity: rules.count)
