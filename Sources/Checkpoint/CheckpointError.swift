@@ -22,20 +22,26 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case .notFound(let p): return "\(p): no such file"
-        case .notHDF5(let p): return "\(p): not an HDF5 file (expected a compress checkpoint; import other formats with 'compress import')"
+        case .notHDF5(let p):
+            return "\(p): not an HDF5 file (expected a compress checkpoint; import other formats with 'compress "
+                + "import')"
         case .unreadable(let p, let d): return "\(p): \(d)"
         case .wrongFormat(let p, let f, let e):
             return "\(p): root attribute 'format' is '\(f)', expected '\(e)'"
         case .unsupportedVersion(let p, let v, let s):
-            return "\(p): root attribute 'format_version' is \(v), which this build does not read (it reads version\(s.count == 1 ? "" : "s") \(s.map(String.init).joined(separator: ", ")))"
+            return "\(p): root attribute 'format_version' is \(v), which this build does not read (it reads "
+                + "version\(s.count == 1 ? "" : "s") \(s.map(String.init).joined(separator: ", ")))"
         case .nonFinite(let p, let t, let i, let v):
             return "\(p): tensor '\(t)' holds \(v) at element \(i) (expected finite values only)"
         case .badConfig(let p, let d): return "\(p): \(d)"
         case .badTokenizer(let p, let d): return "\(p): tokenizer: \(d)"
         case .badHistory(let p, let d): return "\(p): history: \(d)"
         case .missingTensor(let p, let t, let s): return "\(p): missing tensor '\(t)' (expected shape \(s))"
-        case .unknownTensor(let p, let t): return "\(p): unknown tensor '\(t)' (not part of the model described by the config)"
-        case .unknownEntry(let p, let e): return "\(p): unknown entry '/\(e)' (expected only /tensors, /quantized, /sparse, /factorized, /tokenizer, and /masks in version 1-2 files)"
+        case .unknownTensor(let p, let t):
+            return "\(p): unknown tensor '\(t)' (not part of the model described by the config)"
+        case .unknownEntry(let p, let e):
+            return "\(p): unknown entry '/\(e)' (expected only /tensors, /quantized, /sparse, /factorized, /tokenizer, "
+                + "and /masks in version 1-2 files)"
         case .shapeMismatch(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected shape \(e), found \(f)"
         case .wrongType(let p, let t, let e, let f): return "\(p): tensor '\(t)': expected \(e), found \(f)"
         case .writeFailed(let p, let d): return "\(p): could not write checkpoint: \(d)"

@@ -55,7 +55,8 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case model, pre, tokens, merges, scores
-        case tokenTypes = "token_types", bosTokenID = "bos_token_id", eosTokenID = "eos_token_id", addBosToken = "add_bos_token"
+        case tokenTypes = "token_types", bosTokenID = "bos_token_id", eosTokenID = "eos_token_id"
+        case addBosToken = "add_bos_token"
         case mergeOrder = "merge_order", addEosToken = "add_eos_token", normalizer
     }
 
@@ -89,15 +90,23 @@ extension TokenizerSpec {
     /// Returns the first problem, naming the field.
     public func problem(vocabSize: Int?) -> String? {
         guard model == "gpt2" || model == "llama" else {
-            return "model '\(model)' is not supported (expected gpt2, byte-level BPE, or llama, SentencePiece BPE with byte fallback)"
+            return "model '\(model)' is not supported (expected gpt2, byte-level BPE, or llama, SentencePiece BPE with "
+                + "byte fallback)"
         }
-        guard !tokens.isEmpty, tokens.count <= Self.maxTokens else { return "\(tokens.count) tokens (expected 1...\(Self.maxTokens))" }
+        guard !tokens.isEmpty, tokens.count <= Self.maxTokens else {
+            return "\(tokens.count) tokens (expected 1...\(Self.maxTokens))"
+        }
         if let vocabSize, tokens.count > vocabSize {
-            return "\(tokens.count) tokens, more than the model's vocab_size \(vocabSize) (ids past it would index no embedding row)"
+            return "\(tokens.count) tokens, more than the model's vocab_size \(vocabSize) (ids past it would index no "
+                + "embedding row)"
         }
         if let types = tokenTypes {
-            guard types.count == tokens.count else { return "\(types.count) token types for \(tokens.count) tokens (expected one per token)" }
-            if let i = types.firstIndex(where: { !(1...6).contains($0) }) { return "token_types[\(i)] is \(types[i]) (expected 1...6)" }
+            guard types.count == tokens.count else {
+                return "\(types.count) token types for \(tokens.count) tokens (expected one per token)"
+            }
+            if let i = types.firstIndex(where: { !(1...6).contains($0) }) {
+                return "token_types[\(i)] is \(types[i]) (expected 1...6)"
+            }
         }
         if let problem = sentencePieceProblem() { return problem }
         // Tokens are told apart by their UTF-8 bytes: Swift's String equality is canonical equivalence, and real
@@ -105,17 +114,27 @@ extension TokenizerSpec {
         var ids: [[UInt8]: Int] = [:]
         ids.reserveCapacity(tokens.count)
         for (i, t) in tokens.enumerated() {
-            if let j = ids.updateValue(i, forKey: Array(t.utf8)) { return "tokens[\(i)] '\(t.prefix(40))' is also tokens[\(j)] (expected distinct tokens)" }
+            if let j = ids.updateValue(i, forKey: Array(t.utf8)) {
+                return "tokens[\(i)] '\(t.prefix(40))' is also tokens[\(j)] (expected distinct tokens)"
+            }
         }
         for (key, id) in [("bos_token_id", bosTokenID), ("eos_token_id", eosTokenID)] {
             if let id, !(0..<Int32(tokens.count)).contains(id) { return "\(key) \(id) is outside 0..<\(tokens.count)" }
         }
         for (rank, m) in merges.enumerated() {
             let parts = m.utf8.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
-            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return "merges[\(rank)] '\(m.prefix(40))' is not two tokens separated by one space" }
-            for p in parts where ids[Array(p)] == nil { return "merges[\(rank)] '\(m.prefix(40))' names '\(String(decoding: p, as: UTF8.self).prefix(40))', which is not a token" }
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                return "merges[\(rank)] '\(m.prefix(40))' is not two tokens separated by one space"
+            }
+            for p in parts where ids[Array(p)] == nil {
+                return "merges[\(rank)] '\(m.prefix(40))' names '\(String(decoding: p, as: UTF8.self).prefix(40))', "
+                    + "which "
+                    + "is not a token"
+            }
             if ids[Array(parts[0]) + Array(parts[1])] == nil {
-                return "merges[\(rank)] '\(m.prefix(40))' makes '\(String(decoding: Array(parts[0]) + Array(parts[1]), as: UTF8.self).prefix(40))', which is not a token"
+                return "merges[\(rank)] '\(m.prefix(40))' makes "
+                    + "'\(String(decoding: Array(parts[0]) + Array(parts[1]), as: UTF8.self).prefix(40))', which "
+                    + "is not a token"
             }
         }
         return nil
@@ -124,7 +143,9 @@ extension TokenizerSpec {
     /// The checks of the fields only "llama" uses (and that "gpt2" must not carry).
     private func sentencePieceProblem() -> String? {
         guard model == "llama" else {
-            if scores != nil || mergeOrder != nil { return "scores and merge_order belong to model llama, not \(model)" }
+            if scores != nil || mergeOrder != nil {
+                return "scores and merge_order belong to model llama, not \(model)"
+            }
             if let n = normalizer, !Self.normalizers.contains(n) {
                 let known = Self.normalizers.joined(separator: " or ")
                 return "normalizer '\(n.prefix(40))' is not supported (expected \(known) or none)"
@@ -132,11 +153,16 @@ extension TokenizerSpec {
             return nil
         }
         if let n = normalizer {
-            return "normalizer '\(n.prefix(40))' belongs to model gpt2, not llama (our SentencePiece tokenizer applies none)"
+            return "normalizer '\(n.prefix(40))' belongs to model gpt2, not llama (our SentencePiece tokenizer applies "
+                + "none)"
         }
         if let scores {
-            guard scores.count == tokens.count else { return "\(scores.count) scores for \(tokens.count) tokens (expected one per token)" }
-            if let i = scores.firstIndex(where: { !$0.isFinite }) { return "scores[\(i)] is \(scores[i]) (expected a finite number)" }
+            guard scores.count == tokens.count else {
+                return "\(scores.count) scores for \(tokens.count) tokens (expected one per token)"
+            }
+            if let i = scores.firstIndex(where: { !$0.isFinite }) {
+                return "scores[\(i)] is \(scores[i]) (expected a finite number)"
+            }
         }
         if let order = mergeOrder, !Self.mergeOrders.contains(order) {
             return "merge_order '\(order)' is not known (expected \(Self.mergeOrders.joined(separator: " or ")))"
@@ -170,11 +196,14 @@ public struct Checkpoint {
         let file = try openVerified(path)
         func attribute<T>(_ name: String, _ get: (String) throws -> T) throws -> T {
             do { return try get(name) } catch let e as HDF5Failure {
-                throw CheckpointError.unreadable(path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
+                throw CheckpointError.unreadable(
+                    path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
             }
         }
         let config: ModelConfig
-        do { config = try ModelConfig(json: JSONValue.parse(try attribute("config", file.string))) } catch let e as ConfigError {
+        do {
+            config = try ModelConfig(json: JSONValue.parse(try attribute("config", file.string)))
+        } catch let e as ConfigError {
             throw CheckpointError.badConfig(path: path, detail: e.description)
         } catch let e as CheckpointError { throw e } catch {
             throw CheckpointError.badConfig(path: path, detail: "config attribute is not valid JSON (\(error))")
@@ -187,7 +216,9 @@ public struct Checkpoint {
             history = h
         }
         let root = try members(file, "/", path)
-        if let unknown = root.first(where: { !["tensors", "tokenizer", "masks", "quantized", "sparse", "factorized"].contains($0) }) {
+        if let unknown = root.first(where: {
+            !["tensors", "tokenizer", "masks", "quantized", "sparse", "factorized"].contains($0)
+        }) {
             throw CheckpointError.unknownEntry(path: path, entry: unknown)
         }
         let tokenizer = file.exists("tokenizer") ? try readTokenizer(file, path, vocabSize: config.vocabSize) : nil
@@ -211,13 +242,17 @@ public struct Checkpoint {
         }
         do {
             let format = try file.string("format")
-            guard format == CheckpointFormat.name else { throw CheckpointError.wrongFormat(path: path, found: format, expected: CheckpointFormat.name) }
+            guard format == CheckpointFormat.name else {
+                throw CheckpointError.wrongFormat(path: path, found: format, expected: CheckpointFormat.name)
+            }
             let version = try file.int("format_version")
             guard CheckpointFormat.supportedVersions.contains(version) else {
-                throw CheckpointError.unsupportedVersion(path: path, found: version, supported: CheckpointFormat.supportedVersions)
+                throw CheckpointError.unsupportedVersion(
+                    path: path, found: version, supported: CheckpointFormat.supportedVersions)
             }
         } catch let e as HDF5Failure {
-            throw CheckpointError.unreadable(path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
+            throw CheckpointError.unreadable(
+                path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
         }
         return file
     }
@@ -233,17 +268,31 @@ public struct Checkpoint {
         let shapes = Dictionary(uniqueKeysWithValues: specs.map { ($0.name, $0.shape) })
         var weights: [String: ModelWeight] = [:]
         func add(_ name: String, _ w: ModelWeight, from group: String) throws {
-            guard let expected = shapes[name] else { throw CheckpointError.unknownTensor(path: path, tensor: group + "/" + name) }
-            guard weights[name] == nil else {
-                throw CheckpointError.unreadable(path: path, detail: "tensor '\(name)' is stored twice (in /\(group) and in another representation)")
+            guard let expected = shapes[name] else {
+                throw CheckpointError.unknownTensor(path: path, tensor: group + "/" + name)
             }
-            guard w.shape == expected else { throw CheckpointError.shapeMismatch(path: path, tensor: name, expected: expected, found: w.shape) }
-            if expected.count == 1, w.vector == nil { throw CheckpointError.unreadable(path: path, detail: "tensor '\(name)' is a norm and must be float32 in /tensors") }
+            guard weights[name] == nil else {
+                throw CheckpointError.unreadable(
+                    path: path, detail: "tensor '\(name)' is stored twice (in /\(group) and in another representation)")
+            }
+            guard w.shape == expected else {
+                throw CheckpointError.shapeMismatch(path: path, tensor: name, expected: expected, found: w.shape)
+            }
+            if expected.count == 1, w.vector == nil {
+                throw CheckpointError.unreadable(
+                    path: path, detail: "tensor '\(name)' is a norm and must be float32 in /tensors")
+            }
             weights[name] = w
         }
-        for (name, q) in try readQuantized(file, shapes: shapes, path: path) { try add(name, .matrix(.quantized(QuantizedWeight(q))), from: "quantized") }
-        for (name, s) in try readSparse(file, shapes: shapes, path: path) { try add(name, .matrix(.sparse(s)), from: "sparse") }
-        for (name, f) in try readFactorized(file, shapes: shapes, path: path) { try add(name, .matrix(.factorized(f)), from: "factorized") }
+        for (name, q) in try readQuantized(file, shapes: shapes, path: path) {
+            try add(name, .matrix(.quantized(QuantizedWeight(q))), from: "quantized")
+        }
+        for (name, s) in try readSparse(file, shapes: shapes, path: path) {
+            try add(name, .matrix(.sparse(s)), from: "sparse")
+        }
+        for (name, f) in try readFactorized(file, shapes: shapes, path: path) {
+            try add(name, .matrix(.factorized(f)), from: "factorized")
+        }
         let present = file.exists("tensors") ? try members(file, "tensors", path) : []
         if let unknown = present.first(where: { shapes[$0] == nil }) {
             throw CheckpointError.unknownTensor(path: path, tensor: unknown)
@@ -252,16 +301,22 @@ public struct Checkpoint {
         let masks = file.exists("masks") ? try members(file, "masks", path) : []
         for name in present.sorted() {
             let t: Tensor
-            do { t = try file.readFloat32("tensors/" + name, label: name, expected: shapes[name]) } catch let e as HDF5Failure {
+            do {
+                t = try file.readFloat32("tensors/" + name, label: name, expected: shapes[name])
+            } catch let e as HDF5Failure {
                 throw CheckpointError.unreadable(path: path, detail: "tensor '\(name)': \(e.message)")
             }
             if masks.contains(name) {
-                try add(name, .matrix(.sparse(try readLegacyMask(file, name: name, weight: t, path: path))), from: "tensors")
+                try add(
+                    name, .matrix(.sparse(try readLegacyMask(file, name: name, weight: t, path: path))), from: "tensors"
+                )
             } else {
                 try add(name, .dense(t), from: "tensors")
             }
         }
-        if let stray = masks.first(where: { !present.contains($0) }) { throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + stray) }
+        if let stray = masks.first(where: { !present.contains($0) }) {
+            throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + stray)
+        }
         for s in specs where weights[s.name] == nil {
             throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
         }
@@ -273,34 +328,50 @@ public struct Checkpoint {
     /// Quantized tensors: the root attribute 'quantization' (JSON: name → {format, shape}) lists them; each is a
     /// group /quantized/<name> holding 'codes' (uint8, bit-packed), 'scales' and, when asymmetric, 'mins'
     /// (float16, one per group), or 'values' (float16) for the f16 format.
-    private static func readQuantized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: QuantizedTensor] {
+    private static func readQuantized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String:
+        QuantizedTensor]
+    {
         let listed = file.hasAttribute("quantization"), stored = file.exists("quantized")
         guard listed || stored else { return [:] }
         guard listed, stored else {
-            throw CheckpointError.unreadable(path: path, detail: listed ? "root attribute 'quantization' lists tensors but /quantized is missing"
-                                                                        : "/quantized is present but the root attribute 'quantization' is missing")
+            throw CheckpointError.unreadable(
+                path: path,
+                detail: listed
+                    ? "root attribute 'quantization' lists tensors but /quantized is missing"
+                    : "/quantized is present but the root attribute 'quantization' is missing")
         }
         let text: String
-        do { text = try file.string("quantization") } catch let e as HDF5Failure { throw CheckpointError.unreadable(path: path, detail: e.message) }
+        do { text = try file.string("quantization") } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: e.message)
+        }
         guard let map = (try? JSONValue.parse(text))?.objectValue else {
             throw CheckpointError.unreadable(path: path, detail: "root attribute 'quantization' is not a JSON object")
         }
         let groups = Set(try members(file, "quantized", path))
         if let extra = groups.subtracting(map.keys).sorted().first {
-            throw CheckpointError.badQuantized(path: path, tensor: extra, detail: "present in /quantized but not listed in the 'quantization' attribute")
+            throw CheckpointError.badQuantized(
+                path: path, tensor: extra,
+                detail: "present in /quantized but not listed in the 'quantization' attribute")
         }
         var out: [String: QuantizedTensor] = [:]
         for (name, entry) in map.sorted(by: { $0.key < $1.key }) {
             func bad(_ d: String) -> CheckpointError { .badQuantized(path: path, tensor: name, detail: d) }
-            guard let expected = shapes[name] else { throw CheckpointError.unknownTensor(path: path, tensor: "quantized/" + name) }
-            guard groups.contains(name) else { throw bad("listed in the 'quantization' attribute but /quantized/\(name) is missing") }
+            guard let expected = shapes[name] else {
+                throw CheckpointError.unknownTensor(path: path, tensor: "quantized/" + name)
+            }
+            guard groups.contains(name) else {
+                throw bad("listed in the 'quantization' attribute but /quantized/\(name) is missing")
+            }
             guard let fields = entry.objectValue, let formatName = fields["format"]?.stringValue,
                   let shape = fields["shape"]?.arrayValue?.compactMap(\.intValue) else {
-                throw bad("its 'quantization' entry needs 'format' (string) and 'shape' (integers), found \(entry.text)")
+                throw bad(
+                    "its 'quantization' entry needs 'format' (string) and 'shape' (integers), found \(entry.text)")
             }
             guard shape == expected else { throw bad("shape \(shape), expected \(expected)") }
             let format: QuantFormat
-            do { format = try QuantFormat(name: formatName) } catch let e as QuantizationError { throw bad(e.description) }
+            do { format = try QuantFormat(name: formatName) } catch let e as QuantizationError {
+                throw bad(e.description)
+            }
             do {
                 let q = try readQuantizedGroup(file, "quantized/" + name + "/", format: format, shape: shape, bad: bad)
                 out[name] = q
@@ -344,21 +415,27 @@ public struct Checkpoint {
             }
             var h = [Float16](repeating: 0, count: info.shape.reduce(1, *))
             try h.withUnsafeMutableBytes { try file.read(g + key, memType: H5Types.float16, into: $0.baseAddress!) }
-            if let i = h.firstIndex(where: { !$0.isFinite }) { throw bad("'\(key)' holds \(h[i]) at element \(i) (expected finite values only)") }
+            if let i = h.firstIndex(where: { !$0.isFinite }) {
+                throw bad("'\(key)' holds \(h[i]) at element \(i) (expected finite values only)")
+            }
             return h
         }
         if format.isFloat16 {
-            return try QuantizedTensor(format: format, shape: shape, codes: try halves("values").withUnsafeBytes { [UInt8]($0) }, scales: [], mins: [])
+            return try QuantizedTensor(
+                format: format, shape: shape, codes: try halves("values").withUnsafeBytes { [UInt8]($0) }, scales: [],
+                mins: [])
         }
-        return try QuantizedTensor(format: format, shape: shape, codes: try bytes("codes"), scales: try halves("scales"),
-                                   mins: format.symmetric ? [] : try halves("mins"))
+        return try QuantizedTensor(
+            format: format, shape: shape, codes: try bytes("codes"), scales: try halves("scales"),
+            mins: format.symmetric ? [] : try halves("mins"))
     }
 
     /// The datasets a quantized group must hold, exactly: 'values' (f16), or 'codes', 'scales' and, for an
     /// asymmetric format only, 'mins'.
     private static func checkQuantizedMembers(_ file: H5File, _ g: String, format: QuantFormat,
                                               bad: (String) -> CheckpointError) throws {
-        let expected = format.isFloat16 ? ["values"] : format.symmetric ? ["codes", "scales"] : ["codes", "mins", "scales"]
+        let expected =
+            format.isFloat16 ? ["values"] : format.symmetric ? ["codes", "scales"] : ["codes", "mins", "scales"]
         let found = try file.members(String(g.dropLast()))
         if let extra = found.first(where: { !expected.contains($0) }) {
             let why = extra == "mins" && !format.isFloat16 ? "a symmetric format has no minimums"
@@ -368,16 +445,22 @@ public struct Checkpoint {
     }
 
     /// A version 1/2 mask: float32 holding only 0 and 1, the weight zero wherever the mask is.
-    private static func readLegacyMask(_ file: H5File, name: String, weight w: Tensor, path: String) throws -> SparseWeight {
-        guard case .linear? = WeightID(hfName: name), w.shape.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name) }
+    private static func readLegacyMask(
+        _ file: H5File, name: String, weight w: Tensor, path: String
+    ) throws -> SparseWeight {
+        guard case .linear? = WeightID(hfName: name), w.shape.count == 2 else {
+            throw CheckpointError.unknownTensor(path: path, tensor: "masks/" + name)
+        }
         do {
             let m = try file.readFloat32("masks/" + name, label: "masks/" + name, expected: w.shape)
             for i in 0..<m.count where m[i] != 1 {
                 guard m[i] == 0 else {
-                    throw CheckpointError.badMask(path: path, tensor: name, detail: "holds \(m[i]) at element \(i); a mask holds only 0 and 1")
+                    throw CheckpointError.badMask(
+                        path: path, tensor: name, detail: "holds \(m[i]) at element \(i); a mask holds only 0 and 1")
                 }
                 guard w[i] == 0 else {
-                    throw CheckpointError.badMask(path: path, tensor: name, detail: "the weight is \(w[i]) at element \(i) where the mask is 0")
+                    throw CheckpointError.badMask(
+                        path: path, tensor: name, detail: "the weight is \(w[i]) at element \(i) where the mask is 0")
                 }
             }
             let mask = try SparsityMask(pattern: .unstructured, rows: w.shape[0], cols: w.shape[1]) { m[$0] != 0 }
@@ -390,35 +473,47 @@ public struct Checkpoint {
     }
 
     /// The JSON object a root attribute holds (name → entry), or [:] when neither it nor its group exists.
-    private static func listing(_ file: H5File, attribute: String, group: String, path: String) throws -> [String: JSONValue] {
+    private static func listing(_ file: H5File, attribute: String, group: String, path: String) throws -> [String:
+        JSONValue]
+    {
         let listed = file.hasAttribute(attribute), stored = file.exists(group)
         guard listed || stored else { return [:] }
         guard listed, stored else {
-            throw CheckpointError.unreadable(path: path, detail: listed ? "root attribute '\(attribute)' lists tensors but /\(group) is missing"
-                                                                        : "/\(group) is present but the root attribute '\(attribute)' is missing")
+            throw CheckpointError.unreadable(
+                path: path,
+                detail: listed
+                    ? "root attribute '\(attribute)' lists tensors but /\(group) is missing"
+                    : "/\(group) is present but the root attribute '\(attribute)' is missing")
         }
         let text: String
-        do { text = try file.string(attribute) } catch let e as HDF5Failure { throw CheckpointError.unreadable(path: path, detail: e.message) }
+        do { text = try file.string(attribute) } catch let e as HDF5Failure {
+            throw CheckpointError.unreadable(path: path, detail: e.message)
+        }
         guard let map = (try? JSONValue.parse(text))?.objectValue else {
             throw CheckpointError.unreadable(path: path, detail: "root attribute '\(attribute)' is not a JSON object")
         }
         let groups = Set(try members(file, group, path))
         if let extra = groups.subtracting(map.keys).sorted().first {
-            throw CheckpointError.unreadable(path: path, detail: "/\(group)/\(extra) is not listed in the '\(attribute)' attribute")
+            throw CheckpointError.unreadable(
+                path: path, detail: "/\(group)/\(extra) is not listed in the '\(attribute)' attribute")
         }
         if let missing = Set(map.keys).subtracting(groups).sorted().first {
-            throw CheckpointError.unreadable(path: path, detail: "'\(attribute)' lists '\(missing)' but /\(group)/\(missing) is missing")
+            throw CheckpointError.unreadable(
+                path: path, detail: "'\(attribute)' lists '\(missing)' but /\(group)/\(missing) is missing")
         }
         return map
     }
 
     /// A 1-D dataset of `count` elements of the given HDF5 class and byte size, read as raw bytes.
-    private static func rawDataset(_ file: H5File, _ key: String, typeClass: H5T_class_t, size: Int, count: Int, memType: hid_t,
-                                   bad: (String) -> CheckpointError) throws -> [UInt8] {
+    private static func rawDataset(
+        _ file: H5File, _ key: String, typeClass: H5T_class_t, size: Int, count: Int, memType: hid_t,
+        bad: (String) -> CheckpointError
+    ) throws -> [UInt8] {
         guard file.exists(key) else { throw bad("'\(key)' is missing") }
         let info = try file.datasetInfo(key)
         guard info.typeClass == typeClass, info.typeSize == size, info.shape == [count] else {
-            throw bad("'\(key)' must hold \(count) elements of \(size) byte(s), found \(info.typeDescription) \(info.shape)")
+            throw bad(
+                "'\(key)' must hold \(count) elements of \(size) byte(s), found \(info.typeDescription) \(info.shape)")
         }
         var b = [UInt8](repeating: 0, count: count * size)
         try b.withUnsafeMutableBytes { try file.read(key, memType: memType, into: $0.baseAddress!) }
@@ -428,25 +523,38 @@ public struct Checkpoint {
     /// Sparse weights: the root attribute 'sparsity' (name → {pattern, shape}); each /sparse/<name> holds
     /// 'mask' (uint8, packed bits, row-major, little-endian within a byte) and 'values' (float32, the kept
     /// elements in row-major order).
-    private static func readSparse(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: SparseWeight] {
+    private static func readSparse(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String:
+        SparseWeight]
+    {
         var out: [String: SparseWeight] = [:]
-        for (name, entry) in try listing(file, attribute: "sparsity", group: "sparse", path: path).sorted(by: { $0.key < $1.key }) {
+        for (name, entry) in try listing(file, attribute: "sparsity", group: "sparse", path: path).sorted(by: {
+            $0.key < $1.key
+        }) {
             func bad(_ d: String) -> CheckpointError { .badMask(path: path, tensor: name, detail: d) }
-            guard let expected = shapes[name], expected.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "sparse/" + name) }
+            guard let expected = shapes[name], expected.count == 2 else {
+                throw CheckpointError.unknownTensor(path: path, tensor: "sparse/" + name)
+            }
             guard let f = entry.objectValue, let p = f["pattern"]?.stringValue, let pattern = SparsityMask.Pattern(p),
                   let shape = f["shape"]?.arrayValue?.compactMap(\.intValue), shape == expected else {
-                throw bad("its 'sparsity' entry needs 'pattern' (\"N:M\" or \"unstructured\") and 'shape' \(expected), found \(entry.text)")
+                throw bad(
+                    "its 'sparsity' entry needs 'pattern' (\"N:M\" or \"unstructured\") and 'shape' \(expected), found "
+                        + "\(entry.text)")
             }
             do {
                 let count = shape[0] * shape[1]
-                let bits = try rawDataset(file, "sparse/\(name)/mask", typeClass: H5T_INTEGER, size: 1, count: (count + 7) / 8, memType: H5Types.uint8, bad: bad)
+                let bits = try rawDataset(
+                    file, "sparse/\(name)/mask", typeClass: H5T_INTEGER, size: 1, count: (count + 7) / 8,
+                    memType: H5Types.uint8, bad: bad)
                 let mask = try SparsityMask(pattern: pattern, rows: shape[0], cols: shape[1], bits: bits)
-                let kept = try file.readFloat32("sparse/\(name)/values", label: "sparse/\(name)/values", expected: [mask.nonzeros])
+                let kept = try file.readFloat32(
+                    "sparse/\(name)/values", label: "sparse/\(name)/values", expected: [mask.nonzeros])
                 let values = Tensor(shape: shape)
                 var j = 0
                 for i in 0..<count where mask[i] { values[i] = kept[j]; j += 1 }
                 out[name] = try SparseWeight(values: values, mask: mask)
-            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError { throw bad(e.description) }
+            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError {
+                throw bad(e.description)
+            }
         }
         return out
     }
@@ -458,19 +566,35 @@ public struct Checkpoint {
     /// 'indices' (the per_column row indices of each column, ascending; uint8 when rank ≤ 256, else uint16) and
     /// 'values' (float32, in the same order), or with sparse_format the group 'values_quantized' (those values as
     /// a 1 × (in · per_column) tensor in that format).
-    private static func readFactorized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String: FactorizedWeight] {
+    private static func readFactorized(_ file: H5File, shapes: [String: [Int]], path: String) throws -> [String:
+        FactorizedWeight]
+    {
         var out: [String: FactorizedWeight] = [:]
-        for (name, entry) in try listing(file, attribute: "factorization", group: "factorized", path: path).sorted(by: { $0.key < $1.key }) {
-            func bad(_ d: String) -> CheckpointError { .unreadable(path: path, detail: "factorized tensor '\(name)': \(d)") }
-            guard let expected = shapes[name], expected.count == 2 else { throw CheckpointError.unknownTensor(path: path, tensor: "factorized/" + name) }
-            guard let f = entry.objectValue, let shape = f["shape"]?.arrayValue?.compactMap(\.intValue), shape == expected,
-                  let k = f["rank"]?.intValue, k >= 1, k <= 1 << 16, let s = f["per_column"]?.intValue, s >= 1, s <= k else {
-                throw bad("its 'factorization' entry needs 'shape' \(expected), 'rank' (1...65536) and 'per_column' (1...rank), found \(entry.text)")
+        for (name, entry) in try listing(file, attribute: "factorization", group: "factorized", path: path).sorted(by: {
+            $0.key < $1.key
+        }) {
+            func bad(_ d: String) -> CheckpointError {
+                .unreadable(path: path, detail: "factorized tensor '\(name)': \(d)")
+            }
+            guard let expected = shapes[name], expected.count == 2 else {
+                throw CheckpointError.unknownTensor(path: path, tensor: "factorized/" + name)
+            }
+            guard let f = entry.objectValue, let shape = f["shape"]?.arrayValue?.compactMap(\.intValue),
+                shape == expected,
+                let k = f["rank"]?.intValue, k >= 1, k <= 1 << 16, let s = f["per_column"]?.intValue, s >= 1, s <= k
+            else {
+                throw bad(
+                    "its 'factorization' entry needs 'shape' \(expected), 'rank' (1...65536) and 'per_column' "
+                        + "(1...rank), found \(entry.text)")
             }
             func format(_ key: String) throws -> QuantFormat? {
                 guard let d = f[key] else { return nil }
-                guard let text = d.stringValue else { throw bad("'\(key)' must be a format name (e.g. q4_g32_sym), found \(d.text)") }
-                do { return try QuantFormat(name: text) } catch let e as QuantizationError { throw bad("'\(key)': \(e.description)") }
+                guard let text = d.stringValue else {
+                    throw bad("'\(key)' must be a format name (e.g. q4_g32_sym), found \(d.text)")
+                }
+                do { return try QuantFormat(name: text) } catch let e as QuantizationError {
+                    throw bad("'\(key)': \(e.description)")
+                }
             }
             let denseFormat = try format("dense_format"), sparseFormat = try format("sparse_format")
             do {
@@ -478,26 +602,45 @@ public struct Checkpoint {
                 let g = "factorized/\(name)/"
                 var dense: Tensor?, quantizedDense: QuantizedTensor?
                 if let denseFormat {
-                    guard !file.exists(g + "dense") else { throw bad("holds both 'dense' (float32) and a 'dense_format'; a quantized D is stored in 'dense_quantized' only") }
-                    guard file.exists(g + "dense_quantized") else { throw bad("'dense_format' is \(denseFormat) but 'dense_quantized' is missing") }
-                    quantizedDense = try readQuantizedGroup(file, g + "dense_quantized/", format: denseFormat, shape: [k, OC], bad: bad)
+                    guard !file.exists(g + "dense") else {
+                        throw bad(
+                            "holds both 'dense' (float32) and a 'dense_format'; a quantized D is stored in "
+                                + "'dense_quantized' only")
+                    }
+                    guard file.exists(g + "dense_quantized") else {
+                        throw bad("'dense_format' is \(denseFormat) but 'dense_quantized' is missing")
+                    }
+                    quantizedDense = try readQuantizedGroup(
+                        file, g + "dense_quantized/", format: denseFormat, shape: [k, OC], bad: bad)
                 } else {
-                    guard !file.exists(g + "dense_quantized") else { throw bad("holds 'dense_quantized' but its 'factorization' entry has no 'dense_format'") }
+                    guard !file.exists(g + "dense_quantized") else {
+                        throw bad("holds 'dense_quantized' but its 'factorization' entry has no 'dense_format'")
+                    }
                     dense = try file.readFloat32(g + "dense", label: g + "dense", expected: [OC, k])
                 }
                 let wide = k > 256
-                let raw = try rawDataset(file, "factorized/\(name)/indices", typeClass: H5T_INTEGER, size: wide ? 2 : 1, count: n,
-                                         memType: wide ? H5Types.uint16 : H5Types.uint8, bad: bad)
+                let raw = try rawDataset(
+                    file, "factorized/\(name)/indices", typeClass: H5T_INTEGER, size: wide ? 2 : 1, count: n,
+                    memType: wide ? H5Types.uint16 : H5Types.uint8, bad: bad)
                 let kept: [Float]
                 var quantizedSparse: QuantizedTensor?
                 if let sparseFormat {
-                    guard !file.exists(g + "values") else { throw bad("holds both 'values' (float32) and a 'sparse_format'; quantized values are stored in 'values_quantized' only") }
-                    guard file.exists(g + "values_quantized") else { throw bad("'sparse_format' is \(sparseFormat) but 'values_quantized' is missing") }
-                    let q = try readQuantizedGroup(file, g + "values_quantized/", format: sparseFormat, shape: [1, n], bad: bad)
+                    guard !file.exists(g + "values") else {
+                        throw bad(
+                            "holds both 'values' (float32) and a 'sparse_format'; quantized values are stored in "
+                                + "'values_quantized' only")
+                    }
+                    guard file.exists(g + "values_quantized") else {
+                        throw bad("'sparse_format' is \(sparseFormat) but 'values_quantized' is missing")
+                    }
+                    let q = try readQuantizedGroup(
+                        file, g + "values_quantized/", format: sparseFormat, shape: [1, n], bad: bad)
                     quantizedSparse = q
                     kept = q.dequantized()
                 } else {
-                    guard !file.exists(g + "values_quantized") else { throw bad("holds 'values_quantized' but its 'factorization' entry has no 'sparse_format'") }
+                    guard !file.exists(g + "values_quantized") else {
+                        throw bad("holds 'values_quantized' but its 'factorization' entry has no 'sparse_format'")
+                    }
                     kept = try file.readFloat32(g + "values", label: g + "values", expected: [n]).array
                 }
                 let index: (Int) -> Int = { wide ? Int(raw[2 * $0]) | Int(raw[2 * $0 + 1]) << 8 : Int(raw[$0]) }
@@ -507,7 +650,10 @@ public struct Checkpoint {
                     var last = -1
                     for j in 0..<s {
                         let r = index(c * s + j)
-                        guard r > last, r < k else { throw bad("column \(c): row indices must be ascending within 0..<\(k), found \(r) after \(last)") }
+                        guard r > last, r < k else {
+                            throw bad(
+                                "column \(c): row indices must be ascending within 0..<\(k), found \(r) after \(last)")
+                        }
                         last = r
                         keep[r * C + c] = true
                         values[r * C + c] = kept[c * s + j]
@@ -518,7 +664,9 @@ public struct Checkpoint {
                 let factor = try quantizedDense.map { try FactorizedWeight(quantizedDense: $0, sparse: sparse) }
                     ?? FactorizedWeight(dense: dense!, sparse: sparse)
                 out[name] = try quantizedSparse.map { try factor.quantizingSparseValues($0) } ?? factor
-            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError { throw bad(e.description) } catch let e as QuantizationError {
+            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError {
+                throw bad(e.description)
+            } catch let e as QuantizationError {
                 throw bad(e.description)
             }
         }
@@ -529,12 +677,18 @@ public struct Checkpoint {
         do {
             let info = try file.datasetInfo("tokenizer")
             guard info.typeClass == H5T_INTEGER, info.typeSize == 1, info.shape.count == 1 else {
-                throw CheckpointError.badTokenizer(path: path, detail: "expected a 1-D uint8 dataset of JSON, found \(info.typeDescription) \(info.shape)")
+                throw CheckpointError.badTokenizer(
+                    path: path,
+                    detail: "expected a 1-D uint8 dataset of JSON, found \(info.typeDescription) \(info.shape)")
             }
             var bytes = [UInt8](repeating: 0, count: info.shape[0])
-            try bytes.withUnsafeMutableBytes { try file.read("tokenizer", memType: H5Types.uint8, into: $0.baseAddress!) }
+            try bytes.withUnsafeMutableBytes {
+                try file.read("tokenizer", memType: H5Types.uint8, into: $0.baseAddress!)
+            }
             let spec = try JSONDecoder().decode(TokenizerSpec.self, from: Data(bytes))
-            if let problem = spec.problem(vocabSize: vocabSize) { throw CheckpointError.badTokenizer(path: path, detail: problem) }
+            if let problem = spec.problem(vocabSize: vocabSize) {
+                throw CheckpointError.badTokenizer(path: path, detail: problem)
+            }
             return spec
         } catch let e as HDF5Failure {
             throw CheckpointError.unreadable(path: path, detail: "tokenizer: \(e.message)")
@@ -592,14 +746,30 @@ public struct Checkpoint {
     /// One quantized tensor's datasets under the group path `g` (ending in "/"), as `readQuantizedGroup` reads them.
     private func writeQuantizedGroup(_ file: H5File, _ g: String, _ q: QuantizedTensor) throws {
         if q.format.isFloat16 {
-            try q.codes.withUnsafeBytes { try file.write(g + "values", shape: q.shape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+            try q.codes.withUnsafeBytes {
+                try file.write(
+                    g + "values", shape: q.shape, fileType: H5Types.float16, memType: H5Types.float16,
+                    data: $0.baseAddress!)
+            }
             return
         }
-        try q.codes.withUnsafeBytes { try file.write(g + "codes", shape: [q.codes.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
+        try q.codes.withUnsafeBytes {
+            try file.write(
+                g + "codes", shape: [q.codes.count], fileType: H5Types.uint8File, memType: H5Types.uint8,
+                data: $0.baseAddress!)
+        }
         let groupShape = [q.shape[0], q.shape[1] / q.format.groupSize]
-        try q.scales.withUnsafeBytes { try file.write(g + "scales", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+        try q.scales.withUnsafeBytes {
+            try file.write(
+                g + "scales", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16,
+                data: $0.baseAddress!)
+        }
         if !q.format.symmetric {
-            try q.mins.withUnsafeBytes { try file.write(g + "mins", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16, data: $0.baseAddress!) }
+            try q.mins.withUnsafeBytes {
+                try file.write(
+                    g + "mins", shape: groupShape, fileType: H5Types.float16, memType: H5Types.float16,
+                    data: $0.baseAddress!)
+            }
         }
     }
 
@@ -610,7 +780,8 @@ public struct Checkpoint {
         try file.setString("config", config.json.text)
         try file.setString("history", JSONValue.array(history).text)
         try file.createGroup("tensors")
-        var quantization: [String: JSONValue] = [:], sparsity: [String: JSONValue] = [:], factorization: [String: JSONValue] = [:]
+        var quantization: [String: JSONValue] = [:], sparsity: [String: JSONValue] = [:],
+            factorization: [String: JSONValue] = [:]
         func group(_ name: String, _ created: Bool) throws { if !created { try file.createGroup(name) } }
         for (id, weight) in model.weights {
             let name = config.name(id)
@@ -623,16 +794,24 @@ public struct Checkpoint {
             case .matrix(.quantized(let qw)):
                 let q = qw.packed
                 try group("quantized", !quantization.isEmpty)
-                quantization[name] = .object(["format": .string(q.format.description), "shape": .array(q.shape.map { .int($0) })])
+                quantization[name] = .object([
+                    "format": .string(q.format.description), "shape": .array(q.shape.map { .int($0) })
+                ])
                 let g = "quantized/" + name
                 try file.createGroup(g)
                 try writeQuantizedGroup(file, g + "/", q)
             case .matrix(.sparse(let s)):
                 try group("sparse", !sparsity.isEmpty)
-                sparsity[name] = .object(["pattern": .string(s.mask.pattern.description), "shape": .array(s.values.shape.map { .int($0) })])
+                sparsity[name] = .object([
+                    "pattern": .string(s.mask.pattern.description), "shape": .array(s.values.shape.map { .int($0) })
+                ])
                 let g = "sparse/" + name
                 try file.createGroup(g)
-                try s.mask.bits.withUnsafeBytes { try file.write(g + "/mask", shape: [s.mask.bits.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
+                try s.mask.bits.withUnsafeBytes {
+                    try file.write(
+                        g + "/mask", shape: [s.mask.bits.count], fileType: H5Types.uint8File, memType: H5Types.uint8,
+                        data: $0.baseAddress!)
+                }
                 var kept: [Float] = []
                 kept.reserveCapacity(s.mask.nonzeros)
                 for i in 0..<s.values.count where s.mask[i] { kept.append(s.values[i]) }
@@ -640,7 +819,9 @@ public struct Checkpoint {
             case .matrix(.factorized(let f)):
                 try group("factorized", !factorization.isEmpty)
                 let k = f.rank, C = f.sparse.mask.cols, s = f.nonzerosPerColumn
-                var entry: [String: JSONValue] = ["shape": .array(weight.shape.map { .int($0) }), "rank": .int(k), "per_column": .int(s)]
+                var entry: [String: JSONValue] = [
+                    "shape": .array(weight.shape.map { .int($0) }), "rank": .int(k), "per_column": .int(s)
+                ]
                 let g = "factorized/" + name
                 try file.createGroup(g)
                 if let q = f.quantizedDense {
@@ -651,13 +832,25 @@ public struct Checkpoint {
                     try floats(g + "/dense", f.dense.shape, f.dense.data)
                 }
                 var rows: [Int] = [], kept: [Float] = []
-                for c in 0..<C { for r in 0..<k where f.sparse.mask[r * C + c] { rows.append(r); kept.append(f.sparse.values[r * C + c]) } }
+                for c in 0..<C {
+                    for r in 0..<k where f.sparse.mask[r * C + c] {
+                        rows.append(r); kept.append(f.sparse.values[r * C + c])
+                    }
+                }
                 if k > 256 {
                     let idx = rows.map { UInt16($0) }
-                    try idx.withUnsafeBytes { try file.write(g + "/indices", shape: [idx.count], fileType: H5Types.uint16File, memType: H5Types.uint16, data: $0.baseAddress!) }
+                    try idx.withUnsafeBytes {
+                        try file.write(
+                            g + "/indices", shape: [idx.count], fileType: H5Types.uint16File, memType: H5Types.uint16,
+                            data: $0.baseAddress!)
+                    }
                 } else {
                     let idx = rows.map { UInt8($0) }
-                    try idx.withUnsafeBytes { try file.write(g + "/indices", shape: [idx.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!) }
+                    try idx.withUnsafeBytes {
+                        try file.write(
+                            g + "/indices", shape: [idx.count], fileType: H5Types.uint8File, memType: H5Types.uint8,
+                            data: $0.baseAddress!)
+                    }
                 }
                 if let q = f.quantizedSparse {
                     entry["sparse_format"] = .string(q.format.description)
@@ -669,7 +862,9 @@ public struct Checkpoint {
                 factorization[name] = .object(entry)
             }
         }
-        for (attribute, entries) in [("quantization", quantization), ("sparsity", sparsity), ("factorization", factorization)] where !entries.isEmpty {
+        for (attribute, entries) in [
+            ("quantization", quantization), ("sparsity", sparsity), ("factorization", factorization)
+        ] where !entries.isEmpty {
             try file.setString(attribute, JSONValue.object(entries).text)
         }
         if let tokenizer {
@@ -677,7 +872,9 @@ public struct Checkpoint {
             e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let bytes = [UInt8](try e.encode(tokenizer))
             try bytes.withUnsafeBytes {
-                try file.write("tokenizer", shape: [bytes.count], fileType: H5Types.uint8File, memType: H5Types.uint8, data: $0.baseAddress!)
+                try file.write(
+                    "tokenizer", shape: [bytes.count], fileType: H5Types.uint8File, memType: H5Types.uint8,
+                    data: $0.baseAddress!)
             }
         }
         try file.close()

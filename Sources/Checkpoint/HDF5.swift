@@ -14,7 +14,9 @@ struct HDF5Failure: Error {
         // The system's reason (ENOSPC, EFBIG, EIO…) is buried in the library's stack: lead with it.
         if let cause = Self.systemCause(reason) { text = "\(message): \(cause); HDF5: \(reason)" }
         if reason.contains("unable to lock the file") {
-            text += " (another process holds the file open, e.g. for writing; close it, or set HDF5_USE_FILE_LOCKING=FALSE to turn HDF5's file locking off)"
+            text +=
+                " (another process holds the file open, e.g. for writing; close it, or set HDF5_USE_FILE_LOCKING=FALSE "
+                    + "to turn HDF5's file locking off)"
         }
         self.message = text
     }
@@ -132,20 +134,26 @@ final class H5File {
         defer { H5Aclose(attr) }
         let ftype = H5Aget_type(attr)
         defer { H5Tclose(ftype) }
-        guard H5Tget_class(ftype) == H5T_STRING else { throw HDF5Failure(message: "attribute '\(name)' is not a string") }
+        guard H5Tget_class(ftype) == H5T_STRING else {
+            throw HDF5Failure(message: "attribute '\(name)' is not a string")
+        }
         if H5Tis_variable_str(ftype) > 0 {
             let mem = H5Tcopy(h5_c_s1())
             defer { H5Tclose(mem) }
             H5Tset_size(mem, h5t_variable())
             H5Tset_cset(mem, H5T_CSET_UTF8)
             var p: UnsafeMutablePointer<CChar>?
-            guard H5Aread(attr, mem, &p) >= 0, let p else { throw HDF5Failure(message: "could not read attribute '\(name)'") }
+            guard H5Aread(attr, mem, &p) >= 0, let p else {
+                throw HDF5Failure(message: "could not read attribute '\(name)'")
+            }
             defer { H5free_memory(p) }
             return String(cString: p)
         }
         let size = H5Tget_size(ftype)
         var bytes = [UInt8](repeating: 0, count: size + 1)
-        guard H5Aread(attr, ftype, &bytes) >= 0 else { throw HDF5Failure(message: "could not read attribute '\(name)'") }
+        guard H5Aread(attr, ftype, &bytes) >= 0 else {
+            throw HDF5Failure(message: "could not read attribute '\(name)'")
+        }
         return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
     }
 
@@ -157,7 +165,9 @@ final class H5File {
         guard attr >= 0 else { throw HDF5Failure(message: "could not create attribute '\(name)'") }
         defer { H5Aclose(attr) }
         var v = Int64(value)
-        guard H5Awrite(attr, h5_native_int64(), &v) >= 0 else { throw HDF5Failure(message: "could not write attribute '\(name)'") }
+        guard H5Awrite(attr, h5_native_int64(), &v) >= 0 else {
+            throw HDF5Failure(message: "could not write attribute '\(name)'")
+        }
     }
 
     func int(_ name: String) throws -> Int {
@@ -166,9 +176,13 @@ final class H5File {
         defer { H5Aclose(attr) }
         let ftype = H5Aget_type(attr)
         defer { H5Tclose(ftype) }
-        guard H5Tget_class(ftype) == H5T_INTEGER else { throw HDF5Failure(message: "attribute '\(name)' is not an integer") }
+        guard H5Tget_class(ftype) == H5T_INTEGER else {
+            throw HDF5Failure(message: "attribute '\(name)' is not an integer")
+        }
         var v: Int64 = 0
-        guard H5Aread(attr, h5_native_int64(), &v) >= 0 else { throw HDF5Failure(message: "could not read attribute '\(name)'") }
+        guard H5Aread(attr, h5_native_int64(), &v) >= 0 else {
+            throw HDF5Failure(message: "could not read attribute '\(name)'")
+        }
         return Int(v)
     }
 
@@ -238,7 +252,11 @@ final class H5File {
             bytes = p
         }
         if let fileBytes, bytes > fileBytes {
-            throw HDF5Failure(plain: "dataset '\(name)' declares shape \(dims.map { Int(clamping: $0) }) of \(typeSize)-byte elements (\(bytes == .max ? "more than 2^63" : String(bytes)) bytes), more than the whole file (\(fileBytes) bytes)")
+            throw HDF5Failure(
+                plain:
+                    "dataset '\(name)' declares shape \(dims.map { Int(clamping: $0) }) of \(typeSize)-byte elements "
+                        + "(\(bytes == .max ? "more than 2^63" : String(bytes)) bytes), more than the whole file "
+                        + "(\(fileBytes) bytes)")
         }
         var info = DatasetInfo(typeClass: typeClass, typeSize: typeSize, shape: dims.map { Int($0) })
         info.unsigned = typeClass == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE

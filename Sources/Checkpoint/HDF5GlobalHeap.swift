@@ -31,11 +31,17 @@ enum HDF5GlobalHeap {
                 guard i + 16 <= n, bytes[i + 4] == 1 else { continue }
                 if lengths == nil { lengths = sizeOfLengths(bytes) }
                 guard lengths == 8 else {
-                    throw HDF5Failure(message: "the file's lengths are \(lengths ?? 0) bytes wide (expected 8, as h5py and compress write)")
+                    throw HDF5Failure(
+                        message:
+                            "the file's lengths are \(lengths ?? 0) bytes wide (expected 8, as h5py and compress write)"
+                    )
                 }
                 let size = u64(i + 8)
                 guard size >= 4096, size <= UInt64(n - i) else {
-                    throw HDF5Failure(message: "global heap collection at byte \(i) declares \(size) bytes (expected 4,096 or more, within the file's \(n))")
+                    throw HDF5Failure(
+                        message:
+                            "global heap collection at byte \(i) declares \(size) bytes (expected 4,096 or more, "
+                                + "within the file's \(n))")
                 }
                 let end = i + Int(size)
                 var p = i + 16
@@ -44,13 +50,17 @@ enum HDF5GlobalHeap {
                     let index = u16(p), objectSize = u64(p + 8)
                     let need: UInt64 = index > 0 ? 16 &+ ((objectSize &+ 7) & ~7) : objectSize
                     guard objectSize < UInt64(Int.max / 2), need <= UInt64(end - p) else {
-                        throw HDF5Failure(message: "global heap collection at byte \(i) is damaged: object \(index) of \(objectSize) bytes "
+                        throw HDF5Failure(
+                            message:
+                                "global heap collection at byte \(i) is damaged: object \(index) of \(objectSize) "
+                                    + "bytes "
                                           + "at byte \(p) runs past the collection's end (byte \(end))")
                     }
                     // libhdf5 steps by `need` without checking it: an empty free-space record loops it forever (found
                     // by fuzz-state as a hang).
                     guard need > 0 else {
-                        throw HDF5Failure(message: "global heap collection at byte \(i) is damaged: an empty free-space record "
+                        throw HDF5Failure(
+                            message: "global heap collection at byte \(i) is damaged: an empty free-space record "
                                           + "at byte \(p)")
                     }
                     p += Int(need)

@@ -8,7 +8,9 @@ import TensorCore
 ///   /tensors/<name>: float32 datasets (names must not contain '/')
 /// Written atomically like checkpoints (temporary file, fsync, rename).
 public enum TensorArchive {
-    public static func write(to path: String, format: String, version: Int, meta: String, tensors: [(String, Tensor)]) throws {
+    public static func write(to path: String, format: String, version: Int, meta: String, tensors: [(String, Tensor)])
+        throws
+    {
         try writeAtomically(path) { tmp in
             let file = try H5File.create(tmp)
             try file.setString("format", format)
@@ -17,22 +19,30 @@ public enum TensorArchive {
             try file.createGroup("tensors")
             for (name, t) in tensors {
                 precondition(!name.contains("/"), "archive tensor names must not contain '/': \(name)")
-                try file.write("tensors/" + name, shape: t.shape, fileType: H5Types.float32File, memType: H5Types.float32, data: t.data)
+                try file.write(
+                    "tensors/" + name, shape: t.shape, fileType: H5Types.float32File, memType: H5Types.float32,
+                    data: t.data)
             }
             try file.close()
         }
     }
 
     /// Reads an archive written by `write`, checking its format name and version.
-    public static func read(_ path: String, format: String, version: Int) throws -> (meta: String, tensors: [String: Tensor]) {
+    public static func read(
+        _ path: String, format: String, version: Int
+    ) throws -> (meta: String, tensors: [String: Tensor]) {
         try requireRegularFile(path)
-        guard H5File.isHDF5(path) else { throw CheckpointError.unreadable(path: path, detail: "not an HDF5 file (expected a \(format) file)") }
+        guard H5File.isHDF5(path) else {
+            throw CheckpointError.unreadable(path: path, detail: "not an HDF5 file (expected a \(format) file)")
+        }
         do {
             let file = try H5File.openReadOnly(path)
             let found = try file.string("format")
             guard found == format else { throw CheckpointError.wrongFormat(path: path, found: found, expected: format) }
             let v = try file.int("format_version")
-            guard v == version else { throw CheckpointError.unsupportedVersion(path: path, found: v, supported: [version]) }
+            guard v == version else {
+                throw CheckpointError.unsupportedVersion(path: path, found: v, supported: [version])
+            }
             let meta = try file.string("meta")
             var tensors: [String: Tensor] = [:]
             for name in try file.members("tensors") {
@@ -62,7 +72,8 @@ func writeAtomically(_ path: String, _ body: (String) throws -> Void) throws {
         let fd = open(tmp, O_RDONLY | O_CLOEXEC)
         guard fd >= 0, fsync(fd) == 0 else {
             if fd >= 0 { close(fd) }
-            throw CheckpointError.writeFailed(path: path, detail: "fsync of \(tmp) failed: \(String(cString: strerror(errno)))")
+            throw CheckpointError.writeFailed(
+                path: path, detail: "fsync of \(tmp) failed: \(String(cString: strerror(errno)))")
         }
         close(fd)
         guard rename(tmp, path) == 0 else {
@@ -92,6 +103,9 @@ func requireRegularFile(_ path: String) throws {
     do { try SafeFiles.regularFile(path, role: "checkpoint (HDF5)") } catch let e as FileError {
         var st = stat()
         if stat(path, &st) != 0 && errno == ENOENT { throw CheckpointError.notFound(path: path) }
-        throw CheckpointError.unreadable(path: path, detail: e.description.hasPrefix(path + ": ") ? String(e.description.dropFirst(path.count + 2)) : e.description)
+        throw CheckpointError.unreadable(
+            path: path,
+            detail: e.description.hasPrefix(path + ": ")
+                ? String(e.description.dropFirst(path.count + 2)) : e.description)
     }
 }

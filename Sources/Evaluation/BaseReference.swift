@@ -79,19 +79,29 @@ public final class BaseReference: @unchecked Sendable {
     public let targetLogProbs: UnsafePointer<Float>
 
     /// Bytes per position of a reference, header aside: 4C + 4 (`hidden`) or 8k + 8 (`topk`).
-    public static func bytesPerPosition(_ h: Header) -> Int { h.kind == Kind.topk.rawValue ? 8 * h.k + 8 : 4 * h.hidden + 4 }
+    public static func bytesPerPosition(_ h: Header) -> Int {
+        h.kind == Kind.topk.rawValue ? 8 * h.k + 8 : 4 * h.hidden + 4
+    }
 
     /// The header a reference of these settings would carry (no forward pass): `k` nil for a `hidden` reference.
-    public static func header(basePath: String, baseHash: String, vocab V: Int, hidden C: Int, tokens: [Int32], window W: Int,
-                              protocol p: PerplexityProtocol, maxTokens: Int?, k: Int?) throws -> Header {
+    public static func header(
+        basePath: String, baseHash: String, vocab V: Int, hidden C: Int, tokens: [Int32], window W: Int,
+        protocol p: PerplexityProtocol, maxTokens: Int?, k: Int?
+    ) throws -> Header {
         let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: maxTokens, vocab: V)
         let covered = tokens.prefix(p.streamTokensCovered(windows: windows, window: W))
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for t in covered { for s in stride(from: 0, to: 32, by: 8) { h = (h ^ UInt64((UInt32(bitPattern: t) >> UInt32(s)) & 0xff)) &* 0x100_0000_01b3 } }
-        return Header(kind: (k == nil ? Kind.hidden : .topk).rawValue, hidden: k == nil ? C : 0, basePath: basePath, baseHash: baseHash,
-                      tokensHash: String(format: "%016llx-%d", h, covered.count),
-                      protocolName: p.kind.rawValue, bos: p.bos, window: W, maxTokens: maxTokens, k: k ?? 0, vocab: V,
-                      windows: windows, positions: windows * p.predictedPerWindow(W))
+        for t in covered {
+            for s in stride(from: 0, to: 32, by: 8) {
+                h = (h ^ UInt64((UInt32(bitPattern: t) >> UInt32(s)) & 0xff)) &* 0x100_0000_01b3
+            }
+        }
+        return Header(
+            kind: (k == nil ? Kind.hidden : .topk).rawValue, hidden: k == nil ? C : 0, basePath: basePath,
+            baseHash: baseHash,
+            tokensHash: String(format: "%016llx-%d", h, covered.count),
+            protocolName: p.kind.rawValue, bos: p.bos, window: W, maxTokens: maxTokens, k: k ?? 0, vocab: V,
+            windows: windows, positions: windows * p.predictedPerWindow(W))
     }
 
     /// The cache file name of a header: its key hashed.
@@ -112,33 +122,43 @@ public final class BaseReference: @unchecked Sendable {
         let topK = h.kind == Kind.topk.rawValue
         guard V == h.vocab else { throw EvaluationError("\(h.basePath): vocabulary \(V), the reference's \(h.vocab)") }
         guard topK ? (k >= 1 && k <= V) : h.hidden == C else {
-            throw EvaluationError(topK ? "top-k must lie in 1...\(V) (the vocabulary), got \(k)" : "\(h.basePath): hidden size \(C), the reference's \(h.hidden)")
+            throw EvaluationError(
+                topK
+                    ? "top-k must lie in 1...\(V) (the vocabulary), got \(k)"
+                    : "\(h.basePath): hidden size \(C), the reference's \(h.hidden)")
         }
-        let main = UnsafeMutableBufferPointer<Float>.allocate(capacity: topK ? P * k : P * C)  // log-probs, or hidden states
+        // log-probs, or hidden states
+        let main = UnsafeMutableBufferPointer<Float>.allocate(capacity: topK ? P * k : P * C)
         let ids = UnsafeMutableBufferPointer<Int32>.allocate(capacity: topK ? P * k : 0)
         let logRest = UnsafeMutableBufferPointer<Float>.allocate(capacity: topK ? P : 0)
         let target = UnsafeMutableBufferPointer<Float>.allocate(capacity: P)
         defer { main.deallocate(); ids.deallocate(); logRest.deallocate(); target.deallocate() }
         let per = p.predictedPerWindow(W)
         var nll = [Double](repeating: 0, count: 256), total = 0.0
-        Perplexity.forEachScoredChunk(model: base, tokens: tokens, window: W, protocol: p, windows: h.windows, progress: progress) {
+        Perplexity.forEachScoredChunk(
+            model: base, tokens: tokens, window: W, protocol: p, windows: h.windows, progress: progress
+        ) {
             w, windowIDs, t0, rows, hidden, logits in
             let pos = w * per + (t0 - p.firstScored(W))
             if topK {
-                topKLogSoftmax(ids: ids.baseAddress! + pos * k, logProbs: main.baseAddress! + pos * k, logRest: logRest.baseAddress! + pos,
-                               targetLogProbs: nil, targets: nil, logits: logits, rows: rows, columns: V, k: k)
+                topKLogSoftmax(
+                    ids: ids.baseAddress! + pos * k, logProbs: main.baseAddress! + pos * k,
+                    logRest: logRest.baseAddress! + pos,
+                    targetLogProbs: nil, targets: nil, logits: logits, rows: rows, columns: V, k: k)
             } else {
                 (main.baseAddress! + pos * C).update(from: hidden, count: rows * C)
             }
             windowIDs.withUnsafeBufferPointer { idp in
-                crossEntropyForward(nll: &nll, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
+                crossEntropyForward(
+                    nll: &nll, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
             }
             // The correct token's log-probability as the evaluator computes it (`crossEntropyForward`), so that the
             // base's per-position NLL and its PPL are `Perplexity.evaluate`'s.
             for i in 0..<rows { total += nll[i]; target[pos + i] = Float(-nll[i]) }
         }
         guard main.allSatisfy(\.isFinite), target.allSatisfy(\.isFinite) else {
-            throw EvaluationError("\(h.basePath): the base's hidden states or log-probabilities are not finite (NaN or infinite values)")
+            throw EvaluationError(
+                "\(h.basePath): the base's hidden states or log-probabilities are not finite (NaN or infinite values)")
         }
         h.totalNll = total
         var data = Data(magic)
@@ -172,12 +192,18 @@ public final class BaseReference: @unchecked Sendable {
         let n = Int(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
         guard n > 0, n <= b.count - 16 else { throw bad("header length \(n) does not fit the file (\(b.count) bytes)") }
         let h: Header
-        do { h = try JSONDecoder().decode(Header.self, from: Data(b[16..<(16 + n)])) } catch { throw bad("header: \(error)") }
+        do { h = try JSONDecoder().decode(Header.self, from: Data(b[16..<(16 + n)])) } catch {
+            throw bad("header: \(error)")
+        }
         guard h.format == 1 else { throw bad("format \(h.format), expected 1") }
-        if let expected, !h.sameKey(expected) { throw bad("made for other settings (base, tokens, window, protocol, kind or k)") }
+        if let expected, !h.sameKey(expected) {
+            throw bad("made for other settings (base, tokens, window, protocol, kind or k)")
+        }
         guard let kind = Kind(rawValue: h.kind) else { throw bad("kind '\(h.kind)', expected hidden or topk") }
         let topK = kind == .topk
-        guard h.vocab >= 1, h.positions >= 0, h.positions < 1 << 40, topK ? (h.k >= 1 && h.k <= h.vocab && h.k < 1 << 20 && h.hidden == 0)
+        guard h.vocab >= 1, h.positions >= 0, h.positions < 1 << 40,
+            topK
+                ? (h.k >= 1 && h.k <= h.vocab && h.k < 1 << 20 && h.hidden == 0)
                 : (h.k == 0 && h.hidden >= 1 && h.hidden < 1 << 20) else {
             throw bad("kind \(h.kind), k \(h.k), hidden \(h.hidden), vocab \(h.vocab), positions \(h.positions)")
         }
@@ -185,7 +211,9 @@ public final class BaseReference: @unchecked Sendable {
         let P = h.positions, k = h.k, C = h.hidden
         let expectedBytes = offset + P * Self.bytesPerPosition(h)
         guard b.count == expectedBytes else {
-            throw bad("\(b.count) bytes, expected \(expectedBytes) for \(P) positions of \(topK ? "top-\(k)" : "hidden size \(C)") (truncated?)")
+            throw bad(
+                "\(b.count) bytes, expected \(expectedBytes) for \(P) positions of "
+                    + "\(topK ? "top-\(k)" : "hidden size \(C)") (truncated?)")
         }
         header = h
         let base = b.baseAddress! + offset
@@ -198,21 +226,29 @@ public final class BaseReference: @unchecked Sendable {
         } else {
             hiddenStates = base.assumingMemoryBound(to: Float.self)
             targetLogProbs = (base + 4 * P * C).assumingMemoryBound(to: Float.self)
-            ids = UnsafePointer(bitPattern: 8)!; logProbs = UnsafePointer(bitPattern: 8)!; logRest = UnsafePointer(bitPattern: 8)!
+            ids = UnsafePointer(bitPattern: 8)!; logProbs = UnsafePointer(bitPattern: 8)!
+            logRest = UnsafePointer(bitPattern: 8)!
         }
         for t in 0..<P {
             guard targetLogProbs[t].isFinite, targetLogProbs[t] <= 1e-5 else {
-                throw bad("position \(t): the correct token's log-probability \(targetLogProbs[t]) is not a finite log-probability")
+                throw bad(
+                    "position \(t): the correct token's log-probability \(targetLogProbs[t]) is not a finite "
+                        + "log-probability")
             }
             guard topK else { continue }
             for i in 0..<k {
                 let id = ids[t * k + i], lp = logProbs[t * k + i]
-                guard id >= 0, Int(id) < h.vocab else { throw bad("position \(t): id \(id) outside the vocabulary (0..<\(h.vocab))") }
+                guard id >= 0, Int(id) < h.vocab else {
+                    throw bad("position \(t): id \(id) outside the vocabulary (0..<\(h.vocab))")
+                }
                 guard lp.isFinite, lp <= 1e-5, i == 0 || lp <= logProbs[t * k + i - 1] else {
-                    throw bad("position \(t): log-probability \(lp) at rank \(i) is not finite, positive or out of order")
+                    throw bad(
+                        "position \(t): log-probability \(lp) at rank \(i) is not finite, positive or out of order")
                 }
             }
-            guard logRest[t].isFinite, logRest[t] <= 1e-5 else { throw bad("position \(t): rest mass \(logRest[t]) not a finite log-probability") }
+            guard logRest[t].isFinite, logRest[t] <= 1e-5 else {
+                throw bad("position \(t): rest mass \(logRest[t]) not a finite log-probability")
+            }
         }
         if !topK, let bad1 = (0..<(P * C)).first(where: { !hiddenStates[$0].isFinite }) {
             throw bad("hidden state \(bad1 / C) holds a non-finite value")
@@ -221,8 +257,10 @@ public final class BaseReference: @unchecked Sendable {
 
     /// The reference of `header` from the cache directory, or built and stored there (returns whether it was cached).
     /// A cached file that fails its checks is rebuilt (`warning` says why).
-    public static func cached(directory: String, header h: Header, base: DecoderModel, tokens: [Int32],
-                              warning: (String) -> Void = { _ in }, progress: ((Int, Int) -> Void)? = nil) throws -> (BaseReference, Bool) {
+    public static func cached(
+        directory: String, header h: Header, base: DecoderModel, tokens: [Int32],
+        warning: (String) -> Void = { _ in }, progress: ((Int, Int) -> Void)? = nil
+    ) throws -> (BaseReference, Bool) {
         let path = (directory as NSString).appendingPathComponent(fileName(h))
         if FileManager.default.fileExists(atPath: path) {
             do { return (try BaseReference(path: path, expected: h), true) } catch let e as EvaluationError {

@@ -6,11 +6,12 @@ import TensorCore
 /// llama.cpp's `llama-perplexity --kl-divergence`, tools/perplexity/perplexity.cpp, plus the reverse divergence and
 /// the per-window correlation). All in nats; p = base, q = model; positions are the protocol's scored positions.
 public struct DivergenceReport: Codable, Sendable {
-    /// Where the base's distributions came from: its checkpoint, and the top-k reference file (nil: computed alongside).
+    /// Where the base's distributions came from: its checkpoint, and the top-k reference file (nil: computed
+    /// alongside).
     public var base: String
     public var referenceFile: String?
-    /// "hidden" (the base's hidden states from the reference file, full vocabulary), "alongside" (the base run alongside,
-    /// full vocabulary) or "topk" (a top-k reference: KL_k and its bound).
+    /// "hidden" (the base's hidden states from the reference file, full vocabulary), "alongside" (the base run
+    /// alongside, full vocabulary) or "topk" (a top-k reference: KL_k and its bound).
     public var referenceKind: String
     /// k of a top-k reference, nil for the full vocabulary.
     public var topK: Int?
@@ -74,7 +75,8 @@ public struct DivergenceReport: Codable, Sendable {
         public var percentiles: [String: Double]
 
         public static let levels: [(String, Double)] = [
-            ("99.9", 0.999), ("99", 0.99), ("95", 0.95), ("90", 0.90), ("75", 0.75), ("50", 0.5), ("25", 0.25), ("10", 0.10),
+            ("99.9", 0.999), ("99", 0.99), ("95", 0.95), ("90", 0.90), ("75", 0.75), ("50", 0.5), ("25", 0.25),
+            ("10", 0.10),
             ("5", 0.05), ("1", 0.01), ("0.1", 0.001),
         ]
 
@@ -125,14 +127,17 @@ struct DivergenceAccumulator {
         return saa > 0 && sbb > 0 ? sab / (saa * sbb).squareRoot() : 1
     }
 
-    func report(base: String, referenceFile: String?, kind: String, topK: Int?, protocol p: PerplexityProtocol, window W: Int) -> DivergenceReport {
+    func report(
+        base: String, referenceFile: String?, kind: String, topK: Int?, protocol p: PerplexityProtocol, window W: Int
+    ) -> DivergenceReport {
         let n = kl.count
         let same = Double(self.same) / Double(n)
         let lnRatio = zip(nll, nllBase).map { $0 - $1 }
         let lnSummary = DivergenceReport.Summary(lnRatio)
         let meanNll = nll.reduce(0, +) / Double(n), meanNllBase = nllBase.reduce(0, +) / Double(n)
         return DivergenceReport(
-            base: base, referenceFile: referenceFile, referenceKind: kind, topK: topK, protocolName: p.kind.rawValue, window: W,
+            base: base, referenceFile: referenceFile, referenceKind: kind, topK: topK, protocolName: p.kind.rawValue,
+            window: W,
             firstScored: p.firstScored(W), bos: p.bos != nil, windows: windowNll.count, positions: n,
             kld: .init(kl), kldBoundMean: bound.isEmpty ? 0 : bound.reduce(0, +) / Double(n),
             reverseKldMean: reverse.reduce(0, +) / Double(n),
@@ -160,15 +165,18 @@ public enum Divergence {
     ) throws -> (DivergenceReport, PerplexityResult) {
         let V = model.config.vocabSize
         guard base.config.vocabSize == V else {
-            throw EvaluationError("the base (\(basePath)) has a vocabulary of \(base.config.vocabSize), the model \(V): not comparable")
+            throw EvaluationError(
+                "the base (\(basePath)) has a vocabulary of \(base.config.vocabSize), the model \(V): not comparable")
         }
         let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: maxTokens, vocab: V)
         let engine = TransformerDecoder(model: base, window: W)
         let C = base.config.hiddenSize
         var current = -1
         var hidden: UnsafePointer<Float>? = nil
-        return try compareFull(model: model, base: base, basePath: basePath, referenceFile: nil, tokens: tokens, window: W, protocol: p,
-                               windows: windows, topKStudy: topKStudy, progress: progress) { w, ids, t in
+        return try compareFull(
+            model: model, base: base, basePath: basePath, referenceFile: nil, tokens: tokens, window: W, protocol: p,
+            windows: windows, topKStudy: topKStudy, progress: progress
+        ) { w, ids, t in
             if w != current { hidden = engine.hiddenStates(ids); current = w }
             return hidden! + t * C
         }
@@ -185,7 +193,8 @@ public enum Divergence {
         let h = ref.header
         let V = model.config.vocabSize, W = h.window, p = h.scoring
         guard h.vocab == V else {
-            throw EvaluationError("\(ref.path): the reference's vocabulary is \(h.vocab), the model's \(V): not comparable")
+            throw EvaluationError(
+                "\(ref.path): the reference's vocabulary is \(h.vocab), the model's \(V): not comparable")
         }
         let windows = try Perplexity.plan(tokens: tokens, window: W, protocol: p, maxTokens: h.maxTokens, vocab: V)
         guard windows == h.windows else {
@@ -195,27 +204,37 @@ public enum Divergence {
         if h.kind == BaseReference.Kind.hidden.rawValue {
             let C = h.hidden
             guard base.config.hiddenSize == C, base.config.vocabSize == V else {
-                throw EvaluationError("\(ref.path): made with a base of hidden size \(C), not this base's \(base.config.hiddenSize)")
+                throw EvaluationError(
+                    "\(ref.path): made with a base of hidden size \(C), not this base's \(base.config.hiddenSize)")
             }
-            return try compareFull(model: model, base: base, basePath: h.basePath, referenceFile: ref.path, tokens: tokens, window: W,
-                                   protocol: p, windows: windows, topKStudy: topKStudy, progress: progress) { w, _, t in
+            return try compareFull(
+                model: model, base: base, basePath: h.basePath, referenceFile: ref.path, tokens: tokens, window: W,
+                protocol: p, windows: windows, topKStudy: topKStudy, progress: progress
+            ) { w, _, t in
                 ref.hiddenStates + (w * P + t - first) * C
             }
         }
-        guard topKStudy.isEmpty else { throw EvaluationError("a top-k study needs the full vocabulary (a hidden-state reference or the base alongside)") }
+        guard topKStudy.isEmpty else {
+            throw EvaluationError(
+                "a top-k study needs the full vocabulary (a hidden-state reference or the base alongside)")
+        }
         let k = h.k
         let start = Date()
         var acc = DivergenceAccumulator()
         var kl = [Double](repeating: 0, count: 256), bound = kl, rkl = kl, nll = kl
         var total = 0.0
-        try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
+        try Perplexity.forEachScoredChunk(
+            model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress
+        ) {
             w, ids, t0, rows, _, logits in
             let pos = w * P + (t0 - first)  // the reference's first row of this chunk
             ids.withUnsafeBufferPointer { idp in
-                crossEntropyForward(nll: &nll, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
+                crossEntropyForward(
+                    nll: &nll, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
             }
-            topKDivergenceForward(kl: &kl, bound: &bound, reverse: &rkl, ids: ref.ids + pos * k, logProbs: ref.logProbs + pos * k,
-                                  logRest: ref.logRest + pos, logits: logits, rows: rows, columns: V, k: k)
+            topKDivergenceForward(
+                kl: &kl, bound: &bound, reverse: &rkl, ids: ref.ids + pos * k, logProbs: ref.logProbs + pos * k,
+                logRest: ref.logRest + pos, logits: logits, rows: rows, columns: V, k: k)
             for i in 0..<rows {
                 let baseNll = -Double(ref.targetLogProbs[pos + i])
                 acc.kl.append(kl[i]); acc.bound.append(bound[i]); acc.reverse.append(rkl[i])
@@ -225,8 +244,11 @@ public enum Divergence {
             }
             if t0 + rows == W - 1 { acc.endWindow(positions: P) }
         }
-        guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
-        let report = acc.report(base: h.basePath, referenceFile: ref.path, kind: h.kind, topK: k, protocol: p, window: W)
+        guard acc.kl.allSatisfy(\.isFinite) else {
+            throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)")
+        }
+        let report = acc.report(
+            base: h.basePath, referenceFile: ref.path, kind: h.kind, topK: k, protocol: p, window: W)
         let seconds = Date().timeIntervalSince(start)
         return try checked(report, PerplexityResult(totalNll: total, windows: windows, window: W, protocol: p,
                                                     seconds: seconds))
@@ -236,7 +258,8 @@ public enum Divergence {
     /// (`baseHidden(w, ids, t)`: rows from position t of window w) through its LM head, then KL both ways in Double,
     /// same top-1, Δp and NLL per position.
     static func compareFull(
-        model: DecoderModel, base: DecoderModel, basePath: String, referenceFile: String?, tokens: [Int32], window W: Int,
+        model: DecoderModel, base: DecoderModel, basePath: String, referenceFile: String?, tokens: [Int32],
+        window W: Int,
         protocol p: PerplexityProtocol, windows: Int, topKStudy: [Int], progress: ((Int, Int) -> Void)?,
         baseHidden: (_ w: Int, _ ids: [Int32], _ t: Int) -> UnsafePointer<Float>
     ) throws -> (DivergenceReport, PerplexityResult) {
@@ -248,13 +271,18 @@ public enum Divergence {
         let baseLogits = Tensor(shape: [R, V])
         var nll = [Double](repeating: 0, count: R), nllBase = nll, kl = nll, rkl = nll
         var total = 0.0
-        if let bad = topKStudy.first(where: { $0 < 1 || $0 > V }) { throw EvaluationError("top-k \(bad) outside 1...\(V)") }
+        if let bad = topKStudy.first(where: { $0 < 1 || $0 > V }) {
+            throw EvaluationError("top-k \(bad) outside 1...\(V)")
+        }
         // The top-k study: per k, Σ KL_k, Σ B and the same-top-1 count over the same positions.
         var study = [(kl: Double, bound: Double, same: Int)](repeating: (0, 0, 0), count: topKStudy.count)
         let kMax = topKStudy.max() ?? 0
-        var sIds = [Int32](repeating: 0, count: R * kMax), sLp = [Float](repeating: 0, count: R * kMax), sRest = [Float](repeating: 0, count: R)
+        var sIds = [Int32](repeating: 0, count: R * kMax), sLp = [Float](repeating: 0, count: R * kMax),
+            sRest = [Float](repeating: 0, count: R)
         var sKl = [Double](repeating: 0, count: R), sBound = sKl
-        try Perplexity.forEachScoredChunk(model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress) {
+        try Perplexity.forEachScoredChunk(
+            model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress
+        ) {
             w, ids, t0, rows, _, logits in
             var r0 = 0
             while r0 < rows {
@@ -264,12 +292,14 @@ public enum Divergence {
                     let target = idp.baseAddress! + t + 1
                     crossEntropyForward(nll: &nll, logits: z, targets: target, rows: n, columns: V)
                     crossEntropyForward(nll: &nllBase, logits: baseLogits.data, targets: target, rows: n, columns: V)
-                    klDivergenceForward(kl: &kl, reverse: &rkl, reference: baseLogits.data, logits: z, rows: n, columns: V)
+                    klDivergenceForward(
+                        kl: &kl, reverse: &rkl, reference: baseLogits.data, logits: z, rows: n, columns: V)
                     for (si, k) in topKStudy.enumerated() {
                         topKLogSoftmax(ids: &sIds, logProbs: &sLp, logRest: &sRest, targetLogProbs: nil, targets: nil,
                                        logits: baseLogits.data, rows: n, columns: V, k: k)
-                        topKDivergenceForward(kl: &sKl, bound: &sBound, reverse: nil, ids: sIds, logProbs: sLp, logRest: sRest,
-                                              logits: z, rows: n, columns: V, k: k)
+                        topKDivergenceForward(
+                            kl: &sKl, bound: &sBound, reverse: nil, ids: sIds, logProbs: sLp, logRest: sRest,
+                            logits: z, rows: n, columns: V, k: k)
                         for i in 0..<n {
                             study[si].kl += sKl[i]; study[si].bound += sBound[i]
                             if Int32(argmax(z + i * V, count: V)) == sIds[i * k] { study[si].same += 1 }
@@ -286,15 +316,19 @@ public enum Divergence {
             }
             if t0 + rows == W - 1 { acc.endWindow(positions: p.predictedPerWindow(W)) }
         }
-        guard acc.kl.allSatisfy(\.isFinite) else { throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)") }
-        var report = acc.report(base: basePath, referenceFile: referenceFile, kind: referenceFile == nil ? "alongside" : "hidden",
-                                topK: nil, protocol: p, window: W)
+        guard acc.kl.allSatisfy(\.isFinite) else {
+            throw EvaluationError("a KL divergence from the base is not finite (NaN or infinite logits)")
+        }
+        var report = acc.report(
+            base: basePath, referenceFile: referenceFile, kind: referenceFile == nil ? "alongside" : "hidden",
+            topK: nil, protocol: p, window: W)
         if !topKStudy.isEmpty {
             let n = Double(acc.kl.count), full = report.kld.mean
             report.topKErrors = zip(topKStudy, study).map { k, s in
-                DivergenceReport.TopKError(k: k, kldMean: s.kl / n, relativeError: full > 0 ? (s.kl / n - full) / full : 0,
-                                           boundMean: s.bound / n, sameTopP: Double(s.same) / n,
-                                           bytesPerPosition: 8 * k + 8, fractionOfFull16Bit: Double(8 * k + 8) / Double(2 * V))
+                DivergenceReport.TopKError(
+                    k: k, kldMean: s.kl / n, relativeError: full > 0 ? (s.kl / n - full) / full : 0,
+                    boundMean: s.bound / n, sameTopP: Double(s.same) / n,
+                    bytesPerPosition: 8 * k + 8, fractionOfFull16Bit: Double(8 * k + 8) / Double(2 * V))
             }
         }
         let seconds = Date().timeIntervalSince(start)

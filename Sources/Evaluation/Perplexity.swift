@@ -35,7 +35,8 @@ extension PerplexityResult {
             ppl: Foundation.exp(total / Double(predicted)), nll: total / Double(predicted), totalNll: total,
             predictedTokens: predicted, tokens: windows * W, windows: windows, window: W,
             seconds: seconds, tokensPerSecond: Double(windows * W) / max(seconds, 1e-9),
-            bos: p.bos != nil, bosTokenId: p.bos, streamTokensScored: p.streamTokensCovered(windows: windows, window: W),
+            bos: p.bos != nil, bosTokenId: p.bos,
+            streamTokensScored: p.streamTokensCovered(windows: windows, window: W),
             protocolName: p.kind.rawValue, firstScored: p.firstScored(W))
     }
 }
@@ -107,7 +108,9 @@ public struct PerplexityProtocol: Equatable, Sendable, Codable {
     public init(kind: Kind = .pinned, addBosToken: Bool, bosTokenID: Int32?) throws {
         guard addBosToken else { self.init(kind: kind, bos: nil); return }
         guard let bosTokenID else {
-            throw EvaluationError("tokenizer: add_bos_token is true but bos_token_id is missing (the BOS protocol starts every window with the BOS token)")
+            throw EvaluationError(
+                "tokenizer: add_bos_token is true but bos_token_id is missing (the BOS protocol starts every window "
+                    + "with the BOS token)")
         }
         self.init(kind: kind, bos: bosTokenID)
     }
@@ -161,20 +164,29 @@ public enum Perplexity {
     static let rowsPerChunk = 256
 
     /// The windows `protocol` makes of the first `maxTokens` stream tokens (all when nil), after checking them.
-    public static func plan(tokens: [Int32], window W: Int, protocol p: PerplexityProtocol, maxTokens: Int?, vocab V: Int) throws -> Int {
+    public static func plan(
+        tokens: [Int32], window W: Int, protocol p: PerplexityProtocol, maxTokens: Int?, vocab V: Int
+    ) throws -> Int {
         guard W >= 2 else { throw EvaluationError("window must be at least 2 tokens, got \(W)") }
-        if p.kind == .llamacpp && W < 4 { throw EvaluationError("llama.cpp's protocol needs a context of at least 4 tokens, got \(W)") }
+        if p.kind == .llamacpp && W < 4 {
+            throw EvaluationError("llama.cpp's protocol needs a context of at least 4 tokens, got \(W)")
+        }
         let usable = min(tokens.count, maxTokens ?? tokens.count)
         let windows = p.windows(usable: usable, window: W)
         guard windows > 0 else {
-            let what = p.kind == .llamacpp ? "one chunk of \(W) tokens (llama.cpp's protocol\(p.bos == nil ? "" : ", BOS first"))"
-                : p.bos == nil ? "one whole window of \(W) tokens" : "one whole window of BOS + \(W - 1) tokens (window \(W))"
+            let what =
+                p.kind == .llamacpp
+                ? "one chunk of \(W) tokens (llama.cpp's protocol\(p.bos == nil ? "" : ", BOS first"))"
+                : p.bos == nil
+                    ? "one whole window of \(W) tokens" : "one whole window of BOS + \(W - 1) tokens (window \(W))"
             throw EvaluationError("need at least \(what), have \(usable) token(s)")
         }
         if let bos = p.bos, bos < 0 || Int(bos) >= V {
             throw EvaluationError("bos_token_id \(bos) is outside the vocabulary (0..<\(V))")
         }
-        if let bad = tokens.prefix(p.streamTokensCovered(windows: windows, window: W)).first(where: { $0 < 0 || Int($0) >= V }) {
+        if let bad = tokens.prefix(p.streamTokensCovered(windows: windows, window: W)).first(where: {
+            $0 < 0 || Int($0) >= V
+        }) {
             throw EvaluationError("token id \(bad) is outside the vocabulary (0..<\(V))")
         }
         return windows
@@ -187,7 +199,10 @@ public enum Perplexity {
     public static func forEachScoredChunk(
         model: DecoderModel, tokens: [Int32], window W: Int, protocol p: PerplexityProtocol, windows: Int,
         progress: ((Int, Int) -> Void)? = nil,
-        _ body: (_ w: Int, _ ids: [Int32], _ t0: Int, _ rows: Int, _ hidden: UnsafePointer<Float>, _ logits: UnsafePointer<Float>) throws -> Void
+        _ body: (
+            _ w: Int, _ ids: [Int32], _ t0: Int, _ rows: Int, _ hidden: UnsafePointer<Float>,
+            _ logits: UnsafePointer<Float>
+        ) throws -> Void
     ) rethrows {
         let engine = TransformerDecoder(model: model, window: W)
         let C = model.config.hiddenSize, V = model.config.vocabSize
@@ -225,14 +240,17 @@ public enum Perplexity {
             // Row t predicts token t + 1 (with BOS: row 0, the BOS, predicts the chunk's first).
             ids.withUnsafeBufferPointer { idp in
                 nll.withUnsafeMutableBufferPointer { out in
-                    crossEntropyForward(nll: out.baseAddress!, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows, columns: V)
+                    crossEntropyForward(
+                        nll: out.baseAddress!, logits: logits, targets: idp.baseAddress! + t0 + 1, rows: rows,
+                        columns: V)
                 }
             }
             for x in nll.prefix(rows) { total += x }  // fixed order: deterministic
             // Stop at the first window whose NLL is not finite: the rest cannot make the result a number again.
             if let t = nll.prefix(rows).firstIndex(where: { !$0.isFinite }) {
                 throw EvaluationError("window \(w + 1) of \(windows), position \(t0 + t): the negative "
-                    + "log-likelihood is \(nll[t]) (expected a finite value): the model's logits hold NaN or infinite values")
+                        + "log-likelihood is \(nll[t]) (expected a finite value): the model's logits hold NaN or "
+                        + "infinite values")
             }
         }
         let seconds = Date().timeIntervalSince(start)

@@ -32,7 +32,9 @@ struct DeciLayout {
     init(config c: ModelConfig) throws {
         headDim = c.headDim
         guard c.hiddenSize % c.headDim == 0 else {
-            throw ExportError("DeciLMForCausalLM needs hidden_size (\(c.hiddenSize)) to be a multiple of head_dim (\(c.headDim)): its head size is hidden_size / num_attention_heads")
+            throw ExportError(
+                "DeciLMForCausalLM needs hidden_size (\(c.hiddenSize)) to be a multiple of head_dim (\(c.headDim)): "
+                    + "its head size is hidden_size / num_attention_heads")
         }
         heads = c.hiddenSize / c.headDim
         var layers: [Layer] = []
@@ -40,7 +42,10 @@ struct DeciLayout {
             var layer = Layer()
             if b.attention {
                 guard b.numAttentionHeads <= heads, heads % b.numKeyValueHeads == 0 else {
-                    throw ExportError("layer \(i): \(b.numAttentionHeads) query heads over \(b.numKeyValueHeads) key/value heads cannot be written as DeciLM, whose layers all have hidden_size / head_dim = \(heads) query heads in groups of a whole number per key/value head")
+                    throw ExportError(
+                        "layer \(i): \(b.numAttentionHeads) query heads over \(b.numKeyValueHeads) key/value heads "
+                            + "cannot be written as DeciLM, whose layers all have hidden_size / head_dim = \(heads) "
+                            + "query heads in groups of a whole number per key/value head")
                 }
                 let r = b.numAttentionHeads / b.numKeyValueHeads, rStar = heads / b.numKeyValueHeads
                 layer.attention = (b.numKeyValueHeads, (0..<b.numAttentionHeads).map { h in (h / r) * rStar + h % r })
@@ -50,7 +55,9 @@ struct DeciLayout {
                 layer.mlp = (width, 3 * Double(width) / (2 * Double(c.hiddenSize)))
                 // The reader's formula must give back this width.
                 let back = Int(2 * layer.mlp!.ffnMult * Double(c.hiddenSize) / 3)
-                guard (back + 255) / 256 * 256 == width else { throw ExportError("layer \(i): ffn_mult \(layer.mlp!.ffnMult) does not map back to width \(width)") }
+                guard (back + 255) / 256 * 256 == width else {
+                    throw ExportError("layer \(i): ffn_mult \(layer.mlp!.ffnMult) does not map back to width \(width)")
+                }
             }
             layers.append(layer)
         }
@@ -58,7 +65,9 @@ struct DeciLayout {
     }
 
     /// Whether any tensor of layer `l` needs padding.
-    func padsAttention(_ l: Int, _ b: BlockConfig) -> Bool { layers[l].attention != nil && b.numAttentionHeads != heads }
+    func padsAttention(_ l: Int, _ b: BlockConfig) -> Bool {
+        layers[l].attention != nil && b.numAttentionHeads != heads
+    }
     func padsMLP(_ l: Int, _ b: BlockConfig) -> Bool { layers[l].mlp.map { $0.width != b.intermediateSize } ?? false }
 
     /// The weight as written: padded rows (q, gate, up) or columns (o, down), zero elsewhere.
@@ -76,7 +85,11 @@ struct DeciLayout {
         case .o:
             let map = layers[id.layer].attention!.headMap, D = headDim, newCols = heads * D
             var out = [Float](repeating: 0, count: rows * newCols)
-            for r in 0..<rows { for (h, to) in map.enumerated() { for d in 0..<D { out[r * newCols + to * D + d] = src[r * cols + h * D + d] } } }
+            for r in 0..<rows {
+                for (h, to) in map.enumerated() {
+                    for d in 0..<D { out[r * newCols + to * D + d] = src[r * cols + h * D + d] }
+                }
+            }
             return (out, [rows, newCols])
         case .gate, .up:
             let width = layers[id.layer].mlp!.width

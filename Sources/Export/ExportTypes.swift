@@ -95,5 +95,7 @@ struct ConversionError {
         sumSquaredDiff += d * d
         sumSquared += Double(b) * Double(b)
     }
-    var relativeRMS: Double { sumSquared > 0 ? (sumSquaredDiff / sumSquared).squareRoot() : (sumSquaredDiff > 0 ? .infinity : 0) }
+    var relativeRMS: Double {
+        sumSquared > 0 ? (sumSquaredDiff / sumSquared).squareRoot() : (sumSquaredDiff > 0 ? .infinity : 0)
+    }
 }

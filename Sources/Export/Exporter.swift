@@ -12,8 +12,12 @@ public enum Exporter {
     /// one of `inputs` and not a directory holding one (never, not even with --force); an existing file or
     /// non-empty directory only with `force`; a GGUF output never replaces a directory, an HF one never a file
     /// unless forced.
-    public static func checkOutput(_ output: String, format: ExportFormat, inputs: [(role: String, path: String)], force: Bool) throws {
-        guard !output.isEmpty else { throw ExportError("the output path is empty (expected a \(format == .hf ? "directory" : "file") name)") }
+    public static func checkOutput(
+        _ output: String, format: ExportFormat, inputs: [(role: String, path: String)], force: Bool
+    ) throws {
+        guard !output.isEmpty else {
+            throw ExportError("the output path is empty (expected a \(format == .hf ? "directory" : "file") name)")
+        }
         let out = URL(fileURLWithPath: output).standardizedFileURL.path
         // The same checks as every other output: a name too long (its temporary name included) and a path through
         // a regular file are told apart from a missing or read-only directory.
@@ -25,24 +29,34 @@ public enum Exporter {
         for (role, path) in inputs {
             guard let r = realpath(path) else { continue }
             if let o = outReal, r == o || r.hasPrefix(o.hasSuffix("/") ? o : o + "/") {
-                throw ExportError("\(output): \(r == o ? "is" : "contains") the \(role) '\(path)'; refusing to replace an input (choose another output)")
+                throw ExportError(
+                    "\(output): \(r == o ? "is" : "contains") the \(role) '\(path)'; refusing to replace an input "
+                        + "(choose another output)")
             }
         }
         var st = stat()
         guard lstat(out, &st) == 0 else { return }
-        if (st.st_mode & S_IFMT) == S_IFLNK { throw ExportError("\(output): is a symbolic link; refusing to replace it (give a plain path)") }
+        if (st.st_mode & S_IFMT) == S_IFLNK {
+            throw ExportError("\(output): is a symbolic link; refusing to replace it (give a plain path)")
+        }
         let isDir = (st.st_mode & S_IFMT) == S_IFDIR
         switch (format, isDir) {
         case (.hf, true):
             let entries = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
             if !entries.isEmpty && !force {
-                throw ExportError("\(output): an existing non-empty directory (\(entries.count) entries); refusing to replace it (pass --force to replace it)")
+                throw ExportError(
+                    "\(output): an existing non-empty directory (\(entries.count) entries); refusing to replace it "
+                        + "(pass --force to replace it)")
             }
         case (.gguf, true):
             throw ExportError("\(output): is a directory (expected a GGUF file name)")
         case (_, false):
-            guard (st.st_mode & S_IFMT) == S_IFREG else { throw ExportError("\(output): exists and is not a regular file; refusing to replace it") }
-            if !force { throw ExportError("\(output): already exists; refusing to replace it (pass --force to replace it)") }
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw ExportError("\(output): exists and is not a regular file; refusing to replace it")
+            }
+            if !force {
+                throw ExportError("\(output): already exists; refusing to replace it (pass --force to replace it)")
+            }
         }
     }
 
@@ -57,18 +71,28 @@ public enum Exporter {
         let start = Date()
         try checkOutput(options.output, format: options.format, inputs: [("checkpoint", source)], force: options.force)
         if options.format == .hf, options.requantize != nil {
-            throw ExportError("--requantize applies to GGUF only (a Hugging Face export dequantizes what compressed-tensors cannot hold, and reports the loss)")
+            throw ExportError(
+                "--requantize applies to GGUF only (a Hugging Face export dequantizes what compressed-tensors cannot "
+                    + "hold, and reports the loss)")
         }
-        let built = try options.format == .hf ? HFExport.build(ckpt, options: options) : GGUFExport.build(ckpt, options: options)
+        let built =
+            try options.format == .hf
+            ? HFExport.build(ckpt, options: options) : GGUFExport.build(ckpt, options: options)
         let bytes = built.files.reduce(0) { $0 + $1.bytes.count }
         try write(built.files, to: options.output, directory: options.format == .hf)
         let lossy = built.tensors.filter { !$0.lossless }.map { t in
-            "\(t.name): \(t.source) → \(t.type), max |error| \(String(format: "%.3g", t.maxAbsError ?? 0)), relative RMS \(String(format: "%.3g", t.relativeRMSError ?? 0))"
+            "\(t.name): \(t.source) → \(t.type), max |error| \(String(format: "%.3g", t.maxAbsError ?? 0)), relative "
+                + "RMS \(String(format: "%.3g", t.relativeRMSError ?? 0))"
         }
-        return ExportReport(checkpoint: source, output: options.output, format: options.format.rawValue, architecture: built.architecture,
-                            dtype: options.dtype.rawValue, files: built.files.map { $0.name.isEmpty ? URL(fileURLWithPath: options.output).lastPathComponent : $0.name },
-                            bytes: bytes, tensors: built.tensors, lossy: lossy, warnings: built.warnings,
-                            seconds: Date().timeIntervalSince(start))
+        return ExportReport(
+            checkpoint: source, output: options.output, format: options.format.rawValue,
+            architecture: built.architecture,
+            dtype: options.dtype.rawValue,
+            files: built.files.map {
+                $0.name.isEmpty ? URL(fileURLWithPath: options.output).lastPathComponent : $0.name
+            },
+            bytes: bytes, tensors: built.tensors, lossy: lossy, warnings: built.warnings,
+            seconds: Date().timeIntervalSince(start))
     }
 
     /// Writes the files into a temporary file or directory beside `output`, fsyncs them and renames it over
@@ -88,8 +112,13 @@ public enum Exporter {
             }
             var st = stat()
             if directory, lstat(out, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
-                let old = URL(fileURLWithPath: out).deletingLastPathComponent().appendingPathComponent(".\(URL(fileURLWithPath: out).lastPathComponent).old-\(getpid())").path
-                guard rename(out, old) == 0 else { throw ExportError("\(output): cannot move the existing directory aside (\(String(cString: strerror(errno))))") }
+                let old = URL(fileURLWithPath: out).deletingLastPathComponent().appendingPathComponent(
+                    ".\(URL(fileURLWithPath: out).lastPathComponent).old-\(getpid())"
+                ).path
+                guard rename(out, old) == 0 else {
+                    throw ExportError(
+                        "\(output): cannot move the existing directory aside (\(String(cString: strerror(errno))))")
+                }
                 guard rename(tmp, out) == 0 else {
                     let reason = String(cString: strerror(errno))
                     _ = rename(old, out)
@@ -98,7 +127,10 @@ public enum Exporter {
                 try? fm.removeItem(atPath: old)
             } else {
                 if directory, lstat(out, &st) == 0 { try fm.removeItem(atPath: out) }  // a file, replaced under --force
-                guard rename(tmp, out) == 0 else { throw ExportError("\(output): cannot rename the export into place (\(String(cString: strerror(errno))))") }
+                guard rename(tmp, out) == 0 else {
+                    throw ExportError(
+                        "\(output): cannot rename the export into place (\(String(cString: strerror(errno))))")
+                }
             }
         } catch {
             try? fm.removeItem(atPath: tmp)
@@ -115,7 +147,11 @@ public enum Exporter {
             while done < raw.count {
                 let n = Foundation.write(fd, raw.baseAddress! + done, raw.count - done)
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw ExportError("\(path): write failed after \(done) of \(raw.count) bytes (\(String(cString: strerror(errno))))") }
+                guard n > 0 else {
+                    throw ExportError(
+                        "\(path): write failed after \(done) of \(raw.count) bytes "
+                            + "(\(String(cString: strerror(errno))))")
+                }
                 done += n
             }
         }

@@ -10,7 +10,9 @@ enum FloatEncoding {
     }
 
     /// The values in `dtype`; throws (naming `what`) when a value overflows the type.
-    static func encode(_ values: UnsafeBufferPointer<Float>, as dtype: ExportDType, what: String) throws -> (bytes: [UInt8], error: ConversionError) {
+    static func encode(
+        _ values: UnsafeBufferPointer<Float>, as dtype: ExportDType, what: String
+    ) throws -> (bytes: [UInt8], error: ConversionError) {
         var err = ConversionError()
         switch dtype {
         case .f32:
@@ -20,9 +22,17 @@ enum FloatEncoding {
             try out.withUnsafeMutableBytes { raw in
                 for (i, x) in values.enumerated() {
                     let h = Float16(x)
-                    guard h.isFinite else { throw ExportError("\(what): value \(x) at element \(i) overflows float16 (largest 65504); export with --dtype f32 or bf16") }
+                    guard h.isFinite else {
+                        throw ExportError(
+                            "\(what): value \(x) at element \(i) overflows float16 (largest 65504); export with "
+                                + "--dtype f32 or bf16")
+                    }
                     raw.storeBytes(of: h.bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
-                    if Float(h) != x { err.add(exported: Float(h), ours: x) } else { err.sumSquared += Double(x) * Double(x) }
+                    if Float(h) != x {
+                        err.add(exported: Float(h), ours: x)
+                    } else {
+                        err.sumSquared += Double(x) * Double(x)
+                    }
                 }
             }
             return (out, err)
@@ -32,7 +42,9 @@ enum FloatEncoding {
                 for (i, x) in values.enumerated() {
                     let bits = bfloat16Bits(x)
                     let back = Float(bitPattern: UInt32(bits) << 16)
-                    guard back.isFinite else { throw ExportError("\(what): value \(x) at element \(i) overflows bfloat16") }
+                    guard back.isFinite else {
+                        throw ExportError("\(what): value \(x) at element \(i) overflows bfloat16")
+                    }
                     raw.storeBytes(of: bits.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
                     if back != x { err.add(exported: back, ours: x) } else { err.sumSquared += Double(x) * Double(x) }
                 }
@@ -41,7 +53,9 @@ enum FloatEncoding {
         }
     }
 
-    static func encode(_ values: [Float], as dtype: ExportDType, what: String) throws -> (bytes: [UInt8], error: ConversionError) {
+    static func encode(
+        _ values: [Float], as dtype: ExportDType, what: String
+    ) throws -> (bytes: [UInt8], error: ConversionError) {
         try values.withUnsafeBufferPointer { try encode($0, as: dtype, what: what) }
     }
 }

@@ -39,7 +39,9 @@ enum GGMLRepack {
         out.withUnsafeMutableBytes { raw in
             for g in 0..<groups {
                 var o = g * type.blockBytes
-                func half(_ h: Float16) { raw.storeBytes(of: h.bitPattern.littleEndian, toByteOffset: o, as: UInt16.self); o += 2 }
+                func half(_ h: Float16) {
+                    raw.storeBytes(of: h.bitPattern.littleEndian, toByteOffset: o, as: UInt16.self); o += 2
+                }
                 let c = codes[(g * 32)..<(g * 32 + 32)].map { $0 }
                 half(q.scales[g])
                 if !q.format.symmetric { half(q.mins[g]) }
@@ -73,7 +75,9 @@ enum GGMLRepack {
             for i in 0..<half {
                 for j in 0..<2 {
                     let gguf = h * half * 2 + 2 * i + j, hf = h * half * 2 + j * half + i
-                    out.replaceSubrange((gguf * rowBytes)..<((gguf + 1) * rowBytes), with: data[(hf * rowBytes)..<((hf + 1) * rowBytes)])
+                    out.replaceSubrange(
+                        (gguf * rowBytes)..<((gguf + 1) * rowBytes), with: data[(hf * rowBytes)..<((hf + 1) * rowBytes)]
+                    )
                 }
             }
         }

@@ -19,8 +19,12 @@ enum ServerSpec {
         func differs<T: Equatable>(_ what: String, _ ours: T, _ file: T, _ why: String = "") {
             if ours != file { out.append("\(what) \(ours), but a reader of the file computes \(file)\(why)") }
         }
-        differs("embedding scale", Float(c.embeddingScale), Float(back.embeddingScale),
-                back.embeddingScale == 1 ? "" : " (√hidden_size, hidden_size \(c.hiddenSize): width pruning changed hidden_size but kept the original scale)")
+        differs(
+            "embedding scale", Float(c.embeddingScale), Float(back.embeddingScale),
+            back.embeddingScale == 1
+                ? ""
+                : " (√hidden_size, hidden_size \(c.hiddenSize): width pruning changed hidden_size but kept the "
+                    + "original scale)")
         differs("attention scale", attentionScale(c), attentionScale(back))
         differs("norm kind", c.normKind.rawValue, back.normKind.rawValue)
         differs("activation", c.activation.rawValue, back.activation.rawValue)
@@ -30,7 +34,9 @@ enum ServerSpec {
         differs("RMSNorm eps", Float(c.rmsNormEps), Float(back.rmsNormEps))
         differs("tied head", c.tieWordEmbeddings, back.tieWordEmbeddings)
         differs("layer types", c.blocks.map(\.layerType.rawValue), back.blocks.map(\.layerType.rawValue))
-        if c.blocks.contains(where: { $0.layerType == .sliding }) { differs("sliding window", c.slidingWindow, back.slidingWindow) }
+        if c.blocks.contains(where: { $0.layerType == .sliding }) {
+            differs("sliding window", c.slidingWindow, back.slidingWindow)
+        }
         differs("rotary bases", (0..<c.numHiddenLayers).map { Float(c.ropeTheta(layer: $0)) },
                 (0..<back.numHiddenLayers).map { Float(back.ropeTheta(layer: $0)) })
         return out
@@ -44,7 +50,10 @@ enum ServerSpec {
     static func llamaCppGemma3Scale(_ c: ModelConfig) -> (scale: Float, rule: String) {
         if c.numHiddenLayers == 62 {
             let d = c.hiddenSize / c.numAttentionHeads
-            return (1 / Float(d).squareRoot(), "1/√(hidden_size / num_attention_heads) = 1/√\(d), its rule for 62-layer models (the 27B)")
+            return (
+                1 / Float(d).squareRoot(),
+                "1/√(hidden_size / num_attention_heads) = 1/√\(d), its rule for 62-layer models (the 27B)"
+            )
         }
         return (1 / Float(c.headDim).squareRoot(), "1/√key_length = 1/√\(c.headDim) (head_dim)")
     }
@@ -58,12 +67,16 @@ enum ServerSpec {
         let ours = attentionScale(c)
         if abs(ours - scale) > 1e-6 * scale {
             let scalar = c.attentionScale.map { 1 / ($0 * $0) } ?? Double(c.headDim)
-            out.append("attention scale: llama.cpp's gemma3 scales attention scores by \(rule), but this model's query_pre_attn_scalar "
+            out.append(
+                "attention scale: llama.cpp's gemma3 scales attention scores by \(rule), but this model's "
+                    + "query_pre_attn_scalar "
                        + "is \(String(format: "%.6g", scalar)) (scale \(ours), not \(scale)), and no GGUF key "
                        + "holds it; export --format hf instead (Gemma3ForCausalLM reads query_pre_attn_scalar)")
         }
         if !c.biases.isEmpty {
-            out.append("biases on \(c.biases.map(\.rawValue).sorted().joined(separator: ", ")) (attention_bias): llama.cpp's gemma3 graph has no output-projection bias")
+            out.append(
+                "biases on \(c.biases.map(\.rawValue).sorted().joined(separator: ", ")) (attention_bias): llama.cpp's "
+                    + "gemma3 graph has no output-projection bias")
         }
         return out
     }

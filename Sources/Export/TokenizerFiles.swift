@@ -43,33 +43,53 @@ enum TokenizerFiles {
 
     /// The tokenizer.json object of a byte-level BPE tokenizer (its vocabulary a placeholder) and the vocabulary.
     static func byteLevelJSON(_ spec: TokenizerSpec) throws -> (JSONValue, [String]) {
-        guard spec.model == "gpt2" else { throw ExportError("tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)") }
+        guard spec.model == "gpt2" else {
+            throw ExportError(
+                "tokenizer model '\(spec.model)' cannot be exported (supported: gpt2, byte-level BPE; llama, "
+                    + "SentencePiece BPE)")
+        }
         guard let pre = Importer.hfPreTokenizer(named: spec.pre).map(withTrimOffsets) else {
-            throw ExportError("tokenizer pre-tokenizer '\(spec.pre)' has no tokenizer.json form here (supported: gpt2, smollm, llama3, qwen2)")
+            throw ExportError(
+                "tokenizer pre-tokenizer '\(spec.pre)' has no tokenizer.json form here (supported: gpt2, smollm, "
+                    + "llama3, qwen2)")
         }
         try checkDistinct(spec.tokens)
         var added: [JSONValue] = []
         for (i, t) in spec.tokens.enumerated() {
             guard let type = spec.tokenTypes?[i], type == 3 || type == 4 else { continue }
-            added.append(.object(["id": .int(i), "content": .string(t), "single_word": .bool(false), "lstrip": .bool(false),
-                                  "rstrip": .bool(false), "normalized": .bool(false), "special": .bool(type == 3)]))
+            added.append(
+                .object([
+                    "id": .int(i), "content": .string(t), "single_word": .bool(false), "lstrip": .bool(false),
+                    "rstrip": .bool(false), "normalized": .bool(false), "special": .bool(type == 3)
+                ]))
         }
         let merges: [JSONValue] = spec.merges.map { m in
             .array(m.split(separator: " ", maxSplits: 1).map { .string(String($0)) })
         }
-        let post = template(spec) ?? .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(false), "trim_offsets": .bool(false), "use_regex": .bool(false)])
-        return (.object([
-            "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
-            "normalizer": spec.normalizer.map { .object(["type": .string($0)]) } ?? .null,
-            "pre_tokenizer": pre, "post_processor": post,
-            "decoder": .object(["type": .string("ByteLevel"), "add_prefix_space": .bool(true), "trim_offsets": .bool(true), "use_regex": .bool(true)]),
-            "model": .object([
-                "type": .string("BPE"), "dropout": .null, "unk_token": .null, "continuing_subword_prefix": .null,
-                "end_of_word_suffix": .null, "fuse_unk": .bool(false), "byte_fallback": .bool(false),
-                "ignore_merges": .bool(Importer.hfPreTokenizer(named: spec.pre) == Importer.hfPreTokenizer(named: "llama3")),
-                "vocab": .string(vocabPlaceholder), "merges": .array(merges),
-            ]),
-        ]), spec.tokens)
+        let post =
+            template(spec)
+            ?? .object([
+                "type": .string("ByteLevel"), "add_prefix_space": .bool(false), "trim_offsets": .bool(false),
+                "use_regex": .bool(false)
+            ])
+        return (
+            .object([
+                "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
+                "normalizer": spec.normalizer.map { .object(["type": .string($0)]) } ?? .null,
+                "pre_tokenizer": pre, "post_processor": post,
+                "decoder": .object([
+                    "type": .string("ByteLevel"), "add_prefix_space": .bool(true), "trim_offsets": .bool(true),
+                    "use_regex": .bool(true)
+                ]),
+                "model": .object([
+                    "type": .string("BPE"), "dropout": .null, "unk_token": .null, "continuing_subword_prefix": .null,
+                    "end_of_word_suffix": .null, "fuse_unk": .bool(false), "byte_fallback": .bool(false),
+                    "ignore_merges": .bool(
+                        Importer.hfPreTokenizer(named: spec.pre) == Importer.hfPreTokenizer(named: "llama3")),
+                    "vocab": .string(vocabPlaceholder), "merges": .array(merges),
+                ]),
+            ]), spec.tokens
+        )
     }
 
     /// Refuses a vocabulary holding the same token twice (by bytes): a tokenizer.json vocabulary maps each token to
@@ -79,7 +99,9 @@ enum TokenizerFiles {
         seen.reserveCapacity(tokens.count)
         for (i, t) in tokens.enumerated() {
             if let j = seen.updateValue(i, forKey: Array(t.utf8)) {
-                throw ExportError("tokenizer.json cannot be written: tokens \(j) and \(i) are both '\(t.prefix(20))' (a vocabulary maps each token to one id)")
+                throw ExportError(
+                    "tokenizer.json cannot be written: tokens \(j) and \(i) are both '\(t.prefix(20))' (a vocabulary "
+                        + "maps each token to one id)")
             }
         }
     }
@@ -87,7 +109,8 @@ enum TokenizerFiles {
     /// The unknown token: the one of type 2, else a control token spelled "<unk>" (Gemma's GGUF marks its <unk>
     /// control).
     static func unknownToken(_ spec: TokenizerSpec) -> Int? {
-        spec.tokenTypes?.firstIndex(of: 2) ?? spec.tokens.indices.first { spec.tokens[$0] == "<unk>" && spec.tokenTypes?[$0] == 3 }
+        spec.tokenTypes?.firstIndex(of: 2)
+            ?? spec.tokens.indices.first { spec.tokens[$0] == "<unk>" && spec.tokenTypes?[$0] == 3 }
     }
 
     /// SentencePiece's padding piece: a control token spelled "<pad>" (Gemma's id 0); the spec keeps no padding id.
@@ -108,15 +131,21 @@ enum TokenizerFiles {
         func token(_ t: (name: String, id: Int32)?, _ typeID: Int) -> [JSONValue] {
             t.map { [.object(["SpecialToken": .object(["id": .string($0.name), "type_id": .int(typeID)])])] } ?? []
         }
-        func sequence(_ name: String, _ typeID: Int) -> JSONValue { .object(["Sequence": .object(["id": .string(name), "type_id": .int(typeID)])]) }
+        func sequence(_ name: String, _ typeID: Int) -> JSONValue {
+            .object(["Sequence": .object(["id": .string(name), "type_id": .int(typeID)])])
+        }
         var specials: [String: JSONValue] = [:]
         for t in [bos, eos].compactMap({ $0 }) {
-            specials[t.name] = .object(["id": .string(t.name), "ids": .array([.int(Int(t.id))]), "tokens": .array([.string(t.name)])])
+            specials[t.name] = .object([
+                "id": .string(t.name), "ids": .array([.int(Int(t.id))]), "tokens": .array([.string(t.name)])
+            ])
         }
         return .object([
             "type": .string("TemplateProcessing"),
             "single": .array(token(bos, 0) + [sequence("A", 0)] + token(eos, 0)),
-            "pair": .array(token(bos, 0) + [sequence("A", 0)] + token(eos, 0) + token(bos, 1) + [sequence("B", 1)] + token(eos, 1)),
+            "pair": .array(
+                token(bos, 0) + [sequence("A", 0)] + token(eos, 0)
+                    + token(bos, 1) + [sequence("B", 1)] + token(eos, 1)),
             "special_tokens": .object(specials),
         ])
     }
@@ -136,12 +165,15 @@ enum TokenizerFiles {
             } else if let scores = spec.scores {
                 source = .scores(scores)
             } else {
-                throw ExportError("tokenizer: a SentencePiece tokenizer without merges needs scores or merge_order gemma to derive them")
+                throw ExportError(
+                    "tokenizer: a SentencePiece tokenizer without merges needs scores or merge_order gemma to derive "
+                        + "them")
             }
             do {
-                let tokenizer = try SentencePieceTokenizer(tokens: spec.tokens, tokenTypes: spec.tokenTypes, merges: source,
-                                                           spacing: SentencePieceSpacing(name: spec.pre),
-                                                           bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
+                let tokenizer = try SentencePieceTokenizer(
+                    tokens: spec.tokens, tokenTypes: spec.tokenTypes, merges: source,
+                    spacing: SentencePieceSpacing(name: spec.pre),
+                    bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
                 (tokens, merges) = tokenizer.mergeList()
             } catch let e as TokenizerError {
                 throw ExportError("tokenizer: \(e.description)")
@@ -150,48 +182,76 @@ enum TokenizerFiles {
             tokens = spec.tokens
             // Split at the space byte: "▁ह ै" is a space then a combining sign, one Character to Swift.
             merges = spec.merges.map { m in
-                let parts = m.utf8.split(separator: UInt8(ascii: " "), maxSplits: 1).map { String(decoding: $0, as: UTF8.self) }
+                let parts = m.utf8.split(separator: UInt8(ascii: " "), maxSplits: 1).map {
+                    String(decoding: $0, as: UTF8.self)
+                }
                 return (parts.first ?? "", parts.count > 1 ? parts[1] : "")
             }
         }
         try checkDistinct(tokens)
         let split = spec.pre.hasSuffix("+split")
         let prefix = split ? String(spec.pre.dropLast("+split".count)) : spec.pre
-        let space = JSONValue.object(["type": .string("Replace"), "pattern": .object(["String": .string(" ")]), "content": .string("\u{2581}")])
+        let space = JSONValue.object([
+            "type": .string("Replace"), "pattern": .object(["String": .string(" ")]), "content": .string("\u{2581}")
+        ])
         let prepend = JSONValue.object(["type": .string("Prepend"), "prepend": .string("\u{2581}")])
         func metaspace(_ scheme: String) -> JSONValue {
-            .object(["type": .string("Metaspace"), "replacement": .string("\u{2581}"), "prepend_scheme": .string(scheme), "split": .bool(split)])
+            .object([
+                "type": .string("Metaspace"), "replacement": .string("\u{2581}"), "prepend_scheme": .string(scheme),
+                "split": .bool(split)
+            ])
         }
         let normalizer: JSONValue, preTokenizer: JSONValue
         switch prefix {
         case "no-prefix": (normalizer, preTokenizer) = split ? (.null, metaspace("never")) : (space, .null)
         case "prefix-first": (normalizer, preTokenizer) = (.null, metaspace("first"))
         case "prefix-always": (normalizer, preTokenizer) = (.null, metaspace("always"))
-        case "prefix-every": (normalizer, preTokenizer) = (.object(["type": .string("Sequence"), "normalizers": .array([prepend, space])]), split ? metaspace("never") : .null)
-        default: throw ExportError("tokenizer spacing '\(spec.pre)' has no tokenizer.json form here (supported: no-prefix, prefix-first, prefix-always, prefix-every, each optionally +split)")
+        case "prefix-every":
+            (normalizer, preTokenizer) = (
+                .object(["type": .string("Sequence"), "normalizers": .array([prepend, space])]),
+                split ? metaspace("never") : .null
+            )
+        default:
+            throw ExportError(
+                "tokenizer spacing '\(spec.pre)' has no tokenizer.json form here (supported: no-prefix, prefix-first, "
+                    + "prefix-always, prefix-every, each optionally +split)")
         }
         var added: [JSONValue] = []
         for (i, t) in tokens.enumerated() {
             // A respelled token ("▁▁" for "  ") is reached by merging, not matched whole (transformers' Gemma builder).
-            guard let type = spec.tokenTypes?[i], [2, 3, 4].contains(type), Array(t.utf8) == Array(spec.tokens[i].utf8) else { continue }
-            added.append(.object(["id": .int(i), "content": .string(t), "single_word": .bool(false), "lstrip": .bool(false),
-                                  "rstrip": .bool(false), "normalized": .bool(false), "special": .bool(type != 4)]))
+            guard let type = spec.tokenTypes?[i], [2, 3, 4].contains(type), Array(t.utf8) == Array(spec.tokens[i].utf8)
+            else { continue }
+            added.append(
+                .object([
+                    "id": .int(i), "content": .string(t), "single_word": .bool(false), "lstrip": .bool(false),
+                    "rstrip": .bool(false), "normalized": .bool(false), "special": .bool(type != 4)
+                ]))
         }
         let unk = unknownToken(spec).map { JSONValue.string(tokens[$0]) } ?? .null
-        var decoders: [JSONValue] = [.object(["type": .string("Replace"), "pattern": .object(["String": .string("\u{2581}")]), "content": .string(" ")]),
-                                     .object(["type": .string("ByteFallback")]), .object(["type": .string("Fuse")])]
-        if prefix != "no-prefix" { decoders.append(.object(["type": .string("Strip"), "content": .string(" "), "start": .int(1), "stop": .int(0)])) }
-        return (.object([
-            "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
-            "normalizer": normalizer, "pre_tokenizer": preTokenizer, "post_processor": template(spec) ?? .null,
-            "decoder": .object(["type": .string("Sequence"), "decoders": .array(decoders)]),
-            "model": .object([
-                "type": .string("BPE"), "dropout": .null, "unk_token": unk, "continuing_subword_prefix": .null,
-                "end_of_word_suffix": .null, "fuse_unk": .bool(true), "byte_fallback": .bool(true), "ignore_merges": .bool(false),
-                "vocab": .string(vocabPlaceholder),
-                "merges": .array(merges.map { .array([.string($0.0), .string($0.1)]) }),
+        var decoders: [JSONValue] = [
+            .object([
+                "type": .string("Replace"), "pattern": .object(["String": .string("\u{2581}")]), "content": .string(" ")
             ]),
-        ]), tokens)
+            .object(["type": .string("ByteFallback")]), .object(["type": .string("Fuse")])
+        ]
+        if prefix != "no-prefix" {
+            decoders.append(
+                .object(["type": .string("Strip"), "content": .string(" "), "start": .int(1), "stop": .int(0)]))
+        }
+        return (
+            .object([
+                "version": .string("1.0"), "truncation": .null, "padding": .null, "added_tokens": .array(added),
+                "normalizer": normalizer, "pre_tokenizer": preTokenizer, "post_processor": template(spec) ?? .null,
+                "decoder": .object(["type": .string("Sequence"), "decoders": .array(decoders)]),
+                "model": .object([
+                    "type": .string("BPE"), "dropout": .null, "unk_token": unk, "continuing_subword_prefix": .null,
+                    "end_of_word_suffix": .null, "fuse_unk": .bool(true), "byte_fallback": .bool(true),
+                    "ignore_merges": .bool(false),
+                    "vocab": .string(vocabPlaceholder),
+                    "merges": .array(merges.map { .array([.string($0.0), .string($0.1)]) }),
+                ]),
+            ]), tokens
+        )
     }
 
     /// `tokenizers` requires ByteLevel's `trim_offsets` (it only moves offsets; the importer ignores it).
@@ -209,7 +269,8 @@ enum TokenizerFiles {
         func token(_ id: Int32?) -> JSONValue { id.map { .string(spec.tokens[Int($0)]) } ?? .null }
         var o: [String: JSONValue] = [
             "tokenizer_class": .string("PreTrainedTokenizerFast"), "add_bos_token": .bool(spec.addBosToken),
-            "add_eos_token": .bool(spec.addEosToken ?? false), "bos_token": token(spec.bosTokenID), "eos_token": token(spec.eosTokenID),
+            "add_eos_token": .bool(spec.addEosToken ?? false), "bos_token": token(spec.bosTokenID),
+            "eos_token": token(spec.eosTokenID),
             "unk_token": spec.model == "llama" ? token(unknownToken(spec).map { Int32($0) }) : .null,
             "clean_up_tokenization_spaces": .bool(false),
             "model_max_length": .int(maxLength),

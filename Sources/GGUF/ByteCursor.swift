@@ -16,7 +16,9 @@ struct ByteCursor {
     /// Throws unless `count` more bytes are available for `what`.
     func require(_ count: Int, for what: @autoclosure () -> String) throws {
         guard count >= 0, count <= remaining else {
-            throw error("truncated: \(what()) needs \(count) bytes at offset \(offset), found \(remaining) (file size \(bytes.count))")
+            throw error(
+                "truncated: \(what()) needs \(count) bytes at offset \(offset), found \(remaining) (file size "
+                    + "\(bytes.count))")
         }
     }
 
@@ -32,7 +34,9 @@ struct ByteCursor {
     mutating func readCount(_ what: @autoclosure () -> String, minElementBytes: Int) throws -> Int {
         let raw = try read(UInt64.self, what())
         guard raw <= UInt64(remaining / max(minElementBytes, 1)) else {
-            throw error("truncated or corrupt: \(what()) is \(raw), but only \(remaining) bytes remain at offset \(offset) (each element needs at least \(minElementBytes))")
+            throw error(
+                "truncated or corrupt: \(what()) is \(raw), but only \(remaining) bytes remain at offset \(offset) "
+                    + "(each element needs at least \(minElementBytes))")
         }
         return Int(raw)
     }

@@ -53,10 +53,11 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     public var layerTypes: [String]?
     /// `rope_local_base_freq` (gemma3): `<arch>.rope.freq_base_swa`, llama.cpp's default 10000.
     public var ropeLocalBaseFreq: Double?
-    /// `query_pre_attn_scalar` (gemma3): llama.cpp scales scores by 1/√key_length (1/√(hidden/heads) for 62 layers, the 27B).
+    /// `query_pre_attn_scalar` (gemma3): llama.cpp scales scores by 1/√key_length (1/√(hidden/heads) for 62 layers, the
+    /// 27B).
     public var queryPreAttnScalar: Int?
-    /// `final_logit_softcapping`, `attn_logit_softcapping`: `<arch>.final_logit_softcapping` / `.attn_logit_softcapping`
-    /// when present and non-zero (the config reader refuses them).
+    /// `final_logit_softcapping`, `attn_logit_softcapping`: `<arch>.final_logit_softcapping` /
+    /// `.attn_logit_softcapping` when present and non-zero (the config reader refuses them).
     public var finalLogitSoftcapping: Double?
     public var attnLogitSoftcapping: Double?
 
@@ -103,7 +104,8 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     public init(gguf file: GGUFFile, supported: [String]) throws {
         let arch = try file.string("general.architecture")
         guard supported.contains(arch) else {
-            throw GGUFError(file.path, "unsupported architecture '\(arch)'; supported: \(supported.joined(separator: ", "))")
+            throw GGUFError(
+                file.path, "unsupported architecture '\(arch)'; supported: \(supported.joined(separator: ", "))")
         }
         architecture = arch
         func key(_ name: String) -> String { "\(arch).\(name)" }
@@ -111,14 +113,18 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
         numHiddenLayers = try file.int(key("block_count"))
         if arch == "deci" {
             let d = try Self.deciLayers(file, arch: arch, layers: numHiddenLayers)
-            numAttentionHeads = d.heads; numKeyValueHeads = d.kvHeads; intermediateSize = d.width; blockConfigs = d.blocks
+            numAttentionHeads = d.heads; numKeyValueHeads = d.kvHeads; intermediateSize = d.width
+            blockConfigs = d.blocks
         } else {
             intermediateSize = try file.int(key("feed_forward_length"))
             numAttentionHeads = try file.int(key("attention.head_count"))
             numKeyValueHeads = try file.ifPresent(key("attention.head_count_kv"), file.int) ?? numAttentionHeads
         }
         guard numAttentionHeads > 0, numKeyValueHeads > 0 else {
-            throw GGUFError(file.path, "\(key("attention.head_count")): expected positive head counts, found \(numAttentionHeads)/\(numKeyValueHeads)")
+            throw GGUFError(
+                file.path,
+                "\(key("attention.head_count")): expected positive head counts, found "
+                    + "\(numAttentionHeads)/\(numKeyValueHeads)")
         }
         headDim = try file.ifPresent(key("attention.key_length"), file.int) ?? hiddenSize / numAttentionHeads
         rmsNormEps = Self.shortestDecimal(try file.float(key("attention.layer_norm_rms_epsilon")))
@@ -130,7 +136,9 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
             vocabSize = tokens.count
         } else {
             guard let embedding = file.tensor(named: "token_embd.weight"), embedding.shape.count == 2 else {
-                throw GGUFError(file.path, "cannot infer vocab size: no \(key("vocab_size")), tokenizer.ggml.tokens or 2-D token_embd.weight")
+                throw GGUFError(
+                    file.path,
+                    "cannot infer vocab size: no \(key("vocab_size")), tokenizer.ggml.tokens or 2-D token_embd.weight")
             }
             vocabSize = embedding.shape[1]
         }
@@ -145,7 +153,10 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     private mutating func readGemma3(_ file: GGUFFile, key: (String) -> String) throws {
         hiddenAct = "gelu_pytorch_tanh"
         queryPreAttnScalar = numHiddenLayers == 62 ? hiddenSize / numAttentionHeads : headDim
-        for (name, slot) in [("final_logit_softcapping", \GGUFConfig.finalLogitSoftcapping), ("attn_logit_softcapping", \.attnLogitSoftcapping)] {
+        for (name, slot) in [
+            ("final_logit_softcapping", \GGUFConfig.finalLogitSoftcapping),
+            ("attn_logit_softcapping", \.attnLogitSoftcapping)
+        ] {
             if let v = try file.ifPresent(key(name), file.float), v != 0 { self[keyPath: slot] = Double(v) }
         }
         guard let window = try file.ifPresent(key("attention.sliding_window"), file.int), window > 0 else {
@@ -159,7 +170,8 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
         if let v = file.metadata[patternKey], let a = v.arrayValue {
             let flags = a.compactMap(\.boolValue)
             guard flags.count == a.count, flags.count == numHiddenLayers else {
-                throw GGUFError(file.path, "\(patternKey): expected \(numHiddenLayers) booleans or a positive integer, found \(v)")
+                throw GGUFError(
+                    file.path, "\(patternKey): expected \(numHiddenLayers) booleans or a positive integer, found \(v)")
             }
             sliding = flags
         } else {
@@ -171,7 +183,9 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     }
 
     /// Per-layer arrays of a `deci` file (a scalar applies to every layer), as llama.cpp reads them.
-    static func deciLayers(_ file: GGUFFile, arch: String, layers: Int) throws -> (heads: Int, kvHeads: Int, width: Int, blocks: [Block]) {
+    static func deciLayers(
+        _ file: GGUFFile, arch: String, layers: Int
+    ) throws -> (heads: Int, kvHeads: Int, width: Int, blocks: [Block]) {
         func perLayer(_ name: String, default d: [Int]? = nil) throws -> [Int] {
             let key = "\(arch).\(name)"
             guard let v = file.metadata[key] else {
@@ -179,8 +193,11 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
                 throw GGUFError(file.path, "missing \(key)")
             }
             if let i = v.intValue { return Array(repeating: i, count: layers) }
-            guard let a = v.arrayValue, a.count == layers, case let ints = a.compactMap(\.intValue), ints.count == a.count, ints.allSatisfy({ $0 >= 0 }) else {
-                throw GGUFError(file.path, "\(key): expected a non-negative integer or an array of \(layers), found \(v)")
+            guard let a = v.arrayValue, a.count == layers, case let ints = a.compactMap(\.intValue),
+                ints.count == a.count, ints.allSatisfy({ $0 >= 0 })
+            else {
+                throw GGUFError(
+                    file.path, "\(key): expected a non-negative integer or an array of \(layers), found \(v)")
             }
             return ints
         }
@@ -189,17 +206,23 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
         let h = heads.first { $0 > 0 } ?? 1, g = kv.first { $0 > 0 } ?? 1, f = ff.first { $0 > 0 } ?? 1
         let blocks = try (0..<layers).map { l in
             if heads[l] > 0 && kv[l] == 0 {
-                throw GGUFError(file.path, "layer \(l): \(heads[l]) heads without key/value heads is a linear-attention layer, which is not supported")
+                throw GGUFError(
+                    file.path,
+                    "layer \(l): \(heads[l]) heads without key/value heads is a linear-attention layer, which is not "
+                        + "supported")
             }
-            return Block(attention: heads[l] > 0, numAttentionHeads: heads[l] > 0 ? heads[l] : h, numKeyValueHeads: heads[l] > 0 ? kv[l] : g,
-                         mlp: ff[l] > 0, intermediateSize: ff[l] > 0 ? ff[l] : f)
+            return Block(
+                attention: heads[l] > 0, numAttentionHeads: heads[l] > 0 ? heads[l] : h,
+                numKeyValueHeads: heads[l] > 0 ? kv[l] : g,
+                mlp: ff[l] > 0, intermediateSize: ff[l] > 0 ? ff[l] : f)
         }
         return (h, g, f, blocks)
     }
 
     /// llama.cpp: factor from `rope.scaling.factor`, else `rope.scale_linear`; frequency scale = 1 / factor.
     private mutating func readRopeScaling(_ file: GGUFFile, key: (String) -> String) throws {
-        let typeKey = key("rope.scaling.type"), factorKey = key("rope.scaling.factor"), linearKey = key("rope.scale_linear")
+        let typeKey = key("rope.scaling.type"), factorKey = key("rope.scaling.factor"),
+            linearKey = key("rope.scale_linear")
         let type = try file.ifPresent(typeKey, file.string)
         var factor = try file.ifPresent(factorKey, file.float).map(Double.init)
         var keys = [typeKey, factorKey].filter { file.metadata[$0] != nil }
@@ -208,7 +231,8 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
             keys.append(linearKey)
         }
         if type == "none" || (type == nil && (factor == nil || factor == 0 || factor == 1)) { return }
-        ropeScaling = RopeScaling(ropeType: type ?? "linear", factor: factor.map { Self.shortestDecimal(Float($0)) } ?? 1)
+        ropeScaling = RopeScaling(
+            ropeType: type ?? "linear", factor: factor.map { Self.shortestDecimal(Float($0)) } ?? 1)
         ropeScalingKeys = keys
     }
 

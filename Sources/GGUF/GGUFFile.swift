@@ -27,7 +27,9 @@ public final class GGUFFile: @unchecked Sendable {  // immutable after init; the
         var c = ByteCursor(file.bytes, path: path)
         let magic = try c.read(UInt32.self, "magic")
         guard magic == 0x4655_4747 else {
-            let found = withUnsafeBytes(of: magic.littleEndian) { $0.map { String($0, radix: 16) }.joined(separator: " ") }
+            let found = withUnsafeBytes(of: magic.littleEndian) {
+                $0.map { String($0, radix: 16) }.joined(separator: " ")
+            }
             throw c.error("expected magic 'GGUF' (47 47 55 46), found bytes \(found)")
         }
         let version = try c.read(UInt32.self, "version")
@@ -72,7 +74,10 @@ public final class GGUFFile: @unchecked Sendable {  // immutable after init; the
     public func dequantize(_ info: GGUFTensorInfo) throws -> [Float] {
         guard let layout = BlockLayout.table[info.type], let kernel = layout.dequantize else {
             let supported = GGMLType.dequantizable.map(\.name).joined(separator: ", ")
-            throw GGUFError(path, "tensor '\(info.name)': cannot dequantize type \(info.type.name) (id \(info.type.rawValue)); supported: \(supported)")
+            throw GGUFError(
+                path,
+                "tensor '\(info.name)': cannot dequantize type \(info.type.name) (id \(info.type.rawValue)); "
+                    + "supported: \(supported)")
         }
         return try withRawBytes(of: info) { raw in
             [Float](unsafeUninitializedCapacity: info.elementCount) { out, initialized in
@@ -128,7 +133,9 @@ public final class GGUFFile: @unchecked Sendable {  // immutable after init; the
         let offset = try c.read(UInt64.self, "data offset of tensor '\(name)'")
         guard offset <= UInt64(Int.max / 2) else { throw c.error("tensor '\(name)': absurd data offset \(offset)") }
         guard (shape.first ?? 1) % layout.elements == 0 else {
-            throw c.error("tensor '\(name)': \(type.name) needs the first dimension to be a multiple of \(layout.elements), found \(shape.first ?? 1)")
+            throw c.error(
+                "tensor '\(name)': \(type.name) needs the first dimension to be a multiple of \(layout.elements), "
+                    + "found \(shape.first ?? 1)")
         }
         return GGUFTensorInfo(name: name, shape: shape, type: type, offset: Int(offset),
                               elementCount: count, byteCount: count / layout.elements * layout.bytes)
@@ -136,11 +143,15 @@ public final class GGUFFile: @unchecked Sendable {  // immutable after init; the
 
     private func checkPlacement(_ info: GGUFTensorInfo) throws {
         guard info.offset % alignment == 0 else {
-            throw GGUFError(path, "tensor '\(info.name)': data offset \(info.offset) is not a multiple of the alignment \(alignment)")
+            throw GGUFError(
+                path,
+                "tensor '\(info.name)': data offset \(info.offset) is not a multiple of the alignment \(alignment)")
         }
         let end = dataOffset + info.offset + info.byteCount
         guard end <= file.bytes.count else {
-            throw GGUFError(path, "truncated: tensor '\(info.name)' data ends at byte \(end), but the file has \(file.bytes.count) bytes")
+            throw GGUFError(
+                path,
+                "truncated: tensor '\(info.name)' data ends at byte \(end), but the file has \(file.bytes.count) bytes")
         }
     }
 }

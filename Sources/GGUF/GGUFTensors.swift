@@ -13,13 +13,18 @@ public enum GGUFTensors {
     /// Dequantizes `info` to row-major Float32 in Hugging Face shape (GGUF dims reversed, so a linear weight
     /// `ne = [in, out]` becomes `(out, in)`), undoing llama.cpp's rotary row permutation when `rotaryHeads` is
     /// given (q: the attention heads, k: the key/value heads; only for families stored permuted).
-    public static func hfTensor(_ info: GGUFTensorInfo, in file: GGUFFile, name: String, rotaryHeads: Int?) throws -> HFTensor {
+    public static func hfTensor(
+        _ info: GGUFTensorInfo, in file: GGUFFile, name: String, rotaryHeads: Int?
+    ) throws -> HFTensor {
         let shape = info.rowMajorShape
         var values = try file.dequantize(info)
         if let heads = rotaryHeads {
             let rows = shape.first ?? 0, cols = info.elementCount / max(rows, 1)
             guard shape.count == 2, heads > 0, rows % (2 * heads) == 0 else {
-                throw GGUFError(file.path, "tensor '\(info.name)': expected a 2-D weight whose \(rows) rows split into \(heads) heads of even size, found shape \(shape)")
+                throw GGUFError(
+                    file.path,
+                    "tensor '\(info.name)': expected a 2-D weight whose \(rows) rows split into \(heads) heads of even "
+                        + "size, found shape \(shape)")
             }
             values = unpermuteQK(weights: values, rows: rows, cols: cols, heads: heads)
         }

@@ -34,9 +34,13 @@ public struct GGUFWriter {
         var meta = metadata
         if alignment != 32 { meta.append(("general.alignment", .uint32(UInt32(alignment)))) }
         var seen = Set<String>()
-        for (k, _) in meta where !seen.insert(k).inserted { throw GGUFError("<writer>", "metadata key '\(k)' given twice") }
+        for (k, _) in meta where !seen.insert(k).inserted {
+            throw GGUFError("<writer>", "metadata key '\(k)' given twice")
+        }
         seen = []
-        for t in tensors where !seen.insert(t.name).inserted { throw GGUFError("<writer>", "tensor '\(t.name)' given twice") }
+        for t in tensors where !seen.insert(t.name).inserted {
+            throw GGUFError("<writer>", "tensor '\(t.name)' given twice")
+        }
 
         out.append(contentsOf: Array("GGUF".utf8))
         Self.put(UInt32(3), &out)
@@ -51,11 +55,15 @@ public struct GGUFWriter {
         var offsets: [Int] = []
         for t in tensors {
             guard let layout = BlockLayout.table[t.type], !t.shape.isEmpty, t.shape.allSatisfy({ $0 > 0 }) else {
-                throw GGUFError("<writer>", "tensor '\(t.name)': shape \(t.shape) or type \(t.type.name) cannot be written")
+                throw GGUFError(
+                    "<writer>", "tensor '\(t.name)': shape \(t.shape) or type \(t.type.name) cannot be written")
             }
             let n = t.shape.reduce(1, *)
             guard t.shape.last! % layout.elements == 0, t.data.count == n / layout.elements * layout.bytes else {
-                throw GGUFError("<writer>", "tensor '\(t.name)': \(t.data.count) bytes for shape \(t.shape) in \(t.type.name) (expected \(n / max(layout.elements, 1) * layout.bytes), rows a multiple of \(layout.elements))")
+                throw GGUFError(
+                    "<writer>",
+                    "tensor '\(t.name)': \(t.data.count) bytes for shape \(t.shape) in \(t.type.name) (expected "
+                        + "\(n / max(layout.elements, 1) * layout.bytes), rows a multiple of \(layout.elements))")
             }
             Self.putString(t.name, &out)
             Self.put(UInt32(t.shape.count), &out)
@@ -120,7 +128,9 @@ public struct GGUFWriter {
         case .int64(let x): put(x, &out)
         case .float64(let x): put(x.bitPattern, &out)
         case .array(let items):
-            guard let first = items.first else { throw GGUFError("<writer>", "metadata '\(key)': an empty array has no element type") }
+            guard let first = items.first else {
+                throw GGUFError("<writer>", "metadata '\(key)': an empty array has no element type")
+            }
             let id = try typeID(first, key: key)
             for item in items where try typeID(item, key: key) != id {
                 throw GGUFError("<writer>", "metadata '\(key)': array mixes \(first.typeName) and \(item.typeName)")

@@ -50,6 +50,8 @@ enum MetadataReader {
 
     /// Error for a type id just read (so it sits at `offset - 4`).
     static func typeError(_ id: UInt32, _ c: ByteCursor, key: String) -> GGUFError {
-        c.error("metadata '\(key)': expected value type 0...\(typeNames.count - 1) (\(typeNames.joined(separator: ", "))), found \(id) at offset \(c.offset - 4)")
+        c.error(
+            "metadata '\(key)': expected value type 0...\(typeNames.count - 1) (\(typeNames.joined(separator: ", "))), "
+                + "found \(id) at offset \(c.offset - 4)")
     }
 }

@@ -9,10 +9,13 @@ extension Importer {
     /// SentencePiece BPE for "llama"; nil when the file has none. Other models (Unigram "t5", WordPiece "bert", ...),
     /// unknown `tokenizer.*` keys and settings we do not implement are refused, naming the key (`checkGGUFKeys`).
     /// `preTokenizer` replaces `tokenizer.ggml.pre` (byte-level) or the spacing rule (SentencePiece).
-    static func ggufTokenizer(_ file: GGUFFile, family: any ModelFamily.Type, preTokenizer: String? = nil) throws -> TokenizerSpec? {
+    static func ggufTokenizer(
+        _ file: GGUFFile, family: any ModelFamily.Type, preTokenizer: String? = nil
+    ) throws -> TokenizerSpec? {
         guard let kind = try file.ifPresent("tokenizer.ggml.model", file.string) else {
             if let key = file.metadata.keys.sorted().first(where: { $0.hasPrefix("tokenizer.ggml.") }) {
-                throw ImportError("\(file.path): \(key) is present but tokenizer.ggml.model is missing (expected gpt2 or llama)")
+                throw ImportError(
+                    "\(file.path): \(key) is present but tokenizer.ggml.model is missing (expected gpt2 or llama)")
             }
             return nil
         }
@@ -22,9 +25,13 @@ extension Importer {
         case "gpt2": spec = try ggufByteLevelTokenizer(file, preTokenizer: preTokenizer)
         case "llama": spec = try ggufSentencePieceTokenizer(file, preTokenizer: preTokenizer)
         default:
-            throw ImportError("\(file.path): tokenizer.ggml.model '\(kind)' is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE with byte fallback)")
+            throw ImportError(
+                "\(file.path): tokenizer.ggml.model '\(kind)' is not supported (supported: gpt2, byte-level BPE; "
+                    + "llama, SentencePiece BPE with byte fallback)")
         }
-        if let problem = spec.problem(vocabSize: nil) { throw ImportError("\(file.path): tokenizer.ggml.*: \(problem)") }
+        if let problem = spec.problem(vocabSize: nil) {
+            throw ImportError("\(file.path): tokenizer.ggml.*: \(problem)")
+        }
         return spec
     }
 
@@ -40,18 +47,27 @@ extension Importer {
             // Byte-level BPE reaches a multi-byte token only through merges; without them every text would be
             // spelled in single bytes (llama.cpp refuses such files). Added tokens (types 3, 4) are matched whole.
             let multiByte = tokens.indices.filter { i in
-                tokens[i].unicodeScalars.count > 1 && !(types.map { $0.indices.contains(i) && ($0[i] == 3 || $0[i] == 4) } ?? false)
+                tokens[i].unicodeScalars.count > 1
+                    && !(types.map { $0.indices.contains(i) && ($0[i] == 3 || $0[i] == 4) } ?? false)
             }
             if let first = multiByte.first {
-                throw ImportError("\(file.path): tokenizer.ggml.merges is missing, but tokenizer.ggml.tokens holds \(multiByte.count) multi-byte tokens (e.g. id \(first) '\(tokens[first])'); expected the merges that build them (byte-level BPE cannot reach them otherwise)")
+                throw ImportError(
+                    "\(file.path): tokenizer.ggml.merges is missing, but tokenizer.ggml.tokens holds "
+                        + "\(multiByte.count) multi-byte tokens (e.g. id \(first) '\(tokens[first])'); expected the "
+                        + "merges that build them (byte-level BPE cannot reach them otherwise)")
             }
         }
         let named = try file.ifPresent("tokenizer.ggml.pre", file.string).map { $0 == "gpt-2" ? "gpt2" : $0 }
         guard let pre = preTokenizer ?? named else {
-            throw ImportError("\(file.path): tokenizer.ggml.pre is missing (llama.cpp then uses its 'default' pre-tokenizer, which we do not implement; --pre-tokenizer NAME imports with gpt2, smollm, llama3 or qwen2)")
+            throw ImportError(
+                "\(file.path): tokenizer.ggml.pre is missing (llama.cpp then uses its 'default' pre-tokenizer, which "
+                    + "we do not implement; --pre-tokenizer NAME imports with gpt2, smollm, llama3 or qwen2)")
         }
         if preTokenizer == nil, try file.ifPresent("tokenizer.ggml.add_space_prefix", file.bool) == true {
-            throw ImportError("\(file.path): tokenizer.ggml.add_space_prefix is true with tokenizer.ggml.model gpt2 (supported: false; llama.cpp ignores it for byte-level BPE while a ByteLevel add_prefix_space adds a space, so the file is ambiguous)")
+            throw ImportError(
+                "\(file.path): tokenizer.ggml.add_space_prefix is true with tokenizer.ggml.model gpt2 (supported: "
+                    + "false; llama.cpp ignores it for byte-level BPE while a ByteLevel add_prefix_space adds a space, "
+                    + "so the file is ambiguous)")
         }
         return TokenizerSpec(
             model: "gpt2", pre: pre,
@@ -68,8 +84,11 @@ extension Importer {
     /// (transformers/integrations/gguf/gguf_tokenizer_mapping.py, 5.25): Gemma 1-3 respell whitespace tokens and rank
     /// merges by vocabulary order, with no prefix space; Gemma 4 ranks by score, no prefix, no BOS; Phi-3 prepends "▁"
     /// to every stretch (a `Prepend` normalizer); every other architecture gets `LlamaTokenizer` (Metaspace, prefix
-    /// "first"). transformers ignores `tokenizer.ggml.add_space_prefix`; where the file contradicts the builder we refuse.
-    public static func sentencePieceRule(architecture: String) -> (mergeOrder: String, spacing: String, prefix: Bool, addBos: Bool?) {
+    /// "first"). transformers ignores `tokenizer.ggml.add_space_prefix`; where the file contradicts the builder we
+    /// refuse.
+    public static func sentencePieceRule(
+        architecture: String
+    ) -> (mergeOrder: String, spacing: String, prefix: Bool, addBos: Bool?) {
         switch architecture {
         case "gemma", "gemma2", "gemma3": ("gemma", "no-prefix", false, nil)
         case "gemma4": ("scores", "no-prefix", false, false)
@@ -80,13 +99,20 @@ extension Importer {
 
     private static func ggufSentencePieceTokenizer(_ file: GGUFFile, preTokenizer: String?) throws -> TokenizerSpec {
         let path = file.path
-        for (key, why) in [("tokenizer.ggml.merges", "llama.cpp ignores them for a SentencePiece vocabulary and transformers uses them; expected the merges to follow from the scores"),
-                           ("tokenizer.ggml.precompiled_charsmap", "a SentencePiece normalization (e.g. NFKC) we do not implement")]
+        for (key, why) in [
+            (
+                "tokenizer.ggml.merges",
+                "llama.cpp ignores them for a SentencePiece vocabulary and transformers uses them; expected the merges "
+                    + "to follow from the scores"),
+            ("tokenizer.ggml.precompiled_charsmap", "a SentencePiece normalization (e.g. NFKC) we do not implement")
+        ]
         where file.metadata[key] != nil {
             throw ImportError("\(path): \(key) is not supported with tokenizer.ggml.model llama (\(why))")
         }
         if let pre = try file.ifPresent("tokenizer.ggml.pre", file.string), pre != "default" {
-            throw ImportError("\(path): tokenizer.ggml.pre '\(pre)' is not supported with tokenizer.ggml.model llama (expected 'default' or no key)")
+            throw ImportError(
+                "\(path): tokenizer.ggml.pre '\(pre)' is not supported with tokenizer.ggml.model llama (expected "
+                    + "'default' or no key)")
         }
         let tokens = try file.strings("tokenizer.ggml.tokens")
         let architecture = try file.ifPresent("general.architecture", file.string) ?? ""
@@ -95,7 +121,8 @@ extension Importer {
         if let values = try file.ifPresent("tokenizer.ggml.scores", { try file.value($0) }) {
             let numbers = values.arrayValue?.compactMap { $0.doubleValue.map(Float.init) } ?? []
             guard values.arrayValue?.count == tokens.count, numbers.count == tokens.count else {
-                throw ImportError("\(path): tokenizer.ggml.scores is not an array of \(tokens.count) numbers (one per token)")
+                throw ImportError(
+                    "\(path): tokenizer.ggml.scores is not an array of \(tokens.count) numbers (one per token)")
             }
             if let bad = numbers.firstIndex(where: { !$0.isFinite }) {
                 throw ImportError("\(path): tokenizer.ggml.scores[\(bad)] is \(numbers[bad]) (expected finite scores)")
@@ -104,15 +131,23 @@ extension Importer {
         } else if rule.mergeOrder == "scores" {
             throw ImportError("\(path): tokenizer.ggml.scores is missing (a SentencePiece vocabulary merges by score)")
         }
-        if preTokenizer == nil, let prefix = try file.ifPresent("tokenizer.ggml.add_space_prefix", file.bool), prefix != rule.prefix {
-            throw ImportError("\(path): tokenizer.ggml.add_space_prefix is \(prefix), but transformers builds a '\(architecture)' SentencePiece tokenizer \(rule.prefix ? "with" : "without") a prefix space (llama.cpp and transformers would disagree; not supported)")
+        if preTokenizer == nil, let prefix = try file.ifPresent("tokenizer.ggml.add_space_prefix", file.bool),
+            prefix != rule.prefix
+        {
+            throw ImportError(
+                "\(path): tokenizer.ggml.add_space_prefix is \(prefix), but transformers builds a '\(architecture)' "
+                    + "SentencePiece tokenizer \(rule.prefix ? "with" : "without") a prefix space (llama.cpp and "
+                    + "transformers would disagree; not supported)")
         }
         let addBos = try file.ifPresent("tokenizer.ggml.add_bos_token", file.bool)
         if let forced = rule.addBos, let addBos, addBos != forced {
-            throw ImportError("\(path): tokenizer.ggml.add_bos_token is \(addBos), but transformers builds a '\(architecture)' tokenizer with add_bos_token \(forced) (not supported)")
+            throw ImportError(
+                "\(path): tokenizer.ggml.add_bos_token is \(addBos), but transformers builds a '\(architecture)' "
+                    + "tokenizer with add_bos_token \(forced) (not supported)")
         }
         return TokenizerSpec(
-            model: "llama", pre: preTokenizer ?? rule.spacing, tokens: tokens, merges: [], tokenTypes: try ggufTokenTypes(file),
+            model: "llama", pre: preTokenizer ?? rule.spacing, tokens: tokens, merges: [],
+            tokenTypes: try ggufTokenTypes(file),
             bosTokenID: try ggufTokenID(file, "tokenizer.ggml.bos_token_id", count: tokens.count),
             eosTokenID: try ggufTokenID(file, "tokenizer.ggml.eos_token_id", count: tokens.count),
             addBosToken: addBos ?? rule.addBos ?? true,  // llama.cpp's and transformers' default for SentencePiece
@@ -122,10 +157,14 @@ extension Importer {
 
     static func ggufTokenTypes(_ file: GGUFFile) throws -> [Int32]? {
         try file.ifPresent("tokenizer.ggml.token_type") { key -> [Int32] in
-            guard let a = try file.value(key).arrayValue else { throw ImportError("\(file.path): \(key) is not an array") }
+            guard let a = try file.value(key).arrayValue else {
+                throw ImportError("\(file.path): \(key) is not an array")
+            }
             return try a.map {
                 guard let i = $0.intValue else { throw ImportError("\(file.path): \(key) holds a non-integer") }
-                guard let t = Int32(exactly: i), (1...6).contains(t) else { throw ImportError("\(file.path): \(key) holds \(i) (expected token types 1...6)") }
+                guard let t = Int32(exactly: i), (1...6).contains(t) else {
+                    throw ImportError("\(file.path): \(key) holds \(i) (expected token types 1...6)")
+                }
                 return t
             }
         }
@@ -142,8 +181,10 @@ extension Importer {
     /// Every `tokenizer.*` key we know, with what it does to the ids of an encoded text.
     static let ggufTokenizerKeys: Set<String> = [
         // Read: the vocabulary and how it is used.
-        "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores",
-        "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.add_bos_token",
         "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix",
         // Refused unless false (`checkGGUFKeys`).
         "tokenizer.ggml.add_sep_token", "tokenizer.ggml.remove_extra_whitespaces",
@@ -154,7 +195,8 @@ extension Importer {
     /// Ids of special tokens used by generation and infilling, never produced by encoding plain text: checked to be
     /// token ids, otherwise not read.
     static let ggufSpecialIDKeys: [String] = [
-        "unknown_token_id", "padding_token_id", "seperator_token_id", "separator_token_id", "cls_token_id", "mask_token_id",
+        "unknown_token_id", "padding_token_id", "seperator_token_id", "separator_token_id", "cls_token_id",
+        "mask_token_id",
         "eot_token_id", "eom_token_id", "prefix_token_id", "suffix_token_id", "middle_token_id", "fim_pre_token_id",
         "fim_suf_token_id", "fim_mid_token_id", "fim_pad_token_id", "fim_rep_token_id", "fim_sep_token_id",
     ].map { "tokenizer.ggml." + $0 }
@@ -167,17 +209,25 @@ extension Importer {
         let count = try file.strings("tokenizer.ggml.tokens").count
         for key in file.metadata.keys.sorted() where key.hasPrefix("tokenizer.") {
             if key == "tokenizer.ggml.precompiled_charsmap" {
-                throw ImportError("\(file.path): \(key) is not supported (a SentencePiece normalization, e.g. NFKC, we do not implement)")
+                throw ImportError(
+                    "\(file.path): \(key) is not supported (a SentencePiece normalization, e.g. NFKC, we do not "
+                        + "implement)")
             }
             if ggufSpecialIDKeys.contains(key) { _ = try ggufTokenID(file, key, count: count); continue }
-            if key.hasPrefix("tokenizer.chat_template.") { continue }  // named chat templates: as tokenizer.chat_template
+            // named chat templates: as tokenizer.chat_template
+            if key.hasPrefix("tokenizer.chat_template.") { continue }
             guard ggufTokenizerKeys.contains(key) else {
-                throw ImportError("\(file.path): \(key) is not a tokenizer key we know (a setting we do not read could change the ids; known: \(ggufTokenizerKeys.union(ggufSpecialIDKeys).sorted().joined(separator: ", ")))")
+                throw ImportError(
+                    "\(file.path): \(key) is not a tokenizer key we know (a setting we do not read could change the "
+                        + "ids; known: \(ggufTokenizerKeys.union(ggufSpecialIDKeys).sorted().joined(separator: ", ")))")
             }
         }
         for key in ["tokenizer.ggml.add_sep_token", "tokenizer.ggml.remove_extra_whitespaces"] {
             if try file.ifPresent(key, file.bool) == true {
-                throw ImportError("\(file.path): \(key) is true (supported: false; \(key.hasSuffix("sep_token") ? "a separator appended to every text" : "whitespace runs collapsed before encoding") is not implemented)")
+                let what =
+                    key.hasSuffix("sep_token")
+                    ? "a separator appended to every text" : "whitespace runs collapsed before encoding"
+                throw ImportError("\(file.path): \(key) is true (supported: false; \(what) is not implemented)")
             }
         }
     }

@@ -37,11 +37,16 @@ enum HFConfigKeys {
             if metadata.contains(key) || (slidingOff && slidingWindowKeys.contains(key)) { continue }
             if let harmless = noOpValues[key] {
                 guard value == harmless || value == .null || (harmless == .int(0) && value.doubleValue == 0) else {
-                    throw ImportError("\(path): '\(key)' is \(value.text.prefix(80)) (supported: \(harmless.text), which changes nothing here)")
+                    throw ImportError(
+                        "\(path): '\(key)' is \(value.text.prefix(80)) (supported: \(harmless.text), which changes "
+                            + "nothing here)")
                 }
                 continue
             }
-            throw ImportError("\(path): unknown key '\(key)' = \(value.text.prefix(80)) (not read by this importer; a setting it does not know could change the model, so it is refused; accepted without reading: \(metadata.union(noOpValues.keys).sorted().joined(separator: ", ")))")
+            throw ImportError(
+                "\(path): unknown key '\(key)' = \(value.text.prefix(80)) (not read by this importer; a setting it "
+                    + "does not know could change the model, so it is refused; accepted without reading: "
+                    + "\(metadata.union(noOpValues.keys).sorted().joined(separator: ", ")))")
         }
     }
 }

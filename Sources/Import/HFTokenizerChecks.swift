@@ -7,7 +7,8 @@ import Model
 /// says why beside it.
 extension HFTokenizerJSON {
     static let rootKeys: Set<String> = [
-        "version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder", "model",
+        "version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder",
+        "model",
     ]
 
     /// Refuses an unknown top-level key, and truncation or padding (they cut or pad every encoded text).
@@ -16,12 +17,14 @@ extension HFTokenizerJSON {
             throw ImportError("\(path): unknown key '\(unknown)' (known: \(rootKeys.sorted().joined(separator: ", ")))")
         }
         for key in ["truncation", "padding"] where (root[key] ?? .null) != .null {
-            throw ImportError("\(path): \(key) is \(root[key]!.text.prefix(120)) (supported: null; it would cut or pad every text)")
+            throw ImportError(
+                "\(path): \(key) is \(root[key]!.text.prefix(120)) (supported: null; it would cut or pad every text)")
         }
     }
 
     static let modelKeys: Set<String> = [
-        "type", "vocab", "merges", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
+        "type", "vocab", "merges", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
+        "fuse_unk",
         "byte_fallback", "ignore_merges",
     ]
 
@@ -31,10 +34,13 @@ extension HFTokenizerJSON {
     /// and `ignore_merges` are read where the model kind is decided.
     static func checkModel(_ model: [String: JSONValue], path: String) throws {
         if let unknown = model.keys.sorted().first(where: { !modelKeys.contains($0) }) {
-            throw ImportError("\(path): model.\(unknown) is not a BPE model key we know (known: \(modelKeys.sorted().joined(separator: ", ")))")
+            throw ImportError(
+                "\(path): model.\(unknown) is not a BPE model key we know (known: "
+                    + "\(modelKeys.sorted().joined(separator: ", ")))")
         }
         if let d = model["dropout"], d != .null, d.doubleValue != 0 {
-            throw ImportError("\(path): model.dropout is \(d.text) (supported: null or 0; dropout makes encoding random)")
+            throw ImportError(
+                "\(path): model.dropout is \(d.text) (supported: null or 0; dropout makes encoding random)")
         }
         for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
             if let v = model[key], v != .null, v != .string("") {
@@ -53,31 +59,43 @@ extension HFTokenizerJSON {
         }
     }
 
-    static let addedTokenKeys: Set<String> = ["id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"]
+    static let addedTokenKeys: Set<String> = [
+        "id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"
+    ]
 
     /// `added_tokens` as (id, content, special). Every entry needs an id and a content; `single_word`, `lstrip`
     /// and `rstrip` must be false (we match added tokens exactly where they occur); `normalized` true is
     /// accepted only when there is no normalizer (matching the normalized text is then matching the text).
     static func addedTokens(_ root: [String: JSONValue], path: String) throws -> [(Int, String, Bool)] {
         guard let list = root["added_tokens"], list != .null else { return [] }
-        guard let entries = list.arrayValue else { throw ImportError("\(path): added_tokens is \(list.text.prefix(80)) (expected an array)") }
+        guard let entries = list.arrayValue else {
+            throw ImportError("\(path): added_tokens is \(list.text.prefix(80)) (expected an array)")
+        }
         let normalizer = root["normalizer"] ?? .null
         return try entries.enumerated().map { index, entry in
             let at = "\(path): added_tokens[\(index)]"
             guard let o = entry.objectValue, let id = o["id"]?.intValue, let content = o["content"]?.stringValue else {
-                throw ImportError("\(at): expected an object with an integer id and a string content, found \(entry.text.prefix(120))")
+                throw ImportError(
+                    "\(at): expected an object with an integer id and a string content, found \(entry.text.prefix(120))"
+                )
             }
             if let unknown = o.keys.sorted().first(where: { !addedTokenKeys.contains($0) }) {
-                throw ImportError("\(at).\(unknown) is not an added-token key we know (known: \(addedTokenKeys.sorted().joined(separator: ", ")))")
+                throw ImportError(
+                    "\(at).\(unknown) is not an added-token key we know (known: "
+                        + "\(addedTokenKeys.sorted().joined(separator: ", ")))")
             }
             for key in ["single_word", "lstrip", "rstrip", "normalized", "special"] {
-                if let v = o[key], v.boolValue == nil { throw ImportError("\(at).\(key) is \(v.text) (expected true or false)") }
+                if let v = o[key], v.boolValue == nil {
+                    throw ImportError("\(at).\(key) is \(v.text) (expected true or false)")
+                }
             }
             for key in ["single_word", "lstrip", "rstrip"] where o[key]?.boolValue == true {
                 throw ImportError("\(at).\(key) is true (supported: false)")
             }
             if o["normalized"]?.boolValue == true, normalizer != .null {
-                throw ImportError("\(at).normalized is true with a normalizer (supported: false; the token would be matched in the normalized text)")
+                throw ImportError(
+                    "\(at).normalized is true with a normalizer (supported: false; the token would be matched in the "
+                        + "normalized text)")
             }
             return (id, content, o["special"]?.boolValue ?? false)
         }
@@ -101,15 +119,25 @@ extension HFTokenizerJSON {
                 return o.keys.allSatisfy { ["type", "add_prefix_space", "trim_offsets", "use_regex"].contains($0) }
             }
             if o["type"] == .string("Metaspace") && allowed.count > 1 {
-                return o.keys.allSatisfy { ["type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"].contains($0) }
+                return o.keys.allSatisfy {
+                    ["type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"].contains($0)
+                }
                     && (o["replacement"] ?? .string("\u{2581}")) == .string("\u{2581}")
             }
             return allowed.contains(o)
         }
-        if let o = d.objectValue, o["type"] == .string("Sequence"), o.keys.allSatisfy({ ["type", "decoders"].contains($0) }),
-           let steps = o["decoders"]?.arrayValue, steps.allSatisfy(known) { return }
+        if let o = d.objectValue, o["type"] == .string("Sequence"),
+            o.keys.allSatisfy({ ["type", "decoders"].contains($0) }),
+            let steps = o["decoders"]?.arrayValue, steps.allSatisfy(known)
+        {
+            return
+        }
         if known(d) { return }
-        throw ImportError("\(path): decoder \(d.text.prefix(200)) is not supported (our decoding is \(allowed.count > 1 ? "Replace(\"▁\", \" \"), ByteFallback, Fuse, Strip(\" \", 1, 0) or Metaspace" : "ByteLevel's"))")
+        let ours =
+            allowed.count > 1
+            ? "Replace(\"▁\", \" \"), ByteFallback, Fuse, Strip(\" \", 1, 0) or Metaspace"
+            : "ByteLevel's"
+        throw ImportError("\(path): decoder \(d.text.prefix(200)) is not supported (our decoding is \(ours))")
     }
 }
 

@@ -13,16 +13,22 @@ enum HFTokenizerJSON {
     /// `compress import --pre-tokenizer`) replaces what the file's pre-tokenizer and normalizer describe.
     static func read(_ path: String, preTokenizer: String? = nil) throws -> TokenizerSpec {
         let data: Data
-        do { data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28) } catch let e as FileError { throw ImportError(e.description) }
+        do { data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28) } catch let e as FileError {
+            throw ImportError(e.description)
+        }
         let parsed = try Importer.parseJSON(data, path: path)
         guard let root = parsed.objectValue else { throw ImportError("\(path): expected a JSON object") }
         try checkRoot(root, path: path)
-        // model.vocab read again from the bytes, in order: a JSONValue object's keys are Swift Strings, which compare by
-        // canonical equivalence, and real vocabularies (Gemma's) hold canonically equivalent but different tokens.
-        guard let model = root["model"]?.objectValue, model["type"]?.stringValue == "BPE", model["vocab"]?.objectValue != nil,
-              let vocab = RawJSON.vocabulary(Array(data)) else {
+        // model.vocab read again from the bytes, in order: a JSONValue object's keys are Swift Strings, which compare
+        // by canonical equivalence, and real vocabularies (Gemma's) hold canonically equivalent but different tokens.
+        guard let model = root["model"]?.objectValue, model["type"]?.stringValue == "BPE",
+            model["vocab"]?.objectValue != nil,
+            let vocab = RawJSON.vocabulary(Array(data))
+        else {
             let type = root["model"]?.objectValue?["type"]?.text ?? "missing"
-            throw ImportError("\(path): expected a BPE model with a vocab, found model.type \(type) (supported: byte-level BPE, and SentencePiece-style BPE with byte_fallback; a Unigram model is not)")
+            throw ImportError(
+                "\(path): expected a BPE model with a vocab, found model.type \(type) (supported: byte-level BPE, and "
+                    + "SentencePiece-style BPE with byte_fallback; a Unigram model is not)")
         }
         try checkModel(model, path: path)
         let added = try addedTokens(root, path: path)
@@ -30,7 +36,8 @@ enum HFTokenizerJSON {
         let entries = vocab.count + added.count
         for (token, id) in vocab {
             guard let i = Int(id), i >= 0, i < entries else {
-                throw ImportError("\(path): model.vocab['\(token.prefix(40))'] is \(id) (expected a token id in 0..<\(entries))")
+                throw ImportError(
+                    "\(path): model.vocab['\(token.prefix(40))'] is \(id) (expected a token id in 0..<\(entries))")
             }
         }
         if let bad = added.first(where: { $0.0 < 0 || $0.0 >= entries }) {
@@ -41,7 +48,10 @@ enum HFTokenizerJSON {
         var types = [Int32](repeating: 1, count: size)
         for (token, id) in vocab {
             guard let i = Int(id) else { continue }
-            if let earlier = tokens[i] { throw ImportError("\(path): model.vocab gives id \(i) to both '\(earlier.prefix(40))' and '\(token.prefix(40))'") }
+            if let earlier = tokens[i] {
+                throw ImportError(
+                    "\(path): model.vocab gives id \(i) to both '\(earlier.prefix(40))' and '\(token.prefix(40))'")
+            }
             tokens[i] = token
         }
         for (id, content, special) in added {
@@ -52,15 +62,19 @@ enum HFTokenizerJSON {
             throw ImportError("\(path): token id \(missing) has no token (ids must be contiguous)")
         }
         if isSentencePiece(root: root, model: model) {
-            return try sentencePieceSpec(root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, path: path,
-                                         preTokenizer: preTokenizer)
+            return try sentencePieceSpec(
+                root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, path: path,
+                preTokenizer: preTokenizer)
         }
-        return try spec(root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, added: added, path: path,
-                        preTokenizer: preTokenizer)
+        return try spec(
+            root: root, model: model, tokens: tokens.compactMap { $0 }, types: types, added: added, path: path,
+            preTokenizer: preTokenizer)
     }
 
-    private static func spec(root: [String: JSONValue], model: [String: JSONValue], tokens: [String], types: [Int32],
-                             added: [(Int, String, Bool)], path: String, preTokenizer: String?) throws -> TokenizerSpec {
+    private static func spec(
+        root: [String: JSONValue], model: [String: JSONValue], tokens: [String], types: [Int32],
+        added: [(Int, String, Bool)], path: String, preTokenizer: String?
+    ) throws -> TokenizerSpec {
         let merges = try mergeRules(model, path: path)
         func id(_ content: String) -> Int32? { added.first { $0.1 == content }.map { Int32(clamping: $0.0) } }
         let normalizer = try byteLevelNormalizer(root["normalizer"], path: path, overridden: preTokenizer != nil)
@@ -72,17 +86,22 @@ enum HFTokenizerJSON {
         let ignoreMerges = model["ignore_merges"]?.boolValue ?? false
         let implied = pre == "llama3"  // Tokenizer's PreTokenizer.ignoresMerges
         guard ignoreMerges == implied else {
-            throw ImportError("\(path): model.ignore_merges is \(ignoreMerges) with the \(pre) pre-tokenizer (expected \(implied): we implement \(implied ? "Llama 3's pre-tokenizer only with" : "this pre-tokenizer only without") ignore_merges)")
+            throw ImportError(
+                "\(path): model.ignore_merges is \(ignoreMerges) with the \(pre) pre-tokenizer (expected \(implied): "
+                    + "we implement "
+                    + "\(implied ? "Llama 3's pre-tokenizer only with" : "this pre-tokenizer only without") "
+                            + "ignore_merges)")
         }
         var ids: [String: Int] = [:]
         for (i, t) in tokens.enumerated() { ids[t] = i }
         let defaults = (bos: id("<|endoftext|>") ?? id("<s>"), eos: id("<|endoftext|>") ?? id("</s>"))
         let special = try specialTokens(template: byteLevelTemplate(root["post_processor"], path: path), ids: ids,
                                         defaults: defaults, path: path)
-        return TokenizerSpec(model: "gpt2", pre: pre, tokens: tokens,
-                             merges: merges, tokenTypes: types, bosTokenID: special.bos,
-                             eosTokenID: special.eos, addBosToken: special.addBos, addEosToken: special.addEos ? true : nil,
-                             normalizer: normalizer)
+        return TokenizerSpec(
+            model: "gpt2", pre: pre, tokens: tokens,
+            merges: merges, tokenTypes: types, bosTokenID: special.bos,
+            eosTokenID: special.eos, addBosToken: special.addBos, addEosToken: special.addEos ? true : nil,
+            normalizer: normalizer)
     }
 
     /// The normalizer of a byte-level tokenizer.json as `TokenizerSpec.normalizer`: null (none), `NFC` (Qwen2's), or
@@ -115,23 +134,33 @@ enum HFTokenizerJSON {
                 && o.keys.allSatisfy { ["type", "add_prefix_space", "trim_offsets", "use_regex"].contains($0) }
         }
         guard let p, p != .null else { return nil }
-        guard let o = p.objectValue else { throw ImportError("\(path): post_processor is \(p.text.prefix(80)) (expected an object or null)") }
+        guard let o = p.objectValue else {
+            throw ImportError("\(path): post_processor is \(p.text.prefix(80)) (expected an object or null)")
+        }
         if isByteLevel(o) { return nil }
         if o["type"] == .string("Sequence"), o.keys.allSatisfy({ ["type", "processors"].contains($0) }),
-           let steps = o["processors"]?.arrayValue?.compactMap(\.objectValue), steps.count == (o["processors"]?.arrayValue?.count ?? -1) {
+            let steps = o["processors"]?.arrayValue?.compactMap(\.objectValue),
+            steps.count == (o["processors"]?.arrayValue?.count ?? -1)
+        {
             let rest = steps.filter { !isByteLevel($0) }
             if rest.count <= 1 { return rest.first ?? nil }
         }
         if o["type"] == .string("TemplateProcessing") { return o }
-        throw ImportError("\(path): post_processor \(p.text.prefix(200)) is not supported (supported: null, ByteLevel, TemplateProcessing, or a Sequence of a ByteLevel and a TemplateProcessing)")
+        throw ImportError(
+            "\(path): post_processor \(p.text.prefix(200)) is not supported (supported: null, ByteLevel, "
+                + "TemplateProcessing, or a Sequence of a ByteLevel and a TemplateProcessing)")
     }
 
     /// Llama 3's Split regex (tokenizers' `Regex` pattern), matched character for character.
-    static let llama3Split = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+    static let llama3Split =
+        #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| "#
+            + #"?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
     /// Qwen2's Split regex, as in Qwen2.5's tokenizer.json and in the tokenizer transformers builds from a `qwen2`
     /// GGUF: Llama 3's with `\p{N}` (one number scalar) for `\p{N}{1,3}`.
-    static let qwen2Split = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+    static let qwen2Split =
+        #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| "#
+            + #"?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
     /// The pre-tokenizers we implement, each by its exact tokenizer.json definition (`trim_offsets` only moves
     /// offsets, so it may take either value).
@@ -158,12 +187,23 @@ enum HFTokenizerJSON {
     /// then ByteLevel, or Llama 3's or Qwen2's Split(its regex) then ByteLevel without regex; anything else is refused.
     static func preTokenizerKind(_ p: JSONValue?, path: String) throws -> String {
         guard let p, p != .null else {
-            throw ImportError("\(path): pre_tokenizer is null (expected a byte-level pre-tokenizer: \(known.map(\.name).joined(separator: ", ")))")
+            throw ImportError(
+                "\(path): pre_tokenizer is null (expected a byte-level pre-tokenizer: "
+                    + "\(known.map(\.name).joined(separator: ", ")))")
         }
         if let match = known.first(where: { $0.definition == withoutTrimOffsets(p) }) { return match.name }
         let patterns = splitPatterns(p)
-        let quoted = patterns.isEmpty ? "" : "; its Split pattern\(patterns.count > 1 ? "s" : "") \(patterns.map { "'\($0)'" }.joined(separator: ", ")) \(patterns.count > 1 ? "are" : "is") not one we implement (Llama 3's is '\(llama3Split)', Qwen2's '\(qwen2Split)')"
-        throw ImportError("\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; Llama 3's or Qwen2's Split then ByteLevel with use_regex false; --pre-tokenizer NAME imports with one of those)")
+        let quoted =
+            patterns.isEmpty
+            ? ""
+            : "; its Split pattern\(patterns.count > 1 ? "s" : "") "
+                + "\(patterns.map { "'\($0)'" }.joined(separator: ", ")) \(patterns.count > 1 ? "are" : "is") not one "
+                + "we implement (Llama 3's is '\(llama3Split)', Qwen2's '\(qwen2Split)')"
+        throw ImportError(
+            "\(path): pre_tokenizer \(p.text.prefix(400)) is not supported\(quoted) (supported, exactly: ByteLevel "
+                + "with add_prefix_space false and use_regex true; Digits(individual_digits) then that ByteLevel; "
+                + "Llama 3's or Qwen2's Split then ByteLevel with use_regex false; --pre-tokenizer NAME imports "
+                        + "with one of those)")
     }
 
     /// The definition with every `trim_offsets` key removed and ByteLevel's `use_regex` default (true) filled in.
@@ -196,7 +236,9 @@ enum HFTokenizerJSON {
 enum RawJSON {
     static func vocabulary(_ bytes: [UInt8]) -> [(token: String, id: String)]? {
         var scanner = Scanner(bytes: bytes)
-        guard let model = scanner.member("model", of: 0), let vocab = scanner.member("vocab", of: model) else { return nil }
+        guard let model = scanner.member("model", of: 0), let vocab = scanner.member("vocab", of: model) else {
+            return nil
+        }
         var pairs: [(String, String)] = []
         scanner.position = vocab
         guard scanner.members({ key, s in
@@ -268,11 +310,15 @@ enum RawJSON {
                 case UInt8(ascii: "r"): out.append(0x0D)
                 case UInt8(ascii: "t"): out.append(0x09)
                 case UInt8(ascii: "u"):
-                    guard position + 4 <= bytes.count, let unit = UInt32(String(decoding: bytes[position..<position + 4], as: UTF8.self), radix: 16) else { return nil }
+                    guard position + 4 <= bytes.count,
+                        let unit = UInt32(String(decoding: bytes[position..<position + 4], as: UTF8.self), radix: 16)
+                    else { return nil }
                     position += 4
                     var value = unit
                     if (0xD800...0xDBFF).contains(unit) { pendingHigh = unit; continue }
-                    if (0xDC00...0xDFFF).contains(unit), let high = pendingHigh { value = 0x10000 + ((high - 0xD800) << 10) + (unit - 0xDC00) }
+                    if (0xDC00...0xDFFF).contains(unit), let high = pendingHigh {
+                        value = 0x10000 + ((high - 0xD800) << 10) + (unit - 0xDC00)
+                    }
                     pendingHigh = nil
                     out += Array(String(Unicode.Scalar(value).map(Character.init) ?? "\u{FFFD}").utf8)
                 default: out.append(escape)  // \" \\ \/
@@ -313,7 +359,9 @@ extension HFTokenizerJSON {
             if let s = entry.stringValue { return s }
             if let pair = entry.arrayValue?.compactMap(\.stringValue), pair.count == 2 {
                 if pair.contains(where: { $0.contains(" ") }) {
-                    throw ImportError("\(path): model.merges[\(index)] \(entry.text) has a part holding a space (not supported: merges are kept as \"a b\")")
+                    throw ImportError(
+                        "\(path): model.merges[\(index)] \(entry.text) has a part holding a space (not supported: "
+                            + "merges are kept as \"a b\")")
                 }
                 return pair.joined(separator: " ")
             }
@@ -332,19 +380,27 @@ extension HFTokenizerJSON {
 
     /// A SentencePiece-style tokenizer.json as a "llama" spec with its merges listed. Supported: a BPE model with
     /// `byte_fallback` true (no dropout, subword prefix or suffix, `ignore_merges` false); normalizer null,
-    /// `Replace(" ", "▁")`, `Prepend("▁")` or a Sequence of those two; pre-tokenizer null, `Metaspace` (replacement "▁",
-    /// any prepend scheme, split or not) or Gemma's `Split(" ", merged_with_previous)` after a Replace normalizer (which
-    /// leaves no space to split on). BOS (and EOS) added by a `TemplateProcessing` post-processor set
+    /// `Replace(" ", "▁")`, `Prepend("▁")` or a Sequence of those two; pre-tokenizer null, `Metaspace` (replacement
+    /// "▁", any prepend scheme, split or not) or Gemma's `Split(" ", merged_with_previous)` after a Replace normalizer
+    /// (which leaves no space to split on). BOS (and EOS) added by a `TemplateProcessing` post-processor set
     /// `add_bos_token` (`add_eos_token`). Anything else is refused, naming the key.
-    static func sentencePieceSpec(root: [String: JSONValue], model: [String: JSONValue], tokens: [String], types: [Int32],
-                                  path: String, preTokenizer: String? = nil) throws -> TokenizerSpec {
+    static func sentencePieceSpec(
+        root: [String: JSONValue], model: [String: JSONValue], tokens: [String], types: [Int32],
+        path: String, preTokenizer: String? = nil
+    ) throws -> TokenizerSpec {
         guard model["byte_fallback"]?.boolValue == true else {
-            throw ImportError("\(path): model.byte_fallback is \(model["byte_fallback"]?.text ?? "missing") with a SentencePiece-style (\"▁\") tokenizer (supported: true; without it unknown characters become unk)")
+            throw ImportError(
+                "\(path): model.byte_fallback is \(model["byte_fallback"]?.text ?? "missing") with a "
+                    + "SentencePiece-style (\"▁\") tokenizer (supported: true; without it unknown characters become "
+                    + "unk)")
         }
         if model["ignore_merges"]?.boolValue == true {
-            throw ImportError("\(path): model.ignore_merges is true with a SentencePiece-style tokenizer (supported: false)")
+            throw ImportError(
+                "\(path): model.ignore_merges is true with a SentencePiece-style tokenizer (supported: false)")
         }
-        let spacing = try preTokenizer ?? spacingName(normalizer: root["normalizer"], preTokenizer: root["pre_tokenizer"], path: path)
+        let spacing =
+            try preTokenizer
+            ?? spacingName(normalizer: root["normalizer"], preTokenizer: root["pre_tokenizer"], path: path)
         try checkDecoder(root["decoder"], allowed: sentencePieceDecoders, path: path)
         var types = types
         var ids: [String: Int] = [:]
@@ -356,13 +412,15 @@ extension HFTokenizerJSON {
         }
         let merges = try mergeRules(model, path: path)
         guard !merges.isEmpty else {
-            throw ImportError("\(path): model.merges is empty (a SentencePiece-style BPE without merges is not supported)")
+            throw ImportError(
+                "\(path): model.merges is empty (a SentencePiece-style BPE without merges is not supported)")
         }
         let template = root["post_processor"]?.objectValue
         let control = ids.filter { types[$0.value] == 3 }  // Gemma's "<s>" and "</s>" are HTML tags (user-defined)
         func named(_ names: [String]) -> Int32? { names.lazy.compactMap { control[$0] }.first.map { Int32($0) } }
-        let (bos, addBos, eos, addEos) = try specialTokens(template: template, ids: ids,
-                                                           defaults: (named(["<s>", "<bos>"]), named(["</s>", "<eos>"])), path: path)
+        let (bos, addBos, eos, addEos) = try specialTokens(
+            template: template, ids: ids,
+            defaults: (named(["<s>", "<bos>"]), named(["</s>", "<eos>"])), path: path)
         return TokenizerSpec(model: "llama", pre: spacing, tokens: tokens, merges: merges, tokenTypes: types,
                              bosTokenID: bos, eosTokenID: eos, addBosToken: addBos, addEosToken: addEos ? true : nil)
     }
@@ -378,22 +436,30 @@ extension HFTokenizerJSON {
         guard let template else { return (bos, false, eos, false) }
         guard template["type"]?.stringValue == "TemplateProcessing", let single = template["single"]?.arrayValue,
               template.keys.allSatisfy({ ["type", "single", "pair", "special_tokens"].contains($0) }) else {
-            throw ImportError("\(path): post_processor \(JSONValue.object(template).text.prefix(200)) is not supported (supported: null or TemplateProcessing with single, pair and special_tokens)")
+            throw ImportError(
+                "\(path): post_processor \(JSONValue.object(template).text.prefix(200)) is not supported (supported: "
+                    + "null or TemplateProcessing with single, pair and special_tokens)")
         }
         for (name, entry) in (template["special_tokens"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
             let listed = entry.objectValue?["ids"]?.arrayValue?.compactMap(\.intValue)
             guard let id = ids[name], listed == [id] else {
-                throw ImportError("\(path): post_processor.special_tokens.\(name) is \(entry.text.prefix(120)) (expected the one id of token '\(name)'\(ids[name].map { ", \($0)" } ?? ", which is not a token"))")
+                throw ImportError(
+                    "\(path): post_processor.special_tokens.\(name) is \(entry.text.prefix(120)) (expected the one id "
+                        + "of token '\(name)'\(ids[name].map { ", \($0)" } ?? ", which is not a token"))")
             }
         }
         // The single-text template: at most one special token, then the text, then at most one special token.
         let pieces = single.map { $0.objectValue?["SpecialToken"]?.objectValue?["id"]?.stringValue }
         let text = pieces.firstIndex(where: { $0 == nil }) ?? pieces.count
         guard text < pieces.count, text <= 1, pieces.count - text <= 2, pieces.filter({ $0 == nil }).count == 1 else {
-            throw ImportError("\(path): post_processor.single \(JSONValue.array(single).text.prefix(200)) is not supported (supported: the text with at most one special token before and one after)")
+            throw ImportError(
+                "\(path): post_processor.single \(JSONValue.array(single).text.prefix(200)) is not supported "
+                    + "(supported: the text with at most one special token before and one after)")
         }
         func id(_ name: String) throws -> Int32 {
-            guard let i = ids[name] else { throw ImportError("\(path): post_processor names '\(name)', which is not a token") }
+            guard let i = ids[name] else {
+                throw ImportError("\(path): post_processor names '\(name)', which is not a token")
+            }
             return Int32(i)
         }
         if text == 1, let name = pieces[0] { bos = try id(name); addBos = true }
@@ -403,7 +469,9 @@ extension HFTokenizerJSON {
 
     /// The spacing rule (`SentencePieceSpacing` name) the normalizer and pre-tokenizer describe.
     static func spacingName(normalizer: JSONValue?, preTokenizer: JSONValue?, path: String) throws -> String {
-        let replace = JSONValue.object(["type": .string("Replace"), "pattern": .object(["String": .string(" ")]), "content": .string("\u{2581}")])
+        let replace = JSONValue.object([
+            "type": .string("Replace"), "pattern": .object(["String": .string(" ")]), "content": .string("\u{2581}")
+        ])
         let prepend = JSONValue.object(["type": .string("Prepend"), "prepend": .string("\u{2581}")])
         var steps: [JSONValue] = []
         switch normalizer ?? .null {
@@ -412,7 +480,9 @@ extension HFTokenizerJSON {
         case let other: steps = [other]
         }
         guard steps.allSatisfy({ $0 == replace || $0 == prepend }), Set(steps.map(\.text)).count == steps.count else {
-            throw ImportError("\(path): normalizer \((normalizer ?? .null).text.prefix(300)) is not supported (supported: null, Replace(\" \", \"▁\"), Prepend(\"▁\"), or a Sequence of those two)")
+            throw ImportError(
+                "\(path): normalizer \((normalizer ?? .null).text.prefix(300)) is not supported (supported: null, "
+                    + "Replace(\" \", \"▁\"), Prepend(\"▁\"), or a Sequence of those two)")
         }
         let replaces = steps.contains(replace), prepends = steps.contains(prepend)
         var scheme: String? = nil, split = false
@@ -420,17 +490,25 @@ extension HFTokenizerJSON {
         case .null: break
         case .object(let o) where o["type"] == .string("Metaspace"):
             (scheme, split) = try metaspace(o, path: path)
-        case .object(let o) where o["type"] == .string("Split") && replaces && o["pattern"] == .object(["String": .string(" ")])
+        case .object(let o)
+        where o["type"] == .string("Split") && replaces && o["pattern"] == .object(["String": .string(" ")])
             && o["behavior"] == .string("MergedWithPrevious") && (o["invert"] ?? .bool(false)) == .bool(false)
             && o.keys.allSatisfy({ ["type", "pattern", "behavior", "invert"].contains($0) }):
             break  // Gemma's: after Replace(" ", "▁") there is no space left to split on.
         case let other:
-            throw ImportError("\(path): pre_tokenizer \(other.text.prefix(300)) is not supported with a SentencePiece-style tokenizer (supported: null, Metaspace, or Split(\" \", MergedWithPrevious) after a Replace(\" \", \"▁\") normalizer)")
+            throw ImportError(
+                "\(path): pre_tokenizer \(other.text.prefix(300)) is not supported with a SentencePiece-style "
+                    + "tokenizer (supported: null, Metaspace, or Split(\" \", MergedWithPrevious) after a Replace(\" "
+                    + "\", \"▁\") normalizer)")
         }
         guard replaces || scheme != nil else {
-            throw ImportError("\(path): neither normalizer nor pre_tokenizer turns spaces into \"▁\" (expected Replace(\" \", \"▁\") or Metaspace)")
+            throw ImportError(
+                "\(path): neither normalizer nor pre_tokenizer turns spaces into \"▁\" (expected Replace(\" \", \"▁\") "
+                    + "or Metaspace)")
         }
-        let prefix = prepends ? "prefix-every" : ["first": "prefix-first", "always": "prefix-always"][scheme ?? ""] ?? "no-prefix"
+        let prefix =
+            prepends
+            ? "prefix-every" : ["first": "prefix-first", "always": "prefix-always"][scheme ?? ""] ?? "no-prefix"
         return prefix + (split ? "+split" : "")
     }
 
@@ -438,7 +516,9 @@ extension HFTokenizerJSON {
     /// "always"), or the older `add_prefix_space` (true: "always", false: "never"), which must agree when both are
     /// given; `split` defaults to true.
     private static func metaspace(_ o: [String: JSONValue], path: String) throws -> (scheme: String, split: Bool) {
-        if let unknown = o.keys.sorted().first(where: { !["type", "replacement", "str_rep", "prepend_scheme", "add_prefix_space", "split"].contains($0) }) {
+        if let unknown = o.keys.sorted().first(where: {
+            !["type", "replacement", "str_rep", "prepend_scheme", "add_prefix_space", "split"].contains($0)
+        }) {
             throw ImportError("\(path): pre_tokenizer.\(unknown) is not supported in a Metaspace pre-tokenizer")
         }
         for key in ["replacement", "str_rep"] where o[key] != nil && o[key] != .string("\u{2581}") {
@@ -446,23 +526,29 @@ extension HFTokenizerJSON {
         }
         let legacy = o["add_prefix_space"]?.boolValue
         if o["add_prefix_space"] != nil, legacy == nil {
-            throw ImportError("\(path): pre_tokenizer.add_prefix_space is \(o["add_prefix_space"]!.text) (expected true or false)")
+            throw ImportError(
+                "\(path): pre_tokenizer.add_prefix_space is \(o["add_prefix_space"]!.text) (expected true or false)")
         }
         let scheme: String
         if let given = o["prepend_scheme"] {
             guard let name = given.stringValue, ["first", "always", "never"].contains(name) else {
-                throw ImportError("\(path): pre_tokenizer.prepend_scheme is \(given.text) (supported: first, always, never)")
+                throw ImportError(
+                    "\(path): pre_tokenizer.prepend_scheme is \(given.text) (supported: first, always, never)")
             }
             scheme = name
         } else {
             scheme = legacy == false ? "never" : "always"
         }
         if let legacy, legacy != (scheme != "never") {
-            throw ImportError("\(path): pre_tokenizer.add_prefix_space is \(legacy) but prepend_scheme is '\(scheme)' (they disagree)")
+            throw ImportError(
+                "\(path): pre_tokenizer.add_prefix_space is \(legacy) but prepend_scheme is '\(scheme)' (they disagree)"
+            )
         }
         var split = true
         if let given = o["split"] {
-            guard let value = given.boolValue else { throw ImportError("\(path): pre_tokenizer.split is \(given.text) (expected true or false)") }
+            guard let value = given.boolValue else {
+                throw ImportError("\(path): pre_tokenizer.split is \(given.text) (expected true or false)")
+            }
             split = value
         }
         return (scheme, split)

@@ -22,9 +22,15 @@ public enum Importer {
     /// then not checked (`compress import --pre-tokenizer`); the history records it as a warning.
     public static func load(_ source: String, preTokenizer: String? = nil) throws -> Checkpoint {
         var st = stat()
-        guard !source.isEmpty, stat(source, &st) == 0 else { throw ImportError("\(source): no such file or directory (expected a GGUF file or a Hugging Face directory)") }
-        if (st.st_mode & S_IFMT) == S_IFDIR { return try fromHuggingFace(directory: source, preTokenizer: preTokenizer) }
-        do { try SafeFiles.regularFile(source, role: "GGUF file or Hugging Face directory") } catch let e as FileError { throw ImportError(e.description) }
+        guard !source.isEmpty, stat(source, &st) == 0 else {
+            throw ImportError("\(source): no such file or directory (expected a GGUF file or a Hugging Face directory)")
+        }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            return try fromHuggingFace(directory: source, preTokenizer: preTokenizer)
+        }
+        do { try SafeFiles.regularFile(source, role: "GGUF file or Hugging Face directory") } catch let e as FileError {
+            throw ImportError(e.description)
+        }
         return try fromGGUF(path: source, preTokenizer: preTokenizer)
     }
 
@@ -60,16 +66,21 @@ public enum Importer {
         do {
             config = try ModelConfig(json: JSONValue.parse(String(decoding: try ggufConfig.jsonData(), as: UTF8.self)))
         } catch let e as ConfigError {
-            let from = ggufConfig.ropeScalingKeys.isEmpty ? "" : " (from \(ggufConfig.ropeScalingKeys.joined(separator: ", ")))"
+            let from =
+                ggufConfig.ropeScalingKeys.isEmpty
+                ? "" : " (from \(ggufConfig.ropeScalingKeys.joined(separator: ", ")))"
             throw ImportError("\(path): \(e.description)\(from)")
         }
         // Every weight the spec holds, under the family's GGUF name.
-        let ids = Dictionary(uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.ggufName($0.id), $0.id) })
+        let ids = Dictionary(
+            uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.ggufName($0.id), $0.id) })
         var tensors: [String: Tensor] = [:]
         var typeCounts: [String: Int] = [:]
         for info in file.tensors {
             guard let id = ids[info.name] else {
-                throw ImportError("\(path): tensor '\(info.name)' has no counterpart in a \(family.hfArchitecture) of this config (rope scaling and extra tensors are not supported)")
+                throw ImportError(
+                    "\(path): tensor '\(info.name)' has no counterpart in a \(family.hfArchitecture) of this config "
+                        + "(rope scaling and extra tensors are not supported)")
             }
             var rotaryHeads: Int? = nil
             if family.ggufPermutesQK, case .linear(let lid) = id, lid.kind == .q || lid.kind == .k {
@@ -87,16 +98,26 @@ public enum Importer {
         }
         let model = try buildModel(config: config, tensors: tensors, source: path)
         let tokenizer = try ggufTokenizer(file, family: family, preTokenizer: preTokenizer)
-        if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(path): tokenizer.ggml.*: \(problem)") }
+        if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
+            throw ImportError("\(path): tokenizer.ggml.*: \(problem)")
+        }
         var details: [String: JSONValue] = [:]
-        if let preTokenizer, tokenizer != nil { details["warnings"] = .array([.string(overrideWarning(preTokenizer, source: path))]) }
-        let entry = historyEntry(source: path, format: "gguf", details: details.merging([
-            "gguf_version": .int(file.version),
-            "gguf_architecture": .string(ggufConfig.architecture),
-            "tensor_types": .object(typeCounts.mapValues { .int($0) }),
-            "note": .string("dequantized to float32" + (family.ggufPermutesQK ? "; q/k rows un-permuted from llama.cpp's rotary order" : "")
-                            + (family.ggufNormShift != 0 ? "; \(family.ggufNormShift) subtracted from every norm weight (llama.cpp stores 1 + w)" : "")),
-        ]) { a, _ in a })
+        if let preTokenizer, tokenizer != nil {
+            details["warnings"] = .array([.string(overrideWarning(preTokenizer, source: path))])
+        }
+        let entry = historyEntry(
+            source: path, format: "gguf",
+            details: details.merging([
+                "gguf_version": .int(file.version),
+                "gguf_architecture": .string(ggufConfig.architecture),
+                "tensor_types": .object(typeCounts.mapValues { .int($0) }),
+                "note": .string(
+                    "dequantized to float32"
+                        + (family.ggufPermutesQK ? "; q/k rows un-permuted from llama.cpp's rotary order" : "")
+                        + (family.ggufNormShift != 0
+                            ? "; \(family.ggufNormShift) subtracted from every norm weight (llama.cpp stores 1 + w)"
+                            : "")),
+            ]) { a, _ in a })
         return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
     }
 
@@ -106,7 +127,9 @@ public enum Importer {
     /// every error naming the file and, where it has one, the key path.
     static func readJSON(_ path: String, role: String, limit: Int) throws -> JSONValue {
         let data: Data
-        do { data = try SafeFiles.read(path, role: role, limit: limit) } catch let e as FileError { throw ImportError(e.description) }
+        do { data = try SafeFiles.read(path, role: role, limit: limit) } catch let e as FileError {
+            throw ImportError(e.description)
+        }
         return try parseJSON(data, path: path)
     }
 
@@ -116,15 +139,22 @@ public enum Importer {
         let configPath = dir.appendingPathComponent("config.json").path
         var config: ModelConfig
         let json = try deciLMAsLlama(readJSON(configPath, role: "config.json", limit: 1 << 24), path: configPath)
-        do { config = try ModelConfig(json: json) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
+        do { config = try ModelConfig(json: json) } catch let e as ConfigError {
+            throw ImportError("\(configPath): \(e.description)")
+        }
         try HFConfigKeys.check(config.extra, path: configPath)
         let weights = try SafetensorsDirectory(path: directory)
         var warnings: [String] = []
         if config.tieWordEmbeddings, case .object(var o) = json, let untie = try storedHeadDiffers(weights) {
             // transformers keeps a stored lm_head.weight even when the config says the embeddings are tied.
             o["tie_word_embeddings"] = .bool(false)
-            do { config = try ModelConfig(json: .object(o)) } catch let e as ConfigError { throw ImportError("\(configPath): \(e.description)") }
-            warnings.append("\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from model.embed_tokens.weight (\(untie)); imported untied with the stored lm_head.weight, as transformers loads it")
+            do { config = try ModelConfig(json: .object(o)) } catch let e as ConfigError {
+                throw ImportError("\(configPath): \(e.description)")
+            }
+            warnings.append(
+                "\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from "
+                    + "model.embed_tokens.weight (\(untie)); imported untied with the stored lm_head.weight, as "
+                    + "transformers loads it")
         }
         // compressed-tensors: `pack-quantized` weights become our quantized weights; the storage description
         // itself is not part of the model.
@@ -132,7 +162,8 @@ public enum Importer {
         config.extra["quantization_config"] = nil
         // The family's Hugging Face names of every weight the spec holds, and our checkpoint name for each.
         let family = config.familyType
-        let ours = Dictionary(uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.hfName($0.id), config.name($0.id)) })
+        let ours = Dictionary(
+            uniqueKeysWithValues: DecoderModel.weightSpecs(config).map { (family.hfName($0.id), config.name($0.id)) })
         let expected = Set(ours.keys)
         var tensors: [String: Tensor] = [:]
         var quantized: [String: QuantizedTensor] = [:]
@@ -141,7 +172,10 @@ public enum Importer {
         for name in weights.tensorNames {
             if let suffix = packedSuffixes.first(where: { name.hasSuffix($0) }) {
                 let module = String(name.dropLast(suffix.count))
-                guard let our = ours[module + ".weight"] else { throw ImportError("\(directory): unexpected tensor '\(name)' for a \(family.hfArchitecture) with this config") }
+                guard let our = ours[module + ".weight"] else {
+                    throw ImportError(
+                        "\(directory): unexpected tensor '\(name)' for a \(family.hfArchitecture) with this config")
+                }
                 guard suffix == ".weight_packed" else { continue }
                 quantized[our] = try packedWeight(module, weights, formats: packed, directory: directory)
                 dtypes["pack-quantized", default: 0] += 1
@@ -150,8 +184,11 @@ public enum Importer {
             guard expected.contains(name) else {
                 // A tied model may still carry a copy of the embedding as lm_head (equal, or it would have been
                 // imported untied above); rotary buffers are derived.
-                if (name == "lm_head.weight" && config.tieWordEmbeddings) || name.hasSuffix("rotary_emb.inv_freq") { continue }
-                throw ImportError("\(directory): unexpected tensor '\(name)' for a \(family.hfArchitecture) with this config")
+                if (name == "lm_head.weight" && config.tieWordEmbeddings) || name.hasSuffix("rotary_emb.inv_freq") {
+                    continue
+                }
+                throw ImportError(
+                    "\(directory): unexpected tensor '\(name)' for a \(family.hfArchitecture) with this config")
             }
             let info = try weights.info(name)
             tensors[ours[name]!] = Tensor(shape: info.shape, values: try weights.floats(name))
@@ -159,9 +196,13 @@ public enum Importer {
         }
         let model = try buildModel(config: config, tensors: tensors, quantized: quantized, source: directory)
         let tokenizerPath = dir.appendingPathComponent("tokenizer.json").path
-        let tokenizer = FileManager.default.fileExists(atPath: tokenizerPath) ? try HFTokenizerJSON.read(tokenizerPath, preTokenizer: preTokenizer) : nil
+        let tokenizer =
+            FileManager.default.fileExists(atPath: tokenizerPath)
+            ? try HFTokenizerJSON.read(tokenizerPath, preTokenizer: preTokenizer) : nil
         if let preTokenizer, tokenizer != nil { warnings.append(overrideWarning(preTokenizer, source: tokenizerPath)) }
-        if let problem = tokenizer?.problem(vocabSize: config.vocabSize) { throw ImportError("\(tokenizerPath): \(problem)") }
+        if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
+            throw ImportError("\(tokenizerPath): \(problem)")
+        }
         let entry = historyEntry(source: directory, format: "safetensors", details: [
             "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
         ].merging(warnings.isEmpty ? [:] : ["warnings": .array(warnings.map { .string($0) })]) { a, _ in a })
@@ -174,14 +215,20 @@ public enum Importer {
     /// `ffn_mult` m → width find_multiple(int(2 · m · hidden_size / 3), 256) (as vLLM and llama.cpp compute
     /// it). `replace_with_linear` layers are refused.
     static func deciLMAsLlama(_ json: JSONValue, path: String) throws -> JSONValue {
-        do { return try deciLMAsLlama(json) } catch let e as ConfigError { throw ImportError("\(path): \(e.description)") }
+        do { return try deciLMAsLlama(json) } catch let e as ConfigError {
+            throw ImportError("\(path): \(e.description)")
+        }
     }
 
     static func deciLMAsLlama(_ json: JSONValue) throws -> JSONValue {
         guard var o = json.objectValue else { return json }
-        let isDeci = o["model_type"]?.stringValue == "nemotron-nas" || (o["architectures"]?.arrayValue ?? []).contains(.string("DeciLMForCausalLM"))
+        let isDeci =
+            o["model_type"]?.stringValue == "nemotron-nas"
+            || (o["architectures"]?.arrayValue ?? []).contains(.string("DeciLMForCausalLM"))
         guard isDeci else { return json }
-        guard let blocks = o["block_configs"]?.arrayValue, let C = o["hidden_size"]?.intValue, C > 0, let H = o["num_attention_heads"]?.intValue, H > 0 else {
+        guard let blocks = o["block_configs"]?.arrayValue, let C = o["hidden_size"]?.intValue, C > 0,
+            let H = o["num_attention_heads"]?.intValue, H > 0
+        else {
             throw ConfigError("config: a DeciLM config needs block_configs, hidden_size and num_attention_heads")
         }
         var ours: [JSONValue] = []
@@ -190,14 +237,18 @@ public enum Importer {
                 throw ConfigError("config: block_configs[\(i)]: expected 'attention' and 'ffn' objects")
             }
             if a["replace_with_linear"]?.boolValue == true || f["replace_with_linear"]?.boolValue == true {
-                throw ConfigError("config: block_configs[\(i)]: replace_with_linear is not supported (expected attention and MLP blocks or no_op)")
+                throw ConfigError(
+                    "config: block_configs[\(i)]: replace_with_linear is not supported (expected attention and MLP "
+                        + "blocks or no_op)")
             }
             var entry: [String: JSONValue] = ["num_attention_heads": .int(H)]
             if a["no_op"]?.boolValue == true || a["n_heads_in_group"] == nil || a["n_heads_in_group"] == .null {
                 entry["attention"] = .bool(false)
             } else {
                 guard let g = a["n_heads_in_group"]?.intValue, g > 0, H % g == 0 else {
-                    throw ConfigError("config: block_configs[\(i)].attention.n_heads_in_group must divide num_attention_heads \(H), found \(a["n_heads_in_group"]!.text)")
+                    throw ConfigError(
+                        "config: block_configs[\(i)].attention.n_heads_in_group must divide num_attention_heads \(H), "
+                            + "found \(a["n_heads_in_group"]!.text)")
                 }
                 entry["num_key_value_heads"] = .int(H / g)
             }
@@ -205,7 +256,9 @@ public enum Importer {
                 entry["mlp"] = .bool(false)
             } else {
                 guard let m = f["ffn_mult"]?.doubleValue, m > 0, m < 1e4 else {
-                    throw ConfigError("config: block_configs[\(i)].ffn.ffn_mult must be a positive number, found \(f["ffn_mult"]!.text)")
+                    throw ConfigError(
+                        "config: block_configs[\(i)].ffn.ffn_mult must be a positive number, found "
+                            + "\(f["ffn_mult"]!.text)")
                 }
                 let n = Int(2 * m * Double(C) / 3)
                 entry["intermediate_size"] = .int(n % 256 == 0 ? n : n + 256 - n % 256)
@@ -231,7 +284,8 @@ public enum Importer {
 
     /// How a stored `lm_head.weight` differs from `model.embed_tokens.weight`, or nil if it is absent or equal.
     static func storedHeadDiffers(_ weights: SafetensorsDirectory) throws -> String? {
-        guard weights.tensorNames.contains("lm_head.weight"), weights.tensorNames.contains("model.embed_tokens.weight") else { return nil }
+        guard weights.tensorNames.contains("lm_head.weight"), weights.tensorNames.contains("model.embed_tokens.weight")
+        else { return nil }
         let head = try weights.info("lm_head.weight"), embedding = try weights.info("model.embed_tokens.weight")
         if head.shape != embedding.shape { return "shape \(head.shape) vs \(embedding.shape)" }
         let a = try weights.floats("lm_head.weight"), b = try weights.floats("model.embed_tokens.weight")
@@ -243,21 +297,34 @@ public enum Importer {
     /// "Linear" targets every linear module not in `ignore`, under the key "*"). Only symmetric integer
     /// weights with group strategy are ours; anything else is refused.
     static func packQuantizedFormats(_ json: JSONValue, path: String) throws -> [String: QuantFormat] {
-        guard let qc = json.objectValue?["quantization_config"]?.objectValue, qc["format"]?.stringValue == "pack-quantized" else { return [:] }
+        guard let qc = json.objectValue?["quantization_config"]?.objectValue,
+            qc["format"]?.stringValue == "pack-quantized"
+        else { return [:] }
         guard qc["quant_method"]?.stringValue == "compressed-tensors" else {
             throw ImportError("\(path): quantization_config: pack-quantized without quant_method compressed-tensors")
         }
         var out: [String: QuantFormat] = [:]
         for (gname, g) in (qc["config_groups"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
-            guard let w = g.objectValue?["weights"]?.objectValue, let bits = w["num_bits"]?.intValue, let G = w["group_size"]?.intValue,
-                  w["type"]?.stringValue == "int", w["symmetric"]?.boolValue == true, w["strategy"]?.stringValue == "group",
-                  g.objectValue?["input_activations"] ?? .null == .null else {
-                throw ImportError("\(path): quantization_config.config_groups.\(gname): only weight-only symmetric int group quantization is supported, found \(g.text.prefix(300))")
+            guard let w = g.objectValue?["weights"]?.objectValue, let bits = w["num_bits"]?.intValue,
+                let G = w["group_size"]?.intValue,
+                w["type"]?.stringValue == "int", w["symmetric"]?.boolValue == true,
+                w["strategy"]?.stringValue == "group",
+                g.objectValue?["input_activations"] ?? .null == .null
+            else {
+                throw ImportError(
+                    "\(path): quantization_config.config_groups.\(gname): only weight-only symmetric int group "
+                        + "quantization is supported, found \(g.text.prefix(300))")
             }
             let format: QuantFormat
-            do { format = try QuantFormat(bits: bits, groupSize: G, symmetric: true) } catch { throw ImportError("\(path): quantization_config.config_groups.\(gname): \(error)") }
+            do { format = try QuantFormat(bits: bits, groupSize: G, symmetric: true) } catch {
+                throw ImportError("\(path): quantization_config.config_groups.\(gname): \(error)")
+            }
             for t in g.objectValue?["targets"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
-                guard !t.hasPrefix("re:") else { throw ImportError("\(path): quantization_config.config_groups.\(gname): regex target '\(t)' is not supported (give module names or Linear)") }
+                guard !t.hasPrefix("re:") else {
+                    throw ImportError(
+                        "\(path): quantization_config.config_groups.\(gname): regex target '\(t)' is not supported "
+                            + "(give module names or Linear)")
+                }
                 out[t == "Linear" ? "*" : t] = format
             }
         }
@@ -267,39 +334,58 @@ public enum Importer {
     /// A compressed-tensors packed weight as our quantized weight: `weight_packed` (int32 words, 32 / b codes
     /// each, element i at bits b·(i mod 32/b), c = q + 2^(b−1)) is our little-endian code stream when every row
     /// fills whole words; `weight_scale` must be float16-exact (our scales are float16).
-    static func packedWeight(_ module: String, _ weights: SafetensorsDirectory, formats: [String: QuantFormat], directory: String) throws -> QuantizedTensor {
-        guard let f = formats[module] ?? formats["*"] else { throw ImportError("\(directory): '\(module).weight_packed' has no quantization_config group") }
+    static func packedWeight(
+        _ module: String, _ weights: SafetensorsDirectory, formats: [String: QuantFormat], directory: String
+    ) throws -> QuantizedTensor {
+        guard let f = formats[module] ?? formats["*"] else {
+            throw ImportError("\(directory): '\(module).weight_packed' has no quantization_config group")
+        }
         let shapeInfo = try weights.info(module + ".weight_shape"), raw = try weights.rawBytes(module + ".weight_shape")
         let shape: [Int] = raw.withUnsafeBytes { b in
-            shapeInfo.dtype == .i64 ? b.bindMemory(to: Int64.self).map { Int($0) } : shapeInfo.dtype == .i32 ? b.bindMemory(to: Int32.self).map { Int($0) } : []
+            shapeInfo.dtype == .i64
+                ? b.bindMemory(to: Int64.self).map { Int($0) }
+                : shapeInfo.dtype == .i32 ? b.bindMemory(to: Int32.self).map { Int($0) } : []
         }
         let packedInfo = try weights.info(module + ".weight_packed")
-        guard shape.count == 2, shape[0] > 0, shape[1] > 0, 32 % f.bits == 0, (shape[1] * f.bits) % 32 == 0, packedInfo.dtype == .i32,
-              packedInfo.shape == [shape[0], shape[1] * f.bits / 32] else {
-            throw ImportError("\(directory): '\(module)': weight_packed \(packedInfo.dtype.rawValue) \(packedInfo.shape) does not hold \(shape) at \(f.bits) bits (supported: 2, 4 or 8 bits, rows of whole int32 words)")
+        guard shape.count == 2, shape[0] > 0, shape[1] > 0, 32 % f.bits == 0, (shape[1] * f.bits) % 32 == 0,
+            packedInfo.dtype == .i32,
+            packedInfo.shape == [shape[0], shape[1] * f.bits / 32]
+        else {
+            throw ImportError(
+                "\(directory): '\(module)': weight_packed \(packedInfo.dtype.rawValue) \(packedInfo.shape) does not "
+                    + "hold \(shape) at \(f.bits) bits (supported: 2, 4 or 8 bits, rows of whole int32 words)")
         }
         let scales = try weights.floats(module + ".weight_scale")
         let halves = scales.map { Float16($0) }
         // Symmetric scales may be negative (the largest-magnitude weight on code −2^(b−1), as Q4_0 does).
         if let i = halves.indices.first(where: { Float(halves[$0]) != scales[$0] || !halves[$0].isFinite }) {
-            throw ImportError("\(directory): '\(module).weight_scale'[\(i)] = \(scales[i]) is not a finite float16 value (our scales are float16)")
+            throw ImportError(
+                "\(directory): '\(module).weight_scale'[\(i)] = \(scales[i]) is not a finite float16 value (our scales "
+                    + "are float16)")
         }
         do {
-            return try QuantizedTensor(format: f, shape: shape, codes: try weights.rawBytes(module + ".weight_packed"), scales: halves, mins: [])
+            return try QuantizedTensor(
+                format: f, shape: shape, codes: try weights.rawBytes(module + ".weight_packed"), scales: halves,
+                mins: [])
         } catch { throw ImportError("\(directory): '\(module)': \(error)") }
     }
 
     /// Assembles the model; DecoderModel verifies every name and shape against the config.
-    static func buildModel(config: ModelConfig, tensors: [String: Tensor], quantized: [String: QuantizedTensor] = [:], source: String) throws -> DecoderModel {
+    static func buildModel(
+        config: ModelConfig, tensors: [String: Tensor], quantized: [String: QuantizedTensor] = [:], source: String
+    ) throws -> DecoderModel {
         for (name, t) in tensors.sorted(by: { $0.key < $1.key }) {
             let p = t.data
             if let i = (0..<t.count).first(where: { !p[$0].isFinite }) {
-                throw ImportError("\(source): tensor '\(name)' holds \(p[i]) at element \(i) (expected finite values only)")
+                throw ImportError(
+                    "\(source): tensor '\(name)' holds \(p[i]) at element \(i) (expected finite values only)")
             }
         }
         var weights = tensors.mapValues { ModelWeight.dense($0) }
         for (name, q) in quantized {
-            guard weights[name] == nil else { throw ImportError("\(source): '\(name)' is stored both packed and unpacked") }
+            guard weights[name] == nil else {
+                throw ImportError("\(source): '\(name)' is stored both packed and unpacked")
+            }
             weights[name] = .matrix(.quantized(QuantizedWeight(q)))
         }
         do { return try DecoderModel(config: config, weights: weights) } catch let e as ConfigError {

@@ -62,7 +62,9 @@ extension JSONKeys {
     private static func sequenceLength(_ b: [UInt8], at i: Int) -> Int {
         let lead = b[i]
         if lead < 0x80 { return 1 }
-        func cont(_ k: Int, _ range: ClosedRange<UInt8> = 0x80...0xBF) -> Bool { i + k < b.count && range.contains(b[i + k]) }
+        func cont(_ k: Int, _ range: ClosedRange<UInt8> = 0x80...0xBF) -> Bool {
+            i + k < b.count && range.contains(b[i + k])
+        }
         switch lead {
         case 0xC2...0xDF: return cont(1) ? 2 : 0
         case 0xE0: return cont(1, 0xA0...0xBF) && cont(2) ? 3 : 0

@@ -17,8 +17,10 @@ public struct AttentionWeights: Sendable {
     public var biases: [LinearKind: Tensor]
     public var qNorm: Tensor?, kNorm: Tensor?
     public var postNorm: Tensor?
-    public init(norm: Tensor, q: LinearWeight, k: LinearWeight, v: LinearWeight, o: LinearWeight,
-                biases: [LinearKind: Tensor] = [:], qNorm: Tensor? = nil, kNorm: Tensor? = nil, postNorm: Tensor? = nil) {
+    public init(
+        norm: Tensor, q: LinearWeight, k: LinearWeight, v: LinearWeight, o: LinearWeight,
+        biases: [LinearKind: Tensor] = [:], qNorm: Tensor? = nil, kNorm: Tensor? = nil, postNorm: Tensor? = nil
+    ) {
         self.norm = norm; self.q = q; self.k = k; self.v = v; self.o = o
         self.biases = biases; self.qNorm = qNorm; self.kNorm = kNorm; self.postNorm = postNorm
     }
@@ -44,8 +46,10 @@ public struct AttentionWeights: Sendable {
     }
     /// A deep copy.
     public func copy() -> AttentionWeights {
-        AttentionWeights(norm: norm.copy(), q: q.copy(), k: k.copy(), v: v.copy(), o: o.copy(), biases: biases.mapValues { $0.copy() },
-                         qNorm: qNorm?.copy(), kNorm: kNorm?.copy(), postNorm: postNorm?.copy())
+        AttentionWeights(
+            norm: norm.copy(), q: q.copy(), k: k.copy(), v: v.copy(), o: o.copy(),
+            biases: biases.mapValues { $0.copy() },
+            qNorm: qNorm?.copy(), kNorm: kNorm?.copy(), postNorm: postNorm?.copy())
     }
 }
 
@@ -56,9 +60,12 @@ public struct MLPWeights: Sendable {
     public var gate, up, down: LinearWeight
     public var biases: [LinearKind: Tensor]
     public var postNorm: Tensor?
-    public init(norm: Tensor, gate: LinearWeight, up: LinearWeight, down: LinearWeight, biases: [LinearKind: Tensor] = [:],
-                postNorm: Tensor? = nil) {
-        self.norm = norm; self.gate = gate; self.up = up; self.down = down; self.biases = biases; self.postNorm = postNorm
+    public init(
+        norm: Tensor, gate: LinearWeight, up: LinearWeight, down: LinearWeight, biases: [LinearKind: Tensor] = [:],
+        postNorm: Tensor? = nil
+    ) {
+        self.norm = norm; self.gate = gate; self.up = up; self.down = down; self.biases = biases
+        self.postNorm = postNorm
     }
     public subscript(kind: LinearKind) -> LinearWeight {
         get {
@@ -80,8 +87,10 @@ public struct MLPWeights: Sendable {
     }
     /// A deep copy.
     public func copy() -> MLPWeights {
-        MLPWeights(norm: norm.copy(), gate: gate.copy(), up: up.copy(), down: down.copy(), biases: biases.mapValues { $0.copy() },
-                   postNorm: postNorm?.copy())
+        MLPWeights(
+            norm: norm.copy(), gate: gate.copy(), up: up.copy(), down: down.copy(),
+            biases: biases.mapValues { $0.copy() },
+            postNorm: postNorm?.copy())
     }
 }
 
@@ -108,7 +117,9 @@ public struct DecoderModel: Sendable {
     public var lmHead: LinearWeight { untiedLMHead ?? embedTokens }
 
     /// Assembles a model from its parts; shapes must follow the config (checked).
-    public init(config: ModelConfig, embedTokens: LinearWeight, layers: [DecoderLayer], norm: Tensor, lmHead: LinearWeight?) throws {
+    public init(
+        config: ModelConfig, embedTokens: LinearWeight, layers: [DecoderLayer], norm: Tensor, lmHead: LinearWeight?
+    ) throws {
         self.config = config
         self.embedTokens = embedTokens
         self.layers = layers
@@ -120,9 +131,12 @@ public struct DecoderModel: Sendable {
     /// Checks every shape against the config.
     public func validate() throws {
         let specs = Dictionary(uniqueKeysWithValues: Self.weightSpecs(config).map { ($0.id, $0.shape) })
-        guard layers.count == config.blocks.count else { throw ConfigError("\(layers.count) layers for a config of \(config.blocks.count)") }
+        guard layers.count == config.blocks.count else {
+            throw ConfigError("\(layers.count) layers for a config of \(config.blocks.count)")
+        }
         guard config.tieWordEmbeddings == (untiedLMHead == nil) else {
-            throw ConfigError(config.tieWordEmbeddings ? "tied config with a separate LM head" : "untied config without an LM head")
+            throw ConfigError(
+                config.tieWordEmbeddings ? "tied config with a separate LM head" : "untied config without an LM head")
         }
         for (l, (layer, b)) in zip(layers, config.blocks).enumerated() {
             guard (layer.attention != nil) == b.attention, (layer.mlp != nil) == b.mlp else {
@@ -131,10 +145,16 @@ public struct DecoderModel: Sendable {
         }
         let present = weightShapes
         for (id, shape) in present {
-            guard let expected = specs[id] else { throw ConfigError("unexpected tensor '\(config.name(id))' for this config") }
-            guard expected == shape else { throw ConfigError("tensor '\(config.name(id))': expected shape \(expected), found \(shape)") }
+            guard let expected = specs[id] else {
+                throw ConfigError("unexpected tensor '\(config.name(id))' for this config")
+            }
+            guard expected == shape else {
+                throw ConfigError("tensor '\(config.name(id))': expected shape \(expected), found \(shape)")
+            }
         }
-        if present.count != specs.count, let missing = specs.keys.sorted().first(where: { id in !present.contains { $0.0 == id } }) {
+        if present.count != specs.count,
+            let missing = specs.keys.sorted().first(where: { id in !present.contains { $0.0 == id } })
+        {
             throw ConfigError("missing tensor '\(config.name(missing))' (expected shape \(specs[missing]!))")
         }
     }
@@ -203,9 +223,13 @@ public struct DecoderModel: Sendable {
         for s in specs {
             let name = config.name(s.id)
             guard let t = byID[s.id] else { throw ConfigError("missing tensor '\(name)' (expected shape \(s.shape))") }
-            guard t.shape == s.shape else { throw ConfigError("tensor '\(name)': expected shape \(s.shape), found \(t.shape)") }
+            guard t.shape == s.shape else {
+                throw ConfigError("tensor '\(name)': expected shape \(s.shape), found \(t.shape)")
+            }
             guard (s.shape.count == 1) == (t.vector != nil) else {
-                throw ConfigError("tensor '\(name)': \(s.shape.count == 1 ? "a norm or bias must be a float32 vector" : "expected a matrix")")
+                throw ConfigError(
+                    "tensor '\(name)': "
+                        + "\(s.shape.count == 1 ? "a norm or bias must be a float32 vector" : "expected a matrix")")
             }
         }
         let expected = Set(specs.map(\.id))
@@ -217,17 +241,24 @@ public struct DecoderModel: Sendable {
         let layers = config.blocks.enumerated().map { l, b in
             func lin(_ k: LinearKind) -> LinearWeight { m(.linear(LinearID(layer: l, kind: k))) }
             func biases(_ kinds: [LinearKind]) -> [LinearKind: Tensor] {
-                Dictionary(uniqueKeysWithValues: kinds.filter(config.biases.contains).map { ($0, v(.bias(LinearID(layer: l, kind: $0)))) })
+                Dictionary(
+                    uniqueKeysWithValues: kinds.filter(config.biases.contains).map {
+                        ($0, v(.bias(LinearID(layer: l, kind: $0))))
+                    })
             }
             return DecoderLayer(
-                attention: b.attention ? AttentionWeights(
-                    norm: v(.norm(layer: l, .attentionIn)), q: lin(.q), k: lin(.k), v: lin(.v), o: lin(.o),
-                    biases: biases([.q, .k, .v, .o]),
-                    qNorm: config.qkNorm ? v(.norm(layer: l, .q)) : nil, kNorm: config.qkNorm ? v(.norm(layer: l, .k)) : nil,
-                    postNorm: config.postNorms ? v(.norm(layer: l, .attentionOut)) : nil) : nil,
-                mlp: b.mlp ? MLPWeights(norm: v(.norm(layer: l, .mlpIn)), gate: lin(.gate), up: lin(.up), down: lin(.down),
-                                        biases: biases([.gate, .up, .down]),
-                                        postNorm: config.postNorms ? v(.norm(layer: l, .mlpOut)) : nil) : nil)
+                attention: b.attention
+                    ? AttentionWeights(
+                        norm: v(.norm(layer: l, .attentionIn)), q: lin(.q), k: lin(.k), v: lin(.v), o: lin(.o),
+                        biases: biases([.q, .k, .v, .o]),
+                        qNorm: config.qkNorm ? v(.norm(layer: l, .q)) : nil,
+                        kNorm: config.qkNorm ? v(.norm(layer: l, .k)) : nil,
+                        postNorm: config.postNorms ? v(.norm(layer: l, .attentionOut)) : nil) : nil,
+                mlp: b.mlp
+                    ? MLPWeights(
+                        norm: v(.norm(layer: l, .mlpIn)), gate: lin(.gate), up: lin(.up), down: lin(.down),
+                        biases: biases([.gate, .up, .down]),
+                        postNorm: config.postNorms ? v(.norm(layer: l, .mlpOut)) : nil) : nil)
         }
         try self.init(config: config, embedTokens: m(.embedTokens), layers: layers, norm: v(.finalNorm),
                       lmHead: config.tieWordEmbeddings ? nil : m(.lmHead))
@@ -260,8 +291,8 @@ public struct DecoderModel: Sendable {
         return out.sorted { $0.0 < $1.0 }
     }
 
-    /// The model's weights as float32 tensors under their checkpoint names (`ModelConfig.name`), in canonical order: the tensor
-    /// itself for dense weights, the values of sparse ones, the dequantized cache of quantized ones (never
+    /// The model's weights as float32 tensors under their checkpoint names (`ModelConfig.name`), in canonical order:
+    /// the tensor itself for dense weights, the values of sparse ones, the dequantized cache of quantized ones (never
     /// write into those) and D · S multiplied out for factorized ones.
     public var namedTensors: [(name: String, tensor: Tensor)] {
         weights.map { w in
@@ -293,7 +324,9 @@ public struct DecoderModel: Sendable {
         switch id {
         case .embedTokens: m.embedTokens = w
         case .lmHead:
-            guard untiedLMHead != nil else { throw ConfigError("the LM head is tied to the embedding; replace the embedding") }
+            guard untiedLMHead != nil else {
+                throw ConfigError("the LM head is tied to the embedding; replace the embedding")
+            }
             m.untiedLMHead = w
         case .linear(let lid):
             guard lid.layer >= 0 && lid.layer < layers.count else { throw ConfigError("no layer \(lid.layer)") }
@@ -327,7 +360,9 @@ public struct DecoderModel: Sendable {
 
     /// The packed codes of every quantized weight, in canonical order.
     public var quantizedWeights: [(id: WeightID, packed: QuantizedTensor)] {
-        weights.compactMap { w in if case .matrix(.quantized(let q)) = w.weight { return (w.id, q.packed) }; return nil }
+        weights.compactMap { w in
+            if case .matrix(.quantized(let q)) = w.weight { return (w.id, q.packed) }; return nil
+        }
     }
 
     /// Representations present among the linear weights (embedding and LM head included); a factorized
@@ -351,7 +386,8 @@ public struct DecoderModel: Sendable {
         return try removingSublayers(Set(drop.flatMap { [2 * $0, 2 * $0 + 1] }))
     }
 
-    /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms scaling by about 1), for tests and benchmarks.
+    /// A model with random weights (uniform, scaled by 1/sqrt(fan-in); norms scaling by about 1), for tests and
+    /// benchmarks.
     public static func random(config: ModelConfig, seed: UInt64) -> DecoderModel {
         var rng = SplitMix64(seed: seed)
         var tensors: [WeightID: ModelWeight] = [:]
@@ -406,11 +442,14 @@ public enum ModelWeight: Sendable {
     }
     /// Names of `trainableTensors` (for optimizer state and parameter-group globs): the checkpoint name
     /// (`config.name`, the family's Hugging Face name; `id.hfName` without a config), or for a factorized weight
-    /// the name with ".dense" / ".sparse" in place of ".weight" (none when its dense factor is stored quantized: frozen).
+    /// the name with ".dense" / ".sparse" in place of ".weight" (none when its dense factor is stored quantized:
+    /// frozen).
     public func parameterNames(_ id: WeightID, config: ModelConfig? = nil) -> [String] {
         let n = config?.name(id) ?? id.hfName
         if trainableTensors.isEmpty { return [] }
-        if case .matrix(.factorized) = self { let stem = String(n.dropLast(".weight".count)); return [stem + ".dense", stem + ".sparse"] }
+        if case .matrix(.factorized) = self {
+            let stem = String(n.dropLast(".weight".count)); return [stem + ".dense", stem + ".sparse"]
+        }
         return trainableTensors.isEmpty ? [] : [n]
     }
 }

@@ -111,7 +111,9 @@ public func jsonValue<T: Encodable>(_ value: T) -> JSONValue {
     let mark = JSONValue.sentinel
     e.nonConformingFloatEncodingStrategy = .convertToString(
         positiveInfinity: mark + "+inf", negativeInfinity: mark + "-inf", nan: mark + "nan")
-    guard let data = try? e.encode(value), let v = try? JSONDecoder().decode(JSONValue.self, from: data) else { return .null }
+    guard let data = try? e.encode(value), let v = try? JSONDecoder().decode(JSONValue.self, from: data) else {
+        return .null
+    }
     return v.restoringNonFinite()
 }
 
@@ -196,7 +198,8 @@ extension JSONValue {
             case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
             case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
             case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0..<0x20: out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 15)]])
+            case 0..<0x20:
+                out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 15)]])
             default: out.append(b)
             }
         }

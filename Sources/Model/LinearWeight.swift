@@ -10,7 +10,9 @@ public enum LinearKind: String, CaseIterable, Codable, Sendable, Comparable {
     /// The short name recipes use ("q_proj", ..., "down_proj").
     public var shortName: String { rawValue + "_proj" }
     public init?(shortName: String) {
-        guard shortName.hasSuffix("_proj"), let k = LinearKind(rawValue: String(shortName.dropLast(5))) else { return nil }
+        guard shortName.hasSuffix("_proj"), let k = LinearKind(rawValue: String(shortName.dropLast(5))) else {
+            return nil
+        }
         self = k
     }
     public static func < (a: LinearKind, b: LinearKind) -> Bool {
@@ -53,7 +55,9 @@ public struct SparsityMask: Equatable, Sendable {
         public init?(_ text: String) {
             if text == "unstructured" { self = .unstructured; return }
             let parts = text.split(separator: ":")
-            guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]), n >= 1, n < m, m <= 64 else { return nil }
+            guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]), n >= 1, n < m, m <= 64 else {
+                return nil
+            }
             self = .nm(n: n, m: m)
         }
     }
@@ -70,19 +74,26 @@ public struct SparsityMask: Equatable, Sendable {
     public init(pattern: Pattern, rows: Int, cols: Int, bits: [UInt8]) throws {
         guard rows >= 0, cols >= 0 else { throw ConfigError("mask of negative shape (\(rows), \(cols))") }
         guard bits.count == (rows * cols + 7) / 8 else {
-            throw ConfigError("mask (\(rows), \(cols)) needs \((rows * cols + 7) / 8) bytes of bits, found \(bits.count)")
+            throw ConfigError(
+                "mask (\(rows), \(cols)) needs \((rows * cols + 7) / 8) bytes of bits, found \(bits.count)")
         }
         self.pattern = pattern; self.rows = rows; self.cols = cols; self.bits = bits
         let n = rows * cols
-        if n % 8 != 0, bits[n / 8] >> UInt8(n % 8) != 0 { throw ConfigError("mask has bits set beyond its \(n) elements") }
+        if n % 8 != 0, bits[n / 8] >> UInt8(n % 8) != 0 {
+            throw ConfigError("mask has bits set beyond its \(n) elements")
+        }
         if case .nm(let N, let M) = pattern {
             guard N >= 1, N < M else { throw ConfigError("N:M pattern \(N):\(M) needs 1 ≤ N < M") }
-            guard cols % M == 0 else { throw ConfigError("N:M pattern \(N):\(M) needs the input size \(cols) to be a multiple of \(M)") }
+            guard cols % M == 0 else {
+                throw ConfigError("N:M pattern \(N):\(M) needs the input size \(cols) to be a multiple of \(M)")
+            }
             for g in 0..<(n / M) {
                 var kept = 0
                 for i in (g * M)..<((g + 1) * M) where self[i] { kept += 1 }
                 guard kept == N else {
-                    throw ConfigError("N:M mask \(N):\(M): group \(g) (row \(g * M / cols), columns \(g * M % cols)..<\(g * M % cols + M)) keeps \(kept), not \(N)")
+                    throw ConfigError(
+                        "N:M mask \(N):\(M): group \(g) (row \(g * M / cols), columns "
+                            + "\(g * M % cols)..<\(g * M % cols + M)) keeps \(kept), not \(N)")
                 }
             }
         }
@@ -132,7 +143,8 @@ public struct SparseWeight: Sendable {
 
     /// Masks a copy of `dense` (rows, cols): the dropped elements become 0.
     public init(masking dense: Tensor, mask: SparsityMask) {
-        precondition(dense.shape == [mask.rows, mask.cols], "mask (\(mask.rows), \(mask.cols)) for a weight \(dense.shape)")
+        precondition(
+            dense.shape == [mask.rows, mask.cols], "mask (\(mask.rows), \(mask.cols)) for a weight \(dense.shape)")
         let v = dense.copy()
         mask.apply(to: v.data)
         values = v
@@ -191,7 +203,9 @@ public struct FactorizedWeight: Sendable {
     public var isQuantized: Bool { quantizedDense != nil || quantizedSparse != nil }
     public init(dense: Tensor, sparse: SparseWeight) throws {
         guard dense.shape.count == 2, dense.shape[1] == sparse.mask.rows else {
-            throw ConfigError("factorized weight: dense factor \(dense.shape) does not match the sparse factor (\(sparse.mask.rows), \(sparse.mask.cols))")
+            throw ConfigError(
+                "factorized weight: dense factor \(dense.shape) does not match the sparse factor (\(sparse.mask.rows), "
+                    + "\(sparse.mask.cols))")
         }
         try Self.checkColumns(sparse)
         self.init(checked: dense, sparse)
@@ -200,17 +214,26 @@ public struct FactorizedWeight: Sendable {
     /// documentation); D̂ is derived from it.
     public init(quantizedDense q: QuantizedTensor, sparse: SparseWeight) throws {
         guard q.shape.count == 2, q.shape[0] == sparse.mask.rows else {
-            throw ConfigError("factorized weight: quantized dense factor Dᵀ \(q.shape) does not match the sparse factor (\(sparse.mask.rows), \(sparse.mask.cols)); Dᵀ is (rank, out)")
+            throw ConfigError(
+                "factorized weight: quantized dense factor Dᵀ \(q.shape) does not match the sparse factor "
+                    + "(\(sparse.mask.rows), \(sparse.mask.cols)); Dᵀ is (rank, out)")
         }
         try Self.checkColumns(sparse)
-        self.init(checked: Tensor(shape: [q.shape[1], q.shape[0]], values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])), sparse, q)
+        self.init(
+            checked: Tensor(
+                shape: [q.shape[1], q.shape[0]],
+                values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])), sparse, q)
     }
     private static func checkColumns(_ sparse: SparseWeight) throws {
         let k = sparse.mask.rows, C = sparse.mask.cols
         let s = (0..<k).reduce(0) { $0 + (sparse.mask[$1 * C] ? 1 : 0) }
         for c in 0..<C {
             let n = (0..<k).reduce(0) { $0 + (sparse.mask[$1 * C + c] ? 1 : 0) }
-            guard n == s else { throw ConfigError("factorized weight: column \(c) of the sparse factor has \(n) nonzeros, column 0 has \(s); every column needs the same number") }
+            guard n == s else {
+                throw ConfigError(
+                    "factorized weight: column \(c) of the sparse factor has \(n) nonzeros, column 0 has \(s); every "
+                        + "column needs the same number")
+            }
         }
     }
     /// The transpose of a row-major (rows, cols) matrix, row-major (cols, rows).
@@ -223,9 +246,14 @@ public struct FactorizedWeight: Sendable {
     /// The same S with D stored as `q` (Dᵀ's codes, (k, OC)); throws when the shapes differ.
     public func quantizingDense(_ q: QuantizedTensor) throws -> FactorizedWeight {
         guard q.shape == [rank, dense.shape[0]] else {
-            throw ConfigError("factorized weight: a quantized dense factor must hold Dᵀ of shape \([rank, dense.shape[0]]), found \(q.shape)")
+            throw ConfigError(
+                "factorized weight: a quantized dense factor must hold Dᵀ of shape \([rank, dense.shape[0]]), found "
+                    + "\(q.shape)")
         }
-        return FactorizedWeight(checked: Tensor(shape: dense.shape, values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])), sparse, q, quantizedSparse)
+        return FactorizedWeight(
+            checked: Tensor(
+                shape: dense.shape, values: Self.transpose(q.dequantized(), rows: q.shape[0], cols: q.shape[1])),
+            sparse, q, quantizedSparse)
     }
     /// S's kept values in storage order: column by column, ascending row within a column.
     public var keptValues: [Float] {
@@ -238,7 +266,11 @@ public struct FactorizedWeight: Sendable {
     /// The same D and S's support with S's kept values stored as `q` (shape (1, nonzeros), storage order).
     public func quantizingSparseValues(_ q: QuantizedTensor) throws -> FactorizedWeight {
         let n = sparse.mask.nonzeros, k = rank, C = sparse.mask.cols
-        guard q.shape == [1, n] else { throw ConfigError("factorized weight: quantized sparse values must have shape [1, \(n)] (S's kept values), found \(q.shape)") }
+        guard q.shape == [1, n] else {
+            throw ConfigError(
+                "factorized weight: quantized sparse values must have shape [1, \(n)] (S's kept values), found "
+                    + "\(q.shape)")
+        }
         let kept = q.dequantized(), values = Tensor(shape: [k, C])
         var j = 0
         for c in 0..<C { for r in 0..<k where sparse.mask[r * C + c] { values[r * C + c] = kept[j]; j += 1 } }
@@ -246,7 +278,10 @@ public struct FactorizedWeight: Sendable {
     }
     /// Nonzeros in every column of S.
     public var nonzerosPerColumn: Int { sparse.mask.cols == 0 ? 0 : sparse.mask.nonzeros / sparse.mask.cols }
-    fileprivate init(checked dense: Tensor, _ sparse: SparseWeight, _ quantizedDense: QuantizedTensor? = nil, _ quantizedSparse: QuantizedTensor? = nil) {
+    fileprivate init(
+        checked dense: Tensor, _ sparse: SparseWeight, _ quantizedDense: QuantizedTensor? = nil,
+        _ quantizedSparse: QuantizedTensor? = nil
+    ) {
         self.dense = dense
         self.sparse = sparse
         self.quantizedDense = quantizedDense
@@ -258,7 +293,9 @@ public struct FactorizedWeight: Sendable {
     /// Bytes of D as stored: float32, or the codes with their scales (and minimums).
     public var denseBytes: Int { quantizedDense?.bytes ?? dense.bytes }
     /// Bytes of S as stored: kept values (float32, or codes with scales) and their row indices.
-    public var sparseBytes: Int { (quantizedSparse?.bytes ?? 4 * sparse.mask.nonzeros) + indexBytes * sparse.mask.nonzeros }
+    public var sparseBytes: Int {
+        (quantizedSparse?.bytes ?? 4 * sparse.mask.nonzeros) + indexBytes * sparse.mask.nonzeros
+    }
 }
 
 /// How one linear weight (OC, C) is held. Forward, backward, the reference forward, storage bytes and
@@ -366,8 +403,10 @@ public enum LinearWeight: Sendable {
         case .sparse(let s): return .sparse(SparseWeight(masking: s.values, mask: s.mask))
         case .quantized: return self
         case .factorized(let f):
-            return .factorized(FactorizedWeight(checked: f.quantizedDense == nil ? f.dense.copy() : f.dense,
-                                                SparseWeight(masking: f.sparse.values, mask: f.sparse.mask), f.quantizedDense, f.quantizedSparse))
+            return .factorized(
+                FactorizedWeight(
+                    checked: f.quantizedDense == nil ? f.dense.copy() : f.dense,
+                    SparseWeight(masking: f.sparse.values, mask: f.sparse.mask), f.quantizedDense, f.quantizedSparse))
         }
     }
 
@@ -379,14 +418,19 @@ public enum LinearWeight: Sendable {
             BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: w.data, ldb: C, beta: beta, c: out, ldc: OC)
         case .sparse(let s):
             // Dense GEMM with zeros: this CPU has no sparse GEMM that beats OpenBLAS at these densities.
-            BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: s.values.data, ldb: C, beta: beta, c: out, ldc: OC)
+            BLAS.gemm(
+                transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: s.values.data, ldb: C, beta: beta, c: out, ldc: OC)
         case .quantized(let q):
-            BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: q.cache.data, ldb: C, beta: beta, c: out, ldc: OC)
+            BLAS.gemm(
+                transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: q.cache.data, ldb: C, beta: beta, c: out, ldc: OC)
         case .factorized(let f):
             // tmp (T, k) = inp · Sᵀ;  out = beta · out + tmp · Dᵀ
             let k = f.rank, tmp = Tensor(shape: [T, k])
-            BLAS.gemm(transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
-            BLAS.gemm(transB: true, m: T, n: OC, k: k, a: tmp.data, lda: k, b: f.dense.data, ldb: k, beta: beta, c: out, ldc: OC)
+            BLAS.gemm(
+                transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
+            BLAS.gemm(
+                transB: true, m: T, n: OC, k: k, a: tmp.data, lda: k, b: f.dense.data, ldb: k, beta: beta, c: out,
+                ldc: OC)
         }
     }
 
@@ -404,18 +448,29 @@ public enum LinearWeight: Sendable {
         func grad(_ i: Int) -> UnsafeMutablePointer<Float>? { i < grads.count ? grads[i] : nil }
         switch self {
         case .dense(let w):
-            linearBackward(dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: w.data, rows: T, inFeatures: C, outFeatures: OC)
+            linearBackward(
+                dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: w.data, rows: T, inFeatures: C,
+                outFeatures: OC)
         case .sparse(let s):
-            linearBackward(dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: s.values.data, rows: T, inFeatures: C, outFeatures: OC)
+            linearBackward(
+                dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: s.values.data, rows: T, inFeatures: C,
+                outFeatures: OC)
             if let g = grad(0) { s.mask.apply(to: g) }
         case .quantized(let q):
-            linearBackward(dinp: dinp, dweight: nil, dout: dout, inp: inp, weight: q.cache.data, rows: T, inFeatures: C, outFeatures: OC)
+            linearBackward(
+                dinp: dinp, dweight: nil, dout: dout, inp: inp, weight: q.cache.data, rows: T, inFeatures: C,
+                outFeatures: OC)
         case .factorized(let f):
             let k = f.rank, tmp = Tensor(shape: [T, k]), dtmp = Tensor(shape: [T, k])
-            BLAS.gemm(transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
+            BLAS.gemm(
+                transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
             let frozen = f.isQuantized
-            linearBackward(dinp: dtmp.data, dweight: frozen ? nil : grad(0), dout: dout, inp: tmp.data, weight: f.dense.data, rows: T, inFeatures: k, outFeatures: OC)
-            linearBackward(dinp: dinp, dweight: frozen ? nil : grad(1), dout: dtmp.data, inp: inp, weight: f.sparse.values.data, rows: T, inFeatures: C, outFeatures: k)
+            linearBackward(
+                dinp: dtmp.data, dweight: frozen ? nil : grad(0), dout: dout, inp: tmp.data, weight: f.dense.data,
+                rows: T, inFeatures: k, outFeatures: OC)
+            linearBackward(
+                dinp: dinp, dweight: frozen ? nil : grad(1), dout: dtmp.data, inp: inp, weight: f.sparse.values.data,
+                rows: T, inFeatures: C, outFeatures: k)
             if !frozen, let g = grad(1) { f.sparse.mask.apply(to: g) }
         }
     }
@@ -432,7 +487,9 @@ public enum LinearWeight: Sendable {
             for t in 0..<T {
                 for o in 0..<OC {
                     var acc = 0.0
-                    for c in 0..<C where s.mask[o * C + c] { acc += Double(inp[t * C + c]) * Double(s.values[o * C + c]) }
+                    for c in 0..<C where s.mask[o * C + c] {
+                        acc += Double(inp[t * C + c]) * Double(s.values[o * C + c])
+                    }
                     out[t * OC + o] = Float(acc)
                 }
             }
@@ -463,7 +520,9 @@ public enum LinearWeight: Sendable {
             for t in 0..<T {
                 for r in 0..<k {
                     var acc = 0.0
-                    for c in 0..<C where f.sparse.mask[r * C + c] { acc += Double(inp[t * C + c]) * Double(sv(r * C + c)) }
+                    for c in 0..<C where f.sparse.mask[r * C + c] {
+                        acc += Double(inp[t * C + c]) * Double(sv(r * C + c))
+                    }
                     tmp[r] = acc
                 }
                 for o in 0..<OC {

@@ -18,8 +18,10 @@ public struct BlockConfig: Equatable, Sendable {
     /// (`ModelConfig.attentionWindow(layer:)`, `ropeTheta(layer:)`).
     public var layerType: AttentionLayerType
 
-    public init(attention: Bool = true, numAttentionHeads: Int, numKeyValueHeads: Int, mlp: Bool = true, intermediateSize: Int,
-                layerType: AttentionLayerType = .full) {
+    public init(
+        attention: Bool = true, numAttentionHeads: Int, numKeyValueHeads: Int, mlp: Bool = true, intermediateSize: Int,
+        layerType: AttentionLayerType = .full
+    ) {
         self.attention = attention
         self.numAttentionHeads = numAttentionHeads
         self.numKeyValueHeads = numKeyValueHeads
@@ -33,7 +35,9 @@ public struct BlockConfig: Equatable, Sendable {
 }
 
 /// A layer's attention pattern, spelled as Hugging Face's `layer_types` entries.
-public enum AttentionLayerType: String, Codable, Sendable { case full = "full_attention", sliding = "sliding_attention" }
+public enum AttentionLayerType: String, Codable, Sendable {
+    case full = "full_attention", sliding = "sliding_attention"
+}
 
 /// How a norm normalises: `rms` is x / rms(x) ⊙ w (Llama, Qwen); `rmsUnitOffset` is x / rms(x) ⊙ (1 + w) (Gemma:
 /// the stored weight is the offset from 1; transformers Gemma3RMSNorm).
@@ -102,7 +106,9 @@ public struct ModelConfig: Equatable, Sendable {
     /// The attention window of layer l: `slidingWindow` on sliding layers, nil (full causal) otherwise.
     public func attentionWindow(layer l: Int) -> Int? { blocks[l].layerType == .sliding ? slidingWindow : nil }
     /// The rotary base of layer l.
-    public func ropeTheta(layer l: Int) -> Double { blocks[l].layerType == .sliding ? slidingRopeTheta ?? ropeTheta : ropeTheta }
+    public func ropeTheta(layer l: Int) -> Double {
+        blocks[l].layerType == .sliding ? slidingRopeTheta ?? ropeTheta : ropeTheta
+    }
     /// The checkpoint's (and the family's Hugging Face) name of a weight.
     public func name(_ id: WeightID) -> String { familyType.hfName(id) }
     /// The attention score multiplier as the kernels take it (nil: their default 1/√D).
@@ -110,15 +116,20 @@ public struct ModelConfig: Equatable, Sendable {
 
     /// The family's type (the registry holds every family a config can name).
     public var familyType: any ModelFamily.Type {
-        guard let f = ModelFamilies.named(family) else { preconditionFailure("config of unregistered family '\(family)'") }
+        guard let f = ModelFamilies.named(family) else {
+            preconditionFailure("config of unregistered family '\(family)'")
+        }
         return f
     }
 
     /// A homogeneous configuration of `family` (tests, benchmarks, fixtures).
-    public init(vocabSize: Int, hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
-                numKeyValueHeads: Int, headDim: Int? = nil, rmsNormEps: Double = 1e-5, ropeTheta: Double = 10000,
-                maxPositionEmbeddings: Int = 2048, tieWordEmbeddings: Bool = false, bosTokenID: Int? = nil, eosTokenID: Int? = nil,
-                family: any ModelFamily.Type = LlamaFamily.self, biases: Set<LinearKind> = [], qkNorm: Bool = false) {
+    public init(
+        vocabSize: Int, hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
+        numKeyValueHeads: Int, headDim: Int? = nil, rmsNormEps: Double = 1e-5, ropeTheta: Double = 10000,
+        maxPositionEmbeddings: Int = 2048, tieWordEmbeddings: Bool = false, bosTokenID: Int? = nil,
+        eosTokenID: Int? = nil,
+        family: any ModelFamily.Type = LlamaFamily.self, biases: Set<LinearKind> = [], qkNorm: Bool = false
+    ) {
         self.family = family.name
         self.biases = biases
         self.qkNorm = qkNorm
@@ -135,8 +146,10 @@ public struct ModelConfig: Equatable, Sendable {
         self.tieWordEmbeddings = tieWordEmbeddings
         self.bosTokenID = bosTokenID
         self.eosTokenID = eosTokenID
-        self.blocks = Array(repeating: BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads,
-                                                   intermediateSize: intermediateSize), count: numHiddenLayers)
+        self.blocks = Array(
+            repeating: BlockConfig(
+                numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads,
+                intermediateSize: intermediateSize), count: numHiddenLayers)
         self.extra = ["architectures": .array([.string(family.hfArchitecture)]), "hidden_act": .string("silu")]
     }
 
@@ -147,7 +160,9 @@ public struct ModelConfig: Equatable, Sendable {
         "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
         "tie_word_embeddings", "bos_token_id", "eos_token_id", "block_configs", "rope_parameters",
     ]
-    static let blockKeys: Set<String> = ["attention", "num_attention_heads", "num_key_value_heads", "mlp", "intermediate_size"]
+    static let blockKeys: Set<String> = [
+        "attention", "num_attention_heads", "num_key_value_heads", "mlp", "intermediate_size"
+    ]
 
     /// Decodes and validates a config.json object: its `model_type` (default "llama") picks the family, which
     /// translates the rest (`ModelFamily.config(hf:)`).
@@ -155,7 +170,9 @@ public struct ModelConfig: Equatable, Sendable {
         guard let o = json.objectValue else { throw ConfigError("config: expected a JSON object") }
         let type = o["model_type"]?.stringValue ?? LlamaFamily.hfModelTypes[0]
         guard let family = ModelFamilies.forHFModelType(type) else {
-            throw ConfigError("config: model_type '\(type)' is not supported (supported: \(ModelFamilies.hfModelTypes.joined(separator: ", ")))")
+            throw ConfigError(
+                "config: model_type '\(type)' is not supported (supported: "
+                    + "\(ModelFamilies.hfModelTypes.joined(separator: ", ")))")
         }
         self = try family.config(hf: o)
     }
@@ -170,26 +187,10 @@ public struct ModelConfig: Equatable, Sendable {
         self.biases = biases
         self.qkNorm = qkNorm
         self.activation = activation
-        func int(_ key: String, in obj: [String: JSONValue] = o, ctx: String = "config", default d: Int? = nil) throws -> Int {
-            let limit = Self.limits[key] ?? Int(Int32.max)
-            guard let v = obj[key], v != .null else {
-                if let d { return d }
-                throw ConfigError("\(ctx): missing required key '\(key)' (expected an integer in 1...\(limit))")
-            }
-            guard let i = v.intValue else { throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)") }
-            guard (1...limit).contains(i) else { throw ConfigError("\(ctx): key '\(key)' is \(i) (expected an integer in 1...\(limit))") }
-            return i
-        }
-        func number(_ key: String, default d: Double) throws -> Double {
-            guard let v = o[key], v != .null else { return d }
-            let range = Self.numberRanges[key] ?? 0...Double.greatestFiniteMagnitude
-            guard let x = v.doubleValue, x > 0, range.contains(x) else {
-                throw ConfigError("config: key '\(key)' is \(v.text) (expected a positive number in \(range.lowerBound)...\(range.upperBound))")
-            }
-            return x
-        }
+        func int(_ key: String, default d: Int? = nil) throws -> Int { try Self.int(key, in: o, default: d) }
         if let v = o["hidden_act"], v != .null, v.stringValue != activation.rawValue {
-            throw ConfigError("config: hidden_act \(v.text) is not supported for \(family) (supported: \(activation.rawValue))")
+            throw ConfigError(
+                "config: hidden_act \(v.text) is not supported for \(family) (supported: \(activation.rawValue))")
         }
         if let rs = o["rope_scaling"], rs != .null {
             throw ConfigError("config: rope_scaling \(rs.text) is not supported (expected null)")
@@ -201,29 +202,92 @@ public struct ModelConfig: Equatable, Sendable {
         numAttentionHeads = try int("num_attention_heads")
         numKeyValueHeads = try int("num_key_value_heads", default: numAttentionHeads)
         if o["head_dim"] == nil || o["head_dim"] == .null, hiddenSize % numAttentionHeads != 0 {
-            throw ConfigError("config: no 'head_dim', and hidden_size \(hiddenSize) is not a multiple of num_attention_heads "
-                              + "\(numAttentionHeads) (the implied head dim would be \(hiddenSize) / \(numAttentionHeads), "
-                              + "rounded down to \(hiddenSize / numAttentionHeads)); give head_dim")
+            throw ConfigError(
+                "config: no 'head_dim', and hidden_size \(hiddenSize) is not a multiple of num_attention_heads "
+                    + "\(numAttentionHeads) (the implied head dim would be \(hiddenSize) / \(numAttentionHeads), "
+                    + "rounded down to \(hiddenSize / numAttentionHeads)); give head_dim")
         }
         headDim = try int("head_dim", default: hiddenSize / numAttentionHeads)
-        rmsNormEps = try number("rms_norm_eps", default: 1e-6)
+        rmsNormEps = try Self.number("rms_norm_eps", in: o, default: 1e-6)
+        ropeTheta = try Self.ropeTheta(o)
+        maxPositionEmbeddings = try int("max_position_embeddings", default: 2048)
+        tieWordEmbeddings = try ModelFamilies.bool(o, "tie_word_embeddings") ?? false
+        let ids = try Self.tokenIDs(o, vocabSize: vocabSize)
+        bosTokenID = ids.bos
+        eosTokenID = ids.eos
+        eosTokenIDs = ids.eosList
+        guard headDim >= 2, headDim % 2 == 0 else {
+            throw ConfigError("config: head_dim must be even and at least 2 for rotary embedding, found \(headDim)")
+        }
+
+        let base = BlockConfig(
+            numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize
+        )
+        blocks = try Self.blocks(o, numHiddenLayers: numHiddenLayers, base: base)
+        try Self.checkTensorSizes(blocks, vocabSize: vocabSize, hiddenSize: hiddenSize, headDim: headDim)
+        extra = o.filter { !Self.knownKeys.contains($0.key) && !familyKeys.contains($0.key) }
+    }
+
+    /// An integer key of `obj`, in 1...`limits[key]` (Int32.max when unlisted); `d` when absent or null.
+    private static func int(
+        _ key: String, in obj: [String: JSONValue], ctx: String = "config", default d: Int? = nil
+    ) throws -> Int {
+        let limit = Self.limits[key] ?? Int(Int32.max)
+        guard let v = obj[key], v != .null else {
+            if let d { return d }
+            throw ConfigError("\(ctx): missing required key '\(key)' (expected an integer in 1...\(limit))")
+        }
+        guard let i = v.intValue else {
+            throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)")
+        }
+        guard (1...limit).contains(i) else {
+            throw ConfigError("\(ctx): key '\(key)' is \(i) (expected an integer in 1...\(limit))")
+        }
+        return i
+    }
+
+    /// A positive number key of `o`, within `numberRanges[key]`; `d` when absent or null.
+    private static func number(_ key: String, in o: [String: JSONValue], default d: Double) throws -> Double {
+        guard let v = o[key], v != .null else { return d }
+        let range = Self.numberRanges[key] ?? 0...Double.greatestFiniteMagnitude
+        guard let x = v.doubleValue, x > 0, range.contains(x) else {
+            throw ConfigError(
+                "config: key '\(key)' is \(v.text) (expected a positive number in "
+                    + "\(range.lowerBound)...\(range.upperBound))")
+        }
+        return x
+    }
+
+    /// The rotary base: `rope_parameters.rope_theta` if given, else `rope_theta`, else 10000.
+    private static func ropeTheta(_ o: [String: JSONValue]) throws -> Double {
         // transformers ≥ 5 writes rope settings as rope_parameters {rope_type, rope_theta}; older versions rope_theta.
-        ropeTheta = try number("rope_theta", default: 10000)
+        var ropeTheta = try number("rope_theta", in: o, default: 10000)
         if let rp = o["rope_parameters"], rp != .null {
-            guard let p = rp.objectValue else { throw ConfigError("config: rope_parameters must be an object, found \(rp.text)") }
+            guard let p = rp.objectValue else {
+                throw ConfigError("config: rope_parameters must be an object, found \(rp.text)")
+            }
             if let type = p["rope_type"], type != .string("default") {
-                throw ConfigError("config: rope_parameters.rope_type \(type.text) is not supported (supported: \"default\")")
+                throw ConfigError(
+                    "config: rope_parameters.rope_type \(type.text) is not supported (supported: \"default\")")
             }
             if let t = p["rope_theta"] {
                 let range = Self.numberRanges["rope_theta"]!
                 guard let theta = t.doubleValue, range.contains(theta) else {
-                    throw ConfigError("config: rope_parameters.rope_theta is \(t.text) (expected a number in \(range.lowerBound)...\(range.upperBound))")
+                    throw ConfigError(
+                        "config: rope_parameters.rope_theta is \(t.text) (expected a number in "
+                            + "\(range.lowerBound)...\(range.upperBound))")
                 }
                 ropeTheta = theta
             }
         }
-        maxPositionEmbeddings = try int("max_position_embeddings", default: 2048)
-        tieWordEmbeddings = try ModelFamilies.bool(o, "tie_word_embeddings") ?? false
+        return ropeTheta
+    }
+
+    /// `bos_token_id`, and `eos_token_id` (the first of the list, and the list, when it is one), each checked
+    /// against `vocabSize`.
+    private static func tokenIDs(
+        _ o: [String: JSONValue], vocabSize: Int
+    ) throws -> (bos: Int?, eos: Int?, eosList: [Int]?) {
         // A token id is an integer or null; eos_token_id may list several (all checked, the first used). Any other
         // value was read as "no id" before, silently.
         let vocab = vocabSize
@@ -234,37 +298,50 @@ public struct ModelConfig: Equatable, Sendable {
             }
             return id
         }
-        bosTokenID = try tokenID("bos_token_id", o["bos_token_id"])
+        let bos = try tokenID("bos_token_id", o["bos_token_id"])
+        var eosList: [Int]? = nil
+        let eos: Int?
         if let list = o["eos_token_id"]?.arrayValue {
-            guard !list.isEmpty else { throw ConfigError("config: key 'eos_token_id' is an empty list (expected token ids)") }
-            eosTokenIDs = try list.enumerated().map { i, v in
+            guard !list.isEmpty else {
+                throw ConfigError("config: key 'eos_token_id' is an empty list (expected token ids)")
+            }
+            eosList = try list.enumerated().map { i, v in
                 guard let id = try tokenID("eos_token_id[\(i)]", v) else {
                     throw ConfigError("config: key 'eos_token_id[\(i)]' is null (expected a token id)")
                 }
                 return id
             }
-            eosTokenID = eosTokenIDs?.first
+            eos = eosList?.first
         } else {
-            eosTokenID = try tokenID("eos_token_id", o["eos_token_id"])
+            eos = try tokenID("eos_token_id", o["eos_token_id"])
         }
-        guard headDim >= 2, headDim % 2 == 0 else {
-            throw ConfigError("config: head_dim must be even and at least 2 for rotary embedding, found \(headDim)")
-        }
+        return (bos, eos, eosList)
+    }
 
-        let base = BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads, intermediateSize: intermediateSize)
+    /// `block_configs`: one per layer (each key defaulting to `base`), or `base` for every layer; checks that
+    /// every attention's query heads are a multiple of its key/value heads.
+    private static func blocks(
+        _ o: [String: JSONValue], numHiddenLayers: Int, base: BlockConfig
+    ) throws -> [BlockConfig] {
+        let blocks: [BlockConfig]
         if let bc = o["block_configs"], bc != .null {
             guard let list = bc.arrayValue, list.count == numHiddenLayers else {
-                throw ConfigError("config: block_configs must be an array of num_hidden_layers=\(numHiddenLayers) objects, found \(bc.arrayValue.map { "\($0.count) entries" } ?? bc.text)")
+                throw ConfigError(
+                    "config: block_configs must be an array of num_hidden_layers=\(numHiddenLayers) objects, found "
+                        + "\(bc.arrayValue.map { "\($0.count) entries" } ?? bc.text)")
             }
             blocks = try list.enumerated().map { i, entry in
                 let ctx = "config: block_configs[\(i)]"
                 guard let b = entry.objectValue else { throw ConfigError("\(ctx): expected an object") }
                 if let unknown = b.keys.sorted().first(where: { !Self.blockKeys.contains($0) }) {
-                    throw ConfigError("\(ctx): unknown key '\(unknown)' (known: \(Self.blockKeys.sorted().joined(separator: ", ")))")
+                    throw ConfigError(
+                        "\(ctx): unknown key '\(unknown)' (known: \(Self.blockKeys.sorted().joined(separator: ", ")))")
                 }
                 func flag(_ key: String) throws -> Bool {
                     guard let v = b[key] else { return true }
-                    guard let f = v.boolValue else { throw ConfigError("\(ctx): key '\(key)' must be true or false, found \(v.text)") }
+                    guard let f = v.boolValue else {
+                        throw ConfigError("\(ctx): key '\(key)' must be true or false, found \(v.text)")
+                    }
                     return f
                 }
                 return BlockConfig(
@@ -278,40 +355,57 @@ public struct ModelConfig: Equatable, Sendable {
             blocks = Array(repeating: base, count: numHiddenLayers)
         }
         for (i, b) in blocks.enumerated() where b.attention && b.numAttentionHeads % b.numKeyValueHeads != 0 {
-            throw ConfigError("config: layer \(i): num_attention_heads \(b.numAttentionHeads) is not a multiple of num_key_value_heads \(b.numKeyValueHeads)")
+            throw ConfigError(
+                "config: layer \(i): num_attention_heads \(b.numAttentionHeads) is not a multiple of "
+                    + "num_key_value_heads \(b.numKeyValueHeads)")
         }
-        // Every tensor's element count, and the whole model's, must stay far from Int overflow and within what a
-        // machine can hold: checked here, before anything is sized by these numbers.
+        return blocks
+    }
+
+    /// Every tensor's element count, and the whole model's, must stay far from Int overflow and within what a
+    /// machine can hold: checked before anything is sized by these numbers.
+    private static func checkTensorSizes(
+        _ blocks: [BlockConfig], vocabSize: Int, hiddenSize: Int, headDim: Int
+    ) throws {
         var total = 0
         func add(_ what: String, _ dims: Int...) throws {
             var n = 1
             for d in dims {
                 let (p, o) = n.multipliedReportingOverflow(by: d)
                 guard !o, p <= Self.maxTensorElements else {
-                    throw ConfigError("config: \(what) would have more than \(Self.maxTensorElements) elements (dimensions \(dims))")
+                    throw ConfigError(
+                        "config: \(what) would have more than \(Self.maxTensorElements) elements (dimensions \(dims))")
                 }
                 n = p
             }
             total += n
             guard total <= Self.maxParameters else {
-                throw ConfigError("config: the model would have more than \(Self.maxParameters) parameters (at \(what))")
+                throw ConfigError(
+                    "config: the model would have more than \(Self.maxParameters) parameters (at \(what))")
             }
         }
         try add(WeightID.embedTokens.hfName, vocabSize, hiddenSize)
         for (i, b) in blocks.enumerated() {
             if b.attention {
-                try add("layer \(i) attention (num_attention_heads \(b.numAttentionHeads) × head_dim \(headDim) × hidden_size \(hiddenSize))", 2 * (b.numAttentionHeads + b.numKeyValueHeads), headDim, hiddenSize)
+                try add(
+                    "layer \(i) attention (num_attention_heads \(b.numAttentionHeads) × head_dim \(headDim) × "
+                        + "hidden_size \(hiddenSize))",
+                    2 * (b.numAttentionHeads + b.numKeyValueHeads), headDim, hiddenSize)
             }
-            if b.mlp { try add("layer \(i) MLP (intermediate_size \(b.intermediateSize) × hidden_size \(hiddenSize))", 3, b.intermediateSize, hiddenSize) }
+            if b.mlp {
+                try add(
+                    "layer \(i) MLP (intermediate_size \(b.intermediateSize) × hidden_size \(hiddenSize))", 3,
+                    b.intermediateSize, hiddenSize)
+            }
         }
-        extra = o.filter { !Self.knownKeys.contains($0.key) && !familyKeys.contains($0.key) }
     }
 
     /// Upper bounds of the integer keys (far above any released model; they keep every product of sizes,
     /// and every allocation sized by them, in range).
     static let limits: [String: Int] = [
         "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1 << 10,
-        "num_attention_heads": 1 << 10, "num_key_value_heads": 1 << 10, "head_dim": 1 << 12, "max_position_embeddings": 1 << 24,
+        "num_attention_heads": 1 << 10, "num_key_value_heads": 1 << 10, "head_dim": 1 << 12,
+        "max_position_embeddings": 1 << 24,
     ]
     /// Ranges of the real-valued keys: rotary bases below 1 or above 1e9 make no sense (and overflow the
     /// frequencies); the epsilon must be a small positive number.
@@ -324,8 +418,10 @@ public struct ModelConfig: Equatable, Sendable {
     /// written as `layer_types`, not `block_configs`).
     public var isHomogeneous: Bool {
         blocks.allSatisfy {
-            $0.with(layerType: .full) == BlockConfig(numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads,
-                                                     intermediateSize: intermediateSize)
+            $0.with(layerType: .full)
+                == BlockConfig(
+                    numAttentionHeads: numAttentionHeads, numKeyValueHeads: numKeyValueHeads,
+                    intermediateSize: intermediateSize)
         }
     }
 

@@ -30,7 +30,8 @@ import TensorCore
 ///     the zeroed original with that post-norm's (w + o) multiplied by ρ/s. (Gemma 3 270M, hidden 640 → 512 by
 ///     Minitron on 4 × 256 calibration tokens, no retraining, first 4,096 test tokens at window 512: PPL 726 with
 ///     s, 499 with 1, 174 with ρ; base 25.2.)
-/// Passes that fold gates into the kept weights multiply a norm's (w + o) by the gate as well (`norm(_:channels:times:)`).
+/// Passes that fold gates into the kept weights multiply a norm's (w + o) by the gate as well
+/// (`norm(_:channels:times:)`).
 public struct ChannelRemoval: Sendable {
     /// s = sqrt(C/C').
     public let normFactor: Float
@@ -76,14 +77,17 @@ public struct ChannelRemoval: Sendable {
     /// A norm over C channels restricted to `channels`: w' = (w + o)·s·times − o (times: one factor per kept channel,
     /// e.g. folded gates; nil: 1).
     public func norm(_ w: Tensor, channels: [Int], times: [Float]? = nil) -> Tensor {
-        Tensor(shape: [channels.count], values: channels.enumerated().map { j, ch in (w[ch] + offset) * normFactor * (times?[j] ?? 1) - offset })
+        Tensor(
+            shape: [channels.count],
+            values: channels.enumerated().map { j, ch in (w[ch] + offset) * normFactor * (times?[j] ?? 1) - offset })
     }
 
     /// The final norm: as `norm`, and with a tied head its (w + o) divided by the embedding factor (and by
     /// `dividedBy`, a factor per kept channel folded into the tied table).
     public func finalNorm(_ w: Tensor, channels: [Int], tied: Bool, dividedBy: [Float]? = nil) -> Tensor {
         guard tied else { return norm(w, channels: channels) }
-        return norm(w, channels: channels, times: channels.indices.map { 1 / (embeddingFactor * (dividedBy?[$0] ?? 1)) })
+        return norm(
+            w, channels: channels, times: channels.indices.map { 1 / (embeddingFactor * (dividedBy?[$0] ?? 1)) })
     }
 }
 
@@ -186,7 +190,9 @@ extension DecoderModel {
             return DecoderLayer(attention: remove.contains(2 * old) ? nil : l.attention?.copy(),
                                 mlp: remove.contains(2 * old + 1) ? nil : l.mlp?.copy())
         }
-        return try DecoderModel(config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(), lmHead: untiedLMHead?.copy())
+        return try DecoderModel(
+            config: c, embedTokens: embedTokens.copy(), layers: newLayers, norm: norm.copy(),
+            lmHead: untiedLMHead?.copy())
     }
 
     /// Parameters a configuration holds (a tied head counted once).
@@ -258,8 +264,8 @@ extension DecoderModel {
             try check(sel.neurons[l], below: b.intermediateSize, "layer \(l) neurons")
             let k = sel.heads[l].count
             guard k % G == 0 else {
-                throw ConfigError(
-                    "layer \(l): \(k) query heads kept is not a multiple of its \(G) KV groups (grouped-query attention)")
+                throw ConfigError("layer \(l): \(k) query heads kept is not a multiple of its \(G) KV groups "
+                    + "(grouped-query attention)")
             }
             let per = H / G
             for g in 0..<G where sel.heads[l].filter({ $0 / per == g }).count != k / G {

@@ -41,13 +41,23 @@ public final class Gates {
 
     /// Checks every gate's length against the config.
     public func validate(_ c: ModelConfig) throws {
-        guard heads.count == c.blocks.count, neurons.count == c.blocks.count else { throw ConfigError("gates for \(heads.count) layers, model has \(c.blocks.count)") }
-        for (l, b) in c.blocks.enumerated() {
-            if let h = heads[l], h.count != b.numAttentionHeads || !b.attention { throw ConfigError("layer \(l): head gates of \(h.count) for \(b.numAttentionHeads) heads") }
-            if let n = neurons[l], n.count != b.intermediateSize || !b.mlp { throw ConfigError("layer \(l): neuron gates of \(n.count) for \(b.intermediateSize) neurons") }
+        guard heads.count == c.blocks.count, neurons.count == c.blocks.count else {
+            throw ConfigError("gates for \(heads.count) layers, model has \(c.blocks.count)")
         }
-        if let ch = channels, ch.count != c.hiddenSize { throw ConfigError("channel gates of \(ch.count) for \(c.hiddenSize) channels") }
-        if let s = sublayers, s.count != 2 * c.blocks.count { throw ConfigError("sublayer gates of \(s.count) for \(2 * c.blocks.count) sublayers") }
+        for (l, b) in c.blocks.enumerated() {
+            if let h = heads[l], h.count != b.numAttentionHeads || !b.attention {
+                throw ConfigError("layer \(l): head gates of \(h.count) for \(b.numAttentionHeads) heads")
+            }
+            if let n = neurons[l], n.count != b.intermediateSize || !b.mlp {
+                throw ConfigError("layer \(l): neuron gates of \(n.count) for \(b.intermediateSize) neurons")
+            }
+        }
+        if let ch = channels, ch.count != c.hiddenSize {
+            throw ConfigError("channel gates of \(ch.count) for \(c.hiddenSize) channels")
+        }
+        if let s = sublayers, s.count != 2 * c.blocks.count {
+            throw ConfigError("sublayer gates of \(s.count) for \(2 * c.blocks.count) sublayers")
+        }
     }
 }
 
@@ -81,7 +91,8 @@ public protocol BackwardObserver: AnyObject {
 }
 
 extension BackwardObserver {
-    public func linearInput(_ id: LinearID, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, features: Int) {}
+    public func linearInput(_ id: LinearID, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, features: Int)
+    {}
     public func layerInput(_ layer: Int, x: UnsafePointer<Float>, dx: UnsafePointer<Float>, rows: Int, channels: Int) {}
 }
 
@@ -89,11 +100,13 @@ extension BackwardObserver {
 /// training alike, over B windows of W tokens (rows N = B·W; GEMMs run on all rows at once, rotary and
 /// attention per window):
 ///
-///   x = s_e · embed(ids) ⊙ z_c                                                                       (s_e: embeddingScale)
+///   x = s_e · embed(ids) ⊙ z_c                                                                       (s_e:
+/// embeddingScale)
 ///   for each layer:  n = norm(x);  q, k, v = q_proj(n) + b_q, k_proj(n) + b_k, v_proj(n) + b_v   (biases: spec)
 ///                    q, k = qnorm(q), knorm(k) per head of D                                       (qkNorm: spec)
 ///                    x += g_att ⊙ z_c ⊙ post(o_proj(gate_h(attn_l(rope_l(q), rope_l(k), v))) + b_o)
-///                    n = norm(x);  x += g_mlp ⊙ z_c ⊙ post(down_proj(gate_f(act(gate_proj(n) + b_g) ⊙ (up_proj(n) + b_u))) + b_d)
+///                    n = norm(x);  x += g_mlp ⊙ z_c ⊙ post(down_proj(gate_f(act(gate_proj(n) + b_g) ⊙ (up_proj(n) +
+/// b_u))) + b_d)
 ///   h = norm(x);  logits = h · lm_headᵀ
 ///
 /// (norm: the spec's `normKind`, x/rms ⊙ w or x/rms ⊙ (1 + w); act: its `activation`, SiLU or GELU-tanh; post: the
@@ -220,7 +233,9 @@ public final class TransformerDecoder {
     func activations(_ l: Int) -> LayerActivations { training ? store[l] : store[0] }
 
     /// The rotary table of layer l (its base: `ModelConfig.ropeTheta(layer:)`).
-    func rotaryTable(_ l: Int) -> RotaryTable { model.config.blocks[l].layerType == .sliding ? slidingRotary ?? rotary : rotary }
+    func rotaryTable(_ l: Int) -> RotaryTable {
+        model.config.blocks[l].layerType == .sliding ? slidingRotary ?? rotary : rotary
+    }
 
     /// Requests the output of decoder layer `layer` to be kept in `captures[layer]` (and a gradient slot).
     public func capture(layer: Int) {
@@ -253,7 +268,8 @@ public final class TransformerDecoder {
     /// x = embeddingScale · embed(ids) (⊙ channel gates).
     public func embed(_ ids: [Int32]) {
         let N = ids.count, C = model.config.hiddenSize, V = model.config.vocabSize
-        precondition(N > 0 && N <= rows && (batch == 1 || N == rows), "forward on \(N) ids, decoder holds \(batch) × \(window)")
+        precondition(
+            N > 0 && N <= rows && (batch == 1 || N == rows), "forward on \(N) ids, decoder holds \(batch) × \(window)")
         precondition(ids.allSatisfy { $0 >= 0 && Int($0) < V }, "token id outside the vocabulary")
         self.ids = ids
         let table = model.embedTokens.denseView ?? model.embedTokens.dequantized()
@@ -262,16 +278,22 @@ public final class TransformerDecoder {
         }
         let es = Float(model.config.embeddingScale)
         if es != 1 { for i in 0..<(N * C) { x.data[i] *= es } }
-        if let z = gates?.channels { gateForward(out: x.data, inp: x.data, gate: z.data, rows: N, groups: C, groupSize: 1) }
+        if let z = gates?.channels {
+            gateForward(out: x.data, inp: x.data, gate: z.data, rows: N, groups: C, groupSize: 1)
+        }
     }
 
     /// Applies sublayers `range` to the residual stream of N rows, in windows of W (N a multiple of W).
     /// Sublayer s is layer s / 2's attention when s is even and its MLP when s is odd; absent sublayers and
     /// those in `skip` are not computed.
-    public func runSublayers(_ range: Range<Int>, rows N: Int, window W: Int? = nil, skip: Set<Int> = [], observer: ForwardObserver? = nil) {
+    public func runSublayers(
+        _ range: Range<Int>, rows N: Int, window W: Int? = nil, skip: Set<Int> = [], observer: ForwardObserver? = nil
+    ) {
         let c = model.config, C = c.hiddenSize, D = c.headDim
         let W = W ?? (batch == 1 ? N : window)
-        precondition(N > 0 && N <= rows && W <= window && N % W == 0, "forward on \(N) rows in windows of \(W), decoder holds \(batch) × \(window)")
+        precondition(
+            N > 0 && N <= rows && W <= window && N % W == 0,
+            "forward on \(N) rows in windows of \(W), decoder holds \(batch) × \(window)")
         for s in range {
             observer?.sublayerInput(s, x: x.data, rows: N)
             guard !skip.contains(s) else {
@@ -279,39 +301,53 @@ public final class TransformerDecoder {
                 continue
             }
             let l = s / 2, layer = model.layers[l], block = c.blocks[l], acts = activations(l)
-            if s % 2 == 0, let a = layer.attention, let sub = acts.attn, let q = acts.q, let k = acts.k, let v = acts.v, let att = acts.att {
+            if s % 2 == 0, let a = layer.attention, let sub = acts.attn, let q = acts.q, let k = acts.k, let v = acts.v,
+                let att = acts.att
+            {
                 let H = block.numAttentionHeads, G = block.numKeyValueHeads
                 sub.resid?.data.update(from: x.data, count: N * C)
                 model.applyNorm(s, out: sub.normed.data, inp: x.data, rows: N, rstd: sub.rstd?.data)
                 observer?.normed(s, n: sub.normed.data, rows: N)
                 for (kind, out, width) in [(LinearKind.q, q, H * D), (.k, k, G * D), (.v, v, G * D)] {
                     a[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
-                    if let bias = a.biases[kind] { biasForward(out: out.data, bias: bias.data, rows: N, columns: width) }
+                    if let bias = a.biases[kind] {
+                        biasForward(out: out.data, bias: bias.data, rows: N, columns: width)
+                    }
                 }
                 if let qn = a.qNorm, let kn = a.kNorm {
                     // Per-head RMSNorm: N·H rows of D (N·G for k); training keeps the input and rstd.
-                    for (t, pre, rstd, w, heads) in [(q, acts.qPre, acts.qRstd, qn, H), (k, acts.kPre, acts.kRstd, kn, G)] {
+                    for (t, pre, rstd, w, heads) in [
+                        (q, acts.qPre, acts.qRstd, qn, H), (k, acts.kPre, acts.kRstd, kn, G)
+                    ] {
                         pre?.data.update(from: t.data, count: N * heads * D)
-                        model.normForward(out: t.data, inp: pre?.data ?? t.data, weight: w.data, rows: N * heads, channels: D, rstd: rstd?.data)
+                        model.normForward(
+                            out: t.data, inp: pre?.data ?? t.data, weight: w.data, rows: N * heads, channels: D,
+                            rstd: rstd?.data)
                     }
                 }
                 let table = rotaryTable(l), window = c.attentionWindow(layer: l)
                 for r0 in stride(from: 0, to: N, by: W) {
                     rotaryForward(q.data + r0 * H * D, rows: W, heads: H, table: table)
                     rotaryForward(k.data + r0 * G * D, rows: W, heads: G, table: table)
-                    attentionForward(out: att.data + r0 * H * D, q: q.data + r0 * H * D, k: k.data + r0 * G * D, v: v.data + r0 * G * D,
-                                     rows: W, heads: H, kvHeads: G, headDim: D, scores: scores.data,
-                                     window: window, scale: c.attentionScaleValue)
+                    attentionForward(
+                        out: att.data + r0 * H * D, q: q.data + r0 * H * D, k: k.data + r0 * G * D,
+                        v: v.data + r0 * G * D,
+                        rows: W, heads: H, kvHeads: G, headDim: D, scores: scores.data,
+                        window: window, scale: c.attentionScaleValue)
                 }
                 var oIn = att
                 if let gh = gates?.heads[l] {
                     // Training keeps the ungated output for the gate's gradient.
-                    if training { if acts.attGated == nil { acts.attGated = Tensor(shape: att.shape) }; oIn = acts.attGated! }
+                    if training {
+                        if acts.attGated == nil { acts.attGated = Tensor(shape: att.shape) }; oIn = acts.attGated!
+                    }
                     gateForward(out: oIn.data, inp: att.data, gate: gh.data, rows: N, groups: H, groupSize: D)
                 }
                 observer?.headOutputs(layer: l, att: oIn.data, rows: N)
                 addSublayerOutput(s, a.o, bias: a.biases[.o], postNorm: a.postNorm, inp: oIn.data, sub: sub, rows: N)
-            } else if s % 2 == 1, let m = layer.mlp, let sub = acts.mlp, let gate = acts.gate, let up = acts.up, let act = acts.act {
+            } else if s % 2 == 1, let m = layer.mlp, let sub = acts.mlp, let gate = acts.gate, let up = acts.up,
+                let act = acts.act
+            {
                 let F = block.intermediateSize
                 sub.resid?.data.update(from: x.data, count: N * C)
                 model.applyNorm(s, out: sub.normed.data, inp: x.data, rows: N, rstd: sub.rstd?.data)
@@ -326,11 +362,14 @@ public final class TransformerDecoder {
                 }
                 var dIn = act
                 if let gf = gates?.neurons[l] {
-                    if training { if acts.actGated == nil { acts.actGated = Tensor(shape: act.shape) }; dIn = acts.actGated! }
+                    if training {
+                        if acts.actGated == nil { acts.actGated = Tensor(shape: act.shape) }; dIn = acts.actGated!
+                    }
                     gateForward(out: dIn.data, inp: act.data, gate: gf.data, rows: N, groups: F, groupSize: 1)
                 }
                 observer?.mlpActivation(layer: l, act: dIn.data, rows: N)
-                addSublayerOutput(s, m.down, bias: m.biases[.down], postNorm: m.postNorm, inp: dIn.data, sub: sub, rows: N)
+                addSublayerOutput(
+                    s, m.down, bias: m.biases[.down], postNorm: m.postNorm, inp: dIn.data, sub: sub, rows: N)
             }
             if s % 2 == 1 { captures[l]?.data.update(from: x.data, count: N * C) }
         }
@@ -360,14 +399,17 @@ public final class TransformerDecoder {
         if let postNorm, let raw = sub.raw {
             w.forward(out: raw.data, inp: inp, rows: N)
             if let bias { biasForward(out: raw.data, bias: bias.data, rows: N, columns: C) }
-            model.normForward(out: out.data, inp: raw.data, weight: postNorm.data, rows: N, channels: C, rstd: sub.postRstd?.data)
+            model.normForward(
+                out: out.data, inp: raw.data, weight: postNorm.data, rows: N, channels: C, rstd: sub.postRstd?.data)
         } else {
             w.forward(out: out.data, inp: inp, rows: N)
             if let bias { biasForward(out: out.data, bias: bias.data, rows: N, columns: C) }
         }
         if let scale {
             scale.withUnsafeBufferPointer {
-                gateForward(out: x.data, inp: out.data, gate: $0.baseAddress!, rows: N, groups: C, groupSize: 1, accumulate: true)
+                gateForward(
+                    out: x.data, inp: out.data, gate: $0.baseAddress!, rows: N, groups: C, groupSize: 1,
+                    accumulate: true)
             }
         } else {
             residualAdd(x.data, out.data, count: N * C)
@@ -378,7 +420,8 @@ public final class TransformerDecoder {
     @discardableResult
     public func finalNorm(rows N: Int, observer: ForwardObserver? = nil) -> UnsafePointer<Float> {
         observer?.sublayerInput(2 * model.layers.count, x: x.data, rows: N)
-        model.applyNorm(2 * model.layers.count, out: hidden.data, inp: x.data, rows: N, rstd: training ? rstdFinal.data : nil)
+        model.applyNorm(
+            2 * model.layers.count, out: hidden.data, inp: x.data, rows: N, rstd: training ? rstdFinal.data : nil)
         observer?.normed(2 * model.layers.count, n: hidden.data, rows: N)
         return UnsafePointer(hidden.data)
     }
@@ -418,8 +461,10 @@ extension DecoderModel {
 
     /// out (rows, channels) = the spec's norm of inp with `weight` (channels); in place allowed. Every norm of the
     /// decoder (sublayer, final, per-head q/k) goes through this and `normBackward`: one `switch` on `normKind`.
-    public func normForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int,
-                            channels: Int, rstd: UnsafeMutablePointer<Float>? = nil) {
+    public func normForward(
+        out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int,
+        channels: Int, rstd: UnsafeMutablePointer<Float>? = nil
+    ) {
         let eps = Float(config.rmsNormEps)
         switch config.normKind {
         case .rms, .rmsUnitOffset:
@@ -429,18 +474,24 @@ extension DecoderModel {
     }
 
     /// dinp += ∂L/∂inp and dweight += ∂L/∂weight (nil: frozen) of `normForward`, from its input and saved rstd.
-    public func normBackward(dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
-                             inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows: Int, channels: Int) {
+    public func normBackward(
+        dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
+        inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows: Int, channels: Int
+    ) {
         switch config.normKind {
         case .rms, .rmsUnitOffset:
-            rmsnormBackward(dinp: dinp, dweight: dweight, dout: dout, inp: inp, weight: weight, rstd: rstd, rows: rows, channels: channels,
-                            offset: config.normKind.weightOffset)
+            rmsnormBackward(
+                dinp: dinp, dweight: dweight, dout: dout, inp: inp, weight: weight, rstd: rstd, rows: rows,
+                channels: channels,
+                offset: config.normKind.weightOffset)
         }
     }
 
     /// Reference of `normForward` (Double statistics).
-    public func normForwardReference(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int,
-                                     channels: Int) {
+    public func normForwardReference(
+        out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int,
+        channels: Int
+    ) {
         let eps = Float(config.rmsNormEps)
         switch config.normKind {
         case .rms, .rmsUnitOffset:

@@ -10,7 +10,9 @@ public enum NormSite: String, CaseIterable, Codable, Sendable, Comparable {
 
     /// Attention-side norms belong to sublayer 2·layer, the MLP's to 2·layer + 1.
     public var isAttention: Bool { self != .mlpIn && self != .mlpOut }
-    public static func < (a: NormSite, b: NormSite) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
+    public static func < (a: NormSite, b: NormSite) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
 }
 
 /// Every weight of a decoder, typed: the embedding, each layer's norms, linear weights and their biases,

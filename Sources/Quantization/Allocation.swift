@@ -22,7 +22,9 @@
 public struct AllocationUnit: Sendable {
     public var name: String
     public var options: [(bits: Int, bytes: Int, damage: Double)]
-    public init(name: String, options: [(bits: Int, bytes: Int, damage: Double)]) { self.name = name; self.options = options }
+    public init(name: String, options: [(bits: Int, bytes: Int, damage: Double)]) {
+        self.name = name; self.options = options
+    }
 
     /// A unit's options from every candidate width, nil where the width cannot store the unit's weights
     /// (`UnrepresentableWeights`, explained by `why`): those widths are not options. Throws only when no
@@ -30,7 +32,10 @@ public struct AllocationUnit: Sendable {
     public init(name: String, candidates: [(bits: Int, option: (bytes: Int, damage: Double)?)], why: [String]) throws {
         let options = candidates.compactMap { c in c.option.map { (bits: c.bits, bytes: $0.bytes, damage: $0.damage) } }
         guard !options.isEmpty else {
-            throw QuantizationError("\(name): no width of \(candidates.map(\.bits)) can store its weights (\(why.joined(separator: "; "))); expected at least one width whose float16 scales hold every group (a wider width, 16 = float16 values, or exclude the layer)")
+            throw QuantizationError(
+                "\(name): no width of \(candidates.map(\.bits)) can store its weights "
+                    + "(\(why.joined(separator: "; "))); expected at least one width whose float16 scales hold every "
+                    + "group (a wider width, 16 = float16 values, or exclude the layer)")
         }
         self.init(name: name, options: options)
     }
@@ -83,11 +88,15 @@ func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
 
 /// The least-damage choice of widths whose total bytes do not exceed `budget`. Throws when even the smallest
 /// choice of every unit is over budget.
-public func allocateToBudget(_ units: [AllocationUnit], budgetBytes budget: Int, maxCells: Int = 200_000_000) throws -> Allocation {
+public func allocateToBudget(
+    _ units: [AllocationUnit], budgetBytes budget: Int, maxCells: Int = 200_000_000
+) throws -> Allocation {
     precondition(units.allSatisfy { !$0.options.isEmpty }, "every unit needs a width")
     let floor = units.reduce(0) { $0 + $1.options.map(\.bytes).min()! }
     guard floor <= budget else {
-        throw QuantizationError("the budget of \(budget) bytes is below the smallest possible size, \(floor) bytes (every unit at its narrowest width)")
+        throw QuantizationError(
+            "the budget of \(budget) bytes is below the smallest possible size, \(floor) bytes (every unit at its "
+                + "narrowest width)")
     }
     // Work with costs above each unit's minimum: what the budget has to pay for beyond the floor.
     let spare = budget - floor
@@ -138,12 +147,15 @@ public func allocateToBudget(_ units: [AllocationUnit], budgetBytes budget: Int,
 
 /// The widest single width (among those every unit offers) whose total fits `budget`.
 public func allocateUniform(_ units: [AllocationUnit], budgetBytes budget: Int) throws -> Allocation {
-    let common = units.dropFirst().reduce(Set(units.first?.options.map(\.bits) ?? [])) { $0.intersection($1.options.map(\.bits)) }
+    let common = units.dropFirst().reduce(Set(units.first?.options.map(\.bits) ?? [])) {
+        $0.intersection($1.options.map(\.bits))
+    }
     for b in common.sorted(by: >) {
         let opts = units.map { $0.options.first { $0.bits == b }! }
         let bytes = opts.reduce(0) { $0 + $1.bytes }
         if bytes <= budget {
-            return Allocation(bits: units.map { _ in b }, bytes: bytes, damage: opts.reduce(0) { $0 + $1.damage }, optimal: true)
+            return Allocation(
+                bits: units.map { _ in b }, bytes: bytes, damage: opts.reduce(0) { $0 + $1.damage }, optimal: true)
         }
     }
     throw QuantizationError("no single width fits the budget of \(budget) bytes (widths \(common.sorted()))")
@@ -162,7 +174,9 @@ public func allocateByClusters(_ units: [AllocationUnit], sensitivities: [Double
     var bytes = 0, damage = 0.0
     for u in units.indices {
         let have = units[u].options.sorted { $0.bits < $1.bits }
-        guard let o = have.first(where: { $0.bits >= bits[u] }) ?? have.last else { preconditionFailure("unit \(units[u].name) has no option") }
+        guard let o = have.first(where: { $0.bits >= bits[u] }) ?? have.last else {
+            preconditionFailure("unit \(units[u].name) has no option")
+        }
         bits[u] = o.bits
         bytes += o.bytes; damage += o.damage
     }

@@ -18,7 +18,9 @@ public func symmetricEigen(_ a: [Double], n: Int) -> (values: [Double], vectors:
     for i in 0..<n { v[i * n + i] = 1 }
     for _ in 0..<100 {
         var off = 0.0, total = 0.0
-        for i in 0..<n { for j in 0..<n { total += m[i * n + j] * m[i * n + j]; if i != j { off += m[i * n + j] * m[i * n + j] } } }
+        for i in 0..<n {
+            for j in 0..<n { total += m[i * n + j] * m[i * n + j]; if i != j { off += m[i * n + j] * m[i * n + j] } }
+        }
         if off <= 1e-30 * max(total, 1e-300) { break }
         for p in 0..<n {
             for q in (p + 1)..<n where m[p * n + q] != 0 {
@@ -87,7 +89,9 @@ public func canonicalCorrelations(_ x: [Double], _ y: [Double], rows n: Int, rid
     let xc = centered(x, rows: n, columns: p), yc = centered(y, rows: n, columns: q)
     func cov(_ a: [Double], _ pa: Int, _ b: [Double], _ pb: Int) -> [Double] {
         var c = [Double](repeating: 0, count: pa * pb)
-        for r in 0..<n { for i in 0..<pa { let ai = a[r * pa + i]; for j in 0..<pb { c[i * pb + j] += ai * b[r * pb + j] } } }
+        for r in 0..<n {
+            for i in 0..<pa { let ai = a[r * pa + i]; for j in 0..<pb { c[i * pb + j] += ai * b[r * pb + j] } }
+        }
         return c.map { $0 / Double(n - 1) }
     }
     func whitener(_ s: [Double], _ d: Int) -> [Double] {
@@ -95,7 +99,9 @@ public func canonicalCorrelations(_ x: [Double], _ y: [Double], rows n: Int, rid
         let mean = (0..<d).reduce(0.0) { $0 + s[$1 * d + $1] } / Double(d)
         let add = max(ridge * mean, 1e-12 * max(mean, 1e-300))
         for i in 0..<d { s[i * d + i] += add }
-        guard let l = cholesky(s, n: d) else { preconditionFailure("covariance is not positive definite even with a ridge") }
+        guard let l = cholesky(s, n: d) else {
+            preconditionFailure("covariance is not positive definite even with a ridge")
+        }
         return l
     }
     let lx = whitener(cov(xc, p, xc, p), p), ly = whitener(cov(yc, q, yc, q), q)
@@ -120,9 +126,13 @@ public func canonicalCorrelations(_ x: [Double], _ y: [Double], rows n: Int, rid
     let d = min(p, q)
     var g = [Double](repeating: 0, count: d * d)
     if p <= q {
-        for i in 0..<p { for j in 0..<p { var s = 0.0; for k in 0..<q { s += m[i * q + k] * m[j * q + k] }; g[i * p + j] = s } }
+        for i in 0..<p {
+            for j in 0..<p { var s = 0.0; for k in 0..<q { s += m[i * q + k] * m[j * q + k] }; g[i * p + j] = s }
+        }
     } else {
-        for i in 0..<q { for j in 0..<q { var s = 0.0; for k in 0..<p { s += m[k * q + i] * m[k * q + j] }; g[i * q + j] = s } }
+        for i in 0..<q {
+            for j in 0..<q { var s = 0.0; for k in 0..<p { s += m[k * q + i] * m[k * q + j] }; g[i * q + j] = s }
+        }
     }
     return symmetricEigen(g, n: d).values.map { min(1, max(0, $0)).squareRoot() }
 }
@@ -133,7 +143,11 @@ public func principalScores(_ x: [Double], rows n: Int, dimensions d: Int) -> [D
     precondition(d >= 1 && d <= n, "principal dimensions \(d) outside 1...\(n)")
     let xc = centered(x, rows: n, columns: p)
     var gram = [Double](repeating: 0, count: n * n)
-    for i in 0..<n { for j in i..<n { var s = 0.0; for k in 0..<p { s += xc[i * p + k] * xc[j * p + k] }; gram[i * n + j] = s; gram[j * n + i] = s } }
+    for i in 0..<n {
+        for j in i..<n {
+            var s = 0.0; for k in 0..<p { s += xc[i * p + k] * xc[j * p + k] }; gram[i * n + j] = s; gram[j * n + i] = s
+        }
+    }
     let (values, vectors) = symmetricEigen(gram, n: n)
     var out = [Double](repeating: 0, count: n * d)
     for j in 0..<d {

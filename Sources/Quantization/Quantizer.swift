@@ -6,9 +6,9 @@
 //   asymmetric, b bits:  s = (hi − lo) / (2^b − 1),  q = clamp(round((w − lo) / s), 0, 2^b − 1),   w' = lo + s·q
 //   symmetric,  b bits:  m = the group's weight of largest magnitude (signed; the first one on a tie),
 //                        s = m / −2^(b−1),  q = clamp(round(w / s), −2^(b−1), 2^(b−1) − 1),
-//                        stored as c = q + 2^(b−1) ∈ [0, 2^b − 1],                                  w' = s·(c − 2^(b−1))
-// with (lo, hi) = (min w, max w) of the group for round-to-nearest (RTN). Symmetric formats use all 2^b levels,
-// −2^(b−1) … 2^(b−1) − 1, as llama.cpp's Q4_0 does (d = max / −8): the scale is signed, chosen so that the
+//                        stored as c = q + 2^(b−1) ∈ [0, 2^b − 1],                                  w' = s·(c −
+// 2^(b−1)) with (lo, hi) = (min w, max w) of the group for round-to-nearest (RTN). Symmetric formats use all 2^b
+// levels, −2^(b−1) … 2^(b−1) − 1, as llama.cpp's Q4_0 does (d = max / −8): the scale is signed, chosen so that the
 // group's extreme lands exactly on the negative end −2^(b−1), which always exists; zero stays exact. The scale
 // is signed in the file too, so code c and scale s are Q4_0's (q, d) at 4 bits (Q8_0 at 8 bits, whose
 // levels include −128) and an export to those formats is lossless.
@@ -21,7 +21,8 @@
 // clamp to the top level 2^(b−1) − 1 (e.g. 4 bits: −m itself lands one step short, at 7·|s| = (7/8)|m|).
 //
 // Scale search (the error-minimizing option): per group, the clipping ratio α (symmetric: {1, 1 − 1/40, …, 0.6};
-// asymmetric: see below) shrinks the range (asymmetric: [α·lo, α·hi]; symmetric: s = α·m / −2^(b−1)), and the α minimizing
+// asymmetric: see below) shrinks the range (asymmetric: [α·lo, α·hi]; symmetric: s = α·m / −2^(b−1)), and the α
+// minimizing
 //   Σ_k h_k (w_k − w'_k)²,   h_k = E[x_k²] over calibration tokens of input column k,
 // is kept. Σ_k h_k δ_k² is the diagonal part of the layer-output error E‖δ·x‖² = δᵀ E[x xᵀ] δ; cross terms
 // between columns are ignored (GPTQ keeps them; this is the cheaper, per-group search). α = 1 is RTN, so the
@@ -54,9 +55,13 @@ public struct QuantFormat: Equatable, Hashable, Sendable, CustomStringConvertibl
 
     public init(bits: Int, groupSize: Int, symmetric: Bool) throws {
         guard Self.supportedBits.contains(bits) else {
-            throw QuantizationError("bits \(bits) is not supported (supported: \(Self.supportedBits.map(String.init).joined(separator: ", ")), or 16 for float16)")
+            throw QuantizationError(
+                "bits \(bits) is not supported (supported: "
+                    + "\(Self.supportedBits.map(String.init).joined(separator: ", ")), or 16 for float16)")
         }
-        guard (1...Self.maxGroupSize).contains(groupSize) else { throw QuantizationError("group size must lie in 1...\(Self.maxGroupSize), got \(groupSize)") }
+        guard (1...Self.maxGroupSize).contains(groupSize) else {
+            throw QuantizationError("group size must lie in 1...\(Self.maxGroupSize), got \(groupSize)")
+        }
         self.bits = bits; self.groupSize = groupSize; self.symmetric = symmetric
     }
 
@@ -84,12 +89,16 @@ public struct QuantFormat: Equatable, Hashable, Sendable, CustomStringConvertibl
         let parts = name.split(separator: "_")
         guard parts.count == 3, parts[0].first == "q", parts[1].first == "g", let b = Int(parts[0].dropFirst()),
               let g = Int(parts[1].dropFirst()), parts[2] == "sym" || parts[2] == "asym" else {
-            throw QuantizationError("'\(name)' is not a quantization format (expected f16 or q<bits>_g<group>_<sym|asym>, e.g. q4_g64_asym)")
+            throw QuantizationError(
+                "'\(name)' is not a quantization format (expected f16 or q<bits>_g<group>_<sym|asym>, e.g. q4_g64_asym)"
+            )
         }
         try self.init(bits: b, groupSize: g, symmetric: parts[2] == "sym")
     }
 
-    public init(from decoder: Decoder) throws { try self.init(name: try decoder.singleValueContainer().decode(String.self)) }
+    public init(from decoder: Decoder) throws {
+        try self.init(name: try decoder.singleValueContainer().decode(String.self))
+    }
     public func encode(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
         try c.encode(description)
@@ -121,7 +130,8 @@ public struct FormatTraits: Sendable {
     public var bytesPerGroup: Double { format.bytesPerGroup }
     public var bitsPerWeight: Double { format.bitsPerWeight }
     /// W (rows × columns) → stored form; `importance` (per column, E[x²]) and `search` as in `quantize`.
-    public let quantize: @Sendable (_ weights: [Float], _ shape: [Int], _ importance: [Float]?, _ search: Bool) throws -> QuantizedTensor
+    public let quantize:
+        @Sendable (_ weights: [Float], _ shape: [Int], _ importance: [Float]?, _ search: Bool) throws -> QuantizedTensor
     public let dequantize: @Sendable (QuantizedTensor) -> [Float]
 }
 
@@ -130,12 +140,17 @@ extension QuantFormat {
     public static func table(groupSize: Int) throws -> [FormatTraits] {
         var formats = [QuantFormat.float16]
         for symmetric in [false, true] {
-            for b in supportedBits { formats.append(try QuantFormat(bits: b, groupSize: groupSize, symmetric: symmetric)) }
+            for b in supportedBits {
+                formats.append(try QuantFormat(bits: b, groupSize: groupSize, symmetric: symmetric))
+            }
         }
         return formats.map { f in
-            FormatTraits(format: f,
-                         quantize: { w, shape, h, search in try QuantizedTensor(weights: w, shape: shape, format: f, importance: h, search: search) },
-                         dequantize: { $0.dequantized() })
+            FormatTraits(
+                format: f,
+                quantize: { w, shape, h, search in
+                    try QuantizedTensor(weights: w, shape: shape, format: f, importance: h, search: search)
+                },
+                dequantize: { $0.dequantized() })
         }
     }
 }
@@ -169,7 +184,8 @@ public func packCodes(_ codes: [UInt8], bits: Int) -> [UInt8] {
 
 /// The first `count` codes of a packed stream.
 public func unpackCodes(_ packed: [UInt8], bits: Int, count: Int) -> [UInt8] {
-    precondition(packed.count * 8 >= count * bits, "\(packed.count) bytes hold fewer than \(count) codes of \(bits) bits")
+    precondition(
+        packed.count * 8 >= count * bits, "\(packed.count) bytes hold fewer than \(count) codes of \(bits) bits")
     let mask = UInt16((1 << bits) - 1)
     return packed.withUnsafeBufferPointer { p in
         (0..<count).map { i in
@@ -226,17 +242,30 @@ public struct QuantizedTensor: Equatable, Sendable {
 
     /// Assembles a stored tensor (from a file), checking every size against the format.
     public init(format: QuantFormat, shape: [Int], codes: [UInt8], scales: [Float16], mins: [Float16]) throws {
-        guard shape.count == 2, shape.allSatisfy({ $0 > 0 }) else { throw QuantizationError("expected a 2-D shape, found \(shape)") }
+        guard shape.count == 2, shape.allSatisfy({ $0 > 0 }) else {
+            throw QuantizationError("expected a 2-D shape, found \(shape)")
+        }
         let n = shape[0] * shape[1]
         guard shape[1] % format.groupSize == 0 else {
             throw QuantizationError("\(shape[1]) input columns are not a whole number of groups of \(format.groupSize)")
         }
-        guard codes.count == format.codeBytes(n) else { throw QuantizationError("\(codes.count) code bytes, expected \(format.codeBytes(n)) for \(shape) in \(format)") }
+        guard codes.count == format.codeBytes(n) else {
+            throw QuantizationError(
+                "\(codes.count) code bytes, expected \(format.codeBytes(n)) for \(shape) in \(format)")
+        }
         let g = format.isFloat16 ? 0 : n / format.groupSize
-        guard scales.count == (format.scalesPerGroup > 0 ? g : 0) else { throw QuantizationError("\(scales.count) scales, expected \(g) for \(shape) in \(format)") }
-        guard mins.count == (format.scalesPerGroup > 1 ? g : 0) else { throw QuantizationError("\(mins.count) minimums, expected \(format.scalesPerGroup > 1 ? g : 0) for \(shape) in \(format)") }
-        if let bad = scales.firstIndex(where: { !$0.isFinite || (!format.symmetric && $0 < 0) }) ?? mins.firstIndex(where: { !$0.isFinite }) {
-            throw QuantizationError("scale or minimum of group \(bad) is not finite (or an asymmetric format's scale is negative)")
+        guard scales.count == (format.scalesPerGroup > 0 ? g : 0) else {
+            throw QuantizationError("\(scales.count) scales, expected \(g) for \(shape) in \(format)")
+        }
+        guard mins.count == (format.scalesPerGroup > 1 ? g : 0) else {
+            throw QuantizationError(
+                "\(mins.count) minimums, expected \(format.scalesPerGroup > 1 ? g : 0) for \(shape) in \(format)")
+        }
+        if let bad = scales.firstIndex(where: { !$0.isFinite || (!format.symmetric && $0 < 0) })
+            ?? mins.firstIndex(where: { !$0.isFinite })
+        {
+            throw QuantizationError(
+                "scale or minimum of group \(bad) is not finite (or an asymmetric format's scale is negative)")
         }
         self.format = format; self.shape = shape; self.codes = codes; self.scales = scales; self.mins = mins
     }
@@ -245,28 +274,31 @@ public struct QuantizedTensor: Equatable, Sendable {
     /// column, E[x²] on calibration data (weights the search's error; nil: uniform). `search`: the clipping
     /// search (see the top of this file); false is round-to-nearest. `magnitudeWeighted`: the search's error
     /// weight of w_k is h_k·√(σ² + w_k²), σ² the mean w² of its row (llama.cpp's imatrix rule), instead of h_k.
-    public init(weights w: [Float], shape: [Int], format f: QuantFormat, importance: [Float]? = nil, search: Bool = false,
-                magnitudeWeighted: Bool = false) throws {
-        guard shape.count == 2, w.count == shape[0] * shape[1], w.count > 0 else {
-            throw QuantizationError("expected a 2-D weight matrix, found shape \(shape) with \(w.count) values")
-        }
+    public init(
+        weights w: [Float], shape: [Int], format f: QuantFormat, importance: [Float]? = nil, search: Bool = false,
+        magnitudeWeighted: Bool = false
+    ) throws {
+        try Self.checkQuantizable(w, shape: shape, format: f, importance: importance)
         let K = shape[1]
-        guard K % f.groupSize == 0 else { throw QuantizationError("\(K) input columns are not a whole number of groups of \(f.groupSize)") }
-        if let h = importance, h.count != K { throw QuantizationError("importance has \(h.count) columns, expected \(K)") }
-        if let i = w.firstIndex(where: { !$0.isFinite }) { throw QuantizationError("weight \(i) is \(w[i])") }
         if f.isFloat16 {
             let halves = w.map { Float16($0) }
-            if let i = halves.firstIndex(where: { !$0.isFinite }) { throw UnrepresentableWeights("weight \(i) = \(w[i]) overflows float16") }
+            if let i = halves.firstIndex(where: { !$0.isFinite }) {
+                throw UnrepresentableWeights("weight \(i) = \(w[i]) overflows float16")
+            }
             try self.init(format: f, shape: shape, codes: halves.withUnsafeBytes { [UInt8]($0) }, scales: [], mins: [])
             return
         }
         let G = f.groupSize, groups = w.count / G
         var codes = [UInt8](repeating: 0, count: w.count)
-        var scales = [Float16](repeating: 0, count: groups), mins = [Float16](repeating: 0, count: f.symmetric ? 0 : groups)
+        var scales = [Float16](repeating: 0, count: groups),
+            mins = [Float16](repeating: 0, count: f.symmetric ? 0 : groups)
         // Symmetric grids also try α up to 1.125 (the extreme then lands inside the range), as llama.cpp's scale
         // candidates (nmax ± 0.9)/max do; the least-squares refit below makes those worth trying.
-        let alphas: [Float] = search ? (f.symmetric ? (0...16).map { 1 - Float($0) / 40 } + (1...5).map { 1 + Float($0) / 40 } : (0...4).map { 1 - Float($0) / 20 }) : [1]
-        let half = 1 << (f.bits - 1)
+        let alphas: [Float] =
+            search
+            ? (f.symmetric
+                ? (0...16).map { 1 - Float($0) / 40 } + (1...5).map { 1 + Float($0) / 40 }
+                : (0...4).map { 1 - Float($0) / 20 }) : [1]
         var failure: String?
         // The search's per-weight error weights of the current group.
         var hw = [Float](repeating: 1, count: G)
@@ -276,7 +308,6 @@ public struct QuantizedTensor: Equatable, Sendable {
                 for g in 0..<groups {
                     let base = g * G, col0 = base % K
                     let x = UnsafeBufferPointer(rebasing: wp[base..<(base + G)])
-                    var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
                     if alphas.count > 1 {
                         if magnitudeWeighted && col0 == 0 {
                             var ss: Float = 0
@@ -288,81 +319,9 @@ public struct QuantizedTensor: Equatable, Sendable {
                             hw[k] = magnitudeWeighted ? h * (rowMeanSquare + x[k] * x[k]).squareRoot() : h
                         }
                     }
-                    // Σ_k h_k (x_k − w'_k)² with every weight on its nearest code of the grid (s, lo).
-                    func weightedError(_ s: Float16, _ lo: Float16) -> Float {
-                        let (sf, lof) = (Float(s), Float(lo))
-                        var err: Float = 0
-                        for k in 0..<G {
-                            let d = x[k] - (lof + sf * Float(Self.code(x[k], s: sf, lo: lof, format: f) - (f.symmetric ? half : 0)))
-                            err += hw[k] * d * d
-                        }
-                        return err
-                    }
-                    // Asymmetric search: from the grid (s, lo), up to 2 rounds of the weighted least-squares pair for
-                    // the current codes q_k, argmin Σ h_k (x_k − lo − s·q_k)² (2 × 2 normal equations, in float16),
-                    // each weight then re-rounded on it; stops when a round no longer moves the grid.
-                    func refine(_ s0: Float16, _ lo0: Float16) {
-                        var (s, lo) = (s0, lo0)
-                        for _ in 0..<2 {
-                            let (sf, lof) = (Float(s), Float(lo))
-                            var sh: Float = 0, sq: Float = 0, sqq: Float = 0, sx: Float = 0, sxq: Float = 0
-                            for k in 0..<G {
-                                let q = Float(Self.code(x[k], s: sf, lo: lof, format: f)), h = hw[k]
-                                sh += h; sq += h * q; sqq += h * q * q; sx += h * x[k]; sxq += h * x[k] * q
-                            }
-                            let det = sh * sqq - sq * sq
-                            guard det > 0 else { return }
-                            let s2 = (sh * sxq - sq * sx) / det, lo2 = (sqq * sx - sq * sxq) / det
-                            guard s2.isFinite, lo2.isFinite, s2 < 65504, abs(lo2) < 65504 else { return }
-                            let refit = (Float16(s2), Float16(lo2))
-                            guard refit.0 > 0, refit != (s, lo) else { return }
-                            let e = weightedError(refit.0, refit.1)
-                            if e < best.err { best = (e, refit.0, refit.1) }
-                            (s, lo) = refit
-                        }
-                    }
-                    for a in alphas {
-                        guard let (s, lo) = Self.grid(x, format: f, alpha: a) else {
-                            failure = "group \(g) (row \(g * G / K)) has a range too large for a float16 scale"
-                            return
-                        }
-                        let err = alphas.count > 1 ? weightedError(s, lo) : 0
-                        if err < best.err || best.err == .infinity { best = (err, s, lo) }
-                        guard alphas.count > 1 else { continue }
-                        if !f.symmetric {
-                            // Asymmetric: alternate the weighted least-squares (s, lo) for the current codes and
-                            // re-rounding on it (up to 2 refits, from this start and the anchored ones below).
-                            refine(s, lo)
-                            continue
-                        }
-                        // Symmetric: the weighted least-squares scale for this grid's codes q_k,
-                        // s* = Σ h_k x_k q_k / Σ h_k q_k², in float16, each weight then re-rounded on s*.
-                        let sf = Float(s)
-                        var xq: Float = 0, qq: Float = 0
-                        for k in 0..<G {
-                            let q = Float(Self.code(x[k], s: sf, lo: 0, format: f) - half), h = hw[k]
-                            xq += h * x[k] * q; qq += h * q * q
-                        }
-                        guard qq > 0 else { continue }
-                        let refit = Float16(xq / qq)
-                        guard refit.isFinite, refit != 0 else { continue }
-                        let e = weightedError(refit, 0)
-                        if e < best.err { best = (e, refit, 0) }
-                    }
-                    if alphas.count > 1 && !f.symmetric {
-                        // Anchored starts (llama.cpp's make_qkx2_quants scans the same steps): the group's minimum or
-                        // maximum on a grid point, step (hi − lo) / (2^b − 1 + δ), δ ∈ {−1, −0.75, …, 1}.
-                        var lo = Float.infinity, hi = -Float.infinity
-                        for v in x { lo = Swift.min(lo, v); hi = Swift.max(hi, v) }
-                        for i in 0...8 {
-                            let s = halfUp((hi - lo) / (Float(f.maxCode) + Float(i - 4) / 4))
-                            guard s.isFinite, s > 0 else { continue }
-                            for anchor in [halfDown(lo), halfDown(hi - Float(f.maxCode) * Float(s))] where anchor.isFinite {
-                                let e = weightedError(s, anchor)
-                                if e < best.err { best = (e, s, anchor) }
-                                refine(s, anchor)
-                            }
-                        }
+                    guard let best = Self.searchGroup(x, format: f, alphas: alphas, errorWeights: hw) else {
+                        failure = "group \(g) (row \(g * G / K)) has a range too large for a float16 scale"
+                        return
                     }
                     scales[g] = best.scale
                     if !f.symmetric { mins[g] = best.min }
@@ -373,6 +332,111 @@ public struct QuantizedTensor: Equatable, Sendable {
         }
         if let failure { throw UnrepresentableWeights(failure) }
         try self.init(format: f, shape: shape, codes: packCodes(codes, bits: f.bits), scales: scales, mins: mins)
+    }
+
+    /// The checks of `init(weights:shape:format:...)`: a finite 2-D matrix whose rows are whole groups, and one
+    /// importance per input column.
+    private static func checkQuantizable(
+        _ w: [Float], shape: [Int], format f: QuantFormat, importance: [Float]?
+    ) throws {
+        guard shape.count == 2, w.count == shape[0] * shape[1], w.count > 0 else {
+            throw QuantizationError("expected a 2-D weight matrix, found shape \(shape) with \(w.count) values")
+        }
+        let K = shape[1]
+        guard K % f.groupSize == 0 else {
+            throw QuantizationError("\(K) input columns are not a whole number of groups of \(f.groupSize)")
+        }
+        if let h = importance, h.count != K {
+            throw QuantizationError("importance has \(h.count) columns, expected \(K)")
+        }
+        if let i = w.firstIndex(where: { !$0.isFinite }) { throw QuantizationError("weight \(i) is \(w[i])") }
+    }
+
+    /// The grid search over one group x (`f.groupSize` weights): every range shrunk by an α of `alphas` and, when
+    /// there is more than one α, the least-squares refits (and, asymmetric, the anchored starts), scored by
+    /// Σ_k h_k (x_k − w'_k)² with h = `errorWeights`. Returns the best (error, scale, minimum), nil when a range
+    /// is too large for a float16 scale.
+    private static func searchGroup(
+        _ x: UnsafeBufferPointer<Float>, format f: QuantFormat, alphas: [Float], errorWeights hw: [Float]
+    ) -> (err: Float, scale: Float16, min: Float16)? {
+        let G = f.groupSize, half = 1 << (f.bits - 1)
+        var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
+        // Σ_k h_k (x_k − w'_k)² with every weight on its nearest code of the grid (s, lo).
+        func weightedError(_ s: Float16, _ lo: Float16) -> Float {
+            let (sf, lof) = (Float(s), Float(lo))
+            var err: Float = 0
+            for k in 0..<G {
+                let q = Float(Self.code(x[k], s: sf, lo: lof, format: f) - (f.symmetric ? half : 0))
+                let d = x[k] - (lof + sf * q)
+                err += hw[k] * d * d
+            }
+            return err
+        }
+        // Asymmetric search: from the grid (s, lo), up to 2 rounds of the weighted least-squares pair for
+        // the current codes q_k, argmin Σ h_k (x_k − lo − s·q_k)² (2 × 2 normal equations, in float16),
+        // each weight then re-rounded on it; stops when a round no longer moves the grid.
+        func refine(_ s0: Float16, _ lo0: Float16) {
+            var (s, lo) = (s0, lo0)
+            for _ in 0..<2 {
+                let (sf, lof) = (Float(s), Float(lo))
+                var sh: Float = 0, sq: Float = 0, sqq: Float = 0, sx: Float = 0, sxq: Float = 0
+                for k in 0..<G {
+                    let q = Float(Self.code(x[k], s: sf, lo: lof, format: f)), h = hw[k]
+                    sh += h; sq += h * q; sqq += h * q * q; sx += h * x[k]; sxq += h * x[k] * q
+                }
+                let det = sh * sqq - sq * sq
+                guard det > 0 else { return }
+                let s2 = (sh * sxq - sq * sx) / det, lo2 = (sqq * sx - sq * sxq) / det
+                guard s2.isFinite, lo2.isFinite, s2 < 65504, abs(lo2) < 65504 else { return }
+                let refit = (Float16(s2), Float16(lo2))
+                guard refit.0 > 0, refit != (s, lo) else { return }
+                let e = weightedError(refit.0, refit.1)
+                if e < best.err { best = (e, refit.0, refit.1) }
+                (s, lo) = refit
+            }
+        }
+        for a in alphas {
+            guard let (s, lo) = Self.grid(x, format: f, alpha: a) else { return nil }
+            let err = alphas.count > 1 ? weightedError(s, lo) : 0
+            if err < best.err || best.err == .infinity { best = (err, s, lo) }
+            guard alphas.count > 1 else { continue }
+            if !f.symmetric {
+                // Asymmetric: alternate the weighted least-squares (s, lo) for the current codes and
+                // re-rounding on it (up to 2 refits, from this start and the anchored ones below).
+                refine(s, lo)
+                continue
+            }
+            // Symmetric: the weighted least-squares scale for this grid's codes q_k,
+            // s* = Σ h_k x_k q_k / Σ h_k q_k², in float16, each weight then re-rounded on s*.
+            let sf = Float(s)
+            var xq: Float = 0, qq: Float = 0
+            for k in 0..<G {
+                let q = Float(Self.code(x[k], s: sf, lo: 0, format: f) - half), h = hw[k]
+                xq += h * x[k] * q; qq += h * q * q
+            }
+            guard qq > 0 else { continue }
+            let refit = Float16(xq / qq)
+            guard refit.isFinite, refit != 0 else { continue }
+            let e = weightedError(refit, 0)
+            if e < best.err { best = (e, refit, 0) }
+        }
+        if alphas.count > 1 && !f.symmetric {
+            // Anchored starts (llama.cpp's make_qkx2_quants scans the same steps): the group's minimum or
+            // maximum on a grid point, step (hi − lo) / (2^b − 1 + δ), δ ∈ {−1, −0.75, …, 1}.
+            var lo = Float.infinity, hi = -Float.infinity
+            for v in x { lo = Swift.min(lo, v); hi = Swift.max(hi, v) }
+            for i in 0...8 {
+                let s = halfUp((hi - lo) / (Float(f.maxCode) + Float(i - 4) / 4))
+                guard s.isFinite, s > 0 else { continue }
+                for anchor in [halfDown(lo), halfDown(hi - Float(f.maxCode) * Float(s))]
+                where anchor.isFinite {
+                    let e = weightedError(s, anchor)
+                    if e < best.err { best = (e, s, anchor) }
+                    refine(s, anchor)
+                }
+            }
+        }
+        return best
     }
 
     /// The float16 scale and minimum of a group whose range is shrunk by `alpha` (nil when it overflows).

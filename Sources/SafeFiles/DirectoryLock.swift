@@ -14,7 +14,8 @@ public final class DirectoryLock {
         path = (directory as NSString).appendingPathComponent(name)
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw FileError("\(path): cannot open the lock file of the \(role) directory (\(String(cString: strerror(errno))))")
+            throw FileError(
+                "\(path): cannot open the lock file of the \(role) directory (\(String(cString: strerror(errno))))")
         }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let e = errno
@@ -24,7 +25,8 @@ public final class DirectoryLock {
             guard e == EWOULDBLOCK else {
                 throw FileError("\(path): cannot lock the \(role) directory (\(String(cString: strerror(e))))")
             }
-            throw FileError("\(directory): in use by another \(role) (\(holder.map { "process \($0)" } ?? "another process") holds "
+            throw FileError(
+                "\(directory): in use by another \(role) (\(holder.map { "process \($0)" } ?? "another process") holds "
                             + "\(path)); wait for it to end or use another directory")
         }
         let text = Array("\(getpid())\n".utf8)

@@ -30,21 +30,29 @@ public enum SafeFiles {
     public static func read(_ path: String, role: String, limit: Int = 1 << 32) throws -> Data {
         try regularFile(path, role: role)
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw FileError("\(path): cannot open: \(String(cString: strerror(errno))) (expected a \(role))") }
+        guard fd >= 0 else {
+            throw FileError("\(path): cannot open: \(String(cString: strerror(errno))) (expected a \(role))")
+        }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
             throw FileError("\(path): not a regular file (expected a \(role))")
         }
         let size = Int(st.st_size)
-        guard size <= limit else { throw FileError("\(path): \(size) bytes, more than the \(limit) bytes a \(role) may have") }
+        guard size <= limit else {
+            throw FileError("\(path): \(size) bytes, more than the \(limit) bytes a \(role) may have")
+        }
         var data = Data(count: size)
         var done = 0
         try data.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) in
             while done < size {
                 let n = Foundation.read(fd, buffer.baseAddress! + done, size - done)
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw FileError("\(path): read failed after \(done) of \(size) bytes (\(n < 0 ? String(cString: strerror(errno)) : "file shrank"))") }
+                guard n > 0 else {
+                    throw FileError(
+                        "\(path): read failed after \(done) of \(size) bytes "
+                            + "(\(n < 0 ? String(cString: strerror(errno)) : "file shrank"))")
+                }
                 done += n
             }
         }
@@ -61,10 +69,14 @@ public enum SafeFiles {
         if lstat(path, &st) == 0 {
             let mode = st.st_mode & S_IFMT
             if mode == S_IFLNK {
-                guard stat(path, &st) == 0 else { throw FileError("\(path): a dangling symbolic link (expected a \(role) to write)") }
+                guard stat(path, &st) == 0 else {
+                    throw FileError("\(path): a dangling symbolic link (expected a \(role) to write)")
+                }
             }
             guard (st.st_mode & S_IFMT) == S_IFREG else {
-                throw FileError("\(path): is \(kind(st.st_mode)); refusing to replace it (expected a regular file or a new name for the \(role))")
+                throw FileError(
+                    "\(path): is \(kind(st.st_mode)); refusing to replace it (expected a regular file or a new name "
+                        + "for the \(role))")
             }
         } else if errno != ENOENT && errno != ENOTDIR {
             throw FileError("\(path): \(String(cString: strerror(errno))) (expected a name for the \(role))")
@@ -86,9 +98,12 @@ public enum SafeFiles {
         for (i, part) in parts.enumerated() {
             let limit = i == parts.count - 1 && temporary ? maxNameBytes - temporaryNameOverhead : maxNameBytes
             guard part.utf8.count <= limit else {
-                let why = i == parts.count - 1 && temporary ? "at most \(limit) bytes: the \(role) is first written as '.NAME.tmp-PID'"
+                let why =
+                    i == parts.count - 1 && temporary
+                    ? "at most \(limit) bytes: the \(role) is first written as '.NAME.tmp-PID'"
                     : "at most \(limit) bytes per directory name"
-                throw FileError("\(path): file name too long ('\(part.prefix(40))…' is \(part.utf8.count) bytes; \(why))")
+                throw FileError(
+                    "\(path): file name too long ('\(part.prefix(40))…' is \(part.utf8.count) bytes; \(why))")
             }
         }
     }
@@ -100,12 +115,17 @@ public enum SafeFiles {
         var ds = stat()
         if stat(dir, &ds) != 0 || (ds.st_mode & S_IFMT) != S_IFDIR {
             if let blocker = firstNonDirectory(dir) {
-                throw FileError("\(path): '\(blocker)' is not a directory (it is \(describe(blocker)); expected a directory for the \(role))")
+                throw FileError(
+                    "\(path): '\(blocker)' is not a directory (it is \(describe(blocker)); expected a directory for "
+                        + "the \(role))")
             }
-            throw FileError("\(path): directory '\(dir)' does not exist (expected an existing directory for the \(role))")
+            throw FileError(
+                "\(path): directory '\(dir)' does not exist (expected an existing directory for the \(role))")
         }
         guard access(dir, W_OK) == 0 else {
-            throw FileError("\(path): directory '\(dir)' is not writable (\(String(cString: strerror(errno)))); the \(role) could not be written")
+            throw FileError(
+                "\(path): directory '\(dir)' is not writable (\(String(cString: strerror(errno)))); the \(role) could "
+                    + "not be written")
         }
     }
 
@@ -140,7 +160,9 @@ public enum SafeFiles {
         for (role, path) in inputs {
             var st = stat()
             if stat(path, &st) == 0, st.st_dev == out.st_dev, st.st_ino == out.st_ino {
-                throw FileError("\(output): is the \(role) '\(path)'; refusing to overwrite an input (choose another output, or pass --force)")
+                throw FileError(
+                    "\(output): is the \(role) '\(path)'; refusing to overwrite an input (choose another output, or "
+                        + "pass --force)")
             }
         }
     }

@@ -18,9 +18,10 @@ public enum SafetensorsDType: String, Sendable, CaseIterable {
     }
 
     /// Converters to `Float` for the supported dtypes.
-    static let converters: [SafetensorsDType: @Sendable (UnsafeRawPointer, UnsafeMutablePointer<Float>, Int) -> Void] = [
-        .f32: convertFloats, .f16: convertHalfs, .bf16: convertBFloat16s,
-    ]
+    static let converters: [SafetensorsDType: @Sendable (UnsafeRawPointer, UnsafeMutablePointer<Float>, Int) -> Void] =
+        [
+            .f32: convertFloats, .f16: convertHalfs, .bf16: convertBFloat16s,
+        ]
 
     /// Dtypes `floats(_:)` can convert, in a stable order.
     public static let convertible: [SafetensorsDType] = allCases.filter { converters[$0] != nil }

@@ -31,17 +31,20 @@ public final class SafetensorsDirectory {
         var location: [String: SafetensorsFile] = [:]
         if fm.fileExists(atPath: indexURL.path) {
             guard let weightMap = try Self.jsonObject(indexURL)["weight_map"] as? [String: String] else {
-                throw SafetensorsError(indexURL.path, "expected 'weight_map' to be an object of tensor name -> shard file")
+                throw SafetensorsError(
+                    indexURL.path, "expected 'weight_map' to be an object of tensor name -> shard file")
             }
             var shards: [String: SafetensorsFile] = [:]
             for (tensor, shard) in weightMap.sorted(by: { $0.key < $1.key }) {
                 guard !shard.isEmpty, !shard.contains("/"), shard != "..", shard != "." else {
-                    throw SafetensorsError(indexURL.path, "tensor '\(tensor)': shard '\(shard)' is not a plain file name")
+                    throw SafetensorsError(
+                        indexURL.path, "tensor '\(tensor)': shard '\(shard)' is not a plain file name")
                 }
                 let file = try shards[shard] ?? SafetensorsFile(path: url.appendingPathComponent(shard).path)
                 shards[shard] = file
                 guard file.tensors[tensor] != nil else {
-                    throw SafetensorsError(file.path, "tensor '\(tensor)' is listed in \(Self.indexFile) but missing from this shard")
+                    throw SafetensorsError(
+                        file.path, "tensor '\(tensor)' is listed in \(Self.indexFile) but missing from this shard")
                 }
                 location[tensor] = file
             }
@@ -75,14 +78,20 @@ public final class SafetensorsDirectory {
     }
 
     private func file(for name: String) throws -> SafetensorsFile {
-        guard let file = location[name] else { throw SafetensorsError(path, "no tensor named '\(name)' in the directory") }
+        guard let file = location[name] else {
+            throw SafetensorsError(path, "no tensor named '\(name)' in the directory")
+        }
         return file
     }
 
     private static func jsonObject(_ url: URL) throws -> [String: Any] {
         let data: Data
-        do { data = try SafeFiles.read(url.path, role: "safetensors index (JSON)", limit: 1 << 28) } catch let e as FileError { throw SafetensorsError(url.path, e.description) }
-        do { try JSONKeys.checkUnique(data) } catch let e as DuplicateJSONKey { throw SafetensorsError(url.path, e.description) }
+        do {
+            data = try SafeFiles.read(url.path, role: "safetensors index (JSON)", limit: 1 << 28)
+        } catch let e as FileError { throw SafetensorsError(url.path, e.description) }
+        do { try JSONKeys.checkUnique(data) } catch let e as DuplicateJSONKey {
+            throw SafetensorsError(url.path, e.description)
+        }
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw SafetensorsError(url.path, "expected a JSON object")
         }

@@ -35,7 +35,9 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
 
     /// Opens and validates `path`: header JSON, dtypes, shapes and non-overlapping in-range offsets.
     public init(path: String) throws {
-        do { file = try MappedFile(path: path) } catch let e as MappedFileError { throw SafetensorsError(path, e.reason) }
+        do { file = try MappedFile(path: path) } catch let e as MappedFileError {
+            throw SafetensorsError(path, e.reason)
+        }
         self.path = path
         let bytes = file.bytes
         guard bytes.count >= 8, let base = bytes.baseAddress else {
@@ -43,11 +45,16 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
         }
         let headerLength = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
         guard headerLength <= UInt64(min(bytes.count - 8, Self.maxHeaderBytes)) else {
-            throw SafetensorsError(path, "header length \(headerLength) exceeds the file (\(bytes.count) bytes) or the \(Self.maxHeaderBytes)-byte limit")
+            throw SafetensorsError(
+                path,
+                "header length \(headerLength) exceeds the file (\(bytes.count) bytes) or the "
+                    + "\(Self.maxHeaderBytes)-byte limit")
         }
         dataOffset = 8 + Int(headerLength)
         let json = Data(bytes: base + 8, count: Int(headerLength))
-        do { try JSONKeys.checkUnique(json) } catch let e as DuplicateJSONKey { throw SafetensorsError(path, "header: \(e.description)") }
+        do { try JSONKeys.checkUnique(json) } catch let e as DuplicateJSONKey {
+            throw SafetensorsError(path, "header: \(e.description)")
+        }
         guard let header = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
             throw SafetensorsError(path, "header is not a JSON object")
         }
@@ -86,7 +93,10 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
     public func floats(_ name: String) throws -> [Float] {
         let info = try info(name)
         guard let convert = SafetensorsDType.converters[info.dtype] else {
-            throw SafetensorsError(path, "tensor '\(name)': cannot convert dtype \(info.dtype.rawValue) to Float; supported: \(SafetensorsDType.convertibleList)")
+            throw SafetensorsError(
+                path,
+                "tensor '\(name)': cannot convert dtype \(info.dtype.rawValue) to Float; supported: "
+                    + "\(SafetensorsDType.convertibleList)")
         }
         let count = info.elementCount
         return withExtendedLifetime(file) {
@@ -101,17 +111,25 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
 
     private static func parseEntry(_ name: String, _ value: Any, path: String) throws -> SafetensorsTensorInfo {
         func fail(_ message: String) -> SafetensorsError { SafetensorsError(path, "tensor '\(name)': \(message)") }
-        guard let entry = value as? [String: Any] else { throw fail("expected an object with dtype, shape, data_offsets") }
+        guard let entry = value as? [String: Any] else {
+            throw fail("expected an object with dtype, shape, data_offsets")
+        }
         guard let dtypeName = entry["dtype"] as? String else { throw fail("missing string 'dtype'") }
         guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
             let known = SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")
-            throw fail("unknown dtype '\(dtypeName)'; known: \(known); convertible to Float: \(SafetensorsDType.convertibleList)")
+            throw fail(
+                "unknown dtype '\(dtypeName)'; known: \(known); convertible to Float: "
+                    + "\(SafetensorsDType.convertibleList)")
         }
         guard let shape = entry["shape"] as? [Int], shape.allSatisfy({ $0 >= 0 }) else {
             throw fail("expected 'shape' to be an array of non-negative integers, found \(entry["shape"] ?? "nothing")")
         }
-        guard let offsets = entry["data_offsets"] as? [Int], offsets.count == 2, offsets[0] >= 0, offsets[0] <= offsets[1] else {
-            throw fail("expected 'data_offsets' to be [begin, end] with 0 <= begin <= end, found \(entry["data_offsets"] ?? "nothing")")
+        guard let offsets = entry["data_offsets"] as? [Int], offsets.count == 2, offsets[0] >= 0,
+            offsets[0] <= offsets[1]
+        else {
+            throw fail(
+                "expected 'data_offsets' to be [begin, end] with 0 <= begin <= end, found "
+                    + "\(entry["data_offsets"] ?? "nothing")")
         }
         var count = 1
         for d in shape {
@@ -120,21 +138,29 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
             count = product
         }
         guard offsets[1] - offsets[0] == count * dtype.byteSize else {
-            throw fail("shape \(shape) of \(dtypeName) needs \(count * dtype.byteSize) bytes, data_offsets span \(offsets[1] - offsets[0])")
+            throw fail(
+                "shape \(shape) of \(dtypeName) needs \(count * dtype.byteSize) bytes, data_offsets span "
+                    + "\(offsets[1] - offsets[0])")
         }
         return SafetensorsTensorInfo(name: name, dtype: dtype, shape: shape, dataOffsets: offsets[0]..<offsets[1])
     }
 
     private func checkOffsets() throws {
         let dataSize = file.bytes.count - dataOffset
-        let sorted = tensors.values.sorted { ($0.dataOffsets.lowerBound, $0.name) < ($1.dataOffsets.lowerBound, $1.name) }
+        let sorted = tensors.values.sorted {
+            ($0.dataOffsets.lowerBound, $0.name) < ($1.dataOffsets.lowerBound, $1.name)
+        }
         var previous: SafetensorsTensorInfo?
         for info in sorted {
             guard info.dataOffsets.upperBound <= dataSize else {
-                throw SafetensorsError(path, "truncated: tensor '\(info.name)' data_offsets end at \(info.dataOffsets.upperBound), but the data section has \(dataSize) bytes")
+                throw SafetensorsError(
+                    path,
+                    "truncated: tensor '\(info.name)' data_offsets end at \(info.dataOffsets.upperBound), but the data "
+                        + "section has \(dataSize) bytes")
             }
             if let p = previous, p.dataOffsets.upperBound > info.dataOffsets.lowerBound, !info.dataOffsets.isEmpty {
-                throw SafetensorsError(path, "tensors '\(p.name)' \(p.dataOffsets) and '\(info.name)' \(info.dataOffsets) overlap")
+                throw SafetensorsError(
+                    path, "tensors '\(p.name)' \(p.dataOffsets) and '\(info.name)' \(info.dataOffsets) overlap")
             }
             if !info.dataOffsets.isEmpty { previous = info }
         }

@@ -27,12 +27,17 @@ public struct SafetensorsWriter {
         var offset = 0
         var seen = Set<String>()
         for t in sorted {
-            guard seen.insert(t.name).inserted, t.name != "__metadata__" else { throw SafetensorsError("<writer>", "tensor name '\(t.name)' given twice or reserved") }
+            guard seen.insert(t.name).inserted, t.name != "__metadata__" else {
+                throw SafetensorsError("<writer>", "tensor name '\(t.name)' given twice or reserved")
+            }
             let n = t.shape.reduce(1, *)
             guard t.shape.allSatisfy({ $0 >= 0 }), t.data.count == n * t.dtype.byteSize else {
-                throw SafetensorsError("<writer>", "tensor '\(t.name)': \(t.data.count) bytes for shape \(t.shape) of \(t.dtype.rawValue)")
+                throw SafetensorsError(
+                    "<writer>", "tensor '\(t.name)': \(t.data.count) bytes for shape \(t.shape) of \(t.dtype.rawValue)")
             }
-            header[t.name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + t.data.count]] as [String: Any]
+            header[t.name] =
+                ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + t.data.count]]
+                as [String: Any]
             offset += t.data.count
         }
         var json = Array(try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys]))

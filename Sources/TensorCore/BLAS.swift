@@ -73,7 +73,8 @@ extension BLAS {
                                  c: UnsafeMutablePointer<Float>, ldc: Int) {
         if n == 0 { return }
         let start = profiling ? DispatchTime.now().uptimeNanoseconds : 0
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(n), Int32(k), alpha, a, Int32(lda), beta, c, Int32(ldc))
+        cblas_ssyrk(
+            CblasRowMajor, CblasUpper, CblasTrans, Int32(n), Int32(k), alpha, a, Int32(lda), beta, c, Int32(ldc))
         if profiling { recordGemm(start: start, flops: Double(n) * Double(n + 1) * Double(k)) }
     }
 }

@@ -21,7 +21,8 @@ public struct CPUFeatures: Equatable, Sendable {
                 avx512bw: Bool = false, avx512vl: Bool = false, avx512bf16: Bool = false,
                 osSavesAVX: Bool = false, osSavesAVX512: Bool = false) {
         self.vendor = vendor; self.fma = fma; self.avx2 = avx2; self.avx512f = avx512f; self.avx512bw = avx512bw
-        self.avx512vl = avx512vl; self.avx512bf16 = avx512bf16; self.osSavesAVX = osSavesAVX; self.osSavesAVX512 = osSavesAVX512
+        self.avx512vl = avx512vl; self.avx512bf16 = avx512bf16; self.osSavesAVX = osSavesAVX
+        self.osSavesAVX512 = osSavesAVX512
     }
 
     /// This machine's features, read with cpuid and xgetbv (all false off x86).
@@ -33,7 +34,9 @@ public struct CPUFeatures: Equatable, Sendable {
         }
         func bit(_ word: UInt32, _ i: Int) -> Bool { word & (1 << UInt32(i)) != 0 }
         let l0 = cpuid(0), l1 = cpuid(1), l7 = cpuid(7), l71 = cpuid(7, 1)
-        let vendorBytes = [l0[1], l0[3], l0[2]].flatMap { w in (0..<4).map { UInt8(truncatingIfNeeded: w >> (8 * $0)) } }
+        let vendorBytes = [l0[1], l0[3], l0[2]].flatMap { w in
+            (0..<4).map { UInt8(truncatingIfNeeded: w >> (8 * $0)) }
+        }
         let vendor: Vendor
         switch String(decoding: vendorBytes, as: UTF8.self) {
         case "GenuineIntel": vendor = .intel

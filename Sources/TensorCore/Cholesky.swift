@@ -19,7 +19,9 @@ public enum SymmetricPositiveDefinite {
             try LAPACK.inverseSPD(&a, n: n)
             try LAPACK.choleskyUpper(&a, n: n)
         } catch let e as LAPACKError {
-            throw NotPositiveDefinite(description: "matrix (or its inverse, numerically) is not positive definite (\(e.routine) info \(e.info))")
+            throw NotPositiveDefinite(
+                description:
+                    "matrix (or its inverse, numerically) is not positive definite (\(e.routine) info \(e.info))")
         }
     }
 }

@@ -57,7 +57,9 @@ public enum LAPACK {
     /// Thin singular value decomposition A = U·diag(S)·Vᵀ of a row-major m × n matrix, r = min(m, n):
     /// `u` is m × r, `s` has r values in descending order, `vt` is r × n, all row-major (divide and conquer,
     /// LAPACK dgesdd).
-    public static func svd(_ a: [Double], rows m: Int, columns n: Int) throws -> (u: [Double], s: [Double], vt: [Double]) {
+    public static func svd(
+        _ a: [Double], rows m: Int, columns n: Int
+    ) throws -> (u: [Double], s: [Double], vt: [Double]) {
         precondition(a.count == m * n && m > 0 && n > 0, "svd: \(a.count) values for \(m) × \(n)")
         // Column-major, the buffer is Aᵀ (n × m) = U₁·S·V₁ᵀ, so A = V₁·S·U₁ᵀ. With jobz = "S", U₁ (n × r,
         // column-major) read row-major is the r × n matrix U₁ᵀ = Vᵀ, and V₁ᵀ (r × m, column-major) read row-major

@@ -10,7 +10,9 @@ public enum Parallel {
     /// Number of worker chunks; defaults to the number of active cores, or `COMPRESS_THREADS` when set (a sweep
     /// running several points at once splits the cores between them).
     nonisolated(unsafe) public static var threads: Int = {
-        if let v = ProcessInfo.processInfo.environment["COMPRESS_THREADS"], let n = Int(v), n >= 1 { return min(n, 256) }
+        if let v = ProcessInfo.processInfo.environment["COMPRESS_THREADS"], let n = Int(v), n >= 1 {
+            return min(n, 256)
+        }
         return max(1, ProcessInfo.processInfo.activeProcessorCount)
     }()
 

@@ -88,7 +88,8 @@ struct PreTokenizerScanner {
         return trailingWhitespace(at: start, runEnd: run(of: { $0 >= C.space }, from: start, end: end), end: end)
     }
 
-    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,maxDigits}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`:
+    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,maxDigits}|
+    /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`:
     /// Llama 3's regex with `maxDigits` 3, Qwen2's (`\p{N}` alone) with 1.
     func llama3Match(at start: Int, end: Int, maxDigits: Int) -> Int {
         if bytes[start] == Self.apostrophe, let next = contraction(at: start, end: end, ignoringCase: true) {

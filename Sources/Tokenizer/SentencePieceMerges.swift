@@ -2,9 +2,10 @@
 ///
 /// SentencePiece's BPE (and llama.cpp's `llm_tokenizer_spm`, which follows it) merges, again and again, the adjacent
 /// pair of symbols whose concatenation is a token with the best score, leftmost first on ties. A GGUF `llama`
-/// vocabulary stores the tokens and scores but no merges; transformers turns it into a Hugging Face BPE model by listing
-/// every split of every token into two tokens as a merge, best result first (`generate_merges`). For distinct scores both
-/// are the same algorithm; where scores tie, transformers' order (longer left part first) decides, and so it does here.
+/// vocabulary stores the tokens and scores but no merges; transformers turns it into a Hugging Face BPE model by
+/// listing every split of every token into two tokens as a merge, best result first (`generate_merges`). For distinct
+/// scores both are the same algorithm; where scores tie, transformers' order (longer left part first) decides, and so
+/// it does here.
 public enum SentencePieceMerges: Sendable, Equatable {
     /// Merge rules "left right" by rank (a tokenizer.json BPE model's `merges`).
     case explicit([String])
@@ -19,10 +20,12 @@ public enum SentencePieceMerges: Sendable, Equatable {
     case gemma
 
     /// The spelling transformers' Gemma builder gives a token: "▁" per character for whitespace-only tokens that hold a
-    /// space, the token itself otherwise. Whitespace is Python's `str.isspace` (Unicode White_Space and U+001C...U+001F).
+    /// space, the token itself otherwise. Whitespace is Python's `str.isspace` (Unicode White_Space and
+    /// U+001C...U+001F).
     static func gemmaSpelling(_ token: String) -> String {
         let scalars = token.unicodeScalars
-        guard scalars.contains(" "), scalars.allSatisfy({ $0.properties.isWhitespace || (0x1C...0x1F).contains($0.value) })
+        guard scalars.contains(" "),
+            scalars.allSatisfy({ $0.properties.isWhitespace || (0x1C...0x1F).contains($0.value) })
         else { return token }
         return String(repeating: "\u{2581}", count: scalars.count)
     }
@@ -45,9 +48,13 @@ public enum SentencePieceMerges: Sendable, Equatable {
                 var leftLength: Int32 = 0
                 for split in start + 1 ..< end where all[split] & 0xC0 != 0x80 {
                     leftLength += 1
-                    guard let left = table.id(all, start, split), let right = table.id(all, split, end) else { continue }
-                    candidates.append(Candidate(priority: priority(merged), leftLength: leftLength,
-                                                rightLength: total - leftLength, merged: Int32(merged), left: left, right: right))
+                    guard let left = table.id(all, start, split), let right = table.id(all, split, end) else {
+                        continue
+                    }
+                    candidates.append(
+                        Candidate(
+                            priority: priority(merged), leftLength: leftLength,
+                            rightLength: total - leftLength, merged: Int32(merged), left: left, right: right))
                 }
             }
         }

@@ -42,7 +42,8 @@ public struct SentencePieceSpacing: Equatable, Sendable {
         let split = name.hasSuffix("+split")
         guard let prefix = Prefix(rawValue: split ? String(name.dropLast("+split".count)) : name) else {
             let names = Prefix.allCases.map(\.rawValue).joined(separator: ", ")
-            throw TokenizerError("unknown SentencePiece spacing '\(name)' (supported: \(names), each optionally followed by +split)")
+            throw TokenizerError(
+                "unknown SentencePiece spacing '\(name)' (supported: \(names), each optionally followed by +split)")
         }
         self.init(prefix: prefix, splitWords: split)
     }

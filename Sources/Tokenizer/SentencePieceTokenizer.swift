@@ -41,8 +41,10 @@ public final class SentencePieceTokenizer: TextTokenizer {
     ///   - eosTokenID: The end-of-sequence token, also matched whole.
     /// - Throws: `TokenizerError` for duplicate tokens (after respelling), a missing byte token, counts that differ
     ///   from the tokens', non-finite scores, malformed merges or merges of non-tokens, out-of-range special ids.
-    public init(tokens: [String], tokenTypes: [Int32]? = nil, merges: SentencePieceMerges, spacing: SentencePieceSpacing,
-                bosTokenID: Int32?, eosTokenID: Int32?) throws {
+    public init(
+        tokens: [String], tokenTypes: [Int32]? = nil, merges: SentencePieceMerges, spacing: SentencePieceSpacing,
+        bosTokenID: Int32?, eosTokenID: Int32?
+    ) throws {
         guard !tokens.isEmpty, tokens.count < Int(Int32.max) else {
             throw TokenizerError("\(tokens.count) tokens (expected 1...\(Int32.max - 1))")
         }
@@ -61,14 +63,19 @@ public final class SentencePieceTokenizer: TextTokenizer {
             }
             let unicode = token.unicodeScalars
             if unicode.count == 1, let scalar = unicode.first {
-                if scalar.isASCII { ascii[Int(scalar.value)] = Int32(index) } else { scalars[scalar.value] = Int32(index) }
+                if scalar.isASCII {
+                    ascii[Int(scalar.value)] = Int32(index)
+                } else {
+                    scalars[scalar.value] = Int32(index)
+                }
             }
         }
         var bytes = [Int32](repeating: -1, count: 256)
         for byte in 0..<256 {
             let name = Self.byteTokenName(UInt8(byte))
             guard let id = table.id(of: name.utf8) else {
-                throw TokenizerError("byte fallback needs the 256 tokens <0x00> ... <0xFF>, but '\(name)' is not a token")
+                throw TokenizerError(
+                    "byte fallback needs the 256 tokens <0x00> ... <0xFF>, but '\(name)' is not a token")
             }
             bytes[byte] = id
         }
@@ -88,7 +95,9 @@ public final class SentencePieceTokenizer: TextTokenizer {
         return "<0x\(digits[Int(byte >> 4)])\(digits[Int(byte & 15)])>"
     }
 
-    private static func mergeTable(_ merges: SentencePieceMerges, table: TokenTable, tokens: [String]) throws -> MergeTable {
+    private static func mergeTable(
+        _ merges: SentencePieceMerges, table: TokenTable, tokens: [String]
+    ) throws -> MergeTable {
         switch merges {
         case .explicit(let rules):
             var result = MergeTable(capacity: rules.count)
@@ -98,10 +107,12 @@ public final class SentencePieceTokenizer: TextTokenizer {
                 }
                 guard let left = table.id(of: first), let right = table.id(of: second) else {
                     let missing = table.id(of: first) == nil ? first : second
-                    throw TokenizerError("merge \(rank) '\(rule)': '\(String(decoding: missing, as: UTF8.self))' is not a token")
+                    throw TokenizerError(
+                        "merge \(rank) '\(rule)': '\(String(decoding: missing, as: UTF8.self))' is not a token")
                 }
                 guard let merged = table.id(of: first + second) else {
-                    throw TokenizerError("merge \(rank) '\(rule)': '\(String(decoding: first + second, as: UTF8.self))' is not a token")
+                    throw TokenizerError(
+                        "merge \(rank) '\(rule)': '\(String(decoding: first + second, as: UTF8.self))' is not a token")
                 }
                 // A repeated pair keeps its last rank, as in Hugging Face's merge map.
                 result.insert(left: left, right: right, rank: Int32(rank), merged: merged)
@@ -245,7 +256,11 @@ public final class SentencePieceTokenizer: TextTokenizer {
         scratch.normalized.removeAll(keepingCapacity: true)
         if prefix { scratch.normalized += Self.metaspace }
         for index in start..<end {
-            if bytes[index] == 0x20 { scratch.normalized += Self.metaspace } else { scratch.normalized.append(bytes[index]) }
+            if bytes[index] == 0x20 {
+                scratch.normalized += Self.metaspace
+            } else {
+                scratch.normalized.append(bytes[index])
+            }
         }
         let normalized = scratch.normalized
         normalized.withUnsafeBufferPointer { text in
@@ -255,7 +270,9 @@ public final class SentencePieceTokenizer: TextTokenizer {
             }
             var wordStart = 0, index = 0
             while index < text.count {
-                if index > wordStart, text[index] == 0xE2, index + 2 < text.count, text[index + 1] == 0x96, text[index + 2] == 0x81 {
+                if index > wordStart, text[index] == 0xE2, index + 2 < text.count, text[index + 1] == 0x96,
+                    text[index + 2] == 0x81
+                {
                     encodePiece(text, wordStart, index, into: &output, &scratch)
                     wordStart = index
                 }
@@ -285,11 +302,13 @@ public final class SentencePieceTokenizer: TextTokenizer {
             }
             let length = CharacterClass.utf8Length(lead)
             var value = UInt32(lead) & (length == 1 ? 0x7F : length == 2 ? 0x1F : length == 3 ? 0x0F : 0x07)
-            for position in index + 1 ..< min(index + length, end) { value = value << 6 | UInt32(text[position] & 0x3F) }
+            for position in index + 1..<min(index + length, end) { value = value << 6 | UInt32(text[position] & 0x3F) }
             if lead >= 0x80, let id = scalarTokens[value] {
                 scratch.merger.append(id)
             } else {
-                for position in index ..< min(index + length, end) { scratch.merger.append(byteTokens[Int(text[position])]) }
+                for position in index..<min(index + length, end) {
+                    scratch.merger.append(byteTokens[Int(text[position])])
+                }
             }
             index += length
         }
@@ -298,8 +317,8 @@ public final class SentencePieceTokenizer: TextTokenizer {
     }
 
     /// The text that `ids` spell: byte tokens as their bytes, "▁" as a space, and the space a prefix rule adds removed
-    /// from the front (Hugging Face's `Replace`, `ByteFallback`, `Fuse` and `Strip` decoders). Ids outside the vocabulary
-    /// are skipped; invalid UTF-8 becomes U+FFFD.
+    /// from the front (Hugging Face's `Replace`, `ByteFallback`, `Fuse` and `Strip` decoders). Ids outside the
+    /// vocabulary are skipped; invalid UTF-8 becomes U+FFFD.
     public func decode(_ ids: [Int32]) -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(ids.count * 4)

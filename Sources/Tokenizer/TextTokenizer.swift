@@ -1,6 +1,6 @@
 /// What the workbench needs of a tokenizer: text to ids and back. Byte-level BPE (`BPETokenizer`) and SentencePiece
-/// (`SentencePieceTokenizer`) vocabularies both provide it; `Workbench.tokenizer(_:path:)` picks one from a checkpoint's
-/// tokenizer model.
+/// (`SentencePieceTokenizer`) vocabularies both provide it; `Workbench.tokenizer(_:path:)` picks one from a
+/// checkpoint's tokenizer model.
 public protocol TextTokenizer: Sendable {
     /// The number of tokens in the vocabulary.
     var vocabularySize: Int { get }

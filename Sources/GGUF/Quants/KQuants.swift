@@ -71,8 +71,10 @@ enum Q6_K {
             for h in 0..<2 {
                 let ql = p + 64 &* h, qh = p + (128 &+ 32 &* h), sc = p + (192 &+ 8 &* h), out = y + 128 &* h
                 for s in 0..<2 {
-                    let d0 = d * Float(Int8(bitPattern: byte(sc, s))), d1 = d * Float(Int8(bitPattern: byte(sc, s &+ 2)))
-                    let d2 = d * Float(Int8(bitPattern: byte(sc, s &+ 4))), d3 = d * Float(Int8(bitPattern: byte(sc, s &+ 6)))
+                    let d0 = d * Float(Int8(bitPattern: byte(sc, s))),
+                        d1 = d * Float(Int8(bitPattern: byte(sc, s &+ 2)))
+                    let d2 = d * Float(Int8(bitPattern: byte(sc, s &+ 4))),
+                        d3 = d * Float(Int8(bitPattern: byte(sc, s &+ 6)))
                     for l in (16 &* s)..<(16 &* s &+ 16) {
                         let a = byte(ql, l), c = byte(ql, l &+ 32), t = byte(qh, l)
                         out[l] = d0 * Float(Int32((a & 0xF) | ((t & 3) << 4)) &- 32)

@@ -52,20 +52,28 @@ extension ModelFamily {
 
 /// The registry: every family the workbench knows. Adding a family is one line here.
 public enum ModelFamilies {
-    public static let all: [any ModelFamily.Type] = [LlamaFamily.self, Qwen2Family.self, Qwen3Family.self, Gemma3Family.self]
+    public static let all: [any ModelFamily.Type] = [
+        LlamaFamily.self, Qwen2Family.self, Qwen3Family.self, Gemma3Family.self
+    ]
 
     /// The family registered under `name` (`ModelConfig.family`).
     public static func named(_ name: String) -> (any ModelFamily.Type)? { all.first { $0.name == name } }
     /// The family reading Hugging Face `model_type`.
-    public static func forHFModelType(_ t: String) -> (any ModelFamily.Type)? { all.first { $0.hfModelTypes.contains(t) } }
+    public static func forHFModelType(_ t: String) -> (any ModelFamily.Type)? {
+        all.first { $0.hfModelTypes.contains(t) }
+    }
     /// The family reading GGUF `general.architecture`.
-    public static func forGGUFArchitecture(_ a: String) -> (any ModelFamily.Type)? { all.first { $0.ggufArchitectures.contains(a) } }
+    public static func forGGUFArchitecture(_ a: String) -> (any ModelFamily.Type)? {
+        all.first { $0.ggufArchitectures.contains(a) }
+    }
     public static var hfModelTypes: [String] { all.flatMap { $0.hfModelTypes } }
 
     /// A family's optional true/false config key: nil when absent or null; `ConfigError` naming it otherwise.
     static func bool(_ o: [String: JSONValue], _ key: String) throws -> Bool? {
         guard let v = o[key], v != .null else { return nil }
-        guard let b = v.boolValue else { throw ConfigError("config: key '\(key)' must be true or false, found \(v.text)") }
+        guard let b = v.boolValue else {
+            throw ConfigError("config: key '\(key)' must be true or false, found \(v.text)")
+        }
         return b
     }
     public static var ggufArchitectures: [String] { all.flatMap { $0.ggufArchitectures } }
@@ -152,7 +160,9 @@ public enum StandardNames {
         default: break
         }
         let parts = name.split(separator: ".", maxSplits: 3).map(String.init)
-        guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), l >= 0, String(l) == parts[2] else { return nil }
+        guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), l >= 0,
+            String(l) == parts[2]
+        else { return nil }
         let rest = parts[3]
         if let s = NormSite.allCases.first(where: { hfNorm($0) + ".weight" == rest }) { return .norm(layer: l, s) }
         for k in LinearKind.allCases {

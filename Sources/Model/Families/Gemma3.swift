@@ -41,50 +41,26 @@ public enum Gemma3Family: ModelFamily {
 
     public static func config(hf o: [String: JSONValue]) throws -> ModelConfig {
         var o = o
-        // The activation: `hidden_activation` (Gemma's key), or `hidden_act` as older configs and our GGUF reader write it.
+        // The activation: `hidden_activation` (Gemma's key), or `hidden_act` as older configs and our GGUF reader
+        // write it.
         for key in ["hidden_activation", "hidden_act"] {
             if let v = o[key], v != .null, v.stringValue != GatedActivation.geluTanh.rawValue {
-                throw ConfigError("config: \(key) \(v.text) is not supported for \(name) (supported: \"gelu_pytorch_tanh\")")
+                throw ConfigError(
+                    "config: \(key) \(v.text) is not supported for \(name) (supported: \"gelu_pytorch_tanh\")")
             }
         }
         o["hidden_act"] = nil
         for key in ["attn_logit_softcapping", "final_logit_softcapping", "rope_scaling"] {
-            if let v = o[key], v != .null { throw ConfigError("config: \(key) \(v.text) is not supported for \(name) (expected null)") }
+            if let v = o[key], v != .null {
+                throw ConfigError("config: \(key) \(v.text) is not supported for \(name) (expected null)")
+            }
         }
         if let v = o["use_bidirectional_attention"], v != .null, v.boolValue != false {
-            throw ConfigError("config: use_bidirectional_attention \(v.text) is not supported for \(name) (expected false)")
+            throw ConfigError(
+                "config: use_bidirectional_attention \(v.text) is not supported for \(name) (expected false)")
         }
         let bias = try ModelFamilies.bool(o, "attention_bias") ?? false
-        // Rotary bases: transformers 5's rope_parameters per layer type, or the older rope_theta / rope_local_base_freq.
-        var full = 1_000_000.0, sliding = 10_000.0
-        let range = ModelConfig.numberRanges["rope_theta"]!
-        func theta(_ v: JSONValue, _ key: String) throws -> Double {
-            guard let t = v.doubleValue, range.contains(t) else {
-                throw ConfigError("config: \(key) is \(v.text) (expected a number in \(range.lowerBound)...\(range.upperBound))")
-            }
-            return t
-        }
-        if let v = o["rope_theta"], v != .null { full = try theta(v, "rope_theta") }
-        if let v = o["rope_local_base_freq"], v != .null { sliding = try theta(v, "rope_local_base_freq") }
-        if let rp = o["rope_parameters"], rp != .null {
-            guard let p = rp.objectValue else { throw ConfigError("config: rope_parameters must be an object, found \(rp.text)") }
-            for (type, entry) in p.sorted(by: { $0.key < $1.key }) {
-                guard let t = AttentionLayerType(rawValue: type) else {
-                    throw ConfigError("config: rope_parameters has key '\(type)' (expected full_attention, sliding_attention)")
-                }
-                guard let e = entry.objectValue else { throw ConfigError("config: rope_parameters.\(type) must be an object, found \(entry.text)") }
-                if let rt = e["rope_type"], rt != .string("default") {
-                    throw ConfigError("config: rope_parameters.\(type).rope_type \(rt.text) is not supported (supported: \"default\")")
-                }
-                if let unknown = e.keys.sorted().first(where: { !["rope_type", "rope_theta"].contains($0) }) {
-                    throw ConfigError("config: rope_parameters.\(type) has key '\(unknown)' (supported: rope_type, rope_theta)")
-                }
-                if let v = e["rope_theta"] {
-                    let x = try theta(v, "rope_parameters.\(type).rope_theta")
-                    if t == .full { full = x } else { sliding = x }
-                }
-            }
-        }
+        let (full, sliding) = try ropeThetas(o)
         o["rope_parameters"] = nil
         o["rope_theta"] = .double(full)
         if o["head_dim"] == nil || o["head_dim"] == .null { o["head_dim"] = .int(256) }  // Gemma3TextConfig's default
@@ -107,27 +83,7 @@ public enum Gemma3Family: ModelFamily {
         }
         c.attentionScale = 1 / scalar.squareRoot()
 
-        // Layer types: `layer_types`, else the pattern (every n-th layer full, as Gemma3TextConfig derives it).
-        let types: [AttentionLayerType]
-        if let lt = o["layer_types"], lt != .null {
-            guard let list = lt.arrayValue, list.count == c.numHiddenLayers else {
-                throw ConfigError("config: layer_types must be an array of num_hidden_layers=\(c.numHiddenLayers) strings, found \(lt.text)")
-            }
-            types = try list.enumerated().map { i, v in
-                guard let s = v.stringValue, let t = AttentionLayerType(rawValue: s) else {
-                    throw ConfigError("config: layer_types[\(i)] is \(v.text) (expected \"full_attention\" or \"sliding_attention\")")
-                }
-                return t
-            }
-        } else {
-            let key = o["sliding_window_pattern"] != nil ? "sliding_window_pattern" : "_sliding_window_pattern"
-            var pattern = 6
-            if let v = o[key], v != .null {
-                guard let n = v.intValue, n >= 1 else { throw ConfigError("config: \(key) is \(v.text) (expected a positive integer)") }
-                pattern = n
-            }
-            types = (0..<c.numHiddenLayers).map { ($0 + 1) % pattern == 0 ? .full : .sliding }
-        }
+        let types = try layerTypes(o, numHiddenLayers: c.numHiddenLayers)
         for (l, t) in types.enumerated() { c.blocks[l].layerType = t }
         // The window is checked whether or not a layer slides (it is written back either way).
         if let v = o["sliding_window"], v != .null {
@@ -141,13 +97,91 @@ public enum Gemma3Family: ModelFamily {
         return c
     }
 
+    /// Rotary bases (full, sliding): transformers 5's rope_parameters per layer type, or the older rope_theta /
+    /// rope_local_base_freq; 1e6 and 1e4 when absent.
+    private static func ropeThetas(_ o: [String: JSONValue]) throws -> (full: Double, sliding: Double) {
+        var full = 1_000_000.0, sliding = 10_000.0
+        let range = ModelConfig.numberRanges["rope_theta"]!
+        func theta(_ v: JSONValue, _ key: String) throws -> Double {
+            guard let t = v.doubleValue, range.contains(t) else {
+                throw ConfigError(
+                    "config: \(key) is \(v.text) (expected a number in \(range.lowerBound)...\(range.upperBound))")
+            }
+            return t
+        }
+        if let v = o["rope_theta"], v != .null { full = try theta(v, "rope_theta") }
+        if let v = o["rope_local_base_freq"], v != .null { sliding = try theta(v, "rope_local_base_freq") }
+        if let rp = o["rope_parameters"], rp != .null {
+            guard let p = rp.objectValue else {
+                throw ConfigError("config: rope_parameters must be an object, found \(rp.text)")
+            }
+            for (type, entry) in p.sorted(by: { $0.key < $1.key }) {
+                guard let t = AttentionLayerType(rawValue: type) else {
+                    throw ConfigError(
+                        "config: rope_parameters has key '\(type)' (expected full_attention, sliding_attention)")
+                }
+                guard let e = entry.objectValue else {
+                    throw ConfigError("config: rope_parameters.\(type) must be an object, found \(entry.text)")
+                }
+                if let rt = e["rope_type"], rt != .string("default") {
+                    throw ConfigError(
+                        "config: rope_parameters.\(type).rope_type \(rt.text) is not supported (supported: \"default\")"
+                    )
+                }
+                if let unknown = e.keys.sorted().first(where: { !["rope_type", "rope_theta"].contains($0) }) {
+                    throw ConfigError(
+                        "config: rope_parameters.\(type) has key '\(unknown)' (supported: rope_type, rope_theta)")
+                }
+                if let v = e["rope_theta"] {
+                    let x = try theta(v, "rope_parameters.\(type).rope_theta")
+                    if t == .full { full = x } else { sliding = x }
+                }
+            }
+        }
+        return (full, sliding)
+    }
+
+    /// Layer types: `layer_types`, else the pattern (every n-th layer full, as Gemma3TextConfig derives it).
+    private static func layerTypes(_ o: [String: JSONValue], numHiddenLayers: Int) throws -> [AttentionLayerType] {
+        let types: [AttentionLayerType]
+        if let lt = o["layer_types"], lt != .null {
+            guard let list = lt.arrayValue, list.count == numHiddenLayers else {
+                throw ConfigError(
+                    "config: layer_types must be an array of num_hidden_layers=\(numHiddenLayers) strings, found "
+                        + "\(lt.text)")
+            }
+            types = try list.enumerated().map { i, v in
+                guard let s = v.stringValue, let t = AttentionLayerType(rawValue: s) else {
+                    throw ConfigError(
+                        "config: layer_types[\(i)] is \(v.text) (expected \"full_attention\" or \"sliding_attention\")")
+                }
+                return t
+            }
+        } else {
+            let key = o["sliding_window_pattern"] != nil ? "sliding_window_pattern" : "_sliding_window_pattern"
+            var pattern = 6
+            if let v = o[key], v != .null {
+                guard let n = v.intValue, n >= 1 else {
+                    throw ConfigError("config: \(key) is \(v.text) (expected a positive integer)")
+                }
+                pattern = n
+            }
+            types = (0..<numHiddenLayers).map { ($0 + 1) % pattern == 0 ? .full : .sliding }
+        }
+        return types
+    }
+
     public static func hfConfig(_ c: ModelConfig) -> [String: JSONValue] {
         var o = c.sharedHFKeys(modelType: hfModelTypes[0])
         o["rope_theta"] = nil
         o["rope_parameters"] = .object([
-            AttentionLayerType.full.rawValue: .object(["rope_type": .string("default"), "rope_theta": .double(c.ropeTheta)]),
-            AttentionLayerType.sliding.rawValue: .object(["rope_type": .string("default"),
-                                                          "rope_theta": .double(c.slidingRopeTheta ?? c.ropeTheta)]),
+            AttentionLayerType.full.rawValue: .object([
+                "rope_type": .string("default"), "rope_theta": .double(c.ropeTheta)
+            ]),
+            AttentionLayerType.sliding.rawValue: .object([
+                "rope_type": .string("default"),
+                "rope_theta": .double(c.slidingRopeTheta ?? c.ropeTheta)
+            ]),
         ])
         o["layer_types"] = .array(c.blocks.map { .string($0.layerType.rawValue) })
         o["sliding_window"] = c.slidingWindow.map { .int($0) } ?? .null

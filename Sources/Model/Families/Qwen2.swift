@@ -26,7 +26,8 @@ enum QwenShared {
         }
         if let lt = o["layer_types"], lt != .null {
             guard let list = lt.arrayValue, list.allSatisfy({ $0.stringValue == "full_attention" }) else {
-                throw ConfigError("config: layer_types \(lt.text) is not supported for \(family) (expected only \"full_attention\")")
+                throw ConfigError(
+                    "config: layer_types \(lt.text) is not supported for \(family) (expected only \"full_attention\")")
             }
         }
     }

@@ -45,7 +45,8 @@ public func geluTanhGatedForwardReference(
 ) {
     for i in 0..<N {
         let x = Double(gate[i])
-        out[i] = Float(0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))) * Double(up[i]))
+        out[i] = Float(
+            0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))) * Double(up[i]))
     }
 }
 
@@ -88,12 +89,15 @@ public func geluForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Flo
 }
 
 /// Reference of `geluForward` (Double, libm).
-public func geluForwardReference(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, count N: Int, kind: GELUKind) {
+public func geluForwardReference(
+    out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, count N: Int, kind: GELUKind
+) {
     for i in 0..<N {
         let x = Double(inp[i])
         switch kind {
         case .exact: out[i] = Float(0.5 * x * (1 + Foundation.erf(x / 2.0.squareRoot())))
-        case .tanh: out[i] = Float(0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))))
+        case .tanh:
+            out[i] = Float(0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))))
         }
     }
 }
@@ -124,7 +128,8 @@ public func swigluBackward(
 ///   exact: gelu'(x) = Φ(x) + x·φ(x);   tanh: with u = √(2/π)(x + 0.044715x³), t = tanh u,
 ///   gelu'(x) = ½(1 + t) + ½x(1 - t²)·√(2/π)(1 + 3·0.044715x²)
 public func geluBackward(
-    dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, count N: Int, kind: GELUKind
+    dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, count N: Int,
+    kind: GELUKind
 ) {
     Parallel.forEachChunk(N, minChunk: 16384) { r in
         switch kind {

@@ -170,14 +170,20 @@ public func attentionBackward(
             let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
             let j0 = AttentionForward.firstKey(i0, window: window), n = i1 - j0
             let qb = q + i0 * H * D + h * D, dob = dout + i0 * H * D + h * D, kb = k + j0 * G * D + g * D
-            BLAS.gemm(transB: true, m: rows, n: n, k: D, alpha: scale, a: qb, lda: H * D, b: kb, ldb: G * D, c: p, ldc: n)
+            BLAS.gemm(
+                transB: true, m: rows, n: n, k: D, alpha: scale, a: qb, lda: H * D, b: kb, ldb: G * D, c: p, ldc: n)
             causalSoftmaxRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window)
             // dP (rows, n) = dO_blk (rows, D) · V[j0..<i1]ᵀ
-            BLAS.gemm(transB: true, m: rows, n: n, k: D, a: dob, lda: H * D, b: v + j0 * G * D + g * D, ldb: G * D, c: dp, ldc: n)
+            BLAS.gemm(
+                transB: true, m: rows, n: n, k: D, a: dob, lda: H * D, b: v + j0 * G * D + g * D, ldb: G * D, c: dp,
+                ldc: n)
             // dV[j0..<i1] += Pᵀ (n, rows) · dO_blk (rows, D)
-            BLAS.gemm(transA: true, m: n, n: D, k: rows, a: p, lda: n, b: dob, ldb: H * D, beta: 1, c: dvw + j0 * G * D + g * D, ldc: G * D)
+            BLAS.gemm(
+                transA: true, m: n, n: D, k: rows, a: p, lda: n, b: dob, ldb: H * D, beta: 1,
+                c: dvw + j0 * G * D + g * D, ldc: G * D)
             for r in 0..<rows {
-                let pr = p + r * n, dpr = dp + r * n, (lo, hi) = visibleColumns(row: r, firstRow: i0 - j0, window: window)
+                let pr = p + r * n, dpr = dp + r * n,
+                    (lo, hi) = visibleColumns(row: r, firstRow: i0 - j0, window: window)
                 var dot: Float = 0
                 for j in lo..<hi { dot = Relaxed.multiplyAdd(pr[j], dpr[j], dot) }
                 for j in lo..<hi { dpr[j] = pr[j] * (dpr[j] - dot) }

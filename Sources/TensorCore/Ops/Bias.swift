@@ -23,7 +23,9 @@ public func biasBackward(dbias: UnsafeMutablePointer<Float>, dout: UnsafePointer
 }
 
 /// Reference of `biasForward` (plain loops, Double).
-public func biasForwardReference(out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, rows R: Int, columns J: Int) {
+public func biasForwardReference(
+    out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, rows R: Int, columns J: Int
+) {
     for r in 0..<R {
         for j in 0..<J { out[r * J + j] = Float(Double(out[r * J + j]) + Double(bias[j])) }
     }

@@ -8,7 +8,8 @@ import RealModule
 ///   da_t += scale · -(b_t / (‖a_t‖‖b_t‖) - cos_t · a_t / ‖a_t‖²)
 /// b is a constant (the teacher). d (T) is written in Double when given.
 public func cosineDistanceBackward(
-    da: UnsafeMutablePointer<Float>?, distance: UnsafeMutablePointer<Double>?, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    da: UnsafeMutablePointer<Float>?, distance: UnsafeMutablePointer<Double>?, a: UnsafePointer<Float>,
+    b: UnsafePointer<Float>,
     scale: Float, rows T: Int, channels C: Int
 ) {
     Parallel.forEachChunk(T, minChunk: 16) { rows in
@@ -32,7 +33,8 @@ public func cosineDistanceBackward(
 
 /// Squared error per row: e[t] = Σ_c (a - b)², and da += scale · 2(a - b). b is a constant.
 public func squaredErrorBackward(
-    da: UnsafeMutablePointer<Float>?, error: UnsafeMutablePointer<Double>?, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    da: UnsafeMutablePointer<Float>?, error: UnsafeMutablePointer<Double>?, a: UnsafePointer<Float>,
+    b: UnsafePointer<Float>,
     scale: Float, rows T: Int, channels C: Int
 ) {
     Parallel.forEachChunk(T, minChunk: 16) { rows in

@@ -8,7 +8,9 @@ import RealModule
 
 /// out (T × V) = log_softmax(logits) per row in Double: z_j − (m + log Σ_j exp(z_j − m)), m = max_j z_j, the
 /// exponentials summed in Double (`logSumExpDouble`).
-public func logSoftmaxDouble(out: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int) {
+public func logSoftmaxDouble(
+    out: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int
+) {
     Parallel.forEachChunk(T, minChunk: 1) { rows in
         for t in rows {
             let z = logits + t * V, o = out + t * V
@@ -52,7 +54,8 @@ public func klDivergenceForward(
 /// out (T) = JS(P ‖ Q) per row in nats: P = exp(logProbs) a reference distribution given as log-probabilities,
 /// Q = softmax(logits). JS = ½ Σ p log(p/m) + ½ Σ q log(q/m), m = (p + q)/2; each row summed in Double.
 public func jensenShannonForward(
-    out: UnsafeMutablePointer<Double>, logProbs: UnsafePointer<Float>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int
+    out: UnsafeMutablePointer<Double>, logProbs: UnsafePointer<Float>, logits: UnsafePointer<Float>, rows T: Int,
+    columns V: Int
 ) {
     Parallel.forEachChunk(T, minChunk: 1) { rows in
         for t in rows {
@@ -73,7 +76,8 @@ public func jensenShannonForward(
 
 /// Reference of `jensenShannonForward`: Double throughout, libm exp and log.
 public func jensenShannonForwardReference(
-    out: UnsafeMutablePointer<Double>, logProbs: UnsafePointer<Float>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int
+    out: UnsafeMutablePointer<Double>, logProbs: UnsafePointer<Float>, logits: UnsafePointer<Float>, rows T: Int,
+    columns V: Int
 ) {
     for t in 0..<T {
         let lp = logProbs + t * V, lg = logits + t * V

@@ -14,7 +14,11 @@ public func gateForward(
             let o = out + t * width, x = inp + t * width
             for g in 0..<G {
                 let z = gate[g], base = g * S
-                if accumulate { for j in 0..<S { o[base + j] += z * x[base + j] } } else { for j in 0..<S { o[base + j] = z * x[base + j] } }
+                if accumulate {
+                    for j in 0..<S { o[base + j] += z * x[base + j] }
+                } else {
+                    for j in 0..<S { o[base + j] = z * x[base + j] }
+                }
             }
         }
     }

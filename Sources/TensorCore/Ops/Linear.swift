@@ -36,7 +36,8 @@ public func linearForwardReference(
 ///   dweight (OC, C) += doutᵀ · inp
 ///   dbias (OC) += Σ_t dout[t]
 public func linearBackward(
-    dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?, dbias: UnsafeMutablePointer<Float>? = nil,
+    dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?,
+    dbias: UnsafeMutablePointer<Float>? = nil,
     dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
     rows T: Int, inFeatures C: Int, outFeatures OC: Int
 ) {

@@ -84,7 +84,8 @@ public func layernormForwardReference(
 /// partial; then sums the partials in chunk order (deterministic) and hands the sum to `finish`.
 @inline(__always)
 func accumulatingOverRows(
-    _ T: Int, width: Int, _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void, finish: (UnsafePointer<Float>) -> Void
+    _ T: Int, width: Int, _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void,
+    finish: (UnsafePointer<Float>) -> Void
 ) {
     let chunks = Parallel.chunkCount(T, minChunk: 16)
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, chunks * width))

@@ -62,7 +62,9 @@ private func rotate(_ x: UnsafeMutablePointer<Float>, rows T: Int, heads H: Int,
 }
 
 /// Reference of `rotaryForward`: angles in Double from scratch, out of place.
-public func rotaryForwardReference(_ x: UnsafeMutablePointer<Float>, rows T: Int, heads H: Int, headDim D: Int, theta: Double) {
+public func rotaryForwardReference(
+    _ x: UnsafeMutablePointer<Float>, rows T: Int, heads H: Int, headDim D: Int, theta: Double
+) {
     let half = D / 2
     for t in 0..<T {
         for h in 0..<H {

@@ -13,7 +13,9 @@ public func logSumExp(_ x: UnsafePointer<Float>, count V: Int) -> Double {
 }
 
 /// out (T, V) = log_softmax(logits (T, V)) per row. `out` may alias `logits`.
-public func logSoftmaxForward(out: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int) {
+public func logSoftmaxForward(
+    out: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>, rows T: Int, columns V: Int
+) {
     Parallel.forEachChunk(T, minChunk: 1) { rows in
         for t in rows {
             let lse = Float(logSumExp(logits + t * V, count: V))
@@ -24,7 +26,8 @@ public func logSoftmaxForward(out: UnsafeMutablePointer<Float>, logits: UnsafePo
 
 /// nll (T) = -log softmax(logits (T, V))[targets (T)], in Double, one value per row.
 public func crossEntropyForward(
-    nll: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows T: Int, columns V: Int
+    nll: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows T: Int,
+    columns V: Int
 ) {
     Parallel.forEachChunk(T, minChunk: 1) { rows in
         for t in rows {
@@ -36,7 +39,8 @@ public func crossEntropyForward(
 
 /// Reference of `crossEntropyForward`: Double throughout, libm exp.
 public func crossEntropyForwardReference(
-    nll: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows T: Int, columns V: Int
+    nll: UnsafeMutablePointer<Double>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows T: Int,
+    columns V: Int
 ) {
     for t in 0..<T {
         var m = -Double.infinity
