@@ -15,6 +15,7 @@ extension DistillStage: TrainingPass {
 
     public var trainText: String { text }
     public var trainingWindow: Int { config.window }
+    public var cachesStatistics: Bool { false }
 
     /// "stf": true trains factorized weights: the input must hold some.
     public var requires: InputRequirement? {

@@ -182,6 +182,9 @@ public protocol TrainingPass: RecipeStage {
     var logEvery: Int { get }
     /// Tokens per training window: the text must hold one window + 1 (the runner checks, naming the file).
     var trainingWindow: Int { get }
+    /// Whether `prepare` may read or write calibration statistics through `PassContext.cached` (then the stage's
+    /// report lists its cache hits and misses; default true). Plain distillation computes none.
+    var cachesStatistics: Bool { get }
     /// Builds the run on `model` (the model at this point) with `teacher` (the base). Checks every setting
     /// against the model first; errors are `RecipeError`/`ConfigError` naming the key.
     func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32],
@@ -190,6 +193,7 @@ public protocol TrainingPass: RecipeStage {
 
 extension TrainingPass {
     public var work: StageWork { .train(self) }
+    public var cachesStatistics: Bool { true }
 }
 
 /// A prepared training stage: its distiller and what turns the trained distiller into the stage's result.

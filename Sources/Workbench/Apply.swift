@@ -304,7 +304,7 @@ public final class Session {
                 throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
             }
         case .train(let stage):
-            out.cache = stageCache(before: i, of: run.recipe)
+            out.cache = stage.cachesStatistics ? stageCache(before: i, of: run.recipe) : nil
             let context = passContext(run, cache: out.cache, label: label)
             (out.model, out.diagnostics) = try train(stage, index: i, on: model, context: context, &run, label: label,
                                                      place: place)

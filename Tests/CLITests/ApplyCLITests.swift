@@ -41,6 +41,10 @@ extension CLITests {
         XCTAssertEqual(reports[0]["parameters_after"] as? Int, after)
         XCTAssertEqual(reports[0]["bytes_after"] as? Int, after * 4)
         XCTAssertEqual(reports[0]["cache_misses"] as? [String], ["finercut-order"])
+        // Plain distillation computes no calibration statistics: its report lists no cache use (as before the
+        // distill stage became a TrainingPass; issue 31 changes no report).
+        XCTAssertNil(reports[2]["cache_hits"], "\(reports[2])")
+        XCTAssertNil(reports[2]["cache_misses"], "\(reports[2])")
         let order = try XCTUnwrap((reports[0]["diagnostics"] as? [String: Any])?["order"] as? [[String: Any]])
         XCTAssertEqual(order.count, 2)
         let pplBefore = try XCTUnwrap(j["ppl_before"] as? Double), pplAfter = try XCTUnwrap(j["ppl_after"] as? Double)
