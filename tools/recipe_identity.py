@@ -9,7 +9,8 @@ Runs four committed recipes on SmolLM2-135M (a 4-bit GGUF, dequantized), shorten
 `compress apply --no-cache` (every analysis recomputed), and records SHA-256 digests of each output checkpoint:
 its tensors (every dataset's path, dtype, shape and bytes and every attribute but the history, in sorted order; the
 HDF5 file's own bytes hold object timestamps, so they are not compared), its history (the stage reports) with the
-figures that vary between runs removed (VOLATILE: wall times, speeds, the temporary reference file), and each
+figures that vary between runs removed (VOLATILE and every *_seconds: wall times, speeds, the temporary
+reference file), and each
 exported GGUF file's bytes. Run both sides in the same DIR (paths are part of the history); --digest-only recomputes
 the digests of the outputs already in DIR. --compare exits 1 when a digest differs, naming the recipe and output.
 """
@@ -57,7 +58,7 @@ VOLATILE = {"seconds", "train_seconds", "tokens_per_second", "reference_file", "
 
 def without_volatile(x):
     if isinstance(x, dict):
-        return {k: without_volatile(v) for k, v in x.items() if k not in VOLATILE}
+        return {k: without_volatile(v) for k, v in x.items() if k not in VOLATILE and not k.endswith("_seconds")}
     if isinstance(x, list):
         return [without_volatile(v) for v in x]
     return x
