@@ -6,8 +6,9 @@ extension StageRegistry {
     public static func passes() -> StageRegistry {
         var r = StageRegistry()
         let kinds: [any RecipeStage.Type] = [
-            MinitronPass.self, FinerCutPass.self, CPTQuantPass.self, MagnitudePass.self, WandaPass.self, SparseGPTPass.self,
-            MaskLLMPass.self, DistillStage.self, EvalStage.self, DSFormerPass.self, LowRankPass.self, VTransPass.self,
+            MinitronPass.self, FinerCutPass.self, CPTQuantPass.self, MagnitudePass.self, WandaPass.self,
+            SparseGPTPass.self, MaskLLMPass.self, DistillStage.self, EvalStage.self, DSFormerPass.self,
+            LowRankPass.self, VTransPass.self,
         ]
         // The names are distinct by construction; a duplicate here is a programming error.
         for t in kinds {

@@ -222,7 +222,8 @@ public final class Session {
         let evaluating = recipe.stages.contains { $0.stage.work.evaluates }
         let e = recipe.evaluation
         var run = StageRun(recipe: recipe, name: name, statePrefix: statePrefix, resume: resume,
-                           killAfterStep: killAfterStep, calibration: needsCalibration ? try calibrationWindows(recipe.calibration) : [],
+                           killAfterStep: killAfterStep,
+                           calibration: needsCalibration ? try calibrationWindows(recipe.calibration) : [],
                            scoring: evaluating ? try perplexityProtocol(e) : .noBOS)
         run.basePPL = evaluating ? try basePPL(e) : nil
         run.test = evaluating ? try tokens(of: e.text) : []
@@ -381,8 +382,8 @@ public final class Session {
         if let distiller = prepared.distiller {
             let statePath = run.statePrefix + ".stage\(i + 1).state.h5"
             trained = try Workbench.train(distiller, statePath: statePath, saveEvery: stage.saveEvery,
-                                          logEvery: stage.logEvery, resume: run.resume ? .ifPresent : .no, progress: progress, label: label,
-                                          place: place, killAfterStep: run.killAfterStep)
+                                          logEvery: stage.logEvery, resume: run.resume ? .ifPresent : .no,
+                                          progress: progress, label: label, place: place, killAfterStep: run.killAfterStep)
             if trained.keepState { run.statePaths.append(statePath) }
             diagnostics = Workbench.trainingDiagnostics(distiller, trained).objectValue ?? [:]
         }
@@ -515,7 +516,9 @@ extension Workbench {
             guard case .write(let x) = entry.stage.work else { continue }
             let place = "\(recipe.path), stage \(i + 1) (\(entry.name))"
             let key = URL(fileURLWithPath: x.outputPath).standardizedFileURL.path
-            if let j = seen[key] { throw WorkbenchError("\(place): 'output' \(x.outputPath) is also stage \(j)'s output") }
+            if let j = seen[key] {
+                throw WorkbenchError("\(place): 'output' \(x.outputPath) is also stage \(j)'s output")
+            }
             seen[key] = i + 1
             if inputs.contains(where: { URL(fileURLWithPath: $0.path).standardizedFileURL.path == key }) {
                 throw WorkbenchError("\(place): 'output' \(x.outputPath) is one of the run's inputs or outputs")

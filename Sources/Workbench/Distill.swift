@@ -87,7 +87,8 @@ extension Workbench {
                           for: "one training window of \(o.config.window) + 1")
         let statePath = o.statePath ?? o.output + ".state.h5"
         // The same stage `compress apply` runs for a recipe's distill stage, prepared and driven the same way.
-        let stage = DistillStage(config: o.config, text: o.trainText, saveEvery: o.saveEvery, logEvery: o.logEvery, stf: o.stf)
+        let stage = DistillStage(config: o.config, text: o.trainText, saveEvery: o.saveEvery, logEvery: o.logEvery,
+                                 stf: o.stf)
         let prepared: TrainingRun
         do {
             prepared = try stage.prepare(model: studentCkpt.model, teacher: teacherCkpt.model, trainTokens: train,
@@ -109,15 +110,18 @@ extension Workbench {
             ? try ppl(studentCkpt.model, "student before", "student \(o.student) before training") : nil
 
         let c = o.config, tokensPerStep = c.batch * c.window * c.accumulation
-        let trainedRun = try Workbench.train(distiller, statePath: statePath, saveEvery: o.saveEvery, logEvery: o.logEvery,
-                                   resume: o.resume ? .required : .no, progress: o.progress, label: nil, place: nil,
-                                   killAfterStep: o.killAfterStep)
+        let trainedRun = try Workbench.train(distiller, statePath: statePath, saveEvery: o.saveEvery,
+                                             logEvery: o.logEvery, resume: o.resume ? .required : .no,
+                                             progress: o.progress, label: nil, place: nil,
+                                             killAfterStep: o.killAfterStep)
         let resumedFrom = trainedRun.resumedFrom, seconds = trainedRun.seconds
         let firstStep = resumedFrom ?? 0
 
         // STF: S = P_s(S̃) of the final latent, s nonzeros per column again.
         let trained: DecoderModel
-        do { trained = try prepared.finish().model } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
+        do { trained = try prepared.finish().model } catch let e as ConfigError {
+            throw WorkbenchError("distill: \(e.description)")
+        }
         // Write the student with its lineage, then drop the state file (the run is complete).
         var history = studentCkpt.history
         history.append(.object([
