@@ -12,7 +12,7 @@ import PackageDescription
 //   3 Model (ModelConfig, Families/, LinearWeight, TransformerDecoder)
 //   2 Quantization, GGUF, Safetensors
 //   1 TensorCore, MappedIO, Tokenizer
-//   0 CBLAS, CHDF5, SafeFiles, JSONKeys
+//   0 CBLAS, CHDF5, DNNLBridge (oneDNN bf16 matmul), SafeFiles, JSONKeys
 let package = Package(
     name: "compress",
     products: [
@@ -25,8 +25,9 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        .target(name: "DNNLBridge", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
         .target(name: "TensorCore", dependencies: [
-            "CBLAS", .product(name: "Numerics", package: "swift-numerics"),
+            "CBLAS", "DNNLBridge", .product(name: "Numerics", package: "swift-numerics"),
         ]),
         .target(name: "Model", dependencies: ["TensorCore", "Quantization", "JSONKeys"]),
         .target(name: "Checkpoint", dependencies: ["Model", "CHDF5", "Quantization", "SafeFiles"]),

@@ -29,7 +29,7 @@ MAX_COLUMNS = 120
 
 # The module graph, lowest first: a module may import only modules in earlier layers (and system modules).
 LAYERS = [
-    ["CBLAS", "CHDF5", "SafeFiles", "JSONKeys"],
+    ["CBLAS", "CHDF5", "DNNLBridge", "SafeFiles", "JSONKeys"],
     ["MappedIO", "TensorCore", "Tokenizer"],
     ["GGUF", "Safetensors", "Quantization"],
     ["Model"],

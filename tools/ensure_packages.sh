@@ -5,7 +5,7 @@
 # tools/main.sh, tools/test.sh (--tests: also pytest) and .ci/run.
 set -euo pipefail
 
-PACKAGES=(libopenblas-dev libhdf5-dev pkg-config python3 python3-pip)  # OpenBLAS, HDF5, the downloads
+PACKAGES=(libopenblas-dev libhdf5-dev libdnnl-dev pkg-config python3 python3-pip)  # OpenBLAS, HDF5, oneDNN (bf16), the downloads
 missing=()
 if command -v dpkg >/dev/null; then
     for pkg in "${PACKAGES[@]}"; do

@@ -208,17 +208,20 @@ public enum Perplexity {
         let C = model.config.hiddenSize, V = model.config.vocabSize
         let first = p.firstScored(W), R = min(rowsPerChunk, W - 1 - first)
         let logits = Tensor(shape: [R, V])
-        for w in 0..<windows {
-            let ids = p.window(w, of: tokens, window: W)
-            let h = engine.hiddenStates(ids)
-            var t0 = first
-            while t0 < W - 1 {
-                let rows = min(R, W - 1 - t0)
-                engine.head(h + t0 * C, rows: rows, into: logits.data)
-                try body(w, ids, t0, rows, h + t0 * C, logits.data)
-                t0 += rows
+        // The weights stay fixed: in bf16, each is converted to oneDNN's layout once for all windows.
+        try MatrixProduct.withWeightCache {
+            for w in 0..<windows {
+                let ids = p.window(w, of: tokens, window: W)
+                let h = engine.hiddenStates(ids)
+                var t0 = first
+                while t0 < W - 1 {
+                    let rows = min(R, W - 1 - t0)
+                    engine.head(h + t0 * C, rows: rows, into: logits.data)
+                    try body(w, ids, t0, rows, h + t0 * C, logits.data)
+                    t0 += rows
+                }
+                progress?(w + 1, windows)
             }
-            progress?(w + 1, windows)
         }
     }
 

@@ -415,22 +415,27 @@ public enum LinearWeight: Sendable {
         let OC = outFeatures, C = inFeatures
         switch self {
         case .dense(let w):
-            BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: w.data, ldb: C, beta: beta, c: out, ldc: OC)
+            MatrixProduct.gemm(
+                transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: w.data, ldb: C, beta: beta, c: out, ldc: OC,
+                weight: w)
         case .sparse(let s):
             // Dense GEMM with zeros: this CPU has no sparse GEMM that beats OpenBLAS at these densities.
-            BLAS.gemm(
-                transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: s.values.data, ldb: C, beta: beta, c: out, ldc: OC)
+            MatrixProduct.gemm(
+                transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: s.values.data, ldb: C, beta: beta, c: out, ldc: OC,
+                weight: s.values)
         case .quantized(let q):
-            BLAS.gemm(
-                transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: q.cache.data, ldb: C, beta: beta, c: out, ldc: OC)
+            MatrixProduct.gemm(
+                transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: q.cache.data, ldb: C, beta: beta, c: out, ldc: OC,
+                weight: q.cache)
         case .factorized(let f):
             // tmp (T, k) = inp · Sᵀ;  out = beta · out + tmp · Dᵀ
             let k = f.rank, tmp = Tensor(shape: [T, k])
-            BLAS.gemm(
-                transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
-            BLAS.gemm(
+            MatrixProduct.gemm(
+                transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k,
+                weight: f.sparse.values)
+            MatrixProduct.gemm(
                 transB: true, m: T, n: OC, k: k, a: tmp.data, lda: k, b: f.dense.data, ldb: k, beta: beta, c: out,
-                ldc: OC)
+                ldc: OC, weight: f.dense)
         }
     }
 
@@ -449,28 +454,29 @@ public enum LinearWeight: Sendable {
         switch self {
         case .dense(let w):
             linearBackward(
-                dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: w.data, rows: T, inFeatures: C,
-                outFeatures: OC)
+                dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: w.data, weightTensor: w, rows: T,
+                inFeatures: C, outFeatures: OC)
         case .sparse(let s):
             linearBackward(
-                dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: s.values.data, rows: T, inFeatures: C,
-                outFeatures: OC)
+                dinp: dinp, dweight: grad(0), dout: dout, inp: inp, weight: s.values.data, weightTensor: s.values,
+                rows: T, inFeatures: C, outFeatures: OC)
             if let g = grad(0) { s.mask.apply(to: g) }
         case .quantized(let q):
             linearBackward(
-                dinp: dinp, dweight: nil, dout: dout, inp: inp, weight: q.cache.data, rows: T, inFeatures: C,
-                outFeatures: OC)
+                dinp: dinp, dweight: nil, dout: dout, inp: inp, weight: q.cache.data, weightTensor: q.cache, rows: T,
+                inFeatures: C, outFeatures: OC)
         case .factorized(let f):
             let k = f.rank, tmp = Tensor(shape: [T, k]), dtmp = Tensor(shape: [T, k])
-            BLAS.gemm(
-                transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k)
+            MatrixProduct.gemm(
+                transB: true, m: T, n: k, k: C, a: inp, lda: C, b: f.sparse.values.data, ldb: C, c: tmp.data, ldc: k,
+                weight: f.sparse.values)
             let frozen = f.isQuantized
             linearBackward(
                 dinp: dtmp.data, dweight: frozen ? nil : grad(0), dout: dout, inp: tmp.data, weight: f.dense.data,
-                rows: T, inFeatures: k, outFeatures: OC)
+                weightTensor: f.dense, rows: T, inFeatures: k, outFeatures: OC)
             linearBackward(
                 dinp: dinp, dweight: frozen ? nil : grad(1), dout: dtmp.data, inp: inp, weight: f.sparse.values.data,
-                rows: T, inFeatures: C, outFeatures: k)
+                weightTensor: f.sparse.values, rows: T, inFeatures: C, outFeatures: k)
             if !frozen, let g = grad(1) { f.sparse.mask.apply(to: g) }
         }
     }

@@ -12,17 +12,22 @@ public struct CPUFeatures: Equatable, Sendable {
     public var avx512bw = false
     public var avx512vl = false
     public var avx512bf16 = false
+    /// AMX tiles with bf16 products (cpuid leaf 7: amx_tile, amx_bf16).
+    public var amxBF16 = false
     /// XCR0 bits 1-2: the OS saves SSE and AVX (ymm) state.
     public var osSavesAVX = false
     /// XCR0 bits 5-7: the OS saves AVX-512 state (opmask, upper zmm0-15, zmm16-31).
     public var osSavesAVX512 = false
+    /// XCR0 bits 17-18: the OS supports AMX tile state (a process still asks for it: `MatrixProduct.select`).
+    public var osSavesAMX = false
 
     public init(vendor: Vendor = .other, fma: Bool = false, avx2: Bool = false, avx512f: Bool = false,
                 avx512bw: Bool = false, avx512vl: Bool = false, avx512bf16: Bool = false,
-                osSavesAVX: Bool = false, osSavesAVX512: Bool = false) {
+                osSavesAVX: Bool = false, osSavesAVX512: Bool = false, amxBF16: Bool = false,
+                osSavesAMX: Bool = false) {
         self.vendor = vendor; self.fma = fma; self.avx2 = avx2; self.avx512f = avx512f; self.avx512bw = avx512bw
         self.avx512vl = avx512vl; self.avx512bf16 = avx512bf16; self.osSavesAVX = osSavesAVX
-        self.osSavesAVX512 = osSavesAVX512
+        self.osSavesAVX512 = osSavesAVX512; self.amxBF16 = amxBF16; self.osSavesAMX = osSavesAMX
     }
 
     /// This machine's features, read with cpuid and xgetbv (all false off x86).
@@ -47,7 +52,8 @@ public struct CPUFeatures: Equatable, Sendable {
         return CPUFeatures(
             vendor: vendor, fma: bit(l1[2], 12), avx2: bit(l7[1], 5), avx512f: bit(l7[1], 16), avx512bw: bit(l7[1], 30),
             avx512vl: bit(l7[1], 31), avx512bf16: l0[0] >= 7 && l7[0] >= 1 && bit(l71[0], 5),
-            osSavesAVX: bit(l1[2], 28) && xcr0 & 0x6 == 0x6, osSavesAVX512: xcr0 & 0xE0 == 0xE0)
+            osSavesAVX: bit(l1[2], 28) && xcr0 & 0x6 == 0x6, osSavesAVX512: xcr0 & 0xE0 == 0xE0,
+            amxBF16: bit(l7[3], 22) && bit(l7[3], 24), osSavesAMX: xcr0 & 0x60000 == 0x60000)
     }
 }
 

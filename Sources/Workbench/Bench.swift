@@ -21,14 +21,18 @@ public struct BenchReport: Codable {
     public var blasThreads: Int
     public var workerThreads: Int
     public var peakResidentBytes: Int
+    /// The matrix products' precision and what ran them (`MatrixProduct.kernels`).
+    public var precision: String
+    public var kernels: String
 
     public var text: String {
         String(format: """
             forward (eval protocol, incl. LM head + cross-entropy): %.1f tokens/s  (%d window(s) of %d, %.2f s)
-            sgemm: %.1f%% of CPU time, %.1f GFLOP, %.1f GFLOP/s per process   [OpenBLAS core %@, %d BLAS threads, %d worker threads]
+            matrix products: %.1f%% of CPU time, %.1f GFLOP, %.1f GFLOP/s per process   [%@; OpenBLAS core %@, \
+            %d BLAS threads, %d worker threads]
             parameters %d, peak memory %@
             """, tokensPerSecond, windows, window, seconds, sgemmShare * 100, sgemmGflops, sgemmGflopPerSecond,
-                      blasCore, blasThreads, workerThreads, parameters, formatBytes(peakResidentBytes))
+                      kernels, blasCore, blasThreads, workerThreads, parameters, formatBytes(peakResidentBytes))
     }
 }
 
@@ -56,7 +60,8 @@ extension Workbench {
             config: config.json, parameters: model.parameterCount, window: window, windows: windows, seconds: r.seconds,
             tokensPerSecond: r.tokensPerSecond, sgemmShare: BLAS.gemmCoreSeconds / (r.seconds * Double(cores)),
             sgemmGflops: BLAS.gemmFlops / 1e9, sgemmGflopPerSecond: BLAS.gemmFlops / 1e9 / max(BLAS.gemmCoreSeconds / Double(cores), 1e-9), blasCore: BLAS.coreName,
-            blasThreads: BLAS.threads, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes())
+            blasThreads: BLAS.threads, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),
+            precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels)
     }
 }
 
@@ -116,5 +121,55 @@ extension Workbench {
             sgemmShare: BLAS.gemmCoreSeconds / (seconds * cores), sgemmGflopPerSecond: BLAS.gemmFlops / seconds / 1e9,
             blasCore: BLAS.coreName, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),
             weights: checkpoint ?? "random")
+    }
+}
+
+/// One matrix product shape timed in both precisions (`compress bench --products`).
+public struct ProductTiming: Codable {
+    /// (m, k) · (k, n): m activation rows, k input features, n output features (weight (n, k), as a linear layer).
+    public var m, k, n: Int
+    public var what: String
+    /// Best of the timed repeats, in GFLOP/s of the whole process (2·m·n·k flops per product).
+    public var fp32GflopPerSecond: Double
+    public var bf16GflopPerSecond: Double?
+}
+
+extension Workbench {
+    /// The linear-layer products of a model of `config` over `rows` tokens (and the LM head over 256 rows, the
+    /// evaluator's chunk), each timed as the best of `repeats` runs in float32 (OpenBLAS) and, when the CPU has
+    /// bf16 units, in bf16 (oneDNN, the weight packed once as in evaluation). The bf16 figures are the peak the
+    /// model's own shapes reach on this machine.
+    public static func benchProducts(config c: ModelConfig, rows: Int, repeats: Int = 5) -> [ProductTiming] {
+        let heads = c.numAttentionHeads * c.headDim, kv = c.numKeyValueHeads * c.headDim
+        let shapes: [(String, Int, Int, Int)] = [
+            ("q_proj / o_proj", rows, c.hiddenSize, heads), ("k_proj / v_proj", rows, c.hiddenSize, kv),
+            ("gate_proj / up_proj", rows, c.hiddenSize, c.intermediateSize),
+            ("down_proj", rows, c.intermediateSize, c.hiddenSize), ("lm_head", 256, c.hiddenSize, c.vocabSize),
+        ]
+        let saved = MatrixProduct.precision
+        defer { MatrixProduct.precision = saved }
+        var rng = SplitMix64(seed: 7)
+        return shapes.map { what, m, k, n in
+            let a = Tensor(shape: [m, k]), w = Tensor(shape: [n, k]), out = Tensor(shape: [m, n])
+            for i in 0..<a.count { a[i] = Float(Double.random(in: -0.5..<0.5, using: &rng)) }
+            for i in 0..<w.count { w[i] = Float(Double.random(in: -0.5..<0.5, using: &rng)) * 0.05 }
+            func best(_ p: Precision) -> Double {
+                MatrixProduct.precision = p
+                return MatrixProduct.withWeightCache {
+                    var t = Double.infinity
+                    for r in 0...repeats {
+                        let start = DispatchTime.now().uptimeNanoseconds
+                        MatrixProduct.gemm(transB: true, m: m, n: n, k: k, a: a.data, lda: k, b: w.data, ldb: k,
+                                           c: out.data, ldc: n, weight: w)
+                        let s = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                        if r > 0 { t = min(t, s) }  // the first run creates the primitive and packs the weight
+                    }
+                    return 2 * Double(m) * Double(n) * Double(k) / t / 1e9
+                }
+            }
+            let bf16 = MatrixProduct.bf16Unsupported() == nil ? best(.bf16) : nil
+            return ProductTiming(m: m, k: k, n: n, what: what, fp32GflopPerSecond: best(.fp32),
+                                 bf16GflopPerSecond: bf16)
+        }
     }
 }

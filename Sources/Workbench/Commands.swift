@@ -24,6 +24,10 @@ public struct EvalReport: Codable {
     public var peakResidentBytes: Int
     public var blasCore: String
     public var threads: Int
+    /// The matrix products' precision ("fp32" or "bf16") and what ran them (`MatrixProduct.kernels`, e.g.
+    /// "bf16 (oneDNN 2.6.3, AVX512-BF16)"). A base reference is always computed in float32.
+    public var precision: String
+    public var kernels: String
     /// Which protocol ran (from the checkpoint's tokenizer, `add_bos_token`): true when every window was
     /// [BOS] + W − 1 stream tokens (BOS id `bosTokenId`), false for windows of W stream tokens.
     public var bos: Bool
@@ -118,7 +122,9 @@ public enum Workbench {
         return EvalReport(checkpoint: path, source: sourceName, ppl: r.ppl, nll: r.nll, totalNll: r.totalNll,
                           predictedTokens: r.predictedTokens, tokens: r.tokens, streamTokens: tokens.count,
                           windows: r.windows, window: r.window, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond,
-                          peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, threads: max(BLAS.threads, Parallel.threads),
+                          peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
+                          threads: max(BLAS.threads, Parallel.threads), precision: MatrixProduct.precision.rawValue,
+                          kernels: MatrixProduct.kernels,
                           bos: r.bos, bosTokenId: r.bosTokenId, streamTokensScored: r.streamTokensScored,
                           protocolName: r.protocolName, firstScored: r.firstScored, divergence: divergence,
                           referenceCached: cachedReference)
@@ -138,9 +144,12 @@ public enum Workbench {
             return (d, r, false)
         }
         let k = options.kind == .topk ? options.topK : nil
-        let ref = try reference(base: base.model, basePath: options.base, tokens: tokens, window: window, protocol: scoring,
-                                maxTokens: maxTokens, k: k, cacheDirectory: options.cacheDirectory,
-                                progress: meter("base reference (\(k.map { "top-\($0)" } ?? "hidden states"))"))
+        // The base is the float32 truth: its reference is computed (and cached) in float32 whatever --precision says.
+        let ref = try MatrixProduct.withPrecision(.fp32) {
+            try reference(base: base.model, basePath: options.base, tokens: tokens, window: window, protocol: scoring,
+                          maxTokens: maxTokens, k: k, cacheDirectory: options.cacheDirectory,
+                          progress: meter("base reference (\(k.map { "top-\($0)" } ?? "hidden states"))"))
+        }
         let (d, r) = try Divergence.compare(model: ckpt.model, reference: ref.reference, base: base.model, tokens: tokens,
                                             topKStudy: options.topKStudy, progress: meter("eval"))
         return (d, r, ref.cached)

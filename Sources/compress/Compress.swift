@@ -77,6 +77,8 @@ struct Eval: ParsableCommand {
     var topKStudy: String?
     @Option(help: "Directory of cached base references.") var cache = ".cache/compress"
     @Flag(help: "Neither read nor write cached base references.") var noCache = false
+    @Option(help: "Precision of the matrix products: fp32 or bf16 (oneDNN, AMX or AVX512-BF16; float32 accumulation).")
+    var precision: Precision = .fp32
     @Flag(help: "Print one JSON object.") var json = false
 
     var W: Int { window ?? (`protocol` == .llamacpp ? 512 : 2048) }
@@ -108,6 +110,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try reportingErrors(json: json) {
+            try MatrixProduct.select(precision)
             let source: TokenSource = text.map { .text($0) } ?? .tokens(tokens ?? "")
             var ref: ReferenceOptions? = nil
             if let reference {
@@ -280,6 +283,10 @@ struct Bench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Window length in tokens.") var window = 2048
     @Option(parsing: .unconditional, help: "Timed windows.") var windows = 1
     @Option(parsing: .unconditional, help: "Decoder layers.") var layers = 30
+    @Option(help: "Precision of the matrix products: fp32 or bf16 (oneDNN, AMX or AVX512-BF16; float32 accumulation).")
+    var precision: Precision = .fp32
+    @Flag(help: "Instead: time each linear-layer product shape (and the LM head) in fp32 and bf16, best of 5.")
+    var products = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -290,6 +297,18 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         try reportingErrors(json: json) {
+            try MatrixProduct.select(precision)
+            if products {
+                let t = Workbench.benchProducts(config: Workbench.smolLM2Config(layers: layers), rows: window)
+                if json { print(try encodeJSON(t)); return }
+                print("product (m × k · k × n)            fp32 GFLOP/s   bf16 GFLOP/s   ratio")
+                for p in t {
+                    let shape = "\(p.what) (\(p.m)×\(p.k)·\(p.k)×\(p.n))".padding(toLength: 34, withPad: " ", startingAt: 0)
+                    let bf = p.bf16GflopPerSecond.map { String(format: "%12.1f   %.2f×", $0, $0 / p.fp32GflopPerSecond) }
+                    print(shape + String(format: " %12.1f", p.fp32GflopPerSecond) + (bf ?? "   (no bf16 units)"))
+                }
+                return
+            }
             let r = try Workbench.bench(config: Workbench.smolLM2Config(layers: layers), window: window, windows: windows)
             print(json ? try encodeJSON(r) : r.text)
         }
@@ -552,3 +571,5 @@ struct BenchTrain: ParsableCommand {
         }
     }
 }
+
+extension Precision: ExpressibleByArgument {}

@@ -6,7 +6,7 @@ public func linearForward(
     out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
     bias: UnsafePointer<Float>? = nil, rows T: Int, inFeatures C: Int, outFeatures OC: Int
 ) {
-    BLAS.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: weight, ldb: C, c: out, ldc: OC)
+    MatrixProduct.gemm(transB: true, m: T, n: OC, k: C, a: inp, lda: C, b: weight, ldb: C, c: out, ldc: OC)
     guard let bias else { return }
     Parallel.forEachChunk(T, minChunk: 16) { rows in
         for t in rows {
@@ -35,17 +35,20 @@ public func linearForwardReference(
 ///   dinp (T, C) += dout (T, OC) · weight (OC, C)
 ///   dweight (OC, C) += doutᵀ · inp
 ///   dbias (OC) += Σ_t dout[t]
+/// `weightTensor`: the tensor `weight` points into, whose bf16 copy `MatrixProduct` may cache.
 public func linearBackward(
     dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?,
     dbias: UnsafeMutablePointer<Float>? = nil,
-    dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, weightTensor: Tensor? = nil,
     rows T: Int, inFeatures C: Int, outFeatures OC: Int
 ) {
     if let dinp {
-        BLAS.gemm(m: T, n: C, k: OC, a: dout, lda: OC, b: weight, ldb: C, beta: 1, c: dinp, ldc: C)
+        MatrixProduct.gemm(
+            m: T, n: C, k: OC, a: dout, lda: OC, b: weight, ldb: C, beta: 1, c: dinp, ldc: C, weight: weightTensor)
     }
     if let dweight {
-        BLAS.gemm(transA: true, m: OC, n: C, k: T, a: dout, lda: OC, b: inp, ldb: C, beta: 1, c: dweight, ldc: C)
+        MatrixProduct.gemm(
+            transA: true, m: OC, n: C, k: T, a: dout, lda: OC, b: inp, ldb: C, beta: 1, c: dweight, ldc: C)
     }
     if let dbias {
         Parallel.forEachChunk(OC, minChunk: 256) { cols in

@@ -1,0 +1,37 @@
+// A thin C bridge over oneDNN's matmul (Debian libdnnl-dev 2.6, OpenMP runtime) for TensorCore/MatrixProduct.swift:
+// C (m, n) = alpha · op(A) (m, k) · op(B) (k, n) + beta · C with A and B rounded to bf16 (round to nearest even),
+// products accumulated in float32, C float32; row-major with leading dimensions, like cblas_sgemm.
+// One `compress_bf16_matmul` holds the primitive for one shape and thread count and the reorders that convert A
+// and B; B can be packed once into the primitive's blocked layout (`compress_bf16_matmul_pack_b`) and reused.
+#ifndef COMPRESS_DNNL_BRIDGE_H
+#define COMPRESS_DNNL_BRIDGE_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct compress_bf16_matmul compress_bf16_matmul;
+
+/// Creates the primitive for one shape on `threads` OpenMP threads; NULL and a message in `error` on failure
+/// (e.g. no bf16 support on this CPU).
+compress_bf16_matmul *compress_bf16_matmul_create(int64_t m, int64_t n, int64_t k, int trans_a, int trans_b,
+                                                  int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta,
+                                                  int threads, char *error, size_t error_length);
+void compress_bf16_matmul_destroy(compress_bf16_matmul *p);
+/// Bytes of B packed (bf16, the primitive's layout).
+size_t compress_bf16_matmul_packed_b_bytes(const compress_bf16_matmul *p);
+/// Converts B (float32, op(B) (k, n) with leading dimension ldb) into `packed` (64-byte aligned,
+/// `packed_b_bytes`). Returns 0, or a oneDNN status.
+int compress_bf16_matmul_pack_b(const compress_bf16_matmul *p, const float *b, void *packed);
+/// C = alpha · op(A) · op(B) + beta · C with B given packed (`packed_b`) or as float32 (`b`, converted into a
+/// per-thread buffer on each call; exactly one of the two is non-NULL). Returns 0, or a oneDNN status.
+int compress_bf16_matmul_run(const compress_bf16_matmul *p, const float *a, const float *b, const void *packed_b,
+                             float *c);
+
+/// The ISA oneDNN's kernels dispatch to: "AMX", "AVX512-BF16", "AVX512", "AVX2" or "other"
+/// (dnnl_get_effective_cpu_isa).
+const char *compress_dnnl_isa(void);
+/// Asks Linux for permission to use AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+/// 0 when granted, -1 otherwise (or off Linux x86-64).
+int compress_request_amx(void);
+/// oneDNN's version, e.g. "2.6.3".
+const char *compress_dnnl_version(void);
+#endif

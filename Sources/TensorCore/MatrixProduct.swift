@@ -1,0 +1,214 @@
+import DNNLBridge
+import Foundation
+
+/// The precision of the model's matrix products (issue 29).
+///
+/// - `fp32`: float32 inputs and accumulation, OpenBLAS's sgemm (the default; every published figure uses it).
+/// - `bf16`: both inputs rounded to bfloat16 (round to nearest even), products accumulated in float32, outputs
+///   float32, by oneDNN's kernels: AMX tiles where the CPU has them, else AVX512-BF16's `vdpbf16ps`.
+///   Norm statistics, softmax, losses, reductions, optimizer state and master weights stay float32.
+public enum Precision: String, CaseIterable, Codable, Sendable {
+    case fp32, bf16
+}
+
+/// The door for the model's matrix products (linear layers of every weight representation, attention's QKᵀ and
+/// PV, the LM head, and their backward): `gemm` runs them in `MatrixProduct.precision`. Calls that must stay
+/// float32 whatever the setting (GPTQ's and SparseGPT's Hessians and weight updates, factorizations) use
+/// `BLAS.gemm` directly.
+///
+/// bf16 products go to oneDNN's matmul (Debian libdnnl 2.6). A primitive is created once per shape, transposes,
+/// leading dimensions, alpha, beta and thread count, and kept; inside `withWeightCache`, a weight (the B operand
+/// named by `weight:`) is converted to bf16 in the primitive's blocked layout once and reused until the scope
+/// ends or `invalidateWeights()` (after each optimizer step) drops the copies.
+public enum MatrixProduct {
+    /// The precision `gemm` runs in. Set once by a command before any model work (the CLI's `--precision`);
+    /// `bf16` must pass `checkSupport` first.
+    nonisolated(unsafe) public static var precision: Precision = .fp32
+
+    /// Why this CPU cannot run bf16 products at hardware speed, or nil when it can (AMX or AVX512-BF16).
+    public static func bf16Unsupported(_ f: CPUFeatures = .current) -> String? {
+        if f.amxBF16 && f.osSavesAMX || f.avx512bf16 && f.osSavesAVX512 { return nil }
+        return "bf16 matrix products need AMX (amx_bf16) or AVX512-BF16 (avx512_bf16); this CPU has neither "
+            + "(cpuid), so bf16 would be emulated and slower than float32: use --precision fp32"
+    }
+
+    /// Selects `p` for all following products; throws (before any work) when the CPU cannot run it. On an AMX
+    /// CPU, asks Linux for the tile-data permission first (arch_prctl), as oneDNN needs it.
+    public static func select(_ p: Precision) throws {
+        if p == .bf16 {
+            if let reason = bf16Unsupported() { throw PrecisionError(reason) }
+            if CPUFeatures.current.amxBF16 { _ = compress_request_amx() }
+        }
+        precision = p
+    }
+
+    /// Runs `body` with products in `p` (already selected once, or fp32), then restores the precision: e.g. a base
+    /// model's reference, which is the float32 truth a bf16 run is measured against.
+    public static func withPrecision<R>(_ p: Precision, _ body: () throws -> R) rethrows -> R {
+        let saved = precision
+        precision = p
+        defer { precision = saved }
+        return try body()
+    }
+
+    /// What ran the products, as reports name it: "float32 (OpenBLAS Cooperlake (automatic))",
+    /// "bf16 (oneDNN 2.6.3, AMX)" or "bf16 (oneDNN 2.6.3, AVX512-BF16)".
+    public static var kernels: String {
+        switch precision {
+        case .fp32: "float32 (OpenBLAS \(BLAS.coreName))"
+        case .bf16: "bf16 (oneDNN \(String(cString: compress_dnnl_version())), \(bf16ISA))"
+        }
+    }
+
+    /// The ISA oneDNN's bf16 kernels use here: "AMX", "AVX512-BF16", or another name when bf16 is unsupported.
+    public static var bf16ISA: String { String(cString: compress_dnnl_isa()) }
+
+    /// C (m, n) = alpha · op(A) (m, k) · op(B) (k, n) + beta · C, row-major with leading dimensions, in
+    /// `precision`. `weight`: the tensor B points into when B is a model weight (its bf16 copy is cached inside
+    /// `withWeightCache`); nil for activations.
+    @inlinable
+    public static func gemm(
+        transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+        alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, weight: Tensor? = nil
+    ) {
+        if precision == .fp32 || k == 0 {
+            BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                      beta: beta, c: c, ldc: ldc)
+            return
+        }
+        if m == 0 || n == 0 { return }
+        let key = BF16Matmul.Key(m: m, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
+                                 alpha: alpha, beta: beta, threads: BLAS.threads)
+        BF16Matmul.run(key, a: a, b: b, c: c, weight: weight)
+    }
+
+    /// Runs `body` with bf16 copies of weights kept between calls (a forward pass over many windows, a training
+    /// step's forward and backward). Weights must not change inside, except through `invalidateWeights()`.
+    public static func withWeightCache<R>(_ body: () throws -> R) rethrows -> R {
+        BF16Matmul.lock.lock(); BF16Matmul.cacheDepth += 1; BF16Matmul.lock.unlock()
+        defer {
+            BF16Matmul.lock.lock()
+            BF16Matmul.cacheDepth -= 1
+            if BF16Matmul.cacheDepth == 0 { BF16Matmul.packed.removeAll() }
+            BF16Matmul.lock.unlock()
+        }
+        return try body()
+    }
+
+    /// Drops every cached bf16 weight copy (call after weights change, e.g. after an optimizer step).
+    public static func invalidateWeights() {
+        BF16Matmul.lock.lock(); BF16Matmul.packed.removeAll(); BF16Matmul.lock.unlock()
+    }
+
+    /// Bytes held by cached bf16 weight copies.
+    public static var cachedWeightBytes: Int {
+        BF16Matmul.lock.lock(); defer { BF16Matmul.lock.unlock() }
+        return BF16Matmul.packed.values.reduce(0) { $0 + $1.bytes }
+    }
+}
+
+/// A precision the CPU cannot run (see `MatrixProduct.select`).
+public struct PrecisionError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// oneDNN bf16 primitives and packed weights (behind `MatrixProduct`).
+@usableFromInline
+enum BF16Matmul {
+    @usableFromInline
+    struct Key: Hashable {
+        var m, n, k: Int
+        var transA, transB: Bool
+        var lda, ldb, ldc: Int
+        var alpha, beta: Float
+        var threads: Int
+        @usableFromInline
+        init(m: Int, n: Int, k: Int, transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int, alpha: Float,
+             beta: Float, threads: Int) {
+            self.m = m; self.n = n; self.k = k; self.transA = transA; self.transB = transB
+            self.lda = lda; self.ldb = ldb; self.ldc = ldc; self.alpha = alpha; self.beta = beta
+            self.threads = threads
+        }
+    }
+
+    /// A weight's bf16 copy for one primitive layout (the same weight may be used transposed or not, e.g. in
+    /// the forward and the backward).
+    struct PackedKey: Hashable {
+        let tensor: ObjectIdentifier
+        /// The primitive whose blocked layout the copy has (layouts can differ between shapes).
+        let primitive: ObjectIdentifier
+        let offset: Int
+    }
+
+    final class Packed {
+        let tensor: Tensor   // held so its identity cannot be reused while the copy lives
+        let data: UnsafeMutableRawPointer
+        let bytes: Int
+        init(tensor: Tensor, bytes: Int) {
+            self.tensor = tensor
+            self.bytes = bytes
+            data = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64)
+        }
+        deinit { data.deallocate() }
+    }
+
+    final class Primitive: @unchecked Sendable {
+        let handle: OpaquePointer
+        init(_ h: OpaquePointer) { handle = h }
+        deinit { compress_bf16_matmul_destroy(handle) }
+    }
+
+    nonisolated(unsafe) static var primitives: [Key: Primitive] = [:]
+    nonisolated(unsafe) static var packed: [PackedKey: Packed] = [:]
+    nonisolated(unsafe) static var cacheDepth = 0
+    static let lock = NSLock()
+
+    static func primitive(_ key: Key) -> Primitive {
+        lock.lock(); defer { lock.unlock() }
+        if let p = primitives[key] { return p }
+        var message = [CChar](repeating: 0, count: 256)
+        guard let h = compress_bf16_matmul_create(
+            Int64(key.m), Int64(key.n), Int64(key.k), key.transA ? 1 : 0, key.transB ? 1 : 0, Int64(key.lda),
+            Int64(key.ldb), Int64(key.ldc), key.alpha, key.beta, Int32(key.threads), &message, message.count)
+        else {
+            fatalError("bf16 matrix product (\(key.m) × \(key.k)) · (\(key.k) × \(key.n)): \(String(cString: message))")
+        }
+        let p = Primitive(h)
+        primitives[key] = p
+        return p
+    }
+
+    @usableFromInline
+    static func run(_ key: Key, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
+                    weight: Tensor?) {
+        let start = BLAS.profiling ? DispatchTime.now().uptimeNanoseconds : 0
+        let p = primitive(key)
+        var status: Int32
+        if let weight, let copy = packedWeight(weight, b: b, key: key, primitive: p) {
+            status = compress_bf16_matmul_run(p.handle, a, nil, copy.data, c)
+        } else {
+            status = compress_bf16_matmul_run(p.handle, a, b, nil, c)
+        }
+        if status != 0 { fatalError("oneDNN bf16 matmul failed (status \(status)) for \(key)") }
+        if BLAS.profiling {
+            BLAS.recordGemm(start: start, flops: 2.0 * Double(key.m) * Double(key.n) * Double(key.k))
+        }
+    }
+
+    /// The cached bf16 copy of `weight` for this layout, packing it on first use; nil outside `withWeightCache`.
+    static func packedWeight(_ weight: Tensor, b: UnsafePointer<Float>, key: Key, primitive p: Primitive) -> Packed? {
+        let pk = PackedKey(tensor: ObjectIdentifier(weight), primitive: ObjectIdentifier(p),
+                           offset: UnsafePointer(weight.data).distance(to: b))
+        lock.lock()
+        defer { lock.unlock() }
+        guard cacheDepth > 0 else { return nil }
+        if let hit = packed[pk] { return hit }
+        let copy = Packed(tensor: weight, bytes: compress_bf16_matmul_packed_b_bytes(p.handle))
+        let status = compress_bf16_matmul_pack_b(p.handle, b, copy.data)
+        if status != 0 { fatalError("oneDNN bf16 weight reorder failed (status \(status))") }
+        packed[pk] = copy
+        return copy
+    }
+}

@@ -1,0 +1,146 @@
+import XCTest
+@testable import TensorCore
+
+/// The bf16 matrix door (issue 29) against a Float64 product of the bf16-rounded inputs: every transpose, alpha,
+/// beta, leading dimensions and the packed-weight path. Skipped, with the reason, on a CPU without bf16 units; the
+/// float32 path is tested everywhere (OpsTests, GradientTests).
+final class MatrixProductTests: XCTestCase {
+    override func setUpWithError() throws {
+        if let reason = MatrixProduct.bf16Unsupported() { throw XCTSkip(reason) }
+    }
+
+    override func tearDown() { MatrixProduct.precision = .fp32 }
+
+    /// Round to nearest even at 16 bits (bf16), written independently of oneDNN.
+    static func bf16(_ x: Float) -> Double {
+        let b = x.bitPattern
+        let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000
+        return Double(Float(bitPattern: rounded))
+    }
+
+    /// A (rows, cols) buffer with leading dimension ld ≥ cols, filled with uniform values in [-1, 1).
+    func matrix(_ rows: Int, _ cols: Int, ld: Int, rng: inout SplitMix64) -> [Float] {
+        (0..<(rows * ld)).map { _ in Float.random(in: -1..<1, using: &rng) }
+    }
+
+    func check(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, beta: Float, pad: Int,
+               cached: Bool, file: StaticString = #filePath, line: UInt = #line) {
+        var rng = SplitMix64(seed: UInt64(m * 131 + n * 17 + k + (transA ? 7 : 0) + (transB ? 3 : 0) + pad))
+        let (ar, ac) = transA ? (k, m) : (m, k), (br, bc) = transB ? (n, k) : (k, n)
+        let lda = ac + pad, ldb = bc + pad, ldc = n + pad
+        let a = matrix(ar, ac, ld: lda, rng: &rng)
+        let w = Tensor(shape: [br * ldb], values: matrix(br, bc, ld: ldb, rng: &rng))
+        let c0 = matrix(m, n, ld: ldc, rng: &rng)
+        var c = c0
+        MatrixProduct.precision = .bf16
+        let run = {
+            a.withUnsafeBufferPointer { ap in
+                c.withUnsafeMutableBufferPointer { cp in
+                    MatrixProduct.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                                       a: ap.baseAddress!, lda: lda, b: w.data, ldb: ldb, beta: beta,
+                                       c: cp.baseAddress!, ldc: ldc, weight: cached ? w : nil)
+                }
+            }
+        }
+        if cached {
+            MatrixProduct.withWeightCache {
+                run()
+                XCTAssertGreaterThan(MatrixProduct.cachedWeightBytes, 0, file: file, line: line)
+                c = c0
+                run()  // the second call multiplies by the packed copy
+            }
+            XCTAssertEqual(MatrixProduct.cachedWeightBytes, 0, "the scope's end drops the copies", file: file, line: line)
+        } else {
+            run()
+        }
+        MatrixProduct.precision = .fp32
+        var worst = 0.0, scale = 0.0
+        for i in 0..<m {
+            for j in 0..<n {
+                var acc = 0.0
+                for p in 0..<k {
+                    let x = transA ? a[p * lda + i] : a[i * lda + p], y = transB ? w[j * ldb + p] : w[p * ldb + j]
+                    acc += Self.bf16(x) * Self.bf16(y)
+                }
+                let expected = Double(alpha) * acc + Double(beta) * Double(c0[i * ldc + j])
+                worst = max(worst, abs(Double(c[i * ldc + j]) - expected))
+                scale = max(scale, abs(expected))
+            }
+            // Padding columns are never written.
+            for j in n..<ldc { XCTAssertEqual(c[i * ldc + j], c0[i * ldc + j], file: file, line: line) }
+        }
+        // Products of bf16 values are exact in float32; only the float32 accumulation of k terms rounds.
+        XCTAssertLessThan(worst, 1e-5 * Double(k) * max(scale, 1), "tA \(transA) tB \(transB) \(m)×\(n)×\(k)",
+                          file: file, line: line)
+    }
+
+    func testEveryTransposeAlphaBetaAndStride() {
+        for transA in [false, true] {
+            for transB in [false, true] {
+                check(transA: transA, transB: transB, m: 37, n: 29, k: 70, alpha: 1, beta: 0, pad: 0, cached: false)
+                check(transA: transA, transB: transB, m: 16, n: 48, k: 33, alpha: 0.125, beta: 1, pad: 5,
+                      cached: false)
+                check(transA: transA, transB: transB, m: 9, n: 64, k: 128, alpha: -2, beta: 0.5, pad: 3, cached: true)
+            }
+        }
+    }
+
+    /// The result really is the product of the rounded inputs: a float32 product of the same inputs differs.
+    func testRoundsInputsToBF16() {
+        let k = 64
+        let a = (0..<k).map { Float(1 + Double($0) * 1e-3) }, b = [Float](repeating: 1 + 1e-3, count: k)
+        var c: Float = 0
+        MatrixProduct.precision = .bf16
+        MatrixProduct.gemm(m: 1, n: 1, k: k, a: a, lda: k, b: b, ldb: 1, c: &c, ldc: 1)
+        MatrixProduct.precision = .fp32
+        let rounded = (0..<k).reduce(0.0) { $0 + Self.bf16(a[$1]) * Self.bf16(b[$1]) }
+        let exact = (0..<k).reduce(0.0) { $0 + Double(a[$1]) * Double(b[$1]) }
+        XCTAssertEqual(Double(c), rounded, accuracy: 1e-4)
+        XCTAssertGreaterThan(abs(exact - rounded), 1e-2)
+    }
+
+    /// A primitive for one thread (inside our parallel loops, e.g. attention) and for all of them give the same
+    /// result, and repeated calls are deterministic.
+    func testThreadCountsAndDeterminism() {
+        var rng = SplitMix64(seed: 5)
+        let m = 300, n = 200, k = 150
+        let a = matrix(m, k, ld: k, rng: &rng), b = matrix(n, k, ld: k, rng: &rng)
+        func product(threads: Int) -> [Float] {
+            var c = [Float](repeating: 0, count: m * n)
+            let saved = BLAS.threads
+            BLAS.threads = threads
+            defer { BLAS.threads = saved }
+            MatrixProduct.precision = .bf16
+            MatrixProduct.gemm(transB: true, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: &c, ldc: n)
+            MatrixProduct.precision = .fp32
+            return c
+        }
+        let one = product(threads: 1), all = product(threads: max(2, Parallel.threads))
+        XCTAssertEqual(one, product(threads: 1))
+        let diff = zip(one, all).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(diff, 1e-4)
+    }
+
+    func testKernelsNameTheISA() {
+        MatrixProduct.precision = .bf16
+        XCTAssertTrue(["AMX", "AVX512-BF16"].contains(MatrixProduct.bf16ISA), MatrixProduct.bf16ISA)
+        XCTAssertTrue(MatrixProduct.kernels.hasPrefix("bf16 (oneDNN 2."), MatrixProduct.kernels)
+        MatrixProduct.precision = .fp32
+        XCTAssertTrue(MatrixProduct.kernels.hasPrefix("float32 (OpenBLAS"), MatrixProduct.kernels)
+    }
+}
+
+/// What a CPU without bf16 units is told (runs everywhere).
+final class PrecisionSupportTests: XCTestCase {
+    func testRefusalNamesWhatIsMissing() {
+        let none = CPUFeatures(avx2: true, avx512f: true, osSavesAVX: true, osSavesAVX512: true)
+        let reason = MatrixProduct.bf16Unsupported(none)
+        XCTAssertNotNil(reason)
+        XCTAssertTrue(reason?.contains("avx512_bf16") ?? false)
+        XCTAssertNil(MatrixProduct.bf16Unsupported(CPUFeatures(avx512f: true, avx512bf16: true, osSavesAVX512: true)))
+        XCTAssertNil(MatrixProduct.bf16Unsupported(CPUFeatures(amxBF16: true, osSavesAMX: true)))
+        // The OS must save the state too.
+        XCTAssertNotNil(MatrixProduct.bf16Unsupported(CPUFeatures(avx512f: true, avx512bf16: true)))
+        XCTAssertNoThrow(try MatrixProduct.select(.fp32))
+    }
+}
