@@ -303,8 +303,11 @@ struct Bench: ParsableCommand {
                 if json { print(try encodeJSON(t)); return }
                 print("product (m × k · k × n)            fp32 GFLOP/s   bf16 GFLOP/s   ratio")
                 for p in t {
-                    let shape = "\(p.what) (\(p.m)×\(p.k)·\(p.k)×\(p.n))".padding(toLength: 34, withPad: " ", startingAt: 0)
-                    let bf = p.bf16GflopPerSecond.map { String(format: "%12.1f   %.2f×", $0, $0 / p.fp32GflopPerSecond) }
+                    let shape = "\(p.what) (\(p.m)×\(p.k)·\(p.k)×\(p.n))"
+                        .padding(toLength: 34, withPad: " ", startingAt: 0)
+                    let bf = p.bf16GflopPerSecond.map {
+                        String(format: "%12.1f   %.2f×", $0, $0 / p.fp32GflopPerSecond)
+                    }
                     print(shape + String(format: " %12.1f", p.fp32GflopPerSecond) + (bf ?? "   (no bf16 units)"))
                 }
                 return

@@ -51,12 +51,13 @@ public func attentionForward(
                 let j0 = AttentionForward.firstKey(i0, window: window), n = i1 - j0
                 // p (rows, n) = Q[i0..<i1, h] · K[j0..<i1, g]ᵀ · scale
                 MatrixProduct.gemm(transB: true, m: rows, n: n, k: D, alpha: scale,
-                          a: q + i0 * H * D + h * D, lda: H * D, b: k + j0 * G * D + g * D, ldb: G * D, c: p, ldc: n)
+                                   a: q + i0 * H * D + h * D, lda: H * D, b: k + j0 * G * D + g * D, ldb: G * D, c: p, ldc: n)
                 causalExpRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window, inverseSums: inv)
                 // O[i0..<i1, h] = diag(inv) · E (rows, n) · V[j0..<i1, g]: the softmax's row scaling is applied to
                 // the D outputs of a row instead of its n probabilities.
                 let o = out + i0 * H * D + h * D
-                MatrixProduct.gemm(m: rows, n: D, k: n, a: p, lda: n, b: v + j0 * G * D + g * D, ldb: G * D, c: o, ldc: H * D)
+                MatrixProduct.gemm(
+                    m: rows, n: D, k: n, a: p, lda: n, b: v + j0 * G * D + g * D, ldb: G * D, c: o, ldc: H * D)
                 for r in 0..<rows {
                     let orow = o + r * H * D, s = inv[r]
                     for d in 0..<D { orow[d] *= s }
@@ -192,9 +193,10 @@ public func attentionBackward(
             }
             // dQ_blk += dS (rows, n) · K[j0..<i1] (n, D) · s;  dK[j0..<i1] += dSᵀ (n, rows) · Q_blk (rows, D) · s
             MatrixProduct.gemm(m: rows, n: D, k: n, alpha: scale, a: dp, lda: n, b: kb, ldb: G * D, beta: 1,
-                      c: dq + i0 * H * D + h * D, ldc: H * D)
-            MatrixProduct.gemm(transA: true, m: n, n: D, k: rows, alpha: scale, a: dp, lda: n, b: qb, ldb: H * D, beta: 1,
-                      c: dkw + j0 * G * D + g * D, ldc: G * D)
+                               c: dq + i0 * H * D + h * D, ldc: H * D)
+            MatrixProduct.gemm(
+                transA: true, m: n, n: D, k: rows, alpha: scale, a: dp, lda: n, b: qb, ldb: H * D, beta: 1,
+                c: dkw + j0 * G * D + g * D, ldc: G * D)
         }
     }
     for w in 0..<workers {
