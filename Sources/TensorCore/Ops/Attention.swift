@@ -50,8 +50,9 @@ public func attentionForward(
                 let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
                 let j0 = AttentionForward.firstKey(i0, window: window), n = i1 - j0
                 // p (rows, n) = Q[i0..<i1, h] · K[j0..<i1, g]ᵀ · scale
-                MatrixProduct.gemm(transB: true, m: rows, n: n, k: D, alpha: scale,
-                                   a: q + i0 * H * D + h * D, lda: H * D, b: k + j0 * G * D + g * D, ldb: G * D, c: p, ldc: n)
+                MatrixProduct.gemm(
+                    transB: true, m: rows, n: n, k: D, alpha: scale, a: q + i0 * H * D + h * D, lda: H * D,
+                    b: k + j0 * G * D + g * D, ldb: G * D, c: p, ldc: n)
                 causalExpRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window, inverseSums: inv)
                 // O[i0..<i1, h] = diag(inv) · E (rows, n) · V[j0..<i1, g]: the softmax's row scaling is applied to
                 // the D outputs of a row instead of its n probabilities.
