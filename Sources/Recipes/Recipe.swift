@@ -48,6 +48,9 @@ public struct Recipe {
     public var output: String?
     public var calibration: Calibration
     public var evaluation: Evaluation
+    /// Precision of the model's matrix products in every stage ("precision": "fp32" or "bf16"; nil: unset, fp32).
+    /// The base's own figures (its PPL and reference) are always float32 (`MatrixProduct`).
+    public var precision: Precision?
     /// Stages in order, each with its name and its settings' JSON (every key but "stage").
     public var stages: [(name: String, settings: JSONValue, stage: any RecipeStage)]
     /// The linear-weight representations the stages were checked against (the base's).
@@ -75,6 +78,8 @@ public struct Recipe {
         description = try o.optionalString("description")
         base = try o.optionalString("base")
         output = try o.optionalString("output")
+        precision = try o.has("precision")
+            ? Precision(rawValue: o.string("precision", oneOf: Precision.allCases.map(\.rawValue))) : nil
 
         calibration = Calibration()
         let hasCalibration = o.has("calibration")

@@ -347,7 +347,11 @@ public final class Distiller {
         for t in trainables { for p in t.parameters { p.grad.zero() } }
         for k in 0..<K {
             for t in trainables { t.willForward(step: step, micro: k) }
-            let v = accumulate(batches?[k] ?? batchIds(step: step, micro: k), scale: 1 / Float(K))
+            // In bf16, weights are packed once per micro-batch (trainables rewrite effective weights before it, the
+            // optimizer after the step).
+            let v = MatrixProduct.withWeightCache {
+                accumulate(batches?[k] ?? batchIds(step: step, micro: k), scale: 1 / Float(K))
+            }
             for t in trainables { t.didBackward(step: step, micro: k) }
             kl += v.kl / Double(K); ce += v.ce / Double(K); inter += v.inter / Double(K); total += v.total / Double(K)
         }

@@ -27,6 +27,8 @@ public struct ApplyOptions {
     public var killAfterStep: Int? = nil
     /// Allow the output to be one of the inputs (the base checkpoint).
     public var force = false
+    /// Overrides the recipe's "precision" (nil: the recipe's, else fp32).
+    public var precision: Precision?
     public init(recipe: String) { self.recipe = recipe }
 }
 
@@ -82,6 +84,9 @@ public struct ApplyReport: Codable {
     public var seconds: Double
     public var peakResidentBytes: Int
     public var blasCore: String
+    /// The matrix products' precision and what ran them (`MatrixProduct.kernels`); absent before issue 29.
+    public var precision: String?
+    public var kernels: String?
     public var stages: [StageReport]
 }
 
@@ -149,7 +154,8 @@ public final class Session {
         let start = Date()
         var shown = start
         let made: (reference: BaseReference, cached: Bool)
-        do { made = try Workbench.reference(
+        // The base's figures are the float32 truth whatever the recipe's precision (so their cache keys need none).
+        do { made = try MatrixProduct.withPrecision(.fp32) { try Workbench.reference(
             base: base.model, basePath: basePath, tokens: try tokens(of: e.text), window: e.window, protocol: try perplexityProtocol(e),
             maxTokens: e.tokens, k: k, cacheDirectory: cacheDirectory, warning: { [weak self] in self?.say("warning: \($0)") }
         ) { [weak self] done, total in
@@ -157,7 +163,9 @@ public final class Session {
             shown = Date()
             let el = Date().timeIntervalSince(start)
             progressLine(String(format: "eval base (%@): window %d/%d  ETA %.0fs", what, done, total, el / Double(done) * Double(total - done)))
-        } } catch let err as EvaluationError { throw WorkbenchError("\(e.text): \(err.description) (base \(basePath), window \(e.window))") }
+        } } } catch let err as EvaluationError {
+            throw WorkbenchError("\(e.text): \(err.description) (base \(basePath), window \(e.window))")
+        }
         let (r, cached) = made
         say(String(format: "eval base: ppl %.4f%@ (%@, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", what, r.path))
         referenceMemo[key] = r
@@ -178,8 +186,8 @@ public final class Session {
         if scoring.kind != .pinned { scope["eval_protocol"] = .string(scoring.kind.rawValue) }
         let cache = StatsCache(directory: cacheDirectory, scope: .object(scope))
         let p = try cache.value("ppl", settings: .object([:])) {
-            try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
-                                     label: "base", naming: "base \(self.basePath)", progress: self.progress)
+            try MatrixProduct.withPrecision(.fp32) { try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
+                                     label: "base", naming: "base \(self.basePath)", progress: self.progress) }
         }
         if !cache.hits.isEmpty { say(String(format: "eval base: ppl %.4f (cached)", p)) }
         for w in cache.warnings { say("warning: \(w)") }
@@ -351,7 +359,9 @@ public final class Session {
             "stages_before": .array(recipe.stages.prefix(i).map {
                 .object(["stage": .string($0.name), "settings": $0.settings])
             }),
-        ])
+        ].merging(MatrixProduct.precision == .fp32 ? [:] : ["precision": .string(MatrixProduct.precision.rawValue)]) {
+            a, _ in a
+        })
         return StatsCache(directory: cacheDirectory, scope: scope, memo: analyses)
     }
 
@@ -495,7 +505,7 @@ extension Session {
             sameTopPAfter: r.lastDivergence?.sameTopP, evalProtocol: r.evalBos == nil ? nil : recipe.evaluation.protocol ?? "pinned",
             evalTokens: r.evalTokens, evalBos: r.evalBos, calibrationTokens: r.calibrationTokens,
             seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
-            stages: r.reports)
+            precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels, stages: r.reports)
     }
 }
 
@@ -541,6 +551,7 @@ extension Workbench {
         guard let output = o.output ?? recipe.output else {
             throw WorkbenchError("\(o.recipe): no output path: give -o OUT.h5 or 'output' in the recipe")
         }
+        try MatrixProduct.select(o.precision ?? recipe.precision ?? .fp32)
         // Before any stage runs: the output can be written, and it is not the base.
         try checkOutput(output, inputs: [("base checkpoint", basePath), ("recipe", o.recipe)], force: o.force)
         try checkExportOutputs(recipe, inputs: [("base checkpoint", basePath), ("recipe", o.recipe), ("output checkpoint", output)])

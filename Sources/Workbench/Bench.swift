@@ -81,13 +81,17 @@ public struct BenchTrainReport: Codable {
     public var workerThreads: Int
     public var peakResidentBytes: Int
     public var weights: String
+    /// The matrix products' precision and what ran them (`MatrixProduct.kernels`).
+    public var precision: String
+    public var kernels: String
 
     public var text: String {
         String(format: """
             training step (forward + backward + clip + AdamW, cross-entropy): %.1f tokens/s  (%d timed steps of %d × %d, %.2f s)
-            sgemm: %.1f%% of CPU time, %.1f GFLOP/s   [OpenBLAS core %@, %d worker threads]
+            matrix products: %.1f%% of CPU time, %.1f GFLOP/s   [%@; OpenBLAS core %@, %d worker threads]
             parameters %d (%@), loss %.4f, peak memory %@
-            """, tokensPerSecond, steps, batch, window, seconds, sgemmShare * 100, sgemmGflopPerSecond, blasCore, workerThreads,
+            """, tokensPerSecond, steps, batch, window, seconds, sgemmShare * 100, sgemmGflopPerSecond, kernels, blasCore,
+                      workerThreads,
                       parameters, weights, loss, formatBytes(peakResidentBytes))
     }
 }
@@ -120,7 +124,8 @@ extension Workbench {
             tokensPerSecond: Double(steps * batch * window) / seconds, loss: loss,
             sgemmShare: BLAS.gemmCoreSeconds / (seconds * cores), sgemmGflopPerSecond: BLAS.gemmFlops / seconds / 1e9,
             blasCore: BLAS.coreName, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),
-            weights: checkpoint ?? "random")
+            weights: checkpoint ?? "random", precision: MatrixProduct.precision.rawValue,
+            kernels: MatrixProduct.kernels)
     }
 }
 

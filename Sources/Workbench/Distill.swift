@@ -66,6 +66,9 @@ public struct DistillReport: Codable {
     public var teacherParameters: Int
     public var peakResidentBytes: Int
     public var blasCore: String
+    /// The matrix products' precision and what ran them (`MatrixProduct.kernels`).
+    public var precision: String
+    public var kernels: String
     public var config: DistillConfig
     public var log: [StepStats]
 }
@@ -148,7 +151,8 @@ extension Workbench {
             retentionBefore: teacherPPL.flatMap { t in before.map { t / $0 } },
             evalTokens: evaluating ? min(o.evalTokens ?? test.count, test.count) : nil, evalBos: evaluating ? scoring.bos != nil : nil,
             studentParameters: trained.parameterCount, teacherParameters: teacherCkpt.model.parameterCount,
-            peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName, config: c, log: distiller.log)
+            peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
+            precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels, config: c, log: distiller.log)
     }
 
     /// A checkpoint with the given decoder layers removed (their weights dropped, the rest renumbered).

@@ -229,6 +229,7 @@ extension Workbench {
                 if session == nil { session = try Session(checkpoint: manifest.base, cacheDirectory: cache, progress: o.progress) }
                 guard let session, let recipe = recipes[p.name] else { continue }
                 say("sweep: point \(k + 1)/\(pending.count) (\(p.name): \(describe(p.values))) starts" + eta(times, left: pending.count - k, jobs: 1))
+                try MatrixProduct.select(recipe.precision ?? .fp32)
                 let r = try session.run(recipe, label: p.recipe, statePrefix: p.output, resume: hasState(p))
                 let report = try writePoint(session: session, recipe: recipe, point: p, result: r, started: t0)
                 for s in r.statePaths { try? FileManager.default.removeItem(atPath: s) }

@@ -366,6 +366,8 @@ struct Distill: ParsableCommand {
     @Option(parsing: .unconditional, help: .hidden) var killAfterStep: Int?
     @Flag(help: "Allow -o to name the student or the teacher (replacing it).") var force = false
     @Flag(help: "Train factorized weights with the Straight-Through Factorizer (DSFormer): a dense latent S, its top-s entries per column in the forward, the gradient passed straight through.") var stf = false
+    @Option(help: "Precision of the matrix products: fp32 or bf16 (oneDNN; float32 accumulation and master weights).")
+    var precision: Precision = .fp32
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -409,6 +411,7 @@ struct Distill: ParsableCommand {
 
     func run() throws {
         try reportingErrors(json: json) {
+            try MatrixProduct.select(precision)
             var o = DistillOptions(teacher: teacher, student: student, output: output)
             o.force = force
             var c = numericSettings()
@@ -462,6 +465,8 @@ struct Apply: ParsableCommand {
     @Flag(help: "Continue an interrupted distill stage from its saved state.") var resume = false
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Allow the output to be the base checkpoint (replacing it).") var force = false
+    @Option(help: "Precision of the matrix products (fp32 or bf16); overrides the recipe's 'precision'.")
+    var precision: Precision?
     @Option(parsing: .unconditional, help: .hidden) var killAfterStep: Int?
 
     func validate() throws {
@@ -477,6 +482,7 @@ struct Apply: ParsableCommand {
             o.cacheDirectory = noCache ? nil : cache
             o.resume = resume
             o.killAfterStep = killAfterStep
+            o.precision = precision
             let r = try Workbench.apply(o)
             if json { print(try encodeJSON(r)); return }
             print("\(r.recipe): \(r.base) -> \(r.output)  (\(formatDuration(r.seconds)))")
@@ -559,6 +565,8 @@ struct BenchTrain: ParsableCommand {
     @Option(parsing: .unconditional, help: "Tokens per window.") var window = 512
     @Option(parsing: .unconditional, help: "Timed steps.") var steps = 5
     @Option(parsing: .unconditional, help: "Untimed warm-up steps.") var warmup = 2
+    @Option(help: "Precision of the matrix products: fp32 or bf16 (oneDNN; float32 accumulation and master weights).")
+    var precision: Precision = .fp32
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -569,6 +577,7 @@ struct BenchTrain: ParsableCommand {
 
     func run() throws {
         try reportingErrors(json: json) {
+            try MatrixProduct.select(precision)
             let r = try Workbench.benchTrain(checkpoint: checkpoint, batch: batch, window: window, steps: steps, warmup: warmup)
             print(json ? try encodeJSON(r) : r.text)
         }

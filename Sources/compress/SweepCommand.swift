@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TensorCore
 import Workbench
 
 struct Sweep: ParsableCommand {
@@ -31,6 +32,8 @@ struct SweepRun: ParsableCommand {
     @Option(parsing: .unconditional, help: "Slurm CPUs per task (1...4096).") var cpusPerTask = 2
     @Option(help: "Slurm memory per task (e.g. 8G).") var mem: String?
     @Flag(help: "With --slurm: write the scripts, do not submit.") var dryRun = false
+    @Option(help: "Precision of every point's matrix products (fp32 or bf16): sets the recipe's 'precision'.")
+    var precision: Precision?
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -40,7 +43,11 @@ struct SweepRun: ParsableCommand {
 
     func run() throws {
         try reportingErrors(json: json) {
-            var o = SweepOptions(recipe: recipe, sets: sets, directory: output)
+            if let precision, sets.contains(where: { $0.hasPrefix("precision=") }) {
+                throw WorkbenchError("--precision \(precision.rawValue) and --set precision=...: give one of them")
+            }
+            var o = SweepOptions(recipe: recipe, sets: sets + (precision.map { ["precision=\($0.rawValue)"] } ?? []),
+                                 directory: output)
             o.zip = zip
             o.checkpoint = checkpoint
             o.jobs = jobs
