@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Evaluation speed on SmolLM2-135M: our evaluator against PyTorch (transformers, float32, no_grad), one run,
+"""Evaluation speed on SmolLM2-135M: our evaluator against PyTorch (transformers, no_grad), one run,
 same machine, same token stream and windows. Prints both figures and their ratio.
 
-    python3 benchmarks/eval_speed.py [--window 2048] [--max-tokens 8192] [--threads 2]
+    python3 benchmarks/eval_speed.py [--window 2048] [--max-tokens 8192] [--threads 2] [--precision fp32|bf16]
+
+--precision bf16: ours `compress eval --precision bf16` (oneDNN, bf16 products with float32 accumulation),
+PyTorch under torch.autocast("cpu", bfloat16) with float32 weights.
 
 Needs tools/setup_assets.sh to have run and a release build (swift build -c release). Both sides score the
 first --max-tokens tokens of the test split as tokenized by transformers' GGUF tokenizer (so the work is
@@ -23,6 +26,16 @@ TEXT = os.path.join(ROOT, "data/wiki.test.txt")
 TOKENS = os.path.join(ROOT, "data/wiki.test.hf-tokens.txt")
 
 
+def cpu_flags():
+    """The matrix-unit flags this CPU reports (/proc/cpuinfo): what can run bf16 products."""
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return " ".join(found) or "none of amx/avx512/avx2"
+
+
 def run_json(cmd):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -33,14 +46,18 @@ def main():
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides: float32, or bf16 products (ours: oneDNN; PyTorch: autocast to bfloat16)")
     a = ap.parse_args()
     ref = run_json([sys.executable, os.path.join(ROOT, "tools/reference_eval.py"), "--gguf", GGUF, "--text", TEXT,
                     "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--threads", str(a.threads),
-                    "--tokens-out", TOKENS, "--json"])
+                    "--tokens-out", TOKENS, "--precision", a.precision, "--json"])
     ours = run_json([os.path.join(ROOT, ".build/release/compress"), "eval", CKPT, "--tokens", TOKENS,
-                     "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--json"])
+                     "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--precision", a.precision, "--json"])
     print(f"date {time.strftime('%Y-%m-%d')}  machine {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
           f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  our BLAS core {ours['blas_core']}")
+    print(f"precision {a.precision}: ours {ours['kernels']}; pytorch "
+          f"{'autocast bfloat16 (oneDNN)' if a.precision == 'bf16' else 'float32'}; CPU flags {cpu_flags()}")
     print(f"workload: {ours['windows']} windows of {a.window} tokens ({ours['tokens']} tokens) of data/wiki.test.txt")
     print(f"compress  : {ours['tokens_per_second']:8.1f} tok/s  ppl {ours['ppl']:.4f}  peak memory {ours['peak_resident_bytes'] / 2**20:.0f} MiB")
     print(f"pytorch   : {ref['tokens_per_second']:8.1f} tok/s  ppl {ref['ppl']:.4f}  (torch {ref['torch']}, {ref['threads']} threads)")

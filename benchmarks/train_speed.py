@@ -2,7 +2,8 @@
 """Training speed on SmolLM2-135M's shape: our trainer against PyTorch (transformers, float32), one run, same
 machine, same batch shape. Prints both figures, their ratio and both peak memories.
 
-    python3 benchmarks/train_speed.py [--batch 4] [--window 512] [--steps 5] [--warmup 2] [--threads 2]
+    python3 benchmarks/train_speed.py [--batch 4] [--window 512] [--steps 5] [--warmup 2] [--threads 2] \
+        [--precision fp32|bf16]
     python3 benchmarks/train_speed.py --pytorch-only [--json]     # the PyTorch figure alone
 
 One training step, both sides: forward of a (B, W) batch of random token ids with labels = ids (next-token
@@ -13,6 +14,11 @@ torch.set_num_threads(--threads), weights from checkpoints/smollm2-135m.h5 if pr
 output says which); it runs in its own process so its peak RSS (ru_maxrss) is its own. Our side:
 `.build/release/compress bench-train --batch B --window W --steps S --warmup N --json` (needs a release build,
 swift build -c release); the environment (OPENBLAS_CORETYPE) is passed to both.
+
+--precision bf16: ours `bench-train --precision bf16` (oneDNN bf16 products, float32 accumulation, master weights
+and AdamW); PyTorch's forward and loss under torch.autocast("cpu", bfloat16), the backward of that graph, float32
+weights and AdamW (its usual mixed precision on CPU). Reading the checkpoint needs h5py: installed with pip when
+missing (or named, if pip cannot).
 """
 import argparse
 import json
@@ -38,8 +44,21 @@ def peak_rss_bytes():
     return r if sys.platform == "darwin" else r * 1024  # Linux reports KiB
 
 
+def ensure_h5py():
+    """h5py reads our checkpoint on the PyTorch side; install it with pip when missing."""
+    try:
+        import h5py  # noqa: F401
+        return
+    except ImportError:
+        pass
+    print("train_speed.py: installing h5py (pip install h5py) to read the checkpoint", file=sys.stderr)
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "h5py"]).returncode != 0:
+        raise SystemExit("train_speed.py needs h5py to read checkpoints/smollm2-135m.h5: pip install h5py")
+
+
 def load_checkpoint(model, path):
     """Copy our HDF5 checkpoint's tensors into the model one at a time (so loading adds little to peak RSS)."""
+    ensure_h5py()
     import h5py
     import numpy as np
     import torch
@@ -60,9 +79,11 @@ def load_checkpoint(model, path):
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
-def pytorch_train_speed(batch=4, window=512, steps=5, warmup=2, threads=2, checkpoint=CKPT, seed=0):
+def pytorch_train_speed(batch=4, window=512, steps=5, warmup=2, threads=2, checkpoint=CKPT, seed=0,
+                        precision="fp32"):
     """Train LlamaForCausalLM (SmolLM2-135M config, float32) for warmup + steps steps; returns a dict with
     tokens_per_second over the timed steps, peak_resident_bytes (this process), per-step seconds and losses."""
+    import contextlib
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -84,7 +105,8 @@ def pytorch_train_speed(batch=4, window=512, steps=5, warmup=2, threads=2, check
     for s in range(warmup + steps):
         ids = torch.randint(0, config.vocab_size, (batch, window), generator=gen)
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -96,7 +118,7 @@ def pytorch_train_speed(batch=4, window=512, steps=5, warmup=2, threads=2, check
             "losses": losses, "loss": losses[-1], "peak_resident_bytes": peak_rss_bytes(), "batch": batch,
             "window": window, "steps": steps, "warmup": warmup, "threads": threads, "weights": weights,
             "parameters": sum(p.numel() for p in params), "attention": model.config._attn_implementation,
-            "torch": torch.__version__, "transformers": transformers.__version__}
+            "precision": precision, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def run_ours(a):
@@ -104,7 +126,7 @@ def run_ours(a):
     if not os.path.exists(COMPRESS):
         return None, f"{os.path.relpath(COMPRESS, ROOT)} not found (build it: swift build -c release)"
     cmd = [COMPRESS, "bench-train", "--batch", str(a.batch), "--window", str(a.window), "--steps", str(a.steps),
-           "--warmup", str(a.warmup), "--json"]
+           "--warmup", str(a.warmup), "--precision", a.precision, "--json"]
     if a.checkpoint and os.path.exists(a.checkpoint):
         cmd += ["--checkpoint", a.checkpoint]  # same weights as the PyTorch side (speed does not depend on them)
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -128,10 +150,12 @@ def main():
     ap.add_argument("--checkpoint", default=CKPT, help="weights for both sides (random init if missing)")
     ap.add_argument("--pytorch-only", action="store_true", help="measure PyTorch only (in this process)")
     ap.add_argument("--json", action="store_true", help="with --pytorch-only: print one JSON object")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides: float32, or bf16 products (ours: oneDNN; PyTorch: autocast to bfloat16)")
     a = ap.parse_args()
 
     if a.pytorch_only:
-        r = pytorch_train_speed(a.batch, a.window, a.steps, a.warmup, a.threads, a.checkpoint)
+        r = pytorch_train_speed(a.batch, a.window, a.steps, a.warmup, a.threads, a.checkpoint, precision=a.precision)
         if a.json:
             print(json.dumps(r))
         else:
@@ -144,10 +168,12 @@ def main():
     ref = json.loads(subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--pytorch-only", "--json", "--batch", str(a.batch), "--window",
          str(a.window), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
-         "--checkpoint", a.checkpoint], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+         "--checkpoint", a.checkpoint, "--precision", a.precision], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     print(f"date {time.strftime('%Y-%m-%d')}  machine {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
           f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
           f"  our BLAS core {ours.get('blas_core', '?') if ours else '-'}")
+    print(f"precision {a.precision}: ours {ours.get('kernels', '?') if ours else '-'}; pytorch "
+          f"{'autocast bfloat16' if a.precision == 'bf16' else 'float32'}")
     print(f"workload: {a.steps} timed training steps (after {a.warmup} warm-up) of batch {a.batch} x window {a.window}"
           f" random tokens, SmolLM2-135M shape; CE + backward + clip 1.0 + AdamW")
     if ours:

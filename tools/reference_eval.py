@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--logits-out", help="write the first window's logits (float32, (W, V)) here")
     ap.add_argument("--bos", choices=["auto", "on", "off"], default="auto",
                     help="BOS protocol: auto follows the tokenizer's add_bos_token (default)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: the forward under torch.autocast(cpu, bfloat16), float32 weights (PyTorch's bf16 path)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -67,7 +69,9 @@ def main():
     total = 0.0
     window_nll = []
     t0 = time.time()
-    with torch.no_grad():
+    import contextlib
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if a.precision == "bf16" else contextlib.nullcontext())
+    with torch.no_grad(), autocast:
         for w in range(windows):
             chunk = ids[w * C:(w + 1) * C]
             x = torch.tensor(([bos] if add_bos else []) + chunk).unsqueeze(0)
@@ -85,7 +89,7 @@ def main():
          "scored_stream_tokens": windows * C, "dtype": str(next(model.parameters()).dtype),
          "model_class": type(model).__name__, "window_nll": window_nll,
          "seconds": seconds, "tokens_per_second": windows * W / seconds, "tokenize_seconds": tokenize_seconds,
-         "threads": a.threads, "torch": torch.__version__, "transformers": __import__("transformers").__version__}
+         "threads": a.threads, "precision": a.precision, "torch": torch.__version__, "transformers": __import__("transformers").__version__}
     print(json.dumps(r) if a.json else
           f"ppl {r['ppl']:.4f}  nll {r['nll']:.6f}  predicted {predicted}  ({windows} windows of {W}"
           f"{', BOS ' + str(bos) + ' + ' + str(C) + ' stream tokens each' if add_bos else ', no BOS'}; stream {len(ids)} tokens)"
