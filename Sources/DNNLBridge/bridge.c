@@ -108,7 +108,7 @@ static dnnl_status_t make_reorder(const dnnl_memory_desc_t *from, const dnnl_mem
 
 compress_bf16_matmul *compress_bf16_matmul_create(int64_t m, int64_t n, int64_t k, int trans_a, int trans_b,
                                                   int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta,
-                                                  int threads, char *error, size_t error_length) {
+                                                  int threads, int bf16, char *error, size_t error_length) {
     pthread_once(&engine_once, create_engine);
     if (engine_status != dnnl_success) {
         snprintf(error, error_length, "oneDNN could not create a CPU engine (status %d)", (int)engine_status);
@@ -131,9 +131,10 @@ compress_bf16_matmul *compress_bf16_matmul_create(int64_t m, int64_t n, int64_t 
     dnnl_dims_t b_strides = {trans_b ? 1 : ldb, trans_b ? ldb : 1};
     dnnl_dims_t c_strides = {ldc, 1};
     CHECK(dnnl_memory_desc_init_by_strides(&p->a_f32, 2, a_dims, dnnl_f32, a_strides), "A descriptor");
-    CHECK(dnnl_memory_desc_init_by_tag(&p->a_bf16, 2, a_dims, dnnl_bf16, dnnl_ab), "A bf16 descriptor");
+    dnnl_data_type_t input_type = bf16 ? dnnl_bf16 : dnnl_f32;
+    CHECK(dnnl_memory_desc_init_by_tag(&p->a_bf16, 2, a_dims, input_type, dnnl_ab), "A bf16 descriptor");
     CHECK(dnnl_memory_desc_init_by_strides(&p->b_f32, 2, b_dims, dnnl_f32, b_strides), "B descriptor");
-    CHECK(dnnl_memory_desc_init_by_tag(&b_any, 2, b_dims, dnnl_bf16, dnnl_format_tag_any), "B bf16 descriptor");
+    CHECK(dnnl_memory_desc_init_by_tag(&b_any, 2, b_dims, input_type, dnnl_format_tag_any), "B bf16 descriptor");
     CHECK(dnnl_memory_desc_init_by_strides(&p->c_f32, 2, c_dims, dnnl_f32, c_strides), "C descriptor");
     CHECK(dnnl_matmul_desc_init(&desc, &p->a_bf16, &b_any, NULL, &p->c_f32), "matmul descriptor");
     CHECK(dnnl_primitive_attr_create(&attr), "attribute");

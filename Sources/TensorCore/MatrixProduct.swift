@@ -25,6 +25,11 @@ public enum MatrixProduct {
     /// `bf16` must pass `checkSupport` first.
     nonisolated(unsafe) public static var precision: Precision = .fp32
 
+    /// Who runs float32 products: OpenBLAS (the default, every published figure) or oneDNN's float32 kernels
+    /// (`compress bench --products` measures both on the model's shapes).
+    public enum Float32Library: String, Sendable { case openBLAS, oneDNN }
+    nonisolated(unsafe) public static var float32Library = Float32Library.openBLAS
+
     /// Why this CPU cannot run bf16 products at hardware speed, or nil when it can (AMX or AVX512-BF16).
     public static func bf16Unsupported(_ f: CPUFeatures = .current) -> String? {
         if f.amxBF16 && f.osSavesAMX || f.avx512bf16 && f.osSavesAVX512 { return nil }
@@ -72,14 +77,14 @@ public enum MatrixProduct {
         alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, weight: Tensor? = nil
     ) {
-        if precision == .fp32 || k == 0 {
+        if precision == .fp32 && float32Library == .openBLAS || k == 0 {
             BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
                       beta: beta, c: c, ldc: ldc)
             return
         }
         if m == 0 || n == 0 { return }
         let key = BF16Matmul.Key(m: m, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
-                                 alpha: alpha, beta: beta, threads: BLAS.threads)
+                                 alpha: alpha, beta: beta, threads: BLAS.threads, bf16: precision == .bf16)
         BF16Matmul.run(key, a: a, b: b, c: c, weight: weight)
     }
 
@@ -124,12 +129,14 @@ enum BF16Matmul {
         var lda, ldb, ldc: Int
         var alpha, beta: Float
         var threads: Int
+        /// false: oneDNN's float32 kernels (`bench --products` compares them with OpenBLAS).
+        var bf16: Bool
         @usableFromInline
         init(m: Int, n: Int, k: Int, transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int, alpha: Float,
-             beta: Float, threads: Int) {
+             beta: Float, threads: Int, bf16: Bool = true) {
             self.m = m; self.n = n; self.k = k; self.transA = transA; self.transB = transB
             self.lda = lda; self.ldb = ldb; self.ldc = ldc; self.alpha = alpha; self.beta = beta
-            self.threads = threads
+            self.threads = threads; self.bf16 = bf16
         }
     }
 
@@ -171,7 +178,8 @@ enum BF16Matmul {
         var message = [CChar](repeating: 0, count: 256)
         guard let h = compress_bf16_matmul_create(
             Int64(key.m), Int64(key.n), Int64(key.k), key.transA ? 1 : 0, key.transB ? 1 : 0, Int64(key.lda),
-            Int64(key.ldb), Int64(key.ldc), key.alpha, key.beta, Int32(key.threads), &message, message.count)
+            Int64(key.ldb), Int64(key.ldc), key.alpha, key.beta, Int32(key.threads), key.bf16 ? 1 : 0, &message,
+            message.count)
         else {
             fatalError("bf16 matrix product (\(key.m) × \(key.k)) · (\(key.k) × \(key.n)): \(String(cString: message))")
         }

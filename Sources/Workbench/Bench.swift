@@ -136,6 +136,8 @@ public struct ProductTiming: Codable {
     public var what: String
     /// Best of the timed repeats, in GFLOP/s of the whole process (2·m·n·k flops per product).
     public var fp32GflopPerSecond: Double
+    /// oneDNN's float32 kernels on the same product.
+    public var oneDNNFloat32GflopPerSecond: Double
     public var bf16GflopPerSecond: Double?
 }
 
@@ -158,8 +160,10 @@ extension Workbench {
             let a = Tensor(shape: [m, k]), w = Tensor(shape: [n, k]), out = Tensor(shape: [m, n])
             for i in 0..<a.count { a[i] = Float(Double.random(in: -0.5..<0.5, using: &rng)) }
             for i in 0..<w.count { w[i] = Float(Double.random(in: -0.5..<0.5, using: &rng)) * 0.05 }
-            func best(_ p: Precision) -> Double {
+            func best(_ p: Precision, _ library: MatrixProduct.Float32Library = .openBLAS) -> Double {
                 MatrixProduct.precision = p
+                MatrixProduct.float32Library = library
+                defer { MatrixProduct.float32Library = .openBLAS }
                 return MatrixProduct.withWeightCache {
                     var t = Double.infinity
                     for r in 0...repeats {
@@ -174,7 +178,7 @@ extension Workbench {
             }
             let bf16 = MatrixProduct.bf16Unsupported() == nil ? best(.bf16) : nil
             return ProductTiming(m: m, k: k, n: n, what: what, fp32GflopPerSecond: best(.fp32),
-                                 bf16GflopPerSecond: bf16)
+                                 oneDNNFloat32GflopPerSecond: best(.fp32, .oneDNN), bf16GflopPerSecond: bf16)
         }
     }
 }

@@ -301,14 +301,15 @@ struct Bench: ParsableCommand {
             if products {
                 let t = Workbench.benchProducts(config: Workbench.smolLM2Config(layers: layers), rows: window)
                 if json { print(try encodeJSON(t)); return }
-                print("product (m × k · k × n)            fp32 GFLOP/s   bf16 GFLOP/s   ratio")
+                print("GFLOP/s, best of 5     (m × k · k × n)   OpenBLAS fp32  oneDNN fp32   oneDNN bf16   bf16/fp32")
                 for p in t {
                     let shape = "\(p.what) (\(p.m)×\(p.k)·\(p.k)×\(p.n))"
                         .padding(toLength: 34, withPad: " ", startingAt: 0)
                     let bf = p.bf16GflopPerSecond.map {
                         String(format: "%12.1f   %.2f×", $0, $0 / p.fp32GflopPerSecond)
                     }
-                    print(shape + String(format: " %12.1f", p.fp32GflopPerSecond) + (bf ?? "   (no bf16 units)"))
+                    print(shape + String(format: " %12.1f %12.1f", p.fp32GflopPerSecond, p.oneDNNFloat32GflopPerSecond)
+                          + (bf ?? "   (no bf16 units)"))
                 }
                 return
             }

@@ -1,6 +1,7 @@
 // A thin C bridge over oneDNN's matmul (Debian libdnnl-dev 2.6, OpenMP runtime) for TensorCore/MatrixProduct.swift:
 // C (m, n) = alpha · op(A) (m, k) · op(B) (k, n) + beta · C with A and B rounded to bf16 (round to nearest even),
-// products accumulated in float32, C float32; row-major with leading dimensions, like cblas_sgemm.
+// products accumulated in float32, C float32; row-major with leading dimensions, like cblas_sgemm. With
+// `bf16` = 0 the same product runs on float32 inputs (oneDNN's float32 kernels, for comparison with OpenBLAS).
 // One `compress_bf16_matmul` holds the primitive for one shape and thread count and the reorders that convert A
 // and B; B can be packed once into the primitive's blocked layout (`compress_bf16_matmul_pack_b`) and reused.
 #ifndef COMPRESS_DNNL_BRIDGE_H
@@ -10,11 +11,11 @@
 
 typedef struct compress_bf16_matmul compress_bf16_matmul;
 
-/// Creates the primitive for one shape on `threads` OpenMP threads; NULL and a message in `error` on failure
-/// (e.g. no bf16 support on this CPU).
+/// Creates the primitive for one shape on `threads` OpenMP threads, bf16 inputs (`bf16` = 1) or float32 (0);
+/// NULL and a message in `error` on failure (e.g. no bf16 support on this CPU).
 compress_bf16_matmul *compress_bf16_matmul_create(int64_t m, int64_t n, int64_t k, int trans_a, int trans_b,
                                                   int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta,
-                                                  int threads, char *error, size_t error_length);
+                                                  int threads, int bf16, char *error, size_t error_length);
 void compress_bf16_matmul_destroy(compress_bf16_matmul *p);
 /// Bytes of B packed (bf16, the primitive's layout).
 size_t compress_bf16_matmul_packed_b_bytes(const compress_bf16_matmul *p);
