@@ -213,8 +213,8 @@ extension JSONValue {
     /// Encodes `value` straight to a JSONValue, without going through JSON text, for reports that are Codable
     /// structs (a pass's diagnostics, a history entry):
     /// * an integer is `.int` (an unsigned one past `Int.max` `.double`), a `Double` or `Float` `.double`: 4.0
-    ///   stays a double (`prettyBytes` writes it `4.0`), and a non-finite number stays a `.double` (NaN, ±infinity) for the
-    ///   report's writer to refuse where it is written (`firstNonFiniteNumber` names it);
+    ///   stays a double (`prettyBytes` writes it `4.0`), and a non-finite number stays a `.double` (NaN,
+    ///   ±infinity) for the report's writer to refuse where it is written (`firstNonFiniteNumber` names it);
     /// * a struct's keys are its coding keys in snake case, by JSONEncoder's `.convertToSnakeCase` rule
     ///   (`snakeCase`: "bitsPerWeight" → "bits_per_weight", "kldP99" → "kld_p99"), so the struct reads the same
     ///   here as through `encodeJSON`; keys already in snake case are unchanged;

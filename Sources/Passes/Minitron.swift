@@ -231,7 +231,9 @@ public struct MinitronPass: CompressionPass {
                 aggregation: aggregation, headScores: imp.heads,
                 keptHeads: zip(keep, sel.heads).map { .init(layer: $0, heads: $1) }, removedChannels: removedChannels,
                 channelScoreCutoff: sel.channels.map { imp.channels[$0] }.min() ?? 0, neuronsKeptPerLayer: target.mlp,
-                neuronScoreCutoffPerLayer: zip(keep, sel.neurons).map { l, n in n.map { imp.neurons[l][$0] }.min() ?? 0 },
+                neuronScoreCutoffPerLayer: zip(keep, sel.neurons).map { l, n in
+                    n.map { imp.neurons[l][$0] }.min() ?? 0
+                },
                 why: "lowest activation importance (heads ranked within their KV group)")
             // Post-sublayer norms: the mean squares of their inputs set their factor when channels go (ChannelRemoval).
             var postNormInputs: [[Double]]? = nil

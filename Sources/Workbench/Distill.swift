@@ -185,7 +185,8 @@ extension Workbench {
         let model: DecoderModel
         do { model = try m.removingLayers(Set(drop)) } catch let e as ConfigError { throw WorkbenchError("--drop: \(e.description)") }
         var history = ckpt.history
-        history.append(try JSONValue(encoding: DropLayersHistoryEntry(kind: "drop-layers", source: path, dropped: drop)))
+        let entry = DropLayersHistoryEntry(kind: "drop-layers", source: path, dropped: drop)
+        history.append(try JSONValue(encoding: entry))
         try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: history).write(to: output)
         return (m.parameterCount, model.parameterCount, model.layers.count)
     }
