@@ -52,6 +52,8 @@ public struct StageReport: Codable {
     /// Calibration statistics read from / written to the cache.
     public var cacheHits: [String]?
     public var cacheMisses: [String]?
+    /// The stage's own report (its Codable report struct, encoded by `JSONValue(encoding:)`); a trained stage's
+    /// holds its `TrainingReport` entries beside its own.
     public var diagnostics: JSONValue
 }
 
