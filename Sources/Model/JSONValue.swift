@@ -104,7 +104,8 @@ public func firstNonFiniteNumber<T: Encodable>(in value: T) -> String? {
 
 /// Encodes any Encodable value to a JSONValue (through JSON text). A non-finite number stays a `.double` (NaN or
 /// ±infinity) in the result, so that writing it fails where it is written (`JSONValue.encode`) and
-/// `firstNonFiniteNumber` finds it; it never turns into a string or nulls the whole value.
+/// `firstNonFiniteNumber` finds it; it never turns into a string or nulls the whole value. Through the text an
+/// integral double comes back `.int` (4.0 → 4); `JSONValue(encoding:)` keeps it a double (reports use that one).
 public func jsonValue<T: Encodable>(_ value: T) -> JSONValue {
     let e = JSONEncoder()
     e.keyEncodingStrategy = .convertToSnakeCase

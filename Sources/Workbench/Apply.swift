@@ -174,8 +174,8 @@ public final class Session {
         if let r = try baseReference(e), let p = r.header.ppl { pplMemo[key] = p; return p }
         let test = try tokens(of: e.text)
         let scoring = try perplexityProtocol(e)
-        /// The base PPL's cache scope; the BOS protocol's id joins it (no-BOS keys are as before the BOS protocol
-        /// existed), and a protocol other than pinned.
+        // The base PPL's cache scope; the BOS protocol's id joins it (no-BOS keys are as before the BOS protocol
+        // existed), and a protocol other than pinned.
         struct Scope: Encodable { var base: String; var eval: JSONValue; var evalBos: Int?; var evalProtocol: String? }
         let scope = Scope(base: baseHash, eval: jsonValue(e), evalBos: scoring.bos.map { Int($0) },
                           evalProtocol: scoring.kind != .pinned ? scoring.kind.rawValue : nil)
