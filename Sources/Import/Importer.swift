@@ -39,14 +39,11 @@ public enum Importer {
         "pre-tokenizer set to '\(name)' by --pre-tokenizer; \(source)'s own tokenizer settings for it were not checked"
     }
 
-    /// A history entry describing an import.
-    static func historyEntry(source: String, format: String, details: [String: JSONValue]) -> JSONValue {
-        var o = details
-        o["kind"] = .string("import")
-        o["source"] = .string(URL(fileURLWithPath: source).lastPathComponent)
-        o["source_format"] = .string(format)
-        o["date"] = .string(ISO8601DateFormatter().string(from: Date()))
-        return .object(o)
+    /// A history entry describing an import of `source` (its file name is kept) in `format`, dated now; the
+    /// format's own details are filled in by the caller.
+    static func historyEntry(source: String, format: String) -> ImportHistoryEntry {
+        ImportHistoryEntry(kind: "import", source: URL(fileURLWithPath: source).lastPathComponent,
+                           sourceFormat: format, date: ISO8601DateFormatter().string(from: Date()))
     }
 
     // MARK: GGUF
@@ -101,24 +98,16 @@ public enum Importer {
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
             throw ImportError("\(path): tokenizer.ggml.*: \(problem)")
         }
-        var details: [String: JSONValue] = [:]
-        if let preTokenizer, tokenizer != nil {
-            details["warnings"] = .array([.string(overrideWarning(preTokenizer, source: path))])
-        }
-        let entry = historyEntry(
-            source: path, format: "gguf",
-            details: details.merging([
-                "gguf_version": .int(file.version),
-                "gguf_architecture": .string(ggufConfig.architecture),
-                "tensor_types": .object(typeCounts.mapValues { .int($0) }),
-                "note": .string(
-                    "dequantized to float32"
-                        + (family.ggufPermutesQK ? "; q/k rows un-permuted from llama.cpp's rotary order" : "")
-                        + (family.ggufNormShift != 0
-                            ? "; \(family.ggufNormShift) subtracted from every norm weight (llama.cpp stores 1 + w)"
-                            : "")),
-            ]) { a, _ in a })
-        return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
+        var entry = historyEntry(source: path, format: "gguf")
+        if let preTokenizer, tokenizer != nil { entry.warnings = [overrideWarning(preTokenizer, source: path)] }
+        entry.ggufVersion = file.version
+        entry.ggufArchitecture = ggufConfig.architecture
+        entry.tensorTypes = typeCounts
+        entry.note = "dequantized to float32"
+            + (family.ggufPermutesQK ? "; q/k rows un-permuted from llama.cpp's rotary order" : "")
+            + (family.ggufNormShift != 0
+                ? "; \(family.ggufNormShift) subtracted from every norm weight (llama.cpp stores 1 + w)" : "")
+        return Checkpoint(model: model, tokenizer: tokenizer, history: [try JSONValue(encoding: entry)])
     }
 
     // MARK: Hugging Face directory
@@ -203,10 +192,11 @@ public enum Importer {
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
             throw ImportError("\(tokenizerPath): \(problem)")
         }
-        let entry = historyEntry(source: directory, format: "safetensors", details: [
-            "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
-        ].merging(warnings.isEmpty ? [:] : ["warnings": .array(warnings.map { .string($0) })]) { a, _ in a })
-        return Checkpoint(model: model, tokenizer: tokenizer, history: [entry])
+        var entry = historyEntry(source: directory, format: "safetensors")
+        entry.files = weights.files.count
+        entry.dtypes = dtypes
+        if !warnings.isEmpty { entry.warnings = warnings }
+        return Checkpoint(model: model, tokenizer: tokenizer, history: [try JSONValue(encoding: entry)])
     }
 
     /// A `DeciLMForCausalLM` (Nemotron-NAS) config.json in our Llama form with per-layer `block_configs`; any
@@ -392,4 +382,26 @@ public enum Importer {
             throw ImportError("\(source): \(e.description)")
         }
     }
+}
+
+/// The history entry of an imported checkpoint: where it came from and when, what the source held, and what the
+/// import did to it.
+public struct ImportHistoryEntry: Codable, Equatable {
+    /// "import".
+    public var kind: String
+    /// The source's file or directory name, and "gguf" or "safetensors".
+    public var source: String
+    public var sourceFormat: String
+    /// ISO 8601, UTC.
+    public var date: String
+    /// What the import could not check (`--pre-tokenizer`) or left out.
+    public var warnings: [String]?
+    /// GGUF: the file's version, its `general.architecture`, the tensors by ggml type, and the conversions made.
+    public var ggufVersion: Int?
+    public var ggufArchitecture: String?
+    public var tensorTypes: [String: Int]?
+    public var note: String?
+    /// Safetensors: the weight files, and the tensors by dtype ("pack-quantized": compressed-tensors weights).
+    public var files: Int?
+    public var dtypes: [String: Int]?
 }

@@ -104,7 +104,8 @@ public func firstNonFiniteNumber<T: Encodable>(in value: T) -> String? {
 
 /// Encodes any Encodable value to a JSONValue (through JSON text). A non-finite number stays a `.double` (NaN or
 /// ±infinity) in the result, so that writing it fails where it is written (`JSONValue.encode`) and
-/// `firstNonFiniteNumber` finds it; it never turns into a string or nulls the whole value.
+/// `firstNonFiniteNumber` finds it; it never turns into a string or nulls the whole value. Through the text an
+/// integral double comes back `.int` (4.0 → 4); `JSONValue(encoding:)` keeps it a double (reports use that one).
 public func jsonValue<T: Encodable>(_ value: T) -> JSONValue {
     let e = JSONEncoder()
     e.keyEncodingStrategy = .convertToSnakeCase
@@ -204,5 +205,238 @@ extension JSONValue {
             }
         }
         out.append(UInt8(ascii: "\""))
+    }
+}
+
+// MARK: - Encoding a Codable report as a JSONValue
+
+extension JSONValue {
+    /// Encodes `value` straight to a JSONValue, without going through JSON text, for reports that are Codable
+    /// structs (a pass's diagnostics, a history entry):
+    /// * an integer is `.int` (an unsigned one past `Int.max` `.double`), a `Double` or `Float` `.double`: 4.0
+    ///   stays a double (`prettyBytes` writes it `4.0`), and a non-finite number stays a `.double` (NaN,
+    ///   ±infinity) for the report's writer to refuse where it is written (`firstNonFiniteNumber` names it);
+    /// * a struct's keys are its coding keys in snake case, by JSONEncoder's `.convertToSnakeCase` rule
+    ///   (`snakeCase`: "bitsPerWeight" → "bits_per_weight", "kldP99" → "kld_p99"), so the struct reads the same
+    ///   here as through `encodeJSON`; keys already in snake case are unchanged;
+    /// * a `[String: V]` dictionary's keys are kept as they are (as JSONEncoder keeps them), and a JSONValue
+    ///   member is kept as it is (its non-finite doubles included);
+    /// * a nil optional encoded by a synthesized `encode(to:)` is left out (as JSONEncoder does); one encoded
+    ///   explicitly (`Nullable`, `encodeNil`, an optional in an array) is `.null`.
+    /// Objects are dictionaries: their key order is not kept (every writer sorts them).
+    /// Throws only what `value.encode(to:)` itself throws.
+    public init<T: Encodable>(encoding value: T) throws {
+        let root = JSONNode()
+        try JSONNode.encode(value, into: root, codingPath: [])
+        self = root.value
+    }
+
+    /// JSONEncoder's `.convertToSnakeCase` rule: words split where a lowercase letter is followed by an uppercase
+    /// one (a run of capitals is one word, its last capital starting the next word when a lowercase letter
+    /// follows), joined by "_" and lowercased; leading and trailing underscores kept. "myURLProperty" →
+    /// "my_url_property", "float32Bytes" → "float32_bytes".
+    public static func snakeCase(_ key: String) -> String {
+        guard !key.isEmpty else { return key }
+        var words: [Range<String.Index>] = []
+        var wordStart = key.startIndex
+        var searchRange = key.index(after: wordStart)..<key.endIndex
+        while let upper = key.rangeOfCharacter(from: .uppercaseLetters, options: [], range: searchRange) {
+            words.append(wordStart..<upper.lowerBound)
+            searchRange = upper.lowerBound..<searchRange.upperBound
+            guard let lower = key.rangeOfCharacter(from: .lowercaseLetters, options: [], range: searchRange) else {
+                wordStart = searchRange.lowerBound
+                break
+            }
+            let afterCapital = key.index(after: upper.lowerBound)
+            if lower.lowerBound == afterCapital {
+                wordStart = upper.lowerBound
+            } else {
+                // A run of capitals: a word of its own, up to the capital before the lowercase letter.
+                let beforeLower = key.index(before: lower.lowerBound)
+                words.append(upper.lowerBound..<beforeLower)
+                wordStart = beforeLower
+            }
+            searchRange = lower.upperBound..<searchRange.upperBound
+        }
+        words.append(wordStart..<searchRange.upperBound)
+        return words.map { key[$0].lowercased() }.joined(separator: "_")
+    }
+}
+
+/// A value encoded as null when nil, in a report whose other nil optionals are left out (a synthesized
+/// `encode(to:)` leaves a nil optional out; this one keeps its key with `null`). Decodes null as nil.
+public struct Nullable<Wrapped: Codable>: Codable {
+    public var value: Wrapped?
+    public init(_ value: Wrapped?) { self.value = value }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        value = c.decodeNil() ? nil : try c.decode(Wrapped.self)
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        if let value { try c.encode(value) } else { try c.encodeNil() }
+    }
+}
+
+extension Nullable: Equatable where Wrapped: Equatable {}
+
+extension JSONValue {
+    /// An unsigned integer as `.int`, or as `.double` past `Int.max`.
+    fileprivate static func unsigned<U: UnsignedInteger>(_ value: U) -> JSONValue {
+        Int(exactly: value).map { .int($0) } ?? .double(Double(value))
+    }
+}
+
+/// A value under construction: a scalar (or a whole JSONValue), or a keyed or unkeyed container whose members
+/// are filled later.
+private final class JSONNode {
+    var scalar: JSONValue?
+    var object: [String: JSONNode]?
+    var array: [JSONNode]?
+
+    var value: JSONValue {
+        if let object { return .object(object.mapValues(\.value)) }
+        if let array { return .array(array.map(\.value)) }
+        return scalar ?? .object([:])
+    }
+
+    /// Encodes `value` into `node`: a JSONValue as it is, a string-keyed dictionary with its keys as they are,
+    /// anything else through its `encode(to:)`.
+    static func encode<T: Encodable>(_ value: T, into node: JSONNode, codingPath: [CodingKey]) throws {
+        if let json = value as? JSONValue {
+            node.scalar = json
+        } else if let dictionary = value as? StringKeyedEntries {
+            try dictionary.encodeEntries(into: node, codingPath: codingPath)
+        } else {
+            try value.encode(to: NodeEncoder(node: node, codingPath: codingPath))
+        }
+    }
+}
+
+/// A `[String: V]` dictionary, whose keys the encoder keeps as they are.
+private protocol StringKeyedEntries {
+    func encodeEntries(into node: JSONNode, codingPath: [CodingKey]) throws
+}
+
+extension Dictionary: StringKeyedEntries where Key == String, Value: Encodable {
+    fileprivate func encodeEntries(into node: JSONNode, codingPath: [CodingKey]) throws {
+        if node.object == nil { node.object = [:] }
+        for (key, member) in self {
+            let child = JSONNode()
+            node.object![key] = child
+            try JSONNode.encode(member, into: child, codingPath: codingPath + [EntryKey(stringValue: key)])
+        }
+    }
+}
+
+/// A dictionary entry's key in a coding path.
+private struct EntryKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
+private struct NodeEncoder: Encoder {
+    let node: JSONNode
+    var codingPath: [CodingKey]
+    var userInfo: [CodingUserInfoKey: Any] { [:] }
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
+        if node.object == nil { node.object = [:] }
+        return KeyedEncodingContainer(KeyedNode<Key>(node: node, codingPath: codingPath))
+    }
+    func unkeyedContainer() -> UnkeyedEncodingContainer {
+        if node.array == nil { node.array = [] }
+        return UnkeyedNode(node: node, codingPath: codingPath)
+    }
+    func singleValueContainer() -> SingleValueEncodingContainer { SingleNode(node: node, codingPath: codingPath) }
+}
+
+private struct KeyedNode<Key: CodingKey>: KeyedEncodingContainerProtocol {
+    let node: JSONNode
+    var codingPath: [CodingKey]
+
+    func child(_ key: Key) -> JSONNode {
+        let c = JSONNode()
+        node.object![JSONValue.snakeCase(key.stringValue)] = c
+        return c
+    }
+    mutating func encodeNil(forKey key: Key) throws { child(key).scalar = .null }
+    mutating func encode(_ value: Bool, forKey key: Key) throws { child(key).scalar = .bool(value) }
+    mutating func encode(_ value: String, forKey key: Key) throws { child(key).scalar = .string(value) }
+    mutating func encode(_ value: Double, forKey key: Key) throws { child(key).scalar = .double(value) }
+    mutating func encode(_ value: Float, forKey key: Key) throws { child(key).scalar = .double(Double(value)) }
+    mutating func encode(_ value: Int, forKey key: Key) throws { child(key).scalar = .int(value) }
+    mutating func encode(_ value: Int8, forKey key: Key) throws { child(key).scalar = .int(Int(value)) }
+    mutating func encode(_ value: Int16, forKey key: Key) throws { child(key).scalar = .int(Int(value)) }
+    mutating func encode(_ value: Int32, forKey key: Key) throws { child(key).scalar = .int(Int(value)) }
+    mutating func encode(_ value: Int64, forKey key: Key) throws { child(key).scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt, forKey key: Key) throws { child(key).scalar = .unsigned(value) }
+    mutating func encode(_ value: UInt8, forKey key: Key) throws { child(key).scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt16, forKey key: Key) throws { child(key).scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt32, forKey key: Key) throws { child(key).scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt64, forKey key: Key) throws { child(key).scalar = .unsigned(value) }
+    mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
+        try JSONNode.encode(value, into: child(key), codingPath: codingPath + [key])
+    }
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type,
+                                                        forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
+        NodeEncoder(node: child(key), codingPath: codingPath + [key]).container(keyedBy: keyType)
+    }
+    mutating func nestedUnkeyedContainer(forKey key: Key) -> UnkeyedEncodingContainer {
+        NodeEncoder(node: child(key), codingPath: codingPath + [key]).unkeyedContainer()
+    }
+    mutating func superEncoder() -> Encoder { NodeEncoder(node: node, codingPath: codingPath) }
+    mutating func superEncoder(forKey key: Key) -> Encoder {
+        NodeEncoder(node: child(key), codingPath: codingPath + [key])
+    }
+}
+
+private struct UnkeyedNode: UnkeyedEncodingContainer {
+    let node: JSONNode
+    var codingPath: [CodingKey]
+    var count: Int { node.array!.count }
+
+    func child() -> JSONNode {
+        let c = JSONNode()
+        node.array!.append(c)
+        return c
+    }
+    mutating func encodeNil() throws { child().scalar = .null }
+    mutating func encode<T: Encodable>(_ value: T) throws {
+        try JSONNode.encode(value, into: child(), codingPath: codingPath)
+    }
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type)
+        -> KeyedEncodingContainer<NestedKey> {
+        NodeEncoder(node: child(), codingPath: codingPath).container(keyedBy: keyType)
+    }
+    mutating func nestedUnkeyedContainer() -> UnkeyedEncodingContainer {
+        NodeEncoder(node: child(), codingPath: codingPath).unkeyedContainer()
+    }
+    mutating func superEncoder() -> Encoder { NodeEncoder(node: child(), codingPath: codingPath) }
+}
+
+private struct SingleNode: SingleValueEncodingContainer {
+    let node: JSONNode
+    var codingPath: [CodingKey]
+
+    mutating func encodeNil() throws { node.scalar = .null }
+    mutating func encode(_ value: Bool) throws { node.scalar = .bool(value) }
+    mutating func encode(_ value: String) throws { node.scalar = .string(value) }
+    mutating func encode(_ value: Double) throws { node.scalar = .double(value) }
+    mutating func encode(_ value: Float) throws { node.scalar = .double(Double(value)) }
+    mutating func encode(_ value: Int) throws { node.scalar = .int(value) }
+    mutating func encode(_ value: Int8) throws { node.scalar = .int(Int(value)) }
+    mutating func encode(_ value: Int16) throws { node.scalar = .int(Int(value)) }
+    mutating func encode(_ value: Int32) throws { node.scalar = .int(Int(value)) }
+    mutating func encode(_ value: Int64) throws { node.scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt) throws { node.scalar = .unsigned(value) }
+    mutating func encode(_ value: UInt8) throws { node.scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt16) throws { node.scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt32) throws { node.scalar = .int(Int(value)) }
+    mutating func encode(_ value: UInt64) throws { node.scalar = .unsigned(value) }
+    mutating func encode<T: Encodable>(_ value: T) throws {
+        try JSONNode.encode(value, into: node, codingPath: codingPath)
     }
 }

@@ -213,6 +213,6 @@ public struct CPTQuantPass: CompressionPass {
         let application = try apply(model, targets, evaluation, allocation, context: context)
         let report = try report(CPTQuantRun(model: model, targets: targets, analysis: analysis, evaluation: evaluation,
                                             damage: damage, allocation: allocation, application: application))
-        return (application.model, try JSONValueEncoder.encode(report))
+        return (application.model, try JSONValue(encoding: report))
     }
 }

@@ -279,7 +279,7 @@ public struct DSFormerPass: CompressionPass {
         let list = try FactorizationTargets.weights(model, kinds: targets, pass: Self.name)
         let plan = try list.map { try sizes(for: $0.id, rows: $0.w.shape[0], columns: $0.w.shape[1]) }
         var out = model
-        var rows: [JSONValue] = []
+        var rows: [DSFormerReport.Weight] = []
         var tot = (dense: 0, params: 0, err: 0.0, start: 0.0, svd: 0.0, norm: 0.0)
         for (i, ((id, t), sz)) in zip(list, plan).enumerated() {
             let m = t.shape[0], n = t.shape[1], k = sz.rank, s = sz.nonzeros
@@ -293,20 +293,47 @@ public struct DSFormerPass: CompressionPass {
             let params = m * k + s * n, svdRank = params / (m + n), svdE2 = r.svdError2(rank: svdRank)
             func rel(_ e2: Double) -> Double { (e2 / max(r.norm2, 1e-300)).squareRoot() }
             tot.dense += m * n; tot.params += params; tot.err += r.error2; tot.start += r.startError2; tot.svd += svdE2; tot.norm += r.norm2
-            rows.append(.object([
-                "layer": .int(id.layer), "projection": .string(id.kind.shortName), "rank": .int(k), "nonzeros": .int(s),
-                "parameters": .int(params), "dense_parameters": .int(m * n), "iterations": .int(r.iterations),
-                "relative_error": .double(rel(r.error2)), "start_relative_error": .double(rel(r.startError2)),
-                "svd_rank": .int(svdRank), "svd_relative_error": .double(rel(svdE2)),
-            ]))
+            rows.append(DSFormerReport.Weight(
+                layer: id.layer, projection: id.kind.shortName, rank: k, nonzeros: s, parameters: params,
+                denseParameters: m * n, iterations: r.iterations, relativeError: rel(r.error2),
+                startRelativeError: rel(r.startError2), svdRank: svdRank, svdRelativeError: rel(svdE2)))
             context.progress(String(format: "dsformer %d/%d: %@ k %d s %d, relative error %.4f (SVD start %.4f, truncated SVD rank %d at equal parameters %.4f), %d alternations",
                                     i + 1, list.count, id.description, k, s, rel(r.error2), rel(r.startError2), svdRank, rel(svdE2), r.iterations))
         }
         func rel(_ e2: Double) -> Double { (e2 / max(tot.norm, 1e-300)).squareRoot() }
-        return (out, .object([
-            "weights": .array(rows), "parameters": .int(tot.params), "dense_parameters": .int(tot.dense),
-            "relative_error": .double(rel(tot.err)), "start_relative_error": .double(rel(tot.start)),
-            "svd_relative_error": .double(rel(tot.svd)),
-        ]))
+        let report = DSFormerReport(weights: rows, parameters: tot.params, denseParameters: tot.dense,
+                                    relativeError: rel(tot.err), startRelativeError: rel(tot.start),
+                                    svdRelativeError: rel(tot.svd))
+        return (out, try JSONValue(encoding: report))
     }
+}
+
+/// The report of a `dsformer` stage: each factorized weight W ≈ D·S (S sparse), and the totals over them;
+/// relative errors are ‖W − D·S‖_F / ‖W‖_F (over all weights: √(Σ error² / Σ ‖W‖²)).
+public struct DSFormerReport: Codable, Equatable {
+    /// One factorized weight.
+    public struct Weight: Codable, Equatable {
+        public var layer: Int
+        /// "gate_proj", "down_proj", ...
+        public var projection: String
+        /// D's columns, and S's nonzeros per column.
+        public var rank: Int
+        public var nonzeros: Int
+        public var parameters: Int
+        public var denseParameters: Int
+        /// Alternations run.
+        public var iterations: Int
+        public var relativeError: Double
+        /// At the truncated-SVD start of the alternation.
+        public var startRelativeError: Double
+        /// The truncated SVD with as many parameters, and its error.
+        public var svdRank: Int
+        public var svdRelativeError: Double
+    }
+    public var weights: [Weight]
+    public var parameters: Int
+    public var denseParameters: Int
+    public var relativeError: Double
+    public var startRelativeError: Double
+    public var svdRelativeError: Double
 }

@@ -171,6 +171,11 @@ public struct FinerCutPass: CompressionPass {
         }
     }
 
+    /// The settings the removal order depends on: its cache key.
+    struct OrderSettings: Encodable {
+        var metric, mode, candidates: String
+    }
+
     public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let all = Self.candidateSublayers(model, candidates)
         let k = count ?? Int((fraction! * Double(all.count)).rounded())
@@ -182,8 +187,8 @@ public struct FinerCutPass: CompressionPass {
         guard let T = windows.first?.count, T >= 2, windows.allSatisfy({ $0.count == T }) else {
             throw RecipeError("finercut: calibration windows must share one length of at least 2 tokens")
         }
-        let settings: JSONValue = .object(["metric": .string(metric.rawValue), "mode": .string(mode.rawValue),
-                                           "candidates": .string(candidates.rawValue)])
+        let settings = try JSONValue(encoding: OrderSettings(metric: metric.rawValue, mode: mode.rawValue,
+                                                             candidates: candidates.rawValue))
         let name = "finercut-order"
         var order = context.cache?.load(name, settings: settings, as: [Removal].self) ?? []
         if order.count < k || (mode == .oneShot && order.isEmpty) {
@@ -193,17 +198,36 @@ public struct FinerCutPass: CompressionPass {
         }
         let removed = Array(order.prefix(k))
         let pruned = try model.removingSublayers(Set(removed.map(\.sublayer)))
-        let diag: JSONValue = .object([
-            "metric": .string(metric.rawValue), "mode": .string(mode.rawValue), "candidates": .string(candidates.rawValue),
-            "candidate_count": .int(all.count), "removed_count": .int(k),
-            "removed_attention": .int(removed.filter { $0.kind == "attention" }.count),
-            "removed_mlp": .int(removed.filter { $0.kind == "mlp" }.count),
-            "layers_dropped_empty": .int(model.layers.count - pruned.layers.count),
-            "order": jsonValue(removed),
-            "ranking_computed": .int(order.count),
-            "why": .string(mode == .greedy ? "each step removes the candidate whose removal (on top of the earlier ones) moves the output least from the original's"
-                                           : "the candidates whose removal alone moves the output least from the original's"),
-        ])
+        let report = FinerCutReport(
+            metric: metric.rawValue, mode: mode.rawValue, candidates: candidates.rawValue, candidateCount: all.count,
+            removedCount: k, removedAttention: removed.filter { $0.kind == "attention" }.count,
+            removedMlp: removed.filter { $0.kind == "mlp" }.count,
+            layersDroppedEmpty: model.layers.count - pruned.layers.count, order: removed, rankingComputed: order.count,
+            why: mode == .greedy
+                ? "each step removes the candidate whose removal (on top of the earlier ones) moves the output least "
+                    + "from the original's"
+                : "the candidates whose removal alone moves the output least from the original's")
+        let diag = try JSONValue(encoding: report)
         return (pruned, diag)
     }
+}
+
+/// The report of a `finercut` stage: the settings, what was removed (attention and MLP sublayers, layers left
+/// empty) and the removal order with each candidate's distance from the original.
+public struct FinerCutReport: Codable, Equatable {
+    public var metric: String
+    public var mode: String
+    public var candidates: String
+    /// Candidate sublayers of the model, and how many were removed.
+    public var candidateCount: Int
+    public var removedCount: Int
+    public var removedAttention: Int
+    public var removedMlp: Int
+    /// Layers dropped because both their sublayers went.
+    public var layersDroppedEmpty: Int
+    /// The removed sublayers, in removal order.
+    public var order: [FinerCutPass.Removal]
+    /// Removals the cached order holds (≥ removed_count: a longer greedy order is reused).
+    public var rankingComputed: Int
+    public var why: String
 }

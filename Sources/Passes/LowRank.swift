@@ -194,7 +194,7 @@ public struct LowRankPass: CompressionPass {
         // Every rank checked before any SVD.
         let ranks = try list.map { try rank(for: $0.id, rows: $0.w.shape[0], columns: $0.w.shape[1]) }
         var out = model
-        var rows: [JSONValue] = []
+        var rows: [LowRankReport.Weight] = []
         var denseParams = 0, params = 0, err2 = 0.0, norm2 = 0.0
         for (i, ((id, t), k)) in zip(list, ranks).enumerated() {
             let m = t.shape[0], n = t.shape[1]
@@ -205,16 +205,34 @@ public struct LowRankPass: CompressionPass {
             out = try out.replacing(.linear(id), with: .factorized(f))
             let w2 = Factor64.frobenius2(w)
             denseParams += m * n; params += k * (m + n); err2 += e2; norm2 += w2
-            rows.append(.object([
-                "layer": .int(id.layer), "projection": .string(id.kind.shortName), "rank": .int(k),
-                "parameters": .int(k * (m + n)), "dense_parameters": .int(m * n),
-                "relative_error": .double((e2 / max(w2, 1e-300)).squareRoot()),
-            ]))
+            rows.append(LowRankReport.Weight(layer: id.layer, projection: id.kind.shortName, rank: k,
+                                             parameters: k * (m + n), denseParameters: m * n,
+                                             relativeError: (e2 / max(w2, 1e-300)).squareRoot()))
             context.progress(String(format: "lowrank %d/%d: %@ rank %d, relative error %.4f", i + 1, list.count, id.description, k, (e2 / max(w2, 1e-300)).squareRoot()))
         }
-        return (out, .object([
-            "weights": .array(rows), "parameters": .int(params), "dense_parameters": .int(denseParams),
-            "relative_error": .double((err2 / max(norm2, 1e-300)).squareRoot()),
-        ]))
+        let report = LowRankReport(weights: rows, parameters: params, denseParameters: denseParams,
+                                   relativeError: (err2 / max(norm2, 1e-300)).squareRoot())
+        return (out, try JSONValue(encoding: report))
     }
+}
+
+/// The report of a `lowrank` stage: each factorized weight, and the totals over them.
+public struct LowRankReport: Codable, Equatable {
+    /// One weight W ≈ D·S of rank `rank`.
+    public struct Weight: Codable, Equatable {
+        public var layer: Int
+        /// "q_proj", "down_proj", ...
+        public var projection: String
+        public var rank: Int
+        /// rank × (rows + columns), against rows × columns dense.
+        public var parameters: Int
+        public var denseParameters: Int
+        /// ‖W − D·S‖_F / ‖W‖_F.
+        public var relativeError: Double
+    }
+    public var weights: [Weight]
+    public var parameters: Int
+    public var denseParameters: Int
+    /// √(Σ ‖W − D·S‖²_F / Σ ‖W‖²_F) over the weights.
+    public var relativeError: Double
 }

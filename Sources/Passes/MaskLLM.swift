@@ -162,16 +162,18 @@ public struct MaskLLMPass: TrainingPass {
             }
             // The one-shot passes prune every layer (they have no 'exclude_layers'); only the masks of this
             // stage's targets are read.
-            let json: JSONValue = .object([
-                "pattern": .string("\(settings.n):\(settings.m)"), "targets": .array(self.targets.map { .string($0.shortName) }),
-            ])
+            struct PriorStage: Encodable { var pattern: String; var targets: [String] }
+            struct PriorKey: Encodable { var prior: String; var pass: JSONValue }
+            let json = try JSONValue(encoding: PriorStage(pattern: "\(settings.n):\(settings.m)",
+                                                          targets: self.targets.map(\.shortName)))
             let cfg = try StrictObject(json, at: "\(location) prior (\(prior.rawValue))")
             guard let pass = try registry.make(prior.rawValue, config: cfg) as? any CompressionPass else {
                 throw RecipeError("'prior': '\(prior.rawValue)' is not a one-shot pass")
             }
             // The masks (packed bits by weight name) are a calibration statistic: cached under the prior's settings.
             struct Masks: Codable { var bits: [String: Data]; var diagnostics: String }
-            let cached: Masks = try context.cached("maskllm-prior", settings: .object(["prior": .string(prior.rawValue), "pass": json])) {
+            let key = try JSONValue(encoding: PriorKey(prior: prior.rawValue, pass: json))
+            let cached: Masks = try context.cached("maskllm-prior", settings: key) {
                 context.progress("prior: running \(prior.rawValue) on the dense model")
                 let (pruned, diag) = try pass.run(on: model, context: context)
                 var bits: [String: Data] = [:]
@@ -201,8 +203,10 @@ public struct MaskLLMPass: TrainingPass {
             return TrainingRun(distiller: nil) {
                 var out = model
                 for t in found { out = try out.replacing(.linear(t.id), with: .sparse(SparseWeight(masking: t.weight, mask: priors[t.id]!))) }
-                return (out, .object(["pattern": .string(pattern.description), "prior": .string(prior.rawValue), "prior_seconds": .double(priorSeconds),
-                                      "weights": .int(found.count), "steps": .int(0), "prior_diagnostics": priorDiagnostics]))
+                let report = MaskLLMReport(pattern: pattern.description, prior: prior.rawValue,
+                                           priorSeconds: priorSeconds, weights: found.count, steps: 0,
+                                           priorDiagnostics: priorDiagnostics)
+                return (out, try JSONValue(encoding: report))
             }
         }
         let trainable = try MaskLLMTrainable(targets: found.map { .init(id: $0.id, weight: $0.weight, prior: priors[$0.id]) }, settings: settings)
@@ -211,23 +215,45 @@ public struct MaskLLMPass: TrainingPass {
         return TrainingRun(distiller: distiller) {
             let masks = try trainable.hardMasks()
             var out = model
-            var priorAgreement: [String: JSONValue] = [:]
+            var priorAgreement: [String: Double] = [:]
             for (i, id) in trainable.targets.enumerated() {
                 let mask = masks[id]!
                 out = try out.replacing(.linear(id), with: .sparse(SparseWeight(masking: trainable.weights[i], mask: mask)))
                 if let p = priors[id] {
                     var same = 0
                     for b in 0..<mask.bits.count { same += (~(mask.bits[b] ^ p.bits[b])).nonzeroBitCount }
-                    priorAgreement[WeightID.linear(id).hfName] = .double(Double(same - (mask.bits.count * 8 - mask.count)) / Double(mask.count))
+                    priorAgreement[WeightID.linear(id).hfName] =
+                        Double(same - (mask.bits.count * 8 - mask.count)) / Double(mask.count)
                 }
             }
-            return (out, .object([
-                "pattern": .string(pattern.description), "prior": .string(prior.rawValue), "prior_seconds": .double(priorSeconds),
-                "weights": .int(found.count), "logits": .int(trainable.logits.reduce(0) { $0 + $1.count }),
-                "groups_changed_from_prior": trainable.distanceFromPrior().map { .double($0) } ?? .null,
-                "train_weights": .bool(settings.trainWeights), "loss": .string(loss.rawValue),
-                "prior_diagnostics": priorDiagnostics,
-            ]))
+            let report = MaskLLMReport(
+                pattern: pattern.description, prior: prior.rawValue, priorSeconds: priorSeconds, weights: found.count,
+                logits: trainable.logits.reduce(0) { $0 + $1.count },
+                groupsChangedFromPrior: Nullable(trainable.distanceFromPrior()), trainWeights: settings.trainWeights,
+                loss: loss.rawValue, priorDiagnostics: priorDiagnostics)
+            return (out, try JSONValue(encoding: report))
         }
     }
+}
+
+/// The report of a `maskllm` stage: the pattern, the prior and its own pass's report, and (when it trained) the
+/// mask logits and how far the learnt masks moved from the prior's.
+public struct MaskLLMReport: Codable, Equatable {
+    /// "2:4", ...
+    public var pattern: String
+    /// "none", "magnitude", "wanda" or "sparsegpt", and the wall time of its masks.
+    public var prior: String
+    public var priorSeconds: Double
+    /// Targeted weights.
+    public var weights: Int
+    /// Only with "steps": 0 (the prior's masks kept): 0.
+    public var steps: Int?
+    /// When trained: the mask logits, the share of groups whose mask differs from the prior's (null without a
+    /// prior), whether the weights trained too, and the loss.
+    public var logits: Int?
+    public var groupsChangedFromPrior: Nullable<Double>?
+    public var trainWeights: Bool?
+    public var loss: String?
+    /// The prior pass's own report (null without a prior).
+    public var priorDiagnostics: JSONValue
 }

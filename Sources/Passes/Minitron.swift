@@ -191,12 +191,9 @@ public struct MinitronPass: CompressionPass {
         }
         let target = try resolveTarget(c)
         let windows = context.calibration
-        var diag: [String: JSONValue] = [
-            "target": jsonValue(target),
-            "before": .object(["hidden": .int(c.hiddenSize), "mlp": .int(c.intermediateSize), "heads": .int(c.numAttentionHeads),
-                               "layers": .int(c.numHiddenLayers)]),
-        ]
-        if let params { diag["parameter_budget"] = .int(params); diag["budget_axes"] = .array(axes.map { .string($0.rawValue) }) }
+        var diag = MinitronReport(target: target, before: .init(hidden: c.hiddenSize, mlp: c.intermediateSize,
+                                                                heads: c.numAttentionHeads, layers: c.numHiddenLayers))
+        if let params { diag.parameterBudget = params; diag.budgetAxes = axes.map(\.rawValue) }
 
         // Depth: rank blocks, remove the least important in one shot.
         var keep = Array(0..<c.numHiddenLayers)
@@ -211,20 +208,18 @@ public struct MinitronPass: CompressionPass {
             let order = score.indices.sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }
             let removed = Array(order.prefix(c.numHiddenLayers - target.layers)).sorted()
             keep = keep.filter { !removed.contains($0) }
-            diag["depth"] = .object([
-                "metric": .string(depthMetric.rawValue), "removed_layers": .array(removed.map { .int($0) }),
-                "why": .string(depthMetric == .ppl ? "lowest calibration perplexity when the block alone is removed"
-                                                   : "lowest 1 - cos(block input, block output)"),
-                "ppl_without_block": .array(depth.ppl.map { .double($0) }), "base_ppl": .double(depth.basePpl),
-                "one_minus_cosine": .array(depth.cosine.map { .double($0) }),
-            ])
+            diag.depth = MinitronReport.Depth(
+                metric: depthMetric.rawValue, removedLayers: removed,
+                why: depthMetric == .ppl ? "lowest calibration perplexity when the block alone is removed"
+                                         : "lowest 1 - cos(block input, block output)",
+                pplWithoutBlock: depth.ppl, basePpl: depth.basePpl, oneMinusCosine: depth.cosine)
         }
         var result = keep.count < c.numHiddenLayers ? try model.removingLayers(Set(0..<c.numHiddenLayers).subtracting(keep)) : model
 
         // Width: keep the highest-scoring channels, heads (per KV group) and neurons.
         if target.hidden < c.hiddenSize || target.mlp < c.intermediateSize || target.heads < c.numAttentionHeads {
-            let settings: JSONValue = .object(["sequence": .string(sequence.rawValue), "batch": .string(batch.rawValue)])
-            let imp = try context.cached("minitron-width", settings: settings) {
+            let aggregation = MinitronReport.Aggregation(sequence: sequence.rawValue, batch: batch.rawValue)
+            let imp = try context.cached("minitron-width", settings: try JSONValue(encoding: aggregation)) {
                 ActivationImportance.compute(model: model, windows: windows, sequence: sequence, batch: batch) { i, n in
                     context.progress("minitron width scores: window \(i)/\(n)")
                 }
@@ -232,16 +227,14 @@ public struct MinitronPass: CompressionPass {
             try Self.checkFinite(imp)
             let sel = Self.selection(imp, config: c, target: target, keep: keep)
             let removedChannels = Set(0..<c.hiddenSize).subtracting(sel.channels).sorted()
-            diag["width"] = .object([
-                "aggregation": settings,
-                "head_scores": .array(imp.heads.map { .array($0.map { .double($0) }) }),
-                "kept_heads": .array(zip(keep, sel.heads).map { l, h in .object(["layer": .int(l), "heads": .array(h.map { .int($0) })]) }),
-                "removed_channels": .array(removedChannels.map { .int($0) }),
-                "channel_score_cutoff": .double(sel.channels.map { imp.channels[$0] }.min() ?? 0),
-                "neurons_kept_per_layer": .int(target.mlp),
-                "neuron_score_cutoff_per_layer": .array(zip(keep, sel.neurons).map { l, n in .double(n.map { imp.neurons[l][$0] }.min() ?? 0) }),
-                "why": .string("lowest activation importance (heads ranked within their KV group)"),
-            ])
+            var width = MinitronReport.Width(
+                aggregation: aggregation, headScores: imp.heads,
+                keptHeads: zip(keep, sel.heads).map { .init(layer: $0, heads: $1) }, removedChannels: removedChannels,
+                channelScoreCutoff: sel.channels.map { imp.channels[$0] }.min() ?? 0, neuronsKeptPerLayer: target.mlp,
+                neuronScoreCutoffPerLayer: zip(keep, sel.neurons).map { l, n in
+                    n.map { imp.neurons[l][$0] }.min() ?? 0
+                },
+                why: "lowest activation importance (heads ranked within their KV group)")
             // Post-sublayer norms: the mean squares of their inputs set their factor when channels go (ChannelRemoval).
             var postNormInputs: [[Double]]? = nil
             if c.postNorms && target.hidden < c.hiddenSize {
@@ -250,15 +243,66 @@ public struct MinitronPass: CompressionPass {
                 }
                 let kept = keep.flatMap { [all[2 * $0], all[2 * $0 + 1]] }
                 postNormInputs = kept
-                if case .object(var o)? = diag["width"] {
-                    o["post_norm_kept_energy"] = .array(kept.map { e in
-                        .double(sel.channels.reduce(0.0) { $0 + e[$1] } / max(e.reduce(0, +), .leastNormalMagnitude))
-                    })
-                    diag["width"] = .object(o)
+                width.postNormKeptEnergy = kept.map { e in
+                    sel.channels.reduce(0.0) { $0 + e[$1] } / max(e.reduce(0, +), .leastNormalMagnitude)
                 }
             }
+            diag.width = width
             result = try result.pruningWidth(sel, postNormInputs: postNormInputs)
         }
-        return (result, .object(diag))
+        return (result, try JSONValue(encoding: diag))
     }
+}
+
+/// The report of a `minitron` stage: the target and the sizes before, the parameter budget it was resolved from,
+/// and the depth and width importances behind what was removed.
+public struct MinitronReport: Codable, Equatable {
+    /// The model's sizes before the stage.
+    public struct Sizes: Codable, Equatable {
+        public var hidden, mlp, heads, layers: Int
+    }
+    /// How activations are pooled into importances, over the sequence and the batch: the width scores' cache key.
+    public struct Aggregation: Codable, Equatable {
+        public var sequence, batch: String
+    }
+    /// Depth pruning: the blocks removed in one shot, and every block's scores.
+    public struct Depth: Codable, Equatable {
+        /// "ppl" or "cosine".
+        public var metric: String
+        public var removedLayers: [Int]
+        public var why: String
+        /// Calibration perplexity with each block alone removed, and with none.
+        public var pplWithoutBlock: [Double]
+        public var basePpl: Double
+        /// 1 − cos(block input, block output), per block.
+        public var oneMinusCosine: [Double]
+    }
+    /// One kept layer's kept attention heads (original indices).
+    public struct KeptHeads: Codable, Equatable {
+        public var layer: Int
+        public var heads: [Int]
+    }
+    /// Width pruning: the activation importances and the cutoffs of what was kept.
+    public struct Width: Codable, Equatable {
+        public var aggregation: Aggregation
+        /// Per layer, per head.
+        public var headScores: [[Double]]
+        public var keptHeads: [KeptHeads]
+        public var removedChannels: [Int]
+        /// The lowest importance kept, among hidden channels and (per kept layer) MLP neurons.
+        public var channelScoreCutoff: Double
+        public var neuronsKeptPerLayer: Int
+        public var neuronScoreCutoffPerLayer: [Double]
+        public var why: String
+        /// Models with post-sublayer norms, when channels go: per kept sublayer, the share of its input's mean
+        /// square the kept channels carry.
+        public var postNormKeptEnergy: [Double]?
+    }
+    public var target: MinitronPass.Target
+    public var before: Sizes
+    /// With "params": the budget and the axes pruned to meet it.
+    public var parameterBudget: Int?
+    public var budgetAxes: [String]?
+    public var depth: Depth?
+    public var width: Width?
 }

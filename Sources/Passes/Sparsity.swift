@@ -126,28 +126,56 @@ public struct SparsityTarget: Equatable, Sendable {
     }
 }
 
+/// The report of a one-shot pruning pass (magnitude, wanda, sparsegpt): the target, the density kept over the
+/// pruned weights, and each weight's storage.
+public struct OneShotPruningReport: Codable, Equatable {
+    /// One targeted weight as stored after the pass.
+    public struct Weight: Codable, Equatable {
+        /// Its Hugging Face name ("model.layers.0.mlp.down_proj.weight").
+        public var name: String
+        public var bytes: Int
+        /// A sparse weight's share of kept values and its pattern ("2:4", "unstructured").
+        public var density: Double?
+        public var pattern: String?
+        /// SparseGPT: the OBS reconstruction loss.
+        public var obsLoss: Double?
+    }
+    public var pattern: String
+    /// The target's share of pruned values.
+    public var sparsity: Double
+    /// Kept values over all values of the sparse weights (0 when none is sparse).
+    public var density: Double
+    public var seconds: Double
+    /// SparseGPT's relative damping and columns per block.
+    public var damp: Double?
+    public var blockSize: Int?
+    /// Wanda and SparseGPT: the calibration tokens their input statistics saw.
+    public var calibrationTokens: Int?
+    public var tensors: [Weight]
+}
+
 /// Shared run of the three passes: validation, then per-linear pruning, with diagnostics.
 struct OneShotPruning {
     let stage: String
     let target: SparsityTarget
 
-    func report(_ model: DecoderModel, _ ids: [LinearID], seconds: Double, extra: [String: JSONValue] = [:], perTensor: [LinearID: [String: JSONValue]] = [:]) -> JSONValue {
+    /// The report of `model` after the pass over `ids`; `obsLoss` by weight (SparseGPT).
+    func report(_ model: DecoderModel, _ ids: [LinearID], seconds: Double,
+                obsLoss: [LinearID: Double] = [:]) -> OneShotPruningReport {
         var kept = 0, total = 0
-        let tensors: [JSONValue] = ids.map { id in
+        let tensors = ids.map { id in
             let w = model.linear(id)!
-            var o: [String: JSONValue] = ["name": .string(WeightID.linear(id).hfName), "bytes": .int(w.storageBytes)]
+            var entry = OneShotPruningReport.Weight(name: WeightID.linear(id).hfName, bytes: w.storageBytes)
             if case .sparse(let s) = w {
                 kept += s.mask.nonzeros; total += s.mask.count
-                o["density"] = .double(s.mask.density); o["pattern"] = .string(s.mask.pattern.description)
+                entry.density = s.mask.density; entry.pattern = s.mask.pattern.description
             }
-            for (k, v) in perTensor[id] ?? [:] { o[k] = v }
-            return .object(o)
+            entry.obsLoss = obsLoss[id]
+            return entry
         }
-        var d: [String: JSONValue] = ["pattern": .string(target.pattern.description), "sparsity": .double(target.sparsity),
-                                      "density": .double(total > 0 ? Double(kept) / Double(total) : 0), "seconds": .double(seconds),
-                                      "tensors": .array(tensors)]
-        for (k, v) in extra { d[k] = v }
-        return .object(d)
+        return OneShotPruningReport(pattern: target.pattern.description, sparsity: target.sparsity,
+                                    density: total > 0 ? Double(kept) / Double(total) : 0, seconds: seconds,
+                                    tensors: tensors)
     }
 }
 
@@ -169,7 +197,9 @@ public struct MagnitudePass: CompressionPass {
             let keep = target.keepByScore(w.array.map { Double(abs($0)) }, rows: w.shape[0], cols: w.shape[1], perRow: false)
             m = try m.replacing(.linear(id), with: try target.sparse(w, keep: keep, id: id))
         }
-        return (m, OneShotPruning(stage: Self.name, target: target).report(m, ids, seconds: Date().timeIntervalSince(start)))
+        let report = OneShotPruning(stage: Self.name, target: target).report(
+            m, ids, seconds: Date().timeIntervalSince(start))
+        return (m, try JSONValue(encoding: report))
     }
 }
 
@@ -203,8 +233,10 @@ public struct WandaPass: CompressionPass {
             let keep = try Self.keep(w, columnNorms: input.columnNorms, target: target, id: id)
             return try target.sparse(w, keep: keep, id: id)
         }
-        return (result, OneShotPruning(stage: Self.name, target: target).report(result, ids, seconds: Date().timeIntervalSince(start),
-                                                                                extra: ["calibration_tokens": .int(context.calibration.reduce(0) { $0 + $1.count })]))
+        var report = OneShotPruning(stage: Self.name, target: target).report(
+            result, ids, seconds: Date().timeIntervalSince(start))
+        report.calibrationTokens = context.calibration.reduce(0) { $0 + $1.count }
+        return (result, try JSONValue(encoding: report))
     }
 }
 
@@ -285,7 +317,7 @@ public struct SparseGPTPass: CompressionPass {
     public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
-        var losses: [LinearID: [String: JSONValue]] = [:]
+        var losses: [LinearID: Double] = [:]
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: true,
                                        progress: context.progress) { id, weight, input in
             let factor: HessianFactorization
@@ -299,12 +331,13 @@ public struct SparseGPTPass: CompressionPass {
                     + "values): the model's outputs on the calibration windows hold NaN or infinite values (check the input "
                     + "checkpoint's weights)")
             }
-            losses[id] = ["obs_loss": .double(loss)]
+            losses[id] = loss
             return try target.sparse(values, keep: keep, id: id)
         }
-        return (result, OneShotPruning(stage: Self.name, target: target).report(
-            result, ids, seconds: Date().timeIntervalSince(start),
-            extra: ["damp": .double(damp), "block_size": .int(blockSize), "calibration_tokens": .int(context.calibration.reduce(0) { $0 + $1.count })],
-            perTensor: losses))
+        var report = OneShotPruning(stage: Self.name, target: target).report(
+            result, ids, seconds: Date().timeIntervalSince(start), obsLoss: losses)
+        report.damp = damp; report.blockSize = blockSize
+        report.calibrationTokens = context.calibration.reduce(0) { $0 + $1.count }
+        return (result, try JSONValue(encoding: report))
     }
 }

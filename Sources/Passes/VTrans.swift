@@ -294,25 +294,53 @@ public final class VTransRun {
         }
         let c = distiller.student.config
         let log = distiller.log
-        let diag: JSONValue = .object([
-            "variant": .string(pass.variant.rawValue),
-            "target_parameters": .int(masks.settings.targetParameters),
-            "parameters": .int(pruned.parameterCount),
-            "expected_parameters_at_end": .double(masks.lastExpected),
-            "lambda": .array([.double(Double(masks.lambda[0])), .double(Double(masks.lambda[1]))]),
-            "log_alpha_cutoff": .double(cutoff),
-            "train_tokens_used": .int(distiller.config.steps * distiller.config.batch * distiller.config.window * distiller.config.accumulation),
-            "hidden": .int(sel.channels.count),
-            "layers_kept": .array(sel.layers.map { .int($0) }),
-            "per_layer": .array(sel.layers.map { l in .object([
-                "layer": .int(l), "heads": .int(sel.heads[l].count), "kv_heads": .int(c.blocks[l].numKeyValueHeads),
-                "mlp": .int(sel.neurons[l].count)]) }),
-            "kept_heads": .array(sel.layers.map { l in .array(sel.heads[l].map { .int($0) }) }),
-            "first_loss": .double(log.first?.loss ?? .nan), "final_loss": .double(log.last?.loss ?? .nan),
-            "final_kl": .double(log.last?.kl ?? .nan),
-        ])
-        return (pruned, diag)
+        let diag = VTransReport(
+            variant: pass.variant.rawValue, targetParameters: masks.settings.targetParameters,
+            parameters: pruned.parameterCount, expectedParametersAtEnd: masks.lastExpected,
+            lambda: [masks.lambda[0], masks.lambda[1]], logAlphaCutoff: cutoff,
+            trainTokensUsed: distiller.config.steps * distiller.config.batch * distiller.config.window
+                * distiller.config.accumulation,
+            hidden: sel.channels.count, layersKept: sel.layers,
+            perLayer: sel.layers.map { l in
+                .init(layer: l, heads: sel.heads[l].count, kvHeads: c.blocks[l].numKeyValueHeads,
+                      mlp: sel.neurons[l].count)
+            },
+            keptHeads: sel.layers.map { sel.heads[$0] }, firstLoss: log.first?.loss ?? .nan,
+            finalLoss: log.last?.loss ?? .nan, finalKl: log.last?.kl ?? .nan)
+        return (pruned, try JSONValue(encoding: diag))
     }
+}
+
+/// The report of a `vtrans` stage: the target and what the trained masks kept (layers, heads, neurons, hidden
+/// channels), with the training's first and final losses (NaN when it ran no step).
+public struct VTransReport: Codable, Equatable {
+    /// One kept layer's sizes.
+    public struct Layer: Codable, Equatable {
+        public var layer: Int
+        public var heads: Int
+        public var kvHeads: Int
+        public var mlp: Int
+    }
+    /// "vtrans", "fast" or "faster".
+    public var variant: String
+    public var targetParameters: Int
+    public var parameters: Int
+    /// The masks' expected parameter count at the last step.
+    public var expectedParametersAtEnd: Double
+    /// The two Lagrange multipliers of the parameter constraint.
+    public var lambda: [Float]
+    /// The log α threshold the selection kept units above.
+    public var logAlphaCutoff: Double
+    public var trainTokensUsed: Int
+    /// Hidden channels kept, and the kept layers (original indices).
+    public var hidden: Int
+    public var layersKept: [Int]
+    public var perLayer: [Layer]
+    /// Per kept layer, its kept heads (original indices).
+    public var keptHeads: [[Int]]
+    public var firstLoss: Double
+    public var finalLoss: Double
+    public var finalKl: Double
 }
 
 /// Run by `apply` like every training stage: state saved every `save_every` steps, resumed with `--resume`,

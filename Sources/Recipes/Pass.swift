@@ -108,7 +108,7 @@ public protocol OutputStage: RecipeStage {
     /// naming the path.
     func checkOutput(inputs: [(role: String, path: String)]) throws
     /// Writes `model` (with the base's tokenizer and history, read from `basePath`); returns the stage's report
-    /// and warnings.
+    /// (a Codable struct encoded by `JSONValue(encoding:)`) and warnings.
     func write(_ model: DecoderModel, base: Checkpoint, basePath: String) throws
         -> (report: JSONValue, warnings: [String])
 }
@@ -130,7 +130,8 @@ extension RecipeStage {
 /// settings only (never its target), and then applies its target cheaply; several targets on one base, in
 /// one session or across runs, reuse one analysis.
 public protocol CompressionPass: RecipeStage {
-    /// The compressed model and the pass's own diagnostics (scores, what it removed and why).
+    /// The compressed model and the pass's own diagnostics (scores, what it removed and why): the pass's Codable
+    /// report struct encoded by `JSONValue(encoding:)` (snake-case keys, ints and doubles apart).
     func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue)
 }
 

@@ -54,6 +54,8 @@ public struct StageReport: Codable {
     /// Calibration statistics read from / written to the cache.
     public var cacheHits: [String]?
     public var cacheMisses: [String]?
+    /// The stage's own report (its Codable report struct, encoded by `JSONValue(encoding:)`); a trained stage's
+    /// holds its `TrainingReport` entries beside its own.
     public var diagnostics: JSONValue
 }
 
@@ -180,11 +182,12 @@ public final class Session {
         if let r = try baseReference(e), let p = r.header.ppl { pplMemo[key] = p; return p }
         let test = try tokens(of: e.text)
         let scoring = try perplexityProtocol(e)
-        var scope: [String: JSONValue] = ["base": .string(baseHash), "eval": jsonValue(e)]
-        // The BOS protocol's id joins the key (no-BOS keys are as before the BOS protocol existed).
-        if let bos = scoring.bos { scope["eval_bos"] = .int(Int(bos)) }
-        if scoring.kind != .pinned { scope["eval_protocol"] = .string(scoring.kind.rawValue) }
-        let cache = StatsCache(directory: cacheDirectory, scope: .object(scope))
+        // The base PPL's cache scope; the BOS protocol's id joins it (no-BOS keys are as before the BOS protocol
+        // existed), and a protocol other than pinned.
+        struct Scope: Encodable { var base: String; var eval: JSONValue; var evalBos: Int?; var evalProtocol: String? }
+        let scope = Scope(base: baseHash, eval: jsonValue(e), evalBos: scoring.bos.map { Int($0) },
+                          evalProtocol: scoring.kind != .pinned ? scoring.kind.rawValue : nil)
+        let cache = StatsCache(directory: cacheDirectory, scope: try JSONValue(encoding: scope))
         let p = try cache.value("ppl", settings: .object([:])) {
             try MatrixProduct.withPrecision(.fp32) { try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
                                      label: "base", naming: "base \(self.basePath)", progress: self.progress) }
@@ -303,7 +306,7 @@ public final class Session {
         var out = StageOutcome(model: model)
         switch entry.stage.work {
         case .compress(let pass):
-            out.cache = stageCache(before: i, of: run.recipe)
+            out.cache = try stageCache(before: i, of: run.recipe)
             let context = passContext(run, cache: out.cache, label: label)
             do {
                 (out.model, out.diagnostics) = try pass.run(on: model, context: context)
@@ -313,7 +316,7 @@ public final class Session {
                 throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
             }
         case .train(let stage):
-            out.cache = stage.cachesStatistics ? stageCache(before: i, of: run.recipe) : nil
+            out.cache = stage.cachesStatistics ? try stageCache(before: i, of: run.recipe) : nil
             let context = passContext(run, cache: out.cache, label: label)
             (out.model, out.diagnostics) = try train(stage, index: i, on: model, context: context, &run, label: label,
                                                      place: place)
@@ -353,16 +356,16 @@ public final class Session {
 
     /// The statistics cache of stage `i`: keyed by everything its input depends on (the base, the calibration data,
     /// the stages before it).
-    func stageCache(before i: Int, of recipe: Recipe) -> StatsCache {
-        let scope: JSONValue = .object([
-            "base": .string(baseHash), "calibration": jsonValue(recipe.calibration),
-            "stages_before": .array(recipe.stages.prefix(i).map {
-                .object(["stage": .string($0.name), "settings": $0.settings])
-            }),
-        ].merging(MatrixProduct.precision == .fp32 ? [:] : ["precision": .string(MatrixProduct.precision.rawValue)]) {
-            a, _ in a
-        })
-        return StatsCache(directory: cacheDirectory, scope: scope, memo: analyses)
+    func stageCache(before i: Int, of recipe: Recipe) throws -> StatsCache {
+        struct Stage: Encodable { var stage: String; var settings: JSONValue }
+        /// `precision` only when bf16: float32 keys stay those from before precision existed.
+        struct Scope: Encodable {
+            var base: String; var calibration: JSONValue; var stagesBefore: [Stage]; var precision: String?
+        }
+        let scope = Scope(base: baseHash, calibration: jsonValue(recipe.calibration),
+                          stagesBefore: recipe.stages.prefix(i).map { Stage(stage: $0.name, settings: $0.settings) },
+                          precision: MatrixProduct.precision == .fp32 ? nil : MatrixProduct.precision.rawValue)
+        return StatsCache(directory: cacheDirectory, scope: try JSONValue(encoding: scope), memo: analyses)
     }
 
     func passContext(_ run: StageRun, cache: StatsCache?, label: String) -> PassContext {
@@ -395,7 +398,7 @@ public final class Session {
                                           logEvery: stage.logEvery, resume: run.resume ? .ifPresent : .no,
                                           progress: progress, label: label, place: place, killAfterStep: run.killAfterStep)
             if trained.keepState { run.statePaths.append(statePath) }
-            diagnostics = Workbench.trainingDiagnostics(distiller, trained).objectValue ?? [:]
+            diagnostics = try JSONValue(encoding: Workbench.trainingDiagnostics(distiller, trained)).objectValue ?? [:]
         }
         let finished: (model: DecoderModel, diagnostics: JSONValue)
         do { finished = try prepared.finish() } catch let err as ConfigError {
@@ -469,19 +472,45 @@ extension Workbench {
     }
 
     /// A trained stage's report entries: steps, tokens, speed, first and final loss and the loop's log.
-    static func trainingDiagnostics(_ distiller: Distiller, _ t: Trained) -> JSONValue {
+    static func trainingDiagnostics(_ distiller: Distiller, _ t: Trained) -> TrainingReport {
         let c = distiller.config, tokensPerStep = c.batch * c.window * c.accumulation
         let first = t.resumedFrom ?? 0
-        return .object([
-            "steps": .int(c.steps), "resumed_from": t.resumedFrom.map { .int($0) } ?? .null,
-            "tokens": .int(c.steps * tokensPerStep),
-            "train_seconds": .double(t.seconds),
-            "tokens_per_second": .double(Double((c.steps - first) * tokensPerStep) / max(t.seconds, 1e-9)),
-            "first_loss": distiller.log.first.map { .double($0.loss) } ?? .null,
-            "final_loss": distiller.log.last.map { .double($0.loss) } ?? .null,
-            "log": jsonValue(distiller.log),
-        ])
+        return TrainingReport(
+            steps: c.steps, resumedFrom: Nullable(t.resumedFrom), tokens: c.steps * tokensPerStep,
+            trainSeconds: t.seconds,
+            tokensPerSecond: Double((c.steps - first) * tokensPerStep) / max(t.seconds, 1e-9),
+            firstLoss: Nullable(distiller.log.first?.loss), finalLoss: Nullable(distiller.log.last?.loss),
+            log: distiller.log)
     }
+}
+
+/// What every trained stage reports of its training (the stage's own report adds its keys beside these): steps,
+/// tokens, speed, the first and final loss (null before any step) and the loop's log.
+public struct TrainingReport: Codable {
+    public var steps: Int
+    /// The step a resumed run started from (null: from step 0).
+    public var resumedFrom: Nullable<Int>
+    /// Training tokens of all `steps` (batch × window × accumulation each).
+    public var tokens: Int
+    /// Wall time of the steps this run ran, and their tokens per second.
+    public var trainSeconds: Double
+    public var tokensPerSecond: Double
+    public var firstLoss: Nullable<Double>
+    public var finalLoss: Nullable<Double>
+    public var log: [StepStats]
+}
+
+/// The history entry `compress apply` appends to the base's history in the checkpoint it writes.
+public struct ApplyHistoryEntry: Codable {
+    /// "apply".
+    public var kind: String
+    public var recipePath: String
+    /// The recipe as read.
+    public var recipe: JSONValue
+    /// The base checkpoint's path and content hash.
+    public var base: String
+    public var baseHash: String
+    public var stages: [StageReport]
 }
 
 extension Session {
@@ -490,10 +519,9 @@ extension Session {
     /// returns), and returns the run report.
     public func write(_ r: Result, recipe: Recipe, recipePath: String, output: String, started: Date) throws -> ApplyReport {
         var history = base.history
-        history.append(.object([
-            "kind": .string("apply"), "recipe_path": .string(recipePath), "recipe": recipe.json, "base": .string(basePath),
-            "base_hash": .string(baseHash), "stages": jsonValue(r.reports),
-        ]))
+        history.append(try JSONValue(encoding: ApplyHistoryEntry(
+            kind: "apply", recipePath: recipePath, recipe: recipe.json, base: basePath, baseHash: baseHash,
+            stages: r.reports)))
         try Checkpoint(model: r.model, tokenizer: base.tokenizer, history: history).write(to: output)
         try Workbench.verifyWritten(output, keeping: r.statePaths.filter { FileManager.default.fileExists(atPath: $0) })
         return ApplyReport(

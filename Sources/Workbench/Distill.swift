@@ -73,6 +73,33 @@ public struct DistillReport: Codable {
     public var log: [StepStats]
 }
 
+/// The history entry `compress distill` appends to the student's history in the checkpoint it writes.
+public struct DistillHistoryEntry: Codable {
+    /// "distill".
+    public var kind: String
+    /// The teacher's and the student's checkpoint paths.
+    public var teacher: String
+    public var student: String
+    public var steps: Int
+    /// Training tokens of all steps.
+    public var tokens: Int
+    /// Whether factorized weights trained through the Straight-Through Factorizer.
+    public var stf: Bool
+    /// The `DistillConfig` as `encodeJSON` writes it.
+    public var config: JSONValue
+    /// The last step's loss (null: no step ran).
+    public var finalLoss: Nullable<Double>
+}
+
+/// The history entry of a checkpoint with decoder layers dropped (`dropLayers`).
+public struct DropLayersHistoryEntry: Codable {
+    /// "drop-layers".
+    public var kind: String
+    /// The checkpoint they were dropped from, and their indices there.
+    public var source: String
+    public var dropped: [Int]
+}
+
 extension Workbench {
     /// Distills `options.student` from `options.teacher` and writes the trained student atomically.
     public static func distill(_ o: DistillOptions) throws -> DistillReport {
@@ -127,12 +154,10 @@ extension Workbench {
         }
         // Write the student with its lineage, then drop the state file (the run is complete).
         var history = studentCkpt.history
-        history.append(.object([
-            "kind": .string("distill"), "teacher": .string(o.teacher), "student": .string(o.student),
-            "steps": .int(c.steps), "tokens": .int(c.steps * tokensPerStep), "stf": .bool(o.stf),
-            "config": (try? JSONValue.parse(try encodeJSON(c))) ?? .null,
-            "final_loss": distiller.log.last.map { .double($0.loss) } ?? .null,
-        ]))
+        history.append(try JSONValue(encoding: DistillHistoryEntry(
+            kind: "distill", teacher: o.teacher, student: o.student, steps: c.steps, tokens: c.steps * tokensPerStep,
+            stf: o.stf, config: (try? JSONValue.parse(try encodeJSON(c))) ?? .null,
+            finalLoss: Nullable(distiller.log.last?.loss))))
         try Checkpoint(model: trained, tokenizer: studentCkpt.tokenizer, history: history)
             .write(to: o.output)
         // The state goes only once the output reads back whole and finite.
@@ -164,7 +189,8 @@ extension Workbench {
         let model: DecoderModel
         do { model = try m.removingLayers(Set(drop)) } catch let e as ConfigError { throw WorkbenchError("--drop: \(e.description)") }
         var history = ckpt.history
-        history.append(.object(["kind": .string("drop-layers"), "source": .string(path), "dropped": .array(drop.map { .int($0) })]))
+        let entry = DropLayersHistoryEntry(kind: "drop-layers", source: path, dropped: drop)
+        history.append(try JSONValue(encoding: entry))
         try Checkpoint(model: model, tokenizer: ckpt.tokenizer, history: history).write(to: output)
         return (m.parameterCount, model.parameterCount, model.layers.count)
     }

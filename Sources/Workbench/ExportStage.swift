@@ -42,11 +42,11 @@ public struct ExportStage: OutputStage {
         try Exporter.checkOutput(options.output, format: options.format, inputs: inputs, force: options.force)
     }
 
-    /// Exports `model` with the base's tokenizer and history (`Exporter.export`); the report is `ExportReport`'s JSON.
+    /// Exports `model` with the base's tokenizer and history (`Exporter.export`); the report is the `ExportReport`.
     public func write(_ model: DecoderModel, base: Checkpoint, basePath: String) throws
         -> (report: JSONValue, warnings: [String]) {
         let ckpt = Checkpoint(model: model, tokenizer: base.tokenizer, history: base.history)
         let r = try Exporter.export(ckpt, source: basePath, options: options)
-        return (jsonValue(r), r.warnings)
+        return (try JSONValue(encoding: r), r.warnings)
     }
 }

@@ -49,8 +49,21 @@ public struct InspectReport: Codable {
     public var quantizedBitsPerWeight: Double?
     public var layers: [LayerEntry]
     public var tensors: [TensorEntry]
+    /// A `Tokenizer` summary, or null without a tokenizer.
     public var tokenizer: JSONValue
     public var history: [JSONValue]
+
+    /// The checkpoint's tokenizer: its model and pre-tokenizer, sizes, special ids (null: none) and normalizer.
+    public struct Tokenizer: Codable {
+        public var model: String
+        public var pre: String
+        public var vocabulary: Int
+        public var merges: Int
+        public var bosTokenId: Nullable<Int>
+        public var eosTokenId: Nullable<Int>
+        public var addBosToken: Bool
+        public var normalizer: Nullable<String>
+    }
 }
 
 extension Workbench {
@@ -67,11 +80,11 @@ extension Workbench {
                          intermediateSize: b.mlp ? b.intermediateSize : nil,
                          parameters: norms + linear.reduce(0) { $0 + $1.parameterCount })
         }
-        let tokenizer: JSONValue = ckpt.tokenizer.map {
-            .object(["model": .string($0.model), "pre": .string($0.pre), "vocabulary": .int($0.tokens.count),
-                     "merges": .int($0.merges.count), "bos_token_id": $0.bosTokenID.map { .int(Int($0)) } ?? .null,
-                     "eos_token_id": $0.eosTokenID.map { .int(Int($0)) } ?? .null,
-                     "add_bos_token": .bool($0.addBosToken), "normalizer": $0.normalizer.map { .string($0) } ?? .null])
+        let tokenizer = try ckpt.tokenizer.map { t in
+            try JSONValue(encoding: InspectReport.Tokenizer(
+                model: t.model, pre: t.pre, vocabulary: t.tokens.count, merges: t.merges.count,
+                bosTokenId: Nullable(t.bosTokenID.map { Int($0) }), eosTokenId: Nullable(t.eosTokenID.map { Int($0) }),
+                addBosToken: t.addBosToken, normalizer: Nullable(t.normalizer)))
         } ?? .null
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         let entries = model.weights.map { w -> InspectReport.TensorEntry in

@@ -49,7 +49,7 @@ extension PassContext {
     /// `compute()`'s value through the cache, under `key` encoded as a JSON object (snake-case keys, nil
     /// optionals left out: the same text as the hand-built objects this replaced, so older entries still hit).
     func cached<T: Codable, Key: Encodable>(_ name: String, key: Key, _ compute: () throws -> T) throws -> T {
-        try cached(name, settings: try JSONValueEncoder.encode(key), compute)
+        try cached(name, settings: try JSONValue(encoding: key), compute)
     }
 }
 

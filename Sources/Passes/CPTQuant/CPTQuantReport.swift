@@ -1,5 +1,5 @@
 // CPTQuant's report: what was allocated and stored, per unit and layer, the budget, the damage (estimated,
-// predicted and measured) and GPTQ's losses; encoded for the runner by `JSONValueEncoder` (snake-case keys).
+// predicted and measured) and GPTQ's losses; encoded for the runner by `JSONValue(encoding:)` (snake-case keys).
 
 import Foundation
 import Model
@@ -142,24 +142,10 @@ struct CPTQuantReport: Codable {
     var budgetBitsPerWeight: Double?
     var fixedInBudget: FixedInBudget?
     var uniformBaseline: UniformBaseline?
-    /// By weight name (lowercase, so the encoder's snake case leaves it unchanged).
+    /// By weight name (dictionary keys are written as they are).
     var fixed: [String: Fixed]?
     var gptq: GPTQ?
     var cmpqSamples: Int?
-}
-
-/// A value encoded as null when nil (a synthesized `encode(to:)` leaves a nil optional out instead).
-struct Nullable<Wrapped: Codable>: Codable {
-    var value: Wrapped?
-    init(_ value: Wrapped?) { self.value = value }
-    init(from decoder: Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        value = c.decodeNil() ? nil : try c.decode(Wrapped.self)
-    }
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        if let value { try c.encode(value) } else { try c.encodeNil() }
-    }
 }
 
 /// Everything a CPTQuant run found and did, phase by phase, for its report.
