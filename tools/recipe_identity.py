@@ -53,7 +53,7 @@ RECIPES = {
 }
 
 
-VOLATILE = {"seconds", "train_seconds", "tokens_per_second", "reference_file", "peak_resident_bytes"}
+VOLATILE = {"seconds", "train_seconds", "tokens_per_second", "reference_file", "peak_resident_bytes", "timing"}
 
 
 def without_volatile(x):

@@ -38,6 +38,8 @@ public final class InputStatistics {
     public let features: Int
     /// Calibration tokens seen.
     public private(set) var tokens = 0
+    /// Wall seconds spent accumulating (the Hessian's share of a layer-wise pass).
+    public private(set) var seconds = 0.0
     /// Σ_t x_{t,j}² per column j, in Float64.
     public private(set) var squares: [Double]
     /// Σ_t x_t x_tᵀ (C, C) row-major in Float64 (upper triangle while accumulating); nil: diagonal only.
@@ -53,7 +55,8 @@ public final class InputStatistics {
 
     /// Adds the rows of x (rows, C).
     public func add(_ x: UnsafePointer<Float>, rows: Int) {
-        let C = features
+        let C = features, start = Date()
+        defer { seconds += Date().timeIntervalSince(start) }
         tokens += rows
         squares.withUnsafeMutableBufferPointer { s in
             for t in 0..<rows { for j in 0..<C { let v = Double(x[t * C + j]); s[j] += v * v } }
@@ -133,6 +136,16 @@ public struct HessianFactorization {
     }
 }
 
+/// Where a layer-wise pass's wall time went (issue 29: the bf16 calibration forward against the float32 work):
+/// the calibration forward (embedding, sublayers and output projections on every window), the input statistics
+/// (Σ x xᵀ, the Hessians) and the compressor's solves (factorizations, OBS / GPTQ updates).
+public struct LayerwiseTiming: Codable, Equatable, Sendable {
+    public var forwardSeconds = 0.0
+    public var hessianSeconds = 0.0
+    public var solveSeconds = 0.0
+    public init() {}
+}
+
 /// The calibration driver (see the top of this file).
 public enum Layerwise {
     /// Compresses one linear weight given its input's statistics; returns the replacement (same shape).
@@ -142,7 +155,8 @@ public enum Layerwise {
     /// the calibration `windows` (all of one length) propagated through the already-compressed layers.
     /// `fullHessian`: accumulate Σ x xᵀ (SparseGPT, GPTQ) or only Σ x² per column (Wanda).
     public static func run(model given: DecoderModel, windows: [[Int32]], targets: Set<LinearKind>, fullHessian: Bool,
-                           progress: (String) -> Void = { _ in }, compress: Compressor) throws -> DecoderModel {
+                           timing: UnsafeMutablePointer<LayerwiseTiming>? = nil, progress: (String) -> Void = { _ in },
+                           compress: Compressor) throws -> DecoderModel {
         guard let T = windows.first?.count, T > 0 else { throw RecipeError("layer-wise calibration needs calibration windows") }
         guard windows.allSatisfy({ $0.count == T }) else { throw RecipeError("calibration windows must share one length") }
         var model = given
@@ -163,10 +177,19 @@ public enum Layerwise {
         let normed = Tensor(shape: [T, C])
         let totalSublayers = 2 * L
         var done = 0
+        var hessian = 0.0, solve = 0.0
+        defer {
+            if let timing {
+                timing.pointee.hessianSeconds = hessian
+                timing.pointee.solveSeconds = solve
+                timing.pointee.forwardSeconds = Date().timeIntervalSince(start) - hessian - solve
+            }
+        }
 
         func replace(_ id: LinearID, _ stats: InputStatistics) throws {
             guard let w = model.linear(id) else { return }
             let t0 = Date()
+            defer { solve += Date().timeIntervalSince(t0) }
             let new = try compress(id, w, stats)
             do { model = try model.replacing(.linear(id), with: new) } catch let e as ConfigError { throw RecipeError("\(id): \(e.description)") }
             progress(String(format: "  %@ (%d × %d) on %d tokens: %.2f s", id.description, w.outFeatures, w.inFeatures, stats.tokens,
@@ -187,6 +210,7 @@ public enum Layerwise {
                         model.applyNorm(s, out: normed.data, inp: states.data + w * T * C, rows: T)
                         stats.add(normed.data, rows: T)
                     }
+                    hessian += stats.seconds
                     for k in inKinds { try replace(LinearID(layer: l, kind: k), stats) }
                 }
                 // 3. The sublayer with its compressed input projections.
@@ -204,6 +228,7 @@ public enum Layerwise {
                 // 4. The output projection, then the streams through it: x += post(input · Ŵᵀ + b), as the decoder adds
                 // a sublayer's output (its bias, and its post-sublayer norm when the spec has them).
                 if outTargeted, let stats = capture.stats {
+                    hessian += stats.seconds
                     let id = LinearID(layer: l, kind: outKind)
                     try replace(id, stats)
                     let wout = model.linear(id)!

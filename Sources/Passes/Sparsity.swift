@@ -149,8 +149,9 @@ public struct OneShotPruningReport: Codable, Equatable {
     /// SparseGPT's relative damping and columns per block.
     public var damp: Double?
     public var blockSize: Int?
-    /// Wanda and SparseGPT: the calibration tokens their input statistics saw.
+    /// Wanda and SparseGPT: the calibration tokens their input statistics saw, and where the time went.
     public var calibrationTokens: Int?
+    public var timing: LayerwiseTiming?
     public var tensors: [Weight]
 }
 
@@ -227,8 +228,9 @@ public struct WandaPass: CompressionPass {
     public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
+        var timing = LayerwiseTiming()
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: false,
-                                       progress: context.progress) { id, weight, input in
+                                       timing: &timing, progress: context.progress) { id, weight, input in
             let w = weight.denseView!
             let keep = try Self.keep(w, columnNorms: input.columnNorms, target: target, id: id)
             return try target.sparse(w, keep: keep, id: id)
@@ -236,6 +238,7 @@ public struct WandaPass: CompressionPass {
         var report = OneShotPruning(stage: Self.name, target: target).report(
             result, ids, seconds: Date().timeIntervalSince(start))
         report.calibrationTokens = context.calibration.reduce(0) { $0 + $1.count }
+        report.timing = timing
         return (result, try JSONValue(encoding: report))
     }
 }
@@ -318,8 +321,9 @@ public struct SparseGPTPass: CompressionPass {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
         var losses: [LinearID: Double] = [:]
+        var timing = LayerwiseTiming()
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: true,
-                                       progress: context.progress) { id, weight, input in
+                                       timing: &timing, progress: context.progress) { id, weight, input in
             let factor: HessianFactorization
             do { factor = try input.factorization(damp: damp, actOrder: false) } catch let e as RecipeError {
                 throw RecipeError("\(Self.name): '\(id)': \(e.description)")
@@ -338,6 +342,7 @@ public struct SparseGPTPass: CompressionPass {
             result, ids, seconds: Date().timeIntervalSince(start), obsLoss: losses)
         report.damp = damp; report.blockSize = blockSize
         report.calibrationTokens = context.calibration.reduce(0) { $0 + $1.count }
+        report.timing = timing
         return (result, try JSONValue(encoding: report))
     }
 }

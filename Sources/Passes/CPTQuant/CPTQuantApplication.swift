@@ -81,8 +81,9 @@ extension CPTQuantPass {
         }
         let start = Date()
         var losses: [CPTQuantReport.GPTQ.Tensor] = []
+        var timing = LayerwiseTiming()
         let result = try Layerwise.run(model: model, windows: windows, targets: Set(formatOf.keys.map(\.kind)),
-                                       fullHessian: true, progress: context.progress) { id, weight, input in
+                                       fullHessian: true, timing: &timing, progress: context.progress) { id, weight, input in
             guard let f = formatOf[id] else { return weight }
             do {
                 if case .factorized(let fw) = weight {
@@ -114,7 +115,7 @@ extension CPTQuantPass {
         let report = CPTQuantReport.GPTQ(damp: damp, blockSize: blockSize, actOrder: actOrder, clipSearch: clipSearch,
                                          staticGroups: staticGroups,
                                          calibrationTokens: windows.reduce(0) { $0 + $1.count },
-                                         seconds: Date().timeIntervalSince(start), tensors: losses)
+                                         seconds: Date().timeIntervalSince(start), timing: timing, tensors: losses)
         return (result, report)
     }
 }

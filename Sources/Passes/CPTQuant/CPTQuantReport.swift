@@ -108,6 +108,8 @@ struct CPTQuantReport: Codable {
         var staticGroups: Bool
         var calibrationTokens: Int
         var seconds: Double
+        /// Where the time went: calibration forward, Hessians, solves.
+        var timing: LayerwiseTiming
         var tensors: [Tensor]
     }
 
