@@ -83,7 +83,8 @@ extension CPTQuantPass {
         var losses: [CPTQuantReport.GPTQ.Tensor] = []
         var timing = LayerwiseTiming()
         let result = try Layerwise.run(model: model, windows: windows, targets: Set(formatOf.keys.map(\.kind)),
-                                       fullHessian: true, timing: &timing, progress: context.progress) { id, weight, input in
+                                       fullHessian: true, timing: &timing,
+                                       progress: context.progress) { id, weight, input in
             guard let f = formatOf[id] else { return weight }
             do {
                 if case .factorized(let fw) = weight {
