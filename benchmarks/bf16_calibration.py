@@ -29,6 +29,18 @@ def run_json(cmd):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def find_timing(x):
+    """The layer-wise pass's timing object (forward, Hessian, solve seconds) anywhere in a stage's diagnostics."""
+    if isinstance(x, dict):
+        if "timing" in x and isinstance(x["timing"], dict):
+            return x["timing"]
+        for v in x.values():
+            t = find_timing(v)
+            if t:
+                return t
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default="smollm2-sparsegpt-2of4,smollm2-cptquant-gptq-u4.5-g32")
@@ -48,7 +60,9 @@ def main():
             e = run_json([COMPRESS, "eval", out, "--text", "data/wiki.test.txt", "--max-tokens", str(a.eval_tokens),
                           "--precision", "fp32", "--json"])
             rows[precision] = (stage["seconds"], e["ppl"], r.get("kernels", "?"))
-            print(f"{name} {precision}: pass {stage['seconds']:.1f} s ({r.get('kernels', '?')}); "
+            t = find_timing(stage.get("diagnostics")) or {}
+            split = ", ".join(f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in t.items())
+            print(f"{name} {precision}: pass {stage['seconds']:.1f} s ({split}; {r.get('kernels', '?')}); "
                   f"PPL (float32 eval, {e['predicted_tokens']} tokens) {e['ppl']:.4f}", flush=True)
         (t32, p32, _), (t16, p16, _) = rows["fp32"], rows["bf16"]
         print(f"{name}: bf16 calibration PPL {p16:.4f} vs float32 {p32:.4f}: {100 * (p16 / p32 - 1):+.3f} %; "
