@@ -1,6 +1,8 @@
+import Diagnostics
+
 /// Why a checkpoint could not be read or written. Every case names the file and, where there is one, the
 /// tensor or key, with what was expected and what was found.
-public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+public enum CheckpointError: ContextualError, Equatable {
     case notFound(path: String)
     case notHDF5(path: String)
     case unreadable(path: String, detail: String)
@@ -47,6 +49,31 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .writeFailed(let p, let d): return "\(p): could not write checkpoint: \(d)"
         case .badMask(let p, let t, let d): return "\(p): mask of '\(t)': \(d)"
         case .badQuantized(let p, let t, let d): return "\(p): quantized tensor '\(t)': \(d)"
+        }
+    }
+
+    /// The file, tensor, expected and found value of the case, as fields.
+    public var context: ErrorContext {
+        switch self {
+        case .notFound(let p): return ErrorContext(file: p, expected: "a checkpoint", found: "no such file")
+        case .notHDF5(let p): return ErrorContext(file: p, expected: "an HDF5 file", found: "another format")
+        case .unreadable(let p, _), .badConfig(let p, _), .badTokenizer(let p, _), .badHistory(let p, _),
+             .writeFailed(let p, _):
+            return ErrorContext(file: p)
+        case .wrongFormat(let p, let f, let e): return ErrorContext(file: p, key: "format", expected: e, found: f)
+        case .unsupportedVersion(let p, let v, let s):
+            return ErrorContext(file: p, key: "format_version", expected: s.map(String.init).joined(separator: ", "),
+                                found: "\(v)")
+        case .nonFinite(let p, let t, _, let v):
+            return ErrorContext(file: p, tensor: t, expected: "finite values", found: "\(v)")
+        case .missingTensor(let p, let t, let s):
+            return ErrorContext(file: p, tensor: t, expected: "shape \(s)", found: "no tensor")
+        case .unknownTensor(let p, let t): return ErrorContext(file: p, tensor: t)
+        case .unknownEntry(let p, let e): return ErrorContext(file: p, key: e)
+        case .shapeMismatch(let p, let t, let e, let f):
+            return ErrorContext(file: p, tensor: t, expected: "\(e)", found: "\(f)")
+        case .wrongType(let p, let t, let e, let f): return ErrorContext(file: p, tensor: t, expected: e, found: f)
+        case .badMask(let p, let t, _), .badQuantized(let p, let t, _): return ErrorContext(file: p, tensor: t)
         }
     }
 }

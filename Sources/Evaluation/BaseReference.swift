@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import MappedIO
 import Model
@@ -185,9 +186,14 @@ public final class BaseReference: @unchecked Sendable {
     /// given), size, ids in the vocabulary, finite non-positive log-probabilities descending in each row.
     public init(path: String, expected: Header? = nil) throws {
         self.path = path
-        do { file = try MappedFile(path: path) } catch let e as MappedFileError { throw EvaluationError(e.description) }
+        // Mapping failures are evaluation errors too: `cached` rebuilds a reference it cannot use.
+        do { file = try MappedFile(path: path) } catch let e as MappedFileError {
+            throw EvaluationError(e.reason, ErrorContext(file: path))
+        }
         let b = file.bytes
-        func bad(_ why: String) -> EvaluationError { EvaluationError("\(path): not a valid base reference: \(why)") }
+        func bad(_ why: String) -> EvaluationError {
+            EvaluationError("not a valid base reference: \(why)", ErrorContext(file: path))
+        }
         guard b.count >= 16, Array(b[0..<8]) == Self.magic else { throw bad("no CPREFK01 magic") }
         let n = Int(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
         guard n > 0, n <= b.count - 16 else { throw bad("header length \(n) does not fit the file (\(b.count) bytes)") }

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import Model
@@ -24,7 +25,7 @@ public enum Exporter {
         do {
             try SafeFiles.checkName(out, role: "export")
             try SafeFiles.checkDirectory(of: out, role: "export")
-        } catch let e as FileError { throw ExportError(e.description + "; nothing was exported") }
+        } catch { throw error.adding(advice: "nothing was exported") }
         let outReal = realpath(out)
         for (role, path) in inputs {
             guard let r = realpath(path) else { continue }

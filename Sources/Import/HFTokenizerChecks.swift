@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import JSONKeys
 import Model
@@ -146,9 +147,9 @@ extension Importer {
     /// every error naming the file and, where it has one, the key path.
     static func parseJSON(_ data: Data, path: String) throws -> JSONValue {
         do { return try JSONValue.parse(JSONKeys.strictText(data)) } catch let e as StrictJSONError {
-            throw ImportError("\(path): \(e)")
+            throw ImportError("\(e)", e.context.filled(from: ErrorContext(file: path)))
         } catch {
-            throw ImportError("\(path): not valid JSON (\(error))")
+            throw ImportError("not valid JSON (\(error))", ErrorContext(file: path))
         }
     }
 }

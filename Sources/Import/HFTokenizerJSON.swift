@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import SafeFiles
@@ -13,9 +14,7 @@ enum HFTokenizerJSON {
     /// `compress import --pre-tokenizer`) replaces what the file's pre-tokenizer and normalizer describe.
     static func read(_ path: String, preTokenizer: String? = nil) throws -> TokenizerSpec {
         let data: Data
-        do { data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28) } catch let e as FileError {
-            throw ImportError(e.description)
-        }
+        data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28)
         let parsed = try Importer.parseJSON(data, path: path)
         guard let root = parsed.objectValue else { throw ImportError("\(path): expected a JSON object") }
         try checkRoot(root, path: path)

@@ -24,6 +24,7 @@
 // (MaskLLM learns masks over the original weights, as the paper's code does with SparseGPT's weight update
 // disabled). Default prior: SparseGPT, as in the paper.
 
+import Diagnostics
 import Foundation
 import Model
 import Recipes
@@ -148,7 +149,7 @@ public struct MaskLLMPass: TrainingPass {
     /// any stage runs: every targeted weight present and dense, M dividing its input size, at least one target.
     /// Errors name the recipe, the stage and the key.
     public func preflight(_ model: DecoderModel) throws {
-        do { _ = try resolveTargets(model) } catch let e as RecipeError { throw RecipeError("\(location): \(e.description)") }
+        do { _ = try resolveTargets(model) } catch { throw error.adding(place: location) }
     }
 
     /// Prior masks by target (empty for `none`).

@@ -21,6 +21,7 @@
 // SparseGPT's unstructured block threshold prunes exactly round(p · rows · B) weights per block (the reference
 // procedure prunes those at or below the threshold value).
 
+import Diagnostics
 import Foundation
 import Model
 import Recipes
@@ -122,7 +123,7 @@ public struct SparsityTarget: Equatable, Sendable {
         do {
             let mask = try SparsityMask(pattern: pattern, rows: values.shape[0], cols: values.shape[1]) { keep[$0] }
             return .sparse(SparseWeight(masking: values, mask: mask))
-        } catch let e as ConfigError { throw RecipeError("\(id): \(e.description)") }
+        } catch { throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName), place: "\(id)") }
     }
 }
 
@@ -289,8 +290,8 @@ public struct SparseGPTPass: CompressionPass {
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: true,
                                        progress: context.progress) { id, weight, input in
             let factor: HessianFactorization
-            do { factor = try input.factorization(damp: damp, actOrder: false) } catch let e as RecipeError {
-                throw RecipeError("\(Self.name): '\(id)': \(e.description)")
+            do { factor = try input.factorization(damp: damp, actOrder: false) } catch {
+                throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName), place: "\(Self.name): '\(id)'")
             }
             let (values, keep, loss) = Self.prune(weight.denseView!, factor: factor, target: target, blockSize: blockSize)
             try requireFinite([loss], stage: Self.name) { _ in "the OBS loss of '\(id)'" }

@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import JSONKeys
 import SafeFiles
@@ -56,7 +57,7 @@ public struct Recipe {
     /// Reads and decodes a recipe file.
     public static func read(_ path: String, registry: StageRegistry, baseKinds: Set<WeightKind> = [.dense]) throws -> Recipe {
         let data: Data
-        do { data = try SafeFiles.read(path, role: "recipe (JSON)", limit: 1 << 24) } catch let e as FileError { throw RecipeError(e.description) }
+        data = try SafeFiles.read(path, role: "recipe (JSON)", limit: 1 << 24)
         return try Recipe(json: strictJSON(data, path: path), path: path, registry: registry, baseKinds: baseKinds)
     }
 
@@ -66,10 +67,11 @@ public struct Recipe {
         self.path = path
         self.json = json
         self.baseKinds = baseKinds
-        let o = try StrictObject(json, at: path)
+        let o = try StrictObject(json, at: path, context: ErrorContext(file: path))
         let format = try o.int("format")
         guard format == Self.format else {
-            throw RecipeError("\(path): 'format': \(format) is not supported (this version reads format \(Self.format))")
+            throw o.fail("format", "\(format) is not supported (this version reads format \(Self.format))",
+                         expected: "\(Self.format)", found: "\(format)")
         }
         name = try o.optionalString("name")
         description = try o.optionalString("description")
@@ -119,7 +121,8 @@ public struct Recipe {
             guard let kind = entry.objectValue?["stage"]?.stringValue else {
                 throw RecipeError("\(path), stage \(i + 1): 'stage': required (a string: one of \(registry.names.joined(separator: ", ")))")
             }
-            let s = try StrictObject(entry, at: "\(path), stage \(i + 1) (\(kind))")
+            let s = try StrictObject(entry, at: "\(path), stage \(i + 1) (\(kind))",
+                                     context: ErrorContext(file: path, stage: i + 1, stageName: kind))
             s.skip("stage")
             var settings = entry.objectValue ?? [:]
             settings["stage"] = nil

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Evaluation
 import Foundation
@@ -81,7 +82,9 @@ public enum Workbench {
             sourceName = file
         }
         if let logitsOut {
-            do { try SafeFiles.checkOutput(logitsOut, role: "logits file") } catch let e as FileError { throw WorkbenchError("--logits-out: \(e.description)") }
+            do { try SafeFiles.checkOutput(logitsOut, role: "logits file") } catch {
+                throw error.adding(place: "--logits-out")
+            }
         }
         let scoring = try perplexityProtocol(ckpt.tokenizer, path: path, kind: kind)
         func meter(_ what: String) -> (Int, Int) -> Void {
@@ -105,7 +108,8 @@ public enum Workbench {
                                             progress: meter("eval"))
             }
         } catch let e as EvaluationError {
-            throw WorkbenchError("\(sourceName): \(e.description) (checkpoint \(path), window \(window))")
+            throw e.adding(ErrorContext(file: sourceName), place: sourceName,
+                           note: "checkpoint \(path), window \(window)")
         }
         if let logitsOut {
             // The first window's logits (W, V), raw little-endian float32, for parity checks (with BOS: of [BOS] + W − 1 tokens).
@@ -163,7 +167,7 @@ public enum Workbench {
                                  maxTokens: Int?, k: Int?, cacheDirectory: String?, warning: (String) -> Void = { progressLine("warning: \($0)") },
                                  progress: ((Int, Int) -> Void)? = nil) throws -> (reference: BaseReference, cached: Bool) {
         let baseHash: String
-        do { baseHash = try fileContentHash(basePath) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        baseHash = try fileContentHash(basePath)
         let header = try BaseReference.header(basePath: basePath, baseHash: baseHash, vocab: base.config.vocabSize,
                                               hidden: base.config.hiddenSize, tokens: tokens, window: window, protocol: scoring,
                                               maxTokens: maxTokens, k: k)
@@ -181,8 +185,10 @@ public enum Workbench {
     /// file) gets none. Every evaluation of a checkpoint goes through here.
     public static func perplexityProtocol(_ spec: TokenizerSpec?, path: String, kind: PerplexityProtocol.Kind = .pinned) throws -> PerplexityProtocol {
         guard let spec else { return PerplexityProtocol(kind: kind, bos: nil) }
-        do { return try PerplexityProtocol(kind: kind, addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID) } catch let e as EvaluationError {
-            throw WorkbenchError("\(path): \(e.description)")
+        do {
+            return try PerplexityProtocol(kind: kind, addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID)
+        } catch {
+            throw error.adding(ErrorContext(file: path), place: path)
         }
     }
 
@@ -224,13 +230,13 @@ public enum Workbench {
             default:
                 throw WorkbenchError("\(path): tokenizer model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)")
             }
-        } catch let e as TokenizerError { throw WorkbenchError("\(path): tokenizer: \(e.description)") }
+        } catch let e as TokenizerError { throw e.adding(ErrorContext(file: path), place: "\(path): tokenizer") }
     }
 
     /// Reads a UTF-8 text file.
     static func readText(_ file: String) throws -> String {
         let data: Data
-        do { data = try SafeFiles.read(file, role: "text file (UTF-8)") } catch let e as FileError { throw WorkbenchError(e.description) }
+        data = try SafeFiles.read(file, role: "text file (UTF-8)")
         guard let text = String(data: data, encoding: .utf8) else { throw WorkbenchError("\(file): not valid UTF-8 text") }
         return text
     }

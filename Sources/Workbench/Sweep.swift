@@ -1,5 +1,6 @@
 import Checkpoint
 import Export
+import Diagnostics
 import Foundation
 import Model
 import Passes
@@ -277,7 +278,7 @@ extension Workbench {
         let json: JSONValue
         // The recipe's own reader checks the same bytes again per point; this one must be as strict (UTF-8 with the
         // byte offset, repeated keys, numbers past a 64-bit float), naming the file.
-        do { json = try strictJSON(data, path: o.recipe) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        json = try strictJSON(data, path: o.recipe)
         guard let base = o.checkpoint ?? json.objectValue?["base"]?.stringValue else {
             throw WorkbenchError("\(o.recipe): no base checkpoint: give --checkpoint or 'base' in the recipe")
         }
@@ -306,8 +307,9 @@ extension Workbench {
             obj["base"] = .string(base)
             obj["output"] = .string(output)
             j = .object(obj)
-            do { recipes[name] = try Recipe(json: j, path: recipePath, registry: .standard()) } catch let e as RecipeError {
-                throw WorkbenchError("sweep point \(name) (\(zip(axes, combo).map { "\($0.path)=\($1.text)" }.joined(separator: ", "))): \(e.description)")
+            do { recipes[name] = try Recipe(json: j, path: recipePath, registry: .standard()) } catch {
+                let settings = zip(axes, combo).map { "\($0.path)=\($1.text)" }.joined(separator: ", ")
+                throw error.adding(place: "sweep point \(name) (\(settings))")
             }
             if let i = recipes[name]?.stages.firstIndex(where: { $0.stage.work.writes }) {
                 throw WorkbenchError("\(o.recipe), stage \(i + 1) (export): export stages are not run in sweeps (every point would write the same output); export the point you choose with `compress export`")
@@ -351,20 +353,16 @@ extension Workbench {
     /// Creates the sweep directory if needed and takes its lock: refused at once, naming the directory and the
     /// process holding it, when another sweep runs there; a path through a regular file names that file.
     static func lockSweepDirectory(_ dir: String) throws -> DirectoryLock {
-        do {
-            try SafeFiles.checkName(dir, role: "sweep directory", temporary: false)
-            if let blocker = SafeFiles.firstNonDirectory(dir) {
-                throw WorkbenchError("\(dir): '\(blocker)' is not a directory (expected a sweep directory, or a new name for one)")
-            }
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            return try DirectoryLock(directory: dir, name: lockName, role: "sweep")
-        } catch let e as FileError {
-            throw WorkbenchError(e.description)
-        } catch let e as WorkbenchError {
-            throw e
-        } catch {
+        try SafeFiles.checkName(dir, role: "sweep directory", temporary: false)
+        if let blocker = SafeFiles.firstNonDirectory(dir) {
+            throw WorkbenchError(
+                "'\(blocker)' is not a directory (expected a sweep directory, or a new name for one)",
+                ErrorContext(file: dir, expected: "a sweep directory, or a new name for one", found: "'\(blocker)'"))
+        }
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw WorkbenchError("\(dir): cannot create the sweep directory (\(error.localizedDescription))")
         }
+        return try DirectoryLock(directory: dir, name: lockName, role: "sweep")
     }
 
     /// Writes the point's checkpoint and its report (the report last: it marks the point finished).

@@ -6,7 +6,7 @@ public enum TokenFile {
     /// Reads whitespace-separated non-negative integer ids; errors name the file and the bad entry.
     public static func read(_ path: String) throws -> [Int32] {
         let data: Data
-        do { data = try SafeFiles.read(path, role: "token file (whitespace-separated ids)") } catch let e as FileError { throw WorkbenchError(e.description) }
+        data = try SafeFiles.read(path, role: "token file (whitespace-separated ids)")
         var ids: [Int32] = []
         ids.reserveCapacity(data.count / 4)
         var value: Int64 = 0, inNumber = false, index = 0

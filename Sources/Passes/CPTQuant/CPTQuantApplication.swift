@@ -1,6 +1,7 @@
 // CPTQuant's application phase: the chosen formats written into a new model (the stored forms, or GPTQ at the
 // chosen formats through Layerwise), S's values at `sparse_factor_bits`, and the fixed-width embedding / LM head.
 
+import Diagnostics
 import Foundation
 import Model
 import Quantization
@@ -37,9 +38,7 @@ extension CPTQuantPass {
                 } else {
                     result = try result.replacing(id, with: .quantized(QuantizedWeight(q)))
                 }
-            } catch let e as ConfigError {
-                throw RecipeError("cptquant: \(e.description)")
-            }
+            } catch { throw error.adding(ErrorContext(tensor: id.hfName), place: "cptquant") }
         }
         for (u, unit) in targets.units.enumerated() {
             let fi = chosen.bits[u]

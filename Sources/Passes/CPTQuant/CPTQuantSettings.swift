@@ -1,6 +1,7 @@
 // CPTQuant's recipe settings: decoded strictly, in pieces (formats, targets, estimators, GPTQ and the search, the
 // checks across keys); the keys and their meaning are in CPTQuant.swift's header and on the properties.
 
+import Diagnostics
 import Model
 import Quantization
 import Recipes
@@ -35,8 +36,10 @@ extension CPTQuantPass {
                     throw RecipeError("\(s.location): 'formats': expected format names such as \"q4_g32_sym\", "
                         + "found \(v.text)")
                 }
-                do { return try QuantFormat(name: name) } catch let e as QuantizationError {
-                    throw RecipeError("\(s.location): 'formats': \(e.description)")
+                do { return try QuantFormat(name: name) } catch {
+                    var c = s.context
+                    c.key = s.keyPath("formats")
+                    throw error.adding(c, place: "\(s.location): 'formats'")
                 }
             }
             guard !named.isEmpty, Set(named).count == named.count else {
