@@ -9,7 +9,8 @@ public enum CheckpointError: ContextualError, Equatable {
     case wrongFormat(path: String, found: String, expected: String)
     case unsupportedVersion(path: String, found: Int, supported: [Int])
     case nonFinite(path: String, tensor: String, index: Int, value: Float)
-    case badConfig(path: String, detail: String)
+    /// `context`: the fields of the model's own error (the tensor, expected and found of a shape the config refuses).
+    case badConfig(path: String, detail: String, context: ErrorContext = ErrorContext())
     case badTokenizer(path: String, detail: String)
     case badHistory(path: String, detail: String)
     case missingTensor(path: String, tensor: String, expectedShape: [Int])
@@ -35,7 +36,7 @@ public enum CheckpointError: ContextualError, Equatable {
                 + "version\(s.count == 1 ? "" : "s") \(s.map(String.init).joined(separator: ", ")))"
         case .nonFinite(let p, let t, let i, let v):
             return "\(p): tensor '\(t)' holds \(v) at element \(i) (expected finite values only)"
-        case .badConfig(let p, let d): return "\(p): \(d)"
+        case .badConfig(let p, let d, _): return "\(p): \(d)"
         case .badTokenizer(let p, let d): return "\(p): tokenizer: \(d)"
         case .badHistory(let p, let d): return "\(p): history: \(d)"
         case .missingTensor(let p, let t, let s): return "\(p): missing tensor '\(t)' (expected shape \(s))"
@@ -57,9 +58,9 @@ public enum CheckpointError: ContextualError, Equatable {
         switch self {
         case .notFound(let p): return ErrorContext(file: p, expected: "a checkpoint", found: "no such file")
         case .notHDF5(let p): return ErrorContext(file: p, expected: "an HDF5 file", found: "another format")
-        case .unreadable(let p, _), .badConfig(let p, _), .badTokenizer(let p, _), .badHistory(let p, _),
-             .writeFailed(let p, _):
+        case .unreadable(let p, _), .badTokenizer(let p, _), .badHistory(let p, _), .writeFailed(let p, _):
             return ErrorContext(file: p)
+        case .badConfig(let p, _, let c): return c.filled(from: ErrorContext(file: p))
         case .wrongFormat(let p, let f, let e): return ErrorContext(file: p, key: "format", expected: e, found: f)
         case .unsupportedVersion(let p, let v, let s):
             return ErrorContext(file: p, key: "format_version", expected: s.map(String.init).joined(separator: ", "),

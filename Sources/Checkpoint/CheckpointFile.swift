@@ -1,3 +1,4 @@
+import Diagnostics
 import CHDF5
 import Foundation
 import Model
@@ -204,7 +205,7 @@ public struct Checkpoint {
         do {
             config = try ModelConfig(json: JSONValue.parse(try attribute("config", file.string)))
         } catch let e as ConfigError {
-            throw CheckpointError.badConfig(path: path, detail: e.description)
+            throw CheckpointError.badConfig(path: path, detail: e.description, context: e.context)
         } catch let e as CheckpointError { throw e } catch {
             throw CheckpointError.badConfig(path: path, detail: "config attribute is not valid JSON (\(error))")
         }
@@ -321,7 +322,7 @@ public struct Checkpoint {
             throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
         }
         do { return try DecoderModel(config: config, weights: weights) } catch let e as ConfigError {
-            throw CheckpointError.badConfig(path: path, detail: e.description)
+            throw CheckpointError.badConfig(path: path, detail: e.description, context: e.context)
         }
     }
 
