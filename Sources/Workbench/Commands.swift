@@ -195,7 +195,7 @@ public enum Workbench {
     /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2", or for a SentencePiece
     /// tokenizer another spacing rule, e.g. "prefix-first"): byte-level BPE for model "gpt2" (with its NFC normalizer,
     /// if any), SentencePiece BPE with byte fallback for "llama" (merges as listed, else derived from the scores or, for
-    /// merge_order "gemma", by transformers' Gemma rule).
+    /// merge_order "gemma", by transformers' Gemma rule). Every error reads "PATH: tokenizer: ..." (added once, here).
     public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> any TextTokenizer {
         guard let spec else {
             throw WorkbenchError("\(path): this checkpoint carries no tokenizer; use --tokens FILE")
@@ -205,8 +205,7 @@ public enum Workbench {
             case "gpt2":
                 let normalizer = try spec.normalizer.map { name in
                     guard let n = TextNormalizer(rawValue: name) else {
-                        throw WorkbenchError("\(path): tokenizer: normalizer '\(name.prefix(40))' is not supported "
-                                             + "(expected NFC or none)")
+                        throw WorkbenchError("normalizer '\(name.prefix(40))' is not supported (expected NFC or none)")
                     }
                     return n
                 }
@@ -222,15 +221,16 @@ public enum Workbench {
                 } else if let scores = spec.scores {
                     merges = .scores(scores)
                 } else {
-                    throw WorkbenchError("\(path): tokenizer: a llama (SentencePiece) tokenizer needs merges, scores or merge_order gemma")
+                    throw WorkbenchError("a llama (SentencePiece) tokenizer needs merges, scores or merge_order gemma")
                 }
                 return try SentencePieceTokenizer(tokens: spec.tokens, tokenTypes: spec.tokenTypes, merges: merges,
                                                   spacing: SentencePieceSpacing(name: preTokenizer ?? spec.pre),
                                                   bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
             default:
-                throw WorkbenchError("\(path): tokenizer model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)")
+                throw WorkbenchError("model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE; llama, "
+                                     + "SentencePiece BPE)")
             }
-        } catch let e as TokenizerError { throw e.adding(ErrorContext(file: path), place: "\(path): tokenizer") }
+        } catch { throw error.adding(ErrorContext(file: path), place: "\(path): tokenizer") }
     }
 
     /// Reads a UTF-8 text file.

@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import SafeFiles
 
@@ -37,7 +38,9 @@ extension Workbench {
     /// `purpose` completes "the N ... needs" ("one training window of 64 + 1").
     public static func requireTokens(_ ids: [Int32], from file: String, needed: Int, for purpose: String) throws {
         guard ids.count < needed else { return }
-        throw WorkbenchError("\(file): \(ids.count) token\(ids.count == 1 ? "" : "s"), fewer than the \(needed) \(purpose) needs "
-                             + "(use a longer text)")
+        let count = "\(ids.count) token\(ids.count == 1 ? "" : "s")"
+        throw WorkbenchError(
+            "\(count), fewer than the \(needed) \(purpose) needs (use a longer text)",
+            ErrorContext(file: file, expected: "at least \(needed) tokens", found: "\(ids.count) tokens"))
     }
 }
