@@ -67,6 +67,7 @@ let package = Package(
         .executableTarget(name: "fuzz-tokenizer", dependencies: ["FuzzSupport", "Import", "Workbench"], path: "Fuzz/tokenizer"),
         .executableTarget(name: "fuzz-recipe", dependencies: ["FuzzSupport", "Workbench", "Recipes"], path: "Fuzz/recipe"),
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "Checkpoint", "Model", "Training"], path: "Fuzz/state"),
+        .testTarget(name: "DiagnosticsTests", dependencies: ["Diagnostics"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Checkpoint", "Model"]),
