@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "Export", dependencies: [
             "Diagnostics", "Checkpoint", "GGUF", "Safetensors", "Import", "Quantization", "SafeFiles", "Tokenizer",
         ]),
-        .target(name: "Training", dependencies: ["Checkpoint"]),
+        .target(name: "Training", dependencies: ["Diagnostics", "Checkpoint"]),
         .target(name: "Recipes", dependencies: ["Diagnostics", "Training", "Checkpoint", "SafeFiles"]),
         .target(name: "Passes", dependencies: ["Diagnostics", "Recipes", "Quantization"]),
         .target(name: "Quantization", dependencies: ["Diagnostics", "TensorCore"]),

@@ -178,7 +178,8 @@ public final class BaseReference: @unchecked Sendable {
             try FileManager.default.moveItem(atPath: tmp, toPath: path)
         } catch {
             try? FileManager.default.removeItem(atPath: tmp)
-            throw EvaluationError("\(path): cannot write the base reference (\(error.localizedDescription))")
+            throw EvaluationError("cannot write the base reference (\(error.localizedDescription))",
+                ErrorContext(file: path))
         }
     }
 
@@ -274,7 +275,8 @@ public final class BaseReference: @unchecked Sendable {
             }
         }
         do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw EvaluationError("\(directory): cannot create the cache directory (\(error.localizedDescription))")
+            throw EvaluationError("cannot create the cache directory (\(error.localizedDescription))",
+                ErrorContext(file: directory))
         }
         try build(base: base, tokens: tokens, header: h, to: path, progress: progress)
         return (try BaseReference(path: path, expected: h), false)

@@ -31,7 +31,8 @@ public enum Importer {
     public static func load(_ source: String, preTokenizer: String? = nil) throws -> Checkpoint {
         var st = stat()
         guard !source.isEmpty, stat(source, &st) == 0 else {
-            throw ImportError("\(source): no such file or directory (expected a GGUF file or a Hugging Face directory)")
+            throw ImportError("no such file or directory (expected a GGUF file or a Hugging Face directory)",
+                ErrorContext(file: source))
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
             return try fromHuggingFace(directory: source, preTokenizer: preTokenizer)
@@ -104,7 +105,7 @@ public enum Importer {
         let model = try buildModel(config: config, tensors: tensors, source: path)
         let tokenizer = try ggufTokenizer(file, family: family, preTokenizer: preTokenizer)
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
-            throw ImportError("\(path): tokenizer.ggml.*: \(problem)")
+            throw ImportError("tokenizer.ggml.*: \(problem)", ErrorContext(file: path))
         }
         var details: [String: JSONValue] = [:]
         if let preTokenizer, tokenizer != nil {
@@ -204,7 +205,7 @@ public enum Importer {
             ? try HFTokenizerJSON.read(tokenizerPath, preTokenizer: preTokenizer) : nil
         if let preTokenizer, tokenizer != nil { warnings.append(overrideWarning(preTokenizer, source: tokenizerPath)) }
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
-            throw ImportError("\(tokenizerPath): \(problem)")
+            throw ImportError("\(problem)", ErrorContext(file: tokenizerPath))
         }
         let entry = historyEntry(source: directory, format: "safetensors", details: [
             "files": .int(weights.files.count), "dtypes": .object(dtypes.mapValues { .int($0) }),
@@ -302,7 +303,8 @@ public enum Importer {
             qc["format"]?.stringValue == "pack-quantized"
         else { return [:] }
         guard qc["quant_method"]?.stringValue == "compressed-tensors" else {
-            throw ImportError("\(path): quantization_config: pack-quantized without quant_method compressed-tensors")
+            throw ImportError("quantization_config: pack-quantized without quant_method compressed-tensors",
+                ErrorContext(file: path))
         }
         var out: [String: QuantFormat] = [:]
         for (gname, g) in (qc["config_groups"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
@@ -318,7 +320,7 @@ public enum Importer {
             }
             let format: QuantFormat
             do { format = try QuantFormat(bits: bits, groupSize: G, symmetric: true) } catch {
-                throw ImportError("\(path): quantization_config.config_groups.\(gname): \(error)")
+                throw ImportError("quantization_config.config_groups.\(gname): \(error)", ErrorContext(file: path))
             }
             for t in g.objectValue?["targets"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
                 guard !t.hasPrefix("re:") else {
@@ -339,7 +341,8 @@ public enum Importer {
         _ module: String, _ weights: SafetensorsDirectory, formats: [String: QuantFormat], directory: String
     ) throws -> QuantizedTensor {
         guard let f = formats[module] ?? formats["*"] else {
-            throw ImportError("\(directory): '\(module).weight_packed' has no quantization_config group")
+            throw ImportError("'\(module).weight_packed' has no quantization_config group",
+                ErrorContext(file: directory))
         }
         let shapeInfo = try weights.info(module + ".weight_shape"), raw = try weights.rawBytes(module + ".weight_shape")
         let shape: [Int] = raw.withUnsafeBytes { b in
@@ -368,7 +371,7 @@ public enum Importer {
             return try QuantizedTensor(
                 format: f, shape: shape, codes: try weights.rawBytes(module + ".weight_packed"), scales: halves,
                 mins: [])
-        } catch { throw ImportError("\(directory): '\(module)': \(error)") }
+        } catch { throw ImportError("'\(module)': \(error)", ErrorContext(file: directory)) }
     }
 
     /// Assembles the model; DecoderModel verifies every name and shape against the config.
@@ -386,7 +389,7 @@ public enum Importer {
         var weights = tensors.mapValues { ModelWeight.dense($0) }
         for (name, q) in quantized {
             guard weights[name] == nil else {
-                throw ImportError("\(source): '\(name)' is stored both packed and unpacked")
+                throw ImportError("'\(name)' is stored both packed and unpacked", ErrorContext(file: source))
             }
             weights[name] = .matrix(.quantized(QuantizedWeight(q)))
         }

@@ -243,13 +243,16 @@ public struct ModelConfig: Equatable, Sendable {
         let limit = Self.limits[key] ?? Int(Int32.max)
         guard let v = obj[key], v != .null else {
             if let d { return d }
-            throw ConfigError("\(ctx): missing required key '\(key)' (expected an integer in 1...\(limit))")
+            throw ConfigError("\(ctx): missing required key '\(key)' (expected an integer in 1...\(limit))",
+                              ErrorContext(key: key, expected: "an integer in 1...\(limit)", found: "nothing"))
         }
         guard let i = v.intValue else {
-            throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)")
+            throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)",
+                              ErrorContext(key: key, expected: "an integer", found: v.text))
         }
         guard (1...limit).contains(i) else {
-            throw ConfigError("\(ctx): key '\(key)' is \(i) (expected an integer in 1...\(limit))")
+            throw ConfigError("\(ctx): key '\(key)' is \(i) (expected an integer in 1...\(limit))",
+                              ErrorContext(key: key, expected: "an integer in 1...\(limit)", found: "\(i)"))
         }
         return i
     }
@@ -259,9 +262,9 @@ public struct ModelConfig: Equatable, Sendable {
         guard let v = o[key], v != .null else { return d }
         let range = Self.numberRanges[key] ?? 0...Double.greatestFiniteMagnitude
         guard let x = v.doubleValue, x > 0, range.contains(x) else {
-            throw ConfigError(
-                "config: key '\(key)' is \(v.text) (expected a positive number in "
-                    + "\(range.lowerBound)...\(range.upperBound))")
+            let expected = "a positive number in \(range.lowerBound)...\(range.upperBound)"
+            throw ConfigError("config: key '\(key)' is \(v.text) (expected \(expected))",
+                              ErrorContext(key: key, expected: expected, found: v.text))
         }
         return x
     }

@@ -322,7 +322,10 @@ public final class Session {
             for w in r.warnings { say("\(label): warning: \(w)") }
             out.diagnostics = r.report
         case .evaluate:
-            (out.ppl, out.divergence) = try evaluate(model, run, label: label, place: place)
+            // The message names the stage already (`naming`); the stage is added as fields only.
+            do { (out.ppl, out.divergence) = try evaluate(model, run, label: label, place: place) } catch {
+                throw error.adding(inStage)
+            }
             run.lastPPL = out.ppl
             run.lastDivergence = out.divergence
         }
@@ -426,7 +429,9 @@ extension Workbench {
     static func train(_ distiller: Distiller, statePath: String, saveEvery: Int, logEvery: Int, resume: Resume,
                       progress: Bool, label: String?, killAfterStep: Int?) throws -> Trained {
         let present = FileManager.default.fileExists(atPath: statePath)
-        if resume == .required && !present { throw WorkbenchError("\(statePath): no training state to resume from") }
+        if resume == .required && !present {
+            throw WorkbenchError("no training state to resume from", ErrorContext(file: statePath))
+        }
         if resume != .no && present {
             try distiller.loadState(from: statePath)
             if progress {
@@ -519,10 +524,12 @@ extension Workbench {
         let recipe: Recipe
         recipe = try Recipe.read(o.recipe, registry: .standard())
         guard let basePath = o.checkpoint ?? recipe.base else {
-            throw WorkbenchError("\(o.recipe): no base checkpoint: give CHECKPOINT on the command line or 'base' in the recipe")
+            throw WorkbenchError("no base checkpoint: give CHECKPOINT on the command line or 'base' in the recipe",
+                ErrorContext(file: o.recipe))
         }
         guard let output = o.output ?? recipe.output else {
-            throw WorkbenchError("\(o.recipe): no output path: give -o OUT.h5 or 'output' in the recipe")
+            throw WorkbenchError("no output path: give -o OUT.h5 or 'output' in the recipe",
+                ErrorContext(file: o.recipe))
         }
         // Before any stage runs: the output can be written, and it is not the base.
         try checkOutput(output, inputs: [("base checkpoint", basePath), ("recipe", o.recipe)], force: o.force)

@@ -153,10 +153,14 @@ public enum Workbench {
     /// A model and a base are comparable when they share the vocabulary (size and, when both carry one, tokens).
     static func checkComparable(model: Checkpoint, path: String, base: Checkpoint, basePath: String) throws {
         guard model.model.config.vocabSize == base.model.config.vocabSize else {
-            throw WorkbenchError("\(path): vocabulary of \(model.model.config.vocabSize) tokens, the base \(basePath) has \(base.model.config.vocabSize): not comparable")
+            throw WorkbenchError("vocabulary of \(model.model.config.vocabSize) tokens, the base \(basePath) has "
+                + "\(base.model.config.vocabSize): not comparable",
+                ErrorContext(file: path))
         }
         if let a = model.tokenizer, let b = base.tokenizer, a.tokens != b.tokens {
-            throw WorkbenchError("\(path): its tokenizer's vocabulary differs from the base's (\(basePath)): the same ids would be other tokens")
+            throw WorkbenchError("its tokenizer's vocabulary differs from the base's (\(basePath)): the same ids would "
+                + "be other tokens",
+                ErrorContext(file: path))
         }
     }
 
@@ -198,7 +202,7 @@ public enum Workbench {
     /// merge_order "gemma", by transformers' Gemma rule). Every error reads "PATH: tokenizer: ..." (added once, here).
     public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> any TextTokenizer {
         guard let spec else {
-            throw WorkbenchError("\(path): this checkpoint carries no tokenizer; use --tokens FILE")
+            throw WorkbenchError("this checkpoint carries no tokenizer; use --tokens FILE", ErrorContext(file: path))
         }
         do {
             switch spec.model {
@@ -237,7 +241,9 @@ public enum Workbench {
     static func readText(_ file: String) throws -> String {
         let data: Data
         data = try SafeFiles.read(file, role: "text file (UTF-8)")
-        guard let text = String(data: data, encoding: .utf8) else { throw WorkbenchError("\(file): not valid UTF-8 text") }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw WorkbenchError("not valid UTF-8 text", ErrorContext(file: file))
+        }
         return text
     }
 

@@ -105,7 +105,7 @@ extension Workbench {
         // Before-training PPL of the student: measured on a fresh start (a resumed run has trained weights).
         let fresh = !(o.resume && FileManager.default.fileExists(atPath: statePath))
         if o.resume && !FileManager.default.fileExists(atPath: statePath) {
-            throw WorkbenchError("\(statePath): no training state to resume from")
+            throw WorkbenchError("no training state to resume from", ErrorContext(file: statePath))
         }
         let before = evaluating && o.evalBefore && fresh
             ? try ppl(studentCkpt.model, "student before", "student \(o.student) before training") : nil
@@ -264,7 +264,8 @@ extension Workbench {
         let kept = keeping.isEmpty ? "" : "; kept: " + keeping.joined(separator: ", ")
         let ckpt: Checkpoint
         do { ckpt = try Checkpoint.read(path) } catch {
-            throw WorkbenchError("\(path): the checkpoint just written does not read back (\(error))\(kept)")
+            throw WorkbenchError("the checkpoint just written does not read back (\(error))\(kept)",
+                ErrorContext(file: path))
         }
         let m = ckpt.model
         for w in m.weights {
@@ -274,8 +275,8 @@ extension Workbench {
             case .matrix(let l): t = l.denseView ?? l.dequantized()
             }
             if let (i, x) = firstUnsoundValue(t) {
-                throw WorkbenchError("\(path): the checkpoint just written holds \(x) in '\(m.config.name(w.id))' "
-                    + "at index \(i) (expected finite values)\(kept)")
+                throw WorkbenchError("the checkpoint just written holds \(x) in '\(m.config.name(w.id))' "
+                    + "at index \(i) (expected finite values)\(kept)", ErrorContext(file: path))
             }
         }
     }

@@ -12,7 +12,8 @@ public enum TokenFile {
         ids.reserveCapacity(data.count / 4)
         var value: Int64 = 0, inNumber = false, index = 0
         func fail(_ what: String) -> WorkbenchError {
-            WorkbenchError("\(path): token \(index + 1): \(what) (expected whitespace-separated integer ids)")
+            WorkbenchError("token \(index + 1): \(what) (expected whitespace-separated integer ids)",
+                ErrorContext(file: path))
         }
         for byte in data {
             switch byte {
@@ -27,7 +28,10 @@ public enum TokenFile {
             }
         }
         if inNumber { ids.append(Int32(value)) }
-        guard !ids.isEmpty else { throw WorkbenchError("\(path): token file is empty (expected whitespace-separated integer ids)") }
+        guard !ids.isEmpty else {
+            throw WorkbenchError("token file is empty (expected whitespace-separated integer ids)",
+                ErrorContext(file: path))
+        }
         return ids
     }
 }
