@@ -36,6 +36,16 @@ final class RecipeErrorFieldsTests: XCTestCase {
                                                         expected: "1...100000", found: "0"))
     }
 
+    /// A stage's own check (here minitron's: no target) gains the file and stage as fields, its text unchanged.
+    func testAStagesOwnErrorGainsItsStage() throws {
+        let e = try XCTUnwrap(error(#"{"format": 1, "stages": [{"stage": "eval"}, {"stage": "minitron"}]}"#))
+        XCTAssertTrue("\(e)".hasPrefix("recipes/bad.json, stage 2 (minitron): no target"), "\(e)")
+        XCTAssertEqual(e.errorContext, ErrorContext(file: "recipes/bad.json", stage: 2, stageName: "minitron"))
+        let order = try XCTUnwrap(error(#"{"format": 1, "eval": {"protocol": "x"}, "stages": [{"stage": "eval"}]}"#))
+        XCTAssertEqual(order.errorContext, ErrorContext(file: "recipes/bad.json", key: "eval.protocol",
+                                                        expected: "one of pinned, llamacpp", found: "'x'"))
+    }
+
     func testUnknownStageAndFormat() throws {
         let stage = try XCTUnwrap(error(#"{"format": 1, "stages": [{"stage": "gptq"}]}"#))
         XCTAssertEqual(stage.errorContext.stage, 1)
