@@ -43,7 +43,8 @@ public struct SparsityTarget: Equatable, Sendable {
         let p = try s.optionalDouble("sparsity")
         if let t = patternText {
             guard let pat = SparsityMask.Pattern(t) else {
-                throw RecipeError("\(s.location): 'pattern': \"\(t)\" is not a sparsity pattern (expected \"N:M\" with 1 ≤ N < M ≤ 64, e.g. \"2:4\", or \"unstructured\")")
+                throw s.fail("pattern", "\"\(t)\" is not a sparsity pattern (expected \"N:M\" with 1 ≤ N < M ≤ 64, "
+                    + "e.g. \"2:4\", or \"unstructured\")")
             }
             pattern = pat
         } else {
@@ -53,14 +54,15 @@ public struct SparsityTarget: Equatable, Sendable {
         case .nm(let n, let m):
             let implied = 1 - Double(n) / Double(m)
             if let p, abs(p - implied) > 1e-9 {
-                throw RecipeError("\(s.location): 'sparsity': \(p) contradicts 'pattern' \(n):\(m), which prunes \(implied); give one of them")
+                throw s.fail("sparsity", "\(p) contradicts 'pattern' \(n):\(m), which prunes \(implied); give one of "
+                    + "them")
             }
             sparsity = implied
         case .unstructured:
             guard let p else {
                 throw RecipeError("\(s.location): 'sparsity' (fraction of weights pruned, in (0, 1)) or an N:M 'pattern' (e.g. \"2:4\") is required")
             }
-            guard p > 0 && p < 1 else { throw RecipeError("\(s.location): 'sparsity': \(p) must lie strictly between 0 and 1") }
+            guard p > 0 && p < 1 else { throw s.fail("sparsity", "\(p) must lie strictly between 0 and 1") }
             sparsity = p
         }
         targets = try s.linearKinds()
@@ -224,10 +226,10 @@ public struct SparseGPTPass: CompressionPass {
     public init(config s: StrictObject) throws {
         target = try SparsityTarget(config: s)
         damp = try s.double("damp", default: damp, in: 0...1e6)
-        guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
+        guard damp > 0 else { throw s.fail("damp", "must be positive (relative damping, e.g. 0.01)") }
         blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
         if case .nm(let n, let m) = target.pattern, blockSize % m != 0 {
-            throw RecipeError("\(s.location): 'block_size': \(blockSize) is not a multiple of M = \(m) of pattern \(n):\(m)")
+            throw s.fail("block_size", "\(blockSize) is not a multiple of M = \(m) of pattern \(n):\(m)")
         }
     }
 

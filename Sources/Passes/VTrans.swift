@@ -88,16 +88,17 @@ public struct VTransPass: RecipeStage {
         guard (params == nil) != (fraction == nil) else {
             throw RecipeError("\(s.location): 'params', 'fraction': give exactly one target (a parameter count, or a fraction of the model's in (0, 1))")
         }
-        if let f = fraction, !(f > 0 && f < 1) { throw RecipeError("\(s.location): 'fraction': \(f) is out of range (0, 1)") }
+        if let f = fraction, !(f > 0 && f < 1) { throw s.fail("fraction", "\(f) is out of range (0, 1)") }
         if let list = try s.array("axes") {
             vib.axes = try list.map { v in
                 guard let name = v.stringValue, let a = VIBAxis(rawValue: name) else {
-                    throw RecipeError("\(s.location): 'axes': \(v.text) is not one of \(VIBAxis.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw s.fail("axes", "\(v.text) is not one of "
+                        + "\(VIBAxis.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 return a
             }
             guard !vib.axes.isEmpty, Set(vib.axes).count == vib.axes.count else {
-                throw RecipeError("\(s.location): 'axes': expected a non-empty list without repeats")
+                throw s.fail("axes", "expected a non-empty list without repeats")
             }
         }
         var d = DistillConfig()
