@@ -27,7 +27,7 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .target(name: "TensorCore", dependencies: [
-            "Diagnostics", "CBLAS", .product(name: "Numerics", package: "swift-numerics"),
+            "CBLAS", .product(name: "Numerics", package: "swift-numerics"),
         ]),
         .target(name: "Model", dependencies: ["Diagnostics", "TensorCore", "Quantization", "JSONKeys"]),
         .target(name: "Checkpoint", dependencies: ["Diagnostics", "Model", "CHDF5", "Quantization", "SafeFiles"]),
