@@ -3,16 +3,17 @@ import PackageDescription
 
 // Module graph, lowest layer first; a module depends only on modules in layers below its own
 // (`python3 tools/code_metrics.py --check` enforces it on imports and on the dependencies below):
-//   9 compress (CLI)
-//   8 Workbench (the runner, sweeps, commands; the stage registry with ExportStage)
-//   7 Passes
-//   6 Recipes (recipe format, stage contract, distill stage), Export (server formats)
-//   5 Training (its state file is a Checkpoint tensor archive), Import (foreign formats into checkpoints)
-//   4 Checkpoint, Evaluation
-//   3 Model (ModelConfig, Families/, LinearWeight, TransformerDecoder)
-//   2 Quantization, GGUF, Safetensors
-//   1 TensorCore, MappedIO, Tokenizer
-//   0 CBLAS, CHDF5, DNNLBridge (oneDNN bf16 matmul), SafeFiles, JSONKeys
+//  10 compress (CLI)
+//   9 Workbench (the runner, sweeps, commands; the stage registry with ExportStage)
+//   8 Passes
+//   7 Recipes (recipe format, stage contract, distill stage), Export (server formats)
+//   6 Training (its state file is a Checkpoint tensor archive), Import (foreign formats into checkpoints)
+//   5 Checkpoint, Evaluation
+//   4 Model (ModelConfig, Families/, LinearWeight, TransformerDecoder)
+//   3 Quantization, GGUF, Safetensors
+//   2 TensorCore, MappedIO, Tokenizer
+//   1 CBLAS, CHDF5, DNNLBridge (oneDNN bf16 matmul), SafeFiles, JSONKeys
+//   0 Diagnostics (ErrorContext: the file, stage, key, tensor, expected and found of an error)
 let package = Package(
     name: "compress",
     products: [
@@ -29,24 +30,33 @@ let package = Package(
         .target(name: "TensorCore", dependencies: [
             "CBLAS", "DNNLBridge", .product(name: "Numerics", package: "swift-numerics"),
         ]),
-        .target(name: "Model", dependencies: ["TensorCore", "Quantization", "JSONKeys"]),
-        .target(name: "Checkpoint", dependencies: ["Model", "CHDF5", "Quantization", "SafeFiles"]),
-        .target(name: "Evaluation", dependencies: ["Model", "MappedIO", "SafeFiles"]),
-        .target(name: "SafeFiles"),
-        .target(name: "MappedIO", dependencies: ["SafeFiles"]),
-        .target(name: "JSONKeys"),
-        .target(name: "GGUF", dependencies: ["MappedIO"]),
-        .target(name: "Safetensors", dependencies: ["MappedIO", "JSONKeys", "SafeFiles"]),
-        .target(name: "Tokenizer"),
-        .target(name: "Import", dependencies: ["Checkpoint", "GGUF", "Safetensors", "JSONKeys", "SafeFiles", "Quantization"]),
-        .target(name: "Export", dependencies: ["Checkpoint", "GGUF", "Safetensors", "Import", "Quantization", "SafeFiles", "Tokenizer"]),
-        .target(name: "Training", dependencies: ["Checkpoint"]),
-        .target(name: "Recipes", dependencies: ["Training", "Checkpoint", "SafeFiles"]),
-        .target(name: "Passes", dependencies: ["Recipes", "Quantization"]),
-        .target(name: "Quantization", dependencies: ["TensorCore"]),
-        .target(name: "Workbench", dependencies: ["Import", "Export", "Evaluation", "Tokenizer", "Training", "Passes", "Quantization", "SafeFiles"]),
+        .target(name: "Model", dependencies: ["Diagnostics", "TensorCore", "Quantization", "JSONKeys"]),
+        .target(name: "Checkpoint", dependencies: ["Diagnostics", "Model", "CHDF5", "Quantization", "SafeFiles"]),
+        .target(name: "Evaluation", dependencies: ["Diagnostics", "Model", "MappedIO", "SafeFiles"]),
+        .target(name: "Diagnostics"),
+        .target(name: "SafeFiles", dependencies: ["Diagnostics"]),
+        .target(name: "MappedIO", dependencies: ["Diagnostics", "SafeFiles"]),
+        .target(name: "JSONKeys", dependencies: ["Diagnostics"]),
+        .target(name: "GGUF", dependencies: ["Diagnostics", "MappedIO"]),
+        .target(name: "Safetensors", dependencies: ["Diagnostics", "MappedIO", "JSONKeys", "SafeFiles"]),
+        .target(name: "Tokenizer", dependencies: ["Diagnostics"]),
+        .target(name: "Import", dependencies: [
+            "Diagnostics", "Checkpoint", "GGUF", "Safetensors", "JSONKeys", "SafeFiles", "Quantization",
+        ]),
+        .target(name: "Export", dependencies: [
+            "Diagnostics", "Checkpoint", "GGUF", "Safetensors", "Import", "Quantization", "SafeFiles", "Tokenizer",
+        ]),
+        .target(name: "Training", dependencies: ["Diagnostics", "Checkpoint"]),
+        .target(name: "Recipes", dependencies: ["Diagnostics", "Training", "Checkpoint", "SafeFiles"]),
+        .target(name: "Passes", dependencies: ["Diagnostics", "Recipes", "Quantization"]),
+        .target(name: "Quantization", dependencies: ["Diagnostics", "TensorCore"]),
+        .target(name: "Workbench", dependencies: [
+            "Diagnostics", "Import", "Export", "Evaluation", "Tokenizer", "Training", "Passes", "Quantization",
+            "SafeFiles",
+        ]),
         .executableTarget(name: "compress", dependencies: [
-            "Workbench", "Training", "Export", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Diagnostics", "Workbench", "Training", "Export", "Evaluation",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Fuzz harnesses (README, "Fuzzing"): libFuzzer entry points under `-DFUZZING --sanitize=fuzzer`, replay tools
         // otherwise (so `swift build` and `swift test` compile them too).
@@ -58,17 +68,24 @@ let package = Package(
         .executableTarget(name: "fuzz-tokenizer", dependencies: ["FuzzSupport", "Import", "Workbench"], path: "Fuzz/tokenizer"),
         .executableTarget(name: "fuzz-recipe", dependencies: ["FuzzSupport", "Workbench", "Recipes"], path: "Fuzz/recipe"),
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "Checkpoint", "Model", "Training"], path: "Fuzz/state"),
+        .testTarget(name: "DiagnosticsTests", dependencies: ["Diagnostics"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Checkpoint", "Evaluation"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Checkpoint", "Model"]),
-        .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Passes", "Evaluation", "Import", "Workbench"]),
+        .testTarget(name: "RecipesTests", dependencies: [
+            "Diagnostics", "Recipes", "Passes", "Evaluation", "Import", "Workbench",
+        ]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Checkpoint", "Import"]),
-        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "CHDF5", "Quantization"]),
-        .testTarget(name: "ImportersTests", dependencies: ["GGUF", "Safetensors", "JSONKeys", "Quantization", "Model"], exclude: ["Fixtures"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Diagnostics", "Checkpoint", "CHDF5", "Quantization"]),
+        .testTarget(name: "ImportersTests", dependencies: [
+            "Diagnostics", "GGUF", "Safetensors", "JSONKeys", "Quantization", "Model",
+        ], exclude: ["Fixtures"]),
         .testTarget(name: "ImportTests", dependencies: ["Import"]),
         .testTarget(name: "ExportTests", dependencies: ["Export", "Import", "Checkpoint", "GGUF", "Safetensors", "Recipes", "Quantization", "Model", "TensorCore", "Tokenizer", "Workbench"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "CLITests", dependencies: ["compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore"]),
+        .testTarget(name: "CLITests", dependencies: [
+            "Diagnostics", "compress", "Workbench", "Checkpoint", "CHDF5", "TensorCore",
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )

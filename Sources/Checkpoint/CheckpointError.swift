@@ -1,13 +1,16 @@
+import Diagnostics
+
 /// Why a checkpoint could not be read or written. Every case names the file and, where there is one, the
 /// tensor or key, with what was expected and what was found.
-public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+public enum CheckpointError: ContextualError, Equatable {
     case notFound(path: String)
     case notHDF5(path: String)
     case unreadable(path: String, detail: String)
     case wrongFormat(path: String, found: String, expected: String)
     case unsupportedVersion(path: String, found: Int, supported: [Int])
     case nonFinite(path: String, tensor: String, index: Int, value: Float)
-    case badConfig(path: String, detail: String)
+    /// `context`: the fields of the model's own error (the tensor, expected and found of a shape the config refuses).
+    case badConfig(path: String, detail: String, context: ErrorContext = ErrorContext())
     case badTokenizer(path: String, detail: String)
     case badHistory(path: String, detail: String)
     case missingTensor(path: String, tensor: String, expectedShape: [Int])
@@ -33,7 +36,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
                 + "version\(s.count == 1 ? "" : "s") \(s.map(String.init).joined(separator: ", ")))"
         case .nonFinite(let p, let t, let i, let v):
             return "\(p): tensor '\(t)' holds \(v) at element \(i) (expected finite values only)"
-        case .badConfig(let p, let d): return "\(p): \(d)"
+        case .badConfig(let p, let d, _): return "\(p): \(d)"
         case .badTokenizer(let p, let d): return "\(p): tokenizer: \(d)"
         case .badHistory(let p, let d): return "\(p): history: \(d)"
         case .missingTensor(let p, let t, let s): return "\(p): missing tensor '\(t)' (expected shape \(s))"
@@ -47,6 +50,31 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .writeFailed(let p, let d): return "\(p): could not write checkpoint: \(d)"
         case .badMask(let p, let t, let d): return "\(p): mask of '\(t)': \(d)"
         case .badQuantized(let p, let t, let d): return "\(p): quantized tensor '\(t)': \(d)"
+        }
+    }
+
+    /// The file, tensor, expected and found value of the case, as fields.
+    public var context: ErrorContext {
+        switch self {
+        case .notFound(let p): return ErrorContext(file: p, expected: "a checkpoint", found: "no such file")
+        case .notHDF5(let p): return ErrorContext(file: p, expected: "an HDF5 file", found: "another format")
+        case .unreadable(let p, _), .badTokenizer(let p, _), .badHistory(let p, _), .writeFailed(let p, _):
+            return ErrorContext(file: p)
+        case .badConfig(let p, _, let c): return c.filled(from: ErrorContext(file: p))
+        case .wrongFormat(let p, let f, let e): return ErrorContext(file: p, key: "format", expected: e, found: f)
+        case .unsupportedVersion(let p, let v, let s):
+            return ErrorContext(file: p, key: "format_version", expected: s.map(String.init).joined(separator: ", "),
+                                found: "\(v)")
+        case .nonFinite(let p, let t, _, let v):
+            return ErrorContext(file: p, tensor: t, expected: "finite values", found: "\(v)")
+        case .missingTensor(let p, let t, let s):
+            return ErrorContext(file: p, tensor: t, expected: "shape \(s)", found: "no tensor")
+        case .unknownTensor(let p, let t): return ErrorContext(file: p, tensor: t)
+        case .unknownEntry(let p, let e): return ErrorContext(file: p, key: e)
+        case .shapeMismatch(let p, let t, let e, let f):
+            return ErrorContext(file: p, tensor: t, expected: "\(e)", found: "\(f)")
+        case .wrongType(let p, let t, let e, let f): return ErrorContext(file: p, tensor: t, expected: e, found: f)
+        case .badMask(let p, let t, _), .badQuantized(let p, let t, _): return ErrorContext(file: p, tensor: t)
         }
     }
 }

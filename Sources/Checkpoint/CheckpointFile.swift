@@ -1,3 +1,4 @@
+import Diagnostics
 import CHDF5
 import Foundation
 import Model
@@ -195,16 +196,13 @@ public struct Checkpoint {
     public static func read(_ path: String) throws -> Checkpoint {
         let file = try openVerified(path)
         func attribute<T>(_ name: String, _ get: (String) throws -> T) throws -> T {
-            do { return try get(name) } catch let e as HDF5Failure {
-                throw CheckpointError.unreadable(
-                    path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
-            }
+            try translatingFailures(into: { rootUnreadable(path, $0) }) { try get(name) }
         }
         let config: ModelConfig
         do {
             config = try ModelConfig(json: JSONValue.parse(try attribute("config", file.string)))
         } catch let e as ConfigError {
-            throw CheckpointError.badConfig(path: path, detail: e.description)
+            throw CheckpointError.badConfig(path: path, detail: e.description, context: e.context)
         } catch let e as CheckpointError { throw e } catch {
             throw CheckpointError.badConfig(path: path, detail: "config attribute is not valid JSON (\(error))")
         }
@@ -236,11 +234,10 @@ public struct Checkpoint {
     private static func openVerified(_ path: String) throws -> H5File {
         try requireRegularFile(path)
         guard H5File.isHDF5(path) else { throw CheckpointError.notHDF5(path: path) }
-        let file: H5File
-        do { file = try H5File.openReadOnly(path) } catch let e as HDF5Failure {
-            throw CheckpointError.unreadable(path: path, detail: e.message)
+        let file = try translatingFailures(into: { .unreadable(path: path, detail: $0) }) {
+            try H5File.openReadOnly(path)
         }
-        do {
+        try translatingFailures(into: { rootUnreadable(path, $0) }) {
             let format = try file.string("format")
             guard format == CheckpointFormat.name else {
                 throw CheckpointError.wrongFormat(path: path, found: format, expected: CheckpointFormat.name)
@@ -250,17 +247,17 @@ public struct Checkpoint {
                 throw CheckpointError.unsupportedVersion(
                     path: path, found: version, supported: CheckpointFormat.supportedVersions)
             }
-        } catch let e as HDF5Failure {
-            throw CheckpointError.unreadable(
-                path: path, detail: "root \(e.message) (expected a \(CheckpointFormat.name) file)")
         }
         return file
     }
 
+    /// A root attribute that could not be read: the file is not one of ours, or is damaged.
+    private static func rootUnreadable(_ path: String, _ reason: String) -> CheckpointError {
+        .unreadable(path: path, detail: "root \(reason) (expected a \(CheckpointFormat.name) file)")
+    }
+
     private static func members(_ file: H5File, _ group: String, _ path: String) throws -> [String] {
-        do { return try file.members(group) } catch let e as HDF5Failure {
-            throw CheckpointError.unreadable(path: path, detail: e.message)
-        }
+        try translatingFailures(into: { .unreadable(path: path, detail: $0) }) { try file.members(group) }
     }
 
     private static func readModel(_ file: H5File, config: ModelConfig, path: String) throws -> DecoderModel {
@@ -300,11 +297,8 @@ public struct Checkpoint {
         // Version 1/2 masks: float32 0/1 beside their dense weight; loaded as unstructured sparse weights.
         let masks = file.exists("masks") ? try members(file, "masks", path) : []
         for name in present.sorted() {
-            let t: Tensor
-            do {
-                t = try file.readFloat32("tensors/" + name, label: name, expected: shapes[name])
-            } catch let e as HDF5Failure {
-                throw CheckpointError.unreadable(path: path, detail: "tensor '\(name)': \(e.message)")
+            let t = try translatingFailures(into: { .unreadable(path: path, detail: "tensor '\(name)': \($0)") }) {
+                try file.readFloat32("tensors/" + name, label: name, expected: shapes[name])
             }
             if masks.contains(name) {
                 try add(
@@ -321,7 +315,7 @@ public struct Checkpoint {
             throw CheckpointError.missingTensor(path: path, tensor: s.name, expectedShape: s.shape)
         }
         do { return try DecoderModel(config: config, weights: weights) } catch let e as ConfigError {
-            throw CheckpointError.badConfig(path: path, detail: e.description)
+            throw CheckpointError.badConfig(path: path, detail: e.description, context: e.context)
         }
     }
 
@@ -340,9 +334,8 @@ public struct Checkpoint {
                     ? "root attribute 'quantization' lists tensors but /quantized is missing"
                     : "/quantized is present but the root attribute 'quantization' is missing")
         }
-        let text: String
-        do { text = try file.string("quantization") } catch let e as HDF5Failure {
-            throw CheckpointError.unreadable(path: path, detail: e.message)
+        let text = try translatingFailures(into: { .unreadable(path: path, detail: $0) }) {
+            try file.string("quantization")
         }
         guard let map = (try? JSONValue.parse(text))?.objectValue else {
             throw CheckpointError.unreadable(path: path, detail: "root attribute 'quantization' is not a JSON object")
@@ -368,17 +361,9 @@ public struct Checkpoint {
                     "its 'quantization' entry needs 'format' (string) and 'shape' (integers), found \(entry.text)")
             }
             guard shape == expected else { throw bad("shape \(shape), expected \(expected)") }
-            let format: QuantFormat
-            do { format = try QuantFormat(name: formatName) } catch let e as QuantizationError {
-                throw bad(e.description)
-            }
-            do {
-                let q = try readQuantizedGroup(file, "quantized/" + name + "/", format: format, shape: shape, bad: bad)
-                out[name] = q
-            } catch let e as HDF5Failure {
-                throw bad(e.message)
-            } catch let e as QuantizationError {
-                throw bad(e.description)
+            let format = try translatingFailures(into: bad) { try QuantFormat(name: formatName) }
+            out[name] = try translatingFailures(into: bad) {
+                try readQuantizedGroup(file, "quantized/" + name + "/", format: format, shape: shape, bad: bad)
             }
         }
         return out
@@ -485,10 +470,7 @@ public struct Checkpoint {
                     ? "root attribute '\(attribute)' lists tensors but /\(group) is missing"
                     : "/\(group) is present but the root attribute '\(attribute)' is missing")
         }
-        let text: String
-        do { text = try file.string(attribute) } catch let e as HDF5Failure {
-            throw CheckpointError.unreadable(path: path, detail: e.message)
-        }
+        let text = try translatingFailures(into: { .unreadable(path: path, detail: $0) }) { try file.string(attribute) }
         guard let map = (try? JSONValue.parse(text))?.objectValue else {
             throw CheckpointError.unreadable(path: path, detail: "root attribute '\(attribute)' is not a JSON object")
         }
@@ -540,7 +522,7 @@ public struct Checkpoint {
                     "its 'sparsity' entry needs 'pattern' (\"N:M\" or \"unstructured\") and 'shape' \(expected), found "
                         + "\(entry.text)")
             }
-            do {
+            try translatingFailures(into: bad) {
                 let count = shape[0] * shape[1]
                 let bits = try rawDataset(
                     file, "sparse/\(name)/mask", typeClass: H5T_INTEGER, size: 1, count: (count + 7) / 8,
@@ -552,8 +534,6 @@ public struct Checkpoint {
                 var j = 0
                 for i in 0..<count where mask[i] { values[i] = kept[j]; j += 1 }
                 out[name] = try SparseWeight(values: values, mask: mask)
-            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError {
-                throw bad(e.description)
             }
         }
         return out
@@ -592,12 +572,10 @@ public struct Checkpoint {
                 guard let text = d.stringValue else {
                     throw bad("'\(key)' must be a format name (e.g. q4_g32_sym), found \(d.text)")
                 }
-                do { return try QuantFormat(name: text) } catch let e as QuantizationError {
-                    throw bad("'\(key)': \(e.description)")
-                }
+                return try translatingFailures(into: { bad("'\(key)': \($0)") }) { try QuantFormat(name: text) }
             }
             let denseFormat = try format("dense_format"), sparseFormat = try format("sparse_format")
-            do {
+            try translatingFailures(into: bad) {
                 let OC = shape[0], C = shape[1], n = C * s
                 let g = "factorized/\(name)/"
                 var dense: Tensor?, quantizedDense: QuantizedTensor?
@@ -664,10 +642,6 @@ public struct Checkpoint {
                 let factor = try quantizedDense.map { try FactorizedWeight(quantizedDense: $0, sparse: sparse) }
                     ?? FactorizedWeight(dense: dense!, sparse: sparse)
                 out[name] = try quantizedSparse.map { try factor.quantizingSparseValues($0) } ?? factor
-            } catch let e as HDF5Failure { throw bad(e.message) } catch let e as ConfigError {
-                throw bad(e.description)
-            } catch let e as QuantizationError {
-                throw bad(e.description)
             }
         }
         return out
@@ -899,4 +873,11 @@ func describe(_ e: DecodingError) -> String {
 extension H5Types {
     static var uint16File: hid_t { h5_std_u16le() }
     static var uint16: hid_t { h5_native_uint16() }
+}
+
+/// Runs `body`, turning a failure of the HDF5 library or of a model type built from what it read (`HDF5Failure`,
+/// `ConfigError`, `QuantizationError`) into `fail(reason)`: the checkpoint's own error, naming the file and the
+/// tensor or attribute. The checkpoint's own errors pass through unchanged. The one place the readers translate them.
+func translatingFailures<T>(into fail: (String) -> CheckpointError, _ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as CheckpointError { throw e } catch { throw fail("\(error)") }
 }

@@ -4,8 +4,9 @@ import TensorCore
 
 /// A failure inside the HDF5 library, with the object it concerned and the library's own reason (its error
 /// stack at the time of the failure); we add a hint only where the library names the cause.
-struct HDF5Failure: Error {
+struct HDF5Failure: Error, CustomStringConvertible {
     let message: String
+    var description: String { message }
 
     init(message: String) {
         var reason = Self.libraryReason()

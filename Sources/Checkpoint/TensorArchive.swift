@@ -61,9 +61,7 @@ public enum TensorArchive {
 /// (a full disk included) the temporary file is removed and `path` is untouched. Only a regular file (or a new
 /// name) is ever replaced; temporary files of processes that no longer exist are removed first.
 func writeAtomically(_ path: String, _ body: (String) throws -> Void) throws {
-    do { try SafeFiles.checkOutput(path, role: "checkpoint") } catch let e as FileError {
-        throw CheckpointError.writeFailed(path: path, detail: e.description)
-    }
+    try SafeFiles.checkOutput(path, role: "checkpoint")  // a FileError names the path and what is wrong with it
     SafeFiles.removeStaleTemporaries(for: path)
     let tmp = SafeFiles.temporaryPath(for: path)
     do {

@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import MappedIO
 import Model
@@ -177,7 +178,8 @@ public final class BaseReference: @unchecked Sendable {
             try FileManager.default.moveItem(atPath: tmp, toPath: path)
         } catch {
             try? FileManager.default.removeItem(atPath: tmp)
-            throw EvaluationError("\(path): cannot write the base reference (\(error.localizedDescription))")
+            throw EvaluationError("cannot write the base reference (\(error.localizedDescription))",
+                ErrorContext(file: path))
         }
     }
 
@@ -185,9 +187,14 @@ public final class BaseReference: @unchecked Sendable {
     /// given), size, ids in the vocabulary, finite non-positive log-probabilities descending in each row.
     public init(path: String, expected: Header? = nil) throws {
         self.path = path
-        do { file = try MappedFile(path: path) } catch let e as MappedFileError { throw EvaluationError(e.description) }
+        // Mapping failures are evaluation errors too: `cached` rebuilds a reference it cannot use.
+        do { file = try MappedFile(path: path) } catch let e as MappedFileError {
+            throw EvaluationError(e.reason, ErrorContext(file: path))
+        }
         let b = file.bytes
-        func bad(_ why: String) -> EvaluationError { EvaluationError("\(path): not a valid base reference: \(why)") }
+        func bad(_ why: String) -> EvaluationError {
+            EvaluationError("not a valid base reference: \(why)", ErrorContext(file: path))
+        }
         guard b.count >= 16, Array(b[0..<8]) == Self.magic else { throw bad("no CPREFK01 magic") }
         let n = Int(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
         guard n > 0, n <= b.count - 16 else { throw bad("header length \(n) does not fit the file (\(b.count) bytes)") }
@@ -268,7 +275,8 @@ public final class BaseReference: @unchecked Sendable {
             }
         }
         do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw EvaluationError("\(directory): cannot create the cache directory (\(error.localizedDescription))")
+            throw EvaluationError("cannot create the cache directory (\(error.localizedDescription))",
+                ErrorContext(file: directory))
         }
         try build(base: base, tokens: tokens, header: h, to: path, progress: progress)
         return (try BaseReference(path: path, expected: h), false)

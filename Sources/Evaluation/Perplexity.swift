@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import Model
 import TensorCore
@@ -58,9 +59,16 @@ extension PerplexityResult {
 }
 
 /// Why an evaluation cannot run.
-public struct EvaluationError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+public struct EvaluationError: ContextualError, Sendable {
+    /// What is wrong; the file, when `context` names one, is prefixed when rendered.
+    public let message: String
+    /// Where and what: the file, key, tensor, expected and found value, as far as the thrower knows them.
+    public let context: ErrorContext
+    /// An error whose message says everything (it names its file itself, if any).
+    public init(_ description: String) { message = description; context = ErrorContext() }
+    /// An error with fields; `description` is "FILE: MESSAGE" when `context` names a file.
+    public init(_ message: String, _ context: ErrorContext) { self.message = message; self.context = context }
+    public var description: String { context.prefixingFile(message) }
 }
 
 /// How a token stream becomes scored windows of W tokens: a named scoring rule (`Kind`) and the BOS the checkpoint's

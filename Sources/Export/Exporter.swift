@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import Model
@@ -24,7 +25,7 @@ public enum Exporter {
         do {
             try SafeFiles.checkName(out, role: "export")
             try SafeFiles.checkDirectory(of: out, role: "export")
-        } catch let e as FileError { throw ExportError(e.description + "; nothing was exported") }
+        } catch { throw error.adding(advice: "nothing was exported") }
         let outReal = realpath(out)
         for (role, path) in inputs {
             guard let r = realpath(path) else { continue }
@@ -37,7 +38,8 @@ public enum Exporter {
         var st = stat()
         guard lstat(out, &st) == 0 else { return }
         if (st.st_mode & S_IFMT) == S_IFLNK {
-            throw ExportError("\(output): is a symbolic link; refusing to replace it (give a plain path)")
+            throw ExportError("is a symbolic link; refusing to replace it (give a plain path)",
+                ErrorContext(file: output))
         }
         let isDir = (st.st_mode & S_IFMT) == S_IFDIR
         switch (format, isDir) {
@@ -49,13 +51,15 @@ public enum Exporter {
                         + "(pass --force to replace it)")
             }
         case (.gguf, true):
-            throw ExportError("\(output): is a directory (expected a GGUF file name)")
+            throw ExportError("is a directory (expected a GGUF file name)", ErrorContext(file: output))
         case (_, false):
             guard (st.st_mode & S_IFMT) == S_IFREG else {
-                throw ExportError("\(output): exists and is not a regular file; refusing to replace it")
+                throw ExportError("exists and is not a regular file; refusing to replace it",
+                    ErrorContext(file: output))
             }
             if !force {
-                throw ExportError("\(output): already exists; refusing to replace it (pass --force to replace it)")
+                throw ExportError("already exists; refusing to replace it (pass --force to replace it)",
+                    ErrorContext(file: output))
             }
         }
     }
@@ -122,7 +126,7 @@ public enum Exporter {
                 guard rename(tmp, out) == 0 else {
                     let reason = String(cString: strerror(errno))
                     _ = rename(old, out)
-                    throw ExportError("\(output): cannot rename the export into place (\(reason))")
+                    throw ExportError("cannot rename the export into place (\(reason))", ErrorContext(file: output))
                 }
                 try? fm.removeItem(atPath: old)
             } else {
@@ -140,7 +144,9 @@ public enum Exporter {
 
     static func writeFile(_ bytes: [UInt8], to path: String) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ExportError("\(path): cannot create (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else {
+            throw ExportError("cannot create (\(String(cString: strerror(errno))))", ErrorContext(file: path))
+        }
         defer { close(fd) }
         var done = 0
         try bytes.withUnsafeBytes { raw in
@@ -155,7 +161,9 @@ public enum Exporter {
                 done += n
             }
         }
-        guard fsync(fd) == 0 else { throw ExportError("\(path): fsync failed (\(String(cString: strerror(errno))))") }
+        guard fsync(fd) == 0 else {
+            throw ExportError("fsync failed (\(String(cString: strerror(errno))))", ErrorContext(file: path))
+        }
     }
 
     private static func realpath(_ path: String) -> String? {

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import Import
@@ -175,9 +176,7 @@ enum TokenizerFiles {
                     spacing: SentencePieceSpacing(name: spec.pre),
                     bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
                 (tokens, merges) = tokenizer.mergeList()
-            } catch let e as TokenizerError {
-                throw ExportError("tokenizer: \(e.description)")
-            }
+            } catch { throw error.adding(place: "tokenizer") }
         } else {
             tokens = spec.tokens
             // Split at the space byte: "▁ह ै" is a space then a combining sign, one Character to Swift.

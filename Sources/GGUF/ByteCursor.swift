@@ -11,14 +11,16 @@ struct ByteCursor {
 
     var remaining: Int { bytes.count - offset }
 
-    func error(_ message: String) -> GGUFError { GGUFError(path, message) }
+    func error(_ message: String, expected: String? = nil, found: String? = nil) -> GGUFError {
+        GGUFError(path, message, expected: expected, found: found)
+    }
 
     /// Throws unless `count` more bytes are available for `what`.
     func require(_ count: Int, for what: @autoclosure () -> String) throws {
         guard count >= 0, count <= remaining else {
             throw error(
                 "truncated: \(what()) needs \(count) bytes at offset \(offset), found \(remaining) (file size "
-                    + "\(bytes.count))")
+                    + "\(bytes.count))", expected: "\(count) bytes", found: "\(remaining) bytes")
         }
     }
 

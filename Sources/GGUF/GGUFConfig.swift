@@ -104,8 +104,9 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
     public init(gguf file: GGUFFile, supported: [String]) throws {
         let arch = try file.string("general.architecture")
         guard supported.contains(arch) else {
-            throw GGUFError(
-                file.path, "unsupported architecture '\(arch)'; supported: \(supported.joined(separator: ", "))")
+            let known = supported.joined(separator: ", ")
+            throw GGUFError(file.path, "unsupported architecture '\(arch)'; supported: \(known)",
+                            key: "general.architecture", expected: "one of \(known)", found: "'\(arch)'")
         }
         architecture = arch
         func key(_ name: String) -> String { "\(arch).\(name)" }
@@ -124,7 +125,8 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
             throw GGUFError(
                 file.path,
                 "\(key("attention.head_count")): expected positive head counts, found "
-                    + "\(numAttentionHeads)/\(numKeyValueHeads)")
+                    + "\(numAttentionHeads)/\(numKeyValueHeads)", key: key("attention.head_count"),
+                expected: "positive head counts", found: "\(numAttentionHeads)/\(numKeyValueHeads)")
         }
         headDim = try file.ifPresent(key("attention.key_length"), file.int) ?? hiddenSize / numAttentionHeads
         rmsNormEps = Self.shortestDecimal(try file.float(key("attention.layer_norm_rms_epsilon")))
@@ -171,12 +173,16 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
             let flags = a.compactMap(\.boolValue)
             guard flags.count == a.count, flags.count == numHiddenLayers else {
                 throw GGUFError(
-                    file.path, "\(patternKey): expected \(numHiddenLayers) booleans or a positive integer, found \(v)")
+                    file.path, "\(patternKey): expected \(numHiddenLayers) booleans or a positive integer, found \(v)",
+                    key: patternKey, expected: "\(numHiddenLayers) booleans or a positive integer", found: "\(v)")
             }
             sliding = flags
         } else {
             let n = try file.ifPresent(patternKey, file.int) ?? 6
-            guard n >= 1 else { throw GGUFError(file.path, "\(patternKey): expected a positive integer, found \(n)") }
+            guard n >= 1 else {
+                throw GGUFError(file.path, "\(patternKey): expected a positive integer, found \(n)", key: patternKey,
+                                expected: "a positive integer", found: "\(n)")
+            }
             sliding = (0..<numHiddenLayers).map { ($0 + 1) % n != 0 }
         }
         layerTypes = sliding.map { $0 ? "sliding_attention" : "full_attention" }
@@ -190,14 +196,15 @@ public struct GGUFConfig: Codable, Sendable, Equatable {
             let key = "\(arch).\(name)"
             guard let v = file.metadata[key] else {
                 if let d { return d }
-                throw GGUFError(file.path, "missing \(key)")
+                throw GGUFError(file.path, "missing \(key)", key: key, found: "nothing")
             }
             if let i = v.intValue { return Array(repeating: i, count: layers) }
             guard let a = v.arrayValue, a.count == layers, case let ints = a.compactMap(\.intValue),
                 ints.count == a.count, ints.allSatisfy({ $0 >= 0 })
             else {
                 throw GGUFError(
-                    file.path, "\(key): expected a non-negative integer or an array of \(layers), found \(v)")
+                    file.path, "\(key): expected a non-negative integer or an array of \(layers), found \(v)", key: key,
+                    expected: "a non-negative integer or an array of \(layers)", found: "\(v)")
             }
             return ints
         }

@@ -1,9 +1,32 @@
-/// A GGUF read failure; `description` names the file and what was expected versus found.
-public struct GGUFError: Error, CustomStringConvertible, Sendable {
-    /// Human-readable message, prefixed with the file path.
-    public let description: String
+import Diagnostics
 
-    init(_ path: String, _ message: String) {
-        description = "\(path): \(message)"
+/// A GGUF read failure: the file, the metadata key or tensor where there is one, and what was expected versus
+/// found; `description` is "FILE: MESSAGE".
+public struct GGUFError: ContextualError, Sendable {
+    /// The file (`<writer>` for a file being built).
+    public let file: String
+    /// What is wrong, without the path.
+    public let message: String
+    /// The metadata key (`"llama.block_count"`) or tensor (`"token_embd.weight"`) concerned, if any.
+    public let key: String?
+    public let tensor: String?
+    /// What was expected and what was found there, if the message states them.
+    public let expected: String?
+    public let found: String?
+
+    init(_ path: String, _ message: String, key: String? = nil, tensor: String? = nil, expected: String? = nil,
+         found: String? = nil) {
+        file = path
+        self.message = message
+        self.key = key
+        self.tensor = tensor
+        self.expected = expected
+        self.found = found
+    }
+
+    /// Human-readable message, prefixed with the file path.
+    public var description: String { "\(file): \(message)" }
+    public var context: ErrorContext {
+        ErrorContext(file: file, key: key, tensor: tensor, expected: expected, found: found)
     }
 }

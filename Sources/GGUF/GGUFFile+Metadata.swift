@@ -1,7 +1,7 @@
 extension GGUFFile {
     /// The value for `key`, or an error naming the missing key.
     public func value(_ key: String) throws -> GGUFValue {
-        guard let v = metadata[key] else { throw GGUFError(path, "metadata key '\(key)' is missing") }
+        guard let v = metadata[key] else { throw GGUFError(path, "metadata key '\(key)' is missing", key: key) }
         return v
     }
 
@@ -18,14 +18,18 @@ extension GGUFFile {
     /// `key` as a finite `Double` (any float or integer type); NaN and infinities are refused, naming the key.
     public func double(_ key: String) throws -> Double {
         let x = try typed(key, "number") { $0.doubleValue }
-        guard x.isFinite else { throw GGUFError(path, "metadata '\(key)': expected a finite number, found \(x)") }
+        guard x.isFinite else { throw GGUFError(
+            path, "metadata '\(key)': expected a finite number, found \(x)", key: key, expected: "a finite number",
+            found: "\(x)") }
         return x
     }
 
     /// `key` as a finite `Float` (any float or integer type; a float64 beyond float32's range is refused).
     public func float(_ key: String) throws -> Float {
         let x = try double(key)
-        guard Float(x).isFinite else { throw GGUFError(path, "metadata '\(key)': \(x) is beyond float32's range") }
+        guard Float(x).isFinite else { throw GGUFError(
+            path, "metadata '\(key)': \(x) is beyond float32's range", key: key, expected: "a float32",
+            found: "\(x)") }
         return Float(x)
     }
 
@@ -52,7 +56,8 @@ extension GGUFFile {
         let v = try value(key)
         guard let result = cast(v) else {
             let found = v.arrayValue.map { "array of \($0.first?.typeName ?? "nothing")" } ?? v.typeName
-            throw GGUFError(path, "metadata '\(key)': expected \(expected), found \(found)")
+            throw GGUFError(path, "metadata '\(key)': expected \(expected), found \(found)", key: key,
+                            expected: expected, found: found)
         }
         return result
     }

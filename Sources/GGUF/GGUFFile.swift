@@ -145,13 +145,15 @@ public final class GGUFFile: @unchecked Sendable {  // immutable after init; the
         guard info.offset % alignment == 0 else {
             throw GGUFError(
                 path,
-                "tensor '\(info.name)': data offset \(info.offset) is not a multiple of the alignment \(alignment)")
+                "tensor '\(info.name)': data offset \(info.offset) is not a multiple of the alignment \(alignment)",
+                tensor: info.name)
         }
         let end = dataOffset + info.offset + info.byteCount
         guard end <= file.bytes.count else {
             throw GGUFError(
                 path,
-                "truncated: tensor '\(info.name)' data ends at byte \(end), but the file has \(file.bytes.count) bytes")
+                "truncated: tensor '\(info.name)' data ends at byte \(end), but the file has \(file.bytes.count) bytes",
+                tensor: info.name, expected: "\(end) bytes", found: "\(file.bytes.count) bytes")
         }
     }
 }

@@ -24,7 +24,7 @@ public enum GGUFTensors {
                 throw GGUFError(
                     file.path,
                     "tensor '\(info.name)': expected a 2-D weight whose \(rows) rows split into \(heads) heads of even "
-                        + "size, found shape \(shape)")
+                        + "size, found shape \(shape)", tensor: info.name, found: "\(shape)")
             }
             values = unpermuteQK(weights: values, rows: rows, cols: cols, heads: heads)
         }

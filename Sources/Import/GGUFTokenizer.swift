@@ -1,3 +1,4 @@
+import Diagnostics
 import GGUF
 import Checkpoint
 import Model
@@ -107,7 +108,8 @@ extension Importer {
             ("tokenizer.ggml.precompiled_charsmap", "a SentencePiece normalization (e.g. NFKC) we do not implement")
         ]
         where file.metadata[key] != nil {
-            throw ImportError("\(path): \(key) is not supported with tokenizer.ggml.model llama (\(why))")
+            throw ImportError("\(key) is not supported with tokenizer.ggml.model llama (\(why))",
+                ErrorContext(file: path))
         }
         if let pre = try file.ifPresent("tokenizer.ggml.pre", file.string), pre != "default" {
             throw ImportError(
@@ -125,11 +127,13 @@ extension Importer {
                     "\(path): tokenizer.ggml.scores is not an array of \(tokens.count) numbers (one per token)")
             }
             if let bad = numbers.firstIndex(where: { !$0.isFinite }) {
-                throw ImportError("\(path): tokenizer.ggml.scores[\(bad)] is \(numbers[bad]) (expected finite scores)")
+                throw ImportError("tokenizer.ggml.scores[\(bad)] is \(numbers[bad]) (expected finite scores)",
+                    ErrorContext(file: path))
             }
             scores = numbers
         } else if rule.mergeOrder == "scores" {
-            throw ImportError("\(path): tokenizer.ggml.scores is missing (a SentencePiece vocabulary merges by score)")
+            throw ImportError("tokenizer.ggml.scores is missing (a SentencePiece vocabulary merges by score)",
+                ErrorContext(file: path))
         }
         if preTokenizer == nil, let prefix = try file.ifPresent("tokenizer.ggml.add_space_prefix", file.bool),
             prefix != rule.prefix

@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import JSONKeys
 import Model
@@ -14,7 +15,8 @@ extension HFTokenizerJSON {
     /// Refuses an unknown top-level key, and truncation or padding (they cut or pad every encoded text).
     static func checkRoot(_ root: [String: JSONValue], path: String) throws {
         if let unknown = root.keys.sorted().first(where: { !rootKeys.contains($0) }) {
-            throw ImportError("\(path): unknown key '\(unknown)' (known: \(rootKeys.sorted().joined(separator: ", ")))")
+            throw ImportError("unknown key '\(unknown)' (known: \(rootKeys.sorted().joined(separator: ", ")))",
+                ErrorContext(file: path))
         }
         for key in ["truncation", "padding"] where (root[key] ?? .null) != .null {
             throw ImportError(
@@ -44,17 +46,18 @@ extension HFTokenizerJSON {
         }
         for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
             if let v = model[key], v != .null, v != .string("") {
-                throw ImportError("\(path): model.\(key) is \(v.text) (supported: null)")
+                throw ImportError("model.\(key) is \(v.text) (supported: null)", ErrorContext(file: path))
             }
         }
         for key in ["fuse_unk", "byte_fallback", "ignore_merges"] {
             if let v = model[key], v != .null, v.boolValue == nil {
-                throw ImportError("\(path): model.\(key) is \(v.text) (expected true or false)")
+                throw ImportError("model.\(key) is \(v.text) (expected true or false)", ErrorContext(file: path))
             }
         }
         if let u = model["unk_token"], u != .null {
             guard let name = u.stringValue, model["vocab"]?.objectValue?[name] != nil else {
-                throw ImportError("\(path): model.unk_token is \(u.text) (expected null or a token of model.vocab)")
+                throw ImportError("model.unk_token is \(u.text) (expected null or a token of model.vocab)",
+                    ErrorContext(file: path))
             }
         }
     }
@@ -69,7 +72,7 @@ extension HFTokenizerJSON {
     static func addedTokens(_ root: [String: JSONValue], path: String) throws -> [(Int, String, Bool)] {
         guard let list = root["added_tokens"], list != .null else { return [] }
         guard let entries = list.arrayValue else {
-            throw ImportError("\(path): added_tokens is \(list.text.prefix(80)) (expected an array)")
+            throw ImportError("added_tokens is \(list.text.prefix(80)) (expected an array)", ErrorContext(file: path))
         }
         let normalizer = root["normalizer"] ?? .null
         return try entries.enumerated().map { index, entry in
@@ -137,7 +140,8 @@ extension HFTokenizerJSON {
             allowed.count > 1
             ? "Replace(\"▁\", \" \"), ByteFallback, Fuse, Strip(\" \", 1, 0) or Metaspace"
             : "ByteLevel's"
-        throw ImportError("\(path): decoder \(d.text.prefix(200)) is not supported (our decoding is \(ours))")
+        throw ImportError("decoder \(d.text.prefix(200)) is not supported (our decoding is \(ours))",
+            ErrorContext(file: path))
     }
 }
 
@@ -146,9 +150,9 @@ extension Importer {
     /// every error naming the file and, where it has one, the key path.
     static func parseJSON(_ data: Data, path: String) throws -> JSONValue {
         do { return try JSONValue.parse(JSONKeys.strictText(data)) } catch let e as StrictJSONError {
-            throw ImportError("\(path): \(e)")
+            throw ImportError("\(e)", e.context.filled(from: ErrorContext(file: path)))
         } catch {
-            throw ImportError("\(path): not valid JSON (\(error))")
+            throw ImportError("not valid JSON (\(error))", ErrorContext(file: path))
         }
     }
 }

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import SafeFiles
@@ -13,11 +14,11 @@ enum HFTokenizerJSON {
     /// `compress import --pre-tokenizer`) replaces what the file's pre-tokenizer and normalizer describe.
     static func read(_ path: String, preTokenizer: String? = nil) throws -> TokenizerSpec {
         let data: Data
-        do { data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28) } catch let e as FileError {
-            throw ImportError(e.description)
-        }
+        data = try SafeFiles.read(path, role: "tokenizer.json", limit: 1 << 28)
         let parsed = try Importer.parseJSON(data, path: path)
-        guard let root = parsed.objectValue else { throw ImportError("\(path): expected a JSON object") }
+        guard let root = parsed.objectValue else {
+            throw ImportError("expected a JSON object", ErrorContext(file: path))
+        }
         try checkRoot(root, path: path)
         // model.vocab read again from the bytes, in order: a JSONValue object's keys are Swift Strings, which compare
         // by canonical equivalence, and real vocabularies (Gemma's) hold canonically equivalent but different tokens.
@@ -41,7 +42,8 @@ enum HFTokenizerJSON {
             }
         }
         if let bad = added.first(where: { $0.0 < 0 || $0.0 >= entries }) {
-            throw ImportError("\(path): added_tokens id \(bad.0) ('\(bad.1.prefix(40))') is outside 0..<\(entries)")
+            throw ImportError("added_tokens id \(bad.0) ('\(bad.1.prefix(40))') is outside 0..<\(entries)",
+                ErrorContext(file: path))
         }
         let size = max((vocab.compactMap { Int($0.id) }.max() ?? -1), added.map(\.0).max() ?? -1) + 1
         var tokens = [String?](repeating: nil, count: size)
@@ -59,7 +61,7 @@ enum HFTokenizerJSON {
             types[id] = special ? 3 : 4
         }
         if let missing = tokens.firstIndex(where: { $0 == nil }) {
-            throw ImportError("\(path): token id \(missing) has no token (ids must be contiguous)")
+            throw ImportError("token id \(missing) has no token (ids must be contiguous)", ErrorContext(file: path))
         }
         if isSentencePiece(root: root, model: model) {
             return try sentencePieceSpec(
@@ -118,9 +120,9 @@ enum HFTokenizerJSON {
         if let i = steps.firstIndex(where: { $0 != nfc }) {
             if overridden { return nil }
             let type = steps[i].objectValue?["type"]?.text ?? "missing"
-            throw ImportError("\(path): \(at(i)) of type \(type) is not supported with a byte-level BPE: "
+            throw ImportError("\(at(i)) of type \(type) is not supported with a byte-level BPE: "
                 + "\(steps[i].text.prefix(200)) (supported: null, NFC, or a Sequence of NFC; "
-                + "--pre-tokenizer NAME imports the tokenizer without it)")
+                + "--pre-tokenizer NAME imports the tokenizer without it)", ErrorContext(file: path))
         }
         return steps.isEmpty ? nil : "NFC"
     }
@@ -135,7 +137,8 @@ enum HFTokenizerJSON {
         }
         guard let p, p != .null else { return nil }
         guard let o = p.objectValue else {
-            throw ImportError("\(path): post_processor is \(p.text.prefix(80)) (expected an object or null)")
+            throw ImportError("post_processor is \(p.text.prefix(80)) (expected an object or null)",
+                ErrorContext(file: path))
         }
         if isByteLevel(o) { return nil }
         if o["type"] == .string("Sequence"), o.keys.allSatisfy({ ["type", "processors"].contains($0) }),
@@ -365,7 +368,7 @@ extension HFTokenizerJSON {
                 }
                 return pair.joined(separator: " ")
             }
-            throw ImportError("\(path): a merge is neither \"a b\" nor [\"a\", \"b\"]: \(entry.text)")
+            throw ImportError("a merge is neither \"a b\" nor [\"a\", \"b\"]: \(entry.text)", ErrorContext(file: path))
         }
     }
 
@@ -458,7 +461,7 @@ extension HFTokenizerJSON {
         }
         func id(_ name: String) throws -> Int32 {
             guard let i = ids[name] else {
-                throw ImportError("\(path): post_processor names '\(name)', which is not a token")
+                throw ImportError("post_processor names '\(name)', which is not a token", ErrorContext(file: path))
             }
             return Int32(i)
         }
@@ -519,10 +522,11 @@ extension HFTokenizerJSON {
         if let unknown = o.keys.sorted().first(where: {
             !["type", "replacement", "str_rep", "prepend_scheme", "add_prefix_space", "split"].contains($0)
         }) {
-            throw ImportError("\(path): pre_tokenizer.\(unknown) is not supported in a Metaspace pre-tokenizer")
+            throw ImportError("pre_tokenizer.\(unknown) is not supported in a Metaspace pre-tokenizer",
+                ErrorContext(file: path))
         }
         for key in ["replacement", "str_rep"] where o[key] != nil && o[key] != .string("\u{2581}") {
-            throw ImportError("\(path): pre_tokenizer.\(key) is \(o[key]!.text) (supported: \"▁\")")
+            throw ImportError("pre_tokenizer.\(key) is \(o[key]!.text) (supported: \"▁\")", ErrorContext(file: path))
         }
         let legacy = o["add_prefix_space"]?.boolValue
         if o["add_prefix_space"] != nil, legacy == nil {
@@ -547,7 +551,8 @@ extension HFTokenizerJSON {
         var split = true
         if let given = o["split"] {
             guard let value = given.boolValue else {
-                throw ImportError("\(path): pre_tokenizer.split is \(given.text) (expected true or false)")
+                throw ImportError("pre_tokenizer.split is \(given.text) (expected true or false)",
+                    ErrorContext(file: path))
             }
             split = value
         }

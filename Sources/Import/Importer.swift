@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import SafeFiles
@@ -9,9 +10,16 @@ import Safetensors
 import TensorCore
 
 /// Why an import failed: names the source and what was found versus what is supported.
-public struct ImportError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+public struct ImportError: ContextualError {
+    /// What is wrong; the file, when `context` names one, is prefixed when rendered.
+    public let message: String
+    /// Where and what: the file, key, tensor, expected and found value, as far as the thrower knows them.
+    public let context: ErrorContext
+    /// An error whose message says everything (it names its file itself, if any).
+    public init(_ description: String) { message = description; context = ErrorContext() }
+    /// An error with fields; `description` is "FILE: MESSAGE" when `context` names a file.
+    public init(_ message: String, _ context: ErrorContext) { self.message = message; self.context = context }
+    public var description: String { context.prefixingFile(message) }
 }
 
 /// Turns foreign checkpoints (GGUF files, Hugging Face safetensors directories) into our format.
@@ -23,14 +31,13 @@ public enum Importer {
     public static func load(_ source: String, preTokenizer: String? = nil) throws -> Checkpoint {
         var st = stat()
         guard !source.isEmpty, stat(source, &st) == 0 else {
-            throw ImportError("\(source): no such file or directory (expected a GGUF file or a Hugging Face directory)")
+            throw ImportError("no such file or directory (expected a GGUF file or a Hugging Face directory)",
+                ErrorContext(file: source))
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
             return try fromHuggingFace(directory: source, preTokenizer: preTokenizer)
         }
-        do { try SafeFiles.regularFile(source, role: "GGUF file or Hugging Face directory") } catch let e as FileError {
-            throw ImportError(e.description)
-        }
+        try SafeFiles.regularFile(source, role: "GGUF file or Hugging Face directory")
         return try fromGGUF(path: source, preTokenizer: preTokenizer)
     }
 
@@ -62,11 +69,10 @@ public enum Importer {
         let config: ModelConfig
         do {
             config = try ModelConfig(json: JSONValue.parse(String(decoding: try ggufConfig.jsonData(), as: UTF8.self)))
-        } catch let e as ConfigError {
-            let from =
-                ggufConfig.ropeScalingKeys.isEmpty
-                ? "" : " (from \(ggufConfig.ropeScalingKeys.joined(separator: ", ")))"
-            throw ImportError("\(path): \(e.description)\(from)")
+        } catch {
+            let keys = ggufConfig.ropeScalingKeys
+            throw error.adding(ErrorContext(file: path), place: path,
+                               note: keys.isEmpty ? nil : "from \(keys.joined(separator: ", "))")
         }
         // Every weight the spec holds, under the family's GGUF name.
         let ids = Dictionary(
@@ -96,7 +102,7 @@ public enum Importer {
         let model = try buildModel(config: config, tensors: tensors, source: path)
         let tokenizer = try ggufTokenizer(file, family: family, preTokenizer: preTokenizer)
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
-            throw ImportError("\(path): tokenizer.ggml.*: \(problem)")
+            throw ImportError("tokenizer.ggml.*: \(problem)", ErrorContext(file: path))
         }
         var entry = historyEntry(source: path, format: "gguf")
         if let preTokenizer, tokenizer != nil { entry.warnings = [overrideWarning(preTokenizer, source: path)] }
@@ -116,9 +122,7 @@ public enum Importer {
     /// every error naming the file and, where it has one, the key path.
     static func readJSON(_ path: String, role: String, limit: Int) throws -> JSONValue {
         let data: Data
-        do { data = try SafeFiles.read(path, role: role, limit: limit) } catch let e as FileError {
-            throw ImportError(e.description)
-        }
+        data = try SafeFiles.read(path, role: role, limit: limit)
         return try parseJSON(data, path: path)
     }
 
@@ -128,8 +132,8 @@ public enum Importer {
         let configPath = dir.appendingPathComponent("config.json").path
         var config: ModelConfig
         let json = try deciLMAsLlama(readJSON(configPath, role: "config.json", limit: 1 << 24), path: configPath)
-        do { config = try ModelConfig(json: json) } catch let e as ConfigError {
-            throw ImportError("\(configPath): \(e.description)")
+        do { config = try ModelConfig(json: json) } catch {
+            throw error.adding(ErrorContext(file: configPath), place: configPath)
         }
         try HFConfigKeys.check(config.extra, path: configPath)
         let weights = try SafetensorsDirectory(path: directory)
@@ -137,8 +141,8 @@ public enum Importer {
         if config.tieWordEmbeddings, case .object(var o) = json, let untie = try storedHeadDiffers(weights) {
             // transformers keeps a stored lm_head.weight even when the config says the embeddings are tied.
             o["tie_word_embeddings"] = .bool(false)
-            do { config = try ModelConfig(json: .object(o)) } catch let e as ConfigError {
-                throw ImportError("\(configPath): \(e.description)")
+            do { config = try ModelConfig(json: .object(o)) } catch {
+                throw error.adding(ErrorContext(file: configPath), place: configPath)
             }
             warnings.append(
                 "\(configPath) says tie_word_embeddings: true, but lm_head.weight differs from "
@@ -190,7 +194,7 @@ public enum Importer {
             ? try HFTokenizerJSON.read(tokenizerPath, preTokenizer: preTokenizer) : nil
         if let preTokenizer, tokenizer != nil { warnings.append(overrideWarning(preTokenizer, source: tokenizerPath)) }
         if let problem = tokenizer?.problem(vocabSize: config.vocabSize) {
-            throw ImportError("\(tokenizerPath): \(problem)")
+            throw ImportError("\(problem)", ErrorContext(file: tokenizerPath))
         }
         var entry = historyEntry(source: directory, format: "safetensors")
         entry.files = weights.files.count
@@ -205,9 +209,7 @@ public enum Importer {
     /// `ffn_mult` m → width find_multiple(int(2 · m · hidden_size / 3), 256) (as vLLM and llama.cpp compute
     /// it). `replace_with_linear` layers are refused.
     static func deciLMAsLlama(_ json: JSONValue, path: String) throws -> JSONValue {
-        do { return try deciLMAsLlama(json) } catch let e as ConfigError {
-            throw ImportError("\(path): \(e.description)")
-        }
+        do { return try deciLMAsLlama(json) } catch { throw error.adding(ErrorContext(file: path), place: path) }
     }
 
     static func deciLMAsLlama(_ json: JSONValue) throws -> JSONValue {
@@ -291,7 +293,8 @@ public enum Importer {
             qc["format"]?.stringValue == "pack-quantized"
         else { return [:] }
         guard qc["quant_method"]?.stringValue == "compressed-tensors" else {
-            throw ImportError("\(path): quantization_config: pack-quantized without quant_method compressed-tensors")
+            throw ImportError("quantization_config: pack-quantized without quant_method compressed-tensors",
+                ErrorContext(file: path))
         }
         var out: [String: QuantFormat] = [:]
         for (gname, g) in (qc["config_groups"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
@@ -307,7 +310,7 @@ public enum Importer {
             }
             let format: QuantFormat
             do { format = try QuantFormat(bits: bits, groupSize: G, symmetric: true) } catch {
-                throw ImportError("\(path): quantization_config.config_groups.\(gname): \(error)")
+                throw ImportError("quantization_config.config_groups.\(gname): \(error)", ErrorContext(file: path))
             }
             for t in g.objectValue?["targets"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
                 guard !t.hasPrefix("re:") else {
@@ -328,7 +331,8 @@ public enum Importer {
         _ module: String, _ weights: SafetensorsDirectory, formats: [String: QuantFormat], directory: String
     ) throws -> QuantizedTensor {
         guard let f = formats[module] ?? formats["*"] else {
-            throw ImportError("\(directory): '\(module).weight_packed' has no quantization_config group")
+            throw ImportError("'\(module).weight_packed' has no quantization_config group",
+                ErrorContext(file: directory))
         }
         let shapeInfo = try weights.info(module + ".weight_shape"), raw = try weights.rawBytes(module + ".weight_shape")
         let shape: [Int] = raw.withUnsafeBytes { b in
@@ -357,7 +361,7 @@ public enum Importer {
             return try QuantizedTensor(
                 format: f, shape: shape, codes: try weights.rawBytes(module + ".weight_packed"), scales: halves,
                 mins: [])
-        } catch { throw ImportError("\(directory): '\(module)': \(error)") }
+        } catch { throw ImportError("'\(module)': \(error)", ErrorContext(file: directory)) }
     }
 
     /// Assembles the model; DecoderModel verifies every name and shape against the config.
@@ -368,18 +372,19 @@ public enum Importer {
             let p = t.data
             if let i = (0..<t.count).first(where: { !p[$0].isFinite }) {
                 throw ImportError(
-                    "\(source): tensor '\(name)' holds \(p[i]) at element \(i) (expected finite values only)")
+                    "tensor '\(name)' holds \(p[i]) at element \(i) (expected finite values only)",
+                    ErrorContext(file: source, tensor: name, expected: "finite values", found: "\(p[i])"))
             }
         }
         var weights = tensors.mapValues { ModelWeight.dense($0) }
         for (name, q) in quantized {
             guard weights[name] == nil else {
-                throw ImportError("\(source): '\(name)' is stored both packed and unpacked")
+                throw ImportError("'\(name)' is stored both packed and unpacked", ErrorContext(file: source))
             }
             weights[name] = .matrix(.quantized(QuantizedWeight(q)))
         }
-        do { return try DecoderModel(config: config, weights: weights) } catch let e as ConfigError {
-            throw ImportError("\(source): \(e.description)")
+        do { return try DecoderModel(config: config, weights: weights) } catch {
+            throw error.adding(ErrorContext(file: source), place: source)
         }
     }
 }

@@ -1,8 +1,14 @@
+import Diagnostics
+
 /// A key that occurs twice in one JSON object: JSON parsers disagree on which value wins (Python keeps the
 /// last, Foundation's decoder the first), so every JSON file we read is checked and a repeat is an error.
 /// What the strict reading step refuses (`JSONKeys.strictText`, `JSONKeys.validate`): each error says where; a reader
 /// catches them as one kind and adds its file.
-public protocol StrictJSONError: Error, CustomStringConvertible {}
+public protocol StrictJSONError: ContextualError {}
+
+extension StrictJSONError {
+    public var context: ErrorContext { ErrorContext() }
+}
 
 public struct DuplicateJSONKey: StrictJSONError, Equatable {
     /// The repeated key.
@@ -13,6 +19,7 @@ public struct DuplicateJSONKey: StrictJSONError, Equatable {
     public init(key: String, path: String) { self.key = key; self.path = path }
 
     public var description: String { "key '\(key)' appears twice in the object at \(path) (expected each key once)" }
+    public var context: ErrorContext { ErrorContext(key: "\(path).\(key)", expected: "each key once", found: "twice") }
 }
 
 /// JSON nested deeper than we read (arrays and objects within each other), at the path where the limit is reached.

@@ -1,3 +1,5 @@
+import Diagnostics
+
 /// A number literal no 64-bit float holds (e.g. `1e400`): Foundation's decoder reads it as infinity and then
 /// reports a misleading type mismatch somewhere above it, so every JSON text we read is checked first.
 public struct JSONNumberOverflow: StrictJSONError, Equatable {
@@ -11,6 +13,7 @@ public struct JSONNumberOverflow: StrictJSONError, Equatable {
     public var description: String {
         "\(path): number \(literal) overflows a 64-bit float (expected a magnitude below 1.8e308)"
     }
+    public var context: ErrorContext { ErrorContext(key: path, expected: "a magnitude below 1.8e308", found: literal) }
 }
 
 /// Bytes that are not UTF-8 (JSON text must be): names the offset of the first byte that breaks the encoding.

@@ -1,3 +1,4 @@
+import Diagnostics
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -7,15 +8,18 @@ import Darwin
 #endif
 
 /// Failure to open or map a file; `description` names the path and the OS error.
-public struct MappedFileError: Error, CustomStringConvertible, Sendable {
+public struct MappedFileError: ContextualError, Sendable {
+    /// The file that could not be mapped.
+    public let path: String
     /// What failed, without the path (e.g. `cannot open: No such file or directory`).
     public let reason: String
     /// `path: reason`.
-    public let description: String
+    public var description: String { "\(path): \(reason)" }
+    public var context: ErrorContext { ErrorContext(file: path) }
 
     init(_ path: String, _ reason: String) {
+        self.path = path
         self.reason = reason
-        description = "\(path): \(reason)"
     }
 }
 

@@ -1,3 +1,4 @@
+import Diagnostics
 import Quantization
 import TensorCore
 
@@ -149,13 +150,15 @@ public struct DecoderModel: Sendable {
                 throw ConfigError("unexpected tensor '\(config.name(id))' for this config")
             }
             guard expected == shape else {
-                throw ConfigError("tensor '\(config.name(id))': expected shape \(expected), found \(shape)")
+                throw ConfigError("tensor '\(config.name(id))': expected shape \(expected), found \(shape)",
+                                  ErrorContext(tensor: config.name(id), expected: "\(expected)", found: "\(shape)"))
             }
         }
         if present.count != specs.count,
             let missing = specs.keys.sorted().first(where: { id in !present.contains { $0.0 == id } })
         {
-            throw ConfigError("missing tensor '\(config.name(missing))' (expected shape \(specs[missing]!))")
+            throw ConfigError("missing tensor '\(config.name(missing))' (expected shape \(specs[missing]!))",
+                              ErrorContext(tensor: config.name(missing), expected: "\(specs[missing]!)"))
         }
     }
 
@@ -210,7 +213,9 @@ public struct DecoderModel: Sendable {
         var byID: [WeightID: ModelWeight] = [:]
         let ids = Dictionary(uniqueKeysWithValues: Self.weightSpecs(config).map { (config.name($0.id), $0.id) })
         for name in named.keys.sorted() {
-            guard let id = ids[name] else { throw ConfigError("unexpected tensor '\(name)' for this config") }
+            guard let id = ids[name] else {
+                throw ConfigError("unexpected tensor '\(name)' for this config", ErrorContext(tensor: name))
+            }
             byID[id] = named[name]
         }
         try self.init(config: config, weights: byID)
@@ -222,9 +227,13 @@ public struct DecoderModel: Sendable {
         let specs = Self.weightSpecs(config)
         for s in specs {
             let name = config.name(s.id)
-            guard let t = byID[s.id] else { throw ConfigError("missing tensor '\(name)' (expected shape \(s.shape))") }
+            guard let t = byID[s.id] else {
+                throw ConfigError("missing tensor '\(name)' (expected shape \(s.shape))",
+                                  ErrorContext(tensor: name, expected: "\(s.shape)"))
+            }
             guard t.shape == s.shape else {
-                throw ConfigError("tensor '\(name)': expected shape \(s.shape), found \(t.shape)")
+                throw ConfigError("tensor '\(name)': expected shape \(s.shape), found \(t.shape)",
+                                  ErrorContext(tensor: name, expected: "\(s.shape)", found: "\(t.shape)"))
             }
             guard (s.shape.count == 1) == (t.vector != nil) else {
                 throw ConfigError(

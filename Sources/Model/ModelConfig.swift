@@ -1,9 +1,17 @@
+import Diagnostics
 import Foundation
 
 /// A configuration problem: names the key, what was expected and what was found.
-public struct ConfigError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+public struct ConfigError: ContextualError, Sendable {
+    /// What is wrong; the file, when `context` names one, is prefixed when rendered.
+    public let message: String
+    /// Where and what: the file, key, tensor, expected and found value, as far as the thrower knows them.
+    public let context: ErrorContext
+    /// An error whose message says everything (it names its file itself, if any).
+    public init(_ description: String) { message = description; context = ErrorContext() }
+    /// An error with fields; `description` is "FILE: MESSAGE" when `context` names a file.
+    public init(_ message: String, _ context: ErrorContext) { self.message = message; self.context = context }
+    public var description: String { context.prefixingFile(message) }
 }
 
 /// What one decoder layer holds. Passes make layers differ: fewer heads, narrower MLPs, or a sublayer
@@ -235,13 +243,16 @@ public struct ModelConfig: Equatable, Sendable {
         let limit = Self.limits[key] ?? Int(Int32.max)
         guard let v = obj[key], v != .null else {
             if let d { return d }
-            throw ConfigError("\(ctx): missing required key '\(key)' (expected an integer in 1...\(limit))")
+            throw ConfigError("\(ctx): missing required key '\(key)' (expected an integer in 1...\(limit))",
+                              ErrorContext(key: key, expected: "an integer in 1...\(limit)", found: "nothing"))
         }
         guard let i = v.intValue else {
-            throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)")
+            throw ConfigError("\(ctx): key '\(key)' must be an integer, found \(v.text)",
+                              ErrorContext(key: key, expected: "an integer", found: v.text))
         }
         guard (1...limit).contains(i) else {
-            throw ConfigError("\(ctx): key '\(key)' is \(i) (expected an integer in 1...\(limit))")
+            throw ConfigError("\(ctx): key '\(key)' is \(i) (expected an integer in 1...\(limit))",
+                              ErrorContext(key: key, expected: "an integer in 1...\(limit)", found: "\(i)"))
         }
         return i
     }
@@ -251,9 +262,9 @@ public struct ModelConfig: Equatable, Sendable {
         guard let v = o[key], v != .null else { return d }
         let range = Self.numberRanges[key] ?? 0...Double.greatestFiniteMagnitude
         guard let x = v.doubleValue, x > 0, range.contains(x) else {
-            throw ConfigError(
-                "config: key '\(key)' is \(v.text) (expected a positive number in "
-                    + "\(range.lowerBound)...\(range.upperBound))")
+            let expected = "a positive number in \(range.lowerBound)...\(range.upperBound)"
+            throw ConfigError("config: key '\(key)' is \(v.text) (expected \(expected))",
+                              ErrorContext(key: key, expected: expected, found: v.text))
         }
         return x
     }

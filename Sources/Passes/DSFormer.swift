@@ -241,10 +241,11 @@ public struct DSFormerPass: CompressionPass {
                 throw RecipeError("\(s.location): give either 'parameter_ratio' (with optional 'density') or 'rank' and 'nonzeros', not both")
             }
             guard parameterRatio > 0 && parameterRatio < 1 else {
-                throw RecipeError("\(s.location): 'parameter_ratio': \(parameterRatio) must lie strictly between 0 and 1 (a factorization at least as large as the dense weight saves nothing)")
+                throw s.fail("parameter_ratio", "\(parameterRatio) must lie strictly between 0 and 1 (a factorization "
+                    + "at least as large as the dense weight saves nothing)")
             }
             guard density > 0 && density <= 1 else {
-                throw RecipeError("\(s.location): 'density': \(density) must lie in (0, 1] (nonzeros per column of S / rank)")
+                throw s.fail("density", "\(density) must lie in (0, 1] (nonzeros per column of S / rank)")
             }
         } else {
             guard let rank, let nonzeros else {
@@ -252,7 +253,8 @@ public struct DSFormerPass: CompressionPass {
             }
             guard !hasDensity else { throw RecipeError("\(s.location): 'density' goes with 'parameter_ratio'; with 'rank' and 'nonzeros' it is nonzeros / rank") }
             guard nonzeros <= rank else {
-                throw RecipeError("\(s.location): 'nonzeros': \(nonzeros) exceeds 'rank' \(rank) (each column of S keeps s of its k entries)")
+                throw s.fail("nonzeros", "\(nonzeros) exceeds 'rank' \(rank) (each column of S keeps s of its k "
+                    + "entries)")
             }
         }
     }

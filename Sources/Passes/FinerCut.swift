@@ -48,7 +48,7 @@ public struct FinerCutPass: CompressionPass {
             throw RecipeError("\(s.location): give exactly one of 'remove' (a number of sublayers) and 'fraction' (of the candidates)")
         }
         if let fraction, !(fraction > 0 && fraction < 1) {
-            throw RecipeError("\(s.location): 'fraction': \(fraction) must lie strictly between 0 and 1")
+            throw s.fail("fraction", "\(fraction) must lie strictly between 0 and 1")
         }
         metric = try s.choice("metric", default: metric)
         mode = try s.choice("mode", default: mode)

@@ -26,6 +26,7 @@
 // Memory: the residual streams (windows × T × C floats) plus, when an output projection is targeted, its
 // inputs (windows × T × max(H·D, F) floats): 0.6 GB and 1.6 GB for 128 × 2048 tokens of SmolLM2-135M.
 
+import Diagnostics
 import Foundation
 import Model
 import Recipes
@@ -191,7 +192,9 @@ public enum Layerwise {
             let t0 = Date()
             defer { solve += Date().timeIntervalSince(t0) }
             let new = try compress(id, w, stats)
-            do { model = try model.replacing(.linear(id), with: new) } catch let e as ConfigError { throw RecipeError("\(id): \(e.description)") }
+            do { model = try model.replacing(.linear(id), with: new) } catch {
+                throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName), place: "\(id)")
+            }
             progress(String(format: "  %@ (%d × %d) on %d tokens: %.2f s", id.description, w.outFeatures, w.inFeatures, stats.tokens,
                             Date().timeIntervalSince(t0)))
         }

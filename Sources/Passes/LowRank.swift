@@ -167,7 +167,8 @@ public struct LowRankPass: CompressionPass {
             throw RecipeError("\(s.location): give exactly one of 'rank' (k of every factorization) and 'parameter_ratio' (factorized / dense parameters of each weight, in (0, 1))")
         }
         if let r = parameterRatio, !(r > 0 && r < 1) {
-            throw RecipeError("\(s.location): 'parameter_ratio': \(r) must lie strictly between 0 and 1 (a factorization at least as large as the dense weight saves nothing)")
+            throw s.fail("parameter_ratio", "\(r) must lie strictly between 0 and 1 (a factorization at least as large "
+                + "as the dense weight saves nothing)")
         }
     }
 

@@ -24,6 +24,7 @@
 // (MaskLLM learns masks over the original weights, as the paper's code does with SparseGPT's weight update
 // disabled). Default prior: SparseGPT, as in the paper.
 
+import Diagnostics
 import Foundation
 import Model
 import Recipes
@@ -62,17 +63,20 @@ public struct MaskLLMPass: TrainingPass {
         let patternText = try s.string("pattern", default: "2:4")
         let parts = patternText.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]) else {
-            throw RecipeError("\(s.location): 'pattern': \"\(patternText)\" is not N:M (e.g. \"2:4\")")
+            throw s.fail("pattern", "\"\(patternText)\" is not N:M (e.g. \"2:4\")")
         }
-        guard n >= 1, n < m else { throw RecipeError("\(s.location): 'pattern': \(n):\(m) needs 1 ≤ N < M") }
+        guard n >= 1, n < m else { throw s.fail("pattern", "\(n):\(m) needs 1 ≤ N < M") }
         guard m <= NMCandidates.maxM else {
-            throw RecipeError("\(s.location): 'pattern': M = \(m) is above \(NMCandidates.maxM) (MaskLLM learns C(M, N) logits per group of M)")
+            throw s.fail("pattern", "M = \(m) is above \(NMCandidates.maxM) (MaskLLM learns C(M, N) logits per group "
+                + "of M)")
         }
         settings.n = n; settings.m = m
         targets = try s.linearKinds()
         if let e = try s.array("exclude_layers") {
             excludeLayers = try e.map { v in
-                guard let l = v.intValue, l >= 0 else { throw RecipeError("\(s.location): 'exclude_layers': \(v.text) is not a layer index (an integer ≥ 0)") }
+                guard let l = v.intValue, l >= 0 else {
+                    throw s.fail("exclude_layers", "\(v.text) is not a layer index (an integer ≥ 0)")
+                }
                 return l
             }
         }
@@ -112,7 +116,7 @@ public struct MaskLLMPass: TrainingPass {
         d.klWeight = loss == .kd ? 1 : 0
         d.ceWeight = loss == .ce ? 1 : 0
         let c = try DistillConfig(settings: s, defaults: d, keys: Self.distillKeys)
-        if s.has("kd_temperature") && loss != .kd { throw RecipeError("\(s.location): 'kd_temperature': only with \"loss\": \"kd\"") }
+        if s.has("kd_temperature") && loss != .kd { throw s.fail("kd_temperature", "only with \"loss\": \"kd\"") }
         distill = c
         settings.seed = c.seed
         settings.steps = max(c.steps, 1)
@@ -148,7 +152,7 @@ public struct MaskLLMPass: TrainingPass {
     /// any stage runs: every targeted weight present and dense, M dividing its input size, at least one target.
     /// Errors name the recipe, the stage and the key.
     public func preflight(_ model: DecoderModel) throws {
-        do { _ = try resolveTargets(model) } catch let e as RecipeError { throw RecipeError("\(location): \(e.description)") }
+        do { _ = try resolveTargets(model) } catch { throw error.adding(place: location) }
     }
 
     /// Prior masks by target (empty for `none`).

@@ -79,15 +79,16 @@ public struct MinitronPass: CompressionPass {
         params = try s.optionalInt("params", in: 1...Int.max)
         roundTo = try s.int("round_to", default: roundTo, in: 1...4096)
         if let list = try s.array("axes") {
-            guard params != nil else { throw RecipeError("\(s.location): 'axes': only meaningful with 'params'") }
+            guard params != nil else { throw s.fail("axes", "only meaningful with 'params'") }
             axes = try list.map { v in
                 guard let name = v.stringValue, let a = Axis(rawValue: name) else {
-                    throw RecipeError("\(s.location): 'axes': \(v.text) is not one of \(Axis.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw s.fail("axes", "\(v.text) is not one of "
+                        + "\(Axis.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 return a
             }
             guard !axes.isEmpty, Set(axes).count == axes.count else {
-                throw RecipeError("\(s.location): 'axes': expected a non-empty list without repeats")
+                throw s.fail("axes", "expected a non-empty list without repeats")
             }
         }
         if params != nil {

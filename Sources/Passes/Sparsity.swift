@@ -21,6 +21,7 @@
 // SparseGPT's unstructured block threshold prunes exactly round(p · rows · B) weights per block (the reference
 // procedure prunes those at or below the threshold value).
 
+import Diagnostics
 import Foundation
 import Model
 import Recipes
@@ -42,7 +43,8 @@ public struct SparsityTarget: Equatable, Sendable {
         let p = try s.optionalDouble("sparsity")
         if let t = patternText {
             guard let pat = SparsityMask.Pattern(t) else {
-                throw RecipeError("\(s.location): 'pattern': \"\(t)\" is not a sparsity pattern (expected \"N:M\" with 1 ≤ N < M ≤ 64, e.g. \"2:4\", or \"unstructured\")")
+                throw s.fail("pattern", "\"\(t)\" is not a sparsity pattern (expected \"N:M\" with 1 ≤ N < M ≤ 64, "
+                    + "e.g. \"2:4\", or \"unstructured\")")
             }
             pattern = pat
         } else {
@@ -52,14 +54,15 @@ public struct SparsityTarget: Equatable, Sendable {
         case .nm(let n, let m):
             let implied = 1 - Double(n) / Double(m)
             if let p, abs(p - implied) > 1e-9 {
-                throw RecipeError("\(s.location): 'sparsity': \(p) contradicts 'pattern' \(n):\(m), which prunes \(implied); give one of them")
+                throw s.fail("sparsity", "\(p) contradicts 'pattern' \(n):\(m), which prunes \(implied); give one of "
+                    + "them")
             }
             sparsity = implied
         case .unstructured:
             guard let p else {
                 throw RecipeError("\(s.location): 'sparsity' (fraction of weights pruned, in (0, 1)) or an N:M 'pattern' (e.g. \"2:4\") is required")
             }
-            guard p > 0 && p < 1 else { throw RecipeError("\(s.location): 'sparsity': \(p) must lie strictly between 0 and 1") }
+            guard p > 0 && p < 1 else { throw s.fail("sparsity", "\(p) must lie strictly between 0 and 1") }
             sparsity = p
         }
         targets = try s.linearKinds()
@@ -122,7 +125,7 @@ public struct SparsityTarget: Equatable, Sendable {
         do {
             let mask = try SparsityMask(pattern: pattern, rows: values.shape[0], cols: values.shape[1]) { keep[$0] }
             return .sparse(SparseWeight(masking: values, mask: mask))
-        } catch let e as ConfigError { throw RecipeError("\(id): \(e.description)") }
+        } catch { throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName), place: "\(id)") }
     }
 }
 
@@ -258,10 +261,10 @@ public struct SparseGPTPass: CompressionPass {
     public init(config s: StrictObject) throws {
         target = try SparsityTarget(config: s)
         damp = try s.double("damp", default: damp, in: 0...1e6)
-        guard damp > 0 else { throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)") }
+        guard damp > 0 else { throw s.fail("damp", "must be positive (relative damping, e.g. 0.01)") }
         blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
         if case .nm(let n, let m) = target.pattern, blockSize % m != 0 {
-            throw RecipeError("\(s.location): 'block_size': \(blockSize) is not a multiple of M = \(m) of pattern \(n):\(m)")
+            throw s.fail("block_size", "\(blockSize) is not a multiple of M = \(m) of pattern \(n):\(m)")
         }
     }
 
@@ -325,8 +328,8 @@ public struct SparseGPTPass: CompressionPass {
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: true,
                                        timing: &timing, progress: context.progress) { id, weight, input in
             let factor: HessianFactorization
-            do { factor = try input.factorization(damp: damp, actOrder: false) } catch let e as RecipeError {
-                throw RecipeError("\(Self.name): '\(id)': \(e.description)")
+            do { factor = try input.factorization(damp: damp, actOrder: false) } catch {
+                throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName), place: "\(Self.name): '\(id)'")
             }
             let (values, keep, loss) = Self.prune(weight.denseView!, factor: factor, target: target, blockSize: blockSize)
             try requireFinite([loss], stage: Self.name) { _ in "the OBS loss of '\(id)'" }

@@ -43,6 +43,7 @@
 //   and each post-norm's (w + o) multiplied by ρ/sqrt(C/C'); with every hidden channel kept, the gated model itself
 //   (both tested). The size model counts the post-norms.
 
+import Diagnostics
 import Foundation
 import Model
 import Recipes
@@ -87,16 +88,17 @@ public struct VTransPass: RecipeStage {
         guard (params == nil) != (fraction == nil) else {
             throw RecipeError("\(s.location): 'params', 'fraction': give exactly one target (a parameter count, or a fraction of the model's in (0, 1))")
         }
-        if let f = fraction, !(f > 0 && f < 1) { throw RecipeError("\(s.location): 'fraction': \(f) is out of range (0, 1)") }
+        if let f = fraction, !(f > 0 && f < 1) { throw s.fail("fraction", "\(f) is out of range (0, 1)") }
         if let list = try s.array("axes") {
             vib.axes = try list.map { v in
                 guard let name = v.stringValue, let a = VIBAxis(rawValue: name) else {
-                    throw RecipeError("\(s.location): 'axes': \(v.text) is not one of \(VIBAxis.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw s.fail("axes", "\(v.text) is not one of "
+                        + "\(VIBAxis.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 return a
             }
             guard !vib.axes.isEmpty, Set(vib.axes).count == vib.axes.count else {
-                throw RecipeError("\(s.location): 'axes': expected a non-empty list without repeats")
+                throw s.fail("axes", "expected a non-empty list without repeats")
             }
         }
         var d = DistillConfig()
@@ -147,7 +149,7 @@ public struct VTransPass: RecipeStage {
     /// The target parameter count for `c`, checked against what the masks can reach.
     public func resolveTarget(_ c: ModelConfig) throws -> Int {
         let size: VIBSizeModel
-        do { size = try VIBSizeModel(config: c) } catch let e as ConfigError { throw RecipeError("\(location): \(e.description)") }
+        do { size = try VIBSizeModel(config: c) } catch { throw error.adding(place: location) }
         let full = Int(size.full)
         let t = params ?? Int((Double(full) * fraction!).rounded(.down))
         let key = params != nil ? "params" : "fraction"
@@ -183,7 +185,7 @@ public struct VTransPass: RecipeStage {
             let W = distill.window
             let windows = (0..<min(Self.postNormWindows, (tokens.count - 1) / W)).map { Array(tokens[($0 * W)..<(($0 + 1) * W)]) }
             return VTransRun(pass: self, distiller: d, masks: masks, statisticsWindows: windows)
-        } catch let e as ConfigError { throw RecipeError("\(location): \(e.description)") }
+        } catch { throw error.adding(place: location) }
     }
 }
 
@@ -289,8 +291,8 @@ public final class VTransRun {
             postNormInputs = PostNormInputs.compute(model: student, windows: statisticsWindows, gates: student.keptGates(sel, from: masks.gates))
         }
         let pruned: DecoderModel
-        do { pruned = try student.pruningUnits(sel, folding: masks.gates, postNormInputs: postNormInputs) } catch let e as ConfigError {
-            throw RecipeError("\(pass.location): \(e.description)")
+        do { pruned = try student.pruningUnits(sel, folding: masks.gates, postNormInputs: postNormInputs) } catch {
+            throw error.adding(place: pass.location)
         }
         let c = distiller.student.config
         let log = distiller.log

@@ -1,3 +1,5 @@
+import Diagnostics
+
 // Weight-only integer quantization of linear layers, group-wise along the input dimension (CPTQuant's
 // quantizer; issue 6; full-range symmetric codes: issue 19).
 //
@@ -155,17 +157,31 @@ extension QuantFormat {
     }
 }
 
-public struct QuantizationError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+public struct QuantizationError: ContextualError, Sendable {
+    /// What is wrong; the file, when `context` names one, is prefixed when rendered.
+    public let message: String
+    /// Where and what: the file, key, tensor, expected and found value, as far as the thrower knows them.
+    public let context: ErrorContext
+    /// An error whose message says everything (it names its file itself, if any).
+    public init(_ description: String) { message = description; context = ErrorContext() }
+    /// An error with fields; `description` is "FILE: MESSAGE" when `context` names a file.
+    public init(_ message: String, _ context: ErrorContext) { self.message = message; self.context = context }
+    public var description: String { context.prefixingFile(message) }
 }
 
 /// Weights a format cannot store: a float16 value, or a group's float16 scale or minimum, would overflow.
 /// Another width may still hold them (a wider code needs a smaller scale), so allocation drops this width
 /// for the unit instead of failing (`AllocationUnit.init(name:candidates:)`).
-public struct UnrepresentableWeights: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+public struct UnrepresentableWeights: ContextualError, Sendable {
+    /// What is wrong; the file, when `context` names one, is prefixed when rendered.
+    public let message: String
+    /// Where and what: the file, key, tensor, expected and found value, as far as the thrower knows them.
+    public let context: ErrorContext
+    /// An error whose message says everything (it names its file itself, if any).
+    public init(_ description: String) { message = description; context = ErrorContext() }
+    /// An error with fields; `description` is "FILE: MESSAGE" when `context` names a file.
+    public init(_ message: String, _ context: ErrorContext) { self.message = message; self.context = context }
+    public var description: String { context.prefixingFile(message) }
 }
 
 /// Packs `codes` (each < 2^bits) into a little-endian bit stream.

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Model
 import Training
@@ -157,7 +158,12 @@ public struct StageRegistry {
     /// Builds the stage from its settings; unknown names list the known ones.
     public func make(_ name: String, config: StrictObject) throws -> any RecipeStage {
         guard let t = types[name] else {
-            throw RecipeError("\(config.location): unknown stage '\(name)' (known: \(names.joined(separator: ", ")))")
+            var c = config.context
+            c.key = config.keyPath("stage")
+            c.expected = "one of \(names.joined(separator: ", "))"
+            c.found = "'\(name)'"
+            throw RecipeError(at: config.location, "unknown stage '\(name)' (known: \(names.joined(separator: ", ")))",
+                              c)
         }
         let stage = try t.init(config: config)
         try config.finish()

@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import JSONKeys
 import SafeFiles
@@ -59,7 +60,7 @@ public struct Recipe {
     /// Reads and decodes a recipe file.
     public static func read(_ path: String, registry: StageRegistry, baseKinds: Set<WeightKind> = [.dense]) throws -> Recipe {
         let data: Data
-        do { data = try SafeFiles.read(path, role: "recipe (JSON)", limit: 1 << 24) } catch let e as FileError { throw RecipeError(e.description) }
+        data = try SafeFiles.read(path, role: "recipe (JSON)", limit: 1 << 24)
         return try Recipe(json: strictJSON(data, path: path), path: path, registry: registry, baseKinds: baseKinds)
     }
 
@@ -69,10 +70,11 @@ public struct Recipe {
         self.path = path
         self.json = json
         self.baseKinds = baseKinds
-        let o = try StrictObject(json, at: path)
+        let o = try StrictObject(json, at: path, context: ErrorContext(file: path))
         let format = try o.int("format")
         guard format == Self.format else {
-            throw RecipeError("\(path): 'format': \(format) is not supported (this version reads format \(Self.format))")
+            throw o.fail("format", "\(format) is not supported (this version reads format \(Self.format))",
+                         expected: "\(Self.format)", found: "\(format)")
         }
         name = try o.optionalString("name")
         description = try o.optionalString("description")
@@ -96,14 +98,20 @@ public struct Recipe {
             if e.has("protocol") {
                 let p = try e.string("protocol")
                 guard Evaluation.protocols.contains(p) else {
-                    throw RecipeError("\(path): 'eval.protocol': expected one of \(Evaluation.protocols.joined(separator: ", ")), found '\(p)'")
+                    let known = Evaluation.protocols.joined(separator: ", ")
+                    throw RecipeError(at: path, "'eval.protocol': expected one of \(known), found '\(p)'",
+                                      ErrorContext(file: path, key: "eval.protocol", expected: "one of \(known)",
+                                                   found: "'\(p)'"))
                 }
                 evaluation.protocol = p
             }
             // llama.cpp's context is 512 unless told.
             evaluation.window = try e.int("window", default: evaluation.protocol == "llamacpp" ? 512 : evaluation.window, in: 2...8192)
             if evaluation.protocol == "llamacpp" && evaluation.window < 4 {
-                throw RecipeError("\(path): 'eval.window': llama.cpp's protocol needs at least 4, found \(evaluation.window)")
+                throw RecipeError(at: path,
+                                  "'eval.window': llama.cpp's protocol needs at least 4, found \(evaluation.window)",
+                                  ErrorContext(file: path, key: "eval.window", expected: "at least 4",
+                                               found: "\(evaluation.window)"))
             }
             if e.has("kld") { evaluation.kld = try e.bool("kld") }
             if e.has("reference") { evaluation.reference = try e.string("reference", oneOf: ["hidden", "topk"]) }
@@ -116,24 +124,33 @@ public struct Recipe {
         }
 
         guard let list = try o.array("stages"), !list.isEmpty else {
-            throw RecipeError("\(path): 'stages': required (a non-empty array of stage objects)")
+            throw o.fail("stages", "required (a non-empty array of stage objects)",
+                         expected: "a non-empty array of stage objects", found: "nothing")
         }
         try o.finish()
         stages = []
         for (i, entry) in list.enumerated() {
             guard let kind = entry.objectValue?["stage"]?.stringValue else {
-                throw RecipeError("\(path), stage \(i + 1): 'stage': required (a string: one of \(registry.names.joined(separator: ", ")))")
+                let known = registry.names.joined(separator: ", ")
+                throw RecipeError(at: "\(path), stage \(i + 1)", "'stage': required (a string: one of \(known))",
+                                  ErrorContext(file: path, stage: i + 1, key: "stage", expected: "one of \(known)"))
             }
-            let s = try StrictObject(entry, at: "\(path), stage \(i + 1) (\(kind))")
+            let s = try StrictObject(entry, at: "\(path), stage \(i + 1) (\(kind))",
+                                     context: ErrorContext(file: path, stage: i + 1, stageName: kind))
             s.skip("stage")
             var settings = entry.objectValue ?? [:]
             settings["stage"] = nil
-            let stage = try registry.make(kind, config: s)
+            let stage: any RecipeStage
+            do { stage = try registry.make(kind, config: s) } catch { throw error.adding(s.context) }
             if stage.needs.contains(.calibration) && !hasCalibration {
-                throw RecipeError("\(path), stage \(i + 1) (\(kind)): needs calibration data; add a 'calibration' object (text, samples, window, seed)")
+                throw RecipeError(
+                    at: s.location, "needs calibration data; add a 'calibration' object (text, samples, window, seed)",
+                    s.context)
             }
             if let last = stages.last, type(of: last.stage).isTerminal, !type(of: stage).isTerminal {
-                throw RecipeError("\(path), stage \(i + 1) (\(kind)): comes after the '\(last.name)' stage \(i); '\(last.name)' writes the finished model, so it must come after every other stage (several may end a recipe)")
+                throw RecipeError(
+                    at: s.location, "comes after the '\(last.name)' stage \(i); '\(last.name)' writes the finished "
+                        + "model, so it must come after every other stage (several may end a recipe)", s.context)
             }
             stages.append((kind, .object(settings), stage))
         }
@@ -151,12 +168,19 @@ public struct Recipe {
             let refused = kinds.subtracting(t.accepts)
             guard refused.isEmpty else {
                 let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
-                throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): cannot take \(refused.sorted().map(\.rawValue).joined(separator: ", ")) weights, which \(before) leaves; '\(entry.name)' accepts \(t.accepts.sorted().map(\.rawValue).joined(separator: ", ")) (reorder the stages: quantization comes last, only eval may follow it)")
+                let found = refused.sorted().map(\.rawValue).joined(separator: ", ")
+                let accepted = t.accepts.sorted().map(\.rawValue).joined(separator: ", ")
+                throw RecipeError(
+                    at: "\(path), stage \(i + 1) (\(entry.name))",
+                    "cannot take \(found) weights, which \(before) leaves; '\(entry.name)' accepts \(accepted) "
+                        + "(reorder the stages: quantization comes last, only eval may follow it)",
+                    ErrorContext(file: path, stage: i + 1, stageName: entry.name, expected: accepted, found: found))
             }
             if let need = entry.stage.requires, kinds.isDisjoint(with: need.anyOf) {
                 let before = i == 0 ? "the base checkpoint" : "stage \(i) (\(stages[i - 1].name))"
-                throw RecipeError("\(path), stage \(i + 1) (\(entry.name)): \(need.reason), but \(before) leaves none "
-                    + "(\(need.hint))")
+                throw RecipeError(at: "\(path), stage \(i + 1) (\(entry.name))",
+                                  "\(need.reason), but \(before) leaves none (\(need.hint))",
+                                  ErrorContext(file: path, stage: i + 1, stageName: entry.name))
             }
             kinds = entry.stage.produces(from: kinds)
         }

@@ -15,7 +15,7 @@ public final class DirectoryLock {
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw FileError(
-                "\(path): cannot open the lock file of the \(role) directory (\(String(cString: strerror(errno))))")
+                path, "cannot open the lock file of the \(role) directory (\(String(cString: strerror(errno))))")
         }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let e = errno
@@ -23,10 +23,10 @@ public final class DirectoryLock {
             close(fd)
             fd = -1
             guard e == EWOULDBLOCK else {
-                throw FileError("\(path): cannot lock the \(role) directory (\(String(cString: strerror(e))))")
+                throw FileError(path, "cannot lock the \(role) directory (\(String(cString: strerror(e))))")
             }
             throw FileError(
-                "\(directory): in use by another \(role) (\(holder.map { "process \($0)" } ?? "another process") holds "
+                directory, "in use by another \(role) (\(holder.map { "process \($0)" } ?? "another process") holds "
                             + "\(path)); wait for it to end or use another directory")
         }
         let text = Array("\(getpid())\n".utf8)

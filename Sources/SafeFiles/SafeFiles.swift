@@ -1,9 +1,30 @@
+import Diagnostics
 import Foundation
 
-/// Why a file could not be used: names the file, its role and what was expected.
-public struct FileError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+/// Why a file could not be used: the file (`file`; nil when the path is empty), what is wrong with it (`problem`)
+/// and, where the caller said, what was expected there (`expected`, "a checkpoint (HDF5)"). Rendered
+/// "FILE: PROBLEM (expected EXPECTED)".
+public struct FileError: ContextualError, Sendable {
+    public let file: String?
+    public let problem: String
+    public let expected: String?
+    /// What the message names first: the file, or the role of a file whose path is empty.
+    let subject: String
+
+    /// An error about the file at `path`; `subject` replaces the path at the head of the message (an empty path
+    /// is named by its role).
+    public init(_ path: String?, _ problem: String, expected: String? = nil, subject: String? = nil) {
+        file = path
+        self.problem = problem
+        self.expected = expected
+        self.subject = subject ?? path ?? ""
+    }
+
+    public var description: String { "\(subject): \(problem)" + (expected.map { " (expected \($0))" } ?? "") }
+    /// The file, what was expected and the problem found.
+    public var context: ErrorContext {
+        ErrorContext(file: file, expected: expected, found: expected.map { _ in problem })
+    }
 }
 
 /// The one door through which every reader and writer checks its files: only regular files are read or
@@ -13,14 +34,16 @@ public enum SafeFiles {
     /// The size of `path`, which must exist and be a regular file (symbolic links are followed).
     @discardableResult
     public static func regularFile(_ path: String, role: String) throws -> Int {
-        guard !path.isEmpty else { throw FileError("\(role): the path is empty (expected a file name)") }
+        guard !path.isEmpty else {
+            throw FileError(nil, "the path is empty", expected: "a file name", subject: role)
+        }
         var st = stat()
         guard stat(path, &st) == 0 else {
             let reason = errno == ENOENT ? "no such file" : String(cString: strerror(errno))
-            throw FileError("\(path): \(reason) (expected a \(role))")
+            throw FileError(path, reason, expected: "a \(role)")
         }
         guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw FileError("\(path): is \(kind(st.st_mode)), not a regular file (expected a \(role))")
+            throw FileError(path, "is \(kind(st.st_mode)), not a regular file", expected: "a \(role)")
         }
         return Int(st.st_size)
     }
@@ -31,16 +54,16 @@ public enum SafeFiles {
         try regularFile(path, role: role)
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
-            throw FileError("\(path): cannot open: \(String(cString: strerror(errno))) (expected a \(role))")
+            throw FileError(path, "cannot open: \(String(cString: strerror(errno)))", expected: "a \(role)")
         }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            throw FileError("\(path): not a regular file (expected a \(role))")
+            throw FileError(path, "not a regular file", expected: "a \(role)")
         }
         let size = Int(st.st_size)
         guard size <= limit else {
-            throw FileError("\(path): \(size) bytes, more than the \(limit) bytes a \(role) may have")
+            throw FileError(path, "\(size) bytes, more than the \(limit) bytes a \(role) may have")
         }
         var data = Data(count: size)
         var done = 0
@@ -50,7 +73,7 @@ public enum SafeFiles {
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else {
                     throw FileError(
-                        "\(path): read failed after \(done) of \(size) bytes "
+                        path, "read failed after \(done) of \(size) bytes "
                             + "(\(n < 0 ? String(cString: strerror(errno)) : "file shrank"))")
                 }
                 done += n
@@ -63,23 +86,25 @@ public enum SafeFiles {
     /// existing writable directory (`checkDirectory`), and, if something is already there, a regular file (never
     /// a device, FIFO or directory).
     public static func checkOutput(_ path: String, role: String) throws {
-        guard !path.isEmpty else { throw FileError("\(role): the output path is empty (expected a file name)") }
+        guard !path.isEmpty else {
+            throw FileError(nil, "the output path is empty", expected: "a file name", subject: role)
+        }
         try checkName(path, role: role)
         var st = stat()
         if lstat(path, &st) == 0 {
             let mode = st.st_mode & S_IFMT
             if mode == S_IFLNK {
                 guard stat(path, &st) == 0 else {
-                    throw FileError("\(path): a dangling symbolic link (expected a \(role) to write)")
+                    throw FileError(path, "a dangling symbolic link", expected: "a \(role) to write")
                 }
             }
             guard (st.st_mode & S_IFMT) == S_IFREG else {
                 throw FileError(
-                    "\(path): is \(kind(st.st_mode)); refusing to replace it (expected a regular file or a new name "
-                        + "for the \(role))")
+                    path, "is \(kind(st.st_mode)); refusing to replace it",
+                    expected: "a regular file or a new name for the \(role)")
             }
         } else if errno != ENOENT && errno != ENOTDIR {
-            throw FileError("\(path): \(String(cString: strerror(errno))) (expected a name for the \(role))")
+            throw FileError(path, String(cString: strerror(errno)), expected: "a name for the \(role)")
         }
         try checkDirectory(of: path, role: role)
     }
@@ -103,7 +128,7 @@ public enum SafeFiles {
                     ? "at most \(limit) bytes: the \(role) is first written as '.NAME.tmp-PID'"
                     : "at most \(limit) bytes per directory name"
                 throw FileError(
-                    "\(path): file name too long ('\(part.prefix(40))…' is \(part.utf8.count) bytes; \(why))")
+                    path, "file name too long ('\(part.prefix(40))…' is \(part.utf8.count) bytes; \(why))")
             }
         }
     }
@@ -116,15 +141,15 @@ public enum SafeFiles {
         if stat(dir, &ds) != 0 || (ds.st_mode & S_IFMT) != S_IFDIR {
             if let blocker = firstNonDirectory(dir) {
                 throw FileError(
-                    "\(path): '\(blocker)' is not a directory (it is \(describe(blocker)); expected a directory for "
+                    path, "'\(blocker)' is not a directory (it is \(describe(blocker)); expected a directory for "
                         + "the \(role))")
             }
             throw FileError(
-                "\(path): directory '\(dir)' does not exist (expected an existing directory for the \(role))")
+                path, "directory '\(dir)' does not exist", expected: "an existing directory for the \(role)")
         }
         guard access(dir, W_OK) == 0 else {
             throw FileError(
-                "\(path): directory '\(dir)' is not writable (\(String(cString: strerror(errno)))); the \(role) could "
+                path, "directory '\(dir)' is not writable (\(String(cString: strerror(errno)))); the \(role) could "
                     + "not be written")
         }
     }
@@ -161,7 +186,7 @@ public enum SafeFiles {
             var st = stat()
             if stat(path, &st) == 0, st.st_dev == out.st_dev, st.st_ino == out.st_ino {
                 throw FileError(
-                    "\(output): is the \(role) '\(path)'; refusing to overwrite an input (choose another output, or "
+                    output, "is the \(role) '\(path)'; refusing to overwrite an input (choose another output, or "
                         + "pass --force)")
             }
         }

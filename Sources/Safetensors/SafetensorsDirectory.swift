@@ -1,5 +1,6 @@
 import Foundation
 import SafeFiles
+import Diagnostics
 import JSONKeys
 
 /// A Hugging Face model directory: `config.json` plus `model.safetensors` or shards listed in
@@ -79,18 +80,16 @@ public final class SafetensorsDirectory {
 
     private func file(for name: String) throws -> SafetensorsFile {
         guard let file = location[name] else {
-            throw SafetensorsError(path, "no tensor named '\(name)' in the directory")
+            throw SafetensorsError(path, "no tensor named '\(name)' in the directory", tensor: name)
         }
         return file
     }
 
     private static func jsonObject(_ url: URL) throws -> [String: Any] {
         let data: Data
-        do {
-            data = try SafeFiles.read(url.path, role: "safetensors index (JSON)", limit: 1 << 28)
-        } catch let e as FileError { throw SafetensorsError(url.path, e.description) }
-        do { try JSONKeys.checkUnique(data) } catch let e as DuplicateJSONKey {
-            throw SafetensorsError(url.path, e.description)
+        data = try SafeFiles.read(url.path, role: "safetensors index (JSON)", limit: 1 << 28)
+        do { try JSONKeys.checkUnique(data) } catch {
+            throw error.adding(ErrorContext(file: url.path), place: url.path)
         }
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw SafetensorsError(url.path, "expected a JSON object")

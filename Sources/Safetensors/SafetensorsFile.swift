@@ -41,7 +41,9 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
         self.path = path
         let bytes = file.bytes
         guard bytes.count >= 8, let base = bytes.baseAddress else {
-            throw SafetensorsError(path, "truncated: expected an 8-byte header length, file has \(bytes.count) bytes")
+            throw SafetensorsError(
+                path, "truncated: expected an 8-byte header length, file has \(bytes.count) bytes",
+                expected: "8 bytes", found: "\(bytes.count) bytes")
         }
         let headerLength = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
         guard headerLength <= UInt64(min(bytes.count - 8, Self.maxHeaderBytes)) else {
@@ -53,7 +55,8 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
         dataOffset = 8 + Int(headerLength)
         let json = Data(bytes: base + 8, count: Int(headerLength))
         do { try JSONKeys.checkUnique(json) } catch let e as DuplicateJSONKey {
-            throw SafetensorsError(path, "header: \(e.description)")
+            throw SafetensorsError(path, "header: \(e.description)", expected: "each key once",
+                                   found: "'\(e.key)' twice")
         }
         guard let header = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
             throw SafetensorsError(path, "header is not a JSON object")
@@ -77,7 +80,7 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
 
     /// The tensor called `name`, or an error naming the file and tensor.
     public func info(_ name: String) throws -> SafetensorsTensorInfo {
-        guard let info = tensors[name] else { throw SafetensorsError(path, "no tensor named '\(name)'") }
+        guard let info = tensors[name] else { throw SafetensorsError(path, "no tensor named '\(name)'", tensor: name) }
         return info
     }
 
@@ -110,7 +113,9 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
     }
 
     private static func parseEntry(_ name: String, _ value: Any, path: String) throws -> SafetensorsTensorInfo {
-        func fail(_ message: String) -> SafetensorsError { SafetensorsError(path, "tensor '\(name)': \(message)") }
+        func fail(_ message: String, expected: String? = nil, found: String? = nil) -> SafetensorsError {
+            SafetensorsError(path, "tensor '\(name)': \(message)", tensor: name, expected: expected, found: found)
+        }
         guard let entry = value as? [String: Any] else {
             throw fail("expected an object with dtype, shape, data_offsets")
         }
@@ -140,7 +145,8 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
         guard offsets[1] - offsets[0] == count * dtype.byteSize else {
             throw fail(
                 "shape \(shape) of \(dtypeName) needs \(count * dtype.byteSize) bytes, data_offsets span "
-                    + "\(offsets[1] - offsets[0])")
+                    + "\(offsets[1] - offsets[0])", expected: "\(count * dtype.byteSize) bytes",
+                found: "\(offsets[1] - offsets[0]) bytes")
         }
         return SafetensorsTensorInfo(name: name, dtype: dtype, shape: shape, dataOffsets: offsets[0]..<offsets[1])
     }
@@ -156,7 +162,8 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
                 throw SafetensorsError(
                     path,
                     "truncated: tensor '\(info.name)' data_offsets end at \(info.dataOffsets.upperBound), but the data "
-                        + "section has \(dataSize) bytes")
+                        + "section has \(dataSize) bytes", tensor: info.name,
+                    expected: "\(info.dataOffsets.upperBound) bytes", found: "\(dataSize) bytes")
             }
             if let p = previous, p.dataOffsets.upperBound > info.dataOffsets.lowerBound, !info.dataOffsets.isEmpty {
                 throw SafetensorsError(

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import Model
@@ -428,8 +429,8 @@ public final class Distiller {
     /// unsound value (`unsoundValue()`) is refused: nothing is written and an earlier state at `path` is kept.
     public func saveState(to path: String) throws {
         if let bad = unsoundValue() {
-            throw ConfigError("\(path): the training state at step \(step) is not saved: \(bad); the file is left as "
-                + "it was")
+            throw ConfigError("the training state at step \(step) is not saved: \(bad); the file is left as "
+                + "it was", ErrorContext(file: path))
         }
         var tensors: [(String, Tensor)] = []
         for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
@@ -449,7 +450,7 @@ public final class Distiller {
         let (text, tensors) = try TensorArchive.read(path, format: Self.stateFormat, version: Self.stateVersion)
         let meta: StateMeta
         do { meta = try JSONDecoder().decode(StateMeta.self, from: Data(text.utf8)) } catch {
-            throw ConfigError("\(path): training state metadata is unreadable (\(error))")
+            throw ConfigError("training state metadata is unreadable (\(error))", ErrorContext(file: path))
         }
         if meta.config != config {
             let e = JSONEncoder()
@@ -457,34 +458,46 @@ public final class Distiller {
             let a = (try? JSONValue.parse(String(decoding: try e.encode(meta.config), as: UTF8.self)).objectValue) ?? [:]
             let b = (try? JSONValue.parse(String(decoding: try e.encode(config), as: UTF8.self)).objectValue) ?? [:]
             let keys = Set(a.keys).union(b.keys).sorted().filter { a[$0] != b[$0] }
-            throw ConfigError("\(path): the state was written by a run with different settings (\(keys.joined(separator: ", "))); resume with the same options")
+            throw ConfigError("the state was written by a run with different settings "
+                + "(\(keys.joined(separator: ", "))); resume with the same options",
+                ErrorContext(file: path))
         }
         guard meta.studentConfig == student.config.json.text else {
-            throw ConfigError("\(path): the state's student config differs from the student checkpoint's")
+            throw ConfigError("the state's student config differs from the student checkpoint's",
+                ErrorContext(file: path))
         }
         guard (meta.trainables ?? "") == trainableSettings else {
-            throw ConfigError("\(path): the state was written by a run whose trained parts had other settings (its: \(meta.trainables ?? "none"); this run's: \(trainableSettings)); resume with the same settings")
+            throw ConfigError("the state was written by a run whose trained parts had other settings (its: "
+                + "\(meta.trainables ?? "none"); this run's: \(trainableSettings)); resume with the same settings",
+                ErrorContext(file: path))
         }
         guard (0...config.steps).contains(meta.step), meta.log.count == meta.step else {
-            throw ConfigError("\(path): the state is at step \(meta.step) with \(meta.log.count) logged steps (expected a step in 0...\(config.steps), the run's --steps, with one log entry per step)")
+            throw ConfigError("the state is at step \(meta.step) with \(meta.log.count) logged steps (expected a step "
+                + "in 0...\(config.steps), the run's --steps, with one log entry per step)",
+                ErrorContext(file: path))
         }
         guard meta.inputs == inputsDigest else {
             let theirs = meta.inputs ?? "none recorded"
-            throw ConfigError("\(path): the state was written with another teacher or training text (its inputs \(theirs), this run's \(inputsDigest)); resume with the same teacher and --train, or start afresh")
+            throw ConfigError("the state was written with another teacher or training text (its inputs \(theirs), this "
+                + "run's \(inputsDigest)); resume with the same teacher and --train, or start afresh",
+                ErrorContext(file: path))
         }
         // Every tensor checked before any is restored: a refused state leaves the distiller as it was.
         var sources: [(from: Tensor, to: Tensor)] = []
         for p in optimizer.parameters {
             for slot in Parameter.Slot.allCases {
                 let key = slot.rawValue + ":" + p.name, t = p.tensor(slot)
-                guard let s = tensors[key] else { throw ConfigError("\(path): training state lacks tensor '\(key)'") }
+                guard let s = tensors[key] else {
+                    throw ConfigError("training state lacks tensor '\(key)'", ErrorContext(file: path))
+                }
                 guard s.shape == t.shape else {
-                    throw ConfigError("\(path): tensor '\(key)': expected shape \(t.shape), found \(s.shape)")
+                    throw ConfigError("tensor '\(key)': expected shape \(t.shape), found \(s.shape)",
+                        ErrorContext(file: path, tensor: key, expected: "\(t.shape)", found: "\(s.shape)"))
                 }
                 if let (i, x) = firstUnsoundValue(s, nonNegative: slot == .adamV) {
-                    throw ConfigError("\(path): tensor '\(key)' (\(slot.meaning)) holds \(x) at index \(i) of shape "
+                    throw ConfigError("tensor '\(key)' (\(slot.meaning)) holds \(x) at index \(i) of shape "
                         + "\(s.shape) (expected \(slot.expectation)): the state is damaged and was not resumed from; "
-                        + "delete it to start afresh")
+                        + "delete it to start afresh", ErrorContext(file: path))
                 }
                 sources.append((s, t))
             }

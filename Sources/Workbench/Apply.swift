@@ -1,6 +1,7 @@
 import Checkpoint
 import Evaluation
 import Export
+import Diagnostics
 import Foundation
 import Model
 import Passes
@@ -114,7 +115,7 @@ public final class Session {
         basePath = path
         base = try Checkpoint.read(path)
         tokenizer = try Workbench.tokenizer(base.tokenizer, path: path)
-        do { baseHash = try fileContentHash(path) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        baseHash = try fileContentHash(path)
         self.cacheDirectory = cacheDirectory
         self.progress = progress
     }
@@ -134,7 +135,7 @@ public final class Session {
         let key = jsonValue(c).text
         if let w = calibrationMemo[key] { return w }
         let w: [[Int32]]
-        do { w = try c.windows(from: try tokens(of: c.text), source: c.text) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        w = try c.windows(from: try tokens(of: c.text), source: c.text)
         say("calibration: \(c.samples) windows of \(c.window) tokens from \(c.text) (seed \(c.seed))")
         calibrationMemo[key] = w
         return w
@@ -166,7 +167,7 @@ public final class Session {
             let el = Date().timeIntervalSince(start)
             progressLine(String(format: "eval base (%@): window %d/%d  ETA %.0fs", what, done, total, el / Double(done) * Double(total - done)))
         } } } catch let err as EvaluationError {
-            throw WorkbenchError("\(e.text): \(err.description) (base \(basePath), window \(e.window))")
+            throw err.adding(ErrorContext(file: e.text), place: e.text, note: "base \(basePath), window \(e.window)")
         }
         let (r, cached) = made
         say(String(format: "eval base: ppl %.4f%@ (%@, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", what, r.path))
@@ -220,14 +221,17 @@ public final class Session {
     public func run(_ recipe: Recipe, label name: String, statePrefix: String, resume: Bool = false,
                     killAfterStep: Int? = nil) throws -> Result {
         var recipe = recipe
-        do { try recipe.check(baseKinds: base.model.weightKinds) } catch let e as RecipeError {
-            throw WorkbenchError("\(e.description) (base \(basePath))")
+        do { try recipe.check(baseKinds: base.model.weightKinds) } catch {
+            throw error.adding(note: "base \(basePath)")
         }
         try checkExportable(recipe, label: name)
         // Settings checked against the base before anything runs, up to the first stage that changes the model.
         for (i, entry) in recipe.stages.enumerated() {
             if recipe.stages.prefix(i).contains(where: { $0.stage.work.changesModel }) { break }
-            do { try entry.stage.preflight(base.model) } catch let e as RecipeError { throw WorkbenchError("\(e.description) (base \(basePath))") }
+            do { try entry.stage.preflight(base.model) } catch {
+                throw error.adding(ErrorContext(file: recipe.path, stage: i + 1, stageName: entry.name),
+                                   note: "base \(basePath)")
+            }
         }
         let needsCalibration = recipe.stages.contains { $0.stage.needs.contains(.calibration) }
         let evaluating = recipe.stages.contains { $0.stage.work.evaluates }
@@ -300,6 +304,7 @@ public final class Session {
         let entry = run.recipe.stages[i]
         let label = "stage \(i + 1)/\(run.recipe.stages.count) (\(entry.name))"
         let place = "\(run.name), stage \(i + 1) (\(entry.name))"  // as recipe decoding errors name it
+        let inStage = ErrorContext(file: run.recipe.path, stage: i + 1, stageName: entry.name)
         say("\(label): start, \(model.parameterCount) parameters")
         let t0 = Date()
         let before = (params: model.parameterCount, bytes: model.storageBytes)
@@ -308,27 +313,28 @@ public final class Session {
         case .compress(let pass):
             out.cache = try stageCache(before: i, of: run.recipe)
             let context = passContext(run, cache: out.cache, label: label)
-            do {
-                (out.model, out.diagnostics) = try pass.run(on: model, context: context)
-            } catch let err as RecipeError {
-                throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
-            } catch let err as ConfigError {
-                throw WorkbenchError("\(place): \(err.description) (base \(basePath))")
+            do { (out.model, out.diagnostics) = try pass.run(on: model, context: context) } catch {
+                throw error.adding(inStage, place: place, note: "base \(basePath)")
             }
         case .train(let stage):
             out.cache = stage.cachesStatistics ? try stageCache(before: i, of: run.recipe) : nil
             let context = passContext(run, cache: out.cache, label: label)
-            (out.model, out.diagnostics) = try train(stage, index: i, on: model, context: context, &run, label: label,
-                                                     place: place)
+            do {
+                (out.model, out.diagnostics) = try train(stage, index: i, on: model, context: context, &run,
+                                                         label: label)
+            } catch { throw error.adding(inStage, place: place) }
         case .write(let stage):
             let r: (report: JSONValue, warnings: [String])
-            do { r = try stage.write(model, base: base, basePath: basePath) } catch let err as ExportError {
-                throw WorkbenchError("\(place): \(err.description)")
+            do { r = try stage.write(model, base: base, basePath: basePath) } catch {
+                throw error.adding(inStage, place: place)
             }
             for w in r.warnings { say("\(label): warning: \(w)") }
             out.diagnostics = r.report
         case .evaluate:
-            (out.ppl, out.divergence) = try evaluate(model, run, label: label, place: place)
+            // The message names the stage already (`naming`); the stage is added as fields only.
+            do { (out.ppl, out.divergence) = try evaluate(model, run, label: label, place: place) } catch {
+                throw error.adding(inStage)
+            }
             run.lastPPL = out.ppl
             run.lastDivergence = out.divergence
         }
@@ -376,36 +382,22 @@ public final class Session {
 
     /// A trained stage: prepared by the stage, driven by `Workbench.train` (states, resume), finished by the stage.
     func train(_ stage: any TrainingPass, index i: Int, on model: DecoderModel, context: PassContext,
-               _ run: inout StageRun, label: String, place: String) throws -> (DecoderModel, JSONValue) {
+               _ run: inout StageRun, label: String) throws -> (DecoderModel, JSONValue) {
         let trainIDs = try tokens(of: stage.trainText)
-        do {
-            try Workbench.requireTokens(trainIDs, from: stage.trainText, needed: stage.trainingWindow + 1,
-                                        for: "one training window of \(stage.trainingWindow) + 1")
-        } catch let e as WorkbenchError { throw WorkbenchError("\(place): \(e.description)") }
-        let prepared: TrainingRun
-        do {
-            prepared = try stage.prepare(model: model, teacher: base.model, trainTokens: trainIDs, context: context)
-        } catch let err as RecipeError {
-            throw WorkbenchError("\(place): \(err.description)")
-        } catch let err as ConfigError {
-            throw WorkbenchError("\(place): \(err.description)")
-        }
+        try Workbench.requireTokens(trainIDs, from: stage.trainText, needed: stage.trainingWindow + 1,
+                                    for: "one training window of \(stage.trainingWindow) + 1")
+        let prepared = try stage.prepare(model: model, teacher: base.model, trainTokens: trainIDs, context: context)
         var trained = Workbench.Trained(keepState: false, resumedFrom: nil, seconds: 0)
         var diagnostics: [String: JSONValue] = [:]
         if let distiller = prepared.distiller {
             let statePath = run.statePrefix + ".stage\(i + 1).state.h5"
             trained = try Workbench.train(distiller, statePath: statePath, saveEvery: stage.saveEvery,
                                           logEvery: stage.logEvery, resume: run.resume ? .ifPresent : .no,
-                                          progress: progress, label: label, place: place, killAfterStep: run.killAfterStep)
+                                          progress: progress, label: label, killAfterStep: run.killAfterStep)
             if trained.keepState { run.statePaths.append(statePath) }
             diagnostics = try JSONValue(encoding: Workbench.trainingDiagnostics(distiller, trained)).objectValue ?? [:]
         }
-        let finished: (model: DecoderModel, diagnostics: JSONValue)
-        do { finished = try prepared.finish() } catch let err as ConfigError {
-            throw WorkbenchError("\(place): \(err.description)")
-        } catch let err as RecipeError {
-            throw WorkbenchError("\(place): \(err.description)")
-        }
+        let finished = try prepared.finish()
         for (k, v) in finished.diagnostics.objectValue ?? [:] { diagnostics[k] = v }
         return (finished.model, .object(diagnostics))
     }
@@ -443,30 +435,26 @@ extension Workbench {
     /// The one distillation runner (`compress apply`'s trained stages and `compress distill`): runs a distiller to
     /// its step count, resuming from `statePath` as `resume` says, saving its state every `saveEvery` steps and
     /// once more at the end when it saved or resumed (kept until the output is written: a kill before then resumes
-    /// there, not at step 0). Errors name the stage (`place`, nil: none) and the state file; a damaged state is
-    /// refused (`Distiller.loadState`).
+    /// there, not at step 0). Errors name the state file (the caller adds the stage); a damaged state is refused
+    /// (`Distiller.loadState`).
     static func train(_ distiller: Distiller, statePath: String, saveEvery: Int, logEvery: Int, resume: Resume,
-                      progress: Bool, label: String?, place: String?, killAfterStep: Int?) throws -> Trained {
-        func named(_ message: String) -> WorkbenchError { WorkbenchError(place.map { "\($0): \(message)" } ?? message) }
+                      progress: Bool, label: String?, killAfterStep: Int?) throws -> Trained {
         let present = FileManager.default.fileExists(atPath: statePath)
-        if resume == .required && !present { throw WorkbenchError("\(statePath): no training state to resume from") }
+        if resume == .required && !present {
+            throw WorkbenchError("no training state to resume from", ErrorContext(file: statePath))
+        }
         if resume != .no && present {
-            do { try distiller.loadState(from: statePath) } catch let err as ConfigError {
-                throw named(err.description)
-            }
+            try distiller.loadState(from: statePath)
             if progress {
                 progressLine("\(label.map { "\($0): " } ?? "")resumed from \(statePath) at step \(distiller.step)")
             }
         }
         let first = distiller.step
-        let seconds: Double
-        do {
-            seconds = try trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery,
+        let seconds = try trainLoop(distiller, saveEvery: saveEvery, statePath: statePath, logEvery: logEvery,
                                     progress: progress, killAfterStep: killAfterStep)
-        } catch let err as WorkbenchError { throw named(err.description) }
         let keep = saveEvery > 0 || first > 0
         if keep {
-            do { try distiller.saveState(to: statePath) } catch let err as ConfigError { throw named(err.description) }
+            try distiller.saveState(to: statePath)
         }
         return Trained(keepState: keep, resumedFrom: first > 0 ? first : nil, seconds: seconds)
     }
@@ -540,10 +528,8 @@ extension Session {
 extension Workbench {
     /// Checks, before any work, that `output` can be written as a checkpoint and is none of `inputs`.
     static func checkOutput(_ output: String, inputs: [(role: String, path: String)], force: Bool) throws {
-        do {
-            try SafeFiles.checkOutput(output, role: "output checkpoint")
-            try SafeFiles.checkDistinct(output: output, inputs: inputs, force: force)
-        } catch let e as FileError { throw WorkbenchError(e.description) }
+        try SafeFiles.checkOutput(output, role: "output checkpoint")
+        try SafeFiles.checkDistinct(output: output, inputs: inputs, force: force)
     }
 
     /// Checks every export stage's output before any stage runs (writable, not an input, not replacing
@@ -561,8 +547,8 @@ extension Workbench {
             if inputs.contains(where: { URL(fileURLWithPath: $0.path).standardizedFileURL.path == key }) {
                 throw WorkbenchError("\(place): 'output' \(x.outputPath) is one of the run's inputs or outputs")
             }
-            do { try x.checkOutput(inputs: inputs) } catch let e as ExportError {
-                throw WorkbenchError("\(place): \(e.description)")
+            do { try x.checkOutput(inputs: inputs) } catch {
+                throw error.adding(ErrorContext(file: recipe.path, stage: i + 1, stageName: entry.name), place: place)
             }
         }
     }
@@ -572,12 +558,14 @@ extension Workbench {
     public static func apply(_ o: ApplyOptions) throws -> ApplyReport {
         let started = Date()
         let recipe: Recipe
-        do { recipe = try Recipe.read(o.recipe, registry: .standard()) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        recipe = try Recipe.read(o.recipe, registry: .standard())
         guard let basePath = o.checkpoint ?? recipe.base else {
-            throw WorkbenchError("\(o.recipe): no base checkpoint: give CHECKPOINT on the command line or 'base' in the recipe")
+            throw WorkbenchError("no base checkpoint: give CHECKPOINT on the command line or 'base' in the recipe",
+                ErrorContext(file: o.recipe))
         }
         guard let output = o.output ?? recipe.output else {
-            throw WorkbenchError("\(o.recipe): no output path: give -o OUT.h5 or 'output' in the recipe")
+            throw WorkbenchError("no output path: give -o OUT.h5 or 'output' in the recipe",
+                ErrorContext(file: o.recipe))
         }
         try MatrixProduct.select(o.precision ?? recipe.precision ?? .fp32)
         // Before any stage runs: the output can be written, and it is not the base.

@@ -1,3 +1,4 @@
+import Diagnostics
 import Evaluation
 import Foundation
 import Model
@@ -107,8 +108,8 @@ extension Workbench {
         c.steps = warmup + steps; c.batch = batch; c.window = window
         c.klWeight = 0; c.ceWeight = 1; c.lr = 1e-4; c.weightDecay = 0.1; c.warmup = 0; c.decay = .constant
         let d: Distiller
-        do { d = try Distiller(teacher: model, student: model, config: c, trainTokens: tokens) } catch let e as ConfigError {
-            throw WorkbenchError("bench-train: \(e.description)")
+        do { d = try Distiller(teacher: model, student: model, config: c, trainTokens: tokens) } catch {
+            throw error.adding(place: "bench-train")
         }
         for _ in 0..<warmup { d.trainStep() }
         BLAS.resetProfile()

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Evaluation
 import Foundation
@@ -85,7 +86,9 @@ public enum Workbench {
             sourceName = file
         }
         if let logitsOut {
-            do { try SafeFiles.checkOutput(logitsOut, role: "logits file") } catch let e as FileError { throw WorkbenchError("--logits-out: \(e.description)") }
+            do { try SafeFiles.checkOutput(logitsOut, role: "logits file") } catch {
+                throw error.adding(place: "--logits-out")
+            }
         }
         let scoring = try perplexityProtocol(ckpt.tokenizer, path: path, kind: kind)
         func meter(_ what: String) -> (Int, Int) -> Void {
@@ -109,7 +112,8 @@ public enum Workbench {
                                             progress: meter("eval"))
             }
         } catch let e as EvaluationError {
-            throw WorkbenchError("\(sourceName): \(e.description) (checkpoint \(path), window \(window))")
+            throw e.adding(ErrorContext(file: sourceName), place: sourceName,
+                           note: "checkpoint \(path), window \(window)")
         }
         if let logitsOut {
             // The first window's logits (W, V), raw little-endian float32, for parity checks (with BOS: of [BOS] + W − 1 tokens).
@@ -158,10 +162,14 @@ public enum Workbench {
     /// A model and a base are comparable when they share the vocabulary (size and, when both carry one, tokens).
     static func checkComparable(model: Checkpoint, path: String, base: Checkpoint, basePath: String) throws {
         guard model.model.config.vocabSize == base.model.config.vocabSize else {
-            throw WorkbenchError("\(path): vocabulary of \(model.model.config.vocabSize) tokens, the base \(basePath) has \(base.model.config.vocabSize): not comparable")
+            throw WorkbenchError("vocabulary of \(model.model.config.vocabSize) tokens, the base \(basePath) has "
+                + "\(base.model.config.vocabSize): not comparable",
+                ErrorContext(file: path))
         }
         if let a = model.tokenizer, let b = base.tokenizer, a.tokens != b.tokens {
-            throw WorkbenchError("\(path): its tokenizer's vocabulary differs from the base's (\(basePath)): the same ids would be other tokens")
+            throw WorkbenchError("its tokenizer's vocabulary differs from the base's (\(basePath)): the same ids would "
+                + "be other tokens",
+                ErrorContext(file: path))
         }
     }
 
@@ -172,7 +180,7 @@ public enum Workbench {
                                  maxTokens: Int?, k: Int?, cacheDirectory: String?, warning: (String) -> Void = { progressLine("warning: \($0)") },
                                  progress: ((Int, Int) -> Void)? = nil) throws -> (reference: BaseReference, cached: Bool) {
         let baseHash: String
-        do { baseHash = try fileContentHash(basePath) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        baseHash = try fileContentHash(basePath)
         let header = try BaseReference.header(basePath: basePath, baseHash: baseHash, vocab: base.config.vocabSize,
                                               hidden: base.config.hiddenSize, tokens: tokens, window: window, protocol: scoring,
                                               maxTokens: maxTokens, k: k)
@@ -190,26 +198,27 @@ public enum Workbench {
     /// file) gets none. Every evaluation of a checkpoint goes through here.
     public static func perplexityProtocol(_ spec: TokenizerSpec?, path: String, kind: PerplexityProtocol.Kind = .pinned) throws -> PerplexityProtocol {
         guard let spec else { return PerplexityProtocol(kind: kind, bos: nil) }
-        do { return try PerplexityProtocol(kind: kind, addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID) } catch let e as EvaluationError {
-            throw WorkbenchError("\(path): \(e.description)")
+        do {
+            return try PerplexityProtocol(kind: kind, addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID)
+        } catch {
+            throw error.adding(ErrorContext(file: path), place: path)
         }
     }
 
     /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2", or for a SentencePiece
     /// tokenizer another spacing rule, e.g. "prefix-first"): byte-level BPE for model "gpt2" (with its NFC normalizer,
     /// if any), SentencePiece BPE with byte fallback for "llama" (merges as listed, else derived from the scores or, for
-    /// merge_order "gemma", by transformers' Gemma rule).
+    /// merge_order "gemma", by transformers' Gemma rule). Every error reads "PATH: tokenizer: ..." (added once, here).
     public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> any TextTokenizer {
         guard let spec else {
-            throw WorkbenchError("\(path): this checkpoint carries no tokenizer; use --tokens FILE")
+            throw WorkbenchError("this checkpoint carries no tokenizer; use --tokens FILE", ErrorContext(file: path))
         }
         do {
             switch spec.model {
             case "gpt2":
                 let normalizer = try spec.normalizer.map { name in
                     guard let n = TextNormalizer(rawValue: name) else {
-                        throw WorkbenchError("\(path): tokenizer: normalizer '\(name.prefix(40))' is not supported "
-                                             + "(expected NFC or none)")
+                        throw WorkbenchError("normalizer '\(name.prefix(40))' is not supported (expected NFC or none)")
                     }
                     return n
                 }
@@ -225,22 +234,25 @@ public enum Workbench {
                 } else if let scores = spec.scores {
                     merges = .scores(scores)
                 } else {
-                    throw WorkbenchError("\(path): tokenizer: a llama (SentencePiece) tokenizer needs merges, scores or merge_order gemma")
+                    throw WorkbenchError("a llama (SentencePiece) tokenizer needs merges, scores or merge_order gemma")
                 }
                 return try SentencePieceTokenizer(tokens: spec.tokens, tokenTypes: spec.tokenTypes, merges: merges,
                                                   spacing: SentencePieceSpacing(name: preTokenizer ?? spec.pre),
                                                   bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID)
             default:
-                throw WorkbenchError("\(path): tokenizer model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)")
+                throw WorkbenchError("model '\(spec.model)' is not supported (supported: gpt2, byte-level BPE; llama, "
+                                     + "SentencePiece BPE)")
             }
-        } catch let e as TokenizerError { throw WorkbenchError("\(path): tokenizer: \(e.description)") }
+        } catch { throw error.adding(ErrorContext(file: path), place: "\(path): tokenizer") }
     }
 
     /// Reads a UTF-8 text file.
     static func readText(_ file: String) throws -> String {
         let data: Data
-        do { data = try SafeFiles.read(file, role: "text file (UTF-8)") } catch let e as FileError { throw WorkbenchError(e.description) }
-        guard let text = String(data: data, encoding: .utf8) else { throw WorkbenchError("\(file): not valid UTF-8 text") }
+        data = try SafeFiles.read(file, role: "text file (UTF-8)")
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw WorkbenchError("not valid UTF-8 text", ErrorContext(file: file))
+        }
         return text
     }
 

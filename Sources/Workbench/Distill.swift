@@ -1,5 +1,6 @@
 import Checkpoint
 import Evaluation
+import Diagnostics
 import Foundation
 import Model
 import Recipes
@@ -123,7 +124,7 @@ extension Workbench {
         do {
             prepared = try stage.prepare(model: studentCkpt.model, teacher: teacherCkpt.model, trainTokens: train,
                                          context: PassContext())
-        } catch let e as ConfigError { throw WorkbenchError("distill: \(e.description)") }
+        } catch { throw error.adding(place: "distill") }
         guard let distiller = prepared.distiller else { preconditionFailure("a distill stage always trains") }
 
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
@@ -134,7 +135,7 @@ extension Workbench {
         // Before-training PPL of the student: measured on a fresh start (a resumed run has trained weights).
         let fresh = !(o.resume && FileManager.default.fileExists(atPath: statePath))
         if o.resume && !FileManager.default.fileExists(atPath: statePath) {
-            throw WorkbenchError("\(statePath): no training state to resume from")
+            throw WorkbenchError("no training state to resume from", ErrorContext(file: statePath))
         }
         let before = evaluating && o.evalBefore && fresh
             ? try ppl(studentCkpt.model, "student before", "student \(o.student) before training") : nil
@@ -142,16 +143,14 @@ extension Workbench {
         let c = o.config, tokensPerStep = c.batch * c.window * c.accumulation
         let trainedRun = try Workbench.train(distiller, statePath: statePath, saveEvery: o.saveEvery,
                                              logEvery: o.logEvery, resume: o.resume ? .required : .no,
-                                             progress: o.progress, label: nil, place: nil,
+                                             progress: o.progress, label: nil,
                                              killAfterStep: o.killAfterStep)
         let resumedFrom = trainedRun.resumedFrom, seconds = trainedRun.seconds
         let firstStep = resumedFrom ?? 0
 
         // STF: S = P_s(S̃) of the final latent, s nonzeros per column again.
         let trained: DecoderModel
-        do { trained = try prepared.finish().model } catch let e as ConfigError {
-            throw WorkbenchError("distill: \(e.description)")
-        }
+        do { trained = try prepared.finish().model } catch { throw error.adding(place: "distill") }
         // Write the student with its lineage, then drop the state file (the run is complete).
         var history = studentCkpt.history
         history.append(try JSONValue(encoding: DistillHistoryEntry(
@@ -187,7 +186,7 @@ extension Workbench {
         let m = ckpt.model
         guard Set(drop).count == drop.count else { throw WorkbenchError("--drop: a layer is listed twice") }
         let model: DecoderModel
-        do { model = try m.removingLayers(Set(drop)) } catch let e as ConfigError { throw WorkbenchError("--drop: \(e.description)") }
+        do { model = try m.removingLayers(Set(drop)) } catch { throw error.adding(place: "--drop") }
         var history = ckpt.history
         let entry = DropLayersHistoryEntry(kind: "drop-layers", source: path, dropped: drop)
         history.append(try JSONValue(encoding: entry))
@@ -212,7 +211,7 @@ extension Workbench {
                 progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
             }
             return (r.ppl, d)
-        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description) (\(naming))") }
+        } catch { throw error.adding(ErrorContext(file: source), place: source, note: naming) }
     }
 
     /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors) under `protocol` (the
@@ -230,7 +229,7 @@ extension Workbench {
                 let el = Date().timeIntervalSince(start)
                 progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
             }
-        } catch let e as EvaluationError { throw WorkbenchError("\(source): \(e.description) (\(naming))") }
+        } catch { throw error.adding(ErrorContext(file: source), place: source, note: naming) }
         if progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens%@)", label, r.ppl, r.tokens, r.bos ? ", each window BOS + W-1" : "")) }
         return r.ppl
     }
@@ -253,9 +252,7 @@ extension Workbench {
             }
             if saveEvery > 0 && s.step % saveEvery == 0 && s.step < c.steps {
                 if let bad = distiller.unsoundValue() { throw stop(s.step, bad) }
-                do { try distiller.saveState(to: statePath) } catch let e as ConfigError {
-                    throw WorkbenchError("distill: \(e.description)")
-                }
+                do { try distiller.saveState(to: statePath) } catch { throw error.adding(place: "distill") }
             }
             if progress && (s.step % max(logEvery, 1) == 0 || s.step == c.steps || s.step == firstStep + 1) {
                 progressLine(stepLine(s, config: c, done: s.step - firstStep, elapsed: Date().timeIntervalSince(start)))
@@ -297,7 +294,8 @@ extension Workbench {
         let kept = keeping.isEmpty ? "" : "; kept: " + keeping.joined(separator: ", ")
         let ckpt: Checkpoint
         do { ckpt = try Checkpoint.read(path) } catch {
-            throw WorkbenchError("\(path): the checkpoint just written does not read back (\(error))\(kept)")
+            throw WorkbenchError("the checkpoint just written does not read back (\(error))\(kept)",
+                ErrorContext(file: path))
         }
         let m = ckpt.model
         for w in m.weights {
@@ -307,8 +305,8 @@ extension Workbench {
             case .matrix(let l): t = l.denseView ?? l.dequantized()
             }
             if let (i, x) = firstUnsoundValue(t) {
-                throw WorkbenchError("\(path): the checkpoint just written holds \(x) in '\(m.config.name(w.id))' "
-                    + "at index \(i) (expected finite values)\(kept)")
+                throw WorkbenchError("the checkpoint just written holds \(x) in '\(m.config.name(w.id))' "
+                    + "at index \(i) (expected finite values)\(kept)", ErrorContext(file: path))
             }
         }
     }

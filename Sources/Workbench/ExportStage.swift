@@ -21,12 +21,12 @@ public struct ExportStage: OutputStage {
         let output = try s.string("output")
         guard !output.isEmpty else {
             let kind = format == .hf ? "directory" : "file"
-            throw RecipeError("\(s.location): 'output': empty (expected a \(kind) path)")
+            throw s.fail("output", "empty (expected a \(kind) path)")
         }
         options = ExportOptions(format: format, output: output)
         options.dtype = try s.choice("dtype", default: ExportDType.f32)
         if s.has("requantize") {
-            guard format == .gguf else { throw RecipeError("\(s.location): 'requantize': applies to format gguf only") }
+            guard format == .gguf else { throw s.fail("requantize", "applies to format gguf only") }
             let name = try s.string("requantize", oneOf: RequantizeType.allCases.map(\.rawValue))
             options.requantize = RequantizeType(rawValue: name)!
         }

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import Import
@@ -23,11 +24,11 @@ extension Workbench {
     /// whose own is missing or one we do not implement; the tokenizer is built with it before anything is written.
     public static func importModel(source: String, output: String, preTokenizer: String? = nil) throws -> ImportReport {
         let start = Date()
-        do { try SafeFiles.checkOutput(output, role: "checkpoint") } catch let e as FileError { throw WorkbenchError(e.description) }
+        try SafeFiles.checkOutput(output, role: "checkpoint")
         let ckpt = try Importer.load(source, preTokenizer: preTokenizer)
         if let spec = ckpt.tokenizer {  // builds, so the written file can tokenize
-            do { _ = try tokenizer(spec, path: source) } catch let e as WorkbenchError where preTokenizer == nil {
-                throw WorkbenchError("\(e.description); --pre-tokenizer NAME imports with one we implement")
+            do { _ = try tokenizer(spec, path: source) } catch where preTokenizer == nil {
+                throw error.adding(advice: "--pre-tokenizer NAME imports with one we implement")
             }
         }
         try ckpt.write(to: output)

@@ -1,3 +1,4 @@
+import Diagnostics
 import Checkpoint
 import Foundation
 import Model
@@ -183,6 +184,6 @@ extension Workbench {
                 .init(name: $0.name, bits: $0.bits, groupSize: $0.groupSize, symmetric: $0.symmetric, bytesPerGroup: $0.bytesPerGroup,
                       bitsPerWeight: $0.bitsPerWeight)
             })
-        } catch let e as QuantizationError { throw WorkbenchError("--group-size: \(e.description)") }
+        } catch { throw error.adding(place: "--group-size") }
     }
 }

@@ -1,5 +1,6 @@
 import Checkpoint
 import Export
+import Diagnostics
 import Foundation
 import Model
 import Passes
@@ -274,13 +275,16 @@ extension Workbench {
         if let dup = Dictionary(grouping: axes, by: \.path).first(where: { $0.value.count > 1 })?.key {
             throw WorkbenchError("--set \(dup): given twice")
         }
-        guard let data = FileManager.default.contents(atPath: o.recipe) else { throw WorkbenchError("\(o.recipe): cannot read the recipe file") }
+        guard let data = FileManager.default.contents(atPath: o.recipe) else {
+            throw WorkbenchError("cannot read the recipe file", ErrorContext(file: o.recipe))
+        }
         let json: JSONValue
         // The recipe's own reader checks the same bytes again per point; this one must be as strict (UTF-8 with the
         // byte offset, repeated keys, numbers past a 64-bit float), naming the file.
-        do { json = try strictJSON(data, path: o.recipe) } catch let e as RecipeError { throw WorkbenchError(e.description) }
+        json = try strictJSON(data, path: o.recipe)
         guard let base = o.checkpoint ?? json.objectValue?["base"]?.stringValue else {
-            throw WorkbenchError("\(o.recipe): no base checkpoint: give --checkpoint or 'base' in the recipe")
+            throw WorkbenchError("no base checkpoint: give --checkpoint or 'base' in the recipe",
+                ErrorContext(file: o.recipe))
         }
         // Points: the cartesian product (last axis fastest) or the axes zipped.
         var combos: [[JSONValue]] = [[]]
@@ -303,12 +307,15 @@ extension Workbench {
             for (a, v) in zip(axes, combo) { j = try SweepAxis.setting(j, path: a.path, to: v) }
             let recipePath = (pointsDir as NSString).appendingPathComponent(name + ".recipe.json")
             let output = (pointsDir as NSString).appendingPathComponent(name + ".h5")
-            guard case .object(var obj) = j else { throw WorkbenchError("\(o.recipe): a recipe is a JSON object") }
+            guard case .object(var obj) = j else {
+                throw WorkbenchError("a recipe is a JSON object", ErrorContext(file: o.recipe))
+            }
             obj["base"] = .string(base)
             obj["output"] = .string(output)
             j = .object(obj)
-            do { recipes[name] = try Recipe(json: j, path: recipePath, registry: .standard()) } catch let e as RecipeError {
-                throw WorkbenchError("sweep point \(name) (\(zip(axes, combo).map { "\($0.path)=\($1.text)" }.joined(separator: ", "))): \(e.description)")
+            do { recipes[name] = try Recipe(json: j, path: recipePath, registry: .standard()) } catch {
+                let settings = zip(axes, combo).map { "\($0.path)=\($1.text)" }.joined(separator: ", ")
+                throw error.adding(place: "sweep point \(name) (\(settings))")
             }
             if let i = recipes[name]?.stages.firstIndex(where: { $0.stage.work.writes }) {
                 throw WorkbenchError("\(o.recipe), stage \(i + 1) (export): export stages are not run in sweeps (every point would write the same output); export the point you choose with `compress export`")
@@ -325,16 +332,23 @@ extension Workbench {
             guard !fm.fileExists(atPath: manifestPath), let entries = try? fm.contentsOfDirectory(atPath: dir) else { return false }
             return entries.contains { $0 != lockName }
         }
-        if foreign() { throw WorkbenchError("\(dir): exists, is not empty and holds no sweep; use another -o") }
+        if foreign() {
+            throw WorkbenchError("exists, is not empty and holds no sweep; use another -o", ErrorContext(file: dir))
+        }
         let lock = try lockSweepDirectory(dir)
         do {
-            if foreign() { throw WorkbenchError("\(dir): exists, is not empty and holds no sweep; use another -o") }
+            if foreign() {
+                throw WorkbenchError("exists, is not empty and holds no sweep; use another -o", ErrorContext(file: dir))
+            }
             if let old = fm.contents(atPath: manifestPath) {
                 guard let m = try? JSONDecoder().decode(SweepManifest.self, from: old) else {
                     throw WorkbenchError("\(manifestPath): unreadable sweep manifest; use another -o")
                 }
                 guard m == manifest else {
-                    throw WorkbenchError("\(dir): holds another sweep's results (recipe \(m.recipe), \(m.axes.map { "\($0.path)=\($0.values.map(\.text).joined(separator: ","))" }.joined(separator: " "))); use another -o")
+                    let axes = m.axes.map { "\($0.path)=\($0.values.map(\.text).joined(separator: ","))" }
+                        .joined(separator: " ")
+                    throw WorkbenchError("holds another sweep's results (recipe \(m.recipe), \(axes)); use another -o",
+                                         ErrorContext(file: dir))
                 }
             }
             try fm.createDirectory(atPath: pointsDir, withIntermediateDirectories: true)
@@ -352,20 +366,17 @@ extension Workbench {
     /// Creates the sweep directory if needed and takes its lock: refused at once, naming the directory and the
     /// process holding it, when another sweep runs there; a path through a regular file names that file.
     static func lockSweepDirectory(_ dir: String) throws -> DirectoryLock {
-        do {
-            try SafeFiles.checkName(dir, role: "sweep directory", temporary: false)
-            if let blocker = SafeFiles.firstNonDirectory(dir) {
-                throw WorkbenchError("\(dir): '\(blocker)' is not a directory (expected a sweep directory, or a new name for one)")
-            }
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            return try DirectoryLock(directory: dir, name: lockName, role: "sweep")
-        } catch let e as FileError {
-            throw WorkbenchError(e.description)
-        } catch let e as WorkbenchError {
-            throw e
-        } catch {
-            throw WorkbenchError("\(dir): cannot create the sweep directory (\(error.localizedDescription))")
+        try SafeFiles.checkName(dir, role: "sweep directory", temporary: false)
+        if let blocker = SafeFiles.firstNonDirectory(dir) {
+            throw WorkbenchError(
+                "'\(blocker)' is not a directory (expected a sweep directory, or a new name for one)",
+                ErrorContext(file: dir, expected: "a sweep directory, or a new name for one", found: "'\(blocker)'"))
         }
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw WorkbenchError("cannot create the sweep directory (\(error.localizedDescription))",
+                ErrorContext(file: dir))
+        }
+        return try DirectoryLock(directory: dir, name: lockName, role: "sweep")
     }
 
     /// Writes the point's checkpoint and its report (the report last: it marks the point finished).
@@ -434,7 +445,7 @@ extension Workbench {
         let manifestPath = (dir as NSString).appendingPathComponent("sweep.json")
         guard let data = FileManager.default.contents(atPath: manifestPath),
               let m = try? JSONDecoder().decode(SweepManifest.self, from: data) else {
-            throw WorkbenchError("\(dir): no sweep here (\(manifestPath) is missing or unreadable)")
+            throw WorkbenchError("no sweep here (\(manifestPath) is missing or unreadable)", ErrorContext(file: dir))
         }
         var rows: [SweepRow] = []
         var base: (ppl: Double?, params: Int, bytes: Int)?
@@ -584,9 +595,11 @@ extension Workbench {
 /// Writes `data` to a temporary file beside `path` and renames it into place.
 func writeFileAtomically(_ path: String, _ data: Data) throws {
     let tmp = path + ".tmp-\(getpid())"
-    do { try data.write(to: URL(fileURLWithPath: tmp)) } catch { throw WorkbenchError("\(path): cannot write (\(error.localizedDescription))") }
+    do { try data.write(to: URL(fileURLWithPath: tmp)) } catch {
+        throw WorkbenchError("cannot write (\(error.localizedDescription))", ErrorContext(file: path))
+    }
     guard rename(tmp, path) == 0 else {
         try? FileManager.default.removeItem(atPath: tmp)
-        throw WorkbenchError("\(path): cannot move the file into place")
+        throw WorkbenchError("cannot move the file into place", ErrorContext(file: path))
     }
 }

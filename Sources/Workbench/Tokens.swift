@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 import SafeFiles
 
@@ -6,12 +7,13 @@ public enum TokenFile {
     /// Reads whitespace-separated non-negative integer ids; errors name the file and the bad entry.
     public static func read(_ path: String) throws -> [Int32] {
         let data: Data
-        do { data = try SafeFiles.read(path, role: "token file (whitespace-separated ids)") } catch let e as FileError { throw WorkbenchError(e.description) }
+        data = try SafeFiles.read(path, role: "token file (whitespace-separated ids)")
         var ids: [Int32] = []
         ids.reserveCapacity(data.count / 4)
         var value: Int64 = 0, inNumber = false, index = 0
         func fail(_ what: String) -> WorkbenchError {
-            WorkbenchError("\(path): token \(index + 1): \(what) (expected whitespace-separated integer ids)")
+            WorkbenchError("token \(index + 1): \(what) (expected whitespace-separated integer ids)",
+                ErrorContext(file: path))
         }
         for byte in data {
             switch byte {
@@ -26,7 +28,10 @@ public enum TokenFile {
             }
         }
         if inNumber { ids.append(Int32(value)) }
-        guard !ids.isEmpty else { throw WorkbenchError("\(path): token file is empty (expected whitespace-separated integer ids)") }
+        guard !ids.isEmpty else {
+            throw WorkbenchError("token file is empty (expected whitespace-separated integer ids)",
+                ErrorContext(file: path))
+        }
         return ids
     }
 }
@@ -37,7 +42,9 @@ extension Workbench {
     /// `purpose` completes "the N ... needs" ("one training window of 64 + 1").
     public static func requireTokens(_ ids: [Int32], from file: String, needed: Int, for purpose: String) throws {
         guard ids.count < needed else { return }
-        throw WorkbenchError("\(file): \(ids.count) token\(ids.count == 1 ? "" : "s"), fewer than the \(needed) \(purpose) needs "
-                             + "(use a longer text)")
+        let count = "\(ids.count) token\(ids.count == 1 ? "" : "s")"
+        throw WorkbenchError(
+            "\(count), fewer than the \(needed) \(purpose) needs (use a longer text)",
+            ErrorContext(file: file, expected: "at least \(needed) tokens", found: "\(ids.count) tokens"))
     }
 }

@@ -20,7 +20,8 @@ struct Compress: ParsableCommand {
             // Under --json every failure is one JSON object and exit status 1, argument errors included.
             if arguments.contains("--json"), !(error is CleanExit), !(error is ExitCode) {
                 let message = fullMessage(for: error).trimmingCharacters(in: .whitespacesAndNewlines)
-                print((try? encodeJSON(["error": message])) ?? #"{"error":"could not encode the error"}"#)
+                let report = ErrorReport(message: message, error: error)
+                print((try? encodeJSON(report)) ?? #"{"error":"could not encode the error"}"#)
                 FileHandle.standardError.write(Data("error: \(message)\n".utf8))
                 Foundation.exit(1)
             }
@@ -34,11 +35,13 @@ struct Compress: ParsableCommand {
         subcommands: [Apply.self, Sweep.self, Import.self, ExportCommand.self, Eval.self, Tokenize.self, Inspect.self, Formats.self, Distill.self, DropLayers.self, Bench.self, BenchTrain.self])
 }
 
-/// Runs a command body; on failure prints the error (and a JSON error object with --json) and exits 1.
+/// Runs a command body; on failure prints the error (and with --json a JSON error object: `ErrorReport`, the message
+/// and the error's fields) and exits 1. The one place an error's message is formatted for the user.
 func reportingErrors(json: Bool, _ body: () throws -> Void) throws {
     do { try body() } catch {
-        let message = (error as? DecodingError).map { "invalid JSON: \($0)" } ?? (error as? EncodingError).map { "could not encode the report: \($0)" } ?? String(describing: error)
-        if json { print(try encodeJSON(["error": message])) }
+        let message = (error as? DecodingError).map { "invalid JSON: \($0)" }
+            ?? (error as? EncodingError).map { "could not encode the report: \($0)" } ?? String(describing: error)
+        if json { print(try encodeJSON(ErrorReport(message: message, error: error))) }
         FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         throw ExitCode.failure
     }
@@ -432,9 +435,7 @@ struct Distill: ParsableCommand {
             }
             c.intermediateLoss = il
             if let groups {
-                do { c.groups = try ParameterGroup.strictList(groups, source: "--groups") } catch let e as RecipeError {
-                    throw WorkbenchError(e.description)
-                }
+                c.groups = try ParameterGroup.strictList(groups, source: "--groups")
             }
             if let freeze { c.groups = freeze.split(separator: ",").map { ParameterGroup(match: String($0), frozen: true) } + c.groups }
             o.config = c

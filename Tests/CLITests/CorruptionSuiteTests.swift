@@ -248,7 +248,9 @@ extension CLITests {
                 if r.status != 1 { problems.append("exit \(r.status)") }
                 let lines = r.stdout.split(separator: "\n")
                 let obj = lines.count == 1 ? (try? JSONSerialization.jsonObject(with: Data(lines[0].utf8))) as? [String: Any] : nil
-                if let message = obj?["error"] as? String, obj?.count == 1 {
+                // The message, and the fields the error states (ErrorReport: file, stage, key, tensor, ...).
+                let fields: Set<String> = ["error", "file", "stage", "stage_name", "key", "tensor", "expected", "found"]
+                if let message = obj?["error"] as? String, Set(obj!.keys).isSubset(of: fields) {
                     if !message.contains(c.names) { problems.append("error does not name '\(c.names)': \(message)") }
                 } else { problems.append("stdout is not one JSON error object: \(r.stdout.prefix(300)) / \(r.stderr.suffix(300))") }
             } catch { problems.append("launch failed: \(error)") }

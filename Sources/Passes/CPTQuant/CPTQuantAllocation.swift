@@ -1,6 +1,7 @@
 // CPTQuant's allocation phase: each unit's options (bytes and damage per format), the fixed-width embedding and
 // LM head, the budget, and the chosen format per unit (Quantization/Allocation.swift).
 
+import Diagnostics
 import Foundation
 import Model
 import Quantization
@@ -54,7 +55,7 @@ extension CPTQuantPass {
                 }
                 let why = evaluation.unrepresentable.filter { r in unit.tensors.contains { r.hasPrefix("'\($0)'") } }
                 return try AllocationUnit(name: unit.name, candidates: options, why: why)
-            } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
+            } catch { throw error.adding(place: "cptquant") }
         }
         let weights = targets.names.reduce(0) { $0 + targets.tensors[$1]!.count }
         let fixed = try fixedTensors(model, targets.tensors)
@@ -80,7 +81,7 @@ extension CPTQuantPass {
             case .clusters:
                 chosen = allocateByClusters(allocationUnits, sensitivities: sensitivity, ladder: Array(formats.indices))
             }
-        } catch let e as QuantizationError { throw RecipeError("cptquant: \(e.description)") }
+        } catch { throw error.adding(place: "cptquant") }
         return CPTQuantAllocation(units: allocationUnits, weights: weights, floor: floor, fixed: fixed,
                                   fixedWeights: fixedWeights, fixedBytes: fixedBytes, budget: budget, chosen: chosen)
     }

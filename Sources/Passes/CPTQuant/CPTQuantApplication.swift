@@ -1,6 +1,7 @@
 // CPTQuant's application phase: the chosen formats written into a new model (the stored forms, or GPTQ at the
 // chosen formats through Layerwise), S's values at `sparse_factor_bits`, and the fixed-width embedding / LM head.
 
+import Diagnostics
 import Foundation
 import Model
 import Quantization
@@ -37,9 +38,7 @@ extension CPTQuantPass {
                 } else {
                     result = try result.replacing(id, with: .quantized(QuantizedWeight(q)))
                 }
-            } catch let e as ConfigError {
-                throw RecipeError("cptquant: \(e.description)")
-            }
+            } catch { throw error.adding(ErrorContext(tensor: id.hfName), place: "cptquant") }
         }
         for (u, unit) in targets.units.enumerated() {
             let fi = chosen.bits[u]
@@ -52,12 +51,16 @@ extension CPTQuantPass {
             sparseFormat = f
             for t in targets.names {
                 guard case .linear(let id) = t, case .factorized(let w)? = result.linear(id) else { continue }
+                let q: QuantizedTensor
                 do {
-                    let q = try QuantizedTensor(weights: w.keptValues, shape: [1, w.sparse.mask.nonzeros], format: f,
-                                                search: method == .search)
-                    result = try result.replacing(t, with: .factorized(try w.quantizingSparseValues(q)))
-                } catch let e as ConfigError { throw RecipeError("cptquant: \(e.description)") } catch {
-                    throw RecipeError("cptquant: 'sparse_factor_bits': the sparse factor of '\(t)' at \(f): \(error)")
+                    q = try QuantizedTensor(weights: w.keptValues, shape: [1, w.sparse.mask.nonzeros], format: f,
+                                            search: method == .search)
+                } catch {
+                    throw error.adding(ErrorContext(key: "sparse_factor_bits", tensor: t.hfName),
+                                       place: "cptquant: 'sparse_factor_bits': the sparse factor of '\(t)' at \(f)")
+                }
+                do { result = try result.replacing(t, with: .factorized(try w.quantizingSparseValues(q))) } catch {
+                    throw error.adding(ErrorContext(tensor: t.hfName), place: "cptquant")
                 }
             }
         }
@@ -109,8 +112,9 @@ extension CPTQuantPass {
                                                   staticGroups: staticGroups)
                 losses.append(.init(name: WeightID.linear(id).hfName, format: f.description, obsLoss: loss))
                 return .quantized(QuantizedWeight(q))
-            } catch let e as RecipeError { throw RecipeError("cptquant: GPTQ of '\(id)': \(e.description)") } catch {
-                throw RecipeError("cptquant: GPTQ of '\(id)' at \(f): \(error)")
+            } catch {
+                throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName),
+                                   place: "cptquant: GPTQ of '\(id)' at \(f)")
             }
         }
         let report = CPTQuantReport.GPTQ(damp: damp, blockSize: blockSize, actOrder: actOrder, clipSearch: clipSearch,

@@ -1,6 +1,7 @@
 // CPTQuant's recipe settings: decoded strictly, in pieces (formats, targets, estimators, GPTQ and the search, the
 // checks across keys); the keys and their meaning are in CPTQuant.swift's header and on the properties.
 
+import Diagnostics
 import Model
 import Quantization
 import Recipes
@@ -32,15 +33,17 @@ extension CPTQuantPass {
             }
             let named = try a.map { v -> QuantFormat in
                 guard let name = v.stringValue else {
-                    throw RecipeError("\(s.location): 'formats': expected format names such as \"q4_g32_sym\", "
+                    throw s.fail("formats", "expected format names such as \"q4_g32_sym\", "
                         + "found \(v.text)")
                 }
-                do { return try QuantFormat(name: name) } catch let e as QuantizationError {
-                    throw RecipeError("\(s.location): 'formats': \(e.description)")
+                do { return try QuantFormat(name: name) } catch {
+                    var c = s.context
+                    c.key = s.keyPath("formats")
+                    throw error.adding(c, place: "\(s.location): 'formats'")
                 }
             }
             guard !named.isEmpty, Set(named).count == named.count else {
-                throw RecipeError("\(s.location): 'formats': give distinct formats, found \(named.map(\.description))")
+                throw s.fail("formats", "give distinct formats, found \(named.map(\.description))")
             }
             candidates = named.sorted {
                 ($0.bitsPerWeight, $0.bits, $0.description) < ($1.bitsPerWeight, $1.bits, $1.description)
@@ -53,7 +56,7 @@ extension CPTQuantPass {
         groupSize = try s.int("group_size", default: groupSize, in: 1...1 << 20)
         if let w = try Self.ints(s, "widths") {
             guard !w.isEmpty, Set(w).count == w.count else {
-                throw RecipeError("\(s.location): 'widths': give distinct widths, found \(w)")
+                throw s.fail("widths", "give distinct widths, found \(w)")
             }
             widths = try w.map { try Self.width(s, "widths", $0) }.sorted()
         }
@@ -66,7 +69,7 @@ extension CPTQuantPass {
                                     hint: "the embedding and LM head have their own keys 'embedding' and 'lm_head'")
         excludeLayers = try Self.ints(s, "exclude_layers") ?? []
         if let bad = excludeLayers.first(where: { $0 < 0 }) {
-            throw RecipeError("\(s.location): 'exclude_layers': \(bad) is negative")
+            throw s.fail("exclude_layers", "\(bad) is negative")
         }
         embeddingBits = try s.optionalInt("embedding").map { try Self.width(s, "embedding", $0) }
         lmHeadBits = try s.optionalInt("lm_head").map { try Self.width(s, "lm_head", $0) }
@@ -85,7 +88,7 @@ extension CPTQuantPass {
     private mutating func decodeEstimators(_ s: StrictObject) throws {
         pruneFraction = try s.double("prune_fraction", default: pruneFraction, in: 0...1)
         guard pruneFraction > 0 && pruneFraction < 1 else {
-            throw RecipeError("\(s.location): 'prune_fraction': \(pruneFraction) must lie strictly between 0 and 1")
+            throw s.fail("prune_fraction", "\(pruneFraction) must lie strictly between 0 and 1")
         }
         poolTokens = try s.int("pool_tokens", default: poolTokens, in: 1...1 << 20)
         ccaDims = try s.int("cca_dims", default: ccaDims, in: 1...4096)
@@ -108,7 +111,7 @@ extension CPTQuantPass {
                 + "damage probe varies D only, so its totals would leave out S's quantization)")
         }
         if damage == .measured && allocation == .clusters {
-            throw RecipeError("\(s.location): 'damage': 'measured' is for allocation 'budget' (or 'uniform', to report "
+            throw s.fail("damage", "'measured' is for allocation 'budget' (or 'uniform', to report "
                 + "it); 'clusters' uses the sensitivities")
         }
         if fixedInBudget && allocation == .clusters {
@@ -124,7 +127,7 @@ extension CPTQuantPass {
         }
         damp = try s.double("damp", default: damp, in: 0...1e6)
         guard damp > 0 else {
-            throw RecipeError("\(s.location): 'damp': must be positive (relative damping, e.g. 0.01)")
+            throw s.fail("damp", "must be positive (relative damping, e.g. 0.01)")
         }
         blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
         actOrder = try s.bool("act_order", default: actOrder)

@@ -1,5 +1,6 @@
 // CPTQuant's allocation units and the checks of the settings against the model (before any calibration work).
 
+import Diagnostics
 import Foundation
 import Model
 import Quantization
@@ -30,9 +31,7 @@ extension CPTQuantPass {
                        at location: String = "cptquant") throws -> QuantFormat {
         do {
             return try QuantFormat.width(bits, groupSize: groupSize, symmetric: symmetric)
-        } catch let e as QuantizationError {
-            throw RecipeError("\(location): \(e.description)")
-        }
+        } catch { throw error.adding(place: location) }
     }
 
     /// The float32 tensor the pass quantizes for every matrix weight, by id: the model's own storage (PMPQ and
