@@ -46,27 +46,41 @@ def main():
     ap.add_argument("--recipes", default="smollm2-sparsegpt-2of4,smollm2-cptquant-gptq-u4.5-g32")
     ap.add_argument("--eval-tokens", type=int, default=32768)
     ap.add_argument("--out", default="/tmp/bf16-calibration")
+    ap.add_argument("--seed-spread", action="store_true",
+                    help="also run float32 with calibration seed 1: the method's own spread over calibration draws")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     print(f"date {time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores")
     for name in a.recipes.split(","):
         recipe = os.path.join("recipes", name + ".json")
         rows = {}
-        for precision in ("fp32", "bf16"):
-            out = os.path.join(a.out, f"{name}-{precision}.h5")
-            r = run_json([COMPRESS, "apply", recipe, "-o", out, "--precision", precision, "--no-cache", "--force",
+        runs = [("fp32", recipe), ("bf16", recipe)]
+        if a.seed_spread:
+            r = json.load(open(os.path.join(ROOT, recipe)))
+            r["calibration"]["seed"] = r["calibration"].get("seed", 0) + 1
+            seeded = os.path.join(a.out, f"{name}-seed1.json")
+            json.dump(r, open(seeded, "w"))
+            runs.append(("fp32-seed1", seeded))
+        for label, path in runs:
+            precision = label.split("-")[0]
+            out = os.path.join(a.out, f"{name}-{label}.h5")
+            r = run_json([COMPRESS, "apply", path, "-o", out, "--precision", precision, "--no-cache", "--force",
                           "--json"])
             stage = r["stages"][0]
             e = run_json([COMPRESS, "eval", out, "--text", "data/wiki.test.txt", "--max-tokens", str(a.eval_tokens),
                           "--precision", "fp32", "--json"])
-            rows[precision] = (stage["seconds"], e["ppl"], r.get("kernels", "?"))
+            rows[label] = (stage["seconds"], e["ppl"], r.get("kernels", "?"))
             t = find_timing(stage.get("diagnostics")) or {}
             split = ", ".join(f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in t.items())
-            print(f"{name} {precision}: pass {stage['seconds']:.1f} s ({split}; {r.get('kernels', '?')}); "
+            print(f"{name} {label}: pass {stage['seconds']:.1f} s ({split}; {r.get('kernels', '?')}); "
                   f"PPL (float32 eval, {e['predicted_tokens']} tokens) {e['ppl']:.4f}", flush=True)
         (t32, p32, _), (t16, p16, _) = rows["fp32"], rows["bf16"]
         print(f"{name}: bf16 calibration PPL {p16:.4f} vs float32 {p32:.4f}: {100 * (p16 / p32 - 1):+.3f} %; "
               f"pass time bf16 / fp32 {t16 / t32:.2f}x")
+        if "fp32-seed1" in rows:
+            p1 = rows["fp32-seed1"][1]
+            print(f"{name}: float32 with calibration seed 1: PPL {p1:.4f} ({100 * (p1 / p32 - 1):+.3f} % from seed 0): "
+                  f"the spread a different calibration draw gives")
 
 
 if __name__ == "__main__":
