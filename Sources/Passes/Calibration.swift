@@ -76,7 +76,8 @@ func windowNLL(_ logits: UnsafePointer<Float>, _ ids: [Int32], vocab V: Int) -> 
     var nll = [Double](repeating: 0, count: ids.count - 1)
     ids.withUnsafeBufferPointer { idp in
         nll.withUnsafeMutableBufferPointer {
-            crossEntropyForward(nll: $0.baseAddress!, logits: logits, targets: idp.baseAddress! + 1, rows: ids.count - 1, columns: V)
+            crossEntropyForward(nll: $0.baseAddress!, logits: logits, targets: idp.baseAddress! + 1,
+                                rows: ids.count - 1, columns: V)
         }
     }
     return nll.reduce(0, +)
@@ -166,8 +167,14 @@ final class ImportanceObserver: ForwardObserver {
     }
 
     func endWindow() {
-        for l in seqHeads.indices { for h in seqHeads[l].indices { batch.fold(&batHeads[l][h], sequence.finish(seqHeads[l][h], count: rows)) } }
-        for l in seqNeurons.indices { for f in seqNeurons[l].indices { batch.fold(&batNeurons[l][f], sequence.finish(seqNeurons[l][f], count: rows)) } }
+        for l in seqHeads.indices {
+            for h in seqHeads[l].indices { batch.fold(&batHeads[l][h], sequence.finish(seqHeads[l][h], count: rows)) }
+        }
+        for l in seqNeurons.indices {
+            for f in seqNeurons[l].indices {
+                batch.fold(&batNeurons[l][f], sequence.finish(seqNeurons[l][f], count: rows))
+            }
+        }
         for c in 0..<C {
             var acc = 0.0
             for t in 0..<rows { sequence.fold(&acc, tokenChannels[t * C + c]) }
@@ -191,7 +198,8 @@ public struct DepthImportance: Codable, Equatable, Sendable {
     /// Perplexity on the calibration windows with every block.
     public var basePpl: Double
 
-    public static func compute(model: DecoderModel, windows: [[Int32]], progress: (Int, Int) -> Void = { _, _ in }) -> DepthImportance {
+    public static func compute(model: DecoderModel, windows: [[Int32]],
+                               progress: (Int, Int) -> Void = { _, _ in }) -> DepthImportance {
         let L = model.layers.count, V = model.config.vocabSize, C = model.config.hiddenSize
         let T = windows.first?.count ?? 0
         precondition(windows.allSatisfy { $0.count == T } && T >= 2, "calibration windows must share one length >= 2")
@@ -249,8 +257,10 @@ final class PostNormInputObserver: ForwardObserver {
     init(model: DecoderModel) {
         self.model = model
         C = model.config.hiddenSize
-        sums = model.layers.flatMap { [$0.attention == nil ? [] : [Double](repeating: 0, count: model.config.hiddenSize),
-                                       $0.mlp == nil ? [] : [Double](repeating: 0, count: model.config.hiddenSize)] }
+        sums = model.layers.flatMap {
+            [$0.attention == nil ? [] : [Double](repeating: 0, count: model.config.hiddenSize),
+             $0.mlp == nil ? [] : [Double](repeating: 0, count: model.config.hiddenSize)]
+        }
         y = Tensor(shape: [0])
     }
 

@@ -10,8 +10,8 @@
 //
 // Initialisation (this pass) minimises ‖W − D S‖_F over D and column-s-sparse S by alternation:
 //   start:   W = U Σ Vᵀ (leading triplets from the eigen-decomposition of the smaller Gram matrix WᵀW or
-//            WWᵀ in Float64, Passes/LowRank.swift);  D = U_k (orthonormal);  S = top_s(U_kᵀ W) per column (for an orthonormal D this is
-//            the exact best s-sparse code of every column);
+//            WWᵀ in Float64, Passes/LowRank.swift);  D = U_k (orthonormal);  S = top_s(U_kᵀ W) per column (for an
+//            orthonormal D this is the exact best s-sparse code of every column);
 //   D-step:  D ← (W Sᵀ + ε D)(S Sᵀ + ε I)⁻¹      (least squares in D given S; the small proximal ε keeps
 //            atoms no column uses where they were and the system positive definite);
 //   S-step:  G = DᵀD, B = DᵀW;  z_c = G⁻¹ b_c (least squares with all atoms);  support I_c = the s atoms with
@@ -62,8 +62,10 @@ public enum DenseSparseFactorizer {
 
     /// Factorizes W (m × n, row-major) as D (m × k) · S (k × n) with `nonzeros` s entries in every column of
     /// S. Needs 1 ≤ s ≤ k ≤ min(m, n). Deterministic.
-    public static func factorize(_ w: [Double], rows m: Int, columns n: Int, rank k: Int, nonzeros s: Int, iterations: Int) throws -> Result {
-        precondition(1 <= s && s <= k && k <= min(m, n), "DSFormer sizes: need 1 ≤ s (\(s)) ≤ k (\(k)) ≤ min(m, n) (\(min(m, n)))")
+    public static func factorize(_ w: [Double], rows m: Int, columns n: Int, rank k: Int, nonzeros s: Int,
+                                 iterations: Int) throws -> Result {
+        precondition(1 <= s && s <= k && k <= min(m, n),
+                     "DSFormer sizes: need 1 ≤ s (\(s)) ≤ k (\(k)) ≤ min(m, n) (\(min(m, n)))")
         let (d0, sv, _) = try Factor64.leadingSVD(w, m: m, n: n, k: k)
         // Start: the best s-sparse code of every column under the orthonormal D = U_k.
         let b0 = atA(d0, w, m: m, k: k, n: n)
@@ -83,14 +85,16 @@ public enum DenseSparseFactorizer {
             if eS < best { best = eS; bestD = d; bestS = sMat; bestSupport = support }
             done += 1
         }
-        return Result(d: bestD, s: bestS, support: bestSupport, error2: best, startError2: start, norm2: norm2, singularValues: sv, iterations: done)
+        return Result(d: bestD, s: bestS, support: bestSupport, error2: best, startError2: start, norm2: norm2,
+                      singularValues: sv, iterations: done)
     }
 
     /// Aᵀ B with A (m × k), B (m × n): (k × n).
     static func atA(_ a: [Double], _ b: [Double], m: Int, k: Int, n: Int) -> [Double] {
         var out = [Double](repeating: 0, count: k * n)
         a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in out.withUnsafeMutableBufferPointer { op in
-            BLAS.gemm(transA: true, m: k, n: n, k: m, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n, c: op.baseAddress!, ldc: n)
+            BLAS.gemm(transA: true, m: k, n: n, k: m, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                      c: op.baseAddress!, ldc: n)
         } } }
         return out
     }
@@ -118,7 +122,8 @@ public enum DenseSparseFactorizer {
         var sst = [Double](repeating: 0, count: k * k), wst = d
         s.withUnsafeBufferPointer { sp in
             sst.withUnsafeMutableBufferPointer { p in
-                BLAS.gemm(transB: true, m: k, n: k, k: n, a: sp.baseAddress!, lda: n, b: sp.baseAddress!, ldb: n, c: p.baseAddress!, ldc: k)
+                BLAS.gemm(transB: true, m: k, n: k, k: n, a: sp.baseAddress!, lda: n, b: sp.baseAddress!, ldb: n,
+                          c: p.baseAddress!, ldc: k)
             }
         }
         let eps = max(1e-9 * (0..<k).reduce(0) { $0 + sst[$1 * k + $1] } / Double(k), 1e-300)
@@ -126,7 +131,8 @@ public enum DenseSparseFactorizer {
         // wst = W Sᵀ + ε D
         for i in 0..<(m * k) { wst[i] *= eps }
         w.withUnsafeBufferPointer { wp in s.withUnsafeBufferPointer { sp in wst.withUnsafeMutableBufferPointer { p in
-            BLAS.gemm(transB: true, m: m, n: k, k: n, a: wp.baseAddress!, lda: n, b: sp.baseAddress!, ldb: n, beta: 1, c: p.baseAddress!, ldc: k)
+            BLAS.gemm(transB: true, m: m, n: k, k: n, a: wp.baseAddress!, lda: n, b: sp.baseAddress!, ldb: n, beta: 1,
+                      c: p.baseAddress!, ldc: k)
         } } }
         try LAPACK.inverseSPD(&sst, n: k)
         var out = [Double](repeating: 0, count: m * k)
@@ -146,7 +152,8 @@ public enum DenseSparseFactorizer {
         try LAPACK.inverseSPD(&gi, n: k)
         var z = [Double](repeating: 0, count: k * n)
         gi.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { bb in z.withUnsafeMutableBufferPointer { c in
-            BLAS.gemm(m: k, n: n, k: k, a: a.baseAddress!, lda: k, b: bb.baseAddress!, ldb: n, c: c.baseAddress!, ldc: n)
+            BLAS.gemm(m: k, n: n, k: k, a: a.baseAddress!, lda: k, b: bb.baseAddress!, ldb: n, c: c.baseAddress!,
+                      ldc: n)
         } } }
         let norms = (0..<k).map { g[$0 * k + $0].squareRoot() }
         var (out, supp) = project(z, k: k, n: n, s: s, atomNorms: norms)
@@ -155,7 +162,8 @@ public enum DenseSparseFactorizer {
         out.withUnsafeMutableBufferPointer { op in
             supp.withUnsafeBufferPointer { sp in
                 Parallel.forEachChunk(n, minChunk: 16) { cols in
-                    var a = [Double](repeating: 0, count: s * s), x = [Double](repeating: 0, count: s), idx = [Int](repeating: 0, count: s)
+                    var a = [Double](repeating: 0, count: s * s), x = [Double](repeating: 0, count: s),
+                        idx = [Int](repeating: 0, count: s)
                     for c in cols {
                         var t = 0
                         for rr in 0..<k where sp[rr * n + c] { idx[t] = rr; t += 1 }
@@ -169,7 +177,9 @@ public enum DenseSparseFactorizer {
                 }
             }
         }
-        if failed { throw RecipeError("dsformer: a support's Gram matrix is not positive definite (degenerate dense factor)") }
+        if failed {
+            throw RecipeError("dsformer: a support's Gram matrix is not positive definite (degenerate dense factor)")
+        }
         return (out, supp)
     }
 
@@ -203,7 +213,8 @@ public enum DenseSparseFactorizer {
 
     /// The largest k ≤ min(m, n) (with s = max(1, round(δ k)) ≤ k) whose factorization holds at most ρ·m·n
     /// parameters; nil when even k = 1 does not fit.
-    public static func sizes(ratio: Double, density: Double, rows m: Int, columns n: Int) -> (rank: Int, nonzeros: Int)? {
+    public static func sizes(ratio: Double, density: Double, rows m: Int,
+                             columns n: Int) -> (rank: Int, nonzeros: Int)? {
         let budget = ratio * Double(m * n)
         for k in stride(from: min(m, n), through: 1, by: -1) {
             let s = min(k, max(1, Int((density * Double(k)).rounded())))
@@ -238,7 +249,8 @@ public struct DSFormerPass: CompressionPass {
         iterations = try s.int("iterations", default: iterations, in: 0...1000)
         if let parameterRatio {
             guard rank == nil, nonzeros == nil else {
-                throw RecipeError("\(s.location): give either 'parameter_ratio' (with optional 'density') or 'rank' and 'nonzeros', not both")
+                throw RecipeError("\(s.location): give either 'parameter_ratio' (with optional 'density') or 'rank' " +
+                                  "and 'nonzeros', not both")
             }
             guard parameterRatio > 0 && parameterRatio < 1 else {
                 throw s.fail("parameter_ratio", "\(parameterRatio) must lie strictly between 0 and 1 (a factorization "
@@ -249,9 +261,14 @@ public struct DSFormerPass: CompressionPass {
             }
         } else {
             guard let rank, let nonzeros else {
-                throw RecipeError("\(s.location): give 'parameter_ratio' (factorized / dense parameters per weight, with optional 'density' = nonzeros / rank), or both 'rank' (k) and 'nonzeros' (s per column of S)")
+                throw RecipeError("\(s.location): give 'parameter_ratio' (factorized / dense parameters per weight, " +
+                                  "with optional 'density' = nonzeros / rank), or both 'rank' (k) and 'nonzeros' (s " +
+                                  "per column of S)")
             }
-            guard !hasDensity else { throw RecipeError("\(s.location): 'density' goes with 'parameter_ratio'; with 'rank' and 'nonzeros' it is nonzeros / rank") }
+            guard !hasDensity else {
+                throw RecipeError("\(s.location): 'density' goes with 'parameter_ratio'; with 'rank' and 'nonzeros' " +
+                                  "it is nonzeros / rank")
+            }
             guard nonzeros <= rank else {
                 throw s.fail("nonzeros", "\(nonzeros) exceeds 'rank' \(rank) (each column of S keeps s of its k "
                     + "entries)")
@@ -267,17 +284,20 @@ public struct DSFormerPass: CompressionPass {
             }
             let p = m * rank + nonzeros * n
             guard p < m * n else {
-                throw RecipeError("'rank' \(rank), 'nonzeros' \(nonzeros) make \(id) (\(m) × \(n)) hold \(p) parameters, no fewer than its \(m * n) dense ones")
+                throw RecipeError("'rank' \(rank), 'nonzeros' \(nonzeros) make \(id) (\(m) × \(n)) hold \(p) " +
+                                  "parameters, no fewer than its \(m * n) dense ones")
             }
             return (rank, nonzeros)
         }
         guard let sz = DenseSparseFactorizer.sizes(ratio: parameterRatio!, density: density, rows: m, columns: n) else {
-            throw RecipeError("'parameter_ratio': \(parameterRatio!) leaves \(id) (\(m) × \(n)) no factorization (rank 1 needs \(Double(m + n) / Double(m * n)))")
+            throw RecipeError("'parameter_ratio': \(parameterRatio!) leaves \(id) (\(m) × \(n)) no factorization " +
+                              "(rank 1 needs \(Double(m + n) / Double(m * n)))")
         }
         return sz
     }
 
-    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel,
+                    context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let list = try FactorizationTargets.weights(model, kinds: targets, pass: Self.name)
         let plan = try list.map { try sizes(for: $0.id, rows: $0.w.shape[0], columns: $0.w.shape[1]) }
         var out = model
@@ -286,7 +306,8 @@ public struct DSFormerPass: CompressionPass {
         for (i, ((id, t), sz)) in zip(list, plan).enumerated() {
             let m = t.shape[0], n = t.shape[1], k = sz.rank, s = sz.nonzeros
             let w = Factor64.matrix(t)
-            let r = try DenseSparseFactorizer.factorize(w, rows: m, columns: n, rank: k, nonzeros: s, iterations: iterations)
+            let r = try DenseSparseFactorizer.factorize(w, rows: m, columns: n, rank: k, nonzeros: s,
+                                                        iterations: iterations)
             var dd = r.d, ss = r.s
             Factor64.balance(&dd, &ss, m: m, n: n, k: k)
             let supp = r.support
@@ -294,13 +315,20 @@ public struct DSFormerPass: CompressionPass {
             out = try out.replacing(.linear(id), with: .factorized(f))
             let params = m * k + s * n, svdRank = params / (m + n), svdE2 = r.svdError2(rank: svdRank)
             func rel(_ e2: Double) -> Double { (e2 / max(r.norm2, 1e-300)).squareRoot() }
-            tot.dense += m * n; tot.params += params; tot.err += r.error2; tot.start += r.startError2; tot.svd += svdE2; tot.norm += r.norm2
+            tot.dense += m * n
+            tot.params += params
+            tot.err += r.error2
+            tot.start += r.startError2
+            tot.svd += svdE2
+            tot.norm += r.norm2
             rows.append(DSFormerReport.Weight(
                 layer: id.layer, projection: id.kind.shortName, rank: k, nonzeros: s, parameters: params,
                 denseParameters: m * n, iterations: r.iterations, relativeError: rel(r.error2),
                 startRelativeError: rel(r.startError2), svdRank: svdRank, svdRelativeError: rel(svdE2)))
-            context.progress(String(format: "dsformer %d/%d: %@ k %d s %d, relative error %.4f (SVD start %.4f, truncated SVD rank %d at equal parameters %.4f), %d alternations",
-                                    i + 1, list.count, id.description, k, s, rel(r.error2), rel(r.startError2), svdRank, rel(svdE2), r.iterations))
+            context.progress(String(format: "dsformer %d/%d: %@ k %d s %d, relative error %.4f (SVD start %.4f, " +
+                                            "truncated SVD rank %d at equal parameters %.4f), %d alternations",
+                                    i + 1, list.count, id.description, k, s, rel(r.error2), rel(r.startError2), svdRank,
+                                    rel(svdE2), r.iterations))
         }
         func rel(_ e2: Double) -> Double { (e2 / max(tot.norm, 1e-300)).squareRoot() }
         let report = DSFormerReport(weights: rows, parameters: tot.params, denseParameters: tot.dense,

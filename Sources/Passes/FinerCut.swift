@@ -45,7 +45,8 @@ public struct FinerCutPass: CompressionPass {
         count = try s.optionalInt("remove", in: 1...1_000_000)
         fraction = try s.optionalDouble("fraction", in: 0...1)
         guard (count == nil) != (fraction == nil) else {
-            throw RecipeError("\(s.location): give exactly one of 'remove' (a number of sublayers) and 'fraction' (of the candidates)")
+            throw RecipeError("\(s.location): give exactly one of 'remove' (a number of sublayers) and 'fraction' " +
+                              "(of the candidates)")
         }
         if let fraction, !(fraction > 0 && fraction < 1) {
             throw s.fail("fraction", "\(fraction) must lie strictly between 0 and 1")
@@ -97,7 +98,11 @@ public struct FinerCutPass: CompressionPass {
                 let logits = fwd.run(ids)
                 try requireFiniteOutputs(logits, rows: T, columns: V, stage: FinerCutPass.name,
                                          "the original model's output on calibration window \(w + 1)")
-                if metric == .js { logSoftmaxForward(out: r.data, logits: logits, rows: T, columns: V) } else { r.data.update(from: logits, count: T * V) }
+                if metric == .js {
+                    logSoftmaxForward(out: r.data, logits: logits, rows: T, columns: V)
+                } else {
+                    r.data.update(from: logits, count: T * V)
+                }
                 return r
             }
         }
@@ -115,8 +120,10 @@ public struct FinerCutPass: CompressionPass {
                             + "(and \(removed.count) earlier removals) on calibration window \(w + 1)")
                     dist.withUnsafeMutableBufferPointer { out in
                         switch metric {
-                        case .js: jensenShannonForward(out: out.baseAddress!, logProbs: refs[w].data, logits: logits, rows: T, columns: V)
-                        case .angular: angularDistanceForward(out: out.baseAddress!, a: refs[w].data, b: logits, rows: T, columns: V)
+                        case .js: jensenShannonForward(out: out.baseAddress!, logProbs: refs[w].data, logits: logits,
+                                                       rows: T, columns: V)
+                        case .angular: angularDistanceForward(out: out.baseAddress!, a: refs[w].data, b: logits,
+                                                              rows: T, columns: V)
                         }
                     }
                     for d in dist { sums[i] += d }
@@ -130,12 +137,15 @@ public struct FinerCutPass: CompressionPass {
     /// The removal order of `count` sublayers (greedy), or the one-shot ranking of every candidate.
     /// A cached greedy prefix is extended rather than recomputed. A distance that is not finite throws (naming the
     /// candidate and the step): a removal chosen by NaN distances would be arbitrary.
-    public static func order(model: DecoderModel, windows: [[Int32]], metric: Metric, mode: Mode, candidates kind: Candidates,
+    public static func order(model: DecoderModel, windows: [[Int32]], metric: Metric, mode: Mode,
+                             candidates kind: Candidates,
                              count: Int, prefix: [Removal] = [],
                              progress: (String) -> Void = { _ in }) throws -> [Removal] {
         let all = candidateSublayers(model, kind)
         let trials = try Trials(model: model, windows: windows, metric: metric)
-        func removal(_ s: Int, _ d: Double) -> Removal { Removal(sublayer: s, layer: s / 2, kind: s % 2 == 0 ? "attention" : "mlp", distance: d) }
+        func removal(_ s: Int, _ d: Double) -> Removal {
+            Removal(sublayer: s, layer: s / 2, kind: s % 2 == 0 ? "attention" : "mlp", distance: d)
+        }
         func check(_ d: [Double], _ candidates: [Int], _ step: String) throws {
             try requireFinite(d, stage: name) { i in
                 let r = removal(candidates[i], d[i])
@@ -149,7 +159,9 @@ public struct FinerCutPass: CompressionPass {
                 progress("finercut one-shot: window \(w)/\(n)")
             }
             try check(d, all, "one-shot ranking")
-            return all.indices.sorted { d[$0] != d[$1] ? d[$0] < d[$1] : all[$0] < all[$1] }.map { removal(all[$0], d[$0]) }
+            return all.indices.sorted { d[$0] != d[$1] ? d[$0] < d[$1] : all[$0] < all[$1] }.map {
+                removal(all[$0], d[$0])
+            }
         case .greedy:
             var order = prefix
             let start = Date()
@@ -164,7 +176,8 @@ public struct FinerCutPass: CompressionPass {
                 let best = left.indices.min { d[$0] != d[$1] ? d[$0] < d[$1] : left[$0] < left[$1] }!
                 order.append(removal(left[best], d[best]))
                 let r = order.last!, el = Date().timeIntervalSince(start)
-                progress(String(format: "finercut step %d/%d: removed layer %d %@ (distance %.5f)  %.0fs elapsed", step, count, r.layer, r.kind,
+                progress(String(format: "finercut step %d/%d: removed layer %d %@ (distance %.5f)  %.0fs elapsed", step,
+                                count, r.layer, r.kind,
                                 r.distance, el))
             }
             return order
@@ -176,12 +189,16 @@ public struct FinerCutPass: CompressionPass {
         var metric, mode, candidates: String
     }
 
-    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel,
+                    context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let all = Self.candidateSublayers(model, candidates)
         let k = count ?? Int((fraction! * Double(all.count)).rounded())
-        guard k >= 1 else { throw RecipeError("finercut: a fraction of \(fraction ?? 0) of \(all.count) candidates removes nothing") }
+        guard k >= 1 else {
+            throw RecipeError("finercut: a fraction of \(fraction ?? 0) of \(all.count) candidates removes nothing")
+        }
         guard k < Self.candidateSublayers(model, .all).count, k <= all.count else {
-            throw RecipeError("finercut: cannot remove \(k) of \(all.count) candidate sublayers (at least one sublayer must stay)")
+            throw RecipeError("finercut: cannot remove \(k) of \(all.count) candidate sublayers (at least one " +
+                              "sublayer must stay)")
         }
         let windows = context.calibration
         guard let T = windows.first?.count, T >= 2, windows.allSatisfy({ $0.count == T }) else {

@@ -6,7 +6,8 @@
 // Per linear weight W (OC, C) with calibration inputs X of the already-quantized layers before it
 // (Passes/Layerwise.swift): H = 2XXᵀ/n, dead inputs (H_jj = 0) zeroed, relative damping H += λI with
 // λ = damp · mean diag H (CPTQuant's default 0.1; the reference's 0.01), activation order (columns by
-// decreasing H_jj; CPTQuant's default, optional in the paper), U = chol(H⁻¹) upper. Columns are quantized one at a time, in blocks of B (128) with lazy batch updates
+// decreasing H_jj; CPTQuant's default, optional in the paper), U = chol(H⁻¹) upper. Columns are quantized one at a
+// time, in blocks of B (128) with lazy batch updates
 // (Passes/OptimalBrainSurgeon.swift):
 //   q_j = Q(w_j),   e_j = (w_j − q_j) / U_jj,   w_F −= e_j · U_{j,F}   (F: the later columns).
 // Q is the stored format's own grid (Quantization/ColumnQuantization.swift → Quantizer.swift): a group's
@@ -53,7 +54,8 @@ enum GPTQ {
 
     /// A copy of W (OC, C) with its columns in `factor`'s processing order and its dead inputs zeroed, each
     /// original column's position in that order, and whether the order is the natural one.
-    static func processingCopy(_ weight: Tensor, _ factor: HessianFactorization) -> (w: Tensor, position: [Int], natural: Bool) {
+    static func processingCopy(_ weight: Tensor,
+                               _ factor: HessianFactorization) -> (w: Tensor, position: [Int], natural: Bool) {
         let OC = weight.shape[0], C = weight.shape[1]
         let natural = factor.order == Array(0..<C)
         var position = [Int](repeating: 0, count: C)
@@ -68,7 +70,8 @@ enum GPTQ {
     /// nil: round-to-nearest grids.
     /// `staticGroups`: each group's grid from W's own values before any update (AutoGPTQ's `static_groups`),
     /// instead of the group's current values when its first column is reached.
-    static func solve(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int, importance: [Float]? = nil,
+    static func solve(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int,
+                      importance: [Float]? = nil,
                       keep: SparsityMask? = nil, staticGroups: Bool = false, limit: Int? = nil) throws -> Result {
         let OC = weight.shape[0], C = weight.shape[1]
         let order = factor.order
@@ -86,12 +89,18 @@ enum GPTQ {
             scales.withUnsafeMutableBufferPointer { sp in
                 mins.withUnsafeMutableBufferPointer { mp in
                     fixed.withUnsafeMutableBufferPointer { fp in
-                        OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: C, u: factor.u, blockSize: blockSize, limit: limit) { r, j, row, current in
+                        OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: C, u: factor.u, blockSize: blockSize,
+                                                  limit: limit) { r, j, row, current in
                             let pruned = keep.map { !$0[r * C + order[j]] } ?? false
                             let x = pruned ? 0 : row[j]
                             if f.isFloat16 {
                                 let h = Float16(x)
-                                if !h.isFinite { lock.lock(); failure = "weight (\(r), \(order[j])) = \(x) overflows float16"; lock.unlock(); return x }
+                                if !h.isFinite {
+                                    lock.lock()
+                                    failure = "weight (\(r), \(order[j])) = \(x) overflows float16"
+                                    lock.unlock()
+                                    return x
+                                }
                                 return Float(h)
                             }
                             let c = order[j], g = c / G, gi = r * groups + g
@@ -102,8 +111,10 @@ enum GPTQ {
                                 }
                                 // The quantizer's own choice of grid for this one group (1 × G).
                                 do {
-                                    let one = try QuantizedTensor(weights: values, shape: [1, G], format: f,
-                                                                  importance: importance.map { Array($0[(g * G)..<((g + 1) * G)]) }, search: importance != nil)
+                                    let one = try QuantizedTensor(
+                                        weights: values, shape: [1, G], format: f,
+                                        importance: importance.map { Array($0[(g * G)..<((g + 1) * G)]) },
+                                        search: importance != nil)
                                     sp[gi] = one.scales[0]
                                     if !f.symmetric { mp[gi] = one.mins[0] }
                                 } catch {
@@ -130,7 +141,8 @@ enum GPTQ {
     /// with groups along the output: the stored tensor holds Dᵀ (k, OC) (see the top of this file). `clipSearch`:
     /// each group's grid by the clipping search (plain squared error); false: min-max. Checks that the codes
     /// dequantize to exactly the values the solver fixed.
-    static func quantizeOutputGroups(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, clipSearch: Bool,
+    static func quantizeOutputGroups(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat,
+                                     clipSearch: Bool,
                                      limit: Int? = nil) throws -> (QuantizedTensor, loss: Double, values: Tensor) {
         let OC = weight.shape[0], k = weight.shape[1]
         let order = factor.order
@@ -146,25 +158,34 @@ enum GPTQ {
         let loss = codes.withUnsafeMutableBufferPointer { cp in
             scales.withUnsafeMutableBufferPointer { sp in
                 mins.withUnsafeMutableBufferPointer { mp in
-                    OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: k, u: factor.u, blockSize: 1, limit: limit, beginBlock: { range, W in
+                    OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: k, u: factor.u, blockSize: 1, limit: limit,
+                                              beginBlock: { range, W in
                         // Column j's grids, one per group of G rows, from every row's current value.
                         guard !f.isFloat16 else { return }
                         let j = range.lowerBound, c = order[j]
                         for g in 0..<groups {
                             let values = (0..<G).map { W[(g * G + $0) * k + j] }
                             do {
-                                let one = try QuantizedTensor(weights: values, shape: [1, G], format: f, search: clipSearch)
+                                let one = try QuantizedTensor(weights: values, shape: [1, G], format: f,
+                                                              search: clipSearch)
                                 sp[c * groups + g] = one.scales[0]
                                 if !f.symmetric { mp[c * groups + g] = one.mins[0] }
                             } catch {
-                                lock.lock(); failure = "column \(c), rows \(g * G)..<\((g + 1) * G): \(error)"; lock.unlock()
+                                lock.lock()
+                                failure = "column \(c), rows \(g * G)..<\((g + 1) * G): \(error)"
+                                lock.unlock()
                             }
                         }
                     }) { r, j, row, _ in
                         let x = row[j], c = order[j]
                         if f.isFloat16 {
                             let h = Float16(x)
-                            if !h.isFinite { lock.lock(); failure = "weight (\(r), \(c)) = \(x) overflows float16"; lock.unlock(); return x }
+                            if !h.isFinite {
+                                lock.lock()
+                                failure = "weight (\(r), \(c)) = \(x) overflows float16"
+                                lock.unlock()
+                                return x
+                            }
                             return Float(h)
                         }
                         let gi = c * groups + r / G, lo = f.symmetric ? Float16(0) : mp[gi]
@@ -179,7 +200,8 @@ enum GPTQ {
         let values = natural ? w : OptimalBrainSurgeon.permuteColumns(w, order, inverse: true)
         let transposed = FactorizedWeight.transpose(values.array, rows: OC, cols: k)
         let q = f.isFloat16 ? try QuantizedTensor(weights: transposed, shape: [k, OC], format: f)
-            : try QuantizedTensor(format: f, shape: [k, OC], codes: packCodes(codes, bits: f.bits), scales: scales, mins: mins)
+            : try QuantizedTensor(format: f, shape: [k, OC], codes: packCodes(codes, bits: f.bits), scales: scales,
+                                  mins: mins)
         guard limit != nil || q.dequantized() == transposed else {
             throw QuantizationError("GPTQ: the stored \(f) tensor does not dequantize to the values GPTQ fixed")
         }
@@ -191,7 +213,9 @@ enum GPTQ {
     static func factorHessian(_ h: [Double], sparse s: SparseWeight) -> [Double] {
         let k = s.mask.rows, C = s.mask.cols
         // Each row of S as (column, value) pairs.
-        let rows: [[(Int, Double)]] = (0..<k).map { r in (0..<C).compactMap { c in s.mask[r * C + c] ? (c, Double(s.values[r * C + c])) : nil } }
+        let rows: [[(Int, Double)]] = (0..<k).map { r in
+            (0..<C).compactMap { c in s.mask[r * C + c] ? (c, Double(s.values[r * C + c])) : nil }
+        }
         var tmp = [Double](repeating: 0, count: k * C)  // S·H
         var out = [Double](repeating: 0, count: k * k)
         tmp.withUnsafeMutableBufferPointer { t in
@@ -204,7 +228,13 @@ enum GPTQ {
         out.withUnsafeMutableBufferPointer { o in
             tmp.withUnsafeBufferPointer { t in
                 Parallel.forEachChunk(k, minChunk: 4) { range in
-                    for r in range { for r2 in 0..<k { var acc = 0.0; for (c, v) in rows[r2] { acc += t[r * C + c] * v }; o[r * k + r2] = acc } }
+                    for r in range {
+                        for r2 in 0..<k {
+                            var acc = 0.0
+                            for (c, v) in rows[r2] { acc += t[r * C + c] * v }
+                            o[r * k + r2] = acc
+                        }
+                    }
                 }
             }
         }
@@ -213,16 +243,20 @@ enum GPTQ {
 
     /// The stored tensor of a full solve; checks that it dequantizes to exactly the values the solver used.
     static func quantize(_ weight: Tensor, factor: HessianFactorization, format f: QuantFormat, blockSize: Int,
-                         importance: [Float]? = nil, keep: SparsityMask? = nil, staticGroups: Bool = false) throws -> (QuantizedTensor, loss: Double) {
-        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance, keep: keep, staticGroups: staticGroups)
+                         importance: [Float]? = nil, keep: SparsityMask? = nil,
+                         staticGroups: Bool = false) throws -> (QuantizedTensor, loss: Double) {
+        let r = try solve(weight, factor: factor, format: f, blockSize: blockSize, importance: importance, keep: keep,
+                          staticGroups: staticGroups)
         let q: QuantizedTensor
         if f.isFloat16 {
             q = try QuantizedTensor(weights: r.values.array, shape: weight.shape, format: f)
         } else {
-            q = try QuantizedTensor(format: f, shape: weight.shape, codes: packCodes(r.codes, bits: f.bits), scales: r.scales, mins: r.mins)
+            q = try QuantizedTensor(format: f, shape: weight.shape, codes: packCodes(r.codes, bits: f.bits),
+                                    scales: r.scales, mins: r.mins)
         }
         guard q.dequantized() == r.values.array else {
-            throw QuantizationError("GPTQ: the stored \(f) tensor does not dequantize to the values GPTQ fixed (ColumnQuantization.swift is out of step with Quantizer.swift)")
+            throw QuantizationError("GPTQ: the stored \(f) tensor does not dequantize to the values GPTQ fixed " +
+                                    "(ColumnQuantization.swift is out of step with Quantizer.swift)")
         }
         return (q, r.loss)
     }

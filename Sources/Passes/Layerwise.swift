@@ -65,7 +65,9 @@ public final class InputStatistics {
         guard gram != nil else { return }
         if scratch.count != C * C { scratch = [Float](repeating: 0, count: C * C) }
         // One window's Gram matrix in Float32 (BLAS), summed in Float64 across windows.
-        scratch.withUnsafeMutableBufferPointer { BLAS.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C) }
+        scratch.withUnsafeMutableBufferPointer {
+            BLAS.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C)
+        }
         gram!.withUnsafeMutableBufferPointer { g in
             scratch.withUnsafeBufferPointer { s in
                 Parallel.forEachChunk(C, minChunk: 32) { range in
@@ -123,7 +125,9 @@ public struct HessianFactorization {
         let mean = (0..<C).reduce(0.0) { $0 + h[$1 * C + $1] } / Double(max(C, 1))
         let lambda = damp * mean
         for j in 0..<C { h[j * C + j] += lambda }
-        let order = actOrder ? (0..<C).sorted { h[$0 * C + $0] != h[$1 * C + $1] ? h[$0 * C + $0] > h[$1 * C + $1] : $0 < $1 } : Array(0..<C)
+        let order = actOrder
+            ? (0..<C).sorted { h[$0 * C + $0] != h[$1 * C + $1] ? h[$0 * C + $0] > h[$1 * C + $1] : $0 < $1 }
+            : Array(0..<C)
         if actOrder {
             var p = [Double](repeating: 0, count: C * C)
             for i in 0..<C { for j in 0..<C { p[i * C + j] = h[order[i] * C + order[j]] } }
@@ -150,7 +154,8 @@ public struct LayerwiseTiming: Codable, Equatable, Sendable {
 /// The calibration driver (see the top of this file).
 public enum Layerwise {
     /// Compresses one linear weight given its input's statistics; returns the replacement (same shape).
-    public typealias Compressor = (_ id: LinearID, _ weight: LinearWeight, _ input: InputStatistics) throws -> LinearWeight
+    public typealias Compressor = (_ id: LinearID, _ weight: LinearWeight,
+                                   _ input: InputStatistics) throws -> LinearWeight
 
     /// The model with every linear of a kind in `targets` replaced by `compress`'s result, layer by layer on
     /// the calibration `windows` (all of one length) propagated through the already-compressed layers.
@@ -158,8 +163,12 @@ public enum Layerwise {
     public static func run(model given: DecoderModel, windows: [[Int32]], targets: Set<LinearKind>, fullHessian: Bool,
                            timing: UnsafeMutablePointer<LayerwiseTiming>? = nil, progress: (String) -> Void = { _ in },
                            compress: Compressor) throws -> DecoderModel {
-        guard let T = windows.first?.count, T > 0 else { throw RecipeError("layer-wise calibration needs calibration windows") }
-        guard windows.allSatisfy({ $0.count == T }) else { throw RecipeError("calibration windows must share one length") }
+        guard let T = windows.first?.count, T > 0 else {
+            throw RecipeError("layer-wise calibration needs calibration windows")
+        }
+        guard windows.allSatisfy({ $0.count == T }) else {
+            throw RecipeError("calibration windows must share one length")
+        }
         var model = given
         let c = model.config, C = c.hiddenSize, N = windows.count, L = model.layers.count
         let start = Date()
@@ -172,7 +181,9 @@ public enum Layerwise {
                 (states.data + w * T * C).update(from: engine.residual, count: T * C)
             }
         }
-        let outWidth = c.blocks.map { max($0.attention ? $0.numAttentionHeads * c.headDim : 0, $0.mlp ? $0.intermediateSize : 0) }.max() ?? 0
+        let outWidth = c.blocks.map {
+            max($0.attention ? $0.numAttentionHeads * c.headDim : 0, $0.mlp ? $0.intermediateSize : 0)
+        }.max() ?? 0
         let needStore = targets.contains(.o) || targets.contains(.down)
         let store = Tensor(shape: needStore ? [N, T, outWidth] : [0])
         let normed = Tensor(shape: [T, C])
@@ -195,7 +206,8 @@ public enum Layerwise {
             do { model = try model.replacing(.linear(id), with: new) } catch {
                 throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName), place: "\(id)")
             }
-            progress(String(format: "  %@ (%d × %d) on %d tokens: %.2f s", id.description, w.outFeatures, w.inFeatures, stats.tokens,
+            progress(String(format: "  %@ (%d × %d) on %d tokens: %.2f s", id.description, w.outFeatures, w.inFeatures,
+                            stats.tokens,
                             Date().timeIntervalSince(t0)))
         }
 
@@ -219,8 +231,10 @@ public enum Layerwise {
                 // 3. The sublayer with its compressed input projections.
                 let outTargeted = targets.contains(outKind)
                 let width = attention ? c.blocks[l].numAttentionHeads * c.headDim : c.blocks[l].intermediateSize
-                let capture = OutputProjectionInput(sublayer: s, width: width, stats: outTargeted ? InputStatistics(features: width, full: fullHessian) : nil,
-                                                    store: outTargeted ? store.data : nil, windowStride: T * outWidth)
+                let capture = OutputProjectionInput(
+                    sublayer: s, width: width,
+                    stats: outTargeted ? InputStatistics(features: width, full: fullHessian) : nil,
+                    store: outTargeted ? store.data : nil, windowStride: T * outWidth)
                 let engine = TransformerDecoder(model: model, window: T)
                 for w in 0..<N {
                     engine.residual.update(from: states.data + w * T * C, count: T * C)
@@ -242,7 +256,8 @@ public enum Layerwise {
                         if let post {
                             wout.forward(out: normed.data, inp: inp, rows: T)
                             if let bias { biasForward(out: normed.data, bias: bias.data, rows: T, columns: C) }
-                            model.normForward(out: normed.data, inp: normed.data, weight: post.data, rows: T, channels: C)
+                            model.normForward(out: normed.data, inp: normed.data, weight: post.data, rows: T,
+                                              channels: C)
                             residualAdd(x, normed.data, count: T * C)
                         } else {
                             wout.forward(out: x, inp: inp, rows: T, beta: 1)
@@ -252,7 +267,8 @@ public enum Layerwise {
                 }
                 done += 1
                 let elapsed = Date().timeIntervalSince(start)
-                progress(String(format: "layer-wise: sublayer %d/%d done, %.0f s elapsed, ETA %.0f s", done, totalSublayers, elapsed,
+                progress(String(format: "layer-wise: sublayer %d/%d done, %.0f s elapsed, ETA %.0f s", done,
+                                totalSublayers, elapsed,
                                 elapsed / Double(done) * Double(totalSublayers - done)))
             }
         }
@@ -269,7 +285,11 @@ final class OutputProjectionInput: ForwardObserver {
     var window = 0
 
     init(sublayer: Int, width: Int, stats: InputStatistics?, store: UnsafeMutablePointer<Float>?, windowStride: Int) {
-        self.sublayer = sublayer; self.width = width; self.stats = stats; self.store = store; self.windowStride = windowStride
+        self.sublayer = sublayer
+        self.width = width
+        self.stats = stats
+        self.store = store
+        self.windowStride = windowStride
     }
 
     private func keep(_ x: UnsafePointer<Float>, rows: Int) {
@@ -277,6 +297,10 @@ final class OutputProjectionInput: ForwardObserver {
         (store + window * windowStride).update(from: x, count: rows * width)
         stats.add(x, rows: rows)
     }
-    func headOutputs(layer: Int, att: UnsafePointer<Float>, rows: Int) { if sublayer == 2 * layer { keep(att, rows: rows) } }
-    func mlpActivation(layer: Int, act: UnsafePointer<Float>, rows: Int) { if sublayer == 2 * layer + 1 { keep(act, rows: rows) } }
+    func headOutputs(layer: Int, att: UnsafePointer<Float>, rows: Int) {
+        if sublayer == 2 * layer { keep(att, rows: rows) }
+    }
+    func mlpActivation(layer: Int, act: UnsafePointer<Float>, rows: Int) {
+        if sublayer == 2 * layer + 1 { keep(act, rows: rows) }
+    }
 }

@@ -28,9 +28,12 @@ public enum FactorizationTargets {
 
     /// The model's target weights in canonical order; every one must be dense (a sparse, quantized or already
     /// factorized weight is refused, naming it).
-    static func weights(_ model: DecoderModel, kinds: [LinearKind], pass: String) throws -> [(id: LinearID, w: Tensor)] {
+    static func weights(_ model: DecoderModel, kinds: [LinearKind],
+                        pass: String) throws -> [(id: LinearID, w: Tensor)] {
         let list = model.linearWeights.filter { kinds.contains($0.id.kind) }
-        guard !list.isEmpty else { throw RecipeError("\(pass): the model has no \(kinds.map(\.shortName).joined(separator: ", ")) weights") }
+        guard !list.isEmpty else {
+            throw RecipeError("\(pass): the model has no \(kinds.map(\.shortName).joined(separator: ", ")) weights")
+        }
         return try list.map { id, w in
             guard case .dense(let t) = w else {
                 throw RecipeError("\(pass): \(id) is \(w.kind.rawValue); '\(pass)' factorizes dense weights only")
@@ -50,7 +53,8 @@ enum Factor64 {
     static func residual2(_ w: [Double], _ d: [Double], _ s: [Double], m: Int, n: Int, k: Int) -> Double {
         var r = w
         d.withUnsafeBufferPointer { dp in s.withUnsafeBufferPointer { sp in r.withUnsafeMutableBufferPointer { rp in
-            BLAS.gemm(m: m, n: n, k: k, alpha: -1, a: dp.baseAddress!, lda: k, b: sp.baseAddress!, ldb: n, beta: 1, c: rp.baseAddress!, ldc: n)
+            BLAS.gemm(m: m, n: n, k: k, alpha: -1, a: dp.baseAddress!, lda: k, b: sp.baseAddress!, ldb: n, beta: 1,
+                      c: rp.baseAddress!, ldc: n)
         } } }
         return frobenius2(r)
     }
@@ -66,9 +70,11 @@ enum Factor64 {
         var g = [Double](repeating: 0, count: small * small)
         w.withUnsafeBufferPointer { wp in g.withUnsafeMutableBufferPointer { gp in
             if n <= m {
-                BLAS.gemm(transA: true, m: n, n: n, k: m, a: wp.baseAddress!, lda: n, b: wp.baseAddress!, ldb: n, c: gp.baseAddress!, ldc: n)
+                BLAS.gemm(transA: true, m: n, n: n, k: m, a: wp.baseAddress!, lda: n, b: wp.baseAddress!, ldb: n,
+                          c: gp.baseAddress!, ldc: n)
             } else {
-                BLAS.gemm(transB: true, m: m, n: m, k: n, a: wp.baseAddress!, lda: n, b: wp.baseAddress!, ldb: n, c: gp.baseAddress!, ldc: m)
+                BLAS.gemm(transB: true, m: m, n: m, k: n, a: wp.baseAddress!, lda: n, b: wp.baseAddress!, ldb: n,
+                          c: gp.baseAddress!, ldc: m)
             }
         } }
         let (values, vectors) = try LAPACK.symmetricEigen(g, n: small)
@@ -79,9 +85,11 @@ enum Factor64 {
         var other = [Double](repeating: 0, count: (n <= m ? m : n) * k)
         w.withUnsafeBufferPointer { wp in e.withUnsafeBufferPointer { ep in other.withUnsafeMutableBufferPointer { op in
             if n <= m {  // W V_k (m × k)
-                BLAS.gemm(m: m, n: k, k: n, a: wp.baseAddress!, lda: n, b: ep.baseAddress!, ldb: k, c: op.baseAddress!, ldc: k)
+                BLAS.gemm(m: m, n: k, k: n, a: wp.baseAddress!, lda: n, b: ep.baseAddress!, ldb: k, c: op.baseAddress!,
+                          ldc: k)
             } else {     // Wᵀ U_k (n × k)
-                BLAS.gemm(transA: true, m: n, n: k, k: m, a: wp.baseAddress!, lda: n, b: ep.baseAddress!, ldb: k, c: op.baseAddress!, ldc: k)
+                BLAS.gemm(transA: true, m: n, n: k, k: m, a: wp.baseAddress!, lda: n, b: ep.baseAddress!, ldb: k,
+                          c: op.baseAddress!, ldc: k)
             }
         } } }
         let rows = n <= m ? m : n
@@ -111,7 +119,8 @@ enum Factor64 {
     }
 
     /// The factorized weight D (m × k) · S (k × n) with S kept where `keep` says (checked: same count per column).
-    static func weight(_ d: [Double], _ s: [Double], m: Int, n: Int, k: Int, keep: (Int) -> Bool) throws -> FactorizedWeight {
+    static func weight(_ d: [Double], _ s: [Double], m: Int, n: Int, k: Int,
+                       keep: (Int) -> Bool) throws -> FactorizedWeight {
         let D = Tensor(shape: [m, k], values: d.map(Float.init))
         let mask = try SparsityMask(pattern: .unstructured, rows: k, cols: n, keep: keep)
         let S = Tensor(shape: [k, n])
@@ -164,7 +173,8 @@ public struct LowRankPass: CompressionPass {
         rank = try s.optionalInt("rank", in: 1...1 << 20)
         parameterRatio = try s.optionalDouble("parameter_ratio")
         guard (rank == nil) != (parameterRatio == nil) else {
-            throw RecipeError("\(s.location): give exactly one of 'rank' (k of every factorization) and 'parameter_ratio' (factorized / dense parameters of each weight, in (0, 1))")
+            throw RecipeError("\(s.location): give exactly one of 'rank' (k of every factorization) and " +
+                              "'parameter_ratio' (factorized / dense parameters of each weight, in (0, 1))")
         }
         if let r = parameterRatio, !(r > 0 && r < 1) {
             throw s.fail("parameter_ratio", "\(r) must lie strictly between 0 and 1 (a factorization at least as large "
@@ -179,18 +189,22 @@ public struct LowRankPass: CompressionPass {
                 throw RecipeError("'rank': \(rank) exceeds min(out, in) = \(min(m, n)) of \(id) (\(m) × \(n))")
             }
             guard rank * (m + n) < m * n else {
-                throw RecipeError("'rank': \(rank) makes \(id) (\(m) × \(n)) hold \(rank * (m + n)) parameters, no fewer than its \(m * n) dense ones; use a rank below \((m * n + m + n - 1) / (m + n))")
+                throw RecipeError("'rank': \(rank) makes \(id) (\(m) × \(n)) hold \(rank * (m + n)) parameters, no " +
+                                  "fewer than its \(m * n) dense ones; use a rank " +
+                                  "below \((m * n + m + n - 1) / (m + n))")
             }
             return rank
         }
         let k = LowRankFactorizer.rank(forRatio: parameterRatio!, rows: m, columns: n)
         guard k >= 1 else {
-            throw RecipeError("'parameter_ratio': \(parameterRatio!) leaves \(id) (\(m) × \(n)) no rank (rank 1 needs \(Double(m + n) / Double(m * n)))")
+            throw RecipeError("'parameter_ratio': \(parameterRatio!) leaves \(id) (\(m) × \(n)) no rank (rank 1 " +
+                              "needs \(Double(m + n) / Double(m * n)))")
         }
         return min(k, min(m, n))
     }
 
-    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel,
+                    context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let list = try FactorizationTargets.weights(model, kinds: targets, pass: Self.name)
         // Every rank checked before any SVD.
         let ranks = try list.map { try rank(for: $0.id, rows: $0.w.shape[0], columns: $0.w.shape[1]) }
@@ -209,7 +223,8 @@ public struct LowRankPass: CompressionPass {
             rows.append(LowRankReport.Weight(layer: id.layer, projection: id.kind.shortName, rank: k,
                                              parameters: k * (m + n), denseParameters: m * n,
                                              relativeError: (e2 / max(w2, 1e-300)).squareRoot()))
-            context.progress(String(format: "lowrank %d/%d: %@ rank %d, relative error %.4f", i + 1, list.count, id.description, k, (e2 / max(w2, 1e-300)).squareRoot()))
+            context.progress(String(format: "lowrank %d/%d: %@ rank %d, relative error %.4f", i + 1, list.count,
+                                    id.description, k, (e2 / max(w2, 1e-300)).squareRoot()))
         }
         let report = LowRankReport(weights: rows, parameters: params, denseParameters: denseParams,
                                    relativeError: (err2 / max(norm2, 1e-300)).squareRoot())

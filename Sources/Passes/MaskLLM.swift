@@ -13,11 +13,12 @@
 // an unnormalised sum over every targeted weight (W not differentiated), averaged over the A micro-batches of
 // a step, exactly as the reference code NVlabs/MaskLLM computes it (`pretrain_maskllm.py` `loss_func`,
 // `differentiable_mask.py` `sparse_weight_norm`, `--weight-reg 1e-5` in its scripts; details and measurements
-// in Sources/Training/MaskLLM.swift and recipes/README.md). AdamW trains the logits with the reference's settings: learning rate 5e-4 (10 ×
-// 5e-5), cosine decay to 10 %, β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1, clipping at norm 1. Weights are frozen by default (mask-only, as in the paper), or
-// trained too (`train_weights`). The result: every target a sparse weight under the hard (argmax) mask,
-// exactly N nonzeros in every M, holding the original (or trained) weights. Equations and deviations:
-// Sources/Training/MaskLLM.swift.
+// in Sources/Training/MaskLLM.swift and recipes/README.md). AdamW trains the logits with the reference's settings:
+// learning rate 5e-4 (10 ×
+// 5e-5), cosine decay to 10 %, β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1, clipping at norm 1. Weights are
+// frozen by default (mask-only, as in the paper), or trained too (`train_weights`). The result: every target a sparse
+// weight under the hard (argmax) mask, exactly N nonzeros in every M, holding the original (or trained) weights.
+// Equations and deviations: Sources/Training/MaskLLM.swift.
 //
 // Priors: the registered one-shot passes `magnitude`, `wanda` and `sparsegpt` (Passes/Sparsity.swift) run on
 // the dense model with the same pattern and targets; their masks are read, their updated weights are not
@@ -43,7 +44,8 @@ public struct MaskLLMPass: TrainingPass {
     /// The distillation settings this stage reads, as the `distill` stage names them but for the KD temperature
     /// (`kd_temperature`); steps may be 0 (the prior's masks, untrained).
     static let distillKeys = DistillKeys(
-        accepted: [.steps, .batch, .window, .accumulation, .seed, .minLRRatio, .warmup, .decay, .beta1, .beta2, .clip, .eps, .temperature],
+        accepted: [.steps, .batch, .window, .accumulation, .seed, .minLRRatio, .warmup, .decay, .beta1, .beta2, .clip,
+                   .eps, .temperature],
         renamed: [.temperature: "kd_temperature"], steps: 0...10_000_000)
 
     public var settings = MaskLLMSettings()
@@ -86,12 +88,15 @@ public struct MaskLLMPass: TrainingPass {
         func range(_ key: String, _ d: (Double, Double), _ r: ClosedRange<Double>) throws -> (Double, Double) {
             guard let a = try s.array(key) else { return d }
             guard a.count == 2, let x = a[0].doubleValue, let y = a[1].doubleValue, r.contains(x), r.contains(y) else {
-                throw RecipeError("\(s.location): '\(key)': expected [start, end], both in \(r.lowerBound)...\(r.upperBound), found \(JSONValue.array(a).text)")
+                throw RecipeError("\(s.location): '\(key)': expected [start, end], both " +
+                                  "in \(r.lowerBound)...\(r.upperBound), found \(JSONValue.array(a).text)")
             }
             return (x, y)
         }
-        (settings.temperatureStart, settings.temperatureEnd) = try range("temperature", (settings.temperatureStart, settings.temperatureEnd), 1e-3...1e3)
-        (settings.scaleStart, settings.scaleEnd) = try range("scale", (settings.scaleStart, settings.scaleEnd), 1e-3...1e6)
+        (settings.temperatureStart, settings.temperatureEnd) =
+            try range("temperature", (settings.temperatureStart, settings.temperatureEnd), 1e-3...1e3)
+        (settings.scaleStart, settings.scaleEnd) =
+            try range("scale", (settings.scaleStart, settings.scaleEnd), 1e-3...1e6)
         settings.weightReg = try s.double("weight_reg", default: settings.weightReg, in: 0...1e3)
         settings.lr = try s.double("lr", default: settings.lr, in: 1e-12...10)
         settings.logitWeightDecay = try s.double("logit_weight_decay", default: settings.logitWeightDecay, in: 0...1)
@@ -129,22 +134,28 @@ public struct MaskLLMPass: TrainingPass {
     /// The targeted weights of `model`, checked: present, dense, input size a multiple of M.
     func resolveTargets(_ model: DecoderModel) throws -> [(id: LinearID, weight: Tensor)] {
         let L = model.layers.count
-        if let bad = excludeLayers.first(where: { $0 >= L }) { throw RecipeError("'exclude_layers': layer \(bad) outside 0..<\(L)") }
+        if let bad = excludeLayers.first(where: { $0 >= L }) {
+            throw RecipeError("'exclude_layers': layer \(bad) outside 0..<\(L)")
+        }
         var out: [(LinearID, Tensor)] = []
         for l in 0..<L where !excludeLayers.contains(l) {
             for k in targets {
                 let id = LinearID(layer: l, kind: k)
                 guard let w = model.linear(id) else { continue }
                 guard case .dense(let t) = w else {
-                    throw RecipeError("'targets': \(id) is \(w.kind.rawValue); MaskLLM learns masks over dense weights (put it before quantization or other sparsification)")
+                    throw RecipeError("'targets': \(id) is \(w.kind.rawValue); MaskLLM learns masks over dense " +
+                                      "weights (put it before quantization or other sparsification)")
                 }
                 guard t.shape[1] % settings.m == 0 else {
-                    throw RecipeError("'pattern': M = \(settings.m) does not divide the input size \(t.shape[1]) of \(id)")
+                    throw RecipeError("'pattern': M = \(settings.m) does not divide the input size \(t.shape[1]) " +
+                                      "of \(id)")
                 }
                 out.append((id, t))
             }
         }
-        guard !out.isEmpty else { throw RecipeError("'targets': no weight of the model matches outside 'exclude_layers'") }
+        guard !out.isEmpty else {
+            throw RecipeError("'targets': no weight of the model matches outside 'exclude_layers'")
+        }
         return out
     }
 
@@ -156,13 +167,15 @@ public struct MaskLLMPass: TrainingPass {
     }
 
     /// Prior masks by target (empty for `none`).
-    func priorMasks(_ model: DecoderModel, _ targets: [(id: LinearID, weight: Tensor)], context: PassContext) throws -> (masks: [LinearID: SparsityMask], diagnostics: JSONValue) {
+    func priorMasks(_ model: DecoderModel, _ targets: [(id: LinearID, weight: Tensor)],
+                    context: PassContext) throws -> (masks: [LinearID: SparsityMask], diagnostics: JSONValue) {
         switch prior {
         case .none: return ([:], .null)
         case .magnitude, .wanda, .sparsegpt:
             let registry = StageRegistry.passes()
             guard registry.type(named: prior.rawValue) != nil else {
-                throw RecipeError("'prior': \"\(prior.rawValue)\" needs the '\(prior.rawValue)' pass, which this build does not have")
+                throw RecipeError("'prior': \"\(prior.rawValue)\" needs the '\(prior.rawValue)' pass, which this " +
+                                  "build does not have")
             }
             // The one-shot passes prune every layer (they have no 'exclude_layers'); only the masks of this
             // stage's targets are read.
@@ -181,21 +194,26 @@ public struct MaskLLMPass: TrainingPass {
                 context.progress("prior: running \(prior.rawValue) on the dense model")
                 let (pruned, diag) = try pass.run(on: model, context: context)
                 var bits: [String: Data] = [:]
-                for (id, w) in pruned.linearWeights { if case .sparse(let s) = w { bits[WeightID.linear(id).hfName] = Data(s.mask.bits) } }
+                for (id, w) in pruned.linearWeights {
+                    if case .sparse(let s) = w { bits[WeightID.linear(id).hfName] = Data(s.mask.bits) }
+                }
                 return Masks(bits: bits, diagnostics: diag.text)
             }
             var out: [LinearID: SparsityMask] = [:]
             for t in targets {
                 guard let b = cached.bits[WeightID.linear(t.id).hfName] else {
-                    throw RecipeError("'prior': \(prior.rawValue) left \(t.id) \(model.linear(t.id)?.kind.rawValue ?? "absent"), not sparse")
+                    throw RecipeError("'prior': \(prior.rawValue) " +
+                                      "left \(t.id) \(model.linear(t.id)?.kind.rawValue ?? "absent"), not sparse")
                 }
-                out[t.id] = try SparsityMask(pattern: .nm(n: settings.n, m: settings.m), rows: t.weight.shape[0], cols: t.weight.shape[1], bits: [UInt8](b))
+                out[t.id] = try SparsityMask(pattern: .nm(n: settings.n, m: settings.m), rows: t.weight.shape[0],
+                                             cols: t.weight.shape[1], bits: [UInt8](b))
             }
             return (out, (try? JSONValue.parse(cached.diagnostics)) ?? .null)
         }
     }
 
-    public func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
+    public func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32],
+                        context: PassContext) throws -> TrainingRun {
         let found = try resolveTargets(model)
         let t0 = Date()
         let (priors, priorDiagnostics) = try priorMasks(model, found, context: context)
@@ -206,23 +224,31 @@ public struct MaskLLMPass: TrainingPass {
             guard prior != .none else { throw RecipeError("'steps': 0 keeps the prior's masks; it needs a 'prior'") }
             return TrainingRun(distiller: nil) {
                 var out = model
-                for t in found { out = try out.replacing(.linear(t.id), with: .sparse(SparseWeight(masking: t.weight, mask: priors[t.id]!))) }
+                for t in found {
+                    out = try out.replacing(.linear(t.id),
+                                            with: .sparse(SparseWeight(masking: t.weight, mask: priors[t.id]!)))
+                }
                 let report = MaskLLMReport(pattern: pattern.description, prior: prior.rawValue,
                                            priorSeconds: priorSeconds, weights: found.count, steps: 0,
                                            priorDiagnostics: priorDiagnostics)
                 return (out, try JSONValue(encoding: report))
             }
         }
-        let trainable = try MaskLLMTrainable(targets: found.map { .init(id: $0.id, weight: $0.weight, prior: priors[$0.id]) }, settings: settings)
-        context.progress("\(found.count) weights, \(trainable.logits.reduce(0) { $0 + $1.count }) logits (\(trainable.candidates.count) candidates per group of \(settings.m)), prior \(prior.rawValue)")
-        let distiller = try Distiller(teacher: teacher, student: model, config: distill, trainTokens: trainTokens, trainables: [trainable], trainWeights: false)
+        let trainable = try MaskLLMTrainable(
+            targets: found.map { .init(id: $0.id, weight: $0.weight, prior: priors[$0.id]) }, settings: settings)
+        context.progress("\(found.count) weights, \(trainable.logits.reduce(0) { $0 + $1.count }) logits " +
+                         "(\(trainable.candidates.count) candidates per group of \(settings.m)), " +
+                         "prior \(prior.rawValue)")
+        let distiller = try Distiller(teacher: teacher, student: model, config: distill, trainTokens: trainTokens,
+                                      trainables: [trainable], trainWeights: false)
         return TrainingRun(distiller: distiller) {
             let masks = try trainable.hardMasks()
             var out = model
             var priorAgreement: [String: Double] = [:]
             for (i, id) in trainable.targets.enumerated() {
                 let mask = masks[id]!
-                out = try out.replacing(.linear(id), with: .sparse(SparseWeight(masking: trainable.weights[i], mask: mask)))
+                out = try out.replacing(.linear(id),
+                                        with: .sparse(SparseWeight(masking: trainable.weights[i], mask: mask)))
                 if let p = priors[id] {
                     var same = 0
                     for b in 0..<mask.bits.count { same += (~(mask.bits[b] ^ p.bits[b])).nonzeroBitCount }

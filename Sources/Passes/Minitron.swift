@@ -6,8 +6,10 @@
 //
 // Activation-based importance on calibration data (a forward pass only), for a batch of B windows of S tokens:
 //   heads:              F_head(i)    = agg_B agg_S ‖Attn(X W_Q,i, X W_K,i, X W_V,i)‖₂   (head output before o_proj)
-//   MLP neurons:        F_neuron(i)  = agg_B agg_S |X W_1,i|                             (input of down_proj: silu(gate)⊙up)
-//   embedding channels: F_emb(i)     = agg_B agg_S Σ_norms |RMSNorm(X)_i|                (every pre-norm's and the final norm's output)
+//   MLP neurons:        F_neuron(i)  = agg_B agg_S |X W_1,i|                             (input of down_proj:
+//                                                                                        silu(gate)⊙up)
+//   embedding channels: F_emb(i)     = agg_B agg_S Σ_norms |RMSNorm(X)_i|                (every pre-norm's and the
+//                                                                                        final norm's output)
 // with agg_S ∈ {mean, sum, l2, max} over a window's positions, then agg_B over the windows; the paper's best
 // is (batch = L2, sequence = mean), the default here.
 // Depth importance of block i: 1 - cos(block input, block output), averaged over calibration tokens (Block
@@ -16,7 +18,8 @@
 //
 // Width pruning keeps, per layer, the highest-scoring heads within each KV group (the same number in every
 // group, so grouped-query attention keeps its structure), the highest-scoring neurons per layer, and the
-// highest-scoring channels globally, then copies the kept rows and columns (and their biases' entries) into a smaller homogeneous model of the same family.
+// highest-scoring channels globally, then copies the kept rows and columns (and their biases' entries) into a smaller
+// homogeneous model of the same family.
 //
 // Deviations:
 // - Per-token magnitudes (|·|, ‖·‖₂) are aggregated, where the paper writes a signed sum for neurons and
@@ -94,14 +97,16 @@ public struct MinitronPass: CompressionPass {
         if params != nil {
             let fixed: [Axis: Int?] = [.hidden: hidden, .mlp: mlp, .heads: heads]
             if let clash = axes.first(where: { fixed[$0]! != nil }) {
-                throw RecipeError("\(s.location): '\(clash.rawValue)': given explicitly and also listed in 'axes' for the parameter budget")
+                throw RecipeError("\(s.location): '\(clash.rawValue)': given explicitly and also listed in 'axes' " +
+                                  "for the parameter budget")
             }
         }
         sequence = try s.choice("sequence_aggregation", default: sequence)
         batch = try s.choice("batch_aggregation", default: batch)
         depthMetric = try s.choice("depth_metric", default: depthMetric)
         guard hidden != nil || mlp != nil || heads != nil || layers != nil || params != nil else {
-            throw RecipeError("\(s.location): no target: give one or more of 'hidden', 'mlp', 'heads', 'layers', 'params'")
+            throw RecipeError("\(s.location): no target: give one or more of 'hidden', 'mlp', 'heads', 'layers', " +
+                              "'params'")
         }
     }
 
@@ -120,7 +125,8 @@ public struct MinitronPass: CompressionPass {
         n.numAttentionHeads = t.heads
         n.numHiddenLayers = t.layers
         n.blocks = (0..<t.layers).map {
-            BlockConfig(numAttentionHeads: t.heads, numKeyValueHeads: c.numKeyValueHeads, intermediateSize: t.mlp, layerType: c.blocks[$0].layerType)
+            BlockConfig(numAttentionHeads: t.heads, numKeyValueHeads: c.numKeyValueHeads, intermediateSize: t.mlp,
+                        layerType: c.blocks[$0].layerType)
         }
         return n
     }
@@ -150,13 +156,21 @@ public struct MinitronPass: CompressionPass {
             }
             t = sized(lo)
         }
-        guard t.hidden <= c.hiddenSize else { throw RecipeError("minitron: 'hidden' \(t.hidden) exceeds the model's \(c.hiddenSize)") }
-        guard t.mlp <= c.intermediateSize else { throw RecipeError("minitron: 'mlp' \(t.mlp) exceeds the model's \(c.intermediateSize)") }
-        guard t.heads <= c.numAttentionHeads, t.heads % G == 0 else {
-            throw RecipeError("minitron: 'heads' \(t.heads) must be a multiple of the \(G) KV heads, at most \(c.numAttentionHeads)")
+        guard t.hidden <= c.hiddenSize else {
+            throw RecipeError("minitron: 'hidden' \(t.hidden) exceeds the model's \(c.hiddenSize)")
         }
-        guard t.layers <= c.numHiddenLayers else { throw RecipeError("minitron: 'layers' \(t.layers) exceeds the model's \(c.numHiddenLayers)") }
-        return Target(hidden: t.hidden, mlp: t.mlp, heads: t.heads, layers: t.layers, parameters: DecoderModel.parameterCount(config(c, t)))
+        guard t.mlp <= c.intermediateSize else {
+            throw RecipeError("minitron: 'mlp' \(t.mlp) exceeds the model's \(c.intermediateSize)")
+        }
+        guard t.heads <= c.numAttentionHeads, t.heads % G == 0 else {
+            throw RecipeError("minitron: 'heads' \(t.heads) must be a multiple of the \(G) KV heads, at " +
+                              "most \(c.numAttentionHeads)")
+        }
+        guard t.layers <= c.numHiddenLayers else {
+            throw RecipeError("minitron: 'layers' \(t.layers) exceeds the model's \(c.numHiddenLayers)")
+        }
+        return Target(hidden: t.hidden, mlp: t.mlp, heads: t.heads, layers: t.layers,
+                      parameters: DecoderModel.parameterCount(config(c, t)))
     }
 
     /// Throws naming the first head, neuron or channel importance that is not finite.
@@ -176,7 +190,8 @@ public struct MinitronPass: CompressionPass {
     }
 
     /// The width selection `target` keeps under `imp`, for the layers `keep` (original indices).
-    public static func selection(_ imp: ActivationImportance, config c: ModelConfig, target: Target, keep: [Int]) -> DecoderModel.WidthSelection {
+    public static func selection(_ imp: ActivationImportance, config c: ModelConfig, target: Target,
+                                 keep: [Int]) -> DecoderModel.WidthSelection {
         let G = c.numKeyValueHeads, per = c.numAttentionHeads / G, keepPer = target.heads / G
         let heads = keep.map { l in
             (0..<G).flatMap { g in top(Array(imp.heads[l][(g * per)..<((g + 1) * per)]), keepPer).map { g * per + $0 } }
@@ -185,7 +200,8 @@ public struct MinitronPass: CompressionPass {
                                          neurons: keep.map { top(imp.neurons[$0], target.mlp) })
     }
 
-    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel,
+                    context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let c = model.config
         guard c.isHomogeneous else {
             throw RecipeError("minitron: the model's layers differ (block_configs); Minitron prunes homogeneous models")
@@ -200,7 +216,9 @@ public struct MinitronPass: CompressionPass {
         var keep = Array(0..<c.numHiddenLayers)
         if target.layers < c.numHiddenLayers {
             let depth = try context.cached("minitron-depth", settings: .object([:])) {
-                DepthImportance.compute(model: model, windows: windows) { i, n in context.progress("minitron depth scores: window \(i)/\(n)") }
+                DepthImportance.compute(model: model, windows: windows) { i, n in
+                    context.progress("minitron depth scores: window \(i)/\(n)")
+                }
             }
             try requireFinite([depth.basePpl], stage: Self.name) { _ in "the calibration perplexity of the model" }
             try requireFinite(depth.ppl, stage: Self.name) { "the depth score of layer \($0) (perplexity without it)" }
@@ -215,7 +233,8 @@ public struct MinitronPass: CompressionPass {
                                          : "lowest 1 - cos(block input, block output)",
                 pplWithoutBlock: depth.ppl, basePpl: depth.basePpl, oneMinusCosine: depth.cosine)
         }
-        var result = keep.count < c.numHiddenLayers ? try model.removingLayers(Set(0..<c.numHiddenLayers).subtracting(keep)) : model
+        var result = keep.count < c.numHiddenLayers
+            ? try model.removingLayers(Set(0..<c.numHiddenLayers).subtracting(keep)) : model
 
         // Width: keep the highest-scoring channels, heads (per KV group) and neurons.
         if target.hidden < c.hiddenSize || target.mlp < c.intermediateSize || target.heads < c.numAttentionHeads {
@@ -240,7 +259,9 @@ public struct MinitronPass: CompressionPass {
             var postNormInputs: [[Double]]? = nil
             if c.postNorms && target.hidden < c.hiddenSize {
                 let all = try context.cached("minitron-post-norm-inputs", settings: .object([:])) {
-                    PostNormInputs.compute(model: model, windows: windows) { i, n in context.progress("minitron post-norm inputs: window \(i)/\(n)") }
+                    PostNormInputs.compute(model: model, windows: windows) { i, n in
+                        context.progress("minitron post-norm inputs: window \(i)/\(n)")
+                    }
                 }
                 let kept = keep.flatMap { [all[2 * $0], all[2 * $0 + 1]] }
                 postNormInputs = kept

@@ -33,9 +33,11 @@ enum OptimalBrainSurgeon {
     /// value column j of row r is fixed to. Afterwards column j of every row holds its fixed value and the
     /// columns not processed hold their updated values. Returns Σ over rows and columns of the OBS losses
     /// (w_j − q_j)² / (2 U_jj²) (in the units of H).
-    static func solve(w: UnsafeMutablePointer<Float>, rows OC: Int, cols C: Int, u: [Float], blockSize: Int, limit: Int? = nil,
+    static func solve(w: UnsafeMutablePointer<Float>, rows OC: Int, cols C: Int, u: [Float], blockSize: Int,
+                      limit: Int? = nil,
                       beginBlock: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { _, _ in },
-                      column: (_ r: Int, _ j: Int, _ row: UnsafeMutablePointer<Float>, _ current: Current) -> Float) -> Double {
+                      column: (_ r: Int, _ j: Int, _ row: UnsafeMutablePointer<Float>,
+                               _ current: Current) -> Float) -> Double {
         precondition(u.count == C * C && blockSize >= 1)
         let end = min(limit ?? C, C)
         var losses = [Double](repeating: 0, count: OC)
@@ -78,7 +80,8 @@ enum OptimalBrainSurgeon {
                 }
                 // Lazy batch update of every later column: W[:, i2...] −= E (OC, B) · U[i1..<i2, i2...].
                 if i2 < C {
-                    BLAS.gemm(m: OC, n: C - i2, k: B, alpha: -1, a: err.data, lda: blockSize, b: U + i1 * C + i2, ldb: C,
+                    BLAS.gemm(m: OC, n: C - i2, k: B, alpha: -1, a: err.data, lda: blockSize, b: U + i1 * C + i2,
+                              ldb: C,
                               beta: 1, c: w + i2, ldc: C)
                 }
                 i1 = i2

@@ -60,7 +60,8 @@ public struct SparsityTarget: Equatable, Sendable {
             sparsity = implied
         case .unstructured:
             guard let p else {
-                throw RecipeError("\(s.location): 'sparsity' (fraction of weights pruned, in (0, 1)) or an N:M 'pattern' (e.g. \"2:4\") is required")
+                throw RecipeError("\(s.location): 'sparsity' (fraction of weights pruned, in (0, 1)) or an N:M " +
+                                  "'pattern' (e.g. \"2:4\") is required")
             }
             guard p > 0 && p < 1 else { throw s.fail("sparsity", "\(p) must lie strictly between 0 and 1") }
             sparsity = p
@@ -79,7 +80,8 @@ public struct SparsityTarget: Equatable, Sendable {
                 throw RecipeError("\(stage): '\(id)' is \(w.kind.rawValue); one-shot pruning takes dense weights only")
             }
             if case .nm(let n, let m) = pattern, w.inFeatures % m != 0 {
-                throw RecipeError("\(stage): 'pattern': \(n):\(m) needs every input size to be a multiple of \(m); '\(id)' has \(w.inFeatures)")
+                throw RecipeError("\(stage): 'pattern': \(n):\(m) needs every input size to be a multiple of \(m); " +
+                                  "'\(id)' has \(w.inFeatures)")
             }
         }
         return ids
@@ -103,9 +105,13 @@ public struct SparsityTarget: Equatable, Sendable {
             }
         case .unstructured:
             if perRow {
-                for r in 0..<rows { Self.pruneSmallest(score, (r * cols)..<((r + 1) * cols), count: Int((sparsity * Double(cols)).rounded()), keep: &keep) }
+                for r in 0..<rows {
+                    Self.pruneSmallest(score, (r * cols)..<((r + 1) * cols),
+                                       count: Int((sparsity * Double(cols)).rounded()), keep: &keep)
+                }
             } else {
-                Self.pruneSmallest(score, 0..<(rows * cols), count: Int((sparsity * Double(rows * cols)).rounded()), keep: &keep)
+                Self.pruneSmallest(score, 0..<(rows * cols), count: Int((sparsity * Double(rows * cols)).rounded()),
+                                   keep: &keep)
             }
         }
         return keep
@@ -192,13 +198,15 @@ public struct MagnitudePass: CompressionPass {
 
     public init(config s: StrictObject) throws { target = try SparsityTarget(config: s) }
 
-    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel,
+                    context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
         var m = model
         for id in ids {
             let w = model.linear(id)!.denseView!
-            let keep = target.keepByScore(w.array.map { Double(abs($0)) }, rows: w.shape[0], cols: w.shape[1], perRow: false)
+            let keep = target.keepByScore(w.array.map { Double(abs($0)) }, rows: w.shape[0], cols: w.shape[1],
+                                          perRow: false)
             m = try m.replacing(.linear(id), with: try target.sparse(w, keep: keep, id: id))
         }
         let report = OneShotPruning(stage: Self.name, target: target).report(
@@ -228,11 +236,13 @@ public struct WandaPass: CompressionPass {
         return target.keepByScore(score, rows: OC, cols: C, perRow: true)
     }
 
-    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel,
+                    context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
         var timing = LayerwiseTiming()
-        let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: false,
+        let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets),
+                                       fullHessian: false,
                                        timing: &timing, progress: context.progress) { id, weight, input in
             let w = weight.denseView!
             let keep = try Self.keep(w, columnNorms: input.columnNorms, target: target, id: id)
@@ -270,7 +280,8 @@ public struct SparseGPTPass: CompressionPass {
 
     /// SparseGPT on one weight W (OC, C): the reconstructed values (0 where pruned), the kept set and the
     /// OBS loss. `limit`: process only the first columns (tests).
-    static func prune(_ weight: Tensor, factor: HessianFactorization, target: SparsityTarget, blockSize: Int, limit: Int? = nil)
+    static func prune(_ weight: Tensor, factor: HessianFactorization, target: SparsityTarget, blockSize: Int,
+                      limit: Int? = nil)
         -> (values: Tensor, keep: [Bool], loss: Double) {
         let OC = weight.shape[0], C = weight.shape[1]
         precondition(factor.order == Array(0..<C), "SparseGPT runs in the natural column order")
@@ -281,7 +292,8 @@ public struct SparseGPTPass: CompressionPass {
         var blockKeep = [Bool](repeating: true, count: OC * blockSize)
         let loss = keep.withUnsafeMutableBufferPointer { kp in
             blockKeep.withUnsafeMutableBufferPointer { bk in
-                OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: C, u: u, blockSize: blockSize, limit: limit, beginBlock: { range, wp in
+                OptimalBrainSurgeon.solve(w: w.data, rows: OC, cols: C, u: u, blockSize: blockSize, limit: limit,
+                                          beginBlock: { range, wp in
                     guard case .unstructured = target.pattern else { return }
                     // Adaptive mask selection: the fraction p of the block's weights with the smallest w² / U_jj².
                     let B = range.count
@@ -320,22 +332,26 @@ public struct SparseGPTPass: CompressionPass {
         return (w, keep, loss)
     }
 
-    public func run(on model: DecoderModel, context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
+    public func run(on model: DecoderModel,
+                    context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let ids = try target.linears(model, stage: Self.name)
         let start = Date()
         var losses: [LinearID: Double] = [:]
         var timing = LayerwiseTiming()
-        let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets), fullHessian: true,
+        let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets),
+                                       fullHessian: true,
                                        timing: &timing, progress: context.progress) { id, weight, input in
             let factor: HessianFactorization
             do { factor = try input.factorization(damp: damp, actOrder: false) } catch {
                 throw error.adding(ErrorContext(tensor: WeightID.linear(id).hfName), place: "\(Self.name): '\(id)'")
             }
-            let (values, keep, loss) = Self.prune(weight.denseView!, factor: factor, target: target, blockSize: blockSize)
+            let (values, keep, loss) = Self.prune(weight.denseView!, factor: factor, target: target,
+                                                  blockSize: blockSize)
             try requireFinite([loss], stage: Self.name) { _ in "the OBS loss of '\(id)'" }
             if let (i, x) = firstUnsoundValue(values) {
                 throw RecipeError("\(Self.name): the reconstructed '\(id)' holds \(x) at index \(i) (expected finite "
-                    + "values): the model's outputs on the calibration windows hold NaN or infinite values (check the input "
+                    + "values): the model's outputs on the calibration windows hold NaN or infinite values (check " +
+                      "the input "
                     + "checkpoint's weights)")
             }
             losses[id] = loss

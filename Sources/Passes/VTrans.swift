@@ -86,7 +86,8 @@ public struct VTransPass: RecipeStage {
         params = try s.optionalInt("params", in: 1...Int.max)
         fraction = try s.optionalDouble("fraction", in: 0...1)
         guard (params == nil) != (fraction == nil) else {
-            throw RecipeError("\(s.location): 'params', 'fraction': give exactly one target (a parameter count, or a fraction of the model's in (0, 1))")
+            throw RecipeError("\(s.location): 'params', 'fraction': give exactly one target (a parameter count, or a " +
+                              "fraction of the model's in (0, 1))")
         }
         if let f = fraction, !(f > 0 && f < 1) { throw s.fail("fraction", "\(f) is out of range (0, 1)") }
         if let list = try s.array("axes") {
@@ -131,7 +132,8 @@ public struct VTransPass: RecipeStage {
     public func smallestParameters(_ c: ModelConfig) throws -> Int {
         _ = try VIBSizeModel(config: c)
         let axes = Set(vib.axes)
-        let C = axes.contains(.hidden) ? 1 : c.hiddenSize, D = c.headDim, V = c.vocabSize * (c.tieWordEmbeddings ? 1 : 2)
+        let C = axes.contains(.hidden) ? 1 : c.hiddenSize, D = c.headDim,
+            V = c.vocabSize * (c.tieWordEmbeddings ? 1 : 2)
         let droppable = axes.contains(.layers) || (axes.contains(.heads) && axes.contains(.mlp))
         var total = V * C + C, content = Int.max
         for b in c.blocks {
@@ -140,8 +142,13 @@ public struct VTransPass: RecipeStage {
             let n = c.postNorms ? 2 : 1
             let attnFull = C * (n + 2 * D * b.numAttentionHeads + 2 * G * D), mlpFull = C * (n + 3 * b.intermediateSize)
             let attnMin = axes.contains(.heads) ? 0 : attnFull, mlpMin = axes.contains(.mlp) ? 0 : mlpFull
-            let attnOne = axes.contains(.heads) ? C * (n + 4 * G * D) : attnFull, mlpOne = axes.contains(.mlp) ? C * (n + 3) : mlpFull
-            if droppable { content = min(content, attnOne + mlpMin, attnMin + mlpOne) } else { total += attnMin + mlpMin }
+            let attnOne = axes.contains(.heads) ? C * (n + 4 * G * D) : attnFull,
+                mlpOne = axes.contains(.mlp) ? C * (n + 3) : mlpFull
+            if droppable {
+                content = min(content, attnOne + mlpMin, attnMin + mlpOne)
+            } else {
+                total += attnMin + mlpMin
+            }
         }
         return droppable ? total + content : total
     }
@@ -153,10 +160,13 @@ public struct VTransPass: RecipeStage {
         let full = Int(size.full)
         let t = params ?? Int((Double(full) * fraction!).rounded(.down))
         let key = params != nil ? "params" : "fraction"
-        guard t < full else { throw RecipeError("\(location): '\(key)': target \(t) parameters is not below the model's \(full)") }
+        guard t < full else {
+            throw RecipeError("\(location): '\(key)': target \(t) parameters is not below the model's \(full)")
+        }
         let floor = try smallestParameters(c)
         guard t >= floor else {
-            throw RecipeError("\(location): '\(key)': target \(t) parameters is below \(floor), the smallest model the masks along \(vib.axes.map(\.rawValue)) can give")
+            throw RecipeError("\(location): '\(key)': target \(t) parameters is below \(floor), the smallest model " +
+                              "the masks along \(vib.axes.map(\.rawValue)) can give")
         }
         return t
     }
@@ -167,7 +177,8 @@ public struct VTransPass: RecipeStage {
 
     /// The training tokens this variant uses: a prefix of `dataFraction` of `tokens`.
     public func trainingTokens(_ tokens: [Int32]) -> [Int32] {
-        dataFraction >= 1 ? tokens : Array(tokens.prefix(max(distill.window + 1, Int(Double(tokens.count) * dataFraction))))
+        dataFraction >= 1 ? tokens : Array(tokens.prefix(max(distill.window + 1,
+                                                             Int(Double(tokens.count) * dataFraction))))
     }
 
     /// A training run of this stage on `model` (the dense teacher and the initial student).
@@ -183,7 +194,9 @@ public struct VTransPass: RecipeStage {
                                   trainables: [masks], trainWeights: variant != .faster)
             // Post-norm statistics for the pruning: the first windows of the training tokens.
             let W = distill.window
-            let windows = (0..<min(Self.postNormWindows, (tokens.count - 1) / W)).map { Array(tokens[($0 * W)..<(($0 + 1) * W)]) }
+            let windows = (0..<min(Self.postNormWindows, (tokens.count - 1) / W)).map {
+                Array(tokens[($0 * W)..<(($0 + 1) * W)])
+            }
             return VTransRun(pass: self, distiller: d, masks: masks, statisticsWindows: windows)
         } catch { throw error.adding(place: location) }
     }
@@ -240,13 +253,17 @@ public final class VTransRun {
             guard let a = headLA[l] else { return Array(0..<H) }
             let kept = a.filter { $0 < thr }.count
             let k = Int((Double(kept) / Double(G)).rounded())
-            return (0..<G).flatMap { g in order(Array(a[(g * per)..<((g + 1) * per)])).prefix(k).map { g * per + $0 } }.sorted()
+            return (0..<G).flatMap { g in
+                order(Array(a[(g * per)..<((g + 1) * per)])).prefix(k).map { g * per + $0 }
+            }.sorted()
         }
         let model = distiller.student
         func select(_ kappa: Double) -> DecoderModel.UnitSelection {
             var channels = channelLA.map { a in a.indices.filter { a[$0] < kappa } } ?? Array(0..<c.hiddenSize)
             if channels.isEmpty, let a = channelLA { channels = [order(a)[0]] }
-            let neurons: [[Int]] = (0..<L).map { l in neuronLA[l].map { a in a.indices.filter { a[$0] < kappa } } ?? Array(0..<c.blocks[l].intermediateSize) }
+            let neurons: [[Int]] = (0..<L).map { l in
+                neuronLA[l].map { a in a.indices.filter { a[$0] < kappa } } ?? Array(0..<c.blocks[l].intermediateSize)
+            }
             let kept = layers.filter { !heads[$0].isEmpty || !neurons[$0].isEmpty }
             return DecoderModel.UnitSelection(channels: channels, layers: kept, heads: heads, neurons: neurons)
         }
@@ -269,7 +286,9 @@ public final class VTransRun {
         let target = masks.settings.targetParameters
         func fits(_ i: Int) -> Bool { count(select(above(i))).map { $0 <= target } ?? false }
         guard fits(-1) || fits(0) else {
-            throw RecipeError("\(pass.location): the heads and layers the masks keep already exceed the target \(target) parameters with the fewest channels and neurons; train longer or raise lambda_lr")
+            throw RecipeError("\(pass.location): the heads and layers the masks keep already exceed the " +
+                              "target \(target) parameters with the fewest channels and neurons; train longer or " +
+                              "raise lambda_lr")
         }
         var lo = fits(-1) ? -1 : 0, hi = sorted.count - 1
         if fits(hi) { lo = hi }
@@ -288,7 +307,8 @@ public final class VTransRun {
         let student = distiller.student
         var postNormInputs: [[Double]]? = nil
         if student.config.postNorms && sel.channels.count < student.config.hiddenSize && !statisticsWindows.isEmpty {
-            postNormInputs = PostNormInputs.compute(model: student, windows: statisticsWindows, gates: student.keptGates(sel, from: masks.gates))
+            postNormInputs = PostNormInputs.compute(model: student, windows: statisticsWindows,
+                                                    gates: student.keptGates(sel, from: masks.gates))
         }
         let pruned: DecoderModel
         do { pruned = try student.pruningUnits(sel, folding: masks.gates, postNormInputs: postNormInputs) } catch {
@@ -354,9 +374,11 @@ extension VTransPass: TrainingPass {
     /// An impossible target is refused before any stage runs.
     public func preflight(_ model: DecoderModel) throws { _ = try resolveTarget(model.config) }
 
-    public func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32], context: PassContext) throws -> TrainingRun {
+    public func prepare(model: DecoderModel, teacher: DecoderModel, trainTokens: [Int32],
+                        context: PassContext) throws -> TrainingRun {
         let run = try makeRun(model: model, trainTokens: trainTokens)
-        context.progress("\(variant.rawValue), target \(run.masks.settings.targetParameters) parameters, \(run.distiller.config.steps) steps")
+        context.progress("\(variant.rawValue), target \(run.masks.settings.targetParameters) " +
+                         "parameters, \(run.distiller.config.steps) steps")
         return TrainingRun(distiller: run.distiller, finish: run.finish)
     }
 }

@@ -58,7 +58,8 @@ public struct Recipe {
     public private(set) var baseKinds: Set<WeightKind>
 
     /// Reads and decodes a recipe file.
-    public static func read(_ path: String, registry: StageRegistry, baseKinds: Set<WeightKind> = [.dense]) throws -> Recipe {
+    public static func read(_ path: String, registry: StageRegistry,
+                            baseKinds: Set<WeightKind> = [.dense]) throws -> Recipe {
         let data: Data
         data = try SafeFiles.read(path, role: "recipe (JSON)", limit: 1 << 24)
         return try Recipe(json: strictJSON(data, path: path), path: path, registry: registry, baseKinds: baseKinds)
@@ -106,7 +107,9 @@ public struct Recipe {
                 evaluation.protocol = p
             }
             // llama.cpp's context is 512 unless told.
-            evaluation.window = try e.int("window", default: evaluation.protocol == "llamacpp" ? 512 : evaluation.window, in: 2...8192)
+            evaluation.window = try e.int("window",
+                                          default: evaluation.protocol == "llamacpp" ? 512 : evaluation.window,
+                                          in: 2...8192)
             if evaluation.protocol == "llamacpp" && evaluation.window < 4 {
                 throw RecipeError(at: path,
                                   "'eval.window': llama.cpp's protocol needs at least 4, found \(evaluation.window)",
@@ -117,7 +120,8 @@ public struct Recipe {
             if e.has("reference") { evaluation.reference = try e.string("reference", oneOf: ["hidden", "topk"]) }
             evaluation.topK = try e.optionalInt("top_k", in: 1...(1 << 20))
             if evaluation.topK != nil && evaluation.reference != "topk" {
-                throw RecipeError("\(path): 'eval.top_k' is for \"reference\": \"topk\" (the default reference keeps the base's hidden states)")
+                throw RecipeError("\(path): 'eval.top_k' is for \"reference\": \"topk\" (the default reference keeps " +
+                                  "the base's hidden states)")
             }
             evaluation.tokens = try e.optionalInt("tokens", in: 2...Int.max)
             try e.finish()

@@ -64,7 +64,8 @@ public final class StatsCache {
                 throw RecipeError("\(target): cannot rename the cache file into place")
             }
         } catch {
-            warnings.append("\(directory): cache entry '\(name)' not written (\(error)); the value is used all the same")
+            warnings.append("\(directory): cache entry '\(name)' not written (\(error)); the value is used all the " +
+                            "same")
         }
     }
 
@@ -111,7 +112,9 @@ public func fileContentHash(_ path: String) throws -> String {
         total += block.count
         block.withUnsafeBytes { raw in
             let words = raw.count / 8
-            for i in 0..<words { h = (h ^ raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3 }
+            for i in 0..<words {
+                h = (h ^ raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3
+            }
             for i in (words * 8)..<raw.count { h = (h ^ UInt64(raw[i])) &* 0x100_0000_01b3 }
         }
     }

@@ -135,7 +135,8 @@ public final class StrictObject {
     }
 
     /// A string key naming a case of `E` (by raw value); unknown names list the known ones.
-    public func choice<E: RawRepresentable & CaseIterable>(_ key: String, default d: E) throws -> E where E.RawValue == String {
+    public func choice<E: RawRepresentable & CaseIterable>(_ key: String,
+                                                           default d: E) throws -> E where E.RawValue == String {
         E(rawValue: try string(key, default: d.rawValue, oneOf: E.allCases.map(\.rawValue)))!
     }
 
@@ -201,7 +202,8 @@ extension ParameterGroup {
     public static func strictList(_ text: String, source: String) throws -> [ParameterGroup] {
         let json = try strictJSON(Data(text.utf8), path: source)
         guard let list = json.arrayValue else {
-            throw RecipeError("\(source): expected a JSON array of {match, lr, weight_decay, frozen} objects, found \(json.text.prefix(80))")
+            throw RecipeError("\(source): expected a JSON array of {match, lr, weight_decay, frozen} objects, " +
+                              "found \(json.text.prefix(80))")
         }
         return try list.enumerated().map { i, entry in
             let o = try StrictObject(entry, at: "\(source), group \(i + 1)")

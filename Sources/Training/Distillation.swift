@@ -131,7 +131,9 @@ public struct DistillConfig: Codable, Equatable, Sendable {
             throw ConfigError("\(name) must lie in \(r.lowerBound)...\(r.upperBound), got \(self[keyPath: l.value])")
         }
         try need(batch * window <= Self.maxTokensPerMicroBatch,
-                 "batch × window = \(batch * window) tokens per micro-batch, more than \(Self.maxTokensPerMicroBatch) (activations and logits of every token are held in memory; use --accumulation instead)")
+                 "batch × window = \(batch * window) tokens per micro-batch, more " +
+                 "than \(Self.maxTokensPerMicroBatch) (activations and logits of every token are held in memory; use " +
+                 "--accumulation instead)")
         try need(lr > 0 && lr <= Self.maxLR, "lr must lie in (0, \(Self.maxLR)], got \(lr)")
         for l in Self.realLimits where !l.range.contains(self[keyPath: l.value]) {
             throw ConfigError("\(l.name) must lie in \(l.text), got \(self[keyPath: l.value])")
@@ -139,15 +141,21 @@ public struct DistillConfig: Codable, Equatable, Sendable {
         try need((0..<1).contains(beta1) && (0..<1).contains(beta2), "betas must lie in [0, 1), got \(beta1), \(beta2)")
         try need(eps > 0 && eps <= 1, "eps must lie in (0, 1], got \(eps)")
         for g in groups {
-            if let l = g.lr { try need(l > 0 && l <= Self.maxLR, "group '\(g.match)': lr must lie in (0, \(Self.maxLR)], got \(l)") }
-            if let d = g.weightDecay { try need((0...1).contains(d), "group '\(g.match)': weight_decay must lie in [0, 1], got \(d)") }
+            if let l = g.lr {
+                try need(l > 0 && l <= Self.maxLR, "group '\(g.match)': lr must lie in (0, \(Self.maxLR)], got \(l)")
+            }
+            if let d = g.weightDecay {
+                try need((0...1).contains(d), "group '\(g.match)': weight_decay must lie in [0, 1], got \(d)")
+            }
         }
         try need(klWeight > 0 || ceWeight > 0, "at least one of the KL and cross-entropy weights must be positive")
         try need(teacher.vocabSize == student.vocabSize,
                  "teacher and student vocabularies differ (\(teacher.vocabSize) vs \(student.vocabSize))")
         for p in intermediate {
-            try need((0..<student.blocks.count).contains(p.student), "intermediate pair: student layer \(p.student) outside 0..<\(student.blocks.count)")
-            try need((0..<teacher.blocks.count).contains(p.teacher), "intermediate pair: teacher layer \(p.teacher) outside 0..<\(teacher.blocks.count)")
+            try need((0..<student.blocks.count).contains(p.student),
+                     "intermediate pair: student layer \(p.student) outside 0..<\(student.blocks.count)")
+            try need((0..<teacher.blocks.count).contains(p.teacher),
+                     "intermediate pair: teacher layer \(p.teacher) outside 0..<\(teacher.blocks.count)")
         }
     }
 }
@@ -201,7 +209,8 @@ public final class Distiller {
                 trainables: [Trainable] = [], trainWeights: Bool = true) throws {
         try config.validate(teacher: teacher.config, student: student.config)
         guard trainTokens.count > config.window else {
-            throw ConfigError("training split has \(trainTokens.count) tokens, fewer than one window of \(config.window) + 1")
+            throw ConfigError("training split has \(trainTokens.count) tokens, fewer than one window " +
+                              "of \(config.window) + 1")
         }
         if let bad = trainTokens.first(where: { $0 < 0 || Int($0) >= student.config.vocabSize }) {
             throw ConfigError("training token id \(bad) is outside the vocabulary (0..<\(student.config.vocabSize))")
@@ -215,7 +224,9 @@ public final class Distiller {
         // Weights a trainable reads the gradient of get one, but the optimizer never updates them.
         let gradientOnly = trainables.reduce(into: Set<WeightID>()) { $0.formUnion($1.weightGradients) }
         let frozen = Set(student.weights.filter { w in
-            !trainWeights || w.weight.parameterNames(w.id, config: student.config).contains { n in config.groups.first { $0.matches(n) }?.frozen == true }
+            !trainWeights || w.weight.parameterNames(w.id, config: student.config).contains { n in
+                config.groups.first { $0.matches(n) }?.frozen == true
+            }
         }.map(\.id)).subtracting(gradientOnly)
         studentTrainer = Trainer(model: student, batch: B, window: W, frozen: frozen)
         let needTeacher = config.klWeight > 0 || !config.intermediate.isEmpty
@@ -250,7 +261,8 @@ public final class Distiller {
             let rule = config.groups.first { $0.matches(name) }
             if rule?.frozen == true { return }
             params.append(Parameter(name: name, value: value, grad: grad, lr: rule?.lr ?? config.lr,
-                                    weightDecay: rule?.weightDecay ?? (value.shape.count >= 2 ? config.weightDecay : 0)))
+                                    weightDecay: rule?.weightDecay
+                                        ?? (value.shape.count >= 2 ? config.weightDecay : 0)))
         }
         for p in studentTrainer.parameters where !gradientOnly.contains(p.id) { add(p.name, p.value, p.grad) }
         for (i, (m, g)) in zip(maps, mapGrads).enumerated() { if let m, let g { add("map.\(i)", m, g) } }
@@ -261,15 +273,19 @@ public final class Distiller {
             params += t.parameters
         }
         names = []
-        for p in params where !names.insert(p.name).inserted { throw ConfigError("two trained parameters are both named '\(p.name)'") }
+        for p in params where !names.insert(p.name).inserted {
+            throw ConfigError("two trained parameters are both named '\(p.name)'")
+        }
         guard !params.isEmpty else { throw ConfigError("every parameter is frozen: nothing to train") }
         optimizer = AdamW(parameters: params, beta1: config.beta1, beta2: config.beta2, eps: config.eps)
-        schedule = LRSchedule(warmup: config.warmup, total: config.steps, decay: config.decay, minRatio: config.minLRRatio)
+        schedule = LRSchedule(warmup: config.warmup, total: config.steps, decay: config.decay,
+                              minRatio: config.minLRRatio)
     }
 
     /// Token ids (batch × window) of micro-batch `micro` of step `step`.
     public func batchIds(step: Int, micro: Int) -> [Int32] {
-        var rng = SplitMix64(seed: config.seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(micro) &* 0xD1B5_4A32_D192_ED03)
+        var rng = SplitMix64(seed: config.seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15
+                                   &+ UInt64(micro) &* 0xD1B5_4A32_D192_ED03)
         let W = config.window, span = UInt64(tokens.count - W + 1)
         var ids: [Int32] = []
         ids.reserveCapacity(config.batch * W)
@@ -286,7 +302,8 @@ public final class Distiller {
         let s = studentTrainer, N = s.rows
         teacherDecoder?.forward(ids)
         s.forward(ids)
-        let weights = LogitLossWeights(temperature: Float(config.temperature), kl: Float(config.klWeight), ce: Float(config.ceWeight))
+        let weights = LogitLossWeights(temperature: Float(config.temperature), kl: Float(config.klWeight),
+                                       ce: Float(config.ceWeight))
         let v = logitLoss.compute(student: s, teacher: teacherDecoder.map { ($0.model, $0.hidden) }, weights: weights,
                                   scale: scale, dHidden: dHidden)
         let logit = config.klWeight * v.kl + config.ceWeight * v.ce
@@ -294,11 +311,14 @@ public final class Distiller {
         if let t = teacherDecoder, let dMapped, !config.intermediate.isEmpty {
             let P = Double(config.intermediate.count)
             var dist = [Double](repeating: 0, count: N)
-            func perRowDistance(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ C: Int, da: UnsafeMutablePointer<Float>?, scale: Float) {
+            func perRowDistance(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ C: Int,
+                                da: UnsafeMutablePointer<Float>?, scale: Float) {
                 dist.withUnsafeMutableBufferPointer { dp in
                     switch config.intermediateLoss {
-                    case .cosine: cosineDistanceBackward(da: da, distance: dp.baseAddress!, a: a, b: b, scale: scale, rows: N, channels: C)
-                    case .mse: squaredErrorBackward(da: da, error: dp.baseAddress!, a: a, b: b, scale: scale, rows: N, channels: C)
+                    case .cosine: cosineDistanceBackward(da: da, distance: dp.baseAddress!, a: a, b: b, scale: scale,
+                                                         rows: N, channels: C)
+                    case .mse: squaredErrorBackward(da: da, error: dp.baseAddress!, a: a, b: b, scale: scale, rows: N,
+                                                    channels: C)
                     }
                 }
             }
@@ -306,7 +326,8 @@ public final class Distiller {
             let sources: [(UnsafePointer<Float>, Int)] = config.intermediate.enumerated().map { i, p in
                 let hs = s.captures[p.student]!
                 if let m = maps[i], let out = mapped[i] {
-                    linearForward(out: out.data, inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1], outFeatures: m.shape[0])
+                    linearForward(out: out.data, inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1],
+                                  outFeatures: m.shape[0])
                     return (UnsafePointer(out.data), m.shape[0])
                 }
                 return (UnsafePointer(hs.data), hs.shape[1])
@@ -326,8 +347,11 @@ public final class Distiller {
                 if let m = maps[i], let g = mapGrads[i] {
                     dMapped.data.update(repeating: 0, count: N * C)
                     perRowDistance(a, ht.data, C, da: dMapped.data, scale: rowScale)
-                    linearBackward(dinp: dhs.data, dweight: optimizer.parameters.contains { $0.name == "map.\(i)" } ? g.data : nil, dout: dMapped.data,
-                                   inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1], outFeatures: m.shape[0])
+                    linearBackward(dinp: dhs.data,
+                                   dweight: optimizer.parameters.contains { $0.name == "map.\(i)" } ? g.data : nil,
+                                   dout: dMapped.data,
+                                   inp: hs.data, weight: m.data, rows: N, inFeatures: m.shape[1],
+                                   outFeatures: m.shape[0])
                 } else {
                     perRowDistance(a, ht.data, C, da: dhs.data, scale: rowScale)
                 }
@@ -362,7 +386,8 @@ public final class Distiller {
         let factor = schedule.factor(step: step)
         optimizer.update(lrFactor: factor)
         for t in trainables { for (name, value) in t.didUpdate(step: step) { extras[name] = value } }
-        let stats = StepStats(step: step + 1, loss: total, kl: kl, ce: ce, intermediate: inter, lr: config.lr * factor, gradNorm: norm,
+        let stats = StepStats(step: step + 1, loss: total, kl: kl, ce: ce, intermediate: inter, lr: config.lr * factor,
+                              gradNorm: norm,
                               extras: extras.isEmpty ? nil : extras)
         step += 1
         log.append(stats)
@@ -398,7 +423,9 @@ public final class Distiller {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         func mix(_ raw: UnsafeRawBufferPointer) {
             let words = raw.count / 8
-            for i in 0..<words { h = (h ^ raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3 }
+            for i in 0..<words {
+                h = (h ^ raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3
+            }
             for i in (words * 8)..<raw.count { h = (h ^ UInt64(raw[i])) &* 0x100_0000_01b3 }
         }
         Array(teacher.config.json.text.utf8).withUnsafeBytes(mix)
@@ -433,13 +460,17 @@ public final class Distiller {
                 + "it was", ErrorContext(file: path))
         }
         var tensors: [(String, Tensor)] = []
-        for p in optimizer.parameters { tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)] }
-        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log, inputs: inputsDigest,
+        for p in optimizer.parameters {
+            tensors += [("param:" + p.name, p.value), ("adam_m:" + p.name, p.m), ("adam_v:" + p.name, p.v)]
+        }
+        let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log,
+                             inputs: inputsDigest,
                              trainables: trainableSettings)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         let text = String(decoding: try e.encode(meta), as: UTF8.self)
-        try TensorArchive.write(to: path, format: Self.stateFormat, version: Self.stateVersion, meta: text, tensors: tensors)
+        try TensorArchive.write(to: path, format: Self.stateFormat, version: Self.stateVersion, meta: text,
+                                tensors: tensors)
     }
 
     /// Restores a state written by `saveState`. Checked before anything is restored: the run settings, the
@@ -455,7 +486,8 @@ public final class Distiller {
         if meta.config != config {
             let e = JSONEncoder()
             e.outputFormatting = [.sortedKeys]
-            let a = (try? JSONValue.parse(String(decoding: try e.encode(meta.config), as: UTF8.self)).objectValue) ?? [:]
+            let a = (try? JSONValue.parse(String(decoding: try e.encode(meta.config), as: UTF8.self)).objectValue)
+                ?? [:]
             let b = (try? JSONValue.parse(String(decoding: try e.encode(config), as: UTF8.self)).objectValue) ?? [:]
             let keys = Set(a.keys).union(b.keys).sorted().filter { a[$0] != b[$0] }
             throw ConfigError("the state was written by a run with different settings "

@@ -75,8 +75,10 @@ public final class LogitLoss {
                     if i < end {
                         ids.withUnsafeBufferPointer { idp in
                             nll.withUnsafeMutableBufferPointer { np in
-                                crossEntropyBackward(dlogits: dz.data + (i - r0) * V, nll: np.baseAddress!, logits: zs.data + (i - r0) * V,
-                                                     targets: idp.baseAddress! + i + 1, scale: ceScale, rows: end - i, columns: V)
+                                crossEntropyBackward(dlogits: dz.data + (i - r0) * V, nll: np.baseAddress!,
+                                                     logits: zs.data + (i - r0) * V,
+                                                     targets: idp.baseAddress! + i + 1, scale: ceScale, rows: end - i,
+                                                     columns: V)
                             }
                         }
                         for j in 0..<(end - i) { values.ce += nll[j] }

@@ -66,7 +66,9 @@ public struct NMCandidates: Sendable, Equatable {
     /// Throws unless 1 ≤ n < m ≤ `maxM`.
     public init(n: Int, m: Int) throws {
         guard n >= 1, n < m else { throw ConfigError("N:M pattern \(n):\(m) needs 1 ≤ N < M") }
-        guard m <= Self.maxM else { throw ConfigError("N:M pattern \(n):\(m): M at most \(Self.maxM) (C(M, N) logits per group)") }
+        guard m <= Self.maxM else {
+            throw ConfigError("N:M pattern \(n):\(m): M at most \(Self.maxM) (C(M, N) logits per group)")
+        }
         self.n = n; self.m = m
         var out: [Float] = []
         var chosen: [Int] = []
@@ -183,7 +185,8 @@ public enum GumbelNM {
     /// z[(g − g0)·K + i]); `bits` is scratch of at least (g1 − g0)·K + 2 words. Stages over the block
     /// (noise bits, noise and scaled logits, max, exp, normalization) so the transcendental loops vectorize.
     @inline(__always)
-    static func blockProbs(_ l: UnsafePointer<Float>, g0: Int, g1: Int, K: Int, scale: Float, invT: Float, noiseKey: UInt64?,
+    static func blockProbs(_ l: UnsafePointer<Float>, g0: Int, g1: Int, K: Int, scale: Float, invT: Float,
+                           noiseKey: UInt64?,
                            bits bb: UnsafeMutablePointer<UInt32>, z: UnsafeMutablePointer<Float>) {
         let n = (g1 - g0) * K, e0 = g0 * K
         let lb = l + e0, a = scale * invT
@@ -247,7 +250,8 @@ public enum GumbelNM {
                 defer { bb.deallocate() }
                 for g0 in stride(from: r.lowerBound, to: r.upperBound, by: B) {
                     let g1 = min(g0 + B, r.upperBound)
-                    blockProbs(logits, g0: g0, g1: g1, K: K, scale: scale, invT: 1 / temperature, noiseKey: noiseKey, bits: bb, z: probs + g0 * K)
+                    blockProbs(logits, g0: g0, g1: g1, K: K, scale: scale, invT: 1 / temperature, noiseKey: noiseKey,
+                               bits: bb, z: probs + g0 * K)
                     for g in g0..<g1 { groupMask(probs + g * K, S: sp.baseAddress!, K: K, M: M, out: mask + g * M) }
                 }
             }
@@ -255,7 +259,8 @@ public enum GumbelNM {
     }
 
     /// dLogits (G, K) += (κ / τ) · p ⊙ (v − ⟨p, v⟩), v = S · dMask, for the probs of `forward`.
-    public static func backward(dMask: UnsafePointer<Float>, probs: UnsafePointer<Float>, groups G: Int, candidates S: NMCandidates,
+    public static func backward(dMask: UnsafePointer<Float>, probs: UnsafePointer<Float>, groups G: Int,
+                                candidates S: NMCandidates,
                                 scale: Float, temperature: Float, dLogits: UnsafeMutablePointer<Float>) {
         let K = S.count, M = S.m
         S.masks.withUnsafeBufferPointer { sp in
@@ -263,7 +268,8 @@ public enum GumbelNM {
                 let v = UnsafeMutablePointer<Float>.allocate(capacity: K)
                 defer { v.deallocate() }
                 for g in r {
-                    groupBackward(dMask: dMask + g * M, probs: probs + g * K, S: sp.baseAddress!, K: K, M: M, factor: scale / temperature,
+                    groupBackward(dMask: dMask + g * M, probs: probs + g * K, S: sp.baseAddress!, K: K, M: M,
+                                  factor: scale / temperature,
                                   dLogits: dLogits + g * K, v: v)
                 }
             }
@@ -271,7 +277,8 @@ public enum GumbelNM {
     }
 
     /// The argmax candidate of every group (the first one on ties).
-    public static func hardChoice(logits: UnsafePointer<Float>, groups G: Int, candidates K: Int, into out: UnsafeMutablePointer<UInt8>) {
+    public static func hardChoice(logits: UnsafePointer<Float>, groups G: Int, candidates K: Int,
+                                  into out: UnsafeMutablePointer<UInt8>) {
         Parallel.forEachChunk(G, minChunk: 65536) { r in
             for g in r {
                 let l = logits + g * K
@@ -283,7 +290,8 @@ public enum GumbelNM {
     }
 
     @inline(__always)
-    static func groupMask(_ p: UnsafePointer<Float>, S: UnsafePointer<Float>, K: Int, M: Int, out: UnsafeMutablePointer<Float>) {
+    static func groupMask(_ p: UnsafePointer<Float>, S: UnsafePointer<Float>, K: Int, M: Int,
+                          out: UnsafeMutablePointer<Float>) {
         for j in 0..<M { out[j] = 0 }
         for i in 0..<K {
             let pi = p[i], row = S + i * M
@@ -293,7 +301,8 @@ public enum GumbelNM {
 
     /// One group's d_i += factor · p_i (v_i − Σ_k p_k v_k), v_i = Σ_j S_ij dM_j; `v` is scratch of K floats.
     @inline(__always)
-    static func groupBackward(dMask: UnsafePointer<Float>, probs p: UnsafePointer<Float>, S: UnsafePointer<Float>, K: Int, M: Int,
+    static func groupBackward(dMask: UnsafePointer<Float>, probs p: UnsafePointer<Float>, S: UnsafePointer<Float>,
+                              K: Int, M: Int,
                               factor: Float, dLogits d: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>) {
         var mean: Float = 0
         for i in 0..<K {
@@ -337,7 +346,8 @@ public struct MaskLLMSettings: Codable, Equatable, Sendable {
     /// τ and κ at step t (0-based) of `steps`, and the regulariser's λ_t.
     public func schedule(step t: Int) -> (temperature: Float, scale: Float, weightReg: Double) {
         let f = min(1, Double(t) / Double(max(steps, 1)))
-        return (Float(temperatureStart + (temperatureEnd - temperatureStart) * f), Float(scaleStart + (scaleEnd - scaleStart) * f),
+        return (Float(temperatureStart + (temperatureEnd - temperatureStart) * f),
+                Float(scaleStart + (scaleEnd - scaleStart) * f),
                 weightReg * (1 - f))
     }
 }
@@ -353,7 +363,11 @@ public final class MaskLLMTrainable: Trainable {
         public var weight: Tensor
         /// Prior mask (N:M of the same shape) or nil (random logits only).
         public var prior: SparsityMask?
-        public init(id: LinearID, weight: Tensor, prior: SparsityMask?) { self.id = id; self.weight = weight; self.prior = prior }
+        public init(id: LinearID, weight: Tensor, prior: SparsityMask?) {
+            self.id = id
+            self.weight = weight
+            self.prior = prior
+        }
     }
 
     public let name: String
@@ -365,8 +379,8 @@ public final class MaskLLMTrainable: Trainable {
     public let logits: [Tensor]
     let logitGrads: [Tensor]
     let weightGrads: [Tensor?]
-    /// The last sample's probabilities (G, K), kept as 16-bit fixed point (p · 65535) for the backward (memory: a 2:4 target holds
-    /// 1.5 logits per weight, each with value, gradient and two AdamW moments in float32).
+    /// The last sample's probabilities (G, K), kept as 16-bit fixed point (p · 65535) for the backward (memory: a 2:4
+    /// target holds 1.5 logits per weight, each with value, gradient and two AdamW moments in float32).
     let probs: [UnsafeMutablePointer<UInt16>]
     /// The student's effective weights and their gradient slots (set by `bind`).
     var effective: [Tensor] = []
@@ -409,11 +423,13 @@ public final class MaskLLMTrainable: Trainable {
         candidates = S
         let K = S.count, M = S.m
         var rng = SplitMix64(seed: settings.seed ^ 0x1A17_0000)
-        var ws: [Tensor] = [], ls: [Tensor] = [], gs: [Tensor] = [], wg: [Tensor?] = [], ps: [UnsafeMutablePointer<UInt16>] = [], pc: [[UInt8]?] = []
+        var ws: [Tensor] = [], ls: [Tensor] = [], gs: [Tensor] = [], wg: [Tensor?] = [],
+            ps: [UnsafeMutablePointer<UInt16>] = [], pc: [[UInt8]?] = []
         for t in targets {
             let shape = t.weight.shape
             guard shape.count == 2, shape[1] % M == 0 else {
-                throw ConfigError("\(t.id): input size \(shape.count == 2 ? shape[1] : -1) is not a multiple of M = \(M)")
+                throw ConfigError("\(t.id): input size \(shape.count == 2 ? shape[1] : -1) is not a multiple of M " +
+                                  "= \(M)")
             }
             let G = shape[0] * shape[1] / M
             let l = Tensor(shape: [G, K])
@@ -470,8 +486,12 @@ public final class MaskLLMTrainable: Trainable {
     public func bind(to student: Trainer) throws {
         effective = []; effectiveGrads = []
         for (i, id) in targets.enumerated() {
-            guard case .dense(let t)? = student.model.linear(id) else { throw ConfigError("\(id): MaskLLM needs a dense weight") }
-            guard t.shape == weights[i].shape else { throw ConfigError("\(id): weight \(t.shape), expected \(weights[i].shape)") }
+            guard case .dense(let t)? = student.model.linear(id) else {
+                throw ConfigError("\(id): MaskLLM needs a dense weight")
+            }
+            guard t.shape == weights[i].shape else {
+                throw ConfigError("\(id): weight \(t.shape), expected \(weights[i].shape)")
+            }
             guard let g = student.grads.slots[.linear(id)]?.first else {
                 throw ConfigError("\(id): the distiller computes no gradient for it (list it in weightGradients)")
             }
@@ -479,10 +499,12 @@ public final class MaskLLMTrainable: Trainable {
         }
         var ps: [Parameter] = []
         for (i, id) in targets.enumerated() {
-            ps.append(Parameter(name: "\(name).logits.\(WeightID.linear(id).hfName)", value: logits[i], grad: logitGrads[i], lr: settings.lr,
+            ps.append(Parameter(name: "\(name).logits.\(WeightID.linear(id).hfName)", value: logits[i],
+                                grad: logitGrads[i], lr: settings.lr,
                                 weightDecay: settings.logitWeightDecay))
             if let g = weightGrads[i] {
-                ps.append(Parameter(name: "\(name).weight.\(WeightID.linear(id).hfName)", value: weights[i], grad: g, lr: settings.weightLR,
+                ps.append(Parameter(name: "\(name).weight.\(WeightID.linear(id).hfName)", value: weights[i], grad: g,
+                                    lr: settings.weightLR,
                                     weightDecay: settings.weightDecay))
             }
         }
@@ -499,7 +521,8 @@ public final class MaskLLMTrainable: Trainable {
         candidates.masks.withUnsafeBufferPointer { sp in
             let S = sp.baseAddress!
             for i in targets.indices {
-                let wd = weights[i].data, ed = effective[i].data, G = logits[i].shape[0], l = logits[i].data, pb = probs[i]
+                let wd = weights[i].data, ed = effective[i].data, G = logits[i].shape[0], l = logits[i].data,
+                    pb = probs[i]
                 let key = GumbelNM.noiseKey(seed: settings.seed, step: step, micro: micro, tensor: i)
                 // Per block of groups: p = softmax((κℓ + γ)/τ), kept as 16-bit fixed point; W_eff = W ⊙ (p · S).
                 Parallel.forEachChunkIndexed(G, minChunk: 4096) { c, r in
@@ -507,7 +530,8 @@ public final class MaskLLMTrainable: Trainable {
                     var bad = false
                     for g0 in stride(from: r.lowerBound, to: r.upperBound, by: B) {
                         let g1 = min(g0 + B, r.upperBound), n = (g1 - g0) * K, e0 = g0 * K
-                        GumbelNM.blockProbs(l, g0: g0, g1: g1, K: K, scale: s.scale, invT: invT, noiseKey: key, bits: sc.bits, z: z)
+                        GumbelNM.blockProbs(l, g0: g0, g1: g1, K: K, scale: s.scale, invT: invT, noiseKey: key,
+                                            bits: sc.bits, z: z)
                         var nans = 0
                         for e in 0..<n {
                             // Round p · 65535 to the nearest integer by the 1.5 · 2²³ trick (the sum's low bits are the
@@ -551,7 +575,8 @@ public final class MaskLLMTrainable: Trainable {
             let S = sp.baseAddress!
             for i in targets.indices {
                 let G = logits[i].shape[0]
-                let w = weights[i].data, gEff = effectiveGrads[i].data, pb = probs[i], dl = logitGrads[i].data, dw = weightGrads[i]?.data
+                let w = weights[i].data, gEff = effectiveGrads[i].data, pb = probs[i], dl = logitGrads[i].data,
+                    dw = weightGrads[i]?.data
                 for sc in scratch { sc.reg = 0 }
                 Parallel.forEachChunkIndexed(G, minChunk: 4096) { ci, r in
                     let sc = scratch[ci]
@@ -575,8 +600,12 @@ public final class MaskLLMTrainable: Trainable {
                             ge[0] = 0; ge[1] = 0; ge[2] = 0; ge[3] = 0
                             let v0 = d0 + d1, v1 = d0 + d2, v2 = d0 + d3, v3 = d1 + d2, v4 = d1 + d3, v5 = d2 + d3
                             let mean = p0 * v0 + p1 * v1 + p2 * v2 + p3 * v3 + p4 * v4 + p5 * v5
-                            d[0] += factor * p0 * (v0 - mean); d[1] += factor * p1 * (v1 - mean); d[2] += factor * p2 * (v2 - mean)
-                            d[3] += factor * p3 * (v3 - mean); d[4] += factor * p4 * (v4 - mean); d[5] += factor * p5 * (v5 - mean)
+                            d[0] += factor * p0 * (v0 - mean)
+                            d[1] += factor * p1 * (v1 - mean)
+                            d[2] += factor * p2 * (v2 - mean)
+                            d[3] += factor * p3 * (v3 - mean)
+                            d[4] += factor * p4 * (v4 - mean)
+                            d[5] += factor * p5 * (v5 - mean)
                         }
                     } else {
                         let soft = sc.soft, dm = soft + M, p = dm + M, v = p + K
@@ -591,7 +620,8 @@ public final class MaskLLMTrainable: Trainable {
                                 if let dw { dw[o] += ge * mj }
                                 gEff[o] = 0
                             }
-                            GumbelNM.groupBackward(dMask: dm, probs: p, S: S, K: K, M: M, factor: factor, dLogits: dl + g * K, v: v)
+                            GumbelNM.groupBackward(dMask: dm, probs: p, S: S, K: K, M: M, factor: factor,
+                                                   dLogits: dl + g * K, v: v)
                         }
                     }
                     sc.reg = local
@@ -649,7 +679,10 @@ public final class MaskLLMTrainable: Trainable {
     func currentChoice() -> [[UInt8]] {
         logits.map { l in
             var c = [UInt8](repeating: 0, count: l.shape[0])
-            c.withUnsafeMutableBufferPointer { GumbelNM.hardChoice(logits: l.data, groups: l.shape[0], candidates: candidates.count, into: $0.baseAddress!) }
+            c.withUnsafeMutableBufferPointer {
+                GumbelNM.hardChoice(logits: l.data, groups: l.shape[0], candidates: candidates.count,
+                                    into: $0.baseAddress!)
+            }
             return c
         }
     }
@@ -660,7 +693,8 @@ public final class MaskLLMTrainable: Trainable {
         var out: [LinearID: SparsityMask] = [:]
         for (i, c) in currentChoice().enumerated() {
             let shape = weights[i].shape
-            out[targets[i]] = try SparsityMask(pattern: .nm(n: candidates.n, m: M), rows: shape[0], cols: shape[1]) { e in
+            out[targets[i]] = try SparsityMask(pattern: .nm(n: candidates.n, m: M), rows: shape[0],
+                                               cols: shape[1]) { e in
                 candidates.keeps(Int(c[e / M]), e % M)
             }
         }

@@ -2,9 +2,9 @@ import Foundation
 import TensorCore
 
 /// Learning-rate schedule: linear warm-up, then cosine or linear decay to a floor, or constant.
-///   step s (0-based) uses  lr · (s + 1) / warmup                              for s < warmup
-///                          min + ½ (lr - min)(1 + cos(π p))   (cosine)        otherwise,
-///                          lr + (min - lr) · p                (linear)        p = (s - warmup) / max(1, total - warmup)
+///   step s (0-based) uses  lr · (s + 1) / warmup                             for s < warmup
+///                          min + ½ (lr - min)(1 + cos(π p))   (cosine)       otherwise,
+///                          lr + (min - lr) · p                (linear)       p = (s - warmup) / max(1, total - warmup)
 /// The schedule is expressed as a factor of the peak rate so that parameter groups with their own rate
 /// follow the same shape (min / lr is the common floor ratio).
 public struct LRSchedule: Codable, Equatable, Sendable {

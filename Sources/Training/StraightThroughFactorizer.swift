@@ -34,21 +34,25 @@ public final class StraightThroughFactorizer: Trainable {
     /// The student prepared for STF (every factorized weight's S mask opened to all entries, values as they
     /// were) and the trainable to pass to the `Distiller` with it. Throws when the model has no factorized
     /// weight, or holds one with a quantized factor.
-    public static func prepare(_ model: DecoderModel, lr: Double, weightDecay: Double) throws -> (DecoderModel, StraightThroughFactorizer) {
+    public static func prepare(_ model: DecoderModel, lr: Double,
+                               weightDecay: Double) throws -> (DecoderModel, StraightThroughFactorizer) {
         var out = model, map: [String: Int] = [:]
         for w in model.weights {
             guard case .matrix(.factorized(let f)) = w.weight else { continue }
             guard !f.isQuantized else {
-                throw ConfigError("stf: '\(w.id.hfName)' holds a quantized factor (cptquant); quantized weights cannot be trained")
+                throw ConfigError("stf: '\(w.id.hfName)' holds a quantized factor (cptquant); quantized weights " +
+                                  "cannot be trained")
             }
             let k = f.rank, C = f.sparse.mask.cols
             let open = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { _ in true }
-            let g = try FactorizedWeight(dense: f.dense.copy(), sparse: SparseWeight(values: f.sparse.values.copy(), mask: open))
+            let g = try FactorizedWeight(dense: f.dense.copy(),
+                                         sparse: SparseWeight(values: f.sparse.values.copy(), mask: open))
             out = try out.replacing(w.id, with: .factorized(g))
             map[w.weight.parameterNames(w.id)[1]] = f.nonzerosPerColumn
         }
         guard !map.isEmpty else {
-            throw ConfigError("stf: the student has no factorized weights (put a dsformer or lowrank stage before this distill stage)")
+            throw ConfigError("stf: the student has no factorized weights (put a dsformer or lowrank stage before " +
+                              "this distill stage)")
         }
         return (out, StraightThroughFactorizer(nonzeros: map, lr: lr, weightDecay: weightDecay))
     }
@@ -59,10 +63,12 @@ public final class StraightThroughFactorizer: Trainable {
             guard let s = nonzeros[p.name] else { continue }
             let latent = p.value.copy()
             slots.append((latent, p.value, s))
-            parameters.append(Parameter(name: name + "." + p.name, value: latent, grad: p.grad, lr: lr, weightDecay: weightDecay))
+            parameters.append(Parameter(name: name + "." + p.name, value: latent, grad: p.grad, lr: lr,
+                                        weightDecay: weightDecay))
         }
         guard slots.count == nonzeros.count else {
-            throw ConfigError("stf: \(nonzeros.count - slots.count) factorized weights of the student are frozen or missing; STF trains the S factors")
+            throw ConfigError("stf: \(nonzeros.count - slots.count) factorized weights of the student are frozen or " +
+                              "missing; STF trains the S factors")
         }
     }
 
@@ -108,7 +114,8 @@ public final class StraightThroughFactorizer: Trainable {
                 for r in top { keep[r * C + c] = true }
             }
             let mask = try SparsityMask(pattern: .unstructured, rows: k, cols: C) { keep[$0] }
-            out = try out.replacing(w.id, with: .factorized(try FactorizedWeight(dense: f.dense.copy(), sparse: SparseWeight(values: values, mask: mask))))
+            out = try out.replacing(w.id, with: .factorized(try FactorizedWeight(
+                dense: f.dense.copy(), sparse: SparseWeight(values: values, mask: mask))))
         }
         return out
     }

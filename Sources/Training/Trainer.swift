@@ -37,7 +37,9 @@ public final class Trainer {
     public var parameters: [(id: WeightID, name: String, value: Tensor, grad: Tensor)] {
         model.weights.flatMap { w -> [(WeightID, String, Tensor, Tensor)] in
             guard let g = grads.slots[w.id] else { return [] }
-            return zip(zip(w.weight.parameterNames(w.id, config: model.config), w.weight.trainableTensors), g).map { (w.id, $0.0, $0.1, $1) }
+            return zip(zip(w.weight.parameterNames(w.id, config: model.config), w.weight.trainableTensors), g).map {
+                (w.id, $0.0, $0.1, $1)
+            }
         }
     }
 

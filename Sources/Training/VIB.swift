@@ -71,7 +71,9 @@ public struct VIBSizeModel: Codable, Equatable, Sendable {
             throw ConfigError("layer \(l) lacks a sublayer; VIB masks need full decoder layers")
         }
         vocab = c.vocabSize; channels = c.hiddenSize; headDim = c.headDim; tied = c.tieWordEmbeddings
-        heads = c.blocks.map(\.numAttentionHeads); kvHeads = c.blocks.map(\.numKeyValueHeads); neurons = c.blocks.map(\.intermediateSize)
+        heads = c.blocks.map(\.numAttentionHeads)
+        kvHeads = c.blocks.map(\.numKeyValueHeads)
+        neurons = c.blocks.map(\.intermediateSize)
         normsPerLayer = c.postNorms ? 4 : 2
     }
 
@@ -248,18 +250,27 @@ public final class VIBTrainable: Trainable {
         size = try VIBSizeModel(config: config)
         gates = Gates(config: config)
         func mask(_ axis: VIBAxis, _ layer: Int?, _ n: Int) -> Mask {
-            Mask(axis: axis, layer: layer, mu: Tensor(shape: [n], values: [Float](repeating: Float(settings.muInit), count: n)),
+            Mask(axis: axis, layer: layer,
+                 mu: Tensor(shape: [n], values: [Float](repeating: Float(settings.muInit), count: n)),
                  logVar: Tensor(shape: [n], values: [Float](repeating: Float(settings.logVarInit), count: n)),
                  dMu: Tensor(shape: [n]), dLogVar: Tensor(shape: [n]), eps: [Float](repeating: 0, count: n))
         }
         let L = config.blocks.count
         for axis in VIBAxis.allCases where settings.axes.contains(axis) {
             switch axis {
-            case .hidden: masks.append(mask(.hidden, nil, config.hiddenSize)); gates.channels = Tensor(shape: [config.hiddenSize])
+            case .hidden:
+                masks.append(mask(.hidden, nil, config.hiddenSize))
+                gates.channels = Tensor(shape: [config.hiddenSize])
             case .heads:
-                for l in 0..<L { masks.append(mask(.heads, l, config.blocks[l].numAttentionHeads)); gates.heads[l] = Tensor(shape: [config.blocks[l].numAttentionHeads]) }
+                for l in 0..<L {
+                    masks.append(mask(.heads, l, config.blocks[l].numAttentionHeads))
+                    gates.heads[l] = Tensor(shape: [config.blocks[l].numAttentionHeads])
+                }
             case .mlp:
-                for l in 0..<L { masks.append(mask(.mlp, l, config.blocks[l].intermediateSize)); gates.neurons[l] = Tensor(shape: [config.blocks[l].intermediateSize]) }
+                for l in 0..<L {
+                    masks.append(mask(.mlp, l, config.blocks[l].intermediateSize))
+                    gates.neurons[l] = Tensor(shape: [config.blocks[l].intermediateSize])
+                }
             case .layers: masks.append(mask(.layers, nil, L)); gates.sublayers = Tensor(shape: [2 * L])
             }
         }
@@ -272,7 +283,8 @@ public final class VIBTrainable: Trainable {
         self.student = student
         parameters = masks.flatMap { m in
             [Parameter(name: "\(name).mu.\(m.label)", value: m.mu, grad: m.dMu, lr: settings.maskLR, weightDecay: 0),
-             Parameter(name: "\(name).logvar.\(m.label)", value: m.logVar, grad: m.dLogVar, lr: settings.maskLR, weightDecay: 0)]
+             Parameter(name: "\(name).logvar.\(m.label)", value: m.logVar, grad: m.dLogVar, lr: settings.maskLR,
+                       weightDecay: 0)]
         } + [Parameter(name: "\(name).lambda", value: lambda, grad: dLambda, lr: settings.lambdaLR, weightDecay: 0)]
     }
 
@@ -304,7 +316,8 @@ public final class VIBTrainable: Trainable {
     public func willForward(step: Int, micro: Int) {
         if sampling {
             for k in masks.indices {
-                var rng = SplitMix64(seed: settings.seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(micro) &* 0xD1B5_4A32_D192_ED03
+                var rng = SplitMix64(seed: settings.seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15
+                                     &+ UInt64(micro) &* 0xD1B5_4A32_D192_ED03
                                      &+ UInt64(k) &* 0x94D0_49BB_1331_11EB)
                 masks[k].eps = (0..<masks[k].mu.count).map { _ in Self.gaussian(&rng) }
             }
@@ -341,12 +354,16 @@ public final class VIBTrainable: Trainable {
 
     /// Current μ and log σ² in Float64.
     public var values: [VIBMaskValues] {
-        masks.map { VIBMaskValues(axis: $0.axis, layer: $0.layer, mu: $0.mu.array.map(Double.init), logVar: $0.logVar.array.map(Double.init)) }
+        masks.map {
+            VIBMaskValues(axis: $0.axis, layer: $0.layer, mu: $0.mu.array.map(Double.init),
+                          logVar: $0.logVar.array.map(Double.init))
+        }
     }
 
     /// The target in parameters at `step`.
     public func target(step: Int) -> Double {
-        VIB.target(final: Double(settings.targetParameters) / size.full, step: step, warmup: settings.targetWarmup) * size.full
+        VIB.target(final: Double(settings.targetParameters) / size.full, step: step,
+                   warmup: settings.targetWarmup) * size.full
     }
 
     /// KL term and budget Lagrangian: values returned, gradients added to μ, log σ² and (negated) λ.
@@ -374,7 +391,9 @@ public final class VIBTrainable: Trainable {
     }
 
     /// log α of every unit of every mask.
-    public var logAlphas: [[Double]] { values.map { m in zip(m.mu, m.logVar).map { VIB.logAlpha(mu: $0, logVar: $1) } } }
+    public var logAlphas: [[Double]] {
+        values.map { m in zip(m.mu, m.logVar).map { VIB.logAlpha(mu: $0, logVar: $1) } }
+    }
 }
 
 extension Tensor {

@@ -143,11 +143,12 @@ public final class Session {
 
     /// The perplexity protocol of evaluations with these settings: the named one, with the base's tokenizer's BOS.
     public func perplexityProtocol(_ e: Recipe.Evaluation = .init()) throws -> PerplexityProtocol {
-        try Workbench.perplexityProtocol(base.tokenizer, path: basePath, kind: PerplexityProtocol.Kind(rawValue: e.protocol ?? "pinned") ?? .pinned)
+        try Workbench.perplexityProtocol(base.tokenizer, path: basePath,
+                                         kind: PerplexityProtocol.Kind(rawValue: e.protocol ?? "pinned") ?? .pinned)
     }
 
-    /// The base's reference for these eval settings (hidden states, or top-k with "reference": "topk"; nil when they set
-    /// "kld": false): once per session, kept in the cache directory (a temporary file without one).
+    /// The base's reference for these eval settings (hidden states, or top-k with "reference": "topk"; nil when they
+    /// set "kld": false): once per session, kept in the cache directory (a temporary file without one).
     public func baseReference(_ e: Recipe.Evaluation) throws -> BaseReference? {
         guard e.kld ?? true else { return nil }
         let key = jsonValue(e).text
@@ -159,18 +160,21 @@ public final class Session {
         let made: (reference: BaseReference, cached: Bool)
         // The base's figures are the float32 truth whatever the recipe's precision (so their cache keys need none).
         do { made = try MatrixProduct.withPrecision(.fp32) { try Workbench.reference(
-            base: base.model, basePath: basePath, tokens: try tokens(of: e.text), window: e.window, protocol: try perplexityProtocol(e),
-            maxTokens: e.tokens, k: k, cacheDirectory: cacheDirectory, warning: { [weak self] in self?.say("warning: \($0)") }
+            base: base.model, basePath: basePath, tokens: try tokens(of: e.text), window: e.window,
+            protocol: try perplexityProtocol(e), maxTokens: e.tokens, k: k, cacheDirectory: cacheDirectory,
+            warning: { [weak self] in self?.say("warning: \($0)") }
         ) { [weak self] done, total in
             guard let self, self.progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
             shown = Date()
             let el = Date().timeIntervalSince(start)
-            progressLine(String(format: "eval base (%@): window %d/%d  ETA %.0fs", what, done, total, el / Double(done) * Double(total - done)))
+            progressLine(String(format: "eval base (%@): window %d/%d  ETA %.0fs", what, done, total,
+                                el / Double(done) * Double(total - done)))
         } } } catch let err as EvaluationError {
             throw err.adding(ErrorContext(file: e.text), place: e.text, note: "base \(basePath), window \(e.window)")
         }
         let (r, cached) = made
-        say(String(format: "eval base: ppl %.4f%@ (%@, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", what, r.path))
+        say(String(format: "eval base: ppl %.4f%@ (%@, %@)", r.header.ppl ?? .nan, cached ? " (cached)" : "", what,
+                   r.path))
         referenceMemo[key] = r
         return r
     }
@@ -190,8 +194,11 @@ public final class Session {
                           evalProtocol: scoring.kind != .pinned ? scoring.kind.rawValue : nil)
         let cache = StatsCache(directory: cacheDirectory, scope: try JSONValue(encoding: scope))
         let p = try cache.value("ppl", settings: .object([:])) {
-            try MatrixProduct.withPrecision(.fp32) { try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window, protocol: scoring, maxTokens: e.tokens,
-                                     label: "base", naming: "base \(self.basePath)", progress: self.progress) }
+            try MatrixProduct.withPrecision(.fp32) {
+                try Workbench.measurePPL(self.base.model, tokens: test, source: e.text, window: e.window,
+                                         protocol: scoring, maxTokens: e.tokens,
+                                         label: "base", naming: "base \(self.basePath)", progress: self.progress)
+            }
         }
         if !cache.hits.isEmpty { say(String(format: "eval base: ppl %.4f (cached)", p)) }
         for w in cache.warnings { say("warning: \(w)") }
@@ -266,7 +273,8 @@ public final class Session {
         let f = family.name
         throw WorkbenchError("\(name), stage \(ex + 1) (\(recipe.stages[ex].name)): stage \(het + 1) "
             + "(\(recipe.stages[het].name)) leaves a heterogeneous \(f) model (per-layer sizes or removed sublayers), "
-            + "which no \(f) server format holds (\(family.hfArchitecture) and GGUF '\(family.ggufArchitectures[0])' have "
+            + "which no \(f) server format holds (\(family.hfArchitecture) and GGUF '\(family.ggufArchitectures[0])' " +
+              "have "
             + "one size for every layer; DeciLM and GGUF 'deci' are Llama's); drop the export stage and keep our "
             + "checkpoint, or prune with minitron (homogeneous) (base \(basePath))")
     }
@@ -505,7 +513,8 @@ extension Session {
     /// Writes a run's model (atomically) with the recipe and every stage report appended to the base's history,
     /// re-opens it and checks every tensor finite (the caller deletes the run's training states only after this
     /// returns), and returns the run report.
-    public func write(_ r: Result, recipe: Recipe, recipePath: String, output: String, started: Date) throws -> ApplyReport {
+    public func write(_ r: Result, recipe: Recipe, recipePath: String, output: String,
+                      started: Date) throws -> ApplyReport {
         var history = base.history
         history.append(try JSONValue(encoding: ApplyHistoryEntry(
             kind: "apply", recipePath: recipePath, recipe: recipe.json, base: basePath, baseHash: baseHash,
@@ -518,7 +527,8 @@ extension Session {
             bytesBefore: base.model.storageBytes, bytesAfter: r.model.storageBytes,
             pplBefore: r.basePPL, pplAfter: r.lastPPL, retention: r.basePPL.flatMap { b in r.lastPPL.map { b / $0 } },
             kldAfter: r.lastDivergence?.kld.mean, kldP99After: r.lastDivergence?.kld.percentiles["99"],
-            sameTopPAfter: r.lastDivergence?.sameTopP, evalProtocol: r.evalBos == nil ? nil : recipe.evaluation.protocol ?? "pinned",
+            sameTopPAfter: r.lastDivergence?.sameTopP,
+            evalProtocol: r.evalBos == nil ? nil : recipe.evaluation.protocol ?? "pinned",
             evalTokens: r.evalTokens, evalBos: r.evalBos, calibrationTokens: r.calibrationTokens,
             seconds: Date().timeIntervalSince(started), peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
             precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels, stages: r.reports)
@@ -570,9 +580,12 @@ extension Workbench {
         try MatrixProduct.select(o.precision ?? recipe.precision ?? .fp32)
         // Before any stage runs: the output can be written, and it is not the base.
         try checkOutput(output, inputs: [("base checkpoint", basePath), ("recipe", o.recipe)], force: o.force)
-        try checkExportOutputs(recipe, inputs: [("base checkpoint", basePath), ("recipe", o.recipe), ("output checkpoint", output)])
+        try checkExportOutputs(recipe,
+                               inputs: [("base checkpoint", basePath), ("recipe", o.recipe),
+                                        ("output checkpoint", output)])
         let session = try Session(checkpoint: basePath, cacheDirectory: o.cacheDirectory, progress: o.progress)
-        let r = try session.run(recipe, label: o.recipe, statePrefix: output, resume: o.resume, killAfterStep: o.killAfterStep)
+        let r = try session.run(recipe, label: o.recipe, statePrefix: output, resume: o.resume,
+                                killAfterStep: o.killAfterStep)
         let report = try session.write(r, recipe: recipe, recipePath: o.recipe, output: output, started: started)
         for p in r.statePaths { try? FileManager.default.removeItem(atPath: p) }
         return report

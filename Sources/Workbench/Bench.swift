@@ -51,7 +51,8 @@ extension Workbench {
         var rng = SplitMix64(seed: seed &+ 1)
         let tokens = (0..<(window * windows)).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) }
         // Random weights and tokens, no tokenizer: the no-BOS protocol (windows of W tokens; BOS would cost the same).
-        _ = try Perplexity.evaluate(model: model, tokens: Array(tokens.prefix(min(window, 64))), window: min(window, 64), protocol: .noBOS)
+        _ = try Perplexity.evaluate(model: model, tokens: Array(tokens.prefix(min(window, 64))),
+                                    window: min(window, 64), protocol: .noBOS)
         BLAS.resetProfile()
         BLAS.profiling = true
         defer { BLAS.profiling = false }
@@ -60,7 +61,9 @@ extension Workbench {
         return BenchReport(
             config: config.json, parameters: model.parameterCount, window: window, windows: windows, seconds: r.seconds,
             tokensPerSecond: r.tokensPerSecond, sgemmShare: BLAS.gemmCoreSeconds / (r.seconds * Double(cores)),
-            sgemmGflops: BLAS.gemmFlops / 1e9, sgemmGflopPerSecond: BLAS.gemmFlops / 1e9 / max(BLAS.gemmCoreSeconds / Double(cores), 1e-9), blasCore: BLAS.coreName,
+            sgemmGflops: BLAS.gemmFlops / 1e9,
+            sgemmGflopPerSecond: BLAS.gemmFlops / 1e9 / max(BLAS.gemmCoreSeconds / Double(cores), 1e-9),
+            blasCore: BLAS.coreName,
             blasThreads: BLAS.threads, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),
             precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels)
     }
@@ -88,11 +91,12 @@ public struct BenchTrainReport: Codable {
 
     public var text: String {
         String(format: """
-            training step (forward + backward + clip + AdamW, cross-entropy): %.1f tokens/s  (%d timed steps of %d × %d, %.2f s)
+            training step (forward + backward + clip + AdamW, cross-entropy): %.1f tokens/s  (%d timed steps of %d × \
+            %d, %.2f s)
             matrix products: %.1f%% of CPU time, %.1f GFLOP/s   [%@; OpenBLAS core %@, %d worker threads]
             parameters %d (%@), loss %.4f, peak memory %@
-            """, tokensPerSecond, steps, batch, window, seconds, sgemmShare * 100, sgemmGflopPerSecond, kernels, blasCore,
-                      workerThreads,
+            """, tokensPerSecond, steps, batch, window, seconds, sgemmShare * 100, sgemmGflopPerSecond, kernels,
+                      blasCore, workerThreads,
                       parameters, weights, loss, formatBytes(peakResidentBytes))
     }
 }
@@ -100,8 +104,10 @@ public struct BenchTrainReport: Codable {
 extension Workbench {
     /// Times training steps of the distillation loop with the LM cross-entropy loss only (no teacher), on
     /// random token windows: a checkpoint's weights when given, else random SmolLM2-shaped weights.
-    public static func benchTrain(checkpoint: String?, batch: Int, window: Int, steps: Int, warmup: Int, seed: UInt64 = 0) throws -> BenchTrainReport {
-        let model = try checkpoint.map { try Checkpoint.read($0).model } ?? DecoderModel.random(config: smolLM2Config(), seed: seed)
+    public static func benchTrain(checkpoint: String?, batch: Int, window: Int, steps: Int, warmup: Int,
+                                  seed: UInt64 = 0) throws -> BenchTrainReport {
+        let model = try checkpoint.map { try Checkpoint.read($0).model }
+            ?? DecoderModel.random(config: smolLM2Config(), seed: seed)
         var rng = SplitMix64(seed: seed &+ 1)
         let tokens = (0..<(batch * window * 64)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
         var c = DistillConfig()
@@ -121,7 +127,8 @@ extension Workbench {
         BLAS.profiling = false
         let cores = Double(max(Parallel.threads, 1))
         return BenchTrainReport(
-            parameters: model.parameterCount, batch: batch, window: window, steps: steps, warmup: warmup, seconds: seconds,
+            parameters: model.parameterCount, batch: batch, window: window, steps: steps, warmup: warmup,
+            seconds: seconds,
             tokensPerSecond: Double(steps * batch * window) / seconds, loss: loss,
             sgemmShare: BLAS.gemmCoreSeconds / (seconds * cores), sgemmGflopPerSecond: BLAS.gemmFlops / seconds / 1e9,
             blasCore: BLAS.coreName, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),

@@ -73,7 +73,8 @@ public enum Workbench {
     /// Loads a checkpoint and measures its perplexity on a token stream.
     public static func evaluate(checkpoint path: String, source: TokenSource, window: Int, maxTokens: Int?,
                                 preTokenizer: String? = nil, logitsOut: String? = nil, progress: Bool = false,
-                                protocol kind: PerplexityProtocol.Kind = .pinned, reference: ReferenceOptions? = nil) throws -> EvalReport {
+                                protocol kind: PerplexityProtocol.Kind = .pinned,
+                                reference: ReferenceOptions? = nil) throws -> EvalReport {
         let ckpt = try Checkpoint.read(path)
         let tokens: [Int32]
         let sourceName: String
@@ -105,10 +106,12 @@ public enum Workbench {
         var divergence: DivergenceReport? = nil, cachedReference: Bool? = nil
         do {
             if let reference {
-                (divergence, r, cachedReference) = try compare(ckpt, path: path, tokens: tokens, window: window, protocol: scoring,
+                (divergence, r, cachedReference) = try compare(ckpt, path: path, tokens: tokens, window: window,
+                                                               protocol: scoring,
                                                                maxTokens: maxTokens, reference: reference, meter: meter)
             } else {
-                r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, protocol: scoring, maxTokens: maxTokens,
+                r = try Perplexity.evaluate(model: ckpt.model, tokens: tokens, window: window, protocol: scoring,
+                                            maxTokens: maxTokens,
                                             progress: meter("eval"))
             }
         } catch let e as EvaluationError {
@@ -116,8 +119,10 @@ public enum Workbench {
                            note: "checkpoint \(path), window \(window)")
         }
         if let logitsOut {
-            // The first window's logits (W, V), raw little-endian float32, for parity checks (with BOS: of [BOS] + W − 1 tokens).
-            let logits = TransformerDecoder(model: ckpt.model, window: window).logits(scoring.window(0, of: tokens, window: window))
+            // The first window's logits (W, V), raw little-endian float32, for parity checks (with BOS: of [BOS] + W −
+            // 1 tokens).
+            let logits = TransformerDecoder(model: ckpt.model,
+                                            window: window).logits(scoring.window(0, of: tokens, window: window))
             let data = Data(bytes: logits.data, count: logits.bytes)
             do { try data.write(to: URL(fileURLWithPath: logitsOut), options: .atomic) } catch {
                 throw WorkbenchError("\(logitsOut): cannot write logits (\(error.localizedDescription))")
@@ -136,14 +141,17 @@ public enum Workbench {
 
     /// Measures `ckpt` against the base of `options` on the same windows: against its reference file (from the cache or
     /// built), or with the base run alongside.
-    static func compare(_ ckpt: Checkpoint, path: String, tokens: [Int32], window: Int, protocol scoring: PerplexityProtocol,
+    static func compare(_ ckpt: Checkpoint, path: String, tokens: [Int32], window: Int,
+                        protocol scoring: PerplexityProtocol,
                         maxTokens: Int?, reference options: ReferenceOptions, meter: (String) -> (Int, Int) -> Void)
         throws -> (DivergenceReport, PerplexityResult, Bool) {
         let base = try Checkpoint.read(options.base)
         try checkComparable(model: ckpt, path: path, base: base, basePath: options.base)
         if options.kind == .alongside {
-            let (d, r) = try Divergence.compareExact(model: ckpt.model, base: base.model, basePath: options.base, tokens: tokens,
-                                                     window: window, protocol: scoring, maxTokens: maxTokens, topKStudy: options.topKStudy,
+            let (d, r) = try Divergence.compareExact(model: ckpt.model, base: base.model, basePath: options.base,
+                                                     tokens: tokens,
+                                                     window: window, protocol: scoring, maxTokens: maxTokens,
+                                                     topKStudy: options.topKStudy,
                                                      progress: meter("eval against the base (full vocabulary)"))
             return (d, r, false)
         }
@@ -154,7 +162,8 @@ public enum Workbench {
                           maxTokens: maxTokens, k: k, cacheDirectory: options.cacheDirectory,
                           progress: meter("base reference (\(k.map { "top-\($0)" } ?? "hidden states"))"))
         }
-        let (d, r) = try Divergence.compare(model: ckpt.model, reference: ref.reference, base: base.model, tokens: tokens,
+        let (d, r) = try Divergence.compare(model: ckpt.model, reference: ref.reference, base: base.model,
+                                            tokens: tokens,
                                             topKStudy: options.topKStudy, progress: meter("eval"))
         return (d, r, ref.cached)
     }
@@ -176,18 +185,24 @@ public enum Workbench {
     /// The reference of a base on these windows (hidden states, or top-k when `k` is given): from `cacheDirectory`
     /// (built there on first use), or built in a temporary file when there is no cache (removed once mapped; the map
     /// keeps it readable).
-    public static func reference(base: DecoderModel, basePath: String, tokens: [Int32], window: Int, protocol scoring: PerplexityProtocol,
-                                 maxTokens: Int?, k: Int?, cacheDirectory: String?, warning: (String) -> Void = { progressLine("warning: \($0)") },
-                                 progress: ((Int, Int) -> Void)? = nil) throws -> (reference: BaseReference, cached: Bool) {
+    public static func reference(base: DecoderModel, basePath: String, tokens: [Int32], window: Int,
+                                 protocol scoring: PerplexityProtocol,
+                                 maxTokens: Int?, k: Int?, cacheDirectory: String?,
+                                 warning: (String) -> Void = { progressLine("warning: \($0)") },
+                                 progress: ((Int, Int) -> Void)? = nil) throws
+        -> (reference: BaseReference, cached: Bool) {
         let baseHash: String
         baseHash = try fileContentHash(basePath)
         let header = try BaseReference.header(basePath: basePath, baseHash: baseHash, vocab: base.config.vocabSize,
-                                              hidden: base.config.hiddenSize, tokens: tokens, window: window, protocol: scoring,
+                                              hidden: base.config.hiddenSize, tokens: tokens, window: window,
+                                              protocol: scoring,
                                               maxTokens: maxTokens, k: k)
         if let cacheDirectory {
-            return try BaseReference.cached(directory: cacheDirectory, header: header, base: base, tokens: tokens, warning: warning, progress: progress)
+            return try BaseReference.cached(directory: cacheDirectory, header: header, base: base, tokens: tokens,
+                                            warning: warning, progress: progress)
         }
-        let tmp = (NSTemporaryDirectory() as NSString).appendingPathComponent("compress-\(getpid())-" + BaseReference.fileName(header))
+        let tmp = (NSTemporaryDirectory() as NSString)
+            .appendingPathComponent("compress-\(getpid())-" + BaseReference.fileName(header))
         try BaseReference.build(base: base, tokens: tokens, header: header, to: tmp, progress: progress)
         defer { try? FileManager.default.removeItem(atPath: tmp) }
         return (try BaseReference(path: tmp, expected: header), false)
@@ -196,7 +211,8 @@ public enum Workbench {
     /// The perplexity protocol of a checkpoint's tokenizer (`PerplexityProtocol`): BOS when its `add_bos_token` is
     /// true (then its `bos_token_id` is required), else none; a checkpoint without a tokenizer (evaluated on a token
     /// file) gets none. Every evaluation of a checkpoint goes through here.
-    public static func perplexityProtocol(_ spec: TokenizerSpec?, path: String, kind: PerplexityProtocol.Kind = .pinned) throws -> PerplexityProtocol {
+    public static func perplexityProtocol(_ spec: TokenizerSpec?, path: String,
+                                          kind: PerplexityProtocol.Kind = .pinned) throws -> PerplexityProtocol {
         guard let spec else { return PerplexityProtocol(kind: kind, bos: nil) }
         do {
             return try PerplexityProtocol(kind: kind, addBosToken: spec.addBosToken, bosTokenID: spec.bosTokenID)
@@ -207,9 +223,11 @@ public enum Workbench {
 
     /// The checkpoint's own tokenizer (optionally with another pre-tokenizer, e.g. "gpt2", or for a SentencePiece
     /// tokenizer another spacing rule, e.g. "prefix-first"): byte-level BPE for model "gpt2" (with its NFC normalizer,
-    /// if any), SentencePiece BPE with byte fallback for "llama" (merges as listed, else derived from the scores or, for
-    /// merge_order "gemma", by transformers' Gemma rule). Every error reads "PATH: tokenizer: ..." (added once, here).
-    public static func tokenizer(_ spec: TokenizerSpec?, path: String, preTokenizer: String? = nil) throws -> any TextTokenizer {
+    /// if any), SentencePiece BPE with byte fallback for "llama" (merges as listed, else derived from the scores or,
+    /// for merge_order "gemma", by transformers' Gemma rule). Every error reads "PATH: tokenizer: ..." (added once,
+    /// here).
+    public static func tokenizer(_ spec: TokenizerSpec?, path: String,
+                                 preTokenizer: String? = nil) throws -> any TextTokenizer {
         guard let spec else {
             throw WorkbenchError("this checkpoint carries no tokenizer; use --tokens FILE", ErrorContext(file: path))
         }
@@ -222,8 +240,10 @@ public enum Workbench {
                     }
                     return n
                 }
-                return try BPETokenizer(tokens: spec.tokens, merges: spec.merges, preTokenizer: PreTokenizer(ggufName: preTokenizer ?? spec.pre),
-                                        tokenTypes: spec.tokenTypes, bosTokenID: spec.bosTokenID, eosTokenID: spec.eosTokenID,
+                return try BPETokenizer(tokens: spec.tokens, merges: spec.merges,
+                                        preTokenizer: PreTokenizer(ggufName: preTokenizer ?? spec.pre),
+                                        tokenTypes: spec.tokenTypes, bosTokenID: spec.bosTokenID,
+                                        eosTokenID: spec.eosTokenID,
                                         normalizer: normalizer)
             case "llama":
                 let merges: SentencePieceMerges
@@ -269,7 +289,8 @@ public enum Workbench {
     }
 
     /// Encodes a text file with the checkpoint's tokenizer.
-    public static func tokenize(checkpoint path: String, textFile: String, preTokenizer: String? = nil) throws -> TokenizeReport {
+    public static func tokenize(checkpoint path: String, textFile: String,
+                                preTokenizer: String? = nil) throws -> TokenizeReport {
         let spec = try Checkpoint.readTokenizer(path)
         let tok = try tokenizer(spec, path: path, preTokenizer: preTokenizer)
         let text = try readText(textFile)

@@ -107,12 +107,15 @@ extension Workbench {
         try checkOutput(o.output, inputs: [("student", o.student), ("teacher", o.teacher)], force: o.force)
         let teacherCkpt = try Checkpoint.read(o.teacher)
         let studentCkpt = try Checkpoint.read(o.student)
-        guard teacherCkpt.tokenizer == nil || studentCkpt.tokenizer == nil || teacherCkpt.tokenizer == studentCkpt.tokenizer else {
-            throw WorkbenchError("\(o.student): its tokenizer differs from the teacher's (\(o.teacher)); distillation needs one vocabulary")
+        guard teacherCkpt.tokenizer == nil || studentCkpt.tokenizer == nil
+            || teacherCkpt.tokenizer == studentCkpt.tokenizer else {
+            throw WorkbenchError("\(o.student): its tokenizer differs from the teacher's (\(o.teacher)); " +
+                                 "distillation needs one vocabulary")
         }
         let tok = try tokenizer(teacherCkpt.tokenizer ?? studentCkpt.tokenizer, path: o.teacher)
         let evaluating = o.evalTokens != 0
-        let scoring = evaluating ? try perplexityProtocol(teacherCkpt.tokenizer ?? studentCkpt.tokenizer, path: o.teacher) : .noBOS
+        let scoring = evaluating ? try perplexityProtocol(teacherCkpt.tokenizer ?? studentCkpt.tokenizer,
+                                                          path: o.teacher) : .noBOS
         let train = tok.encode(try readText(o.trainText))
         try requireTokens(train, from: o.trainText, needed: o.config.window + 1,
                           for: "one training window of \(o.config.window) + 1")
@@ -129,7 +132,8 @@ extension Workbench {
 
         let test: [Int32] = evaluating ? tok.encode(try readText(o.testText)) : []
         func ppl(_ model: DecoderModel, _ label: String, _ naming: String) throws -> Double {
-            try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, protocol: scoring, maxTokens: o.evalTokens,
+            try measurePPL(model, tokens: test, source: o.testText, window: o.evalWindow, protocol: scoring,
+                           maxTokens: o.evalTokens,
                            label: label, naming: naming, progress: o.progress)
         }
         // Before-training PPL of the student: measured on a fresh start (a resumed run has trained weights).
@@ -173,14 +177,16 @@ extension Workbench {
             teacherPpl: teacherPPL, studentPplBefore: before, studentPpl: studentPPL,
             retention: teacherPPL.flatMap { t in studentPPL.map { t / $0 } },
             retentionBefore: teacherPPL.flatMap { t in before.map { t / $0 } },
-            evalTokens: evaluating ? min(o.evalTokens ?? test.count, test.count) : nil, evalBos: evaluating ? scoring.bos != nil : nil,
+            evalTokens: evaluating ? min(o.evalTokens ?? test.count, test.count) : nil,
+            evalBos: evaluating ? scoring.bos != nil : nil,
             studentParameters: trained.parameterCount, teacherParameters: teacherCkpt.model.parameterCount,
             peakResidentBytes: peakResidentBytes(), blasCore: BLAS.coreName,
             precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels, config: c, log: distiller.log)
     }
 
     /// A checkpoint with the given decoder layers removed (their weights dropped, the rest renumbered).
-    public static func dropLayers(checkpoint path: String, drop: [Int], output: String, force: Bool = false) throws -> (before: Int, after: Int, layers: Int) {
+    public static func dropLayers(checkpoint path: String, drop: [Int], output: String,
+                                  force: Bool = false) throws -> (before: Int, after: Int, layers: Int) {
         try checkOutput(output, inputs: [("input checkpoint", path)], force: force)
         let ckpt = try Checkpoint.read(path)
         let m = ckpt.model
@@ -199,16 +205,19 @@ extension Workbench {
     /// Perplexity of `model` and its divergence from the base of `reference` (made with these tokens and settings),
     /// with progress lines labelled `label`; errors name the model by `naming` (a non-finite figure is an error, never
     /// a result).
-    static func measureDivergence(_ model: DecoderModel, reference: BaseReference, base: DecoderModel, tokens: [Int32], source: String,
+    static func measureDivergence(_ model: DecoderModel, reference: BaseReference, base: DecoderModel, tokens: [Int32],
+                                  source: String,
                                   label: String, naming: String, progress: Bool) throws -> (Double, DivergenceReport) {
         let start = Date()
         var shown = start
         do {
-            let (d, r) = try Divergence.compare(model: model, reference: reference, base: base, tokens: tokens) { done, total in
+            let (d, r) = try Divergence.compare(model: model, reference: reference, base: base,
+                                                tokens: tokens) { done, total in
                 guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
                 shown = Date()
                 let el = Date().timeIntervalSince(start)
-                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
+                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total,
+                                    el / Double(done) * Double(total - done)))
             }
             return (r.ppl, d)
         } catch { throw error.adding(ErrorContext(file: source), place: source, note: naming) }
@@ -217,20 +226,26 @@ extension Workbench {
     /// Perplexity of `model` on `tokens` (the ids of the text file `source`, named in errors) under `protocol` (the
     /// checkpoint's: `perplexityProtocol(_:path:)`), with progress lines labelled `label`; errors name the model by
     /// `naming` (a non-finite perplexity is an error, never a result).
-    static func measurePPL(_ model: DecoderModel, tokens: [Int32], source: String, window: Int, protocol p: PerplexityProtocol,
+    static func measurePPL(_ model: DecoderModel, tokens: [Int32], source: String, window: Int,
+                           protocol p: PerplexityProtocol,
                            maxTokens: Int?, label: String, naming: String, progress: Bool) throws -> Double {
         let start = Date()
         var shown = start
         let r: PerplexityResult
         do {
-            r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, protocol: p, maxTokens: maxTokens) { done, total in
+            r = try Perplexity.evaluate(model: model, tokens: tokens, window: window, protocol: p,
+                                        maxTokens: maxTokens) { done, total in
                 guard progress, Date().timeIntervalSince(shown) > 5 || done == total else { return }
                 shown = Date()
                 let el = Date().timeIntervalSince(start)
-                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total, el / Double(done) * Double(total - done)))
+                progressLine(String(format: "eval %@: window %d/%d  ETA %.0fs", label, done, total,
+                                    el / Double(done) * Double(total - done)))
             }
         } catch { throw error.adding(ErrorContext(file: source), place: source, note: naming) }
-        if progress { progressLine(String(format: "eval %@: ppl %.4f (%d tokens%@)", label, r.ppl, r.tokens, r.bos ? ", each window BOS + W-1" : "")) }
+        if progress {
+            progressLine(String(format: "eval %@: ppl %.4f (%d tokens%@)", label, r.ppl, r.tokens,
+                                r.bos ? ", each window BOS + W-1" : ""))
+        }
         return r.ppl
     }
 

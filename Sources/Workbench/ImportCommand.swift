@@ -36,6 +36,7 @@ extension Workbench {
         return ImportReport(source: source, output: output, parameters: ckpt.model.parameterCount,
                             tensors: ckpt.model.namedTensors.count, outputBytes: bytes,
                             tokenizer: ckpt.tokenizer != nil, seconds: Date().timeIntervalSince(start),
-                            warnings: ckpt.history.last?.objectValue?["warnings"]?.arrayValue?.compactMap(\.stringValue) ?? [])
+                            warnings: ckpt.history.last?.objectValue?["warnings"]?.arrayValue?.compactMap(\.stringValue)
+                                ?? [])
     }
 }

@@ -75,7 +75,8 @@ extension Workbench {
         let layers = model.layers.enumerated().map { i, l -> InspectReport.LayerEntry in
             let b = c.blocks[i]
             let norms = (l.attention.map { $0.norm.count } ?? 0) + (l.mlp.map { $0.norm.count } ?? 0)
-            let linear = [l.attention.map { [$0.q, $0.k, $0.v, $0.o] } ?? [], l.mlp.map { [$0.gate, $0.up, $0.down] } ?? []].joined()
+            let linear = [l.attention.map { [$0.q, $0.k, $0.v, $0.o] } ?? [],
+                          l.mlp.map { [$0.gate, $0.up, $0.down] } ?? []].joined()
             return .init(index: i, attention: b.attention, numAttentionHeads: b.attention ? b.numAttentionHeads : nil,
                          numKeyValueHeads: b.attention ? b.numKeyValueHeads : nil, mlp: b.mlp,
                          intermediateSize: b.mlp ? b.intermediateSize : nil,
@@ -90,7 +91,8 @@ extension Workbench {
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         let entries = model.weights.map { w -> InspectReport.TensorEntry in
             let bytes = w.weight.storageBytes, n = w.weight.shape.reduce(1, *)
-            var e = InspectReport.TensorEntry(name: model.config.name(w.id), shape: w.weight.shape, representation: "dense", dtype: "float32",
+            var e = InspectReport.TensorEntry(name: model.config.name(w.id), shape: w.weight.shape,
+                                              representation: "dense", dtype: "float32",
                                               bytes: bytes, bitsPerWeight: Double(bytes * 8) / Double(n))
             switch w.weight {
             case .vector, .matrix(.dense): break
@@ -99,7 +101,9 @@ extension Workbench {
             case .matrix(.quantized(let q)):
                 (e.representation, e.dtype) = ("quantized", q.packed.format.description)
             case .matrix(.factorized(let f)):
-                (e.representation, e.pattern, e.density) = ("factorized", "rank \(f.rank), \(f.nonzerosPerColumn) per column", f.sparse.mask.density)
+                (e.representation, e.pattern, e.density) = ("factorized",
+                                                            "rank \(f.rank), \(f.nonzerosPerColumn) per column",
+                                                            f.sparse.mask.density)
                 if f.isQuantized {
                     e.dtype = f.quantizedDense?.format.description ?? "float32"
                     e.sparseFactorDtype = f.quantizedSparse?.format.description ?? "float32"
@@ -117,7 +121,8 @@ extension Workbench {
             config: c.json, parameters: model.parameterCount, tensorBytes: total,
             bitsPerWeight: Double(total * 8) / Double(model.parameterCount),
             quantizedTensors: quantizedEntries.count,
-            quantizedBitsPerWeight: qWeights > 0 ? Double(quantizedEntries.reduce(0) { $0 + $1.bytes } * 8) / Double(qWeights) : nil,
+            quantizedBitsPerWeight: qWeights > 0
+                ? Double(quantizedEntries.reduce(0) { $0 + $1.bytes } * 8) / Double(qWeights) : nil,
             layers: layers, tensors: entries,
             tokenizer: tokenizer, history: ckpt.history)
     }
@@ -134,18 +139,21 @@ extension InspectReport {
         s += "config: \(config.text)\n"
         s += "layers:\n"
         for l in layers {
-            let attn = l.attention ? "attention \(l.numAttentionHeads ?? 0)q/\(l.numKeyValueHeads ?? 0)kv heads" : "attention absent"
+            let attn = l.attention
+                ? "attention \(l.numAttentionHeads ?? 0)q/\(l.numKeyValueHeads ?? 0)kv heads" : "attention absent"
             let mlp = l.mlp ? "mlp \(l.intermediateSize ?? 0)" : "mlp absent"
             s += "  \(l.index): \(attn), \(mlp), \(l.parameters) parameters\n"
         }
         s += "tensors (\(tensors.count)):\n"
         for t in tensors {
             var how = t.representation == "dense" || t.representation == "quantized" ? t.dtype
-                : t.representation + " " + (t.pattern ?? "") + (t.density.map { String(format: " density %.3f", $0) } ?? "")
+                : t.representation + " " + (t.pattern ?? "")
+                    + (t.density.map { String(format: " density %.3f", $0) } ?? "")
             if t.representation == "factorized", let d = t.denseFactorBytes, let s = t.sparseFactorBytes {
                 how += ", D \(t.dtype) \(formatBytes(d)) + S \(t.sparseFactorDtype ?? "float32") \(formatBytes(s))"
             }
-            s += "  \(t.name) \(t.shape) \(how) \(formatBytes(t.bytes))" + String(format: " %.3f bits/weight\n", t.bitsPerWeight)
+            s += "  \(t.name) \(t.shape) \(how) \(formatBytes(t.bytes))"
+                + String(format: " %.3f bits/weight\n", t.bitsPerWeight)
         }
         s += "tokenizer: \(tokenizer.text)\n"
         s += "history (\(history.count)):\n"
@@ -181,7 +189,8 @@ extension Workbench {
     public static func formats(groupSize: Int) throws -> FormatsReport {
         do {
             return FormatsReport(groupSize: groupSize, formats: try QuantFormat.table(groupSize: groupSize).map {
-                .init(name: $0.name, bits: $0.bits, groupSize: $0.groupSize, symmetric: $0.symmetric, bytesPerGroup: $0.bytesPerGroup,
+                .init(name: $0.name, bits: $0.bits, groupSize: $0.groupSize, symmetric: $0.symmetric,
+                      bytesPerGroup: $0.bytesPerGroup,
                       bitsPerWeight: $0.bitsPerWeight)
             })
         } catch { throw error.adding(place: "--group-size") }

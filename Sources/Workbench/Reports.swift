@@ -23,7 +23,8 @@ public struct WorkbenchError: ContextualError {
 public func encodeJSON<T: Encodable>(_ value: T, pretty: Bool = false) throws -> String {
     let e = JSONEncoder()
     e.keyEncodingStrategy = .convertToSnakeCase
-    e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+    e.outputFormatting = pretty
+        ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
     do { return String(decoding: try e.encode(value), as: UTF8.self) } catch {
         let why = firstNonFiniteNumber(in: value).map { "\($0) is not a finite number" } ?? "\(error)"
         throw WorkbenchError("could not encode the report: \(why)")

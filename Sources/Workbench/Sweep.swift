@@ -26,7 +26,11 @@ public struct SweepOptions {
     public var cacheDirectory: String?
     public var progress = true
     public var slurm: SlurmOptions?
-    public init(recipe: String, sets: [String], directory: String) { self.recipe = recipe; self.sets = sets; self.directory = directory }
+    public init(recipe: String, sets: [String], directory: String) {
+        self.recipe = recipe
+        self.sets = sets
+        self.directory = directory
+    }
 }
 
 /// A Slurm job array: one array task per point, plus a collect job that runs when they have all ended.
@@ -59,7 +63,9 @@ public struct SweepAxis: Codable, Equatable, Sendable {
             let s = raw.trimmingCharacters(in: .whitespaces)
             return (try? JSONValue.parse(s)) ?? .string(s)
         }
-        if let i = values.firstIndex(where: { $0 == .string("") }) { throw WorkbenchError("--set \(path): value \(i + 1) is empty") }
+        if let i = values.firstIndex(where: { $0 == .string("") }) {
+            throw WorkbenchError("--set \(path): value \(i + 1) is empty")
+        }
     }
 
     /// The comma-separated items of `list`, with commas inside [...], {...} and "..." (backslash escapes) kept.
@@ -167,15 +173,21 @@ public struct SweepReport: Codable {
     public var text: String {
         var s = "sweep \(name ?? recipe): \(finished)/\(points) points in \(directory)"
             + (skipped > 0 ? " (\(skipped) from an earlier run)" : "") + String(format: ", %.1f s\n", seconds)
-        if let b = basePpl { s += String(format: "base: ppl %.4f, %d parameters, %@\n", b, baseParameters ?? 0, formatBytes(baseBytes ?? 0)) }
+        if let b = basePpl {
+            s += String(format: "base: ppl %.4f, %d parameters, %@\n", b, baseParameters ?? 0,
+                        formatBytes(baseBytes ?? 0))
+        }
         let paths = axes.map(\.path)
-        s += (["point"] + paths + ["parameters", "bytes", "bits/w", "ppl", "retention", "kld", "kld_p99", "same_top_p", "seconds"])
+        s += (["point"] + paths
+              + ["parameters", "bytes", "bits/w", "ppl", "retention", "kld", "kld_p99", "same_top_p", "seconds"])
             .joined(separator: "\t") + "\n"
         for r in rows {
-            s += ([r.point] + paths.map { r.values[$0]?.text ?? "" } + [String(r.parameters), String(r.bytes), String(format: "%.3f", r.bitsPerWeight),
+            s += ([r.point] + paths.map { r.values[$0]?.text ?? "" }
+                  + [String(r.parameters), String(r.bytes), String(format: "%.3f", r.bitsPerWeight),
                    r.ppl.map { String(format: "%.4f", $0) } ?? "", r.retention.map { String(format: "%.4f", $0) } ?? "",
                    r.kld.map { String(format: "%.5f", $0) } ?? "", r.kldP99.map { String(format: "%.5f", $0) } ?? "",
-                   r.sameTopP.map { String(format: "%.4f", $0) } ?? "", String(format: "%.1f", r.seconds)]).joined(separator: "\t") + "\n"
+                   r.sameTopP.map { String(format: "%.4f", $0) } ?? "",
+                   String(format: "%.1f", r.seconds)]).joined(separator: "\t") + "\n"
         }
         if let best { s += "best (lowest PPL): \(best)\n" }
         s += "table: \(csv)\n"
@@ -210,10 +222,14 @@ extension Workbench {
         let cache = o.cacheDirectory ?? (dir as NSString).appendingPathComponent("cache")
         let done = manifest.points.filter { FileManager.default.fileExists(atPath: $0.report) }
         let pending = manifest.points.filter { !FileManager.default.fileExists(atPath: $0.report) }
-        if !done.isEmpty { say("sweep: \(done.count) of \(manifest.points.count) points finished earlier; running the other \(pending.count)") }
+        if !done.isEmpty {
+            say("sweep: \(done.count) of \(manifest.points.count) points finished earlier; running the " +
+                "other \(pending.count)")
+        }
 
         if let slurm = o.slurm {
-            let jobs = try submitSlurm(manifest: manifest, pending: pending, directory: dir, cache: cache, options: slurm, say: say)
+            let jobs = try submitSlurm(manifest: manifest, pending: pending, directory: dir, cache: cache,
+                                       options: slurm, say: say)
             var r = try collectSweep(directory: dir, keep: o.keep, progress: o.progress)
             r.slurmJobs = jobs
             r.seconds = Date().timeIntervalSince(started)
@@ -227,15 +243,19 @@ extension Workbench {
             var times: [Double] = []
             for (k, p) in pending.enumerated() {
                 let t0 = Date()
-                if session == nil { session = try Session(checkpoint: manifest.base, cacheDirectory: cache, progress: o.progress) }
+                if session == nil {
+                    session = try Session(checkpoint: manifest.base, cacheDirectory: cache, progress: o.progress)
+                }
                 guard let session, let recipe = recipes[p.name] else { continue }
-                say("sweep: point \(k + 1)/\(pending.count) (\(p.name): \(describe(p.values))) starts" + eta(times, left: pending.count - k, jobs: 1))
+                say("sweep: point \(k + 1)/\(pending.count) (\(p.name): \(describe(p.values))) starts"
+                    + eta(times, left: pending.count - k, jobs: 1))
                 try MatrixProduct.select(recipe.precision ?? .fp32)
                 let r = try session.run(recipe, label: p.recipe, statePrefix: p.output, resume: hasState(p))
                 let report = try writePoint(session: session, recipe: recipe, point: p, result: r, started: t0)
                 for s in r.statePaths { try? FileManager.default.removeItem(atPath: s) }
                 times.append(Date().timeIntervalSince(t0))
-                say(String(format: "sweep: point %d/%d (%@) done in %@", k + 1, pending.count, p.name, formatDuration(times.last!))
+                say(String(format: "sweep: point %d/%d (%@) done in %@", k + 1, pending.count, p.name,
+                           formatDuration(times.last!))
                     + (report.pplAfter.map { String(format: ", ppl %.4f", $0) } ?? ""))
             }
         } else {
@@ -291,7 +311,8 @@ extension Workbench {
         if o.zip {
             let n = axes[0].values.count
             if let bad = axes.first(where: { $0.values.count != n }) {
-                throw WorkbenchError("--zip: every --set needs the same number of values (\(axes[0].path) has \(n), \(bad.path) has \(bad.values.count))")
+                throw WorkbenchError("--zip: every --set needs the same number of values (\(axes[0].path) " +
+                                     "has \(n), \(bad.path) has \(bad.values.count))")
             }
             combos = (0..<n).map { i in axes.map { $0.values[i] } }
         } else {
@@ -318,18 +339,23 @@ extension Workbench {
                 throw error.adding(place: "sweep point \(name) (\(settings))")
             }
             if let i = recipes[name]?.stages.firstIndex(where: { $0.stage.work.writes }) {
-                throw WorkbenchError("\(o.recipe), stage \(i + 1) (export): export stages are not run in sweeps (every point would write the same output); export the point you choose with `compress export`")
+                throw WorkbenchError("\(o.recipe), stage \(i + 1) (export): export stages are not run in sweeps " +
+                                     "(every point would write the same output); export the point you choose with " +
+                                     "`compress export`")
             }
             texts[name] = j.text
-            points.append(SweepPoint(index: i, name: name, values: Dictionary(uniqueKeysWithValues: zip(axes.map(\.path), combo)),
+            points.append(SweepPoint(index: i, name: name,
+                                     values: Dictionary(uniqueKeysWithValues: zip(axes.map(\.path), combo)),
                                      recipe: recipePath, output: output,
                                      report: (pointsDir as NSString).appendingPathComponent(name + ".report.json")))
         }
-        let manifest = SweepManifest(recipe: o.recipe, recipeJSON: json.text, base: base, axes: axes, zip: o.zip, points: points)
+        let manifest = SweepManifest(recipe: o.recipe, recipeJSON: json.text, base: base, axes: axes, zip: o.zip,
+                                     points: points)
         let manifestPath = (dir as NSString).appendingPathComponent("sweep.json")
         let fm = FileManager.default
         func foreign() -> Bool {  // a non-empty directory without a manifest: not a sweep's
-            guard !fm.fileExists(atPath: manifestPath), let entries = try? fm.contentsOfDirectory(atPath: dir) else { return false }
+            guard !fm.fileExists(atPath: manifestPath),
+                let entries = try? fm.contentsOfDirectory(atPath: dir) else { return false }
             return entries.contains { $0 != lockName }
         }
         if foreign() {
@@ -380,7 +406,8 @@ extension Workbench {
     }
 
     /// Writes the point's checkpoint and its report (the report last: it marks the point finished).
-    static func writePoint(session: Session, recipe: Recipe, point p: SweepPoint, result r: Session.Result, started: Date) throws -> ApplyReport {
+    static func writePoint(session: Session, recipe: Recipe, point p: SweepPoint, result r: Session.Result,
+                           started: Date) throws -> ApplyReport {
         let report = try session.write(r, recipe: recipe, recipePath: p.recipe, output: p.output, started: started)
         try writeFileAtomically(p.report, Data(try encodeJSON(report).utf8))
         return report
@@ -388,7 +415,8 @@ extension Workbench {
 
     /// Runs points as `compress apply` processes, `jobs` at a time, the cores split between them; the first
     /// point runs alone so that the others read its analysis from the shared cache.
-    static func runPointsInProcesses(_ points: [SweepPoint], jobs: Int, cache: String, progress: Bool, say: (String) -> Void) throws {
+    static func runPointsInProcesses(_ points: [SweepPoint], jobs: Int, cache: String, progress: Bool,
+                                     say: (String) -> Void) throws {
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
         func start(_ p: SweepPoint, threads: Int) throws -> Process {
@@ -409,7 +437,9 @@ extension Workbench {
                 let data = h.availableData
                 guard !data.isEmpty else { h.readabilityHandler = nil; return }
                 guard show else { return }
-                for line in String(decoding: data, as: UTF8.self).split(separator: "\n") { progressLine("[\(name)] \(line)") }
+                for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+                    progressLine("[\(name)] \(line)")
+                }
             }
             try proc.run()
             return proc
@@ -418,9 +448,12 @@ extension Workbench {
             proc.waitUntilExit()
             guard proc.terminationReason == .exit, proc.terminationStatus == 0 else {
                 let text = (try? String(contentsOfFile: p.report + ".part", encoding: .utf8)) ?? ""
-                throw WorkbenchError("sweep point \(p.name) (\(p.recipe)) failed: \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
+                throw WorkbenchError("sweep point \(p.name) (\(p.recipe)) " +
+                                     "failed: \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
             }
-            guard rename(p.report + ".part", p.report) == 0 else { throw WorkbenchError("\(p.report): cannot move the report into place") }
+            guard rename(p.report + ".part", p.report) == 0 else {
+                throw WorkbenchError("\(p.report): cannot move the report into place")
+            }
         }
         var queue = points[...], times: [Double] = [], doneCount = 0
         if let first = queue.popFirst() {
@@ -432,16 +465,20 @@ extension Workbench {
         let threads = max(1, cores / jobs)
         var running: [(Process, SweepPoint, Date)] = []
         while !queue.isEmpty || !running.isEmpty {
-            while running.count < jobs, let p = queue.popFirst() { running.append((try start(p, threads: threads), p, Date())) }
+            while running.count < jobs, let p = queue.popFirst() {
+                running.append((try start(p, threads: threads), p, Date()))
+            }
             let (proc, p, t0) = running.removeFirst()
             try finish(proc, p)
             times.append(Date().timeIntervalSince(t0)); doneCount += 1
-            say("sweep: \(doneCount)/\(points.count) points done (\(p.name))" + eta(times, left: points.count - doneCount, jobs: jobs))
+            say("sweep: \(doneCount)/\(points.count) points done (\(p.name))"
+                + eta(times, left: points.count - doneCount, jobs: jobs))
         }
     }
 
     /// Builds results.csv, results.json and the plot from whatever points have finished (their reports).
-    public static func collectSweep(directory dir: String, keep: SweepOptions.Keep = .all, progress: Bool = true) throws -> SweepReport {
+    public static func collectSweep(directory dir: String, keep: SweepOptions.Keep = .all,
+                                    progress: Bool = true) throws -> SweepReport {
         let manifestPath = (dir as NSString).appendingPathComponent("sweep.json")
         guard let data = FileManager.default.contents(atPath: manifestPath),
               let m = try? JSONDecoder().decode(SweepManifest.self, from: data) else {
@@ -453,14 +490,20 @@ extension Workbench {
         for p in m.points {
             guard let d = FileManager.default.contents(atPath: p.report) else { continue }
             let j: JSONValue
-            do { j = try JSONValue.parse(String(decoding: d, as: UTF8.self)) } catch { throw WorkbenchError("\(p.report): unreadable report (\(error))") }
-            guard let o = j.objectValue, let params = o["parameters_after"]?.intValue, let bytes = o["bytes_after"]?.intValue else {
+            do { j = try JSONValue.parse(String(decoding: d, as: UTF8.self)) } catch {
+                throw WorkbenchError("\(p.report): unreadable report (\(error))")
+            }
+            guard let o = j.objectValue, let params = o["parameters_after"]?.intValue,
+                let bytes = o["bytes_after"]?.intValue else {
                 throw WorkbenchError("\(p.report): not a report of compress apply")
             }
-            if base == nil, let bp = o["parameters_before"]?.intValue, let bb = o["bytes_before"]?.intValue { base = (o["ppl_before"]?.doubleValue, bp, bb) }
+            if base == nil, let bp = o["parameters_before"]?.intValue, let bb = o["bytes_before"]?.intValue {
+                base = (o["ppl_before"]?.doubleValue, bp, bb)
+            }
             name = name ?? o["name"]?.stringValue
             rows.append(SweepRow(point: p.name, values: p.values, parameters: params, bytes: bytes,
-                                 bitsPerWeight: Double(8 * bytes) / Double(max(params, 1)), ppl: o["ppl_after"]?.doubleValue,
+                                 bitsPerWeight: Double(8 * bytes) / Double(max(params, 1)),
+                                 ppl: o["ppl_after"]?.doubleValue,
                                  retention: o["retention"]?.doubleValue, kld: o["kld_after"]?.doubleValue,
                                  kldP99: o["kld_p99_after"]?.doubleValue, sameTopP: o["same_top_p_after"]?.doubleValue,
                                  seconds: o["seconds"]?.doubleValue ?? 0,
@@ -473,30 +516,46 @@ extension Workbench {
         }
         let csvPath = (dir as NSString).appendingPathComponent("results.csv")
         let paths = m.axes.map(\.path)
-        func field(_ s: String) -> String { s.contains(where: { ",\"\n".contains($0) }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
-        var csv = (["point"] + paths + ["parameters", "bytes", "bits_per_weight", "ppl", "retention", "kld", "kld_p99", "same_top_p", "seconds", "output"])
+        func field(_ s: String) -> String {
+            s.contains(where: { ",\"\n".contains($0) })
+                ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+        }
+        var csv = (["point"] + paths
+                   + ["parameters", "bytes", "bits_per_weight", "ppl", "retention", "kld", "kld_p99", "same_top_p",
+                      "seconds", "output"])
             .map(field).joined(separator: ",") + "\n"
         for r in rows {
             func cell(_ x: Double?) -> String { x.map { String($0) } ?? "" }
-            let values: [String] = paths.map { v in r.values[v].map { if case .string(let s) = $0 { return s }; return $0.text } ?? "" }
-            let figures: [String] = [String(r.parameters), String(r.bytes), String(r.bitsPerWeight), cell(r.ppl), cell(r.retention),
-                                     cell(r.kld), cell(r.kldP99), cell(r.sameTopP), String(format: "%.3f", r.seconds), r.output ?? ""]
+            let values: [String] = paths.map { v in
+                r.values[v].map { if case .string(let s) = $0 { return s }; return $0.text } ?? ""
+            }
+            let figures: [String] = [String(r.parameters), String(r.bytes), String(r.bitsPerWeight), cell(r.ppl),
+                                     cell(r.retention),
+                                     cell(r.kld), cell(r.kldP99), cell(r.sameTopP), String(format: "%.3f", r.seconds),
+                                     r.output ?? ""]
             let cells = [r.point] + values + figures
             csv += cells.map(field).joined(separator: ",") + "\n"
         }
         try writeFileAtomically(csvPath, Data(csv.utf8))
-        var report = SweepReport(recipe: m.recipe, name: name, directory: dir, axes: m.axes, zip: m.zip, points: m.points.count,
-                                 finished: rows.count, skipped: 0, basePpl: base?.ppl, baseParameters: base?.params, baseBytes: base?.bytes,
-                                 rows: rows, best: best, seconds: 0, csv: csvPath, plots: [], warnings: [], slurmJobs: nil)
-        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"), Data(try encodeJSON(report, pretty: true).utf8))
+        var report = SweepReport(recipe: m.recipe, name: name, directory: dir, axes: m.axes, zip: m.zip,
+                                 points: m.points.count,
+                                 finished: rows.count, skipped: 0, basePpl: base?.ppl, baseParameters: base?.params,
+                                 baseBytes: base?.bytes,
+                                 rows: rows, best: best, seconds: 0, csv: csvPath, plots: [], warnings: [],
+                                 slurmJobs: nil)
+        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"),
+                                Data(try encodeJSON(report, pretty: true).utf8))
         if rows.contains(where: { $0.ppl != nil }) {
-            do { report.plots = try plotSweeps([dir], output: (dir as NSString).appendingPathComponent("plot")) } catch let e as WorkbenchError {
+            do {
+                report.plots = try plotSweeps([dir], output: (dir as NSString).appendingPathComponent("plot"))
+            } catch let e as WorkbenchError {
                 report.warnings.append(e.description)
             }
         } else {
             report.warnings.append("no finished point has a PPL yet (an eval stage); no plot")
         }
-        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"), Data(try encodeJSON(report, pretty: true).utf8))
+        try writeFileAtomically((dir as NSString).appendingPathComponent("results.json"),
+                                Data(try encodeJSON(report, pretty: true).utf8))
         return report
     }
 
@@ -522,7 +581,9 @@ extension Workbench {
         let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         proc.waitUntilExit()
         guard proc.terminationStatus == 0 else {
-            throw WorkbenchError("plot skipped: \(script) failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines)) (matplotlib: tools/ensure_packages.sh installs python3-matplotlib)")
+            throw WorkbenchError("plot skipped: \(script) " +
+                                 "failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines)) (matplotlib: " +
+                                 "tools/ensure_packages.sh installs python3-matplotlib)")
         }
         return [output + ".svg", output + ".png"]
     }
@@ -537,7 +598,8 @@ extension Workbench {
         let cwd = fm.currentDirectoryPath
         guard !pending.isEmpty else { say("sweep: every point has finished; nothing to submit"); return [] }
         let list = (slurmDir as NSString).appendingPathComponent("points.txt")
-        try writeFileAtomically(list, Data((pending.map { "\($0.recipe)\t\($0.report)" }.joined(separator: "\n") + "\n").utf8))
+        try writeFileAtomically(
+            list, Data((pending.map { "\($0.recipe)\t\($0.report)" }.joined(separator: "\n") + "\n").utf8))
         var header = "#!/bin/bash\n"
         if let p = s.partition { header += "#SBATCH --partition=\(p)\n" }
         if let t = s.time { header += "#SBATCH --time=\(t)\n" }
@@ -552,13 +614,15 @@ extension Workbench {
             cd '\(cwd)'
             line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" '\(list)')
             recipe=${line%%$'\\t'*}; report=${line#*$'\\t'}
-            export COMPRESS_THREADS=${SLURM_CPUS_PER_TASK:-\(s.cpusPerTask)} OPENBLAS_NUM_THREADS=${SLURM_CPUS_PER_TASK:-\(s.cpusPerTask)}
+            export COMPRESS_THREADS=${SLURM_CPUS_PER_TASK:-\(s.cpusPerTask)} \
+            OPENBLAS_NUM_THREADS=${SLURM_CPUS_PER_TASK:-\(s.cpusPerTask)}
             resume=""; ls "${recipe%.recipe.json}.h5.stage"* >/dev/null 2>&1 && resume=--resume
             '\(exe)' apply "$recipe" --cache '\(cache)' --json $resume > "$report.part"
             mv "$report.part" "$report"
 
             """
-        let collect = header.replacingOccurrences(of: "--cpus-per-task=\(s.cpusPerTask)", with: "--cpus-per-task=1") + """
+        let collect = header.replacingOccurrences(of: "--cpus-per-task=\(s.cpusPerTask)",
+                                                  with: "--cpus-per-task=1") + """
             #SBATCH --job-name=compress-sweep-collect
             #SBATCH --output=\(slurmDir)/collect.log
             # Runs when every array task has ended (afterany): the table and the plot from whatever finished.
@@ -566,7 +630,8 @@ extension Workbench {
             '\(exe)' sweep collect '\(dir)'
 
             """
-        let arrayPath = (slurmDir as NSString).appendingPathComponent("array.sh"), collectPath = (slurmDir as NSString).appendingPathComponent("collect.sh")
+        let arrayPath = (slurmDir as NSString).appendingPathComponent("array.sh"),
+            collectPath = (slurmDir as NSString).appendingPathComponent("collect.sh")
         try writeFileAtomically(arrayPath, Data(array.utf8))
         try writeFileAtomically(collectPath, Data(collect.utf8))
         guard !s.dryRun else { say("sweep: wrote \(arrayPath) and \(collectPath) (dry run: not submitted)"); return [] }
@@ -576,18 +641,23 @@ extension Workbench {
             proc.arguments = ["sbatch", "--parsable"] + args
             let out = Pipe(), err = Pipe()
             proc.standardOutput = out; proc.standardError = err
-            do { try proc.run() } catch { throw WorkbenchError("--slurm: cannot run sbatch (\(error)); is Slurm installed?") }
+            do { try proc.run() } catch {
+                throw WorkbenchError("--slurm: cannot run sbatch (\(error)); is Slurm installed?")
+            }
             let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             proc.waitUntilExit()
-            guard proc.terminationStatus == 0, let id = text.split(separator: ";").first.map({ $0.trimmingCharacters(in: .whitespacesAndNewlines) }), !id.isEmpty else {
+            guard proc.terminationStatus == 0,
+                let id = text.split(separator: ";").first.map({ $0.trimmingCharacters(in: .whitespacesAndNewlines) }),
+                !id.isEmpty else {
                 throw WorkbenchError("--slurm: sbatch failed: \(e.trimmingCharacters(in: .whitespacesAndNewlines))")
             }
             return id
         }
         let arrayID = try sbatch([arrayPath])
         let collectID = try sbatch(["--dependency=afterany:\(arrayID)", collectPath])
-        say("sweep: submitted job array \(arrayID) (\(pending.count) points) and collect job \(collectID); `compress sweep collect \(dir)` builds the table from whatever finished")
+        say("sweep: submitted job array \(arrayID) (\(pending.count) points) and collect job \(collectID); `compress " +
+            "sweep collect \(dir)` builds the table from whatever finished")
         return [arrayID, collectID]
     }
 }
