@@ -60,7 +60,10 @@ public enum MatrixProduct {
     /// "bf16 (oneDNN 2.6.3, AMX)" or "bf16 (oneDNN 2.6.3, AVX512-BF16)".
     public static var kernels: String {
         switch precision {
-        case .fp32: "float32 (OpenBLAS \(BLAS.coreName))"
+        case .fp32:
+            float32Library == .openBLAS
+                ? "float32 (OpenBLAS \(BLAS.coreName))"
+                : "float32 (oneDNN \(String(cString: compress_dnnl_version())), \(String(cString: compress_dnnl_isa())))"
         case .bf16: "bf16 (oneDNN \(String(cString: compress_dnnl_version())), \(bf16ISA))"
         }
     }
