@@ -63,7 +63,8 @@ public enum MatrixProduct {
         case .fp32:
             float32Library == .openBLAS
                 ? "float32 (OpenBLAS \(BLAS.coreName))"
-                : "float32 (oneDNN \(String(cString: compress_dnnl_version())), \(String(cString: compress_dnnl_isa())))"
+                : "float32 (oneDNN \(String(cString: compress_dnnl_version())), "
+                    + "\(String(cString: compress_dnnl_isa())))"
         case .bf16: "bf16 (oneDNN \(String(cString: compress_dnnl_version())), \(bf16ISA))"
         }
     }
