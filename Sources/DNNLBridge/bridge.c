@@ -224,7 +224,8 @@ int compress_bf16_matmul_run(const compress_bf16_matmul *p, const float *a, cons
     dnnl_status_t r = dnnl_memory_create(&ma, &p->a_bf16, engine, a16);
     if (r == dnnl_success) r = dnnl_memory_create(&mb, &p->b_packed, engine, (void *)packed_b);
     if (r == dnnl_success) r = dnnl_memory_create(&mc, &p->c_f32, engine, c);
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, NULL}};
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, NULL}};
     int nargs = 3;
     if (r == dnnl_success && p->scratch_bytes > 0) {
         dnnl_memory_desc_t pad_md;
