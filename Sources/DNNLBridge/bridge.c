@@ -168,6 +168,17 @@ fail:
 
 size_t compress_bf16_matmul_packed_b_bytes(const compress_bf16_matmul *p) { return p->b_bytes; }
 
+/// A oneDNN memory object of `bytes` over this thread's scratch buffer 2 (a primitive's user-managed scratchpad).
+static dnnl_status_t scratchpad(struct thread_state *s, size_t bytes, dnnl_memory_t *pad) {
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {(dnnl_dim_t)bytes};
+    dnnl_status_t st = dnnl_memory_desc_init_by_tag(&md, 1, dims, dnnl_u8, dnnl_a);
+    void *buffer = scratch(s, 2, bytes);
+    if (st == dnnl_success && !buffer) st = dnnl_out_of_memory;
+    if (st == dnnl_success) st = dnnl_memory_create(pad, &md, engine, buffer);
+    return st;
+}
+
 /// Runs `reorder` from `from` (desc `from_md`) into `to` (desc `to_md`) on this thread's stream.
 static int run_reorder(const compress_bf16_matmul *p, struct thread_state *s, dnnl_primitive_t reorder,
                        const dnnl_memory_desc_t *from_md, const void *from, const dnnl_memory_desc_t *to_md,
@@ -178,12 +189,7 @@ static int run_reorder(const compress_bf16_matmul *p, struct thread_state *s, dn
     dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, NULL}};
     int nargs = 2;
     if (st == dnnl_success && p->reorder_scratch_bytes > 0) {
-        dnnl_memory_desc_t pad_md;
-        dnnl_dims_t dims = {(dnnl_dim_t)p->reorder_scratch_bytes};
-        st = dnnl_memory_desc_init_by_tag(&pad_md, 1, dims, dnnl_u8, dnnl_a);
-        void *buffer = scratch(s, 2, p->reorder_scratch_bytes);
-        if (st == dnnl_success && !buffer) st = dnnl_out_of_memory;
-        if (st == dnnl_success) st = dnnl_memory_create(&pad, &pad_md, engine, buffer);
+        st = scratchpad(s, p->reorder_scratch_bytes, &pad);
         args[2].memory = pad;
         nargs = 3;
     }
@@ -228,12 +234,7 @@ int compress_bf16_matmul_run(const compress_bf16_matmul *p, const float *a, cons
         {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, NULL}};
     int nargs = 3;
     if (r == dnnl_success && p->scratch_bytes > 0) {
-        dnnl_memory_desc_t pad_md;
-        dnnl_dims_t dims = {(dnnl_dim_t)p->scratch_bytes};
-        r = dnnl_memory_desc_init_by_tag(&pad_md, 1, dims, dnnl_u8, dnnl_a);
-        void *buffer = scratch(s, 2, p->scratch_bytes);
-        if (r == dnnl_success && !buffer) r = dnnl_out_of_memory;
-        if (r == dnnl_success) r = dnnl_memory_create(&pad, &pad_md, engine, buffer);
+        r = scratchpad(s, p->scratch_bytes, &pad);
         args[3].memory = pad;
         nargs = 4;
     }
