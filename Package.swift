@@ -12,7 +12,7 @@ import PackageDescription
 //   4 Model (ModelConfig, Families/, LinearWeight, TransformerDecoder)
 //   3 Quantization, GGUF, Safetensors
 //   2 TensorCore, MappedIO, Tokenizer
-//   1 CBLAS, CHDF5, DNNLBridge (oneDNN bf16 matmul), SafeFiles, JSONKeys
+//   1 CBLAS, CHDF5, DNNLBridge (oneDNN bf16 matmul), CKernels (AVX-512 / AVX2 kernels), SafeFiles, JSONKeys
 //   0 Diagnostics (ErrorContext: the file, stage, key, tensor, expected and found of an error)
 let package = Package(
     name: "compress",
@@ -27,8 +27,9 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .target(name: "DNNLBridge", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
+        .target(name: "CKernels"),
         .target(name: "TensorCore", dependencies: [
-            "CBLAS", "DNNLBridge", .product(name: "Numerics", package: "swift-numerics"),
+            "CBLAS", "DNNLBridge", "CKernels", .product(name: "Numerics", package: "swift-numerics"),
         ]),
         .target(name: "Model", dependencies: ["Diagnostics", "TensorCore", "Quantization", "JSONKeys"]),
         .target(name: "Checkpoint", dependencies: ["Diagnostics", "Model", "CHDF5", "Quantization", "SafeFiles"]),

@@ -30,7 +30,7 @@ MAX_COLUMNS = 120
 # The module graph, lowest first: a module may import only modules in earlier layers (and system modules).
 LAYERS = [
     ["Diagnostics"],                       # ErrorContext: the file, stage, key, tensor, expected and found of errors
-    ["CBLAS", "CHDF5", "DNNLBridge", "SafeFiles", "JSONKeys"],
+    ["CBLAS", "CHDF5", "DNNLBridge", "CKernels", "SafeFiles", "JSONKeys"],
     ["MappedIO", "TensorCore", "Tokenizer"],
     ["GGUF", "Safetensors", "Quantization"],
     ["Model"],

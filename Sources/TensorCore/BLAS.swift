@@ -35,11 +35,51 @@ public enum BLAS {
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         if m == 0 || n == 0 { return }
+        if splitting && threads > 1 && Double(m) * Double(n) * Double(k) >= splitMinimumMultiplyAdds {
+            splitGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                      beta: beta, c: c, ldc: ldc)
+            return
+        }
         let start = profiling ? DispatchTime.now().uptimeNanoseconds : 0
         cblas_sgemm(
             CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
             Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
         if profiling { recordGemm(start: start, flops: 2.0 * Double(m) * Double(n) * Double(k)) }
+    }
+
+    /// Whether `gemm` runs a large product as `Parallel.threads` single-threaded OpenBLAS calls on our own workers
+    /// (slices of C's rows, or of its columns when n > m) instead of on OpenBLAS's threads. OpenBLAS's idle threads
+    /// spin (sched_yield) for about 0.1 s after every threaded call, taking a core from the softmax, norms and
+    /// activations that follow; with the split they never wake (`compress bench`: 490-515 → 520-585 tokens/s on
+    /// SmolLM2's shape, 2 cores). Every element of C is the float one single-threaded call gives (BLASSplitTests);
+    /// OpenBLAS's own threaded path differs from that in the last bits for some shapes.
+    /// `COMPRESS_BLAS_SPLIT=0` turns the split off (OpenBLAS's threads run the products again).
+    nonisolated(unsafe) public static var splitting = ProcessInfo.processInfo.environment["COMPRESS_BLAS_SPLIT"] != "0"
+    /// Products smaller than this (m·n·k) run as one call.
+    public static let splitMinimumMultiplyAdds = 1_048_576.0
+
+    @usableFromInline
+    static func splitGemm(
+        transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        let saved = threads
+        threads = 1
+        defer { threads = saved }
+        let byRows = m >= n, extent = byRows ? m : n, align = byRows ? 16 : 64
+        let parts = max(1, min(Parallel.threads, extent / align))
+        DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let lo = extent * p / parts / align * align
+            let hi = p == parts - 1 ? extent : extent * (p + 1) / parts / align * align
+            if lo >= hi { return }
+            if byRows {
+                gemm(transA: transA, transB: transB, m: hi - lo, n: n, k: k, alpha: alpha,
+                     a: transA ? a + lo : a + lo * lda, lda: lda, b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc)
+            } else {
+                gemm(transA: transA, transB: transB, m: m, n: hi - lo, k: k, alpha: alpha, a: a, lda: lda,
+                     b: transB ? b + lo * ldb : b + lo, ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
+            }
+        }
     }
 
     /// Float64 C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with leading dimensions

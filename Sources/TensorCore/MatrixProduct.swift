@@ -26,9 +26,11 @@ public enum MatrixProduct {
     nonisolated(unsafe) public static var precision: Precision = .fp32
 
     /// Who runs float32 products: OpenBLAS (the default, every published figure) or oneDNN's float32 kernels
-    /// (`compress bench --products` measures both on the model's shapes).
+    /// (`compress bench --products` measures both on the model's shapes). `COMPRESS_FP32_LIBRARY=onednn` selects
+    /// oneDNN for a whole run.
     public enum Float32Library: String, Sendable { case openBLAS, oneDNN }
-    nonisolated(unsafe) public static var float32Library = Float32Library.openBLAS
+    nonisolated(unsafe) public static var float32Library =
+        ProcessInfo.processInfo.environment["COMPRESS_FP32_LIBRARY"] == "onednn" ? Float32Library.oneDNN : .openBLAS
 
     /// Why this CPU cannot run bf16 products at hardware speed, or nil when it can (AMX or AVX512-BF16).
     public static func bf16Unsupported(_ f: CPUFeatures = .current) -> String? {

@@ -84,10 +84,7 @@ func causalExpRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, fi
                    inverseSums: UnsafeMutablePointer<Float>) {
     for r in 0..<rows {
         let row = p + r * columns, (lo, hi) = visibleColumns(row: r, firstRow: firstRow, window: window)
-        let m = rowMax(row + lo, count: hi - lo)
-        var s: Float = 0
-        for j in lo..<hi { let e = fastExp(row[j] - m); row[j] = e; s = Relaxed.sum(s, e) }
-        inverseSums[r] = 1 / s
+        inverseSums[r] = 1 / expRow(row + lo, count: hi - lo)
         if lo > 0 { row.update(repeating: 0, count: lo) }
         if hi < columns { (row + hi).update(repeating: 0, count: columns - hi) }
     }

@@ -1,4 +1,6 @@
+import CKernels
 import Foundation
+import RealModule
 
 /// exp(x) in Float32 by range reduction and a degree-6 polynomial, written with plain arithmetic and bit
 /// operations only so that loops over it vectorise (no libm call per element). Relative error ≤ 2e-7 over
@@ -46,4 +48,30 @@ public func rowMaxReference(_ x: UnsafePointer<Float>, count n: Int) -> Float {
     var m = -Float.infinity
     for j in 0..<n { m = max(m, x[j]) }
     return m
+}
+
+/// Softmax numerator of a row, in place: x[j] = fastExp(x[j] − max x) for j < n ≥ 1; returns Σ_j x[j]. Runs
+/// CKernels' AVX-512F or AVX2 kernel when the CPU has one (every element the same float as this loop gives; the
+/// sum's terms in another order), else `expRowReference`. NaN-free input assumed.
+@inlinable @inline(__always)
+public func expRow(_ x: UnsafeMutablePointer<Float>, count n: Int) -> Float {
+    if SIMDKernels.lanes > 0 { return compress_exp_row(x, n) }
+    return expRowReference(x, count: n)
+}
+
+/// The portable loop of `expRow`.
+@inlinable
+public func expRowReference(_ x: UnsafeMutablePointer<Float>, count n: Int) -> Float {
+    let m = rowMax(x, count: n)
+    var s: Float = 0
+    for j in 0..<n { let e = fastExp(x[j] - m); x[j] = e; s = Relaxed.sum(s, e) }
+    return s
+}
+
+/// The SIMD kernel set this CPU runs (CKernels): 16 lanes (AVX-512F), 8 (AVX2), or 0 (the Swift loops; also when
+/// `COMPRESS_KERNELS=0`).
+public enum SIMDKernels {
+    public static let lanes = Int(compress_kernels_lanes())
+    /// "AVX-512F", "AVX2" or "portable".
+    public static var name: String { lanes == 16 ? "AVX-512F" : lanes == 8 ? "AVX2" : "portable" }
 }

@@ -1,0 +1,23 @@
+// Hand-written SIMD kernels for the non-GEMM work of the forward and backward (issue 29, item 3), chosen at run time
+// by the CPU's features (cpuid through the compiler's __builtin_cpu_supports): AVX-512F, else AVX2, else the caller's
+// portable Swift loop. Each kernel computes every element with the same float operations, in the same order, as the
+// Swift reference named in its comment, so only the order of a sum's terms differs between paths.
+#ifndef COMPRESS_CKERNELS_H
+#define COMPRESS_CKERNELS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// The widest kernel set this CPU runs: 16 (AVX-512F), 8 (AVX2), or 0 (none: use the Swift loops).
+int compress_kernels_lanes(void);
+
+/// Softmax numerator of one row, in place: m = max_j x[j]; x[j] = fastExp(x[j] - m) for j < n; returns Σ_j x[j]
+/// (summed in `compress_kernels_lanes()` lanes, then across lanes). n ≥ 1; x NaN-free. Swift reference: rowMax
+/// and fastExp (TensorCore/Ops/FastMath.swift). Returns -1 when no kernel set is available.
+float compress_exp_row(float *x, long n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

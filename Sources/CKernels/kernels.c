@@ -1,0 +1,149 @@
+// SIMD kernels behind CKernels.h. Each function has an AVX-512F and an AVX2 body compiled for that target
+// (function attributes; the rest of the program stays baseline x86-64) and a dispatcher that picks one once.
+// Floating-point contraction is off so that a * b + c stays two roundings, as in the Swift references.
+#include "CKernels.h"
+
+#include <stdlib.h>
+
+#pragma clang fp contract(off)
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// fastExp's constants (FastMath.swift), as floats.
+#define EXP_LO (-87.33f)
+#define EXP_HI (88.3f)
+#define EXP_LOG2E (1.44269504f)
+#define EXP_MAGIC (12582912.0f)
+#define EXP_LN2_HI (0.69314575f)
+#define EXP_LN2_LO (1.4286068e-6f)
+
+__attribute__((target("avx512f")))
+static inline __m512 exp512(__m512 x) {
+    const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+    const __m512 magic = _mm512_set1_ps(EXP_MAGIC);
+    const __m512 shifted = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(EXP_LOG2E)), magic);
+    const __m512 n = _mm512_sub_ps(shifted, magic);
+    const __m512 r = _mm512_sub_ps(_mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(EXP_LN2_HI))),
+                                   _mm512_mul_ps(n, _mm512_set1_ps(EXP_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+    const __m512i k = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(0x4B400000));
+    const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23));
+    const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LO), _CMP_LT_OQ);
+    return _mm512_maskz_mul_ps((__mmask16)~under, p, scale);
+}
+
+__attribute__((target("avx512f")))
+static float exp_row_avx512(float *x, long n) {
+    __m512 m16 = _mm512_set1_ps(-__builtin_inff());
+    long j = 0;
+    for (; j + 16 <= n; j += 16) m16 = _mm512_max_ps(m16, _mm512_loadu_ps(x + j));
+    if (j < n) {
+        const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+        m16 = _mm512_mask_max_ps(m16, tail, m16, _mm512_maskz_loadu_ps(tail, x + j));
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(m16));
+    __m512 s16 = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= n; j += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
+        _mm512_storeu_ps(x + j, e);
+        s16 = _mm512_add_ps(s16, e);
+    }
+    if (j < n) {
+        const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + j), m));
+        _mm512_mask_storeu_ps(x + j, tail, e);
+        s16 = _mm512_mask_add_ps(s16, tail, s16, e);
+    }
+    return _mm512_reduce_add_ps(s16);
+}
+
+__attribute__((target("avx2")))
+static inline __m256 exp256(__m256 x) {
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+    const __m256 magic = _mm256_set1_ps(EXP_MAGIC);
+    const __m256 shifted = _mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(EXP_LOG2E)), magic);
+    const __m256 n = _mm256_sub_ps(shifted, magic);
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_HI))),
+                                   _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_LO)));
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 120));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 24));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 6));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0.5f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f));
+    const __m256i k = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B400000));
+    const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
+    const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_NLT_UQ);
+    return _mm256_and_ps(keep, _mm256_mul_ps(p, scale));
+}
+
+__attribute__((target("avx2")))
+static float exp_row_avx2(float *x, long n) {
+    __m256 m8 = _mm256_set1_ps(-__builtin_inff());
+    long j = 0;
+    for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
+    float m = -__builtin_inff();
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m8);
+    for (int l = 0; l < 8; l++) m = lanes[l] > m ? lanes[l] : m;
+    for (long t = j; t < n; t++) m = x[t] > m ? x[t] : m;
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 s8 = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        _mm256_storeu_ps(x + j, e);
+        s8 = _mm256_add_ps(s8, e);
+    }
+    float tail[8] = {0}, out[8];
+    const long rest = n - j;
+    for (long t = 0; t < rest; t++) tail[t] = x[j + t] - m;
+    _mm256_storeu_ps(out, exp256(_mm256_loadu_ps(tail)));
+    _mm256_storeu_ps(lanes, s8);
+    float s = 0;
+    for (long t = 0; t < rest; t++) { x[j + t] = out[t]; lanes[t] += out[t]; }
+    for (int l = 0; l < 8; l++) s += lanes[l];
+    return s;
+}
+
+static int detect_lanes(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return 16;
+    if (__builtin_cpu_supports("avx2")) return 8;
+    return 0;
+}
+#else
+static int detect_lanes(void) { return 0; }
+#endif
+
+static int lanes_found = -1;
+
+int compress_kernels_lanes(void) {
+    int l = __atomic_load_n(&lanes_found, __ATOMIC_RELAXED);
+    if (l < 0) {
+        l = detect_lanes();
+        const char *forced = getenv("COMPRESS_KERNELS");
+        if (forced && forced[0] == '0') l = 0;
+        __atomic_store_n(&lanes_found, l, __ATOMIC_RELAXED);
+    }
+    return l;
+}
+
+float compress_exp_row(float *x, long n) {
+#if defined(__x86_64__)
+    switch (compress_kernels_lanes()) {
+    case 16: return exp_row_avx512(x, n);
+    case 8: return exp_row_avx2(x, n);
+    default: break;
+    }
+#endif
+    (void)x; (void)n;
+    return -1;
+}

@@ -1,0 +1,31 @@
+import XCTest
+@testable import TensorCore
+
+/// CKernels' SIMD kernels against their portable Swift loops: every element the same float, sums within a few ulps
+/// per term (only the order of the terms differs). Skipped, with the reason, on a CPU with neither AVX-512F nor AVX2.
+final class SIMDKernelTests: XCTestCase {
+    override func setUpWithError() throws {
+        if SIMDKernels.lanes == 0 { throw XCTSkip("no AVX-512F or AVX2 on this CPU (or COMPRESS_KERNELS=0)") }
+    }
+
+    func testExpRowMatchesTheSwiftLoop() {
+        var rng = SplitMix64(seed: 29)
+        // Lengths around every lane count and tail; scores spread like attention's, plus a range that underflows.
+        for n in [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 100, 128, 129, 1000, 2048] {
+            for spread: Float in [1, 30, 200] {
+                let x = (0..<n).map { _ in Float.random(in: -spread...spread, using: &rng) }
+                var simd = x, portable = x
+                let s = simd.withUnsafeMutableBufferPointer { expRow($0.baseAddress!, count: n) }
+                let r = portable.withUnsafeMutableBufferPointer { expRowReference($0.baseAddress!, count: n) }
+                XCTAssertEqual(simd.map(\.bitPattern), portable.map(\.bitPattern), "n \(n) spread \(spread)")
+                XCTAssertEqual(s, r, accuracy: r * Float(n) * 2 * Float.ulpOfOne, "sum, n \(n) spread \(spread)")
+                // And against libm in Double: the row's max maps to exactly 1, every element within 2e-7 relative.
+                let m = x.max()!
+                for j in 0..<n {
+                    let e = Foundation.exp(Double(x[j] - m))
+                    XCTAssertEqual(Double(simd[j]), e, accuracy: 2e-7 * e + 1e-37, "element \(j) of \(n)")
+                }
+            }
+        }
+    }
+}
