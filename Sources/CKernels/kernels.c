@@ -136,9 +136,12 @@ int compress_kernels_lanes(void) {
     return l;
 }
 
-float compress_exp_row(float *x, long n) {
+float compress_exp_row(float *x, long n) { return compress_exp_row_lanes(x, n, compress_kernels_lanes()); }
+
+float compress_exp_row_lanes(float *x, long n, int lanes) {
+    if (lanes > compress_kernels_lanes()) return -1;
 #if defined(__x86_64__)
-    switch (compress_kernels_lanes()) {
+    switch (lanes) {
     case 16: return exp_row_avx512(x, n);
     case 8: return exp_row_avx2(x, n);
     default: break;

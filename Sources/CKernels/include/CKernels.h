@@ -16,6 +16,8 @@ int compress_kernels_lanes(void);
 /// (summed in `compress_kernels_lanes()` lanes, then across lanes). n ≥ 1; x NaN-free. Swift reference: rowMax
 /// and fastExp (TensorCore/Ops/FastMath.swift). Returns -1 when no kernel set is available.
 float compress_exp_row(float *x, long n);
+/// `compress_exp_row` with the kernel set of `lanes` (16 or 8, for tests of each); -1 when the CPU lacks it.
+float compress_exp_row_lanes(float *x, long n, int lanes);
 
 #ifdef __cplusplus
 }
