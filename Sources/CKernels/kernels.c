@@ -64,6 +64,50 @@ static float exp_row_avx512(float *x, long n) {
     return _mm512_reduce_add_ps(s16);
 }
 
+// Σ_j fastExp(x[j] - m), 16 lanes.
+__attribute__((target("avx512f")))
+static float exp_sum_avx512(const float *x, long n, float m) {
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 s16 = _mm512_setzero_ps();
+    long j = 0;
+    for (; j + 16 <= n; j += 16) s16 = _mm512_add_ps(s16, exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv)));
+    if (j < n) {
+        const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + j), mv));
+        s16 = _mm512_mask_add_ps(s16, tail, s16, e);
+    }
+    return _mm512_reduce_add_ps(s16);
+}
+
+// out = g / (1 + fastExp(-g)) * up (SiLU-gated, swigluForward) or
+// out = 0.5 * x * (2 - 2 / (fastExp(2 * u) + 1)) * up, u = 0.79788456 * (x + 0.044715 * x * x * x)
+// (GELU-tanh-gated, geluTanhGatedForward); the Swift expressions' operations in their order.
+__attribute__((target("avx512f")))
+static inline __m512 gated512(__m512 g, __m512 u, int gelu) {
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    if (!gelu) {
+        const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), _mm512_set1_epi32((int)0x80000000)));
+        return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, exp512(neg))), u);
+    }
+    const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), g), g), g);
+    const __m512 t = _mm512_mul_ps(_mm512_set1_ps(0.79788456f), _mm512_add_ps(g, cube));
+    const __m512 e = exp512(_mm512_mul_ps(two, t));
+    const __m512 th = _mm512_sub_ps(two, _mm512_div_ps(two, _mm512_add_ps(e, one)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), g), th), u);
+}
+
+__attribute__((target("avx512f")))
+static void gated_avx512(float *out, const float *gate, const float *up, long n, int gelu) {
+    long j = 0;
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(out + j, gated512(_mm512_loadu_ps(gate + j), _mm512_loadu_ps(up + j), gelu));
+    if (j < n) {
+        const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+        const __m512 r = gated512(_mm512_maskz_loadu_ps(tail, gate + j), _mm512_maskz_loadu_ps(tail, up + j), gelu);
+        _mm512_mask_storeu_ps(out + j, tail, r);
+    }
+}
+
 __attribute__((target("avx2")))
 static inline __m256 exp256(__m256 x) {
     const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
@@ -113,6 +157,51 @@ static float exp_row_avx2(float *x, long n) {
     return s;
 }
 
+// The AVX2 forms of exp_sum and gated (tails through a zero-padded block of 8).
+__attribute__((target("avx2")))
+static float exp_sum_avx2(const float *x, long n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 s8 = _mm256_setzero_ps();
+    long j = 0;
+    for (; j + 8 <= n; j += 8) s8 = _mm256_add_ps(s8, exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv)));
+    float lanes[8], tail[8] = {0}, out[8];
+    const long rest = n - j;
+    for (long t = 0; t < rest; t++) tail[t] = x[j + t] - m;
+    _mm256_storeu_ps(out, exp256(_mm256_loadu_ps(tail)));
+    _mm256_storeu_ps(lanes, s8);
+    for (long t = 0; t < rest; t++) lanes[t] += out[t];
+    float s = 0;
+    for (int l = 0; l < 8; l++) s += lanes[l];
+    return s;
+}
+
+__attribute__((target("avx2")))
+static inline __m256 gated256(__m256 g, __m256 u, int gelu) {
+    const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    if (!gelu) {
+        const __m256 neg = _mm256_xor_ps(g, _mm256_set1_ps(-0.0f));
+        return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, exp256(neg))), u);
+    }
+    const __m256 cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), g), g), g);
+    const __m256 t = _mm256_mul_ps(_mm256_set1_ps(0.79788456f), _mm256_add_ps(g, cube));
+    const __m256 e = exp256(_mm256_mul_ps(two, t));
+    const __m256 th = _mm256_sub_ps(two, _mm256_div_ps(two, _mm256_add_ps(e, one)));
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), g), th), u);
+}
+
+__attribute__((target("avx2")))
+static void gated_avx2(float *out, const float *gate, const float *up, long n, int gelu) {
+    long j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, gated256(_mm256_loadu_ps(gate + j), _mm256_loadu_ps(up + j), gelu));
+    if (j < n) {
+        float g[8] = {0}, u[8] = {0}, r[8];
+        for (long t = 0; t < n - j; t++) { g[t] = gate[j + t]; u[t] = up[j + t]; }
+        _mm256_storeu_ps(r, gated256(_mm256_loadu_ps(g), _mm256_loadu_ps(u), gelu));
+        for (long t = 0; t < n - j; t++) out[j + t] = r[t];
+    }
+}
+
 static int detect_lanes(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return 16;
@@ -148,5 +237,31 @@ float compress_exp_row_lanes(float *x, long n, int lanes) {
     }
 #endif
     (void)x; (void)n;
+    return -1;
+}
+
+float compress_exp_sum_lanes(const float *x, long n, float m, int lanes) {
+    if (lanes > compress_kernels_lanes()) return -1;
+#if defined(__x86_64__)
+    switch (lanes) {
+    case 16: return exp_sum_avx512(x, n, m);
+    case 8: return exp_sum_avx2(x, n, m);
+    default: break;
+    }
+#endif
+    (void)x; (void)n; (void)m;
+    return -1;
+}
+
+int compress_gated_lanes(float *out, const float *gate, const float *up, long n, int gelu, int lanes) {
+    if (lanes > compress_kernels_lanes()) return -1;
+#if defined(__x86_64__)
+    switch (lanes) {
+    case 16: gated_avx512(out, gate, up, n, gelu); return 0;
+    case 8: gated_avx2(out, gate, up, n, gelu); return 0;
+    default: break;
+    }
+#endif
+    (void)out; (void)gate; (void)up; (void)n; (void)gelu;
     return -1;
 }

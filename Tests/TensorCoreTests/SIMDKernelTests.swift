@@ -35,4 +35,40 @@ final class SIMDKernelTests: XCTestCase {
             }
         }
     }
+
+    func testGatedActivationsMatchTheSwiftExpressions() {
+        var rng = SplitMix64(seed: 30)
+        for n in [1, 7, 8, 9, 16, 17, 100, 1537] {
+            let gate = (0..<n).map { _ in Float.random(in: -12...12, using: &rng) }
+            let up = (0..<n).map { _ in Float.random(in: -3...3, using: &rng) }
+            // The expressions of swigluForward's and geluTanhGatedForward's loops.
+            let silu = (0..<n).map { i in gate[i] / (1 + fastExp(-gate[i])) * up[i] }
+            let gelu = (0..<n).map { i -> Float in
+                let x = gate[i], u = 0.797_884_56 * (x + 0.044_715 * x * x * x)
+                return 0.5 * x * (2 - 2 / (fastExp(2 * u) + 1)) * up[i]
+            }
+            for lanes in [16, 8] where lanes <= SIMDKernels.lanes {
+                for (isGelu, want) in [(false, silu), (true, gelu)] {
+                    var out = [Float](repeating: .nan, count: n)
+                    let status = compress_gated_lanes(&out, gate, up, n, isGelu ? 1 : 0, Int32(lanes))
+                    XCTAssertEqual(status, 0)
+                    XCTAssertEqual(out.map(\.bitPattern), want.map(\.bitPattern), "\(lanes) lanes, n \(n), gelu \(isGelu)")
+                }
+            }
+        }
+    }
+
+    func testExpSumMatchesTheSwiftLoop() {
+        var rng = SplitMix64(seed: 31)
+        for n in [1, 9, 16, 33, 49_152] {
+            let x = (0..<n).map { _ in Float.random(in: -20...20, using: &rng) }
+            let m = x.max()!
+            var want: Float = 0
+            for j in 0..<n { want += fastExp(x[j] - m) }
+            for lanes in [16, 8] where lanes <= SIMDKernels.lanes {
+                let s = compress_exp_sum_lanes(x, n, m, Int32(lanes))
+                XCTAssertEqual(s, want, accuracy: want * Float(n) * 2 * Float.ulpOfOne, "\(lanes) lanes, n \(n)")
+            }
+        }
+    }
 }

@@ -19,6 +19,15 @@ float compress_exp_row(float *x, long n);
 /// `compress_exp_row` with the kernel set of `lanes` (16 or 8, for tests of each); -1 when the CPU lacks it.
 float compress_exp_row_lanes(float *x, long n, int lanes);
 
+/// Σ_j fastExp(x[j] - m) for j < n (logSumExp's sum, TensorCore/Ops/Softmax.swift), with the kernel set of `lanes`
+/// (16 or 8); -1 when the CPU lacks it.
+float compress_exp_sum_lanes(const float *x, long n, float m, int lanes);
+
+/// out[j] = silu(gate[j]) · up[j] (gelu = 0; swigluForward) or gelu_tanh(gate[j]) · up[j] (gelu = 1;
+/// geluTanhGatedForward), TensorCore/Ops/Activations.swift, for j < n, with the kernel set of `lanes`; returns 0, or
+/// -1 (nothing written) when the CPU lacks it. `out` may alias `gate` or `up`.
+int compress_gated_lanes(float *out, const float *gate, const float *up, long n, int gelu, int lanes);
+
 #ifdef __cplusplus
 }
 #endif

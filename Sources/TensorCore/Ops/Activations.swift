@@ -8,6 +8,7 @@ public func swigluForward(
     out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
 ) {
     Parallel.forEachChunk(N, minChunk: 16384) { r in
+        if SIMDKernels.gated(out: out, gate: gate, up: up, range: r, gelu: false) { return }
         for i in r {
             let g = gate[i]
             out[i] = g / (1 + fastExp(-g)) * up[i]
@@ -32,6 +33,7 @@ public func geluTanhGatedForward(
     out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count N: Int
 ) {
     Parallel.forEachChunk(N, minChunk: 16384) { r in
+        if SIMDKernels.gated(out: out, gate: gate, up: up, range: r, gelu: true) { return }
         for i in r {
             let x = gate[i], u = 0.797_884_56 * (x + 0.044_715 * x * x * x)
             out[i] = 0.5 * x * (2 - 2 / (fastExp(2 * u) + 1)) * up[i]

@@ -74,4 +74,13 @@ public enum SIMDKernels {
     public static let lanes = Int(compress_kernels_lanes())
     /// "AVX-512F", "AVX2" or "portable".
     public static var name: String { lanes == 16 ? "AVX-512F" : lanes == 8 ? "AVX2" : "portable" }
+
+    /// out[r] = act(gate[r]) ⊙ up[r] by CKernels (SiLU, or GELU-tanh when `gelu`); false (nothing written) when this
+    /// CPU has no kernel set, and the caller runs its Swift loop.
+    @inlinable
+    public static func gated(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                             range r: Range<Int>, gelu: Bool) -> Bool {
+        lanes > 0 && compress_gated_lanes(
+            out + r.lowerBound, gate + r.lowerBound, up + r.lowerBound, r.count, gelu ? 1 : 0, Int32(lanes)) == 0
+    }
 }

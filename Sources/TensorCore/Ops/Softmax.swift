@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import RealModule
 
@@ -8,7 +9,11 @@ import RealModule
 public func logSumExp(_ x: UnsafePointer<Float>, count V: Int) -> Double {
     let m = rowMax(x, count: V)
     var s: Float = 0
-    for j in 0..<V { s = Relaxed.sum(s, fastExp(x[j] - m)) }
+    if SIMDKernels.lanes > 0 {
+        s = compress_exp_sum_lanes(x, V, m, Int32(SIMDKernels.lanes))
+    } else {
+        for j in 0..<V { s = Relaxed.sum(s, fastExp(x[j] - m)) }
+    }
     return Double(m) + Foundation.log(Double(s))
 }
 
