@@ -414,6 +414,8 @@ public final class Distiller {
         var inputs: String?
         /// The trainables' own settings (`Trainable.stateSettings`), one line each.
         var trainables: String?
+        /// The matrix products' precision the state was trained in ("fp32" or "bf16"; absent before issue 29: fp32).
+        var precision: String?
     }
 
     var trainableSettings: String { trainables.map(\.stateSettings).joined(separator: "\n") }
@@ -465,7 +467,7 @@ public final class Distiller {
         }
         let meta = StateMeta(step: step, config: config, studentConfig: student.config.json.text, log: log,
                              inputs: inputsDigest,
-                             trainables: trainableSettings)
+                             trainables: trainableSettings, precision: MatrixProduct.precision.rawValue)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         let text = String(decoding: try e.encode(meta), as: UTF8.self)
@@ -502,6 +504,13 @@ public final class Distiller {
             throw ConfigError("the state was written by a run whose trained parts had other settings (its: "
                 + "\(meta.trainables ?? "none"); this run's: \(trainableSettings)); resume with the same settings",
                 ErrorContext(file: path))
+        }
+        let statePrecision = meta.precision ?? Precision.fp32.rawValue
+        guard statePrecision == MatrixProduct.precision.rawValue else {
+            throw ConfigError("the state was trained with \(statePrecision) matrix products and this run uses "
+                + "\(MatrixProduct.precision.rawValue); resume with --precision \(statePrecision), or start afresh",
+                ErrorContext(file: path, key: "precision", expected: MatrixProduct.precision.rawValue,
+                             found: statePrecision))
         }
         guard (0...config.steps).contains(meta.step), meta.log.count == meta.step else {
             throw ConfigError("the state is at step \(meta.step) with \(meta.log.count) logged steps (expected a step "

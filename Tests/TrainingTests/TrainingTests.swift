@@ -141,6 +141,16 @@ final class TrainingTests: XCTestCase {
         XCTAssertThrowsError(try mismatched.loadState(from: state)) { e in
             XCTAssertTrue("\(e)".contains("lr"), "\(e)")
         }
+
+        // A float32 state does not resume under bf16 products (the check reads the setting only; nothing runs).
+        let bf16 = try Distiller(teacher: teacher, student: try Fixtures.model("tiny-llama"), config: tinyConfig(steps: 8), trainTokens: stream)
+        MatrixProduct.precision = .bf16
+        defer { MatrixProduct.precision = .fp32 }
+        XCTAssertThrowsError(try bf16.loadState(from: state)) { e in
+            XCTAssertTrue("\(e)".contains("trained with fp32 matrix products and this run uses bf16"), "\(e)")
+            XCTAssertTrue("\(e)".contains(state), "\(e)")
+        }
+        XCTAssertEqual(bf16.step, 0)
     }
 
     func testBadSettingsAreRejected() throws {
