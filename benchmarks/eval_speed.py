@@ -3,6 +3,11 @@
 same machine, same token stream and windows. Prints both figures and their ratio.
 
     python3 benchmarks/eval_speed.py [--window 2048] [--max-tokens 8192] [--threads 2] [--precision fp32|bf16]
+                                     [--repeats 1]
+
+--repeats N runs PyTorch then ours N times in turn and prints each pair and the medians (of each side's tok/s and
+of the pairs' ratios): this machine's speed drifts by ±15 % within minutes (a shared host), so one pair can
+mislead.
 
 --precision bf16: ours `compress eval --precision bf16` (oneDNN, bf16 products with float32 accumulation),
 PyTorch under torch.autocast("cpu", bfloat16) with float32 weights.
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -48,20 +54,36 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="both sides: float32, or bf16 products (ours: oneDNN; PyTorch: autocast to bfloat16)")
+    ap.add_argument("--repeats", type=int, default=1, help="pairs of runs (PyTorch, then ours); medians printed")
     a = ap.parse_args()
-    ref = run_json([sys.executable, os.path.join(ROOT, "tools/reference_eval.py"), "--gguf", GGUF, "--text", TEXT,
-                    "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--threads", str(a.threads),
-                    "--tokens-out", TOKENS, "--precision", a.precision, "--json"])
-    ours = run_json([os.path.join(ROOT, ".build/release/compress"), "eval", CKPT, "--tokens", TOKENS,
-                     "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--precision", a.precision, "--json"])
+    pairs = [run_pair(a) for _ in range(max(1, a.repeats))]
+    ref, ours = pairs[-1]
     print(f"date {time.strftime('%Y-%m-%d')}  machine {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
           f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  our BLAS core {ours['blas_core']}")
     print(f"precision {a.precision}: ours {ours['kernels']}; pytorch "
           f"{'autocast bfloat16 (oneDNN)' if a.precision == 'bf16' else 'float32'}; CPU flags {cpu_flags()}")
     print(f"workload: {ours['windows']} windows of {a.window} tokens ({ours['tokens']} tokens) of data/wiki.test.txt")
-    print(f"compress  : {ours['tokens_per_second']:8.1f} tok/s  ppl {ours['ppl']:.4f}  peak memory {ours['peak_resident_bytes'] / 2**20:.0f} MiB")
-    print(f"pytorch   : {ref['tokens_per_second']:8.1f} tok/s  ppl {ref['ppl']:.4f}  (torch {ref['torch']}, {ref['threads']} threads)")
-    print(f"ratio     : {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x (compress / pytorch)")
+    for i, (ref, ours) in enumerate(pairs):
+        tag = f" (pair {i + 1}/{len(pairs)})" if len(pairs) > 1 else ""
+        print(f"compress  : {ours['tokens_per_second']:8.1f} tok/s  ppl {ours['ppl']:.4f}  peak memory {ours['peak_resident_bytes'] / 2**20:.0f} MiB{tag}")
+        print(f"pytorch   : {ref['tokens_per_second']:8.1f} tok/s  ppl {ref['ppl']:.4f}  (torch {ref['torch']}, {ref['threads']} threads){tag}")
+        print(f"ratio     : {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x (compress / pytorch){tag}")
+    if len(pairs) > 1:
+        ours_med = statistics.median(o['tokens_per_second'] for _, o in pairs)
+        ref_med = statistics.median(r['tokens_per_second'] for r, _ in pairs)
+        ratio_med = statistics.median(o['tokens_per_second'] / r['tokens_per_second'] for r, o in pairs)
+        print(f"median    : compress {ours_med:.1f} tok/s, pytorch {ref_med:.1f} tok/s, ratio {ratio_med:.2f}x "
+              f"({len(pairs)} pairs)")
+
+
+def run_pair(a):
+    """One PyTorch run, then one of ours, on the same tokens: (reference JSON, our JSON)."""
+    ref = run_json([sys.executable, os.path.join(ROOT, "tools/reference_eval.py"), "--gguf", GGUF, "--text", TEXT,
+                    "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--threads", str(a.threads),
+                    "--tokens-out", TOKENS, "--precision", a.precision, "--json"])
+    ours = run_json([os.path.join(ROOT, ".build/release/compress"), "eval", CKPT, "--tokens", TOKENS,
+                     "--window", str(a.window), "--max-tokens", str(a.max_tokens), "--precision", a.precision, "--json"])
+    return ref, ours
 
 
 if __name__ == "__main__":

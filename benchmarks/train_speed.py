@@ -3,7 +3,7 @@
 machine, same batch shape. Prints both figures, their ratio and both peak memories.
 
     python3 benchmarks/train_speed.py [--batch 4] [--window 512] [--steps 5] [--warmup 2] [--threads 2] \
-        [--precision fp32|bf16]
+        [--precision fp32|bf16] [--repeats 1]
     python3 benchmarks/train_speed.py --pytorch-only [--json]     # the PyTorch figure alone
 
 One training step, both sides: forward of a (B, W) batch of random token ids with labels = ids (next-token
@@ -19,12 +19,16 @@ swift build -c release); the environment (OPENBLAS_CORETYPE) is passed to both.
 and AdamW); PyTorch's forward and loss under torch.autocast("cpu", bfloat16), the backward of that graph, float32
 weights and AdamW (its usual mixed precision on CPU). Reading the checkpoint needs h5py: installed with pip when
 missing (or named, if pip cannot).
+
+--repeats N runs ours then PyTorch N times in turn and prints each pair and the medians (this machine's speed
+drifts by ±15 % within minutes, a shared host).
 """
 import argparse
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -152,6 +156,7 @@ def main():
     ap.add_argument("--json", action="store_true", help="with --pytorch-only: print one JSON object")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="both sides: float32, or bf16 products (ours: oneDNN; PyTorch: autocast to bfloat16)")
+    ap.add_argument("--repeats", type=int, default=1, help="pairs of runs (ours, then PyTorch); medians printed")
     a = ap.parse_args()
 
     if a.pytorch_only:
@@ -164,11 +169,16 @@ def main():
                   f" torch {r['torch']}, {r['threads']} threads, weights: {r['weights']})")
         return
 
-    ours, why = run_ours(a)
-    ref = json.loads(subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--pytorch-only", "--json", "--batch", str(a.batch), "--window",
-         str(a.window), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
-         "--checkpoint", a.checkpoint, "--precision", a.precision], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    pairs = []
+    for _ in range(max(1, a.repeats)):
+        ours, why = run_ours(a)
+        ref = json.loads(subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--pytorch-only", "--json", "--batch", str(a.batch),
+             "--window", str(a.window), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads",
+             str(a.threads), "--checkpoint", a.checkpoint, "--precision", a.precision],
+            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        pairs.append((ours, why, ref))
+    ours = pairs[-1][0]
     print(f"date {time.strftime('%Y-%m-%d')}  machine {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
           f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
           f"  our BLAS core {ours.get('blas_core', '?') if ours else '-'}")
@@ -176,17 +186,24 @@ def main():
           f"{'autocast bfloat16' if a.precision == 'bf16' else 'float32'}")
     print(f"workload: {a.steps} timed training steps (after {a.warmup} warm-up) of batch {a.batch} x window {a.window}"
           f" random tokens, SmolLM2-135M shape; CE + backward + clip 1.0 + AdamW")
-    if ours:
-        print(f"compress  : {ours['tokens_per_second']:8.1f} tok/s  loss {ours['loss']:.4f}"
-              f"  peak memory {ours['peak_resident_bytes'] / 2**20:.0f} MiB")
-    else:
-        print(f"compress  : not measured: {why}")
-    print(f"pytorch   : {ref['tokens_per_second']:8.1f} tok/s  loss {ref['loss']:.4f}"
-          f"  peak memory {ref['peak_resident_bytes'] / 2**20:.0f} MiB  (torch {ref['torch']}, {ref['threads']} threads,"
-          f" {ref['attention']} attention, weights: {ref['weights']})")
-    if ours:
-        print(f"ratio     : {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x (compress / pytorch)")
-
+    for i, (ours, why, ref) in enumerate(pairs):
+        tag = f" (pair {i + 1}/{len(pairs)})" if len(pairs) > 1 else ""
+        if ours:
+            print(f"compress  : {ours['tokens_per_second']:8.1f} tok/s  loss {ours['loss']:.4f}"
+                  f"  peak memory {ours['peak_resident_bytes'] / 2**20:.0f} MiB{tag}")
+        else:
+            print(f"compress  : not measured: {why}{tag}")
+        print(f"pytorch   : {ref['tokens_per_second']:8.1f} tok/s  loss {ref['loss']:.4f}"
+              f"  peak memory {ref['peak_resident_bytes'] / 2**20:.0f} MiB  (torch {ref['torch']}, {ref['threads']} threads,"
+              f" {ref['attention']} attention, weights: {ref['weights']}){tag}")
+        if ours:
+            print(f"ratio     : {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x (compress / pytorch){tag}")
+    measured = [(o, r) for o, _, r in pairs if o]
+    if len(pairs) > 1 and measured:
+        print(f"median    : compress {statistics.median(o['tokens_per_second'] for o, _ in measured):.1f} tok/s, "
+              f"pytorch {statistics.median(r['tokens_per_second'] for _, r in pairs):.1f} tok/s, ratio "
+              f"{statistics.median(o['tokens_per_second'] / r['tokens_per_second'] for o, r in measured):.2f}x "
+              f"({len(measured)} pairs)")
 
 if __name__ == "__main__":
     main()
