@@ -201,7 +201,7 @@ def main():
     measured = [(o, r) for o, _, r in pairs if o]
     if len(pairs) > 1 and measured:
         print(f"median    : compress {statistics.median(o['tokens_per_second'] for o, _ in measured):.1f} tok/s, "
-              f"pytorch {statistics.median(r['tokens_per_second'] for _, r in pairs):.1f} tok/s, ratio "
+              f"pytorch {statistics.median(r['tokens_per_second'] for _, _, r in pairs):.1f} tok/s, ratio "
               f"{statistics.median(o['tokens_per_second'] / r['tokens_per_second'] for o, r in measured):.2f}x "
               f"({len(measured)} pairs)")
 
