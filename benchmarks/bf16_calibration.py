@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--recipes", default="smollm2-sparsegpt-2of4,smollm2-cptquant-gptq-u4.5-g32")
     ap.add_argument("--eval-tokens", type=int, default=32768)
     ap.add_argument("--out", default="/tmp/bf16-calibration")
+    ap.add_argument("--binary", default=COMPRESS, help="the compress executable (default: the release build)")
     ap.add_argument("--seed-spread", action="store_true",
                     help="also run float32 with calibration seed 1: the method's own spread over calibration draws")
     a = ap.parse_args()
@@ -64,10 +65,10 @@ def main():
         for label, path in runs:
             precision = label.split("-")[0]
             out = os.path.join(a.out, f"{name}-{label}.h5")
-            r = run_json([COMPRESS, "apply", path, "-o", out, "--precision", precision, "--no-cache", "--force",
+            r = run_json([a.binary, "apply", path, "-o", out, "--precision", precision, "--no-cache", "--force",
                           "--json"])
             stage = r["stages"][0]
-            e = run_json([COMPRESS, "eval", out, "--text", "data/wiki.test.txt", "--max-tokens", str(a.eval_tokens),
+            e = run_json([a.binary, "eval", out, "--text", "data/wiki.test.txt", "--max-tokens", str(a.eval_tokens),
                           "--precision", "fp32", "--json"])
             rows[label] = (stage["seconds"], e["ppl"], r.get("kernels", "?"))
             t = find_timing(stage.get("diagnostics")) or {}

@@ -24,8 +24,13 @@ public enum BLAS {
     nonisolated(unsafe) public static var profiling = false
     nonisolated(unsafe) public static private(set) var gemmCoreSeconds: Double = 0
     nonisolated(unsafe) public static private(set) var gemmFlops: Double = 0
+    /// The part of `gemmCoreSeconds` and `gemmFlops` spent in attention's QKᵀ and PV (and their backward): the
+    /// attention kernels set `inAttention` while their products run.
+    nonisolated(unsafe) public static private(set) var attentionCoreSeconds: Double = 0
+    nonisolated(unsafe) public static private(set) var attentionFlops: Double = 0
+    nonisolated(unsafe) public static var inAttention = false
     private static let profileLock = NSLock()
-    public static func resetProfile() { gemmCoreSeconds = 0; gemmFlops = 0 }
+    public static func resetProfile() { gemmCoreSeconds = 0; gemmFlops = 0; attentionCoreSeconds = 0; attentionFlops = 0 }
 
     /// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with leading dimensions.
     @inlinable
@@ -102,6 +107,7 @@ public enum BLAS {
         profileLock.lock()
         gemmCoreSeconds += seconds * cores
         gemmFlops += flops
+        if inAttention { attentionCoreSeconds += seconds * cores; attentionFlops += flops }
         profileLock.unlock()
     }
 }

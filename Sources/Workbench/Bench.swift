@@ -18,6 +18,10 @@ public struct BenchReport: Codable {
     public var sgemmShare: Double
     public var sgemmGflops: Double
     public var sgemmGflopPerSecond: Double
+    /// The part of the products that is attention's QKᵀ and PV: share of CPU time, GFLOP, GFLOP/s.
+    public var attentionShare: Double
+    public var attentionGflops: Double
+    public var attentionGflopPerSecond: Double
     public var blasCore: String
     public var blasThreads: Int
     public var workerThreads: Int
@@ -31,9 +35,11 @@ public struct BenchReport: Codable {
             forward (eval protocol, incl. LM head + cross-entropy): %.1f tokens/s  (%d window(s) of %d, %.2f s)
             matrix products: %.1f%% of CPU time, %.1f GFLOP, %.1f GFLOP/s per process   [%@; OpenBLAS core %@, \
             %d BLAS threads, %d worker threads]
+              of which attention's QKᵀ and PV: %.1f%% of CPU time, %.1f GFLOP, %.1f GFLOP/s per process
             parameters %d, peak memory %@
             """, tokensPerSecond, windows, window, seconds, sgemmShare * 100, sgemmGflops, sgemmGflopPerSecond,
-                      kernels, blasCore, blasThreads, workerThreads, parameters, formatBytes(peakResidentBytes))
+                      kernels, blasCore, blasThreads, workerThreads, attentionShare * 100, attentionGflops,
+                      attentionGflopPerSecond, parameters, formatBytes(peakResidentBytes))
     }
 }
 
@@ -63,6 +69,9 @@ extension Workbench {
             tokensPerSecond: r.tokensPerSecond, sgemmShare: BLAS.gemmCoreSeconds / (r.seconds * Double(cores)),
             sgemmGflops: BLAS.gemmFlops / 1e9,
             sgemmGflopPerSecond: BLAS.gemmFlops / 1e9 / max(BLAS.gemmCoreSeconds / Double(cores), 1e-9),
+            attentionShare: BLAS.attentionCoreSeconds / (r.seconds * Double(cores)),
+            attentionGflops: BLAS.attentionFlops / 1e9,
+            attentionGflopPerSecond: BLAS.attentionFlops / 1e9 / max(BLAS.attentionCoreSeconds / Double(cores), 1e-9),
             blasCore: BLAS.coreName,
             blasThreads: BLAS.threads, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),
             precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels)

@@ -37,9 +37,10 @@ public func attentionForward(
     precondition(window.map { $0 >= 1 } ?? true, "attention window \(window!) < 1")
     let group = H / G, scale = scale ?? 1 / Float(D).squareRoot()
     let B = AttentionForward.blockRows, blocks = (T + B - 1) / B
-    let blasThreads = BLAS.threads
+    let blasThreads = BLAS.threads, profiled = BLAS.inAttention
     BLAS.threads = 1
-    defer { BLAS.threads = blasThreads }
+    BLAS.inAttention = true
+    defer { BLAS.threads = blasThreads; BLAS.inAttention = profiled }
     // Tasks in head-major order: every worker gets whole heads' worth of mixed short and long blocks.
     Parallel.forEachChunkIndexed(H * blocks) { worker, tasks in
         let p = scores + worker * min(B, T) * T
@@ -157,9 +158,10 @@ public func attentionBackward(
     let group = H / G, scale = scale ?? 1 / Float(D).squareRoot()
     let B = AttentionForward.blockRows, blocks = (T + B - 1) / B, R = min(B, T)
     let perWorker = 2 * R * T + 2 * T * G * D, kv = T * G * D
-    let blasThreads = BLAS.threads
+    let blasThreads = BLAS.threads, profiled = BLAS.inAttention
     BLAS.threads = 1
-    defer { BLAS.threads = blasThreads }
+    BLAS.inAttention = true
+    defer { BLAS.threads = blasThreads; BLAS.inAttention = profiled }
     let workers = Parallel.chunkCount(H * blocks)
     Parallel.forEachChunkIndexed(H * blocks) { worker, tasks in
         let p = scratch + worker * perWorker, dp = p + R * T, dkw = dp + R * T, dvw = dkw + kv
