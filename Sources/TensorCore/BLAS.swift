@@ -30,7 +30,9 @@ public enum BLAS {
     nonisolated(unsafe) public static private(set) var attentionFlops: Double = 0
     nonisolated(unsafe) public static var inAttention = false
     private static let profileLock = NSLock()
-    public static func resetProfile() { gemmCoreSeconds = 0; gemmFlops = 0; attentionCoreSeconds = 0; attentionFlops = 0 }
+    public static func resetProfile() {
+        gemmCoreSeconds = 0; gemmFlops = 0; attentionCoreSeconds = 0; attentionFlops = 0
+    }
 
     /// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with leading dimensions.
     @inlinable
