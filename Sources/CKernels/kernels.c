@@ -64,19 +64,25 @@ static float exp_row_avx512(float *x, long n) {
     return _mm512_reduce_add_ps(s16);
 }
 
-// Σ_j fastExp(x[j] - m), 16 lanes.
+// Σ_j fastExp(x[j] - m), each exponential a float, summed in 16 double lanes (the sum is then exact to ~1e-16
+// relative whatever the order, so a log-sum-exp over a 49,152-word vocabulary does not depend on the SIMD width).
 __attribute__((target("avx512f")))
-static float exp_sum_avx512(const float *x, long n, float m) {
+static double exp_sum_avx512(const float *x, long n, float m) {
     const __m512 mv = _mm512_set1_ps(m);
-    __m512 s16 = _mm512_setzero_ps();
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
     long j = 0;
-    for (; j + 16 <= n; j += 16) s16 = _mm512_add_ps(s16, exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv)));
+    for (; j + 16 <= n; j += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
     if (j < n) {
         const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + j), mv));
-        s16 = _mm512_mask_add_ps(s16, tail, s16, e);
+        const __m512 e = _mm512_maskz_mov_ps(tail, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + j), mv)));
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
     }
-    return _mm512_reduce_add_ps(s16);
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
 }
 
 // out = g / (1 + fastExp(-g)) * up (SiLU-gated, swigluForward) or
@@ -159,19 +165,23 @@ static float exp_row_avx2(float *x, long n) {
 
 // The AVX2 forms of exp_sum and gated (tails through a zero-padded block of 8).
 __attribute__((target("avx2")))
-static float exp_sum_avx2(const float *x, long n, float m) {
+static double exp_sum_avx2(const float *x, long n, float m) {
     const __m256 mv = _mm256_set1_ps(m);
-    __m256 s8 = _mm256_setzero_ps();
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
     long j = 0;
-    for (; j + 8 <= n; j += 8) s8 = _mm256_add_ps(s8, exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv)));
-    float lanes[8], tail[8] = {0}, out[8];
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    float tail[8] = {0}, out[8];
     const long rest = n - j;
     for (long t = 0; t < rest; t++) tail[t] = x[j + t] - m;
     _mm256_storeu_ps(out, exp256(_mm256_loadu_ps(tail)));
-    _mm256_storeu_ps(lanes, s8);
-    for (long t = 0; t < rest; t++) lanes[t] += out[t];
-    float s = 0;
-    for (int l = 0; l < 8; l++) s += lanes[l];
+    double lanes[4], s = 0;
+    _mm256_storeu_pd(lanes, _mm256_add_pd(lo, hi));
+    for (int l = 0; l < 4; l++) s += lanes[l];
+    for (long t = 0; t < rest; t++) s += (double)out[t];
     return s;
 }
 
@@ -240,7 +250,7 @@ float compress_exp_row_lanes(float *x, long n, int lanes) {
     return -1;
 }
 
-float compress_exp_sum_lanes(const float *x, long n, float m, int lanes) {
+double compress_exp_sum_lanes(const float *x, long n, float m, int lanes) {
     if (lanes > compress_kernels_lanes()) return -1;
 #if defined(__x86_64__)
     switch (lanes) {

@@ -19,9 +19,9 @@ float compress_exp_row(float *x, long n);
 /// `compress_exp_row` with the kernel set of `lanes` (16 or 8, for tests of each); -1 when the CPU lacks it.
 float compress_exp_row_lanes(float *x, long n, int lanes);
 
-/// Σ_j fastExp(x[j] - m) for j < n (logSumExp's sum, TensorCore/Ops/Softmax.swift), with the kernel set of `lanes`
-/// (16 or 8); -1 when the CPU lacks it.
-float compress_exp_sum_lanes(const float *x, long n, float m, int lanes);
+/// Σ_j fastExp(x[j] - m) for j < n, each term a float, summed in double (logSumExp's sum,
+/// TensorCore/Ops/Softmax.swift), with the kernel set of `lanes` (16 or 8); -1 when the CPU lacks it.
+double compress_exp_sum_lanes(const float *x, long n, float m, int lanes);
 
 /// out[j] = silu(gate[j]) · up[j] (gelu = 0; swigluForward) or gelu_tanh(gate[j]) · up[j] (gelu = 1;
 /// geluTanhGatedForward), TensorCore/Ops/Activations.swift, for j < n, with the kernel set of `lanes`; returns 0, or
