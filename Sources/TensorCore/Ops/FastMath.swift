@@ -72,8 +72,6 @@ public func expRowReference(_ x: UnsafeMutablePointer<Float>, count n: Int) -> F
 /// `COMPRESS_KERNELS=0`).
 public enum SIMDKernels {
     public static let lanes = Int(compress_kernels_lanes())
-    /// "AVX-512F", "AVX2" or "portable".
-    public static var name: String { lanes == 16 ? "AVX-512F" : lanes == 8 ? "AVX2" : "portable" }
 
     /// out[r] = act(gate[r]) ⊙ up[r] by CKernels (SiLU, or GELU-tanh when `gelu`); false (nothing written) when this
     /// CPU has no kernel set, and the caller runs its Swift loop.
