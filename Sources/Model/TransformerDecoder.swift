@@ -285,9 +285,12 @@ public final class TransformerDecoder {
 
     /// Applies sublayers `range` to the residual stream of N rows, in windows of W (N a multiple of W).
     /// Sublayer s is layer s / 2's attention when s is even and its MLP when s is odd; absent sublayers and
-    /// those in `skip` are not computed.
+    /// those in `skip` are not computed. `withoutOutput`: each sublayer stops after the observer has seen its
+    /// output projection's input (o_proj's, down_proj's), leaving the stream unchanged (a layer-wise pass that
+    /// replaces that projection adds its output itself).
     public func runSublayers(
-        _ range: Range<Int>, rows N: Int, window W: Int? = nil, skip: Set<Int> = [], observer: ForwardObserver? = nil
+        _ range: Range<Int>, rows N: Int, window W: Int? = nil, skip: Set<Int> = [], observer: ForwardObserver? = nil,
+        withoutOutput: Bool = false
     ) {
         let c = model.config, C = c.hiddenSize, D = c.headDim
         let W = W ?? (batch == 1 ? N : window)
@@ -344,6 +347,7 @@ public final class TransformerDecoder {
                     gateForward(out: oIn.data, inp: att.data, gate: gh.data, rows: N, groups: H, groupSize: D)
                 }
                 observer?.headOutputs(layer: l, att: oIn.data, rows: N)
+                if withoutOutput { continue }
                 addSublayerOutput(s, a.o, bias: a.biases[.o], postNorm: a.postNorm, inp: oIn.data, sub: sub, rows: N)
             } else if s % 2 == 1, let m = layer.mlp, let sub = acts.mlp, let gate = acts.gate, let up = acts.up,
                 let act = acts.act
@@ -368,6 +372,7 @@ public final class TransformerDecoder {
                     gateForward(out: dIn.data, inp: act.data, gate: gf.data, rows: N, groups: F, groupSize: 1)
                 }
                 observer?.mlpActivation(layer: l, act: dIn.data, rows: N)
+                if withoutOutput { continue }
                 addSublayerOutput(
                     s, m.down, bias: m.biases[.down], postNorm: m.postNorm, inp: dIn.data, sub: sub, rows: N)
             }

@@ -69,6 +69,13 @@
 //   grids GPTQ's groups use, is the closest per-tensor stand-in. The bytes are the same for every method at a
 //   given format. So is the measured damage per unit (KL with the unit at the search's weights), while the
 //   reported measured total is that of the result (GPTQ's weights).
+// - `allocation: "uniform"` (with estimated damage) quantizes the table at the chosen format only: the format is
+//   the widest whose bytes fit the budget (bytes do not depend on the values; a narrower one is tried only when a
+//   tensor cannot be stored at it), so the other widths' table entries would change nothing. With `method: gptq`
+//   the table then only gives bytes and the reported e_u(b), by round to nearest, and the calibration moments
+//   are not computed (a forward over every calibration window, which GPTQ's own layer-wise pass does again and
+//   takes its E[x²] from). GPTQ's result is the same; the report's per-unit relative error is round to nearest's.
+//   (ours; issue 29)
 //
 // Factorized weights (ours; issue 16: DSFormer, or low rank, followed by quantization, to check DSFormer's claim
 // that the factorization stacks with quantization): for W = D · S (Model/LinearWeight.swift) the unit's tensor
@@ -206,10 +213,14 @@ public struct CPTQuantPass: CompressionPass {
     public func run(on model: DecoderModel,
                     context: PassContext) throws -> (model: DecoderModel, diagnostics: JSONValue) {
         let targets = try check(model: model, windows: context.calibration)
+        let fixed = try fixedTensors(model, targets.tensors)
+        let budget = try allocationBudget(targets, fixed: fixed)
         let analysis = try analyse(model, targets, context: context)
-        let evaluation = try evaluate(targets, moments: analysis.moments, context: context)
+        let evaluation = try evaluate(targets, moments: analysis.moments, uniformBudget: uniformTable ? budget : nil,
+                                      context: context)
         let damage = try measureDamage(model, targets, evaluation, context: context)
-        let allocation = try allocate(model, targets, analysis, evaluation, measured: damage?.measured)
+        let allocation = try allocate(model, targets, analysis, evaluation, fixed: fixed, budget: budget,
+                                      measured: damage?.measured)
         let application = try apply(model, targets, evaluation, allocation, context: context)
         let report = try report(CPTQuantRun(model: model, targets: targets, analysis: analysis, evaluation: evaluation,
                                             damage: damage, allocation: allocation, application: application))

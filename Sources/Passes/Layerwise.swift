@@ -13,9 +13,10 @@
 //   1. the residual stream of every window entering sublayer s is kept (windows × T × C floats);
 //   2. the input projections (q/k/v, or gate/up) share one input, the normed stream: its statistics are
 //      accumulated once and each targeted projection is compressed with them;
-//   3. the sublayer runs with the compressed input projections; the input of the output projection (o_proj:
-//      the attention output; down_proj: the SwiGLU activation) is kept and its statistics accumulated, and the
-//      output projection is compressed;
+//   3. the sublayer runs with the compressed input projections up to its output projection (o_proj: the
+//      attention output; down_proj: the SwiGLU activation), whose input is kept and its statistics accumulated
+//      (the projection is not run with its old weights: its output would be discarded), and the output
+//      projection is compressed;
 //   4. the kept streams advance through the compressed sublayer (x += post(input · Ŵ_outᵀ + b_out): the output
 //      projection's bias and, when the spec has them, the post-sublayer norm, as the decoder adds a sublayer).
 // So every layer is compressed on the activations of the already-compressed layers before it, as SparseGPT
@@ -236,11 +237,14 @@ public enum Layerwise {
                     stats: outTargeted ? InputStatistics(features: width, full: fullHessian) : nil,
                     store: outTargeted ? store.data : nil, windowStride: T * outWidth)
                 let engine = TransformerDecoder(model: model, window: T)
-                for w in 0..<N {
-                    engine.residual.update(from: states.data + w * T * C, count: T * C)
-                    capture.window = w
-                    engine.runSublayers(s..<(s + 1), rows: T, observer: capture)
-                    if !outTargeted { (states.data + w * T * C).update(from: engine.residual, count: T * C) }
+                // bf16: each weight packed once for all windows (no weight changes inside).
+                MatrixProduct.withWeightCache {
+                    for w in 0..<N {
+                        engine.residual.update(from: states.data + w * T * C, count: T * C)
+                        capture.window = w
+                        engine.runSublayers(s..<(s + 1), rows: T, observer: capture, withoutOutput: outTargeted)
+                        if !outTargeted { (states.data + w * T * C).update(from: engine.residual, count: T * C) }
+                    }
                 }
                 // 4. The output projection, then the streams through it: x += post(input · Ŵᵀ + b), as the decoder adds
                 // a sublayer's output (its bias, and its post-sublayer norm when the spec has them).
@@ -251,17 +255,19 @@ public enum Layerwise {
                     let wout = model.linear(id)!
                     let bias = attention ? model.layers[l].attention!.biases[.o] : model.layers[l].mlp!.biases[.down]
                     let post = attention ? model.layers[l].attention!.postNorm : model.layers[l].mlp!.postNorm
-                    for w in 0..<N {
-                        let x = states.data + w * T * C, inp = store.data + w * T * outWidth
-                        if let post {
-                            wout.forward(out: normed.data, inp: inp, rows: T)
-                            if let bias { biasForward(out: normed.data, bias: bias.data, rows: T, columns: C) }
-                            model.normForward(out: normed.data, inp: normed.data, weight: post.data, rows: T,
-                                              channels: C)
-                            residualAdd(x, normed.data, count: T * C)
-                        } else {
-                            wout.forward(out: x, inp: inp, rows: T, beta: 1)
-                            if let bias { biasForward(out: x, bias: bias.data, rows: T, columns: C) }
+                    MatrixProduct.withWeightCache {
+                        for w in 0..<N {
+                            let x = states.data + w * T * C, inp = store.data + w * T * outWidth
+                            if let post {
+                                wout.forward(out: normed.data, inp: inp, rows: T)
+                                if let bias { biasForward(out: normed.data, bias: bias.data, rows: T, columns: C) }
+                                model.normForward(out: normed.data, inp: normed.data, weight: post.data, rows: T,
+                                                  channels: C)
+                                residualAdd(x, normed.data, count: T * C)
+                            } else {
+                                wout.forward(out: x, inp: inp, rows: T, beta: 1)
+                                if let bias { biasForward(out: x, bias: bias.data, rows: T, columns: C) }
+                            }
                         }
                     }
                 }

@@ -143,6 +143,42 @@ final class CPTQuantTests: XCTestCase {
         XCTAssertEqual(pairs.last?.1, 8)
     }
 
+    /// A uniform allocation quantizes its table at the chosen format only: the widest whose bytes fit the budget
+    /// (bits_per_weight 5 at group 16 symmetric: q4 at 4 + 16/16 = 5.0; q5 would be 6.0). The stored forms are the
+    /// quantizer's own at that format (the search weighted by the calibration E[x²], which the pass computes);
+    /// with GPTQ neither the moments' forward nor any other width runs, and the weights are GPTQ's whatever the
+    /// candidate widths.
+    func testUniformAllocationQuantizesOnlyTheChosenFormat() throws {
+        let m = Tiny.model(), windows = Tiny.windows(3, length: 16)
+        let weights = m.namedTensors.filter { $0.name.hasPrefix("model.layers.") && $0.tensor.shape.count == 2 }
+        let q4 = try QuantFormat.width(4, groupSize: 16, symmetric: true)
+        for method in ["rtn", "search", "gptq"] {
+            var lines: [String] = []
+            let (q, diag) = try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 5, "group_size": 16, "symmetric": true, "method": "\#(method)"}"#)
+                .run(on: m, context: PassContext(calibration: windows, progress: { lines.append($0) }))
+            XCTAssertEqual(lines.filter { $0.hasPrefix("cptquant: quantized") }, ["cptquant: quantized 28 tensors at \(q4)"],
+                           method)
+            XCTAssertEqual(lines.contains { $0.contains("calibration statistics") }, method == "search", method)
+            let units = diag.objectValue!["units"]!.arrayValue!.map { $0.objectValue! }
+            XCTAssertEqual(Set(units.map { $0["format"]!.stringValue! }), [q4.description], method)
+            let stored = q.quantizedForms
+            XCTAssertEqual(stored.values.reduce(0) { $0 + $1.bytes }, Int(5 * Double(weights.reduce(0) { $0 + $1.tensor.count }) / 8))
+            switch method {
+            case "rtn":
+                for w in weights {
+                    let want = try QuantizedTensor(weights: w.tensor.array, shape: w.tensor.shape, format: q4)
+                    XCTAssertEqual(stored[w.name]?.dequantized(), want.dequantized(), w.name)
+                }
+            case "gptq":
+                // The same GPTQ as with a single candidate width (whose table is the same one format).
+                let (one, _) = try pass(#"{"estimator": "none", "allocation": "uniform", "bits_per_weight": 5, "group_size": 16, "symmetric": true, "method": "gptq", "widths": [4]}"#)
+                    .run(on: m, context: PassContext(calibration: windows))
+                for (name, s) in stored { XCTAssertEqual(s.dequantized(), one.quantizedForms[name]?.dequantized(), name) }
+            default: break
+            }
+        }
+    }
+
     func testBadConfigurationsNameTheKey() throws {
         let cases: [(String, String)] = [
             (#"{"estimator": "hessian", "bits_per_weight": 4}"#, "'estimator'"),

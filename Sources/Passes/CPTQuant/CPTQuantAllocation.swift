@@ -38,7 +38,8 @@ extension CPTQuantPass {
     /// The units' options (damage Σ s̃_u · e_u(b), or measured KL), the fixed-width embedding / LM head, the
     /// budget (less the fixed weights with `fixed_in_budget`) and the allocation. Errors name the tensor or budget.
     func allocate(_ model: DecoderModel, _ targets: CPTQuantTargets, _ analysis: CPTQuantAnalysis,
-                  _ evaluation: CPTQuantEvaluation, measured: [[Double?]]?) throws -> CPTQuantAllocation {
+                  _ evaluation: CPTQuantEvaluation, fixed: [CPTQuantFixedTensor], budget: Int?,
+                  measured: [[Double?]]?) throws -> CPTQuantAllocation {
         let sensitivity = analysis.sensitivity, formats = evaluation.formats
         // Damage weights: sensitivities below 1 % of the largest (PMPQ's can be negative: pruning noise) are
         // raised to that floor, so that no unit's error is free or rewarded.
@@ -57,22 +58,8 @@ extension CPTQuantPass {
                 return try AllocationUnit(name: unit.name, candidates: options, why: why)
             } catch { throw error.adding(place: "cptquant") }
         }
-        let weights = targets.names.reduce(0) { $0 + targets.tensors[$1]!.count }
-        let fixed = try fixedTensors(model, targets.tensors)
+        let weights = targets.weights
         let fixedWeights = fixed.reduce(0) { $0 + $1.q.count }, fixedBytes = fixed.reduce(0) { $0 + $1.q.bytes }
-        let budget: Int?
-        if fixedInBudget {
-            // The budget covers the allocated and the fixed weights; the allocation gets what is left.
-            let total = budgetBytes
-                ?? bitsPerWeight.map { Int(($0 * Double(weights + fixedWeights) / 8).rounded(.down)) }!
-            guard total > fixedBytes else {
-                throw RecipeError("cptquant: the budget of \(total) bytes does not cover the fixed-width embedding / "
-                    + "LM head (\(fixedBytes) bytes)")
-            }
-            budget = total - fixedBytes
-        } else {
-            budget = budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights) / 8).rounded(.down)) }
-        }
         let chosen: Allocation
         do {
             switch allocation {
@@ -84,6 +71,23 @@ extension CPTQuantPass {
         } catch { throw error.adding(place: "cptquant") }
         return CPTQuantAllocation(units: allocationUnits, weights: weights, floor: floor, fixed: fixed,
                                   fixedWeights: fixedWeights, fixedBytes: fixedBytes, budget: budget, chosen: chosen)
+    }
+
+    /// The bytes the allocation may use: the recipe's budget, less the fixed weights' bytes with
+    /// `fixed_in_budget`; nil for `clusters` (no budget). Throws when the fixed weights alone exceed the budget.
+    func allocationBudget(_ targets: CPTQuantTargets, fixed: [CPTQuantFixedTensor]) throws -> Int? {
+        let weights = targets.weights
+        let fixedWeights = fixed.reduce(0) { $0 + $1.q.count }, fixedBytes = fixed.reduce(0) { $0 + $1.q.bytes }
+        guard fixedInBudget else {
+            return budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights) / 8).rounded(.down)) }
+        }
+        // The budget covers the allocated and the fixed weights; the allocation gets what is left.
+        let total = budgetBytes ?? bitsPerWeight.map { Int(($0 * Double(weights + fixedWeights) / 8).rounded(.down)) }!
+        guard total > fixedBytes else {
+            throw RecipeError("cptquant: the budget of \(total) bytes does not cover the fixed-width embedding / "
+                + "LM head (\(fixedBytes) bytes)")
+        }
+        return total - fixedBytes
     }
 
     /// The embedding and LM head at their fixed widths (a tied head is the embedding: one copy).

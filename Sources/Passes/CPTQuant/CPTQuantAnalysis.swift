@@ -64,6 +64,15 @@ extension CPTQuantPass {
     /// with searched grids.
     var searchTable: Bool { method == .search || (method == .gptq && clipSearch) }
 
+    /// Whether the table is quantized at the uniform allocation's format only (`allocation: "uniform"` with
+    /// estimated damage: the choice depends on bytes alone).
+    var uniformTable: Bool { allocation == .uniform && damage == .estimated }
+
+    /// Whether the calibration moments are computed: for the search's weights where the table's forms are applied
+    /// or choose the allocation, and for CMPQ. Not for GPTQ with a uniform table, which only gives bytes and the
+    /// report's errors (round to nearest's there): GPTQ's grids take E[x²] from its own layer-wise pass.
+    var needsMoments: Bool { estimator == .cmpq || (searchTable && !(method == .gptq && uniformTable)) }
+
     /// The units' part of the cache keys.
     var unitsKey: CPTQuantUnitsKey {
         CPTQuantUnitsKey(granularity: granularity.rawValue, targets: targets.map(\.shortName),
@@ -76,7 +85,7 @@ extension CPTQuantPass {
         let windows = context.calibration, units = targets.units
         // Calibration statistics: per input column E[x²] (for the search) and CMPQ's scores.
         var moments: CalibrationMoments?
-        if searchTable || estimator == .cmpq {
+        if needsMoments {
             let correlations = estimator == .cmpq
             let key = correlations ? CPTQuantMomentsKey(poolTokens: poolTokens, ccaDims: ccaDims, ridge: ridge)
                                    : CPTQuantMomentsKey(cmpq: false)

@@ -33,10 +33,14 @@ struct CPTQuantMeasuredDamage {
 extension CPTQuantPass {
     /// Quantizes every targeted tensor at every candidate format (threads over tensors, format after format) and
     /// sums the units' relative errors. A failure other than an unrepresentable tensor throws, naming it.
-    func evaluate(_ targets: CPTQuantTargets, moments: CalibrationMoments?,
+    /// `uniformBudget` (uniform allocation): only the formats whose bytes fit it, widest first, until one stores
+    /// every tensor; the others stay nil (no option). When none fits, every format (the allocation then says so).
+    func evaluate(_ targets: CPTQuantTargets, moments: CalibrationMoments?, uniformBudget: Int? = nil,
                   context: PassContext) throws -> CPTQuantEvaluation {
         // Every tensor at every width: stored form and ‖W − Q(W)‖²; and ‖W‖² once per tensor.
-        let formats = candidates, names = targets.names, tensors = targets.tensors, searchTable = searchTable
+        let formats = candidates, names = targets.names, tensors = targets.tensors
+        // GPTQ with a uniform table: the table only gives bytes and the report's e_u(b), round to nearest's.
+        let searchTable = searchTable && !(method == .gptq && uniformTable)
         var stored = [[QuantizedTensor?]](repeating: [QuantizedTensor?](repeating: nil, count: formats.count),
                                           count: names.count)
         var squaredErrors = [[Double]](repeating: [Double](repeating: 0, count: formats.count), count: names.count)
@@ -44,7 +48,17 @@ extension CPTQuantPass {
         var failure: Error?
         var unrepresentable: [String] = []  // widths that cannot store a tensor are dropped from its unit's options
         let lock = NSLock()
-        for (fi, f) in formats.enumerated() {
+        var order = Array(formats.indices), widestFirst = false
+        if let budget = uniformBudget {
+            // A format's bytes: Σ over the tensors of QuantFormat.storageBytes (what QuantizedTensor.bytes counts).
+            let fitting = formats.indices.reversed().filter { fi in
+                names.reduce(0) { $0 + formats[fi].storageBytes(rows: 1, columns: tensors[$1]!.count) } <= budget
+            }
+            if !fitting.isEmpty { order = fitting; widestFirst = true }
+        }
+        for fi in order {
+            let f = formats[fi]
+            let before = unrepresentable.count
             Parallel.forEachChunk(names.count) { r in
                 for i in r {
                     let w = tensors[names[i]]!, isFactor = targets.factorized.contains(names[i])
@@ -70,6 +84,8 @@ extension CPTQuantPass {
                 }
             }
             context.progress("cptquant: quantized \(names.count) tensors at \(f)")
+            if failure != nil { break }
+            if widestFirst && unrepresentable.count == before { break }
         }
         if let failure { throw failure }
         let index = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, $0) })

@@ -19,6 +19,8 @@ struct CPTQuantTargets {
     var masks: [LinearID: SparsityMask]
     /// Every unit's tensors, unit after unit.
     var names: [WeightID] { units.flatMap(\.tensors) }
+    /// The allocated weights: every unit tensor's elements.
+    var weights: Int { names.reduce(0) { $0 + tensors[$1]!.count } }
 }
 
 extension CPTQuantPass {
