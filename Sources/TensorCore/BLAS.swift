@@ -117,9 +117,34 @@ public enum BLAS {
 extension BLAS {
     /// C (n, n) = alpha · Aᵀ A + beta · C for A (k, n) row-major, upper triangle only (the lower is not
     /// touched): the Gram matrix of A's rows, e.g. Σ_t x_t x_tᵀ of k activation rows.
+    /// With `splitting`, a large one runs on our workers like `gemm`'s split (no OpenBLAS thread wakes to spin
+    /// afterwards): the columns of C in two or more blocks of about equal work, block [c0, c1) as the product
+    /// C[0..<c0, c0..<c1] = A[:, 0..<c0]ᵀ A[:, c0..<c1] and the triangle C[c0..<c1, c0..<c1], each one
+    /// single-threaded OpenBLAS call.
     public static func gramUpper(n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, beta: Float = 0,
                                  c: UnsafeMutablePointer<Float>, ldc: Int) {
         if n == 0 { return }
+        let parts = min(Parallel.threads, n / 64)
+        if splitting && threads > 1 && parts > 1 && Double(n) * Double(n) * Double(k) / 2 >= splitMinimumMultiplyAdds {
+            let saved = threads
+            threads = 1
+            defer { threads = saved }
+            // Column block p ends at n·√((p+1)/parts) (the upper triangle's work grows with the column's square).
+            let ends = (0..<parts).map { p in
+                p == parts - 1 ? n : Int((Double(n) * (Double(p + 1) / Double(parts)).squareRoot()) / 16) * 16
+            }
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let c0 = p == 0 ? 0 : ends[p - 1], c1 = ends[p]
+                if c1 <= c0 { return }
+                if c0 > 0 {
+                    gemm(transA: true, m: c0, n: c1 - c0, k: k, alpha: alpha, a: a, lda: lda, b: a + c0, ldb: lda,
+                         beta: beta, c: c + c0, ldc: ldc)
+                }
+                gramUpper(n: c1 - c0, k: k, alpha: alpha, a: a + c0, lda: lda, beta: beta, c: c + c0 * ldc + c0,
+                          ldc: ldc)
+            }
+            return
+        }
         let start = profiling ? DispatchTime.now().uptimeNanoseconds : 0
         cblas_ssyrk(
             CblasRowMajor, CblasUpper, CblasTrans, Int32(n), Int32(k), alpha, a, Int32(lda), beta, c, Int32(ldc))

@@ -50,4 +50,43 @@ final class BLASSplitTests: XCTestCase {
             }
         }
     }
+
+    /// `gramUpper` split into column blocks (a product above the diagonal block, a triangle on it) against the
+    /// Float64 Gram matrix: every upper element within the dot product's rounding bound, γ_k Σ_t |a_ti a_tj| with
+    /// γ_k = k·u/(1 − k·u) (u = 2⁻²⁴), plus the beta term's rounding; the strict lower triangle untouched. (Not
+    /// bitwise one ssyrk call: OpenBLAS's syrk and gemm kernels sum some k in other orders; on SmolLM2's shapes,
+    /// k = 2048, they agreed bitwise here.)
+    func testGramBlocksMatchTheFloat64Gram() throws {
+        guard Parallel.threads > 1 else { throw XCTSkip("one worker thread: Gram matrices are never split") }
+        for (n, k, pad, alpha, beta) in [(320, 2048, 0, Float(1), Float(0)), (700, 300, 5, 0.5, 1), (250, 1537, 2, -1, 0.25)] {
+            var rng = SplitMix64(seed: UInt64(n * 7 + k))
+            let lda = n + pad, ldc = n + pad
+            let a = (0..<(k * lda)).map { _ in Float.random(in: -1..<1, using: &rng) }
+            var c = (0..<(n * ldc)).map { _ in Float.random(in: -1..<1, using: &rng) }
+            let c0 = c
+            XCTAssertGreaterThanOrEqual(Double(n * n * k) / 2, BLAS.splitMinimumMultiplyAdds)
+            BLAS.splitting = true
+            a.withUnsafeBufferPointer { ap in
+                c.withUnsafeMutableBufferPointer {
+                    BLAS.gramUpper(n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda, beta: beta,
+                                   c: $0.baseAddress!, ldc: ldc)
+                }
+            }
+            let u = 0x1p-24, gamma = Double(k + 2) * u / (1 - Double(k + 2) * u)
+            var bad = 0
+            for i in 0..<n {
+                for j in 0..<i where c[i * ldc + j] != c0[i * ldc + j] { bad += 1 }
+                for j in i..<n {
+                    var dot = 0.0, abs = 0.0
+                    for t in 0..<k {
+                        let p = Double(a[t * lda + i]) * Double(a[t * lda + j]); dot += p; abs += Swift.abs(p)
+                    }
+                    let want = Double(alpha) * dot + Double(beta) * Double(c0[i * ldc + j])
+                    let bound = gamma * (Swift.abs(Double(alpha)) * abs + Swift.abs(Double(beta) * Double(c0[i * ldc + j])))
+                    if Swift.abs(Double(c[i * ldc + j]) - want) > bound { bad += 1 }
+                }
+            }
+            XCTAssertEqual(bad, 0, "n \(n) k \(k) alpha \(alpha) beta \(beta)")
+        }
+    }
 }
