@@ -17,30 +17,9 @@ evaluation in bf16. Needs a release build and tools/setup_assets.sh. SmolLM2's f
 import argparse
 import json
 import os
-import subprocess
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPRESS = os.path.join(ROOT, ".build/release/compress")
-
-
-def run_json(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if p.returncode != 0:
-        raise SystemExit(f"`{' '.join(cmd)}` failed (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def find_key(x, key):
-    """The first object under `key` anywhere in a stage's diagnostics."""
-    if isinstance(x, dict):
-        if isinstance(x.get(key), dict):
-            return x[key]
-        for v in x.values():
-            t = find_key(v, key)
-            if t:
-                return t
-    return None
+from bf16_calibration import COMPRESS, ROOT, find_timing, run_json
 
 
 def main():
@@ -82,7 +61,7 @@ def main():
         rep = run_json([a.binary, "apply", path, "-o", out, "--precision", a.precision, "--no-cache", "--force",
                         "--json"])
         stage = rep["stages"][0]
-        timing = find_key(stage.get("diagnostics"), "timing") or {}
+        timing = find_timing(stage.get("diagnostics")) or {}
         split = ", ".join(f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in timing.items())
         layerwise = sum(timing.values())
         print(f"{name}: pass {stage['seconds']:.1f} s (layer-wise {layerwise:.1f} s: {split}; rest of the stage "

@@ -68,10 +68,13 @@ extension CPTQuantPass {
     /// estimated damage: the choice depends on bytes alone).
     var uniformTable: Bool { allocation == .uniform && damage == .estimated }
 
-    /// Whether the calibration moments are computed: for the search's weights where the table's forms are applied
-    /// or choose the allocation, and for CMPQ. Not for GPTQ with a uniform table, which only gives bytes and the
-    /// report's errors (round to nearest's there): GPTQ's grids take E[x²] from its own layer-wise pass.
-    var needsMoments: Bool { estimator == .cmpq || (searchTable && !(method == .gptq && uniformTable)) }
+    /// Whether the table's forms come from the search (weighted by the calibration E[x²]). Not for GPTQ with a
+    /// uniform table, which only gives bytes and the report's errors (round to nearest's there): GPTQ's grids take
+    /// E[x²] from its own layer-wise pass.
+    var tableSearches: Bool { searchTable && !(method == .gptq && uniformTable) }
+
+    /// Whether the calibration moments are computed: for a searched table, and for CMPQ.
+    var needsMoments: Bool { estimator == .cmpq || tableSearches }
 
     /// The units' part of the cache keys.
     var unitsKey: CPTQuantUnitsKey {

@@ -38,9 +38,7 @@ extension CPTQuantPass {
     func evaluate(_ targets: CPTQuantTargets, moments: CalibrationMoments?, uniformBudget: Int? = nil,
                   context: PassContext) throws -> CPTQuantEvaluation {
         // Every tensor at every width: stored form and ‖W − Q(W)‖²; and ‖W‖² once per tensor.
-        let formats = candidates, names = targets.names, tensors = targets.tensors
-        // GPTQ with a uniform table: the table only gives bytes and the report's e_u(b), round to nearest's.
-        let searchTable = searchTable && !(method == .gptq && uniformTable)
+        let formats = candidates, names = targets.names, tensors = targets.tensors, searchTable = tableSearches
         var stored = [[QuantizedTensor?]](repeating: [QuantizedTensor?](repeating: nil, count: formats.count),
                                           count: names.count)
         var squaredErrors = [[Double]](repeating: [Double](repeating: 0, count: formats.count), count: names.count)
