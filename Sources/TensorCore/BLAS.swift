@@ -29,9 +29,13 @@ public enum BLAS {
     nonisolated(unsafe) public static private(set) var attentionCoreSeconds: Double = 0
     nonisolated(unsafe) public static private(set) var attentionFlops: Double = 0
     nonisolated(unsafe) public static var inAttention = false
+    /// Core-seconds, flops and calls per product shape while `profiling` (key: "m×k·k×n", with "ᵀ" on a transposed
+    /// operand and " (attention)" inside the attention kernels): where the products' time goes.
+    nonisolated(unsafe) public static private(set) var shapeProfile: [String: ShapeTiming] = [:]
+    public struct ShapeTiming: Sendable { public var coreSeconds = 0.0, flops = 0.0, calls = 0 }
     private static let profileLock = NSLock()
     public static func resetProfile() {
-        gemmCoreSeconds = 0; gemmFlops = 0; attentionCoreSeconds = 0; attentionFlops = 0
+        gemmCoreSeconds = 0; gemmFlops = 0; attentionCoreSeconds = 0; attentionFlops = 0; shapeProfile = [:]
     }
 
     /// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with leading dimensions.
@@ -51,7 +55,10 @@ public enum BLAS {
         cblas_sgemm(
             CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
             Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-        if profiling { recordGemm(start: start, flops: 2.0 * Double(m) * Double(n) * Double(k)) }
+        if profiling {
+            recordGemm(start: start, flops: 2.0 * Double(m) * Double(n) * Double(k),
+                       shape: shapeName(m: m, n: n, k: k, transA: transA, transB: transB))
+        }
     }
 
     /// Whether `gemm` runs a large product as `Parallel.threads` single-threaded OpenBLAS calls on our own workers
@@ -103,14 +110,26 @@ public enum BLAS {
     }
 
     @usableFromInline
-    static func recordGemm(start: UInt64, flops: Double) {
+    static func recordGemm(start: UInt64, flops: Double, shape: String? = nil) {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
         let cores = Double(threads)
         profileLock.lock()
         gemmCoreSeconds += seconds * cores
         gemmFlops += flops
         if inAttention { attentionCoreSeconds += seconds * cores; attentionFlops += flops }
+        if let shape {
+            let key = inAttention ? shape + " (attention)" : shape
+            shapeProfile[key, default: ShapeTiming()].coreSeconds += seconds * cores
+            shapeProfile[key, default: ShapeTiming()].flops += flops
+            shapeProfile[key, default: ShapeTiming()].calls += 1
+        }
         profileLock.unlock()
+    }
+
+    /// "m×k·k×n" with "ᵀ" on a transposed operand: a product's key in `shapeProfile`.
+    @usableFromInline
+    static func shapeName(m: Int, n: Int, k: Int, transA: Bool, transB: Bool) -> String {
+        "\(m)×\(k)\(transA ? "ᵀ" : "")·\(k)×\(n)\(transB ? "ᵀ" : "")"
     }
 }
 

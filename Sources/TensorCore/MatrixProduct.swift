@@ -17,9 +17,12 @@ public enum Precision: String, CaseIterable, Codable, Sendable {
 /// `BLAS.gemm` directly.
 ///
 /// bf16 products go to oneDNN's matmul (Debian libdnnl 2.6). A primitive is created once per shape, transposes,
-/// leading dimensions, alpha, beta and thread count, and kept; inside `withWeightCache`, a weight (the B operand
-/// named by `weight:`) is converted to bf16 in the primitive's blocked layout once and reused until the scope
-/// ends or `invalidateWeights()` (after each optimizer step) drops the copies.
+/// leading dimensions, alpha, beta and thread count, and kept. Operands are converted to bf16 by our own
+/// AVX512-BF16 loop in their storage order (oneDNN's kernels copy them into their blocked layouts per block);
+/// inside `withWeightCache`, a weight (the B operand named by `weight:`) is converted once and its copy serves
+/// every product reading it, forward and backward, until the scope ends or `invalidateWeights()` (after each
+/// optimizer step) drops the copies. Products of ≥ 2^20 multiply-adds run as single-threaded calls on our
+/// workers (`BF16Matmul.split`), so oneDNN's OpenMP threads never spin beside them.
 public enum MatrixProduct {
     /// The precision `gemm` runs in. Set once by a command before any model work (the CLI's `--precision`);
     /// `bf16` must pass `checkSupport` first.
@@ -89,6 +92,11 @@ public enum MatrixProduct {
             return
         }
         if m == 0 || n == 0 { return }
+        if BLAS.splitting && BLAS.threads > 1 && Double(m) * Double(n) * Double(k) >= BLAS.splitMinimumMultiplyAdds {
+            BF16Matmul.split(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
+                             ldb: ldb, beta: beta, c: c, ldc: ldc, weight: weight)
+            return
+        }
         let key = BF16Matmul.Key(m: m, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
                                  alpha: alpha, beta: beta, threads: BLAS.threads, bf16: precision == .bf16)
         BF16Matmul.run(key, a: a, b: b, c: c, weight: weight)
@@ -146,13 +154,13 @@ enum BF16Matmul {
         }
     }
 
-    /// A weight's bf16 copy for one primitive layout (the same weight may be used transposed or not, e.g. in
-    /// the forward and the backward).
+    /// A weight's bf16 copy: the rows × cols block of its storage that B covers (row-major, B's leading dimension
+    /// dropped). The same copy serves every product reading that block, transposed or not (a linear layer's
+    /// forward reads W as Bᵀ, its input gradient as B: the same storage).
     struct PackedKey: Hashable {
         let tensor: ObjectIdentifier
-        /// The primitive whose blocked layout the copy has (layouts can differ between shapes).
-        let primitive: ObjectIdentifier
         let offset: Int
+        let rows, cols, ld: Int
     }
 
     final class Packed {
@@ -207,21 +215,56 @@ enum BF16Matmul {
         }
         if status != 0 { fatalError("oneDNN bf16 matmul failed (status \(status)) for \(key)") }
         if BLAS.profiling {
-            BLAS.recordGemm(start: start, flops: 2.0 * Double(key.m) * Double(key.n) * Double(key.k))
+            BLAS.recordGemm(start: start, flops: 2.0 * Double(key.m) * Double(key.n) * Double(key.k),
+                            shape: BLAS.shapeName(m: key.m, n: key.n, k: key.k, transA: key.transA, transB: key.transB))
         }
     }
 
-    /// The cached bf16 copy of `weight` for this layout, packing it on first use; nil outside `withWeightCache`.
+    /// A large product as `Parallel.threads` single-threaded oneDNN calls on our own workers, on slices of C's rows
+    /// (columns when n > m), like `BLAS.splitGemm`: oneDNN's OpenMP threads never run, so none spins after a
+    /// product while our workers run the element-wise work that follows. Equal row slices share one primitive
+    /// and one packed weight; column slices of a weight are packed apart (the cache is keyed by offset).
+    @usableFromInline
+    static func split(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>,
+                      lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>,
+                      ldc: Int, weight: Tensor?) {
+        let saved = BLAS.threads
+        BLAS.threads = 1
+        defer { BLAS.threads = saved }
+        // Slices of 16 rows or columns (oneDNN's kernels take any size; n = 576 splits 288 + 288).
+        let byRows = m >= n, extent = byRows ? m : n, align = 16
+        let parts = max(1, min(Parallel.threads, extent / align))
+        let bf16 = MatrixProduct.precision == .bf16
+        DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let lo = extent * p / parts / align * align
+            let hi = p == parts - 1 ? extent : extent * (p + 1) / parts / align * align
+            if lo >= hi { return }
+            if byRows {
+                let key = Key(m: hi - lo, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
+                              alpha: alpha, beta: beta, threads: 1, bf16: bf16)
+                run(key, a: transA ? a + lo : a + lo * lda, b: b, c: c + lo * ldc, weight: weight)
+            } else {
+                let key = Key(m: m, n: hi - lo, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
+                              alpha: alpha, beta: beta, threads: 1, bf16: bf16)
+                run(key, a: a, b: transB ? b + lo * ldb : b + lo, c: c + lo, weight: weight)
+            }
+        }
+    }
+
+    /// The cached bf16 copy of `weight`'s block that B covers, converting it on first use; nil outside
+    /// `withWeightCache` or in float32 (oneDNN reads the float32 weight itself).
     static func packedWeight(_ weight: Tensor, b: UnsafePointer<Float>, key: Key, primitive p: Primitive) -> Packed? {
-        let pk = PackedKey(tensor: ObjectIdentifier(weight), primitive: ObjectIdentifier(p),
-                           offset: UnsafePointer(weight.data).distance(to: b))
+        let bytes = compress_bf16_matmul_packed_b_bytes(p.handle)
+        if bytes == 0 { return nil }
+        let pk = PackedKey(tensor: ObjectIdentifier(weight), offset: UnsafePointer(weight.data).distance(to: b),
+                           rows: key.transB ? key.n : key.k, cols: key.transB ? key.k : key.n, ld: key.ldb)
         lock.lock()
         defer { lock.unlock() }
         guard cacheDepth > 0 else { return nil }
         if let hit = packed[pk] { return hit }
-        let copy = Packed(tensor: weight, bytes: compress_bf16_matmul_packed_b_bytes(p.handle))
+        let copy = Packed(tensor: weight, bytes: bytes)
         let status = compress_bf16_matmul_pack_b(p.handle, b, copy.data)
-        if status != 0 { fatalError("oneDNN bf16 weight reorder failed (status \(status))") }
+        if status != 0 { fatalError("bf16 weight conversion failed (status \(status))") }
         packed[pk] = copy
         return copy
     }

@@ -6,6 +6,34 @@ import TensorCore
 import Training
 import Checkpoint
 
+/// One product shape's part of a benchmark's matrix-product time (`BLAS.shapeProfile`).
+public struct ProductShare: Codable {
+    /// "m×k·k×n", "ᵀ" on a transposed operand, " (attention)" inside the attention kernels.
+    public var shape: String
+    public var calls: Int
+    /// Share of the run's CPU time (wall time × cores).
+    public var share: Double
+    /// GFLOP/s per process: flops over the shape's core-seconds divided by the cores.
+    public var gflopPerSecond: Double
+
+    /// The shapes of `BLAS.shapeProfile`, most time first.
+    static func fromProfile(seconds: Double, cores: Double) -> [ProductShare] {
+        BLAS.shapeProfile.map { key, t in
+            ProductShare(shape: key, calls: t.calls, share: t.coreSeconds / (seconds * cores),
+                         gflopPerSecond: t.flops / 1e9 / max(t.coreSeconds / cores, 1e-9))
+        }.sorted { $0.share > $1.share }
+    }
+
+    /// Lines of the human report: the `limit` largest shapes.
+    static func lines(_ products: [ProductShare], limit: Int = 12) -> String {
+        products.prefix(limit).map {
+            "\n    " + $0.shape.padding(toLength: 34, withPad: " ", startingAt: 0)
+                + String(format: "%5.1f%% of CPU time, %6.1f GFLOP/s, %d calls", $0.share * 100, $0.gflopPerSecond,
+                         $0.calls)
+        }.joined()
+    }
+}
+
 /// What `compress bench` reports: forward throughput of a random-weight model and where the time goes.
 public struct BenchReport: Codable {
     public var config: JSONValue
@@ -22,6 +50,8 @@ public struct BenchReport: Codable {
     public var attentionShare: Double
     public var attentionGflops: Double
     public var attentionGflopPerSecond: Double
+    /// Every product shape, most time first.
+    public var products: [ProductShare]
     public var blasCore: String
     public var blasThreads: Int
     public var workerThreads: Int
@@ -37,9 +67,11 @@ public struct BenchReport: Codable {
             %d BLAS threads, %d worker threads]
               of which attention's QKᵀ and PV: %.1f%% of CPU time, %.1f GFLOP, %.1f GFLOP/s per process
             parameters %d, peak memory %@
+            products by shape (m×k·k×n):
             """, tokensPerSecond, windows, window, seconds, sgemmShare * 100, sgemmGflops, sgemmGflopPerSecond,
                       kernels, blasCore, blasThreads, workerThreads, attentionShare * 100, attentionGflops,
                       attentionGflopPerSecond, parameters, formatBytes(peakResidentBytes))
+            + ProductShare.lines(products)
     }
 }
 
@@ -72,6 +104,7 @@ extension Workbench {
             attentionShare: BLAS.attentionCoreSeconds / (r.seconds * Double(cores)),
             attentionGflops: BLAS.attentionFlops / 1e9,
             attentionGflopPerSecond: BLAS.attentionFlops / 1e9 / max(BLAS.attentionCoreSeconds / Double(cores), 1e-9),
+            products: ProductShare.fromProfile(seconds: r.seconds, cores: Double(cores)),
             blasCore: BLAS.coreName,
             blasThreads: BLAS.threads, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),
             precision: MatrixProduct.precision.rawValue, kernels: MatrixProduct.kernels)
@@ -90,6 +123,8 @@ public struct BenchTrainReport: Codable {
     public var loss: Double
     public var sgemmShare: Double
     public var sgemmGflopPerSecond: Double
+    /// Every product shape, most time first.
+    public var products: [ProductShare]
     public var blasCore: String
     public var workerThreads: Int
     public var peakResidentBytes: Int
@@ -104,9 +139,10 @@ public struct BenchTrainReport: Codable {
             %d, %.2f s)
             matrix products: %.1f%% of CPU time, %.1f GFLOP/s   [%@; OpenBLAS core %@, %d worker threads]
             parameters %d (%@), loss %.4f, peak memory %@
+            products by shape (m×k·k×n):
             """, tokensPerSecond, steps, batch, window, seconds, sgemmShare * 100, sgemmGflopPerSecond, kernels,
                       blasCore, workerThreads,
-                      parameters, weights, loss, formatBytes(peakResidentBytes))
+                      parameters, weights, loss, formatBytes(peakResidentBytes)) + ProductShare.lines(products)
     }
 }
 
@@ -140,6 +176,7 @@ extension Workbench {
             seconds: seconds,
             tokensPerSecond: Double(steps * batch * window) / seconds, loss: loss,
             sgemmShare: BLAS.gemmCoreSeconds / (seconds * cores), sgemmGflopPerSecond: BLAS.gemmFlops / seconds / 1e9,
+            products: ProductShare.fromProfile(seconds: seconds, cores: cores),
             blasCore: BLAS.coreName, workerThreads: Parallel.threads, peakResidentBytes: peakResidentBytes(),
             weights: checkpoint ?? "random", precision: MatrixProduct.precision.rawValue,
             kernels: MatrixProduct.kernels)

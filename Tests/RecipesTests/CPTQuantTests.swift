@@ -75,7 +75,7 @@ final class CPTQuantTests: XCTestCase {
         }
         let base = ppl(m)
         for (u, unit) in units.enumerated() {
-            var tensors = Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, Tensor(shape: $0.tensor.shape, values: $0.tensor.array)) })
+            let tensors = Dictionary(uniqueKeysWithValues: m.namedTensors.map { ($0.name, Tensor(shape: $0.tensor.shape, values: $0.tensor.array)) })
             for id in unit.tensors {
                 let w = tensors[id.hfName]!
                 let k = Int(0.3 * Double(w.count))

@@ -1,3 +1,4 @@
+import DNNLBridge
 import XCTest
 @testable import TensorCore
 
@@ -81,6 +82,104 @@ final class MatrixProductTests: XCTestCase {
                 check(transA: transA, transB: transB, m: 16, n: 48, k: 33, alpha: 0.125, beta: 1, pad: 5,
                       cached: false)
                 check(transA: transA, transB: transB, m: 9, n: 64, k: 128, alpha: -2, beta: 0.5, pad: 3, cached: true)
+            }
+        }
+    }
+
+    /// Products of ≥ 2^20 multiply-adds run as slices on our workers (`BLAS.splitting`): rows when m ≥ n, columns
+    /// (each slice of a weight packed apart) when n > m, odd sizes included; each against the Float64 reference,
+    /// and every element the same float as one call on all threads gives.
+    func testSplitProducts() throws {
+        guard Parallel.threads > 1 else { throw XCTSkip("one worker thread: products are never split") }
+        for transA in [false, true] {
+            for transB in [false, true] {
+                check(transA: transA, transB: transB, m: 301, n: 70, k: 64, alpha: 1, beta: 0, pad: 0, cached: true)
+                check(transA: transA, transB: transB, m: 40, n: 707, k: 48, alpha: 0.5, beta: 1, pad: 3, cached: true)
+                check(transA: transA, transB: transB, m: 257, n: 96, k: 50, alpha: -1, beta: 0.25, pad: 1,
+                      cached: false)
+            }
+        }
+        var rng = SplitMix64(seed: 9)
+        for (m, n, k, transB) in [(301, 70, 64, true), (40, 707, 48, false)] {
+            let a = matrix(m, k, ld: k, rng: &rng), b = matrix(k, n, ld: n, rng: &rng)
+            func product(split: Bool) -> [Float] {
+                var c = [Float](repeating: 0, count: m * n)
+                BLAS.splitting = split
+                defer { BLAS.splitting = true }
+                MatrixProduct.precision = .bf16
+                MatrixProduct.gemm(transB: transB, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: transB ? k : n, c: &c,
+                                   ldc: n)
+                MatrixProduct.precision = .fp32
+                return c
+            }
+            XCTAssertEqual(product(split: true).map(\.bitPattern), product(split: false).map(\.bitPattern),
+                           "\(m)×\(k)·\(k)×\(n) transB \(transB)")
+        }
+    }
+
+    /// The operands' conversion (`compress_to_bf16`) bit for bit against `vcvtneps2bf16`'s rule written here
+    /// (round to nearest even, NaN made quiet, denormals to zero of their sign): random bit patterns (every class
+    /// of float), exact ties both ways, the largest float (to infinity); rows of 45 (no multiple of the kernel's 16
+    /// or 32 lanes) with a leading dimension of 50, whose padding never reaches the copy.
+    func testConversionRoundsToNearestEven() {
+        func expected(_ x: Float) -> UInt16 {
+            let u = x.bitPattern
+            if x.isNaN { return UInt16(u >> 16) | 0x40 }
+            if x.isSubnormal { return UInt16(u >> 16) & 0x8000 }
+            return UInt16((u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
+        }
+        var rng = SplitMix64(seed: 3)
+        let rows = 7, cols = 45, ld = 50
+        var src = (0..<(rows * ld)).map { _ in Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())) }
+        let special: [UInt32] = [0x3F80_8000, 0x3F81_8000, 0xBF80_8000, 0x7F7F_FFFF, 0x7F80_0000, 0xFF80_0000,
+                                 0x7F80_0001, 0x0000_0001, 0x8040_0000, 0x0080_0000, 0]
+        for (i, bits) in special.enumerated() { src[i] = Float(bitPattern: bits) }
+        var dst = [UInt16](repeating: 0xAAAA, count: rows * cols)
+        compress_to_bf16(src, Int64(rows), Int64(cols), Int64(ld), &dst)
+        for r in 0..<rows {
+            for j in 0..<cols {
+                let x = src[r * ld + j]
+                XCTAssertEqual(dst[r * cols + j], expected(x),
+                               "element \(r), \(j): \(x) (0x\(String(x.bitPattern, radix: 16)))")
+            }
+        }
+        XCTAssertEqual(expected(Float(bitPattern: 0x3F80_8000)), 0x3F80, "a tie rounds to even, down")
+        XCTAssertEqual(expected(Float(bitPattern: 0x3F81_8000)), 0x3F82, "a tie rounds to even, up")
+    }
+
+    /// oneDNN's float32 kernels (`float32Library = .oneDNN`: A and B read in place with their strides) against a
+    /// Float64 product: every transpose, alpha, beta and padding, split and whole.
+    func testFloat32KernelsAgainstFloat64() {
+        MatrixProduct.float32Library = .oneDNN
+        defer { MatrixProduct.float32Library = .openBLAS }
+        var rng = SplitMix64(seed: 11)
+        for (m, n, k, pad) in [(37, 29, 70, 0), (16, 48, 33, 5), (301, 70, 64, 2), (40, 707, 48, 1)] {
+            for transA in [false, true] {
+                for transB in [false, true] {
+                    let (ar, ac) = transA ? (k, m) : (m, k), (br, bc) = transB ? (n, k) : (k, n)
+                    let lda = ac + pad, ldb = bc + pad, ldc = n + pad
+                    let a = matrix(ar, ac, ld: lda, rng: &rng), b = matrix(br, bc, ld: ldb, rng: &rng)
+                    let c0 = matrix(m, n, ld: ldc, rng: &rng)
+                    var c = c0
+                    MatrixProduct.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.5, a: a, lda: lda,
+                                       b: b, ldb: ldb, beta: 0.25, c: &c, ldc: ldc)
+                    var worst = 0.0
+                    for i in 0..<m {
+                        for j in 0..<n {
+                            var acc = 0.0
+                            for p in 0..<k {
+                                acc += Double(transA ? a[p * lda + i] : a[i * lda + p])
+                                    * Double(transB ? b[j * ldb + p] : b[p * ldb + j])
+                            }
+                            let want = 0.5 * acc + 0.25 * Double(c0[i * ldc + j])
+                            worst = max(worst, abs(Double(c[i * ldc + j]) - want))
+                        }
+                        for j in n..<ldc { XCTAssertEqual(c[i * ldc + j], c0[i * ldc + j]) }
+                    }
+                    // |terms| < 1: float32 accumulation of k of them errs by at most about k · 2⁻²⁴ · k.
+                    XCTAssertLessThan(worst, Double(k * k) * 0x1p-24 + 1e-6,
+                                      "\(m)×\(k)·\(k)×\(n) tA \(transA) tB \(transB)")
+                }
             }
         }
     }
