@@ -137,7 +137,8 @@ void compress_bf16_matmul_destroy(compress_bf16_matmul *p) {
 
 compress_bf16_matmul *compress_bf16_matmul_create(int64_t m, int64_t n, int64_t k, int trans_a, int trans_b,
                                                   int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta,
-                                                  int threads, int bf16, char *error, size_t error_length) {
+                                                  int threads, int bf16, int a_strided, int b_strided, char *error,
+                                                  size_t error_length) {
     pthread_once(&engine_once, create_engine);
     if (engine_status != dnnl_success) {
         snprintf(error, error_length, "oneDNN could not create a CPU engine (status %d)", (int)engine_status);
@@ -160,7 +161,7 @@ compress_bf16_matmul *compress_bf16_matmul_create(int64_t m, int64_t n, int64_t 
     // order without the leading dimension's padding, so converting is a contiguous pass.
     p->a_rows = trans_a ? k : m; p->a_cols = trans_a ? m : k; p->lda = lda;
     p->b_rows = trans_b ? n : k; p->b_cols = trans_b ? k : n; p->ldb = ldb;
-    int64_t a_ld = bf16 ? p->a_cols : lda, b_ld = bf16 ? p->b_cols : ldb;
+    int64_t a_ld = bf16 && !a_strided ? p->a_cols : lda, b_ld = bf16 && !b_strided ? p->b_cols : ldb;
     dnnl_dims_t a_strides = {trans_a ? 1 : a_ld, trans_a ? a_ld : 1};
     dnnl_dims_t b_strides = {trans_b ? 1 : b_ld, trans_b ? b_ld : 1};
     dnnl_dims_t c_strides = {ldc, 1};
@@ -214,25 +215,25 @@ int compress_bf16_matmul_pack_b(const compress_bf16_matmul *p, const float *b, v
     return 0;
 }
 
-int compress_bf16_matmul_run(const compress_bf16_matmul *p, const float *a, const float *b, const void *packed_b,
-                             float *c) {
-    if ((b == NULL) == (packed_b == NULL)) return (int)dnnl_invalid_arguments;
-    if (!p->bf16 && !b) return (int)dnnl_invalid_arguments;
+int compress_bf16_matmul_run(const compress_bf16_matmul *p, const float *a, const void *a16, const float *b,
+                             const void *b16, float *c) {
+    if ((a == NULL) == (a16 == NULL) || (b == NULL) == (b16 == NULL)) return (int)dnnl_invalid_arguments;
+    if (!p->bf16 && (a16 || b16)) return (int)dnnl_invalid_arguments;
     omp_set_num_threads(p->threads);
     struct thread_state *s = thread_state();
     if (!s) return (int)dnnl_out_of_memory;
-    const void *a_in = a, *b_in = b ? (const void *)b : packed_b;
-    if (p->bf16) {
-        void *a16 = scratch(s, 0, (size_t)(p->a_rows * p->a_cols) * 2);
-        if (p->a_rows * p->a_cols && !a16) return (int)dnnl_out_of_memory;
-        compress_to_bf16(a, p->a_rows, p->a_cols, p->lda, a16);
-        a_in = a16;
-        if (!packed_b) {
-            void *b16 = scratch(s, 1, compress_bf16_matmul_packed_b_bytes(p));
-            if (p->b_rows * p->b_cols && !b16) return (int)dnnl_out_of_memory;
-            compress_to_bf16(b, p->b_rows, p->b_cols, p->ldb, b16);
-            b_in = b16;
-        }
+    const void *a_in = a16 ? a16 : (const void *)a, *b_in = b16 ? b16 : (const void *)b;
+    if (p->bf16 && a) {
+        void *buffer = scratch(s, 0, (size_t)(p->a_rows * p->a_cols) * 2);
+        if (p->a_rows * p->a_cols && !buffer) return (int)dnnl_out_of_memory;
+        compress_to_bf16(a, p->a_rows, p->a_cols, p->lda, buffer);
+        a_in = buffer;
+    }
+    if (p->bf16 && b) {
+        void *buffer = scratch(s, 1, compress_bf16_matmul_packed_b_bytes(p));
+        if (p->b_rows * p->b_cols && !buffer) return (int)dnnl_out_of_memory;
+        compress_to_bf16(b, p->b_rows, p->b_cols, p->ldb, buffer);
+        b_in = buffer;
     }
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, pad = NULL;
     dnnl_status_t r = dnnl_memory_create(&ma, &p->a_md, engine, (void *)a_in);

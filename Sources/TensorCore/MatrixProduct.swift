@@ -79,12 +79,15 @@ public enum MatrixProduct {
 
     /// C (m, n) = alpha · op(A) (m, k) · op(B) (k, n) + beta · C, row-major with leading dimensions, in
     /// `precision`. `weight`: the tensor B points into when B is a model weight (its bf16 copy is cached inside
-    /// `withWeightCache`); nil for activations.
+    /// `withWeightCache`); nil for activations. `a16` / `b16`: bf16 copies of A / B in the same layout (same
+    /// leading dimension, `convertToBF16`), made once by a caller that multiplies the same operand many times
+    /// (attention's K, V, Q, dO); used in bf16, ignored in float32.
     @inlinable
     public static func gemm(
         transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
         alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, weight: Tensor? = nil
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, weight: Tensor? = nil,
+        a16: UnsafePointer<UInt16>? = nil, b16: UnsafePointer<UInt16>? = nil
     ) {
         if precision == .fp32 && float32Library == .openBLAS || k == 0 {
             BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
@@ -94,12 +97,17 @@ public enum MatrixProduct {
         if m == 0 || n == 0 { return }
         if BLAS.splitting && BLAS.threads > 1 && Double(m) * Double(n) * Double(k) >= BLAS.splitMinimumMultiplyAdds {
             BF16Matmul.split(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
-                             ldb: ldb, beta: beta, c: c, ldc: ldc, weight: weight)
+                             ldb: ldb, beta: beta, c: c, ldc: ldc, weight: weight, a16: a16, b16: b16)
             return
         }
-        let key = BF16Matmul.Key(m: m, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
-                                 alpha: alpha, beta: beta, threads: BLAS.threads, bf16: precision == .bf16)
-        BF16Matmul.run(key, a: a, b: b, c: c, weight: weight)
+        BF16Matmul.run(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                       beta: beta, c: c, ldc: ldc, threads: BLAS.threads, weight: weight, a16: a16, b16: b16)
+    }
+
+    /// dst[0..<count] = src[0..<count] rounded to bf16 (to nearest even; denormals to zero, as AVX512-BF16 does):
+    /// the copy `gemm`'s `a16` / `b16` take.
+    public static func convertToBF16(_ src: UnsafePointer<Float>, count: Int, into dst: UnsafeMutablePointer<UInt16>) {
+        compress_to_bf16(src, 1, Int64(count), Int64(count), dst)
     }
 
     /// Runs `body` with bf16 copies of weights kept between calls (a forward pass over many windows, a training
@@ -145,12 +153,14 @@ enum BF16Matmul {
         var threads: Int
         /// false: oneDNN's float32 kernels (`bench --products` compares them with OpenBLAS).
         var bf16: Bool
+        /// A / B come converted by the caller, with the float32 layout's leading dimension (`gemm`'s a16 / b16).
+        var aStrided, bStrided: Bool
         @usableFromInline
         init(m: Int, n: Int, k: Int, transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int, alpha: Float,
-             beta: Float, threads: Int, bf16: Bool = true) {
+             beta: Float, threads: Int, bf16: Bool = true, aStrided: Bool = false, bStrided: Bool = false) {
             self.m = m; self.n = n; self.k = k; self.transA = transA; self.transB = transB
             self.lda = lda; self.ldb = ldb; self.ldc = ldc; self.alpha = alpha; self.beta = beta
-            self.threads = threads; self.bf16 = bf16
+            self.threads = threads; self.bf16 = bf16; self.aStrided = aStrided && bf16; self.bStrided = bStrided && bf16
         }
     }
 
@@ -192,8 +202,8 @@ enum BF16Matmul {
         var message = [CChar](repeating: 0, count: 256)
         guard let h = compress_bf16_matmul_create(
             Int64(key.m), Int64(key.n), Int64(key.k), key.transA ? 1 : 0, key.transB ? 1 : 0, Int64(key.lda),
-            Int64(key.ldb), Int64(key.ldc), key.alpha, key.beta, Int32(key.threads), key.bf16 ? 1 : 0, &message,
-            message.count)
+            Int64(key.ldb), Int64(key.ldc), key.alpha, key.beta, Int32(key.threads), key.bf16 ? 1 : 0,
+            key.aStrided ? 1 : 0, key.bStrided ? 1 : 0, &message, message.count)
         else {
             fatalError("bf16 matrix product (\(key.m) × \(key.k)) · (\(key.k) × \(key.n)): \(String(cString: message))")
         }
@@ -203,16 +213,23 @@ enum BF16Matmul {
     }
 
     @usableFromInline
-    static func run(_ key: Key, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
-                    weight: Tensor?) {
+    static func run(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>,
+                    lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                    threads: Int, weight: Tensor?, a16: UnsafePointer<UInt16>?, b16: UnsafePointer<UInt16>?) {
         let start = BLAS.profiling ? DispatchTime.now().uptimeNanoseconds : 0
+        let bf16 = MatrixProduct.precision == .bf16
+        let key = Key(m: m, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc, alpha: alpha,
+                      beta: beta, threads: threads, bf16: bf16, aStrided: a16 != nil, bStrided: b16 != nil)
         let p = primitive(key)
-        var status: Int32
-        if let weight, let copy = packedWeight(weight, b: b, key: key, primitive: p) {
-            status = compress_bf16_matmul_run(p.handle, a, nil, copy.data, c)
-        } else {
-            status = compress_bf16_matmul_run(p.handle, a, b, nil, c)
+        let aIn = bf16 && a16 != nil ? nil : a, aIn16 = bf16 ? UnsafeRawPointer(a16) : nil
+        var bIn: UnsafePointer<Float>? = bf16 && b16 != nil ? nil : b, bIn16 = bf16 ? UnsafeRawPointer(b16) : nil
+        var copy: Packed?
+        if bIn != nil, let weight, let packed = packedWeight(weight, b: b, key: key, primitive: p) {
+            copy = packed
+            bIn = nil
+            bIn16 = UnsafeRawPointer(packed.data)
         }
+        let status = withExtendedLifetime(copy) { compress_bf16_matmul_run(p.handle, aIn, aIn16, bIn, bIn16, c) }
         if status != 0 { fatalError("oneDNN bf16 matmul failed (status \(status)) for \(key)") }
         if BLAS.profiling {
             BLAS.recordGemm(start: start, flops: 2.0 * Double(key.m) * Double(key.n) * Double(key.k),
@@ -227,26 +244,27 @@ enum BF16Matmul {
     @usableFromInline
     static func split(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>,
                       lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>,
-                      ldc: Int, weight: Tensor?) {
+                      ldc: Int, weight: Tensor?, a16: UnsafePointer<UInt16>?, b16: UnsafePointer<UInt16>?) {
         let saved = BLAS.threads
         BLAS.threads = 1
         defer { BLAS.threads = saved }
         // Slices of 16 rows or columns (oneDNN's kernels take any size; n = 576 splits 288 + 288).
         let byRows = m >= n, extent = byRows ? m : n, align = 16
         let parts = max(1, min(Parallel.threads, extent / align))
-        let bf16 = MatrixProduct.precision == .bf16
         DispatchQueue.concurrentPerform(iterations: parts) { p in
             let lo = extent * p / parts / align * align
             let hi = p == parts - 1 ? extent : extent * (p + 1) / parts / align * align
             if lo >= hi { return }
             if byRows {
-                let key = Key(m: hi - lo, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
-                              alpha: alpha, beta: beta, threads: 1, bf16: bf16)
-                run(key, a: transA ? a + lo : a + lo * lda, b: b, c: c + lo * ldc, weight: weight)
+                let offset = transA ? lo : lo * lda
+                run(transA: transA, transB: transB, m: hi - lo, n: n, k: k, alpha: alpha, a: a + offset, lda: lda,
+                    b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc, threads: 1, weight: weight,
+                    a16: a16.map { $0 + offset }, b16: b16)
             } else {
-                let key = Key(m: m, n: hi - lo, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc,
-                              alpha: alpha, beta: beta, threads: 1, bf16: bf16)
-                run(key, a: a, b: transB ? b + lo * ldb : b + lo, c: c + lo, weight: weight)
+                let offset = transB ? lo * ldb : lo
+                run(transA: transA, transB: transB, m: m, n: hi - lo, k: k, alpha: alpha, a: a, lda: lda,
+                    b: b + offset, ldb: ldb, beta: beta, c: c + lo, ldc: ldc, threads: 1, weight: weight, a16: a16,
+                    b16: b16.map { $0 + offset })
             }
         }
     }

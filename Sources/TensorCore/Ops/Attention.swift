@@ -9,7 +9,7 @@ import RealModule
 /// q (T, H, D), k (T, G, D), v (T, G, D) -> out (T, H, D). Query rows are processed in blocks of
 /// `AttentionForward.blockRows`; a block only multiplies against the keys it can see (from the window start of
 /// its first row to its last row), so masked scores are mostly never computed. Each product is one GEMM on
-/// strided views (no copies).
+/// strided views (no copies; in bf16, K and V are converted once per call and the blocks read the copies).
 ///
 /// Threading: the (head, block) tasks are spread over `Parallel.threads` workers, each calling BLAS
 /// single-threaded with its own score scratch. OpenBLAS's own threads are switched off for the duration
@@ -24,6 +24,26 @@ public enum AttentionForward {
     /// The first key a block of query rows starting at i0 can see under `window` (0 when not windowed).
     @inline(__always)
     static func firstKey(_ i0: Int, window: Int?) -> Int { window.map { max(0, i0 - $0 + 1) } ?? 0 }
+}
+
+/// bf16 copies of attention's operands (`MatrixProduct.convertToBF16`), made once per call when products run in
+/// bf16, so that each of a window's query blocks does not convert the same K and V (and, backward, Q and dO)
+/// again; nil entries in float32. Freed by the caller (`deallocate`).
+struct AttentionBF16Operands {
+    let copies: [UnsafeMutablePointer<UInt16>?]
+    init(_ operands: [(UnsafePointer<Float>, Int)]) {
+        guard MatrixProduct.precision == .bf16 else {
+            copies = operands.map { _ in nil }
+            return
+        }
+        copies = operands.map { src, count in
+            let dst = UnsafeMutablePointer<UInt16>.allocate(capacity: max(count, 1))
+            MatrixProduct.convertToBF16(src, count: count, into: dst)
+            return dst
+        }
+    }
+    subscript(_ i: Int) -> UnsafeMutablePointer<UInt16>? { copies[i] }
+    func deallocate() { for c in copies { c?.deallocate() } }
 }
 
 /// Fast causal GQA attention; `scores` must hold `AttentionForward.scratchCount(tokens: T)` floats.
@@ -41,6 +61,9 @@ public func attentionForward(
     BLAS.threads = 1
     BLAS.inAttention = true
     defer { BLAS.threads = blasThreads; BLAS.inAttention = profiled }
+    let bf16 = AttentionBF16Operands([(k, T * G * D), (v, T * G * D)])
+    defer { bf16.deallocate() }
+    let k16 = bf16[0], v16 = bf16[1]
     // Tasks in head-major order: every worker gets whole heads' worth of mixed short and long blocks.
     Parallel.forEachChunkIndexed(H * blocks) { worker, tasks in
         let p = scores + worker * min(B, T) * T
@@ -51,15 +74,17 @@ public func attentionForward(
                 let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
                 let j0 = AttentionForward.firstKey(i0, window: window), n = i1 - j0
                 // p (rows, n) = Q[i0..<i1, h] · K[j0..<i1, g]ᵀ · scale
+                let kv = j0 * G * D + g * D
                 MatrixProduct.gemm(
                     transB: true, m: rows, n: n, k: D, alpha: scale, a: q + i0 * H * D + h * D, lda: H * D,
-                    b: k + j0 * G * D + g * D, ldb: G * D, c: p, ldc: n)
+                    b: k + kv, ldb: G * D, c: p, ldc: n, b16: k16.map { $0 + kv })
                 causalExpRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window, inverseSums: inv)
                 // O[i0..<i1, h] = diag(inv) · E (rows, n) · V[j0..<i1, g]: the softmax's row scaling is applied to
                 // the D outputs of a row instead of its n probabilities.
                 let o = out + i0 * H * D + h * D
                 MatrixProduct.gemm(
-                    m: rows, n: D, k: n, a: p, lda: n, b: v + j0 * G * D + g * D, ldb: G * D, c: o, ldc: H * D)
+                    m: rows, n: D, k: n, a: p, lda: n, b: v + kv, ldb: G * D, c: o, ldc: H * D,
+                    b16: v16.map { $0 + kv })
                 for r in 0..<rows {
                     let orow = o + r * H * D, s = inv[r]
                     for d in 0..<D { orow[d] *= s }
@@ -162,6 +187,9 @@ public func attentionBackward(
     BLAS.threads = 1
     BLAS.inAttention = true
     defer { BLAS.threads = blasThreads; BLAS.inAttention = profiled }
+    let bf16 = AttentionBF16Operands([(q, T * H * D), (k, kv), (v, kv), (dout, T * H * D)])
+    defer { bf16.deallocate() }
+    let q16 = bf16[0], k16 = bf16[1], v16 = bf16[2], dout16 = bf16[3]
     let workers = Parallel.chunkCount(H * blocks)
     Parallel.forEachChunkIndexed(H * blocks) { worker, tasks in
         let p = scratch + worker * perWorker, dp = p + R * T, dkw = dp + R * T, dvw = dkw + kv
@@ -170,18 +198,21 @@ public func attentionBackward(
             let h = task / blocks, g = h / group
             let i0 = (task % blocks) * B, i1 = min(i0 + B, T), rows = i1 - i0
             let j0 = AttentionForward.firstKey(i0, window: window), n = i1 - j0
-            let qb = q + i0 * H * D + h * D, dob = dout + i0 * H * D + h * D, kb = k + j0 * G * D + g * D
+            let qo = i0 * H * D + h * D, ko = j0 * G * D + g * D
+            let qb = q + qo, dob = dout + qo, kb = k + ko
+            let qb16 = q16.map { $0 + qo }, dob16 = dout16.map { $0 + qo }, kb16 = k16.map { $0 + ko }
             MatrixProduct.gemm(
-                transB: true, m: rows, n: n, k: D, alpha: scale, a: qb, lda: H * D, b: kb, ldb: G * D, c: p, ldc: n)
+                transB: true, m: rows, n: n, k: D, alpha: scale, a: qb, lda: H * D, b: kb, ldb: G * D, c: p, ldc: n,
+                a16: qb16, b16: kb16)
             causalSoftmaxRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window)
             // dP (rows, n) = dO_blk (rows, D) · V[j0..<i1]ᵀ
             MatrixProduct.gemm(
-                transB: true, m: rows, n: n, k: D, a: dob, lda: H * D, b: v + j0 * G * D + g * D, ldb: G * D, c: dp,
-                ldc: n)
+                transB: true, m: rows, n: n, k: D, a: dob, lda: H * D, b: v + ko, ldb: G * D, c: dp, ldc: n,
+                a16: dob16, b16: v16.map { $0 + ko })
             // dV[j0..<i1] += Pᵀ (n, rows) · dO_blk (rows, D)
             MatrixProduct.gemm(
-                transA: true, m: n, n: D, k: rows, a: p, lda: n, b: dob, ldb: H * D, beta: 1,
-                c: dvw + j0 * G * D + g * D, ldc: G * D)
+                transA: true, m: n, n: D, k: rows, a: p, lda: n, b: dob, ldb: H * D, beta: 1, c: dvw + ko, ldc: G * D,
+                b16: dob16)
             for r in 0..<rows {
                 let pr = p + r * n, dpr = dp + r * n,
                     (lo, hi) = visibleColumns(row: r, firstRow: i0 - j0, window: window)
@@ -193,10 +224,10 @@ public func attentionBackward(
             }
             // dQ_blk += dS (rows, n) · K[j0..<i1] (n, D) · s;  dK[j0..<i1] += dSᵀ (n, rows) · Q_blk (rows, D) · s
             MatrixProduct.gemm(m: rows, n: D, k: n, alpha: scale, a: dp, lda: n, b: kb, ldb: G * D, beta: 1,
-                               c: dq + i0 * H * D + h * D, ldc: H * D)
+                               c: dq + qo, ldc: H * D, b16: kb16)
             MatrixProduct.gemm(
                 transA: true, m: n, n: D, k: rows, alpha: scale, a: dp, lda: n, b: qb, ldb: H * D, beta: 1,
-                c: dkw + j0 * G * D + g * D, ldc: G * D)
+                c: dkw + ko, ldc: G * D, b16: qb16)
         }
     }
     for w in 0..<workers {
