@@ -105,9 +105,11 @@ public enum MatrixProduct {
     }
 
     /// dst[0..<count] = src[0..<count] rounded to bf16 (to nearest even; denormals to zero, as AVX512-BF16 does):
-    /// the copy `gemm`'s `a16` / `b16` take.
+    /// the copy `gemm`'s `a16` / `b16` take. Spread over the workers (call it outside parallel loops).
     public static func convertToBF16(_ src: UnsafePointer<Float>, count: Int, into dst: UnsafeMutablePointer<UInt16>) {
-        compress_to_bf16(src, 1, Int64(count), Int64(count), dst)
+        Parallel.forEachChunk(count, minChunk: 1 << 16) { r in
+            compress_to_bf16(src + r.lowerBound, 1, Int64(r.count), Int64(r.count), dst + r.lowerBound)
+        }
     }
 
     /// Runs `body` with bf16 copies of weights kept between calls (a forward pass over many windows, a training
