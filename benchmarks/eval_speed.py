@@ -15,6 +15,7 @@ PyTorch under torch.autocast("cpu", bfloat16) with float32 weights.
 Needs tools/setup_assets.sh to have run and a release build (swift build -c release). Both sides score the
 first --max-tokens tokens of the test split as tokenized by transformers' GGUF tokenizer (so the work is
 identical); our side reads them with --tokens. The environment (OPENBLAS_CORETYPE) is passed to both.
+The PyTorch side needs torch, transformers, gguf and accelerate: installed with pip when missing (or named).
 """
 import argparse
 import json
@@ -42,6 +43,22 @@ def cpu_flags():
     return " ".join(found) or "none of amx/avx512/avx2"
 
 
+# What the PyTorch side (tools/reference_eval.py) imports: transformers reads the GGUF with gguf and, for GGUF
+# files, insists on accelerate. Installed with pip when missing, or named when pip cannot.
+PYTORCH_SIDE = ["torch", "transformers", "gguf", "accelerate"]
+
+
+def ensure_pytorch_side():
+    import importlib.util
+    missing = [m for m in PYTORCH_SIDE if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    print(f"eval_speed.py: installing {' '.join(missing)} (pip) for the PyTorch side", file=sys.stderr)
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing]).returncode != 0:
+        names = " ".join(missing)
+        raise SystemExit(f"eval_speed.py needs {names} for the PyTorch side: pip install {names}")
+
+
 def run_json(cmd):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -56,6 +73,7 @@ def main():
                     help="both sides: float32, or bf16 products (ours: oneDNN; PyTorch: autocast to bfloat16)")
     ap.add_argument("--repeats", type=int, default=1, help="pairs of runs (PyTorch, then ours); medians printed")
     a = ap.parse_args()
+    ensure_pytorch_side()
     pairs = [run_pair(a) for _ in range(max(1, a.repeats))]
     ref, ours = pairs[-1]
     print(f"date {time.strftime('%Y-%m-%d')}  machine {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
