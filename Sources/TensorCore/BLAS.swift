@@ -77,15 +77,7 @@ public enum BLAS {
         transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
         b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        let saved = threads
-        threads = 1
-        defer { threads = saved }
-        let byRows = m >= n, extent = byRows ? m : n, align = byRows ? 16 : 64
-        let parts = max(1, min(Parallel.threads, extent / align))
-        DispatchQueue.concurrentPerform(iterations: parts) { p in
-            let lo = extent * p / parts / align * align
-            let hi = p == parts - 1 ? extent : extent * (p + 1) / parts / align * align
-            if lo >= hi { return }
+        forEachSlice(m: m, n: n, columnAlign: 64) { byRows, lo, hi in
             if byRows {
                 gemm(transA: transA, transB: transB, m: hi - lo, n: n, k: k, alpha: alpha,
                      a: transA ? a + lo : a + lo * lda, lda: lda, b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc)
@@ -93,6 +85,23 @@ public enum BLAS {
                 gemm(transA: transA, transB: transB, m: m, n: hi - lo, k: k, alpha: alpha, a: a, lda: lda,
                      b: transB ? b + lo * ldb : b + lo, ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
             }
+        }
+    }
+
+    /// The split both product doors use (`splitGemm`, `MatrixProduct`'s bf16 split): `body(byRows, lo, hi)` on
+    /// `Parallel.threads` workers for slices [lo, hi) of C's rows, or of its columns when n > m, each a multiple
+    /// of 16 rows or `columnAlign` columns but the last; OpenBLAS runs single-threaded meanwhile.
+    @usableFromInline
+    static func forEachSlice(m: Int, n: Int, columnAlign: Int, _ body: (_ byRows: Bool, _ lo: Int, _ hi: Int) -> Void) {
+        let saved = threads
+        threads = 1
+        defer { threads = saved }
+        let byRows = m >= n, extent = byRows ? m : n, align = byRows ? 16 : columnAlign
+        let parts = max(1, min(Parallel.threads, extent / align))
+        DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let lo = extent * p / parts / align * align
+            let hi = p == parts - 1 ? extent : extent * (p + 1) / parts / align * align
+            if lo < hi { body(byRows, lo, hi) }
         }
     }
 

@@ -247,16 +247,8 @@ enum BF16Matmul {
     static func split(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>,
                       lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>,
                       ldc: Int, weight: Tensor?, a16: UnsafePointer<UInt16>?, b16: UnsafePointer<UInt16>?) {
-        let saved = BLAS.threads
-        BLAS.threads = 1
-        defer { BLAS.threads = saved }
         // Slices of 16 rows or columns (oneDNN's kernels take any size; n = 576 splits 288 + 288).
-        let byRows = m >= n, extent = byRows ? m : n, align = 16
-        let parts = max(1, min(Parallel.threads, extent / align))
-        DispatchQueue.concurrentPerform(iterations: parts) { p in
-            let lo = extent * p / parts / align * align
-            let hi = p == parts - 1 ? extent : extent * (p + 1) / parts / align * align
-            if lo >= hi { return }
+        BLAS.forEachSlice(m: m, n: n, columnAlign: 16) { byRows, lo, hi in
             if byRows {
                 let offset = transA ? lo : lo * lda
                 run(transA: transA, transB: transB, m: hi - lo, n: n, k: k, alpha: alpha, a: a + offset, lda: lda,
