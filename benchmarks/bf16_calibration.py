@@ -2,13 +2,16 @@
 """SparseGPT and GPTQ with a bf16 calibration forward against the float32 one (issue 29, item 4), one run, one machine.
 
     python3 benchmarks/bf16_calibration.py [--recipes smollm2-sparsegpt-2of4,smollm2-cptquant-gptq-u4.5-g32]
-                                           [--eval-tokens 32768] [--out /tmp/bf16-calibration]
+                                           [--eval-tokens 32768] [--out /tmp/bf16-calibration] [--samples N]
+                                           [--seed-spread]
 
 For each recipe: `compress apply RECIPE --precision fp32|bf16 --no-cache` (the calibration forward, and the
 recipe's own eval stage, in that precision; Hessians, solves and weight updates always float32), then both outputs
 evaluated the same way, `compress eval OUT --precision fp32` on the first --eval-tokens test tokens, so the PPLs
 differ only by the calibration's precision. Prints the pass's wall time in each precision, both PPLs and their
-relative difference (the issue asks for at most 0.5 %). Needs a release build and tools/setup_assets.sh.
+relative difference (the issue asks for at most 0.5 %). --samples N sets the recipes' calibration to N windows (128
+for the papers' 128 × 2048 tokens) and drops their own eval stage; --seed-spread adds a float32 run with calibration
+seed 1 (another draw of the windows), the method's own spread to compare the difference with. Needs a release build and tools/setup_assets.sh.
 SmolLM2's float32 weights are a dequantized 4-bit GGUF (Q4_1).
 """
 import argparse
@@ -49,11 +52,19 @@ def main():
     ap.add_argument("--binary", default=COMPRESS, help="the compress executable (default: the release build)")
     ap.add_argument("--seed-spread", action="store_true",
                     help="also run float32 with calibration seed 1: the method's own spread over calibration draws")
+    ap.add_argument("--samples", type=int, help="calibration windows (default: the recipe's own); drops its eval stage")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     print(f"date {time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores")
     for name in a.recipes.split(","):
         recipe = os.path.join("recipes", name + ".json")
+        if a.samples:
+            r = json.load(open(os.path.join(ROOT, recipe)))
+            r["calibration"]["samples"] = a.samples
+            r["stages"] = [s for s in r["stages"] if s["stage"] != "eval"]
+            r.pop("eval", None)
+            recipe = os.path.join(a.out, f"{name}-{a.samples}-samples.json")
+            json.dump(r, open(recipe, "w"), indent=1)
         rows = {}
         runs = [("fp32", recipe), ("bf16", recipe)]
         if a.seed_spread:

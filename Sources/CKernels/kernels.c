@@ -64,6 +64,34 @@ static float exp_row_avx512(float *x, long n) {
     return _mm512_reduce_add_ps(s16);
 }
 
+// exp_row_avx512's exponentials and sum, in its order, written as bf16 (AVX512-BF16's round to nearest even,
+// vcvtneps2bf16, as compress_to_bf16 does) to out instead of back to x: a bf16 product's softmax numerator without a
+// float pass over the row and a conversion pass after it.
+__attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw")))
+static float exp_row_bf16_avx512(const float *x, long n, uint16_t *out) {
+    __m512 m16 = _mm512_set1_ps(-__builtin_inff());
+    long j = 0;
+    for (; j + 16 <= n; j += 16) m16 = _mm512_max_ps(m16, _mm512_loadu_ps(x + j));
+    if (j < n) {
+        const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+        m16 = _mm512_mask_max_ps(m16, tail, m16, _mm512_maskz_loadu_ps(tail, x + j));
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(m16));
+    __m512 s16 = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= n; j += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
+        _mm256_storeu_si256((__m256i *)(out + j), (__m256i)_mm512_cvtneps_pbh(e));
+        s16 = _mm512_add_ps(s16, e);
+    }
+    if (j < n) {
+        const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + j), m));
+        _mm256_mask_storeu_epi16(out + j, tail, (__m256i)_mm512_cvtneps_pbh(e));
+        s16 = _mm512_mask_add_ps(s16, tail, s16, e);
+    }
+    return _mm512_reduce_add_ps(s16);
+}
+
 // Σ_j fastExp(x[j] - m), each exponential a float, summed in 16 double lanes (the sum is then exact to ~1e-16
 // relative whatever the order, so a log-sum-exp over a 49,152-word vocabulary does not depend on the SIMD width).
 __attribute__((target("avx512f")))
@@ -247,6 +275,22 @@ float compress_exp_row_lanes(float *x, long n, int lanes) {
     }
 #endif
     (void)x; (void)n;
+    return -1;
+}
+
+float compress_exp_row_bf16(const float *x, long n, uint16_t *out) {
+#if defined(__x86_64__)
+    static int usable = -1;
+    int u = __atomic_load_n(&usable, __ATOMIC_RELAXED);
+    if (u < 0) {
+        __builtin_cpu_init();
+        u = compress_kernels_lanes() == 16 && __builtin_cpu_supports("avx512bf16") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+        __atomic_store_n(&usable, u, __ATOMIC_RELAXED);
+    }
+    if (u) return exp_row_bf16_avx512(x, n, out);
+#endif
+    (void)x; (void)n; (void)out;
     return -1;
 }
 

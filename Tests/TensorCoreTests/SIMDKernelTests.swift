@@ -1,4 +1,5 @@
 import CKernels
+import DNNLBridge
 import XCTest
 @testable import TensorCore
 
@@ -32,6 +33,28 @@ final class SIMDKernelTests: XCTestCase {
                     let e = Foundation.exp(Double(x[j] - m))
                     XCTAssertEqual(Double(simd[j]), e, accuracy: 2.5e-7 * e + 1e-37, "element \(j) of \(n)")
                 }
+            }
+        }
+    }
+
+    /// The bf16-writing exp row (attention's probabilities in bf16) against the float kernel plus the bf16
+    /// conversion the products use: every element bitwise, the sum bitwise (same terms, same order), x unchanged.
+    func testExpRowBF16IsTheFloatKernelRounded() throws {
+        guard SIMDKernels.expRowBF16 else {
+            throw XCTSkip("compress_exp_row_bf16 needs AVX-512F and AVX512-BF16; this CPU lacks one")
+        }
+        var rng = SplitMix64(seed: 31)
+        for n in [1, 2, 15, 16, 17, 31, 33, 128, 129, 1000, 2048] {
+            for spread: Float in [1, 30, 200] {
+                let x = (0..<n).map { _ in Float.random(in: -spread...spread, using: &rng) }
+                var floats = x, rounded = [UInt16](repeating: 0, count: n)
+                var fused = [UInt16](repeating: 0xAAAA, count: n + 1)
+                let s = floats.withUnsafeMutableBufferPointer { compress_exp_row_lanes($0.baseAddress!, n, 16) }
+                compress_to_bf16(floats, 1, Int64(n), Int64(n), &rounded)
+                let sf = compress_exp_row_bf16(x, n, &fused)
+                XCTAssertEqual(Array(fused[0..<n]), rounded, "n \(n), spread \(spread)")
+                XCTAssertEqual(fused[n], 0xAAAA, "wrote past n \(n)")
+                XCTAssertEqual(sf.bitPattern, s.bitPattern, "sum, n \(n), spread \(spread)")
             }
         }
     }

@@ -5,6 +5,8 @@
 #ifndef COMPRESS_CKERNELS_H
 #define COMPRESS_CKERNELS_H
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -18,6 +20,12 @@ int compress_kernels_lanes(void);
 float compress_exp_row(float *x, long n);
 /// `compress_exp_row` with the kernel set of `lanes` (16 or 8, for tests of each); -1 when the CPU lacks it.
 float compress_exp_row_lanes(float *x, long n, int lanes);
+
+/// `compress_exp_row`'s AVX-512 exponentials and sum (the same floats, in the same order) without writing x: each
+/// exponential goes to out[j] as bf16 (round to nearest even, denormals to zero: AVX512-BF16's vcvtneps2bf16, the
+/// rounding of the bf16 products' operands). Returns the sum, or -1 (nothing written) when the CPU lacks AVX512-BF16
+/// (or COMPRESS_KERNELS=0). For attention's probabilities when products run in bf16.
+float compress_exp_row_bf16(const float *x, long n, uint16_t *out);
 
 /// Σ_j fastExp(x[j] - m) for j < n, each term a float, summed in double (logSumExp's sum,
 /// TensorCore/Ops/Softmax.swift), with the kernel set of `lanes` (16 or 8); -1 when the CPU lacks it.

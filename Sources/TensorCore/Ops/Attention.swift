@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import RealModule
 
@@ -9,7 +10,8 @@ import RealModule
 /// q (T, H, D), k (T, G, D), v (T, G, D) -> out (T, H, D). Query rows are processed in blocks of
 /// `AttentionForward.blockRows`; a block only multiplies against the keys it can see (from the window start of
 /// its first row to its last row), so masked scores are mostly never computed. Each product is one GEMM on
-/// strided views (no copies; in bf16, K and V are converted once per call and the blocks read the copies).
+/// strided views (no copies; in bf16, K and V are converted once per call and the blocks read the copies, and the
+/// softmax's exponentials are written as bf16 by the exp kernel itself, `causalExpRowsBF16`).
 ///
 /// Threading: the (head, block) tasks are spread over `Parallel.threads` workers, each calling BLAS
 /// single-threaded with its own score scratch. OpenBLAS's own threads are switched off for the duration
@@ -64,9 +66,13 @@ public func attentionForward(
     let bf16 = AttentionBF16Operands([(k, T * G * D), (v, T * G * D)])
     defer { bf16.deallocate() }
     let k16 = bf16[0], v16 = bf16[1]
+    // bf16 products: the exponentials go straight to a bf16 block (the PV product's A), when the CPU has the kernel.
+    let fusedBF16 = k16 != nil && SIMDKernels.expRowBF16
     // Tasks in head-major order: every worker gets whole heads' worth of mixed short and long blocks.
     Parallel.forEachChunkIndexed(H * blocks) { worker, tasks in
         let p = scores + worker * min(B, T) * T
+        let p16 = fusedBF16 ? UnsafeMutablePointer<UInt16>.allocate(capacity: min(B, T) * T) : nil
+        defer { p16?.deallocate() }
         withUnsafeTemporaryAllocation(of: Float.self, capacity: B) { invBuf in
             let inv = invBuf.baseAddress!
             for task in tasks {
@@ -78,13 +84,18 @@ public func attentionForward(
                 MatrixProduct.gemm(
                     transB: true, m: rows, n: n, k: D, alpha: scale, a: q + i0 * H * D + h * D, lda: H * D,
                     b: k + kv, ldb: G * D, c: p, ldc: n, b16: k16.map { $0 + kv })
-                causalExpRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window, inverseSums: inv)
+                if let p16 {
+                    causalExpRowsBF16(p, into: p16, rows: rows, columns: n, firstRow: i0 - j0, window: window,
+                                      inverseSums: inv)
+                } else {
+                    causalExpRows(p, rows: rows, columns: n, firstRow: i0 - j0, window: window, inverseSums: inv)
+                }
                 // O[i0..<i1, h] = diag(inv) · E (rows, n) · V[j0..<i1, g]: the softmax's row scaling is applied to
                 // the D outputs of a row instead of its n probabilities.
                 let o = out + i0 * H * D + h * D
                 MatrixProduct.gemm(
                     m: rows, n: D, k: n, a: p, lda: n, b: v + kv, ldb: G * D, c: o, ldc: H * D,
-                    b16: v16.map { $0 + kv })
+                    a16: p16.map { UnsafePointer($0) }, b16: v16.map { $0 + kv })
                 for r in 0..<rows {
                     let orow = o + r * H * D, s = inv[r]
                     for d in 0..<D { orow[d] *= s }
@@ -113,6 +124,21 @@ func causalExpRows(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int, fi
         inverseSums[r] = 1 / expRow(row + lo, count: hi - lo)
         if lo > 0 { row.update(repeating: 0, count: lo) }
         if hi < columns { (row + hi).update(repeating: 0, count: columns - hi) }
+    }
+}
+
+/// `causalExpRows` with the exponentials written as bf16 to p16 (rows, columns; zero bits where masked) and p left
+/// as the scores: the same floats and sums (`compress_exp_row_bf16`), rounded as the bf16 product would round them.
+/// Only where `SIMDKernels.expRowBF16`.
+@inline(__always)
+func causalExpRowsBF16(_ p: UnsafePointer<Float>, into p16: UnsafeMutablePointer<UInt16>, rows: Int, columns: Int,
+                       firstRow: Int, window: Int? = nil, inverseSums: UnsafeMutablePointer<Float>) {
+    for r in 0..<rows {
+        let row = p + r * columns, row16 = p16 + r * columns
+        let (lo, hi) = visibleColumns(row: r, firstRow: firstRow, window: window)
+        inverseSums[r] = 1 / compress_exp_row_bf16(row + lo, hi - lo, row16 + lo)
+        if lo > 0 { row16.update(repeating: 0, count: lo) }
+        if hi < columns { (row16 + hi).update(repeating: 0, count: columns - hi) }
     }
 }
 

@@ -73,6 +73,12 @@ public func expRowReference(_ x: UnsafeMutablePointer<Float>, count n: Int) -> F
 public enum SIMDKernels {
     public static let lanes = Int(compress_kernels_lanes())
 
+    /// Whether `compress_exp_row_bf16` runs here (AVX512-BF16 and the AVX-512 kernel set).
+    public static let expRowBF16 = {
+        var probe: Float = 0, out: UInt16 = 0
+        return compress_exp_row_bf16(&probe, 1, &out) >= 0
+    }()
+
     /// out[r] = act(gate[r]) ⊙ up[r] by CKernels (SiLU, or GELU-tanh when `gelu`); false (nothing written) when this
     /// CPU has no kernel set, and the caller runs its Swift loop.
     @inlinable
