@@ -311,10 +311,12 @@ public final class TransformerDecoder {
                 sub.resid?.data.update(from: x.data, count: N * C)
                 model.applyNorm(s, out: sub.normed.data, inp: x.data, rows: N, rstd: sub.rstd?.data)
                 observer?.normed(s, n: sub.normed.data, rows: N)
-                for (kind, out, width) in [(LinearKind.q, q, H * D), (.k, k, G * D), (.v, v, G * D)] {
-                    a[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
-                    if let bias = a.biases[kind] {
-                        biasForward(out: out.data, bias: bias.data, rows: N, columns: width)
+                MatrixProduct.withBF16Copy(of: sub.normed.data, count: N * C) {
+                    for (kind, out, width) in [(LinearKind.q, q, H * D), (.k, k, G * D), (.v, v, G * D)] {
+                        a[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
+                        if let bias = a.biases[kind] {
+                            biasForward(out: out.data, bias: bias.data, rows: N, columns: width)
+                        }
                     }
                 }
                 if let qn = a.qNorm, let kn = a.kNorm {
@@ -356,9 +358,13 @@ public final class TransformerDecoder {
                 sub.resid?.data.update(from: x.data, count: N * C)
                 model.applyNorm(s, out: sub.normed.data, inp: x.data, rows: N, rstd: sub.rstd?.data)
                 observer?.normed(s, n: sub.normed.data, rows: N)
-                for (kind, out) in [(LinearKind.gate, gate), (.up, up)] {
-                    m[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
-                    if let bias = m.biases[kind] { biasForward(out: out.data, bias: bias.data, rows: N, columns: F) }
+                MatrixProduct.withBF16Copy(of: sub.normed.data, count: N * C) {
+                    for (kind, out) in [(LinearKind.gate, gate), (.up, up)] {
+                        m[kind].forward(out: out.data, inp: sub.normed.data, rows: N)
+                        if let bias = m.biases[kind] {
+                            biasForward(out: out.data, bias: bias.data, rows: N, columns: F)
+                        }
+                    }
                 }
                 switch c.activation {
                 case .silu: swigluForward(out: act.data, gate: gate.data, up: up.data, count: N * F)

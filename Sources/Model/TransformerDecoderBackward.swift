@@ -111,12 +111,14 @@ extension TransformerDecoder {
                 }
             }
             b.dn.zero()
-            m.gate.backward(
-                dinp: b.dn.data, grads: grads.pointers(.linear(lin(.gate))), dout: b.dgate.data,
-                inp: sub.normed.data, rows: N)
-            m.up.backward(
-                dinp: b.dn.data, grads: grads.pointers(.linear(lin(.up))), dout: b.dup.data, inp: sub.normed.data,
-                rows: N)
+            MatrixProduct.withBF16Copy(of: sub.normed.data, count: N * C) {
+                m.gate.backward(
+                    dinp: b.dn.data, grads: grads.pointers(.linear(lin(.gate))), dout: b.dgate.data,
+                    inp: sub.normed.data, rows: N)
+                m.up.backward(
+                    dinp: b.dn.data, grads: grads.pointers(.linear(lin(.up))), dout: b.dup.data,
+                    inp: sub.normed.data, rows: N)
+            }
             for k in [LinearKind.gate, .up] {
                 observer?.linearInput(lin(k), x: sub.normed.data, dx: b.dn.data, rows: N, features: C)
             }
@@ -192,10 +194,12 @@ extension TransformerDecoder {
                 }
             }
             b.dn.zero()
-            for (kind, w, d) in [(LinearKind.q, a.q, b.dq), (.k, a.k, b.dk), (.v, a.v, b.dv)] {
-                w.backward(
-                    dinp: b.dn.data, grads: grads.pointers(.linear(lin(kind))), dout: d.data, inp: sub.normed.data,
-                    rows: N)
+            MatrixProduct.withBF16Copy(of: sub.normed.data, count: N * C) {
+                for (kind, w, d) in [(LinearKind.q, a.q, b.dq), (.k, a.k, b.dk), (.v, a.v, b.dv)] {
+                    w.backward(
+                        dinp: b.dn.data, grads: grads.pointers(.linear(lin(kind))), dout: d.data,
+                        inp: sub.normed.data, rows: N)
+                }
             }
             for kind in [LinearKind.q, .k, .v] {
                 observer?.linearInput(lin(kind), x: sub.normed.data, dx: b.dn.data, rows: N, features: C)

@@ -112,6 +112,27 @@ public enum MatrixProduct {
         }
     }
 
+    /// Runs `body` with one bf16 copy of the activation x[0..<count] (`convertToBF16`) serving every bf16 product
+    /// whose A or B (an activation, not a `weight:`) lies inside it: the input that q/k/v (or gate/up) share is
+    /// converted once instead of once per projection, and a weight gradient's input once instead of once per
+    /// worker's slice. x must not change inside. In float32, or when x is already covered, just runs `body`.
+    /// Call outside parallel loops (the copy is made on the workers; products on any thread read it).
+    public static func withBF16Copy<R>(of x: UnsafePointer<Float>, count: Int, _ body: () throws -> R) rethrows -> R {
+        guard precision == .bf16, count > 0, BF16Matmul.operandCopy(x, rows: 1, cols: count, ld: count) == nil else {
+            return try body()
+        }
+        let copy = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
+        convertToBF16(x, count: count, into: copy)
+        BF16Matmul.lock.lock(); BF16Matmul.operands.append((x, count, copy)); BF16Matmul.lock.unlock()
+        defer {
+            BF16Matmul.lock.lock()
+            BF16Matmul.operands.removeAll { $0.copy == copy }
+            BF16Matmul.lock.unlock()
+            copy.deallocate()
+        }
+        return try body()
+    }
+
     /// Runs `body` with bf16 copies of weights kept between calls (a forward pass over many windows, a training
     /// step's forward and backward). Weights must not change inside, except through `invalidateWeights()`.
     public static func withWeightCache<R>(_ body: () throws -> R) rethrows -> R {
@@ -196,6 +217,8 @@ enum BF16Matmul {
     nonisolated(unsafe) static var primitives: [Key: Primitive] = [:]
     nonisolated(unsafe) static var packed: [PackedKey: Packed] = [:]
     nonisolated(unsafe) static var cacheDepth = 0
+    /// Activations converted once for many products (`MatrixProduct.withBF16Copy`): float range, its bf16 copy.
+    nonisolated(unsafe) static var operands: [(base: UnsafePointer<Float>, count: Int, copy: UnsafeMutablePointer<UInt16>)] = []
     static let lock = NSLock()
 
     static func primitive(_ key: Key) -> Primitive {
@@ -220,6 +243,13 @@ enum BF16Matmul {
                     threads: Int, weight: Tensor?, a16: UnsafePointer<UInt16>?, b16: UnsafePointer<UInt16>?) {
         let start = BLAS.profiling ? DispatchTime.now().uptimeNanoseconds : 0
         let bf16 = MatrixProduct.precision == .bf16
+        var a16 = a16, b16 = b16
+        if bf16 && a16 == nil && !operands.isEmpty {
+            a16 = operandCopy(a, rows: transA ? k : m, cols: transA ? m : k, ld: lda)
+        }
+        if bf16 && b16 == nil && weight == nil && !operands.isEmpty {
+            b16 = operandCopy(b, rows: transB ? n : k, cols: transB ? k : n, ld: ldb)
+        }
         let key = Key(m: m, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc, alpha: alpha,
                       beta: beta, threads: threads, bf16: bf16, aStrided: a16 != nil, bStrided: b16 != nil)
         let p = primitive(key)
@@ -261,6 +291,17 @@ enum BF16Matmul {
                     b16: b16.map { $0 + offset })
             }
         }
+    }
+
+    /// The bf16 copy (same layout and leading dimension) of the rows × cols operand at p with leading dimension ld
+    /// when a `withBF16Copy` scope covers it, else nil.
+    static func operandCopy(_ p: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int) -> UnsafePointer<UInt16>? {
+        lock.lock(); defer { lock.unlock() }
+        let extent = (rows - 1) * ld + cols
+        for o in operands where p >= o.base && o.base.distance(to: p) + extent <= o.count {
+            return UnsafePointer(o.copy + o.base.distance(to: p))
+        }
+        return nil
     }
 
     /// The cached bf16 copy of `weight`'s block that B covers, converting it on first use; nil outside

@@ -117,6 +117,49 @@ final class MatrixProductTests: XCTestCase {
         }
     }
 
+    /// `withBF16Copy`: products whose A or B lies inside the registered activation read its bf16 copy (shown by
+    /// changing the float values after the copy was made: the product still sees the old ones), bitwise what they
+    /// give without the scope; an operand reaching past the range is converted from the floats; the scope ends with
+    /// nothing left registered.
+    func testSharedActivationCopy() {
+        var rng = SplitMix64(seed: 12)
+        let m = 300, k = 64, n = 80
+        var x = matrix(m + 1, k, ld: k, rng: &rng)
+        let w = matrix(n, k, ld: k, rng: &rng)
+        func product(_ a: UnsafePointer<Float>, rows: Int) -> [Float] {
+            var c = [Float](repeating: 0, count: rows * n)
+            MatrixProduct.gemm(transB: true, m: rows, n: n, k: k, a: a, lda: k, b: w, ldb: k, c: &c, ldc: n)
+            return c
+        }
+        MatrixProduct.precision = .bf16
+        defer { MatrixProduct.precision = .fp32 }
+        x.withUnsafeMutableBufferPointer { xb in
+            let p = xb.baseAddress!
+            let plain = product(p, rows: m), plainTail = product(p + k, rows: m)
+            MatrixProduct.withBF16Copy(of: p, count: m * k) {
+                XCTAssertEqual(product(p, rows: m).map(\.bitPattern), plain.map(\.bitPattern), "inside the copy")
+                let saved = p[5]
+                p[5] = saved * 1000  // row 0 changes in float; the copy keeps the old value
+                XCTAssertEqual(product(p, rows: m).map(\.bitPattern), plain.map(\.bitPattern), "read from the copy")
+                p[5] = saved
+                // Rows 1...m reach one row past the copy: converted from the floats.
+                p[m * k + 3] += 1
+                XCTAssertNotEqual(product(p + k, rows: m).map(\.bitPattern), plainTail.map(\.bitPattern),
+                                  "an operand past the copy reads the floats")
+                p[m * k + 3] -= 1
+                // B as an activation inside the copy: Xᵀ-shaped product reads the copy too.
+                var c = [Float](repeating: 0, count: k * k), c0 = c
+                MatrixProduct.gemm(transA: true, m: k, n: k, k: m, a: p, lda: k, b: p, ldb: k, c: &c, ldc: k)
+                p[0] += 1
+                MatrixProduct.gemm(transA: true, m: k, n: k, k: m, a: p, lda: k, b: p, ldb: k, c: &c0, ldc: k)
+                p[0] -= 1
+                XCTAssertEqual(c.map(\.bitPattern), c0.map(\.bitPattern), "A and B both read the copy")
+            }
+            XCTAssertTrue(BF16Matmul.operands.isEmpty, "the scope left a copy registered")
+            XCTAssertEqual(product(p, rows: m).map(\.bitPattern), plain.map(\.bitPattern))
+        }
+    }
+
     /// The operands' conversion (`compress_to_bf16`) bit for bit against `vcvtneps2bf16`'s rule written here
     /// (round to nearest even, NaN made quiet, denormals to zero of their sign): random bit patterns (every class
     /// of float), exact ties both ways, the largest float (to infinity); rows of 45 (no multiple of the kernel's 16

@@ -42,22 +42,19 @@ public func linearBackward(
     dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, weightTensor: Tensor? = nil,
     rows T: Int, inFeatures C: Int, outFeatures OC: Int
 ) {
-    // In bf16 both products read dout: converted once (same layout) instead of once in each.
-    var dout16: UnsafeMutablePointer<UInt16>? = nil
-    if MatrixProduct.precision == .bf16 && dinp != nil && dweight != nil {
-        dout16 = .allocate(capacity: T * OC)
-        MatrixProduct.convertToBF16(dout, count: T * OC, into: dout16!)
-    }
-    defer { dout16?.deallocate() }
-    if let dinp {
-        MatrixProduct.gemm(
-            m: T, n: C, k: OC, a: dout, lda: OC, b: weight, ldb: C, beta: 1, c: dinp, ldc: C, weight: weightTensor,
-            a16: dout16)
-    }
-    if let dweight {
-        MatrixProduct.gemm(
-            transA: true, m: OC, n: C, k: T, a: dout, lda: OC, b: inp, ldb: C, beta: 1, c: dweight, ldc: C,
-            a16: dout16)
+    // In bf16, dout (read by both products) and inp (read whole by every worker's slice of dW) are converted once.
+    MatrixProduct.withBF16Copy(of: dout, count: dinp != nil && dweight != nil ? T * OC : 0) {
+        MatrixProduct.withBF16Copy(of: inp, count: dweight != nil ? T * C : 0) {
+            if let dinp {
+                MatrixProduct.gemm(
+                    m: T, n: C, k: OC, a: dout, lda: OC, b: weight, ldb: C, beta: 1, c: dinp, ldc: C,
+                    weight: weightTensor)
+            }
+            if let dweight {
+                MatrixProduct.gemm(
+                    transA: true, m: OC, n: C, k: T, a: dout, lda: OC, b: inp, ldb: C, beta: 1, c: dweight, ldc: C)
+            }
+        }
     }
     if let dbias {
         Parallel.forEachChunk(OC, minChunk: 256) { cols in
