@@ -60,8 +60,15 @@ public final class InputStatistics {
         let C = features, start = Date()
         defer { seconds += Date().timeIntervalSince(start) }
         tokens += rows
-        squares.withUnsafeMutableBufferPointer { s in
-            for t in 0..<rows { for j in 0..<C { let v = Double(x[t * C + j]); s[j] += v * v } }
+        // Columns split over the workers; each column still sums its tokens in order (the same doubles).
+        squares.withUnsafeMutableBufferPointer { sq in
+            let s = sq.baseAddress!
+            Parallel.forEachChunk(C, minChunk: 64) { cols in
+                for t in 0..<rows {
+                    let row = x + t * C
+                    for j in cols { let v = Double(row[j]); s[j] += v * v }
+                }
+            }
         }
         guard gram != nil else { return }
         if scratch.count != C * C { scratch = [Float](repeating: 0, count: C * C) }
