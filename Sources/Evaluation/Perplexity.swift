@@ -169,7 +169,7 @@ public struct PerplexityProtocol: Equatable, Sendable, Codable {
 /// scored on its own; PPL = exp(Σ NLL / Σ predicted), accumulated in Float64 in a fixed order.
 public enum Perplexity {
     /// LM-head rows computed at once: bounds the logits buffer to rowsPerChunk × V floats.
-    static let rowsPerChunk = 256
+    static let rowsPerChunk = Int(ProcessInfo.processInfo.environment["COMPRESS_EVAL_HEAD_ROWS"] ?? "") ?? 256
 
     /// The windows `protocol` makes of the first `maxTokens` stream tokens (all when nil), after checking them.
     public static func plan(

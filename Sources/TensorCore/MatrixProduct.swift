@@ -104,6 +104,25 @@ public enum MatrixProduct {
                        beta: beta, c: c, ldc: ldc, threads: BLAS.threads, weight: weight, a16: a16, b16: b16)
     }
 
+    /// C (m, n) = alpha · op(A) · op(B) + beta · C with both operands already bf16 (rounded as `convertToBF16`
+    /// rounds), row-major with leading dimensions lda / ldb, float32 accumulation and output: for a caller that keeps
+    /// an operand in a layout of its own (attention's per-head V, its probabilities). bf16 precision only; k ≥ 1.
+    public static func gemm16(
+        transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+        a16: UnsafePointer<UInt16>, lda: Int, b16: UnsafePointer<UInt16>, ldb: Int, beta: Float = 0,
+        c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        precondition(precision == .bf16 && k >= 1, "gemm16 runs bf16 products of k ≥ 1 only")
+        if m == 0 || n == 0 { return }
+        if BLAS.splitting && BLAS.threads > 1 && Double(m) * Double(n) * Double(k) >= BLAS.splitMinimumMultiplyAdds {
+            BF16Matmul.split(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: nil, lda: lda, b: nil,
+                             ldb: ldb, beta: beta, c: c, ldc: ldc, weight: nil, a16: a16, b16: b16)
+            return
+        }
+        BF16Matmul.run(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: nil, lda: lda, b: nil,
+                       ldb: ldb, beta: beta, c: c, ldc: ldc, threads: BLAS.threads, weight: nil, a16: a16, b16: b16)
+    }
+
     /// dst[0..<count] = src[0..<count] rounded to bf16 (to nearest even; denormals to zero, as AVX512-BF16 does):
     /// the copy `gemm`'s `a16` / `b16` take. Spread over the workers (call it outside parallel loops).
     public static func convertToBF16(_ src: UnsafePointer<Float>, count: Int, into dst: UnsafeMutablePointer<UInt16>) {
@@ -238,25 +257,28 @@ enum BF16Matmul {
     }
 
     @usableFromInline
-    static func run(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>,
-                    lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+    /// One oneDNN call. Each operand comes as float32 (`a` / `b`) or bf16 (`a16` / `b16`, which wins in bf16); a
+    /// float operand may be nil only when its bf16 copy is given.
+    static func run(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>?,
+                    lda: Int, b: UnsafePointer<Float>?, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                     threads: Int, weight: Tensor?, a16: UnsafePointer<UInt16>?, b16: UnsafePointer<UInt16>?) {
         let start = BLAS.profiling ? DispatchTime.now().uptimeNanoseconds : 0
         let bf16 = MatrixProduct.precision == .bf16
         var a16 = a16, b16 = b16
-        if bf16 && a16 == nil && !operands.isEmpty {
+        if bf16, a16 == nil, let a, !operands.isEmpty {
             a16 = operandCopy(a, rows: transA ? k : m, cols: transA ? m : k, ld: lda)
         }
-        if bf16 && b16 == nil && weight == nil && !operands.isEmpty {
+        if bf16, b16 == nil, weight == nil, let b, !operands.isEmpty {
             b16 = operandCopy(b, rows: transB ? n : k, cols: transB ? k : n, ld: ldb)
         }
+        precondition((a16 != nil && bf16 || a != nil) && (b16 != nil && bf16 || b != nil), "a product without operand")
         let key = Key(m: m, n: n, k: k, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc, alpha: alpha,
                       beta: beta, threads: threads, bf16: bf16, aStrided: a16 != nil, bStrided: b16 != nil)
         let p = primitive(key)
         let aIn = bf16 && a16 != nil ? nil : a, aIn16 = bf16 ? UnsafeRawPointer(a16) : nil
         var bIn: UnsafePointer<Float>? = bf16 && b16 != nil ? nil : b, bIn16 = bf16 ? UnsafeRawPointer(b16) : nil
         var copy: Packed?
-        if bIn != nil, let weight, let packed = packedWeight(weight, b: b, key: key, primitive: p) {
+        if let b, bIn != nil, let weight, let packed = packedWeight(weight, b: b, key: key, primitive: p) {
             copy = packed
             bIn = nil
             bIn16 = UnsafeRawPointer(packed.data)
@@ -274,21 +296,21 @@ enum BF16Matmul {
     /// product while our workers run the element-wise work that follows. Equal row slices share one primitive
     /// and one packed weight; column slices of a weight are packed apart (the cache is keyed by offset).
     @usableFromInline
-    static func split(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>,
-                      lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>,
+    static func split(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>?,
+                      lda: Int, b: UnsafePointer<Float>?, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>,
                       ldc: Int, weight: Tensor?, a16: UnsafePointer<UInt16>?, b16: UnsafePointer<UInt16>?) {
         // Slices of 16 rows or columns (oneDNN's kernels take any size; n = 576 splits 288 + 288).
         BLAS.forEachSlice(m: m, n: n, columnAlign: 16) { byRows, lo, hi in
             if byRows {
                 let offset = transA ? lo : lo * lda
-                run(transA: transA, transB: transB, m: hi - lo, n: n, k: k, alpha: alpha, a: a + offset, lda: lda,
-                    b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc, threads: 1, weight: weight,
+                run(transA: transA, transB: transB, m: hi - lo, n: n, k: k, alpha: alpha, a: a.map { $0 + offset },
+                    lda: lda, b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc, threads: 1, weight: weight,
                     a16: a16.map { $0 + offset }, b16: b16)
             } else {
                 let offset = transB ? lo * ldb : lo
                 run(transA: transA, transB: transB, m: m, n: hi - lo, k: k, alpha: alpha, a: a, lda: lda,
-                    b: b + offset, ldb: ldb, beta: beta, c: c + lo, ldc: ldc, threads: 1, weight: weight, a16: a16,
-                    b16: b16.map { $0 + offset })
+                    b: b.map { $0 + offset }, ldb: ldb, beta: beta, c: c + lo, ldc: ldc, threads: 1, weight: weight,
+                    a16: a16, b16: b16.map { $0 + offset })
             }
         }
     }

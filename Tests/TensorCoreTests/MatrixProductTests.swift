@@ -259,6 +259,53 @@ final class MatrixProductTests: XCTestCase {
         }
     }
 
+    /// Attention's forward in bf16 against Float64 on the operands the products see: S = bf16(Q) bf16(K)ᵀ · s,
+    /// P = bf16(exp(S − max)) (the probabilities rounded as the fused exp kernel rounds them, or as the PV
+    /// product rounds its float input), O = P bf16(V) / Σ exp(S − max); GQA, 3 query blocks, with and without a
+    /// window. The residual is float32 rounding plus the rare probability whose rounding flips between float and
+    /// double scores: far below bf16's own effect (against float32's result).
+    func testAttentionForwardInBF16AgainstRoundedReference() {
+        let T = 300, H = 6, G = 2, D = 16, group = H / G, scale = 1 / Double(D).squareRoot()
+        var rng = SplitMix64(seed: 22)
+        func values(_ n: Int) -> [Float] { (0..<n).map { _ in Float.random(in: -1..<1, using: &rng) } }
+        let q = values(T * H * D), k = values(T * G * D), v = values(T * G * D)
+        for window in [nil, 50] as [Int?] {
+            var out = [Float](repeating: 0, count: T * H * D), exact = out
+            var scores = [Float](repeating: 0, count: AttentionForward.scratchCount(tokens: T))
+            MatrixProduct.precision = .bf16
+            attentionForward(out: &out, q: q, k: k, v: v, rows: T, heads: H, kvHeads: G, headDim: D, scores: &scores,
+                             window: window)
+            MatrixProduct.precision = .fp32
+            attentionForwardReference(out: &exact, q: q, k: k, v: v, rows: T, heads: H, kvHeads: G, headDim: D,
+                                      window: window)
+            var worst = 0.0, bf16Effect = 0.0
+            for h in 0..<H {
+                let g = h / group
+                for i in 0..<T {
+                    let first = window.map { max(0, i - $0 + 1) } ?? 0
+                    let s = (first...i).map { j in
+                        (0..<D).reduce(0.0) { $0 + Self.bf16(q[(i * H + h) * D + $1]) * Self.bf16(k[(j * G + g) * D + $1]) }
+                            * scale
+                    }
+                    let m = s.max()!, e = s.map { Foundation.exp($0 - m) }, sum = e.reduce(0, +)
+                    for d in 0..<D {
+                        var acc = 0.0
+                        for (t, j) in (first...i).enumerated() {
+                            acc += Self.bf16(Float(e[t])) * Self.bf16(v[(j * G + g) * D + d])
+                        }
+                        let x = Double(out[(i * H + h) * D + d])
+                        worst = max(worst, abs(x - acc / sum))
+                        bf16Effect = max(bf16Effect, abs(x - Double(exact[(i * H + h) * D + d])))
+                    }
+                }
+            }
+            print("attention bf16, window \(String(describing: window)): max error against the rounded reference "
+                  + "\(worst), against float32's \(bf16Effect)")
+            XCTAssertLessThan(worst, 2e-4, "window \(String(describing: window))")
+            XCTAssertGreaterThan(bf16Effect, 10 * worst, "bf16's rounding should dominate the residual")
+        }
+    }
+
     /// The result really is the product of the rounded inputs: a float32 product of the same inputs differs.
     func testRoundsInputsToBF16() {
         let k = 64
