@@ -85,6 +85,13 @@ enum GPTQ {
         var fixed = [Bool](repeating: false, count: f.isFloat16 ? 0 : OC * groups)
         var failure: String?
         let lock = NSLock()
+        // E[x²] of every input column, read by the groups' searches on the workers.
+        let groupImportance = importance.map { h in
+            let p = UnsafeMutableBufferPointer<Float>.allocate(capacity: h.count)
+            _ = p.initialize(from: h)
+            return p
+        }
+        defer { groupImportance?.deallocate() }
         let loss = codes.withUnsafeMutableBufferPointer { cp in
             scales.withUnsafeMutableBufferPointer { sp in
                 mins.withUnsafeMutableBufferPointer { mp in
@@ -105,19 +112,27 @@ enum GPTQ {
                             }
                             let c = order[j], g = c / G, gi = r * groups + g
                             if !fp[gi] {
-                                var values = [Float](repeating: 0, count: G)
-                                for k in 0..<G where keep?[r * C + g * G + k] ?? true {
-                                    values[k] = staticGroups ? weight[r * C + g * G + k] : current(position[g * G + k])
-                                }
                                 // The quantizer's own choice of grid for this one group (1 × G).
-                                do {
-                                    let one = try QuantizedTensor(
-                                        weights: values, shape: [1, G], format: f,
-                                        importance: importance.map { Array($0[(g * G)..<((g + 1) * G)]) },
-                                        search: importance != nil)
-                                    sp[gi] = one.scales[0]
-                                    if !f.symmetric { mp[gi] = one.mins[0] }
-                                } catch {
+                                let grid = withUnsafeTemporaryAllocation(of: Float.self, capacity: G) { values in
+                                    for k in 0..<G {
+                                        values[k] = keep.map { $0[r * C + g * G + k] } ?? true
+                                            ? (staticGroups ? weight[r * C + g * G + k] : current(position[g * G + k]))
+                                            : 0
+                                    }
+                                    return Swift.Result {
+                                        try QuantizedTensor.groupGrid(
+                                            UnsafeBufferPointer(values), format: f,
+                                            importance: groupImportance.map {
+                                                UnsafeBufferPointer(rebasing: $0[(g * G)..<((g + 1) * G)])
+                                            },
+                                            search: importance != nil)
+                                    }
+                                }
+                                switch grid {
+                                case .success(let (scale, min)):
+                                    sp[gi] = scale
+                                    if !f.symmetric { mp[gi] = min }
+                                case .failure(let error):
                                     lock.lock(); failure = "group \(gi) (row \(r)): \(error)"; lock.unlock()
                                     return x
                                 }

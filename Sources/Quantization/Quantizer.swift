@@ -213,6 +213,18 @@ public func unpackCodes(_ packed: [UInt8], bits: Int, count: Int) -> [UInt8] {
     }
 }
 
+/// `x.rounded()` (to nearest, ties away from zero), bit for bit, without the libm call `roundf` that the baseline
+/// x86-64 target (no SSE4.1 `roundss`) makes of it: the clipping search rounds every weight of a group for every
+/// candidate grid, and the call was 9 % of a GPTQ pass's samples. |x| < 2^23 is truncated through Int32 (exact) and
+/// its fraction (exact) compared with 1/2; larger magnitudes, infinities and NaN are returned as they are.
+@inline(__always) func roundedHalfAway(_ x: Float) -> Float {
+    let a = abs(x)
+    guard a < 8_388_608 else { return x }
+    let t = Float(Int32(a))
+    let r = a - t >= 0.5 ? t + 1 : t
+    return x.sign == .minus ? -r : r
+}
+
 /// The smallest float16 ≥ x (x finite, ≥ 0 and below float16's largest value).
 @inline(__always) func halfUp(_ x: Float) -> Float16 {
     var h = Float16(x)
@@ -308,13 +320,7 @@ public struct QuantizedTensor: Equatable, Sendable {
         var codes = [UInt8](repeating: 0, count: w.count)
         var scales = [Float16](repeating: 0, count: groups),
             mins = [Float16](repeating: 0, count: f.symmetric ? 0 : groups)
-        // Symmetric grids also try α up to 1.125 (the extreme then lands inside the range), as llama.cpp's scale
-        // candidates (nmax ± 0.9)/max do; the least-squares refit below makes those worth trying.
-        let alphas: [Float] =
-            search
-            ? (f.symmetric
-                ? (0...16).map { 1 - Float($0) / 40 } + (1...5).map { 1 + Float($0) / 40 }
-                : (0...4).map { 1 - Float($0) / 20 }) : [1]
+        let alphas = Self.alphas(format: f, search: search)
         var failure: String?
         // The search's per-weight error weights of the current group.
         var hw = [Float](repeating: 1, count: G)
@@ -335,7 +341,10 @@ public struct QuantizedTensor: Equatable, Sendable {
                             hw[k] = magnitudeWeighted ? h * (rowMeanSquare + x[k] * x[k]).squareRoot() : h
                         }
                     }
-                    guard let best = Self.searchGroup(x, format: f, alphas: alphas, errorWeights: hw) else {
+                    let found = hw.withUnsafeBufferPointer {
+                        Self.searchGroup(x, format: f, alphas: alphas, errorWeights: $0)
+                    }
+                    guard let best = found else {
                         failure = "group \(g) (row \(g * G / K)) has a range too large for a float16 scale"
                         return
                     }
@@ -348,6 +357,35 @@ public struct QuantizedTensor: Equatable, Sendable {
         }
         if let failure { throw UnrepresentableWeights(failure) }
         try self.init(format: f, shape: shape, codes: packCodes(codes, bits: f.bits), scales: scales, mins: mins)
+    }
+
+    /// The clipping ratios the search tries (see the top of this file); [1] (round to nearest) without search.
+    /// Symmetric grids also try α up to 1.125 (the extreme then lands inside the range), as llama.cpp's scale
+    /// candidates (nmax ± 0.9)/max do; the least-squares refit makes those worth trying.
+    static let symmetricAlphas = (0...16).map { 1 - Float($0) / 40 } + (1...5).map { 1 + Float($0) / 40 }
+    static let asymmetricAlphas = (0...4).map { 1 - Float($0) / 20 }
+    static func alphas(format f: QuantFormat, search: Bool) -> [Float] {
+        search ? (f.symmetric ? symmetricAlphas : asymmetricAlphas) : [1]
+    }
+
+    /// The float16 scale (and minimum; 0 when symmetric) that `init(weights:shape: [1, G], format:, importance:,
+    /// search:)` gives the one group x (G = `f.groupSize` weights; `importance`: its G columns' E[x²]), without
+    /// building the tensor: GPTQ fixes a group's grid this way once per group and row. Throws what that init throws
+    /// (a non-finite weight; `UnrepresentableWeights` when the range is too large for a float16 scale).
+    public static func groupGrid(_ x: UnsafeBufferPointer<Float>, format f: QuantFormat,
+                                 importance: UnsafeBufferPointer<Float>?, search: Bool) throws
+        -> (scale: Float16, min: Float16) {
+        precondition(!f.isFloat16 && x.count == f.groupSize && (importance?.count ?? x.count) == x.count)
+        if let i = x.firstIndex(where: { !$0.isFinite }) { throw QuantizationError("weight \(i) is \(x[i])") }
+        let alphas = Self.alphas(format: f, search: search)
+        let found = withUnsafeTemporaryAllocation(of: Float.self, capacity: x.count) { hw in
+            for k in 0..<x.count { hw[k] = alphas.count > 1 ? importance?[k] ?? 1 : 1 }
+            return Self.searchGroup(x, format: f, alphas: alphas, errorWeights: UnsafeBufferPointer(hw))
+        }
+        guard let best = found else {
+            throw UnrepresentableWeights("group 0 (row 0) has a range too large for a float16 scale")
+        }
+        return (best.scale, f.symmetric ? 0 : best.min)
     }
 
     /// The checks of `init(weights:shape:format:...)`: a finite 2-D matrix whose rows are whole groups, and one
@@ -373,7 +411,7 @@ public struct QuantizedTensor: Equatable, Sendable {
     /// Σ_k h_k (x_k − w'_k)² with h = `errorWeights`. Returns the best (error, scale, minimum), nil when a range
     /// is too large for a float16 scale.
     private static func searchGroup(
-        _ x: UnsafeBufferPointer<Float>, format f: QuantFormat, alphas: [Float], errorWeights hw: [Float]
+        _ x: UnsafeBufferPointer<Float>, format f: QuantFormat, alphas: [Float], errorWeights hw: UnsafeBufferPointer<Float>
     ) -> (err: Float, scale: Float16, min: Float16)? {
         let G = f.groupSize, half = 1 << (f.bits - 1)
         var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
@@ -478,9 +516,9 @@ public struct QuantizedTensor: Equatable, Sendable {
         guard s != 0 else { return f.symmetric ? 1 << (f.bits - 1) : 0 }
         if f.symmetric {
             let half = 1 << (f.bits - 1)
-            return Swift.max(-half, Swift.min(half - 1, Int((x / s).rounded()))) + half
+            return Swift.max(-half, Swift.min(half - 1, Int(roundedHalfAway(x / s)))) + half
         }
-        return Swift.max(0, Swift.min(f.maxCode, Int(((x - lo) / s).rounded())))
+        return Swift.max(0, Swift.min(f.maxCode, Int(roundedHalfAway((x - lo) / s))))
     }
 
     /// The weights this tensor stands for (row-major, shape (rows, columns)).

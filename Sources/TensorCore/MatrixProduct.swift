@@ -237,7 +237,8 @@ enum BF16Matmul {
     nonisolated(unsafe) static var packed: [PackedKey: Packed] = [:]
     nonisolated(unsafe) static var cacheDepth = 0
     /// Activations converted once for many products (`MatrixProduct.withBF16Copy`): float range, its bf16 copy.
-    nonisolated(unsafe) static var operands: [(base: UnsafePointer<Float>, count: Int, copy: UnsafeMutablePointer<UInt16>)] = []
+    typealias OperandCopy = (base: UnsafePointer<Float>, count: Int, copy: UnsafeMutablePointer<UInt16>)
+    nonisolated(unsafe) static var operands: [OperandCopy] = []
     static let lock = NSLock()
 
     static func primitive(_ key: Key) -> Primitive {

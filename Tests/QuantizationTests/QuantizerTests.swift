@@ -1,4 +1,4 @@
-import Quantization
+@testable import Quantization
 import TensorCore
 import XCTest
 
@@ -209,6 +209,64 @@ final class QuantizerTests: XCTestCase {
         }
         let f4 = try QuantFormat(bits: 4, groupSize: 32, symmetric: false)
         XCTAssertEqual(try QuantizedTensor(weights: grid, shape: [2, 32], format: f4, importance: Array(h.prefix(32)), search: true).dequantized(), grid)
+    }
+
+    /// The quantizer's rounding without libm (`roundedHalfAway`) against `Float.rounded()`, bit for bit: random bit
+    /// patterns of every magnitude and sign, every half-integer tie and its neighbours, the largest values below
+    /// 2^23 and beyond, ±0, infinities.
+    func testRoundingIsFloatRounded() {
+        var rng = SplitMix64(seed: 45)
+        var xs: [Float] = [0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 0.49999997, -0.49999997, 8_388_607.5, 8_388_608,
+                           -8_388_607.5, 16_777_217, .infinity, -.infinity, .greatestFiniteMagnitude,
+                           .leastNonzeroMagnitude]
+        for k in -40...40 {
+            let tie = Float(k) + 0.5
+            xs += [tie, tie.nextUp, tie.nextDown]
+        }
+        for _ in 0..<100_000 {
+            let x = Float(bitPattern: UInt32(truncatingIfNeeded: rng.next()))
+            if x.isFinite { xs.append(x) }
+            xs.append(Float.random(in: -20...20, using: &rng))
+        }
+        for x in xs {
+            XCTAssertEqual(roundedHalfAway(x).bitPattern, x.rounded().bitPattern, "\(x)")
+        }
+    }
+
+    /// `groupGrid` (GPTQ's per-group grid, no tensor built) gives the scale and minimum the full quantizer gives
+    /// the same group as a 1 × G tensor, with and without the weighted search, symmetric and asymmetric; and it
+    /// refuses what the quantizer refuses.
+    func testGroupGridIsTheQuantizersGrid() throws {
+        var rng = SplitMix64(seed: 44)
+        for symmetric in [true, false] {
+            for bits in [3, 4, 8] {
+                let f = try QuantFormat(bits: bits, groupSize: 32, symmetric: symmetric)
+                for trial in 0..<40 {
+                    let spread = Float(trial % 5 + 1) * 0.05
+                    let x = (0..<32).map { _ in Float.random(in: -spread...spread, using: &rng) }
+                    let h = (0..<32).map { _ in Float.random(in: 0.01...4, using: &rng) }
+                    for (importance, search) in [(nil, false), (h, true), (nil, true)] as [([Float]?, Bool)] {
+                        let q = try QuantizedTensor(weights: x, shape: [1, 32], format: f, importance: importance,
+                                                    search: search)
+                        let g = try x.withUnsafeBufferPointer { xp in
+                            try importance.map { imp in
+                                try imp.withUnsafeBufferPointer {
+                                    try QuantizedTensor.groupGrid(xp, format: f, importance: $0, search: search)
+                                }
+                            } ?? QuantizedTensor.groupGrid(xp, format: f, importance: nil, search: search)
+                        }
+                        let what = "\(f), trial \(trial), search \(search), importance \(importance != nil)"
+                        XCTAssertEqual(g.scale.bitPattern, q.scales[0].bitPattern, what)
+                        XCTAssertEqual(g.min.bitPattern, symmetric ? 0 : q.mins[0].bitPattern, what)
+                    }
+                }
+                var bad = [Float](repeating: 0.1, count: 32)
+                bad[3] = .nan
+                XCTAssertThrowsError(try bad.withUnsafeBufferPointer {
+                    try QuantizedTensor.groupGrid($0, format: f, importance: nil, search: false)
+                })
+            }
+        }
     }
 
     func testFormatsTableDescribesEveryFormat() throws {
