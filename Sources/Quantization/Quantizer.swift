@@ -411,7 +411,8 @@ public struct QuantizedTensor: Equatable, Sendable {
     /// Σ_k h_k (x_k − w'_k)² with h = `errorWeights`. Returns the best (error, scale, minimum), nil when a range
     /// is too large for a float16 scale.
     private static func searchGroup(
-        _ x: UnsafeBufferPointer<Float>, format f: QuantFormat, alphas: [Float], errorWeights hw: UnsafeBufferPointer<Float>
+        _ x: UnsafeBufferPointer<Float>, format f: QuantFormat, alphas: [Float],
+        errorWeights hw: UnsafeBufferPointer<Float>
     ) -> (err: Float, scale: Float16, min: Float16)? {
         let G = f.groupSize, half = 1 << (f.bits - 1)
         var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
