@@ -50,7 +50,7 @@ let package = Package(
         .target(name: "Training", dependencies: ["Diagnostics", "Checkpoint"]),
         .target(name: "Recipes", dependencies: ["Diagnostics", "Training", "Checkpoint", "SafeFiles"]),
         .target(name: "Passes", dependencies: ["Diagnostics", "Recipes", "Quantization"]),
-        .target(name: "Quantization", dependencies: ["Diagnostics", "TensorCore"]),
+        .target(name: "Quantization", dependencies: ["Diagnostics", "TensorCore", "CKernels"]),
         .target(name: "Workbench", dependencies: [
             "Diagnostics", "Import", "Export", "Evaluation", "Tokenizer", "Training", "Passes", "Quantization",
             "SafeFiles",

@@ -92,6 +92,53 @@ static float exp_row_bf16_avx512(const float *x, long n, uint16_t *out) {
     return _mm512_reduce_add_ps(s16);
 }
 
+// The quantizer's grid error and symmetric refit sums (Quantization/Quantizer.swift, searchGroup), 16 weights a
+// vector: q_k = clamp(round_half_away((x_k − lo) / s), qlo, qhi) (the code minus the symmetric offset), then
+//   err = Σ_k (h_k · d_k) · d_k,  d_k = x_k − (lo + s · q_k),   xq = Σ_k (h_k · x_k) · q_k,   qq = Σ_k (h_k · q_k) · q_k,
+// each term the Swift expression's float, the sums taken in k order (scalar adds), so every result is bit for bit
+// the Swift loop's. round_half_away: |v| truncated (vrndscaleps, exact), +1 when its fraction is ≥ 1/2, v's sign.
+__attribute__((target("avx512f")))
+static void group_error_avx512(const float *x, const float *h, long n, float s, float lo, float qlo, float qhi,
+                               int refit, float *err, float *xq, float *qq) {
+    float te[16], tx[16], tq[16];
+    float e = 0, sxq = 0, sqq = 0;
+    const __m512 sv = _mm512_set1_ps(s), lov = _mm512_set1_ps(lo), half = _mm512_set1_ps(0.5f),
+                 one = _mm512_set1_ps(1.0f), qlov = _mm512_set1_ps(qlo), qhiv = _mm512_set1_ps(qhi);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000);
+    for (long j = 0; j < n; j += 16) {
+        const long m = n - j < 16 ? n - j : 16;
+        const __mmask16 mask = (__mmask16)(m == 16 ? 0xffff : (1u << m) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(mask, x + j), hv = _mm512_maskz_loadu_ps(mask, h + j);
+        const __m512 v = _mm512_div_ps(_mm512_sub_ps(xv, lov), sv);
+        const __m512 a = _mm512_abs_ps(v);
+        const __m512 t = _mm512_roundscale_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(a, t), half, _CMP_GE_OQ);
+        const __m512 r = _mm512_mask_add_ps(t, up, t, one);
+        const __m512 rs = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r),
+                                              _mm512_and_si512(_mm512_castps_si512(v), sign)));
+        const __m512 q = _mm512_min_ps(_mm512_max_ps(rs, qlov), qhiv);
+        const __m512 d = _mm512_sub_ps(xv, _mm512_add_ps(lov, _mm512_mul_ps(sv, q)));
+        _mm512_storeu_ps(te, _mm512_mul_ps(_mm512_mul_ps(hv, d), d));
+        if (refit) {
+            _mm512_storeu_ps(tx, _mm512_mul_ps(_mm512_mul_ps(hv, xv), q));
+            _mm512_storeu_ps(tq, _mm512_mul_ps(_mm512_mul_ps(hv, q), q));
+        }
+        for (long k = 0; k < m; k++) e += te[k];
+        if (refit) {
+            for (long k = 0; k < m; k++) { sxq += tx[k]; sqq += tq[k]; }
+        }
+    }
+    *err = e;
+    if (refit) { *xq = sxq; *qq = sqq; }
+}
+
+int compress_group_error(const float *x, const float *h, long n, float s, float lo, float qlo, float qhi, int refit,
+                         float *err, float *xq, float *qq) {
+    if (compress_kernels_lanes() < 16) return -1;
+    group_error_avx512(x, h, n, s, lo, qlo, qhi, refit, err, xq, qq);
+    return 0;
+}
+
 // Σ_j fastExp(x[j] - m), each exponential a float, summed in 16 double lanes (the sum is then exact to ~1e-16
 // relative whatever the order, so a log-sum-exp over a 49,152-word vocabulary does not depend on the SIMD width).
 __attribute__((target("avx512f")))

@@ -1,3 +1,4 @@
+import CKernels
 import Diagnostics
 
 // Weight-only integer quantization of linear layers, group-wise along the input dimension (CPTQuant's
@@ -416,9 +417,20 @@ public struct QuantizedTensor: Equatable, Sendable {
     ) -> (err: Float, scale: Float16, min: Float16)? {
         let G = f.groupSize, half = 1 << (f.bits - 1)
         var best = (err: Float.infinity, scale: Float16(0), min: Float16(0))
+        // CKernels' AVX-512 loop for the error and the symmetric refit's sums (bit for bit these loops' floats).
+        let simd = compress_kernels_lanes() >= 16
+        let qlo = Float(f.symmetric ? -half : 0), qhi = Float(f.symmetric ? half - 1 : f.maxCode)
+        func kernelSums(_ sf: Float, _ lof: Float, refit: Bool) -> (err: Float, xq: Float, qq: Float)? {
+            guard simd && sf != 0 else { return nil }
+            var e: Float = 0, xq: Float = 0, qq: Float = 0
+            let status = compress_group_error(x.baseAddress, hw.baseAddress, G, sf, lof, qlo, qhi, refit ? 1 : 0,
+                                              &e, &xq, &qq)
+            return status == 0 ? (e, xq, qq) : nil
+        }
         // Σ_k h_k (x_k − w'_k)² with every weight on its nearest code of the grid (s, lo).
         func weightedError(_ s: Float16, _ lo: Float16) -> Float {
             let (sf, lof) = (Float(s), Float(lo))
+            if let k = kernelSums(sf, lof, refit: false) { return k.err }
             var err: Float = 0
             for k in 0..<G {
                 let q = Float(Self.code(x[k], s: sf, lo: lof, format: f) - (f.symmetric ? half : 0))
@@ -452,7 +464,9 @@ public struct QuantizedTensor: Equatable, Sendable {
         }
         for a in alphas {
             guard let (s, lo) = Self.grid(x, format: f, alpha: a) else { return nil }
-            let err = alphas.count > 1 ? weightedError(s, lo) : 0
+            // Symmetric: the grid's error and its refit's sums in one pass when the kernel runs.
+            let sums = alphas.count > 1 && f.symmetric ? kernelSums(Float(s), Float(lo), refit: true) : nil
+            let err = alphas.count > 1 ? sums?.err ?? weightedError(s, lo) : 0
             if err < best.err || best.err == .infinity { best = (err, s, lo) }
             guard alphas.count > 1 else { continue }
             if !f.symmetric {
@@ -465,9 +479,13 @@ public struct QuantizedTensor: Equatable, Sendable {
             // s* = Σ h_k x_k q_k / Σ h_k q_k², in float16, each weight then re-rounded on s*.
             let sf = Float(s)
             var xq: Float = 0, qq: Float = 0
-            for k in 0..<G {
-                let q = Float(Self.code(x[k], s: sf, lo: 0, format: f) - half), h = hw[k]
-                xq += h * x[k] * q; qq += h * q * q
+            if let sums {
+                (xq, qq) = (sums.xq, sums.qq)
+            } else {
+                for k in 0..<G {
+                    let q = Float(Self.code(x[k], s: sf, lo: 0, format: f) - half), h = hw[k]
+                    xq += h * x[k] * q; qq += h * q * q
+                }
             }
             guard qq > 0 else { continue }
             let refit = Float16(xq / qq)

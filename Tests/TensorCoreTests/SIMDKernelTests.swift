@@ -59,6 +59,38 @@ final class SIMDKernelTests: XCTestCase {
         }
     }
 
+    /// The quantizer's group error and refit sums (`compress_group_error`, Quantizer.swift's clipping search)
+    /// against the Swift loop it replaces, bit for bit: symmetric and asymmetric grids, tails, exact ties
+    /// (x = (c + ½)·s), weights beyond the grid's range (clamped).
+    func testGroupErrorMatchesTheSwiftLoop() throws {
+        guard SIMDKernels.lanes >= 16 else { throw XCTSkip("compress_group_error needs the AVX-512 kernel set") }
+        var rng = SplitMix64(seed: 32)
+        for n in [1, 7, 16, 17, 32, 33, 64] {
+            for trial in 0..<50 {
+                let symmetric = trial % 2 == 0, bits = [3, 4, 8][trial % 3], half = 1 << (bits - 1)
+                let (qlo, qhi) = symmetric ? (-half, half - 1) : (0, (1 << bits) - 1)
+                let s = Float.random(in: 0.001...0.1, using: &rng) * (symmetric && trial % 4 == 0 ? -1 : 1)
+                let lo: Float = symmetric ? 0 : Float.random(in: -0.5...0, using: &rng)
+                var x = (0..<n).map { _ in Float.random(in: -0.6...0.6, using: &rng) }
+                for k in stride(from: 0, to: n, by: 3) { x[k] = lo + (Float(Int.random(in: -10...10, using: &rng)) + 0.5) * s }
+                let h = (0..<n).map { _ in Float.random(in: 0...3, using: &rng) }
+                var e: Float = 0, xq: Float = 0, qq: Float = 0
+                for k in 0..<n {
+                    let v = symmetric ? x[k] / s : (x[k] - lo) / s
+                    let q = Float(max(qlo, min(qhi, Int(v.rounded()))))
+                    let d = x[k] - (lo + s * q)
+                    e += h[k] * d * d; xq += h[k] * x[k] * q; qq += h[k] * q * q
+                }
+                var ke: Float = 0, kxq: Float = 0, kqq: Float = 0
+                XCTAssertEqual(compress_group_error(x, h, n, s, lo, Float(qlo), Float(qhi), 1, &ke, &kxq, &kqq), 0)
+                let what = "n \(n), trial \(trial), symmetric \(symmetric), \(bits) bits"
+                XCTAssertEqual(ke.bitPattern, e.bitPattern, "error, \(what)")
+                XCTAssertEqual(kxq.bitPattern, xq.bitPattern, "xq, \(what)")
+                XCTAssertEqual(kqq.bitPattern, qq.bitPattern, "qq, \(what)")
+            }
+        }
+    }
+
     func testGatedActivationsMatchTheSwiftExpressions() {
         var rng = SplitMix64(seed: 30)
         for n in [1, 7, 8, 9, 16, 17, 100, 1537] {

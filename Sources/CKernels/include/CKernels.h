@@ -27,6 +27,14 @@ float compress_exp_row_lanes(float *x, long n, int lanes);
 /// (or COMPRESS_KERNELS=0). For attention's probabilities when products run in bf16.
 float compress_exp_row_bf16(const float *x, long n, uint16_t *out);
 
+/// The quantizer's clipping search over one group of n weights x with error weights h, for the grid (s ≠ 0, lo):
+/// q_k = clamp(x_k − lo) / s rounded half away from zero to [qlo, qhi] (the code minus the symmetric offset);
+/// *err = Σ_k (h_k d_k) d_k with d_k = x_k − (lo + s q_k); with `refit`, also *xq = Σ_k (h_k x_k) q_k and
+/// *qq = Σ_k (h_k q_k) q_k. Every term and sum (in k order) bit for bit the Swift loop's (Quantizer.swift,
+/// searchGroup). Returns 0, or -1 (nothing written) without the AVX-512 kernel set.
+int compress_group_error(const float *x, const float *h, long n, float s, float lo, float qlo, float qhi, int refit,
+                         float *err, float *xq, float *qq);
+
 /// Σ_j fastExp(x[j] - m) for j < n, each term a float, summed in double (logSumExp's sum,
 /// TensorCore/Ops/Softmax.swift), with the kernel set of `lanes` (16 or 8); -1 when the CPU lacks it.
 double compress_exp_sum_lanes(const float *x, long n, float m, int lanes);
