@@ -267,7 +267,7 @@ public enum Divergence {
         let start = Date()
         let baseEngine = TransformerDecoder(model: base, window: 1)
         var acc = DivergenceAccumulator()
-        let R = min(Perplexity.rowsPerChunk, p.predictedPerWindow(W))
+        let R = min(Perplexity.rowsPerChunk(vocab: V), p.predictedPerWindow(W))
         let baseLogits = Tensor(shape: [R, V])
         var nll = [Double](repeating: 0, count: R), nllBase = nll, kl = nll, rkl = nll
         var total = 0.0
