@@ -21,8 +21,10 @@ public enum Precision: String, CaseIterable, Codable, Sendable {
 /// AVX512-BF16 loop in their storage order (oneDNN's kernels copy them into their blocked layouts per block);
 /// inside `withWeightCache`, a weight (the B operand named by `weight:`) is converted once and its copy serves
 /// every product reading it, forward and backward, until the scope ends or `invalidateWeights()` (after each
-/// optimizer step) drops the copies. Products of ≥ 2^20 multiply-adds run as single-threaded calls on our
-/// workers (`BF16Matmul.split`), so oneDNN's OpenMP threads never spin beside them.
+/// optimizer step) drops the copies; inside `withBF16Copy`, an activation several products read (q/k/v's input) is
+/// converted once; `gemm16` takes operands its caller converted into a layout of its own. Products of ≥ 2^20
+/// multiply-adds run as single-threaded calls on our workers (`BF16Matmul.split`), so oneDNN's OpenMP threads never
+/// spin beside them.
 public enum MatrixProduct {
     /// The precision `gemm` runs in. Set once by a command before any model work (the CLI's `--precision`);
     /// `bf16` must pass `checkSupport` first.
@@ -257,9 +259,10 @@ enum BF16Matmul {
         return p
     }
 
-    @usableFromInline
     /// One oneDNN call. Each operand comes as float32 (`a` / `b`) or bf16 (`a16` / `b16`, which wins in bf16); a
-    /// float operand may be nil only when its bf16 copy is given.
+    /// float operand may be nil only when its bf16 copy is given. In bf16, an activation operand that a
+    /// `withBF16Copy` scope covers is read from that copy.
+    @usableFromInline
     static func run(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>?,
                     lda: Int, b: UnsafePointer<Float>?, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                     threads: Int, weight: Tensor?, a16: UnsafePointer<UInt16>?, b16: UnsafePointer<UInt16>?) {
