@@ -135,7 +135,7 @@ public final class BaseReference: @unchecked Sendable {
         let target = UnsafeMutableBufferPointer<Float>.allocate(capacity: P)
         defer { main.deallocate(); ids.deallocate(); logRest.deallocate(); target.deallocate() }
         let per = p.predictedPerWindow(W)
-        var nll = [Double](repeating: 0, count: 256), total = 0.0
+        var nll = [Double](repeating: 0, count: Perplexity.rowsPerChunk(vocab: V)), total = 0.0
         Perplexity.forEachScoredChunk(
             model: base, tokens: tokens, window: W, protocol: p, windows: h.windows, progress: progress
         ) {

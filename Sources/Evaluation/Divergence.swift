@@ -221,7 +221,7 @@ public enum Divergence {
         let k = h.k
         let start = Date()
         var acc = DivergenceAccumulator()
-        var kl = [Double](repeating: 0, count: 256), bound = kl, rkl = kl, nll = kl
+        var kl = [Double](repeating: 0, count: Perplexity.rowsPerChunk(vocab: V)), bound = kl, rkl = kl, nll = kl
         var total = 0.0
         try Perplexity.forEachScoredChunk(
             model: model, tokens: tokens, window: W, protocol: p, windows: windows, progress: progress

@@ -172,7 +172,7 @@ public enum Perplexity {
     /// (SmolLM2: 512, Qwen2: 220, Gemma 3: 128). Larger products amortize the packing of the LM head's weight (bf16
     /// eval of SmolLM2: 945-980 tok/s at 512 rows against 920-961 at 256, alternating runs); each logit is the
     /// same float whatever the chunk (float32 PPL bitwise equal at 220, 256 and 512 rows).
-    static func rowsPerChunk(vocab V: Int) -> Int { max(1, min(512, (128 << 20) / (4 * max(V, 1)))) }
+    public static func rowsPerChunk(vocab V: Int) -> Int { max(1, min(512, (128 << 20) / (4 * max(V, 1)))) }
 
     /// The windows `protocol` makes of the first `maxTokens` stream tokens (all when nil), after checking them.
     public static func plan(

@@ -173,6 +173,39 @@ final class DivergenceEvaluationTests: XCTestCase {
         }
     }
 
+    /// Windows longer than the LM head's chunk (`Perplexity.rowsPerChunk`: 512 rows for this vocabulary), so each
+    /// window's logits come in several chunks, the last one short: the evaluator against the plain reference forward,
+    /// and a base reference (top-k and hidden states) against the model itself (KL 0, the same PPL).
+    func testWindowsLongerThanTheLogitChunk() throws {
+        let base = try Self.model(), V = base.config.vocabSize, C = base.config.hiddenSize, W = 1100
+        XCTAssertLessThan(Perplexity.rowsPerChunk(vocab: V), W - 1)
+        var seed: UInt32 = 11
+        let tokens: [Int32] = (0..<(2 * W + 5)).map { _ in
+            seed = seed &* 1_664_525 &+ 1_013_904_223
+            return Int32(seed >> 8) % Int32(V)
+        }
+        let p = PerplexityProtocol.noBOS
+        let r = try Perplexity.evaluate(model: base, tokens: tokens, window: W, protocol: p)
+        var expected = 0.0
+        for w in 0..<r.windows {
+            let ids = p.window(w, of: tokens, window: W), lp = Self.logProbs(base, ids)
+            for t in 0..<(W - 1) { expected -= lp[t][Int(ids[t + 1])] }
+        }
+        XCTAssertEqual(r.totalNll, expected, accuracy: 1e-4 * expected)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("long-windows-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for k in [8, nil] as [Int?] {
+            let h = try BaseReference.header(basePath: "base", baseHash: "h", vocab: V, hidden: C, tokens: tokens,
+                                             window: W, protocol: p, maxTokens: nil, k: k)
+            let (ref, _) = try BaseReference.cached(directory: dir, header: h, base: base, tokens: tokens)
+            XCTAssertEqual(ref.header.ppl!, r.ppl, accuracy: 1e-9 * r.ppl)
+            let (own, pr) = try Divergence.compare(model: base, reference: ref, base: base, tokens: tokens)
+            XCTAssertLessThan(own.kld.max, 1e-5)
+            XCTAssertEqual(own.sameTopP, 1)
+            XCTAssertEqual(pr.totalNll, r.totalNll)
+        }
+    }
+
     /// A damaged or foreign reference file is refused by name, and the cache rebuilds it; other settings, other file.
     func testReferenceFileIsCheckedAndKeyed() throws {
         let base = try Self.model()
