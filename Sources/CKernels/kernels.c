@@ -39,8 +39,9 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_maskz_mul_ps((__mmask16)~under, p, scale);
 }
 
+// max_j x[j] over n ≥ 1 floats (the softmax row's shift).
 __attribute__((target("avx512f")))
-static float exp_row_avx512(float *x, long n) {
+static inline float row_max512(const float *x, long n) {
     __m512 m16 = _mm512_set1_ps(-__builtin_inff());
     long j = 0;
     for (; j + 16 <= n; j += 16) m16 = _mm512_max_ps(m16, _mm512_loadu_ps(x + j));
@@ -48,9 +49,15 @@ static float exp_row_avx512(float *x, long n) {
         const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
         m16 = _mm512_mask_max_ps(m16, tail, m16, _mm512_maskz_loadu_ps(tail, x + j));
     }
-    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(m16));
+    return _mm512_reduce_max_ps(m16);
+}
+
+__attribute__((target("avx512f")))
+static float exp_row_avx512(float *x, long n) {
+    const __m512 m = _mm512_set1_ps(row_max512(x, n));
     __m512 s16 = _mm512_setzero_ps();
-    for (j = 0; j + 16 <= n; j += 16) {
+    long j = 0;
+    for (; j + 16 <= n; j += 16) {
         const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
         _mm512_storeu_ps(x + j, e);
         s16 = _mm512_add_ps(s16, e);
@@ -69,16 +76,10 @@ static float exp_row_avx512(float *x, long n) {
 // float pass over the row and a conversion pass after it.
 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw")))
 static float exp_row_bf16_avx512(const float *x, long n, uint16_t *out) {
-    __m512 m16 = _mm512_set1_ps(-__builtin_inff());
-    long j = 0;
-    for (; j + 16 <= n; j += 16) m16 = _mm512_max_ps(m16, _mm512_loadu_ps(x + j));
-    if (j < n) {
-        const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
-        m16 = _mm512_mask_max_ps(m16, tail, m16, _mm512_maskz_loadu_ps(tail, x + j));
-    }
-    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(m16));
+    const __m512 m = _mm512_set1_ps(row_max512(x, n));
     __m512 s16 = _mm512_setzero_ps();
-    for (j = 0; j + 16 <= n; j += 16) {
+    long j = 0;
+    for (; j + 16 <= n; j += 16) {
         const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
         _mm256_storeu_si256((__m256i *)(out + j), (__m256i)_mm512_cvtneps_pbh(e));
         s16 = _mm512_add_ps(s16, e);
