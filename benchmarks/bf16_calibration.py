@@ -6,7 +6,8 @@
                                            [--seed-spread]
 
 For each recipe: `compress apply RECIPE --precision fp32|bf16 --no-cache` (the calibration forward, and the
-recipe's own eval stage, in that precision; Hessians, solves and weight updates always float32), then both outputs
+recipe's own eval stage, in that precision, and the Hessians' Gram products too: bf16 inputs, float32
+accumulation, summed in Float64; solves and weight updates always float32), then both outputs
 evaluated the same way, `compress eval OUT --precision fp32` on the first --eval-tokens test tokens, so the PPLs
 differ only by the calibration's precision. Prints the pass's wall time in each precision, both PPLs and their
 relative difference (the issue asks for at most 0.5 %). --samples N sets the recipes' calibration to N windows (128

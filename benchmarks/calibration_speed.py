@@ -10,9 +10,9 @@ samples × window calibration tokens (`compress apply` with the recipe's calibra
 dropped, `--no-cache`), then the evaluation again; the pass's time is compared with the mean of the two evaluations
 (the machine's speed drifts: the two bracket the passes). A pass's time is its stage's `seconds` (everything the stage
 does, not the model load or tokenization); the report splits the layer-wise part into the calibration forward, the
-Hessians (Σ x xᵀ, float32 products summed in Float64) and the solves. The issue asks for at most 1.5× the
-evaluation in bf16. Needs a release build and tools/setup_assets.sh. SmolLM2's float32 weights are a dequantized
-4-bit GGUF (Q4_1).
+Hessians (each window's Σ x xᵀ, a Gram product in the run's precision with float32 accumulation, summed in
+Float64) and the solves. The issue asks for at most 1.5× the evaluation in bf16. Needs a release build and
+tools/setup_assets.sh. SmolLM2's float32 weights are a dequantized 4-bit GGUF (Q4_1).
 """
 import argparse
 import json

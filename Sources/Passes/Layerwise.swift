@@ -9,6 +9,10 @@
 // Each compressor minimises, per linear layer W (OC, C) with calibration inputs X (C, n), the layer-output
 // error ‖WX − ŴX‖², whose Hessian in Ŵ's rows is
 //   H = 2 X Xᵀ / n  (here accumulated as (2/n) Σ_t x_t x_tᵀ over the n calibration tokens).
+// Each window's Σ_t x_t x_tᵀ is one Gram product (`MatrixProduct.gramUpper`) in the run's precision, summed in
+// Float64 across windows. In bf16, its inputs are rounded to bf16 like every matrix product's (float32
+// accumulation): the x the bf16 layer multiplies is bf16(x), so H is the Hessian of the error ‖W x̃ − Ŵ x̃‖² that
+// layer makes. Damping, the factorization and the weight updates stay float32 / Float64.
 // The calibration windows run through the model in order, sublayer by sublayer:
 //   1. the residual stream of every window entering sublayer s is kept (windows × T × C floats);
 //   2. the input projections (q/k/v, or gate/up) share one input, the normed stream: its statistics are
@@ -72,9 +76,10 @@ public final class InputStatistics {
         }
         guard gram != nil else { return }
         if scratch.count != C * C { scratch = [Float](repeating: 0, count: C * C) }
-        // One window's Gram matrix in Float32 (BLAS), summed in Float64 across windows.
+        // One window's Gram matrix, float32 accumulation (in bf16 precision, of the bf16-rounded rows the layer's
+        // products read), summed in Float64 across windows.
         scratch.withUnsafeMutableBufferPointer {
-            BLAS.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C)
+            MatrixProduct.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C)
         }
         gram!.withUnsafeMutableBufferPointer { g in
             scratch.withUnsafeBufferPointer { s in

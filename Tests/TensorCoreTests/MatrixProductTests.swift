@@ -320,6 +320,42 @@ final class MatrixProductTests: XCTestCase {
         XCTAssertGreaterThan(abs(exact - rounded), 1e-2)
     }
 
+    /// `gramUpper` in bf16 (the Hessians' Gram matrices) against the Float64 Gram matrix of the bf16-rounded rows:
+    /// every upper element within float32 accumulation's bound γ_k Σ_t |ã_ti ã_tj| (products of bf16 values are
+    /// exact in float32); a size that is not a multiple of the block, one block, padded rows; deterministic; and a
+    /// float32 Gram of the same rows differs by more than that bound (the inputs really are rounded).
+    func testGramMatrixInBF16AgainstRoundedReference() {
+        var rng = SplitMix64(seed: 29)
+        for (n, k, pad) in [(250, 700, 3), (MatrixProduct.gramBlock, 64, 0), (2 * MatrixProduct.gramBlock + 1, 1, 1)] {
+            let lda = n + pad
+            let a = matrix(k, n, ld: lda, rng: &rng)
+            func gram(_ p: Precision) -> [Float] {
+                var c = [Float](repeating: 0, count: n * n)
+                MatrixProduct.withPrecision(p) {
+                    MatrixProduct.gramUpper(n: n, k: k, a: a, lda: lda, c: &c, ldc: n)
+                }
+                return c
+            }
+            let c = gram(.bf16), f = gram(.fp32)
+            XCTAssertEqual(c.map(\.bitPattern), gram(.bf16).map(\.bitPattern), "deterministic, n \(n) k \(k)")
+            let u = 0x1p-24, gamma = Double(k + 1) * u / (1 - Double(k + 1) * u)
+            var bad = 0, farFromFloat32 = 0
+            for i in 0..<n {
+                for j in i..<n {
+                    var dot = 0.0, abs = 0.0
+                    for t in 0..<k {
+                        let p = Self.bf16(a[t * lda + i]) * Self.bf16(a[t * lda + j])
+                        dot += p; abs += Swift.abs(p)
+                    }
+                    if Swift.abs(Double(c[i * n + j]) - dot) > gamma * abs { bad += 1 }
+                    if Swift.abs(Double(f[i * n + j]) - dot) > gamma * abs { farFromFloat32 += 1 }
+                }
+            }
+            XCTAssertEqual(bad, 0, "n \(n) k \(k)")
+            XCTAssertGreaterThan(farFromFloat32, n * (n + 1) / 4, "float32's Gram is not the rounded one, n \(n)")
+        }
+    }
+
     /// A primitive for one thread (inside our parallel loops, e.g. attention) and for all of them give the same
     /// result, and repeated calls are deterministic.
     func testThreadCountsAndDeterminism() {
