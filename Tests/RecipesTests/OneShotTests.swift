@@ -137,6 +137,45 @@ final class OneShotTests: XCTestCase {
         }
     }
 
+    /// In bf16 precision the statistics' Hessian is (2/n) X̃ X̃ᵀ of the bf16-rounded inputs (X̃ = bf16(X), what the
+    /// layer's bf16 products multiply), accumulated over two windows: within float32 accumulation's rounding of the
+    /// Float64 reference, and farther than that from the float32 statistics (the rounding is real). Σ x² per column
+    /// stays the exact Float64 sum of the unrounded inputs in both precisions.
+    func testHessianInBF16IsThatOfTheRoundedInputs() throws {
+        if let reason = MatrixProduct.bf16Unsupported() { throw XCTSkip(reason) }
+        let d = LayerData(OC: 4, C: 130, n: 300, seed: 4), C = d.C, n = d.n
+        func statistics(_ p: Precision) -> InputStatistics {
+            let s = InputStatistics(features: C, full: true)
+            MatrixProduct.withPrecision(p) {
+                d.x.withUnsafeBufferPointer {
+                    s.add($0.baseAddress!, rows: 100)
+                    s.add($0.baseAddress! + 100 * C, rows: n - 100)
+                }
+            }
+            return s
+        }
+        let b = statistics(.bf16), f = statistics(.fp32), hb = b.hessian(), hf = f.hessian()
+        func bf16(_ x: Float) -> Double {
+            let u = x.bitPattern
+            return Double(Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000))
+        }
+        let u = 0x1p-24, gamma = Double(n + 1) * u / (1 - Double(n + 1) * u)
+        var bad = 0, apart = 0
+        for i in 0..<C {
+            for j in 0..<C {
+                var dot = 0.0, abs = 0.0
+                for t in 0..<n { let p = bf16(d.x[t * C + i]) * bf16(d.x[t * C + j]); dot += p; abs += Swift.abs(p) }
+                let bound = 2 * gamma * abs / Double(n)
+                if Swift.abs(hb[i * C + j] - 2 * dot / Double(n)) > bound { bad += 1 }
+                if Swift.abs(hf[i * C + j] - 2 * dot / Double(n)) > bound { apart += 1 }
+            }
+        }
+        XCTAssertEqual(bad, 0)
+        XCTAssertGreaterThan(apart, C * C / 2)
+        XCTAssertEqual(b.squares, f.squares)
+        XCTAssertEqual(b.tokens, n)
+    }
+
     /// SparseGPT 2:4 and 50 % unstructured (several blocks, block mask selection) on a small layer equal the
     /// sequential OBS with explicit inverses and the same mask rules.
     func testSparseGPTEqualsDirectOBSUpdates() throws {
