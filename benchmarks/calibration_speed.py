@@ -2,6 +2,7 @@
 """SparseGPT and GPTQ of all of SmolLM2 against one evaluation forward over as many tokens (issue 29, item 5).
 
     python3 benchmarks/calibration_speed.py [--samples 128] [--window 2048] [--precision bf16]
+                                            [--hessian-precision bf16]
                                             [--recipes smollm2-sparsegpt-2of4,smollm2-cptquant-gptq-u4.5-g32]
 
 One run, one machine, in this order: `compress eval` of the base checkpoint over the first samples × window tokens
@@ -10,16 +11,17 @@ samples × window calibration tokens (`compress apply` with the recipe's calibra
 dropped, `--no-cache`), then the evaluation again; the pass's time is compared with the mean of the two evaluations
 (the machine's speed drifts: the two bracket the passes). A pass's time is its stage's `seconds` (everything the stage
 does, not the model load or tokenization); the report splits the layer-wise part into the calibration forward, the
-Hessians (each window's Σ x xᵀ, a Gram product in the run's precision with float32 accumulation, summed in
-Float64) and the solves. The issue asks for at most 1.5× the evaluation in bf16. Needs a release build and
-tools/setup_assets.sh. SmolLM2's float32 weights are a dequantized 4-bit GGUF (Q4_1).
+Hessians (each window's Σ x xᵀ, a float32 Gram product summed in Float64; --hessian-precision bf16 sets the
+stages' `hessian_precision`: bf16-rounded inputs, float32 accumulation) and the solves. The issue asks for at most
+1.5× the evaluation in bf16. Needs a release build and tools/setup_assets.sh. SmolLM2's float32 weights are a
+dequantized 4-bit GGUF (Q4_1).
 """
 import argparse
 import json
 import os
 import time
 
-from bf16_calibration import COMPRESS, ROOT, find_timing, run_json
+from bf16_calibration import COMPRESS, ROOT, find_timing, run_json, set_hessian_precision
 
 
 def main():
@@ -30,6 +32,8 @@ def main():
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--out", default="/tmp/calibration-speed")
     ap.add_argument("--binary", default=COMPRESS, help="the compress executable (default: the release build)")
+    ap.add_argument("--hessian-precision", choices=["fp32", "bf16"], default="fp32",
+                    help="the stages' `hessian_precision` (bf16: Gram products of bf16-rounded inputs)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     tokens = a.samples * a.window
@@ -37,7 +41,7 @@ def main():
     flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
     isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
     print(f"date {time.strftime('%Y-%m-%d %H:%M')}; {cpu}; {os.cpu_count()} cores; {' '.join(isa)}; "
-          f"{a.samples} x {a.window} = {tokens} tokens; precision {a.precision}", flush=True)
+          f"{a.samples} x {a.window} = {tokens} tokens; precision {a.precision}; Hessians {a.hessian_precision}", flush=True)
 
     def evaluate(label):
         e = run_json([a.binary, "eval", "checkpoints/smollm2-135m.h5", "--text", "data/wiki.train.txt",
@@ -54,6 +58,7 @@ def main():
         r["calibration"]["window"] = a.window
         r["stages"] = [s for s in r["stages"] if s["stage"] != "eval"]
         r.pop("eval", None)
+        set_hessian_precision(r, a.hessian_precision)
         out = os.path.join(a.out, f"{name}.h5")
         r["output"] = out
         path = os.path.join(a.out, f"{name}-{a.samples}x{a.window}.json")

@@ -194,6 +194,9 @@ public struct CPTQuantPass: CompressionPass {
     public var clipSearch = true
     /// `static_groups`: GPTQ's grids from the original weights, before its updates.
     public var staticGroups = false
+    /// `hessian_precision`: GPTQ's Hessian Gram products in `fp32` (the default) or from bf16-rounded inputs
+    /// (Passes/Layerwise.swift).
+    public var hessianPrecision = Precision.fp32
     /// The search's error weights: E[x_k²] (`activation`), or E[x_k²]·√(σ² + w_k²) (`activation_magnitude`,
     /// llama.cpp's imatrix rule; σ² the row's mean w²).
     public enum SearchWeights: String, CaseIterable, Sendable {

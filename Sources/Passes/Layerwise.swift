@@ -9,10 +9,14 @@
 // Each compressor minimises, per linear layer W (OC, C) with calibration inputs X (C, n), the layer-output
 // error ‖WX − ŴX‖², whose Hessian in Ŵ's rows is
 //   H = 2 X Xᵀ / n  (here accumulated as (2/n) Σ_t x_t x_tᵀ over the n calibration tokens).
-// Each window's Σ_t x_t x_tᵀ is one Gram product (`MatrixProduct.gramUpper`) in the run's precision, summed in
-// Float64 across windows. In bf16, its inputs are rounded to bf16 like every matrix product's (float32
-// accumulation): the x the bf16 layer multiplies is bf16(x), so H is the Hessian of the error ‖W x̃ − Ŵ x̃‖² that
-// layer makes. Damping, the factorization and the weight updates stay float32 / Float64.
+// Each window's Σ_t x_t x_tᵀ is one Gram product (`MatrixProduct.gramUpper`), float32 whatever the run's
+// precision, summed in Float64 across windows. A stage's `hessian_precision: "bf16"` rounds the Gram product's
+// inputs to bf16 (float32 accumulation): 1.7× faster where bf16 runs at twice float32 (AVX512-BF16 on Zen 4), but
+// on SmolLM2 at 128 × 2048 tokens it moved SparseGPT 2:4's PPL by +2.2 and +4.0 % against the float32 Hessian
+// under the same bf16 forward (two calibration draws; benchmarks/README.md, issue 29), so it is opt-in. (A likely
+// reason, not verified: each entry's rounding error is up to 2⁻⁸ of Σ_t |x_ti x_tj|, which the few tokens with
+// massive activations dominate, so it need not average out over the tokens.) Damping, the factorization and the
+// weight updates stay float32 / Float64.
 // The calibration windows run through the model in order, sublayer by sublayer:
 //   1. the residual stream of every window entering sublayer s is kept (windows × T × C floats);
 //   2. the input projections (q/k/v, or gate/up) share one input, the normed stream: its statistics are
@@ -53,8 +57,13 @@ public final class InputStatistics {
     private var scratch: [Float] = []
     private var factorizations: [String: HessianFactorization] = [:]
 
-    public init(features: Int, full: Bool) {
+    /// The precision of each window's Gram product (float32, or bf16 inputs with float32 accumulation).
+    public let gramPrecision: Precision
+
+    /// `gramPrecision` bf16 needs `MatrixProduct.prepareBF16()` to have succeeded.
+    public init(features: Int, full: Bool, gramPrecision: Precision = .fp32) {
         self.features = features
+        self.gramPrecision = gramPrecision
         squares = [Double](repeating: 0, count: features)
         gram = full ? [Double](repeating: 0, count: features * features) : nil
     }
@@ -76,10 +85,10 @@ public final class InputStatistics {
         }
         guard gram != nil else { return }
         if scratch.count != C * C { scratch = [Float](repeating: 0, count: C * C) }
-        // One window's Gram matrix, float32 accumulation (in bf16 precision, of the bf16-rounded rows the layer's
-        // products read), summed in Float64 across windows.
+        // One window's Gram matrix, float32 accumulation (of bf16-rounded rows with `gramPrecision` bf16), summed in
+        // Float64 across windows.
         scratch.withUnsafeMutableBufferPointer {
-            MatrixProduct.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C)
+            MatrixProduct.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C, precision: gramPrecision)
         }
         gram!.withUnsafeMutableBufferPointer { g in
             scratch.withUnsafeBufferPointer { s in
@@ -172,10 +181,18 @@ public enum Layerwise {
 
     /// The model with every linear of a kind in `targets` replaced by `compress`'s result, layer by layer on
     /// the calibration `windows` (all of one length) propagated through the already-compressed layers.
-    /// `fullHessian`: accumulate Σ x xᵀ (SparseGPT, GPTQ) or only Σ x² per column (Wanda).
+    /// `fullHessian`: accumulate Σ x xᵀ (SparseGPT, GPTQ) or only Σ x² per column (Wanda); `hessianPrecision`:
+    /// its Gram products' precision (float32, or bf16 inputs: see the top of this file). Throws when bf16 is asked on
+    /// a CPU without bf16 products.
     public static func run(model given: DecoderModel, windows: [[Int32]], targets: Set<LinearKind>, fullHessian: Bool,
+                           hessianPrecision: Precision = .fp32,
                            timing: UnsafeMutablePointer<LayerwiseTiming>? = nil, progress: (String) -> Void = { _ in },
                            compress: Compressor) throws -> DecoderModel {
+        if hessianPrecision == .bf16 && fullHessian {
+            do { try MatrixProduct.prepareBF16() } catch {
+                throw RecipeError("'hessian_precision' bf16: \(error)")
+            }
+        }
         guard let T = windows.first?.count, T > 0 else {
             throw RecipeError("layer-wise calibration needs calibration windows")
         }
@@ -233,7 +250,7 @@ public enum Layerwise {
                 let outKind: LinearKind = attention ? .o : .down
                 // 2. The shared input of the input projections.
                 if !inKinds.isEmpty {
-                    let stats = InputStatistics(features: C, full: fullHessian)
+                    let stats = InputStatistics(features: C, full: fullHessian, gramPrecision: hessianPrecision)
                     for w in 0..<N {
                         model.applyNorm(s, out: normed.data, inp: states.data + w * T * C, rows: T)
                         stats.add(normed.data, rows: T)
@@ -246,7 +263,8 @@ public enum Layerwise {
                 let width = attention ? c.blocks[l].numAttentionHeads * c.headDim : c.blocks[l].intermediateSize
                 let capture = OutputProjectionInput(
                     sublayer: s, width: width,
-                    stats: outTargeted ? InputStatistics(features: width, full: fullHessian) : nil,
+                    stats: outTargeted
+                        ? InputStatistics(features: width, full: fullHessian, gramPrecision: hessianPrecision) : nil,
                     store: outTargeted ? store.data : nil, windowStride: T * outWidth)
                 let engine = TransformerDecoder(model: model, window: T)
                 // bf16: each weight packed once for all windows (no weight changes inside).

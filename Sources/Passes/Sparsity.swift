@@ -155,9 +155,10 @@ public struct OneShotPruningReport: Codable, Equatable {
     /// Kept values over all values of the sparse weights (0 when none is sparse).
     public var density: Double
     public var seconds: Double
-    /// SparseGPT's relative damping and columns per block.
+    /// SparseGPT's relative damping, columns per block, and its Hessian's Gram products' precision.
     public var damp: Double?
     public var blockSize: Int?
+    public var hessianPrecision: String?
     /// Wanda and SparseGPT: the calibration tokens their input statistics saw, and where the time went.
     public var calibrationTokens: Int?
     public var timing: LayerwiseTiming?
@@ -258,7 +259,8 @@ public struct WandaPass: CompressionPass {
 
 /// `sparsegpt`: layer-wise OBS reconstruction (see the top of this file). Keys besides the target's: `damp`
 /// (relative damping, default 0.01), `block_size` (columns per lazy-update block, default 128; a multiple of M
-/// for N:M).
+/// for N:M), `hessian_precision` (`fp32`, the default, or `bf16`: the Hessian's Gram products from bf16-rounded
+/// inputs, Passes/Layerwise.swift).
 public struct SparseGPTPass: CompressionPass {
     public static let name = "sparsegpt"
     public static let accepts: Set<WeightKind> = [.dense]
@@ -267,9 +269,11 @@ public struct SparseGPTPass: CompressionPass {
     public var target: SparsityTarget
     public var damp = 0.01
     public var blockSize = 128
+    public var hessianPrecision = Precision.fp32
 
     public init(config s: StrictObject) throws {
         target = try SparsityTarget(config: s)
+        hessianPrecision = try s.choice("hessian_precision", default: hessianPrecision)
         damp = try s.double("damp", default: damp, in: 0...1e6)
         guard damp > 0 else { throw s.fail("damp", "must be positive (relative damping, e.g. 0.01)") }
         blockSize = try s.int("block_size", default: blockSize, in: 1...1 << 20)
@@ -339,7 +343,7 @@ public struct SparseGPTPass: CompressionPass {
         var losses: [LinearID: Double] = [:]
         var timing = LayerwiseTiming()
         let result = try Layerwise.run(model: model, windows: context.calibration, targets: Set(target.targets),
-                                       fullHessian: true,
+                                       fullHessian: true, hessianPrecision: hessianPrecision,
                                        timing: &timing, progress: context.progress) { id, weight, input in
             let factor: HessianFactorization
             do { factor = try input.factorization(damp: damp, actOrder: false) } catch {
@@ -359,7 +363,7 @@ public struct SparseGPTPass: CompressionPass {
         }
         var report = OneShotPruning(stage: Self.name, target: target).report(
             result, ids, seconds: Date().timeIntervalSince(start), obsLoss: losses)
-        report.damp = damp; report.blockSize = blockSize
+        report.damp = damp; report.blockSize = blockSize; report.hessianPrecision = hessianPrecision.rawValue
         report.calibrationTokens = context.calibration.reduce(0) { $0 + $1.count }
         report.timing = timing
         return (result, try JSONValue(encoding: report))

@@ -12,10 +12,9 @@ public enum Precision: String, CaseIterable, Codable, Sendable {
 }
 
 /// The door for the model's matrix products (linear layers of every weight representation, attention's QKᵀ and
-/// PV, the LM head, and their backward): `gemm` runs them in `MatrixProduct.precision`, and so does `gramUpper`
-/// (the Gram matrices of SparseGPT's and GPTQ's Hessians: in bf16, of the bf16-rounded inputs the layer multiplies,
-/// accumulated in float32). Calls that must stay float32 whatever the setting (the Hessians' sums across windows,
-/// damping and factorizations, GPTQ's and SparseGPT's weight updates) use `BLAS` directly.
+/// PV, the LM head, and their backward): `gemm` runs them in `MatrixProduct.precision`. SparseGPT's and GPTQ's
+/// Hessians stay float32 whatever the setting (`gramUpper` takes its precision explicitly: float32 unless a recipe
+/// sets `hessian_precision`), and so do their factorizations and weight updates (`BLAS` directly).
 ///
 /// bf16 products go to oneDNN's matmul (Debian libdnnl 2.6). A primitive is created once per shape, transposes,
 /// leading dimensions, alpha, beta and thread count, and kept. Operands are converted to bf16 by our own
@@ -48,11 +47,16 @@ public enum MatrixProduct {
     /// Selects `p` for all following products; throws (before any work) when the CPU cannot run it. On an AMX
     /// CPU, asks Linux for the tile-data permission first (arch_prctl), as oneDNN needs it.
     public static func select(_ p: Precision) throws {
-        if p == .bf16 {
-            if let reason = bf16Unsupported() { throw PrecisionError(reason) }
-            if CPUFeatures.current.amxBF16 { _ = compress_request_amx() }
-        }
+        if p == .bf16 { try prepareBF16() }
         precision = p
+    }
+
+    /// Throws when this CPU cannot run bf16 products (`bf16Unsupported`); on an AMX CPU, asks Linux for the
+    /// tile-data permission (arch_prctl). For work that runs bf16 products whatever `precision` is (`gramUpper`'s
+    /// explicit precision).
+    public static func prepareBF16() throws {
+        if let reason = bf16Unsupported() { throw PrecisionError(reason) }
+        if CPUFeatures.current.amxBF16 { _ = compress_request_amx() }
     }
 
     /// Runs `body` with products in `p` (already selected once, or fp32), then restores the precision: e.g. a base
@@ -127,21 +131,22 @@ public enum MatrixProduct {
     }
 
     /// C (n, n) = Aᵀ A for A (k, n) row-major with leading dimension lda: the Gram matrix of A's k rows
-    /// (Σ_t a_t a_tᵀ, e.g. a calibration window's Σ_t x_t x_tᵀ for SparseGPT's and GPTQ's Hessians), in `precision`.
+    /// (Σ_t a_t a_tᵀ, e.g. a calibration window's Σ_t x_t x_tᵀ for SparseGPT's and GPTQ's Hessians), in the
+    /// precision `p` given (not `precision`: the Hessians stay float32 in a bf16 run unless a recipe asks).
     /// The upper triangle (diagonal included) is the result; the lower triangle is scratch (float32 leaves it
-    /// untouched, bf16 overwrites part of it).
+    /// untouched, bf16 overwrites part of it). bf16 needs `prepareBF16` to have succeeded.
     /// - fp32: `BLAS.gramUpper` (OpenBLAS ssyrk, split on the workers).
-    /// - bf16: A rounded to bf16 once, products accumulated in float32 (as every bf16 product: the Gram matrix of
-    ///   the bf16-rounded rows, the Hessian of the error the bf16 layer itself makes), in column blocks
+    /// - bf16: A rounded to bf16 once, products accumulated in float32 (the Gram matrix of the bf16-rounded rows;
+    ///   what that does to SparseGPT: Passes/Layerwise.swift), in column blocks
     ///   [c0, c1) of `gramBlock` columns: C[0..<c1, c0..<c1] = A[:, 0..<c1]ᵀ A[:, c0..<c1], the blocks above and on
     ///   the diagonal only, (P + 1) / 2P of the full product's work for P blocks; one single-threaded oneDNN call
     ///   per block on the workers, the largest first. On SmolLM2's shapes (k = 2048, n = 576 and 1536) a block of
     ///   96 columns runs at 173-181 GFLOP/s of the triangle's work per thread against ssyrk's 94-98 (Zen 4,
     ///   AVX512-BF16).
     public static func gramUpper(n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>,
-                                 ldc: Int) {
+                                 ldc: Int, precision p: Precision) {
         if n == 0 { return }
-        guard precision == .bf16, k > 0 else {
+        guard p == .bf16, k > 0 else {
             BLAS.gramUpper(n: n, k: k, a: a, lda: lda, c: c, ldc: ldc)
             return
         }
@@ -152,15 +157,18 @@ public enum MatrixProduct {
         }
         let blocks = (n + gramBlock - 1) / gramBlock
         let run = { (i: Int) in
-            let p = blocks - 1 - i, c0 = p * gramBlock, c1 = min(n, c0 + gramBlock)
+            let block = blocks - 1 - i, c0 = block * gramBlock, c1 = min(n, c0 + gramBlock)
             BF16Matmul.run(transA: true, transB: false, m: c1, n: c1 - c0, k: k, alpha: 1, a: nil, lda: n, b: nil,
                            ldb: n, beta: 0, c: c + c0, ldc: ldc, threads: 1, weight: nil, a16: a16,
                            b16: a16 + c0)
         }
-        if Parallel.threads > 1 && blocks > 1 {
-            DispatchQueue.concurrentPerform(iterations: blocks, execute: run)
-        } else {
-            for i in 0..<blocks { run(i) }
+        // The oneDNN calls read the global precision: bf16 for their duration (no other product runs meanwhile).
+        withPrecision(.bf16) {
+            if Parallel.threads > 1 && blocks > 1 {
+                DispatchQueue.concurrentPerform(iterations: blocks, execute: run)
+            } else {
+                for i in 0..<blocks { run(i) }
+            }
         }
     }
 

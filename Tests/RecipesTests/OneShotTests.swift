@@ -137,16 +137,16 @@ final class OneShotTests: XCTestCase {
         }
     }
 
-    /// In bf16 precision the statistics' Hessian is (2/n) X̃ X̃ᵀ of the bf16-rounded inputs (X̃ = bf16(X), what the
-    /// layer's bf16 products multiply), accumulated over two windows: within float32 accumulation's rounding of the
-    /// Float64 reference, and farther than that from the float32 statistics (the rounding is real). Σ x² per column
-    /// stays the exact Float64 sum of the unrounded inputs in both precisions.
+    /// With `gramPrecision` bf16 (`hessian_precision`) the statistics' Hessian is (2/n) X̃ X̃ᵀ of the bf16-rounded
+    /// inputs, accumulated over two windows: within float32 accumulation's rounding of the Float64 reference, and
+    /// farther than that from the float32 statistics (the rounding is real). Σ x² per column stays the exact Float64
+    /// sum of the unrounded inputs. A run in bf16 precision keeps float32 Hessians unless asked (the default).
     func testHessianInBF16IsThatOfTheRoundedInputs() throws {
         if let reason = MatrixProduct.bf16Unsupported() { throw XCTSkip(reason) }
         let d = LayerData(OC: 4, C: 130, n: 300, seed: 4), C = d.C, n = d.n
-        func statistics(_ p: Precision) -> InputStatistics {
-            let s = InputStatistics(features: C, full: true)
-            MatrixProduct.withPrecision(p) {
+        func statistics(_ p: Precision, run: Precision = .fp32) -> InputStatistics {
+            let s = InputStatistics(features: C, full: true, gramPrecision: p)
+            MatrixProduct.withPrecision(run) {
                 d.x.withUnsafeBufferPointer {
                     s.add($0.baseAddress!, rows: 100)
                     s.add($0.baseAddress! + 100 * C, rows: n - 100)
@@ -155,6 +155,7 @@ final class OneShotTests: XCTestCase {
             return s
         }
         let b = statistics(.bf16), f = statistics(.fp32), hb = b.hessian(), hf = f.hessian()
+        XCTAssertEqual(statistics(.fp32, run: .bf16).hessian(), hf, "a bf16 run's default Hessian is float32's")
         func bf16(_ x: Float) -> Double {
             let u = x.bitPattern
             return Double(Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000))

@@ -31,10 +31,10 @@ final class ReportEncodingTests: XCTestCase {
         ])
         check(r, .object(["pattern": .string("2:4"), "sparsity": .double(0.5), "density": .double(1),
                           "seconds": .double(2), "tensors": tensors]))
-        r.damp = 0.01; r.blockSize = 128; r.calibrationTokens = 48
+        r.damp = 0.01; r.blockSize = 128; r.calibrationTokens = 48; r.hessianPrecision = "fp32"
         check(r, .object(["pattern": .string("2:4"), "sparsity": .double(0.5), "density": .double(1),
                           "seconds": .double(2), "tensors": tensors, "damp": .double(0.01), "block_size": .int(128),
-                          "calibration_tokens": .int(48)]))
+                          "calibration_tokens": .int(48), "hessian_precision": .string("fp32")]))
     }
 
     func testFactorizationReports() {

@@ -331,9 +331,8 @@ final class MatrixProductTests: XCTestCase {
             let a = matrix(k, n, ld: lda, rng: &rng)
             func gram(_ p: Precision) -> [Float] {
                 var c = [Float](repeating: 0, count: n * n)
-                MatrixProduct.withPrecision(p) {
-                    MatrixProduct.gramUpper(n: n, k: k, a: a, lda: lda, c: &c, ldc: n)
-                }
+                MatrixProduct.gramUpper(n: n, k: k, a: a, lda: lda, c: &c, ldc: n, precision: p)
+                XCTAssertEqual(MatrixProduct.precision, .fp32, "the global precision is restored")
                 return c
             }
             let c = gram(.bf16), f = gram(.fp32)

@@ -86,7 +86,7 @@ extension CPTQuantPass {
         var losses: [CPTQuantReport.GPTQ.Tensor] = []
         var timing = LayerwiseTiming()
         let result = try Layerwise.run(model: model, windows: windows, targets: Set(formatOf.keys.map(\.kind)),
-                                       fullHessian: true, timing: &timing,
+                                       fullHessian: true, hessianPrecision: hessianPrecision, timing: &timing,
                                        progress: context.progress) { id, weight, input in
             guard let f = formatOf[id] else { return weight }
             do {
@@ -118,7 +118,7 @@ extension CPTQuantPass {
             }
         }
         let report = CPTQuantReport.GPTQ(damp: damp, blockSize: blockSize, actOrder: actOrder, clipSearch: clipSearch,
-                                         staticGroups: staticGroups,
+                                         staticGroups: staticGroups, hessianPrecision: hessianPrecision.rawValue,
                                          calibrationTokens: windows.reduce(0) { $0 + $1.count },
                                          seconds: Date().timeIntervalSince(start), timing: timing, tensors: losses)
         return (result, report)

@@ -106,6 +106,7 @@ struct CPTQuantReport: Codable {
         var actOrder: Bool
         var clipSearch: Bool
         var staticGroups: Bool
+        var hessianPrecision: String
         var calibrationTokens: Int
         var seconds: Double
         /// Where the time went: calibration forward, Hessians, solves.

@@ -5,6 +5,7 @@ import Diagnostics
 import Model
 import Quantization
 import Recipes
+import TensorCore
 
 extension CPTQuantPass {
     /// Reads every setting of the stage; unknown keys are refused by the caller (`StrictObject.finish`).
@@ -119,9 +120,10 @@ extension CPTQuantPass {
         }
     }
 
-    /// GPTQ's `damp`, `block_size`, `act_order`, `clip_search`, `static_groups`; the search's `search_weights`.
+    /// GPTQ's `damp`, `block_size`, `act_order`, `clip_search`, `static_groups`, `hessian_precision`; the search's
+    /// `search_weights`.
     private mutating func decodeQuantizer(_ s: StrictObject) throws {
-        let gptqKeys = ["damp", "block_size", "act_order", "clip_search", "static_groups"]
+        let gptqKeys = ["damp", "block_size", "act_order", "clip_search", "static_groups", "hessian_precision"]
         for key in gptqKeys where s.has(key) && method != .gptq {
             throw RecipeError("\(s.location): '\(key)' applies to method 'gptq' only (method is '\(method.rawValue)')")
         }
@@ -133,6 +135,7 @@ extension CPTQuantPass {
         actOrder = try s.bool("act_order", default: actOrder)
         clipSearch = try s.bool("clip_search", default: clipSearch)
         staticGroups = try s.bool("static_groups", default: staticGroups)
+        hessianPrecision = try s.choice("hessian_precision", default: hessianPrecision)
         if s.has("search_weights") && method != .search {
             throw RecipeError("\(s.location): 'search_weights' applies to method 'search' only (method is "
                 + "'\(method.rawValue)')")
