@@ -3,7 +3,7 @@
 
     python3 benchmarks/bf16_calibration.py [--recipes smollm2-sparsegpt-2of4,smollm2-cptquant-gptq-u4.5-g32]
                                            [--eval-tokens 32768] [--out /tmp/bf16-calibration] [--samples N]
-                                           [--seed-spread] [--hessian-precision bf16]
+                                           [--seed-spread] [--rounding-control] [--hessian-precision bf16]
 
 For each recipe: `compress apply RECIPE --precision fp32|bf16 --no-cache` (the calibration forward, and the
 recipe's own eval stage, in that precision; Hessians, solves and weight updates float32 unless
@@ -12,7 +12,10 @@ evaluated the same way, `compress eval OUT --precision fp32` on the first --eval
 differ only by the calibration's precision. Prints the pass's wall time in each precision, both PPLs and their
 relative difference (the issue asks for at most 0.5 %). --samples N sets the recipes' calibration to N windows (128
 for the papers' 128 × 2048 tokens) and drops their own eval stage; --seed-spread adds a float32 run with calibration
-seed 1 (another draw of the windows), the method's own spread to compare the difference with. Needs a release build and tools/setup_assets.sh.
+seed 1 (another draw of the windows), the method's own spread to compare the difference with;
+--rounding-control adds a float32 run on OpenBLAS's Haswell (AVX2) kernels (OPENBLAS_CORETYPE=Haswell): the same
+float32 arithmetic summed in another order, so the PPL moves only by float32 rounding, which is what a per-draw
+tolerance can be compared with (an N:M choice flips when two scores are within rounding of each other). Needs a release build and tools/setup_assets.sh.
 SmolLM2's float32 weights are a dequantized 4-bit GGUF (Q4_1).
 """
 import argparse
@@ -26,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPRESS = os.path.join(ROOT, ".build/release/compress")
 
 
-def run_json(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def run_json(cmd, env=None):
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=None if env is None else {**os.environ, **env})
     if p.returncode != 0:
         raise SystemExit(f"`{' '.join(cmd)}` failed (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -60,6 +63,8 @@ def main():
     ap.add_argument("--binary", default=COMPRESS, help="the compress executable (default: the release build)")
     ap.add_argument("--seed-spread", action="store_true",
                     help="also run float32 with calibration seed 1: the method's own spread over calibration draws")
+    ap.add_argument("--rounding-control", action="store_true",
+                    help="also run float32 on OpenBLAS's Haswell kernels: the PPL's sensitivity to float32 rounding")
     ap.add_argument("--samples", type=int, help="calibration windows (default: the recipe's own); drops its eval stage")
     ap.add_argument("--hessian-precision", choices=["fp32", "bf16"], default="fp32",
                     help="the bf16 run's `hessian_precision` (bf16: Gram products of bf16-rounded inputs)")
@@ -88,11 +93,14 @@ def main():
             seeded = os.path.join(a.out, f"{name}-seed1.json")
             json.dump(r, open(seeded, "w"))
             runs.append(("fp32-seed1", seeded))
+        if a.rounding_control:
+            runs.append(("fp32-haswell", recipe))
         for label, path in runs:
             precision = label.split("-")[0]
             out = os.path.join(a.out, f"{name}-{label}.h5")
+            env = {"OPENBLAS_CORETYPE": "Haswell"} if label == "fp32-haswell" else None
             r = run_json([a.binary, "apply", path, "-o", out, "--precision", precision, "--no-cache", "--force",
-                          "--json"])
+                          "--json"], env=env)
             stage = r["stages"][0]
             e = run_json([a.binary, "eval", out, "--text", "data/wiki.test.txt", "--max-tokens", str(a.eval_tokens),
                           "--precision", "fp32", "--json"])
@@ -108,6 +116,10 @@ def main():
             p1 = rows["fp32-seed1"][1]
             print(f"{name}: float32 with calibration seed 1: PPL {p1:.4f} ({100 * (p1 / p32 - 1):+.3f} % from seed 0): "
                   f"the spread a different calibration draw gives")
+        if "fp32-haswell" in rows:
+            ph = rows["fp32-haswell"][1]
+            print(f"{name}: float32 on OpenBLAS's Haswell kernels: PPL {ph:.4f} ({100 * (ph / p32 - 1):+.3f} % from the "
+                  f"automatic kernels): the spread float32 rounding alone gives")
 
 
 if __name__ == "__main__":

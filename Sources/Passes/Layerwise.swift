@@ -10,7 +10,8 @@
 // error ‖WX − ŴX‖², whose Hessian in Ŵ's rows is
 //   H = 2 X Xᵀ / n  (here accumulated as (2/n) Σ_t x_t x_tᵀ over the n calibration tokens).
 // Each window's Σ_t x_t x_tᵀ is one Gram product (`MatrixProduct.gramUpper`), float32 whatever the run's
-// precision, summed in Float64 across windows. A stage's `hessian_precision: "bf16"` rounds the Gram product's
+// precision, summed in Float64 across windows in window order; the windows' Gram products run side by side, one
+// single-threaded product per worker (`InputStatistics.add(windows:rows:)`: the same doubles as one window at a time). A stage's `hessian_precision: "bf16"` rounds the Gram product's
 // inputs to bf16 (float32 accumulation): 1.7× faster where bf16 runs at twice float32 (AVX512-BF16 on Zen 4), but
 // on SmolLM2 at 128 × 2048 tokens it moved SparseGPT 2:4's PPL by +2.2 and +4.0 % against the float32 Hessian
 // under the same bf16 forward (two calibration draws; benchmarks/README.md, issue 29), so it is opt-in. (A likely
@@ -22,9 +23,9 @@
 //   2. the input projections (q/k/v, or gate/up) share one input, the normed stream: its statistics are
 //      accumulated once and each targeted projection is compressed with them;
 //   3. the sublayer runs with the compressed input projections up to its output projection (o_proj: the
-//      attention output; down_proj: the SwiGLU activation), whose input is kept and its statistics accumulated
-//      (the projection is not run with its old weights: its output would be discarded), and the output
-//      projection is compressed;
+//      attention output; down_proj: the SwiGLU activation), whose input is kept (the projection is not run with
+//      its old weights: its output would be discarded); after the windows, its statistics are accumulated from
+//      the kept inputs and the output projection is compressed;
 //   4. the kept streams advance through the compressed sublayer (x += post(input · Ŵ_outᵀ + b_out): the output
 //      projection's bias and, when the spec has them, the post-sublayer norm, as the decoder adds a sublayer).
 // So every layer is compressed on the activations of the already-compressed layers before it, as SparseGPT
@@ -54,7 +55,8 @@ public final class InputStatistics {
     public private(set) var squares: [Double]
     /// Σ_t x_t x_tᵀ (C, C) row-major in Float64 (upper triangle while accumulating); nil: diagonal only.
     private var gram: [Double]?
-    private var scratch: [Float] = []
+    /// One float32 Gram matrix (C, C) per window of a batch.
+    private var scratch: [UnsafeMutablePointer<Float>] = []
     private var factorizations: [String: HessianFactorization] = [:]
 
     /// The precision of each window's Gram product (float32, or bf16 inputs with float32 accumulation).
@@ -69,35 +71,50 @@ public final class InputStatistics {
     }
 
     /// Adds the rows of x (rows, C).
-    public func add(_ x: UnsafePointer<Float>, rows: Int) {
+    public func add(_ x: UnsafePointer<Float>, rows: Int) { add(windows: [x], rows: rows) }
+
+    /// Adds the rows of each window xs[i] (rows, C), in order: the same doubles as one `add` per window (each
+    /// column sums its tokens window after window; each window's float32 Gram matrix is added to the Float64 sum
+    /// in window order), but the windows' Gram products run side by side, one per worker
+    /// (`MatrixProduct.gramUpper(each:)`), which is faster than splitting each over the workers.
+    public func add(windows xs: [UnsafePointer<Float>], rows: Int) {
         let C = features, start = Date()
         defer { seconds += Date().timeIntervalSince(start) }
-        tokens += rows
+        tokens += rows * xs.count
         // Columns split over the workers; each column still sums its tokens in order (the same doubles).
         squares.withUnsafeMutableBufferPointer { sq in
             let s = sq.baseAddress!
             Parallel.forEachChunk(C, minChunk: 64) { cols in
-                for t in 0..<rows {
-                    let row = x + t * C
-                    for j in cols { let v = Double(row[j]); s[j] += v * v }
+                for x in xs {
+                    for t in 0..<rows {
+                        let row = x + t * C
+                        for j in cols { let v = Double(row[j]); s[j] += v * v }
+                    }
                 }
             }
         }
-        guard gram != nil else { return }
-        if scratch.count != C * C { scratch = [Float](repeating: 0, count: C * C) }
-        // One window's Gram matrix, float32 accumulation (of bf16-rounded rows with `gramPrecision` bf16), summed in
-        // Float64 across windows.
-        scratch.withUnsafeMutableBufferPointer {
-            MatrixProduct.gramUpper(n: C, k: rows, a: x, lda: C, c: $0.baseAddress!, ldc: C, precision: gramPrecision)
+        guard gram != nil, !xs.isEmpty else { return }
+        while scratch.count < xs.count {
+            scratch.append(UnsafeMutablePointer<Float>.allocate(capacity: C * C))
         }
+        let grams = Array(scratch.prefix(xs.count))
+        // Each window's Gram matrix, float32 accumulation (of bf16-rounded rows with `gramPrecision` bf16), summed in
+        // Float64 across windows.
+        MatrixProduct.gramUpper(n: C, k: rows, each: xs, lda: C, into: grams, ldc: C, precision: gramPrecision)
+        // Rows split so that each worker adds as many of the triangle's elements (row i has C − i).
+        let parts = Parallel.chunkCount(C, minChunk: 32)
+        let ends = (0...parts).map { p in C - Int((Double(C * C) * (1 - Double(p) / Double(parts))).squareRoot()) }
         gram!.withUnsafeMutableBufferPointer { g in
-            scratch.withUnsafeBufferPointer { s in
-                Parallel.forEachChunk(C, minChunk: 32) { range in
-                    for i in range { for j in i..<C { g[i * C + j] += Double(s[i * C + j]) } }
+            let g = g.baseAddress!
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                for i in ends[p]..<ends[p + 1] {
+                    for s in grams { for j in i..<C { g[i * C + j] += Double(s[i * C + j]) } }
                 }
             }
         }
     }
+
+    deinit { for s in scratch { s.deallocate() } }
 
     /// Per column ‖x_j‖₂ over the calibration tokens (Wanda's input norm).
     public var columnNorms: [Double] { squares.map { $0.squareRoot() } }
@@ -217,6 +234,9 @@ public enum Layerwise {
         let needStore = targets.contains(.o) || targets.contains(.down)
         let store = Tensor(shape: needStore ? [N, T, outWidth] : [0])
         let normed = Tensor(shape: [T, C])
+        // Windows whose statistics are added together (their Gram products side by side, one per worker).
+        let batch = max(1, Parallel.threads)
+        let normedBatch = Tensor(shape: [batch, T, C])
         let totalSublayers = 2 * L
         var done = 0
         var hessian = 0.0, solve = 0.0
@@ -251,9 +271,13 @@ public enum Layerwise {
                 // 2. The shared input of the input projections.
                 if !inKinds.isEmpty {
                     let stats = InputStatistics(features: C, full: fullHessian, gramPrecision: hessianPrecision)
-                    for w in 0..<N {
-                        model.applyNorm(s, out: normed.data, inp: states.data + w * T * C, rows: T)
-                        stats.add(normed.data, rows: T)
+                    for w0 in stride(from: 0, to: N, by: batch) {
+                        let xs = (w0..<min(N, w0 + batch)).map { w in
+                            let x = normedBatch.data + (w - w0) * T * C
+                            model.applyNorm(s, out: x, inp: states.data + w * T * C, rows: T)
+                            return UnsafePointer(x)
+                        }
+                        stats.add(windows: xs, rows: T)
                     }
                     hessian += stats.seconds
                     for k in inKinds { try replace(LinearID(layer: l, kind: k), stats) }
@@ -279,6 +303,10 @@ public enum Layerwise {
                 // 4. The output projection, then the streams through it: x += post(input · Ŵᵀ + b), as the decoder adds
                 // a sublayer's output (its bias, and its post-sublayer norm when the spec has them).
                 if outTargeted, let stats = capture.stats {
+                    for w0 in stride(from: 0, to: N, by: batch) {
+                        stats.add(windows: (w0..<min(N, w0 + batch)).map { UnsafePointer(store.data + $0 * T * outWidth) },
+                                  rows: T)
+                    }
                     hessian += stats.seconds
                     let id = LinearID(layer: l, kind: outKind)
                     try replace(id, stats)
@@ -312,7 +340,8 @@ public enum Layerwise {
     }
 }
 
-/// Keeps the input of a sublayer's output projection (o_proj / down_proj) and accumulates its statistics.
+/// Keeps the input of a sublayer's output projection (o_proj / down_proj) for its statistics and the forward
+/// through the compressed projection.
 final class OutputProjectionInput: ForwardObserver {
     let sublayer: Int, width: Int
     let stats: InputStatistics?
@@ -328,10 +357,10 @@ final class OutputProjectionInput: ForwardObserver {
         self.windowStride = windowStride
     }
 
+    /// Keeps the window's input (its statistics are added after the forward, in batches of windows).
     private func keep(_ x: UnsafePointer<Float>, rows: Int) {
-        guard let stats, let store else { return }
+        guard let store else { return }
         (store + window * windowStride).update(from: x, count: rows * width)
-        stats.add(x, rows: rows)
     }
     func headOutputs(layer: Int, att: UnsafePointer<Float>, rows: Int) {
         if sublayer == 2 * layer { keep(att, rows: rows) }

@@ -178,4 +178,25 @@ extension BLAS {
             CblasRowMajor, CblasUpper, CblasTrans, Int32(n), Int32(k), alpha, a, Int32(lda), beta, c, Int32(ldc))
         if profiling { recordGemm(start: start, flops: Double(n) * Double(n + 1) * Double(k)) }
     }
+
+    /// The Gram matrices C_i (n, n) = A_iᵀ A_i (upper triangle; the lower is not touched) of several matrices A_i
+    /// (k, n) row-major, each one single-threaded ssyrk on one of our workers, `Parallel.threads` at a time: for a
+    /// batch this beats splitting each product over the workers (`gramUpper`), whose column blocks run the gemm
+    /// and syrk kernels on thinner shapes (Zen 4, 2 cores, k = 2048: 173 against 157 GFLOP/s at n = 576, 198
+    /// against 182 at n = 1536, counting the triangle's n²k). Each C_i is the float one single-threaded
+    /// `gramUpper` call gives (BLASSplitTests). One matrix, one worker or `splitting` off: `gramUpper` on each.
+    public static func gramUpperEach(n: Int, k: Int, a: [UnsafePointer<Float>], lda: Int,
+                                     c: [UnsafeMutablePointer<Float>], ldc: Int) {
+        precondition(a.count == c.count, "\(a.count) inputs for \(c.count) Gram matrices")
+        guard splitting && threads > 1 && Parallel.threads > 1 && a.count > 1 else {
+            for i in a.indices { gramUpper(n: n, k: k, a: a[i], lda: lda, c: c[i], ldc: ldc) }
+            return
+        }
+        let saved = threads
+        threads = 1
+        defer { threads = saved }
+        DispatchQueue.concurrentPerform(iterations: a.count) { i in
+            gramUpper(n: n, k: k, a: a[i], lda: lda, c: c[i], ldc: ldc)
+        }
+    }
 }

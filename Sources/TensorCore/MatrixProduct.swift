@@ -172,6 +172,19 @@ public enum MatrixProduct {
         }
     }
 
+    /// `gramUpper` of several matrices A_i (k, n) into C_i, in precision `p`: float32 runs them side by side, one
+    /// single-threaded ssyrk per worker (`BLAS.gramUpperEach`, each C_i the float `gramUpper` gives); bf16 runs
+    /// them one after another, each split over the workers.
+    public static func gramUpper(n: Int, k: Int, each a: [UnsafePointer<Float>], lda: Int,
+                                 into c: [UnsafeMutablePointer<Float>], ldc: Int, precision p: Precision) {
+        precondition(a.count == c.count, "\(a.count) inputs for \(c.count) Gram matrices")
+        if p == .bf16 {
+            for i in a.indices { gramUpper(n: n, k: k, a: a[i], lda: lda, c: c[i], ldc: ldc, precision: p) }
+        } else {
+            BLAS.gramUpperEach(n: n, k: k, a: a, lda: lda, c: c, ldc: ldc)
+        }
+    }
+
     /// `gramUpper`'s column block in bf16 (measured: 64 is slower, 128 and 192 no faster; the issue 29 notes).
     public static let gramBlock = 96
 

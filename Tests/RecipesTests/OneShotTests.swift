@@ -177,6 +177,36 @@ final class OneShotTests: XCTestCase {
         XCTAssertEqual(b.tokens, n)
     }
 
+    /// Windows added side by side (`add(windows:rows:)`, the layer-wise pass's batches) give the statistics of the
+    /// windows added one at a time with each window's Gram product one single-threaded ssyrk: Σ x² and the Hessian
+    /// the same doubles, summed in window order; batches of one, of the worker count and of more.
+    func testStatisticsOfWindowsSideBySideAreThoseOfOneAtATime() throws {
+        let d = LayerData(OC: 2, C: 160, n: 500, seed: 5), C = d.C, rows = 100
+        let windows = d.n / rows
+        func statistics(batch: Int, blasThreads: Int) -> InputStatistics {
+            let s = InputStatistics(features: C, full: true)
+            let saved = BLAS.threads
+            BLAS.threads = blasThreads
+            defer { BLAS.threads = saved }
+            d.x.withUnsafeBufferPointer { x in
+                for w0 in stride(from: 0, to: windows, by: batch) {
+                    s.add(windows: (w0..<min(windows, w0 + batch)).map { x.baseAddress! + $0 * rows * C }, rows: rows)
+                }
+            }
+            return s
+        }
+        let reference = statistics(batch: 1, blasThreads: 1)
+        XCTAssertEqual(reference.tokens, d.n)
+        for batch in [2, Parallel.threads, windows] {
+            let s = statistics(batch: batch, blasThreads: BLAS.threads)
+            XCTAssertEqual(s.tokens, d.n)
+            XCTAssertEqual(s.squares, reference.squares, "batches of \(batch)")
+            XCTAssertEqual(s.hessian(), reference.hessian(), "batches of \(batch)")
+        }
+        let h = reference.hessian(), ref = d.hessian
+        for i in 0..<C { for j in 0..<C { XCTAssertEqual(h[i * C + j], ref[i][j], accuracy: 1e-4 * abs(ref[i][j]) + 1e-5) } }
+    }
+
     /// SparseGPT 2:4 and 50 % unstructured (several blocks, block mask selection) on a small layer equal the
     /// sequential OBS with explicit inverses and the same mask rules.
     func testSparseGPTEqualsDirectOBSUpdates() throws {

@@ -89,4 +89,45 @@ final class BLASSplitTests: XCTestCase {
             XCTAssertEqual(bad, 0, "n \(n) k \(k) alpha \(alpha) beta \(beta)")
         }
     }
+
+    /// `gramUpperEach`: the Gram matrices of a batch side by side on the workers, each the float a single-threaded
+    /// `gramUpper` (one ssyrk) gives, the strict lower triangles untouched; batches larger and smaller than the
+    /// worker count, odd shapes, a leading dimension with padding.
+    func testGramMatricesSideBySideEqualOneThreadEach() throws {
+        guard Parallel.threads > 1 else { throw XCTSkip("one worker thread: Gram matrices run one at a time") }
+        for (n, k, pad, count) in [(200, 300, 0, 2), (130, 2049, 3, 3), (576, 64, 1, 2 * Parallel.threads + 1)] {
+            var rng = SplitMix64(seed: UInt64(n * 3 + k + count))
+            let lda = n + pad
+            let a = (0..<count).map { _ in (0..<(k * lda)).map { _ in Float.random(in: -1..<1, using: &rng) } }
+            let sentinel = Float(-7.25)
+            var batch = (0..<count).map { _ in [Float](repeating: sentinel, count: n * lda) }
+            var single = batch
+            BLAS.splitting = true
+            withPointers(a, &batch) { ap, cp in BLAS.gramUpperEach(n: n, k: k, a: ap, lda: lda, c: cp, ldc: lda) }
+            let saved = BLAS.threads
+            BLAS.threads = 1
+            withPointers(a, &single) { ap, cp in
+                for i in 0..<count { BLAS.gramUpper(n: n, k: k, a: ap[i], lda: lda, c: cp[i], ldc: lda) }
+            }
+            BLAS.threads = saved
+            for i in 0..<count {
+                XCTAssertEqual(batch[i].map(\.bitPattern), single[i].map(\.bitPattern), "n \(n) k \(k) matrix \(i)")
+                let lower = (0..<n).flatMap { r in (0..<r).map { batch[i][r * lda + $0] } }
+                XCTAssertTrue(lower.allSatisfy { $0 == sentinel }, "n \(n) k \(k) matrix \(i): lower triangle written")
+            }
+        }
+    }
+
+    private func withPointers(_ a: [[Float]], _ c: inout [[Float]],
+                              _ body: ([UnsafePointer<Float>], [UnsafeMutablePointer<Float>]) -> Void) {
+        let ap = a.map { x in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: x.count); p.initialize(from: x, count: x.count); return p
+        }
+        let cp = c.map { x in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: x.count); p.initialize(from: x, count: x.count); return p
+        }
+        body(ap.map { UnsafePointer($0) }, cp)
+        for i in c.indices { c[i] = Array(UnsafeBufferPointer(start: cp[i], count: c[i].count)); cp[i].deallocate() }
+        for p in ap { p.deallocate() }
+    }
 }
