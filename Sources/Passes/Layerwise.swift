@@ -294,10 +294,10 @@ public enum Layerwise {
                 // bf16: each weight packed once for all windows (no weight changes inside).
                 MatrixProduct.withWeightCache {
                     for w in 0..<N {
-                        engine.residual.update(from: states.data + w * T * C, count: T * C)
+                        Parallel.copy(states.data + w * T * C, to: engine.residual, count: T * C)
                         capture.window = w
                         engine.runSublayers(s..<(s + 1), rows: T, observer: capture, withoutOutput: outTargeted)
-                        if !outTargeted { (states.data + w * T * C).update(from: engine.residual, count: T * C) }
+                        if !outTargeted { Parallel.copy(engine.residual, to: states.data + w * T * C, count: T * C) }
                     }
                 }
                 // 4. The output projection, then the streams through it: x += post(input · Ŵᵀ + b), as the decoder adds
@@ -360,7 +360,7 @@ final class OutputProjectionInput: ForwardObserver {
     /// Keeps the window's input (its statistics are added after the forward, in batches of windows).
     private func keep(_ x: UnsafePointer<Float>, rows: Int) {
         guard let store else { return }
-        (store + window * windowStride).update(from: x, count: rows * width)
+        Parallel.copy(x, to: store + window * windowStride, count: rows * width)
     }
     func headOutputs(layer: Int, att: UnsafePointer<Float>, rows: Int) {
         if sublayer == 2 * layer { keep(att, rows: rows) }

@@ -40,4 +40,11 @@ public enum Parallel {
     public static func forEachChunk(_ n: Int, minChunk: Int = 1, _ body: (Range<Int>) -> Void) {
         forEachChunkIndexed(n, minChunk: minChunk) { _, r in body(r) }
     }
+
+    /// dst[0..<count] = src[0..<count], the copy spread over the workers in chunks of at least 64 K floats (a
+    /// calibration window's activations are megabytes; one thread's copy leaves the other cores idle). The ranges
+    /// must not overlap.
+    public static func copy(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
+        forEachChunk(count, minChunk: 1 << 16) { r in (dst + r.lowerBound).update(from: src + r.lowerBound, count: r.count) }
+    }
 }
