@@ -288,6 +288,61 @@ static void gated_avx2(float *out, const float *gate, const float *up, long n, i
     }
 }
 
+// Column sums of squares and float → double accumulation (Passes/Layerwise.swift's calibration statistics). A float
+// squared in double is exact (24-bit significands), so each acc[j] gets the same doubles as the scalar loop
+// acc[j] += (double)x * (double)x, whatever the vector width: only the order over t matters, and it is kept.
+__attribute__((target("avx512f")))
+static void add_squares_avx512(const float *x, long rows, long cols, long ld, double *acc) {
+    long j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        __m512d a = _mm512_loadu_pd(acc + j);
+        for (long t = 0; t < rows; t++) {
+            const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + t * ld + j));
+            a = _mm512_add_pd(a, _mm512_mul_pd(v, v));
+        }
+        _mm512_storeu_pd(acc + j, a);
+    }
+    for (; j < cols; j++) {
+        double a = acc[j];
+        for (long t = 0; t < rows; t++) { const double v = (double)x[t * ld + j]; a += v * v; }
+        acc[j] = a;
+    }
+}
+
+__attribute__((target("avx512f")))
+static void add_to_double_avx512(const float *x, long n, double *acc) {
+    long j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm512_storeu_pd(acc + j, _mm512_add_pd(_mm512_loadu_pd(acc + j), _mm512_cvtps_pd(_mm256_loadu_ps(x + j))));
+    for (; j < n; j++) acc[j] += (double)x[j];
+}
+
+__attribute__((target("avx2")))
+static void add_squares_avx2(const float *x, long rows, long cols, long ld, double *acc) {
+    long j = 0;
+    for (; j + 4 <= cols; j += 4) {
+        __m256d a = _mm256_loadu_pd(acc + j);
+        for (long t = 0; t < rows; t++) {
+            const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + t * ld + j));
+            a = _mm256_add_pd(a, _mm256_mul_pd(v, v));
+        }
+        _mm256_storeu_pd(acc + j, a);
+    }
+    for (; j < cols; j++) {
+        double a = acc[j];
+        for (long t = 0; t < rows; t++) { const double v = (double)x[t * ld + j]; a += v * v; }
+        acc[j] = a;
+    }
+}
+
+__attribute__((target("avx2")))
+static void add_to_double_avx2(const float *x, long n, double *acc) {
+    long j = 0;
+    for (; j + 4 <= n; j += 4)
+        _mm256_storeu_pd(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), _mm256_cvtps_pd(_mm_loadu_ps(x + j))));
+    for (; j < n; j++) acc[j] += (double)x[j];
+}
+
 static int detect_lanes(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return 16;
@@ -365,5 +420,31 @@ int compress_gated_lanes(float *out, const float *gate, const float *up, long n,
     }
 #endif
     (void)out; (void)gate; (void)up; (void)n; (void)gelu;
+    return -1;
+}
+
+int compress_add_squares_lanes(const float *x, long rows, long cols, long ld, double *acc, int lanes) {
+    if (lanes > compress_kernels_lanes()) return -1;
+#if defined(__x86_64__)
+    switch (lanes) {
+    case 16: add_squares_avx512(x, rows, cols, ld, acc); return 0;
+    case 8: add_squares_avx2(x, rows, cols, ld, acc); return 0;
+    default: break;
+    }
+#endif
+    (void)x; (void)rows; (void)cols; (void)ld; (void)acc;
+    return -1;
+}
+
+int compress_add_to_double_lanes(const float *x, long n, double *acc, int lanes) {
+    if (lanes > compress_kernels_lanes()) return -1;
+#if defined(__x86_64__)
+    switch (lanes) {
+    case 16: add_to_double_avx512(x, n, acc); return 0;
+    case 8: add_to_double_avx2(x, n, acc); return 0;
+    default: break;
+    }
+#endif
+    (void)x; (void)n; (void)acc;
     return -1;
 }

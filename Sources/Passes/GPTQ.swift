@@ -83,6 +83,10 @@ enum GPTQ {
         var scales = [Float16](repeating: 0, count: f.isFloat16 ? 0 : OC * groups)
         var mins = [Float16](repeating: 0, count: f.isFloat16 || f.symmetric ? 0 : OC * groups)
         var fixed = [Bool](repeating: false, count: f.isFloat16 ? 0 : OC * groups)
+        // Each fixed group's scale and minimum widened to Float once, for its weights' codes (written when the group
+        // is fixed, before any read: a row runs on one worker within a block, and blocks run one after another).
+        let wp = UnsafeMutableBufferPointer<Float>.allocate(capacity: f.isFloat16 ? 0 : 2 * OC * groups)
+        defer { wp.deallocate() }
         var failure: String?
         let lock = NSLock()
         // E[x²] of every input column, read by the groups' searches on the workers.
@@ -136,12 +140,14 @@ enum GPTQ {
                                     lock.lock(); failure = "group \(gi) (row \(r)): \(error)"; lock.unlock()
                                     return x
                                 }
+                                wp[2 * gi] = Float(sp[gi])
+                                wp[2 * gi + 1] = f.symmetric ? 0 : Float(mp[gi])
                                 fp[gi] = true
                             }
-                            let lo = f.symmetric ? Float16(0) : mp[gi]
-                            let q = QuantizedTensor.storedCode(x, scale: sp[gi], min: lo, format: f)
+                            let scale = wp[2 * gi], lo = wp[2 * gi + 1]
+                            let q = QuantizedTensor.storedCode(x, scale: scale, min: lo, format: f)
                             cp[r * C + c] = q
-                            return QuantizedTensor.value(ofCode: q, scale: sp[gi], min: lo, format: f)
+                            return QuantizedTensor.value(ofCode: q, scale: scale, min: lo, format: f)
                         }
                     }
                 }

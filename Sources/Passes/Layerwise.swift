@@ -9,15 +9,15 @@
 // Each compressor minimises, per linear layer W (OC, C) with calibration inputs X (C, n), the layer-output
 // error ‖WX − ŴX‖², whose Hessian in Ŵ's rows is
 //   H = 2 X Xᵀ / n  (here accumulated as (2/n) Σ_t x_t x_tᵀ over the n calibration tokens).
-// Each window's Σ_t x_t x_tᵀ is one Gram product (`MatrixProduct.gramUpper`), float32 whatever the run's
-// precision, summed in Float64 across windows in window order; the windows' Gram products run side by side, one
-// single-threaded product per worker (`InputStatistics.add(windows:rows:)`: the same doubles as one window at a time). A stage's `hessian_precision: "bf16"` rounds the Gram product's
-// inputs to bf16 (float32 accumulation): 1.7× faster where bf16 runs at twice float32 (AVX512-BF16 on Zen 4), but
-// on SmolLM2 at 128 × 2048 tokens it moved SparseGPT 2:4's PPL by +2.2 and +4.0 % against the float32 Hessian
-// under the same bf16 forward (two calibration draws; benchmarks/README.md, issue 29), so it is opt-in. (A likely
-// reason, not verified: each entry's rounding error is up to 2⁻⁸ of Σ_t |x_ti x_tj|, which the few tokens with
-// massive activations dominate, so it need not average out over the tokens.) Damping, the factorization and the
-// weight updates stay float32 / Float64.
+// Each window's Σ_t x_t x_tᵀ is one Gram product (`MatrixProduct.gramUpper`), float32 whatever the run's precision,
+// summed in Float64 across windows in window order; the windows' Gram products run side by side, one single-threaded
+// product per worker (`InputStatistics.add(windows:rows:)`: the same doubles as one window at a time). A stage's
+// `hessian_precision: "bf16"` rounds the Gram product's inputs to bf16 (float32 accumulation): 1.7× faster where bf16
+// runs at twice float32 (AVX512-BF16 on Zen 4), but on SmolLM2 at 128 × 2048 tokens it moved SparseGPT 2:4's PPL by
+// +2.2 and +4.0 % against the float32 Hessian under the same bf16 forward (two calibration draws; benchmarks/README.md,
+// issue 29), so it is opt-in. (A likely reason, not verified: each entry's rounding error is up to 2⁻⁸ of Σ_t |x_ti
+// x_tj|, which the few tokens with massive activations dominate, so it need not average out over the tokens.) Damping,
+// the factorization and the weight updates stay float32 / Float64.
 // The calibration windows run through the model in order, sublayer by sublayer:
 //   1. the residual stream of every window entering sublayer s is kept (windows × T × C floats);
 //   2. the input projections (q/k/v, or gate/up) share one input, the normed stream: its statistics are
@@ -86,10 +86,8 @@ public final class InputStatistics {
             let s = sq.baseAddress!
             Parallel.forEachChunk(C, minChunk: 64) { cols in
                 for x in xs {
-                    for t in 0..<rows {
-                        let row = x + t * C
-                        for j in cols { let v = Double(row[j]); s[j] += v * v }
-                    }
+                    DoubleAccumulation.addSquares(x + cols.lowerBound, rows: rows, cols: cols.count, ld: C,
+                                                  into: s + cols.lowerBound)
                 }
             }
         }
@@ -108,7 +106,7 @@ public final class InputStatistics {
             let g = g.baseAddress!
             DispatchQueue.concurrentPerform(iterations: parts) { p in
                 for i in ends[p]..<ends[p + 1] {
-                    for s in grams { for j in i..<C { g[i * C + j] += Double(s[i * C + j]) } }
+                    for s in grams { DoubleAccumulation.add(s + i * C + i, count: C - i, into: g + i * C + i) }
                 }
             }
         }
@@ -297,15 +295,17 @@ public enum Layerwise {
                         Parallel.copy(states.data + w * T * C, to: engine.residual, count: T * C)
                         capture.window = w
                         engine.runSublayers(s..<(s + 1), rows: T, observer: capture, withoutOutput: outTargeted)
-                        if !outTargeted { Parallel.copy(engine.residual, to: states.data + w * T * C, count: T * C) }
+                        if !outTargeted {
+                            Parallel.copy(engine.residual, to: states.data + w * T * C, count: T * C)
+                        }
                     }
                 }
                 // 4. The output projection, then the streams through it: x += post(input · Ŵᵀ + b), as the decoder adds
                 // a sublayer's output (its bias, and its post-sublayer norm when the spec has them).
                 if outTargeted, let stats = capture.stats {
                     for w0 in stride(from: 0, to: N, by: batch) {
-                        stats.add(windows: (w0..<min(N, w0 + batch)).map { UnsafePointer(store.data + $0 * T * outWidth) },
-                                  rows: T)
+                        let xs = (w0..<min(N, w0 + batch)).map { UnsafePointer(store.data + $0 * T * outWidth) }
+                        stats.add(windows: xs, rows: T)
                     }
                     hessian += stats.seconds
                     let id = LinearID(layer: l, kind: outKind)
@@ -313,8 +313,10 @@ public enum Layerwise {
                     let wout = model.linear(id)!
                     let bias = attention ? model.layers[l].attention!.biases[.o] : model.layers[l].mlp!.biases[.down]
                     let post = attention ? model.layers[l].attention!.postNorm : model.layers[l].mlp!.postNorm
+                    // After the last sublayer nothing reads the streams.
+                    let streamsRead = s < totalSublayers - 1
                     MatrixProduct.withWeightCache {
-                        for w in 0..<N {
+                        for w in 0..<N where streamsRead {
                             let x = states.data + w * T * C, inp = store.data + w * T * outWidth
                             if let post {
                                 wout.forward(out: normed.data, inp: inp, rows: T)

@@ -45,6 +45,8 @@ public enum Parallel {
     /// calibration window's activations are megabytes; one thread's copy leaves the other cores idle). The ranges
     /// must not overlap.
     public static func copy(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
-        forEachChunk(count, minChunk: 1 << 16) { r in (dst + r.lowerBound).update(from: src + r.lowerBound, count: r.count) }
+        forEachChunk(count, minChunk: 1 << 16) { r in
+            (dst + r.lowerBound).update(from: src + r.lowerBound, count: r.count)
+        }
     }
 }

@@ -126,4 +126,40 @@ final class SIMDKernelTests: XCTestCase {
             }
         }
     }
+
+    /// The Float64 accumulators of the calibration statistics: every double the Swift loop's (lanes 0), for widths
+    /// around each vector width, a leading dimension with padding, and values from tiny to large.
+    func testDoubleAccumulationMatchesTheSwiftLoop() {
+        var rng = SplitMix64(seed: 31)
+        for (rows, cols, pad) in [(1, 1, 0), (3, 7, 2), (17, 8, 0), (64, 33, 5), (100, 130, 1)] {
+            let ld = cols + pad
+            let x = (0..<(rows * ld)).map { _ in
+                Float.random(in: -1...1, using: &rng) * Float(sign: .plus, exponent: Int.random(in: -30...30, using: &rng),
+                                                               significand: 1)
+            }
+            let start = (0..<cols).map { _ in Double.random(in: 0...10, using: &rng) }
+            var portable = start, flat = start
+            x.withUnsafeBufferPointer { xp in
+                DoubleAccumulation.addSquares(xp.baseAddress!, rows: rows, cols: cols, ld: ld, into: &portable, lanes: 0)
+                DoubleAccumulation.add(xp.baseAddress!, count: cols, into: &flat, lanes: 0)
+            }
+            for lanes in [16, 8] where lanes <= SIMDKernels.lanes {
+                var simd = start, simdFlat = start
+                x.withUnsafeBufferPointer { xp in
+                    DoubleAccumulation.addSquares(xp.baseAddress!, rows: rows, cols: cols, ld: ld, into: &simd,
+                                                  lanes: lanes)
+                    DoubleAccumulation.add(xp.baseAddress!, count: cols, into: &simdFlat, lanes: lanes)
+                }
+                let what = "\(lanes) lanes, \(rows) × \(cols), ld \(ld)"
+                XCTAssertEqual(simd.map(\.bitPattern), portable.map(\.bitPattern), "squares, " + what)
+                XCTAssertEqual(simdFlat.map(\.bitPattern), flat.map(\.bitPattern), "sum, " + what)
+            }
+            // And the Swift loop against its definition.
+            for j in 0..<cols {
+                var want = start[j]
+                for t in 0..<rows { want += Double(x[t * ld + j]) * Double(x[t * ld + j]) }
+                XCTAssertEqual(portable[j], want)
+            }
+        }
+    }
 }

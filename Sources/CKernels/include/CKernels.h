@@ -44,6 +44,16 @@ double compress_exp_sum_lanes(const float *x, long n, float m, int lanes);
 /// -1 (nothing written) when the CPU lacks it. `out` may alias `gate` or `up`.
 int compress_gated_lanes(float *out, const float *gate, const float *up, long n, int gelu, int lanes);
 
+/// acc[j] += Σ_{t < rows} x[t·ld + j]² in double for j < cols (the calibration statistics' Σ x² per column,
+/// Passes/Layerwise.swift), each column summed in t order: the same doubles as the scalar loop (a float's square is
+/// exact in double). With the kernel set of `lanes` (16 or 8; `compress_kernels_lanes()` for the best); returns 0, or
+/// -1 (nothing written) when the CPU lacks it.
+int compress_add_squares_lanes(const float *x, long rows, long cols, long ld, double *acc, int lanes);
+
+/// acc[j] += (double)x[j] for j < n (a float32 Gram matrix's row added to its Float64 sum), with the kernel set of
+/// `lanes`; returns 0, or -1 (nothing written) when the CPU lacks it.
+int compress_add_to_double_lanes(const float *x, long n, double *acc, int lanes);
+
 #ifdef __cplusplus
 }
 #endif
