@@ -34,7 +34,9 @@
 // layer still dense; here o_proj (down_proj) sees the outputs of the already-compressed q/k/v (gate/up), which
 // is the papers' "sequential" principle applied inside the layer too.
 // Memory: the residual streams (windows × T × C floats) plus, when an output projection is targeted, its
-// inputs (windows × T × max(H·D, F) floats): 0.6 GB and 1.6 GB for 128 × 2048 tokens of SmolLM2-135M.
+// inputs (windows × T × max(H·D, F) floats): 0.6 GB and 1.6 GB for 128 × 2048 tokens of SmolLM2-135M; and for the
+// statistics, a batch of one window per worker (its normed input and float32 Gram matrix; 28 MB for SmolLM2 on two
+// cores), when the batch fits in 512 MiB (else one window at a time, each Gram product split over the workers).
 
 import Diagnostics
 import Foundation
@@ -190,6 +192,9 @@ public struct LayerwiseTiming: Codable, Equatable, Sendable {
 
 /// The calibration driver (see the top of this file).
 public enum Layerwise {
+    /// The most memory a batch of windows' statistics may take (`run`): 512 MiB.
+    static let batchBytes = 512 << 20
+
     /// Compresses one linear weight given its input's statistics; returns the replacement (same shape).
     public typealias Compressor = (_ id: LinearID, _ weight: LinearWeight,
                                    _ input: InputStatistics) throws -> LinearWeight
@@ -232,8 +237,12 @@ public enum Layerwise {
         let needStore = targets.contains(.o) || targets.contains(.down)
         let store = Tensor(shape: needStore ? [N, T, outWidth] : [0])
         let normed = Tensor(shape: [T, C])
-        // Windows whose statistics are added together (their Gram products side by side, one per worker).
-        let batch = max(1, Parallel.threads)
+        // Windows whose statistics are added together (their Gram products side by side, one per worker), when a
+        // batch's float32 copies (normed inputs and Gram matrices: T·C + W² floats a window, W the widest input)
+        // fit in `batchBytes`; else one window at a time, each Gram product split over the workers.
+        let widest = needStore && fullHessian ? max(C, outWidth) : C
+        let perWindow = 4 * (T * C + (fullHessian ? widest * widest : 0))
+        let batch = Parallel.threads > 1 && Parallel.threads * perWindow <= batchBytes ? Parallel.threads : 1
         let normedBatch = Tensor(shape: [batch, T, C])
         let totalSublayers = 2 * L
         var done = 0
