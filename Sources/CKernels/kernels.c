@@ -291,6 +291,15 @@ static void gated_avx2(float *out, const float *gate, const float *up, long n, i
 // Column sums of squares and float → double accumulation (Passes/Layerwise.swift's calibration statistics). A float
 // squared in double is exact (24-bit significands), so each acc[j] gets the same doubles as the scalar loop
 // acc[j] += (double)x * (double)x, whatever the vector width: only the order over t matters, and it is kept.
+// The columns [j0, cols) the vector loops leave, one at a time.
+static void add_squares_scalar(const float *x, long rows, long j0, long cols, long ld, double *acc) {
+    for (long j = j0; j < cols; j++) {
+        double a = acc[j];
+        for (long t = 0; t < rows; t++) { const double v = (double)x[t * ld + j]; a += v * v; }
+        acc[j] = a;
+    }
+}
+
 __attribute__((target("avx512f")))
 static void add_squares_avx512(const float *x, long rows, long cols, long ld, double *acc) {
     long j = 0;
@@ -302,11 +311,7 @@ static void add_squares_avx512(const float *x, long rows, long cols, long ld, do
         }
         _mm512_storeu_pd(acc + j, a);
     }
-    for (; j < cols; j++) {
-        double a = acc[j];
-        for (long t = 0; t < rows; t++) { const double v = (double)x[t * ld + j]; a += v * v; }
-        acc[j] = a;
-    }
+    add_squares_scalar(x, rows, j, cols, ld, acc);
 }
 
 __attribute__((target("avx512f")))
@@ -328,11 +333,7 @@ static void add_squares_avx2(const float *x, long rows, long cols, long ld, doub
         }
         _mm256_storeu_pd(acc + j, a);
     }
-    for (; j < cols; j++) {
-        double a = acc[j];
-        for (long t = 0; t < rows; t++) { const double v = (double)x[t * ld + j]; a += v * v; }
-        acc[j] = a;
-    }
+    add_squares_scalar(x, rows, j, cols, ld, acc);
 }
 
 __attribute__((target("avx2")))
